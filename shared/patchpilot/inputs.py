@@ -1,0 +1,185 @@
+"""Reading user files: YAML without YAML 1.1 surprises, and pydantic errors turned into Problems."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+import types
+import typing
+from collections.abc import Callable
+from pathlib import Path as FilePath
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+from pydantic_core import ErrorDetails
+
+from patchpilot.errors import InputError, Path, Problem, quote
+
+Position = tuple[int, int]
+
+
+class _Loader(yaml.SafeLoader):
+    """Safe YAML with YAML 1.2 scalars: `10:30` stays a string, `no` stays a string."""
+
+
+_BOOL = "tag:yaml.org,2002:bool"
+_INT = "tag:yaml.org,2002:int"
+_FLOAT = "tag:yaml.org,2002:float"
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in (_BOOL, _INT, _FLOAT)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+_Loader.add_implicit_resolver(_INT, re.compile(r"^[-+]?[0-9]+$"), list("-+0123456789"))
+_Loader.add_implicit_resolver(
+    _FLOAT,
+    re.compile(r"^[-+]?(?:[0-9]+\.[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?$"),
+    list("-+.0123456789"),
+)
+
+
+class Document:
+    """A parsed YAML or JSON document and where each of its values sits in the file."""
+
+    def __init__(self, source: str, data: Any, positions: dict[Path, Position]) -> None:
+        self.source = source
+        self.data = data
+        self.positions = positions
+
+    def locate(self, path: Path) -> Position | None:
+        """The position of `path`, or of its nearest parent that exists in the file."""
+        for end in range(len(path), -1, -1):
+            if (pos := self.positions.get(path[:end])) is not None:
+                return pos
+        return None
+
+
+def read_text(path: str) -> str:
+    try:
+        return FilePath(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError.single(path, "file not found") from None
+    except IsADirectoryError:
+        raise InputError.single(path, "is a directory, expected a file") from None
+    except UnicodeDecodeError as exc:
+        raise InputError.single(path, f"not UTF-8 text ({exc.reason})") from None
+    except OSError as exc:
+        raise InputError.single(path, f"cannot read: {exc.strerror}") from None
+
+
+def parse_yaml(text: str, source: str) -> Document:
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            raise InputError.single(source, "the file is empty")
+        data = loader.construct_document(node)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (None, None)
+        problem = Problem((), f"not valid YAML: {exc.problem}", line, col)
+        raise InputError(source, [problem]) from None
+    except yaml.YAMLError as exc:
+        raise InputError.single(source, f"not valid YAML: {exc}") from None
+    finally:
+        loader.dispose()
+    positions: dict[Path, Position] = {}
+    duplicates: list[Problem] = []
+    _walk(node, (), positions, duplicates)
+    if duplicates:
+        raise InputError(source, duplicates)
+    return Document(source, data, positions)
+
+
+def _walk(node: yaml.Node, path: Path, out: dict[Path, Position], dups: list[Problem]) -> None:
+    out.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
+    if isinstance(node, yaml.MappingNode):
+        seen: set[object] = set()
+        for key_node, value_node in node.value:
+            key = key_node.value
+            line, col = key_node.start_mark.line + 1, key_node.start_mark.column + 1
+            if key in seen:
+                dups.append(Problem((*path, key), "duplicate key", line, col))
+            seen.add(key)
+            out[(*path, key)] = (line, col)
+            _walk(value_node, (*path, key), out, dups)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _walk(item, (*path, index), out, dups)
+
+
+def parse_json(text: str, source: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        problem = Problem((), f"not valid JSON: {exc.msg}", exc.lineno, exc.colno)
+        raise InputError(source, [problem]) from None
+
+
+def problems_from(
+    exc: ValidationError,
+    model: type[Any],
+    locate: Callable[[Path], Position | None] = lambda _: None,
+    prefix: Path = (),
+) -> list[Problem]:
+    """Turn pydantic's errors into Problems that read like the docs."""
+    problems = []
+    for error in exc.errors(include_url=False):
+        path: Path = (*prefix, *error["loc"])
+        pos = locate(path)
+        line, col = pos if pos else (None, None)
+        problems.append(Problem(path, _message(error, model, error["loc"]), line, col))
+    return problems
+
+
+def _message(error: ErrorDetails, model: type[Any], loc: Path) -> str:
+    kind, value = error["type"], error.get("input")
+    ctx = error.get("ctx") or {}
+    if kind == "missing":
+        return "required"
+    if kind in ("extra_forbidden", "unexpected_keyword_argument"):
+        allowed = _fields_at(model, loc[:-1])
+        hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.7)
+        if hint:
+            return f"unknown field (did you mean {hint[0]}?)"
+        return f"unknown field (allowed: {', '.join(allowed)})" if allowed else "unknown field"
+    if kind == "literal_error":
+        return f"expected {ctx.get('expected')}, got {quote(value)}"
+    if kind.startswith("pp_"):  # our own messages already say what was expected and got
+        return error["msg"]
+    message = error["msg"]
+    message = message[0].lower() + message[1:]
+    if kind in ("model_type", "dict_type", "dataclass_type", "model_attributes_type"):
+        message = "expected a mapping"
+    elif kind == "list_type":
+        message = "expected a list"
+    return f"{message}, got {quote(value)}"
+
+
+def _fields_at(model: type[Any], loc: Path) -> list[str]:
+    """The field names of the model found by following `loc` from `model`."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        fields = getattr(current, "__pydantic_fields__", None)
+        if fields is None or part not in fields:
+            return []
+        current = _model_in(fields[part].annotation)
+    fields = getattr(current, "__pydantic_fields__", None)
+    return list(fields) if fields else []
+
+
+def _model_in(annotation: Any) -> Any:
+    """The model or pydantic dataclass inside `X | None`, `list[X]` and friends, or None."""
+    if isinstance(annotation, type) and hasattr(annotation, "__pydantic_fields__"):
+        return annotation
+    origin = typing.get_origin(annotation)
+    if origin is None and not isinstance(annotation, types.UnionType):
+        return None
+    for arg in typing.get_args(annotation):
+        if (found := _model_in(arg)) is not None:
+            return found
+    return None

@@ -1,0 +1,98 @@
+"""The fleet as PatchPilot sees it: instances with their placement and tags.
+
+Locally an inventory is a JSON file; the cloud adapters discover the same `Instance` records.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic.dataclasses import dataclass
+
+from patchpilot.errors import InputError, Problem, quote
+from patchpilot.inputs import parse_json, problems_from, read_text
+
+Cloud = Literal["aws", "azure"]
+OsFamily = Literal["linux", "windows"]
+
+
+@dataclass(frozen=True, slots=True, config=ConfigDict(extra="forbid", coerce_numbers_to_str=True))
+class Instance:
+    """One machine. A slotted dataclass: fleets of 100,000 must stay light."""
+
+    id: Annotated[str, Field(min_length=1)]
+    cloud: Cloud
+    region: Annotated[str, Field(min_length=1)]
+    os: OsFamily
+    name: str = ""
+    zone: str | None = None
+    availability_set: str | None = None
+    update_domain: Annotated[int, Field(ge=0)] | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def short_name(self) -> str:
+        """The name, or the last part of a long id such as an ARM resource id."""
+        return self.name or self.id.rsplit("/", 1)[-1]
+
+    @property
+    def label(self) -> str:
+        return f"{self.id} ({self.name})" if self.name and self.name != self.id else self.id
+
+
+class Inventory(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    instances: list[Instance]
+
+
+_INSTANCES = TypeAdapter(list[Instance])
+
+
+def parse_inventory(data: Any, source: str) -> list[Instance]:
+    """Validate an inventory document, naming each bad entry by its index and id."""
+    if not isinstance(data, dict) or "instances" not in data:
+        raise InputError.single(source, 'expected an object with an "instances" list')
+    unknown = sorted(set(data) - {"instances"})
+    entries = data["instances"]
+    problems = [Problem((key,), "unknown field (allowed: instances)") for key in unknown]
+    if not isinstance(entries, list):
+        raise InputError(
+            source, [*problems, Problem(("instances",), f"expected a list, got {quote(entries)}")]
+        )
+    try:
+        instances = _INSTANCES.validate_python(entries)
+    except ValidationError as exc:
+        for problem in problems_from(exc, Instance, prefix=("instances",)):
+            problems.append(_named(problem, entries))
+        instances = []
+    seen: dict[object, int] = {}
+    for index, entry in enumerate(entries):
+        entry_id = entry.get("id") if isinstance(entry, dict) else None
+        if isinstance(entry_id, str) and entry_id in seen:
+            first = seen[entry_id]
+            problems.append(
+                Problem(
+                    ("instances", index, "id"), f"duplicate id {quote(entry_id)} (also instances[{first}])"
+                )
+            )
+        seen.setdefault(entry_id, index)
+    if problems:
+        raise InputError(source, problems)
+    return instances
+
+
+def _named(problem: Problem, entries: list[Any]) -> Problem:
+    """Put the entry's id beside its index: `instances[3] (id "i-0abc").zone: ...`."""
+    index = problem.path[1] if len(problem.path) > 1 else None
+    if not isinstance(index, int) or not isinstance(entries[index], dict):
+        return problem
+    entry_id = entries[index].get("id")
+    if not isinstance(entry_id, str) or not entry_id:
+        return problem
+    return Problem(problem.path, f"{problem.message} (entry {quote(entry_id)})")
+
+
+def load_inventory(path: str) -> list[Instance]:
+    return parse_inventory(parse_json(read_text(path), path), path)

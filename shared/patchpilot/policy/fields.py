@@ -1,0 +1,180 @@
+"""Value types of the policy file: quotas, durations, time zones, times of day."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from datetime import time, timedelta
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BeforeValidator, PlainSerializer, PlainValidator, WithJsonSchema
+from pydantic_core import PydanticCustomError
+from tzlocal.windows_tz import win_tz
+
+from patchpilot.errors import quote
+
+
+def fail(kind: str, message: str, value: object) -> PydanticCustomError:
+    """A validation error whose text reads `<message>, got <value>`."""
+    return PydanticCustomError(
+        f"pp_{kind}", "{expected}, got {got}", {"expected": message, "got": quote(value)}
+    )
+
+
+@dataclass(frozen=True)
+class Quota:
+    """A whole number, or a percentage of some total."""
+
+    amount: float
+    percent: bool
+
+    def ceil_of(self, total: int) -> int:
+        """As a count out of `total`, percentages rounded up (Google OS Config's rule)."""
+        if not self.percent:
+            return int(self.amount)
+        return math.ceil(self.amount * total / 100 - 1e-9)
+
+    def exceeded_by(self, count: int, total: int) -> bool:
+        """True when `count` out of `total` is more than this quota (equal is still within)."""
+        limit = self.amount * total / 100 if self.percent else self.amount
+        return count > limit + 1e-9
+
+    def __str__(self) -> str:
+        if self.percent:
+            return f"{self.amount:g}%"
+        return str(int(self.amount))
+
+
+_QUOTA_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
+
+
+def _quota_parser(minimum: int) -> Any:
+    expected = "expected a whole number or a percentage"
+
+    def parse(value: object) -> Quota:
+        if isinstance(value, Quota):
+            return value
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            if value < minimum:
+                raise fail("quota", f"{expected} of at least {minimum}", value)
+            return Quota(value, percent=False)
+        if isinstance(value, str) and (m := _QUOTA_RE.match(value)):
+            pct = float(m.group(1))
+            if not (minimum == 0 or pct > 0) or pct > 100:
+                low = "0" if minimum == 0 else "more than 0"
+                raise fail("quota", f"expected a percentage from {low} to 100", value)
+            return Quota(pct, percent=True)
+        raise fail("quota", expected, value)
+
+    return parse
+
+
+_QUOTA_SCHEMA = {
+    "anyOf": [
+        {"type": "integer", "minimum": 0},
+        {"type": "string", "pattern": r"^\d+(\.\d+)?%$"},
+    ]
+}
+_quota_serializer = PlainSerializer(str, return_type=str)
+
+Budget = Annotated[Quota, PlainValidator(_quota_parser(1)), _quota_serializer, WithJsonSchema(_QUOTA_SCHEMA)]
+FailureQuota = Annotated[
+    Quota, PlainValidator(_quota_parser(0)), _quota_serializer, WithJsonSchema(_QUOTA_SCHEMA)
+]
+
+_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+_DURATION_RE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+
+
+def parse_duration(value: object) -> timedelta:
+    """`4h`, `90m`, `1h30m`, `2d`, `0`: the shapes operators write."""
+    if isinstance(value, timedelta):
+        return value
+    text = str(value).strip().replace(" ", "") if isinstance(value, (str, int)) else ""
+    if text == "0":
+        return timedelta(0)
+    m = _DURATION_RE.match(text)
+    if not text or not m or not any(m.groups()):
+        raise fail("duration", 'expected a duration such as "4h", "90m" or "1h30m"', value)
+    seconds = sum(int(n) * _UNITS[u] for n, u in zip(m.groups(), "dhms", strict=True) if n)
+    return timedelta(seconds=seconds)
+
+
+def format_duration(value: timedelta) -> str:
+    seconds = int(value.total_seconds())
+    if seconds == 0:
+        return "0"
+    out = ""
+    for unit, size in _UNITS.items():
+        count, seconds = divmod(seconds, size)
+        if count:
+            out += f"{count}{unit}"
+    return out
+
+
+Duration = Annotated[
+    timedelta,
+    PlainValidator(parse_duration),
+    PlainSerializer(format_duration, return_type=str),
+    WithJsonSchema({"type": "string", "pattern": r"^(\d+d)?(\d+h)?(\d+m)?(\d+s)?$|^0$"}),
+]
+
+
+def resolve_timezone(name: str) -> ZoneInfo:
+    """An IANA name (`Asia/Tokyo`) or a Windows name (`Tokyo Standard Time`)."""
+    iana = win_tz.get(name, name)
+    try:
+        return ZoneInfo(iana)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise fail(
+            "timezone",
+            'expected an IANA time zone ("Asia/Tokyo") or a Windows one ("Tokyo Standard Time")',
+            name,
+        ) from None
+
+
+def _check_timezone(value: object) -> str:
+    if not isinstance(value, str):
+        raise fail("timezone", "expected a time zone name", value)
+    resolve_timezone(value)
+    return value
+
+
+TimeZoneName = Annotated[str, PlainValidator(_check_timezone), WithJsonSchema({"type": "string"})]
+
+_TIME_RE = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
+
+
+def _parse_time(value: object) -> time:
+    if isinstance(value, time):
+        return value
+    m = _TIME_RE.match(value.strip()) if isinstance(value, str) else None
+    if not m:
+        raise fail("time", 'expected a 24-hour time such as "02:00"', value)
+    return time(int(m.group(1)), int(m.group(2)))
+
+
+TimeOfDay = Annotated[
+    time,
+    PlainValidator(_parse_time),
+    PlainSerializer(lambda t: t.strftime("%H:%M"), return_type=str),
+    WithJsonSchema({"type": "string", "pattern": r"^([01]?\d|2[0-3]):[0-5]\d$"}),
+]
+
+
+def _names(value: object) -> object:
+    """A tag value may be one string (or number) or a list of them."""
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return [str(value)]
+    return value
+
+
+TagValues = Annotated[
+    list[str],
+    BeforeValidator(_names),
+    WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}),
+]

@@ -1,0 +1,191 @@
+"""The policy file: which instances, when, in which rings and waves, with which patches."""
+
+from __future__ import annotations
+
+from datetime import datetime, time, timedelta
+from itertools import islice
+from typing import Literal
+from zoneinfo import ZoneInfo
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from patchpilot.errors import Problem
+from patchpilot.inventory import Cloud, Instance, OsFamily
+from patchpilot.policy.fields import (
+    Budget,
+    Duration,
+    FailureQuota,
+    Quota,
+    TagValues,
+    TimeOfDay,
+    TimeZoneName,
+    resolve_timezone,
+)
+from patchpilot.policy.schedule import (
+    MAX_OFFSET_DAYS,
+    AwsCron,
+    Cron,
+    Monthly,
+    MonthlyRule,
+    Window,
+    window_starts,
+)
+
+Classification = Literal[
+    "Critical",
+    "Security",
+    "UpdateRollup",
+    "FeaturePack",
+    "ServicePack",
+    "Definition",
+    "Tools",
+    "Updates",
+    "Other",
+]
+
+
+DEFAULT_CLASSIFICATIONS: tuple[Classification, ...] = ("Critical", "Security")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
+
+
+def _tags_match(wanted: dict[str, list[str]], tags: dict[str, str], *, every: bool) -> bool:
+    hits = (key in tags and ("*" in values or tags[key] in values) for key, values in wanted.items())
+    return all(hits) if every else any(hits)
+
+
+class Selector(_Section):
+    """Every criterion given must hold; a tag's value may be a list (any of) or "*" (present)."""
+
+    tags: dict[str, TagValues] = Field(default_factory=dict)
+    ids: list[str] = Field(default_factory=list)
+    clouds: list[Cloud] = Field(default_factory=list)
+    regions: list[str] = Field(default_factory=list)
+    os: list[OsFamily] = Field(default_factory=list)
+
+    def is_empty(self) -> bool:
+        return not (self.tags or self.ids or self.clouds or self.regions or self.os)
+
+    def matches(self, instance: Instance) -> bool:
+        return (
+            _tags_match(self.tags, instance.tags, every=True)
+            and (not self.ids or instance.id in self.ids)
+            and (not self.clouds or instance.cloud in self.clouds)
+            and (not self.regions or instance.region in self.regions)
+            and (not self.os or instance.os in self.os)
+        )
+
+
+class Ring(_Section):
+    name: str = Field(min_length=1, max_length=64)
+    select: Selector
+    soak: Duration = timedelta(0)
+    approval: Literal["auto", "required"] = "auto"
+
+
+class Schedule(_Section):
+    monthly: Monthly | None = None
+    cron: Cron | None = None
+    offset_days: int = Field(default=0, ge=-MAX_OFFSET_DAYS, le=MAX_OFFSET_DAYS)
+    at: TimeOfDay | None = None
+    timezone: TimeZoneName = "UTC"
+    duration: Duration
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return resolve_timezone(self.timezone)
+
+    @property
+    def rule(self) -> MonthlyRule | AwsCron:
+        rule = self.monthly or self.cron
+        assert rule is not None, "checked when the policy was loaded"
+        return rule
+
+    def windows(self, after: datetime, count: int) -> list[Window]:
+        """The next `count` windows starting at or after `after` (an aware datetime)."""
+        at: time | None = self.at
+        starts = window_starts(self.rule, at, self.offset_days, self.zone, after)
+        return [Window(s, (s + self.duration).astimezone(self.zone)) for s in islice(starts, count)]
+
+    def problems(self) -> list[Problem]:
+        here = ("schedule",)
+        found = []
+        if (self.monthly is None) == (self.cron is None):
+            found.append(Problem(here, "give exactly one of monthly or cron"))
+        if self.monthly is not None and self.at is None:
+            found.append(Problem((*here, "at"), 'required with monthly (a time such as "02:00")'))
+        if self.cron is not None and self.at is not None:
+            found.append(Problem((*here, "at"), "not used with cron: the cron expression sets the time"))
+        if self.monthly is not None and self.offset_days:
+            found.append(Problem((*here, "offset_days"), "use Offset±N inside monthly instead"))
+        if self.duration <= timedelta(0):
+            found.append(Problem((*here, "duration"), "expected a window longer than 0"))
+        return found
+
+
+class Rollout(_Section):
+    mode: Literal["zone_by_zone", "concurrent_zones"] = "zone_by_zone"
+    disruption_budget: Budget = Quota(10, percent=True)
+    canary: int = Field(default=1, ge=0)
+    max_failures: FailureQuota = Quota(0, percent=False)
+
+
+class Exclusions(_Section):
+    """Any one matching tag excludes an instance (these are the frozen ones); so does its id."""
+
+    tags: dict[str, TagValues] = Field(default_factory=dict)
+    ids: list[str] = Field(default_factory=list)
+
+    def reason(self, instance: Instance) -> str | None:
+        if instance.id in self.ids:
+            return "excluded by id in the policy"
+        for key, values in self.tags.items():
+            if _tags_match({key: values}, instance.tags, every=True):
+                return f"frozen: tag {key}={instance.tags[key]}"
+        return None
+
+
+class PatchSelection(_Section):
+    classifications: list[Classification] = Field(default_factory=lambda: list(DEFAULT_CLASSIFICATIONS))
+    include: list[str] = Field(default_factory=list)
+    exclude: list[str] = Field(default_factory=list)
+
+
+class Policy(_Section):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    description: str = ""
+    schedule: Schedule | None = None
+    rings: list[Ring] = Field(min_length=1)
+    rollout: Rollout = Rollout()
+    region_pairs: list[tuple[str, str]] = Field(default_factory=list)
+    exclude: Exclusions = Exclusions()
+    patches: PatchSelection = PatchSelection()
+    reboot: Literal["if_required", "always", "never"] = "if_required"
+
+    def problems(self) -> list[Problem]:
+        """Rules that span several fields; the field shapes are already valid here."""
+        found = self.schedule.problems() if self.schedule else []
+        seen: set[str] = set()
+        for index, ring in enumerate(self.rings):
+            if ring.name in seen:
+                found.append(Problem(("rings", index, "name"), f'duplicate ring name "{ring.name}"'))
+            seen.add(ring.name)
+            if ring.select.is_empty():
+                found.append(
+                    Problem(
+                        ("rings", index, "select"), "expected at least one of tags, ids, clouds, regions, os"
+                    )
+                )
+        for index, (a, b) in enumerate(self.region_pairs):
+            if a.strip().lower() == b.strip().lower():
+                found.append(Problem(("region_pairs", index), f'a region cannot pair with itself ("{a}")'))
+        overlap = set(self.patches.include) & set(self.patches.exclude)
+        if overlap:
+            found.append(
+                Problem(
+                    ("patches", "include"), f"also listed in patches.exclude: {', '.join(sorted(overlap))}"
+                )
+            )
+        return found

@@ -20,7 +20,7 @@ demo: setup
 	$(BIN)/patchpilot plan --policy examples/policy.yaml --inventory examples/fleet.json
 
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -q
 
 lint: setup
 	$(BIN)/ruff check .
@@ -30,7 +30,9 @@ bench: setup
 	$(BIN)/python bench/run.py
 
 docs: setup
-	$(BIN)/patchpilot schema > docs/policy.schema.json
+	$(BIN)/patchpilot schema policy > docs/policy.schema.json
+	$(BIN)/patchpilot schema messages > docs/messages.schema.json
+	$(BIN)/python -m patchpilot.engine.diagram > docs/state-machine.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

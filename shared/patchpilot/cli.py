@@ -7,22 +7,33 @@ import json
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 from rich.table import Table
+from rich.text import Text
 
+from patchpilot.engine.messages import MESSAGE, Notify
+from patchpilot.engine.run import Run
 from patchpilot.errors import InputError
 from patchpilot.inventory import load_inventory
+from patchpilot.local_runtime import LocalRuntime
 from patchpilot.planning import Plan, placement, plan, plan_document
 from patchpilot.policy import Policy, load_policy
 from patchpilot.policy.fields import format_duration
 from patchpilot.policy.model import Schedule
+from patchpilot.reports import write_reports
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+EXIT_SUCCEEDED = 0
+EXIT_HALTED = 1  # halted, incomplete (the window ended) or stalled
 EXIT_INVALID_INPUT = 2
+EXIT_WAITING_APPROVAL = 3
+DEFAULT_STATE_DIR = ".patchpilot"
 MAX_IDS_SHOWN = 6
 
 
@@ -175,9 +186,17 @@ def print_plan(console: Console, policy: Policy, result: Plan) -> None:
 
 
 @main.command()
-def schema() -> None:
-    """Print the policy file's JSON Schema."""
-    _print_json(policy_schema())
+@click.argument("kind", type=click.Choice(["policy", "messages"]), default="policy")
+def schema(kind: str) -> None:
+    """Print the JSON Schema of policy files or of the run's messages."""
+    _print_json(policy_schema() if kind == "policy" else messages_schema())
+
+
+def messages_schema() -> dict[str, Any]:
+    document = MESSAGE.json_schema(mode="serialization")
+    document["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    document["title"] = "PatchPilot messages (commands and events)"
+    return document
 
 
 def policy_schema() -> dict[str, Any]:
@@ -185,3 +204,247 @@ def policy_schema() -> dict[str, Any]:
     document["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     document["title"] = "PatchPilot policy"
     return document
+
+
+# ---------------------------------------------------------------- runs (local runtime)
+
+state_dir_option = click.option(
+    "--state-dir",
+    default=DEFAULT_STATE_DIR,
+    show_default=True,
+    envvar="PATCHPILOT_STATE_DIR",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the local runtime keeps runs, queue and simulated fleet.",
+)
+report_dir_option = click.option(
+    "--report-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where to write the run report (default: STATE_DIR/reports).",
+)
+
+
+@main.command("run")
+@click.option("--policy", "policy_path", metavar="FILE", help="Policy file (YAML).")
+@click.option("--inventory", "inventory_path", metavar="FILE", help="Inventory file (JSON).")
+@click.option("--resume", "resume_id", metavar="RUN_ID", help="Continue an interrupted run.")
+@state_dir_option
+@report_dir_option
+@json_option
+@reports_input_errors
+def run_command(
+    policy_path: str | None,
+    inventory_path: str | None,
+    resume_id: str | None,
+    state_dir: Path,
+    report_dir: Path | None,
+    as_json: bool,
+) -> None:
+    """Plan and run a patch run to its end on the local runtime (simulated fleet, virtual clock)."""
+    if resume_id and (policy_path or inventory_path):
+        raise click.UsageError("--resume takes the policy and inventory saved with the run; give neither")
+    if not resume_id and not (policy_path and inventory_path):
+        raise click.UsageError("give --policy and --inventory, or --resume RUN_ID")
+    console = Console(stderr=as_json, highlight=False)
+    live = LiveProgress(console, quiet=as_json)
+    runtime = LocalRuntime.open(state_dir, on_notice=live.notice)
+    if resume_id:
+        run = _load_run(runtime, resume_id)
+        console.print(f"Resuming run {run.run_id} ({run.status})")
+    else:
+        assert policy_path and inventory_path
+        policy = load_policy(policy_path)
+        instances = load_inventory(inventory_path)
+        run = runtime.start(policy, instances)
+        console.print(f"Run {run.run_id}: {len(run.waves)} waves, state in {state_dir}")
+    _drive_and_report(runtime, run, live, console, report_dir, as_json)
+
+
+@main.command()
+@click.argument("run_id")
+@state_dir_option
+@report_dir_option
+@json_option
+@reports_input_errors
+def approve(run_id: str, state_dir: Path, report_dir: Path | None, as_json: bool) -> None:
+    """Approve the next ring of a run waiting for approval, then go on with the run."""
+    console = Console(stderr=as_json, highlight=False)
+    live = LiveProgress(console, quiet=as_json)
+    runtime = LocalRuntime.open(state_dir, on_notice=live.notice)
+    run = _load_run(runtime, run_id)
+    if run.status != "waiting_approval":
+        raise click.ClickException(f"run {run_id} is not waiting for approval (it is {run.status})")
+    console.print(runtime.approve(run_id))
+    _drive_and_report(runtime, run, live, console, report_dir, as_json)
+
+
+@main.command()
+@click.argument("run_id")
+@state_dir_option
+@json_option
+@reports_input_errors
+def status(run_id: str, state_dir: Path, as_json: bool) -> None:
+    """Show where a run is and what happened to its instances."""
+    run = _load_run(LocalRuntime.open(state_dir), run_id)
+    if as_json:
+        _print_json(run_document(run))
+        return
+    console = _console()
+    console.print(f"Run {run.run_id} (policy {run.policy.name}): [bold]{run.status}[/bold] ({run.state})")
+    if run.reason:
+        console.print(f"Reason: {run.reason}")
+    table = Table(title="Instances")
+    for column in ("state", "count"):
+        table.add_column(column)
+    for state, count in sorted(run.summary().items()):
+        table.add_row(state, str(count))
+    console.print(table)
+    attention = [r for r in run.records() if r.state in ("rolled_back", "failed", "skipped")]
+    if attention:
+        detail = Table(title="Needs attention")
+        for column in ("instance", "wave", "state", "reason"):
+            detail.add_column(column, overflow="fold")
+        for record in attention:
+            detail.add_row(record.instance.short_name, str(record.wave), record.state, record.reason)
+        console.print(detail)
+
+
+@main.command()
+@click.argument("run_id")
+@state_dir_option
+@report_dir_option
+@reports_input_errors
+def report(run_id: str, state_dir: Path, report_dir: Path | None) -> None:
+    """Write the run report (Markdown and a self-contained HTML page) and print where it is."""
+    run = _load_run(LocalRuntime.open(state_dir), run_id)
+    markdown, html = write_reports(run, report_dir or state_dir / "reports")
+    click.echo(f"{markdown}\n{html}")
+
+
+def _load_run(runtime: LocalRuntime, run_id: str) -> Run:
+    if not runtime.exists(run_id):
+        known = ", ".join(runtime.store.run_ids()[-5:]) or "none"
+        raise InputError.single(str(runtime.state_dir), f"no run {run_id} here (latest runs: {known})")
+    return runtime.load(run_id)
+
+
+def _drive_and_report(
+    runtime: LocalRuntime,
+    run: Run,
+    live: LiveProgress,
+    console: Console,
+    report_dir: Path | None,
+    as_json: bool,
+) -> None:
+    live.start(run)
+    try:
+        run = runtime.drive(run.run_id, on_change=live.update)
+    except KeyboardInterrupt:
+        live.stop()
+        console.print(
+            f"Interrupted. Continue with: "
+            f"patchpilot run --resume {run.run_id} --state-dir {runtime.state_dir}"
+        )
+        sys.exit(130)
+    live.stop()
+    markdown, html = write_reports(run, report_dir or runtime.state_dir / "reports")
+    if as_json:
+        document = run_document(run)
+        document["report"] = {"markdown": str(markdown), "html": str(html)}
+        _print_json(document)
+    else:
+        _print_outcome(console, run, runtime)
+        console.print(f"Report: {html}\n        {markdown}")
+    sys.exit(_exit_status(run))
+
+
+def _exit_status(run: Run) -> int:
+    if run.status == "succeeded":
+        return EXIT_SUCCEEDED
+    if run.status == "waiting_approval":
+        return EXIT_WAITING_APPROVAL
+    return EXIT_HALTED
+
+
+def _print_outcome(console: Console, run: Run, runtime: LocalRuntime) -> None:
+    counts = ", ".join(f"{n} {state.replace('_', ' ')}" for state, n in sorted(run.summary().items()))
+    console.print(f"Run {run.run_id}: [bold]{run.status}[/bold]. {counts}.")
+    if run.reason:
+        console.print(f"Reason: {run.reason}")
+    if run.status == "waiting_approval":
+        console.print(f"Approve with: patchpilot approve {run.run_id} --state-dir {runtime.state_dir}")
+    elif run.status == "running":
+        console.print("The run stalled: no message left to deliver.")
+        for letter in runtime.dead_letters():
+            console.print(f"  dead letter {letter.message_id}: {letter.reason}")
+
+
+def run_document(run: Run) -> dict[str, Any]:
+    """`{"run_id", "status", "instances": {id: {"state", "reason", "ring", "wave"}}}` and more."""
+    return {
+        "run_id": run.run_id,
+        "status": run.status,
+        "reason": run.reason,
+        "policy": run.policy.name,
+        "summary": run.summary(),
+        "instances": {
+            r.id: {"state": r.state, "reason": r.reason, "ring": r.ring or None, "wave": r.wave}
+            for r in run.records()
+        },
+    }
+
+
+UNDONE = ("pending", "not_started")
+
+
+class LiveProgress:
+    """Rich progress bars per ring and for the current wave, and a line per notable notice."""
+
+    LOUD_TOPICS = ("instance_failed", "ring_finished", "approval_needed", "run_halted")
+
+    def __init__(self, console: Console, quiet: bool = False) -> None:
+        self.console = console
+        self.quiet = quiet
+        self.progress = Progress(
+            TextColumn("{task.description:<28}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[note]}"),
+            console=console,
+            transient=False,
+            disable=quiet,
+        )
+        self.rings: dict[str, TaskID] = {}
+        self.wave: tuple[int, TaskID] | None = None
+
+    def start(self, run: Run) -> None:
+        for ring in run.policy.rings:
+            total = sum(len(w.records) for w in run.waves if w.ring == ring.name)
+            self.rings[ring.name] = self.progress.add_task(f"ring {ring.name}", total=total or 1, note="")
+        self.progress.start()
+        self.update(run)
+
+    def stop(self) -> None:
+        self.progress.stop()
+
+    def update(self, run: Run) -> None:
+        for ring, task in self.rings.items():
+            done = sum(
+                1 for w in run.waves if w.ring == ring for r in w.records.values() if r.state != "pending"
+            )
+            self.progress.update(task, completed=done)
+        if run.finished or run.cursor >= len(run.waves):
+            return
+        wave = run.current
+        if self.wave is None or self.wave[0] != wave.index:
+            if self.wave is not None:
+                self.progress.update(self.wave[1], visible=False)
+            label = f"  wave {wave.index}" + (" (canary)" if wave.canary else "")
+            self.wave = (wave.index, self.progress.add_task(label, total=len(wave.records), note=""))
+        done = sum(1 for r in wave.records.values() if r.state != "pending")
+        self.progress.update(self.wave[1], completed=done, note=run.state.replace("_", " "))
+
+    def notice(self, notice: Notify) -> None:
+        if notice.topic not in self.LOUD_TOPICS:
+            return
+        style = {"error": "red", "warning": "yellow"}.get(notice.severity, "")
+        self.console.print(Text(notice.text, style=style))

@@ -17,6 +17,22 @@ Cloud = Literal["aws", "azure"]
 OsFamily = Literal["linux", "windows"]
 
 
+Verdict = Literal["ok", "fail"]
+
+
+class Simulation(BaseModel):
+    """Fault hints for the simulated fleet of the local runtime; cloud adapters ignore them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    install: Verdict = "ok"
+    health: Verdict = "ok"  # the health check after patching
+    snapshot: Verdict = "ok"
+    rollback: Verdict = "ok"
+    agent: Literal["online", "offline"] = "online"
+    install_minutes: Annotated[int, Field(ge=1, le=24 * 60)] | None = None
+
+
 @dataclass(frozen=True, slots=True, config=ConfigDict(extra="forbid", coerce_numbers_to_str=True))
 class Instance:
     """One machine. A slotted dataclass: fleets of 100,000 must stay light."""
@@ -30,6 +46,7 @@ class Instance:
     availability_set: str | None = None
     update_domain: Annotated[int, Field(ge=0)] | None = None
     tags: dict[str, str] = Field(default_factory=dict)
+    simulation: Simulation | None = None
 
     @property
     def short_name(self) -> str:
@@ -70,7 +87,11 @@ def parse_inventory(data: Any, source: str) -> list[Instance]:
     seen: dict[object, int] = {}
     for index, entry in enumerate(entries):
         entry_id = entry.get("id") if isinstance(entry, dict) else None
-        if isinstance(entry_id, str) and entry_id in seen:
+        if isinstance(entry_id, int) and not isinstance(entry_id, bool):
+            entry_id = str(entry_id)  # validated as a string: 5 and "5" are the same id
+        if not isinstance(entry_id, str):
+            continue  # missing or of the wrong type: already reported, and may be unhashable
+        if entry_id in seen:
             first = seen[entry_id]
             problems.append(
                 Problem(

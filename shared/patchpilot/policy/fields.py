@@ -34,7 +34,10 @@ class Quota:
         """As a count out of `total`, percentages rounded up (Google OS Config's rule)."""
         if not self.percent:
             return int(self.amount)
-        return math.ceil(self.amount * total / 100 - 1e-9)
+        exact = self.amount * total / 100
+        # The tolerance absorbs float noise (10% of 30 is 3, not 4) but must not round a
+        # positive share down to 0: that would be a budget of nothing (and a ZeroDivisionError).
+        return max(math.ceil(exact - 1e-9), 1 if exact > 0 else 0)
 
     def exceeded_by(self, count: int, total: int) -> bool:
         """True when `count` out of `total` is more than this quota (equal is still within)."""

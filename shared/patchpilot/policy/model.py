@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta
 from itertools import islice
 from typing import Literal
 from zoneinfo import ZoneInfo
@@ -107,7 +107,12 @@ class Schedule(_Section):
         """The next `count` windows starting at or after `after` (an aware datetime)."""
         at: time | None = self.at
         starts = window_starts(self.rule, at, self.offset_days, self.zone, after)
-        return [Window(s, (s + self.duration).astimezone(self.zone)) for s in islice(starts, count)]
+        # Elapsed time: aware arithmetic within one zone is wall-clock and would stretch or
+        # shrink a window by the DST jump, so add the duration in UTC.
+        return [
+            Window(s, (s.astimezone(UTC) + self.duration).astimezone(self.zone))
+            for s in islice(starts, count)
+        ]
 
     def problems(self) -> list[Problem]:
         here = ("schedule",)

@@ -1,0 +1,1 @@
+"""The local runtime: SQLite store and queue, a simulated fleet, a virtual clock."""

@@ -1,0 +1,432 @@
+"""The local fleet: a deterministic stand-in for EC2 + SSM and Azure Compute on a virtual clock.
+
+Like the real providers, an operation starts once per command id and then takes time: the first
+execution of a command records, in one transaction, each target's operation with its (already
+decided) outcome and finish time; every later execution of the same command id, from any
+process, only reports on it. Until every target is done the answer is `InProgress`, polled
+again at most every ten minutes; then it is one `Outcome` per target.
+
+Nothing is random. Durations come from a stable hash of the instance id, outcomes from the
+instance's `simulation` fault hints (all ok by default), snapshot ids from a hash of the command
+and instance. Each real effect (a snapshot, an install, a rollback) is written once to a ledger,
+so tests can check that no instance is ever touched twice by redelivery, polls or crashes.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import re
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Literal, TypeAlias, TypeVar
+
+from patchpilot.engine.messages import (
+    CheckHealth,
+    InstallPatches,
+    Outcome,
+    ProbeAgents,
+    RollBack,
+    TakeSnapshots,
+)
+from patchpilot.inventory import Instance, OsFamily, Simulation
+from patchpilot.ports import Clock, InProgress, Progress
+
+Kind: TypeAlias = Literal["probe", "snapshot", "install", "health", "rollback"]
+T = TypeVar("T")
+EFFECT_KINDS: frozenset[str] = frozenset({"snapshot", "install", "rollback"})
+
+POLL_INTERVAL = timedelta(minutes=10)
+REBOOT_MINUTES = 4
+HEALTH_MINUTES = 2
+BUSY_TIMEOUT_MS = 10_000
+
+# A small, realistic catalog of the patches each OS is missing: (patch id, classification).
+CATALOG: dict[OsFamily, tuple[tuple[str, str], ...]] = {
+    "linux": (
+        ("openssl-3.0.13-1.el9", "Security"),
+        ("kernel-5.14.0-503.el9", "Critical"),
+        ("glibc-2.34-100.el9", "Security"),
+        ("sudo-1.9.5p2-10.el9", "Critical"),
+        ("curl-7.76.1-29.el9", "Security"),
+        ("tzdata-2024b-2.el9", "Other"),
+        ("vim-minimal-8.2.2637-21.el9", "Other"),
+    ),
+    "windows": (
+        ("KB5048661", "Security"),  # cumulative update
+        ("KB5048817", "Security"),  # .NET Framework cumulative update
+        ("KB5050111", "Critical"),  # servicing stack update
+        ("KB890830", "UpdateRollup"),  # Malicious Software Removal Tool
+        ("KB2267602", "Definition"),  # Defender security intelligence
+    ),
+}
+
+_KB = re.compile(r"^KB\d+$", re.IGNORECASE)
+_ARM_VM = re.compile(
+    r"^/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)"
+    r"/providers/Microsoft\.Compute/virtualMachines/(?P<vm>[^/]+)$",
+    re.IGNORECASE,
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sim_ops (
+    command_id TEXT NOT NULL,
+    instance_id TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    run_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    done_at TEXT NOT NULL,
+    ok INTEGER NOT NULL,
+    detail TEXT NOT NULL,
+    items TEXT NOT NULL,
+    PRIMARY KEY (command_id, instance_id)
+);
+CREATE TABLE IF NOT EXISTS sim_effects (
+    run_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    instance_id TEXT NOT NULL,
+    command_id TEXT NOT NULL,
+    at TEXT NOT NULL,
+    PRIMARY KEY (command_id, instance_id, kind)
+);
+CREATE INDEX IF NOT EXISTS sim_effects_by_run ON sim_effects (run_id);
+"""
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What will happen to one target: decided when the command is first executed."""
+
+    instance_id: str
+    minutes: int
+    ok: bool
+    detail: str
+    items: list[str]
+
+
+@dataclass(frozen=True)
+class _Op:
+    instance_id: str
+    kind: str
+    done_at: datetime
+    ok: bool
+    detail: str
+    items: list[str]
+
+
+class SimulatedFleet:
+    """A `FleetProvider` whose operations live in SQLite (`db_path`) and take virtual time."""
+
+    def __init__(self, db_path: str | Path, clock: Clock) -> None:
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(
+            str(db_path), isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False
+        )
+        self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        self._db.execute("PRAGMA journal_mode = WAL")
+        self._db.execute("PRAGMA synchronous = NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> SimulatedFleet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ FleetProvider
+
+    def probe_agents(self, command: ProbeAgents) -> Progress:
+        return self._execute(
+            command.id, command.run_id, "probe", lambda: _per_instance(command.targets, _probe)
+        )
+
+    def take_snapshots(self, command: TakeSnapshots) -> Progress:
+        def plan(instance: Instance) -> _Plan:
+            return _snapshot(instance, command.id)
+
+        return self._execute(
+            command.id, command.run_id, "snapshot", lambda: _per_instance(command.targets, plan)
+        )
+
+    def install_patches(self, command: InstallPatches) -> Progress:
+        def plans() -> list[_Plan]:
+            return _plans(
+                command.targets, lambda t: t.instance.id, lambda t: _install(t.instance, t.only, command)
+            )
+
+        return self._execute(command.id, command.run_id, "install", plans)
+
+    def check_health(self, command: CheckHealth) -> Progress:
+        def plan(instance: Instance) -> _Plan:
+            return _health(instance, command.after_rollback)
+
+        return self._execute(
+            command.id, command.run_id, "health", lambda: _per_instance(command.targets, plan)
+        )
+
+    def roll_back(self, command: RollBack) -> Progress:
+        def plans() -> list[_Plan]:
+            return _plans(
+                command.targets, lambda t: t.instance.id, lambda t: _rollback(t.instance, t.snapshot_ids)
+            )
+
+        return self._execute(command.id, command.run_id, "rollback", plans)
+
+    # ------------------------------------------------------------ for tests and the local CLI
+
+    def effects(self, run_id: str) -> dict[tuple[str, str], int]:
+        """How often each (kind, instance id) was really snapshotted, installed or rolled back."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT kind, instance_id, COUNT(*) FROM sim_effects WHERE run_id = ?"
+                " GROUP BY kind, instance_id ORDER BY kind, instance_id",
+                (run_id,),
+            ).fetchall()
+        return {(str(kind), str(instance_id)): int(count) for kind, instance_id, count in rows}
+
+    # ------------------------------------------------------------ the mechanism
+
+    def _execute(
+        self, command_id: str, run_id: str, kind: Kind, plans: Callable[[], list[_Plan]]
+    ) -> Progress:
+        ops = self._load(command_id)
+        if not ops:
+            started = self.clock.now()
+            planned = plans()
+            if not planned:
+                return []
+            ops = self._start(command_id, run_id, kind, started, planned)
+        if any(op.kind != kind for op in ops):
+            raise ValueError(f"command {command_id} was first executed as {ops[0].kind}, now as {kind}")
+        now = self.clock.now()
+        running = [op for op in ops if op.done_at > now]
+        if running:
+            last = max(op.done_at for op in running)
+            done = len(ops) - len(running)
+            return InProgress(
+                retry_at=min(last, now + POLL_INTERVAL),
+                note=f"{kind}: {done}/{len(ops)} done, last due {last.isoformat()}",
+            )
+        return [
+            Outcome(id=op.instance_id, ok=op.ok, detail=op.detail, items=op.items, at=op.done_at)
+            for op in ops
+        ]
+
+    def _load(self, command_id: str) -> list[_Op]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT instance_id, kind, done_at, ok, detail, items FROM sim_ops"
+                " WHERE command_id = ? ORDER BY position",
+                (command_id,),
+            ).fetchall()
+        return [
+            _Op(
+                instance_id=instance_id,
+                kind=kind,
+                done_at=datetime.fromisoformat(done_at),
+                ok=bool(ok),
+                detail=detail,
+                items=[str(item) for item in json.loads(items)],
+            )
+            for instance_id, kind, done_at, ok, detail, items in rows
+        ]
+
+    def _start(
+        self, command_id: str, run_id: str, kind: Kind, started: datetime, planned: Sequence[_Plan]
+    ) -> list[_Op]:
+        """Record every target's operation and effect in one transaction, unless another
+        execution of the same command got there first."""
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                exists = db.execute("SELECT 1 FROM sim_ops WHERE command_id = ? LIMIT 1", (command_id,))
+                if exists.fetchone() is None:
+                    for position, plan in enumerate(planned):
+                        done_at = started + timedelta(minutes=plan.minutes)
+                        db.execute(
+                            "INSERT INTO sim_ops (command_id, instance_id, position, run_id, kind,"
+                            " started_at, done_at, ok, detail, items) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                            (
+                                command_id,
+                                plan.instance_id,
+                                position,
+                                run_id,
+                                kind,
+                                started.isoformat(),
+                                done_at.isoformat(),
+                                int(plan.ok),
+                                plan.detail,
+                                json.dumps(plan.items),
+                            ),
+                        )
+                        if kind in EFFECT_KINDS:
+                            db.execute(
+                                "INSERT INTO sim_effects (run_id, kind, instance_id, command_id, at)"
+                                " VALUES (?, ?, ?, ?, ?)",
+                                (run_id, kind, plan.instance_id, command_id, started.isoformat()),
+                            )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        return self._load(command_id)
+
+
+# ---------------------------------------------------------------- what each operation does
+
+
+def _plans(targets: Sequence[T], key: Callable[[T], str], plan: Callable[[T], _Plan]) -> list[_Plan]:
+    """One plan per distinct instance, in the command's order."""
+    seen: set[str] = set()
+    result = []
+    for target in targets:
+        if key(target) not in seen:
+            seen.add(key(target))
+            result.append(plan(target))
+    return result
+
+
+def _per_instance(instances: Sequence[Instance], plan: Callable[[Instance], _Plan]) -> list[_Plan]:
+    return _plans(instances, lambda instance: instance.id, plan)
+
+
+def _hints(instance: Instance) -> Simulation:
+    return instance.simulation or Simulation()
+
+
+def _digest(*parts: str) -> bytes:
+    return hashlib.sha256("\x1f".join(parts).encode()).digest()
+
+
+def _minutes(salt: str, instance_id: str, low: int, high: int) -> int:
+    """A stable duration in [low, high] minutes for this instance."""
+    value = int.from_bytes(_digest(salt, instance_id)[:8], "big")
+    return low + value % (high - low + 1)
+
+
+def _probe(instance: Instance) -> _Plan:
+    online = _hints(instance).agent == "online"
+    if instance.cloud == "aws":
+        detail = (
+            "SSM agent online (PingStatus Online)" if online else "SSM agent not reporting (ConnectionLost)"
+        )
+    else:
+        detail = "VM agent ready" if online else "VM agent not ready (ProvisioningState/Unavailable)"
+    return _Plan(instance.id, 0, online, detail, [])
+
+
+def _disks(instance: Instance) -> list[str]:
+    return ["osdisk"] if instance.os == "linux" else ["osdisk", "datadisk-0"]
+
+
+def _snapshot_id(instance: Instance, command_id: str, disk: str) -> str:
+    digest = _digest("snapshot", command_id, instance.id, disk).hex()
+    if instance.cloud == "aws":
+        return f"snap-{digest[:17]}"
+    name = f"{instance.short_name}-{disk}-pp-{digest[:8]}"
+    arm = _ARM_VM.match(instance.id)
+    if arm is None:
+        return name
+    return (
+        f"/subscriptions/{arm['sub']}/resourceGroups/{arm['rg']}/providers/Microsoft.Compute/snapshots/{name}"
+    )
+
+
+def _snapshot(instance: Instance, command_id: str) -> _Plan:
+    minutes = _minutes("snapshot", instance.id, 3, 6)
+    if _hints(instance).snapshot == "fail":
+        if instance.cloud == "aws":
+            detail = "CreateSnapshots failed: SnapshotCreationPerVolumeRateExceeded"
+        else:
+            detail = "snapshot creation failed: OperationNotAllowed (the disk is being updated)"
+        return _Plan(instance.id, minutes, False, detail, [])
+    ids = [_snapshot_id(instance, command_id, disk) for disk in _disks(instance)]
+    disks = "1 disk" if len(ids) == 1 else f"{len(ids)} disks"
+    return _Plan(instance.id, minutes, True, f"snapshotted {disks}", ids)
+
+
+def _matches(item: str, pattern: str) -> bool:
+    """An exact id (any case), a glob, or a Linux package name without its version."""
+    item_l, pattern_l = item.casefold(), pattern.casefold()
+    if item_l == pattern_l or fnmatch.fnmatchcase(item_l, pattern_l):
+        return True
+    return not _KB.match(item) and item_l.rsplit("-", 2)[0] == pattern_l
+
+
+def _for_os(entry: str, os: OsFamily) -> bool:
+    """A KB number is a Windows update; anything else names a Linux package."""
+    return bool(_KB.match(entry)) == (os == "windows")
+
+
+def select_patches(
+    os: OsFamily, classifications: Sequence[str], include: Sequence[str], exclude: Sequence[str]
+) -> list[str]:
+    """What a policy-driven install puts on a machine of this OS: the catalog's patches of the
+    wanted classifications, plus the included ones (catalog globs, or ids taken as they are),
+    minus the excluded ones."""
+    wanted = set(classifications)
+    chosen = [patch for patch, classification in CATALOG[os] if classification in wanted]
+    for entry in include:
+        if any(ch in entry for ch in "*?["):
+            extra = [patch for patch, _ in CATALOG[os] if _matches(patch, entry)]
+        else:
+            extra = [entry] if _for_os(entry, os) else []
+        chosen.extend(patch for patch in extra if patch not in chosen)
+    return [patch for patch in chosen if not any(_matches(patch, pattern) for pattern in exclude)]
+
+
+def _install(instance: Instance, only: list[str] | None, command: InstallPatches) -> _Plan:
+    hints = _hints(instance)
+    minutes = hints.install_minutes or _minutes("install", instance.id, 20, 50)
+    reboots = command.reboot != "never"
+    if reboots:
+        minutes += REBOOT_MINUTES
+    if only is not None:
+        patches = list(dict.fromkeys(only))
+    else:
+        patches = select_patches(instance.os, command.classifications, command.include, command.exclude)
+    if hints.install == "fail":
+        first = patches[0] if patches else ("KB5048661" if instance.os == "windows" else "openssl")
+        if instance.os == "windows":
+            detail = f"exit code 0x80070643: {first} failed to install (fatal error during installation)"
+        else:
+            detail = (
+                f"exit code 1: package conflict: {first} conflicts with a version-locked installed package"
+            )
+        return _Plan(instance.id, minutes, False, detail, [])
+    count = "1 patch" if len(patches) == 1 else f"{len(patches)} patches"
+    tail = "rebooted" if reboots else "not rebooted (reboot: never)"
+    return _Plan(instance.id, minutes, True, f"{count} installed, {tail}", patches)
+
+
+def _health(instance: Instance, after_rollback: bool) -> _Plan:
+    if _hints(instance).health == "fail" and not after_rollback:
+        return _Plan(instance.id, HEALTH_MINUTES, False, "HTTP check failed: 503 Service Unavailable", [])
+    detail = "status checks 2/2 passed" if instance.cloud == "aws" else "VM health: Available, HTTP 200"
+    return _Plan(instance.id, HEALTH_MINUTES, True, detail, [])
+
+
+def _rollback(instance: Instance, snapshot_ids: list[str]) -> _Plan:
+    minutes = _minutes("rollback", instance.id, 8, 14)
+    if not snapshot_ids:
+        return _Plan(instance.id, minutes, False, "no snapshot to restore from", [])
+    source = snapshot_ids[0]
+    if _hints(instance).rollback == "fail":
+        if instance.cloud == "aws":
+            detail = f"CreateReplaceRootVolumeTask from {source} failed: IncorrectState"
+        else:
+            detail = f"OS disk swap to a disk from {source} failed: OperationNotAllowed"
+        return _Plan(instance.id, minutes, False, detail, [])
+    more = f" and {len(snapshot_ids) - 1} more" if len(snapshot_ids) > 1 else ""
+    return _Plan(instance.id, minutes, True, f"restored from {source}{more}", list(snapshot_ids))

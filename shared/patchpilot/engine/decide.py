@@ -1,0 +1,521 @@
+"""The pure heart of a run: `decide(run, event, now) -> Decision(run', commands)`.
+
+No I/O, no clock, no SDK: the shell (`patchpilot.service`) loads the run, calls `decide`, and
+saves the new run with its commands (the outbox) in one conditional write. The flow is the
+transition table `TRANSITIONS`, keyed on (run state, event type); docs/state-machine.md is
+generated from it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Literal
+
+from patchpilot.engine.messages import (
+    AgentsProbed,
+    ApprovalGranted,
+    CheckHealth,
+    Command,
+    Event,
+    HealthChecked,
+    InstallPatches,
+    InstallTarget,
+    Notify,
+    Outcome,
+    PatchesInstalled,
+    ProbeAgents,
+    RestoreTarget,
+    RollBack,
+    RolledBack,
+    Severity,
+    SnapshotsTaken,
+    TakeSnapshots,
+    Topic,
+    Wait,
+)
+from patchpilot.engine.run import InstanceRecord, LogEntry, Run, RunState, Step, WaveState
+from patchpilot.planning import Plan
+from patchpilot.policy import Policy
+from patchpilot.policy.fields import format_duration
+
+MAX_FAILURE_NOTICES = 10  # per wave; more are summarised in one message
+
+
+@dataclass(frozen=True)
+class Decision:
+    run: Run
+    commands: list[Command] = field(default_factory=list)
+    ignored: str = ""  # why the event changed nothing, when it did not
+
+
+Handler = Callable[[Run, Event, datetime], Decision]
+
+
+@dataclass(frozen=True)
+class Transition:
+    handler: Handler
+    targets: tuple[str, ...]  # the states (or WaveDone) the handler may lead to, for the diagram
+
+
+# ---------------------------------------------------------------- starting
+
+
+def start_run(run_id: str, policy: Policy, plan: Plan, now: datetime) -> Decision:
+    """A new run at `now`; its window (when the policy has a schedule) ends `duration` later."""
+    waves = tuple(
+        WaveState(
+            index=w.index,
+            ring=w.ring,
+            ring_position=[r.name for r in policy.rings].index(w.ring),
+            canary=w.canary,
+            records={i.id: InstanceRecord(instance=i, ring=w.ring, wave=w.index) for i in w.instances},
+        )
+        for w in plan.waves
+    )
+    excluded = tuple(
+        InstanceRecord(instance=e.instance, ring="", state="excluded", reason=e.reason) for e in plan.excluded
+    )
+    window_end = now + policy.schedule.duration if policy.schedule else None
+    run = Run(
+        run_id=run_id, policy=policy, created_at=now, window_end=window_end, waves=waves, excluded=excluded
+    )
+    frozen = [r for r in excluded if r.reason.startswith("frozen")]
+    text = f"Run {run_id} of policy {policy.name} started: {len(waves)} waves"
+    text += f", {sum(len(w.records) for w in waves)} instances"
+    if frozen:
+        text += f"; {len(frozen)} frozen instances are not patched and stay exposed"
+    notice = _notify(run, "run_started", text)
+    decision = _begin_wave(_logged(run, now, text), now)
+    return Decision(decision.run, [notice, *decision.commands])
+
+
+# ---------------------------------------------------------------- the table
+
+
+def decide(run: Run, event: Event, now: datetime) -> Decision:
+    """Apply one event. Duplicates, stale results and events the state does not expect change
+    nothing (and say why)."""
+    if event.id in run.processed:
+        return Decision(run, ignored=f"duplicate event {event.id}")
+    transition = TRANSITIONS.get((run.state, event.type))
+    if transition is None:
+        return Decision(run, ignored=f"{event.type} is not expected while {run.state}")
+    awaited = getattr(event, "command_id", None)
+    if awaited is not None and awaited != run.awaiting:
+        return Decision(run, ignored=f"stale {event.type} for {awaited} (waiting for {run.awaiting})")
+    run = run.model_copy(update={"processed": (*run.processed, event.id), "awaiting": None})
+    return transition.handler(run, event, now)
+
+
+def _on_agents_probed(run: Run, event: Event, now: datetime) -> Decision:
+    assert isinstance(event, AgentsProbed)
+    results = event.by_id()
+    wave = _update(
+        run.current,
+        results,
+        "probe",
+        lambda r, o: {} if o.ok else _final(r, "skipped", f"agent did not answer: {o.detail}".rstrip(": ")),
+    )
+    run = _with_wave(run, wave)
+    targets = [r.instance for r in _pending(wave)]  # the offline ones are skipped now
+    if not targets:
+        return _finish_wave(run, now)
+    command = TakeSnapshots(
+        id=_command_id(run, "snapshot"), run_id=run.run_id, wave=wave.index, targets=targets
+    )
+    return _await(run, "snapshotting", command)
+
+
+def _on_snapshots_taken(run: Run, event: Event, now: datetime) -> Decision:
+    assert isinstance(event, SnapshotsTaken)
+    results = event.by_id()
+
+    def apply(record: InstanceRecord, outcome: Outcome) -> dict[str, object]:
+        if outcome.ok:
+            return {"snapshot_ids": list(outcome.items)}
+        failure = f"snapshot failed: {outcome.detail}".rstrip(": ")
+        return {**_final(record, "skipped", f"{failure}; not patched"), "failure": failure}
+
+    wave = _update(run.current, results, "snapshot", apply)
+    run = _with_wave(run, wave)
+    ready = [r for r in _pending(wave) if r.snapshot_ids]
+    if not ready:
+        return _finish_wave(run, now)
+    policy = run.policy
+    command = InstallPatches(
+        id=_command_id(run, "install"),
+        run_id=run.run_id,
+        wave=wave.index,
+        targets=[InstallTarget(instance=r.instance, only=_pinned(run, r)) for r in ready],
+        classifications=list(policy.patches.classifications),
+        include=list(policy.patches.include),
+        exclude=list(policy.patches.exclude),
+        reboot=policy.reboot,
+        max_duration=_time_left(run, now),
+    )
+    return _await(run, "installing", command)
+
+
+def _on_patches_installed(run: Run, event: Event, now: datetime) -> Decision:
+    assert isinstance(event, PatchesInstalled)
+    results = event.by_id()
+
+    def apply(record: InstanceRecord, outcome: Outcome) -> dict[str, object]:
+        if outcome.ok:
+            return {"installed": list(outcome.items)}
+        return {"failure": f"install failed: {outcome.detail}".rstrip(": ")}
+
+    wave = _update(run.current, results, "install", apply)
+    run = _with_wave(run, wave)
+    installed = [r.instance for r in _pending(wave) if not r.failure]
+    if installed:
+        command = CheckHealth(
+            id=_command_id(run, "health"), run_id=run.run_id, wave=wave.index, targets=installed
+        )
+        return _await(run, "checking", command)
+    return _roll_back_failures(run, now)
+
+
+def _on_health_checked(run: Run, event: Event, now: datetime) -> Decision:
+    assert isinstance(event, HealthChecked)
+
+    def apply(record: InstanceRecord, outcome: Outcome) -> dict[str, object]:
+        if outcome.ok:
+            return _final(record, "patched", f"{plural(len(record.installed), 'patch')} installed, healthy")
+        return {"failure": f"health check failed after patching: {outcome.detail}".rstrip(": ")}
+
+    wave = _update(run.current, event.by_id(), "health", apply)
+    return _roll_back_failures(_with_wave(run, wave), now)
+
+
+def _roll_back_failures(run: Run, now: datetime) -> Decision:
+    failed = [r for r in _pending(run.current) if r.failure]
+    if not failed:
+        return _finish_wave(run, now)
+    command = RollBack(
+        id=_command_id(run, "rollback"),
+        run_id=run.run_id,
+        wave=run.current.index,
+        targets=[RestoreTarget(instance=r.instance, snapshot_ids=r.snapshot_ids) for r in failed],
+    )
+    return _await(run, "rolling_back", command)
+
+
+def _on_rolled_back(run: Run, event: Event, now: datetime) -> Decision:
+    assert isinstance(event, RolledBack)
+
+    def apply(record: InstanceRecord, outcome: Outcome) -> dict[str, object]:
+        if outcome.ok:
+            return {}
+        return _final(
+            record, "failed", f"{record.failure}; rollback failed too: {outcome.detail}".rstrip(": ")
+        )
+
+    wave = _update(run.current, event.by_id(), "rollback", apply)
+    run = _with_wave(run, wave)
+    restored = [r.instance for r in _pending(wave)]
+    if not restored:
+        return _finish_wave(run, now)
+    command = CheckHealth(
+        id=_command_id(run, "recheck"),
+        run_id=run.run_id,
+        wave=wave.index,
+        targets=restored,
+        after_rollback=True,
+    )
+    return _await(run, "rechecking", command)
+
+
+def _on_rechecked(run: Run, event: Event, now: datetime) -> Decision:
+    assert isinstance(event, HealthChecked)
+
+    def apply(record: InstanceRecord, outcome: Outcome) -> dict[str, object]:
+        source = ", ".join(record.snapshot_ids) or "its snapshot"
+        if outcome.ok:
+            return _final(
+                record, "rolled_back", f"{record.failure}; rolled back from {source}, healthy again"
+            )
+        detail = f"{record.failure}; rolled back from {source} but still unhealthy: {outcome.detail}"
+        return _final(record, "failed", detail.rstrip(": "))
+
+    wave = _update(run.current, event.by_id(), "recheck", apply)
+    return _finish_wave(_with_wave(run, wave), now)
+
+
+def _on_soak_over(run: Run, event: Event, now: datetime) -> Decision:
+    return _enter_next_ring(_logged(run, now, "Soak over"), now)
+
+
+def _on_approved(run: Run, event: Event, now: datetime) -> Decision:
+    assert isinstance(event, ApprovalGranted)
+    ring = run.waves[run.cursor].ring
+    return _begin_wave(_logged(run, now, f"Ring {ring} approved by {event.by}"), now)
+
+
+WAVE_DONE = "WaveDone"  # not a state: the end of a wave, decided inside the handlers
+
+TRANSITIONS: dict[tuple[RunState, str], Transition] = {
+    ("probing", "AgentsProbed"): Transition(_on_agents_probed, ("snapshotting", WAVE_DONE)),
+    ("snapshotting", "SnapshotsTaken"): Transition(_on_snapshots_taken, ("installing", WAVE_DONE)),
+    ("installing", "PatchesInstalled"): Transition(_on_patches_installed, ("checking", "rolling_back")),
+    ("checking", "HealthChecked"): Transition(_on_health_checked, ("rolling_back", WAVE_DONE)),
+    ("rolling_back", "RolledBack"): Transition(_on_rolled_back, ("rechecking", WAVE_DONE)),
+    ("rechecking", "HealthChecked"): Transition(_on_rechecked, (WAVE_DONE,)),
+    ("soaking", "TimerFired"): Transition(_on_soak_over, ("awaiting_approval", "probing")),
+    ("awaiting_approval", "ApprovalGranted"): Transition(_on_approved, ("probing",)),
+}
+# Where the end of a wave leads: the next wave, a soak, an approval gate, or the end of the run.
+WAVE_DONE_TARGETS: tuple[RunState, ...] = (
+    "probing",
+    "soaking",
+    "awaiting_approval",
+    "succeeded",
+    "halted",
+    "incomplete",
+)
+
+
+# ---------------------------------------------------------------- waves and rings
+
+
+def _begin_wave(run: Run, now: datetime) -> Decision:
+    if run.cursor >= len(run.waves):
+        return _end(run, now, "succeeded", "every wave finished")
+    if run.window_end is not None and now >= run.window_end:
+        zone = run.policy.schedule.zone if run.policy.schedule else None
+        when = run.window_end.astimezone(zone).isoformat(timespec="minutes")
+        return _end(
+            run, now, "incomplete", f"the maintenance window ended at {when}; later waves not started"
+        )
+    wave = run.current.model_copy(update={"started_at": now})
+    if wave.ring_position > 0:
+        wave = _skip_unpromotable(run, wave)
+    run = _logged(_with_wave(run, wave), now, f"Wave {wave.index} ({wave.ring}) started")
+    targets = [r.instance for r in _pending(wave)]
+    if not targets:
+        return _finish_wave(run, now)
+    command = ProbeAgents(id=_command_id(run, "probe"), run_id=run.run_id, wave=wave.index, targets=targets)
+    return _await(run, "probing", command)
+
+
+def _skip_unpromotable(run: Run, wave: WaveState) -> WaveState:
+    """Later rings install exactly what the first ring installed and passed, per OS."""
+    promoted = run.promoted or {}
+    first_ring = run.policy.rings[0].name
+    records = dict(wave.records)
+    for key, record in wave.records.items():
+        os_name = record.instance.os
+        if os_name not in promoted:
+            reason = f"no {os_name} instance passed ring {first_ring}: no tested patch set to promote"
+            records[key] = record.model_copy(update=_final(record, "skipped", reason))
+        elif not promoted[os_name]:
+            reason = f"nothing to install: ring {first_ring} installed no {os_name} patches"
+            records[key] = record.model_copy(update=_final(record, "skipped", reason))
+    return wave.model_copy(update={"records": records})
+
+
+def _finish_wave(run: Run, now: datetime) -> Decision:
+    wave = run.current.model_copy(update={"finished_at": now})
+    run = _with_wave(run, wave)
+    notices = _failure_notices(run, wave)
+    size, failures = len(wave.records), wave.failures
+    limit = run.policy.rollout.max_failures
+    text = f"Wave {wave.index} ({wave.ring}) finished: {_counts(wave.records.values())}"
+    run = _logged(run, now, text, "warning" if failures else "info")
+    if limit.exceeded_by(failures, size):
+        reason = (
+            f"wave {wave.index} had {plural(failures, 'failure')} of {size}, more than max_failures {limit}"
+        )
+        decision = _end(run, now, "halted", reason)
+        return Decision(decision.run, [*notices, *decision.commands])
+
+    last_of_ring = run.cursor + 1 >= len(run.waves) or run.waves[run.cursor + 1].ring != wave.ring
+    if not last_of_ring:
+        decision = _begin_wave(run.model_copy(update={"cursor": run.cursor + 1}), now)
+        return Decision(decision.run, [*notices, *decision.commands])
+
+    ring_records = [r for w in run.waves if w.ring == wave.ring for r in w.records.values()]
+    ring_failures = sum(1 for r in ring_records if r.failure)
+    if wave.ring_position == 0:
+        if ring_failures:
+            reason = f"ring {wave.ring} had {plural(ring_failures, 'failure')}: later rings are not touched"
+            decision = _end(run, now, "halted", reason)
+            return Decision(decision.run, [*notices, *decision.commands])
+        run = run.model_copy(update={"promoted": _promoted(ring_records)})
+    text = f"Ring {wave.ring} finished: {_counts(ring_records)}"
+    notices.append(_notify(run, "ring_finished", text, suffix=wave.ring))
+    run = _logged(run.model_copy(update={"cursor": run.cursor + 1}), now, text)
+    if run.cursor >= len(run.waves):
+        decision = _begin_wave(run, now)
+        return Decision(decision.run, [*notices, *decision.commands])
+    soak = run.policy.rings[wave.ring_position].soak
+    if soak.total_seconds() > 0:
+        wait = Wait(
+            id=f"{run.run_id}:ring{wave.ring_position + 1}:soak",
+            run_id=run.run_id,
+            until=now + soak,
+            purpose=f"soak after ring {wave.ring}",
+        )
+        run = _logged(run, now, f"Soaking {format_duration(soak)} after ring {wave.ring}")
+        return Decision(_awaiting(run, "soaking", wait.id), [*notices, wait])
+    decision = _enter_next_ring(run, now)
+    return Decision(decision.run, [*notices, *decision.commands])
+
+
+def _enter_next_ring(run: Run, now: datetime) -> Decision:
+    ring = run.policy.rings[run.current.ring_position]
+    if ring.approval == "required":
+        text = f"Ring {ring.name} needs approval: patchpilot approve {run.run_id}"
+        run = _logged(run, now, text, "warning")
+        return Decision(_awaiting(run, "awaiting_approval", None), [_notify(run, "approval_needed", text)])
+    return _begin_wave(run, now)
+
+
+def _end(run: Run, now: datetime, state: RunState, reason: str) -> Decision:
+    """Finish the run; whatever never started is reported as not started, with why."""
+    waves = []
+    for wave in run.waves:
+        if any(r.state == "pending" for r in wave.records.values()):
+            records = {
+                k: r.model_copy(update=_final(r, "not_started", reason)) if r.state == "pending" else r
+                for k, r in wave.records.items()
+            }
+            wave = wave.model_copy(update={"records": records})
+        waves.append(wave)
+    run = run.model_copy(update={"waves": tuple(waves), "state": state, "reason": reason, "awaiting": None})
+    text = f"Run {run.run_id} {state}: {reason}. {_counts(run.records())}"
+    if state == "succeeded":
+        return Decision(_logged(run, now, text), [_notify(run, "run_finished", text)])
+    return Decision(_logged(run, now, text, "error"), [_notify(run, "run_halted", text, "error")])
+
+
+# ---------------------------------------------------------------- helpers
+
+
+# Which pending instances each step's command targeted (the same rules build the commands).
+_TARGETED: dict[str, Callable[[InstanceRecord], bool]] = {
+    "probe": lambda r: True,
+    "snapshot": lambda r: True,
+    "install": lambda r: bool(r.snapshot_ids),
+    "health": lambda r: not r.failure,
+    "rollback": lambda r: bool(r.failure),
+    "recheck": lambda r: bool(r.failure),
+}
+
+
+def _update(
+    wave: WaveState,
+    results: dict[str, Outcome],
+    step: Literal["probe", "snapshot", "install", "health", "rollback", "recheck"],
+    apply: Callable[[InstanceRecord, Outcome], dict[str, object]],
+) -> WaveState:
+    """Apply each targeted instance's outcome; a target missing from the results counts as
+    failed ("no result reported"), so nothing is lost silently."""
+    targeted = _TARGETED[step]
+    records = dict(wave.records)
+    for key, record in wave.records.items():
+        if record.state != "pending" or not targeted(record):
+            continue
+        outcome = results.get(key) or Outcome(id=key, ok=False, detail="no result reported")
+        at = outcome.at or wave.started_at
+        assert at is not None
+        entry = Step(step=step, at=at, ok=outcome.ok, detail=outcome.detail)
+        records[key] = record.model_copy(update={**apply(record, outcome), "steps": [*record.steps, entry]})
+    return wave.model_copy(update={"records": records})
+
+
+def _pending(wave: WaveState) -> list[InstanceRecord]:
+    return [r for r in wave.records.values() if r.state == "pending"]
+
+
+def _final(record: InstanceRecord, state: str, reason: str) -> dict[str, object]:
+    return {"state": state, "reason": reason}
+
+
+def _with_wave(run: Run, wave: WaveState) -> Run:
+    waves = list(run.waves)
+    waves[run.cursor] = wave
+    return run.model_copy(update={"waves": tuple(waves)})
+
+
+def _await(run: Run, state: RunState, command: Command) -> Decision:
+    return Decision(_awaiting(run, state, command.id), [command])
+
+
+def _awaiting(run: Run, state: RunState, command_id: str | None) -> Run:
+    return run.model_copy(update={"state": state, "awaiting": command_id})
+
+
+def _command_id(run: Run, step: str) -> str:
+    return f"{run.run_id}:w{run.current.index}:{step}"
+
+
+def _logged(run: Run, now: datetime, text: str, level: Severity = "info") -> Run:
+    entry = LogEntry(at=now, text=text, level=level)
+    return run.model_copy(update={"log": (*run.log, entry)})
+
+
+def _notify(run: Run, topic: Topic, text: str, severity: Severity = "info", suffix: str = "") -> Notify:
+    key = f"{topic}:{suffix}" if suffix else topic
+    return Notify(
+        id=f"{run.run_id}:notify:{key}", run_id=run.run_id, topic=topic, text=text, severity=severity
+    )
+
+
+def _failure_notices(run: Run, wave: WaveState) -> list[Command]:
+    failed = [r for r in wave.records.values() if r.failure]
+    notices: list[Command] = []
+    for record in failed[:MAX_FAILURE_NOTICES]:
+        name = f"{record.instance.short_name} ({record.id})"
+        text = f"{name} in wave {wave.index}: {record.state.replace('_', ' ')}: {record.reason}"
+        notices.append(
+            _notify(
+                run,
+                "instance_failed",
+                text,
+                "warning" if record.state == "rolled_back" else "error",
+                record.id,
+            )
+        )
+    if len(failed) > MAX_FAILURE_NOTICES:
+        more = len(failed) - MAX_FAILURE_NOTICES
+        text = f"Wave {wave.index}: {more} more failed instances; see patchpilot status {run.run_id}"
+        notices.append(_notify(run, "instance_failed", text, "error", f"w{wave.index}:more"))
+    return notices
+
+
+def _promoted(records: Iterable[InstanceRecord]) -> dict[str, list[str]]:
+    """Per OS, the union of what the patched instances of the first ring installed."""
+    promoted: dict[str, set[str]] = {}
+    for record in records:
+        if record.state == "patched":
+            promoted.setdefault(record.instance.os, set()).update(record.installed)
+    return {os_name: sorted(items) for os_name, items in sorted(promoted.items())}
+
+
+def _time_left(run: Run, now: datetime) -> timedelta | None:
+    """What is left of the window, for the install's maximum duration; None once it has ended
+    (a wave that started in time finishes)."""
+    if run.window_end is None or run.window_end <= now:
+        return None
+    return run.window_end - now
+
+
+def _pinned(run: Run, record: InstanceRecord) -> list[str] | None:
+    if run.current.ring_position == 0:
+        return None
+    return list((run.promoted or {}).get(record.instance.os, []))
+
+
+def plural(count: int, word: str) -> str:
+    suffix = "es" if word.endswith(("s", "ch", "sh", "x")) else "s"
+    return f"{count} {word}{'' if count == 1 else suffix}"
+
+
+def _counts(records: Iterable[InstanceRecord]) -> str:
+    counts: dict[str, int] = {}
+    for record in records:
+        counts[record.state] = counts.get(record.state, 0) + 1
+    return ", ".join(f"{n} {state.replace('_', ' ')}" for state, n in sorted(counts.items())) or "nothing"

@@ -1,0 +1,41 @@
+"""Generate docs/state-machine.md from the transition table: `python -m patchpilot.engine.diagram`."""
+
+from __future__ import annotations
+
+from patchpilot.engine.decide import TRANSITIONS, WAVE_DONE_TARGETS
+
+HEADER = """# The run state machine
+
+Generated from `TRANSITIONS` in `shared/patchpilot/engine/decide.py` by
+`python -m patchpilot.engine.diagram` (`make docs`); a test fails when it is out of date.
+Each arrow is an event the state accepts; any other event in that state is ignored and said so.
+`WaveDone` is not a state: it is the end of a wave (every instance settled), which starts the
+next wave (`probing`), soaks, waits for approval, or ends the run (`succeeded`; `halted` when
+the wave exceeded `max_failures` or the first ring had a failure; `incomplete` when the window
+ended).
+"""
+
+
+def mermaid() -> str:
+    lines = ["stateDiagram-v2", "    [*] --> probing: RunStarted"]
+    for (state, event), transition in TRANSITIONS.items():
+        for target in transition.targets:
+            lines.append(f"    {state} --> {target}: {event}")
+    lines.append("    state WaveDone <<choice>>")
+    for target in WAVE_DONE_TARGETS:
+        lines.append(f"    WaveDone --> {target}")
+    for terminal in ("succeeded", "halted", "incomplete"):
+        lines.append(f"    {terminal} --> [*]")
+    return "\n".join(lines)
+
+
+def document() -> str:
+    table = ["| state | event | handler | may lead to |", "| --- | --- | --- | --- |"]
+    for (state, event), transition in TRANSITIONS.items():
+        targets = ", ".join(transition.targets)
+        table.append(f"| {state} | {event} | `{transition.handler.__name__}` | {targets} |")
+    return f"{HEADER}\n```mermaid\n{mermaid()}\n```\n\n" + "\n".join(table) + "\n"
+
+
+if __name__ == "__main__":
+    print(document(), end="")

@@ -1,0 +1,203 @@
+"""Commands (imperative) and events (past tense) that flow between the steps of a run.
+
+Each is one pydantic model so fields can grow; every message has a stable id. A command's
+result event has the id `<command id>:done`, so a command executed twice yields one event.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from patchpilot.inventory import Instance
+from patchpilot.policy.fields import Duration
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str
+    run_id: str
+
+
+# ---------------------------------------------------------------- commands
+
+
+class _Command(_Message):
+    wave: int | None = None  # 1-based wave index, where the command concerns a wave
+
+    @property
+    def result_id(self) -> str:
+        return f"{self.id}:done"
+
+
+class ProbeAgents(_Command):
+    """Ask whether each instance's management agent answers (SSM, Azure VM agent)."""
+
+    type: Literal["ProbeAgents"] = "ProbeAgents"
+    targets: list[Instance]
+
+
+class TakeSnapshots(_Command):
+    """Snapshot every disk of every target, tagged with the run, wave and command id."""
+
+    type: Literal["TakeSnapshots"] = "TakeSnapshots"
+    targets: list[Instance]
+
+
+class InstallTarget(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    instance: Instance
+    only: list[str] | None = None  # the promoted, pinned set; None: what the policy selects
+
+
+class InstallPatches(_Command):
+    type: Literal["InstallPatches"] = "InstallPatches"
+    targets: list[InstallTarget]
+    classifications: list[str]
+    include: list[str] = Field(default_factory=list)
+    exclude: list[str] = Field(default_factory=list)
+    reboot: Literal["if_required", "always", "never"] = "if_required"
+    max_duration: Duration | None = None
+
+
+class CheckHealth(_Command):
+    type: Literal["CheckHealth"] = "CheckHealth"
+    targets: list[Instance]
+    after_rollback: bool = False
+
+
+class RestoreTarget(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    instance: Instance
+    snapshot_ids: list[str]
+
+
+class RollBack(_Command):
+    """Restore each target from the snapshots taken before it was patched."""
+
+    type: Literal["RollBack"] = "RollBack"
+    targets: list[RestoreTarget]
+
+
+class Wait(_Command):
+    """Deliver a TimerFired at `until`: soaks between rings."""
+
+    type: Literal["Wait"] = "Wait"
+    until: datetime
+    purpose: str
+
+
+Topic = Literal[
+    "run_started",
+    "ring_finished",
+    "approval_needed",
+    "instance_failed",
+    "run_halted",
+    "run_finished",
+]
+Severity = Literal["info", "warning", "error"]
+
+
+class Notify(_Command):
+    """Tell people: the console locally, Slack and Teams once routed."""
+
+    type: Literal["Notify"] = "Notify"
+    topic: Topic
+    text: str
+    severity: Severity = "info"
+
+
+Command = Annotated[
+    ProbeAgents | TakeSnapshots | InstallPatches | CheckHealth | RollBack | Wait | Notify,
+    Field(discriminator="type"),
+]
+
+# ---------------------------------------------------------------- events
+
+
+class Outcome(BaseModel):
+    """What happened to one instance in one step."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str
+    ok: bool
+    detail: str = ""
+    items: list[str] = Field(default_factory=list)  # snapshot ids, installed patches, ...
+    at: datetime | None = None
+
+
+class Result(_Message):
+    command_id: str
+    results: list[Outcome]
+
+    def by_id(self) -> dict[str, Outcome]:
+        return {o.id: o for o in self.results}
+
+
+class AgentsProbed(Result):
+    type: Literal["AgentsProbed"] = "AgentsProbed"
+
+
+class SnapshotsTaken(Result):
+    type: Literal["SnapshotsTaken"] = "SnapshotsTaken"
+
+
+class PatchesInstalled(Result):
+    type: Literal["PatchesInstalled"] = "PatchesInstalled"
+
+
+class HealthChecked(Result):
+    type: Literal["HealthChecked"] = "HealthChecked"
+
+
+class RolledBack(Result):
+    type: Literal["RolledBack"] = "RolledBack"
+
+
+class TimerFired(_Message):
+    type: Literal["TimerFired"] = "TimerFired"
+    command_id: str
+
+
+class ApprovalGranted(_Message):
+    type: Literal["ApprovalGranted"] = "ApprovalGranted"
+    by: str = "cli"
+
+
+Event = Annotated[
+    AgentsProbed
+    | SnapshotsTaken
+    | PatchesInstalled
+    | HealthChecked
+    | RolledBack
+    | TimerFired
+    | ApprovalGranted,
+    Field(discriminator="type"),
+]
+
+Message = Annotated[
+    ProbeAgents
+    | TakeSnapshots
+    | InstallPatches
+    | CheckHealth
+    | RollBack
+    | Wait
+    | Notify
+    | AgentsProbed
+    | SnapshotsTaken
+    | PatchesInstalled
+    | HealthChecked
+    | RolledBack
+    | TimerFired
+    | ApprovalGranted,
+    Field(discriminator="type"),
+]
+MESSAGE = TypeAdapter(Message)
+
+FleetCommand = ProbeAgents | TakeSnapshots | InstallPatches | CheckHealth | RollBack

@@ -1,0 +1,122 @@
+"""The state of one patch run: plan, progress, and what happened to every instance."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from patchpilot.inventory import Instance
+from patchpilot.policy import Policy
+
+InstanceState = Literal["pending", "patched", "rolled_back", "failed", "skipped", "not_started", "excluded"]
+FINAL_STATES: frozenset[str] = frozenset(
+    {"patched", "rolled_back", "failed", "skipped", "not_started", "excluded"}
+)
+
+RunState = Literal[
+    "probing",
+    "snapshotting",
+    "installing",
+    "checking",
+    "rolling_back",
+    "rechecking",
+    "soaking",
+    "awaiting_approval",
+    "succeeded",
+    "halted",
+    "incomplete",
+]
+TERMINAL_STATES: frozenset[str] = frozenset({"succeeded", "halted", "incomplete"})
+Status = Literal["running", "waiting_approval", "succeeded", "halted", "incomplete"]
+
+
+class _State(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Step(_State):
+    """One thing done to one instance, for the report."""
+
+    step: Literal["probe", "snapshot", "install", "health", "rollback", "recheck"]
+    at: datetime
+    ok: bool
+    detail: str = ""
+
+
+class InstanceRecord(_State):
+    instance: Instance
+    ring: str
+    wave: int | None = None
+    state: InstanceState = "pending"
+    reason: str = ""
+    failure: str = ""  # what went wrong (snapshot, install, health), counted against the wave
+    snapshot_ids: list[str] = Field(default_factory=list)
+    installed: list[str] = Field(default_factory=list)
+    steps: list[Step] = Field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        return self.instance.id
+
+
+class WaveState(_State):
+    index: int  # 1-based
+    ring: str
+    ring_position: int  # 0 for the first ring of the policy
+    canary: bool = False
+    records: dict[str, InstanceRecord]
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @property
+    def failures(self) -> int:
+        return sum(1 for r in self.records.values() if r.failure)
+
+
+class LogEntry(_State):
+    at: datetime
+    text: str
+    level: Literal["info", "warning", "error"] = "info"
+
+
+class Run(_State):
+    run_id: str
+    policy: Policy
+    created_at: datetime
+    window_end: datetime | None = None
+    state: RunState = "probing"
+    reason: str = ""
+    version: int = 0
+    cursor: int = 0  # 0-based position of the current wave in `waves`
+    awaiting: str | None = None  # id of the command whose result the run waits for
+    waves: tuple[WaveState, ...]
+    excluded: tuple[InstanceRecord, ...] = ()
+    promoted: dict[str, list[str]] | None = None  # per os: what the first ring installed and passed
+    processed: tuple[str, ...] = ()  # ids of the events already applied
+    log: tuple[LogEntry, ...] = ()
+
+    @property
+    def status(self) -> Status:
+        if self.state in TERMINAL_STATES:
+            return self.state  # type: ignore[return-value]
+        return "waiting_approval" if self.state == "awaiting_approval" else "running"
+
+    @property
+    def finished(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    @property
+    def current(self) -> WaveState:
+        return self.waves[self.cursor]
+
+    def records(self) -> list[InstanceRecord]:
+        """Every instance of the run, excluded ones last."""
+        return [r for w in self.waves for r in w.records.values()] + list(self.excluded)
+
+    def summary(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for record in self.records():
+            counts[record.state] = counts.get(record.state, 0) + 1
+        return counts

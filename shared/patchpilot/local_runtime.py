@@ -1,0 +1,101 @@
+"""The local runtime, the embedded default: the same engine and message flow as on the clouds,
+on SQLite and a simulated fleet with a virtual clock, in one state directory."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from patchpilot.adapters.local.clock import VirtualClock
+from patchpilot.adapters.local.notifier import FileNotifier
+from patchpilot.adapters.local.simulated_fleet import SimulatedFleet
+from patchpilot.adapters.local.sqlite_queue import SqliteQueue
+from patchpilot.adapters.local.sqlite_store import SqliteRunStore
+from patchpilot.engine.messages import Notify
+from patchpilot.engine.run import Run
+from patchpilot.inventory import Instance
+from patchpilot.policy import Policy
+from patchpilot.ports import DeadLetter, UnknownRunError
+from patchpilot.service import Service
+
+log = logging.getLogger("patchpilot.local")
+
+DB_NAME = "state.db"
+RECEIVE_BATCH = 10
+
+
+@dataclass
+class LocalRuntime:
+    state_dir: Path
+    service: Service
+    store: SqliteRunStore
+    queue: SqliteQueue
+    fleet: SimulatedFleet
+    clock: VirtualClock
+
+    @classmethod
+    def open(
+        cls, state_dir: Path, start: datetime | None = None, on_notice: Callable[[Notify], None] | None = None
+    ) -> LocalRuntime:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        db = state_dir / DB_NAME
+        clock = VirtualClock(db, start)
+        store = SqliteRunStore(db)
+        queue = SqliteQueue(db, clock)
+        fleet = SimulatedFleet(db, clock)
+        notifier = FileNotifier(state_dir / "notifications.jsonl", on_notice)
+        service = Service(store=store, queue=queue, fleet=fleet, notifier=notifier, clock=clock)
+        return cls(state_dir, service, store, queue, fleet, clock)
+
+    def start(
+        self, policy: Policy, instances: Iterable[Instance], run_id: str | None = None, at: datetime | None = None
+    ) -> Run:
+        """Start a run at `at`, or at the policy's next window (now, without a schedule): the
+        virtual clock moves there, so the run shows how the fleet fits the window."""
+        if at is None and policy.schedule is not None:
+            at = policy.schedule.windows(self.clock.now(), 1)[0].start
+        if at is not None:
+            self.clock.advance_to(at)
+        now = self.clock.now()
+        run_id = run_id or f"{policy.name}-{now:%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+        return self.service.start(run_id, policy, instances)
+
+    def load(self, run_id: str) -> Run:
+        return self.store.load(run_id)
+
+    def exists(self, run_id: str) -> bool:
+        try:
+            self.store.load(run_id)
+        except UnknownRunError:
+            return False
+        return True
+
+    def drive(self, run_id: str, on_change: Callable[[Run], None] | None = None) -> Run:
+        """Deliver messages until none is left, moving the virtual clock to each next due
+        message. Returns when the run has finished, waits for approval, or has stalled."""
+        self.service.recover()
+        while True:
+            deliveries = self.queue.receive(RECEIVE_BATCH)
+            if not deliveries:
+                due = self.queue.next_due()
+                if due is None:
+                    return self.store.load(run_id)
+                self.clock.advance_to(due)
+                continue
+            for delivery in deliveries:
+                try:
+                    self.service.handle(delivery)
+                except Exception:  # the message is redelivered after its visibility timeout
+                    log.exception("handling %s failed; it will be delivered again", delivery.message.id)
+            if on_change is not None:
+                on_change(self.store.load(run_id))
+
+    def approve(self, run_id: str, by: str = "cli") -> str:
+        return self.service.approve(run_id, by)
+
+    def dead_letters(self) -> list[DeadLetter]:
+        return self.queue.dead_letters()

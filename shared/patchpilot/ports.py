@@ -1,0 +1,123 @@
+"""The ports: what the imperative shell needs from the world, by role.
+
+Adapters implement them per runtime: SQLite and a simulated fleet locally; DynamoDB, SQS and
+EC2/SSM on AWS; Table Storage, Storage Queues and Compute on Azure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from patchpilot.engine.messages import (
+    CheckHealth,
+    InstallPatches,
+    Message,
+    Notify,
+    Outcome,
+    ProbeAgents,
+    RollBack,
+    TakeSnapshots,
+)
+from patchpilot.engine.run import Run
+
+
+class ConflictError(Exception):
+    """The run changed since it was loaded: reload and decide again."""
+
+
+class UnknownRunError(KeyError):
+    """No run with that id."""
+
+
+class RunStore(Protocol):
+    """Runs and their outbox, written together with optimistic concurrency."""
+
+    def create(self, run: Run, outbox: Sequence[Message]) -> None:
+        """Store a new run (version 1); ConflictError if the id exists."""
+
+    def load(self, run_id: str) -> Run: ...
+
+    def save(self, run: Run, outbox: Sequence[Message], previous: Run) -> None:
+        """Replace `previous` by `run` (whose version is previous.version + 1) and add `outbox`,
+        in one write that fails with ConflictError if the stored version is not previous's."""
+
+    def outbox(self, run_id: str) -> list[Message]:
+        """Messages saved with the run and not yet marked sent, in order."""
+
+    def mark_sent(self, run_id: str, message_ids: Sequence[str]) -> None: ...
+
+    def run_ids(self) -> list[str]:
+        """Every run, oldest first."""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A received message; `receipt` acknowledges or postpones this very delivery."""
+
+    message: Message
+    receipt: str
+    attempts: int
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    message_id: str
+    body: str
+    reason: str
+
+
+class Queue(Protocol):
+    """At-least-once delivery with delays, visibility timeouts and a dead-letter store."""
+
+    def publish(self, messages: Sequence[Message], at: datetime | None = None) -> None:
+        """Send messages, delivered no earlier than `at` (default: now). Publishing an id that
+        is still queued does nothing."""
+
+    def receive(self, limit: int = 10) -> list[Delivery]:
+        """Up to `limit` due messages, hidden from other receivers until acked or timed out.
+        A message received too often, or one that cannot be read, goes to the dead letters."""
+
+    def ack(self, delivery: Delivery) -> None: ...
+
+    def retry_at(self, delivery: Delivery, at: datetime) -> None:
+        """Make this delivery visible again at `at` (a poll, not a failure)."""
+
+    def dead_letters(self) -> list[DeadLetter]: ...
+
+
+@dataclass(frozen=True)
+class InProgress:
+    """The operation is under way: deliver the same command again at `retry_at`."""
+
+    retry_at: datetime
+    note: str = ""
+
+
+Progress = list[Outcome] | InProgress
+
+
+class FleetProvider(Protocol):
+    """The machines. Every method is idempotent per command id: a command executed again
+    reports on the operation it started the first time instead of starting another."""
+
+    def probe_agents(self, command: ProbeAgents) -> Progress: ...
+
+    def take_snapshots(self, command: TakeSnapshots) -> Progress: ...
+
+    def install_patches(self, command: InstallPatches) -> Progress: ...
+
+    def check_health(self, command: CheckHealth) -> Progress: ...
+
+    def roll_back(self, command: RollBack) -> Progress: ...
+
+
+class Notifier(Protocol):
+    def notify(self, command: Notify) -> None:
+        """Deliver a notification; failures are recorded by the notifier, never raised."""
+
+
+class Clock(Protocol):
+    def now(self) -> datetime: ...

@@ -1,0 +1,172 @@
+"""The one imperative shell: the same sequence of effects on every runtime.
+
+For an event: load the run -> decide -> save the new run with its commands (the outbox) in one
+conditional write -> publish the outbox -> mark it sent -> ack. For a command: execute it
+(idempotent per command id) -> publish its result event, or ask for a later redelivery while the
+operation runs -> ack. A crash between any two of these is repaired by redelivery: a duplicate
+event changes nothing but still flushes an outbox left behind.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import assert_never
+
+from patchpilot.engine.decide import decide, start_run
+from patchpilot.engine.messages import (
+    AgentsProbed,
+    ApprovalGranted,
+    CheckHealth,
+    Event,
+    FleetCommand,
+    HealthChecked,
+    InstallPatches,
+    Notify,
+    PatchesInstalled,
+    ProbeAgents,
+    Result,
+    RollBack,
+    RolledBack,
+    SnapshotsTaken,
+    TakeSnapshots,
+    TimerFired,
+    Wait,
+)
+from patchpilot.engine.run import Run
+from patchpilot.inventory import Instance
+from patchpilot.planning import plan
+from patchpilot.policy import Policy
+from patchpilot.ports import (
+    Clock,
+    ConflictError,
+    Delivery,
+    FleetProvider,
+    InProgress,
+    Notifier,
+    Queue,
+    RunStore,
+    UnknownRunError,
+)
+
+log = logging.getLogger("patchpilot.service")
+
+MAX_CONFLICT_RETRIES = 5
+
+
+@dataclass
+class Service:
+    store: RunStore
+    queue: Queue
+    fleet: FleetProvider
+    notifier: Notifier
+    clock: Clock
+
+    def start(self, run_id: str, policy: Policy, instances: Iterable[Instance]) -> Run:
+        """Start a run; starting the same run id again (a redelivered trigger) only finishes
+        what the first start left undone."""
+        decision = start_run(run_id, policy, plan(policy, instances), self.clock.now())
+        run = decision.run.model_copy(update={"version": 1})
+        try:
+            self.store.create(run, decision.commands)
+        except ConflictError:
+            run = self.store.load(run_id)
+        self.flush(run_id)
+        return run
+
+    def approve(self, run_id: str, by: str = "cli") -> str:
+        """Grant the approval the run waits for; approving one gate twice is one approval."""
+        run = self.store.load(run_id)
+        if run.state != "awaiting_approval":
+            return f"run {run_id} is not waiting for approval ({run.status})"
+        ring = run.current.ring
+        event = ApprovalGranted(id=f"{run_id}:approve:{ring}", run_id=run_id, by=by)
+        self.queue.publish([event])
+        return f"approved ring {ring} of run {run_id}"
+
+    def handle(self, delivery: Delivery) -> None:
+        """Process one delivery. Raises only when it must be delivered again (a crash, a
+        conflict that outlived its retries); then it is not acked."""
+        message = delivery.message
+        match message:
+            case (
+                AgentsProbed()
+                | SnapshotsTaken()
+                | PatchesInstalled()
+                | HealthChecked()
+                | RolledBack()
+                | TimerFired()
+                | ApprovalGranted()
+            ):
+                self._apply(message)
+            case Wait():
+                timer = TimerFired(id=message.result_id, run_id=message.run_id, command_id=message.id)
+                self.queue.publish([timer], at=message.until)
+            case Notify():
+                self.notifier.notify(message)
+            case ProbeAgents() | TakeSnapshots() | InstallPatches() | CheckHealth() | RollBack():
+                if not self._execute(message, delivery):
+                    return  # postponed: polled again later, not acked
+            case _:
+                assert_never(message)
+        self.queue.ack(delivery)
+
+    def _execute(self, command: FleetCommand, delivery: Delivery) -> bool:
+        """Run a fleet command; False when it is still under way and will be polled again."""
+        result_type: type[Result]
+        match command:
+            case ProbeAgents():
+                progress, result_type = self.fleet.probe_agents(command), AgentsProbed
+            case TakeSnapshots():
+                progress, result_type = self.fleet.take_snapshots(command), SnapshotsTaken
+            case InstallPatches():
+                progress, result_type = self.fleet.install_patches(command), PatchesInstalled
+            case CheckHealth():
+                progress, result_type = self.fleet.check_health(command), HealthChecked
+            case RollBack():
+                progress, result_type = self.fleet.roll_back(command), RolledBack
+            case _:
+                assert_never(command)
+        if isinstance(progress, InProgress):
+            self.queue.retry_at(delivery, progress.retry_at)
+            return False
+        event = result_type(
+            id=command.result_id, run_id=command.run_id, command_id=command.id, results=progress
+        )
+        self.queue.publish([event])
+        return True
+
+    def _apply(self, event: Event) -> None:
+        """Decide on an event and persist the outcome; conflicts reload and decide again."""
+        for _ in range(MAX_CONFLICT_RETRIES):
+            try:
+                run = self.store.load(event.run_id)
+            except UnknownRunError:
+                log.error("dropping %s %s: unknown run %s", event.type, event.id, event.run_id)
+                return
+            decision = decide(run, event, self.clock.now())
+            if decision.ignored:
+                log.info("run %s: %s", run.run_id, decision.ignored)
+                self.flush(run.run_id)  # a crash may have left the outbox unsent
+                return
+            new = decision.run.model_copy(update={"version": run.version + 1})
+            try:
+                self.store.save(new, decision.commands, previous=run)
+            except ConflictError:
+                continue
+            self.flush(run.run_id)
+            return
+        raise ConflictError(f"run {event.run_id}: still conflicting after {MAX_CONFLICT_RETRIES} tries")
+
+    def flush(self, run_id: str) -> None:
+        """Publish what the run's outbox holds, then mark it sent."""
+        pending = self.store.outbox(run_id)
+        if pending:
+            self.queue.publish(pending)
+            self.store.mark_sent(run_id, [m.id for m in pending])
+
+    def recover(self) -> None:
+        """After a crash: flush every outbox left behind."""
+        for run_id in self.store.run_ids():
+            self.flush(run_id)

@@ -1,0 +1,132 @@
+"""Drive the pure engine by hand: answer every command a decision asks for until the run ends.
+
+`drive_to_end(start_run(...), fleet_answer)` plays the fleet (via `fleet_answer`), the timer
+(each Wait fires at its `until`) and, where a ring needs it, the approver. Time is virtual: it
+starts at the run's `created_at` and each fleet command takes `step`; outcomes that carry no
+time of their own are stamped with the moment their command finished.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from datetime import timedelta
+
+from patchpilot.engine.decide import Decision, decide
+from patchpilot.engine.messages import (
+    AgentsProbed,
+    ApprovalGranted,
+    CheckHealth,
+    Command,
+    Event,
+    FleetCommand,
+    HealthChecked,
+    InstallPatches,
+    Notify,
+    Outcome,
+    PatchesInstalled,
+    ProbeAgents,
+    RollBack,
+    RolledBack,
+    SnapshotsTaken,
+    TakeSnapshots,
+    TimerFired,
+    Wait,
+)
+from patchpilot.engine.run import Run
+from patchpilot.inventory import Instance
+
+FleetAnswer = Callable[[FleetCommand], list[Outcome]]
+# What `answer_all_ok` installs where a command does not pin a set, per OS.
+DEFAULT_PATCHES: dict[str, list[str]] = {
+    "linux": ["openssl-3.0.13-1", "kernel-6.1.90-1"],
+    "windows": ["KB5036893"],
+}
+
+_RESULTS: dict[type, type[AgentsProbed | SnapshotsTaken | PatchesInstalled | HealthChecked | RolledBack]] = {
+    ProbeAgents: AgentsProbed,
+    TakeSnapshots: SnapshotsTaken,
+    InstallPatches: PatchesInstalled,
+    CheckHealth: HealthChecked,
+    RollBack: RolledBack,
+}
+
+
+class DriverError(AssertionError):
+    """The engine ignored an event the driver sent, or the run never ended."""
+
+
+def drive_to_end(
+    decision: Decision,
+    fleet_answer: FleetAnswer,
+    *,
+    step: timedelta = timedelta(minutes=1),
+    approve: bool = True,
+    max_events: int = 100_000,
+) -> Run:
+    """Feed `decide` the event each command asks for, in the order the commands were issued,
+    until the run is finished (or waits for an approval and `approve` is false).
+
+    Fleet commands are answered with `fleet_answer(command)`; Wait with a TimerFired at its
+    `until`; Notify is ignored; a run awaiting approval gets an ApprovalGranted by "test".
+    Every event must be applied: an ignored event raises DriverError, so a wrong answer shows.
+    """
+    run = decision.run
+    now = run.created_at
+    queue: deque[Command] = deque(decision.commands)
+    events = 0
+    while not run.finished:
+        if events >= max_events:
+            raise DriverError(f"run {run.run_id} did not finish after {max_events} events ({run.state})")
+        if not queue:
+            if run.state == "awaiting_approval" and approve:
+                event: Event = ApprovalGranted(
+                    id=f"{run.run_id}:approval:{events}", run_id=run.run_id, by="test"
+                )
+            else:
+                return run  # waiting for something the driver does not give
+        else:
+            command = queue.popleft()
+            if isinstance(command, Notify):
+                continue
+            if isinstance(command, Wait):
+                now = max(now, command.until)
+                event = TimerFired(id=command.result_id, run_id=run.run_id, command_id=command.id)
+            else:
+                now += step
+                outcomes = [
+                    o if o.at is not None else o.model_copy(update={"at": now}) for o in fleet_answer(command)
+                ]
+                result_type = _RESULTS[type(command)]
+                event = result_type(
+                    id=command.result_id, run_id=run.run_id, command_id=command.id, results=outcomes
+                )
+        decision = decide(run, event, now)
+        if decision.ignored:
+            raise DriverError(f"the engine ignored {event.type} {event.id}: {decision.ignored}")
+        run = decision.run
+        queue.extend(decision.commands)
+        events += 1
+    return run
+
+
+def answer_all_ok(command: FleetCommand, *, patches: dict[str, list[str]] | None = None) -> list[Outcome]:
+    """A healthy fleet: every target answers ok; snapshots and installs report plausible items."""
+    patches = DEFAULT_PATCHES if patches is None else patches
+    outcomes = []
+    for instance, only in _targets(command):
+        items: list[str] = []
+        if isinstance(command, TakeSnapshots):
+            items = [f"snap-{instance.id.rsplit('/', 1)[-1]}-{command.wave}"]
+        elif isinstance(command, InstallPatches):
+            items = list(only) if only is not None else list(patches.get(instance.os, []))
+        outcomes.append(Outcome(id=instance.id, ok=True, items=items))
+    return outcomes
+
+
+def _targets(command: FleetCommand) -> list[tuple[Instance, list[str] | None]]:
+    if isinstance(command, InstallPatches):
+        return [(t.instance, t.only) for t in command.targets]
+    if isinstance(command, RollBack):
+        return [(t.instance, None) for t in command.targets]
+    return [(i, None) for i in command.targets]

@@ -1,0 +1,321 @@
+"""The `patchpilot` command: exit statuses, problems on stderr, JSON shapes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from patchpilot.cli import EXIT_INVALID_INPUT, main
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+POLICY = str(Path(__file__).resolve().parent / "fixtures" / "policy.yaml")
+FLEET = str(EXAMPLES / "fleet.json")
+
+BAD_POLICY = """\
+name: bad
+schedule:
+  monthly: "Second Tuesday"
+  at: "25:00"
+  duration: 4h
+rings:
+  - name: r
+    select: {tags: {Environment: staging}}
+rollout:
+  disruption_budget: ten
+"""
+
+
+def run(*args: str) -> Result:
+    # A wide terminal so rich does not wrap the lines the tests look for.
+    return CliRunner().invoke(main, list(args), env={"COLUMNS": "200"}, catch_exceptions=False)
+
+
+def write(tmp_path: Path, name: str, text: str) -> str:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+# --- validate --------------------------------------------------------------------------------------
+
+
+def test_validate_example_policy_exits_0() -> None:
+    result = run("validate", "--policy", POLICY)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"{POLICY}: ok (policy monthly-fleet; rings staging, production)\n"
+    assert result.stderr == ""
+
+
+def test_validate_example_policy_and_inventory_exits_0() -> None:
+    result = run("validate", "--policy", POLICY, "--inventory", FLEET)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[1] == f"{FLEET}: ok (66 instances)"
+
+
+def test_validate_bad_policy_exits_2_with_every_problem_on_stderr(tmp_path: Path) -> None:
+    path = write(tmp_path, "bad.yaml", BAD_POLICY)
+    result = run("validate", "--policy", path)
+    assert result.exit_code == EXIT_INVALID_INPUT == 2
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f'{path}:4:3: schedule.at: expected a 24-hour time such as "02:00", got "25:00"',
+        f'{path}:10:3: rollout.disruption_budget: expected a whole number or a percentage, got "ten"',
+        "2 problems found.",
+    ]
+
+
+def test_validate_single_problem_count_line_is_singular(tmp_path: Path) -> None:
+    path = write(tmp_path, "bad.yaml", BAD_POLICY.replace('"25:00"', '"02:00"'))
+    result = run("validate", "--policy", path)
+    assert result.exit_code == 2
+    assert result.stderr.splitlines()[-1] == "1 problem found."
+
+
+def test_validate_missing_policy_file_exits_2(tmp_path: Path) -> None:
+    path = str(tmp_path / "nope.yaml")
+    result = run("validate", "--policy", path)
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [f"{path}: (top level): file not found", "1 problem found."]
+
+
+def test_validate_bad_inventory_exits_2_naming_the_entry(tmp_path: Path) -> None:
+    inventory = {
+        "instances": [
+            {"id": "i-1", "cloud": "aws", "region": "us-east-1", "os": "linux", "zon": "a"},
+            {"id": "i-1", "cloud": "gcp", "region": "us-east-1", "os": "linux"},
+        ]
+    }
+    path = write(tmp_path, "fleet.json", json.dumps(inventory))
+    result = run("validate", "--policy", POLICY, "--inventory", path)
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        f'{path}: instances[0].zon: unknown field (did you mean zone?) (entry "i-1")',
+        f"{path}: instances[1].cloud: expected 'aws' or 'azure', got \"gcp\" (entry \"i-1\")",
+        f'{path}: instances[1].id: duplicate id "i-1" (also instances[0])',
+        "3 problems found.",
+    ]
+
+
+def test_validate_inventory_with_invalid_json_exits_2_with_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "fleet.json", '{"instances": [\n  {"id": }\n]}\n')
+    result = run("validate", "--policy", POLICY, "--inventory", path)
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"{path}:2:")
+    assert "not valid JSON" in result.stderr
+
+
+def test_validate_without_policy_option_is_a_usage_error() -> None:
+    result = run("validate")
+    assert result.exit_code == 2
+    assert "--policy" in result.stderr
+
+
+# --- schedule --------------------------------------------------------------------------------------
+
+
+def test_schedule_json_lists_windows_after_a_date() -> None:
+    result = run("schedule", "--policy", POLICY, "--count", "3", "--after", "2026-12-01", "--json")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document == {
+        "policy": "monthly-fleet",
+        "timezone": "Asia/Tokyo",
+        "duration": "4h",
+        "windows": [
+            {"start": "2026-12-11T02:00:00+09:00", "end": "2026-12-11T06:00:00+09:00"},
+            {"start": "2027-01-15T02:00:00+09:00", "end": "2027-01-15T06:00:00+09:00"},
+            {"start": "2027-02-12T02:00:00+09:00", "end": "2027-02-12T06:00:00+09:00"},
+        ],
+    }
+
+
+def test_schedule_after_without_offset_is_in_the_policy_time_zone() -> None:
+    # 02:00 in Tokyo is exactly the December window's start, so it is included...
+    at_start = run("schedule", "--policy", POLICY, "--count", "1", "--after", "2026-12-11T02:00", "--json")
+    assert json.loads(at_start.stdout)["windows"][0]["start"] == "2026-12-11T02:00:00+09:00"
+    # ...while 02:00 UTC is 11:00 in Tokyo, after that window started.
+    later = run("schedule", "--policy", POLICY, "--count", "1", "--after", "2026-12-11T02:00Z", "--json")
+    assert json.loads(later.stdout)["windows"][0]["start"] == "2027-01-15T02:00:00+09:00"
+
+
+def test_schedule_count_sets_the_number_of_windows() -> None:
+    result = run("schedule", "--policy", POLICY, "--count", "12", "--after", "2026-01-01", "--json")
+    assert len(json.loads(result.stdout)["windows"]) == 12
+
+
+def test_schedule_table_shows_the_rule_and_the_windows() -> None:
+    result = run("schedule", "--policy", POLICY, "--count", "2", "--after", "2026-12-01")
+    assert result.exit_code == 0, result.output
+    assert "Second Tuesday Offset+3 at 02:00 Asia/Tokyo, 4h" in result.stdout
+    assert "2026-12-11T02:00:00+09:00" in result.stdout
+    assert "Fri 11 Dec 2026" in result.stdout
+
+
+def test_schedule_with_bad_after_exits_2() -> None:
+    result = run("schedule", "--policy", POLICY, "--after", "next tuesday")
+    assert result.exit_code == 2
+    assert "--after" in result.stderr
+    assert 'got "next tuesday"' in result.stderr
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("count", ["0", "1001", "many"])
+def test_schedule_with_bad_count_exits_2(count: str) -> None:
+    result = run("schedule", "--policy", POLICY, "--count", count)
+    assert result.exit_code == 2
+    assert "--count" in result.stderr
+
+
+def test_schedule_on_a_policy_without_schedule_exits_2(tmp_path: Path) -> None:
+    path = write(tmp_path, "p.yaml", "name: p\nrings:\n  - name: r\n    select: {clouds: [aws]}\n")
+    result = run("schedule", "--policy", path, "--json")
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [f"{path}: schedule: the policy has no schedule", "1 problem found."]
+
+
+def test_schedule_on_a_bad_policy_exits_2(tmp_path: Path) -> None:
+    path = write(tmp_path, "bad.yaml", BAD_POLICY)
+    result = run("schedule", "--policy", path)
+    assert result.exit_code == 2
+    assert result.stderr.splitlines()[-1] == "2 problems found."
+
+
+# --- plan ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def example_plan() -> dict[str, Any]:
+    result = run("plan", "--policy", POLICY, "--inventory", FLEET, "--json")
+    assert result.exit_code == 0, result.output
+    document: dict[str, Any] = json.loads(result.stdout)
+    return document
+
+
+def test_plan_json_has_waves_excluded_and_summary(example_plan: dict[str, Any]) -> None:
+    assert set(example_plan) == {"waves", "excluded", "summary"}
+    waves = example_plan["waves"]
+    assert waves
+    for wave in waves:
+        assert {"index", "ring", "instances"} <= set(wave)
+        assert wave["ring"] in {"staging", "production"}
+        assert wave["instances"]
+        assert all(isinstance(i, str) for i in wave["instances"])
+    assert [w["index"] for w in waves] == list(range(1, len(waves) + 1))
+    # Staging runs first, then production.
+    rings = [w["ring"] for w in waves]
+    assert rings == sorted(rings, key=["staging", "production"].index)
+    for item in example_plan["excluded"]:
+        assert set(item) == {"id", "reason"}
+
+
+def test_plan_json_places_every_instance_exactly_once(example_plan: dict[str, Any]) -> None:
+    fleet = json.loads(Path(FLEET).read_text(encoding="utf-8"))["instances"]
+    planned = [i for w in example_plan["waves"] for i in w["instances"]]
+    excluded = [e["id"] for e in example_plan["excluded"]]
+    assert len(planned) == len(set(planned))
+    assert sorted(planned + excluded) == sorted(e["id"] for e in fleet)
+    summary = example_plan["summary"]
+    assert summary["instances"] == len(planned)
+    assert summary["excluded"] == len(excluded)
+    assert summary["waves"] == len(example_plan["waves"])
+    assert summary["lower_bound"] <= summary["waves"]
+    assert [r["name"] for r in summary["rings"]] == ["staging", "production"]
+    assert sum(r["waves"] for r in summary["rings"]) == summary["waves"]
+
+
+def test_plan_excludes_frozen_instances_with_a_frozen_reason(example_plan: dict[str, Any]) -> None:
+    fleet = json.loads(Path(FLEET).read_text(encoding="utf-8"))["instances"]
+    frozen = {e["id"] for e in fleet if e["tags"].get("PatchPolicy") == "frozen"}
+    assert len(frozen) == 2
+    reasons = {e["id"]: e["reason"] for e in example_plan["excluded"]}
+    for instance_id in frozen:
+        assert reasons[instance_id].startswith("frozen")
+        assert "PatchPolicy=frozen" in reasons[instance_id]
+
+
+def test_plan_excludes_untagged_bastion_as_matching_no_ring(example_plan: dict[str, Any]) -> None:
+    fleet = json.loads(Path(FLEET).read_text(encoding="utf-8"))["instances"]
+    (bastion,) = [e["id"] for e in fleet if e["name"] == "bastion-01"]
+    reasons = {e["id"]: e["reason"] for e in example_plan["excluded"]}
+    assert "matched no ring" in reasons[bastion]
+
+
+def test_plan_production_starts_with_a_single_canary_wave(example_plan: dict[str, Any]) -> None:
+    production = [w for w in example_plan["waves"] if w["ring"] == "production"]
+    assert production[0]["canary"] is True
+    assert len(production[0]["instances"]) == 1
+    assert not any(w["canary"] for w in example_plan["waves"] if w is not production[0])
+
+
+def test_plan_table_mentions_waves_lower_bound_and_exclusions() -> None:
+    result = run("plan", "--policy", POLICY, "--inventory", FLEET)
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "monthly-fleet: zone_by_zone, budget 25% per zone, canary 1" in out
+    assert "(canary)" in out
+    assert "Excluded" in out
+    assert "bastion-01" in out
+    assert "waves, lower bound" in out
+    assert "3 excluded." in out
+
+
+def test_plan_requires_an_inventory() -> None:
+    result = run("plan", "--policy", POLICY)
+    assert result.exit_code == 2
+    assert "--inventory" in result.stderr
+
+
+def test_plan_with_bad_inventory_exits_2(tmp_path: Path) -> None:
+    path = write(tmp_path, "fleet.json", '{"instances": {}}')
+    result = run("plan", "--policy", POLICY, "--inventory", path)
+    assert result.exit_code == 2
+    assert result.stderr.splitlines()[0] == f"{path}: instances: expected a list, got {{}}"
+
+
+# --- schema ----------------------------------------------------------------------------------------
+
+
+def test_schema_prints_a_json_schema_covering_the_example_policy() -> None:
+    import yaml
+
+    result = run("schema")
+    assert result.exit_code == 0, result.output
+    schema = json.loads(result.stdout)
+    assert isinstance(schema, dict)
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    properties = schema["properties"]
+    assert "rollout" in properties
+    # jsonschema is not a dependency: check the example by hand against the top level.
+    example = yaml.safe_load(Path(POLICY).read_text(encoding="utf-8"))
+    assert set(example) <= set(properties)
+    assert set(schema["required"]) <= set(example)
+    assert schema.get("additionalProperties") is False
+
+
+# --- the installed console script ----------------------------------------------------------------------
+
+
+def test_installed_console_script_reports_bad_policy_with_exit_2(tmp_path: Path) -> None:
+    script = Path(sys.executable).parent / "patchpilot"
+    assert script.exists(), f"console script not installed next to {sys.executable}"
+    path = write(tmp_path, "bad.yaml", BAD_POLICY)
+    completed = subprocess.run(
+        [str(script), "validate", "--policy", path],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert completed.returncode == 2
+    assert completed.stdout == ""
+    assert completed.stderr.splitlines()[-1] == "2 problems found."
+    assert f'{path}:10:3: rollout.disruption_budget: expected a whole number or a percentage, got "ten"' in (
+        completed.stderr
+    )

@@ -1,0 +1,364 @@
+"""The pure engine: the flow, its safety rules, and its answers to odd deliveries."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from engine_driver import answer_all_ok, drive_to_end
+from hypothesis import given
+from hypothesis import strategies as st
+
+from patchpilot.engine.decide import Decision, decide, start_run
+from patchpilot.engine.messages import (
+    AgentsProbed,
+    ApprovalGranted,
+    CheckHealth,
+    FleetCommand,
+    HealthChecked,
+    InstallPatches,
+    Outcome,
+    PatchesInstalled,
+    ProbeAgents,
+    RollBack,
+    TakeSnapshots,
+)
+from patchpilot.engine.run import FINAL_STATES, Run
+from patchpilot.inventory import Instance, Simulation, load_inventory
+from patchpilot.planning import plan
+from patchpilot.policy import Policy, load_policy, parse_policy
+
+NOW = datetime(2026, 12, 12, 2, 0, tzinfo=UTC)
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+POLICY = """
+name: engine-test
+schedule: {monthly: "Second Tuesday Offset+4", at: "02:00", duration: %(duration)s}
+rings:
+  - {name: staging, select: {tags: {Environment: staging}}, soak: 1h}
+  - {name: production, select: {tags: {Environment: production}}, approval: %(approval)s}
+rollout: {mode: concurrent_zones, disruption_budget: "50%%", canary: 1, max_failures: %(max_failures)s}
+exclude: {tags: {PatchPolicy: frozen}}
+"""
+
+
+def policy(duration: str = "24h", approval: str = "auto", max_failures: str = "1") -> Policy:
+    return parse_policy(POLICY % {"duration": duration, "approval": approval, "max_failures": max_failures})
+
+
+def fleet(
+    staging: int = 4, production: int = 8, frozen: int = 1, hints: dict[str, Simulation] | None = None
+) -> list[Instance]:
+    hints = hints or {}
+    out = []
+    for ring, count in (("staging", staging), ("production", production), ("frozen", frozen)):
+        for n in range(count):
+            iid = f"i-{ring}-{n:02d}"
+            tags = {"Environment": "production" if ring == "frozen" else ring}
+            if ring == "frozen":
+                tags["PatchPolicy"] = "frozen"
+            out.append(
+                Instance(
+                    id=iid,
+                    cloud="aws",
+                    region="ap-northeast-1",
+                    zone=f"ap-northeast-1{'acd'[n % 3]}",
+                    os="windows" if n % 4 == 3 else "linux",
+                    tags=tags,
+                    simulation=hints.get(iid),
+                )
+            )
+    return out
+
+
+class Recorder:
+    """Answers fleet commands from each instance's simulation hints and remembers them."""
+
+    def __init__(self) -> None:
+        self.commands: list[FleetCommand] = []
+
+    def __call__(self, command: FleetCommand) -> list[Outcome]:
+        self.commands.append(command)
+        base = {o.id: o for o in answer_all_ok(command)}
+        out = []
+        for instance in _instances(command):
+            hint = instance.simulation or Simulation()
+            ok = {
+                ProbeAgents: hint.agent == "online",
+                TakeSnapshots: hint.snapshot == "ok",
+                InstallPatches: hint.install == "ok",
+                RollBack: hint.rollback == "ok",
+            }.get(type(command), True)
+            if isinstance(command, CheckHealth):
+                ok = hint.health == "ok" or command.after_rollback
+            out.append(base[instance.id].model_copy(update={"ok": ok, "detail": "" if ok else "simulated"}))
+        return out
+
+    def touched(self) -> set[str]:
+        return {i.id for c in self.commands for i in _instances(c)}
+
+    def touched_by(self, kind: type) -> set[str]:
+        return {i.id for c in self.commands if isinstance(c, kind) for i in _instances(c)}
+
+
+def _instances(command: FleetCommand) -> list[Instance]:
+    if isinstance(command, InstallPatches | RollBack):
+        return [t.instance for t in command.targets]
+    return list(command.targets)
+
+
+def run_with(pol: Policy, instances: list[Instance], **kwargs: object) -> tuple[Run, Recorder]:
+    recorder = Recorder()
+    run = drive_to_end(start_run("run-1", pol, plan(pol, instances), NOW), recorder, **kwargs)  # type: ignore[arg-type]
+    return run, recorder
+
+
+def states(run: Run) -> dict[str, str]:
+    return {r.id: r.state for r in run.records()}
+
+
+# ---------------------------------------------------------------- the flow
+
+
+def test_healthy_fleet_is_patched_staging_first_then_production() -> None:
+    run, recorder = run_with(policy(), fleet())
+    assert run.status == "succeeded"
+    assert run.summary() == {"patched": 12, "excluded": 1}
+    installs = [c for c in recorder.commands if isinstance(c, InstallPatches)]
+    rings = [{t.instance.tags["Environment"] for t in c.targets} for c in installs]
+    first_production = next(k for k, r in enumerate(rings) if "production" in r)
+    assert all(r == {"staging"} for r in rings[:first_production])
+    assert all(r == {"production"} for r in rings[first_production:])
+
+
+def test_production_installs_exactly_the_set_staging_installed_and_passed() -> None:
+    run, recorder = run_with(policy(), fleet())
+    assert run.promoted == {"linux": ["kernel-6.1.90-1", "openssl-3.0.13-1"], "windows": ["KB5036893"]}
+    for command in recorder.commands:
+        if isinstance(command, InstallPatches):
+            for target in command.targets:
+                if target.instance.tags["Environment"] == "staging":
+                    assert target.only is None
+                else:
+                    assert target.only == run.promoted[target.instance.os]
+
+
+def test_production_is_untouched_when_staging_fails() -> None:
+    hints = {"i-staging-01": Simulation(health="fail")}
+    run, recorder = run_with(policy(max_failures="5"), fleet(hints=hints))
+    assert run.status == "halted"
+    assert "ring staging had 1 failure" in run.reason
+    assert not any(i.startswith("i-production") for i in recorder.touched())
+    assert {states(run)[f"i-production-{n:02d}"] for n in range(8)} == {"not_started"}
+    assert states(run)["i-staging-01"] == "rolled_back"
+
+
+def test_a_failed_health_check_is_rolled_back_and_checked_again() -> None:
+    hints = {"i-production-05": Simulation(health="fail")}
+    run, recorder = run_with(policy(), fleet(hints=hints))
+    record = next(r for r in run.records() if r.id == "i-production-05")
+    assert run.status == "succeeded"
+    assert record.state == "rolled_back"
+    assert "health check failed" in record.reason and "healthy again" in record.reason
+    assert [s.step for s in record.steps] == ["probe", "snapshot", "install", "health", "rollback", "recheck"]
+    assert recorder.touched_by(RollBack) == {"i-production-05"}
+
+
+def test_a_failed_rollback_leaves_the_instance_failed() -> None:
+    hints = {"i-production-05": Simulation(install="fail", rollback="fail")}
+    run, _ = run_with(policy(), fleet(hints=hints))
+    record = next(r for r in run.records() if r.id == "i-production-05")
+    assert record.state == "failed"
+    assert "install failed" in record.reason and "rollback failed too" in record.reason
+
+
+def test_exceeding_max_failures_halts_and_no_later_wave_starts() -> None:
+    hints = {f"i-production-{n:02d}": Simulation(health="fail") for n in (1, 2, 4)}
+    run, recorder = run_with(policy(max_failures="1"), fleet(hints=hints))
+    assert run.status == "halted"
+    halted_wave = next(w for w in run.waves if w.failures > 1)
+    assert "more than max_failures 1" in run.reason
+    later = {r.id for w in run.waves if w.index > halted_wave.index for r in w.records.values()}
+    assert later and not (later & recorder.touched())
+    assert all(states(run)[i] == "not_started" for i in later)
+
+
+def test_failures_equal_to_max_failures_do_not_halt() -> None:
+    wave_mates = _production_wave_mates(policy(), fleet(), 2)
+    hints = {i: Simulation(health="fail") for i in wave_mates}
+    run, _ = run_with(policy(max_failures="2"), fleet(hints=hints))
+    assert run.status == "succeeded"
+    assert sum(1 for r in run.records() if r.state == "rolled_back") == 2
+
+
+def _production_wave_mates(pol: Policy, instances: list[Instance], count: int) -> list[str]:
+    wave = next(w for w in plan(pol, instances).waves if w.ring == "production" and len(w.instances) >= count)
+    return wave.ids[:count]
+
+
+def test_no_wave_starts_after_the_window_ends() -> None:
+    run, recorder = run_with(policy(duration="90m"), fleet(), step=timedelta(minutes=20))
+    assert run.status == "incomplete"
+    assert "maintenance window ended" in run.reason
+    window_end = run.window_end
+    assert window_end is not None
+    for wave in run.waves:
+        if wave.started_at is not None:
+            assert wave.started_at < window_end
+    not_started = [r for r in run.records() if r.state == "not_started"]
+    assert not_started and not ({r.id for r in not_started} & recorder.touched())
+
+
+def test_an_instance_whose_agent_does_not_answer_is_skipped_with_the_reason() -> None:
+    hints = {"i-production-03": Simulation(agent="offline")}
+    run, recorder = run_with(policy(), fleet(hints=hints))
+    record = next(r for r in run.records() if r.id == "i-production-03")
+    assert record.state == "skipped" and record.reason.startswith("agent did not answer")
+    assert "i-production-03" not in recorder.touched_by(TakeSnapshots)
+    assert run.status == "succeeded"
+
+
+def test_a_failed_snapshot_means_no_patching_and_counts_as_a_failure() -> None:
+    hints = {"i-staging-02": Simulation(snapshot="fail")}
+    run, recorder = run_with(policy(), fleet(hints=hints))
+    record = next(r for r in run.records() if r.id == "i-staging-02")
+    assert record.state == "skipped" and "snapshot failed" in record.reason
+    assert "i-staging-02" not in recorder.touched_by(InstallPatches)
+    assert run.status == "halted"  # a failure in the first ring
+
+
+def test_production_os_without_a_tested_patch_set_is_skipped() -> None:
+    instances = [i for i in fleet() if not (i.tags["Environment"] == "staging" and i.os == "windows")]
+    run, recorder = run_with(policy(), instances)
+    windows = [r for r in run.records() if r.instance.os == "windows" and r.ring == "production"]
+    assert windows and all(r.state == "skipped" and "no tested patch set" in r.reason for r in windows)
+    assert not ({r.id for r in windows} & recorder.touched())
+
+
+def test_required_approval_waits_then_goes_on_when_granted() -> None:
+    run, recorder = run_with(policy(approval="required"), fleet(), approve=False)
+    assert run.status == "waiting_approval"
+    assert not any(i.startswith("i-production") for i in recorder.touched())
+    assert run.current.ring == "production"
+    granted = decide(run, ApprovalGranted(id="a1", run_id=run.run_id), NOW + timedelta(hours=5))
+    assert granted.run.state == "probing"
+    assert isinstance(granted.commands[0], ProbeAgents)
+
+
+def test_frozen_instances_are_listed_loudly_and_never_touched() -> None:
+    decision = start_run("run-1", policy(), plan(policy(), fleet(frozen=2)), NOW)
+    assert "2 frozen instances are not patched" in decision.commands[0].text  # type: ignore[union-attr]
+    run, recorder = run_with(policy(), fleet(frozen=2))
+    assert not any(i.startswith("i-frozen") for i in recorder.touched())
+    assert {states(run)["i-frozen-00"], states(run)["i-frozen-01"]} == {"excluded"}
+
+
+# ---------------------------------------------------------------- odd deliveries
+
+
+def _started() -> Decision:
+    return start_run("run-1", policy(), plan(policy(), fleet()), NOW)
+
+
+def _probe_answer(decision: Decision) -> AgentsProbed:
+    probe = next(c for c in decision.commands if isinstance(c, ProbeAgents))
+    return AgentsProbed(id=probe.result_id, run_id="run-1", command_id=probe.id, results=answer_all_ok(probe))
+
+
+def test_a_duplicate_event_changes_nothing() -> None:
+    started = _started()
+    event = _probe_answer(started)
+    once = decide(started.run, event, NOW)
+    twice = decide(once.run, event, NOW)
+    assert twice.run is once.run and not twice.commands
+    assert "duplicate" in twice.ignored
+
+
+def test_a_stale_result_for_another_command_changes_nothing() -> None:
+    started = _started()
+    stale = HealthChecked(id="old:done", run_id="run-1", command_id="run-1:w9:health", results=[])
+    assert decide(started.run, stale, NOW).ignored
+    wrong_state = PatchesInstalled(id="x:done", run_id="run-1", command_id="run-1:w1:probe", results=[])
+    assert "not expected while probing" in decide(started.run, wrong_state, NOW).ignored
+
+
+def test_an_approval_nobody_asked_for_changes_nothing() -> None:
+    decision = decide(_started().run, ApprovalGranted(id="a", run_id="run-1"), NOW)
+    assert decision.ignored and decision.run.state == "probing"
+
+
+def test_a_target_missing_from_the_results_is_not_lost() -> None:
+    started = _started()
+    event = _probe_answer(started)
+    missing = event.results[0].id
+    event = event.model_copy(update={"results": event.results[1:]})
+    after = decide(started.run, event, NOW).run
+    record = after.current.records[missing]
+    assert record.state == "skipped" and "no result reported" in record.reason
+    assert len(after.current.records) == len(started.run.current.records)
+
+
+# ---------------------------------------------------------------- safety properties
+
+hint_values = st.builds(
+    Simulation,
+    install=st.sampled_from(["ok", "ok", "ok", "fail"]),
+    health=st.sampled_from(["ok", "ok", "ok", "fail"]),
+    snapshot=st.sampled_from(["ok", "ok", "ok", "ok", "fail"]),
+    rollback=st.sampled_from(["ok", "ok", "fail"]),
+    agent=st.sampled_from(["online", "online", "online", "offline"]),
+)
+
+
+@st.composite
+def scenarios(draw: st.DrawFn) -> tuple[Policy, list[Instance]]:
+    staging = draw(st.integers(1, 5))
+    production = draw(st.integers(1, 10))
+    frozen = draw(st.integers(0, 2))
+    ids = [f"i-staging-{n:02d}" for n in range(staging)] + [
+        f"i-production-{n:02d}" for n in range(production)
+    ]
+    ids += [f"i-frozen-{n:02d}" for n in range(frozen)]
+    hints = draw(st.dictionaries(st.sampled_from(ids), hint_values, max_size=6))
+    pol = policy(
+        duration=draw(st.sampled_from(["2h", "6h", "48h"])),
+        max_failures=draw(st.sampled_from(["0", "1", "50%"])),
+    )
+    return pol, fleet(staging, production, frozen, hints)
+
+
+@given(scenarios())
+def test_safety_rules_hold_for_any_fleet_and_faults(scenario: tuple[Policy, list[Instance]]) -> None:
+    pol, instances = scenario
+    run, recorder = run_with(pol, instances, step=timedelta(minutes=7))
+    touched = recorder.touched()
+    # a frozen instance is never touched
+    assert not any(i.startswith("i-frozen") for i in touched)
+    # production is never touched when staging failed
+    if any(r.failure for r in run.records() if r.ring == "staging"):
+        assert not any(i.startswith("i-production") for i in touched)
+        assert run.status == "halted"
+    # a halt stops every later wave
+    for wave in run.waves:
+        if pol.rollout.max_failures.exceeded_by(wave.failures, len(wave.records)):
+            assert run.status == "halted"
+            later = {r.id for w in run.waves if w.index > wave.index for r in w.records.values()}
+            assert not (later & touched)
+    # no wave starts past the window
+    assert run.window_end is not None
+    assert all(w.started_at is None or w.started_at < run.window_end for w in run.waves)
+    # nothing is lost: every instance ends in a final state with a reason
+    assert all(r.state in FINAL_STATES and r.reason for r in run.records())
+    assert len(run.records()) == len(instances)
+    # nothing is snapshotted, installed or rolled back twice
+    for kind in (TakeSnapshots, InstallPatches, RollBack):
+        targets = [i.id for c in recorder.commands if isinstance(c, kind) for i in _instances(c)]
+        assert len(targets) == len(set(targets))
+
+
+def test_example_fleet_rolls_back_its_one_bad_instance_and_succeeds() -> None:
+    pol = load_policy(str(FIXTURES / "policy.yaml")).model_copy(update={"schedule": None})
+    instances = load_inventory(str(FIXTURES.parent.parent / "examples" / "fleet.json"))
+    run, _ = run_with(pol, instances)
+    assert run.status == "succeeded"
+    assert [r.instance.name for r in run.records() if r.state == "rolled_back"] == ["api-tyo-05"]

@@ -1,0 +1,437 @@
+"""The simulated fleet: operations take virtual time, run once per command id, and fail on cue."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from patchpilot.adapters.local.simulated_fleet import SimulatedFleet, select_patches
+from patchpilot.engine.messages import (
+    CheckHealth,
+    InstallPatches,
+    InstallTarget,
+    Outcome,
+    ProbeAgents,
+    RestoreTarget,
+    RollBack,
+    TakeSnapshots,
+)
+from patchpilot.inventory import Instance, Simulation
+from patchpilot.ports import InProgress, Progress
+
+T0 = datetime(2025, 1, 14, 22, 0, tzinfo=UTC)
+RUN = "run-1"
+ARM = "/subscriptions/sub-1/resourceGroups/rg-web/providers/Microsoft.Compute/virtualMachines/web-01"
+
+
+class ManualClock:
+    def __init__(self, start: datetime = T0) -> None:
+        self.current = start
+
+    def now(self) -> datetime:
+        return self.current
+
+    def advance(self, delta: timedelta) -> None:
+        self.current += delta
+
+    def set(self, at: datetime) -> None:
+        self.current = at
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "fleet.db"
+
+
+@pytest.fixture
+def fleet(db: Path, clock: ManualClock) -> Iterator[SimulatedFleet]:
+    with SimulatedFleet(db, clock) as fleet:
+        yield fleet
+
+
+def vm(instance_id: str = "i-1", os: str = "linux", cloud: str = "aws", **hints: Any) -> Instance:
+    simulation = Simulation(**hints) if hints else None
+    return Instance(id=instance_id, cloud=cloud, region="r", os=os, simulation=simulation)  # type: ignore[arg-type]
+
+
+def snapshots(*instances: Instance, command_id: str = "c-snap") -> TakeSnapshots:
+    return TakeSnapshots(id=command_id, run_id=RUN, targets=list(instances))
+
+
+def install(
+    *instances: Instance,
+    command_id: str = "c-install",
+    only: list[str] | None = None,
+    classifications: tuple[str, ...] = ("Critical", "Security"),
+    **fields: Any,
+) -> InstallPatches:
+    return InstallPatches(
+        id=command_id,
+        run_id=RUN,
+        targets=[InstallTarget(instance=i, only=only) for i in instances],
+        classifications=list(classifications),
+        **fields,
+    )
+
+
+def rollback(*instances: Instance, snapshot_ids: tuple[str, ...] = ("snap-1",)) -> RollBack:
+    targets = [RestoreTarget(instance=i, snapshot_ids=list(snapshot_ids)) for i in instances]
+    return RollBack(id="c-rollback", run_id=RUN, targets=targets)
+
+
+def health(*instances: Instance, after_rollback: bool = False, command_id: str = "c-health") -> CheckHealth:
+    return CheckHealth(id=command_id, run_id=RUN, targets=list(instances), after_rollback=after_rollback)
+
+
+def finished(progress: Progress) -> list[Outcome]:
+    assert isinstance(progress, list), progress
+    return progress
+
+
+def run_to_end(clock: ManualClock, execute: Any) -> list[Outcome]:
+    """Poll like the shell does: deliver again at each retry_at until the outcomes come."""
+    for _ in range(1000):
+        progress = execute()
+        if not isinstance(progress, InProgress):
+            return list(progress)
+        assert progress.retry_at > clock.now()
+        clock.set(progress.retry_at)
+    raise AssertionError("never finished")
+
+
+def one(outcomes: list[Outcome]) -> Outcome:
+    (outcome,) = outcomes
+    return outcome
+
+
+# --- progress and idempotency ------------------------------------------------------------------------
+
+
+def test_probe_answers_at_once(fleet: SimulatedFleet) -> None:
+    outcome = one(finished(fleet.probe_agents(ProbeAgents(id="c-probe", run_id=RUN, targets=[vm()]))))
+    assert outcome.ok
+    assert outcome.at == T0
+
+
+def test_snapshot_is_in_progress_until_every_target_is_done_then_reports_each(
+    fleet: SimulatedFleet, clock: ManualClock
+) -> None:
+    command = snapshots(vm("i-1"), vm("i-2"), vm("i-3"))
+    first = fleet.take_snapshots(command)
+    assert isinstance(first, InProgress)
+    assert T0 + timedelta(minutes=3) <= first.retry_at <= T0 + timedelta(minutes=6)
+    clock.set(first.retry_at - timedelta(seconds=1))
+    assert isinstance(fleet.take_snapshots(command), InProgress)
+    outcomes = run_to_end(clock, lambda: fleet.take_snapshots(command))
+    assert [o.id for o in outcomes] == ["i-1", "i-2", "i-3"]
+    assert all(o.ok for o in outcomes)
+    assert clock.now() == max(o.at for o in outcomes if o.at)
+    for outcome in outcomes:
+        assert outcome.at is not None
+        assert T0 + timedelta(minutes=3) <= outcome.at <= T0 + timedelta(minutes=6)
+
+
+def test_in_progress_polls_again_within_ten_minutes(fleet: SimulatedFleet, clock: ManualClock) -> None:
+    command = install(vm(install_minutes=60))
+    progress = fleet.install_patches(command)
+    assert isinstance(progress, InProgress)
+    assert progress.retry_at == T0 + timedelta(minutes=10)
+    clock.set(T0 + timedelta(minutes=58))
+    progress = fleet.install_patches(command)
+    assert isinstance(progress, InProgress)
+    assert progress.retry_at == T0 + timedelta(minutes=64)  # 60 + 4 of reboot
+
+
+def test_executing_a_running_command_again_does_not_restart_it(
+    fleet: SimulatedFleet, clock: ManualClock
+) -> None:
+    command = install(vm(install_minutes=30))
+    fleet.install_patches(command)
+    clock.advance(timedelta(minutes=20))
+    fleet.install_patches(command)  # a redelivery mid-way
+    clock.set(T0 + timedelta(minutes=34))
+    assert one(finished(fleet.install_patches(command))).at == T0 + timedelta(minutes=34)
+    assert fleet.effects(RUN) == {("install", "i-1"): 1}
+
+
+def test_executing_a_finished_command_again_reports_the_same_outcomes_and_adds_no_effects(
+    fleet: SimulatedFleet, clock: ManualClock
+) -> None:
+    command = snapshots(vm("i-1"), vm("i-2", os="windows"))
+    outcomes = run_to_end(clock, lambda: fleet.take_snapshots(command))
+    clock.advance(timedelta(hours=3))
+    assert finished(fleet.take_snapshots(command)) == outcomes
+    assert finished(fleet.take_snapshots(command)) == outcomes
+    assert fleet.effects(RUN) == {("snapshot", "i-1"): 1, ("snapshot", "i-2"): 1}
+
+
+def test_a_new_command_for_the_same_instance_is_a_new_effect(
+    fleet: SimulatedFleet, clock: ManualClock
+) -> None:
+    first = run_to_end(clock, lambda: fleet.take_snapshots(snapshots(vm(), command_id="c-a")))
+    second = run_to_end(clock, lambda: fleet.take_snapshots(snapshots(vm(), command_id="c-b")))
+    assert fleet.effects(RUN) == {("snapshot", "i-1"): 2}
+    assert one(first).items != one(second).items  # each snapshot is a new one
+
+
+def test_probes_and_health_checks_are_not_effects(fleet: SimulatedFleet, clock: ManualClock) -> None:
+    fleet.probe_agents(ProbeAgents(id="c-probe", run_id=RUN, targets=[vm()]))
+    run_to_end(clock, lambda: fleet.check_health(health(vm())))
+    assert fleet.effects(RUN) == {}
+
+
+def test_effects_are_counted_per_run(fleet: SimulatedFleet, clock: ManualClock) -> None:
+    other = TakeSnapshots(id="other:snap", run_id="run-2", targets=[vm()])
+    run_to_end(clock, lambda: fleet.take_snapshots(other))
+    run_to_end(clock, lambda: fleet.take_snapshots(snapshots(vm())))
+    assert fleet.effects(RUN) == {("snapshot", "i-1"): 1}
+    assert fleet.effects("run-2") == {("snapshot", "i-1"): 1}
+
+
+def test_state_survives_a_new_fleet_on_the_same_database(db: Path, clock: ManualClock) -> None:
+    command = install(vm("i-1"), vm("i-2"))
+    before = SimulatedFleet(db, clock)
+    started = before.install_patches(command)
+    assert isinstance(started, InProgress)
+    before.close()  # the process dies mid-install
+    clock.advance(timedelta(hours=2))
+    after = SimulatedFleet(db, clock)
+    outcomes = finished(after.install_patches(command))
+    assert all(o.at is not None and o.at < T0 + timedelta(minutes=60) for o in outcomes)
+    assert after.effects(RUN) == {("install", "i-1"): 1, ("install", "i-2"): 1}
+
+
+def test_a_crash_while_recording_the_first_execution_records_nothing(
+    db: Path, fleet: SimulatedFleet, clock: ManualClock
+) -> None:
+    crash = sqlite3.connect(db)
+    crash.execute(
+        "CREATE TRIGGER crash BEFORE INSERT ON sim_ops WHEN NEW.instance_id = 'i-2'"
+        " BEGIN SELECT RAISE(ABORT, 'simulated crash'); END"
+    )
+    crash.commit()
+    command = snapshots(vm("i-1"), vm("i-2"))
+    with pytest.raises(sqlite3.DatabaseError):
+        fleet.take_snapshots(command)
+    assert fleet.effects(RUN) == {}
+    crash.execute("DROP TRIGGER crash")
+    crash.commit()
+    crash.close()
+    outcomes = run_to_end(clock, lambda: fleet.take_snapshots(command))
+    assert [o.id for o in outcomes] == ["i-1", "i-2"]
+    assert fleet.effects(RUN) == {("snapshot", "i-1"): 1, ("snapshot", "i-2"): 1}
+
+
+def test_two_fleets_on_one_database_start_a_command_once(db: Path, clock: ManualClock) -> None:
+    a, b = SimulatedFleet(db, clock), SimulatedFleet(db, clock)
+    command = snapshots(vm())
+    a.take_snapshots(command)
+    clock.advance(timedelta(minutes=1))
+    b.take_snapshots(command)
+    clock.advance(timedelta(hours=1))
+    assert finished(a.take_snapshots(command)) == finished(b.take_snapshots(command))
+    assert a.effects(RUN) == {("snapshot", "i-1"): 1}
+
+
+def test_a_command_without_targets_is_done_at_once(fleet: SimulatedFleet) -> None:
+    assert fleet.take_snapshots(snapshots()) == []
+
+
+def test_a_target_listed_twice_is_operated_on_once(fleet: SimulatedFleet, clock: ManualClock) -> None:
+    outcomes = run_to_end(clock, lambda: fleet.take_snapshots(snapshots(vm(), vm())))
+    assert [o.id for o in outcomes] == ["i-1"]
+    assert fleet.effects(RUN) == {("snapshot", "i-1"): 1}
+
+
+def test_reusing_a_command_id_for_another_operation_is_an_error(fleet: SimulatedFleet) -> None:
+    fleet.take_snapshots(snapshots(vm(), command_id="c-1"))
+    with pytest.raises(ValueError, match="first executed as snapshot"):
+        fleet.check_health(health(vm(), command_id="c-1"))
+
+
+def test_an_instance_unknown_to_any_inventory_is_answered_with_defaults(
+    fleet: SimulatedFleet, clock: ManualClock
+) -> None:
+    stranger = Instance(id="i-not-in-inventory", cloud="aws", region="eu-west-1", os="linux")
+    probe = ProbeAgents(id="c-probe", run_id=RUN, targets=[stranger])
+    assert one(finished(fleet.probe_agents(probe))).ok
+    assert one(run_to_end(clock, lambda: fleet.install_patches(install(stranger)))).ok
+
+
+# --- durations -----------------------------------------------------------------------------------------
+
+
+def durations(clock: ManualClock, execute: Any) -> list[timedelta]:
+    start = clock.now()
+    outcomes = run_to_end(clock, execute)
+    return [o.at - start for o in outcomes if o.at]
+
+
+def test_durations_are_deterministic_and_within_their_ranges(db: Path, clock: ManualClock) -> None:
+    fleet = SimulatedFleet(db, clock)
+    instances = [vm(f"i-{n}") for n in range(40)]
+    snap = durations(clock, lambda: fleet.take_snapshots(snapshots(*instances)))
+    inst = durations(clock, lambda: fleet.install_patches(install(*instances)))
+    check = durations(clock, lambda: fleet.check_health(health(*instances)))
+    back = durations(clock, lambda: fleet.roll_back(rollback(*instances)))
+    minutes = timedelta(minutes=1)
+    assert {d // minutes for d in snap} <= set(range(3, 7))
+    assert {d // minutes for d in inst} <= set(range(24, 55))  # 20-50, plus 4 of reboot
+    assert {d // minutes for d in check} == {2}
+    assert {d // minutes for d in back} <= set(range(8, 15))
+    assert len(set(inst)) > 5  # spread over the fleet, not one value
+
+    other_clock = ManualClock()
+    again = SimulatedFleet(db.with_name("other.db"), other_clock)
+    assert durations(other_clock, lambda: again.take_snapshots(snapshots(*instances))) == snap
+
+
+def test_install_minutes_sets_the_install_time_plus_a_reboot(
+    fleet: SimulatedFleet, clock: ManualClock
+) -> None:
+    outcome = one(run_to_end(clock, lambda: fleet.install_patches(install(vm(install_minutes=90)))))
+    assert outcome.at == T0 + timedelta(minutes=94)
+    assert outcome.detail.endswith("rebooted")
+
+
+def test_reboot_never_skips_the_reboot_time(fleet: SimulatedFleet, clock: ManualClock) -> None:
+    command = install(vm(install_minutes=90), reboot="never")
+    outcome = one(run_to_end(clock, lambda: fleet.install_patches(command)))
+    assert outcome.at == T0 + timedelta(minutes=90)
+    assert "not rebooted" in outcome.detail
+
+
+# --- outcomes and fault hints -----------------------------------------------------------------------
+
+
+def test_an_offline_agent_fails_the_probe_naming_the_cloud(fleet: SimulatedFleet) -> None:
+    targets = [vm("i-1", agent="offline"), vm(ARM, cloud="azure", agent="offline"), vm("i-3")]
+    outcomes = finished(fleet.probe_agents(ProbeAgents(id="c-probe", run_id=RUN, targets=targets)))
+    aws, azure, online = outcomes
+    assert not aws.ok and aws.detail == "SSM agent not reporting (ConnectionLost)"
+    assert not azure.ok and azure.detail.startswith("VM agent not ready")
+    assert online.ok
+
+
+def test_aws_snapshots_are_one_snap_id_per_disk(fleet: SimulatedFleet, clock: ManualClock) -> None:
+    linux, windows = run_to_end(
+        clock, lambda: fleet.take_snapshots(snapshots(vm("i-1"), vm("i-2", os="windows")))
+    )
+    assert len(linux.items) == 1
+    assert len(windows.items) == 2
+    for snapshot_id in [*linux.items, *windows.items]:
+        assert re.fullmatch(r"snap-[0-9a-f]{17}", snapshot_id)
+    assert len(set(windows.items)) == 2
+
+
+def test_azure_snapshots_live_in_the_vm_resource_group(fleet: SimulatedFleet, clock: ManualClock) -> None:
+    targets = (vm(ARM, os="windows", cloud="azure"), vm("db-01", cloud="azure"))
+    arm, plain = run_to_end(clock, lambda: fleet.take_snapshots(snapshots(*targets)))
+    prefix = "/subscriptions/sub-1/resourceGroups/rg-web/providers/Microsoft.Compute/snapshots/web-01-"
+    assert len(arm.items) == 2
+    assert all(item.startswith(prefix) for item in arm.items)
+    (name,) = plain.items
+    assert name.startswith("db-01-osdisk-") and "/" not in name
+
+
+def test_a_failing_snapshot_reports_no_snapshot(fleet: SimulatedFleet, clock: ManualClock) -> None:
+    outcome = one(run_to_end(clock, lambda: fleet.take_snapshots(snapshots(vm(snapshot="fail")))))
+    assert not outcome.ok
+    assert outcome.items == []
+    assert outcome.detail
+    assert fleet.effects(RUN) == {("snapshot", "i-1"): 1}  # it was attempted
+
+
+def test_a_failing_install_reports_the_exit_code(fleet: SimulatedFleet, clock: ManualClock) -> None:
+    targets = (vm("i-1", install="fail"), vm("i-2", os="windows", install="fail"), vm("i-3"))
+    linux, windows, fine = run_to_end(clock, lambda: fleet.install_patches(install(*targets)))
+    assert not linux.ok and linux.detail.startswith("exit code 1: package conflict")
+    assert not windows.ok and windows.detail.startswith("exit code 0x80070643")
+    assert linux.items == windows.items == []
+    assert fine.ok
+
+
+def test_a_failing_health_check_fails_only_before_a_rollback(
+    fleet: SimulatedFleet, clock: ManualClock
+) -> None:
+    sick = vm(health="fail")
+    after_patching = one(run_to_end(clock, lambda: fleet.check_health(health(sick))))
+    assert not after_patching.ok and "503" in after_patching.detail
+    recheck = health(sick, after_rollback=True, command_id="c-recheck")
+    after_rollback = one(run_to_end(clock, lambda: fleet.check_health(recheck)))
+    assert after_rollback.ok and after_rollback.detail == "status checks 2/2 passed"
+
+
+def test_a_rollback_names_the_snapshot_it_restored(fleet: SimulatedFleet, clock: ManualClock) -> None:
+    command = rollback(vm(), snapshot_ids=("snap-0aaa", "snap-0bbb"))
+    outcome = one(run_to_end(clock, lambda: fleet.roll_back(command)))
+    assert outcome.ok
+    assert "snap-0aaa" in outcome.detail
+    assert fleet.effects(RUN) == {("rollback", "i-1"): 1}
+
+
+def test_a_failing_rollback_reports_its_failure(fleet: SimulatedFleet, clock: ManualClock) -> None:
+    outcome = one(run_to_end(clock, lambda: fleet.roll_back(rollback(vm(rollback="fail")))))
+    assert not outcome.ok
+    assert "snap-1" in outcome.detail
+
+
+def test_a_rollback_without_snapshots_fails(fleet: SimulatedFleet, clock: ManualClock) -> None:
+    outcome = one(run_to_end(clock, lambda: fleet.roll_back(rollback(vm(), snapshot_ids=()))))
+    assert not outcome.ok and outcome.detail == "no snapshot to restore from"
+
+
+# --- what gets installed ----------------------------------------------------------------------------
+
+
+def installed(fleet: SimulatedFleet, clock: ManualClock, command: InstallPatches) -> list[str]:
+    return one(run_to_end(clock, lambda: fleet.install_patches(command))).items
+
+
+def test_a_pinned_install_installs_exactly_the_promoted_set(
+    fleet: SimulatedFleet, clock: ManualClock
+) -> None:
+    pinned = ["openssl-3.0.13-1.el9", "not-in-the-catalog-1.0-1.el9"]
+    command = install(vm(), only=pinned, classifications=("Other",), include=["curl"], exclude=["openssl"])
+    assert installed(fleet, clock, command) == pinned
+
+
+def test_an_empty_pinned_set_installs_nothing(fleet: SimulatedFleet, clock: ManualClock) -> None:
+    assert installed(fleet, clock, install(vm(), only=[])) == []
+
+
+def test_classifications_choose_from_the_catalog_per_os(fleet: SimulatedFleet, clock: ManualClock) -> None:
+    linux = installed(fleet, clock, install(vm(), command_id="c-1", classifications=("Security",)))
+    assert "openssl-3.0.13-1.el9" in linux
+    assert "kernel-5.14.0-503.el9" not in linux  # Critical
+    windows = install(
+        vm("w-1", os="windows"), command_id="c-2", classifications=("Definition", "UpdateRollup")
+    )
+    assert installed(fleet, clock, windows) == ["KB890830", "KB2267602"]
+    assert installed(fleet, clock, install(vm(), command_id="c-3", classifications=("Tools",))) == []
+
+
+def test_include_adds_and_exclude_removes() -> None:
+    linux = select_patches(
+        "linux", ["Critical", "Security"], ["nginx-1.20.1-16.el9", "KB5048661"], ["kernel"]
+    )
+    assert "nginx-1.20.1-16.el9" in linux  # not in the catalog: taken as it is
+    assert "KB5048661" not in linux  # a Windows update
+    assert not any(p.startswith("kernel") for p in linux)
+    windows = select_patches("windows", ["Security"], ["KB5099999", "KB2*"], ["kb5048817"])
+    assert windows == ["KB5048661", "KB5099999", "KB2267602"]
+
+
+def test_exclude_wins_over_include() -> None:
+    assert "curl-7.76.1-29.el9" not in select_patches("linux", [], ["curl*"], ["curl"])

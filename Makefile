@@ -18,6 +18,7 @@ demo: setup
 	$(BIN)/patchpilot validate --policy examples/policy.yaml --inventory examples/fleet.json
 	$(BIN)/patchpilot schedule --policy examples/policy.yaml --count 3
 	$(BIN)/patchpilot plan --policy examples/policy.yaml --inventory examples/fleet.json
+	$(BIN)/patchpilot run --policy examples/policy.yaml --inventory examples/fleet.json --state-dir .patchpilot/demo
 
 test: setup
 	$(BIN)/python -m pytest -q

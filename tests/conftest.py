@@ -6,11 +6,7 @@ import os as _os
 
 from hypothesis import settings as _hypothesis_settings
 
-_hypothesis_settings.register_profile(
-    "ci", deadline=None, max_examples=150, derandomize=True, print_blob=True
-)
+_hypothesis_settings.register_profile("ci", deadline=None, max_examples=150, derandomize=True, print_blob=True)
 _hypothesis_settings.register_profile("dev", deadline=None, max_examples=100)
-_hypothesis_settings.load_profile(
-    _os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if _os.environ.get("CI") else "dev")
-)
+_hypothesis_settings.load_profile(_os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if _os.environ.get("CI") else "dev"))
 # --- end of Hypothesis profiles ---------------------------------------------------------------

@@ -80,9 +80,7 @@ def drive_to_end(
             raise DriverError(f"run {run.run_id} did not finish after {max_events} events ({run.state})")
         if not queue:
             if run.state == "awaiting_approval" and approve:
-                event: Event = ApprovalGranted(
-                    id=f"{run.run_id}:approval:{events}", run_id=run.run_id, by="test"
-                )
+                event: Event = ApprovalGranted(id=f"{run.run_id}:approval:{events}", run_id=run.run_id, by="test")
             else:
                 return run  # waiting for something the driver does not give
         else:
@@ -94,13 +92,9 @@ def drive_to_end(
                 event = TimerFired(id=command.result_id, run_id=run.run_id, command_id=command.id)
             else:
                 now += step
-                outcomes = [
-                    o if o.at is not None else o.model_copy(update={"at": now}) for o in fleet_answer(command)
-                ]
+                outcomes = [o if o.at is not None else o.model_copy(update={"at": now}) for o in fleet_answer(command)]
                 result_type = _RESULTS[type(command)]
-                event = result_type(
-                    id=command.result_id, run_id=run.run_id, command_id=command.id, results=outcomes
-                )
+                event = result_type(id=command.result_id, run_id=run.run_id, command_id=command.id, results=outcomes)
         decision = decide(run, event, now)
         if decision.ignored:
             raise DriverError(f"the engine ignored {event.type} {event.id}: {decision.ignored}")

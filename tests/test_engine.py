@@ -315,9 +315,7 @@ def scenarios(draw: st.DrawFn) -> tuple[Policy, list[Instance]]:
     staging = draw(st.integers(1, 5))
     production = draw(st.integers(1, 10))
     frozen = draw(st.integers(0, 2))
-    ids = [f"i-staging-{n:02d}" for n in range(staging)] + [
-        f"i-production-{n:02d}" for n in range(production)
-    ]
+    ids = [f"i-staging-{n:02d}" for n in range(staging)] + [f"i-production-{n:02d}" for n in range(production)]
     ids += [f"i-frozen-{n:02d}" for n in range(frozen)]
     hints = draw(st.dictionaries(st.sampled_from(ids), hint_values, max_size=6))
     pol = policy(
@@ -362,3 +360,16 @@ def test_example_fleet_rolls_back_its_one_bad_instance_and_succeeds() -> None:
     run, _ = run_with(pol, instances)
     assert run.status == "succeeded"
     assert [r.instance.name for r in run.records() if r.state == "rolled_back"] == ["api-tyo-05"]
+
+
+def test_a_rollback_in_a_single_ring_policy_still_finishes_as_intended() -> None:
+    single = parse_policy(
+        """
+name: one-ring
+rings: [{name: all, select: {tags: {Environment: "*"}}}]
+rollout: {disruption_budget: 2, canary: 0, max_failures: 1}
+"""
+    )
+    run, _ = run_with(single, fleet(frozen=0, hints={"i-staging-01": Simulation(health="fail")}))
+    assert run.status == "succeeded"
+    assert run.summary() == {"patched": 11, "rolled_back": 1}

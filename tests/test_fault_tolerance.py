@@ -116,9 +116,7 @@ def _open(state_dir: Path, faults: Faults) -> LocalRuntime:
     return runtime
 
 
-def _survive(
-    state_dir: Path, faults: Faults, action: Callable[[LocalRuntime], None], recover: bool
-) -> LocalRuntime:
+def _survive(state_dir: Path, faults: Faults, action: Callable[[LocalRuntime], None], recover: bool) -> LocalRuntime:
     """Do `action`, restarting the process until it goes through. Without `recover` (as on a
     serverless runtime, where nothing runs at start-up) only redelivery repairs the damage."""
     while True:

@@ -205,9 +205,7 @@ def test_top_level_that_is_not_an_object_is_rejected(data: object) -> None:
 
 
 def test_missing_instances_is_rejected() -> None:
-    assert rendered({"machines": []}) == [
-        'inv.json: (top level): expected an object with an "instances" list'
-    ]
+    assert rendered({"machines": []}) == ['inv.json: (top level): expected an object with an "instances" list']
 
 
 @pytest.mark.parametrize("value, shown", [({}, "{}"), ("i-1", '"i-1"'), (None, "None")])
@@ -244,9 +242,7 @@ def test_problems_in_a_file_name_the_file(tmp_path: Path) -> None:
     path.write_text(json.dumps({"instances": [entry(zon="a")]}), encoding="utf-8")
     with pytest.raises(InputError) as caught:
         load_inventory(str(path))
-    assert caught.value.render() == (
-        f'{path}: instances[0].zon: unknown field (did you mean zone?) (entry "i-1")'
-    )
+    assert caught.value.render() == (f'{path}: instances[0].zon: unknown field (did you mean zone?) (entry "i-1")')
 
 
 def test_missing_inventory_file_says_file_not_found(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from patchpilot.inventory import Instance
+from patchpilot.inventory import Cloud, Instance
 from patchpilot.planning import Plan, RingPlan, plan
 from patchpilot.planning.regions import RegionPairs
 from patchpilot.policy import Policy, parse_policy
@@ -72,9 +72,7 @@ def instances(
     # A few regions per fleet, so that zones and pairs actually collide.
     aws = draw(st.lists(st.sampled_from(sorted(AWS_REGIONS)), min_size=1, max_size=3, unique=True))
     azure = draw(
-        st.lists(
-            st.sampled_from(sorted(AZURE_REGIONS)), min_size=1, max_size=2 if dense_sets else 4, unique=True
-        )
+        st.lists(st.sampled_from(sorted(AZURE_REGIONS)), min_size=1, max_size=2 if dense_sets else 4, unique=True)
     )
     zones_per_region = draw(st.integers(min_value=1, max_value=3))
     # How many Azure machines, out of 4, sit in availability sets: some fleets have none, some
@@ -82,7 +80,7 @@ def instances(
     aset_share = draw(st.integers(min_value=3 if dense_sets else 0, max_value=4)) if availability_sets else 0
     fleet = []
     for n in range(count):
-        cloud = "azure" if dense_sets else draw(st.sampled_from(["aws", "azure"]))
+        cloud: Cloud = "azure" if dense_sets else draw(st.sampled_from(["aws", "azure"]))
         region = draw(st.sampled_from(aws if cloud == "aws" else azure))
         zones = (AWS_REGIONS if cloud == "aws" else AZURE_REGIONS)[region][:zones_per_region]
         zone = draw(st.none() | st.sampled_from(zones))
@@ -128,9 +126,7 @@ BUDGETS: list[int | str] = [1, 2, 3, 5, "10%", "25%", "33.3%", "50%", "100%"]
 
 @st.composite
 def policy_documents(draw: st.DrawFn) -> dict[str, Any]:
-    rings = draw(
-        st.lists(st.sampled_from(RING_CHOICES), min_size=1, max_size=3, unique_by=lambda r: r["name"])
-    )
+    rings = draw(st.lists(st.sampled_from(RING_CHOICES), min_size=1, max_size=3, unique_by=lambda r: r["name"]))
     document: dict[str, Any] = {
         "name": "property-policy",
         "rings": rings,
@@ -139,9 +135,7 @@ def policy_documents(draw: st.DrawFn) -> dict[str, Any]:
             "disruption_budget": draw(st.sampled_from(BUDGETS)),
             "canary": draw(st.integers(min_value=0, max_value=3)),
         },
-        "region_pairs": [
-            list(p) for p in draw(st.lists(st.sampled_from(POLICY_PAIRS), max_size=3, unique=True))
-        ],
+        "region_pairs": [list(p) for p in draw(st.lists(st.sampled_from(POLICY_PAIRS), max_size=3, unique=True))],
     }
     if draw(st.booleans()):
         document["exclude"] = {"tags": {"PatchPolicy": "frozen"}}
@@ -163,7 +157,8 @@ def scenarios(
 ) -> tuple[Policy, list[Instance]]:
     policy = draw(policies())
     fleet = draw(instances(availability_sets=availability_sets, dense_sets=dense_sets))
-    if fleet and draw(st.booleans()):  # sometimes exclude a few machines by id too
+    exclude_ids: bool = draw(st.booleans())
+    if fleet and exclude_ids:  # sometimes exclude a few machines by id too
         ids = draw(st.lists(st.sampled_from([i.id for i in fleet]), max_size=3, unique=True))
         exclude = policy.exclude.model_copy(update={"ids": ids})
         policy = policy.model_copy(update={"exclude": exclude})
@@ -344,9 +339,7 @@ def test_frozen_instances_are_never_in_a_wave(scenario: tuple[Policy, list[Insta
 
 
 @given(SCENARIOS, st.data())
-def test_plan_does_not_depend_on_input_order(
-    scenario: tuple[Policy, list[Instance]], data: st.DataObject
-) -> None:
+def test_plan_does_not_depend_on_input_order(scenario: tuple[Policy, list[Instance]], data: st.DataObject) -> None:
     policy, fleet = scenario
     shuffled = data.draw(st.permutations(fleet))
     first, second = plan(policy, fleet), plan(policy, shuffled)
@@ -385,7 +378,7 @@ def machine(
     region: str,
     zone: str | None = "1",
     *,
-    cloud: str = "azure",
+    cloud: Cloud = "azure",
     env: str = "production",
     aset: str | None = None,
     domain: int | None = None,
@@ -393,7 +386,7 @@ def machine(
 ) -> Instance:
     return Instance(
         id=id,
-        cloud=cloud,  # type: ignore[arg-type]
+        cloud=cloud,
         region=region,
         os="linux",
         zone=zone,

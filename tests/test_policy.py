@@ -199,8 +199,7 @@ def test_bad_timezone_is_named() -> None:
     assert problem.path == ("schedule", "timezone")
     assert problem.line == 5
     assert problem.message == (
-        'expected an IANA time zone ("Asia/Tokyo") or a Windows one ("Tokyo Standard Time"), '
-        'got "Mars/Olympus"'
+        'expected an IANA time zone ("Asia/Tokyo") or a Windows one ("Tokyo Standard Time"), got "Mars/Olympus"'
     )
 
 

@@ -28,9 +28,7 @@ START = datetime(2025, 1, 17, 2, 0, tzinfo=UTC)  # 11:00 in Tokyo, the policy's 
 HOSTILE = "<img src=x onerror=alert(1)>"
 
 
-def failing_health(
-    *ids: str, detail: str = "http 503 from /healthz"
-) -> Callable[[FleetCommand], list[Outcome]]:
+def failing_health(*ids: str, detail: str = "http 503 from /healthz") -> Callable[[FleetCommand], list[Outcome]]:
     """All ok, except that `ids` fail the health check after patching (and pass after rollback)."""
 
     def answer(command: FleetCommand) -> list[Outcome]:
@@ -203,9 +201,7 @@ def test_identical_installed_lists_are_grouped_per_ring(markdown: str) -> None:
     assert "1 more instance had patches installed that a rollback removed" in summary
 
 
-def test_frozen_instances_are_listed_loudly_as_exposed_with_their_reason(
-    run: Run, markdown: str, html: str
-) -> None:
+def test_frozen_instances_are_listed_loudly_as_exposed_with_their_reason(run: Run, markdown: str, html: str) -> None:
     frozen = [r for r in run.excluded if r.reason.startswith("frozen")]
     assert len(frozen) == 2
     assert "**Warning: 2 frozen instances were not patched and stay exposed:**" in markdown
@@ -262,14 +258,10 @@ def test_html_is_well_formed_and_self_contained(html: str) -> None:
 def test_timeline_has_one_bar_per_started_wave(run: Run, html: str) -> None:
     page = parse(html)
     assert len(page.find("svg")) == 1
-    assert (
-        sorted(int(b["data-wave"]) for b in bars(page)) == started_waves(run) == [w.index for w in run.waves]
-    )
+    assert sorted(int(b["data-wave"]) for b in bars(page)) == started_waves(run) == [w.index for w in run.waves]
 
 
-def test_timeline_bars_are_coloured_by_outcome_and_soak_shows_as_a_gap(
-    run: Run, victim: str, html: str
-) -> None:
+def test_timeline_bars_are_coloured_by_outcome_and_soak_shows_as_a_gap(run: Run, victim: str, html: str) -> None:
     page = parse(html)
     by_wave = {int(b["data-wave"]): b for b in bars(page)}
     wave = next(w.index for w in run.waves if victim in w.records)
@@ -298,9 +290,7 @@ def test_waves_that_never_started_get_no_bar_and_are_reported_with_the_reason(in
     assert "incomplete" in markdown and "not started" in markdown
 
 
-def test_markdown_timeline_is_a_mermaid_gantt_of_started_waves(
-    run: Run, incomplete_run: Run, markdown: str
-) -> None:
+def test_markdown_timeline_is_a_mermaid_gantt_of_started_waves(run: Run, incomplete_run: Run, markdown: str) -> None:
     block = markdown.split("```mermaid\n", 1)[1].split("```", 1)[0]
     assert block.startswith("gantt\n")
     assert "section staging" in block and "section production" in block
@@ -454,9 +444,7 @@ def test_halted_run_reports_why_and_that_nothing_was_promoted() -> None:
     assert f"| Status | **halted**: {halted.reason} |" in markdown
     assert "No set was promoted: the first ring did not finish cleanly." in markdown
     assert "| production | – | nothing patched | 0 of 54 |" in markdown
-    assert re.search(
-        r"\| not started \| ring staging had 1 failure: later rings are not touched \| 54 \|", markdown
-    )
+    assert re.search(r"\| not started \| ring staging had 1 failure: later rings are not touched \| 54 \|", markdown)
     page = parse(render_html(halted))
     assert page.problems == []
     assert sorted(int(b["data-wave"]) for b in bars(page)) == started_waves(halted)

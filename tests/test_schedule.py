@@ -40,8 +40,7 @@ def monthly(rule: str, at: str = "02:00", timezone: str = "UTC", duration: str =
 
 def cron(expression: str, offset_days: int = 0, timezone: str = "UTC", duration: str = "4h") -> Schedule:
     return schedule(
-        f'  cron: "{expression}"\n  offset_days: {offset_days}\n  timezone: {timezone}\n'
-        f"  duration: {duration}\n"
+        f'  cron: "{expression}"\n  offset_days: {offset_days}\n  timezone: {timezone}\n  duration: {duration}\n'
     )
 
 
@@ -204,9 +203,7 @@ def test_window_in_skipped_spring_forward_hour_moves_forward_by_the_jump() -> No
 
 
 def test_cron_window_in_skipped_hour_also_moves_forward() -> None:
-    (window,) = cron("cron(30 2 ? * 1#2 *)", timezone="America/New_York").windows(
-        datetime(2027, 3, 1, tzinfo=UTC), 1
-    )
+    (window,) = cron("cron(30 2 ? * 1#2 *)", timezone="America/New_York").windows(datetime(2027, 3, 1, tzinfo=UTC), 1)
     assert window.start.isoformat() == "2027-03-14T03:30:00-04:00"
 
 

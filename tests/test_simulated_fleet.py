@@ -153,9 +153,7 @@ def test_in_progress_polls_again_within_ten_minutes(fleet: SimulatedFleet, clock
     assert progress.retry_at == T0 + timedelta(minutes=64)  # 60 + 4 of reboot
 
 
-def test_executing_a_running_command_again_does_not_restart_it(
-    fleet: SimulatedFleet, clock: ManualClock
-) -> None:
+def test_executing_a_running_command_again_does_not_restart_it(fleet: SimulatedFleet, clock: ManualClock) -> None:
     command = install(vm(install_minutes=30))
     fleet.install_patches(command)
     clock.advance(timedelta(minutes=20))
@@ -176,9 +174,7 @@ def test_executing_a_finished_command_again_reports_the_same_outcomes_and_adds_n
     assert fleet.effects(RUN) == {("snapshot", "i-1"): 1, ("snapshot", "i-2"): 1}
 
 
-def test_a_new_command_for_the_same_instance_is_a_new_effect(
-    fleet: SimulatedFleet, clock: ManualClock
-) -> None:
+def test_a_new_command_for_the_same_instance_is_a_new_effect(fleet: SimulatedFleet, clock: ManualClock) -> None:
     first = run_to_end(clock, lambda: fleet.take_snapshots(snapshots(vm(), command_id="c-a")))
     second = run_to_end(clock, lambda: fleet.take_snapshots(snapshots(vm(), command_id="c-b")))
     assert fleet.effects(RUN) == {("snapshot", "i-1"): 2}
@@ -297,9 +293,7 @@ def test_durations_are_deterministic_and_within_their_ranges(db: Path, clock: Ma
     assert durations(other_clock, lambda: again.take_snapshots(snapshots(*instances))) == snap
 
 
-def test_install_minutes_sets_the_install_time_plus_a_reboot(
-    fleet: SimulatedFleet, clock: ManualClock
-) -> None:
+def test_install_minutes_sets_the_install_time_plus_a_reboot(fleet: SimulatedFleet, clock: ManualClock) -> None:
     outcome = one(run_to_end(clock, lambda: fleet.install_patches(install(vm(install_minutes=90)))))
     assert outcome.at == T0 + timedelta(minutes=94)
     assert outcome.detail.endswith("rebooted")
@@ -325,9 +319,7 @@ def test_an_offline_agent_fails_the_probe_naming_the_cloud(fleet: SimulatedFleet
 
 
 def test_aws_snapshots_are_one_snap_id_per_disk(fleet: SimulatedFleet, clock: ManualClock) -> None:
-    linux, windows = run_to_end(
-        clock, lambda: fleet.take_snapshots(snapshots(vm("i-1"), vm("i-2", os="windows")))
-    )
+    linux, windows = run_to_end(clock, lambda: fleet.take_snapshots(snapshots(vm("i-1"), vm("i-2", os="windows"))))
     assert len(linux.items) == 1
     assert len(windows.items) == 2
     for snapshot_id in [*linux.items, *windows.items]:
@@ -362,9 +354,7 @@ def test_a_failing_install_reports_the_exit_code(fleet: SimulatedFleet, clock: M
     assert fine.ok
 
 
-def test_a_failing_health_check_fails_only_before_a_rollback(
-    fleet: SimulatedFleet, clock: ManualClock
-) -> None:
+def test_a_failing_health_check_fails_only_before_a_rollback(fleet: SimulatedFleet, clock: ManualClock) -> None:
     sick = vm(health="fail")
     after_patching = one(run_to_end(clock, lambda: fleet.check_health(health(sick))))
     assert not after_patching.ok and "503" in after_patching.detail
@@ -399,9 +389,7 @@ def installed(fleet: SimulatedFleet, clock: ManualClock, command: InstallPatches
     return one(run_to_end(clock, lambda: fleet.install_patches(command))).items
 
 
-def test_a_pinned_install_installs_exactly_the_promoted_set(
-    fleet: SimulatedFleet, clock: ManualClock
-) -> None:
+def test_a_pinned_install_installs_exactly_the_promoted_set(fleet: SimulatedFleet, clock: ManualClock) -> None:
     pinned = ["openssl-3.0.13-1.el9", "not-in-the-catalog-1.0-1.el9"]
     command = install(vm(), only=pinned, classifications=("Other",), include=["curl"], exclude=["openssl"])
     assert installed(fleet, clock, command) == pinned
@@ -415,17 +403,13 @@ def test_classifications_choose_from_the_catalog_per_os(fleet: SimulatedFleet, c
     linux = installed(fleet, clock, install(vm(), command_id="c-1", classifications=("Security",)))
     assert "openssl-3.0.13-1.el9" in linux
     assert "kernel-5.14.0-503.el9" not in linux  # Critical
-    windows = install(
-        vm("w-1", os="windows"), command_id="c-2", classifications=("Definition", "UpdateRollup")
-    )
+    windows = install(vm("w-1", os="windows"), command_id="c-2", classifications=("Definition", "UpdateRollup"))
     assert installed(fleet, clock, windows) == ["KB890830", "KB2267602"]
     assert installed(fleet, clock, install(vm(), command_id="c-3", classifications=("Tools",))) == []
 
 
 def test_include_adds_and_exclude_removes() -> None:
-    linux = select_patches(
-        "linux", ["Critical", "Security"], ["nginx-1.20.1-16.el9", "KB5048661"], ["kernel"]
-    )
+    linux = select_patches("linux", ["Critical", "Security"], ["nginx-1.20.1-16.el9", "KB5048661"], ["kernel"])
     assert "nginx-1.20.1-16.el9" in linux  # not in the catalog: taken as it is
     assert "KB5048661" not in linux  # a Windows update
     assert not any(p.startswith("kernel") for p in linux)

@@ -69,9 +69,7 @@ def test_published_messages_are_received_in_publish_order_up_to_the_limit(queue:
     assert [d.attempts for d in first] == [1, 1]
 
 
-def test_a_message_published_for_later_is_not_received_before_then(
-    queue: SqliteQueue, clock: ManualClock
-) -> None:
+def test_a_message_published_for_later_is_not_received_before_then(queue: SqliteQueue, clock: ManualClock) -> None:
     timer = TimerFired(id="run-1:soak:done", run_id="run-1", command_id="run-1:soak")
     queue.publish([timer], at=T0 + timedelta(hours=2))
     queue.publish([notice(1)])
@@ -85,9 +83,7 @@ def test_a_message_published_for_later_is_not_received_before_then(
     assert [d.message for d in queue.receive()] == [timer]
 
 
-def test_earlier_visibility_comes_first_whatever_the_publish_order(
-    queue: SqliteQueue, clock: ManualClock
-) -> None:
+def test_earlier_visibility_comes_first_whatever_the_publish_order(queue: SqliteQueue, clock: ManualClock) -> None:
     queue.publish([notice(1)], at=T0 + timedelta(minutes=2))
     queue.publish([notice(2)], at=T0 + timedelta(minutes=1))
     clock.advance(timedelta(minutes=5))
@@ -165,9 +161,7 @@ def test_messages_survive_reopening_the_database(db: Path, clock: ManualClock) -
 # ---------------------------------------------------------------- retries and dead letters
 
 
-def test_a_message_received_too_often_goes_to_the_dead_letters(
-    queue: SqliteQueue, clock: ManualClock
-) -> None:
+def test_a_message_received_too_often_goes_to_the_dead_letters(queue: SqliteQueue, clock: ManualClock) -> None:
     queue.publish([notice(1)])
     for attempt in (1, 2, 3):
         deliveries = queue.receive(limit=1)

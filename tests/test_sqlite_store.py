@@ -82,14 +82,10 @@ def result_of(command: Command, ok: bool = True) -> Event | None:
         return kind(id=command.result_id, run_id=command.run_id, command_id=command.id, results=outcomes)
     if isinstance(command, TakeSnapshots):
         outcomes = [Outcome(id=t.id, ok=ok, items=[f"snap-{t.id}"]) for t in command.targets]
-        return SnapshotsTaken(
-            id=command.result_id, run_id=command.run_id, command_id=command.id, results=outcomes
-        )
+        return SnapshotsTaken(id=command.result_id, run_id=command.run_id, command_id=command.id, results=outcomes)
     if isinstance(command, InstallPatches):
         outcomes = [Outcome(id=t.instance.id, ok=ok, items=["KB5001"]) for t in command.targets]
-        return PatchesInstalled(
-            id=command.result_id, run_id=command.run_id, command_id=command.id, results=outcomes
-        )
+        return PatchesInstalled(id=command.result_id, run_id=command.run_id, command_id=command.id, results=outcomes)
     return None
 
 
@@ -174,9 +170,7 @@ def test_saving_an_unknown_run_raises_unknown_run_error(
         store.save(new, [], previous=run)
 
 
-def test_run_ids_lists_runs_oldest_first(
-    store: SqliteRunStore, policy: Policy, instances: list[Instance]
-) -> None:
+def test_run_ids_lists_runs_oldest_first(store: SqliteRunStore, policy: Policy, instances: list[Instance]) -> None:
     for run_id, hours in [("b", 2), ("a", 3), ("c", 1)]:
         run, _ = started(policy, instances, run_id)
         store.create(run.model_copy(update={"created_at": START + timedelta(hours=hours)}), [])

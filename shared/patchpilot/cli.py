@@ -61,12 +61,8 @@ def _print_json(document: object) -> None:
     click.echo(json.dumps(document, indent=2, ensure_ascii=False))
 
 
-policy_option = click.option(
-    "--policy", "policy_path", required=True, metavar="FILE", help="Policy file (YAML)."
-)
-inventory_option = click.option(
-    "--inventory", "inventory_path", metavar="FILE", help="Inventory file (JSON)."
-)
+policy_option = click.option("--policy", "policy_path", required=True, metavar="FILE", help="Policy file (YAML).")
+inventory_option = click.option("--inventory", "inventory_path", metavar="FILE", help="Inventory file (JSON).")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 
 
@@ -159,8 +155,7 @@ def plan_command(policy_path: str, inventory_path: str, as_json: bool) -> None:
 def print_plan(console: Console, policy: Policy, result: Plan) -> None:
     rollout = policy.rollout
     table = Table(
-        title=f"{policy.name}: {rollout.mode}, budget {rollout.disruption_budget} per zone, "
-        f"canary {rollout.canary}"
+        title=f"{policy.name}: {rollout.mode}, budget {rollout.disruption_budget} per zone, canary {rollout.canary}"
     )
     for column in ("wave", "ring", "size", "where", "instances"):
         table.add_column(column, overflow="fold")
@@ -272,7 +267,7 @@ def approve(run_id: str, state_dir: Path, report_dir: Path | None, as_json: bool
     runtime = LocalRuntime.open(state_dir, on_notice=live.notice)
     run = _load_run(runtime, run_id)
     if run.status != "waiting_approval":
-        raise click.ClickException(f"run {run_id} is not waiting for approval (it is {run.status})")
+        raise click.UsageError(f"run {run_id} is not waiting for approval (it is {run.status})")
     console.print(runtime.approve(run_id))
     _drive_and_report(runtime, run, live, console, report_dir, as_json)
 
@@ -341,10 +336,10 @@ def _drive_and_report(
     except KeyboardInterrupt:
         live.stop()
         console.print(
-            f"Interrupted. Continue with: "
-            f"patchpilot run --resume {run.run_id} --state-dir {runtime.state_dir}"
+            f"Interrupted. Continue with: patchpilot run --resume {run.run_id} --state-dir {runtime.state_dir}"
         )
         sys.exit(130)
+    live.update(run)
     live.stop()
     markdown, html = write_reports(run, report_dir or runtime.state_dir / "reports")
     if as_json:
@@ -387,10 +382,12 @@ def run_document(run: Run) -> dict[str, Any]:
         "policy": run.policy.name,
         "summary": run.summary(),
         "instances": {
-            r.id: {"state": r.state, "reason": r.reason, "ring": r.ring or None, "wave": r.wave}
-            for r in run.records()
+            r.id: {"state": r.state, "reason": r.reason, "ring": r.ring or None, "wave": r.wave} for r in run.records()
         },
     }
+
+
+UNDONE = ("pending", "not_started")
 
 
 UNDONE = ("pending", "not_started")
@@ -428,11 +425,11 @@ class LiveProgress:
 
     def update(self, run: Run) -> None:
         for ring, task in self.rings.items():
-            done = sum(
-                1 for w in run.waves if w.ring == ring for r in w.records.values() if r.state != "pending"
-            )
+            done = sum(1 for w in run.waves if w.ring == ring for r in w.records.values() if r.state not in UNDONE)
             self.progress.update(task, completed=done)
         if run.finished or run.cursor >= len(run.waves):
+            if self.wave is not None:
+                self.progress.update(self.wave[1], visible=False)
             return
         wave = run.current
         if self.wave is None or self.wave[0] != wave.index:

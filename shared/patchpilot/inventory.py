@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 from pydantic.dataclasses import dataclass
+from pydantic_core import PydanticCustomError
 
 from patchpilot.errors import InputError, Problem, quote
 from patchpilot.inputs import parse_json, problems_from, read_text
@@ -48,6 +49,17 @@ class Instance:
     tags: dict[str, str] = Field(default_factory=dict)
     simulation: Simulation | None = None
 
+    @model_validator(mode="after")
+    def _placement_is_possible(self) -> Instance:
+        if self.zone is not None and self.availability_set is not None:
+            raise PydanticCustomError(
+                "pp_placement",
+                "a machine is either in a zone or in an availability set, not both "
+                "(zone {zone}, availability_set {aset})",
+                {"zone": self.zone, "aset": self.availability_set},
+            )
+        return self
+
     @property
     def short_name(self) -> str:
         """The name, or the last part of a long id such as an ARM resource id."""
@@ -75,9 +87,7 @@ def parse_inventory(data: Any, source: str) -> list[Instance]:
     entries = data["instances"]
     problems = [Problem((key,), "unknown field (allowed: instances)") for key in unknown]
     if not isinstance(entries, list):
-        raise InputError(
-            source, [*problems, Problem(("instances",), f"expected a list, got {quote(entries)}")]
-        )
+        raise InputError(source, [*problems, Problem(("instances",), f"expected a list, got {quote(entries)}")])
     try:
         instances = _INSTANCES.validate_python(entries)
     except ValidationError as exc:
@@ -94,9 +104,7 @@ def parse_inventory(data: Any, source: str) -> list[Instance]:
         if entry_id in seen:
             first = seen[entry_id]
             problems.append(
-                Problem(
-                    ("instances", index, "id"), f"duplicate id {quote(entry_id)} (also instances[{first}])"
-                )
+                Problem(("instances", index, "id"), f"duplicate id {quote(entry_id)} (also instances[{first}])")
             )
         seen.setdefault(entry_id, index)
     if problems:

@@ -131,9 +131,7 @@ class Service:
         if isinstance(progress, InProgress):
             self.queue.retry_at(delivery, progress.retry_at)
             return False
-        event = result_type(
-            id=command.result_id, run_id=command.run_id, command_id=command.id, results=progress
-        )
+        event = result_type(id=command.result_id, run_id=command.run_id, command_id=command.id, results=progress)
         self.queue.publish([event])
         return True
 

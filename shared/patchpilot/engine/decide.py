@@ -78,9 +78,7 @@ def start_run(run_id: str, policy: Policy, plan: Plan, now: datetime) -> Decisio
         InstanceRecord(instance=e.instance, ring="", state="excluded", reason=e.reason) for e in plan.excluded
     )
     window_end = now + policy.schedule.duration if policy.schedule else None
-    run = Run(
-        run_id=run_id, policy=policy, created_at=now, window_end=window_end, waves=waves, excluded=excluded
-    )
+    run = Run(run_id=run_id, policy=policy, created_at=now, window_end=window_end, waves=waves, excluded=excluded)
     frozen = [r for r in excluded if r.reason.startswith("frozen")]
     text = f"Run {run_id} of policy {policy.name} started: {len(waves)} waves"
     text += f", {sum(len(w.records) for w in waves)} instances"
@@ -122,9 +120,7 @@ def _on_agents_probed(run: Run, event: Event, now: datetime) -> Decision:
     targets = [r.instance for r in _pending(wave)]  # the offline ones are skipped now
     if not targets:
         return _finish_wave(run, now)
-    command = TakeSnapshots(
-        id=_command_id(run, "snapshot"), run_id=run.run_id, wave=wave.index, targets=targets
-    )
+    command = TakeSnapshots(id=_command_id(run, "snapshot"), run_id=run.run_id, wave=wave.index, targets=targets)
     return _await(run, "snapshotting", command)
 
 
@@ -171,9 +167,7 @@ def _on_patches_installed(run: Run, event: Event, now: datetime) -> Decision:
     run = _with_wave(run, wave)
     installed = [r.instance for r in _pending(wave) if not r.failure]
     if installed:
-        command = CheckHealth(
-            id=_command_id(run, "health"), run_id=run.run_id, wave=wave.index, targets=installed
-        )
+        command = CheckHealth(id=_command_id(run, "health"), run_id=run.run_id, wave=wave.index, targets=installed)
         return _await(run, "checking", command)
     return _roll_back_failures(run, now)
 
@@ -209,9 +203,7 @@ def _on_rolled_back(run: Run, event: Event, now: datetime) -> Decision:
     def apply(record: InstanceRecord, outcome: Outcome) -> dict[str, object]:
         if outcome.ok:
             return {}
-        return _final(
-            record, "failed", f"{record.failure}; rollback failed too: {outcome.detail}".rstrip(": ")
-        )
+        return _final(record, "failed", f"{record.failure}; rollback failed too: {outcome.detail}".rstrip(": "))
 
     wave = _update(run.current, event.by_id(), "rollback", apply)
     run = _with_wave(run, wave)
@@ -234,9 +226,7 @@ def _on_rechecked(run: Run, event: Event, now: datetime) -> Decision:
     def apply(record: InstanceRecord, outcome: Outcome) -> dict[str, object]:
         source = ", ".join(record.snapshot_ids) or "its snapshot"
         if outcome.ok:
-            return _final(
-                record, "rolled_back", f"{record.failure}; rolled back from {source}, healthy again"
-            )
+            return _final(record, "rolled_back", f"{record.failure}; rolled back from {source}, healthy again")
         detail = f"{record.failure}; rolled back from {source} but still unhealthy: {outcome.detail}"
         return _final(record, "failed", detail.rstrip(": "))
 
@@ -286,9 +276,7 @@ def _begin_wave(run: Run, now: datetime) -> Decision:
     if run.window_end is not None and now >= run.window_end:
         zone = run.policy.schedule.zone if run.policy.schedule else None
         when = run.window_end.astimezone(zone).isoformat(timespec="minutes")
-        return _end(
-            run, now, "incomplete", f"the maintenance window ended at {when}; later waves not started"
-        )
+        return _end(run, now, "incomplete", f"the maintenance window ended at {when}; later waves not started")
     wave = run.current.model_copy(update={"started_at": now})
     if wave.ring_position > 0:
         wave = _skip_unpromotable(run, wave)
@@ -325,9 +313,7 @@ def _finish_wave(run: Run, now: datetime) -> Decision:
     text = f"Wave {wave.index} ({wave.ring}) finished: {_counts(wave.records.values())}"
     run = _logged(run, now, text, "warning" if failures else "info")
     if limit.exceeded_by(failures, size):
-        reason = (
-            f"wave {wave.index} had {plural(failures, 'failure')} of {size}, more than max_failures {limit}"
-        )
+        reason = f"wave {wave.index} had {plural(failures, 'failure')} of {size}, more than max_failures {limit}"
         decision = _end(run, now, "halted", reason)
         return Decision(decision.run, [*notices, *decision.commands])
 
@@ -338,8 +324,9 @@ def _finish_wave(run: Run, now: datetime) -> Decision:
 
     ring_records = [r for w in run.waves if w.ring == wave.ring for r in w.records.values()]
     ring_failures = sum(1 for r in ring_records if r.failure)
+    later_waves = run.cursor + 1 < len(run.waves)
     if wave.ring_position == 0:
-        if ring_failures:
+        if ring_failures and later_waves:
             reason = f"ring {wave.ring} had {plural(ring_failures, 'failure')}: later rings are not touched"
             decision = _end(run, now, "halted", reason)
             return Decision(decision.run, [*notices, *decision.commands])
@@ -459,9 +446,7 @@ def _logged(run: Run, now: datetime, text: str, level: Severity = "info") -> Run
 
 def _notify(run: Run, topic: Topic, text: str, severity: Severity = "info", suffix: str = "") -> Notify:
     key = f"{topic}:{suffix}" if suffix else topic
-    return Notify(
-        id=f"{run.run_id}:notify:{key}", run_id=run.run_id, topic=topic, text=text, severity=severity
-    )
+    return Notify(id=f"{run.run_id}:notify:{key}", run_id=run.run_id, topic=topic, text=text, severity=severity)
 
 
 def _failure_notices(run: Run, wave: WaveState) -> list[Command]:

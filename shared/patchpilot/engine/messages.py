@@ -171,13 +171,7 @@ class ApprovalGranted(_Message):
 
 
 Event = Annotated[
-    AgentsProbed
-    | SnapshotsTaken
-    | PatchesInstalled
-    | HealthChecked
-    | RolledBack
-    | TimerFired
-    | ApprovalGranted,
+    AgentsProbed | SnapshotsTaken | PatchesInstalled | HealthChecked | RolledBack | TimerFired | ApprovalGranted,
     Field(discriminator="type"),
 ]
 

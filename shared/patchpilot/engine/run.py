@@ -11,9 +11,7 @@ from patchpilot.inventory import Instance
 from patchpilot.policy import Policy
 
 InstanceState = Literal["pending", "patched", "rolled_back", "failed", "skipped", "not_started", "excluded"]
-FINAL_STATES: frozenset[str] = frozenset(
-    {"patched", "rolled_back", "failed", "skipped", "not_started", "excluded"}
-)
+FINAL_STATES: frozenset[str] = frozenset({"patched", "rolled_back", "failed", "skipped", "not_started", "excluded"})
 
 RunState = Literal[
     "probing",

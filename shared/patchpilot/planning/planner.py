@@ -156,9 +156,7 @@ def _waves(
         packed = [_pack_zone(group, budgets[(*region, name)]) for name, group in order]
         if concurrent:
             depth = max(len(waves) for waves, _ in packed)
-            local[region] = [
-                [i for waves, _ in packed if k < len(waves) for i in waves[k]] for k in range(depth)
-            ]
+            local[region] = [[i for waves, _ in packed if k < len(waves) for i in waves[k]] for k in range(depth)]
             weight[region] = max(bound for _, bound in packed)
         else:
             local[region] = [wave for waves, _ in packed for wave in waves]
@@ -263,9 +261,7 @@ def _place_regions(
     return slots, bound
 
 
-def _components(
-    regions: list[RegionKey], neighbours: dict[RegionKey, list[RegionKey]]
-) -> list[list[RegionKey]]:
+def _components(regions: list[RegionKey], neighbours: dict[RegionKey, list[RegionKey]]) -> list[list[RegionKey]]:
     seen: set[RegionKey] = set()
     out = []
     for start in regions:
@@ -352,8 +348,6 @@ def plan_document(result: Plan) -> dict[str, object]:
             "excluded": len(result.excluded),
             "waves": len(result.waves),
             "lower_bound": result.lower_bound,
-            "rings": [
-                {"name": r.name, "waves": len(r.waves), "lower_bound": r.lower_bound} for r in result.rings
-            ],
+            "rings": [{"name": r.name, "waves": len(r.waves), "lower_bound": r.lower_bound} for r in result.rings],
         },
     }

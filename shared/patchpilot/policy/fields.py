@@ -18,9 +18,7 @@ from patchpilot.errors import quote
 
 def fail(kind: str, message: str, value: object) -> PydanticCustomError:
     """A validation error whose text reads `<message>, got <value>`."""
-    return PydanticCustomError(
-        f"pp_{kind}", "{expected}, got {got}", {"expected": message, "got": quote(value)}
-    )
+    return PydanticCustomError(f"pp_{kind}", "{expected}, got {got}", {"expected": message, "got": quote(value)})
 
 
 @dataclass(frozen=True)
@@ -85,9 +83,7 @@ _QUOTA_SCHEMA = {
 _quota_serializer = PlainSerializer(str, return_type=str)
 
 Budget = Annotated[Quota, PlainValidator(_quota_parser(1)), _quota_serializer, WithJsonSchema(_QUOTA_SCHEMA)]
-FailureQuota = Annotated[
-    Quota, PlainValidator(_quota_parser(0)), _quota_serializer, WithJsonSchema(_QUOTA_SCHEMA)
-]
+FailureQuota = Annotated[Quota, PlainValidator(_quota_parser(0)), _quota_serializer, WithJsonSchema(_QUOTA_SCHEMA)]
 
 _UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 _DURATION_RE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")

@@ -109,10 +109,7 @@ class Schedule(_Section):
         starts = window_starts(self.rule, at, self.offset_days, self.zone, after)
         # Elapsed time: aware arithmetic within one zone is wall-clock and would stretch or
         # shrink a window by the DST jump, so add the duration in UTC.
-        return [
-            Window(s, (s.astimezone(UTC) + self.duration).astimezone(self.zone))
-            for s in islice(starts, count)
-        ]
+        return [Window(s, (s.astimezone(UTC) + self.duration).astimezone(self.zone)) for s in islice(starts, count)]
 
     def problems(self) -> list[Problem]:
         here = ("schedule",)
@@ -179,9 +176,7 @@ class Policy(_Section):
             seen.add(ring.name)
             if ring.select.is_empty():
                 found.append(
-                    Problem(
-                        ("rings", index, "select"), "expected at least one of tags, ids, clouds, regions, os"
-                    )
+                    Problem(("rings", index, "select"), "expected at least one of tags, ids, clouds, regions, os")
                 )
         for index, (a, b) in enumerate(self.region_pairs):
             if a.strip().lower() == b.strip().lower():
@@ -189,8 +184,6 @@ class Policy(_Section):
         overlap = set(self.patches.include) & set(self.patches.exclude)
         if overlap:
             found.append(
-                Problem(
-                    ("patches", "include"), f"also listed in patches.exclude: {', '.join(sorted(overlap))}"
-                )
+                Problem(("patches", "include"), f"also listed in patches.exclude: {', '.join(sorted(overlap))}")
             )
         return found

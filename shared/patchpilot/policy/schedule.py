@@ -180,9 +180,7 @@ def window_starts(
         assert at is not None
         walls: Iterator[datetime] = (datetime.combine(d, at) for d in rule.days(begin.date()))
     else:
-        walls = (
-            w + timedelta(days=offset_days) for w in rule.wall_times(begin - timedelta(days=offset_days))
-        )
+        walls = (w + timedelta(days=offset_days) for w in rule.wall_times(begin - timedelta(days=offset_days)))
     last: datetime | None = None
     for wall in walls:
         start = localize(wall, tz)

@@ -345,9 +345,7 @@ def _passed_health(record: InstanceRecord) -> bool:
 
 
 def _sets(records: Iterable[InstanceRecord]) -> list[PatchSet]:
-    groups: Counter[tuple[str, tuple[str, ...]]] = Counter(
-        (r.instance.os, tuple(sorted(r.installed))) for r in records
-    )
+    groups: Counter[tuple[str, tuple[str, ...]]] = Counter((r.instance.os, tuple(sorted(r.installed))) for r in records)
     ordered = sorted(groups.items(), key=lambda g: (g[0][0], -g[1], g[0][1]))
     return [PatchSet(os, patches, n) for (os, patches), n in ordered]
 
@@ -566,8 +564,7 @@ def fmt_duration(delta: timedelta) -> str:
 # ---------------------------------------------------------------- timeline
 
 _TICK_STEPS = [
-    timedelta(seconds=s)
-    for s in (1, 5, 10, 15, 30, 60, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
+    timedelta(seconds=s) for s in (1, 5, 10, 15, 30, 60, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
 ] + [timedelta(days=2), timedelta(days=7)]
 
 

@@ -45,9 +45,7 @@ class Database:
             raise
 
     @contextmanager
-    def transaction(
-        self, mode: Literal["IMMEDIATE", "DEFERRED"] = "IMMEDIATE"
-    ) -> Iterator[sqlite3.Connection]:
+    def transaction(self, mode: Literal["IMMEDIATE", "DEFERRED"] = "IMMEDIATE") -> Iterator[sqlite3.Connection]:
         """BEGIN … COMMIT, rolled back on any exception. IMMEDIATE takes the write lock now;
         DEFERRED gives a consistent snapshot for several reads."""
         with self.lock:

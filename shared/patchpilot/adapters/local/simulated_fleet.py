@@ -146,23 +146,17 @@ class SimulatedFleet:
     # ------------------------------------------------------------ FleetProvider
 
     def probe_agents(self, command: ProbeAgents) -> Progress:
-        return self._execute(
-            command.id, command.run_id, "probe", lambda: _per_instance(command.targets, _probe)
-        )
+        return self._execute(command.id, command.run_id, "probe", lambda: _per_instance(command.targets, _probe))
 
     def take_snapshots(self, command: TakeSnapshots) -> Progress:
         def plan(instance: Instance) -> _Plan:
             return _snapshot(instance, command.id)
 
-        return self._execute(
-            command.id, command.run_id, "snapshot", lambda: _per_instance(command.targets, plan)
-        )
+        return self._execute(command.id, command.run_id, "snapshot", lambda: _per_instance(command.targets, plan))
 
     def install_patches(self, command: InstallPatches) -> Progress:
         def plans() -> list[_Plan]:
-            return _plans(
-                command.targets, lambda t: t.instance.id, lambda t: _install(t.instance, t.only, command)
-            )
+            return _plans(command.targets, lambda t: t.instance.id, lambda t: _install(t.instance, t.only, command))
 
         return self._execute(command.id, command.run_id, "install", plans)
 
@@ -170,15 +164,11 @@ class SimulatedFleet:
         def plan(instance: Instance) -> _Plan:
             return _health(instance, command.after_rollback)
 
-        return self._execute(
-            command.id, command.run_id, "health", lambda: _per_instance(command.targets, plan)
-        )
+        return self._execute(command.id, command.run_id, "health", lambda: _per_instance(command.targets, plan))
 
     def roll_back(self, command: RollBack) -> Progress:
         def plans() -> list[_Plan]:
-            return _plans(
-                command.targets, lambda t: t.instance.id, lambda t: _rollback(t.instance, t.snapshot_ids)
-            )
+            return _plans(command.targets, lambda t: t.instance.id, lambda t: _rollback(t.instance, t.snapshot_ids))
 
         return self._execute(command.id, command.run_id, "rollback", plans)
 
@@ -196,9 +186,7 @@ class SimulatedFleet:
 
     # ------------------------------------------------------------ the mechanism
 
-    def _execute(
-        self, command_id: str, run_id: str, kind: Kind, plans: Callable[[], list[_Plan]]
-    ) -> Progress:
+    def _execute(self, command_id: str, run_id: str, kind: Kind, plans: Callable[[], list[_Plan]]) -> Progress:
         ops = self._load(command_id)
         if not ops:
             started = self.clock.now()
@@ -217,10 +205,7 @@ class SimulatedFleet:
                 retry_at=min(last, now + POLL_INTERVAL),
                 note=f"{kind}: {done}/{len(ops)} done, last due {last.isoformat()}",
             )
-        return [
-            Outcome(id=op.instance_id, ok=op.ok, detail=op.detail, items=op.items, at=op.done_at)
-            for op in ops
-        ]
+        return [Outcome(id=op.instance_id, ok=op.ok, detail=op.detail, items=op.items, at=op.done_at) for op in ops]
 
     def _load(self, command_id: str) -> list[_Op]:
         with self._lock:
@@ -318,9 +303,7 @@ def _minutes(salt: str, instance_id: str, low: int, high: int) -> int:
 def _probe(instance: Instance) -> _Plan:
     online = _hints(instance).agent == "online"
     if instance.cloud == "aws":
-        detail = (
-            "SSM agent online (PingStatus Online)" if online else "SSM agent not reporting (ConnectionLost)"
-        )
+        detail = "SSM agent online (PingStatus Online)" if online else "SSM agent not reporting (ConnectionLost)"
     else:
         detail = "VM agent ready" if online else "VM agent not ready (ProvisioningState/Unavailable)"
     return _Plan(instance.id, 0, online, detail, [])
@@ -338,9 +321,7 @@ def _snapshot_id(instance: Instance, command_id: str, disk: str) -> str:
     arm = _ARM_VM.match(instance.id)
     if arm is None:
         return name
-    return (
-        f"/subscriptions/{arm['sub']}/resourceGroups/{arm['rg']}/providers/Microsoft.Compute/snapshots/{name}"
-    )
+    return f"/subscriptions/{arm['sub']}/resourceGroups/{arm['rg']}/providers/Microsoft.Compute/snapshots/{name}"
 
 
 def _snapshot(instance: Instance, command_id: str) -> _Plan:
@@ -401,9 +382,7 @@ def _install(instance: Instance, only: list[str] | None, command: InstallPatches
         if instance.os == "windows":
             detail = f"exit code 0x80070643: {first} failed to install (fatal error during installation)"
         else:
-            detail = (
-                f"exit code 1: package conflict: {first} conflicts with a version-locked installed package"
-            )
+            detail = f"exit code 1: package conflict: {first} conflicts with a version-locked installed package"
         return _Plan(instance.id, minutes, False, detail, [])
     count = "1 patch" if len(patches) == 1 else f"{len(patches)} patches"
     tail = "rebooted" if reboots else "not rebooted (reboot: never)"

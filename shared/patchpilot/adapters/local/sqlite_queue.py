@@ -73,8 +73,7 @@ class SqliteQueue:
             # timeout is positive), so each round makes progress and the loop ends.
             while len(deliveries) < limit:
                 rows = conn.execute(
-                    "SELECT id, body, attempts FROM messages WHERE visible_at <= ?"
-                    " ORDER BY visible_at, seq LIMIT ?",
+                    "SELECT id, body, attempts FROM messages WHERE visible_at <= ? ORDER BY visible_at, seq LIMIT ?",
                     (due, limit - len(deliveries)),
                 ).fetchall()
                 if not rows:
@@ -95,8 +94,7 @@ class SqliteQueue:
                         continue
                     receipt = uuid.uuid4().hex
                     conn.execute(
-                        "UPDATE messages SET attempts = attempts + 1, receipt = ?, visible_at = ?"
-                        " WHERE id = ?",
+                        "UPDATE messages SET attempts = attempts + 1, receipt = ?, visible_at = ? WHERE id = ?",
                         (receipt, hidden_until, message_id),
                     )
                     deliveries.append(Delivery(message=message, receipt=receipt, attempts=attempts + 1))
@@ -114,16 +112,13 @@ class SqliteQueue:
         """Show the message again at `at`; this receive does not count as an attempt."""
         with self._db.transaction() as conn:
             conn.execute(
-                "UPDATE messages SET visible_at = ?, attempts = MAX(attempts - 1, 0)"
-                " WHERE id = ? AND receipt = ?",
+                "UPDATE messages SET visible_at = ?, attempts = MAX(attempts - 1, 0) WHERE id = ? AND receipt = ?",
                 (epoch(at), delivery.message.id, delivery.receipt),
             )
 
     def dead_letters(self) -> list[DeadLetter]:
         with self._db.lock:
-            rows = self._db.conn.execute(
-                "SELECT message_id, body, reason FROM dead_letters ORDER BY rowid"
-            ).fetchall()
+            rows = self._db.conn.execute("SELECT message_id, body, reason FROM dead_letters ORDER BY rowid").fetchall()
         return [DeadLetter(message_id=i, body=body, reason=reason) for i, body, reason in rows]
 
     # ------------------------------------------------------------ beyond the port
@@ -168,9 +163,7 @@ class SqliteQueue:
                 " VALUES (?, ?, ?, ?, 0, NULL)",
                 [(message_id, last + n, body, visible_at) for n, (message_id, body) in enumerate(entries, 1)],
             )
-            conn.execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (_SEQ_KEY, str(last + len(entries)))
-            )
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (_SEQ_KEY, str(last + len(entries))))
 
     @staticmethod
     def _bury(conn: sqlite3.Connection, message_id: str, body: str, reason: str, now: datetime) -> None:

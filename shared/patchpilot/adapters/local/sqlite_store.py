@@ -82,9 +82,7 @@ class SqliteRunStore:
             (header,) = conn.execute("SELECT header FROM runs WHERE run_id = ?", (run_id,)).fetchone()
             waves = [
                 data
-                for (data,) in conn.execute(
-                    "SELECT data FROM run_waves WHERE run_id = ? ORDER BY position", (run_id,)
-                )
+                for (data,) in conn.execute("SELECT data FROM run_waves WHERE run_id = ? ORDER BY position", (run_id,))
             ]
         run = Run.model_validate_json(_with_waves(header, waves))
         self._runs[run_id] = run
@@ -114,13 +112,9 @@ class SqliteRunStore:
                 for i, wave in enumerate(run.waves)
                 if i >= len(previous.waves) or wave is not previous.waves[i]
             ]
-            conn.executemany(
-                "INSERT OR REPLACE INTO run_waves (run_id, position, data) VALUES (?, ?, ?)", changed
-            )
+            conn.executemany("INSERT OR REPLACE INTO run_waves (run_id, position, data) VALUES (?, ?, ?)", changed)
             if len(run.waves) < len(previous.waves):
-                conn.execute(
-                    "DELETE FROM run_waves WHERE run_id = ? AND position >= ?", (run_id, len(run.waves))
-                )
+                conn.execute("DELETE FROM run_waves WHERE run_id = ? AND position >= ?", (run_id, len(run.waves)))
             self._append(conn, run_id, outbox)
         self._runs[run_id] = run
 
@@ -158,9 +152,7 @@ class SqliteRunStore:
     def _append(conn: sqlite3.Connection, run_id: str, outbox: Sequence[Message]) -> None:
         if not outbox:
             return
-        (last,) = conn.execute(
-            "SELECT COALESCE(MAX(seq), 0) FROM outbox WHERE run_id = ?", (run_id,)
-        ).fetchone()
+        (last,) = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM outbox WHERE run_id = ?", (run_id,)).fetchone()
         conn.executemany(
             "INSERT INTO outbox (run_id, seq, message_id, body, sent) VALUES (?, ?, ?, ?, 0)",
             [

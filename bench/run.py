@@ -1,0 +1,20 @@
+"""`make bench`: every benchmark, each printing its figures and writing bench/results/*.json."""
+
+from __future__ import annotations
+
+import runpy
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+failed = []
+for script in ("bench_planner.py", "bench_run.py"):
+    print(f"== {script}", flush=True)
+    try:
+        runpy.run_path(str(HERE / script), run_name="__main__")
+    except SystemExit as exit_:
+        if exit_.code:
+            failed.append(script)
+    print()
+if failed:
+    raise SystemExit(f"benchmarks that missed their targets: {', '.join(failed)}")

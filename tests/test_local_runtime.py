@@ -1,0 +1,176 @@
+"""`patchpilot run`, `status`, `approve`, `report` and `--resume` on the local runtime."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from patchpilot.adapters.local.clock import VirtualClock
+from patchpilot.adapters.local.simulated_fleet import SimulatedFleet
+from patchpilot.cli import main
+from patchpilot.local_runtime import LocalRuntime
+
+ROOT = Path(__file__).resolve().parent.parent
+POLICY = ROOT / "examples" / "policy.yaml"
+FLEET = ROOT / "examples" / "fleet.json"
+PATCHPILOT = Path(sys.executable).parent / "patchpilot"
+
+
+def cli(*args: str | Path) -> Result:
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def run_json(*args: str | Path) -> tuple[int, dict[str, Any]]:
+    result = cli("run", *args, "--json")
+    return result.exit_code, json.loads(result.stdout)
+
+
+def policy_variant(tmp_path: Path, **replacements: str) -> Path:
+    text = POLICY.read_text()
+    for old, new in replacements.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    path = tmp_path / "policy.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_example_run_succeeds_and_rolls_back_the_one_bad_instance(tmp_path: Path) -> None:
+    code, document = run_json("--policy", POLICY, "--inventory", FLEET, "--state-dir", tmp_path)
+    assert code == 0
+    assert document["status"] == "succeeded"
+    instances = document["instances"]
+    assert len(instances) == 66
+    rolled_back = {i: v for i, v in instances.items() if v["state"] == "rolled_back"}
+    assert len(rolled_back) == 1
+    (record,) = rolled_back.values()
+    assert record["ring"] == "production" and "health check failed" in record["reason"]
+    assert "rolled back from snap-" in record["reason"]
+    assert {v["state"] for v in instances.values()} == {"patched", "rolled_back", "excluded"}
+    assert all(set(v) >= {"state", "reason", "ring", "wave"} for v in instances.values())
+    assert Path(document["report"]["html"]).is_file() and Path(document["report"]["markdown"]).is_file()
+
+
+def test_run_shows_progress_and_where_the_report_is(tmp_path: Path) -> None:
+    result = cli("run", "--policy", POLICY, "--inventory", FLEET, "--state-dir", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert "rolled back" in result.output and "api-tyo-05" in result.output
+    assert "ring production" in result.output
+    assert "Report: " in result.output and ".html" in result.output
+
+
+def test_required_approval_pauses_the_run_until_approved(tmp_path: Path) -> None:
+    policy = policy_variant(tmp_path, **{"approval: auto ": "approval: required "})
+    code, document = run_json("--policy", policy, "--inventory", FLEET, "--state-dir", tmp_path / "s")
+    assert code == 3 and document["status"] == "waiting_approval"
+    production = [v for v in document["instances"].values() if v["ring"] == "production"]
+    assert {v["state"] for v in production} == {"pending"}
+    run_id = document["run_id"]
+
+    status = cli("status", run_id, "--state-dir", tmp_path / "s", "--json")
+    assert json.loads(status.stdout)["status"] == "waiting_approval"
+
+    approved = cli("approve", run_id, "--state-dir", tmp_path / "s", "--json")
+    assert approved.exit_code == 0, approved.output
+    assert json.loads(approved.stdout)["status"] == "succeeded"
+
+    again = cli("approve", run_id, "--state-dir", tmp_path / "s")
+    assert again.exit_code == 2 and "not waiting for approval" in again.output
+
+
+def test_a_failure_in_staging_halts_before_production(tmp_path: Path) -> None:
+    inventory = json.loads(FLEET.read_text())
+    staging = next(i for i in inventory["instances"] if i["tags"].get("Environment") == "staging")
+    staging["simulation"] = {"install": "fail"}
+    path = tmp_path / "fleet.json"
+    path.write_text(json.dumps(inventory))
+    code, document = run_json("--policy", POLICY, "--inventory", path, "--state-dir", tmp_path / "s")
+    assert code == 1 and document["status"] == "halted"
+    production = [v for v in document["instances"].values() if v["ring"] == "production"]
+    assert {v["state"] for v in production} == {"not_started"}
+
+
+def test_a_short_window_leaves_later_waves_not_started(tmp_path: Path) -> None:
+    policy = policy_variant(tmp_path, **{"duration: 10h": "duration: 2h"})
+    code, document = run_json("--policy", policy, "--inventory", FLEET, "--state-dir", tmp_path / "s")
+    assert code == 1 and document["status"] == "incomplete"
+    not_started = [v for v in document["instances"].values() if v["state"] == "not_started"]
+    assert not_started and all("maintenance window ended" in v["reason"] for v in not_started)
+
+
+def test_status_and_report_of_a_finished_run(tmp_path: Path) -> None:
+    _, document = run_json("--policy", POLICY, "--inventory", FLEET, "--state-dir", tmp_path)
+    run_id = document["run_id"]
+    status = cli("status", run_id, "--state-dir", tmp_path)
+    assert status.exit_code == 0 and "succeeded" in status.output and "Needs attention" in status.output
+    report = cli("report", run_id, "--state-dir", tmp_path, "--report-dir", tmp_path / "out")
+    assert report.exit_code == 0
+    paths = [Path(p) for p in report.output.split()]
+    assert {p.suffix for p in paths} == {".md", ".html"} and all(p.parent == tmp_path / "out" for p in paths)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["status", "no-such-run"], "no run no-such-run here"),
+        (["run", "--resume", "x", "--policy", str(POLICY)], "give neither"),
+        (["run", "--policy", str(POLICY)], "give --policy and --inventory"),
+    ],
+)
+def test_run_commands_explain_bad_usage(tmp_path: Path, args: list[str], message: str) -> None:
+    result = cli(*args, "--state-dir", tmp_path)
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_a_killed_run_resumes_and_ends_like_an_uninterrupted_one(tmp_path: Path) -> None:
+    """Kill -9 the process mid-run; `run --resume` finishes without repeating a done step."""
+    inventory = _big_inventory(tmp_path, 2000)
+    reference_code, reference = run_json("--policy", POLICY, "--inventory", inventory, "--state-dir", tmp_path / "ref")
+
+    state = tmp_path / "killed"
+    process = subprocess.Popen(
+        [PATCHPILOT, "run", "--policy", POLICY, "--inventory", inventory, "--state-dir", state, "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None
+    first = process.stderr.readline()  # "Run <id>: N waves, state in ..."
+    run_id = first.split()[1].rstrip(":")
+    for line in process.stderr:  # kill once staging is done and production under way
+        if line.startswith("Ring staging finished"):
+            break
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert LocalRuntime.open(state).load(run_id).status == "running", "killed mid-run"
+
+    code, resumed = run_json("--resume", run_id, "--state-dir", state)
+    assert code == reference_code
+    assert resumed["status"] == reference["status"]
+    states = {i: v["state"] for i, v in resumed["instances"].items()}
+    assert states == {i: v["state"] for i, v in reference["instances"].items()}
+    fleet = SimulatedFleet(state / "state.db", VirtualClock(state / "state.db"))
+    effects = fleet.effects(run_id)
+    assert effects and max(effects.values()) == 1
+
+
+def _big_inventory(tmp_path: Path, count: int) -> Path:
+    sys.path.insert(0, str(ROOT / "bench"))
+    from fleet import synthetic_fleet  # type: ignore[import-not-found]
+
+    instances = synthetic_fleet(count, seed=3)
+    for n, instance in enumerate(instances):
+        if n % 97 == 5 and instance["tags"]["Environment"] == "production":
+            instance["simulation"] = {"health": "fail"}
+    path = tmp_path / "fleet.json"
+    path.write_text(json.dumps({"instances": instances}))
+    return path

@@ -21,6 +21,7 @@ from patchpilot.engine.messages import (
     PatchesInstalled,
     ProbeAgents,
     RollBack,
+    SnapshotsTaken,
     TakeSnapshots,
 )
 from patchpilot.engine.run import FINAL_STATES, Run
@@ -373,3 +374,16 @@ rollout: {disruption_budget: 2, canary: 0, max_failures: 1}
     run, _ = run_with(single, fleet(frozen=0, hints={"i-staging-01": Simulation(health="fail")}))
     assert run.status == "succeeded"
     assert run.summary() == {"patched": 11, "rolled_back": 1}
+
+
+def test_a_snapshot_reported_ok_without_snapshot_ids_is_not_patched() -> None:
+    started = _started()
+    probed = decide(started.run, _probe_answer(started), NOW)
+    snapshot = next(c for c in probed.commands if isinstance(c, TakeSnapshots))
+    results = [Outcome(id=i.id, ok=True, items=[] if n == 0 else [f"snap-{n}"]) for n, i in enumerate(snapshot.targets)]
+    event = SnapshotsTaken(id=snapshot.result_id, run_id="run-1", command_id=snapshot.id, results=results)
+    after = decide(probed.run, event, NOW)
+    first = after.run.current.records[snapshot.targets[0].id]
+    assert first.state == "skipped" and "no snapshot id reported" in first.reason
+    install = next(c for c in after.commands if isinstance(c, InstallPatches))
+    assert snapshot.targets[0].id not in {t.instance.id for t in install.targets}

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from clocks import ManualClock
 
 from patchpilot.adapters.local.simulated_fleet import SimulatedFleet, select_patches
 from patchpilot.engine.messages import (
@@ -30,23 +31,9 @@ RUN = "run-1"
 ARM = "/subscriptions/sub-1/resourceGroups/rg-web/providers/Microsoft.Compute/virtualMachines/web-01"
 
 
-class ManualClock:
-    def __init__(self, start: datetime = T0) -> None:
-        self.current = start
-
-    def now(self) -> datetime:
-        return self.current
-
-    def advance(self, delta: timedelta) -> None:
-        self.current += delta
-
-    def set(self, at: datetime) -> None:
-        self.current = at
-
-
 @pytest.fixture
 def clock() -> ManualClock:
-    return ManualClock()
+    return ManualClock(T0)
 
 
 @pytest.fixture
@@ -288,7 +275,7 @@ def test_durations_are_deterministic_and_within_their_ranges(db: Path, clock: Ma
     assert {d // minutes for d in back} <= set(range(8, 15))
     assert len(set(inst)) > 5  # spread over the fleet, not one value
 
-    other_clock = ManualClock()
+    other_clock = ManualClock(T0)
     again = SimulatedFleet(db.with_name("other.db"), other_clock)
     assert durations(other_clock, lambda: again.take_snapshots(snapshots(*instances))) == snap
 

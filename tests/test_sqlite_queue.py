@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from clocks import ManualClock
 
 from patchpilot.adapters.local.sqlite_queue import SqliteQueue
 from patchpilot.engine.messages import Notify, TimerFired
@@ -16,22 +17,9 @@ T0 = datetime(2025, 3, 14, 17, 0, tzinfo=UTC)
 TIMEOUT = timedelta(minutes=15)
 
 
-class ManualClock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, start: datetime = T0) -> None:
-        self.current = start
-
-    def now(self) -> datetime:
-        return self.current
-
-    def advance(self, delta: timedelta) -> None:
-        self.current += delta
-
-
 @pytest.fixture
 def clock() -> ManualClock:
-    return ManualClock()
+    return ManualClock(T0)
 
 
 @pytest.fixture

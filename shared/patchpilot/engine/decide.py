@@ -129,9 +129,10 @@ def _on_snapshots_taken(run: Run, event: Event, now: datetime) -> Decision:
     results = event.by_id()
 
     def apply(record: InstanceRecord, outcome: Outcome) -> dict[str, object]:
-        if outcome.ok:
+        if outcome.ok and outcome.items:
             return {"snapshot_ids": list(outcome.items)}
-        failure = f"snapshot failed: {outcome.detail}".rstrip(": ")
+        detail = outcome.detail if not outcome.ok else "no snapshot id reported"
+        failure = f"snapshot failed: {detail}".rstrip(": ")
         return {**_final(record, "skipped", f"{failure}; not patched"), "failure": failure}
 
     wave = _update(run.current, results, "snapshot", apply)

@@ -47,6 +47,7 @@ class Instance:
     availability_set: str | None = None
     update_domain: Annotated[int, Field(ge=0)] | None = None
     tags: dict[str, str] = Field(default_factory=dict)
+    account: str | None = None  # AWS account id or Azure subscription id, where the fleet spans several
     simulation: Simulation | None = None
 
     @model_validator(mode="after")

@@ -168,7 +168,13 @@ def _on_patches_installed(run: Run, event: Event, now: datetime) -> Decision:
     run = _with_wave(run, wave)
     installed = [r.instance for r in _pending(wave) if not r.failure]
     if installed:
-        command = CheckHealth(id=_command_id(run, "health"), run_id=run.run_id, wave=wave.index, targets=installed)
+        command = CheckHealth(
+            id=_command_id(run, "health"),
+            run_id=run.run_id,
+            wave=wave.index,
+            targets=installed,
+            checks=run.policy.health,
+        )
         return _await(run, "checking", command)
     return _roll_back_failures(run, now)
 
@@ -194,6 +200,7 @@ def _roll_back_failures(run: Run, now: datetime) -> Decision:
         run_id=run.run_id,
         wave=run.current.index,
         targets=[RestoreTarget(instance=r.instance, snapshot_ids=r.snapshot_ids) for r in failed],
+        restore_data_volumes=run.policy.aws.restore_data_volumes if run.policy.aws else False,
     )
     return _await(run, "rolling_back", command)
 
@@ -217,6 +224,7 @@ def _on_rolled_back(run: Run, event: Event, now: datetime) -> Decision:
         wave=wave.index,
         targets=restored,
         after_rollback=True,
+        checks=run.policy.health,
     )
     return _await(run, "rechecking", command)
 

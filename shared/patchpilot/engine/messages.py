@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from patchpilot.inventory import Instance
 from patchpilot.policy.fields import Duration
+from patchpilot.policy.model import HealthChecks
 
 
 class _Message(BaseModel):
@@ -65,9 +66,13 @@ class InstallPatches(_Command):
 
 
 class CheckHealth(_Command):
+    """The cloud's status checks (instance running, agent back after the reboot) plus the
+    policy's own checks."""
+
     type: Literal["CheckHealth"] = "CheckHealth"
     targets: list[Instance]
     after_rollback: bool = False
+    checks: HealthChecks = HealthChecks()
 
 
 class RestoreTarget(BaseModel):
@@ -82,6 +87,7 @@ class RollBack(_Command):
 
     type: Literal["RollBack"] = "RollBack"
     targets: list[RestoreTarget]
+    restore_data_volumes: bool = False  # the root volume always; data volumes when the policy asks
 
 
 class Wait(_Command):

@@ -155,6 +155,36 @@ class PatchSelection(_Section):
     exclude: list[str] = Field(default_factory=list)
 
 
+class HealthScript(_Section):
+    """A command run on the instance (Systems Manager Run Command, Azure Run Command): exit 0 is healthy."""
+
+    linux: str | None = None
+    windows: str | None = None
+
+
+class HealthChecks(_Section):
+    """Checks beyond the cloud's own status checks, all of which must pass after patching."""
+
+    script: HealthScript | None = None
+    alarms: list[str] = Field(default_factory=list)  # CloudWatch alarms that must be OK (AWS)
+    http: list[str] = Field(default_factory=list)  # URLs that must answer 2xx; {name}, {id}, {private_ip} filled in
+    timeout: Duration = timedelta(minutes=5)
+
+
+class AwsAccount(_Section):
+    id: str = Field(pattern=r"^\d{12}$")
+    role: str | None = Field(default=None, pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$")  # assumed in that account
+
+
+class AwsSettings(_Section):
+    """Where the AWS fleet is and how to reach it. Without accounts, the current account is used."""
+
+    regions: list[str] = Field(default_factory=list)
+    accounts: list[AwsAccount] = Field(default_factory=list)
+    restore_data_volumes: bool = False  # rollback restores data volumes too, not only the root volume
+    patch_group_tag: str = "PatchGroup"
+
+
 class Policy(_Section):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     description: str = ""
@@ -165,6 +195,8 @@ class Policy(_Section):
     exclude: Exclusions = Exclusions()
     patches: PatchSelection = PatchSelection()
     reboot: Literal["if_required", "always", "never"] = "if_required"
+    health: HealthChecks = HealthChecks()
+    aws: AwsSettings | None = None
 
     def problems(self) -> list[Problem]:
         """Rules that span several fields; the field shapes are already valid here."""

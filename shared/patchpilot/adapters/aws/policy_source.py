@@ -1,0 +1,38 @@
+"""Where a deployed PatchPilot reads its policy: an S3 object or an SSM parameter.
+
+Operators change the policy without redeploying code; every read is validated with the same
+rules as `patchpilot validate`, so a broken policy is refused with every problem named.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from patchpilot.errors import InputError
+from patchpilot.policy import Policy, parse_policy
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_ssm import SSMClient
+
+
+def read_policy_text(location: str, s3: S3Client, ssm: SSMClient) -> str:
+    """`s3://bucket/key` or `ssm:/parameter/name` (a SecureString is decrypted)."""
+    if location.startswith("s3://"):
+        bucket, _, key = location.removeprefix("s3://").partition("/")
+        if not bucket or not key:
+            raise InputError.single(location, "expected s3://BUCKET/KEY")
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        try:
+            return body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InputError.single(location, "the policy object is not UTF-8 text") from None
+    if location.startswith("ssm:"):
+        name = location.removeprefix("ssm:")
+        parameter = ssm.get_parameter(Name=name, WithDecryption=True)["Parameter"]
+        return parameter.get("Value", "")
+    raise InputError.single(location, "expected a policy location s3://BUCKET/KEY or ssm:/PARAMETER")
+
+
+def load_policy_from(location: str, s3: S3Client, ssm: SSMClient) -> Policy:
+    return parse_policy(read_policy_text(location, s3, ssm), source=location)

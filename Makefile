@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench docs clean
+.PHONY: setup demo test lint bench docs clean check-templates lambda-package
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,5 +35,31 @@ docs: setup
 	$(BIN)/patchpilot schema messages > docs/messages.schema.json
 	$(BIN)/python -m patchpilot.engine.diagram > docs/state-machine.md
 
+# Infrastructure linters live in their own venv: they pin libraries the project does not use.
+IAC := .venv-iac
+$(IAC)/.installed:
+	$(PYTHON) -m venv $(IAC)
+	$(IAC)/bin/python -m pip install --quiet --upgrade pip
+	$(IAC)/bin/python -m pip install --quiet cfn-lint checkov aws-sam-cli
+	touch $(IAC)/.installed
+
+check-templates: $(IAC)/.installed setup
+	$(IAC)/bin/cfn-lint template.yaml
+	env -i PATH="$(PATH)" HOME="$(CURDIR)/build/samhome" SAM_CLI_TELEMETRY=0 $(IAC)/bin/sam validate --lint --template template.yaml
+	$(IAC)/bin/checkov -f template.yaml --framework cloudformation --quiet --compact --skip-download
+	$(BIN)/python infra/aws/check_package.py
+
+# `sam build` runs these (Metadata: BuildMethod: makefile); ARTIFACTS_DIR is where the code goes.
+# The wheels are the Lambda platform's (x86_64, CPython 3.11), whatever machine builds them.
+build-WorkerFunction build-TriggerFunction build-ApproveFunction:
+	rm -rf build/wheel
+	$(PYTHON) -m pip wheel --quiet --no-deps --wheel-dir build/wheel .
+	$(PYTHON) -m pip install --quiet --upgrade --target "$(ARTIFACTS_DIR)" --platform manylinux2014_x86_64 \
+		--implementation cp --python-version 3.11 --only-binary=:all: "$$(ls build/wheel/patchpilot-*.whl)[aws]"
+	cp -r aws_lambda "$(ARTIFACTS_DIR)/"
+
+lambda-package: setup
+	$(BIN)/python infra/aws/check_package.py
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(IAC) build .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -445,3 +445,8 @@ class LiveProgress:
             return
         style = {"error": "red", "warning": "yellow"}.get(notice.severity, "")
         self.console.print(Text(notice.text, style=style))
+
+
+from patchpilot.cli_aws import aws  # noqa: E402  (cli_aws reaches back into this module when run)
+
+main.add_command(aws)

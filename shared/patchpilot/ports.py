@@ -50,7 +50,8 @@ class RunStore(Protocol):
     def mark_sent(self, run_id: str, message_ids: Sequence[str]) -> None: ...
 
     def run_ids(self) -> list[str]:
-        """Every run, oldest first."""
+        """Every run, oldest first (eventually consistent on DynamoDB: a run created a moment
+        ago may be missing)."""
 
 
 @dataclass(frozen=True)
@@ -73,8 +74,9 @@ class Queue(Protocol):
     """At-least-once delivery with delays, visibility timeouts and a dead-letter store."""
 
     def publish(self, messages: Sequence[Message], at: datetime | None = None) -> None:
-        """Send messages, delivered no earlier than `at` (default: now). Publishing an id that
-        is still queued does nothing."""
+        """Send messages, delivered no earlier than `at` (default: now). Delivery is at least
+        once: a message may arrive twice (the local queue drops a publish whose id is still
+        queued; SQS does not), and every consumer is idempotent."""
 
     def receive(self, limit: int = 10) -> list[Delivery]:
         """Up to `limit` due messages, hidden from other receivers until acked or timed out.

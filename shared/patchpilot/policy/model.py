@@ -176,6 +176,38 @@ class AwsAccount(_Section):
     role: str | None = Field(default=None, pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$")  # assumed in that account
 
 
+BaselineOs = Literal[
+    "WINDOWS",
+    "AMAZON_LINUX_2",
+    "AMAZON_LINUX_2023",
+    "REDHAT_ENTERPRISE_LINUX",
+    "CENTOS",
+    "ORACLE_LINUX",
+    "ROCKY_LINUX",
+    "ALMA_LINUX",
+    "SUSE",
+    "UBUNTU",
+    "DEBIAN",
+]  # Systems Manager OperatingSystem values that `patchpilot aws sync` writes baselines for
+ComplianceLevel = Literal["CRITICAL", "HIGH", "MEDIUM", "LOW", "INFORMATIONAL", "UNSPECIFIED"]
+
+
+class AwsBaselines(_Section):
+    """The Patch Manager baselines `patchpilot aws sync` keeps in step with the policy: one per
+    operating system, registered for one patch group per ring (docs/aws-baselines.md).
+
+    What they approve comes from `patches` (classifications, include, exclude); the rules that
+    tie fields together (a classification that applies to none of the operating systems, a
+    severity an operating system does not have) are checked by the sync, which names them."""
+
+    operating_systems: list[BaselineOs] = Field(min_length=1)
+    approve_after_days: int = Field(default=7, ge=0, le=360)  # not used on Ubuntu and Debian
+    # Empty: every severity. A list applies to every operating system; a mapping (operating system
+    # to list) gives each its own. The values are each system's own: see docs/aws-baselines.md.
+    severities: list[str] | dict[str, list[str]] = Field(default_factory=list)
+    compliance_level: ComplianceLevel = "UNSPECIFIED"
+
+
 class AwsSettings(_Section):
     """Where the AWS fleet is and how to reach it. Without accounts, the current account is used."""
 
@@ -183,6 +215,7 @@ class AwsSettings(_Section):
     accounts: list[AwsAccount] = Field(default_factory=list)
     restore_data_volumes: bool = False  # rollback restores data volumes too, not only the root volume
     patch_group_tag: str = "PatchGroup"
+    baselines: AwsBaselines | None = None  # Patch Manager baselines and patch groups: `patchpilot aws sync`
 
 
 class Policy(_Section):

@@ -1,0 +1,1 @@
+"""AWS Lambda handlers: thin shims over `patchpilot.adapters.aws.runtime` (see template.yaml)."""

@@ -1,0 +1,113 @@
+"""Packaging check: build the Lambda artifact as `sam build` does and import every handler that
+template.yaml names, in a clean interpreter that sees nothing but the artifact.
+
+Also prints each handler module's cold import time against a bare `import boto3` plus
+powertools (the figure bench quotes). Exit status 1 when a handler does not import.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+# What any powertools handler pays: boto3, and Logger, Metrics and Tracer created (Tracer loads the X-Ray SDK).
+BASELINE = (
+    "import boto3; from aws_lambda_powertools import Logger, Metrics, Tracer; "
+    "Logger(service='b'); Metrics(namespace='b'); Tracer(service='b')"
+)
+
+
+class _CfnLoader(yaml.SafeLoader):
+    """YAML with CloudFormation's short tags (!Ref, !Sub, ...) read as plain values."""
+
+
+def _any_tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Any:
+    if isinstance(node, yaml.ScalarNode):
+        return loader.construct_scalar(node)
+    if isinstance(node, yaml.SequenceNode):
+        return loader.construct_sequence(node)
+    return loader.construct_mapping(node)  # type: ignore[arg-type]
+
+
+_CfnLoader.add_multi_constructor("!", _any_tag)
+
+
+def handlers(template: Path) -> list[str]:
+    document = yaml.load(template.read_text(), Loader=_CfnLoader)
+    found = []
+    for resource in document["Resources"].values():
+        if resource.get("Type") == "AWS::Serverless::Function":
+            found.append(resource["Properties"]["Handler"])
+    return sorted(set(found))
+
+
+def clean_python(artifact: Path, code: str) -> subprocess.CompletedProcess[str]:
+    """Run `code` in a base interpreter with no site-packages, no user site and no environment."""
+    base = getattr(sys, "_base_executable", sys.executable)
+    env = {"PATH": "/usr/bin:/bin", "AWS_REGION": "us-east-1", "PYTHONPATH": str(artifact)}
+    return subprocess.run(
+        [base, "-I", "-S", "-c", f"import sys; sys.path.insert(0, {str(artifact)!r}); {code}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def import_seconds(artifact: Path, statement: str, tries: int = 5) -> float:
+    code = f"import time; t = time.perf_counter(); {statement}; print(time.perf_counter() - t)"
+    best = float("inf")
+    for _ in range(tries):
+        result = clean_python(artifact, code)
+        if result.returncode != 0:
+            raise RuntimeError(result.stderr.strip().splitlines()[-1] if result.stderr else "import failed")
+        best = min(best, float(result.stdout.strip()))
+    return best
+
+
+def main() -> int:
+    names = handlers(ROOT / "template.yaml")
+    with tempfile.TemporaryDirectory() as tmp:
+        artifact = Path(tmp) / "artifact"
+        build = subprocess.run(
+            [
+                "make",
+                "--no-print-directory",
+                "build-WorkerFunction",
+                f"ARTIFACTS_DIR={artifact}",
+                f"PYTHON={sys.executable}",
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            env={**os.environ},
+        )
+        if build.returncode != 0:
+            print(build.stdout, build.stderr, sep="\n")
+            return 1
+        size = sum(f.stat().st_size for f in artifact.rglob("*") if f.is_file())
+        print(f"artifact: {size / 2**20:.1f} MiB unzipped, handlers: {', '.join(names)}")
+        failed = 0
+        baseline = import_seconds(artifact, BASELINE)
+        print(f"  baseline (boto3 + powertools): {baseline * 1000:.0f} ms")
+        for name in names:
+            module, _, function = name.rpartition(".")
+            check = clean_python(artifact, f"import {module} as m; assert callable(m.{function})")
+            if check.returncode != 0:
+                failed += 1
+                print(f"  FAIL {name}: {check.stderr.strip().splitlines()[-1] if check.stderr else '?'}")
+                continue
+            seconds = import_seconds(artifact, f"import {module}")
+            print(f"  ok   {name}: cold import {seconds * 1000:.0f} ms ({seconds / baseline:.2f} x baseline)")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

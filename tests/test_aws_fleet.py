@@ -1,0 +1,1179 @@
+"""The AWS fleet adapter (EC2 + SSM) against moto and botocore Stubbers.
+
+moto plays EC2 (instances, tags, snapshots, status checks), S3, STS and CloudWatch. It does not
+implement DescribeInstanceInformation, ListCommandInvocations, DescribeInstancePatches or the
+replace-root-volume tasks, and its SendCommand with InstanceIds targets every instance of the
+region; so SSM (and, for rollback, EC2) is a botocore `Stubber`, which checks every request and
+every canned answer against the real service model. Each test's docstring says which it uses.
+"""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import boto3
+import pytest
+import yaml
+from botocore.stub import ANY, Stubber
+from clocks import ManualClock
+from moto import mock_aws
+from moto.backends import get_backend
+from moto.ec2.models.instances import Instance as MotoInstance
+
+from patchpilot.adapters.aws.fleet import DiscoveryResult, Ec2SsmFleet
+from patchpilot.adapters.aws.sessions import AwsSessions
+from patchpilot.engine.messages import (
+    CheckHealth,
+    InstallPatches,
+    InstallTarget,
+    Outcome,
+    ProbeAgents,
+    RestoreTarget,
+    RollBack,
+    TakeSnapshots,
+)
+from patchpilot.inventory import Instance
+from patchpilot.policy import parse_policy
+from patchpilot.policy.model import HealthChecks, HealthScript
+from patchpilot.ports import InProgress, Progress
+
+T0 = datetime(2025, 1, 14, 22, 0, tzinfo=UTC)
+ACCOUNT = "123456789012"  # moto's default account
+REGION = "eu-west-1"
+RUN = "nightly-20250114-2200-ab12"
+BUCKET = "patchpilot-overrides"
+PLUGIN = "aws:runShellScript"
+INSTALLED = ["Installed", "InstalledOther", "InstalledPendingReboot"]
+
+
+# ---------------------------------------------------------------- the harness
+
+
+class Harness:
+    """The client factory handed to the fleet: moto clients, with SSM (and optionally EC2)
+    wrapped in an active Stubber; every API call is recorded with its parameters."""
+
+    def __init__(self, *, stub_ec2: bool = False) -> None:
+        self.stub_ec2 = stub_ec2
+        self.clients: dict[tuple[str, str | None, str], Any] = {}
+        self.stubbers: dict[tuple[str, str], Stubber] = {}
+        self.calls: list[tuple[str, str, dict[str, Any]]] = []
+        self._last: dict[str, Any] = {}
+
+    def __call__(self, service: str, account: str | None, region: str) -> Any:
+        key = (service, account, region)
+        if key not in self.clients:
+            client = boto3.client(service, region_name=region)
+            # The API parameters as given, then the call itself (first, so it also sees the
+            # calls a Stubber answers, which ends the event).
+            client.meta.events.register_first("before-parameter-build.*.*", self._given)
+            client.meta.events.register_first("before-call.*.*", self._record)
+            if service == "ssm" or (service == "ec2" and self.stub_ec2):
+                stubber = Stubber(client)
+                stubber.activate()
+                self.stubbers[(service, region)] = stubber
+            self.clients[key] = client
+        return self.clients[key]
+
+    def _given(self, event_name: str, params: dict[str, Any], **_: Any) -> None:
+        self._last = dict(params)
+
+    def _record(self, event_name: str, **_: Any) -> None:
+        _, service, operation = event_name.split(".", 2)
+        self.calls.append((service, operation, self._last))
+
+    def stub(self, service: str = "ssm", region: str = REGION) -> Stubber:
+        self(service, None, region)
+        return self.stubbers[(service, region)]
+
+    def count(self, operation: str) -> int:
+        return sum(1 for _, op, _ in self.calls if op == operation)
+
+    def params(self, operation: str) -> list[dict[str, Any]]:
+        return [params for _, op, params in self.calls if op == operation]
+
+    def done(self) -> None:
+        for stubber in self.stubbers.values():
+            stubber.assert_no_pending_responses()
+
+
+@pytest.fixture
+def aws() -> Iterator[None]:
+    with mock_aws():
+        yield
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(T0)
+
+
+@pytest.fixture
+def harness(aws: None) -> Harness:
+    return Harness()
+
+
+def make_fleet(harness: Harness, clock: ManualClock, **kwargs: Any) -> Ec2SsmFleet:
+    return Ec2SsmFleet(harness, clock, default_region=REGION, **kwargs)
+
+
+def ec2() -> Any:
+    return boto3.client("ec2", region_name=REGION)
+
+
+@functools.cache
+def image(windows: bool = False) -> str:
+    """A moto stock AMI (the same in every mock) of the wanted platform."""
+    images = ec2().describe_images(Owners=["amazon"])["Images"]
+    return next(i["ImageId"] for i in images if (i.get("Platform") == "windows") == windows)
+
+
+def launch(
+    count: int = 1, *, tags: dict[str, str] | None = None, windows: bool = False, data_volume: bool = False
+) -> list[Instance]:
+    """Real (moto) instances, returned as PatchPilot sees them."""
+    extra: dict[str, Any] = {}
+    if data_volume:
+        extra["BlockDeviceMappings"] = [
+            {"DeviceName": "/dev/sda1", "Ebs": {"VolumeSize": 8}},
+            {"DeviceName": "/dev/sdf", "Ebs": {"VolumeSize": 20}},
+        ]
+    if tags:
+        extra["TagSpecifications"] = [
+            {"ResourceType": "instance", "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}
+        ]
+    answer = ec2().run_instances(
+        ImageId=image(windows), MinCount=count, MaxCount=count, Placement={"AvailabilityZone": f"{REGION}a"}, **extra
+    )
+    return [
+        Instance(
+            id=i["InstanceId"], cloud="aws", region=REGION, os="windows" if windows else "linux", zone=f"{REGION}a"
+        )
+        for i in answer["Instances"]
+    ]
+
+
+def fake(count: int, *, os: str = "linux", prefix: str = "0") -> list[Instance]:
+    """Instances that exist only for SSM (stubbed): ids in the real id format."""
+    return [
+        Instance(id=f"i-{prefix}{index:016x}"[:19], cloud="aws", region=REGION, os=os)  # type: ignore[arg-type]
+        for index in range(count)
+    ]
+
+
+def outcomes(progress: Progress) -> dict[str, Outcome]:
+    assert not isinstance(progress, InProgress), progress
+    return {o.id: o for o in progress}
+
+
+# ---------------------------------------------------------------- canned SSM answers
+
+
+def info(instance_id: str, ping: str = "Online") -> dict[str, Any]:
+    return {"InstanceId": instance_id, "PingStatus": ping, "AgentVersion": "3.3.1142.0", "PlatformType": "Linux"}
+
+
+def expect_agents(
+    stub: Stubber, ids: list[str], offline: dict[str, str] | None = None, unmanaged: set[str] = frozenset()
+) -> None:
+    """One DescribeInstanceInformation per 50 ids (sorted), as the fleet asks."""
+    offline = offline or {}
+    ordered = sorted(ids)
+    for start in range(0, len(ordered), 50):
+        chunk = ordered[start : start + 50]
+        answer = [info(i, offline.get(i, "Online")) for i in chunk if i not in unmanaged]
+        stub.add_response(
+            "describe_instance_information",
+            {"InstanceInformationList": answer},
+            {"Filters": [{"Key": "InstanceIds", "Values": chunk}], "MaxResults": 50},
+        )
+
+
+def ssm_command(
+    params: dict[str, Any], status: str = "InProgress", command_id: str | None = None, requested: datetime = T0
+) -> dict[str, Any]:
+    """ListCommands' view of a command the fleet sent with `params`."""
+    ids = params["InstanceIds"]
+    done = len(ids) if status not in ("Pending", "InProgress") else 0
+    return {
+        "CommandId": command_id or str(uuid.uuid4()),
+        "DocumentName": params["DocumentName"],
+        "Comment": params["Comment"],
+        "InstanceIds": ids,
+        "Parameters": params["Parameters"],
+        "RequestedDateTime": requested,
+        "Status": status,
+        "TargetCount": len(ids),
+        "CompletedCount": done,
+    }
+
+
+def expect_list_commands(stub: Stubber, document: str, commands: list[dict[str, Any]], now: datetime = T0) -> None:
+    """ListCommands for the document, over the last 7 days (the fleet's default lookback)."""
+    after = (now - timedelta(days=7)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    stub.add_response(
+        "list_commands",
+        {"Commands": commands},
+        {
+            "Filters": [{"key": "DocumentName", "value": document}, {"key": "InvokedAfter", "value": after}],
+            "MaxResults": 50,
+        },
+    )
+
+
+def expect_send(stub: Stubber, expected: dict[str, Any] | None = None) -> None:
+    stub.add_response("send_command", {"Command": {"CommandId": str(uuid.uuid4()), "Status": "Pending"}}, expected)
+
+
+def invocation(
+    command_id: str, instance_id: str, status: str = "Success", details: str | None = None
+) -> dict[str, Any]:
+    return {
+        "CommandId": command_id,
+        "InstanceId": instance_id,
+        "Status": status,
+        "StatusDetails": details or status,
+        "RequestedDateTime": T0,
+    }
+
+
+def expect_invocations(stub: Stubber, command_id: str, items: list[dict[str, Any]], details: bool = False) -> None:
+    stub.add_response(
+        "list_command_invocations",
+        {"CommandInvocations": items},
+        {"CommandId": command_id, "Details": details, "MaxResults": 50},
+    )
+
+
+def expect_patches(stub: Stubber, instance_id: str, patches: list[tuple[str, str, datetime]]) -> None:
+    stub.add_response(
+        "describe_instance_patches",
+        {
+            "Patches": [
+                {
+                    "Title": title,
+                    "KBId": kb,
+                    "Classification": "Security",
+                    "Severity": "Important",
+                    "State": "Installed",
+                    "InstalledTime": at,
+                }
+                for kb, title, at in patches
+            ]
+        },
+        {"InstanceId": instance_id, "Filters": [{"Key": "State", "Values": INSTALLED}], "MaxResults": 100},
+    )
+
+
+# ---------------------------------------------------------------- discovery
+
+
+def test_discovery_maps_instances_and_marks_offline_and_unmanaged_agents(harness: Harness, clock: ManualClock) -> None:
+    """moto: EC2 instances and tags; Stubber: DescribeInstanceInformation."""
+    web = launch(2, tags={"Name": "web", "Ring": "canary", "Team": "shop"})
+    win = launch(1, tags={"Name": "dc-01", "Ring": "prod"}, windows=True)
+    stopped = launch(1, tags={"Ring": "prod"})
+    ec2().stop_instances(InstanceIds=[stopped[0].id])
+    launch(1, tags={"Ring": "elsewhere"})  # selected by no ring
+    pol = parse_policy(
+        f"""
+name: nightly
+rings:
+  - {{name: canary, select: {{tags: {{Ring: canary}}}}}}
+  - {{name: prod, select: {{tags: {{Ring: [prod, production]}}}}}}
+aws: {{regions: [{REGION}]}}
+"""
+    )
+    stub = harness.stub()
+    ids = [i.id for i in [*web, *win, *stopped]]
+    expect_agents(
+        stub, ids, offline={win[0].id: "ConnectionLost", stopped[0].id: "ConnectionLost"}, unmanaged={web[1].id}
+    )
+
+    result = make_fleet(harness, clock).discover(pol)
+
+    harness.done()
+    assert isinstance(result, DiscoveryResult)
+    found = {i.id: i for i in result.instances}
+    assert set(found) == set(ids)  # never dropped, the unreachable included
+    first = found[web[0].id]
+    assert (first.cloud, first.region, first.zone, first.os, first.name) == (
+        "aws",
+        REGION,
+        f"{REGION}a",
+        "linux",
+        "web",
+    )
+    assert first.tags == {"Name": "web", "Ring": "canary", "Team": "shop"}
+    assert first.account == ACCOUNT
+    assert found[win[0].id].os == "windows"
+    reasons = {i.id: reason for i, reason in result.unreachable}
+    assert reasons == {
+        web[1].id: "not a managed instance (no SSM agent registered)",
+        win[0].id: "SSM agent ConnectionLost",
+        stopped[0].id: "instance stopped; SSM agent ConnectionLost",
+    }
+    # One DescribeInstances query per ring (EC2 filters AND, rings OR), each with the state filter.
+    queries = harness.params("DescribeInstances")
+    assert [q["Filters"][1] for q in queries] == [
+        {"Name": "tag:Ring", "Values": ["canary"]},
+        {"Name": "tag:Ring", "Values": ["prod", "production"]},
+    ]
+    assert all(q["Filters"][0] == {"Name": "instance-state-name", "Values": ["running", "stopped"]} for q in queries)
+
+
+def test_discovery_queries_follow_the_rings(harness: Harness, clock: ManualClock) -> None:
+    """moto: EC2 tag filters (a "*" value: the tag is present); Stubber: DescribeInstanceInformation."""
+    (team,) = launch(1, tags={"Team": "shop"})
+    launch(1, tags={"Other": "x"})
+    stub = harness.stub()
+    any_team = parse_policy(
+        f"""
+name: teams
+rings:
+  - {{name: all-teams, select: {{tags: {{Team: "*"}}}}}}
+  - {{name: azure-only, select: {{clouds: [azure], tags: {{Ring: canary}}}}}}
+aws: {{regions: [{REGION}]}}
+"""
+    )
+    expect_agents(stub, [team.id])
+    assert [i.id for i in make_fleet(harness, clock).discover(any_team).instances] == [team.id]
+    assert [q["Filters"][1:] for q in harness.params("DescribeInstances")] == [[{"Name": "tag:Team", "Values": ["*"]}]]
+
+    by_os = parse_policy(
+        f"""
+name: windows
+rings: [{{name: windows, select: {{os: [windows]}}}}]
+aws: {{regions: [{REGION}]}}
+"""
+    )
+    expect_agents(stub, [i["InstanceId"] for r in ec2().describe_instances()["Reservations"] for i in r["Instances"]])
+    assert len(make_fleet(harness, clock).discover(by_os).instances) == 2  # EC2 cannot filter on the OS
+    harness.done()
+
+
+# ---------------------------------------------------------------- probe
+
+
+def test_probe_asks_ssm_in_bulk_and_names_offline_and_unmanaged_agents(harness: Harness, clock: ManualClock) -> None:
+    """Stubber: DescribeInstanceInformation (60 targets: 2 calls of ≤50 ids)."""
+    targets = fake(60)
+    stub = harness.stub()
+    expect_agents(stub, [t.id for t in targets], offline={targets[1].id: "ConnectionLost"}, unmanaged={targets[2].id})
+
+    result = outcomes(make_fleet(harness, clock).probe_agents(ProbeAgents(id="c-probe", run_id=RUN, targets=targets)))
+
+    harness.done()
+    assert harness.count("DescribeInstanceInformation") == 2
+    assert result[targets[0].id].ok and "online" in result[targets[0].id].detail
+    assert not result[targets[1].id].ok and result[targets[1].id].detail == "SSM agent ConnectionLost"
+    assert not result[targets[2].id].ok and result[targets[2].id].detail.startswith("not a managed instance")
+    assert sum(o.ok for o in result.values()) == 58
+    assert all(o.at == T0 for o in result.values())
+
+
+# ---------------------------------------------------------------- snapshots
+
+
+def snapshot_command(targets: list[Instance], command_id: str = "c-snap") -> TakeSnapshots:
+    return TakeSnapshots(id=command_id, run_id=RUN, wave=2, targets=targets)
+
+
+def all_snapshots() -> list[dict[str, Any]]:
+    """PatchPilot's snapshots (moto also holds one per AMI)."""
+    filters = [{"Name": "tag-key", "Values": ["PatchPilotCommand"]}]
+    return ec2().describe_snapshots(OwnerIds=["self"], Filters=filters)["Snapshots"]
+
+
+def test_a_repeated_snapshot_command_creates_nothing_new_and_finds_its_own_by_tag(
+    harness: Harness, clock: ManualClock
+) -> None:
+    """moto: EC2 instances with root and data volumes, CreateSnapshots, DescribeSnapshots."""
+    targets = launch(2, data_volume=True)
+    command = snapshot_command(targets)
+
+    first = make_fleet(harness, clock).take_snapshots(command)
+    assert isinstance(first, InProgress) and first.retry_at > T0
+    assert len(all_snapshots()) == 4
+    assert harness.count("CreateSnapshots") == 2
+    assert harness.count("DescribeSnapshots") == 1  # one for the region, not one per instance
+
+    clock.advance(timedelta(minutes=3))
+    again = Harness()
+    second = outcomes(make_fleet(again, clock).take_snapshots(command))  # another process
+    third = outcomes(make_fleet(again, clock).take_snapshots(command))
+    assert again.count("CreateSnapshots") == 0
+    assert len(all_snapshots()) == 4
+    assert second.keys() == third.keys() == {t.id for t in targets}
+    assert [o.items for o in second.values()] == [o.items for o in third.values()]
+
+    tags = {s["SnapshotId"]: {t["Key"]: t["Value"] for t in s.get("Tags", [])} for s in all_snapshots()}
+    for target in targets:
+        assert second[target.id].ok and len(second[target.id].items) == 2
+        for snapshot_id in second[target.id].items:
+            assert tags[snapshot_id] == {
+                "PatchPilotRun": RUN,
+                "PatchPilotWave": "2",
+                "PatchPilotCommand": "c-snap",
+                "PatchPilotInstance": target.id,
+            }
+    # Another command snapshots anew.
+    make_fleet(again, clock).take_snapshots(snapshot_command(targets, "c-snap-2"))
+    assert len(all_snapshots()) == 8
+
+
+def test_pending_snapshots_are_in_progress_then_complete_with_the_root_volume_first(
+    harness: Harness, clock: ManualClock
+) -> None:
+    """moto: EC2 snapshots, with their state set to pending in moto's backend (moto completes
+    snapshots at once)."""
+    targets = launch(1, data_volume=True)
+    fleet = make_fleet(harness, clock)
+    command = snapshot_command(targets)
+    assert isinstance(fleet.take_snapshots(command), InProgress)
+    backend = get_backend("ec2")[ACCOUNT][REGION]
+    for snapshot in backend.snapshots.values():
+        snapshot.status = "pending"
+
+    assert isinstance(fleet.take_snapshots(command), InProgress)
+    assert harness.count("DescribeInstances") == 0  # the root device is looked up only at the end
+
+    for snapshot in backend.snapshots.values():
+        snapshot.status = "completed"
+    result = outcomes(fleet.take_snapshots(command))[targets[0].id]
+    described = ec2().describe_instances(InstanceIds=[targets[0].id])["Reservations"][0]["Instances"][0]
+    root_volume = next(
+        m["Ebs"]["VolumeId"] for m in described["BlockDeviceMappings"] if m["DeviceName"] == described["RootDeviceName"]
+    )
+    by_volume = {s["SnapshotId"]: s["VolumeId"] for s in all_snapshots()}
+    assert result.ok and result.detail == "snapshotted 2 volumes"
+    assert by_volume[result.items[0]] == root_volume
+    assert harness.count("CreateSnapshots") == 1
+
+
+def test_a_snapshot_in_error_or_one_that_cannot_be_made_fails_its_instance(
+    harness: Harness, clock: ManualClock
+) -> None:
+    """moto: EC2 snapshots (one set to error in moto's backend) and CreateSnapshots for an
+    instance that does not exist."""
+    good, broken = launch(2)
+    ghost = Instance(id="i-0123456789abcdef0", cloud="aws", region=REGION, os="linux")
+    fleet = make_fleet(harness, clock)
+    command = snapshot_command([good, broken, ghost])
+    assert isinstance(fleet.take_snapshots(command), InProgress)
+    for snapshot in get_backend("ec2")[ACCOUNT][REGION].snapshots.values():
+        if any(t["value"] == broken.id for t in snapshot.get_tags()):
+            snapshot.status = "error"
+
+    result = outcomes(fleet.take_snapshots(command))
+
+    assert result[good.id].ok
+    assert not result[broken.id].ok and "failed" in result[broken.id].detail
+    assert not result[ghost.id].ok and result[ghost.id].detail.startswith("CreateSnapshots failed: InvalidInstanceID")
+
+
+# ---------------------------------------------------------------- install
+
+
+def install_command(
+    targets: list[Instance], only: dict[str, list[str]] | None = None, command_id: str = f"{RUN}:w1:install"
+) -> InstallPatches:
+    return InstallPatches(
+        id=command_id,
+        run_id=RUN,
+        wave=1,
+        targets=[InstallTarget(instance=t, only=(only or {}).get(t.os)) for t in targets],
+        classifications=["Critical", "Security"],
+    )
+
+
+def test_install_sends_at_most_50_ids_per_command(harness: Harness, clock: ManualClock) -> None:
+    """Stubber: ListCommands and SendCommand (moto's SendCommand would target every instance)."""
+    targets = fake(51)
+    stub = harness.stub()
+    expect_list_commands(stub, "AWS-RunPatchBaseline", [], clock.now())
+    ids = sorted(t.id for t in targets)
+    for chunk in (ids[:50], ids[50:]):
+        expect_send(
+            stub,
+            {
+                "InstanceIds": chunk,
+                "DocumentName": "AWS-RunPatchBaseline",
+                "Parameters": {"Operation": ["Install"], "RebootOption": ["RebootIfNeeded"]},
+                "Comment": ANY,
+                "MaxConcurrency": "50",
+                "MaxErrors": "100%",
+            },
+        )
+
+    progress = make_fleet(harness, clock).install_patches(install_command(targets))
+
+    harness.done()
+    assert isinstance(progress, InProgress) and progress.retry_at == T0 + timedelta(minutes=5)
+    comments = [p["Comment"] for p in harness.params("SendCommand")]
+    assert len(comments) == 2 and len(set(comments)) == 2
+    assert all(len(c) <= 100 and c.startswith("patchpilot ") and RUN in c for c in comments)
+
+
+def test_a_pinned_ring_installs_exactly_the_pinned_patches_through_an_override_list(
+    harness: Harness, clock: ManualClock
+) -> None:
+    """moto: S3 (the override bucket); Stubber: ListCommands and SendCommand."""
+    boto3.client("s3", region_name=REGION).create_bucket(
+        Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION}
+    )
+    linux, windows = fake(2, prefix="1"), fake(1, os="windows", prefix="2")
+    pinned = {"linux": ["openssl.x86_64", "kernel.x86_64"], "windows": ["KB5048661"]}
+    command = install_command([*linux, *windows], only=pinned)
+    stub = harness.stub()
+    expect_list_commands(stub, "AWS-RunPatchBaseline", [], clock.now())
+    expect_send(stub)
+    expect_send(stub)
+
+    progress = make_fleet(harness, clock, override_bucket=BUCKET, override_bucket_region=REGION).install_patches(
+        command
+    )
+
+    harness.done()
+    assert isinstance(progress, InProgress)
+    sent = {tuple(p["InstanceIds"]): p for p in harness.params("SendCommand")}
+    s3 = boto3.client("s3", region_name=REGION)
+    prefix = f"runs/{RUN}/{RUN}_w1_install"
+    for os, group in (("linux", linux), ("windows", windows)):
+        params = sent[tuple(sorted(t.id for t in group))]
+        url = params["Parameters"]["InstallOverrideList"][0]
+        assert url == f"s3://{BUCKET}/{prefix}/{os}.yaml"
+        body = s3.get_object(Bucket=BUCKET, Key=url.removeprefix(f"s3://{BUCKET}/"))["Body"].read()
+        assert yaml.safe_load(body) == {"patches": [{"id": patch} for patch in pinned[os]]}
+
+
+def test_a_pinned_set_without_an_override_bucket_is_not_installed(harness: Harness, clock: ManualClock) -> None:
+    """Stubber: SSM (no call expected)."""
+    targets = fake(1)
+    harness.stub()
+    result = outcomes(make_fleet(harness, clock).install_patches(install_command(targets, only={"linux": ["a"]})))
+    assert not result[targets[0].id].ok and "override bucket" in result[targets[0].id].detail
+    assert harness.calls == []
+
+
+def test_a_repeated_install_finds_its_commands_and_never_sends_again(harness: Harness, clock: ManualClock) -> None:
+    """Stubber: ListCommands, SendCommand, ListCommandInvocations, DescribeInstancePatches."""
+    targets = fake(3)
+    ids = sorted(t.id for t in targets)
+    command = install_command(targets)
+    stub = harness.stub()
+    expect_list_commands(stub, "AWS-RunPatchBaseline", [], clock.now())
+    expect_send(stub)
+    fleet = make_fleet(harness, clock)
+    assert isinstance(fleet.install_patches(command), InProgress)
+    params = harness.params("SendCommand")[0]
+
+    # Polled (or redelivered) while it runs: found by its comment, nothing sent, no invocations read.
+    clock.advance(timedelta(minutes=5))
+    running = ssm_command(params, "InProgress", command_id="11111111-2222-3333-4444-555555555555")
+    someone_elses = {**running, "CommandId": "99999999-2222-3333-4444-555555555555", "Comment": "weekly scan"}
+    expect_list_commands(stub, "AWS-RunPatchBaseline", [someone_elses, running], clock.now())
+    assert isinstance(fleet.install_patches(command), InProgress)
+
+    clock.advance(timedelta(minutes=30))
+    finished = ssm_command(params, "Success", command_id=running["CommandId"])
+    expect_list_commands(stub, "AWS-RunPatchBaseline", [someone_elses, finished], clock.now())
+    expect_invocations(stub, finished["CommandId"], [invocation(finished["CommandId"], i) for i in ids])
+    for instance_id in ids:
+        expect_patches(
+            stub,
+            instance_id,
+            [
+                ("openssl.x86_64", "openssl.x86_64:1:3.0.8-1.amzn2023", T0 + timedelta(minutes=12)),
+                ("kernel.x86_64", "kernel.x86_64:0:6.1.119-129.201", T0 + timedelta(minutes=13)),
+                ("bash.x86_64", "bash.x86_64:0:5.2.15-1", T0 - timedelta(days=40)),  # installed long before
+            ],
+        )
+    result = outcomes(fleet.install_patches(command))
+
+    harness.done()
+    assert harness.count("SendCommand") == 1
+    assert all(o.ok for o in result.values())
+    assert result[ids[0]].items == ["openssl.x86_64", "kernel.x86_64"]
+    assert result[ids[0]].detail == "2 patches installed, rebooted if needed"
+    assert result[ids[0]].at == clock.now()
+
+
+def test_invocation_statuses_map_to_outcomes(harness: Harness, clock: ManualClock) -> None:
+    """Stubber: ListCommands, SendCommand, ListCommandInvocations, DescribeInstancePatches."""
+    targets = fake(6)
+    ids = sorted(t.id for t in targets)
+    command = install_command(targets)
+    stub = harness.stub()
+    expect_list_commands(stub, "AWS-RunPatchBaseline", [], clock.now())
+    expect_send(stub)
+    fleet = make_fleet(harness, clock)
+    fleet.install_patches(command)
+    finished = ssm_command(harness.params("SendCommand")[0], "Failed")
+    cid = finished["CommandId"]
+    expect_list_commands(stub, "AWS-RunPatchBaseline", [finished], clock.now())
+    expect_invocations(
+        stub,
+        cid,
+        [
+            invocation(cid, ids[0], "Success"),
+            invocation(cid, ids[1], "Failed", "Failed"),
+            invocation(cid, ids[2], "TimedOut", "ExecutionTimedOut"),
+            invocation(cid, ids[3], "Cancelled", "Cancelled"),
+            invocation(cid, ids[4], "Failed", "Undeliverable"),
+            # ids[5]: no invocation at all (terminated meanwhile)
+        ],
+    )
+    expect_patches(stub, ids[0], [])
+
+    result = outcomes(fleet.install_patches(command))
+
+    harness.done()
+    assert result[ids[0]].ok and result[ids[0]].items == []
+    assert [result[i].detail for i in ids[1:]] == [
+        "AWS-RunPatchBaseline Failed",
+        "AWS-RunPatchBaseline TimedOut (ExecutionTimedOut)",
+        "AWS-RunPatchBaseline Cancelled",
+        "AWS-RunPatchBaseline Failed (Undeliverable)",
+        "no AWS-RunPatchBaseline invocation reported by SSM",
+    ]
+    assert not any(result[i].ok for i in ids[1:])
+
+
+def test_an_instance_ssm_refuses_does_not_hold_back_the_rest_of_its_chunk(harness: Harness, clock: ManualClock) -> None:
+    """Stubber: ListCommands, SendCommand (InvalidInstanceId, then the ready subset),
+    DescribeInstanceInformation."""
+    targets = fake(3)
+    ids = sorted(t.id for t in targets)
+    stub = harness.stub()
+    expect_list_commands(stub, "AWS-RunPatchBaseline", [], clock.now())
+    stub.add_client_error("send_command", "InvalidInstanceId", "Instances not in a valid state for account")
+    expect_agents(stub, ids, offline={ids[1]: "ConnectionLost"})
+    expect_send(
+        stub,
+        {
+            "InstanceIds": [ids[0], ids[2]],
+            "DocumentName": ANY,
+            "Parameters": ANY,
+            "Comment": ANY,
+            "MaxConcurrency": ANY,
+            "MaxErrors": ANY,
+        },
+    )
+    fleet = make_fleet(harness, clock)
+    command = install_command(targets)
+    assert isinstance(fleet.install_patches(command), InProgress)
+    first, retried = harness.params("SendCommand")
+    assert first["Comment"] == retried["Comment"]
+
+    clock.advance(timedelta(minutes=5))
+    done = ssm_command(retried, "Success")
+    expect_list_commands(stub, "AWS-RunPatchBaseline", [done], clock.now())
+    expect_invocations(stub, done["CommandId"], [invocation(done["CommandId"], i) for i in (ids[0], ids[2])])
+    expect_patches(stub, ids[0], [])
+    expect_patches(stub, ids[2], [])
+    result = outcomes(fleet.install_patches(command))
+    harness.done()
+    assert result[ids[0]].ok and result[ids[2]].ok
+    assert not result[ids[1]].ok and result[ids[1]].detail.startswith("not sent: SSM did not accept the instance")
+
+
+def test_reboot_never_sends_no_reboot_and_max_duration_bounds_the_start(harness: Harness, clock: ManualClock) -> None:
+    """Stubber: ListCommands, SendCommand."""
+    targets = fake(1)
+    command = install_command(targets).model_copy(update={"reboot": "never", "max_duration": timedelta(hours=2)})
+    stub = harness.stub()
+    expect_list_commands(stub, "AWS-RunPatchBaseline", [], clock.now())
+    expect_send(stub)
+    make_fleet(harness, clock).install_patches(command)
+    sent = harness.params("SendCommand")[0]
+    assert sent["Parameters"]["RebootOption"] == ["NoReboot"]
+    assert sent["TimeoutSeconds"] == 7200
+
+
+# ---------------------------------------------------------------- health
+
+
+@pytest.fixture
+def instance_status(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Instance status per instance id, overriding moto's (always "ok" for a running instance)."""
+    overrides: dict[str, str] = {}
+    original = MotoInstance.instance_status
+
+    def status(self: MotoInstance) -> dict[str, Any]:
+        if self.id in overrides:
+            return {"Status": overrides[self.id]}
+        return original.fget(self)  # type: ignore[attr-defined,no-any-return]
+
+    monkeypatch.setattr(MotoInstance, "instance_status", property(status))
+    return overrides
+
+
+def health_command(
+    targets: list[Instance], checks: HealthChecks | None = None, command_id: str = "c-health"
+) -> CheckHealth:
+    return CheckHealth(id=command_id, run_id=RUN, wave=1, targets=targets, checks=checks or HealthChecks())
+
+
+def alarm(name: str, state: str) -> None:
+    cloudwatch = boto3.client("cloudwatch", region_name=REGION)
+    cloudwatch.put_metric_alarm(
+        AlarmName=name,
+        MetricName="5XXError",
+        Namespace="Shop",
+        Statistic="Sum",
+        Period=60,
+        EvaluationPeriods=1,
+        Threshold=1,
+        ComparisonOperator="GreaterThanThreshold",
+    )
+    cloudwatch.set_alarm_state(AlarmName=name, StateValue=state, StateReason="test")
+
+
+def test_health_passes_with_status_checks_agent_alarms_and_http(
+    harness: Harness, clock: ManualClock, instance_status: dict[str, str]
+) -> None:
+    """moto: EC2 instances, status checks, tags, CloudWatch alarms; Stubber:
+    DescribeInstanceInformation; a fake http_get."""
+    targets = launch(2, tags={"Name": "web"})
+    alarm("shop-5xx", "OK")
+    for t in targets:
+        alarm(f"cpu-{t.id}", "OK")
+    asked: list[str] = []
+
+    def http_get(url: str, timeout: float) -> int:
+        asked.append(url)
+        return 200
+
+    checks = HealthChecks(alarms=["shop-5xx", "cpu-{id}"], http=["http://{private_ip}:8080/health?vm={id}"])
+    expect_agents(harness.stub(), [t.id for t in targets])
+
+    result = outcomes(make_fleet(harness, clock, http_get=http_get).check_health(health_command(targets, checks)))
+
+    harness.done()
+    assert all(o.ok for o in result.values())
+    assert result[targets[0].id].detail == "status checks 2/2 passed, SSM agent online, 2 alarms OK, HTTP 200"
+    ips = {
+        i["InstanceId"]: i["PrivateIpAddress"]
+        for r in ec2().describe_instances()["Reservations"]
+        for i in r["Instances"]
+    }
+    assert sorted(asked) == sorted(f"http://{ips[t.id]}:8080/health?vm={t.id}" for t in targets)
+    assert harness.count("DescribeAlarms") == 1  # both instances' alarms in one call
+
+
+def test_initializing_status_waits_then_fails_after_the_timeout(
+    harness: Harness, clock: ManualClock, instance_status: dict[str, str]
+) -> None:
+    """moto: EC2 instances, status checks (patched to initializing), tags; Stubber:
+    DescribeInstanceInformation."""
+    slow, fine = launch(2)
+    instance_status[slow.id] = "initializing"
+    stub = harness.stub()
+    fleet = make_fleet(harness, clock)
+    command = health_command([slow, fine], HealthChecks(timeout=timedelta(minutes=5)))
+
+    expect_agents(stub, [slow.id, fine.id])
+    first = fleet.check_health(command)
+    assert isinstance(first, InProgress) and first.retry_at == T0 + timedelta(minutes=2)
+    assert "initializing" in first.note
+
+    clock.advance(timedelta(minutes=4))
+    expect_agents(stub, [slow.id, fine.id])
+    second = fleet.check_health(command)
+    assert isinstance(second, InProgress) and second.retry_at == T0 + timedelta(minutes=5)  # the deadline
+
+    clock.advance(timedelta(minutes=1))
+    expect_agents(stub, [slow.id, fine.id])
+    result = outcomes(fleet.check_health(command))
+    harness.done()
+    assert result[fine.id].ok
+    assert not result[slow.id].ok
+    assert result[slow.id].detail == "status checks: instance initializing, system ok (still after 5 min)"
+    assert harness.count("CreateTags") == 1  # the start time is written once, then read back
+
+
+def test_health_recovers_when_the_status_turns_ok_in_time(
+    harness: Harness, clock: ManualClock, instance_status: dict[str, str]
+) -> None:
+    """moto: EC2 (status patched); Stubber: DescribeInstanceInformation (agent back later)."""
+    (target,) = launch(1)
+    instance_status[target.id] = "initializing"
+    stub = harness.stub()
+    fleet = make_fleet(harness, clock)
+    command = health_command([target])
+    expect_agents(stub, [target.id])
+    assert isinstance(fleet.check_health(command), InProgress)
+    del instance_status[target.id]
+    clock.advance(timedelta(minutes=2))
+    expect_agents(stub, [target.id], offline={target.id: "ConnectionLost"})
+    waiting = fleet.check_health(command)
+    assert isinstance(waiting, InProgress) and "ConnectionLost after the reboot" in waiting.note
+    clock.advance(timedelta(minutes=2))
+    expect_agents(stub, [target.id])
+    assert outcomes(fleet.check_health(command))[target.id].ok
+
+
+def test_alarms_in_alarm_wait_then_fail_and_a_missing_alarm_fails_at_once(
+    harness: Harness, clock: ManualClock, instance_status: dict[str, str]
+) -> None:
+    """moto: EC2, CloudWatch alarms; Stubber: DescribeInstanceInformation."""
+    (target,) = launch(1)
+    alarm("shop-5xx", "ALARM")
+    stub = harness.stub()
+    fleet = make_fleet(harness, clock)
+    command = health_command([target], HealthChecks(alarms=["shop-5xx"], timeout=timedelta(minutes=3)))
+    expect_agents(stub, [target.id])
+    assert isinstance(fleet.check_health(command), InProgress)
+    clock.advance(timedelta(minutes=3))
+    expect_agents(stub, [target.id])
+    result = outcomes(fleet.check_health(command))[target.id]
+    assert not result.ok and result.detail == "alarm shop-5xx is ALARM (still after 3 min)"
+
+    missing = health_command([target], HealthChecks(alarms=["nope"]), command_id="c-health-2")
+    expect_agents(stub, [target.id])
+    result = outcomes(fleet.check_health(missing))[target.id]
+    assert not result.ok and result.detail == "alarm nope not found"
+
+
+def test_http_errors_wait_until_the_timeout(
+    harness: Harness, clock: ManualClock, instance_status: dict[str, str]
+) -> None:
+    """moto: EC2; Stubber: DescribeInstanceInformation; a fake http_get (503, then refused)."""
+    (target,) = launch(1)
+    answers: list[int | Exception] = [503, ConnectionRefusedError("refused")]
+
+    def http_get(url: str, timeout: float) -> int:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    stub = harness.stub()
+    fleet = make_fleet(harness, clock, http_get=http_get)
+    command = health_command([target], HealthChecks(http=["https://{name}.shop.example/health"]))
+    expect_agents(stub, [target.id])
+    first = fleet.check_health(command)
+    assert isinstance(first, InProgress) and f"https://{target.id}.shop.example/health: HTTP 503" in first.note
+    clock.advance(timedelta(minutes=5))
+    expect_agents(stub, [target.id])
+    result = outcomes(fleet.check_health(command))[target.id]
+    assert not result.ok
+    assert result.detail.endswith("ConnectionRefusedError: refused (still after 5 min)")
+
+
+def test_the_health_script_runs_once_per_os_group_and_exit_0_is_healthy(
+    harness: Harness, clock: ManualClock, instance_status: dict[str, str]
+) -> None:
+    """moto: EC2; Stubber: DescribeInstanceInformation, ListCommands, SendCommand,
+    ListCommandInvocations (Details=True for the exit code)."""
+    linux = launch(2)
+    (windows,) = launch(1, windows=True)
+    targets = [*linux, windows]
+    checks = HealthChecks(script=HealthScript(linux="systemctl is-active shop", windows="Get-Service Shop"))
+    command = health_command(targets, checks)
+    stub = harness.stub()
+    fleet = make_fleet(harness, clock)
+    ids = [t.id for t in targets]
+
+    expect_agents(stub, ids)
+    expect_list_commands(stub, "AWS-RunShellScript", [], clock.now())
+    expect_send(stub)
+    expect_list_commands(stub, "AWS-RunPowerShellScript", [], clock.now())
+    expect_send(stub)
+    assert isinstance(fleet.check_health(command), InProgress)
+    shell, powershell = harness.params("SendCommand")
+    assert shell["DocumentName"] == "AWS-RunShellScript" and sorted(shell["InstanceIds"]) == sorted(t.id for t in linux)
+    assert shell["Parameters"]["commands"] == ["systemctl is-active shop"]
+    assert powershell["DocumentName"] == "AWS-RunPowerShellScript" and powershell["InstanceIds"] == [windows.id]
+
+    clock.advance(timedelta(minutes=2))
+    shell_done = ssm_command(shell, "Failed")
+    ps_done = ssm_command(powershell, "Success")
+    expect_agents(stub, ids)
+    expect_list_commands(stub, "AWS-RunShellScript", [shell_done], clock.now())
+    expect_invocations(
+        stub,
+        shell_done["CommandId"],
+        [
+            {
+                **invocation(shell_done["CommandId"], linux[0].id),
+                "CommandPlugins": [{"Name": PLUGIN, "ResponseCode": 0}],
+            },
+            {
+                **invocation(shell_done["CommandId"], linux[1].id, "Failed"),
+                "CommandPlugins": [{"Name": PLUGIN, "ResponseCode": 3, "Output": "inactive\n"}],
+            },
+        ],
+        details=True,
+    )
+    expect_list_commands(stub, "AWS-RunPowerShellScript", [ps_done], clock.now())
+    expect_invocations(
+        stub,
+        ps_done["CommandId"],
+        [{**invocation(ps_done["CommandId"], windows.id), "CommandPlugins": [{"Name": PLUGIN, "ResponseCode": 0}]}],
+        details=True,
+    )
+    result = outcomes(fleet.check_health(command))
+
+    harness.done()
+    assert harness.count("SendCommand") == 2
+    assert result[linux[0].id].ok and result[linux[0].id].detail.endswith("script exit 0")
+    assert not result[linux[1].id].ok and result[linux[1].id].detail == "health script: exit code 3: inactive"
+    assert result[windows.id].ok
+
+
+def test_a_stopped_or_vanished_instance_fails_health_at_once(
+    harness: Harness, clock: ManualClock, instance_status: dict[str, str]
+) -> None:
+    """moto: EC2 (a stopped instance; an id that does not exist); Stubber: DescribeInstanceInformation."""
+    (stopped,) = launch(1)
+    ec2().stop_instances(InstanceIds=[stopped.id])
+    ghost = Instance(id="i-0123456789abcdef0", cloud="aws", region=REGION, os="linux")
+    expect_agents(harness.stub(), [stopped.id], offline={stopped.id: "ConnectionLost"})
+    result = outcomes(make_fleet(harness, clock).check_health(health_command([stopped, ghost])))
+    assert result[stopped.id].detail == "instance is stopped"
+    assert result[ghost.id].detail == "instance not found (terminated?)"
+
+
+# ---------------------------------------------------------------- rollback
+
+
+def rollback_command(targets: list[tuple[Instance, list[str]]], restore_data_volumes: bool = False) -> RollBack:
+    return RollBack(
+        id=f"{RUN}:w1:rollback",
+        run_id=RUN,
+        wave=1,
+        targets=[RestoreTarget(instance=i, snapshot_ids=s) for i, s in targets],
+        restore_data_volumes=restore_data_volumes,
+    )
+
+
+def task(instance_id: str, snapshot_id: str, state: str, command_id: str) -> dict[str, Any]:
+    return {
+        "ReplaceRootVolumeTaskId": f"replacevol-{instance_id[2:]}",
+        "InstanceId": instance_id,
+        "SnapshotId": snapshot_id,
+        "TaskState": state,
+        "Tags": [{"Key": "PatchPilotCommand", "Value": command_id}],
+    }
+
+
+def expect_tasks(stub: Stubber, ids: list[str], tasks: list[dict[str, Any]]) -> None:
+    stub.add_response(
+        "describe_replace_root_volume_tasks",
+        {"ReplaceRootVolumeTasks": tasks},
+        {"Filters": [{"Name": "instance-id", "Values": sorted(ids)}], "MaxResults": 50},
+    )
+
+
+@pytest.fixture
+def ec2_stubbed(aws: None) -> Harness:
+    return Harness(stub_ec2=True)
+
+
+def test_rollback_replaces_the_root_volume_from_the_root_snapshot_with_a_deterministic_token(
+    ec2_stubbed: Harness, clock: ManualClock
+) -> None:
+    """Stubber (EC2): DescribeReplaceRootVolumeTasks, CreateReplaceRootVolumeTask."""
+    a, b = fake(2, prefix="a")
+    command = rollback_command(
+        [(a, ["snap-0aaaaaaaaaaaaaaa1", "snap-0aaaaaaaaaaaaaaa2"]), (b, ["snap-0bbbbbbbbbbbbbbb1"])]
+    )
+    tokens: list[list[str]] = []
+    for _ in range(2):  # two fresh processes executing the same command for the first time
+        harness = Harness(stub_ec2=True)
+        stub = harness.stub("ec2")
+        expect_tasks(stub, [a.id, b.id], [])
+        for instance, snapshot in ((a, "snap-0aaaaaaaaaaaaaaa1"), (b, "snap-0bbbbbbbbbbbbbbb1")):
+            stub.add_response(
+                "create_replace_root_volume_task",
+                {"ReplaceRootVolumeTask": task(instance.id, snapshot, "pending", command.id)},
+                {
+                    "InstanceId": instance.id,
+                    "SnapshotId": snapshot,
+                    "ClientToken": ANY,
+                    "DeleteReplacedRootVolume": False,
+                    "TagSpecifications": ANY,
+                },
+            )
+        assert isinstance(make_fleet(harness, clock).roll_back(command), InProgress)
+        harness.done()
+        tokens.append([p["ClientToken"] for p in harness.params("CreateReplaceRootVolumeTask")])
+    assert tokens[0] == tokens[1]  # the same token: EC2 returns the same task
+    assert tokens[0][0] != tokens[0][1] and all(0 < len(t) <= 64 for t in tokens[0])
+    other = rollback_command([(a, ["snap-0aaaaaaaaaaaaaaa1"])]).model_copy(update={"id": "another"})
+    harness = Harness(stub_ec2=True)
+    stub = harness.stub("ec2")
+    expect_tasks(stub, [a.id], [])
+    stub.add_response(
+        "create_replace_root_volume_task",
+        {"ReplaceRootVolumeTask": task(a.id, "snap-0aaaaaaaaaaaaaaa1", "pending", "another")},
+    )
+    make_fleet(harness, clock).roll_back(other)
+    assert harness.params("CreateReplaceRootVolumeTask")[0]["ClientToken"] not in tokens[0]
+
+    # Polled: the tasks are found by their tag; nothing is created again.
+    poll = Harness(stub_ec2=True)
+    stub = poll.stub("ec2")
+    expect_tasks(
+        stub,
+        [a.id, b.id],
+        [
+            task(a.id, "snap-0aaaaaaaaaaaaaaa1", "in-progress", command.id),
+            task(b.id, "snap-0bbbbbbbbbbbbbbb1", "succeeded", command.id),
+        ],
+    )
+    assert isinstance(make_fleet(poll, clock).roll_back(command), InProgress)
+    expect_tasks(
+        stub,
+        [a.id, b.id],
+        [
+            task(a.id, "snap-0aaaaaaaaaaaaaaa1", "succeeded", command.id),
+            task(b.id, "snap-0bbbbbbbbbbbbbbb1", "succeeded", command.id),
+        ],
+    )
+    result = outcomes(make_fleet(poll, clock).roll_back(command))
+    poll.done()
+    assert poll.count("CreateReplaceRootVolumeTask") == 0
+    assert result[a.id].ok and "restored from snap-0aaaaaaaaaaaaaaa1" in result[a.id].detail
+    assert result[a.id].items == ["snap-0aaaaaaaaaaaaaaa1"]
+
+
+def test_failed_detached_and_failed_tasks_fail_the_rollback(ec2_stubbed: Harness, clock: ManualClock) -> None:
+    """Stubber (EC2): DescribeReplaceRootVolumeTasks."""
+    a, b = fake(2, prefix="b")
+    command = rollback_command([(a, ["snap-0aaaaaaaaaaaaaaa1"]), (b, ["snap-0bbbbbbbbbbbbbbb1"])])
+    expect_tasks(
+        ec2_stubbed.stub("ec2"),
+        [a.id, b.id],
+        [
+            task(a.id, "snap-0aaaaaaaaaaaaaaa1", "failed-detached", command.id),
+            task(b.id, "snap-0bbbbbbbbbbbbbbb1", "failed", command.id),
+        ],
+    )
+    result = outcomes(make_fleet(ec2_stubbed, clock).roll_back(command))
+    assert not result[a.id].ok and "failed-detached" in result[a.id].detail
+    assert not result[b.id].ok and result[b.id].detail.endswith("from snap-0bbbbbbbbbbbbbbb1 failed")
+
+
+def test_data_volume_restore_is_reported_as_not_supported_rather_than_faked(
+    ec2_stubbed: Harness, clock: ManualClock
+) -> None:
+    """Stubber (EC2): DescribeReplaceRootVolumeTasks, CreateReplaceRootVolumeTask (one rejected)."""
+    a, b, c = fake(3, prefix="c")
+    command = rollback_command(
+        [(a, ["snap-0aaaaaaaaaaaaaaa1", "snap-0aaaaaaaaaaaaaaa2"]), (b, ["snap-0bbbbbbbbbbbbbbb1"]), (c, [])],
+        restore_data_volumes=True,
+    )
+    stub = ec2_stubbed.stub("ec2")
+    expect_tasks(stub, [a.id, b.id, c.id], [task(a.id, "snap-0aaaaaaaaaaaaaaa1", "succeeded", command.id)])
+    stub.add_client_error(
+        "create_replace_root_volume_task", "IncorrectState", "The instance 'i-x' is not in the running state."
+    )
+    result = outcomes(make_fleet(ec2_stubbed, clock).roll_back(command))
+    assert not result[a.id].ok
+    assert "root volume restored from snap-0aaaaaaaaaaaaaaa1" in result[a.id].detail
+    assert "not supported yet" in result[a.id].detail and "snap-0aaaaaaaaaaaaaaa2" in result[a.id].detail
+    assert not result[b.id].ok and "IncorrectState" in result[b.id].detail
+    assert result[c.id].detail == "no snapshot to restore from"
+
+
+# ---------------------------------------------------------------- API calls per instance
+
+
+def test_api_calls_per_instance_for_one_wave_of_50(
+    harness: Harness, clock: ManualClock, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """moto: EC2 (instances, snapshots, status, tags), CloudWatch; Stubber: SSM. Counts every
+    call through a botocore `before-call` hook on each client: probe, snapshot (create + one
+    poll), install (send, one poll while running, the poll that reads results) and health."""
+    targets = launch(50)
+    ids = sorted(t.id for t in targets)
+    alarm("shop-5xx", "OK")
+    stub = harness.stub()
+    fleet = make_fleet(harness, clock)
+    phases: dict[str, Counter[str]] = {}
+
+    def phase(name: str) -> None:
+        seen = Counter(op for _, op, _ in harness.calls)
+        before = sum(phases.values(), Counter())
+        phases[name] = seen - before
+
+    expect_agents(stub, ids)
+    assert all(o.ok for o in outcomes(fleet.probe_agents(ProbeAgents(id="p", run_id=RUN, targets=targets))).values())
+    phase("probe")
+
+    snap = snapshot_command(targets)
+    assert isinstance(fleet.take_snapshots(snap), InProgress)
+    clock.advance(timedelta(minutes=3))
+    assert all(o.ok for o in outcomes(fleet.take_snapshots(snap)).values())
+    phase("snapshot")
+
+    install = install_command(targets)
+    expect_list_commands(stub, "AWS-RunPatchBaseline", [], clock.now())
+    expect_send(stub)
+    assert isinstance(fleet.install_patches(install), InProgress)
+    sent = harness.params("SendCommand")[0]
+    clock.advance(timedelta(minutes=5))
+    expect_list_commands(
+        stub, "AWS-RunPatchBaseline", [ssm_command(sent, "InProgress", command_id="c" * 36)], clock.now()
+    )
+    assert isinstance(fleet.install_patches(install), InProgress)
+    clock.advance(timedelta(minutes=5))
+    expect_list_commands(stub, "AWS-RunPatchBaseline", [ssm_command(sent, "Success", command_id="c" * 36)], clock.now())
+    expect_invocations(stub, "c" * 36, [invocation("c" * 36, i) for i in ids])
+    for instance_id in ids:
+        expect_patches(stub, instance_id, [("KB5048661", "2025-01 Cumulative Update", clock.now())])
+    assert all(o.ok for o in outcomes(fleet.install_patches(install)).values())
+    phase("install")
+
+    expect_agents(stub, ids)
+    checks = HealthChecks(alarms=["shop-5xx"], http=["http://{private_ip}/health"])
+    healthy = make_fleet(harness, clock, http_get=lambda url, timeout: 200).check_health(
+        health_command(targets, checks)
+    )
+    assert all(o.ok for o in outcomes(healthy).values())
+    phase("health")
+    harness.done()
+
+    total = sum(phases.values(), Counter())
+    beyond_create = sum(total.values()) - total["CreateSnapshots"]
+    with capsys.disabled():
+        print("\n\nAPI calls for one wave of 50 instances (happy path)")
+        print(f"{'phase':<10}{'operation':<34}{'calls':>6}")
+        for name, counter in phases.items():
+            for operation, count in sorted(counter.items()):
+                print(f"{name:<10}{operation:<34}{count:>6}")
+        print(f"{'total':<44}{sum(total.values()):>6}")
+        print(f"beyond CreateSnapshots: {beyond_create} = {beyond_create / 50:.2f} per instance\n")
+    assert total["CreateSnapshots"] == 50
+    assert total["DescribeInstancePatches"] == 50  # the one per-instance read
+    assert beyond_create <= 2 * 50
+
+
+# ---------------------------------------------------------------- sessions
+
+
+def test_sessions_assume_each_accounts_role_once_and_use_adaptive_retries(aws: None) -> None:
+    """moto: STS AssumeRole (moto's assumed-role keys start with ASIA)."""
+    now = [T0]
+    sessions = AwsSessions(
+        {"111111111111": "arn:aws:iam::111111111111:role/patchpilot", "222222222222": None},
+        base=boto3.Session(region_name=REGION),
+        now=lambda: now[0],
+    )
+    assumed = sessions.client("ec2", "111111111111", REGION)
+    assert sessions.client("ec2", "111111111111", REGION) is assumed
+    assert assumed.meta.config.retries == {"mode": "adaptive", "total_max_attempts": 11}  # 10 retries
+    assert assumed._request_signer._credentials.access_key.startswith("ASIA")
+    ambient = sessions.client("ec2", "222222222222", REGION)
+    assert not ambient._request_signer._credentials.access_key.startswith("ASIA")
+    assert sessions.client("ssm", None, "us-east-1").meta.region_name == "us-east-1"
+    now[0] = datetime.now(UTC) + timedelta(days=2)  # the credentials expired: assumed again, clients rebuilt
+    assert sessions.client("ec2", "111111111111", REGION) is not assumed

@@ -25,7 +25,7 @@ test: setup
 
 lint: setup
 	$(BIN)/ruff check .
-	$(BIN)/mypy --strict shared/patchpilot
+	$(BIN)/mypy --strict shared/patchpilot aws_lambda
 
 bench: setup
 	$(BIN)/python bench/run.py

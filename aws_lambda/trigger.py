@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
@@ -16,7 +15,7 @@ from patchpilot.adapters.aws.runtime import deps
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    decision = deps(logger).trigger(datetime.now(UTC))
+    decision = deps(logger).trigger()
     if decision.start:
         logger.set_correlation_id(decision.run_id)
         metrics.add_metric(name="RunsStarted", unit=MetricUnit.Count, value=1)

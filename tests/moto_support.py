@@ -149,12 +149,12 @@ def sqs_follows(clock: Clock) -> Iterator[None]:
             setattr(sqs_models, name, function)
 
 
-def next_due(name: str) -> datetime | None:
+def next_due(name: str, region: str = REGION) -> datetime | None:
     """When the earliest message of queue `name` (waiting, delayed or in flight) becomes
     receivable; None when it is empty. moto shows a message once its time is strictly past."""
     from moto.sqs.models import sqs_backends
 
-    messages = sqs_backends[ACCOUNT][REGION].queues[name]._messages
+    messages = sqs_backends[ACCOUNT][region].queues[name]._messages
     if not messages:
         return None
     millis = min(max(m.visible_at, m.delayed_until) for m in messages)

@@ -98,14 +98,15 @@ class AwsRuntime:
         on_run(delivery.message.run_id)
         self.service.handle(delivery)
 
-    def trigger(self, now: datetime) -> TriggerDecision:
+    def trigger(self) -> TriggerDecision:
         """The timer: start the scheduled run when its window has begun (at most once)."""
         policy = self.policy()
-        decision = scheduled_trigger(policy, now)
+        decision = scheduled_trigger(policy, self.service.clock.now())
         if decision.start:
             discovered = self.fleet.discover(policy)
-            instances = [*discovered.instances, *(i for i, _ in discovered.unreachable)]
-            self.service.start(decision.run_id, policy, instances)
+            # `instances` holds every instance found, the unreachable ones included (they are
+            # planned once and skipped at the probe, with why).
+            self.service.start(decision.run_id, policy, discovered.instances)
         return decision
 
     def approve(self, token: str) -> str:

@@ -1,0 +1,248 @@
+"""Benchmark: the AWS API calls of a whole scheduled run over 500 instances.
+
+The AWS runtime (`AwsRuntime`, as the Lambda functions build it) runs one scheduled run end to
+end on moto (EC2, S3, SQS, DynamoDB, Secrets Manager, CloudWatch) with the stateful fake of
+Systems Manager and EC2's replace-root-volume tasks from tests/fake_aws.py, on virtual time:
+the timer starts the run, then the step queue is drained as Lambda's event source mapping
+drives the worker (batches of 10, partial failures), through soaks, polls and SQS hops. Three
+production instances fail their health check once patched and are rolled back.
+
+Every API call of the runtime's clients is counted by a botocore `before-call` hook, per
+service and operation (the event source mapping's own ReceiveMessage/DeleteMessageBatch are
+Lambda's, not the function's, and are not counted). The target: at most 2 fleet calls (EC2,
+SSM, CloudWatch, S3) per instance beyond CreateSnapshots, which is one per instance by design
+(per-instance EC2 call for multi-volume crash-consistent snapshots). Figures go to
+bench/results/aws_calls.json.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+import boto3  # noqa: E402
+import requests  # noqa: E402
+from clocks import ManualClock  # noqa: E402
+from fake_aws import Clients, EventSourceMapping, FleetServices, Patch, moto_image  # noqa: E402
+from moto_support import aws, depth, sqs_follows  # noqa: E402
+
+import patchpilot.adapters.aws.runtime as runtime_module  # noqa: E402
+from patchpilot.adapters.aws.dynamodb_store import table_definition  # noqa: E402
+from patchpilot.adapters.aws.runtime import AwsEnvironment, AwsRuntime  # noqa: E402
+from patchpilot.policy import parse_policy  # noqa: E402
+
+INSTANCES = 500
+BROKEN = 3  # production instances whose health check fails once patched
+REGION = "ap-northeast-1"
+ZONES = ("a", "c", "d")
+BUCKET = "patchpilot-config-bench"
+FLEET_SERVICES = ("ec2", "ssm", "cloudwatch", "s3")
+TARGET_BEYOND_SNAPSHOTS = 2.0  # fleet calls per instance beyond CreateSnapshots
+
+POLICY = f"""
+name: tokyo-monthly
+schedule: {{monthly: "Second Tuesday Offset+4", at: "02:00", timezone: Asia/Tokyo, duration: 10h}}
+rings:
+  - {{name: staging, select: {{tags: {{Environment: staging, PatchPilot: managed}}}}, soak: 1h}}
+  - {{name: production, select: {{tags: {{Environment: production, PatchPilot: managed}}}}}}
+rollout: {{mode: concurrent_zones, disruption_budget: "50%", canary: 1, max_failures: {BROKEN}}}
+reboot: if_required
+health:
+  script: {{linux: "curl -fsS http://localhost/health", windows: "Invoke-WebRequest http://localhost/health"}}
+  alarms: [tokyo-web-5xx]
+  timeout: 10m
+aws: {{regions: [{REGION}]}}
+"""
+
+
+def setup(clock: ManualClock) -> tuple[AwsRuntime, Clients, FleetServices, EventSourceMapping, str]:
+    # moto's ids are random, and the waves follow the ids: seed them for the same run each time.
+    requests.post("http://motoapi.amazonaws.com/moto-api/seed?a=11", timeout=5)
+    boto3.client("dynamodb", region_name=REGION).create_table(**table_definition("runs"))
+    sqs = boto3.client("sqs", region_name=REGION)
+    dlq = sqs.create_queue(QueueName="steps-dlq")["QueueUrl"]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    redrive = json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": 5})
+    url = sqs.create_queue(QueueName="steps", Attributes={"VisibilityTimeout": "720", "RedrivePolicy": redrive})[
+        "QueueUrl"
+    ]
+    s3 = boto3.client("s3", region_name=REGION)
+    s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
+    s3.put_object(Bucket=BUCKET, Key="policy.yaml", Body=POLICY.encode())
+    cloudwatch = boto3.client("cloudwatch", region_name=REGION)
+    cloudwatch.put_metric_alarm(
+        AlarmName="tokyo-web-5xx",
+        Namespace="AWS/ApplicationELB",
+        MetricName="HTTPCode_Target_5XX_Count",
+        Statistic="Sum",
+        Period=60,
+        EvaluationPeriods=3,
+        Threshold=10,
+        ComparisonOperator="GreaterThanThreshold",
+    )
+    cloudwatch.set_alarm_state(AlarmName="tokyo-web-5xx", StateValue="OK", StateReason="quiet")
+
+    services = FleetServices(clock, REGION)
+    launch(services)
+    released = clock.now() - timedelta(days=4)
+    services.release(
+        Patch("ALAS2023-2025-801", "linux", released),
+        Patch("ALAS2023-2025-802", "linux", released),
+        Patch("KB5048654", "windows", released),
+        Patch("KB5048661", "windows", released),
+    )
+    clients = Clients(services)
+    env = AwsEnvironment.from_environ(
+        {
+            "PATCHPILOT_TABLE": "runs",
+            "PATCHPILOT_QUEUE_URL": url,
+            "PATCHPILOT_DLQ_URL": dlq,
+            "PATCHPILOT_POLICY": f"s3://{BUCKET}/policy.yaml",
+            "PATCHPILOT_OVERRIDE_BUCKET": BUCKET,
+            "AWS_REGION": REGION,
+        }
+    )
+    wall_clock = runtime_module.WallClock
+    runtime_module.WallClock = lambda: clock  # type: ignore[assignment,misc,return-value]
+    try:
+        runtime = AwsRuntime.build(env, logging.getLogger("bench"), clients)
+    finally:
+        runtime_module.WallClock = wall_clock  # type: ignore[misc]
+    return runtime, clients, services, EventSourceMapping(url, REGION, clock), dlq
+
+
+def launch(services: FleetServices) -> None:
+    """500 instances over three zones, a root and a data volume each; 5% staging, 30% Windows."""
+    ec2 = boto3.client("ec2", region_name=REGION)
+    groups: Counter[tuple[str, str, str]] = Counter()
+    for n in range(INSTANCES):
+        groups[
+            (
+                ZONES[n % 3],
+                "staging" if n % 40 in (0, 13) else "production",
+                "windows" if n % 10 in (3, 7, 9) else "linux",
+            )
+        ] += 1
+    broken = 0
+    for (zone, environment, os_name), count in sorted(groups.items()):
+        tags = [
+            {"Key": "Environment", "Value": environment},
+            {"Key": "PatchPilot", "Value": "managed"},
+            {"Key": "Team", "Value": "web"},
+        ]
+        answer = ec2.run_instances(
+            ImageId=moto_image(REGION, os_name),
+            MinCount=count,
+            MaxCount=count,
+            Placement={"AvailabilityZone": f"{REGION}{zone}"},
+            BlockDeviceMappings=[
+                {"DeviceName": "/dev/sda1", "Ebs": {"VolumeSize": 30}},
+                {"DeviceName": "/dev/sdf", "Ebs": {"VolumeSize": 100}},
+            ],
+            TagSpecifications=[{"ResourceType": "instance", "Tags": tags}],
+        )
+        for raw in answer["Instances"]:
+            breaks = environment == "production" and os_name == "linux" and broken < BROKEN and zone == ZONES[broken]
+            broken += breaks
+            services.manage(raw["InstanceId"], os_name, breaks_when_patched=breaks)  # type: ignore[arg-type]
+
+
+def lambda_worker(runtime: AwsRuntime) -> Any:
+    """What the worker function does with an SQS event, without powertools around it."""
+
+    def invoke(event: dict[str, Any]) -> dict[str, Any]:
+        failures = []
+        for record in event["Records"]:
+            try:
+                runtime.handle_record(record)
+            except Exception:
+                failures.append({"itemIdentifier": record["messageId"]})
+        return {"batchItemFailures": failures}
+
+    return invoke
+
+
+def main() -> None:
+    policy = parse_policy(POLICY)
+    assert policy.schedule is not None
+    window = policy.schedule.windows(datetime(2026, 12, 1, tzinfo=UTC), 1)[0].start.astimezone(UTC)
+    clock = ManualClock(window + timedelta(minutes=5))
+    began = time.perf_counter()
+    with aws(), sqs_follows(clock):
+        runtime, clients, _, steps, dlq = setup(clock)
+        ready = time.perf_counter()
+        clients.calls.clear()  # the setup's own reads are not the run's
+        decision = runtime.trigger()
+        assert decision.start, decision.reason
+        steps.drain(lambda_worker(runtime))
+        run = runtime.service.store.load(decision.run_id)
+        dead = depth(steps.sqs, dlq)
+    seconds = time.perf_counter() - began
+    counts = clients.counts()
+    size = sum(1 for r in run.records() if r.state != "excluded")
+    rows = sorted(counts.items(), key=lambda item: (item[0][0] not in FLEET_SERVICES, item[0][0], item[0][1]))
+    fleet = sum(n for (service, _), n in counts.items() if service in FLEET_SERVICES)
+    state = sum(counts.values()) - fleet
+    snapshots = counts[("ec2", "CreateSnapshots")]
+    fleet_beyond = (fleet - snapshots) / size
+    all_beyond = (sum(counts.values()) - snapshots) / size
+
+    print(f"a scheduled run of {size} instances: {run.status} ({run.reason}); {run.summary()}")
+    print(
+        f"{len(run.waves)} waves, {steps.invocations} worker invocations, {steps.records} records, "
+        f"{steps.failed_records} failed records, {dead} dead letters"
+    )
+    print(f"\n{'service':<16}{'operation':<34}{'calls':>7}{'per instance':>14}")
+    for (service, operation), n in rows:
+        print(f"{service:<16}{operation:<34}{n:>7}{n / size:>14.3f}")
+    print(f"{'fleet (EC2, SSM, CloudWatch, S3)':<50}{fleet:>7}{fleet / size:>14.3f}")
+    print(f"{'run state (SQS, DynamoDB)':<50}{state:>7}{state / size:>14.3f}")
+    print(f"{'all':<50}{fleet + state:>7}{(fleet + state) / size:>14.3f}")
+    print(
+        f"\nfleet calls per instance beyond CreateSnapshots: {fleet_beyond:.3f} (target <= {TARGET_BEYOND_SNAPSHOTS:g})"
+    )
+    print(f"all calls per instance beyond CreateSnapshots: {all_beyond:.3f}")
+    print(f"wall time {seconds:.1f} s (setup {ready - began:.1f} s)")
+
+    out = HERE / "results" / "aws_calls.json"
+    out.parent.mkdir(exist_ok=True)
+    document = {
+        "benchmark": "AWS API calls of one scheduled run (moto + fake SSM), counted per operation",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "instances": size,
+        "status": run.status,
+        "summary": run.summary(),
+        "waves": len(run.waves),
+        "worker_invocations": steps.invocations,
+        "records": steps.records,
+        "dead_letters": dead,
+        "seconds": round(seconds, 1),
+        "calls": {f"{service}:{operation}": n for (service, operation), n in rows},
+        "calls_per_instance": {f"{service}:{operation}": round(n / size, 3) for (service, operation), n in rows},
+        "fleet_calls": fleet,
+        "run_state_calls": state,
+        "fleet_calls_per_instance_beyond_create_snapshots": round(fleet_beyond, 3),
+        "all_calls_per_instance_beyond_create_snapshots": round(all_beyond, 3),
+        "target_fleet_calls_per_instance_beyond_create_snapshots": TARGET_BEYOND_SNAPSHOTS,
+    }
+    out.write_text(json.dumps(document, indent=2) + "\n")
+    print(f"figures written to {out.relative_to(HERE.parent)}")
+    if run.status != "succeeded" or dead or fleet_beyond > TARGET_BEYOND_SNAPSHOTS:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()

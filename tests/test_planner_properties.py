@@ -556,3 +556,10 @@ def test_example_policy_and_fleet_reach_the_bound(mode: str) -> None:
     assert result.waves
     for ring in result.rings:
         assert len(ring.waves) >= ring.lower_bound
+
+
+def test_an_instance_listed_twice_is_refused_rather_than_planned_twice() -> None:
+    policy = parse_policy("name: p\nrings: [{name: all, select: {clouds: [aws]}}]\n")
+    one = Instance(id="i-1", cloud="aws", region="us-east-1", zone="us-east-1a", os="linux")
+    with pytest.raises(ValueError, match="more than once: i-1"):
+        plan(policy, [one, one])

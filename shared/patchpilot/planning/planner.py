@@ -11,6 +11,7 @@ import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 from patchpilot.inventory import Instance
 from patchpilot.planning.regions import RegionPairs
@@ -79,7 +80,11 @@ def plan(policy: Policy, instances: Iterable[Instance]) -> Plan:
     """Assign every instance to a ring and a wave, or say why it is excluded. Deterministic."""
     members: dict[str, list[Instance]] = {ring.name: [] for ring in policy.rings}
     excluded: list[Exclusion] = []
-    for instance in sorted(instances, key=lambda i: i.id):
+    ordered = sorted(instances, key=lambda i: i.id)
+    repeated = sorted({a.id for a, b in pairwise(ordered) if a.id == b.id})
+    if repeated:  # one machine counted twice would break its zone's budget
+        raise ValueError(f"the same instance is listed more than once: {', '.join(repeated[:10])}")
+    for instance in ordered:
         if reason := policy.exclude.reason(instance):
             excluded.append(Exclusion(instance, reason))
             continue

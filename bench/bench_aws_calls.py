@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import platform
 import sys
 import time
 from collections import Counter
@@ -36,6 +34,7 @@ import requests  # noqa: E402
 from clocks import ManualClock  # noqa: E402
 from fake_aws import Clients, EventSourceMapping, FleetServices, Patch, moto_image  # noqa: E402
 from moto_support import aws, depth, sqs_follows  # noqa: E402
+from results_file import write_results  # noqa: E402
 
 import patchpilot.adapters.aws.runtime as runtime_module  # noqa: E402
 from patchpilot.adapters.aws.dynamodb_store import table_definition  # noqa: E402
@@ -215,13 +214,7 @@ def main() -> None:
     print(f"all calls per instance beyond CreateSnapshots: {all_beyond:.3f}")
     print(f"wall time {seconds:.1f} s (setup {ready - began:.1f} s)")
 
-    out = HERE / "results" / "aws_calls.json"
-    out.parent.mkdir(exist_ok=True)
-    document = {
-        "benchmark": "AWS API calls of one scheduled run (moto + fake SSM), counted per operation",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
+    figures = {
         "instances": size,
         "status": run.status,
         "summary": run.summary(),
@@ -238,8 +231,7 @@ def main() -> None:
         "all_calls_per_instance_beyond_create_snapshots": round(all_beyond, 3),
         "target_fleet_calls_per_instance_beyond_create_snapshots": TARGET_BEYOND_SNAPSHOTS,
     }
-    out.write_text(json.dumps(document, indent=2) + "\n")
-    print(f"figures written to {out.relative_to(HERE.parent)}")
+    write_results("aws_calls", "AWS API calls of one scheduled run (moto + fake SSM), counted per operation", figures)
     if run.status != "succeeded" or dead or fleet_beyond > TARGET_BEYOND_SNAPSHOTS:
         raise SystemExit(1)
 

@@ -7,9 +7,6 @@ bench/results/run.json.
 
 from __future__ import annotations
 
-import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -21,6 +18,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from fleet import synthetic_fleet  # noqa: E402
+from results_file import write_results  # noqa: E402
 
 from patchpilot.inventory import parse_inventory  # noqa: E402
 from patchpilot.local_runtime import LocalRuntime  # noqa: E402
@@ -93,18 +91,11 @@ def main() -> None:
         )
     print(f"time growth 1k->10k relative to linear: {growth:.2f} (<= 1 means no worse than linear)")
     print(f"10,000 instances: {last['seconds']} s (target < 60 s)")
-    out = HERE / "results" / "run.json"
-    out.parent.mkdir(exist_ok=True)
-    document = {
-        "benchmark": "simulated patch run on the local runtime",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-        "runs": rows,
-        "growth_vs_linear_1k_to_10k": round(growth, 3),
-    }
-    out.write_text(json.dumps(document, indent=2) + "\n")
-    print(f"figures written to {out.relative_to(HERE.parent)}")
+    write_results(
+        "run",
+        "simulated patch run on the local runtime",
+        {"runs": rows, "growth_vs_linear_1k_to_10k": round(growth, 3)},
+    )
 
 
 if __name__ == "__main__":

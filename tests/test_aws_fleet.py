@@ -19,8 +19,10 @@ from typing import Any
 import boto3
 import pytest
 import yaml
+from botocore.awsrequest import AWSResponse
 from botocore.stub import ANY, Stubber
 from clocks import ManualClock
+from fake_aws import FleetServices
 from moto import mock_aws
 from moto.backends import get_backend
 from moto.ec2.models.instances import Instance as MotoInstance
@@ -1062,14 +1064,13 @@ def test_failed_detached_and_failed_tasks_fail_the_rollback(ec2_stubbed: Harness
     assert not result[b.id].ok and result[b.id].detail.endswith("from snap-0bbbbbbbbbbbbbbb1 failed")
 
 
-def test_data_volume_restore_is_reported_as_not_supported_rather_than_faked(
+def test_a_rejected_task_or_a_missing_snapshot_fails_and_data_snapshots_alone_restore_only_the_root(
     ec2_stubbed: Harness, clock: ManualClock
 ) -> None:
     """Stubber (EC2): DescribeReplaceRootVolumeTasks, CreateReplaceRootVolumeTask (one rejected)."""
     a, b, c = fake(3, prefix="c")
     command = rollback_command(
-        [(a, ["snap-0aaaaaaaaaaaaaaa1", "snap-0aaaaaaaaaaaaaaa2"]), (b, ["snap-0bbbbbbbbbbbbbbb1"]), (c, [])],
-        restore_data_volumes=True,
+        [(a, ["snap-0aaaaaaaaaaaaaaa1", "snap-0aaaaaaaaaaaaaaa2"]), (b, ["snap-0bbbbbbbbbbbbbbb1"]), (c, [])]
     )
     stub = ec2_stubbed.stub("ec2")
     expect_tasks(stub, [a.id, b.id, c.id], [task(a.id, "snap-0aaaaaaaaaaaaaaa1", "succeeded", command.id)])
@@ -1077,9 +1078,9 @@ def test_data_volume_restore_is_reported_as_not_supported_rather_than_faked(
         "create_replace_root_volume_task", "IncorrectState", "The instance 'i-x' is not in the running state."
     )
     result = outcomes(make_fleet(ec2_stubbed, clock).roll_back(command))
-    assert not result[a.id].ok
-    assert "root volume restored from snap-0aaaaaaaaaaaaaaa1" in result[a.id].detail
-    assert "not supported yet" in result[a.id].detail and "snap-0aaaaaaaaaaaaaaa2" in result[a.id].detail
+    ec2_stubbed.done()
+    assert result[a.id].ok and result[a.id].detail.startswith("root volume restored from snap-0aaaaaaaaaaaaaaa1")
+    assert result[a.id].items == ["snap-0aaaaaaaaaaaaaaa1"]
     assert not result[b.id].ok and "IncorrectState" in result[b.id].detail
     assert result[c.id].detail == "no snapshot to restore from"
 
@@ -1177,3 +1178,181 @@ def test_sessions_assume_each_accounts_role_once_and_use_adaptive_retries(aws: N
     assert sessions.client("ssm", None, "us-east-1").meta.region_name == "us-east-1"
     now[0] = datetime.now(UTC) + timedelta(days=2)  # the credentials expired: assumed again, clients rebuilt
     assert sessions.client("ec2", "111111111111", REGION) is not assumed
+
+
+# ---------------------------------------------------------------- rollback of data volumes
+
+
+def rollback_harness(services: FleetServices) -> Harness:
+    """moto for EC2, with the replace-root-volume tasks played by `services` (stateful, on its
+    clock: pending, in progress, succeeded after 6 minutes)."""
+    harness = Harness()
+    services.serve_root_volume_tasks(harness("ec2", None, REGION))
+    return harness
+
+
+def launch_with_data_volumes() -> Instance:
+    """A moto instance with a root volume and two data volumes (gp3 at /dev/sdf, gp2 at /dev/sdg)."""
+    answer = ec2().run_instances(
+        ImageId=image(),
+        MinCount=1,
+        MaxCount=1,
+        Placement={"AvailabilityZone": f"{REGION}b"},
+        BlockDeviceMappings=[
+            {"DeviceName": "/dev/sda1", "Ebs": {"VolumeSize": 8}},
+            {"DeviceName": "/dev/sdf", "Ebs": {"VolumeSize": 20, "VolumeType": "gp3"}},
+            {"DeviceName": "/dev/sdg", "Ebs": {"VolumeSize": 30}},
+        ],
+    )
+    instance_id = answer["Instances"][0]["InstanceId"]
+    return Instance(id=instance_id, cloud="aws", region=REGION, os="linux")  # zone unknown: read from EC2
+
+
+def snapshotted(instance: Instance, clock: ManualClock) -> list[str]:
+    """The instance's snapshot ids, root first, as TakeSnapshots reports them."""
+    fleet = make_fleet(Harness(), clock)
+    command = snapshot_command([instance])
+    fleet.take_snapshots(command)
+    return outcomes(fleet.take_snapshots(command))[instance.id].items
+
+
+def devices(instance_id: str) -> dict[str, str]:
+    raw = ec2().describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+    return {m["DeviceName"]: m["Ebs"]["VolumeId"] for m in raw["BlockDeviceMappings"]}
+
+
+def state(instance_id: str) -> str:
+    raw = ec2().describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+    return str(raw["State"]["Name"])
+
+
+def volume(volume_id: str) -> dict[str, Any]:
+    return dict(ec2().describe_volumes(VolumeIds=[volume_id])["Volumes"][0])
+
+
+def restored_volumes(command_id: str) -> list[dict[str, Any]]:
+    filters = [{"Name": "tag:PatchPilotCommand", "Values": [command_id]}]
+    return list(ec2().describe_volumes(Filters=filters)["Volumes"])
+
+
+CHANGES = (
+    "CreateReplaceRootVolumeTask",
+    "CreateVolume",
+    "StopInstances",
+    "StartInstances",
+    "DetachVolume",
+    "AttachVolume",
+    "CreateTags",
+    "DeleteVolume",
+)
+
+
+def poll_rollback(fleet: Ec2SsmFleet, command: RollBack, clock: ManualClock, limit: int = 12) -> tuple[Progress, int]:
+    """Execute the command until it reports outcomes (each poll twice, as a redelivered message
+    would be), two minutes apart; the outcomes and the number of polls."""
+    for count in range(1, limit + 1):
+        progress = fleet.roll_back(command)
+        if not isinstance(progress, InProgress):
+            return progress, count
+        again = fleet.roll_back(command)
+        if not isinstance(again, InProgress):
+            return again, count
+        clock.advance(timedelta(minutes=2))
+    raise AssertionError(f"still in progress after {limit} polls")
+
+
+def test_data_volumes_are_restored_across_polls_without_duplicates_and_the_originals_kept(clock: ManualClock) -> None:
+    """moto: EC2 instances, snapshots, CreateVolume, Stop/StartInstances, Detach/AttachVolume,
+    DescribeVolumes, CreateTags; FleetServices: the replace-root-volume task."""
+    with mock_aws():
+        instance = launch_with_data_volumes()
+        snapshots = snapshotted(instance, clock)
+        assert len(snapshots) == 3
+        before = devices(instance.id)
+        command = rollback_command([(instance, snapshots)], restore_data_volumes=True)
+        services = FleetServices(clock, REGION)
+        harness = rollback_harness(services)
+        result, polls = poll_rollback(make_fleet(harness, clock), command, clock)
+
+        outcome = outcomes(result)[instance.id]
+        after = devices(instance.id)
+        restored = {_tag(v, "PatchPilotDevice"): v for v in restored_volumes(command.id)}
+        assert outcome.ok, outcome.detail
+        assert polls >= 4  # root replacement, stop, swap, start: several polls
+        assert sorted(restored) == ["/dev/sdf", "/dev/sdg"]  # one volume per device, however often polled
+        assert harness.count("CreateVolume") == 2
+        assert harness.count("StopInstances") == 1 and harness.count("StartInstances") == 1
+        assert harness.count("DetachVolume") == 2 and harness.count("AttachVolume") == 2
+        assert state(instance.id) == "running"
+        for device in ("/dev/sdf", "/dev/sdg"):
+            new, old = restored[device], before[device]
+            assert after[device] == new["VolumeId"] != old
+            assert new["AvailabilityZone"] == f"{REGION}b"
+            assert _tag(new, "PatchPilotInstance") == instance.id and _tag(new, "PatchPilotCommand") == command.id
+            kept = volume(old)  # never deleted: detached and marked
+            assert kept["State"] == "available" and _tag(kept, "PatchPilotReplacedBy") == new["VolumeId"]
+            assert f"{device} {new['VolumeId']}" in outcome.detail and old in outcome.detail
+        created = {p["TagSpecifications"][0]["Tags"][3]["Value"]: p for p in harness.params("CreateVolume")}
+        assert created["/dev/sdf"]["VolumeType"] == "gp3" and created["/dev/sdf"]["Iops"] == 3000
+        assert created["/dev/sdg"]["VolumeType"] == "gp2" and "Iops" not in created["/dev/sdg"]
+        assert created["/dev/sdf"]["SnapshotId"] in snapshots[1:]
+        assert created["/dev/sdf"]["ClientToken"] != created["/dev/sdg"]["ClientToken"]
+        assert all(p["AvailabilityZone"] == f"{REGION}b" for p in created.values())
+        assert "original data volumes kept" in outcome.detail
+        assert outcome.items == snapshots
+        assert after["/dev/sda1"] == before["/dev/sda1"]  # the root volume is the fake task's business
+
+        # The command again, in another process, after success: the same answer, nothing changed.
+        again = rollback_harness(services)
+        assert outcomes(make_fleet(again, clock).roll_back(command))[instance.id].ok
+        assert [op for _, op, _ in again.calls if op in CHANGES] == []
+        assert devices(instance.id) == after and len(restored_volumes(command.id)) == 2
+
+
+def _tag(resource: dict[str, Any], key: str) -> str:
+    return next((t["Value"] for t in resource.get("Tags", []) if t["Key"] == key), "")
+
+
+def test_a_failed_attach_fails_the_rollback_naming_the_device(clock: ManualClock) -> None:
+    """moto: EC2 as above, with AttachVolume answered by an error through a botocore hook."""
+    with mock_aws():
+        instance = launch(data_volume=True)[0]
+        snapshots = snapshotted(instance, clock)
+        before = devices(instance.id)
+        command = rollback_command([(instance, snapshots)], restore_data_volumes=True)
+        harness = rollback_harness(FleetServices(clock, REGION))
+
+        def refuse(**_: Any) -> tuple[AWSResponse, dict[str, Any]]:
+            error = {
+                "Error": {"Code": "VolumeInUse", "Message": "injected"},
+                "ResponseMetadata": {"HTTPStatusCode": 400},
+            }
+            return AWSResponse(None, 400, {}, None), error
+
+        harness("ec2", None, REGION).meta.events.register("before-call.ec2.AttachVolume", refuse)
+        result, _ = poll_rollback(make_fleet(harness, clock), command, clock)
+        outcome = outcomes(result)[instance.id]
+        assert not outcome.ok
+        assert "root volume restored from" in outcome.detail
+        assert "/dev/sdf: AttachVolume of vol-" in outcome.detail and "VolumeInUse" in outcome.detail
+        assert f"original volume {before['/dev/sdf']} kept" in outcome.detail
+        assert volume(before["/dev/sdf"])["State"] == "available"  # kept, not deleted
+        assert harness.count("DeleteVolume") == 0
+
+
+def test_without_restore_data_volumes_the_data_volumes_are_left_alone(clock: ManualClock) -> None:
+    """moto: EC2 as above; FleetServices: the replace-root-volume task."""
+    with mock_aws():
+        instance = launch(data_volume=True)[0]
+        snapshots = snapshotted(instance, clock)
+        before = devices(instance.id)
+        command = rollback_command([(instance, snapshots)], restore_data_volumes=False)
+        harness = rollback_harness(FleetServices(clock, REGION))
+        result, _ = poll_rollback(make_fleet(harness, clock), command, clock)
+        outcome = outcomes(result)[instance.id]
+        assert outcome.ok and outcome.items == snapshots[:1]
+        assert "data volume" not in outcome.detail
+        assert devices(instance.id) == before and state(instance.id) == "running"
+        for operation in ("CreateVolume", "StopInstances", "DetachVolume", "AttachVolume", "DescribeVolumes"):
+            assert harness.count(operation) == 0
+        assert restored_volumes(command.id) == []

@@ -13,6 +13,10 @@ by a mark it left there, before starting anything:
   InvokedAfter, and the comments are matched here);
 - root-volume replacement tasks are created with a ClientToken derived from the command and
   instance ids and tagged with the command id (found again by DescribeReplaceRootVolumeTasks);
+- volumes restored from data volume snapshots are created with a ClientToken derived from the
+  command id, instance id and device, and tagged PatchPilotCommand/PatchPilotInstance/
+  PatchPilotDevice; the originals they replace are kept and tagged PatchPilotReplacedBy; whether
+  to stop, detach, attach or start is read from the instance's state and device mappings;
 - a health check's start time is a tag on the instance, written once.
 
 Calls are batched per (account, region): at most 50 ids per SSM call, 100-200 per EC2 call.
@@ -57,6 +61,7 @@ if TYPE_CHECKING:
         InstanceTypeDef,
         ReplaceRootVolumeTaskTypeDef,
         SnapshotTypeDef,
+        VolumeTypeDef,
     )
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_ssm import SSMClient
@@ -75,6 +80,8 @@ TAG_WAVE = "PatchPilotWave"
 TAG_COMMAND = "PatchPilotCommand"
 TAG_INSTANCE = "PatchPilotInstance"
 TAG_HEALTH = "PatchPilotHealthCheck"  # "<command token>@<ISO time the check started>"
+TAG_DEVICE = "PatchPilotDevice"  # on a restored data volume: the device it replaces
+TAG_REPLACED_BY = "PatchPilotReplacedBy"  # on an original data volume: the volume that replaced it
 
 PATCH_DOCUMENT = "AWS-RunPatchBaseline"
 SCRIPT_DOCUMENTS: dict[OsFamily, str] = {"linux": "AWS-RunShellScript", "windows": "AWS-RunPowerShellScript"}
@@ -808,6 +815,12 @@ class Ec2SsmFleet:
         for placement, group in _by_placement(targets, lambda t: t.instance).items():
             ec2 = self._ec2(placement)
             tasks = self._command_tasks(ec2, [t.instance.id for t in group], command.id)
+            restoring = {t.instance.id for t in group if command.restore_data_volumes and len(t.snapshot_ids) > 1}
+            volumes = (
+                self._data_volumes(ec2, command.id, [t for t in group if t.instance.id in restoring])
+                if restoring
+                else None
+            )
             for target in group:
                 instance_id = target.instance.id
                 if not target.snapshot_ids:
@@ -823,15 +836,215 @@ class Ec2SsmFleet:
                         )
                         outcomes[instance_id] = Outcome(id=instance_id, ok=False, detail=detail)
                         continue
-                outcome = _rollback_outcome(task, target, command.restore_data_volumes)
+                outcome = _rollback_outcome(task, target)
+                if volumes is not None and instance_id in restoring and (outcome is None or outcome.ok):
+                    outcome = self._restore_data(ec2, command, target, volumes, root=outcome)
                 if outcome is None:
                     waiting += 1
                 else:
                     outcomes[instance_id] = outcome
         if waiting:
             done = len(targets) - waiting
-            return InProgress(now + ROLLBACK_POLL, note=f"rollback: {done}/{len(targets)} root volumes replaced")
+            return InProgress(now + ROLLBACK_POLL, note=f"rollback: {done}/{len(targets)} instances restored")
         return [outcomes[t.instance.id].model_copy(update={"at": now}) for t in targets]
+
+    def _data_volumes(self, ec2: EC2Client, command_id: str, targets: Sequence[RestoreTarget]) -> _DataVolumes:
+        """What a data-volume restore needs to know, read afresh from EC2: the instances, their
+        data volume snapshots, the volumes those were taken of, and the volumes this command
+        restored (found by their PatchPilotCommand tag)."""
+        instances = self._describe_instances(ec2, [t.instance.id for t in targets])
+        snapshot_ids = sorted({s for t in targets for s in t.snapshot_ids[1:]})
+        snapshots: dict[str, SnapshotTypeDef] = {}
+        for chunk in _chunks(snapshot_ids, FILTER_VALUES_PER_CALL):
+            pages = ec2.get_paginator("describe_snapshots").paginate(
+                OwnerIds=["self"],
+                Filters=[{"Name": "snapshot-id", "Values": chunk}],
+                PaginationConfig={"PageSize": 1000},
+            )
+            snapshots.update((s["SnapshotId"], s) for page in pages for s in page.get("Snapshots", []))
+        originals = self._volumes(ec2, "volume-id", sorted({s.get("VolumeId", "") for s in snapshots.values()} - {""}))
+        restored = self._volumes(ec2, f"tag:{TAG_COMMAND}", [command_id])
+        return _DataVolumes(instances, snapshots, originals, list(restored.values()))
+
+    def _volumes(self, ec2: EC2Client, name: str, values: Sequence[str]) -> dict[str, VolumeTypeDef]:
+        """The volumes whose filter `name` has one of `values`, by id."""
+        found: dict[str, VolumeTypeDef] = {}
+        for chunk in _chunks(values, FILTER_VALUES_PER_CALL):
+            pages = ec2.get_paginator("describe_volumes").paginate(
+                Filters=[{"Name": name, "Values": chunk}], PaginationConfig={"PageSize": 500}
+            )
+            found.update((v["VolumeId"], v) for page in pages for v in page.get("Volumes", []))
+        return found
+
+    def _restore_data(
+        self,
+        ec2: EC2Client,
+        command: RollBack,
+        target: RestoreTarget,
+        volumes: _DataVolumes,
+        root: Outcome | None,
+    ) -> Outcome | None:
+        """One more step of restoring an instance's data volumes (None: not done yet). The
+        volumes are created while the root volume is replaced; once it has been and they are
+        available, the instance is stopped, each original volume detached (kept, tagged
+        PatchPilotReplacedBy), the restored one attached at its device, and the instance
+        started again. Every step is chosen from what EC2 shows now."""
+        instance_id = target.instance.id
+        raw = volumes.instances.get(instance_id)
+
+        def failed(detail: str) -> Outcome:
+            prefix = f"{root.detail}; " if root is not None else ""
+            return Outcome(
+                id=instance_id, ok=False, detail=f"{prefix}data volumes: {detail}", items=target.snapshot_ids[:1]
+            )
+
+        if raw is None:
+            return failed("instance not found (terminated?)")
+        plan: list[_DataVolume] = []
+        mapped = _device_map(raw)
+        for snapshot_id in target.snapshot_ids[1:]:
+            snapshot = volumes.snapshots.get(snapshot_id)
+            if snapshot is None:
+                return failed(f"snapshot {snapshot_id} not found")
+            original = snapshot.get("VolumeId", "")
+            restored = volumes.restored_from(instance_id, snapshot_id)
+            if restored is not None:
+                device = _tags(restored.get("Tags")).get(TAG_DEVICE, "")
+                if not device:
+                    return failed(f"restored volume {restored.get('VolumeId', '?')} has no {TAG_DEVICE} tag")
+            else:
+                device = next((d for d, (v, _) in mapped.items() if v == original), "")
+                if not device:
+                    return failed(f"volume {original} of snapshot {snapshot_id} is no longer attached; not restored")
+                if device == raw.get("RootDeviceName"):
+                    return failed(f"snapshot {snapshot_id} is of the root volume {original}, not of a data volume")
+                try:
+                    restored = self._create_volume(ec2, command, raw, snapshot, device, volumes.originals.get(original))
+                except ClientError as exc:
+                    return failed(f"{device}: CreateVolume from {snapshot_id} failed: {_describe_error(exc)}")
+            plan.append(_DataVolume(device, snapshot_id, original, restored))
+        for item in plan:
+            state = item.restored.get("State", "")
+            if state in ("error", "deleting", "deleted"):
+                return failed(f"{item.device}: restored volume {item.volume_id} from {item.snapshot_id} is {state}")
+        if root is None or any(i.restored.get("State") not in ("available", "in-use") for i in plan):
+            return None  # the root volume is being replaced, or the data volumes created
+        state = _state(raw)
+        if all(mapped.get(i.device) == (i.volume_id, "attached") for i in plan):
+            for item in plan:
+                problem = self._mark_replaced(ec2, volumes, item)
+                if problem:
+                    return failed(problem)
+            if state == "running":
+                swapped = ", ".join(f"{i.device} {i.volume_id} from {i.snapshot_id}" for i in plan)
+                kept = ", ".join(i.original for i in plan)
+                detail = (
+                    f"{root.detail}; data volumes restored: {swapped}; original data volumes kept "
+                    f"(detached, tagged {TAG_REPLACED_BY}): {kept}"
+                )
+                return Outcome(id=instance_id, ok=True, detail=detail, items=list(target.snapshot_ids))
+            if state == "stopped":
+                try:
+                    ec2.start_instances(InstanceIds=[instance_id])
+                except ClientError as exc:
+                    return failed(f"StartInstances failed after the volumes were swapped: {_describe_error(exc)}")
+                return None
+            if state in ("pending", "stopping"):
+                return None
+            return failed(f"instance is {state}")
+        if state == "running":
+            try:
+                ec2.stop_instances(InstanceIds=[instance_id])
+            except ClientError as exc:
+                return failed(f"StopInstances failed: {_describe_error(exc)}")
+            return None
+        if state in ("pending", "stopping"):
+            return None
+        if state != "stopped":
+            return failed(f"instance is {state}")
+        for item in plan:
+            current = mapped.get(item.device)
+            if current is None:
+                try:
+                    ec2.attach_volume(VolumeId=item.volume_id, InstanceId=instance_id, Device=item.device)
+                except ClientError as exc:
+                    return failed(
+                        f"{item.device}: AttachVolume of {item.volume_id} failed: {_describe_error(exc)}; "
+                        f"the instance is left stopped, the original volume {item.original} kept (detached)"
+                    )
+            elif current[0] == item.original and current[1] == "attached":
+                problem = self._mark_replaced(ec2, volumes, item)
+                if problem:
+                    return failed(problem)
+                try:
+                    ec2.detach_volume(VolumeId=item.original, InstanceId=instance_id, Device=item.device)
+                except ClientError as exc:
+                    return failed(
+                        f"{item.device}: DetachVolume of {item.original} failed: {_describe_error(exc)}; "
+                        "the instance is left stopped"
+                    )
+            elif current[0] not in (item.original, item.volume_id):
+                return failed(
+                    f"{item.device}: volume {current[0]} is attached, neither the original {item.original} "
+                    f"nor the restored {item.volume_id}; the instance is left stopped"
+                )
+        return None
+
+    def _create_volume(
+        self,
+        ec2: EC2Client,
+        command: RollBack,
+        raw: InstanceTypeDef,
+        snapshot: SnapshotTypeDef,
+        device: str,
+        original: VolumeTypeDef | None,
+    ) -> VolumeTypeDef:
+        """A volume from `snapshot` in the instance's zone, like the original; idempotent by
+        its ClientToken, and found again by its tags."""
+        instance_id = raw.get("InstanceId", "")
+        extra: dict[str, Any] = {}
+        kind = (original or {}).get("VolumeType")
+        if kind:
+            extra["VolumeType"] = kind
+            if kind in ("io1", "io2", "gp3") and (original or {}).get("Iops"):
+                extra["Iops"] = (original or {})["Iops"]
+            if kind == "gp3" and (original or {}).get("Throughput"):
+                extra["Throughput"] = (original or {})["Throughput"]
+        if snapshot.get("Encrypted"):
+            extra["Encrypted"] = True
+            if snapshot.get("KmsKeyId"):
+                extra["KmsKeyId"] = snapshot["KmsKeyId"]
+        answer = ec2.create_volume(
+            SnapshotId=snapshot["SnapshotId"],
+            AvailabilityZone=raw.get("Placement", {}).get("AvailabilityZone", ""),
+            ClientToken=client_token(command.id, instance_id, device),
+            TagSpecifications=[
+                {
+                    "ResourceType": "volume",
+                    "Tags": [
+                        {"Key": TAG_RUN, "Value": command.run_id},
+                        {"Key": TAG_COMMAND, "Value": command.id},
+                        {"Key": TAG_INSTANCE, "Value": instance_id},
+                        {"Key": TAG_DEVICE, "Value": device},
+                    ],
+                }
+            ],
+            **extra,
+        )
+        volume: VolumeTypeDef = {k: v for k, v in answer.items() if k != "ResponseMetadata"}  # type: ignore[assignment]
+        return volume
+
+    def _mark_replaced(self, ec2: EC2Client, volumes: _DataVolumes, item: _DataVolume) -> str:
+        """Tag the original volume PatchPilotReplacedBy=<restored volume> unless it is already;
+        a problem, or ''."""
+        original = volumes.originals.get(item.original)
+        if original is None or _tags(original.get("Tags")).get(TAG_REPLACED_BY) == item.volume_id:
+            return ""
+        try:
+            ec2.create_tags(Resources=[item.original], Tags=[{"Key": TAG_REPLACED_BY, "Value": item.volume_id}])
+        except ClientError as exc:
+            return f"{item.device}: CreateTags {TAG_REPLACED_BY} on {item.original} failed: {_describe_error(exc)}"
+        return ""
 
     def _command_tasks(
         self, ec2: EC2Client, instance_ids: Sequence[str], command_id: str
@@ -877,9 +1090,11 @@ def _token(command_id: str) -> str:
     return hashlib.sha256(command_id.encode()).hexdigest()[:16]
 
 
-def client_token(command_id: str, instance_id: str) -> str:
-    """The EC2 idempotency token of one instance's operation in one command (64 hex chars)."""
-    return hashlib.sha256(f"{command_id}\x1f{instance_id}".encode()).hexdigest()[:64]
+def client_token(command_id: str, instance_id: str, part: str = "") -> str:
+    """The EC2 idempotency token of one instance's operation in one command (64 hex chars),
+    per `part` of the instance (a device name) when given."""
+    key = f"{command_id}\x1f{instance_id}" + (f"\x1f{part}" if part else "")
+    return hashlib.sha256(key.encode()).hexdigest()[:64]
 
 
 def _comment(token: str, label: str, command_id: str) -> str:
@@ -1151,9 +1366,8 @@ def _base_health(
     return _Verdict("pass", "status checks 2/2 passed, SSM agent online")
 
 
-def _rollback_outcome(
-    task: ReplaceRootVolumeTaskTypeDef, target: RestoreTarget, restore_data_volumes: bool
-) -> Outcome | None:
+def _rollback_outcome(task: ReplaceRootVolumeTaskTypeDef, target: RestoreTarget) -> Outcome | None:
+    """The root volume's part of a rollback (None: the replacement is still running)."""
     instance_id = target.instance.id
     source = task.get("SnapshotId") or target.snapshot_ids[0]
     state = task.get("TaskState", "")
@@ -1168,12 +1382,46 @@ def _rollback_outcome(
         return Outcome(id=instance_id, ok=False, detail=detail)
     if state != "succeeded":
         return Outcome(id=instance_id, ok=False, detail=f"root volume replacement {task_id} from {source} {state}")
-    detail = f"root volume restored from {source} ({task_id})"
-    data = target.snapshot_ids[1:]
-    if restore_data_volumes and data:
-        detail += (
-            f"; restoring data volumes is not supported yet: {len(data)} data volume snapshot"
-            f"{'s' if len(data) != 1 else ''} ({', '.join(data)}) not restored"
-        )
-        return Outcome(id=instance_id, ok=False, detail=detail, items=[source])
-    return Outcome(id=instance_id, ok=True, detail=detail, items=[source])
+    return Outcome(id=instance_id, ok=True, detail=f"root volume restored from {source} ({task_id})", items=[source])
+
+
+@dataclass(frozen=True)
+class _DataVolumes:
+    """One placement's view of the data volumes a rollback restores."""
+
+    instances: dict[str, InstanceTypeDef]
+    snapshots: dict[str, SnapshotTypeDef]
+    originals: dict[str, VolumeTypeDef]  # the volumes the snapshots were taken of, by id
+    restored: list[VolumeTypeDef]  # the volumes this command created
+
+    def restored_from(self, instance_id: str, snapshot_id: str) -> VolumeTypeDef | None:
+        """The command's volume for this instance from this snapshot: an attached one first,
+        then the lowest id (should two exist)."""
+        found = [
+            v
+            for v in self.restored
+            if v.get("SnapshotId") == snapshot_id and _tags(v.get("Tags")).get(TAG_INSTANCE) == instance_id
+        ]
+        found.sort(key=lambda v: (v.get("State") != "in-use", v.get("VolumeId", "")))
+        return found[0] if found else None
+
+
+@dataclass(frozen=True)
+class _DataVolume:
+    device: str
+    snapshot_id: str
+    original: str  # the volume the snapshot was taken of
+    restored: VolumeTypeDef
+
+    @property
+    def volume_id(self) -> str:
+        return self.restored.get("VolumeId", "")
+
+
+def _device_map(raw: InstanceTypeDef) -> dict[str, tuple[str, str]]:
+    """device -> (EBS volume id, attachment status) of the instance."""
+    return {
+        m.get("DeviceName", ""): (m.get("Ebs", {}).get("VolumeId", ""), m.get("Ebs", {}).get("Status", ""))
+        for m in raw.get("BlockDeviceMappings", [])
+        if m.get("Ebs", {}).get("VolumeId")
+    }

@@ -3,41 +3,48 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import re
 import types
 import typing
 from collections.abc import Callable
 from pathlib import Path as FilePath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
 from patchpilot.errors import InputError, Path, Problem, quote
 
+if TYPE_CHECKING:
+    import yaml
+
 Position = tuple[int, int]
 
 
-class _Loader(yaml.SafeLoader):
-    """Safe YAML with YAML 1.2 scalars: `10:30` stays a string, `no` stays a string."""
+@functools.cache
+def _loader() -> type[yaml.SafeLoader]:
+    """Safe YAML with YAML 1.2 scalars: `10:30` stays a string, `no` stays a string. Built on
+    first use: the step worker, which never reads YAML, does not import PyYAML."""
+    import yaml
 
+    class Loader(yaml.SafeLoader):
+        pass
 
-_BOOL = "tag:yaml.org,2002:bool"
-_INT = "tag:yaml.org,2002:int"
-_FLOAT = "tag:yaml.org,2002:float"
-_Loader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag not in (_BOOL, _INT, _FLOAT)]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
-_Loader.add_implicit_resolver(_INT, re.compile(r"^[-+]?[0-9]+$"), list("-+0123456789"))
-_Loader.add_implicit_resolver(
-    _FLOAT,
-    re.compile(r"^[-+]?(?:[0-9]+\.[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?$"),
-    list("-+.0123456789"),
-)
+    bool_tag, int_tag, float_tag = (f"tag:yaml.org,2002:{t}" for t in ("bool", "int", "float"))
+    Loader.yaml_implicit_resolvers = {
+        first: [(tag, rx) for tag, rx in resolvers if tag not in (bool_tag, int_tag, float_tag)]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    Loader.add_implicit_resolver(bool_tag, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+    Loader.add_implicit_resolver(int_tag, re.compile(r"^[-+]?[0-9]+$"), list("-+0123456789"))
+    Loader.add_implicit_resolver(
+        float_tag,
+        re.compile(r"^[-+]?(?:[0-9]+\.[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?$"),
+        list("-+.0123456789"),
+    )
+    return Loader
 
 
 class Document:
@@ -70,7 +77,9 @@ def read_text(path: str) -> str:
 
 
 def parse_yaml(text: str, source: str) -> Document:
-    loader = _Loader(text)
+    import yaml
+
+    loader = _loader()(text)
     try:
         node = loader.get_single_node()
         if node is None:
@@ -94,6 +103,8 @@ def parse_yaml(text: str, source: str) -> Document:
 
 
 def _walk(node: yaml.Node, path: Path, out: dict[Path, Position], dups: list[Problem]) -> None:
+    import yaml
+
     out.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
     if isinstance(node, yaml.MappingNode):
         seen: set[object] = set()

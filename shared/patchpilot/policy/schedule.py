@@ -13,22 +13,22 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Annotated
 from zoneinfo import ZoneInfo
 
-from croniter import croniter
-from dateutil.rrule import FR, MO, MONTHLY, SA, SU, TH, TU, WE, rrule
 from pydantic import PlainSerializer, PlainValidator, WithJsonSchema
 
 from patchpilot.policy.fields import fail
 
-_WEEKDAYS = {
-    name: rule
-    for names, rule in (
-        (("monday", "mon"), MO),
-        (("tuesday", "tue"), TU),
-        (("wednesday", "wed"), WE),
-        (("thursday", "thu"), TH),
-        (("friday", "fri"), FR),
-        (("saturday", "sat"), SA),
-        (("sunday", "sun"), SU),
+_WEEKDAYS = {  # 0 = Monday, as datetime and dateutil count
+    name: number
+    for number, names in enumerate(
+        (
+            ("monday", "mon"),
+            ("tuesday", "tue"),
+            ("wednesday", "wed"),
+            ("thursday", "thu"),
+            ("friday", "fri"),
+            ("saturday", "sat"),
+            ("sunday", "sun"),
+        )
     )
     for name in names
 }
@@ -52,9 +52,10 @@ class MonthlyRule:
 
     def days(self, start: date) -> Iterator[date]:
         """Window days from the month of `start` on (offset already applied)."""
-        weekday = (MO, TU, WE, TH, FR, SA, SU)[self.weekday](self.ordinal)
+        from dateutil.rrule import MONTHLY, rrule, weekday  # imported when used: the worker never is
+
         first = datetime(start.year, start.month, 1)
-        for anchor in rrule(MONTHLY, byweekday=weekday, dtstart=first):
+        for anchor in rrule(MONTHLY, byweekday=weekday(self.weekday, self.ordinal), dtstart=first):
             yield anchor.date() + timedelta(days=self.offset_days)
 
 
@@ -72,7 +73,7 @@ def parse_monthly(value: object) -> MonthlyRule:
     offset = int(m["offset"] or 0)
     if abs(offset) > MAX_OFFSET_DAYS:
         raise fail("monthly", f"expected an offset from -{MAX_OFFSET_DAYS} to {MAX_OFFSET_DAYS}", value)
-    return MonthlyRule(value.strip(), ordinal, weekday.weekday, offset)
+    return MonthlyRule(value.strip(), ordinal, weekday, offset)
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,8 @@ class AwsCron:
 
     def wall_times(self, start: datetime) -> Iterator[datetime]:
         """Naive local times after naive `start`."""
+        from croniter import croniter
+
         it = croniter(self.croniter_expression, start, day_or=False, second_at_beginning=True)
         while True:
             yield it.get_next(datetime)
@@ -104,6 +107,8 @@ def parse_aws_cron(value: object) -> AwsCron:
     if (dom == "?") == (dow == "?"):
         raise fail("cron", "expected exactly one of day-of-month and day-of-week to be ?", value)
     expression = " ".join(["0", minute, hour, dom, month, _unix_weekdays(dow), year])
+    from croniter import croniter
+
     try:
         croniter(expression, datetime(2000, 1, 1), day_or=False, second_at_beginning=True)
     except (ValueError, KeyError) as exc:

@@ -33,7 +33,6 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-import yaml
 from botocore.exceptions import ClientError
 
 from patchpilot.engine.messages import (
@@ -476,6 +475,8 @@ class Ec2SsmFleet:
         if part.pinned is not None:
             assert self.override_bucket is not None, "checked before the parts were planned"
             key = overrides[part.key]
+            import yaml  # only pinned installs need it
+
             body = yaml.safe_dump({"patches": [{"id": patch} for patch in part.pinned]}, sort_keys=False)
             self._s3().put_object(
                 Bucket=self.override_bucket, Key=key, Body=body.encode(), ContentType="application/x-yaml"

@@ -17,7 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from patchpilot.engine.messages import MESSAGE, Notify
-from patchpilot.engine.run import Run
+from patchpilot.engine.run import Run, count_states
 from patchpilot.errors import InputError
 from patchpilot.inventory import load_inventory
 from patchpilot.local_runtime import LocalRuntime
@@ -361,8 +361,7 @@ def _exit_status(run: Run) -> int:
 
 
 def _print_outcome(console: Console, run: Run, runtime: LocalRuntime) -> None:
-    counts = ", ".join(f"{n} {state.replace('_', ' ')}" for state, n in sorted(run.summary().items()))
-    console.print(f"Run {run.run_id}: [bold]{run.status}[/bold]. {counts}.")
+    console.print(f"Run {run.run_id}: [bold]{run.status}[/bold]. {count_states(run.records())}.")
     if run.reason:
         console.print(f"Reason: {run.reason}")
     if run.status == "waiting_approval":

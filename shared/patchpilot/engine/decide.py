@@ -35,7 +35,7 @@ from patchpilot.engine.messages import (
     Topic,
     Wait,
 )
-from patchpilot.engine.run import InstanceRecord, LogEntry, Run, RunState, Step, WaveState
+from patchpilot.engine.run import InstanceRecord, LogEntry, Run, RunState, Step, WaveState, count_states
 from patchpilot.planning import Plan
 from patchpilot.policy import Policy
 from patchpilot.policy.fields import format_duration
@@ -114,7 +114,7 @@ def _on_agents_probed(run: Run, event: Event, now: datetime) -> Decision:
         run.current,
         results,
         "probe",
-        lambda r, o: {} if o.ok else _final(r, "skipped", f"agent did not answer: {o.detail}".rstrip(": ")),
+        lambda r, o: {} if o.ok else _final("skipped", f"agent did not answer: {o.detail}".rstrip(": ")),
     )
     run = _with_wave(run, wave)
     targets = [r.instance for r in _pending(wave)]  # the offline ones are skipped now
@@ -133,7 +133,7 @@ def _on_snapshots_taken(run: Run, event: Event, now: datetime) -> Decision:
             return {"snapshot_ids": list(outcome.items)}
         detail = outcome.detail if not outcome.ok else "no snapshot id reported"
         failure = f"snapshot failed: {detail}".rstrip(": ")
-        return {**_final(record, "skipped", f"{failure}; not patched"), "failure": failure}
+        return {**_final("skipped", f"{failure}; not patched"), "failure": failure}
 
     wave = _update(run.current, results, "snapshot", apply)
     run = _with_wave(run, wave)
@@ -184,7 +184,7 @@ def _on_health_checked(run: Run, event: Event, now: datetime) -> Decision:
 
     def apply(record: InstanceRecord, outcome: Outcome) -> dict[str, object]:
         if outcome.ok:
-            return _final(record, "patched", f"{plural(len(record.installed), 'patch')} installed, healthy")
+            return _final("patched", f"{plural(len(record.installed), 'patch')} installed, healthy")
         return {"failure": f"health check failed after patching: {outcome.detail}".rstrip(": ")}
 
     wave = _update(run.current, event.by_id(), "health", apply)
@@ -211,7 +211,7 @@ def _on_rolled_back(run: Run, event: Event, now: datetime) -> Decision:
     def apply(record: InstanceRecord, outcome: Outcome) -> dict[str, object]:
         if outcome.ok:
             return {}
-        return _final(record, "failed", f"{record.failure}; rollback failed too: {outcome.detail}".rstrip(": "))
+        return _final("failed", f"{record.failure}; rollback failed too: {outcome.detail}".rstrip(": "))
 
     wave = _update(run.current, event.by_id(), "rollback", apply)
     run = _with_wave(run, wave)
@@ -235,9 +235,9 @@ def _on_rechecked(run: Run, event: Event, now: datetime) -> Decision:
     def apply(record: InstanceRecord, outcome: Outcome) -> dict[str, object]:
         source = ", ".join(record.snapshot_ids) or "its snapshot"
         if outcome.ok:
-            return _final(record, "rolled_back", f"{record.failure}; rolled back from {source}, healthy again")
+            return _final("rolled_back", f"{record.failure}; rolled back from {source}, healthy again")
         detail = f"{record.failure}; rolled back from {source} but still unhealthy: {outcome.detail}"
-        return _final(record, "failed", detail.rstrip(": "))
+        return _final("failed", detail.rstrip(": "))
 
     wave = _update(run.current, event.by_id(), "recheck", apply)
     return _finish_wave(_with_wave(run, wave), now)
@@ -306,10 +306,10 @@ def _skip_unpromotable(run: Run, wave: WaveState) -> WaveState:
         os_name = record.instance.os
         if os_name not in promoted:
             reason = f"no {os_name} instance passed ring {first_ring}: no tested patch set to promote"
-            records[key] = record.model_copy(update=_final(record, "skipped", reason))
+            records[key] = record.model_copy(update=_final("skipped", reason))
         elif not promoted[os_name]:
             reason = f"nothing to install: ring {first_ring} installed no {os_name} patches"
-            records[key] = record.model_copy(update=_final(record, "skipped", reason))
+            records[key] = record.model_copy(update=_final("skipped", reason))
     return wave.model_copy(update={"records": records})
 
 
@@ -319,7 +319,7 @@ def _finish_wave(run: Run, now: datetime) -> Decision:
     notices = _failure_notices(run, wave)
     size, failures = len(wave.records), wave.failures
     limit = run.policy.rollout.max_failures
-    text = f"Wave {wave.index} ({wave.ring}) finished: {_counts(wave.records.values())}"
+    text = f"Wave {wave.index} ({wave.ring}) finished: {count_states(wave.records.values())}"
     run = _logged(run, now, text, "warning" if failures else "info")
     if limit.exceeded_by(failures, size):
         reason = f"wave {wave.index} had {plural(failures, 'failure')} of {size}, more than max_failures {limit}"
@@ -340,7 +340,7 @@ def _finish_wave(run: Run, now: datetime) -> Decision:
             decision = _end(run, now, "halted", reason)
             return Decision(decision.run, [*notices, *decision.commands])
         run = run.model_copy(update={"promoted": _promoted(ring_records)})
-    text = f"Ring {wave.ring} finished: {_counts(ring_records)}"
+    text = f"Ring {wave.ring} finished: {count_states(ring_records)}"
     notices.append(_notify(run, "ring_finished", text, suffix=wave.ring))
     run = _logged(run.model_copy(update={"cursor": run.cursor + 1}), now, text)
     if run.cursor >= len(run.waves):
@@ -375,13 +375,13 @@ def _end(run: Run, now: datetime, state: RunState, reason: str) -> Decision:
     for wave in run.waves:
         if any(r.state == "pending" for r in wave.records.values()):
             records = {
-                k: r.model_copy(update=_final(r, "not_started", reason)) if r.state == "pending" else r
+                k: r.model_copy(update=_final("not_started", reason)) if r.state == "pending" else r
                 for k, r in wave.records.items()
             }
             wave = wave.model_copy(update={"records": records})
         waves.append(wave)
     run = run.model_copy(update={"waves": tuple(waves), "state": state, "reason": reason, "awaiting": None})
-    text = f"Run {run.run_id} {state}: {reason}. {_counts(run.records())}"
+    text = f"Run {run.run_id} {state}: {reason}. {count_states(run.records())}"
     if state == "succeeded":
         return Decision(_logged(run, now, text), [_notify(run, "run_finished", text)])
     return Decision(_logged(run, now, text, "error"), [_notify(run, "run_halted", text, "error")])
@@ -426,7 +426,7 @@ def _pending(wave: WaveState) -> list[InstanceRecord]:
     return [r for r in wave.records.values() if r.state == "pending"]
 
 
-def _final(record: InstanceRecord, state: str, reason: str) -> dict[str, object]:
+def _final(state: str, reason: str) -> dict[str, object]:
     return {"state": state, "reason": reason}
 
 
@@ -506,10 +506,3 @@ def _pinned(run: Run, record: InstanceRecord) -> list[str] | None:
 def plural(count: int, word: str) -> str:
     suffix = "es" if word.endswith(("s", "ch", "sh", "x")) else "s"
     return f"{count} {word}{'' if count == 1 else suffix}"
-
-
-def _counts(records: Iterable[InstanceRecord]) -> str:
-    counts: dict[str, int] = {}
-    for record in records:
-        counts[record.state] = counts.get(record.state, 0) + 1
-    return ", ".join(f"{n} {state.replace('_', ' ')}" for state, n in sorted(counts.items())) or "nothing"

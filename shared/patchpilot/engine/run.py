@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Literal
 
@@ -114,7 +115,17 @@ class Run(_State):
         return [r for w in self.waves for r in w.records.values()] + list(self.excluded)
 
     def summary(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for record in self.records():
-            counts[record.state] = counts.get(record.state, 0) + 1
-        return counts
+        return state_counts(self.records())
+
+
+def state_counts(records: Iterable[InstanceRecord]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for record in records:
+        counts[record.state] = counts.get(record.state, 0) + 1
+    return counts
+
+
+def count_states(records: Iterable[InstanceRecord]) -> str:
+    """`3 excluded, 62 patched, 1 rolled back`."""
+    counts = sorted(state_counts(records).items())
+    return ", ".join(f"{n} {state.replace('_', ' ')}" for state, n in counts) or "nothing"

@@ -7,7 +7,7 @@ EC2/SSM on AWS; Table Storage, Storage Queues and Compute on Azure.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
@@ -22,6 +22,7 @@ from patchpilot.engine.messages import (
     TakeSnapshots,
 )
 from patchpilot.engine.run import Run
+from patchpilot.inventory import Instance
 
 
 class ConflictError(Exception):
@@ -99,6 +100,15 @@ class InProgress:
 
 
 Progress = list[Outcome] | InProgress
+
+
+@dataclass(frozen=True)
+class DiscoveryResult:
+    """Every instance a cloud adapter found (`instances`), and among them those whose agent
+    cannot be reached, each with the reason (`unreachable`): they are reported, never dropped."""
+
+    instances: list[Instance]
+    unreachable: list[tuple[Instance, str]] = field(default_factory=list)
 
 
 class FleetProvider(Protocol):

@@ -218,6 +218,31 @@ class AwsSettings(_Section):
     baselines: AwsBaselines | None = None  # Patch Manager baselines and patch groups: `patchpilot aws sync`
 
 
+class AzureMaintenance(_Section):
+    """Azure Update Manager schedules that `patchpilot azure sync` keeps in step with the policy:
+    one maintenance configuration per ring, from `schedule`, `patches` and `reboot`, assigned by a
+    dynamic scope over the ring's tags (docs/azure-update-manager.md)."""
+
+    resource_group: str = Field(min_length=1, max_length=90)  # where the maintenance configurations live
+    location: str = Field(min_length=1)
+    name_prefix: str = Field(default="patchpilot", min_length=1, max_length=40)
+    assignment: Literal["dynamic", "static"] = "dynamic"
+
+
+class AzureSettings(_Section):
+    """Where the Azure fleet is. Empty lists mean every subscription the identity can read, every
+    resource group, every location."""
+
+    subscriptions: list[str] = Field(default_factory=list)
+    resource_groups: list[str] = Field(default_factory=list)
+    locations: list[str] = Field(default_factory=list)
+    arc: bool = False  # Arc-enabled servers too (Microsoft.HybridCompute/machines)
+    # Arc servers have no managed disks to snapshot: patch them without a rollback path only when
+    # this is true; otherwise the plan skips them with that reason.
+    patch_without_rollback: bool = False
+    maintenance: AzureMaintenance | None = None
+
+
 class Policy(_Section):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     description: str = ""
@@ -230,6 +255,7 @@ class Policy(_Section):
     reboot: Literal["if_required", "always", "never"] = "if_required"
     health: HealthChecks = HealthChecks()
     aws: AwsSettings | None = None
+    azure: AzureSettings | None = None
 
     def problems(self) -> list[Problem]:
         """Rules that span several fields; the field shapes are already valid here."""

@@ -29,7 +29,7 @@ import re
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -47,7 +47,7 @@ from patchpilot.engine.messages import (
 )
 from patchpilot.inventory import Instance, OsFamily
 from patchpilot.policy.model import HealthChecks, Policy
-from patchpilot.ports import Clock, InProgress, Progress
+from patchpilot.ports import Clock, DiscoveryResult, InProgress, Progress
 
 from .sessions import AwsSessions, ClientFactory
 
@@ -103,15 +103,6 @@ RUNNING_COMMAND = frozenset({"Pending", "InProgress", "Cancelling"})
 RUNNING_INVOCATION = frozenset({"Pending", "InProgress", "Delayed", "Cancelling"})
 RUNNING_TASK = frozenset({"pending", "in-progress", "failing"})
 INSTALLED_STATES = ["Installed", "InstalledOther", "InstalledPendingReboot"]
-
-
-@dataclass(frozen=True)
-class DiscoveryResult:
-    """Every instance found (`instances`), and among them those whose SSM agent cannot be
-    reached, each with the reason (`unreachable`): they are reported, never dropped."""
-
-    instances: list[Instance]
-    unreachable: list[tuple[Instance, str]] = field(default_factory=list)
 
 
 def urllib_get(url: str, timeout: float) -> int:

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Protocol
 
 from patchpilot.engine.messages import (
+    CancelMaintenance,
     CheckHealth,
     InstallPatches,
     Message,
@@ -124,6 +125,14 @@ class FleetProvider(Protocol):
     def check_health(self, command: CheckHealth) -> Progress: ...
 
     def roll_back(self, command: RollBack) -> Progress: ...
+
+
+class MaintenanceCanceller(Protocol):
+    """Cancels scheduled Azure Update Manager runs (the Azure runtime only)."""
+
+    def cancel_maintenance(self, command: CancelMaintenance) -> Outcome:
+        """Cancel the run (idempotent: cancelling a cancelled run is ok); an Outcome with the
+        run's id, not ok with the reason when it cannot be cancelled (the cut-off passed)."""
 
 
 class Notifier(Protocol):

@@ -18,12 +18,16 @@ from patchpilot.engine.decide import decide, start_run
 from patchpilot.engine.messages import (
     AgentsProbed,
     ApprovalGranted,
+    CancelMaintenance,
     CheckHealth,
+    Command,
     Event,
     FleetCommand,
     HealthChecked,
     InstallPatches,
+    MaintenanceCancelled,
     Notify,
+    Outcome,
     PatchesInstalled,
     ProbeAgents,
     Result,
@@ -34,9 +38,9 @@ from patchpilot.engine.messages import (
     TimerFired,
     Wait,
 )
-from patchpilot.engine.run import Run
+from patchpilot.engine.run import MaintenanceRun, Run
 from patchpilot.inventory import Instance
-from patchpilot.planning import plan
+from patchpilot.planning import plan, plan_maintenance
 from patchpilot.policy import Policy
 from patchpilot.ports import (
     Clock,
@@ -44,7 +48,9 @@ from patchpilot.ports import (
     Delivery,
     FleetProvider,
     InProgress,
+    MaintenanceCanceller,
     Notifier,
+    Progress,
     Queue,
     RunStore,
     UnknownRunError,
@@ -62,18 +68,30 @@ class Service:
     fleet: FleetProvider
     notifier: Notifier
     clock: Clock
+    maintenance: MaintenanceCanceller | None = None  # Azure Update Manager runs (Azure only)
 
     def start(self, run_id: str, policy: Policy, instances: Iterable[Instance]) -> Run:
         """Start a run; starting the same run id again (a redelivered trigger) only finishes
         what the first start left undone."""
         decision = start_run(run_id, policy, plan(policy, instances), self.clock.now())
-        run = decision.run.model_copy(update={"version": 1})
+        return self._create(decision.run, decision.commands)
+
+    def _create(self, run: Run, commands: list[Command]) -> Run:
+        run = run.model_copy(update={"version": 1})
         try:
-            self.store.create(run, decision.commands)
+            self.store.create(run, commands)
         except ConflictError:
-            run = self.store.load(run_id)
-        self.flush(run_id)
+            run = self.store.load(run.run_id)
+        self.flush(run.run_id)
         return run
+
+    def start_maintenance(
+        self, run_id: str, policy: Policy, instances: Iterable[Instance], maintenance: MaintenanceRun
+    ) -> Run:
+        """Start the run that accompanies an Update Manager run (`plan_maintenance`); idempotent
+        like `start`: the pre-maintenance event may arrive twice."""
+        decision = start_run(run_id, policy, plan_maintenance(policy, instances), self.clock.now(), maintenance)
+        return self._create(decision.run, decision.commands)
 
     def approve(self, run_id: str, by: str = "cli") -> str:
         """Grant the approval the run waits for; approving one gate twice is one approval."""
@@ -96,6 +114,7 @@ class Service:
                 | PatchesInstalled()
                 | HealthChecked()
                 | RolledBack()
+                | MaintenanceCancelled()
                 | TimerFired()
                 | ApprovalGranted()
             ):
@@ -105,6 +124,8 @@ class Service:
                 self.queue.publish([timer], at=message.until)
             case Notify():
                 self.notifier.notify(message)
+            case CancelMaintenance():
+                self._cancel(message)
             case ProbeAgents() | TakeSnapshots() | InstallPatches() | CheckHealth() | RollBack():
                 if not self._execute(message, delivery):
                     return  # postponed: polled again later, not acked
@@ -119,7 +140,7 @@ class Service:
             case ProbeAgents():
                 progress, result_type = self.fleet.probe_agents(command), AgentsProbed
             case TakeSnapshots():
-                progress, result_type = self.fleet.take_snapshots(command), SnapshotsTaken
+                progress, result_type = self._by_deadline(command, self.fleet.take_snapshots(command)), SnapshotsTaken
             case InstallPatches():
                 progress, result_type = self.fleet.install_patches(command), PatchesInstalled
             case CheckHealth():
@@ -134,6 +155,30 @@ class Service:
         event = result_type(id=command.result_id, run_id=command.run_id, command_id=command.id, results=progress)
         self.queue.publish([event])
         return True
+
+    def _by_deadline(self, command: TakeSnapshots, progress: Progress) -> Progress:
+        """Snapshots still under way at the command's deadline have failed; before it, the next
+        poll comes no later than the deadline."""
+        deadline = command.deadline
+        if deadline is None or not isinstance(progress, InProgress):
+            return progress
+        now = self.clock.now()
+        if now < deadline:
+            return InProgress(min(progress.retry_at, deadline), progress.note)
+        late = f"not complete by {deadline.isoformat(timespec='minutes')}, the cut-off of this run"
+        return [Outcome(id=i.id, ok=False, detail=late, at=now) for i in command.targets]
+
+    def _cancel(self, command: CancelMaintenance) -> None:
+        if self.maintenance is None:
+            outcome = Outcome(
+                id=command.maintenance_run, ok=False, detail="this runtime cannot cancel Update Manager runs"
+            )
+        else:
+            outcome = self.maintenance.cancel_maintenance(command)
+        result = MaintenanceCancelled(
+            id=command.result_id, run_id=command.run_id, command_id=command.id, results=[outcome]
+        )
+        self.queue.publish([result])
 
     def _apply(self, event: Event) -> None:
         """Decide on an event and persist the outcome; conflicts reload and decide again."""

@@ -16,12 +16,14 @@ from typing import Literal
 from patchpilot.engine.messages import (
     AgentsProbed,
     ApprovalGranted,
+    CancelMaintenance,
     CheckHealth,
     Command,
     Event,
     HealthChecked,
     InstallPatches,
     InstallTarget,
+    MaintenanceCancelled,
     Notify,
     Outcome,
     PatchesInstalled,
@@ -35,12 +37,24 @@ from patchpilot.engine.messages import (
     Topic,
     Wait,
 )
-from patchpilot.engine.run import InstanceRecord, LogEntry, Run, RunState, Step, WaveState, count_states
+from patchpilot.engine.run import (
+    InstanceRecord,
+    LogEntry,
+    MaintenanceRun,
+    Run,
+    RunState,
+    Step,
+    WaveState,
+    count_states,
+)
 from patchpilot.planning import Plan
 from patchpilot.policy import Policy
 from patchpilot.policy.fields import format_duration
 
 MAX_FAILURE_NOTICES = 10  # per wave; more are summarised in one message
+# Snapshots for an Update Manager run must be done this long before its cancellation cut-off,
+# so that a cancellation still lands in time.
+CANCEL_MARGIN = timedelta(minutes=3)
 
 
 @dataclass(frozen=True)
@@ -62,13 +76,20 @@ class Transition:
 # ---------------------------------------------------------------- starting
 
 
-def start_run(run_id: str, policy: Policy, plan: Plan, now: datetime) -> Decision:
-    """A new run at `now`; its window (when the policy has a schedule) ends `duration` later."""
+def start_run(
+    run_id: str, policy: Policy, plan: Plan, now: datetime, maintenance: MaintenanceRun | None = None
+) -> Decision:
+    """A new run at `now`; its window (when the policy has a schedule) ends `duration` later.
+
+    With `maintenance`, the run accompanies an Azure Update Manager run: one wave of the machines
+    Update Manager will patch, snapshotted before its cut-off (or the maintenance run is
+    cancelled), then checked and rolled back once Update Manager has installed."""
     waves = tuple(
         WaveState(
             index=w.index,
             ring=w.ring,
-            ring_position=[r.name for r in policy.rings].index(w.ring),
+            # Update Manager installs what its schedule says: no promotion from an earlier ring
+            ring_position=0 if maintenance else [r.name for r in policy.rings].index(w.ring),
             canary=w.canary,
             records={i.id: InstanceRecord(instance=i, ring=w.ring, wave=w.index) for i in w.instances},
         )
@@ -78,11 +99,29 @@ def start_run(run_id: str, policy: Policy, plan: Plan, now: datetime) -> Decisio
         InstanceRecord(instance=e.instance, ring="", state="excluded", reason=e.reason) for e in plan.excluded
     )
     window_end = now + policy.schedule.duration if policy.schedule else None
-    run = Run(run_id=run_id, policy=policy, created_at=now, window_end=window_end, waves=waves, excluded=excluded)
+    if maintenance is not None:
+        window_end = maintenance.ends_at
+    run = Run(
+        run_id=run_id,
+        policy=policy,
+        created_at=now,
+        window_end=window_end,
+        waves=waves,
+        excluded=excluded,
+        maintenance=maintenance,
+    )
     frozen = [r for r in excluded if r.reason.startswith("frozen")]
     text = f"Run {run_id} of policy {policy.name} started: {len(waves)} waves"
     text += f", {sum(len(w.records) for w in waves)} instances"
-    if frozen:
+    if maintenance is not None:
+        text += f", accompanying Update Manager run {maintenance.id}"
+    if frozen and maintenance is not None:
+        names = ", ".join(r.instance.short_name for r in frozen[:10])
+        text += (
+            f"; {len(frozen)} frozen instances are in Update Manager's scope ({names}): Azure will patch them, "
+            "PatchPilot does not snapshot or check them; take them out of the schedule"
+        )
+    elif frozen:
         text += f"; {len(frozen)} frozen instances are not patched and stay exposed"
     notice = _notify(run, "run_started", text)
     decision = _begin_wave(_logged(run, now, text), now)
@@ -120,7 +159,10 @@ def _on_agents_probed(run: Run, event: Event, now: datetime) -> Decision:
     targets = [r.instance for r in _pending(wave)]  # the offline ones are skipped now
     if not targets:
         return _finish_wave(run, now)
-    command = TakeSnapshots(id=_command_id(run, "snapshot"), run_id=run.run_id, wave=wave.index, targets=targets)
+    deadline = run.maintenance.cancel_by - CANCEL_MARGIN if run.maintenance else None
+    command = TakeSnapshots(
+        id=_command_id(run, "snapshot"), run_id=run.run_id, wave=wave.index, targets=targets, deadline=deadline
+    )
     return _await(run, "snapshotting", command)
 
 
@@ -137,6 +179,24 @@ def _on_snapshots_taken(run: Run, event: Event, now: datetime) -> Decision:
 
     wave = _update(run.current, results, "snapshot", apply)
     run = _with_wave(run, wave)
+    unprotected = [r for r in wave.records.values() if r.failure.startswith("snapshot failed")]
+    if run.maintenance is not None and unprotected:
+        names = ", ".join(r.instance.short_name for r in unprotected[:10])
+        reason = f"snapshots failed for {plural(len(unprotected), 'machine')} ({names})"
+        command = CancelMaintenance(
+            id=_command_id(run, "cancel"),
+            run_id=run.run_id,
+            wave=wave.index,
+            maintenance_run=run.maintenance.id,
+            reason=reason,
+        )
+        run = _logged(run, now, f"{reason}: cancelling Update Manager run {run.maintenance.id}", "warning")
+        return _await(run, "cancelling", command)
+    return _install(run, now)
+
+
+def _install(run: Run, now: datetime) -> Decision:
+    wave = run.current
     ready = [r for r in _pending(wave) if r.snapshot_ids]
     if not ready:
         return _finish_wave(run, now)
@@ -151,8 +211,28 @@ def _on_snapshots_taken(run: Run, event: Event, now: datetime) -> Decision:
         exclude=list(policy.patches.exclude),
         reboot=policy.reboot,
         max_duration=_time_left(run, now),
+        maintenance_run=run.maintenance.id if run.maintenance else None,
     )
     return _await(run, "installing", command)
+
+
+def _on_maintenance_cancelled(run: Run, event: Event, now: datetime) -> Decision:
+    """Cancelled: nothing is patched. Not cancelled (the cut-off passed): Update Manager patches
+    every machine, so the ones with snapshots go on to be checked and, if need be, rolled back."""
+    assert isinstance(event, MaintenanceCancelled) and run.maintenance is not None
+    outcome = event.results[0] if event.results else Outcome(id=run.maintenance.id, ok=False, detail="no result")
+    unprotected = [r for r in run.current.records.values() if r.failure.startswith("snapshot failed")]
+    if outcome.ok:
+        names = ", ".join(r.instance.short_name for r in unprotected[:10])
+        reason = f"snapshots failed for {names}: Update Manager run {run.maintenance.id} cancelled, nothing patched"
+        return _end(run, now, "halted", reason)
+    text = (
+        f"could not cancel Update Manager run {run.maintenance.id}: {outcome.detail}; "
+        f"{plural(len(unprotected), 'machine')} will be patched without a snapshot"
+    )
+    notice = _notify(run, "instance_failed", text, "error", "cancel")
+    decision = _install(_logged(run, now, text, "error"), now)
+    return Decision(decision.run, [notice, *decision.commands])
 
 
 def _on_patches_installed(run: Run, event: Event, now: datetime) -> Decision:
@@ -262,6 +342,7 @@ TRANSITIONS: dict[tuple[RunState, str], Transition] = {
     ("checking", "HealthChecked"): Transition(_on_health_checked, ("rolling_back", WAVE_DONE)),
     ("rolling_back", "RolledBack"): Transition(_on_rolled_back, ("rechecking", WAVE_DONE)),
     ("rechecking", "HealthChecked"): Transition(_on_rechecked, (WAVE_DONE,)),
+    ("cancelling", "MaintenanceCancelled"): Transition(_on_maintenance_cancelled, ("halted", "installing", WAVE_DONE)),
     ("soaking", "TimerFired"): Transition(_on_soak_over, ("awaiting_approval", "probing")),
     ("awaiting_approval", "ApprovalGranted"): Transition(_on_approved, ("probing",)),
 }

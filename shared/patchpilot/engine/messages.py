@@ -46,6 +46,8 @@ class TakeSnapshots(_Command):
 
     type: Literal["TakeSnapshots"] = "TakeSnapshots"
     targets: list[Instance]
+    # Snapshots not complete by then count as failed (a maintenance run's cancellation cut-off).
+    deadline: datetime | None = None
 
 
 class InstallTarget(BaseModel):
@@ -63,6 +65,9 @@ class InstallPatches(_Command):
     exclude: list[str] = Field(default_factory=list)
     reboot: Literal["if_required", "always", "never"] = "if_required"
     max_duration: Duration | None = None
+    # Set when Azure Update Manager installs (a maintenance run's id): the fleet starts nothing
+    # and reports what that run installed on each target.
+    maintenance_run: str | None = None
 
 
 class CheckHealth(_Command):
@@ -98,6 +103,14 @@ class Wait(_Command):
     purpose: str
 
 
+class CancelMaintenance(_Command):
+    """Cancel a scheduled Azure Update Manager run before its cut-off (its snapshots failed)."""
+
+    type: Literal["CancelMaintenance"] = "CancelMaintenance"
+    maintenance_run: str
+    reason: str
+
+
 Topic = Literal[
     "run_started",
     "ring_finished",
@@ -119,7 +132,7 @@ class Notify(_Command):
 
 
 Command = Annotated[
-    ProbeAgents | TakeSnapshots | InstallPatches | CheckHealth | RollBack | Wait | Notify,
+    ProbeAgents | TakeSnapshots | InstallPatches | CheckHealth | RollBack | Wait | Notify | CancelMaintenance,
     Field(discriminator="type"),
 ]
 
@@ -166,6 +179,12 @@ class RolledBack(Result):
     type: Literal["RolledBack"] = "RolledBack"
 
 
+class MaintenanceCancelled(Result):
+    """One outcome, whose id is the maintenance run's: ok when it is cancelled."""
+
+    type: Literal["MaintenanceCancelled"] = "MaintenanceCancelled"
+
+
 class TimerFired(_Message):
     type: Literal["TimerFired"] = "TimerFired"
     command_id: str
@@ -177,7 +196,14 @@ class ApprovalGranted(_Message):
 
 
 Event = Annotated[
-    AgentsProbed | SnapshotsTaken | PatchesInstalled | HealthChecked | RolledBack | TimerFired | ApprovalGranted,
+    AgentsProbed
+    | SnapshotsTaken
+    | PatchesInstalled
+    | HealthChecked
+    | RolledBack
+    | MaintenanceCancelled
+    | TimerFired
+    | ApprovalGranted,
     Field(discriminator="type"),
 ]
 
@@ -189,11 +215,13 @@ Message = Annotated[
     | RollBack
     | Wait
     | Notify
+    | CancelMaintenance
     | AgentsProbed
     | SnapshotsTaken
     | PatchesInstalled
     | HealthChecked
     | RolledBack
+    | MaintenanceCancelled
     | TimerFired
     | ApprovalGranted,
     Field(discriminator="type"),

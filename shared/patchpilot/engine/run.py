@@ -21,6 +21,7 @@ RunState = Literal[
     "checking",
     "rolling_back",
     "rechecking",
+    "cancelling",
     "soaking",
     "awaiting_approval",
     "succeeded",
@@ -80,6 +81,17 @@ class LogEntry(_State):
     level: Literal["info", "warning", "error"] = "info"
 
 
+class MaintenanceRun(_State):
+    """The Azure Update Manager run a run accompanies: Update Manager installs, PatchPilot
+    snapshots before, checks health after and rolls back what failed."""
+
+    id: str  # the correlation id of the pre/post maintenance events (an applyUpdates resource id)
+    configuration_id: str  # the maintenance configuration
+    starts_at: datetime
+    ends_at: datetime
+    cancel_by: datetime  # the cancellation cut-off: snapshots must be done before it
+
+
 class Run(_State):
     run_id: str
     policy: Policy
@@ -95,6 +107,7 @@ class Run(_State):
     promoted: dict[str, list[str]] | None = None  # per os: what the first ring installed and passed
     processed: tuple[str, ...] = ()  # ids of the events already applied
     log: tuple[LogEntry, ...] = ()
+    maintenance: MaintenanceRun | None = None
 
     @property
     def status(self) -> Status:

@@ -8,6 +8,7 @@ from patchpilot.planning.planner import (
     placement,
     plan,
     plan_document,
+    plan_maintenance,
 )
 
-__all__ = ["Exclusion", "Plan", "RingPlan", "Wave", "placement", "plan", "plan_document"]
+__all__ = ["Exclusion", "Plan", "RingPlan", "Wave", "placement", "plan", "plan_document", "plan_maintenance"]

@@ -78,6 +78,34 @@ class Plan:
 
 def plan(policy: Policy, instances: Iterable[Instance]) -> Plan:
     """Assign every instance to a ring and a wave, or say why it is excluded. Deterministic."""
+    members, excluded = _assign(policy, instances)
+    pairs = RegionPairs(policy.region_pairs)
+    rings, next_index = [], 1
+    for position, ring in enumerate(policy.rings):
+        canary = policy.rollout.canary if position > 0 else 0
+        groups, bound = _plan_ring(members[ring.name], policy.rollout, pairs, canary)
+        waves = tuple(
+            Wave(next_index + k, ring.name, tuple(group), canary=canary > 0 and k == 0)
+            for k, group in enumerate(groups)
+        )
+        next_index += len(waves)
+        rings.append(RingPlan(ring.name, waves, bound))
+    return Plan(tuple(rings), tuple(excluded))
+
+
+def plan_maintenance(policy: Policy, instances: Iterable[Instance]) -> Plan:
+    """The plan of a run that accompanies an Azure Update Manager run: Update Manager patches its
+    whole scope in its own availability-safe order, so every machine that is not excluded is in
+    one wave (snapshotted before, checked after). Exclusions are those of `plan`."""
+    members, excluded = _assign(policy, instances)
+    rings = [name for name, group in members.items() if group]
+    chosen = tuple(sorted((i for group in members.values() for i in group), key=lambda i: i.id))
+    waves = (Wave(1, "+".join(rings), chosen),) if chosen else ()
+    return Plan((RingPlan("+".join(rings), waves, len(waves)),), tuple(excluded))
+
+
+def _assign(policy: Policy, instances: Iterable[Instance]) -> tuple[dict[str, list[Instance]], list[Exclusion]]:
+    """Each instance's ring (the first whose selector matches), or why it is excluded."""
     members: dict[str, list[Instance]] = {ring.name: [] for ring in policy.rings}
     excluded: list[Exclusion] = []
     ordered = sorted(instances, key=lambda i: i.id)
@@ -93,19 +121,7 @@ def plan(policy: Policy, instances: Iterable[Instance]) -> Plan:
             excluded.append(Exclusion(instance, "matched no ring's selector"))
         else:
             members[ring.name].append(instance)
-
-    pairs = RegionPairs(policy.region_pairs)
-    rings, next_index = [], 1
-    for position, ring in enumerate(policy.rings):
-        canary = policy.rollout.canary if position > 0 else 0
-        groups, bound = _plan_ring(members[ring.name], policy.rollout, pairs, canary)
-        waves = tuple(
-            Wave(next_index + k, ring.name, tuple(group), canary=canary > 0 and k == 0)
-            for k, group in enumerate(groups)
-        )
-        next_index += len(waves)
-        rings.append(RingPlan(ring.name, waves, bound))
-    return Plan(tuple(rings), tuple(excluded))
+    return members, excluded
 
 
 def _plan_ring(

@@ -447,5 +447,7 @@ class LiveProgress:
 
 
 from patchpilot.cli_aws import aws  # noqa: E402  (cli_aws reaches back into this module when run)
+from patchpilot.cli_azure import azure  # noqa: E402  (so does cli_azure)
 
 main.add_command(aws)
+main.add_command(azure)

@@ -1,29 +1,40 @@
 """The Queue contract: what every adapter of the port does alike (delays, visibility timeouts,
 redelivery, acks, dead letters, polls that do not count as attempts), checked on each of them:
-SqliteQueue, and SqsQueue on moto with SQS on the test's clock (`sqs_follows`).
+SqliteQueue, SqsQueue on moto with SQS on the test's clock (`sqs_follows`), and StorageQueue on
+Azurite with Azurite on the test's clock (`Azurite.follow`).
 
-Only what the two share is here. The documented differences are tested per adapter, in
-test_sqlite_queue.py and test_aws_queue.py: SQLite delivers in publish order, drops a publish
-whose id is still queued and fills a receive's limit past the messages it dead-letters; SQS
-delivers a duplicate publish twice and re-publishes on `retry_at`.
+Only what they share is here. The documented differences are tested per adapter, in
+test_sqlite_queue.py, test_aws_queue.py and test_azure_queue.py: SQLite delivers in publish
+order, drops a publish whose id is still queued and fills a receive's limit past the messages
+it dead-letters; SQS and Storage Queues deliver a duplicate publish twice and re-publish on
+`retry_at`; a Storage Queue message is its body alone, with no message id beside it.
 """
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
+from azure.storage.queue import QueueClient
 from clocks import ManualClock
 from moto_support import Queues, aws, depth, queues, sqs_follows
 
 from patchpilot.adapters.aws.sqs_queue import SqsQueue
+from patchpilot.adapters.azure.storage_queue import StorageQueue
 from patchpilot.adapters.local.sqlite_queue import SqliteQueue
 from patchpilot.engine.messages import Notify, TimerFired
 from patchpilot.ports import Delivery, Queue
+
+if TYPE_CHECKING:
+    from azurite import Azurite
+
+pytest_plugins = ["azurite"]
 
 T0 = datetime(2025, 3, 14, 17, 0, tzinfo=UTC)
 TIMEOUT = timedelta(minutes=15)  # the queue's visibility timeout
@@ -49,6 +60,7 @@ class QueueUnderTest:
     dead_reason: str  # part of the reason given for a message received too often
     publish_raw: Callable[[str, str], None]  # queue a body as it is (readable or not) under a message id
     depth: Callable[[], int]  # messages in the queue: waiting, delayed and in flight
+    ids_beside_bodies: bool = True  # the message id travels beside the body (not on Storage Queues)
 
 
 @contextmanager
@@ -74,6 +86,44 @@ def send_raw(sqs: Queues, body: str, message_id: str | None = None) -> None:
     sqs.client.send_message(QueueUrl=sqs.url, MessageBody=body, MessageAttributes=attributes)
 
 
+@dataclass
+class StorageQueues:
+    queue: StorageQueue
+    client: QueueClient  # the queue itself, to send and read bodies as they are
+    poison: QueueClient
+
+
+@contextmanager
+def open_storage_queues(
+    azurite: Azurite, clock: ManualClock, visibility_timeout: timedelta = TIMEOUT, max_dequeue_count: int = MAX_RECEIVES
+) -> Iterator[StorageQueues]:
+    """A queue and its poison queue in Azurite, with Azurite on `clock`'s time."""
+    name = azurite.unique_name()
+    hook = azurite.follow(clock)
+    client = QueueClient.from_connection_string(azurite.connection_string, name, raw_request_hook=hook)
+    poison = QueueClient.from_connection_string(azurite.connection_string, f"{name}-poison", raw_request_hook=hook)
+    try:
+        with client, poison:
+            client.create_queue()
+            poison.create_queue()
+            queue = StorageQueue(
+                client, poison, clock, visibility_timeout=visibility_timeout, max_dequeue_count=max_dequeue_count
+            )
+            yield StorageQueues(queue, client, poison)
+    finally:
+        azurite.release_clock()
+
+
+def send_base64(client: QueueClient, body: str) -> str:
+    """Send a body base64-encoded as the Functions host would, bypassing StorageQueue; its
+    Storage message id."""
+    return str(client.send_message(base64.b64encode(body.encode()).decode(), time_to_live=-1).id)
+
+
+def queue_depth(client: QueueClient) -> int:
+    return int(client.get_queue_properties().approximate_message_count or 0)
+
+
 @contextmanager
 def sqlite_under_test(tmp_path: Path, clock: ManualClock) -> Iterator[QueueUnderTest]:
     with open_sqlite_queue(tmp_path / "patchpilot.db", clock) as queue:
@@ -94,12 +144,34 @@ def sqs_under_test(tmp_path: Path, clock: ManualClock) -> Iterator[QueueUnderTes
         )
 
 
-ADAPTERS = {"sqlite": sqlite_under_test, "sqs": sqs_under_test}
+@contextmanager
+def storage_under_test(azurite: Azurite, clock: ManualClock) -> Iterator[QueueUnderTest]:
+    with open_storage_queues(azurite, clock) as opened:
+
+        def publish_raw(message_id: str, body: str) -> None:
+            send_base64(opened.client, body)  # the id cannot go with it
+
+        yield QueueUnderTest(
+            opened.queue,
+            clock,
+            past=timedelta(0),
+            dead_reason="maximum dequeue count",
+            publish_raw=publish_raw,
+            depth=lambda: queue_depth(opened.client),
+            ids_beside_bodies=False,
+        )
+
+
+ADAPTERS: dict[str, Callable[[pytest.FixtureRequest, Path, ManualClock], Any]] = {
+    "sqlite": lambda request, tmp_path, clock: sqlite_under_test(tmp_path, clock),
+    "sqs": lambda request, tmp_path, clock: sqs_under_test(tmp_path, clock),
+    "storage": lambda request, tmp_path, clock: storage_under_test(request.getfixturevalue("azurite"), clock),
+}
 
 
 @pytest.fixture(params=list(ADAPTERS))
 def under_test(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[QueueUnderTest]:
-    with ADAPTERS[request.param](tmp_path, ManualClock(T0)) as made:
+    with ADAPTERS[request.param](request, tmp_path, ManualClock(T0)) as made:
         yield made
 
 
@@ -215,19 +287,24 @@ def test_a_message_received_too_often_goes_to_the_dead_letters(
 def test_an_unreadable_message_is_dead_lettered_without_raising_and_others_still_arrive(
     under_test: QueueUnderTest, queue: Queue
 ) -> None:
+    unknown_type = '{"id": "unknown-type", "run_id": "r", "type": "Reboot"}'
     under_test.publish_raw("garbage", "{not json")
-    under_test.publish_raw("unknown-type", '{"id": "unknown-type", "run_id": "r", "type": "Reboot"}')
-    under_test.publish_raw("other-id", notice(9).model_dump_json())
+    under_test.publish_raw("unknown-type", unknown_type)
+    if under_test.ids_beside_bodies:
+        under_test.publish_raw("other-id", notice(9).model_dump_json())
     queue.publish([notice(1)])
 
     assert ids(queue.receive()) == ["run-1:notify:1"]
 
-    dead = {d.message_id: d for d in queue.dead_letters()}
-    assert sorted(dead) == ["garbage", "other-id", "unknown-type"]
-    assert dead["garbage"].body == "{not json"
-    assert "json_invalid" in dead["garbage"].reason
-    assert "Reboot" in dead["unknown-type"].reason
-    assert "run-1:notify:9" in dead["other-id"].reason
+    dead = {d.body: d for d in queue.dead_letters()}
+    garbage, unknown = dead.pop("{not json"), dead.pop(unknown_type)
+    assert "json_invalid" in garbage.reason
+    assert "Reboot" in unknown.reason and unknown.message_id == "unknown-type"
+    if under_test.ids_beside_bodies:
+        assert garbage.message_id == "garbage"
+        other = dead.pop(notice(9).model_dump_json())
+        assert other.message_id == "other-id" and "run-1:notify:9" in other.reason
+    assert dead == {}
     assert under_test.depth() == 1  # only the good one, in flight
 
 

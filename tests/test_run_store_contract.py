@@ -1,6 +1,6 @@
 """The RunStore contract: what every adapter of the port does alike (round trips, optimistic
 concurrency, partial writes, the identity map, the outbox), checked on each of them:
-SqliteRunStore, and DynamoDbRunStore on moto.
+SqliteRunStore, DynamoDbRunStore on moto, and TableRunStore on Azurite.
 
 Each adapter comes as a `Stores`: two stores on the same state (`other` is another connection,
 another process or Lambda container) and the few ways to look behind the port that a behaviour
@@ -16,12 +16,14 @@ from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pytest
+from azure.data.tables import TableClient
 from moto_support import TABLE, aws, dynamodb, record
 
 from patchpilot.adapters.aws.dynamodb_store import DynamoDbRunStore
+from patchpilot.adapters.azure.table_store import TableRunStore
 from patchpilot.adapters.local.sqlite_store import SqliteRunStore
 from patchpilot.engine.decide import decide, start_run
 from patchpilot.engine.messages import (
@@ -44,6 +46,11 @@ from patchpilot.inventory import load_inventory
 from patchpilot.planning import plan
 from patchpilot.policy import load_policy
 from patchpilot.ports import ConflictError, RunStore, UnknownRunError
+
+if TYPE_CHECKING:
+    from azurite import Azurite
+
+pytest_plugins = ["azurite"]
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 START = datetime(2025, 3, 14, 17, 0, tzinfo=UTC)
@@ -197,15 +204,78 @@ def dynamodb_stores() -> Iterator[DynamoDbStores]:
         yield DynamoDbStores(client, DynamoDbRunStore(TABLE, client), fresh())
 
 
-ADAPTERS: dict[str, Callable[[Path], Any]] = {
-    "sqlite": lambda tmp_path: sqlite_stores(tmp_path / "state" / "patchpilot.db"),
-    "dynamodb": lambda tmp_path: dynamodb_stores(),
+def record_writes(client: TableClient) -> list[str]:
+    """From now on, the row keys of the entities `client` creates, updates or upserts."""
+    written: list[str] = []
+
+    def recording(name: str) -> Callable[..., Any]:
+        original = getattr(client, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if name == "submit_transaction":
+                operations = list(args[0])
+                written.extend(op[1]["RowKey"] for op in operations if op[0] != "delete")
+                return original(operations, *args[1:], **kwargs)
+            written.append(args[0]["RowKey"])
+            return original(*args, **kwargs)
+
+        return call
+
+    for name in ("submit_transaction", "create_entity", "update_entity", "upsert_entity"):
+        setattr(client, name, recording(name))
+    return written
+
+
+def entities(client: TableClient, prefix: str = "") -> list[tuple[dict[str, Any], str]]:
+    """The rows of the run table whose row key starts with `prefix`, with their ETags."""
+    rows = [(dict(e), str(e.metadata["etag"])) for e in client.list_entities() if e["RowKey"].startswith(prefix)]
+    return sorted(rows, key=lambda row: (row[0]["PartitionKey"], row[0]["RowKey"]))
+
+
+def table_store(azurite: Azurite, table: str) -> TableRunStore:
+    """A store with its own client and an empty identity map: another Functions instance."""
+    return TableRunStore(TableClient.from_connection_string(azurite.connection_string, table))
+
+
+@dataclass
+class TableStores:
+    azurite: Azurite
+    table: str
+    client: TableClient
+    store: TableRunStore
+    other: TableRunStore
+
+    def reload(self, run_id: str) -> Run:
+        return table_store(self.azurite, self.table).load(run_id)
+
+    def count_wave_writes(self) -> Callable[[], list[int]]:
+        written = record_writes(self.client)
+        return lambda: [int(key.split(":")[1]) for key in written if key.startswith("wave:")]
+
+    def stored(self) -> list[Any]:
+        return entities(self.client)
+
+    def stored_wave_parts(self) -> int:
+        return len(entities(self.client, "wave:"))
+
+
+@contextmanager
+def table_stores(azurite: Azurite) -> Iterator[TableStores]:
+    table = azurite.unique_name()
+    store = TableRunStore.from_connection_string(azurite.connection_string, table)
+    yield TableStores(azurite, table, store.client, store, table_store(azurite, table))
+
+
+ADAPTERS: dict[str, Callable[[pytest.FixtureRequest, Path], Any]] = {
+    "sqlite": lambda request, tmp_path: sqlite_stores(tmp_path / "state" / "patchpilot.db"),
+    "dynamodb": lambda request, tmp_path: dynamodb_stores(),
+    "table": lambda request, tmp_path: table_stores(request.getfixturevalue("azurite")),
 }
 
 
 @pytest.fixture(params=list(ADAPTERS))
 def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stores]:
-    with ADAPTERS[request.param](tmp_path) as made:
+    with ADAPTERS[request.param](request, tmp_path) as made:
         yield made
 
 

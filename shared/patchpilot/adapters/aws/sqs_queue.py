@@ -13,6 +13,8 @@ so the shell never sees them:
   still bigger than `max_body_bytes` is refused with ValueError: that would need a claim check
   in S3, which nothing needs yet.
 
+Both envelopes are shared with the Storage Queue (`patchpilot.adapters.envelopes`).
+
 Differences from the port's ideal, all safe because every message is idempotent:
 
 - SQS standard queues do not drop a publish whose id is still queued; duplicates are delivered.
@@ -37,18 +39,19 @@ body yields None: forwarded or dead-lettered already, report success. Only an ex
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import math
-import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
+from patchpilot.adapters.envelopes import HOP_PREFIX as _HOP
+from patchpilot.adapters.envelopes import compress, hop, open_hop
+from patchpilot.adapters.envelopes import decompress as _decode
+from patchpilot.adapters.envelopes import readable as _readable
 from patchpilot.engine.messages import MESSAGE, Message
 from patchpilot.ports import Clock, DeadLetter, Delivery
 
@@ -64,9 +67,6 @@ MAX_BODY_BYTES = 256 * 1024  # SQS takes 1 MiB now; 256 KiB also fits queues cre
 COMPRESS_ABOVE = 64 * 1024  # SQS bills per 64 KiB
 LAMBDA_RECEIPT = "lambda:"  # prefix of the receipts of deliveries made from Lambda records
 PEEK_VISIBILITY_SECONDS = 30
-
-_HOP = '{"hop_until":'
-_ZLIB = '{"zlib":'
 
 
 class SettleError(RuntimeError):
@@ -187,10 +187,8 @@ class SqsQueue:
         SettleError when forwarding or burying failed: the message must stay queued."""
         if body.startswith(_HOP):
             try:
-                hop = json.loads(body)
-                due = datetime.fromisoformat(hop["hop_until"])
-                inner = str(hop["body"])
-            except (ValueError, KeyError, TypeError) as error:
+                due, inner = open_hop(body)
+            except ValueError as error:
                 self._bury(queued_id or sqs_id, body, f"unreadable hop envelope: {error}")
                 return None
             if due > self.clock.now():
@@ -269,10 +267,7 @@ class SqsQueue:
 
     def _encode(self, message: Message) -> str:
         body = MESSAGE.dump_json(message).decode()
-        if len(body) > COMPRESS_ABOVE:
-            packed = base64.b64encode(zlib.compress(body.encode(), 6)).decode("ascii")
-            body = json.dumps({"zlib": packed}, separators=(",", ":"))
-        return body
+        return compress(body) if len(body) > COMPRESS_ABOVE else body
 
     def _outgoing(self, message_id: str, body: str, at: datetime | None) -> _Outgoing:
         """The SQS message for `body` due at `at`: delayed up to 15 minutes, hopping beyond."""
@@ -282,8 +277,7 @@ class SqsQueue:
                 raise ValueError(f"naive datetime {at.isoformat()}: pass an aware (UTC) datetime")
             delay = max(0, math.ceil((at - self.clock.now()).total_seconds()))
             if delay > MAX_DELAY_SECONDS:
-                hop_until = at.astimezone(UTC).isoformat(timespec="microseconds")
-                body = json.dumps({"hop_until": hop_until, "body": body}, separators=(",", ":"))
+                body = hop(body, at)
                 delay = MAX_DELAY_SECONDS
         size = len(body.encode())
         if size > self.max_body_bytes:
@@ -326,28 +320,6 @@ def _batches(outgoing: Sequence[_Outgoing], max_bytes: int) -> Iterator[list[_Ou
         size += length
     if batch:
         yield batch
-
-
-def _decode(body: str) -> str | bytes:
-    """The message JSON of a wire body (unpacking the zlib envelope)."""
-    if body.startswith(_ZLIB):
-        try:
-            packed = json.loads(body)["zlib"]
-            return zlib.decompress(base64.b64decode(packed, validate=True))
-        except (KeyError, TypeError, zlib.error, ValueError) as error:
-            raise ValueError(f"bad zlib envelope: {error}") from error
-    return body
-
-
-def _readable(body: str) -> str:
-    """The message JSON for people, where the body is an envelope this queue made."""
-    try:
-        if body.startswith(_HOP):
-            body = str(json.loads(body)["body"])
-        decoded = _decode(body)
-    except (ValueError, KeyError, TypeError):
-        return body
-    return decoded.decode() if isinstance(decoded, bytes) else decoded
 
 
 def _string(value: str) -> MessageAttributeValueTypeDef:

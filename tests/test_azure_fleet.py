@@ -1,0 +1,885 @@
+"""The Azure fleet adapter (Compute, Hybrid Compute, Resource Graph) through the real SDK clients.
+
+Every request goes through the real azure-mgmt clients (serialization, authentication, azure-core's
+retry policy) to `fake_arm.FakeArm` over the HTTP transport; `fake_azure_compute` models the
+services behind it (VMs, disks, snapshots, installs, Run Commands, Resource Graph tables) on the
+test's clock. Each long operation is polled by calling the method again once the clock reaches
+the `retry_at` it asked for, as the queue would redeliver the command.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from azure.core.exceptions import HttpResponseError
+from azure.mgmt.compute import ComputeManagementClient
+from clocks import ManualClock
+from fake_arm import FakeArm
+from fake_azure_compute import SUB, FakeAzureCompute, Patch, run_kql
+
+from patchpilot.adapters.azure.clients import AzureClients
+from patchpilot.adapters.azure.fleet import (
+    ARC_NO_SNAPSHOT,
+    INSTALL_MARGIN,
+    START_GRACE,
+    AzureFleet,
+    fleet_for_policy,
+)
+from patchpilot.adapters.azure.fleet_common import (
+    TAG_COMMAND,
+    TAG_DISK,
+    TAG_HEALTH,
+    TAG_INSTALL,
+    TAG_INSTANCE,
+    TAG_REPLACED_BY,
+    TAG_RUN,
+    TAG_WAVE,
+    discovery_query,
+    install_body,
+    split_patch_names,
+)
+from patchpilot.adapters.local.sqlite_queue import SqliteQueue
+from patchpilot.adapters.local.sqlite_store import SqliteRunStore
+from patchpilot.engine.messages import (
+    CheckHealth,
+    InstallPatches,
+    InstallTarget,
+    Notify,
+    Outcome,
+    ProbeAgents,
+    RestoreTarget,
+    RollBack,
+    TakeSnapshots,
+)
+from patchpilot.inventory import Instance, OsFamily
+from patchpilot.policy import parse_policy
+from patchpilot.policy.model import HealthChecks, HealthScript
+from patchpilot.ports import InProgress, Progress
+from patchpilot.service import Service
+
+T0 = datetime(2026, 12, 8, 22, 0, tzinfo=UTC)
+RUN = "weu-monthly-20261208-2200-ab12"
+OPENSSL = Patch("openssl", "Security", version="3.0.13-1")
+KERNEL = Patch("kernel", "Critical", version="6.1.90-1")
+CURL = Patch("curl", "Security", version="8.5.0-2")  # released later
+VIM = Patch("vim", "Other", version="9.1-1")
+KB_CU = Patch("2026-12 Cumulative Update", "Security", kb="5034441")
+KB_DEF = Patch("Defender definitions", "Definition", kb="2267602")
+
+
+class World:
+    def __init__(self, clock: ManualClock) -> None:
+        self.clock = clock
+        self.arm = FakeArm(clock)
+        self.azure = FakeAzureCompute(self.arm)
+        self.urls: list[str] = []
+        self.http_status: Callable[[str], int] = lambda url: 200
+
+    def clients(self) -> AzureClients:
+        return AzureClients(
+            self.arm.credential, transport=self.arm.transport(), polling_interval=0, retry_backoff_factor=0
+        )
+
+    def fleet(self, **kwargs: Any) -> AzureFleet:
+        def http_get(url: str, timeout: float) -> int:
+            self.urls.append(url)
+            return self.http_status(url)
+
+        kwargs.setdefault("http_get", http_get)
+        return AzureFleet(self.clients(), self.clock, **kwargs)
+
+    def count(self, method: str, contains: str) -> int:
+        return sum(1 for c in self.arm.calls if c.method == method and contains.lower() in c.path and c.status < 400)
+
+    def bodies(self, method: str, contains: str) -> list[Any]:
+        return [c.body for c in self.arm.calls if c.method == method and contains.lower() in c.path]
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(T0)
+
+
+@pytest.fixture
+def world(clock: ManualClock) -> World:
+    return World(clock)
+
+
+def instance(world: World, machine_id: str, **fields: Any) -> Instance:
+    resource = world.arm.get(machine_id)
+    os: OsFamily = "windows" if world.azure.state(machine_id).os == "Windows" else "linux"
+    return Instance(
+        id=resource["id"],
+        cloud="azure",
+        region=resource["location"],
+        os=os,
+        name=resource["name"],
+        account=SUB,
+        **fields,
+    )
+
+
+def until_done(world: World, call: Callable[[], Progress], limit: int = 200) -> tuple[list[Outcome], int]:
+    """Call until it answers outcomes, moving the clock to each retry_at: (outcomes, calls)."""
+    for calls in range(1, limit + 1):
+        progress = call()
+        if not isinstance(progress, InProgress):
+            return progress, calls
+        assert progress.retry_at > world.clock.now(), progress
+        world.clock.set(progress.retry_at)
+    raise AssertionError(f"still in progress after {limit} calls")
+
+
+def by_id(outcomes: list[Outcome]) -> dict[str, Outcome]:
+    return {o.id: o for o in outcomes}
+
+
+def snapshot_command(targets: list[Instance], n: int = 1) -> TakeSnapshots:
+    return TakeSnapshots(id=f"{RUN}:w{n}:snapshot", run_id=RUN, wave=n, targets=targets)
+
+
+def install_command(targets: list[InstallTarget], n: int = 1, **fields: Any) -> InstallPatches:
+    fields.setdefault("classifications", ["Critical", "Security"])
+    return InstallPatches(id=f"{RUN}:w{n}:install", run_id=RUN, wave=n, targets=targets, **fields)
+
+
+def health_command(targets: list[Instance], checks: HealthChecks | None = None, n: int = 1) -> CheckHealth:
+    return CheckHealth(id=f"{RUN}:w{n}:health", run_id=RUN, wave=n, targets=targets, checks=checks or HealthChecks())
+
+
+# ---------------------------------------------------------------- discovery
+
+POLICY = """
+name: weu-monthly
+rings:
+  - {name: staging, select: {tags: {Environment: staging, PatchPilot: "*"}}}
+  - {name: production, select: {tags: {Environment: [production, "prod'eu"]}, os: [windows, linux]}}
+azure:
+  subscriptions: [00000000-0000-0000-0000-000000000001]
+  resource_groups: [rg-web, rg-sql]
+  locations: [westeurope]
+"""
+
+
+def test_discovery_reads_the_rings_scope_zones_sets_and_domains_in_one_query(world: World) -> None:
+    azure = world.azure
+    staging = azure.add_vm("stg-1", tags={"Environment": "staging", "PatchPilot": "yes"}, zone="2")
+    prod = azure.add_vm("prd-1", tags={"Environment": "production"}, zone="3", os="Windows")
+    quoted = azure.add_vm("prd-2", tags={"Environment": "prod'eu"}, zone="1")
+    in_set = azure.add_vm(
+        "sql-1", rg="rg-sql", tags={"Environment": "production"}, availability_set="AS-SQL", update_domain=3
+    )
+    azure.add_vm("stg-untagged", tags={"Environment": "staging"})  # no PatchPilot tag: no ring
+    azure.add_vm("dev-1", tags={"Environment": "dev"})
+    azure.add_vm("other-rg", rg="rg-batch", tags={"Environment": "production"})
+    azure.add_vm("other-region", location="northeurope", tags={"Environment": "production"})
+    azure.add_vm("other-sub", sub="00000000-0000-0000-0000-000000000002", tags={"Environment": "production"})
+
+    found = world.fleet().discover(parse_policy(POLICY))
+
+    assert [i.id for i in found.instances] == sorted([prod, quoted, staging, in_set], key=str.lower)
+    assert found.unreachable == []
+    got = {i.name: i for i in found.instances}
+    assert got["stg-1"].zone == "westeurope-2" and got["stg-1"].availability_set is None
+    assert got["prd-1"].os == "windows" and got["prd-1"].account == SUB and got["prd-1"].region == "westeurope"
+    aset = f"/subscriptions/{SUB}/resourceGroups/rg-sql/providers/Microsoft.Compute/availabilitySets/AS-SQL".lower()
+    assert (got["sql-1"].zone, got["sql-1"].availability_set, got["sql-1"].update_domain) == (None, aset, 3)
+    assert got["stg-1"].tags == {"Environment": "staging", "PatchPilot": "yes"}
+    assert world.count("POST", "microsoft.resourcegraph") == 1
+    assert world.count("GET", "/instanceview") == 4  # one per running VM: agent state and update domain
+
+
+def test_unreachable_machines_are_returned_with_their_reason(world: World) -> None:
+    azure = world.azure
+    tags = {"Environment": "production"}
+    fine = azure.add_vm("prd-ok", tags=tags)
+    stopped = azure.add_vm("prd-off", tags=tags, power="deallocated")
+    lost = azure.add_vm("prd-agent", tags=tags, agent="Not Ready")
+    arc_ok = azure.add_arc("onprem-1", tags=tags)
+    arc_gone = azure.add_arc("onprem-2", tags=tags, arc_status="Disconnected")
+    policy = parse_policy(POLICY.replace("  locations: [westeurope]", "  locations: [westeurope]\n  arc: true"))
+    policy = policy.model_copy(update={"azure": policy.azure.model_copy(update={"resource_groups": []})})  # type: ignore[union-attr]
+
+    found = world.fleet().discover(policy)
+
+    assert {i.id for i in found.instances} == {fine, stopped, lost, arc_ok, arc_gone}
+    assert {i.name: reason for i, reason in found.unreachable} == {
+        "prd-off": "VM deallocated",
+        "prd-agent": "VM agent Not Ready",
+        "onprem-2": "Arc agent Disconnected",
+    }
+    assert world.count("GET", "/instanceview") == 2  # none for the deallocated VM
+
+
+def test_arc_servers_are_only_discovered_when_the_policy_asks(world: World) -> None:
+    world.azure.add_vm("prd-1", tags={"Environment": "production"})
+    world.azure.add_arc("onprem-1", rg="rg-web", tags={"Environment": "production"})
+
+    found = world.fleet().discover(parse_policy(POLICY))
+
+    assert [i.name for i in found.instances] == ["prd-1"]
+
+
+def test_the_discovery_query_filters_on_what_the_rings_select() -> None:
+    kql = discovery_query(parse_policy(POLICY))
+    assert kql is not None
+    assert "resourceGroup in~ ('rg-web', 'rg-sql')" in kql
+    assert "tostring(tags['Environment']) in ('production', 'prod\\'eu')" in kql
+    assert "isnotempty(tostring(tags['PatchPilot']))" in kql
+    aws_only = parse_policy("name: p\nrings: [{name: a, select: {clouds: [aws], tags: {x: y}}}]")
+    assert discovery_query(aws_only) is None
+    everything = parse_policy("name: p\nrings: [{name: a, select: {clouds: [azure]}}]")
+    assert "tags[" not in (discovery_query(everything) or "")
+
+
+def test_the_fake_refuses_kql_it_does_not_model() -> None:
+    with pytest.raises(Exception, match=r"cannot read"):
+        run_kql("resources | mv-expand x = properties.y", [{"id": "a"}])
+    with pytest.raises(Exception, match=r"function parse_json\(\) is not modelled"):
+        run_kql("resources | where parse_json(id) == 'a'", [{"id": "a"}])
+    assert run_kql("resources | where tolower(id) in ('a', 'b') | project id", [{"id": "A", "x": 1}]) == [{"id": "A"}]
+
+
+# ---------------------------------------------------------------- probe
+
+
+def test_probe_reads_power_state_from_resource_graph_and_agents_from_instance_views(world: World) -> None:
+    azure = world.azure
+    ready = azure.add_vm("vm-ok")
+    off = azure.add_vm("vm-off", power="deallocated")
+    lost = azure.add_vm("vm-lost", agent="Not Ready")
+    arc = azure.add_arc("onprem-1", arc_status="Expired")
+    targets = [instance(world, i) for i in (ready, off, lost, arc)]
+    bad = Instance(id="i-0123456789", cloud="azure", region="westeurope", os="linux")
+
+    outcomes = world.fleet().probe_agents(ProbeAgents(id=f"{RUN}:w1:probe", run_id=RUN, targets=[*targets, bad]))
+
+    assert isinstance(outcomes, list)
+    got = {o.id: (o.ok, o.detail) for o in outcomes}
+    assert got[ready] == (True, "VM agent Ready (agent 2.11.1.12)")
+    assert got[off] == (False, "VM deallocated")
+    assert got[lost] == (False, "VM agent Not Ready")
+    assert got[arc] == (False, "Arc agent Expired")
+    assert got[bad.id][0] is False and "not an Azure VM" in got[bad.id][1]
+    assert world.count("GET", "/instanceview") == 2
+
+
+# ---------------------------------------------------------------- snapshots
+
+
+def test_snapshots_cover_every_managed_disk_and_a_repeated_command_finds_them(world: World) -> None:
+    vm = world.azure.add_vm("web-1", data_disks=2)
+    other = world.azure.add_vm("web-2", data_disks=0)
+    fleet = world.fleet()
+    command = snapshot_command([instance(world, vm), instance(world, other)], n=2)
+
+    first = fleet.take_snapshots(command)
+    again = fleet.take_snapshots(command)  # redelivered at once
+
+    assert isinstance(first, InProgress) and isinstance(again, InProgress)
+    assert world.count("PUT", "/snapshots/") == 4  # 3 disks + 1, made once
+    outcomes, _ = until_done(world, lambda: fleet.take_snapshots(command))
+    assert world.count("PUT", "/snapshots/") == 4
+    done = by_id(outcomes)
+    assert done[vm].ok and done[vm].detail == "incremental snapshots of 3 disks"
+    snapshots = {s["id"]: s for s in world.azure.find("Microsoft.Compute/snapshots")}
+    taken = [snapshots[s] for s in done[vm].items]
+    assert [s["tags"][TAG_DISK] for s in taken] == ["os", "lun0", "lun1"]
+    source = world.arm.get(vm)["properties"]["storageProfile"]["osDisk"]["managedDisk"]["id"]
+    assert taken[0]["properties"]["creationData"] == {"createOption": "Copy", "sourceResourceId": source}
+    assert taken[0]["properties"]["incremental"] is True
+    assert {k: taken[0]["tags"][k] for k in (TAG_RUN, TAG_WAVE, TAG_COMMAND, TAG_INSTANCE)} == {
+        TAG_RUN: RUN,
+        TAG_WAVE: "2",
+        TAG_COMMAND: command.id,
+        TAG_INSTANCE: vm,
+    }
+    assert len(done[other].items) == 1
+    # The whole command again, later (a late duplicate): the same snapshots, nothing new.
+    assert fleet.take_snapshots(command) == [o.model_copy(update={"at": world.clock.now()}) for o in outcomes]
+    assert world.count("PUT", "/snapshots/") == 4
+    # A resource group's snapshots are listed once per call, not read one by one.
+    assert world.count("GET", "/snapshots/") == 0
+
+
+def test_snapshots_of_a_missing_vm_or_a_foreign_id_fail_with_the_reason(world: World) -> None:
+    vm = world.azure.add_vm("web-1")
+    gone = Instance(id=vm.replace("web-1", "web-9"), cloud="azure", region="westeurope", os="linux")
+    foreign = Instance(id="i-0abc", cloud="aws", region="eu-west-1", os="linux")
+    outcomes, _ = until_done(world, lambda: world.fleet().take_snapshots(snapshot_command([gone, foreign])))
+    assert [(o.ok, o.detail) for o in outcomes] == [
+        (False, "VM not found"),
+        (False, "not an Azure VM or Arc server resource id (/subscriptions/.../virtualMachines/<name>)"),
+    ]
+
+
+def test_arc_servers_have_no_snapshot_unless_the_policy_patches_them_without_rollback(world: World) -> None:
+    arc = instance(world, world.azure.add_arc("onprem-1"))
+    strict = world.fleet().take_snapshots(snapshot_command([arc]))
+    assert isinstance(strict, list) and not strict[0].ok and "no managed disks" in strict[0].detail
+
+    policy = parse_policy(POLICY + "  arc: true\n  patch_without_rollback: true\n")
+    fleet = fleet_for_policy(policy, world.clock, clients=world.clients())
+    assert fleet.patch_without_rollback
+    lenient = fleet.take_snapshots(snapshot_command([arc]))
+    assert isinstance(lenient, list) and lenient[0].ok and lenient[0].items == [ARC_NO_SNAPSHOT]
+    assert "patched without rollback" in lenient[0].detail
+    rolled = fleet.roll_back(
+        RollBack(
+            id=f"{RUN}:w1:rollback", run_id=RUN, targets=[RestoreTarget(instance=arc, snapshot_ids=[ARC_NO_SNAPSHOT])]
+        )
+    )
+    assert isinstance(rolled, list) and not rolled[0].ok and "no snapshot to restore" in rolled[0].detail
+
+
+# ---------------------------------------------------------------- install
+
+
+def test_install_marks_each_vm_starts_once_and_reads_progress_from_resource_graph(world: World) -> None:
+    linux = world.azure.add_vm("web-1", available=[OPENSSL, KERNEL, VIM])
+    windows = world.azure.add_vm("win-1", os="Windows", available=[KB_CU, KB_DEF])
+    fleet = world.fleet()
+    command = install_command(
+        [InstallTarget(instance=instance(world, linux)), InstallTarget(instance=instance(world, windows))],
+        exclude=["kernel*", "KB5099999"],
+        reboot="always",
+    )
+
+    first = fleet.install_patches(command)
+    again = fleet.install_patches(command)
+
+    assert isinstance(first, InProgress) and isinstance(again, InProgress)
+    assert world.count("POST", "/installpatches") == 2
+    mark = world.arm.get(linux)["tags"][TAG_INSTALL]
+    assert mark == f"{command.id}|2026-12-08T22:00:00Z"
+    body = {b["rebootSetting"]: b for b in world.bodies("POST", "web-1/installpatches")}["Always"]
+    assert body == {
+        "maximumDuration": "PT120M",
+        "rebootSetting": "Always",
+        "linuxParameters": {
+            "classificationsToInclude": ["Critical", "Security"],
+            "packageNameMasksToExclude": ["kernel*"],
+        },
+    }
+    assert world.bodies("POST", "win-1/installpatches")[0]["windowsParameters"] == {
+        "classificationsToInclude": ["Critical", "Security"],
+        "kbNumbersToExclude": ["5099999"],
+    }
+    outcomes, calls = until_done(world, lambda: fleet.install_patches(command))
+    assert world.count("POST", "/installpatches") == 2  # never a second install
+    done = by_id(outcomes)
+    assert (done[linux].ok, done[linux].items) == (True, ["openssl=3.0.13-1"])
+    assert done[linux].detail == "1 patch installed, reboot Completed"
+    assert (done[windows].ok, done[windows].items) == (True, ["KB5034441"])
+    assert world.azure.state(linux).available == [KERNEL, VIM]
+    # Progress is read in bulk: one Resource Graph query per poll (and one for the patch list).
+    assert world.count("POST", "microsoft.resourcegraph") == 1 + calls + 1
+    assert world.count("GET", "/instanceview") == 0
+
+
+def test_later_rings_install_exactly_what_the_first_ring_installed(world: World) -> None:
+    linux = world.azure.add_vm("prd-1", available=[OPENSSL, CURL, KERNEL])
+    windows = world.azure.add_vm("prd-win", os="Windows", available=[KB_CU, Patch("later", "Security", kb="5050110")])
+    fleet = world.fleet()
+    command = install_command(
+        [
+            InstallTarget(instance=instance(world, linux), only=["openssl=3.0.13-1", "kernel=6.1.90-1"]),
+            InstallTarget(instance=instance(world, windows), only=["KB5034441"]),
+        ],
+        n=3,
+    )
+
+    outcomes, _ = until_done(world, lambda: fleet.install_patches(command))
+
+    assert world.bodies("POST", "prd-1/installpatches")[0]["linuxParameters"] == {
+        "classificationsToInclude": [],
+        "packageNameMasksToInclude": ["openssl=3.0.13-1", "kernel=6.1.90-1"],
+    }
+    assert world.bodies("POST", "prd-win/installpatches")[0]["windowsParameters"] == {
+        "classificationsToInclude": [],
+        "kbNumbersToInclude": ["5034441"],
+    }
+    done = by_id(outcomes)
+    assert sorted(done[linux].items) == ["kernel=6.1.90-1", "openssl=3.0.13-1"]
+    assert done[windows].items == ["KB5034441"]
+    assert world.azure.state(linux).available == [CURL]  # released after staging: not installed
+
+
+def test_an_empty_promoted_set_installs_nothing(world: World) -> None:
+    vm = world.azure.add_vm("prd-1", available=[OPENSSL])
+    outcomes = world.fleet().install_patches(install_command([InstallTarget(instance=instance(world, vm), only=[])]))
+    assert isinstance(outcomes, list) and outcomes[0].ok and "nothing to install" in outcomes[0].detail
+    assert world.count("POST", "/installpatches") == 0
+
+
+def test_a_failed_installation_is_a_failure_with_azures_detail(world: World) -> None:
+    vm = world.azure.add_vm("web-1", available=[OPENSSL], install_fails=True)
+    command = install_command([InstallTarget(instance=instance(world, vm))])
+    outcomes, _ = until_done(world, lambda: world.fleet().install_patches(command))
+    assert not outcomes[0].ok
+    assert outcomes[0].detail == "installation Failed: 0 installed, 1 failed (1 patch failed to install)"
+
+
+def test_an_installation_past_its_maximum_duration_fails(world: World) -> None:
+    vm = world.azure.add_vm("web-1", available=[OPENSSL], install_minutes=600)
+    command = install_command([InstallTarget(instance=instance(world, vm))], max_duration=timedelta(hours=1))
+    outcomes, _ = until_done(world, lambda: world.fleet().install_patches(command))
+    assert world.clock.now() >= T0 + timedelta(hours=1) + INSTALL_MARGIN
+    assert not outcomes[0].ok and outcomes[0].detail == "installation still InProgress after 90 min"
+    assert world.bodies("POST", "/installpatches")[0]["maximumDuration"] == "PT60M"
+
+
+def test_the_maximum_duration_is_clamped_to_azures_four_hours(world: World) -> None:
+    vm = world.azure.add_vm("web-1", available=[OPENSSL])
+    command = install_command([InstallTarget(instance=instance(world, vm))], max_duration=timedelta(hours=9))
+    outcomes, _ = until_done(world, lambda: world.fleet().install_patches(command))
+    assert world.bodies("POST", "/installpatches")[0]["maximumDuration"] == "PT240M"
+    assert outcomes[0].ok and outcomes[0].detail.endswith("(maximum duration 9 h clamped to 4 h)")
+
+
+def test_a_worker_that_died_between_mark_and_send_sends_once_after_checking(world: World) -> None:
+    vm = world.azure.add_vm("web-1", available=[OPENSSL])
+    fleet = world.fleet()
+    command = install_command([InstallTarget(instance=instance(world, vm))])
+    sent = fleet._send_install
+    fleet._send_install = lambda machine, body: (_ for _ in ()).throw(SystemExit("worker died"))  # type: ignore[method-assign]
+    with pytest.raises(SystemExit):
+        fleet.install_patches(command)
+    fleet._send_install = sent  # type: ignore[method-assign]
+    assert TAG_INSTALL in world.arm.get(vm)["tags"] and world.count("POST", "/installpatches") == 0
+
+    assert isinstance(fleet.install_patches(command), InProgress)  # marked, not yet due for a check
+    assert world.count("POST", "/installpatches") == 0
+    world.clock.advance(START_GRACE)
+    assert isinstance(fleet.install_patches(command), InProgress)  # no run since the mark: sent now
+    assert world.count("GET", "/instanceview") == 1 and world.count("POST", "/installpatches") == 1
+    outcomes, _ = until_done(world, lambda: fleet.install_patches(command))
+    assert outcomes[0].ok and outcomes[0].items == ["openssl=3.0.13-1"]
+    assert world.count("POST", "/installpatches") == 1
+
+
+def test_an_install_resource_graph_has_not_indexed_yet_is_not_sent_again(world: World) -> None:
+    vm = world.azure.add_vm("web-1", available=[OPENSSL], install_minutes=60)
+    fleet = world.fleet()
+    command = install_command([InstallTarget(instance=instance(world, vm))])
+    world.azure.installations_indexed = False
+    assert isinstance(fleet.install_patches(command), InProgress)
+    world.clock.advance(START_GRACE + timedelta(minutes=5))
+
+    assert isinstance(fleet.install_patches(command), InProgress)  # the instance view shows it running
+
+    assert world.count("GET", "/instanceview") == 1 and len(world.bodies("POST", "/installpatches")) == 1
+    world.azure.installations_indexed = True
+    outcomes, _ = until_done(world, lambda: fleet.install_patches(command))
+    assert outcomes[0].ok and len(world.bodies("POST", "/installpatches")) == 1
+
+
+def test_a_refused_install_is_reported_without_sending_it_again(world: World) -> None:
+    vm = world.azure.add_vm("web-1", available=[OPENSSL])
+    command = install_command([InstallTarget(instance=instance(world, vm))], classifications=["UpdateRollup"])
+    outcomes = world.fleet().install_patches(command)
+    assert isinstance(outcomes, list) and not outcomes[0].ok
+    assert outcomes[0].detail.startswith("no Linux classification or package selected")
+
+    from fake_arm import ArmError  # a refusal Azure makes: 400 for the request
+
+    def refuse(_: Any) -> Any:
+        raise ArmError(400, "InvalidParameter", "Patch settings are not compatible with this image.")
+
+    world.arm.on("POST", r".*/virtualMachines/web-1/installPatches", refuse)
+    command = install_command([InstallTarget(instance=instance(world, vm))])
+    first = world.fleet().install_patches(command)
+    later = world.fleet().install_patches(command)
+    assert first == later
+    assert isinstance(first, list) and "InvalidParameter: Patch settings are not compatible" in first[0].detail
+    assert len(world.bodies("POST", "/installpatches")) == 1
+
+
+MAINTENANCE_RUN = (
+    f"/subscriptions/{SUB}/resourceGroups/rg-maint/providers/Microsoft.Maintenance/maintenanceConfigurations/"
+    "patchpilot-production/providers/Microsoft.Maintenance/applyUpdates/20261208230000"
+)
+
+
+def test_an_update_manager_run_is_reported_not_started(world: World) -> None:
+    patched = world.azure.add_vm("web-1", available=[OPENSSL, KERNEL])
+    left_out = world.azure.add_vm("web-2", available=[OPENSSL])
+    fleet = world.fleet()
+    command = install_command(
+        [InstallTarget(instance=instance(world, patched)), InstallTarget(instance=instance(world, left_out))],
+        max_duration=timedelta(hours=2),
+        maintenance_run=MAINTENANCE_RUN,
+    )
+    assert isinstance(fleet.install_patches(command), InProgress)  # before the window: nothing yet
+    world.clock.advance(timedelta(minutes=40))
+    world.azure.maintenance_install(
+        [patched], MAINTENANCE_RUN.upper(), {"classificationsToInclude": ["Critical", "Security"]}
+    )
+
+    outcomes, _ = until_done(world, lambda: fleet.install_patches(command))
+
+    done = by_id(outcomes)
+    assert (done[patched].ok, sorted(done[patched].items)) == (True, ["kernel=6.1.90-1", "openssl=3.0.13-1"])
+    assert (done[left_out].ok, done[left_out].detail) == (
+        False,
+        "Update Manager run 20261208230000 reported no installation on it",
+    )
+    assert world.clock.now() >= T0 + timedelta(hours=2) + INSTALL_MARGIN
+    assert world.bodies("POST", "/installpatches") == []  # Update Manager installs, PatchPilot starts nothing
+    # One mark for the whole command (when it was first seen), on its first machine only.
+    assert world.arm.get(patched)["tags"][TAG_INSTALL] == f"{command.id}|2026-12-08T22:00:00Z"
+    assert TAG_INSTALL not in world.arm.get(left_out)["tags"]
+
+
+def test_snapshots_not_done_by_the_deadline_fail(world: World) -> None:
+    vm = world.azure.add_vm("web-1")
+    deadline = T0 + timedelta(minutes=1)
+    command = snapshot_command([instance(world, vm)]).model_copy(update={"deadline": deadline})
+    first = world.fleet().take_snapshots(command)
+    assert isinstance(first, InProgress) and first.retry_at == deadline
+    world.clock.set(deadline)
+    outcomes = world.fleet().take_snapshots(command)
+    assert isinstance(outcomes, list)
+    assert (outcomes[0].ok, outcomes[0].detail) == (
+        False,
+        "snapshots not complete by the deadline 2026-12-08T22:01:00Z",
+    )
+
+
+def test_kb_numbers_and_package_masks_are_told_apart() -> None:
+    assert split_patch_names(["KB5034441", "5034442", "kb123", "openssl", "kernel*", "libc=1.0.1"]) == (
+        ["5034441", "5034442", "123"],
+        ["openssl", "kernel*", "libc=1.0.1"],
+    )
+    body = install_body("linux", ["Critical", "UpdateRollup"], [], [], None, "never", timedelta(minutes=45))
+    assert body == {
+        "maximumDuration": "PT45M",
+        "rebootSetting": "Never",
+        "linuxParameters": {"classificationsToInclude": ["Critical", "Security"]},
+    }
+
+
+# ---------------------------------------------------------------- health
+
+
+CHECKS = HealthChecks(
+    script=HealthScript(linux="curl -fsS http://localhost/health", windows="Invoke-WebRequest http://localhost/health"),
+    http=["http://{private_ip}:8080/health?host={name}"],
+    timeout=timedelta(minutes=10),
+)
+
+
+def test_a_healthy_vm_passes_agent_app_health_script_and_http(world: World) -> None:
+    vm = world.azure.add_vm("web-1", app_health="healthy", private_ip="10.1.2.3")
+    fleet = world.fleet()
+    command = health_command([instance(world, vm)], CHECKS)
+
+    outcomes, _ = until_done(world, lambda: fleet.check_health(command))
+
+    assert outcomes[0].ok
+    assert outcomes[0].detail == "VM running, VM agent Ready, application healthy, HTTP 200, script exit 0"
+    assert set(world.urls) == {"http://10.1.2.3:8080/health?host=web-1"}
+    assert world.count("PUT", "/runcommands/patchpilot-health") == 1
+    # Started on the command's first execution without looking for it first; read once it ran.
+    assert [c.status for c in world.arm.calls if c.method == "GET" and "/runcommands/" in c.path] == [200]
+    run = world.arm.get(vm + "/runCommands/patchpilot-health")
+    assert run["tags"][TAG_COMMAND] == command.id
+    assert run["properties"]["source"] == {"script": "curl -fsS http://localhost/health"}
+    # The check's start is one tag on the command's first machine, written once.
+    assert world.arm.get(vm)["tags"][TAG_HEALTH] == f"{command.id}|2026-12-08T22:00:00Z"
+    assert world.count("PATCH", "/virtualmachines/web-1") == 1
+
+
+@pytest.mark.parametrize(
+    ("state", "checks", "detail"),
+    [
+        ({"agent": "Not Ready"}, HealthChecks(), "VM agent Not Ready (still after 5 min)"),
+        (
+            {"app_health": "healthy", "breaks_when_patched": True},
+            HealthChecks(),
+            "Application Health extension reports unhealthy (still after 5 min)",
+        ),
+        (
+            {"breaks_when_patched": True},
+            HealthChecks(script=HealthScript(linux="systemctl is-active web")),
+            "health script failed, exit code 1: curl: (22) 503",
+        ),
+        ({"power": "deallocated"}, HealthChecks(), "VM is deallocated"),
+    ],
+)
+def test_an_unhealthy_vm_fails_with_why(world: World, state: dict[str, Any], checks: HealthChecks, detail: str) -> None:
+    vm = world.azure.add_vm("web-1", available=[OPENSSL], install_minutes=1, **state)
+    if state.get("breaks_when_patched"):
+        until_done(
+            world, lambda: world.fleet().install_patches(install_command([InstallTarget(instance=instance(world, vm))]))
+        )
+    start = world.clock.now()
+    outcomes, _ = until_done(world, lambda: world.fleet().check_health(health_command([instance(world, vm)], checks)))
+    assert (outcomes[0].ok, outcomes[0].detail) == (False, detail)
+    if "still after" in detail:
+        assert world.clock.now() == start + timedelta(minutes=5)
+
+
+def test_a_failing_http_check_fails_at_the_timeout(world: World) -> None:
+    vm = world.azure.add_vm("web-1")
+    world.http_status = lambda url: 503
+    checks = HealthChecks(http=["https://{name}.internal/health"], timeout=timedelta(minutes=4))
+    outcomes, calls = until_done(
+        world, lambda: world.fleet().check_health(health_command([instance(world, vm)], checks))
+    )
+    assert (outcomes[0].ok, outcomes[0].detail) == (
+        False,
+        "GET https://web-1.internal/health: HTTP 503 (still after 4 min)",
+    )
+    assert calls == 3  # at 0, 2 and 4 minutes
+
+
+def test_alarms_are_noted_as_aws_only(world: World) -> None:
+    vm = world.azure.add_vm("web-1")
+    outcomes = world.fleet().check_health(health_command([instance(world, vm)], HealthChecks(alarms=["web-5xx"])))
+    assert isinstance(outcomes, list) and outcomes[0].ok
+    assert outcomes[0].detail == "VM running, VM agent Ready, CloudWatch alarms not checked (AWS only)"
+
+
+# ---------------------------------------------------------------- rollback
+
+
+def _patched_and_broken(world: World, fleet: AzureFleet, data_disks: int = 1) -> tuple[str, list[str]]:
+    vm = world.azure.add_vm("web-1", data_disks=data_disks, available=[OPENSSL], breaks_when_patched=True)
+    taken, _ = until_done(world, lambda: fleet.take_snapshots(snapshot_command([instance(world, vm)])))
+    until_done(world, lambda: fleet.install_patches(install_command([InstallTarget(instance=instance(world, vm))])))
+    assert world.azure.broken(vm)
+    return vm, taken[0].items
+
+
+def test_rollback_restores_the_os_disk_step_by_step_and_redelivery_repeats_nothing(world: World) -> None:
+    fleet = world.fleet()
+    vm, snapshots = _patched_and_broken(world, fleet)
+    original_os = world.azure.os_disk(vm)
+    original_data = world.arm.get(vm)["properties"]["storageProfile"]["dataDisks"][0]["managedDisk"]["id"]
+    command = RollBack(
+        id=f"{RUN}:w1:rollback",
+        run_id=RUN,
+        wave=1,
+        targets=[RestoreTarget(instance=instance(world, vm), snapshot_ids=snapshots)],
+    )
+    steps = []
+    for _ in range(20):  # bounded: a rollback that never ends fails the test
+        progress = fleet.roll_back(command)
+        redelivered = fleet.roll_back(command)  # every step delivered twice
+        assert redelivered == progress
+        steps.append(
+            (
+                world.count("PUT", "/disks/"),
+                world.count("POST", "/deallocate"),
+                world.count("PATCH", "/virtualmachines/web-1"),
+                world.count("POST", "/start"),
+            )
+        )
+        if not isinstance(progress, InProgress):
+            break
+        world.clock.set(progress.retry_at)
+    assert isinstance(progress, list), progress
+
+    # disk created; (ready) deallocated; (deallocated) swapped; started; running: done
+    assert steps[-1] == (1, 1, 2, 1)  # two PATCHes of the VM: the install mark and the swap
+    outcome = progress[0]
+    assert outcome.ok and outcome.items == snapshots[:1]
+    restored = world.azure.os_disk(vm)
+    assert restored != original_os and restored.rsplit("/", 1)[1].startswith("pp-web-1-")
+    assert not world.azure.broken(vm) and world.azure.state(vm).power == "running"
+    old = world.arm.get(original_os)
+    assert old["tags"][TAG_REPLACED_BY] == restored.rsplit("/", 1)[1] and old["properties"]["diskState"] == "Unattached"
+    new = world.arm.get(restored)
+    assert (new["sku"], new["zones"], new["properties"]["osType"], new["properties"]["hyperVGeneration"]) == (
+        {"name": "Premium_LRS"},
+        ["1"],
+        "Linux",
+        "V2",
+    )
+    assert world.arm.get(vm)["properties"]["storageProfile"]["dataDisks"][0]["managedDisk"]["id"] == original_data
+    assert "OS disk restored from" in outcome.detail and "original web-1_OsDisk_1 kept" in outcome.detail
+
+
+def test_rollback_restores_data_disks_by_lun_when_asked(world: World) -> None:
+    fleet = world.fleet()
+    vm, snapshots = _patched_and_broken(world, fleet, data_disks=2)
+    before = [d["managedDisk"]["id"] for d in world.arm.get(vm)["properties"]["storageProfile"]["dataDisks"]]
+    command = RollBack(
+        id=f"{RUN}:w1:rollback",
+        run_id=RUN,
+        targets=[RestoreTarget(instance=instance(world, vm), snapshot_ids=snapshots)],
+        restore_data_volumes=True,
+    )
+    outcomes, _ = until_done(world, lambda: fleet.roll_back(command))
+    assert outcomes[0].ok and outcomes[0].items == snapshots
+    data = world.arm.get(vm)["properties"]["storageProfile"]["dataDisks"]
+    assert [d["lun"] for d in data] == [0, 1]
+    assert all(d["managedDisk"]["id"] not in before and d["name"].startswith("pp-web-1-") for d in data)
+    assert [d["caching"] for d in data] == ["ReadOnly", "ReadOnly"]
+    assert world.count("PATCH", "/virtualmachines/web-1") == 2  # install mark, one swap of all three disks
+
+
+def test_a_data_disk_detached_since_its_snapshot_is_restored_at_its_lun(world: World) -> None:
+    fleet = world.fleet()
+    vm, snapshots = _patched_and_broken(world, fleet)
+    storage = world.arm.get(vm)["properties"]["storageProfile"]
+    world.arm.get(storage["dataDisks"][0]["managedDisk"]["id"])["properties"]["diskState"] = "Unattached"
+    storage["dataDisks"] = []
+    command = RollBack(
+        id=f"{RUN}:w1:rollback",
+        run_id=RUN,
+        targets=[RestoreTarget(instance=instance(world, vm), snapshot_ids=snapshots)],
+        restore_data_volumes=True,
+    )
+    outcomes, _ = until_done(world, lambda: fleet.roll_back(command))
+    assert outcomes[0].ok
+    data = world.arm.get(vm)["properties"]["storageProfile"]["dataDisks"]
+    assert [(d["lun"], d["name"].startswith("pp-web-1-")) for d in data] == [(0, True)]
+
+
+def test_swapping_the_disks_of_a_running_vm_is_refused(world: World) -> None:
+    vm = world.azure.add_vm("web-1")
+    other = world.azure.add_vm("web-2", zone="1")
+    client = world.arm.client(ComputeManagementClient, SUB)
+    swap = {"properties": {"storageProfile": {"osDisk": {"managedDisk": {"id": world.azure.os_disk(other)}}}}}
+    with pytest.raises(HttpResponseError) as refused:
+        client.virtual_machines.begin_update("rg-web", "web-1", swap).result()
+    assert refused.value.status_code == 409 and "deallocated" in str(refused.value)
+    assert world.azure.os_disk(vm).endswith("web-1_OsDisk_1")
+
+
+def test_arc_servers_cannot_be_rolled_back(world: World) -> None:
+    arc = instance(world, world.azure.add_arc("onprem-1"))
+    outcomes = world.fleet().roll_back(
+        RollBack(id=f"{RUN}:w1:rollback", run_id=RUN, targets=[RestoreTarget(instance=arc, snapshot_ids=["snap"])])
+    )
+    assert isinstance(outcomes, list) and not outcomes[0].ok and "Arc server" in outcomes[0].detail
+
+
+# ---------------------------------------------------------------- Arc paths
+
+
+def test_arc_servers_are_patched_and_checked_through_hybrid_compute(world: World) -> None:
+    arc = world.azure.add_arc("onprem-1", os="Windows", available=[KB_CU])
+    fleet = world.fleet(patch_without_rollback=True)
+    target = instance(world, arc)
+
+    installed, _ = until_done(world, lambda: fleet.install_patches(install_command([InstallTarget(instance=target)])))
+    assert installed[0].ok and installed[0].items == ["KB5034441"]
+    assert world.count("POST", "/microsoft.hybridcompute/machines/onprem-1/installpatches") == 1
+    assert world.arm.get(arc)["tags"][TAG_INSTALL].startswith(f"{RUN}:w1:install|")
+
+    checks = HealthChecks(script=HealthScript(windows="Get-Service W3SVC"), http=["http://{private_ip}/"])
+    healthy, _ = until_done(world, lambda: fleet.check_health(health_command([target], checks)))
+    assert healthy[0].ok and healthy[0].detail == "Arc agent Connected, HTTP 200, script exit 0"
+    assert set(world.urls) == {"http://192.168.1.10/"}
+    world.azure.state(arc).arc_status = "Disconnected"
+    lost, _ = until_done(world, lambda: fleet.check_health(health_command([target], HealthChecks(), n=2)))
+    assert lost[0].detail == "Arc agent Disconnected (still after 5 min)"
+
+
+# ---------------------------------------------------------------- throttling
+
+
+def test_throttled_requests_are_retried_by_azure_core(world: World) -> None:
+    vm = world.azure.add_vm("web-1", tags={"Environment": "production"})
+    world.arm.throttle(r"/providers/Microsoft\.ResourceGraph/resources", times=2)
+    world.arm.throttle(r".*/snapshots/.*", times=1, method="PUT")
+
+    found = world.fleet().discover(parse_policy(POLICY))
+    outcomes, _ = until_done(world, lambda: world.fleet().take_snapshots(snapshot_command([instance(world, vm)])))
+
+    assert [i.id for i in found.instances] == [vm] and outcomes[0].ok
+    graph = [c.status for c in world.arm.calls if "resourcegraph" in c.path]
+    assert graph == [429, 429, 200]
+    puts = [c.status for c in world.arm.calls if c.method == "PUT" and "/snapshots/" in c.path]
+    assert puts == [429, 202, 202]
+
+
+# ---------------------------------------------------------------- a whole run
+
+
+RUN_POLICY = """
+name: weu-monthly
+rings:
+  - {name: staging, select: {tags: {Environment: staging}}, soak: 1h}
+  - {name: production, select: {tags: {Environment: production}}}
+rollout: {mode: concurrent_zones, disruption_budget: "50%", canary: 1, max_failures: 1}
+patches: {classifications: [Critical, Security]}
+health:
+  script: {linux: "curl -fsS http://localhost/health"}
+  timeout: 10m
+azure: {subscriptions: [00000000-0000-0000-0000-000000000001], locations: [westeurope]}
+"""
+
+
+class Notices:
+    def __init__(self) -> None:
+        self.sent: list[Notify] = []
+
+    def notify(self, command: Notify) -> None:
+        self.sent.append(command)
+
+
+def test_a_whole_run_patches_azure_vms_in_waves_and_rolls_back_the_broken_one(world: World, tmp_path: Path) -> None:
+    azure = world.azure
+    staging = [
+        azure.add_vm(
+            f"stg-{n}", zone=str(n), tags={"Environment": "staging"}, available=[OPENSSL, KERNEL], install_minutes=15
+        )
+        for n in (1, 2)
+    ]
+    production = [
+        azure.add_vm(
+            f"prd-{n}",
+            zone=str(n % 3 + 1),
+            tags={"Environment": "production"},
+            available=[OPENSSL, KERNEL],
+            breaks_when_patched=n == 2,
+            install_minutes=15,
+        )
+        for n in (1, 2, 3)
+    ]
+    policy = parse_policy(RUN_POLICY)
+    fleet = world.fleet()
+    found = fleet.discover(policy)
+    db = tmp_path / "state.db"
+    queue = SqliteQueue(db, world.clock)
+    service = Service(store=SqliteRunStore(db), queue=queue, fleet=fleet, notifier=Notices(), clock=world.clock)
+
+    service.start("azure-run", policy, found.instances)
+    world.clock.advance(timedelta(minutes=30))
+    for vm in production:  # released while staging soaks: production must not get it
+        azure.state(vm).available.append(CURL)
+    for _ in range(500):  # bounded: a run that never ends fails the test
+        deliveries = queue.receive(10)
+        if not deliveries:
+            due = queue.next_due()
+            if due is None:
+                break
+            world.clock.set(max(due, world.clock.now()))
+            continue
+        for delivery in deliveries:
+            service.handle(delivery)
+
+    run = service.store.load("azure-run")
+    states = {world.arm.get(r.id)["name"]: r.state for r in run.records()}
+    assert run.status == "succeeded", run.reason
+    assert states == {
+        "stg-1": "patched",
+        "stg-2": "patched",
+        "prd-1": "patched",
+        "prd-2": "rolled_back",
+        "prd-3": "patched",
+    }
+    assert not azure.broken(production[1]) and azure.state(production[1]).power == "running"
+    for vm in [*staging, production[0], production[2]]:
+        assert azure.content_of(vm).installed == (OPENSSL.patch_id, KERNEL.patch_id)
+    assert all(CURL in azure.state(vm).available for vm in production)
+    assert queue.dead_letters() == []
+    assert len(world.bodies("POST", "/installpatches")) == 5

@@ -20,12 +20,18 @@ demo: setup
 	$(BIN)/patchpilot plan --policy examples/policy.yaml --inventory examples/fleet.json
 	$(BIN)/patchpilot run --policy examples/policy.yaml --inventory examples/fleet.json --state-dir .patchpilot/demo
 
-test: setup
+# Azurite, the Storage emulator the Azure tests start (tests/azurite.py); 3.35.0 is the last
+# release for Node 20. Installed once, into build/ (`make clean` removes it).
+AZURITE := build/azurite/node_modules/.bin/azurite
+$(AZURITE):
+	npm install --no-audit --no-fund --prefix build/azurite azurite@3.35.0
+
+test: setup $(AZURITE)
 	$(BIN)/python -m pytest -q
 
 lint: setup
 	$(BIN)/ruff check .
-	$(BIN)/mypy --strict shared/patchpilot aws_lambda
+	$(BIN)/mypy --strict shared/patchpilot aws_lambda azure_functions function_app.py
 
 bench: setup
 	$(BIN)/python bench/run.py
@@ -48,6 +54,7 @@ check-templates: $(IAC)/.installed setup
 	env -i PATH="$(PATH)" HOME="$(CURDIR)/build/samhome" SAM_CLI_TELEMETRY=0 $(IAC)/bin/sam validate --lint --template template.yaml
 	$(IAC)/bin/checkov -f template.yaml --framework cloudformation --quiet --compact --skip-download
 	$(BIN)/python infra/aws/check_package.py
+	$(IAC)/bin/python infra/azure/check_bicep.py
 
 # `sam build` runs these (Metadata: BuildMethod: makefile); ARTIFACTS_DIR is where the code goes.
 # The wheels are the Lambda platform's (x86_64, CPython 3.11), whatever machine builds them.
@@ -57,6 +64,7 @@ build-WorkerFunction build-TriggerFunction build-ApproveFunction:
 	$(PYTHON) -m pip install --quiet --upgrade --target "$(ARTIFACTS_DIR)" --platform manylinux2014_x86_64 \
 		--implementation cp --python-version 3.11 --only-binary=:all: "$$(ls build/wheel/patchpilot-*.whl)[aws]"
 	cp -r aws_lambda "$(ARTIFACTS_DIR)/"
+	$(PYTHON) -m compileall -q "$(ARTIFACTS_DIR)/aws_lambda"  # /var/task is read-only: no bytecode written at cold start
 
 lambda-package: setup
 	$(BIN)/python infra/aws/check_package.py

@@ -1,4 +1,8 @@
-"""The approval endpoint (Lambda Function URL): GET /approve?token=<signed, expiring link>."""
+"""The approval endpoint (Lambda Function URL): GET /approve?token=<signed, expiring link>.
+
+The runtime imports each of its parts where it builds it; the parts that every invocation uses
+are imported here (the F401 imports; the fleet only because the service is built over it), so
+that Lambda's init phase builds their models rather than the first request."""
 
 from __future__ import annotations
 
@@ -8,7 +12,10 @@ from typing import Any
 from aws_lambda_powertools.event_handler import LambdaFunctionUrlResolver, Response, content_types
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from aws_lambda import loaded
 from aws_lambda.observability import logger, tracer
+from patchpilot import service  # noqa: F401
+from patchpilot.adapters.aws import dynamodb_store, fleet, secrets, sqs_queue  # noqa: F401
 from patchpilot.adapters.aws.runtime import deps
 from patchpilot.approvals import ApprovalLinkError
 
@@ -37,3 +44,6 @@ def approve() -> Response[str]:
 @tracer.capture_lambda_handler
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return app.resolve(event, context)
+
+
+loaded()  # the module has loaded: garbage collection resumes (see aws_lambda/__init__.py)

@@ -1,4 +1,8 @@
-"""The timer (EventBridge Scheduler, every 15 minutes): start the scheduled run when its window begins."""
+"""The timer (EventBridge Scheduler, every 15 minutes): start the scheduled run when its window begins.
+
+The runtime imports each of its parts where it builds it: the run store, the queue and the fleet
+only when a run starts. What every invocation uses is imported here (the F401 import), so that
+Lambda's init phase pays for it rather than the first request."""
 
 from __future__ import annotations
 
@@ -7,7 +11,9 @@ from typing import Any
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from aws_lambda import loaded
 from aws_lambda.observability import logger, metrics, tracer
+from patchpilot import triggers  # noqa: F401
 from patchpilot.adapters.aws.runtime import deps
 
 
@@ -21,3 +27,6 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         metrics.add_metric(name="RunsStarted", unit=MetricUnit.Count, value=1)
     logger.info(decision.reason, extra={"start": decision.start})
     return {"start": decision.start, "run_id": decision.run_id, "reason": decision.reason}
+
+
+loaded()  # the module has loaded: garbage collection resumes (see aws_lambda/__init__.py)

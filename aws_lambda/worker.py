@@ -1,4 +1,8 @@
-"""The step worker: SQS batches of run messages; a failed record is retried alone."""
+"""The step worker: SQS batches of run messages; a failed record is retried alone.
+
+The runtime imports each of its parts where it builds it; the parts that every invocation uses
+are imported here (the F401 imports), so that Lambda's init phase builds their models rather
+than the first request."""
 
 from __future__ import annotations
 
@@ -10,7 +14,10 @@ from aws_lambda_powertools.utilities.batch.types import PartialItemFailureRespon
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from aws_lambda import loaded
 from aws_lambda.observability import logger, metrics, tracer
+from patchpilot import service  # noqa: F401
+from patchpilot.adapters.aws import dynamodb_store, fleet, sqs_queue  # noqa: F401
 from patchpilot.adapters.aws.runtime import deps
 
 processor = BatchProcessor(event_type=EventType.SQS)
@@ -27,3 +34,6 @@ def handle_record(record: SQSRecord) -> None:
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
     return process_partial_response(event=event, record_handler=handle_record, processor=processor, context=context)
+
+
+loaded()  # the module has loaded: garbage collection resumes (see aws_lambda/__init__.py)

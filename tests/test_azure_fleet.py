@@ -328,6 +328,11 @@ def test_arc_servers_have_no_snapshot_unless_the_policy_patches_them_without_rol
     lenient = fleet.take_snapshots(snapshot_command([arc]))
     assert isinstance(lenient, list) and lenient[0].ok and lenient[0].items == [ARC_NO_SNAPSHOT]
     assert "patched without rollback" in lenient[0].detail
+    # the worker's fleet is built without the policy: the command carries the policy's choice
+    from_command = world.fleet().take_snapshots(
+        snapshot_command([arc]).model_copy(update={"patch_without_rollback": True})
+    )
+    assert isinstance(from_command, list) and from_command[0].ok and from_command[0].items == [ARC_NO_SNAPSHOT]
     rolled = fleet.roll_back(
         RollBack(
             id=f"{RUN}:w1:rollback", run_id=RUN, targets=[RestoreTarget(instance=arc, snapshot_ids=[ARC_NO_SNAPSHOT])]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import functools
 import json
 import re
@@ -151,6 +150,8 @@ def _message(error: ErrorDetails, model: type[Any], loc: Path) -> str:
     if kind == "missing":
         return "required"
     if kind in ("extra_forbidden", "unexpected_keyword_argument"):
+        import difflib  # imported when used: only for errors
+
         allowed = _fields_at(model, loc[:-1])
         hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.7)
         if hint:

@@ -5,6 +5,7 @@ Locally an inventory is a JSON file; the cloud adapters discover the same `Insta
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
@@ -72,12 +73,16 @@ class Instance:
 
 
 class Inventory(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Built on first use: the Lambda and Functions handlers never read inventory files.
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     instances: list[Instance]
 
 
-_INSTANCES = TypeAdapter(list[Instance])
+@functools.cache
+def _instances() -> TypeAdapter[list[Instance]]:
+    """Built on first use, for the same reason."""
+    return TypeAdapter(list[Instance])
 
 
 def parse_inventory(data: Any, source: str) -> list[Instance]:
@@ -90,7 +95,7 @@ def parse_inventory(data: Any, source: str) -> list[Instance]:
     if not isinstance(entries, list):
         raise InputError(source, [*problems, Problem(("instances",), f"expected a list, got {quote(entries)}")])
     try:
-        instances = _INSTANCES.validate_python(entries)
+        instances = _instances().validate_python(entries)
     except ValidationError as exc:
         for problem in problems_from(exc, Instance, prefix=("instances",)):
             problems.append(_named(problem, entries))

@@ -40,7 +40,6 @@ from patchpilot.engine.messages import (
 )
 from patchpilot.engine.run import MaintenanceRun, Run
 from patchpilot.inventory import Instance
-from patchpilot.planning import plan, plan_maintenance
 from patchpilot.policy import Policy
 from patchpilot.ports import (
     Clock,
@@ -73,6 +72,8 @@ class Service:
     def start(self, run_id: str, policy: Policy, instances: Iterable[Instance]) -> Run:
         """Start a run; starting the same run id again (a redelivered trigger) only finishes
         what the first start left undone."""
+        from patchpilot.planning import plan  # imported when used: the Lambda worker never plans
+
         decision = start_run(run_id, policy, plan(policy, instances), self.clock.now())
         return self._create(decision.run, decision.commands)
 
@@ -90,6 +91,8 @@ class Service:
     ) -> Run:
         """Start the run that accompanies an Update Manager run (`plan_maintenance`); idempotent
         like `start`: the pre-maintenance event may arrive twice."""
+        from patchpilot.planning import plan_maintenance
+
         decision = start_run(run_id, policy, plan_maintenance(policy, instances), self.clock.now(), maintenance)
         return self._create(decision.run, decision.commands)
 

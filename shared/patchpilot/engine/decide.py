@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from patchpilot.engine.messages import (
     AgentsProbed,
@@ -47,9 +47,11 @@ from patchpilot.engine.run import (
     WaveState,
     count_states,
 )
-from patchpilot.planning import Plan
 from patchpilot.policy import Policy
 from patchpilot.policy.fields import format_duration
+
+if TYPE_CHECKING:
+    from patchpilot.planning import Plan  # only `start_run` takes one: the worker never plans
 
 MAX_FAILURE_NOTICES = 10  # per wave; more are summarised in one message
 # Snapshots for an Update Manager run must be done this long before its cancellation cut-off,
@@ -160,8 +162,14 @@ def _on_agents_probed(run: Run, event: Event, now: datetime) -> Decision:
     if not targets:
         return _finish_wave(run, now)
     deadline = run.maintenance.cancel_by - CANCEL_MARGIN if run.maintenance else None
+    azure = run.policy.azure
     command = TakeSnapshots(
-        id=_command_id(run, "snapshot"), run_id=run.run_id, wave=wave.index, targets=targets, deadline=deadline
+        id=_command_id(run, "snapshot"),
+        run_id=run.run_id,
+        wave=wave.index,
+        targets=targets,
+        deadline=deadline,
+        patch_without_rollback=bool(azure and azure.patch_without_rollback),
     )
     return _await(run, "snapshotting", command)
 
@@ -280,7 +288,7 @@ def _roll_back_failures(run: Run, now: datetime) -> Decision:
         run_id=run.run_id,
         wave=run.current.index,
         targets=[RestoreTarget(instance=r.instance, snapshot_ids=r.snapshot_ids) for r in failed],
-        restore_data_volumes=run.policy.aws.restore_data_volumes if run.policy.aws else False,
+        restore_data_volumes=run.policy.restores_data_volumes({r.instance.cloud for r in failed}),
     )
     return _await(run, "rolling_back", command)
 

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from patchpilot.inventory import Instance
-from patchpilot.policy.fields import Duration
+from patchpilot.policy.fields import Duration, new_list
 from patchpilot.policy.model import HealthChecks
 
 
@@ -48,6 +48,9 @@ class TakeSnapshots(_Command):
     targets: list[Instance]
     # Snapshots not complete by then count as failed (a maintenance run's cancellation cut-off).
     deadline: datetime | None = None
+    # Machines that cannot be snapshotted (Arc servers) pass without one: the policy's
+    # azure.patch_without_rollback, which also let the planner plan them.
+    patch_without_rollback: bool = False
 
 
 class InstallTarget(BaseModel):
@@ -61,8 +64,8 @@ class InstallPatches(_Command):
     type: Literal["InstallPatches"] = "InstallPatches"
     targets: list[InstallTarget]
     classifications: list[str]
-    include: list[str] = Field(default_factory=list)
-    exclude: list[str] = Field(default_factory=list)
+    include: list[str] = Field(default_factory=new_list)
+    exclude: list[str] = Field(default_factory=new_list)
     reboot: Literal["if_required", "always", "never"] = "if_required"
     max_duration: Duration | None = None
     # Set when Azure Update Manager installs (a maintenance run's id): the fleet starts nothing
@@ -147,7 +150,7 @@ class Outcome(BaseModel):
     id: str
     ok: bool
     detail: str = ""
-    items: list[str] = Field(default_factory=list)  # snapshot ids, installed patches, ...
+    items: list[str] = Field(default_factory=new_list)  # snapshot ids, installed patches, ...
     at: datetime | None = None
 
 

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from patchpilot.inventory import Instance
 from patchpilot.policy import Policy
+from patchpilot.policy.fields import new_list
 
 InstanceState = Literal["pending", "patched", "rolled_back", "failed", "skipped", "not_started", "excluded"]
 FINAL_STATES: frozenset[str] = frozenset({"patched", "rolled_back", "failed", "skipped", "not_started", "excluded"})
@@ -52,9 +53,9 @@ class InstanceRecord(_State):
     state: InstanceState = "pending"
     reason: str = ""
     failure: str = ""  # what went wrong (snapshot, install, health), counted against the wave
-    snapshot_ids: list[str] = Field(default_factory=list)
-    installed: list[str] = Field(default_factory=list)
-    steps: list[Step] = Field(default_factory=list)
+    snapshot_ids: list[str] = Field(default_factory=new_list)
+    installed: list[str] = Field(default_factory=new_list)
+    steps: list[Step] = Field(default_factory=new_list)
 
     @property
     def id(self) -> str:

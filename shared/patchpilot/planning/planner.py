@@ -113,7 +113,7 @@ def _assign(policy: Policy, instances: Iterable[Instance]) -> tuple[dict[str, li
     if repeated:  # one machine counted twice would break its zone's budget
         raise ValueError(f"the same instance is listed more than once: {', '.join(repeated[:10])}")
     for instance in ordered:
-        if reason := policy.exclude.reason(instance):
+        if reason := policy.exclude.reason(instance) or policy.unprotected_reason(instance):
             excluded.append(Exclusion(instance, reason))
             continue
         ring = next((r for r in policy.rings if r.select.matches(instance)), None)

@@ -21,6 +21,13 @@ def fail(kind: str, message: str, value: object) -> PydanticCustomError:
     return PydanticCustomError(f"pp_{kind}", "{expected}, got {got}", {"expected": message, "got": quote(value)})
 
 
+def new_list() -> list[Any]:
+    """`Field(default_factory=new_list)` is `default_factory=list` made cheaper to build: pydantic
+    inspects the factory's signature, which for the builtin `list` means parsing its text
+    signature (about 3 ms for the first field of a cold start, 0.1 ms for each further one)."""
+    return []
+
+
 @dataclass(frozen=True)
 class Quota:
     """A whole number, or a percentage of some total."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime, time, timedelta
 from itertools import islice
 from typing import Literal
@@ -19,6 +20,7 @@ from patchpilot.policy.fields import (
     TagValues,
     TimeOfDay,
     TimeZoneName,
+    new_list,
     resolve_timezone,
 )
 from patchpilot.policy.schedule import (
@@ -60,10 +62,10 @@ class Selector(_Section):
     """Every criterion given must hold; a tag's value may be a list (any of) or "*" (present)."""
 
     tags: dict[str, TagValues] = Field(default_factory=dict)
-    ids: list[str] = Field(default_factory=list)
-    clouds: list[Cloud] = Field(default_factory=list)
-    regions: list[str] = Field(default_factory=list)
-    os: list[OsFamily] = Field(default_factory=list)
+    ids: list[str] = Field(default_factory=new_list)
+    clouds: list[Cloud] = Field(default_factory=new_list)
+    regions: list[str] = Field(default_factory=new_list)
+    os: list[OsFamily] = Field(default_factory=new_list)
 
     def is_empty(self) -> bool:
         return not (self.tags or self.ids or self.clouds or self.regions or self.os)
@@ -138,7 +140,7 @@ class Exclusions(_Section):
     """Any one matching tag excludes an instance (these are the frozen ones); so does its id."""
 
     tags: dict[str, TagValues] = Field(default_factory=dict)
-    ids: list[str] = Field(default_factory=list)
+    ids: list[str] = Field(default_factory=new_list)
 
     def reason(self, instance: Instance) -> str | None:
         if instance.id in self.ids:
@@ -151,8 +153,8 @@ class Exclusions(_Section):
 
 class PatchSelection(_Section):
     classifications: list[Classification] = Field(default_factory=lambda: list(DEFAULT_CLASSIFICATIONS))
-    include: list[str] = Field(default_factory=list)
-    exclude: list[str] = Field(default_factory=list)
+    include: list[str] = Field(default_factory=new_list)
+    exclude: list[str] = Field(default_factory=new_list)
 
 
 class HealthScript(_Section):
@@ -166,8 +168,8 @@ class HealthChecks(_Section):
     """Checks beyond the cloud's own status checks, all of which must pass after patching."""
 
     script: HealthScript | None = None
-    alarms: list[str] = Field(default_factory=list)  # CloudWatch alarms that must be OK (AWS)
-    http: list[str] = Field(default_factory=list)  # URLs that must answer 2xx; {name}, {id}, {private_ip} filled in
+    alarms: list[str] = Field(default_factory=new_list)  # CloudWatch alarms that must be OK (AWS)
+    http: list[str] = Field(default_factory=new_list)  # URLs that must answer 2xx; {name}, {id}, {private_ip} filled in
     timeout: Duration = timedelta(minutes=5)
 
 
@@ -204,15 +206,15 @@ class AwsBaselines(_Section):
     approve_after_days: int = Field(default=7, ge=0, le=360)  # not used on Ubuntu and Debian
     # Empty: every severity. A list applies to every operating system; a mapping (operating system
     # to list) gives each its own. The values are each system's own: see docs/aws-baselines.md.
-    severities: list[str] | dict[str, list[str]] = Field(default_factory=list)
+    severities: list[str] | dict[str, list[str]] = Field(default_factory=new_list)
     compliance_level: ComplianceLevel = "UNSPECIFIED"
 
 
 class AwsSettings(_Section):
     """Where the AWS fleet is and how to reach it. Without accounts, the current account is used."""
 
-    regions: list[str] = Field(default_factory=list)
-    accounts: list[AwsAccount] = Field(default_factory=list)
+    regions: list[str] = Field(default_factory=new_list)
+    accounts: list[AwsAccount] = Field(default_factory=new_list)
     restore_data_volumes: bool = False  # rollback restores data volumes too, not only the root volume
     patch_group_tag: str = "PatchGroup"
     baselines: AwsBaselines | None = None  # Patch Manager baselines and patch groups: `patchpilot aws sync`
@@ -233,14 +235,20 @@ class AzureSettings(_Section):
     """Where the Azure fleet is. Empty lists mean every subscription the identity can read, every
     resource group, every location."""
 
-    subscriptions: list[str] = Field(default_factory=list)
-    resource_groups: list[str] = Field(default_factory=list)
-    locations: list[str] = Field(default_factory=list)
+    subscriptions: list[str] = Field(default_factory=new_list)
+    resource_groups: list[str] = Field(default_factory=new_list)
+    locations: list[str] = Field(default_factory=new_list)
     arc: bool = False  # Arc-enabled servers too (Microsoft.HybridCompute/machines)
     # Arc servers have no managed disks to snapshot: patch them without a rollback path only when
     # this is true; otherwise the plan skips them with that reason.
     patch_without_rollback: bool = False
+    restore_data_disks: bool = False  # rollback restores data disks too, not only the OS disk
     maintenance: AzureMaintenance | None = None
+
+
+def is_arc_server(instance: Instance) -> bool:
+    """An Azure Arc-enabled server (not an Azure VM): it has no managed disks to snapshot."""
+    return instance.cloud == "azure" and "/providers/microsoft.hybridcompute/machines/" in instance.id.lower()
 
 
 class Policy(_Section):
@@ -249,13 +257,26 @@ class Policy(_Section):
     schedule: Schedule | None = None
     rings: list[Ring] = Field(min_length=1)
     rollout: Rollout = Rollout()
-    region_pairs: list[tuple[str, str]] = Field(default_factory=list)
+    region_pairs: list[tuple[str, str]] = Field(default_factory=new_list)
     exclude: Exclusions = Exclusions()
     patches: PatchSelection = PatchSelection()
     reboot: Literal["if_required", "always", "never"] = "if_required"
     health: HealthChecks = HealthChecks()
     aws: AwsSettings | None = None
     azure: AzureSettings | None = None
+
+    def restores_data_volumes(self, clouds: Iterable[Cloud]) -> bool:
+        """Whether a rollback of machines on these clouds restores their data volumes too."""
+        wanted = set(clouds)
+        aws = "aws" in wanted and self.aws is not None and self.aws.restore_data_volumes
+        azure = "azure" in wanted and self.azure is not None and self.azure.restore_data_disks
+        return aws or azure
+
+    def unprotected_reason(self, instance: Instance) -> str | None:
+        """Why an instance cannot be patched safely under this policy (no snapshot to roll back to)."""
+        if is_arc_server(instance) and not (self.azure and self.azure.patch_without_rollback):
+            return "Arc-enabled server: no snapshot, so no rollback (set azure.patch_without_rollback to patch it)"
+        return None
 
     def problems(self) -> list[Problem]:
         """Rules that span several fields; the field shapes are already valid here."""

@@ -1,29 +1,36 @@
 """The composition root of the AWS runtime: settings from the Lambda environment, clients,
-adapters and the one `Service`, built once per warm container (`deps()`)."""
+adapters and the one `Service`, built once per warm container (`deps()`).
+
+Each part is built on first use, and its module imported there: the three functions use
+different parts (the timer needs the run store, the queue and the fleet only when a run starts;
+the approve function never uses the fleet), and a cold start pays for every import and every
+boto3 client (tens of milliseconds each). What all three use is imported here (the policy
+models: every run holds its policy); each handler module imports the parts that every one of its
+invocations uses, so that Lambda's init phase, not the first request, pays for them.
+"""
 
 from __future__ import annotations
 
 import functools
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from patchpilot.adapters.aws.dynamodb_store import DynamoDbRunStore
-from patchpilot.adapters.aws.fleet import Ec2SsmFleet
 from patchpilot.adapters.aws.policy_source import load_policy_from
-from patchpilot.adapters.aws.secrets import SecretsManagerSecrets
 from patchpilot.adapters.aws.sessions import AwsSessions, ClientFactory
-from patchpilot.adapters.aws.sqs_queue import SqsQueue
-from patchpilot.approvals import ApprovalLinkError, verify_approval
-from patchpilot.engine.messages import Notify
+from patchpilot.adapters.serverless import LogNotifier, WallClock
 from patchpilot.errors import InputError, Problem
 from patchpilot.policy import Policy
-from patchpilot.service import Service
-from patchpilot.triggers import TriggerDecision, scheduled_trigger
+
+if TYPE_CHECKING:
+    from patchpilot.adapters.aws.fleet import Ec2SsmFleet
+    from patchpilot.adapters.aws.secrets import SecretsManagerSecrets
+    from patchpilot.adapters.aws.sqs_queue import SqsQueue
+    from patchpilot.ports import Clock, RunStore
+    from patchpilot.service import Service
+    from patchpilot.triggers import TriggerDecision
 
 
 class AwsEnvironment(BaseModel):
@@ -48,46 +55,59 @@ class AwsEnvironment(BaseModel):
             raise InputError("environment", problems) from None
 
 
-class WallClock:
-    def now(self) -> datetime:
-        return datetime.now(UTC)
-
-
-class LogNotifier:
-    """Until Slack and Teams are routed, notifications go to the structured log."""
-
-    def __init__(self, log: Any) -> None:
-        self.log = log
-
-    def notify(self, command: Notify) -> None:
-        self.log.info(command.text, extra={"topic": command.topic, "severity": command.severity})
-
-
-@dataclass
 class AwsRuntime:
-    env: AwsEnvironment
-    clients: ClientFactory
-    service: Service
-    queue: SqsQueue
-    fleet: Ec2SsmFleet
-    secrets: SecretsManagerSecrets
+    """The adapters and the `Service` over them, each built on first use (see the module's docstring)."""
+
+    def __init__(self, env: AwsEnvironment, clients: ClientFactory, log: Any, clock: Clock) -> None:
+        self.env = env
+        self.clients = clients
+        self.log = log
+        self.clock = clock
 
     @classmethod
     def build(cls, env: AwsEnvironment, log: Any, clients: ClientFactory | None = None) -> AwsRuntime:
-        clients = clients or AwsSessions()
-        clock = WallClock()
-        region = env.region
-        queue = SqsQueue(env.queue_url, clients("sqs", None, region), clock, env.dead_letter_url)
-        fleet = Ec2SsmFleet(clients, clock, override_bucket=env.override_bucket, default_region=region)
-        store = DynamoDbRunStore(env.table, clients("dynamodb", None, region))
-        service = Service(store=store, queue=queue, fleet=fleet, notifier=LogNotifier(log), clock=clock)
-        secrets = SecretsManagerSecrets(clients("secretsmanager", None, region))
-        return cls(env, clients, service, queue, fleet, secrets)
+        return cls(env, clients or AwsSessions(), log, WallClock())
+
+    @functools.cached_property
+    def store(self) -> RunStore:
+        from patchpilot.adapters.aws.dynamodb_store import DynamoDbRunStore
+
+        return DynamoDbRunStore(self.env.table, self.clients("dynamodb", None, self.env.region))
+
+    @functools.cached_property
+    def queue(self) -> SqsQueue:
+        from patchpilot.adapters.aws.sqs_queue import SqsQueue
+
+        client = self.clients("sqs", None, self.env.region)
+        return SqsQueue(self.env.queue_url, client, self.clock, self.env.dead_letter_url)
+
+    @functools.cached_property
+    def fleet(self) -> Ec2SsmFleet:
+        from patchpilot.adapters.aws.fleet import Ec2SsmFleet
+
+        env = self.env
+        return Ec2SsmFleet(self.clients, self.clock, override_bucket=env.override_bucket, default_region=env.region)
+
+    @functools.cached_property
+    def secrets(self) -> SecretsManagerSecrets:
+        from patchpilot.adapters.aws.secrets import SecretsManagerSecrets
+
+        return SecretsManagerSecrets(self.clients("secretsmanager", None, self.env.region))
+
+    @functools.cached_property
+    def service(self) -> Service:
+        from patchpilot.service import Service
+
+        notifier = LogNotifier(self.log)
+        return Service(store=self.store, queue=self.queue, fleet=self.fleet, notifier=notifier, clock=self.clock)
 
     def policy(self) -> Policy:
         """The deployed policy, read and validated on each use: operators change it without a deploy."""
-        region = self.env.region
-        return load_policy_from(self.env.policy, self.clients("s3", None, region), self.clients("ssm", None, region))
+        location, region = self.env.policy, self.env.region
+        # Only the client that the location names is built.
+        s3 = self.clients("s3", None, region) if location.startswith("s3://") else None
+        ssm = self.clients("ssm", None, region) if location.startswith("ssm:") else None
+        return load_policy_from(location, s3, ssm)
 
     def handle_record(self, record: Mapping[str, Any], on_run: Callable[[str], None] = lambda _: None) -> None:
         """One SQS record from Lambda. `on_run` learns the run id first (the logs' correlation id).
@@ -100,8 +120,10 @@ class AwsRuntime:
 
     def trigger(self) -> TriggerDecision:
         """The timer: start the scheduled run when its window has begun (at most once)."""
+        from patchpilot.triggers import scheduled_trigger
+
         policy = self.policy()
-        decision = scheduled_trigger(policy, self.service.clock.now())
+        decision = scheduled_trigger(policy, self.clock.now())
         if decision.start:
             discovered = self.fleet.discover(policy)
             # `instances` holds every instance found, the unreachable ones included (they are
@@ -111,10 +133,12 @@ class AwsRuntime:
 
     def approve(self, token: str) -> str:
         """A signed approval link: grant the ring it names, if the run waits for exactly that."""
+        from patchpilot.approvals import ApprovalLinkError, verify_approval
+
         if not self.env.approval_secret:
             raise ApprovalLinkError("approval links are not configured (PATCHPILOT_APPROVAL_SECRET)")
         request = verify_approval(token, self.secrets.get(self.env.approval_secret))
-        run = self.service.store.load(request.run_id)
+        run = self.store.load(request.run_id)
         if run.state != "awaiting_approval" or run.current.ring != request.ring:
             return f"run {request.run_id} is not waiting for approval of ring {request.ring} ({run.status})"
         return self.service.approve(request.run_id, by="approval link")

@@ -271,7 +271,7 @@ class AzureFleet:
         machines = self._parse(targets, outcomes, now)
         pending: list[str] = []
         for machine in [m for m in machines.values() if m.arc]:
-            if self.patch_without_rollback:
+            if self.patch_without_rollback or command.patch_without_rollback:
                 detail = "no snapshot: Arc server (no managed disks), patched without rollback"
                 outcomes[machine.id] = Outcome(id=machine.id, ok=True, detail=detail, items=[ARC_NO_SNAPSHOT], at=now)
             else:

@@ -1,0 +1,101 @@
+"""HTTP endpoints, both behind a function key (auth level FUNCTION):
+
+- `GET|POST /api/approve?token=...`: a signed, expiring approval link. GET only shows what the
+  link approves, with a button that POSTs it back: link scanners (Safe Links, chat previews)
+  open links by GET and must not approve anything. POST approves.
+- `GET /api/runs/{run_id}`: the run's status as JSON, as `patchpilot status --json` prints it.
+"""
+
+from __future__ import annotations
+
+import json
+from html import escape
+from urllib.parse import parse_qs
+
+import azure.functions as func
+
+from azure_functions.observability import invocation, log, set_correlation_id
+from patchpilot.adapters.azure.runtime import deps
+from patchpilot.adapters.azure.secrets import SecretUnavailableError
+from patchpilot.approvals import ApprovalLinkError
+from patchpilot.ports import UnknownRunError
+
+bp = func.Blueprint()  # type: ignore[no-untyped-call]  # its __init__ is not annotated
+
+
+def _page(status: int, text: str, form_token: str | None = None) -> func.HttpResponse:
+    body = f"<!DOCTYPE html><title>PatchPilot</title><p>{escape(text)}</p>"
+    if form_token is not None:  # posts to this same URL (function key included) with the token
+        body += (
+            f'<form method="post"><input type="hidden" name="token" value="{escape(form_token)}">'
+            '<button type="submit">Approve</button></form>'
+        )
+    return func.HttpResponse(body, status_code=status, mimetype="text/html", charset="utf-8")
+
+
+def token_of(query: dict[str, str], body: bytes, content_type: str) -> str:
+    """The token from the query string, a form body or a JSON body `{"token": ...}`."""
+    if query.get("token"):
+        return query["token"]
+    text = body.decode("utf-8", errors="replace")
+    if content_type.startswith("application/json"):
+        try:
+            document = json.loads(text)
+        except ValueError:
+            return ""
+        token = document.get("token") if isinstance(document, dict) else None
+        return token if isinstance(token, str) else ""
+    return parse_qs(text).get("token", [""])[0]
+
+
+def approval(method: str, token: str, invocation_id: str = "") -> func.HttpResponse:
+    with invocation("approve", invocation_id, method=method):
+        if not token:
+            return _page(400, "This approval link has no token.")
+        runtime = deps(log)
+        try:
+            request, refusal = runtime.preview_approval(token)
+            set_correlation_id(request.run_id)
+            if refusal is not None:
+                return _page(200, refusal)
+            if method != "POST":
+                return _page(200, f"Approve ring {request.ring} of run {request.run_id}?", form_token=token)
+            text = runtime.approve(token)
+        except ApprovalLinkError as error:
+            log.warning("approval refused", extra={"reason": str(error)})
+            return _page(403, str(error))
+        except UnknownRunError:
+            return _page(404, "This approval link names a run that does not exist.")
+        except SecretUnavailableError as error:  # the vault, not the link: the operator fixes it
+            log.error("approval links cannot be checked", extra={"reason": str(error)})
+            return _page(503, "Approval links cannot be checked right now; try again later.")
+        log.info(text)
+        return _page(200, text)
+
+
+def run_status(run_id: str, invocation_id: str = "") -> func.HttpResponse:
+    with invocation("run_status", invocation_id):
+        set_correlation_id(run_id)
+        try:
+            document = deps(log).status(run_id)
+        except UnknownRunError:
+            document, status = {"error": f"no run {run_id}"}, 404
+        else:
+            status = 200
+        return func.HttpResponse(json.dumps(document), status_code=status, mimetype="application/json")
+
+
+@bp.function_name("approve")
+@bp.route(route="approve", methods=["GET", "POST"], auth_level=func.AuthLevel.FUNCTION)
+def approve(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
+    return approval(
+        req.method,
+        token_of(dict(req.params), req.get_body(), req.headers.get("content-type", "")),
+        context.invocation_id,
+    )
+
+
+@bp.function_name("run_status")
+@bp.route(route="runs/{run_id}", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+def status(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
+    return run_status(req.route_params["run_id"], context.invocation_id)

@@ -1,0 +1,98 @@
+// The fleet role: a custom role with only the Azure Resource Manager actions PatchPilot calls,
+// assigned to the app's identity on the subscription or on the fleet's resource groups.
+// Deployed by main.bicep for its own subscription; for a fleet in another subscription, deploy
+// it there too: az deployment sub create -l <region> -f infra/azure/modules/fleet-access.bicep
+//   -p principalId=<identityPrincipalId output> roleName='PatchPilot fleet operator (<app rg>)'
+//
+// Azure RBAC has no tag conditions on compute actions (ABAC conditions cover storage data
+// actions only): the scope of the assignment is the boundary.
+
+targetScope = 'subscription'
+
+@description('Object id of the identity the role is given to.')
+param principalId string
+
+@description('Name of the custom role; unique in the tenant.')
+param roleName string
+
+@description('Resource groups of this subscription to assign the role on; empty: the whole subscription.')
+param resourceGroups array = []
+
+// Every Azure Resource Manager action PatchPilot's code calls, and why. Keep in step with the
+// adapters (shared/patchpilot/adapters/azure/): tests/test_azure_runtime.py checks every call of
+// a whole run against this list. Long operations are started without polling them, so no
+// operation-status read is needed.
+var fleetActions = [
+  // discovery, probe and health (Resource Graph returns only what the identity may read)
+  'Microsoft.ResourceGraph/resources/read'
+  'Microsoft.Compute/virtualMachines/read'
+  'Microsoft.Compute/virtualMachines/instanceView/read'
+  'Microsoft.Network/networkInterfaces/read' // the private address of an HTTP health check
+  'Microsoft.Compute/virtualMachines/runCommands/read' // the health script, a managed Run Command
+  'Microsoft.Compute/virtualMachines/runCommands/write'
+  // patching
+  'Microsoft.Compute/virtualMachines/installPatches/action'
+  'Microsoft.Compute/virtualMachines/write' // marks (tags), the OS disk swap, Update Manager patch settings
+  // snapshots and rollback (disk from snapshot, deallocate, swap, start)
+  'Microsoft.Compute/snapshots/read'
+  'Microsoft.Compute/snapshots/write'
+  'Microsoft.Compute/disks/read'
+  'Microsoft.Compute/disks/write'
+  'Microsoft.Compute/virtualMachines/deallocate/action'
+  'Microsoft.Compute/virtualMachines/start/action'
+  // Arc-enabled servers (policy azure.arc)
+  'Microsoft.HybridCompute/machines/read'
+  'Microsoft.HybridCompute/machines/write' // marks (tags)
+  'Microsoft.HybridCompute/machines/installPatches/action'
+  'Microsoft.HybridCompute/machines/runCommands/read'
+  'Microsoft.HybridCompute/machines/runCommands/write'
+  // Update Manager schedules (`patchpilot azure sync`) and cancelling a maintenance run
+  'Microsoft.Maintenance/maintenanceConfigurations/read'
+  'Microsoft.Maintenance/maintenanceConfigurations/write'
+  'Microsoft.Maintenance/maintenanceConfigurations/delete'
+  'Microsoft.Maintenance/configurationAssignments/read'
+  'Microsoft.Maintenance/configurationAssignments/write'
+  'Microsoft.Maintenance/configurationAssignments/delete'
+  'Microsoft.Maintenance/applyUpdates/read' // a cancel reads the maintenance run's status first
+  'Microsoft.Maintenance/applyUpdates/write'
+]
+
+resource role 'Microsoft.Authorization/roleDefinitions@2022-04-01' = {
+  name: guid(subscription().id, roleName)
+  properties: {
+    roleName: roleName
+    description: 'Snapshot, patch, health-check and roll back virtual machines; PatchPilot (infra/azure).'
+    type: 'CustomRole'
+    permissions: [
+      {
+        actions: fleetActions
+        notActions: []
+      }
+    ]
+    assignableScopes: [
+      subscription().id
+    ]
+  }
+}
+
+resource subscriptionAssignment 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (empty(resourceGroups)) {
+  name: guid(subscription().id, principalId, role.id)
+  properties: {
+    roleDefinitionId: role.id
+    principalId: principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+module groupAssignments 'fleet-assignment.bicep' = [
+  for group in resourceGroups: {
+    name: 'patchpilot-fleet-${uniqueString(group)}'
+    scope: resourceGroup(group)
+    params: {
+      principalId: principalId
+      roleDefinitionId: role.id
+    }
+  }
+]
+
+output roleDefinitionId string = role.id

@@ -1,0 +1,431 @@
+"""The composition root of the Azure runtime: the Function App's settings, clients, adapters and
+the one `Service`, built once per warm worker (`deps()`), never at import time.
+
+Each part is built on first use, and its module imported there, as on AWS
+(`patchpilot.adapters.aws.runtime`): a timer tick before the window reads the policy blob and
+nothing else; the approve function never builds the fleet.
+
+Storage is reached the way the Functions host reaches it, through the `AzureWebJobsStorage`
+connection: a connection string (local development, Azurite), or identity-based settings
+(`AzureWebJobsStorage__accountName`, or the `__queueServiceUri` / `__tableServiceUri` /
+`__blobServiceUri` trio for other clouds) with the app's managed identity
+(`DefaultAzureCredential`; `AZURE_CLIENT_ID` names the user-assigned identity).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from patchpilot.adapters.azure.clients import AzureClients
+from patchpilot.adapters.azure.policy_source import SCHEME, blob_location, load_policy_from
+from patchpilot.adapters.serverless import LogNotifier, WallClock
+from patchpilot.errors import InputError, Problem
+from patchpilot.policy import Policy
+
+if TYPE_CHECKING:
+    from azure.data.tables import TableClient
+    from azure.storage.blob import BlobServiceClient
+    from azure.storage.queue import QueueClient
+
+    from patchpilot.adapters.azure.fleet import AzureFleet
+    from patchpilot.adapters.azure.maintenance_events import MaintenanceEvent
+    from patchpilot.adapters.azure.storage_queue import StorageQueue
+    from patchpilot.adapters.azure.table_store import TableRunStore
+    from patchpilot.approvals import ApprovalRequest
+    from patchpilot.ports import Clock
+    from patchpilot.service import Service
+    from patchpilot.triggers import TriggerDecision
+
+QUEUE_NAME_RULE = (
+    "3 to 56 lower-case letters, digits and single hyphens (the poison queue adds -poison), "
+    "starting and ending with a letter or digit"
+)
+TABLE_NAME_RULE = "3 to 63 letters and digits, starting with a letter"
+
+
+class Secrets(Protocol):
+    def get(self, name: str) -> str: ...
+
+
+@dataclass(frozen=True)
+class StorageEndpoints:
+    """Identity-based access: one URL per storage service."""
+
+    queue: str
+    table: str
+    blob: str
+
+
+class AzureEnvironment(BaseModel):
+    """The Function App's settings (infra/azure/main.bicep, local.settings.json), validated once."""
+
+    model_config = ConfigDict(frozen=True, populate_by_name=True, extra="ignore")
+
+    storage_connection: str | None = Field(default=None, alias="AzureWebJobsStorage")
+    storage_account: str | None = Field(default=None, alias="AzureWebJobsStorage__accountName")
+    queue_service_uri: str | None = Field(default=None, alias="AzureWebJobsStorage__queueServiceUri")
+    table_service_uri: str | None = Field(default=None, alias="AzureWebJobsStorage__tableServiceUri")
+    blob_service_uri: str | None = Field(default=None, alias="AzureWebJobsStorage__blobServiceUri")
+    table: str = Field(alias="PATCHPILOT_TABLE")
+    queue: str = Field(alias="PATCHPILOT_QUEUE")
+    policy: str = Field(alias="PATCHPILOT_POLICY")  # blob://container/name in the same storage account
+    key_vault_url: str | None = Field(default=None, alias="PATCHPILOT_KEY_VAULT_URL")
+    approval_secret: str | None = Field(default=None, alias="PATCHPILOT_APPROVAL_SECRET")  # secret name
+
+    @field_validator("queue")
+    @classmethod
+    def _queue_name(cls, value: str) -> str:
+        ok = 3 <= len(value) <= 56 and value[0].isalnum() and value[-1].isalnum() and "--" not in value
+        if not ok or any(not (c.isdigit() or c == "-" or (c.isascii() and c.islower())) for c in value):
+            raise ValueError(f"{value!r} is not a queue name: {QUEUE_NAME_RULE}")
+        return value
+
+    @field_validator("table")
+    @classmethod
+    def _table_name(cls, value: str) -> str:
+        if not (3 <= len(value) <= 63 and value.isascii() and value.isalnum() and value[0].isalpha()):
+            raise ValueError(f"{value!r} is not a table name: {TABLE_NAME_RULE}")
+        return value
+
+    @field_validator("policy")
+    @classmethod
+    def _policy_location(cls, value: str) -> str:
+        try:
+            blob_location(value)
+        except InputError:
+            raise ValueError(f"expected {SCHEME}CONTAINER/NAME, not {value!r}") from None
+        return value
+
+    @field_validator("key_vault_url", "queue_service_uri", "table_service_uri", "blob_service_uri")
+    @classmethod
+    def _https(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("https://"):
+            raise ValueError(f"expected an https:// URL, not {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _reachable(self) -> AzureEnvironment:
+        uris = (self.queue_service_uri, self.table_service_uri, self.blob_service_uri)
+        if not self.storage_connection and not self.storage_account and not all(uris):
+            raise ValueError(
+                "no storage connection: set AzureWebJobsStorage (a connection string), or "
+                "AzureWebJobsStorage__accountName (identity-based), or all three of "
+                "AzureWebJobsStorage__queueServiceUri, __tableServiceUri and __blobServiceUri"
+            )
+        if self.approval_secret and not self.key_vault_url:
+            raise ValueError("PATCHPILOT_APPROVAL_SECRET names a Key Vault secret: set PATCHPILOT_KEY_VAULT_URL too")
+        return self
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> AzureEnvironment:
+        """The settings of `environ`; a blank one (local.settings.json and portal forms leave
+        unused settings empty) counts as unset."""
+        try:
+            return cls.model_validate({name: value for name, value in environ.items() if value.strip()})
+        except ValidationError as exc:
+            problems = [
+                Problem((str(e["loc"][0]),) if e["loc"] else (), e["msg"].removeprefix("Value error, "))
+                for e in exc.errors(include_url=False)
+            ]
+            raise InputError("app settings", problems) from None
+
+    @property
+    def queue_names(self) -> tuple[str, str]:
+        """The steps queue and its poison queue (where the Functions host moves failures)."""
+        return self.queue, f"{self.queue}-poison"
+
+    def endpoints(self) -> StorageEndpoints | None:
+        """The service URLs for identity-based access; None when a connection string is used."""
+        if self.storage_connection:
+            return None
+        account = self.storage_account
+        return StorageEndpoints(
+            queue=self.queue_service_uri or f"https://{account}.queue.core.windows.net",
+            table=self.table_service_uri or f"https://{account}.table.core.windows.net",
+            blob=self.blob_service_uri or f"https://{account}.blob.core.windows.net",
+        )
+
+
+class AzureRuntime:
+    """The adapters and the `Service` over them, each built on first use (see the module's docstring)."""
+
+    def __init__(
+        self,
+        env: AzureEnvironment,
+        clients: AzureClients,
+        log: Any,
+        clock: Clock,
+        *,
+        secrets: Secrets | None = None,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.env = env
+        self.clients = clients
+        self.log = log
+        self.clock = clock
+        self.storage_options = dict(storage_options or {})
+        if secrets is not None:
+            self.secrets = secrets
+
+    @classmethod
+    def build(
+        cls,
+        env: AzureEnvironment,
+        log: Any,
+        *,
+        clients: AzureClients | None = None,
+        clock: Clock | None = None,
+        secrets: Secrets | None = None,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> AzureRuntime:
+        """`clients` carries the credential (the managed identity by default) and, in tests, the
+        transport of a fake ARM; `secrets` replaces Key Vault and `storage_options` go to every
+        Storage client (tests: Azurite's clock hook)."""
+        return cls(
+            env,
+            clients or AzureClients(),
+            log,
+            clock or WallClock(),
+            secrets=secrets,
+            storage_options=storage_options,
+        )
+
+    @functools.cached_property
+    def store(self) -> TableRunStore:
+        from patchpilot.adapters.azure.table_store import TableRunStore
+
+        return TableRunStore(_table_client(self.env, self.clients, self.storage_options))
+
+    @functools.cached_property
+    def queue(self) -> StorageQueue:
+        from patchpilot.adapters.azure.storage_queue import StorageQueue
+
+        steps, poison = _queue_clients(self.env, self.clients, self.storage_options)
+        return StorageQueue(steps, poison, self.clock)
+
+    @functools.cached_property
+    def fleet(self) -> AzureFleet:
+        from patchpilot.adapters.azure.fleet import AzureFleet
+
+        return AzureFleet(self.clients, self.clock)
+
+    @functools.cached_property
+    def blobs(self) -> BlobServiceClient:
+        from azure.storage.blob import BlobServiceClient
+
+        endpoints, options = self.env.endpoints(), self.storage_options
+        if endpoints is None:
+            return BlobServiceClient.from_connection_string(self.env.storage_connection or "", **options)
+        return BlobServiceClient(endpoints.blob, credential=self.clients.credential, **options)
+
+    @functools.cached_property
+    def secrets(self) -> Secrets | None:
+        """Key Vault, when the settings name a vault."""
+        if not self.env.key_vault_url:
+            return None
+        from azure.keyvault.secrets import SecretClient
+
+        from patchpilot.adapters.azure.secrets import KeyVaultSecrets
+
+        return KeyVaultSecrets(SecretClient(self.env.key_vault_url, self.clients.credential))
+
+    @functools.cached_property
+    def service(self) -> Service:
+        from patchpilot.adapters.azure.maintenance_events import UpdateManagerCanceller
+        from patchpilot.service import Service
+
+        return Service(
+            store=self.store,
+            queue=self.queue,
+            fleet=self.fleet,
+            notifier=LogNotifier(self.log),
+            clock=self.clock,
+            maintenance=UpdateManagerCanceller(self.clients),
+        )
+
+    def policy(self) -> Policy:
+        """The deployed policy, read and validated on each use: operators change it without a deploy."""
+        return load_policy_from(self.env.policy, self.blobs)
+
+    def handle_message(
+        self, message_id: str, body: str, dequeue_count: int, on_run: Callable[[str], None] = lambda _: None
+    ) -> None:
+        """One message of the steps queue, as the queue trigger hands it over (the host has undone
+        the base64). `on_run` learns the run id first (the logs' correlation id). Raises only when
+        the host must deliver the message again."""
+        delivery = self.queue.from_function_message(message_id, body, dequeue_count)
+        if delivery is None:
+            return  # a hop sent on, or an unreadable body poisoned: done
+        on_run(delivery.message.run_id)
+        self.service.handle(delivery)
+
+    def trigger(self) -> TriggerDecision:
+        """The timer: start the scheduled run when its window has begun (at most once)."""
+        from patchpilot.triggers import TriggerDecision, scheduled_trigger
+
+        policy = self.policy()
+        if policy.azure is not None and policy.azure.maintenance is not None:
+            return TriggerDecision(
+                False,
+                f"Update Manager schedules run policy {policy.name} (azure.maintenance): "
+                "PatchPilot acts on their pre- and post-maintenance events",
+            )
+        decision = scheduled_trigger(policy, self.clock.now())
+        if decision.start:
+            discovered = self.fleet.discover(policy)
+            # every instance found, the unreachable ones included: planned once, skipped at the probe
+            self.service.start(decision.run_id, policy, discovered.instances)
+        return decision
+
+    def maintenance_event(self, raw: object) -> list[str]:
+        """Event Grid's delivery of Update Manager events (either schema, any key casing): one
+        answer per event. A pre-maintenance event starts the run that snapshots the machines of
+        the maintenance run before its cut-off (cancelling it if snapshots fail), then checks and
+        rolls back once Update Manager has installed; Event Grid may deliver it twice, which
+        starts one run. InputError for a malformed event, naming the field."""
+        from patchpilot.adapters.azure.maintenance_events import MaintenanceEvent, parse_maintenance_events
+
+        answers = []
+        for event in parse_maintenance_events(raw):
+            if not isinstance(event, MaintenanceEvent):
+                answers.append(f"ignored event {event.event_id or '(no id)'}: {event.reason}")
+            elif event.kind == "pre":
+                answers.append(self._pre_maintenance(event))
+            else:
+                answers.append(self._post_maintenance(event))
+        return answers
+
+    def _pre_maintenance(self, event: MaintenanceEvent) -> str:
+        from patchpilot.adapters.azure.maintenance_events import machines_in_run
+        from patchpilot.engine.run import MaintenanceRun
+        from patchpilot.ports import UnknownRunError
+
+        run_id = maintenance_run_id(event)
+        try:
+            run = self.store.load(run_id)
+        except UnknownRunError:
+            pass
+        else:  # a repeated event: only finish what the first delivery may have left undone
+            self.service.flush(run_id)
+            return f"run {run_id} already accompanies Update Manager run {event.run_name} ({run.status})"
+        policy = self.policy()
+        machines = machines_in_run(self.clients, event.correlation_id, event.subscription_ids)
+        scheduled = {m.resource_id.lower() for m in machines}
+        known = [i for i in self.fleet.discover(policy).instances if i.id.lower() in scheduled]
+        maintenance = MaintenanceRun(
+            id=event.correlation_id,
+            configuration_id=event.maintenance_configuration_id,
+            starts_at=event.start,
+            ends_at=event.end,
+            cancel_by=event.cancel_by,
+        )
+        self.service.start_maintenance(run_id, policy, known, maintenance)
+        answer = f"run {run_id} accompanies Update Manager run {event.run_name} ({len(known)} machines)"
+        if len(scheduled) > len(known):
+            outside = len(scheduled) - len(known)
+            answer += f"; {outside} scheduled machines are outside policy {policy.name} and are not snapshotted"
+        return answer
+
+    def _post_maintenance(self, event: MaintenanceEvent) -> str:
+        from patchpilot.ports import UnknownRunError
+
+        run_id = maintenance_run_id(event)
+        status = f"Update Manager run {event.run_name} ended ({event.status or 'no status'})"
+        try:
+            run = self.store.load(run_id)
+        except UnknownRunError:
+            return (
+                f"{status}; no PatchPilot run accompanies it (its pre-maintenance event never arrived): "
+                "nothing was snapshotted, and PatchPilot does not check these machines"
+            )
+        if run.finished:
+            return f"{status}; run {run_id} has already {run.state}"
+        return f"{status}; run {run_id} reads the results and checks health next ({run.state})"
+
+    def approval_request(self, token: str) -> ApprovalRequest:
+        """What a signed approval link asks for; ApprovalLinkError when it is invalid or expired."""
+        from patchpilot.approvals import ApprovalLinkError, verify_approval
+
+        if not self.env.approval_secret or self.secrets is None:
+            raise ApprovalLinkError("approval links are not configured (PATCHPILOT_APPROVAL_SECRET)")
+        return verify_approval(token, self.secrets.get(self.env.approval_secret))
+
+    def preview_approval(self, token: str) -> tuple[ApprovalRequest, str | None]:
+        """What the link would approve, and why it cannot (None when it can)."""
+        request = self.approval_request(token)
+        run = self.store.load(request.run_id)
+        if run.state != "awaiting_approval" or run.current.ring != request.ring:
+            return request, f"run {request.run_id} is not waiting for approval of ring {request.ring} ({run.status})"
+        return request, None
+
+    def approve(self, token: str) -> str:
+        """A signed approval link: grant the ring it names, if the run waits for exactly that."""
+        request, refusal = self.preview_approval(token)
+        return refusal or self.service.approve(request.run_id, by="approval link")
+
+    def status(self, run_id: str) -> dict[str, Any]:
+        """The run as `patchpilot status --json` shows it; UnknownRunError when there is none."""
+        from patchpilot.cli import run_document
+
+        return run_document(self.store.load(run_id))
+
+
+def maintenance_run_id(event: MaintenanceEvent) -> str:
+    """The PatchPilot run of a maintenance run: its configuration and run names, so both events
+    of one maintenance run (and their repeats) name the same run."""
+    return f"aum-{event.configuration_name}-{event.run_name}"
+
+
+def _table_client(env: AzureEnvironment, clients: AzureClients, options: Mapping[str, Any]) -> TableClient:
+    """The run table. With a connection string (local development) it is created if missing; in
+    Azure the Bicep template has created it and the identity may only use it."""
+    from azure.data.tables import TableClient
+
+    endpoints = env.endpoints()
+    if endpoints is not None:
+        return TableClient(endpoints.table, env.table, credential=clients.credential, **options)
+    table = TableClient.from_connection_string(env.storage_connection or "", env.table, **options)
+    _create_if_missing(table.create_table)
+    return table
+
+
+def _queue_clients(
+    env: AzureEnvironment, clients: AzureClients, options: Mapping[str, Any]
+) -> tuple[QueueClient, QueueClient]:
+    """The steps queue and its poison queue, created if missing as the table is."""
+    from azure.storage.queue import QueueClient
+
+    endpoints = env.endpoints()
+    if endpoints is not None:
+        credential = clients.credential
+        steps, poison = (
+            QueueClient(endpoints.queue, name, credential=credential, **options) for name in env.queue_names
+        )
+        return steps, poison
+    conn = env.storage_connection or ""
+    steps, poison = (QueueClient.from_connection_string(conn, name, **options) for name in env.queue_names)
+    for queue in (steps, poison):
+        _create_if_missing(queue.create_queue)
+    return steps, poison
+
+
+def _create_if_missing(create: Callable[[], object]) -> None:
+    from azure.core.exceptions import ResourceExistsError
+
+    with contextlib.suppress(ResourceExistsError):
+        create()
+
+
+@functools.cache
+def deps(log: Any = None) -> AzureRuntime:
+    """Built once per warm worker, on first use (never at import time)."""
+    import logging
+
+    return AzureRuntime.build(AzureEnvironment.from_environ(os.environ), log or logging.getLogger("patchpilot"))

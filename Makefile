@@ -55,6 +55,7 @@ check-templates: $(IAC)/.installed setup
 	$(IAC)/bin/checkov -f template.yaml --framework cloudformation --quiet --compact --skip-download
 	$(BIN)/python infra/aws/check_package.py
 	$(IAC)/bin/python infra/azure/check_bicep.py
+	$(BIN)/python infra/azure/check_package.py
 
 # `sam build` runs these (Metadata: BuildMethod: makefile); ARTIFACTS_DIR is where the code goes.
 # The wheels are the Lambda platform's (x86_64, CPython 3.11), whatever machine builds them.

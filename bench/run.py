@@ -8,7 +8,14 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 failed = []
-for script in ("bench_planner.py", "bench_run.py", "bench_aws_calls.py", "bench_azure_calls.py", "bench_cold_start.py"):
+for script in (
+    "bench_planner.py",
+    "bench_run.py",
+    "bench_aws_calls.py",
+    "bench_azure_calls.py",
+    "bench_cold_start.py",
+    "bench_function_app.py",
+):
     print(f"== {script}", flush=True)
     try:
         runpy.run_path(str(HERE / script), run_name="__main__")

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import functools
-import json
 import sys
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 from rich.console import Console
@@ -16,6 +13,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 from rich.text import Text
 
+from patchpilot.cli_common import EXIT_INVALID_INPUT as EXIT_INVALID_INPUT  # re-exported: scripts and tests use it
+from patchpilot.cli_common import print_json as _print_json
+from patchpilot.cli_common import reports_input_errors
 from patchpilot.engine.messages import MESSAGE, Notify
 from patchpilot.engine.run import Run, count_states
 from patchpilot.errors import InputError
@@ -27,11 +27,8 @@ from patchpilot.policy.fields import format_duration
 from patchpilot.policy.model import Schedule
 from patchpilot.reports import write_reports
 
-F = TypeVar("F", bound=Callable[..., Any])
-
 EXIT_SUCCEEDED = 0
 EXIT_HALTED = 1  # halted, incomplete (the window ended) or stalled
-EXIT_INVALID_INPUT = 2
 EXIT_WAITING_APPROVAL = 3
 DEFAULT_STATE_DIR = ".patchpilot"
 MAX_IDS_SHOWN = 6
@@ -39,26 +36,6 @@ MAX_IDS_SHOWN = 6
 
 def _console() -> Console:
     return Console(highlight=False)
-
-
-def reports_input_errors(command: F) -> F:
-    """Bad input ends the command with every problem on stderr and exit status 2."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except InputError as exc:
-            count = len(exc.problems)
-            click.echo(exc.render(), err=True)
-            click.echo(f"{count} problem{'s' if count != 1 else ''} found.", err=True)
-            sys.exit(EXIT_INVALID_INPUT)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _print_json(document: object) -> None:
-    click.echo(json.dumps(document, indent=2, ensure_ascii=False))
 
 
 policy_option = click.option("--policy", "policy_path", required=True, metavar="FILE", help="Policy file (YAML).")

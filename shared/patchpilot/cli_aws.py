@@ -7,11 +7,10 @@ when a command builds its own clients: the CLI works without the `aws` extra ins
 
 from __future__ import annotations
 
-import functools
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar, assert_never
+from typing import TYPE_CHECKING, Any, assert_never
 
 import click
 from rich.console import Console
@@ -36,6 +35,7 @@ from patchpilot.adapters.aws.baselines import (
     policy_problems,
     read_actual,
 )
+from patchpilot.cli_common import print_json, reports_input_errors
 from patchpilot.errors import InputError, Problem
 from patchpilot.inputs import parse_yaml, read_text
 from patchpilot.inventory import load_inventory
@@ -44,30 +44,10 @@ from patchpilot.policy import Policy, load_policy
 if TYPE_CHECKING:
     from patchpilot.adapters.aws.sessions import ClientFactory
 
-F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_IN_SYNC = 0  # nothing differs, or everything was applied
 EXIT_DIFFERS = 1  # a dry run found differences, or some could not be applied
-EXIT_INVALID_INPUT = 2
 MAX_IDS_SHOWN = 6
-
-
-def _reports_input_errors(command: F) -> F:
-    """`patchpilot.cli.reports_input_errors`, found when the command runs (cli.py imports us)."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from patchpilot.cli import reports_input_errors
-
-        return reports_input_errors(command)(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _print_json(document: object) -> None:
-    from patchpilot.cli import _print_json as print_json
-
-    print_json(document)
 
 
 @click.group()
@@ -102,7 +82,7 @@ class TargetResult:
 @click.option("--apply", "do_apply", is_flag=True, help="Make the changes (default: show them only).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 @click.pass_context
-@_reports_input_errors
+@reports_input_errors
 def sync(
     ctx: click.Context,
     policy_path: str,
@@ -154,7 +134,7 @@ def sync(
 
     status = _status(results, do_apply)
     if as_json:
-        _print_json(_document(policy, results, do_apply, status))
+        print_json(_document(policy, results, do_apply, status))
     else:
         _print(Console(highlight=False), results, do_apply)
     sys.exit(status)

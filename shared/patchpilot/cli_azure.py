@@ -7,13 +7,12 @@ only when a command builds its own clients: the CLI works without the `azure` ex
 
 from __future__ import annotations
 
-import functools
 import sys
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar, assert_never
+from typing import TYPE_CHECKING, Any, assert_never
 
 import click
 from rich.console import Console
@@ -41,6 +40,7 @@ from patchpilot.adapters.azure.update_manager import (
     read_assignments,
     read_machines,
 )
+from patchpilot.cli_common import print_json, reports_input_errors
 from patchpilot.errors import InputError, Problem
 from patchpilot.inputs import parse_yaml, read_text
 from patchpilot.policy import Policy, load_policy
@@ -49,30 +49,10 @@ from patchpilot.policy.model import AzureSettings
 if TYPE_CHECKING:
     from patchpilot.adapters.azure.clients import AzureClients
 
-F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_IN_ORDER = 0  # nothing differs / no finding, or everything was applied / fixed
 EXIT_DIFFERS = 1  # a dry run found something, or some of it could not be applied
-EXIT_INVALID_INPUT = 2
 MAX_IDS_SHOWN = 6
-
-
-def _reports_input_errors(command: F) -> F:
-    """`patchpilot.cli.reports_input_errors`, found when the command runs (cli.py imports us)."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from patchpilot.cli import reports_input_errors
-
-        return reports_input_errors(command)(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _print_json(document: object) -> None:
-    from patchpilot.cli import _print_json as print_json
-
-    print_json(document)
 
 
 @click.group()
@@ -96,7 +76,7 @@ class AuditResult:
 @click.option("--fix", "do_fix", is_flag=True, help="Set Customer Managed Schedules where a finding says so.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 @click.pass_context
-@_reports_input_errors
+@reports_input_errors
 def audit_command(ctx: click.Context, policy_path: str, do_fix: bool, as_json: bool) -> None:
     """Report every VM's patch orchestration mode and what it means for its schedule and for PatchPilot.
 
@@ -128,7 +108,7 @@ def audit_command(ctx: click.Context, policy_path: str, do_fix: bool, as_json: b
                 result.failed[item.machine.id] = f"{type(exc).__name__}: {exc}"
     status = _audit_status(result)
     if as_json:
-        _print_json(_audit_document(policy, result, do_fix, status))
+        print_json(_audit_document(policy, result, do_fix, status))
     else:
         _print_audit(Console(highlight=False), result, do_fix)
     sys.exit(status)
@@ -234,7 +214,7 @@ class SyncResult:
 @click.option("--apply", "do_apply", is_flag=True, help="Make the changes (default: show them only).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 @click.pass_context
-@_reports_input_errors
+@reports_input_errors
 def sync(ctx: click.Context, policy_path: str, do_apply: bool, as_json: bool) -> None:
     """Make the Update Manager maintenance configurations and their assignments match the policy.
 
@@ -260,7 +240,7 @@ def sync(ctx: click.Context, policy_path: str, do_apply: bool, as_json: bool) ->
         result.error = f"{type(exc).__name__}: {exc}"
     status = _sync_status(result, do_apply)
     if as_json:
-        _print_json(
+        print_json(
             {
                 "policy": policy.name,
                 "apply": do_apply,

@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -35,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from botocore.exceptions import ClientError
 
+from patchpilot.adapters.health import HttpGet, fill, urllib_get
 from patchpilot.engine.messages import (
     CheckHealth,
     InstallPatches,
@@ -72,7 +71,6 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 Placement = tuple[str | None, str]  # (account, region)
-HttpGet = Callable[[str, float], int]  # (url, timeout seconds) -> HTTP status; raises on no answer
 
 TAG_RUN = "PatchPilotRun"
 TAG_WAVE = "PatchPilotWave"
@@ -103,16 +101,6 @@ RUNNING_COMMAND = frozenset({"Pending", "InProgress", "Cancelling"})
 RUNNING_INVOCATION = frozenset({"Pending", "InProgress", "Delayed", "Cancelling"})
 RUNNING_TASK = frozenset({"pending", "in-progress", "failing"})
 INSTALLED_STATES = ["Installed", "InstalledOther", "InstalledPendingReboot"]
-
-
-def urllib_get(url: str, timeout: float) -> int:
-    """The default `HttpGet`: the status of a plain GET (redirects followed)."""
-    request = urllib.request.Request(url, method="GET", headers={"User-Agent": "patchpilot-health-check"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
 
 
 def fleet_for_policy(policy: Policy, clock: Clock, **kwargs: Any) -> Ec2SsmFleet:
@@ -689,7 +677,7 @@ class Ec2SsmFleet:
         starts: dict[str, datetime],
     ) -> None:
         """Every alarm must be OK; names may hold {id} and {name} for per-instance alarms."""
-        wanted = {i.id: [_fill(a, i, "") for a in checks.alarms] for i in passing}
+        wanted = {i.id: [fill(a, i, "") for a in checks.alarms] for i in passing}
         names = sorted({name for names in wanted.values() for name in names})
         cloudwatch = self._cloudwatch(placement)
         states: dict[str, str] = {}
@@ -724,7 +712,7 @@ class Ec2SsmFleet:
     ) -> _Verdict:
         answers = []
         for template in checks.http:
-            url = _fill(template, instance, raw.get("PrivateIpAddress", ""))
+            url = fill(template, instance, raw.get("PrivateIpAddress", ""))
             try:
                 status = self.http_get(url, self.http_timeout)
             except Exception as exc:  # any failure to get an answer is a failed check
@@ -1299,14 +1287,6 @@ def _script_failure(invocation: CommandInvocationTypeDef) -> str:
     if output:
         text += f": {output[-200:]}"
     return text
-
-
-def _fill(template: str, instance: Instance, private_ip: str) -> str:
-    return (
-        template.replace("{name}", instance.name or instance.id)
-        .replace("{id}", instance.id)
-        .replace("{private_ip}", private_ip)
-    )
 
 
 # ---------------------------------------------------------------- helpers: health verdicts

@@ -52,6 +52,7 @@ from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.mgmt.compute import models as cm
 from azure.mgmt.hybridcompute import models as hm
 
+from patchpilot.adapters.health import HttpGet, fill, urllib_get
 from patchpilot.engine.messages import (
     CheckHealth,
     InstallPatches,
@@ -74,7 +75,6 @@ from .fleet_common import (
     TAG_INSTANCE,
     TAG_RUN,
     TAG_WAVE,
-    HttpGet,
     Machine,
     Verdict,
     agent_problem,
@@ -86,7 +86,6 @@ from .fleet_common import (
     derived_name,
     describe_error,
     discovery_query,
-    fill,
     group,
     install_body,
     install_duration,
@@ -112,7 +111,6 @@ from .fleet_common import (
     text,
     to_instance,
     unique,
-    urllib_get,
 )
 from .fleet_rollback import roll_back_vm
 from .graph import IDS_PER_QUERY, query

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -19,7 +17,6 @@ from .graph import kql_list, kql_string
 
 T = TypeVar("T")
 K = TypeVar("K")
-HttpGet = Callable[[str, float], int]  # (url, timeout seconds) -> HTTP status; raises on no answer
 
 VM_TYPE = "microsoft.compute/virtualmachines"
 ARC_TYPE = "microsoft.hybridcompute/machines"
@@ -210,15 +207,21 @@ def read_mark(value: str, command_id: str) -> tuple[datetime, list[str]] | None:
 # ---------------------------------------------------------------- installPatches
 
 
+def kb_number(name: str) -> str | None:
+    """The KB number a patch name gives ("KB5034441" or "5034441" -> "5034441"), None for
+    anything else (a Linux package name mask: "openssl", "kernel*", "libc=1.0.1")."""
+    found = _KB.fullmatch(name.strip())
+    return found[1] if found else None
+
+
 def split_patch_names(names: Iterable[str]) -> tuple[list[str], list[str]]:
-    """(KB numbers, Linux package masks): "KB5034441" or "5034441" is a Windows KB (sent as its
-    number), anything else a Linux package name mask ("openssl", "kernel*", "libc=1.0.1")."""
+    """(KB numbers, Linux package masks), by `kb_number`; KBs are sent as their numbers."""
     kbs: list[str] = []
     packages: list[str] = []
     for name in names:
-        found = _KB.fullmatch(name.strip())
-        if found:
-            kbs.append(found[1])
+        kb = kb_number(name)
+        if kb is not None:
+            kbs.append(kb)
         elif name.strip():
             packages.append(name.strip())
     return list(dict.fromkeys(kbs)), list(dict.fromkeys(packages))
@@ -471,24 +474,6 @@ def private_ip_of_arc(row: Any) -> str:
             if text(address, "ipAddressVersion") in ("", "IPv4") and text(address, "address"):
                 return text(address, "address")
     return ""
-
-
-def fill(template: str, instance: Instance, private_ip: str) -> str:
-    return (
-        template.replace("{name}", instance.name or instance.short_name)
-        .replace("{id}", instance.id)
-        .replace("{private_ip}", private_ip)
-    )
-
-
-def urllib_get(url: str, timeout: float) -> int:
-    """The default `HttpGet`: the status of a plain GET (redirects followed)."""
-    request = urllib.request.Request(url, method="GET", headers={"User-Agent": "patchpilot-health-check"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
 
 
 # ---------------------------------------------------------------- health verdicts

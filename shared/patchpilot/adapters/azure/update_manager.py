@@ -27,6 +27,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
 from typing import TYPE_CHECKING, Any, Literal, assert_never
 
+from patchpilot.adapters.azure.fleet_common import (
+    LINUX_CLASSIFICATIONS,
+    REBOOT_SETTINGS,
+    WINDOWS_CLASSIFICATIONS,
+    kb_number,
+)
 from patchpilot.adapters.azure.graph import kql_list, query
 from patchpilot.errors import InputError, Problem, quote
 from patchpilot.inventory import Instance, OsFamily
@@ -51,23 +57,10 @@ MAX_WINDOW = timedelta(hours=3, minutes=55)
 MAX_TAG_FILTERS = 50  # per dynamic scope
 MAX_STATIC_PER_SCHEDULE = 3000  # resource associations per schedule (scheduled-patching.md service limits)
 MAX_RESOURCE_GROUP_FILTERS = 50
-WINDOWS_CLASSIFICATIONS = (
-    "Critical",
-    "Security",
-    "UpdateRollup",
-    "FeaturePack",
-    "ServicePack",
-    "Definition",
-    "Tools",
-    "Updates",
-)
-LINUX_CLASSIFICATIONS = ("Critical", "Security", "Other")
-REBOOT_SETTINGS = {"if_required": "IfRequired", "always": "Always", "never": "Never"}
 OS_TYPES: dict[OsFamily, str] = {"linux": "Linux", "windows": "Windows"}
 _ORDINALS = {1: "First", 2: "Second", 3: "Third", 4: "Fourth", -1: "Last"}
 _WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 _CRON_DAYS = {"SUN": 6, "MON": 0, "TUE": 1, "WED": 2, "THU": 3, "FRI": 4, "SAT": 5}  # name -> Monday=0
-_KB = re.compile(r"^KB(\d+)$", re.IGNORECASE)
 _BULLETIN = re.compile(r"^MS\d{2}-\d{3,}$", re.IGNORECASE)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*[A-Za-z0-9_]$")
 _ASSIGNMENT_ID = re.compile(
@@ -1052,8 +1045,8 @@ def _patches(policy: Policy, reachable: set[OsFamily], problems: list[Problem]) 
                     )
                 )
                 continue
-            kb = _KB.match(item)
-            split[where][kb is not None].append(kb[1] if kb else item)
+            kb = kb_number(item)
+            split[where][kb is not None].append(kb if kb is not None else item)
     found = {
         "windows": _OsPatches(
             tuple(c for c in WINDOWS_CLASSIFICATIONS if c in chosen),

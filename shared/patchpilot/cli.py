@@ -350,20 +350,7 @@ def _print_outcome(console: Console, run: Run, runtime: LocalRuntime) -> None:
 
 
 def run_document(run: Run) -> dict[str, Any]:
-    """`{"run_id", "status", "instances": {id: {"state", "reason", "ring", "wave"}}}` and more."""
-    return {
-        "run_id": run.run_id,
-        "status": run.status,
-        "reason": run.reason,
-        "policy": run.policy.name,
-        "summary": run.summary(),
-        "instances": {
-            r.id: {"state": r.state, "reason": r.reason, "ring": r.ring or None, "wave": r.wave} for r in run.records()
-        },
-    }
-
-
-UNDONE = ("pending", "not_started")
+    return run.document()
 
 
 UNDONE = ("pending", "not_started")

@@ -7,6 +7,7 @@ only when a command builds its own clients: the CLI works without the `azure` ex
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -58,6 +59,8 @@ MAX_IDS_SHOWN = 6
 @click.group()
 def azure() -> None:
     """Azure: Update Manager schedules and patch orchestration modes from the policy."""
+    # azure-identity logs every credential it tried as a warning; the command's own error says it once
+    logging.getLogger("azure.identity").setLevel(logging.ERROR)
 
 
 # ---------------------------------------------------------------- audit

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -130,6 +130,21 @@ class Run(_State):
 
     def summary(self) -> dict[str, int]:
         return state_counts(self.records())
+
+    def document(self) -> dict[str, Any]:
+        """What `patchpilot status --json` and the status endpoints show: `{"run_id", "status",
+        "reason", "policy", "summary", "instances": {id: {"state", "reason", "ring", "wave"}}}`."""
+        return {
+            "run_id": self.run_id,
+            "status": self.status,
+            "reason": self.reason,
+            "policy": self.policy.name,
+            "summary": self.summary(),
+            "instances": {
+                r.id: {"state": r.state, "reason": r.reason, "ring": r.ring or None, "wave": r.wave}
+                for r in self.records()
+            },
+        }
 
 
 def state_counts(records: Iterable[InstanceRecord]) -> dict[str, int]:

@@ -372,9 +372,7 @@ class AzureRuntime:
 
     def status(self, run_id: str) -> dict[str, Any]:
         """The run as `patchpilot status --json` shows it; UnknownRunError when there is none."""
-        from patchpilot.cli import run_document
-
-        return run_document(self.store.load(run_id))
+        return self.store.load(run_id).document()
 
 
 def maintenance_run_id(event: MaintenanceEvent) -> str:

@@ -26,7 +26,9 @@ and chunk count to read; unchanged waves keep their tag (a save rewrites only th
 `decide` changed: `run.waves[i] is not previous.waves[i]`). So a reader never mixes versions:
 it reads HEAD (consistent), then exactly the part keys that HEAD names (BatchGetItem,
 consistent). A part is never overwritten, only deleted once superseded; a reader that finds a
-part gone (a concurrent save committed and cleaned up in between) starts over.
+part gone (a concurrent save committed and cleaned up in between) starts over. The manifest,
+the encoding of a run into parts and its reassembly are `patchpilot.adapters.run_parts`,
+shared with the Table Storage store.
 
 A create or save is one TransactWriteItems: the HEAD write (create: a Put conditioned on
 ``attribute_not_exists(pk)``; save: an Update conditioned on ``version = previous.version``,
@@ -53,9 +55,7 @@ uses it.
 
 from __future__ import annotations
 
-import json
 import logging
-import secrets
 import time
 import uuid
 import zlib
@@ -66,8 +66,9 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
+from patchpilot.adapters.run_parts import Encoded, Manifest, PartLayout, Version, compress
 from patchpilot.engine.messages import MESSAGE, Message
-from patchpilot.engine.run import Run, WaveState
+from patchpilot.engine.run import Run
 from patchpilot.ports import ConflictError, UnknownRunError
 
 if TYPE_CHECKING:
@@ -99,6 +100,12 @@ BATCH_GET_KEYS = 100
 LOAD_ATTEMPTS = 5
 BATCH_ATTEMPTS = 8
 _CONFLICTS = frozenset({"ConditionalCheckFailed", "TransactionConflict"})
+_LAYOUT = PartLayout(
+    wave_key="WAVE#{position:04d}#{tag}#{chunk:02d}",
+    header_key="HDR#{tag}#{chunk:02d}",
+    chunk_bytes=CHUNK_BYTES,
+    fits_in_head=lambda header, manifest: len(header) + len(manifest.dump()) <= INLINE_HEADER_BYTES,
+)
 
 
 def table_definition(table_name: str) -> CreateTableInputTypeDef:
@@ -142,35 +149,11 @@ def table_definition(table_name: str) -> CreateTableInputTypeDef:
 
 
 @dataclass(frozen=True)
-class _Part:
-    """Where one part of a run version lives: the tag it was written under, in `chunks` items."""
-
-    tag: str
-    chunks: int
-
-
-@dataclass(frozen=True)
-class _Manifest:
-    header: _Part | None  # None: the header is inline in the HEAD item
-    waves: tuple[_Part, ...]
-
-    def dump(self) -> str:
-        header = None if self.header is None else [self.header.tag, self.header.chunks]
-        return json.dumps({"header": header, "waves": [[p.tag, p.chunks] for p in self.waves]}, separators=(",", ":"))
-
-    @classmethod
-    def parse(cls, text: str) -> _Manifest:
-        data = json.loads(text)
-        header = None if data["header"] is None else _Part(str(data["header"][0]), int(data["header"][1]))
-        return cls(header, tuple(_Part(str(tag), int(chunks)) for tag, chunks in data["waves"]))
-
-
-@dataclass(frozen=True)
 class _Stored:
     """What the store knows of a run version: the Run and where its parts are."""
 
     run: Run
-    manifest: _Manifest
+    manifest: Manifest
     outbox_seq: int
 
 
@@ -186,8 +169,8 @@ class DynamoDbRunStore:
     # ------------------------------------------------------------ RunStore
 
     def create(self, run: Run, outbox: Sequence[Message]) -> None:
-        waves = {i: _compress(wave.model_dump_json()) for i, wave in enumerate(run.waves)}
-        parts, manifest, inline = self._parts_for(run, waves, None)
+        encoded = _LAYOUT.encode(run)
+        parts, manifest, inline = _part_items(run.run_id, encoded), encoded.manifest, encoded.header
         head: Item = {
             "pk": {"S": _pk(run.run_id)},
             "sk": {"S": HEAD},
@@ -235,12 +218,8 @@ class DynamoDbRunStore:
             raise ValueError(f"run {run.run_id}: version {run.version} does not follow {previous.version}")
         run_id = run.run_id
         base = self._stored_at(run_id, previous.version)
-        changed = {
-            i: _compress(wave.model_dump_json())
-            for i, wave in enumerate(run.waves)
-            if i >= len(previous.waves) or i >= len(base.manifest.waves) or wave is not previous.waves[i]
-        }
-        parts, manifest, inline = self._parts_for(run, changed, base.manifest)
+        encoded = _LAYOUT.encode(run, Version(previous, base.manifest))
+        parts, manifest, inline = _part_items(run_id, encoded), encoded.manifest, encoded.header
         outbox_seq = base.outbox_seq + len(outbox)
         values: dict[str, AttributeValueTypeDef] = {
             ":previous": {"N": str(previous.version)},
@@ -332,7 +311,7 @@ class DynamoDbRunStore:
         if item is None:
             return 0
         version = _int(item, "version")
-        named = set(_part_keys(_Manifest.parse(_str(item, "manifest"))))
+        named = set(_LAYOUT.keys(Manifest.parse(_str(item, "manifest"))))
         cutoff = time.time() - older_than.total_seconds()
         doomed: list[str] = []
         for page in self.client.get_paginator("query").paginate(
@@ -355,49 +334,10 @@ class DynamoDbRunStore:
 
     # ------------------------------------------------------------ writing
 
-    def _parts_for(
-        self, run: Run, waves: dict[int, bytes], base: _Manifest | None
-    ) -> tuple[list[Item], _Manifest, bytes | None]:
-        """The part items for the changed `waves` (position -> compressed JSON) and, when it is
-        too big for HEAD, the header; the manifest of the new version (`base`'s entry for every
-        wave not in `waves`); the compressed header when it stays inline in HEAD."""
-        pk = _pk(run.run_id)
-        tag = _tag(run.version)
-        written_at: AttributeValueTypeDef = {"N": str(int(time.time()))}
-        header = _compress(_header_json(run))
-        parts: list[Item] = []
-        entries: list[_Part] = []
-        for position in range(len(run.waves)):
-            data = waves.get(position)
-            if data is None:
-                assert base is not None, "a new run writes every wave"
-                entries.append(base.waves[position])
-                continue
-            chunks = _chunks(data)
-            entries.append(_Part(tag, len(chunks)))
-            parts.extend(
-                {
-                    "pk": {"S": pk},
-                    "sk": {"S": _wave_sk(position, tag, n)},
-                    "data": {"B": chunk},
-                    "written_at": written_at,
-                }
-                for n, chunk in enumerate(chunks)
-            )
-        manifest = _Manifest(None, tuple(entries))
-        if len(header) + len(manifest.dump()) <= INLINE_HEADER_BYTES:
-            return parts, manifest, header
-        chunks = _chunks(header)
-        parts.extend(
-            {"pk": {"S": pk}, "sk": {"S": _header_sk(tag, n)}, "data": {"B": chunk}, "written_at": written_at}
-            for n, chunk in enumerate(chunks)
-        )
-        return parts, _Manifest(_Part(tag, len(chunks)), tuple(entries)), None
-
     def _outbox_items(self, run_id: str, outbox: Sequence[Message], first_seq: int) -> list[Item]:
         items: list[Item] = []
         for seq, message in enumerate(outbox, start=first_seq):
-            body = _compress(MESSAGE.dump_json(message).decode())
+            body = compress(MESSAGE.dump_json(message).decode())
             if len(body) > CHUNK_BYTES:
                 raise ValueError(f"message {message.id} is {len(body)} bytes compressed: too big for the outbox")
             items.append(
@@ -465,40 +405,20 @@ class DynamoDbRunStore:
         stored = _int(item, "version")
         if stored != version:
             raise ConflictError(f"run {run_id} is at version {stored}, not {version} as loaded")
-        return _Base(_Manifest.parse(_str(item, "manifest")), _int(item, "outbox_seq"))
+        return _Base(Manifest.parse(_str(item, "manifest")), _int(item, "outbox_seq"))
 
     def _assemble(self, run_id: str, head: Item, cached: _Stored | None) -> _Stored | None:
         """The Run that `head` names, reusing the cached waves whose part is unchanged; None
         when a part is gone (superseded meanwhile)."""
-        manifest = _Manifest.parse(_str(head, "manifest"))
-        pk = _pk(run_id)
-        reused: dict[int, WaveState] = {}
-        wanted: list[str] = []
-        if cached is not None:
-            for position, part in enumerate(manifest.waves):
-                if position < len(cached.manifest.waves) and cached.manifest.waves[position] == part:
-                    reused[position] = cached.run.waves[position]
-        for position, part in enumerate(manifest.waves):
-            if position not in reused:
-                wanted.extend(_wave_sk(position, part.tag, n) for n in range(part.chunks))
-        if manifest.header is not None:
-            wanted.extend(_header_sk(manifest.header.tag, n) for n in range(manifest.header.chunks))
-        fetched = self._batch_get(pk, wanted)
-        if len(fetched) < len(wanted):
+        manifest = Manifest.parse(_str(head, "manifest"))
+        run = _LAYOUT.decode(
+            manifest,
+            head_header=lambda: _bytes(head, "header"),
+            fetch=lambda sks: self._batch_get(_pk(run_id), sks),
+            cached=None if cached is None else Version(cached.run, cached.manifest),
+        )
+        if run is None:
             return None
-        if manifest.header is None:
-            header = zlib.decompress(_bytes(head, "header"))
-        else:
-            part = manifest.header
-            header = zlib.decompress(b"".join(fetched[_header_sk(part.tag, n)] for n in range(part.chunks)))
-        waves: list[WaveState] = []
-        for position, part in enumerate(manifest.waves):
-            wave = reused.get(position)
-            if wave is None:
-                data = b"".join(fetched[_wave_sk(position, part.tag, n)] for n in range(part.chunks))
-                wave = WaveState.model_validate_json(zlib.decompress(data))
-            waves.append(wave)
-        run = Run.model_validate_json(_with_no_waves(header)).model_copy(update={"waves": tuple(waves)})
         return _Stored(run, manifest, _int(head, "outbox_seq"))
 
     def _batch_get(self, pk: str, sks: list[str]) -> dict[str, bytes]:
@@ -541,10 +461,9 @@ class DynamoDbRunStore:
 
     # ------------------------------------------------------------ deleting
 
-    def _superseded(self, run_id: str, old: _Manifest, new: _Manifest) -> list[tuple[str, str]]:
+    def _superseded(self, run_id: str, old: Manifest, new: Manifest) -> list[tuple[str, str]]:
         pk = _pk(run_id)
-        keep = set(_part_keys(new))
-        return [(pk, sk) for sk in _part_keys(old) if sk not in keep]
+        return [(pk, sk) for sk in _LAYOUT.superseded(old, new)]
 
     def _delete(self, run_id: str, sks: list[str]) -> None:
         pk = _pk(run_id)
@@ -577,7 +496,7 @@ class DynamoDbRunStore:
 class _Base:
     """HEAD's manifest and outbox counter at a version the identity map did not hold."""
 
-    manifest: _Manifest
+    manifest: Manifest
     outbox_seq: int
 
 
@@ -608,11 +527,6 @@ def _pk(run_id: str) -> str:
     return f"RUN#{run_id}"
 
 
-def _tag(version: int) -> str:
-    """A fresh name for the parts one save writes: unique even between rival savers."""
-    return f"v{version}-{secrets.token_hex(4)}"
-
-
 def _tag_version(sk: str) -> int | None:
     """The version in a part item's tag; None for HEAD and outbox items."""
     fields = sk.split("#")
@@ -625,37 +539,13 @@ def _tag_version(sk: str) -> int | None:
     return int(tag[1:].split("-", 1)[0])
 
 
-def _wave_sk(position: int, tag: str, chunk: int) -> str:
-    return f"WAVE#{position:04d}#{tag}#{chunk:02d}"
-
-
-def _header_sk(tag: str, chunk: int) -> str:
-    return f"HDR#{tag}#{chunk:02d}"
-
-
-def _part_keys(manifest: _Manifest) -> list[str]:
-    keys = [_wave_sk(i, p.tag, n) for i, p in enumerate(manifest.waves) for n in range(p.chunks)]
-    if manifest.header is not None:
-        keys.extend(_header_sk(manifest.header.tag, n) for n in range(manifest.header.chunks))
-    return keys
-
-
-def _chunks(data: bytes) -> list[bytes]:
-    return [data[i : i + CHUNK_BYTES] for i in range(0, len(data), CHUNK_BYTES)] or [b""]
-
-
-def _compress(text: str) -> bytes:
-    return zlib.compress(text.encode(), 6)
-
-
-def _header_json(run: Run) -> str:
-    return run.model_dump_json(exclude={"waves"})
-
-
-def _with_no_waves(header: bytes) -> bytes:
-    """The JSON of the Run with an empty `waves`, which the loaded waves then replace."""
-    assert header.endswith(b"}") and len(header) > 2, "a run header is a non-empty JSON object"
-    return header[:-1] + b',"waves":[]}'
+def _part_items(run_id: str, encoded: Encoded) -> list[Item]:
+    """The items of the parts a save writes, with the time written (for `vacuum`)."""
+    pk = _pk(run_id)
+    written_at: AttributeValueTypeDef = {"N": str(int(time.time()))}
+    return [
+        {"pk": {"S": pk}, "sk": {"S": sk}, "data": {"B": data}, "written_at": written_at} for sk, data in encoded.chunks
+    ]
 
 
 def _utc(moment: datetime) -> str:

@@ -25,7 +25,8 @@ fresh *tag* (``v<version>-<random>``) and the manifest names, per wave, the tag 
 to read; unchanged waves keep theirs (a save rewrites only the waves `decide` changed:
 `run.waves[i] is not previous.waves[i]`). A reader reads ``head``, then exactly the parts it
 names; a part is never overwritten, only deleted once superseded, so a reader that finds one
-gone (a save committed and cleaned up in between) reads again.
+gone (a save committed and cleaned up in between) reads again. The manifest, the encoding of a
+run into parts and its reassembly are `patchpilot.adapters.run_parts`, shared with DynamoDB.
 
 A create or save is one entity-group transaction: ``head`` (created, or replaced on the
 condition that its ETag is still the one the run was loaded with: 412 is a ConflictError), the
@@ -50,11 +51,9 @@ it. A row left unconfirmed (a create that failed or died half-way) is listed onl
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import re
-import secrets
 import time
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
@@ -66,8 +65,9 @@ from azure.core import MatchConditions
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableClient, TableEntity, TableTransactionError, UpdateMode
 
+from patchpilot.adapters.run_parts import Encoded, Manifest, PartLayout, Version, compress, split
 from patchpilot.engine.messages import MESSAGE, Message
-from patchpilot.engine.run import Run, WaveState
+from patchpilot.engine.run import Run
 from patchpilot.ports import ConflictError, UnknownRunError
 
 log = logging.getLogger("patchpilot.azure.table")
@@ -92,37 +92,12 @@ _PARTS_FILTER = (
     "PartitionKey eq @pk and ((RowKey ge 'header:' and RowKey lt 'header;')"
     " or (RowKey ge 'wave:' and RowKey lt 'wave;'))"
 )
-
-
-@dataclass(frozen=True)
-class _Part:
-    """Where one part of a run version lives: the tag it was written under, in `chunks` rows."""
-
-    tag: str
-    chunks: int
-
-
-@dataclass(frozen=True)
-class _Manifest:
-    header: _Part | None  # None: the header is in the head row
-    waves: tuple[_Part, ...]
-
-    def dump(self) -> bytes:
-        header = None if self.header is None else [self.header.tag, self.header.chunks]
-        text = json.dumps({"header": header, "waves": [[p.tag, p.chunks] for p in self.waves]}, separators=(",", ":"))
-        return zlib.compress(text.encode(), 6)
-
-    @classmethod
-    def parse(cls, data: bytes) -> _Manifest:
-        parsed = json.loads(zlib.decompress(data))
-        header = None if parsed["header"] is None else _Part(str(parsed["header"][0]), int(parsed["header"][1]))
-        return cls(header, tuple(_Part(str(tag), int(chunks)) for tag, chunks in parsed["waves"]))
-
-    def part_keys(self) -> list[str]:
-        keys = [_wave_key(i, p.tag, n) for i, p in enumerate(self.waves) for n in range(p.chunks)]
-        if self.header is not None:
-            keys.extend(_header_key(self.header.tag, n) for n in range(self.header.chunks))
-        return keys
+_LAYOUT = PartLayout(
+    wave_key="wave:{position:04d}:{tag}:{chunk:02d}",
+    header_key="header:{tag}:{chunk:02d}",
+    chunk_bytes=ROW_BYTES,
+    fits_in_head=lambda header, _manifest: len(header) <= HEADER_PROPERTIES * PROPERTY_BYTES,
+)
 
 
 @dataclass(frozen=True)
@@ -132,7 +107,7 @@ class _Stored:
 
     run: Run | None
     version: int
-    manifest: _Manifest
+    manifest: Manifest
     outbox_seq: int
     etag: str
 
@@ -165,9 +140,9 @@ class TableRunStore:
 
     def create(self, run: Run, outbox: Sequence[Message]) -> None:
         pk = _pk(run.run_id)
-        waves = {i: _compress(wave.model_dump_json()) for i, wave in enumerate(run.waves)}
-        parts, manifest, header = self._parts_for(run, waves, None)
-        head = self._head_row(run, manifest, header, outbox_seq=len(outbox))
+        encoded = _LAYOUT.encode(run)
+        parts, manifest = _part_rows(pk, encoded), encoded.manifest
+        head = self._head_row(run, manifest, encoded.header, outbox_seq=len(outbox))
         outbox_rows = self._outbox_rows(pk, outbox, first_seq=1)
         _fixed_bytes(head, outbox_rows)  # too big: refused before anything is written
         self._index(run)
@@ -207,14 +182,10 @@ class TableRunStore:
             raise ValueError(f"run {run.run_id}: version {run.version} does not follow {previous.version}")
         run_id, pk = run.run_id, _pk(run.run_id)
         base = self._stored_at(run_id, previous.version)
-        changed = {
-            i: _compress(wave.model_dump_json())
-            for i, wave in enumerate(run.waves)
-            if i >= len(previous.waves) or i >= len(base.manifest.waves) or wave is not previous.waves[i]
-        }
-        parts, manifest, header = self._parts_for(run, changed, base.manifest)
+        encoded = _LAYOUT.encode(run, Version(previous, base.manifest))
+        parts, manifest = _part_rows(pk, encoded), encoded.manifest
         outbox_seq = base.outbox_seq + len(outbox)
-        head = self._head_row(run, manifest, header, outbox_seq)
+        head = self._head_row(run, manifest, encoded.header, outbox_seq)
         update = ("update", head, {"mode": UpdateMode.REPLACE, "etag": base.etag, "match_condition": _UNCHANGED})
         try:
             etag = self._commit(update, parts, self._outbox_rows(pk, outbox, first_seq=base.outbox_seq + 1))
@@ -224,8 +195,7 @@ class TableRunStore:
                 raise UnknownRunError(run_id) from cancelled.error
             raise ConflictError(f"run {run_id} is no longer at version {previous.version}") from cancelled.error
         self._runs[run_id] = _Stored(run, run.version, manifest, outbox_seq, etag)
-        keep = set(manifest.part_keys())
-        self._delete_quietly(pk, [key for key in base.manifest.part_keys() if key not in keep])
+        self._delete_quietly(pk, _LAYOUT.superseded(base.manifest, manifest))
 
     def outbox(self, run_id: str) -> list[Message]:
         messages: list[Message] = []
@@ -271,7 +241,7 @@ class TableRunStore:
         if head is None:
             return 0
         version = int(head["version"])
-        named = set(_Manifest.parse(_joined(head, "m")).part_keys())
+        named = set(_LAYOUT.keys(_manifest(head)))
         cutoff = datetime.now(UTC) - older_than
         doomed: list[str] = []
         for row in self.client.query_entities(_PARTS_FILTER, parameters={"pk": pk}, select=["RowKey", "Timestamp"]):
@@ -286,34 +256,8 @@ class TableRunStore:
 
     # ------------------------------------------------------------ writing
 
-    def _parts_for(
-        self, run: Run, waves: Mapping[int, bytes], base: _Manifest | None
-    ) -> tuple[list[dict[str, Any]], _Manifest, bytes | None]:
-        """The part rows for the changed `waves` (position -> compressed JSON) and, when it is
-        too big for the head row, the header; the manifest of the new version (`base`'s entry
-        for every wave not in `waves`); the compressed header when it stays in the head row."""
-        pk = _pk(run.run_id)
-        tag = f"v{run.version}-{secrets.token_hex(4)}"
-        parts: list[dict[str, Any]] = []
-        entries: list[_Part] = []
-        for position in range(len(run.waves)):
-            data = waves.get(position)
-            if data is None:
-                assert base is not None, "a new run writes every wave"
-                entries.append(base.waves[position])
-                continue
-            chunks = _chunks(data, ROW_BYTES)
-            entries.append(_Part(tag, len(chunks)))
-            parts.extend(_row(pk, _wave_key(position, tag, n), "d", chunk) for n, chunk in enumerate(chunks))
-        header = _compress(run.model_dump_json(exclude={"waves"}))
-        if len(header) <= HEADER_PROPERTIES * PROPERTY_BYTES:
-            return parts, _Manifest(None, tuple(entries)), header
-        chunks = _chunks(header, ROW_BYTES)
-        parts.extend(_row(pk, _header_key(tag, n), "d", chunk) for n, chunk in enumerate(chunks))
-        return parts, _Manifest(_Part(tag, len(chunks)), tuple(entries)), None
-
-    def _head_row(self, run: Run, manifest: _Manifest, header: bytes | None, outbox_seq: int) -> dict[str, Any]:
-        dumped = manifest.dump()
+    def _head_row(self, run: Run, manifest: Manifest, header: bytes | None, outbox_seq: int) -> dict[str, Any]:
+        dumped = compress(manifest.dump())
         if len(dumped) > MANIFEST_PROPERTIES * PROPERTY_BYTES:
             raise ValueError(f"run {run.run_id}: the manifest of {len(run.waves)} waves is too big for a table row")
         head = _row(_pk(run.run_id), HEAD, "m", dumped)
@@ -325,7 +269,7 @@ class TableRunStore:
     def _outbox_rows(self, pk: str, outbox: Sequence[Message], first_seq: int) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
         for seq, message in enumerate(outbox, start=first_seq):
-            body = _compress(MESSAGE.dump_json(message).decode())
+            body = compress(MESSAGE.dump_json(message).decode())
             if len(body) > ROW_BYTES:
                 raise ValueError(f"message {message.id} is {len(body)} bytes compressed: too big for the outbox")
             row = _row(pk, f"out:{seq:06d}", "b", body)
@@ -405,43 +349,21 @@ class TableRunStore:
         stored = int(head["version"])
         if stored != version:
             raise ConflictError(f"run {run_id} is at version {stored}, not {version} as loaded")
-        manifest = _Manifest.parse(_joined(head, "m"))
+        manifest = _manifest(head)
         return _Stored(None, stored, manifest, int(head["outbox_seq"]), str(head.metadata["etag"]))
 
     def _assemble(self, run_id: str, head: TableEntity, cached: _Stored | None) -> _Stored | None:
         """The Run that `head` names, reusing the cached waves whose part is unchanged; None
         when a part is gone (superseded meanwhile)."""
-        pk = _pk(run_id)
-        manifest = _Manifest.parse(_joined(head, "m"))
-        reused: dict[int, WaveState] = {}
-        if cached is not None and cached.run is not None:
-            for position, part in enumerate(manifest.waves):
-                if position < len(cached.manifest.waves) and cached.manifest.waves[position] == part:
-                    reused[position] = cached.run.waves[position]
-        wanted = [
-            _wave_key(position, part.tag, n)
-            for position, part in enumerate(manifest.waves)
-            if position not in reused
-            for n in range(part.chunks)
-        ]
-        if manifest.header is not None:
-            wanted.extend(_header_key(manifest.header.tag, n) for n in range(manifest.header.chunks))
-        fetched = self._fetch(pk, wanted)
-        if len(fetched) < len(wanted):
+        manifest = _manifest(head)
+        run = _LAYOUT.decode(
+            manifest,
+            head_header=lambda: _joined(head, "h"),
+            fetch=lambda row_keys: self._fetch(_pk(run_id), row_keys),
+            cached=None if cached is None or cached.run is None else Version(cached.run, cached.manifest),
+        )
+        if run is None:
             return None
-        if manifest.header is None:
-            header = zlib.decompress(_joined(head, "h"))
-        else:
-            part = manifest.header
-            header = zlib.decompress(b"".join(fetched[_header_key(part.tag, n)] for n in range(part.chunks)))
-        waves: list[WaveState] = []
-        for position, part in enumerate(manifest.waves):
-            wave = reused.get(position)
-            if wave is None:
-                data = b"".join(fetched[_wave_key(position, part.tag, n)] for n in range(part.chunks))
-                wave = WaveState.model_validate_json(zlib.decompress(data))
-            waves.append(wave)
-        run = Run.model_validate_json(_with_no_waves(header)).model_copy(update={"waves": tuple(waves)})
         return _Stored(run, run.version, manifest, int(head["outbox_seq"]), str(head.metadata["etag"]))
 
     def _fetch(self, pk: str, row_keys: list[str]) -> dict[str, bytes]:
@@ -496,14 +418,6 @@ def _pk(run_id: str) -> str:
     return f"run:{run_id}"
 
 
-def _wave_key(position: int, tag: str, chunk: int) -> str:
-    return f"wave:{position:04d}:{tag}:{chunk:02d}"
-
-
-def _header_key(tag: str, chunk: int) -> str:
-    return f"header:{tag}:{chunk:02d}"
-
-
 def _tag_version(row_key: str) -> int:
     """The version in a part row's tag (``wave:0001:v7-1a2b3c4d:00`` -> 7)."""
     tag = row_key.split(":")[-2]
@@ -514,9 +428,17 @@ def _names(prefix: str, count: int) -> list[str]:
     return [f"{prefix}{n:02d}" for n in range(count)]
 
 
+def _manifest(head: Mapping[str, Any]) -> Manifest:
+    return Manifest.parse(zlib.decompress(_joined(head, "m")))
+
+
+def _part_rows(pk: str, encoded: Encoded) -> list[dict[str, Any]]:
+    return [_row(pk, row_key, "d", data) for row_key, data in encoded.chunks]
+
+
 def _properties(prefix: str, data: bytes) -> dict[str, bytes]:
     """`data` split over binary properties `<prefix>00`, `<prefix>01`, ... of 64 KiB."""
-    return {f"{prefix}{n:02d}": chunk for n, chunk in enumerate(_chunks(data, PROPERTY_BYTES))}
+    return {f"{prefix}{n:02d}": chunk for n, chunk in enumerate(split(data, PROPERTY_BYTES))}
 
 
 def _row(pk: str, row_key: str, prefix: str, data: bytes) -> dict[str, Any]:
@@ -529,10 +451,6 @@ def _joined(row: Mapping[str, Any], prefix: str) -> bytes:
     while (value := row.get(f"{prefix}{len(parts):02d}")) is not None:
         parts.append(bytes(value))
     return b"".join(parts)
-
-
-def _chunks(data: bytes, size: int) -> list[bytes]:
-    return [data[i : i + size] for i in range(0, len(data), size)] or [b""]
 
 
 def _fixed_bytes(head: Mapping[str, Any], outbox: list[dict[str, Any]]) -> int:
@@ -570,16 +488,6 @@ def _json_bytes(row: Mapping[str, Any]) -> int:
         else:
             total += len(str(value).encode())
     return total
-
-
-def _compress(text: str) -> bytes:
-    return zlib.compress(text.encode(), 6)
-
-
-def _with_no_waves(header: bytes) -> bytes:
-    """The JSON of the Run with an empty `waves`, which the loaded waves then replace."""
-    assert header.endswith(b"}") and len(header) > 2, "a run header is a non-empty JSON object"
-    return header[:-1] + b',"waves":[]}'
 
 
 def _utc(moment: datetime) -> str:

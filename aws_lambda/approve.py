@@ -1,49 +1,69 @@
-"""The approval endpoint (Lambda Function URL): GET /approve?token=<signed, expiring link>.
+"""The approval endpoint (Lambda Function URL): `/approve?token=<signed, expiring link>`.
+
+GET only shows what the link approves, with a button that POSTs the token back: mail link
+scanners and chat previews open links by GET and must not approve anything. POST approves.
 
 The runtime imports each of its parts where it builds it; the parts that every invocation uses
-are imported here (the F401 imports; the fleet only because the service is built over it), so
-that Lambda's init phase builds their models rather than the first request."""
+are imported here (the F401 imports), so that Lambda's init phase builds their models rather
+than the first request. An approval needs no fleet and no `Service` (`grant_approval`), and one
+route needs no router: the event is read through powertools' Function URL data class.
+"""
 
 from __future__ import annotations
 
-from html import escape
 from typing import Any
 
-from aws_lambda_powertools.event_handler import LambdaFunctionUrlResolver, Response, content_types
+from aws_lambda_powertools.utilities.data_classes import LambdaFunctionUrlEvent, event_source
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from aws_lambda import loaded
 from aws_lambda.observability import logger, tracer
-from patchpilot import service  # noqa: F401
-from patchpilot.adapters.aws import dynamodb_store, fleet, secrets, sqs_queue  # noqa: F401
+from patchpilot.adapters.aws import dynamodb_store, secrets, sqs_queue  # noqa: F401
 from patchpilot.adapters.aws.runtime import deps
-from patchpilot.approvals import ApprovalLinkError
-
-app = LambdaFunctionUrlResolver()
-
-
-def _page(status: int, text: str) -> Response[str]:
-    body = f"<!DOCTYPE html><title>PatchPilot</title><p>{escape(text)}</p>"
-    return Response(status_code=status, content_type=content_types.TEXT_HTML, body=body)
+from patchpilot.approvals import ApprovalLinkError, approval_page, approval_token
+from patchpilot.ports import UnknownRunError
 
 
-@app.get("/approve")
+def _page(status: int, text: str, form_token: str | None = None) -> dict[str, Any]:
+    return {
+        "statusCode": status,
+        "headers": {"Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-store"},
+        "body": approval_page(text, form_token),
+    }
+
+
 @tracer.capture_method
-def approve() -> Response[str]:
-    token = app.current_event.get_query_string_value("token", "") or ""
+def answer(method: str, token: str) -> dict[str, Any]:
+    if not token:
+        return _page(400, "This approval link has no token.")
+    runtime = deps(logger)
     try:
-        text = deps(logger).approve(token)
+        request, refusal = runtime.preview_approval(token)
+        logger.set_correlation_id(request.run_id)
+        if refusal is not None:
+            return _page(200, refusal)
+        if method != "POST":
+            return _page(200, f"Approve ring {request.ring} of run {request.run_id}?", form_token=token)
+        text = runtime.approve(token)
     except ApprovalLinkError as exc:
         logger.warning("approval refused", extra={"reason": str(exc)})
         return _page(403, str(exc))
+    except UnknownRunError:
+        return _page(404, "This approval link names a run that does not exist.")
     logger.info(text)
     return _page(200, text)
 
 
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
-def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return app.resolve(event, context)
+@event_source(data_class=LambdaFunctionUrlEvent)
+def handler(event: LambdaFunctionUrlEvent, context: LambdaContext) -> dict[str, Any]:
+    method = event.request_context.http.method.upper()
+    if method not in ("GET", "POST"):
+        return _page(405, f"{method} is not allowed here: open the link, then press Approve.")
+    body = (event.decoded_body or "").encode("utf-8")
+    token = approval_token(event.query_string_parameters or {}, body, event.headers.get("content-type", ""))
+    return answer(method, token)
 
 
 loaded()  # the module has loaded: garbage collection resumes (see aws_lambda/__init__.py)

@@ -9,43 +9,20 @@
 from __future__ import annotations
 
 import json
-from html import escape
-from urllib.parse import parse_qs
 
 import azure.functions as func
 
 from azure_functions.observability import invocation, log, set_correlation_id
 from patchpilot.adapters.azure.runtime import deps
 from patchpilot.adapters.azure.secrets import SecretUnavailableError
-from patchpilot.approvals import ApprovalLinkError
+from patchpilot.approvals import ApprovalLinkError, approval_page, approval_token
 from patchpilot.ports import UnknownRunError
 
 bp = func.Blueprint()  # type: ignore[no-untyped-call]  # its __init__ is not annotated
 
 
 def _page(status: int, text: str, form_token: str | None = None) -> func.HttpResponse:
-    body = f"<!DOCTYPE html><title>PatchPilot</title><p>{escape(text)}</p>"
-    if form_token is not None:  # posts to this same URL (function key included) with the token
-        body += (
-            f'<form method="post"><input type="hidden" name="token" value="{escape(form_token)}">'
-            '<button type="submit">Approve</button></form>'
-        )
-    return func.HttpResponse(body, status_code=status, mimetype="text/html", charset="utf-8")
-
-
-def token_of(query: dict[str, str], body: bytes, content_type: str) -> str:
-    """The token from the query string, a form body or a JSON body `{"token": ...}`."""
-    if query.get("token"):
-        return query["token"]
-    text = body.decode("utf-8", errors="replace")
-    if content_type.startswith("application/json"):
-        try:
-            document = json.loads(text)
-        except ValueError:
-            return ""
-        token = document.get("token") if isinstance(document, dict) else None
-        return token if isinstance(token, str) else ""
-    return parse_qs(text).get("token", [""])[0]
+    return func.HttpResponse(approval_page(text, form_token), status_code=status, mimetype="text/html", charset="utf-8")
 
 
 def approval(method: str, token: str, invocation_id: str = "") -> func.HttpResponse:
@@ -90,7 +67,7 @@ def run_status(run_id: str, invocation_id: str = "") -> func.HttpResponse:
 def approve(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
     return approval(
         req.method,
-        token_of(dict(req.params), req.get_body(), req.headers.get("content-type", "")),
+        approval_token(dict(req.params), req.get_body(), req.headers.get("content-type", "")),
         context.invocation_id,
     )
 

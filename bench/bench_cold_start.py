@@ -141,15 +141,16 @@ def _sqs_record(message_id: str, body: str) -> dict[str, Any]:
 
 
 def _function_url_event(token: str) -> dict[str, Any]:
+    """The Approve button: a POST of the link's form (opening the link by GET approves nothing)."""
     return {
         "version": "2.0",
         "routeKey": "$default",
         "rawPath": "/approve",
-        "rawQueryString": f"token={token}",
-        "headers": {"host": "abc123.lambda-url.us-east-1.on.aws"},
-        "queryStringParameters": {"token": token},
+        "rawQueryString": "",
+        "headers": {"host": "abc123.lambda-url.us-east-1.on.aws", "content-type": "application/x-www-form-urlencoded"},
+        "body": f"token={token}",
         "requestContext": {
-            "http": {"method": "GET", "path": "/approve", "protocol": "HTTP/1.1", "sourceIp": "203.0.113.7"},
+            "http": {"method": "POST", "path": "/approve", "protocol": "HTTP/1.1", "sourceIp": "203.0.113.7"},
             "requestId": "0a1b2c3d-0000-4000-8000-000000000001",
             "routeKey": "$default",
             "stage": "$default",

@@ -32,6 +32,7 @@ resources and conditions aside).
 
 from __future__ import annotations
 
+import base64
 import json
 import sys
 from collections.abc import Iterator
@@ -39,6 +40,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import boto3
 import pytest
@@ -173,24 +175,31 @@ class World:
 
         self.steps.drain(invoke)
 
-    def open_link(self, token: str) -> dict[str, Any]:
-        """The approval function, as its Function URL invokes it for GET /approve?token=..."""
+    def open_link(self, token: str, method: str = "GET") -> dict[str, Any]:
+        """The approval function, as its Function URL invokes it for GET /approve?token=...
+        (opening the link) or POST (its Approve button, the token in the form's body)."""
         context = self._cold_start_if_another("approve")
         now = self.clock.now()
+        headers = {"host": f"abc123.lambda-url.{REGION}.on.aws", "user-agent": "Mozilla/5.0"}
+        form: dict[str, Any] = {}
+        if method == "POST":
+            headers["content-type"] = "application/x-www-form-urlencoded"
+            body = base64.b64encode(urlencode({"token": token}).encode()).decode()
+            form = {"body": body, "isBase64Encoded": True}  # how Function URLs pass a form
         event = {
             "version": "2.0",
             "routeKey": "$default",
             "rawPath": "/approve",
-            "rawQueryString": f"token={token}",
-            "headers": {"host": f"abc123.lambda-url.{REGION}.on.aws", "user-agent": "Mozilla/5.0"},
-            "queryStringParameters": {"token": token},
+            "rawQueryString": "" if method == "POST" else f"token={token}",
+            "headers": headers,
+            **({} if method == "POST" else {"queryStringParameters": {"token": token}}),
             "requestContext": {
                 "accountId": "anonymous",
                 "apiId": "abc123",
                 "domainName": f"abc123.lambda-url.{REGION}.on.aws",
                 "domainPrefix": "abc123",
                 "http": {
-                    "method": "GET",
+                    "method": method,
                     "path": "/approve",
                     "protocol": "HTTP/1.1",
                     "sourceIp": "203.0.113.7",
@@ -203,6 +212,7 @@ class World:
                 "timeEpoch": int(now.timestamp() * 1000),
             },
             "isBase64Encoded": False,
+            **form,
         }
         result: dict[str, Any] = approve.handler(event, context)
         return result
@@ -427,7 +437,10 @@ def test_a_scheduled_run_patches_staging_then_production_after_approval_and_roll
     foreign = world.open_link(sign_approval(ApprovalRequest(run_id, "production"), "another-key"))
     assert foreign["statusCode"] == 403
     assert world.load(run_id).status == "waiting_approval"
-    granted = world.open_link(token)
+    opened = world.open_link(token)  # a link scanner or a person opening it: asks, approves nothing
+    assert opened["statusCode"] == 200 and f"Approve ring production of run {run_id}?" in opened["body"]
+    assert '<form method="post">' in opened["body"] and world.load(run_id).status == "waiting_approval"
+    granted = world.open_link(token, method="POST")  # the Approve button
     assert granted["statusCode"] == 200 and f"approved ring production of run {run_id}" in granted["body"]
 
     world.work()

@@ -33,7 +33,7 @@ import function_app
 from azure_functions import http_api, observability, steps, timer
 from patchpilot.adapters.azure.runtime import AzureEnvironment
 from patchpilot.adapters.azure.secrets import SecretUnavailableError
-from patchpilot.approvals import ApprovalLinkError, ApprovalRequest
+from patchpilot.approvals import ApprovalLinkError, ApprovalRequest, approval_token
 from patchpilot.ports import UnknownRunError
 from patchpilot.triggers import TIMER_PERIOD, TriggerDecision
 
@@ -360,7 +360,7 @@ def test_an_unreadable_signing_key_is_a_503_that_names_the_secret_in_the_log(
 
 
 def test_the_token_is_escaped_in_the_page(runtime: StubRuntime) -> None:
-    assert http_api.token_of({}, b'token=a"><script>', "application/x-www-form-urlencoded") == 'a"><script>'
+    assert approval_token({}, b'token=a"><script>', "application/x-www-form-urlencoded") == 'a"><script>'
     page = http_api._page(200, "Approve?", form_token='a"><script>').get_body().decode()
     assert "<script>" not in page and "&quot;&gt;&lt;script&gt;" in page
 

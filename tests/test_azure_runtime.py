@@ -170,7 +170,15 @@ def settings(azurite: Azurite) -> dict[str, str]:
         "PATCHPILOT_POLICY": f"blob://{azurite.unique_name('config')}/patchpilot/policy.yaml",
         "PATCHPILOT_KEY_VAULT_URL": "https://patchpilot-kv.vault.azure.net",
         "PATCHPILOT_APPROVAL_SECRET": "patchpilot-approval-signing-key",
+        "PATCHPILOT_REPORTS": azurite.unique_name("reports"),
     }
+
+
+def report(settings: dict[str, str], run_id: str, suffix: str = "html") -> str:
+    """A run's report as the app wrote it to the reports container."""
+    service = BlobServiceClient.from_connection_string(settings["AzureWebJobsStorage"])
+    blob = service.get_blob_client(settings["PATCHPILOT_REPORTS"], f"{run_id}.{suffix}")
+    return bytes(blob.download_blob().readall()).decode("utf-8")
 
 
 def upload(settings: dict[str, str], text: str) -> None:
@@ -606,8 +614,13 @@ def aum(
 
 
 def test_an_update_manager_run_is_snapshotted_before_and_rolled_back_after(
-    aum: tuple[FunctionsHost, FakeAzureCompute, FakeMaintenance], arm: FakeArm, clock: ManualClock
+    aum: tuple[FunctionsHost, FakeAzureCompute, FakeMaintenance],
+    arm: FakeArm,
+    clock: ManualClock,
+    settings: dict[str, str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level("INFO", logger="patchpilot")
     host, azure, maintenance = aum
     vms = [
         azure.add_vm(
@@ -652,6 +665,11 @@ def test_an_update_manager_run_is_snapshotted_before_and_rolled_back_after(
     }
     assert not azure.broken(vms[1])
     assert [c for c in arm.calls if c.path.endswith("/installpatches")] == []  # Update Manager installed
+    html = report(settings, run_id)
+    assert run_id in html and "prd-2" in html and "<svg" in html  # the report, with its timeline
+    assert "# " in report(settings, run_id, "md")
+    (finished_notice,) = [r.getMessage() for r in caplog.records if f"Run {run_id} succeeded" in r.getMessage()]
+    assert "Report: " in finished_notice and f"/{settings['PATCHPILOT_REPORTS']}/{run_id}.html" in finished_notice
     assert maintenance.run_status(run) == "Pending"  # not cancelled
     called = {arm_action(call.method, call.path) for call in arm.calls}
     assert called - fleet_role_actions() == set()

@@ -71,6 +71,7 @@ var names = {
 var stepsQueue = 'patchpilot-steps'
 var runTable = 'patchpilotruns'
 var configContainer = 'patchpilot-config'
+var reportsContainer = 'patchpilot-reports'
 var packageContainer = 'app-package'
 var deadLetterContainer = 'maintenance-dead-letters'
 var approvalSecretName = 'patchpilot-approval-signing-key'
@@ -143,6 +144,13 @@ resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
 
     resource config 'containers' = {
       name: configContainer
+      properties: {
+        publicAccess: 'None'
+      }
+    }
+
+    resource reports 'containers' = {
+      name: reportsContainer
       properties: {
         publicAccess: 'None'
       }
@@ -388,6 +396,10 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
         {
           name: 'PATCHPILOT_POLICY'
           value: 'blob://${configContainer}/policy.yaml'
+        }
+        {
+          name: 'PATCHPILOT_REPORTS'
+          value: reportsContainer
         }
         {
           name: 'PATCHPILOT_KEY_VAULT_URL'

@@ -4,14 +4,26 @@ A link carries the run id and the ring it opens, signed with a secret (HMAC-SHA2
 itsdangerous) and stamped; it is refused when tampered with, signed with another secret, or
 older than its lifetime. Granting is idempotent (one ApprovalGranted per ring gate), so a link
 clicked twice approves once.
+
+The endpoints (AWS Function URL, Azure HTTP function) answer GET with a page that only says what
+the link approves, with a button that POSTs it back, and approve on POST: mail link scanners and
+chat previews open links by GET and must not approve anything.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from html import escape
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qs
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+
+if TYPE_CHECKING:
+    from patchpilot.engine.run import Run
 
 SALT = "patchpilot.approval"
 DEFAULT_LIFETIME = timedelta(hours=24)
@@ -44,3 +56,37 @@ def verify_approval(token: str, secret: str, lifetime: timedelta = DEFAULT_LIFET
     if not isinstance(data, dict) or not {"run", "ring"} <= set(data):
         raise ApprovalLinkError("the approval link is not valid")
     return ApprovalRequest(str(data["run"]), str(data["ring"]), str(data.get("decision", "approve")))
+
+
+def approval_refusal(run: Run, request: ApprovalRequest) -> str | None:
+    """Why the run cannot take this approval now (None when it waits for exactly that ring)."""
+    if run.state != "awaiting_approval" or run.current.ring != request.ring:
+        return f"run {request.run_id} is not waiting for approval of ring {request.ring} ({run.status})"
+    return None
+
+
+def approval_token(query: Mapping[str, str], body: bytes, content_type: str) -> str:
+    """The token of an approval request: from the query string, a form body or a JSON body."""
+    if query.get("token"):
+        return query["token"]
+    text = body.decode("utf-8", errors="replace")
+    if content_type.startswith("application/json"):
+        try:
+            document = json.loads(text)
+        except ValueError:
+            return ""
+        token = document.get("token") if isinstance(document, dict) else None
+        return token if isinstance(token, str) else ""
+    return parse_qs(text).get("token", [""])[0]
+
+
+def approval_page(text: str, form_token: str | None = None) -> str:
+    """The HTML answer of an approval endpoint; with `form_token`, a button that POSTs the token
+    back to the same URL."""
+    body = f"<!DOCTYPE html><title>PatchPilot</title><p>{escape(text)}</p>"
+    if form_token is not None:
+        body += (
+            f'<form method="post"><input type="hidden" name="token" value="{escape(form_token)}">'
+            '<button type="submit">Approve</button></form>'
+        )
+    return body

@@ -60,6 +60,18 @@ log = logging.getLogger("patchpilot.service")
 MAX_CONFLICT_RETRIES = 5
 
 
+def grant_approval(store: RunStore, queue: Queue, run_id: str, by: str) -> str:
+    """Grant the approval a run waits for (the event that says so; the worker applies it). An
+    approval needs no fleet: approval endpoints call this without building a `Service`."""
+    run = store.load(run_id)
+    if run.state != "awaiting_approval":
+        return f"run {run_id} is not waiting for approval ({run.status})"
+    ring = run.current.ring
+    event = ApprovalGranted(id=f"{run_id}:approve:{ring}", run_id=run_id, by=by)
+    queue.publish([event])
+    return f"approved ring {ring} of run {run_id}"
+
+
 @dataclass
 class Service:
     store: RunStore
@@ -98,13 +110,7 @@ class Service:
 
     def approve(self, run_id: str, by: str = "cli") -> str:
         """Grant the approval the run waits for; approving one gate twice is one approval."""
-        run = self.store.load(run_id)
-        if run.state != "awaiting_approval":
-            return f"run {run_id} is not waiting for approval ({run.status})"
-        ring = run.current.ring
-        event = ApprovalGranted(id=f"{run_id}:approve:{ring}", run_id=run_id, by=by)
-        self.queue.publish([event])
-        return f"approved ring {ring} of run {run_id}"
+        return grant_approval(self.store, self.queue, run_id, by)
 
     def handle(self, delivery: Delivery) -> None:
         """Process one delivery. Raises only when it must be delivered again (a crash, a

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from patchpilot.adapters.aws.fleet import Ec2SsmFleet
     from patchpilot.adapters.aws.secrets import SecretsManagerSecrets
     from patchpilot.adapters.aws.sqs_queue import SqsQueue
+    from patchpilot.approvals import ApprovalRequest
     from patchpilot.ports import Clock, RunStore
     from patchpilot.service import Service
     from patchpilot.triggers import TriggerDecision
@@ -131,17 +132,22 @@ class AwsRuntime:
             self.service.start(decision.run_id, policy, discovered.instances)
         return decision
 
-    def approve(self, token: str) -> str:
-        """A signed approval link: grant the ring it names, if the run waits for exactly that."""
-        from patchpilot.approvals import ApprovalLinkError, verify_approval
+    def preview_approval(self, token: str) -> tuple[ApprovalRequest, str | None]:
+        """What a signed approval link asks for, and why it cannot be granted now (None when it
+        can); ApprovalLinkError when the link is invalid or expired."""
+        from patchpilot.approvals import ApprovalLinkError, approval_refusal, verify_approval
 
         if not self.env.approval_secret:
             raise ApprovalLinkError("approval links are not configured (PATCHPILOT_APPROVAL_SECRET)")
         request = verify_approval(token, self.secrets.get(self.env.approval_secret))
-        run = self.store.load(request.run_id)
-        if run.state != "awaiting_approval" or run.current.ring != request.ring:
-            return f"run {request.run_id} is not waiting for approval of ring {request.ring} ({run.status})"
-        return self.service.approve(request.run_id, by="approval link")
+        return request, approval_refusal(self.store.load(request.run_id), request)
+
+    def approve(self, token: str) -> str:
+        """A signed approval link: grant the ring it names, if the run waits for exactly that."""
+        from patchpilot.service import grant_approval
+
+        request, refusal = self.preview_approval(token)
+        return refusal or grant_approval(self.store, self.queue, request.run_id, by="approval link")
 
 
 @functools.cache

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from patchpilot.adapters.azure.clients import AzureClients
 from patchpilot.adapters.azure.policy_source import SCHEME, blob_location, load_policy_from
-from patchpilot.adapters.serverless import LogNotifier, WallClock
+from patchpilot.adapters.serverless import LogNotifier, ReportingNotifier, WallClock
 from patchpilot.errors import InputError, Problem
 from patchpilot.policy import Policy
 
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
     from patchpilot.adapters.azure.fleet import AzureFleet
     from patchpilot.adapters.azure.maintenance_events import MaintenanceEvent
+    from patchpilot.adapters.azure.reports import BlobReports
     from patchpilot.adapters.azure.storage_queue import StorageQueue
     from patchpilot.adapters.azure.table_store import TableRunStore
     from patchpilot.approvals import ApprovalRequest
@@ -78,6 +79,7 @@ class AzureEnvironment(BaseModel):
     policy: str = Field(alias="PATCHPILOT_POLICY")  # blob://container/name in the same storage account
     key_vault_url: str | None = Field(default=None, alias="PATCHPILOT_KEY_VAULT_URL")
     approval_secret: str | None = Field(default=None, alias="PATCHPILOT_APPROVAL_SECRET")  # secret name
+    reports: str = Field(default="patchpilot-reports", alias="PATCHPILOT_REPORTS")  # blob container of run reports
 
     @field_validator("queue")
     @classmethod
@@ -226,6 +228,17 @@ class AzureRuntime:
         return BlobServiceClient(endpoints.blob, credential=self.clients.credential, **options)
 
     @functools.cached_property
+    def reports(self) -> BlobReports:
+        """Run reports, in their container (created if missing with a connection string, as the
+        table and queues are; in Azure the Bicep template creates it)."""
+        from patchpilot.adapters.azure.reports import BlobReports
+
+        container = self.blobs.get_container_client(self.env.reports)
+        if self.env.endpoints() is None:
+            _create_if_missing(container.create_container)
+        return BlobReports(container)
+
+    @functools.cached_property
     def secrets(self) -> Secrets | None:
         """Key Vault, when the settings name a vault."""
         if not self.env.key_vault_url:
@@ -245,7 +258,7 @@ class AzureRuntime:
             store=self.store,
             queue=self.queue,
             fleet=self.fleet,
-            notifier=LogNotifier(self.log),
+            notifier=ReportingNotifier(LogNotifier(self.log), self.store, self.reports.publish),
             clock=self.clock,
             maintenance=UpdateManagerCanceller(self.clients),
         )
@@ -359,16 +372,17 @@ class AzureRuntime:
 
     def preview_approval(self, token: str) -> tuple[ApprovalRequest, str | None]:
         """What the link would approve, and why it cannot (None when it can)."""
+        from patchpilot.approvals import approval_refusal
+
         request = self.approval_request(token)
-        run = self.store.load(request.run_id)
-        if run.state != "awaiting_approval" or run.current.ring != request.ring:
-            return request, f"run {request.run_id} is not waiting for approval of ring {request.ring} ({run.status})"
-        return request, None
+        return request, approval_refusal(self.store.load(request.run_id), request)
 
     def approve(self, token: str) -> str:
         """A signed approval link: grant the ring it names, if the run waits for exactly that."""
+        from patchpilot.service import grant_approval
+
         request, refusal = self.preview_approval(token)
-        return refusal or self.service.approve(request.run_id, by="approval link")
+        return refusal or grant_approval(self.store, self.queue, request.run_id, by="approval link")
 
     def status(self, run_id: str) -> dict[str, Any]:
         """The run as `patchpilot status --json` shows it; UnknownRunError when there is none."""

@@ -1,0 +1,34 @@
+"""Run reports in Blob Storage: the Markdown and HTML report of a finished run, written to a
+container of the app's storage account (`PATCHPILOT_REPORTS`)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from patchpilot.engine.run import Run
+from patchpilot.reports import render_html, render_markdown, report_stem
+
+if TYPE_CHECKING:
+    from azure.storage.blob import ContainerClient
+
+
+class BlobReports:
+    """Each report is uploaded whole and replaced: the notice of a run's end may come twice."""
+
+    def __init__(self, container: ContainerClient) -> None:
+        self.container = container
+
+    def publish(self, run: Run) -> str:
+        """Write `<run id>.md` and `<run id>.html`; the HTML report's URL."""
+        from azure.storage.blob import ContentSettings
+
+        stem = report_stem(run.run_id)
+        documents = (("md", render_markdown(run), "text/markdown"), ("html", render_html(run), "text/html"))
+        for suffix, text, kind in documents:
+            self.container.upload_blob(
+                f"{stem}.{suffix}",
+                text.encode("utf-8"),
+                overwrite=True,
+                content_settings=ContentSettings(content_type=f"{kind}; charset=utf-8"),
+            )
+        return f"{self.container.url}/{stem}.html"

@@ -14,9 +14,8 @@ import azure.functions as func
 
 from azure_functions.observability import invocation, log, set_correlation_id
 from patchpilot.adapters.azure.runtime import deps
-from patchpilot.adapters.azure.secrets import SecretUnavailableError
 from patchpilot.approvals import ApprovalLinkError, approval_page, approval_token
-from patchpilot.ports import UnknownRunError
+from patchpilot.ports import SecretUnavailableError, UnknownRunError
 
 bp = func.Blueprint()  # type: ignore[no-untyped-call]  # its __init__ is not annotated
 

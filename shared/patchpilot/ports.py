@@ -135,6 +135,18 @@ class MaintenanceCanceller(Protocol):
         run's id, not ok with the reason when it cannot be cancelled (the cut-off passed)."""
 
 
+class Secrets(Protocol):
+    """Named secret values (webhook URLs, signing keys): Secrets Manager, Key Vault."""
+
+    def get(self, name: str) -> str:
+        """The value; SecretUnavailableError when it cannot be read. Values are never logged."""
+
+
+class SecretUnavailableError(LookupError):
+    """The secret could not be read (missing, disabled, no permission, throttled, unreachable)
+    or is not text."""
+
+
 class Notifier(Protocol):
     def notify(self, command: Notify) -> None:
         """Deliver a notification; failures are recorded by the notifier, never raised."""

@@ -7,25 +7,18 @@ Values are never logged, never put in exception texts and never shown by `repr`.
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from aws_lambda_powertools.utilities.parameters import SecretsProvider
 from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError
+
+from patchpilot.ports import Secrets, SecretUnavailableError
 
 if TYPE_CHECKING:
     from mypy_boto3_secretsmanager.client import SecretsManagerClient
 
 DEFAULT_MAX_AGE = timedelta(minutes=5)
-
-
-class Secrets(Protocol):
-    """Named secret values (webhook URLs, signing keys). To move to `ports.py`."""
-
-    def get(self, name: str) -> str: ...
-
-
-class SecretUnavailableError(LookupError):
-    """The secret could not be read (missing, no permission, throttled) or is not text."""
+__all__ = ["SecretUnavailableError", "Secrets", "SecretsManagerSecrets"]
 
 
 class SecretsManagerSecrets:

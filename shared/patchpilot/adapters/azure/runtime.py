@@ -19,7 +19,7 @@ import functools
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from patchpilot.adapters.azure.storage_queue import StorageQueue
     from patchpilot.adapters.azure.table_store import TableRunStore
     from patchpilot.approvals import ApprovalRequest
-    from patchpilot.ports import Clock
+    from patchpilot.ports import Clock, Secrets
     from patchpilot.service import Service
     from patchpilot.triggers import TriggerDecision
 
@@ -49,10 +49,6 @@ QUEUE_NAME_RULE = (
     "starting and ending with a letter or digit"
 )
 TABLE_NAME_RULE = "3 to 63 letters and digits, starting with a letter"
-
-
-class Secrets(Protocol):
-    def get(self, name: str) -> str: ...
 
 
 @dataclass(frozen=True)

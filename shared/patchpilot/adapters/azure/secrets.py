@@ -14,12 +14,11 @@ from datetime import timedelta
 from azure.core.exceptions import AzureError, ResourceNotFoundError
 from azure.keyvault.secrets import SecretClient
 
+from patchpilot.ports import SecretUnavailableError
+
 DEFAULT_MAX_AGE = timedelta(minutes=5)
+__all__ = ["KeyVaultSecrets", "SecretUnavailableError"]
 _SECRET_NAME = re.compile(r"^[0-9A-Za-z-]{1,127}$")
-
-
-class SecretUnavailableError(LookupError):
-    """The secret could not be read (missing, disabled, no permission, unreachable vault)."""
 
 
 class KeyVaultSecrets:

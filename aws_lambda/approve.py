@@ -20,15 +20,15 @@ from aws_lambda import loaded
 from aws_lambda.observability import logger, tracer
 from patchpilot.adapters.aws import dynamodb_store, secrets, sqs_queue  # noqa: F401
 from patchpilot.adapters.aws.runtime import deps
-from patchpilot.approvals import ApprovalLinkError, approval_page, approval_token
+from patchpilot.approvals import ApprovalLinkError, approval_page, approval_question, approval_token
 from patchpilot.ports import UnknownRunError
 
 
-def _page(status: int, text: str, form_token: str | None = None) -> dict[str, Any]:
+def _page(status: int, text: str, form_token: str | None = None, button: str = "Approve") -> dict[str, Any]:
     return {
         "statusCode": status,
         "headers": {"Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-store"},
-        "body": approval_page(text, form_token),
+        "body": approval_page(text, form_token, button),
     }
 
 
@@ -43,7 +43,7 @@ def answer(method: str, token: str) -> dict[str, Any]:
         if refusal is not None:
             return _page(200, refusal)
         if method != "POST":
-            return _page(200, f"Approve ring {request.ring} of run {request.run_id}?", form_token=token)
+            return _page(200, approval_question(request), form_token=token, button=request.decision.capitalize())
         text = runtime.approve(token)
     except ApprovalLinkError as exc:
         logger.warning("approval refused", extra={"reason": str(exc)})

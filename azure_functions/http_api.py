@@ -14,14 +14,16 @@ import azure.functions as func
 
 from azure_functions.observability import invocation, log, set_correlation_id
 from patchpilot.adapters.azure.runtime import deps
-from patchpilot.approvals import ApprovalLinkError, approval_page, approval_token
+from patchpilot.approvals import ApprovalLinkError, approval_page, approval_question, approval_token
 from patchpilot.ports import SecretUnavailableError, UnknownRunError
 
 bp = func.Blueprint()  # type: ignore[no-untyped-call]  # its __init__ is not annotated
 
 
-def _page(status: int, text: str, form_token: str | None = None) -> func.HttpResponse:
-    return func.HttpResponse(approval_page(text, form_token), status_code=status, mimetype="text/html", charset="utf-8")
+def _page(status: int, text: str, form_token: str | None = None, button: str = "Approve") -> func.HttpResponse:
+    return func.HttpResponse(
+        approval_page(text, form_token, button), status_code=status, mimetype="text/html", charset="utf-8"
+    )
 
 
 def approval(method: str, token: str, invocation_id: str = "") -> func.HttpResponse:
@@ -35,7 +37,7 @@ def approval(method: str, token: str, invocation_id: str = "") -> func.HttpRespo
             if refusal is not None:
                 return _page(200, refusal)
             if method != "POST":
-                return _page(200, f"Approve ring {request.ring} of run {request.run_id}?", form_token=token)
+                return _page(200, approval_question(request), form_token=token, button=request.decision.capitalize())
             text = runtime.approve(token)
         except ApprovalLinkError as error:
             log.warning("approval refused", extra={"reason": str(error)})

@@ -706,3 +706,25 @@ def test_events_that_are_not_maintenance_events_or_are_malformed_are_answered_no
     answers = maintenance_module.on_maintenance_event(broken, "pre_maintenance")
     assert answers and all(a.startswith("malformed: ") for a in answers)
     assert any("startDateTime" in a for a in answers)
+
+
+def test_a_reject_link_ends_the_run_before_production(
+    world: tuple[FunctionsHost, FakeAzureCompute], clock: ManualClock
+) -> None:
+    host, azure = world
+    azure.add_vm("stg-1", zone="1", tags={"Environment": "staging"}, available=[OPENSSL])
+    production = azure.add_vm("prd-1", zone="2", tags={"Environment": "production"}, available=[OPENSSL])
+    clock.set(START + timedelta(minutes=1))
+    host.timer()
+    host.drain()  # staging done, waiting for approval of production
+    token = sign_approval(ApprovalRequest(RUN_ID, "production", decision="reject"), SIGNING_KEY)
+    link = f"https://patchpilot-func.azurewebsites.net/api/approve?code=key&token={token}"
+    asked = host.get(http_api.approve, link).get_body().decode()
+    assert f"Reject ring production of run {RUN_ID}?" in asked and ">Reject</button>" in asked
+    answered = host.post_form(http_api.approve, link, {"token": token}).get_body().decode()
+    assert f"rejected ring production of run {RUN_ID}: the run ends" in answered
+    host.drain()
+    run = runtime_module.deps().store.load(RUN_ID)
+    assert run.status == "halted" and run.reason == "ring production rejected by approval link"
+    assert {r.instance.name: r.state for r in run.records()} == {"stg-1": "patched", "prd-1": "not_started"}
+    assert not azure.state(production).install_requests

@@ -1,4 +1,4 @@
-"""`patchpilot run`, `status`, `approve`, `report` and `--resume` on the local runtime."""
+"""`patchpilot run`, `status`, `approve`, `reject`, `report` and `--resume` on the local runtime."""
 
 from __future__ import annotations
 
@@ -83,6 +83,25 @@ def test_required_approval_pauses_the_run_until_approved(tmp_path: Path) -> None
     assert json.loads(approved.stdout)["status"] == "succeeded"
 
     again = cli("approve", run_id, "--state-dir", tmp_path / "s")
+    assert again.exit_code == 2 and "not waiting for approval" in again.output
+
+
+def test_a_rejected_ring_ends_the_run_cleanly_and_production_is_never_touched(tmp_path: Path) -> None:
+    policy = policy_variant(tmp_path, **{"approval: auto ": "approval: required "})
+    _, document = run_json("--policy", policy, "--inventory", FLEET, "--state-dir", tmp_path / "s")
+    run_id = document["run_id"]
+    rejected = cli("reject", run_id, "--reason", "change freeze", "--state-dir", tmp_path / "s", "--json")
+    assert rejected.exit_code == 1, rejected.output  # halted: the run ended without production
+    final = json.loads(rejected.stdout)
+    assert final["status"] == "halted" and final["reason"] == "ring production rejected by cli: change freeze"
+    production = [v for v in final["instances"].values() if v["ring"] == "production"]
+    assert {v["state"] for v in production} == {"not_started"}
+    runtime = LocalRuntime.open(tmp_path / "s")
+    effects = runtime.fleet.effects(run_id)
+    production_ids = {i for i, v in final["instances"].items() if v["ring"] == "production"}
+    assert not {instance for _, instance in effects} & production_ids
+    assert runtime.approve(run_id) == f"run {run_id} is not waiting for approval (halted)"  # decided once
+    again = cli("reject", run_id, "--state-dir", tmp_path / "s")
     assert again.exit_code == 2 and "not waiting for approval" in again.output
 
 

@@ -80,13 +80,19 @@ def approval_token(query: Mapping[str, str], body: bytes, content_type: str) -> 
     return parse_qs(text).get("token", [""])[0]
 
 
-def approval_page(text: str, form_token: str | None = None) -> str:
+def approval_question(request: ApprovalRequest) -> str:
+    """What the page of a link asks before it is confirmed."""
+    verb = "Reject" if request.decision == "reject" else "Approve"
+    return f"{verb} ring {request.ring} of run {request.run_id}?"
+
+
+def approval_page(text: str, form_token: str | None = None, button: str = "Approve") -> str:
     """The HTML answer of an approval endpoint; with `form_token`, a button that POSTs the token
     back to the same URL."""
     body = f"<!DOCTYPE html><title>PatchPilot</title><p>{escape(text)}</p>"
     if form_token is not None:
         body += (
             f'<form method="post"><input type="hidden" name="token" value="{escape(form_token)}">'
-            '<button type="submit">Approve</button></form>'
+            f'<button type="submit">{escape(button)}</button></form>'
         )
     return body

@@ -251,6 +251,25 @@ def approve(run_id: str, state_dir: Path, report_dir: Path | None, as_json: bool
 
 @main.command()
 @click.argument("run_id")
+@click.option("--reason", default="", help="Why, for the run's log and report.")
+@state_dir_option
+@report_dir_option
+@json_option
+@reports_input_errors
+def reject(run_id: str, reason: str, state_dir: Path, report_dir: Path | None, as_json: bool) -> None:
+    """Refuse the next ring of a run waiting for approval: the run ends there (halted, with why)."""
+    console = Console(stderr=as_json, highlight=False)
+    live = LiveProgress(console, quiet=as_json)
+    runtime = LocalRuntime.open(state_dir, on_notice=live.notice)
+    run = _load_run(runtime, run_id)
+    if run.status != "waiting_approval":
+        raise click.UsageError(f"run {run_id} is not waiting for approval (it is {run.status})")
+    console.print(runtime.reject(run_id, reason=reason))
+    _drive_and_report(runtime, run, live, console, report_dir, as_json)
+
+
+@main.command()
+@click.argument("run_id")
 @state_dir_option
 @json_option
 @reports_input_errors

@@ -116,5 +116,8 @@ class LocalRuntime:
     def approve(self, run_id: str, by: str = "cli") -> str:
         return self.service.approve(run_id, by)
 
+    def reject(self, run_id: str, by: str = "cli", reason: str = "") -> str:
+        return self.service.reject(run_id, by, reason)
+
     def dead_letters(self) -> list[DeadLetter]:
         return self.queue.dead_letters()

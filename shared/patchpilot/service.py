@@ -18,6 +18,7 @@ from patchpilot.engine.decide import decide, start_run
 from patchpilot.engine.messages import (
     AgentsProbed,
     ApprovalGranted,
+    ApprovalRejected,
     CancelMaintenance,
     CheckHealth,
     Command,
@@ -60,15 +61,21 @@ log = logging.getLogger("patchpilot.service")
 MAX_CONFLICT_RETRIES = 5
 
 
-def grant_approval(store: RunStore, queue: Queue, run_id: str, by: str) -> str:
-    """Grant the approval a run waits for (the event that says so; the worker applies it). An
-    approval needs no fleet: approval endpoints call this without building a `Service`."""
+def grant_approval(
+    store: RunStore, queue: Queue, run_id: str, by: str, *, reject: bool = False, reason: str = ""
+) -> str:
+    """Grant (or, with `reject`, refuse) the approval a run waits for: the event that says so,
+    which the worker applies. One decision per gate: the first of two events wins, the other is a
+    duplicate or stale. An approval needs no fleet: approval endpoints call this without a `Service`."""
     run = store.load(run_id)
     if run.state != "awaiting_approval":
         return f"run {run_id} is not waiting for approval ({run.status})"
     ring = run.current.ring
-    event = ApprovalGranted(id=f"{run_id}:approve:{ring}", run_id=run_id, by=by)
-    queue.publish([event])
+    gate = f"{run_id}:approve:{ring}"  # the same id either way: a gate is decided once
+    if reject:
+        queue.publish([ApprovalRejected(id=gate, run_id=run_id, by=by, reason=reason)])
+        return f"rejected ring {ring} of run {run_id}: the run ends"
+    queue.publish([ApprovalGranted(id=gate, run_id=run_id, by=by)])
     return f"approved ring {ring} of run {run_id}"
 
 
@@ -112,6 +119,10 @@ class Service:
         """Grant the approval the run waits for; approving one gate twice is one approval."""
         return grant_approval(self.store, self.queue, run_id, by)
 
+    def reject(self, run_id: str, by: str = "cli", reason: str = "") -> str:
+        """Refuse the ring the run waits to enter: the run ends cleanly (halted, with why)."""
+        return grant_approval(self.store, self.queue, run_id, by, reject=True, reason=reason)
+
     def handle(self, delivery: Delivery) -> None:
         """Process one delivery. Raises only when it must be delivered again (a crash, a
         conflict that outlived its retries); then it is not acked."""
@@ -126,6 +137,7 @@ class Service:
                 | MaintenanceCancelled()
                 | TimerFired()
                 | ApprovalGranted()
+                | ApprovalRejected()
             ):
                 self._apply(message)
             case Wait():

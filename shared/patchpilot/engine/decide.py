@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Literal
 from patchpilot.engine.messages import (
     AgentsProbed,
     ApprovalGranted,
+    ApprovalRejected,
     CancelMaintenance,
     CheckHealth,
     Command,
@@ -341,6 +342,13 @@ def _on_approved(run: Run, event: Event, now: datetime) -> Decision:
     return _begin_wave(_logged(run, now, f"Ring {ring} approved by {event.by}"), now)
 
 
+def _on_rejected(run: Run, event: Event, now: datetime) -> Decision:
+    assert isinstance(event, ApprovalRejected)
+    ring = run.waves[run.cursor].ring
+    reason = f"ring {ring} rejected by {event.by}" + (f": {event.reason}" if event.reason else "")
+    return _end(_logged(run, now, reason.capitalize(), "warning"), now, "halted", reason)
+
+
 WAVE_DONE = "WaveDone"  # not a state: the end of a wave, decided inside the handlers
 
 TRANSITIONS: dict[tuple[RunState, str], Transition] = {
@@ -353,6 +361,7 @@ TRANSITIONS: dict[tuple[RunState, str], Transition] = {
     ("cancelling", "MaintenanceCancelled"): Transition(_on_maintenance_cancelled, ("halted", "installing", WAVE_DONE)),
     ("soaking", "TimerFired"): Transition(_on_soak_over, ("awaiting_approval", "probing")),
     ("awaiting_approval", "ApprovalGranted"): Transition(_on_approved, ("probing",)),
+    ("awaiting_approval", "ApprovalRejected"): Transition(_on_rejected, ("halted",)),
 }
 # Where the end of a wave leads: the next wave, a soak, an approval gate, or the end of the run.
 WAVE_DONE_TARGETS: tuple[RunState, ...] = (

@@ -198,6 +198,14 @@ class ApprovalGranted(_Message):
     by: str = "cli"
 
 
+class ApprovalRejected(_Message):
+    """The ring the run waits to enter is refused: the run ends there, nothing more is touched."""
+
+    type: Literal["ApprovalRejected"] = "ApprovalRejected"
+    by: str = "cli"
+    reason: str = ""
+
+
 Event = Annotated[
     AgentsProbed
     | SnapshotsTaken
@@ -206,7 +214,8 @@ Event = Annotated[
     | RolledBack
     | MaintenanceCancelled
     | TimerFired
-    | ApprovalGranted,
+    | ApprovalGranted
+    | ApprovalRejected,
     Field(discriminator="type"),
 ]
 
@@ -226,7 +235,8 @@ Message = Annotated[
     | RolledBack
     | MaintenanceCancelled
     | TimerFired
-    | ApprovalGranted,
+    | ApprovalGranted
+    | ApprovalRejected,
     Field(discriminator="type"),
 ]
 MESSAGE = TypeAdapter(Message)

@@ -147,7 +147,9 @@ class AwsRuntime:
         from patchpilot.service import grant_approval
 
         request, refusal = self.preview_approval(token)
-        return refusal or grant_approval(self.store, self.queue, request.run_id, by="approval link")
+        return refusal or grant_approval(
+            self.store, self.queue, request.run_id, by="approval link", reject=request.decision == "reject"
+        )
 
 
 @functools.cache

@@ -378,7 +378,9 @@ class AzureRuntime:
         from patchpilot.service import grant_approval
 
         request, refusal = self.preview_approval(token)
-        return refusal or grant_approval(self.store, self.queue, request.run_id, by="approval link")
+        return refusal or grant_approval(
+            self.store, self.queue, request.run_id, by="approval link", reject=request.decision == "reject"
+        )
 
     def status(self, run_id: str) -> dict[str, Any]:
         """The run as `patchpilot status --json` shows it; UnknownRunError when there is none."""

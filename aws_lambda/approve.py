@@ -1,7 +1,9 @@
-"""The approval endpoint (Lambda Function URL): `/approve?token=<signed, expiring link>`.
+"""The approval endpoint (Lambda Function URL): `/approve?token=<signed, expiring link>`, and
+Slack's interactivity requests (button presses; the Slack app's Request URL is this function's).
 
 GET only shows what the link approves, with a button that POSTs the token back: mail link
 scanners and chat previews open links by GET and must not approve anything. POST approves.
+A Slack request is recognised by its signature header and verified (`patchpilot.chat_approvals`).
 
 The runtime imports each of its parts where it builds it; the parts that every invocation uses
 are imported here (the F401 imports), so that Lambda's init phase builds their models rather
@@ -54,11 +56,31 @@ def answer(method: str, token: str) -> dict[str, Any]:
     return _page(200, text)
 
 
+@tracer.capture_method
+def slack(headers: dict[str, str], body: bytes) -> dict[str, Any]:
+    """Slack needs a 200 within 3 s; the person who pressed the button is answered in Slack."""
+    from patchpilot.chat_approvals import SlackRequestError, tell_slack  # slack_sdk: only for Slack
+
+    try:
+        action, text = deps(logger).approve_from_slack(headers, body)
+    except SlackRequestError as exc:  # not from Slack, too old, replayed: nothing decided
+        logger.warning("Slack request refused", extra={"reason": str(exc)})
+        return {"statusCode": 401, "body": str(exc)}
+    except ApprovalLinkError as exc:  # Slack approvals are not configured
+        logger.error("Slack approval refused", extra={"reason": str(exc)})
+        return {"statusCode": 503, "body": str(exc)}
+    logger.info(text, extra={"by": action.user})
+    tell_slack(action, text)
+    return {"statusCode": 200, "body": ""}
+
+
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
 @event_source(data_class=LambdaFunctionUrlEvent)
 def handler(event: LambdaFunctionUrlEvent, context: LambdaContext) -> dict[str, Any]:
     method = event.request_context.http.method.upper()
+    if "x-slack-signature" in {name.lower() for name in event.headers}:
+        return slack(dict(event.headers), (event.decoded_body or "").encode("utf-8"))
     if method not in ("GET", "POST"):
         return _page(405, f"{method} is not allowed here: open the link, then press Approve.")
     body = (event.decoded_body or "").encode("utf-8")

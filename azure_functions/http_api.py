@@ -4,6 +4,8 @@
   link approves, with a button that POSTs it back: link scanners (Safe Links, chat previews)
   open links by GET and must not approve anything. POST approves.
 - `GET /api/runs/{run_id}`: the run's status as JSON, as `patchpilot status --json` prints it.
+- `POST /api/slack/interactions?code=...`: the Slack app's interactivity Request URL: button
+  presses, verified (signature, at most five minutes old, no replay) and decided like links.
 """
 
 from __future__ import annotations
@@ -63,6 +65,24 @@ def run_status(run_id: str, invocation_id: str = "") -> func.HttpResponse:
         return func.HttpResponse(json.dumps(document), status_code=status, mimetype="application/json")
 
 
+def slack_interaction(headers: dict[str, str], body: bytes, invocation_id: str = "") -> func.HttpResponse:
+    """A Slack button press; Slack needs a 200 within 3 s, the presser is answered in Slack."""
+    from patchpilot.chat_approvals import SlackRequestError, tell_slack  # slack_sdk: only for Slack
+
+    with invocation("slack_interaction", invocation_id):
+        try:
+            action, text = deps(log).approve_from_slack(headers, body)
+        except SlackRequestError as error:  # not from Slack, too old, replayed: nothing decided
+            log.warning("Slack request refused", extra={"reason": str(error)})
+            return func.HttpResponse(str(error), status_code=401)
+        except (ApprovalLinkError, SecretUnavailableError) as error:  # not configured, or the vault
+            log.error("Slack approvals cannot be checked", extra={"reason": str(error)})
+            return func.HttpResponse("Slack approvals are not available right now.", status_code=503)
+        log.info(text, extra={"by": action.user})
+        tell_slack(action, text)
+        return func.HttpResponse(status_code=200)
+
+
 @bp.function_name("approve")
 @bp.route(route="approve", methods=["GET", "POST"], auth_level=func.AuthLevel.FUNCTION)
 def approve(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
@@ -77,3 +97,9 @@ def approve(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
 @bp.route(route="runs/{run_id}", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
 def status(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
     return run_status(req.route_params["run_id"], context.invocation_id)
+
+
+@bp.function_name("slack_interaction")
+@bp.route(route="slack/interactions", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+def slack(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
+    return slack_interaction(dict(req.headers), req.get_body(), context.invocation_id)

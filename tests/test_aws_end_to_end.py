@@ -49,6 +49,7 @@ import yaml
 from clocks import ManualClock
 from fake_aws import Clients, EventSourceMapping, FakeLambdaContext, FleetServices, Patch, moto_image
 from moto_support import ACCOUNT, aws, depth, sqs_follows
+from slack_sdk.signature import SignatureVerifier
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the Lambda handlers live at the root
 
@@ -71,6 +72,8 @@ QUEUE = "patchpilot-steps"
 BUCKET = "patchpilot-config-123456789012"
 POLICY_KEY = "policy.yaml"
 SECRET = "patchpilot-approval-signing-key"
+SLACK_SECRET = "patchpilot-slack-signing-secret"
+SLACK_SIGNING = "8f742231b10e8888abcd99yyyzzz85a5"
 SIGNING_KEY = "k" * 64
 ALARM = "tokyo-web-5xx"
 
@@ -217,6 +220,35 @@ class World:
         result: dict[str, Any] = approve.handler(event, context)
         return result
 
+    def press_slack_button(self, token: str, signed_at: datetime | None = None) -> dict[str, Any]:
+        """Slack's interactivity request for a PatchPilot button, to the same Function URL."""
+        payload = {
+            "type": "block_actions",
+            "user": {"id": "U0A1B2C3D", "username": "alice"},
+            "actions": [{"action_id": "patchpilot_approve", "type": "button", "value": token}],
+        }
+        body = urlencode({"payload": json.dumps(payload)})
+        stamp = str(int((signed_at or self.clock.now()).timestamp()))
+        signature = SignatureVerifier(SLACK_SIGNING).generate_signature(timestamp=stamp, body=body)
+        headers = {
+            "host": f"abc123.lambda-url.{REGION}.on.aws",
+            "content-type": "application/x-www-form-urlencoded",
+            "x-slack-request-timestamp": stamp,
+            "x-slack-signature": signature or "",
+        }
+        event = {
+            "version": "2.0",
+            "routeKey": "$default",
+            "rawPath": "/approve",
+            "rawQueryString": "",
+            "headers": headers,
+            "body": body,
+            "isBase64Encoded": False,
+            "requestContext": {"http": {"method": "POST", "path": "/approve", "sourceIp": "54.1.2.3"}},
+        }
+        result: dict[str, Any] = approve.handler(event, self._cold_start_if_another("approve"))
+        return result
+
     # ------------------------------------------------------------ looking
 
     def runtime(self) -> AwsRuntime:
@@ -265,6 +297,7 @@ def _build_world(clock: ManualClock, monkeypatch: pytest.MonkeyPatch) -> World:
     s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
     s3.put_object(Bucket=BUCKET, Key=POLICY_KEY, Body=POLICY.encode())
     boto3.client("secretsmanager", region_name=REGION).create_secret(Name=SECRET, SecretString=SIGNING_KEY)
+    boto3.client("secretsmanager", region_name=REGION).create_secret(Name=SLACK_SECRET, SecretString=SLACK_SIGNING)
     cloudwatch = boto3.client("cloudwatch", region_name=REGION)
     cloudwatch.put_metric_alarm(
         AlarmName=ALARM,
@@ -294,6 +327,7 @@ def _build_world(clock: ManualClock, monkeypatch: pytest.MonkeyPatch) -> World:
         "PATCHPILOT_POLICY": f"s3://{BUCKET}/{POLICY_KEY}",
         "PATCHPILOT_OVERRIDE_BUCKET": BUCKET,
         "PATCHPILOT_APPROVAL_SECRET": SECRET,
+        "PATCHPILOT_SLACK_SIGNING_SECRET": SLACK_SECRET,
         "AWS_REGION": REGION,
         "POWERTOOLS_TRACE_DISABLED": "1",
         "POWERTOOLS_METRICS_NAMESPACE": "PatchPilot",
@@ -437,6 +471,8 @@ def test_a_scheduled_run_patches_staging_then_production_after_approval_and_roll
     foreign = world.open_link(sign_approval(ApprovalRequest(run_id, "production"), "another-key"))
     assert foreign["statusCode"] == 403
     assert world.load(run_id).status == "waiting_approval"
+    stale = world.press_slack_button(token, signed_at=world.clock.now() - timedelta(minutes=6))
+    assert stale["statusCode"] == 401 and "at most 300 s" in stale["body"]  # a Slack request too old
     opened = world.open_link(token)  # a link scanner or a person opening it: asks, approves nothing
     assert opened["statusCode"] == 200 and f"Approve ring production of run {run_id}?" in opened["body"]
     assert '<form method="post">' in opened["body"] and world.load(run_id).status == "waiting_approval"
@@ -600,3 +636,19 @@ def test_the_timer_plans_each_discovered_instance_once_the_unreachable_included(
     world.clock.set(START + timedelta(minutes=5))
     assert world.timer()["start"] is True
     assert sorted(planned) == sorted([*(world.ids[name] for name, *_ in FLEET), world.ids["prd-app-9"]])
+
+
+def test_a_slack_button_approves_the_ring_once(world: World) -> None:
+    world.clock.set(START + timedelta(minutes=5))
+    run_id = world.timer()["run_id"]
+    world.work()
+    assert world.load(run_id).status == "waiting_approval"
+    token = sign_approval(ApprovalRequest(run_id, "production"), SIGNING_KEY)
+    pressed = world.press_slack_button(token)
+    assert pressed["statusCode"] == 200
+    replayed = world.press_slack_button(token)  # the same signed request again (same second)
+    assert replayed["statusCode"] == 401 and "replay" in replayed["body"]
+    world.work()
+    run = world.load(run_id)
+    assert run.status == "succeeded", run.reason
+    assert any(entry.text == "Ring production approved by alice on Slack" for entry in run.log)

@@ -138,9 +138,18 @@ def functions() -> dict[str, dict[str, Any]]:
 # ------------------------------------------------------------------ indexing
 
 
-def test_the_app_indexes_its_six_functions_with_their_triggers() -> None:
+def test_the_app_indexes_its_seven_functions_with_their_triggers() -> None:
     found = functions()
-    assert set(found) == {"timer", "step_worker", "approve", "run_status", "pre_maintenance", "post_maintenance"}
+    assert set(found) == {
+        "timer",
+        "step_worker",
+        "approve",
+        "run_status",
+        "slack_interaction",
+        "pre_maintenance",
+        "post_maintenance",
+    }
+    assert set(found["slack_interaction"]) == {"httpTrigger", "http"}
     assert set(found["pre_maintenance"]) == set(found["post_maintenance"]) == {"eventGridTrigger"}
     assert set(found["timer"]) == {"timerTrigger"}
     assert set(found["step_worker"]) == {"queueTrigger"}
@@ -188,7 +197,15 @@ def test_the_app_is_indexed_without_any_setting_or_client() -> None:
         [sys.executable, "-c", code], cwd=ROOT, env=environment, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr
-    expected = ["approve", "post_maintenance", "pre_maintenance", "run_status", "step_worker", "timer"]
+    expected = [
+        "approve",
+        "post_maintenance",
+        "pre_maintenance",
+        "run_status",
+        "slack_interaction",
+        "step_worker",
+        "timer",
+    ]
     assert result.stdout.strip() == str(expected)
 
 

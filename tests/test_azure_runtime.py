@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import base64
 import heapq
+import http.server
 import json
 import logging
 import re
 import sys
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import azure.functions as func
@@ -140,6 +142,7 @@ def test_a_connection_string_means_no_identity_endpoints() -> None:
 
 T0 = datetime(2026, 12, 11, 16, 0, tzinfo=UTC)  # Friday 17:00 UTC... the window is Saturday 02:00 Tokyo
 SIGNING_KEY = "s" * 48
+SLACK_SIGNING_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
 
 
 class StaticSecrets:
@@ -421,7 +424,9 @@ def world(
 
     def build_on_fakes(cls: type[AzureRuntime], env: AzureEnvironment, log: Any) -> AzureRuntime:
         clients = AzureClients(arm.credential, transport=arm.transport(), polling_interval=0, retry_backoff_factor=0)
-        secrets = StaticSecrets({settings["PATCHPILOT_APPROVAL_SECRET"]: SIGNING_KEY})
+        secrets = StaticSecrets(
+            {settings["PATCHPILOT_APPROVAL_SECRET"]: SIGNING_KEY, "patchpilot-slack-signing": SLACK_SIGNING_SECRET}
+        )
         return build(
             cls, env, log, clients=clients, clock=clock, secrets=secrets, storage_options={"raw_request_hook": hook}
         )
@@ -728,3 +733,71 @@ def test_a_reject_link_ends_the_run_before_production(
     assert run.status == "halted" and run.reason == "ring production rejected by approval link"
     assert {r.instance.name: r.state for r in run.records()} == {"stg-1": "patched", "prd-1": "not_started"}
     assert not azure.state(production).install_requests
+
+
+class SlackReplies(http.server.BaseHTTPRequestHandler):
+    """Slack's response_url, on loopback: records what the app answers the presser."""
+
+    received: ClassVar[list[dict[str, Any]]] = []
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length", "0"))
+        SlackReplies.received.append(json.loads(self.rfile.read(length)))
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *_: Any) -> None:
+        pass
+
+
+def test_a_slack_button_press_approves_once_and_a_replay_is_refused(
+    world: tuple[FunctionsHost, FakeAzureCompute],
+    clock: ManualClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from slack_sdk.signature import SignatureVerifier
+
+    import patchpilot.chat_approvals as chat
+
+    host, azure = world
+    monkeypatch.setenv("PATCHPILOT_SLACK_SIGNING_SECRET", "patchpilot-slack-signing")
+    azure.add_vm("stg-1", zone="1", tags={"Environment": "staging"}, available=[OPENSSL])
+    azure.add_vm("prd-1", zone="2", tags={"Environment": "production"}, available=[OPENSSL])
+    clock.set(START + timedelta(minutes=1))
+    host.timer()
+    host.drain()  # staging done, waiting for approval of production
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), SlackReplies)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    reply_url = f"http://127.0.0.1:{server.server_address[1]}/actions/T0123/1/abc"
+    monkeypatch.setattr(chat, "SLACK_RESPONSE_URLS", (reply_url,))
+    SlackReplies.received.clear()
+    token = sign_approval(ApprovalRequest(RUN_ID, "production"), SIGNING_KEY)
+    payload = {
+        "type": "block_actions",
+        "user": {"id": "U0A1B2C3D", "username": "alice"},
+        "response_url": reply_url,
+        "actions": [{"action_id": "patchpilot_approve", "type": "button", "value": token}],
+    }
+    body = urlencode({"payload": json.dumps(payload)}).encode()
+    stamp = str(int(clock.now().timestamp()))
+    signature = SignatureVerifier(SLACK_SIGNING_SECRET).generate_signature(timestamp=stamp, body=body)
+    headers = {"X-Slack-Request-Timestamp": stamp, "X-Slack-Signature": signature or ""}
+
+    def press() -> func.HttpResponse:
+        request = func.HttpRequest("POST", "https://app/api/slack/interactions?code=k", headers=headers, body=body)
+        response: func.HttpResponse = http_api.slack(request, host.context())
+        return response
+
+    try:
+        assert press().status_code == 200
+        assert press().status_code == 401  # the same request again: a replay
+    finally:
+        server.shutdown()
+    (reply,) = SlackReplies.received
+    assert reply["response_type"] == "ephemeral" and reply["text"] == f"approved ring production of run {RUN_ID}"
+    host.drain()
+    run = runtime_module.deps().store.load(RUN_ID)
+    assert run.status == "succeeded"
+    assert any("approved by alice on Slack" in entry.text for entry in run.log)

@@ -10,15 +10,20 @@ button decides cannot be changed on the way; the person who pressed it is taken 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from urllib.parse import parse_qs
 
 from slack_sdk.signature import Clock, SignatureVerifier
 
 from patchpilot.approvals import ApprovalLinkError
+from patchpilot.ports import Claims
 
+log = logging.getLogger("patchpilot.approvals")
 MAX_AGE_SECONDS = 300
+SLACK_RESPONSE_URLS = ("https://hooks.slack.com/",)  # where a verified payload's response_url may point
 ACTION_IDS = frozenset({"patchpilot_approve", "patchpilot_reject"})
 
 
@@ -85,3 +90,27 @@ def slack_action(body: bytes) -> SlackAction:
     return SlackAction(
         str(ours[0]["value"]), f"{name} on Slack", response_url if isinstance(response_url, str) else None
     )
+
+
+def slack_decision(
+    headers: Mapping[str, str], body: bytes, signing_secret: str, now: datetime, claims: Claims
+) -> SlackAction:
+    """`verify_slack_request` with the runtime's clock and claims (each held twice the maximum age)."""
+    until = now + timedelta(seconds=2 * MAX_AGE_SECONDS)
+    return verify_slack_request(headers, body, signing_secret, now.timestamp(), lambda key: claims.claim(key, until))
+
+
+def tell_slack(action: SlackAction, text: str) -> None:
+    """Answer the person who pressed the button, in the channel, visible to them only (the
+    payload's response_url). Not delivered: logged (never the URL), not raised."""
+    url = action.response_url
+    if not url or not url.startswith(SLACK_RESPONSE_URLS):
+        return
+    from slack_sdk.webhook import WebhookClient
+
+    try:
+        answer = WebhookClient(url, timeout=5).send(text=text, response_type="ephemeral", replace_original=False)
+        if answer.status_code >= 400:
+            log.warning("Slack did not take the answer to %s: HTTP %s", action.user, answer.status_code)
+    except Exception as error:  # a network error: the decision stands, only the reply is lost
+        log.warning("could not answer %s on Slack: %s", action.user, type(error).__name__)

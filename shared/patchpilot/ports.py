@@ -135,6 +135,14 @@ class MaintenanceCanceller(Protocol):
         run's id, not ok with the reason when it cannot be cancelled (the cut-off passed)."""
 
 
+class Claims(Protocol):
+    """Keys claimed once: a request seen before (a replayed Slack interaction) is refused."""
+
+    def claim(self, key: str, until: datetime) -> bool:
+        """True the first time `key` is claimed; False while an earlier claim holds (it lapses
+        at its `until`). Atomic across processes."""
+
+
 class Secrets(Protocol):
     """Named secret values (webhook URLs, signing keys): Secrets Manager, Key Vault."""
 

@@ -29,7 +29,8 @@ if TYPE_CHECKING:
     from patchpilot.adapters.aws.secrets import SecretsManagerSecrets
     from patchpilot.adapters.aws.sqs_queue import SqsQueue
     from patchpilot.approvals import ApprovalRequest
-    from patchpilot.ports import Clock, RunStore
+    from patchpilot.chat_approvals import SlackAction
+    from patchpilot.ports import Claims, Clock, RunStore
     from patchpilot.service import Service
     from patchpilot.triggers import TriggerDecision
 
@@ -45,6 +46,8 @@ class AwsEnvironment(BaseModel):
     policy: str = Field(alias="PATCHPILOT_POLICY", min_length=1)  # s3://bucket/key or ssm:/name
     override_bucket: str | None = Field(default=None, alias="PATCHPILOT_OVERRIDE_BUCKET")
     approval_secret: str | None = Field(default=None, alias="PATCHPILOT_APPROVAL_SECRET")  # secret name
+    # the Slack app's signing secret (a secret's name): approvals from Slack buttons
+    slack_signing_secret: str | None = Field(default=None, alias="PATCHPILOT_SLACK_SIGNING_SECRET")
     region: str = Field(alias="AWS_REGION", min_length=1)
 
     @classmethod
@@ -74,6 +77,12 @@ class AwsRuntime:
         from patchpilot.adapters.aws.dynamodb_store import DynamoDbRunStore
 
         return DynamoDbRunStore(self.env.table, self.clients("dynamodb", None, self.env.region))
+
+    @functools.cached_property
+    def claims(self) -> Claims:
+        from patchpilot.adapters.aws.claims import DynamoDbClaims
+
+        return DynamoDbClaims(self.env.table, self.clients("dynamodb", None, self.env.region), self.clock)
 
     @functools.cached_property
     def queue(self) -> SqsQueue:
@@ -142,14 +151,33 @@ class AwsRuntime:
         request = verify_approval(token, self.secrets.get(self.env.approval_secret))
         return request, approval_refusal(self.store.load(request.run_id), request)
 
-    def approve(self, token: str) -> str:
-        """A signed approval link: grant the ring it names, if the run waits for exactly that."""
+    def approve(self, token: str, by: str = "approval link") -> str:
+        """A signed approval token: grant (or reject) the ring it names, if the run waits for exactly that."""
         from patchpilot.service import grant_approval
 
         request, refusal = self.preview_approval(token)
         return refusal or grant_approval(
-            self.store, self.queue, request.run_id, by="approval link", reject=request.decision == "reject"
+            self.store, self.queue, request.run_id, by=by, reject=request.decision == "reject"
         )
+
+    def approve_from_slack(self, headers: Mapping[str, str], body: bytes) -> tuple[SlackAction, str]:
+        """A Slack button press (interactivity request): verified (signature, age, replay), then
+        decided like its signed token; the answer for the presser. SlackRequestError when the
+        request is refused, ApprovalLinkError when Slack approvals are not configured."""
+        from patchpilot.approvals import ApprovalLinkError
+        from patchpilot.chat_approvals import slack_decision
+        from patchpilot.ports import UnknownRunError
+
+        if not self.env.slack_signing_secret or self.secrets is None:
+            raise ApprovalLinkError("Slack approvals are not configured (PATCHPILOT_SLACK_SIGNING_SECRET)")
+        secret = self.secrets.get(self.env.slack_signing_secret)
+        action = slack_decision(headers, body, secret, self.clock.now(), self.claims)
+        try:
+            return action, self.approve(action.token, by=action.user)
+        except ApprovalLinkError as error:  # the button's token expired: the presser is told
+            return action, str(error)
+        except UnknownRunError:
+            return action, "this button names a run that does not exist"
 
 
 @functools.cache

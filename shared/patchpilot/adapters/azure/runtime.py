@@ -40,7 +40,8 @@ if TYPE_CHECKING:
     from patchpilot.adapters.azure.storage_queue import StorageQueue
     from patchpilot.adapters.azure.table_store import TableRunStore
     from patchpilot.approvals import ApprovalRequest
-    from patchpilot.ports import Clock, Secrets
+    from patchpilot.chat_approvals import SlackAction
+    from patchpilot.ports import Claims, Clock, Secrets
     from patchpilot.service import Service
     from patchpilot.triggers import TriggerDecision
 
@@ -75,6 +76,8 @@ class AzureEnvironment(BaseModel):
     policy: str = Field(alias="PATCHPILOT_POLICY")  # blob://container/name in the same storage account
     key_vault_url: str | None = Field(default=None, alias="PATCHPILOT_KEY_VAULT_URL")
     approval_secret: str | None = Field(default=None, alias="PATCHPILOT_APPROVAL_SECRET")  # secret name
+    # the Slack app's signing secret (a secret's name): approvals from Slack buttons
+    slack_signing_secret: str | None = Field(default=None, alias="PATCHPILOT_SLACK_SIGNING_SECRET")
     reports: str = Field(default="patchpilot-reports", alias="PATCHPILOT_REPORTS")  # blob container of run reports
 
     @field_validator("queue")
@@ -200,6 +203,12 @@ class AzureRuntime:
         from patchpilot.adapters.azure.table_store import TableRunStore
 
         return TableRunStore(_table_client(self.env, self.clients, self.storage_options))
+
+    @functools.cached_property
+    def claims(self) -> Claims:
+        from patchpilot.adapters.azure.claims import TableClaims
+
+        return TableClaims(self.store.client, self.clock)
 
     @functools.cached_property
     def queue(self) -> StorageQueue:
@@ -373,14 +382,33 @@ class AzureRuntime:
         request = self.approval_request(token)
         return request, approval_refusal(self.store.load(request.run_id), request)
 
-    def approve(self, token: str) -> str:
-        """A signed approval link: grant the ring it names, if the run waits for exactly that."""
+    def approve(self, token: str, by: str = "approval link") -> str:
+        """A signed approval token: grant (or reject) the ring it names, if the run waits for exactly that."""
         from patchpilot.service import grant_approval
 
         request, refusal = self.preview_approval(token)
         return refusal or grant_approval(
-            self.store, self.queue, request.run_id, by="approval link", reject=request.decision == "reject"
+            self.store, self.queue, request.run_id, by=by, reject=request.decision == "reject"
         )
+
+    def approve_from_slack(self, headers: Mapping[str, str], body: bytes) -> tuple[SlackAction, str]:
+        """A Slack button press (interactivity request): verified (signature, age, replay), then
+        decided like its signed token; the answer for the presser. SlackRequestError when the
+        request is refused, ApprovalLinkError when Slack approvals are not configured."""
+        from patchpilot.approvals import ApprovalLinkError
+        from patchpilot.chat_approvals import slack_decision
+        from patchpilot.ports import UnknownRunError
+
+        if not self.env.slack_signing_secret or self.secrets is None:
+            raise ApprovalLinkError("Slack approvals are not configured (PATCHPILOT_SLACK_SIGNING_SECRET)")
+        secret = self.secrets.get(self.env.slack_signing_secret)
+        action = slack_decision(headers, body, secret, self.clock.now(), self.claims)
+        try:
+            return action, self.approve(action.token, by=action.user)
+        except ApprovalLinkError as error:  # the button's token expired: the presser is told
+            return action, str(error)
+        except UnknownRunError:
+            return action, "this button names a run that does not exist"
 
     def status(self, run_id: str) -> dict[str, Any]:
         """The run as `patchpilot status --json` shows it; UnknownRunError when there is none."""

@@ -585,7 +585,7 @@ def test_a_record_whose_handling_fails_is_reported_alone_and_delivered_again(wor
     other, and the failed one comes back after the visibility timeout (720 s), counted."""
     notice = Notify(id="r1:notify:run_started", run_id="r1", topic="run_started", text="Run r1 started")
     grant = ApprovalGranted(id="r2:approve:production", run_id="r2", by="approval link")  # r2: no such run
-    for message in (notice, grant):
+    for message in (grant, notice):
         world.sqs.send_message(
             QueueUrl=world.queue_url,
             MessageBody=MESSAGE.dump_json(message).decode(),

@@ -429,8 +429,11 @@ class LiveProgress:
         self.console.print(Text(notice.text, style=style))
 
 
-from patchpilot.cli_aws import aws  # noqa: E402  (cli_aws reaches back into this module when run)
-from patchpilot.cli_azure import azure  # noqa: E402  (so does cli_azure)
+# The command groups reach back into this module when they run.
+from patchpilot.cli_advisory import advisory  # noqa: E402
+from patchpilot.cli_aws import aws  # noqa: E402
+from patchpilot.cli_azure import azure  # noqa: E402
 
 main.add_command(aws)
 main.add_command(azure)
+main.add_command(advisory)

@@ -20,6 +20,7 @@ from patchpilot.adapters.local.sqlite_store import SqliteRunStore
 from patchpilot.engine.messages import Notify
 from patchpilot.engine.run import Run
 from patchpilot.inventory import Instance
+from patchpilot.notify import EnvironmentSecrets, EveryNotifier, RoutedNotifier
 from patchpilot.policy import Policy
 from patchpilot.ports import DeadLetter, UnknownRunError
 from patchpilot.service import Service
@@ -62,7 +63,9 @@ class LocalRuntime:
         store = SqliteRunStore(db)
         queue = SqliteQueue(db, clock)
         fleet = SimulatedFleet(db, clock)
-        notifier = FileNotifier(state_dir / "notifications.jsonl", on_notice)
+        # The file always; Slack and Teams when the run's policy routes notices (URLs from the environment).
+        chat = RoutedNotifier(EnvironmentSecrets(), store.load, None)
+        notifier = EveryNotifier(FileNotifier(state_dir / "notifications.jsonl", on_notice), chat)
         service = Service(store=store, queue=queue, fleet=fleet, notifier=notifier, clock=clock)
         return cls(state_dir, service, store, queue, fleet, clock)
 

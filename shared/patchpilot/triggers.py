@@ -11,7 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from patchpilot.engine.messages import Notify
 from patchpilot.policy import Policy, Window
+from patchpilot.policy.fields import format_duration
 
 TIMER_PERIOD = timedelta(minutes=15)  # how often the clouds' timers fire (template.yaml, function_app)
 
@@ -42,3 +44,21 @@ def scheduled_trigger(policy: Policy, now: datetime, period: timedelta = TIMER_P
         scheduled_run_id(policy, window),
         window,
     )
+
+
+def heads_up(policy: Policy, now: datetime, lead: timedelta, period: timedelta = TIMER_PERIOD) -> Notify | None:
+    """The "run scheduled" notice, when `lead` before a window of the policy fell within the last
+    timer period (else None). Its id is derived from the window, like the run's: a timer that
+    fires twice announces one run (the notifier skips a notice id it has sent)."""
+    if policy.schedule is None:
+        return None
+    (window,) = policy.schedule.windows(now + lead - period, 1)
+    announce_at = window.start - lead
+    if not now - period < announce_at <= now:
+        return None
+    run_id = scheduled_run_id(policy, window)
+    text = (
+        f"Run {run_id} of policy {policy.name} starts {window.start.isoformat(timespec='minutes')}"
+        f" ({format_duration(window.end - window.start)} window)"
+    )  # the same text from every tick of the period, like the id
+    return Notify(id=f"{run_id}:notify:run_scheduled", run_id=run_id, topic="run_scheduled", text=text)

@@ -1,5 +1,5 @@
 """What the two serverless runtimes (Lambda, Azure Functions) share: the wall clock, the
-notifier that writes to the structured log until Slack and Teams are routed, and the notifier
+notifier that writes to the structured log when no Slack or Teams channel is routed, and the notifier
 that writes a run's report when the run ends."""
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ class WallClock:
 
 
 class LogNotifier:
-    """Until Slack and Teams are routed, notifications go to the structured log."""
+    """The structured log: where notices go when the run's policy routes none to Slack or Teams
+    (`patchpilot.notify.RoutedNotifier` falls back to it)."""
 
     def __init__(self, log: Any) -> None:
         self.log = log

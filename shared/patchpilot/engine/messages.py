@@ -115,6 +115,7 @@ class CancelMaintenance(_Command):
 
 
 Topic = Literal[
+    "run_scheduled",  # a heads-up before a window (triggers.heads_up), not from the engine
     "run_started",
     "ring_finished",
     "approval_needed",

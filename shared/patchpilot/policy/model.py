@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from datetime import UTC, datetime, time, timedelta
 from itertools import islice
@@ -246,9 +247,105 @@ class AzureSettings(_Section):
     maintenance: AzureMaintenance | None = None
 
 
+NotificationTopic = Literal[  # the engine's notice topics (engine.messages.Topic), plus "*" in routes
+    "run_scheduled",
+    "run_started",
+    "ring_finished",
+    "approval_needed",
+    "instance_failed",
+    "run_halted",
+    "run_finished",
+]
+SLACK_MENTION = r"^(@here|@channel|<!here>|<!channel>|<!subteam\^[A-Z0-9]+(\|[^>]*)?>|<@[UW][A-Z0-9]+>)$"
+
+
+class TeamsMention(_Section):
+    """Who a Teams card mentions: an Adaptive Card mention entity (<at>name</at>)."""
+
+    name: str = Field(min_length=1, max_length=100)  # the display name shown, e.g. "Patch on-call"
+    id: str = Field(min_length=1)  # the user's UPN or e-mail, or an Entra object id
+
+
+class NotificationChannel(_Section):
+    name: str = Field(min_length=1, max_length=64)
+    kind: Literal["slack", "teams"]
+    webhook: str = Field(min_length=1)  # the NAME of the secret holding the webhook URL, never the URL
+    # The on-call group failures and halts mention: Slack "<!subteam^ID>", "<!here>" or "@here";
+    # Teams {name, id}.
+    mention: str | TeamsMention | None = None
+
+
+class NotificationRoute(_Section):
+    topics: Literal["*"] | list[NotificationTopic] = "*"
+    channels: list[str] = Field(min_length=1)
+
+
+class Notifications(_Section):
+    """Slack and Teams: where each notice goes (every route that names its topic) and whom
+    failures and halts mention."""
+
+    channels: list[NotificationChannel] = Field(min_length=1)
+    routes: list[NotificationRoute] = Field(min_length=1)
+    heads_up: Duration = timedelta(hours=24)  # the "run scheduled" notice, this long before a window
+
+    def problems(self) -> list[Problem]:
+        found: list[Problem] = []
+        names: set[str] = set()
+        for index, channel in enumerate(self.channels):
+            where = ("notifications", "channels", index)
+            if channel.name in names:
+                found.append(Problem((*where, "name"), f'duplicate channel name "{channel.name}"'))
+            names.add(channel.name)
+            if channel.webhook.lower().startswith(("http:", "https:")):
+                found.append(Problem((*where, "webhook"), "expected the name of a secret, not the webhook URL"))
+            mention = channel.mention
+            if channel.kind == "slack" and isinstance(mention, TeamsMention):
+                found.append(Problem((*where, "mention"), 'a Slack mention is text: "<!subteam^ID>" or "<!here>"'))
+            elif channel.kind == "slack" and isinstance(mention, str) and not re.match(SLACK_MENTION, mention):
+                found.append(
+                    Problem((*where, "mention"), f'expected "<!subteam^ID>", "<!here>" or "<@USER>", not "{mention}"')
+                )
+            elif channel.kind == "teams" and isinstance(mention, str):
+                found.append(Problem((*where, "mention"), "a Teams mention is {name: display name, id: UPN or e-mail}"))
+        for index, route in enumerate(self.routes):
+            for position, name in enumerate(route.channels):
+                if name not in names:
+                    path = ("notifications", "routes", index, "channels", position)
+                    found.append(Problem(path, f'no channel named "{name}" in notifications.channels'))
+        return found
+
+
 def is_arc_server(instance: Instance) -> bool:
     """An Azure Arc-enabled server (not an Azure VM): it has no managed disks to snapshot."""
     return instance.cloud == "azure" and "/providers/microsoft.hybridcompute/machines/" in instance.id.lower()
+
+
+AdvisorySeverity = Literal["LOW", "MEDIUM", "HIGH", "CRITICAL"]
+ADVISORY_SEVERITIES: tuple[AdvisorySeverity, ...] = ("LOW", "MEDIUM", "HIGH", "CRITICAL")  # ascending
+
+
+class Emergency(_Section):
+    """Emergency runs started by security advisories (docs/advisories.md): only the advisory's
+    fixes, still snapshotted, staging first and rolled back on failure."""
+
+    min_severity: AdvisorySeverity = "HIGH"  # advisories below it are answered "ignored"
+    rings: list[str] = Field(default_factory=new_list)  # names of the policy's rings, in its order; empty: all
+    soak: Duration = timedelta(minutes=30)  # replaces each ring's soak
+    approval: Literal["auto", "required"] = "auto"  # required: every ring after the first waits for approval
+    merge_window: Duration = timedelta(hours=6)  # findings about one CVE within it become one run
+
+    def problems(self, ring_names: Iterable[str]) -> list[Problem]:
+        here, known = ("emergency",), list(ring_names)
+        found = [
+            Problem((*here, "rings", index), f'no ring named "{name}" (rings: {", ".join(known)})')
+            for index, name in enumerate(self.rings)
+            if name not in known
+        ]
+        if len(set(self.rings)) != len(self.rings):
+            found.append(Problem((*here, "rings"), "a ring is named twice"))
+        if self.merge_window <= timedelta(0):
+            found.append(Problem((*here, "merge_window"), "expected a window longer than 0"))
+        return found
 
 
 class Policy(_Section):
@@ -264,6 +361,8 @@ class Policy(_Section):
     health: HealthChecks = HealthChecks()
     aws: AwsSettings | None = None
     azure: AzureSettings | None = None
+    emergency: Emergency | None = None  # runs started by advisories: docs/advisories.md
+    notifications: Notifications | None = None  # Slack and Teams: docs/notifications.md
 
     def restores_data_volumes(self, clouds: Iterable[Cloud]) -> bool:
         """Whether a rollback of machines on these clouds restores their data volumes too."""
@@ -293,9 +392,13 @@ class Policy(_Section):
         for index, (a, b) in enumerate(self.region_pairs):
             if a.strip().lower() == b.strip().lower():
                 found.append(Problem(("region_pairs", index), f'a region cannot pair with itself ("{a}")'))
+        if self.emergency is not None:
+            found.extend(self.emergency.problems(seen))
         overlap = set(self.patches.include) & set(self.patches.exclude)
         if overlap:
             found.append(
                 Problem(("patches", "include"), f"also listed in patches.exclude: {', '.join(sorted(overlap))}")
             )
+        if self.notifications is not None:
+            found.extend(self.notifications.problems())
         return found

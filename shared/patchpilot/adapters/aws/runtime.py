@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from patchpilot.adapters.aws.sqs_queue import SqsQueue
     from patchpilot.approvals import ApprovalRequest
     from patchpilot.chat_approvals import SlackAction
+    from patchpilot.engine.run import Run
+    from patchpilot.notify import RoutedNotifier
     from patchpilot.ports import Claims, Clock, RunStore
     from patchpilot.service import Service
     from patchpilot.triggers import TriggerDecision
@@ -108,8 +110,17 @@ class AwsRuntime:
     def service(self) -> Service:
         from patchpilot.service import Service
 
-        notifier = LogNotifier(self.log)
-        return Service(store=self.store, queue=self.queue, fleet=self.fleet, notifier=notifier, clock=self.clock)
+        return Service(store=self.store, queue=self.queue, fleet=self.fleet, notifier=self.notifier, clock=self.clock)
+
+    @functools.cached_property
+    def notifier(self) -> RoutedNotifier:
+        """Slack and Teams as the run's policy routes them; the log when it has no notifications."""
+        from patchpilot.notify import LazySecrets, RoutedNotifier
+
+        return RoutedNotifier(LazySecrets(lambda: self.secrets), self._load_run, LogNotifier(self.log))
+
+    def _load_run(self, run_id: str) -> Run:
+        return self.store.load(run_id)  # the store is built when a notice is routed, not before
 
     def policy(self) -> Policy:
         """The deployed policy, read and validated on each use: operators change it without a deploy."""
@@ -134,6 +145,7 @@ class AwsRuntime:
 
         policy = self.policy()
         decision = scheduled_trigger(policy, self.clock.now())
+        self.notifier.announce(policy, self.clock.now())  # "run scheduled", a while before a window
         if decision.start:
             discovered = self.fleet.discover(policy)
             # `instances` holds every instance found, the unreachable ones included (they are

@@ -41,6 +41,8 @@ if TYPE_CHECKING:
     from patchpilot.adapters.azure.table_store import TableRunStore
     from patchpilot.approvals import ApprovalRequest
     from patchpilot.chat_approvals import SlackAction
+    from patchpilot.engine.run import Run
+    from patchpilot.notify import RoutedNotifier
     from patchpilot.ports import Claims, Clock, Secrets
     from patchpilot.service import Service
     from patchpilot.triggers import TriggerDecision
@@ -263,10 +265,21 @@ class AzureRuntime:
             store=self.store,
             queue=self.queue,
             fleet=self.fleet,
-            notifier=ReportingNotifier(LogNotifier(self.log), self.store, self.reports.publish),
+            notifier=ReportingNotifier(self.notifier, self.store, self.reports.publish),
             clock=self.clock,
             maintenance=UpdateManagerCanceller(self.clients),
         )
+
+    @functools.cached_property
+    def notifier(self) -> RoutedNotifier:
+        """Slack and Teams as the run's policy routes them (webhook URLs from Key Vault); the log
+        when it has no notifications."""
+        from patchpilot.notify import LazySecrets, RoutedNotifier
+
+        return RoutedNotifier(LazySecrets(lambda: self.secrets), self._load_run, LogNotifier(self.log))
+
+    def _load_run(self, run_id: str) -> Run:
+        return self.store.load(run_id)  # the store is built when a notice is routed, not before
 
     def policy(self) -> Policy:
         """The deployed policy, read and validated on each use: operators change it without a deploy."""
@@ -296,6 +309,7 @@ class AzureRuntime:
                 "PatchPilot acts on their pre- and post-maintenance events",
             )
         decision = scheduled_trigger(policy, self.clock.now())
+        self.notifier.announce(policy, self.clock.now())  # "run scheduled", a while before a window
         if decision.start:
             discovered = self.fleet.discover(policy)
             # every instance found, the unreachable ones included: planned once, skipped at the probe

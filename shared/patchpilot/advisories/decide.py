@@ -1,0 +1,196 @@
+"""What to do with an advisory: start an emergency run, merge into one, report, or ignore. Pure.
+
+One CVE, one run per merge window: the emergency run's id is derived from the policy, the CVE
+and the window the advisory falls in (by the time its source emitted it), so a delivery that
+arrives twice, or dozens of findings about one CVE, map to the same run id, and starting a run
+id twice starts nothing new (`Service.start` is idempotent per run id). A run for the CVE that
+is still going takes the advisory too, whichever window it was started in.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from patchpilot.advisories.models import (
+    Action,
+    Advisory,
+    AdvisoryAnswer,
+    Delivery,
+    HealthNotice,
+    OpenRun,
+    Unactionable,
+)
+from patchpilot.advisories.parsing import is_kb
+from patchpilot.engine.run import Run
+from patchpilot.inventory import Instance, OsFamily
+from patchpilot.planning import plan
+from patchpilot.policy import Policy
+from patchpilot.policy.model import ADVISORY_SEVERITIES, Emergency, PatchSelection
+
+RUN_MARK = "emergency"
+MAX_NAMED = 10
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def emergency_run_id(policy: Policy, cve: str, at: datetime) -> str:
+    """`<policy>-emergency-<CVE>-<start of the merge window, UTC>`."""
+    window = (policy.emergency or Emergency()).merge_window
+    start = _EPOCH + ((at.astimezone(UTC) - _EPOCH) // window) * window
+    return f"{policy.name}-{RUN_MARK}-{cve}-{start:%Y%m%d-%H%M}"
+
+
+def open_run_of(policy: Policy, run: Run) -> OpenRun | None:
+    """The run as an emergency run of `policy`, or None when it is another kind of run."""
+    prefix = f"{policy.name}-{RUN_MARK}-"
+    if not run.run_id.startswith(prefix):
+        return None
+    match = re.fullmatch(r"(.+)-\d{8}-\d{4}", run.run_id[len(prefix) :])
+    if match is None:
+        return None
+    instances = frozenset(i for w in run.waves for i in w.records)
+    return OpenRun(run.run_id, match.group(1), run.status, instances)
+
+
+def fixes_os(fixes: Iterable[str]) -> set[OsFamily]:
+    """The operating systems the fixes are for: KB ids are Windows updates, the rest Linux packages."""
+    return {"windows" if is_kb(fix) else "linux" for fix in fixes}
+
+
+def emergency_policy(policy: Policy, advisory: Advisory) -> Policy:
+    """The policy of the advisory's emergency run: only its fixes (no classification adds more),
+    the emergency rings in the policy's order (staging stays first) with the emergency soak and
+    approval, no schedule (no window: it starts now). Exclusions, rollout, health and rollback
+    settings stay as they are."""
+    emergency = policy.emergency or Emergency()
+    chosen = [r for r in policy.rings if not emergency.rings or r.name in emergency.rings]
+    rings = [
+        ring.model_copy(update={"soak": emergency.soak, "approval": emergency.approval if k else "auto"})
+        for k, ring in enumerate(chosen)
+    ]
+    patches = PatchSelection(
+        classifications=[],
+        include=list(advisory.fixes),
+        exclude=[e for e in policy.patches.exclude if e not in advisory.fixes],
+    )
+    description = f"emergency run for {advisory.cve}: {', '.join(advisory.fixes)}"
+    return policy.model_copy(update={"rings": rings, "patches": patches, "schedule": None, "description": description})
+
+
+def decide_advisory(
+    policy: Policy,
+    delivery: Delivery,
+    instances: Sequence[Instance],
+    now: datetime,
+    open_runs: Iterable[OpenRun] = (),
+) -> AdvisoryAnswer:
+    """The answer to one delivery, given the policy, its fleet and the policy's emergency runs."""
+    match delivery:
+        case Unactionable():
+            return AdvisoryAnswer("ignore", delivery.source, delivery.key, f"Ignored: {delivery.reason}")
+        case HealthNotice():
+            return _health_answer(delivery, instances)
+        case Advisory():
+            return _advisory_answer(policy, delivery, instances, now, open_runs)
+
+
+def _advisory_answer(
+    policy: Policy, advisory: Advisory, instances: Sequence[Instance], now: datetime, open_runs: Iterable[OpenRun]
+) -> AdvisoryAnswer:
+    def answer(action: Action, text: str, **fields: Any) -> AdvisoryAnswer:
+        return AdvisoryAnswer(action, advisory.source, advisory.key, text, cve=advisory.cve, **fields)
+
+    head = f"{advisory.cve} ({advisory.severity}, {', '.join(advisory.fixes)})"
+    emergency = policy.emergency
+    if emergency is None:
+        return answer("ignore", f"Ignored {head}: policy {policy.name} has no emergency section")
+    if ADVISORY_SEVERITIES.index(advisory.severity) < ADVISORY_SEVERITIES.index(emergency.min_severity):
+        return answer("ignore", f"Ignored {head}: below the policy's minimum severity {emergency.min_severity}")
+    refused = [f for f in advisory.fixes if f in policy.patches.exclude]
+    if refused:
+        return answer("ignore", f"Ignored {head}: patches.exclude of policy {policy.name} lists {', '.join(refused)}")
+
+    fleet = {i.id: i for i in instances}
+    unknown = tuple(i for i in advisory.instances if i not in fleet)
+    systems = fixes_os(advisory.fixes)
+    named = set(advisory.instances)
+    concerned = [i for i in instances if i.id in named or (advisory.fleet_wide and i.os in systems)]
+    layout = plan(emergency_policy(policy, advisory), concerned)
+    targets = tuple(i.id for w in layout.waves for i in w.instances)
+    exposed = tuple((e.instance.id, e.reason) for e in layout.excluded)
+    tail = _exposed_text(exposed, fleet) + _unknown_text(unknown)
+    if not targets:
+        return answer("ignore", f"Ignored {head}: no instance to patch{tail}", exposed=exposed, unknown=unknown)
+
+    at = advisory.at or now
+    run_id = emergency_run_id(policy, advisory.cve, at)
+    same_cve = [r for r in open_runs if r.cve == advisory.cve]
+    current = next((r for r in same_cve if r.run_id == run_id), None) or next(
+        (r for r in same_cve if not r.finished), None
+    )
+    if current is None:
+        text = f"Emergency run {run_id} started for {head}: {_count(targets)}{tail}"
+        return answer("start", text, run_id=run_id, instances=targets, exposed=exposed, unknown=unknown)
+    covered = tuple(i for i in targets if i in current.instances)
+    missing = tuple(i for i in targets if i not in current.instances)
+    text = f"Merged {head} into run {current.run_id} ({current.status}): it covers {_count(covered)}"
+    if missing:
+        text += (
+            f"; NOT COVERED: {_names(missing, fleet)} (a run cannot take more instances: "
+            f"deliver the advisory again once run {current.run_id} has ended)"
+        )
+    return answer(
+        "merge",
+        text + tail,
+        run_id=current.run_id,
+        instances=covered,
+        not_covered=missing,
+        exposed=exposed,
+        unknown=unknown,
+    )
+
+
+def _health_answer(notice: HealthNotice, instances: Sequence[Instance]) -> AdvisoryAnswer:
+    what = f"AWS Health {notice.category} {notice.type_code} ({notice.service}, {notice.region or 'global'})"
+    security = "SECURITY_NOTIFICATION" in notice.type_code
+    if notice.status == "closed":
+        return AdvisoryAnswer("ignore", "aws-health", notice.key, f"Ignored {what}: the event is closed")
+    if notice.category != "scheduledChange" and not security:
+        reason = "neither a scheduled change nor a security notification"
+        return AdvisoryAnswer("ignore", "aws-health", notice.key, f"Ignored {what}: {reason}")
+    fleet = {i.id: i for i in instances}
+    ours = tuple(i for i in notice.affected if i in fleet)
+    when = f" from {notice.start}" + (f" to {notice.end}" if notice.end else "") if notice.start else ""
+    text = f"Reported to on-call: {what}{when}"
+    if notice.affected:
+        text += f"; affects {_names(ours, fleet) if ours else 'no instance of this fleet'}"
+        others = len(notice.affected) - len(ours)
+        if others:
+            text += f" and {others} not in the inventory"
+    if notice.description:
+        text += f". {notice.description.strip().splitlines()[0][:300]}"
+    return AdvisoryAnswer("report", "aws-health", notice.key, text, instances=ours)
+
+
+def _count(ids: Sequence[str]) -> str:
+    return "1 instance" if len(ids) == 1 else f"{len(ids)} instances"
+
+
+def _names(ids: Sequence[str], fleet: dict[str, Instance]) -> str:
+    shown = ", ".join(fleet[i].short_name if i in fleet else i for i in ids[:MAX_NAMED])
+    more = len(ids) - MAX_NAMED
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+def _exposed_text(exposed: Sequence[tuple[str, str]], fleet: dict[str, Instance]) -> str:
+    if not exposed:
+        return ""
+    shown = "; ".join(f"{fleet[i].short_name if i in fleet else i} ({why})" for i, why in exposed[:MAX_NAMED])
+    more = len(exposed) - MAX_NAMED
+    return f". EXPOSED, not patched: {shown}" + (f" and {more} more" if more > 0 else "")
+
+
+def _unknown_text(unknown: Sequence[str]) -> str:
+    return f". Not in the inventory: {', '.join(unknown[:MAX_NAMED])}" if unknown else ""

@@ -1,0 +1,118 @@
+"""The cloud-neutral card: what one `Notify` says, before Slack or Teams shapes it.
+
+A card has a title, a severity, the notice's text, facts, links and, for the notices that end a
+ring or a run, the list of failed instances taken from the run. Renderers fit it into their
+platform's limits with `shorten` and `summarise`: long texts are cut at a word boundary and say
+so, long lists end with "… and N more, see the report": nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from patchpilot.engine.messages import Notify, Severity, Topic
+from patchpilot.engine.run import Run
+
+TITLES: dict[Topic, str] = {
+    "run_scheduled": "Run scheduled",
+    "run_started": "Run started",
+    "ring_finished": "Ring finished",
+    "approval_needed": "Approval needed",
+    "instance_failed": "Instance failed",
+    "run_halted": "Run halted",
+    "run_finished": "Run finished",
+}
+ALERT_TOPICS: frozenset[Topic] = frozenset({"instance_failed", "run_halted"})  # these mention on-call
+LIST_TOPICS: frozenset[Topic] = frozenset({"ring_finished", "run_halted", "run_finished"})
+# "Report: <location>" (serverless.ReportingNotifier), "Approve: <url>" and the like, in a notice's text.
+LINK = re.compile(r"\s*\b(Report|Approve|Reject|Details): (\S+)")
+MAX_LINKS = 5
+CUT = " … (more in the report)"
+ITEM_LIMIT = 300  # one list entry
+
+
+@dataclass(frozen=True)
+class Card:
+    notice_id: str
+    run_id: str
+    topic: Topic
+    severity: Severity
+    title: str
+    text: str
+    alert: bool  # failures and halts: the channel's on-call mention goes first
+    facts: tuple[tuple[str, str], ...] = ()
+    items_label: str = ""
+    items: tuple[str, ...] = ()  # the whole list; renderers summarise it
+    links: tuple[tuple[str, str], ...] = ()  # (label, https URL)
+
+
+def card_for(notice: Notify, run: Run | None = None) -> Card:
+    """The card of a notice; `run` (when the store has it) adds the policy, the counts and the
+    failed instances."""
+    text = notice.text
+    links: list[tuple[str, str]] = []
+    facts = [("Run", notice.run_id)]
+    for label, location in LINK.findall(text):
+        if location.startswith("https://") and len(links) < MAX_LINKS:
+            links.append((f"Open {label.lower()}" if label == "Report" else label, location))
+        else:  # a local path, s3://, or one link too many: shown as a fact, never lost
+            facts.append((label, location))
+    text = LINK.sub("", text).strip()
+    items: tuple[str, ...] = ()
+    if run is not None:
+        facts.append(("Policy", run.policy.name))
+        if notice.topic in LIST_TOPICS:
+            facts.append(("Status", run.status.replace("_", " ")))
+            items = tuple(
+                f"{r.instance.short_name} ({r.id}): {r.state.replace('_', ' ')}: {r.failure or r.reason}"
+                for r in run.records()
+                if r.failure
+            )
+    return Card(
+        notice_id=notice.id,
+        run_id=notice.run_id,
+        topic=notice.topic,
+        severity=notice.severity,
+        title=f"{TITLES[notice.topic]}: {notice.run_id}",
+        text=text,
+        alert=notice.topic in ALERT_TOPICS,
+        facts=tuple(facts),
+        items_label=f"Failed instances ({len(items)})" if items else "",
+        items=items,
+        links=tuple(links),
+    )
+
+
+def shorten(text: str, limit: int, marker: str = CUT) -> str:
+    """`text` if it fits in `limit` characters, else cut at the last word boundary with `marker`
+    (a single word longer than the room left is cut where it must be)."""
+    if len(text) <= limit:
+        return text
+    room = max(limit - len(marker), 0)
+    head = text[: room + 1]
+    boundary = max(head.rfind(" "), head.rfind("\n"))
+    head = head[:boundary] if boundary > 0 else head[:room]
+    return head.rstrip() + marker
+
+
+def summarise(items: tuple[str, ...], max_items: int, max_chars: int) -> list[str]:
+    """As many entries as fit `max_items` and `max_chars` (counting one separator each), then one
+    line saying how many more there are."""
+    shown: list[str] = []
+    used = 0
+    for item in items:
+        entry = shorten(item, ITEM_LIMIT, " …")
+        rest = len(items) - len(shown) - 1
+        tail = len(more_line(rest)) + 1 if rest else 0
+        if len(shown) >= max_items or used + len(entry) + 1 + tail > max_chars:
+            break
+        shown.append(entry)
+        used += len(entry) + 1
+    if len(shown) < len(items):
+        shown.append(more_line(len(items) - len(shown)))
+    return shown
+
+
+def more_line(count: int) -> str:
+    return f"… and {count} more, see the report"

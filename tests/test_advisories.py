@@ -1,0 +1,227 @@
+"""Emergency runs from advisories: recorded payloads (tests/events/advisories/) and their expected
+answers, merging by CVE and window, the emergency policy, and `patchpilot advisory` end to end on
+the local runtime with the example fleet."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from patchpilot.advisories import (
+    Advisory,
+    OpenRun,
+    decide_advisory,
+    emergency_policy,
+    emergency_run_id,
+    load_payload,
+    parse_event,
+)
+from patchpilot.cli import EXIT_INVALID_INPUT, EXIT_WAITING_APPROVAL, main
+from patchpilot.errors import InputError, format_path
+from patchpilot.inventory import Instance, load_inventory
+from patchpilot.local_runtime import LocalRuntime
+from patchpilot.policy import Policy, load_policy, parse_policy
+
+ROOT = Path(__file__).resolve().parent.parent
+EVENTS = Path(__file__).resolve().parent / "events" / "advisories"
+POLICY_FILE = str(ROOT / "examples" / "emergency-policy.yaml")
+FLEET_FILE = str(ROOT / "examples" / "fleet.json")
+EXPECTED: dict[str, Any] = json.loads((EVENTS / "expected.json").read_text())
+NOW = datetime(2025, 1, 15, 12, 0, tzinfo=UTC)
+CVE = "CVE-2025-0001"
+FIRST_RUN = "monthly-fleet-emergency-CVE-2025-0001-20250114-1800"
+
+
+@pytest.fixture(scope="module")
+def policy() -> Policy:
+    return load_policy(POLICY_FILE)
+
+
+@pytest.fixture(scope="module")
+def fleet() -> list[Instance]:
+    return load_inventory(FLEET_FILE)
+
+
+def advisory(**fields: Any) -> Advisory:
+    base: dict[str, Any] = {
+        "source": "patchpilot",
+        "key": "k1",
+        "cve": CVE,
+        "severity": "CRITICAL",
+        "fixes": ("openssl",),
+    }
+    return Advisory(**{**base, **fields})
+
+
+def test_every_recorded_payload_has_an_expected_answer() -> None:
+    assert sorted(p.name for p in EVENTS.glob("*.json") if p.name != "expected.json") == sorted(
+        k for k in EXPECTED if k != "_"
+    )
+
+
+@pytest.mark.parametrize("name", sorted(k for k in EXPECTED if k != "_"))
+def test_recorded_payload_gets_its_expected_answer(name: str, policy: Policy, fleet: list[Instance]) -> None:
+    expected = EXPECTED[name]
+    path = str(EVENTS / name)
+    if "error" in expected:
+        with pytest.raises(InputError) as caught:
+            load_payload(path)
+        assert [format_path(p.path) for p in caught.value.problems] == expected["error"]
+        assert caught.value.source == path
+        return
+    (delivery,) = load_payload(path)
+    answer = decide_advisory(policy, delivery, fleet, NOW)
+    assert answer.action == expected["action"]
+    assert answer.run_id == expected.get("run_id", "")
+    for needle in expected["text"]:
+        assert needle in answer.text
+
+
+def test_findings_about_one_cve_in_one_window_map_to_one_run(policy: Policy, fleet: list[Instance]) -> None:
+    first, second = (
+        load_payload(str(EVENTS / n))[0]
+        for n in ("inspector_critical_openssl.json", "inspector_critical_openssl_second_instance.json")
+    )
+    started = decide_advisory(policy, first, fleet, NOW)
+    assert started.action == "start" and started.run_id == FIRST_RUN
+    open_run = OpenRun(started.run_id, CVE, "running", frozenset(started.instances))
+    merged = decide_advisory(policy, second, fleet, NOW, [open_run])
+    assert (merged.action, merged.run_id, merged.not_covered) == ("merge", FIRST_RUN, ())
+    assert "Merged CVE-2025-0001" in merged.text and f"into run {FIRST_RUN} (running)" in merged.text
+    again = decide_advisory(policy, first, fleet, NOW + timedelta(days=3), [open_run])  # redelivered late
+    assert (again.action, again.run_id) == ("merge", FIRST_RUN)
+
+
+def test_a_running_run_takes_the_cve_from_another_window_and_names_what_it_does_not_cover(
+    policy: Policy, fleet: list[Instance]
+) -> None:
+    staging, production = "i-000000005eed1eef", "i-000000005eed5ccd"
+    running = OpenRun(
+        "monthly-fleet-emergency-CVE-2025-0001-20250101-0000", CVE, "waiting_approval", frozenset({staging})
+    )
+    answer = decide_advisory(policy, advisory(instances=(staging, production), fleet_wide=False), fleet, NOW, [running])
+    assert (answer.action, answer.run_id) == ("merge", running.run_id)
+    assert answer.instances == (staging,) and answer.not_covered == (production,)
+    assert "NOT COVERED: api-tyo-01" in answer.text
+    assert answer.severity == "error"
+
+
+def test_a_finished_run_of_an_earlier_window_does_not_swallow_a_new_finding(
+    policy: Policy, fleet: list[Instance]
+) -> None:
+    done = OpenRun("monthly-fleet-emergency-CVE-2025-0001-20250101-0000", CVE, "succeeded", frozenset())
+    answer = decide_advisory(policy, advisory(), fleet, NOW, [done])
+    assert answer.action == "start"
+    assert answer.run_id == emergency_run_id(policy, CVE, NOW) == "monthly-fleet-emergency-CVE-2025-0001-20250115-1200"
+
+
+def test_frozen_instances_are_never_patched_and_listed_as_exposed(policy: Policy, fleet: list[Instance]) -> None:
+    ledger = "i-000000005ef08113"  # tagged PatchPolicy=frozen
+    answer = decide_advisory(policy, advisory(instances=(ledger,), fleet_wide=False), fleet, NOW)
+    assert answer.action == "ignore"
+    assert answer.exposed == ((ledger, "frozen: tag PatchPolicy=frozen"),)
+    assert "EXPOSED, not patched: ledger-01 (frozen: tag PatchPolicy=frozen)" in answer.text
+
+
+def test_policy_without_emergency_section_ignores_advisories(fleet: list[Instance]) -> None:
+    plain = load_policy(str(ROOT / "examples" / "policy.yaml"))
+    answer = decide_advisory(plain, advisory(), fleet, NOW)
+    assert answer.action == "ignore" and "has no emergency section" in answer.text
+
+
+def test_an_excluded_fix_is_refused(policy: Policy, fleet: list[Instance]) -> None:
+    strict = policy.model_copy(update={"patches": policy.patches.model_copy(update={"exclude": ["openssl"]})})
+    answer = decide_advisory(strict, advisory(), fleet, NOW)
+    assert answer.action == "ignore" and "patches.exclude" in answer.text
+
+
+def test_emergency_policy_installs_only_the_fixes_staging_first(policy: Policy) -> None:
+    derived = emergency_policy(policy, advisory(fixes=("openssl", "KB5050009")))
+    assert derived.patches.classifications == [] and derived.patches.include == ["openssl", "KB5050009"]
+    assert [r.name for r in derived.rings] == ["staging", "production"]
+    assert {r.soak for r in derived.rings} == {timedelta(minutes=15)}
+    assert derived.schedule is None and derived.exclude == policy.exclude
+    assert "CVE-2025-0001" in derived.description
+
+
+def test_emergency_approval_gates_every_ring_after_the_first() -> None:
+    text = Path(POLICY_FILE).read_text().replace("approval: auto                         #", "approval: required #")
+    text = text.replace("rings: [staging, production]", "rings: [production, staging]")
+    gated = emergency_policy(parse_policy(text), advisory())
+    assert [(r.name, r.approval) for r in gated.rings] == [("staging", "auto"), ("production", "required")]
+
+
+def test_emergency_rings_must_name_rings_of_the_policy() -> None:
+    text = Path(POLICY_FILE).read_text().replace("rings: [staging, production]", "rings: [staging, prod]")
+    with pytest.raises(InputError) as caught:
+        parse_policy(text, "p.yaml")
+    (problem,) = caught.value.problems
+    assert format_path(problem.path) == "emergency.rings[1]" and 'no ring named "prod"' in problem.message
+    assert problem.line is not None
+
+
+def test_an_event_grid_batch_is_answered_item_by_item() -> None:
+    batch = json.loads((EVENTS / "patchpilot_advisory_eventgrid.json").read_text())
+    batch.append({**batch[0], "id": "other", "eventType": "Microsoft.Storage.BlobCreated"})
+    first, second = (parse_event(item) for item in batch)
+    assert isinstance(first, Advisory) and first.fixes == ("KB5050009",)
+    assert second.key == "other"
+
+
+# ---------------------------------------------------------------- the CLI on the local runtime
+
+
+def cli(*args: str) -> Result:
+    return CliRunner().invoke(main, ["advisory", *args], env={"COLUMNS": "200"}, catch_exceptions=False)
+
+
+def test_advisory_command_starts_the_run_once_and_merges_the_repeat(tmp_path: Path) -> None:
+    state = str(tmp_path / "state")
+    common = ("--policy", POLICY_FILE, "--inventory", FLEET_FILE, "--state-dir", state)
+    first = cli(str(EVENTS / "inspector_critical_openssl.json"), *common, "--json")
+    assert first.exit_code == 0, first.output
+    (answer,) = json.loads(first.stdout)["answers"]
+    assert answer["action"] == "start" and answer["run"]["status"] == "succeeded"
+
+    runtime = LocalRuntime.open(tmp_path / "state")
+    run = runtime.load(FIRST_RUN)
+    installed = {p for r in run.records() for p in r.installed}
+    assert installed and installed <= {"openssl", "openssl-libs"}  # only the advisory's fixes
+    assert run.waves[0].ring == "staging"
+    frozen = [r for r in run.excluded if r.id == "i-000000005ef08113"]
+    assert frozen and frozen[0].state == "excluded"
+
+    for name in ("inspector_critical_openssl.json", "inspector_critical_openssl_second_instance.json"):
+        again = cli(str(EVENTS / name), *common)
+        assert again.exit_code == 0, again.output
+        assert f"into run {FIRST_RUN} (succeeded)" in again.stdout
+    assert [i for i in runtime.store.run_ids() if "emergency" in i] == [FIRST_RUN]
+
+
+def test_advisory_command_waits_for_approval_when_the_policy_says_so(tmp_path: Path) -> None:
+    text = Path(POLICY_FILE).read_text().replace("approval: auto                         #", "approval: required #")
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text(text)
+    result = cli(
+        str(EVENTS / "patchpilot_advisory_eventgrid.json"),
+        *("--policy", str(policy_file), "--inventory", FLEET_FILE, "--state-dir", str(tmp_path / "s")),
+    )
+    assert result.exit_code == EXIT_WAITING_APPROVAL, result.output
+    assert "Approve with: patchpilot approve monthly-fleet-emergency-CVE-2025-21333-20250115-0600" in result.stdout
+
+
+def test_advisory_command_without_state_dir_only_answers(tmp_path: Path) -> None:
+    result = cli(str(EVENTS / "health_scheduled_reboot.json"), "--policy", POLICY_FILE, "--inventory", FLEET_FILE)
+    assert result.exit_code == 0 and "Reported to on-call" in result.stdout
+
+
+def test_advisory_command_names_the_bad_fields(tmp_path: Path) -> None:
+    path = str(EVENTS / "malformed_inspector_missing_vulnerability_id.json")
+    result = cli(path, "--policy", POLICY_FILE, "--inventory", FLEET_FILE)
+    assert result.exit_code == EXIT_INVALID_INPUT
+    assert f"{path}: detail.packageVulnerabilityDetails.vulnerabilityId: required" in result.stderr

@@ -3,12 +3,15 @@ report that cannot be written never stops the notice."""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from patchpilot.adapters.serverless import ReportingNotifier
+from patchpilot.adapters.serverless import ApprovalLinksNotifier, ReportingNotifier
+from patchpilot.approvals import ApprovalRequest, sign_approval, verify_approval
 from patchpilot.engine.decide import start_run
 from patchpilot.engine.messages import Notify
 from patchpilot.engine.run import Run
@@ -21,6 +24,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 POLICY = load_policy(str(EXAMPLES / "policy.yaml"))
 RUNNING = start_run("run-1", POLICY, plan(POLICY, load_inventory(str(EXAMPLES / "fleet.json"))), datetime.now(UTC)).run
 FINISHED = RUNNING.model_copy(update={"state": "succeeded"})
+KEY = "approval-signing-key-" * 3
 
 
 class Store:
@@ -80,3 +84,78 @@ def test_a_report_that_cannot_be_written_is_logged_and_the_notice_still_goes(cap
     ReportingNotifier(sent, Store(None), publish).notify(notice("run_halted"))  # type: ignore[arg-type]
     assert [n.text for n in sent.notices] == ["Run run-1 succeeded."] * 2
     assert "the report of run run-1 was not written: the storage account is unreachable" in caplog.text
+
+
+# ---------------------------------------------------------------- approval links
+
+
+def awaiting() -> Run:
+    ring_two = next(i for i, w in enumerate(RUNNING.waves) if w.ring == "production")
+    return RUNNING.model_copy(update={"state": "awaiting_approval", "cursor": ring_two})
+
+
+def links_of(text: str) -> dict[str, str]:
+    return {label: url for label, url in re.findall(r"(Approve|Reject): (\S+)", text)}
+
+
+@pytest.mark.parametrize(
+    ("base", "joint"),
+    [
+        ("https://abc.lambda-url.us-east-1.on.aws/approve", "?"),
+        ("https://app.azurewebsites.net/api/approve?code=k", "&"),
+    ],
+)
+def test_an_approval_notice_carries_signed_approve_and_reject_links(base: str, joint: str) -> None:
+    sent = Sent()
+    notice = Notify(
+        id="run-1:notify:approval_needed",
+        run_id="run-1",
+        topic="approval_needed",
+        text="Ring production needs approval.",
+    )
+    ApprovalLinksNotifier(sent, Store(awaiting()).load, lambda: KEY, base).notify(notice)
+    (delivered,) = sent.notices
+    assert delivered.text.startswith("Ring production needs approval. Approve: ")
+    links = links_of(delivered.text)
+    for label, decision in (("Approve", "approve"), ("Reject", "reject")):
+        assert links[label].startswith(base + joint + "token=")
+        token = parse_qs(urlsplit(links[label]).query)["token"][0]
+        assert verify_approval(token, KEY) == ApprovalRequest("run-1", "production", decision)
+
+
+def test_links_only_for_a_run_that_waits_and_a_key_that_can_be_read(caplog: pytest.LogCaptureFixture) -> None:
+    base = "https://abc.lambda-url.us-east-1.on.aws/approve"
+    notice = Notify(id="n", run_id="run-1", topic="approval_needed", text="Ring production needs approval.")
+    cases = [
+        ApprovalLinksNotifier(Sent(), Store(FINISHED).load, lambda: KEY, base),  # no longer waiting
+        ApprovalLinksNotifier(Sent(), Store(awaiting()).load, lambda: None, base),  # no key configured
+        ApprovalLinksNotifier(Sent(), Store(awaiting()).load, lambda: KEY, None),  # no endpoint
+    ]
+
+    def unreadable() -> str:
+        raise OSError("Secrets Manager is throttling")
+
+    cases.append(ApprovalLinksNotifier(Sent(), Store(awaiting()).load, unreadable, base))
+    for notifier in cases:
+        notifier.notify(notice)
+        assert notifier.inner.notices == [notice]  # type: ignore[attr-defined]
+    assert "approval links for run run-1 were not made: Secrets Manager is throttling" in caplog.text
+
+
+def test_slack_shows_approval_links_as_interactive_buttons_carrying_the_token() -> None:
+    from patchpilot.notify.messages import card_for
+    from patchpilot.notify.slack import slack_message
+
+    token = sign_approval(ApprovalRequest("run-1", "production"), KEY)
+    text = f"Ring production needs approval. Approve: https://x.on.aws/approve?token={token} Report: https://r/x.html"
+    notice = Notify(id="n", run_id="run-1", topic="approval_needed", text=text)
+    (actions,) = [b for b in slack_message(card_for(notice))["blocks"] if b["type"] == "actions"]
+    approve, report = actions["elements"]
+    assert approve == {
+        "type": "button",
+        "text": {"type": "plain_text", "text": "Approve", "emoji": True},
+        "action_id": "patchpilot_approve",
+        "value": token,
+        "style": "primary",
+    }
+    assert report["url"] == "https://r/x.html" and "value" not in report

@@ -6,6 +6,7 @@ fields and 25 buttons; the top-level `text` is the notification's fallback."""
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from slack_sdk.models.blocks import (
     ActionsBlock,
@@ -57,16 +58,24 @@ def slack_message(card: Card, mention: str | None = None) -> dict[str, Any]:
         lines = summarise(escaped, MAX_LIST_ITEMS, SECTION_LIMIT - len(heading))
         blocks.append(SectionBlock(text=MarkdownTextObject(text=heading + "\n".join(lines))))
     if card.links:
-        buttons = [
-            ButtonElement(text=shorten(label, 75, "…"), url=url, action_id=f"link-{index}")
-            for index, (label, url) in enumerate(card.links)
-        ]
+        buttons = [_button(index, label, url) for index, (label, url) in enumerate(card.links)]
         blocks.append(ActionsBlock(elements=buttons))
     context = f"PatchPilot · {card.topic.replace('_', ' ')} · {card.severity} · notice `{escape(card.notice_id)}`"
     blocks.append(ContextBlock(elements=[MarkdownTextObject(text=shorten(context, SECTION_LIMIT, " …"))]))
     assert len(blocks) <= MAX_BLOCKS  # a card has at most 6 blocks: long lists are summarised, not split
     fallback = shorten(f"{lead}{escape(card.title)}: {escape(card.text)}", FALLBACK_LIMIT)
     return {"text": fallback, "blocks": [block.to_dict() for block in blocks]}
+
+
+def _button(index: int, label: str, url: str) -> ButtonElement:
+    """A link as a button. Approve and Reject links carry a signed token: their buttons are
+    interactive (the app's interactivity endpoint verifies the press, patchpilot.chat_approvals)
+    and carry the token; any other link opens its page."""
+    token = parse_qs(urlsplit(url).query).get("token", [""])[0]
+    if label in ("Approve", "Reject") and token:
+        style = "primary" if label == "Approve" else "danger"
+        return ButtonElement(text=label, action_id=f"patchpilot_{label.lower()}", value=token, style=style)
+    return ButtonElement(text=shorten(label, 75, "…"), url=url, action_id=f"link-{index}")
 
 
 def delivered(status: int, body: str) -> bool:

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from patchpilot.adapters.aws.policy_source import load_policy_from
 from patchpilot.adapters.aws.sessions import AwsSessions, ClientFactory
-from patchpilot.adapters.serverless import LogNotifier, WallClock
+from patchpilot.adapters.serverless import ApprovalLinksNotifier, LogNotifier, WallClock
 from patchpilot.errors import InputError, Problem
 from patchpilot.policy import Policy
 
@@ -48,6 +48,7 @@ class AwsEnvironment(BaseModel):
     policy: str = Field(alias="PATCHPILOT_POLICY", min_length=1)  # s3://bucket/key or ssm:/name
     override_bucket: str | None = Field(default=None, alias="PATCHPILOT_OVERRIDE_BUCKET")
     approval_secret: str | None = Field(default=None, alias="PATCHPILOT_APPROVAL_SECRET")  # secret name
+    approval_url: str | None = Field(default=None, alias="PATCHPILOT_APPROVAL_URL")  # links in approval notices
     # the Slack app's signing secret (a secret's name): approvals from Slack buttons
     slack_signing_secret: str | None = Field(default=None, alias="PATCHPILOT_SLACK_SIGNING_SECRET")
     region: str = Field(alias="AWS_REGION", min_length=1)
@@ -113,11 +114,20 @@ class AwsRuntime:
         return Service(store=self.store, queue=self.queue, fleet=self.fleet, notifier=self.notifier, clock=self.clock)
 
     @functools.cached_property
-    def notifier(self) -> RoutedNotifier:
-        """Slack and Teams as the run's policy routes them; the log when it has no notifications."""
+    def notifier(self) -> ApprovalLinksNotifier:
+        """Slack and Teams as the run's policy routes them (the log when it has no notifications);
+        approval notices carry signed Approve and Reject links."""
+        return ApprovalLinksNotifier(self.routed, self._load_run, self._approval_key, self.env.approval_url)
+
+    @functools.cached_property
+    def routed(self) -> RoutedNotifier:
         from patchpilot.notify import LazySecrets, RoutedNotifier
 
         return RoutedNotifier(LazySecrets(lambda: self.secrets), self._load_run, LogNotifier(self.log))
+
+    def _approval_key(self) -> str | None:
+        name = self.env.approval_secret
+        return self.secrets.get(name) if name else None
 
     def _load_run(self, run_id: str) -> Run:
         return self.store.load(run_id)  # the store is built when a notice is routed, not before
@@ -145,7 +155,7 @@ class AwsRuntime:
 
         policy = self.policy()
         decision = scheduled_trigger(policy, self.clock.now())
-        self.notifier.announce(policy, self.clock.now())  # "run scheduled", a while before a window
+        self.routed.announce(policy, self.clock.now())  # "run scheduled", a while before a window
         if decision.start:
             discovered = self.fleet.discover(policy)
             # `instances` holds every instance found, the unreachable ones included (they are

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from patchpilot.adapters.azure.clients import AzureClients
 from patchpilot.adapters.azure.policy_source import SCHEME, blob_location, load_policy_from
-from patchpilot.adapters.serverless import LogNotifier, ReportingNotifier, WallClock
+from patchpilot.adapters.serverless import ApprovalLinksNotifier, LogNotifier, ReportingNotifier, WallClock
 from patchpilot.errors import InputError, Problem
 from patchpilot.policy import Policy
 
@@ -78,6 +78,8 @@ class AzureEnvironment(BaseModel):
     policy: str = Field(alias="PATCHPILOT_POLICY")  # blob://container/name in the same storage account
     key_vault_url: str | None = Field(default=None, alias="PATCHPILOT_KEY_VAULT_URL")
     approval_secret: str | None = Field(default=None, alias="PATCHPILOT_APPROVAL_SECRET")  # secret name
+    # the approve function's URL (https://<app>/api/approve): signed links in approval notices
+    approval_url: str | None = Field(default=None, alias="PATCHPILOT_APPROVAL_URL")
     # the Slack app's signing secret (a secret's name): approvals from Slack buttons
     slack_signing_secret: str | None = Field(default=None, alias="PATCHPILOT_SLACK_SIGNING_SECRET")
     reports: str = Field(default="patchpilot-reports", alias="PATCHPILOT_REPORTS")  # blob container of run reports
@@ -271,12 +273,20 @@ class AzureRuntime:
         )
 
     @functools.cached_property
-    def notifier(self) -> RoutedNotifier:
-        """Slack and Teams as the run's policy routes them (webhook URLs from Key Vault); the log
-        when it has no notifications."""
+    def notifier(self) -> ApprovalLinksNotifier:
+        """Slack and Teams as the run's policy routes them (webhook URLs from Key Vault; the log
+        when it has no notifications); approval notices carry signed Approve and Reject links."""
+        return ApprovalLinksNotifier(self.routed, self._load_run, self._approval_key, self.env.approval_url)
+
+    @functools.cached_property
+    def routed(self) -> RoutedNotifier:
         from patchpilot.notify import LazySecrets, RoutedNotifier
 
         return RoutedNotifier(LazySecrets(lambda: self.secrets), self._load_run, LogNotifier(self.log))
+
+    def _approval_key(self) -> str | None:
+        name = self.env.approval_secret
+        return self.secrets.get(name) if name and self.secrets is not None else None
 
     def _load_run(self, run_id: str) -> Run:
         return self.store.load(run_id)  # the store is built when a notice is routed, not before
@@ -309,7 +319,7 @@ class AzureRuntime:
                 "PatchPilot acts on their pre- and post-maintenance events",
             )
         decision = scheduled_trigger(policy, self.clock.now())
-        self.notifier.announce(policy, self.clock.now())  # "run scheduled", a while before a window
+        self.routed.announce(policy, self.clock.now())  # "run scheduled", a while before a window
         if decision.start:
             discovered = self.fleet.discover(policy)
             # every instance found, the unreachable ones included: planned once, skipped at the probe

@@ -5,14 +5,16 @@ that writes a run's report when the run ends."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from patchpilot.approvals import ApprovalRequest
+    from patchpilot.chat_approvals import SlackAction
     from patchpilot.engine.messages import Notify
     from patchpilot.engine.run import Run
-    from patchpilot.ports import Notifier, RunStore
+    from patchpilot.ports import Claims, Clock, Notifier, Queue, RunStore, Secrets
 
 log = logging.getLogger("patchpilot.notify")
 RUN_END_TOPICS = frozenset({"run_finished", "run_halted"})
@@ -98,3 +100,66 @@ class ApprovalLinksNotifier:
             joint = "&" if "?" in self.base_url else "?"  # an Azure function key may be in the URL already
             links.append(f"{label}: {self.base_url}{joint}{urlencode({'token': token})}")
         return command.model_copy(update={"text": " ".join([command.text, *links])})
+
+
+class ApprovalEndpoints:
+    """What the approval endpoints of both serverless runtimes do with a signed token or a Slack
+    button press: the same checks and the same decision, over the runtime's store, queue, secrets
+    and claims. Each is given as a function, so that an endpoint builds only what it uses."""
+
+    def __init__(
+        self,
+        store: Callable[[], RunStore],
+        queue: Callable[[], Queue],
+        secrets: Callable[[], Secrets | None],
+        claims: Callable[[], Claims],
+        clock: Clock,
+        approval_secret: str | None,
+        slack_signing_secret: str | None,
+    ) -> None:
+        self.store, self.queue, self.secrets, self.claims = store, queue, secrets, claims
+        self.clock = clock
+        self.approval_secret = approval_secret
+        self.slack_signing_secret = slack_signing_secret
+
+    def _secret(self, name: str | None, what: str, setting: str) -> str:
+        from patchpilot.approvals import ApprovalLinkError
+
+        store = self.secrets()
+        if not name or store is None:
+            raise ApprovalLinkError(f"{what} are not configured ({setting})")
+        return store.get(name)
+
+    def preview(self, token: str) -> tuple[ApprovalRequest, str | None]:
+        """What a signed token asks for, and why it cannot be decided now (None when it can);
+        ApprovalLinkError when the token is invalid or expired, or links are not configured."""
+        from patchpilot.approvals import approval_refusal, verify_approval
+
+        key = self._secret(self.approval_secret, "approval links", "PATCHPILOT_APPROVAL_SECRET")
+        request = verify_approval(token, key)
+        return request, approval_refusal(self.store().load(request.run_id), request)
+
+    def decide(self, token: str, by: str = "approval link") -> str:
+        """Grant or reject the ring a signed token names, if the run waits for exactly that."""
+        from patchpilot.service import grant_approval
+
+        request, refusal = self.preview(token)
+        reject = request.decision == "reject"
+        return refusal or grant_approval(self.store(), self.queue(), request.run_id, by=by, reject=reject)
+
+    def decide_from_slack(self, headers: Mapping[str, str], body: bytes) -> tuple[SlackAction, str]:
+        """A Slack button press: verified (signature, age, replay), then decided like its token;
+        the answer for the presser. SlackRequestError when the request is refused,
+        ApprovalLinkError when Slack approvals are not configured."""
+        from patchpilot.approvals import ApprovalLinkError
+        from patchpilot.chat_approvals import slack_decision
+        from patchpilot.ports import UnknownRunError
+
+        secret = self._secret(self.slack_signing_secret, "Slack approvals", "PATCHPILOT_SLACK_SIGNING_SECRET")
+        action = slack_decision(headers, body, secret, self.clock.now(), self.claims())
+        try:
+            return action, self.decide(action.token, by=action.user)
+        except ApprovalLinkError as error:  # the button's token expired: the presser is told
+            return action, str(error)
+        except UnknownRunError:
+            return action, "this button names a run that does not exist"

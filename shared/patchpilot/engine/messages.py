@@ -11,6 +11,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from patchpilot.engine.topics import Severity as Severity  # re-exported: Notify and its readers use them
+from patchpilot.engine.topics import Topic as Topic
 from patchpilot.inventory import Instance
 from patchpilot.policy.fields import Duration, new_list
 from patchpilot.policy.model import HealthChecks
@@ -112,18 +114,6 @@ class CancelMaintenance(_Command):
     type: Literal["CancelMaintenance"] = "CancelMaintenance"
     maintenance_run: str
     reason: str
-
-
-Topic = Literal[
-    "run_scheduled",  # a heads-up before a window (triggers.heads_up), not from the engine
-    "run_started",
-    "ring_finished",
-    "approval_needed",
-    "instance_failed",
-    "run_halted",
-    "run_finished",
-]
-Severity = Literal["info", "warning", "error"]
 
 
 class Notify(_Command):

@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from patchpilot.engine.topics import Topic
 from patchpilot.errors import Problem
 from patchpilot.inventory import Cloud, Instance, OsFamily
 from patchpilot.policy.fields import (
@@ -247,15 +248,7 @@ class AzureSettings(_Section):
     maintenance: AzureMaintenance | None = None
 
 
-NotificationTopic = Literal[  # the engine's notice topics (engine.messages.Topic), plus "*" in routes
-    "run_scheduled",
-    "run_started",
-    "ring_finished",
-    "approval_needed",
-    "instance_failed",
-    "run_halted",
-    "run_finished",
-]
+NotificationTopic = Topic  # the engine's notice topics; routes also take "*"
 SLACK_MENTION = r"^(@here|@channel|<!here>|<!channel>|<!subteam\^[A-Z0-9]+(\|[^>]*)?>|<@[UW][A-Z0-9]+>)$"
 
 

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from patchpilot.adapters.aws.policy_source import load_policy_from
 from patchpilot.adapters.aws.sessions import AwsSessions, ClientFactory
-from patchpilot.adapters.serverless import ApprovalLinksNotifier, LogNotifier, WallClock
+from patchpilot.adapters.serverless import ApprovalEndpoints, ApprovalLinksNotifier, LogNotifier, WallClock
 from patchpilot.errors import InputError, Problem
 from patchpilot.policy import Policy
 
@@ -163,43 +163,29 @@ class AwsRuntime:
             self.service.start(decision.run_id, policy, discovered.instances)
         return decision
 
-    def preview_approval(self, token: str) -> tuple[ApprovalRequest, str | None]:
-        """What a signed approval link asks for, and why it cannot be granted now (None when it
-        can); ApprovalLinkError when the link is invalid or expired."""
-        from patchpilot.approvals import ApprovalLinkError, approval_refusal, verify_approval
+    @functools.cached_property
+    def approvals(self) -> ApprovalEndpoints:
+        return ApprovalEndpoints(
+            lambda: self.store,
+            lambda: self.queue,
+            lambda: self.secrets,
+            lambda: self.claims,
+            self.clock,
+            self.env.approval_secret,
+            self.env.slack_signing_secret,
+        )
 
-        if not self.env.approval_secret:
-            raise ApprovalLinkError("approval links are not configured (PATCHPILOT_APPROVAL_SECRET)")
-        request = verify_approval(token, self.secrets.get(self.env.approval_secret))
-        return request, approval_refusal(self.store.load(request.run_id), request)
+    def preview_approval(self, token: str) -> tuple[ApprovalRequest, str | None]:
+        """What a signed approval link asks for, and why it cannot be decided now (None when it can)."""
+        return self.approvals.preview(token)
 
     def approve(self, token: str, by: str = "approval link") -> str:
         """A signed approval token: grant (or reject) the ring it names, if the run waits for exactly that."""
-        from patchpilot.service import grant_approval
-
-        request, refusal = self.preview_approval(token)
-        return refusal or grant_approval(
-            self.store, self.queue, request.run_id, by=by, reject=request.decision == "reject"
-        )
+        return self.approvals.decide(token, by)
 
     def approve_from_slack(self, headers: Mapping[str, str], body: bytes) -> tuple[SlackAction, str]:
-        """A Slack button press (interactivity request): verified (signature, age, replay), then
-        decided like its signed token; the answer for the presser. SlackRequestError when the
-        request is refused, ApprovalLinkError when Slack approvals are not configured."""
-        from patchpilot.approvals import ApprovalLinkError
-        from patchpilot.chat_approvals import slack_decision
-        from patchpilot.ports import UnknownRunError
-
-        if not self.env.slack_signing_secret or self.secrets is None:
-            raise ApprovalLinkError("Slack approvals are not configured (PATCHPILOT_SLACK_SIGNING_SECRET)")
-        secret = self.secrets.get(self.env.slack_signing_secret)
-        action = slack_decision(headers, body, secret, self.clock.now(), self.claims)
-        try:
-            return action, self.approve(action.token, by=action.user)
-        except ApprovalLinkError as error:  # the button's token expired: the presser is told
-            return action, str(error)
-        except UnknownRunError:
-            return action, "this button names a run that does not exist"
+        """A Slack button press, verified and decided (`ApprovalEndpoints.decide_from_slack`)."""
+        return self.approvals.decide_from_slack(headers, body)
 
 
 @functools.cache

@@ -25,7 +25,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from patchpilot.adapters.azure.clients import AzureClients
 from patchpilot.adapters.azure.policy_source import SCHEME, blob_location, load_policy_from
-from patchpilot.adapters.serverless import ApprovalLinksNotifier, LogNotifier, ReportingNotifier, WallClock
+from patchpilot.adapters.serverless import (
+    ApprovalEndpoints,
+    ApprovalLinksNotifier,
+    LogNotifier,
+    ReportingNotifier,
+    WallClock,
+)
 from patchpilot.errors import InputError, Problem
 from patchpilot.policy import Policy
 
@@ -391,48 +397,29 @@ class AzureRuntime:
             return f"{status}; run {run_id} has already {run.state}"
         return f"{status}; run {run_id} reads the results and checks health next ({run.state})"
 
-    def approval_request(self, token: str) -> ApprovalRequest:
-        """What a signed approval link asks for; ApprovalLinkError when it is invalid or expired."""
-        from patchpilot.approvals import ApprovalLinkError, verify_approval
-
-        if not self.env.approval_secret or self.secrets is None:
-            raise ApprovalLinkError("approval links are not configured (PATCHPILOT_APPROVAL_SECRET)")
-        return verify_approval(token, self.secrets.get(self.env.approval_secret))
+    @functools.cached_property
+    def approvals(self) -> ApprovalEndpoints:
+        return ApprovalEndpoints(
+            lambda: self.store,
+            lambda: self.queue,
+            lambda: self.secrets,
+            lambda: self.claims,
+            self.clock,
+            self.env.approval_secret,
+            self.env.slack_signing_secret,
+        )
 
     def preview_approval(self, token: str) -> tuple[ApprovalRequest, str | None]:
-        """What the link would approve, and why it cannot (None when it can)."""
-        from patchpilot.approvals import approval_refusal
-
-        request = self.approval_request(token)
-        return request, approval_refusal(self.store.load(request.run_id), request)
+        """What a signed approval link asks for, and why it cannot be decided now (None when it can)."""
+        return self.approvals.preview(token)
 
     def approve(self, token: str, by: str = "approval link") -> str:
         """A signed approval token: grant (or reject) the ring it names, if the run waits for exactly that."""
-        from patchpilot.service import grant_approval
-
-        request, refusal = self.preview_approval(token)
-        return refusal or grant_approval(
-            self.store, self.queue, request.run_id, by=by, reject=request.decision == "reject"
-        )
+        return self.approvals.decide(token, by)
 
     def approve_from_slack(self, headers: Mapping[str, str], body: bytes) -> tuple[SlackAction, str]:
-        """A Slack button press (interactivity request): verified (signature, age, replay), then
-        decided like its signed token; the answer for the presser. SlackRequestError when the
-        request is refused, ApprovalLinkError when Slack approvals are not configured."""
-        from patchpilot.approvals import ApprovalLinkError
-        from patchpilot.chat_approvals import slack_decision
-        from patchpilot.ports import UnknownRunError
-
-        if not self.env.slack_signing_secret or self.secrets is None:
-            raise ApprovalLinkError("Slack approvals are not configured (PATCHPILOT_SLACK_SIGNING_SECRET)")
-        secret = self.secrets.get(self.env.slack_signing_secret)
-        action = slack_decision(headers, body, secret, self.clock.now(), self.claims)
-        try:
-            return action, self.approve(action.token, by=action.user)
-        except ApprovalLinkError as error:  # the button's token expired: the presser is told
-            return action, str(error)
-        except UnknownRunError:
-            return action, "this button names a run that does not exist"
+        """A Slack button press, verified and decided (`ApprovalEndpoints.decide_from_slack`)."""
+        return self.approvals.decide_from_slack(headers, body)
 
     def status(self, run_id: str) -> dict[str, Any]:
         """The run as `patchpilot status --json` shows it; UnknownRunError when there is none."""

@@ -1,0 +1,15 @@
+"""What a notice is about, and how bad it is: shared by the engine's `Notify` and the policy's
+notification routes (which cannot import the messages: those import the policy)."""
+
+from typing import Literal
+
+Topic = Literal[
+    "run_scheduled",  # a heads-up before a window (triggers.heads_up), not from the engine
+    "run_started",
+    "ring_finished",
+    "approval_needed",
+    "instance_failed",
+    "run_halted",
+    "run_finished",
+]
+Severity = Literal["info", "warning", "error"]

@@ -54,7 +54,7 @@ from slack_sdk.signature import SignatureVerifier
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the Lambda handlers live at the root
 
 import patchpilot.adapters.aws.runtime as runtime_module
-from aws_lambda import approve, trigger, worker
+from aws_lambda import advisory, approve, trigger, worker
 from aws_lambda.observability import logger
 from patchpilot.adapters.aws.dynamodb_store import table_definition
 from patchpilot.adapters.aws.fleet import client_token
@@ -652,3 +652,39 @@ def test_a_slack_button_approves_the_ring_once(world: World) -> None:
     run = world.load(run_id)
     assert run.status == "succeeded", run.reason
     assert any(entry.text == "Ring production approved by alice on Slack" for entry in run.log)
+
+
+def test_an_inspector_finding_on_eventbridge_starts_one_emergency_run_and_a_repeat_merges(world: World) -> None:
+    emergency = POLICY + "emergency: {min_severity: HIGH, soak: 30m, approval: auto}\n"
+    boto3.client("s3", region_name=REGION).put_object(Bucket=BUCKET, Key=POLICY_KEY, Body=emergency.encode())
+    world.clock.set(START - timedelta(days=3))
+    finding = json.loads((ROOT / "tests" / "events" / "advisories" / "inspector_critical_openssl.json").read_text())
+    finding["region"] = REGION
+    finding["time"] = world.clock.now().isoformat().replace("+00:00", "Z")
+    finding["resources"] = [world.ids["prd-web-1"]]
+    finding["detail"]["resources"][0]["id"] = world.ids["prd-web-1"]
+
+    def deliver(event: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = advisory.handler(event, world._cold_start_if_another("advisory"))
+        return result
+
+    first = deliver(finding)
+    (answer,) = first["answers"]
+    assert answer.startswith("Emergency run tokyo-monthly-emergency-CVE-2025-0001-") and "started" in answer
+    (run_id,) = [r for r in world.runtime().store.run_ids() if "-emergency-" in r]
+    run = world.load(run_id)
+    assert run.policy.patches.include == ["openssl", "openssl-libs"] and run.policy.patches.classifications == []
+    assert [r.name for r in run.policy.rings] == ["staging", "production"]  # staging still first
+    again = deliver(finding)  # EventBridge delivers it twice
+    assert again["answers"][0].startswith("Merged CVE-2025-0001") and f"into run {run_id}" in again["answers"][0]
+    assert [r for r in world.runtime().store.run_ids() if "-emergency-" in r] == [run_id]
+    malformed = deliver({**finding, "detail": {**finding["detail"], "packageVulnerabilityDetails": {}}})
+    assert malformed["answers"] == [] and "vulnerabilityId" in " ".join(malformed["problems"])
+    allowed = _template_actions()["advisory"]
+    made = {
+        action
+        for caller, service, op, params in world.clients.calls
+        if caller == "advisory"
+        for action in _iam(service, op, params)
+    }
+    assert made and made <= allowed

@@ -138,9 +138,10 @@ def functions() -> dict[str, dict[str, Any]]:
 # ------------------------------------------------------------------ indexing
 
 
-def test_the_app_indexes_its_seven_functions_with_their_triggers() -> None:
+def test_the_app_indexes_its_eight_functions_with_their_triggers() -> None:
     found = functions()
     assert set(found) == {
+        "advisory",
         "timer",
         "step_worker",
         "approve",
@@ -150,6 +151,7 @@ def test_the_app_indexes_its_seven_functions_with_their_triggers() -> None:
         "post_maintenance",
     }
     assert set(found["slack_interaction"]) == {"httpTrigger", "http"}
+    assert set(found["advisory"]) == {"eventGridTrigger"}
     assert set(found["pre_maintenance"]) == set(found["post_maintenance"]) == {"eventGridTrigger"}
     assert set(found["timer"]) == {"timerTrigger"}
     assert set(found["step_worker"]) == {"queueTrigger"}
@@ -198,6 +200,7 @@ def test_the_app_is_indexed_without_any_setting_or_client() -> None:
     )
     assert result.returncode == 0, result.stderr
     expected = [
+        "advisory",
         "approve",
         "post_maintenance",
         "pre_maintenance",

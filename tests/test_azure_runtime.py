@@ -801,3 +801,41 @@ def test_a_slack_button_press_approves_once_and_a_replay_is_refused(
     run = runtime_module.deps().store.load(RUN_ID)
     assert run.status == "succeeded"
     assert any("approved by alice on Slack" in entry.text for entry in run.log)
+
+
+def test_an_advisory_on_event_grid_starts_one_emergency_run_and_a_repeat_merges(
+    world: tuple[FunctionsHost, FakeAzureCompute], clock: ManualClock, settings: dict[str, str]
+) -> None:
+    from azure_functions import advisories
+
+    host, azure = world
+    upload(settings, RUN_POLICY + "emergency: {min_severity: HIGH, soak: 30m}\n")
+    staging = azure.add_vm("stg-1", zone="1", tags={"Environment": "staging"}, available=[OPENSSL])
+    production = azure.add_vm("prd-1", zone="2", tags={"Environment": "production"}, available=[OPENSSL])
+    clock.set(START - timedelta(days=2))
+    event = {
+        "id": "b1c2d3e4-0000-4f5a-8b9c-0d1e2f3a4b5c",
+        "topic": f"/subscriptions/{SUB}/resourceGroups/rg-patchpilot/providers/Microsoft.EventGrid/topics/advisories",
+        "subject": "advisories/CVE-2025-0001",
+        "eventType": "PatchPilot.Advisory",
+        "eventTime": clock.now().isoformat(),
+        "dataVersion": "1.0",
+        "data": {"id": "SEC-1", "cve": "CVE-2025-0001", "severity": "CRITICAL", "fixes": ["openssl"]},
+    }
+    advisories.advisory(grid_event(event), SimpleNamespace(invocation_id="a-1"))  # type: ignore[arg-type]
+    (run_id,) = [r for r in runtime_module.deps().store.run_ids() if "-emergency-" in r]
+    assert run_id.startswith("weu-monthly-emergency-CVE-2025-0001-")
+    (again,) = advisories.on_advisory(event)  # Event Grid delivers it twice
+    assert again.startswith("Merged CVE-2025-0001") and run_id in again
+    host.drain()
+    run = runtime_module.deps().store.load(run_id)
+    assert run.status == "succeeded", run.reason
+    assert {r.instance.name: r.state for r in run.records()} == {"stg-1": "patched", "prd-1": "patched"}
+    assert run.policy.patches.include == ["openssl"]
+    (first,) = azure.state(staging).install_requests
+    assert first["linuxParameters"]["packageNameMasksToInclude"] == ["openssl"]  # only the fix
+    (promoted,) = azure.state(production).install_requests
+    assert promoted["linuxParameters"]["packageNameMasksToInclude"] == ["openssl=3.0.13-1"]  # what staging passed
+    broken = {**event, "data": {"id": "SEC-2", "severity": "CRITICAL"}}
+    answers = advisories.on_advisory(broken)
+    assert answers and all(a.startswith("malformed: ") for a in answers) and any("cve" in a for a in answers)

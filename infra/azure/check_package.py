@@ -22,7 +22,16 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-EXPECTED = ["approve", "post_maintenance", "pre_maintenance", "run_status", "slack_interaction", "step_worker", "timer"]
+EXPECTED = [
+    "advisory",
+    "approve",
+    "post_maintenance",
+    "pre_maintenance",
+    "run_status",
+    "slack_interaction",
+    "step_worker",
+    "timer",
+]
 SITE = Path(".python_packages") / "lib" / "site-packages"
 
 

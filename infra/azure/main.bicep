@@ -466,11 +466,58 @@ module maintenanceEvents 'modules/maintenance-events.bicep' = [
   }
 ]
 
+// Security advisories: a custom topic that security tooling publishes `PatchPilot.Advisory`
+// events to (docs/advisories.md), delivered to the app's `advisory` function. Subscribed with
+// the maintenance events (the function must exist first).
+resource advisoryTopic 'Microsoft.EventGrid/topics@2022-06-15' = {
+  // checkov:skip=CKV_AZURE_193: Publishers (security tooling) reach the topic over its public endpoint with Entra ID (local auth is off); no VNet is deployed.
+  name: '${namePrefix}-advisories-${suffix}'
+  location: location
+  tags: tags
+  identity: {
+    type: 'UserAssigned'
+    userAssignedIdentities: {
+      '${identity.id}': {}
+    }
+  }
+  properties: {
+    inputSchema: 'EventGridSchema'
+    disableLocalAuth: true
+    publicNetworkAccess: 'Enabled'
+  }
+}
+
+resource advisorySubscription 'Microsoft.EventGrid/topics/eventSubscriptions@2022-06-15' = if (subscribeMaintenanceEvents) {
+  parent: advisoryTopic
+  name: 'patchpilot-advisories'
+  properties: {
+    destination: {
+      endpointType: 'AzureFunction'
+      properties: {
+        resourceId: '${app.id}/functions/advisory'
+        maxEventsPerBatch: 1
+        preferredBatchSizeInKilobytes: 64
+      }
+    }
+    filter: {
+      includedEventTypes: [
+        'PatchPilot.Advisory'
+      ]
+    }
+    eventDeliverySchema: 'EventGridSchema'
+    retryPolicy: {
+      maxDeliveryAttempts: 30
+      eventTimeToLiveInMinutes: 1440
+    }
+  }
+}
+
 // ------------------------------------------------------------------ outputs
 
 output functionAppName string = app.name
 output functionAppUrl string = 'https://${app.properties.defaultHostName}'
 output approvalUrl string = 'https://${app.properties.defaultHostName}/api/approve'
+output advisoryTopicEndpoint string = advisoryTopic.properties.endpoint
 output storageAccountName string = storage.name
 output policyContainer string = configContainer
 output stepsQueue string = stepsQueue

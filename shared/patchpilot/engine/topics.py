@@ -11,5 +11,6 @@ Topic = Literal[
     "instance_failed",
     "run_halted",
     "run_finished",
+    "advisory",  # the answer to a security advisory (patchpilot.advisories), not from the engine
 ]
 Severity = Literal["info", "warning", "error"]

@@ -22,6 +22,7 @@ TITLES: dict[Topic, str] = {
     "instance_failed": "Instance failed",
     "run_halted": "Run halted",
     "run_finished": "Run finished",
+    "advisory": "Security advisory",
 }
 ALERT_TOPICS: frozenset[Topic] = frozenset({"instance_failed", "run_halted"})  # these mention on-call
 LIST_TOPICS: frozenset[Topic] = frozenset({"ring_finished", "run_halted", "run_finished"})

@@ -163,6 +163,24 @@ class AwsRuntime:
             self.service.start(decision.run_id, policy, discovered.instances)
         return decision
 
+    def advisory(self, raw: object) -> list[str]:
+        """Security advisories as delivered (`patchpilot.advisories.intake`): the emergency run each
+        decides on is started, and every answer goes to the log and to on-call. InputError naming
+        the field when a delivery is malformed."""
+        from patchpilot.advisories.intake import take_advisories
+
+        policy = self.policy()
+        answers = take_advisories(
+            raw,
+            policy,
+            lambda: self.fleet.discover(policy).instances,
+            self.store,
+            self.service.start,
+            lambda notice: self.routed.send(notice, policy.notifications),
+            self.clock.now(),
+        )
+        return [answer.text for answer in answers]
+
     @functools.cached_property
     def approvals(self) -> ApprovalEndpoints:
         return ApprovalEndpoints(

@@ -1,0 +1,78 @@
+"""Advisories as the serverless runtimes receive them (EventBridge on AWS, Event Grid on Azure):
+each delivery is answered (start, merge, report, ignore), the emergency run it decides on is
+started, and the answer goes to the log and to on-call (the policy's routes, topic `advisory`).
+
+Every step repeats safely: the run id comes from the CVE and the merge window, so a delivery
+that comes twice starts nothing new, and the answer's notice id comes from the delivery."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from datetime import datetime
+
+from patchpilot.advisories.decide import decide_advisory, emergency_policy, open_run_of
+from patchpilot.advisories.models import Advisory, AdvisoryAnswer, OpenRun
+from patchpilot.advisories.parsing import parse_payload
+from patchpilot.engine.messages import Notify
+from patchpilot.engine.run import Run
+from patchpilot.inventory import Instance
+from patchpilot.policy import Policy
+from patchpilot.ports import RunStore, UnknownRunError
+
+log = logging.getLogger("patchpilot.advisories")
+
+Start = Callable[[str, Policy, list[Instance]], Run]  # Service.start
+
+
+def take_advisories(
+    raw: object,
+    policy: Policy,
+    fleet: Callable[[], Sequence[Instance]],
+    store: RunStore,
+    start: Start,
+    tell: Callable[[Notify], None],
+    now: datetime,
+) -> list[AdvisoryAnswer]:
+    """Answer every delivery of `raw` (InputError naming the field when it is malformed).
+    `fleet` is read once, and only when an advisory needs it."""
+    instances: list[Instance] | None = None
+    open_runs = _open_runs(store, policy)
+    answers = []
+    for delivery in parse_payload(raw):
+        if isinstance(delivery, Advisory) and instances is None:
+            instances = list(fleet())
+        answer = decide_advisory(policy, delivery, instances or [], now, open_runs)
+        if answer.action == "start" and isinstance(delivery, Advisory):
+            wanted = set(answer.instances) | {i for i, _ in answer.exposed}
+            chosen = [i for i in instances or [] if i.id in wanted]
+            run = start(answer.run_id, emergency_policy(policy, delivery), chosen)
+            open_runs.append(OpenRun(run.run_id, delivery.cve, run.status, frozenset(answer.instances)))
+        log.info("advisory %s: %s", answer.key, answer.text)
+        tell(_notice(answer))
+        answers.append(answer)
+    return answers
+
+
+def _open_runs(store: RunStore, policy: Policy) -> list[OpenRun]:
+    found = []
+    for run_id in store.run_ids():
+        if not run_id.startswith(f"{policy.name}-"):
+            continue
+        try:
+            run = open_run_of(policy, store.load(run_id))
+        except UnknownRunError:  # listed a moment before it was written (eventually consistent)
+            continue
+        if run is not None:
+            found.append(run)
+    return found
+
+
+def _notice(answer: AdvisoryAnswer) -> Notify:
+    return Notify(
+        id=f"advisory:{answer.source}:{answer.key}",
+        run_id=answer.run_id or f"advisory-{answer.key}",
+        topic="advisory",
+        text=answer.text,
+        severity=answer.severity,
+    )

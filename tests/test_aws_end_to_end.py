@@ -486,6 +486,11 @@ def test_a_scheduled_run_patches_staging_then_production_after_approval_and_roll
     assert world.states(run) == expected  # legacy-1 (not managed) was never discovered
     lost = records_by_name(world, run)["prd-app-9"]
     assert lost.reason == "agent did not answer: SSM agent ConnectionLost"
+    # the run's report, written to the configuration bucket when the run ended, and named in the notice
+    s3 = boto3.client("s3", region_name=REGION)
+    html = s3.get_object(Bucket=BUCKET, Key=f"reports/{run_id}.html")["Body"].read().decode()
+    assert run_id in html and "prd-web-3" in html and "<svg" in html
+    assert s3.head_object(Bucket=BUCKET, Key=f"reports/{run_id}.md")["ContentType"].startswith("text/markdown")
 
     # Production installed exactly what staging installed and passed, pinned through
     # InstallOverrideList files in the config bucket; not the patches released since.

@@ -20,7 +20,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from patchpilot.adapters.aws.policy_source import load_policy_from
 from patchpilot.adapters.aws.sessions import AwsSessions, ClientFactory
-from patchpilot.adapters.serverless import ApprovalEndpoints, ApprovalLinksNotifier, LogNotifier, WallClock
+from patchpilot.adapters.serverless import (
+    ApprovalEndpoints,
+    ApprovalLinksNotifier,
+    LogNotifier,
+    ReportingNotifier,
+    WallClock,
+)
 from patchpilot.errors import InputError, Problem
 from patchpilot.policy import Policy
 
@@ -32,7 +38,7 @@ if TYPE_CHECKING:
     from patchpilot.chat_approvals import SlackAction
     from patchpilot.engine.run import Run
     from patchpilot.notify import RoutedNotifier
-    from patchpilot.ports import Claims, Clock, RunStore
+    from patchpilot.ports import Claims, Clock, Notifier, RunStore
     from patchpilot.service import Service
     from patchpilot.triggers import TriggerDecision
 
@@ -111,7 +117,13 @@ class AwsRuntime:
     def service(self) -> Service:
         from patchpilot.service import Service
 
-        return Service(store=self.store, queue=self.queue, fleet=self.fleet, notifier=self.notifier, clock=self.clock)
+        notifier: Notifier = self.notifier
+        if self.env.override_bucket:  # the stack's configuration bucket: reports go under reports/
+            from patchpilot.adapters.aws.reports import S3Reports
+
+            reports = S3Reports(self.env.override_bucket, self.clients("s3", None, self.env.region))
+            notifier = ReportingNotifier(notifier, self.store, reports.publish)
+        return Service(store=self.store, queue=self.queue, fleet=self.fleet, notifier=notifier, clock=self.clock)
 
     @functools.cached_property
     def notifier(self) -> ApprovalLinksNotifier:

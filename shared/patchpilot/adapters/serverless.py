@@ -4,17 +4,21 @@ that writes a run's report when the run ends."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from patchpilot.approvals import ApprovalRequest
     from patchpilot.chat_approvals import SlackAction
     from patchpilot.engine.messages import Notify
     from patchpilot.engine.run import Run
-    from patchpilot.ports import Claims, Clock, Notifier, Queue, RunStore, Secrets
+    from patchpilot.notify import RoutedNotifier
+    from patchpilot.policy import Policy
+    from patchpilot.ports import Claims, Clock, DiscoveryResult, Notifier, Queue, RunStore, Secrets
+    from patchpilot.service import Service
 
 log = logging.getLogger("patchpilot.notify")
 RUN_END_TOPICS = frozenset({"run_finished", "run_halted"})
@@ -163,3 +167,101 @@ class ApprovalEndpoints:
             return action, str(error)
         except UnknownRunError:
             return action, "this button names a run that does not exist"
+
+
+class ServerlessSettings(Protocol):
+    """The settings both runtimes read here (AwsEnvironment, AzureEnvironment)."""
+
+    approval_secret: str | None
+    slack_signing_secret: str | None
+    approval_url: str | None
+
+
+class Discovers(Protocol):
+    def discover(self, policy: Policy) -> DiscoveryResult: ...
+
+
+class ServerlessRuntime:
+    """What the AWS and Azure runtimes do alike over their own adapters: notices (routed to Slack
+    and Teams, approval links added), approval endpoints and advisories. A runtime provides the
+    members declared below (each built on first use)."""
+
+    if TYPE_CHECKING:
+        env: ServerlessSettings
+        log: Any
+        clock: Clock
+
+        @property
+        def store(self) -> RunStore: ...
+        @property
+        def queue(self) -> Queue: ...
+        @property
+        def secrets(self) -> Secrets | None: ...
+        @property
+        def claims(self) -> Claims: ...
+        @property
+        def fleet(self) -> Discovers: ...
+        @property
+        def service(self) -> Service: ...
+        def policy(self) -> Policy: ...
+
+    @functools.cached_property
+    def notifier(self) -> ApprovalLinksNotifier:
+        """Slack and Teams as the run's policy routes them (the log when it has no notifications);
+        approval notices carry signed Approve and Reject links."""
+        return ApprovalLinksNotifier(self.routed, self._load_run, self._approval_key, self.env.approval_url)
+
+    @functools.cached_property
+    def routed(self) -> RoutedNotifier:
+        from patchpilot.notify import LazySecrets, RoutedNotifier
+
+        return RoutedNotifier(LazySecrets(lambda: self.secrets), self._load_run, LogNotifier(self.log))
+
+    def _approval_key(self) -> str | None:
+        name, secrets = self.env.approval_secret, self.secrets
+        return secrets.get(name) if name and secrets is not None else None
+
+    def _load_run(self, run_id: str) -> Run:
+        return self.store.load(run_id)  # the store is built when a notice is routed, not before
+
+    def advisory(self, raw: object) -> list[str]:
+        """Security advisories as delivered (`patchpilot.advisories.intake`): the emergency run each
+        decides on is started, and every answer goes to the log and to on-call. InputError naming
+        the field when a delivery is malformed."""
+        from patchpilot.advisories.intake import take_advisories
+
+        policy = self.policy()
+        answers = take_advisories(
+            raw,
+            policy,
+            lambda: self.fleet.discover(policy).instances,
+            self.store,
+            self.service.start,
+            lambda notice: self.routed.send(notice, policy.notifications),
+            self.clock.now(),
+        )
+        return [answer.text for answer in answers]
+
+    @functools.cached_property
+    def approvals(self) -> ApprovalEndpoints:
+        return ApprovalEndpoints(
+            lambda: self.store,
+            lambda: self.queue,
+            lambda: self.secrets,
+            lambda: self.claims,
+            self.clock,
+            self.env.approval_secret,
+            self.env.slack_signing_secret,
+        )
+
+    def preview_approval(self, token: str) -> tuple[ApprovalRequest, str | None]:
+        """What a signed approval link asks for, and why it cannot be decided now (None when it can)."""
+        return self.approvals.preview(token)
+
+    def approve(self, token: str, by: str = "approval link") -> str:
+        """A signed approval token: grant (or reject) the ring it names, if the run waits for exactly that."""
+        return self.approvals.decide(token, by)
+
+    def approve_from_slack(self, headers: Mapping[str, str], body: bytes) -> tuple[SlackAction, str]:
+        """A Slack button press, verified and decided (`ApprovalEndpoints.decide_from_slack`)."""
+        return self.approvals.decide_from_slack(headers, body)

@@ -26,10 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from patchpilot.adapters.azure.clients import AzureClients
 from patchpilot.adapters.azure.policy_source import SCHEME, blob_location, load_policy_from
 from patchpilot.adapters.serverless import (
-    ApprovalEndpoints,
-    ApprovalLinksNotifier,
-    LogNotifier,
     ReportingNotifier,
+    ServerlessRuntime,
     WallClock,
 )
 from patchpilot.errors import InputError, Problem
@@ -45,10 +43,6 @@ if TYPE_CHECKING:
     from patchpilot.adapters.azure.reports import BlobReports
     from patchpilot.adapters.azure.storage_queue import StorageQueue
     from patchpilot.adapters.azure.table_store import TableRunStore
-    from patchpilot.approvals import ApprovalRequest
-    from patchpilot.chat_approvals import SlackAction
-    from patchpilot.engine.run import Run
-    from patchpilot.notify import RoutedNotifier
     from patchpilot.ports import Claims, Clock, Secrets
     from patchpilot.service import Service
     from patchpilot.triggers import TriggerDecision
@@ -164,8 +158,10 @@ class AzureEnvironment(BaseModel):
         )
 
 
-class AzureRuntime:
+class AzureRuntime(ServerlessRuntime):
     """The adapters and the `Service` over them, each built on first use (see the module's docstring)."""
+
+    env: AzureEnvironment
 
     def __init__(
         self,
@@ -278,25 +274,6 @@ class AzureRuntime:
             maintenance=UpdateManagerCanceller(self.clients),
         )
 
-    @functools.cached_property
-    def notifier(self) -> ApprovalLinksNotifier:
-        """Slack and Teams as the run's policy routes them (webhook URLs from Key Vault; the log
-        when it has no notifications); approval notices carry signed Approve and Reject links."""
-        return ApprovalLinksNotifier(self.routed, self._load_run, self._approval_key, self.env.approval_url)
-
-    @functools.cached_property
-    def routed(self) -> RoutedNotifier:
-        from patchpilot.notify import LazySecrets, RoutedNotifier
-
-        return RoutedNotifier(LazySecrets(lambda: self.secrets), self._load_run, LogNotifier(self.log))
-
-    def _approval_key(self) -> str | None:
-        name = self.env.approval_secret
-        return self.secrets.get(name) if name and self.secrets is not None else None
-
-    def _load_run(self, run_id: str) -> Run:
-        return self.store.load(run_id)  # the store is built when a notice is routed, not before
-
     def policy(self) -> Policy:
         """The deployed policy, read and validated on each use: operators change it without a deploy."""
         return load_policy_from(self.env.policy, self.blobs)
@@ -396,48 +373,6 @@ class AzureRuntime:
         if run.finished:
             return f"{status}; run {run_id} has already {run.state}"
         return f"{status}; run {run_id} reads the results and checks health next ({run.state})"
-
-    def advisory(self, raw: object) -> list[str]:
-        """Security advisories as delivered (`patchpilot.advisories.intake`): the emergency run each
-        decides on is started, and every answer goes to the log and to on-call. InputError naming
-        the field when a delivery is malformed."""
-        from patchpilot.advisories.intake import take_advisories
-
-        policy = self.policy()
-        answers = take_advisories(
-            raw,
-            policy,
-            lambda: self.fleet.discover(policy).instances,
-            self.store,
-            self.service.start,
-            lambda notice: self.routed.send(notice, policy.notifications),
-            self.clock.now(),
-        )
-        return [answer.text for answer in answers]
-
-    @functools.cached_property
-    def approvals(self) -> ApprovalEndpoints:
-        return ApprovalEndpoints(
-            lambda: self.store,
-            lambda: self.queue,
-            lambda: self.secrets,
-            lambda: self.claims,
-            self.clock,
-            self.env.approval_secret,
-            self.env.slack_signing_secret,
-        )
-
-    def preview_approval(self, token: str) -> tuple[ApprovalRequest, str | None]:
-        """What a signed approval link asks for, and why it cannot be decided now (None when it can)."""
-        return self.approvals.preview(token)
-
-    def approve(self, token: str, by: str = "approval link") -> str:
-        """A signed approval token: grant (or reject) the ring it names, if the run waits for exactly that."""
-        return self.approvals.decide(token, by)
-
-    def approve_from_slack(self, headers: Mapping[str, str], body: bytes) -> tuple[SlackAction, str]:
-        """A Slack button press, verified and decided (`ApprovalEndpoints.decide_from_slack`)."""
-        return self.approvals.decide_from_slack(headers, body)
 
     def status(self, run_id: str) -> dict[str, Any]:
         """The run as `patchpilot status --json` shows it; UnknownRunError when there is none."""

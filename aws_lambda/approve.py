@@ -22,8 +22,7 @@ from aws_lambda import loaded
 from aws_lambda.observability import logger, tracer
 from patchpilot.adapters.aws import dynamodb_store, secrets, sqs_queue  # noqa: F401
 from patchpilot.adapters.aws.runtime import deps
-from patchpilot.approvals import ApprovalLinkError, approval_page, approval_question, approval_token
-from patchpilot.ports import UnknownRunError
+from patchpilot.approvals import ApprovalLinkError, approval_page, approval_token
 
 
 def _page(status: int, text: str, form_token: str | None = None, button: str = "Approve") -> dict[str, Any]:
@@ -36,24 +35,14 @@ def _page(status: int, text: str, form_token: str | None = None, button: str = "
 
 @tracer.capture_method
 def answer(method: str, token: str) -> dict[str, Any]:
-    if not token:
-        return _page(400, "This approval link has no token.")
-    runtime = deps(logger)
-    try:
-        request, refusal = runtime.preview_approval(token)
-        logger.set_correlation_id(request.run_id)
-        if refusal is not None:
-            return _page(200, refusal)
-        if method != "POST":
-            return _page(200, approval_question(request), form_token=token, button=request.decision.capitalize())
-        text = runtime.approve(token)
-    except ApprovalLinkError as exc:
-        logger.warning("approval refused", extra={"reason": str(exc)})
-        return _page(403, str(exc))
-    except UnknownRunError:
-        return _page(404, "This approval link names a run that does not exist.")
-    logger.info(text)
-    return _page(200, text)
+    reply = deps(logger).answer_approval(method, token)
+    if reply.run_id:
+        logger.set_correlation_id(reply.run_id)
+    if reply.status == 403:
+        logger.warning("approval refused", extra={"reason": reply.text})
+    elif reply.decided:
+        logger.info(reply.text)
+    return _page(reply.status, reply.text, reply.form_token, reply.button)
 
 
 @tracer.capture_method

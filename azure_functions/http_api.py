@@ -16,7 +16,7 @@ import azure.functions as func
 
 from azure_functions.observability import invocation, log, set_correlation_id
 from patchpilot.adapters.azure.runtime import deps
-from patchpilot.approvals import ApprovalLinkError, approval_page, approval_question, approval_token
+from patchpilot.approvals import ApprovalLinkError, approval_page, approval_token
 from patchpilot.ports import SecretUnavailableError, UnknownRunError
 
 bp = func.Blueprint()  # type: ignore[no-untyped-call]  # its __init__ is not annotated
@@ -30,27 +30,18 @@ def _page(status: int, text: str, form_token: str | None = None, button: str = "
 
 def approval(method: str, token: str, invocation_id: str = "") -> func.HttpResponse:
     with invocation("approve", invocation_id, method=method):
-        if not token:
-            return _page(400, "This approval link has no token.")
-        runtime = deps(log)
         try:
-            request, refusal = runtime.preview_approval(token)
-            set_correlation_id(request.run_id)
-            if refusal is not None:
-                return _page(200, refusal)
-            if method != "POST":
-                return _page(200, approval_question(request), form_token=token, button=request.decision.capitalize())
-            text = runtime.approve(token)
-        except ApprovalLinkError as error:
-            log.warning("approval refused", extra={"reason": str(error)})
-            return _page(403, str(error))
-        except UnknownRunError:
-            return _page(404, "This approval link names a run that does not exist.")
+            reply = deps(log).answer_approval(method, token)
         except SecretUnavailableError as error:  # the vault, not the link: the operator fixes it
             log.error("approval links cannot be checked", extra={"reason": str(error)})
             return _page(503, "Approval links cannot be checked right now; try again later.")
-        log.info(text)
-        return _page(200, text)
+        if reply.run_id:
+            set_correlation_id(reply.run_id)
+        if reply.status == 403:
+            log.warning("approval refused", extra={"reason": reply.text})
+        elif reply.decided:
+            log.info(reply.text)
+        return _page(reply.status, reply.text, reply.form_token, reply.button)
 
 
 def run_status(run_id: str, invocation_id: str = "") -> func.HttpResponse:

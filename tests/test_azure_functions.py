@@ -33,6 +33,7 @@ import function_app
 from azure_functions import http_api, observability, steps, timer
 from patchpilot.adapters.azure.runtime import AzureEnvironment
 from patchpilot.adapters.azure.secrets import SecretUnavailableError
+from patchpilot.adapters.serverless import ServerlessRuntime
 from patchpilot.approvals import ApprovalLinkError, ApprovalRequest, approval_token
 from patchpilot.ports import UnknownRunError
 from patchpilot.triggers import TIMER_PERIOD, TriggerDecision
@@ -72,6 +73,8 @@ class StubRuntime:
         observability.log.info("inside the handling")
         if self.failure:
             raise self.failure
+
+    answer_approval = ServerlessRuntime.answer_approval  # the real flow, over the stubbed preview and approve
 
     def preview_approval(self, token: str) -> tuple[ApprovalRequest, str | None]:
         self.calls.append(("preview_approval", token))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -169,6 +170,19 @@ class ApprovalEndpoints:
             return action, "this button names a run that does not exist"
 
 
+@dataclass(frozen=True)
+class ApprovalAnswer:
+    """What an approval endpoint answers: a status, a text and, to ask before deciding, the form
+    that POSTs the token back (`form_token`, `button`); `run_id` once the token named one."""
+
+    status: int
+    text: str
+    form_token: str | None = None
+    button: str = "Approve"
+    run_id: str = ""
+    decided: bool = False  # an approval or a rejection was made (the endpoint logs it)
+
+
 class ServerlessSettings(Protocol):
     """The settings both runtimes read here (AwsEnvironment, AzureEnvironment)."""
 
@@ -265,3 +279,26 @@ class ServerlessRuntime:
     def approve_from_slack(self, headers: Mapping[str, str], body: bytes) -> tuple[SlackAction, str]:
         """A Slack button press, verified and decided (`ApprovalEndpoints.decide_from_slack`)."""
         return self.approvals.decide_from_slack(headers, body)
+
+    def answer_approval(self, method: str, token: str) -> ApprovalAnswer:
+        """An approval link opened (GET: only asks, link scanners open links) or confirmed (POST:
+        decides). Refusals are answers (403 for a bad link); other errors are raised."""
+        from patchpilot.approvals import ApprovalLinkError, approval_question
+        from patchpilot.ports import UnknownRunError
+
+        if not token:
+            return ApprovalAnswer(400, "This approval link has no token.")
+        try:
+            request, refusal = self.preview_approval(token)
+            if refusal is not None:
+                return ApprovalAnswer(200, refusal, run_id=request.run_id)
+            if method != "POST":
+                button = request.decision.capitalize()
+                question = approval_question(request)
+                return ApprovalAnswer(200, question, form_token=token, button=button, run_id=request.run_id)
+            text = self.approve(token)
+        except ApprovalLinkError as error:
+            return ApprovalAnswer(403, str(error))
+        except UnknownRunError:
+            return ApprovalAnswer(404, "This approval link names a run that does not exist.")
+        return ApprovalAnswer(200, text, run_id=request.run_id, decided=True)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
+from patchpilot.compliance.model import AssessmentStarted, PatchState
 from patchpilot.engine.messages import (
     CancelMaintenance,
     CheckHealth,
@@ -24,6 +25,8 @@ from patchpilot.engine.messages import (
 )
 from patchpilot.engine.run import Run
 from patchpilot.inventory import Instance
+from patchpilot.maintenance.model import WatchResult
+from patchpilot.policy import Policy
 
 
 class ConflictError(Exception):
@@ -125,6 +128,27 @@ class FleetProvider(Protocol):
     def check_health(self, command: CheckHealth) -> Progress: ...
 
     def roll_back(self, command: RollBack) -> Progress: ...
+
+
+class PatchAssessor(Protocol):
+    """Patch compliance: scans started on demand, their results read in bulk (docs/compliance.md)."""
+
+    def start_assessment(self, instances: Sequence[Instance], token: str) -> AssessmentStarted:
+        """Start a fresh scan of these machines (`AWS-RunPatchBaseline` with `Operation=Scan`,
+        Azure `assessPatches`); it installs nothing. Idempotent per `token` (the compliance
+        slot): starting again with the same token starts nothing new."""
+
+    def patch_states(self, instances: Sequence[Instance]) -> list[PatchState]:
+        """The latest assessment of each machine, one PatchState per instance in the order
+        given, read in bulk; `error` set where there is none."""
+
+
+class MaintenanceSource(Protocol):
+    """Maintenance the cloud has scheduled on the fleet and its databases (docs/maintenance-watch.md)."""
+
+    def upcoming_maintenance(self, policy: Policy, instances: Sequence[Instance], now: datetime) -> WatchResult:
+        """Scheduled or pending maintenance that has not ended by `now`, for these instances and
+        the other resources the policy's accounts and subscriptions hold (RDS databases)."""
 
 
 class MaintenanceCanceller(Protocol):

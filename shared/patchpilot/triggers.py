@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from itertools import islice
+from zoneinfo import ZoneInfo
 
 from patchpilot.engine.messages import Notify
 from patchpilot.policy import Policy, Window
 from patchpilot.policy.fields import format_duration
+from patchpilot.policy.schedule import AwsCron, window_starts
 
 TIMER_PERIOD = timedelta(minutes=15)  # how often the clouds' timers fire (template.yaml, function_app)
 
@@ -62,3 +65,10 @@ def heads_up(policy: Policy, now: datetime, lead: timedelta, period: timedelta =
         f" ({format_duration(window.end - window.start)} window)"
     )  # the same text from every tick of the period, like the id
     return Notify(id=f"{run_id}:notify:run_scheduled", run_id=run_id, topic="run_scheduled", text=text)
+
+
+def fired_within(rule: AwsCron, zone: ZoneInfo, now: datetime, period: timedelta = TIMER_PERIOD) -> datetime | None:
+    """The time `rule` fired within the last timer period (now - period, now], if it did: what a
+    frequent timer uses to run something on a cron of the policy's (compliance scans, digests)."""
+    (fire,) = islice(window_starts(rule, None, 0, zone, now - period + timedelta(microseconds=1)), 1)
+    return fire if fire <= now else None

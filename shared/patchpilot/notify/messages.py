@@ -23,6 +23,10 @@ TITLES: dict[Topic, str] = {
     "run_halted": "Run halted",
     "run_finished": "Run finished",
     "advisory": "Security advisory",
+    "run_skipped": "Run skipped",
+    "compliance_report": "Patch compliance",
+    "maintenance_digest": "Cloud maintenance this week",
+    "maintenance_alert": "Cloud maintenance before the next window",
 }
 ALERT_TOPICS: frozenset[Topic] = frozenset({"instance_failed", "run_halted"})  # these mention on-call
 LIST_TOPICS: frozenset[Topic] = frozenset({"ring_finished", "run_halted", "run_finished"})

@@ -32,6 +32,7 @@ from patchpilot.policy.schedule import (
     Monthly,
     MonthlyRule,
     Window,
+    parse_aws_cron,
     window_starts,
 )
 
@@ -341,9 +342,41 @@ class Emergency(_Section):
         return found
 
 
+PolicyKind = Literal["scheduled", "non_periodic", "emergency", "frozen"]
+POLICY_KINDS: dict[PolicyKind, str] = {
+    "scheduled": "patched in every window of its schedule",
+    "non_periodic": "a window with nothing pending is skipped, and says so",
+    "emergency": "patched only by emergency runs from advisories; the schedule starts nothing",
+    "frozen": "never patched: every machine is shown as exposed",
+}
+DAILY_AT_FIVE = parse_aws_cron("cron(0 5 * * ? *)")
+MONDAYS_AT_EIGHT = parse_aws_cron("cron(0 8 ? * MON *)")
+
+
+class ComplianceSettings(_Section):
+    """The compliance scan the timer runs (docs/compliance.md): a scan at each `scan` time (in
+    `timezone`, else the schedule's, else UTC), and the report `report_after` it."""
+
+    scan: Cron = DAILY_AT_FIVE
+    timezone: TimeZoneName | None = None
+    report_after: Duration = timedelta(hours=1)  # time for the scans to finish before the report is built
+
+
+class MaintenanceWatchSettings(_Section):
+    """The maintenance watch (docs/maintenance-watch.md): a digest at each `digest` time, and an
+    alert for anything due before the next patch window (or within `horizon` without a schedule)."""
+
+    digest: Cron = MONDAYS_AT_EIGHT
+    timezone: TimeZoneName | None = None
+    horizon: Duration = timedelta(days=14)  # how far ahead the digest looks
+    rds: bool = True  # AWS: RDS pending maintenance in the policy's accounts and regions
+    health: bool = True  # AWS: Health scheduled changes (the Health API needs a Business support plan)
+
+
 class Policy(_Section):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     description: str = ""
+    kind: PolicyKind = "scheduled"
     schedule: Schedule | None = None
     rings: list[Ring] = Field(min_length=1)
     rollout: Rollout = Rollout()
@@ -356,6 +389,8 @@ class Policy(_Section):
     azure: AzureSettings | None = None
     emergency: Emergency | None = None  # runs started by advisories: docs/advisories.md
     notifications: Notifications | None = None  # Slack and Teams: docs/notifications.md
+    compliance: ComplianceSettings | None = None  # the timer's compliance scans: docs/compliance.md
+    maintenance_watch: MaintenanceWatchSettings | None = None  # docs/maintenance-watch.md
 
     def restores_data_volumes(self, clouds: Iterable[Cloud]) -> bool:
         """Whether a rollback of machines on these clouds restores their data volumes too."""
@@ -394,4 +429,12 @@ class Policy(_Section):
             )
         if self.notifications is not None:
             found.extend(self.notifications.problems())
+        if self.kind == "non_periodic" and self.schedule is None:
+            found.append(Problem(("kind",), "a non_periodic policy needs a schedule (whose windows it skips)"))
+        if self.kind == "emergency" and self.emergency is None:
+            found.append(Problem(("kind",), "an emergency policy needs an emergency section"))
         return found
+
+    def zone_for(self, timezone: str | None) -> ZoneInfo:
+        """A section's time zone: its own, else the schedule's, else UTC."""
+        return resolve_timezone(timezone or (self.schedule.timezone if self.schedule else "UTC"))

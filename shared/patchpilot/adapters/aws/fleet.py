@@ -29,7 +29,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
 from botocore.exceptions import ClientError
 
@@ -114,6 +114,8 @@ def fleet_for_policy(policy: Policy, clock: Clock, **kwargs: Any) -> Ec2SsmFleet
 
 class Ec2SsmFleet:
     """A `FleetProvider` over EC2 and Systems Manager, plus discovery of the fleet."""
+
+    cloud: Final = "aws"
 
     def __init__(
         self,

@@ -46,7 +46,7 @@ import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.mgmt.compute import models as cm
@@ -148,6 +148,8 @@ class _Marked:
 
 class AzureFleet:
     """A `FleetProvider` over Azure VMs and Arc-enabled servers, plus discovery of the fleet."""
+
+    cloud: Final = "azure"
 
     def __init__(
         self,

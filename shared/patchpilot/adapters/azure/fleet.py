@@ -53,6 +53,7 @@ from azure.mgmt.compute import models as cm
 from azure.mgmt.hybridcompute import models as hm
 
 from patchpilot.adapters.health import HttpGet, fill, urllib_get
+from patchpilot.compliance.model import AssessmentStarted, PatchState
 from patchpilot.engine.messages import (
     CheckHealth,
     InstallPatches,
@@ -63,9 +64,11 @@ from patchpilot.engine.messages import (
     TakeSnapshots,
 )
 from patchpilot.inventory import Instance
+from patchpilot.maintenance.model import WatchResult
 from patchpilot.policy.model import HealthChecks, Policy
 from patchpilot.ports import Clock, DiscoveryResult, InProgress, Progress
 
+from . import compliance, maintenance_watch
 from .clients import AzureClients
 from .fleet_common import (
     TAG_COMMAND,
@@ -802,6 +805,20 @@ class AzureFleet:
             done = len(targets) - waiting
             return InProgress(now + ROLLBACK_POLL, note=f"rollback: {done}/{len(targets)} machines restored")
         return [outcomes[t.instance.id] for t in targets]
+
+    # ------------------------------------------------------------ compliance and maintenance watch
+
+    def start_assessment(self, instances: Sequence[Instance], token: str) -> AssessmentStarted:
+        """`PatchAssessor`: assessPatches per machine, once per token (compliance.py)."""
+        return compliance.start_assessment(self, instances, token)
+
+    def patch_states(self, instances: Sequence[Instance]) -> list[PatchState]:
+        """`PatchAssessor`: the latest assessments, from Resource Graph in bulk (compliance.py)."""
+        return compliance.patch_states(self, instances)
+
+    def upcoming_maintenance(self, policy: Policy, instances: Sequence[Instance], now: datetime) -> WatchResult:
+        """`MaintenanceSource`: platform maintenance on the machines (maintenance_watch.py)."""
+        return maintenance_watch.upcoming_maintenance(self, policy, instances, now)
 
     # ------------------------------------------------------------ shared reads and writes
 

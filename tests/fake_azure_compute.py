@@ -65,6 +65,8 @@ class Patch:
     classification: str = "Security"
     version: str = ""  # Linux
     kb: str = ""  # Windows, digits
+    severity: str = ""  # MSRC severity as an assessment reports it: Critical, Important, ...
+    published: str = ""  # when the vendor published it (ISO 8601), as an assessment reports it
 
     @property
     def patch_id(self) -> str:
@@ -95,6 +97,7 @@ class MachineState:
     running_install: str | None = None  # activity id
     install_requests: list[dict[str, Any]] = field(default_factory=list)
     last_install: dict[str, Any] | None = None
+    last_assessment: dict[str, Any] | None = None  # instance view patchStatus.availablePatchSummary
     content: Content = field(default_factory=Content)  # Arc servers (no managed disks)
 
 
@@ -393,7 +396,9 @@ class FakeAzureCompute:
                 ]
                 view["vmHealth"] = {"status": {"code": f"HealthState/{health}", "level": "Info"}}
         if machine.last_install is not None:
-            view["patchStatus"] = {"lastPatchInstallationSummary": machine.last_install}
+            view.setdefault("patchStatus", {})["lastPatchInstallationSummary"] = machine.last_install
+        if machine.last_assessment is not None:
+            view.setdefault("patchStatus", {})["availablePatchSummary"] = machine.last_assessment
         return view
 
     def _patch_vm(self, request: Request) -> Response:

@@ -11,7 +11,6 @@ import heapq
 import http.server
 import json
 import logging
-import re
 import sys
 import threading
 from collections import Counter
@@ -30,6 +29,7 @@ from azure.functions.queue import QueueMessageInConverter
 from azure.functions.timer import TimerRequestConverter
 from azure.storage.blob import BlobServiceClient
 from azure.storage.queue import QueueClient
+from azure_rbac import arm_action, fleet_role_actions
 from clocks import ManualClock
 from fake_arm import FakeArm
 from fake_azure_compute import SUB, FakeAzureCompute, Patch
@@ -438,28 +438,6 @@ def world(
     finally:
         runtime_module.deps.cache_clear()
         azurite.release_clock()
-
-
-def arm_action(method: str, path: str) -> str:
-    """The Azure RBAC action ARM checks for a request (lower case): `{namespace}/{types}/read`,
-    `/write` or `/delete` on a resource or a listing, `{namespace}/{types}/{name}/action` for a
-    POST on an action; a Resource Graph query reads."""
-    path = path.lower()
-    if method == "POST" and path == "/providers/microsoft.resourcegraph/resources":
-        return "microsoft.resourcegraph/resources/read"
-    namespace, *rest = path.rsplit("/providers/", 1)[1].split("/")
-    if method == "POST":
-        assert len(rest) % 2 == 1, path
-        return "/".join([namespace, *rest[0:-1:2], rest[-1], "action"])
-    verb = {"GET": "read", "PUT": "write", "PATCH": "write", "DELETE": "delete"}[method]
-    return "/".join([namespace, *rest[0::2], verb])
-
-
-def fleet_role_actions() -> set[str]:
-    """The actions of the custom fleet role, as infra/azure/modules/fleet-access.bicep lists them."""
-    text = (ROOT / "infra" / "azure" / "modules" / "fleet-access.bicep").read_text()
-    listing = text[text.index("var fleetActions = [") : text.index("\n]\n", text.index("var fleetActions = ["))]
-    return {action.lower() for action in re.findall(r"^\s*'([^']+)'", listing, flags=re.MULTILINE)}
 
 
 def test_arm_actions_are_named_as_rbac_names_them() -> None:

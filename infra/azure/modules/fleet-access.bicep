@@ -46,6 +46,14 @@ var fleetActions = [
   'Microsoft.HybridCompute/machines/installPatches/action'
   'Microsoft.HybridCompute/machines/runCommands/read'
   'Microsoft.HybridCompute/machines/runCommands/write'
+  // compliance: on-demand assessment (the results are read from Resource Graph)
+  'Microsoft.Compute/virtualMachines/assessPatches/action'
+  'Microsoft.HybridCompute/machines/assessPatches/action'
+  // maintenance watch: Resource Graph lists only the rows the identity may read, so these reads
+  // are needed for its maintenanceresources (Maintenance RP updates) and servicehealthresources
+  'Microsoft.Maintenance/updates/read'
+  'Microsoft.ResourceHealth/events/read'
+  'Microsoft.ResourceHealth/events/impactedResources/read'
   // Update Manager schedules (`patchpilot azure sync`) and cancelling a maintenance run
   'Microsoft.Maintenance/maintenanceConfigurations/read'
   'Microsoft.Maintenance/maintenanceConfigurations/write'
@@ -61,7 +69,7 @@ resource role 'Microsoft.Authorization/roleDefinitions@2022-04-01' = {
   name: guid(subscription().id, roleName)
   properties: {
     roleName: roleName
-    description: 'Snapshot, patch, health-check and roll back virtual machines; PatchPilot (infra/azure).'
+    description: 'Snapshot, assess, patch, health-check and roll back virtual machines; watch platform maintenance; PatchPilot (infra/azure).'
     type: 'CustomRole'
     permissions: [
       {

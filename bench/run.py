@@ -13,6 +13,7 @@ for script in (
     "bench_run.py",
     "bench_aws_calls.py",
     "bench_azure_calls.py",
+    "bench_azure_watch.py",
     "bench_cold_start.py",
     "bench_function_app.py",
 ):

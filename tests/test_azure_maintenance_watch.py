@@ -64,7 +64,7 @@ def world() -> World:
 
 
 def test_maintenance_rp_updates_are_mapped_to_the_fleets_vms_with_their_impact(world: World) -> None:
-    restart, freeze, redeploy, done = (world.azure.add_vm(f"vm-{n}") for n in range(4))
+    restart, freeze, redeploy, done, clear = (world.azure.add_vm(f"vm-{n}") for n in range(5))
     outside = world.azure.add_vm("not-in-fleet")
     host = f"/subscriptions/{SUB}/resourceGroups/rg-web/providers/Microsoft.Compute/hostGroups/hg/hosts/h1"
     platform = world.platform
@@ -72,9 +72,10 @@ def test_maintenance_rp_updates_are_mapped_to_the_fleets_vms_with_their_impact(w
     platform.add_update(freeze, impact="Freeze", status="InProgress", seconds=9)
     platform.add_update(redeploy, impact="Redeploy", status="RetryLater", not_before=NOW + timedelta(days=1))
     platform.add_update(done, impact="Restart", status="Completed")
+    platform.add_update(clear, impact="Restart", status="NoUpdatesPending")
     platform.add_update(outside, impact="Restart")
     platform.add_update(host, impact="Restart")
-    fleet = [world.instance(m) for m in (restart, freeze, redeploy, done)]
+    fleet = [world.instance(m) for m in (restart, freeze, redeploy, done, clear)]
 
     result = world.fleet.upcoming_maintenance(POLICY, fleet, NOW)
 

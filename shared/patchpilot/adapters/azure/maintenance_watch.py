@@ -11,7 +11,9 @@ still read):
   (azure-mgmt-maintenance `Update`: maintenanceScope, impactType None|Freeze|Restart|Redeploy,
   status Pending|InProgress|Completed|RetryNow|RetryLater, impactDurationInSec, notBefore
   ("when Azure will start force updates"), properties.resourceId) and, in those samples,
-  notificationId (the Service Health tracking id) and endTimeUtc. One query over the
+  notificationId (the Service Health tracking id), endTimeUtc and
+  properties.plannedMaintenanceStatus (NoUpdatesPending among its values). Every status but
+  Completed, NoUpdatesPending and Cancelled is reported: an unknown one is never taken for done. One query over the
   subscriptions (rows exist only for resources with maintenance), matched to the fleet here.
   Restart and Redeploy mean downtime; a Freeze (seconds, memory preserved) does not.
 - `servicehealthresources`: active `microsoft.resourcehealth/events` with EventType
@@ -49,7 +51,7 @@ if TYPE_CHECKING:
 
 UPDATES_SOURCE = "Azure Resource Graph maintenanceresources (Maintenance RP updates)"
 EVENTS_SOURCE = "Azure Resource Graph servicehealthresources (planned maintenance)"
-OPEN_STATUSES = frozenset({"pending", "inprogress", "retrynow", "retrylater"})
+CLOSED_STATUSES = frozenset({"completed", "noupdatespending", "cancelled"})  # anything else is reported
 DOWNTIME_IMPACTS = frozenset({"restart", "redeploy"})
 
 UPDATES_QUERY = "\n".join(
@@ -129,8 +131,8 @@ def _updates(rows: Sequence[Any], fleet: Mapping[str, Instance], now: datetime) 
             instance = fleet.get(target)
             if instance is None:
                 continue
-            status = text(entry, "status")
-            if status.lower() not in OPEN_STATUSES:
+            status = text(entry, "status") or text(entry, "properties", "plannedMaintenanceStatus")
+            if status.lower() in CLOSED_STATUSES:
                 continue
             ends = parse_time(at(entry, "endTimeUtc"))
             if ends is not None and ends <= now:
@@ -157,7 +159,7 @@ def _update_item(instance: Instance, row: Any, entry: Any, status: str, ends: da
     duration = ""
     if isinstance(seconds, int | float) and seconds > 0:
         duration = f" of about {int(seconds)} s" if seconds < 120 else f" of about {round(seconds / 60)} min"
-    description = f"{scope} maintenance: {impact.lower()}{duration}, {status}"
+    description = f"{scope} maintenance: {impact.lower()}{duration}, {status or 'status not reported'}"
     if deadline is not None:
         description += f"; Azure applies it from {deadline:%Y-%m-%d %H:%M} UTC unless done in a maintenance window"
     if notification:

@@ -285,7 +285,7 @@ def _health_item(
         id=f"health:{event.get('arn', '')}:{value}",
         source="health",
         cloud="aws",
-        resource_id=instance.id if instance is not None else (entity.get("entityArn") or value),
+        resource_id=instance.id if instance is not None else value,
         resource_name=(instance.name or instance.id) if instance is not None else value,
         kind=code,
         description=f"{service} {event.get('eventTypeCategory', 'scheduledChange')}: {code}",

@@ -573,6 +573,19 @@ def moto_image(region: str, os: OsFamily) -> str:
 # ---------------------------------------------------------------- answering through botocore
 
 
+def serve(client: Any, handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]]) -> None:
+    """Answer these operations (by API name) of `client` with the handlers' bodies, validated
+    against the output shapes; the client's other operations go on to moto."""
+    service = client.meta.service_model.service_id.hyphenize()
+
+    def answer(model: Any, context: dict[str, Any], **_: Any) -> tuple[AWSResponse, dict[str, Any]] | None:
+        return _answer(model, context, handlers) if model.name in handlers else None
+
+    for operation in handlers:
+        client.meta.events.register(f"before-parameter-build.{service}.{operation}", _keep_params)
+        client.meta.events.register(f"before-call.{service}.{operation}", answer)
+
+
 def _keep_params(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
     context[_PARAMS] = dict(params)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import boto3
 from aws_payloads import StubbedClients, recorded
 from botocore.stub import Stubber
 from clocks import ManualClock
@@ -298,8 +299,6 @@ def test_on_moto_the_watch_reads_one_status_call_per_region_and_no_disabled_sour
     """moto: EC2 DescribeInstanceStatus (moto returns no Events and ignores the filter)."""
     with aws():
         clients = StubbedClients()
-        import boto3
-
         image = boto3.client("ec2", region_name=WEST).describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
         launched = boto3.client("ec2", region_name=WEST).run_instances(ImageId=image, MinCount=3, MaxCount=3)
         fleet = [Instance(id=i["InstanceId"], cloud="aws", region=WEST, os="linux") for i in launched["Instances"]]

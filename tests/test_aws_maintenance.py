@@ -311,3 +311,18 @@ def test_on_moto_the_watch_reads_one_status_call_per_region_and_no_disabled_sour
 
     assert result == WatchResult()
     assert [(c[0], c[3]) for c in clients.calls] == [("ec2", "DescribeInstanceStatus")]
+
+
+def test_health_throttled_past_the_retries_is_reported_and_ec2_is_still_read() -> None:
+    """Stubber: EC2 DescribeInstanceStatus, Health DescribeEvents throttled (botocore's retries spent)."""
+    clients = StubbedClients("ec2", "health")
+    ec2_events(clients)
+    answer(clients, "health", "us-east-1").add_client_error(
+        "describe_events", "ThrottlingException", "Rate exceeded", http_status_code=400
+    )
+
+    result = watch(clients, policy("{rds: false}"))
+
+    clients.done()
+    assert result.unavailable == ((f"AWS Health in {ACCOUNT}/us-east-1", "ThrottlingException: Rate exceeded"),)
+    assert len(result.items) == 3

@@ -12,6 +12,7 @@ for script in (
     "bench_planner.py",
     "bench_run.py",
     "bench_aws_calls.py",
+    "bench_aws_compliance.py",
     "bench_azure_calls.py",
     "bench_azure_watch.py",
     "bench_cold_start.py",

@@ -12,7 +12,9 @@ Manager and EC2's replace-root-volume tasks as services with state, on the test'
 - SSM commands run for a while (`INSTALL_TIME`, `SCRIPT_TIME`) and then succeed or fail per
   instance; ListCommands and ListCommandInvocations report them as SSM does, paginated;
 - AWS-RunPatchBaseline installs what has been released for the instance's OS, or exactly its
-  InstallOverrideList (read from moto's S3), and DescribeInstancePatches then reports it;
+  InstallOverrideList (read from moto's S3), and DescribeInstancePatches then reports it; with
+  Operation=Scan it installs nothing, and DescribeInstancePatchStates reports the counts of the
+  last operation that has ended (Scan or Install), as SSM keeps only the last one;
 - the health script fails on an instance that a patch broke (`manage(breaks_when_patched=True)`)
   until a replace-root-volume task for it has succeeded, which also takes its patches away;
 - a replace-root-volume task must name a snapshot of the instance's root volume (checked in
@@ -56,6 +58,7 @@ PATCH_DOCUMENT = "AWS-RunPatchBaseline"
 SCRIPT_PLUGINS = {"AWS-RunShellScript": "aws:runShellScript", "AWS-RunPowerShellScript": "aws:runPowerShellScript"}
 INSTALL_TIME = timedelta(minutes=25)  # an AWS-RunPatchBaseline Install, reboot included
 SCRIPT_TIME = timedelta(minutes=1)  # a health script
+SCAN_TIME = timedelta(minutes=4)  # an AWS-RunPatchBaseline Scan
 TASK_PENDING = timedelta(minutes=1)  # a replace-root-volume task: pending, then in progress
 TASK_TIME = timedelta(minutes=6)  # ... until it has succeeded
 NEVER = datetime(1970, 1, 1, tzinfo=UTC)  # DescribeInstancePatches' InstalledTime of a missing patch
@@ -92,6 +95,7 @@ class Machine:
     ping: str = "Online"  # or ConnectionLost: the agent stopped answering
     installed: list[tuple[str, datetime]] = field(default_factory=list)  # (patch id, when), in order
     broken_at: datetime | None = None
+    operations: list[tuple[str, datetime, datetime]] = field(default_factory=list)  # (Scan|Install, start, end)
 
 
 @dataclass(frozen=True)
@@ -281,6 +285,7 @@ class FleetServices:
             "ListCommands": self._list_commands,
             "ListCommandInvocations": self._list_command_invocations,
             "DescribeInstancePatches": self._describe_instance_patches,
+            "DescribeInstancePatchStates": self._describe_instance_patch_states,
         }
         return _answer(model, context, handlers)
 
@@ -333,7 +338,7 @@ class FleetServices:
         document = params["DocumentName"]
         parameters = {k: list(v) for k, v in params.get("Parameters", {}).items()}
         if document == PATCH_DOCUMENT:
-            done = now + INSTALL_TIME
+            done = now + (SCAN_TIME if parameters.get("Operation") == ["Scan"] else INSTALL_TIME)
             results = self._run_patch_baseline(ids, parameters, done)
         elif document in SCRIPT_PLUGINS:
             done = now + SCRIPT_TIME
@@ -363,11 +368,15 @@ class FleetServices:
     def _run_patch_baseline(
         self, ids: Sequence[str], parameters: dict[str, list[str]], done: datetime
     ) -> dict[str, Invocation]:
+        now = self.clock.now()
+        if parameters.get("Operation") == ["Scan"]:
+            for instance_id in ids:
+                self.machines[instance_id].operations.append(("Scan", now, done))
+            return {i: Invocation("Success", 0, "scan: nothing installed") for i in ids}
         if parameters.get("Operation") != ["Install"]:
-            raise AssertionError(f"the fake plays Operation=Install only, not {parameters.get('Operation')}")
+            raise AssertionError(f"the fake plays Operation=Install and Scan only, not {parameters.get('Operation')}")
         overrides = parameters.get("InstallOverrideList")
         pinned = self._override_list(overrides[0]) if overrides else None
-        now = self.clock.now()
         results = {}
         for instance_id in ids:
             machine = self.machines[instance_id]
@@ -378,6 +387,7 @@ class FleetServices:
             else:
                 chosen = [p.id for p in released if p.id not in have]
             machine.installed.extend((p, done) for p in chosen)
+            machine.operations.append(("Install", now, done))
             if machine.breaks_when_patched and chosen:
                 machine.broken_at = done
             results[instance_id] = Invocation("Success", 0, f"{len(chosen)} patches installed")
@@ -450,6 +460,39 @@ class FleetServices:
             for patch, state, when in page
         ]
         return {"Patches": patches, **more}
+
+    def _describe_instance_patch_states(self, params: dict[str, Any]) -> dict[str, Any]:
+        ids = list(params.get("InstanceIds") or [])
+        if len(ids) > 50:
+            raise ServiceError("ValidationException", "InstanceIds has more than 50 members")
+        now = self.clock.now()
+        states = [s for s in (self._patch_state(i, now) for i in ids if i in self.machines) if s is not None]
+        page, more = _page(states, params, 10, 100, "ValidationException")
+        return {"InstancePatchStates": page, **more}
+
+    def _patch_state(self, instance_id: str, now: datetime) -> dict[str, Any] | None:
+        """The counts SSM keeps after the last operation that has ended; None before any."""
+        machine = self.machines[instance_id]
+        ended = [op for op in machine.operations if op[2] <= now]
+        if not ended:
+            return None
+        operation, started, finished = ended[-1]
+        installed = {p for p, _ in self._installed(machine, finished)}
+        released = [p for p in self.patches if p.os == machine.os and p.released <= finished]
+        return {
+            "InstanceId": instance_id,
+            "PatchGroup": "default",  # required by the model
+            "BaselineId": "pb-0c10e65780EXAMPLE",
+            "InstalledCount": len(installed),
+            "MissingCount": sum(1 for p in released if p.id not in installed),
+            "FailedCount": 0,
+            "InstalledPendingRebootCount": 0,
+            "NotApplicableCount": 0,
+            "OperationStartTime": started,
+            "OperationEndTime": finished,
+            "Operation": operation,
+            "RebootOption": "NoReboot" if operation == "Scan" else "RebootIfNeeded",
+        }
 
     # ------------------------------------------------------------ EC2 replace-root-volume tasks
 
@@ -528,6 +571,19 @@ def moto_image(region: str, os: OsFamily) -> str:
 
 
 # ---------------------------------------------------------------- answering through botocore
+
+
+def serve(client: Any, handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]]) -> None:
+    """Answer these operations (by API name) of `client` with the handlers' bodies, validated
+    against the output shapes; the client's other operations go on to moto."""
+    service = client.meta.service_model.service_id.hyphenize()
+
+    def answer(model: Any, context: dict[str, Any], **_: Any) -> tuple[AWSResponse, dict[str, Any]] | None:
+        return _answer(model, context, handlers) if model.name in handlers else None
+
+    for operation in handlers:
+        client.meta.events.register(f"before-parameter-build.{service}.{operation}", _keep_params)
+        client.meta.events.register(f"before-call.{service}.{operation}", answer)
 
 
 def _keep_params(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:

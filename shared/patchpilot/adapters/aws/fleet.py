@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 from botocore.exceptions import ClientError
 
 from patchpilot.adapters.health import HttpGet, fill, urllib_get
+from patchpilot.compliance.model import AssessmentStarted, PatchState
 from patchpilot.engine.messages import (
     CheckHealth,
     InstallPatches,
@@ -45,6 +46,7 @@ from patchpilot.engine.messages import (
     TakeSnapshots,
 )
 from patchpilot.inventory import Instance, OsFamily
+from patchpilot.maintenance.model import WatchResult
 from patchpilot.policy.model import HealthChecks, Policy
 from patchpilot.ports import Clock, DiscoveryResult, InProgress, Progress
 
@@ -113,7 +115,8 @@ def fleet_for_policy(policy: Policy, clock: Clock, **kwargs: Any) -> Ec2SsmFleet
 
 
 class Ec2SsmFleet:
-    """A `FleetProvider` over EC2 and Systems Manager, plus discovery of the fleet."""
+    """A `FleetProvider` over EC2 and Systems Manager, plus discovery of the fleet, its patch
+    compliance (`PatchAssessor`) and the maintenance AWS has scheduled (`MaintenanceSource`)."""
 
     cloud: Final = "aws"
 
@@ -158,6 +161,26 @@ class Ec2SsmFleet:
     def _s3(self) -> S3Client:
         client: S3Client = self._client("s3", None, self.override_bucket_region)
         return client
+
+    # ------------------------------------------------------------ compliance and maintenance watch
+
+    def start_assessment(self, instances: Sequence[Instance], token: str) -> AssessmentStarted:
+        """`AWS-RunPatchBaseline` Scans, idempotent per token (adapters/aws/compliance.py)."""
+        from .compliance import start_assessment
+
+        return start_assessment(self, instances, token)
+
+    def patch_states(self, instances: Sequence[Instance]) -> list[PatchState]:
+        """Patch states read in bulk (adapters/aws/compliance.py)."""
+        from .compliance import patch_states
+
+        return patch_states(self, instances)
+
+    def upcoming_maintenance(self, policy: Policy, instances: Sequence[Instance], now: datetime) -> WatchResult:
+        """EC2 scheduled events, RDS pending maintenance, Health changes (adapters/aws/maintenance.py)."""
+        from .maintenance import upcoming_maintenance
+
+        return upcoming_maintenance(self, policy, instances, now)
 
     # ------------------------------------------------------------ discovery
 

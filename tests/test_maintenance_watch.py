@@ -116,6 +116,23 @@ def test_without_a_schedule_or_with_a_kind_that_never_patches_on_schedule_the_ho
         assert [w.item.resource_name for w in view.listed] == ["a"]
 
 
+def test_a_digest_without_a_window_ahead_and_a_multi_line_description_stay_readable() -> None:
+    text = "Maintenance on the host.\n- not a list entry\nResource: not a fact"
+    result = WatchResult(items=(item("a", NOW + timedelta(days=1), description=text),))
+    notice = digest_notice(watch_view(result, policy(schedule=None), FLEET, NOW), NOW)
+    assert (
+        notice.text.splitlines()[0] == "1 maintenance item within 14d for policy monthly-fleet: no patch window ahead."
+    )
+    card = card_for(notice)
+    assert card.items == (
+        "2026-12-08 00:00 UTC · a · EC2 scheduled event system-reboot · Maintenance on the host. - not a list entry"
+        " Resource: not a fact · before the next window",
+    )
+    (alert,) = alert_notices(watch_view(result, policy(schedule=None), FLEET, NOW))
+    assert dict(card_for(alert).facts)["Resource"] == "arn:aws:rds:ap-northeast-1:123456789012:db:a"
+    assert "within 14d." in alert.text
+
+
 def test_the_document_is_the_json_contract() -> None:
     result = WatchResult(
         items=(item("db", NOW + timedelta(hours=5), source="rds", kind="db-upgrade", warning="single-AZ"),),
@@ -202,7 +219,7 @@ def test_the_digest_lists_everything_within_the_horizon_and_says_loudly_what_was
     lines = notice.text.splitlines()
     assert lines[0] == (
         "2 maintenance items within 14d for policy monthly-fleet: 1 before the next window, 1 with downtime."
-        " 1 source could not be read: what they hold is unknown."
+        " 1 source could not be read: what it holds is unknown."
     )
     assert "Not read: rds 123456789012 ap-northeast-3: AccessDenied" in lines
     card = card_for(notice)

@@ -171,7 +171,7 @@ def digest_notice(view: WatchView, slot: datetime) -> Notify:
     warnings = sum(1 for w in listed if w.item.warning)
     horizon = format_duration(view.horizon)
     if listed:
-        parts = [f"{len(view.due)} before {'the next window' if view.next_window else 'the horizon'}"]
+        parts = [f"{len(view.due)} before the next window" if view.next_window else "no patch window ahead"]
         parts += [f"{downtime} with downtime"] if downtime else []
         parts += [_count(warnings, "warning")] if warnings else []
         head = f"{_count(len(listed), 'maintenance item')} within {horizon} for policy {view.policy}"
@@ -180,7 +180,9 @@ def digest_notice(view: WatchView, slot: datetime) -> Notify:
         scope = "in the sources read" if view.unavailable else "by the clouds"
         head = f"No maintenance scheduled {scope} within {horizon} for policy {view.policy}."
     if view.unavailable:
-        head += f" {_count(len(view.unavailable), 'source')} could not be read: what they hold is unknown."
+        unread = len(view.unavailable)
+        holds = "it holds" if unread == 1 else "they hold"
+        head += f" {_count(unread, 'source')} could not be read: what {holds} is unknown."
     lines = [head, *_unavailable_lines(view)]
     if view.next_window is not None:
         lines.append(f"Next window: {_when(view.next_window.start, view.zone)}")
@@ -213,7 +215,7 @@ def alert_notices(view: WatchView) -> list[Notify]:
         if item.warning:
             lines.append(f"WARNING {item.warning}")
         if item.description:
-            lines.append(item.description)
+            lines.append(_one_line(item.description))
         lines.append(f"Resource: {item.resource_id}")
         if item.deadline is not None and item.deadline != watched.due_at:
             lines.append(f"Deadline: {_when(item.deadline, view.zone)}")
@@ -236,7 +238,7 @@ def describe(watched: WatchedItem, zone: ZoneInfo) -> str:
     when = "under way" if watched.in_progress else (_when(watched.due_at, zone) if watched.due_at else "no date yet")
     parts = [when, _subject(watched), f"{SOURCE_NAMES[item.source]} {item.kind}"]
     if item.description:
-        parts.append(item.description)
+        parts.append(_one_line(item.description))
     if item.downtime:
         parts.append("downtime")
     if item.warning:
@@ -244,6 +246,11 @@ def describe(watched: WatchedItem, zone: ZoneInfo) -> str:
     if watched.before_window:
         parts.append("before the next window")
     return " · ".join(parts)
+
+
+def _one_line(text: str) -> str:
+    """A cloud's text on one line: a notice's lines are its card's parts (`notify.messages`)."""
+    return " ".join(text.split())
 
 
 def _subject(watched: WatchedItem) -> str:

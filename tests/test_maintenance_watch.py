@@ -302,3 +302,15 @@ def test_the_example_fleet_announces_maintenance_on_a_managed_a_frozen_and_an_az
         ("sql-01", "fleet"),
         ("ledger-01", "frozen"),
     }
+
+
+def test_the_simulated_fleet_of_the_local_runtime_reports_the_same_hints(tmp_path: Path) -> None:
+    from clocks import ManualClock
+
+    from patchpilot.adapters.local.simulated_fleet import SimulatedFleet
+
+    instances = load_inventory(str(EXAMPLES / "fleet.json"))
+    with SimulatedFleet(tmp_path / "state.db", ManualClock(NOW)) as fleet:
+        found = fleet.upcoming_maintenance(POLICY, instances, NOW)
+    assert found == SimulatedMaintenance().upcoming_maintenance(POLICY, instances, NOW)
+    assert len(found.items) == 3

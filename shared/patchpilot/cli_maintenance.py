@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from patchpilot.cli_common import print_json, reports_input_errors
+from patchpilot.cli_common import EXIT_INVALID_INPUT, print_json, reports_input_errors
 from patchpilot.cloud_fleets import cloud_fleets
 from patchpilot.inventory import Instance, load_inventory
 from patchpilot.maintenance.model import SOURCE_NAMES, MaintenanceItem, WatchResult
@@ -64,7 +64,11 @@ def maintenance(
         instances = load_inventory(inventory_path)
         result = SimulatedMaintenance().upcoming_maintenance(policy, instances, now)
     else:
-        instances, result = read_clouds(policy, now)
+        try:
+            instances, result = read_clouds(policy, now)
+        except click.ClickException as error:  # no cloud section, or a cloud's extra not installed
+            click.echo(f"{policy_path}: {error.message}", err=True)
+            sys.exit(EXIT_INVALID_INPUT)
     view = watch_view(result, policy, instances, now, span)
     if as_json:
         print_json(view.document())

@@ -193,7 +193,7 @@ def test_on_aws_a_source_that_cannot_be_read_is_in_the_digest_and_the_log(
     (digest,) = digests(server)
     assert digest.startswith("No maintenance scheduled in the sources read within 14d")
     assert "Not read: health: SubscriptionRequiredException" in digest
-    assert "not read: health: SubscriptionRequiredException" in caplog.text
+    assert "policy monthly-fleet: not read: health: SubscriptionRequiredException" in caplog.text
 
 
 # ---------------------------------------------------------------- Azure

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from patchpilot.service import Service
 
 log = logging.getLogger("patchpilot.notify")
+watch_log = logging.getLogger("patchpilot.maintenance")
 RUN_END_TOPICS = frozenset({"run_finished", "run_halted"})
 WATCH_READS = "cron(0 * * * ? *)"  # the maintenance watch reads the clouds hourly (UTC), not every tick
 CLAIM_MARGIN = timedelta(days=7)
@@ -207,8 +208,8 @@ if TYPE_CHECKING:
 
 class ServerlessRuntime:
     """What the AWS and Azure runtimes do alike over their own adapters: notices (routed to Slack
-    and Teams, approval links added), approval endpoints, advisories and the maintenance watch. A runtime provides the
-    members declared below (each built on first use)."""
+    and Teams, approval links added), approval endpoints, advisories and the maintenance watch. A
+    runtime provides the members declared below (each built on first use)."""
 
     if TYPE_CHECKING:
         env: ServerlessSettings
@@ -279,11 +280,11 @@ class ServerlessRuntime:
         settings = policy.maintenance_watch
         if settings is None:
             return []
-        digest_at = fired_within(settings.digest, policy.zone_for(settings.timezone), now)
-        if digest_at is None and fired_within(parse_aws_cron(WATCH_READS), ZoneInfo("UTC"), now) is None:
-            return []  # between two hourly reads: no API calls
         sent: list[str] = []
         try:
+            digest_at = fired_within(settings.digest, policy.zone_for(settings.timezone), now)
+            if digest_at is None and fired_within(parse_aws_cron(WATCH_READS), ZoneInfo("UTC"), now) is None:
+                return []  # between two hourly reads: no API calls
             fleet = cast("WatchedFleet", self.fleet)
             instances = fleet.discover(policy).instances
             view = watch_view(fleet.upcoming_maintenance(policy, instances, now), policy, instances, now)
@@ -299,9 +300,9 @@ class ServerlessRuntime:
                     self.routed.send(notice, policy.notifications)
                     sent.append(notice.id)
             for what, reason in view.unavailable:
-                log.warning("maintenance watch of policy %s: not read: %s: %s", policy.name, what, reason)
+                watch_log.warning("policy %s: not read: %s: %s", policy.name, what, reason)
         except Exception:  # a cloud or the claims table unreachable: logged, and the timer goes on
-            log.exception("the maintenance watch of policy %s failed", policy.name)
+            watch_log.exception("the maintenance watch of policy %s failed", policy.name)
         return sent
 
     @functools.cached_property

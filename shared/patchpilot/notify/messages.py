@@ -1,7 +1,8 @@
 """The cloud-neutral card: what one `Notify` says, before Slack or Teams shapes it.
 
 A card has a title, a severity, the notice's text, facts, links and, for the notices that end a
-ring or a run, the list of failed instances taken from the run. Renderers fit it into their
+ring or a run, the list of failed instances taken from the run; the maintenance watch's notices
+carry their list and facts in their text's lines (`POLICY_TOPICS`). Renderers fit it into their
 platform's limits with `shorten` and `summarise`: long texts are cut at a word boundary and say
 so, long lists end with "… and N more, see the report": nothing is dropped silently.
 """

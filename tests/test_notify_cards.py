@@ -136,12 +136,12 @@ def test_summarise_never_drops_an_entry_silently() -> None:
     assert summarise(items[:3], 10, 10_000) == list(items[:3])
 
 
-def test_failures_and_halts_mention_on_call_and_other_notices_do_not() -> None:
+def test_failures_halts_and_maintenance_alerts_mention_on_call_and_other_notices_do_not() -> None:
     for topic in get_args(Topic):
         card = card_for(notice(topic))
         slack = json.dumps(slack_message(card, "<!subteam^S0ONCALL>"))
         teams = card_content(teams_message(card, ONCALL))
-        alert = topic in {"instance_failed", "run_halted"}
+        alert = topic in {"instance_failed", "run_halted", "maintenance_alert"}
         assert ("<!subteam^S0ONCALL>" in slack) is alert, topic
         assert ("entities" in teams["msteams"]) is alert, topic
         if alert:

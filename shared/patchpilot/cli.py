@@ -433,7 +433,9 @@ class LiveProgress:
 from patchpilot.cli_advisory import advisory  # noqa: E402
 from patchpilot.cli_aws import aws  # noqa: E402
 from patchpilot.cli_azure import azure  # noqa: E402
+from patchpilot.cli_maintenance import maintenance  # noqa: E402
 
 main.add_command(aws)
 main.add_command(azure)
 main.add_command(advisory)
+main.add_command(maintenance)

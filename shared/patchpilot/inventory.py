@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 from pydantic.dataclasses import dataclass
 from pydantic_core import PydanticCustomError
 
@@ -22,6 +22,27 @@ OsFamily = Literal["linux", "windows"]
 Verdict = Literal["ok", "fail"]
 
 
+class MaintenanceHint(BaseModel):
+    """Maintenance the simulated cloud has scheduled on the machine (adapters/local/simulated_maintenance.py):
+    `in_hours` from the hour of each read, or `at`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Annotated[str, Field(min_length=1)] = "system-reboot"
+    in_hours: Annotated[float, Field(ge=-24 * 30, le=24 * 365)] | None = None
+    at: AwareDatetime | None = None
+    duration_minutes: Annotated[int, Field(ge=1, le=7 * 24 * 60)] = 120
+    description: str = ""
+    downtime: bool = True
+    warning: str = ""
+
+    @model_validator(mode="after")
+    def _one_time(self) -> MaintenanceHint:
+        if (self.in_hours is None) == (self.at is None):
+            raise PydanticCustomError("pp_when", "give exactly one of in_hours or at")
+        return self
+
+
 class Simulation(BaseModel):
     """Fault hints for the simulated fleet of the local runtime; cloud adapters ignore them."""
 
@@ -33,6 +54,7 @@ class Simulation(BaseModel):
     rollback: Verdict = "ok"
     agent: Literal["online", "offline"] = "online"
     install_minutes: Annotated[int, Field(ge=1, le=24 * 60)] | None = None
+    maintenance: tuple[MaintenanceHint, ...] = ()  # the cloud's own scheduled maintenance
 
 
 @dataclass(frozen=True, slots=True, config=ConfigDict(extra="forbid", coerce_numbers_to_str=True))

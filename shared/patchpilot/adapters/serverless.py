@@ -8,8 +8,9 @@ import functools
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Protocol, cast
+from zoneinfo import ZoneInfo
 
 if TYPE_CHECKING:
     from patchpilot.approvals import ApprovalRequest
@@ -22,7 +23,10 @@ if TYPE_CHECKING:
     from patchpilot.service import Service
 
 log = logging.getLogger("patchpilot.notify")
+watch_log = logging.getLogger("patchpilot.maintenance")
 RUN_END_TOPICS = frozenset({"run_finished", "run_halted"})
+WATCH_READS = "cron(0 * * * ? *)"  # the maintenance watch reads the clouds hourly (UTC), not every tick
+CLAIM_MARGIN = timedelta(days=7)
 
 
 class WallClock:
@@ -195,10 +199,17 @@ class Discovers(Protocol):
     def discover(self, policy: Policy) -> DiscoveryResult: ...
 
 
+if TYPE_CHECKING:
+    from patchpilot.ports import MaintenanceSource
+
+    class WatchedFleet(Discovers, MaintenanceSource, Protocol):
+        """A cloud fleet that the maintenance watch reads (both cloud fleets are)."""
+
+
 class ServerlessRuntime:
     """What the AWS and Azure runtimes do alike over their own adapters: notices (routed to Slack
-    and Teams, approval links added), approval endpoints and advisories. A runtime provides the
-    members declared below (each built on first use)."""
+    and Teams, approval links added), approval endpoints, advisories and the maintenance watch. A
+    runtime provides the members declared below (each built on first use)."""
 
     if TYPE_CHECKING:
         env: ServerlessSettings
@@ -255,6 +266,44 @@ class ServerlessRuntime:
             self.clock.now(),
         )
         return [answer.text for answer in answers]
+
+    def maintenance_tick(self, policy: Policy, now: datetime) -> list[str]:
+        """The maintenance watch on the timer (docs/maintenance-watch.md): once an hour, and at
+        the policy's digest times, read what the cloud has scheduled; send an alert for each item
+        due before the next window that no container has alerted yet (claimed durably, once per
+        item and due time), and the digest once per digest time. The ids of the notices sent;
+        a watch that fails is logged and never stops the timer's other work."""
+        from patchpilot.maintenance.watch import alert_notices, digest_notice, watch_view
+        from patchpilot.policy.schedule import parse_aws_cron
+        from patchpilot.triggers import fired_within
+
+        settings = policy.maintenance_watch
+        if settings is None:
+            return []
+        sent: list[str] = []
+        try:
+            digest_at = fired_within(settings.digest, policy.zone_for(settings.timezone), now)
+            if digest_at is None and fired_within(parse_aws_cron(WATCH_READS), ZoneInfo("UTC"), now) is None:
+                return []  # between two hourly reads: no API calls
+            fleet = cast("WatchedFleet", self.fleet)
+            instances = fleet.discover(policy).instances
+            view = watch_view(fleet.upcoming_maintenance(policy, instances, now), policy, instances, now)
+            # A claim outlives what it is about: the item's end (or due time), or the digest time.
+            claims = [
+                (notice, max(w.item.ends_at or now, w.due_at or now) + CLAIM_MARGIN)
+                for w, notice in zip(view.due, alert_notices(view), strict=True)
+            ]
+            if digest_at is not None:
+                claims.append((digest_notice(view, digest_at), digest_at + CLAIM_MARGIN))
+            for notice, until in claims:
+                if self.claims.claim(f"{notice.topic.replace('_', '-')}:{notice.id}", until):
+                    self.routed.send(notice, policy.notifications)
+                    sent.append(notice.id)
+            for what, reason in view.unavailable:
+                watch_log.warning("policy %s: not read: %s: %s", policy.name, what, reason)
+        except Exception:  # a cloud or the claims table unreachable: logged, and the timer goes on
+            watch_log.exception("the maintenance watch of policy %s failed", policy.name)
+        return sent
 
     @functools.cached_property
     def approvals(self) -> ApprovalEndpoints:

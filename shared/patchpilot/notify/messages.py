@@ -1,7 +1,8 @@
 """The cloud-neutral card: what one `Notify` says, before Slack or Teams shapes it.
 
 A card has a title, a severity, the notice's text, facts, links and, for the notices that end a
-ring or a run, the list of failed instances taken from the run. Renderers fit it into their
+ring or a run, the list of failed instances taken from the run; the maintenance watch's notices
+carry their list and facts in their text's lines (`POLICY_TOPICS`). Renderers fit it into their
 platform's limits with `shorten` and `summarise`: long texts are cut at a word boundary and say
 so, long lists end with "… and N more, see the report": nothing is dropped silently.
 """
@@ -28,8 +29,13 @@ TITLES: dict[Topic, str] = {
     "maintenance_digest": "Cloud maintenance this week",
     "maintenance_alert": "Cloud maintenance before the next window",
 }
-ALERT_TOPICS: frozenset[Topic] = frozenset({"instance_failed", "run_halted"})  # these mention on-call
+# these mention on-call
+ALERT_TOPICS: frozenset[Topic] = frozenset({"instance_failed", "run_halted", "maintenance_alert"})
 LIST_TOPICS: frozenset[Topic] = frozenset({"ring_finished", "run_halted", "run_finished"})
+# Notices about a policy, not a run (patchpilot.maintenance.watch): their text's "- " lines are the
+# card's list and its FACT_LINE lines its facts.
+POLICY_TOPICS: frozenset[Topic] = frozenset({"maintenance_digest", "maintenance_alert"})
+FACT_LINE = re.compile(r"^(Next window|Resource|Deadline|Downtime): (.+)$")
 # "Report: <location>" (serverless.ReportingNotifier), "Approve: <url>" and the like, in a notice's text.
 LINK = re.compile(r"\s*\b(Report|Approve|Reject|Details): (\S+)")
 MAX_LINKS = 5
@@ -57,7 +63,7 @@ def card_for(notice: Notify, run: Run | None = None) -> Card:
     failed instances."""
     text = notice.text
     links: list[tuple[str, str]] = []
-    facts = [("Run", notice.run_id)]
+    facts = [("Policy" if notice.topic in POLICY_TOPICS else "Run", notice.run_id)]
     for label, location in LINK.findall(text):
         if location.startswith("https://") and len(links) < MAX_LINKS:
             links.append((f"Open {label.lower()}" if label == "Report" else label, location))
@@ -65,6 +71,11 @@ def card_for(notice: Notify, run: Run | None = None) -> Card:
             facts.append((label, location))
     text = LINK.sub("", text).strip()
     items: tuple[str, ...] = ()
+    items_label = ""
+    if notice.topic in POLICY_TOPICS:
+        text, listed, found = _split_lines(text)
+        facts.extend(found)
+        items, items_label = listed, f"Maintenance ({len(listed)})" if listed else ""
     if run is not None:
         facts.append(("Policy", run.policy.name))
         if notice.topic in LIST_TOPICS:
@@ -83,10 +94,23 @@ def card_for(notice: Notify, run: Run | None = None) -> Card:
         text=text,
         alert=notice.topic in ALERT_TOPICS,
         facts=tuple(facts),
-        items_label=f"Failed instances ({len(items)})" if items else "",
+        items_label=items_label or (f"Failed instances ({len(items)})" if items else ""),
         items=items,
         links=tuple(links),
     )
+
+
+def _split_lines(text: str) -> tuple[str, tuple[str, ...], list[tuple[str, str]]]:
+    """A policy notice's text, its "- " lines (the list) and its fact lines, taken apart."""
+    kept, items, facts = [], [], []
+    for line in text.splitlines():
+        if line.startswith("- "):
+            items.append(line[2:])
+        elif match := FACT_LINE.match(line):
+            facts.append((match.group(1), match.group(2)))
+        else:
+            kept.append(line)
+    return "\n".join(kept).strip(), tuple(items), facts
 
 
 def shorten(text: str, limit: int, marker: str = CUT) -> str:

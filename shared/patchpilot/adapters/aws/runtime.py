@@ -143,6 +143,7 @@ class AwsRuntime(ServerlessRuntime):
         from patchpilot.triggers import scheduled_trigger
 
         policy = self.policy()
+        self.maintenance_tick(policy, self.clock.now())  # hourly reads, alerts and digests (never raises)
         decision = scheduled_trigger(policy, self.clock.now())
         self.routed.announce(policy, self.clock.now())  # "run scheduled", a while before a window
         if decision.start:

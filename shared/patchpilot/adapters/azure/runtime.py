@@ -295,6 +295,7 @@ class AzureRuntime(ServerlessRuntime):
         from patchpilot.triggers import TriggerDecision, scheduled_trigger
 
         policy = self.policy()
+        self.maintenance_tick(policy, self.clock.now())  # hourly reads, alerts and digests (never raises)
         if policy.azure is not None and policy.azure.maintenance is not None:
             return TriggerDecision(
                 False,

@@ -26,6 +26,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Literal, TypeAlias, TypeVar
 
+from patchpilot.adapters.local.simulated_maintenance import SimulatedMaintenance
 from patchpilot.engine.messages import (
     CheckHealth,
     InstallPatches,
@@ -35,6 +36,8 @@ from patchpilot.engine.messages import (
     TakeSnapshots,
 )
 from patchpilot.inventory import Instance, OsFamily, Simulation
+from patchpilot.maintenance.model import WatchResult
+from patchpilot.policy import Policy
 from patchpilot.ports import Clock, InProgress, Progress
 
 Kind: TypeAlias = Literal["probe", "snapshot", "install", "health", "rollback"]
@@ -142,6 +145,10 @@ class SimulatedFleet:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def upcoming_maintenance(self, policy: Policy, instances: Sequence[Instance], now: datetime) -> WatchResult:
+        """The `maintenance` hints of the instances (`SimulatedMaintenance`)."""
+        return SimulatedMaintenance().upcoming_maintenance(policy, instances, now)
 
     # ------------------------------------------------------------ FleetProvider
 

@@ -33,6 +33,9 @@ class Simulation(BaseModel):
     rollback: Verdict = "ok"
     agent: Literal["online", "offline"] = "online"
     install_minutes: Annotated[int, Field(ge=1, le=24 * 60)] | None = None
+    # The patches its assessment reports missing (KB ids, package names); absent: a deterministic
+    # share of the simulated fleet's catalogue (docs/compliance.md).
+    missing: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True, config=ConfigDict(extra="forbid", coerce_numbers_to_str=True))

@@ -1,5 +1,5 @@
-"""Run reports in S3: the Markdown and HTML report of a finished run, written under `reports/` of
-the stack's configuration bucket (`PATCHPILOT_OVERRIDE_BUCKET`)."""
+"""Reports in S3: the Markdown and HTML report of a finished run, and the compliance reports
+(`write`), under `reports/` of the stack's configuration bucket (`PATCHPILOT_OVERRIDE_BUCKET`)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Run reports in Blob Storage: the Markdown and HTML report of a finished run, written to a
-container of the app's storage account (`PATCHPILOT_REPORTS`)."""
+"""Reports in Blob Storage: the Markdown and HTML report of a finished run, and the compliance
+reports (`write`), in a container of the app's storage account (`PATCHPILOT_REPORTS`)."""
 
 from __future__ import annotations
 

@@ -229,6 +229,17 @@ def test_frozen_and_emergency_policies_start_no_scheduled_run(kind: str, reason:
     assert rt.fleet.reads == 0
 
 
+@pytest.mark.parametrize("kind", ["frozen", "emergency"])
+def test_no_heads_up_announces_a_run_that_will_not_start(kind: str) -> None:
+    from patchpilot.triggers import heads_up
+
+    lead = timedelta(hours=24)
+    scheduled = parse_policy(POLICY)
+    assert heads_up(scheduled, WINDOW - lead, lead) is not None
+    extra = "emergency: {}\n" if kind == "emergency" else ""
+    assert heads_up(parse_policy(POLICY + f"kind: {kind}\n{extra}"), WINDOW - lead, lead) is None
+
+
 def test_a_non_periodic_window_with_nothing_pending_is_skipped_with_one_notice() -> None:
     rt = runtime(
         WINDOW + timedelta(minutes=1), FakeFleet(lacking={"i-ledger": ("kernel",)}), POLICY + "kind: non_periodic\n"

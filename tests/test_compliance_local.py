@@ -346,6 +346,28 @@ def test_cloud_without_scan_reads_the_latest_assessment(cloud: FakeCloud) -> Non
     assert cloud.tokens == [] and json.loads(result.stdout)["totals"]["machines"]["compliant"] == 2
 
 
+def test_a_policy_on_both_clouds_is_one_policy_in_the_view(
+    cloud: FakeCloud, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    azure = FakeCloud(clock, polls=0)
+    azure.cloud = "azure"
+    azure.machines = [
+        Instance(
+            id="/subscriptions/s/vm-1",
+            cloud="azure",
+            region="japaneast",
+            os="windows",
+            tags={"Environment": "production"},
+        )
+    ]
+    monkeypatch.setattr("patchpilot.cloud_fleets.cloud_fleets", lambda policy, c: [cloud, azure])
+    result = run("compliance", "--policy", POLICY, "--cloud", "--json")
+    document = json.loads(result.stdout)
+    assert [p["name"] for p in document["policies"]] == ["monthly-fleet"]
+    assert {i["cloud"] for i in document["instances"]} == {"aws", "azure"} and document["totals"]["instances"] == 3
+    assert "monthly-fleet: 1 machine on azure" in result.stderr
+
+
 def test_a_policy_without_a_cloud_section_exits_2(tmp_path: Path) -> None:
     result = run("compliance", "--policy", POLICY, "--cloud")
     assert result.exit_code == 2 and "neither an aws nor an azure section" in result.stderr

@@ -262,7 +262,7 @@ def test_the_notice_has_a_line_per_ring_and_the_reports_location(view: Complianc
     notice = compliance_notice(view, "s3://bucket/reports/x.html", notice_id="compliance-report:fleet:x:notify")
     lines = notice.text.splitlines()
     assert notice.topic == "compliance_report" and notice.severity == "warning"
-    assert lines[0].startswith("1 of 6 machines compliant (fleet, assessed by 2026-12-14T06:00+00:00).")
+    assert lines[0].startswith("1 of 6 machines compliant (fleet, as of 2026-12-14T06:00+00:00).")
     assert "1 EXPOSED (never patched)" in lines[0]
     assert lines[1] == "staging: 1 compliant"
     assert lines[2] == (

@@ -131,10 +131,19 @@ def compliance(
         _start_scans(sources, f"cli-{started:%Y%m%dT%H%M%S}")
     states = _read_states(sources, clock, started if scan and wait else None, wait or timedelta(0))
     now = clock.now()
-    view = merge_views([build_view(s.policy, s.instances, states[id(s)], now) for s in sources])
+    view = merge_views([_policy_view(policy, sources, states, now) for policy in policies])
     _emit(view, output, out_dir)
     bad = view.totals.machines["non_compliant"] + view.totals.machines["unknown"]
     sys.exit(EXIT_NON_COMPLIANT if bad else EXIT_COMPLIANT)
+
+
+def _policy_view(
+    policy: Policy, sources: Sequence[Source], states: dict[int, list[PatchState]], now: datetime
+) -> ComplianceView:
+    """One policy's view over every cloud it names (AWS and Azure: one source each)."""
+    mine = [s for s in sources if s.policy is policy]
+    instances = [i for s in mine for i in s.instances]
+    return build_view(policy, instances, [st for s in mine for st in states[id(s)]], now)
 
 
 def _no_repeats(policies: Sequence[Policy], paths: Sequence[str]) -> None:
@@ -167,7 +176,8 @@ def _cloud_sources(policies: Sequence[Policy], clock: Clock) -> list[Source]:
             raise CloudUnavailableError(error.message) from None
         for fleet in fleets:
             found = fleet.discover(policy)
-            click.echo(f"{policy.name}: {len(found.instances)} machines on {fleet.cloud}", err=True)
+            count = len(found.instances)
+            click.echo(f"{policy.name}: {count} machine{'s' if count != 1 else ''} on {fleet.cloud}", err=True)
             sources.append(Source(policy, fleet, found.instances))
     return sources
 

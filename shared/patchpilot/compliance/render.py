@@ -253,7 +253,7 @@ def compliance_notice(view: ComplianceView, location: str, notice_id: str = "") 
     name = report_name(view)
     head = (
         f"{t.machines['compliant']} of {t.instances} machines compliant ({view.title}, "
-        f"assessed by {view.generated_at.isoformat(timespec='minutes')})."
+        f"as of {view.generated_at.isoformat(timespec='minutes')})."
     )
     loud = []
     if t.machines["exposed"]:

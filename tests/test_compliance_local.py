@@ -295,6 +295,7 @@ class FakeCloud:
         self.clock = clock
         self.polls = polls
         self.tokens: list[str] = []
+        self.offline: set[str] = set()
         self.scanned_at: datetime | None = None
         self.machines = [
             Instance(id=name, cloud="aws", region="r", os="linux", tags={"Environment": "staging"})
@@ -306,12 +307,14 @@ class FakeCloud:
 
     def start_assessment(self, instances: Sequence[Instance], token: str) -> AssessmentStarted:
         self.tokens.append(token)
-        return AssessmentStarted(started=len(instances))
+        refused = tuple((i.id, "SSM agent not reporting") for i in instances if i.id in self.offline)
+        return AssessmentStarted(started=len(instances) - len(refused), refused=refused)
 
     def patch_states(self, instances: Sequence[Instance]) -> list[PatchState]:
         self.polls -= 1
         at = self.clock.now() if self.polls <= 0 else T0 - timedelta(days=1)
-        return [PatchState(i.id, assessed_at=at) for i in instances]
+        old = T0 - timedelta(days=3)  # an offline machine keeps its last assessment
+        return [PatchState(i.id, assessed_at=old if i.id in self.offline else at) for i in instances]
 
 
 @pytest.fixture
@@ -331,6 +334,15 @@ def test_cloud_scan_waits_until_every_machine_is_assessed_after_it(cloud: FakeCl
         result.stderr.count("scan: 0 of 2 machines assessed") == 2 and "scan: 2 of 2 machines assessed" in result.stderr
     )
     assert clock.now() == T0 + 2 * cli_compliance.POLL_INTERVAL
+
+
+def test_cloud_scan_does_not_wait_for_machines_it_could_not_scan(cloud: FakeCloud, clock: ManualClock) -> None:
+    cloud.offline = {"i-b"}
+    cloud.polls = 1
+    result = run("compliance", "--policy", POLICY, "--cloud", "--scan", "--wait", "10m", "--json")
+    assert "monthly-fleet: scan started on 1 of 2 machines" in result.stderr
+    assert "  not scanned: i-b: SSM agent not reporting" in result.stderr
+    assert "scan: 1 of 1 machines assessed" in result.stderr and clock.now() == T0
 
 
 def test_cloud_scan_gives_up_after_the_wait_and_shows_the_last_assessment(cloud: FakeCloud, clock: ManualClock) -> None:

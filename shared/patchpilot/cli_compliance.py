@@ -127,9 +127,8 @@ def compliance(
         assert inventory_path is not None
         sources, clock = _local_sources(policies, load_inventory(inventory_path), state_dir or Path(DEFAULT_STATE_DIR))
     started = clock.now()
-    if scan:
-        _start_scans(sources, f"cli-{started:%Y%m%dT%H%M%S}")
-    states = _read_states(sources, clock, started if scan and wait else None, wait or timedelta(0))
+    refused = _start_scans(sources, f"cli-{started:%Y%m%dT%H%M%S}") if scan else set()
+    states = _read_states(sources, clock, started if scan and wait else None, wait or timedelta(0), refused)
     now = clock.now()
     view = merge_views([_policy_view(policy, sources, states, now) for policy in policies])
     _emit(view, output, out_dir)
@@ -182,7 +181,9 @@ def _cloud_sources(policies: Sequence[Policy], clock: Clock) -> list[Source]:
     return sources
 
 
-def _start_scans(sources: Sequence[Source], token: str) -> None:
+def _start_scans(sources: Sequence[Source], token: str) -> set[str]:
+    """Start a scan per source; the ids of the machines it could not start on."""
+    refused: set[str] = set()
     for source in sources:
         started = source.assessor.start_assessment(source.instances, token)
         click.echo(
@@ -190,19 +191,22 @@ def _start_scans(sources: Sequence[Source], token: str) -> None:
         )
         for instance_id, reason in started.refused:
             click.echo(f"  not scanned: {instance_id}: {reason}", err=True)
+            refused.add(instance_id)
+    return refused
 
 
 def _read_states(
-    sources: Sequence[Source], clock: Clock, scanned_after: datetime | None, wait: timedelta
+    sources: Sequence[Source], clock: Clock, scanned_after: datetime | None, wait: timedelta, refused: set[str]
 ) -> dict[int, list[PatchState]]:
     """Every source's patch states; with `scanned_after`, polled until each machine's assessment
-    is newer (machines that report an error are not waited for) or `wait` has passed."""
+    is newer or `wait` has passed (machines the scan was refused on, or that report an error, are
+    not waited for)."""
     deadline = clock.now() + wait
     while True:
         states = {id(s): s.assessor.patch_states(s.instances) for s in sources}
         if scanned_after is None:
             return states
-        waiting = [st for group in states.values() for st in group if not st.error]
+        waiting = [st for group in states.values() for st in group if not (st.error or st.instance_id in refused)]
         done = sum(1 for st in waiting if st.assessed_at is not None and st.assessed_at >= scanned_after)
         click.echo(f"scan: {done} of {len(waiting)} machines assessed", err=True)
         if done == len(waiting):

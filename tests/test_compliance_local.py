@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -407,7 +408,9 @@ def test_run_refuses_a_frozen_policy(tmp_path: Path) -> None:
     assert "kind: policy monthly-fleet is frozen: it is never patched" in result.stderr
 
 
-def test_a_non_periodic_policy_with_nothing_pending_skips_and_says_so(tmp_path: Path) -> None:
+def test_a_non_periodic_policy_with_nothing_pending_skips_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     inventory = tmp_path / "fleet.json"
     machines = [
         {
@@ -433,6 +436,7 @@ def test_a_non_periodic_policy_with_nothing_pending_skips_and_says_so(tmp_path: 
     )
     assert result.exit_code == 0, result.output
     assert "skipped: nothing pending on 3 machines" in result.stdout
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []  # routed without a run
     notices = [json.loads(line) for line in (state / "notifications.jsonl").read_text().splitlines()]
     assert [n["topic"] for n in notices] == ["run_skipped"]
     assert notices[0]["run_id"] == "monthly-fleet-20261212-0200"

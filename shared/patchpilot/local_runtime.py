@@ -52,6 +52,8 @@ class LocalRuntime:
     queue: SqliteQueue
     fleet: SimulatedFleet
     clock: VirtualClock
+    notices: FileNotifier  # the notifications file
+    chat: RoutedNotifier  # Slack and Teams, as a policy routes them
 
     @classmethod
     def open(
@@ -65,9 +67,10 @@ class LocalRuntime:
         fleet = SimulatedFleet(db, clock)
         # The file always; Slack and Teams when the run's policy routes notices (URLs from the environment).
         chat = RoutedNotifier(EnvironmentSecrets(), store.load, None)
-        notifier = EveryNotifier(FileNotifier(state_dir / "notifications.jsonl", on_notice), chat)
+        notices = FileNotifier(state_dir / "notifications.jsonl", on_notice)
+        notifier = EveryNotifier(notices, chat)
         service = Service(store=store, queue=queue, fleet=fleet, notifier=notifier, clock=clock)
-        return cls(state_dir, service, store, queue, fleet, clock)
+        return cls(state_dir, service, store, queue, fleet, clock, notices, chat)
 
     def start(
         self, policy: Policy, instances: Iterable[Instance], run_id: str | None = None, at: datetime | None = None
@@ -98,7 +101,8 @@ class LocalRuntime:
         if not nothing_pending(view):
             return None
         notice = skipped_notice(scheduled_run_id(policy, window), policy.name, pending_summary(view))
-        self.service.notifier.notify(notice)
+        self.notices.notify(notice)  # no run holds this notice: routed by the policy itself
+        self.chat.send(notice, policy.notifications)
         return notice.text
 
     def load(self, run_id: str) -> Run:

@@ -276,3 +276,20 @@ def test_the_skip_notice_is_named_after_the_window() -> None:
     notice = skipped_notice("fleet-20261212-0200", "fleet", "nothing pending on 4 machines")
     assert notice.id == "fleet-20261212-0200:notify:run_skipped" and notice.topic == "run_skipped"
     assert "skipped: nothing pending on 4 machines" in notice.text
+
+
+def test_the_notice_becomes_a_card_with_the_report_as_a_fact_or_a_button(view: ComplianceView) -> None:
+    from patchpilot.notify.messages import card_for
+    from patchpilot.notify.slack import slack_message
+    from patchpilot.notify.teams import teams_message
+
+    stored = card_for(compliance_notice(view, "s3://bucket/reports/x.html"))
+    assert (
+        stored.title.startswith("Patch compliance: compliance-fleet-")
+        and ("Report", "s3://bucket/reports/x.html") in stored.facts
+    )
+    web = card_for(compliance_notice(view, "https://st.blob.core.windows.net/reports/x.html"))
+    assert web.links == (("Open report", "https://st.blob.core.windows.net/reports/x.html"),)
+    assert "production: 2 non-compliant" in str(slack_message(web, None)) and "staging: 1 compliant" in str(
+        teams_message(web, None)
+    )

@@ -151,6 +151,12 @@ def test_classifications_are_matched_across_the_clouds_names() -> None:
     assert not in_policy(selection, MissingPatch("KB3", classification="Bugfix"))
     assert not in_policy(selection, MissingPatch("curl-7.76.1-29.el9", classification="Security"))
     assert in_policy(PatchSelection(classifications=[], include=["KB3"]), MissingPatch("kb3", classification="Other"))
+    assert not in_policy(
+        PatchSelection(exclude=["open*"]), MissingPatch("openssl-3.0.13-1.el9", classification="Security")
+    )
+    # a classification the policy cannot name is never hidden: the cloud's baseline called it missing
+    assert in_policy(selection, MissingPatch("libc6", classification="libs"))
+    assert in_policy(selection, MissingPatch("libc6"))
 
 
 def test_a_frozen_policy_shows_every_machine_as_exposed() -> None:

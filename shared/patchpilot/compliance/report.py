@@ -8,17 +8,18 @@ instance) into a `ComplianceView`; `merge_views` puts several policies' views in
 
 from __future__ import annotations
 
+import fnmatch
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from patchpilot.compliance.model import PATCH_SEVERITIES, MissingPatch, PatchState
 from patchpilot.inventory import Instance
 from patchpilot.planning import NO_RING, assign, ring_of
 from patchpilot.policy import Policy
-from patchpilot.policy.model import PatchSelection, PolicyKind
+from patchpilot.policy.model import Classification, PatchSelection, PolicyKind
 
 Status = Literal["compliant", "non_compliant", "exposed", "unknown", "unmanaged"]
 STATUSES: tuple[Status, ...] = ("compliant", "non_compliant", "exposed", "unknown", "unmanaged")
@@ -43,7 +44,11 @@ _CLASSIFICATION_ALIASES = {
     "bugfix": "other",
     "enhancement": "other",
     "recommended": "other",
+    "newpackage": "other",
+    "drivers": "other",
+    "upgrades": "other",
 }
+_KNOWN_CLASSIFICATIONS = frozenset(c.casefold() for c in get_args(Classification))
 
 
 def _classification_key(name: str) -> str:
@@ -52,17 +57,20 @@ def _classification_key(name: str) -> str:
 
 
 def in_policy(selection: PatchSelection, patch: MissingPatch) -> bool:
-    """Whether the policy would install this patch: its classification is selected, or its id is
-    included, and it is not excluded (ids compared without case; a Linux package also by name)."""
+    """Whether the policy would install this patch: it is not excluded, and its classification is
+    selected or its id included (ids and masks without case; a Linux package also by its name). A
+    classification the policy cannot name (an Ubuntu section, none at all) counts as selected: the
+    cloud's baseline called the patch missing, and the report never hides one it cannot place."""
+    ids = {patch.id.casefold(), patch.id.casefold().rsplit("-", 2)[0]}
 
     def named(entries: Iterable[str]) -> bool:
-        ids = {patch.id.casefold(), patch.id.casefold().rsplit("-", 2)[0]}
-        return any(entry.casefold() in ids for entry in entries)
+        return any(fnmatch.fnmatchcase(i, entry.casefold()) for entry in entries for i in ids)
 
     if named(selection.exclude):
         return False
+    key = _classification_key(patch.classification)
     wanted = {_classification_key(c) for c in selection.classifications}
-    return named(selection.include) or _classification_key(patch.classification) in wanted
+    return named(selection.include) or key in wanted or key not in _KNOWN_CLASSIFICATIONS
 
 
 @dataclass(frozen=True, slots=True)

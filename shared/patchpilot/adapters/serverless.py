@@ -392,7 +392,8 @@ class ServerlessRuntime:
 
     def _compliance_scan(self, policy: Policy, slot: datetime) -> str:
         instances = self._managed(policy, self.fleet.discover(policy).instances)
-        started = self.fleet.start_assessment(instances, _slot_key("compliance", policy, slot))
+        token = f"compliance-{policy.name}-{slot.astimezone(UTC):%Y%m%d-%H%M}"  # letters, digits, . _ -
+        started = self.fleet.start_assessment(instances, token)
         refused = f"; not started on {len(started.refused)}" if started.refused else ""
         return f"compliance scan of policy {policy.name} started on {started.started} machines{refused}"
 

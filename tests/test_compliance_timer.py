@@ -166,7 +166,7 @@ def test_a_scan_starts_in_the_timer_period_of_its_slot_once(caplog: pytest.LogCa
     rt = runtime(SCAN_AT + timedelta(minutes=3))
     assert rt.compliance_tick(rt.policy(), rt.clock.now()) == ["compliance scan of policy fleet started on 3 machines"]
     assert rt.fleet.scans == [
-        (("i-stg", "i-prod", "i-ledger"), "compliance:fleet:20261202-0500")
+        (("i-stg", "i-prod", "i-ledger"), "compliance-fleet-20261202-0500")
     ]  # bastion is not the policy's
     assert rt.compliance_tick(rt.policy(), rt.clock.now() + timedelta(minutes=5)) == []  # the same slot, claimed
     assert list(rt.claims.keys) == ["compliance-scan:fleet:20261202-0500"]

@@ -128,6 +128,22 @@ def test_frozen_instances_are_never_patched_and_listed_as_exposed(policy: Policy
     assert "EXPOSED, not patched: ledger-01 (frozen: tag PatchPolicy=frozen)" in answer.text
 
 
+def test_a_frozen_policy_ignores_advisories_and_names_the_exposed_machines(
+    policy: Policy, fleet: list[Instance]
+) -> None:
+    frozen = policy.model_copy(update={"kind": "frozen"})
+    answer = decide_advisory(
+        frozen, advisory(instances=("i-000000005eed1eef", "i-unknown"), fleet_wide=False), fleet, NOW
+    )
+    assert answer.action == "ignore" and answer.run_id == ""
+    assert answer.text.startswith("Ignored CVE-2025-0001 (CRITICAL, openssl): policy monthly-fleet is frozen.")
+    assert "EXPOSED, not patched: stg-api-tyo-1 (policy monthly-fleet is frozen)" in answer.text
+    assert answer.exposed == (("i-000000005eed1eef", "policy monthly-fleet is frozen"),)
+    assert answer.unknown == ("i-unknown",)
+    linux = [i for i in fleet if i.os == "linux"]
+    assert len(decide_advisory(frozen, advisory(), fleet, NOW).exposed) == len(linux)  # fleet-wide: every Linux machine
+
+
 def test_policy_without_emergency_section_ignores_advisories(fleet: list[Instance]) -> None:
     plain = load_policy(str(ROOT / "examples" / "policy.yaml"))
     answer = decide_advisory(plain, advisory(), fleet, NOW)

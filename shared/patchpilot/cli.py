@@ -226,7 +226,21 @@ def run_command(
         assert policy_path and inventory_path
         policy = load_policy(policy_path)
         instances = load_inventory(inventory_path)
-        run = runtime.start(policy, instances)
+        if policy.kind == "frozen":
+            raise InputError.single(
+                policy_path,
+                f"policy {policy.name} is frozen: it is never patched (`patchpilot compliance` shows its machines "
+                "as exposed)",
+                ("kind",),
+            )
+        if policy.kind == "non_periodic" and (skipped := runtime.skip_if_nothing_pending(policy, instances)):
+            if as_json:
+                _print_json({"policy": policy.name, "skipped": True, "reason": skipped})
+            else:
+                console.print(skipped)
+            sys.exit(EXIT_SUCCEEDED)
+        # An emergency policy runs on demand only: now, not at its schedule's next window.
+        run = runtime.start(policy, instances, at=runtime.clock.now() if policy.kind == "emergency" else None)
         console.print(f"Run {run.run_id}: {len(run.waves)} waves, state in {state_dir}")
     _drive_and_report(runtime, run, live, console, report_dir, as_json)
 
@@ -433,9 +447,11 @@ class LiveProgress:
 from patchpilot.cli_advisory import advisory  # noqa: E402
 from patchpilot.cli_aws import aws  # noqa: E402
 from patchpilot.cli_azure import azure  # noqa: E402
+from patchpilot.cli_compliance import compliance  # noqa: E402
 from patchpilot.cli_maintenance import maintenance  # noqa: E402
 
 main.add_command(aws)
 main.add_command(azure)
 main.add_command(advisory)
 main.add_command(maintenance)
+main.add_command(compliance)

@@ -55,6 +55,9 @@ class Simulation(BaseModel):
     agent: Literal["online", "offline"] = "online"
     install_minutes: Annotated[int, Field(ge=1, le=24 * 60)] | None = None
     maintenance: tuple[MaintenanceHint, ...] = ()  # the cloud's own scheduled maintenance
+    # The patches its assessment reports missing (KB ids, package names); absent: a deterministic
+    # share of the simulated fleet's catalogue (docs/compliance.md).
+    missing: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True, config=ConfigDict(extra="forbid", coerce_numbers_to_str=True))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import gc
 import logging
 import secrets
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -52,6 +52,8 @@ class LocalRuntime:
     queue: SqliteQueue
     fleet: SimulatedFleet
     clock: VirtualClock
+    notices: FileNotifier  # the notifications file
+    chat: RoutedNotifier  # Slack and Teams, as a policy routes them
 
     @classmethod
     def open(
@@ -65,9 +67,10 @@ class LocalRuntime:
         fleet = SimulatedFleet(db, clock)
         # The file always; Slack and Teams when the run's policy routes notices (URLs from the environment).
         chat = RoutedNotifier(EnvironmentSecrets(), store.load, None)
-        notifier = EveryNotifier(FileNotifier(state_dir / "notifications.jsonl", on_notice), chat)
+        notices = FileNotifier(state_dir / "notifications.jsonl", on_notice)
+        notifier = EveryNotifier(notices, chat)
         service = Service(store=store, queue=queue, fleet=fleet, notifier=notifier, clock=clock)
-        return cls(state_dir, service, store, queue, fleet, clock)
+        return cls(state_dir, service, store, queue, fleet, clock, notices, chat)
 
     def start(
         self, policy: Policy, instances: Iterable[Instance], run_id: str | None = None, at: datetime | None = None
@@ -81,6 +84,26 @@ class LocalRuntime:
         now = self.clock.now()
         run_id = run_id or f"{policy.name}-{now:%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
         return self.service.start(run_id, policy, instances)
+
+    def skip_if_nothing_pending(self, policy: Policy, instances: Sequence[Instance]) -> str | None:
+        """A non-periodic policy's check before its window (`kind: non_periodic`): the virtual
+        clock moves to the next window and the simulated fleet is assessed; when nothing is
+        pending, a `run_skipped` notice is recorded and its text returned (no run starts). None
+        when the run should go ahead."""
+        from patchpilot.compliance.render import skipped_notice
+        from patchpilot.compliance.report import build_view, nothing_pending, pending_summary
+        from patchpilot.triggers import scheduled_run_id
+
+        assert policy.schedule is not None, "a non_periodic policy has a schedule (checked on load)"
+        window = policy.schedule.windows(self.clock.now(), 1)[0]
+        self.clock.advance_to(window.start)
+        view = build_view(policy, instances, self.fleet.patch_states(instances), self.clock.now())
+        if not nothing_pending(view):
+            return None
+        notice = skipped_notice(scheduled_run_id(policy, window), policy.name, pending_summary(view))
+        self.notices.notify(notice)  # no run holds this notice: routed by the policy itself
+        self.chat.send(notice, policy.notifications)
+        return notice.text
 
     def load(self, run_id: str) -> Run:
         return self.store.load(run_id)

@@ -52,8 +52,9 @@ def scheduled_trigger(policy: Policy, now: datetime, period: timedelta = TIMER_P
 def heads_up(policy: Policy, now: datetime, lead: timedelta, period: timedelta = TIMER_PERIOD) -> Notify | None:
     """The "run scheduled" notice, when `lead` before a window of the policy fell within the last
     timer period (else None). Its id is derived from the window, like the run's: a timer that
-    fires twice announces one run (the notifier skips a notice id it has sent)."""
-    if policy.schedule is None:
+    fires twice announces one run (the notifier skips a notice id it has sent). A frozen or an
+    emergency policy's schedule starts no run: nothing to announce."""
+    if policy.schedule is None or policy.kind in ("frozen", "emergency"):
         return None
     (window,) = policy.schedule.windows(now + lead - period, 1)
     announce_at = window.start - lead

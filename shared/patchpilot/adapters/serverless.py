@@ -9,7 +9,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol
 from zoneinfo import ZoneInfo
 
 if TYPE_CHECKING:
@@ -17,10 +17,12 @@ if TYPE_CHECKING:
     from patchpilot.chat_approvals import SlackAction
     from patchpilot.engine.messages import Notify
     from patchpilot.engine.run import Run
+    from patchpilot.inventory import Instance
     from patchpilot.notify import RoutedNotifier
     from patchpilot.policy import Policy
-    from patchpilot.ports import Claims, Clock, DiscoveryResult, Notifier, Queue, RunStore, Secrets
+    from patchpilot.ports import Claims, Clock, DiscoveryResult, Notifier, PatchAssessor, Queue, RunStore, Secrets
     from patchpilot.service import Service
+    from patchpilot.triggers import TriggerDecision
 
 log = logging.getLogger("patchpilot.notify")
 watch_log = logging.getLogger("patchpilot.maintenance")
@@ -202,8 +204,20 @@ class Discovers(Protocol):
 if TYPE_CHECKING:
     from patchpilot.ports import MaintenanceSource
 
-    class WatchedFleet(Discovers, MaintenanceSource, Protocol):
-        """A cloud fleet that the maintenance watch reads (both cloud fleets are)."""
+    class CloudFleet(Discovers, PatchAssessor, MaintenanceSource, Protocol):
+        """The fleet of a serverless runtime: it discovers, assesses and reports the cloud's
+        maintenance (Ec2SsmFleet, AzureFleet)."""
+
+
+class DocumentStore(Protocol):
+    """Where reports are written (S3Reports, BlobReports)."""
+
+    def write(self, name: str, text: str, content_type: str) -> str:
+        """Write one document whole; its location."""
+        ...
+
+
+CLAIM_HOLD = timedelta(days=2)  # a compliance slot's claim outlasts every retry of its tick
 
 
 class ServerlessRuntime:
@@ -225,7 +239,9 @@ class ServerlessRuntime:
         @property
         def claims(self) -> Claims: ...
         @property
-        def fleet(self) -> Discovers: ...
+        def fleet(self) -> CloudFleet: ...
+        @property
+        def report_store(self) -> DocumentStore | None: ...
         @property
         def service(self) -> Service: ...
         def policy(self) -> Policy: ...
@@ -285,7 +301,7 @@ class ServerlessRuntime:
             digest_at = fired_within(settings.digest, policy.zone_for(settings.timezone), now)
             if digest_at is None and fired_within(parse_aws_cron(WATCH_READS), ZoneInfo("UTC"), now) is None:
                 return []  # between two hourly reads: no API calls
-            fleet = cast("WatchedFleet", self.fleet)
+            fleet = self.fleet
             instances = fleet.discover(policy).instances
             view = watch_view(fleet.upcoming_maintenance(policy, instances, now), policy, instances, now)
             # A claim outlives what it is about: the item's end (or due time), or the digest time.
@@ -351,3 +367,97 @@ class ServerlessRuntime:
         except UnknownRunError:
             return ApprovalAnswer(404, "This approval link names a run that does not exist.")
         return ApprovalAnswer(200, text, run_id=request.run_id, decided=True)
+
+    # ------------------------------------------------------------ the timer: policy kinds, compliance
+
+    def scheduled_decision(self, policy: Policy, now: datetime) -> TriggerDecision:
+        """Whether the timer starts the scheduled run, by the policy's kind: a frozen or an
+        emergency policy never does; a non-periodic one skips a window in which none of its
+        machines lacks anything (and says so, once per window: the notice id is the window's)."""
+        from patchpilot.triggers import TriggerDecision, scheduled_trigger
+
+        if policy.kind == "frozen":
+            return TriggerDecision(False, f"policy {policy.name} is frozen: never patched, no scheduled run")
+        if policy.kind == "emergency":
+            return TriggerDecision(
+                False, f"policy {policy.name} is an emergency policy: only advisories start its runs"
+            )
+        decision = scheduled_trigger(policy, now)
+        if not decision.start or policy.kind != "non_periodic":
+            return decision
+        from patchpilot.compliance.render import skipped_notice
+        from patchpilot.compliance.report import build_view, nothing_pending, pending_summary
+
+        instances = self._managed(policy, self.fleet.discover(policy).instances)
+        view = build_view(policy, instances, self.fleet.patch_states(instances), now)
+        if not nothing_pending(view):
+            return decision
+        notice = skipped_notice(decision.run_id, policy.name, pending_summary(view))
+        self.routed.send(notice, policy.notifications)
+        return TriggerDecision(False, f"skipped: {pending_summary(view)}", decision.run_id, decision.window)
+
+    @staticmethod
+    def _managed(policy: Policy, instances: list[Instance]) -> list[Instance]:
+        """The instances the policy covers: in a ring, or kept out of one by the policy (exposed)."""
+        from patchpilot.planning import NO_RING, assign
+
+        members, excluded = assign(policy, instances)
+        return [i for group in members.values() for i in group] + [e.instance for e in excluded if e.reason != NO_RING]
+
+    def compliance_tick(self, policy: Policy, now: datetime) -> list[str]:
+        """The compliance timer (`policy.compliance`): when `scan` fired within the timer period,
+        a fresh assessment of the policy's machines; `report_after` later, the report (Markdown,
+        HTML, CSV beside the run reports) and its `compliance_report` notice. Each slot is claimed
+        once (`compliance-scan:<policy>:<slot>`, `compliance-report:<policy>:<slot>`), so timers
+        that fire twice scan and report once. What it did, for the log; it never raises (the
+        scheduled run must still start)."""
+        settings = policy.compliance
+        if settings is None:
+            return []
+        from patchpilot.triggers import fired_within
+
+        zone = policy.zone_for(settings.timezone)
+        done: list[str] = []
+        try:
+            scan = fired_within(settings.scan, zone, now)
+            if scan is not None and self.claims.claim(_slot_key("compliance-scan", policy, scan), now + CLAIM_HOLD):
+                done.append(self._compliance_scan(policy, scan))
+            report = fired_within(settings.scan, zone, now - settings.report_after)
+            if report is not None and self.claims.claim(
+                _slot_key("compliance-report", policy, report), now + CLAIM_HOLD
+            ):
+                done.append(self._compliance_report(policy, report, now))
+        except Exception as error:  # a cloud API down: logged, the next slot tries again
+            self.log.warning("compliance timer of policy %s failed: %s", policy.name, error)
+            done.append(f"compliance timer failed: {error}")
+        for line in done:
+            self.log.info(line)
+        return done
+
+    def _compliance_scan(self, policy: Policy, slot: datetime) -> str:
+        instances = self._managed(policy, self.fleet.discover(policy).instances)
+        token = f"compliance-{policy.name}-{slot.astimezone(UTC):%Y%m%d-%H%M}"  # letters, digits, . _ -
+        started = self.fleet.start_assessment(instances, token)
+        refused = f"; not started on {len(started.refused)}" if started.refused else ""
+        return f"compliance scan of policy {policy.name} started on {started.started} machines{refused}"
+
+    def _compliance_report(self, policy: Policy, slot: datetime, now: datetime) -> str:
+        from patchpilot.compliance.render import compliance_notice, documents, report_name
+        from patchpilot.compliance.report import build_view
+
+        instances = self.fleet.discover(policy).instances
+        view = build_view(policy, instances, self.fleet.patch_states(instances), now)
+        store, location = self.report_store, ""
+        if store is not None:
+            name = report_name(view)
+            for suffix, text, kind in documents(view):
+                written = store.write(f"{name}.{suffix}", text, kind)
+                location = written if suffix == "html" else location
+        notice = compliance_notice(view, location, notice_id=f"{_slot_key('compliance-report', policy, slot)}:notify")
+        self.routed.send(notice, policy.notifications)
+        return notice.text.splitlines()[0] + (f" Report: {location}" if location else " (no report store)")
+
+
+def _slot_key(kind: str, policy: Policy, slot: datetime) -> str:
+    """`<kind>:<policy>:<slot, UTC>`: the same from every timer that sees the slot."""
+    return f"{kind}:{policy.name}:{slot.astimezone(UTC):%Y%m%d-%H%M}"

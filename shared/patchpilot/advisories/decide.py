@@ -103,6 +103,19 @@ def _advisory_answer(
         return AdvisoryAnswer(action, advisory.source, advisory.key, text, cve=advisory.cve, **fields)
 
     head = f"{advisory.cve} ({advisory.severity}, {', '.join(advisory.fixes)})"
+    if policy.kind == "frozen":  # every machine of the policy stays as it is: say which ones are exposed
+        fleet = {i.id: i for i in instances}
+        named, systems = set(advisory.instances), fixes_os(advisory.fixes)
+        frozen = tuple(
+            (i.id, f"policy {policy.name} is frozen")
+            for i in instances
+            if i.id in named or (advisory.fleet_wide and i.os in systems)
+        )
+        unknown = tuple(i for i in advisory.instances if i not in fleet)
+        tail = _exposed_text(frozen, fleet) + _unknown_text(unknown)
+        return answer(
+            "ignore", f"Ignored {head}: policy {policy.name} is frozen{tail}", exposed=frozen, unknown=unknown
+        )
     emergency = policy.emergency
     if emergency is None:
         return answer("ignore", f"Ignored {head}: policy {policy.name} has no emergency section")

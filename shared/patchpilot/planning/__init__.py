@@ -1,14 +1,29 @@
 """Rings and availability-first waves."""
 
 from patchpilot.planning.planner import (
+    NO_RING,
     Exclusion,
     Plan,
     RingPlan,
     Wave,
+    assign,
     placement,
     plan,
     plan_document,
     plan_maintenance,
+    ring_of,
 )
 
-__all__ = ["Exclusion", "Plan", "RingPlan", "Wave", "placement", "plan", "plan_document", "plan_maintenance"]
+__all__ = [
+    "NO_RING",
+    "Exclusion",
+    "Plan",
+    "RingPlan",
+    "Wave",
+    "assign",
+    "placement",
+    "plan",
+    "plan_document",
+    "plan_maintenance",
+    "ring_of",
+]

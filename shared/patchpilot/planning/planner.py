@@ -78,7 +78,7 @@ class Plan:
 
 def plan(policy: Policy, instances: Iterable[Instance]) -> Plan:
     """Assign every instance to a ring and a wave, or say why it is excluded. Deterministic."""
-    members, excluded = _assign(policy, instances)
+    members, excluded = assign(policy, instances)
     pairs = RegionPairs(policy.region_pairs)
     rings, next_index = [], 1
     for position, ring in enumerate(policy.rings):
@@ -97,15 +97,25 @@ def plan_maintenance(policy: Policy, instances: Iterable[Instance]) -> Plan:
     """The plan of a run that accompanies an Azure Update Manager run: Update Manager patches its
     whole scope in its own availability-safe order, so every machine that is not excluded is in
     one wave (snapshotted before, checked after). Exclusions are those of `plan`."""
-    members, excluded = _assign(policy, instances)
+    members, excluded = assign(policy, instances)
     rings = [name for name, group in members.items() if group]
     chosen = tuple(sorted((i for group in members.values() for i in group), key=lambda i: i.id))
     waves = (Wave(1, "+".join(rings), chosen),) if chosen else ()
     return Plan((RingPlan("+".join(rings), waves, len(waves)),), tuple(excluded))
 
 
-def _assign(policy: Policy, instances: Iterable[Instance]) -> tuple[dict[str, list[Instance]], list[Exclusion]]:
-    """Each instance's ring (the first whose selector matches), or why it is excluded."""
+NO_RING = "matched no ring's selector"
+FROZEN_POLICY = "frozen: the policy is kind frozen (never patched)"
+
+
+def ring_of(policy: Policy, instance: Instance) -> str | None:
+    """The ring whose selector matches first (an excluded instance's too), None when none does."""
+    return next((r.name for r in policy.rings if r.select.matches(instance)), None)
+
+
+def assign(policy: Policy, instances: Iterable[Instance]) -> tuple[dict[str, list[Instance]], list[Exclusion]]:
+    """Each instance's ring (the first whose selector matches), or why it is excluded: every
+    instance of a frozen policy is (`kind: frozen`). The compliance view uses the same answer."""
     members: dict[str, list[Instance]] = {ring.name: [] for ring in policy.rings}
     excluded: list[Exclusion] = []
     ordered = sorted(instances, key=lambda i: i.id)
@@ -113,14 +123,15 @@ def _assign(policy: Policy, instances: Iterable[Instance]) -> tuple[dict[str, li
     if repeated:  # one machine counted twice would break its zone's budget
         raise ValueError(f"the same instance is listed more than once: {', '.join(repeated[:10])}")
     for instance in ordered:
-        if reason := policy.exclude.reason(instance) or policy.unprotected_reason(instance):
+        frozen = FROZEN_POLICY if policy.kind == "frozen" else None
+        if reason := frozen or policy.exclude.reason(instance) or policy.unprotected_reason(instance):
             excluded.append(Exclusion(instance, reason))
             continue
-        ring = next((r for r in policy.rings if r.select.matches(instance)), None)
+        ring = ring_of(policy, instance)
         if ring is None:
-            excluded.append(Exclusion(instance, "matched no ring's selector"))
+            excluded.append(Exclusion(instance, NO_RING))
         else:
-            members[ring.name].append(instance)
+            members[ring].append(instance)
     return members, excluded
 
 

@@ -64,8 +64,10 @@ def _patchlist(escape: Callable[[object], str]) -> Callable[[Iterable[str]], Mar
 
 
 @cache
-def _environment(kind: str) -> Environment:
-    loader = PackageLoader("patchpilot.reports", "templates")
+def environment(kind: str, package: str = "patchpilot.reports") -> Environment:
+    """The jinja2 environment of a report's templates (`templates/` of `package`): HTML
+    autoescaped, Markdown escaped by `md_escape`; the `names` and `patchlist` filters."""
+    loader = PackageLoader(package, "templates")
     if kind == "html":
         env = Environment(
             loader=loader, autoescape=True, undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True
@@ -89,13 +91,13 @@ def _environment(kind: str) -> Environment:
 
 def render_markdown(run: Run) -> str:
     """The run report as Markdown (GitHub flavoured; the timeline is a mermaid gantt chart)."""
-    template = _environment("markdown").get_template("report.md.j2")
+    template = environment("markdown").get_template("report.md.j2")
     return template.render(r=build(run))
 
 
 def render_html(run: Run) -> str:
     """The run report as one HTML page: inline CSS and SVG, no scripts, no external assets."""
-    template = _environment("html").get_template("report.html.j2")
+    template = environment("html").get_template("report.html.j2")
     return template.render(r=build(run))
 
 
@@ -116,12 +118,13 @@ def write_reports(run: Run, directory: Path) -> tuple[Path, Path]:
     stem = report_stem(run.run_id)
     markdown = directory / f"{stem}.md"
     html = directory / f"{stem}.html"
-    _write(markdown, render_markdown(run))
-    _write(html, render_html(run))
+    write_text(markdown, render_markdown(run))
+    write_text(html, render_html(run))
     return markdown, html
 
 
-def _write(path: Path, text: str) -> None:
+def write_text(path: Path, text: str) -> None:
+    """Replace `path` whole with `text`: a reader never sees half a file."""
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:

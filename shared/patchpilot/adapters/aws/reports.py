@@ -1,5 +1,5 @@
-"""Run reports in S3: the Markdown and HTML report of a finished run, written under `reports/` of
-the stack's configuration bucket (`PATCHPILOT_OVERRIDE_BUCKET`)."""
+"""Reports in S3: the Markdown and HTML report of a finished run, and the compliance reports
+(`write`), under `reports/` of the stack's configuration bucket (`PATCHPILOT_OVERRIDE_BUCKET`)."""
 
 from __future__ import annotations
 
@@ -24,12 +24,13 @@ class S3Reports:
     def publish(self, run: Run) -> str:
         """Write `reports/<run id>.md` and `.html`; the HTML report's location (s3://…)."""
         stem = report_stem(run.run_id)
-        documents = (("md", render_markdown(run), "text/markdown"), ("html", render_html(run), "text/html"))
-        for suffix, text, kind in documents:
-            self.client.put_object(
-                Bucket=self.bucket,
-                Key=f"{PREFIX}{stem}.{suffix}",
-                Body=text.encode("utf-8"),
-                ContentType=f"{kind}; charset=utf-8",
-            )
-        return f"s3://{self.bucket}/{PREFIX}{stem}.html"
+        self.write(f"{stem}.md", render_markdown(run), "text/markdown")
+        return self.write(f"{stem}.html", render_html(run), "text/html")
+
+    def write(self, name: str, text: str, content_type: str) -> str:
+        """Write one document as `reports/<name>` (replaced whole); its location (s3://…)."""
+        key = f"{PREFIX}{name}"
+        self.client.put_object(
+            Bucket=self.bucket, Key=key, Body=text.encode("utf-8"), ContentType=f"{content_type}; charset=utf-8"
+        )
+        return f"s3://{self.bucket}/{key}"

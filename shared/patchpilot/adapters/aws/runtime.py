@@ -30,6 +30,7 @@ from patchpilot.policy import Policy
 
 if TYPE_CHECKING:
     from patchpilot.adapters.aws.fleet import Ec2SsmFleet
+    from patchpilot.adapters.aws.reports import S3Reports
     from patchpilot.adapters.aws.secrets import SecretsManagerSecrets
     from patchpilot.adapters.aws.sqs_queue import SqsQueue
     from patchpilot.ports import Claims, Clock, Notifier, RunStore
@@ -114,12 +115,18 @@ class AwsRuntime(ServerlessRuntime):
         from patchpilot.service import Service
 
         notifier: Notifier = self.notifier
-        if self.env.override_bucket:  # the stack's configuration bucket: reports go under reports/
-            from patchpilot.adapters.aws.reports import S3Reports
-
-            reports = S3Reports(self.env.override_bucket, self.clients("s3", None, self.env.region))
-            notifier = ReportingNotifier(notifier, self.store, reports.publish)
+        if self.report_store is not None:
+            notifier = ReportingNotifier(notifier, self.store, self.report_store.publish)
         return Service(store=self.store, queue=self.queue, fleet=self.fleet, notifier=notifier, clock=self.clock)
+
+    @functools.cached_property
+    def report_store(self) -> S3Reports | None:
+        """Run and compliance reports, under reports/ of the stack's configuration bucket (if any)."""
+        if not self.env.override_bucket:
+            return None
+        from patchpilot.adapters.aws.reports import S3Reports
+
+        return S3Reports(self.env.override_bucket, self.clients("s3", None, self.env.region))
 
     def policy(self) -> Policy:
         """The deployed policy, read and validated on each use: operators change it without a deploy."""
@@ -140,11 +147,10 @@ class AwsRuntime(ServerlessRuntime):
 
     def trigger(self) -> TriggerDecision:
         """The timer: start the scheduled run when its window has begun (at most once)."""
-        from patchpilot.triggers import scheduled_trigger
-
         policy = self.policy()
         self.maintenance_tick(policy, self.clock.now())  # hourly reads, alerts and digests (never raises)
-        decision = scheduled_trigger(policy, self.clock.now())
+        self.compliance_tick(policy, self.clock.now())
+        decision = self.scheduled_decision(policy, self.clock.now())  # by the policy's kind
         self.routed.announce(policy, self.clock.now())  # "run scheduled", a while before a window
         if decision.start:
             discovered = self.fleet.discover(policy)

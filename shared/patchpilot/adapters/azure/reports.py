@@ -1,5 +1,5 @@
-"""Run reports in Blob Storage: the Markdown and HTML report of a finished run, written to a
-container of the app's storage account (`PATCHPILOT_REPORTS`)."""
+"""Reports in Blob Storage: the Markdown and HTML report of a finished run, and the compliance
+reports (`write`), in a container of the app's storage account (`PATCHPILOT_REPORTS`)."""
 
 from __future__ import annotations
 
@@ -20,15 +20,18 @@ class BlobReports:
 
     def publish(self, run: Run) -> str:
         """Write `<run id>.md` and `<run id>.html`; the HTML report's URL."""
+        stem = report_stem(run.run_id)
+        self.write(f"{stem}.md", render_markdown(run), "text/markdown")
+        return self.write(f"{stem}.html", render_html(run), "text/html")
+
+    def write(self, name: str, text: str, content_type: str) -> str:
+        """Upload one document as `<name>` (replaced whole); its URL."""
         from azure.storage.blob import ContentSettings
 
-        stem = report_stem(run.run_id)
-        documents = (("md", render_markdown(run), "text/markdown"), ("html", render_html(run), "text/html"))
-        for suffix, text, kind in documents:
-            self.container.upload_blob(
-                f"{stem}.{suffix}",
-                text.encode("utf-8"),
-                overwrite=True,
-                content_settings=ContentSettings(content_type=f"{kind}; charset=utf-8"),
-            )
-        return f"{self.container.url}/{stem}.html"
+        self.container.upload_blob(
+            name,
+            text.encode("utf-8"),
+            overwrite=True,
+            content_settings=ContentSettings(content_type=f"{content_type}; charset=utf-8"),
+        )
+        return f"{self.container.url}/{name}"

@@ -249,6 +249,11 @@ class AzureRuntime(ServerlessRuntime):
             _create_if_missing(container.create_container)
         return BlobReports(container)
 
+    @property
+    def report_store(self) -> BlobReports:
+        """Run and compliance reports: one container."""
+        return self.reports
+
     @functools.cached_property
     def secrets(self) -> Secrets | None:
         """Key Vault, when the settings name a vault."""
@@ -292,17 +297,18 @@ class AzureRuntime(ServerlessRuntime):
 
     def trigger(self) -> TriggerDecision:
         """The timer: start the scheduled run when its window has begun (at most once)."""
-        from patchpilot.triggers import TriggerDecision, scheduled_trigger
+        from patchpilot.triggers import TriggerDecision
 
         policy = self.policy()
         self.maintenance_tick(policy, self.clock.now())  # hourly reads, alerts and digests (never raises)
+        self.compliance_tick(policy, self.clock.now())
         if policy.azure is not None and policy.azure.maintenance is not None:
             return TriggerDecision(
                 False,
                 f"Update Manager schedules run policy {policy.name} (azure.maintenance): "
                 "PatchPilot acts on their pre- and post-maintenance events",
             )
-        decision = scheduled_trigger(policy, self.clock.now())
+        decision = self.scheduled_decision(policy, self.clock.now())  # by the policy's kind
         self.routed.announce(policy, self.clock.now())  # "run scheduled", a while before a window
         if decision.start:
             discovered = self.fleet.discover(policy)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Literal, TypeAlias, TypeVar
 
 from patchpilot.adapters.local.simulated_maintenance import SimulatedMaintenance
+from patchpilot.compliance.model import AssessmentStarted, MissingPatch, PatchGap, PatchSeverity, PatchState
 from patchpilot.engine.messages import (
     CheckHealth,
     InstallPatches,
@@ -69,6 +70,24 @@ CATALOG: dict[OsFamily, tuple[tuple[str, str], ...]] = {
     ),
 }
 
+# What the simulated assessment says of each catalogue patch: (title, severity, days since release).
+PATCH_FACTS: dict[str, tuple[str, PatchSeverity, int]] = {
+    "openssl-3.0.13-1.el9": ("OpenSSL: denial of service in X.509 name checks", "Important", 12),
+    "kernel-5.14.0-503.el9": ("kernel: use-after-free in netfilter", "Critical", 9),
+    "glibc-2.34-100.el9": ("glibc: buffer overflow in iconv", "Important", 23),
+    "sudo-1.9.5p2-10.el9": ("sudo: privilege escalation via sudoedit", "Critical", 5),
+    "curl-7.76.1-29.el9": ("curl: cookie injection", "Moderate", 31),
+    "tzdata-2024b-2.el9": ("tzdata: time zone rule updates", "Low", 40),
+    "vim-minimal-8.2.2637-21.el9": ("vim: heap overflow in ex commands", "Low", 18),
+    "KB5048661": ("Cumulative Update for Windows Server 2022", "Critical", 8),
+    "KB5048817": ("Cumulative Update for .NET Framework", "Important", 8),
+    "KB5050111": ("Servicing Stack Update", "Critical", 8),
+    "KB890830": ("Windows Malicious Software Removal Tool", "Unspecified", 8),
+    "KB2267602": ("Security Intelligence Update for Microsoft Defender Antivirus", "Unspecified", 1),
+}
+HINTED_CLASSIFICATION = "Security"  # of a patch a `missing` hint names that the catalogue does not know
+SCAN_MINUTES = 0  # a simulated scan ends at once
+
 _KB = re.compile(r"^KB\d+$", re.IGNORECASE)
 _ARM_VM = re.compile(
     r"^/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)"
@@ -99,6 +118,12 @@ CREATE TABLE IF NOT EXISTS sim_effects (
     PRIMARY KEY (command_id, instance_id, kind)
 );
 CREATE INDEX IF NOT EXISTS sim_effects_by_run ON sim_effects (run_id);
+CREATE TABLE IF NOT EXISTS sim_scans (
+    token TEXT NOT NULL,
+    instance_id TEXT NOT NULL,
+    at TEXT NOT NULL,
+    PRIMARY KEY (token, instance_id)
+);
 """
 
 
@@ -178,6 +203,45 @@ class SimulatedFleet:
             return _plans(command.targets, lambda t: t.instance.id, lambda t: _rollback(t.instance, t.snapshot_ids))
 
         return self._execute(command.id, command.run_id, "rollback", plans)
+
+    # ------------------------------------------------------------ PatchAssessor
+
+    def start_assessment(self, instances: Sequence[Instance], token: str) -> AssessmentStarted:
+        """A scan of each reachable machine, recorded once per token (it ends at once)."""
+        now = self.clock.now().isoformat()
+        reachable = [i for i in instances if _hints(i).agent == "online"]
+        refused = tuple((i.id, _unreachable(i)) for i in instances if _hints(i).agent != "online")
+        with self._lock:
+            self._db.executemany(
+                "INSERT OR IGNORE INTO sim_scans (token, instance_id, at) VALUES (?, ?, ?)",
+                [(token, i.id, now) for i in reachable],
+            )
+        return AssessmentStarted(started=len(reachable), refused=refused, operations=(f"sim-scan-{token}",))
+
+    def patch_states(self, instances: Sequence[Instance]) -> list[PatchState]:
+        """What each machine lacks now: its `missing` hint (else its share of the catalogue),
+        minus what a successful install put on it (a rollback takes that back off). The last scan
+        is the assessment time; without one, the machine is assessed as of now."""
+        now = self.clock.now()
+        with self._lock:
+            scans = dict(self._db.execute("SELECT instance_id, MAX(at) FROM sim_scans GROUP BY instance_id").fetchall())
+            ops = self._db.execute(
+                "SELECT instance_id, run_id, kind, done_at, ok, detail, items FROM sim_ops"
+                " WHERE kind IN ('install', 'rollback') AND done_at <= ? ORDER BY done_at, command_id",
+                (now.isoformat(),),
+            ).fetchall()
+        history: dict[str, list[tuple[str, str, str, bool, str, list[str]]]] = {}
+        for instance_id, run_id, kind, done_at, ok, detail, items in ops:
+            history.setdefault(instance_id, []).append((run_id, kind, done_at, bool(ok), detail, json.loads(items)))
+        states = []
+        for instance in instances:
+            if _hints(instance).agent != "online":
+                states.append(PatchState(instance.id, error=_unreachable(instance)))
+                continue
+            scanned = scans.get(instance.id)
+            assessed = datetime.fromisoformat(scanned) if scanned else now
+            states.append(_assessment(instance, history.get(instance.id, []), assessed, now))
+        return states
 
     # ------------------------------------------------------------ for tests and the local CLI
 
@@ -384,6 +448,10 @@ def _install(instance: Instance, only: list[str] | None, command: InstallPatches
         patches = list(dict.fromkeys(only))
     else:
         patches = select_patches(instance.os, command.classifications, command.include, command.exclude)
+        if HINTED_CLASSIFICATION in command.classifications:  # hinted patches the catalogue does not know
+            known = {p for p, _ in CATALOG[instance.os]}
+            extra = [p for p in hints.missing or () if p not in known and p not in patches]
+            patches += [p for p in extra if not any(_matches(p, pattern) for pattern in command.exclude)]
     if hints.install == "fail":
         first = patches[0] if patches else ("KB5048661" if instance.os == "windows" else "openssl")
         if instance.os == "windows":
@@ -416,3 +484,67 @@ def _rollback(instance: Instance, snapshot_ids: list[str]) -> _Plan:
         return _Plan(instance.id, minutes, False, detail, [])
     more = f" and {len(snapshot_ids) - 1} more" if len(snapshot_ids) > 1 else ""
     return _Plan(instance.id, minutes, True, f"restored from {source}{more}", list(snapshot_ids))
+
+
+# ---------------------------------------------------------------- the simulated assessment
+
+
+def _unreachable(instance: Instance) -> str:
+    if instance.cloud == "aws":
+        return "SSM agent not reporting (ConnectionLost): no patch scan"
+    return "VM agent not ready: no patch assessment"
+
+
+def _classification(os: OsFamily, patch_id: str) -> str:
+    return next((c for p, c in CATALOG[os] if p == patch_id), HINTED_CLASSIFICATION)
+
+
+def lacking(instance: Instance) -> list[str]:
+    """The patches a machine lacks before PatchPilot patched it: its `missing` hint, else each
+    catalogue patch for its OS with a stable three-in-four chance (some machines lack nothing new)."""
+    hint = _hints(instance).missing
+    if hint is not None:
+        return list(dict.fromkeys(hint))
+    return [p for p, _ in CATALOG[instance.os] if _digest("missing", instance.id, p)[0] % 4 != 0]
+
+
+def _missing_patch(instance: Instance, patch_id: str, gap: PatchGap, now: datetime) -> MissingPatch:
+    title, severity, days = PATCH_FACTS.get(patch_id, ("", "Important", 10))
+    released = (now - timedelta(days=days)).replace(hour=0, minute=0, second=0, microsecond=0)
+    version = patch_id.split("-", 1)[1] if instance.os == "linux" and "-" in patch_id else ""
+    classification = _classification(instance.os, patch_id)
+    return MissingPatch(patch_id, title, classification, severity, released, version, gap)
+
+
+def _assessment(
+    instance: Instance, history: list[tuple[str, str, str, bool, str, list[str]]], assessed: datetime, now: datetime
+) -> PatchState:
+    """Replay the machine's installs and rollbacks, in the order they ended."""
+    rolled_back = {run for run, kind, _, ok, _, _ in history if kind == "rollback" and ok}
+    installed: set[str] = set()
+    unbooted: set[str] = set()
+    last_install: datetime | None = None
+    failed = False
+    for run, kind, done_at, ok, detail, items in history:
+        if kind != "install" or run in rolled_back:
+            continue
+        if not ok:
+            failed = True
+            continue
+        failed = False
+        installed.update(items)
+        last_install = datetime.fromisoformat(done_at)
+        (unbooted.update if "not rebooted" in detail else unbooted.difference_update)(items)
+    gaps: list[MissingPatch] = []
+    for patch_id in lacking(instance):
+        if patch_id in unbooted:
+            gaps.append(_missing_patch(instance, patch_id, "pending_reboot", now))
+        elif patch_id not in installed:
+            gaps.append(_missing_patch(instance, patch_id, "failed" if failed else "missing", now))
+    return PatchState(
+        instance.id,
+        assessed_at=assessed,
+        missing=tuple(gaps),
+        reboot_pending=bool(unbooted),
+        last_install_at=last_install,
+    )

@@ -1,0 +1,376 @@
+"""The compliance view: which machine lacks which patch, per instance, per ring and per policy.
+
+`build_view(policy, instances, states, now)` turns the clouds' assessments (`PatchState`, one per
+instance) into a `ComplianceView`; `merge_views` puts several policies' views into one report;
+`nothing_pending` answers a non-periodic policy's question. Pure: no I/O, no clock (`now` is given).
+`ComplianceView.document()` is the `--json` shape (docs/compliance.md): a contract.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal, get_args
+
+from patchpilot.compliance.model import PATCH_SEVERITIES, MissingPatch, PatchState
+from patchpilot.inventory import Instance
+from patchpilot.planning import NO_RING, assign, ring_of
+from patchpilot.policy import Policy
+from patchpilot.policy.model import Classification, PatchSelection, PolicyKind
+
+Status = Literal["compliant", "non_compliant", "exposed", "unknown", "unmanaged"]
+STATUSES: tuple[Status, ...] = ("compliant", "non_compliant", "exposed", "unknown", "unmanaged")
+STATUS_LABELS: dict[Status, str] = {
+    "compliant": "compliant",
+    "non_compliant": "non-compliant",
+    "exposed": "exposed",
+    "unknown": "unknown",
+    "unmanaged": "unmanaged",
+}
+NO_RING_LABEL = "(no ring)"
+DOCUMENT_VERSION = 1
+
+# How the clouds name classifications, onto the policy's names (`patches.classifications`).
+_CLASSIFICATION_ALIASES = {
+    "securityupdates": "security",
+    "criticalupdates": "critical",
+    "updaterollups": "updaterollup",
+    "featurepacks": "featurepack",
+    "servicepacks": "servicepack",
+    "definitionupdates": "definition",
+    "bugfix": "other",
+    "enhancement": "other",
+    "recommended": "other",
+    "newpackage": "other",
+    "drivers": "other",
+    "upgrades": "other",
+}
+_KNOWN_CLASSIFICATIONS = frozenset(c.casefold() for c in get_args(Classification))
+
+
+def _classification_key(name: str) -> str:
+    key = name.replace(" ", "").casefold()
+    return _CLASSIFICATION_ALIASES.get(key, key)
+
+
+def in_policy(selection: PatchSelection, patch: MissingPatch) -> bool:
+    """Whether the policy would install this patch: it is not excluded, and its classification is
+    selected or its id included (ids and masks without case; a Linux package also by its name). A
+    classification the policy cannot name (an Ubuntu section, none at all) counts as selected: the
+    cloud's baseline called the patch missing, and the report never hides one it cannot place."""
+    ids = {patch.id.casefold(), patch.id.casefold().rsplit("-", 2)[0]}
+
+    def named(entries: Iterable[str]) -> bool:
+        return any(fnmatch.fnmatchcase(i, entry.casefold()) for entry in entries for i in ids)
+
+    if named(selection.exclude):
+        return False
+    key = _classification_key(patch.classification)
+    wanted = {_classification_key(c) for c in selection.classifications}
+    return named(selection.include) or key in wanted or key not in _KNOWN_CLASSIFICATIONS
+
+
+@dataclass(frozen=True, slots=True)
+class PatchGapView:
+    """A patch one machine lacks, with its age in whole days (None when the release date is unknown)."""
+
+    patch: MissingPatch
+    age_days: int | None
+    in_policy: bool  # the policy would install it: only these make a machine non-compliant
+
+    def document(self) -> dict[str, Any]:
+        p = self.patch
+        return {
+            "id": p.id,
+            "title": p.title,
+            "classification": p.classification,
+            "severity": p.severity,
+            "state": p.gap,
+            "released_at": _iso(p.released_at),
+            "age_days": self.age_days,
+            "version": p.version,
+            "in_policy": self.in_policy,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceView:
+    policy: str
+    id: str
+    name: str
+    cloud: str
+    region: str
+    ring: str | None  # the ring the planner puts it in (an exposed one: the ring it would be in)
+    status: Status
+    reason: str  # why exposed, unmanaged or unknown; what is wrong when non-compliant
+    missing: tuple[PatchGapView, ...]
+    reboot_pending: bool
+    assessed_at: datetime | None
+    last_install_at: datetime | None
+    notes: tuple[str, ...] = ()
+
+    @property
+    def gaps(self) -> tuple[PatchGapView, ...]:
+        """The missing patches the policy would install."""
+        return tuple(g for g in self.missing if g.in_policy)
+
+    def document(self) -> dict[str, Any]:
+        return {
+            "policy": self.policy,
+            "id": self.id,
+            "name": self.name,
+            "cloud": self.cloud,
+            "region": self.region,
+            "ring": self.ring,
+            "status": self.status,
+            "reason": self.reason,
+            "reboot_pending": self.reboot_pending,
+            "assessed_at": _iso(self.assessed_at),
+            "last_install_at": _iso(self.last_install_at),
+            "notes": list(self.notes),
+            "missing": [g.document() for g in self.missing],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    machines: dict[Status, int]  # every status, zeros included
+    missing: int  # (machine, patch) pairs the policy would install
+    by_severity: dict[str, int]  # every severity of the scale, zeros included
+    by_classification: dict[str, int]  # as the clouds name them
+    oldest_missing_days: int | None
+    reboots_pending: int
+
+    @property
+    def instances(self) -> int:
+        return sum(self.machines.values())
+
+    def document(self) -> dict[str, Any]:
+        return {
+            "instances": self.instances,
+            "machines": dict(self.machines),
+            "missing": self.missing,
+            "missing_by_severity": dict(self.by_severity),
+            "missing_by_classification": dict(self.by_classification),
+            "oldest_missing_days": self.oldest_missing_days,
+            "reboots_pending": self.reboots_pending,
+        }
+
+
+def totals_of(instances: Iterable[InstanceView]) -> Totals:
+    machines: Counter[Status] = Counter()
+    severities: Counter[str] = Counter()
+    classes: Counter[str] = Counter()
+    ages: list[int] = []
+    reboots = 0
+    for view in instances:
+        machines[view.status] += 1
+        reboots += view.reboot_pending
+        for gap in view.gaps:
+            severities[gap.patch.severity] += 1
+            classes[gap.patch.classification or "Unclassified"] += 1
+            if gap.age_days is not None:
+                ages.append(gap.age_days)
+    return Totals(
+        machines={s: machines[s] for s in STATUSES},
+        missing=sum(severities.values()),
+        by_severity={s: severities[s] for s in PATCH_SEVERITIES},
+        by_classification=dict(sorted(classes.items(), key=lambda kv: (-kv[1], kv[0]))),
+        oldest_missing_days=max(ages, default=None),
+        reboots_pending=reboots,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RingView:
+    policy: str
+    name: str  # a ring of the policy, or NO_RING_LABEL
+    totals: Totals
+
+    def document(self) -> dict[str, Any]:
+        return {"name": self.name, "totals": self.totals.document()}
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyView:
+    name: str
+    kind: PolicyKind
+    rings: tuple[RingView, ...]
+    totals: Totals
+
+    def document(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "rings": [r.document() for r in self.rings],
+            "totals": self.totals.document(),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ComplianceView:
+    generated_at: datetime
+    policies: tuple[PolicyView, ...]
+    instances: tuple[InstanceView, ...]  # by policy, then ring order, then id
+    totals: Totals
+
+    @property
+    def rings(self) -> tuple[RingView, ...]:
+        return tuple(r for p in self.policies for r in p.rings)
+
+    @property
+    def title(self) -> str:
+        return ", ".join(p.name for p in self.policies)
+
+    def document(self) -> dict[str, Any]:
+        """The `patchpilot compliance --json` shape (docs/compliance.md)."""
+        return {
+            "version": DOCUMENT_VERSION,
+            "generated_at": _iso(self.generated_at),
+            "totals": self.totals.document(),
+            "policies": [p.document() for p in self.policies],
+            "instances": [i.document() for i in self.instances],
+        }
+
+
+def build_view(
+    policy: Policy, instances: Sequence[Instance], states: Iterable[PatchState], now: datetime
+) -> ComplianceView:
+    """The view of one policy's fleet. Rings and exclusions are the planner's (`planning.assign`);
+    an instance without a PatchState counts as unknown, never compliant."""
+    by_id = {s.instance_id: s for s in states}
+    members, excluded = assign(policy, instances)
+    placed: list[tuple[Instance, str | None, Status | None, str]] = [
+        (i, ring, None, "") for ring, group in members.items() for i in group
+    ]
+    for exclusion in excluded:
+        if exclusion.reason == NO_RING:
+            placed.append((exclusion.instance, None, "unmanaged", "matched no ring of the policy: never patched"))
+        else:
+            reason = f"{exclusion.reason}: never patched"
+            placed.append((exclusion.instance, ring_of(policy, exclusion.instance), "exposed", reason))
+    views = [
+        _instance_view(policy, i, ring, status, reason, by_id.get(i.id), now) for i, ring, status, reason in placed
+    ]
+    return _assemble(now, [_policy_view(policy.name, policy.kind, [r.name for r in policy.rings], views)], views)
+
+
+def _instance_view(
+    policy: Policy,
+    instance: Instance,
+    ring: str | None,
+    placed: Status | None,
+    reason: str,
+    state: PatchState | None,
+    now: datetime,
+) -> InstanceView:
+    state = state or PatchState(instance.id, error="no assessment returned for this machine")
+    missing = tuple(
+        PatchGapView(p, _age(p.released_at, now), in_policy(policy.patches, p))
+        for p in sorted(state.missing, key=_patch_order)
+    )
+    status: Status
+    if placed is not None:
+        status = placed
+        if state.error:
+            reason = f"{reason}; no assessment: {state.error}"
+    elif state.error:
+        status, reason = "unknown", f"no assessment: {state.error}"
+    else:
+        lacking = sum(g.in_policy for g in missing)
+        if lacking or state.reboot_pending:
+            status = "non_compliant"
+            parts = [f"{lacking} missing patch{'es' if lacking != 1 else ''}"] if lacking else []
+            reason = ", ".join([*parts, *(["reboot pending"] if state.reboot_pending else [])])
+        else:
+            status = "compliant"
+    return InstanceView(
+        policy=policy.name,
+        id=instance.id,
+        name=instance.short_name,
+        cloud=instance.cloud,
+        region=instance.region,
+        ring=ring,
+        status=status,
+        reason=reason,
+        missing=missing,
+        reboot_pending=state.reboot_pending,
+        assessed_at=state.assessed_at,
+        last_install_at=state.last_install_at,
+        notes=state.notes,
+    )
+
+
+def _patch_order(patch: MissingPatch) -> tuple[int, str]:
+    return (PATCH_SEVERITIES.index(patch.severity), patch.id)
+
+
+def _age(released: datetime | None, now: datetime) -> int | None:
+    return None if released is None else max((now - released).days, 0)
+
+
+def _policy_view(name: str, kind: PolicyKind, rings: Sequence[str], views: Sequence[InstanceView]) -> PolicyView:
+    names = list(rings) + ([NO_RING_LABEL] if any(v.ring is None for v in views) else [])
+    ring_views = tuple(
+        RingView(name, ring, totals_of(v for v in views if (v.ring or NO_RING_LABEL) == ring)) for ring in names
+    )
+    return PolicyView(name, kind, ring_views, totals_of(views))
+
+
+def _assemble(now: datetime, policies: Sequence[PolicyView], views: Sequence[InstanceView]) -> ComplianceView:
+    order = {(r.policy, r.name): k for k, r in enumerate(r for p in policies for r in p.rings)}
+    ordered = sorted(views, key=lambda v: (order[(v.policy, v.ring or NO_RING_LABEL)], v.name, v.id))
+    return ComplianceView(now, tuple(policies), tuple(ordered), totals_of(ordered))
+
+
+def merge_views(views: Sequence[ComplianceView]) -> ComplianceView:
+    """One report over several policies (a machine two policies cover is listed under each); the
+    totals are over every row. ValueError for no view, or a policy given twice."""
+    if not views:
+        raise ValueError("no compliance view to merge")
+    policies = [p for v in views for p in v.policies]
+    names = [p.name for p in policies]
+    if len(set(names)) != len(names):
+        raise ValueError(f"a policy is given twice: {', '.join(sorted({n for n in names if names.count(n) > 1}))}")
+    instances = [i for v in views for i in v.instances]
+    return _assemble(max(v.generated_at for v in views), policies, instances)
+
+
+def _managed(view: ComplianceView) -> list[InstanceView]:
+    return [i for i in view.instances if i.status not in ("exposed", "unmanaged")]
+
+
+def nothing_pending(view: ComplianceView) -> bool:
+    """True when every machine the policy patches is compliant: a non-periodic policy's window
+    then has nothing to do. A machine without an assessment counts as pending (it may lack patches)."""
+    managed = _managed(view)
+    return bool(managed) and all(i.status == "compliant" for i in managed)
+
+
+def pending_summary(view: ComplianceView) -> str:
+    """One line saying why `nothing_pending` answers as it does."""
+    managed = _managed(view)
+    if not managed:
+        return "no machine to patch"
+    if nothing_pending(view):
+        return f"nothing pending on {_machines(len(managed))}"
+    lacking = [i for i in managed if i.status == "non_compliant"]
+    unknown = [i for i in managed if i.status == "unknown"]
+    parts = []
+    if lacking:
+        count = sum(len(i.gaps) for i in lacking)
+        parts.append(f"{_machines(len(lacking))} lack {count} patch{'es' if count != 1 else ''} or a reboot")
+    if unknown:
+        parts.append(f"{_machines(len(unknown))} without an assessment")
+    return f"{'; '.join(parts)} (of {_machines(len(managed))})"
+
+
+def _machines(count: int) -> str:
+    return f"{count} machine{'s' if count != 1 else ''}"
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None

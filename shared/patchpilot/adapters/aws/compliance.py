@@ -21,13 +21,14 @@ state says so in a note.
 DescribeInstancePatches gives no release date: `released_at` comes from the SSM patch catalogue,
 DescribeAvailablePatches, which lists Windows Server, Amazon Linux 1 and Amazon Linux 2 patches
 only. After the states of an (account, region) are read, each distinct patch is looked up once,
-20 per call (Values of one filter are ORed, filters ANDed; at most 5 filters):
+20 per call (at most 5 filters, ANDed; the Values of one filter taken as ORed, as in patch
+baselines: not verified against live AWS):
 
 - Windows: the KB number, filter `PATCH_ID` (the KB, e.g. KB5048654). A KB listed more than once
   is the same update for several products (one date), or a KB Microsoft reuses for each release
   (the malicious software removal tool, the Defender platform) whose newest release is the one a
   scan reports missing: the latest ReleaseDate is taken.
-- Amazon Linux 2 (a release ending `.amzn2`, e.g. `kernel.x86_64:0:5.10.237-230.949.amzn2`):
+- Amazon Linux 2 (an `amzn2` release, e.g. `kernel.x86_64:0:5.10.237-230.949.amzn2`, `…-24.amzn2.0.16`):
   Linux needs a `PRODUCT` filter, so `PRODUCT` (AmazonLinux2, AmazonLinux2.0) with `NAME`,
   `ARCH`, `VERSION` and `RELEASE`; the answer is matched on all four, since the filters select
   their cross product.

@@ -7,7 +7,8 @@ targets every instance of the region. So:
 - scans are started against `fake_aws.FleetServices`, the stateful Systems Manager of the
   end-to-end tests, answering behind real boto3 clients (requests and answers validated against
   the service model), inside moto (which the fake uses for its own EC2 and S3 reads);
-- patch states are read through a botocore `Stubber` with the answers recorded in
+- patch states and the release dates of the SSM patch catalogue (DescribeAvailablePatches, which
+  moto lacks too) are read through a botocore `Stubber` with the answers recorded in
   tests/events/aws/ (the Stubber checks the requests and the answers against the model).
 
 Each test's docstring says which.
@@ -36,6 +37,7 @@ REGION = "eu-west-1"
 OTHER = "eu-central-1"
 TOKEN = "compliance:web:2026-12-02T05:00"
 GAPS = {"Key": "State", "Values": ["Missing", "Failed", "InstalledPendingReboot"]}
+WINDOWS_KBS = ["KB4052623", "KB5046540", "KB5047001", "KB5048654", "KB5048661", "KB890830"]  # the recorded listing's
 
 
 def machines(count: int, region: str = REGION, prefix: str = "0", os: str = "linux") -> list[Instance]:
@@ -200,12 +202,18 @@ def test_patch_states_come_from_the_counts_and_only_non_compliant_machines_cost_
         recorded(ssm, "DescribeInstancePatches", "ssm_describe_instance_patches_linux"),
         {"InstanceId": failed.id, "Filters": [GAPS], "MaxResults": 100},
     )
+    stub.add_response(  # the Windows patches' release dates; Amazon Linux 2023 is not in the catalogue
+        "describe_available_patches",
+        recorded(ssm, "DescribeAvailablePatches", "ssm_describe_available_patches_windows"),
+        {"Filters": [{"Key": "PATCH_ID", "Values": WINDOWS_KBS}], "MaxResults": 100},
+    )
 
     states = fleet.patch_states([compliant, windows, installed, failed, never])
 
     clients.done()
     assert [s.instance_id for s in states] == ids
     assert clients.count("DescribeInstancePatches") == 2  # not for the compliant ones
+    assert clients.count("DescribeAvailablePatches") == 1
     ok, win, done, broken, unknown = states
     assert ok == PatchState(
         compliant.id,
@@ -238,6 +246,10 @@ def test_windows_and_linux_severities_map_onto_one_scale() -> None:
     )
     stub.add_response(
         "describe_instance_patches", recorded(ssm, "DescribeInstancePatches", "ssm_describe_instance_patches_linux")
+    )
+    stub.add_response(
+        "describe_available_patches",
+        recorded(ssm, "DescribeAvailablePatches", "ssm_describe_available_patches_windows"),
     )
 
     win, lin = fleet.patch_states([windows, linux])
@@ -347,3 +359,169 @@ def test_more_patches_than_listed_are_said_in_a_note() -> None:
 
     assert len(state.missing) == 3
     assert "2 more missing patches counted by SSM but not listed" in state.notes
+
+
+# ---------------------------------------------------------------- release dates (Stubber)
+
+AMAZON_LINUX_2_FILTERS = [
+    {"Key": "PRODUCT", "Values": ["AmazonLinux2", "AmazonLinux2.0"]},
+    {"Key": "NAME", "Values": ["ca-certificates", "kernel", "openssl-libs"]},
+    {"Key": "ARCH", "Values": ["noarch", "x86_64"]},
+    {"Key": "VERSION", "Values": ["1.0.2k", "2025.2.80", "5.10.245"]},
+    {"Key": "RELEASE", "Values": ["1.0.amzn2.0.1", "24.amzn2.0.16", "241.976.amzn2"]},
+]
+
+
+def dated_fleet(stub: Stubber, ssm: Any) -> list[Instance]:
+    """Two Windows Server machines lacking the same patches, one on Amazon Linux 2023 (the recorded
+    Linux listing) and one on Amazon Linux 2; their states and listings stubbed in call order."""
+    windows, also_windows = recorded_instance(2, "windows"), recorded_instance(6, "windows")
+    al2023, al2 = recorded_instance(4), recorded_instance(7)
+    states = recorded(ssm, "DescribeInstancePatchStates", "ssm_describe_instance_patch_states")["InstancePatchStates"]
+    second = {**states[1], "InstanceId": also_windows.id}
+    stub.add_response(
+        "describe_instance_patch_states",
+        {"InstancePatchStates": [states[1], states[3], second, summary(al2.id, missing=3)]},
+    )
+    for instance, listing in (
+        (windows, "windows"),
+        (al2023, "linux"),
+        (also_windows, "windows"),
+        (al2, "amazon_linux_2"),
+    ):
+        stub.add_response(
+            "describe_instance_patches",
+            recorded(ssm, "DescribeInstancePatches", f"ssm_describe_instance_patches_{listing}"),
+            {"InstanceId": instance.id, "Filters": [GAPS], "MaxResults": 100},
+        )
+    return [windows, al2023, also_windows, al2]
+
+
+def test_release_dates_come_from_the_patch_catalogue_looking_each_distinct_patch_up_once() -> None:
+    """Stubber: DescribeAvailablePatches by PATCH_ID (Windows, two pages) and by PRODUCT, NAME, ARCH,
+    VERSION and RELEASE (Amazon Linux 2), recorded answers; Amazon Linux 2023 is not looked up."""
+    clients, stub, fleet = stubbed()
+    ssm = clients.client("ssm", REGION)
+    instances = dated_fleet(stub, ssm)
+    catalogue = recorded(ssm, "DescribeAvailablePatches", "ssm_describe_available_patches_windows")["Patches"]
+    windows_filters = [{"Key": "PATCH_ID", "Values": WINDOWS_KBS}]
+    stub.add_response(
+        "describe_available_patches",
+        {"Patches": catalogue[:4], "NextToken": "page-2"},
+        {"Filters": windows_filters, "MaxResults": 100},
+    )
+    stub.add_response(
+        "describe_available_patches",
+        {"Patches": catalogue[4:]},
+        {"Filters": windows_filters, "MaxResults": 100, "NextToken": "page-2"},
+    )
+    stub.add_response(
+        "describe_available_patches",
+        recorded(ssm, "DescribeAvailablePatches", "ssm_describe_available_patches_amazon_linux_2"),
+        {"Filters": AMAZON_LINUX_2_FILTERS, "MaxResults": 100},
+    )
+
+    windows, al2023, also_windows, al2 = fleet.patch_states(instances)
+
+    clients.done()
+    assert clients.count("DescribeAvailablePatches") == 3  # two pages for Windows, one for Amazon Linux 2
+    november = datetime(2026, 11, 11, 18, 0, tzinfo=UTC)
+    assert {p.id: p.released_at for p in windows.missing} == {
+        "KB5048654": november,  # listed for two products, one date
+        "KB5048661": november,
+        "KB5046540": november,
+        "KB890830": november,
+        "KB5047001": None,  # not in the catalogue
+        "KB4052623": datetime(2026, 11, 27, 17, 30, tzinfo=UTC),  # a reused KB: its newest release
+    }
+    assert also_windows.missing == windows.missing
+    assert [(p.id, p.released_at) for p in al2.missing] == [
+        ("kernel.x86_64", datetime(2026, 11, 19, 22, 41, tzinfo=UTC)),
+        ("openssl-libs.x86_64", datetime(2026, 11, 25, 19, 2, tzinfo=UTC)),
+        ("ca-certificates.noarch", None),  # asked for, not listed
+    ]
+    assert [p.released_at for p in al2023.missing] == [None, None, None]
+    assert not any("release date" in note for s in (windows, al2023, also_windows, al2) for note in s.notes)
+
+
+def test_a_fleet_sharing_many_patches_costs_one_catalogue_lookup_per_twenty_distinct_patches() -> None:
+    """Stubber: 60 Windows machines lacking overlapping slices of 45 KBs; DescribeAvailablePatches
+    is asked for each KB once, 20 PATCH_ID values a call."""
+    clients, stub, fleet = stubbed()
+    kbs = [f"KB50{n:05d}" for n in range(45)]
+    instances = machines(60, os="windows")
+    lacking = {i.id: kbs[n % 31 : n % 31 + 15] for n, i in enumerate(instances)}
+    for chunk in (instances[:50], instances[50:]):
+        stub.add_response(
+            "describe_instance_patch_states",
+            {"InstancePatchStates": [summary(i.id, missing=len(lacking[i.id])) for i in chunk]},
+        )
+        for instance in chunk:
+            stub.add_response(
+                "describe_instance_patches",
+                {
+                    "Patches": [
+                        {
+                            "Title": f"2026-11 Security Update ({kb})",
+                            "KBId": kb,
+                            "Classification": "SecurityUpdates",
+                            "Severity": "Important",
+                            "State": "Missing",
+                            "InstalledTime": datetime(1970, 1, 1, tzinfo=UTC),
+                        }
+                        for kb in lacking[instance.id]
+                    ]
+                },
+            )
+    released = {kb: NOW - timedelta(days=n + 1) for n, kb in enumerate(kbs)}
+    for asked in (kbs[:20], kbs[20:40], kbs[40:]):
+        stub.add_response(
+            "describe_available_patches",
+            {
+                "Patches": [
+                    {"KbNumber": kb, "ReleaseDate": released[kb], "Product": "WindowsServer2022"} for kb in asked
+                ]
+            },
+            {"Filters": [{"Key": "PATCH_ID", "Values": asked}], "MaxResults": 100},
+        )
+
+    states = fleet.patch_states(instances)
+
+    clients.done()
+    assert clients.count("DescribeAvailablePatches") == 3
+    assert all(p.released_at == released[p.id] for s in states for p in s.missing)
+    assert sum(len(s.missing) for s in states) == 60 * 15
+
+
+@pytest.mark.parametrize(
+    ("code", "message"),
+    [
+        ("AccessDeniedException", "not authorized to perform ssm:DescribeAvailablePatches"),
+        ("ThrottlingException", "Rate exceeded"),
+    ],
+)
+def test_a_catalogue_lookup_that_fails_leaves_those_dates_empty_and_says_so_and_the_states_stand(
+    code: str, message: str
+) -> None:
+    """Stubber: DescribeAvailablePatches fails for the Windows patches (denied, or throttled past
+    botocore's retries); the Amazon Linux 2 lookup answers."""
+    clients, stub, fleet = stubbed()
+    ssm = clients.client("ssm", REGION)
+    instances = dated_fleet(stub, ssm)
+    stub.add_client_error("describe_available_patches", code, message, http_status_code=400)
+    stub.add_response(
+        "describe_available_patches",
+        recorded(ssm, "DescribeAvailablePatches", "ssm_describe_available_patches_amazon_linux_2"),
+        {"Filters": AMAZON_LINUX_2_FILTERS, "MaxResults": 100},
+    )
+
+    windows, al2023, also_windows, al2 = fleet.patch_states(instances)
+
+    clients.done()
+    note = f"release date unknown for 6 patches: DescribeAvailablePatches failed: {code}: {message}"
+    for state in (windows, also_windows):
+        assert state.error == "" and len(state.missing) == 6
+        assert all(p.released_at is None for p in state.missing)
+        assert note in state.notes
+    assert [p.released_at is not None for p in al2.missing] == [True, True, False]
+    assert not any("release date" in n for s in (al2023, al2) for n in s.notes)

@@ -16,15 +16,37 @@ What SSM keeps is the LAST patch operation of each instance only (`Operation`,
 reports the compliance it leaves. So `assessed_at` is the end of that operation either way, and
 `last_install_at` is known only when the last operation was an Install with no failed patch
 (`FailedCount == 0`): after a later Scan, SSM no longer says when the last install was, and the
-state says so in a note. DescribeInstancePatches gives no release date (only
-DescribeAvailablePatches does, per product), so `released_at` stays empty on AWS.
+state says so in a note.
+
+DescribeInstancePatches gives no release date: `released_at` comes from the SSM patch catalogue,
+DescribeAvailablePatches, which lists Windows Server, Amazon Linux 1 and Amazon Linux 2 patches
+only. After the states of an (account, region) are read, each distinct patch is looked up once,
+20 per call (at most 5 filters, ANDed; the Values of one filter taken as ORed, as in patch
+baselines: not verified against live AWS):
+
+- Windows: the KB number, filter `PATCH_ID` (the KB, e.g. KB5048654). A KB listed more than once
+  is the same update for several products (one date), or a KB Microsoft reuses for each release
+  (the malicious software removal tool, the Defender platform) whose newest release is the one a
+  scan reports missing: the latest ReleaseDate is taken.
+- Amazon Linux 2 (an `amzn2` release, e.g. `kernel.x86_64:0:5.10.237-230.949.amzn2`, `…-24.amzn2.0.16`):
+  Linux needs a `PRODUCT` filter, so `PRODUCT` (AmazonLinux2, AmazonLinux2.0) with `NAME`,
+  `ARCH`, `VERSION` and `RELEASE`; the answer is matched on all four, since the filters select
+  their cross product.
+- Anything else (Amazon Linux 2023, RHEL, SUSE, Ubuntu, Debian, Amazon Linux 1 whose products are
+  per release, a patch with no version): not in the catalogue or not addressable, `released_at`
+  stays None.
+
+A lookup that fails (AccessDenied, throttled past botocore's retries) leaves the patches it
+covered undated and says so in a note of each state that has one; it never fails the read.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -49,7 +71,13 @@ from .fleet import (
 
 if TYPE_CHECKING:
     from mypy_boto3_ssm import SSMClient
-    from mypy_boto3_ssm.type_defs import CommandTypeDef, InstancePatchStateTypeDef, PatchComplianceDataTypeDef
+    from mypy_boto3_ssm.type_defs import (
+        CommandTypeDef,
+        InstancePatchStateTypeDef,
+        PatchComplianceDataTypeDef,
+        PatchOrchestratorFilterTypeDef,
+        PatchTypeDef,
+    )
 
     from .fleet import Ec2SsmFleet
 
@@ -58,6 +86,10 @@ GAP_STATES: dict[str, PatchGap] = {"Missing": "missing", "Failed": "failed", "In
 PATCH_PAGE = 100  # DescribeInstancePatches MaxResults (10-100)
 PATCH_PAGES_PER_INSTANCE = 10  # at most 1,000 patches listed per instance; the rest is counted in a note
 NO_STATE = "no patch state: never scanned, or not a managed instance"
+CATALOGUE_IDS_PER_CALL = 20  # patches looked up per DescribeAvailablePatches (the Values of one filter)
+CATALOGUE_PAGE = 100  # DescribeAvailablePatches MaxResults (1-100)
+CATALOGUE_PAGES_PER_CALL = 10  # a KB applies to a handful of products: 1,000 rows is plenty
+AMAZON_LINUX_2_PRODUCTS = ["AmazonLinux2", "AmazonLinux2.0"]
 
 # MSRC severities (Windows) and the Linux vendors' (Amazon Linux, RHEL, SUSE: Critical, Important,
 # Moderate or Medium, Low; Ubuntu and Debian: critical, high, medium, low, negligible) on one scale.
@@ -193,20 +225,20 @@ def patch_states(fleet: Ec2SsmFleet, instances: Sequence[Instance]) -> list[Patc
                     instance.id, error=f"SSM unreachable in {where(placement)}: {failure(exc)}"
                 )
             continue
+        here: dict[str, PatchState] = {}
         for chunk in _chunks([i.id for i in group], SSM_IDS_PER_CALL):
             try:
                 summaries = _summaries(ssm, chunk)
             except (ClientError, BotoCoreError) as exc:
                 for instance_id in chunk:
-                    found[instance_id] = PatchState(
+                    here[instance_id] = PatchState(
                         instance_id, error=f"DescribeInstancePatchStates failed: {failure(exc)}"
                     )
                 continue
             for instance_id in chunk:
                 summary = summaries.get(instance_id)
-                found[instance_id] = (
-                    PatchState(instance_id, error=NO_STATE) if summary is None else _state(ssm, summary)
-                )
+                here[instance_id] = PatchState(instance_id, error=NO_STATE) if summary is None else _state(ssm, summary)
+        found.update(_dated(ssm, here))
     return [found[i.id] for i in instances]
 
 
@@ -301,6 +333,89 @@ def _linux_version(name: str, title: str) -> str:
     """Linux titles read `<package>.<arch>:<epoch>:<version>-<release>`: the version part."""
     match = re.fullmatch(re.escape(name) + r":(?:\d+:)?(.+)", title)
     return match.group(1) if match else ""
+
+
+# ---------------------------------------------------------------- release dates
+
+# A patch as the catalogue is asked for it: ("windows", KB) or ("al2", name, arch, version, release).
+CatalogueKey = tuple[str, ...]
+
+
+def _catalogue_key(patch: MissingPatch) -> CatalogueKey | None:
+    """How DescribeAvailablePatches can find `patch`, or None where it cannot."""
+    if re.fullmatch(r"KB\d+", patch.id):
+        return ("windows", patch.id)
+    name, dot, arch = patch.id.rpartition(".")
+    version, dash, release = patch.version.rpartition("-")
+    if dot and dash and name and version and re.fullmatch(r"(?:.+\.)?amzn2(?:\.\d+)*", release):
+        return ("al2", name, arch, version, release)
+    return None
+
+
+def _dated(ssm: SSMClient, states: dict[str, PatchState]) -> dict[str, PatchState]:
+    """`states` with the release dates of their missing patches, each distinct patch looked up once."""
+    wanted = {k for s in states.values() for p in s.missing if (k := _catalogue_key(p)) is not None}
+    if not wanted:
+        return states
+    dates, failed = _release_dates(ssm, wanted)
+    dated: dict[str, PatchState] = {}
+    for instance_id, state in states.items():
+        keys = [_catalogue_key(p) for p in state.missing]
+        missing = tuple(
+            replace(p, released_at=dates[k]) if k is not None and k in dates else p
+            for p, k in zip(state.missing, keys, strict=True)
+        )
+        problems = [failed[k] for k in keys if k is not None and k in failed]
+        notes = state.notes
+        for problem, count in Counter(problems).items():
+            notes += (f"release date unknown for {count} patches: DescribeAvailablePatches failed: {problem}",)
+        dated[instance_id] = replace(state, missing=missing, notes=notes)
+    return dated
+
+
+def _release_dates(
+    ssm: SSMClient, wanted: set[CatalogueKey]
+) -> tuple[dict[CatalogueKey, datetime], dict[CatalogueKey, str]]:
+    """The catalogue's release date of each patch it lists, and why for the ones whose lookup failed."""
+    dates: dict[CatalogueKey, datetime] = {}
+    failed: dict[CatalogueKey, str] = {}
+    for platform in ("windows", "al2"):
+        for chunk in _chunks(sorted(k for k in wanted if k[0] == platform), CATALOGUE_IDS_PER_CALL):
+            try:
+                rows = _catalogue(ssm, _catalogue_filters(chunk))
+            except (ClientError, BotoCoreError) as exc:
+                failed.update((k, failure(exc)) for k in chunk)
+                continue
+            asked = set(chunk)
+            for row in rows:
+                key = _row_key(platform, row)
+                released = row.get("ReleaseDate")
+                if key in asked and released is not None and (key not in dates or released > dates[key]):
+                    dates[key] = released
+    return dates, failed
+
+
+def _catalogue_filters(chunk: list[CatalogueKey]) -> list[PatchOrchestratorFilterTypeDef]:
+    if chunk[0][0] == "windows":
+        return [{"Key": "PATCH_ID", "Values": [k[1] for k in chunk]}]
+    filters: list[PatchOrchestratorFilterTypeDef] = [{"Key": "PRODUCT", "Values": AMAZON_LINUX_2_PRODUCTS}]
+    for n, key in enumerate(("NAME", "ARCH", "VERSION", "RELEASE"), start=1):
+        filters.append({"Key": key, "Values": sorted({k[n] for k in chunk})})
+    return filters
+
+
+def _catalogue(ssm: SSMClient, filters: list[PatchOrchestratorFilterTypeDef]) -> list[PatchTypeDef]:
+    pages = ssm.get_paginator("describe_available_patches").paginate(
+        Filters=filters,
+        PaginationConfig={"PageSize": CATALOGUE_PAGE, "MaxItems": CATALOGUE_PAGE * CATALOGUE_PAGES_PER_CALL},
+    )
+    return [row for page in pages for row in page.get("Patches", [])]
+
+
+def _row_key(platform: str, row: PatchTypeDef) -> CatalogueKey:
+    if platform == "windows":
+        return ("windows", row.get("KbNumber", ""))
+    return ("al2", row.get("Name", ""), row.get("Arch", ""), row.get("Version", ""), row.get("Release", ""))
 
 
 def _day(moment: datetime | None) -> str:

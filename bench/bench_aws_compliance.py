@@ -5,8 +5,7 @@ the compliance Scan is started (`start_assessment`), then, once it has ended, th
 are read (`patch_states`) and the maintenance watch runs (`upcoming_maintenance`, RDS and Health
 on). The fleet runs Amazon Linux 2, so the missing patches' release dates are looked up in the
 SSM patch catalogue (DescribeAvailablePatches). Systems Manager is the stateful fake of
-tests/fake_aws.py (Scans and the patch state counts included), with DescribeAvailablePatches
-answered here from the fake's released patches (neither moto nor the fake plays it); EC2 and
+tests/fake_aws.py (Scans, the patch state counts and the patch catalogue included); EC2 and
 RDS's DescribeDBInstances/DescribeDBClusters are moto; RDS pending maintenance and AWS Health
 answer the payloads recorded in tests/events/aws/ (moto has neither).
 
@@ -22,7 +21,6 @@ from __future__ import annotations
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -33,7 +31,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 import boto3  # noqa: E402
 from aws_payloads import recorded  # noqa: E402
 from clocks import ManualClock  # noqa: E402
-from fake_aws import Clients, FleetServices, Patch, _answer, moto_image, serve  # noqa: E402
+from fake_aws import Clients, FleetServices, Patch, moto_image, serve  # noqa: E402
 from moto_support import aws  # noqa: E402
 from results_file import write_results  # noqa: E402
 
@@ -75,8 +73,6 @@ def setup(clock: ManualClock) -> tuple[Ec2SsmFleet, Clients, FleetServices, list
             services.machines[instance_id].installed.extend((p.id, released) for p in patches)
         fleet_instances.append(Instance(id=instance_id, cloud="aws", region=REGION, os="linux"))
     clients = Clients(services)
-    ssm = clients("ssm", None, REGION)
-    serve_before_the_fake(ssm, {"DescribeAvailablePatches": lambda params: catalogue(services.patches, params)})
     rds = clients("rds", None, REGION)
     serve(
         rds,
@@ -97,32 +93,6 @@ def setup(clock: ManualClock) -> tuple[Ec2SsmFleet, Clients, FleetServices, list
         },
     )
     return Ec2SsmFleet(clients, clock, default_region=REGION), clients, services, fleet_instances
-
-
-def serve_before_the_fake(client: Any, handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]]) -> None:
-    """`serve` for operations of an SSM client the fake answers: botocore calls the fake's
-    `before-call.ssm.*` hook before a hook named for the operation, so this one is registered
-    first on that same event (the fake's parameter hook has kept the parameters already)."""
-
-    def answer(model: Any, context: dict[str, Any], **_: Any) -> Any:
-        return _answer(model, context, handlers) if model.name in handlers else None
-
-    client.meta.events.register_first("before-call.ssm.*", answer)
-
-
-def catalogue(patches: list[Patch], params: dict[str, Any]) -> dict[str, Any]:
-    """DescribeAvailablePatches over the released Amazon Linux 2 patches: the Values of a filter
-    ORed, the filters ANDed; one page (the bench asks for two patches)."""
-    rows = []
-    for patch in patches:
-        name, arch = patch.id.rsplit(".", 1)
-        version, release = patch.title.split(":")[-1].rsplit("-", 1)
-        fields = {"PRODUCT": "AmazonLinux2", "NAME": name, "ARCH": arch, "VERSION": version, "RELEASE": release}
-        if all(fields.get(f["Key"]) in f["Values"] for f in params.get("Filters", [])):
-            rows.append(
-                {"Name": name, "Arch": arch, "Version": version, "Release": release, "ReleaseDate": patch.released}
-            )
-    return {"Patches": rows}
 
 
 def counted(clients: Clients) -> Counter[tuple[str, str]]:

@@ -286,6 +286,7 @@ class FleetServices:
             "ListCommandInvocations": self._list_command_invocations,
             "DescribeInstancePatches": self._describe_instance_patches,
             "DescribeInstancePatchStates": self._describe_instance_patch_states,
+            "DescribeAvailablePatches": self._describe_available_patches,
         }
         return _answer(model, context, handlers)
 
@@ -469,6 +470,32 @@ class FleetServices:
         states = [s for s in (self._patch_state(i, now) for i in ids if i in self.machines) if s is not None]
         page, more = _page(states, params, 10, 100, "ValidationException")
         return {"InstancePatchStates": page, **more}
+
+    def _describe_available_patches(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The patch catalogue over the released patches: Windows ones by PATCH_ID (the KB), Linux
+        ones whose id and title read as Amazon Linux 2's (`<name>.<arch>`, `…:<version>-<release>`)
+        by PRODUCT, NAME, ARCH, VERSION and RELEASE; a filter's Values ORed, the filters ANDed; one page."""
+        rows = []
+        for patch in self.patches:
+            if patch.os == "windows":
+                fields = {"PATCH_ID": patch.id}
+                row: dict[str, Any] = {"KbNumber": patch.id, "ReleaseDate": patch.released}
+            elif "." in patch.id and ":" in patch.title:
+                name, arch = patch.id.rsplit(".", 1)
+                version, release = patch.title.split(":")[-1].rsplit("-", 1)
+                fields = {"PRODUCT": "AmazonLinux2", "NAME": name, "ARCH": arch, "VERSION": version, "RELEASE": release}
+                row = {
+                    "Name": name,
+                    "Arch": arch,
+                    "Version": version,
+                    "Release": release,
+                    "ReleaseDate": patch.released,
+                }
+            else:
+                continue
+            if all(fields.get(f["Key"]) in f["Values"] for f in params.get("Filters", [])):
+                rows.append(row)
+        return {"Patches": rows}
 
     def _patch_state(self, instance_id: str, now: datetime) -> dict[str, Any] | None:
         """The counts SSM keeps after the last operation that has ended; None before any."""

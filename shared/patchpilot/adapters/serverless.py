@@ -370,6 +370,28 @@ class ServerlessRuntime:
 
     # ------------------------------------------------------------ the timer: policy kinds, compliance
 
+    def trigger(self) -> TriggerDecision:
+        """The timer (every 15 minutes): the maintenance watch and the compliance scans, the
+        "run scheduled" heads-up, then the scheduled run when its window has begun (at most once)."""
+        policy, now = self.policy(), self.clock.now()
+        self.maintenance_tick(policy, now)  # hourly reads, alerts and digests (never raises)
+        self.compliance_tick(policy, now)  # never raises
+        held = self.scheduled_elsewhere(policy)
+        if held is not None:
+            return held
+        decision = self.scheduled_decision(policy, now)  # by the policy's kind
+        self.routed.announce(policy, now)  # "run scheduled", a while before a window
+        if decision.start:
+            discovered = self.fleet.discover(policy)
+            # every instance found, the unreachable ones included: planned once, skipped at the probe
+            self.service.start(decision.run_id, policy, discovered.instances)
+        return decision
+
+    def scheduled_elsewhere(self, policy: Policy) -> TriggerDecision | None:
+        """A decision when something else than this timer runs the policy's windows (Azure Update
+        Manager schedules); None when the timer does."""
+        return None
+
     def scheduled_decision(self, policy: Policy, now: datetime) -> TriggerDecision:
         """Whether the timer starts the scheduled run, by the policy's kind: a frozen or an
         emergency policy never does; a non-periodic one skips a window in which none of its
@@ -388,8 +410,12 @@ class ServerlessRuntime:
         from patchpilot.compliance.render import skipped_notice
         from patchpilot.compliance.report import build_view, nothing_pending, pending_summary
 
-        instances = self._managed(policy, self.fleet.discover(policy).instances)
-        view = build_view(policy, instances, self.fleet.patch_states(instances), now)
+        try:
+            instances = self._managed(policy, self.fleet.discover(policy).instances)
+            view = build_view(policy, instances, self.fleet.patch_states(instances), now)
+        except Exception as error:  # the window would be lost (the next tick is past it): patch
+            self.log.warning("policy %s: pending patches not read (%s): the run starts", policy.name, error)
+            return decision
         if not nothing_pending(view):
             return decision
         notice = skipped_notice(decision.run_id, policy.name, pending_summary(view))

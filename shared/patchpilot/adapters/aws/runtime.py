@@ -35,7 +35,6 @@ if TYPE_CHECKING:
     from patchpilot.adapters.aws.sqs_queue import SqsQueue
     from patchpilot.ports import Claims, Clock, Notifier, RunStore
     from patchpilot.service import Service
-    from patchpilot.triggers import TriggerDecision
 
 
 class AwsEnvironment(BaseModel):
@@ -144,20 +143,6 @@ class AwsRuntime(ServerlessRuntime):
             return  # a hop forwarded or an unreadable body dead-lettered: done
         on_run(delivery.message.run_id)
         self.service.handle(delivery)
-
-    def trigger(self) -> TriggerDecision:
-        """The timer: start the scheduled run when its window has begun (at most once)."""
-        policy = self.policy()
-        self.maintenance_tick(policy, self.clock.now())  # hourly reads, alerts and digests (never raises)
-        self.compliance_tick(policy, self.clock.now())
-        decision = self.scheduled_decision(policy, self.clock.now())  # by the policy's kind
-        self.routed.announce(policy, self.clock.now())  # "run scheduled", a while before a window
-        if decision.start:
-            discovered = self.fleet.discover(policy)
-            # `instances` holds every instance found, the unreachable ones included (they are
-            # planned once and skipped at the probe, with why).
-            self.service.start(decision.run_id, policy, discovered.instances)
-        return decision
 
 
 @functools.cache

@@ -295,26 +295,17 @@ class AzureRuntime(ServerlessRuntime):
         on_run(delivery.message.run_id)
         self.service.handle(delivery)
 
-    def trigger(self) -> TriggerDecision:
-        """The timer: start the scheduled run when its window has begun (at most once)."""
+    def scheduled_elsewhere(self, policy: Policy) -> TriggerDecision | None:
+        """Update Manager's schedules run a policy with azure.maintenance: no run of the timer's."""
         from patchpilot.triggers import TriggerDecision
 
-        policy = self.policy()
-        self.maintenance_tick(policy, self.clock.now())  # hourly reads, alerts and digests (never raises)
-        self.compliance_tick(policy, self.clock.now())
-        if policy.azure is not None and policy.azure.maintenance is not None:
-            return TriggerDecision(
-                False,
-                f"Update Manager schedules run policy {policy.name} (azure.maintenance): "
-                "PatchPilot acts on their pre- and post-maintenance events",
-            )
-        decision = self.scheduled_decision(policy, self.clock.now())  # by the policy's kind
-        self.routed.announce(policy, self.clock.now())  # "run scheduled", a while before a window
-        if decision.start:
-            discovered = self.fleet.discover(policy)
-            # every instance found, the unreachable ones included: planned once, skipped at the probe
-            self.service.start(decision.run_id, policy, discovered.instances)
-        return decision
+        if policy.azure is None or policy.azure.maintenance is None:
+            return None
+        return TriggerDecision(
+            False,
+            f"Update Manager schedules run policy {policy.name} (azure.maintenance): "
+            "PatchPilot acts on their pre- and post-maintenance events",
+        )
 
     def maintenance_event(self, raw: object) -> list[str]:
         """Event Grid's delivery of Update Manager events (either schema, any key casing): one

@@ -257,6 +257,14 @@ def test_a_non_periodic_window_with_patches_pending_starts_its_run() -> None:
     assert decision.start and decision.run_id == "fleet-20261212-0200" and rt.sent.notices == []
 
 
+def test_a_non_periodic_window_whose_patches_cannot_be_read_starts_its_run(caplog: pytest.LogCaptureFixture) -> None:
+    # The next tick is past the window's start: skipping on an error would lose the month.
+    rt = runtime(WINDOW + timedelta(minutes=1), FakeFleet(fail=True), POLICY + "kind: non_periodic\n")
+    decision = rt.scheduled_decision(rt.policy(), rt.clock.now())
+    assert decision.start and decision.run_id == "fleet-20261212-0200" and rt.sent.notices == []
+    assert "pending patches not read (EC2 unreachable): the run starts" in caplog.text
+
+
 def test_a_non_periodic_policy_reads_nothing_before_its_window() -> None:
     rt = runtime(WINDOW - timedelta(hours=1), policy=POLICY + "kind: non_periodic\n")
     assert not rt.scheduled_decision(rt.policy(), rt.clock.now()).start and rt.fleet.reads == 0

@@ -199,14 +199,14 @@ def _read_states(
     sources: Sequence[Source], clock: Clock, scanned_after: datetime | None, wait: timedelta, refused: set[str]
 ) -> dict[int, list[PatchState]]:
     """Every source's patch states; with `scanned_after`, polled until each machine's assessment
-    is newer or `wait` has passed (machines the scan was refused on, or that report an error, are
-    not waited for)."""
+    is newer or `wait` has passed (machines the scan was refused on are not waited for; one that
+    reports an error is: a machine never assessed before has no state until its first scan ends)."""
     deadline = clock.now() + wait
     while True:
         states = {id(s): s.assessor.patch_states(s.instances) for s in sources}
         if scanned_after is None:
             return states
-        waiting = [st for group in states.values() for st in group if not (st.error or st.instance_id in refused)]
+        waiting = [st for group in states.values() for st in group if st.instance_id not in refused]
         done = sum(1 for st in waiting if st.assessed_at is not None and st.assessed_at >= scanned_after)
         click.echo(f"scan: {done} of {len(waiting)} machines assessed", err=True)
         if done == len(waiting):

@@ -395,7 +395,7 @@ class ServerlessRuntime:
     def scheduled_decision(self, policy: Policy, now: datetime) -> TriggerDecision:
         """Whether the timer starts the scheduled run, by the policy's kind: a frozen or an
         emergency policy never does; a non-periodic one skips a window in which none of its
-        machines lacks anything (and says so, once per window: the notice id is the window's)."""
+        machines lacks anything (and says so, once per window: the notice id is the window's, claimed)."""
         from patchpilot.triggers import TriggerDecision, scheduled_trigger
 
         if policy.kind == "frozen":
@@ -419,7 +419,10 @@ class ServerlessRuntime:
         if not nothing_pending(view):
             return decision
         notice = skipped_notice(decision.run_id, policy.name, pending_summary(view))
-        self.routed.send(notice, policy.notifications)
+        # Claimed durably: a retried tick in another container must not say it twice.
+        until = (decision.window.end if decision.window else now) + CLAIM_MARGIN
+        if self.claims.claim(notice.id, until):
+            self.routed.send(notice, policy.notifications)
         return TriggerDecision(False, f"skipped: {pending_summary(view)}", decision.run_id, decision.window)
 
     @staticmethod

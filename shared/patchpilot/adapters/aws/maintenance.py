@@ -118,6 +118,8 @@ def _policy_placements(
     regions = list(settings.regions) if settings and settings.regions else [fleet.default_region]
     accounts: list[str | None] = [a.id for a in settings.accounts] if settings and settings.accounts else [None]
     placements = [(account, region) for account in accounts for region in regions]
+    if accounts == [None]:  # the current account, which the fleet's instances name by id: read each place once
+        placements = [p for p in placements if not any(region == p[1] for _, region in by_placement)]
     placements += [p for p in by_placement if p not in placements]
     return placements
 

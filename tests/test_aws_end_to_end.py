@@ -684,6 +684,19 @@ def test_an_inspector_finding_on_eventbridge_starts_one_emergency_run_and_a_repe
     again = deliver(finding)  # EventBridge delivers it twice
     assert again["answers"][0].startswith("Merged CVE-2025-0001") and f"into run {run_id}" in again["answers"][0]
     assert [r for r in world.runtime().store.run_ids() if "-emergency-" in r] == [run_id]
+    # The run installs only the fixes, though more patches are released and the baseline would take them.
+    world.services.release(Patch("openssl", "linux", START - timedelta(days=4)))
+    world.work()
+    run = world.load(run_id)
+    assert run.status == "succeeded", run.reason
+    installed = {r.instance.name: tuple(r.installed) for r in run.records() if r.state == "patched"}
+    assert installed and set(installed.values()) == {("openssl",)}, installed
+    ((url, approved),) = world.services.baseline_reads[:1]
+    assert url.startswith(f"s3://{BUCKET}/runs/{run_id}/") and url.endswith("/linux-baseline.json")
+    assert approved["AMAZON_LINUX_2023"] == ["openssl", "openssl-libs"]
+    assert all(u.endswith("linux-baseline.json") for u, _ in world.services.baseline_reads)
+    assert world.services.override_reads  # later rings: pinned to what staging installed
+    assert {tuple(ids) for _, ids in world.services.override_reads} == {("openssl",)}
     malformed = deliver({**finding, "detail": {**finding["detail"], "packageVulnerabilityDetails": {}}})
     assert malformed["answers"] == [] and "vulnerabilityId" in " ".join(malformed["problems"])
     allowed = _template_actions()["advisory"]

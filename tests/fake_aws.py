@@ -12,9 +12,10 @@ Manager and EC2's replace-root-volume tasks as services with state, on the test'
 - SSM commands run for a while (`INSTALL_TIME`, `SCRIPT_TIME`) and then succeed or fail per
   instance; ListCommands and ListCommandInvocations report them as SSM does, paginated;
 - AWS-RunPatchBaseline installs what has been released for the instance's OS, or exactly its
-  InstallOverrideList (read from moto's S3), and DescribeInstancePatches then reports it; with
-  Operation=Scan it installs nothing, and DescribeInstancePatchStates reports the counts of the
-  last operation that has ended (Scan or Install), as SSM keeps only the last one;
+  InstallOverrideList, or what its BaselineOverride's baseline for the host OS approves (Amazon
+  Linux 2023 or Windows; both read from moto's S3), and DescribeInstancePatches then reports it;
+  with Operation=Scan it installs nothing, and DescribeInstancePatchStates reports the counts of
+  the last operation that has ended (Scan or Install), as SSM keeps only the last one;
 - the health script fails on an instance that a patch broke (`manage(breaks_when_patched=True)`)
   until a replace-root-volume task for it has succeeded, which also takes its patches away;
 - a replace-root-volume task must name a snapshot of the instance's root volume (checked in
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -63,6 +65,7 @@ TASK_PENDING = timedelta(minutes=1)  # a replace-root-volume task: pending, then
 TASK_TIME = timedelta(minutes=6)  # ... until it has succeeded
 NEVER = datetime(1970, 1, 1, tzinfo=UTC)  # DescribeInstancePatches' InstalledTime of a missing patch
 HEALTH_FAILURE = "curl: (22) The requested URL returned error: 500"
+HOST_OS: dict[OsFamily, str] = {"linux": "AMAZON_LINUX_2023", "windows": "WINDOWS"}  # the fake machines' systems
 
 _PARAMS = "fake_aws.params"  # where `before-parameter-build` leaves the API parameters for `before-call`
 
@@ -226,6 +229,7 @@ class FleetServices:
         self.commands: list[SsmCommand] = []
         self.tasks: list[RootVolumeTask] = []
         self.override_reads: list[tuple[str, list[str]]] = []  # (InstallOverrideList URL, patch ids)
+        self.baseline_reads: list[tuple[str, dict[str, list[str]]]] = []  # (BaselineOverride URL, approvals by OS)
         self._ids = itertools.count(1)
         # moto clients for the fake's own reads: not the runtime's, so not counted.
         self._ec2 = boto3.client("ec2", region_name=region)
@@ -377,7 +381,11 @@ class FleetServices:
         if parameters.get("Operation") != ["Install"]:
             raise AssertionError(f"the fake plays Operation=Install and Scan only, not {parameters.get('Operation')}")
         overrides = parameters.get("InstallOverrideList")
+        baselines = parameters.get("BaselineOverride")
+        if overrides and baselines:  # AWS-RunPatchBaseline fails when given both
+            raise ServiceError("InvalidParameters", "BaselineOverride and InstallOverrideList cannot be used together")
         pinned = self._override_list(overrides[0]) if overrides else None
+        approved = self._baseline_override(baselines[0]) if baselines else None
         results = {}
         for instance_id in ids:
             machine = self.machines[instance_id]
@@ -385,6 +393,9 @@ class FleetServices:
             released = [p for p in self.patches if p.os == machine.os and p.released <= now]
             if pinned is not None:  # exactly the listed patches that apply to this OS
                 chosen = [p.id for p in released if p.id in pinned and p.id not in have]
+            elif approved is not None:  # the host OS's baseline of the override: its ApprovedPatches only
+                listed = approved.get(HOST_OS[machine.os], [])
+                chosen = [p.id for p in released if p.id in listed and p.id not in have]
             else:
                 chosen = [p.id for p in released if p.id not in have]
             machine.installed.extend((p, done) for p in chosen)
@@ -393,6 +404,22 @@ class FleetServices:
                 machine.broken_at = done
             results[instance_id] = Invocation("Success", 0, f"{len(chosen)} patches installed")
         return results
+
+    def _baseline_override(self, url: str) -> dict[str, list[str]]:
+        """ApprovedPatches per OperatingSystem of a BaselineOverride document (approval rules
+        must be empty: the fake plays explicit approvals only)."""
+        bucket, _, key = url.removeprefix("s3://").partition("/")
+        try:
+            document = json.loads(self._s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+        except ClientError as error:
+            raise ServiceError("InvalidParameters", f"BaselineOverride {url}: {error}") from None
+        approved: dict[str, list[str]] = {}
+        for baseline in document:
+            if baseline.get("ApprovalRules", {}).get("PatchRules"):
+                raise AssertionError("the fake plays BaselineOverride documents without approval rules only")
+            approved[baseline["OperatingSystem"]] = list(baseline.get("ApprovedPatches", []))
+        self.baseline_reads.append((url, approved))
+        return approved
 
     def _override_list(self, url: str) -> list[str]:
         bucket, _, key = url.removeprefix("s3://").partition("/")

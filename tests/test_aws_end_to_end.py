@@ -50,6 +50,7 @@ from clocks import ManualClock
 from fake_aws import Clients, EventSourceMapping, FakeLambdaContext, FleetServices, Patch, moto_image
 from moto_support import ACCOUNT, aws, depth, sqs_follows
 from slack_sdk.signature import SignatureVerifier
+from webhook_server import Reply, webhook_server
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the Lambda handlers live at the root
 
@@ -683,6 +684,19 @@ def test_an_inspector_finding_on_eventbridge_starts_one_emergency_run_and_a_repe
     again = deliver(finding)  # EventBridge delivers it twice
     assert again["answers"][0].startswith("Merged CVE-2025-0001") and f"into run {run_id}" in again["answers"][0]
     assert [r for r in world.runtime().store.run_ids() if "-emergency-" in r] == [run_id]
+    # The run installs only the fixes, though more patches are released and the baseline would take them.
+    world.services.release(Patch("openssl", "linux", START - timedelta(days=4)))
+    world.work()
+    run = world.load(run_id)
+    assert run.status == "succeeded", run.reason
+    installed = {r.instance.name: tuple(r.installed) for r in run.records() if r.state == "patched"}
+    assert installed and set(installed.values()) == {("openssl",)}, installed
+    ((url, approved),) = world.services.baseline_reads[:1]
+    assert url.startswith(f"s3://{BUCKET}/runs/{run_id}/") and url.endswith("/linux-baseline.json")
+    assert approved["AMAZON_LINUX_2023"] == ["openssl", "openssl-libs"]
+    assert all(u.endswith("linux-baseline.json") for u, _ in world.services.baseline_reads)
+    assert world.services.override_reads  # later rings: pinned to what staging installed
+    assert {tuple(ids) for _, ids in world.services.override_reads} == {("openssl",)}
     malformed = deliver({**finding, "detail": {**finding["detail"], "packageVulnerabilityDetails": {}}})
     assert malformed["answers"] == [] and "vulnerabilityId" in " ".join(malformed["problems"])
     allowed = _template_actions()["advisory"]
@@ -693,3 +707,54 @@ def test_an_inspector_finding_on_eventbridge_starts_one_emergency_run_and_a_repe
         for action in _iam(service, op, params)
     }
     assert made and made <= allowed
+
+
+def test_each_notice_reaches_slack_once_across_containers_and_a_failed_one_is_recorded_in_the_run(
+    world: World,
+) -> None:
+    """Real HTTP to the local webhook server; claims on the run table (DynamoDB), the undelivered
+    record through SQS into the run, every call allowed by the worker's role."""
+    slack_path, teams_path = "/slack/T0/B0/secret-slack-token", "/teams/workflows/invoke?sig=secret-teams-sig"
+    with webhook_server() as server:
+        server.always(teams_path, Reply(404, "no_service"))
+        secrets = boto3.client("secretsmanager", region_name=REGION)
+        secrets.create_secret(Name="patchpilot-notifications-ops", SecretString=server.url(slack_path))
+        secrets.create_secret(Name="patchpilot-notifications-oncall", SecretString=server.url(teams_path))
+        routed = POLICY + (
+            "notifications:\n"
+            "  channels:\n"
+            "    - {name: ops, kind: slack, webhook: patchpilot-notifications-ops}\n"
+            "    - {name: oncall, kind: teams, webhook: patchpilot-notifications-oncall}\n"
+            "  routes:\n"
+            '    - {topics: "*", channels: [ops]}\n'
+            "    - {topics: [run_started], channels: [oncall]}\n"
+        )
+        boto3.client("s3", region_name=REGION).put_object(Bucket=BUCKET, Key=POLICY_KEY, Body=routed.encode())
+        world.clock.set(START + timedelta(minutes=5))
+        run_id = world.timer()["run_id"]
+        world.work()
+        posted = [p.raw for p in server.to(slack_path)]
+        assert any(f"Run started: {run_id}".encode() in raw for raw in posted) and len(posted) == len(set(posted))
+
+        # The run's first notice delivered again, to a new worker container: not posted again.
+        world.runtime().queue.publish(
+            [Notify(id=f"{run_id}:notify:run_started", run_id=run_id, topic="run_started", text="again")]
+        )
+        world.function = ""  # the next invocation is a cold start
+        world.work()
+        assert [p.raw for p in server.to(slack_path)] == posted
+        assert len(server.to(teams_path)) == 2  # the failed channel was given up, so the redelivery tried it again
+
+        run = world.load(run_id)
+        assert run.status == "waiting_approval"
+        assert [(n.topic, n.channel, n.reason) for n in run.undelivered] == [  # recorded once
+            ("run_started", "oncall", "HTTP 404: no_service")
+        ]
+    allowed = _template_actions()["worker"]
+    made = {
+        action
+        for caller, service, op, params in world.clients.calls
+        if caller == "worker"
+        for action in _iam(service, op, params)
+    }
+    assert "dynamodb:PutItem" in made and made <= allowed

@@ -10,6 +10,7 @@ every canned answer against the real service model. Each test's docstring says w
 from __future__ import annotations
 
 import functools
+import json
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -552,6 +553,153 @@ def test_a_pinned_ring_installs_exactly_the_pinned_patches_through_an_override_l
         assert url == f"s3://{BUCKET}/{prefix}/{os}.yaml"
         body = s3.get_object(Bucket=BUCKET, Key=url.removeprefix(f"s3://{BUCKET}/"))["Body"].read()
         assert yaml.safe_load(body) == {"patches": [{"id": patch} for patch in pinned[os]]}
+
+
+def emergency_command(targets: list[Instance], fixes: list[str], **kwargs: Any) -> InstallPatches:
+    """An emergency run's first ring: only the advisory's fixes, no classification."""
+    return install_command(targets, **kwargs).model_copy(update={"classifications": [], "include": fixes})
+
+
+def override_shape_errors(document: Any) -> list[str]:
+    """What the SSM model's BaselineOverride shape finds wrong in each baseline of the document."""
+    from botocore.session import get_session
+    from botocore.validate import ParamValidator
+
+    shape = get_session().get_service_model("ssm").shape_for("BaselineOverride")
+    assert isinstance(document, list) and document
+    reports = [ParamValidator().validate(entry, shape) for entry in document]
+    return [report.generate_report() for report in reports if report.has_errors()] + [
+        f"{entry} has no OperatingSystem" for entry in document if "OperatingSystem" not in entry
+    ]
+
+
+def test_an_emergency_first_ring_installs_exactly_the_fixes_through_a_baseline_override(
+    harness: Harness, clock: ManualClock
+) -> None:
+    """moto: S3 (the override bucket, read back); Stubber: ListCommands and SendCommand, whose
+    parameters the Stubber checks exactly; the documents are checked against the SSM model's
+    BaselineOverride shape."""
+    boto3.client("s3", region_name=REGION).create_bucket(
+        Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION}
+    )
+    linux, windows = fake(2, prefix="1"), fake(1, os="windows", prefix="2")
+    command = emergency_command([*linux, *windows], ["openssl", "KB5048661"]).model_copy(
+        update={"exclude": ["kernel*"]}
+    )
+    prefix = f"runs/{RUN}/{RUN}_w1_install"
+    stub = harness.stub()
+    expect_list_commands(stub, "AWS-RunPatchBaseline", [], clock.now())
+    for os, group in (("linux", linux), ("windows", windows)):
+        expect_send(
+            stub,
+            {
+                "InstanceIds": sorted(t.id for t in group),
+                "DocumentName": "AWS-RunPatchBaseline",
+                "Parameters": {
+                    "Operation": ["Install"],
+                    "RebootOption": ["RebootIfNeeded"],
+                    "BaselineOverride": [f"s3://{BUCKET}/{prefix}/{os}-baseline.json"],
+                },
+                "Comment": ANY,
+                "MaxConcurrency": "50",
+                "MaxErrors": "100%",
+            },
+        )
+    fleet = make_fleet(harness, clock, override_bucket=BUCKET, override_bucket_region=REGION)
+
+    assert isinstance(fleet.install_patches(command), InProgress)
+
+    harness.done()
+    s3 = boto3.client("s3", region_name=REGION)
+    documents = {
+        os: json.loads(s3.get_object(Bucket=BUCKET, Key=f"{prefix}/{os}-baseline.json")["Body"].read())
+        for os in ("linux", "windows")
+    }
+    assert override_shape_errors(documents["linux"]) == [] and override_shape_errors(documents["windows"]) == []
+    assert documents["windows"] == [
+        {
+            "OperatingSystem": "WINDOWS",
+            "ApprovalRules": {"PatchRules": []},
+            "ApprovedPatches": ["KB5048661"],
+            "ApprovedPatchesComplianceLevel": "CRITICAL",
+        }
+    ]
+    systems = {entry["OperatingSystem"] for entry in documents["linux"]}
+    assert {"AMAZON_LINUX_2", "AMAZON_LINUX_2023", "REDHAT_ENTERPRISE_LINUX", "UBUNTU", "SUSE"} <= systems
+    assert "WINDOWS" not in systems and len(systems) == len(documents["linux"])
+    for entry in documents["linux"]:
+        assert entry["ApprovalRules"] == {"PatchRules": []}  # no rule approves anything else
+        assert entry["ApprovedPatches"] == ["openssl"] and entry["ApprovedPatchesEnableNonSecurity"] is True
+        assert entry["RejectedPatches"] == ["kernel*"] and entry["RejectedPatchesAction"] == "BLOCK"
+
+    # Redelivered while the commands run: found by their comments, nothing written or sent again.
+    sent = [ssm_command(p) for p in harness.params("SendCommand")]
+    expect_list_commands(stub, "AWS-RunPatchBaseline", sent, clock.now())
+    assert isinstance(fleet.install_patches(command), InProgress)
+    harness.done()
+    assert harness.count("SendCommand") == 2 and harness.count("PutObject") == 2
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]]
+    assert sorted(keys) == [f"{prefix}/linux-baseline.json", f"{prefix}/windows-baseline.json"]
+
+
+def test_an_emergency_later_ring_stays_pinned_by_its_install_override_list(
+    harness: Harness, clock: ManualClock
+) -> None:
+    """moto: S3; Stubber: ListCommands and SendCommand (parameters checked exactly)."""
+    boto3.client("s3", region_name=REGION).create_bucket(
+        Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION}
+    )
+    targets = fake(1, prefix="3")
+    command = emergency_command(targets, ["openssl"], only={"linux": ["openssl.x86_64:1:3.0.13-1.amzn2023"]})
+    stub = harness.stub()
+    expect_list_commands(stub, "AWS-RunPatchBaseline", [], clock.now())
+    url = f"s3://{BUCKET}/runs/{RUN}/{RUN}_w1_install/linux.yaml"
+    expect_send(
+        stub,
+        {
+            "InstanceIds": [targets[0].id],
+            "DocumentName": "AWS-RunPatchBaseline",
+            "Parameters": {"Operation": ["Install"], "RebootOption": ["RebootIfNeeded"], "InstallOverrideList": [url]},
+            "Comment": ANY,
+            "MaxConcurrency": "50",
+            "MaxErrors": "100%",
+        },
+    )
+    fleet = make_fleet(harness, clock, override_bucket=BUCKET, override_bucket_region=REGION)
+    assert isinstance(fleet.install_patches(command), InProgress)
+    harness.done()
+
+
+def test_an_emergency_install_that_patch_manager_cannot_express_is_refused_per_instance(
+    harness: Harness, clock: ManualClock
+) -> None:
+    """moto: S3; Stubber: ListCommands and SendCommand. 51 Linux packages exceed the 50
+    ApprovedPatches of a baseline override: the Linux instance is refused naming the limit, the
+    Windows one still installs its KB, and a fleet without a bucket installs nothing."""
+    boto3.client("s3", region_name=REGION).create_bucket(
+        Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION}
+    )
+    linux, windows = fake(1, prefix="4"), fake(1, os="windows", prefix="5")
+    packages = [f"package-{index}" for index in range(51)]
+    stub = harness.stub()
+    expect_list_commands(stub, "AWS-RunPatchBaseline", [], clock.now())
+    expect_send(stub)
+    fleet = make_fleet(harness, clock, override_bucket=BUCKET, override_bucket_region=REGION)
+
+    assert isinstance(fleet.install_patches(emergency_command([*linux, *windows], [*packages, "KB1"])), InProgress)
+    harness.done()
+    assert [p["InstanceIds"] for p in harness.params("SendCommand")] == [[windows[0].id]]
+
+    # Only the refused instance left: its outcome names the limit; nothing is asked or sent.
+    refused = outcomes(fleet.install_patches(emergency_command(linux, [*packages, "KB1"], command_id="c2")))
+    assert not refused[linux[0].id].ok
+    assert "at most 50 (ApprovedPatches)" in refused[linux[0].id].detail
+    # Only Linux fixes for a Windows instance: nothing to install, and no bucket: not installed.
+    result = outcomes(make_fleet(harness, clock).install_patches(emergency_command([*windows, *linux], ["openssl"])))
+    assert result[windows[0].id].ok and result[windows[0].id].detail.startswith("nothing to install")
+    assert not result[linux[0].id].ok and "override bucket for BaselineOverride" in result[linux[0].id].detail
+    harness.done()
+    assert harness.count("SendCommand") == 1
 
 
 def test_a_pinned_set_without_an_override_bucket_is_not_installed(harness: Harness, clock: ManualClock) -> None:

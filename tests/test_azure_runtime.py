@@ -318,6 +318,7 @@ RUN_ID = "weu-monthly-20261212-0200"
 OPENSSL = Patch("openssl", "Security", version="3.0.13-1")
 KERNEL = Patch("kernel", "Critical", version="6.1.90-1")
 HOST_MAX_DEQUEUE_COUNT = 5  # host.json
+WEBHOOKS: dict[str, str] = {}  # Key Vault secrets holding webhook URLs, set by a test
 
 
 @dataclass
@@ -425,7 +426,11 @@ def world(
     def build_on_fakes(cls: type[AzureRuntime], env: AzureEnvironment, log: Any) -> AzureRuntime:
         clients = AzureClients(arm.credential, transport=arm.transport(), polling_interval=0, retry_backoff_factor=0)
         secrets = StaticSecrets(
-            {settings["PATCHPILOT_APPROVAL_SECRET"]: SIGNING_KEY, "patchpilot-slack-signing": SLACK_SIGNING_SECRET}
+            {
+                settings["PATCHPILOT_APPROVAL_SECRET"]: SIGNING_KEY,
+                "patchpilot-slack-signing": SLACK_SIGNING_SECRET,
+                **WEBHOOKS,
+            }
         )
         return build(
             cls, env, log, clients=clients, clock=clock, secrets=secrets, storage_options={"raw_request_hook": hook}
@@ -817,3 +822,75 @@ def test_an_advisory_on_event_grid_starts_one_emergency_run_and_a_repeat_merges(
     broken = {**event, "data": {"id": "SEC-2", "severity": "CRITICAL"}}
     answers = advisories.on_advisory(broken)
     assert answers and all(a.startswith("malformed: ") for a in answers) and any("cve" in a for a in answers)
+
+
+def test_notices_reach_slack_once_across_workers_and_a_failed_last_notice_is_in_the_status(
+    world: tuple[FunctionsHost, FakeAzureCompute],
+    clock: ManualClock,
+    settings: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Real HTTP to the local webhook server; claims in the run table (Table Storage on Azurite),
+    the undelivered record through the Storage Queue into the run, after the run had ended."""
+    from webhook_server import Reply, webhook_server
+
+    from azure_functions import advisories
+    from patchpilot.engine.messages import Notify
+
+    host, azure = world
+    slack_path, teams_path = "/slack/T0/B0/secret-slack-token", "/teams/workflows/invoke?sig=secret-teams-sig"
+    with webhook_server() as server:
+        server.always(teams_path, Reply(404, "no_service"))
+        monkeypatch.setitem(WEBHOOKS, "ops-webhook", server.url(slack_path))
+        monkeypatch.setitem(WEBHOOKS, "oncall-webhook", server.url(teams_path))
+        upload(
+            settings,
+            RUN_POLICY
+            + "emergency: {min_severity: HIGH, soak: 30m}\n"
+            + "notifications:\n"
+            + "  channels:\n"
+            + "    - {name: ops, kind: slack, webhook: ops-webhook}\n"
+            + "    - {name: oncall, kind: teams, webhook: oncall-webhook}\n"
+            + "  routes:\n"
+            + '    - {topics: "*", channels: [ops]}\n'
+            + "    - {topics: [run_finished], channels: [oncall]}\n",
+        )
+        azure.add_vm("stg-1", zone="1", tags={"Environment": "staging"}, available=[OPENSSL])
+        azure.add_vm("prd-1", zone="2", tags={"Environment": "production"}, available=[OPENSSL])
+        clock.set(START - timedelta(days=2))
+        data = {"id": "SEC-1", "cve": "CVE-2025-0001", "severity": "CRITICAL", "fixes": ["openssl"]}
+        event = {
+            "id": "b1c2d3e4-0000-4f5a-8b9c-0d1e2f3a4b5d",
+            "topic": f"/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.EventGrid/topics/advisories",
+            "subject": "advisories/CVE-2025-0001",
+            "eventType": "PatchPilot.Advisory",
+            "eventTime": clock.now().isoformat(),
+            "dataVersion": "1.0",
+            "data": data,
+        }
+        advisories.on_advisory(event)
+        (run_id,) = [r for r in runtime_module.deps().store.run_ids() if "-emergency-" in r]
+        host.drain()
+        posted = [p.raw for p in server.to(slack_path)]  # the advisory's answer, run started, 2 rings, finished
+        assert len(posted) == 5 and len(set(posted)) == 5
+
+        # The run's first notice delivered again, to another worker: Slack is not posted to again.
+        runtime_module.deps().queue.publish(
+            [Notify(id=f"{run_id}:notify:run_started", run_id=run_id, topic="run_started", text="again")]
+        )
+        runtime_module.deps.cache_clear()
+        host.drain()
+        assert [p.raw for p in server.to(slack_path)] == posted
+
+    status_url = f"https://patchpilot-func.azurewebsites.net/api/runs/{run_id}?code=key"
+    document = json.loads(host.get(http_api.status, status_url, run_id=run_id).get_body())
+    assert document["status"] == "succeeded"
+    assert document["undelivered"] == [
+        {
+            "notice": f"{run_id}:notify:run_finished",
+            "topic": "run_finished",
+            "channel": "oncall",
+            "reason": "HTTP 404: no_service",
+        }
+    ]
+    assert "secret-teams-sig" not in json.dumps(document)

@@ -1,20 +1,26 @@
-"""The Claims port (a key claimed once, for replayed Slack requests) on both serverless
-runtimes: DynamoDB on moto, Table Storage on Azurite."""
+"""The Claims port (a key claimed once: replayed Slack requests, notices already sent) on every
+runtime: SQLite locally, DynamoDB on moto, Table Storage on Azurite; and the routed notifier
+sending a notice once across two workers that share one."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 from azure.data.tables import TableClient
 from clocks import ManualClock
 from moto_support import TABLE, aws, dynamodb
+from test_notify_cards import notice
+from test_notify_delivery import ROUTING, SLACK, TEAMS, notifier, run_with
+from webhook_server import webhook_server
 
 from patchpilot.adapters.aws.claims import DynamoDbClaims
 from patchpilot.adapters.azure.claims import TableClaims
+from patchpilot.adapters.local.sqlite_claims import SqliteClaims
 from patchpilot.ports import Claims
 
 if TYPE_CHECKING:
@@ -26,9 +32,12 @@ T0 = datetime(2026, 12, 12, 1, 0, tzinfo=UTC)
 HOLD = timedelta(minutes=10)
 
 
-@pytest.fixture(params=["dynamodb", "table"])
-def claims(request: pytest.FixtureRequest) -> Iterator[tuple[Callable[[], Claims], ManualClock]]:
+@pytest.fixture(params=["sqlite", "dynamodb", "table"])
+def claims(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Callable[[], Claims], ManualClock]]:
     clock = ManualClock(T0)
+    if request.param == "sqlite":  # each worker its own connection, as two processes would have
+        yield (lambda: SqliteClaims(tmp_path / "state.db", clock)), clock
+        return
     if request.param == "dynamodb":
         with aws():
             client = dynamodb()
@@ -57,3 +66,32 @@ def test_of_simultaneous_claims_exactly_one_wins(claims: tuple[Callable[[], Clai
     with ThreadPoolExecutor(len(workers)) as pool:
         won = list(pool.map(lambda c: c.claim("slack:v0=race", T0 + HOLD), workers))
     assert won.count(True) == 1
+
+
+def test_a_renewed_claim_holds_until_its_new_time_and_one_renewed_to_the_past_is_given_up(
+    claims: tuple[Callable[[], Claims], ManualClock],
+) -> None:
+    make, clock = claims
+    worker = make()
+    assert worker.claim("notice:n1:ops", T0 + HOLD)  # the lease
+    worker.renew("notice:n1:ops", T0 + timedelta(days=14))  # delivered: the record
+    clock.advance(HOLD + timedelta(minutes=1))
+    assert not make().claim("notice:n1:ops", clock.now() + HOLD)
+    worker.renew("notice:n1:ops", clock.now() - timedelta(seconds=1))  # given up
+    assert make().claim("notice:n1:ops", clock.now() + HOLD)
+    make().renew("notice:n2:ops", clock.now() + HOLD)  # renewing a key never claimed claims it
+    assert not make().claim("notice:n2:ops", clock.now() + HOLD)
+
+
+def test_a_notice_delivered_to_two_workers_is_posted_once_per_channel(
+    claims: tuple[Callable[[], Claims], ManualClock],
+) -> None:
+    """Two notifiers (two containers) sharing one claims store, posting to the real local webhook server."""
+    make, clock = claims
+    with webhook_server() as server:
+        first, second = (notifier(server, run_with(ROUTING), claims=make, clock=clock) for _ in range(2))
+        first.notify(notice("run_halted"))
+        second.notify(notice("run_halted"))  # the same Notify command, delivered to another worker
+        clock.advance(timedelta(days=2))  # long after any lease: the delivered record still holds
+        notifier(server, run_with(ROUTING), claims=make, clock=clock).notify(notice("run_halted"))
+        assert sorted(p.path for p in server.posts) == sorted([SLACK, TEAMS])

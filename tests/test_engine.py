@@ -17,6 +17,7 @@ from patchpilot.engine.messages import (
     FleetCommand,
     HealthChecked,
     InstallPatches,
+    NoticeUndelivered,
     Outcome,
     PatchesInstalled,
     ProbeAgents,
@@ -387,3 +388,27 @@ def test_a_snapshot_reported_ok_without_snapshot_ids_is_not_patched() -> None:
     assert first.state == "skipped" and "no snapshot id reported" in first.reason
     install = next(c for c in after.commands if isinstance(c, InstallPatches))
     assert snapshot.targets[0].id not in {t.instance.id for t in install.targets}
+
+
+def test_an_undelivered_notice_is_recorded_once_in_any_state_and_changes_nothing_else() -> None:
+    started = start_run("r1", policy(), plan(policy(), fleet()), NOW)
+    finished = drive_to_end(started, answer_all_ok)
+    assert finished.finished
+    undelivered = NoticeUndelivered(
+        id="r1:notify:run_finished:undelivered:ops",
+        run_id="r1",
+        notice_id="r1:notify:run_finished",
+        topic="run_finished",
+        channel="ops",
+        reason="HTTP 404: no_service",
+        at=NOW + timedelta(days=1),
+    )
+    for run in (started.run, finished):
+        decision = decide(run, undelivered, NOW + timedelta(days=1))
+        assert not decision.ignored and decision.commands == []
+        recorded = decision.run
+        assert [(n.channel, n.reason) for n in recorded.undelivered] == [("ops", "HTTP 404: no_service")]
+        assert (recorded.state, recorded.awaiting, recorded.waves) == (run.state, run.awaiting, run.waves)
+        assert recorded.log[-1].level == "warning" and "not delivered to channel ops" in recorded.log[-1].text
+        assert recorded.document()["undelivered"][0]["reason"] == "HTTP 404: no_service"
+        assert decide(recorded, undelivered, NOW + timedelta(days=2)).ignored  # delivered twice: recorded once

@@ -4,14 +4,18 @@ are recorded and never raised, duplicates, and webhook URLs kept out of the logs
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
+from clocks import ManualClock
 from test_notify_cards import (
     assert_slack_within_limits,
     assert_teams_within_limits,
@@ -21,17 +25,23 @@ from test_notify_cards import (
 )
 from webhook_server import Reply, WebhookServer, webhook_server
 
-from patchpilot.engine.messages import Notify
+from patchpilot.adapters.local.sqlite_claims import SqliteClaims
+from patchpilot.adapters.local.sqlite_queue import SqliteQueue
+from patchpilot.cli import main
+from patchpilot.engine.messages import NoticeUndelivered, Notify
 from patchpilot.engine.run import Run
 from patchpilot.inventory import load_inventory
 from patchpilot.local_runtime import LocalRuntime
 from patchpilot.notify import EnvironmentSecrets, RoutedNotifier
-from patchpilot.notify.webhook import Pacer
+from patchpilot.notify.routing import LEASE
+from patchpilot.notify.webhook import Answer, Pacer
 from patchpilot.policy import load_policy
 from patchpilot.policy.model import Notifications
 from patchpilot.ports import UnknownRunError
+from patchpilot.reports import write_reports
 
 SLACK, TEAMS = "/slack/T000/B000/secret-slack-token", "/teams/workflows/invoke?sig=secret-teams-sig"
+T0 = datetime(2026, 11, 14, 2, 0, tzinfo=UTC)
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 ROUTING = {
     "channels": [
@@ -82,7 +92,8 @@ def run_with(routing: dict[str, Any] | None, failures: int = 3) -> Run:
     return run.model_copy(update={"policy": policy})
 
 
-def notifier(server: WebhookServer, run: Run | None, fallback: Log | None = None) -> RoutedNotifier:
+def notifier(server: WebhookServer, run: Run | None, fallback: Log | None = None, **options: Any) -> RoutedNotifier:
+    """A notifier posting to the local server; `options` as RoutedNotifier takes them (claims, clock, record, post)."""
     secrets = EnvironmentSecrets({"SLACK_OPS": server.url(SLACK), "TEAMS_ONCALL": server.url(TEAMS)})
 
     def load_run(run_id: str) -> Run:
@@ -90,7 +101,7 @@ def notifier(server: WebhookServer, run: Run | None, fallback: Log | None = None
             raise UnknownRunError(run_id)
         return run
 
-    return RoutedNotifier(secrets, load_run, fallback or Log(), pacer=Pacer(sleep=Sleeps()))
+    return RoutedNotifier(secrets, load_run, fallback or Log(), pacer=Pacer(sleep=Sleeps()), **options)
 
 
 def test_each_topic_goes_to_the_channels_its_routes_name(server: WebhookServer) -> None:
@@ -231,3 +242,99 @@ def test_the_timer_announces_a_scheduled_run_once(server: WebhookServer) -> None
         routed.announce(policy, window.start - timedelta(hours=24) + timedelta(minutes=minutes))
     (posted,) = server.posts
     assert posted.path == SLACK and posted.json["blocks"][0]["text"]["text"].startswith("Run scheduled: ")
+
+
+# ---------------------------------------------------------------- durable records
+
+
+class Crash(BaseException):
+    """The worker dies here: nothing after it runs (not an error the notifier could catch)."""
+
+
+def test_a_worker_that_dies_after_claiming_leaves_the_notice_to_its_redelivery(
+    server: WebhookServer, tmp_path: Path
+) -> None:
+    clock = ManualClock(T0)
+    claims = SqliteClaims(tmp_path / "state.db", clock)
+    run = run_with(ROUTING)
+
+    def dies(url: str, payload: dict[str, Any]) -> Answer:
+        raise Crash
+
+    with pytest.raises(Crash):  # claimed ops-slack, died before posting
+        notifier(server, run, claims=lambda: claims, clock=clock, post=dies).notify(notice("run_started"))
+    other = notifier(server, run, claims=lambda: claims, clock=clock)
+    other.notify(notice("run_started"))  # a duplicate delivered meanwhile: the lease holds, it skips
+    assert server.posts == []
+
+    clock.advance(timedelta(seconds=720))  # the dead worker's delivery is back after SQS's visibility timeout
+    notifier(server, run, claims=lambda: claims, clock=clock).notify(notice("run_started"))
+    assert [p.path for p in server.posts] == [SLACK]
+    clock.advance(timedelta(days=3))
+    notifier(server, run, claims=lambda: claims, clock=clock).notify(notice("run_started"))  # and again, later
+    assert [p.path for p in server.posts] == [SLACK]
+
+
+def test_the_lease_is_shorter_than_every_queues_visibility_timeout() -> None:
+    """What makes a crash between claim and post safe: the redelivery finds the lease lapsed."""
+    template = (Path(__file__).resolve().parent.parent / "template.yaml").read_text()
+    (sqs,) = re.findall(r"VisibilityTimeout: (\d+)", template)
+    assert timedelta(seconds=int(sqs)) > LEASE
+    assert timedelta(minutes=10) > LEASE  # the Functions host's message lease on Storage Queues
+    assert inspect.signature(SqliteQueue).parameters["visibility_timeout"].default > LEASE
+
+
+def test_a_notice_that_fails_to_a_channel_is_given_up_so_a_redelivery_may_try_again(
+    server: WebhookServer, tmp_path: Path
+) -> None:
+    clock = ManualClock(T0)
+    claims = SqliteClaims(tmp_path / "state.db", clock)
+    recorded: list[NoticeUndelivered] = []
+    server.then(SLACK, Reply(404, "no_service"))  # not retried by the client: one failed post
+    routed = notifier(server, run_with(ROUTING), claims=lambda: claims, clock=clock, record=recorded.append)
+    routed.notify(notice("run_started"))
+    (failed,) = recorded
+    assert (failed.id, failed.channel, failed.reason) == (
+        "web-20261114-0200:notify:run_started:undelivered:ops-slack",
+        "ops-slack",
+        "HTTP 404: no_service",
+    )
+    again = notifier(server, run_with(ROUTING), claims=lambda: claims, clock=clock)
+    again.notify(notice("run_started"))  # redelivered: the failed channel is tried again, and now succeeds
+    assert len(server.to(SLACK)) == 2 and again.undelivered == []
+
+
+def test_an_undelivered_notice_shows_in_status_and_the_report_without_the_url(
+    server: WebhookServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server.always(SLACK, Reply(404, "no_service"))
+    monkeypatch.setenv("SLACK_OPS", server.url(SLACK))
+    routing = {
+        "channels": [{"name": "ops-slack", "kind": "slack", "webhook": "SLACK_OPS"}],
+        "routes": [{"topics": ["run_started", "run_finished"], "channels": ["ops-slack"]}],
+    }
+    policy = load_policy(str(EXAMPLES / "policy.yaml"))
+    policy = policy.model_copy(update={"notifications": Notifications.model_validate(routing)})
+    state = tmp_path / "state"
+    runtime = LocalRuntime.open(state)
+    run = runtime.drive(runtime.start(policy, load_inventory(str(EXAMPLES / "fleet.json"))).run_id)
+
+    # The run's last notice failed after the run had ended: recorded all the same.
+    assert [(n.topic, n.channel, n.reason) for n in run.undelivered] == [
+        ("run_started", "ops-slack", "HTTP 404: no_service"),
+        ("run_finished", "ops-slack", "HTTP 404: no_service"),
+    ]
+    cli = CliRunner()
+    text = cli.invoke(main, ["status", run.run_id, "--state-dir", str(state)], env={"COLUMNS": "200"}).output
+    assert "Notifications not delivered" in text and "ops-slack" in text and "HTTP 404: no_service" in text
+    document = json.loads(cli.invoke(main, ["status", run.run_id, "--state-dir", str(state), "--json"]).output)
+    assert document["undelivered"][0] == {
+        "notice": f"{run.run_id}:notify:run_started",
+        "topic": "run_started",
+        "channel": "ops-slack",
+        "reason": "HTTP 404: no_service",
+    }
+    markdown, html = write_reports(run, tmp_path / "reports")
+    assert "## Notifications not delivered" in markdown.read_text() and "ops-slack" in html.read_text()
+    secret = server.url(SLACK)
+    assert all(secret not in out for out in (text, markdown.read_text(), html.read_text(), json.dumps(document)))

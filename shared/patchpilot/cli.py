@@ -311,6 +311,13 @@ def status(run_id: str, state_dir: Path, as_json: bool) -> None:
         for record in attention:
             detail.add_row(record.instance.short_name, str(record.wave), record.state, record.reason)
         console.print(detail)
+    if run.undelivered:
+        notices = Table(title="Notifications not delivered")
+        for column in ("notice", "channel", "reason"):
+            notices.add_column(column, overflow="fold")
+        for notice in run.undelivered:
+            notices.add_row(notice.topic, notice.channel, notice.reason)
+        console.print(notices)
 
 
 @main.command()

@@ -15,6 +15,7 @@ from pathlib import Path
 from patchpilot.adapters.local.clock import VirtualClock
 from patchpilot.adapters.local.notifier import FileNotifier
 from patchpilot.adapters.local.simulated_fleet import SimulatedFleet
+from patchpilot.adapters.local.sqlite_claims import SqliteClaims
 from patchpilot.adapters.local.sqlite_queue import SqliteQueue
 from patchpilot.adapters.local.sqlite_store import SqliteRunStore
 from patchpilot.engine.messages import Notify
@@ -65,8 +66,17 @@ class LocalRuntime:
         store = SqliteRunStore(db)
         queue = SqliteQueue(db, clock)
         fleet = SimulatedFleet(db, clock)
-        # The file always; Slack and Teams when the run's policy routes notices (URLs from the environment).
-        chat = RoutedNotifier(EnvironmentSecrets(), store.load, None)
+        # The file always; Slack and Teams when the run's policy routes notices (URLs from the environment),
+        # each sent once per channel across processes (claims), undelivered ones recorded in the run.
+        claims = SqliteClaims(db, clock)
+        chat = RoutedNotifier(
+            EnvironmentSecrets(),
+            store.load,
+            None,
+            claims=lambda: claims,
+            clock=clock,
+            record=lambda event: queue.publish([event]),
+        )
         notices = FileNotifier(state_dir / "notifications.jsonl", on_notice)
         notifier = EveryNotifier(notices, chat)
         service = Service(store=store, queue=queue, fleet=fleet, notifier=notifier, clock=clock)

@@ -160,11 +160,16 @@ class MaintenanceCanceller(Protocol):
 
 
 class Claims(Protocol):
-    """Keys claimed once: a request seen before (a replayed Slack interaction) is refused."""
+    """Keys claimed once: a request seen before (a replayed Slack interaction) is refused, a
+    notice already sent to a channel is not sent again (notify/routing.py)."""
 
     def claim(self, key: str, until: datetime) -> bool:
         """True the first time `key` is claimed; False while an earlier claim holds (it lapses
         at its `until`). Atomic across processes."""
+
+    def renew(self, key: str, until: datetime) -> None:
+        """Make the claim on `key` lapse at `until`, whether or not one holds: its holder extends
+        it (a lease become a record) or gives it up (`until` now)."""
 
 
 class Secrets(Protocol):

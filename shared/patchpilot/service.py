@@ -27,6 +27,7 @@ from patchpilot.engine.messages import (
     HealthChecked,
     InstallPatches,
     MaintenanceCancelled,
+    NoticeUndelivered,
     Notify,
     Outcome,
     PatchesInstalled,
@@ -138,6 +139,7 @@ class Service:
                 | TimerFired()
                 | ApprovalGranted()
                 | ApprovalRejected()
+                | NoticeUndelivered()
             ):
                 self._apply(message)
             case Wait():

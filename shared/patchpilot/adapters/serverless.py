@@ -256,7 +256,14 @@ class ServerlessRuntime:
     def routed(self) -> RoutedNotifier:
         from patchpilot.notify import LazySecrets, RoutedNotifier
 
-        return RoutedNotifier(LazySecrets(lambda: self.secrets), self._load_run, LogNotifier(self.log))
+        return RoutedNotifier(
+            LazySecrets(lambda: self.secrets),
+            self._load_run,
+            LogNotifier(self.log),
+            claims=lambda: self.claims,  # each notice sent once per channel, across containers
+            clock=self.clock,
+            record=lambda event: self.queue.publish([event]),  # undelivered: recorded in the run
+        )
 
     def _approval_key(self) -> str | None:
         name, secrets = self.env.approval_secret, self.secrets

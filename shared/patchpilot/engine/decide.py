@@ -25,6 +25,7 @@ from patchpilot.engine.messages import (
     InstallPatches,
     InstallTarget,
     MaintenanceCancelled,
+    NoticeUndelivered,
     Notify,
     Outcome,
     PatchesInstalled,
@@ -45,6 +46,7 @@ from patchpilot.engine.run import (
     Run,
     RunState,
     Step,
+    UndeliveredNotice,
     WaveState,
     count_states,
 )
@@ -131,6 +133,15 @@ def start_run(
     return Decision(decision.run, [notice, *decision.commands])
 
 
+def _on_notice_undelivered(run: Run, event: NoticeUndelivered) -> Decision:
+    notice = UndeliveredNotice(
+        notice_id=event.notice_id, topic=event.topic, channel=event.channel, reason=event.reason, at=event.at
+    )
+    text = f"notice {event.notice_id} not delivered to channel {event.channel}: {event.reason}"
+    run = run.model_copy(update={"processed": (*run.processed, event.id), "undelivered": (*run.undelivered, notice)})
+    return Decision(_logged(run, event.at, text, "warning"))
+
+
 # ---------------------------------------------------------------- the table
 
 
@@ -139,6 +150,8 @@ def decide(run: Run, event: Event, now: datetime) -> Decision:
     nothing (and say why)."""
     if event.id in run.processed:
         return Decision(run, ignored=f"duplicate event {event.id}")
+    if isinstance(event, NoticeUndelivered):  # in any state: a finished run's last notice too
+        return _on_notice_undelivered(run, event)
     transition = TRANSITIONS.get((run.state, event.type))
     if transition is None:
         return Decision(run, ignored=f"{event.type} is not expected while {run.state}")

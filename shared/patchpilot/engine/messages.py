@@ -197,6 +197,19 @@ class ApprovalRejected(_Message):
     reason: str = ""
 
 
+class NoticeUndelivered(_Message):
+    """A notice the notifier could not deliver to one channel, after its retries: recorded in the
+    run (status, report) in any state, finished runs included; it changes nothing else. The id is
+    `<notice id>:undelivered:<channel>`, so a notice failing twice is recorded once."""
+
+    type: Literal["NoticeUndelivered"] = "NoticeUndelivered"
+    notice_id: str
+    topic: Topic
+    channel: str
+    reason: str  # never the webhook URL
+    at: datetime
+
+
 Event = Annotated[
     AgentsProbed
     | SnapshotsTaken
@@ -206,7 +219,8 @@ Event = Annotated[
     | MaintenanceCancelled
     | TimerFired
     | ApprovalGranted
-    | ApprovalRejected,
+    | ApprovalRejected
+    | NoticeUndelivered,
     Field(discriminator="type"),
 ]
 
@@ -227,7 +241,8 @@ Message = Annotated[
     | MaintenanceCancelled
     | TimerFired
     | ApprovalGranted
-    | ApprovalRejected,
+    | ApprovalRejected
+    | NoticeUndelivered,
     Field(discriminator="type"),
 ]
 MESSAGE = TypeAdapter(Message)

@@ -82,6 +82,16 @@ class LogEntry(_State):
     level: Literal["info", "warning", "error"] = "info"
 
 
+class UndeliveredNotice(_State):
+    """A notice that did not reach one channel, and why (never the webhook URL)."""
+
+    notice_id: str
+    topic: str
+    channel: str
+    reason: str
+    at: datetime
+
+
 class MaintenanceRun(_State):
     """The Azure Update Manager run a run accompanies: Update Manager installs, PatchPilot
     snapshots before, checks health after and rolls back what failed."""
@@ -109,6 +119,7 @@ class Run(_State):
     processed: tuple[str, ...] = ()  # ids of the events already applied
     log: tuple[LogEntry, ...] = ()
     maintenance: MaintenanceRun | None = None
+    undelivered: tuple[UndeliveredNotice, ...] = ()  # notices the notifier could not deliver
 
     @property
     def status(self) -> Status:
@@ -133,7 +144,8 @@ class Run(_State):
 
     def document(self) -> dict[str, Any]:
         """What `patchpilot status --json` and the status endpoints show: `{"run_id", "status",
-        "reason", "policy", "summary", "instances": {id: {"state", "reason", "ring", "wave"}}}`."""
+        "reason", "policy", "summary", "instances": {id: {"state", "reason", "ring", "wave"}}, "undelivered":
+        [{"notice", "topic", "channel", "reason"}]}`."""
         return {
             "run_id": self.run_id,
             "status": self.status,
@@ -144,6 +156,10 @@ class Run(_State):
                 r.id: {"state": r.state, "reason": r.reason, "ring": r.ring or None, "wave": r.wave}
                 for r in self.records()
             },
+            "undelivered": [
+                {"notice": n.notice_id, "topic": n.topic, "channel": n.channel, "reason": n.reason}
+                for n in self.undelivered
+            ],
         }
 
 

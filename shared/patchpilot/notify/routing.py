@@ -1,11 +1,34 @@
 """The notifier that routes each notice to the Slack and Teams channels its policy names.
 
-Delivery is at least once and never fails the run: a notice that cannot be delivered after the
-webhook client's retries is logged with the channel's name (never its URL) and kept in
-`undelivered`. Duplicates (the engine's Notify commands may be delivered twice) are skipped by
-an in-process record of (notice id, channel) pairs already sent: it lasts as long as the process
-(a warm Lambda container, a Functions worker, one CLI invocation), so a redelivery to another
-container, or after a restart, can post a notice a second time.
+Delivery is at least once and never fails the run.
+
+**Sent once per (notice, channel), across processes.** The engine's Notify commands may be
+delivered twice, to two containers at once, or again after a crash. With a `Claims` store
+(SQLite locally, the run table on DynamoDB or Table Storage) each post is bracketed by one key,
+`notice:<notice id>:<channel>`:
+
+1. claim it with a short *lease* (`lease`, 5 min): a worker that does not get it skips the
+   channel, since another one has sent the notice or is sending it right now;
+2. post (with the webhook client's retries);
+3. delivered: *renew* the claim for `keep` (14 days, SQS's longest retention), so any later
+   duplicate skips it; not delivered: give the lease up, so a redelivery may try again.
+
+A worker that dies between 1 and 2 holds only the lease. Its own delivery of the command was not
+acknowledged, so the queue delivers it again after the visibility timeout (12 min on SQS, 10 min
+for the Functions host, 15 min locally), always longer than the lease, and that delivery posts the
+notice: nothing is lost. A worker that dies between 2 and 3 leaves a lease that lapses; the
+redelivery then posts again: a duplicate, in the window of one write after a post. The other
+order (a record written before the post) would lose the notice in a crash; a lease alone would
+let a late duplicate through. A claims store that cannot be reached does not stop the post (a
+duplicate rather than a loss). Without a `Claims` store duplicates are skipped within the
+process only.
+
+**Undelivered notices are recorded.** A notice that still fails after the retries is logged with
+the channel's name (never its URL), kept in `undelivered`, and, for a notice of a stored run,
+given to `record` as a `NoticeUndelivered` event: the runtimes publish it, the engine adds it to
+the run (`Run.undelivered`), and `patchpilot status`, the status endpoints and the run report
+show it with the channel and the reason. The heads-up of a run not started yet and the answers
+to advisories have no run to hold the record: they are logged only.
 """
 
 from __future__ import annotations
@@ -13,20 +36,22 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
-from patchpilot.engine.messages import Notify
+from patchpilot.engine.messages import NoticeUndelivered, Notify
 from patchpilot.engine.run import Run
 from patchpilot.notify import slack, teams
 from patchpilot.notify.messages import LIST_TOPICS, Card, card_for
 from patchpilot.notify.webhook import Pacer, Poster, post_json
 from patchpilot.policy import Policy
 from patchpilot.policy.model import NotificationChannel, Notifications, TeamsMention
-from patchpilot.ports import Notifier, Secrets
+from patchpilot.ports import Claims, Clock, Notifier, Secrets
 from patchpilot.triggers import heads_up
 
 log = logging.getLogger("patchpilot.notify")
 INTERVALS = {"slack": 1.0, "teams": 0.25}  # seconds between two posts to one webhook
+LEASE = timedelta(minutes=5)  # one post with its retries; shorter than every queue's visibility timeout
+KEEP = timedelta(days=14)  # how long a delivered notice is remembered
 
 
 @dataclass(frozen=True)
@@ -56,7 +81,9 @@ def render(channel: NotificationChannel, card: Card) -> dict[str, object]:
 
 class RoutedNotifier:
     """Routes by the run's policy (`load_run`); with no `notifications` section, or no run,
-    the notice goes to `fallback` (the log on the clouds), if any."""
+    the notice goes to `fallback` (the log on the clouds), if any. `claims` (built on first use)
+    and `clock` make "sent once" hold across processes; `record` receives the undelivered
+    notices of stored runs (see the module docstring)."""
 
     def __init__(
         self,
@@ -66,12 +93,24 @@ class RoutedNotifier:
         *,
         post: Poster = post_json,
         pacer: Pacer | None = None,
+        claims: Callable[[], Claims] | None = None,
+        clock: Clock | None = None,
+        record: Callable[[NoticeUndelivered], None] | None = None,
+        lease: timedelta = LEASE,
+        keep: timedelta = KEEP,
     ) -> None:
+        if claims is not None and clock is None:
+            raise ValueError("claims need a clock: the lease and the record lapse by it")
         self.secrets = secrets
         self.load_run = load_run
         self.fallback = fallback
         self.post = post
         self.pacer = pacer or Pacer()
+        self.claims = claims
+        self.clock = clock
+        self.record = record
+        self.lease = lease
+        self.keep = keep
         self.undelivered: list[Undelivered] = []
         self._sent: set[tuple[str, str]] = set()
         self._routing: dict[str, Notifications | None] = {}
@@ -87,7 +126,7 @@ class RoutedNotifier:
             notifications = run.policy.notifications if run is not None else notifications
             if run is not None:
                 self._routing[command.run_id] = notifications
-        self.send(command, notifications, run)
+        self.send(command, notifications, run, recorded=command.run_id in self._routing)
 
     def _load(self, command: Notify) -> Run | None:
         try:
@@ -103,8 +142,11 @@ class RoutedNotifier:
             if notice is not None:
                 self.send(notice, policy.notifications)
 
-    def send(self, command: Notify, notifications: Notifications | None, run: Run | None = None) -> None:
-        """Deliver to the routed channels (the trigger's "run scheduled" notice has no run yet)."""
+    def send(
+        self, command: Notify, notifications: Notifications | None, run: Run | None = None, *, recorded: bool = False
+    ) -> None:
+        """Deliver to the routed channels (the trigger's "run scheduled" notice has no run yet);
+        `recorded`: the notice's run is stored, and holds the record of a failed delivery."""
         if notifications is None:
             if self.fallback is not None:
                 self.fallback.notify(command)
@@ -113,13 +155,54 @@ class RoutedNotifier:
         for channel in channels_for(notifications, command):
             if (command.id, channel.name) in self._sent:
                 continue
+            key = f"notice:{command.id}:{channel.name}"
+            if not self._lease(key):
+                log.info("notice %s to %s: sent already, or being sent by another worker", command.id, channel.name)
+                continue
             reason = self._deliver(channel, card)
             if reason is None:
                 self._sent.add((command.id, channel.name))
+                self._settle(key, self.keep)
                 log.info("notice %s sent to %s", command.id, channel.name)
-            else:
-                log.warning("notice %s not delivered to channel %s: %s", command.id, channel.name, reason)
-                self.undelivered.append(Undelivered(command.id, channel.name, reason))
+                continue
+            log.warning("notice %s not delivered to channel %s: %s", command.id, channel.name, reason)
+            self.undelivered.append(Undelivered(command.id, channel.name, reason))
+            if recorded and self.record is not None:
+                self.record(self._failure(command, channel.name, reason))
+            self._settle(key, -timedelta(seconds=1))  # given up: a redelivery may try again
+
+    def _lease(self, key: str) -> bool:
+        """False when another worker has sent, or is sending, this notice to this channel. An
+        unreachable claims store sends anyway: a duplicate rather than a loss."""
+        if self.claims is None:
+            return True
+        assert self.clock is not None
+        try:
+            return self.claims().claim(key, self.clock.now() + self.lease)
+        except Exception as error:
+            log.warning("%s: not claimed (%s: %s); sending anyway", key, type(error).__name__, error)
+            return True
+
+    def _settle(self, key: str, hold: timedelta) -> None:
+        if self.claims is None:
+            return
+        assert self.clock is not None
+        try:
+            self.claims().renew(key, self.clock.now() + hold)
+        except Exception as error:  # the lease lapses by itself: at worst a duplicate
+            log.warning("%s: claim not renewed (%s: %s)", key, type(error).__name__, error)
+
+    def _failure(self, command: Notify, channel: str, reason: str) -> NoticeUndelivered:
+        at = self.clock.now() if self.clock is not None else datetime.now(UTC)
+        return NoticeUndelivered(
+            id=f"{command.id}:undelivered:{channel}",
+            run_id=command.run_id,
+            notice_id=command.id,
+            topic=command.topic,
+            channel=channel,
+            reason=reason,
+            at=at,
+        )
 
     def _deliver(self, channel: NotificationChannel, card: Card) -> str | None:
         """None once delivered, else why not (never naming the URL)."""

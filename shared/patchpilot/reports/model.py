@@ -134,6 +134,16 @@ class LogRow:
 
 
 @dataclass(frozen=True)
+class NoticeRow:
+    """A notice that did not reach a channel (never the webhook URL)."""
+
+    at: str
+    topic: str
+    channel: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class StepRow:
     step: str
     at: str
@@ -262,6 +272,7 @@ class Report:
     gantt: str
     classifications: list[str] = field(default_factory=list)
     reboot: str = ""
+    undelivered: list[NoticeRow] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------- building
@@ -292,6 +303,7 @@ def build(run: Run) -> Report:
         rings=_rings(run),
         waves=[_wave(run, w) for w in run.waves],
         log=[LogRow(fmt_time(e.at, tz), e.level, e.text) for e in run.log],
+        undelivered=[NoticeRow(fmt_time(n.at, tz), n.topic, n.channel, n.reason) for n in run.undelivered],
         health=_health(run),
         healthy_patched=sum(1 for r in records if r.state == "patched" and _passed_health(r)),
         rollbacks=_rollbacks(run),

@@ -155,6 +155,52 @@ OPERATING_SYSTEMS: dict[str, SsmOs] = {
 }
 
 
+def is_windows_update(name: str) -> bool:
+    """A Windows update id (KB1234567, MS17-010), as Patch Manager's Windows lists take them."""
+    return bool(_WINDOWS_UPDATE_ID.match(name))
+
+
+def override_baselines(
+    windows: bool, approved: Sequence[str], rejected: Sequence[str] = ()
+) -> list[dict[str, object]] | str:
+    """The BaselineOverride document (a JSON list of baselines, each with its OperatingSystem;
+    the agent uses the one of its host) that installs exactly `approved` on Windows or on every
+    Linux system: the named patches as ApprovedPatches (non-security ones too on Linux), no
+    approval rules, `rejected` blocked; empty when nothing named is for this OS. Or why it cannot:
+    more than Patch Manager's limit of 50 ApprovedPatches or RejectedPatches, or too long an id."""
+    kind = "Windows update" if windows else "Linux package"
+    wanted = [p for p in dict.fromkeys(approved) if is_windows_update(p) == windows]
+    blocked = [p for p in dict.fromkeys(rejected) if is_windows_update(p) == windows and p not in wanted]
+    if not wanted:
+        return []
+    for api, items in (("ApprovedPatches", wanted), ("RejectedPatches", blocked)):
+        if len(items) > MAX_LISTED_PATCHES:
+            return (
+                f"{len(items)} {kind}s for {api}: a Patch Manager baseline override holds at most "
+                f"{MAX_LISTED_PATCHES} ({api})"
+            )
+        long = next((p for p in items if len(p) > MAX_PATCH_ID), None)
+        if long is not None:
+            return f"{quote(long[:40])}... is longer than Patch Manager's {MAX_PATCH_ID} characters per patch id"
+    documents: list[dict[str, object]] = []
+    for os in OPERATING_SYSTEMS.values():
+        if os.windows != windows:
+            continue
+        document: dict[str, object] = {
+            "OperatingSystem": os.name,
+            "ApprovalRules": {"PatchRules": []},
+            "ApprovedPatches": wanted,
+            "ApprovedPatchesComplianceLevel": "CRITICAL",
+        }
+        if not windows:
+            document["ApprovedPatchesEnableNonSecurity"] = True  # a fix need not be a security advisory
+        if blocked:
+            document["RejectedPatches"] = blocked
+            document["RejectedPatchesAction"] = "BLOCK"
+        documents.append(document)
+    return documents
+
+
 # ---------------------------------------------------------------- what a baseline holds
 
 Filters = tuple[tuple[str, tuple[str, ...]], ...]  # (key, values) sorted by key, values sorted
@@ -391,7 +437,7 @@ def _listed(
     has_windows = any(os.windows for os in systems)
     has_linux = any(not os.windows for os in systems)
     for index, item in enumerate(items):
-        windows = bool(_WINDOWS_UPDATE_ID.match(item))
+        windows = is_windows_update(item)
         if len(item) > MAX_PATCH_ID:
             problems.append(Problem((*here, index), f"at most {MAX_PATCH_ID} characters, got {len(item)}"))
         elif windows and not has_windows:

@@ -12,6 +12,7 @@ from patchpilot.ports import Clock
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_dynamodb.type_defs import AttributeValueTypeDef
 
 
 class DynamoDbClaims:
@@ -23,15 +24,10 @@ class DynamoDbClaims:
         self.clock = clock
 
     def claim(self, key: str, until: datetime) -> bool:
-        digest = hashlib.sha256(key.encode()).hexdigest()
         try:
             self.client.put_item(
                 TableName=self.table_name,
-                Item={
-                    "pk": {"S": f"claim#{digest}"},
-                    "sk": {"S": "claim"},
-                    "until": {"N": str(int(until.timestamp()))},
-                },
+                Item=_item(key, until),
                 ConditionExpression="attribute_not_exists(pk) OR #until < :now",
                 ExpressionAttributeNames={"#until": "until"},
                 ExpressionAttributeValues={":now": {"N": str(int(self.clock.now().timestamp()))}},
@@ -41,3 +37,11 @@ class DynamoDbClaims:
                 return False
             raise
         return True
+
+    def renew(self, key: str, until: datetime) -> None:
+        self.client.put_item(TableName=self.table_name, Item=_item(key, until))
+
+
+def _item(key: str, until: datetime) -> dict[str, AttributeValueTypeDef]:
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    return {"pk": {"S": f"claim#{digest}"}, "sk": {"S": "claim"}, "until": {"N": str(int(until.timestamp()))}}

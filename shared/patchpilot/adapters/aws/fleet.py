@@ -17,7 +17,10 @@ by a mark it left there, before starting anything:
   command id, instance id and device, and tagged PatchPilotCommand/PatchPilotInstance/
   PatchPilotDevice; the originals they replace are kept and tagged PatchPilotReplacedBy; whether
   to stop, detach, attach or start is read from the instance's state and device mappings;
-- a health check's start time is a tag on the instance, written once.
+- a health check's start time is a tag on the instance, written once;
+- override files (InstallOverrideList for a pinned later ring, BaselineOverride for an install
+  of only the named patches: an emergency run's first ring) have S3 keys derived from the run
+  and command ids, so a redelivery rewrites the same object before the same SendCommand.
 
 Calls are batched per (account, region): at most 50 ids per SSM call, 100-200 per EC2 call.
 """
@@ -25,6 +28,7 @@ Calls are batched per (account, region): at most 50 ids per SSM call, 100-200 pe
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -134,7 +138,8 @@ class Ec2SsmFleet:
     ) -> None:
         """`client` builds boto3 clients per (service, account, region) (see `AwsSessions`);
         `override_bucket` receives the InstallOverrideList files of pinned (later-ring) installs
-        and must be readable by the instances' profiles in every account."""
+        and the BaselineOverride files of named-only (emergency) installs, and must be readable
+        by the instances' profiles in every account."""
         self._client = client
         self.clock = clock
         self.override_bucket = override_bucket
@@ -405,6 +410,13 @@ class Ec2SsmFleet:
             elif target.only is not None and not self.override_bucket:
                 detail = "a pinned patch set needs an override bucket for InstallOverrideList; not installed"
                 outcomes[target.instance.id] = Outcome(id=target.instance.id, ok=False, detail=detail, at=now)
+            elif target.only is None and named_only(command):
+                refused = _named_problem(command, target.instance.os, bool(self.override_bucket))
+                if refused is None:
+                    sendable.append(target)
+                else:
+                    ok, detail = refused
+                    outcomes[target.instance.id] = Outcome(id=target.instance.id, ok=ok, detail=detail, at=now)
             else:
                 sendable.append(target)
         parts = _install_parts(sendable)
@@ -486,6 +498,16 @@ class Ec2SsmFleet:
                 Bucket=self.override_bucket, Key=key, Body=body.encode(), ContentType="application/x-yaml"
             )
             parameters["InstallOverrideList"] = [f"s3://{self.override_bucket}/{key}"]
+        elif named_only(command):
+            assert self.override_bucket is not None, "checked before the parts were planned"
+            key = overrides[part.key]
+            document = _baseline_override(command, part.key[2])
+            assert not isinstance(document, str), "checked before the parts were planned"
+            body = json.dumps(document, indent=2)
+            self._s3().put_object(
+                Bucket=self.override_bucket, Key=key, Body=body.encode(), ContentType="application/json"
+            )
+            parameters["BaselineOverride"] = [f"s3://{self.override_bucket}/{key}"]
         extra: dict[str, Any] = {}
         if command.max_duration is not None:
             # Not started by then (agent busy, instance asleep): do not start at all.
@@ -1182,9 +1204,37 @@ def _install_parts(targets: Sequence[InstallTarget]) -> list[_Part]:
 _UNSAFE_KEY = re.compile(r"[^A-Za-z0-9._=-]+")
 
 
+def named_only(command: InstallPatches) -> bool:
+    """Does the command install only the patches it names (an emergency run's first ring: the
+    advisory's fixes, no classification)? The instances' baselines would approve more, so such a
+    command carries a BaselineOverride of exactly those patches."""
+    return not command.classifications and bool(command.include) and command.maintenance_run is None
+
+
+def _baseline_override(command: InstallPatches, os: OsFamily) -> list[dict[str, object]] | str:
+    from .baselines import override_baselines  # only emergency installs need it
+
+    return override_baselines(os == "windows", command.include, command.exclude)
+
+
+def _named_problem(command: InstallPatches, os: OsFamily, has_bucket: bool) -> tuple[bool, str] | None:
+    """Why an instance of `os` gets no BaselineOverride install, as (ok, detail), or None."""
+    document = _baseline_override(command, os)
+    if isinstance(document, str):
+        return False, f"{document}; not installed"
+    if not document:
+        kind = "Windows update" if os == "windows" else "Linux package"
+        return True, f"nothing to install: none of the named patches ({', '.join(command.include)}) is a {kind}"
+    if not has_bucket:
+        return False, "installing only the named patches needs an override bucket for BaselineOverride; not installed"
+    return None
+
+
 def _override_keys(command: InstallPatches, targets: Sequence[InstallTarget]) -> dict[_GroupKey, str]:
-    """S3 keys of the InstallOverrideList files: runs/<run>/<command>/<os>.yaml, with a digest
-    of the set added when one OS has several pinned sets in the command."""
+    """S3 keys of the override files: runs/<run>/<command>/<os>.yaml for InstallOverrideList,
+    with a digest of the set added when one OS has several pinned sets in the command, and
+    runs/<run>/<command>/<os>-baseline.json for the BaselineOverride of a named-only install
+    (the same key for the same command, so a redelivery rewrites the same object)."""
     prefix = f"runs/{_UNSAFE_KEY.sub('_', command.run_id)}/{_UNSAFE_KEY.sub('_', command.id)}"
     sets: dict[OsFamily, set[tuple[str, ...]]] = {}
     keys: dict[_GroupKey, str] = {}
@@ -1193,6 +1243,8 @@ def _override_keys(command: InstallPatches, targets: Sequence[InstallTarget]) ->
             sets.setdefault(part.key[2], set()).add(part.pinned)
     for part in _install_parts(targets):
         if part.pinned is None:
+            if named_only(command):
+                keys[part.key] = f"{prefix}/{part.key[2]}-baseline.json"
             continue
         os = part.key[2]
         if len(sets[os]) == 1:

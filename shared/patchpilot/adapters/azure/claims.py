@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.data.tables import UpdateMode
 
 from patchpilot.ports import Clock
 
@@ -42,6 +43,12 @@ class TableClaims:
         except (ResourceModifiedError, ResourceNotFoundError):  # another claim got there first
             return False
         return True
+
+    def renew(self, key: str, until: datetime) -> None:
+        row_key = hashlib.sha256(key.encode()).hexdigest()
+        self.client.upsert_entity(
+            {"PartitionKey": PARTITION, "RowKey": row_key, "until": until}, mode=UpdateMode.REPLACE
+        )
 
     def _create(self, entity: dict[str, object]) -> bool:
         try:

@@ -173,6 +173,22 @@ def test_on_aws_each_alert_and_digest_goes_out_once_however_many_containers_tick
     assert "due 2026-12-10 08:00 JST" in alerts(server)[1]
 
 
+def test_on_aws_an_alert_that_could_not_be_delivered_goes_out_at_the_next_read(
+    aws_containers: Any, server: WebhookServer
+) -> None:
+    from webhook_server import Reply
+
+    fleet = FakeFleet(WatchResult(items=(reboot(DIGEST + timedelta(days=2)),)))
+    tick = DIGEST + timedelta(minutes=5)
+    server.then(SLACK, Reply(404, "no_service"))  # the alert's first post fails; Slack does not retry a 404
+    aws_containers(fleet, tick).trigger()
+    assert len(server.to(SLACK)) == 1 and len(digests(server)) == 1
+
+    aws_containers(fleet, tick + timedelta(hours=1)).trigger()  # the next read: the alert again
+    aws_containers(fleet, tick + timedelta(hours=2)).trigger()  # delivered by then: not again
+    assert len(server.to(SLACK)) == 2 and len(digests(server)) == 1
+
+
 def test_on_aws_a_watch_that_fails_is_logged_and_the_timer_goes_on(
     aws_containers: Any, server: WebhookServer, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -293,8 +293,9 @@ class ServerlessRuntime:
     def maintenance_tick(self, policy: Policy, now: datetime) -> list[str]:
         """The maintenance watch on the timer (docs/maintenance-watch.md): once an hour, and at
         the policy's digest times, read what the cloud has scheduled; send an alert for each item
-        due before the next window that no container has alerted yet (claimed durably, once per
-        item and due time), and the digest once per digest time. The ids of the notices sent;
+        due before the next window, once per item and due time, and the digest once per digest
+        time (the routed notifier's durable claims, across containers; a post that failed is
+        tried again at the next read). The ids of the notices sent;
         a watch that fails is logged and never stops the timer's other work."""
         from patchpilot.maintenance.watch import alert_notices, digest_notice, watch_view
         from patchpilot.policy.schedule import parse_aws_cron
@@ -311,17 +312,18 @@ class ServerlessRuntime:
             fleet = self.fleet
             instances = fleet.discover(policy).instances
             view = watch_view(fleet.upcoming_maintenance(policy, instances, now), policy, instances, now)
-            # A claim outlives what it is about: the item's end (or due time), or the digest time.
-            claims = [
+            # The routed notifier sends each notice once per channel across containers, and gives
+            # a failed post up so that the next read tries again; a delivered one is remembered
+            # beyond what it is about: the item's end (or due time), or the digest time.
+            notices = [
                 (notice, max(w.item.ends_at or now, w.due_at or now) + CLAIM_MARGIN)
                 for w, notice in zip(view.due, alert_notices(view), strict=True)
             ]
             if digest_at is not None:
-                claims.append((digest_notice(view, digest_at), digest_at + CLAIM_MARGIN))
-            for notice, until in claims:
-                if self.claims.claim(f"{notice.topic.replace('_', '-')}:{notice.id}", until):
-                    self.routed.send(notice, policy.notifications)
-                    sent.append(notice.id)
+                notices.append((digest_notice(view, digest_at), digest_at + CLAIM_MARGIN))
+            for notice, until in notices:
+                self.routed.send(notice, policy.notifications, keep_until=until)
+                sent.append(notice.id)
             for what, reason in view.unavailable:
                 watch_log.warning("policy %s: not read: %s: %s", policy.name, what, reason)
         except Exception:  # a cloud or the claims table unreachable: logged, and the timer goes on
@@ -426,10 +428,9 @@ class ServerlessRuntime:
         if not nothing_pending(view):
             return decision
         notice = skipped_notice(decision.run_id, policy.name, pending_summary(view))
-        # Claimed durably: a retried tick in another container must not say it twice.
+        # Sent once per channel across containers: a retried tick in another one says it once.
         until = (decision.window.end if decision.window else now) + CLAIM_MARGIN
-        if self.claims.claim(notice.id, until):
-            self.routed.send(notice, policy.notifications)
+        self.routed.send(notice, policy.notifications, keep_until=until)
         return TriggerDecision(False, f"skipped: {pending_summary(view)}", decision.run_id, decision.window)
 
     @staticmethod

@@ -143,10 +143,18 @@ class RoutedNotifier:
                 self.send(notice, policy.notifications)
 
     def send(
-        self, command: Notify, notifications: Notifications | None, run: Run | None = None, *, recorded: bool = False
+        self,
+        command: Notify,
+        notifications: Notifications | None,
+        run: Run | None = None,
+        *,
+        recorded: bool = False,
+        keep_until: datetime | None = None,
     ) -> None:
         """Deliver to the routed channels (the trigger's "run scheduled" notice has no run yet);
-        `recorded`: the notice's run is stored, and holds the record of a failed delivery."""
+        `recorded`: the notice's run is stored, and holds the record of a failed delivery;
+        `keep_until`: remember a delivered notice until then rather than for `keep` (the timer's
+        notices about what lies further ahead, which later reads announce again)."""
         if notifications is None:
             if self.fallback is not None:
                 self.fallback.notify(command)
@@ -162,7 +170,8 @@ class RoutedNotifier:
             reason = self._deliver(channel, card)
             if reason is None:
                 self._sent.add((command.id, channel.name))
-                self._settle(key, self.keep)
+                hold = self.keep if keep_until is None or self.clock is None else keep_until - self.clock.now()
+                self._settle(key, max(hold, self.keep))
                 log.info("notice %s sent to %s", command.id, channel.name)
                 continue
             log.warning("notice %s not delivered to channel %s: %s", command.id, channel.name, reason)

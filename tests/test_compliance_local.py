@@ -186,6 +186,36 @@ def test_after_a_local_run_patched_machines_are_compliant_and_the_rolled_back_on
     assert [n for n, s in statuses.items() if s == "compliant"] and document["totals"]["machines"]["compliant"] == 62
 
 
+def test_after_a_local_run_each_patched_machine_names_that_run_and_the_rolled_back_one_none(tmp_path: Path) -> None:
+    state = str(tmp_path / "state")
+    ran = run("run", "--policy", POLICY, "--inventory", FLEET, "--state-dir", state, "--json")
+    run_id = json.loads(ran.stdout)["run_id"]
+    document = json.loads(local(tmp_path, "--json").stdout)
+    last = {i["name"]: i["last_run"] for i in document["instances"]}
+    patched = [n for n, s in ((i["name"], i["status"]) for i in document["instances"]) if s == "compliant"]
+    assert all(last[n] is not None and last[n]["run_id"] == run_id for n in patched)
+    assert last["api-tyo-05"] is None and last["ledger-01"] is None  # rolled back; frozen
+    assert document["policies"][0]["runs_read"] is True
+    rows = {r["name"]: r for r in csv.DictReader(io.StringIO(local(tmp_path, "--format", "csv").stdout))}
+    assert rows[patched[0]]["last_run_id"] == run_id and rows["api-tyo-05"]["last_run_id"] == ""
+
+
+def test_a_run_store_that_cannot_be_read_leaves_the_last_runs_out_not_the_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise OSError("database disk image is malformed")
+
+    monkeypatch.setattr(cli_compliance, "recent_runs", broken)
+    result = CliRunner().invoke(
+        main, ["compliance", "--policy", POLICY, "--inventory", FLEET, "--state-dir", str(tmp_path / "s"), "--json"]
+    )
+    document = json.loads(result.stdout)
+    assert result.exit_code == 1 and document["policies"][0]["runs_read"] is False
+    assert all(i["last_run"] is None for i in document["instances"])
+    assert "last runs not shown, the run store cannot be read: database disk image is malformed" in result.stderr
+
+
 def test_formats_print_csv_html_and_json(tmp_path: Path) -> None:
     rows = list(csv.DictReader(io.StringIO(local(tmp_path, "--format", "csv").stdout)))
     assert {r["instance_id"] for r in rows} and rows[0]["policy"] == "monthly-fleet"

@@ -20,16 +20,21 @@ from patchpilot.compliance.render import (
 )
 from patchpilot.compliance.report import (
     ComplianceView,
+    LastRun,
     build_view,
     in_policy,
+    last_patched,
     merge_views,
     nothing_pending,
     pending_summary,
+    recent_runs,
 )
+from patchpilot.engine.run import InstanceRecord, InstanceState, Run, WaveState
 from patchpilot.inventory import Instance
 from patchpilot.planning import plan
 from patchpilot.policy import Policy, parse_policy
 from patchpilot.policy.model import PatchSelection
+from patchpilot.ports import UnknownRunError
 
 NOW = datetime(2026, 12, 14, 6, 0, tzinfo=UTC)
 POLICY = """
@@ -299,3 +304,106 @@ def test_the_notice_becomes_a_card_with_the_report_as_a_fact_or_a_button(view: C
     assert "production: 2 non-compliant" in str(slack_message(web, None)) and "staging: 1 compliant" in str(
         teams_message(web, None)
     )
+
+
+# ---------------------------------------------------------------- the last PatchPilot run
+
+
+def a_run(run_id: str, states: dict[str, InstanceState], finished: datetime | None, policy_name: str = "fleet") -> Run:
+    """A run of one production wave whose machines ended in `states` (machine name -> state)."""
+    by_name = {i.name: i for i in FLEET}
+    records = {
+        by_name[n].id: InstanceRecord(instance=by_name[n], ring="production", wave=1, state=state)
+        for n, state in states.items()
+    }
+    wave = WaveState(index=1, ring="production", ring_position=1, records=records, finished_at=finished)
+    return Run(run_id=run_id, policy=policy(name=policy_name), created_at=NOW - timedelta(days=30), waves=(wave,))
+
+
+NOV, DEC = NOW - timedelta(days=30), NOW - timedelta(days=2)
+
+
+def test_last_patched_counts_only_patched_machines_of_finished_waves() -> None:
+    runs = [
+        a_run("fleet-nov", {"prod-1": "patched", "prod-2": "rolled_back", "prod-3": "failed"}, NOV),
+        a_run("fleet-dec", {"stg-1": "patched", "prod-2": "skipped"}, None),  # under way
+    ]
+    assert last_patched(runs, "fleet") == {"i-prod-1": LastRun("fleet-nov", NOV)}
+
+
+def test_the_latest_run_wins_whatever_the_order() -> None:
+    nov = a_run("fleet-nov", {"prod-1": "patched", "prod-2": "patched"}, NOV)
+    dec = a_run("fleet-dec", {"prod-1": "patched", "prod-2": "rolled_back"}, DEC)
+    for runs in ([nov, dec], [dec, nov]):
+        assert last_patched(runs, "fleet") == {
+            "i-prod-1": LastRun("fleet-dec", DEC),
+            "i-prod-2": LastRun("fleet-nov", NOV),  # December rolled it back: November's patch stands
+        }
+
+
+def test_runs_of_other_policies_are_ignored() -> None:
+    other = a_run("fleet-canary-dec", {"prod-1": "patched"}, DEC, policy_name="fleet-canary")
+    assert last_patched([other, a_run("fleet-nov", {"prod-2": "patched"}, NOV)], "fleet") == {
+        "i-prod-2": LastRun("fleet-nov", NOV)
+    }
+
+
+class ListedRuns:
+    """A run store's read side that counts the runs it loads."""
+
+    def __init__(self, runs: list[Run], gone: tuple[str, ...] = ()) -> None:
+        self.runs = {r.run_id: r for r in runs}
+        self.ids = [*self.runs, *gone]
+        self.loaded: list[str] = []
+
+    def run_ids(self) -> list[str]:
+        return list(self.ids)
+
+    def load(self, run_id: str) -> Run:
+        self.loaded.append(run_id)
+        if run_id not in self.runs:
+            raise UnknownRunError(run_id)
+        return self.runs[run_id]
+
+
+def test_recent_runs_reads_only_the_newest_runs_of_the_policy_newest_first() -> None:
+    runs = [a_run(f"fleet-{k:02}", {"prod-1": "patched"}, NOV + timedelta(days=k)) for k in range(20)]
+    runs.insert(5, a_run("web-01", {"prod-2": "patched"}, DEC, policy_name="web"))
+    store = ListedRuns(runs, gone=("fleet-listed-not-written",))
+    found = recent_runs(store, "fleet", limit=3)  # type: ignore[arg-type]
+    assert [r.run_id for r in found] == ["fleet-19", "fleet-18"]  # the missing one counts against the bound
+    assert store.loaded == ["fleet-listed-not-written", "fleet-19", "fleet-18"]
+
+
+def test_the_reports_show_the_last_run_when_the_runs_were_read() -> None:
+    states = [PatchState(i.id, assessed_at=NOW, missing=(gap("openssl"),)) for i in FLEET]
+    runs = last_patched([a_run("fleet-20261212-0200", {"prod-1": "patched"}, DEC)], "fleet")
+    view = build_view(policy(), FLEET, states, NOW, runs)
+    by_id = {i["id"]: i for i in view.document()["instances"]}
+    assert by_id["i-prod-1"]["last_run"] == {"run_id": "fleet-20261212-0200", "at": DEC.isoformat()}
+    assert by_id["i-prod-2"]["last_run"] is None and view.document()["policies"][0]["runs_read"] is True
+    rows = {r["instance_id"]: r for r in csv.DictReader(io.StringIO(render_csv(view)))}
+    last = {i: (r["last_run_id"], r["last_run_at"]) for i, r in rows.items()}
+    assert last["i-prod-1"] == ("fleet-20261212-0200", DEC.isoformat()) and last["i-prod-2"] == ("", "")
+    assert rows["i-prod-1"]["last_install_at"] == ""  # the cloud's own: it did not say
+    markdown = render_markdown(view)
+    assert "| Last install | Last PatchPilot run |" in markdown
+    prod_1 = next(line for line in markdown.splitlines() if line.startswith("| prod-1 |"))
+    assert prod_1.endswith(f"| {DEC.isoformat(timespec='minutes')} | fleet-20261212-0200 |")  # the later install
+    assert "<th>Last PatchPilot run</th>" in render_html(view) and "fleet-20261212-0200" in render_html(view)
+
+
+def test_the_later_of_the_clouds_install_and_the_run_is_the_last_install() -> None:
+    later = DEC + timedelta(hours=5)
+    states = [PatchState("i-prod-1", assessed_at=NOW, last_install_at=later, missing=(gap("openssl"),))]
+    view = build_view(policy(), FLEET[1:2], states, NOW, {"i-prod-1": LastRun("fleet-dec", DEC)})
+    assert view.instances[0].last_installed == later
+    assert later.isoformat(timespec="minutes") in render_markdown(view)
+
+
+def test_without_the_runs_the_reports_have_no_last_run_column() -> None:
+    states = [PatchState(i.id, assessed_at=NOW, missing=(gap("openssl"),)) for i in FLEET]
+    view = build_view(policy(), FLEET, states, NOW)
+    assert not view.runs_read and view.document()["policies"][0]["runs_read"] is False
+    assert "Last PatchPilot run" not in render_markdown(view) and "Last PatchPilot run" not in render_html(view)
+    assert CSV_COLUMNS[-2:] == ("last_run_id", "last_run_at")  # the header stays: added at the end

@@ -6,6 +6,8 @@ adapters' PatchAssessor comes with the AWS and Azure fleets."""
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -19,11 +21,11 @@ from moto_support import REGION, aws
 from patchpilot.adapters.serverless import ServerlessRuntime
 from patchpilot.compliance.model import AssessmentStarted, MissingPatch, PatchState
 from patchpilot.engine.messages import Notify
-from patchpilot.engine.run import Run
+from patchpilot.engine.run import InstanceRecord, Run, WaveState
 from patchpilot.inventory import Instance
 from patchpilot.notify import RoutedNotifier
 from patchpilot.policy import Policy, parse_policy
-from patchpilot.ports import DiscoveryResult
+from patchpilot.ports import DiscoveryResult, UnknownRunError
 from patchpilot.triggers import TIMER_PERIOD
 
 if TYPE_CHECKING:
@@ -117,6 +119,24 @@ class Sent:
         self.notices.append(command)
 
 
+class InMemoryRuns:
+    """The read side of a run store; `broken` makes every read fail as a store down would."""
+
+    def __init__(self) -> None:
+        self.runs: dict[str, Run] = {}
+        self.broken = False
+
+    def run_ids(self) -> list[str]:
+        if self.broken:
+            raise ConnectionError("the run table cannot be reached")
+        return list(self.runs)
+
+    def load(self, run_id: str) -> Run:
+        if run_id not in self.runs:
+            raise UnknownRunError(run_id)
+        return self.runs[run_id]
+
+
 def no_run(run_id: str) -> Run:
     raise KeyError(run_id)
 
@@ -131,12 +151,17 @@ class FakeRuntime(ServerlessRuntime):
         self._fleet = fleet
         self._claims = InMemoryClaims()
         self.documents: InMemoryDocuments | None = InMemoryDocuments()
+        self.runs = InMemoryRuns()
         self.sent = Sent()
         self.routed = RoutedNotifier(None, no_run, self.sent)
 
     @property
     def fleet(self) -> FakeFleet:
         return self._fleet
+
+    @property
+    def store(self) -> InMemoryRuns:
+        return self.runs
 
     @property
     def claims(self) -> InMemoryClaims:
@@ -191,6 +216,39 @@ def test_the_report_comes_report_after_the_scan_written_and_announced_once() -> 
     assert "production: 1 non-compliant, 1 exposed; 2 missing (2 Critical)" in notice.text
     assert rt.compliance_tick(rt.policy(), rt.clock.now() + timedelta(minutes=1)) == []
     assert len(rt.sent.notices) == 1
+
+
+def patched_run(rt: FakeRuntime, run_id: str, finished: datetime, **states: str) -> None:
+    """Store a run of the policy whose production wave ended with machines (by name) in `states`."""
+    by_name = {i.name: i for i in FLEET}
+    records = {
+        by_name[n].id: InstanceRecord(instance=by_name[n], ring="production", wave=1, state=s)  # type: ignore[arg-type]
+        for n, s in states.items()
+    }
+    wave = WaveState(index=1, ring="production", ring_position=1, records=records, finished_at=finished)
+    rt.runs.runs[run_id] = Run(run_id=run_id, policy=rt.policy(), created_at=finished, waves=(wave,))
+
+
+def test_the_report_names_the_last_run_that_patched_each_machine() -> None:
+    rt = runtime(SCAN_AT + timedelta(hours=1, minutes=2))
+    patched_run(rt, "fleet-20261112-0200", WINDOW - timedelta(days=30), prod="patched")
+    patched_run(rt, "fleet-20261201-0200", SCAN_AT - timedelta(days=1), prod="rolled_back", stg="patched")
+    rt.compliance_tick(rt.policy(), rt.clock.now())
+    text = written(rt)["compliance-fleet-20261202-0602.csv"][0]
+    rows = {r["instance_id"]: (r["last_run_id"], r["last_run_at"]) for r in csv.DictReader(io.StringIO(text))}
+    assert rows["i-prod"] == ("fleet-20261112-0200", (WINDOW - timedelta(days=30)).isoformat())  # December rolled back
+    assert rows["i-stg"] == ("fleet-20261201-0200", (SCAN_AT - timedelta(days=1)).isoformat())
+    assert rows["i-ledger"] == ("", "")  # never patched
+    assert "Last PatchPilot run" in written(rt)["compliance-fleet-20261202-0602.md"][0]
+
+
+def test_a_run_store_down_leaves_the_last_runs_out_of_the_report_and_says_why(caplog: pytest.LogCaptureFixture) -> None:
+    rt = runtime(SCAN_AT + timedelta(hours=1, minutes=2))
+    rt.runs.broken = True
+    (line,) = rt.compliance_tick(rt.policy(), rt.clock.now())
+    assert line.endswith("Report: mem://reports/compliance-fleet-20261202-0602.html") and len(rt.sent.notices) == 1
+    assert "Last PatchPilot run" not in written(rt)["compliance-fleet-20261202-0602.md"][0]
+    assert "compliance report of policy fleet without last runs: the run table cannot be reached" in caplog.text
 
 
 def test_without_a_report_store_the_notice_still_goes() -> None:

@@ -22,12 +22,12 @@ from click.core import ParameterSource
 from patchpilot.cli_common import EXIT_INVALID_INPUT, print_json, reports_input_errors
 from patchpilot.compliance.model import PatchState
 from patchpilot.compliance.render import render_csv, render_html, render_markdown, write_compliance_reports
-from patchpilot.compliance.report import ComplianceView, build_view, merge_views
+from patchpilot.compliance.report import ComplianceView, LastRun, build_view, last_patched, merge_views, recent_runs
 from patchpilot.errors import InputError
 from patchpilot.inventory import Instance, load_inventory
 from patchpilot.policy import Policy, load_policy
 from patchpilot.policy.fields import format_duration, parse_duration
-from patchpilot.ports import Clock, PatchAssessor
+from patchpilot.ports import Clock, PatchAssessor, RunStore
 
 EXIT_COMPLIANT = 0
 EXIT_NON_COMPLIANT = 1
@@ -120,29 +120,48 @@ def compliance(
     output = "json" if as_json else (output_format or "markdown")
     policies = [load_policy(path) for path in policy_paths]
     _no_repeats(policies, policy_paths)
+    store: RunStore | None = None
     if cloud:
         clock = wall_clock()
         sources = _cloud_sources(policies, clock)
     else:
         assert inventory_path is not None
-        sources, clock = _local_sources(policies, load_inventory(inventory_path), state_dir or Path(DEFAULT_STATE_DIR))
+        local = state_dir or Path(DEFAULT_STATE_DIR)
+        sources, clock, store = _local_sources(policies, load_inventory(inventory_path), local)
     started = clock.now()
     refused = _start_scans(sources, f"cli-{started:%Y%m%dT%H%M%S}") if scan else set()
     states = _read_states(sources, clock, started if scan and wait else None, wait or timedelta(0), refused)
     now = clock.now()
-    view = merge_views([_policy_view(policy, sources, states, now) for policy in policies])
+    views = [_policy_view(policy, sources, states, now, _last_runs(store, policy)) for policy in policies]
+    view = merge_views(views)
     _emit(view, output, out_dir)
     bad = view.totals.machines["non_compliant"] + view.totals.machines["unknown"]
     sys.exit(EXIT_NON_COMPLIANT if bad else EXIT_COMPLIANT)
 
 
 def _policy_view(
-    policy: Policy, sources: Sequence[Source], states: dict[int, list[PatchState]], now: datetime
+    policy: Policy,
+    sources: Sequence[Source],
+    states: dict[int, list[PatchState]],
+    now: datetime,
+    last_runs: dict[str, LastRun] | None,
 ) -> ComplianceView:
     """One policy's view over every cloud it names (AWS and Azure: one source each)."""
     mine = [s for s in sources if s.policy is policy]
     instances = [i for s in mine for i in s.instances]
-    return build_view(policy, instances, [st for s in mine for st in states[id(s)]], now)
+    return build_view(policy, instances, [st for s in mine for st in states[id(s)]], now, last_runs)
+
+
+def _last_runs(store: RunStore | None, policy: Policy) -> dict[str, LastRun] | None:
+    """What the policy's newest runs patched (`recent_runs`); None without a store, or when it
+    cannot be read (said on stderr: the report comes without the column)."""
+    if store is None:
+        return None
+    try:
+        return last_patched(recent_runs(store, policy.name), policy.name)
+    except Exception as error:  # a broken state database must not cost the report
+        click.echo(f"{policy.name}: last runs not shown, the run store cannot be read: {error}", err=True)
+        return None
 
 
 def _no_repeats(policies: Sequence[Policy], paths: Sequence[str]) -> None:
@@ -157,11 +176,11 @@ def _no_repeats(policies: Sequence[Policy], paths: Sequence[str]) -> None:
 
 def _local_sources(
     policies: Sequence[Policy], instances: list[Instance], state_dir: Path
-) -> tuple[list[Source], Clock]:
+) -> tuple[list[Source], Clock, RunStore]:
     from patchpilot.local_runtime import LocalRuntime
 
     runtime = LocalRuntime.open(state_dir)
-    return [Source(p, runtime.fleet, instances) for p in policies], runtime.clock
+    return [Source(p, runtime.fleet, instances) for p in policies], runtime.clock, runtime.store
 
 
 def _cloud_sources(policies: Sequence[Policy], clock: Clock) -> list[Source]:

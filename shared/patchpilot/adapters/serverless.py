@@ -480,10 +480,16 @@ class ServerlessRuntime:
 
     def _compliance_report(self, policy: Policy, slot: datetime, now: datetime) -> str:
         from patchpilot.compliance.render import compliance_notice, documents, report_name
-        from patchpilot.compliance.report import build_view
+        from patchpilot.compliance.report import LastRun, build_view, last_patched, recent_runs
 
         instances = self.fleet.discover(policy).instances
-        view = build_view(policy, instances, self.fleet.patch_states(instances), now)
+        states = self.fleet.patch_states(instances)
+        last_runs: dict[str, LastRun] | None = None
+        try:
+            last_runs = last_patched(recent_runs(self.store, policy.name), policy.name)
+        except Exception as error:  # the run store down: the report goes out without the last runs
+            self.log.warning("compliance report of policy %s without last runs: %s", policy.name, error)
+        view = build_view(policy, instances, states, now, last_runs)
         store, location = self.report_store, ""
         if store is not None:
             name = report_name(view)

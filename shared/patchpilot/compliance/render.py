@@ -49,7 +49,10 @@ CSV_COLUMNS = (
     "released_at",
     "age_days",
     "in_policy",
+    "last_run_id",  # the last PatchPilot run that patched the machine; empty when none, or not read
+    "last_run_at",  # when its wave finished
 )
+PATCH_COLUMNS = CSV_COLUMNS[11:19]
 MAX_NOTICE_RINGS = 8
 
 # ---------------------------------------------------------------- charts
@@ -156,7 +159,7 @@ def csv_rows(view: ComplianceView) -> list[dict[str, str]]:
     for instance in view.instances:
         head = _csv_head(instance)
         if not instance.missing:
-            rows.append({**head, **dict.fromkeys(CSV_COLUMNS[11:], "")})
+            rows.append({**head, **dict.fromkeys(PATCH_COLUMNS, "")})
         for gap in instance.missing:
             d = gap.document()
             rows.append(
@@ -189,6 +192,8 @@ def _csv_head(instance: InstanceView) -> dict[str, str]:
         "reboot_pending": "yes" if instance.reboot_pending else "no",
         "assessed_at": d["assessed_at"] or "",
         "last_install_at": d["last_install_at"] or "",
+        "last_run_id": d["last_run"]["run_id"] if d["last_run"] else "",
+        "last_run_at": d["last_run"]["at"] if d["last_run"] else "",
     }
 
 

@@ -2,24 +2,28 @@
 
 `build_view(policy, instances, states, now)` turns the clouds' assessments (`PatchState`, one per
 instance) into a `ComplianceView`; `merge_views` puts several policies' views into one report;
-`nothing_pending` answers a non-periodic policy's question. Pure: no I/O, no clock (`now` is given).
-`ComplianceView.document()` is the `--json` shape (docs/compliance.md): a contract.
+`nothing_pending` answers a non-periodic policy's question; `last_patched` says which PatchPilot run
+last patched each machine. Pure: no I/O, no clock (`now` is given), but for `recent_runs`, which reads
+the few newest runs of a policy from the run store it is given. `ComplianceView.document()` is the
+`--json` shape (docs/compliance.md): a contract.
 """
 
 from __future__ import annotations
 
 import fnmatch
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, get_args
 
 from patchpilot.compliance.model import PATCH_SEVERITIES, MissingPatch, PatchState
+from patchpilot.engine.run import Run
 from patchpilot.inventory import Instance
 from patchpilot.planning import NO_RING, assign, ring_of
 from patchpilot.policy import Policy
 from patchpilot.policy.model import Classification, PatchSelection, PolicyKind
+from patchpilot.ports import RunStore, UnknownRunError
 
 Status = Literal["compliant", "non_compliant", "exposed", "unknown", "unmanaged"]
 STATUSES: tuple[Status, ...] = ("compliant", "non_compliant", "exposed", "unknown", "unmanaged")
@@ -32,6 +36,7 @@ STATUS_LABELS: dict[Status, str] = {
 }
 NO_RING_LABEL = "(no ring)"
 DOCUMENT_VERSION = 1
+RECENT_RUNS = 12  # runs of a policy `recent_runs` reads at most: a year of monthly windows
 
 # How the clouds name classifications, onto the policy's names (`patches.classifications`).
 _CLASSIFICATION_ALIASES = {
@@ -74,6 +79,49 @@ def in_policy(selection: PatchSelection, patch: MissingPatch) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
+class LastRun:
+    """The PatchPilot run that last patched a machine, and when its wave finished."""
+
+    run_id: str
+    at: datetime
+
+    def document(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "at": self.at.isoformat()}
+
+
+def last_patched(runs: Iterable[Run], policy: str) -> dict[str, LastRun]:
+    """Instance id -> the latest run of `policy` that patched it (state "patched" in a finished
+    wave; rolled back, failed or skipped never count). Runs of other policies are ignored; of two
+    runs, the later wave end wins, whatever order the runs come in."""
+    found: dict[str, LastRun] = {}
+    for run in runs:
+        if run.policy.name != policy:
+            continue
+        for wave in run.waves:
+            if wave.finished_at is None:
+                continue  # still under way: its machines may yet be rolled back
+            for record in wave.records.values():
+                known = found.get(record.id)
+                if record.state == "patched" and (known is None or wave.finished_at > known.at):
+                    found[record.id] = LastRun(run.run_id, wave.finished_at)
+    return found
+
+
+def recent_runs(store: RunStore, policy: str, limit: int = RECENT_RUNS) -> list[Run]:
+    """The `limit` newest runs whose id starts with `<policy>-` (as every run id PatchPilot makes
+    does), newest first: a long-lived store costs `limit` reads, never one per run it ever held.
+    A run listed but gone (an eventually consistent listing) is skipped; other errors raise."""
+    prefix = f"{policy}-"
+    runs = []
+    for run_id in [i for i in reversed(store.run_ids()) if i.startswith(prefix)][:limit]:
+        try:
+            runs.append(store.load(run_id))
+        except UnknownRunError:
+            continue
+    return runs
+
+
+@dataclass(frozen=True, slots=True)
 class PatchGapView:
     """A patch one machine lacks, with its age in whole days (None when the release date is unknown)."""
 
@@ -111,6 +159,14 @@ class InstanceView:
     assessed_at: datetime | None
     last_install_at: datetime | None
     notes: tuple[str, ...] = ()
+    last_run: LastRun | None = None  # None also when the runs were not read (`PolicyView.runs_read`)
+
+    @property
+    def last_installed(self) -> datetime | None:
+        """The later of the cloud's last install and the last PatchPilot run that patched it (AWS
+        keeps only the last operation: after a scan, the cloud no longer knows the install)."""
+        times = [t for t in (self.last_install_at, self.last_run.at if self.last_run else None) if t is not None]
+        return max(times, default=None)
 
     @property
     def gaps(self) -> tuple[PatchGapView, ...]:
@@ -130,6 +186,7 @@ class InstanceView:
             "reboot_pending": self.reboot_pending,
             "assessed_at": _iso(self.assessed_at),
             "last_install_at": _iso(self.last_install_at),
+            "last_run": self.last_run.document() if self.last_run else None,
             "notes": list(self.notes),
             "missing": [g.document() for g in self.missing],
         }
@@ -200,11 +257,13 @@ class PolicyView:
     kind: PolicyKind
     rings: tuple[RingView, ...]
     totals: Totals
+    runs_read: bool = False  # PatchPilot's runs were read: a null `last_run` means none patched it
 
     def document(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "kind": self.kind,
+            "runs_read": self.runs_read,
             "rings": [r.document() for r in self.rings],
             "totals": self.totals.document(),
         }
@@ -222,6 +281,11 @@ class ComplianceView:
         return tuple(r for p in self.policies for r in p.rings)
 
     @property
+    def runs_read(self) -> bool:
+        """Some policy's runs were read: the reports show the last PatchPilot run."""
+        return any(p.runs_read for p in self.policies)
+
+    @property
     def title(self) -> str:
         return ", ".join(p.name for p in self.policies)
 
@@ -237,10 +301,15 @@ class ComplianceView:
 
 
 def build_view(
-    policy: Policy, instances: Sequence[Instance], states: Iterable[PatchState], now: datetime
+    policy: Policy,
+    instances: Sequence[Instance],
+    states: Iterable[PatchState],
+    now: datetime,
+    last_runs: Mapping[str, LastRun] | None = None,
 ) -> ComplianceView:
     """The view of one policy's fleet. Rings and exclusions are the planner's (`planning.assign`);
-    an instance without a PatchState counts as unknown, never compliant."""
+    an instance without a PatchState counts as unknown, never compliant. `last_runs` is
+    `last_patched`'s answer; None when the runs could not be read (the reports then leave it out)."""
     by_id = {s.instance_id: s for s in states}
     members, excluded = assign(policy, instances)
     placed: list[tuple[Instance, str | None, Status | None, str]] = [
@@ -253,9 +322,11 @@ def build_view(
             reason = f"{exclusion.reason}: never patched"
             placed.append((exclusion.instance, ring_of(policy, exclusion.instance), "exposed", reason))
     views = [
-        _instance_view(policy, i, ring, status, reason, by_id.get(i.id), now) for i, ring, status, reason in placed
+        _instance_view(policy, i, ring, status, reason, by_id.get(i.id), now, (last_runs or {}).get(i.id))
+        for i, ring, status, reason in placed
     ]
-    return _assemble(now, [_policy_view(policy.name, policy.kind, [r.name for r in policy.rings], views)], views)
+    rings = [r.name for r in policy.rings]
+    return _assemble(now, [_policy_view(policy.name, policy.kind, rings, views, last_runs is not None)], views)
 
 
 def _instance_view(
@@ -266,6 +337,7 @@ def _instance_view(
     reason: str,
     state: PatchState | None,
     now: datetime,
+    last_run: LastRun | None,
 ) -> InstanceView:
     state = state or PatchState(instance.id, error="no assessment returned for this machine")
     missing = tuple(
@@ -301,6 +373,7 @@ def _instance_view(
         assessed_at=state.assessed_at,
         last_install_at=state.last_install_at,
         notes=state.notes,
+        last_run=last_run,
     )
 
 
@@ -312,12 +385,14 @@ def _age(released: datetime | None, now: datetime) -> int | None:
     return None if released is None else max((now - released).days, 0)
 
 
-def _policy_view(name: str, kind: PolicyKind, rings: Sequence[str], views: Sequence[InstanceView]) -> PolicyView:
+def _policy_view(
+    name: str, kind: PolicyKind, rings: Sequence[str], views: Sequence[InstanceView], runs_read: bool
+) -> PolicyView:
     names = list(rings) + ([NO_RING_LABEL] if any(v.ring is None for v in views) else [])
     ring_views = tuple(
         RingView(name, ring, totals_of(v for v in views if (v.ring or NO_RING_LABEL) == ring)) for ring in names
     )
-    return PolicyView(name, kind, ring_views, totals_of(views))
+    return PolicyView(name, kind, ring_views, totals_of(views), runs_read)
 
 
 def _assemble(now: datetime, policies: Sequence[PolicyView], views: Sequence[InstanceView]) -> ComplianceView:

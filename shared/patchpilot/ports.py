@@ -9,9 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from patchpilot.compliance.model import AssessmentStarted, PatchState
 from patchpilot.engine.messages import (
     CancelMaintenance,
     CheckHealth,
@@ -25,8 +24,11 @@ from patchpilot.engine.messages import (
 )
 from patchpilot.engine.run import Run
 from patchpilot.inventory import Instance
-from patchpilot.maintenance.model import WatchResult
 from patchpilot.policy import Policy
+
+if TYPE_CHECKING:  # the Lambda handlers import the ports: these models load only where used
+    from patchpilot.compliance.model import AssessmentStarted, PatchState
+    from patchpilot.maintenance.model import WatchResult
 
 
 class ConflictError(Exception):

@@ -38,7 +38,6 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 from botocore.exceptions import ClientError
 
 from patchpilot.adapters.health import HttpGet, fill, urllib_get
-from patchpilot.compliance.model import AssessmentStarted, PatchState
 from patchpilot.engine.messages import (
     CheckHealth,
     InstallPatches,
@@ -50,7 +49,6 @@ from patchpilot.engine.messages import (
     TakeSnapshots,
 )
 from patchpilot.inventory import Instance, OsFamily
-from patchpilot.maintenance.model import WatchResult
 from patchpilot.policy.model import HealthChecks, Policy
 from patchpilot.ports import Clock, DiscoveryResult, InProgress, Progress
 
@@ -74,6 +72,9 @@ if TYPE_CHECKING:
         CommandTypeDef,
         InstanceInformationTypeDef,
     )
+
+    from patchpilot.compliance.model import AssessmentStarted, PatchState
+    from patchpilot.maintenance.model import WatchResult
 
 T = TypeVar("T")
 Placement = tuple[str | None, str]  # (account, region)

@@ -53,7 +53,6 @@ from azure.mgmt.compute import models as cm
 from azure.mgmt.hybridcompute import models as hm
 
 from patchpilot.adapters.health import HttpGet, fill, urllib_get
-from patchpilot.compliance.model import AssessmentStarted, PatchState
 from patchpilot.engine.messages import (
     CheckHealth,
     InstallPatches,
@@ -64,7 +63,6 @@ from patchpilot.engine.messages import (
     TakeSnapshots,
 )
 from patchpilot.inventory import Instance
-from patchpilot.maintenance.model import WatchResult
 from patchpilot.policy.model import HealthChecks, Policy
 from patchpilot.ports import Clock, DiscoveryResult, InProgress, Progress
 
@@ -121,6 +119,9 @@ from .graph import IDS_PER_QUERY, query
 if TYPE_CHECKING:
     from azure.mgmt.compute import ComputeManagementClient
     from azure.mgmt.hybridcompute import HybridComputeManagementClient
+
+    from patchpilot.compliance.model import AssessmentStarted, PatchState
+    from patchpilot.maintenance.model import WatchResult
 
 SNAPSHOT_POLL = timedelta(minutes=2)
 INSTALL_POLL = timedelta(minutes=5)

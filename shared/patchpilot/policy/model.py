@@ -32,7 +32,7 @@ from patchpilot.policy.schedule import (
     Monthly,
     MonthlyRule,
     Window,
-    parse_aws_cron,
+    known_aws_cron,
     window_starts,
 )
 
@@ -349,8 +349,8 @@ POLICY_KINDS: dict[PolicyKind, str] = {
     "emergency": "patched only by emergency runs from advisories; the schedule starts nothing",
     "frozen": "never patched: every machine is shown as exposed",
 }
-DAILY_AT_FIVE = parse_aws_cron("cron(0 5 * * ? *)")
-MONDAYS_AT_EIGHT = parse_aws_cron("cron(0 8 ? * MON *)")
+DAILY_AT_FIVE = known_aws_cron("cron(0 5 * * ? *)")
+MONDAYS_AT_EIGHT = known_aws_cron("cron(0 8 ? * MON *)")
 
 
 class ComplianceSettings(_Section):

@@ -103,10 +103,10 @@ def parse_aws_cron(value: object) -> AwsCron:
     fields = m["body"].split() if m else []
     if len(fields) != 6:
         raise fail("cron", f"{expected} (six fields: minute hour day-of-month month day-of-week year)", value)
-    minute, hour, dom, month, dow, year = fields
+    dom, dow = fields[2], fields[4]
     if (dom == "?") == (dow == "?"):
         raise fail("cron", "expected exactly one of day-of-month and day-of-week to be ?", value)
-    expression = " ".join(["0", minute, hour, dom, month, _unix_weekdays(dow), year])
+    expression = _croniter_expression(fields)
     from croniter import croniter
 
     try:
@@ -115,6 +115,19 @@ def parse_aws_cron(value: object) -> AwsCron:
         raise fail("cron", f"{expected} ({exc})", value) from None
     assert isinstance(value, str)
     return AwsCron(value.strip(), expression)
+
+
+def known_aws_cron(text: str) -> AwsCron:
+    """An AWS cron expression known to be valid (a default in the code), translated without
+    loading croniter: the Lambda handlers import the policy models and never need it."""
+    body = _CRON_RE.match(text)
+    assert body is not None, text
+    return AwsCron(text, _croniter_expression(body["body"].split()))
+
+
+def _croniter_expression(fields: list[str]) -> str:
+    minute, hour, dom, month, dow, year = fields
+    return " ".join(["0", minute, hour, dom, month, _unix_weekdays(dow), year])
 
 
 def _unix_weekdays(field: str) -> str:

@@ -1,0 +1,23 @@
+"""What the handlers load at cold start: each module a handler never uses, imported anyway, is
+paid for by every cold start (bench/bench_cold_start.py measures the cost)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NEVER_AT_IMPORT = ["croniter", "yaml", "patchpilot.compliance.model", "patchpilot.maintenance.model", "jinja2"]
+
+
+@pytest.mark.parametrize("module", ["aws_lambda.worker", "aws_lambda.approve", "function_app"])
+def test_a_handler_imports_no_module_it_does_not_need_to_start(module: str) -> None:
+    probe = f"import json, sys, {module}; print(json.dumps([m for m in {NEVER_AT_IMPORT!r} if m in sys.modules]))"
+    answer = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True, timeout=120
+    )
+    assert json.loads(answer.stdout.strip().splitlines()[-1]) == []

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import assert_never
 
 from patchpilot.engine.decide import decide, start_run
@@ -24,6 +25,7 @@ from patchpilot.engine.messages import (
     Command,
     Event,
     FleetCommand,
+    FollowUpRequested,
     HealthChecked,
     InstallPatches,
     MaintenanceCancelled,
@@ -36,6 +38,7 @@ from patchpilot.engine.messages import (
     RollBack,
     RolledBack,
     SnapshotsTaken,
+    StartFollowUp,
     TakeSnapshots,
     TimerFired,
     Wait,
@@ -60,6 +63,7 @@ from patchpilot.ports import (
 log = logging.getLogger("patchpilot.service")
 
 MAX_CONFLICT_RETRIES = 5
+FOLLOW_UP_POLL = timedelta(minutes=5)  # how often a follow-up waits for the runs it must follow
 
 
 def grant_approval(
@@ -116,6 +120,36 @@ class Service:
         decision = start_run(run_id, policy, plan_maintenance(policy, instances), self.clock.now(), maintenance)
         return self._create(decision.run, decision.commands)
 
+    def request_follow_up(self, event: FollowUpRequested) -> Run | None:
+        """Record in run `event.run_id` the instances it does not cover (once per event id); the
+        follow-up starts when that run has ended, at once if it has. None when the run is unknown."""
+        self._apply(event)
+        try:
+            return self.store.load(event.run_id)
+        except UnknownRunError:
+            return None
+
+    def _start_follow_up(self, command: StartFollowUp, delivery: Delivery) -> bool:
+        """Start the follow-up once every run it follows has finished; False while one still runs
+        (polled again later). It installs what the run it follows promoted, pinned."""
+        from patchpilot.planning import plan
+
+        now = self.clock.now()
+        for run_id in command.after:
+            try:
+                finished = self.store.load(run_id).finished
+            except UnknownRunError:  # an earlier follow-up not started yet: it is in the same outbox
+                finished = False
+            if not finished:
+                log.info("follow-up %s waits for run %s", command.follow_up_id, run_id)
+                self.queue.retry_at(delivery, now + FOLLOW_UP_POLL)
+                return False
+        followed = self.store.load(command.run_id)
+        policy = followed.policy
+        decision = start_run(command.follow_up_id, policy, plan(policy, command.instances), now, follow_up_of=followed)
+        self._create(decision.run, decision.commands)
+        return True
+
     def approve(self, run_id: str, by: str = "cli") -> str:
         """Grant the approval the run waits for; approving one gate twice is one approval."""
         return grant_approval(self.store, self.queue, run_id, by)
@@ -140,6 +174,7 @@ class Service:
                 | ApprovalGranted()
                 | ApprovalRejected()
                 | NoticeUndelivered()
+                | FollowUpRequested()
             ):
                 self._apply(message)
             case Wait():
@@ -149,6 +184,9 @@ class Service:
                 self.notifier.notify(message)
             case CancelMaintenance():
                 self._cancel(message)
+            case StartFollowUp():
+                if not self._start_follow_up(message, delivery):
+                    return  # polled again once the runs it follows may have finished
             case ProbeAgents() | TakeSnapshots() | InstallPatches() | CheckHealth() | RollBack():
                 if not self._execute(message, delivery):
                     return  # postponed: polled again later, not acked

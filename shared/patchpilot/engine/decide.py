@@ -21,6 +21,7 @@ from patchpilot.engine.messages import (
     CheckHealth,
     Command,
     Event,
+    FollowUpRequested,
     HealthChecked,
     InstallPatches,
     InstallTarget,
@@ -35,11 +36,13 @@ from patchpilot.engine.messages import (
     RolledBack,
     Severity,
     SnapshotsTaken,
+    StartFollowUp,
     TakeSnapshots,
     Topic,
     Wait,
 )
 from patchpilot.engine.run import (
+    FollowUp,
     InstanceRecord,
     LogEntry,
     MaintenanceRun,
@@ -82,9 +85,17 @@ class Transition:
 
 
 def start_run(
-    run_id: str, policy: Policy, plan: Plan, now: datetime, maintenance: MaintenanceRun | None = None
+    run_id: str,
+    policy: Policy,
+    plan: Plan,
+    now: datetime,
+    maintenance: MaintenanceRun | None = None,
+    follow_up_of: Run | None = None,
 ) -> Decision:
     """A new run at `now`; its window (when the policy has a schedule) ends `duration` later.
+
+    With `follow_up_of` (a finished run that may be followed up), the run is its follow-up: every
+    ring, the first one too, installs exactly what that run's first ring promoted, pinned per OS.
 
     With `maintenance`, the run accompanies an Azure Update Manager run: one wave of the machines
     Update Manager will patch, snapshotted before its cut-off (or the maintenance run is
@@ -114,12 +125,16 @@ def start_run(
         waves=waves,
         excluded=excluded,
         maintenance=maintenance,
+        promoted=follow_up_of.promoted if follow_up_of else None,
+        follow_up_of=follow_up_of.run_id if follow_up_of else None,
     )
     frozen = [r for r in excluded if r.reason.startswith("frozen")]
     text = f"Run {run_id} of policy {policy.name} started: {len(waves)} waves"
     text += f", {sum(len(w.records) for w in waves)} instances"
     if maintenance is not None:
         text += f", accompanying Update Manager run {maintenance.id}"
+    if follow_up_of is not None:
+        text += f", following up run {follow_up_of.run_id} with what it promoted"
     if frozen and maintenance is not None:
         names = ", ".join(r.instance.short_name for r in frozen[:10])
         text += (
@@ -129,7 +144,9 @@ def start_run(
     elif frozen:
         text += f"; {len(frozen)} frozen instances are not patched and stay exposed"
     notice = _notify(run, "run_started", text)
-    decision = _begin_wave(_logged(run, now, text), now)
+    run = _logged(run, now, text)
+    # A follow-up enters its first ring like any later ring: an approval the ring requires is asked again.
+    decision = _enter_next_ring(run, now) if follow_up_of is not None and waves else _begin_wave(run, now)
     return Decision(decision.run, [notice, *decision.commands])
 
 
@@ -142,6 +159,44 @@ def _on_notice_undelivered(run: Run, event: NoticeUndelivered) -> Decision:
     return Decision(_logged(run, event.at, text, "warning"))
 
 
+def _on_follow_up_requested(run: Run, event: FollowUpRequested) -> Decision:
+    """Record the request; once the run has ended (now, or later in `_end`) the follow-up starts."""
+    follow_up = FollowUp(run_id=event.follow_up_id, instances=list(event.instances), requested_at=event.at)
+    names = ", ".join(i.short_name for i in event.instances[:10])
+    text = f"Follow-up run {event.follow_up_id} requested for {plural(len(event.instances), 'instance')} ({names})"
+    text += f": {event.reason}" if event.reason else ""
+    run = run.model_copy(update={"processed": (*run.processed, event.id), "follow_ups": (*run.follow_ups, follow_up)})
+    run = _logged(run, event.at, text, "warning")
+    if not run.finished:
+        return Decision(run)
+    return _follow_up(run, event.at, [follow_up])
+
+
+def _follow_up(run: Run, now: datetime, follow_ups: list[FollowUp]) -> Decision:
+    """Start commands for follow-ups of a finished run, each after the run and the follow-ups
+    recorded before it (never two at once); none when the run may not be followed up."""
+    if not follow_ups:
+        return Decision(run)
+    if not run.may_follow_up:
+        why = "halted before promotion" if run.promoted is None else f"{run.state}: {run.reason}"
+        ids = ", ".join(f.run_id for f in follow_ups)
+        text = f"NOT COVERED: run {run.run_id} {why}; follow-up {ids} not started, nothing more is patched"
+        return Decision(_logged(run, now, text, "error"))
+    order = [f.run_id for f in run.follow_ups]
+    commands: list[Command] = [
+        StartFollowUp(
+            id=f"{run.run_id}:followup:{f.run_id}:start",
+            run_id=run.run_id,
+            follow_up_id=f.run_id,
+            instances=list(f.instances),
+            after=[run.run_id, *order[: order.index(f.run_id)]],
+        )
+        for f in follow_ups
+    ]
+    text = f"Follow-up {', '.join(f.run_id for f in follow_ups)} of run {run.run_id} starts"
+    return Decision(_logged(run, now, text), commands)
+
+
 # ---------------------------------------------------------------- the table
 
 
@@ -152,6 +207,8 @@ def decide(run: Run, event: Event, now: datetime) -> Decision:
         return Decision(run, ignored=f"duplicate event {event.id}")
     if isinstance(event, NoticeUndelivered):  # in any state: a finished run's last notice too
         return _on_notice_undelivered(run, event)
+    if isinstance(event, FollowUpRequested):  # in any state: started at once when the run has ended
+        return _on_follow_up_requested(run, event)
     transition = TRANSITIONS.get((run.state, event.type))
     if transition is None:
         return Decision(run, ignored=f"{event.type} is not expected while {run.state}")
@@ -398,7 +455,7 @@ def _begin_wave(run: Run, now: datetime) -> Decision:
         when = run.window_end.astimezone(zone).isoformat(timespec="minutes")
         return _end(run, now, "incomplete", f"the maintenance window ended at {when}; later waves not started")
     wave = run.current.model_copy(update={"started_at": now})
-    if wave.ring_position > 0:
+    if wave.ring_position > 0 or run.follow_up_of is not None:
         wave = _skip_unpromotable(run, wave)
     run = _logged(_with_wave(run, wave), now, f"Wave {wave.index} ({wave.ring}) started")
     targets = [r.instance for r in _pending(wave)]
@@ -411,7 +468,7 @@ def _begin_wave(run: Run, now: datetime) -> Decision:
 def _skip_unpromotable(run: Run, wave: WaveState) -> WaveState:
     """Later rings install exactly what the first ring installed and passed, per OS."""
     promoted = run.promoted or {}
-    first_ring = run.policy.rings[0].name
+    first_ring = run.policy.rings[0].name + (f" of run {run.follow_up_of}" if run.follow_up_of else "")
     records = dict(wave.records)
     for key, record in wave.records.items():
         os_name = record.instance.os
@@ -450,7 +507,8 @@ def _finish_wave(run: Run, now: datetime) -> Decision:
             reason = f"ring {wave.ring} had {plural(ring_failures, 'failure')}: later rings are not touched"
             decision = _end(run, now, "halted", reason)
             return Decision(decision.run, [*notices, *decision.commands])
-        run = run.model_copy(update={"promoted": _promoted(ring_records)})
+        if run.follow_up_of is None:  # a follow-up keeps the set it was pinned to
+            run = run.model_copy(update={"promoted": _promoted(ring_records)})
     text = f"Ring {wave.ring} finished: {count_states(ring_records)}"
     notices.append(_notify(run, "ring_finished", text, suffix=wave.ring))
     run = _logged(run.model_copy(update={"cursor": run.cursor + 1}), now, text)
@@ -493,9 +551,14 @@ def _end(run: Run, now: datetime, state: RunState, reason: str) -> Decision:
         waves.append(wave)
     run = run.model_copy(update={"waves": tuple(waves), "state": state, "reason": reason, "awaiting": None})
     text = f"Run {run.run_id} {state}: {reason}. {count_states(run.records())}"
+    if run.follow_ups and not run.may_follow_up:
+        text += f". NOT COVERED: {plural(len(run.follow_ups), 'follow-up')} not started, nothing more is patched"
     if state == "succeeded":
-        return Decision(_logged(run, now, text), [_notify(run, "run_finished", text)])
-    return Decision(_logged(run, now, text, "error"), [_notify(run, "run_halted", text, "error")])
+        notice, run = _notify(run, "run_finished", text), _logged(run, now, text)
+    else:
+        notice, run = _notify(run, "run_halted", text, "error"), _logged(run, now, text, "error")
+    follow_up = _follow_up(run, now, list(run.follow_ups))
+    return Decision(follow_up.run, [notice, *follow_up.commands])
 
 
 # ---------------------------------------------------------------- helpers
@@ -609,7 +672,7 @@ def _time_left(run: Run, now: datetime) -> timedelta | None:
 
 
 def _pinned(run: Run, record: InstanceRecord) -> list[str] | None:
-    if run.current.ring_position == 0:
+    if run.current.ring_position == 0 and run.follow_up_of is None:
         return None
     return list((run.promoted or {}).get(record.instance.os, []))
 

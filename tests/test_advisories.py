@@ -376,3 +376,17 @@ def test_a_run_halted_in_staging_starts_no_follow_up_and_says_so(tmp_path: Path,
     assert late.follow_up == "" and late.severity == "error"
     assert f"NOT COVERED: run {first.run_id} halted before promotion: api-tyo-03 are not patched" in late.text
     assert follow_ups(runtime) == []
+
+
+def test_follow_ups_of_one_run_go_one_after_the_other(tmp_path: Path, policy: Policy, fleet: list[Instance]) -> None:
+    runtime = LocalRuntime.open(tmp_path, start=NOW)
+    started = deliver(runtime, policy, fleet, finding(STAGING, PRODUCTION))
+    one = deliver(runtime, policy, fleet, finding(LATER)).follow_up
+    two = deliver(runtime, policy, fleet, finding(LATER, "i-000000005eed9aab")).follow_up  # only api-tyo-03 is new
+    assert one and two and one != two
+    runtime.drive(started.run_id)
+    first, second = runtime.load(one), runtime.load(two)
+    assert [r.id for r in second.records()] == ["i-000000005eed9aab"]
+    (first_end,) = [e.at for e in first.log if e.text.startswith(f"Run {one} succeeded")]
+    assert second.status == "succeeded" and second.created_at >= first_end
+    assert [f.state for f in runtime.load(started.run_id).follow_ups] == ["finished", "finished"]

@@ -103,7 +103,9 @@ def begin_with_a_follow_up(runtime: Runtime) -> None:
 def assert_followed_up_once(runtime: Runtime) -> None:
     first, second = runtime.load(FOLLOWED), runtime.load(FOLLOW_UP)
     assert first.status == "succeeded" and first.promoted and [f.run_id for f in first.follow_ups] == [FOLLOW_UP]
-    assert second.status == "succeeded" and second.created_at >= first.log[-1].at  # after the run, never alongside
+    (ended,) = [e.at for e in first.log if e.text.startswith(f"Run {FOLLOWED} succeeded")]
+    assert second.status == "succeeded" and second.created_at >= ended  # after the run, never alongside
+    assert first.follow_ups[0].state == "finished"
     assert [(r.id, r.state, r.installed) for r in second.records()] == [(LATER.id, "patched", first.promoted[LATER.os])]
     effects = runtime.fleet.effects(FOLLOW_UP)
     assert {i for _, i in effects} == {LATER.id}

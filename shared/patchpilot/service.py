@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import assert_never
 
 from patchpilot.engine.decide import decide, start_run
@@ -22,13 +21,14 @@ from patchpilot.engine.messages import (
     ApprovalRejected,
     CancelMaintenance,
     CheckHealth,
-    Command,
     Event,
     FleetCommand,
+    FollowUpFinished,
     FollowUpRequested,
     HealthChecked,
     InstallPatches,
     MaintenanceCancelled,
+    Message,
     NoticeUndelivered,
     Notify,
     Outcome,
@@ -63,7 +63,6 @@ from patchpilot.ports import (
 log = logging.getLogger("patchpilot.service")
 
 MAX_CONFLICT_RETRIES = 5
-FOLLOW_UP_POLL = timedelta(minutes=5)  # how often a follow-up waits for the runs it must follow
 
 
 def grant_approval(
@@ -101,7 +100,7 @@ class Service:
         decision = start_run(run_id, policy, plan(policy, instances), self.clock.now())
         return self._create(decision.run, decision.commands)
 
-    def _create(self, run: Run, commands: list[Command]) -> Run:
+    def _create(self, run: Run, commands: list[Message]) -> Run:
         run = run.model_copy(update={"version": 1})
         try:
             self.store.create(run, commands)
@@ -129,26 +128,15 @@ class Service:
         except UnknownRunError:
             return None
 
-    def _start_follow_up(self, command: StartFollowUp, delivery: Delivery) -> bool:
-        """Start the follow-up once every run it follows has finished; False while one still runs
-        (polled again later). It installs what the run it follows promoted, pinned."""
+    def _start_follow_up(self, command: StartFollowUp) -> None:
+        """Start the follow-up of a finished run: it installs what that run promoted, pinned."""
         from patchpilot.planning import plan
 
-        now = self.clock.now()
-        for run_id in command.after:
-            try:
-                finished = self.store.load(run_id).finished
-            except UnknownRunError:  # an earlier follow-up not started yet: it is in the same outbox
-                finished = False
-            if not finished:
-                log.info("follow-up %s waits for run %s", command.follow_up_id, run_id)
-                self.queue.retry_at(delivery, now + FOLLOW_UP_POLL)
-                return False
         followed = self.store.load(command.run_id)
         policy = followed.policy
+        now = self.clock.now()
         decision = start_run(command.follow_up_id, policy, plan(policy, command.instances), now, follow_up_of=followed)
         self._create(decision.run, decision.commands)
-        return True
 
     def approve(self, run_id: str, by: str = "cli") -> str:
         """Grant the approval the run waits for; approving one gate twice is one approval."""
@@ -175,6 +163,7 @@ class Service:
                 | ApprovalRejected()
                 | NoticeUndelivered()
                 | FollowUpRequested()
+                | FollowUpFinished()
             ):
                 self._apply(message)
             case Wait():
@@ -185,8 +174,7 @@ class Service:
             case CancelMaintenance():
                 self._cancel(message)
             case StartFollowUp():
-                if not self._start_follow_up(message, delivery):
-                    return  # polled again once the runs it follows may have finished
+                self._start_follow_up(message)
             case ProbeAgents() | TakeSnapshots() | InstallPatches() | CheckHealth() | RollBack():
                 if not self._execute(message, delivery):
                     return  # postponed: polled again later, not acked

@@ -74,7 +74,8 @@ def open_run_of(policy: Policy, run: Run) -> OpenRun | None:
         return None
     instances = frozenset(i for w in run.waves for i in w.records)
     followed_up = frozenset(i.id for f in run.follow_ups for i in f.instances)
-    return OpenRun(run.run_id, match.group(1), run.status, instances, followed_up, run.promoted is not None)
+    promoted = run.promoted is not None
+    return OpenRun(run.run_id, match.group(1), run.status, instances, followed_up, promoted, run.follow_up_running)
 
 
 def fixes_os(fixes: Iterable[str]) -> set[OsFamily]:
@@ -178,11 +179,12 @@ def _advisory_answer(
     follow_up = ""
     if missing and current.may_follow_up:
         follow_up = follow_up_run_id(current.run_id, missing)
-        when = (
-            f"started follow-up run {follow_up}"
-            if current.finished
-            else f"follow-up run {follow_up} starts when run {current.run_id} ends"
-        )
+        if not current.finished:
+            when = f"follow-up run {follow_up} starts when run {current.run_id} ends"
+        elif current.follow_up_running:
+            when = f"follow-up run {follow_up} starts when the follow-up of run {current.run_id} under way ends"
+        else:
+            when = f"started follow-up run {follow_up}"
         text += f"; {_count(missing)} not covered ({_names(missing, fleet)}): {when}, installing what it promoted"
     elif missing:
         why = "halted before promotion" if not current.promoted else f"{current.status}"

@@ -71,6 +71,7 @@ class OpenRun:
     instances: frozenset[str]  # the instances the run patches
     followed_up: frozenset[str] = frozenset()  # the instances its follow-up runs patch (requested)
     promoted: bool = True  # False: its first ring promoted nothing yet (a halt now is a halt in staging)
+    follow_up_running: bool = False  # one of its follow-ups is under way: the next waits for it
 
     @property
     def finished(self) -> bool:

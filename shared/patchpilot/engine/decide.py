@@ -21,11 +21,13 @@ from patchpilot.engine.messages import (
     CheckHealth,
     Command,
     Event,
+    FollowUpFinished,
     FollowUpRequested,
     HealthChecked,
     InstallPatches,
     InstallTarget,
     MaintenanceCancelled,
+    Message,
     NoticeUndelivered,
     Notify,
     Outcome,
@@ -68,7 +70,7 @@ CANCEL_MARGIN = timedelta(minutes=3)
 @dataclass(frozen=True)
 class Decision:
     run: Run
-    commands: list[Command] = field(default_factory=list)
+    commands: list[Message] = field(default_factory=list)  # the outbox: commands, and events for other runs
     ignored: str = ""  # why the event changed nothing, when it did not
 
 
@@ -167,34 +169,48 @@ def _on_follow_up_requested(run: Run, event: FollowUpRequested) -> Decision:
     text += f": {event.reason}" if event.reason else ""
     run = run.model_copy(update={"processed": (*run.processed, event.id), "follow_ups": (*run.follow_ups, follow_up)})
     run = _logged(run, event.at, text, "warning")
-    if not run.finished:
-        return Decision(run)
-    return _follow_up(run, event.at, [follow_up])
+    return _next_follow_up(run, event.at) if run.finished else Decision(run)
 
 
-def _follow_up(run: Run, now: datetime, follow_ups: list[FollowUp]) -> Decision:
-    """Start commands for follow-ups of a finished run, each after the run and the follow-ups
-    recorded before it (never two at once); none when the run may not be followed up."""
-    if not follow_ups:
-        return Decision(run)
+def _on_follow_up_finished(run: Run, event: FollowUpFinished) -> Decision:
+    follow_ups = tuple(
+        f.model_copy(update={"state": "finished"}) if f.run_id == event.follow_up_id else f for f in run.follow_ups
+    )
+    run = run.model_copy(update={"processed": (*run.processed, event.id), "follow_ups": follow_ups})
+    if event.halted:
+        return _no_follow_ups(run, event.at, f"follow-up {event.follow_up_id} halted")
+    return _next_follow_up(_logged(run, event.at, f"Follow-up {event.follow_up_id} finished"), event.at)
+
+
+def _next_follow_up(run: Run, now: datetime) -> Decision:
+    """Start the first requested follow-up of a finished run, one at a time (never two runs planned
+    apart at once); none when the run may not be followed up."""
     if not run.may_follow_up:
         why = "halted before promotion" if run.promoted is None else f"{run.state}: {run.reason}"
-        ids = ", ".join(f.run_id for f in follow_ups)
-        text = f"NOT COVERED: run {run.run_id} {why}; follow-up {ids} not started, nothing more is patched"
-        return Decision(_logged(run, now, text, "error"))
-    order = [f.run_id for f in run.follow_ups]
-    commands: list[Command] = [
-        StartFollowUp(
-            id=f"{run.run_id}:followup:{f.run_id}:start",
-            run_id=run.run_id,
-            follow_up_id=f.run_id,
-            instances=list(f.instances),
-            after=[run.run_id, *order[: order.index(f.run_id)]],
-        )
-        for f in follow_ups
-    ]
-    text = f"Follow-up {', '.join(f.run_id for f in follow_ups)} of run {run.run_id} starts"
-    return Decision(_logged(run, now, text), commands)
+        return _no_follow_ups(run, now, f"run {run.run_id} {why}")
+    waiting = [f for f in run.follow_ups if f.state == "requested"]
+    if run.follow_up_running or not waiting:
+        return Decision(run)
+    follow_up = waiting[0]
+    command = StartFollowUp(
+        id=f"{run.run_id}:followup:{follow_up.run_id}:start",
+        run_id=run.run_id,
+        follow_up_id=follow_up.run_id,
+        instances=list(follow_up.instances),
+    )
+    follow_ups = tuple(f.model_copy(update={"state": "started"}) if f is follow_up else f for f in run.follow_ups)
+    run = _logged(run.model_copy(update={"follow_ups": follow_ups}), now, f"Follow-up {follow_up.run_id} starts")
+    return Decision(run, [command])
+
+
+def _no_follow_ups(run: Run, now: datetime, why: str) -> Decision:
+    waiting = [f for f in run.follow_ups if f.state == "requested"]
+    if not waiting:
+        return Decision(run)
+    follow_ups = tuple(f.model_copy(update={"state": "not_started"}) if f in waiting else f for f in run.follow_ups)
+    ids = ", ".join(f.run_id for f in waiting)
+    text = f"NOT COVERED: {why}; follow-up {ids} not started, nothing more is patched"
+    return Decision(_logged(run.model_copy(update={"follow_ups": follow_ups}), now, text, "error"))
 
 
 # ---------------------------------------------------------------- the table
@@ -209,6 +225,8 @@ def decide(run: Run, event: Event, now: datetime) -> Decision:
         return _on_notice_undelivered(run, event)
     if isinstance(event, FollowUpRequested):  # in any state: started at once when the run has ended
         return _on_follow_up_requested(run, event)
+    if isinstance(event, FollowUpFinished):  # a finished run's follow-up ended: the next one may start
+        return _on_follow_up_finished(run, event)
     transition = TRANSITIONS.get((run.state, event.type))
     if transition is None:
         return Decision(run, ignored=f"{event.type} is not expected while {run.state}")
@@ -557,8 +575,18 @@ def _end(run: Run, now: datetime, state: RunState, reason: str) -> Decision:
         notice, run = _notify(run, "run_finished", text), _logged(run, now, text)
     else:
         notice, run = _notify(run, "run_halted", text, "error"), _logged(run, now, text, "error")
-    follow_up = _follow_up(run, now, list(run.follow_ups))
-    return Decision(follow_up.run, [notice, *follow_up.commands])
+    outbox: list[Message] = [notice]
+    if run.follow_up_of is not None:  # the run it follows up may start its next one
+        ended = FollowUpFinished(
+            id=f"{run.run_id}:finished",
+            run_id=run.follow_up_of,
+            follow_up_id=run.run_id,
+            halted=state == "halted",
+            at=now,
+        )
+        outbox.append(ended)
+    follow_up = _next_follow_up(run, now)
+    return Decision(follow_up.run, [*outbox, *follow_up.commands])
 
 
 # ---------------------------------------------------------------- helpers

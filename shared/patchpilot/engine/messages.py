@@ -127,14 +127,13 @@ class Notify(_Command):
 
 class StartFollowUp(_Command):
     """Start follow-up run `follow_up_id` of the finished run `run_id` on `instances`, installing
-    exactly what that run promoted; the shell starts it only once every run in `after` (the run
-    itself and its earlier follow-ups) has finished, and polls until then. Starting it twice is
-    one start (`Service.start` is idempotent per run id)."""
+    exactly what that run promoted. The engine emits one at a time: the next once the previous
+    follow-up has finished (`FollowUpFinished`). Starting it twice is one start (`Service.start`
+    is idempotent per run id)."""
 
     type: Literal["StartFollowUp"] = "StartFollowUp"
     follow_up_id: str
     instances: list[Instance]
-    after: list[str]
 
 
 Command = Annotated[
@@ -243,6 +242,16 @@ class FollowUpRequested(_Message):
     at: datetime
 
 
+class FollowUpFinished(_Message):
+    """Follow-up run `follow_up_id` of run `run_id` has ended (from its outbox, id
+    `<follow-up id>:finished`): the run starts its next follow-up, or none after a halt."""
+
+    type: Literal["FollowUpFinished"] = "FollowUpFinished"
+    follow_up_id: str
+    halted: bool
+    at: datetime
+
+
 Event = Annotated[
     AgentsProbed
     | SnapshotsTaken
@@ -254,7 +263,8 @@ Event = Annotated[
     | ApprovalGranted
     | ApprovalRejected
     | NoticeUndelivered
-    | FollowUpRequested,
+    | FollowUpRequested
+    | FollowUpFinished,
     Field(discriminator="type"),
 ]
 
@@ -278,7 +288,8 @@ Message = Annotated[
     | ApprovalGranted
     | ApprovalRejected
     | NoticeUndelivered
-    | FollowUpRequested,
+    | FollowUpRequested
+    | FollowUpFinished,
     Field(discriminator="type"),
 ]
 MESSAGE = TypeAdapter(Message)

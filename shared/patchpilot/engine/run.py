@@ -110,6 +110,7 @@ class FollowUp(_State):
     run_id: str
     instances: list[Instance]
     requested_at: datetime
+    state: Literal["requested", "started", "finished", "not_started"] = "requested"
 
 
 class Run(_State):
@@ -147,6 +148,10 @@ class Run(_State):
         """Whether follow-up runs may start from this run: it has finished without halting and its
         first ring promoted a tested set (a halt, a rejection or a failed staging ring starts none)."""
         return self.finished and self.state != "halted" and self.promoted is not None
+
+    @property
+    def follow_up_running(self) -> bool:
+        return any(f.state == "started" for f in self.follow_ups)
 
     @property
     def current(self) -> WaveState:

@@ -95,7 +95,7 @@ class Service:
     def start(self, run_id: str, policy: Policy, instances: Iterable[Instance]) -> Run:
         """Start a run; starting the same run id again (a redelivered trigger) only finishes
         what the first start left undone."""
-        from patchpilot.planning import plan  # imported when used: the Lambda worker never plans
+        from patchpilot.planning import plan  # imported when used: the worker plans only follow-ups
 
         decision = start_run(run_id, policy, plan(policy, instances), self.clock.now())
         return self._create(decision.run, decision.commands)

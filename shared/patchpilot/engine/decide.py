@@ -59,7 +59,7 @@ from patchpilot.policy import Policy
 from patchpilot.policy.fields import format_duration
 
 if TYPE_CHECKING:
-    from patchpilot.planning import Plan  # only `start_run` takes one: the worker never plans
+    from patchpilot.planning import Plan  # only `start_run` takes one
 
 MAX_FAILURE_NOTICES = 10  # per wave; more are summarised in one message
 # Snapshots for an Update Manager run must be done this long before its cancellation cut-off,

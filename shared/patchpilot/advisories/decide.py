@@ -187,7 +187,10 @@ def _advisory_answer(
             when = f"started follow-up run {follow_up}"
         text += f"; {_count(missing)} not covered ({_names(missing, fleet)}): {when}, installing what it promoted"
     elif missing:
-        why = "halted before promotion" if not current.promoted else f"{current.status}"
+        if current.promoted:
+            why = current.status
+        else:
+            why = "halted before promotion" if current.status == "halted" else "ended without a promoted, tested set"
         text += f"; NOT COVERED: run {current.run_id} {why}: {_names(missing, fleet)} are not patched"
     return answer(
         "merge",

@@ -186,7 +186,10 @@ def _next_follow_up(run: Run, now: datetime) -> Decision:
     """Start the first requested follow-up of a finished run, one at a time (never two runs planned
     apart at once); none when the run may not be followed up."""
     if not run.may_follow_up:
-        why = "halted before promotion" if run.promoted is None else f"{run.state}: {run.reason}"
+        if run.promoted is None:
+            why = "halted before promotion" if run.state == "halted" else "ended without a promoted, tested set"
+        else:
+            why = f"{run.state}: {run.reason}"
         return _no_follow_ups(run, now, f"run {run.run_id} {why}")
     waiting = [f for f in run.follow_ups if f.state == "requested"]
     if run.follow_up_running or not waiting:

@@ -184,10 +184,17 @@ def survive(world: World, faults: Faults, action: Callable[[Runtime], None], rec
             continue
 
 
-def chaotic_run(world: World, crash_at: set[int], seed: int, duplicate: float, recover: bool = False) -> Runtime:
+def chaotic_run(
+    world: World,
+    crash_at: set[int],
+    seed: int,
+    duplicate: float,
+    recover: bool = False,
+    begin: Callable[[Runtime], None] = start,
+) -> Runtime:
     rng = random.Random(seed)
     faults = Faults(crash_at)
-    runtime = survive(world, faults, start, recover)  # the trigger is redelivered until it is acked
+    runtime = survive(world, faults, begin, recover)  # the trigger is redelivered until it is acked
     duplicated: set[str] = set()
     for _ in range(20_000):
         deliveries = runtime.queue.receive(rng.randint(1, 6))

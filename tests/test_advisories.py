@@ -14,14 +14,19 @@ from click.testing import CliRunner, Result
 
 from patchpilot.advisories import (
     Advisory,
+    AdvisoryAnswer,
     OpenRun,
     decide_advisory,
     emergency_policy,
     emergency_run_id,
+    follow_up_request,
+    follow_up_run_id,
     load_payload,
     parse_event,
 )
+from patchpilot.advisories.intake import take_advisories
 from patchpilot.cli import EXIT_INVALID_INPUT, EXIT_WAITING_APPROVAL, main
+from patchpilot.engine.messages import StartFollowUp
 from patchpilot.errors import InputError, format_path
 from patchpilot.inventory import Instance, load_inventory
 from patchpilot.local_runtime import LocalRuntime
@@ -35,6 +40,7 @@ EXPECTED: dict[str, Any] = json.loads((EVENTS / "expected.json").read_text())
 NOW = datetime(2025, 1, 15, 12, 0, tzinfo=UTC)
 CVE = "CVE-2025-0001"
 FIRST_RUN = "monthly-fleet-emergency-CVE-2025-0001-20250114-1800"
+NOW_RUN = "monthly-fleet-emergency-CVE-2025-0001-20250115-1200"  # the window NOW falls in
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +113,33 @@ def test_a_running_run_takes_the_cve_from_another_window_and_names_what_it_does_
     answer = decide_advisory(policy, advisory(instances=(staging, production), fleet_wide=False), fleet, NOW, [running])
     assert (answer.action, answer.run_id) == ("merge", running.run_id)
     assert answer.instances == (staging,) and answer.not_covered == (production,)
-    assert "NOT COVERED: api-tyo-01" in answer.text
+    assert answer.follow_up == follow_up_run_id(running.run_id, [production]) == f"{running.run_id}-followup-4f7e3e33"
+    assert f"1 instance not covered (api-tyo-01): follow-up run {answer.follow_up} starts when run" in answer.text
+    assert answer.severity == "warning"  # patched later, by the follow-up
+
+
+def test_a_run_that_halted_before_promotion_leaves_the_uncovered_instances_not_covered(
+    policy: Policy, fleet: list[Instance]
+) -> None:
+    staging, production = "i-000000005eed1eef", "i-000000005eed5ccd"
+    halted = OpenRun(NOW_RUN, CVE, "halted", frozenset({staging}), promoted=False)
+    answer = decide_advisory(policy, advisory(instances=(staging, production), fleet_wide=False), fleet, NOW, [halted])
+    assert (answer.action, answer.run_id, answer.not_covered, answer.follow_up) == (
+        "merge",
+        NOW_RUN,
+        (production,),
+        "",
+    )
+    assert f"NOT COVERED: run {NOW_RUN} halted before promotion: api-tyo-01 are not patched" in answer.text
     assert answer.severity == "error"
+
+
+def test_instances_already_in_a_follow_up_are_not_requested_again(policy: Policy, fleet: list[Instance]) -> None:
+    staging, production = "i-000000005eed1eef", "i-000000005eed5ccd"
+    done = OpenRun(NOW_RUN, CVE, "succeeded", frozenset({staging}), followed_up=frozenset({production}))
+    answer = decide_advisory(policy, advisory(instances=(staging, production), fleet_wide=False), fleet, NOW, [done])
+    assert (answer.not_covered, answer.follow_up) == ((), "")
+    assert "1 instance already in its follow-up runs" in answer.text
 
 
 def test_a_finished_run_of_an_earlier_window_does_not_swallow_a_new_finding(
@@ -241,3 +272,121 @@ def test_advisory_command_names_the_bad_fields(tmp_path: Path) -> None:
     result = cli(path, "--policy", POLICY_FILE, "--inventory", FLEET_FILE)
     assert result.exit_code == EXIT_INVALID_INPUT
     assert f"{path}: detail.packageVulnerabilityDetails.vulnerabilityId: required" in result.stderr
+
+
+# ---------------------------------------------------------------- follow-ups on the local runtime
+
+STAGING, PRODUCTION, LATER = "i-000000005eed1eef", "i-000000005eed5ccd", "i-000000005eed7bbc"  # api-tyo-02 later
+
+
+def finding(*instances: str) -> dict[str, Any]:
+    return {"id": "SEC-1", "cve": CVE, "severity": "CRITICAL", "fixes": ["openssl"], "instances": list(instances)}
+
+
+def deliver(runtime: LocalRuntime, policy: Policy, fleet: list[Instance], raw: object) -> AdvisoryAnswer:
+    """The intake as the cloud runtimes call it, over the local runtime's store and service."""
+    service = runtime.service
+    (answer,) = take_advisories(
+        raw,
+        policy,
+        lambda: fleet,
+        runtime.store,
+        service.start,
+        runtime.notices.notify,
+        runtime.clock.now(),
+        service.request_follow_up,
+    )
+    return answer
+
+
+def follow_ups(runtime: LocalRuntime) -> list[str]:
+    return [i for i in runtime.store.run_ids() if "followup" in i]
+
+
+def test_an_instance_reported_while_the_run_goes_is_patched_by_its_follow_up_with_the_promoted_set(
+    tmp_path: Path, policy: Policy, fleet: list[Instance]
+) -> None:
+    runtime = LocalRuntime.open(tmp_path, start=NOW)
+    started = deliver(runtime, policy, fleet, finding(STAGING, PRODUCTION))
+    assert started.action == "start" and runtime.load(started.run_id).status == "running"
+    merged = deliver(runtime, policy, fleet, finding(LATER))
+    follow_up = follow_up_run_id(started.run_id, [LATER])
+    assert (merged.action, merged.run_id, merged.not_covered, merged.follow_up) == (
+        "merge",
+        started.run_id,
+        (LATER,),
+        follow_up,
+    )
+    assert f"follow-up run {follow_up} starts when run {started.run_id} ends" in merged.text
+    repeat = deliver(runtime, policy, fleet, finding(LATER))  # redelivered: nothing more to request
+    assert (repeat.not_covered, repeat.follow_up) == ((), "") and "1 instance already in its follow-up" in repeat.text
+    runtime.queue.publish([follow_up_request(merged, fleet, NOW)])  # the request itself redelivered
+    assert follow_ups(runtime) == []  # never while the run goes
+
+    first = runtime.drive(started.run_id)
+    assert first.status == "succeeded" and first.promoted and len(first.follow_ups) == 1
+    second = runtime.load(follow_up)
+    assert second.status == "succeeded" and second.follow_up_of == first.run_id
+    assert second.created_at >= max(w.finished_at for w in first.waves if w.finished_at)  # after, not alongside
+    assert [r.id for r in second.records()] == [LATER]
+    (record,) = second.records()
+    assert record.state == "patched" and record.ring == "production"
+    assert record.installed == first.promoted["linux"]  # exactly what staging passed
+    assert follow_ups(runtime) == [follow_up]
+    assert not {i for _, i in runtime.fleet.effects(follow_up)} - {LATER}
+
+    again = deliver(runtime, policy, fleet, finding(LATER))  # the finding once more, after both ended
+    assert (again.not_covered, again.follow_up) == ((), "") and "already in its follow-up runs" in again.text
+    assert follow_ups(runtime) == [follow_up]
+
+
+def test_a_finding_after_the_run_ended_starts_its_follow_up_at_once(
+    tmp_path: Path, policy: Policy, fleet: list[Instance]
+) -> None:
+    runtime = LocalRuntime.open(tmp_path, start=NOW)
+    started = deliver(runtime, policy, fleet, finding(STAGING, PRODUCTION))
+    assert runtime.drive(started.run_id).status == "succeeded"
+    merged = deliver(runtime, policy, fleet, finding(LATER))
+    assert f"started follow-up run {merged.follow_up}" in merged.text
+    assert deliver(runtime, policy, fleet, finding(LATER)).follow_up == ""  # already requested
+    (start,) = [d.message for d in runtime.queue.receive(10)]  # the worker's next message: no waiting for a window
+    assert isinstance(start, StartFollowUp) and start.follow_up_id == merged.follow_up
+    second = runtime.drive(merged.follow_up)  # the start comes round again after its visibility timeout
+    assert second.status == "succeeded" and [(r.id, r.state) for r in second.records()] == [(LATER, "patched")]
+    assert follow_ups(runtime) == [merged.follow_up]
+
+
+def test_a_run_halted_in_staging_starts_no_follow_up_and_says_so(tmp_path: Path, policy: Policy) -> None:
+    inventory = json.loads(Path(FLEET_FILE).read_text())
+    next(i for i in inventory["instances"] if i["id"] == STAGING)["simulation"] = {"install": "fail"}
+    (tmp_path / "fleet.json").write_text(json.dumps(inventory))
+    fleet = load_inventory(str(tmp_path / "fleet.json"))
+    runtime = LocalRuntime.open(tmp_path / "state", start=NOW)
+    started = deliver(runtime, policy, fleet, finding(STAGING, PRODUCTION))
+    assert deliver(runtime, policy, fleet, finding(LATER)).follow_up  # requested while it goes
+    first = runtime.drive(started.run_id)
+    assert first.status == "halted" and first.promoted is None and len(first.follow_ups) == 1
+    assert follow_ups(runtime) == []
+    assert any(e.text.startswith(f"NOT COVERED: run {first.run_id} halted before promotion") for e in first.log)
+    notices = [json.loads(line) for line in runtime.notices.path.read_text().splitlines()]
+    halted_notice = [n for n in notices if n["topic"] == "run_halted"]
+    assert halted_notice and "NOT COVERED: 1 follow-up not started" in halted_notice[0]["text"]
+
+    late = deliver(runtime, policy, fleet, finding("i-000000005eed9aab"))  # another machine, after the halt
+    assert late.follow_up == "" and late.severity == "error"
+    assert f"NOT COVERED: run {first.run_id} halted before promotion: api-tyo-03 are not patched" in late.text
+    assert follow_ups(runtime) == []
+
+
+def test_follow_ups_of_one_run_go_one_after_the_other(tmp_path: Path, policy: Policy, fleet: list[Instance]) -> None:
+    runtime = LocalRuntime.open(tmp_path, start=NOW)
+    started = deliver(runtime, policy, fleet, finding(STAGING, PRODUCTION))
+    one = deliver(runtime, policy, fleet, finding(LATER)).follow_up
+    two = deliver(runtime, policy, fleet, finding(LATER, "i-000000005eed9aab")).follow_up  # only api-tyo-03 is new
+    assert one and two and one != two
+    runtime.drive(started.run_id)
+    first, second = runtime.load(one), runtime.load(two)
+    assert [r.id for r in second.records()] == ["i-000000005eed9aab"]
+    (first_end,) = [e.at for e in first.log if e.text.startswith(f"Run {one} succeeded")]
+    assert second.status == "succeeded" and second.created_at >= first_end
+    assert [f.state for f in runtime.load(started.run_id).follow_ups] == ["finished", "finished"]

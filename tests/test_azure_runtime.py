@@ -824,6 +824,45 @@ def test_an_advisory_on_event_grid_starts_one_emergency_run_and_a_repeat_merges(
     assert answers and all(a.startswith("malformed: ") for a in answers) and any("cve" in a for a in answers)
 
 
+def test_a_machine_reported_after_the_emergency_run_gets_a_follow_up_with_what_staging_passed(
+    world: tuple[FunctionsHost, FakeAzureCompute], clock: ManualClock, settings: dict[str, str]
+) -> None:
+    from azure_functions import advisories
+
+    host, azure = world
+    upload(settings, RUN_POLICY + "emergency: {min_severity: HIGH, soak: 30m}\n")
+    azure.add_vm("stg-1", zone="1", tags={"Environment": "staging"}, available=[OPENSSL])
+    azure.add_vm("prd-1", zone="2", tags={"Environment": "production"}, available=[OPENSSL])
+    clock.set(START - timedelta(days=2))
+    event = {
+        "id": "c1c2d3e4-0000-4f5a-8b9c-0d1e2f3a4b5c",
+        "topic": f"/subscriptions/{SUB}/resourceGroups/rg-patchpilot/providers/Microsoft.EventGrid/topics/advisories",
+        "subject": "advisories/CVE-2025-0001",
+        "eventType": "PatchPilot.Advisory",
+        "eventTime": clock.now().isoformat(),
+        "dataVersion": "1.0",
+        "data": {"id": "SEC-1", "cve": "CVE-2025-0001", "severity": "CRITICAL", "fixes": ["openssl"]},
+    }
+    advisories.on_advisory(event)
+    host.drain()
+    (run_id,) = [r for r in runtime_module.deps().store.run_ids() if "-emergency-" in r]
+    assert runtime_module.deps().store.load(run_id).status == "succeeded"
+    late = azure.add_vm("prd-2", zone="2", tags={"Environment": "production"}, available=[OPENSSL])  # launched later
+    (answer,) = advisories.on_advisory({**event, "id": "c1c2d3e4-0000-4f5a-8b9c-0d1e2f3a4b5d"})  # the same window
+    assert f"into run {run_id}" in answer and "1 instance not covered (prd-2): started follow-up run" in answer
+    host.drain()
+    (follow_up,) = [r for r in runtime_module.deps().store.run_ids() if "-followup-" in r]
+    run = runtime_module.deps().store.load(follow_up)
+    assert run.status == "succeeded", run.reason
+    assert {r.instance.name: r.state for r in run.records()} == {"prd-2": "patched"}
+    (pinned,) = azure.state(late).install_requests
+    assert pinned["linuxParameters"]["packageNameMasksToInclude"] == ["openssl=3.0.13-1"]  # what staging passed
+    (again,) = advisories.on_advisory({**event, "id": "c1c2d3e4-0000-4f5a-8b9c-0d1e2f3a4b5e"})
+    assert "already in its follow-up runs" in again
+    host.drain()
+    assert [r for r in runtime_module.deps().store.run_ids() if "-followup-" in r] == [follow_up]
+
+
 def test_notices_reach_slack_once_across_workers_and_a_failed_last_notice_is_in_the_status(
     world: tuple[FunctionsHost, FakeAzureCompute],
     clock: ManualClock,

@@ -15,6 +15,7 @@ from patchpilot.engine.messages import (
     ApprovalGranted,
     CheckHealth,
     FleetCommand,
+    FollowUpRequested,
     HealthChecked,
     InstallPatches,
     NoticeUndelivered,
@@ -23,6 +24,7 @@ from patchpilot.engine.messages import (
     ProbeAgents,
     RollBack,
     SnapshotsTaken,
+    StartFollowUp,
     TakeSnapshots,
 )
 from patchpilot.engine.run import FINAL_STATES, Run
@@ -412,3 +414,47 @@ def test_an_undelivered_notice_is_recorded_once_in_any_state_and_changes_nothing
         assert recorded.log[-1].level == "warning" and "not delivered to channel ops" in recorded.log[-1].text
         assert recorded.document()["undelivered"][0]["reason"] == "HTTP 404: no_service"
         assert decide(recorded, undelivered, NOW + timedelta(days=2)).ignored  # delivered twice: recorded once
+
+
+def test_a_follow_up_is_recorded_once_and_started_only_after_a_run_that_ended_with_a_promoted_set() -> None:
+    later = Instance(id="i-later", cloud="aws", region="ap-northeast-1", os="linux", tags={"Environment": "production"})
+    request = FollowUpRequested(
+        id="r1:followup:x", run_id="r1", follow_up_id="r1-followup-x", instances=[later], at=NOW + timedelta(days=1)
+    )
+    started = start_run("r1", policy(), plan(policy(), fleet()), NOW)
+    recorded = decide(started.run, request, NOW)
+    assert recorded.commands == [] and [f.state for f in recorded.run.follow_ups] == ["requested"]  # not while it goes
+    assert decide(recorded.run, request, NOW).ignored  # delivered twice: recorded once
+
+    finished = drive_to_end(started, answer_all_ok)
+    assert finished.status == "succeeded" and finished.promoted
+    after_end = decide(finished, request, NOW + timedelta(days=1))
+    (start,) = after_end.commands
+    assert isinstance(start, StartFollowUp) and (start.follow_up_id, start.instances) == ("r1-followup-x", [later])
+    assert decide(after_end.run, request, NOW + timedelta(days=1)).ignored
+
+    staging_fails = fleet(hints={"i-staging-00": Simulation(install="fail")})
+    halted = drive_to_end(start_run("r2", policy(), plan(policy(), staging_fails), NOW), Recorder())
+    assert halted.status == "halted" and halted.promoted is None
+    refused = decide(halted, request.model_copy(update={"run_id": "r2"}), NOW + timedelta(days=1))
+    assert refused.commands == [] and refused.run.follow_ups[0].state == "not_started"
+    assert refused.run.log[-1].text.startswith("NOT COVERED: run r2 halted before promotion")
+
+
+def test_a_follow_up_installs_exactly_what_its_run_promoted_in_every_ring_staging_too() -> None:
+    finished = drive_to_end(start_run("r1", policy(), plan(policy(), fleet()), NOW), answer_all_ok)
+    assert finished.promoted
+    installs: list[InstallPatches] = []
+
+    def record(command: FleetCommand) -> list[Outcome]:
+        if isinstance(command, InstallPatches):
+            installs.append(command)
+        return answer_all_ok(command, patches={"linux": ["openssl", "untested"], "windows": ["KB1", "KB-untested"]})
+
+    instances = fleet(staging=1, production=2, frozen=0)
+    follow_up = start_run("r1-followup-x", policy(), plan(policy(), instances), NOW, follow_up_of=finished)
+    done = drive_to_end(follow_up, record)
+    assert done.status == "succeeded" and done.follow_up_of == "r1" and done.promoted == finished.promoted
+    targets = [t for c in installs for t in c.targets]
+    assert {t.instance.id for t in targets} == {i.id for i in instances}
+    assert all(t.only == finished.promoted.get(t.instance.os) for t in targets)

@@ -15,9 +15,22 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from chaos import SCENARIOS, START, Runtime, assert_like_the_fault_free_run, chaotic_run, count_effects, reference
+from chaos import (
+    POLICY,
+    SCENARIOS,
+    START,
+    Faults,
+    Runtime,
+    assert_like_the_fault_free_run,
+    chaotic_run,
+    count_effects,
+    open_flaky,
+    reference,
+)
 from hypothesis import HealthCheck, given, settings
 
+from patchpilot.engine.messages import FollowUpRequested
+from patchpilot.inventory import Instance
 from patchpilot.local_runtime import LocalRuntime
 
 
@@ -65,3 +78,65 @@ def test_crashes_duplicates_and_shuffling_together_end_like_the_fault_free_run(
 ) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         assert_like_the_fault_free_run(chaotic_run(LocalWorld(Path(tmp)), crash_at, seed, duplicate, recover))
+
+
+# ---------------------------------------------------------------- a follow-up run under the same faults
+
+FOLLOWED = "chaos-followed"
+STAGING, PRODUCTION, LATER = (
+    Instance(id=f"i-{name}", cloud="aws", region="ap-northeast-1", zone="1", os="linux", tags={"Environment": env})
+    for name, env in (("stg", "staging"), ("prd", "production"), ("later", "production"))
+)
+FOLLOW_UP = f"{FOLLOWED}-followup-1"
+REQUEST = FollowUpRequested(
+    id=f"{FOLLOWED}:followup:1", run_id=FOLLOWED, follow_up_id=FOLLOW_UP, instances=[LATER], at=START
+)
+
+
+def begin_with_a_follow_up(runtime: Runtime) -> None:
+    """The trigger starts the run; a finding about a machine it does not cover arrives while it goes."""
+    runtime.clock.advance_to(START)
+    runtime.service.start(FOLLOWED, POLICY, [STAGING, PRODUCTION])
+    runtime.service.request_follow_up(REQUEST)
+
+
+def assert_followed_up_once(runtime: Runtime) -> None:
+    first, second = runtime.load(FOLLOWED), runtime.load(FOLLOW_UP)
+    assert first.status == "succeeded" and first.promoted and [f.run_id for f in first.follow_ups] == [FOLLOW_UP]
+    (ended,) = [e.at for e in first.log if e.text.startswith(f"Run {FOLLOWED} succeeded")]
+    assert second.status == "succeeded" and second.created_at >= ended  # after the run, never alongside
+    assert first.follow_ups[0].state == "finished"
+    assert [(r.id, r.state, r.installed) for r in second.records()] == [(LATER.id, "patched", first.promoted[LATER.os])]
+    effects = runtime.fleet.effects(FOLLOW_UP)
+    assert {i for _, i in effects} == {LATER.id}
+    assert all(n == 1 for n in effects.values()), effects
+    assert not runtime.queue.dead_letters()
+
+
+def count_follow_up_effects(world: LocalWorld) -> int:
+    faults = Faults(set())
+    runtime = open_flaky(world, faults)
+    begin_with_a_follow_up(runtime)
+    while True:
+        deliveries = runtime.queue.receive(10)
+        if not deliveries:
+            due = world.next_due(runtime)
+            if due is None:
+                break
+            runtime.clock.advance_to(due)
+        for delivery in deliveries:
+            runtime.service.handle(delivery)
+    assert_followed_up_once(runtime)
+    return faults.effects
+
+
+def test_a_follow_up_starts_once_after_its_run_despite_duplicates_and_a_crash_before_every_effect(
+    tmp_path: Path,
+) -> None:
+    assert_followed_up_once(chaotic_run(LocalWorld(tmp_path / "dup"), set(), 3, 1.0, begin=begin_with_a_follow_up))
+    total = count_follow_up_effects(LocalWorld(tmp_path / "count"))
+    assert total > 30
+    for n in range(1, total + 1):
+        for recover in (False, True):
+            world = LocalWorld(tmp_path / f"{n}{'r' if recover else ''}")
+            assert_followed_up_once(chaotic_run(world, {n}, n, 0.0, recover, begin=begin_with_a_follow_up))

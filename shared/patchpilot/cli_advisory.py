@@ -21,9 +21,11 @@ from patchpilot.advisories import (
     OpenRun,
     decide_advisory,
     emergency_policy,
+    follow_up_request,
     load_payload,
     open_run_of,
 )
+from patchpilot.advisories.intake import noted
 from patchpilot.cli import EXIT_HALTED, EXIT_SUCCEEDED, EXIT_WAITING_APPROVAL
 from patchpilot.cli_common import print_json, reports_input_errors
 from patchpilot.engine.run import Run, count_states
@@ -78,6 +80,15 @@ def advisory(payload: str, policy_path: str, inventory_path: str, state_dir: Pat
                 open_runs.append(OpenRun(run.run_id, delivery.cve, run.status, _run_instances(run)))
                 runs.append(run)
                 document["started"] = True
+                document["run"] = _run_summary(run, runtime, console)
+        if answer.follow_up and runtime is not None:
+            followed = runtime.service.request_follow_up(follow_up_request(answer, instances, now))
+            open_runs = [noted(r, answer) for r in open_runs]
+            if followed is not None and followed.finished:  # started at once: drive it to its end
+                runtime.drive(answer.follow_up)
+            if runtime.exists(answer.follow_up):
+                run = runtime.load(answer.follow_up)
+                runs.append(run)
                 document["run"] = _run_summary(run, runtime, console)
         documents.append(document)
     if as_json:

@@ -21,12 +21,14 @@ from patchpilot.engine.messages import (
     ApprovalRejected,
     CancelMaintenance,
     CheckHealth,
-    Command,
     Event,
     FleetCommand,
+    FollowUpFinished,
+    FollowUpRequested,
     HealthChecked,
     InstallPatches,
     MaintenanceCancelled,
+    Message,
     NoticeUndelivered,
     Notify,
     Outcome,
@@ -36,6 +38,7 @@ from patchpilot.engine.messages import (
     RollBack,
     RolledBack,
     SnapshotsTaken,
+    StartFollowUp,
     TakeSnapshots,
     TimerFired,
     Wait,
@@ -92,12 +95,12 @@ class Service:
     def start(self, run_id: str, policy: Policy, instances: Iterable[Instance]) -> Run:
         """Start a run; starting the same run id again (a redelivered trigger) only finishes
         what the first start left undone."""
-        from patchpilot.planning import plan  # imported when used: the Lambda worker never plans
+        from patchpilot.planning import plan  # imported when used: the worker plans only follow-ups
 
         decision = start_run(run_id, policy, plan(policy, instances), self.clock.now())
         return self._create(decision.run, decision.commands)
 
-    def _create(self, run: Run, commands: list[Command]) -> Run:
+    def _create(self, run: Run, commands: list[Message]) -> Run:
         run = run.model_copy(update={"version": 1})
         try:
             self.store.create(run, commands)
@@ -115,6 +118,25 @@ class Service:
 
         decision = start_run(run_id, policy, plan_maintenance(policy, instances), self.clock.now(), maintenance)
         return self._create(decision.run, decision.commands)
+
+    def request_follow_up(self, event: FollowUpRequested) -> Run | None:
+        """Record in run `event.run_id` the instances it does not cover (once per event id); the
+        follow-up starts when that run has ended, at once if it has. None when the run is unknown."""
+        self._apply(event)
+        try:
+            return self.store.load(event.run_id)
+        except UnknownRunError:
+            return None
+
+    def _start_follow_up(self, command: StartFollowUp) -> None:
+        """Start the follow-up of a finished run: it installs what that run promoted, pinned."""
+        from patchpilot.planning import plan
+
+        followed = self.store.load(command.run_id)
+        policy = followed.policy
+        now = self.clock.now()
+        decision = start_run(command.follow_up_id, policy, plan(policy, command.instances), now, follow_up_of=followed)
+        self._create(decision.run, decision.commands)
 
     def approve(self, run_id: str, by: str = "cli") -> str:
         """Grant the approval the run waits for; approving one gate twice is one approval."""
@@ -140,6 +162,8 @@ class Service:
                 | ApprovalGranted()
                 | ApprovalRejected()
                 | NoticeUndelivered()
+                | FollowUpRequested()
+                | FollowUpFinished()
             ):
                 self._apply(message)
             case Wait():
@@ -149,6 +173,8 @@ class Service:
                 self.notifier.notify(message)
             case CancelMaintenance():
                 self._cancel(message)
+            case StartFollowUp():
+                self._start_follow_up(message)
             case ProbeAgents() | TakeSnapshots() | InstallPatches() | CheckHealth() | RollBack():
                 if not self._execute(message, delivery):
                     return  # postponed: polled again later, not acked

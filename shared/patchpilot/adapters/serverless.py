@@ -287,6 +287,7 @@ class ServerlessRuntime:
             self.service.start,
             lambda notice: self.routed.send(notice, policy.notifications),
             self.clock.now(),
+            self.service.request_follow_up,
         )
         return [answer.text for answer in answers]
 

@@ -6,6 +6,8 @@ from patchpilot.advisories.decide import (
     emergency_policy,
     emergency_run_id,
     fixes_os,
+    follow_up_request,
+    follow_up_run_id,
     open_run_of,
 )
 from patchpilot.advisories.models import Advisory, AdvisoryAnswer, Delivery, HealthNotice, OpenRun, Unactionable
@@ -23,6 +25,8 @@ __all__ = [
     "emergency_policy",
     "emergency_run_id",
     "fixes_os",
+    "follow_up_request",
+    "follow_up_run_id",
     "load_payload",
     "open_run_of",
     "parse_event",

@@ -9,6 +9,7 @@ is still going takes the advisory too, whichever window it was started in.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -24,6 +25,7 @@ from patchpilot.advisories.models import (
     Unactionable,
 )
 from patchpilot.advisories.parsing import is_kb
+from patchpilot.engine.messages import FollowUpRequested
 from patchpilot.engine.run import Run
 from patchpilot.inventory import Instance, OsFamily
 from patchpilot.planning import plan
@@ -42,16 +44,38 @@ def emergency_run_id(policy: Policy, cve: str, at: datetime) -> str:
     return f"{policy.name}-{RUN_MARK}-{cve}-{start:%Y%m%d-%H%M}"
 
 
+def follow_up_run_id(run_id: str, instance_ids: Iterable[str]) -> str:
+    """`<run>-followup-<8 hex digits of the sorted instance ids' hash>`: the same instances, the same follow-up."""
+    digest = hashlib.sha256(",".join(sorted(set(instance_ids))).encode()).hexdigest()[:8]
+    return f"{run_id}-followup-{digest}"
+
+
+def follow_up_request(answer: AdvisoryAnswer, instances: Sequence[Instance], at: datetime) -> FollowUpRequested:
+    """The event that records a merge answer's follow-up in the run it merged into (once per id)."""
+    wanted = set(answer.not_covered)
+    digest = answer.follow_up.rsplit("-", 1)[-1]
+    return FollowUpRequested(
+        id=f"{answer.run_id}:followup:{digest}",
+        run_id=answer.run_id,
+        follow_up_id=answer.follow_up,
+        instances=[i for i in instances if i.id in wanted],
+        reason=f"{answer.cve} ({answer.source} {answer.key})",
+        at=at,
+    )
+
+
 def open_run_of(policy: Policy, run: Run) -> OpenRun | None:
-    """The run as an emergency run of `policy`, or None when it is another kind of run."""
+    """The run as an emergency run of `policy` (or a follow-up of one), or None when it is another kind of run."""
     prefix = f"{policy.name}-{RUN_MARK}-"
     if not run.run_id.startswith(prefix):
         return None
-    match = re.fullmatch(r"(.+)-\d{8}-\d{4}", run.run_id[len(prefix) :])
+    match = re.fullmatch(r"(.+)-\d{8}-\d{4}(?:-followup-[0-9a-f]{8})*", run.run_id[len(prefix) :])
     if match is None:
         return None
     instances = frozenset(i for w in run.waves for i in w.records)
-    return OpenRun(run.run_id, match.group(1), run.status, instances)
+    followed_up = frozenset(i.id for f in run.follow_ups for i in f.instances)
+    promoted = run.promoted is not None
+    return OpenRun(run.run_id, match.group(1), run.status, instances, followed_up, promoted, run.follow_up_running)
 
 
 def fixes_os(fixes: Iterable[str]) -> set[OsFamily]:
@@ -147,19 +171,34 @@ def _advisory_answer(
         text = f"Emergency run {run_id} started for {head}: {_count(targets)}{tail}"
         return answer("start", text, run_id=run_id, instances=targets, exposed=exposed, unknown=unknown)
     covered = tuple(i for i in targets if i in current.instances)
-    missing = tuple(i for i in targets if i not in current.instances)
+    followed = tuple(i for i in targets if i not in current.instances and i in current.followed_up)
+    missing = tuple(i for i in targets if i not in current.instances and i not in current.followed_up)
     text = f"Merged {head} into run {current.run_id} ({current.status}): it covers {_count(covered)}"
-    if missing:
-        text += (
-            f"; NOT COVERED: {_names(missing, fleet)} (a run cannot take more instances: "
-            f"deliver the advisory again once run {current.run_id} has ended)"
-        )
+    if followed:
+        text += f"; {_count(followed)} already in its follow-up runs"
+    follow_up = ""
+    if missing and current.may_follow_up:
+        follow_up = follow_up_run_id(current.run_id, missing)
+        if not current.finished:
+            when = f"follow-up run {follow_up} starts when run {current.run_id} ends"
+        elif current.follow_up_running:
+            when = f"follow-up run {follow_up} starts when the follow-up of run {current.run_id} under way ends"
+        else:
+            when = f"started follow-up run {follow_up}"
+        text += f"; {_count(missing)} not covered ({_names(missing, fleet)}): {when}, installing what it promoted"
+    elif missing:
+        if current.promoted:
+            why = current.status
+        else:
+            why = "halted before promotion" if current.status == "halted" else "ended without a promoted, tested set"
+        text += f"; NOT COVERED: run {current.run_id} {why}: {_names(missing, fleet)} are not patched"
     return answer(
         "merge",
         text + tail,
         run_id=current.run_id,
         instances=covered,
         not_covered=missing,
+        follow_up=follow_up,
         exposed=exposed,
         unknown=unknown,
     )

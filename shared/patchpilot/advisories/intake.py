@@ -3,18 +3,21 @@ each delivery is answered (start, merge, report, ignore), the emergency run it d
 started, and the answer goes to the log and to on-call (the policy's routes, topic `advisory`).
 
 Every step repeats safely: the run id comes from the CVE and the merge window, so a delivery
-that comes twice starts nothing new, and the answer's notice id comes from the delivery."""
+that comes twice starts nothing new, and the answer's notice id comes from the delivery. Instances
+the merged run does not cover are recorded in it (`FollowUpRequested`, once per instance set): its
+follow-up run patches them once it has ended."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
-from patchpilot.advisories.decide import decide_advisory, emergency_policy, open_run_of
+from patchpilot.advisories.decide import decide_advisory, emergency_policy, follow_up_request, open_run_of
 from patchpilot.advisories.models import Advisory, AdvisoryAnswer, OpenRun
 from patchpilot.advisories.parsing import parse_payload
-from patchpilot.engine.messages import Notify
+from patchpilot.engine.messages import FollowUpRequested, Notify
 from patchpilot.engine.run import Run
 from patchpilot.inventory import Instance
 from patchpilot.policy import Policy
@@ -23,6 +26,7 @@ from patchpilot.ports import RunStore, UnknownRunError
 log = logging.getLogger("patchpilot.advisories")
 
 Start = Callable[[str, Policy, list[Instance]], Run]  # Service.start
+FollowUp = Callable[[FollowUpRequested], object]  # Service.request_follow_up
 
 
 def take_advisories(
@@ -33,6 +37,7 @@ def take_advisories(
     start: Start,
     tell: Callable[[Notify], None],
     now: datetime,
+    follow_up: FollowUp,
 ) -> list[AdvisoryAnswer]:
     """Answer every delivery of `raw` (InputError naming the field when it is malformed).
     `fleet` is read once, and only when an advisory needs it."""
@@ -48,10 +53,20 @@ def take_advisories(
             chosen = [i for i in instances or [] if i.id in wanted]
             run = start(answer.run_id, emergency_policy(policy, delivery), chosen)
             open_runs.append(OpenRun(run.run_id, delivery.cve, run.status, frozenset(answer.instances)))
+        if answer.follow_up:
+            follow_up(follow_up_request(answer, instances or [], now))
+            open_runs[:] = [noted(r, answer) for r in open_runs]
         log.info("advisory %s: %s", answer.key, answer.text)
         tell(_notice(answer))
         answers.append(answer)
     return answers
+
+
+def noted(run: OpenRun, answer: AdvisoryAnswer) -> OpenRun:
+    """`run` once the answer's follow-up is recorded in it: a later delivery of the batch sees it."""
+    if run.run_id != answer.run_id:
+        return run
+    return dataclasses.replace(run, followed_up=run.followed_up | set(answer.not_covered))
 
 
 def _open_runs(store: RunStore, policy: Policy) -> list[OpenRun]:

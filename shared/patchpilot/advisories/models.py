@@ -69,10 +69,18 @@ class OpenRun:
     cve: str
     status: str  # running, waiting_approval, succeeded, halted, incomplete
     instances: frozenset[str]  # the instances the run patches
+    followed_up: frozenset[str] = frozenset()  # the instances its follow-up runs patch (requested)
+    promoted: bool = True  # False: its first ring promoted nothing yet (a halt now is a halt in staging)
+    follow_up_running: bool = False  # one of its follow-ups is under way: the next waits for it
 
     @property
     def finished(self) -> bool:
         return self.status in ("succeeded", "halted", "incomplete")
+
+    @property
+    def may_follow_up(self) -> bool:
+        """As `Run.may_follow_up`, or will be once it ends: False once it halted or ended unpromoted."""
+        return not self.finished or (self.status != "halted" and self.promoted)
 
 
 @dataclass(frozen=True)
@@ -81,7 +89,9 @@ class AdvisoryAnswer:
 
     - start: emergency run `run_id` patches `instances`;
     - merge: run `run_id` (started earlier for the same CVE) already covers `instances`; the
-      engine cannot add instances to a run, so `not_covered` names the ones it leaves out;
+      engine cannot add instances to a run, so `not_covered` names the ones it leaves out, and
+      `follow_up` the run that patches them once `run_id` has ended (empty when none may: the
+      run halted, so they stay NOT COVERED);
     - report: an AWS Health notice for on-call, no run;
     - ignore: nothing done, `text` says why.
 
@@ -96,14 +106,15 @@ class AdvisoryAnswer:
     run_id: str = ""
     instances: tuple[str, ...] = ()
     not_covered: tuple[str, ...] = ()
+    follow_up: str = ""  # the follow-up run that patches `not_covered`
     exposed: tuple[tuple[str, str], ...] = ()  # (instance id, why it is not patched)
     unknown: tuple[str, ...] = ()  # named instances that are not in the inventory
 
     @property
     def severity(self) -> Literal["info", "warning", "error"]:
-        if self.exposed or self.not_covered:
+        if self.exposed or (self.not_covered and not self.follow_up):
             return "error"
-        return "warning" if self.action in ("start", "report") else "info"
+        return "warning" if self.action in ("start", "report") or self.follow_up else "info"
 
     def document(self) -> dict[str, Any]:
         """What `patchpilot advisory --json` prints."""
@@ -116,6 +127,7 @@ class AdvisoryAnswer:
             "run_id": self.run_id or None,
             "instances": list(self.instances),
             "not_covered": list(self.not_covered),
+            "follow_up": self.follow_up or None,
             "exposed": [{"id": i, "reason": r} for i, r in self.exposed],
             "unknown": list(self.unknown),
             "severity": self.severity,

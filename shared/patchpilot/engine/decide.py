@@ -21,10 +21,13 @@ from patchpilot.engine.messages import (
     CheckHealth,
     Command,
     Event,
+    FollowUpFinished,
+    FollowUpRequested,
     HealthChecked,
     InstallPatches,
     InstallTarget,
     MaintenanceCancelled,
+    Message,
     NoticeUndelivered,
     Notify,
     Outcome,
@@ -35,11 +38,13 @@ from patchpilot.engine.messages import (
     RolledBack,
     Severity,
     SnapshotsTaken,
+    StartFollowUp,
     TakeSnapshots,
     Topic,
     Wait,
 )
 from patchpilot.engine.run import (
+    FollowUp,
     InstanceRecord,
     LogEntry,
     MaintenanceRun,
@@ -54,7 +59,7 @@ from patchpilot.policy import Policy
 from patchpilot.policy.fields import format_duration
 
 if TYPE_CHECKING:
-    from patchpilot.planning import Plan  # only `start_run` takes one: the worker never plans
+    from patchpilot.planning import Plan  # only `start_run` takes one
 
 MAX_FAILURE_NOTICES = 10  # per wave; more are summarised in one message
 # Snapshots for an Update Manager run must be done this long before its cancellation cut-off,
@@ -65,7 +70,7 @@ CANCEL_MARGIN = timedelta(minutes=3)
 @dataclass(frozen=True)
 class Decision:
     run: Run
-    commands: list[Command] = field(default_factory=list)
+    commands: list[Message] = field(default_factory=list)  # the outbox: commands, and events for other runs
     ignored: str = ""  # why the event changed nothing, when it did not
 
 
@@ -82,9 +87,17 @@ class Transition:
 
 
 def start_run(
-    run_id: str, policy: Policy, plan: Plan, now: datetime, maintenance: MaintenanceRun | None = None
+    run_id: str,
+    policy: Policy,
+    plan: Plan,
+    now: datetime,
+    maintenance: MaintenanceRun | None = None,
+    follow_up_of: Run | None = None,
 ) -> Decision:
     """A new run at `now`; its window (when the policy has a schedule) ends `duration` later.
+
+    With `follow_up_of` (a finished run that may be followed up), the run is its follow-up: every
+    ring, the first one too, installs exactly what that run's first ring promoted, pinned per OS.
 
     With `maintenance`, the run accompanies an Azure Update Manager run: one wave of the machines
     Update Manager will patch, snapshotted before its cut-off (or the maintenance run is
@@ -114,12 +127,16 @@ def start_run(
         waves=waves,
         excluded=excluded,
         maintenance=maintenance,
+        promoted=follow_up_of.promoted if follow_up_of else None,
+        follow_up_of=follow_up_of.run_id if follow_up_of else None,
     )
     frozen = [r for r in excluded if r.reason.startswith("frozen")]
     text = f"Run {run_id} of policy {policy.name} started: {len(waves)} waves"
     text += f", {sum(len(w.records) for w in waves)} instances"
     if maintenance is not None:
         text += f", accompanying Update Manager run {maintenance.id}"
+    if follow_up_of is not None:
+        text += f", following up run {follow_up_of.run_id} with what it promoted"
     if frozen and maintenance is not None:
         names = ", ".join(r.instance.short_name for r in frozen[:10])
         text += (
@@ -129,7 +146,9 @@ def start_run(
     elif frozen:
         text += f"; {len(frozen)} frozen instances are not patched and stay exposed"
     notice = _notify(run, "run_started", text)
-    decision = _begin_wave(_logged(run, now, text), now)
+    run = _logged(run, now, text)
+    # A follow-up enters its first ring like any later ring: an approval the ring requires is asked again.
+    decision = _enter_next_ring(run, now) if follow_up_of is not None and waves else _begin_wave(run, now)
     return Decision(decision.run, [notice, *decision.commands])
 
 
@@ -142,6 +161,61 @@ def _on_notice_undelivered(run: Run, event: NoticeUndelivered) -> Decision:
     return Decision(_logged(run, event.at, text, "warning"))
 
 
+def _on_follow_up_requested(run: Run, event: FollowUpRequested) -> Decision:
+    """Record the request; once the run has ended (now, or later in `_end`) the follow-up starts."""
+    follow_up = FollowUp(run_id=event.follow_up_id, instances=list(event.instances), requested_at=event.at)
+    names = ", ".join(i.short_name for i in event.instances[:10])
+    text = f"Follow-up run {event.follow_up_id} requested for {plural(len(event.instances), 'instance')} ({names})"
+    text += f": {event.reason}" if event.reason else ""
+    run = run.model_copy(update={"processed": (*run.processed, event.id), "follow_ups": (*run.follow_ups, follow_up)})
+    run = _logged(run, event.at, text, "warning")
+    return _next_follow_up(run, event.at) if run.finished else Decision(run)
+
+
+def _on_follow_up_finished(run: Run, event: FollowUpFinished) -> Decision:
+    follow_ups = tuple(
+        f.model_copy(update={"state": "finished"}) if f.run_id == event.follow_up_id else f for f in run.follow_ups
+    )
+    run = run.model_copy(update={"processed": (*run.processed, event.id), "follow_ups": follow_ups})
+    if event.halted:
+        return _no_follow_ups(run, event.at, f"follow-up {event.follow_up_id} halted")
+    return _next_follow_up(_logged(run, event.at, f"Follow-up {event.follow_up_id} finished"), event.at)
+
+
+def _next_follow_up(run: Run, now: datetime) -> Decision:
+    """Start the first requested follow-up of a finished run, one at a time (never two runs planned
+    apart at once); none when the run may not be followed up."""
+    if not run.may_follow_up:
+        if run.promoted is None:
+            why = "halted before promotion" if run.state == "halted" else "ended without a promoted, tested set"
+        else:
+            why = f"{run.state}: {run.reason}"
+        return _no_follow_ups(run, now, f"run {run.run_id} {why}")
+    waiting = [f for f in run.follow_ups if f.state == "requested"]
+    if run.follow_up_running or not waiting:
+        return Decision(run)
+    follow_up = waiting[0]
+    command = StartFollowUp(
+        id=f"{run.run_id}:followup:{follow_up.run_id}:start",
+        run_id=run.run_id,
+        follow_up_id=follow_up.run_id,
+        instances=list(follow_up.instances),
+    )
+    follow_ups = tuple(f.model_copy(update={"state": "started"}) if f is follow_up else f for f in run.follow_ups)
+    run = _logged(run.model_copy(update={"follow_ups": follow_ups}), now, f"Follow-up {follow_up.run_id} starts")
+    return Decision(run, [command])
+
+
+def _no_follow_ups(run: Run, now: datetime, why: str) -> Decision:
+    waiting = [f for f in run.follow_ups if f.state == "requested"]
+    if not waiting:
+        return Decision(run)
+    follow_ups = tuple(f.model_copy(update={"state": "not_started"}) if f in waiting else f for f in run.follow_ups)
+    ids = ", ".join(f.run_id for f in waiting)
+    text = f"NOT COVERED: {why}; follow-up {ids} not started, nothing more is patched"
+    return Decision(_logged(run.model_copy(update={"follow_ups": follow_ups}), now, text, "error"))
+
+
 # ---------------------------------------------------------------- the table
 
 
@@ -152,6 +226,10 @@ def decide(run: Run, event: Event, now: datetime) -> Decision:
         return Decision(run, ignored=f"duplicate event {event.id}")
     if isinstance(event, NoticeUndelivered):  # in any state: a finished run's last notice too
         return _on_notice_undelivered(run, event)
+    if isinstance(event, FollowUpRequested):  # in any state: started at once when the run has ended
+        return _on_follow_up_requested(run, event)
+    if isinstance(event, FollowUpFinished):  # a finished run's follow-up ended: the next one may start
+        return _on_follow_up_finished(run, event)
     transition = TRANSITIONS.get((run.state, event.type))
     if transition is None:
         return Decision(run, ignored=f"{event.type} is not expected while {run.state}")
@@ -398,7 +476,7 @@ def _begin_wave(run: Run, now: datetime) -> Decision:
         when = run.window_end.astimezone(zone).isoformat(timespec="minutes")
         return _end(run, now, "incomplete", f"the maintenance window ended at {when}; later waves not started")
     wave = run.current.model_copy(update={"started_at": now})
-    if wave.ring_position > 0:
+    if wave.ring_position > 0 or run.follow_up_of is not None:
         wave = _skip_unpromotable(run, wave)
     run = _logged(_with_wave(run, wave), now, f"Wave {wave.index} ({wave.ring}) started")
     targets = [r.instance for r in _pending(wave)]
@@ -411,7 +489,7 @@ def _begin_wave(run: Run, now: datetime) -> Decision:
 def _skip_unpromotable(run: Run, wave: WaveState) -> WaveState:
     """Later rings install exactly what the first ring installed and passed, per OS."""
     promoted = run.promoted or {}
-    first_ring = run.policy.rings[0].name
+    first_ring = run.policy.rings[0].name + (f" of run {run.follow_up_of}" if run.follow_up_of else "")
     records = dict(wave.records)
     for key, record in wave.records.items():
         os_name = record.instance.os
@@ -450,7 +528,8 @@ def _finish_wave(run: Run, now: datetime) -> Decision:
             reason = f"ring {wave.ring} had {plural(ring_failures, 'failure')}: later rings are not touched"
             decision = _end(run, now, "halted", reason)
             return Decision(decision.run, [*notices, *decision.commands])
-        run = run.model_copy(update={"promoted": _promoted(ring_records)})
+        if run.follow_up_of is None:  # a follow-up keeps the set it was pinned to
+            run = run.model_copy(update={"promoted": _promoted(ring_records)})
     text = f"Ring {wave.ring} finished: {count_states(ring_records)}"
     notices.append(_notify(run, "ring_finished", text, suffix=wave.ring))
     run = _logged(run.model_copy(update={"cursor": run.cursor + 1}), now, text)
@@ -493,9 +572,24 @@ def _end(run: Run, now: datetime, state: RunState, reason: str) -> Decision:
         waves.append(wave)
     run = run.model_copy(update={"waves": tuple(waves), "state": state, "reason": reason, "awaiting": None})
     text = f"Run {run.run_id} {state}: {reason}. {count_states(run.records())}"
+    if run.follow_ups and not run.may_follow_up:
+        text += f". NOT COVERED: {plural(len(run.follow_ups), 'follow-up')} not started, nothing more is patched"
     if state == "succeeded":
-        return Decision(_logged(run, now, text), [_notify(run, "run_finished", text)])
-    return Decision(_logged(run, now, text, "error"), [_notify(run, "run_halted", text, "error")])
+        notice, run = _notify(run, "run_finished", text), _logged(run, now, text)
+    else:
+        notice, run = _notify(run, "run_halted", text, "error"), _logged(run, now, text, "error")
+    outbox: list[Message] = [notice]
+    if run.follow_up_of is not None:  # the run it follows up may start its next one
+        ended = FollowUpFinished(
+            id=f"{run.run_id}:finished",
+            run_id=run.follow_up_of,
+            follow_up_id=run.run_id,
+            halted=state == "halted",
+            at=now,
+        )
+        outbox.append(ended)
+    follow_up = _next_follow_up(run, now)
+    return Decision(follow_up.run, [*outbox, *follow_up.commands])
 
 
 # ---------------------------------------------------------------- helpers
@@ -609,7 +703,7 @@ def _time_left(run: Run, now: datetime) -> timedelta | None:
 
 
 def _pinned(run: Run, record: InstanceRecord) -> list[str] | None:
-    if run.current.ring_position == 0:
+    if run.current.ring_position == 0 and run.follow_up_of is None:
         return None
     return list((run.promoted or {}).get(record.instance.os, []))
 

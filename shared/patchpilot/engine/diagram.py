@@ -13,6 +13,13 @@ Each arrow is an event the state accepts; any other event in that state is ignor
 next wave (`probing`), soaks, waits for approval, or ends the run (`succeeded`; `halted` when
 the wave exceeded `max_failures` or the first ring had a failure; `incomplete` when the window
 ended).
+
+Three events are applied in every state, finished runs included, once per id, and are not drawn:
+`NoticeUndelivered` (recorded in the run), `FollowUpRequested` (instances the run does not cover:
+recorded, and once the run has ended without halting and with a promoted set, a `StartFollowUp`
+command starts the follow-up run, which installs that set pinned in every ring; after a halt it
+is logged as NOT COVERED and nothing starts) and `FollowUpFinished` (a follow-up ended, from its
+outbox: the next requested one starts, one at a time, none after a halt).
 """
 
 

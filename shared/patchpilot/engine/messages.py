@@ -125,8 +125,27 @@ class Notify(_Command):
     severity: Severity = "info"
 
 
+class StartFollowUp(_Command):
+    """Start follow-up run `follow_up_id` of the finished run `run_id` on `instances`, installing
+    exactly what that run promoted. The engine emits one at a time: the next once the previous
+    follow-up has finished (`FollowUpFinished`). Starting it twice is one start (`Service.start`
+    is idempotent per run id)."""
+
+    type: Literal["StartFollowUp"] = "StartFollowUp"
+    follow_up_id: str
+    instances: list[Instance]
+
+
 Command = Annotated[
-    ProbeAgents | TakeSnapshots | InstallPatches | CheckHealth | RollBack | Wait | Notify | CancelMaintenance,
+    ProbeAgents
+    | TakeSnapshots
+    | InstallPatches
+    | CheckHealth
+    | RollBack
+    | Wait
+    | Notify
+    | CancelMaintenance
+    | StartFollowUp,
     Field(discriminator="type"),
 ]
 
@@ -210,6 +229,29 @@ class NoticeUndelivered(_Message):
     at: datetime
 
 
+class FollowUpRequested(_Message):
+    """Instances an advisory concerns that run `run_id` does not cover (they came later): recorded
+    in the run in any state, finished runs included, once per id (`<run id>:followup:<hash of the
+    sorted instance ids>`). Follow-up run `follow_up_id` patches them once the run has ended,
+    with what its first ring promoted; never when the run halted or promoted nothing."""
+
+    type: Literal["FollowUpRequested"] = "FollowUpRequested"
+    follow_up_id: str
+    instances: list[Instance]
+    reason: str = ""  # what asked for it (the advisory), for the log
+    at: datetime
+
+
+class FollowUpFinished(_Message):
+    """Follow-up run `follow_up_id` of run `run_id` has ended (from its outbox, id
+    `<follow-up id>:finished`): the run starts its next follow-up, or none after a halt."""
+
+    type: Literal["FollowUpFinished"] = "FollowUpFinished"
+    follow_up_id: str
+    halted: bool
+    at: datetime
+
+
 Event = Annotated[
     AgentsProbed
     | SnapshotsTaken
@@ -220,7 +262,9 @@ Event = Annotated[
     | TimerFired
     | ApprovalGranted
     | ApprovalRejected
-    | NoticeUndelivered,
+    | NoticeUndelivered
+    | FollowUpRequested
+    | FollowUpFinished,
     Field(discriminator="type"),
 ]
 
@@ -233,6 +277,7 @@ Message = Annotated[
     | Wait
     | Notify
     | CancelMaintenance
+    | StartFollowUp
     | AgentsProbed
     | SnapshotsTaken
     | PatchesInstalled
@@ -242,7 +287,9 @@ Message = Annotated[
     | TimerFired
     | ApprovalGranted
     | ApprovalRejected
-    | NoticeUndelivered,
+    | NoticeUndelivered
+    | FollowUpRequested
+    | FollowUpFinished,
     Field(discriminator="type"),
 ]
 MESSAGE = TypeAdapter(Message)

@@ -103,6 +103,16 @@ class MaintenanceRun(_State):
     cancel_by: datetime  # the cancellation cut-off: snapshots must be done before it
 
 
+class FollowUp(_State):
+    """Instances an advisory concerned after the run was planned: follow-up run `run_id` patches
+    them once this run has ended (`FollowUpRequested`)."""
+
+    run_id: str
+    instances: list[Instance]
+    requested_at: datetime
+    state: Literal["requested", "started", "finished", "not_started"] = "requested"
+
+
 class Run(_State):
     run_id: str
     policy: Policy
@@ -120,6 +130,8 @@ class Run(_State):
     log: tuple[LogEntry, ...] = ()
     maintenance: MaintenanceRun | None = None
     undelivered: tuple[UndeliveredNotice, ...] = ()  # notices the notifier could not deliver
+    follow_ups: tuple[FollowUp, ...] = ()  # runs to start once this one has ended
+    follow_up_of: str | None = None  # set on a follow-up run: every ring installs `promoted`, pinned
 
     @property
     def status(self) -> Status:
@@ -130,6 +142,16 @@ class Run(_State):
     @property
     def finished(self) -> bool:
         return self.state in TERMINAL_STATES
+
+    @property
+    def may_follow_up(self) -> bool:
+        """Whether follow-up runs may start from this run: it has finished without halting and its
+        first ring promoted a tested set (a halt, a rejection or a failed staging ring starts none)."""
+        return self.finished and self.state != "halted" and self.promoted is not None
+
+    @property
+    def follow_up_running(self) -> bool:
+        return any(f.state == "started" for f in self.follow_ups)
 
     @property
     def current(self) -> WaveState:

@@ -19,12 +19,10 @@ from chaos import (
     POLICY,
     SCENARIOS,
     START,
-    Faults,
     Runtime,
     assert_like_the_fault_free_run,
     chaotic_run,
     count_effects,
-    open_flaky,
     reference,
 )
 from hypothesis import HealthCheck, given, settings
@@ -113,28 +111,11 @@ def assert_followed_up_once(runtime: Runtime) -> None:
     assert not runtime.queue.dead_letters()
 
 
-def count_follow_up_effects(world: LocalWorld) -> int:
-    faults = Faults(set())
-    runtime = open_flaky(world, faults)
-    begin_with_a_follow_up(runtime)
-    while True:
-        deliveries = runtime.queue.receive(10)
-        if not deliveries:
-            due = world.next_due(runtime)
-            if due is None:
-                break
-            runtime.clock.advance_to(due)
-        for delivery in deliveries:
-            runtime.service.handle(delivery)
-    assert_followed_up_once(runtime)
-    return faults.effects
-
-
 def test_a_follow_up_starts_once_after_its_run_despite_duplicates_and_a_crash_before_every_effect(
     tmp_path: Path,
 ) -> None:
     assert_followed_up_once(chaotic_run(LocalWorld(tmp_path / "dup"), set(), 3, 1.0, begin=begin_with_a_follow_up))
-    total = count_follow_up_effects(LocalWorld(tmp_path / "count"))
+    total = count_effects(LocalWorld(tmp_path / "count"), begin_with_a_follow_up, assert_followed_up_once)
     assert total > 30
     for n in range(1, total + 1):
         for recover in (False, True):

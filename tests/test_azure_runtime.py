@@ -786,6 +786,19 @@ def test_a_slack_button_press_approves_once_and_a_replay_is_refused(
     assert any("approved by alice on Slack" in entry.text for entry in run.log)
 
 
+def openssl_advisory(event_id: str, at: datetime) -> dict[str, Any]:
+    """A PatchPilot advisory on the Event Grid schema: CVE-2025-0001, fixed by openssl."""
+    return {
+        "id": event_id,
+        "topic": f"/subscriptions/{SUB}/resourceGroups/rg-patchpilot/providers/Microsoft.EventGrid/topics/advisories",
+        "subject": "advisories/CVE-2025-0001",
+        "eventType": "PatchPilot.Advisory",
+        "eventTime": at.isoformat(),
+        "dataVersion": "1.0",
+        "data": {"id": "SEC-1", "cve": "CVE-2025-0001", "severity": "CRITICAL", "fixes": ["openssl"]},
+    }
+
+
 def test_an_advisory_on_event_grid_starts_one_emergency_run_and_a_repeat_merges(
     world: tuple[FunctionsHost, FakeAzureCompute], clock: ManualClock, settings: dict[str, str]
 ) -> None:
@@ -796,15 +809,7 @@ def test_an_advisory_on_event_grid_starts_one_emergency_run_and_a_repeat_merges(
     staging = azure.add_vm("stg-1", zone="1", tags={"Environment": "staging"}, available=[OPENSSL])
     production = azure.add_vm("prd-1", zone="2", tags={"Environment": "production"}, available=[OPENSSL])
     clock.set(START - timedelta(days=2))
-    event = {
-        "id": "b1c2d3e4-0000-4f5a-8b9c-0d1e2f3a4b5c",
-        "topic": f"/subscriptions/{SUB}/resourceGroups/rg-patchpilot/providers/Microsoft.EventGrid/topics/advisories",
-        "subject": "advisories/CVE-2025-0001",
-        "eventType": "PatchPilot.Advisory",
-        "eventTime": clock.now().isoformat(),
-        "dataVersion": "1.0",
-        "data": {"id": "SEC-1", "cve": "CVE-2025-0001", "severity": "CRITICAL", "fixes": ["openssl"]},
-    }
+    event = openssl_advisory("b1c2d3e4-0000-4f5a-8b9c-0d1e2f3a4b5c", clock.now())
     advisories.advisory(grid_event(event), SimpleNamespace(invocation_id="a-1"))  # type: ignore[arg-type]
     (run_id,) = [r for r in runtime_module.deps().store.run_ids() if "-emergency-" in r]
     assert run_id.startswith("weu-monthly-emergency-CVE-2025-0001-")
@@ -834,15 +839,7 @@ def test_a_machine_reported_after_the_emergency_run_gets_a_follow_up_with_what_s
     azure.add_vm("stg-1", zone="1", tags={"Environment": "staging"}, available=[OPENSSL])
     azure.add_vm("prd-1", zone="2", tags={"Environment": "production"}, available=[OPENSSL])
     clock.set(START - timedelta(days=2))
-    event = {
-        "id": "c1c2d3e4-0000-4f5a-8b9c-0d1e2f3a4b5c",
-        "topic": f"/subscriptions/{SUB}/resourceGroups/rg-patchpilot/providers/Microsoft.EventGrid/topics/advisories",
-        "subject": "advisories/CVE-2025-0001",
-        "eventType": "PatchPilot.Advisory",
-        "eventTime": clock.now().isoformat(),
-        "dataVersion": "1.0",
-        "data": {"id": "SEC-1", "cve": "CVE-2025-0001", "severity": "CRITICAL", "fixes": ["openssl"]},
-    }
+    event = openssl_advisory("c1c2d3e4-0000-4f5a-8b9c-0d1e2f3a4b5c", clock.now())
     advisories.on_advisory(event)
     host.drain()
     (run_id,) = [r for r in runtime_module.deps().store.run_ids() if "-emergency-" in r]

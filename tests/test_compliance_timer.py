@@ -67,8 +67,10 @@ class FakeFleet:
         self.fail = fail
         self.scans: list[tuple[tuple[str, ...], str]] = []
         self.reads = 0
+        self.discoveries = 0
 
     def discover(self, policy: Policy) -> DiscoveryResult:
+        self.discoveries += 1
         if self.fail:
             raise ConnectionError("EC2 unreachable")
         return DiscoveryResult(list(FLEET))
@@ -321,6 +323,14 @@ def test_a_non_periodic_window_whose_patches_cannot_be_read_starts_its_run(caplo
     decision = rt.scheduled_decision(rt.policy(), rt.clock.now())
     assert decision.start and decision.run_id == "fleet-20261212-0200" and rt.sent.notices == []
     assert "pending patches not read (EC2 unreachable): the run starts" in caplog.text
+
+
+def test_one_tick_discovers_the_fleet_once_for_all_it_does() -> None:
+    rt = runtime(WINDOW + timedelta(minutes=1), policy=POLICY + "kind: non_periodic\n")
+    now = rt.clock.now()
+    assert rt.scheduled_decision(rt.policy(), now).start
+    rt.scheduled_decision(rt.policy(), now)  # the same tick, read again: the discovery is shared
+    assert rt.fleet.discoveries == 1 and rt.fleet.reads == 2
 
 
 def test_a_non_periodic_policy_reads_nothing_before_its_window() -> None:

@@ -310,9 +310,8 @@ class ServerlessRuntime:
             digest_at = fired_within(settings.digest, policy.zone_for(settings.timezone), now)
             if digest_at is None and fired_within(parse_aws_cron(WATCH_READS), ZoneInfo("UTC"), now) is None:
                 return []  # between two hourly reads: no API calls
-            fleet = self.fleet
-            instances = fleet.discover(policy).instances
-            view = watch_view(fleet.upcoming_maintenance(policy, instances, now), policy, instances, now)
+            instances = self._discovered(policy, now)
+            view = watch_view(self.fleet.upcoming_maintenance(policy, instances, now), policy, instances, now)
             # The routed notifier sends each notice once per channel across containers, and gives
             # a failed post up so that the next read tries again; a delivered one is remembered
             # beyond what it is about: the item's end (or due time), or the digest time.
@@ -392,9 +391,8 @@ class ServerlessRuntime:
         decision = self.scheduled_decision(policy, now)  # by the policy's kind
         self.routed.announce(policy, now)  # "run scheduled", a while before a window
         if decision.start:
-            discovered = self.fleet.discover(policy)
             # every instance found, the unreachable ones included: planned once, skipped at the probe
-            self.service.start(decision.run_id, policy, discovered.instances)
+            self.service.start(decision.run_id, policy, self._discovered(policy, now))
         return decision
 
     def scheduled_elsewhere(self, policy: Policy) -> TriggerDecision | None:
@@ -421,7 +419,7 @@ class ServerlessRuntime:
         from patchpilot.compliance.report import build_view, nothing_pending, pending_summary
 
         try:
-            instances = self._managed(policy, self.fleet.discover(policy).instances)
+            instances = self._managed(policy, self._discovered(policy, now))
             view = build_view(policy, instances, self.fleet.patch_states(instances), now)
         except Exception as error:  # the window would be lost (the next tick is past it): patch
             self.log.warning("policy %s: pending patches not read (%s): the run starts", policy.name, error)
@@ -433,6 +431,15 @@ class ServerlessRuntime:
         until = (decision.window.end if decision.window else now) + CLAIM_MARGIN
         self.routed.send(notice, policy.notifications, keep_until=until)
         return TriggerDecision(False, f"skipped: {pending_summary(view)}", decision.run_id, decision.window)
+
+    _discovery: tuple[tuple[str, datetime], list[Instance]] | None = None
+
+    def _discovered(self, policy: Policy, now: datetime) -> list[Instance]:
+        """The policy's fleet, discovered once per timer tick (`now`): the maintenance watch, the
+        compliance scan and report, the non-periodic check and the run started share it."""
+        if self._discovery is None or self._discovery[0] != (policy.name, now):
+            self._discovery = ((policy.name, now), self.fleet.discover(policy).instances)
+        return self._discovery[1]
 
     @staticmethod
     def _managed(policy: Policy, instances: list[Instance]) -> list[Instance]:
@@ -459,7 +466,7 @@ class ServerlessRuntime:
         try:
             scan = fired_within(settings.scan, zone, now)
             if scan is not None and self.claims.claim(_slot_key("compliance-scan", policy, scan), now + CLAIM_HOLD):
-                done.append(self._compliance_scan(policy, scan))
+                done.append(self._compliance_scan(policy, scan, now))
             report = fired_within(settings.scan, zone, now - settings.report_after)
             if report is not None and self.claims.claim(
                 _slot_key("compliance-report", policy, report), now + CLAIM_HOLD
@@ -472,8 +479,8 @@ class ServerlessRuntime:
             self.log.info(line)
         return done
 
-    def _compliance_scan(self, policy: Policy, slot: datetime) -> str:
-        instances = self._managed(policy, self.fleet.discover(policy).instances)
+    def _compliance_scan(self, policy: Policy, slot: datetime, now: datetime) -> str:
+        instances = self._managed(policy, self._discovered(policy, now))
         token = f"compliance-{policy.name}-{slot.astimezone(UTC):%Y%m%d-%H%M}"  # letters, digits, . _ -
         started = self.fleet.start_assessment(instances, token)
         refused = f"; not started on {len(started.refused)}" if started.refused else ""
@@ -483,7 +490,7 @@ class ServerlessRuntime:
         from patchpilot.compliance.render import compliance_notice, documents, report_name
         from patchpilot.compliance.report import LastRun, build_view, last_patched, recent_runs
 
-        instances = self.fleet.discover(policy).instances
+        instances = self._discovered(policy, now)
         states = self.fleet.patch_states(instances)
         last_runs: dict[str, LastRun] | None = None
         try:

@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any, Literal, get_args
 
 from patchpilot.compliance.model import PATCH_SEVERITIES, MissingPatch, PatchState
+from patchpilot.engine.decide import plural
 from patchpilot.engine.run import Run
 from patchpilot.inventory import Instance
 from patchpilot.planning import NO_RING, assign, ring_of
@@ -355,7 +356,7 @@ def _instance_view(
         lacking = sum(g.in_policy for g in missing)
         if lacking or state.reboot_pending:
             status = "non_compliant"
-            parts = [f"{lacking} missing patch{'es' if lacking != 1 else ''}"] if lacking else []
+            parts = [plural(lacking, "missing patch")] if lacking else []
             reason = ", ".join([*parts, *(["reboot pending"] if state.reboot_pending else [])])
         else:
             status = "compliant"
@@ -437,14 +438,14 @@ def pending_summary(view: ComplianceView) -> str:
     parts = []
     if lacking:
         count = sum(len(i.gaps) for i in lacking)
-        parts.append(f"{_machines(len(lacking))} lack {count} patch{'es' if count != 1 else ''} or a reboot")
+        parts.append(f"{_machines(len(lacking))} lack {plural(count, 'patch')} or a reboot")
     if unknown:
         parts.append(f"{_machines(len(unknown))} without an assessment")
     return f"{'; '.join(parts)} (of {_machines(len(managed))})"
 
 
 def _machines(count: int) -> str:
-    return f"{count} machine{'s' if count != 1 else ''}"
+    return plural(count, "machine")
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -174,6 +174,23 @@ class Claims(Protocol):
         it (a lease become a record) or gives it up (`until` now)."""
 
 
+class Leases(Protocol):
+    """One machine, one run at a time: a lease per instance in the run store, taken by a run
+    before the machine's first effect and released when the machine leaves the run. A lease
+    lapses at its `until`, so a run that died does not hold its machines for ever."""
+
+    def acquire(self, instance_ids: Sequence[str], holder: str, until: datetime, now: datetime) -> dict[str, str]:
+        """Take the lease on each instance for run `holder` until `until`; the instances another
+        run holds (a lease not lapsed at `now`) are returned as {instance id: holder run id} and
+        are not taken. Taking a lease `holder` already holds extends it; a lapsed lease is taken
+        over. Each instance is one atomic conditional write (DynamoDB condition, Table Storage
+        ETag, SQLite row under the write lock), so two runs never both hold one machine."""
+
+    def release(self, instance_ids: Sequence[str], holder: str) -> None:
+        """Give up the leases `holder` holds on these instances; a lease another run holds (or
+        none) is left as it is. Idempotent."""
+
+
 class Secrets(Protocol):
     """Named secret values (webhook URLs, signing keys): Secrets Manager, Key Vault."""
 

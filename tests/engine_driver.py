@@ -1,7 +1,8 @@
 """Drive the pure engine by hand: answer every command a decision asks for until the run ends.
 
 `drive_to_end(start_run(...), fleet_answer)` plays the fleet (via `fleet_answer`), the timer
-(each Wait fires at its `until`) and, where a ring needs it, the approver. Time is virtual: it
+(each Wait fires at its `until`), the leases (every machine is free) and, where a ring needs it,
+the approver. Time is virtual: it
 starts at the run's `created_at` and each fleet command takes `step`; outcomes that carry no
 time of their own are stamped with the moment their command finished.
 """
@@ -22,10 +23,13 @@ from patchpilot.engine.messages import (
     FleetCommand,
     HealthChecked,
     InstallPatches,
+    InstancesLeased,
+    LeaseInstances,
     Notify,
     Outcome,
     PatchesInstalled,
     ProbeAgents,
+    ReleaseInstances,
     RollBack,
     RolledBack,
     SnapshotsTaken,
@@ -85,9 +89,12 @@ def drive_to_end(
                 return run  # waiting for something the driver does not give
         else:
             command = queue.popleft()
-            if isinstance(command, Notify):
+            if isinstance(command, Notify | ReleaseInstances):
                 continue
-            if isinstance(command, Wait):
+            if isinstance(command, LeaseInstances):  # no other run holds a machine here
+                leased = [Outcome(id=i, ok=True, at=now) for i in command.targets]
+                event = InstancesLeased(id=command.result_id, run_id=run.run_id, command_id=command.id, results=leased)
+            elif isinstance(command, Wait):
                 now = max(now, command.until)
                 event = TimerFired(id=command.result_id, run_id=run.run_id, command_id=command.id)
             else:

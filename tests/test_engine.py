@@ -18,6 +18,8 @@ from patchpilot.engine.messages import (
     FollowUpRequested,
     HealthChecked,
     InstallPatches,
+    InstancesLeased,
+    LeaseInstances,
     NoticeUndelivered,
     Outcome,
     PatchesInstalled,
@@ -245,8 +247,8 @@ def test_required_approval_waits_then_goes_on_when_granted() -> None:
     assert not any(i.startswith("i-production") for i in recorder.touched())
     assert run.current.ring == "production"
     granted = decide(run, ApprovalGranted(id="a1", run_id=run.run_id), NOW + timedelta(hours=5))
-    assert granted.run.state == "probing"
-    assert isinstance(granted.commands[0], ProbeAgents)
+    assert granted.run.state == "leasing"
+    assert isinstance(granted.commands[0], LeaseInstances)
 
 
 def test_frozen_instances_are_listed_loudly_and_never_touched() -> None:
@@ -261,7 +263,12 @@ def test_frozen_instances_are_listed_loudly_and_never_touched() -> None:
 
 
 def _started() -> Decision:
-    return start_run("run-1", policy(), plan(policy(), fleet()), NOW)
+    """A run whose first wave has its leases: it probes."""
+    started = start_run("run-1", policy(), plan(policy(), fleet()), NOW)
+    lease = next(c for c in started.commands if isinstance(c, LeaseInstances))
+    leased = [Outcome(id=i, ok=True) for i in lease.targets]
+    event = InstancesLeased(id=lease.result_id, run_id="run-1", command_id=lease.id, results=leased)
+    return decide(started.run, event, NOW)
 
 
 def _probe_answer(decision: Decision) -> AgentsProbed:

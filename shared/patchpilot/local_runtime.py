@@ -18,13 +18,14 @@ from patchpilot.adapters.local.simulated_fleet import SimulatedFleet
 from patchpilot.adapters.local.sqlite_claims import SqliteClaims
 from patchpilot.adapters.local.sqlite_queue import SqliteQueue
 from patchpilot.adapters.local.sqlite_store import SqliteRunStore
+from patchpilot.adapters.metrics import LogMetrics
 from patchpilot.engine.messages import Notify
 from patchpilot.engine.run import Run
 from patchpilot.inventory import Instance
 from patchpilot.notify import EnvironmentSecrets, EveryNotifier, RoutedNotifier
 from patchpilot.policy import Policy
 from patchpilot.ports import DeadLetter, UnknownRunError
-from patchpilot.service import Service
+from patchpilot.service import Service, apply_event
 
 log = logging.getLogger("patchpilot.local")
 
@@ -75,11 +76,11 @@ class LocalRuntime:
             None,
             claims=lambda: claims,
             clock=clock,
-            record=lambda event: queue.publish([event]),
+            record=lambda event: apply_event(store, queue, event, clock.now),  # never queued
         )
         notices = FileNotifier(state_dir / "notifications.jsonl", on_notice)
         notifier = EveryNotifier(notices, chat)
-        service = Service(store=store, queue=queue, fleet=fleet, notifier=notifier, clock=clock)
+        service = Service(store=store, queue=queue, fleet=fleet, notifier=notifier, clock=clock, metrics=LogMetrics())
         return cls(state_dir, service, store, queue, fleet, clock, notices, chat)
 
     def start(

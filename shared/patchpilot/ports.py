@@ -96,6 +96,10 @@ class Queue(Protocol):
 
     def dead_letters(self) -> list[DeadLetter]: ...
 
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        """Move this delivery to the dead letters with `reason` (a message refused as forged):
+        it is never delivered again, and people can read it."""
+
 
 @dataclass(frozen=True)
 class InProgress:
@@ -206,6 +210,12 @@ class SecretUnavailableError(LookupError):
 class Notifier(Protocol):
     def notify(self, command: Notify) -> None:
         """Deliver a notification; failures are recorded by the notifier, never raised."""
+
+
+class Metrics(Protocol):
+    """Counters for the operators' dashboards and alarms (CloudWatch EMF, Application Insights)."""
+
+    def count(self, name: str, value: int = 1) -> None: ...
 
 
 class Clock(Protocol):

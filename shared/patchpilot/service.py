@@ -1,20 +1,24 @@
 """The one imperative shell: the same sequence of effects on every runtime.
 
-For an event: load the run -> decide -> save the new run with its commands (the outbox) in one
-conditional write -> publish the outbox -> mark it sent -> ack. For a command: execute it
-(idempotent per command id) -> publish its result event, or ask for a later redelivery while the
-operation runs -> ack. A crash between any two of these is repaired by redelivery: a duplicate
-event changes nothing but still flushes an outbox left behind.
+For a queued message: check that the stored run issued it and has not done it yet (else refuse
+it, or drop a redelivery) -> for a command, execute it (idempotent per command id), or ask for a
+later redelivery while the operation runs -> apply its result: load the run -> decide -> save the
+new run with its commands (the outbox) in one conditional write -> publish the outbox -> mark it
+sent -> ack. A crash between any two of these is repaired by redelivery: the command runs again
+(idempotent) and its result is applied once; a duplicate result changes nothing but still flushes
+an outbox left behind.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import assert_never
 
 from patchpilot.engine.decide import decide, start_run
+from patchpilot.engine.issued import NotIssuedError, Standing, issuer, standing
 from patchpilot.engine.messages import (
     AgentsProbed,
     ApprovalGranted,
@@ -27,6 +31,8 @@ from patchpilot.engine.messages import (
     FollowUpRequested,
     HealthChecked,
     InstallPatches,
+    InstancesLeased,
+    LeaseInstances,
     MaintenanceCancelled,
     Message,
     NoticeUndelivered,
@@ -34,6 +40,7 @@ from patchpilot.engine.messages import (
     Outcome,
     PatchesInstalled,
     ProbeAgents,
+    ReleaseInstances,
     Result,
     RollBack,
     RolledBack,
@@ -52,7 +59,9 @@ from patchpilot.ports import (
     Delivery,
     FleetProvider,
     InProgress,
+    Leases,
     MaintenanceCanceller,
+    Metrics,
     Notifier,
     Progress,
     Queue,
@@ -61,26 +70,73 @@ from patchpilot.ports import (
 )
 
 log = logging.getLogger("patchpilot.service")
+security_log = logging.getLogger("patchpilot.security")
 
 MAX_CONFLICT_RETRIES = 5
+REFUSED_METRIC = "RefusedMessages"
+LEASE_POLL = timedelta(minutes=5)  # how often a wave waiting for another run's machines looks again
 
 
 def grant_approval(
-    store: RunStore, queue: Queue, run_id: str, by: str, *, reject: bool = False, reason: str = ""
+    store: RunStore,
+    queue: Queue,
+    run_id: str,
+    by: str,
+    *,
+    reject: bool = False,
+    reason: str = "",
+    now: datetime | None = None,
 ) -> str:
-    """Grant (or, with `reject`, refuse) the approval a run waits for: the event that says so,
-    which the worker applies. One decision per gate: the first of two events wins, the other is a
-    duplicate or stale. An approval needs no fleet: approval endpoints call this without a `Service`."""
+    """Grant (or, with `reject`, refuse) the approval a run waits for, applied to the run here:
+    an approval never travels the queue, so a message cannot open a gate. One decision per gate:
+    the first of two wins, the other is a duplicate. An approval needs no fleet: approval
+    endpoints call this without a `Service`."""
     run = store.load(run_id)
     if run.state != "awaiting_approval":
         return f"run {run_id} is not waiting for approval ({run.status})"
     ring = run.current.ring
     gate = f"{run_id}:approve:{ring}"  # the same id either way: a gate is decided once
+    event: Event
     if reject:
-        queue.publish([ApprovalRejected(id=gate, run_id=run_id, by=by, reason=reason)])
-        return f"rejected ring {ring} of run {run_id}: the run ends"
-    queue.publish([ApprovalGranted(id=gate, run_id=run_id, by=by)])
-    return f"approved ring {ring} of run {run_id}"
+        event = ApprovalRejected(id=gate, run_id=run_id, by=by, reason=reason)
+        answer = f"rejected ring {ring} of run {run_id}: the run ends"
+    else:
+        event = ApprovalGranted(id=gate, run_id=run_id, by=by)
+        answer = f"approved ring {ring} of run {run_id}"
+    apply_event(store, queue, event, lambda: now or datetime.now(UTC))
+    return answer
+
+
+def apply_event(store: RunStore, queue: Queue, event: Event, now: Callable[[], datetime]) -> None:
+    """Decide on an event and persist the outcome with its outbox, then publish the outbox;
+    conflicts reload and decide again. An event for an unknown run is dropped (logged)."""
+    for _ in range(MAX_CONFLICT_RETRIES):
+        try:
+            run = store.load(event.run_id)
+        except UnknownRunError:
+            log.error("dropping %s %s: unknown run %s", event.type, event.id, event.run_id)
+            return
+        decision = decide(run, event, now())
+        if decision.ignored:
+            log.info("run %s: %s", run.run_id, decision.ignored)
+            flush(store, queue, run.run_id)  # a crash may have left the outbox unsent
+            return
+        new = decision.run.model_copy(update={"version": run.version + 1})
+        try:
+            store.save(new, decision.commands, previous=run)
+        except ConflictError:
+            continue
+        flush(store, queue, run.run_id)
+        return
+    raise ConflictError(f"run {event.run_id}: still conflicting after {MAX_CONFLICT_RETRIES} tries")
+
+
+def flush(store: RunStore, queue: Queue, run_id: str) -> None:
+    """Publish what the run's outbox holds, then mark it sent."""
+    pending = store.outbox(run_id)
+    if pending:
+        queue.publish(pending)
+        store.mark_sent(run_id, [m.id for m in pending])
 
 
 @dataclass
@@ -91,6 +147,8 @@ class Service:
     notifier: Notifier
     clock: Clock
     maintenance: MaintenanceCanceller | None = None  # Azure Update Manager runs (Azure only)
+    metrics: Metrics | None = None  # counts refused messages
+    leases: Leases | None = None  # one machine, one run at a time (every runtime passes one)
 
     def start(self, run_id: str, policy: Policy, instances: Iterable[Instance]) -> Run:
         """Start a run; starting the same run id again (a redelivered trigger) only finishes
@@ -140,19 +198,49 @@ class Service:
 
     def approve(self, run_id: str, by: str = "cli") -> str:
         """Grant the approval the run waits for; approving one gate twice is one approval."""
-        return grant_approval(self.store, self.queue, run_id, by)
+        return grant_approval(self.store, self.queue, run_id, by, now=self.clock.now())
 
     def reject(self, run_id: str, by: str = "cli", reason: str = "") -> str:
         """Refuse the ring the run waits to enter: the run ends cleanly (halted, with why)."""
-        return grant_approval(self.store, self.queue, run_id, by, reject=True, reason=reason)
+        return grant_approval(self.store, self.queue, run_id, by, reject=True, reason=reason, now=self.clock.now())
 
     def handle(self, delivery: Delivery) -> None:
-        """Process one delivery. Raises only when it must be delivered again (a crash, a
-        conflict that outlived its retries); then it is not acked."""
+        """Process one delivery: only a message the stored run issued and has not done yet is
+        acted on (engine/issued.py); a forged one is refused and dead-lettered. Raises only when
+        it must be delivered again (a crash, a conflict that outlived its retries); then it is
+        not acked."""
         message = delivery.message
+        try:
+            standing = self._standing(message)
+        except NotIssuedError as refusal:
+            self._refuse(delivery, str(refusal))
+            return
+        if standing == "done":  # a redelivery of a command whose result the run has applied
+            log.info("run %s: %s %s is done already", message.run_id, message.type, message.id)
+            self.flush(message.run_id)  # a crash may have left the outbox of that result unsent
+            self.queue.ack(delivery)
+            return
         match message:
+            case FollowUpFinished():
+                self._apply(message)
+            case Notify():
+                self.notifier.notify(message)
+            case CancelMaintenance():
+                self._cancel(message)
+            case StartFollowUp():
+                self._start_follow_up(message)
+            case ReleaseInstances():
+                if self.leases is not None:
+                    self.leases.release(message.targets, message.run_id)
+            case LeaseInstances():
+                if not self._lease(message, delivery):
+                    return
+            case Wait() | ProbeAgents() | TakeSnapshots() | InstallPatches() | CheckHealth() | RollBack():
+                if not self._execute(message, delivery):
+                    return  # postponed: polled again later, not acked
             case (
-                AgentsProbed()
+                InstancesLeased()
+                | AgentsProbed()
                 | SnapshotsTaken()
                 | PatchesInstalled()
                 | HealthChecked()
@@ -163,29 +251,47 @@ class Service:
                 | ApprovalRejected()
                 | NoticeUndelivered()
                 | FollowUpRequested()
-                | FollowUpFinished()
             ):
-                self._apply(message)
-            case Wait():
-                timer = TimerFired(id=message.result_id, run_id=message.run_id, command_id=message.id)
-                self.queue.publish([timer], at=message.until)
-            case Notify():
-                self.notifier.notify(message)
-            case CancelMaintenance():
-                self._cancel(message)
-            case StartFollowUp():
-                self._start_follow_up(message)
-            case ProbeAgents() | TakeSnapshots() | InstallPatches() | CheckHealth() | RollBack():
-                if not self._execute(message, delivery):
-                    return  # postponed: polled again later, not acked
+                raise AssertionError(f"{message.type} is refused before this point")  # issuer() refuses it
             case _:
                 assert_never(message)
         self.queue.ack(delivery)
 
-    def _execute(self, command: FleetCommand, delivery: Delivery) -> bool:
-        """Run a fleet command; False when it is still under way and will be polled again."""
+    def _standing(self, message: Message) -> Standing:
+        try:
+            run = self.store.load(issuer(message))
+        except UnknownRunError as error:
+            what = f"{message.type} {message.id} names run {error.args[0]}, which does not exist"
+            raise NotIssuedError(what) from None
+        return standing(run, message)
+
+    def _refuse(self, delivery: Delivery, reason: str) -> None:
+        """A message the stored run did not issue: never executed, dead-lettered, said at the
+        security level and counted."""
+        message = delivery.message
+        security_log.error(
+            "REFUSED %s %s for run %s: %s",
+            message.type,
+            message.id,
+            message.run_id,
+            reason,
+            extra={"security": "refused_message", "run_id": message.run_id, "message_id": message.id},
+        )
+        if self.metrics is not None:
+            self.metrics.count(REFUSED_METRIC)
+        self.queue.dead_letter(delivery, f"refused: {reason}")
+
+    def _execute(self, command: FleetCommand | Wait, delivery: Delivery) -> bool:
+        """Run a fleet command (or wait out a Wait) and apply its result to the run here: results
+        never travel the queue. False when it is still under way and will be polled again."""
         result_type: type[Result]
         match command:
+            case Wait():
+                if self.clock.now() < command.until:
+                    self.queue.retry_at(delivery, command.until)
+                    return False
+                self._apply(TimerFired(id=command.result_id, run_id=command.run_id, command_id=command.id))
+                return True
             case ProbeAgents():
                 progress, result_type = self.fleet.probe_agents(command), AgentsProbed
             case TakeSnapshots():
@@ -201,8 +307,28 @@ class Service:
         if isinstance(progress, InProgress):
             self.queue.retry_at(delivery, progress.retry_at)
             return False
-        event = result_type(id=command.result_id, run_id=command.run_id, command_id=command.id, results=progress)
-        self.queue.publish([event])
+        self._apply(result_type(id=command.result_id, run_id=command.run_id, command_id=command.id, results=progress))
+        return True
+
+    def _lease(self, command: LeaseInstances, delivery: Delivery) -> bool:
+        """Take the leases of a wave's machines and apply the outcome; False while the wave waits
+        for machines another run holds: then it holds none (all or nothing, so two runs waiting
+        for each other's machines do not both wait out their windows) and looks again at the next
+        poll."""
+        now = self.clock.now()
+        held = self.leases.acquire(command.targets, command.run_id, command.until, now) if self.leases else {}
+        if held and command.wait_until is not None and now < command.wait_until:
+            assert self.leases is not None
+            self.leases.release([i for i in command.targets if i not in held], command.run_id)
+            log.info("run %s waits for machines held by %s", command.run_id, ", ".join(sorted(set(held.values()))))
+            self.queue.retry_at(delivery, min(now + LEASE_POLL, command.wait_until))
+            return False
+        results = [
+            Outcome(id=i, ok=i not in held, detail=f"held by run {held[i]}" if i in held else "", at=now)
+            for i in command.targets
+        ]
+        leased = InstancesLeased(id=command.result_id, run_id=command.run_id, command_id=command.id, results=results)
+        self._apply(leased)
         return True
 
     def _by_deadline(self, command: TakeSnapshots, progress: Progress) -> Progress:
@@ -224,39 +350,20 @@ class Service:
             )
         else:
             outcome = self.maintenance.cancel_maintenance(command)
-        result = MaintenanceCancelled(
-            id=command.result_id, run_id=command.run_id, command_id=command.id, results=[outcome]
+        self._apply(
+            MaintenanceCancelled(id=command.result_id, run_id=command.run_id, command_id=command.id, results=[outcome])
         )
-        self.queue.publish([result])
 
     def _apply(self, event: Event) -> None:
-        """Decide on an event and persist the outcome; conflicts reload and decide again."""
-        for _ in range(MAX_CONFLICT_RETRIES):
-            try:
-                run = self.store.load(event.run_id)
-            except UnknownRunError:
-                log.error("dropping %s %s: unknown run %s", event.type, event.id, event.run_id)
-                return
-            decision = decide(run, event, self.clock.now())
-            if decision.ignored:
-                log.info("run %s: %s", run.run_id, decision.ignored)
-                self.flush(run.run_id)  # a crash may have left the outbox unsent
-                return
-            new = decision.run.model_copy(update={"version": run.version + 1})
-            try:
-                self.store.save(new, decision.commands, previous=run)
-            except ConflictError:
-                continue
-            self.flush(run.run_id)
-            return
-        raise ConflictError(f"run {event.run_id}: still conflicting after {MAX_CONFLICT_RETRIES} tries")
+        apply_event(self.store, self.queue, event, self.clock.now)
+
+    def record(self, event: NoticeUndelivered) -> None:
+        """Record in its run a notice the notifier could not deliver (applied here, never queued)."""
+        self._apply(event)
 
     def flush(self, run_id: str) -> None:
         """Publish what the run's outbox holds, then mark it sent."""
-        pending = self.store.outbox(run_id)
-        if pending:
-            self.queue.publish(pending)
-            self.store.mark_sent(run_id, [m.id for m in pending])
+        flush(self.store, self.queue, run_id)
 
     def recover(self) -> None:
         """After a crash: flush every outbox left behind."""

@@ -255,6 +255,7 @@ class ServerlessRuntime:
     @functools.cached_property
     def routed(self) -> RoutedNotifier:
         from patchpilot.notify import LazySecrets, RoutedNotifier
+        from patchpilot.service import apply_event
 
         return RoutedNotifier(
             LazySecrets(lambda: self.secrets),
@@ -262,7 +263,7 @@ class ServerlessRuntime:
             LogNotifier(self.log),
             claims=lambda: self.claims,  # each notice sent once per channel, across containers
             clock=self.clock,
-            record=lambda event: self.queue.publish([event]),  # undelivered: recorded in the run
+            record=lambda event: apply_event(self.store, self.queue, event, self.clock.now),  # recorded in the run
         )
 
     def _approval_key(self) -> str | None:

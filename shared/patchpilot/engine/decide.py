@@ -8,11 +8,13 @@ generated from it.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Literal
 
+from patchpilot.engine.issued import with_issued
 from patchpilot.engine.messages import (
     AgentsProbed,
     ApprovalGranted,
@@ -26,6 +28,8 @@ from patchpilot.engine.messages import (
     HealthChecked,
     InstallPatches,
     InstallTarget,
+    InstancesLeased,
+    LeaseInstances,
     MaintenanceCancelled,
     Message,
     NoticeUndelivered,
@@ -33,6 +37,7 @@ from patchpilot.engine.messages import (
     Outcome,
     PatchesInstalled,
     ProbeAgents,
+    ReleaseInstances,
     RestoreTarget,
     RollBack,
     RolledBack,
@@ -65,6 +70,9 @@ MAX_FAILURE_NOTICES = 10  # per wave; more are summarised in one message
 # Snapshots for an Update Manager run must be done this long before its cancellation cut-off,
 # so that a cancellation still lands in time.
 CANCEL_MARGIN = timedelta(minutes=3)
+# A machine's lease lapses this long after the window ends (or its wave starts, without a window):
+# a wave that started in time has finished by then, and a run that died frees its machines.
+LEASE_MARGIN = timedelta(hours=6)
 
 
 @dataclass(frozen=True)
@@ -149,7 +157,7 @@ def start_run(
     run = _logged(run, now, text)
     # A follow-up enters its first ring like any later ring: an approval the ring requires is asked again.
     decision = _enter_next_ring(run, now) if follow_up_of is not None and waves else _begin_wave(run, now)
-    return Decision(decision.run, [notice, *decision.commands])
+    return _issuing(_releasing(Decision(decision.run, [notice, *decision.commands])))
 
 
 def _on_notice_undelivered(run: Run, event: NoticeUndelivered) -> Decision:
@@ -221,7 +229,18 @@ def _no_follow_ups(run: Run, now: datetime, why: str) -> Decision:
 
 def decide(run: Run, event: Event, now: datetime) -> Decision:
     """Apply one event. Duplicates, stale results and events the state does not expect change
-    nothing (and say why)."""
+    nothing (and say why). Whatever the decision puts in the outbox is recorded in the run as
+    issued by it: the worker executes nothing else (engine/issued.py)."""
+    return _issuing(_releasing(_decide(run, event, now)))
+
+
+def _issuing(decision: Decision) -> Decision:
+    if not decision.commands:
+        return decision
+    return Decision(with_issued(decision.run, decision.commands), decision.commands, decision.ignored)
+
+
+def _decide(run: Run, event: Event, now: datetime) -> Decision:
     if event.id in run.processed:
         return Decision(run, ignored=f"duplicate event {event.id}")
     if isinstance(event, NoticeUndelivered):  # in any state: a finished run's last notice too
@@ -238,6 +257,26 @@ def decide(run: Run, event: Event, now: datetime) -> Decision:
         return Decision(run, ignored=f"stale {event.type} for {awaited} (waiting for {run.awaiting})")
     run = run.model_copy(update={"processed": (*run.processed, event.id), "awaiting": None})
     return transition.handler(run, event, now)
+
+
+def _on_instances_leased(run: Run, event: Event, now: datetime) -> Decision:
+    """The machines another run holds (past the wait) are skipped; the others are probed."""
+    assert isinstance(event, InstancesLeased)
+    wave = _update(
+        run.current, event.by_id(), "lease", lambda r, o: {} if o.ok else _final("skipped", o.detail or "not leased")
+    )
+    run = _with_wave(run, wave)
+    leased = [r.id for r in _pending(wave)]
+    run = run.model_copy(update={"leased": (*run.leased, *leased)})
+    held = [r for r in wave.records.values() if r.steps and r.steps[-1].step == "lease"]
+    if held:
+        names = ", ".join(f"{r.instance.short_name} ({r.reason})" for r in held[:10])
+        run = _logged(run, now, f"Wave {wave.index}: {plural(len(held), 'machine')} skipped: {names}", "warning")
+    if not leased:
+        return _finish_wave(run, now)
+    targets = [wave.records[i].instance for i in leased]
+    command = ProbeAgents(id=_command_id(run, "probe"), run_id=run.run_id, wave=wave.index, targets=targets)
+    return _await(run, "probing", command)
 
 
 def _on_agents_probed(run: Run, event: Event, now: datetime) -> Decision:
@@ -443,6 +482,7 @@ def _on_rejected(run: Run, event: Event, now: datetime) -> Decision:
 WAVE_DONE = "WaveDone"  # not a state: the end of a wave, decided inside the handlers
 
 TRANSITIONS: dict[tuple[RunState, str], Transition] = {
+    ("leasing", "InstancesLeased"): Transition(_on_instances_leased, ("probing", WAVE_DONE)),
     ("probing", "AgentsProbed"): Transition(_on_agents_probed, ("snapshotting", WAVE_DONE)),
     ("snapshotting", "SnapshotsTaken"): Transition(_on_snapshots_taken, ("installing", WAVE_DONE)),
     ("installing", "PatchesInstalled"): Transition(_on_patches_installed, ("checking", "rolling_back")),
@@ -450,13 +490,13 @@ TRANSITIONS: dict[tuple[RunState, str], Transition] = {
     ("rolling_back", "RolledBack"): Transition(_on_rolled_back, ("rechecking", WAVE_DONE)),
     ("rechecking", "HealthChecked"): Transition(_on_rechecked, (WAVE_DONE,)),
     ("cancelling", "MaintenanceCancelled"): Transition(_on_maintenance_cancelled, ("halted", "installing", WAVE_DONE)),
-    ("soaking", "TimerFired"): Transition(_on_soak_over, ("awaiting_approval", "probing")),
-    ("awaiting_approval", "ApprovalGranted"): Transition(_on_approved, ("probing",)),
+    ("soaking", "TimerFired"): Transition(_on_soak_over, ("awaiting_approval", "leasing")),
+    ("awaiting_approval", "ApprovalGranted"): Transition(_on_approved, ("leasing",)),
     ("awaiting_approval", "ApprovalRejected"): Transition(_on_rejected, ("halted",)),
 }
 # Where the end of a wave leads: the next wave, a soak, an approval gate, or the end of the run.
 WAVE_DONE_TARGETS: tuple[RunState, ...] = (
-    "probing",
+    "leasing",
     "soaking",
     "awaiting_approval",
     "succeeded",
@@ -479,11 +519,35 @@ def _begin_wave(run: Run, now: datetime) -> Decision:
     if wave.ring_position > 0 or run.follow_up_of is not None:
         wave = _skip_unpromotable(run, wave)
     run = _logged(_with_wave(run, wave), now, f"Wave {wave.index} ({wave.ring}) started")
-    targets = [r.instance for r in _pending(wave)]
+    targets = [r.id for r in _pending(wave)]
     if not targets:
         return _finish_wave(run, now)
-    command = ProbeAgents(id=_command_id(run, "probe"), run_id=run.run_id, wave=wave.index, targets=targets)
-    return _await(run, "probing", command)
+    # A maintenance run cannot wait: Update Manager starts at its own time.
+    wait_until = run.window_end if run.maintenance is None else None
+    command = LeaseInstances(
+        id=_command_id(run, "lease"),
+        run_id=run.run_id,
+        wave=wave.index,
+        targets=targets,
+        until=max(run.window_end or now, now) + LEASE_MARGIN,
+        wait_until=wait_until,
+    )
+    return _await(run, "leasing", command)
+
+
+def _releasing(decision: Decision) -> Decision:
+    """Machines that have left the run (their record is final) give up their lease at once."""
+    run = decision.run
+    if not run.leased:
+        return decision
+    pending = {r.id for w in run.waves[max(run.cursor - 1, 0) : run.cursor + 1] for r in _pending(w)}
+    done = [i for i in run.leased if i not in pending]
+    if not done:
+        return decision
+    key = hashlib.sha256("\n".join(sorted(done)).encode()).hexdigest()[:12]
+    release = ReleaseInstances(id=f"{run.run_id}:release:{key}", run_id=run.run_id, targets=done)
+    run = run.model_copy(update={"leased": tuple(i for i in run.leased if i in pending)})
+    return Decision(run, [*decision.commands, release], decision.ignored)
 
 
 def _skip_unpromotable(run: Run, wave: WaveState) -> WaveState:
@@ -597,6 +661,7 @@ def _end(run: Run, now: datetime, state: RunState, reason: str) -> Decision:
 
 # Which pending instances each step's command targeted (the same rules build the commands).
 _TARGETED: dict[str, Callable[[InstanceRecord], bool]] = {
+    "lease": lambda r: True,
     "probe": lambda r: True,
     "snapshot": lambda r: True,
     "install": lambda r: bool(r.snapshot_ids),
@@ -609,7 +674,7 @@ _TARGETED: dict[str, Callable[[InstanceRecord], bool]] = {
 def _update(
     wave: WaveState,
     results: dict[str, Outcome],
-    step: Literal["probe", "snapshot", "install", "health", "rollback", "recheck"],
+    step: Literal["lease", "probe", "snapshot", "install", "health", "rollback", "recheck"],
     apply: Callable[[InstanceRecord, Outcome], dict[str, object]],
 ) -> WaveState:
     """Apply each targeted instance's outcome; a target missing from the results counts as
@@ -622,8 +687,12 @@ def _update(
         outcome = results.get(key) or Outcome(id=key, ok=False, detail="no result reported")
         at = outcome.at or wave.started_at
         assert at is not None
+        update = apply(record, outcome)
+        if outcome.ok and step == "lease":  # bookkeeping, not a step done to the machine
+            records[key] = record.model_copy(update=update) if update else record
+            continue
         entry = Step(step=step, at=at, ok=outcome.ok, detail=outcome.detail)
-        records[key] = record.model_copy(update={**apply(record, outcome), "steps": [*record.steps, entry]})
+        records[key] = record.model_copy(update={**update, "steps": [*record.steps, entry]})
     return wave.model_copy(update={"records": records})
 
 

@@ -36,6 +36,24 @@ class _Command(_Message):
         return f"{self.id}:done"
 
 
+class LeaseInstances(_Command):
+    """Take each target's lease for this run (one machine, one run at a time), lapsing at
+    `until`. While another run holds one of them and `wait_until` is ahead, the wave waits (the
+    command is polled, holding nothing); then the held ones are reported "held by run X"."""
+
+    type: Literal["LeaseInstances"] = "LeaseInstances"
+    targets: list[str]  # instance ids
+    until: datetime
+    wait_until: datetime | None = None
+
+
+class ReleaseInstances(_Command):
+    """Give up this run's leases on the targets: they have left the run."""
+
+    type: Literal["ReleaseInstances"] = "ReleaseInstances"
+    targets: list[str]
+
+
 class ProbeAgents(_Command):
     """Ask whether each instance's management agent answers (SSM, Azure VM agent)."""
 
@@ -137,7 +155,9 @@ class StartFollowUp(_Command):
 
 
 Command = Annotated[
-    ProbeAgents
+    LeaseInstances
+    | ReleaseInstances
+    | ProbeAgents
     | TakeSnapshots
     | InstallPatches
     | CheckHealth
@@ -170,6 +190,10 @@ class Result(_Message):
 
     def by_id(self) -> dict[str, Outcome]:
         return {o.id: o for o in self.results}
+
+
+class InstancesLeased(Result):
+    type: Literal["InstancesLeased"] = "InstancesLeased"
 
 
 class AgentsProbed(Result):
@@ -253,7 +277,8 @@ class FollowUpFinished(_Message):
 
 
 Event = Annotated[
-    AgentsProbed
+    InstancesLeased
+    | AgentsProbed
     | SnapshotsTaken
     | PatchesInstalled
     | HealthChecked
@@ -269,7 +294,9 @@ Event = Annotated[
 ]
 
 Message = Annotated[
-    ProbeAgents
+    LeaseInstances
+    | ReleaseInstances
+    | ProbeAgents
     | TakeSnapshots
     | InstallPatches
     | CheckHealth
@@ -278,6 +305,7 @@ Message = Annotated[
     | Notify
     | CancelMaintenance
     | StartFollowUp
+    | InstancesLeased
     | AgentsProbed
     | SnapshotsTaken
     | PatchesInstalled

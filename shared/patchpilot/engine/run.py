@@ -16,6 +16,7 @@ InstanceState = Literal["pending", "patched", "rolled_back", "failed", "skipped"
 FINAL_STATES: frozenset[str] = frozenset({"patched", "rolled_back", "failed", "skipped", "not_started", "excluded"})
 
 RunState = Literal[
+    "leasing",
     "probing",
     "snapshotting",
     "installing",
@@ -40,7 +41,7 @@ class _State(BaseModel):
 class Step(_State):
     """One thing done to one instance, for the report."""
 
-    step: Literal["probe", "snapshot", "install", "health", "rollback", "recheck"]
+    step: Literal["lease", "probe", "snapshot", "install", "health", "rollback", "recheck"]
     at: datetime
     ok: bool
     detail: str = ""
@@ -132,6 +133,10 @@ class Run(_State):
     undelivered: tuple[UndeliveredNotice, ...] = ()  # notices the notifier could not deliver
     follow_ups: tuple[FollowUp, ...] = ()  # runs to start once this one has ended
     follow_up_of: str | None = None  # set on a follow-up run: every ring installs `promoted`, pinned
+    # Every message the run put in its outbox: id -> digest of its content (engine/issued.py).
+    # The worker executes only what is recorded here.
+    issued: dict[str, str] = Field(default_factory=dict)
+    leased: tuple[str, ...] = ()  # the instances whose lease the run holds (the current wave's)
 
     @property
     def status(self) -> Status:

@@ -111,12 +111,20 @@ class AwsRuntime(ServerlessRuntime):
 
     @functools.cached_property
     def service(self) -> Service:
+        from patchpilot.adapters.metrics import EmfMetrics
         from patchpilot.service import Service
 
         notifier: Notifier = self.notifier
         if self.report_store is not None:
             notifier = ReportingNotifier(notifier, self.store, self.report_store.publish)
-        return Service(store=self.store, queue=self.queue, fleet=self.fleet, notifier=notifier, clock=self.clock)
+        return Service(
+            store=self.store,
+            queue=self.queue,
+            fleet=self.fleet,
+            notifier=notifier,
+            clock=self.clock,
+            metrics=EmfMetrics(),
+        )
 
     @functools.cached_property
     def report_store(self) -> S3Reports | None:

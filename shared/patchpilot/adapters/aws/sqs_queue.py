@@ -160,6 +160,12 @@ class SqsQueue:
             return list(self._buried)
         return self._peek_dead_letters(self.dead_letter_url)
 
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        """Keep the message in the dead letters with `reason`, then delete this delivery.
+        SettleError when the dead letters refuse it (then it stays queued and comes back)."""
+        self._bury(delivery.message.id, MESSAGE.dump_json(delivery.message).decode(), reason)
+        self.ack(delivery)
+
     # ------------------------------------------------------------ Lambda
 
     def from_sqs_record(self, record: Mapping[str, Any]) -> Delivery | None:

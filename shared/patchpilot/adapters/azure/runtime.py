@@ -268,6 +268,7 @@ class AzureRuntime(ServerlessRuntime):
     @functools.cached_property
     def service(self) -> Service:
         from patchpilot.adapters.azure.maintenance_events import UpdateManagerCanceller
+        from patchpilot.adapters.metrics import LogMetrics
         from patchpilot.service import Service
 
         return Service(
@@ -277,6 +278,7 @@ class AzureRuntime(ServerlessRuntime):
             notifier=ReportingNotifier(self.notifier, self.store, self.reports.publish),
             clock=self.clock,
             maintenance=UpdateManagerCanceller(self.clients),
+            metrics=LogMetrics(),
         )
 
     def policy(self) -> Policy:

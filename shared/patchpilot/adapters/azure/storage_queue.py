@@ -165,6 +165,12 @@ class StorageQueue:
             self.poison.update_message(storage_id, pop_receipt, visibility_timeout=0)
         return [dead for _, dead in seen.values()]
 
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        """Keep the message in the dead letters with `reason`, then delete this delivery.
+        SettleError when the dead letters refuse it (then it stays queued and comes back)."""
+        self._bury(delivery.message.id, MESSAGE.dump_json(delivery.message).decode(), reason)
+        self.ack(delivery)
+
     # ------------------------------------------------------------ Azure Functions
 
     def from_function_message(self, message_id: str, body: str, dequeue_count: int) -> Delivery | None:

@@ -121,6 +121,11 @@ class SqliteQueue:
             rows = self._db.conn.execute("SELECT message_id, body, reason FROM dead_letters ORDER BY rowid").fetchall()
         return [DeadLetter(message_id=i, body=body, reason=reason) for i, body, reason in rows]
 
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        body = MESSAGE.dump_json(delivery.message).decode()
+        with self._db.transaction() as conn:
+            self._bury(conn, delivery.message.id, body, reason, self.clock.now())
+
     # ------------------------------------------------------------ beyond the port
 
     def next_due(self) -> datetime | None:

@@ -213,7 +213,7 @@ def test_report_opens_its_summary_with_the_broken_machines(tmp_path: Path) -> No
 
 def test_broken_machine_is_never_compliant(broken_run: tuple[Path, Path, dict[str, Any], int]) -> None:
     state, inventory, document, _ = broken_run
-    args = ["compliance", "--policy", POLICY, "--inventory", inventory, "--state-dir", state]
+    args: list[str | Path] = ["compliance", "--policy", POLICY, "--inventory", inventory, "--state-dir", state]
     result = cli(*args, "--json")
     assert result.exit_code == 1, result.output
     view = json.loads(result.stdout)

@@ -176,6 +176,7 @@ def test_a_failed_rollback_leaves_the_instance_failed() -> None:
     record = next(r for r in run.records() if r.id == "i-production-05")
     assert record.state == "failed"
     assert "install failed" in record.reason and "rollback failed too" in record.reason
+    assert run.status == "succeeded_with_failures" and "1 machine is left broken" in run.reason
 
 
 def test_exceeding_max_failures_halts_and_no_later_wave_starts() -> None:
@@ -356,6 +357,9 @@ def test_safety_rules_hold_for_any_fleet_and_faults(scenario: tuple[Policy, list
     # no wave starts past the window
     assert run.window_end is not None
     assert all(w.started_at is None or w.started_at < run.window_end for w in run.waves)
+    # a run that leaves a machine broken never ends plainly succeeded
+    if any(r.state == "failed" for r in run.records()):
+        assert run.status != "succeeded"
     # nothing is lost: every instance ends in a final state with a reason
     assert all(r.state in FINAL_STATES and r.reason for r in run.records())
     assert len(run.records()) == len(instances)

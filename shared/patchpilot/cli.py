@@ -17,7 +17,7 @@ from patchpilot.cli_common import EXIT_INVALID_INPUT as EXIT_INVALID_INPUT  # re
 from patchpilot.cli_common import print_json as _print_json
 from patchpilot.cli_common import reports_input_errors
 from patchpilot.engine.messages import MESSAGE, Notify
-from patchpilot.engine.run import Run, count_states
+from patchpilot.engine.run import InstanceRecord, Run, count_states
 from patchpilot.errors import InputError
 from patchpilot.inventory import load_inventory
 from patchpilot.local_runtime import LocalRuntime
@@ -30,6 +30,7 @@ from patchpilot.reports import write_reports
 EXIT_SUCCEEDED = 0
 EXIT_HALTED = 1  # halted, incomplete (the window ended) or stalled
 EXIT_WAITING_APPROVAL = 3
+EXIT_BROKEN = 4  # succeeded_with_failures: machines are left broken (`failed`); restore them by hand
 DEFAULT_STATE_DIR = ".patchpilot"
 MAX_IDS_SHOWN = 6
 
@@ -303,6 +304,7 @@ def status(run_id: str, state_dir: Path, as_json: bool) -> None:
     for state, count in sorted(run.summary().items()):
         table.add_row(state, str(count))
     console.print(table)
+    _print_broken(console, run)
     attention = [r for r in run.records() if r.state in ("rolled_back", "failed", "skipped")]
     if attention:
         detail = Table(title="Needs attention")
@@ -372,6 +374,8 @@ def _drive_and_report(
 def _exit_status(run: Run) -> int:
     if run.status == "succeeded":
         return EXIT_SUCCEEDED
+    if run.status == "succeeded_with_failures":
+        return EXIT_BROKEN
     if run.status == "waiting_approval":
         return EXIT_WAITING_APPROVAL
     return EXIT_HALTED
@@ -381,12 +385,38 @@ def _print_outcome(console: Console, run: Run, runtime: LocalRuntime) -> None:
     console.print(f"Run {run.run_id}: [bold]{run.status}[/bold]. {count_states(run.records())}.")
     if run.reason:
         console.print(f"Reason: {run.reason}")
+    _print_broken(console, run)
     if run.status == "waiting_approval":
         console.print(f"Approve with: patchpilot approve {run.run_id} --state-dir {runtime.state_dir}")
     elif run.status == "running":
         console.print("The run stalled: no message left to deliver.")
         for letter in runtime.dead_letters():
             console.print(f"  dead letter {letter.message_id}: {letter.reason}")
+
+
+def _print_broken(console: Console, run: Run) -> None:
+    """The machines the run left `failed`, loudly, with what to do: PatchPilot will not touch them
+    again by itself, so a person restores each from its snapshots."""
+    broken = run.broken()
+    if not broken:
+        return
+    table = Table(title=f"Left broken: {len(broken)} (restore by hand)", title_style="bold red")
+    for column in ("instance", "id", "wave", "reason", "restore from snapshots"):
+        table.add_column(column, overflow="fold")
+    for record in broken:
+        table.add_row(record.instance.short_name, record.id, str(record.wave), record.reason, _snapshots(record))
+    console.print(table)
+    console.print(
+        Text(
+            "Restore each by hand from its snapshots (the ids above) and check it is healthy: "
+            "PatchPilot does not repair it; the policy's next run patches it again.",
+            style="bold red",
+        )
+    )
+
+
+def _snapshots(record: InstanceRecord) -> str:
+    return ", ".join(record.snapshot_ids) or "none taken: rebuild it or restore from a backup"
 
 
 def run_document(run: Run) -> dict[str, Any]:
@@ -444,7 +474,7 @@ class LiveProgress:
         self.progress.update(self.wave[1], completed=done, note=run.state.replace("_", " "))
 
     def notice(self, notice: Notify) -> None:
-        if notice.topic not in self.LOUD_TOPICS:
+        if notice.topic not in self.LOUD_TOPICS and notice.severity != "error":
             return
         style = {"error": "red", "warning": "yellow"}.get(notice.severity, "")
         self.console.print(Text(notice.text, style=style))

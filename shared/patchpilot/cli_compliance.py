@@ -2,7 +2,8 @@
 simulated fleet of the local runtime (`--inventory`) or from the clouds (`--cloud`).
 
 Exit status: 0 when every machine the policies patch is compliant; 1 (`EXIT_NON_COMPLIANT`, as
-`git diff --exit-code`) when a machine is non-compliant or has no assessment; 2 for bad input.
+`git diff --exit-code`) when a machine is non-compliant, needs attention (a run left it failed) or
+has no assessment; 2 for bad input.
 Exposed and unmanaged machines are shown loudly but do not change the status: the policy chose
 not to patch them. See docs/compliance.md.
 """
@@ -22,7 +23,16 @@ from click.core import ParameterSource
 from patchpilot.cli_common import EXIT_INVALID_INPUT, print_json, reports_input_errors
 from patchpilot.compliance.model import PatchState
 from patchpilot.compliance.render import render_csv, render_html, render_markdown, write_compliance_reports
-from patchpilot.compliance.report import ComplianceView, LastRun, build_view, last_patched, merge_views, recent_runs
+from patchpilot.compliance.report import (
+    ComplianceView,
+    LastRun,
+    LeftFailed,
+    build_view,
+    last_patched,
+    left_failed,
+    merge_views,
+    recent_runs,
+)
 from patchpilot.errors import InputError
 from patchpilot.inventory import Instance, load_inventory
 from patchpilot.policy import Policy, load_policy
@@ -132,10 +142,10 @@ def compliance(
     refused = _start_scans(sources, f"cli-{started:%Y%m%dT%H%M%S}") if scan else set()
     states = _read_states(sources, clock, started if scan and wait else None, wait or timedelta(0), refused)
     now = clock.now()
-    views = [_policy_view(policy, sources, states, now, _last_runs(store, policy)) for policy in policies]
+    views = [_policy_view(policy, sources, states, now, *_run_facts(store, policy)) for policy in policies]
     view = merge_views(views)
     _emit(view, output, out_dir)
-    bad = view.totals.machines["non_compliant"] + view.totals.machines["unknown"]
+    bad = sum(view.totals.machines[s] for s in ("non_compliant", "needs_attention", "unknown"))
     sys.exit(EXIT_NON_COMPLIANT if bad else EXIT_COMPLIANT)
 
 
@@ -145,23 +155,27 @@ def _policy_view(
     states: dict[int, list[PatchState]],
     now: datetime,
     last_runs: dict[str, LastRun] | None,
+    broken: dict[str, LeftFailed] | None,
 ) -> ComplianceView:
     """One policy's view over every cloud it names (AWS and Azure: one source each)."""
     mine = [s for s in sources if s.policy is policy]
     instances = [i for s in mine for i in s.instances]
-    return build_view(policy, instances, [st for s in mine for st in states[id(s)]], now, last_runs)
+    return build_view(policy, instances, [st for s in mine for st in states[id(s)]], now, last_runs, broken)
 
 
-def _last_runs(store: RunStore | None, policy: Policy) -> dict[str, LastRun] | None:
-    """What the policy's newest runs patched (`recent_runs`); None without a store, or when it
-    cannot be read (said on stderr: the report comes without the column)."""
+def _run_facts(
+    store: RunStore | None, policy: Policy
+) -> tuple[dict[str, LastRun] | None, dict[str, LeftFailed] | None]:
+    """What the policy's newest runs patched and which machines they left failed (`recent_runs`);
+    None without a store, or when it cannot be read (said on stderr: the report comes without the column)."""
     if store is None:
-        return None
+        return None, None
     try:
-        return last_patched(recent_runs(store, policy.name), policy.name)
+        runs = recent_runs(store, policy.name)
     except Exception as error:  # a broken state database must not cost the report
         click.echo(f"{policy.name}: last runs not shown, the run store cannot be read: {error}", err=True)
-        return None
+        return None, None
+    return last_patched(runs, policy.name), left_failed(runs, policy.name)
 
 
 def _no_repeats(policies: Sequence[Policy], paths: Sequence[str]) -> None:

@@ -489,16 +489,18 @@ class ServerlessRuntime:
 
     def _compliance_report(self, policy: Policy, slot: datetime, now: datetime) -> str:
         from patchpilot.compliance.render import compliance_notice, documents, report_name
-        from patchpilot.compliance.report import LastRun, build_view, last_patched, recent_runs
+        from patchpilot.compliance.report import LastRun, LeftFailed, build_view, last_patched, left_failed, recent_runs
 
         instances = self._discovered(policy, now)
         states = self.fleet.patch_states(instances)
         last_runs: dict[str, LastRun] | None = None
+        broken: dict[str, LeftFailed] | None = None
         try:
-            last_runs = last_patched(recent_runs(self.store, policy.name), policy.name)
+            runs = recent_runs(self.store, policy.name)
+            last_runs, broken = last_patched(runs, policy.name), left_failed(runs, policy.name)
         except Exception as error:  # the run store down: the report goes out without the last runs
             self.log.warning("compliance report of policy %s without last runs: %s", policy.name, error)
-        view = build_view(policy, instances, states, now, last_runs)
+        view = build_view(policy, instances, states, now, last_runs, broken)
         store, location = self.report_store, ""
         if store is not None:
             name = report_name(view)

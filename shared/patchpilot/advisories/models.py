@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
+from patchpilot.engine.run import TERMINAL_STATES
 from patchpilot.policy.model import AdvisorySeverity
 
 Source = Literal["inspector", "aws-health", "patchpilot"]
@@ -67,7 +68,7 @@ class OpenRun:
 
     run_id: str
     cve: str
-    status: str  # running, waiting_approval, succeeded, halted, incomplete
+    status: str  # running, waiting_approval, succeeded, succeeded_with_failures, halted, incomplete
     instances: frozenset[str]  # the instances the run patches
     followed_up: frozenset[str] = frozenset()  # the instances its follow-up runs patch (requested)
     promoted: bool = True  # False: its first ring promoted nothing yet (a halt now is a halt in staging)
@@ -75,7 +76,7 @@ class OpenRun:
 
     @property
     def finished(self) -> bool:
-        return self.status in ("succeeded", "halted", "incomplete")
+        return self.status in TERMINAL_STATES
 
     @property
     def may_follow_up(self) -> bool:

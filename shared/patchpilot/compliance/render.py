@@ -18,6 +18,7 @@ from patchpilot.reports.render import environment, report_stem, write_text
 STATUS_COLOURS: dict[Status, str] = {
     "compliant": "#2e7d32",
     "non_compliant": "#c62828",
+    "needs_attention": "#b71c1c",
     "exposed": "#6a1b9a",
     "unknown": "#78909c",
     "unmanaged": "#cfd8dc",
@@ -51,6 +52,8 @@ CSV_COLUMNS = (
     "in_policy",
     "last_run_id",  # the last PatchPilot run that patched the machine; empty when none, or not read
     "last_run_at",  # when its wave finished
+    "left_failed_run_id",  # status needs_attention: the run that left the machine failed; else empty
+    "left_failed_snapshot_ids",  # what to restore it from, space-separated
 )
 PATCH_COLUMNS = CSV_COLUMNS[11:19]
 MAX_NOTICE_RINGS = 8
@@ -137,6 +140,7 @@ def _context(view: ComplianceView) -> dict[str, Any]:
         "severity_colours": SEVERITY_COLOURS,
         "attention": attention,
         "exposed": [i for i in view.instances if i.status == "exposed"],
+        "broken": [i for i in view.instances if i.status == "needs_attention"],
         "compliant": [i for i in view.instances if i.status == "compliant"],
         "charts": (status_chart(view), severity_chart(view)),
         "multi": len(view.policies) > 1,
@@ -194,6 +198,8 @@ def _csv_head(instance: InstanceView) -> dict[str, str]:
         "last_install_at": d["last_install_at"] or "",
         "last_run_id": d["last_run"]["run_id"] if d["last_run"] else "",
         "last_run_at": d["last_run"]["at"] if d["last_run"] else "",
+        "left_failed_run_id": instance.left_failed.run_id if instance.left_failed else "",
+        "left_failed_snapshot_ids": " ".join(instance.left_failed.snapshot_ids) if instance.left_failed else "",
     }
 
 
@@ -261,6 +267,8 @@ def compliance_notice(view: ComplianceView, location: str, notice_id: str = "") 
         f"as of {view.generated_at.isoformat(timespec='minutes')})."
     )
     loud = []
+    if t.machines["needs_attention"]:
+        loud.append(f"{t.machines['needs_attention']} NEED ATTENTION (left broken by a run: restore by hand)")
     if t.machines["exposed"]:
         loud.append(f"{t.machines['exposed']} EXPOSED (never patched)")
     if t.machines["unknown"]:
@@ -272,7 +280,7 @@ def compliance_notice(view: ComplianceView, location: str, notice_id: str = "") 
         lines.append(f"… and {len(rings) - MAX_NOTICE_RINGS} more rings, see the report")
     if location:
         lines.append(f"Report: {location}")
-    bad = t.machines["non_compliant"] + t.machines["exposed"] + t.machines["unknown"]
+    bad = sum(t.machines[s] for s in ("non_compliant", "needs_attention", "exposed", "unknown"))
     return Notify(
         id=notice_id or f"{name}:notify:compliance_report",
         run_id=name,

@@ -3,8 +3,9 @@
 `build_view(policy, instances, states, now)` turns the clouds' assessments (`PatchState`, one per
 instance) into a `ComplianceView`; `merge_views` puts several policies' views into one report;
 `nothing_pending` answers a non-periodic policy's question; `last_patched` says which PatchPilot run
-last patched each machine. Pure: no I/O, no clock (`now` is given), but for `recent_runs`, which reads
-the few newest runs of a policy from the run store it is given. `ComplianceView.document()` is the
+last patched each machine, `left_failed` which machines a run left broken. Pure: no I/O, no clock
+(`now` is given), but for `recent_runs`, which reads the few newest runs of a policy from the run
+store it is given. `ComplianceView.document()` is the
 `--json` shape (docs/compliance.md): a contract.
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 import fnmatch
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Literal, get_args
 
@@ -26,11 +27,12 @@ from patchpilot.policy import Policy
 from patchpilot.policy.model import Classification, PatchSelection, PolicyKind
 from patchpilot.ports import RunStore, UnknownRunError
 
-Status = Literal["compliant", "non_compliant", "exposed", "unknown", "unmanaged"]
-STATUSES: tuple[Status, ...] = ("compliant", "non_compliant", "exposed", "unknown", "unmanaged")
+Status = Literal["compliant", "non_compliant", "needs_attention", "exposed", "unknown", "unmanaged"]
+STATUSES: tuple[Status, ...] = ("compliant", "non_compliant", "needs_attention", "exposed", "unknown", "unmanaged")
 STATUS_LABELS: dict[Status, str] = {
     "compliant": "compliant",
     "non_compliant": "non-compliant",
+    "needs_attention": "needs attention",
     "exposed": "exposed",
     "unknown": "unknown",
     "unmanaged": "unmanaged",
@@ -108,6 +110,49 @@ def last_patched(runs: Iterable[Run], policy: str) -> dict[str, LastRun]:
     return found
 
 
+@dataclass(frozen=True, slots=True)
+class LeftFailed:
+    """A PatchPilot run left the machine `failed` (its rollback failed, or it is still unhealthy
+    after it) and no later run of the policy patched or restored it: a person must restore it."""
+
+    run_id: str
+    at: datetime  # when that run's wave finished
+    reason: str  # the run's reason for the machine
+    snapshot_ids: tuple[str, ...] = ()  # what to restore it from
+
+    def document(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "at": self.at.isoformat(),
+            "reason": self.reason,
+            "snapshot_ids": list(self.snapshot_ids),
+        }
+
+
+def left_failed(runs: Iterable[Run], policy: str) -> dict[str, LeftFailed]:
+    """Instance id -> the run of `policy` that left it `failed`, when that is the latest run (by its
+    finished wave) that did something to the machine: patched, rolled back or failed. A later run
+    that patched it or rolled it back healthy clears it; skipped, not started or excluded never do."""
+    latest: dict[str, tuple[datetime, LeftFailed | None]] = {}
+    for run in runs:
+        if run.policy.name != policy:
+            continue
+        for wave in run.waves:
+            if wave.finished_at is None:
+                continue
+            for record in wave.records.values():
+                if record.state not in ("patched", "rolled_back", "failed"):
+                    continue
+                known = latest.get(record.id)
+                if known is not None and known[0] >= wave.finished_at:
+                    continue
+                failed = None
+                if record.state == "failed":
+                    failed = LeftFailed(run.run_id, wave.finished_at, record.reason, tuple(record.snapshot_ids))
+                latest[record.id] = (wave.finished_at, failed)
+    return {key: failed for key, (_, failed) in latest.items() if failed is not None}
+
+
 def recent_runs(store: RunStore, policy: str, limit: int = RECENT_RUNS) -> list[Run]:
     """The `limit` newest runs whose id starts with `<policy>-` (as every run id PatchPilot makes
     does), newest first: a long-lived store costs `limit` reads, never one per run it ever held.
@@ -161,6 +206,7 @@ class InstanceView:
     last_install_at: datetime | None
     notes: tuple[str, ...] = ()
     last_run: LastRun | None = None  # None also when the runs were not read (`PolicyView.runs_read`)
+    left_failed: LeftFailed | None = None  # status needs_attention: a run left it broken
 
     @property
     def last_installed(self) -> datetime | None:
@@ -188,6 +234,7 @@ class InstanceView:
             "assessed_at": _iso(self.assessed_at),
             "last_install_at": _iso(self.last_install_at),
             "last_run": self.last_run.document() if self.last_run else None,
+            "left_failed": self.left_failed.document() if self.left_failed else None,
             "notes": list(self.notes),
             "missing": [g.document() for g in self.missing],
         }
@@ -307,10 +354,12 @@ def build_view(
     states: Iterable[PatchState],
     now: datetime,
     last_runs: Mapping[str, LastRun] | None = None,
+    broken: Mapping[str, LeftFailed] | None = None,
 ) -> ComplianceView:
     """The view of one policy's fleet. Rings and exclusions are the planner's (`planning.assign`);
     an instance without a PatchState counts as unknown, never compliant. `last_runs` is
-    `last_patched`'s answer; None when the runs could not be read (the reports then leave it out)."""
+    `last_patched`'s answer; None when the runs could not be read (the reports then leave it out).
+    `broken` is `left_failed`'s answer: those machines need attention, whatever their assessment."""
     by_id = {s.instance_id: s for s in states}
     members, excluded = assign(policy, instances)
     placed: list[tuple[Instance, str | None, Status | None, str]] = [
@@ -323,7 +372,10 @@ def build_view(
             reason = f"{exclusion.reason}: never patched"
             placed.append((exclusion.instance, ring_of(policy, exclusion.instance), "exposed", reason))
     views = [
-        _instance_view(policy, i, ring, status, reason, by_id.get(i.id), now, (last_runs or {}).get(i.id))
+        _with_left_failed(
+            _instance_view(policy, i, ring, status, reason, by_id.get(i.id), now, (last_runs or {}).get(i.id)),
+            (broken or {}).get(i.id),
+        )
         for i, ring, status, reason in placed
     ]
     rings = [r.name for r in policy.rings]
@@ -376,6 +428,18 @@ def _instance_view(
         notes=state.notes,
         last_run=last_run,
     )
+
+
+def _with_left_failed(view: InstanceView, failed: LeftFailed | None) -> InstanceView:
+    """A machine a run left broken needs attention: never compliant, whatever its assessment says
+    (it may well have every patch: the ones that broke it)."""
+    if failed is None:
+        return view
+    snapshots = ", ".join(failed.snapshot_ids) or "no snapshot"
+    reason = f"run {failed.run_id} left it failed: {failed.reason}; restore it by hand from {snapshots}"
+    if view.status != "compliant":
+        reason += f" (and {STATUS_LABELS[view.status]}: {view.reason})" if view.reason else ""
+    return replace(view, status="needs_attention", reason=reason, left_failed=failed)
 
 
 def _patch_order(patch: MissingPatch) -> tuple[int, str]:
@@ -435,7 +499,10 @@ def pending_summary(view: ComplianceView) -> str:
         return f"nothing pending on {_machines(len(managed))}"
     lacking = [i for i in managed if i.status == "non_compliant"]
     unknown = [i for i in managed if i.status == "unknown"]
+    broken = [i for i in managed if i.status == "needs_attention"]
     parts = []
+    if broken:
+        parts.append(f"{_machines(len(broken))} left broken by a run (restore by hand)")
     if lacking:
         count = sum(len(i.gaps) for i in lacking)
         parts.append(f"{_machines(len(lacking))} lack {plural(count, 'patch')} or a reboot")

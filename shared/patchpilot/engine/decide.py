@@ -500,6 +500,7 @@ WAVE_DONE_TARGETS: tuple[RunState, ...] = (
     "soaking",
     "awaiting_approval",
     "succeeded",
+    "succeeded_with_failures",
     "halted",
     "incomplete",
 )
@@ -635,11 +636,19 @@ def _end(run: Run, now: datetime, state: RunState, reason: str) -> Decision:
             wave = wave.model_copy(update={"records": records})
         waves.append(wave)
     run = run.model_copy(update={"waves": tuple(waves), "state": state, "reason": reason, "awaiting": None})
+    broken = run.broken()
+    if state == "succeeded" and broken:  # within max_failures, yet machines are left broken: not a success
+        state = "succeeded_with_failures"
+        reason = f"{reason}, but {_left_broken(len(broken))}: restore by hand from the snapshots"
+        run = run.model_copy(update={"state": state, "reason": reason})
     text = f"Run {run.run_id} {state}: {reason}. {count_states(run.records())}"
     if run.follow_ups and not run.may_follow_up:
         text += f". NOT COVERED: {plural(len(run.follow_ups), 'follow-up')} not started, nothing more is patched"
+    text += _broken_lines(broken)
     if state == "succeeded":
         notice, run = _notify(run, "run_finished", text), _logged(run, now, text)
+    elif state == "succeeded_with_failures":  # error severity: the card mentions on-call
+        notice, run = _notify(run, "run_finished", text, "error"), _logged(run, now, text, "error")
     else:
         notice, run = _notify(run, "run_halted", text, "error"), _logged(run, now, text, "error")
     outbox: list[Message] = [notice]
@@ -654,6 +663,27 @@ def _end(run: Run, now: datetime, state: RunState, reason: str) -> Decision:
         outbox.append(ended)
     follow_up = _next_follow_up(run, now)
     return Decision(follow_up.run, [*outbox, *follow_up.commands])
+
+
+MAX_BROKEN_NAMED = 10  # in the run's last notice; more are counted ("and N more")
+
+
+def _left_broken(count: int) -> str:
+    return f"{plural(count, 'machine')} {'is' if count == 1 else 'are'} left broken (state failed)"
+
+
+def _broken_lines(broken: list[InstanceRecord]) -> str:
+    """The machines a run left `failed`, one line each (name, id, reason, the snapshots to restore
+    from), at most MAX_BROKEN_NAMED and then how many more; "" when there are none."""
+    if not broken:
+        return ""
+    lines = ["\nLeft broken, to restore by hand from the snapshots:"]
+    for record in broken[:MAX_BROKEN_NAMED]:
+        snapshots = ", ".join(record.snapshot_ids) or "none taken"
+        lines.append(f"- {record.instance.short_name} ({record.id}): {record.reason}; snapshots: {snapshots}")
+    if len(broken) > MAX_BROKEN_NAMED:
+        lines.append(f"- and {len(broken) - MAX_BROKEN_NAMED} more (patchpilot status)")
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- helpers

@@ -10,9 +10,10 @@ Generated from `TRANSITIONS` in `shared/patchpilot/engine/decide.py` by
 `python -m patchpilot.engine.diagram` (`make docs`); a test fails when it is out of date.
 Each arrow is an event the state accepts; any other event in that state is ignored and said so.
 `WaveDone` is not a state: it is the end of a wave (every instance settled), which starts the
-next wave (`probing`), soaks, waits for approval, or ends the run (`succeeded`; `halted` when
-the wave exceeded `max_failures` or the first ring had a failure; `incomplete` when the window
-ended).
+next wave (`probing`), soaks, waits for approval, or ends the run (`succeeded`;
+`succeeded_with_failures` when every wave finished within `max_failures` but a machine is left
+`failed`, its rollback failed or it is still unhealthy after it; `halted` when the wave exceeded
+`max_failures` or the first ring had a failure; `incomplete` when the window ended).
 
 Three events are applied in every state, finished runs included, once per id, and are not drawn:
 `NoticeUndelivered` (recorded in the run), `FollowUpRequested` (instances the run does not cover:
@@ -31,7 +32,7 @@ def mermaid() -> str:
     lines.append("    state WaveDone <<choice>>")
     for target in WAVE_DONE_TARGETS:
         lines.append(f"    WaveDone --> {target}")
-    for terminal in ("succeeded", "halted", "incomplete"):
+    for terminal in ("succeeded", "succeeded_with_failures", "halted", "incomplete"):
         lines.append(f"    {terminal} --> [*]")
     return "\n".join(lines)
 

@@ -27,11 +27,14 @@ RunState = Literal[
     "soaking",
     "awaiting_approval",
     "succeeded",
+    "succeeded_with_failures",
     "halted",
     "incomplete",
 ]
-TERMINAL_STATES: frozenset[str] = frozenset({"succeeded", "halted", "incomplete"})
-Status = Literal["running", "waiting_approval", "succeeded", "halted", "incomplete"]
+# succeeded_with_failures: every wave finished within max_failures, but at least one machine is
+# left `failed` (its rollback failed, or it is still unhealthy after it): restore it by hand.
+TERMINAL_STATES: frozenset[str] = frozenset({"succeeded", "succeeded_with_failures", "halted", "incomplete"})
+Status = Literal["running", "waiting_approval", "succeeded", "succeeded_with_failures", "halted", "incomplete"]
 
 
 class _State(BaseModel):
@@ -166,13 +169,18 @@ class Run(_State):
         """Every instance of the run, excluded ones last."""
         return [r for w in self.waves for r in w.records.values()] + list(self.excluded)
 
+    def broken(self) -> list[InstanceRecord]:
+        """The machines the run left `failed`: patched or half rolled back, and not healthy. Only
+        a person can repair them, from their snapshots."""
+        return [r for r in self.records() if r.state == "failed"]
+
     def summary(self) -> dict[str, int]:
         return state_counts(self.records())
 
     def document(self) -> dict[str, Any]:
         """What `patchpilot status --json` and the status endpoints show: `{"run_id", "status",
-        "reason", "policy", "summary", "instances": {id: {"state", "reason", "ring", "wave"}}, "undelivered":
-        [{"notice", "topic", "channel", "reason"}]}`."""
+        "reason", "policy", "summary", "instances": {id: {"state", "reason", "ring", "wave"}}, "broken":
+        [{"id", "name", "reason", "snapshot_ids"}], "undelivered": [{"notice", "topic", "channel", "reason"}]}`."""
         return {
             "run_id": self.run_id,
             "status": self.status,
@@ -183,6 +191,10 @@ class Run(_State):
                 r.id: {"state": r.state, "reason": r.reason, "ring": r.ring or None, "wave": r.wave}
                 for r in self.records()
             },
+            "broken": [
+                {"id": r.id, "name": r.instance.short_name, "reason": r.reason, "snapshot_ids": list(r.snapshot_ids)}
+                for r in self.broken()
+            ],
             "undelivered": [
                 {"notice": n.notice_id, "topic": n.topic, "channel": n.channel, "reason": n.reason}
                 for n in self.undelivered

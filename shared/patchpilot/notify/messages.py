@@ -29,7 +29,8 @@ TITLES: dict[Topic, str] = {
     "maintenance_digest": "Cloud maintenance this week",
     "maintenance_alert": "Cloud maintenance before the next window",
 }
-# these mention on-call
+BROKEN_TITLE = "Run finished, machines left broken"
+# these mention on-call; so does a run_finished notice of error severity (machines left broken)
 ALERT_TOPICS: frozenset[Topic] = frozenset({"instance_failed", "run_halted", "maintenance_alert"})
 LIST_TOPICS: frozenset[Topic] = frozenset({"ring_finished", "run_halted", "run_finished"})
 # Notices about a policy, not a run (patchpilot.maintenance.watch): their text's "- " lines are the
@@ -61,6 +62,7 @@ class Card:
 def card_for(notice: Notify, run: Run | None = None) -> Card:
     """The card of a notice; `run` (when the store has it) adds the policy, the counts and the
     failed instances."""
+    broken = notice.topic == "run_finished" and notice.severity == "error"  # succeeded_with_failures
     text = notice.text
     links: list[tuple[str, str]] = []
     facts = [("Policy" if notice.topic in POLICY_TOPICS else "Run", notice.run_id)]
@@ -90,9 +92,9 @@ def card_for(notice: Notify, run: Run | None = None) -> Card:
         run_id=notice.run_id,
         topic=notice.topic,
         severity=notice.severity,
-        title=f"{TITLES[notice.topic]}: {notice.run_id}",
+        title=f"{BROKEN_TITLE if broken else TITLES[notice.topic]}: {notice.run_id}",
         text=text,
-        alert=notice.topic in ALERT_TOPICS,
+        alert=notice.topic in ALERT_TOPICS or broken,
         facts=tuple(facts),
         items_label=items_label or (f"Failed instances ({len(items)})" if items else ""),
         items=items,

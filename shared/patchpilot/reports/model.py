@@ -258,7 +258,7 @@ class Report:
     instance_total: int
     promoted: list[PatchSet]
     ring_patches: list[RingPatches]
-    installed_then_removed: int
+    installed_then_removed: int  # rolled back and healthy again: the patches are gone, the machine is fine
     rings: list[RingView]
     waves: list[WaveView]
     log: list[LogRow]
@@ -273,6 +273,7 @@ class Report:
     classifications: list[str] = field(default_factory=list)
     reboot: str = ""
     undelivered: list[NoticeRow] = field(default_factory=list)
+    broken: list[RollbackRow] = field(default_factory=list)  # left `failed`: restore them by hand
 
 
 # ---------------------------------------------------------------- building
@@ -285,6 +286,7 @@ def build(run: Run) -> Report:
     counts: Counter[str] = Counter(r.state for r in records)
     order = list(STATE_ORDER) + sorted(set(counts) - set(STATE_ORDER))
     totals = [Total(s, STATE_LABELS.get(s, s), counts.get(s, 0)) for s in order]
+    rollbacks = _rollbacks(run)
     return Report(
         run_id=run.run_id,
         policy=run.policy.name,
@@ -299,14 +301,15 @@ def build(run: Run) -> Report:
         instance_total=len(records),
         promoted=[PatchSet(os, tuple(p), 0) for os, p in sorted((run.promoted or {}).items())],
         ring_patches=_ring_patches(run),
-        installed_then_removed=sum(1 for r in records if r.state != "patched" and r.installed),
+        installed_then_removed=sum(1 for r in records if r.state == "rolled_back" and r.installed),
         rings=_rings(run),
         waves=[_wave(run, w) for w in run.waves],
         log=[LogRow(fmt_time(e.at, tz), e.level, e.text) for e in run.log],
         undelivered=[NoticeRow(fmt_time(n.at, tz), n.topic, n.channel, n.reason) for n in run.undelivered],
         health=_health(run),
         healthy_patched=sum(1 for r in records if r.state == "patched" and _passed_health(r)),
-        rollbacks=_rollbacks(run),
+        rollbacks=rollbacks,
+        broken=[b for b in rollbacks if b.state == "failed"],
         frozen=[Excluded(ref(r.instance), r.reason) for r in run.excluded if _is_frozen(r)],
         exclusions=_groups(r for r in run.excluded if not _is_frozen(r)),
         skips=_groups(

@@ -323,3 +323,17 @@ def test_retry_at_postpones_without_counting_an_attempt(
     (delivery,) = queue.receive()
     queue.ack(delivery)
     assert under_test.depth() == 0
+
+
+def test_a_dead_lettered_delivery_is_never_delivered_again_and_says_why(
+    under_test: QueueUnderTest, queue: Queue, clock: ManualClock
+) -> None:
+    queue.publish([notice(1), notice(2)])
+    first, second = sorted(queue.receive(), key=lambda d: d.message.id)
+    queue.dead_letter(first, "refused: never issued")
+    queue.ack(second)
+    clock.advance(TIMEOUT * 2)
+    assert queue.receive() == []
+    (letter,) = queue.dead_letters()
+    assert letter.message_id == first.message.id and letter.reason == "refused: never issued"
+    assert first.message.id in letter.body

@@ -7,6 +7,8 @@
 3. A clean interpreter (no site-packages, no environment: no app setting at all) that sees only
    the package imports `function_app` and indexes it as the worker does; the functions found must
    be the expected ones. Prints the package's size and the cold import time.
+4. The same with `PATCHPILOT_FUNCTIONS=http` and `=worker`, as the two Function Apps of
+   infra/azure/main.bicep set it: the HTTP app indexes the HTTP functions only.
 
 Exit status 1 when a step fails. Needs the package index (as the remote build does).
 """
@@ -22,6 +24,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+HTTP_FUNCTIONS = ["approve", "run_status", "slack_interaction"]
 EXPECTED = [
     "advisory",
     "approve",
@@ -33,6 +36,11 @@ EXPECTED = [
     "timer",
 ]
 SITE = Path(".python_packages") / "lib" / "site-packages"
+BY_SETTING = {
+    "http": HTTP_FUNCTIONS,
+    "worker": [name for name in EXPECTED if name not in HTTP_FUNCTIONS],
+}
+INDEX = "import function_app; print(sorted(f.get_function_name() for f in function_app.app.get_functions()))"
 
 
 def ignore_patterns() -> list[str]:
@@ -65,13 +73,13 @@ def package_files() -> list[str]:
     return sorted(path for path in listed if (ROOT / path).is_file() and not ignored(path, patterns))
 
 
-def clean_python(app: Path, code: str) -> subprocess.CompletedProcess[str]:
+def clean_python(app: Path, code: str, settings: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     base = getattr(sys, "_base_executable", sys.executable)
     prelude = f"import sys; sys.path[:0] = [{str(app)!r}, {str(app / SITE)!r}]; "
     return subprocess.run(
         [base, "-I", "-S", "-c", prelude + code],
         cwd=app,
-        env={"PATH": "/usr/bin:/bin"},
+        env={"PATH": "/usr/bin:/bin", **(settings or {})},
         capture_output=True,
         text=True,
         timeout=300,
@@ -100,9 +108,7 @@ def main() -> int:
         size = sum(f.stat().st_size for f in (app / SITE).rglob("*") if f.is_file())
         print(f"  remote-build equivalent: {size / 2**20:.1f} MiB in {SITE}")
         started = time.perf_counter()
-        check = clean_python(
-            app, "import function_app; print(sorted(f.get_function_name() for f in function_app.app.get_functions()))"
-        )
+        check = clean_python(app, INDEX)
         seconds = time.perf_counter() - started
         if check.returncode != 0:
             print(f"  FAIL import function_app: {check.stderr.strip().splitlines()[-1] if check.stderr else '?'}")
@@ -112,6 +118,13 @@ def main() -> int:
             print(f"  FAIL indexed {found}, expected {EXPECTED}")
             return 1
         print(f"  ok   indexed {found} in a clean interpreter with no settings ({seconds * 1000:.0f} ms with start-up)")
+        for value, expected in BY_SETTING.items():
+            check = clean_python(app, INDEX, {"PATCHPILOT_FUNCTIONS": value})
+            found = check.stdout.strip().splitlines()[-1] if check.returncode == 0 else check.stderr.strip()[-300:]
+            if found != repr(expected):
+                print(f"  FAIL with PATCHPILOT_FUNCTIONS={value}: indexed {found}, expected {expected}")
+                return 1
+            print(f"  ok   with PATCHPILOT_FUNCTIONS={value}: indexed {found}")
     return 0
 
 

@@ -1,8 +1,11 @@
 // The fleet role: a custom role with only the Azure Resource Manager actions PatchPilot calls,
-// assigned to the app's identity on the subscription or on the fleet's resource groups.
+// assigned to the worker's identity on the fleet's resource groups, which are required: there is
+// no default scope and never a subscription-wide assignment from here (a wider scope is the
+// deployer's explicit, separate decision: docs/azure-deploy.md).
 // Deployed by main.bicep for its own subscription; for a fleet in another subscription, deploy
 // it there too: az deployment sub create -l <region> -f infra/azure/modules/fleet-access.bicep
 //   -p principalId=<identityPrincipalId output> roleName='PatchPilot fleet operator (<app rg>)'
+//      resourceGroups='["rg-web-prod"]'
 //
 // Azure RBAC has no tag conditions on compute actions (ABAC conditions cover storage data
 // actions only): the scope of the assignment is the boundary.
@@ -15,8 +18,9 @@ param principalId string
 @description('Name of the custom role; unique in the tenant.')
 param roleName string
 
-@description('Resource groups of this subscription to assign the role on; empty: the whole subscription.')
-param resourceGroups array = []
+@description('Required: the resource groups of this subscription to assign the role on (and only those).')
+@minLength(1)
+param resourceGroups array
 
 // Every Azure Resource Manager action PatchPilot's code calls, and why. Keep in step with the
 // adapters (shared/patchpilot/adapters/azure/): tests/test_azure_runtime.py checks every call of
@@ -80,15 +84,6 @@ resource role 'Microsoft.Authorization/roleDefinitions@2022-04-01' = {
     assignableScopes: [
       subscription().id
     ]
-  }
-}
-
-resource subscriptionAssignment 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (empty(resourceGroups)) {
-  name: guid(subscription().id, principalId, role.id)
-  properties: {
-    roleDefinitionId: role.id
-    principalId: principalId
-    principalType: 'ServicePrincipal'
   }
 }
 

@@ -6,7 +6,7 @@ targetScope = 'resourceGroup'
 
 param maintenanceConfigurationName string
 param functionAppId string
-@description('User-assigned identity the topic dead-letters with (Storage Blob Data Owner on the account).')
+@description('User-assigned identity the topic dead-letters with (Storage Blob Data Contributor on the dead-letter container only; not the worker\'s identity).')
 param identityId string
 param deadLetterStorageId string
 param deadLetterContainer string
@@ -35,7 +35,8 @@ resource topic 'Microsoft.EventGrid/systemTopics@2022-06-15' = {
 }
 
 // Pre-events come 30-40 minutes before the window and are worthless once it starts: a short
-// time to live. Delivery is at least once: the functions are idempotent.
+// time to live. Delivery is at least once: the functions are idempotent. An event not delivered
+// within its time to live is dead-lettered (main.bicep alerts on-call when one is).
 var deliveries = [
   {
     name: 'patchpilot-pre-maintenance'

@@ -83,6 +83,9 @@ class AzureEnvironment(BaseModel):
     # the Slack app's signing secret (a secret's name): approvals from Slack buttons
     slack_signing_secret: str | None = Field(default=None, alias="PATCHPILOT_SLACK_SIGNING_SECRET")
     reports: str = Field(default="patchpilot-reports", alias="PATCHPILOT_REPORTS")  # blob container of run reports
+    # The account of the run table, the steps queue, the policy and the reports when it is not the
+    # host's own: the HTTP app's host keeps its keys in an account of its own (infra/azure).
+    data_account: str | None = Field(default=None, alias="PATCHPILOT_STORAGE_ACCOUNT")
 
     @field_validator("queue")
     @classmethod
@@ -108,6 +111,15 @@ class AzureEnvironment(BaseModel):
             raise ValueError(f"expected {SCHEME}CONTAINER/NAME, not {value!r}") from None
         return value
 
+    @field_validator("data_account")
+    @classmethod
+    def _account_name(cls, value: str | None) -> str | None:
+        if value is not None and not (
+            3 <= len(value) <= 24 and value.isascii() and value.isalnum() and value.islower()
+        ):
+            raise ValueError(f"{value!r} is not a storage account name: 3 to 24 lower-case letters and digits")
+        return value
+
     @field_validator("key_vault_url", "queue_service_uri", "table_service_uri", "blob_service_uri")
     @classmethod
     def _https(cls, value: str | None) -> str | None:
@@ -118,7 +130,7 @@ class AzureEnvironment(BaseModel):
     @model_validator(mode="after")
     def _reachable(self) -> AzureEnvironment:
         uris = (self.queue_service_uri, self.table_service_uri, self.blob_service_uri)
-        if not self.storage_connection and not self.storage_account and not all(uris):
+        if not self.data_account and not self.storage_connection and not self.storage_account and not all(uris):
             raise ValueError(
                 "no storage connection: set AzureWebJobsStorage (a connection string), or "
                 "AzureWebJobsStorage__accountName (identity-based), or all three of "
@@ -148,6 +160,11 @@ class AzureEnvironment(BaseModel):
 
     def endpoints(self) -> StorageEndpoints | None:
         """The service URLs for identity-based access; None when a connection string is used."""
+        if self.data_account:
+            base = f"https://{self.data_account}"
+            return StorageEndpoints(
+                f"{base}.queue.core.windows.net", f"{base}.table.core.windows.net", f"{base}.blob.core.windows.net"
+            )
         if self.storage_connection:
             return None
         account = self.storage_account

@@ -168,3 +168,21 @@ def test_lapsed_leases_are_purged_from_table_storage_a_bounded_number_at_a_time(
     remaining: list[dict[str, Any]] = list(table.list_entities())
     assert sorted((e["PartitionKey"], e.get("holder")) for e in remaining) == [("leases", "run-live"), ("runs", None)]
     assert leases.acquire(["vm-0"], "run-b", after + HOLD, after) == {}
+
+
+def test_a_lease_taken_over_while_being_purged_is_kept(azurite: Azurite, monkeypatch: pytest.MonkeyPatch) -> None:
+    name = azurite.unique_name("runs")
+    table = TableClient.from_connection_string(azurite.connection_string, name)
+    table.create_table()
+    successor = TableLeases(TableClient.from_connection_string(azurite.connection_string, name))
+    assert TableLeases(table).acquire(["vm-1"], "run-dead", T0 + HOLD, T0) == {}
+    after = T0 + 2 * HOLD
+    delete = table.delete_entity
+
+    def taken_over_first(*args: Any, **kwargs: Any) -> None:  # between the purge's query and its delete
+        assert successor.acquire(["vm-1"], "run-b", after + HOLD, after) == {}
+        delete(*args, **kwargs)
+
+    monkeypatch.setattr(table, "delete_entity", taken_over_first)
+    assert TableLeases(table).purge_lapsed(after) == 0
+    assert successor.acquire(["vm-1"], "run-c", after + HOLD, after) == {"vm-1": "run-b"}

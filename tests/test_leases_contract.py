@@ -1,52 +1,34 @@
 """The Leases port (one machine, one run at a time) on every runtime: SQLite locally, DynamoDB on
-moto, Table Storage on Azurite. Each `make()` is a fresh adapter with its own connection or
-client, as two processes (two runs' workers) would have; and the purge of lapsed leases that
-stands in for a TTL on Table Storage."""
+moto, Table Storage on Azurite (the `leases` fixture of tests/leases_runtimes.py: each call a fresh
+adapter, as another process would have); the calls DynamoDB is charged; and the purge of lapsed
+leases that stands in for a TTL on Table Storage."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 from azure.data.tables import TableClient
-from moto_support import TABLE, atomic_items, aws, dynamodb, record
+from moto_support import TABLE, aws, dynamodb, record
 
 from patchpilot.adapters.aws.leases import DynamoDbLeases
 from patchpilot.adapters.azure.leases import TableLeases
-from patchpilot.adapters.local.sqlite_leases import SqliteLeases
 from patchpilot.ports import Leases
 
 if TYPE_CHECKING:
     from azurite import Azurite
 
-pytest_plugins = ["azurite"]
+pytest_plugins = ["azurite", "leases_runtimes"]
 
 T0 = datetime(2026, 12, 12, 1, 0, tzinfo=UTC)
 HOLD = timedelta(minutes=30)
 VM = "/subscriptions/0000-aa/resourceGroups/Prod-RG/providers/Microsoft.Compute/virtualMachines/Web'1 #a?b"
 ARC = "/subscriptions/0000-aa/resourceGroups/prod-rg/providers/Microsoft.HybridCompute/machines/db%2F1\\x"
 MACHINES = ["i-0a1", "i-0a2", "i-0a3"]
-
-
-@pytest.fixture(params=["sqlite", "dynamodb", "table"])
-def leases(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Leases]]:
-    if request.param == "sqlite":
-        yield lambda: SqliteLeases(tmp_path / "state.db")
-        return
-    if request.param == "dynamodb":
-        with aws(), atomic_items():  # moto checks a condition and writes without a lock between
-            dynamodb()
-            yield lambda: DynamoDbLeases(TABLE, dynamodb())
-        return
-    azurite: Azurite = request.getfixturevalue("azurite")
-    name = azurite.unique_name("runs")
-    TableClient.from_connection_string(azurite.connection_string, name).create_table()
-    yield lambda: TableLeases(TableClient.from_connection_string(azurite.connection_string, name))
 
 
 def test_free_machines_are_acquired_and_another_run_is_told_who_holds_each(leases: Callable[[], Leases]) -> None:
@@ -123,15 +105,12 @@ def test_two_runs_racing_for_the_same_machines_never_both_get_one(leases: Callab
         now += HOLD + timedelta(minutes=1)
 
 
-def test_arm_ids_with_slashes_quotes_and_any_case_are_one_machine(leases: Callable[[], Leases]) -> None:
+def test_arm_ids_with_slashes_and_quotes_are_leased_like_any_other(leases: Callable[[], Leases]) -> None:
+    """(An ARM id in another case is the same machine: tests/security/test_machine_leases.py.)"""
     first, second = leases(), leases()
     assert first.acquire([VM, ARC], "run-a", T0 + HOLD, T0) == {}
-    assert second.acquire([VM.lower(), ARC.upper()], "run-b", T0 + HOLD, T0) == {
-        VM.lower(): "run-a",
-        ARC.upper(): "run-a",
-    }
-    assert second.acquire([VM + "0"], "run-b", T0 + HOLD, T0) == {}  # another machine
-    first.release([VM.upper()], "run-a")
+    assert second.acquire([VM, ARC, VM + "0"], "run-b", T0 + HOLD, T0) == {VM: "run-a", ARC: "run-a"}
+    first.release([VM], "run-a")
     assert second.acquire([VM, ARC], "run-b", T0 + HOLD, T0) == {ARC: "run-a"}
 
 

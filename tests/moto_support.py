@@ -10,6 +10,7 @@ virtual-clock driver when the next message becomes visible.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -49,6 +50,33 @@ def dynamodb(table: str = TABLE) -> Any:
     if table not in client.list_tables()["TableNames"]:
         client.create_table(**table_definition(table))
     return client
+
+
+@contextmanager
+def atomic_items() -> Iterator[None]:
+    """DynamoDB applies each write to an item atomically, condition included; moto 5.x evaluates
+    the condition and then writes, with no lock between, so two threads can both pass it. Inside
+    this, moto applies each item request whole, as DynamoDB does (for tests that race workers)."""
+    from moto.dynamodb.models import DynamoDBBackend
+
+    lock = threading.RLock()
+    names = ("put_item", "update_item", "delete_item", "get_item", "transact_write_items")
+    saved = {name: getattr(DynamoDBBackend, name) for name in names}
+
+    def locked(original: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with lock:
+                return original(*args, **kwargs)
+
+        return call
+
+    for name, original in saved.items():
+        setattr(DynamoDBBackend, name, locked(original))
+    try:
+        yield
+    finally:
+        for name, original in saved.items():
+            setattr(DynamoDBBackend, name, original)
 
 
 @dataclass

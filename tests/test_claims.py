@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import pytest
 from azure.data.tables import TableClient
 from clocks import ManualClock
-from moto_support import TABLE, aws, dynamodb
+from moto_support import TABLE, atomic_items, aws, dynamodb
 from test_notify_cards import notice
 from test_notify_delivery import ROUTING, SLACK, TEAMS, notifier, run_with
 from webhook_server import webhook_server
@@ -39,7 +39,7 @@ def claims(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Cal
         yield (lambda: SqliteClaims(tmp_path / "state.db", clock)), clock
         return
     if request.param == "dynamodb":
-        with aws():
+        with aws(), atomic_items():  # moto checks a condition and writes without a lock between
             client = dynamodb()
             yield (lambda: DynamoDbClaims(TABLE, client, clock)), clock
         return
@@ -81,6 +81,27 @@ def test_a_renewed_claim_holds_until_its_new_time_and_one_renewed_to_the_past_is
     assert make().claim("notice:n1:ops", clock.now() + HOLD)
     make().renew("notice:n2:ops", clock.now() + HOLD)  # renewing a key never claimed claims it
     assert not make().claim("notice:n2:ops", clock.now() + HOLD)
+
+
+def test_lapsed_claims_are_purged_from_table_storage_a_bounded_number_at_a_time(azurite: Azurite) -> None:
+    """Table Storage has no TTL: the Azure timer calls `purge_lapsed`."""
+    table = TableClient.from_connection_string(azurite.connection_string, azurite.unique_name("claims"))
+    table.create_table()
+    clock = ManualClock(T0)
+    claims = TableClaims(table, clock)
+    for n in range(4):
+        assert claims.claim(f"slack:v0={n}", T0 + HOLD)
+    claims.renew("notice:n1:ops", T0 + timedelta(days=14))  # a delivered notice's record
+    claims.renew("slack:v0=0", T0 + 3 * HOLD)  # extended: not lapsed
+    after = T0 + 2 * HOLD
+    assert claims.purge_lapsed(after, limit=2) == 2
+    assert claims.purge_lapsed(after) == 1
+    assert claims.purge_lapsed(after) == 0
+    assert len(list(table.list_entities())) == 2
+    clock.set(after)
+    assert not claims.claim("slack:v0=0", after + HOLD)
+    assert not claims.claim("notice:n1:ops", after + HOLD)
+    assert claims.claim("slack:v0=1", after + HOLD)
 
 
 def test_a_notice_delivered_to_two_workers_is_posted_once_per_channel(

@@ -181,7 +181,8 @@ class Claims(Protocol):
 class Leases(Protocol):
     """One machine, one run at a time: a lease per instance in the run store, taken by a run
     before the machine's first effect and released when the machine leaves the run. A lease
-    lapses at its `until`, so a run that died does not hold its machines for ever."""
+    lapses at its `until`, so a run that died does not hold its machines for ever. Instance ids
+    compare without case (ARM ids do): one machine, however it is spelt, is one lease."""
 
     def acquire(self, instance_ids: Sequence[str], holder: str, until: datetime, now: datetime) -> dict[str, str]:
         """Take the lease on each instance for run `holder` until `until`; the instances another

@@ -1,5 +1,9 @@
 """The `Claims` port on the run table (Table Storage): an insert per key, or an ETag-conditional
-update of a lapsed one."""
+update of a lapsed one.
+
+Table Storage has no TTL: `purge_lapsed`, called from the Azure timer, deletes the claims whose
+`until` has passed (`delete_lapsed` does it for the leases too).
+"""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ if TYPE_CHECKING:
     from azure.data.tables import TableClient
 
 PARTITION = "claims"
+PURGE_LIMIT = 1000  # entities deleted per purge: a timer tick stays short, the next goes on
 
 
 class TableClaims:
@@ -50,9 +55,37 @@ class TableClaims:
             {"PartitionKey": PARTITION, "RowKey": row_key, "until": until}, mode=UpdateMode.REPLACE
         )
 
+    def purge_lapsed(self, now: datetime, limit: int = PURGE_LIMIT) -> int:
+        """Delete up to `limit` claims that lapsed before `now`; how many were deleted."""
+        return delete_lapsed(self.client, PARTITION, now, limit)
+
     def _create(self, entity: dict[str, object]) -> bool:
         try:
             self.client.create_entity(entity)
         except ResourceExistsError:
             return False
         return True
+
+
+def delete_lapsed(client: TableClient, partition: str, now: datetime, limit: int) -> int:
+    """Delete up to `limit` entities of `partition` whose `until` is before `now`: one filtered
+    query, then a delete per entity on the condition of its ETag, so that one renewed or taken
+    again since the query stays. How many were deleted."""
+    lapsed = client.query_entities(
+        "PartitionKey eq @pk and until lt @now",
+        parameters={"pk": partition, "now": now},
+        select=["RowKey"],
+        results_per_page=max(1, min(limit, 1000)),
+    )
+    deleted = 0
+    for entity in lapsed:
+        if deleted >= limit:
+            break
+        try:
+            client.delete_entity(
+                partition, entity["RowKey"], etag=entity.metadata["etag"], match_condition=MatchConditions.IfNotModified
+            )
+        except ResourceModifiedError:  # written again since the query: no longer lapsed
+            continue
+        deleted += 1
+    return deleted

@@ -28,6 +28,12 @@ def on_timer(past_due: bool, invocation_id: str = "") -> TriggerDecision:
         if decision.start:
             set_correlation_id(decision.run_id)
         log.info(decision.reason, extra={"start": decision.start})
+        try:
+            purged = deps(log).purge_lapsed()
+        except Exception as error:  # housekeeping: the next tick tries again
+            log.warning("lapsed claims and leases were not purged: %s", error)
+        else:
+            log.info("purged %d lapsed claims and leases", purged)
         return decision
 
 

@@ -61,7 +61,7 @@ from patchpilot.adapters.aws.dynamodb_store import table_definition
 from patchpilot.adapters.aws.fleet import client_token
 from patchpilot.adapters.aws.runtime import AwsRuntime, deps
 from patchpilot.approvals import ApprovalRequest, sign_approval
-from patchpilot.engine.messages import MESSAGE, ApprovalGranted, Notify
+from patchpilot.engine.messages import MESSAGE, Notify
 from patchpilot.engine.run import Run
 from patchpilot.policy import parse_policy
 from patchpilot.service import Service
@@ -552,7 +552,11 @@ def test_a_scheduled_run_patches_staging_then_production_after_approval_and_roll
 # ---------------------------------------------------------------- a malformed record
 
 
-def test_a_malformed_record_is_dead_lettered_and_does_not_fail_the_batch(world: World) -> None:
+def test_a_malformed_record_is_dead_lettered_and_does_not_fail_the_batch(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two unreadable bodies and a well-formed notice of a run that does not exist (forged: no
+    run issued it): all three are dead-lettered, the forged one refused and counted."""
     notice = Notify(id="r1:notify:run_started", run_id="r1", topic="run_started", text="Run r1 started")
     bodies = {
         "ok": MESSAGE.dump_json(notice).decode(),
@@ -580,18 +584,21 @@ def test_a_malformed_record_is_dead_lettered_and_does_not_fail_the_batch(world: 
     assert responses == [{"batchItemFailures": []}]
     assert depth(world.sqs, world.queue_url) == 0
     dead = {d.message_id: d for d in world.runtime().queue.dead_letters()}
-    assert set(dead) == {"m-broken", "m-zlib"}
+    assert set(dead) == {"m-broken", "m-zlib", notice.id}
     assert dead["m-broken"].reason.startswith("unreadable message")
     assert "bad zlib envelope" in dead["m-zlib"].reason
-    assert depth(world.sqs, world.dlq_url) == 2  # peeking left them there
+    assert dead[notice.id].reason == f"refused: Notify {notice.id} names run r1, which does not exist"
+    assert depth(world.sqs, world.dlq_url) == 3  # peeking left them there
+    metrics = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+    assert [m["RefusedMessages"] for m in metrics if "RefusedMessages" in m] == [[1.0]]
 
 
 def test_a_record_whose_handling_fails_is_reported_alone_and_delivered_again(world: World) -> None:
     """DynamoDB refuses one read: only that record is in batchItemFailures; Lambda deletes the
     other, and the failed one comes back after the visibility timeout (720 s), counted."""
     notice = Notify(id="r1:notify:run_started", run_id="r1", topic="run_started", text="Run r1 started")
-    grant = ApprovalGranted(id="r2:approve:production", run_id="r2", by="approval link")  # r2: no such run
-    for message in (grant, notice):
+    first_notice = Notify(id="r2:notify:run_started", run_id="r2", topic="run_started", text="Run r2 started")
+    for message in (first_notice, notice):
         world.sqs.send_message(
             QueueUrl=world.queue_url,
             MessageBody=MESSAGE.dump_json(message).decode(),
@@ -611,14 +618,14 @@ def test_a_record_whose_handling_fails_is_reported_alone_and_delivered_again(wor
     (_, first, first_result), (again_at, again, again_result) = batches
     bodies = {r["messageId"]: json.loads(r["body"])["id"] for r in first["Records"]}
     (failed,) = first_result["batchItemFailures"]
-    assert bodies[failed["itemIdentifier"]] == grant.id
+    assert bodies[failed["itemIdentifier"]] == first_notice.id
     (record,) = again["Records"]
     assert record["messageId"] == failed["itemIdentifier"]
     assert record["attributes"]["ApproximateReceiveCount"] == "2"
     assert again_at - began >= timedelta(seconds=720)
-    assert again_result == {"batchItemFailures": []}  # the unknown run's event is dropped, not retried
+    assert again_result == {"batchItemFailures": []}  # no run issued it: refused, not retried
     assert depth(world.sqs, world.queue_url) == 0
-    assert depth(world.sqs, world.dlq_url) == 0
+    assert depth(world.sqs, world.dlq_url) == 2  # both name runs that do not exist
 
 
 # ---------------------------------------------------------------- the trigger's fleet
@@ -736,9 +743,11 @@ def test_each_notice_reaches_slack_once_across_containers_and_a_failed_one_is_re
         posted = [p.raw for p in server.to(slack_path)]
         assert any(f"Run started: {run_id}".encode() in raw for raw in posted) and len(posted) == len(set(posted))
 
-        # The run's first notice delivered again, to a new worker container: not posted again.
+        # The run's first notice delivered again (the very notice the run issued: its text is the
+        # run's first log line), to a new worker container: not posted again.
+        text = world.load(run_id).log[0].text
         world.runtime().queue.publish(
-            [Notify(id=f"{run_id}:notify:run_started", run_id=run_id, topic="run_started", text="again")]
+            [Notify(id=f"{run_id}:notify:run_started", run_id=run_id, topic="run_started", text=text)]
         )
         world.function = ""  # the next invocation is a cold start
         world.work()

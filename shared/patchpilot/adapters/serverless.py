@@ -29,6 +29,7 @@ watch_log = logging.getLogger("patchpilot.maintenance")
 RUN_END_TOPICS = frozenset({"run_finished", "run_halted"})
 WATCH_READS = "cron(0 * * * ? *)"  # the maintenance watch reads the clouds hourly (UTC), not every tick
 CLAIM_MARGIN = timedelta(days=7)
+DISCOVERY_TTL = timedelta(seconds=60)  # how long one discovery of the fleet serves (ServerlessRuntime._discovered)
 
 
 class WallClock:
@@ -276,18 +277,20 @@ class ServerlessRuntime:
     def advisory(self, raw: object) -> list[str]:
         """Security advisories as delivered (`patchpilot.advisories.intake`): the emergency run each
         decides on is started, and every answer goes to the log and to on-call. InputError naming
-        the field when a delivery is malformed."""
+        the field when a delivery is malformed. The fleet is discovered at most once a minute
+        (`_discovered`): Inspector sends one finding per instance, dozens at once, and the
+        function runs one at a time (reserved concurrency 1), so a burst shares one discovery."""
         from patchpilot.advisories.intake import take_advisories
 
-        policy = self.policy()
+        policy, now = self.policy(), self.clock.now()
         answers = take_advisories(
             raw,
             policy,
-            lambda: self.fleet.discover(policy).instances,
+            lambda: self._discovered(policy, now),  # a burst of findings shares one discovery
             self.store,
             self.service.start,
             lambda notice: self.routed.send(notice, policy.notifications),
-            self.clock.now(),
+            now,
             self.service.request_follow_up,
         )
         return [answer.text for answer in answers]
@@ -433,14 +436,17 @@ class ServerlessRuntime:
         self.routed.send(notice, policy.notifications, keep_until=until)
         return TriggerDecision(False, f"skipped: {pending_summary(view)}", decision.run_id, decision.window)
 
-    _discovery: tuple[tuple[str, datetime], list[Instance]] | None = None
+    _discovery: tuple[Policy, datetime, list[Instance]] | None = None
 
     def _discovered(self, policy: Policy, now: datetime) -> list[Instance]:
-        """The policy's fleet, discovered once per timer tick (`now`): the maintenance watch, the
-        compliance scan and report, the non-periodic check and the run started share it."""
-        if self._discovery is None or self._discovery[0] != (policy.name, now):
-            self._discovery = ((policy.name, now), self.fleet.discover(policy).instances)
-        return self._discovery[1]
+        """The policy's fleet, discovered at most once per DISCOVERY_TTL of the runtime clock in
+        this (warm) container: a timer tick's maintenance watch, compliance scan and report,
+        non-periodic check and the run it starts share one discovery, and so do the advisories of
+        a burst. A changed policy, or a clock before the discovery, discovers again."""
+        cached = self._discovery
+        if cached is None or cached[0] != policy or not timedelta(0) <= now - cached[1] < DISCOVERY_TTL:
+            cached = self._discovery = (policy, now, self.fleet.discover(policy).instances)
+        return cached[2]
 
     @staticmethod
     def _managed(policy: Policy, instances: list[Instance]) -> list[Instance]:

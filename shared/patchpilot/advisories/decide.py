@@ -24,7 +24,7 @@ from patchpilot.advisories.models import (
     OpenRun,
     Unactionable,
 )
-from patchpilot.advisories.parsing import is_kb
+from patchpilot.advisories.names import is_kb
 from patchpilot.engine.messages import FollowUpRequested
 from patchpilot.engine.run import Run
 from patchpilot.inventory import Instance, OsFamily

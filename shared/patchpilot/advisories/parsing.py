@@ -1,12 +1,15 @@
 """Advisory deliveries as they arrive, taken out of their envelopes.
 
 - EventBridge: `aws.inspector2` "Inspector2 Finding", `aws.health` "AWS Health Event", and a
-  PatchPilot advisory as "PatchPilot Advisory" (any source; `detail` is the advisory).
+  PatchPilot advisory as "PatchPilot Advisory" from source `patchpilot.advisory` only (`detail` is
+  the advisory; another source is refused: the rule and its bus accept only that one).
 - Event Grid: a PatchPilot advisory as event type "PatchPilot.Advisory", in the Event Grid schema
   (`eventType`, `data`) or the CloudEvents 1.0 schema (`type`, `data`); a delivery may be a list.
 - A bare PatchPilot advisory (`{"cve": ..., "severity": ..., "fixes": [...]}`), for the CLI.
 
-Malformed input raises an InputError naming each bad field by its path in the payload.
+Malformed input raises an InputError naming each bad field by its path in the payload. A fix
+that is not a KB number or a package name (a glob, a shell metacharacter: `names.fix_problem`) is
+malformed in a PatchPilot advisory, and makes an Inspector finding unactionable, with the reason.
 """
 
 from __future__ import annotations
@@ -16,31 +19,35 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic_core import PydanticCustomError
 
 from patchpilot.advisories.models import Advisory, Delivery, HealthNotice, Unactionable
-from patchpilot.errors import InputError, Path, Problem, quote
+from patchpilot.advisories.names import fix_problem, is_kb, platform_syntax, quoted
+from patchpilot.errors import InputError, Path, Problem, format_path, quote
 from patchpilot.inputs import parse_json, problems_from, read_text
 from patchpilot.policy.model import ADVISORY_SEVERITIES, AdvisorySeverity
 
 ADVISORY_TYPE = "PatchPilot Advisory"  # EventBridge detail-type
+ADVISORY_SOURCE = "patchpilot.advisory"  # its only EventBridge source
 ADVISORY_EVENT_TYPE = "PatchPilot.Advisory"  # Event Grid eventType / CloudEvents type
 INSPECTOR_FINDING = "Inspector2 Finding"
 HEALTH_TYPES = ("AWS Health Event", "AWS Health Abuse Event")
 VULNERABILITY_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{2,63}$"  # CVE-2025-0001, GHSA-..., ALAS2-2025-001
-_KB = re.compile(r"^KB\d{6,8}$", re.IGNORECASE)
-
-
-def is_kb(fix: str) -> bool:
-    """A Windows update id (KB5048661); anything else names a Linux package."""
-    return bool(_KB.match(fix))
 
 
 def _upper(value: object) -> object:
     return value.upper() if isinstance(value, str) else value
 
 
-FixName = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\s,]+$")]
+def _fix_name(value: str) -> str:
+    problem = fix_problem(value)
+    if problem is not None:
+        raise PydanticCustomError("pp_fix", "{problem}", {"problem": problem})
+    return value
+
+
+FixName = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_fix_name)]
 
 
 class AdvisoryDocument(BaseModel):
@@ -167,6 +174,9 @@ def _eventbridge(raw: Mapping[str, Any], source: str) -> Delivery:
     if detail_type in HEALTH_TYPES and event_source == "aws.health":
         return _health(raw, source)
     if detail_type == ADVISORY_TYPE:
+        if event_source != ADVISORY_SOURCE:
+            message = f"expected {quote(ADVISORY_SOURCE)} (a {ADVISORY_TYPE}'s only source), got {quote(event_source)}"
+            raise InputError(source, [Problem(("source",), message)])
         return _advisory(raw.get("detail"), source, ("detail",), key=event_id, at=at)
     return Unactionable(
         event_source, event_id, f'EventBridge detail-type "{detail_type}" from {event_source}: not handled'
@@ -240,26 +250,45 @@ def _inspector(raw: Mapping[str, Any], source: str, at: datetime | None) -> Deli
         return skip(f"severity {severity} is not one that starts emergency runs")
     instances: list[str] = []
     others: list[str] = []
+    platform = ""
     for index in range(len(resources)):
         kind = reader.text(raw, ("detail", "resources", index, "type"))
         ident = reader.text(raw, ("detail", "resources", index, "id"))
         if kind and ident:
             (instances if kind == "AWS_EC2_INSTANCE" else others).append(ident)
+        if kind == "AWS_EC2_INSTANCE" and not platform:
+            where = ("detail", "resources", index, "details", "awsEc2Instance", "platform")
+            platform = reader.text(raw, where, required=False)
     details = ("detail", "packageVulnerabilityDetails")
     cve = reader.text(raw, (*details, "vulnerabilityId"))
     packages = reader.get(raw, (*details, "vulnerablePackages"), list) or []
     fixes: list[str] = []
+    refused: list[str] = []  # names that are not package names: the finding is not acted on
+    foreign: list[str] = []  # packages of a language's package manager (npm, pip, jar): not the OS's
     for index in range(len(packages)):
         here: Path = (*details, "vulnerablePackages", index)
         name = reader.text(raw, (*here, "name"))
         fixed = reader.text(raw, (*here, "fixedInVersion"), required=False)
-        if name and fixed and fixed != "NotAvailable":
-            fixes.append(fixed.upper() if is_kb(fixed) else name)
+        manager = reader.text(raw, (*here, "packageManager"), required=False) or "OS"
+        if not (name and fixed and fixed != "NotAvailable"):
+            continue
+        if is_kb(fixed):
+            fixes.append(fixed.upper())
+        elif manager != "OS":
+            foreign.append(quoted(f"{name} ({manager})"))
+        elif (problem := fix_problem(name, platform_syntax(platform))) is not None:
+            refused.append(f"{format_path((*here, 'name'))}: {problem}")
+        else:
+            fixes.append(name)
     reader.check(source)
     if not re.match(VULNERABILITY_ID, cve):
         raise InputError(source, [Problem((*details, "vulnerabilityId"), f"not a vulnerability id: {quote(cve)}")])
+    if refused:
+        return skip("; ".join(refused))
     if not instances:
         return skip(f"no EC2 instance among the resources ({', '.join(others) or 'none'})")
+    if not fixes and foreign:
+        return skip(f"no operating system package to install: {', '.join(foreign)} not installed by patching")
     if not fixes:
         return skip("no vulnerable package names a fixed version")
     return Advisory(

@@ -179,6 +179,8 @@ def parse_json(text: str, source: str) -> Any:
     except json.JSONDecodeError as exc:
         problem = Problem((), f"not valid JSON: {exc.msg}", exc.lineno, exc.colno)
         raise InputError(source, [problem]) from None
+    except RecursionError:
+        raise InputError.single(source, "not valid JSON: nested too deeply") from None
 
 
 def problems_from(

@@ -1,7 +1,8 @@
-"""YAML that cannot hurt the process reading it: every YAML input (policies, from a file, S3
-or a blob, and the cloud CLIs' policy reads) goes through `patchpilot.inputs.parse_yaml`, whose
-loader bounds what aliases expand to and refuses recursive ones, as a validation error that
-names the file and the alias."""
+"""YAML and JSON that cannot hurt the process reading them: every YAML input (policies, from a
+file, S3 or a blob, and the cloud CLIs' policy reads) goes through `patchpilot.inputs.parse_yaml`,
+whose loader bounds what aliases expand to and refuses recursive ones, as a validation error
+that names the file and the alias; too-deep nesting in YAML or JSON (inventories, events) is a
+validation error too, not a RecursionError."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from patchpilot.errors import InputError
-from patchpilot.inputs import MAX_ALIAS_NODES, parse_yaml
+from patchpilot.inputs import MAX_ALIAS_NODES, parse_json, parse_yaml
 from patchpilot.policy import load_policy
 
 # "Billion laughs": nine levels of nine aliases, 9^9 (387 million) strings once expanded.
@@ -46,6 +47,11 @@ def test_recursive_yaml_alias_is_refused() -> None:
 def test_deeply_nested_yaml_is_refused_not_a_crash() -> None:
     with pytest.raises(InputError, match=r"^deep.yaml: \(top level\): not valid YAML: nested too deeply$"):
         parse_yaml("[" * 5000 + "]" * 5000, "deep.yaml")
+
+
+def test_deeply_nested_json_inventory_is_refused_not_a_crash() -> None:
+    with pytest.raises(InputError, match=r"^inventory.json: \(top level\): not valid JSON: nested too deeply$"):
+        parse_json("[" * 100_000 + "]" * 100_000, "inventory.json")
 
 
 def test_aliases_within_the_bound_still_work() -> None:

@@ -18,7 +18,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+import test_aws_fleet as on_aws
 from clocks import ManualClock
+from moto import mock_aws
 from test_azure_fleet import T0, World, health_command, instance, until_done
 
 from patchpilot.adapters import health
@@ -131,6 +133,33 @@ def test_a_machine_named_to_redirect_its_check_fails_without_a_request() -> None
     assert not outcomes[0].ok
     assert outcomes[0].detail.startswith('instance name "evil.com#" of /subscriptions/')
     assert world.urls == []
+
+
+@mock_aws()
+def test_an_ec2_instance_named_to_redirect_its_check_fails_without_a_request() -> None:
+    """moto: EC2; Stubber: DescribeInstanceInformation; a fake http_get (as tests/test_aws_fleet.py).
+    The name is the one discovery read from the Name tag."""
+    harness = on_aws.Harness()
+    target = dataclasses.replace(on_aws.launch(1)[0], name="x/../admin?")
+    asked: list[str] = []
+
+    def http_get(url: str, timeout: float) -> int:
+        asked.append(url)
+        return 200
+
+    on_aws.expect_agents(harness.stub(), [target.id])
+    checks = HealthChecks(http=["http://{private_ip}:8080/{name}/health"])
+    fleet = on_aws.make_fleet(harness, ManualClock(on_aws.T0), http_get=http_get)
+
+    result = on_aws.outcomes(fleet.check_health(on_aws.health_command([target], checks)))
+
+    harness.done()
+    assert not result[target.id].ok
+    assert result[target.id].detail == (
+        f'instance name "x/../admin?" of {target.id} is not a DNS label or an IP address: '
+        "it cannot go into a health-check URL"
+    )
+    assert asked == []
 
 
 # ---------------------------------------------------------------- the policy

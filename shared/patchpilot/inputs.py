@@ -20,16 +20,45 @@ if TYPE_CHECKING:
     import yaml
 
 Position = tuple[int, int]
+MAX_ALIAS_NODES = 10_000  # nodes that aliases may add to a YAML document, all aliases together
 
 
 @functools.cache
 def _loader() -> type[yaml.SafeLoader]:
     """Safe YAML with YAML 1.2 scalars: `10:30` stays a string, `no` stays a string. Built on
-    first use: the step worker, which never reads YAML, does not import PyYAML."""
+    first use: the step worker, which never reads YAML, does not import PyYAML.
+
+    Aliases are bounded: PyYAML shares an aliased node, but everything after it (the walk for
+    positions, pydantic, a JSON dump) sees the document expanded, and a "billion laughs" of
+    300 bytes expands to 10^9 nodes. Each alias counts the nodes it stands for; past
+    `MAX_ALIAS_NODES` in all, or on an alias inside the node it names (a recursive document),
+    composing stops with a ComposerError at that alias."""
     import yaml
 
     class Loader(yaml.SafeLoader):
-        pass
+        def __init__(self, stream: str) -> None:
+            super().__init__(stream)
+            self.aliased_nodes = 0
+            self.open_anchors: set[str] = set()
+            self.sizes: dict[int, int] = {}  # id(node) -> nodes it stands for, expanded
+
+        def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+            event = self.peek_event()  # type: ignore[no-untyped-call]  # untyped in types-PyYAML
+            anchor = getattr(event, "anchor", None)
+            if isinstance(event, yaml.AliasEvent) and anchor in self.anchors:
+                if anchor in self.open_anchors:
+                    raise _refused(f"alias *{anchor} is inside the node it names (recursive)", event)
+                self.aliased_nodes += _expanded_size(self.anchors[anchor], self.sizes)
+                if self.aliased_nodes > MAX_ALIAS_NODES:
+                    raise _refused(f"aliases expand to more than {MAX_ALIAS_NODES:,} nodes (at *{anchor})", event)
+                return super().compose_node(parent, index)
+            if anchor is None or isinstance(event, yaml.AliasEvent):
+                return super().compose_node(parent, index)
+            self.open_anchors.add(anchor)
+            try:
+                return super().compose_node(parent, index)
+            finally:
+                self.open_anchors.discard(anchor)
 
     bool_tag, int_tag, float_tag = (f"tag:yaml.org,2002:{t}" for t in ("bool", "int", "float"))
     Loader.yaml_implicit_resolvers = {
@@ -44,6 +73,28 @@ def _loader() -> type[yaml.SafeLoader]:
         list("-+.0123456789"),
     )
     return Loader
+
+
+def _refused(problem: str, event: Any) -> yaml.composer.ComposerError:
+    """A composer error at `event`: parse_yaml reports it with its line and column."""
+    import yaml
+
+    return yaml.composer.ComposerError(None, None, problem, event.start_mark)
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """How many nodes `node` is with every alias in it expanded (a finished, acyclic node)."""
+    import yaml
+
+    if (known := sizes.get(id(node))) is not None:
+        return known
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        size += sum(_expanded_size(item, sizes) for item in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size += sum(_expanded_size(key, sizes) + _expanded_size(value, sizes) for key, value in node.value)
+    sizes[id(node)] = size
+    return size
 
 
 class Document:
@@ -91,6 +142,8 @@ def parse_yaml(text: str, source: str) -> Document:
         raise InputError(source, [problem]) from None
     except yaml.YAMLError as exc:
         raise InputError.single(source, f"not valid YAML: {exc}") from None
+    except RecursionError:
+        raise InputError.single(source, "not valid YAML: nested too deeply") from None
     finally:
         loader.dispose()
     positions: dict[Path, Position] = {}
@@ -126,6 +179,8 @@ def parse_json(text: str, source: str) -> Any:
     except json.JSONDecodeError as exc:
         problem = Problem((), f"not valid JSON: {exc.msg}", exc.lineno, exc.colno)
         raise InputError(source, [problem]) from None
+    except RecursionError:
+        raise InputError.single(source, "not valid JSON: nested too deeply") from None
 
 
 def problems_from(

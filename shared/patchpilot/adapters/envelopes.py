@@ -2,7 +2,9 @@
 and take off again, so the shell never sees them:
 
 - **zlib** ``{"zlib": <base64>}``: a body too long for the queue, compressed (a command for a
-  wave of thousands of instances is megabytes of JSON but compresses 10-50 times).
+  wave of thousands of instances is megabytes of JSON but compresses 10-50 times). Unpacked, a
+  body is at most `MAX_UNPACKED_BYTES`: a receiver stops inflating there and refuses the
+  message (a few kilobytes of zlib can inflate to gigabytes), and a sender refuses to pack more.
 - **hop** ``{"hop_until": <iso>, "body": <wire body>}``: a message due later than the queue can
   delay one. It is sent with the longest delay; whoever receives it before `hop_until` sends it
   on with the remaining delay (another hop if still too far) instead of delivering it.
@@ -17,23 +19,43 @@ from datetime import UTC, datetime
 
 ZLIB_PREFIX = '{"zlib":'
 HOP_PREFIX = '{"hop_until":'
+MAX_UNPACKED_BYTES = 8 * 1024 * 1024  # the most a zlib envelope may hold once inflated
+
+
+class OversizedMessageError(ValueError):
+    """A zlib envelope that holds (or would hold) more than `MAX_UNPACKED_BYTES`."""
 
 
 def compress(body: str) -> str:
-    """The zlib envelope of `body`."""
+    """The zlib envelope of `body`. OversizedMessageError when `body` is more than
+    `MAX_UNPACKED_BYTES`: no receiver would unpack it."""
+    size = len(body.encode())
+    if size > MAX_UNPACKED_BYTES:
+        raise OversizedMessageError(
+            f"message body is {size} bytes, more than a zlib envelope may hold ({MAX_UNPACKED_BYTES} bytes)"
+        )
     packed = base64.b64encode(zlib.compress(body.encode(), 6)).decode("ascii")
     return json.dumps({"zlib": packed}, separators=(",", ":"))
 
 
 def decompress(body: str) -> str | bytes:
     """The message JSON of a wire body: unpacked when it is a zlib envelope, else as it is.
-    ValueError when the envelope is damaged."""
+    ValueError when the envelope is damaged; OversizedMessageError (a ValueError) when it
+    inflates to more than `MAX_UNPACKED_BYTES`, found without inflating more than that."""
     if body.startswith(ZLIB_PREFIX):
         try:
-            packed = json.loads(body)["zlib"]
-            return zlib.decompress(base64.b64decode(packed, validate=True))
+            packed = base64.b64decode(json.loads(body)["zlib"], validate=True)
+            inflater = zlib.decompressobj()
+            unpacked = inflater.decompress(packed, MAX_UNPACKED_BYTES)
         except (KeyError, TypeError, zlib.error, ValueError) as error:
             raise ValueError(f"bad zlib envelope: {error}") from error
+        if inflater.unconsumed_tail or (not inflater.eof and len(unpacked) >= MAX_UNPACKED_BYTES):
+            raise OversizedMessageError(
+                f"zlib envelope inflates to more than {MAX_UNPACKED_BYTES} bytes ({len(body)} bytes on the wire)"
+            )
+        if not inflater.eof:
+            raise ValueError("bad zlib envelope: incomplete or truncated stream")
+        return unpacked
     return body
 
 

@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 from datetime import time, timedelta
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BeforeValidator, PlainSerializer, PlainValidator, WithJsonSchema
@@ -183,4 +184,32 @@ TagValues = Annotated[
     list[str],
     BeforeValidator(_names),
     WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}),
+]
+
+HEALTH_URL_SCHEMES = ("http", "https")
+HEALTH_URL_PLACEHOLDER = re.compile(r"\{(name|id|private_ip)\}")  # what a health-check URL may hold
+_ANY_PLACEHOLDER = re.compile(r"\{[^{}]*\}")
+
+
+def _check_health_url(value: object) -> str:
+    """An http or https URL with a host, whose only `{...}` are the known placeholders."""
+    expected = 'expected an http or https URL such as "https://{name}.internal/healthz"'
+    if not isinstance(value, str):
+        raise fail("health_url", expected, value)
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        raise fail("health_url", expected, value) from None
+    if parts.scheme.lower() not in HEALTH_URL_SCHEMES or not parts.netloc:
+        raise fail("health_url", expected, value)
+    if unknown := _ANY_PLACEHOLDER.findall(HEALTH_URL_PLACEHOLDER.sub("", value)):
+        allowed = "{name}, {id}, {private_ip}"
+        raise fail("health_url", f"unknown placeholder {unknown[0]} (allowed: {allowed})", value)
+    return value
+
+
+HealthUrl = Annotated[
+    str,
+    PlainValidator(_check_health_url),
+    WithJsonSchema({"type": "string", "pattern": r"^[Hh][Tt][Tt][Pp][Ss]?://[^/]"}),
 ]

@@ -18,6 +18,7 @@ from patchpilot.policy.fields import (
     Budget,
     Duration,
     FailureQuota,
+    HealthUrl,
     Quota,
     TagValues,
     TimeOfDay,
@@ -172,7 +173,8 @@ class HealthChecks(_Section):
 
     script: HealthScript | None = None
     alarms: list[str] = Field(default_factory=new_list)  # CloudWatch alarms that must be OK (AWS)
-    http: list[str] = Field(default_factory=new_list)  # URLs that must answer 2xx; {name}, {id}, {private_ip} filled in
+    # http or https URLs that must answer 2xx; {name}, {id}, {private_ip} filled in (DNS labels or IP addresses)
+    http: list[HealthUrl] = Field(default_factory=new_list)
     timeout: Duration = timedelta(minutes=5)
 
 

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
 from botocore.exceptions import ClientError
 
-from patchpilot.adapters.health import HttpGet, fill, urllib_get
+from patchpilot.adapters.health import HttpGet, UnsafeUrlValueError, fill, fill_url, urllib_get
 from patchpilot.engine.messages import (
     CheckHealth,
     InstallPatches,
@@ -760,7 +760,10 @@ class Ec2SsmFleet:
     ) -> _Verdict:
         answers = []
         for template in checks.http:
-            url = fill(template, instance, raw.get("PrivateIpAddress", ""))
+            try:
+                url = fill_url(template, instance, raw.get("PrivateIpAddress", ""))
+            except UnsafeUrlValueError as exc:  # waiting will not make the value usable
+                return _Verdict("fail", str(exc))
             try:
                 status = self.http_get(url, self.http_timeout)
             except Exception as exc:  # any failure to get an answer is a failed check

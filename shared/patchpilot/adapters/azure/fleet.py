@@ -52,7 +52,7 @@ from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.mgmt.compute import models as cm
 from azure.mgmt.hybridcompute import models as hm
 
-from patchpilot.adapters.health import HttpGet, fill, urllib_get
+from patchpilot.adapters.health import HttpGet, UnsafeUrlValueError, fill_url, urllib_get
 from patchpilot.engine.messages import (
     CheckHealth,
     InstallPatches,
@@ -679,7 +679,11 @@ class AzureFleet:
         for instance in passing:
             answers = []
             for template in checks.http:
-                url = fill(template, instance, ips.get(machines[instance.id].key, ""))
+                try:
+                    url = fill_url(template, instance, ips.get(machines[instance.id].key, ""))
+                except UnsafeUrlValueError as exc:  # waiting will not make the value usable
+                    verdicts[instance.id] = Verdict("fail", str(exc))
+                    break
                 try:
                     status = self.http_get(url, self.http_timeout)
                 except Exception as exc:  # any failure to get an answer is a failed check

@@ -182,12 +182,18 @@ def test_previous_approval_key_is_optional_and_read_by_the_approve_function_only
 @pytest.mark.parametrize("function", ["TriggerFunction", "AdvisoryFunction"])
 def test_trigger_and_advisory_hold_no_destructive_fleet_action(function: str) -> None:
     """The timer and the advisory intake (fed by events) start runs; only the worker changes
-    machines. The timer's compliance scan is its one SendCommand (next test)."""
+    machines, follows their commands and reads their output. The timer's compliance scan is its
+    one SendCommand (next test)."""
     for action in DESTRUCTIVE:
         if function == "TriggerFunction" and action == "ssm:SendCommand":
             continue
         assert allowing(function, action) == [], f"{function} may {action}"
     assert allowing("AdvisoryFunction", "s3:PutObject") == []
+    # Nor do they read what commands printed on the machines, or the snapshots and volumes.
+    for action in ("ssm:ListCommandInvocations", "ssm:GetCommandInvocation", "ec2:DescribeSnapshots"):
+        assert allowing(function, action) == [], f"{function} may {action}"
+    fleet_reads = {a for s in grants("AdvisoryFunction") for a in actions(s) if a.startswith(("ec2:", "ssm:"))}
+    assert fleet_reads == {"ec2:DescribeInstances", "ssm:DescribeInstanceInformation"}  # discovery
     # The worker keeps what rollback needs.
     for action in ("ec2:CreateSnapshots", "ec2:CreateReplaceRootVolumeTask", "ssm:SendCommand"):
         assert allowing("WorkerFunction", action), action

@@ -345,7 +345,8 @@ def test_only_named_principals_publish_advisories() -> None:
     condition, named, nobody = bus["Policy"]["Fn::If"]
     assert condition == "HasAdvisoryPublishers"
     (allow,) = [s for s in named["Statement"] if s["Effect"] == "Allow"]
-    assert allow["Principal"] == {"AWS": {"Ref": "AdvisoryPublisherArns"}} and allow["Action"] == "events:PutEvents"
+    assert allow["Action"] == "events:PutEvents"
+    assert allow["Condition"] == {"ArnLike": {"aws:PrincipalArn": {"Ref": "AdvisoryPublisherArns"}}}
     (deny,) = [s for s in named["Statement"] if s["Effect"] == "Deny"]
     assert deny["Principal"] == "*" and deny["Action"] == "events:PutEvents"
     assert deny["Condition"] == {"ArnNotLike": {"aws:PrincipalArn": {"Ref": "AdvisoryPublisherArns"}}}

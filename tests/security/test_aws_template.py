@@ -176,6 +176,18 @@ def test_previous_approval_key_is_optional_and_read_by_the_approve_function_only
         assert any("ApprovalKeyPreviousSecretName" in r for r in reads) == (function == "ApproveFunction"), function
 
 
+def test_no_function_can_delete_hide_or_bury_steps_of_others() -> None:
+    """Steps are only ever sent: Lambda's event source mapping (SAM's poller policy, not these
+    policies) receives and deletes the worker's. No function may delete, hide or purge a step,
+    and only the worker puts an unreadable one into the dead-letter queue."""
+    for function in FUNCTIONS:
+        for action in ("sqs:DeleteMessage", "sqs:ChangeMessageVisibility", "sqs:PurgeQueue", "sqs:ReceiveMessage"):
+            assert allowing(function, action) == [], f"{function} may {action}"
+        sent = sorted(r for s in allowing(function, "sqs:SendMessage") for r in resources(s))
+        expected = ["${StepQueue.Arn}"] + (["${StepDeadLetterQueue.Arn}"] if function == "WorkerFunction" else [])
+        assert sent == sorted(expected), function
+
+
 # ---------------------------------------------------------------- 2. the timer and the advisories
 
 

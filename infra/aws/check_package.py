@@ -14,9 +14,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
-import yaml
+import cfn_template  # beside this file
 
 ROOT = Path(__file__).resolve().parents[2]
 # What any powertools handler pays: boto3, and Logger, Metrics and Tracer created (Tracer loads the X-Ray SDK).
@@ -29,23 +28,8 @@ BASELINE = (
 BASELINE_GC_PAUSED = f"import gc; gc.disable(); {BASELINE}; gc.freeze(); gc.enable()"
 
 
-class _CfnLoader(yaml.SafeLoader):
-    """YAML with CloudFormation's short tags (!Ref, !Sub, ...) read as plain values."""
-
-
-def _any_tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Any:
-    if isinstance(node, yaml.ScalarNode):
-        return loader.construct_scalar(node)
-    if isinstance(node, yaml.SequenceNode):
-        return loader.construct_sequence(node)
-    return loader.construct_mapping(node)  # type: ignore[arg-type]
-
-
-_CfnLoader.add_multi_constructor("!", _any_tag)
-
-
 def handlers(template: Path) -> list[str]:
-    document = yaml.load(template.read_text(), Loader=_CfnLoader)
+    document = cfn_template.load(template)
     found = []
     for resource in document["Resources"].values():
         if resource.get("Type") == "AWS::Serverless::Function":

@@ -1,0 +1,463 @@
+"""template.yaml against the attacks of the trust-boundary issue: what each function's role may do
+(read from its policies, managed ones resolved, both branches of every `Fn::If` counted), who may
+write the policy file and publish advisories, and where failures go.
+
+These read the template only: IAM itself is not evaluated here (no offline evaluator knows EC2's
+condition keys); tests/test_aws_end_to_end.py checks that every call the functions make is among
+their roles' actions.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aws_lambda_powertools.shared import constants as powertools
+
+from patchpilot.adapters.aws import fleet
+from patchpilot.adapters.aws.claims import DynamoDbClaims
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "infra" / "aws"))
+import cfn_template  # noqa: E402  (infra/aws: the template as data, intrinsics kept)
+
+TEMPLATE = cfn_template.load()
+RESOURCES: dict[str, Any] = TEMPLATE["Resources"]
+FUNCTIONS = sorted(name for name, r in RESOURCES.items() if r["Type"] == "AWS::Serverless::Function")
+
+# What changes a machine, its disks or its tags (the fleet actions only the worker may hold).
+DESTRUCTIVE = [
+    "ec2:StopInstances",
+    "ec2:StartInstances",
+    "ec2:RebootInstances",
+    "ec2:TerminateInstances",
+    "ec2:ModifyInstanceAttribute",
+    "ec2:CreateReplaceRootVolumeTask",
+    "ec2:CreateVolume",
+    "ec2:AttachVolume",
+    "ec2:DetachVolume",
+    "ec2:CreateSnapshot",
+    "ec2:CreateSnapshots",
+    "ec2:CreateTags",
+    "ec2:DeleteTags",
+    "ssm:SendCommand",
+    "ssm:StartAutomationExecution",
+]
+# The tag keys the AWS fleet adapter writes (shared/patchpilot/adapters/aws/fleet.py).
+PATCHPILOT_TAGS = {
+    fleet.TAG_RUN,
+    fleet.TAG_WAVE,
+    fleet.TAG_COMMAND,
+    fleet.TAG_INSTANCE,
+    fleet.TAG_HEALTH,
+    fleet.TAG_DEVICE,
+    fleet.TAG_REPLACED_BY,
+}
+DEAD_LETTER_QUEUES = {"StepDeadLetterQueue", "AdvisoryDeadLetterQueue", "TriggerFunctionTimerQueue"}
+
+
+# ---------------------------------------------------------------- reading the template
+
+
+def _branches(item: Any) -> Iterator[Any]:
+    """An item as deployed under some parameters: both branches of an `Fn::If`, none of NoValue."""
+    if isinstance(item, dict) and "Fn::If" in item:
+        _, yes, no = item["Fn::If"]
+        yield from _branches(yes)
+        yield from _branches(no)
+    elif not (isinstance(item, dict) and item.get("Ref") == "AWS::NoValue"):
+        yield item
+
+
+def _listed(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _statements(document: dict[str, Any]) -> list[dict[str, Any]]:
+    return [s for item in _listed(document["Statement"]) for s in _branches(item)]
+
+
+def grants(function: str) -> list[dict[str, Any]]:
+    """The Allow statements of a function's role (inline and the stack's managed policies)."""
+    found = []
+    for policy in RESOURCES[function]["Properties"].get("Policies", []):
+        if isinstance(policy, dict) and "Ref" in policy:
+            policy = RESOURCES[policy["Ref"]]["Properties"]["PolicyDocument"]
+        found.extend(s for s in _statements(policy) if s.get("Effect") == "Allow")
+    return found
+
+
+def actions(statement: dict[str, Any]) -> list[str]:
+    return [str(a) for a in _listed(statement["Action"])]
+
+
+def allowing(function: str, action: str) -> list[dict[str, Any]]:
+    """The statements of the function's role whose actions (wildcards included) cover `action`."""
+    return [s for s in grants(function) if any(fnmatchcase(action.lower(), pattern.lower()) for pattern in actions(s))]
+
+
+def text(value: Any) -> str:
+    """A resource as written: a `Fn::Sub` string, `${Name}` for a Ref, `${A.B}` for a GetAtt."""
+    if isinstance(value, str):
+        return value
+    if "Fn::Sub" in value:
+        return str(value["Fn::Sub"])
+    if "Ref" in value:
+        return "${" + value["Ref"] + "}"
+    if "Fn::GetAtt" in value:
+        return "${" + ".".join(value["Fn::GetAtt"]) + "}"
+    raise AssertionError(f"unexpected resource {value!r}")
+
+
+def resources(statement: dict[str, Any]) -> list[str]:
+    return [text(r) for r in _listed(statement["Resource"])]
+
+
+def function_events(function: str) -> dict[str, Any]:
+    events: dict[str, Any] = RESOURCES[function]["Properties"]["Events"]
+    return events
+
+
+def covers_snapshots(resource: str) -> bool:
+    return resource == "*" or fnmatchcase("arn:${AWS::Partition}:ec2:us-east-1::snapshot/snap-0123", resource)
+
+
+# ---------------------------------------------------------------- 1. the internet-facing approve function
+
+
+def test_approve_function_holds_no_fleet_action() -> None:
+    """A flaw in the approve function (a public Function URL) must not reach the fleet, the
+    webhooks, the bucket or other accounts: it reads the run and records the decision in the run
+    table, enqueues on the step queue and reads its own signing keys, nothing else."""
+    run_table = {
+        "dynamodb:GetItem",
+        "dynamodb:BatchGetItem",
+        "dynamodb:Query",
+        "dynamodb:PutItem",
+        "dynamodb:UpdateItem",
+        "dynamodb:DeleteItem",
+        "dynamodb:BatchWriteItem",
+        "dynamodb:ConditionCheckItem",
+    }
+    statements = grants("ApproveFunction")
+    held = {a for s in statements for a in actions(s)}
+    assert held <= run_table | {"sqs:SendMessage", "secretsmanager:GetSecretValue"}, held
+    for action in [*DESTRUCTIVE, "s3:GetObject", "s3:PutObject", "sts:AssumeRole", "sqs:DeleteMessage"]:
+        assert allowing("ApproveFunction", action) == [], action
+    for statement in statements:
+        if any(a.startswith("dynamodb:") for a in actions(statement)):
+            assert resources(statement) == ["${RunTable.Arn}", "${RunTable.Arn}/index/*"]
+    (send,) = allowing("ApproveFunction", "sqs:SendMessage")
+    assert resources(send) == ["${StepQueue.Arn}"]
+    secrets = sorted(r for s in allowing("ApproveFunction", "secretsmanager:GetSecretValue") for r in resources(s))
+    assert secrets == [
+        "${ApprovalSigningKey}",
+        "${SlackSigningSecret}",
+        "arn:${AWS::Partition}:secretsmanager:${AWS::Region}:${AWS::AccountId}:secret:${ApprovalKeyPreviousSecretName}-??????",
+    ]
+
+
+def test_previous_approval_key_is_optional_and_read_by_the_approve_function_only() -> None:
+    """Rotation: links signed with the previous key stay valid for their lifetime. The secret is
+    named by a parameter (empty: none), read by the approve function alone."""
+    parameter = TEMPLATE["Parameters"]["ApprovalKeyPreviousSecretName"]
+    assert parameter["Default"] == ""
+    variables = RESOURCES["ApproveFunction"]["Properties"]["Environment"]["Variables"]
+    assert variables["PATCHPILOT_APPROVAL_KEY_PREVIOUS_SECRET"] == {
+        "Fn::If": ["HasPreviousApprovalKey", {"Ref": "ApprovalKeyPreviousSecretName"}, {"Ref": "AWS::NoValue"}]
+    }
+    for function in FUNCTIONS:
+        reads = [r for s in allowing(function, "secretsmanager:GetSecretValue") for r in resources(s)]
+        assert any("ApprovalKeyPreviousSecretName" in r for r in reads) == (function == "ApproveFunction"), function
+
+
+def test_no_function_can_delete_hide_or_bury_steps_of_others() -> None:
+    """Steps are only ever sent: Lambda's event source mapping (SAM's poller policy, not these
+    policies) receives and deletes the worker's. No function may delete, hide or purge a step,
+    and only the worker puts an unreadable one into the dead-letter queue."""
+    for function in FUNCTIONS:
+        for action in ("sqs:DeleteMessage", "sqs:ChangeMessageVisibility", "sqs:PurgeQueue", "sqs:ReceiveMessage"):
+            assert allowing(function, action) == [], f"{function} may {action}"
+        sent = sorted(r for s in allowing(function, "sqs:SendMessage") for r in resources(s))
+        expected = ["${StepQueue.Arn}"] + (["${StepDeadLetterQueue.Arn}"] if function == "WorkerFunction" else [])
+        assert sent == sorted(expected), function
+
+
+# ---------------------------------------------------------------- 2. the timer and the advisories
+
+
+@pytest.mark.parametrize("function", ["TriggerFunction", "AdvisoryFunction"])
+def test_trigger_and_advisory_hold_no_destructive_fleet_action(function: str) -> None:
+    """The timer and the advisory intake (fed by events) start runs; only the worker changes
+    machines, follows their commands and reads their output. The timer's compliance scan is its
+    one SendCommand (next test)."""
+    for action in DESTRUCTIVE:
+        if function == "TriggerFunction" and action == "ssm:SendCommand":
+            continue
+        assert allowing(function, action) == [], f"{function} may {action}"
+    assert allowing("AdvisoryFunction", "s3:PutObject") == []
+    # Nor do they read what commands printed on the machines, or the snapshots and volumes.
+    for action in ("ssm:ListCommandInvocations", "ssm:GetCommandInvocation", "ec2:DescribeSnapshots"):
+        assert allowing(function, action) == [], f"{function} may {action}"
+    fleet_reads = {a for s in grants("AdvisoryFunction") for a in actions(s) if a.startswith(("ec2:", "ssm:"))}
+    assert fleet_reads == {"ec2:DescribeInstances", "ssm:DescribeInstanceInformation"}  # discovery
+    # The worker keeps what rollback needs.
+    for action in ("ec2:CreateSnapshots", "ec2:CreateReplaceRootVolumeTask", "ssm:SendCommand"):
+        assert allowing("WorkerFunction", action), action
+
+
+def test_trigger_scans_only_with_the_patch_baseline_document_on_managed_instances() -> None:
+    """The timer's SendCommand names AWS-RunPatchBaseline (the code sends Operation=Scan; IAM has
+    no condition key on a document's parameters) and instances tagged PatchPilot=managed: no shell
+    document, no untagged instance, no managed (hybrid) instance."""
+    statements = allowing("TriggerFunction", "ssm:SendCommand")
+    documents = [r for s in statements for r in resources(s) if ":document/" in r]
+    assert documents == [f"arn:${{AWS::Partition}}:ssm:*::document/{fleet.PATCH_DOCUMENT}"]
+    for statement in statements:
+        targets = [r for r in resources(statement) if ":document/" not in r]
+        if not targets:
+            continue
+        assert targets == ["arn:${AWS::Partition}:ec2:*:*:instance/*"]
+        assert statement["Condition"] == {
+            "StringEquals": {"ssm:resourceTag/${ManagedTagKey}": {"Ref": "ManagedTagValue"}}
+        }
+    reports = [r for s in allowing("TriggerFunction", "s3:PutObject") for r in resources(s)]
+    assert reports == ["${ConfigBucket.Arn}/reports/*"]
+
+
+def test_a_burst_of_findings_is_served_by_one_advisory_container() -> None:
+    """A burst of Inspector findings (or a flood of published advisories) must not fan out into
+    as many containers, each discovering the fleet: one at a time, the rest queued by Lambda."""
+    assert RESOURCES["AdvisoryFunction"]["Properties"]["ReservedConcurrentExecutions"] == 1
+
+
+# ---------------------------------------------------------------- 3. rollback from PatchPilot's own snapshots
+
+
+@pytest.mark.parametrize("action", ["ec2:CreateReplaceRootVolumeTask", "ec2:CreateVolume"])
+def test_root_volume_replacement_only_from_patchpilot_snapshots(action: str) -> None:
+    """A root or data volume restored from someone else's snapshot (public, shared, or one made
+    in the account without PatchPilot's tags) would boot a foreign disk on a managed machine: the
+    snapshot must be this account's and carry the tags PatchPilot puts on its snapshots."""
+    for function in FUNCTIONS:
+        for statement in allowing(function, action):
+            assert not any(":image/" in r for r in resources(statement)), "restoring from an AMI is not needed"
+            if not any(covers_snapshots(r) for r in resources(statement)):
+                continue
+            assert function == "WorkerFunction"
+            condition = statement["Condition"]
+            assert condition["StringEquals"] == {"ec2:Owner": {"Ref": "AWS::AccountId"}}
+            assert condition["Null"] == {
+                f"aws:ResourceTag/{fleet.TAG_COMMAND}": "false",
+                f"aws:ResourceTag/{fleet.TAG_INSTANCE}": "false",
+            }
+    assert any(any(covers_snapshots(r) for r in resources(s)) for s in allowing("WorkerFunction", action))
+
+
+def test_tags_on_volumes_tasks_and_instances_only_with_patchpilot_keys() -> None:
+    """Tags are the boundary (PatchPilot=managed, PatchPilotCommand on snapshots and volumes):
+    the worker may write its own keys only, on volumes, replace-root-volume tasks and instances;
+    at creation only with the create action named (ec2:CreateAction)."""
+    statements = allowing("WorkerFunction", "ec2:CreateTags")
+    checked = 0
+    for statement in statements:
+        kinds = {r.split(":")[-1].split("/")[0] for r in resources(statement)}
+        assert "*" not in kinds
+        if kinds == {"snapshot"}:  # CreateSnapshots copies the volume's own tags too: any key, at creation only
+            assert statement["Condition"] == {"StringEquals": {"ec2:CreateAction": "CreateSnapshots"}}
+            continue
+        condition = statement["Condition"]
+        keys = set(_listed(condition["ForAllValues:StringEquals"]["aws:TagKeys"]))
+        assert keys <= PATCHPILOT_TAGS, keys
+        assert condition["Null"]["aws:TagKeys"] == "false"  # ForAllValues holds for no key at all
+        checked += 1
+    assert checked >= 4  # health marks, restored and replaced volumes, replace-root-volume tasks
+    at_creation = {
+        statement["Condition"]["StringEquals"]["ec2:CreateAction"]: set(
+            statement["Condition"]["ForAllValues:StringEquals"]["aws:TagKeys"]
+        )
+        for statement in statements
+        if "ForAllValues:StringEquals" in statement["Condition"]
+        and "ec2:CreateAction" in statement["Condition"].get("StringEquals", {})
+    }
+    # What fleet.py writes at creation (`_create_volume`, `_replace_root`) is allowed, or rollback fails.
+    assert at_creation == {
+        "CreateVolume": {fleet.TAG_RUN, fleet.TAG_COMMAND, fleet.TAG_INSTANCE, fleet.TAG_DEVICE},
+        "CreateReplaceRootVolumeTask": {fleet.TAG_RUN, fleet.TAG_COMMAND, fleet.TAG_INSTANCE},
+    }
+
+
+# ---------------------------------------------------------------- 4. the config bucket
+
+
+def _bucket_statements() -> list[dict[str, Any]]:
+    return _statements(RESOURCES["ConfigBucketPolicy"]["Properties"]["PolicyDocument"])
+
+
+def test_only_the_deployer_writes_the_policy() -> None:
+    """Whoever writes the policy file decides what is patched, when, and without approval: the
+    bucket denies writing or deleting it to every principal but the named deployer role (the
+    functions and the account's other admins included); the functions only read it."""
+    parameter = TEMPLATE["Parameters"]["PolicyDeployerRoleArn"]
+    assert "Default" not in parameter and parameter["AllowedPattern"].startswith("^arn:aws")
+    (deny,) = [s for s in _bucket_statements() if "${ConfigBucket.Arn}/${PolicyKey}" in resources(s)]
+    assert deny["Effect"] == "Deny" and deny["Principal"] == "*"
+    assert {"s3:PutObject", "s3:DeleteObject", "s3:DeleteObjectVersion"} <= set(actions(deny))
+    assert deny["Condition"] == {"ArnNotEquals": {"aws:PrincipalArn": {"Ref": "PolicyDeployerRoleArn"}}}
+    for function in FUNCTIONS:
+        for action in ("s3:PutObject", "s3:DeleteObject", "s3:DeleteObjectVersion"):
+            written = [r for s in allowing(function, action) for r in resources(s)]
+            assert all(r.endswith(("/runs/*", "/reports/*")) for r in written), (function, written)
+        read = [r for s in allowing(function, "s3:GetObject") for r in resources(s)]
+        assert read in ([], ["${ConfigBucket.Arn}/${PolicyKey}"]), (function, read)
+
+
+def test_only_the_worker_writes_install_override_files() -> None:
+    """InstallOverrideList and BaselineOverride files under runs/ decide what the instances
+    install as root: nobody but the worker's role writes them."""
+    (deny,) = [s for s in _bucket_statements() if "${ConfigBucket.Arn}/runs/*" in resources(s)]
+    assert deny["Effect"] == "Deny" and deny["Principal"] == "*" and "s3:PutObject" in actions(deny)
+    assert deny["Condition"] == {"ArnNotEquals": {"aws:PrincipalArn": {"Fn::GetAtt": ["WorkerFunctionRole", "Arn"]}}}
+    writers = [f for f in FUNCTIONS if any("/runs/*" in r for s in allowing(f, "s3:PutObject") for r in resources(s))]
+    assert writers == ["WorkerFunction"]
+
+
+# ---------------------------------------------------------------- 5. advisories: source and bus
+
+
+def test_advisory_rule_pins_its_source_and_bus() -> None:
+    """On the default bus any principal with events:PutEvents could send "PatchPilot Advisory"
+    from any source and start an emergency run. PatchPilot advisories come from the stack's own
+    bus, source patchpilot.advisory only; on the default bus only `aws.*` sources, which
+    PutEvents cannot forge, are taken."""
+    events = function_events("AdvisoryFunction")
+    advisory = events["PatchPilotAdvisories"]["Properties"]
+    assert advisory["EventBusName"] == {"Ref": "AdvisoryBus"}
+    assert advisory["Pattern"] == {"source": ["patchpilot.advisory"], "detail-type": ["PatchPilot Advisory"]}
+    for name, event in events.items():
+        properties = event["Properties"]
+        sources = properties["Pattern"]["source"]
+        assert sources, f"rule {name} pins no source"
+        if "EventBusName" not in properties:
+            assert all(source.startswith("aws.") for source in sources), (name, sources)
+
+
+def test_only_named_principals_publish_advisories() -> None:
+    """The bus's resource policy denies PutEvents to every principal not named in
+    AdvisoryPublisherArns (also this account's, whose IAM may allow events:PutEvents on *);
+    with none named (the default) nobody publishes."""
+    assert TEMPLATE["Parameters"]["AdvisoryPublisherArns"]["Default"] == ""
+    bus = RESOURCES["AdvisoryBus"]["Properties"]
+    assert bus["Name"] == {"Fn::Sub": "patchpilot-advisories-${AWS::StackName}"}
+    condition, named, nobody = bus["Policy"]["Fn::If"]
+    assert condition == "HasAdvisoryPublishers"
+    (allow,) = [s for s in named["Statement"] if s["Effect"] == "Allow"]
+    assert allow["Action"] == "events:PutEvents"
+    assert allow["Condition"] == {"ArnLike": {"aws:PrincipalArn": {"Ref": "AdvisoryPublisherArns"}}}
+    (deny,) = [s for s in named["Statement"] if s["Effect"] == "Deny"]
+    assert deny["Principal"] == "*" and deny["Action"] == "events:PutEvents"
+    assert deny["Condition"] == {"ArnNotLike": {"aws:PrincipalArn": {"Ref": "AdvisoryPublisherArns"}}}
+    (deny_all,) = nobody["Statement"]
+    assert deny_all["Effect"] == "Deny" and deny_all["Principal"] == "*" and "Condition" not in deny_all
+
+
+# ---------------------------------------------------------------- 7. reliability: retries, dead letters, alarms
+
+
+def test_advisories_that_cannot_be_handled_are_kept_and_alarmed() -> None:
+    """An advisory EventBridge cannot deliver, or that fails three invocations, is kept in a
+    dead-letter queue (not dropped) after bounded retries; the queue takes messages from these
+    rules only."""
+    queue = {"Fn::GetAtt": ["AdvisoryDeadLetterQueue", "Arn"]}
+    rules = []
+    for name, event in function_events("AdvisoryFunction").items():
+        assert event["Type"] == "EventBridgeRule"
+        properties = event["Properties"]
+        retry = properties["RetryPolicy"]
+        assert 0 < retry["MaximumRetryAttempts"] <= 185 and 60 <= retry["MaximumEventAgeInSeconds"] <= 86400
+        assert properties["DeadLetterConfig"] == {"Arn": queue}
+        rules.append({"Fn::GetAtt": [f"AdvisoryFunction{name}", "Arn"]})  # SAM's rule logical id
+    assert RESOURCES["AdvisoryFunction"]["Properties"]["DeadLetterQueue"] == {"Type": "SQS", "TargetArn": queue}
+    policy = RESOURCES["AdvisoryDeadLetterQueuePolicy"]["Properties"]
+    assert policy["Queues"] == [{"Ref": "AdvisoryDeadLetterQueue"}]
+    (statement,) = _statements(policy["PolicyDocument"])
+    assert statement["Principal"] == {"Service": "events.amazonaws.com"} and statement["Action"] == "sqs:SendMessage"
+    assert sorted(map(str, statement["Condition"]["ArnEquals"]["aws:SourceArn"])) == sorted(map(str, rules))
+
+
+def test_dead_letter_alarms_have_an_action() -> None:
+    """A message, an advisory or a timer tick in a dead-letter queue is work not done: its alarm
+    tells the stack's topic whatever the parameters (and AlarmTopicArn too when given). The topic
+    is encrypted with a key CloudWatch may use (with alias/aws/sns the alarm could not publish)."""
+    alarmed = set()
+    for resource in RESOURCES.values():
+        if resource["Type"] != "AWS::CloudWatch::Alarm":
+            continue
+        properties = resource["Properties"]
+        (dimension,) = properties["Dimensions"]
+        queue = dimension["Value"]["Fn::GetAtt"][0]
+        alarmed.add(queue)
+        for branch in _branches(properties["AlarmActions"]):
+            assert {"Ref": "AlarmTopic"} in branch, queue
+    assert alarmed == DEAD_LETTER_QUEUES
+    topic = RESOURCES["AlarmTopic"]["Properties"]
+    assert topic["KmsMasterKeyId"] == {"Ref": "AlarmTopicKey"}
+    key = RESOURCES["AlarmTopicKey"]["Properties"]
+    assert key["EnableKeyRotation"] is True
+    cloudwatch_service = {"Service": "cloudwatch.amazonaws.com"}
+    (cloudwatch,) = [s for s in _statements(key["KeyPolicy"]) if s["Principal"] == cloudwatch_service]
+    assert set(actions(cloudwatch)) == {"kms:Decrypt", "kms:GenerateDataKey*"}
+    subscription = RESOURCES["OnCallSubscription"]
+    assert subscription["Condition"] == "HasOnCallEmail" and TEMPLATE["Parameters"]["OnCallEmail"]["Default"] == ""
+    assert subscription["Properties"]["Endpoint"] == {"Ref": "OnCallEmail"}
+
+
+# ---------------------------------------------------------------- 8. claims and leases expire
+
+
+class _RecordingDynamoDb:
+    """Records put_item calls (the claims adapter's only call)."""
+
+    def __init__(self) -> None:
+        self.items: list[dict[str, Any]] = []
+
+    def put_item(self, **request: Any) -> dict[str, Any]:
+        self.items.append(request["Item"])
+        return {}
+
+
+class _Clock:
+    def now(self) -> datetime:
+        return datetime(2026, 12, 1, tzinfo=UTC)
+
+
+def test_claims_and_leases_expire() -> None:
+    """Claims (one per Slack request, notice and slot) and leases would pile up in the run table
+    for ever: DynamoDB's TTL deletes them once their `until` (epoch seconds, a Number, as the
+    claims adapter writes it) has passed. No other item of the table has an `until` attribute."""
+    table = RESOURCES["RunTable"]["Properties"]
+    assert table["TimeToLiveSpecification"] == {"AttributeName": "until", "Enabled": True}
+    client = _RecordingDynamoDb()
+    until = datetime(2026, 12, 2, 3, 4, 5, tzinfo=UTC)
+    DynamoDbClaims("runs", client, _Clock()).claim("slack:v0=abc", until)  # type: ignore[arg-type]
+    (item,) = client.items
+    assert item[table["TimeToLiveSpecification"]["AttributeName"]] == {"N": str(int(until.timestamp()))}
+
+
+# ---------------------------------------------------------------- 9. traces
+
+
+def test_xray_does_not_capture_responses() -> None:
+    """The approve page and its form carry the signed token: X-Ray must record neither a
+    handler's response nor its exception (powertools reads these variables)."""
+    variables = TEMPLATE["Globals"]["Function"]["Environment"]["Variables"]
+    assert variables[powertools.TRACER_CAPTURE_RESPONSE_ENV] == "false"
+    assert variables[powertools.TRACER_CAPTURE_ERROR_ENV] == "false"
+    for function in FUNCTIONS:
+        own = RESOURCES[function]["Properties"].get("Environment", {}).get("Variables", {})
+        assert powertools.TRACER_CAPTURE_RESPONSE_ENV not in own and powertools.TRACER_CAPTURE_ERROR_ENV not in own

@@ -66,7 +66,7 @@ MAX_CONFLICT_RETRIES = 5
 
 
 def grant_approval(
-    store: RunStore, queue: Queue, run_id: str, by: str, *, reject: bool = False, reason: str = ""
+    store: RunStore, queue: Queue, run_id: str, by: str, *, reject: bool = False, reason: str = "", source: str = ""
 ) -> str:
     """Grant (or, with `reject`, refuse) the approval a run waits for: the event that says so,
     which the worker applies. One decision per gate: the first of two events wins, the other is a
@@ -77,9 +77,9 @@ def grant_approval(
     ring = run.current.ring
     gate = f"{run_id}:approve:{ring}"  # the same id either way: a gate is decided once
     if reject:
-        queue.publish([ApprovalRejected(id=gate, run_id=run_id, by=by, reason=reason)])
+        queue.publish([ApprovalRejected(id=gate, run_id=run_id, by=by, reason=reason, source=source)])
         return f"rejected ring {ring} of run {run_id}: the run ends"
-    queue.publish([ApprovalGranted(id=gate, run_id=run_id, by=by)])
+    queue.publish([ApprovalGranted(id=gate, run_id=run_id, by=by, source=source)])
     return f"approved ring {ring} of run {run_id}"
 
 

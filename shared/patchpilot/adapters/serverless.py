@@ -114,6 +114,7 @@ class ApprovalLinks:
         from urllib.parse import urlencode
 
         from patchpilot.approvals import ApprovalRequest, sign_approval
+        from patchpilot.redact import PROCESS_SECRETS
 
         key = self.signing_key()
         run = self.load_run(command.run_id)
@@ -121,11 +122,12 @@ class ApprovalLinks:
         if not key or run.state != "awaiting_approval":
             return ()
         joint = "&" if "?" in self.base_url else "?"  # an Azure function key may be in the URL already
-        return tuple(
-            (label, f"{self.base_url}{joint}{urlencode({'token': token})}")
-            for label, decision in (("Approve", "approve"), ("Reject", "reject"))
-            for token in [sign_approval(ApprovalRequest(run.run_id, run.current.ring, decision, channel), key)]
-        )
+        links = []
+        for label, decision in (("Approve", "approve"), ("Reject", "reject")):
+            token = sign_approval(ApprovalRequest(run.run_id, run.current.ring, decision, channel), key)
+            PROCESS_SECRETS.add(token)  # a chat platform's error that echoes it is scrubbed
+            links.append((label, f"{self.base_url}{joint}{urlencode({'token': token})}"))
+        return tuple(links)
 
 
 class ApprovalEndpoints:

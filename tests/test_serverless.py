@@ -3,7 +3,6 @@ report that cannot be written never stops the notice."""
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit

@@ -51,16 +51,15 @@ class LogNotifier:
 
         text = PROCESS_SECRETS(command.text)
         if command.topic == "approval_needed":
-            text += f" {approve_hint(command.run_id)}"
+            text += f" {approve_hint()}"
         self.log.info(text, extra={"topic": command.topic, "severity": command.severity})
 
 
-def approve_hint(run_id: str) -> str:
-    """Where to approve, for texts that never carry a link (the log)."""
+def approve_hint() -> str:
+    """Where the approval links are, for a text that never carries one (the log)."""
     return (
-        "Approval links go to the Slack and Teams channels routed for approval_needed, never to the log; "
-        f"none routed: route one (docs/notifications.md), or approve with `patchpilot approve {run_id}` "
-        "where the run's state is"
+        "(approval links go only to the Slack and Teams channels the policy routes approval_needed to, "
+        "never to the log: route one there to approve from chat; docs/notifications.md)"
     )
 
 

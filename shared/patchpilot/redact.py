@@ -13,8 +13,10 @@ reports and notices.
   URL-encoded.
 
 A known secret shorter than 12 characters is matched whole. `Redactor` collects the secrets a
-process has read (the routed notifier adds each webhook URL it reads) and `RedactingFilter`
-applies it to the records of the `patchpilot` loggers.
+process has read (the routed notifier adds each webhook URL it reads, the approval links each token
+they sign) and `RedactingFilter` applies it to the records of the `patchpilot` loggers. Of a URL,
+the part after the host is the secret (a host alone is no secret, and other URLs share it); a URL
+whose path and query are shorter than 12 characters is matched whole only.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, urlsplit
 
 WEBHOOK = "<webhook URL>"
 SECRET = "<secret>"
@@ -49,8 +51,12 @@ SECRET_PARAMETER = re.compile(r"\b(token|code|sig)(\s*=\s*)[^\s&\"'<>]+", re.IGN
 _ENCODED = re.compile(r"%[0-9A-Fa-f]{2}")
 
 
-def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """`text` with webhook URLs, secret parameters and pieces of `secrets` replaced (see the module)."""
+def redact(text: str, secrets: Iterable[str] = (), whole: Iterable[str] = ()) -> str:
+    """`text` with webhook URLs, secret parameters and pieces of `secrets` (`whole`: only these
+    values whole) replaced (see the module)."""
+    exact = _variants(whole)
+    for value in exact:
+        text = text.replace(value, SECRET)
     known = _variants(secrets)
     plain = _redact_plain(text, known)
     decoded = text
@@ -110,17 +116,30 @@ class Redactor:
     by `repr`."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
-        self._secrets: set[str] = {s for s in secrets if s.strip()}
+        self._secrets: set[str] = set()
+        self._whole: set[str] = set()
+        for secret in secrets:
+            self.add(secret)
 
     def add(self, secret: str) -> None:
-        if secret.strip():
+        secret = secret.strip()
+        if not secret:
+            return
+        parts = urlsplit(secret) if "://" in secret else None
+        if parts is None or not parts.netloc:
             self._secrets.add(secret)
+            return
+        tail = secret.split(parts.netloc, 1)[1]
+        if len(tail) >= MIN_RUN:
+            self._secrets.add(tail)
+        else:
+            self._whole.add(secret)
 
     def __call__(self, text: str) -> str:
-        return redact(text, self._secrets)
+        return redact(text, self._secrets, self._whole)
 
     def __repr__(self) -> str:
-        return f"Redactor({len(self._secrets)} secrets)"
+        return f"Redactor({len(self._secrets) + len(self._whole)} secrets)"
 
 
 class RedactingFilter(logging.Filter):

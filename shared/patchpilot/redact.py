@@ -33,7 +33,9 @@ MIN_RUN = 12  # the shortest piece of a secret that is recognised as one
 _DOT = r"\s*\.\s*"
 _SLASH = r"\s*\\?/\s*"
 _SCHEME = r"(?:https?:\s*(?:\\?/){2}\s*)?"
-_LABELS = r"(?:[A-Za-z0-9-]+\s*\.\s*)*"  # the host's leading labels, any number (or cut off)
+# The host's leading labels, from the start of the name only (a scan from every label of a long
+# dotted text would be quadratic), without whitespace.
+_LABELS = r"(?:(?<![A-Za-z0-9.-])(?:[A-Za-z0-9-]+\.)+)?"
 # The rest of a URL: its characters; whitespace only around / ? & = (where a line is wrapped).
 _TAIL = r"(?:\s*(?:\\?/|[?&=])\s*|[A-Za-z0-9_\-.~%+:#;,@!$'()*])*"
 _SHAPES = [

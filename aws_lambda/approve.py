@@ -4,6 +4,9 @@ Slack's interactivity requests (button presses; the Slack app's Request URL is t
 GET only shows what the link approves, with a button that POSTs the token back: mail link
 scanners and chat previews open links by GET and must not approve anything. POST approves.
 A Slack request is recognised by its signature header and verified (`patchpilot.chat_approvals`).
+Each decision records who made it (`patchpilot.approvals.Approver`): the Slack user, or with IAM
+auth on the Function URL the caller's ARN (`requestContext.authorizer.iam.userArn`), else the
+channel the link was sent to; and the source address (`requestContext.http.sourceIp`).
 
 The runtime imports each of its parts where it builds it; the parts that every invocation uses
 are imported here (the F401 imports), so that Lambda's init phase builds their models rather
@@ -22,7 +25,7 @@ from aws_lambda import loaded
 from aws_lambda.observability import logger, tracer
 from patchpilot.adapters.aws import dynamodb_store, secrets, sqs_queue  # noqa: F401
 from patchpilot.adapters.aws.runtime import deps
-from patchpilot.approvals import ApprovalLinkError, approval_page, approval_token
+from patchpilot.approvals import ApprovalLinkError, Approver, approval_page, approval_token
 
 
 def _page(status: int, text: str, form_token: str | None = None, button: str = "Approve") -> dict[str, Any]:
@@ -33,9 +36,22 @@ def _page(status: int, text: str, form_token: str | None = None, button: str = "
     }
 
 
+def caller(event: LambdaFunctionUrlEvent) -> Approver:
+    """Who calls, as AWS says it: the IAM ARN when the Function URL's auth type is AWS_IAM (AWS
+    sets it; a client cannot), and the source address."""
+    context = event.request_context
+    try:
+        source = context.http.source_ip
+    except KeyError:
+        source = ""
+    authorizer = context.authorizer
+    arn = authorizer.iam.user_arn if authorizer is not None and authorizer.iam is not None else ""
+    return Approver("aws", arn, source=source) if arn else Approver(source=source)
+
+
 @tracer.capture_method
-def answer(method: str, token: str) -> dict[str, Any]:
-    reply = deps(logger).answer_approval(method, token)
+def answer(method: str, token: str, who: Approver | None = None) -> dict[str, Any]:
+    reply = deps(logger).answer_approval(method, token, who)
     if reply.run_id:
         logger.set_correlation_id(reply.run_id)
     if reply.status == 403:
@@ -46,19 +62,19 @@ def answer(method: str, token: str) -> dict[str, Any]:
 
 
 @tracer.capture_method
-def slack(headers: dict[str, str], body: bytes) -> dict[str, Any]:
+def slack(headers: dict[str, str], body: bytes, source: str = "") -> dict[str, Any]:
     """Slack needs a 200 within 3 s; the person who pressed the button is answered in Slack."""
     from patchpilot.chat_approvals import SlackRequestError, tell_slack  # slack_sdk: only for Slack
 
     try:
-        action, text = deps(logger).approve_from_slack(headers, body)
+        action, text = deps(logger).approve_from_slack(headers, body, source)
     except SlackRequestError as exc:  # not from Slack, too old, replayed: nothing decided
         logger.warning("Slack request refused", extra={"reason": str(exc)})
         return {"statusCode": 401, "body": str(exc)}
     except ApprovalLinkError as exc:  # Slack approvals are not configured
         logger.error("Slack approval refused", extra={"reason": str(exc)})
         return {"statusCode": 503, "body": str(exc)}
-    logger.info(text, extra={"by": action.user})
+    logger.info(text, extra={"by": str(action.approver)})
     tell_slack(action, text)
     return {"statusCode": 200, "body": ""}
 
@@ -68,13 +84,14 @@ def slack(headers: dict[str, str], body: bytes) -> dict[str, Any]:
 @event_source(data_class=LambdaFunctionUrlEvent)
 def handler(event: LambdaFunctionUrlEvent, context: LambdaContext) -> dict[str, Any]:
     method = event.request_context.http.method.upper()
+    who = caller(event)
     if "x-slack-signature" in {name.lower() for name in event.headers}:
-        return slack(dict(event.headers), (event.decoded_body or "").encode("utf-8"))
+        return slack(dict(event.headers), (event.decoded_body or "").encode("utf-8"), who.source)
     if method not in ("GET", "POST"):
         return _page(405, f"{method} is not allowed here: open the link, then press Approve.")
     body = (event.decoded_body or "").encode("utf-8")
     token = approval_token(event.query_string_parameters or {}, body, event.headers.get("content-type", ""))
-    return answer(method, token)
+    return answer(method, token, who)
 
 
 loaded()  # the module has loaded: garbage collection resumes (see aws_lambda/__init__.py)

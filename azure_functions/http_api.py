@@ -6,17 +6,24 @@
 - `GET /api/runs/{run_id}`: the run's status as JSON, as `patchpilot status --json` prints it.
 - `POST /api/slack/interactions?code=...`: the Slack app's interactivity Request URL: button
   presses, verified (signature, at most five minutes old, no replay) and decided like links.
+
+Each decision records who made it (`patchpilot.approvals.Approver`): the Slack user, or, when App
+Service authentication (Easy Auth) is on, the principal it signed in (`X-MS-CLIENT-PRINCIPAL-NAME`;
+trusted only then: App Service sets it and strips a client's), else the channel the link was sent
+to; and the source address (`X-Forwarded-For`'s first hop, port removed).
 """
 
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Mapping
 
 import azure.functions as func
 
 from azure_functions.observability import invocation, log, set_correlation_id
 from patchpilot.adapters.azure.runtime import deps
-from patchpilot.approvals import ApprovalLinkError, approval_page, approval_token
+from patchpilot.approvals import ApprovalLinkError, Approver, approval_page, approval_token
 from patchpilot.ports import SecretUnavailableError, UnknownRunError
 
 bp = func.Blueprint()  # type: ignore[no-untyped-call]  # its __init__ is not annotated
@@ -28,10 +35,32 @@ def _page(status: int, text: str, form_token: str | None = None, button: str = "
     )
 
 
-def approval(method: str, token: str, invocation_id: str = "") -> func.HttpResponse:
+def source_address(headers: Mapping[str, str]) -> str:
+    """The client's address: `X-Forwarded-For`'s first hop without its port ("203.0.113.9:50312",
+    "[2001:db8::1]:443"). For the record only: a client can put its own hops first."""
+    lowered = {name.lower(): value for name, value in headers.items()}
+    hop = lowered.get("x-forwarded-for", "").split(",")[0].strip()
+    if hop.startswith("["):
+        return hop[1:].split("]")[0]
+    return hop.rsplit(":", 1)[0] if hop.count(":") == 1 else hop
+
+
+def caller(headers: Mapping[str, str], environ: Mapping[str, str] | None = None) -> Approver:
+    """Who calls: the Easy Auth principal when App Service authentication is on
+    (`WEBSITE_AUTH_ENABLED`, set by the platform), and the source address."""
+    environ = os.environ if environ is None else environ
+    lowered = {name.lower(): value for name, value in headers.items()}
+    name = lowered.get("x-ms-client-principal-name", "").strip()
+    source = source_address(headers)
+    if name and environ.get("WEBSITE_AUTH_ENABLED", "").lower() == "true":
+        return Approver("azure", name, source=source)
+    return Approver(source=source)
+
+
+def approval(method: str, token: str, invocation_id: str = "", who: Approver | None = None) -> func.HttpResponse:
     with invocation("approve", invocation_id, method=method):
         try:
-            reply = deps(log).answer_approval(method, token)
+            reply = deps(log).answer_approval(method, token, who)
         except SecretUnavailableError as error:  # the vault, not the link: the operator fixes it
             log.error("approval links cannot be checked", extra={"reason": str(error)})
             return _page(503, "Approval links cannot be checked right now; try again later.")
@@ -62,14 +91,14 @@ def slack_interaction(headers: dict[str, str], body: bytes, invocation_id: str =
 
     with invocation("slack_interaction", invocation_id):
         try:
-            action, text = deps(log).approve_from_slack(headers, body)
+            action, text = deps(log).approve_from_slack(headers, body, source_address(headers))
         except SlackRequestError as error:  # not from Slack, too old, replayed: nothing decided
             log.warning("Slack request refused", extra={"reason": str(error)})
             return func.HttpResponse(str(error), status_code=401)
         except (ApprovalLinkError, SecretUnavailableError) as error:  # not configured, or the vault
             log.error("Slack approvals cannot be checked", extra={"reason": str(error)})
             return func.HttpResponse("Slack approvals are not available right now.", status_code=503)
-        log.info(text, extra={"by": action.user})
+        log.info(text, extra={"by": str(action.approver)})
         tell_slack(action, text)
         return func.HttpResponse(status_code=200)
 
@@ -81,6 +110,7 @@ def approve(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
         req.method,
         approval_token(dict(req.params), req.get_body(), req.headers.get("content-type", "")),
         context.invocation_id,
+        caller(dict(req.headers)),
     )
 
 

@@ -664,7 +664,7 @@ def test_a_slack_button_approves_the_ring_once(world: World) -> None:
     world.work()
     run = world.load(run_id)
     assert run.status == "succeeded", run.reason
-    assert any(entry.text == "Ring production approved by alice on Slack" for entry in run.log)
+    assert any(entry.text == "Ring production approved by Slack U0A1B2C3D (alice) from 54.1.2.3" for entry in run.log)
 
 
 def test_an_inspector_finding_on_eventbridge_starts_one_emergency_run_and_a_repeat_merges(world: World) -> None:

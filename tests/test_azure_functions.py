@@ -76,7 +76,7 @@ class StubRuntime:
 
     answer_approval = ServerlessRuntime.answer_approval  # the real flow, over the stubbed preview and approve
 
-    def preview_approval(self, token: str) -> tuple[ApprovalRequest, str | None]:
+    def preview_approval(self, token: str, caller: object = None) -> tuple[ApprovalRequest, str | None]:
         self.calls.append(("preview_approval", token))
         if token != "good-token":
             raise ApprovalLinkError("the approval link is not valid")
@@ -84,7 +84,7 @@ class StubRuntime:
         refusal = None if self.waiting else "run monthly-20261212-0200 is not waiting for approval (succeeded)"
         return request, refusal
 
-    def approve(self, token: str) -> str:
+    def approve(self, token: str, caller: object = None) -> str:
         self.calls.append(("approve", token))
         return "approved ring production of run monthly-20261212-0200"
 
@@ -371,7 +371,7 @@ def test_a_bad_link_is_refused_and_approves_nothing(runtime: StubRuntime, url: s
 def test_an_unreadable_signing_key_is_a_503_that_names_the_secret_in_the_log(
     runtime: StubRuntime, logged: Logged, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def vault_down(token: str) -> Any:
+    def vault_down(token: str, caller: object = None) -> Any:
         raise SecretUnavailableError(
             "secret 'patchpilot-approval-signing-key' in https://kv could not be read: Forbidden"
         )

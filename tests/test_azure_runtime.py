@@ -783,7 +783,7 @@ def test_a_slack_button_press_approves_once_and_a_replay_is_refused(
     host.drain()
     run = runtime_module.deps().store.load(RUN_ID)
     assert run.status == "succeeded"
-    assert any("approved by alice on Slack" in entry.text for entry in run.log)
+    assert any("approved by Slack U0A1B2C3D (alice)" in entry.text for entry in run.log)
 
 
 def openssl_advisory(event_id: str, at: datetime) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from urllib.parse import urlencode
 import pytest
 from slack_sdk.signature import SignatureVerifier
 
-from patchpilot.approvals import ApprovalRequest, sign_approval, verify_approval
+from patchpilot.approvals import ApprovalRequest, Approver, sign_approval, verify_approval
 from patchpilot.chat_approvals import SlackAction, SlackRequestError, verify_slack_request
 
 SIGNING_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
@@ -55,8 +55,9 @@ class Seen:
 
 def test_a_genuine_button_press_gives_the_token_and_who_pressed_it() -> None:
     body = press()
-    action = verify_slack_request(signed(body), body, SIGNING_SECRET, NOW + 3, Seen().claim)
-    assert action == SlackAction(TOKEN, "alice on Slack", "https://hooks.slack.com/actions/T0123/1234/abcd")
+    action = verify_slack_request(signed(body), body, SIGNING_SECRET, NOW + 3, Seen().claim, "203.0.113.9")
+    presser = Approver("slack", "U0A1B2C3D", "alice", "203.0.113.9")
+    assert action == SlackAction(TOKEN, "alice on Slack", "https://hooks.slack.com/actions/T0123/1234/abcd", presser)
     assert verify_approval(action.token, APPROVAL_KEY).ring == "production"
 
 

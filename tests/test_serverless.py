@@ -3,14 +3,13 @@ report that cannot be written never stops the notice."""
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from patchpilot.adapters.serverless import ApprovalLinksNotifier, ReportingNotifier
+from patchpilot.adapters.serverless import ApprovalLinks, ReportingNotifier
 from patchpilot.approvals import ApprovalRequest, sign_approval, verify_approval
 from patchpilot.engine.decide import start_run
 from patchpilot.engine.messages import Notify
@@ -94,10 +93,6 @@ def awaiting() -> Run:
     return RUNNING.model_copy(update={"state": "awaiting_approval", "cursor": ring_two})
 
 
-def links_of(text: str) -> dict[str, str]:
-    return {label: url for label, url in re.findall(r"(Approve|Reject): (\S+)", text)}
-
-
 @pytest.mark.parametrize(
     ("base", "joint"),
     [
@@ -106,39 +101,35 @@ def links_of(text: str) -> dict[str, str]:
     ],
 )
 def test_an_approval_notice_carries_signed_approve_and_reject_links(base: str, joint: str) -> None:
-    sent = Sent()
     notice = Notify(
         id="run-1:notify:approval_needed",
         run_id="run-1",
         topic="approval_needed",
         text="Ring production needs approval.",
     )
-    ApprovalLinksNotifier(sent, Store(awaiting()).load, lambda: KEY, base).notify(notice)
-    (delivered,) = sent.notices
-    assert delivered.text.startswith("Ring production needs approval. Approve: ")
-    links = links_of(delivered.text)
+    links = dict(ApprovalLinks(Store(awaiting()).load, lambda: KEY, base)(notice, "ops-slack"))
+    assert set(links) == {"Approve", "Reject"}
     for label, decision in (("Approve", "approve"), ("Reject", "reject")):
         assert links[label].startswith(base + joint + "token=")
         token = parse_qs(urlsplit(links[label]).query)["token"][0]
-        assert verify_approval(token, KEY) == ApprovalRequest("run-1", "production", decision)
+        assert verify_approval(token, KEY) == ApprovalRequest("run-1", "production", decision, to="ops-slack")
 
 
 def test_links_only_for_a_run_that_waits_and_a_key_that_can_be_read(caplog: pytest.LogCaptureFixture) -> None:
     base = "https://abc.lambda-url.us-east-1.on.aws/approve"
     notice = Notify(id="n", run_id="run-1", topic="approval_needed", text="Ring production needs approval.")
     cases = [
-        ApprovalLinksNotifier(Sent(), Store(FINISHED).load, lambda: KEY, base),  # no longer waiting
-        ApprovalLinksNotifier(Sent(), Store(awaiting()).load, lambda: None, base),  # no key configured
-        ApprovalLinksNotifier(Sent(), Store(awaiting()).load, lambda: KEY, None),  # no endpoint
+        ApprovalLinks(Store(FINISHED).load, lambda: KEY, base),  # no longer waiting
+        ApprovalLinks(Store(awaiting()).load, lambda: None, base),  # no key configured
+        ApprovalLinks(Store(awaiting()).load, lambda: KEY, None),  # no endpoint
     ]
 
     def unreadable() -> str:
         raise OSError("Secrets Manager is throttling")
 
-    cases.append(ApprovalLinksNotifier(Sent(), Store(awaiting()).load, unreadable, base))
-    for notifier in cases:
-        notifier.notify(notice)
-        assert notifier.inner.notices == [notice]  # type: ignore[attr-defined]
+    cases.append(ApprovalLinks(Store(awaiting()).load, unreadable, base))
+    for links in cases:
+        assert links(notice, "ops-slack") == ()
     assert "approval links for run run-1 were not made: Secrets Manager is throttling" in caplog.text
 
 

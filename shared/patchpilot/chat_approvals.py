@@ -4,7 +4,9 @@ Slack signs each request: `v0=` + HMAC-SHA256 of `v0:<timestamp>:<body>` with th
 secret (checked by slack_sdk's SignatureVerifier). A request older than five minutes is refused,
 and so is one seen before (`claim` records each signature once: a replayed request carries the
 same one). The button's value is a signed approval token (`patchpilot.approvals`), so what a
-button decides cannot be changed on the way; the person who pressed it is taken from Slack.
+button decides cannot be changed on the way; the person who pressed it is taken from Slack
+(`user.id`, `user.username`): the decision records them, and a ring's `approvers` are checked
+against the user id.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from urllib.parse import parse_qs
 
 from slack_sdk.signature import Clock, SignatureVerifier
 
-from patchpilot.approvals import ApprovalLinkError
+from patchpilot.approvals import ApprovalLinkError, Approver
 from patchpilot.ports import Claims
 
 log = logging.getLogger("patchpilot.approvals")
@@ -36,6 +38,7 @@ class SlackAction:
     token: str  # the signed approval token the button carries
     user: str  # who pressed it: "<name> on Slack"
     response_url: str | None  # where Slack accepts a replacement of the message
+    approver: Approver  # the Slack user (id, name) and the address the request came from
 
 
 class _At(Clock):
@@ -49,11 +52,17 @@ class _At(Clock):
 
 
 def verify_slack_request(
-    headers: Mapping[str, str], body: bytes, signing_secret: str, now: float, claim: Callable[[str], bool]
+    headers: Mapping[str, str],
+    body: bytes,
+    signing_secret: str,
+    now: float,
+    claim: Callable[[str], bool],
+    source: str = "",
 ) -> SlackAction:
     """The button press in a Slack interactivity request; SlackRequestError saying why when the
     request is unsigned, badly signed, older than five minutes, replayed or not a PatchPilot button.
-    `claim(key)` is True the first time it sees `key` (kept at least five minutes)."""
+    `claim(key)` is True the first time it sees `key` (kept at least five minutes); `source` is the
+    address the request came from."""
     lowered = {name.lower(): value for name, value in headers.items()}
     timestamp, signature = lowered.get("x-slack-request-timestamp"), lowered.get("x-slack-signature")
     if not timestamp or not signature:
@@ -69,10 +78,10 @@ def verify_slack_request(
         raise SlackRequestError("the Slack signature does not match")
     if not claim(f"slack:{signature}"):
         raise SlackRequestError("this Slack request was already received (a replay)")
-    return slack_action(body)
+    return slack_action(body, source)
 
 
-def slack_action(body: bytes) -> SlackAction:
+def slack_action(body: bytes, source: str = "") -> SlackAction:
     """The PatchPilot button of a `block_actions` payload (form field `payload`, JSON)."""
     try:
         payload = json.loads(parse_qs(body.decode("utf-8"))["payload"][0])
@@ -85,19 +94,26 @@ def slack_action(body: bytes) -> SlackAction:
     if not ours:
         raise SlackRequestError("not a PatchPilot button")
     user = payload.get("user") if isinstance(payload.get("user"), dict) else {}
-    name = str(user.get("username") or user.get("name") or user.get("id") or "someone")
+    user_id, name = str(user.get("id") or ""), str(user.get("username") or user.get("name") or "")
     response_url = payload.get("response_url")
     return SlackAction(
-        str(ours[0]["value"]), f"{name} on Slack", response_url if isinstance(response_url, str) else None
+        str(ours[0]["value"]),
+        f"{name or user_id or 'someone'} on Slack",
+        response_url if isinstance(response_url, str) else None,
+        Approver("slack", user_id, name, source),
     )
 
 
 def slack_decision(
-    headers: Mapping[str, str], body: bytes, signing_secret: str, now: datetime, claims: Claims
+    headers: Mapping[str, str], body: bytes, signing_secret: str, now: datetime, claims: Claims, source: str = ""
 ) -> SlackAction:
     """`verify_slack_request` with the runtime's clock and claims (each held twice the maximum age)."""
     until = now + timedelta(seconds=2 * MAX_AGE_SECONDS)
-    return verify_slack_request(headers, body, signing_secret, now.timestamp(), lambda key: claims.claim(key, until))
+
+    def claim(key: str) -> bool:
+        return claims.claim(key, until)
+
+    return verify_slack_request(headers, body, signing_secret, now.timestamp(), claim, source)
 
 
 def tell_slack(action: SlackAction, text: str) -> None:

@@ -86,6 +86,7 @@ def grant_approval(
     reject: bool = False,
     reason: str = "",
     now: datetime | None = None,
+    source: str = "",
 ) -> str:
     """Grant (or, with `reject`, refuse) the approval a run waits for, applied to the run here:
     an approval never travels the queue, so a message cannot open a gate. One decision per gate:
@@ -98,10 +99,10 @@ def grant_approval(
     gate = f"{run_id}:approve:{ring}"  # the same id either way: a gate is decided once
     event: Event
     if reject:
-        event = ApprovalRejected(id=gate, run_id=run_id, by=by, reason=reason)
+        event = ApprovalRejected(id=gate, run_id=run_id, by=by, reason=reason, source=source)
         answer = f"rejected ring {ring} of run {run_id}: the run ends"
     else:
-        event = ApprovalGranted(id=gate, run_id=run_id, by=by)
+        event = ApprovalGranted(id=gate, run_id=run_id, by=by, source=source)
         answer = f"approved ring {ring} of run {run_id}"
     apply_event(store, queue, event, lambda: now or datetime.now(UTC))
     return answer

@@ -13,18 +13,20 @@ from typing import TYPE_CHECKING, Any, Protocol
 from zoneinfo import ZoneInfo
 
 if TYPE_CHECKING:
-    from patchpilot.approvals import ApprovalRequest
+    from patchpilot.approvals import ApprovalRequest, Approver
     from patchpilot.chat_approvals import SlackAction
     from patchpilot.engine.messages import Notify
     from patchpilot.engine.run import Run
     from patchpilot.inventory import Instance
     from patchpilot.notify import RoutedNotifier
+    from patchpilot.notify.routing import Links
     from patchpilot.policy import Policy
     from patchpilot.ports import Claims, Clock, DiscoveryResult, Notifier, PatchAssessor, Queue, RunStore, Secrets
     from patchpilot.service import Service
     from patchpilot.triggers import TriggerDecision
 
 log = logging.getLogger("patchpilot.notify")
+approvals_log = logging.getLogger("patchpilot.approvals")
 watch_log = logging.getLogger("patchpilot.maintenance")
 RUN_END_TOPICS = frozenset({"run_finished", "run_halted"})
 WATCH_READS = "cron(0 * * * ? *)"  # the maintenance watch reads the clouds hourly (UTC), not every tick
@@ -39,13 +41,27 @@ class WallClock:
 
 class LogNotifier:
     """The structured log: where notices go when the run's policy routes none to Slack or Teams
-    (`patchpilot.notify.RoutedNotifier` falls back to it)."""
+    (`patchpilot.notify.RoutedNotifier` falls back to it). It never prints an approval link or a
+    function key (`patchpilot.redact`): an approval notice says where to approve instead."""
 
     def __init__(self, log: Any) -> None:
         self.log = log
 
     def notify(self, command: Notify) -> None:
-        self.log.info(command.text, extra={"topic": command.topic, "severity": command.severity})
+        from patchpilot.redact import PROCESS_SECRETS
+
+        text = PROCESS_SECRETS(command.text)
+        if command.topic == "approval_needed":
+            text += f" {approve_hint()}"
+        self.log.info(text, extra={"topic": command.topic, "severity": command.severity})
+
+
+def approve_hint() -> str:
+    """Where the approval links are, for a text that never carries one (the log)."""
+    return (
+        "(approval links go only to the Slack and Teams channels the policy routes approval_needed to, "
+        "never to the log: route one there to approve from chat; docs/notifications.md)"
+    )
 
 
 class ReportingNotifier:
@@ -70,48 +86,48 @@ class ReportingNotifier:
         self.inner.notify(command)
 
 
-class ApprovalLinksNotifier:
-    """An "approval needed" notice gets signed, expiring Approve and Reject links (`base_url`
-    plus `?token=`): Teams and e-mail show them as buttons that open the confirmation page; Slack
-    turns them into interactive buttons carrying the token. Without a signing key or an endpoint
-    the notice goes out as it is (the CLI approves); a key that cannot be read is logged."""
+class ApprovalLinks:
+    """The signed, expiring Approve and Reject links (`base_url` plus `?token=`) of an "approval
+    needed" notice, made for one channel (the token names it: the link's recipient): the routed
+    notifier gives them to that channel's card only, never to a notice's text, so they reach no
+    log, run record or report. Teams shows them as buttons that open the confirmation page; Slack
+    turns them into interactive buttons carrying the token. Without a signing key or an endpoint,
+    none (the CLI approves); a key that cannot be read is logged."""
 
     def __init__(
-        self,
-        inner: Notifier,
-        load_run: Callable[[str], Run],
-        signing_key: Callable[[], str | None],
-        base_url: str | None,
+        self, load_run: Callable[[str], Run], signing_key: Callable[[], str | None], base_url: str | None
     ) -> None:
-        self.inner = inner
         self.load_run = load_run
         self.signing_key = signing_key
         self.base_url = base_url
 
-    def notify(self, command: Notify) -> None:
-        if command.topic == "approval_needed" and self.base_url:
-            try:
-                command = self._with_links(command)
-            except Exception as error:  # the key or the run unreadable: the notice still goes
-                log.warning("approval links for run %s were not made: %s", command.run_id, error)
-        self.inner.notify(command)
+    def __call__(self, command: Notify, channel: str) -> Links:
+        if command.topic != "approval_needed" or not self.base_url:
+            return ()
+        try:
+            return self._links(command, channel)
+        except Exception as error:  # the key or the run unreadable: the notice still goes
+            log.warning("approval links for run %s were not made: %s", command.run_id, error)
+            return ()
 
-    def _with_links(self, command: Notify) -> Notify:
+    def _links(self, command: Notify, channel: str) -> Links:
         from urllib.parse import urlencode
 
         from patchpilot.approvals import ApprovalRequest, sign_approval
+        from patchpilot.redact import PROCESS_SECRETS
 
         key = self.signing_key()
         run = self.load_run(command.run_id)
         assert self.base_url is not None
         if not key or run.state != "awaiting_approval":
-            return command
+            return ()
+        joint = "&" if "?" in self.base_url else "?"  # an Azure function key may be in the URL already
         links = []
         for label, decision in (("Approve", "approve"), ("Reject", "reject")):
-            token = sign_approval(ApprovalRequest(run.run_id, run.current.ring, decision), key)
-            joint = "&" if "?" in self.base_url else "?"  # an Azure function key may be in the URL already
-            links.append(f"{label}: {self.base_url}{joint}{urlencode({'token': token})}")
-        return command.model_copy(update={"text": " ".join([command.text, *links])})
+            token = sign_approval(ApprovalRequest(run.run_id, run.current.ring, decision, channel), key)
+            PROCESS_SECRETS.add(token)  # a chat platform's error that echoes it is scrubbed
+            links.append((label, f"{self.base_url}{joint}{urlencode({'token': token})}"))
+        return tuple(links)
 
 
 class ApprovalEndpoints:
@@ -128,11 +144,13 @@ class ApprovalEndpoints:
         clock: Clock,
         approval_secret: str | None,
         slack_signing_secret: str | None,
+        approval_previous_secret: str | None = None,
     ) -> None:
         self.store, self.queue, self.secrets, self.claims = store, queue, secrets, claims
         self.clock = clock
         self.approval_secret = approval_secret
         self.slack_signing_secret = slack_signing_secret
+        self.approval_previous_secret = approval_previous_secret
 
     def _secret(self, name: str | None, what: str, setting: str) -> str:
         from patchpilot.approvals import ApprovalLinkError
@@ -142,35 +160,75 @@ class ApprovalEndpoints:
             raise ApprovalLinkError(f"{what} are not configured ({setting})")
         return store.get(name)
 
-    def preview(self, token: str) -> tuple[ApprovalRequest, str | None]:
+    def _keys(self) -> list[str]:
+        """The approval keys that verify a link: the current one, and the previous one during a
+        rotation (PATCHPILOT_APPROVAL_PREVIOUS_SECRET; unreadable: logged, the current one alone)."""
+        from patchpilot.approvals import signing_keys
+
+        current = self._secret(self.approval_secret, "approval links", "PATCHPILOT_APPROVAL_SECRET")
+        previous = None
+        if self.approval_previous_secret:
+            try:
+                previous = self._secret(self.approval_previous_secret, "", "")
+            except Exception as error:  # removed after the rotation, the vault throttling
+                approvals_log.warning("the previous approval key is not read: %s", type(error).__name__)
+        return signing_keys(current, previous)
+
+    def preview(self, token: str, caller: Approver | None = None) -> tuple[ApprovalRequest, str | None]:
         """What a signed token asks for, and why it cannot be decided now (None when it can);
-        ApprovalLinkError when the token is invalid or expired, or links are not configured."""
-        from patchpilot.approvals import approval_refusal, verify_approval
+        ApprovalLinkError when the token is invalid or expired, or links are not configured;
+        NotAnApproverError (logged) when the ring names its approvers and `caller` (a bare link
+        by default) is not one of them."""
+        from patchpilot.approvals import NotAnApproverError, approval_refusal, check_approver, verify_approval
 
-        key = self._secret(self.approval_secret, "approval links", "PATCHPILOT_APPROVAL_SECRET")
-        request = verify_approval(token, key)
-        return request, approval_refusal(self.store().load(request.run_id), request)
+        request = verify_approval(token, self._keys())
+        run = self.store().load(request.run_id)
+        refusal = approval_refusal(run, request)
+        if refusal is None:
+            approver = self.approver(request, caller)
+            try:
+                check_approver(run, request.ring, approver)
+            except NotAnApproverError as error:
+                approvals_log.warning("approval of ring %s of run %s refused: %s", request.ring, run.run_id, error)
+                raise
+        return request, refusal
 
-    def decide(self, token: str, by: str = "approval link") -> str:
-        """Grant or reject the ring a signed token names, if the run waits for exactly that."""
+    @staticmethod
+    def approver(request: ApprovalRequest, caller: Approver | None) -> Approver:
+        """Who decides: the authenticated caller, else the link's recipient (the token's channel)."""
+        from dataclasses import replace
+
+        from patchpilot.approvals import Approver
+
+        caller = caller or Approver()
+        return caller if caller.authenticated else replace(caller, kind="link", id=request.to)
+
+    def decide(self, token: str, caller: Approver | None = None) -> str:
+        """Grant or reject the ring a signed token names, if the run waits for exactly that and
+        `caller` may decide it; the decision records who (`Approver`) and from where."""
         from patchpilot.service import grant_approval
 
-        request, refusal = self.preview(token)
+        request, refusal = self.preview(token, caller)
+        if refusal:
+            return refusal
+        approver = self.approver(request, caller)
         reject = request.decision == "reject"
-        return refusal or grant_approval(self.store(), self.queue(), request.run_id, by=by, reject=reject)
+        store, queue, run_id = self.store(), self.queue(), request.run_id
+        by, source, now = str(approver), approver.source, self.clock.now()
+        return grant_approval(store, queue, run_id, by=by, reject=reject, source=source, now=now)
 
-    def decide_from_slack(self, headers: Mapping[str, str], body: bytes) -> tuple[SlackAction, str]:
-        """A Slack button press: verified (signature, age, replay), then decided like its token;
-        the answer for the presser. SlackRequestError when the request is refused,
-        ApprovalLinkError when Slack approvals are not configured."""
+    def decide_from_slack(self, headers: Mapping[str, str], body: bytes, source: str = "") -> tuple[SlackAction, str]:
+        """A Slack button press: verified (signature, age, replay), then decided like its token
+        by the Slack user who pressed it; the answer for the presser. SlackRequestError when the
+        request is refused, ApprovalLinkError when Slack approvals are not configured."""
         from patchpilot.approvals import ApprovalLinkError
         from patchpilot.chat_approvals import slack_decision
         from patchpilot.ports import UnknownRunError
 
         secret = self._secret(self.slack_signing_secret, "Slack approvals", "PATCHPILOT_SLACK_SIGNING_SECRET")
-        action = slack_decision(headers, body, secret, self.clock.now(), self.claims())
+        action = slack_decision(headers, body, secret, self.clock.now(), self.claims(), source)
         try:
-            return action, self.decide(action.token, by=action.user)
+            return action, self.decide(action.token, action.approver)
         except ApprovalLinkError as error:  # the button's token expired: the presser is told
             return action, str(error)
         except UnknownRunError:
@@ -194,6 +252,7 @@ class ServerlessSettings(Protocol):
     """The settings both runtimes read here (AwsEnvironment, AzureEnvironment)."""
 
     approval_secret: str | None
+    approval_previous_secret: str | None
     slack_signing_secret: str | None
     approval_url: str | None
 
@@ -248,15 +307,17 @@ class ServerlessRuntime:
         def policy(self) -> Policy: ...
 
     @functools.cached_property
-    def notifier(self) -> ApprovalLinksNotifier:
+    def notifier(self) -> RoutedNotifier:
         """Slack and Teams as the run's policy routes them (the log when it has no notifications);
-        approval notices carry signed Approve and Reject links."""
-        return ApprovalLinksNotifier(self.routed, self._load_run, self._approval_key, self.env.approval_url)
+        approval notices carry signed Approve and Reject links to each channel (`ApprovalLinks`)."""
+        return self.routed
 
     @functools.cached_property
     def routed(self) -> RoutedNotifier:
         from patchpilot.notify import LazySecrets, RoutedNotifier
         from patchpilot.service import apply_event
+
+        links = ApprovalLinks(self._load_run, self._approval_key, self.env.approval_url)
 
         return RoutedNotifier(
             LazySecrets(lambda: self.secrets),
@@ -265,11 +326,17 @@ class ServerlessRuntime:
             claims=lambda: self.claims,  # each notice sent once per channel, across containers
             clock=self.clock,
             record=lambda event: apply_event(self.store, self.queue, event, self.clock.now),  # recorded in the run
+            links=links,  # to the chat cards only
         )
 
     def _approval_key(self) -> str | None:
+        from patchpilot.redact import PROCESS_SECRETS
+
         name, secrets = self.env.approval_secret, self.secrets
-        return secrets.get(name) if name and secrets is not None else None
+        key = secrets.get(name) if name and secrets is not None else None
+        if key:
+            PROCESS_SECRETS.add(key)  # never in a log line
+        return key
 
     def _load_run(self, run_id: str) -> Run:
         return self.store.load(run_id)  # the store is built when a notice is routed, not before
@@ -344,37 +411,41 @@ class ServerlessRuntime:
             self.clock,
             self.env.approval_secret,
             self.env.slack_signing_secret,
+            self.env.approval_previous_secret,
         )
 
-    def preview_approval(self, token: str) -> tuple[ApprovalRequest, str | None]:
+    def preview_approval(self, token: str, caller: Approver | None = None) -> tuple[ApprovalRequest, str | None]:
         """What a signed approval link asks for, and why it cannot be decided now (None when it can)."""
-        return self.approvals.preview(token)
+        return self.approvals.preview(token, caller)
 
-    def approve(self, token: str, by: str = "approval link") -> str:
-        """A signed approval token: grant (or reject) the ring it names, if the run waits for exactly that."""
-        return self.approvals.decide(token, by)
+    def approve(self, token: str, caller: Approver | None = None) -> str:
+        """A signed approval token: grant (or reject) the ring it names, if the run waits for
+        exactly that and `caller` (a bare link by default) may decide it."""
+        return self.approvals.decide(token, caller)
 
-    def approve_from_slack(self, headers: Mapping[str, str], body: bytes) -> tuple[SlackAction, str]:
+    def approve_from_slack(self, headers: Mapping[str, str], body: bytes, source: str = "") -> tuple[SlackAction, str]:
         """A Slack button press, verified and decided (`ApprovalEndpoints.decide_from_slack`)."""
-        return self.approvals.decide_from_slack(headers, body)
+        return self.approvals.decide_from_slack(headers, body, source)
 
-    def answer_approval(self, method: str, token: str) -> ApprovalAnswer:
+    def answer_approval(self, method: str, token: str, caller: Approver | None = None) -> ApprovalAnswer:
         """An approval link opened (GET: only asks, link scanners open links) or confirmed (POST:
-        decides). Refusals are answers (403 for a bad link); other errors are raised."""
+        decides) by `caller` (who the endpoint says it is: an authenticated identity and the
+        source address). Refusals are answers (403 for a bad link or someone who may not
+        approve); other errors are raised."""
         from patchpilot.approvals import ApprovalLinkError, approval_question
         from patchpilot.ports import UnknownRunError
 
         if not token:
             return ApprovalAnswer(400, "This approval link has no token.")
         try:
-            request, refusal = self.preview_approval(token)
+            request, refusal = self.preview_approval(token, caller)
             if refusal is not None:
                 return ApprovalAnswer(200, refusal, run_id=request.run_id)
             if method != "POST":
                 button = request.decision.capitalize()
                 question = approval_question(request)
                 return ApprovalAnswer(200, question, form_token=token, button=button, run_id=request.run_id)
-            text = self.approve(token)
+            text = self.approve(token, caller)
         except ApprovalLinkError as error:
             return ApprovalAnswer(403, str(error))
         except UnknownRunError:

@@ -229,7 +229,8 @@ class TimerFired(_Message):
 
 class ApprovalGranted(_Message):
     type: Literal["ApprovalGranted"] = "ApprovalGranted"
-    by: str = "cli"
+    by: str = "cli"  # who, as the run's log says it: "Slack U123 (alice) from 203.0.113.9"
+    source: str = ""  # the address the approval came from (approval endpoints)
 
 
 class ApprovalRejected(_Message):
@@ -238,6 +239,7 @@ class ApprovalRejected(_Message):
     type: Literal["ApprovalRejected"] = "ApprovalRejected"
     by: str = "cli"
     reason: str = ""
+    source: str = ""  # the address the rejection came from (approval endpoints)
 
 
 class NoticeUndelivered(_Message):

@@ -24,7 +24,8 @@ duplicate rather than a loss). Without a `Claims` store duplicates are skipped w
 process only.
 
 **Undelivered notices are recorded.** A notice that still fails after the retries is logged with
-the channel's name (never its URL), kept in `undelivered`, and, for a notice of a stored run,
+the channel's name (never its URL: every reason goes through `patchpilot.redact` with the webhook
+URLs the notifier has read), kept in `undelivered`, and, for a notice of a stored run,
 given to `record` as a `NoticeUndelivered` event: the runtimes publish it, the engine adds it to
 the run (`Run.undelivered`), and `patchpilot status`, the status endpoints and the run report
 show it with the channel and the reason. The heads-up of a run not started yet and the answers
@@ -35,7 +36,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from patchpilot.engine.messages import NoticeUndelivered, Notify
@@ -46,12 +47,17 @@ from patchpilot.notify.webhook import Pacer, Poster, post_json
 from patchpilot.policy import Policy
 from patchpilot.policy.model import NotificationChannel, Notifications, TeamsMention
 from patchpilot.ports import Claims, Clock, Notifier, Secrets
+from patchpilot.redact import PROCESS_SECRETS, Redactor, install_filter
 from patchpilot.triggers import heads_up
 
 log = logging.getLogger("patchpilot.notify")
 INTERVALS = {"slack": 1.0, "teams": 0.25}  # seconds between two posts to one webhook
 LEASE = timedelta(minutes=5)  # one post with its retries; shorter than every queue's visibility timeout
 KEEP = timedelta(days=14)  # how long a delivered notice is remembered
+Links = tuple[tuple[str, str], ...]  # (label, https URL)
+# The links a notice carries to one channel (signed approval links, made per channel): only the
+# chat renderers see them, never a notice's text, the log, the run or a report.
+LinkMaker = Callable[[Notify, str], Links]
 
 
 @dataclass(frozen=True)
@@ -83,7 +89,9 @@ class RoutedNotifier:
     """Routes by the run's policy (`load_run`); with no `notifications` section, or no run,
     the notice goes to `fallback` (the log on the clouds), if any. `claims` (built on first use)
     and `clock` make "sent once" hold across processes; `record` receives the undelivered
-    notices of stored runs (see the module docstring)."""
+    notices of stored runs (see the module docstring). `links(notice, channel name)` adds the
+    links a channel's card carries (approval links); `redactor` learns each webhook URL read and
+    cleans every reason (the process's, by default: it also filters the `patchpilot` loggers)."""
 
     def __init__(
         self,
@@ -98,6 +106,8 @@ class RoutedNotifier:
         record: Callable[[NoticeUndelivered], None] | None = None,
         lease: timedelta = LEASE,
         keep: timedelta = KEEP,
+        links: LinkMaker | None = None,
+        redactor: Redactor = PROCESS_SECRETS,
     ) -> None:
         if claims is not None and clock is None:
             raise ValueError("claims need a clock: the lease and the record lapse by it")
@@ -111,6 +121,9 @@ class RoutedNotifier:
         self.record = record
         self.lease = lease
         self.keep = keep
+        self.links = links
+        self.redactor = redactor
+        install_filter(redactor)
         self.undelivered: list[Undelivered] = []
         self._sent: set[tuple[str, str]] = set()
         self._routing: dict[str, Notifications | None] = {}
@@ -167,7 +180,7 @@ class RoutedNotifier:
             if not self._lease(key):
                 log.info("notice %s to %s: sent already, or being sent by another worker", command.id, channel.name)
                 continue
-            reason = self._deliver(channel, card)
+            reason = self._deliver(channel, self._with_links(card, command, channel.name))
             if reason is None:
                 self._sent.add((command.id, channel.name))
                 hold = self.keep if keep_until is None or self.clock is None else keep_until - self.clock.now()
@@ -179,6 +192,16 @@ class RoutedNotifier:
             if recorded and self.record is not None:
                 self.record(self._failure(command, channel.name, reason))
             self._settle(key, -timedelta(seconds=1))  # given up: a redelivery may try again
+
+    def _with_links(self, card: Card, command: Notify, channel: str) -> Card:
+        if self.links is None:
+            return card
+        try:
+            extra = self.links(command, channel)
+        except Exception as error:  # a key or the run unreadable: the notice goes without them
+            log.warning("notice %s: links for %s not made: %s", command.id, channel, self.redactor(str(error)))
+            return card
+        return replace(card, links=card.links + extra)
 
     def _lease(self, key: str) -> bool:
         """False when another worker has sent, or is sending, this notice to this channel. An
@@ -220,19 +243,17 @@ class RoutedNotifier:
         url = ""
         try:
             url = self.secrets.get(channel.webhook)
+            self.redactor.add(url)
             payload = render(channel, card)
             self.pacer.wait(url, INTERVALS[channel.kind])
             answer = self.post(url, payload)
         except Exception as error:  # a missing secret, a refused connection: recorded, never raised
-            return _scrubbed(f"{type(error).__name__}: {error}", url)
+            return self.redactor(f"{type(error).__name__}: {error}")
         ok = slack.delivered if channel.kind == "slack" else teams.delivered
         if ok(answer.status, answer.body):
             return None
-        return _scrubbed(f"HTTP {answer.status}: {answer.body[:200]}", url)
-
-
-def _scrubbed(text: str, url: str) -> str:
-    return text.replace(url, "<webhook URL>") if url else text
+        # redacted whole, then cut: a cut first could leave a piece too short to recognise
+        return f"HTTP {answer.status}: {self.redactor(answer.body)[:200]}"
 
 
 class EveryNotifier:

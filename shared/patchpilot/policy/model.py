@@ -6,10 +6,10 @@ import re
 from collections.abc import Iterable
 from datetime import UTC, datetime, time, timedelta
 from itertools import islice
-from typing import Literal
+from typing import Annotated, Literal
 from zoneinfo import ZoneInfo
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from patchpilot.engine.topics import Topic
 from patchpilot.errors import Problem
@@ -23,6 +23,7 @@ from patchpilot.policy.fields import (
     TagValues,
     TimeOfDay,
     TimeZoneName,
+    fail,
     new_list,
     resolve_timezone,
 )
@@ -84,11 +85,29 @@ class Selector(_Section):
         )
 
 
+def _approver(value: str) -> str:
+    if re.fullmatch(r"S[A-Z0-9]{2,}", value):
+        raise fail("approver", "Slack user groups (S…) are not supported: list user ids (U…, W…)", value)
+    if not (
+        re.fullmatch(r"[UW][A-Z0-9]{2,}", value)
+        or re.fullmatch(r"arn:aws[a-z-]*:(iam|sts)::\d{12}:\S+", value)
+        or re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", value)
+    ):
+        raise fail("approver", "expected a Slack user id (U…, W…), an IAM ARN or an Entra principal name", value)
+    return value
+
+
+ApproverId = Annotated[str, AfterValidator(_approver)]
+
+
 class Ring(_Section):
     name: str = Field(min_length=1, max_length=64)
     select: Selector
     soak: Duration = timedelta(0)
     approval: Literal["auto", "required"] = "auto"
+    # Who may approve (patchpilot.approvals): Slack user ids (U…, W…); for approval endpoints that
+    # sign people in, IAM ARNs (AWS) or Entra principal names (Azure). Empty: anyone with the link.
+    approvers: list[ApproverId] = Field(default_factory=new_list)
 
 
 class Schedule(_Section):

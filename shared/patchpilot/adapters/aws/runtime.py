@@ -48,6 +48,8 @@ class AwsEnvironment(BaseModel):
     policy: str = Field(alias="PATCHPILOT_POLICY", min_length=1)  # s3://bucket/key or ssm:/name
     override_bucket: str | None = Field(default=None, alias="PATCHPILOT_OVERRIDE_BUCKET")
     approval_secret: str | None = Field(default=None, alias="PATCHPILOT_APPROVAL_SECRET")  # secret name
+    # the previous approval key (a secret name) during a rotation: its links still verify
+    approval_previous_secret: str | None = Field(default=None, alias="PATCHPILOT_APPROVAL_PREVIOUS_SECRET")
     approval_url: str | None = Field(default=None, alias="PATCHPILOT_APPROVAL_URL")  # links in approval notices
     # the Slack app's signing secret (a secret's name): approvals from Slack buttons
     slack_signing_secret: str | None = Field(default=None, alias="PATCHPILOT_SLACK_SIGNING_SECRET")

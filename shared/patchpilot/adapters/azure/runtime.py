@@ -79,6 +79,8 @@ class AzureEnvironment(BaseModel):
     policy: str = Field(alias="PATCHPILOT_POLICY")  # blob://container/name in the same storage account
     key_vault_url: str | None = Field(default=None, alias="PATCHPILOT_KEY_VAULT_URL")
     approval_secret: str | None = Field(default=None, alias="PATCHPILOT_APPROVAL_SECRET")  # secret name
+    # the previous approval key (a secret name) during a rotation: its links still verify
+    approval_previous_secret: str | None = Field(default=None, alias="PATCHPILOT_APPROVAL_PREVIOUS_SECRET")
     # the approve function's URL (https://<app>/api/approve): signed links in approval notices
     approval_url: str | None = Field(default=None, alias="PATCHPILOT_APPROVAL_URL")
     # the Slack app's signing secret (a secret's name): approvals from Slack buttons

@@ -1,5 +1,6 @@
 """Notifications of the local runtime: a JSON-lines file in the state directory, plus a hook
-for the live console."""
+for the live console. Neither ever shows a link's token, a function key or a webhook URL
+(`patchpilot.redact`): approval links go to Slack and Teams only."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from patchpilot.engine.messages import Notify
+from patchpilot.redact import PROCESS_SECRETS
 
 
 class FileNotifier:
@@ -27,6 +29,7 @@ class FileNotifier:
     def notify(self, command: Notify) -> None:
         if command.id in self._seen:
             return
+        command = command.model_copy(update={"text": PROCESS_SECRETS(command.text)})
         with self.path.open("a", encoding="utf-8") as out:
             out.write(command.model_dump_json() + "\n")
         self._seen.add(command.id)

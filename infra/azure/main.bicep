@@ -976,7 +976,7 @@ resource httpApp 'Microsoft.Web/sites@2024-04-01' = {
           value: 'ClientId=${httpIdentity.properties.clientId};Authorization=AAD'
         }
         {
-          name: 'PATCHPILOT_APPROVAL_KEY_PREVIOUS_SECRET'
+          name: 'PATCHPILOT_APPROVAL_PREVIOUS_SECRET'
           value: previousApprovalSecretName
         }
         {

@@ -168,7 +168,7 @@ def test_previous_approval_key_is_optional_and_read_by_the_approve_function_only
     parameter = TEMPLATE["Parameters"]["ApprovalKeyPreviousSecretName"]
     assert parameter["Default"] == ""
     variables = RESOURCES["ApproveFunction"]["Properties"]["Environment"]["Variables"]
-    assert variables["PATCHPILOT_APPROVAL_KEY_PREVIOUS_SECRET"] == {
+    assert variables["PATCHPILOT_APPROVAL_PREVIOUS_SECRET"] == {
         "Fn::If": ["HasPreviousApprovalKey", {"Ref": "ApprovalKeyPreviousSecretName"}, {"Ref": "AWS::NoValue"}]
     }
     for function in FUNCTIONS:

@@ -33,7 +33,8 @@ def on_timer(past_due: bool, invocation_id: str = "") -> TriggerDecision:
         except Exception as error:  # housekeeping: the next tick tries again
             log.warning("lapsed claims and leases were not purged: %s", error)
         else:
-            log.info("purged %d lapsed claims and leases", purged)
+            if purged:
+                log.info("purged %d lapsed claims and leases", purged)
         return decision
 
 

@@ -67,6 +67,10 @@ class StubRuntime:
             raise self.failure
         return self.decision
 
+    def purge_lapsed(self) -> int:
+        self.calls.append(("purge_lapsed",))
+        return 0
+
     def handle_message(self, message_id: str, body: str, dequeue_count: int, on_run: Any) -> None:
         self.calls.append(("handle_message", message_id, body, dequeue_count))
         on_run(self.run_of_message)
@@ -235,7 +239,7 @@ def test_the_timer_asks_the_runtime_and_logs_the_decision_with_the_invocation(
     runtime: StubRuntime, logged: Logged
 ) -> None:
     timer.timer(timer_request(past_due=False), Context())
-    assert runtime.calls == [("trigger",)]
+    assert runtime.calls == [("trigger",), ("purge_lapsed",)]  # Table Storage has no TTL: each tick cleans up
     (entry,) = logged.entries()
     assert entry["message"] == runtime.decision.reason
     assert entry["function"] == "timer" and entry["invocation_id"] == Context.invocation_id

@@ -33,6 +33,8 @@ from patchpilot.engine.messages import (
     Event,
     HealthChecked,
     InstallPatches,
+    InstancesLeased,
+    LeaseInstances,
     Outcome,
     PatchesInstalled,
     ProbeAgents,
@@ -71,6 +73,9 @@ def result_of(command: Command, ok: bool = True) -> Event | None:
     """The event a healthy fleet would answer `command` with (None for a notification)."""
     if isinstance(command, Wait):
         return TimerFired(id=command.result_id, run_id=command.run_id, command_id=command.id)
+    if isinstance(command, LeaseInstances):
+        leased = [Outcome(id=i, ok=ok) for i in command.targets]
+        return InstancesLeased(id=command.result_id, run_id=command.run_id, command_id=command.id, results=leased)
     if isinstance(command, ProbeAgents | CheckHealth):
         ids = [t.id for t in command.targets]
         kind: type[AgentsProbed] | type[HealthChecked]
@@ -459,8 +464,8 @@ def test_the_outbox_keeps_publish_order_until_marked_sent(store: RunStore, other
     store.create(v1, commands)
     v2, v2_commands = step(v1, commands, START)
     store.save(v2, v2_commands, previous=v1)
-    assert [c.type for c in commands] == ["Notify", "ProbeAgents"]
-    assert [c.type for c in v2_commands] == ["TakeSnapshots"]
+    assert [c.type for c in commands] == ["Notify", "LeaseInstances"]
+    assert [c.type for c in v2_commands] == ["ProbeAgents"]
 
     assert store.outbox("run-1") == [*commands, *v2_commands]
 

@@ -98,6 +98,7 @@ def test_findings_about_one_cve_in_one_window_map_to_one_run(policy: Policy, fle
     )
     started = decide_advisory(policy, first, fleet, NOW)
     assert started.action == "start" and started.run_id == FIRST_RUN
+    assert "waited for within the window" in started.text  # an emergency run waits for leased machines too
     open_run = OpenRun(started.run_id, CVE, "running", frozenset(started.instances))
     merged = decide_advisory(policy, second, fleet, NOW, [open_run])
     assert (merged.action, merged.run_id, merged.not_covered) == ("merge", FIRST_RUN, ())

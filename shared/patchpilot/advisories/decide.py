@@ -37,6 +37,10 @@ MAX_NAMED = 10
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
+# An emergency run takes each machine's lease like any run (one machine, one run at a time).
+WAITS_FOR_LEASES = "machines another run is patching are waited for within the window, then skipped as held by it"
+
+
 def emergency_run_id(policy: Policy, cve: str, at: datetime) -> str:
     """`<policy>-emergency-<CVE>-<start of the merge window, UTC>`."""
     window = (policy.emergency or Emergency()).merge_window
@@ -168,7 +172,7 @@ def _advisory_answer(
         (r for r in same_cve if not r.finished), None
     )
     if current is None:
-        text = f"Emergency run {run_id} started for {head}: {_count(targets)}{tail}"
+        text = f"Emergency run {run_id} started for {head}: {_count(targets)}; {WAITS_FOR_LEASES}{tail}"
         return answer("start", text, run_id=run_id, instances=targets, exposed=exposed, unknown=unknown)
     covered = tuple(i for i in targets if i in current.instances)
     followed = tuple(i for i in targets if i not in current.instances and i in current.followed_up)

@@ -1,12 +1,24 @@
+import os as _os
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import settings as _hypothesis_settings
+
 # --- Hypothesis profiles (planner property tests) -------------------------------------------
 # "ci" is loaded when the CI environment variable is set: reproducible (derandomized) and
 # printing a blob to replay any failure; "dev" is the default elsewhere. HYPOTHESIS_PROFILE
 # picks one explicitly.
-import os as _os
-
-from hypothesis import settings as _hypothesis_settings
-
 _hypothesis_settings.register_profile("ci", deadline=None, max_examples=150, derandomize=True, print_blob=True)
 _hypothesis_settings.register_profile("dev", deadline=None, max_examples=100)
 _hypothesis_settings.load_profile(_os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if _os.environ.get("CI") else "dev"))
 # --- end of Hypothesis profiles ---------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _fresh_process_secrets() -> Iterator[None]:
+    """The secrets a test's notifier read are redacted from later logs of the same process
+    (`patchpilot.redact.PROCESS_SECRETS`): each test starts as a fresh process would."""
+    from patchpilot.redact import PROCESS_SECRETS
+
+    yield
+    PROCESS_SECRETS.clear()

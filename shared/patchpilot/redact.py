@@ -140,6 +140,11 @@ class Redactor:
     def __call__(self, text: str) -> str:
         return redact(text, self._secrets, self._whole)
 
+    def clear(self) -> None:
+        """Forget every secret (tests: each starts as a fresh process would)."""
+        self._secrets.clear()
+        self._whole.clear()
+
     def __repr__(self) -> str:
         return f"Redactor({len(self._secrets) + len(self._whole)} secrets)"
 

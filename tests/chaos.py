@@ -49,6 +49,7 @@ STORE_EFFECTS = ("create", "save", "mark_sent")
 QUEUE_EFFECTS = ("publish", "ack", "retry_at")
 FLEET_EFFECTS = ("probe_agents", "take_snapshots", "install_patches", "check_health", "roll_back")
 NOTIFIER_EFFECTS = ("notify",)
+LEASE_EFFECTS = ("acquire", "release")
 
 
 def _fleet() -> list[Instance]:
@@ -162,6 +163,8 @@ def open_flaky(world: World, faults: Faults) -> Runtime:
     service.queue = Flaky(service.queue, faults, QUEUE_EFFECTS)
     service.fleet = Flaky(service.fleet, faults, FLEET_EFFECTS)
     service.notifier = Flaky(service.notifier, faults, NOTIFIER_EFFECTS)
+    if service.leases is not None:
+        service.leases = Flaky(service.leases, faults, LEASE_EFFECTS)
     return runtime
 
 
@@ -272,3 +275,7 @@ def assert_like_the_fault_free_run(runtime: Runtime) -> None:
     twice = {key: n for key, n in effects.items() if n > 1}
     assert not twice, f"done more than once: {twice}"
     assert not runtime.queue.dead_letters()
+    leases = getattr(runtime.service.leases, "_target", runtime.service.leases)  # past the faults
+    if leases is not None:  # every machine has left the run: none is still held by it
+        now = runtime.clock.now()
+        assert leases.acquire([i.id for i in FLEET], "after", now, now) == {}

@@ -30,6 +30,7 @@ from hypothesis import HealthCheck, given, settings
 from moto_support import TABLE, Queues, aws, dynamodb, next_due, queues, sqs_follows
 
 from patchpilot.adapters.aws.dynamodb_store import DynamoDbRunStore
+from patchpilot.adapters.aws.leases import DynamoDbLeases
 from patchpilot.adapters.aws.sqs_queue import SqsQueue
 from patchpilot.adapters.local.clock import VirtualClock
 from patchpilot.adapters.local.notifier import FileNotifier
@@ -74,7 +75,8 @@ class AwsWorld:
         queue = SqsQueue(self.sqs.url, self.sqs.client, clock, self.sqs.dead_letter_url, wait_seconds=0)
         fleet = SimulatedFleet(db, clock)
         notifier = FileNotifier(self.state_dir / "notifications.jsonl")
-        service = Service(store=store, queue=queue, fleet=fleet, notifier=notifier, clock=clock)
+        leases = DynamoDbLeases(self.table, dynamodb(self.table))
+        service = Service(store=store, queue=queue, fleet=fleet, notifier=notifier, clock=clock, leases=leases)
         return AwsRuntime(service, store, queue, fleet, clock)
 
     def next_due(self, runtime: Runtime) -> datetime | None:

@@ -537,11 +537,12 @@ def _begin_wave(run: Run, now: datetime) -> Decision:
 
 
 def _releasing(decision: Decision) -> Decision:
-    """Machines that have left the run (their record is final) give up their lease at once."""
+    """Machines that have left the run (their record is final) give up their lease at once. The
+    leased machines are the current wave's (the cursor moves on only once a wave is done)."""
     run = decision.run
     if not run.leased:
         return decision
-    pending = {r.id for w in run.waves[max(run.cursor - 1, 0) : run.cursor + 1] for r in _pending(w)}
+    pending = {r.id for r in _pending(run.current)} if run.cursor < len(run.waves) else set()
     done = [i for i in run.leased if i not in pending]
     if not done:
         return decision

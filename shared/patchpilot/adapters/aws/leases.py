@@ -9,24 +9,23 @@ lapse; until then the condition below treats them as free).
 Calls: acquiring N machines is one TransactWriteItems per chunk of at most 100 (the most one
 transaction takes): a Put per machine conditioned on
 ``attribute_not_exists(pk) OR holder = :me OR until < :now`` (free, our own: extended, or
-lapsed: taken over). When all are free that is all: ⌈N/100⌉ calls. A transaction is all or
-nothing while an acquire takes what is free and reports the rest, so when another run holds some
-machines of a chunk, DynamoDB cancels the transaction and its ``CancellationReasons`` (one per
-Put, in order) name them, each with the item that stood in the way
-(``ReturnValuesOnConditionCheckFailure=ALL_OLD``): the other holder costs no extra read (a
-GetItem only if that item is missing from the answer). A second transaction then takes the rest
-of the chunk, and another while new refusals appear (a run that took one meanwhile), at most
-`ATTEMPTS` a chunk: 2⌈N/100⌉ calls when some are held. Releasing N machines is one
-TransactWriteItems of Deletes per chunk, conditioned on ``attribute_not_exists(pk) OR holder =
-:me`` (no lease: nothing to delete); a Delete refused is a lease another run holds, left as it is,
-and the chunk's other Deletes are sent again without it. A Put or Delete cancelled because
-another transaction was writing the same item (``TransactionConflict``: two runs racing) is sent
-again after a short pause.
+lapsed: taken over). When none is held by another run that is all: ⌈N/100⌉ calls. A
+transaction is all or nothing while an acquire takes what is free and reports the rest, so when
+another run holds machines of a chunk DynamoDB cancels its transaction, and the
+``CancellationReasons`` (one per Put, in order: ``ConditionalCheckFailed`` or ``"None"``) name
+them, each with the item that stood in the way (``ReturnValuesOnConditionCheckFailure=ALL_OLD``):
+the other holder costs no extra read (a GetItem only if that item is missing from the answer). A
+second transaction then takes the rest of the chunk, and another while new refusals appear (a
+run took one meanwhile), at most `ATTEMPTS` a chunk: a chunk with held machines costs two calls.
+Releasing N machines is one TransactWriteItems of Deletes per chunk, conditioned on
+``attribute_not_exists(pk) OR holder = :me`` (no lease: nothing to delete); a refused Delete is a
+lease another run holds, left as it is, and the chunk's other Deletes are sent again without it.
+An item cancelled because another transaction was writing it (``TransactionConflict``: two runs
+racing) is sent again after a short, jittered pause; any other reason is raised.
 
 Capacity: a transactional write costs twice the write capacity of a plain one (DynamoDB prepares
-and then commits each item: AWS's "Capacity management for transactions"), and a chunk with held
-machines is written twice. So the calls drop up to a hundredfold and the write capacity
-doubles (a lease is under 1 KB: 2 write units a machine instead of 1).
+and then commits each item; AWS, "Capacity management for transactions"): a lease is under 1 KB,
+so 2 write units a machine instead of 1. The calls drop up to a hundredfold, the capacity doubles.
 
 No ClientRequestToken: the SDK retrying a transaction that did commit is harmless without one
 (an acquire again by the same holder extends its leases; a release again deletes nothing).

@@ -114,17 +114,20 @@ def test_arm_ids_with_slashes_and_quotes_are_leased_like_any_other(leases: Calla
     assert second.acquire([VM, ARC], "run-b", T0 + HOLD, T0) == {ARC: "run-a"}
 
 
-def test_dynamodb_writes_once_per_machine_and_keeps_the_instance_id() -> None:
+def test_dynamodb_writes_the_machines_in_one_transaction_and_keeps_the_instance_id() -> None:
+    """(The calls for hundreds of machines, held or not: tests/test_aws_leases.py.)"""
     with aws():
         client = dynamodb()
-        calls = record(client, "PutItem", "GetItem", "DeleteItem")
+        calls = record(client, "TransactWriteItems", "PutItem", "GetItem", "DeleteItem")
         DynamoDbLeases(TABLE, client).acquire([VM, *MACHINES], "run-a", T0 + HOLD, T0)
         assert DynamoDbLeases(TABLE, client).acquire([VM, *MACHINES], "run-b", T0 + HOLD, T0) == dict.fromkeys(
             [VM, *MACHINES], "run-a"
         )
-        assert len(calls.of("PutItem")) == 8 and not calls.of("GetItem")  # the holder came with the refusal
+        assert [len(c["TransactItems"]) for c in calls.of("TransactWriteItems")] == [4, 4]  # all held: no second one
+        assert not calls.of("GetItem")  # the holder came with the refusal
         DynamoDbLeases(TABLE, client).release([VM, *MACHINES], "run-a")
-        assert len(calls.of("DeleteItem")) == 4
+        assert [len(c["TransactItems"]) for c in calls.of("TransactWriteItems")] == [4, 4, 4]
+        assert not calls.of("PutItem") and not calls.of("DeleteItem")
         DynamoDbLeases(TABLE, client).acquire([VM], "run-b", T0 + HOLD, T0)
         item = client.scan(TableName=TABLE)["Items"][0]
         assert item["instance_id"] == {"S": VM} and item["holder"] == {"S": "run-b"}

@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
 
 from slack_sdk.http_retry import (
@@ -33,6 +33,9 @@ from slack_sdk.signature import Clock, SignatureVerifier
 
 from patchpilot.approvals import ApprovalLinkError, Approver, GroupUnreadableError
 from patchpilot.ports import Claims, Secrets
+
+if TYPE_CHECKING:
+    from slack_sdk.web.slack_response import SlackResponse
 
 log = logging.getLogger("patchpilot.approvals")
 # slack_sdk's WebClient logs each request and answer at DEBUG, and exception texts at ERROR: its
@@ -250,12 +253,12 @@ class SlackGroups:
         return frozenset(users)
 
 
-def _api_error(response: Any) -> str:
+def _api_error(response: SlackResponse) -> str:
     """What a failed Web API call says: its error code (and the scope it needs), else its HTTP
     status. Only codes as Slack spells them (`missing_scope`) are repeated: an answer's other text
     is not trusted into an answer or a log."""
-    data = response.data if isinstance(getattr(response, "data", None), dict) else {}
+    data = response.data if isinstance(response.data, dict) else {}
     code, needed = data.get("error"), data.get("needed")
     if not (isinstance(code, str) and ERROR_CODE.fullmatch(code)):
-        return f"HTTP {getattr(response, 'status_code', '?')}"
+        return f"HTTP {response.status_code}"
     return code + (f" (needs {needed})" if isinstance(needed, str) and SCOPES.fullmatch(needed) else "")

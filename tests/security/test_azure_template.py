@@ -197,6 +197,10 @@ def test_slack_bot_token_is_read_by_the_http_app_only_when_slack_groups_approve(
     assert "slackBotToken" not in found["httpApp"].body.replace("slackBotTokenSecretName", "")
     assert "slackBotToken" not in found["app"].body.replace("slackBotTokenSecretName", "")
 
+    from patchpilot.adapters.azure.runtime import AzureEnvironment  # what the app reads it as
+
+    assert AzureEnvironment.model_fields["slack_bot_token_secret"].alias == "PATCHPILOT_SLACK_BOT_TOKEN_SECRET"
+
 
 def test_http_app_cannot_read_the_worker_host_keys() -> None:
     """The worker's host keeps its function and master keys in its storage account: an identity

@@ -5,8 +5,9 @@
 // Trust boundary: the worker app (timer, steps queue, Event Grid) runs as the identity holding the
 // fleet role, which can run commands as root on every managed machine; the HTTP app (approve,
 // run_status, slack_interaction: reachable from the internet) runs as an identity that can only
-// read and write the run table, send to the steps queue and read its three secrets. The policy is
-// read-only to both apps. Deploy: docs/azure-deploy.md; threat model: docs/security.md.
+// read and write the run table, send to the steps queue and read its four secrets (approval keys,
+// Slack's signing secret and bot token). The policy is read-only to both apps.
+// Deploy: docs/azure-deploy.md; threat model: docs/security.md.
 // Checked offline by `make check-templates` (pycep syntax, module parameters, checkov) and by
 // tests/security/test_azure_template.py; skipped checkov policies carry their reason.
 
@@ -44,6 +45,13 @@ param slackApprovals bool = false
 @description('The Slack app\'s signing secret (Basic Information). Empty: the secret is left as it is.')
 @secure()
 param slackSigningSecret string = ''
+
+@description('Slack user groups (S…) in a ring\'s approvers: the HTTP app reads a Slack bot token (scope usergroups:read) to check who is in them. The secret must exist: pass slackBotToken on the deployment that enables it. False: a ring\'s groups admit nobody.')
+param slackGroupApprovers bool = false
+
+@description('A Slack bot token (xoxb-…) with the scope usergroups:read. Empty: the secret is left as it is.')
+@secure()
+param slackBotToken string = ''
 
 @description('Base URL of approval links (the HTTP app\'s `approvalUrl` output with `?code=<approve function key>`). Empty: approval notices carry no links. Set it here: a deployment replaces every app setting.')
 @secure()
@@ -122,6 +130,7 @@ var hostContainers = [
 var approvalSecretName = 'patchpilot-approval-signing-key'
 var previousApprovalSecretName = 'patchpilot-approval-signing-key-previous'
 var slackSecretName = 'patchpilot-slack-signing-secret'
+var slackBotTokenSecretName = 'patchpilot-slack-bot-token'
 
 // Built-in roles, by id (https://learn.microsoft.com/azure/role-based-access-control/built-in-roles).
 var roles = {
@@ -683,6 +692,17 @@ resource slackSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (!empty
   }
 }
 
+resource slackBotTokenSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (!empty(slackBotToken)) {
+  // checkov:skip=CKV_AZURE_41: A Slack bot token has no expiry of its own: rotate it in the Slack app, then here.
+  // checkov:skip=CKV_AZURE_114: contentType is set below; checkov does not read the properties of a conditional resource.
+  parent: vault
+  name: slackBotTokenSecretName
+  properties: {
+    value: slackBotToken
+    contentType: 'text/plain'
+  }
+}
+
 // The secrets as scopes of the HTTP identity's roles (they must exist: created above now or by an
 // earlier deployment).
 resource approvalSecretScope 'Microsoft.KeyVault/vaults/secrets@2023-07-01' existing = {
@@ -700,6 +720,11 @@ resource slackSecretScope 'Microsoft.KeyVault/vaults/secrets@2023-07-01' existin
   name: slackSecretName
 }
 
+resource slackBotTokenSecretScope 'Microsoft.KeyVault/vaults/secrets@2023-07-01' existing = {
+  parent: vault
+  name: slackBotTokenSecretName
+}
+
 // The worker reads every secret (webhook URLs, the approval key it signs links with).
 resource workerSecrets 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(vault.id, identity.id, roles.keyVaultSecretsUser)
@@ -711,7 +736,8 @@ resource workerSecrets 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   }
 }
 
-// The HTTP app reads its three secrets, each on its own scope: never a webhook URL.
+// The HTTP app reads its four secrets (approval keys, Slack signing secret and bot token), each on
+// its own scope: never a webhook URL.
 resource httpApprovalSecret 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(vault.id, approvalSecretName, httpIdentity.id, roles.keyVaultSecretsUser)
   scope: approvalSecretScope
@@ -748,6 +774,19 @@ resource httpSlackSecret 'Microsoft.Authorization/roleAssignments@2022-04-01' = 
   }
   dependsOn: [
     slackSecret
+  ]
+}
+
+resource httpSlackBotTokenSecret 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (slackGroupApprovers) {
+  name: guid(vault.id, slackBotTokenSecretName, httpIdentity.id, roles.keyVaultSecretsUser)
+  scope: slackBotTokenSecretScope
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.keyVaultSecretsUser)
+    principalId: httpIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
+  dependsOn: [
+    slackBotTokenSecret
   ]
 }
 
@@ -983,6 +1022,10 @@ resource httpApp 'Microsoft.Web/sites@2024-04-01' = {
           name: 'PATCHPILOT_SLACK_SIGNING_SECRET'
           value: slackApprovals ? slackSecretName : ''
         }
+        {
+          name: 'PATCHPILOT_SLACK_BOT_TOKEN_SECRET'
+          value: slackGroupApprovers ? slackBotTokenSecretName : ''
+        }
       ])
     }
   }
@@ -993,6 +1036,7 @@ resource httpApp 'Microsoft.Web/sites@2024-04-01' = {
     httpApprovalSecret
     httpPreviousApprovalSecret
     httpSlackSecret
+    httpSlackBotTokenSecret
     httpInsightsPublisher
   ]
 }

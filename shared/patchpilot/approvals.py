@@ -8,8 +8,11 @@ idempotent (one decision per ring gate), so a link clicked twice approves once.
 
 Who decided is an `Approver`: the Slack user who pressed a button, the identity an authenticated
 endpoint vouches for (AWS IAM, Azure Easy Auth), or else the link's recipient; with the request's
-source address. A ring's `approvers` (policy) admit only those Slack users or authenticated
-identities: a bare link can be forwarded, so with an allow-list it is not enough.
+source address. A ring's `approvers` (policy) admit only those Slack users (listed by user id,
+or members of a listed Slack user group) or authenticated identities: a bare link can be
+forwarded, so with an allow-list it is not enough. Group membership is read from Slack for a
+Slack user only (an IAM or Entra identity is in no Slack group); when it cannot be read, the
+approval is refused.
 
 The endpoints (AWS Function URL, Azure HTTP function) answer GET with a page that only says what
 the link approves, with a button that POSTs it back, and approve on POST: mail link scanners and
@@ -20,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from html import escape
@@ -109,6 +112,13 @@ class NotAnApproverError(ApprovalLinkError):
     """The ring names its approvers, and this is not one of them (or not authenticated)."""
 
 
+class GroupUnreadableError(LookupError):
+    """The members of a Slack user group could not be read; the message says why (never a secret)."""
+
+
+GroupMembers = Callable[[str], Collection[str]]  # a Slack user group's id -> its members' user ids
+
+
 def approval_refusal(run: Run, request: ApprovalRequest) -> str | None:
     """Why the run cannot take this approval now (None when it waits for exactly that ring)."""
     if run.state != "awaiting_approval" or run.current.ring != request.ring:
@@ -116,9 +126,14 @@ def approval_refusal(run: Run, request: ApprovalRequest) -> str | None:
     return None
 
 
-def check_approver(run: Run, ring: str, approver: Approver) -> None:
+def check_approver(run: Run, ring: str, approver: Approver, members: GroupMembers | None = None) -> None:
     """NotAnApproverError when the ring lists approvers and `approver` is not an authenticated one
-    of them; a ring without a list takes anyone who holds a valid link or button."""
+    of them; a ring without a list takes anyone who holds a valid link or button. A Slack user
+    not listed by id may be a member of a listed Slack user group (`members(group)`, read only
+    then): a group whose members cannot be read (GroupUnreadableError, or no `members`) admits
+    no one, and the refusal says so. Only Slack users are looked up in groups."""
+    from patchpilot.policy.model import is_slack_group
+
     allowed = next((r.approvers for r in run.policy.rings if r.name == ring), [])
     if not allowed:
         return
@@ -127,8 +142,21 @@ def check_approver(run: Run, ring: str, approver: Approver) -> None:
             f"ring {ring} takes approvals from its approvers only, and a link does not say who opened it "
             "(it can be forwarded): use the Slack button, or an approval endpoint that signs you in"
         )
-    if approver.id not in allowed:
-        raise NotAnApproverError(f"{approver} is not an approver of ring {ring}")
+    if approver.id in allowed:
+        return
+    groups = [a for a in allowed if is_slack_group(a)] if approver.kind == "slack" else []
+    unreadable = []
+    for group in groups:
+        try:
+            if members is None:
+                raise GroupUnreadableError("Slack user groups are not read here")
+            if approver.id in members(group):
+                return
+        except GroupUnreadableError as error:
+            unreadable.append(f"cannot check membership of Slack group {group}: {error}")
+    if unreadable:
+        raise NotAnApproverError(f"{'; '.join(unreadable)}; {approver} is refused")
+    raise NotAnApproverError(f"{approver} is not an approver of ring {ring}")
 
 
 def approval_token(query: Mapping[str, str], body: bytes, content_type: str) -> str:

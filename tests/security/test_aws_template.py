@@ -9,6 +9,7 @@ their roles' actions.
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -159,6 +160,7 @@ def test_approve_function_holds_no_fleet_action() -> None:
         "${ApprovalSigningKey}",
         "${SlackSigningSecret}",
         "arn:${AWS::Partition}:secretsmanager:${AWS::Region}:${AWS::AccountId}:secret:${ApprovalKeyPreviousSecretName}-??????",
+        "arn:${AWS::Partition}:secretsmanager:${AWS::Region}:${AWS::AccountId}:secret:${SlackBotTokenSecretName}-??????",
     ]
 
 
@@ -174,6 +176,31 @@ def test_previous_approval_key_is_optional_and_read_by_the_approve_function_only
     for function in FUNCTIONS:
         reads = [r for s in allowing(function, "secretsmanager:GetSecretValue") for r in resources(s)]
         assert any("ApprovalKeyPreviousSecretName" in r for r in reads) == (function == "ApproveFunction"), function
+
+
+def test_slack_bot_token_is_optional_and_read_by_the_approve_function_only() -> None:
+    """The token that reads Slack user groups' members (rings' approvers) is named by a parameter
+    (empty: none, and the groups admit nobody), read by the approve function alone, and its name
+    cannot be a wildcard that would open other secrets (the webhook URLs) to the internet-facing
+    function."""
+    parameter = TEMPLATE["Parameters"]["SlackBotTokenSecretName"]
+    assert parameter["Default"] == ""
+    assert re.fullmatch(parameter["AllowedPattern"], "patchpilot-slack-bot-token")
+    for wildcard in ("patchpilot-*", "patchpilot-notifications-?", "*"):
+        assert not re.fullmatch(parameter["AllowedPattern"], wildcard), wildcard
+    variables = RESOURCES["ApproveFunction"]["Properties"]["Environment"]["Variables"]
+    assert variables["PATCHPILOT_SLACK_BOT_TOKEN_SECRET"] == {
+        "Fn::If": ["HasSlackBotToken", {"Ref": "SlackBotTokenSecretName"}, {"Ref": "AWS::NoValue"}]
+    }
+    assert TEMPLATE["Conditions"]["HasSlackBotToken"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "SlackBotTokenSecretName"}, ""]}]
+    }
+    from patchpilot.adapters.aws.runtime import AwsEnvironment  # what the function reads it as
+
+    assert AwsEnvironment.model_fields["slack_bot_token_secret"].alias == "PATCHPILOT_SLACK_BOT_TOKEN_SECRET"
+    for function in FUNCTIONS:
+        reads = [r for s in allowing(function, "secretsmanager:GetSecretValue") for r in resources(s)]
+        assert any("SlackBotTokenSecretName" in r for r in reads) == (function == "ApproveFunction"), function
 
 
 def test_no_function_can_delete_hide_or_bury_steps_of_others() -> None:

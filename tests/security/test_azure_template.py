@@ -142,7 +142,7 @@ def test_fleet_role_scope_is_required() -> None:
 
 def test_http_functions_do_not_hold_the_fleet_role() -> None:
     """The internet-facing functions run in their own app, as their own identity, which holds
-    exactly: the run table, sending to the steps queue, its three secrets, its own host storage
+    exactly: the run table, sending to the steps queue, its four secrets, its own host storage
     and telemetry. Never the fleet role, the worker's identity, the vault or a blob of the data."""
     found = resources("main.bicep")
     http_app, worker_app = found["httpApp"], found["app"]
@@ -161,22 +161,45 @@ def test_http_functions_do_not_hold_the_fleet_role() -> None:
         ("keyVaultSecretsUser", "approvalSecretScope"),
         ("keyVaultSecretsUser", "previousApprovalSecretScope"),
         ("keyVaultSecretsUser", "slackSecretScope"),
+        ("keyVaultSecretsUser", "slackBotTokenSecretScope"),
         ("monitoringMetricsPublisher", "insights"),
     }
 
 
 def test_http_identity_reads_no_webhook_secret() -> None:
-    """Its Key Vault role is on three named secrets (the approval keys, Slack's signing secret),
-    never on the vault, where the webhook URLs are."""
+    """Its Key Vault role is on four named secrets (the approval keys, Slack's signing secret and
+    bot token), never on the vault, where the webhook URLs are."""
     found = resources("main.bicep")
     for scope, secret in [
         ("approvalSecretScope", "approvalSecretName"),
         ("previousApprovalSecretScope", "previousApprovalSecretName"),
         ("slackSecretScope", "slackSecretName"),
+        ("slackBotTokenSecretScope", "slackBotTokenSecretName"),
     ]:
         assert found[scope].type == "Microsoft.KeyVault/vaults/secrets"
         assert found[scope].value("name") == secret and found[scope].value("parent") == "vault"
     assert not [g for g in grants() if g.principal == HTTP and g.scope == "vault"]
+
+
+def test_slack_bot_token_is_read_by_the_http_app_only_when_slack_groups_approve() -> None:
+    """The Slack bot token (members of the rings' Slack user groups) is optional: the HTTP
+    identity's role on it, and the setting naming it, exist only with `slackGroupApprovers`; its
+    value is a secure parameter written to Key Vault, never an app setting."""
+    found = resources("main.bicep")
+    (grant,) = [g for g in grants() if g.principal == HTTP and g.scope == "slackBotTokenSecretScope"]
+    assert grant.role == "keyVaultSecretsUser" and grant.condition == "slackGroupApprovers"
+    assert variable("slackBotTokenSecretName") == "'patchpilot-slack-bot-token'"
+    assert app_setting(found["httpApp"], "PATCHPILOT_SLACK_BOT_TOKEN_SECRET") == (
+        "slackGroupApprovers ? slackBotTokenSecretName : ''"
+    )
+    assert re.search(r"@secure\(\)\s*\nparam slackBotToken string = ''", code("main.bicep"))
+    assert found["slackBotTokenSecret"].value("value") == "slackBotToken"
+    assert "slackBotToken" not in found["httpApp"].body.replace("slackBotTokenSecretName", "")
+    assert "slackBotToken" not in found["app"].body.replace("slackBotTokenSecretName", "")
+
+    from patchpilot.adapters.azure.runtime import AzureEnvironment  # what the app reads it as
+
+    assert AzureEnvironment.model_fields["slack_bot_token_secret"].alias == "PATCHPILOT_SLACK_BOT_TOKEN_SECRET"
 
 
 def test_http_app_cannot_read_the_worker_host_keys() -> None:

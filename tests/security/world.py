@@ -58,10 +58,13 @@ class Settings:
     approval_secret: str | None = "patchpilot-approval-key"
     approval_previous_secret: str | None = None
     slack_signing_secret: str | None = "patchpilot-slack-signing-secret"
+    slack_bot_token_secret: str | None = None
     approval_url: str | None = APPROVE_URL
 
 
 class World(ServerlessRuntime):
+    clock: ManualClock
+
     def __init__(self, tmp: Path, the_policy: Policy, secrets: dict[str, str], env: Settings = Settings()) -> None:
         self.env = env
         self.log = log

@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 
 if TYPE_CHECKING:
     from patchpilot.approvals import ApprovalRequest, Approver
-    from patchpilot.chat_approvals import SlackAction
+    from patchpilot.chat_approvals import SlackAction, SlackGroups
     from patchpilot.engine.messages import Notify
     from patchpilot.engine.run import Run
     from patchpilot.inventory import Instance
@@ -145,12 +145,25 @@ class ApprovalEndpoints:
         approval_secret: str | None,
         slack_signing_secret: str | None,
         approval_previous_secret: str | None = None,
+        slack_bot_token_secret: str | None = None,
+        slack_api_url: str | None = None,
     ) -> None:
         self.store, self.queue, self.secrets, self.claims = store, queue, secrets, claims
         self.clock = clock
         self.approval_secret = approval_secret
         self.slack_signing_secret = slack_signing_secret
         self.approval_previous_secret = approval_previous_secret
+        self.slack_bot_token_secret = slack_bot_token_secret
+        self.slack_api_url = slack_api_url
+
+    @functools.cached_property
+    def slack_groups(self) -> SlackGroups:
+        """The members of the Slack user groups rings list, read with the bot token
+        (PATCHPILOT_SLACK_BOT_TOKEN_SECRET), each kept 5 minutes in this (warm) container."""
+        from patchpilot.chat_approvals import SLACK_API_URL, SlackGroups
+
+        url = self.slack_api_url or SLACK_API_URL
+        return SlackGroups(self.secrets, self.slack_bot_token_secret, self.clock.now, url)
 
     def _secret(self, name: str | None, what: str, setting: str) -> str:
         from patchpilot.approvals import ApprovalLinkError
@@ -187,7 +200,7 @@ class ApprovalEndpoints:
         if refusal is None:
             approver = self.approver(request, caller)
             try:
-                check_approver(run, request.ring, approver)
+                check_approver(run, request.ring, approver, self.slack_groups)
             except NotAnApproverError as error:
                 approvals_log.warning("approval of ring %s of run %s refused: %s", request.ring, run.run_id, error)
                 raise
@@ -254,6 +267,7 @@ class ServerlessSettings(Protocol):
     approval_secret: str | None
     approval_previous_secret: str | None
     slack_signing_secret: str | None
+    slack_bot_token_secret: str | None
     approval_url: str | None
 
 
@@ -412,7 +426,11 @@ class ServerlessRuntime:
             self.env.approval_secret,
             self.env.slack_signing_secret,
             self.env.approval_previous_secret,
+            self.env.slack_bot_token_secret,
+            self.slack_api_url,
         )
+
+    slack_api_url: str | None = None  # the Slack Web API (None: slack.com); tests point it elsewhere
 
     def preview_approval(self, token: str, caller: Approver | None = None) -> tuple[ApprovalRequest, str | None]:
         """What a signed approval link asks for, and why it cannot be decided now (None when it can)."""

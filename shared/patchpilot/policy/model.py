@@ -85,15 +85,26 @@ class Selector(_Section):
         )
 
 
+SLACK_GROUP_ID = re.compile(r"S[A-Z0-9]{2,}")
+
+
+def is_slack_group(approver: str) -> bool:
+    """A Slack user group id (`S…`) among a ring's approvers: its members may approve from Slack."""
+    return SLACK_GROUP_ID.fullmatch(approver) is not None
+
+
 def _approver(value: str) -> str:
-    if re.fullmatch(r"S[A-Z0-9]{2,}", value):
-        raise fail("approver", "Slack user groups (S…) are not supported: list user ids (U…, W…)", value)
     if not (
         re.fullmatch(r"[UW][A-Z0-9]{2,}", value)
+        or is_slack_group(value)
         or re.fullmatch(r"arn:aws[a-z-]*:(iam|sts)::\d{12}:\S+", value)
         or re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", value)
     ):
-        raise fail("approver", "expected a Slack user id (U…, W…), an IAM ARN or an Entra principal name", value)
+        raise fail(
+            "approver",
+            "expected a Slack user id (U…, W…), a Slack user group id (S…), an IAM ARN or an Entra principal name",
+            value,
+        )
     return value
 
 
@@ -105,8 +116,9 @@ class Ring(_Section):
     select: Selector
     soak: Duration = timedelta(0)
     approval: Literal["auto", "required"] = "auto"
-    # Who may approve (patchpilot.approvals): Slack user ids (U…, W…); for approval endpoints that
-    # sign people in, IAM ARNs (AWS) or Entra principal names (Azure). Empty: anyone with the link.
+    # Who may approve (patchpilot.approvals): Slack user ids (U…, W…) and user groups (S…, members
+    # read from Slack); for approval endpoints that sign people in, IAM ARNs (AWS) or Entra
+    # principal names (Azure). Empty: anyone with the link.
     approvers: list[ApproverId] = Field(default_factory=new_list)
 
 

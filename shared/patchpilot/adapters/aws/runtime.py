@@ -53,6 +53,8 @@ class AwsEnvironment(BaseModel):
     approval_url: str | None = Field(default=None, alias="PATCHPILOT_APPROVAL_URL")  # links in approval notices
     # the Slack app's signing secret (a secret's name): approvals from Slack buttons
     slack_signing_secret: str | None = Field(default=None, alias="PATCHPILOT_SLACK_SIGNING_SECRET")
+    # a Slack bot token (a secret's name; scope usergroups:read): members of the rings' Slack user groups
+    slack_bot_token_secret: str | None = Field(default=None, alias="PATCHPILOT_SLACK_BOT_TOKEN_SECRET")
     region: str = Field(alias="AWS_REGION", min_length=1)
 
     @classmethod

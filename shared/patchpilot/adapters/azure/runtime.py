@@ -85,6 +85,8 @@ class AzureEnvironment(BaseModel):
     approval_url: str | None = Field(default=None, alias="PATCHPILOT_APPROVAL_URL")
     # the Slack app's signing secret (a secret's name): approvals from Slack buttons
     slack_signing_secret: str | None = Field(default=None, alias="PATCHPILOT_SLACK_SIGNING_SECRET")
+    # a Slack bot token (a secret's name; scope usergroups:read): members of the rings' Slack user groups
+    slack_bot_token_secret: str | None = Field(default=None, alias="PATCHPILOT_SLACK_BOT_TOKEN_SECRET")
     reports: str = Field(default="patchpilot-reports", alias="PATCHPILOT_REPORTS")  # blob container of run reports
     # The account of the run table, the steps queue, the policy and the reports when it is not the
     # host's own: the HTTP app's host keeps its keys in an account of its own (infra/azure).

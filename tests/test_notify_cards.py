@@ -138,7 +138,7 @@ def test_summarise_never_drops_an_entry_silently() -> None:
 
 def test_failures_halts_and_maintenance_alerts_mention_on_call_and_other_notices_do_not() -> None:
     for topic in get_args(Topic):
-        card = card_for(notice(topic))
+        card = card_for(notice(topic, severity="error" if topic == "instance_failed" else "info"))
         slack = json.dumps(slack_message(card, "<!subteam^S0ONCALL>"))
         teams = card_content(teams_message(card, ONCALL))
         alert = topic in {"instance_failed", "run_halted", "maintenance_alert"}
@@ -152,6 +152,13 @@ def test_failures_halts_and_maintenance_alerts_mention_on_call_and_other_notices
                 "mentioned": {"id": "oncall@contoso.com", "name": "Patch on-call"},
             }
             assert any(entity["text"] in e.get("text", "") for e in teams["body"])
+
+
+def test_a_machine_rolled_back_healthy_is_news_not_a_page() -> None:
+    healthy = card_for(notice("instance_failed", text="api-05 in wave 3: rolled back: healthy again", severity="info"))
+    broken = card_for(notice("instance_failed", text="api-06 in wave 3: failed: rollback failed", severity="error"))
+    assert not healthy.alert and "<!subteam^S0ONCALL>" not in json.dumps(slack_message(healthy, "<!subteam^S0ONCALL>"))
+    assert broken.alert
 
 
 def test_at_here_becomes_a_slack_broadcast() -> None:

@@ -774,7 +774,7 @@ def _failure_notices(run: Run, wave: WaveState) -> list[Command]:
                 run,
                 "instance_failed",
                 text,
-                "warning" if record.state == "rolled_back" else "error",
+                "info" if record.state == "rolled_back" else "error",  # a healthy rollback pages nobody
                 record.id,
             )
         )

@@ -30,7 +30,9 @@ TITLES: dict[Topic, str] = {
     "maintenance_alert": "Cloud maintenance before the next window",
 }
 BROKEN_TITLE = "Run finished, machines left broken"
-# these mention on-call; so does a run_finished notice of error severity (machines left broken)
+# these mention on-call (an instance_failed notice only when someone must act: not for a machine
+# rolled back healthy, an info notice); so does a run_finished notice of error severity (machines
+# left broken)
 ALERT_TOPICS: frozenset[Topic] = frozenset({"instance_failed", "run_halted", "maintenance_alert"})
 LIST_TOPICS: frozenset[Topic] = frozenset({"ring_finished", "run_halted", "run_finished"})
 # Notices about a policy, not a run (patchpilot.maintenance.watch): their text's "- " lines are the
@@ -94,7 +96,8 @@ def card_for(notice: Notify, run: Run | None = None) -> Card:
         severity=notice.severity,
         title=f"{BROKEN_TITLE if broken else TITLES[notice.topic]}: {notice.run_id}",
         text=text,
-        alert=notice.topic in ALERT_TOPICS or broken,
+        alert=(notice.topic in ALERT_TOPICS and not (notice.topic == "instance_failed" and notice.severity == "info"))
+        or broken,
         facts=tuple(facts),
         items_label=items_label or (f"Failed instances ({len(items)})" if items else ""),
         items=items,

@@ -138,6 +138,16 @@ def test_a_run_that_halted_before_promotion_leaves_the_uncovered_instances_not_c
     assert answer.severity == "error"
 
 
+def test_a_run_that_patched_nothing_starts_no_follow_up_for_the_uncovered_instances(
+    policy: Policy, fleet: list[Instance]
+) -> None:
+    staging, production = "i-000000005eed1eef", "i-000000005eed5ccd"
+    nothing = OpenRun(NOW_RUN, CVE, "nothing_patched", frozenset({staging}))  # its staging ring patched nothing
+    answer = decide_advisory(policy, advisory(instances=(staging, production), fleet_wide=False), fleet, NOW, [nothing])
+    assert (answer.action, answer.not_covered, answer.follow_up) == ("merge", (production,), "")
+    assert f"NOT COVERED: run {NOW_RUN} nothing_patched: api-tyo-01 are not patched" in answer.text
+
+
 def test_instances_already_in_a_follow_up_are_not_requested_again(policy: Policy, fleet: list[Instance]) -> None:
     staging, production = "i-000000005eed1eef", "i-000000005eed5ccd"
     done = OpenRun(NOW_RUN, CVE, "succeeded", frozenset({staging}), followed_up=frozenset({production}))

@@ -58,6 +58,19 @@ def test_validate_example_policy_and_inventory_exits_0() -> None:
     assert result.stdout.splitlines()[1] == f"{FLEET}: ok (66 instances)"
 
 
+def test_validate_with_inventory_warns_when_a_ring_selects_nothing(tmp_path: Path) -> None:
+    text = Path(POLICY).read_text(encoding="utf-8")
+    typo = write(tmp_path, "typo.yaml", text.replace("{Environment: production}", "{Enviroment: production}"))
+    result = run("validate", "--policy", typo, "--inventory", FLEET)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[1] == f"{FLEET}: ok (66 instances)"
+    assert result.stderr.splitlines() == [
+        f"warning: {typo}: rings[1].select: ring production selects no machine of {FLEET} (66 instances); "
+        "check its select"
+    ]
+    assert run("validate", "--policy", POLICY, "--inventory", FLEET).stderr == ""
+
+
 def test_validate_bad_policy_exits_2_with_every_problem_on_stderr(tmp_path: Path) -> None:
     path = write(tmp_path, "bad.yaml", BAD_POLICY)
     result = run("validate", "--policy", path)
@@ -199,7 +212,8 @@ def example_plan() -> dict[str, Any]:
 
 
 def test_plan_json_has_waves_excluded_and_summary(example_plan: dict[str, Any]) -> None:
-    assert set(example_plan) == {"waves", "excluded", "summary"}
+    assert set(example_plan) == {"waves", "excluded", "summary", "warnings"}
+    assert example_plan["warnings"] == []  # every ring selects machines of the example fleet
     waves = example_plan["waves"]
     assert waves
     for wave in waves:
@@ -252,6 +266,28 @@ def test_plan_production_starts_with_a_single_canary_wave(example_plan: dict[str
     assert production[0]["canary"] is True
     assert len(production[0]["instances"]) == 1
     assert not any(w["canary"] for w in example_plan["waves"] if w is not production[0])
+
+
+def test_plan_warns_when_a_ring_selects_nothing(tmp_path: Path) -> None:
+    text = Path(POLICY).read_text(encoding="utf-8")
+    typo = write(tmp_path, "typo.yaml", text.replace("{Environment: staging}", "{Environment: stagign}"))
+    table = run("plan", "--policy", typo, "--inventory", FLEET)
+    assert table.exit_code == 0, table.output
+    warning = (
+        f"warning: {typo}: rings[0].select: ring staging selects no machine of {FLEET} (66 instances): a run "
+        "would patch nothing and promote no tested set, so no later ring is patched either; check its select"
+    )
+    assert table.stderr.splitlines() == [warning]
+    document = json.loads(run("plan", "--policy", typo, "--inventory", FLEET, "--json").stdout)
+    assert document["warnings"] == [warning.removeprefix("warning: ")]
+    assert {w["ring"] for w in document["waves"]} == {"production"}
+
+
+def test_plan_warns_when_the_inventory_is_empty(tmp_path: Path) -> None:
+    empty = write(tmp_path, "empty.json", '{"instances": []}')
+    result = run("plan", "--policy", POLICY, "--inventory", empty, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["warnings"] == [f"{empty}: the inventory is empty: a run would patch nothing"]
 
 
 def test_plan_table_mentions_waves_lower_bound_and_exclusions() -> None:

@@ -360,6 +360,9 @@ def test_safety_rules_hold_for_any_fleet_and_faults(scenario: tuple[Policy, list
     # a run that leaves a machine broken never ends plainly succeeded
     if any(r.state == "failed" for r in run.records()):
         assert run.status != "succeeded"
+    # a run that patched no machine never ends succeeded
+    if not any(r.state == "patched" for r in run.records()):
+        assert run.status != "succeeded"
     # nothing is lost: every instance ends in a final state with a reason
     assert all(r.state in FINAL_STATES and r.reason for r in run.records())
     assert len(run.records()) == len(instances)
@@ -469,3 +472,36 @@ def test_a_follow_up_installs_exactly_what_its_run_promoted_in_every_ring_stagin
     targets = [t for c in installs for t in c.targets]
     assert {t.instance.id for t in targets} == {i.id for i in instances}
     assert all(t.only == finished.promoted.get(t.instance.os) for t in targets)
+
+
+# ---------------------------------------------------------------- a run that patched nothing
+
+
+def test_an_up_to_date_fleet_still_succeeds() -> None:
+    """Nothing installed because nothing was missing: every first-ring machine is `patched` with an
+    empty install list, so the run patched nothing and rightly succeeds."""
+    run = drive_to_end(start_run("r1", policy(), plan(policy(), fleet()), NOW), lambda c: answer_all_ok(c, patches={}))
+    assert run.status == "succeeded" and run.reason == "every wave finished"
+    staging = [r for r in run.records() if r.ring == "staging"]
+    assert staging and all(r.state == "patched" and r.installed == [] for r in staging)
+    assert run.promoted == {"linux": [], "windows": []}
+
+
+def test_a_first_ring_that_patched_nothing_ends_nothing_patched_and_starts_no_follow_up() -> None:
+    offline = {f"i-staging-{n:02d}": Simulation(agent="offline") for n in range(4)}
+    run, recorder = run_with(policy(), fleet(hints=offline))
+    assert run.status == "nothing_patched"
+    assert run.reason == (
+        "ring staging patched nothing (4 skipped), so no tested set was promoted; rings production were not touched"
+    )
+    assert not any(i.startswith("i-production") for i in recorder.touched())
+    assert run.log[-1].level == "warning" and run.log[-1].text.startswith("Run run-1 nothing_patched: ring staging")
+    assert not run.may_follow_up
+
+
+def test_an_empty_inventory_and_an_all_excluded_one_do_not_succeed() -> None:
+    empty = drive_to_end(start_run("r1", policy(), plan(policy(), []), NOW), answer_all_ok)
+    assert (empty.status, empty.reason) == ("nothing_patched", "the inventory is empty")
+    frozen = drive_to_end(start_run("r2", policy(), plan(policy(), fleet(0, 0, frozen=2)), NOW), answer_all_ok)
+    assert frozen.status == "nothing_patched"
+    assert frozen.reason.startswith("every one of the 2 instances was excluded (frozen")

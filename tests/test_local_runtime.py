@@ -125,6 +125,33 @@ def test_a_short_window_leaves_later_waves_not_started(tmp_path: Path) -> None:
     assert not_started and all("maintenance window ended" in v["reason"] for v in not_started)
 
 
+def test_a_run_whose_staging_selector_matches_nothing_does_not_succeed(tmp_path: Path) -> None:
+    policy = policy_variant(tmp_path, **{"{Environment: staging}": "{Environment: stagign}"})
+    args = ["run", "--policy", str(policy), "--inventory", str(FLEET), "--state-dir", str(tmp_path / "s")]
+    result = CliRunner().invoke(main, args, env={"COLUMNS": "400"})  # wide: rich wraps nothing
+    assert result.exit_code == 5, result.output
+    reason = (
+        "ring staging selected no machine: check its select; no tested set was promoted, "
+        "so rings production were not touched"
+    )
+    assert "nothing_patched" in result.output and f"Reason: {reason}" in result.output
+    run_id = result.output.split()[1].rstrip(":")
+    status = json.loads(cli("status", run_id, "--state-dir", tmp_path / "s", "--json").stdout)
+    assert status["status"] == "nothing_patched" and status["reason"] == reason
+    production = [v for v in status["instances"].values() if v["ring"] == "production"]
+    assert production and {v["state"] for v in production} == {"skipped"}
+    report = Path(next(line.split()[-1] for line in result.output.splitlines() if line.startswith("Report:")))
+    assert 'class="status nothing_patched"' in report.read_text()
+
+
+def test_an_empty_inventory_does_not_succeed(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.json"
+    empty.write_text('{"instances": []}')
+    code, document = run_json("--policy", POLICY, "--inventory", empty, "--state-dir", tmp_path / "s")
+    assert code == 5
+    assert document["status"] == "nothing_patched" and document["reason"] == "the inventory is empty"
+
+
 def test_status_and_report_of_a_finished_run(tmp_path: Path) -> None:
     _, document = run_json("--policy", POLICY, "--inventory", FLEET, "--state-dir", tmp_path)
     run_id = document["run_id"]

@@ -453,7 +453,11 @@ def test_halted_run_reports_why_and_that_nothing_was_promoted() -> None:
 def test_run_without_instances_still_renders() -> None:
     policy = example_policy()
     empty = drive_to_end(start_run("empty", policy, plan(policy, []), START), answer_all_ok)
-    assert empty.state == "succeeded" and not empty.waves
-    assert "No wave started." in render_markdown(empty)
-    page = parse(render_html(empty))
+    assert empty.state == "nothing_patched" and not empty.waves  # an empty inventory is no success
+    markdown = render_markdown(empty)
+    assert "No wave started." in markdown and "| Status | **nothing_patched**: the inventory is empty |" in markdown
+    html = render_html(empty)
+    page = parse(html)
     assert page.problems == [] and not page.find("svg")
+    assert page.find("span", **{"class": "status nothing_patched"})
+    assert ".status.nothing_patched { background: var(--rollback); }" in html  # not the succeeded green

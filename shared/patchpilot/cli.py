@@ -18,10 +18,10 @@ from patchpilot.cli_common import print_json as _print_json
 from patchpilot.cli_common import reports_input_errors
 from patchpilot.engine.messages import MESSAGE, Notify
 from patchpilot.engine.run import InstanceRecord, Run, count_states
-from patchpilot.errors import InputError
+from patchpilot.errors import InputError, Problem
 from patchpilot.inventory import load_inventory
 from patchpilot.local_runtime import LocalRuntime
-from patchpilot.planning import Plan, placement, plan, plan_document
+from patchpilot.planning import Plan, placement, plan, plan_document, ring_of
 from patchpilot.policy import Policy, load_policy
 from patchpilot.policy.fields import format_duration
 from patchpilot.policy.model import Schedule
@@ -31,6 +31,7 @@ EXIT_SUCCEEDED = 0
 EXIT_HALTED = 1  # halted, incomplete (the window ended) or stalled
 EXIT_WAITING_APPROVAL = 3
 EXIT_BROKEN = 4  # succeeded_with_failures: machines are left broken (`failed`); restore them by hand
+EXIT_NOTHING_PATCHED = 5  # nothing_patched: no machine was patched (empty inventory, a first ring that selected none)
 DEFAULT_STATE_DIR = ".patchpilot"
 MAX_IDS_SHOWN = 6
 
@@ -63,6 +64,7 @@ def validate(policy_path: str, inventory_path: str | None) -> None:
     if inventory_path:
         instances = load_inventory(inventory_path)
         click.echo(f"{inventory_path}: ok ({len(instances)} instances)")
+        _echo_warnings(ring_warnings(policy_path, policy, inventory_path, plan(policy, instances)))
 
 
 @main.command()
@@ -124,10 +126,43 @@ def plan_command(policy_path: str, inventory_path: str, as_json: bool) -> None:
     """Show the rings and availability-safe waves for a fleet, and what is excluded and why."""
     policy = load_policy(policy_path)
     result = plan(policy, load_inventory(inventory_path))
+    warnings = ring_warnings(policy_path, policy, inventory_path, result)
     if as_json:
-        _print_json(plan_document(result))
+        _print_json({**plan_document(result), "warnings": warnings})
     else:
         print_plan(_console(), policy, result)
+        _echo_warnings(warnings)
+
+
+def ring_warnings(policy_path: str, policy: Policy, inventory_path: str, result: Plan) -> list[str]:
+    """Each ring that selects no machine of the inventory, and what a run would do then: a ring
+    with no machine is patched by no run, and a first ring with none promotes no tested set, so
+    no later ring is patched either (the run ends `nothing_patched`). Empty for a frozen policy,
+    which patches nothing by design."""
+    if policy.kind == "frozen":
+        return []
+    instances = result.instance_count + len(result.excluded)
+    if not instances:
+        return [f"{inventory_path}: the inventory is empty: a run would patch nothing"]
+    warnings = []
+    for position, ring in enumerate(result.rings):
+        if ring.waves:
+            continue
+        matched = sum(1 for e in result.excluded if ring_of(policy, e.instance) == ring.name)
+        text = f"ring {ring.name} selects no machine of {inventory_path} ({instances} instances"
+        text += f"; the {matched} it matches are excluded)" if matched else ")"
+        if position == 0 and len(result.rings) > 1:
+            text += ": a run would patch nothing and promote no tested set, so no later ring is patched either"
+        elif position == 0:
+            text += ": a run would patch nothing"
+        text += "; check its select"
+        warnings.append(Problem(("rings", position, "select"), text).render(policy_path))
+    return warnings
+
+
+def _echo_warnings(warnings: list[str]) -> None:
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
 
 
 def print_plan(console: Console, policy: Policy, result: Plan) -> None:
@@ -376,6 +411,8 @@ def _exit_status(run: Run) -> int:
         return EXIT_SUCCEEDED
     if run.status == "succeeded_with_failures":
         return EXIT_BROKEN
+    if run.status == "nothing_patched":
+        return EXIT_NOTHING_PATCHED
     if run.status == "waiting_approval":
         return EXIT_WAITING_APPROVAL
     return EXIT_HALTED
@@ -388,6 +425,10 @@ def _print_outcome(console: Console, run: Run, runtime: LocalRuntime) -> None:
     _print_broken(console, run)
     if run.status == "waiting_approval":
         console.print(f"Approve with: patchpilot approve {run.run_id} --state-dir {runtime.state_dir}")
+    elif run.status == "nothing_patched":
+        console.print(
+            "Nothing was patched. See what each ring selects with: patchpilot plan --policy FILE --inventory FILE"
+        )
     elif run.status == "running":
         console.print("The run stalled: no message left to deliver.")
         for letter in runtime.dead_letters():

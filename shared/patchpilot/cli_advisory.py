@@ -26,7 +26,7 @@ from patchpilot.advisories import (
     open_run_of,
 )
 from patchpilot.advisories.intake import noted
-from patchpilot.cli import EXIT_BROKEN, EXIT_HALTED, EXIT_SUCCEEDED, EXIT_WAITING_APPROVAL
+from patchpilot.cli import EXIT_BROKEN, EXIT_HALTED, EXIT_NOTHING_PATCHED, EXIT_SUCCEEDED, EXIT_WAITING_APPROVAL
 from patchpilot.cli_common import print_json, reports_input_errors
 from patchpilot.engine.run import Run, count_states
 from patchpilot.inventory import Instance, load_inventory
@@ -137,11 +137,14 @@ def _run_summary(run: Run, runtime: LocalRuntime, console: Console) -> dict[str,
 
 def _exit_status(runs: list[Run]) -> int:
     """0 when every answer was given and every run started succeeded; 1 when one halted or did
-    not finish; 4 when one left machines broken; 3 when one waits for approval (as `patchpilot run`)."""
+    not finish; 4 when one left machines broken; 5 when one patched nothing; 3 when one waits for
+    approval (as `patchpilot run`)."""
     if any(r.status in ("halted", "incomplete", "running") for r in runs):
         return EXIT_HALTED
     if any(r.status == "succeeded_with_failures" for r in runs):
         return EXIT_BROKEN
+    if any(r.status == "nothing_patched" for r in runs):
+        return EXIT_NOTHING_PATCHED
     if any(r.status == "waiting_approval" for r in runs):
         return EXIT_WAITING_APPROVAL
     return EXIT_SUCCEEDED

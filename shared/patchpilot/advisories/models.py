@@ -68,7 +68,7 @@ class OpenRun:
 
     run_id: str
     cve: str
-    status: str  # running, waiting_approval, succeeded, succeeded_with_failures, halted, incomplete
+    status: str  # running, waiting_approval, succeeded, succeeded_with_failures, nothing_patched, halted, incomplete
     instances: frozenset[str]  # the instances the run patches
     followed_up: frozenset[str] = frozenset()  # the instances its follow-up runs patch (requested)
     promoted: bool = True  # False: its first ring promoted nothing yet (a halt now is a halt in staging)
@@ -80,8 +80,9 @@ class OpenRun:
 
     @property
     def may_follow_up(self) -> bool:
-        """As `Run.may_follow_up`, or will be once it ends: False once it halted or ended unpromoted."""
-        return not self.finished or (self.status != "halted" and self.promoted)
+        """As `Run.may_follow_up`, or will be once it ends: False once it halted, patched nothing or
+        ended unpromoted."""
+        return not self.finished or (self.status not in ("halted", "nothing_patched") and self.promoted)
 
 
 @dataclass(frozen=True)

@@ -501,6 +501,7 @@ WAVE_DONE_TARGETS: tuple[RunState, ...] = (
     "awaiting_approval",
     "succeeded",
     "succeeded_with_failures",
+    "nothing_patched",
     "halted",
     "incomplete",
 )
@@ -642,12 +643,17 @@ def _end(run: Run, now: datetime, state: RunState, reason: str) -> Decision:
         state = "succeeded_with_failures"
         reason = f"{reason}, but {_left_broken(len(broken))}: restore by hand from the snapshots"
         run = run.model_copy(update={"state": state, "reason": reason})
+    elif state == "succeeded" and (why := _why_nothing_patched(run)):  # every wave finished, none patched
+        state, reason = "nothing_patched", why
+        run = run.model_copy(update={"state": state, "reason": reason})
     text = f"Run {run.run_id} {state}: {reason}. {count_states(run.records())}"
     if run.follow_ups and not run.may_follow_up:
         text += f". NOT COVERED: {plural(len(run.follow_ups), 'follow-up')} not started, nothing more is patched"
     text += _broken_lines(broken)
     if state == "succeeded":
         notice, run = _notify(run, "run_finished", text), _logged(run, now, text)
+    elif state == "nothing_patched":  # nothing harmed, nothing protected: someone must look
+        notice, run = _notify(run, "run_finished", text, "warning"), _logged(run, now, text, "warning")
     elif state == "succeeded_with_failures":  # error severity: the card mentions on-call
         notice, run = _notify(run, "run_finished", text, "error"), _logged(run, now, text, "error")
     else:
@@ -664,6 +670,35 @@ def _end(run: Run, now: datetime, state: RunState, reason: str) -> Decision:
         outbox.append(ended)
     follow_up = _next_follow_up(run, now)
     return Decision(follow_up.run, [*outbox, *follow_up.commands])
+
+
+def _why_nothing_patched(run: Run) -> str:
+    """Why a run whose every wave finished patched no machine, or "" when one was patched.
+
+    Told apart by the records: a machine that lacked nothing is `patched` with an empty install
+    list (the run succeeds); a first ring that selected no machine has no wave; one that patched
+    nothing has only skipped, rolled back or not started machines, so it promoted no tested set
+    and every later ring's machines were skipped untouched."""
+    records = [r for w in run.waves for r in w.records.values()]
+    if any(r.state == "patched" for r in records):
+        return ""
+    if not records and not run.excluded:
+        return "the inventory is empty"
+    if not records:
+        reasons = sorted({r.reason for r in run.excluded})
+        shown = "; ".join(reasons[:3]) + (f"; and {len(reasons) - 3} more reasons" if len(reasons) > 3 else "")
+        return f"every one of the {plural(len(run.excluded), 'instance')} was excluded ({shown})"
+    if run.maintenance is not None or run.follow_up_of is not None:  # every ring installs a fixed set
+        return f"no machine was patched ({count_states(records)})"
+    first = run.policy.rings[0].name
+    later = list(dict.fromkeys(w.ring for w in run.waves if w.ring_position > 0))
+    first_records = [r for w in run.waves if w.ring_position == 0 for r in w.records.values()]
+    rings = ", ".join(later)
+    if first_records:
+        why = f"ring {first} patched nothing ({count_states(first_records)})"
+        return f"{why}, so no tested set was promoted; rings {rings} were not touched" if later else why
+    why = f"ring {first} selected no machine: check its select"
+    return f"{why}; no tested set was promoted, so rings {rings} were not touched" if later else why
 
 
 MAX_BROKEN_NAMED = 10  # in the run's last notice; more are counted ("and N more")

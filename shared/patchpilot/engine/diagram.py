@@ -12,7 +12,9 @@ Each arrow is an event the state accepts; any other event in that state is ignor
 `WaveDone` is not a state: it is the end of a wave (every instance settled), which starts the
 next wave (`probing`), soaks, waits for approval, or ends the run (`succeeded`;
 `succeeded_with_failures` when every wave finished within `max_failures` but a machine is left
-`failed`, its rollback failed or it is still unhealthy after it; `halted` when the wave exceeded
+`failed`, its rollback failed or it is still unhealthy after it; `nothing_patched` when no
+machine was patched: an empty inventory, or a first ring that selected or patched nothing, so no
+tested set was promoted; `halted` when the wave exceeded
 `max_failures` or the first ring had a failure; `incomplete` when the window ended).
 
 Three events are applied in every state, finished runs included, once per id, and are not drawn:
@@ -32,7 +34,7 @@ def mermaid() -> str:
     lines.append("    state WaveDone <<choice>>")
     for target in WAVE_DONE_TARGETS:
         lines.append(f"    WaveDone --> {target}")
-    for terminal in ("succeeded", "succeeded_with_failures", "halted", "incomplete"):
+    for terminal in ("succeeded", "succeeded_with_failures", "nothing_patched", "halted", "incomplete"):
         lines.append(f"    {terminal} --> [*]")
     return "\n".join(lines)
 

@@ -28,13 +28,21 @@ RunState = Literal[
     "awaiting_approval",
     "succeeded",
     "succeeded_with_failures",
+    "nothing_patched",
     "halted",
     "incomplete",
 ]
 # succeeded_with_failures: every wave finished within max_failures, but at least one machine is
 # left `failed` (its rollback failed, or it is still unhealthy after it): restore it by hand.
-TERMINAL_STATES: frozenset[str] = frozenset({"succeeded", "succeeded_with_failures", "halted", "incomplete"})
-Status = Literal["running", "waiting_approval", "succeeded", "succeeded_with_failures", "halted", "incomplete"]
+# nothing_patched: every wave finished, but no machine was patched (an empty inventory, a first
+# ring that selected or patched nothing): the fleet is as exposed as before. A machine that was
+# up to date is `patched` with nothing installed, so such a run still succeeds.
+TERMINAL_STATES: frozenset[str] = frozenset(
+    {"succeeded", "succeeded_with_failures", "nothing_patched", "halted", "incomplete"}
+)
+Status = Literal[
+    "running", "waiting_approval", "succeeded", "succeeded_with_failures", "nothing_patched", "halted", "incomplete"
+]
 
 
 class _State(BaseModel):
@@ -154,8 +162,9 @@ class Run(_State):
     @property
     def may_follow_up(self) -> bool:
         """Whether follow-up runs may start from this run: it has finished without halting and its
-        first ring promoted a tested set (a halt, a rejection or a failed staging ring starts none)."""
-        return self.finished and self.state != "halted" and self.promoted is not None
+        first ring promoted a tested set (a halt, a rejection, a failed staging ring or a run that
+        patched nothing starts none)."""
+        return self.finished and self.state not in ("halted", "nothing_patched") and self.promoted is not None
 
     @property
     def follow_up_running(self) -> bool:

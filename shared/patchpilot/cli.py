@@ -156,6 +156,9 @@ def print_plan(console: Console, policy: Policy, result: Plan) -> None:
         f"{result.instance_count} instances in {len(result.waves)} waves, lower bound "
         f"{result.lower_bound} ({rings}); {len(result.excluded)} excluded."
     )
+    for ring in result.rings:
+        if ring.gate:
+            console.print(f"Ring {ring.name}: {ring.gate}.", soft_wrap=True)
 
 
 @main.command()

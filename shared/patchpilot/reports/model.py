@@ -655,14 +655,14 @@ def timeline(run: Run) -> Timeline:
 
     gaps = []
     started = [w for w in run.waves if w.started_at is not None]
-    first = started[0].started_at if started else None
-    if first is not None and first > t0 and run.maintenance is None and _gated(run, started[0]):
+    opened = started[0].started_at if started else None
+    if opened is not None and opened > t0 and run.maintenance is None and _gated(run, started[0]):
         gaps.append(  # the first ring waited for its approval
             GapBand(
                 x=x_of(t0),
-                width=round(x_of(first) - x_of(t0), 1),
+                width=round(x_of(opened) - x_of(t0), 1),
                 label="approval",
-                title=f"approval: {fmt_time(t0, tz)} to {fmt_time(first, tz)} ({fmt_duration(first - t0)})",
+                title=f"approval: {fmt_time(t0, tz)} to {fmt_time(opened, tz)} ({fmt_duration(opened - t0)})",
             )
         )
     for before, after in pairwise(started):

@@ -256,7 +256,7 @@ def run_command(
 @json_option
 @reports_input_errors
 def approve(run_id: str, state_dir: Path, report_dir: Path | None, as_json: bool) -> None:
-    """Approve the next ring of a run waiting for approval, then go on with the run."""
+    """Approve the ring a run waits for (its first ring too), then go on with the run."""
     console = Console(stderr=as_json, highlight=False)
     live = LiveProgress(console, quiet=as_json)
     runtime = LocalRuntime.open(state_dir, on_notice=live.notice)
@@ -275,7 +275,7 @@ def approve(run_id: str, state_dir: Path, report_dir: Path | None, as_json: bool
 @json_option
 @reports_input_errors
 def reject(run_id: str, reason: str, state_dir: Path, report_dir: Path | None, as_json: bool) -> None:
-    """Refuse the next ring of a run waiting for approval: the run ends there (halted, with why)."""
+    """Refuse the ring a run waits for: the run ends there (halted, with why)."""
     console = Console(stderr=as_json, highlight=False)
     live = LiveProgress(console, quiet=as_json)
     runtime = LocalRuntime.open(state_dir, on_notice=live.notice)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from patchpilot.engine.decide import Decision, decide
 from patchpilot.engine.messages import (
@@ -67,6 +67,7 @@ def drive_to_end(
     step: timedelta = timedelta(minutes=1),
     approve: bool = True,
     max_events: int = 100_000,
+    start: datetime | None = None,
 ) -> Run:
     """Feed `decide` the event each command asks for, in the order the commands were issued,
     until the run is finished (or waits for an approval and `approve` is false).
@@ -76,7 +77,7 @@ def drive_to_end(
     Every event must be applied: an ignored event raises DriverError, so a wrong answer shows.
     """
     run = decision.run
-    now = run.created_at
+    now = start or run.created_at  # `start`: when the decision was taken, for a run driven on from a later event
     queue: deque[Command] = deque(decision.commands)
     events = 0
     while not run.finished:

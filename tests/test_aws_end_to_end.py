@@ -667,6 +667,28 @@ def test_a_slack_button_approves_the_ring_once(world: World) -> None:
     assert any(entry.text == "Ring production approved by Slack U0A1B2C3D (alice) from 54.1.2.3" for entry in run.log)
 
 
+def test_approval_required_on_staging_holds_the_whole_run_until_the_link_is_used(world: World) -> None:
+    gated = POLICY.replace("    soak: 1h\n", "    soak: 1h\n    approval: required\n")
+    boto3.client("s3", region_name=REGION).put_object(Bucket=BUCKET, Key=POLICY_KEY, Body=gated.encode())
+    world.clock.set(START + timedelta(minutes=5))
+    run_id = world.timer()["run_id"]
+    world.work()
+    run = world.load(run_id)
+    assert run.status == "waiting_approval" and run.current.ring == "staging", run.log[-1].text
+    assert set(world.states(run).values()) == {"pending"}
+    ec2 = boto3.client("ec2", region_name=REGION)
+    ours = [{"Name": "tag-key", "Values": ["PatchPilotInstance"]}]  # the snapshots PatchPilot takes: none yet
+    assert ec2.describe_snapshots(OwnerIds=["self"], Filters=ours)["Snapshots"] == []
+
+    granted = world.open_link(sign_approval(ApprovalRequest(run_id, "staging"), SIGNING_KEY), method="POST")
+    assert granted["statusCode"] == 200 and f"approved ring staging of run {run_id}" in granted["body"]
+    world.work()
+    run = world.load(run_id)  # staging patched and soaked; production waits for its own approval
+    assert run.status == "waiting_approval" and run.current.ring == "production", run.log[-1].text
+    assert {world.states(run)[name] for name, env, *_ in FLEET if env == "staging"} == {"patched"}
+    assert ec2.describe_snapshots(OwnerIds=["self"], Filters=ours)["Snapshots"]
+
+
 def test_an_inspector_finding_on_eventbridge_starts_one_emergency_run_and_a_repeat_merges(world: World) -> None:
     emergency = POLICY + "emergency: {min_severity: HIGH, soak: 30m, approval: auto}\n"
     boto3.client("s3", region_name=REGION).put_object(Bucket=BUCKET, Key=POLICY_KEY, Body=emergency.encode())

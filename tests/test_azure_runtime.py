@@ -547,7 +547,7 @@ MC_ID = (
 AUM_POLICY = RUN_POLICY.replace(
     "azure: {",
     "azure: {maintenance: {resource_group: rg-maint, location: westeurope}, ",
-)
+).replace("approval: required", "approval: auto")  # Update Manager cannot wait for one: refused
 AUM_START = datetime(2026, 12, 12, 1, 0, tzinfo=UTC)
 
 

@@ -302,6 +302,24 @@ def test_plan_table_mentions_waves_lower_bound_and_exclusions() -> None:
     assert "3 excluded." in out
 
 
+def test_plan_says_which_ring_waits_for_approval_before_it_starts_the_first_ring_too(tmp_path: Path) -> None:
+    text = Path(POLICY).read_text().replace("    soak: 2h\n", "    soak: 2h\n    approval: required\n")
+    policy = write(tmp_path, "policy.yaml", text)
+    out = run("plan", "--policy", policy, "--inventory", FLEET).stdout
+    assert "Ring staging: waits for approval before it starts (patchpilot approve RUN_ID)." in out
+    assert "Ring production:" not in out  # approval: auto
+    summary = json.loads(run("plan", "--policy", policy, "--inventory", FLEET, "--json").stdout)["summary"]
+    gates = [(r["name"], r["approval"], r["waits_for_approval"]) for r in summary["rings"]]
+    assert gates == [("staging", "required", True), ("production", "auto", False)]
+
+
+def test_plan_says_an_approval_on_a_ring_without_machines_holds_nothing_back(tmp_path: Path) -> None:
+    text = Path(POLICY).read_text().replace("    approval: auto", "    approval: required")
+    text = text.replace("{Environment: production}", "{Environment: nowhere}")
+    out = run("plan", "--policy", write(tmp_path, "policy.yaml", text), "--inventory", FLEET).stdout
+    assert "Ring production: approval: required, but the ring selects no machine here: nothing waits." in out
+
+
 def test_plan_requires_an_inventory() -> None:
     result = run("plan", "--policy", POLICY)
     assert result.exit_code == 2

@@ -21,6 +21,7 @@ from patchpilot.engine.messages import (
     InstancesLeased,
     LeaseInstances,
     NoticeUndelivered,
+    Notify,
     Outcome,
     PatchesInstalled,
     ProbeAgents,
@@ -29,9 +30,9 @@ from patchpilot.engine.messages import (
     StartFollowUp,
     TakeSnapshots,
 )
-from patchpilot.engine.run import FINAL_STATES, Run
+from patchpilot.engine.run import FINAL_STATES, MaintenanceRun, Run
 from patchpilot.inventory import Instance, Simulation, load_inventory
-from patchpilot.planning import plan
+from patchpilot.planning import plan, plan_maintenance
 from patchpilot.policy import Policy, load_policy, parse_policy
 
 NOW = datetime(2026, 12, 12, 2, 0, tzinfo=UTC)
@@ -48,8 +49,17 @@ exclude: {tags: {PatchPolicy: frozen}}
 """
 
 
+def policy_values(duration: str = "24h", approval: str = "auto", max_failures: str = "1") -> dict[str, str]:
+    return {"duration": duration, "approval": approval, "max_failures": max_failures}
+
+
 def policy(duration: str = "24h", approval: str = "auto", max_failures: str = "1") -> Policy:
-    return parse_policy(POLICY % {"duration": duration, "approval": approval, "max_failures": max_failures})
+    return parse_policy(POLICY % policy_values(duration, approval, max_failures))
+
+
+def first_ring_approved() -> Policy:
+    """`approval: required` on staging, the first ring."""
+    return parse_policy(POLICY.replace("soak: 1h}", "soak: 1h, approval: required}") % policy_values())
 
 
 def fleet(
@@ -250,6 +260,29 @@ def test_required_approval_waits_then_goes_on_when_granted() -> None:
     granted = decide(run, ApprovalGranted(id="a1", run_id=run.run_id), NOW + timedelta(hours=5))
     assert granted.run.state == "leasing"
     assert isinstance(granted.commands[0], LeaseInstances)
+
+
+def test_approval_required_on_the_first_ring_waits_before_anything_is_touched() -> None:
+    pol = first_ring_approved()
+    started = start_run("run-1", pol, plan(pol, fleet()), NOW)
+    assert started.run.status == "waiting_approval" and started.run.current.ring == "staging"
+    assert not [c for c in started.commands if not isinstance(c, Notify)]  # no lease, no snapshot: nothing
+    (asked,) = [c for c in started.commands if isinstance(c, Notify) and c.topic == "approval_needed"]
+    assert asked.text == "Ring staging needs approval before it starts: patchpilot approve run-1"
+    granted = decide(started.run, ApprovalGranted(id="run-1:approve:staging", run_id="run-1", by="ops"), NOW)
+    assert granted.run.state == "leasing" and granted.run.current.ring == "staging"
+    run = drive_to_end(granted, Recorder())
+    assert run.status == "succeeded" and "Ring staging approved by ops" in [e.text for e in run.log]
+
+
+def test_a_maintenance_run_never_waits_for_an_approval() -> None:
+    """Update Manager starts at its own time: its run is not gated (the policy refuses the flag)."""
+    maintenance = MaintenanceRun(
+        id="mr-1", configuration_id="/sub/x", starts_at=NOW, ends_at=NOW + timedelta(hours=3), cancel_by=NOW
+    )
+    pol = first_ring_approved()
+    started = start_run("run-1", pol, plan_maintenance(pol, fleet()), NOW, maintenance)
+    assert started.run.state == "leasing"
 
 
 def test_frozen_instances_are_listed_loudly_and_never_touched() -> None:

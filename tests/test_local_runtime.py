@@ -86,6 +86,24 @@ def test_required_approval_pauses_the_run_until_approved(tmp_path: Path) -> None
     assert again.exit_code == 2 and "not waiting for approval" in again.output
 
 
+def test_approval_required_on_the_first_ring_waits_before_touching_anything(tmp_path: Path) -> None:
+    policy = policy_variant(tmp_path, **{"    soak: 1h ": "    approval: required\n    soak: 1h "})
+    state = tmp_path / "s"
+    code, document = run_json("--policy", policy, "--inventory", FLEET, "--state-dir", state)
+    assert code == 3 and document["status"] == "waiting_approval"
+    assert {v["state"] for v in document["instances"].values() if v["ring"]} == {"pending"}
+    run_id = document["run_id"]
+    runtime = LocalRuntime.open(state)
+    assert runtime.fleet.effects(run_id) == {}  # nothing leased, snapshotted or patched before the approval
+    run = runtime.load(run_id)
+    assert run.current.ring == "staging"
+    assert run.log[-1].text == f"Ring staging needs approval before it starts: patchpilot approve {run_id}"
+
+    approved = cli("approve", run_id, "--state-dir", state, "--json")
+    assert approved.exit_code == 0, approved.output
+    assert json.loads(approved.stdout)["status"] == "succeeded"
+
+
 def test_a_rejected_ring_ends_the_run_cleanly_and_production_is_never_touched(tmp_path: Path) -> None:
     policy = policy_variant(tmp_path, **{"approval: auto ": "approval: required "})
     _, document = run_json("--policy", policy, "--inventory", FLEET, "--state-dir", tmp_path / "s")

@@ -262,6 +262,17 @@ def test_empty_select_is_rejected() -> None:
     assert problem.line == 11
 
 
+def test_approval_required_with_azure_update_manager_is_rejected_not_ignored() -> None:
+    """Update Manager starts at its own time: a ring's approval could not hold it back."""
+    text = BASE + "    approval: required\nazure:\n  maintenance: {resource_group: rg, location: westeurope}\n"
+    problem = only_problem(text)
+    assert problem.path == ("rings", 0, "approval")
+    assert problem.message.startswith("cannot take effect with azure.maintenance: Update Manager starts")
+    assert problem.line == 10
+    parse_policy(text.replace("approval: required", "approval: auto"))  # the same policy, no gate: fine
+    parse_policy(BASE + "    approval: required\n")  # PatchPilot runs the rings: the gate holds
+
+
 def test_no_rings_is_rejected() -> None:
     problem = only_problem("name: p\nrings: []\n")
     assert problem.path == ("rings",)

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from engine_driver import answer_all_ok, drive_to_end
 
-from patchpilot.engine.decide import start_run
-from patchpilot.engine.messages import CheckHealth, FleetCommand, Outcome
+from patchpilot.engine.decide import decide, start_run
+from patchpilot.engine.messages import ApprovalGranted, ApprovalRejected, CheckHealth, FleetCommand, Outcome
 from patchpilot.engine.run import Run
 from patchpilot.inventory import Instance, load_inventory
 from patchpilot.planning import plan
@@ -311,6 +311,46 @@ def test_unfinished_run_says_it_has_not_ended() -> None:
     page = parse(render_html(waiting))
     assert page.problems == []
     assert sorted(int(b["data-wave"]) for b in bars(page)) == started_waves(waiting)
+
+
+def ring_row(markdown: str, ring: str) -> str:
+    """The ring's row of the Procedure's ring table."""
+    table = markdown.split("### Rings", 1)[1].split("###", 1)[0]
+    return next(line for line in table.splitlines() if line.startswith(f"| {ring} | "))
+
+
+def test_the_ring_table_says_what_each_approval_gate_did_the_first_ring_too() -> None:
+    text = (ROOT / "tests" / "fixtures" / "policy.yaml").read_text()
+    policy = parse_policy(text.replace("    soak: 2h\n", "    soak: 2h\n    approval: required\n"))
+    fleet = example_fleet()
+    waiting = play("gated", policy, fleet, (), approve=False)
+    assert waiting.status == "waiting_approval" and not any(w.started_at for w in waiting.waves)
+    markdown = render_markdown(waiting)
+    assert ring_row(markdown, "staging").endswith(
+        "| required: waiting, before the ring starts (patchpilot approve gated) |"
+    )
+    assert ring_row(markdown, "production").endswith("| auto |")
+
+    approved_at = START + timedelta(minutes=10)  # the window (4h) still holds every wave
+    granted = decide(waiting, ApprovalGranted(id="gated:approve:staging", run_id="gated", by="ops"), approved_at)
+    done = drive_to_end(granted, answer_all_ok, start=approved_at)
+    assert done.status == "succeeded" and done.waves[0].finished_at > approved_at  # type: ignore[operator]
+    assert ring_row(render_markdown(done), "staging").endswith("| required: approved by ops, 2025-01-17 11:10:00 JST |")
+    html = render_html(done)
+    assert "required: approved by ops, 2025-01-17 11:10:00 JST" in html
+    assert "<title>approval: 2025-01-17 11:00:00 JST to 2025-01-17 11:10:00 JST" in html  # the wait, on the timeline
+
+    rejected = decide(waiting, ApprovalRejected(id="gated:approve:staging", run_id="gated", by="ops"), START).run
+    assert ring_row(render_markdown(rejected), "staging").endswith("| required: rejected by ops |")
+
+
+def test_the_ring_table_says_an_approval_on_a_ring_without_machines_held_nothing_back() -> None:
+    text = (ROOT / "tests" / "fixtures" / "policy.yaml").read_text().replace("approval: auto", "approval: required")
+    policy = parse_policy(text.replace("{Environment: production}", "{Environment: nowhere}"))
+    run = play("empty", policy, example_fleet(), ())
+    assert run.status == "succeeded"
+    expected = "| required, but the ring has no machine: nothing waited |"
+    assert ring_row(render_markdown(run), "production").endswith(expected)
 
 
 # ---------------------------------------------------------------- escaping and files

@@ -191,6 +191,9 @@ def print_plan(console: Console, policy: Policy, result: Plan) -> None:
         f"{result.instance_count} instances in {len(result.waves)} waves, lower bound "
         f"{result.lower_bound} ({rings}); {len(result.excluded)} excluded."
     )
+    for ring in result.rings:
+        if ring.gate:
+            console.print(f"Ring {ring.name}: {ring.gate}.", soft_wrap=True)
 
 
 @main.command()
@@ -288,7 +291,7 @@ def run_command(
 @json_option
 @reports_input_errors
 def approve(run_id: str, state_dir: Path, report_dir: Path | None, as_json: bool) -> None:
-    """Approve the next ring of a run waiting for approval, then go on with the run."""
+    """Approve the ring a run waits for (its first ring too), then go on with the run."""
     console = Console(stderr=as_json, highlight=False)
     live = LiveProgress(console, quiet=as_json)
     runtime = LocalRuntime.open(state_dir, on_notice=live.notice)
@@ -307,7 +310,7 @@ def approve(run_id: str, state_dir: Path, report_dir: Path | None, as_json: bool
 @json_option
 @reports_input_errors
 def reject(run_id: str, reason: str, state_dir: Path, report_dir: Path | None, as_json: bool) -> None:
-    """Refuse the next ring of a run waiting for approval: the run ends there (halted, with why)."""
+    """Refuse the ring a run waits for: the run ends there (halted, with why)."""
     console = Console(stderr=as_json, highlight=False)
     live = LiveProgress(console, quiet=as_json)
     runtime = LocalRuntime.open(state_dir, on_notice=live.notice)

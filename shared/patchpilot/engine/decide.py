@@ -155,8 +155,11 @@ def start_run(
         text += f"; {len(frozen)} frozen instances are not patched and stay exposed"
     notice = _notify(run, "run_started", text)
     run = _logged(run, now, text)
-    # A follow-up enters its first ring like any later ring: an approval the ring requires is asked again.
-    decision = _enter_next_ring(run, now) if follow_up_of is not None and waves else _begin_wave(run, now)
+    # The first ring is entered like any later one: a ring with `approval: required` waits before its
+    # first wave, so nothing is touched before someone approves (a follow-up asks again). A run that
+    # accompanies Update Manager cannot wait (Update Manager starts at its own time): the policy
+    # validation refuses `approval: required` with `azure.maintenance`.
+    decision = _enter_next_ring(run, now) if waves and maintenance is None else _begin_wave(run, now)
     return _issuing(_releasing(Decision(decision.run, [notice, *decision.commands])))
 
 
@@ -618,9 +621,11 @@ def _finish_wave(run: Run, now: datetime) -> Decision:
 
 
 def _enter_next_ring(run: Run, now: datetime) -> Decision:
+    """Start the ring of the current wave, or, when it requires approval, wait for one before its
+    first wave: the first ring too (then nothing at all is touched before someone approves)."""
     ring = run.policy.rings[run.current.ring_position]
     if ring.approval == "required":
-        text = f"Ring {ring.name} needs approval: patchpilot approve {run.run_id}"
+        text = f"Ring {ring.name} needs approval before it starts: patchpilot approve {run.run_id}"
         run = _logged(run, now, text, "warning")
         return Decision(_awaiting(run, "awaiting_approval", None), [_notify(run, "approval_needed", text)])
     return _begin_wave(run, now)

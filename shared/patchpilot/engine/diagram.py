@@ -9,8 +9,10 @@ HEADER = """# The run state machine
 Generated from `TRANSITIONS` in `shared/patchpilot/engine/decide.py` by
 `python -m patchpilot.engine.diagram` (`make docs`); a test fails when it is out of date.
 Each arrow is an event the state accepts; any other event in that state is ignored and said so.
+A run starts with its first wave (`leasing`), or in `awaiting_approval` when its first ring has
+`approval: required` (nothing is touched before someone approves).
 `WaveDone` is not a state: it is the end of a wave (every instance settled), which starts the
-next wave (`probing`), soaks, waits for approval, or ends the run (`succeeded`;
+next wave (`leasing`), soaks, waits for approval, or ends the run (`succeeded`;
 `succeeded_with_failures` when every wave finished within `max_failures` but a machine is left
 `failed`, its rollback failed or it is still unhealthy after it; `nothing_patched` when no
 machine was patched: an empty inventory, or a first ring that selected or patched nothing, so no
@@ -27,7 +29,8 @@ outbox: the next requested one starts, one at a time, none after a halt).
 
 
 def mermaid() -> str:
-    lines = ["stateDiagram-v2", "    [*] --> probing: RunStarted"]
+    # A run starts with its first wave's leases, or, when its first ring requires approval, waits for it.
+    lines = ["stateDiagram-v2", "    [*] --> leasing: RunStarted", "    [*] --> awaiting_approval: RunStarted"]
     for (state, event), transition in TRANSITIONS.items():
         for target in transition.targets:
             lines.append(f"    {state} --> {target}: {event}")

@@ -12,6 +12,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
+from typing import Literal
 
 from patchpilot.inventory import Instance
 from patchpilot.planning.regions import RegionPairs
@@ -56,6 +57,21 @@ class RingPlan:
     name: str
     waves: tuple[Wave, ...]
     lower_bound: int  # fewest waves the rules allow for this ring (the canary wave counted as 1)
+    approval: Literal["auto", "required"] = "auto"  # required: the ring waits for an approval before its first wave
+
+    @property
+    def waits_for_approval(self) -> bool:
+        """The run stops before this ring's first wave until someone approves (the first ring too)."""
+        return self.approval == "required" and bool(self.waves)
+
+    @property
+    def gate(self) -> str:
+        """What the ring's approval setting does in a run, in words ("" for nothing)."""
+        if self.waits_for_approval:
+            return "waits for approval before it starts (patchpilot approve RUN_ID)"
+        if self.approval == "required":
+            return "approval: required, but the ring selects no machine here: nothing waits"
+        return ""
 
 
 @dataclass(frozen=True)
@@ -89,7 +105,7 @@ def plan(policy: Policy, instances: Iterable[Instance]) -> Plan:
             for k, group in enumerate(groups)
         )
         next_index += len(waves)
-        rings.append(RingPlan(ring.name, waves, bound))
+        rings.append(RingPlan(ring.name, waves, bound, ring.approval))
     return Plan(tuple(rings), tuple(excluded))
 
 
@@ -380,6 +396,15 @@ def plan_document(result: Plan) -> dict[str, object]:
             "excluded": len(result.excluded),
             "waves": len(result.waves),
             "lower_bound": result.lower_bound,
-            "rings": [{"name": r.name, "waves": len(r.waves), "lower_bound": r.lower_bound} for r in result.rings],
+            "rings": [
+                {
+                    "name": r.name,
+                    "waves": len(r.waves),
+                    "lower_bound": r.lower_bound,
+                    "approval": r.approval,
+                    "waits_for_approval": r.waits_for_approval,
+                }
+                for r in result.rings
+            ],
         },
     }

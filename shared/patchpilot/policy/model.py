@@ -450,6 +450,15 @@ class Policy(_Section):
                 found.append(
                     Problem(("rings", index, "select"), "expected at least one of tags, ids, clouds, regions, os")
                 )
+            if ring.approval == "required" and self.azure is not None and self.azure.maintenance is not None:
+                found.append(
+                    Problem(
+                        ("rings", index, "approval"),
+                        "cannot take effect with azure.maintenance: Update Manager starts each ring at its "
+                        "own scheduled time and cannot wait for an approval; use approval: auto, "
+                        "or drop azure.maintenance to let PatchPilot run the rings",
+                    )
+                )
         for index, (a, b) in enumerate(self.region_pairs):
             if a.strip().lower() == b.strip().lower():
                 found.append(Problem(("region_pairs", index), f'a region cannot pair with itself ("{a}")'))

@@ -388,10 +388,27 @@ def _rings(run: Run) -> list[RingView]:
                 waves=len(waves),
                 instances=sum(len(w.records) for w in waves),
                 soak=fmt_duration(ring.soak) if ring.soak else "none",
-                approval=ring.approval,
+                approval=_approval(run, ring.name, ring.approval, bool(waves)),
             )
         )
     return out
+
+
+def _approval(run: Run, ring: str, setting: str, has_waves: bool) -> str:
+    """What the ring's approval gate did in this run: a ring with `approval: required` waits for
+    an approval before its first wave (the first ring too); one without machines has nothing to hold."""
+    if setting != "required":
+        return "auto"
+    if not has_waves:
+        return "required, but the ring has no machine: nothing waited"
+    approved = next((e for e in run.log if e.text.startswith(f"Ring {ring} approved by ")), None)
+    if approved is not None:
+        return f"required: {approved.text.removeprefix(f'Ring {ring} ')}, {fmt_time(approved.at, zone_of(run))}"
+    if run.state == "halted" and run.reason.startswith(f"ring {ring} rejected by "):
+        return f"required: {run.reason.removeprefix(f'ring {ring} ')}"
+    if run.state == "awaiting_approval" and run.current.ring == ring:
+        return f"required: waiting, before the ring starts (patchpilot approve {run.run_id})"
+    return "required: waits for approval before it starts (not reached)"
 
 
 def wave_outcome(wave: WaveState) -> Outcome:
@@ -638,6 +655,16 @@ def timeline(run: Run) -> Timeline:
 
     gaps = []
     started = [w for w in run.waves if w.started_at is not None]
+    opened = started[0].started_at if started else None
+    if opened is not None and opened > t0 and run.maintenance is None and _gated(run, started[0]):
+        gaps.append(  # the first ring waited for its approval
+            GapBand(
+                x=x_of(t0),
+                width=round(x_of(opened) - x_of(t0), 1),
+                label="approval",
+                title=f"approval: {fmt_time(t0, tz)} to {fmt_time(opened, tz)} ({fmt_duration(opened - t0)})",
+            )
+        )
     for before, after in pairwise(started):
         if before.finished_at is None or after.started_at is None or after.started_at <= before.finished_at:
             continue
@@ -688,6 +715,11 @@ def timeline(run: Run) -> Timeline:
     )
 
 
+def _gated(run: Run, wave: WaveState) -> bool:
+    """Whether the wave's ring waited for an approval before it started."""
+    return run.policy.rings[wave.ring_position].approval == "required"
+
+
 def _gap_label(run: Run, before: WaveState, after: WaveState) -> str:
     if before.ring == after.ring:
         return "pause"
@@ -695,7 +727,7 @@ def _gap_label(run: Run, before: WaveState, after: WaveState) -> str:
     parts = []
     if rings[before.ring_position].soak > timedelta(0):
         parts.append("soak")
-    if rings[after.ring_position].approval == "required":
+    if _gated(run, after):
         parts.append("approval")
     return " + ".join(parts) or "pause"
 

@@ -13,6 +13,7 @@ from patchpilot.engine.decide import Decision, decide, start_run
 from patchpilot.engine.messages import (
     AgentsProbed,
     ApprovalGranted,
+    ApprovalRejected,
     CheckHealth,
     FleetCommand,
     FollowUpRequested,
@@ -538,3 +539,10 @@ def test_an_empty_inventory_and_an_all_excluded_one_do_not_succeed() -> None:
     frozen = drive_to_end(start_run("r2", policy(), plan(policy(), fleet(0, 0, frozen=2)), NOW), answer_all_ok)
     assert frozen.status == "nothing_patched"
     assert frozen.reason.startswith("every one of the 2 instances was excluded (frozen")
+
+
+def test_a_rejection_is_logged_with_the_approver_and_ring_as_written() -> None:
+    run, _ = run_with(policy(approval="required"), fleet(), approve=False)
+    gate = f"{run.run_id}:approve:{run.current.ring}"
+    rejected = decide(run, ApprovalRejected(id=gate, run_id=run.run_id, by="Slack U0A1B2C3D (Alice)"), NOW).run
+    assert rejected.log[-2].text == "Ring production rejected by Slack U0A1B2C3D (Alice)"

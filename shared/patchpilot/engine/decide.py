@@ -479,7 +479,7 @@ def _on_rejected(run: Run, event: Event, now: datetime) -> Decision:
     assert isinstance(event, ApprovalRejected)
     ring = run.waves[run.cursor].ring
     reason = f"ring {ring} rejected by {event.by}" + (f": {event.reason}" if event.reason else "")
-    return _end(_logged(run, now, reason.capitalize(), "warning"), now, "halted", reason)
+    return _end(_logged(run, now, reason[:1].upper() + reason[1:], "warning"), now, "halted", reason)
 
 
 WAVE_DONE = "WaveDone"  # not a state: the end of a wave, decided inside the handlers

@@ -342,6 +342,62 @@ def test_literal_error_lists_the_choices() -> None:
     assert problem.message == "expected 'if_required', 'always' or 'never', got \"sometimes\""
 
 
+@pytest.mark.parametrize(
+    ("written", "meant"),
+    [("Asia/Tokio", "Asia/Tokyo"), ("asia/tokyo", "Asia/Tokyo"), ("Tokyo Standart Time", "Tokyo Standard Time")],
+)
+def test_a_mistyped_time_zone_suggests_the_nearest_one(written: str, meant: str) -> None:
+    problem = only_problem(BASE.replace("timezone: UTC", f"timezone: {written}"))
+    assert problem.path == ("schedule", "timezone")
+    assert problem.message.endswith(f'got "{written}" (did you mean "{meant}"?)')
+
+
+@pytest.mark.parametrize(
+    ("written", "meant"),
+    [
+        ("Second Tusday", "Second Tuesday"),
+        ("Secnd Tuesday Offset+4", "Second Tuesday Offset+4"),
+        ("Thrid Satruday", "Third Saturday"),
+    ],
+)
+def test_a_mistyped_weekday_or_ordinal_suggests_the_corrected_rule(written: str, meant: str) -> None:
+    problem = only_problem(BASE.replace("Second Tuesday", written))
+    assert problem.path == ("schedule", "monthly")
+    assert problem.message.endswith(f'got "{written}" (did you mean "{meant}"?)')
+
+
+def test_a_mistyped_enum_value_suggests_the_nearest_choice() -> None:
+    text = BASE.replace("{tags: {Environment: staging}}", "{os: [linx], clouds: [AWS]}")
+    text += "patches: {classifications: [Critcal, security]}\nreboot: allways\n"
+    hints = {p.path: p.message.rsplit(" (did you mean ", 1)[-1] for p in problems_of(text)}
+    assert hints == {
+        ("rings", 0, "select", "os", 0): '"linux"?)',
+        ("rings", 0, "select", "clouds", 0): '"aws"?)',
+        ("patches", "classifications", 0): '"Critical"?)',
+        ("patches", "classifications", 1): '"Security"?)',
+        ("reboot",): '"always"?)',
+    }
+
+
+def test_a_value_close_to_no_choice_gets_no_suggestion() -> None:
+    assert "did you mean" not in only_problem(BASE + "reboot: sometimes\n").message
+    assert "did you mean" not in only_problem(BASE.replace("Second Tuesday", "Fifth Tuesday")).message
+
+
+def test_problems_are_listed_in_file_order() -> None:
+    text = "rollout: {mode: sideways}\n" + BASE.replace("timezone: UTC", "timezone: Nowhere/Else")
+    text = text.replace("{tags: {Environment: staging}}", "{os: [linx], clouds: [gcp]}")
+    problems = problems_of(text)
+    assert [p.path for p in problems] == [
+        ("rollout", "mode"),
+        ("schedule", "timezone"),
+        ("rings", 0, "select", "os", 0),
+        ("rings", 0, "select", "clouds", 0),
+    ]
+    positions = [(p.line or 0, p.column or 0) for p in problems]
+    assert positions == sorted(positions) and [line for line, _ in positions] == [1, 6, 10, 10]
+
+
 # --- whole-file errors ---------------------------------------------------------------------------------
 
 

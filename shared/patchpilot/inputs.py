@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
-from patchpilot.errors import InputError, Path, Problem, quote
+from patchpilot.errors import InputError, Path, Problem, did_you_mean, quote
 
 if TYPE_CHECKING:
     import yaml
@@ -213,7 +213,7 @@ def _message(error: ErrorDetails, model: type[Any], loc: Path) -> str:
             return f"unknown field (did you mean {hint[0]}?)"
         return f"unknown field (allowed: {', '.join(allowed)})" if allowed else "unknown field"
     if kind == "literal_error":
-        return f"expected {ctx.get('expected')}, got {quote(value)}"
+        return f"expected {ctx.get('expected')}, got {quote(value)}{did_you_mean(value, _choices_at(model, loc))}"
     if kind.startswith("pp_"):  # our own messages already say what was expected and got
         return error["msg"]
     message = error["msg"]
@@ -237,6 +237,27 @@ def _fields_at(model: type[Any], loc: Path) -> list[str]:
         current = _model_in(fields[part].annotation)
     fields = getattr(current, "__pydantic_fields__", None)
     return list(fields) if fields else []
+
+
+def _choices_at(model: type[Any], loc: Path) -> list[str]:
+    """The values of the Literal that the field at `loc` holds (`os: list[OsFamily]` -> linux,
+    windows), following models from `model`; list indexes, mapping keys and pydantic's union
+    tags in `loc` are stepped over."""
+    current: Any = model
+    annotation: Any = None
+    for part in loc:
+        fields = getattr(current, "__pydantic_fields__", None)
+        if isinstance(part, int) or fields is None or part not in fields:
+            continue
+        annotation = fields[part].annotation
+        current = _model_in(annotation)
+    return _literal_values(annotation)
+
+
+def _literal_values(annotation: Any) -> list[str]:
+    if typing.get_origin(annotation) is typing.Literal:
+        return [str(arg) for arg in typing.get_args(annotation)]
+    return [value for arg in typing.get_args(annotation) for value in _literal_values(arg)]
 
 
 def _model_in(annotation: Any) -> Any:

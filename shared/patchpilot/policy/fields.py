@@ -8,18 +8,20 @@ from dataclasses import dataclass
 from datetime import time, timedelta
 from typing import Annotated, Any
 from urllib.parse import urlsplit
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from pydantic import BeforeValidator, PlainSerializer, PlainValidator, WithJsonSchema
 from pydantic_core import PydanticCustomError
 from tzlocal.windows_tz import win_tz
 
-from patchpilot.errors import quote
+from patchpilot.errors import did_you_mean, quote
 
 
-def fail(kind: str, message: str, value: object) -> PydanticCustomError:
-    """A validation error whose text reads `<message>, got <value>`."""
-    return PydanticCustomError(f"pp_{kind}", "{expected}, got {got}", {"expected": message, "got": quote(value)})
+def fail(kind: str, message: str, value: object, hint: str = "") -> PydanticCustomError:
+    """A validation error whose text reads `<message>, got <value><hint>` (hint: `did_you_mean`)."""
+    return PydanticCustomError(
+        f"pp_{kind}", "{expected}, got {got}{hint}", {"expected": message, "got": quote(value), "hint": hint}
+    )
 
 
 def new_list() -> list[Any]:
@@ -141,6 +143,7 @@ def resolve_timezone(name: str) -> ZoneInfo:
             "timezone",
             'expected an IANA time zone ("Asia/Tokyo") or a Windows one ("Tokyo Standard Time")',
             name,
+            did_you_mean(name, {*available_timezones(), *win_tz}),
         ) from None
 
 

@@ -398,6 +398,71 @@ def test_problems_are_listed_in_file_order() -> None:
     assert positions == sorted(positions) and [line for line, _ in positions] == [1, 6, 10, 10]
 
 
+SINGLE_VALUES = """\
+name: p
+schedule: {monthly: "Second Tuesday", at: "02:00", duration: 4h}
+rings:
+  - name: staging
+    select: {os: linux, clouds: aws, ids: 12345, regions: ap-northeast-1}
+    approvers: U0123ABCD
+exclude: {ids: i-0frozen}
+patches: {classifications: Security, include: openssl, exclude: kernel}
+health: {alarms: api-5xx, http: "http://{name}:8080/healthz"}
+aws: {regions: ap-northeast-1, baselines: {operating_systems: UBUNTU, severities: Critical}}
+azure: {subscriptions: sub-1, resource_groups: rg-web, locations: japaneast}
+notifications:
+  channels: [{name: ops, kind: slack, webhook: ops-webhook}]
+  routes: [{topics: run_halted, channels: ops}]
+emergency: {rings: staging}
+"""
+
+
+def test_a_single_value_is_a_list_of_one_wherever_a_list_is_expected() -> None:
+    policy = parse_policy(SINGLE_VALUES)
+    select = policy.rings[0].select
+    assert (select.os, select.clouds, select.ids, select.regions) == (["linux"], ["aws"], ["12345"], ["ap-northeast-1"])
+    assert policy.rings[0].approvers == ["U0123ABCD"] and policy.exclude.ids == ["i-0frozen"]
+    assert (policy.patches.classifications, policy.patches.include, policy.patches.exclude) == (
+        ["Security"],
+        ["openssl"],
+        ["kernel"],
+    )
+    assert (policy.health.alarms, policy.health.http) == (["api-5xx"], ["http://{name}:8080/healthz"])
+    assert policy.aws is not None and policy.aws.regions == ["ap-northeast-1"] and policy.aws.baselines is not None
+    assert (policy.aws.baselines.operating_systems, policy.aws.baselines.severities) == (["UBUNTU"], ["Critical"])
+    assert policy.azure is not None
+    assert (policy.azure.subscriptions, policy.azure.resource_groups, policy.azure.locations) == (
+        ["sub-1"],
+        ["rg-web"],
+        ["japaneast"],
+    )
+    assert policy.notifications is not None
+    route = policy.notifications.routes[0]
+    assert (route.topics, route.channels) == (["run_halted"], ["ops"])
+    assert policy.emergency is not None and policy.emergency.rings == ["staging"]
+
+
+def test_a_single_bad_value_is_named_as_the_lists_first_item_with_a_suggestion() -> None:
+    problem = only_problem(BASE.replace("{tags: {Environment: staging}}", "{os: linx}"))
+    assert problem.path == ("rings", 0, "select", "os", 0)
+    assert problem.line == 9
+    assert problem.message == "expected 'linux' or 'windows', got \"linx\" (did you mean \"linux\"?)"
+
+
+def test_a_bad_value_in_a_union_field_is_named_by_its_field_path_once() -> None:
+    text = SINGLE_VALUES.replace("topics: run_halted", "topics: run_halt")
+    problem = only_problem(text)
+    assert problem.path == ("notifications", "routes", 0, "topics", 0)  # no "literal['*']" nor "function-before[...]"
+    assert problem.message.endswith('got "run_halt" (did you mean "run_halted"?)')
+
+
+def test_the_schema_takes_a_single_value_where_a_list_is_expected() -> None:
+    os_field = Policy.model_json_schema()["$defs"]["Selector"]["properties"]["os"]
+    single, listed = os_field["anyOf"]
+    assert single == {"enum": ["linux", "windows"], "type": "string"}
+    assert listed["type"] == "array" and listed["items"] == single
+
+
 # --- whole-file errors ---------------------------------------------------------------------------------
 
 

@@ -191,12 +191,40 @@ def problems_from(
 ) -> list[Problem]:
     """Turn pydantic's errors into Problems that read like the docs."""
     problems = []
+    branches: set[Path] = set()  # where a member of a union failed
     for error in exc.errors(include_url=False):
-        path: Path = (*prefix, *error["loc"])
+        loc = _without_union_tags(model, error["loc"])
+        path: Path = (*prefix, *loc)
+        if len(loc) < len(error["loc"]):
+            branches.add(path)
         pos = locate(path)
         line, col = pos if pos else (None, None)
-        problems.append(Problem(path, _message(error, model, error["loc"]), line, col))
-    return problems
+        problems.append(Problem(path, _message(error, model, loc), line, col))
+    # Of a union's failed members, the ones that got furthest into the value say the most
+    # (`topics[0]: expected 'run_halted', ...` rather than `topics: expected '*'`).
+    shallow = {b for b in branches if any(len(o) > len(b) and o[: len(b)] == b for o in branches)}
+    return [p for p in problems if p.path not in shallow]
+
+
+def _without_union_tags(model: type[Any], loc: Path) -> Path:
+    """`loc` without the names pydantic gives the members of a union field (`topics.literal['*']`,
+    `topics.function-before[...]`): the part after a union field that is not a field of its model."""
+    kept: list[str | int] = []
+    current: Any = model
+    union = False
+    for part in loc:
+        fields = getattr(current, "__pydantic_fields__", None) or {}
+        if union and isinstance(part, str) and part not in fields:
+            union = False
+            continue
+        kept.append(part)
+        if isinstance(part, str) and part in fields:
+            annotation = fields[part].annotation
+            union = isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union
+            current = _model_in(annotation)
+        else:
+            union = False
+    return tuple(kept)
 
 
 def _message(error: ErrorDetails, model: type[Any], loc: Path) -> str:

@@ -148,10 +148,9 @@ def test_bad_os_lists_the_choices() -> None:
 
 
 def test_a_mistyped_cloud_or_os_suggests_the_nearest_value() -> None:
-    assert rendered({"instances": [entry(cloud="AWS", os="Linux")]}) == [
-        'inv.json: instances[0].cloud: expected \'aws\' or \'azure\', got "AWS" (did you mean "aws"?) (entry "i-1")',
-        'inv.json: instances[0].os: expected \'linux\' or \'windows\', got "Linux" (did you mean "linux"?) (entry "i-1")',
-    ]
+    cloud, os = rendered({"instances": [entry(cloud="AWS", os="Linux")]})
+    assert cloud.endswith('.cloud: expected \'aws\' or \'azure\', got "AWS" (did you mean "aws"?) (entry "i-1")')
+    assert os.endswith('.os: expected \'linux\' or \'windows\', got "Linux" (did you mean "linux"?) (entry "i-1")')
 
 
 def test_negative_update_domain_is_rejected() -> None:

@@ -11,8 +11,9 @@ instance's `simulation` fault hints (all ok by default), snapshot ids from a has
 and instance. Each answer is in the words of the cloud adapters and true of the command it
 answers: a failed health check names a check the command has (the policy's alarm, HTTP check or
 script, else the cloud's own status check), a failed install names one of its patches, a rollback
-says which volumes it restored. Each real effect (a snapshot, an install, a rollback) is written once to a ledger,
-so tests can check that no instance is ever touched twice by redelivery, polls or crashes.
+says which volumes it restored. Each real effect (a snapshot, an install, a rollback) is written
+once to a ledger, so tests can check that no instance is ever touched twice by redelivery, polls
+or crashes.
 """
 
 from __future__ import annotations
@@ -513,7 +514,7 @@ def _health(instance: Instance, checks: HealthChecks, after_rollback: bool, rebo
     address = _private_ip(instance)
     own: list[tuple[str, str, bool]] = []  # the policy's checks here: (failed, passed, fails anyway)
     if aws and checks.alarms:
-        names = [fill(alarm, instance, address) for alarm in checks.alarms]
+        names = [fill(alarm, instance, "") for alarm in checks.alarms]  # as Ec2SsmFleet: no {private_ip}
         own.append((f"alarm {names[0]} is ALARM", f"{plural(len(names), 'alarm')} OK", False))
     if checks.http:
         try:

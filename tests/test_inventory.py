@@ -147,6 +147,12 @@ def test_bad_os_lists_the_choices() -> None:
     assert problem.message == "expected 'linux' or 'windows', got \"bsd\" (entry \"i-1\")"
 
 
+def test_a_mistyped_cloud_or_os_suggests_the_nearest_value() -> None:
+    cloud, os = rendered({"instances": [entry(cloud="AWS", os="Linux")]})
+    assert cloud.endswith('.cloud: expected \'aws\' or \'azure\', got "AWS" (did you mean "aws"?) (entry "i-1")')
+    assert os.endswith('.os: expected \'linux\' or \'windows\', got "Linux" (did you mean "linux"?) (entry "i-1")')
+
+
 def test_negative_update_domain_is_rejected() -> None:
     (problem,) = problems_of({"instances": [entry(update_domain=-1)]})
     assert problem.path == ("instances", 0, "update_domain")

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from click.testing import CliRunner, Result
 
 from patchpilot.adapters.local.clock import VirtualClock
@@ -57,6 +58,38 @@ def test_example_run_succeeds_and_rolls_back_the_one_bad_instance(tmp_path: Path
     assert {v["state"] for v in instances.values()} == {"patched", "rolled_back", "excluded"}
     assert all(set(v) >= {"state", "reason", "ring", "wave"} for v in instances.values())
     assert Path(document["report"]["html"]).is_file() and Path(document["report"]["markdown"]).is_file()
+
+
+def test_a_simulated_health_failure_names_a_check_the_policy_has(tmp_path: Path) -> None:
+    fleet = json.loads(FLEET.read_text())
+    aws = next(i["id"] for i in fleet["instances"] if i["name"] == "api-tyo-05")  # health: fail in the example
+    azure = next(i for i in fleet["instances"] if i["cloud"] == "azure" and i["tags"]["Environment"] == "production")
+    azure["simulation"] = {"health": "fail"}
+    inventory = tmp_path / "fleet.json"
+    inventory.write_text(json.dumps(fleet))
+
+    def rolled_back(policy: Path, state: str) -> dict[str, str]:
+        code, document = run_json("--policy", policy, "--inventory", inventory, "--state-dir", tmp_path / state)
+        assert code in (0, 1), document  # two failures in one wave halt the run: reasons are kept
+        return {i: v["reason"] for i, v in document["instances"].items() if v["state"] == "rolled_back"}
+
+    assert "health" not in yaml.safe_load(POLICY.read_text())  # the example policy has no checks of its own
+    reasons = rolled_back(POLICY, "no-checks")
+    assert set(reasons) == {aws, azure["id"]}
+    assert (
+        "health check failed after patching: EC2 status check: instance impaired, SSM agent not back after the reboot"
+        in reasons[aws]
+    )
+    assert (
+        "health check failed after patching: Azure status check: VM agent Not Ready after the reboot"
+        in reasons[azure["id"]]
+    )
+    assert not any("HTTP" in reason for reason in reasons.values())
+
+    checks = 'reboot: if_required\nhealth:\n  http: ["http://{name}:8080/healthz"]\n'
+    with_http = policy_variant(tmp_path, **{"reboot: if_required\n": checks})
+    reasons = rolled_back(with_http, "http")
+    assert "health check failed after patching: GET http://api-tyo-05:8080/healthz: HTTP 503" in reasons[aws]
 
 
 def test_run_shows_progress_and_where_the_report_is(tmp_path: Path) -> None:

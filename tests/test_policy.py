@@ -353,6 +353,127 @@ def test_literal_error_lists_the_choices() -> None:
     assert problem.message == "expected 'if_required', 'always' or 'never', got \"sometimes\""
 
 
+@pytest.mark.parametrize(
+    ("written", "meant"),
+    [("Asia/Tokio", "Asia/Tokyo"), ("asia/tokyo", "Asia/Tokyo"), ("Tokyo Standart Time", "Tokyo Standard Time")],
+)
+def test_a_mistyped_time_zone_suggests_the_nearest_one(written: str, meant: str) -> None:
+    problem = only_problem(BASE.replace("timezone: UTC", f"timezone: {written}"))
+    assert problem.path == ("schedule", "timezone")
+    assert problem.message.endswith(f'got "{written}" (did you mean "{meant}"?)')
+
+
+@pytest.mark.parametrize(
+    ("written", "meant"),
+    [
+        ("Second Tusday", "Second Tuesday"),
+        ("Secnd Tuesday Offset+4", "Second Tuesday Offset+4"),
+        ("Thrid Satruday", "Third Saturday"),
+    ],
+)
+def test_a_mistyped_weekday_or_ordinal_suggests_the_corrected_rule(written: str, meant: str) -> None:
+    problem = only_problem(BASE.replace("Second Tuesday", written))
+    assert problem.path == ("schedule", "monthly")
+    assert problem.message.endswith(f'got "{written}" (did you mean "{meant}"?)')
+
+
+def test_a_mistyped_enum_value_suggests_the_nearest_choice() -> None:
+    text = BASE.replace("{tags: {Environment: staging}}", "{os: [linx], clouds: [AWS]}")
+    text += "patches: {classifications: [Critcal, security]}\nreboot: allways\n"
+    hints = {p.path: p.message.rsplit(" (did you mean ", 1)[-1] for p in problems_of(text)}
+    assert hints == {
+        ("rings", 0, "select", "os", 0): '"linux"?)',
+        ("rings", 0, "select", "clouds", 0): '"aws"?)',
+        ("patches", "classifications", 0): '"Critical"?)',
+        ("patches", "classifications", 1): '"Security"?)',
+        ("reboot",): '"always"?)',
+    }
+
+
+def test_a_value_close_to_no_choice_gets_no_suggestion() -> None:
+    assert "did you mean" not in only_problem(BASE + "reboot: sometimes\n").message
+    assert "did you mean" not in only_problem(BASE.replace("Second Tuesday", "Fifth Tuesday")).message
+
+
+def test_problems_are_listed_in_file_order() -> None:
+    text = "rollout: {mode: sideways}\n" + BASE.replace("timezone: UTC", "timezone: Nowhere/Else")
+    text = text.replace("{tags: {Environment: staging}}", "{os: [linx], clouds: [gcp]}")
+    problems = problems_of(text)
+    assert [p.path for p in problems] == [
+        ("rollout", "mode"),
+        ("schedule", "timezone"),
+        ("rings", 0, "select", "os", 0),
+        ("rings", 0, "select", "clouds", 0),
+    ]
+    positions = [(p.line or 0, p.column or 0) for p in problems]
+    assert positions == sorted(positions) and [line for line, _ in positions] == [1, 6, 10, 10]
+
+
+SINGLE_VALUES = """\
+name: p
+schedule: {monthly: "Second Tuesday", at: "02:00", duration: 4h}
+rings:
+  - name: staging
+    select: {os: linux, clouds: aws, ids: 12345, regions: ap-northeast-1}
+    approvers: U0123ABCD
+exclude: {ids: i-0frozen}
+patches: {classifications: Security, include: openssl, exclude: kernel}
+health: {alarms: api-5xx, http: "http://{name}:8080/healthz"}
+aws: {regions: ap-northeast-1, baselines: {operating_systems: UBUNTU, severities: Critical}}
+azure: {subscriptions: sub-1, resource_groups: rg-web, locations: japaneast}
+notifications:
+  channels: [{name: ops, kind: slack, webhook: ops-webhook}]
+  routes: [{topics: run_halted, channels: ops}]
+emergency: {rings: staging}
+"""
+
+
+def test_a_single_value_is_a_list_of_one_wherever_a_list_is_expected() -> None:
+    policy = parse_policy(SINGLE_VALUES)
+    select = policy.rings[0].select
+    assert (select.os, select.clouds, select.ids, select.regions) == (["linux"], ["aws"], ["12345"], ["ap-northeast-1"])
+    assert policy.rings[0].approvers == ["U0123ABCD"] and policy.exclude.ids == ["i-0frozen"]
+    assert (policy.patches.classifications, policy.patches.include, policy.patches.exclude) == (
+        ["Security"],
+        ["openssl"],
+        ["kernel"],
+    )
+    assert (policy.health.alarms, policy.health.http) == (["api-5xx"], ["http://{name}:8080/healthz"])
+    assert policy.aws is not None and policy.aws.regions == ["ap-northeast-1"] and policy.aws.baselines is not None
+    assert (policy.aws.baselines.operating_systems, policy.aws.baselines.severities) == (["UBUNTU"], ["Critical"])
+    assert policy.azure is not None
+    assert (policy.azure.subscriptions, policy.azure.resource_groups, policy.azure.locations) == (
+        ["sub-1"],
+        ["rg-web"],
+        ["japaneast"],
+    )
+    assert policy.notifications is not None
+    route = policy.notifications.routes[0]
+    assert (route.topics, route.channels) == (["run_halted"], ["ops"])
+    assert policy.emergency is not None and policy.emergency.rings == ["staging"]
+
+
+def test_a_single_bad_value_is_named_as_the_lists_first_item_with_a_suggestion() -> None:
+    problem = only_problem(BASE.replace("{tags: {Environment: staging}}", "{os: linx}"))
+    assert problem.path == ("rings", 0, "select", "os", 0)
+    assert problem.line == 9
+    assert problem.message == "expected 'linux' or 'windows', got \"linx\" (did you mean \"linux\"?)"
+
+
+def test_a_bad_value_in_a_union_field_is_named_by_its_field_path_once() -> None:
+    text = SINGLE_VALUES.replace("topics: run_halted", "topics: run_halt")
+    problem = only_problem(text)
+    assert problem.path == ("notifications", "routes", 0, "topics", 0)  # no "literal['*']" nor "function-before[...]"
+    assert problem.message.endswith('got "run_halt" (did you mean "run_halted"?)')
+
+
+def test_the_schema_takes_a_single_value_where_a_list_is_expected() -> None:
+    os_field = Policy.model_json_schema()["$defs"]["Selector"]["properties"]["os"]
+    single, listed = os_field["anyOf"]
+    assert single == {"enum": ["linux", "windows"], "type": "string"}
+    assert listed["type"] == "array" and listed["items"] == single
+
+
 # --- whole-file errors ---------------------------------------------------------------------------------
 
 

@@ -24,6 +24,7 @@ from patchpilot.engine.messages import (
     TakeSnapshots,
 )
 from patchpilot.inventory import Instance, Simulation
+from patchpilot.policy.model import HealthChecks
 from patchpilot.ports import InProgress, Progress
 
 T0 = datetime(2025, 1, 14, 22, 0, tzinfo=UTC)
@@ -47,9 +48,9 @@ def fleet(db: Path, clock: ManualClock) -> Iterator[SimulatedFleet]:
         yield fleet
 
 
-def vm(instance_id: str = "i-1", os: str = "linux", cloud: str = "aws", **hints: Any) -> Instance:
+def vm(instance_id: str = "i-1", os: str = "linux", cloud: str = "aws", name: str = "", **hints: Any) -> Instance:
     simulation = Simulation(**hints) if hints else None
-    return Instance(id=instance_id, cloud=cloud, region="r", os=os, simulation=simulation)  # type: ignore[arg-type]
+    return Instance(id=instance_id, cloud=cloud, region="r", os=os, name=name, simulation=simulation)  # type: ignore[arg-type]
 
 
 def snapshots(*instances: Instance, command_id: str = "c-snap") -> TakeSnapshots:
@@ -77,8 +78,16 @@ def rollback(*instances: Instance, snapshot_ids: tuple[str, ...] = ("snap-1",)) 
     return RollBack(id="c-rollback", run_id=RUN, targets=targets)
 
 
-def health(*instances: Instance, after_rollback: bool = False, command_id: str = "c-health") -> CheckHealth:
-    return CheckHealth(id=command_id, run_id=RUN, targets=list(instances), after_rollback=after_rollback)
+def health(
+    *instances: Instance, after_rollback: bool = False, command_id: str = "c-health", **checks: Any
+) -> CheckHealth:
+    return CheckHealth(
+        id=command_id,
+        run_id=RUN,
+        targets=list(instances),
+        after_rollback=after_rollback,
+        checks=HealthChecks.model_validate(checks),
+    )
 
 
 def finished(progress: Progress) -> list[Outcome]:
@@ -341,13 +350,83 @@ def test_a_failing_install_reports_the_exit_code(fleet: SimulatedFleet, clock: M
     assert fine.ok
 
 
-def test_a_failing_health_check_fails_only_before_a_rollback(fleet: SimulatedFleet, clock: ManualClock) -> None:
-    sick = vm(health="fail")
-    after_patching = one(run_to_end(clock, lambda: fleet.check_health(health(sick))))
-    assert not after_patching.ok and "503" in after_patching.detail
-    recheck = health(sick, after_rollback=True, command_id="c-recheck")
-    after_rollback = one(run_to_end(clock, lambda: fleet.check_health(recheck)))
-    assert after_rollback.ok and after_rollback.detail == "status checks 2/2 passed"
+def test_a_failing_install_names_only_a_patch_it_was_asked_to_install(
+    fleet: SimulatedFleet, clock: ManualClock
+) -> None:
+    command = install(vm("i-1", install="fail"), vm("i-2", os="windows", install="fail"), only=["openssl-3.0.13-1.el9"])
+    linux, windows = run_to_end(clock, lambda: fleet.install_patches(command))
+    assert "openssl-3.0.13-1.el9" in linux.detail
+    assert windows.detail == "exit code 0x80070643: the update installer failed before installing anything"
+    nothing = install(vm("i-3", install="fail"), command_id="c-nothing", only=[])
+    empty = one(run_to_end(clock, lambda: fleet.install_patches(nothing)))
+    assert not empty.ok and "openssl" not in empty.detail and "before installing anything" in empty.detail
+
+
+def checked(fleet: SimulatedFleet, clock: ManualClock, command: CheckHealth) -> dict[str, Outcome]:
+    return {o.id: o for o in run_to_end(clock, lambda: fleet.check_health(command))}
+
+
+def test_a_failing_health_check_without_policy_checks_names_the_clouds_status_check(
+    fleet: SimulatedFleet, clock: ManualClock
+) -> None:
+    sick = (vm("i-1", health="fail"), vm(ARM, cloud="azure", health="fail"))
+    aws, azure = checked(fleet, clock, health(*sick)).values()
+    assert not aws.ok and aws.detail == "EC2 status check: instance impaired"
+    assert not azure.ok and azure.detail == "Azure status check: VM agent Not Ready"
+    for outcome in (aws, azure):
+        assert "HTTP" not in outcome.detail and "script" not in outcome.detail and "alarm" not in outcome.detail
+    recheck = checked(fleet, clock, health(*sick, after_rollback=True, command_id="c-recheck"))
+    assert recheck["i-1"].ok and recheck["i-1"].detail == "status checks 2/2 passed, SSM agent online"
+    assert recheck[ARM].ok and recheck[ARM].detail == "VM running, VM agent Ready"
+
+
+def test_a_failing_health_check_names_the_policys_http_check(fleet: SimulatedFleet, clock: ManualClock) -> None:
+    command = health(
+        vm("i-1", name="web-1", health="fail"),
+        vm("i-2", name="web-2"),
+        http=["http://{name}:8080/healthz", "https://{private_ip}/ready"],
+    )
+    outcomes = checked(fleet, clock, command)
+    assert not outcomes["i-1"].ok and outcomes["i-1"].detail == "GET http://web-1:8080/healthz: HTTP 503"
+    assert outcomes["i-2"].ok and outcomes["i-2"].detail == "status checks 2/2 passed, SSM agent online, HTTP 200, 200"
+
+
+def test_a_failing_health_check_names_the_alarm_on_aws_only(fleet: SimulatedFleet, clock: ManualClock) -> None:
+    sick = (vm("i-1", name="api-1", health="fail"), vm(ARM, cloud="azure", health="fail"))
+    outcomes = checked(fleet, clock, health(*sick, alarms=["api-5xx-{name}"], http=["http://{name}/"]))
+    assert outcomes["i-1"].detail == "alarm api-5xx-api-1 is ALARM"  # alarms are read before HTTP on AWS
+    assert outcomes[ARM].detail == "GET http://web-01/: HTTP 503"  # no CloudWatch alarms on Azure
+    fine = checked(fleet, clock, health(vm(ARM, cloud="azure"), alarms=["api-5xx"], command_id="c-2"))
+    assert fine[ARM].detail == "VM running, VM agent Ready, CloudWatch alarms not checked (AWS only)"
+
+
+def test_a_failing_health_check_names_the_script_of_the_machines_os(fleet: SimulatedFleet, clock: ManualClock) -> None:
+    sick = (vm("i-1", health="fail"), vm("i-2", os="windows", health="fail"), vm(ARM, cloud="azure", health="fail"))
+    outcomes = checked(fleet, clock, health(*sick, script={"linux": "systemctl is-active nginx"}))
+    assert outcomes["i-1"].detail == "health script: exit code 1"
+    assert outcomes[ARM].detail == "health script failed, exit code 1"
+    assert outcomes["i-2"].detail == "EC2 status check: instance impaired"  # no Windows script in the policy
+
+
+def test_the_status_check_says_after_the_reboot_only_when_the_install_rebooted(
+    fleet: SimulatedFleet, clock: ManualClock
+) -> None:
+    rebooted, not_rebooted = vm("i-1", health="fail"), vm("i-2", health="fail")
+    run_to_end(clock, lambda: fleet.install_patches(install(rebooted, command_id="c-i1")))
+    run_to_end(clock, lambda: fleet.install_patches(install(not_rebooted, command_id="c-i2", reboot="never")))
+    outcomes = checked(fleet, clock, health(rebooted, not_rebooted))
+    assert (
+        outcomes["i-1"].detail
+        == "EC2 status check: instance impaired, SSM agent not back after the reboot (ConnectionLost)"
+    )
+    assert outcomes["i-2"].detail == "EC2 status check: instance impaired"
+
+
+def test_an_http_check_whose_url_cannot_be_built_fails_as_on_the_clouds(
+    fleet: SimulatedFleet, clock: ManualClock
+) -> None:
+    outcome = one(run_to_end(clock, lambda: fleet.check_health(health(vm(name="x/../admin"), http=["http://{name}/"]))))
+    assert not outcome.ok and "is not a DNS label or an IP address" in outcome.detail
 
 
 def test_a_rollback_names_the_snapshot_it_restored(fleet: SimulatedFleet, clock: ManualClock) -> None:
@@ -362,6 +441,16 @@ def test_a_failing_rollback_reports_its_failure(fleet: SimulatedFleet, clock: Ma
     outcome = one(run_to_end(clock, lambda: fleet.roll_back(rollback(vm(rollback="fail")))))
     assert not outcome.ok
     assert "snap-1" in outcome.detail
+
+
+def test_a_rollback_restores_data_volumes_only_when_asked(fleet: SimulatedFleet, clock: ManualClock) -> None:
+    root_only = one(run_to_end(clock, lambda: fleet.roll_back(rollback(vm("i-1"), snapshot_ids=("snap-a", "snap-b")))))
+    assert root_only.detail == "root volume restored from snap-a" and root_only.items == ["snap-a"]
+    targets = [RestoreTarget(instance=vm(ARM, cloud="azure"), snapshot_ids=["os-snap", "data-snap"])]
+    command = RollBack(id="c-rollback-2", run_id=RUN, targets=targets, restore_data_volumes=True)
+    both = one(run_to_end(clock, lambda: fleet.roll_back(command)))
+    assert both.detail == "OS disk restored from os-snap and 1 data disk from its snapshots"
+    assert both.items == ["os-snap", "data-snap"]
 
 
 def test_a_rollback_without_snapshots_fails(fleet: SimulatedFleet, clock: ManualClock) -> None:

@@ -41,11 +41,12 @@ class Problem:
 
 
 class InputError(Exception):
-    """A user-supplied file (policy, inventory, event) is invalid; carries every problem found."""
+    """A user-supplied file (policy, inventory, event) is invalid; carries every problem found,
+    in file order (by line and column; problems without a position last, as they came)."""
 
     def __init__(self, source: str, problems: Sequence[Problem]) -> None:
         self.source = source
-        self.problems = tuple(problems)
+        self.problems = tuple(sorted(problems, key=_file_order))
         super().__init__(self.render())
 
     def render(self) -> str:
@@ -54,6 +55,10 @@ class InputError(Exception):
     @classmethod
     def single(cls, source: str, message: str, path: Path = ()) -> InputError:
         return cls(source, [Problem(path, message)])
+
+
+def _file_order(problem: Problem) -> tuple[bool, int, int]:
+    return problem.line is None, problem.line or 0, problem.column or 0
 
 
 def quote(value: object) -> str:
@@ -65,3 +70,22 @@ def quote(value: object) -> str:
 
 def join_choices(choices: Iterable[str]) -> str:
     return ", ".join(sorted(choices))
+
+
+def nearest(value: object, choices: Iterable[str]) -> str | None:
+    """The choice closest to a mistyped `value` (case aside), or None when none is close."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    import difflib  # imported when used: only for errors
+
+    by_folded: dict[str, str] = {}
+    for choice in choices:
+        by_folded.setdefault(choice.casefold(), choice)
+    found = difflib.get_close_matches(value.strip().casefold(), list(by_folded), n=1, cutoff=0.7)
+    return by_folded[found[0]] if found else None
+
+
+def did_you_mean(value: object, choices: Iterable[str]) -> str:
+    """` (did you mean "X"?)` for the choice closest to `value`, or "" when none is close."""
+    hint = nearest(value, choices)
+    return f" (did you mean {quote(hint)}?)" if hint is not None and hint != value else ""

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
-from patchpilot.errors import InputError, Path, Problem, quote
+from patchpilot.errors import InputError, Path, Problem, did_you_mean, quote
 
 if TYPE_CHECKING:
     import yaml
@@ -191,12 +191,40 @@ def problems_from(
 ) -> list[Problem]:
     """Turn pydantic's errors into Problems that read like the docs."""
     problems = []
+    branches: set[Path] = set()  # where a member of a union failed
     for error in exc.errors(include_url=False):
-        path: Path = (*prefix, *error["loc"])
+        loc = _without_union_tags(model, error["loc"])
+        path: Path = (*prefix, *loc)
+        if len(loc) < len(error["loc"]):
+            branches.add(path)
         pos = locate(path)
         line, col = pos if pos else (None, None)
-        problems.append(Problem(path, _message(error, model, error["loc"]), line, col))
-    return problems
+        problems.append(Problem(path, _message(error, model, loc), line, col))
+    # Of a union's failed members, the ones that got furthest into the value say the most
+    # (`topics[0]: expected 'run_halted', ...` rather than `topics: expected '*'`).
+    shallow = {b for b in branches if any(len(o) > len(b) and o[: len(b)] == b for o in branches)}
+    return [p for p in problems if p.path not in shallow]
+
+
+def _without_union_tags(model: type[Any], loc: Path) -> Path:
+    """`loc` without the names pydantic gives the members of a union field (`topics.literal['*']`,
+    `topics.function-before[...]`): the part after a union field that is not a field of its model."""
+    kept: list[str | int] = []
+    current: Any = model
+    union = False
+    for part in loc:
+        fields = getattr(current, "__pydantic_fields__", None) or {}
+        if union and isinstance(part, str) and part not in fields:
+            union = False
+            continue
+        kept.append(part)
+        if isinstance(part, str) and part in fields:
+            annotation = fields[part].annotation
+            union = isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union
+            current = _model_in(annotation)
+        else:
+            union = False
+    return tuple(kept)
 
 
 def _message(error: ErrorDetails, model: type[Any], loc: Path) -> str:
@@ -213,7 +241,7 @@ def _message(error: ErrorDetails, model: type[Any], loc: Path) -> str:
             return f"unknown field (did you mean {hint[0]}?)"
         return f"unknown field (allowed: {', '.join(allowed)})" if allowed else "unknown field"
     if kind == "literal_error":
-        return f"expected {ctx.get('expected')}, got {quote(value)}"
+        return f"expected {ctx.get('expected')}, got {quote(value)}{did_you_mean(value, _choices_at(model, loc))}"
     if kind.startswith("pp_"):  # our own messages already say what was expected and got
         return error["msg"]
     message = error["msg"]
@@ -237,6 +265,27 @@ def _fields_at(model: type[Any], loc: Path) -> list[str]:
         current = _model_in(fields[part].annotation)
     fields = getattr(current, "__pydantic_fields__", None)
     return list(fields) if fields else []
+
+
+def _choices_at(model: type[Any], loc: Path) -> list[str]:
+    """The values of the Literal that the field at `loc` holds (`os: list[OsFamily]` -> linux,
+    windows), following models from `model`; list indexes, mapping keys and pydantic's union
+    tags in `loc` are stepped over."""
+    current: Any = model
+    annotation: Any = None
+    for part in loc:
+        fields = getattr(current, "__pydantic_fields__", None)
+        if isinstance(part, int) or fields is None or part not in fields:
+            continue
+        annotation = fields[part].annotation
+        current = _model_in(annotation)
+    return _literal_values(annotation)
+
+
+def _literal_values(annotation: Any) -> list[str]:
+    if typing.get_origin(annotation) is typing.Literal:
+        return [str(arg) for arg in typing.get_args(annotation)]
+    return [value for arg in typing.get_args(annotation) for value in _literal_values(arg)]
 
 
 def _model_in(annotation: Any) -> Any:

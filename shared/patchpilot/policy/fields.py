@@ -6,20 +6,23 @@ import math
 import re
 from dataclasses import dataclass
 from datetime import time, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 from urllib.parse import urlsplit
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-from pydantic import BeforeValidator, PlainSerializer, PlainValidator, WithJsonSchema
-from pydantic_core import PydanticCustomError
+from pydantic import BeforeValidator, GetJsonSchemaHandler, PlainSerializer, PlainValidator, WithJsonSchema
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, PydanticCustomError
 from tzlocal.windows_tz import win_tz
 
-from patchpilot.errors import quote
+from patchpilot.errors import did_you_mean, quote
 
 
-def fail(kind: str, message: str, value: object) -> PydanticCustomError:
-    """A validation error whose text reads `<message>, got <value>`."""
-    return PydanticCustomError(f"pp_{kind}", "{expected}, got {got}", {"expected": message, "got": quote(value)})
+def fail(kind: str, message: str, value: object, hint: str = "") -> PydanticCustomError:
+    """A validation error whose text reads `<message>, got <value><hint>` (hint: `did_you_mean`)."""
+    return PydanticCustomError(
+        f"pp_{kind}", "{expected}, got {got}{hint}", {"expected": message, "got": quote(value), "hint": hint}
+    )
 
 
 def new_list() -> list[Any]:
@@ -141,6 +144,7 @@ def resolve_timezone(name: str) -> ZoneInfo:
             "timezone",
             'expected an IANA time zone ("Asia/Tokyo") or a Windows one ("Tokyo Standard Time")',
             name,
+            did_you_mean(name, {*available_timezones(), *win_tz}),
         ) from None
 
 
@@ -179,6 +183,26 @@ def _names(value: object) -> object:
         return [str(value)]
     return value
 
+
+def _one_or_more(value: object) -> object:
+    """A single value where a list is expected is a list of that one (`os: linux`)."""
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return [value]
+    return value
+
+
+class _OneOrMoreSchema:
+    """The JSON schema of a list that also takes a single item: any of the item or the list."""
+
+    def __get_pydantic_json_schema__(self, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        listed = handler(schema)
+        items = handler.resolve_ref_schema(listed).get("items")
+        return {"anyOf": [items, listed]} if isinstance(items, dict) else listed
+
+
+T = TypeVar("T")
+# A list field that takes a single value too, as `tags` values do: `os: linux` is `os: [linux]`.
+OneOrMore = Annotated[list[T], BeforeValidator(_one_or_more), _OneOrMoreSchema()]
 
 TagValues = Annotated[
     list[str],

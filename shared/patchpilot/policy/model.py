@@ -19,6 +19,7 @@ from patchpilot.policy.fields import (
     Duration,
     FailureQuota,
     HealthUrl,
+    OneOrMore,
     Quota,
     TagValues,
     TimeOfDay,
@@ -67,10 +68,10 @@ class Selector(_Section):
     """Every criterion given must hold; a tag's value may be a list (any of) or "*" (present)."""
 
     tags: dict[str, TagValues] = Field(default_factory=dict)
-    ids: list[str] = Field(default_factory=new_list)
-    clouds: list[Cloud] = Field(default_factory=new_list)
-    regions: list[str] = Field(default_factory=new_list)
-    os: list[OsFamily] = Field(default_factory=new_list)
+    ids: OneOrMore[str] = Field(default_factory=new_list)
+    clouds: OneOrMore[Cloud] = Field(default_factory=new_list)
+    regions: OneOrMore[str] = Field(default_factory=new_list)
+    os: OneOrMore[OsFamily] = Field(default_factory=new_list)
 
     def is_empty(self) -> bool:
         return not (self.tags or self.ids or self.clouds or self.regions or self.os)
@@ -119,7 +120,7 @@ class Ring(_Section):
     # Who may approve (patchpilot.approvals): Slack user ids (U…, W…) and user groups (S…, members
     # read from Slack); for approval endpoints that sign people in, IAM ARNs (AWS) or Entra
     # principal names (Azure). Empty: anyone with the link.
-    approvers: list[ApproverId] = Field(default_factory=new_list)
+    approvers: OneOrMore[ApproverId] = Field(default_factory=new_list)
 
 
 class Schedule(_Section):
@@ -175,7 +176,7 @@ class Exclusions(_Section):
     """Any one matching tag excludes an instance (these are the frozen ones); so does its id."""
 
     tags: dict[str, TagValues] = Field(default_factory=dict)
-    ids: list[str] = Field(default_factory=new_list)
+    ids: OneOrMore[str] = Field(default_factory=new_list)
 
     def reason(self, instance: Instance) -> str | None:
         if instance.id in self.ids:
@@ -187,9 +188,9 @@ class Exclusions(_Section):
 
 
 class PatchSelection(_Section):
-    classifications: list[Classification] = Field(default_factory=lambda: list(DEFAULT_CLASSIFICATIONS))
-    include: list[str] = Field(default_factory=new_list)
-    exclude: list[str] = Field(default_factory=new_list)
+    classifications: OneOrMore[Classification] = Field(default_factory=lambda: list(DEFAULT_CLASSIFICATIONS))
+    include: OneOrMore[str] = Field(default_factory=new_list)
+    exclude: OneOrMore[str] = Field(default_factory=new_list)
 
 
 class HealthScript(_Section):
@@ -203,9 +204,9 @@ class HealthChecks(_Section):
     """Checks beyond the cloud's own status checks, all of which must pass after patching."""
 
     script: HealthScript | None = None
-    alarms: list[str] = Field(default_factory=new_list)  # CloudWatch alarms that must be OK (AWS)
+    alarms: OneOrMore[str] = Field(default_factory=new_list)  # CloudWatch alarms that must be OK (AWS)
     # http or https URLs that must answer 2xx; {name}, {id}, {private_ip} filled in (DNS labels or IP addresses)
-    http: list[HealthUrl] = Field(default_factory=new_list)
+    http: OneOrMore[HealthUrl] = Field(default_factory=new_list)
     timeout: Duration = timedelta(minutes=5)
 
 
@@ -238,18 +239,18 @@ class AwsBaselines(_Section):
     tie fields together (a classification that applies to none of the operating systems, a
     severity an operating system does not have) are checked by the sync, which names them."""
 
-    operating_systems: list[BaselineOs] = Field(min_length=1)
+    operating_systems: OneOrMore[BaselineOs] = Field(min_length=1)
     approve_after_days: int = Field(default=7, ge=0, le=360)  # not used on Ubuntu and Debian
     # Empty: every severity. A list applies to every operating system; a mapping (operating system
     # to list) gives each its own. The values are each system's own: see docs/aws-baselines.md.
-    severities: list[str] | dict[str, list[str]] = Field(default_factory=new_list)
+    severities: OneOrMore[str] | dict[str, OneOrMore[str]] = Field(default_factory=new_list)
     compliance_level: ComplianceLevel = "UNSPECIFIED"
 
 
 class AwsSettings(_Section):
     """Where the AWS fleet is and how to reach it. Without accounts, the current account is used."""
 
-    regions: list[str] = Field(default_factory=new_list)
+    regions: OneOrMore[str] = Field(default_factory=new_list)
     accounts: list[AwsAccount] = Field(default_factory=new_list)
     restore_data_volumes: bool = False  # rollback restores data volumes too, not only the root volume
     patch_group_tag: str = "PatchGroup"
@@ -271,9 +272,9 @@ class AzureSettings(_Section):
     """Where the Azure fleet is. Empty lists mean every subscription the identity can read, every
     resource group, every location."""
 
-    subscriptions: list[str] = Field(default_factory=new_list)
-    resource_groups: list[str] = Field(default_factory=new_list)
-    locations: list[str] = Field(default_factory=new_list)
+    subscriptions: OneOrMore[str] = Field(default_factory=new_list)
+    resource_groups: OneOrMore[str] = Field(default_factory=new_list)
+    locations: OneOrMore[str] = Field(default_factory=new_list)
     arc: bool = False  # Arc-enabled servers too (Microsoft.HybridCompute/machines)
     # Arc servers have no managed disks to snapshot: patch them without a rollback path only when
     # this is true; otherwise the plan skips them with that reason.
@@ -303,8 +304,8 @@ class NotificationChannel(_Section):
 
 
 class NotificationRoute(_Section):
-    topics: Literal["*"] | list[NotificationTopic] = "*"
-    channels: list[str] = Field(min_length=1)
+    topics: Literal["*"] | OneOrMore[NotificationTopic] = "*"
+    channels: OneOrMore[str] = Field(min_length=1)
 
 
 class Notifications(_Section):
@@ -356,7 +357,7 @@ class Emergency(_Section):
     fixes, still snapshotted, staging first and rolled back on failure."""
 
     min_severity: AdvisorySeverity = "HIGH"  # advisories below it are answered "ignored"
-    rings: list[str] = Field(default_factory=new_list)  # names of the policy's rings, in its order; empty: all
+    rings: OneOrMore[str] = Field(default_factory=new_list)  # names of the policy's rings, in its order; empty: all
     soak: Duration = timedelta(minutes=30)  # replaces each ring's soak
     approval: Literal["auto", "required"] = "auto"  # required: every ring after the first waits for approval
     merge_window: Duration = timedelta(hours=6)  # findings about one CVE within it become one run

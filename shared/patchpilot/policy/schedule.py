@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo
 
 from pydantic import PlainSerializer, PlainValidator, WithJsonSchema
 
+from patchpilot.errors import nearest, quote
 from patchpilot.policy.fields import fail
 
 _WEEKDAYS = {  # 0 = Monday, as datetime and dateutil count
@@ -69,11 +70,26 @@ def parse_monthly(value: object) -> MonthlyRule:
     ordinal = _ORDINALS.get(m["ordinal"].lower())
     weekday = _WEEKDAYS.get(m["weekday"].lower())
     if ordinal is None or weekday is None:
-        raise fail("monthly", expected, value)
+        raise fail("monthly", expected, value, _corrected(value, m))
     offset = int(m["offset"] or 0)
     if abs(offset) > MAX_OFFSET_DAYS:
         raise fail("monthly", f"expected an offset from -{MAX_OFFSET_DAYS} to {MAX_OFFSET_DAYS}", value)
     return MonthlyRule(value.strip(), ordinal, weekday, offset)
+
+
+def _corrected(value: str, m: re.Match[str]) -> str:
+    """` (did you mean "Second Tuesday Offset+3"?)`: `value` with its unknown ordinal or weekday
+    replaced by the nearest known one, or "" when a word is not close to any."""
+    names = {"ordinal": list(_ORDINALS), "weekday": [n for n in _WEEKDAYS if len(n) > 3]}  # not "mon"
+    fixed = value
+    for group in ("weekday", "ordinal"):  # from the right: the ordinal's span stays valid
+        if m[group].lower() in (_ORDINALS if group == "ordinal" else _WEEKDAYS):
+            continue
+        choice = nearest(m[group], names[group])
+        if choice is None:
+            return ""
+        fixed = fixed[: m.start(group)] + choice.capitalize() + fixed[m.end(group) :]
+    return f" (did you mean {quote(fixed.strip())}?)"
 
 
 @dataclass(frozen=True)

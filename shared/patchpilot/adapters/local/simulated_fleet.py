@@ -8,8 +8,12 @@ again at most every ten minutes; then it is one `Outcome` per target.
 
 Nothing is random. Durations come from a stable hash of the instance id, outcomes from the
 instance's `simulation` fault hints (all ok by default), snapshot ids from a hash of the command
-and instance. Each real effect (a snapshot, an install, a rollback) is written once to a ledger,
-so tests can check that no instance is ever touched twice by redelivery, polls or crashes.
+and instance. Each answer is in the words of the cloud adapters and true of the command it
+answers: a failed health check names a check the command has (the policy's alarm, HTTP check or
+script, else the cloud's own status check), a failed install names one of its patches, a rollback
+says which volumes it restored. Each real effect (a snapshot, an install, a rollback) is written
+once to a ledger, so tests can check that no instance is ever touched twice by redelivery, polls
+or crashes.
 """
 
 from __future__ import annotations
@@ -26,8 +30,10 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Literal, TypeAlias, TypeVar
 
+from patchpilot.adapters.health import UnsafeUrlValueError, fill, fill_url
 from patchpilot.adapters.local.simulated_maintenance import SimulatedMaintenance
 from patchpilot.compliance.model import AssessmentStarted, MissingPatch, PatchGap, PatchSeverity, PatchState
+from patchpilot.engine.decide import plural
 from patchpilot.engine.messages import (
     CheckHealth,
     InstallPatches,
@@ -39,6 +45,7 @@ from patchpilot.engine.messages import (
 from patchpilot.inventory import Instance, OsFamily, Simulation
 from patchpilot.maintenance.model import WatchResult
 from patchpilot.policy import Policy
+from patchpilot.policy.model import HealthChecks
 from patchpilot.ports import Clock, InProgress, Progress
 
 Kind: TypeAlias = Literal["probe", "snapshot", "install", "health", "rollback"]
@@ -193,14 +200,23 @@ class SimulatedFleet:
         return self._execute(command.id, command.run_id, "install", plans)
 
     def check_health(self, command: CheckHealth) -> Progress:
-        def plan(instance: Instance) -> _Plan:
-            return _health(instance, command.after_rollback)
+        def plans() -> list[_Plan]:
+            rebooted = self._rebooted(command.run_id)
 
-        return self._execute(command.id, command.run_id, "health", lambda: _per_instance(command.targets, plan))
+            def plan(instance: Instance) -> _Plan:
+                return _health(instance, command.checks, command.after_rollback, rebooted.get(instance.id, False))
+
+            return _per_instance(command.targets, plan)
+
+        return self._execute(command.id, command.run_id, "health", plans)
 
     def roll_back(self, command: RollBack) -> Progress:
         def plans() -> list[_Plan]:
-            return _plans(command.targets, lambda t: t.instance.id, lambda t: _rollback(t.instance, t.snapshot_ids))
+            return _plans(
+                command.targets,
+                lambda t: t.instance.id,
+                lambda t: _rollback(t.instance, t.snapshot_ids, command.restore_data_volumes),
+            )
 
         return self._execute(command.id, command.run_id, "rollback", plans)
 
@@ -256,6 +272,16 @@ class SimulatedFleet:
         return {(str(kind), str(instance_id)): int(count) for kind, instance_id, count in rows}
 
     # ------------------------------------------------------------ the mechanism
+
+    def _rebooted(self, run_id: str) -> dict[str, bool]:
+        """Whether this run's last successful install on each instance rebooted it."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT instance_id, detail FROM sim_ops WHERE run_id = ? AND kind = 'install' AND ok = 1"
+                " ORDER BY done_at, command_id",
+                (run_id,),
+            ).fetchall()
+        return {str(instance_id): "not rebooted" not in str(detail) for instance_id, detail in rows}
 
     def _execute(self, command_id: str, run_id: str, kind: Kind, plans: Callable[[], list[_Plan]]) -> Progress:
         ops = self._load(command_id)
@@ -453,37 +479,94 @@ def _install(instance: Instance, only: list[str] | None, command: InstallPatches
             extra = [p for p in hints.missing or () if p not in known and p not in patches]
             patches += [p for p in extra if not any(_matches(p, pattern) for pattern in command.exclude)]
     if hints.install == "fail":
-        first = patches[0] if patches else ("KB5048661" if instance.os == "windows" else "openssl")
-        if instance.os == "windows":
-            detail = f"exit code 0x80070643: {first} failed to install (fatal error during installation)"
-        else:
-            detail = f"exit code 1: package conflict: {first} conflicts with a version-locked installed package"
-        return _Plan(instance.id, minutes, False, detail, [])
-    count = "1 patch" if len(patches) == 1 else f"{len(patches)} patches"
+        return _Plan(instance.id, minutes, False, _install_failure(instance.os, patches), [])
+    count = plural(len(patches), "patch")
     tail = "rebooted" if reboots else "not rebooted (reboot: never)"
     return _Plan(instance.id, minutes, True, f"{count} installed, {tail}", patches)
 
 
-def _health(instance: Instance, after_rollback: bool) -> _Plan:
-    if _hints(instance).health == "fail" and not after_rollback:
-        return _Plan(instance.id, HEALTH_MINUTES, False, "HTTP check failed: 503 Service Unavailable", [])
-    detail = "status checks 2/2 passed" if instance.cloud == "aws" else "VM health: Available, HTTP 200"
-    return _Plan(instance.id, HEALTH_MINUTES, True, detail, [])
+def _install_failure(os: OsFamily, patches: Sequence[str]) -> str:
+    """Why an install failed, naming the first of its patches for this OS (none: the package
+    manager failed before installing anything)."""
+    first = next((patch for patch in patches if _for_os(patch, os)), None)
+    if os == "windows":
+        if first is None:
+            return "exit code 0x80070643: the update installer failed before installing anything"
+        return f"exit code 0x80070643: {first} failed to install (fatal error during installation)"
+    if first is None:
+        return "exit code 1: the package manager failed before installing anything (rpmdb lock held)"
+    return f"exit code 1: package conflict: {first} conflicts with a version-locked installed package"
 
 
-def _rollback(instance: Instance, snapshot_ids: list[str]) -> _Plan:
+def _private_ip(instance: Instance) -> str:
+    """A stable private address in 10.0.0.0/8 for this instance (for {private_ip} in checks)."""
+    a, b, c = _digest("private-ip", instance.id)[:3]
+    return f"10.{a}.{b}.{max(c, 4)}"
+
+
+def _health(instance: Instance, checks: HealthChecks, after_rollback: bool, rebooted: bool) -> _Plan:
+    """The cloud's own status checks, then the policy's checks, in the order and the words of the
+    cloud adapters (AWS: alarms, HTTP, script; Azure: HTTP, script, and CloudWatch alarms are not
+    read there). A `health: fail` hint fails the first of the policy's checks that applies to the
+    machine, else the cloud's status check; the check after a rollback passes (the snapshot was
+    healthy). An HTTP check whose URL cannot be built for the machine fails, as on the clouds."""
+    aws = instance.cloud == "aws"
+    address = _private_ip(instance)
+    own: list[tuple[str, str, bool]] = []  # the policy's checks here: (failed, passed, fails anyway)
+    if aws and checks.alarms:
+        names = [fill(alarm, instance, "") for alarm in checks.alarms]  # as Ec2SsmFleet: no {private_ip}
+        own.append((f"alarm {names[0]} is ALARM", f"{plural(len(names), 'alarm')} OK", False))
+    if checks.http:
+        try:
+            urls = [fill_url(template, instance, address) for template in checks.http]
+            own.append((f"GET {urls[0]}: HTTP 503", "HTTP " + ", ".join("200" for _ in urls), False))
+        except UnsafeUrlValueError as exc:  # waiting will not make the value usable
+            own.append((str(exc), "", True))
+    script = checks.script and (checks.script.linux if instance.os == "linux" else checks.script.windows)
+    if script:
+        own.append(
+            ("health script: exit code 1" if aws else "health script failed, exit code 1", "script exit 0", False)
+        )
+    sick = _hints(instance).health == "fail" and not after_rollback
+    for failure, _, fails_anyway in own:
+        if sick or fails_anyway:
+            return _Plan(instance.id, HEALTH_MINUTES, False, failure, [])
+    if sick:
+        return _Plan(instance.id, HEALTH_MINUTES, False, _status_failure(instance, rebooted), [])
+    passed = ["status checks 2/2 passed, SSM agent online" if aws else "VM running, VM agent Ready"]
+    passed += [success for _, success, _ in own]
+    if not aws and checks.alarms:
+        passed.append("CloudWatch alarms not checked (AWS only)")
+    return _Plan(instance.id, HEALTH_MINUTES, True, ", ".join(passed), [])
+
+
+def _status_failure(instance: Instance, rebooted: bool) -> str:
+    """The cloud's own status check, failed: what a machine broken by its patches shows."""
+    if instance.cloud == "aws":
+        agent = ", SSM agent not back after the reboot (ConnectionLost)" if rebooted else ""
+        return f"EC2 status check: instance impaired{agent}"
+    return f"Azure status check: VM agent Not Ready{' after the reboot' if rebooted else ''}"
+
+
+def _rollback(instance: Instance, snapshot_ids: list[str], restore_data_volumes: bool) -> _Plan:
+    """The root volume (OS disk) from the first snapshot; the data volumes (disks) from the others
+    when the policy asks for them too."""
     minutes = _minutes("rollback", instance.id, 8, 14)
     if not snapshot_ids:
         return _Plan(instance.id, minutes, False, "no snapshot to restore from", [])
     source = snapshot_ids[0]
+    aws = instance.cloud == "aws"
     if _hints(instance).rollback == "fail":
-        if instance.cloud == "aws":
+        if aws:
             detail = f"CreateReplaceRootVolumeTask from {source} failed: IncorrectState"
         else:
             detail = f"OS disk swap to a disk from {source} failed: OperationNotAllowed"
         return _Plan(instance.id, minutes, False, detail, [])
-    more = f" and {len(snapshot_ids) - 1} more" if len(snapshot_ids) > 1 else ""
-    return _Plan(instance.id, minutes, True, f"restored from {source}{more}", list(snapshot_ids))
+    restored = list(snapshot_ids) if restore_data_volumes else [source]
+    detail = f"{'root volume' if aws else 'OS disk'} restored from {source}"
+    if len(restored) > 1:
+        detail += f" and {plural(len(restored) - 1, 'data volume' if aws else 'data disk')} from its snapshots"
+    return _Plan(instance.id, minutes, True, detail, restored)
 
 
 # ---------------------------------------------------------------- the simulated assessment

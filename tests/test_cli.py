@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import subprocess
 import sys
@@ -373,3 +374,10 @@ def test_installed_console_script_reports_bad_policy_with_exit_2(tmp_path: Path)
     assert f'{path}:10:3: rollout.disruption_budget: expected a whole number or a percentage, got "ten"' in (
         completed.stderr
     )
+
+
+@pytest.mark.parametrize("flag", ["--version", "-V"])
+def test_the_version_is_shown_with_either_flag(flag: str) -> None:
+    result = CliRunner().invoke(main, [flag])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().endswith(f"version {importlib.metadata.version('patchpilot')}")

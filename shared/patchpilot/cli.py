@@ -46,7 +46,7 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON i
 
 
 @click.group()
-@click.version_option(package_name="patchpilot")
+@click.version_option(None, "-V", "--version", package_name="patchpilot")
 def main() -> None:
     """PatchPilot: snapshot, patch a staging ring, health-check, promote to production in
     availability-safe waves, roll back on failure."""

@@ -3,7 +3,8 @@
 Every adapter opens its own connection to the one database of the state directory. WAL lets
 readers run beside the single writer; writes take the write lock up front (BEGIN IMMEDIATE) so
 a read-check-write sequence cannot be overtaken by another connection, in this process or
-another (`patchpilot approve` while a run is going).
+another (`patchpilot approve` while a run is going). A read-only connection (`mode=ro`) neither
+creates the database nor changes its schema: what `status` and `report` open.
 """
 
 from __future__ import annotations
@@ -24,10 +25,20 @@ META_SCHEMA = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT
 class Database:
     """One connection, serialised by a lock so it may be handed between threads."""
 
-    def __init__(self, db_path: str | Path, schema: tuple[str, ...] = ()) -> None:
+    def __init__(self, db_path: str | Path, schema: tuple[str, ...] = (), *, read_only: bool = False) -> None:
         path = Path(db_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.lock = threading.RLock()
+        if read_only:  # an existing database, opened for reading only: no file, table or pragma is written
+            self.conn = sqlite3.connect(
+                f"{path.resolve().as_uri()}?mode=ro",
+                uri=True,
+                isolation_level=None,
+                timeout=BUSY_TIMEOUT_MS / 1000,
+                check_same_thread=False,
+            )
+            self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
         self.conn = sqlite3.connect(
             str(path), isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False
         )

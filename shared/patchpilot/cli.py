@@ -25,6 +25,7 @@ from patchpilot.errors import InputError
 from patchpilot.inventory import load_inventory
 from patchpilot.local_runtime import (
     LocalRuntime,
+    NoRunsError,
     StateDirError,
     open_runs,
     prepare_writable_dir,
@@ -316,7 +317,7 @@ def reject(run_id: str, reason: str, state_dir: Path, report_dir: Path | None, a
 @reports_input_errors
 def status(run_id: str, state_dir: Path, as_json: bool) -> None:
     """Show where a run is and what happened to its instances."""
-    with _reading(state_dir) as store:
+    with _reading(state_dir, run_id) as store:
         run = _load_run(store, state_dir, run_id)
     if as_json:
         _print_json(run_document(run))
@@ -357,7 +358,7 @@ def status(run_id: str, state_dir: Path, as_json: bool) -> None:
 def report(run_id: str, state_dir: Path, report_dir: Path | None) -> None:
     """Write the run report (Markdown and a self-contained HTML page) and print where it is
     (by default where the run's own reports went)."""
-    with _reading(state_dir) as store:
+    with _reading(state_dir, run_id) as store:
         run = _load_run(store, state_dir, run_id)
         directory = report_dir or store.report_dir(run_id) or state_dir / "reports"
     _check_dirs(directory)
@@ -377,7 +378,7 @@ def _report_dir_of(state_dir: Path, run_id: str, given: Path | None) -> Path:
     """Where a command on an existing run writes its report: `given`, else where the run's
     reports went (the `--report-dir` it was started with), else STATE_DIR/reports. Read before
     any effect, so that a missing run or state directory is told and nothing is created."""
-    with _reading(state_dir) as store:
+    with _reading(state_dir, run_id) as store:
         _load_run(store, state_dir, run_id)
         return given or store.report_dir(run_id) or state_dir / "reports"
 
@@ -389,10 +390,12 @@ def _remember_report_dir(runtime: LocalRuntime, run: Run, given: Path | None) ->
 
 
 @contextmanager
-def _reading(state_dir: Path) -> Iterator[SqliteRunStore]:
+def _reading(state_dir: Path, run_id: str) -> Iterator[SqliteRunStore]:
     """The runs of `state_dir`, read-only (no lock: each load reads one consistent snapshot)."""
     try:
         store = open_runs(state_dir)
+    except NoRunsError as error:
+        raise InputError.single(str(error.path), f"no run {run_id} here: {error.problem}") from None
     except StateDirError as error:
         raise InputError.single(str(error.path), error.problem) from None
     with store:

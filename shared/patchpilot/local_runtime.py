@@ -55,6 +55,10 @@ class StateDirError(Exception):
         super().__init__(f"{path}: {problem}")
 
 
+class NoRunsError(StateDirError):
+    """A state directory without a database: no run was ever started there."""
+
+
 def writable_dir_problem(path: Path) -> str | None:
     """Why `path` cannot be a directory this process writes, or None. Looks only (creates
     nothing): the path, or its nearest existing parent, must be a writable directory."""
@@ -90,7 +94,7 @@ def open_runs(state_dir: Path) -> SqliteRunStore:
     looking creates no file. Raises `StateDirError` when there are no runs there."""
     db = state_dir / DB_NAME
     if not db.is_file():
-        raise StateDirError(state_dir, f"no runs in {state_dir} (no {DB_NAME}): give the --state-dir of the run")
+        raise NoRunsError(state_dir, f"no runs in {state_dir} (no {DB_NAME}): give the --state-dir of the run")
     try:
         return SqliteRunStore(db, read_only=True)
     except sqlite3.Error as error:

@@ -100,7 +100,7 @@ def outcome(process: subprocess.Popen[str], tmp_path: Path) -> dict[str, Any]:
 def test_a_second_run_in_a_state_dir_in_use_is_refused_naming_the_holder(
     tmp_path: Path, big_fleet: Path, first_run: subprocess.Popen[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(local_runtime, "LOCK_WAIT_SECONDS", 0.3)
+    monkeypatch.setattr(local_runtime, "LOCK_WAIT_SECONDS", 0.3, raising=False)
     second = cli("run", "--policy", POLICY, "--inventory", big_fleet, "--state-dir", tmp_path / "s")
     assert first_run.poll() is None, "the first run was still going"
     assert_one_line_error(second, str(tmp_path / "s"), f"in use by pid {first_run.pid}", "patchpilot run --policy")
@@ -112,7 +112,7 @@ def test_two_runs_in_one_state_dir_take_turns_and_neither_is_corrupted(
 ) -> None:
     """Before the lock, the two shared one virtual clock: the first ended `incomplete` with a
     wave that "took 34d22h". Now the second waits for the first, and each ends as alone."""
-    monkeypatch.setattr(local_runtime, "LOCK_WAIT_SECONDS", 120)
+    monkeypatch.setattr(local_runtime, "LOCK_WAIT_SECONDS", 120, raising=False)
     code, second = run_json("--policy", POLICY, "--inventory", big_fleet, "--state-dir", tmp_path / "s")
     first = outcome(first_run, tmp_path)
     _, alone = run_json("--policy", POLICY, "--inventory", big_fleet, "--state-dir", tmp_path / "alone")
@@ -125,7 +125,7 @@ def test_two_runs_in_one_state_dir_take_turns_and_neither_is_corrupted(
 def test_approve_of_a_run_in_a_state_dir_in_use_is_refused(
     tmp_path: Path, first_run: subprocess.Popen[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(local_runtime, "LOCK_WAIT_SECONDS", 0.3)
+    monkeypatch.setattr(local_runtime, "LOCK_WAIT_SECONDS", 0.3, raising=False)
     run_id = _first_run_id(tmp_path / "s")
     approved = cli("approve", run_id, "--state-dir", tmp_path / "s")
     assert_one_line_error(approved, f"in use by pid {first_run.pid}")

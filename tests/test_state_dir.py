@@ -113,7 +113,7 @@ def test_two_runs_in_one_state_dir_take_turns_and_neither_is_corrupted(
     """Before the lock, the two shared one virtual clock: the first ended `incomplete` with a
     wave that "took 34d22h". Now the second waits for the first, and each ends as alone."""
     monkeypatch.setattr(local_runtime, "LOCK_WAIT_SECONDS", 120, raising=False)
-    code, second = run_json("--policy", POLICY, "--inventory", big_fleet, "--state-dir", tmp_path / "s")
+    _, second = run_json("--policy", POLICY, "--inventory", big_fleet, "--state-dir", tmp_path / "s")
     first = outcome(first_run, tmp_path)
     _, alone = run_json("--policy", POLICY, "--inventory", big_fleet, "--state-dir", tmp_path / "alone")
     states = {i: v["state"] for i, v in alone["instances"].items()}
@@ -129,6 +129,20 @@ def test_approve_of_a_run_in_a_state_dir_in_use_is_refused(
     run_id = _first_run_id(tmp_path / "s")
     approved = cli("approve", run_id, "--state-dir", tmp_path / "s")
     assert_one_line_error(approved, f"in use by pid {first_run.pid}")
+
+
+def test_an_advisory_run_in_a_state_dir_in_use_is_refused(
+    tmp_path: Path, first_run: subprocess.Popen[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`patchpilot advisory --state-dir` starts an emergency run: a writer like `run`."""
+    monkeypatch.setattr(local_runtime, "LOCK_WAIT_SECONDS", 0.3, raising=False)
+    advisory = cli(
+        "advisory",
+        ROOT / "tests" / "events" / "advisories" / "inspector_critical_openssl.json",
+        *("--policy", ROOT / "examples" / "emergency-policy.yaml", "--inventory", FLEET),
+        *("--state-dir", tmp_path / "s"),
+    )
+    assert_one_line_error(advisory, f"in use by pid {first_run.pid}")
 
 
 def _first_run_id(state: Path) -> str:
@@ -280,7 +294,9 @@ def test_resume_and_report_write_where_the_run_was_told(tmp_path: Path, monkeypa
 def test_a_report_dir_given_to_approve_wins_and_is_kept(tmp_path: Path) -> None:
     policy = approval_policy(tmp_path)
     _, waiting = run_json("--policy", policy, "--inventory", FLEET, "--state-dir", tmp_path / "s")
-    approved = cli("approve", waiting["run_id"], "--state-dir", tmp_path / "s", "--report-dir", tmp_path / "b", "--json")
+    approved = cli(
+        "approve", waiting["run_id"], "--state-dir", tmp_path / "s", "--report-dir", tmp_path / "b", "--json"
+    )
     assert Path(json.loads(approved.stdout)["report"]["html"]).parent == tmp_path / "b"
     report = cli("report", waiting["run_id"], "--state-dir", tmp_path / "s")
     assert {Path(p).parent for p in report.output.split()} == {tmp_path / "b"}

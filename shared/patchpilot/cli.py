@@ -26,10 +26,8 @@ from patchpilot.inventory import load_inventory
 from patchpilot.local_runtime import (
     LocalRuntime,
     NoRunsError,
-    StateDirError,
+    check_writable_dirs,
     open_runs,
-    prepare_writable_dir,
-    writable_dir_problem,
     writing,
 )
 from patchpilot.planning import Plan, placement, plan, plan_document
@@ -233,7 +231,7 @@ def run_command(
     live = LiveProgress(console, quiet=as_json)
     if resume_id:
         directory = _report_dir_of(state_dir, resume_id, report_dir)
-        with _writing(state_dir, directory):
+        with writing(state_dir, directory):
             runtime = LocalRuntime.open(state_dir, on_notice=live.notice)
             run = _load_run(runtime.store, state_dir, resume_id)
             _remember_report_dir(runtime, run, report_dir)
@@ -252,7 +250,7 @@ def run_command(
             ("kind",),
         )
     directory = report_dir or state_dir / "reports"
-    with _writing(state_dir, directory):
+    with writing(state_dir, directory):
         runtime = LocalRuntime.open(state_dir, on_notice=live.notice)
         if policy.kind == "non_periodic" and (skipped := runtime.skip_if_nothing_pending(policy, instances)):
             if as_json:
@@ -278,7 +276,7 @@ def approve(run_id: str, state_dir: Path, report_dir: Path | None, as_json: bool
     console = Console(stderr=as_json, highlight=False)
     live = LiveProgress(console, quiet=as_json)
     directory = _report_dir_of(state_dir, run_id, report_dir)
-    with _writing(state_dir, directory):
+    with writing(state_dir, directory):
         runtime = LocalRuntime.open(state_dir, on_notice=live.notice)
         run = _load_run(runtime.store, state_dir, run_id)
         if run.status != "waiting_approval":
@@ -300,7 +298,7 @@ def reject(run_id: str, reason: str, state_dir: Path, report_dir: Path | None, a
     console = Console(stderr=as_json, highlight=False)
     live = LiveProgress(console, quiet=as_json)
     directory = _report_dir_of(state_dir, run_id, report_dir)
-    with _writing(state_dir, directory):
+    with writing(state_dir, directory):
         runtime = LocalRuntime.open(state_dir, on_notice=live.notice)
         run = _load_run(runtime.store, state_dir, run_id)
         if run.status != "waiting_approval":
@@ -361,7 +359,7 @@ def report(run_id: str, state_dir: Path, report_dir: Path | None) -> None:
     with _reading(state_dir, run_id) as store:
         run = _load_run(store, state_dir, run_id)
         directory = report_dir or store.report_dir(run_id) or state_dir / "reports"
-    _check_dirs(directory)
+    check_writable_dirs(directory)
     markdown, html = _write_reports(run, directory)
     click.echo(f"{markdown}\n{html}")
 
@@ -395,31 +393,9 @@ def _reading(state_dir: Path, run_id: str) -> Iterator[SqliteRunStore]:
     try:
         store = open_runs(state_dir)
     except NoRunsError as error:
-        raise InputError.single(str(error.path), f"no run {run_id} here: {error.problem}") from None
-    except StateDirError as error:
-        raise InputError.single(str(error.path), error.problem) from None
+        raise NoRunsError(error.path, f"no run {run_id} here: {error.problem}") from None
     with store:
         yield store
-
-
-@contextmanager
-def _writing(state_dir: Path, *report_dirs: Path | None) -> Iterator[None]:
-    """The directories checked and the state directory's lock held, or one line and exit 2."""
-    try:
-        with writing(state_dir, *report_dirs):
-            yield
-    except StateDirError as error:
-        raise InputError.single(str(error.path), error.problem) from None
-
-
-def _check_dirs(*directories: Path) -> None:
-    for directory in directories:
-        try:
-            if problem := writable_dir_problem(directory):
-                raise StateDirError(directory, problem)
-            prepare_writable_dir(directory)
-        except StateDirError as error:
-            raise InputError.single(str(error.path), error.problem) from None
 
 
 def _write_reports(run: Run, directory: Path) -> tuple[Path, Path]:

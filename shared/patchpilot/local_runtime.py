@@ -33,6 +33,7 @@ from patchpilot.adapters.local.state_lock import StateDirLockedError, state_lock
 from patchpilot.adapters.metrics import LogMetrics
 from patchpilot.engine.messages import Notify
 from patchpilot.engine.run import Run
+from patchpilot.errors import InputError, Problem
 from patchpilot.inventory import Instance
 from patchpilot.notify import EnvironmentSecrets, EveryNotifier, RoutedNotifier
 from patchpilot.policy import Policy
@@ -46,13 +47,14 @@ RECEIVE_BATCH = 10
 LOCK_WAIT_SECONDS = 5.0  # how long a second writer waits for the state directory's lock
 
 
-class StateDirError(Exception):
-    """A state or report directory that cannot be used: `path` and what is wrong with it."""
+class StateDirError(InputError):
+    """A state or report directory that cannot be used: `path` and what is wrong with it (bad
+    input, as a bad policy file is: the CLI prints it on one line and exits 2)."""
 
     def __init__(self, path: Path, problem: str) -> None:
         self.path = path
         self.problem = problem
-        super().__init__(f"{path}: {problem}")
+        super().__init__(str(path), [Problem((), problem)])
 
 
 class NoRunsError(StateDirError):
@@ -89,6 +91,16 @@ def prepare_writable_dir(path: Path) -> None:
         raise StateDirError(path, f"is not writable ({error.strerror or error})") from None
 
 
+def check_writable_dirs(*directories: Path) -> None:
+    """Check every directory (looking only), then create each and prove it writable: all
+    problems are found before anything is created. Raises `StateDirError`."""
+    for directory in directories:
+        if problem := writable_dir_problem(directory):
+            raise StateDirError(directory, problem)
+    for directory in directories:
+        prepare_writable_dir(directory)
+
+
 def open_runs(state_dir: Path) -> SqliteRunStore:
     """The runs of `state_dir` for reading: the database opened read-only (`mode=ro`), so that
     looking creates no file. Raises `StateDirError` when there are no runs there."""
@@ -106,12 +118,7 @@ def writing(state_dir: Path, *report_dirs: Path | None, wait: float | None = Non
     """For a command that writes: check the state directory and the report directories (all
     before any effect), create them, then hold the state directory's lock for the block.
     Raises `StateDirError` for a directory that cannot be written or a lock held elsewhere."""
-    directories = [state_dir, *(d for d in report_dirs if d is not None)]
-    for directory in directories:
-        if problem := writable_dir_problem(directory):
-            raise StateDirError(directory, problem)
-    for directory in directories:
-        prepare_writable_dir(directory)
+    check_writable_dirs(state_dir, *(d for d in report_dirs if d is not None))
     command = " ".join(["patchpilot", *sys.argv[1:]])
     try:
         with state_lock(state_dir, command, LOCK_WAIT_SECONDS if wait is None else wait):

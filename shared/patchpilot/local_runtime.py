@@ -85,6 +85,9 @@ def prepare_writable_dir(path: Path) -> None:
     Raises `StateDirError` naming the problem."""
     try:
         path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise StateDirError(path, f"cannot be created ({error.strerror or error})") from None
+    try:
         with tempfile.TemporaryFile(dir=path, prefix=".patchpilot-probe-"):
             pass
     except OSError as error:

@@ -29,14 +29,7 @@ class Database:
         path = Path(db_path)
         self.lock = threading.RLock()
         if read_only:  # an existing database, opened for reading only: no file, table or pragma is written
-            self.conn = sqlite3.connect(
-                f"{path.resolve().as_uri()}?mode=ro",
-                uri=True,
-                isolation_level=None,
-                timeout=BUSY_TIMEOUT_MS / 1000,
-                check_same_thread=False,
-            )
-            self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            self.conn = _connect_read_only(path)
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         self.conn = sqlite3.connect(
@@ -72,6 +65,32 @@ class Database:
     def close(self) -> None:
         with self.lock:
             self.conn.close()
+
+
+def _connect_read_only(path: Path) -> sqlite3.Connection:
+    """A `mode=ro` connection to the database at `path`, which must exist. Reading a WAL
+    database needs its `-shm` file; in a directory this process cannot write, where none is
+    left, the database is read as `immutable` (safe then: without a `-wal` file every commit is
+    in the database file itself)."""
+    uri = path.resolve().as_uri()
+    try:
+        return _connect_checked(f"{uri}?mode=ro")
+    except sqlite3.OperationalError:
+        if path.with_name(f"{path.name}-wal").exists():
+            raise
+        return _connect_checked(f"{uri}?mode=ro&immutable=1")
+
+
+def _connect_checked(uri: str) -> sqlite3.Connection:
+    """Connect and read once, so that an unreadable database fails here, not at the first load."""
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 def epoch(moment: datetime) -> float:

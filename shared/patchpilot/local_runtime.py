@@ -13,6 +13,7 @@ import gc
 import logging
 import os
 import secrets
+import shlex
 import sqlite3
 import sys
 import tempfile
@@ -122,7 +123,7 @@ def writing(state_dir: Path, *report_dirs: Path | None, wait: float | None = Non
     before any effect), create them, then hold the state directory's lock for the block.
     Raises `StateDirError` for a directory that cannot be written or a lock held elsewhere."""
     check_writable_dirs(state_dir, *(d for d in report_dirs if d is not None))
-    command = " ".join(["patchpilot", *sys.argv[1:]])
+    command = shlex.join(["patchpilot", *sys.argv[1:]])
     try:
         with state_lock(state_dir, command, LOCK_WAIT_SECONDS if wait is None else wait):
             yield

@@ -145,6 +145,16 @@ def test_an_advisory_run_in_a_state_dir_in_use_is_refused(
     assert_one_line_error(advisory, f"in use by pid {first_run.pid}")
 
 
+def test_a_compliance_scan_in_a_state_dir_in_use_is_refused(
+    tmp_path: Path, first_run: subprocess.Popen[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`compliance --scan` records the scan in the state: a writer; without it, a reader."""
+    monkeypatch.setattr(local_runtime, "LOCK_WAIT_SECONDS", 0.3, raising=False)
+    common = ("compliance", "--policy", POLICY, "--inventory", FLEET, "--state-dir", tmp_path / "s", "--json")
+    assert_one_line_error(cli(*common, "--scan"), f"in use by pid {first_run.pid}")
+    assert cli(*common).exit_code == 1
+
+
 def _first_run_id(state: Path) -> str:
     store = local_runtime.open_runs(state)
     with store:
@@ -187,6 +197,27 @@ def test_a_run_with_an_invalid_or_frozen_policy_leaves_no_state_behind(tmp_path:
         assert result.exit_code == 2, result.output
         assert not (tmp_path / "s").exists(), policy.name
     assert "frozen" in cli("run", "--policy", frozen, "--inventory", FLEET, "--state-dir", tmp_path / "s").output
+
+
+def test_compliance_of_a_directory_without_state_creates_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # the default state directory, .patchpilot, is here
+    for state in ((), ("--state-dir", tmp_path / "none")):
+        result = cli("compliance", "--policy", POLICY, "--inventory", FLEET, "--json", *state)
+        assert result.exit_code == 1, result.output  # the example fleet has exposed machines
+        assert json.loads(result.stdout)["policies"][0]["name"] == "monthly-fleet"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_compliance_reads_what_a_run_patched_without_writing(tmp_path: Path) -> None:
+    _, document = run_json("--policy", POLICY, "--inventory", FLEET, "--state-dir", tmp_path)
+    db = tmp_path / "state.db"
+    before = (db.read_bytes(), db.stat().st_mtime_ns)
+    result = cli("compliance", "--policy", POLICY, "--inventory", FLEET, "--state-dir", tmp_path, "--json")
+    rows = {i["name"]: i for i in json.loads(result.stdout)["instances"]}
+    assert rows["api-tyo-01"]["last_run"]["run_id"] == document["run_id"]
+    assert (db.read_bytes(), db.stat().st_mtime_ns) == before
 
 
 def test_status_does_not_change_the_state_database(tmp_path: Path) -> None:

@@ -117,6 +117,30 @@ def open_runs(state_dir: Path) -> SqliteRunStore:
         raise StateDirError(db, f"cannot be read ({error})") from None
 
 
+@dataclass(frozen=True)
+class LocalView:
+    """What a command that only looks at the simulated fleet (`compliance`) needs of it."""
+
+    fleet: SimulatedFleet
+    clock: VirtualClock
+    store: SqliteRunStore
+
+
+def open_view(state_dir: Path) -> LocalView:
+    """The state of `state_dir`, opened read-only; where there is none yet, an empty one in
+    memory (nothing patched, the clock at the real now, as a new state directory would start):
+    looking creates no file. Raises `StateDirError` for a database that cannot be read."""
+    db = state_dir / DB_NAME
+    if not db.is_file():
+        clock = VirtualClock(":memory:")
+        return LocalView(SimulatedFleet(":memory:", clock), clock, SqliteRunStore(":memory:"))
+    try:
+        clock = VirtualClock(db, read_only=True)
+        return LocalView(SimulatedFleet(db, clock, read_only=True), clock, SqliteRunStore(db, read_only=True))
+    except sqlite3.Error as error:
+        raise StateDirError(db, f"cannot be read ({error})") from None
+
+
 @contextmanager
 def writing(state_dir: Path, *report_dirs: Path | None, wait: float | None = None) -> Iterator[None]:
     """For a command that writes: check the state directory and the report directories (all

@@ -29,7 +29,7 @@ class Database:
         path = Path(db_path)
         self.lock = threading.RLock()
         if read_only:  # an existing database, opened for reading only: no file, table or pragma is written
-            self.conn = _connect_read_only(path)
+            self.conn = connect_read_only(path)
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         self.conn = sqlite3.connect(
@@ -67,7 +67,7 @@ class Database:
             self.conn.close()
 
 
-def _connect_read_only(path: Path) -> sqlite3.Connection:
+def connect_read_only(path: Path) -> sqlite3.Connection:
     """A `mode=ro` connection to the database at `path`, which must exist. Reading a WAL
     database needs its `-shm` file; in a directory this process cannot write, where none is
     left, the database is read as `immutable` (safe then: without a `-wal` file every commit is

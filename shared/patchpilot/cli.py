@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 from rich.text import Text
 
+from patchpilot.adapters.local.sqlite_store import SqliteRunStore
 from patchpilot.cli_common import EXIT_INVALID_INPUT as EXIT_INVALID_INPUT  # re-exported: scripts and tests use it
 from patchpilot.cli_common import print_json as _print_json
 from patchpilot.cli_common import reports_input_errors
@@ -20,11 +23,18 @@ from patchpilot.engine.messages import MESSAGE, Notify
 from patchpilot.engine.run import InstanceRecord, Run, count_states
 from patchpilot.errors import InputError, Problem
 from patchpilot.inventory import load_inventory
-from patchpilot.local_runtime import LocalRuntime
+from patchpilot.local_runtime import (
+    LocalRuntime,
+    NoRunsError,
+    check_writable_dirs,
+    open_runs,
+    writing,
+)
 from patchpilot.planning import Plan, placement, plan, plan_document, ring_of
 from patchpilot.policy import Policy, load_policy
 from patchpilot.policy.fields import format_duration
 from patchpilot.policy.model import Schedule
+from patchpilot.ports import UnknownRunError
 from patchpilot.reports import write_reports
 
 EXIT_SUCCEEDED = 0
@@ -257,21 +267,29 @@ def run_command(
         raise click.UsageError("give --policy and --inventory, or --resume RUN_ID")
     console = Console(stderr=as_json, highlight=False)
     live = LiveProgress(console, quiet=as_json)
-    runtime = LocalRuntime.open(state_dir, on_notice=live.notice)
     if resume_id:
-        run = _load_run(runtime, resume_id)
-        console.print(f"Resuming run {run.run_id} ({run.status})")
-    else:
-        assert policy_path and inventory_path
-        policy = load_policy(policy_path)
-        instances = load_inventory(inventory_path)
-        if policy.kind == "frozen":
-            raise InputError.single(
-                policy_path,
-                f"policy {policy.name} is frozen: it is never patched (`patchpilot compliance` shows its machines "
-                "as exposed)",
-                ("kind",),
-            )
+        directory = _report_dir_of(state_dir, resume_id, report_dir)
+        with writing(state_dir, directory):
+            runtime = LocalRuntime.open(state_dir, on_notice=live.notice)
+            run = _load_run(runtime.store, state_dir, resume_id)
+            _remember_report_dir(runtime, run, report_dir)
+            console.print(f"Resuming run {run.run_id} ({run.status})")
+            _drive_and_report(runtime, run, live, console, directory, as_json)
+        return
+    assert policy_path and inventory_path
+    # Every input is checked before the state directory is touched: a bad run leaves nothing behind.
+    policy = load_policy(policy_path)
+    instances = load_inventory(inventory_path)
+    if policy.kind == "frozen":
+        raise InputError.single(
+            policy_path,
+            f"policy {policy.name} is frozen: it is never patched (`patchpilot compliance` shows its machines "
+            "as exposed)",
+            ("kind",),
+        )
+    directory = report_dir or state_dir / "reports"
+    with writing(state_dir, directory):
+        runtime = LocalRuntime.open(state_dir, on_notice=live.notice)
         if policy.kind == "non_periodic" and (skipped := runtime.skip_if_nothing_pending(policy, instances)):
             if as_json:
                 _print_json({"policy": policy.name, "skipped": True, "reason": skipped})
@@ -280,8 +298,9 @@ def run_command(
             sys.exit(EXIT_SUCCEEDED)
         # An emergency policy runs on demand only: now, not at its schedule's next window.
         run = runtime.start(policy, instances, at=runtime.clock.now() if policy.kind == "emergency" else None)
+        _remember_report_dir(runtime, run, report_dir)
         console.print(f"Run {run.run_id}: {len(run.waves)} waves, state in {state_dir}")
-    _drive_and_report(runtime, run, live, console, report_dir, as_json)
+        _drive_and_report(runtime, run, live, console, directory, as_json)
 
 
 @main.command()
@@ -294,12 +313,15 @@ def approve(run_id: str, state_dir: Path, report_dir: Path | None, as_json: bool
     """Approve the ring a run waits for (its first ring too), then go on with the run."""
     console = Console(stderr=as_json, highlight=False)
     live = LiveProgress(console, quiet=as_json)
-    runtime = LocalRuntime.open(state_dir, on_notice=live.notice)
-    run = _load_run(runtime, run_id)
-    if run.status != "waiting_approval":
-        raise click.UsageError(f"run {run_id} is not waiting for approval (it is {run.status})")
-    console.print(runtime.approve(run_id))
-    _drive_and_report(runtime, run, live, console, report_dir, as_json)
+    directory = _report_dir_of(state_dir, run_id, report_dir)
+    with writing(state_dir, directory):
+        runtime = LocalRuntime.open(state_dir, on_notice=live.notice)
+        run = _load_run(runtime.store, state_dir, run_id)
+        if run.status != "waiting_approval":
+            raise click.UsageError(f"run {run_id} is not waiting for approval (it is {run.status})")
+        _remember_report_dir(runtime, run, report_dir)
+        console.print(runtime.approve(run_id))
+        _drive_and_report(runtime, run, live, console, directory, as_json)
 
 
 @main.command()
@@ -313,12 +335,15 @@ def reject(run_id: str, reason: str, state_dir: Path, report_dir: Path | None, a
     """Refuse the ring a run waits for: the run ends there (halted, with why)."""
     console = Console(stderr=as_json, highlight=False)
     live = LiveProgress(console, quiet=as_json)
-    runtime = LocalRuntime.open(state_dir, on_notice=live.notice)
-    run = _load_run(runtime, run_id)
-    if run.status != "waiting_approval":
-        raise click.UsageError(f"run {run_id} is not waiting for approval (it is {run.status})")
-    console.print(runtime.reject(run_id, reason=reason))
-    _drive_and_report(runtime, run, live, console, report_dir, as_json)
+    directory = _report_dir_of(state_dir, run_id, report_dir)
+    with writing(state_dir, directory):
+        runtime = LocalRuntime.open(state_dir, on_notice=live.notice)
+        run = _load_run(runtime.store, state_dir, run_id)
+        if run.status != "waiting_approval":
+            raise click.UsageError(f"run {run_id} is not waiting for approval (it is {run.status})")
+        _remember_report_dir(runtime, run, report_dir)
+        console.print(runtime.reject(run_id, reason=reason))
+        _drive_and_report(runtime, run, live, console, directory, as_json)
 
 
 @main.command()
@@ -328,7 +353,8 @@ def reject(run_id: str, reason: str, state_dir: Path, report_dir: Path | None, a
 @reports_input_errors
 def status(run_id: str, state_dir: Path, as_json: bool) -> None:
     """Show where a run is and what happened to its instances."""
-    run = _load_run(LocalRuntime.open(state_dir), run_id)
+    with _reading(state_dir, run_id) as store:
+        run = _load_run(store, state_dir, run_id)
     if as_json:
         _print_json(run_document(run))
         return
@@ -366,17 +392,57 @@ def status(run_id: str, state_dir: Path, as_json: bool) -> None:
 @report_dir_option
 @reports_input_errors
 def report(run_id: str, state_dir: Path, report_dir: Path | None) -> None:
-    """Write the run report (Markdown and a self-contained HTML page) and print where it is."""
-    run = _load_run(LocalRuntime.open(state_dir), run_id)
-    markdown, html = write_reports(run, report_dir or state_dir / "reports")
+    """Write the run report (Markdown and a self-contained HTML page) and print where it is
+    (by default where the run's own reports went)."""
+    with _reading(state_dir, run_id) as store:
+        run = _load_run(store, state_dir, run_id)
+        directory = report_dir or store.report_dir(run_id) or state_dir / "reports"
+    check_writable_dirs(directory)
+    markdown, html = _write_reports(run, directory)
     click.echo(f"{markdown}\n{html}")
 
 
-def _load_run(runtime: LocalRuntime, run_id: str) -> Run:
-    if not runtime.exists(run_id):
-        known = ", ".join(runtime.store.run_ids()[-5:]) or "none"
-        raise InputError.single(str(runtime.state_dir), f"no run {run_id} here (latest runs: {known})")
-    return runtime.load(run_id)
+def _load_run(store: SqliteRunStore, state_dir: Path, run_id: str) -> Run:
+    try:
+        return store.load(run_id)
+    except UnknownRunError:
+        known = ", ".join(store.run_ids()[-5:]) or "none"
+        raise InputError.single(str(state_dir), f"no run {run_id} here (latest runs: {known})") from None
+
+
+def _report_dir_of(state_dir: Path, run_id: str, given: Path | None) -> Path:
+    """Where a command on an existing run writes its report: `given`, else where the run's
+    reports went (the `--report-dir` it was started with), else STATE_DIR/reports. Read before
+    any effect, so that a missing run or state directory is told and nothing is created."""
+    with _reading(state_dir, run_id) as store:
+        _load_run(store, state_dir, run_id)
+        return given or store.report_dir(run_id) or state_dir / "reports"
+
+
+def _remember_report_dir(runtime: LocalRuntime, run: Run, given: Path | None) -> None:
+    """Store a `--report-dir` given on the command line with the run, for the commands after."""
+    if given is not None:
+        runtime.store.set_report_dir(run.run_id, given)
+
+
+@contextmanager
+def _reading(state_dir: Path, run_id: str) -> Iterator[SqliteRunStore]:
+    """The runs of `state_dir`, read-only (no lock: each load reads one consistent snapshot)."""
+    try:
+        store = open_runs(state_dir)
+    except NoRunsError as error:
+        raise NoRunsError(error.path, f"no run {run_id} here: {error.problem}") from None
+    with store:
+        yield store
+
+
+def _write_reports(run: Run, directory: Path) -> tuple[Path, Path]:
+    """`write_reports`, with a failure to write (a full disk, a directory changed meanwhile) as
+    one line naming the directory."""
+    try:
+        return write_reports(run, directory)
+    except OSError as error:
+        raise InputError.single(str(directory), f"the report cannot be written ({error.strerror or error})") from None
 
 
 def _drive_and_report(
@@ -384,7 +450,7 @@ def _drive_and_report(
     run: Run,
     live: LiveProgress,
     console: Console,
-    report_dir: Path | None,
+    report_dir: Path,
     as_json: bool,
 ) -> None:
     live.start(run)
@@ -398,7 +464,7 @@ def _drive_and_report(
         sys.exit(130)
     live.update(run)
     live.stop()
-    markdown, html = write_reports(run, report_dir or runtime.state_dir / "reports")
+    markdown, html = _write_reports(run, report_dir)
     if as_json:
         document = run_document(run)
         document["report"] = {"markdown": str(markdown), "html": str(html)}

@@ -30,7 +30,7 @@ from patchpilot.cli import EXIT_BROKEN, EXIT_HALTED, EXIT_NOTHING_PATCHED, EXIT_
 from patchpilot.cli_common import print_json, reports_input_errors
 from patchpilot.engine.run import Run, count_states
 from patchpilot.inventory import Instance, load_inventory
-from patchpilot.local_runtime import LocalRuntime
+from patchpilot.local_runtime import LocalRuntime, writing
 from patchpilot.policy import Policy, load_policy
 from patchpilot.reports import write_reports
 
@@ -61,6 +61,8 @@ def advisory(payload: str, policy_path: str, inventory_path: str, state_dir: Pat
     policy = load_policy(policy_path)
     instances = load_inventory(inventory_path)
     console = Console(stderr=as_json, highlight=False)
+    if state_dir is not None:  # it starts runs: the state directory's lock, held to the command's end
+        click.get_current_context().with_resource(writing(state_dir, state_dir / "reports"))
     runtime = LocalRuntime.open(state_dir) if state_dir is not None else None
     open_runs = _open_runs(runtime, policy) if runtime else []
     documents: list[dict[str, Any]] = []

@@ -137,7 +137,7 @@ def compliance(
     else:
         assert inventory_path is not None
         local = state_dir or Path(DEFAULT_STATE_DIR)
-        sources, clock, store = _local_sources(policies, load_inventory(inventory_path), local)
+        sources, clock, store = _local_sources(policies, load_inventory(inventory_path), local, scan)
     started = clock.now()
     refused = _start_scans(sources, f"cli-{started:%Y%m%dT%H%M%S}") if scan else set()
     states = _read_states(sources, clock, started if scan and wait else None, wait or timedelta(0), refused)
@@ -189,10 +189,16 @@ def _no_repeats(policies: Sequence[Policy], paths: Sequence[str]) -> None:
 
 
 def _local_sources(
-    policies: Sequence[Policy], instances: list[Instance], state_dir: Path
+    policies: Sequence[Policy], instances: list[Instance], state_dir: Path, scan: bool
 ) -> tuple[list[Source], Clock, RunStore]:
-    from patchpilot.local_runtime import LocalRuntime
+    """The simulated fleet of `state_dir`: read-only (creating nothing) unless a scan is to be
+    recorded there, which writes, under the state directory's lock."""
+    from patchpilot.local_runtime import LocalRuntime, open_view, writing
 
+    if not scan:
+        view = open_view(state_dir)
+        return [Source(p, view.fleet, instances) for p in policies], view.clock, view.store
+    click.get_current_context().with_resource(writing(state_dir))
     runtime = LocalRuntime.open(state_dir)
     return [Source(p, runtime.fleet, instances) for p in policies], runtime.clock, runtime.store
 

@@ -1,11 +1,22 @@
 """The local runtime, the embedded default: the same engine and message flow as on the clouds,
-on SQLite and a simulated fleet with a virtual clock, in one state directory."""
+on SQLite and a simulated fleet with a virtual clock, in one state directory.
+
+A command that writes (`run`, `approve`, `reject`) checks the directories it will write up
+front, then holds the state directory's lock (`state_lock`) while it opens and drives the
+runtime; a command that only reads (`status`, `report`) opens the database read-only
+(`open_runs`) and creates nothing.
+"""
 
 from __future__ import annotations
 
 import gc
 import logging
+import os
 import secrets
+import shlex
+import sqlite3
+import sys
+import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,9 +30,11 @@ from patchpilot.adapters.local.sqlite_claims import SqliteClaims
 from patchpilot.adapters.local.sqlite_leases import SqliteLeases
 from patchpilot.adapters.local.sqlite_queue import SqliteQueue
 from patchpilot.adapters.local.sqlite_store import SqliteRunStore
+from patchpilot.adapters.local.state_lock import StateDirLockedError, state_lock
 from patchpilot.adapters.metrics import LogMetrics
 from patchpilot.engine.messages import Notify
 from patchpilot.engine.run import Run
+from patchpilot.errors import InputError, Problem
 from patchpilot.inventory import Instance
 from patchpilot.notify import EnvironmentSecrets, EveryNotifier, RoutedNotifier
 from patchpilot.policy import Policy
@@ -32,6 +45,114 @@ log = logging.getLogger("patchpilot.local")
 
 DB_NAME = "state.db"
 RECEIVE_BATCH = 10
+LOCK_WAIT_SECONDS = 5.0  # how long a second writer waits for the state directory's lock
+
+
+class StateDirError(InputError):
+    """A state or report directory that cannot be used: `path` and what is wrong with it (bad
+    input, as a bad policy file is: the CLI prints it on one line and exits 2)."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(str(path), [Problem((), problem)])
+
+
+class NoRunsError(StateDirError):
+    """A state directory without a database: no run was ever started there."""
+
+
+def writable_dir_problem(path: Path) -> str | None:
+    """Why `path` cannot be a directory this process writes, or None. Looks only (creates
+    nothing): the path, or its nearest existing parent, must be a writable directory."""
+    existing = path
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        return "is not a directory" if existing == path else f"cannot be created: {existing} is not a directory"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return "is not writable" if existing == path else f"cannot be created: {existing} is not writable"
+    db = path / DB_NAME
+    if db.exists() and not os.access(db, os.R_OK | os.W_OK):
+        return f"{DB_NAME} is read-only"
+    return None
+
+
+def prepare_writable_dir(path: Path) -> None:
+    """Create `path` if missing and prove it writable by creating (and removing) a file in it,
+    which also catches what `os.access` cannot see (a read-only file system, for root).
+    Raises `StateDirError` naming the problem."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise StateDirError(path, f"cannot be created ({error.strerror or error})") from None
+    try:
+        with tempfile.TemporaryFile(dir=path, prefix=".patchpilot-probe-"):
+            pass
+    except OSError as error:
+        raise StateDirError(path, f"is not writable ({error.strerror or error})") from None
+
+
+def check_writable_dirs(*directories: Path) -> None:
+    """Check every directory (looking only), then create each and prove it writable: all
+    problems are found before anything is created. Raises `StateDirError`."""
+    for directory in directories:
+        if problem := writable_dir_problem(directory):
+            raise StateDirError(directory, problem)
+    for directory in directories:
+        prepare_writable_dir(directory)
+
+
+def open_runs(state_dir: Path) -> SqliteRunStore:
+    """The runs of `state_dir` for reading: the database opened read-only (`mode=ro`), so that
+    looking creates no file. Raises `StateDirError` when there are no runs there."""
+    db = state_dir / DB_NAME
+    if not db.is_file():
+        raise NoRunsError(state_dir, f"no runs in {state_dir} (no {DB_NAME}): give the --state-dir of the run")
+    try:
+        return SqliteRunStore(db, read_only=True)
+    except sqlite3.Error as error:
+        raise StateDirError(db, f"cannot be read ({error})") from None
+
+
+@dataclass(frozen=True)
+class LocalView:
+    """What a command that only looks at the simulated fleet (`compliance`) needs of it."""
+
+    fleet: SimulatedFleet
+    clock: VirtualClock
+    store: SqliteRunStore
+
+
+def open_view(state_dir: Path) -> LocalView:
+    """The state of `state_dir`, opened read-only; where there is none yet, an empty one in
+    memory (nothing patched, the clock at the real now, as a new state directory would start):
+    looking creates no file. Raises `StateDirError` for a database that cannot be read."""
+    db = state_dir / DB_NAME
+    if not db.is_file():
+        clock = VirtualClock(":memory:")
+        return LocalView(SimulatedFleet(":memory:", clock), clock, SqliteRunStore(":memory:"))
+    try:
+        clock = VirtualClock(db, read_only=True)
+        return LocalView(SimulatedFleet(db, clock, read_only=True), clock, SqliteRunStore(db, read_only=True))
+    except sqlite3.Error as error:
+        raise StateDirError(db, f"cannot be read ({error})") from None
+
+
+@contextmanager
+def writing(state_dir: Path, *report_dirs: Path | None, wait: float | None = None) -> Iterator[None]:
+    """For a command that writes: check the state directory and the report directories (all
+    before any effect), create them, then hold the state directory's lock for the block.
+    Raises `StateDirError` for a directory that cannot be written or a lock held elsewhere."""
+    check_writable_dirs(state_dir, *(d for d in report_dirs if d is not None))
+    command = shlex.join(["patchpilot", *sys.argv[1:]])
+    try:
+        with state_lock(state_dir, command, LOCK_WAIT_SECONDS if wait is None else wait):
+            yield
+    except StateDirLockedError as error:
+        raise StateDirError(state_dir, f"{error}; wait for it to finish, or use another --state-dir") from None
 
 
 @contextmanager

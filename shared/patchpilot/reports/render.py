@@ -124,12 +124,21 @@ def write_reports(run: Run, directory: Path) -> tuple[Path, Path]:
 
 
 def write_text(path: Path, text: str) -> None:
-    """Replace `path` whole with `text`: a reader never sees half a file."""
+    """Replace `path` whole with `text`: a reader never sees half a file. The file gets the mode
+    any new file gets (0666 less the umask): `mkstemp` alone would leave it 0600."""
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+            os.fchmod(handle.fileno(), 0o666 & ~_umask())
             handle.write(text)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    """The process's umask. Reading it means setting it, so it is set back at once."""
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask

@@ -3,7 +3,8 @@
 Every adapter opens its own connection to the one database of the state directory. WAL lets
 readers run beside the single writer; writes take the write lock up front (BEGIN IMMEDIATE) so
 a read-check-write sequence cannot be overtaken by another connection, in this process or
-another (`patchpilot approve` while a run is going).
+another (`patchpilot approve` while a run is going). A read-only connection (`mode=ro`) neither
+creates the database nor changes its schema: what `status` and `report` open.
 """
 
 from __future__ import annotations
@@ -24,10 +25,13 @@ META_SCHEMA = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT
 class Database:
     """One connection, serialised by a lock so it may be handed between threads."""
 
-    def __init__(self, db_path: str | Path, schema: tuple[str, ...] = ()) -> None:
+    def __init__(self, db_path: str | Path, schema: tuple[str, ...] = (), *, read_only: bool = False) -> None:
         path = Path(db_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.lock = threading.RLock()
+        if read_only:  # an existing database, opened for reading only: no file, table or pragma is written
+            self.conn = connect_read_only(path)
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
         self.conn = sqlite3.connect(
             str(path), isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False
         )
@@ -61,6 +65,32 @@ class Database:
     def close(self) -> None:
         with self.lock:
             self.conn.close()
+
+
+def connect_read_only(path: Path) -> sqlite3.Connection:
+    """A `mode=ro` connection to the database at `path`, which must exist. Reading a WAL
+    database needs its `-shm` file; in a directory this process cannot write, where none is
+    left, the database is read as `immutable` (safe then: without a `-wal` file every commit is
+    in the database file itself)."""
+    uri = path.resolve().as_uri()
+    try:
+        return _connect_checked(f"{uri}?mode=ro")
+    except sqlite3.OperationalError:
+        if path.with_name(f"{path.name}-wal").exists():
+            raise
+        return _connect_checked(f"{uri}?mode=ro&immutable=1")
+
+
+def _connect_checked(uri: str) -> sqlite3.Connection:
+    """Connect and read once, so that an unreadable database fails here, not at the first load."""
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 def epoch(moment: datetime) -> float:

@@ -18,10 +18,13 @@ _KEY = "clock"
 class VirtualClock:
     """A `Clock` that only moves when told to, and never backwards."""
 
-    def __init__(self, db_path: str | Path, start: datetime | None = None) -> None:
+    def __init__(self, db_path: str | Path, start: datetime | None = None, *, read_only: bool = False) -> None:
         """On a new database the clock starts at `start` (default: the real UTC now); on an
-        existing one it continues where it was and `start` is ignored."""
-        self._db = Database(db_path, (META_SCHEMA,))
+        existing one it continues where it was and `start` is ignored. With `read_only`, an
+        existing database's clock, to read (`now`) only."""
+        self._db = Database(db_path, (META_SCHEMA,), read_only=read_only)
+        if read_only:
+            return
         initial = iso(start if start is not None else datetime.now(UTC))
         with self._db.transaction() as conn:
             conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (_KEY, initial))

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Literal, TypeAlias, TypeVar
 
 from patchpilot.adapters.health import UnsafeUrlValueError, fill, fill_url
+from patchpilot.adapters.local._sqlite import connect_read_only
 from patchpilot.adapters.local.simulated_maintenance import SimulatedMaintenance
 from patchpilot.compliance.model import AssessmentStarted, MissingPatch, PatchGap, PatchSeverity, PatchState
 from patchpilot.engine.decide import plural
@@ -158,9 +159,13 @@ class _Op:
 class SimulatedFleet:
     """A `FleetProvider` whose operations live in SQLite (`db_path`) and take virtual time."""
 
-    def __init__(self, db_path: str | Path, clock: Clock) -> None:
+    def __init__(self, db_path: str | Path, clock: Clock, *, read_only: bool = False) -> None:
+        """With `read_only`, an existing database for `patch_states` only (`compliance`)."""
         self.clock = clock
         self._lock = threading.Lock()
+        if read_only:
+            self._db = connect_read_only(Path(db_path))
+            return
         self._db = sqlite3.connect(
             str(db_path), isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False
         )

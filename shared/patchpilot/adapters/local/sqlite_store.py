@@ -6,6 +6,9 @@ object, and a run of 10,000 instances is saved hundreds of times. Every save is 
 write on the stored version, checked and written under the write lock (BEGIN IMMEDIATE), so two
 processes on one state directory cannot both win.
 
+Beside each run, where its report goes (`--report-dir` of the command that started it), so that
+`approve` and `run --resume` write the report there too: a local setting, not part of the Run.
+
 Runs are immutable, so the store keeps the last Run it loaded or saved per run id and returns it
 again while a cheap `SELECT version` shows nobody saved since.
 """
@@ -43,14 +46,16 @@ SCHEMA = (
         PRIMARY KEY (run_id, seq)
     )""",
     "CREATE INDEX IF NOT EXISTS outbox_unsent ON outbox (run_id, seq) WHERE sent = 0",
+    "CREATE TABLE IF NOT EXISTS run_report_dirs (run_id TEXT PRIMARY KEY, directory TEXT NOT NULL)",
 )
 
 
 class SqliteRunStore:
-    """A `RunStore` on the SQLite database at `db_path`."""
+    """A `RunStore` on the SQLite database at `db_path`; with `read_only`, on an existing one,
+    for loading only (a save raises `sqlite3.OperationalError`)."""
 
-    def __init__(self, db_path: str | Path) -> None:
-        self._db = Database(db_path, SCHEMA)
+    def __init__(self, db_path: str | Path, *, read_only: bool = False) -> None:
+        self._db = Database(db_path, SCHEMA, read_only=read_only)
         self._runs: dict[str, Run] = {}  # the identity map: the last Run seen per id
 
     # ------------------------------------------------------------ RunStore
@@ -136,6 +141,29 @@ class SqliteRunStore:
         with self._db.lock:
             rows = self._db.conn.execute("SELECT run_id FROM runs ORDER BY created_at, rowid").fetchall()
         return [run_id for (run_id,) in rows]
+
+    # ------------------------------------------------------------ local settings per run
+
+    def set_report_dir(self, run_id: str, directory: Path) -> None:
+        """Remember where the reports of `run_id` go (an absolute path: later commands may run
+        from another directory)."""
+        with self._db.transaction() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO run_report_dirs (run_id, directory) VALUES (?, ?)",
+                (run_id, str(directory.absolute())),
+            )
+
+    def report_dir(self, run_id: str) -> Path | None:
+        """Where the reports of `run_id` go, if a command gave it; None on a database written
+        before this table existed (read only, its schema is not brought up to date)."""
+        try:
+            with self._db.lock:
+                row = self._db.conn.execute(
+                    "SELECT directory FROM run_report_dirs WHERE run_id = ?", (run_id,)
+                ).fetchone()
+        except sqlite3.OperationalError:  # no such table
+            return None
+        return None if row is None else Path(row[0])
 
     # ------------------------------------------------------------ the rest
 

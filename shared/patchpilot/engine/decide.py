@@ -60,6 +60,7 @@ from patchpilot.engine.run import (
     WaveState,
     count_states,
 )
+from patchpilot.planning.estimate import ESTIMATE_SOURCE, wave_estimate
 from patchpilot.policy import Policy
 from patchpilot.policy.fields import format_duration
 
@@ -520,6 +521,8 @@ def _begin_wave(run: Run, now: datetime) -> Decision:
         zone = run.policy.schedule.zone if run.policy.schedule else None
         when = run.window_end.astimezone(zone).isoformat(timespec="minutes")
         return _end(run, now, "incomplete", f"the maintenance window ended at {when}; later waves not started")
+    if why := _does_not_fit(run, now):
+        return _end(run, now, "incomplete", why)
     wave = run.current.model_copy(update={"started_at": now})
     if wave.ring_position > 0 or run.follow_up_of is not None:
         wave = _skip_unpromotable(run, wave)
@@ -538,6 +541,52 @@ def _begin_wave(run: Run, now: datetime) -> Decision:
         wait_until=wait_until,
     )
     return _await(run, "leasing", command)
+
+
+def _does_not_fit(run: Run, now: datetime) -> str:
+    """Why the current wave may not start in what is left of the window, or "" when it may.
+
+    With `rollout.cutoff`, no wave starts within that much of the window's end (SSM's cutoff).
+    Without it, a wave starts only if its expected duration fits in what is left: the longest wave
+    of the run so far (the run's own measure of its fleet), else, before any wave has taken time,
+    the estimate of its steps (planning/estimate.py, what `patchpilot plan` shows). A run that
+    accompanies Update Manager has no say: Update Manager starts at its own time."""
+    if run.window_end is None or run.maintenance is not None:
+        return ""
+    left = run.window_end - now
+    wave = run.current
+    cutoff = run.policy.rollout.cutoff
+    if cutoff is not None:
+        if left > cutoff or cutoff == timedelta(0):
+            return ""
+        return (
+            f"wave {wave.index}: {_minutes(left)} left of the window, within rollout.cutoff "
+            f"{format_duration(cutoff)}: not started"
+        )
+    expected, source = expected_wave_duration(run)
+    if expected <= left:
+        return ""
+    return (
+        f"wave {wave.index} expected to take {_minutes(expected)} ({source}), "
+        f"{_minutes(left)} left of the window: not started"
+    )
+
+
+def expected_wave_duration(run: Run) -> tuple[timedelta, str]:
+    """How long the current wave is expected to take, and what says so: the longest of the run's
+    finished waves that took any time, else the estimate of the wave's steps."""
+    taken = [w.finished_at - w.started_at for w in run.waves if w.started_at and w.finished_at]
+    longest = max(taken, default=timedelta(0))
+    if longest > timedelta(0):
+        return longest, "the longest wave so far"
+    machines = [r.instance for r in _pending(run.current)]
+    return wave_estimate(machines, run.policy.reboot), ESTIMATE_SOURCE
+
+
+def _minutes(value: timedelta) -> str:
+    """A duration in whole minutes, rounded down (`1h10m`, `0m`)."""
+    whole = timedelta(minutes=max(value, timedelta(0)) // timedelta(minutes=1))
+    return format_duration(whole) if whole else "0m"
 
 
 def _releasing(decision: Decision) -> Decision:

@@ -25,6 +25,7 @@ from patchpilot.policy.fields import (
     TimeOfDay,
     TimeZoneName,
     fail,
+    format_duration,
     new_list,
     resolve_timezone,
 )
@@ -36,6 +37,7 @@ from patchpilot.policy.schedule import (
     MonthlyRule,
     Window,
     known_aws_cron,
+    shortest_gap,
     window_starts,
 )
 
@@ -162,7 +164,22 @@ class Schedule(_Section):
             found.append(Problem((*here, "offset_days"), "use Offset±N inside monthly instead"))
         if self.duration <= timedelta(0):
             found.append(Problem((*here, "duration"), "expected a window longer than 0"))
+        elif not found and (gap := self.shortest_gap()) is not None and self.duration > gap:
+            found.append(
+                Problem(
+                    (*here, "duration"),
+                    f"the window ({format_duration(self.duration)}) is longer than the time from one window's "
+                    f"start to the next ({format_duration(gap)}, the shortest in the coming year): windows "
+                    "would overlap; shorten the duration",
+                )
+            )
         return found
+
+    def shortest_gap(self, after: datetime | None = None) -> timedelta | None:
+        """The shortest time from one window's start to the next over the year after `after`
+        (default: now), DST changes included; None with fewer than two windows."""
+        after = after or datetime.now(UTC)
+        return shortest_gap(window_starts(self.rule, self.at, self.offset_days, self.zone, after), after)
 
 
 class Rollout(_Section):
@@ -170,6 +187,10 @@ class Rollout(_Section):
     disruption_budget: Budget = Quota(10, percent=True)
     canary: int = Field(default=1, ge=0)
     max_failures: FailureQuota = Quota(0, percent=False)
+    # No new wave starts within this much of the window's end (SSM's maintenance-window cutoff).
+    # Unset: a wave starts only if its expected duration (the run's longest wave so far, else the
+    # estimate of its steps, planning/estimate.py) fits in what is left; `0`: until the very end.
+    cutoff: Duration | None = None
 
 
 class Exclusions(_Section):
@@ -442,6 +463,15 @@ class Policy(_Section):
     def problems(self) -> list[Problem]:
         """Rules that span several fields; the field shapes are already valid here."""
         found = self.schedule.problems() if self.schedule else []
+        cutoff = self.rollout.cutoff
+        if self.schedule is not None and cutoff is not None and cutoff >= self.schedule.duration > timedelta(0):
+            found.append(
+                Problem(
+                    ("rollout", "cutoff"),
+                    f"a cutoff of {format_duration(cutoff)} in a {format_duration(self.schedule.duration)} window "
+                    "lets no wave start: expected a cutoff shorter than schedule.duration",
+                )
+            )
         seen: set[str] = set()
         for index, ring in enumerate(self.rings):
             if ring.name in seen:

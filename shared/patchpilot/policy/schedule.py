@@ -40,6 +40,9 @@ _MONTHLY_RE = re.compile(
     re.IGNORECASE,
 )
 MAX_OFFSET_DAYS = 6  # Azure's recurEvery allows -6..6; SSM's ScheduleOffset 1..6
+# How far `shortest_gap` looks: a year (DST changes included), at most this many windows.
+GAP_HORIZON = timedelta(days=366)
+GAP_WINDOWS = 400
 
 
 @dataclass(frozen=True)
@@ -221,3 +224,17 @@ def window_starts(
         if start >= after and start != last:
             last = start
             yield start
+
+
+def shortest_gap(starts: Iterator[datetime], after: datetime) -> timedelta | None:
+    """The shortest time between two consecutive window starts over the year after `after` (at
+    most GAP_WINDOWS of them); None with fewer than two (a cron whose years run out)."""
+    seen: list[datetime] = []
+    try:
+        for start in starts:
+            if start >= after + GAP_HORIZON or len(seen) >= GAP_WINDOWS:
+                break
+            seen.append(start)
+    except ValueError:  # croniter: no more dates (the cron's years have passed)
+        pass
+    return min((b - a for a, b in zip(seen, seen[1:], strict=False)), default=None)

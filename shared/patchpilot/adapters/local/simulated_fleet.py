@@ -45,6 +45,13 @@ from patchpilot.engine.messages import (
 )
 from patchpilot.inventory import Instance, OsFamily, Simulation
 from patchpilot.maintenance.model import WatchResult
+from patchpilot.planning.estimate import (  # the step durations a plan estimates with
+    HEALTH_MINUTES,
+    INSTALL_MINUTES,
+    REBOOT_MINUTES,
+    ROLLBACK_MINUTES,
+    SNAPSHOT_MINUTES,
+)
 from patchpilot.policy import Policy
 from patchpilot.policy.model import HealthChecks
 from patchpilot.ports import Clock, InProgress, Progress
@@ -54,8 +61,6 @@ T = TypeVar("T")
 EFFECT_KINDS: frozenset[str] = frozenset({"snapshot", "install", "rollback"})
 
 POLL_INTERVAL = timedelta(minutes=10)
-REBOOT_MINUTES = 4
-HEALTH_MINUTES = 2
 BUSY_TIMEOUT_MS = 10_000
 
 # A small, realistic catalog of the patches each OS is missing: (patch id, classification).
@@ -427,7 +432,7 @@ def _snapshot_id(instance: Instance, command_id: str, disk: str) -> str:
 
 
 def _snapshot(instance: Instance, command_id: str) -> _Plan:
-    minutes = _minutes("snapshot", instance.id, 3, 6)
+    minutes = _minutes("snapshot", instance.id, *SNAPSHOT_MINUTES)
     if _hints(instance).snapshot == "fail":
         if instance.cloud == "aws":
             detail = "CreateSnapshots failed: SnapshotCreationPerVolumeRateExceeded"
@@ -471,7 +476,7 @@ def select_patches(
 
 def _install(instance: Instance, only: list[str] | None, command: InstallPatches) -> _Plan:
     hints = _hints(instance)
-    minutes = hints.install_minutes or _minutes("install", instance.id, 20, 50)
+    minutes = hints.install_minutes or _minutes("install", instance.id, *INSTALL_MINUTES)
     reboots = command.reboot != "never"
     if reboots:
         minutes += REBOOT_MINUTES
@@ -556,7 +561,7 @@ def _status_failure(instance: Instance, rebooted: bool) -> str:
 def _rollback(instance: Instance, snapshot_ids: list[str], restore_data_volumes: bool) -> _Plan:
     """The root volume (OS disk) from the first snapshot; the data volumes (disks) from the others
     when the policy asks for them too."""
-    minutes = _minutes("rollback", instance.id, 8, 14)
+    minutes = _minutes("rollback", instance.id, *ROLLBACK_MINUTES)
     if not snapshot_ids:
         return _Plan(instance.id, minutes, False, "no snapshot to restore from", [])
     source = snapshot_ids[0]

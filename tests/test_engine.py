@@ -227,6 +227,52 @@ def test_no_wave_starts_after_the_window_ends() -> None:
     assert not_started and not ({r.id for r in not_started} & recorder.touched())
 
 
+def test_cutoff_stops_new_waves() -> None:
+    # Each step takes 20m here, so a wave 1h20m; with a cutoff of 3h no wave starts in the last 3h of
+    # the 5h window: the waves that started all started more than 3h before its end.
+    pol = parse_policy((POLICY % policy_values("5h")).replace("max_failures: 1}", "max_failures: 1, cutoff: 3h}"))
+    assert pol.rollout.cutoff == timedelta(hours=3)
+    run, recorder = run_with(pol, fleet(), step=timedelta(minutes=20))
+    assert run.status == "incomplete"
+    window_end = run.window_end
+    assert window_end is not None
+    started = [w for w in run.waves if w.started_at is not None]
+    assert started and all(window_end - w.started_at > timedelta(hours=3) for w in started)  # type: ignore[operator]
+    first_not_started = run.waves[len(started)]
+    assert run.reason.startswith(f"wave {first_not_started.index}: ")
+    assert run.reason.endswith("left of the window, within rollout.cutoff 3h: not started")
+    assert not ({r.id for r in first_not_started.records.values()} & recorder.touched())
+
+
+def test_a_wave_that_does_not_fit_the_window_is_not_started_and_says_why() -> None:
+    # Without a cutoff, the longest wave so far (1h20m at 20m a step) must fit in what is left.
+    run, recorder = run_with(policy(duration="2h30m"), fleet(), step=timedelta(minutes=20))
+    assert run.status == "incomplete"
+    # wave 1 took 1h20m; 1h10m left: wave 2 would end 10 minutes past the window's end
+    assert (
+        run.reason == "wave 2 expected to take 1h20m (the longest wave so far), 1h10m left of the window: not started"
+    )
+    window_end = run.window_end
+    assert window_end is not None
+    assert all(w.finished_at <= window_end for w in run.waves if w.finished_at is not None)  # type: ignore[operator]
+    assert all(r.state == "not_started" for r in run.waves[1].records.values())
+    assert not ({r.id for r in run.waves[1].records.values()} & recorder.touched())
+
+
+def test_the_first_wave_is_not_started_when_the_estimate_of_its_steps_exceeds_the_window() -> None:
+    # No wave has taken time yet: the estimate is the longest snapshot, install, reboot and check.
+    run, recorder = run_with(policy(duration="30m"), fleet())
+    assert run.status == "incomplete"
+    assert run.reason == "wave 1 expected to take 1h2m (the estimate of its steps), 30m left of the window: not started"
+    assert not recorder.touched()
+
+
+def test_a_cutoff_of_0_starts_waves_until_the_window_ends() -> None:
+    pol = parse_policy((POLICY % policy_values("90m")).replace("max_failures: 1}", "max_failures: 1, cutoff: 0}"))
+    run, _ = run_with(pol, fleet(), step=timedelta(minutes=20))
+    assert run.status == "incomplete" and "maintenance window ended" in run.reason
+
+
 def test_an_instance_whose_agent_does_not_answer_is_skipped_with_the_reason() -> None:
     hints = {"i-production-03": Simulation(agent="offline")}
     run, recorder = run_with(policy(), fleet(hints=hints))

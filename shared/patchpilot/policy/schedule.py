@@ -10,6 +10,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from itertools import pairwise
 from typing import Annotated
 from zoneinfo import ZoneInfo
 
@@ -237,4 +238,4 @@ def shortest_gap(starts: Iterator[datetime], after: datetime) -> timedelta | Non
             seen.append(start)
     except ValueError:  # croniter: no more dates (the cron's years have passed)
         pass
-    return min((b - a for a, b in zip(seen, seen[1:], strict=False)), default=None)
+    return min((b - a for a, b in pairwise(seen)), default=None)

@@ -1,5 +1,6 @@
 """Rings and availability-first waves."""
 
+from patchpilot.planning.estimate import WindowFit, wave_estimate, window_fit, window_warnings
 from patchpilot.planning.planner import (
     NO_RING,
     Exclusion,
@@ -20,10 +21,14 @@ __all__ = [
     "Plan",
     "RingPlan",
     "Wave",
+    "WindowFit",
     "assign",
     "placement",
     "plan",
     "plan_document",
     "plan_maintenance",
     "ring_of",
+    "wave_estimate",
+    "window_fit",
+    "window_warnings",
 ]

@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from patchpilot.cli import EXIT_INVALID_INPUT, main
+from patchpilot.policy.fields import format_duration
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 POLICY = str(Path(__file__).resolve().parent / "fixtures" / "policy.yaml")
@@ -213,8 +214,9 @@ def example_plan() -> dict[str, Any]:
 
 
 def test_plan_json_has_waves_excluded_and_summary(example_plan: dict[str, Any]) -> None:
-    assert set(example_plan) == {"waves", "excluded", "summary", "warnings"}
-    assert example_plan["warnings"] == []  # every ring selects machines of the example fleet
+    assert set(example_plan) == {"waves", "excluded", "summary", "window", "warnings"}
+    # every ring selects machines of the example fleet; only the window is too short (4h for 27 waves)
+    assert [w.split(": ")[1] for w in example_plan["warnings"]] == ["schedule.duration"]
     waves = example_plan["waves"]
     assert waves
     for wave in waves:
@@ -271,6 +273,7 @@ def test_plan_production_starts_with_a_single_canary_wave(example_plan: dict[str
 
 def test_plan_warns_when_a_ring_selects_nothing(tmp_path: Path) -> None:
     text = Path(POLICY).read_text(encoding="utf-8")
+    text = text.replace("duration: 4h", "duration: 2d")  # every wave fits: no window warning
     typo = write(tmp_path, "typo.yaml", text.replace("{Environment: staging}", "{Environment: stagign}"))
     table = run("plan", "--policy", typo, "--inventory", FLEET)
     assert table.exit_code == 0, table.output
@@ -332,6 +335,118 @@ def test_plan_with_bad_inventory_exits_2(tmp_path: Path) -> None:
     result = run("plan", "--policy", POLICY, "--inventory", path)
     assert result.exit_code == 2
     assert result.stderr.splitlines()[0] == f"{path}: instances: expected a list, got {{}}"
+
+
+# --- the window is a promise ----------------------------------------------------------------------
+
+
+def test_a_window_longer_than_the_gap_to_the_next_is_refused(tmp_path: Path) -> None:
+    # Every weekday at 22:00 Tokyo time: from Friday's window to Monday's, 3 days; from Monday's to
+    # Tuesday's, 1 day. A 25h window would still run when the next one starts.
+    text = Path(POLICY).read_text(encoding="utf-8")
+    text = text.replace('monthly: "Second Tuesday Offset+3"', 'cron: "cron(0 22 ? * MON-FRI *)"')
+    path = write(tmp_path, "daily.yaml", text.replace('  at: "02:00"\n', "").replace("duration: 4h", "duration: 25h"))
+    result = run("validate", "--policy", path)
+    assert result.exit_code == EXIT_INVALID_INPUT, result.output
+    problem = (
+        f"{path}:7:3: schedule.duration: the window (1d1h) is longer than the time from one window's start to "
+        "the next (1d, the shortest in the coming year): windows would overlap; shorten the duration"
+    )
+    assert result.stderr.splitlines() == [problem, "1 problem found."]
+    assert (
+        run("validate", "--policy", write(tmp_path, "ok.yaml", Path(path).read_text().replace("25h", "1d"))).exit_code
+        == 0
+    )
+
+
+def test_a_cutoff_as_long_as_the_window_is_refused(tmp_path: Path) -> None:
+    text = Path(POLICY).read_text(encoding="utf-8").replace("  max_failures: 1", "  max_failures: 1\n  cutoff: 4h")
+    result = run("validate", "--policy", write(tmp_path, "cutoff.yaml", text))
+    assert result.exit_code == EXIT_INVALID_INPUT, result.output
+    assert "rollout.cutoff: a cutoff of 4h in a 4h window lets no wave start" in result.stderr
+
+
+def test_plan_warns_when_the_waves_do_not_fit_the_window() -> None:
+    # The pinned policy's 27 waves of at most 1h2m each (6m snapshot, 50m install, 4m reboot, 2m
+    # check) and the 2h soak do not fit its 4h window: waves 1 to 3 fit (3h6m), wave 4 does not.
+    table = run("plan", "--policy", POLICY, "--inventory", FLEET)
+    assert table.exit_code == 0, table.output
+    warning = (
+        f"warning: {POLICY}: schedule.duration: the waves are expected to take 1d5h54m (soaks included, approvals "
+        "not), the window is 4h: wave 4 (staging, expected 1h2m, from 3h6m into the window) and the 23 after it "
+        "would not start by its estimate; lengthen schedule.duration, raise rollout.disruption_budget (fewer, "
+        "larger waves) or split the fleet"
+    )
+    assert table.stderr.splitlines() == [warning]
+    assert "Expected 1d5h54m (soaks included, approvals not): does not fit the 4h window." in table.stdout
+    assert "1h2m (does not fit)" in table.stdout
+    document = json.loads(run("plan", "--policy", POLICY, "--inventory", FLEET, "--json").stdout)
+    assert document["warnings"] == [warning.removeprefix("warning: ")]
+    window = document["window"]
+    assert (window["window"], window["expected_total"], window["fits"]) == ("4h", "1d5h54m", False)
+    assert [w["starts"] for w in window["waves"][:5]] == [True, True, True, False, False]
+    assert window["waves"][3] == {
+        "index": 4,
+        "ring": "staging",
+        "expected": "1h2m",
+        "starts_after": "3h6m",
+        "starts": False,
+    }
+
+
+def test_plan_says_the_waves_fit_a_long_enough_window(tmp_path: Path) -> None:
+    text = Path(POLICY).read_text(encoding="utf-8").replace("duration: 4h", "duration: 2d")
+    result = run("plan", "--policy", write(tmp_path, "long.yaml", text), "--inventory", FLEET)
+    assert result.exit_code == 0 and result.stderr == "", result.output
+    assert "Expected 1d5h54m (soaks included, approvals not): fits the 2d window." in result.stdout
+
+
+def _run_in(tmp_path: Path, policy_text: str, fleet: dict[str, Any]) -> tuple[Result, Any]:
+    """`patchpilot run --json` in a fresh state directory; the result and the run it stored."""
+    from patchpilot.adapters.local.sqlite_store import SqliteRunStore
+    from patchpilot.local_runtime import DB_NAME
+
+    state = tmp_path / "state"
+    policy = write(tmp_path, "policy.yaml", policy_text)
+    inventory = write(tmp_path, "fleet.json", json.dumps(fleet))
+    result = run("run", "--policy", policy, "--inventory", inventory, "--state-dir", str(state), "--json")
+    document = json.loads(result.stdout)
+    store = SqliteRunStore(state / DB_NAME, read_only=True)
+    return result, store.load(document["run_id"])
+
+
+def test_a_30_minute_window_does_not_overrun(tmp_path: Path) -> None:
+    # Installs of 10 minutes: a wave is expected to take at most 22m (6m snapshot, 10m install, 4m
+    # reboot, 2m check), so wave 1 starts; wave 2, measured by wave 1, does not fit what is left.
+    # The promise: every wave that started ended by the window's end (its machines were healthy).
+    fleet = json.loads(Path(FLEET).read_text(encoding="utf-8"))
+    for instance in fleet["instances"]:
+        instance["simulation"] = {"install_minutes": 10}
+    policy = Path(POLICY).read_text(encoding="utf-8").replace("duration: 4h", "duration: 30m")
+    result, stored = _run_in(tmp_path, policy, fleet)
+    assert result.exit_code == 1, result.output
+    assert stored.status == "incomplete"
+    assert stored.window_end is not None
+    started = [w for w in stored.waves if w.started_at is not None]
+    assert [w.index for w in started] == [1]
+    assert all(w.finished_at is not None and w.finished_at <= stored.window_end for w in started)
+    longest = format_duration(started[0].finished_at - started[0].started_at)
+    left = format_duration(stored.window_end - started[0].finished_at)
+    assert (
+        stored.reason
+        == f"wave 2 expected to take {longest} (the longest wave so far), {left} left of the window: not started"
+    )
+    assert json.loads(result.stdout)["reason"] == stored.reason
+
+
+def test_a_30_minute_window_starts_no_wave_expected_to_take_longer(tmp_path: Path) -> None:
+    policy = Path(POLICY).read_text(encoding="utf-8").replace("duration: 4h", "duration: 30m")
+    result, stored = _run_in(tmp_path, policy, json.loads(Path(FLEET).read_text(encoding="utf-8")))
+    assert result.exit_code == 1, result.output
+    assert (
+        stored.reason == "wave 1 expected to take 1h2m (the estimate of its steps), 30m left of the window: not started"
+    )
+    assert all(w.started_at is None for w in stored.waves)
 
 
 # --- schema ----------------------------------------------------------------------------------------

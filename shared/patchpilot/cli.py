@@ -30,7 +30,7 @@ from patchpilot.local_runtime import (
     open_runs,
     writing,
 )
-from patchpilot.planning import Plan, placement, plan, plan_document, ring_of
+from patchpilot.planning import Plan, placement, plan, plan_document, ring_of, window_fit, window_warnings
 from patchpilot.policy import Policy, load_policy
 from patchpilot.policy.fields import format_duration
 from patchpilot.policy.model import Schedule
@@ -137,8 +137,9 @@ def plan_command(policy_path: str, inventory_path: str, as_json: bool) -> None:
     policy = load_policy(policy_path)
     result = plan(policy, load_inventory(inventory_path))
     warnings = ring_warnings(policy_path, policy, inventory_path, result)
+    warnings += [Problem(("schedule", "duration"), w).render(policy_path) for w in window_warnings(policy, result)]
     if as_json:
-        _print_json({**plan_document(result), "warnings": warnings})
+        _print_json({**plan_document(result), "window": window_fit(policy, result).document(), "warnings": warnings})
     else:
         print_plan(_console(), policy, result)
         _echo_warnings(warnings)
@@ -180,14 +181,16 @@ def print_plan(console: Console, policy: Policy, result: Plan) -> None:
     table = Table(
         title=f"{policy.name}: {rollout.mode}, budget {rollout.disruption_budget} per zone, canary {rollout.canary}"
     )
-    for column in ("wave", "ring", "size", "where", "instances"):
+    for column in ("wave", "ring", "size", "expected", "where", "instances"):
         table.add_column(column, overflow="fold")
-    for wave in result.waves:
+    fit = window_fit(policy, result)
+    for wave, wave_fit in zip(result.waves, fit.waves, strict=True):
         names = [i.short_name for i in wave.instances]
         more = len(names) - MAX_IDS_SHOWN
         shown = ", ".join(names[:MAX_IDS_SHOWN]) + (f" … +{more}" if more > 0 else "")
         label = f"{wave.index}" + (" (canary)" if wave.canary else "")
-        table.add_row(label, wave.ring, str(len(names)), placement(wave.instances), shown)
+        expected = format_duration(wave_fit.expected) + ("" if wave_fit.starts else " (does not fit)")
+        table.add_row(label, wave.ring, str(len(names)), expected, placement(wave.instances), shown)
     console.print(table)
     if result.excluded:
         excluded = Table(title="Excluded")
@@ -204,6 +207,13 @@ def print_plan(console: Console, policy: Policy, result: Plan) -> None:
     for ring in result.rings:
         if ring.gate:
             console.print(f"Ring {ring.name}: {ring.gate}.", soft_wrap=True)
+    if fit.window is not None:
+        within = "fits" if fit.fits else "does not fit"
+        console.print(
+            f"Expected {format_duration(fit.total)} (soaks included, approvals not): {within} the "
+            f"{format_duration(fit.window)} window.",
+            soft_wrap=True,
+        )
 
 
 @main.command()

@@ -559,3 +559,17 @@ def test_percent_budget_from_yaml_keeps_fractions_and_prints_as_written() -> Non
     assert policy.rollout.disruption_budget == Quota(12.5, percent=True)
     assert str(policy.rollout.disruption_budget) == "12.5%"
     assert str(policy.rollout.max_failures) == "2"
+
+
+# --- rollout.cutoff --------------------------------------------------------------------------------
+
+
+def test_rollout_cutoff_is_a_duration_and_unset_by_default() -> None:
+    assert parse_policy(BASE).rollout.cutoff is None
+    assert parse_policy(BASE + "rollout: {cutoff: 1h30m}\n").rollout.cutoff == timedelta(minutes=90)
+
+
+def test_a_cutoff_that_is_not_a_duration_is_refused() -> None:
+    problem = only_problem(BASE + "rollout: {cutoff: soon}\n")
+    assert problem.path == ("rollout", "cutoff")
+    assert problem.line == 10

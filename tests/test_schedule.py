@@ -7,6 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from patchpilot.errors import InputError
 from patchpilot.policy import Schedule, Window, parse_policy
 
 # Microsoft's Patch Tuesdays of 2026 (second Tuesday of each month).
@@ -284,3 +285,32 @@ def test_window_contains_its_start_but_not_its_end() -> None:
     assert window.contains(window.end - timedelta(seconds=1))
     assert not window.contains(window.end)
     assert not window.contains(window.start - timedelta(seconds=1))
+
+
+# --- the gap to the next window --------------------------------------------------------------------
+
+
+def test_the_shortest_gap_between_windows_counts_the_dst_change() -> None:
+    # Daily at 02:00 Berlin time: the night the clocks go forward, only 23 hours pass.
+    daily = schedule('  cron: "cron(0 2 * * ? *)"\n  timezone: Europe/Berlin\n  duration: 4h\n')
+    assert daily.shortest_gap(START_2026) == timedelta(hours=23)
+
+
+def test_a_monthly_schedule_has_weeks_between_its_windows() -> None:
+    gap = monthly("Second Tuesday Offset+3").shortest_gap(START_2026)
+    assert gap is not None and gap >= timedelta(days=28)
+
+
+def test_a_cron_whose_years_have_passed_has_no_gap() -> None:
+    past = schedule('  cron: "cron(0 2 * * ? 2020)"\n  duration: 4h\n')
+    assert past.shortest_gap(START_2026) is None
+
+
+def test_a_daily_window_of_23_and_a_half_hours_overlaps_across_the_dst_change() -> None:
+    lines = '  cron: "cron(0 2 * * ? *)"\n  timezone: Europe/Berlin\n  duration: 23h30m\n'
+    policy = "name: p\nschedule:\n" + lines + "rings:\n  - name: r\n    select: {ids: [x]}\n"
+    with pytest.raises(InputError) as caught:
+        parse_policy(policy)
+    [problem] = caught.value.problems
+    assert problem.path == ("schedule", "duration")
+    assert "(23h30m) is longer than the time from one window's start to the next (23h," in problem.message

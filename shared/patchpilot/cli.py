@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import shlex
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import click
+from click.core import ParameterSource
 from rich.console import Console
+from rich.measure import Measurement
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 from rich.text import Text
@@ -20,7 +24,7 @@ from patchpilot.cli_common import EXIT_INVALID_INPUT as EXIT_INVALID_INPUT  # re
 from patchpilot.cli_common import print_json as _print_json
 from patchpilot.cli_common import reports_input_errors
 from patchpilot.engine.messages import MESSAGE, Notify
-from patchpilot.engine.run import InstanceRecord, Run, count_states
+from patchpilot.engine.run import InstanceRecord, Run, Status, count_states
 from patchpilot.errors import InputError, Problem
 from patchpilot.inventory import load_inventory
 from patchpilot.local_runtime import (
@@ -34,8 +38,8 @@ from patchpilot.planning import Plan, placement, plan, plan_document, ring_of
 from patchpilot.policy import Policy, load_policy
 from patchpilot.policy.fields import format_duration
 from patchpilot.policy.model import Schedule
-from patchpilot.ports import UnknownRunError
-from patchpilot.reports import write_reports
+from patchpilot.ports import RunStore, UnknownRunError
+from patchpilot.reports import report_stem, write_reports
 
 EXIT_SUCCEEDED = 0
 EXIT_HALTED = 1  # halted, incomplete (the window ended) or stalled
@@ -352,14 +356,20 @@ def reject(run_id: str, reason: str, state_dir: Path, report_dir: Path | None, a
 @json_option
 @reports_input_errors
 def status(run_id: str, state_dir: Path, as_json: bool) -> None:
-    """Show where a run is and what happened to its instances."""
+    """Show where a run is, what needs you first (with the command to type), and what happened
+    to its instances. Exits as `patchpilot run` would for the run's status (0 while it runs)."""
     with _reading(state_dir, run_id) as store:
         run = _load_run(store, state_dir, run_id)
+    steps = next_steps(run, state_dir)
     if as_json:
-        _print_json(run_document(run))
-        return
+        document = run_document(run)
+        document["next"] = [{"what": what, "command": command} for what, command in steps]
+        _print_json(document)
+        sys.exit(status_exit(run))
     console = _console()
-    console.print(f"Run {run.run_id} (policy {run.policy.name}): [bold]{run.status}[/bold] ({run.state})")
+    shown = run.status if run.status == run.state else f"{run.status} ({run.state.replace('_', ' ')})"
+    console.print(f"Run {run.run_id} (policy {run.policy.name}): [bold]{shown}[/bold]", soft_wrap=True)
+    _print_next_steps(console, steps)
     if run.reason:
         console.print(f"Reason: {run.reason}")
     table = Table(title="Instances")
@@ -384,6 +394,93 @@ def status(run_id: str, state_dir: Path, as_json: bool) -> None:
         for notice in run.undelivered:
             notices.add_row(notice.topic, notice.channel, notice.reason)
         console.print(notices)
+    sys.exit(status_exit(run))
+
+
+def status_exit(run: Run) -> int:
+    """`patchpilot status`'s exit: `patchpilot run`'s for the same status, 0 for a run still going."""
+    return EXIT_SUCCEEDED if run.status == "running" else _exit_status(run)
+
+
+def command_line(*words: str | Path, state_dir: Path) -> str:
+    """A `patchpilot` command line to copy, shell-quoted, with `--state-dir` unless it is the default."""
+    args = [str(w) for w in words]
+    if state_dir != Path(DEFAULT_STATE_DIR):
+        args += ["--state-dir", str(state_dir)]
+    return shlex.join(["patchpilot", *args])
+
+
+def next_steps(run: Run, state_dir: Path) -> list[tuple[str, str]]:
+    """What needs a person in `run`, most urgent first: (what, the command to type, or "")."""
+    steps: list[tuple[str, str]] = []
+    rid = run.run_id
+    if run.status == "waiting_approval":
+        ring = run.current.ring if run.cursor < len(run.waves) else "the next ring"
+        steps.append(
+            (f"ring {ring} waits for your approval; approve it", command_line("approve", rid, state_dir=state_dir))
+        )
+        steps.append(
+            (
+                f"or reject ring {ring} (the run ends there)",
+                command_line("reject", rid, "--reason", "WHY", state_dir=state_dir),
+            )
+        )
+    broken = run.broken()
+    if broken:
+        count = len(broken)
+        steps.append(
+            (
+                f"{count} machine{'s are' if count != 1 else ' is'} left broken: "
+                "restore each by hand from its snapshots (below)",
+                "",
+            )
+        )
+    if run.status == "halted":
+        steps.append(
+            (
+                "the run halted: see why in its report, fix the cause, then start a new run",
+                command_line("report", rid, state_dir=state_dir),
+            )
+        )
+    elif run.status == "incomplete":
+        steps.append(
+            (
+                "the window ended first: the machines not started are patched by the next run",
+                command_line("report", rid, state_dir=state_dir),
+            )
+        )
+    elif run.status == "nothing_patched":
+        steps.append(
+            ("no machine was patched: check what each ring selects", "patchpilot plan --policy FILE --inventory FILE")
+        )
+    elif run.status == "running":
+        steps.append(
+            (
+                "running; if no patchpilot process drives it any more (it was interrupted), continue it",
+                command_line("run", "--resume", rid, state_dir=state_dir),
+            )
+        )
+    if run.undelivered:
+        count = len(run.undelivered)
+        steps.append(
+            (
+                f"{count} notification{'s were' if count != 1 else ' was'} not delivered (below): "
+                "tell the people they were for",
+                "",
+            )
+        )
+    return steps
+
+
+def _print_next_steps(console: Console, steps: list[tuple[str, str]]) -> None:
+    """The steps first, each command on a line of its own, never wrapped (it is there to be copied)."""
+    if not steps:
+        return
+    console.print("[bold]Needs you:[/bold]")
+    for what, command in steps:
+        console.print(f"  - {what}" + (":" if command else ""), soft_wrap=True)
+        if command:
+            console.print(Text(f"      {command}"), soft_wrap=True)
 
 
 @main.command()
@@ -400,6 +497,148 @@ def report(run_id: str, state_dir: Path, report_dir: Path | None) -> None:
     check_writable_dirs(directory)
     markdown, html = _write_reports(run, directory)
     click.echo(f"{markdown}\n{html}")
+
+
+CLOUDS = ("aws", "azure")
+
+
+@main.command("runs")
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="PATCHPILOT_STATE_DIR",
+    help=f"The local runtime's state [default: {DEFAULT_STATE_DIR}].",
+)
+@click.option("--policy", "policy_name", metavar="NAME", help="Only the runs of this policy (its name).")
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice(get_args(Status)),
+    help="Only the runs with this status (repeatable).",
+)
+@click.option(
+    "--cloud",
+    type=click.Choice(CLOUDS),
+    help="Read the run table of the AWS or Azure deployment instead of a state directory.",
+)
+@click.option(
+    "--table",
+    envvar="PATCHPILOT_TABLE",
+    metavar="NAME",
+    help="With --cloud: the run table (DynamoDB table, Azure table) [default: $PATCHPILOT_TABLE].",
+)
+@json_option
+@click.pass_context
+@reports_input_errors
+def runs(
+    ctx: click.Context,
+    state_dir: Path | None,
+    policy_name: str | None,
+    statuses: tuple[str, ...],
+    cloud: str | None,
+    table: str | None,
+    as_json: bool,
+) -> None:
+    """The run history, newest first: status, window, instance counts and the report."""
+    if cloud is None:
+        local = state_dir or Path(DEFAULT_STATE_DIR)
+        with open_runs(local) as store:
+            found = _history(store, policy_name, statuses, lambda rid: _local_report(store, local, rid))
+    else:
+        if ctx.get_parameter_source("state_dir") == ParameterSource.COMMANDLINE:
+            raise click.UsageError("--state-dir is the local runtime's: it does not go with --cloud")
+        if not table:
+            raise InputError.single(
+                "--table", f"give the run table of the {cloud} deployment (or set PATCHPILOT_TABLE)"
+            )
+        found = _history(cloud_run_store(cloud, table), policy_name, statuses, lambda rid: None)
+    if as_json:
+        _print_json({"runs": found})
+        return
+    console = _console()
+    if not found:
+        console.print("No runs" + (" match" if policy_name or statuses else "") + ".")
+        return
+    history = Table(title="Runs, newest first")
+    for column in ("run", "policy", "status", "window", "instances", "report"):
+        history.add_column(column, no_wrap=True)
+    for entry in found:
+        window = entry["window"]
+        when = f"{window['start']} – {window['end']}" if window["end"] else str(window["start"])
+        history.add_row(
+            entry["run_id"], entry["policy"], entry["status"], when, _counts(entry["summary"]), entry["report"] or ""
+        )
+    print_unwrapped(console, history)
+
+
+def _history(
+    store: RunStore, policy_name: str | None, statuses: tuple[str, ...], report: Callable[[str], str | None]
+) -> list[dict[str, Any]]:
+    """The runs of `store`, newest first, that match the filters, each as `runs --json` shows it."""
+    found = []
+    for run_id in reversed(store.run_ids()):
+        run = store.load(run_id)
+        if (policy_name and run.policy.name != policy_name) or (statuses and run.status not in statuses):
+            continue
+        found.append(
+            {
+                "run_id": run.run_id,
+                "policy": run.policy.name,
+                "status": run.status,
+                "state": run.state,
+                "reason": run.reason,
+                "window": {
+                    "start": run.created_at.isoformat(),
+                    "end": run.window_end.isoformat() if run.window_end else None,
+                },
+                "summary": run.summary(),
+                "report": report(run.run_id),
+            }
+        )
+    return found
+
+
+def _counts(summary: dict[str, int]) -> str:
+    return ", ".join(f"{n} {state.replace('_', ' ')}" for state, n in sorted(summary.items())) or "none"
+
+
+def _local_report(store: SqliteRunStore, state_dir: Path, run_id: str) -> str | None:
+    """The HTML report of `run_id`, where its reports went, if it is there."""
+    html = (store.report_dir(run_id) or state_dir / "reports") / f"{report_stem(run_id)}.html"
+    return str(html) if html.is_file() else None
+
+
+def cloud_run_store(cloud: str, table: str) -> RunStore:
+    """The run table of a cloud deployment, as its functions read it: DynamoDB in the default
+    region (AWS_REGION / the profile's), or the Azure table of `AzureWebJobsStorage`."""
+    try:
+        if cloud == "aws":
+            import boto3
+
+            from patchpilot.adapters.aws.dynamodb_store import DynamoDbRunStore
+
+            return DynamoDbRunStore(table, boto3.client("dynamodb"))
+        from azure.data.tables import TableClient
+
+        from patchpilot.adapters.azure.table_store import TableRunStore
+
+        connection = os.environ.get("AzureWebJobsStorage")  # noqa: SIM112 (the Functions host's setting)
+        if not connection:
+            raise InputError.single("AzureWebJobsStorage", "set it to the connection string of the run table's account")
+        return TableRunStore(TableClient.from_connection_string(connection, table))
+    except ImportError as error:
+        raise InputError.single("--cloud", f"{error}: install PatchPilot with the {cloud} extra") from None
+
+
+def print_unwrapped(console: Console, renderable: Table) -> None:
+    """Print `renderable` at its natural width when the terminal is narrower: what it holds (run
+    ids, paths) is copied, so a line is never wrapped or cut (the terminal folds it on screen)."""
+    natural = Measurement.get(console, console.options.update_width(10_000), renderable).maximum
+    if natural <= console.width:
+        console.print(renderable)
+        return
+    Console(file=console.file, width=natural, highlight=False, force_terminal=console.is_terminal).print(renderable)
 
 
 def _load_run(store: SqliteRunStore, state_dir: Path, run_id: str) -> Run:

@@ -230,3 +230,13 @@ def test_json_errors_of_a_bad_policy_list_every_problem_with_its_place(tmp_path:
     error = json.loads(result.stderr)
     assert error["problems"] and all(p["source"] == str(policy) for p in error["problems"])
     assert all(p["line"] is not None for p in error["problems"])
+
+
+def test_run_prints_the_approve_command_and_report_path_whole_in_a_narrow_terminal(tmp_path: Path) -> None:
+    policy = policy_variant(tmp_path, **{"approval: auto ": "approval: required "})
+    state = tmp_path / "a-state-directory-with-a-long-name"
+    result = cli("run", "--policy", policy, "--inventory", FLEET, "--state-dir", state, columns=40)
+    assert result.exit_code == 3, result.output
+    run_id = result.stdout.split()[1].rstrip(":")
+    assert f"Approve with: patchpilot approve {run_id} --state-dir {state}" in lines_of(result.stdout)
+    assert f"Report: {state}/reports/{run_id}.html" in lines_of(result.stdout)

@@ -554,7 +554,7 @@ def runs(
             )
         found = _history(cloud_run_store(cloud, table), policy_name, statuses, lambda rid: None)
     if as_json:
-        _print_json({"runs": found})
+        _print_json({"runs": [history_entry(run, report) for run, report in found]})
         return
     console = _console()
     if not found:
@@ -563,44 +563,39 @@ def runs(
     history = Table(title="Runs, newest first")
     for column in ("run", "policy", "status", "window", "instances", "report"):
         history.add_column(column, no_wrap=True)
-    for entry in found:
-        window = entry["window"]
-        when = f"{window['start']} – {window['end']}" if window["end"] else str(window["start"])
-        history.add_row(
-            entry["run_id"], entry["policy"], entry["status"], when, _counts(entry["summary"]), entry["report"] or ""
-        )
+    for run, report in found:
+        window = run.created_at.isoformat() + (f" – {run.window_end.isoformat()}" if run.window_end else "")
+        history.add_row(run.run_id, run.policy.name, run.status, window, count_states(run.records()), report or "")
     print_unwrapped(console, history)
 
 
 def _history(
     store: RunStore, policy_name: str | None, statuses: tuple[str, ...], report: Callable[[str], str | None]
-) -> list[dict[str, Any]]:
-    """The runs of `store`, newest first, that match the filters, each as `runs --json` shows it."""
+) -> list[tuple[Run, str | None]]:
+    """The runs of `store` that match the filters, newest first, each with where its report is."""
     found = []
     for run_id in reversed(store.run_ids()):
         run = store.load(run_id)
         if (policy_name and run.policy.name != policy_name) or (statuses and run.status not in statuses):
             continue
-        found.append(
-            {
-                "run_id": run.run_id,
-                "policy": run.policy.name,
-                "status": run.status,
-                "state": run.state,
-                "reason": run.reason,
-                "window": {
-                    "start": run.created_at.isoformat(),
-                    "end": run.window_end.isoformat() if run.window_end else None,
-                },
-                "summary": run.summary(),
-                "report": report(run.run_id),
-            }
-        )
+        found.append((run, report(run.run_id)))
     return found
 
 
-def _counts(summary: dict[str, int]) -> str:
-    return ", ".join(f"{n} {state.replace('_', ' ')}" for state, n in sorted(summary.items())) or "none"
+def history_entry(run: Run, report: str | None) -> dict[str, Any]:
+    """One run as `patchpilot runs --json` shows it: `{"run_id", "policy", "status", "state",
+    "reason", "window": {"start", "end"}, "summary", "report"}` (`report`: the HTML report's path
+    locally, null when there is none or on the clouds)."""
+    return {
+        "run_id": run.run_id,
+        "policy": run.policy.name,
+        "status": run.status,
+        "state": run.state,
+        "reason": run.reason,
+        "window": {"start": run.created_at.isoformat(), "end": run.window_end.isoformat() if run.window_end else None},
+        "summary": run.summary(),
+        "report": report,
+    }
 
 
 def _local_report(store: SqliteRunStore, state_dir: Path, run_id: str) -> str | None:
@@ -698,7 +693,8 @@ def _drive_and_report(
     except KeyboardInterrupt:
         live.stop()
         console.print(
-            f"Interrupted. Continue with: patchpilot run --resume {run.run_id} --state-dir {runtime.state_dir}"
+            f"Interrupted. Continue with: patchpilot run --resume {run.run_id} --state-dir {runtime.state_dir}",
+            soft_wrap=True,
         )
         sys.exit(130)
     live.update(run)
@@ -710,7 +706,7 @@ def _drive_and_report(
         _print_json(document)
     else:
         _print_outcome(console, run, runtime)
-        console.print(f"Report: {html}\n        {markdown}")
+        console.print(f"Report: {html}\n        {markdown}", soft_wrap=True)
     sys.exit(_exit_status(run))
 
 
@@ -727,12 +723,12 @@ def _exit_status(run: Run) -> int:
 
 
 def _print_outcome(console: Console, run: Run, runtime: LocalRuntime) -> None:
-    console.print(f"Run {run.run_id}: [bold]{run.status}[/bold]. {count_states(run.records())}.")
+    console.print(f"Run {run.run_id}: [bold]{run.status}[/bold]. {count_states(run.records())}.", soft_wrap=True)
     if run.reason:
         console.print(f"Reason: {run.reason}")
     _print_broken(console, run)
     if run.status == "waiting_approval":
-        console.print(f"Approve with: patchpilot approve {run.run_id} --state-dir {runtime.state_dir}")
+        console.print(f"Approve with: patchpilot approve {run.run_id} --state-dir {runtime.state_dir}", soft_wrap=True)
     elif run.status == "nothing_patched":
         console.print(
             "Nothing was patched. See what each ring selects with: patchpilot plan --policy FILE --inventory FILE"

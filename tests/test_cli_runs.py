@@ -240,3 +240,12 @@ def test_run_prints_the_approve_command_and_report_path_whole_in_a_narrow_termin
     run_id = result.stdout.split()[1].rstrip(":")
     assert f"Approve with: patchpilot approve {run_id} --state-dir {state}" in lines_of(result.stdout)
     assert f"Report: {state}/reports/{run_id}.html" in lines_of(result.stdout)
+
+
+def test_runs_cloud_aws_with_a_missing_table_is_one_line_naming_it() -> None:
+    from moto_support import aws
+
+    with aws():
+        result = cli("runs", "--cloud", "aws", "--table", "no-such-table")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.stderr.splitlines()[0].startswith("aws run table no-such-table: (top level): cannot be read: ")

@@ -552,7 +552,12 @@ def runs(
             raise InputError.single(
                 "--table", f"give the run table of the {cloud} deployment (or set PATCHPILOT_TABLE)"
             )
-        found = _history(cloud_run_store(cloud, table), policy_name, statuses, lambda rid: None)
+        try:
+            found = _history(cloud_run_store(cloud, table), policy_name, statuses, lambda rid: None)
+        except (InputError, click.ClickException):
+            raise
+        except Exception as error:  # the SDK's: no credentials or region, no such table, access denied
+            raise InputError.single(f"{cloud} run table {table}", f"cannot be read: {error}") from None
     if as_json:
         _print_json({"runs": [history_entry(run, report) for run, report in found]})
         return

@@ -249,3 +249,22 @@ def test_runs_cloud_aws_with_a_missing_table_is_one_line_naming_it() -> None:
         result = cli("runs", "--cloud", "aws", "--table", "no-such-table")
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert result.stderr.splitlines()[0].startswith("aws run table no-such-table: (top level): cannot be read: ")
+
+
+# ---------------------------------------------------------------- shell completion
+
+
+def test_shell_completion_offers_the_run_ids_of_the_state_dir_newest_first(tmp_path: Path) -> None:
+    from click.shell_completion import ShellComplete
+
+    state = tmp_path / "s"
+    first = start(state)["run_id"]
+    second = waiting_run(tmp_path, state)
+    complete = ShellComplete(main, {}, "patchpilot", "_PATCHPILOT_COMPLETE")
+    for command in (["status"], ["approve"], ["reject"], ["report"]):
+        offered = [c.value for c in complete.get_completions([*command, "--state-dir", str(state)], "")]
+        assert offered == [second, first], command
+    resume = complete.get_completions(["run", "--state-dir", str(state), "--resume"], "monthly")
+    assert [c.value for c in resume] == [second, first]
+    assert complete.get_completions(["status", "--state-dir", str(tmp_path / "none")], "") == []
+    assert not (tmp_path / "none").exists()

@@ -241,6 +241,21 @@ state_dir_option = click.option(
     type=click.Path(file_okay=False, path_type=Path),
     help="Where the local runtime keeps runs, queue and simulated fleet.",
 )
+
+
+def complete_run_ids(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    """Shell completion of a RUN_ID: the runs of the state directory (given before it, or the
+    default), newest first, that start with what was typed. Reads only; nothing when there is none."""
+    state_dir = ctx.params.get("state_dir") or os.environ.get("PATCHPILOT_STATE_DIR") or DEFAULT_STATE_DIR
+    try:
+        with open_runs(Path(state_dir)) as store:
+            run_ids = store.run_ids()
+    except Exception:  # completion never fails the shell: no state, an unreadable one, no runs
+        return []
+    return [run_id for run_id in reversed(run_ids) if run_id.startswith(incomplete)]
+
+
+run_id_argument = click.argument("run_id", shell_complete=complete_run_ids)
 report_dir_option = click.option(
     "--report-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -251,7 +266,9 @@ report_dir_option = click.option(
 @main.command("run")
 @click.option("--policy", "policy_path", metavar="FILE", help="Policy file (YAML).")
 @click.option("--inventory", "inventory_path", metavar="FILE", help="Inventory file (JSON).")
-@click.option("--resume", "resume_id", metavar="RUN_ID", help="Continue an interrupted run.")
+@click.option(
+    "--resume", "resume_id", metavar="RUN_ID", shell_complete=complete_run_ids, help="Continue an interrupted run."
+)
 @state_dir_option
 @report_dir_option
 @json_option
@@ -308,7 +325,7 @@ def run_command(
 
 
 @main.command()
-@click.argument("run_id")
+@run_id_argument
 @state_dir_option
 @report_dir_option
 @json_option
@@ -329,7 +346,7 @@ def approve(run_id: str, state_dir: Path, report_dir: Path | None, as_json: bool
 
 
 @main.command()
-@click.argument("run_id")
+@run_id_argument
 @click.option("--reason", default="", help="Why, for the run's log and report.")
 @state_dir_option
 @report_dir_option
@@ -351,7 +368,7 @@ def reject(run_id: str, reason: str, state_dir: Path, report_dir: Path | None, a
 
 
 @main.command()
-@click.argument("run_id")
+@run_id_argument
 @state_dir_option
 @json_option
 @reports_input_errors
@@ -484,7 +501,7 @@ def _print_next_steps(console: Console, steps: list[tuple[str, str]]) -> None:
 
 
 @main.command()
-@click.argument("run_id")
+@run_id_argument
 @state_dir_option
 @report_dir_option
 @reports_input_errors

@@ -240,6 +240,9 @@ def test_run_prints_the_approve_command_and_report_path_whole_in_a_narrow_termin
     run_id = result.stdout.split()[1].rstrip(":")
     assert f"Approve with: patchpilot approve {run_id} --state-dir {state}" in lines_of(result.stdout)
     assert f"Report: {state}/reports/{run_id}.html" in lines_of(result.stdout)
+    assert any(
+        line.startswith(f"Run {run_id}: ") and line.endswith(f"state in {state}") for line in lines_of(result.stdout)
+    )
 
 
 def test_runs_cloud_aws_with_a_missing_table_is_one_line_naming_it() -> None:
@@ -249,6 +252,14 @@ def test_runs_cloud_aws_with_a_missing_table_is_one_line_naming_it() -> None:
         result = cli("runs", "--cloud", "aws", "--table", "no-such-table")
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert result.stderr.splitlines()[0].startswith("aws run table no-such-table: (top level): cannot be read: ")
+
+
+def test_json_errors_of_compliance_with_format_json_are_json(tmp_path: Path) -> None:
+    policy = tmp_path / "bad.yaml"
+    policy.write_text("name: x\nrings: []\n")
+    result = cli("compliance", "--policy", policy, "--inventory", FLEET, "--format", "json")
+    assert result.exit_code == 2 and result.stdout == ""
+    assert json.loads(result.stderr)["problems"][0]["source"] == str(policy)
 
 
 # ---------------------------------------------------------------- shell completion

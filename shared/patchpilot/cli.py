@@ -294,7 +294,7 @@ def run_command(
             runtime = LocalRuntime.open(state_dir, on_notice=live.notice)
             run = _load_run(runtime.store, state_dir, resume_id)
             _remember_report_dir(runtime, run, report_dir)
-            console.print(f"Resuming run {run.run_id} ({run.status})")
+            console.print(f"Resuming run {run.run_id} ({run.status})", soft_wrap=True)
             _drive_and_report(runtime, run, live, console, directory, as_json)
         return
     assert policy_path and inventory_path
@@ -320,7 +320,7 @@ def run_command(
         # An emergency policy runs on demand only: now, not at its schedule's next window.
         run = runtime.start(policy, instances, at=runtime.clock.now() if policy.kind == "emergency" else None)
         _remember_report_dir(runtime, run, report_dir)
-        console.print(f"Run {run.run_id}: {len(run.waves)} waves, state in {state_dir}")
+        console.print(f"Run {run.run_id}: {len(run.waves)} waves, state in {state_dir}", soft_wrap=True)
         _drive_and_report(runtime, run, live, console, directory, as_json)
 
 
@@ -341,7 +341,7 @@ def approve(run_id: str, state_dir: Path, report_dir: Path | None, as_json: bool
         if run.status != "waiting_approval":
             raise click.UsageError(f"run {run_id} is not waiting for approval (it is {run.status})")
         _remember_report_dir(runtime, run, report_dir)
-        console.print(runtime.approve(run_id))
+        console.print(runtime.approve(run_id), soft_wrap=True)
         _drive_and_report(runtime, run, live, console, directory, as_json)
 
 
@@ -363,7 +363,7 @@ def reject(run_id: str, reason: str, state_dir: Path, report_dir: Path | None, a
         if run.status != "waiting_approval":
             raise click.UsageError(f"run {run_id} is not waiting for approval (it is {run.status})")
         _remember_report_dir(runtime, run, report_dir)
-        console.print(runtime.reject(run_id, reason=reason))
+        console.print(runtime.reject(run_id, reason=reason), soft_wrap=True)
         _drive_and_report(runtime, run, live, console, directory, as_json)
 
 

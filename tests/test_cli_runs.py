@@ -279,3 +279,39 @@ def test_shell_completion_offers_the_run_ids_of_the_state_dir_newest_first(tmp_p
     assert [c.value for c in resume] == [second, first]
     assert complete.get_completions(["status", "--state-dir", str(tmp_path / "none")], "") == []
     assert not (tmp_path / "none").exists()
+
+
+# ---------------------------------------------------------------- status of a run still running
+
+
+def started_run(state: Path) -> str:
+    """A run started and never driven: `running`, as a run whose process was killed is."""
+    from patchpilot.inventory import load_inventory
+    from patchpilot.local_runtime import LocalRuntime
+    from patchpilot.policy import load_policy
+
+    runtime = LocalRuntime.open(state)
+    return runtime.start(load_policy(str(POLICY)), load_inventory(str(FLEET))).run_id
+
+
+def test_status_of_an_interrupted_run_says_to_resume_it_and_exits_0(tmp_path: Path) -> None:
+    state = tmp_path / "s"
+    run_id = started_run(state)
+    result = cli("status", run_id, "--state-dir", state)
+    assert result.exit_code == 0, result.output
+    assert "interrupted: no process drives it" in result.stdout
+    assert f"patchpilot run --resume {run_id} --state-dir {state}" in lines_of(result.stdout)
+
+
+def test_status_of_a_run_another_process_drives_names_it_and_offers_no_resume(tmp_path: Path) -> None:
+    from patchpilot.adapters.local.state_lock import state_lock
+
+    state = tmp_path / "s"
+    run_id = started_run(state)
+    with state_lock(state, "patchpilot run --policy p.yaml", wait=0):
+        result = cli("status", run_id, "--state-dir", state)
+        document = json.loads(cli("status", run_id, "--state-dir", state, "--json").stdout)
+    assert result.exit_code == 0, result.output
+    assert "drives it" in result.stdout and "patchpilot run --policy p.yaml" in result.stdout
+    assert "--resume" not in result.stdout
+    assert document["next"] == [] and "patchpilot run --policy p.yaml" in document["driven_by"]

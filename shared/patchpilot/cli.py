@@ -20,6 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from patchpilot.adapters.local.sqlite_store import SqliteRunStore
+from patchpilot.adapters.local.state_lock import lock_holder
 from patchpilot.cli_common import EXIT_INVALID_INPUT as EXIT_INVALID_INPUT  # re-exported: scripts and tests use it
 from patchpilot.cli_common import print_json as _print_json
 from patchpilot.cli_common import reports_input_errors
@@ -377,15 +378,19 @@ def status(run_id: str, state_dir: Path, as_json: bool) -> None:
     to its instances. Exits as `patchpilot run` would for the run's status (0 while it runs)."""
     with _reading(state_dir, run_id) as store:
         run = _load_run(store, state_dir, run_id)
-    steps = next_steps(run, state_dir)
+    driven_by = lock_holder(state_dir) if run.status == "running" else None
+    steps = next_steps(run, state_dir, driven_by)
     if as_json:
         document = run_document(run)
         document["next"] = [{"what": what, "command": command} for what, command in steps]
+        document["driven_by"] = driven_by
         _print_json(document)
         sys.exit(status_exit(run))
     console = _console()
     shown = run.status if run.status == run.state else f"{run.status} ({run.state.replace('_', ' ')})"
     console.print(f"Run {run.run_id} (policy {run.policy.name}): [bold]{shown}[/bold]", soft_wrap=True)
+    if driven_by:
+        console.print(f"In progress: {driven_by} drives it.", soft_wrap=True)
     _print_next_steps(console, steps)
     if run.reason:
         console.print(f"Reason: {run.reason}")
@@ -427,8 +432,10 @@ def command_line(*words: str | Path, state_dir: Path) -> str:
     return shlex.join(["patchpilot", *args])
 
 
-def next_steps(run: Run, state_dir: Path) -> list[tuple[str, str]]:
-    """What needs a person in `run`, most urgent first: (what, the command to type, or "")."""
+def next_steps(run: Run, state_dir: Path, driven_by: str | None = None) -> list[tuple[str, str]]:
+    """What needs a person in `run`, most urgent first: (what, the command to type, or "").
+    `driven_by`: the process that holds the state directory's lock, for a run still `running`
+    (None: nobody drives it, it was interrupted)."""
     steps: list[tuple[str, str]] = []
     rid = run.run_id
     if run.status == "waiting_approval":
@@ -470,10 +477,10 @@ def next_steps(run: Run, state_dir: Path) -> list[tuple[str, str]]:
         steps.append(
             ("no machine was patched: check what each ring selects", "patchpilot plan --policy FILE --inventory FILE")
         )
-    elif run.status == "running":
+    elif run.status == "running" and not driven_by:
         steps.append(
             (
-                "running; if no patchpilot process drives it any more (it was interrupted), continue it",
+                "interrupted: no process drives it any more; continue it",
                 command_line("run", "--resume", rid, state_dir=state_dir),
             )
         )

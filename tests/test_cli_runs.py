@@ -157,7 +157,7 @@ def test_status_of_a_waiting_run_leads_with_the_approve_and_reject_commands_and_
     assert result.exit_code == 3, result.output
     lines = lines_of(result.stdout)
     approve = f"patchpilot approve {run_id} --state-dir {state}"
-    reject = f"patchpilot reject {run_id} --reason WHY --state-dir {state}"
+    reject = f"patchpilot reject {run_id} --state-dir {state}"
     assert lines.index(approve) < lines.index(reject) < next(i for i, t in enumerate(lines) if "Instances" in t)
     assert any("ring production waits for your approval" in line for line in lines)
 

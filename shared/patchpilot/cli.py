@@ -445,8 +445,8 @@ def next_steps(run: Run, state_dir: Path, driven_by: str | None = None) -> list[
         )
         steps.append(
             (
-                f"or reject ring {ring} (the run ends there)",
-                command_line("reject", rid, "--reason", "WHY", state_dir=state_dir),
+                f"or reject ring {ring}: the run ends there (add --reason TEXT to say why)",
+                command_line("reject", rid, state_dir=state_dir),
             )
         )
     broken = run.broken()

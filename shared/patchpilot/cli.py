@@ -462,7 +462,7 @@ def next_steps(run: Run, state_dir: Path, driven_by: str | None = None) -> list[
     if run.status == "halted":
         steps.append(
             (
-                "the run halted: see why in its report, fix the cause, then start a new run",
+                "the run halted (the reason is below): see what happened in its report, then deal with the cause",
                 command_line("report", rid, state_dir=state_dir),
             )
         )

@@ -189,10 +189,18 @@ def test_schedule_with_bad_count_exits_2(count: str) -> None:
 
 def test_schedule_on_a_policy_without_schedule_exits_2(tmp_path: Path) -> None:
     path = write(tmp_path, "p.yaml", "name: p\nrings:\n  - name: r\n    select: {clouds: [aws]}\n")
-    result = run("schedule", "--policy", path, "--json")
+    result = run("schedule", "--policy", path)
     assert result.exit_code == 2
     assert result.stdout == ""
     assert result.stderr.splitlines() == [f"{path}: schedule: the policy has no schedule", "1 problem found."]
+    as_json = run("schedule", "--policy", path, "--json")  # with --json, the error is JSON too
+    assert as_json.exit_code == 2 and as_json.stdout == ""
+    assert json.loads(as_json.stderr) == {
+        "error": f"{path}: schedule: the policy has no schedule",
+        "problems": [
+            {"source": path, "path": "schedule", "line": None, "column": None, "message": "the policy has no schedule"}
+        ],
+    }
 
 
 def test_schedule_on_a_bad_policy_exits_2(tmp_path: Path) -> None:

@@ -2,25 +2,30 @@
 
 from __future__ import annotations
 
+import os
+import shlex
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import click
+from click.core import ParameterSource
 from rich.console import Console
+from rich.measure import Measurement
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 from rich.text import Text
 
 from patchpilot.adapters.local.sqlite_store import SqliteRunStore
+from patchpilot.adapters.local.state_lock import lock_holder
 from patchpilot.cli_common import EXIT_INVALID_INPUT as EXIT_INVALID_INPUT  # re-exported: scripts and tests use it
 from patchpilot.cli_common import print_json as _print_json
 from patchpilot.cli_common import reports_input_errors
 from patchpilot.engine.messages import MESSAGE, Notify
-from patchpilot.engine.run import InstanceRecord, Run, count_states
+from patchpilot.engine.run import InstanceRecord, Run, Status, count_states
 from patchpilot.errors import InputError, Problem
 from patchpilot.inventory import load_inventory
 from patchpilot.local_runtime import (
@@ -34,8 +39,8 @@ from patchpilot.planning import Plan, placement, plan, plan_document, ring_of, w
 from patchpilot.policy import Policy, load_policy
 from patchpilot.policy.fields import format_duration
 from patchpilot.policy.model import Schedule
-from patchpilot.ports import UnknownRunError
-from patchpilot.reports import write_reports
+from patchpilot.ports import RunStore, UnknownRunError
+from patchpilot.reports import report_stem, write_reports
 
 EXIT_SUCCEEDED = 0
 EXIT_HALTED = 1  # halted, incomplete (the window ended) or stalled
@@ -247,6 +252,21 @@ state_dir_option = click.option(
     type=click.Path(file_okay=False, path_type=Path),
     help="Where the local runtime keeps runs, queue and simulated fleet.",
 )
+
+
+def complete_run_ids(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    """Shell completion of a RUN_ID: the runs of the state directory (given before it, or the
+    default), newest first, that start with what was typed. Reads only; nothing when there is none."""
+    state_dir = ctx.params.get("state_dir") or os.environ.get("PATCHPILOT_STATE_DIR") or DEFAULT_STATE_DIR
+    try:
+        with open_runs(Path(state_dir)) as store:
+            run_ids = store.run_ids()
+    except Exception:  # completion never fails the shell: no state, an unreadable one, no runs
+        return []
+    return [run_id for run_id in reversed(run_ids) if run_id.startswith(incomplete)]
+
+
+run_id_argument = click.argument("run_id", shell_complete=complete_run_ids)
 report_dir_option = click.option(
     "--report-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -257,7 +277,9 @@ report_dir_option = click.option(
 @main.command("run")
 @click.option("--policy", "policy_path", metavar="FILE", help="Policy file (YAML).")
 @click.option("--inventory", "inventory_path", metavar="FILE", help="Inventory file (JSON).")
-@click.option("--resume", "resume_id", metavar="RUN_ID", help="Continue an interrupted run.")
+@click.option(
+    "--resume", "resume_id", metavar="RUN_ID", shell_complete=complete_run_ids, help="Continue an interrupted run."
+)
 @state_dir_option
 @report_dir_option
 @json_option
@@ -283,7 +305,7 @@ def run_command(
             runtime = LocalRuntime.open(state_dir, on_notice=live.notice)
             run = _load_run(runtime.store, state_dir, resume_id)
             _remember_report_dir(runtime, run, report_dir)
-            console.print(f"Resuming run {run.run_id} ({run.status})")
+            console.print(f"Resuming run {run.run_id} ({run.status})", soft_wrap=True)
             _drive_and_report(runtime, run, live, console, directory, as_json)
         return
     assert policy_path and inventory_path
@@ -309,12 +331,12 @@ def run_command(
         # An emergency policy runs on demand only: now, not at its schedule's next window.
         run = runtime.start(policy, instances, at=runtime.clock.now() if policy.kind == "emergency" else None)
         _remember_report_dir(runtime, run, report_dir)
-        console.print(f"Run {run.run_id}: {len(run.waves)} waves, state in {state_dir}")
+        console.print(f"Run {run.run_id}: {len(run.waves)} waves, state in {state_dir}", soft_wrap=True)
         _drive_and_report(runtime, run, live, console, directory, as_json)
 
 
 @main.command()
-@click.argument("run_id")
+@run_id_argument
 @state_dir_option
 @report_dir_option
 @json_option
@@ -330,12 +352,12 @@ def approve(run_id: str, state_dir: Path, report_dir: Path | None, as_json: bool
         if run.status != "waiting_approval":
             raise click.UsageError(f"run {run_id} is not waiting for approval (it is {run.status})")
         _remember_report_dir(runtime, run, report_dir)
-        console.print(runtime.approve(run_id))
+        console.print(runtime.approve(run_id), soft_wrap=True)
         _drive_and_report(runtime, run, live, console, directory, as_json)
 
 
 @main.command()
-@click.argument("run_id")
+@run_id_argument
 @click.option("--reason", default="", help="Why, for the run's log and report.")
 @state_dir_option
 @report_dir_option
@@ -352,24 +374,34 @@ def reject(run_id: str, reason: str, state_dir: Path, report_dir: Path | None, a
         if run.status != "waiting_approval":
             raise click.UsageError(f"run {run_id} is not waiting for approval (it is {run.status})")
         _remember_report_dir(runtime, run, report_dir)
-        console.print(runtime.reject(run_id, reason=reason))
+        console.print(runtime.reject(run_id, reason=reason), soft_wrap=True)
         _drive_and_report(runtime, run, live, console, directory, as_json)
 
 
 @main.command()
-@click.argument("run_id")
+@run_id_argument
 @state_dir_option
 @json_option
 @reports_input_errors
 def status(run_id: str, state_dir: Path, as_json: bool) -> None:
-    """Show where a run is and what happened to its instances."""
+    """Show where a run is, what needs you first (with the command to type), and what happened
+    to its instances. Exits as `patchpilot run` would for the run's status (0 while it runs)."""
     with _reading(state_dir, run_id) as store:
         run = _load_run(store, state_dir, run_id)
+    driven_by = lock_holder(state_dir) if run.status == "running" else None
+    steps = next_steps(run, state_dir, driven_by)
     if as_json:
-        _print_json(run_document(run))
-        return
+        document = run_document(run)
+        document["next"] = [{"what": what, "command": command} for what, command in steps]
+        document["driven_by"] = driven_by
+        _print_json(document)
+        sys.exit(status_exit(run))
     console = _console()
-    console.print(f"Run {run.run_id} (policy {run.policy.name}): [bold]{run.status}[/bold] ({run.state})")
+    shown = run.status if run.status == run.state else f"{run.status} ({run.state.replace('_', ' ')})"
+    console.print(f"Run {run.run_id} (policy {run.policy.name}): [bold]{shown}[/bold]", soft_wrap=True)
+    if driven_by:
+        console.print(f"In progress: {driven_by} drives it.", soft_wrap=True)
+    _print_next_steps(console, steps)
     if run.reason:
         console.print(f"Reason: {run.reason}")
     table = Table(title="Instances")
@@ -394,10 +426,99 @@ def status(run_id: str, state_dir: Path, as_json: bool) -> None:
         for notice in run.undelivered:
             notices.add_row(notice.topic, notice.channel, notice.reason)
         console.print(notices)
+    sys.exit(status_exit(run))
+
+
+def status_exit(run: Run) -> int:
+    """`patchpilot status`'s exit: `patchpilot run`'s for the same status, 0 for a run still going."""
+    return EXIT_SUCCEEDED if run.status == "running" else _exit_status(run)
+
+
+def command_line(*words: str | Path, state_dir: Path) -> str:
+    """A `patchpilot` command line to copy, shell-quoted, with `--state-dir` unless it is the default."""
+    args = [str(w) for w in words]
+    if state_dir != Path(DEFAULT_STATE_DIR):
+        args += ["--state-dir", str(state_dir)]
+    return shlex.join(["patchpilot", *args])
+
+
+def next_steps(run: Run, state_dir: Path, driven_by: str | None = None) -> list[tuple[str, str]]:
+    """What needs a person in `run`, most urgent first: (what, the command to type, or "").
+    `driven_by`: the process that holds the state directory's lock, for a run still `running`
+    (None: nobody drives it, it was interrupted)."""
+    steps: list[tuple[str, str]] = []
+    rid = run.run_id
+    if run.status == "waiting_approval":
+        ring = run.current.ring if run.cursor < len(run.waves) else "the next ring"
+        steps.append(
+            (f"ring {ring} waits for your approval; approve it", command_line("approve", rid, state_dir=state_dir))
+        )
+        steps.append(
+            (
+                f"or reject ring {ring}: the run ends there (add --reason TEXT to say why)",
+                command_line("reject", rid, state_dir=state_dir),
+            )
+        )
+    broken = run.broken()
+    if broken:
+        count = len(broken)
+        steps.append(
+            (
+                f"{count} machine{'s are' if count != 1 else ' is'} left broken: "
+                "restore each by hand from its snapshots (below)",
+                "",
+            )
+        )
+    if run.status == "halted":
+        steps.append(
+            (
+                "the run halted (the reason is below): see what happened in its report, then deal with the cause",
+                command_line("report", rid, state_dir=state_dir),
+            )
+        )
+    elif run.status == "incomplete":
+        steps.append(
+            (
+                "the window ended first: the machines not started are patched by the next run",
+                command_line("report", rid, state_dir=state_dir),
+            )
+        )
+    elif run.status == "nothing_patched":
+        steps.append(
+            ("no machine was patched: check what each ring selects", "patchpilot plan --policy FILE --inventory FILE")
+        )
+    elif run.status == "running" and not driven_by:
+        steps.append(
+            (
+                "interrupted: no process drives it any more; continue it",
+                command_line("run", "--resume", rid, state_dir=state_dir),
+            )
+        )
+    if run.undelivered:
+        count = len(run.undelivered)
+        steps.append(
+            (
+                f"{count} notification{'s were' if count != 1 else ' was'} not delivered (below): "
+                "tell the people they were for",
+                "",
+            )
+        )
+    return steps
+
+
+def _print_next_steps(console: Console, steps: list[tuple[str, str]]) -> None:
+    """The steps first, each command on a line of its own, never wrapped (it is there to be copied)."""
+    if not steps:
+        return
+    console.print("[bold]Needs you:[/bold]")
+    for what, command in steps:
+        console.print(f"  - {what}" + (":" if command else ""), soft_wrap=True)
+        if command:
+            console.print(Text(f"      {command}"), soft_wrap=True)
 
 
 @main.command()
-@click.argument("run_id")
+@run_id_argument
 @state_dir_option
 @report_dir_option
 @reports_input_errors
@@ -410,6 +531,148 @@ def report(run_id: str, state_dir: Path, report_dir: Path | None) -> None:
     check_writable_dirs(directory)
     markdown, html = _write_reports(run, directory)
     click.echo(f"{markdown}\n{html}")
+
+
+CLOUDS = ("aws", "azure")
+
+
+@main.command("runs")
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="PATCHPILOT_STATE_DIR",
+    help=f"The local runtime's state [default: {DEFAULT_STATE_DIR}].",
+)
+@click.option("--policy", "policy_name", metavar="NAME", help="Only the runs of this policy (its name).")
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice(get_args(Status)),
+    help="Only the runs with this status (repeatable).",
+)
+@click.option(
+    "--cloud",
+    type=click.Choice(CLOUDS),
+    help="Read the run table of the AWS or Azure deployment instead of a state directory.",
+)
+@click.option(
+    "--table",
+    envvar="PATCHPILOT_TABLE",
+    metavar="NAME",
+    help="With --cloud: the run table (DynamoDB table, Azure table) [default: $PATCHPILOT_TABLE].",
+)
+@json_option
+@click.pass_context
+@reports_input_errors
+def runs(
+    ctx: click.Context,
+    state_dir: Path | None,
+    policy_name: str | None,
+    statuses: tuple[str, ...],
+    cloud: str | None,
+    table: str | None,
+    as_json: bool,
+) -> None:
+    """The run history, newest first: status, window, instance counts and the report."""
+    if cloud is None:
+        local = state_dir or Path(DEFAULT_STATE_DIR)
+        with open_runs(local) as store:
+            found = _history(store, policy_name, statuses, lambda rid: _local_report(store, local, rid))
+    else:
+        if ctx.get_parameter_source("state_dir") == ParameterSource.COMMANDLINE:
+            raise click.UsageError("--state-dir is the local runtime's: it does not go with --cloud")
+        if not table:
+            raise InputError.single(
+                "--table", f"give the run table of the {cloud} deployment (or set PATCHPILOT_TABLE)"
+            )
+        try:
+            found = _history(cloud_run_store(cloud, table), policy_name, statuses, lambda rid: None)
+        except (InputError, click.ClickException):
+            raise
+        except Exception as error:  # the SDK's: no credentials or region, no such table, access denied
+            raise InputError.single(f"{cloud} run table {table}", f"cannot be read: {error}") from None
+    if as_json:
+        _print_json({"runs": [history_entry(run, report) for run, report in found]})
+        return
+    console = _console()
+    if not found:
+        console.print("No runs" + (" match" if policy_name or statuses else "") + ".")
+        return
+    history = Table(title="Runs, newest first")
+    for column in ("run", "policy", "status", "window", "instances", "report"):
+        history.add_column(column, no_wrap=True)
+    for run, report in found:
+        window = run.created_at.isoformat() + (f" – {run.window_end.isoformat()}" if run.window_end else "")
+        history.add_row(run.run_id, run.policy.name, run.status, window, count_states(run.records()), report or "")
+    print_unwrapped(console, history)
+
+
+def _history(
+    store: RunStore, policy_name: str | None, statuses: tuple[str, ...], report: Callable[[str], str | None]
+) -> list[tuple[Run, str | None]]:
+    """The runs of `store` that match the filters, newest first, each with where its report is."""
+    found = []
+    for run_id in reversed(store.run_ids()):
+        run = store.load(run_id)
+        if (policy_name and run.policy.name != policy_name) or (statuses and run.status not in statuses):
+            continue
+        found.append((run, report(run.run_id)))
+    return found
+
+
+def history_entry(run: Run, report: str | None) -> dict[str, Any]:
+    """One run as `patchpilot runs --json` shows it: `{"run_id", "policy", "status", "state",
+    "reason", "window": {"start", "end"}, "summary", "report"}` (`report`: the HTML report's path
+    locally, null when there is none or on the clouds)."""
+    return {
+        "run_id": run.run_id,
+        "policy": run.policy.name,
+        "status": run.status,
+        "state": run.state,
+        "reason": run.reason,
+        "window": {"start": run.created_at.isoformat(), "end": run.window_end.isoformat() if run.window_end else None},
+        "summary": run.summary(),
+        "report": report,
+    }
+
+
+def _local_report(store: SqliteRunStore, state_dir: Path, run_id: str) -> str | None:
+    """The HTML report of `run_id`, where its reports went, if it is there."""
+    html = (store.report_dir(run_id) or state_dir / "reports") / f"{report_stem(run_id)}.html"
+    return str(html) if html.is_file() else None
+
+
+def cloud_run_store(cloud: str, table: str) -> RunStore:
+    """The run table of a cloud deployment, as its functions read it: DynamoDB in the default
+    region (AWS_REGION / the profile's), or the Azure table of `AzureWebJobsStorage`."""
+    try:
+        if cloud == "aws":
+            import boto3
+
+            from patchpilot.adapters.aws.dynamodb_store import DynamoDbRunStore
+
+            return DynamoDbRunStore(table, boto3.client("dynamodb"))
+        from azure.data.tables import TableClient
+
+        from patchpilot.adapters.azure.table_store import TableRunStore
+
+        connection = os.environ.get("AzureWebJobsStorage")  # noqa: SIM112 (the Functions host's setting)
+        if not connection:
+            raise InputError.single("AzureWebJobsStorage", "set it to the connection string of the run table's account")
+        return TableRunStore(TableClient.from_connection_string(connection, table))
+    except ImportError as error:
+        raise InputError.single("--cloud", f"{error}: install PatchPilot with the {cloud} extra") from None
+
+
+def print_unwrapped(console: Console, renderable: Table) -> None:
+    """Print `renderable` at its natural width when the terminal is narrower: what it holds (run
+    ids, paths) is copied, so a line is never wrapped or cut (the terminal folds it on screen)."""
+    natural = Measurement.get(console, console.options.update_width(10_000), renderable).maximum
+    if natural <= console.width:
+        console.print(renderable)
+        return
+    Console(file=console.file, width=natural, highlight=False, force_terminal=console.is_terminal).print(renderable)
 
 
 def _load_run(store: SqliteRunStore, state_dir: Path, run_id: str) -> Run:
@@ -469,7 +732,8 @@ def _drive_and_report(
     except KeyboardInterrupt:
         live.stop()
         console.print(
-            f"Interrupted. Continue with: patchpilot run --resume {run.run_id} --state-dir {runtime.state_dir}"
+            f"Interrupted. Continue with: patchpilot run --resume {run.run_id} --state-dir {runtime.state_dir}",
+            soft_wrap=True,
         )
         sys.exit(130)
     live.update(run)
@@ -481,7 +745,7 @@ def _drive_and_report(
         _print_json(document)
     else:
         _print_outcome(console, run, runtime)
-        console.print(f"Report: {html}\n        {markdown}")
+        console.print(f"Report: {html}\n        {markdown}", soft_wrap=True)
     sys.exit(_exit_status(run))
 
 
@@ -498,12 +762,12 @@ def _exit_status(run: Run) -> int:
 
 
 def _print_outcome(console: Console, run: Run, runtime: LocalRuntime) -> None:
-    console.print(f"Run {run.run_id}: [bold]{run.status}[/bold]. {count_states(run.records())}.")
+    console.print(f"Run {run.run_id}: [bold]{run.status}[/bold]. {count_states(run.records())}.", soft_wrap=True)
     if run.reason:
         console.print(f"Reason: {run.reason}")
     _print_broken(console, run)
     if run.status == "waiting_approval":
-        console.print(f"Approve with: patchpilot approve {run.run_id} --state-dir {runtime.state_dir}")
+        console.print(f"Approve with: patchpilot approve {run.run_id} --state-dir {runtime.state_dir}", soft_wrap=True)
     elif run.status == "nothing_patched":
         console.print(
             "Nothing was patched. See what each ring selects with: patchpilot plan --policy FILE --inventory FILE"

@@ -126,7 +126,7 @@ def _run_summary(run: Run, runtime: LocalRuntime, console: Console) -> dict[str,
     if run.reason:
         console.print(f"Reason: {run.reason}")
     if run.status == "waiting_approval":
-        console.print(f"Approve with: patchpilot approve {run.run_id} --state-dir {runtime.state_dir}")
+        console.print(f"Approve with: patchpilot approve {run.run_id} --state-dir {runtime.state_dir}", soft_wrap=True)
     console.print(f"Report: {html}")
     return {
         "run_id": run.run_id,

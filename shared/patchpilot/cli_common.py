@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import click
 
-from patchpilot.errors import InputError
+from patchpilot.errors import InputError, format_path
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -19,19 +19,53 @@ EXIT_INVALID_INPUT = 2
 
 
 def reports_input_errors(command: F) -> F:
-    """Bad input ends the command with every problem on stderr and exit status 2."""
+    """Bad input ends the command with every problem on stderr and exit status 2.
+
+    A command that prints JSON (`--json`, or `--format json`) says its errors in JSON too, on
+    stderr: `{"error": "...", "problems": [{"source", "path", "line", "column", "message"}]}`,
+    also for a `click.ClickException` raised by the command's body (with its own exit status and
+    no `Usage:` lines: the command line parsed, the problem is elsewhere)."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        as_json = bool(kwargs.get("as_json")) or kwargs.get("output_format") == "json"
         try:
             return command(*args, **kwargs)
         except InputError as exc:
             count = len(exc.problems)
-            click.echo(exc.render(), err=True)
-            click.echo(f"{count} problem{'s' if count != 1 else ''} found.", err=True)
+            summary = f"{count} problem{'s' if count != 1 else ''} found."
+            if as_json:
+                print_json_error(exc.render() if count == 1 else f"{exc.source}: {summary}", input_problems(exc))
+            else:
+                click.echo(exc.render(), err=True)
+                click.echo(summary, err=True)
             sys.exit(EXIT_INVALID_INPUT)
+        except click.ClickException as exc:
+            if not as_json:
+                raise
+            print_json_error(exc.format_message(), [])
+            sys.exit(exc.exit_code)
 
     return wrapper  # type: ignore[return-value]
+
+
+def input_problems(error: InputError) -> list[dict[str, Any]]:
+    """Each problem of `error` as JSON: where (file, field path, line, column) and what."""
+    return [
+        {
+            "source": error.source,
+            "path": format_path(p.path),
+            "line": p.line,
+            "column": p.column,
+            "message": p.message,
+        }
+        for p in error.problems
+    ]
+
+
+def print_json_error(error: str, problems: list[dict[str, Any]]) -> None:
+    """`{"error": ..., "problems": [...]}` on stderr: how a `--json` command fails."""
+    click.echo(json.dumps({"error": error, "problems": problems}, indent=2, ensure_ascii=False), err=True)
 
 
 def print_json(document: object) -> None:

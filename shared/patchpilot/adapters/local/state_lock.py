@@ -61,6 +61,23 @@ def state_lock(state_dir: Path, command: str, wait: float) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
+def lock_holder(state_dir: Path) -> str | None:
+    """Who holds the lock of `state_dir` at this moment (`pid 123 (patchpilot run …, since …)`),
+    or None when nobody does. Looks only: creates nothing and waits for nothing (a writer that
+    tries at the same instant finds it busy for that instant, and tries again)."""
+    try:
+        fd = os.open(state_dir / LOCK_NAME, os.O_RDONLY)
+    except OSError:  # no lock file: no command ever wrote here
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _holder(fd)
+    finally:
+        os.close(fd)  # releases the shared lock, if taken
+    return None
+
+
 def _holder(fd: int) -> str:
     """Who holds the lock, as its holder wrote it: `pid 123 (patchpilot run …, since …)`."""
     try:

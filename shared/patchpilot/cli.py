@@ -19,7 +19,9 @@ from patchpilot.adapters.local.sqlite_store import SqliteRunStore
 from patchpilot.cli_common import EXIT_INVALID_INPUT as EXIT_INVALID_INPUT  # re-exported: scripts and tests use it
 from patchpilot.cli_common import print_json as _print_json
 from patchpilot.cli_common import reports_input_errors
+from patchpilot.engine.decide import plural
 from patchpilot.engine.messages import MESSAGE, Notify
+from patchpilot.engine.retry import retry_targets
 from patchpilot.engine.run import InstanceRecord, Run, count_states
 from patchpilot.errors import InputError, Problem
 from patchpilot.inventory import load_inventory
@@ -343,6 +345,60 @@ def reject(run_id: str, reason: str, state_dir: Path, report_dir: Path | None, a
             raise click.UsageError(f"run {run_id} is not waiting for approval (it is {run.status})")
         _remember_report_dir(runtime, run, report_dir)
         console.print(runtime.reject(run_id, reason=reason))
+        _drive_and_report(runtime, run, live, console, directory, as_json)
+
+
+@main.command()
+@click.argument("run_id")
+@click.option(
+    "--only",
+    "only",
+    multiple=True,
+    metavar="ID",
+    help="Retry only this machine (by instance id); repeat for more. Default: every one that can be.",
+)
+@click.option(
+    "--inventory",
+    "inventory_path",
+    metavar="FILE",
+    help="The machines as they are now, after the fix (default: as the run recorded them).",
+)
+@state_dir_option
+@report_dir_option
+@json_option
+@reports_input_errors
+def retry(
+    run_id: str,
+    only: tuple[str, ...],
+    inventory_path: str | None,
+    state_dir: Path,
+    report_dir: Path | None,
+    as_json: bool,
+) -> None:
+    """Retry the machines a finished run did not patch (rolled back, failed, skipped, not
+    started) with the patch set it promoted, once you have fixed the cause: a new run
+    RUN_ID-retry-N, driven like `patchpilot run`."""
+    console = Console(stderr=as_json, highlight=False)
+    live = LiveProgress(console, quiet=as_json)
+    current = load_inventory(inventory_path) if inventory_path else None
+    by_id = {i.id: i for i in current} if current is not None else None
+    # Refused before any effect: a run that cannot be retried leaves nothing behind.
+    with _reading(state_dir, run_id) as store:
+        retried = _load_run(store, state_dir, run_id)
+        _, left_out = retry_targets(retried, only, by_id)
+        directory = report_dir or store.report_dir(run_id) or state_dir / "reports"
+    with writing(state_dir, directory):
+        runtime = LocalRuntime.open(state_dir, on_notice=live.notice)
+        run = runtime.retry(run_id, only, current)
+        runtime.store.set_report_dir(run.run_id, directory)  # approve/resume of the retry write there too
+        machines = [r.instance.short_name for r in run.records()]
+        shown = ", ".join(machines[:MAX_IDS_SHOWN]) + (", ..." if len(machines) > MAX_IDS_SHOWN else "")
+        console.print(
+            f"Run {run.run_id} retries {plural(len(machines), 'machine')} of run {run_id} ({shown}) "
+            f"with the patch set it promoted: {len(run.waves)} waves, state in {state_dir}"
+        )
+        for record, why in left_out:
+            console.print(f"  not retried: {record.instance.short_name} ({record.id}) {why}")
         _drive_and_report(runtime, run, live, console, directory, as_json)
 
 

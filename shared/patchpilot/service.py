@@ -12,7 +12,7 @@ an outbox left behind.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import assert_never
@@ -50,6 +50,7 @@ from patchpilot.engine.messages import (
     TimerFired,
     Wait,
 )
+from patchpilot.engine.retry import next_retry_id, retry_targets
 from patchpilot.engine.run import MaintenanceRun, Run
 from patchpilot.inventory import Instance
 from patchpilot.policy import Policy
@@ -196,6 +197,28 @@ class Service:
         now = self.clock.now()
         decision = start_run(command.follow_up_id, policy, plan(policy, command.instances), now, follow_up_of=followed)
         self._create(decision.run, decision.commands)
+
+    def retry(
+        self,
+        run_id: str,
+        only: Sequence[str] = (),
+        current: Mapping[str, Instance] | None = None,
+        retry_id: str | None = None,
+    ) -> Run:
+        """Start a retry of finished run `run_id`: a follow-up run of only the machines it did not
+        patch (rolled back, failed, skipped, not started; `only` narrows them by id), installing
+        what it promoted, pinned, in every ring (engine/retry.py). `current` maps ids to the
+        machines as they are now (the inventory after the fix). The id is `retry_id`, else the
+        next free `<run>-retry-<n>`; starting the same id again only finishes what the first start
+        left undone. Raises `UnknownRunError`, or `NotRetryableError` naming why."""
+        from patchpilot.planning import plan
+
+        followed = self.store.load(run_id)
+        instances, _ = retry_targets(followed, only, current)
+        retry_id = retry_id or next_retry_id(run_id, self.store.run_ids())
+        policy = followed.policy
+        decision = start_run(retry_id, policy, plan(policy, instances), self.clock.now(), follow_up_of=followed)
+        return self._create(decision.run, decision.commands)
 
     def approve(self, run_id: str, by: str = "cli") -> str:
         """Grant the approval the run waits for; approving one gate twice is one approval."""

@@ -33,7 +33,7 @@ from patchpilot.adapters.local.sqlite_store import SqliteRunStore
 from patchpilot.adapters.local.state_lock import StateDirLockedError, state_lock
 from patchpilot.adapters.metrics import LogMetrics
 from patchpilot.engine.messages import Notify
-from patchpilot.engine.retry import retry_targets
+from patchpilot.engine.retry import retry_targets, retry_window
 from patchpilot.engine.run import Run
 from patchpilot.errors import InputError, Problem
 from patchpilot.inventory import Instance
@@ -228,15 +228,15 @@ class LocalRuntime:
         return self.service.start(run_id, policy, instances)
 
     def retry(self, run_id: str, only: Sequence[str] = (), current: Sequence[Instance] | None = None) -> Run:
-        """Start a retry of finished run `run_id` (`Service.retry`) at the policy's next window,
-        as `start` does (now for an emergency policy or one without a schedule); `current` is the
+        """Start a retry of finished run `run_id` (`Service.retry`): now when the policy's window
+        is open (it ends with the window), else the virtual clock moves to the next window, as
+        `start` does (now for an emergency policy or one without a schedule); `current` is the
         inventory after the fix. Raises `UnknownRunError` or `NotRetryableError`."""
         retried = self.store.load(run_id)
-        policy = retried.policy
         by_id = {i.id: i for i in current} if current is not None else None
         retry_targets(retried, only, by_id)  # refused before the clock moves
-        if policy.schedule is not None and policy.kind != "emergency":
-            self.clock.advance_to(policy.schedule.windows(self.clock.now(), 1)[0].start)
+        if window := retry_window(retried.policy, self.clock.now()):
+            self.clock.advance_to(window.start)  # inside the open window: now
         return self.service.retry(run_id, only, by_id)
 
     def skip_if_nothing_pending(self, policy: Policy, instances: Sequence[Instance]) -> str | None:

@@ -50,7 +50,7 @@ from patchpilot.engine.messages import (
     TimerFired,
     Wait,
 )
-from patchpilot.engine.retry import next_retry_id, retry_targets
+from patchpilot.engine.retry import NotRetryableError, next_retry_id, retry_targets, retry_window
 from patchpilot.engine.run import MaintenanceRun, Run
 from patchpilot.inventory import Instance
 from patchpilot.policy import Policy
@@ -210,14 +210,28 @@ class Service:
         what it promoted, pinned, in every ring (engine/retry.py). `current` maps ids to the
         machines as they are now (the inventory after the fix). The id is `retry_id`, else the
         next free `<run>-retry-<n>`; starting the same id again only finishes what the first start
-        left undone. Raises `UnknownRunError`, or `NotRetryableError` naming why."""
+        left undone. A retry keeps to the policy's windows: started inside one, it ends with it;
+        outside one, it is refused until the next (an emergency policy runs now). Raises
+        `UnknownRunError`, or `NotRetryableError` naming why."""
         from patchpilot.planning import plan
 
         followed = self.store.load(run_id)
         instances, _ = retry_targets(followed, only, current)
+        policy, now = followed.policy, self.clock.now()
+        window = retry_window(policy, now)
+        if window is not None and now < window.start:
+            when = window.start.isoformat(timespec="minutes")
+            why = f"outside the policy's windows: the next starts {when}, retry it then"
+            raise NotRetryableError.of(followed, why, ("schedule",))
         retry_id = retry_id or next_retry_id(run_id, self.store.run_ids())
-        policy = followed.policy
-        decision = start_run(retry_id, policy, plan(policy, instances), self.clock.now(), follow_up_of=followed)
+        decision = start_run(
+            retry_id,
+            policy,
+            plan(policy, instances),
+            now,
+            follow_up_of=followed,
+            window_end=window.end if window else None,
+        )
         return self._create(decision.run, decision.commands)
 
     def approve(self, run_id: str, by: str = "cli") -> str:

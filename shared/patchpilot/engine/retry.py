@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
 
 from patchpilot.engine.run import InstanceRecord, Run, count_states
 from patchpilot.errors import InputError, Problem
 from patchpilot.inventory import Instance
+from patchpilot.policy import Policy
+from patchpilot.policy.schedule import Window
 
 RETRYABLE_STATES = frozenset({"rolled_back", "failed", "skipped", "not_started"})
 _RETRY_SUFFIX = re.compile(r"-retry-\d+$")
@@ -92,6 +95,17 @@ def retry_targets(
         raise NotRetryableError(f"run {run.run_id}", problems)
     instances = [current[r.id] if current is not None else r.instance for r in chosen]
     return instances, left_out
+
+
+def retry_window(policy: Policy, now: datetime) -> Window | None:
+    """The window a retry started at `now` runs in: the one open at `now`, else the next one.
+    None when the retry may run now, until `duration` later: a policy without a schedule, or an
+    emergency one (it runs on demand)."""
+    schedule = policy.schedule
+    if schedule is None or policy.kind == "emergency":
+        return None
+    first, second = schedule.windows(now - schedule.duration, 2)  # the first ends at or after now
+    return first if first.end > now else second
 
 
 def next_retry_id(run_id: str, existing: Iterable[str]) -> str:

@@ -395,7 +395,7 @@ def retry(
         shown = ", ".join(machines[:MAX_IDS_SHOWN]) + (", ..." if len(machines) > MAX_IDS_SHOWN else "")
         console.print(
             f"Run {run.run_id} retries {plural(len(machines), 'machine')} of run {run_id} ({shown}) "
-            f"with the patch set it promoted: {len(run.waves)} waves, state in {state_dir}"
+            f"with the patch set it promoted: {plural(len(run.waves), 'wave')}, state in {state_dir}"
         )
         for record, why in left_out:
             console.print(f"  not retried: {record.instance.short_name} ({record.id}) {why}")

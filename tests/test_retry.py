@@ -5,6 +5,7 @@ the cloud runtimes."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -319,3 +320,80 @@ def test_service_retry_outside_the_policys_windows_is_refused(tmp_path: Path) ->
     with pytest.raises(NotRetryableError, match="outside the policy's windows: the next starts 20"):
         runtime.service.retry(run_id)
     assert runtime.store.run_ids() == [run_id]
+
+
+# ---------------------------------------------------------------- patchpilot retry --cloud aws
+
+
+@pytest.fixture
+def aws_world(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, Any, str]]:
+    """moto's DynamoDB and SQS, and the settings the functions have (template.yaml)."""
+    from moto_support import REGION, TABLE, aws, dynamodb
+
+    from patchpilot.adapters.aws.runtime import deps
+
+    with aws():
+        import boto3
+
+        sqs = boto3.client("sqs", region_name=REGION)
+        queue_url = sqs.create_queue(QueueName="patchpilot-steps")["QueueUrl"]
+        for name, value in {
+            "PATCHPILOT_TABLE": TABLE,
+            "PATCHPILOT_QUEUE_URL": queue_url,
+            "PATCHPILOT_POLICY": "ssm:/patchpilot/policy",
+            "AWS_REGION": REGION,
+        }.items():
+            monkeypatch.setenv(name, value)
+        deps.cache_clear()
+        yield dynamodb(), sqs, queue_url
+        deps.cache_clear()
+
+
+def test_retry_on_aws_starts_the_follow_up_in_the_run_table_and_queues_its_first_step(
+    tmp_path: Path, aws_world: tuple[Any, Any, str]
+) -> None:
+    from moto_support import TABLE
+
+    from patchpilot.adapters.aws.dynamodb_store import DynamoDbRunStore
+
+    table, sqs, queue_url = aws_world
+    _, run_id = start(tmp_path)
+    finished = load(tmp_path, run_id)
+    emergency = finished.policy.model_copy(update={"kind": "emergency"})  # on demand: no window to wait for
+    store = DynamoDbRunStore(TABLE, table)
+    store.create(finished.model_copy(update={"policy": emergency, "version": 1}), [])
+
+    result = cli("retry", run_id, "--cloud", "aws", "--json")
+
+    assert result.exit_code == 0, result.output
+    assert as_json(result)["run_id"] == f"{run_id}-retry-1"
+    retried = store.load(f"{run_id}-retry-1")
+    assert retried.follow_up_of == run_id and [r.id for r in retried.records()] == [SICK]
+    assert retried.promoted == finished.promoted
+    queued = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10)["Messages"]
+    assert any(f"{run_id}-retry-1" in m["Body"] for m in queued)  # the workers take it from here
+
+
+def test_retry_on_aws_outside_the_window_or_of_an_unknown_run_is_refused(
+    tmp_path: Path, aws_world: tuple[Any, Any, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from clocks import ManualClock
+    from moto_support import TABLE
+
+    from patchpilot.adapters.aws import runtime as runtime_module
+    from patchpilot.adapters.aws.dynamodb_store import DynamoDbRunStore
+
+    table, _, _ = aws_world
+    _, run_id = start(tmp_path)
+    finished = load(tmp_path, run_id)
+    DynamoDbRunStore(TABLE, table).create(finished.model_copy(update={"version": 1}), [])
+    assert finished.window_end is not None
+    after_the_window = finished.window_end + timedelta(hours=1)
+    monkeypatch.setattr(runtime_module, "WallClock", lambda: ManualClock(after_the_window))
+
+    outside = cli("retry", run_id, "--cloud", "aws")
+    unknown = cli("retry", "nope", "--cloud", "aws")
+
+    assert outside.exit_code == 2, outside.output
+    assert f"run {run_id}: schedule: outside the policy's windows: the next starts 20" in outside.stderr
+    assert unknown.exit_code == 2 and "aws run table: (top level): no run nope there" in unknown.stderr

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,7 +24,7 @@ from patchpilot.engine.messages import MESSAGE, Notify
 from patchpilot.engine.retry import retry_targets
 from patchpilot.engine.run import InstanceRecord, Run, count_states
 from patchpilot.errors import InputError, Problem
-from patchpilot.inventory import load_inventory
+from patchpilot.inventory import Instance, load_inventory
 from patchpilot.local_runtime import (
     LocalRuntime,
     NoRunsError,
@@ -363,6 +363,12 @@ def reject(run_id: str, reason: str, state_dir: Path, report_dir: Path | None, a
     metavar="FILE",
     help="The machines as they are now, after the fix (default: as the run recorded them).",
 )
+@click.option(
+    "--cloud",
+    type=click.Choice(["aws", "azure"]),
+    help="Retry a run of the deployed runtime (its settings from the environment, as the functions "
+    "have them); its workers drive the retry.",
+)
 @state_dir_option
 @report_dir_option
 @json_option
@@ -371,6 +377,7 @@ def retry(
     run_id: str,
     only: tuple[str, ...],
     inventory_path: str | None,
+    cloud: str | None,
     state_dir: Path,
     report_dir: Path | None,
     as_json: bool,
@@ -381,6 +388,9 @@ def retry(
     console = Console(stderr=as_json, highlight=False)
     live = LiveProgress(console, quiet=as_json)
     current = load_inventory(inventory_path) if inventory_path else None
+    if cloud is not None:
+        _retry_in_cloud(console, cloud, run_id, only, current, as_json)
+        return
     by_id = {i.id: i for i in current} if current is not None else None
     # Refused before any effect: a run that cannot be retried leaves nothing behind.
     with _reading(state_dir, run_id) as store:
@@ -400,6 +410,58 @@ def retry(
         for record, why in left_out:
             console.print(f"  not retried: {record.instance.short_name} ({record.id}) {why}")
         _drive_and_report(runtime, run, live, console, directory, as_json)
+
+
+def _retry_in_cloud(
+    console: Console, cloud: str, run_id: str, only: Sequence[str], current: Sequence[Instance] | None, as_json: bool
+) -> None:
+    """Start the retry on the deployed runtime (`Service.retry`); its workers drive it. Exit 0
+    once started, 3 when its first ring waits for approval."""
+    if cloud == "aws":
+        from patchpilot.adapters.aws.runtime import deps as aws_deps
+
+        service = aws_deps().service
+    else:
+        from patchpilot.adapters.azure.runtime import deps as azure_deps
+
+        service = azure_deps().service
+    by_id = {i.id: i for i in current} if current is not None else None
+    try:
+        run = service.retry(run_id, only, by_id)
+    except UnknownRunError:
+        raise InputError.single(f"{cloud} run table", f"no run {run_id} there") from None
+    except Exception as error:  # botocore's ClientError, NoCredentialsError; azure.core's AzureError...
+        if not _is_cloud_error(error):
+            raise
+        raise click.ClickException(f"{cloud}: {type(error).__name__}: {error}") from None
+    if as_json:
+        _print_json(run_document(run))
+    else:
+        machines = len(run.records())
+        console.print(
+            f"Run {run.run_id} retries {plural(machines, 'machine')} of run {run_id} on {cloud}: {run.status}"
+        )
+        if run.status == "waiting_approval":
+            console.print(f"Approve ring {run.current.ring} of run {run.run_id} to go on")
+    sys.exit(EXIT_WAITING_APPROVAL if run.status == "waiting_approval" else EXIT_SUCCEEDED)
+
+
+def _is_cloud_error(error: Exception) -> bool:
+    """An error of a cloud SDK (reported in one line), not a bug."""
+    kinds: list[type[Exception]] = []
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        kinds += [BotoCoreError, ClientError]
+    except ImportError:
+        pass
+    try:
+        from azure.core.exceptions import AzureError
+
+        kinds.append(AzureError)
+    except ImportError:
+        pass
+    return isinstance(error, tuple(kinds))
 
 
 @main.command()

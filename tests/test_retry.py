@@ -240,14 +240,16 @@ def record_of(run: Run, instance_id: str) -> InstanceRecord:
     return next(r for r in run.records() if r.id == instance_id)
 
 
-def test_machines_held_by_another_run_or_not_started_are_retried_excluded_ones_never(finished: Run) -> None:
+def test_machines_held_by_another_run_not_started_or_broken_are_retried_excluded_ones_never(finished: Run) -> None:
     staging2 = "i-000000005eed3dde"
     run = with_record(finished, STAGING, state="skipped", reason="held by run other-run")
     run = with_record(run, staging2, state="not_started", reason="the window ended")
+    broken = "i-000000005eef2cce"  # stg-api-osa-1, restored by hand from its snapshots since
+    run = with_record(run, broken, state="failed", reason="rollback failed")
 
     instances, left_out = retry_targets(run)
 
-    assert sorted(i.id for i in instances) == sorted([SICK, STAGING, staging2])
+    assert sorted(i.id for i in instances) == sorted([SICK, STAGING, staging2, broken])
     assert FROZEN not in {i.id for i in instances} and left_out == []
 
 
@@ -397,3 +399,5 @@ def test_retry_on_aws_outside_the_window_or_of_an_unknown_run_is_refused(
     assert outside.exit_code == 2, outside.output
     assert f"run {run_id}: schedule: outside the policy's windows: the next starts 20" in outside.stderr
     assert unknown.exit_code == 2 and "aws run table: (top level): no run nope there" in unknown.stderr
+    local_only = cli("retry", run_id, "--cloud", "aws", "--report-dir", tmp_path / "r")
+    assert local_only.exit_code == 2 and "--report-dir is for local runs" in local_only.stderr

@@ -389,6 +389,8 @@ def retry(
     live = LiveProgress(console, quiet=as_json)
     current = load_inventory(inventory_path) if inventory_path else None
     if cloud is not None:
+        if report_dir is not None:
+            raise click.UsageError("--report-dir is for local runs: on the clouds the reports go to S3 or Blob")
         _retry_in_cloud(console, cloud, run_id, only, current, as_json)
         return
     by_id = {i.id: i for i in current} if current is not None else None
@@ -442,7 +444,7 @@ def _retry_in_cloud(
             f"Run {run.run_id} retries {plural(machines, 'machine')} of run {run_id} on {cloud}: {run.status}"
         )
         if run.status == "waiting_approval":
-            console.print(f"Approve ring {run.current.ring} of run {run.run_id} to go on")
+            console.print(f"Ring {run.current.ring} waits for approval: the request went out with the run's notices")
     sys.exit(EXIT_WAITING_APPROVAL if run.status == "waiting_approval" else EXIT_SUCCEEDED)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shlex
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,10 +24,12 @@ from patchpilot.adapters.local.state_lock import lock_holder
 from patchpilot.cli_common import EXIT_INVALID_INPUT as EXIT_INVALID_INPUT  # re-exported: scripts and tests use it
 from patchpilot.cli_common import print_json as _print_json
 from patchpilot.cli_common import reports_input_errors
+from patchpilot.engine.decide import plural
 from patchpilot.engine.messages import MESSAGE, Notify
+from patchpilot.engine.retry import retry_targets
 from patchpilot.engine.run import InstanceRecord, Run, Status, count_states
 from patchpilot.errors import InputError, Problem
-from patchpilot.inventory import load_inventory
+from patchpilot.inventory import Instance, load_inventory
 from patchpilot.local_runtime import (
     LocalRuntime,
     NoRunsError,
@@ -376,6 +378,124 @@ def reject(run_id: str, reason: str, state_dir: Path, report_dir: Path | None, a
         _remember_report_dir(runtime, run, report_dir)
         console.print(runtime.reject(run_id, reason=reason), soft_wrap=True)
         _drive_and_report(runtime, run, live, console, directory, as_json)
+
+
+@main.command()
+@run_id_argument
+@click.option(
+    "--only",
+    "only",
+    multiple=True,
+    metavar="ID",
+    help="Retry only this machine (by instance id); repeat for more. Default: every one that can be.",
+)
+@click.option(
+    "--inventory",
+    "inventory_path",
+    metavar="FILE",
+    help="The machines as they are now, after the fix (default: as the run recorded them).",
+)
+@click.option(
+    "--cloud",
+    type=click.Choice(["aws", "azure"]),
+    help="Retry a run of the deployed runtime (its settings from the environment, as the functions "
+    "have them); its workers drive the retry.",
+)
+@state_dir_option
+@report_dir_option
+@json_option
+@reports_input_errors
+def retry(
+    run_id: str,
+    only: tuple[str, ...],
+    inventory_path: str | None,
+    cloud: str | None,
+    state_dir: Path,
+    report_dir: Path | None,
+    as_json: bool,
+) -> None:
+    """Retry the machines a finished run did not patch (rolled back, failed, skipped, not
+    started) with the patch set it promoted, once you have fixed the cause: a new run
+    RUN_ID-retry-N, driven like `patchpilot run`."""
+    console = Console(stderr=as_json, highlight=False)
+    live = LiveProgress(console, quiet=as_json)
+    current = load_inventory(inventory_path) if inventory_path else None
+    if cloud is not None:
+        if report_dir is not None:
+            raise click.UsageError("--report-dir is for local runs: on the clouds the reports go to S3 or Blob")
+        _retry_in_cloud(console, cloud, run_id, only, current, as_json)
+        return
+    by_id = {i.id: i for i in current} if current is not None else None
+    # Refused before any effect: a run that cannot be retried leaves nothing behind.
+    with _reading(state_dir, run_id) as store:
+        retried = _load_run(store, state_dir, run_id)
+        _, left_out = retry_targets(retried, only, by_id)
+        directory = report_dir or store.report_dir(run_id) or state_dir / "reports"
+    with writing(state_dir, directory):
+        runtime = LocalRuntime.open(state_dir, on_notice=live.notice)
+        run = runtime.retry(run_id, only, current)
+        runtime.store.set_report_dir(run.run_id, directory)  # approve/resume of the retry write there too
+        machines = [r.instance.short_name for r in run.records()]
+        shown = ", ".join(machines[:MAX_IDS_SHOWN]) + (", ..." if len(machines) > MAX_IDS_SHOWN else "")
+        console.print(
+            f"Run {run.run_id} retries {plural(len(machines), 'machine')} of run {run_id} ({shown}) "
+            f"with the patch set it promoted: {plural(len(run.waves), 'wave')}, state in {state_dir}"
+        )
+        for record, why in left_out:
+            console.print(f"  not retried: {record.instance.short_name} ({record.id}) {why}")
+        _drive_and_report(runtime, run, live, console, directory, as_json)
+
+
+def _retry_in_cloud(
+    console: Console, cloud: str, run_id: str, only: Sequence[str], current: Sequence[Instance] | None, as_json: bool
+) -> None:
+    """Start the retry on the deployed runtime (`Service.retry`); its workers drive it. Exit 0
+    once started, 3 when its first ring waits for approval."""
+    if cloud == "aws":
+        from patchpilot.adapters.aws.runtime import deps as aws_deps
+
+        service = aws_deps().service
+    else:
+        from patchpilot.adapters.azure.runtime import deps as azure_deps
+
+        service = azure_deps().service
+    by_id = {i.id: i for i in current} if current is not None else None
+    try:
+        run = service.retry(run_id, only, by_id)
+    except UnknownRunError:
+        raise InputError.single(f"{cloud} run table", f"no run {run_id} there") from None
+    except Exception as error:  # botocore's ClientError, NoCredentialsError; azure.core's AzureError...
+        if not _is_cloud_error(error):
+            raise
+        raise click.ClickException(f"{cloud}: {type(error).__name__}: {error}") from None
+    if as_json:
+        _print_json(run_document(run))
+    else:
+        machines = len(run.records())
+        console.print(
+            f"Run {run.run_id} retries {plural(machines, 'machine')} of run {run_id} on {cloud}: {run.status}"
+        )
+        if run.status == "waiting_approval":
+            console.print(f"Ring {run.current.ring} waits for approval: the request went out with the run's notices")
+    sys.exit(EXIT_WAITING_APPROVAL if run.status == "waiting_approval" else EXIT_SUCCEEDED)
+
+
+def _is_cloud_error(error: Exception) -> bool:
+    """An error of a cloud SDK (reported in one line), not a bug."""
+    kinds: list[type[Exception]] = []
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        kinds += [BotoCoreError, ClientError]
+    except ImportError:
+        pass
+    try:
+        from azure.core.exceptions import AzureError
+
+        kinds.append(AzureError)
+    except ImportError:
+        pass
+    return isinstance(error, tuple(kinds))
 
 
 @main.command()

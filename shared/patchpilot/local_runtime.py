@@ -33,6 +33,7 @@ from patchpilot.adapters.local.sqlite_store import SqliteRunStore
 from patchpilot.adapters.local.state_lock import StateDirLockedError, state_lock
 from patchpilot.adapters.metrics import LogMetrics
 from patchpilot.engine.messages import Notify
+from patchpilot.engine.retry import retry_targets, retry_window
 from patchpilot.engine.run import Run
 from patchpilot.errors import InputError, Problem
 from patchpilot.inventory import Instance
@@ -225,6 +226,21 @@ class LocalRuntime:
         now = self.clock.now()
         run_id = run_id or f"{policy.name}-{now:%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
         return self.service.start(run_id, policy, instances)
+
+    def retry(self, run_id: str, only: Sequence[str] = (), current: Sequence[Instance] | None = None) -> Run:
+        """Start a retry of finished run `run_id` (`Service.retry`): now when the policy's window
+        is open (it ends with the window), else the virtual clock moves to the next window, as
+        `start` does (now for an emergency policy or one without a schedule); `current` is the
+        inventory after the fix. Raises `UnknownRunError` or `NotRetryableError`."""
+        retried = self.store.load(run_id)
+        by_id = {i.id: i for i in current} if current is not None else None
+        from patchpilot.planning.estimate import wave_estimate
+
+        instances, _ = retry_targets(retried, only, by_id)  # refused before the clock moves
+        needed = wave_estimate(instances, retried.policy.reboot)  # a window with less left: the next one
+        if window := retry_window(retried.policy, self.clock.now(), needed):
+            self.clock.advance_to(window.start)  # inside the open window: now
+        return self.service.retry(run_id, only, by_id)
 
     def skip_if_nothing_pending(self, policy: Policy, instances: Sequence[Instance]) -> str | None:
         """A non-periodic policy's check before its window (`kind: non_periodic`): the virtual

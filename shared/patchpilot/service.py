@@ -12,7 +12,7 @@ an outbox left behind.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import assert_never
@@ -50,6 +50,7 @@ from patchpilot.engine.messages import (
     TimerFired,
     Wait,
 )
+from patchpilot.engine.retry import NotRetryableError, next_retry_id, retry_targets, retry_window
 from patchpilot.engine.run import MaintenanceRun, Run
 from patchpilot.inventory import Instance
 from patchpilot.policy import Policy
@@ -196,6 +197,46 @@ class Service:
         now = self.clock.now()
         decision = start_run(command.follow_up_id, policy, plan(policy, command.instances), now, follow_up_of=followed)
         self._create(decision.run, decision.commands)
+
+    def retry(
+        self,
+        run_id: str,
+        only: Sequence[str] = (),
+        current: Mapping[str, Instance] | None = None,
+        retry_id: str | None = None,
+    ) -> Run:
+        """Start a retry of finished run `run_id`: a follow-up run of only the machines it did not
+        patch (rolled back, failed, skipped, not started; `only` narrows them by id), installing
+        what it promoted, pinned, in every ring (engine/retry.py). `current` maps ids to the
+        machines as they are now (the inventory after the fix). The id is `retry_id`, else the
+        next free `<run>-retry-<n>`; starting the same id again only finishes what the first start
+        left undone. A retry keeps to the policy's windows: started inside one, it ends with it;
+        outside one, it is refused until the next (an emergency policy runs now). Raises
+        `UnknownRunError`, or `NotRetryableError` naming why."""
+        from patchpilot.planning import plan
+        from patchpilot.planning.estimate import wave_estimate
+
+        followed = self.store.load(run_id)
+        instances, _ = retry_targets(followed, only, current)
+        policy, now = followed.policy, self.clock.now()
+        window = retry_window(policy, now, wave_estimate(instances, policy.reboot))
+        if window is not None and now < window.start:
+            when = window.start.isoformat(timespec="minutes")
+            why = f"outside the policy's windows: the next starts {when}, retry it then"
+            open_now = retry_window(policy, now)
+            if open_now is not None and open_now.start <= now:  # inside a window, with too little of it left
+                why = f"too little of this window is left for a wave: the next starts {when}, retry it then"
+            raise NotRetryableError.of(followed, why, ("schedule",))
+        retry_id = retry_id or next_retry_id(run_id, self.store.run_ids())
+        decision = start_run(
+            retry_id,
+            policy,
+            plan(policy, instances),
+            now,
+            follow_up_of=followed,
+            window_end=window.end if window else None,
+        )
+        return self._create(decision.run, decision.commands)
 
     def approve(self, run_id: str, by: str = "cli") -> str:
         """Grant the approval the run waits for; approving one gate twice is one approval."""

@@ -102,6 +102,7 @@ def start_run(
     now: datetime,
     maintenance: MaintenanceRun | None = None,
     follow_up_of: Run | None = None,
+    window_end: datetime | None = None,
 ) -> Decision:
     """A new run at `now`; its window (when the policy has a schedule) ends `duration` later.
 
@@ -110,7 +111,10 @@ def start_run(
 
     With `maintenance`, the run accompanies an Azure Update Manager run: one wave of the machines
     Update Manager will patch, snapshotted before its cut-off (or the maintenance run is
-    cancelled), then checked and rolled back once Update Manager has installed."""
+    cancelled), then checked and rolled back once Update Manager has installed.
+
+    `window_end` ends the window earlier than `duration` after `now`: a run started inside a
+    window that is already open (a retry) keeps to that window's end."""
     waves = tuple(
         WaveState(
             index=w.index,
@@ -125,9 +129,10 @@ def start_run(
     excluded = tuple(
         InstanceRecord(instance=e.instance, ring="", state="excluded", reason=e.reason) for e in plan.excluded
     )
-    window_end = now + policy.schedule.duration if policy.schedule else None
     if maintenance is not None:
         window_end = maintenance.ends_at
+    elif window_end is None:
+        window_end = now + policy.schedule.duration if policy.schedule else None
     run = Run(
         run_id=run_id,
         policy=policy,

@@ -15,24 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
+from test_local_runtime import FLEET, PATCHPILOT, POLICY, ROOT, cli, run_json
 
 from patchpilot import local_runtime
-from patchpilot.cli import main
-
-ROOT = Path(__file__).resolve().parent.parent
-POLICY = ROOT / "examples" / "policy.yaml"
-FLEET = ROOT / "examples" / "fleet.json"
-PATCHPILOT = Path(sys.executable).parent / "patchpilot"
-
-
-def cli(*args: str | Path) -> Result:
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def run_json(*args: str | Path) -> tuple[int, dict[str, Any]]:
-    result = cli("run", *args, "--json")
-    return result.exit_code, json.loads(result.stdout)
 
 
 def approval_policy(tmp_path: Path) -> Path:

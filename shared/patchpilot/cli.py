@@ -345,17 +345,7 @@ def run_command(
 @reports_input_errors
 def approve(run_id: str, state_dir: Path, report_dir: Path | None, as_json: bool) -> None:
     """Approve the ring a run waits for (its first ring too), then go on with the run."""
-    console = Console(stderr=as_json, highlight=False)
-    live = LiveProgress(console, quiet=as_json)
-    directory = _report_dir_of(state_dir, run_id, report_dir)
-    with writing(state_dir, directory):
-        runtime = LocalRuntime.open(state_dir, on_notice=live.notice)
-        run = _load_run(runtime.store, state_dir, run_id)
-        if run.status != "waiting_approval":
-            raise click.UsageError(f"run {run_id} is not waiting for approval (it is {run.status})")
-        _remember_report_dir(runtime, run, report_dir)
-        console.print(runtime.approve(run_id), soft_wrap=True)
-        _drive_and_report(runtime, run, live, console, directory, as_json)
+    _decide_gate(run_id, state_dir, report_dir, as_json, lambda runtime: runtime.approve(run_id))
 
 
 @main.command()
@@ -367,6 +357,14 @@ def approve(run_id: str, state_dir: Path, report_dir: Path | None, as_json: bool
 @reports_input_errors
 def reject(run_id: str, reason: str, state_dir: Path, report_dir: Path | None, as_json: bool) -> None:
     """Refuse the ring a run waits for: the run ends there (halted, with why)."""
+    _decide_gate(run_id, state_dir, report_dir, as_json, lambda runtime: runtime.reject(run_id, reason=reason))
+
+
+def _decide_gate(
+    run_id: str, state_dir: Path, report_dir: Path | None, as_json: bool, decide: Callable[[LocalRuntime], str]
+) -> None:
+    """Approve or reject (`decide`) the gate a run waits at, under the state directory's lock,
+    then drive the run on and report as `run` does."""
     console = Console(stderr=as_json, highlight=False)
     live = LiveProgress(console, quiet=as_json)
     directory = _report_dir_of(state_dir, run_id, report_dir)
@@ -376,7 +374,7 @@ def reject(run_id: str, reason: str, state_dir: Path, report_dir: Path | None, a
         if run.status != "waiting_approval":
             raise click.UsageError(f"run {run_id} is not waiting for approval (it is {run.status})")
         _remember_report_dir(runtime, run, report_dir)
-        console.print(runtime.reject(run_id, reason=reason), soft_wrap=True)
+        console.print(decide(runtime), soft_wrap=True)
         _drive_and_report(runtime, run, live, console, directory, as_json)
 
 

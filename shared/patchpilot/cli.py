@@ -907,7 +907,7 @@ def _print_broken(console: Console, run: Run) -> None:
         table.add_column(column, overflow="fold")
     for record in broken:
         table.add_row(record.instance.short_name, record.id, str(record.wave), record.reason, _snapshots(record))
-    console.print(table)
+    print_unwrapped(console, table)  # the ids and snapshot ids are copied to restore the machines
     console.print(
         Text(
             "Restore each by hand from its snapshots (the ids above) and check it is healthy: "

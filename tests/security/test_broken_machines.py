@@ -124,7 +124,7 @@ def test_status_of_a_broken_run_says_to_restore_it_from_its_snapshots(
 ) -> None:
     state, _, document, _ = broken_run
     result = CliRunner().invoke(main, ["status", document["run_id"], "--state-dir", str(state)], terminal_width=250)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 4, result.output  # status exits as `run` did: succeeded_with_failures
     assert "succeeded_with_failures" in result.output
     assert "Left broken" in result.output and BROKEN in result.output
     for snapshot in document["broken"][0]["snapshot_ids"]:

@@ -15,7 +15,7 @@ from patchpilot.local_runtime import DB_NAME, LocalRuntime
 from patchpilot.policy import Policy, parse_policy
 
 
-def policy(name: str, duration: str = "10h") -> Policy:
+def policy(name: str, duration: str = "10h", cutoff: str = "") -> Policy:
     return parse_policy(
         f"""
 name: {name}
@@ -23,7 +23,7 @@ schedule: {{monthly: "Second Tuesday Offset+4", at: "02:00", timezone: UTC, dura
 rings:
   - {{name: staging, select: {{tags: {{Environment: staging}}}}, soak: 30m}}
   - {{name: production, select: {{tags: {{Environment: production}}}}}}
-rollout: {{mode: concurrent_zones, disruption_budget: 2, canary: 1, max_failures: 3}}
+rollout: {{mode: concurrent_zones, disruption_budget: 2, canary: 1, max_failures: 3{cutoff}}}
 """
     )
 
@@ -69,7 +69,8 @@ def test_a_second_run_waits_for_the_machines_the_first_holds(tmp_path: Path) -> 
 
 
 def test_past_its_window_a_run_reports_the_held_machines_skipped(tmp_path: Path) -> None:
-    _, monthly, emergency = both_started(tmp_path, policy("emergency", duration="5m"))
+    # cutoff 0: a wave may start until the window's end (else none fits a 5-minute window)
+    _, monthly, emergency = both_started(tmp_path, policy("emergency", duration="5m", cutoff=", cutoff: 0m"))
     assert overlaps(monthly, emergency) == []
     held = [r for r in emergency.records() if r.state == "skipped" and r.reason == "held by run monthly"]
     assert held, [(r.id, r.state, r.reason) for r in emergency.records()]

@@ -204,10 +204,10 @@ def test_identical_installed_lists_are_grouped_per_ring(markdown: str) -> None:
 def test_frozen_instances_are_listed_loudly_as_exposed_with_their_reason(run: Run, markdown: str, html: str) -> None:
     frozen = [r for r in run.excluded if r.reason.startswith("frozen")]
     assert len(frozen) == 2
-    assert "**Warning: 2 frozen instances were not patched and stay exposed:**" in markdown
+    assert "**2 frozen machines were not patched and stay exposed: " in markdown
     page = parse(html)
-    banner = html.split('class="exposed"', 1)[1].split("</div>", 1)[0]
-    assert "2 frozen instances were not patched and stay exposed" in banner
+    banner = html.split('<ol class="attention">', 1)[1].split("</ol>", 1)[0]
+    assert "2 frozen machines were not patched and stay exposed" in banner
     for record in frozen:
         assert record.id in banner
         line = next(x for x in markdown.splitlines() if x.startswith(f"| **{record.instance.short_name}"))

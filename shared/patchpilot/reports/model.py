@@ -8,12 +8,14 @@ grouped under the reason.
 
 from __future__ import annotations
 
+import shlex
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, tzinfo
 from itertools import pairwise
 
+from patchpilot.engine.retry import why_not_retryable
 from patchpilot.engine.run import InstanceRecord, Run, Step, WaveState
 from patchpilot.inventory import Instance
 from patchpilot.planning import placement
@@ -220,8 +222,19 @@ class Tick:
 @dataclass(frozen=True)
 class RowLabel:
     y: float
-    text: str
+    text: str  # the whole label, "(not started)" included: nothing is cut
     started: bool
+
+
+@dataclass(frozen=True)
+class Attention:
+    """One thing in a run that needs a person: what happened, what to do, the command to type
+    ("" when the step is by hand) and the report section with the details."""
+
+    what: str
+    step: str
+    command: str
+    section: str
 
 
 @dataclass(frozen=True)
@@ -234,6 +247,7 @@ class Timeline:
     plot_bottom: int
     row_height: int
     bar_height: int
+    label_x: int  # row labels start here (anchored at their start) and end before plot_left
     bars: list[Bar]
     rows: list[RowLabel]
     gaps: list[GapBand]
@@ -274,6 +288,7 @@ class Report:
     reboot: str = ""
     undelivered: list[NoticeRow] = field(default_factory=list)
     broken: list[RollbackRow] = field(default_factory=list)  # left `failed`: restore them by hand
+    attention: list[Attention] = field(default_factory=list)  # what needs a person, most urgent first
 
 
 # ---------------------------------------------------------------- building
@@ -287,6 +302,7 @@ def build(run: Run) -> Report:
     order = list(STATE_ORDER) + sorted(set(counts) - set(STATE_ORDER))
     totals = [Total(s, STATE_LABELS.get(s, s), counts.get(s, 0)) for s in order]
     rollbacks = _rollbacks(run)
+    frozen = [Excluded(ref(r.instance), r.reason) for r in run.excluded if _is_frozen(r)]
     return Report(
         run_id=run.run_id,
         policy=run.policy.name,
@@ -310,7 +326,7 @@ def build(run: Run) -> Report:
         healthy_patched=sum(1 for r in records if r.state == "patched" and _passed_health(r)),
         rollbacks=rollbacks,
         broken=[b for b in rollbacks if b.state == "failed"],
-        frozen=[Excluded(ref(r.instance), r.reason) for r in run.excluded if _is_frozen(r)],
+        frozen=frozen,
         exclusions=_groups(r for r in run.excluded if not _is_frozen(r)),
         skips=_groups(
             (r for w in run.waves for r in w.records.values() if r.state in ("skipped", "not_started")),
@@ -319,7 +335,130 @@ def build(run: Run) -> Report:
         gantt=gantt(run),
         classifications=list(run.policy.patches.classifications),
         reboot=run.policy.reboot,
+        attention=attention(run),
     )
+
+
+# ---------------------------------------------------------------- what needs a human
+
+
+def _n(count: int, noun: str, plural_noun: str = "") -> str:
+    return f"{count} {noun if count == 1 else plural_noun or noun + 's'}"
+
+
+def _names_of(records: Sequence[InstanceRecord], limit: int = 10) -> str:
+    shown = ", ".join(ref(r.instance).label for r in records[:limit])
+    return shown + (f" and {len(records) - limit} more" if len(records) > limit else "")
+
+
+def command_line(*words: str) -> str:
+    """A `patchpilot` command line to copy, shell-quoted (a run id may hold any character)."""
+    return shlex.join(["patchpilot", *words])
+
+
+def attention(run: Run) -> list[Attention]:
+    """What in `run` needs a person, most urgent first, each with its next step and the exact
+    command: the same answers as `patchpilot status`, for the reader of the report (which does not
+    know the state directory: add `--state-dir` when it is not the default)."""
+    rid = run.run_id
+    items: list[Attention] = []
+    retry = command_line("retry", rid) if run.finished and why_not_retryable(run) is None else ""
+    status = command_line("status", rid)
+    if run.status == "waiting_approval":
+        ring = run.current.ring if run.cursor < len(run.waves) else "the next ring"
+        what = f"Ring {ring} waits for approval: nothing more is patched until someone decides."
+        items.append(Attention(what, "Approve it", command_line("approve", rid), "rings"))
+        items.append(
+            Attention(
+                f"Or reject ring {ring}: the run ends there.",
+                "Reject it (add --reason TEXT to say why)",
+                command_line("reject", rid),
+                "rings",
+            )
+        )
+    records = run.records()
+    broken = [r for r in records if r.state == "failed"]
+    if broken:
+        what = (
+            f"{_n(len(broken), 'machine is', 'machines are')} left broken: {_names_of(broken)}. "
+            "The rollback failed or the machine is still unhealthy after it; PatchPilot does not repair it."
+        )
+        step = "Restore each from its snapshots (table below) and check it" + (", then retry the run" if retry else "")
+        items.append(Attention(what, step, retry or status, "broken"))
+    if run.state == "halted":
+        ring = run.current.ring if run.cursor < len(run.waves) else ""
+        waiting = [r for r in records if r.state == "not_started"]
+        what = f"The run halted{f' in ring {ring}' if ring else ''}: {run.reason}. Nothing more was patched"
+        what += f" ({_n(len(waiting), 'machine')} not started)." if waiting else "."
+        if retry:
+            step = "Fix the cause, then retry the machines that were not patched"
+        else:
+            step = "Fix the cause (see the run log), then start a new run: no tested set was promoted to retry with"
+        items.append(Attention(what, step, retry or status, "log"))
+    elif run.state == "nothing_patched":
+        what = f"The run patched nothing: {run.reason}. The fleet is as exposed as before."
+        step = "Fix the policy or the inventory (check the rings' select with patchpilot plan), then start a new run"
+        items.append(Attention(what, step, status, "patches"))
+    elif run.state == "incomplete":
+        waiting = [r for r in records if r.state == "not_started"]
+        what = f"The run is incomplete: {run.reason}. {_n(len(waiting), 'machine was', 'machines were')} not started."
+        step = "Retry them now, or let the next scheduled run patch them" if retry else "The next run patches them"
+        items.append(Attention(what, step, retry or status, "skips"))
+    held = [r for r in records if r.state == "skipped" and r.reason.startswith("held by run ")]
+    if held:
+        holders = sorted({r.reason.removeprefix("held by run ") for r in held})
+        what = (
+            f"{_n(len(held), 'machine was', 'machines were')} skipped because another run held "
+            f"{'it' if len(held) == 1 else 'them'} ({', '.join(holders)}): {_names_of(held)}."
+        )
+        others = "; ".join(command_line("status", h) for h in holders)
+        step = f"Once {'that run has' if len(holders) == 1 else 'those runs have'} ended ({others}), retry them"
+        items.append(Attention(what, step, retry or status, "skips"))
+    skipped = [r for r in records if r.state == "skipped" and r not in held]
+    if skipped:
+        reasons = sorted({r.reason for r in skipped})
+        what = (
+            f"{_n(len(skipped), 'machine was', 'machines were')} skipped and "
+            f"{'stays' if len(skipped) == 1 else 'stay'} unpatched ({'; '.join(reasons[:3])}"
+            f"{f'; and {len(reasons) - 3} more reasons' if len(reasons) > 3 else ''})."
+        )
+        step = "Fix the cause" + (", then retry them" if retry else ", then start a new run")
+        items.append(Attention(what, step, retry or status, "skips"))
+    rolled_back = [r for r in records if r.state == "rolled_back"]
+    if rolled_back:
+        what = (
+            f"{_n(len(rolled_back), 'machine was', 'machines were')} rolled back and "
+            f"{'stays' if len(rolled_back) == 1 else 'stay'} unpatched: {_names_of(rolled_back)}."
+        )
+        step = "Fix what failed (see the rollback record)" + (", then retry" if retry else "")
+        items.append(Attention(what, step, retry or status, "rollbacks"))
+    frozen = [r for r in run.excluded if _is_frozen(r)]
+    if frozen:
+        what = (
+            f"{_n(len(frozen), 'frozen machine was', 'frozen machines were')} not patched and "
+            f"{'stays' if len(frozen) == 1 else 'stay'} exposed: {_names_of(frozen)}."
+        )
+        step = "Patch them once the freeze ends, or lift the freeze in the policy; a retry never patches them"
+        items.append(Attention(what, step, "", "frozen"))
+    excluded = [r for r in run.excluded if not _is_frozen(r)]
+    if excluded:
+        reasons = sorted({r.reason for r in excluded})
+        what = (
+            f"{_n(len(excluded), 'machine was', 'machines were')} excluded and "
+            f"{'stays' if len(excluded) == 1 else 'stay'} unpatched ({'; '.join(reasons[:3])}"
+            f"{f'; and {len(reasons) - 3} more reasons' if len(reasons) > 3 else ''})."
+        )
+        step = "Check that each exclusion is meant; a retry never patches them"
+        items.append(Attention(what, step, "", "exclusions"))
+    if run.undelivered:
+        channels = sorted({n.channel for n in run.undelivered})
+        what = (
+            f"{_n(len(run.undelivered), 'notice')} did not reach {', '.join(channels)}: "
+            "the people it was for have not seen it."
+        )
+        step = "Read the notices (table below) and fix the channel's webhook or token"
+        items.append(Attention(what, step, status, "notifications"))
+    return items
 
 
 def zone_of(run: Run) -> tzinfo | None:
@@ -604,7 +743,12 @@ def timeline(run: Run) -> Timeline:
     """Geometry of the wave chart: one row per wave, a bar from its start to its finish."""
     tz = zone_of(run)
     row_height, bar_height = 18, 12
-    width, left, right, top = 960, 170, 940, 34
+    labels = [_row_label(w) for w in run.waves]
+    # Row labels start at LABEL_X and end before the plot: the plot moves right (and the chart
+    # grows) for a long ring name, so no label is cut at the left edge or runs into the bars.
+    left = max(170, LABEL_X + max((text_width(t) for t in labels), default=0) + 12)
+    width, top = left + 790, 34
+    right = width - 20 - _TICK_OVERHANG
     t0 = run.created_at
     last = _ended_at(run) or t0
     t1 = max(last, t0 + timedelta(minutes=1))
@@ -627,8 +771,7 @@ def timeline(run: Run) -> Timeline:
     bars, rows = [], []
     for k, wave in enumerate(run.waves):
         y = top + k * row_height
-        label = f"W{wave.index} {wave.ring}" + (" (canary)" if wave.canary else "")
-        rows.append(RowLabel(y + row_height / 2, label, wave.started_at is not None))
+        rows.append(RowLabel(y + row_height / 2, labels[k], wave.started_at is not None))
         if wave.started_at is None:
             continue
         end = wave.finished_at or last
@@ -705,6 +848,7 @@ def timeline(run: Run) -> Timeline:
         plot_bottom=bottom,
         row_height=row_height,
         bar_height=bar_height,
+        label_x=LABEL_X,
         bars=bars,
         rows=rows,
         gaps=gaps,
@@ -712,6 +856,27 @@ def timeline(run: Run) -> Timeline:
         window_x=window_x,
         window_label="window end",
         caption=caption,
+    )
+
+
+LABEL_X = 8
+FONT_SIZE = 11  # the chart's font size (timeline.svg.j2)
+_TICK_OVERHANG = 40  # half the widest tick label ("12-31 23:00") past the plot's right edge
+
+
+def text_width(text: str, font_size: float = FONT_SIZE) -> int:
+    """A generous estimate of `text`'s width in a sans-serif font: wide letters (W, M, capitals)
+    and digits count more than narrow ones, so the estimate errs on the wide side."""
+    narrow, wide = set("iljtfrI.,:;!'()[]| "), set("WMmw@%")
+    em = sum(0.35 if c in narrow else 0.95 if c in wide or c.isupper() else 0.62 for c in text)
+    return int(em * font_size) + 1
+
+
+def _row_label(wave: WaveState) -> str:
+    return (
+        f"W{wave.index} {wave.ring}"
+        + (" (canary)" if wave.canary else "")
+        + ("" if wave.started_at is not None else " (not started)")
     )
 
 

@@ -63,6 +63,20 @@ def _patchlist(escape: Callable[[object], str]) -> Callable[[Iterable[str]], Mar
     return patchlist
 
 
+def _command(escape: Callable[[object], str], html: bool) -> Callable[[str], Markup]:
+    """A command to copy: in a code span, whole (a Markdown code span escapes nothing, so a
+    command that could end the span or the line, or that holds markup, is shown escaped instead)."""
+
+    def command(text: str) -> Markup:
+        if html:
+            return Markup(f'<code class="command">{escape(text)}</code>')
+        if re.search(r"[`<>]", text) or _LINE_BREAKS.search(text):
+            return Markup(escape(text))
+        return Markup(f"`{text}`")
+
+    return command
+
+
 @cache
 def environment(kind: str, package: str = "patchpilot.reports") -> Environment:
     """The jinja2 environment of a report's templates (`templates/` of `package`): HTML
@@ -85,6 +99,7 @@ def environment(kind: str, package: str = "patchpilot.reports") -> Environment:
     escape = html_escape if kind == "html" else md_escape
     env.filters["names"] = _names(escape)
     env.filters["patchlist"] = _patchlist(escape)
+    env.filters["command"] = _command(escape, kind == "html")
     env.globals.update(_globals())
     return env
 

@@ -15,13 +15,20 @@ import pytest
 from engine_driver import answer_all_ok, drive_to_end
 
 from patchpilot.engine.decide import decide, start_run
-from patchpilot.engine.messages import ApprovalGranted, ApprovalRejected, CheckHealth, FleetCommand, Outcome
-from patchpilot.engine.run import Run
+from patchpilot.engine.messages import (
+    ApprovalGranted,
+    ApprovalRejected,
+    CheckHealth,
+    FleetCommand,
+    Outcome,
+    RollBack,
+)
+from patchpilot.engine.run import Run, UndeliveredNotice
 from patchpilot.inventory import Instance, load_inventory
 from patchpilot.planning import plan
 from patchpilot.policy import Policy, load_policy, parse_policy
 from patchpilot.reports import render_html, render_markdown, report_stem, write_reports
-from patchpilot.reports.model import NAME_PATCHED_UP_TO
+from patchpilot.reports.model import NAME_PATCHED_UP_TO, text_width
 
 ROOT = Path(__file__).resolve().parent.parent
 START = datetime(2025, 1, 17, 2, 0, tzinfo=UTC)  # 11:00 in Tokyo, the policy's timezone
@@ -501,3 +508,152 @@ def test_run_without_instances_still_renders() -> None:
     assert page.problems == [] and not page.find("svg")
     assert page.find("span", **{"class": "status nothing_patched"})
     assert ".status.nothing_patched { background: var(--rollback); }" in html  # not the succeeded green
+
+
+# ---------------------------------------------------------------- what needs a human, first
+
+
+def section(markdown: str, title: str) -> str:
+    """The text of the `## title` section, up to the next `## ` heading."""
+    return markdown.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def with_record(run: Run, instance_id: str, **update: object) -> Run:
+    """`run` with one machine's record changed (what another runtime would have recorded)."""
+    waves = tuple(
+        w.model_copy(
+            update={
+                "records": {k: r.model_copy(update=update) if k == instance_id else r for k, r in w.records.items()}
+            }
+        )
+        for w in run.waves
+    )
+    return run.model_copy(update={"waves": waves})
+
+
+def test_the_report_opens_with_what_needs_a_human(victim: str) -> None:
+    """Broken, rolled back, held by another run, frozen, excluded and undelivered: each named, with its
+    next command, before the summaries (the broken machines' table among them)."""
+    policy, fleet = example_policy(), example_fleet()
+    staging = [w for w in plan(policy, fleet).waves if w.ring == "staging"]
+    broken_id = second_production_wave_member(policy, fleet)
+    healthy = failing_health(broken_id)
+
+    def answer(command: FleetCommand) -> list[Outcome]:
+        outcomes = healthy(command)
+        if isinstance(command, RollBack):  # the broken machine's rollback fails
+            return [Outcome(id=o.id, ok=o.id != broken_id, detail="snapshot gone") for o in outcomes]
+        return outcomes
+
+    played = drive_to_end(start_run("3am", policy, plan(policy, fleet), START), answer)
+    assert played.status == "succeeded_with_failures"
+    held_id = staging[-1].instances[-1].id
+    played = with_record(played, held_id, state="skipped", reason="held by run other-run")
+    notice = UndeliveredNotice(
+        notice_id="3am:notify:run_finished", topic="run_finished", channel="ops-slack", reason="invalid_auth", at=START
+    )
+    played = played.model_copy(update={"undelivered": (notice,)})
+
+    markdown = render_markdown(played)
+    first = section(markdown, "Needs a human")
+    assert markdown.index("## Needs a human") < markdown.index("## Patch summary") < markdown.index("## Procedure")
+    items = [line for line in first.splitlines() if re.match(r"\d+\. ", line)]
+    assert "1 machine is left broken" in items[0] and broken_id in items[0]
+    assert items[0].endswith("then retry the run: `patchpilot retry 3am`")
+    assert "### Left broken: restore by hand" in first and f"| **{broken_id}" not in first.split("### Left")[0]
+    held = next(i for i in items if "another run held it" in i)
+    assert "(other-run)" in held and held_id in held
+    assert held.endswith(
+        "Once that run has ended, retry it: `patchpilot status other-run`, then `patchpilot retry 3am`"
+    )
+    frozen = next(i for i in items if "frozen machines were not patched and stay exposed" in i)
+    assert "a retry never patches them." in frozen
+    assert any("excluded and stays unpatched (matched no ring's selector)" in i for i in items)
+    undelivered = next(i for i in items if "did not reach ops-slack" in i)
+    assert undelivered.endswith("`patchpilot status 3am`")
+    assert "Nothing needs a human" not in markdown
+
+    html = render_html(played)
+    assert html.index('<h2 id="attention">') < html.index('<h2 id="patches">')
+    page = parse(html)
+    assert page.problems == []
+    attention = html.split('<ol class="attention">', 1)[1].split("</ol>", 1)[0]
+    assert '<code class="command">patchpilot retry 3am</code>' in attention
+    links = re.findall(r'<a href="#([a-z]+)">Details</a>', attention)
+    assert links and all(any(page.find(tag, id=target) for tag in ("h2", "h3", "div")) for target in links)
+
+
+def test_a_halted_report_says_why_and_that_nothing_more_was_patched() -> None:
+    policy, fleet = example_policy(), example_fleet()
+    staging = next(w for w in plan(policy, fleet).waves if w.ring == "staging").instances[0].id
+    halted = play("halted", policy, fleet, (staging,))
+    first = section(render_markdown(halted), "Needs a human")
+    item = next(line for line in first.splitlines() if "The run halted" in line)
+    assert f"The run halted in ring staging: {halted.reason}" in item
+    assert "Nothing more was patched (54 machines not started)" in item
+    assert "start a new run: no tested set was promoted to retry with: `patchpilot status halted`" in item
+
+
+def test_a_run_with_nothing_needing_a_human_says_so_in_one_line() -> None:
+    policy = example_policy()
+    excluded = {r.id for r in play("probe", policy, example_fleet(), ()).excluded}
+    fleet = [i for i in example_fleet() if i.id not in excluded]
+    clean = play("clean", policy, fleet, ())
+    assert clean.status == "succeeded" and not clean.excluded
+    first = section(render_markdown(clean), "Needs a human")
+    assert first.strip() == (
+        "Nothing needs a human: no machine is broken, unpatched, skipped or exposed, and every notice was delivered."
+    )
+    assert '<p class="good">Nothing needs a human' in render_html(clean)
+
+
+def test_a_waiting_report_says_how_to_approve() -> None:
+    text = (ROOT / "tests" / "fixtures" / "policy.yaml").read_text()
+    policy = parse_policy(text.replace("    soak: 2h\n", "    soak: 2h\n    approval: required\n"))
+    waiting = play("gated", policy, example_fleet(), (), approve=False)
+    assert waiting.status == "waiting_approval"
+    first = section(render_markdown(waiting), "Needs a human")
+    items = [line for line in first.splitlines() if re.match(r"\d+\. ", line)]
+    assert items[0].startswith("1. **Ring staging waits for approval")
+    assert items[0].endswith("Approve it: `patchpilot approve gated`")
+    assert items[1].startswith("2. **Or reject ring staging: the run ends there.**")
+    assert items[1].endswith("(add --reason TEXT to say why): `patchpilot reject gated`")
+    assert "add `--state-dir DIR` where the run used another one" in first
+    html = render_html(waiting)
+    assert '<code class="command">patchpilot approve gated</code>' in html
+    assert '<code class="command">patchpilot reject gated</code>' in html
+
+
+def test_commands_in_the_report_are_shell_quoted_and_never_markup(hostile_run: Run) -> None:
+    markdown = render_markdown(hostile_run)
+    first = section(markdown, "Needs a human")
+    assert "patchpilot retry '&lt;b&gt;&lt;img src=x onerror=alert(1)&gt;&lt;/b&gt;'" in first
+    html = render_html(hostile_run)
+    assert "patchpilot retry &#39;&lt;b&gt;&lt;img src=x onerror=alert(1)&gt;&lt;/b&gt;&#39;</code>" in html
+
+
+def test_timeline_labels_are_not_clipped() -> None:
+    long_ring = "production-europe-west-and-the-legacy-ledger-cluster-WWWWWWWWWWW"  # 64, the most
+    text = (ROOT / "tests" / "fixtures" / "policy.yaml").read_text().replace("production", long_ring)
+    policy = parse_policy(text)
+    fleet = [
+        replace(i, tags={**i.tags, "Environment": long_ring}) if i.tags.get("Environment") == "production" else i
+        for i in example_fleet()
+    ]
+    run = play("long", policy, fleet, (), step=timedelta(minutes=5))  # the window ends first: rows not started
+    html = render_html(run)
+    svg = html.split("<svg", 1)[1].split("</svg>", 1)[0]
+    view = re.search(r'viewBox="0 0 (\d+) (\d+)"', svg)
+    assert view is not None
+    width = int(view.group(1))
+    rows = svg.split('<g class="rows"', 1)[1].split("</g>", 1)[0]
+    assert 'text-anchor="start"' in rows
+    labels = re.findall(r'<text x="([\d.]+)" y="[\d.]+" fill="[^"]+">([^<]+)</text>', rows)
+    assert len(labels) == len(run.waves)
+    plot_left = min(float(b["x"]) for b in bars(parse(html)))
+    for x, label in labels:
+        assert float(x) >= 0 and float(x) + text_width(label) < plot_left <= width
+    wanted = [f"W{w.index} {long_ring}" for w in run.waves if w.ring == long_ring]
+    assert wanted and all(any(label.startswith(w) for _, label in labels) for w in wanted)
+    assert any(label.endswith(" (not started)") for _, label in labels)  # the suffix is measured too
+    assert text_width("WWWW") > text_width("iiii") and text_width("W" * 10) >= 10 * 11 * 0.9

@@ -235,6 +235,7 @@ class Attention:
     step: str
     command: str
     section: str
+    then: str = ""  # a second command, once the first has answered
 
 
 @dataclass(frozen=True)
@@ -411,9 +412,13 @@ def attention(run: Run) -> list[Attention]:
             f"{_n(len(held), 'machine was', 'machines were')} skipped because another run held "
             f"{'it' if len(held) == 1 else 'them'} ({', '.join(holders)}): {_names_of(held)}."
         )
-        others = "; ".join(command_line("status", h) for h in holders)
-        step = f"Once {'that run has' if len(holders) == 1 else 'those runs have'} ended ({others}), retry them"
-        items.append(Attention(what, step, retry or status, "skips"))
+        them = "it" if len(held) == 1 else "them"
+        step = f"Once {'that run has' if len(holders) == 1 else 'those runs have'} ended, retry {them}"
+        if not retry:
+            step = (
+                f"Once {'that run has' if len(holders) == 1 else 'those runs have'} ended, the next run patches {them}"
+            )
+        items.append(Attention(what, step, command_line("status", holders[0]), "skips", retry))
     skipped = [r for r in records if r.state == "skipped" and r not in held]
     if skipped:
         reasons = sorted({r.reason for r in skipped})

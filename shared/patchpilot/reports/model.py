@@ -394,7 +394,9 @@ def attention(run: Run) -> list[Attention]:
         if retry:
             step = "Fix the cause, then retry the machines that were not patched"
         else:
-            step = "Fix the cause (see the run log), then start a new run: no tested set was promoted to retry with"
+            step = (
+                "See what happened and fix the cause, then start a new run (no tested set was promoted to retry with)"
+            )
         items.append(Attention(what, step, retry or status, "log"))
     elif run.state == "nothing_patched":
         what = f"The run patched nothing: {run.reason}. The fleet is as exposed as before."

@@ -4,6 +4,7 @@ to do, and an approval request names the commands that approve or reject the rin
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from pathlib import Path
 
@@ -21,7 +22,9 @@ from patchpilot.planning import plan
 from patchpilot.policy import Policy
 
 
-def notices_of(pol: Policy, hints: dict[str, Simulation], monkeypatch: pytest.MonkeyPatch) -> tuple[Run, list[Notify]]:
+def notices_of(
+    pol: Policy, hints: dict[str, Simulation], monkeypatch: pytest.MonkeyPatch, run_id: str = "run-1"
+) -> tuple[Run, list[Notify]]:
     """Drive a run to its end and keep every notice it sent, in order."""
     sent: list[Notify] = []
     real = engine_driver.decide
@@ -32,9 +35,12 @@ def notices_of(pol: Policy, hints: dict[str, Simulation], monkeypatch: pytest.Mo
         return decision
 
     monkeypatch.setattr(engine_driver, "decide", spy)
-    started = start_run("run-1", pol, plan(pol, fleet(hints=hints)), NOW)
+    started = start_run(run_id, pol, plan(pol, fleet(hints=hints)), NOW)
     sent.extend(c for c in started.commands if isinstance(c, Notify))
     return engine_driver.drive_to_end(started, Recorder()), sent
+
+
+RUN = "web-20261114-0200"  # the run id of the documented examples
 
 
 def first_line(notice: Notify) -> str:
@@ -140,3 +146,19 @@ def test_a_ring_finished_notice_says_what_comes_next(monkeypatch: pytest.MonkeyP
     staging, production = [first_line(n) for n in sent if n.topic == "ring_finished"]
     assert staging.endswith("Nothing to do: ring production starts after a 1h soak.")
     assert production.endswith("Nothing to do: the run ends here, its last notice follows.")
+
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "notifications.md"
+
+
+def test_the_documented_first_lines_are_the_engines(monkeypatch: pytest.MonkeyPatch) -> None:
+    block = DOCS.read_text().split("<!-- notice-examples -->", 1)[1].split("<!-- /notice-examples -->", 1)[0]
+    documented = [m.group(2) for m in re.finditer(r"^\| `(\w+)`[^|]* \| (.+) \|$", block, re.MULTILINE)]
+    broken = Simulation(install="fail", rollback="fail")
+    scenarios = [
+        (policy(approval="required"), {"i-production-05": Simulation(health="fail"), "i-production-06": broken}),
+        (policy(max_failures="1"), {f"i-production-{n:02d}": Simulation(health="fail") for n in (1, 2, 4)}),
+        (policy(), {}),
+    ]
+    written = {first_line(n) for pol, hints in scenarios for n in notices_of(pol, hints, monkeypatch, RUN)[1]}
+    assert len(documented) == 9 and [line for line in documented if line not in written] == []

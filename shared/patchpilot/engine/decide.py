@@ -678,6 +678,8 @@ def _finish_wave(run: Run, now: datetime) -> Decision:
         )
         run = _logged(run, now, f"Soaking {format_duration(soak)} after ring {wave.ring}")
         then = f"ring {run.current.ring} starts after a {format_duration(soak)} soak"
+        if run.policy.rings[run.current.ring_position].approval == "required":
+            then += " and your approval (the approval notice says how)"
         notices.append(_ring_notice(run, wave.ring, text, broken, then))
         return Decision(_awaiting(run, "soaking", wait.id), [*notices, wait])
     decision = _enter_next_ring(run, now)

@@ -13,8 +13,8 @@ import pytest
 from test_engine import NOW, Recorder, first_ring_approved, fleet, policy
 from test_local_runtime import FLEET, cli, policy_variant
 
-from patchpilot.engine.decide import Decision, start_run
-from patchpilot.engine.messages import Notify
+from patchpilot.engine.decide import Decision, decide, start_run
+from patchpilot.engine.messages import ApprovalRejected, Notify
 from patchpilot.engine.run import Run
 from patchpilot.inventory import Simulation
 from patchpilot.notify.messages import card_for
@@ -162,3 +162,14 @@ def test_the_documented_first_lines_are_the_engines(monkeypatch: pytest.MonkeyPa
     ]
     written = {first_line(n) for pol, hints in scenarios for n in notices_of(pol, hints, monkeypatch, RUN)[1]}
     assert len(documented) == 9 and [line for line in documented if line not in written] == []
+
+
+def test_a_rejected_ring_says_how_to_patch_it_after_all() -> None:
+    pol = policy(approval="required")
+    waiting = engine_driver.drive_to_end(start_run("run-1", pol, plan(pol, fleet()), NOW), Recorder(), approve=False)
+    rejected = decide(waiting, ApprovalRejected(id="run-1:reject", run_id="run-1", by="ops", reason="freeze"), NOW)
+    (halted,) = [c for c in rejected.commands if isinstance(c, Notify)]
+    assert first_line(halted) == (
+        "Run run-1 halted: ring production rejected by ops: freeze. Nothing more is patched; see "
+        "`patchpilot status run-1`, then `patchpilot retry run-1` if the ring is to be patched after all."
+    )

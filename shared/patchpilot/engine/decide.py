@@ -958,7 +958,10 @@ def _after_end(run: Run, broken: list[InstanceRecord]) -> str:
         then = retry if not why_not_retryable(run) else f"start a new run ({_command(*NEW_RUN)})"
         restore = first[:1].lower() + first[1:]
         status = _command("status", run.run_id)
-        return f"Nothing more is patched; {restore}see {status}, then {then} once the cause is fixed."
+        when = "once the cause is fixed"
+        if run.cursor < len(run.waves) and run.reason.startswith(f"ring {run.current.ring} rejected by "):
+            when = "if the ring is to be patched after all"
+        return f"Nothing more is patched; {restore}see {status}, then {then} {when}."
     if unpatched and not why_not_retryable(run):
         step = f"once the cause is fixed, {retry} patches the {plural(len(unpatched), 'machine')} left unpatched."
         return f"{first}{step}" if first else step[:1].upper() + step[1:]

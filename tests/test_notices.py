@@ -23,7 +23,11 @@ from patchpilot.policy import Policy
 
 
 def notices_of(
-    pol: Policy, hints: dict[str, Simulation], monkeypatch: pytest.MonkeyPatch, run_id: str = "run-1"
+    pol: Policy,
+    hints: dict[str, Simulation],
+    monkeypatch: pytest.MonkeyPatch,
+    run_id: str = "run-1",
+    production: int = 8,
 ) -> tuple[Run, list[Notify]]:
     """Drive a run to its end and keep every notice it sent, in order."""
     sent: list[Notify] = []
@@ -35,7 +39,7 @@ def notices_of(
         return decision
 
     monkeypatch.setattr(engine_driver, "decide", spy)
-    started = start_run(run_id, pol, plan(pol, fleet(hints=hints)), NOW)
+    started = start_run(run_id, pol, plan(pol, fleet(production=production, hints=hints)), NOW)
     sent.extend(c for c in started.commands if isinstance(c, Notify))
     return engine_driver.drive_to_end(started, Recorder()), sent
 
@@ -173,3 +177,22 @@ def test_a_rejected_ring_says_how_to_patch_it_after_all() -> None:
         "Run run-1 halted: ring production rejected by ops: freeze. Nothing more is patched; see "
         "`patchpilot status run-1`, then `patchpilot retry run-1` if the ring is to be patched after all."
     )
+
+
+@pytest.mark.parametrize(
+    ("failure", "severity", "step"),
+    [
+        (Simulation(health="fail"), "info", "Nothing to do for them."),
+        (Simulation(install="fail", rollback="fail"), "error", "Restore the failed ones by hand from their snapshots."),
+    ],
+)
+def test_the_failures_past_ten_in_a_wave_are_one_notice_that_pages_only_for_broken_machines(
+    failure: Simulation, severity: str, step: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hints = {f"i-production-{n:02d}": failure for n in range(40)}
+    _, sent = notices_of(policy(max_failures="100%"), hints, monkeypatch, production=40)
+    more = [n for n in sent if n.id.endswith(":more")]
+    assert more and {n.severity for n in more} == {severity}
+    line = first_line(more[0])
+    assert line.startswith("Wave ") and "more machines failed (" in line
+    assert line.endswith(f"see each with `patchpilot status run-1`. {step}")

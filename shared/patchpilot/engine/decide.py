@@ -904,12 +904,17 @@ def _failure_notices(run: Run, wave: WaveState) -> list[Command]:
             )
         )
     if len(failed) > MAX_FAILURE_NOTICES:
-        more = len(failed) - MAX_FAILURE_NOTICES
+        rest = failed[MAX_FAILURE_NOTICES:]
         text = (
-            f"Wave {wave.index}: {more} more instances failed than are told one by one; "
+            f"Wave {wave.index}: {len(rest)} more machines failed ({count_states(rest)}), not told one by one: "
             f"see each with {_command('status', run.run_id)}."
         )
-        notices.append(_notify(run, "instance_failed", text, "error", f"w{wave.index}:more"))
+        healthy = all(r.state == "rolled_back" for r in rest)
+        if any(r.state == "failed" for r in rest):
+            text += " Restore the failed ones by hand from their snapshots."
+        else:
+            text += " Nothing to do for them." if healthy else " Fix the cause for the skipped ones."
+        notices.append(_notify(run, "instance_failed", text, "info" if healthy else "error", f"w{wave.index}:more"))
     return notices
 
 

@@ -315,7 +315,7 @@ def test_approval_required_on_the_first_ring_waits_before_anything_is_touched() 
     assert started.run.status == "waiting_approval" and started.run.current.ring == "staging"
     assert not [c for c in started.commands if not isinstance(c, Notify)]  # no lease, no snapshot: nothing
     (asked,) = [c for c in started.commands if isinstance(c, Notify) and c.topic == "approval_needed"]
-    assert asked.text == "Ring staging needs approval before it starts: patchpilot approve run-1"
+    assert asked.text.startswith("Ring staging needs approval before it starts: approve it with `patchpilot approve")
     granted = decide(started.run, ApprovalGranted(id="run-1:approve:staging", run_id="run-1", by="ops"), NOW)
     assert granted.run.state == "leasing" and granted.run.current.ring == "staging"
     run = drive_to_end(granted, Recorder())

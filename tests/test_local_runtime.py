@@ -130,7 +130,9 @@ def test_approval_required_on_the_first_ring_waits_before_touching_anything(tmp_
     assert runtime.fleet.effects(run_id) == {}  # nothing leased, snapshotted or patched before the approval
     run = runtime.load(run_id)
     assert run.current.ring == "staging"
-    assert run.log[-1].text == f"Ring staging needs approval before it starts: patchpilot approve {run_id}"
+    assert run.log[-1].text.startswith(
+        f"Ring staging needs approval before it starts: approve it with `patchpilot approve {run_id}`"
+    )
 
     approved = cli("approve", run_id, "--state-dir", state, "--json")
     assert approved.exit_code == 0, approved.output

@@ -29,6 +29,7 @@ from patchpilot.planning import plan
 from patchpilot.policy import Policy, load_policy, parse_policy
 from patchpilot.reports import render_html, render_markdown, report_stem, write_reports
 from patchpilot.reports.model import NAME_PATCHED_UP_TO, text_width
+from patchpilot.reports.render import md_escape
 
 ROOT = Path(__file__).resolve().parent.parent
 START = datetime(2025, 1, 17, 2, 0, tzinfo=UTC)  # 11:00 in Tokyo, the policy's timezone
@@ -234,7 +235,7 @@ def test_every_wave_is_in_the_procedure_with_placement(run: Run, markdown: str, 
 
 def test_run_log_is_reproduced(run: Run, markdown: str, html: str) -> None:
     for entry in run.log:
-        assert entry.text in markdown
+        assert md_escape(entry.text) in markdown  # commands in backticks are shown as typed, not as code
     assert "Soaking 2h after ring staging" in html
 
 

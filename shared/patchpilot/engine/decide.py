@@ -9,6 +9,7 @@ generated from it.
 from __future__ import annotations
 
 import hashlib
+import shlex
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -48,6 +49,7 @@ from patchpilot.engine.messages import (
     Topic,
     Wait,
 )
+from patchpilot.engine.retry import RETRYABLE_STATES, why_not_retryable
 from patchpilot.engine.run import (
     FollowUp,
     InstanceRecord,
@@ -158,7 +160,10 @@ def start_run(
             "PatchPilot does not snapshot or check them; take them out of the schedule"
         )
     elif frozen:
-        text += f"; {len(frozen)} frozen instances are not patched and stay exposed"
+        one = len(frozen) == 1
+        text += f"; {plural(len(frozen), 'frozen instance')} {'is' if one else 'are'} not patched"
+        text += f" and {'stays' if one else 'stay'} exposed"
+    text += "." if frozen and maintenance is not None else f". {_after_start(run)}"
     notice = _notify(run, "run_started", text)
     run = _logged(run, now, text)
     # The first ring is entered like any later one: a ring with `approval: required` waits before its
@@ -374,9 +379,11 @@ def _on_maintenance_cancelled(run: Run, event: Event, now: datetime) -> Decision
         names = ", ".join(r.instance.short_name for r in unprotected[:10])
         reason = f"snapshots failed for {names}: Update Manager run {run.maintenance.id} cancelled, nothing patched"
         return _end(run, now, "halted", reason)
+    names = ", ".join(r.instance.short_name for r in unprotected[:10])
     text = (
-        f"could not cancel Update Manager run {run.maintenance.id}: {outcome.detail}; "
-        f"{plural(len(unprotected), 'machine')} will be patched without a snapshot"
+        f"Run {run.run_id} could not cancel Update Manager run {run.maintenance.id}: {outcome.detail}; "
+        f"{plural(len(unprotected), 'machine')} will be patched without a snapshot ({names}). "
+        "Check them by hand once Update Manager has run: nothing can roll them back."
     )
     notice = _notify(run, "instance_failed", text, "error", "cancel")
     decision = _install(_logged(run, now, text, "error"), now)
@@ -655,10 +662,11 @@ def _finish_wave(run: Run, now: datetime) -> Decision:
         if run.follow_up_of is None:  # a follow-up keeps the set it was pinned to
             run = run.model_copy(update={"promoted": _promoted(ring_records)})
     text = f"Ring {wave.ring} finished: {count_states(ring_records)}"
-    notices.append(_notify(run, "ring_finished", text, suffix=wave.ring))
+    broken = [r for r in ring_records if r.state == "failed"]
     run = _logged(run.model_copy(update={"cursor": run.cursor + 1}), now, text)
     if run.cursor >= len(run.waves):
         decision = _begin_wave(run, now)
+        notices.append(_ring_notice(run, wave.ring, text, broken, "the run ends here, its last notice follows"))
         return Decision(decision.run, [*notices, *decision.commands])
     soak = run.policy.rings[wave.ring_position].soak
     if soak.total_seconds() > 0:
@@ -669,9 +677,30 @@ def _finish_wave(run: Run, now: datetime) -> Decision:
             purpose=f"soak after ring {wave.ring}",
         )
         run = _logged(run, now, f"Soaking {format_duration(soak)} after ring {wave.ring}")
+        then = f"ring {run.current.ring} starts after a {format_duration(soak)} soak"
+        if run.policy.rings[run.current.ring_position].approval == "required":
+            then += " and your approval (the approval notice says how)"
+        notices.append(_ring_notice(run, wave.ring, text, broken, then))
         return Decision(_awaiting(run, "soaking", wait.id), [*notices, wait])
     decision = _enter_next_ring(run, now)
+    if decision.run.state == "awaiting_approval":
+        then = f"ring {run.current.ring} waits for approval (the approval notice says how)"
+    elif decision.run.finished:
+        then = f"ring {run.current.ring} does not start, the run's last notice says why"
+    else:
+        then = f"ring {run.current.ring} starts now"
+    notices.append(_ring_notice(run, wave.ring, text, broken, then))
     return Decision(decision.run, [*notices, *decision.commands])
+
+
+def _ring_notice(run: Run, ring: str, text: str, broken: list[InstanceRecord], then: str) -> Notify:
+    """The "ring finished" notice: the counts, then what comes next and whether anyone must act."""
+    if broken:
+        left = _left_broken(len(broken)).replace(" (state failed)", "")
+        step = f"{left[:1].upper()}{left[1:]}: restore by hand from the snapshots its notice names; {then}."
+    else:
+        step = f"Nothing to do: {then}."
+    return _notify(run, "ring_finished", f"{text}. {step}", suffix=ring)
 
 
 def _enter_next_ring(run: Run, now: datetime) -> Decision:
@@ -679,7 +708,10 @@ def _enter_next_ring(run: Run, now: datetime) -> Decision:
     first wave: the first ring too (then nothing at all is touched before someone approves)."""
     ring = run.policy.rings[run.current.ring_position]
     if ring.approval == "required":
-        text = f"Ring {ring.name} needs approval before it starts: patchpilot approve {run.run_id}"
+        text = (
+            f"Ring {ring.name} needs approval before it starts: approve it with {_command('approve', run.run_id)}, "
+            f"or reject it (the run ends there; add --reason TEXT to say why) with {_command('reject', run.run_id)}."
+        )
         run = _logged(run, now, text, "warning")
         return Decision(_awaiting(run, "awaiting_approval", None), [_notify(run, "approval_needed", text)])
     return _begin_wave(run, now)
@@ -705,9 +737,9 @@ def _end(run: Run, now: datetime, state: RunState, reason: str) -> Decision:
     elif state == "succeeded" and (why := _why_nothing_patched(run)):  # every wave finished, none patched
         state, reason = "nothing_patched", why
         run = run.model_copy(update={"state": state, "reason": reason})
-    text = f"Run {run.run_id} {state}: {reason}. {count_states(run.records())}"
+    text = f"Run {run.run_id} {state}: {reason}. {_after_end(run, broken)}\nInstances: {count_states(run.records())}."
     if run.follow_ups and not run.may_follow_up:
-        text += f". NOT COVERED: {plural(len(run.follow_ups), 'follow-up')} not started, nothing more is patched"
+        text += f" NOT COVERED: {plural(len(run.follow_ups), 'follow-up')} not started, nothing more is patched."
     text += _broken_lines(broken)
     if state == "succeeded":
         notice, run = _notify(run, "run_finished", text), _logged(run, now, text)
@@ -861,8 +893,7 @@ def _failure_notices(run: Run, wave: WaveState) -> list[Command]:
     failed = [r for r in wave.records.values() if r.failure]
     notices: list[Command] = []
     for record in failed[:MAX_FAILURE_NOTICES]:
-        name = f"{record.instance.short_name} ({record.id})"
-        text = f"{name} in wave {wave.index}: {record.state.replace('_', ' ')}: {record.reason}"
+        text = _failure_text(run, wave, record)
         notices.append(
             _notify(
                 run,
@@ -873,10 +904,82 @@ def _failure_notices(run: Run, wave: WaveState) -> list[Command]:
             )
         )
     if len(failed) > MAX_FAILURE_NOTICES:
-        more = len(failed) - MAX_FAILURE_NOTICES
-        text = f"Wave {wave.index}: {more} more failed instances; see patchpilot status {run.run_id}"
-        notices.append(_notify(run, "instance_failed", text, "error", f"w{wave.index}:more"))
+        rest = failed[MAX_FAILURE_NOTICES:]
+        text = (
+            f"Wave {wave.index}: {len(rest)} more machines failed ({count_states(rest)}), not told one by one: "
+            f"see each with {_command('status', run.run_id)}."
+        )
+        healthy = all(r.state == "rolled_back" for r in rest)
+        if any(r.state == "failed" for r in rest):
+            text += " Restore the failed ones by hand from their snapshots."
+        else:
+            text += " Nothing to do for them." if healthy else " Fix the cause for the skipped ones."
+        notices.append(_notify(run, "instance_failed", text, "info" if healthy else "error", f"w{wave.index}:more"))
     return notices
+
+
+def _failure_text(run: Run, wave: WaveState, record: InstanceRecord) -> str:
+    """One failed machine's notice: what happened to it, then what to do (nothing, for a machine
+    rolled back healthy)."""
+    name = f"{record.instance.short_name} ({record.id}) in wave {wave.index}"
+    snapshots = ", ".join(record.snapshot_ids)
+    if record.state == "rolled_back":
+        source = f" from {snapshots}" if snapshots else ""
+        return (
+            f"{name} was rolled back{source} and is healthy again, unpatched ({record.failure}). "
+            "Nothing to do: it runs as it did before the run."
+        )
+    if record.state == "failed":
+        restore = f"from its snapshots {snapshots}" if snapshots else "from a backup (no snapshot was taken)"
+        return f"{name} is left broken (failed): {record.reason}. Restore it by hand {restore}."
+    return (
+        f"{name} was not patched and is untouched ({record.state.replace('_', ' ')}): {record.reason}. "
+        "Fix the cause; the run's last notice says how to patch it then."
+    )
+
+
+def _after_start(run: Run) -> str:
+    """The next step of a run that just started (none, unless its first ring waits for approval)."""
+    if not run.waves:
+        return "Nothing to do here: no ring selected a machine, the run's last notice says more."
+    ring = run.policy.rings[run.current.ring_position]
+    if run.maintenance is None and ring.approval == "required":
+        return f"Ring {ring.name} waits for your approval before any machine is touched (the approval notice says how)."
+    return f"Nothing to do: you are told when a ring finishes or someone must act ({_command('status', run.run_id)})."
+
+
+def _after_end(run: Run, broken: list[InstanceRecord]) -> str:
+    """What to do once the run has ended: restore the machines left broken, retry what was not
+    patched (or plan again when nothing could be), or nothing."""
+    first = f"Restore {'it' if len(broken) == 1 else 'each'} from the snapshots listed below; then, " if broken else ""
+    unpatched = [r for r in run.records() if r.state in RETRYABLE_STATES]
+    retry = _command("retry", run.run_id)
+    if run.state == "nothing_patched" and why_not_retryable(run):
+        plan = _command("plan", *NEW_RUN[1:])
+        return f"{first}Nothing was changed: check what each ring selects with {plan} before the next run."
+    if run.state == "incomplete":
+        return f"{first}Nothing more to do: the machines not started are patched by the next run."
+    if run.state == "halted":
+        then = retry if not why_not_retryable(run) else f"start a new run ({_command(*NEW_RUN)})"
+        restore = first[:1].lower() + first[1:]
+        status = _command("status", run.run_id)
+        when = "once the cause is fixed"
+        if run.cursor < len(run.waves) and run.reason.startswith(f"ring {run.current.ring} rejected by "):
+            when = "if the ring is to be patched after all"
+        return f"Nothing more is patched; {restore}see {status}, then {then} {when}."
+    if unpatched and not why_not_retryable(run):
+        step = f"once the cause is fixed, {retry} patches the {plural(len(unpatched), 'machine')} left unpatched."
+        return f"{first}{step}" if first else step[:1].upper() + step[1:]
+    return f"{first.removesuffix('; then, ')}." if first else "Nothing to do."
+
+
+NEW_RUN = ("run", "--policy", "FILE", "--inventory", "FILE")
+
+
+def _command(*words: str) -> str:
+    """A `patchpilot` command to copy, shell-quoted, in backticks (without `--state-dir`: the
+    engine does not know where the state is kept; `patchpilot status` adds it)."""
+    return f"`{shlex.join(['patchpilot', *words])}`"
 
 
 def _promoted(records: Iterable[InstanceRecord]) -> dict[str, list[str]]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -52,13 +53,27 @@ def big_fleet(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def first_run(tmp_path: Path, big_fleet: Path) -> Iterator[subprocess.Popen[str]]:
+def long_policy(tmp_path: Path) -> Path:
+    """The example policy without its schedule: a run on demand, with no window to end it early
+    (waves that do not fit a window are not started), so a big fleet's run takes a few seconds."""
+    text = POLICY.read_text()
+    start = text.index("schedule:")
+    end = text.index("rings:")
+    path = tmp_path / "long.yaml"
+    path.write_text(text[:start] + text[end:])
+    return path
+
+
+@pytest.fixture
+def first_run(tmp_path: Path, big_fleet: Path, long_policy: Path) -> Iterator[subprocess.Popen[str]]:
     """`patchpilot run` in another process, returned once it has started its run (and so holds
-    the state directory)."""
+    the state directory), then stopped (SIGSTOP) so that it holds it while the test runs, however
+    fast the machine: `resume` or `outcome` lets it go on."""
     errors = tmp_path / "first.stderr"  # files, not pipes: a full pipe would stop the run
+    command = [PATCHPILOT, "run", "--policy", long_policy, "--inventory", big_fleet, "--state-dir", tmp_path / "s"]
     with errors.open("w") as stderr, (tmp_path / "first.json").open("w") as stdout:
         process = subprocess.Popen(
-            [PATCHPILOT, "run", "--policy", POLICY, "--inventory", big_fleet, "--state-dir", tmp_path / "s", "--json"],
+            [*command, "--json"],
             stdout=stdout,
             stderr=stderr,
             text=True,
@@ -67,14 +82,20 @@ def first_run(tmp_path: Path, big_fleet: Path) -> Iterator[subprocess.Popen[str]
     while not errors.read_text().startswith("Run "):
         assert process.poll() is None and time.monotonic() < deadline, errors.read_text()
         time.sleep(0.02)
+    process.send_signal(signal.SIGSTOP)
     yield process
     if process.poll() is None:
         process.kill()
         process.wait()
 
 
+def resume(process: subprocess.Popen[str]) -> None:
+    process.send_signal(signal.SIGCONT)
+
+
 def outcome(process: subprocess.Popen[str], tmp_path: Path) -> dict[str, Any]:
     """What the first run printed, once it has ended."""
+    resume(process)
     process.wait(timeout=300)
     document: dict[str, Any] = json.loads((tmp_path / "first.json").read_text())
     return document
@@ -84,24 +105,33 @@ def outcome(process: subprocess.Popen[str], tmp_path: Path) -> dict[str, Any]:
 
 
 def test_a_second_run_in_a_state_dir_in_use_is_refused_naming_the_holder(
-    tmp_path: Path, big_fleet: Path, first_run: subprocess.Popen[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    big_fleet: Path,
+    long_policy: Path,
+    first_run: subprocess.Popen[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(local_runtime, "LOCK_WAIT_SECONDS", 0.3, raising=False)
-    second = cli("run", "--policy", POLICY, "--inventory", big_fleet, "--state-dir", tmp_path / "s")
+    second = cli("run", "--policy", long_policy, "--inventory", big_fleet, "--state-dir", tmp_path / "s")
     assert first_run.poll() is None, "the first run was still going"
     assert_one_line_error(second, str(tmp_path / "s"), f"in use by pid {first_run.pid}", "patchpilot run --policy")
     assert outcome(first_run, tmp_path)["status"] != "running"
 
 
 def test_two_runs_in_one_state_dir_take_turns_and_neither_is_corrupted(
-    tmp_path: Path, big_fleet: Path, first_run: subprocess.Popen[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    big_fleet: Path,
+    long_policy: Path,
+    first_run: subprocess.Popen[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Before the lock, the two shared one virtual clock: the first ended `incomplete` with a
     wave that "took 34d22h". Now the second waits for the first, and each ends as alone."""
     monkeypatch.setattr(local_runtime, "LOCK_WAIT_SECONDS", 120, raising=False)
-    _, second = run_json("--policy", POLICY, "--inventory", big_fleet, "--state-dir", tmp_path / "s")
+    resume(first_run)  # it goes on while the second waits for it
+    _, second = run_json("--policy", long_policy, "--inventory", big_fleet, "--state-dir", tmp_path / "s")
     first = outcome(first_run, tmp_path)
-    _, alone = run_json("--policy", POLICY, "--inventory", big_fleet, "--state-dir", tmp_path / "alone")
+    _, alone = run_json("--policy", long_policy, "--inventory", big_fleet, "--state-dir", tmp_path / "alone")
     states = {i: v["state"] for i, v in alone["instances"].items()}
     assert {i: v["state"] for i, v in first["instances"].items()} == states
     assert first["status"] == second["status"] == alone["status"]

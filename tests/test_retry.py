@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
+from test_reports import with_record
 
 from patchpilot.adapters.local.sqlite_store import SqliteRunStore
 from patchpilot.cli import main
@@ -222,18 +223,6 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> Run:
     tmp_path = tmp_path_factory.mktemp("finished")
     _, run_id = start(tmp_path)
     return load(tmp_path, run_id)
-
-
-def with_record(run: Run, instance_id: str, **update: Any) -> Run:
-    waves = tuple(
-        w.model_copy(
-            update={
-                "records": {k: r.model_copy(update=update) if k == instance_id else r for k, r in w.records.items()}
-            }
-        )
-        for w in run.waves
-    )
-    return run.model_copy(update={"waves": waves})
 
 
 def record_of(run: Run, instance_id: str) -> InstanceRecord:

@@ -8,12 +8,13 @@ import json
 import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, TypeVar
 
+Owner = TypeVar("Owner")
 
 @dataclass(frozen=True)
 class Posted:
@@ -94,10 +95,14 @@ def _handler(owner: WebhookServer) -> type[BaseHTTPRequestHandler]:
 
 
 @contextmanager
-def webhook_server() -> Iterator[WebhookServer]:
+def serving(
+    make_owner: Callable[[ThreadingHTTPServer], Owner], handler: Callable[[Owner], type[BaseHTTPRequestHandler]]
+) -> Iterator[Owner]:
+    """A loopback HTTP server on an ephemeral port, in a thread, for the length of the block:
+    `make_owner(server)` records what it is sent, `handler(owner)` answers."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
-    owner = WebhookServer(server)
-    server.RequestHandlerClass = _handler(owner)
+    owner = make_owner(server)
+    server.RequestHandlerClass = handler(owner)
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
@@ -105,3 +110,9 @@ def webhook_server() -> Iterator[WebhookServer]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@contextmanager
+def webhook_server() -> Iterator[WebhookServer]:
+    with serving(WebhookServer, _handler) as owner:
+        yield owner

@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from webhook_server import Reply
+from webhook_server import Reply, serving
 
 
 @dataclass(frozen=True)
@@ -84,13 +84,5 @@ def _handler(owner: FakeSlackApi) -> type[BaseHTTPRequestHandler]:
 
 @contextmanager
 def fake_slack_api() -> Iterator[FakeSlackApi]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
-    owner = FakeSlackApi(server)
-    server.RequestHandlerClass = _handler(owner)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
+    with serving(FakeSlackApi, _handler) as owner:
         yield owner
-    finally:
-        server.shutdown()
-        server.server_close()

@@ -109,16 +109,24 @@ def grant_approval(
     return answer
 
 
-def apply_event(store: RunStore, queue: Queue, event: Event, now: Callable[[], datetime]) -> None:
+def apply_event(
+    store: RunStore, queue: Queue, event: Event, now: Callable[[], datetime], loaded: Run | None = None
+) -> None:
     """Decide on an event and persist the outcome with its outbox, then publish the outbox;
-    conflicts reload and decide again. An event for an unknown run is dropped (logged)."""
+    conflicts reload and decide again. An event for an unknown run is dropped (logged). `loaded`
+    is the run as the caller already read it (it saves a read; if it is stale, the conditional
+    save fails and the run is read again)."""
     for _ in range(MAX_CONFLICT_RETRIES):
         try:
-            run = store.load(event.run_id)
+            run = loaded if loaded is not None and loaded.run_id == event.run_id else store.load(event.run_id)
         except UnknownRunError:
             log.error("dropping %s %s: unknown run %s", event.type, event.id, event.run_id)
             return
         decision = decide(run, event, now())
+        if decision.ignored and run is loaded:  # perhaps stale: decide on the stored run
+            loaded = None
+            continue
+        loaded = None
         if decision.ignored:
             log.info("run %s: %s", run.run_id, decision.ignored)
             flush(store, queue, run.run_id)  # a crash may have left the outbox unsent
@@ -253,7 +261,7 @@ class Service:
         not acked."""
         message = delivery.message
         try:
-            standing = self._standing(message)
+            standing, run = self._standing(message)
         except NotIssuedError as refusal:
             self._refuse(delivery, str(refusal))
             return
@@ -268,17 +276,17 @@ class Service:
             case Notify():
                 self.notifier.notify(message)
             case CancelMaintenance():
-                self._cancel(message)
+                self._cancel(message, run)
             case StartFollowUp():
                 self._start_follow_up(message)
             case ReleaseInstances():
                 if self.leases is not None:
                     self.leases.release(message.targets, message.run_id)
             case LeaseInstances():
-                if not self._lease(message, delivery):
+                if not self._lease(message, delivery, run):
                     return
             case Wait() | ProbeAgents() | TakeSnapshots() | InstallPatches() | CheckHealth() | RollBack():
-                if not self._execute(message, delivery):
+                if not self._execute(message, delivery, run):
                     return  # postponed: polled again later, not acked
             case (
                 InstancesLeased()
@@ -299,13 +307,14 @@ class Service:
                 assert_never(message)
         self.queue.ack(delivery)
 
-    def _standing(self, message: Message) -> Standing:
+    def _standing(self, message: Message) -> tuple[Standing, Run]:
+        """Whether the run that issued `message` holds it as due or done, and that run as read."""
         try:
             run = self.store.load(issuer(message))
         except UnknownRunError as error:
             what = f"{message.type} {message.id} names run {error.args[0]}, which does not exist"
             raise NotIssuedError(what) from None
-        return standing(run, message)
+        return standing(run, message), run
 
     def _refuse(self, delivery: Delivery, reason: str) -> None:
         """A message the stored run did not issue: never executed, dead-lettered, said at the
@@ -323,7 +332,7 @@ class Service:
             self.metrics.count(REFUSED_METRIC)
         self.queue.dead_letter(delivery, f"refused: {reason}")
 
-    def _execute(self, command: FleetCommand | Wait, delivery: Delivery) -> bool:
+    def _execute(self, command: FleetCommand | Wait, delivery: Delivery, run: Run) -> bool:
         """Run a fleet command (or wait out a Wait) and apply its result to the run here: results
         never travel the queue. False when it is still under way and will be polled again."""
         result_type: type[Result]
@@ -332,7 +341,7 @@ class Service:
                 if self.clock.now() < command.until:
                     self.queue.retry_at(delivery, command.until)
                     return False
-                self._apply(TimerFired(id=command.result_id, run_id=command.run_id, command_id=command.id))
+                self._apply(TimerFired(id=command.result_id, run_id=command.run_id, command_id=command.id), run)
                 return True
             case ProbeAgents():
                 progress, result_type = self.fleet.probe_agents(command), AgentsProbed
@@ -349,10 +358,11 @@ class Service:
         if isinstance(progress, InProgress):
             self.queue.retry_at(delivery, progress.retry_at)
             return False
-        self._apply(result_type(id=command.result_id, run_id=command.run_id, command_id=command.id, results=progress))
+        result = result_type(id=command.result_id, run_id=command.run_id, command_id=command.id, results=progress)
+        self._apply(result, run)
         return True
 
-    def _lease(self, command: LeaseInstances, delivery: Delivery) -> bool:
+    def _lease(self, command: LeaseInstances, delivery: Delivery, run: Run) -> bool:
         """Take the leases of a wave's machines and apply the outcome; False while the wave waits
         for machines another run holds: then it holds none (all or nothing, so two runs waiting
         for each other's machines do not both wait out their windows) and looks again at the next
@@ -370,7 +380,7 @@ class Service:
             for i in command.targets
         ]
         leased = InstancesLeased(id=command.result_id, run_id=command.run_id, command_id=command.id, results=results)
-        self._apply(leased)
+        self._apply(leased, run)
         return True
 
     def _by_deadline(self, command: TakeSnapshots, progress: Progress) -> Progress:
@@ -385,7 +395,7 @@ class Service:
         late = f"not complete by {deadline.isoformat(timespec='minutes')}, the cut-off of this run"
         return [Outcome(id=i.id, ok=False, detail=late, at=now) for i in command.targets]
 
-    def _cancel(self, command: CancelMaintenance) -> None:
+    def _cancel(self, command: CancelMaintenance, run: Run) -> None:
         if self.maintenance is None:
             outcome = Outcome(
                 id=command.maintenance_run, ok=False, detail="this runtime cannot cancel Update Manager runs"
@@ -393,11 +403,12 @@ class Service:
         else:
             outcome = self.maintenance.cancel_maintenance(command)
         self._apply(
-            MaintenanceCancelled(id=command.result_id, run_id=command.run_id, command_id=command.id, results=[outcome])
+            MaintenanceCancelled(id=command.result_id, run_id=command.run_id, command_id=command.id, results=[outcome]),
+            run,
         )
 
-    def _apply(self, event: Event) -> None:
-        apply_event(self.store, self.queue, event, self.clock.now)
+    def _apply(self, event: Event, loaded: Run | None = None) -> None:
+        apply_event(self.store, self.queue, event, self.clock.now, loaded)
 
     def record(self, event: NoticeUndelivered) -> None:
         """Record in its run a notice the notifier could not deliver (applied here, never queued)."""

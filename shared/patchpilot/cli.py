@@ -22,8 +22,8 @@ from rich.text import Text
 from patchpilot.adapters.local.sqlite_store import SqliteRunStore
 from patchpilot.adapters.local.state_lock import lock_holder
 from patchpilot.cli_common import EXIT_INVALID_INPUT as EXIT_INVALID_INPUT  # re-exported: scripts and tests use it
+from patchpilot.cli_common import input_problems, reports_input_errors
 from patchpilot.cli_common import print_json as _print_json
-from patchpilot.cli_common import reports_input_errors
 from patchpilot.engine.decide import plural
 from patchpilot.engine.messages import MESSAGE, Notify
 from patchpilot.engine.retry import retry_targets
@@ -72,9 +72,13 @@ def main() -> None:
 @main.command()
 @policy_option
 @inventory_option
+@json_option
 @reports_input_errors
-def validate(policy_path: str, inventory_path: str | None) -> None:
+def validate(policy_path: str, inventory_path: str | None, as_json: bool) -> None:
     """Check a policy (and an inventory) and name every problem with its place."""
+    if as_json:
+        _validate_json(policy_path, inventory_path)
+        return
     policy = load_policy(policy_path)
     rings = ", ".join(r.name for r in policy.rings)
     click.echo(f"{policy_path}: ok (policy {policy.name}; rings {rings})")
@@ -82,6 +86,34 @@ def validate(policy_path: str, inventory_path: str | None) -> None:
         instances = load_inventory(inventory_path)
         click.echo(f"{inventory_path}: ok ({len(instances)} instances)")
         _echo_warnings(ring_warnings(policy_path, policy, inventory_path, plan(policy, instances)))
+
+
+def _validate_json(policy_path: str, inventory_path: str | None) -> None:
+    """`validate --json`: `{"valid", "policy", "rings", "inventory": {"path", "instances"} | null,
+    "problems", "warnings"}` on stdout, valid or not; each problem as the JSON errors have them
+    (`input_problems`). An invalid input also fails as every `--json` command does (the
+    `{"error", "problems"}` document on stderr, exit 2)."""
+    document: dict[str, Any] = {
+        "valid": False,
+        "policy": None,
+        "rings": [],
+        "inventory": None,
+        "problems": [],
+        "warnings": [],
+    }
+    try:
+        policy = load_policy(policy_path)
+        document.update(policy=policy.name, rings=[r.name for r in policy.rings])
+        if inventory_path:
+            instances = load_inventory(inventory_path)
+            document["inventory"] = {"path": inventory_path, "instances": len(instances)}
+            document["warnings"] = ring_warnings(policy_path, policy, inventory_path, plan(policy, instances))
+    except InputError as error:
+        document["problems"] = input_problems(error)
+        _print_json(document)
+        raise
+    document["valid"] = True
+    _print_json(document)
 
 
 @main.command()
@@ -639,8 +671,9 @@ def _print_next_steps(console: Console, steps: list[tuple[str, str]]) -> None:
 @run_id_argument
 @state_dir_option
 @report_dir_option
+@json_option
 @reports_input_errors
-def report(run_id: str, state_dir: Path, report_dir: Path | None) -> None:
+def report(run_id: str, state_dir: Path, report_dir: Path | None, as_json: bool) -> None:
     """Write the run report (Markdown and a self-contained HTML page) and print where it is
     (by default where the run's own reports went)."""
     with _reading(state_dir, run_id) as store:
@@ -648,7 +681,10 @@ def report(run_id: str, state_dir: Path, report_dir: Path | None) -> None:
         directory = report_dir or store.report_dir(run_id) or state_dir / "reports"
     check_writable_dirs(directory)
     markdown, html = _write_reports(run, directory)
-    click.echo(f"{markdown}\n{html}")
+    if as_json:
+        _print_json(reported_document(run, markdown, html))
+    else:
+        click.echo(f"{markdown}\n{html}")
 
 
 CLOUDS = ("aws", "azure")
@@ -858,9 +894,7 @@ def _drive_and_report(
     live.stop()
     markdown, html = _write_reports(run, report_dir)
     if as_json:
-        document = run_document(run)
-        document["report"] = {"markdown": str(markdown), "html": str(html)}
-        _print_json(document)
+        _print_json(reported_document(run, markdown, html))
     else:
         _print_outcome(console, run, runtime)
         console.print(f"Report: {html}\n        {markdown}", soft_wrap=True)
@@ -923,6 +957,12 @@ def _snapshots(record: InstanceRecord) -> str:
 
 def run_document(run: Run) -> dict[str, Any]:
     return run.document()
+
+
+def reported_document(run: Run, markdown: Path, html: Path) -> dict[str, Any]:
+    """The run document with where its report was written: what `run --json` (and `approve`,
+    `reject`, `retry`) and `report --json` print, `{..., "report": {"markdown", "html"}}`."""
+    return {**run_document(run), "report": {"markdown": str(markdown), "html": str(html)}}
 
 
 UNDONE = ("pending", "not_started")

@@ -40,6 +40,7 @@ docs: setup
 	$(BIN)/patchpilot schema policy > docs/policy.schema.json
 	$(BIN)/patchpilot schema messages > docs/messages.schema.json
 	$(BIN)/python -m patchpilot.engine.diagram > docs/state-machine.md
+	$(BIN)/python -m patchpilot.tools.doc_examples --write
 
 # Infrastructure linters live in their own venv: they pin libraries the project does not use.
 IAC := .venv-iac

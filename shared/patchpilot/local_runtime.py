@@ -10,6 +10,7 @@ runtime; a command that only reads (`status`, `report`) opens the database read-
 from __future__ import annotations
 
 import gc
+import hashlib
 import logging
 import os
 import secrets
@@ -47,6 +48,26 @@ log = logging.getLogger("patchpilot.local")
 DB_NAME = "state.db"
 RECEIVE_BATCH = 10
 LOCK_WAIT_SECONDS = 5.0  # how long a second writer waits for the state directory's lock
+VIRTUAL_START_ENV = "PATCHPILOT_VIRTUAL_START"
+
+
+def virtual_start() -> datetime | None:
+    """Where a new state directory's virtual clock starts when `PATCHPILOT_VIRTUAL_START` (an ISO
+    time with its offset) is set; None (the real now) otherwise. Set, the runs are reproducible:
+    their ids end in a suffix derived from the run, not a random one (`LocalRuntime.start`). The
+    docs' examples are made this way (`patchpilot.tools.doc_examples`)."""
+    text = os.environ.get(VIRTUAL_START_ENV, "").strip()
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise InputError.single(
+            VIRTUAL_START_ENV, f'expected an ISO time with its offset such as "2026-12-01T00:00:00+00:00", got "{text}"'
+        )
+    return moment
 
 
 class StateDirError(InputError):
@@ -133,7 +154,7 @@ def open_view(state_dir: Path) -> LocalView:
     looking creates no file. Raises `StateDirError` for a database that cannot be read."""
     db = state_dir / DB_NAME
     if not db.is_file():
-        clock = VirtualClock(":memory:")
+        clock = VirtualClock(":memory:", virtual_start())
         return LocalView(SimulatedFleet(":memory:", clock), clock, SqliteRunStore(":memory:"))
     try:
         clock = VirtualClock(db, read_only=True)
@@ -179,14 +200,16 @@ class LocalRuntime:
     clock: VirtualClock
     notices: FileNotifier  # the notifications file
     chat: RoutedNotifier  # Slack and Teams, as a policy routes them
+    reproducible: bool = False  # run ids without a random part (PATCHPILOT_VIRTUAL_START is set)
 
     @classmethod
     def open(
         cls, state_dir: Path, start: datetime | None = None, on_notice: Callable[[Notify], None] | None = None
     ) -> LocalRuntime:
+        reproducible = (example_start := virtual_start()) is not None
         state_dir.mkdir(parents=True, exist_ok=True)
         db = state_dir / DB_NAME
-        clock = VirtualClock(db, start)
+        clock = VirtualClock(db, start if start is not None else example_start)
         store = SqliteRunStore(db)
         queue = SqliteQueue(db, clock)
         fleet = SimulatedFleet(db, clock)
@@ -212,7 +235,7 @@ class LocalRuntime:
             metrics=LogMetrics(),
             leases=SqliteLeases(db),
         )
-        return cls(state_dir, service, store, queue, fleet, clock, notices, chat)
+        return cls(state_dir, service, store, queue, fleet, clock, notices, chat, reproducible)
 
     def start(
         self, policy: Policy, instances: Iterable[Instance], run_id: str | None = None, at: datetime | None = None
@@ -224,8 +247,17 @@ class LocalRuntime:
         if at is not None:
             self.clock.advance_to(at)
         now = self.clock.now()
-        run_id = run_id or f"{policy.name}-{now:%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+        if run_id is None:
+            base = f"{policy.name}-{now:%Y%m%d-%H%M%S}"
+            run_id = f"{base}-{self._run_id_suffix(base)}"
         return self.service.start(run_id, policy, instances)
+
+    def _run_id_suffix(self, base: str) -> str:
+        """Four hex digits that keep apart runs started in the same second: random, or, when the
+        runtime is reproducible, derived from `base` and how many runs the directory holds."""
+        if not self.reproducible:
+            return secrets.token_hex(2)
+        return hashlib.sha256(f"{base}#{len(self.store.run_ids())}".encode()).hexdigest()[:4]
 
     def retry(self, run_id: str, only: Sequence[str] = (), current: Sequence[Instance] | None = None) -> Run:
         """Start a retry of finished run `run_id` (`Service.retry`): now when the policy's window

@@ -1,0 +1,1 @@
+"""Developer tools run from the repository root (`make docs`); not used by the runtimes."""

@@ -32,6 +32,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from patchpilot.engine.decide import plural
+
 START = "2026-12-01T00:00:00+00:00"  # the virtual clock of every example: the policies' December windows
 COLUMNS = 100
 INPUTS = ("examples", "docs", "tests")  # what the examples may read, linked into their directory
@@ -183,7 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 failed += 1
                 print(difference(example, real), end="")
     if failed:
-        print(f"{failed} example{'s' if failed != 1 else ''} differ from the real output: `make docs` rewrites them")
+        differ = "differs" if failed == 1 else "differ"
+        print(f"{plural(failed, 'example')} {differ} from the real output: `make docs` rewrites them")
     return 1 if failed else 0
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 from patchpilot.engine.decide import plural
 
 START = "2026-12-01T00:00:00+00:00"  # the virtual clock of every example: the policies' December windows
-COLUMNS = 100
+COLUMNS = 120
 INPUTS = ("examples", "docs", "tests")  # what the examples may read, linked into their directory
 PROMPT = "$ "
 EXIT_LINE = "$ echo $?"

@@ -894,7 +894,9 @@ def _drive_and_report(
     live.stop()
     markdown, html = _write_reports(run, report_dir)
     if as_json:
-        _print_json(reported_document(run, markdown, html))
+        document = run_document(run)
+        document["report"] = {"markdown": str(markdown), "html": str(html)}
+        _print_json(document)
     else:
         _print_outcome(console, run, runtime)
         console.print(f"Report: {html}\n        {markdown}", soft_wrap=True)
@@ -960,8 +962,8 @@ def run_document(run: Run) -> dict[str, Any]:
 
 
 def reported_document(run: Run, markdown: Path, html: Path) -> dict[str, Any]:
-    """The run document with where its report was written: what `run --json` (and `approve`,
-    `reject`, `retry`) and `report --json` print, `{..., "report": {"markdown", "html"}}`."""
+    """The run document with where its report was written, `{..., "report": {"markdown", "html"}}`:
+    what `report --json` prints, as `run --json` (and `approve`, `reject`, `retry`) print it."""
     return {**run_document(run), "report": {"markdown": str(markdown), "html": str(html)}}
 
 

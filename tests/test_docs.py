@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -91,6 +90,13 @@ def test_a_stale_example_is_told_with_a_diff_and_rewritten_by_write(
     assert doc_examples.main([]) == 0
 
 
+def test_a_marker_without_a_console_block_is_refused(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text("Text.\n\n<!-- example -->\n```text\nanything\n```\n")
+    with pytest.raises(ValueError, match=r"page.md:3: an example marker must be followed by a ```console block"):
+        doc_examples.find_examples(page)
+
+
 def test_an_example_shows_a_non_zero_exit_with_echo(tmp_path: Path) -> None:
     text = doc_examples.session(["patchpilot validate --policy no-such.yaml"], (), ROOT)
     assert text == (
@@ -119,7 +125,8 @@ def test_a_bad_virtual_start_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     from patchpilot.errors import InputError
     from patchpilot.local_runtime import virtual_start
 
-    assert virtual_start() is None or "PATCHPILOT_VIRTUAL_START" in os.environ
+    monkeypatch.delenv("PATCHPILOT_VIRTUAL_START", raising=False)
+    assert virtual_start() is None  # the real now: a run id's last part is random
     monkeypatch.setenv("PATCHPILOT_VIRTUAL_START", "2026-12-01")
     with pytest.raises(InputError, match=r"PATCHPILOT_VIRTUAL_START: \(top level\): expected an ISO time with its"):
         virtual_start()
@@ -147,7 +154,8 @@ def quoted_run_ids() -> list[tuple[str, str]]:
 
 
 def run_id_kind(run_id: str) -> tuple[str, re.Match[str]] | None:
-    base = re.sub(r"-retry-\d+$", "", run_id)
+    """Which of the code's shapes `run_id` has (a retry's and a follow-up's suffixes aside)."""
+    base = re.sub(r"(-followup-[0-9a-f]{8})?(-retry-\d+)?$", "", run_id)
     for kind, shape in RUN_ID_SHAPES.items():
         if match := shape.fullmatch(base):
             return kind, match
@@ -183,27 +191,31 @@ def test_run_ids_of_the_example_policies_start_at_one_of_their_windows() -> None
 
 
 def test_the_run_id_shapes_are_the_code_s(tmp_path: Path) -> None:
+    from patchpilot.advisories.decide import emergency_run_id, follow_up_run_id
+    from patchpilot.engine.retry import next_retry_id
     from patchpilot.triggers import scheduled_run_id
+
+    def kind(run_id: str) -> str:
+        found = run_id_kind(run_id)
+        assert found is not None, run_id
+        return found[0]
 
     policy = load_policy(str(ROOT / "examples" / "policy.yaml"))
     assert policy.schedule is not None
     (window,) = policy.schedule.windows(datetime(2026, 12, 1, tzinfo=UTC), 1)
-    assert run_id_kind(scheduled_run_id(policy, window)) is not None
-    assert run_id_kind(scheduled_run_id(policy, window))[0] == "cloud"  # type: ignore[index]
-    result = CliRunner().invoke(
-        main,
-        [
-            "run",
-            "--policy",
-            str(ROOT / "examples" / "policy.yaml"),
-            "--inventory",
-            str(ROOT / "examples" / "fleet.json"),
-            "--state-dir",
-            str(tmp_path),
-            "--json",
-        ],
+    assert kind(scheduled_run_id(policy, window)) == "cloud"
+    emergency = emergency_run_id(policy, "CVE-2025-0001", datetime(2026, 12, 3, 9, 41, tzinfo=UTC))
+    assert kind(emergency) == kind(follow_up_run_id(emergency, ["i-1", "i-2"])) == "emergency"
+    assert kind(next_retry_id(next_retry_id(scheduled_run_id(policy, window), []), [])) == "cloud"
+    fleet = str(ROOT / "examples" / "fleet.json")
+    ran = CliRunner().invoke(
+        main, ["run", "--policy", policy_path(), "--inventory", fleet, "--state-dir", str(tmp_path), "--json"]
     )
-    assert run_id_kind(json.loads(result.stdout)["run_id"])[0] == "local"  # type: ignore[index]
+    assert kind(json.loads(ran.stdout)["run_id"]) == "local"
+
+
+def policy_path() -> str:
+    return str(ROOT / "examples" / "policy.yaml")
 
 
 # --- exit codes: the prose agrees with docs/operations.md's table, and the table with the code ------

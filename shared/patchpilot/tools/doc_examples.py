@@ -70,9 +70,17 @@ def doc_files(root: Path) -> list[Path]:
 
 
 def find_examples(path: Path) -> list[Example]:
+    """The example blocks of `path`. Raises `ValueError` for a marker that marks no block (it
+    would be left unchecked)."""
     text = path.read_text(encoding="utf-8")
+    markers = list(_MARKER.finditer(text))
+    marked = {m.start() for m in markers}
+    for comment in re.finditer(r"^<!-- example\b", text, re.MULTILINE):
+        if comment.start() not in marked:
+            line = text.count("\n", 0, comment.start()) + 1
+            raise ValueError(f"{path}:{line}: an example marker must be followed by a ```console block")
     found = []
-    for marker in _MARKER.finditer(text):
+    for marker in markers:
         end = _FENCE_END.search(text, marker.end())
         if end is None:
             raise ValueError(f"{path}:{text.count(chr(10), 0, marker.start()) + 1}: the example block is not closed")

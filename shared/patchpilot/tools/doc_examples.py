@@ -2,7 +2,7 @@
 
 In README.md and docs/*.md, a fenced `console` block right after an `<!-- example -->` comment
 is a session: each `$ patchpilot ...` line is a command, the lines up to the next `$` its output
-(stdout and stderr, as a terminal shows them), and a command that exits non-zero is followed by
+(stdout and stderr interleaved, as a pipe gets them: not a terminal), and a command that exits non-zero is followed by
 `$ echo $?` and its code. `<!-- example after: CMD && CMD -->` runs those commands first,
 unshown (a run for a `status` to look at).
 
@@ -110,11 +110,15 @@ def run_command(command: str) -> tuple[str, int]:
     words = shlex.split(command)
     if not words or words[0] != "patchpilot":
         raise ValueError(f"an example runs patchpilot commands only, not: {command}")
-    env = {
+    env: dict[str, str | None] = {
         "PATCHPILOT_VIRTUAL_START": START,
         "COLUMNS": str(COLUMNS),
         "PATCHPILOT_STATE_DIR": None,  # the command's own --state-dir, or the default, as documented
         "NO_COLOR": "1",
+        # what would make rich write colours or a terminal's output to a pipe
+        "FORCE_COLOR": None,
+        "TTY_COMPATIBLE": None,
+        "TTY_INTERACTIVE": None,
     }
     result = CliRunner().invoke(main, words[1:], env=env, prog_name="patchpilot")
     if result.exception is not None and not isinstance(result.exception, SystemExit):

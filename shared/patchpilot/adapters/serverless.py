@@ -21,7 +21,17 @@ if TYPE_CHECKING:
     from patchpilot.notify import RoutedNotifier
     from patchpilot.notify.routing import Links
     from patchpilot.policy import Policy
-    from patchpilot.ports import Claims, Clock, DiscoveryResult, Notifier, PatchAssessor, Queue, RunStore, Secrets
+    from patchpilot.ports import (
+        Claims,
+        Clock,
+        DiscoveryResult,
+        DocumentStore,
+        Notifier,
+        PatchAssessor,
+        Queue,
+        RunStore,
+        Secrets,
+    )
     from patchpilot.service import Service
     from patchpilot.triggers import TriggerDecision
 
@@ -281,14 +291,6 @@ if TYPE_CHECKING:
     class CloudFleet(Discovers, PatchAssessor, MaintenanceSource, Protocol):
         """The fleet of a serverless runtime: it discovers, assesses and reports the cloud's
         maintenance (Ec2SsmFleet, AzureFleet)."""
-
-
-class DocumentStore(Protocol):
-    """Where reports are written (S3Reports, BlobReports)."""
-
-    def write(self, name: str, text: str, content_type: str) -> str:
-        """Write one document whole; its location."""
-        ...
 
 
 CLAIM_HOLD = timedelta(days=2)  # a compliance slot's claim outlasts every retry of its tick

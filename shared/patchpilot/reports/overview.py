@@ -213,7 +213,11 @@ class Overview:
 
 
 def _when(at: datetime | None) -> str:
-    return at.isoformat(sep=" ", timespec="minutes") if at else ""
+    """`2026-12-08 02:00 UTC`, or with the time's own offset (`2026-12-08 11:00+09:00`)."""
+    if at is None:
+        return ""
+    text = at.isoformat(sep=" ", timespec="minutes")
+    return text.removesuffix("+00:00") + " UTC" if text.endswith("+00:00") else text
 
 
 def run_row(run: Run, report: str | None, steps: Steps) -> RunRow:
@@ -261,9 +265,7 @@ def build_overview(
 def render_overview(overview: Overview) -> str:
     """The page: inline CSS only, no script, no external URL."""
     template = environment("html").get_template("index.html.j2")
-    return template.render(
-        o=overview, shown_limit=RUNS_SHOWN, read_limit=RUNS_READ, bad_compliance=BAD_COMPLIANCE, when=_when
-    )
+    return template.render(o=overview, shown_limit=RUNS_SHOWN, when=_when)
 
 
 # ---------------------------------------------------------------- links
@@ -282,6 +284,20 @@ def local_href(path: str, base: Path) -> str:
 def same_place(location: str) -> str:
     """A link to a document beside the page (a name in the same store)."""
     return quote(location)
+
+
+def stored_report(run: Run) -> str | None:
+    """The link to a run's report in a cloud's store (`<run id>.html` beside the page): written
+    when the run finished."""
+    return same_place(f"{report_stem(run.run_id)}.html") if run.finished else None
+
+
+def report_steps(run: Run) -> list[tuple[str, str]]:
+    """What needs a person in `run` as its report says it (`reports.model.attention`), for a page
+    that does not know a state directory (the clouds')."""
+    from patchpilot.reports.model import attention
+
+    return [(f"{a.what} {a.step}.", a.command) for a in attention(run)]
 
 
 # ---------------------------------------------------------------- regeneration

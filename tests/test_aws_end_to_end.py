@@ -428,7 +428,8 @@ def _iam(service: str, operation: str, params: dict[str, Any]) -> list[str]:
         return [f"dynamodb:{kind}Item" for item in params["TransactItems"] for kind in item]
     prefix = {"secrets-manager": "secretsmanager"}.get(service, service)
     batches = {"SendMessageBatch": "SendMessage", "DeleteMessageBatch": "DeleteMessage"}
-    return [f"{prefix}:{batches.get(operation, operation)}"]
+    listings = {"ListObjectsV2": "ListBucket"}  # S3 authorises a listing as ListBucket
+    return [f"{prefix}:{listings.get(operation, batches.get(operation, operation))}"]
 
 
 def _read_yaml(key: str) -> Any:

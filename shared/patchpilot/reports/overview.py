@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 INDEX = "index.html"
 SUMMARIES = "summaries/"
 RUNS_SHOWN = 50  # the newest runs listed, besides every run read that needs a person
-RUNS_READ = 200  # the newest runs read at each regeneration: its cost stays bounded
+RUNS_READ = 100  # the newest runs read at each regeneration: its cost stays bounded
 # Runs that a person must look at (besides any that left a machine broken or a notice undelivered).
 NEEDS_YOU_STATUSES = frozenset(
     {"halted", "succeeded_with_failures", "incomplete", "waiting_approval", "nothing_patched"}

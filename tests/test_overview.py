@@ -301,7 +301,7 @@ class OneRun:
         return self.run
 
 
-def test_the_page_is_written_again_after_a_run_ends_and_when_it_waits_for_approval(fleet: Fleet) -> None:
+def test_the_page_is_written_again_as_a_run_starts_ends_a_ring_waits_and_ends(fleet: Fleet) -> None:
     runs = runs_of(fleet.state)
     sent: list[Notify] = []
     refreshed: list[str] = []
@@ -316,10 +316,11 @@ def test_the_page_is_written_again_after_a_run_ends_and_when_it_waits_for_approv
         lambda run: f"mem://{run.run_id}.html",
         lambda: refreshed.append("index.html"),
     )
-    for topic in ("run_started", "instance_failed", "approval_needed", "run_finished", "run_halted"):
+    topics = ("run_started", "instance_failed", "ring_finished", "approval_needed", "run_finished", "run_halted")
+    for topic in topics:
         notifier.notify(Notify(id=f"n:{topic}", run_id=fleet.succeeded, topic=topic, text="t"))
-    assert len(refreshed) == 3 and len(sent) == 5
-    assert sent[3].text == f"t Report: mem://{fleet.succeeded}.html"
+    assert len(refreshed) == 5 and len(sent) == 6  # every one but a machine's failure
+    assert sent[4].text == f"t Report: mem://{fleet.succeeded}.html"
 
 
 # ---------------------------------------------------------------- in a browser

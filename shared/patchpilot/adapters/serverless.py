@@ -39,7 +39,8 @@ log = logging.getLogger("patchpilot.notify")
 approvals_log = logging.getLogger("patchpilot.approvals")
 watch_log = logging.getLogger("patchpilot.maintenance")
 RUN_END_TOPICS = frozenset({"run_finished", "run_halted"})
-OVERVIEW_TOPICS = RUN_END_TOPICS | {"approval_needed"}  # the overview page is written again after these
+# The overview page is written again at these notices: a run's start, each ring's end, an approval request, its end.
+OVERVIEW_TOPICS = RUN_END_TOPICS | {"run_started", "ring_finished", "approval_needed"}
 WATCH_READS = "cron(0 * * * ? *)"  # the maintenance watch reads the clouds hourly (UTC), not every tick
 CLAIM_MARGIN = timedelta(days=7)
 DISCOVERY_TTL = timedelta(seconds=60)  # how long one discovery of the fleet serves (ServerlessRuntime._discovered)
@@ -77,9 +78,9 @@ def approve_hint() -> str:
 
 class ReportingNotifier:
     """Before the notice of a run's end goes out, the run's report is written (`publish` returns
-    where) and the notice names it; then, and when a run waits for an approval, the overview page
-    is written again (`overview`). A report that cannot be written is logged and the notice goes
-    out anyway: a notification never fails the run."""
+    where) and the notice names it; then, and when a run starts, ends a ring or waits for an
+    approval, the overview page is written again (`overview`). A report that cannot be written
+    is logged and the notice goes out anyway: a notification never fails the run."""
 
     def __init__(
         self,

@@ -493,6 +493,9 @@ def test_a_scheduled_run_patches_staging_then_production_after_approval_and_roll
     html = s3.get_object(Bucket=BUCKET, Key=f"reports/{run_id}.html")["Body"].read().decode()
     assert run_id in html and "prd-web-3" in html and "<svg" in html
     assert s3.head_object(Bucket=BUCKET, Key=f"reports/{run_id}.md")["ContentType"].startswith("text/markdown")
+    # the overview page beside it, written again when the run ended: the run, linked to its report
+    overview = s3.get_object(Bucket=BUCKET, Key="reports/index.html")["Body"].read().decode()
+    assert f'href="{run_id}.html"' in overview and "No run needs a person." in overview
 
     # Production installed exactly what staging installed and passed, pinned through
     # InstallOverrideList files in the config bucket; not the patches released since.

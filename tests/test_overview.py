@@ -31,6 +31,9 @@ from patchpilot.adapters.serverless import ReportingNotifier
 from patchpilot.cli import main
 from patchpilot.engine.messages import Notify
 from patchpilot.engine.run import Run
+from patchpilot.inventory import load_inventory
+from patchpilot.local_runtime import LocalRuntime
+from patchpilot.policy import load_policy
 from patchpilot.ports import DocumentStore
 from patchpilot.reports import report_stem
 from patchpilot.reports.overview import (
@@ -155,6 +158,18 @@ def test_the_overview_command_writes_the_page_again_and_says_where(fleet: Fleet)
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout) == {"overview": str(fleet.page)}
     assert fleet.waiting in fleet.text()
+
+
+def test_an_interrupted_run_needs_a_person_and_is_resumed_with_the_command_shown(tmp_path: Path) -> None:
+    state = tmp_path / "s"
+    runtime = LocalRuntime.open(state)
+    run = runtime.start(load_policy(POLICY), load_inventory(FLEET))  # started, then nobody drives it
+    runtime.store.close()
+    result = cli("overview", "--state-dir", state)
+    assert result.exit_code == 0, result.output
+    page = (state / "reports" / "index.html").read_text()
+    assert "1 run needs a person" in page and f">{run.run_id}<" in page
+    assert html.escape(f"patchpilot run --resume {run.run_id} --state-dir {state}") in page
 
 
 def test_the_overview_command_names_a_missing_state_directory(tmp_path: Path) -> None:

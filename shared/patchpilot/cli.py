@@ -842,7 +842,7 @@ def _drive_and_report(
     live.update(run)
     live.stop()
     markdown, html = _write_reports(run, report_dir)
-    overview = refresh_overview_page(runtime.state_dir, runtime.clock.now(), runtime.store)
+    overview = refresh_overview_page(runtime.state_dir, runtime.clock.now(), runtime.store, driven_by=None)
     if as_json:
         document = run_document(run)
         document["report"] = {"markdown": str(markdown), "html": str(html)}
@@ -856,13 +856,18 @@ def _drive_and_report(
     sys.exit(_exit_status(run))
 
 
-def refresh_overview_page(state_dir: Path, now: datetime, store: SqliteRunStore | None = None) -> Path | None:
-    """Write the overview page (STATE_DIR/reports/index.html) again; its path. A page that cannot
-    be written is said on stderr and never fails the command (its report is written already)."""
+def refresh_overview_page(
+    state_dir: Path, now: datetime, store: SqliteRunStore | None = None, *, driven_by: str | None
+) -> Path | None:
+    """Write the overview page (STATE_DIR/reports/index.html) again; its path. `driven_by`: who
+    holds the state directory's lock (None: nobody else, so a run still `running` was
+    interrupted). A page that cannot be written is said on stderr and never fails the command."""
     from patchpilot.adapters.local.reports import refresh_local_overview
 
     try:
-        return refresh_local_overview(state_dir, lambda run: next_steps(run, state_dir), now, store)
+        return refresh_local_overview(
+            state_dir, lambda run: next_steps(run, state_dir, driven_by), now, store, driven_by
+        )
     except Exception as error:  # a full disk, an unreadable summary store: the run's answer stands
         click.echo(f"warning: the overview page in {state_dir / 'reports'} was not written: {error}", err=True)
         return None
@@ -880,9 +885,10 @@ def overview_command(state_dir: Path, as_json: bool) -> None:
     if not state_dir.is_dir():
         raise NoRunsError(state_dir, "no state directory here: give the --state-dir of the runs")
     check_writable_dirs(state_dir / "reports")
+    holder = lock_holder(state_dir)
     try:
         path = refresh_local_overview(
-            state_dir, lambda run: next_steps(run, state_dir, lock_holder(state_dir)), datetime.now(UTC)
+            state_dir, lambda run: next_steps(run, state_dir, holder), datetime.now(UTC), driven_by=holder
         )
     except OSError as error:
         raise InputError.single(str(state_dir / "reports"), f"the overview cannot be written ({error})") from None

@@ -191,6 +191,7 @@ def _record_for_overview(view: ComplianceView, html: Path, state_dir: Path) -> N
     the page again, when the state directory exists (a compliance report creates none); said on
     stderr, and never a failure of the report."""
     from patchpilot.adapters.local.reports import DirectoryDocuments
+    from patchpilot.adapters.local.state_lock import lock_holder
     from patchpilot.cli import refresh_overview_page
     from patchpilot.reports.overview import compliance_summaries
 
@@ -203,7 +204,7 @@ def _record_for_overview(view: ComplianceView, html: Path, state_dir: Path) -> N
     except OSError as error:
         click.echo(f"warning: the overview page in {documents.directory} was not updated: {error}", err=True)
         return
-    overview = refresh_overview_page(state_dir, datetime.now(UTC))
+    overview = refresh_overview_page(state_dir, datetime.now(UTC), driven_by=lock_holder(state_dir))
     if overview:
         click.echo(f"Overview: {overview}", err=True)
 

@@ -93,6 +93,7 @@ def record_for_overview(view: WatchView, state_dir: Path) -> None:
     and write the page again, when the state directory exists (a read creates none); said on
     stderr, and never a failure of the read."""
     from patchpilot.adapters.local.reports import DirectoryDocuments
+    from patchpilot.adapters.local.state_lock import lock_holder
     from patchpilot.cli import refresh_overview_page
     from patchpilot.reports.overview import maintenance_summary
 
@@ -104,7 +105,7 @@ def record_for_overview(view: WatchView, state_dir: Path) -> None:
     except OSError as error:
         click.echo(f"warning: the overview page in {documents.directory} was not updated: {error}", err=True)
         return
-    overview = refresh_overview_page(state_dir, datetime.now(UTC))
+    overview = refresh_overview_page(state_dir, datetime.now(UTC), driven_by=lock_holder(state_dir))
     if overview:
         click.echo(f"Overview: {overview}", err=True)
 

@@ -46,6 +46,7 @@ NEEDS_YOU_STATUSES = frozenset(
 BAD_COMPLIANCE = ("non_compliant", "needs_attention", "exposed", "unknown")
 
 Steps = Callable[[Run], Sequence[tuple[str, str]]]  # what needs a person in a run: (what, command or "")
+Needs = Callable[[Run], bool]  # whether a run needs a person (`needs_you`, or more where the caller knows more)
 
 
 def history_entry(run: Run, report: str | None) -> dict[str, Any]:
@@ -220,8 +221,8 @@ def _when(at: datetime | None) -> str:
     return text.removesuffix("+00:00") + " UTC" if text.endswith("+00:00") else text
 
 
-def run_row(run: Run, report: str | None, steps: Steps) -> RunRow:
-    attention = needs_you(run)
+def run_row(run: Run, report: str | None, steps: Steps, needs: Needs = needs_you) -> RunRow:
+    attention = needs(run)
     return RunRow(
         run_id=run.run_id,
         policy=run.policy.name,
@@ -244,11 +245,12 @@ def build_overview(
     maintenance: Sequence[MaintenanceRow] = (),
     runs_total: int | None = None,
     unreadable: Sequence[str] = (),
+    needs: Needs = needs_you,
 ) -> Overview:
     """The page's model. `runs`: the newest runs read, newest first, each with the link to its
-    report; `steps` says what a run that needs a person needs. Listed: every run read that needs a
-    person, first, then the `RUNS_SHOWN` newest of the others."""
-    rows = [run_row(run, report, steps) for run, report in runs]
+    report; `steps` says what a run that needs a person (`needs`) needs. Listed: every run read
+    that needs a person, first, then the `RUNS_SHOWN` newest of the others."""
+    rows = [run_row(run, report, steps, needs) for run, report in runs]
     shown = [row for index, row in enumerate(rows) if row.needs_you or index < RUNS_SHOWN]
     shown.sort(key=lambda row: not row.needs_you)  # stable: newest first within each group
     return Overview(
@@ -328,6 +330,7 @@ def refresh_overview(
     steps: Steps,
     run_report: Callable[[Run], str | None],
     href: Callable[[str], str] = same_place,
+    needs: Needs = needs_you,
 ) -> str:
     """Write `index.html` into `documents` from the `RUNS_READ` newest runs of `runs` and the
     summaries kept there; its location. `run_report` gives the link to a run's report (None
@@ -335,12 +338,12 @@ def refresh_overview(
     run_ids = runs.run_ids() if runs is not None else []
     loaded: list[tuple[Run, str | None]] = []
     for run_id in list(reversed(run_ids))[:RUNS_READ]:
+        assert runs is not None
         try:
-            run = runs.load(run_id) if runs is not None else None
+            run = runs.load(run_id)
         except UnknownRunError:  # listed but gone (an eventually consistent listing)
             continue
-        if run is not None:
-            loaded.append((run, run_report(run)))
+        loaded.append((run, run_report(run)))
     unreadable: list[str] = []
     compliance = [
         ComplianceRow(s, href(s.report) if s.report else None)
@@ -350,5 +353,5 @@ def refresh_overview(
         MaintenanceRow(s, same_place(name))
         for name, s in _summaries(documents, "maintenance", MaintenanceSummary, unreadable)
     ]
-    overview = build_overview(now, loaded, steps, compliance, maintenance, len(run_ids), unreadable)
+    overview = build_overview(now, loaded, steps, compliance, maintenance, len(run_ids), unreadable, needs)
     return documents.write(INDEX, render_overview(overview), "text/html")

@@ -27,6 +27,7 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from patchpilot.engine.decide import plural
 from patchpilot.engine.run import Run, count_states
 from patchpilot.ports import DocumentStore, RunStore, UnknownRunError
 from patchpilot.reports.render import environment, report_stem
@@ -319,7 +320,7 @@ def _summaries(documents: DocumentStore, kind: str, model: type[S], unreadable: 
         try:
             found.append((name, model.model_validate_json(text)))
         except ValidationError as error:
-            unreadable.append(f"{name}: {error.error_count()} problems ({error.errors()[0]['msg']})")
+            unreadable.append(f"{name}: {plural(error.error_count(), 'problem')} ({error.errors()[0]['msg']})")
     return found
 
 

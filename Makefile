@@ -26,7 +26,15 @@ AZURITE := build/azurite/node_modules/.bin/azurite
 $(AZURITE):
 	npm install --no-audit --no-fund --prefix build/azurite azurite@3.35.0
 
-test: setup $(AZURITE)
+# Chromium, the browser the overview page's test drives (tests/test_overview.py, through
+# playwright, with Debian's build): installed when missing, as root or through sudo.
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y --no-install-recommends chromium; \
+	elif command -v sudo >/dev/null 2>&1; then sudo apt-get update -qq && sudo apt-get install -y --no-install-recommends chromium; \
+	else echo "make: $(CHROMIUM) is missing and this user can neither apt-get (not root) nor sudo: install the chromium package; the overview page's browser test (tests/test_overview.py) drives it" >&2; exit 1; fi
+
+test: setup $(AZURITE) $(CHROMIUM)
 	$(BIN)/python -m pytest -q
 
 lint: setup

@@ -428,7 +428,8 @@ def _iam(service: str, operation: str, params: dict[str, Any]) -> list[str]:
         return [f"dynamodb:{kind}Item" for item in params["TransactItems"] for kind in item]
     prefix = {"secrets-manager": "secretsmanager"}.get(service, service)
     batches = {"SendMessageBatch": "SendMessage", "DeleteMessageBatch": "DeleteMessage"}
-    return [f"{prefix}:{batches.get(operation, operation)}"]
+    listings = {"ListObjectsV2": "ListBucket"}  # S3 authorises a listing as ListBucket
+    return [f"{prefix}:{listings.get(operation, batches.get(operation, operation))}"]
 
 
 def _read_yaml(key: str) -> Any:
@@ -492,6 +493,9 @@ def test_a_scheduled_run_patches_staging_then_production_after_approval_and_roll
     html = s3.get_object(Bucket=BUCKET, Key=f"reports/{run_id}.html")["Body"].read().decode()
     assert run_id in html and "prd-web-3" in html and "<svg" in html
     assert s3.head_object(Bucket=BUCKET, Key=f"reports/{run_id}.md")["ContentType"].startswith("text/markdown")
+    # the overview page beside it, written again when the run ended: the run, linked to its report
+    overview = s3.get_object(Bucket=BUCKET, Key="reports/index.html")["Body"].read().decode()
+    assert f'href="{run_id}.html"' in overview and "No run needs a person." in overview
 
     # Production installed exactly what staging installed and passed, pinned through
     # InstallOverrideList files in the config bucket; not the patches released since.

@@ -190,7 +190,11 @@ def test_the_timer_scans_once_reports_once_and_alerts_and_digests_cloud_maintena
     s3 = boto3.client("s3", region_name=REGION)
     keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=e2e.BUCKET, Prefix="reports/")["Contents"])
     stem = "reports/compliance-tokyo-monthly-20261208-0601"
-    assert keys == [f"{stem}.csv", f"{stem}.html", f"{stem}.md"]
+    summaries = ["reports/summaries/compliance-tokyo-monthly.json", "reports/summaries/maintenance-tokyo-monthly.json"]
+    assert keys == [f"{stem}.csv", f"{stem}.html", f"{stem}.md", "reports/index.html", *summaries]
+    overview = s3.get_object(Bucket=e2e.BUCKET, Key="reports/index.html")["Body"].read().decode()
+    assert 'href="compliance-tokyo-monthly-20261208-0601.html"' in overview  # the totals, linked to the report
+    assert 'href="summaries/maintenance-tokyo-monthly.json"' in overview  # and the hourly read
     assert f"s3://{e2e.BUCKET}/{stem}.html" in str(report.raw)
     csv = s3.get_object(Bucket=e2e.BUCKET, Key=f"{stem}.csv")["Body"].read().decode()
     missing = {line.split(",")[1] for line in csv.splitlines()[1:] if "ALAS2023-2025-801" in line}

@@ -445,6 +445,7 @@ def test_the_package_keeps_what_pip_install_dot_needs_and_drops_the_rest() -> No
     assert needed <= files
     assert {"azure_functions/steps.py", "shared/patchpilot/service.py"} <= files
     assert "shared/patchpilot/reports/templates/report.html.j2" in files  # package data
+    assert "shared/patchpilot/reports/templates/index.html.j2" in files  # the overview page's
     assert not {f for f in files if f.split("/")[0] in {"tests", "aws_lambda", "infra", "docs", "bench", "examples"}}
     assert not {"template.yaml", "Makefile", "local.settings.json.example"} & files
     patterns = check_package.ignore_patterns()

@@ -656,6 +656,8 @@ def test_an_update_manager_run_is_snapshotted_before_and_rolled_back_after(
     html = report(settings, run_id)
     assert run_id in html and "prd-2" in html and "<svg" in html  # the report, with its timeline
     assert "# " in report(settings, run_id, "md")
+    overview = report(settings, "index")  # the overview page beside it, written again when the run ended
+    assert f'href="{run_id}.html"' in overview and "No run needs a person." in overview
     (finished_notice,) = [r.getMessage() for r in caplog.records if f"Run {run_id} succeeded" in r.getMessage()]
     assert "Report: " in finished_notice and f"/{settings['PATCHPILOT_REPORTS']}/{run_id}.html" in finished_notice
     assert maintenance.run_status(run) == "Pending"  # not cancelled

@@ -127,7 +127,10 @@ def test_the_timer_assesses_once_reports_once_and_alerts_and_digests_platform_ma
     _tick(host, clock, SCAN_AT + timedelta(hours=1, minutes=6))
     assert len(server.posts) == 2 and _titles(server)[1].startswith("Patch compliance")
     stem = "compliance-weu-monthly-20261208-0601"
-    assert _blob_names(settings) == [f"{stem}.csv", f"{stem}.html", f"{stem}.md"]
+    summaries = ["summaries/compliance-weu-monthly.json", "summaries/maintenance-weu-monthly.json"]
+    assert _blob_names(settings) == [f"{stem}.csv", f"{stem}.html", f"{stem}.md", "index.html", *summaries]
+    overview = _blob(settings, "index.html")
+    assert f'href="{stem}.html"' in overview and 'href="summaries/maintenance-weu-monthly.json"' in overview
     csv = _blob(settings, f"{stem}.csv")
     lacking = {line.split(",")[2] for line in csv.splitlines()[1:] if ",openssl," in line}
     assert lacking == {"stg-1"}

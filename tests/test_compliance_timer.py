@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -112,6 +113,12 @@ class InMemoryDocuments:
         self.written[name] = (text, content_type)
         return f"mem://reports/{name}"
 
+    def read(self, name: str) -> str | None:
+        return self.written[name][0] if name in self.written else None
+
+    def names(self, prefix: str) -> list[str]:
+        return sorted(n for n in self.written if n.startswith(prefix))
+
 
 class Sent:
     def __init__(self) -> None:
@@ -211,8 +218,13 @@ def test_the_report_comes_report_after_the_scan_written_and_announced_once() -> 
     assert line.startswith("1 of 4 machines compliant (fleet") and line.endswith(
         "Report: mem://reports/compliance-fleet-20261202-0602.html"
     )
-    assert sorted(written(rt)) == [f"compliance-fleet-20261202-0602.{s}" for s in ("csv", "html", "md")]
+    reports = [f"compliance-fleet-20261202-0602.{s}" for s in ("csv", "html", "md")]
+    assert sorted(written(rt)) == [*reports, "index.html", "summaries/compliance-fleet.json"]
     assert written(rt)["compliance-fleet-20261202-0602.csv"][1] == "text/csv"
+    summary = json.loads(written(rt)["summaries/compliance-fleet.json"][0])
+    assert summary["machines"]["compliant"] == 1 and summary["report"] == "compliance-fleet-20261202-0602.html"
+    page = written(rt)["index.html"][0]  # the overview: the totals, linked to the report beside it
+    assert 'href="compliance-fleet-20261202-0602.html"' in page and "1 of 4" in page
     (notice,) = rt.sent.notices
     assert notice.topic == "compliance_report" and notice.id == "compliance-report:fleet:20261202-0500:notify"
     assert "production: 1 non-compliant, 1 exposed; 2 missing (2 Critical)" in notice.text
@@ -376,13 +388,16 @@ def test_the_aws_timer_writes_the_compliance_report_to_s3_and_skips_a_frozen_pol
         decision = rt.trigger()
         assert not decision.start and "frozen" in decision.reason
         keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="reports/")["Contents"])
-        assert keys == [f"reports/compliance-fleet-20261202-0601.{s}" for s in ("csv", "html", "md")]
+        reports = [f"reports/compliance-fleet-20261202-0601.{s}" for s in ("csv", "html", "md")]
+        assert keys == [*reports, "reports/index.html", "reports/summaries/compliance-fleet.json"]
+        overview = s3.get_object(Bucket=BUCKET, Key="reports/index.html")["Body"].read().decode()
+        assert 'href="compliance-fleet-20261202-0601.html"' in overview and "0 of 4" in overview
         head = s3.head_object(Bucket=BUCKET, Key="reports/compliance-fleet-20261202-0601.csv")
         assert head["ContentType"] == "text/csv; charset=utf-8"
         page = s3.get_object(Bucket=BUCKET, Key="reports/compliance-fleet-20261202-0601.html")["Body"].read().decode()
         assert "4 machines are EXPOSED" in page  # the policy is frozen: every machine it sees
         rt.trigger()  # the next tick of the same period: claimed, nothing written again
-        assert len(s3.list_objects_v2(Bucket=BUCKET, Prefix="reports/")["Contents"]) == 3
+        assert len(s3.list_objects_v2(Bucket=BUCKET, Prefix="reports/")["Contents"]) == 5
 
 
 def test_the_azure_timer_writes_the_compliance_report_to_its_container(azurite: Azurite) -> None:
@@ -412,6 +427,9 @@ def test_the_azure_timer_writes_the_compliance_report_to_its_container(azurite: 
     rt.__dict__["fleet"] = FakeFleet()
     assert not rt.trigger().start
     names = sorted(b.name for b in blobs.get_container_client(settings["PATCHPILOT_REPORTS"]).list_blobs())
-    assert names == [f"compliance-fleet-20261202-0601.{s}" for s in ("csv", "html", "md")]
+    reports = [f"compliance-fleet-20261202-0601.{s}" for s in ("csv", "html", "md")]
+    assert names == [*reports, "index.html", "summaries/compliance-fleet.json"]
+    overview = blobs.get_blob_client(settings["PATCHPILOT_REPORTS"], "index.html").download_blob().readall().decode()
+    assert 'href="compliance-fleet-20261202-0601.html"' in overview and "1 of 4" in overview
     text = blobs.get_blob_client(settings["PATCHPILOT_REPORTS"], names[2]).download_blob().readall().decode()
     assert "**1 of 4 machines compliant**" in text

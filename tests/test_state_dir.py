@@ -321,7 +321,9 @@ def test_approve_writes_the_report_where_the_run_was_told(tmp_path: Path) -> Non
     report = json.loads(approved.stdout)["report"]
     assert Path(report["html"]).parent == out and Path(report["markdown"]).parent == out
     assert "succeeded" in Path(report["markdown"]).read_text()
-    assert not (tmp_path / "s" / "reports").exists()
+    # STATE_DIR/reports holds the overview page only, which links to the report where it went.
+    assert [p.name for p in (tmp_path / "s" / "reports").iterdir()] == ["index.html"]
+    assert f'href="{Path(report["html"]).as_uri()}"' in (tmp_path / "s" / "reports" / "index.html").read_text()
 
 
 def test_resume_and_report_write_where_the_run_was_told(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -335,7 +337,7 @@ def test_resume_and_report_write_where_the_run_was_told(tmp_path: Path, monkeypa
     report = cli("report", waiting["run_id"], "--state-dir", ".")
     assert report.exit_code == 0, report.output
     assert {Path(p).parent for p in report.output.split()} == {tmp_path / "out"}
-    assert not (tmp_path / "s" / "reports").exists()
+    assert [p.name for p in (tmp_path / "s" / "reports").iterdir()] == ["index.html"]  # the overview page only
 
 
 def test_a_report_dir_given_to_approve_wins_and_is_kept(tmp_path: Path) -> None:

@@ -43,6 +43,7 @@ from patchpilot.policy.fields import format_duration
 from patchpilot.policy.model import Schedule
 from patchpilot.ports import RunStore, UnknownRunError
 from patchpilot.reports import report_stem, write_reports
+from patchpilot.reports.overview import history_entry as history_entry  # re-exported: `runs --json` rows
 
 EXIT_SUCCEEDED = 0
 EXIT_HALTED = 1  # halted, incomplete (the window ended) or stalled
@@ -775,22 +776,6 @@ def _history(
     return found
 
 
-def history_entry(run: Run, report: str | None) -> dict[str, Any]:
-    """One run as `patchpilot runs --json` shows it: `{"run_id", "policy", "status", "state",
-    "reason", "window": {"start", "end"}, "summary", "report"}` (`report`: the HTML report's path
-    locally, null when there is none or on the clouds)."""
-    return {
-        "run_id": run.run_id,
-        "policy": run.policy.name,
-        "status": run.status,
-        "state": run.state,
-        "reason": run.reason,
-        "window": {"start": run.created_at.isoformat(), "end": run.window_end.isoformat() if run.window_end else None},
-        "summary": run.summary(),
-        "report": report,
-    }
-
-
 def _local_report(store: SqliteRunStore, state_dir: Path, run_id: str) -> str | None:
     """The HTML report of `run_id`, where its reports went, if it is there."""
     html = (store.report_dir(run_id) or state_dir / "reports") / f"{report_stem(run_id)}.html"
@@ -893,14 +878,60 @@ def _drive_and_report(
     live.update(run)
     live.stop()
     markdown, html = _write_reports(run, report_dir)
+    overview = refresh_overview_page(runtime.state_dir, runtime.clock.now(), runtime.store, driven_by=None)
     if as_json:
         document = run_document(run)
         document["report"] = {"markdown": str(markdown), "html": str(html)}
+        document["overview"] = str(overview) if overview else None
         _print_json(document)
     else:
         _print_outcome(console, run, runtime)
         console.print(f"Report: {html}\n        {markdown}", soft_wrap=True)
+        if overview:
+            console.print(f"Overview: {overview}", soft_wrap=True)
     sys.exit(_exit_status(run))
+
+
+def refresh_overview_page(
+    state_dir: Path, now: datetime, store: SqliteRunStore | None = None, *, driven_by: str | None
+) -> Path | None:
+    """Write the overview page (STATE_DIR/reports/index.html) again; its path. `driven_by`: who
+    holds the state directory's lock (None: nobody else, so a run still `running` was
+    interrupted). A page that cannot be written is said on stderr and never fails the command."""
+    from patchpilot.adapters.local.reports import refresh_local_overview
+
+    try:
+        return refresh_local_overview(
+            state_dir, lambda run: next_steps(run, state_dir, driven_by), now, store, driven_by
+        )
+    except Exception as error:  # a full disk, an unreadable summary store: the run's answer stands
+        click.echo(f"warning: the overview page in {state_dir / 'reports'} was not written: {error}", err=True)
+        return None
+
+
+@main.command("overview")
+@state_dir_option
+@json_option
+@reports_input_errors
+def overview_command(state_dir: Path, as_json: bool) -> None:
+    """Write the overview page again (STATE_DIR/reports/index.html: the runs that need you first,
+    the compliance totals, the maintenance due before the next window) and print where it is."""
+    from patchpilot.adapters.local.reports import refresh_local_overview
+
+    if not state_dir.is_dir():
+        raise NoRunsError(state_dir, "no state directory here: give the --state-dir of the runs")
+    check_writable_dirs(state_dir / "reports")
+    holder = lock_holder(state_dir)
+    try:
+        path = refresh_local_overview(
+            state_dir, lambda run: next_steps(run, state_dir, holder), datetime.now(UTC), driven_by=holder
+        )
+    except OSError as error:
+        raise InputError.single(str(state_dir / "reports"), f"the overview cannot be written ({error})") from None
+    if as_json:
+        _print_json({"overview": str(path)})
+    else:
+        click.echo(f"Overview: {path}")
 
 
 def _exit_status(run: Run) -> int:

@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import click
@@ -22,7 +22,13 @@ from click.core import ParameterSource
 
 from patchpilot.cli_common import EXIT_INVALID_INPUT, print_json, reports_input_errors
 from patchpilot.compliance.model import PatchState
-from patchpilot.compliance.render import render_csv, render_html, render_markdown, write_compliance_reports
+from patchpilot.compliance.render import (
+    render_csv,
+    render_html,
+    render_markdown,
+    report_name,
+    write_compliance_reports,
+)
 from patchpilot.compliance.report import (
     ComplianceView,
     LastRun,
@@ -145,6 +151,8 @@ def compliance(
     views = [_policy_view(policy, sources, states, now, *_run_facts(store, policy)) for policy in policies]
     view = merge_views(views)
     _emit(view, output, out_dir)
+    if out_dir is not None and not cloud:
+        _record_for_overview(view, out_dir / f"{report_name(view)}.html", state_dir or Path(DEFAULT_STATE_DIR))
     bad = sum(view.totals.machines[s] for s in ("non_compliant", "needs_attention", "unknown"))
     sys.exit(EXIT_NON_COMPLIANT if bad else EXIT_COMPLIANT)
 
@@ -176,6 +184,29 @@ def _run_facts(
         click.echo(f"{policy.name}: last runs not shown, the run store cannot be read: {error}", err=True)
         return None, None
     return last_patched(runs, policy.name), left_failed(runs, policy.name)
+
+
+def _record_for_overview(view: ComplianceView, html: Path, state_dir: Path) -> None:
+    """Keep each policy's totals for the overview page (STATE_DIR/reports/summaries/) and write
+    the page again, when the state directory exists (a compliance report creates none); said on
+    stderr, and never a failure of the report."""
+    from patchpilot.adapters.local.reports import DirectoryDocuments
+    from patchpilot.adapters.local.state_lock import lock_holder
+    from patchpilot.cli import refresh_overview_page
+    from patchpilot.reports.overview import compliance_summaries
+
+    if not state_dir.is_dir():
+        return
+    documents = DirectoryDocuments(state_dir / "reports")
+    try:
+        for name, text in compliance_summaries(view, str(html.absolute())):
+            documents.write(name, text, "application/json")
+    except OSError as error:
+        click.echo(f"warning: the overview page in {documents.directory} was not updated: {error}", err=True)
+        return
+    overview = refresh_overview_page(state_dir, datetime.now(UTC), driven_by=lock_holder(state_dir))
+    if overview:
+        click.echo(f"Overview: {overview}", err=True)
 
 
 def _no_repeats(policies: Sequence[Policy], paths: Sequence[str]) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import click
 from rich.console import Console
@@ -40,6 +41,14 @@ class _Clock:
 @click.option("--horizon", metavar="DURATION", help="How far ahead to list (default: maintenance_watch.horizon, 14d).")
 @click.option("--now", "now_text", metavar="ISO-TIME", help="Look as of this time (default: now).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=".patchpilot",
+    show_default=True,
+    envvar="PATCHPILOT_STATE_DIR",
+    help="Where the overview page is (STATE_DIR/reports/index.html): the read is kept there, if it exists.",
+)
 @reports_input_errors
 def maintenance(
     policy_path: str,
@@ -48,6 +57,7 @@ def maintenance(
     horizon: str | None,
     now_text: str | None,
     as_json: bool,
+    state_dir: Path,
 ) -> None:
     """What the cloud providers will do to the fleet: EC2 scheduled events, RDS pending
     maintenance, AWS Health scheduled changes, Azure platform maintenance. Items due before the
@@ -74,7 +84,30 @@ def maintenance(
         print_json(view.document())
     else:
         print_view(Console(highlight=False), view)
+    record_for_overview(view, state_dir)
     sys.exit(exit_status(view))
+
+
+def record_for_overview(view: WatchView, state_dir: Path) -> None:
+    """Keep the read for the overview page (STATE_DIR/reports/summaries/maintenance-<policy>.json)
+    and write the page again, when the state directory exists (a read creates none); said on
+    stderr, and never a failure of the read."""
+    from patchpilot.adapters.local.reports import DirectoryDocuments
+    from patchpilot.adapters.local.state_lock import lock_holder
+    from patchpilot.cli import refresh_overview_page
+    from patchpilot.reports.overview import maintenance_summary
+
+    if not state_dir.is_dir():
+        return
+    documents = DirectoryDocuments(state_dir / "reports")
+    try:
+        documents.write(*maintenance_summary(view), "application/json")
+    except OSError as error:
+        click.echo(f"warning: the overview page in {documents.directory} was not updated: {error}", err=True)
+        return
+    overview = refresh_overview_page(state_dir, datetime.now(UTC), driven_by=lock_holder(state_dir))
+    if overview:
+        click.echo(f"Overview: {overview}", err=True)
 
 
 def read_clouds(policy: Policy, now: datetime) -> tuple[list[Instance], WatchResult]:

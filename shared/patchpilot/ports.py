@@ -221,3 +221,21 @@ class Metrics(Protocol):
 
 class Clock(Protocol):
     def now(self) -> datetime: ...
+
+
+class DocumentStore(Protocol):
+    """Where reports are written and the overview's summaries read back (S3Reports, BlobReports,
+    DirectoryDocuments). A name is a path below the store's root (`a/b.json`); each document is
+    written whole and replaced, so a reader sees the old one or the new one, never half."""
+
+    def write(self, name: str, text: str, content_type: str) -> str:
+        """Write one document whole; its location (a path, `s3://…`, a blob URL)."""
+        ...
+
+    def read(self, name: str) -> str | None:
+        """The text of one document; None when there is none."""
+        ...
+
+    def names(self, prefix: str) -> list[str]:
+        """The names that start with `prefix`, sorted."""
+        ...

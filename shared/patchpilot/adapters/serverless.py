@@ -21,7 +21,17 @@ if TYPE_CHECKING:
     from patchpilot.notify import RoutedNotifier
     from patchpilot.notify.routing import Links
     from patchpilot.policy import Policy
-    from patchpilot.ports import Claims, Clock, DiscoveryResult, Notifier, PatchAssessor, Queue, RunStore, Secrets
+    from patchpilot.ports import (
+        Claims,
+        Clock,
+        DiscoveryResult,
+        DocumentStore,
+        Notifier,
+        PatchAssessor,
+        Queue,
+        RunStore,
+        Secrets,
+    )
     from patchpilot.service import Service
     from patchpilot.triggers import TriggerDecision
 
@@ -29,6 +39,8 @@ log = logging.getLogger("patchpilot.notify")
 approvals_log = logging.getLogger("patchpilot.approvals")
 watch_log = logging.getLogger("patchpilot.maintenance")
 RUN_END_TOPICS = frozenset({"run_finished", "run_halted"})
+# The overview page is written again at these notices: a run's start, each ring's end, an approval request, its end.
+OVERVIEW_TOPICS = RUN_END_TOPICS | {"run_started", "ring_finished", "approval_needed"}
 WATCH_READS = "cron(0 * * * ? *)"  # the maintenance watch reads the clouds hourly (UTC), not every tick
 CLAIM_MARGIN = timedelta(days=7)
 DISCOVERY_TTL = timedelta(seconds=60)  # how long one discovery of the fleet serves (ServerlessRuntime._discovered)
@@ -66,13 +78,21 @@ def approve_hint() -> str:
 
 class ReportingNotifier:
     """Before the notice of a run's end goes out, the run's report is written (`publish` returns
-    where) and the notice names it. A report that cannot be written is logged and the notice goes
-    out anyway: a notification never fails the run."""
+    where) and the notice names it; then, and when a run starts, ends a ring or waits for an
+    approval, the overview page is written again (`overview`). A report that cannot be written
+    is logged and the notice goes out anyway: a notification never fails the run."""
 
-    def __init__(self, inner: Notifier, store: RunStore, publish: Callable[[Run], str]) -> None:
+    def __init__(
+        self,
+        inner: Notifier,
+        store: RunStore,
+        publish: Callable[[Run], str],
+        overview: Callable[[], object] | None = None,
+    ) -> None:
         self.inner = inner
         self.store = store
         self.publish = publish
+        self.overview = overview
 
     def notify(self, command: Notify) -> None:
         if command.topic in RUN_END_TOPICS:
@@ -83,6 +103,8 @@ class ReportingNotifier:
                     command = command.model_copy(update={"text": f"{command.text} Report: {location}"})
             except Exception as error:  # storage down, a report that does not render: say so, notify anyway
                 log.warning("the report of run %s was not written: %s", command.run_id, error)
+        if self.overview is not None and command.topic in OVERVIEW_TOPICS:
+            self.overview()  # logs its own failure, never raises
         self.inner.notify(command)
 
 
@@ -283,14 +305,6 @@ if TYPE_CHECKING:
         maintenance (Ec2SsmFleet, AzureFleet)."""
 
 
-class DocumentStore(Protocol):
-    """Where reports are written (S3Reports, BlobReports)."""
-
-    def write(self, name: str, text: str, content_type: str) -> str:
-        """Write one document whole; its location."""
-        ...
-
-
 CLAIM_HOLD = timedelta(days=2)  # a compliance slot's claim outlasts every retry of its tick
 
 
@@ -385,6 +399,7 @@ class ServerlessRuntime:
         a watch that fails is logged and never stops the timer's other work."""
         from patchpilot.maintenance.watch import alert_notices, digest_notice, watch_view
         from patchpilot.policy.schedule import parse_aws_cron
+        from patchpilot.reports.overview import maintenance_summary
         from patchpilot.triggers import fired_within
 
         settings = policy.maintenance_watch
@@ -413,6 +428,8 @@ class ServerlessRuntime:
                 watch_log.warning("policy %s: not read: %s: %s", policy.name, what, reason)
         except Exception:  # a cloud or the claims table unreachable: logged, and the timer goes on
             watch_log.exception("the maintenance watch of policy %s failed", policy.name)
+            return sent
+        self._keep_for_overview(lambda: [maintenance_summary(view)])
         return sent
 
     @functools.cached_property
@@ -585,6 +602,7 @@ class ServerlessRuntime:
     def _compliance_report(self, policy: Policy, slot: datetime, now: datetime) -> str:
         from patchpilot.compliance.render import compliance_notice, documents, report_name
         from patchpilot.compliance.report import LastRun, LeftFailed, build_view, last_patched, left_failed, recent_runs
+        from patchpilot.reports.overview import compliance_summaries
 
         instances = self._discovered(policy, now)
         states = self.fleet.patch_states(instances)
@@ -602,9 +620,38 @@ class ServerlessRuntime:
             for suffix, text, kind in documents(view):
                 written = store.write(f"{name}.{suffix}", text, kind)
                 location = written if suffix == "html" else location
+            self._keep_for_overview(lambda: compliance_summaries(view, f"{name}.html"))
         notice = compliance_notice(view, location, notice_id=f"{_slot_key('compliance-report', policy, slot)}:notify")
         self.routed.send(notice, policy.notifications)
         return notice.text.splitlines()[0] + (f" Report: {location}" if location else " (no report store)")
+
+    def _keep_for_overview(self, summaries: Callable[[], list[tuple[str, str]]]) -> None:
+        """Write the `summaries` (name, JSON) beside the reports, then the overview page again.
+        Logged, never raised: the report or the read it follows stands."""
+        store = self.report_store
+        if store is None:
+            return
+        try:
+            for name, text in summaries():
+                store.write(name, text, "application/json")
+        except Exception as error:  # storage down: the page keeps the last summary
+            log.warning("the overview's summaries were not written: %s", error)
+            return
+        self.refresh_overview()
+
+    def refresh_overview(self) -> str | None:
+        """Write the overview page (`index.html` beside the reports) again from the run table
+        (its newest runs) and the summaries kept there; where it is. Logged, never raised."""
+        store = self.report_store
+        if store is None:
+            return None
+        from patchpilot.reports.overview import refresh_overview, report_steps, stored_report
+
+        try:
+            return refresh_overview(store, self.store, self.clock.now(), report_steps, stored_report)
+        except Exception as error:  # the run table or the store down, a summary that does not render
+            log.warning("the overview page was not written: %s", error)
+            return None
 
 
 def _slot_key(kind: str, policy: Policy, slot: datetime) -> str:

@@ -1,5 +1,6 @@
-"""Reports in S3: the Markdown and HTML report of a finished run, and the compliance reports
-(`write`), under `reports/` of the stack's configuration bucket (`PATCHPILOT_OVERRIDE_BUCKET`)."""
+"""Reports in S3: the Markdown and HTML report of a finished run, the compliance reports
+(`write`) and the overview page with its summaries (`read`, `names`), under `reports/` of the
+stack's configuration bucket (`PATCHPILOT_OVERRIDE_BUCKET`)."""
 
 from __future__ import annotations
 
@@ -34,3 +35,18 @@ class S3Reports:
             Bucket=self.bucket, Key=key, Body=text.encode("utf-8"), ContentType=f"{content_type}; charset=utf-8"
         )
         return f"s3://{self.bucket}/{key}"
+
+    def read(self, name: str) -> str | None:
+        """The text of `reports/<name>`; None when there is no such object."""
+        try:
+            answer = self.client.get_object(Bucket=self.bucket, Key=f"{PREFIX}{name}")
+        except self.client.exceptions.NoSuchKey:
+            return None
+        return answer["Body"].read().decode("utf-8")
+
+    def names(self, prefix: str) -> list[str]:
+        """The names under `reports/<prefix>`, sorted (one listing, paginated)."""
+        found = []
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=PREFIX + prefix):
+            found += [item["Key"].removeprefix(PREFIX) for item in page.get("Contents", [])]
+        return sorted(found)

@@ -121,7 +121,7 @@ class AwsRuntime(ServerlessRuntime):
 
         notifier: Notifier = self.notifier
         if self.report_store is not None:
-            notifier = ReportingNotifier(notifier, self.store, self.report_store.publish)
+            notifier = ReportingNotifier(notifier, self.store, self.report_store.publish, self.refresh_overview)
         return Service(
             store=self.store,
             queue=self.queue,

@@ -1,5 +1,6 @@
-"""Reports in Blob Storage: the Markdown and HTML report of a finished run, and the compliance
-reports (`write`), in a container of the app's storage account (`PATCHPILOT_REPORTS`)."""
+"""Reports in Blob Storage: the Markdown and HTML report of a finished run, the compliance
+reports (`write`) and the overview page with its summaries (`read`, `names`), in a container of
+the app's storage account (`PATCHPILOT_REPORTS`)."""
 
 from __future__ import annotations
 
@@ -35,3 +36,16 @@ class BlobReports:
             content_settings=ContentSettings(content_type=f"{content_type}; charset=utf-8"),
         )
         return f"{self.container.url}/{name}"
+
+    def read(self, name: str) -> str | None:
+        """The text of blob `<name>`; None when there is no such blob."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            return self.container.download_blob(name).readall().decode("utf-8")
+        except ResourceNotFoundError:
+            return None
+
+    def names(self, prefix: str) -> list[str]:
+        """The blob names that start with `prefix`, sorted (one listing, paged)."""
+        return sorted(blob.name for blob in self.container.list_blobs(name_starts_with=prefix))

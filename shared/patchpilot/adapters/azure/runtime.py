@@ -311,7 +311,7 @@ class AzureRuntime(ServerlessRuntime):
             store=self.store,
             queue=self.queue,
             fleet=self.fleet,
-            notifier=ReportingNotifier(self.notifier, self.store, self.reports.publish),
+            notifier=ReportingNotifier(self.notifier, self.store, self.reports.publish, self.refresh_overview),
             clock=self.clock,
             maintenance=UpdateManagerCanceller(self.clients),
             metrics=LogMetrics(),

@@ -51,7 +51,7 @@ from patchpilot.engine.messages import (
     Wait,
 )
 from patchpilot.engine.retry import NotRetryableError, next_retry_id, retry_targets, retry_window
-from patchpilot.engine.run import MaintenanceRun, Run
+from patchpilot.engine.run import MaintenanceRun, Run, Runtime
 from patchpilot.inventory import Instance
 from patchpilot.policy import Policy
 from patchpilot.ports import (
@@ -159,13 +159,14 @@ class Service:
     maintenance: MaintenanceCanceller | None = None  # Azure Update Manager runs (Azure only)
     metrics: Metrics | None = None  # counts refused messages
     leases: Leases | None = None  # one machine, one run at a time (every runtime passes one)
+    runtime: Runtime = "local"  # where the runs it starts are driven: their notices name its commands
 
     def start(self, run_id: str, policy: Policy, instances: Iterable[Instance]) -> Run:
         """Start a run; starting the same run id again (a redelivered trigger) only finishes
         what the first start left undone."""
         from patchpilot.planning import plan  # imported when used: the worker plans only follow-ups
 
-        decision = start_run(run_id, policy, plan(policy, instances), self.clock.now())
+        decision = start_run(run_id, policy, plan(policy, instances), self.clock.now(), runtime=self.runtime)
         return self._create(decision.run, decision.commands)
 
     def _create(self, run: Run, commands: list[Message]) -> Run:
@@ -184,7 +185,9 @@ class Service:
         like `start`: the pre-maintenance event may arrive twice."""
         from patchpilot.planning import plan_maintenance
 
-        decision = start_run(run_id, policy, plan_maintenance(policy, instances), self.clock.now(), maintenance)
+        decision = start_run(
+            run_id, policy, plan_maintenance(policy, instances), self.clock.now(), maintenance, runtime=self.runtime
+        )
         return self._create(decision.run, decision.commands)
 
     def request_follow_up(self, event: FollowUpRequested) -> Run | None:
@@ -203,7 +206,14 @@ class Service:
         followed = self.store.load(command.run_id)
         policy = followed.policy
         now = self.clock.now()
-        decision = start_run(command.follow_up_id, policy, plan(policy, command.instances), now, follow_up_of=followed)
+        decision = start_run(
+            command.follow_up_id,
+            policy,
+            plan(policy, command.instances),
+            now,
+            follow_up_of=followed,
+            runtime=self.runtime,
+        )
         self._create(decision.run, decision.commands)
 
     def retry(
@@ -243,6 +253,7 @@ class Service:
             now,
             follow_up_of=followed,
             window_end=window.end if window else None,
+            runtime=self.runtime,
         )
         return self._create(decision.run, decision.commands)
 

@@ -755,15 +755,16 @@ GATE_OPENED = "Ring %s needs approval before it starts"  # the gate's log entry 
 
 def _how_to_decide(run: Run) -> str:
     """How to approve or reject the gate of `run`: the CLI locally; on a cloud, the buttons or
-    links of the approval notice (there is no `approve --cloud`)."""
+    links the approval notices carry to their channels (there is no `approve --cloud`; the log's
+    copy of the notice says where they went: `serverless.approve_hint`)."""
     if run.runtime == "local":
         return (
             f"approve it with {_command('approve', run.run_id)}, or reject it (the run ends there; "
             f"add --reason TEXT to say why) with {_command('reject', run.run_id)}"
         )
     return (
-        "approve it with the Approve button or link of the approval notice in Slack or Teams, "
-        "or reject it there (the run ends there)"
+        "approve it with the Approve button or link of this notice in Slack or Teams, "
+        "or reject it with Reject (the run ends there)"
     )
 
 

@@ -819,6 +819,10 @@ def test_a_gate_left_waiting_pages_slack_again_past_its_reminder_and_a_decided_g
         world.work()
         run = world.load(run_id)
         assert run.status == "waiting_approval" and run.awaiting == f"{run_id}:ring2:remind1"
+        assert run.runtime == "aws" and run.log[0].text.endswith(  # the run_started notice: the command for AWS
+            "Nothing to do: you are told when a ring finishes or someone must act "
+            "(`patchpilot runs --cloud aws --policy tokyo-monthly`)."
+        )
         (asked,) = [p.json for p in server.to(slack_path)]
         assert "<!here>" not in json.dumps(asked)  # asking is not paging
         gate_opened = next(e.at for e in run.log if e.text.startswith("Ring production needs approval"))

@@ -722,6 +722,12 @@ def test_a_reject_link_ends_the_run_before_production(
     assert run.status == "halted" and run.reason == "ring production rejected by approval link"
     assert {r.instance.name: r.state for r in run.records()} == {"stg-1": "patched", "prd-1": "not_started"}
     assert not azure.state(production).install_requests
+    # its notices name the commands that work for a run on Azure (there is no local state to read)
+    (halted,) = [e.text for e in run.log if e.text.startswith(f"Run {RUN_ID} halted: ")]
+    assert run.runtime == "azure" and halted.splitlines()[0].endswith(
+        "Nothing more is patched; see `patchpilot runs --cloud azure --policy weu-monthly`, then "
+        f"`patchpilot retry --cloud azure {RUN_ID}` if the ring is to be patched after all."
+    )
 
 
 class SlackReplies(http.server.BaseHTTPRequestHandler):

@@ -15,7 +15,7 @@ from test_local_runtime import FLEET, cli, policy_variant
 
 from patchpilot.engine.decide import Decision, decide, start_run
 from patchpilot.engine.messages import ApprovalRejected, Notify
-from patchpilot.engine.run import Run
+from patchpilot.engine.run import Run, Runtime
 from patchpilot.inventory import Simulation
 from patchpilot.notify.messages import card_for
 from patchpilot.planning import plan
@@ -28,6 +28,7 @@ def notices_of(
     monkeypatch: pytest.MonkeyPatch,
     run_id: str = "run-1",
     production: int = 8,
+    runtime: Runtime = "local",
 ) -> tuple[Run, list[Notify]]:
     """Drive a run to its end and keep every notice it sent, in order."""
     sent: list[Notify] = []
@@ -39,7 +40,7 @@ def notices_of(
         return decision
 
     monkeypatch.setattr(engine_driver, "decide", spy)
-    started = start_run(run_id, pol, plan(pol, fleet(production=production, hints=hints)), NOW)
+    started = start_run(run_id, pol, plan(pol, fleet(production=production, hints=hints)), NOW, runtime=runtime)
     sent.extend(c for c in started.commands if isinstance(c, Notify))
     return engine_driver.drive_to_end(started, Recorder()), sent
 
@@ -184,6 +185,7 @@ def test_a_rejected_ring_says_how_to_patch_it_after_all() -> None:
     [
         (Simulation(health="fail"), "info", "Nothing to do for them."),
         (Simulation(install="fail", rollback="fail"), "error", "Restore the failed ones by hand from their snapshots."),
+        (Simulation(snapshot="fail"), "warning", "Fix the cause for the skipped ones."),
     ],
 )
 def test_the_failures_past_ten_in_a_wave_are_one_notice_that_pages_only_for_broken_machines(
@@ -196,3 +198,35 @@ def test_the_failures_past_ten_in_a_wave_are_one_notice_that_pages_only_for_brok
     line = first_line(more[0])
     assert line.startswith("Wave ") and "more machines failed (" in line
     assert line.endswith(f"see each with `patchpilot status run-1`. {step}")
+
+
+def test_a_machine_skipped_because_its_snapshot_failed_is_a_warning_that_pages_nobody(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    run, sent = notices_of(policy(), {"i-production-05": Simulation(snapshot="fail")}, monkeypatch)
+    (failed,) = [n for n in sent if n.topic == "instance_failed"]
+    assert run.status == "succeeded" and failed.severity == "warning" and not card_for(failed).alert
+    line = first_line(failed)
+    assert line.startswith("i-production-05 (i-production-05) in wave ")
+    assert "was not patched and is untouched (skipped): snapshot failed" in line and line.endswith(
+        "Fix the cause; the run's last notice says how to patch it then."
+    )
+
+
+def test_a_cloud_runs_notices_name_the_commands_that_work_on_that_cloud(monkeypatch: pytest.MonkeyPatch) -> None:
+    hints = {f"i-production-{n:02d}": Simulation(health="fail") for n in (1, 2, 4)}
+    _, sent = notices_of(policy(max_failures="1"), hints, monkeypatch, runtime="aws")
+    assert first_line(sent[0]).endswith("(`patchpilot runs --cloud aws --policy engine-test`).")
+    assert first_line(sent[-1]).endswith(
+        "Nothing more is patched; see `patchpilot runs --cloud aws --policy engine-test`, "
+        "then `patchpilot retry --cloud aws run-1` once the cause is fixed."
+    )
+    _, sent = notices_of(
+        policy(max_failures="5"), {"i-staging-01": Simulation(health="fail")}, monkeypatch, runtime="azure"
+    )
+    assert "then start a new run (the timer starts one at the policy's next window) once" in first_line(sent[-1])
+    hints = {f"i-production-{n:02d}": Simulation(health="fail") for n in range(40)}
+    _, sent = notices_of(policy(max_failures="100%"), hints, monkeypatch, production=40, runtime="azure")
+    (more, *_) = [n for n in sent if n.id.endswith(":more")]
+    assert "see each in the run's report (its last notice links it)." in first_line(more)
+    assert not any("patchpilot status" in n.text or "patchpilot approve" in n.text for n in sent)

@@ -50,7 +50,7 @@ from patchpilot.engine.messages import (
     TimerFired,
     Wait,
 )
-from patchpilot.engine.retry import NotRetryableError, next_retry_id, retry_targets, retry_window
+from patchpilot.engine.retry import NotRetryableError, next_retry_id, retry_chain, retry_targets, retry_window
 from patchpilot.engine.run import MaintenanceRun, Run, Runtime
 from patchpilot.inventory import Instance
 from patchpilot.policy import Policy
@@ -229,13 +229,17 @@ class Service:
         machines as they are now (the inventory after the fix). The id is `retry_id`, else the
         next free `<run>-retry-<n>`; starting the same id again only finishes what the first start
         left undone. A retry keeps to the policy's windows: started inside one, it ends with it;
-        outside one, it is refused until the next (an emergency policy runs now). Raises
+        outside one, it is refused until the next (an emergency policy runs now). The machines an
+        earlier retry of `run_id` took on are its own (engine/retry.py `RetryChain`): never patched
+        twice; a run whose every machine was retried is refused, naming its latest retry. Raises
         `UnknownRunError`, or `NotRetryableError` naming why."""
         from patchpilot.planning import plan
         from patchpilot.planning.estimate import wave_estimate
 
         followed = self.store.load(run_id)
-        instances, _ = retry_targets(followed, only, current)
+        run_ids = self.store.run_ids()
+        earlier = [i for i in run_ids if i != retry_id]  # a retry id started again is not an earlier retry
+        instances, _ = retry_targets(followed, only, current, retry_chain(run_id, earlier, self.store.load))
         policy, now = followed.policy, self.clock.now()
         window = retry_window(policy, now, wave_estimate(instances, policy.reboot))
         if window is not None and now < window.start:
@@ -245,7 +249,7 @@ class Service:
             if open_now is not None and open_now.start <= now:  # inside a window, with too little of it left
                 why = f"too little of this window is left for a wave: the next starts {when}, retry it then"
             raise NotRetryableError.of(followed, why, ("schedule",))
-        retry_id = retry_id or next_retry_id(run_id, self.store.run_ids())
+        retry_id = retry_id or next_retry_id(run_id, run_ids)
         decision = start_run(
             retry_id,
             policy,

@@ -122,7 +122,7 @@ def test_a_digest_without_a_window_ahead_and_a_multi_line_description_stay_reada
     notice = digest_notice(watch_view(result, policy(schedule=None), FLEET, NOW), NOW)
     assert notice.text.splitlines()[0] == (
         "1 maintenance item within 14d for policy monthly-fleet: no patch window ahead."
-        " Act on the 1 due within 14d: it has its alert."
+        " Act on each one due within 14d: it has an alert of its own."
     )
     card = card_for(notice)
     assert card.items == (
@@ -220,7 +220,7 @@ def test_the_digest_lists_everything_within_the_horizon_and_says_loudly_what_was
     lines = notice.text.splitlines()
     assert lines[0] == (
         "2 maintenance items within 14d for policy monthly-fleet: 1 before the next window, 1 with downtime."
-        " Act on the 1 due before the next window: it has its alert."
+        " Act on each one due before the next window: it has an alert of its own."
         " 1 source could not be read: what it holds is unknown; fix its access (Not read, below)."
     )
     assert "Not read: rds 123456789012 ap-northeast-3: AccessDenied" in lines

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+from datetime import timedelta
 from pathlib import Path
 
 import engine_driver
@@ -14,7 +15,7 @@ from test_engine import NOW, Recorder, first_ring_approved, fleet, policy
 from test_local_runtime import FLEET, cli, policy_variant
 
 from patchpilot.engine.decide import Decision, decide, start_run
-from patchpilot.engine.messages import ApprovalRejected, Notify
+from patchpilot.engine.messages import ApprovalRejected, Notify, TimerFired, Wait
 from patchpilot.engine.run import Run, Runtime
 from patchpilot.inventory import Simulation
 from patchpilot.notify.messages import card_for
@@ -165,8 +166,14 @@ def test_the_documented_first_lines_are_the_engines(monkeypatch: pytest.MonkeyPa
         (policy(max_failures="1"), {f"i-production-{n:02d}": Simulation(health="fail") for n in (1, 2, 4)}),
         (policy(), {}),
     ]
+    scenarios.append((policy(), {"i-production-03": Simulation(snapshot="fail")}))
     written = {first_line(n) for pol, hints in scenarios for n in notices_of(pol, hints, monkeypatch, RUN)[1]}
-    assert len(documented) == 9 and [line for line in documented if line not in written] == []
+    # a gate's reminder, on a cloud: the first ring waits from the start
+    gated = start_run(RUN, first_ring_approved(), plan(first_ring_approved(), fleet()), NOW, runtime="aws")
+    (wait,) = [c for c in gated.commands if isinstance(c, Wait)]
+    reminded = decide(gated.run, TimerFired(id=wait.result_id, run_id=RUN, command_id=wait.id), wait.until)
+    written |= {first_line(n) for n in reminded.commands if isinstance(n, Notify)}
+    assert len(documented) == 11 and [line for line in documented if line not in written] == []
 
 
 def test_a_rejected_ring_says_how_to_patch_it_after_all() -> None:
@@ -230,3 +237,44 @@ def test_a_cloud_runs_notices_name_the_commands_that_work_on_that_cloud(monkeypa
     (more, *_) = [n for n in sent if n.id.endswith(":more")]
     assert "see each in the run's report (its last notice links it)." in first_line(more)
     assert not any("patchpilot status" in n.text or "patchpilot approve" in n.text for n in sent)
+
+
+def policy_notice_lines() -> dict[str, str]:
+    """The first line of each notice about a policy (not a run), as the code writes it, from the
+    inputs of the tests of each (maintenance watch, compliance report, advisories)."""
+    import test_advisories as advisories
+    import test_compliance_report as compliance
+    import test_maintenance_watch as watch
+
+    from patchpilot.advisories import decide_advisory
+    from patchpilot.compliance.render import compliance_notice, skipped_notice
+    from patchpilot.compliance.report import build_view
+    from patchpilot.inventory import load_inventory
+    from patchpilot.maintenance.model import WatchResult
+    from patchpilot.maintenance.watch import alert_notices, digest_notice, watch_view
+    from patchpilot.policy import load_policy
+
+    reboot = watch.item("web", watch.NOW + timedelta(days=1), instance_id="i-0web", downtime=True)
+    maintenance = watch_view(WatchResult(items=(reboot,)), watch.POLICY, watch.FLEET, watch.NOW)
+    patched = build_view(compliance.policy(), compliance.FLEET, compliance.STATES, compliance.NOW)
+    fleet = load_inventory(advisories.FLEET_FILE)
+    answer = decide_advisory(load_policy(advisories.POLICY_FILE), advisories.advisory(), fleet, advisories.NOW)
+    texts = {
+        "maintenance_digest": digest_notice(maintenance, watch.NOW).text,
+        "maintenance_alert": alert_notices(maintenance)[0].text,
+        "compliance_report": compliance_notice(patched, "reports/compliance-fleet.html").text,
+        "advisory": answer.text,
+        "run_skipped": skipped_notice("nightly-20261214-0200", "nightly", "nothing pending on 4 machines").text,
+    }
+    return {topic: text.splitlines()[0] for topic, text in texts.items()}
+
+
+def test_each_policy_notice_says_what_to_do_in_its_first_line_as_documented() -> None:
+    block = DOCS.read_text().split("<!-- policy-notice-examples -->", 1)[1].split("<!-- /policy-notice-examples", 1)[0]
+    documented = dict(m.groups() for m in re.finditer(r"^\| `(\w+)` \| (.+) \|$", block, re.MULTILINE))
+    written = policy_notice_lines()
+    assert documented == written
+    steps = ("nothing to do", "act on", "plan for", "see each", "patch the", "fix ")
+    for line in written.values():
+        assert line.endswith("."), line
+        assert any(step in line.lower() for step in steps), line

@@ -184,7 +184,8 @@ def _advisory_answer(
         (r for r in same_cve if not r.finished), None
     )
     if current is None:
-        text = f"Emergency run {run_id} started for {head}: {_count(targets)}; {WAITS_FOR_LEASES}{tail}. {RUN_STEP}"
+        text = f"Emergency run {run_id} started for {head}: {_count(targets)}; {WAITS_FOR_LEASES}{tail}"
+        text += f". {_step(exposed)}"
         return answer("start", text, run_id=run_id, instances=targets, exposed=exposed, unknown=unknown)
     covered = tuple(i for i in targets if i in current.instances)
     followed = tuple(i for i in targets if i not in current.instances and i in current.followed_up)
@@ -208,7 +209,7 @@ def _advisory_answer(
         else:
             why = "halted before promotion" if current.status == "halted" else "ended without a promoted, tested set"
         text += f"; NOT COVERED: run {current.run_id} {why}: {_names(missing, fleet)} are not patched"
-    step = "Patch the ones not covered with a new run." if missing and not follow_up else RUN_STEP
+    step = "Patch the ones not covered with a new run." if missing and not follow_up else _step(exposed)
     return answer(
         "merge",
         f"{text}{tail}. {step}",
@@ -245,6 +246,13 @@ def _health_answer(notice: HealthNotice, instances: Sequence[Instance]) -> Advis
     if notice.description:
         text += f" {notice.description.strip().splitlines()[0][:300]}"
     return AdvisoryAnswer("report", "aws-health", notice.key, text, instances=ours)
+
+
+def _step(exposed: Sequence[tuple[str, str]]) -> str:
+    """What to do once a run patches what an advisory concerns: nothing, but for the exposed ones."""
+    if exposed:
+        return "Patch the exposed ones by hand if they cannot wait; the run's notices tell the rest."
+    return RUN_STEP
 
 
 def _count(ids: Sequence[str]) -> str:

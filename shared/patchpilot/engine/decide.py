@@ -79,7 +79,7 @@ CANCEL_MARGIN = timedelta(minutes=3)
 # a wave that started in time has finished by then, and a run that died frees its machines.
 LEASE_MARGIN = timedelta(hours=6)
 # A gate still waiting `rollout.approval_reminder` after it opened pages again, then every as long
-# again, this many times at most: a gate left over a weekend pages three times, not forty.
+# again, this many times at most: a gate left over a weekend pages three times, not fifteen.
 MAX_APPROVAL_REMINDERS = 3
 
 

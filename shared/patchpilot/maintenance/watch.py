@@ -180,9 +180,8 @@ def digest_notice(view: WatchView, slot: datetime) -> Notify:
         scope = "in the sources read" if view.unavailable else "by the clouds"
         head = f"No maintenance scheduled {scope} within {horizon} for policy {view.policy}."
     if view.due:
-        each = "it has its alert" if len(view.due) == 1 else "each has its alert"
         when = "before the next window" if view.next_window else f"within {horizon}"
-        head += f" Act on the {len(view.due)} due {when}: {each}."
+        head += f" Act on each one due {when}: it has an alert of its own."
     else:
         head += " Nothing to do now."
     if view.unavailable:

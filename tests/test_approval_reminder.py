@@ -7,11 +7,14 @@ has no reminder: nothing runs while it waits (the AWS path: tests/test_aws_end_t
 from __future__ import annotations
 
 from datetime import timedelta
+from urllib.parse import parse_qs, urlsplit
 
 import engine_driver
 import pytest
 from test_engine import NOW, POLICY, Recorder, first_ring_approved, fleet, policy, policy_values
 
+from patchpilot.adapters.serverless import ApprovalLinks
+from patchpilot.approvals import ApprovalRequest, verify_approval
 from patchpilot.engine.decide import MAX_APPROVAL_REMINDERS, Decision, decide, start_run
 from patchpilot.engine.issued import standing
 from patchpilot.engine.messages import ApprovalGranted, ApprovalRejected, Notify, TimerFired, Wait
@@ -169,3 +172,15 @@ def test_the_gate_after_a_soak_sets_its_reminder_too() -> None:
     assert waiting.current.ring == "production" and len(reminders) == MAX_APPROVAL_REMINDERS
     opened = next(e.at for e in waiting.log if e.text.startswith("Ring production needs approval"))
     assert [e.at - opened for e in reminders] == [FOUR_HOURS, 2 * FOUR_HOURS, 3 * FOUR_HOURS]
+
+
+def test_a_reminder_carries_the_signed_approve_and_reject_links_of_its_gate() -> None:
+    started = gate()
+    (wait,) = waits(started)
+    reminded = decide(started.run, fired(wait), wait.until)
+    (notice,) = notices(reminded)
+    base = "https://abc.lambda-url.us-east-1.on.aws/approve"
+    links = dict(ApprovalLinks(lambda _: reminded.run, lambda: "k" * 64, base)(notice, "ops"))
+    assert set(links) == {"Approve", "Reject"}
+    token = parse_qs(urlsplit(links["Approve"]).query)["token"][0]
+    assert verify_approval(token, "k" * 64) == ApprovalRequest("run-1", "staging", "approve", to="ops")

@@ -877,7 +877,7 @@ def _broken_lines(run: Run, broken: list[InstanceRecord]) -> str:
         snapshots = ", ".join(record.snapshot_ids) or "none taken"
         lines.append(f"- {record.instance.short_name} ({record.id}): {record.reason}; snapshots: {snapshots}")
     if len(broken) > MAX_BROKEN_NAMED:
-        lines.append(f"- and {len(broken) - MAX_BROKEN_NAMED} more ({_listed(run)})")
+        lines.append(f"- and {len(broken) - MAX_BROKEN_NAMED} more: see them {_listed(run)}")
     return "\n".join(lines)
 
 

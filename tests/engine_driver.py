@@ -73,7 +73,8 @@ def drive_to_end(
     until the run is finished (or waits for an approval and `approve` is false).
 
     Fleet commands are answered with `fleet_answer(command)`; Wait with a TimerFired at its
-    `until`; Notify is ignored; a run awaiting approval gets an ApprovalGranted by "test".
+    `until` (a Wait the run no longer awaits is dropped, as the worker drops it); Notify is
+    ignored; a run awaiting approval gets an ApprovalGranted by "test" before its reminder fires.
     Every event must be applied: an ignored event raises DriverError, so a wrong answer shows.
     """
     run = decision.run
@@ -83,15 +84,18 @@ def drive_to_end(
     while not run.finished:
         if events >= max_events:
             raise DriverError(f"run {run.run_id} did not finish after {max_events} events ({run.state})")
-        if not queue:
-            if run.state == "awaiting_approval" and approve:
-                event: Event = ApprovalGranted(id=f"{run.run_id}:approval:{events}", run_id=run.run_id, by="test")
-            else:
-                return run  # waiting for something the driver does not give
+        # A gate is approved once nothing but notices and its reminder timer is left to deliver.
+        gate = run.state == "awaiting_approval" and all(isinstance(c, Notify | ReleaseInstances | Wait) for c in queue)
+        if gate and approve:
+            event: Event = ApprovalGranted(id=f"{run.run_id}:approval:{events}", run_id=run.run_id, by="test")
+        elif not queue:
+            return run  # waiting for something the driver does not give
         else:
             command = queue.popleft()
             if isinstance(command, Notify | ReleaseInstances):
                 continue
+            if isinstance(command, Wait) and command.id != run.awaiting:
+                continue  # a reminder of a gate decided since: the worker drops it (engine/issued.py)
             if isinstance(command, LeaseInstances):  # no other run holds a machine here
                 leased = [Outcome(id=i, ok=True, at=now) for i in command.targets]
                 event = InstancesLeased(id=command.result_id, run_id=run.run_id, command_id=command.id, results=leased)

@@ -840,14 +840,20 @@ class EventSourceMapping:
             self.sqs.delete_message_batch(QueueUrl=self.url, Entries=entries)
         return True
 
-    def drain(self, function: Callable[[dict[str, Any]], dict[str, Any]], max_invocations: int = 20_000) -> None:
+    def drain(
+        self,
+        function: Callable[[dict[str, Any]], dict[str, Any]],
+        max_invocations: int = 20_000,
+        idle: Callable[[], bool] = lambda: False,
+    ) -> None:
         """Invoke the function until the queue is empty, moving the clock to each next due
-        message (delays, hops, visibility timeouts)."""
+        message (delays, hops, visibility timeouts); with nothing visible and `idle()` true (a
+        run waits for a person), it returns instead of moving the clock on."""
         for _ in range(max_invocations):
             if self.poll(function):
                 continue
             due = next_due(self.name, self.region)
-            if due is None:
+            if due is None or idle():
                 return
             self.clock.set(max(due, self.clock.now() + timedelta(milliseconds=1)))
         raise AssertionError(f"the queue did not drain in {max_invocations} invocations")

@@ -169,15 +169,21 @@ class World:
         result: dict[str, Any] = trigger.handler(event, context)
         return result
 
-    def work(self) -> None:
-        """The worker, invoked by the SQS event source mapping until the queue is empty."""
+    def work(self, *, past_gates: bool = False) -> None:
+        """The worker, invoked by the SQS event source mapping until the queue is empty, or only
+        holds later messages while a run waits for approval (the test approves next: time does
+        not run on to the gate's reminders unless `past_gates`)."""
 
         def invoke(event: dict[str, Any]) -> dict[str, Any]:
             context = self._cold_start_if_another("worker")
             result: dict[str, Any] = worker.handler(event, context)
             return result
 
-        self.steps.drain(invoke)
+        def waiting() -> bool:
+            store = self.runtime().service.store
+            return not past_gates and any(store.load(r).state == "awaiting_approval" for r in store.run_ids())
+
+        self.steps.drain(invoke, idle=waiting)
 
     def open_link(self, token: str, method: str = "GET") -> dict[str, Any]:
         """The approval function, as its Function URL invokes it for GET /approve?token=...
@@ -793,3 +799,51 @@ def test_each_notice_reaches_slack_once_across_containers_and_a_failed_one_is_re
         for action in _iam(service, op, params)
     }
     assert "dynamodb:PutItem" in made and made <= allowed
+
+
+def test_a_gate_left_waiting_pages_slack_again_past_its_reminder_and_a_decided_gate_never(world: World) -> None:
+    """The reminder is a Wait of the run through SQS (hops of 15 minutes), fired by the worker:
+    the approval notice is not a page; 4 hours later the same channel is paged; once approved,
+    the next reminder's timer is dropped as done and nothing more is posted."""
+    slack_path = "/slack/T0/B0/secret-slack-token"
+    with webhook_server() as server:
+        boto3.client("secretsmanager", region_name=REGION).create_secret(
+            Name="patchpilot-notifications-ops", SecretString=server.url(slack_path)
+        )
+        routed = POLICY + (
+            "notifications:\n"
+            "  channels:\n"
+            '    - {name: ops, kind: slack, webhook: patchpilot-notifications-ops, mention: "<!here>"}\n'
+            "  routes:\n"
+            "    - {topics: [approval_needed], channels: [ops]}\n"
+        )
+        boto3.client("s3", region_name=REGION).put_object(Bucket=BUCKET, Key=POLICY_KEY, Body=routed.encode())
+        world.clock.set(START + timedelta(minutes=5))
+        run_id = world.timer()["run_id"]
+        world.work()
+        run = world.load(run_id)
+        assert run.status == "waiting_approval" and run.awaiting == f"{run_id}:ring2:remind1"
+        assert run.runtime == "aws" and run.log[0].text.endswith(  # the run_started notice: the command for AWS
+            "Nothing to do: you are told when a ring finishes or someone must act "
+            "(`patchpilot runs --cloud aws --policy tokyo-monthly`)."
+        )
+        (asked,) = [p.json for p in server.to(slack_path)]
+        assert "<!here>" not in json.dumps(asked)  # asking is not paging
+        gate_opened = next(e.at for e in run.log if e.text.startswith("Ring production needs approval"))
+
+        world.clock.set(gate_opened + timedelta(hours=4, minutes=1))
+        world.work()
+        _, reminder = [p.json for p in server.to(slack_path)]
+        text = json.dumps(reminder)
+        assert "<!here>" in reminder["text"] and f"Approval still needed: {run_id}" in text
+        assert f"Ring production of run {run_id} still waits for approval, 4h1m since 2026-12-12T04:05+09:00: " in text
+        assert "approve it with the Approve button or link of this notice" in text
+        assert "patchpilot approve" not in text  # no such command on the clouds
+        assert world.load(run_id).awaiting == f"{run_id}:ring2:remind2"
+
+        granted = world.open_link(sign_approval(ApprovalRequest(run_id, "production"), SIGNING_KEY), method="POST")
+        assert granted["statusCode"] == 200
+        world.work(past_gates=True)  # the second reminder's time comes and goes: its timer is done
+        run = world.load(run_id)
+        assert run.status == "succeeded", run.reason
+        assert len(server.to(slack_path)) == 2 and sum("still waits for approval" in e.text for e in run.log) == 1

@@ -43,6 +43,7 @@ from azure_functions import maintenance as maintenance_module
 from patchpilot.adapters.azure.clients import AzureClients
 from patchpilot.adapters.azure.policy_source import load_policy_from
 from patchpilot.adapters.azure.runtime import AzureEnvironment, AzureRuntime, StorageEndpoints
+from patchpilot.adapters.azure.table_store import TableRunStore
 from patchpilot.approvals import ApprovalLinkError, ApprovalRequest, sign_approval
 from patchpilot.errors import InputError
 from patchpilot.policy import parse_policy
@@ -336,6 +337,7 @@ class FunctionsHost:
     due: list[datetime] = field(default_factory=list)
     invocations: int = 0
     kinds: Counter[str] = field(default_factory=Counter)  # message types handled
+    waiting: Callable[[], bool] = lambda: False  # whether a run of the run table waits for approval
 
     def record(self, request: Any) -> None:
         """A raw_request_hook: the moment each message sent becomes visible."""
@@ -354,8 +356,10 @@ class FunctionsHost:
         request = TimerRequestConverter.decode(meta.Datum(json.dumps(payload), "json"), trigger_metadata={})
         timer.timer(request, self.context())
 
-    def drain(self, limit: int = 300, until: Callable[[], bool] = lambda: False) -> int:
-        """Deliver messages until none is left or due, or `until()` holds; how many were handled."""
+    def drain(self, limit: int = 300, until: Callable[[], bool] = lambda: False, *, past_gates: bool = False) -> int:
+        """Deliver messages until none is left or due, or `until()` holds; how many were handled.
+        With nothing visible while a run waits for approval, it returns rather than moving the
+        clock on to the gate's reminders (the test approves next), unless `past_gates`."""
         handled = 0
         while handled < limit and not until():
             pages = self.steps.receive_messages(messages_per_page=1, visibility_timeout=600).by_page()
@@ -363,7 +367,7 @@ class FunctionsHost:
             if raw is None:
                 while self.due and self.due[0] <= self.clock.now():
                     heapq.heappop(self.due)
-                if not self.due:
+                if not self.due or (not past_gates and self.waiting()):
                     return handled
                 self.clock.set(heapq.heappop(self.due))
                 continue
@@ -416,6 +420,8 @@ def world(
 
     for client in (host.steps, host.poison):
         client.create_queue()  # as the Bicep template does
+    runs = TableRunStore.from_connection_string(conn, settings["PATCHPILOT_TABLE"])  # the test's own reader
+    host.waiting = lambda: any(runs.load(r).state == "awaiting_approval" for r in runs.run_ids())
 
     def hook(request: Any) -> None:
         follow(request)
@@ -718,6 +724,12 @@ def test_a_reject_link_ends_the_run_before_production(
     assert run.status == "halted" and run.reason == "ring production rejected by approval link"
     assert {r.instance.name: r.state for r in run.records()} == {"stg-1": "patched", "prd-1": "not_started"}
     assert not azure.state(production).install_requests
+    # its notices name the commands that work for a run on Azure (there is no local state to read)
+    (halted,) = [e.text for e in run.log if e.text.startswith(f"Run {RUN_ID} halted: ")]
+    assert run.runtime == "azure" and halted.splitlines()[0].endswith(
+        "Nothing more is patched; see `patchpilot runs --cloud azure --policy weu-monthly`, then "
+        f"`patchpilot retry --cloud azure {RUN_ID}` if the ring is to be patched after all."
+    )
 
 
 class SlackReplies(http.server.BaseHTTPRequestHandler):

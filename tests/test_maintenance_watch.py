@@ -120,8 +120,9 @@ def test_a_digest_without_a_window_ahead_and_a_multi_line_description_stay_reada
     text = "Maintenance on the host.\n- not a list entry\nResource: not a fact"
     result = WatchResult(items=(item("a", NOW + timedelta(days=1), description=text),))
     notice = digest_notice(watch_view(result, policy(schedule=None), FLEET, NOW), NOW)
-    assert (
-        notice.text.splitlines()[0] == "1 maintenance item within 14d for policy monthly-fleet: no patch window ahead."
+    assert notice.text.splitlines()[0] == (
+        "1 maintenance item within 14d for policy monthly-fleet: no patch window ahead."
+        " Act on each one due within 14d: it has an alert of its own."
     )
     card = card_for(notice)
     assert card.items == (
@@ -164,7 +165,7 @@ def test_an_alert_per_item_due_before_the_window_whose_id_follows_the_due_time()
     assert alert.id == "monthly-fleet:maintenance-alert:ec2:web:20261208T0000Z"
     assert alert.text.splitlines() == [
         "web: EC2 scheduled event system-reboot due 2026-12-08 09:00 JST, before the next patch window"
-        " (2026-12-12 02:00 JST).",
+        " (2026-12-12 02:00 JST). Plan for its downtime, or move it into a patch window where the cloud allows.",
         "host maintenance",
         "Resource: i-0web",
         "Downtime: expected",
@@ -219,7 +220,8 @@ def test_the_digest_lists_everything_within_the_horizon_and_says_loudly_what_was
     lines = notice.text.splitlines()
     assert lines[0] == (
         "2 maintenance items within 14d for policy monthly-fleet: 1 before the next window, 1 with downtime."
-        " 1 source could not be read: what it holds is unknown."
+        " Act on each one due before the next window: it has an alert of its own."
+        " 1 source could not be read: what it holds is unknown; fix its access (Not read, below)."
     )
     assert "Not read: rds 123456789012 ap-northeast-3: AccessDenied" in lines
     card = card_for(notice)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+from datetime import timedelta
 from pathlib import Path
 
 import engine_driver
@@ -14,8 +15,8 @@ from test_engine import NOW, Recorder, first_ring_approved, fleet, policy
 from test_local_runtime import FLEET, cli, policy_variant
 
 from patchpilot.engine.decide import Decision, decide, start_run
-from patchpilot.engine.messages import ApprovalRejected, Notify
-from patchpilot.engine.run import Run
+from patchpilot.engine.messages import ApprovalRejected, Notify, TimerFired, Wait
+from patchpilot.engine.run import Run, Runtime
 from patchpilot.inventory import Simulation
 from patchpilot.notify.messages import card_for
 from patchpilot.planning import plan
@@ -28,6 +29,7 @@ def notices_of(
     monkeypatch: pytest.MonkeyPatch,
     run_id: str = "run-1",
     production: int = 8,
+    runtime: Runtime = "local",
 ) -> tuple[Run, list[Notify]]:
     """Drive a run to its end and keep every notice it sent, in order."""
     sent: list[Notify] = []
@@ -39,7 +41,7 @@ def notices_of(
         return decision
 
     monkeypatch.setattr(engine_driver, "decide", spy)
-    started = start_run(run_id, pol, plan(pol, fleet(production=production, hints=hints)), NOW)
+    started = start_run(run_id, pol, plan(pol, fleet(production=production, hints=hints)), NOW, runtime=runtime)
     sent.extend(c for c in started.commands if isinstance(c, Notify))
     return engine_driver.drive_to_end(started, Recorder()), sent
 
@@ -164,8 +166,14 @@ def test_the_documented_first_lines_are_the_engines(monkeypatch: pytest.MonkeyPa
         (policy(max_failures="1"), {f"i-production-{n:02d}": Simulation(health="fail") for n in (1, 2, 4)}),
         (policy(), {}),
     ]
+    scenarios.append((policy(), {"i-production-03": Simulation(snapshot="fail")}))
     written = {first_line(n) for pol, hints in scenarios for n in notices_of(pol, hints, monkeypatch, RUN)[1]}
-    assert len(documented) == 9 and [line for line in documented if line not in written] == []
+    # a gate's reminder, on a cloud: the first ring waits from the start
+    gated = start_run(RUN, first_ring_approved(), plan(first_ring_approved(), fleet()), NOW, runtime="aws")
+    (wait,) = [c for c in gated.commands if isinstance(c, Wait)]
+    reminded = decide(gated.run, TimerFired(id=wait.result_id, run_id=RUN, command_id=wait.id), wait.until)
+    written |= {first_line(n) for n in reminded.commands if isinstance(n, Notify)}
+    assert len(documented) == 11 and [line for line in documented if line not in written] == []
 
 
 def test_a_rejected_ring_says_how_to_patch_it_after_all() -> None:
@@ -184,6 +192,7 @@ def test_a_rejected_ring_says_how_to_patch_it_after_all() -> None:
     [
         (Simulation(health="fail"), "info", "Nothing to do for them."),
         (Simulation(install="fail", rollback="fail"), "error", "Restore the failed ones by hand from their snapshots."),
+        (Simulation(snapshot="fail"), "warning", "Fix the cause for the skipped ones."),
     ],
 )
 def test_the_failures_past_ten_in_a_wave_are_one_notice_that_pages_only_for_broken_machines(
@@ -196,3 +205,76 @@ def test_the_failures_past_ten_in_a_wave_are_one_notice_that_pages_only_for_brok
     line = first_line(more[0])
     assert line.startswith("Wave ") and "more machines failed (" in line
     assert line.endswith(f"see each with `patchpilot status run-1`. {step}")
+
+
+def test_a_machine_skipped_because_its_snapshot_failed_is_a_warning_that_pages_nobody(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    run, sent = notices_of(policy(), {"i-production-05": Simulation(snapshot="fail")}, monkeypatch)
+    (failed,) = [n for n in sent if n.topic == "instance_failed"]
+    assert run.status == "succeeded" and failed.severity == "warning" and not card_for(failed).alert
+    line = first_line(failed)
+    assert line.startswith("i-production-05 (i-production-05) in wave ")
+    assert "was not patched and is untouched (skipped): snapshot failed" in line and line.endswith(
+        "Fix the cause; the run's last notice says how to patch it then."
+    )
+
+
+def test_a_cloud_runs_notices_name_the_commands_that_work_on_that_cloud(monkeypatch: pytest.MonkeyPatch) -> None:
+    hints = {f"i-production-{n:02d}": Simulation(health="fail") for n in (1, 2, 4)}
+    _, sent = notices_of(policy(max_failures="1"), hints, monkeypatch, runtime="aws")
+    assert first_line(sent[0]).endswith("(`patchpilot runs --cloud aws --policy engine-test`).")
+    assert first_line(sent[-1]).endswith(
+        "Nothing more is patched; see `patchpilot runs --cloud aws --policy engine-test`, "
+        "then `patchpilot retry --cloud aws run-1` once the cause is fixed."
+    )
+    _, sent = notices_of(
+        policy(max_failures="5"), {"i-staging-01": Simulation(health="fail")}, monkeypatch, runtime="azure"
+    )
+    assert "then start a new run (the timer starts one at the policy's next window) once" in first_line(sent[-1])
+    hints = {f"i-production-{n:02d}": Simulation(health="fail") for n in range(40)}
+    _, sent = notices_of(policy(max_failures="100%"), hints, monkeypatch, production=40, runtime="azure")
+    (more, *_) = [n for n in sent if n.id.endswith(":more")]
+    assert "see each in the run's report (its last notice links it)." in first_line(more)
+    assert not any("patchpilot status" in n.text or "patchpilot approve" in n.text for n in sent)
+
+
+def policy_notice_lines() -> dict[str, str]:
+    """The first line of each notice about a policy (not a run), as the code writes it, from the
+    inputs of the tests of each (maintenance watch, compliance report, advisories)."""
+    import test_advisories as advisories
+    import test_compliance_report as compliance
+    import test_maintenance_watch as watch
+
+    from patchpilot.advisories import decide_advisory
+    from patchpilot.compliance.render import compliance_notice, skipped_notice
+    from patchpilot.compliance.report import build_view
+    from patchpilot.inventory import load_inventory
+    from patchpilot.maintenance.model import WatchResult
+    from patchpilot.maintenance.watch import alert_notices, digest_notice, watch_view
+    from patchpilot.policy import load_policy
+
+    reboot = watch.item("web", watch.NOW + timedelta(days=1), instance_id="i-0web", downtime=True)
+    maintenance = watch_view(WatchResult(items=(reboot,)), watch.POLICY, watch.FLEET, watch.NOW)
+    patched = build_view(compliance.policy(), compliance.FLEET, compliance.STATES, compliance.NOW)
+    fleet = load_inventory(advisories.FLEET_FILE)
+    answer = decide_advisory(load_policy(advisories.POLICY_FILE), advisories.advisory(), fleet, advisories.NOW)
+    texts = {
+        "maintenance_digest": digest_notice(maintenance, watch.NOW).text,
+        "maintenance_alert": alert_notices(maintenance)[0].text,
+        "compliance_report": compliance_notice(patched, "reports/compliance-fleet.html").text,
+        "advisory": answer.text,
+        "run_skipped": skipped_notice("nightly-20261214-0200", "nightly", "nothing pending on 4 machines").text,
+    }
+    return {topic: text.splitlines()[0] for topic, text in texts.items()}
+
+
+def test_each_policy_notice_says_what_to_do_in_its_first_line_as_documented() -> None:
+    block = DOCS.read_text().split("<!-- policy-notice-examples -->", 1)[1].split("<!-- /policy-notice-examples", 1)[0]
+    documented = dict(m.groups() for m in re.finditer(r"^\| `(\w+)` \| (.+) \|$", block, re.MULTILINE))
+    written = policy_notice_lines()
+    assert documented == written
+    steps = ("nothing to do", "act on", "plan for", "see each", "patch the", "fix ")
+    for line in written.values():
+        assert line.endswith("."), line
+        assert any(step in line.lower() for step in steps), line

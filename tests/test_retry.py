@@ -142,6 +142,45 @@ def test_retry_only_retries_the_machines_named(tmp_path: Path) -> None:
     assert sorted(as_json(result)["instances"]) == two
 
 
+def test_a_run_retried_once_is_never_retried_again_for_what_its_retry_took_on(tmp_path: Path) -> None:
+    """Retrying X again retries only what no retry of X took on; a machine its retry took on is
+    retried from the latest retry of that chain, which the refusal names."""
+    policy = policy_variant(tmp_path, "approval: auto ", "approval: required ")
+    _, run_id = start(tmp_path, policy=policy, inventory=fixed_fleet(tmp_path))
+    cli("reject", run_id, "--state-dir", tmp_path / "s")
+    production = sorted(r.id for r in load(tmp_path, run_id).records() if r.state == "not_started")
+    first = production[0]
+    assert cli("retry", run_id, "--only", first, "--state-dir", tmp_path / "s").exit_code == 3
+    assert cli("approve", f"{run_id}-retry-1", "--state-dir", tmp_path / "s").exit_code == 0
+    assert load(tmp_path, f"{run_id}-retry-1").records()[0].state == "patched"
+
+    again = cli("retry", run_id, "--only", first, "--state-dir", tmp_path / "s")
+    assert again.exit_code == 2, again.output
+    assert (
+        f"instances.{first}: was retried by {run_id}-retry-1 already: retry {run_id}-retry-1 instead, "
+        "the latest retry of it"
+    ) in again.stderr
+    assert run_ids(tmp_path) == [run_id, f"{run_id}-retry-1"]  # refused before any effect
+
+    rest = cli("retry", run_id, "--state-dir", tmp_path / "s", "--json")
+    assert rest.exit_code == 3, rest.output
+    assert as_json(rest)["run_id"] == f"{run_id}-retry-2"
+    assert sorted(as_json(rest)["instances"]) == production[1:]  # the machine patched by retry-1 is not patched again
+    # one line, never wrapped: the ids are copied
+    assert f"  not retried: {first.rsplit('/', 1)[-1]} ({first}) was retried by {run_id}-retry-1 already" in rest.stderr
+    assert cli("reject", f"{run_id}-retry-2", "--state-dir", tmp_path / "s").exit_code == 1
+
+    whole = cli("retry", run_id, "--state-dir", tmp_path / "s")
+    assert whole.exit_code == 2, whole.output
+    assert (
+        f"run {run_id}: status: was retried already (by {run_id}-retry-1, {run_id}-retry-2): retry "
+        f"{run_id}-retry-1 or {run_id}-retry-2 instead, the latest retry"
+    ) in whole.stderr
+    # the chain goes on from the latest retry: retry-2's production machines are retried from it
+    onward = cli("retry", f"{run_id}-retry-2", "--state-dir", tmp_path / "s", "--json")
+    assert onward.exit_code == 3 and sorted(as_json(onward)["instances"]) == production[1:], onward.output
+
+
 def test_retry_of_a_run_waiting_for_approval_is_refused_and_changes_nothing(tmp_path: Path) -> None:
     policy = policy_variant(tmp_path, "approval: auto ", "approval: required ")
     _, run_id = start(tmp_path, policy=policy)

@@ -26,7 +26,7 @@ from patchpilot.cli_common import input_problems, reports_input_errors
 from patchpilot.cli_common import print_json as _print_json
 from patchpilot.engine.decide import plural
 from patchpilot.engine.messages import MESSAGE, Notify
-from patchpilot.engine.retry import retry_targets
+from patchpilot.engine.retry import retry_chain, retry_targets
 from patchpilot.engine.run import InstanceRecord, Run, Status, count_states
 from patchpilot.errors import InputError, Problem
 from patchpilot.inventory import Instance, load_inventory
@@ -460,7 +460,7 @@ def retry(
     # Refused before any effect: a run that cannot be retried leaves nothing behind.
     with _reading(state_dir, run_id) as store:
         retried = _load_run(store, state_dir, run_id)
-        _, left_out = retry_targets(retried, only, by_id)
+        _, left_out = retry_targets(retried, only, by_id, retry_chain(run_id, store.run_ids(), store.load))
         directory = report_dir or store.report_dir(run_id) or state_dir / "reports"
     with writing(state_dir, directory):
         runtime = LocalRuntime.open(state_dir, on_notice=live.notice)
@@ -473,7 +473,7 @@ def retry(
             f"with the patch set it promoted: {plural(len(run.waves), 'wave')}, state in {state_dir}"
         )
         for record, why in left_out:
-            console.print(f"  not retried: {record.instance.short_name} ({record.id}) {why}")
+            console.print(f"  not retried: {record.instance.short_name} ({record.id}) {why}", soft_wrap=True)
         _drive_and_report(runtime, run, live, console, directory, as_json)
 
 

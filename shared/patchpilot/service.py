@@ -50,8 +50,8 @@ from patchpilot.engine.messages import (
     TimerFired,
     Wait,
 )
-from patchpilot.engine.retry import NotRetryableError, next_retry_id, retry_targets, retry_window
-from patchpilot.engine.run import MaintenanceRun, Run
+from patchpilot.engine.retry import NotRetryableError, next_retry_id, retry_chain, retry_targets, retry_window
+from patchpilot.engine.run import MaintenanceRun, Run, Runtime
 from patchpilot.inventory import Instance
 from patchpilot.policy import Policy
 from patchpilot.ports import (
@@ -159,13 +159,14 @@ class Service:
     maintenance: MaintenanceCanceller | None = None  # Azure Update Manager runs (Azure only)
     metrics: Metrics | None = None  # counts refused messages
     leases: Leases | None = None  # one machine, one run at a time (every runtime passes one)
+    runtime: Runtime = "local"  # where the runs it starts are driven: their notices name its commands
 
     def start(self, run_id: str, policy: Policy, instances: Iterable[Instance]) -> Run:
         """Start a run; starting the same run id again (a redelivered trigger) only finishes
         what the first start left undone."""
         from patchpilot.planning import plan  # imported when used: the worker plans only follow-ups
 
-        decision = start_run(run_id, policy, plan(policy, instances), self.clock.now())
+        decision = start_run(run_id, policy, plan(policy, instances), self.clock.now(), runtime=self.runtime)
         return self._create(decision.run, decision.commands)
 
     def _create(self, run: Run, commands: list[Message]) -> Run:
@@ -184,7 +185,9 @@ class Service:
         like `start`: the pre-maintenance event may arrive twice."""
         from patchpilot.planning import plan_maintenance
 
-        decision = start_run(run_id, policy, plan_maintenance(policy, instances), self.clock.now(), maintenance)
+        decision = start_run(
+            run_id, policy, plan_maintenance(policy, instances), self.clock.now(), maintenance, runtime=self.runtime
+        )
         return self._create(decision.run, decision.commands)
 
     def request_follow_up(self, event: FollowUpRequested) -> Run | None:
@@ -203,7 +206,14 @@ class Service:
         followed = self.store.load(command.run_id)
         policy = followed.policy
         now = self.clock.now()
-        decision = start_run(command.follow_up_id, policy, plan(policy, command.instances), now, follow_up_of=followed)
+        decision = start_run(
+            command.follow_up_id,
+            policy,
+            plan(policy, command.instances),
+            now,
+            follow_up_of=followed,
+            runtime=self.runtime,
+        )
         self._create(decision.run, decision.commands)
 
     def retry(
@@ -219,13 +229,17 @@ class Service:
         machines as they are now (the inventory after the fix). The id is `retry_id`, else the
         next free `<run>-retry-<n>`; starting the same id again only finishes what the first start
         left undone. A retry keeps to the policy's windows: started inside one, it ends with it;
-        outside one, it is refused until the next (an emergency policy runs now). Raises
+        outside one, it is refused until the next (an emergency policy runs now). The machines an
+        earlier retry of `run_id` took on are its own (engine/retry.py `RetryChain`): never patched
+        twice; a run whose every machine was retried is refused, naming its latest retry. Raises
         `UnknownRunError`, or `NotRetryableError` naming why."""
         from patchpilot.planning import plan
         from patchpilot.planning.estimate import wave_estimate
 
         followed = self.store.load(run_id)
-        instances, _ = retry_targets(followed, only, current)
+        run_ids = self.store.run_ids()
+        earlier = [i for i in run_ids if i != retry_id]  # a retry id started again is not an earlier retry
+        instances, _ = retry_targets(followed, only, current, retry_chain(run_id, earlier, self.store.load))
         policy, now = followed.policy, self.clock.now()
         window = retry_window(policy, now, wave_estimate(instances, policy.reboot))
         if window is not None and now < window.start:
@@ -235,7 +249,7 @@ class Service:
             if open_now is not None and open_now.start <= now:  # inside a window, with too little of it left
                 why = f"too little of this window is left for a wave: the next starts {when}, retry it then"
             raise NotRetryableError.of(followed, why, ("schedule",))
-        retry_id = retry_id or next_retry_id(run_id, self.store.run_ids())
+        retry_id = retry_id or next_retry_id(run_id, run_ids)
         decision = start_run(
             retry_id,
             policy,
@@ -243,6 +257,7 @@ class Service:
             now,
             follow_up_of=followed,
             window_end=window.end if window else None,
+            runtime=self.runtime,
         )
         return self._create(decision.run, decision.commands)
 

@@ -38,6 +38,9 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 # An emergency run takes each machine's lease like any run (one machine, one run at a time).
+NOTHING = "Nothing to do."
+EXPOSED_STEP = "Nothing is patched: patch the exposed machines by hand if they cannot wait."
+RUN_STEP = "Nothing to do: the run's notices say when a ring finishes or someone must act."
 WAITS_FOR_LEASES = "machines another run is patching are waited for within the window, then skipped as held by it"
 
 
@@ -117,7 +120,7 @@ def decide_advisory(
     """The answer to one delivery, given the policy, its fleet and the policy's emergency runs."""
     match delivery:
         case Unactionable():
-            return AdvisoryAnswer("ignore", delivery.source, delivery.key, f"Ignored: {delivery.reason}")
+            return AdvisoryAnswer("ignore", delivery.source, delivery.key, f"Ignored: {delivery.reason}. {NOTHING}")
         case HealthNotice():
             return _health_answer(delivery, instances)
         case Advisory():
@@ -141,17 +144,25 @@ def _advisory_answer(
         )
         unknown = tuple(i for i in advisory.instances if i not in fleet)
         tail = _exposed_text(frozen, fleet) + _unknown_text(unknown)
-        return answer(
-            "ignore", f"Ignored {head}: policy {policy.name} is frozen{tail}", exposed=frozen, unknown=unknown
-        )
+        step = f" {EXPOSED_STEP}" if frozen else f" {NOTHING}"
+        text = f"Ignored {head}: policy {policy.name} is frozen{tail}.{step}"
+        return answer("ignore", text, exposed=frozen, unknown=unknown)
     emergency = policy.emergency
     if emergency is None:
-        return answer("ignore", f"Ignored {head}: policy {policy.name} has no emergency section")
+        return answer(
+            "ignore",
+            f"Ignored {head}: policy {policy.name} has no emergency section. Nothing to do, unless its "
+            "machines should be patched on advisories: give it one (docs/advisories.md).",
+        )
     if ADVISORY_SEVERITIES.index(advisory.severity) < ADVISORY_SEVERITIES.index(emergency.min_severity):
-        return answer("ignore", f"Ignored {head}: below the policy's minimum severity {emergency.min_severity}")
+        minimum = emergency.min_severity
+        return answer("ignore", f"Ignored {head}: below the policy's minimum severity {minimum}. {NOTHING}")
     refused = [f for f in advisory.fixes if f in policy.patches.exclude]
     if refused:
-        return answer("ignore", f"Ignored {head}: patches.exclude of policy {policy.name} lists {', '.join(refused)}")
+        listed = ", ".join(refused)
+        text = f"Ignored {head}: patches.exclude of policy {policy.name} lists {listed}."
+        text += " Nothing to do, unless it should be patched: take it out of patches.exclude."
+        return answer("ignore", text)
 
     fleet = {i.id: i for i in instances}
     unknown = tuple(i for i in advisory.instances if i not in fleet)
@@ -163,7 +174,8 @@ def _advisory_answer(
     exposed = tuple((e.instance.id, e.reason) for e in layout.excluded)
     tail = _exposed_text(exposed, fleet) + _unknown_text(unknown)
     if not targets:
-        return answer("ignore", f"Ignored {head}: no instance to patch{tail}", exposed=exposed, unknown=unknown)
+        step = EXPOSED_STEP if exposed else NOTHING
+        return answer("ignore", f"Ignored {head}: no instance to patch{tail}. {step}", exposed=exposed, unknown=unknown)
 
     at = advisory.at or now
     run_id = emergency_run_id(policy, advisory.cve, at)
@@ -173,6 +185,7 @@ def _advisory_answer(
     )
     if current is None:
         text = f"Emergency run {run_id} started for {head}: {_count(targets)}; {WAITS_FOR_LEASES}{tail}"
+        text += f". {_step(exposed)}"
         return answer("start", text, run_id=run_id, instances=targets, exposed=exposed, unknown=unknown)
     covered = tuple(i for i in targets if i in current.instances)
     followed = tuple(i for i in targets if i not in current.instances and i in current.followed_up)
@@ -196,9 +209,10 @@ def _advisory_answer(
         else:
             why = "halted before promotion" if current.status == "halted" else "ended without a promoted, tested set"
         text += f"; NOT COVERED: run {current.run_id} {why}: {_names(missing, fleet)} are not patched"
+    step = "Patch the ones not covered with a new run." if missing and not follow_up else _step(exposed)
     return answer(
         "merge",
-        text + tail,
+        f"{text}{tail}. {step}",
         run_id=current.run_id,
         instances=covered,
         not_covered=missing,
@@ -212,10 +226,10 @@ def _health_answer(notice: HealthNotice, instances: Sequence[Instance]) -> Advis
     what = f"AWS Health {notice.category} {notice.type_code} ({notice.service}, {notice.region or 'global'})"
     security = "SECURITY_NOTIFICATION" in notice.type_code
     if notice.status == "closed":
-        return AdvisoryAnswer("ignore", "aws-health", notice.key, f"Ignored {what}: the event is closed")
+        return AdvisoryAnswer("ignore", "aws-health", notice.key, f"Ignored {what}: the event is closed. {NOTHING}")
     if notice.category != "scheduledChange" and not security:
         reason = "neither a scheduled change nor a security notification"
-        return AdvisoryAnswer("ignore", "aws-health", notice.key, f"Ignored {what}: {reason}")
+        return AdvisoryAnswer("ignore", "aws-health", notice.key, f"Ignored {what}: {reason}. {NOTHING}")
     fleet = {i.id: i for i in instances}
     ours = tuple(i for i in notice.affected if i in fleet)
     when = f" from {notice.start}" + (f" to {notice.end}" if notice.end else "") if notice.start else ""
@@ -225,9 +239,20 @@ def _health_answer(notice: HealthNotice, instances: Sequence[Instance]) -> Advis
         others = len(notice.affected) - len(ours)
         if others:
             text += f" and {others} not in the inventory"
+    if notice.affected and not ours:
+        text += f". {NOTHING}"
+    else:
+        text += ". Check what it means for the machines it affects and act before it starts: PatchPilot does not."
     if notice.description:
-        text += f". {notice.description.strip().splitlines()[0][:300]}"
+        text += f" {notice.description.strip().splitlines()[0][:300]}"
     return AdvisoryAnswer("report", "aws-health", notice.key, text, instances=ours)
+
+
+def _step(exposed: Sequence[tuple[str, str]]) -> str:
+    """What to do once a run patches what an advisory concerns: nothing, but for the exposed ones."""
+    if exposed:
+        return "Patch the exposed ones by hand if they cannot wait; the run's notices tell the rest."
+    return RUN_STEP
 
 
 def _count(ids: Sequence[str]) -> str:

@@ -287,14 +287,15 @@ def compliance_notice(view: ComplianceView, location: str, notice_id: str = "") 
         loud.append(f"{t.machines['exposed']} EXPOSED (never patched)")
     if t.machines["unknown"]:
         loud.append(f"{t.machines['unknown']} without an assessment")
-    lines = [head + (f" {'; '.join(loud)}." if loud else "")]
+    bad = sum(t.machines[s] for s in ("non_compliant", "needs_attention", "exposed", "unknown"))
+    step = "See each machine and what it misses in the report." if bad else "Nothing to do."
+    lines = [head + (f" {'; '.join(loud)}." if loud else "") + f" {step}"]
     rings = view.rings
     lines += [ring_line(view, r) for r in rings[:MAX_NOTICE_RINGS]]
     if len(rings) > MAX_NOTICE_RINGS:
         lines.append(f"… and {len(rings) - MAX_NOTICE_RINGS} more rings, see the report")
     if location:
         lines.append(f"Report: {location}")
-    bad = sum(t.machines[s] for s in ("non_compliant", "needs_attention", "exposed", "unknown"))
     return Notify(
         id=notice_id or f"{name}:notify:compliance_report",
         run_id=name,
@@ -311,5 +312,6 @@ def skipped_notice(run_id: str, policy: str, summary: str) -> Notify:
         id=f"{run_id}:notify:run_skipped",
         run_id=run_id,
         topic="run_skipped",
-        text=f"Run {run_id} of policy {policy} skipped: {summary} (kind: non_periodic)",
+        text=f"Run {run_id} of policy {policy} skipped: {summary} (kind: non_periodic). Nothing to do: the next window "
+        "looks again.",
     )

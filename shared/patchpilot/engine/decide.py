@@ -12,7 +12,7 @@ import hashlib
 import shlex
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Literal
 
 from patchpilot.engine.issued import with_issued
@@ -46,6 +46,7 @@ from patchpilot.engine.messages import (
     SnapshotsTaken,
     StartFollowUp,
     TakeSnapshots,
+    TimerFired,
     Topic,
     Wait,
 )
@@ -57,6 +58,7 @@ from patchpilot.engine.run import (
     MaintenanceRun,
     Run,
     RunState,
+    Runtime,
     Step,
     UndeliveredNotice,
     WaveState,
@@ -76,6 +78,9 @@ CANCEL_MARGIN = timedelta(minutes=3)
 # A machine's lease lapses this long after the window ends (or its wave starts, without a window):
 # a wave that started in time has finished by then, and a run that died frees its machines.
 LEASE_MARGIN = timedelta(hours=6)
+# A gate still waiting `rollout.approval_reminder` after it opened pages again, then every as long
+# again, this many times at most: a gate left over a weekend pages three times, not fifteen.
+MAX_APPROVAL_REMINDERS = 3
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,7 @@ def start_run(
     maintenance: MaintenanceRun | None = None,
     follow_up_of: Run | None = None,
     window_end: datetime | None = None,
+    runtime: Runtime = "local",
 ) -> Decision:
     """A new run at `now`; its window (when the policy has a schedule) ends `duration` later.
 
@@ -116,7 +122,10 @@ def start_run(
     cancelled), then checked and rolled back once Update Manager has installed.
 
     `window_end` ends the window earlier than `duration` after `now`: a run started inside a
-    window that is already open (a retry) keeps to that window's end."""
+    window that is already open (a retry) keeps to that window's end.
+
+    `runtime` is where the run is driven: its notices name the commands that work there, and only
+    a cloud run is reminded of a gate that waits."""
     waves = tuple(
         WaveState(
             index=w.index,
@@ -145,6 +154,7 @@ def start_run(
         maintenance=maintenance,
         promoted=follow_up_of.promoted if follow_up_of else None,
         follow_up_of=follow_up_of.run_id if follow_up_of else None,
+        runtime=runtime,
     )
     frozen = [r for r in excluded if r.reason.startswith("frozen")]
     text = f"Run {run_id} of policy {policy.name} started: {len(waves)} waves"
@@ -495,6 +505,29 @@ def _on_rejected(run: Run, event: Event, now: datetime) -> Decision:
     return _end(_logged(run, now, reason[:1].upper() + reason[1:], "warning"), now, "halted", reason)
 
 
+def _on_approval_reminder(run: Run, event: Event, now: datetime) -> Decision:
+    """The gate still waits past its reminder: page (the severity of a halt) with what waits, since
+    when, and the commands; then set the next reminder, if any is left."""
+    assert isinstance(event, TimerFired)
+    number = int(event.command_id.rsplit(":remind", 1)[1])
+    ring = run.current.ring
+    opened = GATE_OPENED % ring
+    since = next((e.at for e in reversed(run.log) if e.text.startswith(opened)), run.created_at)
+    zone = run.policy.schedule.zone if run.policy.schedule else UTC
+    text = (
+        f"Ring {ring} of run {run.run_id} still waits for approval, {_minutes(now - since)} since "
+        f"{since.astimezone(zone).isoformat(timespec='minutes')}: {_how_to_decide(run)}."
+    )
+    if run.window_end is not None and now >= run.window_end:
+        ended = run.window_end.astimezone(zone).isoformat(timespec="minutes")
+        text += f" The window ended at {ended}: an approval now starts nothing (the run ends incomplete)."
+    if number >= MAX_APPROVAL_REMINDERS:
+        text += " This is the last reminder."
+    run = _logged(run, now, text, "warning")
+    notice = _notify(run, "approval_needed", text, "error", f"{ring}:remind{number}")
+    return _reminding(run, now, number + 1, [notice])
+
+
 WAVE_DONE = "WaveDone"  # not a state: the end of a wave, decided inside the handlers
 
 TRANSITIONS: dict[tuple[RunState, str], Transition] = {
@@ -508,6 +541,7 @@ TRANSITIONS: dict[tuple[RunState, str], Transition] = {
     ("cancelling", "MaintenanceCancelled"): Transition(_on_maintenance_cancelled, ("halted", "installing", WAVE_DONE)),
     ("soaking", "TimerFired"): Transition(_on_soak_over, ("awaiting_approval", "leasing")),
     ("awaiting_approval", "ApprovalGranted"): Transition(_on_approved, ("leasing",)),
+    ("awaiting_approval", "TimerFired"): Transition(_on_approval_reminder, ("awaiting_approval",)),
     ("awaiting_approval", "ApprovalRejected"): Transition(_on_rejected, ("halted",)),
 }
 # Where the end of a wave leads: the next wave, a soak, an approval gate, or the end of the run.
@@ -705,16 +739,50 @@ def _ring_notice(run: Run, ring: str, text: str, broken: list[InstanceRecord], t
 
 def _enter_next_ring(run: Run, now: datetime) -> Decision:
     """Start the ring of the current wave, or, when it requires approval, wait for one before its
-    first wave: the first ring too (then nothing at all is touched before someone approves)."""
+    first wave: the first ring too (then nothing at all is touched before someone approves). A
+    cloud run also sets the timer of the gate's first reminder (`rollout.approval_reminder`)."""
     ring = run.policy.rings[run.current.ring_position]
     if ring.approval == "required":
-        text = (
-            f"Ring {ring.name} needs approval before it starts: approve it with {_command('approve', run.run_id)}, "
-            f"or reject it (the run ends there; add --reason TEXT to say why) with {_command('reject', run.run_id)}."
-        )
+        text = f"{GATE_OPENED % ring.name}: {_how_to_decide(run)}."
         run = _logged(run, now, text, "warning")
-        return Decision(_awaiting(run, "awaiting_approval", None), [_notify(run, "approval_needed", text)])
+        notice = _notify(run, "approval_needed", text, suffix=ring.name)
+        return _reminding(_awaiting(run, "awaiting_approval", None), now, 1, [notice])
     return _begin_wave(run, now)
+
+
+GATE_OPENED = "Ring %s needs approval before it starts"  # the gate's log entry starts so: its reminders find it
+
+
+def _how_to_decide(run: Run) -> str:
+    """How to approve or reject the gate of `run`: the CLI locally; on a cloud, the buttons or
+    links the approval notices carry to their channels (there is no `approve --cloud`; the log's
+    copy of the notice says where they went: `serverless.approve_hint`)."""
+    if run.runtime == "local":
+        return (
+            f"approve it with {_command('approve', run.run_id)}, or reject it (the run ends there; "
+            f"add --reason TEXT to say why) with {_command('reject', run.run_id)}"
+        )
+    return (
+        "approve it with the Approve button or link of this notice in Slack or Teams, "
+        "or reject it with Reject (the run ends there)"
+    )
+
+
+def _reminding(run: Run, now: datetime, number: int, notices: list[Message]) -> Decision:
+    """The gate waits; on a cloud, with a reminder interval and reminders left, reminder `number`
+    is set for one interval from now (a Wait the run awaits: once the gate is decided, or for an
+    earlier gate, its firing is stale and changes nothing)."""
+    every = run.policy.rollout.approval_reminder
+    if run.runtime == "local" or every <= timedelta(0) or number > MAX_APPROVAL_REMINDERS:
+        return Decision(run, notices)
+    ring = run.current.ring
+    wait = Wait(
+        id=f"{run.run_id}:ring{run.current.ring_position + 1}:remind{number}",
+        run_id=run.run_id,
+        until=now + every,
+        purpose=f"approval reminder {number} of ring {ring}",
+    )
+    return Decision(_awaiting(run, "awaiting_approval", wait.id), [*notices, wait])
 
 
 def _end(run: Run, now: datetime, state: RunState, reason: str) -> Decision:
@@ -740,7 +808,7 @@ def _end(run: Run, now: datetime, state: RunState, reason: str) -> Decision:
     text = f"Run {run.run_id} {state}: {reason}. {_after_end(run, broken)}\nInstances: {count_states(run.records())}."
     if run.follow_ups and not run.may_follow_up:
         text += f" NOT COVERED: {plural(len(run.follow_ups), 'follow-up')} not started, nothing more is patched."
-    text += _broken_lines(broken)
+    text += _broken_lines(run, broken)
     if state == "succeeded":
         notice, run = _notify(run, "run_finished", text), _logged(run, now, text)
     elif state == "nothing_patched":  # nothing harmed, nothing protected: someone must look
@@ -799,7 +867,7 @@ def _left_broken(count: int) -> str:
     return f"{plural(count, 'machine')} {'is' if count == 1 else 'are'} left broken (state failed)"
 
 
-def _broken_lines(broken: list[InstanceRecord]) -> str:
+def _broken_lines(run: Run, broken: list[InstanceRecord]) -> str:
     """The machines a run left `failed`, one line each (name, id, reason, the snapshots to restore
     from), at most MAX_BROKEN_NAMED and then how many more; "" when there are none."""
     if not broken:
@@ -809,7 +877,7 @@ def _broken_lines(broken: list[InstanceRecord]) -> str:
         snapshots = ", ".join(record.snapshot_ids) or "none taken"
         lines.append(f"- {record.instance.short_name} ({record.id}): {record.reason}; snapshots: {snapshots}")
     if len(broken) > MAX_BROKEN_NAMED:
-        lines.append(f"- and {len(broken) - MAX_BROKEN_NAMED} more (patchpilot status)")
+        lines.append(f"- and {len(broken) - MAX_BROKEN_NAMED} more: see them {_listed(run)}")
     return "\n".join(lines)
 
 
@@ -894,28 +962,29 @@ def _failure_notices(run: Run, wave: WaveState) -> list[Command]:
     notices: list[Command] = []
     for record in failed[:MAX_FAILURE_NOTICES]:
         text = _failure_text(run, wave, record)
-        notices.append(
-            _notify(
-                run,
-                "instance_failed",
-                text,
-                "info" if record.state == "rolled_back" else "error",  # a healthy rollback pages nobody
-                record.id,
-            )
-        )
+        notices.append(_notify(run, "instance_failed", text, _failure_severity([record]), record.id))
     if len(failed) > MAX_FAILURE_NOTICES:
         rest = failed[MAX_FAILURE_NOTICES:]
         text = (
             f"Wave {wave.index}: {len(rest)} more machines failed ({count_states(rest)}), not told one by one: "
-            f"see each with {_command('status', run.run_id)}."
+            f"see each {_listed(run)}."
         )
         healthy = all(r.state == "rolled_back" for r in rest)
         if any(r.state == "failed" for r in rest):
             text += " Restore the failed ones by hand from their snapshots."
         else:
             text += " Nothing to do for them." if healthy else " Fix the cause for the skipped ones."
-        notices.append(_notify(run, "instance_failed", text, "info" if healthy else "error", f"w{wave.index}:more"))
+        notices.append(_notify(run, "instance_failed", text, _failure_severity(rest), f"w{wave.index}:more"))
     return notices
+
+
+def _failure_severity(records: list[InstanceRecord]) -> Severity:
+    """How loud the notice of these failed machines is: an error (it pages) only when one is left
+    broken; a warning when one was skipped untouched (its snapshot failed: nothing was changed, the
+    cause is fixed in working hours); info when each was rolled back healthy."""
+    if any(r.state not in ("rolled_back", "skipped") for r in records):
+        return "error"
+    return "warning" if any(r.state == "skipped" for r in records) else "info"
 
 
 def _failure_text(run: Run, wave: WaveState, record: InstanceRecord) -> str:
@@ -945,7 +1014,7 @@ def _after_start(run: Run) -> str:
     ring = run.policy.rings[run.current.ring_position]
     if run.maintenance is None and ring.approval == "required":
         return f"Ring {ring.name} waits for your approval before any machine is touched (the approval notice says how)."
-    return f"Nothing to do: you are told when a ring finishes or someone must act ({_command('status', run.run_id)})."
+    return f"Nothing to do: you are told when a ring finishes or someone must act ({_cli(run, 'status')})."
 
 
 def _after_end(run: Run, broken: list[InstanceRecord]) -> str:
@@ -953,16 +1022,16 @@ def _after_end(run: Run, broken: list[InstanceRecord]) -> str:
     patched (or plan again when nothing could be), or nothing."""
     first = f"Restore {'it' if len(broken) == 1 else 'each'} from the snapshots listed below; then, " if broken else ""
     unpatched = [r for r in run.records() if r.state in RETRYABLE_STATES]
-    retry = _command("retry", run.run_id)
+    retry = _cli(run, "retry")
     if run.state == "nothing_patched" and why_not_retryable(run):
         plan = _command("plan", *NEW_RUN[1:])
         return f"{first}Nothing was changed: check what each ring selects with {plan} before the next run."
     if run.state == "incomplete":
         return f"{first}Nothing more to do: the machines not started are patched by the next run."
     if run.state == "halted":
-        then = retry if not why_not_retryable(run) else f"start a new run ({_command(*NEW_RUN)})"
+        then = retry if not why_not_retryable(run) else f"start a new run ({_new_run(run)})"
         restore = first[:1].lower() + first[1:]
-        status = _command("status", run.run_id)
+        status = _cli(run, "status")
         when = "once the cause is fixed"
         if run.cursor < len(run.waves) and run.reason.startswith(f"ring {run.current.ring} rejected by "):
             when = "if the ring is to be patched after all"
@@ -974,6 +1043,32 @@ def _after_end(run: Run, broken: list[InstanceRecord]) -> str:
 
 
 NEW_RUN = ("run", "--policy", "FILE", "--inventory", "FILE")
+
+
+def _cli(run: Run, verb: Literal["status", "retry"]) -> str:
+    """The command that shows (`status`) or retries (`retry`) `run` where it runs: locally
+    `patchpilot status RUN`; on a cloud `patchpilot retry --cloud aws RUN`, and, as `status` reads
+    only a state directory, the run table's listing of the run's policy (`patchpilot runs --cloud
+    aws --policy NAME`; its report is linked from the run's last notice)."""
+    if run.runtime == "local":
+        return _command(verb, run.run_id)
+    if verb == "retry":
+        return _command("retry", "--cloud", run.runtime, run.run_id)
+    return _command("runs", "--cloud", run.runtime, "--policy", run.policy.name)
+
+
+def _listed(run: Run) -> str:
+    """Where the machines of a run are listed one by one, after "see each"/"more"."""
+    if run.runtime == "local":
+        return f"with {_command('status', run.run_id)}"
+    return "in the run's report (its last notice links it)"
+
+
+def _new_run(run: Run) -> str:
+    """How a new run of the policy starts: `patchpilot run` locally, the policy's timer on a cloud."""
+    if run.runtime == "local":
+        return _command(*NEW_RUN)
+    return "the timer starts one at the policy's next window"
 
 
 def _command(*words: str) -> str:

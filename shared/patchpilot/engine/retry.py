@@ -5,12 +5,17 @@ what the retried run promoted, pinned per OS, on only the machines it did not pa
 left failed, skipped, or not started), once the operator has fixed the cause. Machines it
 excluded (frozen ones too) are never retried, nor machines of an OS it promoted no set for (a
 retry would skip them again: a new run patches them).
+
+A run is retried once per machine: a machine a retry of the run took on is the retry's from then
+on (`RetryChain`), so retrying the run again never patches twice what its retry patched; what is
+still unpatched is retried from the latest retry of the chain.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from patchpilot.engine.run import InstanceRecord, Run, count_states
@@ -59,15 +64,63 @@ def why_record_not_retryable(run: Run, record: InstanceRecord) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class RetryChain:
+    """The retries of one run: `taken` maps each machine a retry of the run took on to that retry;
+    `latest` maps each such retry to the end of its chain (the newest retry of the newest retry
+    of it ..., or itself), where what is still unpatched of its machines is retried from."""
+
+    taken: dict[str, str] = field(default_factory=dict)
+    latest: dict[str, str] = field(default_factory=dict)
+
+    def why_taken(self, instance_id: str) -> str | None:
+        """Why this machine of the run is not retried from it again, or None when no retry took it."""
+        retry = self.taken.get(instance_id)
+        if retry is None:
+            return None
+        return f"was retried by {retry} already: retry {self.latest[retry]} instead, the latest retry of it"
+
+
+def retry_chain(run_id: str, run_ids: Iterable[str], load: Callable[[str], Run]) -> RetryChain:
+    """The retries of `run_id` in a store (its `run_ids` and `load`): only the `<run>-retry-<n>` ids
+    are read."""
+    base = _RETRY_SUFFIX.sub("", run_id)
+    numbered = re.compile(rf"^{re.escape(base)}-retry-(\d+)$")
+    found = sorted((int(m.group(1)), i) for i in run_ids if (m := numbered.match(i)) and i != run_id)
+    retries = [load(i) for _, i in found]
+    taken: dict[str, str] = {}
+    latest: dict[str, str] = {}
+    for retry in retries:
+        if retry.follow_up_of != run_id:
+            continue
+        taken.update({r.id: retry.run_id for r in retry.records() if r.state != "excluded"})
+        end = retry.run_id
+        while children := [r.run_id for r in retries if r.follow_up_of == end]:
+            end = children[-1]
+        latest[retry.run_id] = end
+    return RetryChain(taken, latest)
+
+
 def retry_targets(
-    run: Run, only: Sequence[str] = (), current: Mapping[str, Instance] | None = None
+    run: Run,
+    only: Sequence[str] = (),
+    current: Mapping[str, Instance] | None = None,
+    chain: RetryChain | None = None,
 ) -> tuple[list[Instance], list[tuple[InstanceRecord, str]]]:
     """The machines a retry of `run` patches (each as `current` has it now, when given: the
     inventory after the fix; else as the run recorded it), and those of the retryable states left
     out with why. With `only`, exactly those machines (by id), each of which must be retryable.
-    Raises `NotRetryableError` naming every problem."""
+    `chain`: the run's retries so far, whose machines are theirs to retry (a run retried whole
+    is refused, naming its latest retry). Raises `NotRetryableError` naming every problem."""
     if why := why_not_retryable(run):
         raise NotRetryableError.of(run, why)
+    chain = chain or RetryChain()
+
+    def why_not(record: InstanceRecord) -> str | None:
+        return why_record_not_retryable(run, record) or (
+            chain.why_taken(record.id) if record.state in RETRYABLE_STATES else None
+        )
+
     records = {r.id: r for r in run.records()}
     problems: list[Problem] = []
     if only:
@@ -75,15 +128,24 @@ def retry_targets(
             record = records.get(wanted)
             if record is None:
                 problems.append(Problem(("instances", wanted), "is not a machine of this run"))
-            elif why := why_record_not_retryable(run, record):
+            elif why := why_not(record):
                 problems.append(Problem(("instances", wanted), why))
         chosen = [records[i] for i in dict.fromkeys(only) if i in records]
         left_out: list[tuple[InstanceRecord, str]] = []
     else:
         candidates = [r for r in records.values() if r.state in RETRYABLE_STATES]
-        chosen = [r for r in candidates if why_record_not_retryable(run, r) is None]
-        left_out = [(r, why) for r in candidates if (why := why_record_not_retryable(run, r))]
-        if not chosen:
+        chosen = [r for r in candidates if why_not(r) is None]
+        left_out = [(r, why) for r in candidates if (why := why_not(r))]
+        if not chosen and any(chain.why_taken(r.id) for r in candidates):
+            problems.append(
+                Problem(
+                    ("status",),
+                    f"was retried already (by {', '.join(sorted(chain.latest))}): retry "
+                    f"{' or '.join(sorted(set(chain.latest.values())))} instead, the latest retry, which holds "
+                    f"what is still unpatched (a retry of {run.run_id} would patch again what its retries patched)",
+                )
+            )
+        elif not chosen:
             detail = f"has no failed or skipped machine to retry ({count_states(run.records())})"
             if left_out:
                 detail += "; " + "; ".join(f"{r.instance.short_name} {why}" for r, why in left_out[:3])

@@ -40,6 +40,10 @@ RunState = Literal[
 TERMINAL_STATES: frozenset[str] = frozenset(
     {"succeeded", "succeeded_with_failures", "nothing_patched", "halted", "incomplete"}
 )
+# Where a run is driven: the local runtime (a state directory) or a cloud deployment. Its notices
+# name the commands that work for it (`patchpilot retry --cloud aws RUN`), and only a cloud run
+# is reminded of a gate (nothing runs while a local run waits: its process has exited).
+Runtime = Literal["local", "aws", "azure"]
 Status = Literal[
     "running", "waiting_approval", "succeeded", "succeeded_with_failures", "nothing_patched", "halted", "incomplete"
 ]
@@ -148,6 +152,7 @@ class Run(_State):
     # The worker executes only what is recorded here.
     issued: dict[str, str] = Field(default_factory=dict)
     leased: tuple[str, ...] = ()  # the instances whose lease the run holds (the current wave's)
+    runtime: Runtime = "local"  # a run stored before this field was local or named local commands
 
     @property
     def status(self) -> Status:

@@ -179,10 +179,16 @@ def digest_notice(view: WatchView, slot: datetime) -> Notify:
     else:
         scope = "in the sources read" if view.unavailable else "by the clouds"
         head = f"No maintenance scheduled {scope} within {horizon} for policy {view.policy}."
+    if view.due:
+        when = "before the next window" if view.next_window else f"within {horizon}"
+        head += f" Act on each one due {when}: it has an alert of its own."
+    else:
+        head += " Nothing to do now."
     if view.unavailable:
         unread = len(view.unavailable)
         holds = "it holds" if unread == 1 else "they hold"
-        head += f" {_count(unread, 'source')} could not be read: what {holds} is unknown."
+        fix = "its access" if unread == 1 else "their access"
+        head += f" {_count(unread, 'source')} could not be read: what {holds} is unknown; fix {fix} (Not read, below)."
     lines = [head, *_unavailable_lines(view)]
     if view.next_window is not None:
         lines.append(f"Next window: {_when(view.next_window.start, view.zone)}")
@@ -211,6 +217,10 @@ def alert_notices(view: WatchView) -> list[Notify]:
         )
         state = "under way" if watched.in_progress else f"due {_when(watched.due_at, view.zone)}"
         text = f"{_subject(watched)}: {SOURCE_NAMES[item.source]} {item.kind} {state}, {before}."
+        if item.downtime:
+            text += " Plan for its downtime, or move it into a patch window where the cloud allows."
+        else:
+            text += " Nothing to do unless the machine cannot take it: no downtime is expected."
         lines = [text]
         if item.warning:
             lines.append(f"WARNING {item.warning}")

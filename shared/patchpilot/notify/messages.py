@@ -30,9 +30,11 @@ TITLES: dict[Topic, str] = {
     "maintenance_alert": "Cloud maintenance before the next window",
 }
 BROKEN_TITLE = "Run finished, machines left broken"
-# these mention on-call (an instance_failed notice only when someone must act: not for a machine
-# rolled back healthy, an info notice); so does a run_finished notice of error severity (machines
-# left broken)
+REMINDER_TITLE = "Approval still needed"
+# these mention on-call (an instance_failed notice only when someone must act, an error: not for a
+# machine rolled back healthy, info, nor one skipped untouched because its snapshot failed, a
+# warning); so do a run_finished notice of error severity (machines left broken) and an
+# approval_needed one of error severity (a gate waiting past its reminder)
 ALERT_TOPICS: frozenset[Topic] = frozenset({"instance_failed", "run_halted", "maintenance_alert"})
 LIST_TOPICS: frozenset[Topic] = frozenset({"ring_finished", "run_halted", "run_finished"})
 # Notices about a policy, not a run (patchpilot.maintenance.watch): their text's "- " lines are the
@@ -65,6 +67,7 @@ def card_for(notice: Notify, run: Run | None = None) -> Card:
     """The card of a notice; `run` (when the store has it) adds the policy, the counts and the
     failed instances."""
     broken = notice.topic == "run_finished" and notice.severity == "error"  # succeeded_with_failures
+    reminder = notice.topic == "approval_needed" and notice.severity == "error"  # a gate past its reminder
     text = notice.text
     links: list[tuple[str, str]] = []
     facts = [("Policy" if notice.topic in POLICY_TOPICS else "Run", notice.run_id)]
@@ -94,10 +97,11 @@ def card_for(notice: Notify, run: Run | None = None) -> Card:
         run_id=notice.run_id,
         topic=notice.topic,
         severity=notice.severity,
-        title=f"{BROKEN_TITLE if broken else TITLES[notice.topic]}: {notice.run_id}",
+        title=f"{BROKEN_TITLE if broken else REMINDER_TITLE if reminder else TITLES[notice.topic]}: {notice.run_id}",
         text=text,
-        alert=(notice.topic in ALERT_TOPICS and not (notice.topic == "instance_failed" and notice.severity == "info"))
-        or broken,
+        alert=(notice.topic in ALERT_TOPICS and not (notice.topic == "instance_failed" and notice.severity != "error"))
+        or broken
+        or reminder,
         facts=tuple(facts),
         items_label=items_label or (f"Failed instances ({len(items)})" if items else ""),
         items=items,

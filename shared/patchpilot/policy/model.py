@@ -191,6 +191,10 @@ class Rollout(_Section):
     # Unset: a wave starts only if its expected duration (the run's longest wave so far, else the
     # estimate of its steps, planning/estimate.py) fits in what is left; `0`: until the very end.
     cutoff: Duration | None = None
+    # A gate (`approval: required`) still waiting this long pages the approval_needed channels
+    # again, every `approval_reminder`, at most MAX_APPROVAL_REMINDERS times (engine/decide.py);
+    # `0`: no reminder. On the clouds only: a local run waits with no process running.
+    approval_reminder: Duration = timedelta(hours=4)
 
 
 class Exclusions(_Section):

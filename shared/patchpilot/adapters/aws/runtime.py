@@ -130,6 +130,7 @@ class AwsRuntime(ServerlessRuntime):
             clock=self.clock,
             metrics=EmfMetrics(),
             leases=DynamoDbLeases(self.env.table, self.clients("dynamodb", None, self.env.region)),
+            runtime="aws",
         )
 
     @functools.cached_property

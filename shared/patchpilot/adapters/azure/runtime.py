@@ -316,6 +316,7 @@ class AzureRuntime(ServerlessRuntime):
             maintenance=UpdateManagerCanceller(self.clients),
             metrics=LogMetrics(),
             leases=self.leases,
+            runtime="azure",
         )
 
     def policy(self) -> Policy:

@@ -119,7 +119,8 @@ class RollBack(_Command):
 
 
 class Wait(_Command):
-    """Deliver a TimerFired at `until`: soaks between rings."""
+    """Deliver a TimerFired at `until`: soaks between rings, and reminders of a gate still waiting
+    for approval (`purpose` says which)."""
 
     type: Literal["Wait"] = "Wait"
     until: datetime

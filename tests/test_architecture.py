@@ -30,6 +30,7 @@ LAYERS: dict[str, str] = {
     # core: models, pure decisions, renderings, the ports themselves
     "patchpilot": CORE,
     "errors": CORE,
+    "batching": CORE,
     "inputs": CORE,
     "inventory": CORE,
     "redact": CORE,

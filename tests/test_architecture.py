@@ -69,21 +69,8 @@ SDKS = ("boto3", "botocore", "mypy_boto3_", "azure", "slack_sdk", "requests", "s
 # Today's violations, each with the reason it is still here. A fixed one must leave this list.
 KNOWN: set[str] = {
     "cycle: cli <-> cli_advisory",  # cli_advisory takes the CLI's helpers from cli.py (another engineer's file)
-    # the assessor and the maintenance source live off the fleet and its private helpers
-    "cycle: adapters.aws.compliance <-> adapters.aws.fleet <-> adapters.aws.maintenance",
+    # the assessor and the maintenance source live off the fleet (its shared reads have no public home)
     "cycle: adapters.azure.compliance <-> adapters.azure.fleet <-> adapters.azure.maintenance_watch",
-    # the fleet's helpers, shared without a public home
-    "private name: adapters.aws.compliance imports adapters.aws.fleet._agent_problem",
-    "private name: adapters.aws.compliance imports adapters.aws.fleet._by_placement",
-    "private name: adapters.aws.compliance imports adapters.aws.fleet._chunks",
-    "private name: adapters.aws.compliance imports adapters.aws.fleet._code",
-    "private name: adapters.aws.compliance imports adapters.aws.fleet._comment",
-    "private name: adapters.aws.compliance imports adapters.aws.fleet._describe_error",
-    "private name: adapters.aws.compliance imports adapters.aws.fleet._token",
-    "private name: adapters.aws.compliance imports adapters.aws.fleet._unique",
-    "private name: adapters.aws.maintenance imports adapters.aws.fleet._by_placement",
-    "private name: adapters.aws.maintenance imports adapters.aws.fleet._chunks",
-    "private name: adapters.aws.maintenance imports adapters.aws.fleet._code",
 }
 
 

@@ -27,13 +27,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
 from typing import TYPE_CHECKING, Any, Literal, assert_never
 
-from patchpilot.adapters.azure.fleet_common import (
+from patchpilot.adapters.azure.graph import kql_list, query
+from patchpilot.adapters.azure.install_body import (
     LINUX_CLASSIFICATIONS,
     REBOOT_SETTINGS,
     WINDOWS_CLASSIFICATIONS,
     kb_number,
 )
-from patchpilot.adapters.azure.graph import kql_list, query
 from patchpilot.errors import InputError, Problem, quote
 from patchpilot.inventory import Instance, OsFamily
 from patchpilot.policy import Policy, Ring

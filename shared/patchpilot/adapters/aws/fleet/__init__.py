@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Final
 
-from patchpilot.adapters.health import HttpGet, urllib_get
+from patchpilot.adapters.health import HttpGet, HttpProbe, urllib_get
 from patchpilot.engine.messages import CheckHealth, InstallPatches, ProbeAgents, RollBack, TakeSnapshots
 from patchpilot.inventory import Instance
 from patchpilot.policy.model import Policy
@@ -106,7 +106,7 @@ class Ec2SsmFleet:
             if override_bucket
             else None
         )
-        self.http = health.HttpProbe(http_get, http_timeout)
+        self.http = HttpProbe(http_get, http_timeout)
 
     @property
     def clock(self) -> Clock:

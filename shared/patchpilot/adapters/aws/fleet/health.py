@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Literal
 
 from botocore.exceptions import ClientError
 
-from patchpilot.adapters.health import HttpGet, UnsafeUrlValueError, fill, fill_url
+from patchpilot.adapters.health import HttpProbe, UnsafeUrlValueError, fill, fill_url
 from patchpilot.batching import chunks, unique
 from patchpilot.engine.messages import CheckHealth, Outcome
 from patchpilot.inventory import Instance
@@ -46,14 +46,6 @@ if TYPE_CHECKING:
     from mypy_boto3_ssm.type_defs import CommandInvocationTypeDef, InstanceInformationTypeDef
 
 HEALTH_POLL = timedelta(minutes=2)
-
-
-@dataclass(frozen=True)
-class HttpProbe:
-    """How the policy's HTTP checks are made: the GET and its timeout in seconds."""
-
-    get: HttpGet
-    timeout: float
 
 
 def check_health(access: AwsAccess, command: CheckHealth, http: HttpProbe) -> Progress:

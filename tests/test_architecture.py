@@ -31,6 +31,8 @@ LAYERS: dict[str, str] = {
     "patchpilot": CORE,
     "errors": CORE,
     "batching": CORE,
+    "wording": CORE,
+    "verdict": CORE,
     "inputs": CORE,
     "inventory": CORE,
     "redact": CORE,

@@ -10,6 +10,7 @@ from datetime import timedelta
 from typing import Any
 
 from patchpilot.inventory import OsFamily
+from patchpilot.wording import spoken_duration
 
 WINDOWS_CLASSIFICATIONS = (
     *("Critical", "Security", "UpdateRollup", "FeaturePack"),
@@ -48,13 +49,10 @@ def install_duration(requested: timedelta | None) -> tuple[timedelta, str]:
     a note when clamped."""
     wanted = requested if requested is not None else DEFAULT_INSTALL_DURATION
     chosen = min(max(wanted, MIN_INSTALL_DURATION), MAX_INSTALL_DURATION)
-    note = "" if chosen == wanted else f"maximum duration {minutes(wanted)} clamped to {minutes(chosen)}"
+    note = (
+        "" if chosen == wanted else f"maximum duration {spoken_duration(wanted)} clamped to {spoken_duration(chosen)}"
+    )
     return chosen, note
-
-
-def minutes(delta: timedelta) -> str:
-    total = int(delta.total_seconds() // 60)
-    return f"{total} min" if total < 120 or total % 60 else f"{total // 60} h"
 
 
 def install_body(

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from botocore.exceptions import ClientError
 
@@ -18,6 +17,7 @@ from patchpilot.engine.messages import CheckHealth, Outcome
 from patchpilot.inventory import Instance
 from patchpilot.policy.model import HealthChecks
 from patchpilot.ports import InProgress, Progress
+from patchpilot.verdict import Verdict
 
 from ..access import (
     ALARMS_PER_CALL,
@@ -274,33 +274,6 @@ def _check_script(
                 verdicts[instance_id] = verdicts[instance_id].plus("script exit 0")
             else:
                 verdicts[instance_id] = Verdict("fail", f"health script: {_script_failure(invocation)}")
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """One instance's health so far: pass (with what passed), wait (why), or fail (why)."""
-
-    state: Literal["pass", "wait", "fail"]
-    detail: str
-    deadline: datetime | None = None
-
-    def plus(self, passed: str) -> Verdict:
-        return Verdict(self.state, f"{self.detail}, {passed}" if self.detail else passed, self.deadline)
-
-    def timed(self, now: datetime, deadline: datetime, timeout: timedelta) -> Verdict:
-        """A wait past the deadline is a failure."""
-        if self.state != "wait":
-            return self
-        if now >= deadline:
-            return Verdict("fail", f"{self.detail} (still after {_duration(timeout)})")
-        return Verdict("wait", self.detail, deadline)
-
-
-def _duration(delta: timedelta) -> str:
-    seconds = int(delta.total_seconds())
-    if seconds % 60:
-        return f"{seconds} s"
-    return f"{seconds // 60} min"
 
 
 def _base_health(

@@ -20,6 +20,7 @@ from patchpilot.batching import chunks, group, unique
 from patchpilot.engine.messages import InstallPatches, InstallTarget, Outcome
 from patchpilot.inventory import OsFamily
 from patchpilot.ports import InProgress, Progress
+from patchpilot.wording import plural
 
 from ..access import (
     PATCH_DOCUMENT,
@@ -213,7 +214,7 @@ def _install_outcome(
         return Outcome(id=instance_id, ok=False, detail=invocation_failure(PATCH_DOCUMENT, invocation))
     since = ssm_command.get("RequestedDateTime") or invocation.get("RequestedDateTime")
     patches = _installed_patches(ssm, instance_id, since)
-    count = "1 patch" if len(patches) == 1 else f"{len(patches)} patches"
+    count = plural(len(patches), "patch")
     tail = "no reboot (reboot: never)" if command.reboot == "never" else "rebooted if needed"
     return Outcome(id=instance_id, ok=True, detail=f"{count} installed, {tail}", items=patches)
 

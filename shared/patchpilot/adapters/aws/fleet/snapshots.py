@@ -14,6 +14,7 @@ from patchpilot.batching import unique
 from patchpilot.engine.messages import Outcome, TakeSnapshots
 from patchpilot.inventory import Instance
 from patchpilot.ports import InProgress, Progress
+from patchpilot.wording import plural
 
 from ..access import TAG_COMMAND, TAG_INSTANCE, TAG_RUN, TAG_WAVE, AwsAccess, by_placement, describe_error, tags_of
 
@@ -82,7 +83,7 @@ def take_snapshots(access: AwsAccess, command: TakeSnapshots) -> Progress:
         own = sorted(own, key=lambda s: (rank.get(s.get("VolumeId", ""), (2, "")), s.get("SnapshotId", "")))
         ids = [s["SnapshotId"] for s in own]
         root_found = any(rank.get(s.get("VolumeId", ""), (2, ""))[0] == 0 for s in own)
-        volumes = "1 volume" if len(ids) == 1 else f"{len(ids)} volumes"
+        volumes = plural(len(ids), "volume")
         detail = f"snapshotted {volumes}" + ("" if root_found else " (root volume not identified)")
         outcomes.append(Outcome(id=instance.id, ok=True, detail=detail, items=ids, at=now))
     return outcomes

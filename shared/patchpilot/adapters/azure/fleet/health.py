@@ -6,9 +6,8 @@ PatchPilotHealthCheck=<command id>|<UTC start> on the command's first machine.""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.mgmt.compute import models as cm
@@ -23,6 +22,7 @@ from patchpilot.engine.messages import (
 from patchpilot.inventory import Instance
 from patchpilot.policy.model import HealthChecks
 from patchpilot.ports import InProgress, Progress
+from patchpilot.verdict import Verdict
 
 from ..access import (
     NIC_TYPE,
@@ -42,30 +42,12 @@ from ..access import (
     text,
 )
 from ..graph import IDS_PER_QUERY, kql_list, kql_string, query
-from ..install_body import minutes
 
 if TYPE_CHECKING:
     pass
 
 HEALTH_POLL = timedelta(minutes=2)
 RUN_COMMAND = "patchpilot-health"
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """One machine's health so far: pass (with what passed), wait (why), or fail (why)."""
-
-    state: Literal["pass", "wait", "fail"]
-    detail: str
-
-    def plus(self, passed: str) -> Verdict:
-        return Verdict(self.state, f"{self.detail}, {passed}" if self.detail else passed)
-
-    def timed(self, now: datetime, deadline: datetime, timeout: timedelta) -> Verdict:
-        """A wait past the deadline is a failure."""
-        if self.state == "wait" and now >= deadline:
-            return Verdict("fail", f"{self.detail} (still after {minutes(timeout)})")
-        return self
 
 
 def nics_query(ids: Sequence[str]) -> str:

@@ -26,6 +26,7 @@ from patchpilot.engine.messages import (
 )
 from patchpilot.inventory import OsFamily
 from patchpilot.ports import InProgress, Progress
+from patchpilot.wording import plural, spoken_duration
 
 from ..access import (
     INSTALL_RESULT_TYPES,
@@ -45,7 +46,7 @@ from ..access import (
     transient,
 )
 from ..graph import IDS_PER_QUERY, kql_list, kql_string, query
-from ..install_body import install_body, install_duration, minutes
+from ..install_body import install_body, install_duration
 
 if TYPE_CHECKING:
     pass
@@ -251,7 +252,7 @@ def _install_progress(
         status = text(run, "properties", "status")
         if status.lower() in RUNNING_INSTALL:
             if now >= deadline:
-                detail = f"installation still {status or 'pending'} after {minutes(deadline_after)}"
+                detail = f"installation still {status or 'pending'} after {spoken_duration(deadline_after)}"
                 result[item.machine.id] = Outcome(id=item.machine.id, ok=False, detail=detail)
             else:
                 result[item.machine.id] = None
@@ -350,6 +351,6 @@ def _run_failure(run: Any) -> str:
 
 
 def _run_success(run: Any, names: Sequence[str]) -> str:
-    count = "1 patch" if len(names) == 1 else f"{len(names)} patches"
+    count = plural(len(names), "patch")
     reboot = text(run, "properties", "rebootStatus")
     return f"{count} installed" + (f", reboot {reboot}" if reboot else "")

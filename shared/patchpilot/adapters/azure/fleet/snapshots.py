@@ -18,6 +18,7 @@ from patchpilot.engine.messages import (
     TakeSnapshots,
 )
 from patchpilot.ports import InProgress, Progress
+from patchpilot.wording import plural
 
 from ..access import (
     TAG_COMMAND,
@@ -131,7 +132,7 @@ def _snapshot_vm(
         ids.append(text(snapshot, "id"))
     if waiting:
         return None
-    count = "1 disk" if len(ids) == 1 else f"{len(ids)} disks"
+    count = plural(len(ids), "disk")
     return Outcome(id=machine.id, ok=True, detail=f"incremental snapshots of {count}", items=ids)
 
 

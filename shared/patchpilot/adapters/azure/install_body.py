@@ -1,5 +1,5 @@
 """What an installPatches request carries, shared by the fleet's installs (`fleet/install.py`)
-and Update Manager's maintenance configurations (`update_manager.py`): the classifications and
+and Update Manager's maintenance configurations (`update_manager/`): the classifications and
 reboot settings Azure knows, KB numbers and Linux package masks, the maximum duration, the body."""
 
 from __future__ import annotations

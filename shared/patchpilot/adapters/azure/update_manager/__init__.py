@@ -7,7 +7,7 @@ machines a schedule cannot patch and which patch themselves behind PatchPilot's 
 Microsoft's scenario table (docs/azure-update-manager.md). `fix_patch_settings` sets Customer
 Managed Schedules: patchMode AutomaticByPlatform + bypassPlatformSafetyChecksOnUserSchedule.
 
-Sync (maintenance configurations), shaped like `adapters/aws/baselines.py`:
+Sync (maintenance configurations), shaped like `adapters/aws/baselines/`:
 - `desired(policy, now, machines)`, pure: one maintenance configuration per Azure ring, named
   `<name_prefix>-<policy>-<ring>` and tagged as PatchPilot's, from `schedule`, `patches` and
   `reboot`; assigned by a dynamic scope per ring and subscription, or statically per machine.

@@ -1,7 +1,7 @@
 """What the AWS fleet (`fleet/`), the assessor (`compliance.py`) and the maintenance source
-(`maintenance.py`) share: `AwsAccess` (typed boto3 clients per account and region, the SSM agent
-lookup, the SSM commands of a PatchPilot command found again, instances described in bulk), the
-marks PatchPilot leaves in AWS (tags, SSM comments, client tokens) and the readers of AWS answers.
+(`maintenance_watch.py`) share: `AwsAccess` (typed boto3 clients per account and region, the SSM
+agent lookup, the SSM commands of a PatchPilot command found again, instances described in bulk),
+the marks PatchPilot leaves in AWS (tags, SSM comments, client tokens) and the readers of AWS answers.
 
 SSM commands carry the command id in their Comment (SendCommand has no client token and
 ListCommands cannot filter on the Comment, so ListCommands is filtered by document and

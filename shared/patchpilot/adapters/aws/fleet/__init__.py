@@ -26,7 +26,7 @@ Calls are batched per (account, region): at most 50 ids per SSM call, 100-200 pe
 
 The package is cut by capability: `discovery` (and the agent probe), `snapshots`, `install` (and
 its override files), `health`, `rollback`; what they share with the assessor (`../compliance.py`)
-and the maintenance source (`../maintenance.py`) is `../access.py`.
+and the maintenance source (`../maintenance_watch.py`) is `../access.py`.
 """
 
 from __future__ import annotations
@@ -131,10 +131,10 @@ class Ec2SsmFleet:
         return compliance.patch_states(self.access, instances)
 
     def upcoming_maintenance(self, policy: Policy, instances: Sequence[Instance], now: datetime) -> WatchResult:
-        """EC2 scheduled events, RDS pending maintenance, Health changes (adapters/aws/maintenance.py)."""
-        from .. import maintenance
+        """EC2 scheduled events, RDS pending maintenance, Health changes (adapters/aws/maintenance_watch.py)."""
+        from .. import maintenance_watch
 
-        return maintenance.upcoming_maintenance(self.access, policy, instances, now)
+        return maintenance_watch.upcoming_maintenance(self.access, policy, instances, now)
 
     # ------------------------------------------------------------ the fleet provider
 

@@ -250,3 +250,13 @@ def invocation_failure(document: str, invocation: CommandInvocationTypeDef) -> s
     status = invocation.get("Status", "unknown")
     details = invocation.get("StatusDetails", "")
     return f"{document} {status}" + (f" ({details})" if details and details != status else "")
+
+
+def where(placement: Placement) -> str:
+    """An (account, region) as people read it."""
+    return f"{placement[0] or 'the current account'}/{placement[1]}"
+
+
+def failure(exc: Exception) -> str:
+    """What a failed AWS call said."""
+    return describe_error(exc) if isinstance(exc, ClientError) else f"{type(exc).__name__}: {exc}"

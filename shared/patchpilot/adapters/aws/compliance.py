@@ -65,8 +65,10 @@ from .access import (
     by_placement,
     describe_error,
     error_code,
+    failure,
     short_token,
     ssm_comment,
+    where,
 )
 
 if TYPE_CHECKING:
@@ -419,13 +421,3 @@ def _row_key(platform: str, row: PatchTypeDef) -> CatalogueKey:
 
 def _day(moment: datetime | None) -> str:
     return moment.strftime("%Y-%m-%d") if moment is not None else "time unknown"
-
-
-def where(placement: Placement) -> str:
-    """An (account, region) as people read it."""
-    return f"{placement[0] or 'the current account'}/{placement[1]}"
-
-
-def failure(exc: Exception) -> str:
-    """What a failed AWS call said."""
-    return describe_error(exc) if isinstance(exc, ClientError) else f"{type(exc).__name__}: {exc}"

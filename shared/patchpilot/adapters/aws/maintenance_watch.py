@@ -40,9 +40,7 @@ from patchpilot.inventory import Instance
 from patchpilot.maintenance.model import MaintenanceItem, WatchResult
 from patchpilot.policy.model import MaintenanceWatchSettings, Policy
 
-from .access import AwsAccess, Placement, by_placement, error_code
-from .compliance import failure as _error
-from .compliance import where as _where
+from .access import AwsAccess, Placement, by_placement, error_code, failure, where
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2 import EC2Client
@@ -72,7 +70,7 @@ class _Watch:
     unavailable: list[tuple[str, str]] = field(default_factory=list)
 
     def failed(self, what: str, placement: Placement, exc: Exception) -> None:
-        self.unavailable.append((f"{what} in {_where(placement)}", _error(exc)))
+        self.unavailable.append((f"{what} in {where(placement)}", failure(exc)))
 
 
 def upcoming_maintenance(

@@ -20,7 +20,7 @@ from clocks import ManualClock
 from moto_support import aws
 
 from patchpilot.adapters.aws.fleet import Ec2SsmFleet
-from patchpilot.adapters.aws.maintenance import NO_SUPPORT_PLAN, SINGLE_AZ
+from patchpilot.adapters.aws.maintenance_watch import NO_SUPPORT_PLAN, SINGLE_AZ
 from patchpilot.inventory import Instance
 from patchpilot.maintenance.model import MaintenanceItem, WatchResult
 from patchpilot.policy import Policy, parse_policy

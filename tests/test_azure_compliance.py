@@ -15,10 +15,10 @@ from fake_arm import ArmError, FakeArm, Request, Response
 from fake_azure_assessment import FakeAzureAssessment
 from fake_azure_compute import SUB, VM, FakeAzureCompute, Patch
 
+from patchpilot.adapters.azure.access import mark
 from patchpilot.adapters.azure.clients import AzureClients
 from patchpilot.adapters.azure.compliance import NOT_ASSESSED, RESEND_AFTER, TAG_ASSESSMENT, msrc_severity
 from patchpilot.adapters.azure.fleet import AzureFleet
-from patchpilot.adapters.azure.fleet_common import mark
 from patchpilot.inventory import Instance
 
 T0 = datetime(2026, 12, 1, 6, 0, tzinfo=UTC)

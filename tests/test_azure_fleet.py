@@ -21,15 +21,7 @@ from clocks import ManualClock
 from fake_arm import FakeArm
 from fake_azure_compute import SUB, FakeAzureCompute, Patch, run_kql
 
-from patchpilot.adapters.azure.clients import AzureClients
-from patchpilot.adapters.azure.fleet import (
-    ARC_NO_SNAPSHOT,
-    INSTALL_MARGIN,
-    START_GRACE,
-    AzureFleet,
-    fleet_for_policy,
-)
-from patchpilot.adapters.azure.fleet_common import (
+from patchpilot.adapters.azure.access import (
     TAG_COMMAND,
     TAG_DISK,
     TAG_HEALTH,
@@ -38,10 +30,18 @@ from patchpilot.adapters.azure.fleet_common import (
     TAG_REPLACED_BY,
     TAG_RUN,
     TAG_WAVE,
-    discovery_query,
-    install_body,
-    split_patch_names,
 )
+from patchpilot.adapters.azure.clients import AzureClients
+from patchpilot.adapters.azure.fleet import (
+    ARC_NO_SNAPSHOT,
+    INSTALL_MARGIN,
+    START_GRACE,
+    AzureFleet,
+    fleet_for_policy,
+)
+from patchpilot.adapters.azure.fleet import install as fleet_install
+from patchpilot.adapters.azure.fleet.discovery import discovery_query
+from patchpilot.adapters.azure.install_body import install_body, split_patch_names
 from patchpilot.adapters.local.sqlite_queue import SqliteQueue
 from patchpilot.adapters.local.sqlite_store import SqliteRunStore
 from patchpilot.engine.messages import (
@@ -446,15 +446,16 @@ def test_the_maximum_duration_is_clamped_to_azures_four_hours(world: World) -> N
     assert outcomes[0].ok and outcomes[0].detail.endswith("(maximum duration 9 h clamped to 4 h)")
 
 
-def test_a_worker_that_died_between_mark_and_send_sends_once_after_checking(world: World) -> None:
+def test_a_worker_that_died_between_mark_and_send_sends_once_after_checking(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
     vm = world.azure.add_vm("web-1", available=[OPENSSL])
     fleet = world.fleet()
     command = install_command([InstallTarget(instance=instance(world, vm))])
-    sent = fleet._send_install
-    fleet._send_install = lambda machine, body: (_ for _ in ()).throw(SystemExit("worker died"))  # type: ignore[method-assign]
-    with pytest.raises(SystemExit):
-        fleet.install_patches(command)
-    fleet._send_install = sent  # type: ignore[method-assign]
+    with monkeypatch.context() as patched:
+        patched.setattr(fleet_install, "_send_install", lambda *_: (_ for _ in ()).throw(SystemExit("worker died")))
+        with pytest.raises(SystemExit):
+            fleet.install_patches(command)
     assert TAG_INSTALL in world.arm.get(vm)["tags"] and world.count("POST", "/installpatches") == 0
 
     assert isinstance(fleet.install_patches(command), InProgress)  # marked, not yet due for a check

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shlex
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -24,7 +23,33 @@ from patchpilot.adapters.local.state_lock import lock_holder
 from patchpilot.cli_common import EXIT_INVALID_INPUT as EXIT_INVALID_INPUT  # re-exported: scripts and tests use it
 from patchpilot.cli_common import input_problems, reports_input_errors
 from patchpilot.cli_common import print_json as _print_json
-from patchpilot.engine.decide import plural
+from patchpilot.cli_steps import (  # re-exported: scripts and tests use them
+    DEFAULT_STATE_DIR as DEFAULT_STATE_DIR,
+)
+from patchpilot.cli_steps import (
+    EXIT_BROKEN as EXIT_BROKEN,
+)
+from patchpilot.cli_steps import (
+    EXIT_HALTED as EXIT_HALTED,
+)
+from patchpilot.cli_steps import (
+    EXIT_NOTHING_PATCHED as EXIT_NOTHING_PATCHED,
+)
+from patchpilot.cli_steps import (
+    EXIT_SUCCEEDED as EXIT_SUCCEEDED,
+)
+from patchpilot.cli_steps import (
+    EXIT_WAITING_APPROVAL as EXIT_WAITING_APPROVAL,
+)
+from patchpilot.cli_steps import (
+    command_line as command_line,
+)
+from patchpilot.cli_steps import (
+    next_steps as next_steps,
+)
+from patchpilot.cli_steps import (
+    refresh_overview_page as refresh_overview_page,
+)
 from patchpilot.engine.messages import MESSAGE, Notify
 from patchpilot.engine.retry import retry_chain, retry_targets
 from patchpilot.engine.run import InstanceRecord, Run, Status, count_states
@@ -44,13 +69,8 @@ from patchpilot.policy.model import Schedule
 from patchpilot.ports import RunStore, UnknownRunError
 from patchpilot.reports import report_stem, write_reports
 from patchpilot.reports.overview import history_entry as history_entry  # re-exported: `runs --json` rows
+from patchpilot.wording import plural
 
-EXIT_SUCCEEDED = 0
-EXIT_HALTED = 1  # halted, incomplete (the window ended) or stalled
-EXIT_WAITING_APPROVAL = 3
-EXIT_BROKEN = 4  # succeeded_with_failures: machines are left broken (`failed`); restore them by hand
-EXIT_NOTHING_PATCHED = 5  # nothing_patched: no machine was patched (empty inventory, a first ring that selected none)
-DEFAULT_STATE_DIR = ".patchpilot"
 MAX_IDS_SHOWN = 6
 
 
@@ -585,78 +605,6 @@ def status_exit(run: Run) -> int:
     return EXIT_SUCCEEDED if run.status == "running" else _exit_status(run)
 
 
-def command_line(*words: str | Path, state_dir: Path) -> str:
-    """A `patchpilot` command line to copy, shell-quoted, with `--state-dir` unless it is the default."""
-    args = [str(w) for w in words]
-    if state_dir != Path(DEFAULT_STATE_DIR):
-        args += ["--state-dir", str(state_dir)]
-    return shlex.join(["patchpilot", *args])
-
-
-def next_steps(run: Run, state_dir: Path, driven_by: str | None = None) -> list[tuple[str, str]]:
-    """What needs a person in `run`, most urgent first: (what, the command to type, or "").
-    `driven_by`: the process that holds the state directory's lock, for a run still `running`
-    (None: nobody drives it, it was interrupted)."""
-    steps: list[tuple[str, str]] = []
-    rid = run.run_id
-    if run.status == "waiting_approval":
-        ring = run.current.ring if run.cursor < len(run.waves) else "the next ring"
-        steps.append(
-            (f"ring {ring} waits for your approval; approve it", command_line("approve", rid, state_dir=state_dir))
-        )
-        steps.append(
-            (
-                f"or reject ring {ring}: the run ends there (add --reason TEXT to say why)",
-                command_line("reject", rid, state_dir=state_dir),
-            )
-        )
-    broken = run.broken()
-    if broken:
-        count = len(broken)
-        steps.append(
-            (
-                f"{count} machine{'s are' if count != 1 else ' is'} left broken: "
-                "restore each by hand from its snapshots (below)",
-                "",
-            )
-        )
-    if run.status == "halted":
-        steps.append(
-            (
-                "the run halted (the reason is below): see what happened in its report, then deal with the cause",
-                command_line("report", rid, state_dir=state_dir),
-            )
-        )
-    elif run.status == "incomplete":
-        steps.append(
-            (
-                "the window ended first: the machines not started are patched by the next run",
-                command_line("report", rid, state_dir=state_dir),
-            )
-        )
-    elif run.status == "nothing_patched":
-        steps.append(
-            ("no machine was patched: check what each ring selects", "patchpilot plan --policy FILE --inventory FILE")
-        )
-    elif run.status == "running" and not driven_by:
-        steps.append(
-            (
-                "interrupted: no process drives it any more; continue it",
-                command_line("run", "--resume", rid, state_dir=state_dir),
-            )
-        )
-    if run.undelivered:
-        count = len(run.undelivered)
-        steps.append(
-            (
-                f"{count} notification{'s were' if count != 1 else ' was'} not delivered (below): "
-                "tell the people they were for",
-                "",
-            )
-        )
-    return steps
-
-
 def _print_next_steps(console: Console, steps: list[tuple[str, str]]) -> None:
     """The steps first, each command on a line of its own, never wrapped (it is there to be copied)."""
     if not steps:
@@ -892,23 +840,6 @@ def _drive_and_report(
     sys.exit(_exit_status(run))
 
 
-def refresh_overview_page(
-    state_dir: Path, now: datetime, store: SqliteRunStore | None = None, *, driven_by: str | None
-) -> Path | None:
-    """Write the overview page (STATE_DIR/reports/index.html) again; its path. `driven_by`: who
-    holds the state directory's lock (None: nobody else, so a run still `running` was
-    interrupted). A page that cannot be written is said on stderr and never fails the command."""
-    from patchpilot.adapters.local.reports import refresh_local_overview
-
-    try:
-        return refresh_local_overview(
-            state_dir, lambda run: next_steps(run, state_dir, driven_by), now, store, driven_by
-        )
-    except Exception as error:  # a full disk, an unreadable summary store: the run's answer stands
-        click.echo(f"warning: the overview page in {state_dir / 'reports'} was not written: {error}", err=True)
-        return None
-
-
 @main.command("overview")
 @state_dir_option
 @json_option
@@ -916,7 +847,7 @@ def refresh_overview_page(
 def overview_command(state_dir: Path, as_json: bool) -> None:
     """Write the overview page again (STATE_DIR/reports/index.html: the runs that need you first,
     the compliance totals, the maintenance due before the next window) and print where it is."""
-    from patchpilot.adapters.local.reports import refresh_local_overview
+    from patchpilot.local_runtime import refresh_local_overview
 
     if not state_dir.is_dir():
         raise NoRunsError(state_dir, "no state directory here: give the --state-dir of the runs")

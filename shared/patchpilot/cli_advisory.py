@@ -26,8 +26,8 @@ from patchpilot.advisories import (
     open_run_of,
 )
 from patchpilot.advisories.intake import noted
-from patchpilot.cli import EXIT_BROKEN, EXIT_HALTED, EXIT_NOTHING_PATCHED, EXIT_SUCCEEDED, EXIT_WAITING_APPROVAL
 from patchpilot.cli_common import print_json, reports_input_errors
+from patchpilot.cli_steps import EXIT_BROKEN, EXIT_HALTED, EXIT_NOTHING_PATCHED, EXIT_SUCCEEDED, EXIT_WAITING_APPROVAL
 from patchpilot.engine.run import Run, count_states
 from patchpilot.inventory import Instance, load_inventory
 from patchpilot.local_runtime import LocalRuntime, writing

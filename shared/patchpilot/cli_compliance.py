@@ -192,7 +192,7 @@ def _record_for_overview(view: ComplianceView, html: Path, state_dir: Path) -> N
     stderr, and never a failure of the report."""
     from patchpilot.adapters.local.reports import DirectoryDocuments
     from patchpilot.adapters.local.state_lock import lock_holder
-    from patchpilot.cli import refresh_overview_page
+    from patchpilot.cli_steps import refresh_overview_page
     from patchpilot.reports.overview import compliance_summaries
 
     if not state_dir.is_dir():

@@ -94,7 +94,7 @@ def record_for_overview(view: WatchView, state_dir: Path) -> None:
     stderr, and never a failure of the read."""
     from patchpilot.adapters.local.reports import DirectoryDocuments
     from patchpilot.adapters.local.state_lock import lock_holder
-    from patchpilot.cli import refresh_overview_page
+    from patchpilot.cli_steps import refresh_overview_page
     from patchpilot.reports.overview import maintenance_summary
 
     if not state_dir.is_dir():

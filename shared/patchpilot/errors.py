@@ -68,10 +68,6 @@ def quote(value: object) -> str:
     return repr(value)
 
 
-def join_choices(choices: Iterable[str]) -> str:
-    return ", ".join(sorted(choices))
-
-
 def nearest(value: object, choices: Iterable[str]) -> str | None:
     """The choice closest to a mistyped `value` (case aside), or None when none is close."""
     if not isinstance(value, str) or not value.strip():

@@ -97,16 +97,9 @@ class Instance:
         return f"{self.id} ({self.name})" if self.name and self.name != self.id else self.id
 
 
-class Inventory(BaseModel):
-    # Built on first use: the Lambda and Functions handlers never read inventory files.
-    model_config = ConfigDict(extra="forbid", defer_build=True)
-
-    instances: list[Instance]
-
-
 @functools.cache
 def _instances() -> TypeAdapter[list[Instance]]:
-    """Built on first use, for the same reason."""
+    """Built on first use: the Lambda and Functions handlers never read inventory files."""
     return TypeAdapter(list[Instance])
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from patchpilot.adapters.local.clock import VirtualClock
 from patchpilot.adapters.local.notifier import FileNotifier
+from patchpilot.adapters.local.reports import DirectoryDocuments
 from patchpilot.adapters.local.simulated_fleet import SimulatedFleet
 from patchpilot.adapters.local.sqlite_claims import SqliteClaims
 from patchpilot.adapters.local.sqlite_leases import SqliteLeases
@@ -41,6 +42,8 @@ from patchpilot.inventory import Instance
 from patchpilot.notify import EnvironmentSecrets, EveryNotifier, RoutedNotifier
 from patchpilot.policy import Policy
 from patchpilot.ports import DeadLetter, UnknownRunError
+from patchpilot.reports.overview import Steps, local_href, needs_you, refresh_overview
+from patchpilot.reports.render import report_stem
 from patchpilot.service import Service, apply_event
 
 log = logging.getLogger("patchpilot.local")
@@ -336,3 +339,33 @@ class LocalRuntime:
 
     def dead_letters(self) -> list[DeadLetter]:
         return self.queue.dead_letters()
+
+
+def refresh_local_overview(
+    state_dir: Path, steps: Steps, now: datetime, store: SqliteRunStore | None = None, driven_by: str | None = None
+) -> Path:
+    """Write STATE_DIR/reports/index.html (`refresh_overview`) from the runs of `state_dir`
+    (`store`, else its database opened read-only; none when it has none) and the summaries kept
+    there; its path. A run still `running` that no process drives (`driven_by`: the holder of
+    the state directory's lock, None when nobody else holds it) was interrupted: it needs a
+    person too. Links are relative below STATE_DIR/reports, `file://` URLs elsewhere (a run's
+    own `--report-dir`, a compliance report written with `--out`)."""
+    reports = state_dir / "reports"
+    if store is None and (state_dir / DB_NAME).is_file():
+        with open_runs(state_dir) as opened:
+            return refresh_local_overview(state_dir, steps, now, opened, driven_by)
+    runs = store
+
+    def run_report(run: Run) -> str | None:
+        directory = (runs.report_dir(run.run_id) if runs is not None else None) or reports
+        html = directory / f"{report_stem(run.run_id)}.html"
+        return local_href(str(html), reports) if html.is_file() else None
+
+    def needs(run: Run) -> bool:
+        return needs_you(run) or (run.status == "running" and driven_by is None)
+
+    def href(path: str) -> str:
+        return local_href(path, reports)
+
+    location = refresh_overview(DirectoryDocuments(reports), runs, now, steps, run_report, href, needs)
+    return Path(location)

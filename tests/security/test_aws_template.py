@@ -49,7 +49,7 @@ DESTRUCTIVE = [
     "ssm:SendCommand",
     "ssm:StartAutomationExecution",
 ]
-# The tag keys the AWS fleet adapter writes (shared/patchpilot/adapters/aws/fleet.py).
+# The tag keys the AWS fleet adapter writes (shared/patchpilot/adapters/aws/access.py).
 PATCHPILOT_TAGS = {
     fleet.TAG_RUN,
     fleet.TAG_WAVE,

@@ -21,6 +21,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from http.client import HTTPMessage
 from typing import IO
 
@@ -28,6 +29,15 @@ from patchpilot.inventory import Instance
 from patchpilot.policy.fields import HEALTH_URL_PLACEHOLDER, HEALTH_URL_SCHEMES
 
 HttpGet = Callable[[str, float], int]  # (url, timeout seconds) -> HTTP status; raises on no answer
+
+
+@dataclass(frozen=True)
+class HttpProbe:
+    """How a fleet makes the policy's HTTP checks: the GET and its timeout in seconds."""
+
+    get: HttpGet
+    timeout: float
+
 
 MAX_TIMEOUT = 10.0  # seconds: the most a check waits on a socket, whatever timeout it is given
 MAX_REDIRECTS = 5

@@ -19,13 +19,13 @@ from datetime import datetime
 from typing import Any, Literal, get_args
 
 from patchpilot.compliance.model import PATCH_SEVERITIES, MissingPatch, PatchState
-from patchpilot.engine.decide import plural
 from patchpilot.engine.run import Run
 from patchpilot.inventory import Instance
 from patchpilot.planning import NO_RING, assign, ring_of
 from patchpilot.policy import Policy
 from patchpilot.policy.model import Classification, PatchSelection, PolicyKind
 from patchpilot.ports import RunStore, UnknownRunError
+from patchpilot.wording import plural
 
 Status = Literal["compliant", "non_compliant", "needs_attention", "exposed", "unknown", "unmanaged"]
 STATUSES: tuple[Status, ...] = ("compliant", "non_compliant", "needs_attention", "exposed", "unknown", "unmanaged")

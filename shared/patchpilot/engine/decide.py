@@ -67,6 +67,7 @@ from patchpilot.engine.run import (
 from patchpilot.planning.estimate import ESTIMATE_SOURCE, wave_estimate
 from patchpilot.policy import Policy
 from patchpilot.policy.fields import format_duration
+from patchpilot.wording import plural
 
 if TYPE_CHECKING:
     from patchpilot.planning import Plan  # only `start_run` takes one
@@ -1098,8 +1099,3 @@ def _pinned(run: Run, record: InstanceRecord) -> list[str] | None:
     if run.current.ring_position == 0 and run.follow_up_of is None:
         return None
     return list((run.promoted or {}).get(record.instance.os, []))
-
-
-def plural(count: int, word: str) -> str:
-    suffix = "es" if word.endswith(("s", "ch", "sh", "x")) else "s"
-    return f"{count} {word}{'' if count == 1 else suffix}"

@@ -19,6 +19,7 @@ from patchpilot.maintenance.model import SOURCE_NAMES, MaintenanceItem, WatchRes
 from patchpilot.policy import Policy, Window
 from patchpilot.policy.fields import format_duration
 from patchpilot.policy.model import MaintenanceWatchSettings
+from patchpilot.wording import plural
 
 Concern = Literal["fleet", "frozen", "other"]
 # A policy of these kinds patches in its schedule's windows; the others never start a scheduled run.
@@ -173,8 +174,8 @@ def digest_notice(view: WatchView, slot: datetime) -> Notify:
     if listed:
         parts = [f"{len(view.due)} before the next window" if view.next_window else "no patch window ahead"]
         parts += [f"{downtime} with downtime"] if downtime else []
-        parts += [_count(warnings, "warning")] if warnings else []
-        head = f"{_count(len(listed), 'maintenance item')} within {horizon} for policy {view.policy}"
+        parts += [plural(warnings, "warning")] if warnings else []
+        head = f"{plural(len(listed), 'maintenance item')} within {horizon} for policy {view.policy}"
         head += f": {', '.join(parts)}."
     else:
         scope = "in the sources read" if view.unavailable else "by the clouds"
@@ -188,7 +189,7 @@ def digest_notice(view: WatchView, slot: datetime) -> Notify:
         unread = len(view.unavailable)
         holds = "it holds" if unread == 1 else "they hold"
         fix = "its access" if unread == 1 else "their access"
-        head += f" {_count(unread, 'source')} could not be read: what {holds} is unknown; fix {fix} (Not read, below)."
+        head += f" {plural(unread, 'source')} could not be read: what {holds} is unknown; fix {fix} (Not read, below)."
     lines = [head, *_unavailable_lines(view)]
     if view.next_window is not None:
         lines.append(f"Next window: {_when(view.next_window.start, view.zone)}")
@@ -274,10 +275,6 @@ def _unavailable_lines(view: WatchView) -> list[str]:
 
 def _when(at: datetime | None, zone: ZoneInfo) -> str:
     return at.astimezone(zone).strftime("%Y-%m-%d %H:%M %Z") if at else "no date yet"
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _iso(at: datetime | None) -> str | None:

@@ -27,10 +27,10 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from patchpilot.engine.decide import plural
 from patchpilot.engine.run import Run, count_states
 from patchpilot.ports import DocumentStore, RunStore, UnknownRunError
 from patchpilot.reports.render import environment, report_stem
+from patchpilot.wording import plural
 
 if TYPE_CHECKING:
     from patchpilot.compliance.report import ComplianceView

@@ -32,7 +32,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from patchpilot.engine.decide import plural
+from patchpilot.wording import plural
 
 START = "2026-12-01T00:00:00+00:00"  # the virtual clock of every example: the policies' December windows
 COLUMNS = 120

@@ -52,21 +52,23 @@ from typing import TYPE_CHECKING
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from patchpilot.batching import chunks, unique
 from patchpilot.compliance.model import AssessmentStarted, MissingPatch, PatchGap, PatchSeverity, PatchState
 from patchpilot.inventory import Instance
 
-from .fleet import (
+from .access import (
     PATCH_DOCUMENT,
     SSM_IDS_PER_CALL,
+    AwsAccess,
     Placement,
-    _agent_problem,
-    _by_placement,
-    _chunks,
-    _code,
-    _comment,
-    _describe_error,
-    _token,
-    _unique,
+    agent_problem,
+    by_placement,
+    describe_error,
+    error_code,
+    failure,
+    short_token,
+    ssm_comment,
+    where,
 )
 
 if TYPE_CHECKING:
@@ -79,7 +81,6 @@ if TYPE_CHECKING:
         PatchTypeDef,
     )
 
-    from .fleet import Ec2SsmFleet
 
 SCAN_PARAMETERS: dict[str, list[str]] = {"Operation": ["Scan"], "RebootOption": ["NoReboot"]}
 GAP_STATES: dict[str, PatchGap] = {"Missing": "missing", "Failed": "failed", "InstalledPendingReboot": "pending_reboot"}
@@ -112,23 +113,23 @@ def severity(raw: str | None) -> PatchSeverity:
 # ---------------------------------------------------------------- scans
 
 
-def start_assessment(fleet: Ec2SsmFleet, instances: Sequence[Instance], token: str) -> AssessmentStarted:
+def start_assessment(access: AwsAccess, instances: Sequence[Instance], token: str) -> AssessmentStarted:
     """Start a Scan on every instance no SSM command of `token` covers yet, ≤ 50 per SendCommand."""
-    now = fleet.clock.now()
-    short = _token(f"scan\x1f{token}")
+    now = access.clock.now()
+    short = short_token(f"scan\x1f{token}")
     refused: dict[str, str] = {}
     started: set[str] = set()
     operations: list[str] = []
-    targets = _unique(instances, lambda i: i.id)
+    targets = unique(instances, lambda i: i.id)
     for instance in targets:
         if instance.cloud != "aws":
             refused[instance.id] = f"not an AWS instance ({instance.cloud})"
     ours = [i for i in targets if i.id not in refused]
-    for placement, group in _by_placement(ours, lambda i: i).items():
+    for placement, group in by_placement(ours, lambda i: i).items():
         ids = [i.id for i in group]
         try:
-            ssm = fleet._ssm(placement)
-            found = fleet._find_commands(ssm, PATCH_DOCUMENT, short, now)
+            ssm = access.ssm(placement)
+            found = access.find_commands(ssm, PATCH_DOCUMENT, short, now)
         except (ClientError, BotoCoreError) as exc:
             for instance_id in ids:
                 refused[instance_id] = f"ListCommands failed in {where(placement)}: {failure(exc)}"
@@ -137,8 +138,8 @@ def start_assessment(fleet: Ec2SsmFleet, instances: Sequence[Instance], token: s
         wanted = set(ids)
         operations.extend(c["CommandId"] for c in found.values() if wanted & set(c.get("InstanceIds", [])))
         started.update(i for i in ids if i in covered)
-        for chunk in _chunks(sorted(i for i in ids if i not in covered), SSM_IDS_PER_CALL):
-            sent = _send_scan(fleet, ssm, placement, chunk, short, token, refused)
+        for chunk in chunks(sorted(i for i in ids if i not in covered), SSM_IDS_PER_CALL):
+            sent = _send_scan(access, ssm, placement, chunk, short, token, refused)
             if sent is not None:
                 operations.append(sent["CommandId"])
                 started.update(sent.get("InstanceIds", chunk))
@@ -150,7 +151,7 @@ def start_assessment(fleet: Ec2SsmFleet, instances: Sequence[Instance], token: s
 
 
 def _send_scan(
-    fleet: Ec2SsmFleet,
+    access: AwsAccess,
     ssm: SSMClient,
     placement: Placement,
     chunk: list[str],
@@ -163,19 +164,19 @@ def _send_scan(
     try:
         return _send(ssm, chunk, short, token)
     except ClientError as exc:
-        if _code(exc) != "InvalidInstanceId":
+        if error_code(exc) != "InvalidInstanceId":
             for instance_id in chunk:
-                refused[instance_id] = f"SendCommand {PATCH_DOCUMENT} failed: {_describe_error(exc)}"
+                refused[instance_id] = f"SendCommand {PATCH_DOCUMENT} failed: {describe_error(exc)}"
             return None
     try:
-        agents = fleet._agents(placement, chunk)
+        agents = access.agents(placement, chunk)
     except (ClientError, BotoCoreError) as exc:
         for instance_id in chunk:
             refused[instance_id] = f"SendCommand {PATCH_DOCUMENT} failed: InvalidInstanceId ({failure(exc)})"
         return None
-    ready = [i for i in chunk if _agent_problem(agents.get(i)) is None]
+    ready = [i for i in chunk if agent_problem(agents.get(i)) is None]
     for instance_id in chunk:
-        problem = _agent_problem(agents.get(instance_id))
+        problem = agent_problem(agents.get(instance_id))
         if problem is not None:
             refused[instance_id] = problem
     if not ready or len(ready) == len(chunk):
@@ -186,7 +187,7 @@ def _send_scan(
         return _send(ssm, ready, short, token)
     except ClientError as exc:
         for instance_id in ready:
-            refused[instance_id] = f"SendCommand {PATCH_DOCUMENT} failed: {_describe_error(exc)}"
+            refused[instance_id] = f"SendCommand {PATCH_DOCUMENT} failed: {describe_error(exc)}"
         return None
 
 
@@ -198,7 +199,7 @@ def _send(ssm: SSMClient, instance_ids: list[str], short: str, token: str) -> Co
         InstanceIds=instance_ids,
         DocumentName=PATCH_DOCUMENT,
         Parameters=SCAN_PARAMETERS,
-        Comment=_comment(short, label, f"scan {token}"),
+        Comment=ssm_comment(short, label, f"scan {token}"),
         MaxConcurrency="50",
         MaxErrors="100%",  # a scan failing on one machine must not stop the others
     )
@@ -208,17 +209,17 @@ def _send(ssm: SSMClient, instance_ids: list[str], short: str, token: str) -> Co
 # ---------------------------------------------------------------- states
 
 
-def patch_states(fleet: Ec2SsmFleet, instances: Sequence[Instance]) -> list[PatchState]:
+def patch_states(access: AwsAccess, instances: Sequence[Instance]) -> list[PatchState]:
     """One PatchState per instance, in order."""
     found: dict[str, PatchState] = {}
-    targets = _unique(instances, lambda i: i.id)
+    targets = unique(instances, lambda i: i.id)
     for instance in targets:
         if instance.cloud != "aws":
             found[instance.id] = PatchState(instance.id, error=f"not an AWS instance ({instance.cloud})")
     ours = [i for i in targets if i.id not in found]
-    for placement, group in _by_placement(ours, lambda i: i).items():
+    for placement, group in by_placement(ours, lambda i: i).items():
         try:
-            ssm = fleet._ssm(placement)
+            ssm = access.ssm(placement)
         except (ClientError, BotoCoreError) as exc:
             for instance in group:
                 found[instance.id] = PatchState(
@@ -226,7 +227,7 @@ def patch_states(fleet: Ec2SsmFleet, instances: Sequence[Instance]) -> list[Patc
                 )
             continue
         here: dict[str, PatchState] = {}
-        for chunk in _chunks([i.id for i in group], SSM_IDS_PER_CALL):
+        for chunk in chunks([i.id for i in group], SSM_IDS_PER_CALL):
             try:
                 summaries = _summaries(ssm, chunk)
             except (ClientError, BotoCoreError) as exc:
@@ -380,7 +381,7 @@ def _release_dates(
     dates: dict[CatalogueKey, datetime] = {}
     failed: dict[CatalogueKey, str] = {}
     for platform in ("windows", "al2"):
-        for chunk in _chunks(sorted(k for k in wanted if k[0] == platform), CATALOGUE_IDS_PER_CALL):
+        for chunk in chunks(sorted(k for k in wanted if k[0] == platform), CATALOGUE_IDS_PER_CALL):
             try:
                 rows = _catalogue(ssm, _catalogue_filters(chunk))
             except (ClientError, BotoCoreError) as exc:
@@ -420,13 +421,3 @@ def _row_key(platform: str, row: PatchTypeDef) -> CatalogueKey:
 
 def _day(moment: datetime | None) -> str:
     return moment.strftime("%Y-%m-%d") if moment is not None else "time unknown"
-
-
-def where(placement: Placement) -> str:
-    """An (account, region) as people read it."""
-    return f"{placement[0] or 'the current account'}/{placement[1]}"
-
-
-def failure(exc: Exception) -> str:
-    """What a failed AWS call said."""
-    return _describe_error(exc) if isinstance(exc, ClientError) else f"{type(exc).__name__}: {exc}"

@@ -67,6 +67,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import ClientError
 
 from patchpilot.adapters.run_parts import Encoded, Manifest, PartLayout, Version, compress
+from patchpilot.batching import chunks
 from patchpilot.engine.messages import MESSAGE, Message
 from patchpilot.engine.run import Run
 from patchpilot.ports import ConflictError, UnknownRunError
@@ -424,10 +425,10 @@ class DynamoDbRunStore:
     def _batch_get(self, pk: str, sks: list[str]) -> dict[str, bytes]:
         """The `data` of the items `sks` under `pk` that exist, by sort key (consistent)."""
         found: dict[str, bytes] = {}
-        for start in range(0, len(sks), BATCH_GET_KEYS):
+        for batch in chunks(sks, BATCH_GET_KEYS):
             request: dict[str, KeysAndAttributesTypeDef] = {
                 self.table_name: {
-                    "Keys": [{"pk": {"S": pk}, "sk": {"S": sk}} for sk in sks[start : start + BATCH_GET_KEYS]],
+                    "Keys": [{"pk": {"S": pk}, "sk": {"S": sk}} for sk in batch],
                     "ConsistentRead": True,
                 }
             }
@@ -477,10 +478,8 @@ class DynamoDbRunStore:
             log.warning("could not delete %d superseded items (left for vacuum): %s", len(keys), error)
 
     def _batch_write(self, requests: list[WriteRequestTypeDef]) -> None:
-        for start in range(0, len(requests), BATCH_WRITE_ITEMS):
-            pending: dict[str, Sequence[WriteRequestTypeDef]] = {
-                self.table_name: requests[start : start + BATCH_WRITE_ITEMS]
-            }
+        for batch in chunks(requests, BATCH_WRITE_ITEMS):
+            pending: dict[str, Sequence[WriteRequestTypeDef]] = {self.table_name: batch}
             for attempt in _attempts():
                 response = self.client.batch_write_item(RequestItems=pending)
                 unprocessed = response.get("UnprocessedItems", {})

@@ -42,6 +42,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 from botocore.exceptions import ClientError
 
+from patchpilot.batching import chunks
+
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
     from mypy_boto3_dynamodb.type_defs import AttributeValueTypeDef, TransactWriteItemTypeDef
@@ -71,8 +73,7 @@ class DynamoDbLeases:
         }
         expiry: AttributeValueTypeDef = {"N": str(int(until.timestamp()))}
         held: dict[str, str] = {}
-        keys = list(spellings)
-        for start in range(0, len(keys), TRANSACT_ITEMS):
+        for batch in chunks(list(spellings), TRANSACT_ITEMS):
             puts: dict[str, TransactWriteItemTypeDef] = {
                 pk: {
                     "Put": {
@@ -89,15 +90,14 @@ class DynamoDbLeases:
                         "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
                     }
                 }
-                for pk in keys[start : start + TRANSACT_ITEMS]
+                for pk in batch
             }
             for pk, other in self._write(puts, holder, now).items():
                 held.update(dict.fromkeys(spellings[pk], other))
         return held
 
     def release(self, instance_ids: Sequence[str], holder: str) -> None:
-        keys = list(_by_key(instance_ids))
-        for start in range(0, len(keys), TRANSACT_ITEMS):
+        for batch in chunks(list(_by_key(instance_ids)), TRANSACT_ITEMS):
             deletes: dict[str, TransactWriteItemTypeDef] = {
                 pk: {
                     "Delete": {
@@ -108,7 +108,7 @@ class DynamoDbLeases:
                         "ExpressionAttributeValues": {":me": {"S": holder}},
                     }
                 }
-                for pk in keys[start : start + TRANSACT_ITEMS]
+                for pk in batch
             }
             self._write(deletes, holder, None)
 

@@ -52,6 +52,7 @@ from patchpilot.adapters.envelopes import HOP_PREFIX as _HOP
 from patchpilot.adapters.envelopes import compress, hop, open_hop
 from patchpilot.adapters.envelopes import decompress as _decode
 from patchpilot.adapters.envelopes import readable as _readable
+from patchpilot.batching import chunks
 from patchpilot.engine.messages import MESSAGE, Message
 from patchpilot.ports import Clock, DeadLetter, Delivery
 
@@ -251,12 +252,12 @@ class SqsQueue:
                 dead = DeadLetter(message_id=message_id, body=_readable(raw["Body"]), reason=reason)
                 seen[raw["MessageId"]] = (raw["ReceiptHandle"], dead)
         receipts = [receipt for receipt, _ in seen.values()]
-        for start in range(0, len(receipts), MAX_BATCH):
+        for handles in chunks(receipts, MAX_BATCH):
             self.client.change_message_visibility_batch(
                 QueueUrl=url,
                 Entries=[
                     {"Id": str(n), "ReceiptHandle": receipt, "VisibilityTimeout": 0}
-                    for n, receipt in enumerate(receipts[start : start + MAX_BATCH])
+                    for n, receipt in enumerate(handles)
                 ],
             )
         return [dead for _, dead in seen.values()]

@@ -33,22 +33,23 @@ import contextlib
 import dataclasses
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from azure.core.exceptions import HttpResponseError
 
+from patchpilot.batching import chunks, unique
 from patchpilot.compliance.model import AssessmentStarted, MissingPatch, PatchSeverity, PatchState
 from patchpilot.inventory import Instance
 
-from .fleet_common import (
+from .access import (
     ARC_TYPE,
     INSTALL_RESULT_TYPES,
     VM_TYPE,
+    AzureAccess,
     Machine,
     agent_problem,
     arc_problem,
     at,
-    chunks,
     describe_error,
     items,
     mark,
@@ -58,12 +59,8 @@ from .fleet_common import (
     read_mark,
     tags_of,
     text,
-    unique,
 )
 from .graph import IDS_PER_QUERY, kql_list, query
-
-if TYPE_CHECKING:
-    from .fleet import AzureFleet
 
 TAG_ASSESSMENT: Final = "PatchPilotAssessment"  # on a machine: "<token>|<UTC start>[|failed|<reason>]"
 RESEND_AFTER = timedelta(minutes=10)  # a mark with no assessment started since then: the POST was lost
@@ -83,9 +80,9 @@ _SEVERITIES: dict[str, PatchSeverity] = {
 # ---------------------------------------------------------------- starting assessments
 
 
-def start_assessment(fleet: AzureFleet, instances: Sequence[Instance], token: str) -> AssessmentStarted:
+def start_assessment(access: AzureAccess, instances: Sequence[Instance], token: str) -> AssessmentStarted:
     """assessPatches on each machine not yet assessed for `token` (see the module's docstring)."""
-    now = fleet.clock.now()
+    now = access.clock.now()
     targets = unique(instances, lambda i: i.id)
     refused: list[tuple[str, str]] = []
     machines: dict[str, Machine] = {}
@@ -96,8 +93,8 @@ def start_assessment(fleet: AzureFleet, instances: Sequence[Instance], token: st
         else:
             machines[instance.id] = dataclasses.replace(machine, id=instance.id)
     listed = list(machines.values())
-    rows = fleet._rows(listed) if listed else {}  # power state (VMs), agent status (Arc)
-    models = fleet._models(listed) if listed else {}  # tags: this token's marks
+    rows = access.rows(listed) if listed else {}  # power state (VMs), agent status (Arc)
+    models = access.models(listed) if listed else {}  # tags: this token's marks
     started = 0
     operations: list[str] = []
     for instance in targets:
@@ -115,7 +112,7 @@ def start_assessment(fleet: AzureFleet, instances: Sequence[Instance], token: st
         if found is not None and (machine.arc or now < found[0] + RESEND_AFTER):
             started += 1  # started for this token already
             continue
-        problem, view = _availability(fleet, machine, rows.get(machine.key))
+        problem, view = _availability(access, machine, rows.get(machine.key))
         if found is not None and problem is None and _assessed_since(view, found[0]):
             started += 1
             continue
@@ -124,20 +121,20 @@ def start_assessment(fleet: AzureFleet, instances: Sequence[Instance], token: st
             continue
         if found is None:
             try:
-                fleet._set_tags(machine, model, {TAG_ASSESSMENT: mark(token, now)})
+                access.set_tags(machine, model, {TAG_ASSESSMENT: mark(token, now)})
             except HttpResponseError as exc:
                 reason = f"could not tag the {machine.kind} with {TAG_ASSESSMENT}: {describe_error(exc)}"
                 refused.append((machine.id, reason))
                 continue
         try:
-            operation = _send_assess(fleet, machine)
+            operation = _send_assess(access, machine)
         except HttpResponseError as exc:
             if exc.status_code is None or exc.status_code == 409 or exc.status_code >= 500:
                 started += 1  # the mark stays: a repeat with this token sends it again after RESEND_AFTER
                 continue
             reason = describe_error(exc)
             with contextlib.suppress(HttpResponseError):
-                fleet._set_tags(machine, model, {TAG_ASSESSMENT: mark(token, now, "failed", reason)})
+                access.set_tags(machine, model, {TAG_ASSESSMENT: mark(token, now, "failed", reason)})
             refused.append((machine.id, f"assessPatches was refused: {reason}"))
             continue
         started += 1
@@ -146,7 +143,7 @@ def start_assessment(fleet: AzureFleet, instances: Sequence[Instance], token: st
     return AssessmentStarted(started=started, refused=tuple(refused), operations=tuple(operations))
 
 
-def _availability(fleet: AzureFleet, machine: Machine, row: Any) -> tuple[str | None, Any]:
+def _availability(access: AzureAccess, machine: Machine, row: Any) -> tuple[str | None, Any]:
     """Why the machine cannot be assessed now (None: it can), and a VM's instance view."""
     if machine.arc:
         return (arc_problem(row) if row is not None else "Arc server not found"), None
@@ -154,7 +151,7 @@ def _availability(fleet: AzureFleet, machine: Machine, row: Any) -> tuple[str | 
     if power and power.lower() != "running":
         return f"VM {power.lower()}", None
     try:
-        view = fleet._instance_view(machine)
+        view = access.instance_view(machine)
     except HttpResponseError as exc:
         return f"instance view not readable: {describe_error(exc)}", None
     state = power_state(view)
@@ -169,14 +166,14 @@ def _assessed_since(view: Any, since: datetime) -> bool:
     return started is not None and started >= since - CLOCK_SLACK
 
 
-def _send_assess(fleet: AzureFleet, machine: Machine) -> str:
+def _send_assess(access: AzureAccess, machine: Machine) -> str:
     """POST assessPatches without polling; the operation's id (for the log) where the answer names it."""
     if machine.arc:
-        poller: Any = fleet._hybrid(machine).machines.begin_assess_patches(
+        poller: Any = access.hybrid(machine).machines.begin_assess_patches(
             machine.resource_group, machine.name, polling=False
         )
     else:
-        poller = fleet._compute(machine).virtual_machines.begin_assess_patches(
+        poller = access.compute(machine).virtual_machines.begin_assess_patches(
             machine.resource_group, machine.name, polling=False
         )
     response = getattr(poller.polling_method(), "_initial_response", None)  # NoPolling keeps the 202
@@ -215,7 +212,7 @@ def succeeded_installs_query(machine_keys: Sequence[str]) -> str:
     )
 
 
-def patch_states(fleet: AzureFleet, instances: Sequence[Instance]) -> list[PatchState]:
+def patch_states(access: AzureAccess, instances: Sequence[Instance]) -> list[PatchState]:
     """One PatchState per instance, in order, from Resource Graph in bulk."""
     machines = {i.id: m for i in instances if (m := parse_machine(i.id)) is not None}
     keys = sorted({m.key for m in machines.values()})
@@ -223,7 +220,7 @@ def patch_states(fleet: AzureFleet, instances: Sequence[Instance]) -> list[Patch
     summaries: dict[str, Any] = {}
     patches: dict[str, list[Any]] = {}
     installed: dict[str, datetime] = {}
-    graph = fleet._clients.graph()
+    graph = access.graph()
     for chunk in chunks(keys, IDS_PER_QUERY):
         for row in query(graph, assessments_query(chunk), subscriptions):
             key = text(row, "machine")

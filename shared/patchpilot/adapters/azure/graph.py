@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from patchpilot.batching import chunks
+
 if TYPE_CHECKING:
     from azure.mgmt.resourcegraph import ResourceGraphClient
 
@@ -32,10 +34,7 @@ def query(graph: ResourceGraphClient, kql: str, subscriptions: Sequence[str] = (
     identity can read), in batches of `SUBSCRIPTIONS_PER_QUERY`."""
     from azure.mgmt.resourcegraph.models import QueryRequest, QueryRequestOptions
 
-    batches: list[list[str] | None] = [
-        list(subscriptions[i : i + SUBSCRIPTIONS_PER_QUERY])
-        for i in range(0, len(subscriptions), SUBSCRIPTIONS_PER_QUERY)
-    ] or [None]
+    batches: list[list[str] | None] = [*chunks(subscriptions, SUBSCRIPTIONS_PER_QUERY)] or [None]
     rows: list[dict[str, Any]] = []
     for batch in batches:
         skip_token: str | None = None

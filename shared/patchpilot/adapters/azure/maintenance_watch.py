@@ -35,7 +35,7 @@ import dataclasses
 import re
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from azure.core.exceptions import HttpResponseError
 
@@ -43,11 +43,8 @@ from patchpilot.inventory import Instance
 from patchpilot.maintenance.model import MaintenanceItem, WatchResult
 from patchpilot.policy.model import Policy
 
-from .fleet_common import at, describe_error, items, parse_machine, parse_time, text
+from .access import AzureAccess, at, describe_error, items, parse_machine, parse_time, text
 from .graph import kql_list, query
-
-if TYPE_CHECKING:
-    from .fleet import AzureFleet
 
 UPDATES_SOURCE = "Azure Resource Graph maintenanceresources (Maintenance RP updates)"
 EVENTS_SOURCE = "Azure Resource Graph servicehealthresources (planned maintenance)"
@@ -86,7 +83,7 @@ def impacted_query(event_keys: Sequence[str]) -> str:
 
 
 def upcoming_maintenance(
-    fleet: AzureFleet, policy: Policy, instances: Sequence[Instance], now: datetime
+    access: AzureAccess, policy: Policy, instances: Sequence[Instance], now: datetime
 ) -> WatchResult:
     """Maintenance not ended by `now` on these instances (Azure VMs and Arc servers)."""
     fleet_machines: dict[str, Instance] = {}
@@ -101,7 +98,7 @@ def upcoming_maintenance(
         | {i.account or i.id.split("/")[2] for i in fleet_machines.values()},
         key=str.lower,
     )
-    graph = fleet._clients.graph()
+    graph = access.graph()
     unavailable: list[tuple[str, str]] = []
 
     def read(source: str, how: Callable[[], list[MaintenanceItem]]) -> list[MaintenanceItem]:

@@ -66,6 +66,7 @@ from azure.core.exceptions import HttpResponseError, ResourceExistsError, Resour
 from azure.data.tables import TableClient, TableEntity, TableTransactionError, UpdateMode
 
 from patchpilot.adapters.run_parts import Encoded, Manifest, PartLayout, Version, compress, split
+from patchpilot.batching import chunks
 from patchpilot.engine.messages import MESSAGE, Message
 from patchpilot.engine.run import Run
 from patchpilot.ports import ConflictError, UnknownRunError
@@ -388,8 +389,7 @@ class TableRunStore:
     def _delete(self, pk: str, row_keys: list[str]) -> None:
         """Delete rows, a transaction per hundred; one by one if a transaction fails (one of
         them is gone already: a delete of a missing row fails the whole transaction)."""
-        for start in range(0, len(row_keys), MAX_TRANSACTION_ENTITIES):
-            group = row_keys[start : start + MAX_TRANSACTION_ENTITIES]
+        for group in chunks(row_keys, MAX_TRANSACTION_ENTITIES):
             try:
                 self.client.submit_transaction([("delete", {"PartitionKey": pk, "RowKey": key}) for key in group])
             except TableTransactionError:

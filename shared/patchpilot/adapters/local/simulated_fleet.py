@@ -34,7 +34,6 @@ from patchpilot.adapters.health import UnsafeUrlValueError, fill, fill_url
 from patchpilot.adapters.local._sqlite import connect_read_only
 from patchpilot.adapters.local.simulated_maintenance import SimulatedMaintenance
 from patchpilot.compliance.model import AssessmentStarted, MissingPatch, PatchGap, PatchSeverity, PatchState
-from patchpilot.engine.decide import plural
 from patchpilot.engine.messages import (
     CheckHealth,
     InstallPatches,
@@ -55,6 +54,7 @@ from patchpilot.planning.estimate import (  # the step durations a plan estimate
 from patchpilot.policy import Policy
 from patchpilot.policy.model import HealthChecks
 from patchpilot.ports import Clock, InProgress, Progress
+from patchpilot.wording import plural
 
 Kind: TypeAlias = Literal["probe", "snapshot", "install", "health", "rollback"]
 T = TypeVar("T")

@@ -35,13 +35,12 @@ from typing import TYPE_CHECKING
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from patchpilot.batching import chunks
 from patchpilot.inventory import Instance
 from patchpilot.maintenance.model import MaintenanceItem, WatchResult
 from patchpilot.policy.model import MaintenanceWatchSettings, Policy
 
-from .compliance import failure as _error
-from .compliance import where as _where
-from .fleet import Placement, _by_placement, _chunks, _code
+from .access import AwsAccess, Placement, by_placement, error_code, failure, where
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2 import EC2Client
@@ -50,7 +49,6 @@ if TYPE_CHECKING:
     from mypy_boto3_rds import RDSClient
     from mypy_boto3_rds.type_defs import PendingMaintenanceActionTypeDef
 
-    from .fleet import Ec2SsmFleet
 
 EVENT_CODES = ["instance-reboot", "system-reboot", "system-maintenance", "instance-retirement", "instance-stop"]
 DOWNTIME_CODES = frozenset({"instance-reboot", "system-reboot", "instance-retirement", "instance-stop"})
@@ -72,26 +70,26 @@ class _Watch:
     unavailable: list[tuple[str, str]] = field(default_factory=list)
 
     def failed(self, what: str, placement: Placement, exc: Exception) -> None:
-        self.unavailable.append((f"{what} in {_where(placement)}", _error(exc)))
+        self.unavailable.append((f"{what} in {where(placement)}", failure(exc)))
 
 
 def upcoming_maintenance(
-    fleet: Ec2SsmFleet, policy: Policy, instances: Sequence[Instance], now: datetime
+    access: AwsAccess, policy: Policy, instances: Sequence[Instance], now: datetime
 ) -> WatchResult:
     settings = policy.maintenance_watch or MaintenanceWatchSettings()
     fleet_instances = {i.id: i for i in instances if i.cloud == "aws"}
-    by_placement = _by_placement(fleet_instances.values(), lambda i: i)
+    placed = by_placement(fleet_instances.values(), lambda i: i)
     watch = _Watch()
-    for placement, group in by_placement.items():
+    for placement, group in placed.items():
         try:
-            _ec2_events(fleet._ec2(placement), placement, {i.id: i for i in group}, now, watch)
+            _ec2_events(access.ec2(placement), placement, {i.id: i for i in group}, now, watch)
         except (ClientError, BotoCoreError) as exc:
             watch.failed("EC2 scheduled events", placement, exc)
-    placements = _policy_placements(fleet, policy, by_placement)
+    placements = _policy_placements(access, policy, placed)
     if settings.rds:
         for placement in placements:
             try:
-                _rds_actions(_rds(fleet, placement), placement, watch)
+                _rds_actions(_rds(access, placement), placement, watch)
             except (ClientError, BotoCoreError) as exc:
                 watch.failed("RDS pending maintenance", placement, exc)
     if settings.health:
@@ -99,9 +97,9 @@ def upcoming_maintenance(
         for account in dict.fromkeys(account for account, _ in placements):
             placement = (account, HEALTH_REGION)
             try:
-                _health_changes(_health(fleet, account), placement, regions, fleet_instances, settings.rds, now, watch)
+                _health_changes(_health(access, account), placement, regions, fleet_instances, settings.rds, now, watch)
             except (ClientError, BotoCoreError) as exc:
-                if isinstance(exc, ClientError) and _code(exc) == "SubscriptionRequiredException":
+                if isinstance(exc, ClientError) and error_code(exc) == "SubscriptionRequiredException":
                     watch.unavailable.append((f"AWS Health in {account or 'the current account'}", NO_SUPPORT_PLAN))
                 else:
                     watch.failed("AWS Health", placement, exc)
@@ -109,18 +107,16 @@ def upcoming_maintenance(
     return WatchResult(items=tuple(unique.values()), unavailable=tuple(watch.unavailable))
 
 
-def _policy_placements(
-    fleet: Ec2SsmFleet, policy: Policy, by_placement: dict[Placement, list[Instance]]
-) -> list[Placement]:
+def _policy_placements(access: AwsAccess, policy: Policy, placed: dict[Placement, list[Instance]]) -> list[Placement]:
     """The policy's accounts × regions (the current account, the default region without them),
     and the fleet's own placements."""
     settings = policy.aws
-    regions = list(settings.regions) if settings and settings.regions else [fleet.default_region]
+    regions = list(settings.regions) if settings and settings.regions else [access.default_region]
     accounts: list[str | None] = [a.id for a in settings.accounts] if settings and settings.accounts else [None]
     placements = [(account, region) for account in accounts for region in regions]
     if accounts == [None]:  # the current account, which the fleet's instances name by id: read each place once
-        placements = [p for p in placements if not any(region == p[1] for _, region in by_placement)]
-    placements += [p for p in by_placement if p not in placements]
+        placements = [p for p in placements if not any(region == p[1] for _, region in placed)]
+    placements += [p for p in placed if p not in placements]
     return placements
 
 
@@ -171,8 +167,8 @@ def _ec2_events(
 # ---------------------------------------------------------------- RDS pending maintenance
 
 
-def _rds(fleet: Ec2SsmFleet, placement: Placement) -> RDSClient:
-    client: RDSClient = fleet._client("rds", placement[0], placement[1])
+def _rds(access: AwsAccess, placement: Placement) -> RDSClient:
+    client: RDSClient = access.client("rds", placement)
     return client
 
 
@@ -232,8 +228,8 @@ def _multi_az(rds: RDSClient, *, need_clusters: bool) -> dict[str, bool]:
 # ---------------------------------------------------------------- AWS Health
 
 
-def _health(fleet: Ec2SsmFleet, account: str | None) -> HealthClient:
-    client: HealthClient = fleet._client("health", account, HEALTH_REGION)
+def _health(access: AwsAccess, account: str | None) -> HealthClient:
+    client: HealthClient = access.client("health", (account, HEALTH_REGION))
     return client
 
 
@@ -256,7 +252,7 @@ def _health_changes(
             ends = event.get("endTime")
             if "arn" in event and (ends is None or ends >= now):
                 events[event["arn"]] = event
-    for chunk in _chunks(list(events), HEALTH_EVENTS_PER_CALL):
+    for chunk in chunks(list(events), HEALTH_EVENTS_PER_CALL):
         entities = health.get_paginator("describe_affected_entities").paginate(
             filter={"eventArns": chunk}, PaginationConfig={"PageSize": 100}
         )

@@ -18,20 +18,24 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.mgmt.compute import models as cm
 
+from patchpilot.batching import unique
 from patchpilot.engine.messages import Outcome, RollBack
+from patchpilot.ports import InProgress, Progress
 
-from .fleet_common import (
+from ..access import (
     TAG_COMMAND,
     TAG_DISK,
     TAG_INSTANCE,
     TAG_REPLACED_BY,
     TAG_RESTORED_FROM,
     TAG_RUN,
+    AzureAccess,
     Machine,
     at,
     derived_name,
@@ -43,11 +47,43 @@ from .fleet_common import (
     tags_of,
     text,
 )
+from .snapshots import ARC_NO_SNAPSHOT
 
 if TYPE_CHECKING:
     from azure.mgmt.compute import ComputeManagementClient
 
 BUSY_POWER = frozenset({"starting", "stopping", "deallocating", "unknown"})
+ROLLBACK_POLL = timedelta(minutes=1)
+
+
+def roll_back(access: AzureAccess, command: RollBack) -> Progress:
+    now = access.clock.now()
+    targets = unique(command.targets, lambda t: t.instance.id)
+    outcomes: dict[str, Outcome] = {}
+    machines = access.parse([t.instance for t in targets], outcomes, now)
+    waiting = 0
+    for target in targets:
+        machine = machines.get(target.instance.id)
+        if machine is None:
+            continue
+        if machine.arc:
+            detail = "Arc server: no managed disks, so no snapshot to restore; roll it back by other means"
+            outcomes[machine.id] = Outcome(id=machine.id, ok=False, detail=detail, at=now)
+            continue
+        snapshots = [s for s in target.snapshot_ids if s != ARC_NO_SNAPSHOT]
+        if not snapshots:
+            outcomes[machine.id] = Outcome(id=machine.id, ok=False, detail="no snapshot to restore from", at=now)
+            continue
+        wanted = snapshots if command.restore_data_volumes else snapshots[:1]
+        outcome = roll_back_vm(access.compute(machine), machine, command, wanted)
+        if outcome is None:
+            waiting += 1
+        else:
+            outcomes[machine.id] = outcome.model_copy(update={"at": now})
+    if waiting:
+        done = len(targets) - waiting
+        return InProgress(now + ROLLBACK_POLL, note=f"rollback: {done}/{len(targets)} machines restored")
+    return [outcomes[t.instance.id] for t in targets]
 
 
 @dataclass(frozen=True)

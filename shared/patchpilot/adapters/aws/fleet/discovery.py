@@ -1,0 +1,120 @@
+"""Discovery of the policy's EC2 instances and the probe of their SSM agents."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from patchpilot.batching import unique
+from patchpilot.engine.messages import Outcome, ProbeAgents
+from patchpilot.inventory import Instance, OsFamily
+from patchpilot.policy.model import Policy
+from patchpilot.ports import DiscoveryResult, Progress
+
+from ..access import AwsAccess, Placement, agent_problem, by_placement, instance_state, tags_of
+
+if TYPE_CHECKING:
+    from mypy_boto3_ec2.type_defs import FilterTypeDef, InstanceTypeDef
+    from mypy_boto3_ssm.type_defs import InstanceInformationTypeDef
+
+
+def discover(access: AwsAccess, policy: Policy) -> DiscoveryResult:
+    """The policy's AWS instances (running or stopped) in its accounts and regions, each
+    marked unreachable when its SSM agent is offline or it is not a managed instance."""
+    settings = policy.aws
+    regions = list(settings.regions) if settings and settings.regions else [access.default_region]
+    accounts: list[str | None] = [a.id for a in settings.accounts] if settings and settings.accounts else [None]
+    found: list[Instance] = []
+    unreachable: list[tuple[Instance, str]] = []
+    for account in accounts:
+        for region in regions:
+            queries = _discovery_queries(policy, region)
+            if not queries:
+                continue
+            placement = (account, region)
+            instances = _describe_for_discovery(access, placement, queries)
+            agents = access.agents(placement, [i.id for i, _ in instances])
+            for instance, state in instances:
+                found.append(instance)
+                reason = agent_problem(agents.get(instance.id))
+                if reason is not None:
+                    if state != "running":
+                        reason = f"instance {state}; {reason}"
+                    unreachable.append((instance, reason))
+    return DiscoveryResult(found, unreachable)
+
+
+def _describe_for_discovery(
+    access: AwsAccess, placement: Placement, queries: list[list[FilterTypeDef]]
+) -> list[tuple[Instance, str]]:
+    ec2 = access.ec2(placement)
+    seen: dict[str, tuple[Instance, str]] = {}
+    for filters in queries:
+        pages = ec2.get_paginator("describe_instances").paginate(Filters=filters, PaginationConfig={"PageSize": 1000})
+        for page in pages:
+            for reservation in page.get("Reservations", []):
+                owner = reservation.get("OwnerId") or placement[0]
+                for raw in reservation.get("Instances", []):
+                    instance_id = raw.get("InstanceId", "")
+                    if instance_id and instance_id not in seen:
+                        seen[instance_id] = (_to_instance(raw, placement[1], owner), instance_state(raw))
+    return [seen[key] for key in sorted(seen)]
+
+
+def probe_agents(access: AwsAccess, command: ProbeAgents) -> Progress:
+    now = access.clock.now()
+    targets = unique(command.targets, lambda i: i.id)
+    agents: dict[str, InstanceInformationTypeDef] = {}
+    for placement, instances in by_placement(targets, lambda i: i).items():
+        agents.update(access.agents(placement, [i.id for i in instances]))
+    outcomes = []
+    for instance in targets:
+        info = agents.get(instance.id)
+        problem = agent_problem(info)
+        if problem is None:
+            version = (info or {}).get("AgentVersion")
+            detail = f"SSM agent online (agent {version})" if version else "SSM agent online"
+            outcomes.append(Outcome(id=instance.id, ok=True, detail=detail, at=now))
+        else:
+            outcomes.append(Outcome(id=instance.id, ok=False, detail=problem, at=now))
+    return outcomes
+
+
+def _to_instance(raw: InstanceTypeDef, region: str, account: str | None) -> Instance:
+    tags = tags_of(raw.get("Tags"))
+    platform = (raw.get("Platform") or "").lower()
+    details = (raw.get("PlatformDetails") or "").lower()
+    os: OsFamily = "windows" if platform == "windows" or details.startswith("windows") else "linux"
+    return Instance(
+        id=raw.get("InstanceId", ""),
+        cloud="aws",
+        region=region,
+        os=os,
+        name=tags.get("Name", ""),
+        zone=raw.get("Placement", {}).get("AvailabilityZone") or None,
+        tags=tags,
+        account=account,
+    )
+
+
+def _discovery_queries(policy: Policy, region: str) -> list[list[FilterTypeDef]]:
+    """DescribeInstances filter sets whose union covers every ring's selector in this region
+    (EC2 filters AND, so rings are separate queries); one unfiltered query when a ring selects
+    by something EC2 cannot filter on (OS only, say)."""
+    state: FilterTypeDef = {"Name": "instance-state-name", "Values": ["running", "stopped"]}
+    queries: list[list[FilterTypeDef]] = []
+    for ring in policy.rings:
+        select = ring.select
+        if select.clouds and "aws" not in select.clouds:
+            continue
+        if select.regions and region not in select.regions:
+            continue
+        filters: list[FilterTypeDef] = [state]
+        for key, values in sorted(select.tags.items()):
+            filters.append({"Name": f"tag:{key}", "Values": ["*"] if "*" in values else list(values)})
+        if select.ids:
+            filters.append({"Name": "instance-id", "Values": list(select.ids)})
+        if len(filters) == 1:
+            return [[state]]
+        if filters not in queries:
+            queries.append(filters)
+    return queries

@@ -1,0 +1,141 @@
+"""The Azure fleet: Resource Graph for inventory and bulk reads, Compute for snapshots, patching,
+Run Command and disk swaps, Hybrid Compute for Arc-enabled servers; HTTP for the policy's checks.
+
+Every method is idempotent per command id and keeps no state of its own: each execution
+re-derives the operation's progress from Azure, finding what an earlier execution started by a
+mark it left there, before starting anything:
+
+- snapshots (incremental, one per managed disk) have names derived from the command id and the
+  disk id (`pp-<vm>-<digest>`), so a repeated command finds them in the resource group's listing,
+  and carry the tags PatchPilotRun/Wave/Command/Instance/Disk;
+- an install is marked on the machine before it is started: the tag
+  PatchPilotInstall=<command id>|<UTC start>; progress is read in bulk from Resource Graph
+  (`patchinstallationresources`: the summary rows that started after the mark, then the
+  installed patches of the finished runs). A mark without a run after START_GRACE means the
+  worker died between marking and sending: the VM's instance view (patchStatus) decides whether
+  an installation really never started, and only then is installPatches sent (again);
+- an install that Azure Update Manager makes (InstallPatches.maintenance_run) is never started
+  here: its runs are found by their maintenanceRunId (the run's applyUpdates id), and the
+  command's first execution is marked once, on its first machine, to time it out;
+- snapshots not done by TakeSnapshots.deadline (an Update Manager run's cut-off) fail;
+- a health check's start is the tag PatchPilotHealthCheck=<command id>|<UTC start> on the
+  command's first machine; its script runs as a managed Run Command named `patchpilot-health`
+  tagged with the command id (a Run Command of another command is replaced);
+- a rollback's restored disks have names derived from the command id and the snapshot id; every
+  step (create the disks, deallocate, tag the original disks PatchPilotReplacedBy, swap the disks,
+  start) is chosen from the VM's current state (fleet/rollback.py).
+
+Arc-enabled servers have no managed disks: their snapshot step fails, or, when the policy patches
+them without rollback (`patch_without_rollback`), passes with the single item ARC_NO_SNAPSHOT
+(the engine needs an item to go on); their rollback always fails with the reason.
+
+Long operations are started without waiting (`polling=False`: the request is sent, no poller
+thread runs) and the method answers InProgress; the next delivery of the command reads where
+they are. Throttling (429 with Retry-After) and transient errors are retried by azure-core.
+
+Requests per call: one Resource Graph query per 400 machines (subscriptions batched by
+graph.query); one VM listing per resource group for marks and disks; one instance view GET per
+running VM for the agent (probe, discovery) and for health (power, agent, Application Health);
+one Run Command read per machine with a health script.
+
+The package is cut by capability like the AWS one: `discovery` (and the agent probe), `snapshots`,
+`install`, `health`, `rollback`; what they share with the assessor (`../compliance.py`) and the
+maintenance source (`../maintenance_watch.py`) is `../access.py`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Final
+
+from patchpilot.adapters.health import HttpGet, HttpProbe, urllib_get
+from patchpilot.engine.messages import CheckHealth, InstallPatches, ProbeAgents, RollBack, TakeSnapshots
+from patchpilot.inventory import Instance
+from patchpilot.policy.model import Policy
+from patchpilot.ports import Clock, DiscoveryResult, Progress
+
+from ..access import AzureAccess
+from ..clients import AzureClients
+from . import discovery, health, install, rollback, snapshots
+from .install import INSTALL_MARGIN, START_GRACE
+from .snapshots import ARC_NO_SNAPSHOT
+
+if TYPE_CHECKING:
+    from patchpilot.compliance.model import AssessmentStarted, PatchState
+    from patchpilot.maintenance.model import WatchResult
+
+__all__ = ["ARC_NO_SNAPSHOT", "INSTALL_MARGIN", "START_GRACE", "AzureFleet", "fleet_for_policy"]
+
+
+def fleet_for_policy(policy: Policy, clock: Clock, clients: AzureClients | None = None, **kwargs: Any) -> AzureFleet:
+    """The fleet of a policy: Arc servers patched without a snapshot when the policy says so."""
+    settings = policy.azure
+    kwargs.setdefault("patch_without_rollback", bool(settings and settings.arc and settings.patch_without_rollback))
+    return AzureFleet(clients or AzureClients(), clock, **kwargs)
+
+
+class AzureFleet:
+    """A `FleetProvider` over Azure VMs and Arc-enabled servers, plus discovery of the fleet, its
+    patch compliance (`PatchAssessor`) and the platform maintenance on it (`MaintenanceSource`)."""
+
+    cloud: Final = "azure"
+
+    def __init__(
+        self,
+        clients: AzureClients,
+        clock: Clock,
+        *,
+        http_get: HttpGet = urllib_get,
+        http_timeout: float = 5.0,
+        patch_without_rollback: bool = False,
+    ) -> None:
+        """`patch_without_rollback`: an Arc server (no managed disk to snapshot) passes the snapshot
+        step without a snapshot instead of failing it (policy azure.patch_without_rollback)."""
+        self.access = AzureAccess(clients, clock)
+        self.http = HttpProbe(http_get, http_timeout)
+        self.patch_without_rollback = patch_without_rollback
+
+    @property
+    def clock(self) -> Clock:
+        return self.access.clock
+
+    # ------------------------------------------------------------ compliance and maintenance watch
+
+    def start_assessment(self, instances: Sequence[Instance], token: str) -> AssessmentStarted:
+        """`PatchAssessor`: assessPatches per machine, once per token (compliance.py)."""
+        from .. import compliance  # imported on first use: a handler that runs no scan never pays for it
+
+        return compliance.start_assessment(self.access, instances, token)
+
+    def patch_states(self, instances: Sequence[Instance]) -> list[PatchState]:
+        """`PatchAssessor`: the latest assessments, from Resource Graph in bulk (compliance.py)."""
+        from .. import compliance
+
+        return compliance.patch_states(self.access, instances)
+
+    def upcoming_maintenance(self, policy: Policy, instances: Sequence[Instance], now: datetime) -> WatchResult:
+        """`MaintenanceSource`: platform maintenance on the machines (maintenance_watch.py)."""
+        from .. import maintenance_watch
+
+        return maintenance_watch.upcoming_maintenance(self.access, policy, instances, now)
+
+    # ------------------------------------------------------------ the fleet provider
+
+    def discover(self, policy: Policy) -> DiscoveryResult:
+        return discovery.discover(self.access, policy)
+
+    def probe_agents(self, command: ProbeAgents) -> Progress:
+        return discovery.probe_agents(self.access, command)
+
+    def take_snapshots(self, command: TakeSnapshots) -> Progress:
+        return snapshots.take_snapshots(self.access, command, self.patch_without_rollback)
+
+    def install_patches(self, command: InstallPatches) -> Progress:
+        return install.install_patches(self.access, command)
+
+    def check_health(self, command: CheckHealth) -> Progress:
+        return health.check_health(self.access, command, self.http)
+
+    def roll_back(self, command: RollBack) -> Progress:
+        return rollback.roll_back(self.access, command)

@@ -1,0 +1,196 @@
+"""Discovery of the policy's VMs and Arc servers (one paged Resource Graph query, an instance
+view per running VM) and the probe of their agents."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
+from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+
+from patchpilot.batching import unique
+from patchpilot.engine.messages import (
+    Outcome,
+    ProbeAgents,
+)
+from patchpilot.inventory import Instance
+from patchpilot.policy.model import Policy, Selector
+from patchpilot.ports import DiscoveryResult, Progress
+
+from ..access import (
+    ARC_TYPE,
+    ROW_COLUMNS,
+    VM_TYPE,
+    AzureAccess,
+    Machine,
+    agent_problem,
+    arc_problem,
+    at,
+    describe_error,
+    items,
+    parse_machine,
+    power_state,
+    tags_of,
+    text,
+)
+from ..graph import kql_list, kql_string, query
+
+if TYPE_CHECKING:
+    pass
+
+_OS_TYPE = "tolower(coalesce(tostring(properties.storageProfile.osDisk.osType), tostring(properties.osType)))"
+
+
+def discovery_query(policy: Policy) -> str | None:
+    """Every VM (and Arc server, with azure.arc) in the policy's resource groups and locations that
+    some ring may select, by the rings' tags, ids, regions and OS; None when no ring selects Azure."""
+    settings = policy.azure
+    types = [VM_TYPE, ARC_TYPE] if settings and settings.arc else [VM_TYPE]
+    lines = ["resources", f"| where type in~ {kql_list(types)}"]
+    if settings and settings.resource_groups:
+        lines.append(f"| where resourceGroup in~ {kql_list(settings.resource_groups)}")
+    if settings and settings.locations:
+        lines.append(f"| where location in~ {kql_list(settings.locations)}")
+    rings = [ring.select for ring in policy.rings if not ring.select.clouds or "azure" in ring.select.clouds]
+    if not rings:
+        return None
+    conditions = [_selector_condition(select) for select in rings]
+    if all(conditions):
+        lines.append("| where " + " or ".join(f"({c})" for c in dict.fromkeys(conditions)))
+    lines += [f"| project {ROW_COLUMNS}", "| order by id asc"]
+    return "\n".join(lines)
+
+
+def _selector_condition(select: Selector) -> str:
+    """A ring selector as KQL ('' when it selects every machine)."""
+    parts = []
+    for key, values in sorted(select.tags.items()):
+        tag = f"tostring(tags[{kql_string(key)}])"
+        parts.append(f"isnotempty({tag})" if "*" in values else f"{tag} in {kql_list(values)}")
+    if select.ids:
+        parts.append(f"id in~ {kql_list(select.ids)}")
+    if select.regions:
+        parts.append(f"location in~ {kql_list(select.regions)}")
+    if select.os:
+        parts.append(f"{_OS_TYPE} in {kql_list(select.os)}")
+    return " and ".join(parts)
+
+
+def to_instance(row: Any) -> Instance:
+    """An `Instance` from a Resource Graph row of a VM or an Arc server. A zonal VM's zone is
+    "<location>-<zone>" (e.g. "westeurope-2"): Azure's zone numbers only mean something within a
+    location (and within a subscription), so the location is part of the name; the planner only
+    compares zones within a region."""
+    location = text(row, "location").lower()
+    zones = [str(z) for z in items(row, "zones")]
+    aset = text(row, "properties", "availabilitySet", "id").lower() or None
+    os_type = (
+        text(row, "properties", "storageProfile", "osDisk", "osType") or text(row, "properties", "osType")
+    ).lower()
+    return Instance(
+        id=text(row, "id"),
+        cloud="azure",
+        region=location,
+        os="windows" if os_type == "windows" else "linux",
+        name=text(row, "name"),
+        zone=f"{location}-{zones[0]}" if zones and not aset else None,
+        availability_set=aset,
+        tags=tags_of(row),
+        account=text(row, "subscriptionId") or None,
+    )
+
+
+def os_known(row: Any) -> bool:
+    os_type = (
+        text(row, "properties", "storageProfile", "osDisk", "osType") or text(row, "properties", "osType")
+    ).lower()
+    return os_type in ("windows", "linux")
+
+
+def agent_version(view: Any) -> str:
+    return text(view, "vmAgent", "vmAgentVersion")
+
+
+def discover(access: AzureAccess, policy: Policy) -> DiscoveryResult:
+    """The policy's VMs (and Arc servers with azure.arc) in its subscriptions, resource groups
+    and locations that its rings may select: one paged Resource Graph query, then an instance
+    view read per running VM for its agent and (in an availability set) its update domain.
+    Stopped VMs, VMs whose agent is not Ready and disconnected Arc servers are unreachable."""
+    kql = discovery_query(policy)
+    if kql is None:
+        return DiscoveryResult([])
+    subscriptions = list(policy.azure.subscriptions) if policy.azure else []
+    found: list[Instance] = []
+    unreachable: list[tuple[Instance, str]] = []
+    for row in query(access.graph(), kql, subscriptions):
+        instance = to_instance(row)
+        machine = parse_machine(instance.id)
+        if machine is None:
+            continue
+        problem: str | None
+        if machine.arc:
+            problem = arc_problem(row)
+        else:
+            instance, problem = _discovered_vm(access, machine, instance, row)
+        if problem is None and not os_known(row):
+            problem = "OS type not reported; assumed linux"
+        found.append(instance)
+        if problem is not None:
+            unreachable.append((instance, problem))
+    return DiscoveryResult(found, unreachable)
+
+
+def _discovered_vm(access: AzureAccess, machine: Machine, instance: Instance, row: Any) -> tuple[Instance, str | None]:
+    power = text(row, "properties", "extended", "instanceView", "powerState", "code").removeprefix("PowerState/")
+    if power and power.lower() != "running":
+        return instance, f"VM {power.lower()}"
+    try:
+        view = access.instance_view(machine)
+    except HttpResponseError as exc:
+        return instance, f"instance view not readable: {describe_error(exc)}"
+    domain = at(view, "platformUpdateDomain")
+    if instance.availability_set and isinstance(domain, int):
+        instance = dataclasses.replace(instance, update_domain=domain)
+    state = power_state(view)
+    if state != "running":
+        return instance, f"VM {state}"
+    return instance, agent_problem(view)
+
+
+def probe_agents(access: AzureAccess, command: ProbeAgents) -> Progress:
+    now = access.clock.now()
+    targets = unique(command.targets, lambda i: i.id)
+    outcomes: dict[str, Outcome] = {}
+    machines = access.parse(targets, outcomes, now)
+    rows = access.rows(list(machines.values()))
+    for instance in targets:
+        machine = machines.get(instance.id)
+        if machine is None:
+            continue
+        row = rows.get(machine.key)
+        problem, detail = _agent(access, machine, row)
+        outcomes[instance.id] = Outcome(id=instance.id, ok=problem is None, detail=problem or detail, at=now)
+    return [outcomes[i.id] for i in targets]
+
+
+def _agent(access: AzureAccess, machine: Machine, row: Any) -> tuple[str | None, str]:
+    """(problem, what is fine) of a machine's agent."""
+    if machine.arc:
+        if row is None:
+            return "Arc server not found", ""
+        version = text(row, "properties", "agentVersion")
+        return arc_problem(row), "Arc agent Connected" + (f" (agent {version})" if version else "")
+    power = text(row, "properties", "extended", "instanceView", "powerState", "code").removeprefix("PowerState/")
+    if power and power.lower() not in ("running", "starting"):
+        return f"VM {power.lower()}", ""
+    try:
+        view = access.instance_view(machine)
+    except ResourceNotFoundError:
+        return "VM not found", ""
+    except HttpResponseError as exc:
+        return f"instance view not readable: {describe_error(exc)}", ""
+    state = power_state(view)
+    if state != "running":
+        return f"VM {state}", ""
+    version = agent_version(view)
+    return agent_problem(view), "VM agent Ready" + (f" (agent {version})" if version else "")

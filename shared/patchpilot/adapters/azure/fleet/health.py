@@ -1,0 +1,294 @@
+"""Health checks after patching: Azure's own view (power, VM agent, Application Health; an Arc
+server's agent), the policy's HTTP probes and its script as a managed Run Command
+(`patchpilot-health`, tagged with the command id). The check's start is the tag
+PatchPilotHealthCheck=<command id>|<UTC start> on the command's first machine."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+from azure.mgmt.compute import models as cm
+from azure.mgmt.hybridcompute import models as hm
+
+from patchpilot.adapters.health import HttpProbe, UnsafeUrlValueError, fill_url
+from patchpilot.batching import chunks, unique
+from patchpilot.engine.messages import (
+    CheckHealth,
+    Outcome,
+)
+from patchpilot.inventory import Instance
+from patchpilot.policy.model import HealthChecks
+from patchpilot.ports import InProgress, Progress
+from patchpilot.verdict import Verdict
+
+from ..access import (
+    NIC_TYPE,
+    TAG_COMMAND,
+    TAG_HEALTH,
+    TAG_RUN,
+    AzureAccess,
+    Machine,
+    agent_problem,
+    arc_problem,
+    at,
+    describe_error,
+    items,
+    power_state,
+    tag_value,
+    tags_of,
+    text,
+)
+from ..graph import IDS_PER_QUERY, kql_list, kql_string, query
+
+if TYPE_CHECKING:
+    pass
+
+HEALTH_POLL = timedelta(minutes=2)
+RUN_COMMAND = "patchpilot-health"
+
+
+def nics_query(ids: Sequence[str]) -> str:
+    return (
+        f"resources\n| where type =~ {kql_string(NIC_TYPE)}\n| where id in~ {kql_list(ids)}\n| project id, properties"
+    )
+
+
+def app_health(view: Any) -> str | None:
+    """The Application Health extension's verdict (healthy, unhealthy, initializing, unknown) from
+    the instance view's vmHealth or the extension's substatus; None without the extension."""
+    code = text(view, "vmHealth", "status", "code")
+    if code.startswith("HealthState/"):
+        return code.split("/", 1)[1].lower()
+    for extension in items(view, "extensions"):
+        if "applicationhealth" not in (text(extension, "type") + text(extension, "name")).lower():
+            continue
+        for status in items(extension, "substatuses"):
+            found = text(status, "code")
+            if "ApplicationHealthState/" in found:
+                return found.rsplit("/", 1)[1].lower()
+        return "unknown"
+    return None
+
+
+def primary(entries: Sequence[Any]) -> Any:
+    """The entry marked primary (NICs, IP configurations), else the first."""
+    for entry in entries:
+        if at(entry, "properties", "primary") is True:
+            return entry
+    return entries[0] if entries else None
+
+
+def private_ip_of_nic(nic: Any) -> str:
+    config = primary(items(nic, "properties", "ipConfigurations"))
+    return text(config, "properties", "privateIPAddress")
+
+
+def private_ip_of_arc(row: Any) -> str:
+    for interface in items(row, "properties", "networkProfile", "networkInterfaces"):
+        for address in items(interface, "ipAddresses"):
+            if text(address, "ipAddressVersion") in ("", "IPv4") and text(address, "address"):
+                return text(address, "address")
+    return ""
+
+
+def check_health(access: AzureAccess, command: CheckHealth, http: HttpProbe) -> Progress:
+    now = access.clock.now()
+    targets = unique(command.targets, lambda i: i.id)
+    checks = command.checks
+    outcomes: dict[str, Outcome] = {}
+    machines = access.parse(targets, outcomes, now)
+    start, first = access.anchor(command.id, TAG_HEALTH, [machines[i.id] for i in targets if i.id in machines], now)
+    deadline = start + checks.timeout
+    arc = [m for m in machines.values() if m.arc]
+    rows = access.rows(list(machines.values()) if checks.http else arc)
+    verdicts: dict[str, Verdict] = {}
+    for instance in targets:
+        machine = machines.get(instance.id)
+        if machine is None:
+            continue
+        base = _base_health(access, machine, rows.get(machine.key))
+        verdicts[instance.id] = base.timed(now, deadline, checks.timeout)
+    if checks.http:
+        _check_http(access, targets, machines, rows, checks, verdicts, http)
+    if checks.script is not None:
+        _check_script(access, command, targets, machines, checks, verdicts, first)
+    for instance_id, verdict in verdicts.items():
+        verdicts[instance_id] = verdict.timed(now, deadline, checks.timeout)
+        if checks.alarms and verdicts[instance_id].state == "pass":
+            verdicts[instance_id] = verdicts[instance_id].plus("CloudWatch alarms not checked (AWS only)")
+    waiting = [v for v in verdicts.values() if v.state == "wait"]
+    if waiting:
+        retry = min(now + HEALTH_POLL, deadline) if deadline > now else now + HEALTH_POLL
+        reasons = "; ".join(sorted({v.detail for v in waiting}))[:300]
+        done = len(targets) - len(waiting)
+        return InProgress(retry, note=f"health: {done}/{len(targets)} done; waiting: {reasons}")
+    for instance_id, verdict in verdicts.items():
+        outcomes[instance_id] = Outcome(id=instance_id, ok=verdict.state == "pass", detail=verdict.detail, at=now)
+    return [outcomes[i.id] for i in targets]
+
+
+def _base_health(access: AzureAccess, machine: Machine, row: Any) -> Verdict:
+    """Azure's own view: the VM runs, its agent is Ready and its Application Health extension
+    (if any) says healthy; an Arc server's agent is Connected."""
+    if machine.arc:
+        if row is None:
+            return Verdict("fail", "Arc server not found")
+        problem = arc_problem(row)
+        if problem is None:
+            return Verdict("pass", "Arc agent Connected")
+        status = text(row, "properties", "status").lower()
+        return Verdict("fail" if status in ("expired", "error") else "wait", problem)
+    try:
+        view = access.instance_view(machine)
+    except ResourceNotFoundError:
+        return Verdict("fail", "VM not found")
+    state = power_state(view)
+    if state in ("deallocated", "stopped"):
+        return Verdict("fail", f"VM is {state}")
+    if state != "running":
+        return Verdict("wait", f"VM is {state}")
+    problem = agent_problem(view)
+    if problem is not None:
+        return Verdict("wait", problem)
+    health = app_health(view)
+    if health is None:
+        return Verdict("pass", "VM running, VM agent Ready")
+    if health != "healthy":
+        return Verdict("wait", f"Application Health extension reports {health}")
+    return Verdict("pass", "VM running, VM agent Ready, application healthy")
+
+
+def _check_http(
+    access: AzureAccess,
+    targets: Sequence[Instance],
+    machines: Mapping[str, Machine],
+    rows: Mapping[str, Any],
+    checks: HealthChecks,
+    verdicts: dict[str, Verdict],
+    http: HttpProbe,
+) -> None:
+    passing = [i for i in targets if i.id in verdicts and verdicts[i.id].state == "pass"]
+    ips = _private_ips(access, [machines[i.id] for i in passing], rows)
+    for instance in passing:
+        answers = []
+        for template in checks.http:
+            try:
+                url = fill_url(template, instance, ips.get(machines[instance.id].key, ""))
+            except UnsafeUrlValueError as exc:  # waiting will not make the value usable
+                verdicts[instance.id] = Verdict("fail", str(exc))
+                break
+            try:
+                status = http.get(url, http.timeout)
+            except Exception as exc:  # any failure to get an answer is a failed check
+                verdicts[instance.id] = Verdict("wait", f"GET {url}: {type(exc).__name__}: {exc}"[:300])
+                break
+            if not 200 <= status < 300:
+                verdicts[instance.id] = Verdict("wait", f"GET {url}: HTTP {status}")
+                break
+            answers.append(str(status))
+        else:
+            verdicts[instance.id] = verdicts[instance.id].plus(f"HTTP {', '.join(answers)}")
+
+
+def _private_ips(access: AzureAccess, machines: Sequence[Machine], rows: Mapping[str, Any]) -> dict[str, str]:
+    """Each machine's private IP: a VM's primary NIC's primary IP configuration (NICs read in
+    one Resource Graph query), an Arc server's first IPv4 address."""
+    ips: dict[str, str] = {}
+    nic_of: dict[str, str] = {}
+    for machine in machines:
+        row = rows.get(machine.key)
+        if machine.arc:
+            ips[machine.key] = private_ip_of_arc(row)
+            continue
+        nic = primary(items(row, "properties", "networkProfile", "networkInterfaces"))
+        if text(nic, "id"):
+            nic_of[machine.key] = text(nic, "id").lower()
+    if nic_of:
+        nics: dict[str, Any] = {}
+        subscriptions = sorted({m.subscription for m in machines})
+        for chunk in chunks(sorted(set(nic_of.values())), IDS_PER_QUERY):
+            for nic in query(access.graph(), nics_query(chunk), subscriptions):
+                nics[text(nic, "id").lower()] = nic
+        for key, nic_id in nic_of.items():
+            ips[key] = private_ip_of_nic(nics.get(nic_id))
+    return ips
+
+
+def _check_script(
+    access: AzureAccess,
+    command: CheckHealth,
+    targets: Sequence[Instance],
+    machines: Mapping[str, Machine],
+    checks: HealthChecks,
+    verdicts: dict[str, Verdict],
+    first: bool,
+) -> None:
+    """The policy's script as a managed Run Command on each machine that passed the checks
+    above: exit code 0 is healthy. Started once per command (the Run Command is tagged with
+    it), then read until it has finished; on the command's first execution (`first`) there is
+    none of it to read yet."""
+    assert checks.script is not None
+    for instance in targets:
+        script = checks.script.windows if instance.os == "windows" else checks.script.linux
+        if script is None or instance.id not in verdicts or verdicts[instance.id].state != "pass":
+            continue
+        machine = machines[instance.id]
+        try:
+            run = None if first else _run_command(access, machine)
+            if run is None or tags_of(run).get(TAG_COMMAND) != tag_value(command.id):
+                _start_run_command(access, command, instance, machine, script, checks.timeout)
+                verdicts[instance.id] = Verdict("wait", "health script started")
+                continue
+        except HttpResponseError as exc:
+            verdicts[instance.id] = Verdict("fail", f"health script not run: {describe_error(exc)}")
+            continue
+        verdicts[instance.id] = _script_verdict(run, verdicts[instance.id])
+
+
+def _run_command(access: AzureAccess, machine: Machine) -> Any:
+    try:
+        if machine.arc:
+            return access.hybrid(machine).machine_run_commands.get(machine.resource_group, machine.name, RUN_COMMAND)
+        return access.compute(machine).virtual_machine_run_commands.get_by_virtual_machine(
+            machine.resource_group, machine.name, RUN_COMMAND, expand="instanceView"
+        )
+    except ResourceNotFoundError:
+        return None
+
+
+def _start_run_command(
+    access: AzureAccess, command: CheckHealth, instance: Instance, machine: Machine, script: str, timeout: timedelta
+) -> None:
+    body = {
+        "location": instance.region,
+        "tags": {TAG_COMMAND: tag_value(command.id), TAG_RUN: tag_value(command.run_id)},
+        "properties": {
+            "source": {"script": script},
+            "asyncExecution": False,
+            "timeoutInSeconds": max(30, int(timeout.total_seconds())),
+        },
+    }
+    if machine.arc:
+        access.hybrid(machine).machine_run_commands.begin_create_or_update(
+            machine.resource_group, machine.name, RUN_COMMAND, hm.MachineRunCommand(body), polling=False
+        )
+    else:
+        access.compute(machine).virtual_machine_run_commands.begin_create_or_update(
+            machine.resource_group, machine.name, RUN_COMMAND, cm.VirtualMachineRunCommand(body), polling=False
+        )
+
+
+def _script_verdict(run: Any, verdict: Verdict) -> Verdict:
+    view = at(run, "properties", "instanceView")
+    state = text(view, "executionState")
+    code = at(view, "exitCode")
+    if state.lower() in ("", "pending", "running"):
+        return Verdict("wait", "health script running")
+    if state.lower() == "succeeded" and (code is None or code == 0):
+        return verdict.plus("script exit 0")
+    output = (text(view, "error") or text(view, "output")).strip()
+    detail = f"health script {state.lower()}" + (f", exit code {code}" if code is not None else "")
+    return Verdict("fail", detail + (f": {output[-200:]}" if output else ""))

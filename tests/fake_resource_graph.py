@@ -9,13 +9,24 @@ fake_azure_maintenance) build each table's rows and answer with this.
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from fake_arm import ArmError
+Row = dict[str, Any]
+Getter = Callable[[Row], Any]
+
+
+class UnsupportedKql(Exception):
+    """A query, or a part of one, that the fake does not model. Raised through the SDK client
+    (never answered as an HTTP error, which adapter code may handle as the service's refusal), so
+    the test fails where the query is sent, naming the part and the query."""
+
+
+Token = tuple[str, str]  # kind (str, num, op, name, end), value
 
 _TOKEN = re.compile(
     r"\s*(?:(?P<str>'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")|(?P<num>\d+(?:\.\d+)?)|"
@@ -24,62 +35,82 @@ _TOKEN = re.compile(
 _COMPARE = {"==", "!=", "=~", "!~", ">=", "<=", ">", "<", "in", "in~", "!in", "!in~", "has", "contains", "startswith"}
 
 
-def _tokens(text: str) -> list[tuple[str, str]]:
-    found: list[tuple[str, str]] = []
+def _stages(text: str) -> list[tuple[str, list[Token]]]:
+    """The query's stages (split at `|` outside strings), each with its own text and tokens."""
+    stages: list[tuple[int, list[Token]]] = [(0, [])]
+    ends: list[int] = []
     position = 0
     text = text.rstrip()
     while position < len(text):
         match = _TOKEN.match(text, position)
         if match is None or match.end() == position:
-            raise ArmError(400, "BadRequest", f"KQL the fake cannot read at {text[position : position + 30]!r}")
+            raise UnsupportedKql(f"KQL the fake cannot read at {text[position : position + 30]!r} in: {text}")
         kind = match.lastgroup or ""
         value = match[kind]
         if kind == "str":
             value = re.sub(r"\\(.)", r"\1", value[1:-1])
-        found.append((kind, value))
+        if (kind, value) == ("op", "|"):
+            ends.append(match.start())
+            stages.append((match.end(), []))
+        else:
+            stages[-1][1].append((kind, value))
         position = match.end()
-    return found
+    ends.append(len(text))
+    return [(text[begin:stop].strip(), tokens) for (begin, tokens), stop in zip(stages, ends, strict=True)]
 
 
 class _Parser:
-    def __init__(self, tokens: list[tuple[str, str]]) -> None:
+    def __init__(self, tokens: list[Token], stage: str) -> None:
         self.tokens = tokens
+        self.stage = stage
         self.at = 0
 
-    def peek(self) -> tuple[str, str]:
+    def refuse(self, what: str) -> UnsupportedKql:
+        return UnsupportedKql(f"KQL: {what}, in the stage `{self.stage}`")
+
+    def peek(self) -> Token:
         return self.tokens[self.at] if self.at < len(self.tokens) else ("end", "")
 
-    def take(self, value: str | None = None) -> tuple[str, str]:
+    def take(self, value: str | None = None) -> Token:
         token = self.peek()
         if value is not None and token[1] != value:
-            raise ArmError(400, "BadRequest", f"KQL: expected {value!r}, got {token[1]!r}")
+            raise self.refuse(f"expected {value!r}, got {token[1] or 'the end'!r}")
         self.at += 1
         return token
 
-    def expression(self) -> Callable[[dict[str, Any]], Any]:
+    def name(self, what: str) -> str:
+        kind, value = self.take()
+        if kind != "name":
+            raise self.refuse(f"expected {what}, got {value or 'the end'!r}")
+        return value
+
+    def done(self) -> bool:
+        return self.peek()[0] == "end"
+
+    def expression(self) -> Getter:
         left = self.conjunction()
         while self.peek() == ("name", "or"):
             self.take()
             left = _joined(left, self.conjunction(), any)
         return left
 
-    def conjunction(self) -> Callable[[dict[str, Any]], Any]:
+    def conjunction(self) -> Getter:
         left = self.comparison()
         while self.peek() == ("name", "and"):
             self.take()
             left = _joined(left, self.comparison(), all)
         return left
 
-    def comparison(self) -> Callable[[dict[str, Any]], Any]:
+    def comparison(self) -> Getter:
         left = self.postfix()
-        operator = self.peek()[1]
-        if operator not in _COMPARE:
+        kind, operator = self.peek()
+        if kind not in ("op", "name") or operator not in _COMPARE:
             return left
         self.take()
         if operator in ("in", "in~", "!in", "!in~"):
             self.take("(")
             values = [self.expression()]
-            while self.peek()[1] == ",":
+            while self.peek() == ("op", ","):
                 self.take()
                 values.append(self.expression())
             self.take(")")
@@ -87,48 +118,50 @@ class _Parser:
         right = self.postfix()
         return lambda row: _compare(operator, left(row), right(row))
 
-    def postfix(self) -> Callable[[dict[str, Any]], Any]:
+    def postfix(self) -> Getter:
         value = self.primary()
-        while self.peek()[1] in (".", "["):
+        while self.peek() in (("op", "."), ("op", "[")):
             if self.take()[1] == ".":
-                value = _indexed(value, _constant(self.take()[1]))
+                value = _indexed(value, _constant(self.name("a property name after '.'")))
             else:
                 value = _indexed(value, self.expression())
                 self.take("]")
         return value
 
-    def primary(self) -> Callable[[dict[str, Any]], Any]:
+    def primary(self) -> Getter:
         kind, value = self.take()
         if kind == "str":
             return lambda row: value
         if kind == "num":
             number = float(value) if "." in value else int(value)
             return lambda row: number
-        if value == "(":
+        if (kind, value) == ("op", "("):
             inner = self.expression()
             self.take(")")
             return inner
         if kind == "name" and value in ("true", "false"):
             return lambda row: value == "true"
-        if kind == "name" and self.peek()[1] == "(":
+        if kind == "name" and self.peek() == ("op", "("):
             self.take("(")
             args = []
-            while self.peek()[1] != ")":
+            while self.peek() != ("op", ")"):
                 args.append(self.expression())
-                if self.peek()[1] == ",":
+                if self.peek() == ("op", ","):
                     self.take()
+                elif self.peek() != ("op", ")"):
+                    raise self.refuse(f"expected ',' or ')' in {value}(), got {self.peek()[1] or 'the end'!r}")
             self.take(")")
             function = _FUNCTIONS.get(value)
             if function is None:
-                raise ArmError(400, "BadRequest", f"KQL function {value}() is not modelled by the fake")
+                raise self.refuse(f"function {value}() is not modelled by the fake")
+            try:
+                inspect.signature(function).bind(*args)
+            except TypeError:
+                raise self.refuse(f"{value}() with {len(args)} arguments is not modelled by the fake") from None
             return lambda row: function(*[a(row) for a in args])
         if kind == "name":
             return lambda row: row.get(value)
-        raise ArmError(400, "BadRequest", f"KQL: unexpected {value!r}")
-
-
-Row = dict[str, Any]
-Getter = Callable[[Row], Any]
+        raise self.refuse(f"unexpected {value or 'end'!r}")
 
 
 def _joined(left: Getter, right: Getter, how: Callable[[list[bool]], bool]) -> Getter:
@@ -145,6 +178,10 @@ def _constant(value: Any) -> Getter:
 
 def _column(name: str) -> Getter:
     return lambda row: row.get(name)
+
+
+def _sort_key(name: str) -> Callable[[Row], str]:
+    return lambda row: _text(row.get(name))
 
 
 def _index(value: Any, key: Any) -> Any:
@@ -211,47 +248,52 @@ def _compare(operator: str, left: Any, right: Any) -> bool:
     return bool({">=": left >= right, "<=": left <= right, ">": left > right, "<": left < right}[operator])
 
 
-def run_kql(text: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Evaluate `table | where ... | extend ... | project ... | order by ...` over `rows`."""
-    tokens = _tokens(text)
-    stages: list[list[tuple[str, str]]] = [[]]
-    for token in tokens:
-        if token == ("op", "|"):
-            stages.append([])
-        else:
-            stages[-1].append(token)
-    for stage in stages[1:]:
-        parser = _Parser(stage)
-        verb = parser.take()[1]
+def run_kql(text: str, rows: list[Row]) -> list[Row]:
+    """Evaluate `table | where ... | extend ... | project ... | order by ...` over `rows` (the
+    table's; the fake chose them by the first word). Anything else raises `UnsupportedKql`."""
+    (table, first), *stages = _stages(text)
+    if len(first) != 1 or first[0][0] != "name":
+        raise UnsupportedKql(f"KQL: a query starts with one table name, not `{table}`, in: {text}")
+    for stage, tokens in stages:
+        parser = _Parser(tokens, stage)
+        verb = parser.name("an operator")
         if verb == "where":
             condition = parser.expression()
             rows = [r for r in rows if condition(r)]
         elif verb in ("extend", "project"):
-            columns: list[tuple[str, Callable[[dict[str, Any]], Any]]] = []
-            while parser.peek()[0] != "end":
-                name = parser.take()[1]
-                if parser.peek()[1] == "=":
+            columns: list[tuple[str, Getter]] = []
+            while not parser.done():
+                name = parser.name("a column name")
+                if parser.peek() == ("op", "="):
                     parser.take()
                     columns.append((name, parser.expression()))
                 else:
                     columns.append((name, _column(name)))
-                if parser.peek()[1] == ",":
-                    parser.take()
+                if not parser.done():
+                    parser.take(",")
             if verb == "extend":
                 rows = [{**r, **{n: f(r) for n, f in columns}} for r in rows]
             else:
                 rows = [{n: f(r) for n, f in columns} for r in rows]
         elif verb == "order":
             parser.take("by")
-            name = parser.take()[1]
-            descending = parser.peek()[1] == "desc"
-            rows = sorted(rows, key=lambda r: _text(r.get(name)), reverse=descending)
-            continue
+            keys: list[tuple[str, bool]] = []
+            while True:
+                name = parser.name("a column to order by")
+                direction = "desc"  # KQL's default
+                if parser.peek() in (("name", "asc"), ("name", "desc")):
+                    direction = parser.take()[1]
+                keys.append((name, direction == "desc"))
+                if parser.done():
+                    break
+                parser.take(",")
+            for name, descending in reversed(keys):  # stable sorts, the last key first
+                rows = sorted(rows, key=_sort_key(name), reverse=descending)
         else:
-            raise ArmError(400, "BadRequest", f"KQL operator {verb!r} is not modelled by the fake")
-        if parser.peek()[0] != "end":
-            raise ArmError(400, "BadRequest", f"KQL: unexpected {parser.peek()[1]!r} after {verb}")
+            raise parser.refuse(f"operator {verb!r} is not modelled by the fake")
+        if not parser.done():
+            raise parser.refuse(f"unexpected {parser.peek()[1]!r} after {verb}")
     return rows
 
 
-__all__ = ["run_kql"]
+__all__ = ["UnsupportedKql", "run_kql"]

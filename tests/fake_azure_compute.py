@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from azure_vocabulary import LINUX_CLASSIFICATIONS, REBOOT_SETTINGS, WINDOWS_CLASSIFICATIONS
 from fake_arm import ARM, ArmError, FakeArm, Request, Response
 from fake_resource_graph import run_kql
 
@@ -48,8 +49,6 @@ VM = _S + r"/Microsoft\.Compute/virtualMachines/(?P<name>[^/]+)"
 ARC = _S + r"/Microsoft\.HybridCompute/machines/(?P<name>[^/]+)"
 SNAPSHOT = _S + r"/Microsoft\.Compute/snapshots/(?P<name>[^/]+)"
 DISK = _S + r"/Microsoft\.Compute/disks/(?P<name>[^/]+)"
-WINDOWS = {"Critical", "Security", "UpdateRollup", "FeaturePack", "ServicePack", "Definition", "Tools", "Updates"}
-LINUX = {"Critical", "Security", "Other"}
 
 
 def iso(moment: datetime) -> str:
@@ -486,7 +485,7 @@ class FakeAzureCompute:
             raise ArmError(400, "InvalidParameter", f"maximumDuration {body.get('maximumDuration')!r} is not ISO 8601")
         if int(duration[1] or 0) * 60 + int(duration[2] or 0) > 240:
             raise ArmError(400, "InvalidParameter", "maximumDuration must be at most PT4H")
-        if body.get("rebootSetting") not in ("IfRequired", "Never", "Always"):
+        if body.get("rebootSetting") not in REBOOT_SETTINGS:
             raise ArmError(400, "InvalidParameter", f"rebootSetting {body.get('rebootSetting')!r}")
         key = "windowsParameters" if machine.os == "Windows" else "linuxParameters"
         if key not in body:
@@ -576,7 +575,7 @@ class FakeAzureCompute:
 
     def _selected(self, machine: MachineState, params: dict[str, Any]) -> list[Patch]:
         classes = set(params.get("classificationsToInclude") or [])
-        allowed = WINDOWS if machine.os == "Windows" else LINUX
+        allowed = WINDOWS_CLASSIFICATIONS if machine.os == "Windows" else LINUX_CLASSIFICATIONS
         if classes - allowed:
             raise ArmError(400, "InvalidParameter", f"classifications {sorted(classes - allowed)} for {machine.os}")
         if machine.os == "Windows":

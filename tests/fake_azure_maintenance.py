@@ -35,6 +35,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import NAMESPACE_URL, uuid5
 
+from azure_vocabulary import LINUX_CLASSIFICATIONS, REBOOT_SETTINGS, WINDOWS_CLASSIFICATIONS
 from fake_arm import ArmError, FakeArm, Request, Response
 from fake_resource_graph import run_kql
 from tzlocal.windows_tz import win_tz
@@ -47,17 +48,6 @@ RUN = MC + r"/providers/Microsoft\.Maintenance/applyUpdates/[^/]+"
 ASSIGNMENT_TYPE = "Microsoft.Maintenance/configurationAssignments"
 VM_TYPE = "Microsoft.Compute/virtualMachines"
 ARC_TYPE = "Microsoft.HybridCompute/machines"
-WINDOWS_CLASSES = {
-    "Critical",
-    "Security",
-    "UpdateRollup",
-    "FeaturePack",
-    "ServicePack",
-    "Definition",
-    "Tools",
-    "Updates",
-}
-LINUX_CLASSES = {"Critical", "Security", "Other"}
 _DAY = r"(Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday)"
 RECUR_EVERY = re.compile(
     rf"^(\d*(Day|Days)|\d*(Week|Weeks)( {_DAY}(,{_DAY})*)?"
@@ -370,9 +360,9 @@ def _check_configuration(body: dict[str, Any], *, created: bool, today: str) -> 
     if not RECUR_EVERY.match(recur):
         raise ArmError(400, "InvalidParameter", f"invalid recurEvery {recur!r}")
     install = properties.get("installPatches") or {}
-    if install.get("rebootSetting") not in ("IfRequired", "Never", "Always"):
+    if install.get("rebootSetting") not in REBOOT_SETTINGS:
         raise ArmError(400, "InvalidParameter", f"invalid rebootSetting {install.get('rebootSetting')!r}")
-    for key, allowed in (("windowsParameters", WINDOWS_CLASSES), ("linuxParameters", LINUX_CLASSES)):
+    for key, allowed in (("windowsParameters", WINDOWS_CLASSIFICATIONS), ("linuxParameters", LINUX_CLASSIFICATIONS)):
         wrong = set((install.get(key) or {}).get("classificationsToInclude") or []) - allowed
         if wrong:
             raise ArmError(400, "InvalidParameter", f"{key}: unknown classifications {sorted(wrong)}")

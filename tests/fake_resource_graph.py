@@ -5,6 +5,9 @@ extend, project, order by; in/in~/==/=~/>=...; and, or; tolower, tostring, todat
 coalesce, isnotempty, ...) over a table's rows. Anything else fails: a query the fake does not
 understand fails the test instead of passing. The fakes (fake_azure_compute, fake_azure_assessment,
 fake_azure_maintenance) build each table's rows and answer with this.
+
+tests/fixtures/resource-graph/queries.json records every query the adapters send with the fakes'
+answer to it; tests/test_resource_graph_queries.py fails when a query changes or the answer does.
 """
 
 from __future__ import annotations

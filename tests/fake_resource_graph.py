@@ -47,7 +47,7 @@ def _stages(text: str) -> list[tuple[str, list[Token]]]:
     while position < len(text):
         match = _TOKEN.match(text, position)
         if match is None or match.end() == position:
-            raise UnsupportedKql(f"KQL the fake cannot read at {text[position : position + 30]!r} in: {text}")
+            raise UnsupportedKql(f"KQL the fake cannot read at {text[position:].lstrip()[:30]!r} in: {text}")
         kind = match.lastgroup or ""
         value = match[kind]
         if kind == "str":

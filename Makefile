@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench docs clean check-templates lambda-package
+.PHONY: setup demo test test-fast lint bench docs clean check-templates lambda-package
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ $(CHROMIUM):
 
 test: setup $(AZURITE) $(CHROMIUM)
 	$(BIN)/python -m pytest -q
+
+# The inner loop: every test but those marked `slow` (end to end, runtimes, fault tolerance, and
+# files over ~10 s alone). $(CHROMIUM) is the browser test's prerequisite where the Makefile has one.
+test-fast: setup $(AZURITE) $(CHROMIUM)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: setup
 	$(BIN)/ruff check .

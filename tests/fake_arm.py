@@ -100,6 +100,16 @@ Handler = Callable[[Request], Response]
 TableHandler = Callable[[str, list[str] | None], list[dict[str, Any]]]
 
 
+@dataclass(frozen=True)
+class GraphQuery:
+    """A Resource Graph query the fake answered: its text, the subscriptions it named and every
+    row of the answer (all pages)."""
+
+    text: str
+    subscriptions: list[str] | None
+    rows: list[dict[str, Any]]
+
+
 @dataclass
 class Operation:
     """A long-running operation: InProgress until `done_at`, then its result or its error."""
@@ -132,6 +142,7 @@ class FakeArm:
         self.on("GET", r"/fake/results/[^/]+", self._operation_result)
         self.on("POST", r"/providers/Microsoft\.ResourceGraph/resources", self._graph)
         self._tables: dict[str, TableHandler] = {}
+        self.graph_answers: list[GraphQuery] = []  # in the order asked, each once (not per page)
 
     # ------------------------------------------------------------ wiring the real clients
 
@@ -257,6 +268,8 @@ class FakeArm:
         options = body.get("options") or {}
         top = int(options.get("$top") or 100)
         start = int(options.get("$skipToken") or 0)
+        if start == 0:
+            self.graph_answers.append(GraphQuery(text, body.get("subscriptions"), list(rows)))
         page = rows[start : start + top]
         answer: dict[str, Any] = {
             "totalRecords": len(rows),

@@ -1,5 +1,6 @@
 """Patch assessment and platform maintenance on the fake ARM (tests/fake_arm.py), behind the real
-SDK clients; the machines, their available patches and the KQL subset are fake_azure_compute's.
+SDK clients; the machines and their available patches are fake_azure_compute's, the KQL subset
+fake_resource_graph's.
 
 What it models:
 - assessPatches on a VM or an Arc server: POST 202 with fake_arm's long-running operation; 409
@@ -41,7 +42,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from fake_arm import ArmError, Request, Response
-from fake_azure_compute import ARC, SUB, VM, FakeAzureCompute, MachineState, Patch, iso, run_kql
+from fake_azure_compute import ARC, SUB, VM, FakeAzureCompute, MachineState, Patch, iso
+from fake_resource_graph import run_kql
 
 EVENT_TYPE = "microsoft.resourcehealth/events"
 IMPACTED_TYPE = "microsoft.resourcehealth/events/impactedresources"

@@ -14,8 +14,8 @@ What it models, with the status codes of the REST spec per operation:
 - VM PATCH of patch settings with Compute's rules for Windows: AutomaticByOS needs
   enableAutomaticUpdates true, Manual needs it false; Linux has ImageDefault and AutomaticByPlatform.
 - Resource Graph tables `resources` (VMs and Arc servers as ARM documents) and
-  `maintenanceresources` (assignments and per-machine run records), answered by a small KQL
-  subset: `where <column> =~ | in~ | in | has <literal>` and `project` of columns and paths.
+  `maintenanceresources` (assignments and per-machine run records), answered by
+  fake_resource_graph's KQL evaluator.
 
 Modelling choices that no document states (kept here so no test is mistaken for the service):
 - deleting a configuration that still has assignments is refused with 409;
@@ -29,14 +29,15 @@ VM documents keep the standard ARM shape (`vm_document`), so a Compute fake can 
 from __future__ import annotations
 
 import copy
-import json
 import re
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import NAMESPACE_URL, uuid5
 
+from azure_vocabulary import LINUX_CLASSIFICATIONS, REBOOT_SETTINGS, WINDOWS_CLASSIFICATIONS
 from fake_arm import ArmError, FakeArm, Request, Response
+from fake_resource_graph import run_kql
 from tzlocal.windows_tz import win_tz
 
 MC = r"/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.Maintenance/maintenanceConfigurations/[^/]+"
@@ -47,17 +48,6 @@ RUN = MC + r"/providers/Microsoft\.Maintenance/applyUpdates/[^/]+"
 ASSIGNMENT_TYPE = "Microsoft.Maintenance/configurationAssignments"
 VM_TYPE = "Microsoft.Compute/virtualMachines"
 ARC_TYPE = "Microsoft.HybridCompute/machines"
-WINDOWS_CLASSES = {
-    "Critical",
-    "Security",
-    "UpdateRollup",
-    "FeaturePack",
-    "ServicePack",
-    "Definition",
-    "Tools",
-    "Updates",
-}
-LINUX_CLASSES = {"Critical", "Security", "Other"}
 _DAY = r"(Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday)"
 RECUR_EVERY = re.compile(
     rf"^(\d*(Day|Days)|\d*(Week|Weeks)( {_DAY}(,{_DAY})*)?"
@@ -370,9 +360,9 @@ def _check_configuration(body: dict[str, Any], *, created: bool, today: str) -> 
     if not RECUR_EVERY.match(recur):
         raise ArmError(400, "InvalidParameter", f"invalid recurEvery {recur!r}")
     install = properties.get("installPatches") or {}
-    if install.get("rebootSetting") not in ("IfRequired", "Never", "Always"):
+    if install.get("rebootSetting") not in REBOOT_SETTINGS:
         raise ArmError(400, "InvalidParameter", f"invalid rebootSetting {install.get('rebootSetting')!r}")
-    for key, allowed in (("windowsParameters", WINDOWS_CLASSES), ("linuxParameters", LINUX_CLASSES)):
+    for key, allowed in (("windowsParameters", WINDOWS_CLASSIFICATIONS), ("linuxParameters", LINUX_CLASSIFICATIONS)):
         wrong = set((install.get(key) or {}).get("classificationsToInclude") or []) - allowed
         if wrong:
             raise ArmError(400, "InvalidParameter", f"{key}: unknown classifications {sorted(wrong)}")
@@ -402,102 +392,6 @@ def _check_patch_settings(vm: dict[str, Any]) -> None:
         raise ArmError(
             400, "InvalidParameter", "bypassPlatformSafetyChecksOnUserSchedule needs patchMode AutomaticByPlatform"
         )
-
-
-# ---------------------------------------------------------------- a small KQL
-
-
-def run_kql(text: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The subset of KQL PatchPilot's queries use, applied to `rows`; anything else fails loudly."""
-    steps = _split(text, "|")
-    for step in steps[1:]:
-        verb, _, rest = step.strip().partition(" ")
-        if verb == "where":
-            rows = [r for r in rows if _where(rest.strip(), r)]
-        elif verb == "project":
-            rows = [_project(rest, r) for r in rows]
-        elif verb == "order":
-            continue
-        else:
-            raise AssertionError(f"the fake's KQL has no {verb!r}: {step}")
-    return rows
-
-
-_COMPARISON = re.compile(r"^(?P<expr>.+?)\s+(?P<op>=~|==|in~|in|has)\s+(?P<value>.+)$", re.DOTALL)
-
-
-def _where(clause: str, row: dict[str, Any]) -> bool:
-    found = _COMPARISON.match(clause)
-    assert found, f"the fake's KQL cannot read: where {clause}"
-    value = _value(found["expr"].strip(), row)
-    text = "" if value is None else value if isinstance(value, str) else json.dumps(value)
-    op, literal = found["op"], found["value"].strip()
-    if op in ("in", "in~"):
-        assert literal.startswith("(") and literal.endswith(")"), literal
-        options = [_literal(v) for v in _split(literal[1:-1], ",") if v.strip()]
-        return text in options if op == "in" else text.lower() in {o.lower() for o in options}
-    wanted = _literal(literal)
-    if op == "==":
-        return text == wanted
-    if op == "=~":
-        return text.lower() == wanted.lower()
-    return wanted.lower() in text.lower()  # has
-
-
-def _project(columns: str, row: dict[str, Any]) -> dict[str, Any]:
-    out = {}
-    for column in _split(columns, ","):
-        name, equals, expr = column.partition("=")
-        out[name.strip()] = _value((expr if equals else name).strip(), row)
-    return out
-
-
-def _value(expr: str, row: dict[str, Any]) -> Any:
-    for function in ("tolower", "tostring"):
-        if expr.startswith(f"{function}(") and expr.endswith(")"):
-            inner = _value(expr[len(function) + 1 : -1].strip(), row)
-            if function == "tolower":
-                return str(inner or "").lower()
-            return "" if inner is None else inner if isinstance(inner, str) else json.dumps(inner)
-    value: Any = row
-    for part in expr.split("."):
-        value = value.get(part) if isinstance(value, dict) else None
-    return value
-
-
-def _literal(token: str) -> str:
-    token = token.strip()
-    assert token[:1] in ("'", '"') and token[-1:] == token[:1], f"not a string literal: {token}"
-    return re.sub(r"\\(.)", r"\1", token[1:-1])
-
-
-def _split(text: str, separator: str) -> list[str]:
-    """Split at `separator` outside quotes and parentheses."""
-    parts, current, depth, quote = [], "", 0, ""
-    escaped = False
-    for char in text:
-        if quote:
-            current += char
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == quote:
-                quote = ""
-            continue
-        if char in ("'", '"'):
-            quote = char
-        elif char == "(":
-            depth += 1
-        elif char == ")":
-            depth -= 1
-        elif char == separator and depth == 0:
-            parts.append(current)
-            current = ""
-            continue
-        current += char
-    parts.append(current)
-    return parts
 
 
 # ---------------------------------------------------------------- helpers

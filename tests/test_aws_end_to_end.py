@@ -66,6 +66,8 @@ from patchpilot.engine.run import Run
 from patchpilot.policy import parse_policy
 from patchpilot.service import Service
 
+pytestmark = pytest.mark.slow  # end to end: `make test-fast` leaves it out
+
 ROOT = Path(__file__).resolve().parents[1]
 REGION = "ap-northeast-1"
 TABLE = "patchpilot-runs"

@@ -38,6 +38,8 @@ from patchpilot.adapters.local.simulated_fleet import SimulatedFleet
 from patchpilot.engine.run import Run
 from patchpilot.service import Service
 
+pytestmark = pytest.mark.slow  # fault tolerance: `make test-fast` leaves it out
+
 DB = "sim.db"
 EXAMPLES = itertools.count()  # names the worlds of the hypothesis examples (one tmp_path for all)
 

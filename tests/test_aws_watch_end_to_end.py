@@ -30,6 +30,8 @@ from webhook_server import WebhookServer, webhook_server
 
 from patchpilot.adapters.aws.runtime import deps
 
+pytestmark = pytest.mark.slow  # end to end: `make test-fast` leaves it out
+
 REGION = e2e.REGION
 SLACK = "/slack/T000/B000/watch"
 WEBHOOK_SECRET = "patchpilot-notifications-ops"

@@ -49,6 +49,8 @@ from patchpilot.errors import InputError
 from patchpilot.policy import parse_policy
 from patchpilot.ports import UnknownRunError
 
+pytestmark = pytest.mark.slow  # a runtime: `make test-fast` leaves it out
+
 if TYPE_CHECKING:
     from azurite import Azurite
 

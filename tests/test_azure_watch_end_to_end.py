@@ -29,6 +29,8 @@ from webhook_server import WebhookServer, webhook_server
 
 import patchpilot.adapters.azure.runtime as runtime_module
 
+pytestmark = pytest.mark.slow  # end to end: `make test-fast` leaves it out
+
 if TYPE_CHECKING:
     from test_azure_runtime import FunctionsHost
 

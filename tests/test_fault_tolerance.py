@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+import pytest
 from chaos import (
     POLICY,
     SCENARIOS,
@@ -30,6 +31,8 @@ from hypothesis import HealthCheck, given, settings
 from patchpilot.engine.messages import FollowUpRequested
 from patchpilot.inventory import Instance
 from patchpilot.local_runtime import LocalRuntime
+
+pytestmark = pytest.mark.slow  # fault tolerance: `make test-fast` leaves it out
 
 
 @dataclass

@@ -19,6 +19,8 @@ from patchpilot.adapters.aws.leases import DynamoDbLeases
 from patchpilot.adapters.azure.leases import TableLeases
 from patchpilot.ports import Leases
 
+pytestmark = pytest.mark.slow  # 14 s alone (SQLite, moto and Azurite): `make test-fast` leaves it out
+
 if TYPE_CHECKING:
     from azurite import Azurite
 

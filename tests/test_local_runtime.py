@@ -19,6 +19,8 @@ from patchpilot.adapters.local.simulated_fleet import SimulatedFleet
 from patchpilot.cli import main
 from patchpilot.local_runtime import LocalRuntime
 
+pytestmark = pytest.mark.slow  # a runtime: `make test-fast` leaves it out
+
 ROOT = Path(__file__).resolve().parent.parent
 POLICY = ROOT / "examples" / "policy.yaml"
 FLEET = ROOT / "examples" / "fleet.json"

@@ -24,6 +24,8 @@ from patchpilot.planning import Plan, RingPlan, plan
 from patchpilot.planning.regions import RegionPairs
 from patchpilot.policy import Policy, parse_policy
 
+pytestmark = pytest.mark.slow  # 31 s alone (hypothesis): `make test-fast` leaves it out
+
 # ---------------------------------------------------------------------------------------------
 # Fleets
 # ---------------------------------------------------------------------------------------------

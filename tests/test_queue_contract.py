@@ -31,6 +31,8 @@ from patchpilot.adapters.local.sqlite_queue import SqliteQueue
 from patchpilot.engine.messages import Notify, TimerFired
 from patchpilot.ports import Delivery, Queue
 
+pytestmark = pytest.mark.slow  # 12 s alone (SQLite, moto and Azurite): `make test-fast` leaves it out
+
 if TYPE_CHECKING:
     from azurite import Azurite
 

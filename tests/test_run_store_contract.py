@@ -49,6 +49,8 @@ from patchpilot.planning import plan
 from patchpilot.policy import load_policy
 from patchpilot.ports import ConflictError, RunStore, UnknownRunError
 
+pytestmark = pytest.mark.slow  # 18 s alone (SQLite, moto and Azurite): `make test-fast` leaves it out
+
 if TYPE_CHECKING:
     from azurite import Azurite
 

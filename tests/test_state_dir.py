@@ -21,6 +21,8 @@ from test_local_runtime import FLEET, PATCHPILOT, POLICY, ROOT, cli, run_json
 
 from patchpilot import local_runtime
 
+pytestmark = pytest.mark.slow  # 21 s alone (separate processes): `make test-fast` leaves it out
+
 
 def approval_policy(tmp_path: Path) -> Path:
     path = tmp_path / "policy.yaml"

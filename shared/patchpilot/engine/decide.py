@@ -13,7 +13,7 @@ import shlex
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 from patchpilot.engine.issued import with_issued
 from patchpilot.engine.messages import (
@@ -52,6 +52,7 @@ from patchpilot.engine.messages import (
 )
 from patchpilot.engine.retry import RETRYABLE_STATES, why_not_retryable
 from patchpilot.engine.run import (
+    FinalInstanceState,
     FollowUp,
     InstanceRecord,
     LogEntry,
@@ -60,6 +61,7 @@ from patchpilot.engine.run import (
     RunState,
     Runtime,
     Step,
+    StepName,
     UndeliveredNotice,
     WaveState,
     count_states,
@@ -92,12 +94,53 @@ class Decision:
 
 
 Handler = Callable[[Run, Event, datetime], Decision]
+EventClass = type[Event]
+WAVE_DONE: Final = "WaveDone"  # not a state: the end of a wave, decided inside the handlers
+Target = RunState | Literal["WaveDone"]
+ANY_STATE: Final = "*"  # the table's row of events accepted in every state, finished runs included
+Row = RunState | Literal["*"]
 
 
 @dataclass(frozen=True)
 class Transition:
+    """What an event does in a state: its handler, and every state the handler may leave the run
+    in (`WAVE_DONE` stands for every state the end of a wave leads to). A row of `ANY_STATE` has
+    no targets: its events leave the state as it was. `decide` refuses any other outcome."""
+
     handler: Handler
-    targets: tuple[str, ...]  # the states (or WaveDone) the handler may lead to, for the diagram
+    targets: tuple[Target, ...] = ()
+
+    def allows(self, before: RunState, after: RunState) -> bool:
+        return after in declared_states(self.targets) if self.targets else after == before
+
+
+class UndeclaredTransitionError(RuntimeError):
+    """A handler left a run in a state that `TRANSITIONS` does not declare for its row: a bug in
+    the engine (the handler or the table is wrong), never in the input."""
+
+
+def declared_states(targets: Iterable[Target]) -> frozenset[RunState]:
+    """The states `targets` stand for, `WAVE_DONE` replaced by where the end of a wave leads."""
+    states: set[RunState] = set()
+    for target in targets:
+        if target == WAVE_DONE:
+            states.update(WAVE_DONE_TARGETS)
+        else:
+            states.add(target)
+    return frozenset(states)
+
+
+def _checked(row: tuple[Row, EventClass], transition: Transition, before: RunState, decision: Decision) -> Decision:
+    after = decision.run.state
+    if transition.allows(before, after):
+        return decision
+    state, event = row
+    declared = ", ".join(transition.targets) or f"{before} (unchanged)"
+    raise UndeclaredTransitionError(
+        f"{event.__name__} in state {before} led to state {after}, which TRANSITIONS[({state!r}, "
+        f"{event.__name__})] in engine/decide.py does not declare (declared: {declared}); "
+        f"fix {transition.handler.__name__} or declare the target"
+    )
 
 
 # ---------------------------------------------------------------- starting
@@ -182,34 +225,43 @@ def start_run(
     # accompanies Update Manager cannot wait (Update Manager starts at its own time): the policy
     # validation refuses `approval: required` with `azure.maintenance`.
     decision = _enter_next_ring(run, now) if waves and maintenance is None else _begin_wave(run, now)
+    if decision.run.state not in declared_states(START_TARGETS):
+        raise UndeclaredTransitionError(
+            f"start_run left run {run_id} in state {decision.run.state}, which START_TARGETS in "
+            f"engine/decide.py does not declare (declared: {', '.join(START_TARGETS)})"
+        )
     return _issuing(_releasing(Decision(decision.run, [notice, *decision.commands])))
 
 
-def _on_notice_undelivered(run: Run, event: NoticeUndelivered) -> Decision:
+def _on_notice_undelivered(run: Run, event: Event, now: datetime) -> Decision:
+    assert isinstance(event, NoticeUndelivered)
     notice = UndeliveredNotice(
         notice_id=event.notice_id, topic=event.topic, channel=event.channel, reason=event.reason, at=event.at
     )
     text = f"notice {event.notice_id} not delivered to channel {event.channel}: {event.reason}"
-    run = run.model_copy(update={"processed": (*run.processed, event.id), "undelivered": (*run.undelivered, notice)})
+    run = run.model_copy(update={"undelivered": (*run.undelivered, notice)})
     return Decision(_logged(run, event.at, text, "warning"))
 
 
-def _on_follow_up_requested(run: Run, event: FollowUpRequested) -> Decision:
+def _on_follow_up_requested(run: Run, event: Event, now: datetime) -> Decision:
     """Record the request; once the run has ended (now, or later in `_end`) the follow-up starts."""
+    assert isinstance(event, FollowUpRequested)
     follow_up = FollowUp(run_id=event.follow_up_id, instances=list(event.instances), requested_at=event.at)
     names = ", ".join(i.short_name for i in event.instances[:10])
     text = f"Follow-up run {event.follow_up_id} requested for {plural(len(event.instances), 'instance')} ({names})"
     text += f": {event.reason}" if event.reason else ""
-    run = run.model_copy(update={"processed": (*run.processed, event.id), "follow_ups": (*run.follow_ups, follow_up)})
+    run = run.model_copy(update={"follow_ups": (*run.follow_ups, follow_up)})
     run = _logged(run, event.at, text, "warning")
     return _next_follow_up(run, event.at) if run.finished else Decision(run)
 
 
-def _on_follow_up_finished(run: Run, event: FollowUpFinished) -> Decision:
+def _on_follow_up_finished(run: Run, event: Event, now: datetime) -> Decision:
+    """A follow-up ended (from its outbox): the next requested one starts, none after a halt."""
+    assert isinstance(event, FollowUpFinished)
     follow_ups = tuple(
         f.model_copy(update={"state": "finished"}) if f.run_id == event.follow_up_id else f for f in run.follow_ups
     )
-    run = run.model_copy(update={"processed": (*run.processed, event.id), "follow_ups": follow_ups})
+    run = run.model_copy(update={"follow_ups": follow_ups})
     if event.halted:
         return _no_follow_ups(run, event.at, f"follow-up {event.follow_up_id} halted")
     return _next_follow_up(_logged(run, event.at, f"Follow-up {event.follow_up_id} finished"), event.at)
@@ -268,20 +320,20 @@ def _issuing(decision: Decision) -> Decision:
 def _decide(run: Run, event: Event, now: datetime) -> Decision:
     if event.id in run.processed:
         return Decision(run, ignored=f"duplicate event {event.id}")
-    if isinstance(event, NoticeUndelivered):  # in any state: a finished run's last notice too
-        return _on_notice_undelivered(run, event)
-    if isinstance(event, FollowUpRequested):  # in any state: started at once when the run has ended
-        return _on_follow_up_requested(run, event)
-    if isinstance(event, FollowUpFinished):  # a finished run's follow-up ended: the next one may start
-        return _on_follow_up_finished(run, event)
-    transition = TRANSITIONS.get((run.state, event.type))
-    if transition is None:
-        return Decision(run, ignored=f"{event.type} is not expected while {run.state}")
-    awaited = getattr(event, "command_id", None)
-    if awaited is not None and awaited != run.awaiting:
-        return Decision(run, ignored=f"stale {event.type} for {awaited} (waiting for {run.awaiting})")
-    run = run.model_copy(update={"processed": (*run.processed, event.id), "awaiting": None})
-    return transition.handler(run, event, now)
+    before = run.state
+    row: tuple[Row, EventClass] = (ANY_STATE, type(event))
+    if row in TRANSITIONS:  # in any state, a finished run too: its run's awaited command stays awaited
+        run = run.model_copy(update={"processed": (*run.processed, event.id)})
+    else:
+        row = (before, type(event))
+        if row not in TRANSITIONS:
+            return Decision(run, ignored=f"{event.type} is not expected while {before}")
+        awaited = getattr(event, "command_id", None)
+        if awaited is not None and awaited != run.awaiting:
+            return Decision(run, ignored=f"stale {event.type} for {awaited} (waiting for {run.awaiting})")
+        run = run.model_copy(update={"processed": (*run.processed, event.id), "awaiting": None})
+    transition = TRANSITIONS[row]
+    return _checked(row, transition, before, transition.handler(run, event, now))
 
 
 def _on_instances_leased(run: Run, event: Event, now: datetime) -> Decision:
@@ -529,21 +581,23 @@ def _on_approval_reminder(run: Run, event: Event, now: datetime) -> Decision:
     return _reminding(run, now, number + 1, [notice])
 
 
-WAVE_DONE = "WaveDone"  # not a state: the end of a wave, decided inside the handlers
-
-TRANSITIONS: dict[tuple[RunState, str], Transition] = {
-    ("leasing", "InstancesLeased"): Transition(_on_instances_leased, ("probing", WAVE_DONE)),
-    ("probing", "AgentsProbed"): Transition(_on_agents_probed, ("snapshotting", WAVE_DONE)),
-    ("snapshotting", "SnapshotsTaken"): Transition(_on_snapshots_taken, ("installing", WAVE_DONE)),
-    ("installing", "PatchesInstalled"): Transition(_on_patches_installed, ("checking", "rolling_back")),
-    ("checking", "HealthChecked"): Transition(_on_health_checked, ("rolling_back", WAVE_DONE)),
-    ("rolling_back", "RolledBack"): Transition(_on_rolled_back, ("rechecking", WAVE_DONE)),
-    ("rechecking", "HealthChecked"): Transition(_on_rechecked, (WAVE_DONE,)),
-    ("cancelling", "MaintenanceCancelled"): Transition(_on_maintenance_cancelled, ("halted", "installing", WAVE_DONE)),
-    ("soaking", "TimerFired"): Transition(_on_soak_over, ("awaiting_approval", "leasing")),
-    ("awaiting_approval", "ApprovalGranted"): Transition(_on_approved, ("leasing",)),
-    ("awaiting_approval", "TimerFired"): Transition(_on_approval_reminder, ("awaiting_approval",)),
-    ("awaiting_approval", "ApprovalRejected"): Transition(_on_rejected, ("halted",)),
+# Keyed by event class: a message's `type` is its wire name, the class is what the code knows.
+TRANSITIONS: dict[tuple[Row, EventClass], Transition] = {
+    ("leasing", InstancesLeased): Transition(_on_instances_leased, ("probing", WAVE_DONE)),
+    ("probing", AgentsProbed): Transition(_on_agents_probed, ("snapshotting", WAVE_DONE)),
+    ("snapshotting", SnapshotsTaken): Transition(_on_snapshots_taken, ("installing", "cancelling", WAVE_DONE)),
+    ("installing", PatchesInstalled): Transition(_on_patches_installed, ("checking", "rolling_back", WAVE_DONE)),
+    ("checking", HealthChecked): Transition(_on_health_checked, ("rolling_back", WAVE_DONE)),
+    ("rolling_back", RolledBack): Transition(_on_rolled_back, ("rechecking", WAVE_DONE)),
+    ("rechecking", HealthChecked): Transition(_on_rechecked, (WAVE_DONE,)),
+    ("cancelling", MaintenanceCancelled): Transition(_on_maintenance_cancelled, ("halted", "installing", WAVE_DONE)),
+    ("soaking", TimerFired): Transition(_on_soak_over, ("awaiting_approval", "leasing", "incomplete", WAVE_DONE)),
+    ("awaiting_approval", ApprovalGranted): Transition(_on_approved, ("leasing", "incomplete", WAVE_DONE)),
+    ("awaiting_approval", TimerFired): Transition(_on_approval_reminder, ("awaiting_approval",)),
+    ("awaiting_approval", ApprovalRejected): Transition(_on_rejected, ("halted",)),
+    (ANY_STATE, NoticeUndelivered): Transition(_on_notice_undelivered),
+    (ANY_STATE, FollowUpRequested): Transition(_on_follow_up_requested),
+    (ANY_STATE, FollowUpFinished): Transition(_on_follow_up_finished),
 }
 # Where the end of a wave leads: the next wave, a soak, an approval gate, or the end of the run.
 WAVE_DONE_TARGETS: tuple[RunState, ...] = (
@@ -556,6 +610,10 @@ WAVE_DONE_TARGETS: tuple[RunState, ...] = (
     "halted",
     "incomplete",
 )
+# Where `start_run` leaves a new run: its first wave, a gate before it, or, with no wave to run
+# (or no time for it), the end.
+RUN_STARTED: Final = "RunStarted"
+START_TARGETS: tuple[Target, ...] = ("leasing", "awaiting_approval", "incomplete", "nothing_patched", WAVE_DONE)
 
 
 # ---------------------------------------------------------------- waves and rings
@@ -886,7 +944,7 @@ def _broken_lines(run: Run, broken: list[InstanceRecord]) -> str:
 
 
 # Which pending instances each step's command targeted (the same rules build the commands).
-_TARGETED: dict[str, Callable[[InstanceRecord], bool]] = {
+_TARGETED: dict[StepName, Callable[[InstanceRecord], bool]] = {
     "lease": lambda r: True,
     "probe": lambda r: True,
     "snapshot": lambda r: True,
@@ -900,7 +958,7 @@ _TARGETED: dict[str, Callable[[InstanceRecord], bool]] = {
 def _update(
     wave: WaveState,
     results: dict[str, Outcome],
-    step: Literal["lease", "probe", "snapshot", "install", "health", "rollback", "recheck"],
+    step: StepName,
     apply: Callable[[InstanceRecord, Outcome], dict[str, object]],
 ) -> WaveState:
     """Apply each targeted instance's outcome; a target missing from the results counts as
@@ -926,7 +984,7 @@ def _pending(wave: WaveState) -> list[InstanceRecord]:
     return [r for r in wave.records.values() if r.state == "pending"]
 
 
-def _final(state: str, reason: str) -> dict[str, object]:
+def _final(state: FinalInstanceState, reason: str) -> dict[str, object]:
     return {"state": state, "reason": reason}
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -12,9 +12,20 @@ from patchpilot.inventory import Instance
 from patchpilot.policy import Policy
 from patchpilot.policy.fields import new_list
 
-InstanceState = Literal["pending", "patched", "rolled_back", "failed", "skipped", "not_started", "excluded"]
-FINAL_STATES: frozenset[str] = frozenset({"patched", "rolled_back", "failed", "skipped", "not_started", "excluded"})
+FinalInstanceState = Literal["patched", "rolled_back", "failed", "skipped", "not_started", "excluded"]
+InstanceState = Literal["pending", FinalInstanceState]
+FINAL_STATES: frozenset[FinalInstanceState] = frozenset(get_args(FinalInstanceState))
+StepName = Literal["lease", "probe", "snapshot", "install", "health", "rollback", "recheck"]
 
+# succeeded_with_failures: every wave finished within max_failures, but at least one machine is
+# left `failed` (its rollback failed, or it is still unhealthy after it): restore it by hand.
+# nothing_patched: every wave finished, but no machine was patched (an empty inventory, a first
+# ring that selected or patched nothing): the fleet is as exposed as before. A machine that was
+# up to date is `patched` with nothing installed, so such a run still succeeds.
+TerminalState = Literal["succeeded", "succeeded_with_failures", "nothing_patched", "halted", "incomplete"]
+# The stored strings are the wire format: a run saved in any of them must still load.
+# `cancelling`: waiting for a cloud-scheduled run to be cancelled (engine/decide.py, "Words" in
+# docs/architecture.md).
 RunState = Literal[
     "leasing",
     "probing",
@@ -26,27 +37,20 @@ RunState = Literal[
     "cancelling",
     "soaking",
     "awaiting_approval",
-    "succeeded",
-    "succeeded_with_failures",
-    "nothing_patched",
-    "halted",
-    "incomplete",
+    TerminalState,
 ]
-# succeeded_with_failures: every wave finished within max_failures, but at least one machine is
-# left `failed` (its rollback failed, or it is still unhealthy after it): restore it by hand.
-# nothing_patched: every wave finished, but no machine was patched (an empty inventory, a first
-# ring that selected or patched nothing): the fleet is as exposed as before. A machine that was
-# up to date is `patched` with nothing installed, so such a run still succeeds.
-TERMINAL_STATES: frozenset[str] = frozenset(
-    {"succeeded", "succeeded_with_failures", "nothing_patched", "halted", "incomplete"}
-)
+TERMINAL_STATES: frozenset[TerminalState] = frozenset(get_args(TerminalState))
+
+
+def is_terminal(state: RunState) -> TypeGuard[TerminalState]:
+    return state in TERMINAL_STATES
+
+
 # Where a run is driven: the local runtime (a state directory) or a cloud deployment. Its notices
 # name the commands that work for it (`patchpilot retry --cloud aws RUN`), and only a cloud run
 # is reminded of a gate (nothing runs while a local run waits: its process has exited).
 Runtime = Literal["local", "aws", "azure"]
-Status = Literal[
-    "running", "waiting_approval", "succeeded", "succeeded_with_failures", "nothing_patched", "halted", "incomplete"
-]
+Status = Literal["running", "waiting_approval", TerminalState]
 
 
 class _State(BaseModel):
@@ -56,7 +60,7 @@ class _State(BaseModel):
 class Step(_State):
     """One thing done to one instance, for the report."""
 
-    step: Literal["lease", "probe", "snapshot", "install", "health", "rollback", "recheck"]
+    step: StepName
     at: datetime
     ok: bool
     detail: str = ""
@@ -156,13 +160,13 @@ class Run(_State):
 
     @property
     def status(self) -> Status:
-        if self.state in TERMINAL_STATES:
-            return self.state  # type: ignore[return-value]
+        if is_terminal(self.state):
+            return self.state
         return "waiting_approval" if self.state == "awaiting_approval" else "running"
 
     @property
     def finished(self) -> bool:
-        return self.state in TERMINAL_STATES
+        return is_terminal(self.state)
 
     @property
     def may_follow_up(self) -> bool:

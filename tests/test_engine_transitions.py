@@ -28,8 +28,9 @@ from patchpilot.engine.messages import (
     AgentsProbed,
     ApprovalGranted,
     ApprovalRejected,
-    CancelMaintenance,
+    CancelCloudScheduledRun,
     CheckHealth,
+    CloudScheduledRunCancelled,
     Event,
     FollowUpFinished,
     FollowUpRequested,
@@ -37,7 +38,6 @@ from patchpilot.engine.messages import (
     InstallPatches,
     InstancesLeased,
     LeaseInstances,
-    MaintenanceCancelled,
     Message,
     NoticeUndelivered,
     Outcome,
@@ -50,9 +50,9 @@ from patchpilot.engine.messages import (
     TimerFired,
     Wait,
 )
-from patchpilot.engine.run import MaintenanceRun, Run, RunState
+from patchpilot.engine.run import CloudScheduledRun, Run, RunState
 from patchpilot.inventory import Instance
-from patchpilot.planning import plan, plan_maintenance
+from patchpilot.planning import plan, plan_cloud_scheduled
 from patchpilot.policy import Policy, parse_policy
 
 NOW = datetime(2026, 12, 12, 2, 0, tzinfo=UTC)
@@ -64,7 +64,7 @@ rings:
   - {name: production, select: {tags: {Environment: production}}, approval: %(second)s}
 rollout: {mode: concurrent_zones, disruption_budget: 1, max_failures: %(max_failures)s, approval_reminder: 1h}
 """
-CLOUD_SCHEDULED = MaintenanceRun(
+CLOUD_SCHEDULED = CloudScheduledRun(
     id="/subscriptions/s1/providers/microsoft.maintenance/applyupdates/20261212030000",
     configuration_id="/subscriptions/s1/providers/microsoft.maintenance/maintenanceconfigurations/pp",
     starts_at=NOW + timedelta(minutes=40),
@@ -81,7 +81,16 @@ _RESULTS: dict[type, type[AgentsProbed | SnapshotsTaken | PatchesInstalled | Hea
 
 
 # The commands a result answers (the others, notices, releases, follow-ups, are not run here).
-ANSWERED = (LeaseInstances, Wait, CancelMaintenance, ProbeAgents, TakeSnapshots, InstallPatches, CheckHealth, RollBack)
+ANSWERED = (
+    LeaseInstances,
+    Wait,
+    CancelCloudScheduledRun,
+    ProbeAgents,
+    TakeSnapshots,
+    InstallPatches,
+    CheckHealth,
+    RollBack,
+)
 
 
 def fleet(staging: int, production: int) -> list[Instance]:
@@ -114,7 +123,7 @@ def started_runs(draw: st.DrawFn) -> Decision:
     policy: Policy = parse_policy(POLICY % values)
     runtime = draw(st.sampled_from(["local", "aws"]))
     if draw(st.booleans()):
-        return start_run("run-1", policy, plan_maintenance(policy, instances), NOW, maintenance=CLOUD_SCHEDULED)
+        return start_run("run-1", policy, plan_cloud_scheduled(policy, instances), NOW, cloud_scheduled=CLOUD_SCHEDULED)
     return start_run("run-1", policy, plan(policy, instances), NOW, runtime=runtime)
 
 
@@ -133,9 +142,9 @@ def _answer(command: Message, data: st.DataObject | None, now: datetime) -> Even
         return InstancesLeased(id=command.result_id, run_id=command.run_id, command_id=command.id, results=outcomes)
     if isinstance(command, Wait):
         return TimerFired(id=command.result_id, run_id=command.run_id, command_id=command.id)
-    if isinstance(command, CancelMaintenance):
+    if isinstance(command, CancelCloudScheduledRun):
         outcome = Outcome(id=command.maintenance_run, ok=ok())
-        return MaintenanceCancelled(
+        return CloudScheduledRunCancelled(
             id=command.result_id, run_id=command.run_id, command_id=command.id, results=[outcome]
         )
     if isinstance(command, ProbeAgents | TakeSnapshots | InstallPatches | CheckHealth | RollBack):
@@ -223,7 +232,9 @@ def _snapshotting_cloud_scheduled_run() -> tuple[Run, SnapshotsTaken]:
     """A run accompanying a cloud-scheduled run, and the result of its snapshots: every one failed."""
     values = {"duration": "3h", "soak": "0m", "first": "auto", "second": "auto", "max_failures": "1"}
     policy = parse_policy(POLICY % values)
-    decision = start_run("run-1", policy, plan_maintenance(policy, fleet(1, 1)), NOW, maintenance=CLOUD_SCHEDULED)
+    decision = start_run(
+        "run-1", policy, plan_cloud_scheduled(policy, fleet(1, 1)), NOW, cloud_scheduled=CLOUD_SCHEDULED
+    )
     while decision.run.state != "snapshotting":
         command = next(c for c in decision.commands if c.id == decision.run.awaiting)
         answer = _answer(command, None, NOW)

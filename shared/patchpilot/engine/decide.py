@@ -20,8 +20,9 @@ from patchpilot.engine.messages import (
     AgentsProbed,
     ApprovalGranted,
     ApprovalRejected,
-    CancelMaintenance,
+    CancelCloudScheduledRun,
     CheckHealth,
+    CloudScheduledRunCancelled,
     Command,
     Event,
     FollowUpFinished,
@@ -31,7 +32,6 @@ from patchpilot.engine.messages import (
     InstallTarget,
     InstancesLeased,
     LeaseInstances,
-    MaintenanceCancelled,
     Message,
     NoticeUndelivered,
     Notify,
@@ -52,11 +52,11 @@ from patchpilot.engine.messages import (
 )
 from patchpilot.engine.retry import RETRYABLE_STATES, why_not_retryable
 from patchpilot.engine.run import (
+    CloudScheduledRun,
     FinalInstanceState,
     FollowUp,
     InstanceRecord,
     LogEntry,
-    MaintenanceRun,
     Run,
     RunState,
     Runtime,
@@ -75,7 +75,7 @@ if TYPE_CHECKING:
     from patchpilot.planning import Plan  # only `start_run` takes one
 
 MAX_FAILURE_NOTICES = 10  # per wave; more are summarised in one message
-# Snapshots for an Update Manager run must be done this long before its cancellation cut-off,
+# Snapshots for a cloud-scheduled run must be done this long before its cancellation cut-off,
 # so that a cancellation still lands in time.
 CANCEL_MARGIN = timedelta(minutes=3)
 # A machine's lease lapses this long after the window ends (or its wave starts, without a window):
@@ -151,7 +151,7 @@ def start_run(
     policy: Policy,
     plan: Plan,
     now: datetime,
-    maintenance: MaintenanceRun | None = None,
+    cloud_scheduled: CloudScheduledRun | None = None,
     follow_up_of: Run | None = None,
     window_end: datetime | None = None,
     runtime: Runtime = "local",
@@ -161,9 +161,12 @@ def start_run(
     With `follow_up_of` (a finished run that may be followed up), the run is its follow-up: every
     ring, the first one too, installs exactly what that run's first ring promoted, pinned per OS.
 
-    With `maintenance`, the run accompanies an Azure Update Manager run: one wave of the machines
-    Update Manager will patch, snapshotted before its cut-off (or the maintenance run is
-    cancelled), then checked and rolled back once Update Manager has installed.
+    With `cloud_scheduled`, the run accompanies a cloud-scheduled run (Azure Update Manager's):
+    one wave of the machines the cloud will patch, snapshotted before its cut-off (or the
+    cloud-scheduled run is cancelled), then checked and rolled back once the cloud has installed.
+
+    `plan` says whether machines without a snapshot are patched all the same
+    (`Plan.patch_without_rollback`); the run keeps it for its snapshot commands.
 
     `window_end` ends the window earlier than `duration` after `now`: a run started inside a
     window that is already open (a retry) keeps to that window's end.
@@ -174,8 +177,8 @@ def start_run(
         WaveState(
             index=w.index,
             ring=w.ring,
-            # Update Manager installs what its schedule says: no promotion from an earlier ring
-            ring_position=0 if maintenance else [r.name for r in policy.rings].index(w.ring),
+            # the cloud installs what its schedule says: no promotion from an earlier ring
+            ring_position=0 if cloud_scheduled else [r.name for r in policy.rings].index(w.ring),
             canary=w.canary,
             records={i.id: InstanceRecord(instance=i, ring=w.ring, wave=w.index) for i in w.instances},
         )
@@ -184,8 +187,8 @@ def start_run(
     excluded = tuple(
         InstanceRecord(instance=e.instance, ring="", state="excluded", reason=e.reason) for e in plan.excluded
     )
-    if maintenance is not None:
-        window_end = maintenance.ends_at
+    if cloud_scheduled is not None:
+        window_end = cloud_scheduled.ends_at
     elif window_end is None:
         window_end = now + policy.schedule.duration if policy.schedule else None
     run = Run(
@@ -195,7 +198,8 @@ def start_run(
         window_end=window_end,
         waves=waves,
         excluded=excluded,
-        maintenance=maintenance,
+        cloud_scheduled=cloud_scheduled,
+        patch_without_rollback=plan.patch_without_rollback,
         promoted=follow_up_of.promoted if follow_up_of else None,
         follow_up_of=follow_up_of.run_id if follow_up_of else None,
         runtime=runtime,
@@ -203,11 +207,11 @@ def start_run(
     frozen = [r for r in excluded if r.reason.startswith("frozen")]
     text = f"Run {run_id} of policy {policy.name} started: {len(waves)} waves"
     text += f", {sum(len(w.records) for w in waves)} instances"
-    if maintenance is not None:
-        text += f", accompanying Update Manager run {maintenance.id}"
+    if cloud_scheduled is not None:
+        text += f", accompanying Update Manager run {cloud_scheduled.id}"
     if follow_up_of is not None:
         text += f", following up run {follow_up_of.run_id} with what it promoted"
-    if frozen and maintenance is not None:
+    if frozen and cloud_scheduled is not None:
         names = ", ".join(r.instance.short_name for r in frozen[:10])
         text += (
             f"; {len(frozen)} frozen instances are in Update Manager's scope ({names}): Azure will patch them, "
@@ -217,14 +221,14 @@ def start_run(
         one = len(frozen) == 1
         text += f"; {plural(len(frozen), 'frozen instance')} {'is' if one else 'are'} not patched"
         text += f" and {'stays' if one else 'stay'} exposed"
-    text += "." if frozen and maintenance is not None else f". {_after_start(run)}"
+    text += "." if frozen and cloud_scheduled is not None else f". {_after_start(run)}"
     notice = _notify(run, "run_started", text)
     run = _logged(run, now, text)
     # The first ring is entered like any later one: a ring with `approval: required` waits before its
     # first wave, so nothing is touched before someone approves (a follow-up asks again). A run that
-    # accompanies Update Manager cannot wait (Update Manager starts at its own time): the policy
+    # accompanies a cloud-scheduled run cannot wait (the cloud starts at its own time): the policy
     # validation refuses `approval: required` with `azure.maintenance`.
-    decision = _enter_next_ring(run, now) if waves and maintenance is None else _begin_wave(run, now)
+    decision = _enter_next_ring(run, now) if waves and cloud_scheduled is None else _begin_wave(run, now)
     if decision.run.state not in declared_states(START_TARGETS):
         raise UndeclaredTransitionError(
             f"start_run left run {run_id} in state {decision.run.state}, which START_TARGETS in "
@@ -369,15 +373,14 @@ def _on_agents_probed(run: Run, event: Event, now: datetime) -> Decision:
     targets = [r.instance for r in _pending(wave)]  # the offline ones are skipped now
     if not targets:
         return _finish_wave(run, now)
-    deadline = run.maintenance.cancel_by - CANCEL_MARGIN if run.maintenance else None
-    azure = run.policy.azure
+    deadline = run.cloud_scheduled.cancel_by - CANCEL_MARGIN if run.cloud_scheduled else None
     command = TakeSnapshots(
         id=_command_id(run, "snapshot"),
         run_id=run.run_id,
         wave=wave.index,
         targets=targets,
         deadline=deadline,
-        patch_without_rollback=bool(azure and azure.patch_without_rollback),
+        patch_without_rollback=run.patch_without_rollback,
     )
     return _await(run, "snapshotting", command)
 
@@ -396,17 +399,17 @@ def _on_snapshots_taken(run: Run, event: Event, now: datetime) -> Decision:
     wave = _update(run.current, results, "snapshot", apply)
     run = _with_wave(run, wave)
     unprotected = [r for r in wave.records.values() if r.failure.startswith("snapshot failed")]
-    if run.maintenance is not None and unprotected:
+    if run.cloud_scheduled is not None and unprotected:
         names = ", ".join(r.instance.short_name for r in unprotected[:10])
         reason = f"snapshots failed for {plural(len(unprotected), 'machine')} ({names})"
-        command = CancelMaintenance(
+        command = CancelCloudScheduledRun(
             id=_command_id(run, "cancel"),
             run_id=run.run_id,
             wave=wave.index,
-            maintenance_run=run.maintenance.id,
+            maintenance_run=run.cloud_scheduled.id,
             reason=reason,
         )
-        run = _logged(run, now, f"{reason}: cancelling Update Manager run {run.maintenance.id}", "warning")
+        run = _logged(run, now, f"{reason}: cancelling Update Manager run {run.cloud_scheduled.id}", "warning")
         return _await(run, "cancelling", command)
     return _install(run, now)
 
@@ -427,24 +430,25 @@ def _install(run: Run, now: datetime) -> Decision:
         exclude=list(policy.patches.exclude),
         reboot=policy.reboot,
         max_duration=_time_left(run, now),
-        maintenance_run=run.maintenance.id if run.maintenance else None,
+        maintenance_run=run.cloud_scheduled.id if run.cloud_scheduled else None,
     )
     return _await(run, "installing", command)
 
 
-def _on_maintenance_cancelled(run: Run, event: Event, now: datetime) -> Decision:
-    """Cancelled: nothing is patched. Not cancelled (the cut-off passed): Update Manager patches
-    every machine, so the ones with snapshots go on to be checked and, if need be, rolled back."""
-    assert isinstance(event, MaintenanceCancelled) and run.maintenance is not None
-    outcome = event.results[0] if event.results else Outcome(id=run.maintenance.id, ok=False, detail="no result")
+def _on_cloud_scheduled_run_cancelled(run: Run, event: Event, now: datetime) -> Decision:
+    """Cancelled: nothing is patched. Not cancelled (the cut-off passed): the cloud patches every
+    machine, so the ones with snapshots go on to be checked and, if need be, rolled back."""
+    assert isinstance(event, CloudScheduledRunCancelled) and run.cloud_scheduled is not None
+    scheduled = run.cloud_scheduled.id
+    outcome = event.results[0] if event.results else Outcome(id=scheduled, ok=False, detail="no result")
     unprotected = [r for r in run.current.records.values() if r.failure.startswith("snapshot failed")]
     if outcome.ok:
         names = ", ".join(r.instance.short_name for r in unprotected[:10])
-        reason = f"snapshots failed for {names}: Update Manager run {run.maintenance.id} cancelled, nothing patched"
+        reason = f"snapshots failed for {names}: Update Manager run {scheduled} cancelled, nothing patched"
         return _end(run, now, "halted", reason)
     names = ", ".join(r.instance.short_name for r in unprotected[:10])
     text = (
-        f"Run {run.run_id} could not cancel Update Manager run {run.maintenance.id}: {outcome.detail}; "
+        f"Run {run.run_id} could not cancel Update Manager run {scheduled}: {outcome.detail}; "
         f"{plural(len(unprotected), 'machine')} will be patched without a snapshot ({names}). "
         "Check them by hand once Update Manager has run: nothing can roll them back."
     )
@@ -590,7 +594,9 @@ TRANSITIONS: dict[tuple[Row, EventClass], Transition] = {
     ("checking", HealthChecked): Transition(_on_health_checked, ("rolling_back", WAVE_DONE)),
     ("rolling_back", RolledBack): Transition(_on_rolled_back, ("rechecking", WAVE_DONE)),
     ("rechecking", HealthChecked): Transition(_on_rechecked, (WAVE_DONE,)),
-    ("cancelling", MaintenanceCancelled): Transition(_on_maintenance_cancelled, ("halted", "installing", WAVE_DONE)),
+    ("cancelling", CloudScheduledRunCancelled): Transition(
+        _on_cloud_scheduled_run_cancelled, ("halted", "installing", WAVE_DONE)
+    ),
     ("soaking", TimerFired): Transition(_on_soak_over, ("awaiting_approval", "leasing", "incomplete", WAVE_DONE)),
     ("awaiting_approval", ApprovalGranted): Transition(_on_approved, ("leasing", "incomplete", WAVE_DONE)),
     ("awaiting_approval", TimerFired): Transition(_on_approval_reminder, ("awaiting_approval",)),
@@ -625,6 +631,7 @@ def _begin_wave(run: Run, now: datetime) -> Decision:
     if run.window_end is not None and now >= run.window_end:
         zone = run.policy.schedule.zone if run.policy.schedule else None
         when = run.window_end.astimezone(zone).isoformat(timespec="minutes")
+        # the patch window: "maintenance window" is kept, reports and notices have always said so
         return _end(run, now, "incomplete", f"the maintenance window ended at {when}; later waves not started")
     if why := _does_not_fit(run, now):
         return _end(run, now, "incomplete", why)
@@ -635,8 +642,8 @@ def _begin_wave(run: Run, now: datetime) -> Decision:
     targets = [r.id for r in _pending(wave)]
     if not targets:
         return _finish_wave(run, now)
-    # A maintenance run cannot wait: Update Manager starts at its own time.
-    wait_until = run.window_end if run.maintenance is None else None
+    # A cloud-scheduled run cannot wait: the cloud starts at its own time.
+    wait_until = run.window_end if run.cloud_scheduled is None else None
     command = LeaseInstances(
         id=_command_id(run, "lease"),
         run_id=run.run_id,
@@ -655,8 +662,8 @@ def _does_not_fit(run: Run, now: datetime) -> str:
     Without it, a wave starts only if its expected duration fits in what is left: the longest wave
     of the run so far (the run's own measure of its fleet), else, before any wave has taken time,
     the estimate of its steps (planning/estimate.py, what `patchpilot plan` shows). A run that
-    accompanies Update Manager has no say: Update Manager starts at its own time."""
-    if run.window_end is None or run.maintenance is not None:
+    accompanies a cloud-scheduled run has no say: the cloud starts at its own time."""
+    if run.window_end is None or run.cloud_scheduled is not None:
         return ""
     left = run.window_end - now
     wave = run.current
@@ -906,7 +913,7 @@ def _why_nothing_patched(run: Run) -> str:
         reasons = sorted({r.reason for r in run.excluded})
         shown = "; ".join(reasons[:3]) + (f"; and {len(reasons) - 3} more reasons" if len(reasons) > 3 else "")
         return f"every one of the {plural(len(run.excluded), 'instance')} was excluded ({shown})"
-    if run.maintenance is not None or run.follow_up_of is not None:  # every ring installs a fixed set
+    if run.cloud_scheduled is not None or run.follow_up_of is not None:  # every ring installs a fixed set
         return f"no machine was patched ({count_states(records)})"
     first = run.policy.rings[0].name
     later = list(dict.fromkeys(w.ring for w in run.waves if w.ring_position > 0))
@@ -1071,7 +1078,7 @@ def _after_start(run: Run) -> str:
     if not run.waves:
         return "Nothing to do here: no ring selected a machine, the run's last notice says more."
     ring = run.policy.rings[run.current.ring_position]
-    if run.maintenance is None and ring.approval == "required":
+    if run.cloud_scheduled is None and ring.approval == "required":
         return f"Ring {ring.name} waits for your approval before any machine is touched (the approval notice says how)."
     return f"Nothing to do: you are told when a ring finishes or someone must act ({_cli(run, 'status')})."
 

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, Literal, TypeGuard, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
 from patchpilot.inventory import Instance
 from patchpilot.policy import Policy
@@ -112,15 +112,18 @@ class UndeliveredNotice(_State):
     at: datetime
 
 
-class MaintenanceRun(_State):
-    """The Azure Update Manager run a run accompanies: Update Manager installs, PatchPilot
-    snapshots before, checks health after and rolls back what failed."""
+class CloudScheduledRun(_State):
+    """The cloud-scheduled run a run accompanies: the cloud (Azure Update Manager) installs on its
+    own schedule; PatchPilot snapshots before, checks health after and rolls back what failed."""
 
-    id: str  # the correlation id of the pre/post maintenance events (an applyUpdates resource id)
-    configuration_id: str  # the maintenance configuration
+    id: str  # the correlation id of the pre/post events (Update Manager: an applyUpdates resource id)
+    configuration_id: str  # the schedule it belongs to (Update Manager: a maintenance configuration)
     starts_at: datetime
     ends_at: datetime
     cancel_by: datetime  # the cancellation cut-off: snapshots must be done before it
+
+
+MaintenanceRun = CloudScheduledRun  # its name before issue 14, for code not renamed yet
 
 
 class FollowUp(_State):
@@ -134,6 +137,10 @@ class FollowUp(_State):
 
 
 class Run(_State):
+    # Fields renamed in code keep their stored names as aliases: a stored run loads, and is saved
+    # with the same keys as before.
+    model_config = ConfigDict(frozen=True, extra="forbid", serialize_by_alias=True)
+
     run_id: str
     policy: Policy
     created_at: datetime
@@ -148,7 +155,13 @@ class Run(_State):
     promoted: dict[str, list[str]] | None = None  # per os: what the first ring installed and passed
     processed: tuple[str, ...] = ()  # ids of the events already applied
     log: tuple[LogEntry, ...] = ()
-    maintenance: MaintenanceRun | None = None
+    # The cloud-scheduled run this run accompanies (stored as `maintenance`, its name before).
+    cloud_scheduled: CloudScheduledRun | None = Field(
+        default=None, validation_alias=AliasChoices("cloud_scheduled", "maintenance"), serialization_alias="maintenance"
+    )
+    # Machines that cannot be snapshotted are patched without one (the plan's flag; a run stored
+    # before the field existed takes it from its policy, as the engine then did).
+    patch_without_rollback: bool = False
     undelivered: tuple[UndeliveredNotice, ...] = ()  # notices the notifier could not deliver
     follow_ups: tuple[FollowUp, ...] = ()  # runs to start once this one has ended
     follow_up_of: str | None = None  # set on a follow-up run: every ring installs `promoted`, pinned
@@ -157,6 +170,24 @@ class Run(_State):
     issued: dict[str, str] = Field(default_factory=dict)
     leased: tuple[str, ...] = ()  # the instances whose lease the run holds (the current wave's)
     runtime: Runtime = "local"  # a run stored before this field was local or named local commands
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stored_without_the_flag(cls, data: Any) -> Any:
+        """A run stored before `patch_without_rollback` existed takes it from its policy, where the
+        engine read it then."""
+        if not isinstance(data, dict) or "patch_without_rollback" in data:
+            return data
+        policy = data.get("policy")
+        azure = policy.azure if isinstance(policy, Policy) else (policy or {}).get("azure")
+        if isinstance(azure, dict):
+            return {**data, "patch_without_rollback": bool(azure.get("patch_without_rollback"))}
+        return {**data, "patch_without_rollback": bool(azure and azure.patch_without_rollback)}
+
+    @property
+    def maintenance(self) -> CloudScheduledRun | None:
+        """`cloud_scheduled` by its name before issue 14, for readers not renamed yet."""
+        return self.cloud_scheduled
 
     @property
     def status(self) -> Status:

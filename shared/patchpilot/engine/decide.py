@@ -2,8 +2,9 @@
 
 No I/O, no clock, no SDK: the shell (`patchpilot.service`) loads the run, calls `decide`, and
 saves the new run with its commands (the outbox) in one conditional write. The flow is the
-transition table `TRANSITIONS`, keyed on (run state, event type); docs/state-machine.md is
-generated from it.
+transition table `TRANSITIONS`, keyed on (run state, event class), with an "any state" row;
+`decide` refuses a handler that leaves the run in a state its row does not declare.
+docs/state-machine.md is generated from it.
 """
 
 from __future__ import annotations

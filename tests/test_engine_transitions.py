@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import get_args
 
 import pytest
-from engine_driver import answer_all_ok
+from engine_driver import RESULTS, answer_all_ok
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -25,7 +25,6 @@ from patchpilot.engine.decide import (
     start_run,
 )
 from patchpilot.engine.messages import (
-    AgentsProbed,
     ApprovalGranted,
     ApprovalRejected,
     CancelCloudScheduledRun,
@@ -34,17 +33,14 @@ from patchpilot.engine.messages import (
     Event,
     FollowUpFinished,
     FollowUpRequested,
-    HealthChecked,
     InstallPatches,
     InstancesLeased,
     LeaseInstances,
     Message,
     NoticeUndelivered,
     Outcome,
-    PatchesInstalled,
     ProbeAgents,
     RollBack,
-    RolledBack,
     SnapshotsTaken,
     TakeSnapshots,
     TimerFired,
@@ -71,13 +67,6 @@ CLOUD_SCHEDULED = CloudScheduledRun(
     ends_at=NOW + timedelta(hours=4),
     cancel_by=NOW + timedelta(minutes=30),
 )
-_RESULTS: dict[type, type[AgentsProbed | SnapshotsTaken | PatchesInstalled | HealthChecked | RolledBack]] = {
-    ProbeAgents: AgentsProbed,
-    TakeSnapshots: SnapshotsTaken,
-    InstallPatches: PatchesInstalled,
-    CheckHealth: HealthChecked,
-    RollBack: RolledBack,
-}
 
 
 # The commands a result answers (the others, notices, releases, follow-ups, are not run here).
@@ -149,7 +138,7 @@ def _answer(command: Message, data: st.DataObject | None, now: datetime) -> Even
         )
     if isinstance(command, ProbeAgents | TakeSnapshots | InstallPatches | CheckHealth | RollBack):
         outcomes = [o.model_copy(update={"ok": ok(), "at": now}) for o in answer_all_ok(command) if present()]
-        result = _RESULTS[type(command)]
+        result = RESULTS[type(command)]
         return result(id=command.result_id, run_id=command.run_id, command_id=command.id, results=outcomes)
     return None
 

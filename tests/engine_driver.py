@@ -47,7 +47,7 @@ DEFAULT_PATCHES: dict[str, list[str]] = {
     "windows": ["KB5036893"],
 }
 
-_RESULTS: dict[type, type[AgentsProbed | SnapshotsTaken | PatchesInstalled | HealthChecked | RolledBack]] = {
+RESULTS: dict[type, type[AgentsProbed | SnapshotsTaken | PatchesInstalled | HealthChecked | RolledBack]] = {
     ProbeAgents: AgentsProbed,
     TakeSnapshots: SnapshotsTaken,
     InstallPatches: PatchesInstalled,
@@ -105,7 +105,7 @@ def drive_to_end(
             else:
                 now += step
                 outcomes = [o if o.at is not None else o.model_copy(update={"at": now}) for o in fleet_answer(command)]
-                result_type = _RESULTS[type(command)]
+                result_type = RESULTS[type(command)]
                 event = result_type(id=command.result_id, run_id=run.run_id, command_id=command.id, results=outcomes)
         decision = decide(run, event, now)
         if decision.ignored:

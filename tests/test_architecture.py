@@ -269,3 +269,38 @@ def test_relative_and_function_level_imports_are_seen() -> None:
         ("service", "Service"),
         ("boto3", None),
     }
+
+
+# What `notify/` must be given rather than read: the clock and the process environment.
+AMBIENT = {"datetime.now", "datetime.utcnow", "datetime.today", "date.today", "time.time", "os.environ", "os.getenv"}
+
+
+def ambient_reads(source: str) -> list[str]:
+    """Each read of the wall clock or the environment in `source` (`datetime.now(UTC)`,
+    `os.environ[...]`, `from os import environ`), as `line: name`."""
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+            name = f"{node.value.id}.{node.attr}"
+        elif isinstance(node, ast.ImportFrom) and node.module in ("os", "datetime", "time"):
+            names = [f"{node.module}.{a.name}" for a in node.names]
+            name = next((n for n in names if n in AMBIENT or n.split(".")[1] in ("environ", "getenv")), "")
+        else:
+            continue
+        if name in AMBIENT:
+            found.append((node.lineno, name))
+    return [f"{line}: {name}" for line, name in sorted(found)]
+
+
+def test_notify_takes_its_clock_and_configuration_as_arguments() -> None:
+    reads = {
+        f"{path.relative_to(PACKAGE)}:{read}"
+        for path in sorted((PACKAGE / "notify").glob("*.py"))
+        for read in ambient_reads(path.read_text(encoding="utf-8"))
+    }
+    assert not reads, f"notify/ reads the clock or the environment: pass it in instead: {sorted(reads)}"
+
+
+def test_ambient_reads_are_found() -> None:
+    source = "import os\nfrom os import environ\nx = os.environ.get('A')\ny = datetime.now(UTC)\nz = now.date()\n"
+    assert ambient_reads(source) == ["2: os.environ", "3: os.environ", "4: datetime.now"]

@@ -162,7 +162,7 @@ class FakeRuntime(ServerlessRuntime):
         self.documents: InMemoryDocuments | None = InMemoryDocuments()
         self.runs = InMemoryRuns()
         self.sent = Sent()
-        self.routed = RoutedNotifier(None, no_run, self.sent)
+        self.routed = RoutedNotifier(None, no_run, self.sent, clock=clock)
 
     @property
     def fleet(self) -> FakeFleet:

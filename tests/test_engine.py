@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -31,9 +33,9 @@ from patchpilot.engine.messages import (
     StartFollowUp,
     TakeSnapshots,
 )
-from patchpilot.engine.run import FINAL_STATES, MaintenanceRun, Run
+from patchpilot.engine.run import FINAL_STATES, CloudScheduledRun, Run
 from patchpilot.inventory import Instance, Simulation, load_inventory
-from patchpilot.planning import plan, plan_maintenance
+from patchpilot.planning import plan, plan_cloud_scheduled
 from patchpilot.policy import Policy, load_policy, parse_policy
 
 NOW = datetime(2026, 12, 12, 2, 0, tzinfo=UTC)
@@ -322,13 +324,13 @@ def test_approval_required_on_the_first_ring_waits_before_anything_is_touched() 
     assert run.status == "succeeded" and "Ring staging approved by ops" in [e.text for e in run.log]
 
 
-def test_a_maintenance_run_never_waits_for_an_approval() -> None:
+def test_a_cloud_scheduled_run_never_waits_for_an_approval() -> None:
     """Update Manager starts at its own time: its run is not gated (the policy refuses the flag)."""
-    maintenance = MaintenanceRun(
+    scheduled = CloudScheduledRun(
         id="mr-1", configuration_id="/sub/x", starts_at=NOW, ends_at=NOW + timedelta(hours=3), cancel_by=NOW
     )
     pol = first_ring_approved()
-    started = start_run("run-1", pol, plan_maintenance(pol, fleet()), NOW, maintenance)
+    started = start_run("run-1", pol, plan_cloud_scheduled(pol, fleet()), NOW, scheduled)
     assert started.run.state == "leasing"
 
 
@@ -592,3 +594,33 @@ def test_a_rejection_is_logged_with_the_approver_and_ring_as_written() -> None:
     gate = f"{run.run_id}:approve:{run.current.ring}"
     rejected = decide(run, ApprovalRejected(id=gate, run_id=run.run_id, by="Slack U0A1B2C3D (Alice)"), NOW).run
     assert rejected.log[-2].text == "Ring production rejected by Slack U0A1B2C3D (Alice)"
+
+
+def test_the_snapshots_pass_machines_without_one_as_the_plan_says() -> None:
+    """The engine takes `patch_without_rollback` from the plan (planning/), not from the policy's
+    cloud section: the policy here has none."""
+    for flag in (False, True):
+        the_plan = dataclasses.replace(plan(policy(), fleet()), patch_without_rollback=flag)
+        started = start_run("run-1", policy(), the_plan, NOW)
+        lease = next(c for c in started.commands if isinstance(c, LeaseInstances))
+        leased = [Outcome(id=i, ok=True) for i in lease.targets]
+        event = InstancesLeased(id=lease.result_id, run_id="run-1", command_id=lease.id, results=leased)
+        leased_run = decide(started.run, event, NOW)
+        probed = decide(leased_run.run, _probe_answer(leased_run), NOW)
+        snapshot = next(c for c in probed.commands if isinstance(c, TakeSnapshots))
+        assert snapshot.patch_without_rollback is flag
+
+
+def test_a_stored_run_keeps_its_keys_and_one_stored_before_the_plans_flag_reads_its_policy() -> None:
+    azure = parse_policy(POLICY % policy_values() + "azure: {arc: true, patch_without_rollback: true}\n")
+    scheduled = CloudScheduledRun(
+        id="mr-1", configuration_id="/sub/x", starts_at=NOW, ends_at=NOW + timedelta(hours=3), cancel_by=NOW
+    )
+    run = start_run("run-1", azure, plan_cloud_scheduled(azure, fleet()), NOW, cloud_scheduled=scheduled).run
+    stored = json.loads(run.model_dump_json())
+    assert stored["maintenance"]["id"] == "mr-1" and "cloud_scheduled" not in stored  # the key runs were stored with
+    assert stored["patch_without_rollback"] is True and Run.model_validate(stored) == run
+    del stored["patch_without_rollback"]  # a run stored before the plan carried the flag
+    assert Run.model_validate(stored).patch_without_rollback is True
+    stored["policy"]["azure"]["patch_without_rollback"] = False
+    assert Run.model_validate(stored).patch_without_rollback is False

@@ -1,6 +1,6 @@
-"""Runs that accompany an Azure Update Manager run: Update Manager installs; PatchPilot snapshots
-every machine before the cancellation cut-off (or cancels the maintenance run), then checks
-health and rolls back what failed.
+"""Runs that accompany a cloud-scheduled run (Azure Update Manager's): the cloud installs;
+PatchPilot snapshots every machine before the cancellation cut-off (or cancels the
+cloud-scheduled run), then checks health and rolls back what failed.
 
 Driven through the real shell (`Service`) on the local runtime: SQLite store and queue, the
 simulated fleet (which plays Update Manager's install) and a recording canceller.
@@ -12,16 +12,16 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from patchpilot.engine.messages import CancelMaintenance, Outcome, TakeSnapshots
-from patchpilot.engine.run import MaintenanceRun
+from patchpilot.engine.messages import CancelCloudScheduledRun, Outcome, TakeSnapshots
+from patchpilot.engine.run import CloudScheduledRun
 from patchpilot.inventory import Instance, Simulation
 from patchpilot.local_runtime import LocalRuntime
-from patchpilot.planning import plan_maintenance
+from patchpilot.planning import plan_cloud_scheduled
 from patchpilot.policy.model import Policy
 from patchpilot.ports import InProgress, Progress
 
 START = datetime(2026, 3, 10, 21, 20, tzinfo=UTC)  # the pre-maintenance event, 40 min before the window
-MAINTENANCE = MaintenanceRun(
+MAINTENANCE = CloudScheduledRun(
     id="/subscriptions/s1/resourcegroups/rg/providers/microsoft.maintenance/maintenanceconfigurations/pp-prod"
     "/providers/microsoft.maintenance/applyupdates/20260310220000",
     configuration_id="/subscriptions/s1/resourcegroups/rg/providers/microsoft.maintenance/maintenanceconfigurations/pp-prod",
@@ -61,9 +61,9 @@ FLEET = [vm("web-1", "westeurope-1"), vm("web-2", "westeurope-2"), vm("web-3", "
 class Canceller:
     def __init__(self, ok: bool = True) -> None:
         self.ok = ok
-        self.cancelled: list[CancelMaintenance] = []
+        self.cancelled: list[CancelCloudScheduledRun] = []
 
-    def cancel_maintenance(self, command: CancelMaintenance) -> Outcome:
+    def cancel_maintenance(self, command: CancelCloudScheduledRun) -> Outcome:
         self.cancelled.append(command)
         detail = "cancelled" if self.ok else "the cancellation cut-off has passed"
         return Outcome(id=command.maintenance_run, ok=self.ok, detail=detail)
@@ -82,7 +82,7 @@ def states(local: LocalRuntime, run_id: str) -> dict[str, str]:
 def test_every_machine_in_scope_is_one_wave_whatever_its_ring_and_zone() -> None:
     frozen = replace(vm("db-1", "westeurope-1"), tags={"ring": "prod", "freeze": "yes"})
     staging = vm("stg-1", "westeurope-1", ring="staging")
-    result = plan_maintenance(POLICY, [*FLEET, frozen, staging])
+    result = plan_cloud_scheduled(POLICY, [*FLEET, frozen, staging])
     assert [len(w.instances) for w in result.waves] == [4]
     assert result.waves[0].ring == "staging+production"
     assert [(e.instance.name, e.reason) for e in result.excluded] == [("db-1", "frozen: tag freeze=yes")]

@@ -101,6 +101,7 @@ def notifier(server: WebhookServer, run: Run | None, fallback: Log | None = None
             raise UnknownRunError(run_id)
         return run
 
+    options.setdefault("clock", ManualClock(T0))
     return RoutedNotifier(secrets, load_run, fallback or Log(), pacer=Pacer(sleep=Sleeps()), **options)
 
 
@@ -174,7 +175,9 @@ def test_an_unreachable_webhook_or_a_missing_secret_is_recorded_without_the_url(
 ) -> None:
     dead = "http://127.0.0.1:9/slack/secret-dead-token"  # the discard port: connection refused
     secrets = EnvironmentSecrets({"SLACK_OPS": dead})  # TEAMS_ONCALL is not set
-    routed = RoutedNotifier(secrets, lambda _: run_with(ROUTING), Log(), pacer=Pacer(sleep=Sleeps()))
+    routed = RoutedNotifier(
+        secrets, lambda _: run_with(ROUTING), Log(), pacer=Pacer(sleep=Sleeps()), clock=ManualClock(T0)
+    )
     with caplog.at_level(logging.DEBUG):
         routed.notify(notice("run_halted"))
     by_channel = {u.channel: u.reason for u in routed.undelivered}
@@ -205,7 +208,9 @@ def test_posts_to_one_webhook_are_paced_one_second_apart() -> None:
 def test_slack_posts_are_paced_through_the_notifier(server: WebhookServer) -> None:
     sleeps = Sleeps()
     secrets = EnvironmentSecrets({"SLACK_OPS": server.url(SLACK), "TEAMS_ONCALL": server.url(TEAMS)})
-    routed = RoutedNotifier(secrets, lambda _: run_with(ROUTING), Log(), pacer=Pacer(sleep=sleeps))
+    routed = RoutedNotifier(
+        secrets, lambda _: run_with(ROUTING), Log(), pacer=Pacer(sleep=sleeps), clock=ManualClock(T0)
+    )
     routed.notify(notice("run_started"))
     routed.notify(notice("ring_finished"))
     assert len(server.to(SLACK)) == 2

@@ -220,7 +220,7 @@ class LocalRuntime:
         # each sent once per channel across processes (claims), undelivered ones recorded in the run.
         claims = SqliteClaims(db, clock)
         chat = RoutedNotifier(
-            EnvironmentSecrets(),
+            EnvironmentSecrets(os.environ),
             store.load,
             None,
             claims=lambda: claims,

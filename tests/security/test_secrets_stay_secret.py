@@ -11,6 +11,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
+from clocks import ManualClock
 
 from patchpilot.adapters.local.notifier import FileNotifier
 from patchpilot.approvals import ApprovalRequest, verify_approval
@@ -18,7 +19,7 @@ from patchpilot.engine.messages import Notify
 from patchpilot.notify import EnvironmentSecrets, RoutedNotifier
 from patchpilot.notify.webhook import Answer, Pacer
 from patchpilot.redact import redact
-from security.world import APPROVAL_KEY, RUN_ID, World, policy, waiting_run
+from security.world import APPROVAL_KEY, NOW, RUN_ID, World, policy, waiting_run
 
 SLACK_URL = "https://hooks.slack.com/services/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"
 SLACK_SECRET_PART = "q7Zr2mXc9LpV4kTn8WsY1bHd"
@@ -127,7 +128,9 @@ def test_webhook_url_is_scrubbed_however_it_appears(form: str) -> None:
     for secret in (SLACK_SECRET_PART, TEAMS_SECRET_PART):
         # the shape alone: a URL this process never read (another channel's, a user's paste)
         assert secret not in redact(f"URLError: <urlopen error posting to {form}> (retried)")
-    routed = RoutedNotifier(EnvironmentSecrets(WEBHOOKS), lambda _: waiting_run(policy()), None, pacer=no_pacing())
+    routed = RoutedNotifier(
+        EnvironmentSecrets(WEBHOOKS), lambda _: waiting_run(policy()), None, pacer=no_pacing(), clock=ManualClock(NOW)
+    )
 
     def refused(url: str, payload: dict[str, object]) -> Answer:
         raise OSError(f"cannot reach {form}: connection reset")
@@ -144,7 +147,7 @@ def test_webhook_url_is_scrubbed_however_it_appears(form: str) -> None:
 def test_secret_substring_is_scrubbed_from_undelivered_reason(caplog: pytest.LogCaptureFixture) -> None:
     relay = "https://relay.contoso.net/chat/Zq8vN3xT7pLm2Kw9Rb4YeHs6"  # no known webhook shape: only its value
     secrets = EnvironmentSecrets({"patchpilot-notifications-ops": relay})
-    routed = RoutedNotifier(secrets, lambda _: waiting_run(policy()), None, pacer=no_pacing())
+    routed = RoutedNotifier(secrets, lambda _: waiting_run(policy()), None, pacer=no_pacing(), clock=ManualClock(NOW))
     piece = "xT7pLm2Kw9Rb4Y"  # 14 characters from the middle
     routed.post = lambda url, payload: Answer(502, f"upstream {piece[:7]} {piece[7:]}... gave up")
     ops_only = dict(CHANNELS, routes=[{"topics": "*", "channels": ["ops"]}])

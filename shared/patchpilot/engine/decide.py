@@ -2,8 +2,9 @@
 
 No I/O, no clock, no SDK: the shell (`patchpilot.service`) loads the run, calls `decide`, and
 saves the new run with its commands (the outbox) in one conditional write. The flow is the
-transition table `TRANSITIONS`, keyed on (run state, event type); docs/state-machine.md is
-generated from it.
+transition table `TRANSITIONS`, keyed on (run state, event class), with an "any state" row;
+`decide` refuses a handler that leaves the run in a state its row does not declare.
+docs/state-machine.md is generated from it.
 """
 
 from __future__ import annotations
@@ -13,15 +14,16 @@ import shlex
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 from patchpilot.engine.issued import with_issued
 from patchpilot.engine.messages import (
     AgentsProbed,
     ApprovalGranted,
     ApprovalRejected,
-    CancelMaintenance,
+    CancelCloudScheduledRun,
     CheckHealth,
+    CloudScheduledRunCancelled,
     Command,
     Event,
     FollowUpFinished,
@@ -31,7 +33,6 @@ from patchpilot.engine.messages import (
     InstallTarget,
     InstancesLeased,
     LeaseInstances,
-    MaintenanceCancelled,
     Message,
     NoticeUndelivered,
     Notify,
@@ -52,14 +53,16 @@ from patchpilot.engine.messages import (
 )
 from patchpilot.engine.retry import RETRYABLE_STATES, why_not_retryable
 from patchpilot.engine.run import (
+    CloudScheduledRun,
+    FinalInstanceState,
     FollowUp,
     InstanceRecord,
     LogEntry,
-    MaintenanceRun,
     Run,
     RunState,
     Runtime,
     Step,
+    StepName,
     UndeliveredNotice,
     WaveState,
     count_states,
@@ -73,7 +76,7 @@ if TYPE_CHECKING:
     from patchpilot.planning import Plan  # only `start_run` takes one
 
 MAX_FAILURE_NOTICES = 10  # per wave; more are summarised in one message
-# Snapshots for an Update Manager run must be done this long before its cancellation cut-off,
+# Snapshots for a cloud-scheduled run must be done this long before its cancellation cut-off,
 # so that a cancellation still lands in time.
 CANCEL_MARGIN = timedelta(minutes=3)
 # A machine's lease lapses this long after the window ends (or its wave starts, without a window):
@@ -92,12 +95,53 @@ class Decision:
 
 
 Handler = Callable[[Run, Event, datetime], Decision]
+EventClass = type[Event]
+WAVE_DONE: Final = "WaveDone"  # not a state: the end of a wave, decided inside the handlers
+Target = RunState | Literal["WaveDone"]
+ANY_STATE: Final = "*"  # the table's row of events accepted in every state, finished runs included
+Row = RunState | Literal["*"]
 
 
 @dataclass(frozen=True)
 class Transition:
+    """What an event does in a state: its handler, and every state the handler may leave the run
+    in (`WAVE_DONE` stands for every state the end of a wave leads to). A row of `ANY_STATE` has
+    no targets: its events leave the state as it was. `decide` refuses any other outcome."""
+
     handler: Handler
-    targets: tuple[str, ...]  # the states (or WaveDone) the handler may lead to, for the diagram
+    targets: tuple[Target, ...] = ()
+
+    def allows(self, before: RunState, after: RunState) -> bool:
+        return after in declared_states(self.targets) if self.targets else after == before
+
+
+class UndeclaredTransitionError(RuntimeError):
+    """A handler left a run in a state that `TRANSITIONS` does not declare for its row: a bug in
+    the engine (the handler or the table is wrong), never in the input."""
+
+
+def declared_states(targets: Iterable[Target]) -> frozenset[RunState]:
+    """The states `targets` stand for, `WAVE_DONE` replaced by where the end of a wave leads."""
+    states: set[RunState] = set()
+    for target in targets:
+        if target == WAVE_DONE:
+            states.update(WAVE_DONE_TARGETS)
+        else:
+            states.add(target)
+    return frozenset(states)
+
+
+def _checked(row: tuple[Row, EventClass], transition: Transition, before: RunState, decision: Decision) -> Decision:
+    after = decision.run.state
+    if transition.allows(before, after):
+        return decision
+    state, event = row
+    declared = ", ".join(transition.targets) or f"{before} (unchanged)"
+    raise UndeclaredTransitionError(
+        f"{event.__name__} in state {before} led to state {after}, which TRANSITIONS[({state!r}, "
+        f"{event.__name__})] in engine/decide.py does not declare (declared: {declared}); "
+        f"fix {transition.handler.__name__} or declare the target"
+    )
 
 
 # ---------------------------------------------------------------- starting
@@ -108,7 +152,7 @@ def start_run(
     policy: Policy,
     plan: Plan,
     now: datetime,
-    maintenance: MaintenanceRun | None = None,
+    cloud_scheduled: CloudScheduledRun | None = None,
     follow_up_of: Run | None = None,
     window_end: datetime | None = None,
     runtime: Runtime = "local",
@@ -118,9 +162,12 @@ def start_run(
     With `follow_up_of` (a finished run that may be followed up), the run is its follow-up: every
     ring, the first one too, installs exactly what that run's first ring promoted, pinned per OS.
 
-    With `maintenance`, the run accompanies an Azure Update Manager run: one wave of the machines
-    Update Manager will patch, snapshotted before its cut-off (or the maintenance run is
-    cancelled), then checked and rolled back once Update Manager has installed.
+    With `cloud_scheduled`, the run accompanies a cloud-scheduled run (Azure Update Manager's):
+    one wave of the machines the cloud will patch, snapshotted before its cut-off (or the
+    cloud-scheduled run is cancelled), then checked and rolled back once the cloud has installed.
+
+    `plan` says whether machines without a snapshot are patched all the same
+    (`Plan.patch_without_rollback`); the run keeps it for its snapshot commands.
 
     `window_end` ends the window earlier than `duration` after `now`: a run started inside a
     window that is already open (a retry) keeps to that window's end.
@@ -131,8 +178,8 @@ def start_run(
         WaveState(
             index=w.index,
             ring=w.ring,
-            # Update Manager installs what its schedule says: no promotion from an earlier ring
-            ring_position=0 if maintenance else [r.name for r in policy.rings].index(w.ring),
+            # the cloud installs what its schedule says: no promotion from an earlier ring
+            ring_position=0 if cloud_scheduled else [r.name for r in policy.rings].index(w.ring),
             canary=w.canary,
             records={i.id: InstanceRecord(instance=i, ring=w.ring, wave=w.index) for i in w.instances},
         )
@@ -141,8 +188,8 @@ def start_run(
     excluded = tuple(
         InstanceRecord(instance=e.instance, ring="", state="excluded", reason=e.reason) for e in plan.excluded
     )
-    if maintenance is not None:
-        window_end = maintenance.ends_at
+    if cloud_scheduled is not None:
+        window_end = cloud_scheduled.ends_at
     elif window_end is None:
         window_end = now + policy.schedule.duration if policy.schedule else None
     run = Run(
@@ -152,7 +199,8 @@ def start_run(
         window_end=window_end,
         waves=waves,
         excluded=excluded,
-        maintenance=maintenance,
+        cloud_scheduled=cloud_scheduled,
+        patch_without_rollback=plan.patch_without_rollback,
         promoted=follow_up_of.promoted if follow_up_of else None,
         follow_up_of=follow_up_of.run_id if follow_up_of else None,
         runtime=runtime,
@@ -160,11 +208,11 @@ def start_run(
     frozen = [r for r in excluded if r.reason.startswith("frozen")]
     text = f"Run {run_id} of policy {policy.name} started: {len(waves)} waves"
     text += f", {sum(len(w.records) for w in waves)} instances"
-    if maintenance is not None:
-        text += f", accompanying Update Manager run {maintenance.id}"
+    if cloud_scheduled is not None:
+        text += f", accompanying Update Manager run {cloud_scheduled.id}"
     if follow_up_of is not None:
         text += f", following up run {follow_up_of.run_id} with what it promoted"
-    if frozen and maintenance is not None:
+    if frozen and cloud_scheduled is not None:
         names = ", ".join(r.instance.short_name for r in frozen[:10])
         text += (
             f"; {len(frozen)} frozen instances are in Update Manager's scope ({names}): Azure will patch them, "
@@ -174,42 +222,51 @@ def start_run(
         one = len(frozen) == 1
         text += f"; {plural(len(frozen), 'frozen instance')} {'is' if one else 'are'} not patched"
         text += f" and {'stays' if one else 'stay'} exposed"
-    text += "." if frozen and maintenance is not None else f". {_after_start(run)}"
+    text += "." if frozen and cloud_scheduled is not None else f". {_after_start(run)}"
     notice = _notify(run, "run_started", text)
     run = _logged(run, now, text)
     # The first ring is entered like any later one: a ring with `approval: required` waits before its
     # first wave, so nothing is touched before someone approves (a follow-up asks again). A run that
-    # accompanies Update Manager cannot wait (Update Manager starts at its own time): the policy
+    # accompanies a cloud-scheduled run cannot wait (the cloud starts at its own time): the policy
     # validation refuses `approval: required` with `azure.maintenance`.
-    decision = _enter_next_ring(run, now) if waves and maintenance is None else _begin_wave(run, now)
+    decision = _enter_next_ring(run, now) if waves and cloud_scheduled is None else _begin_wave(run, now)
+    if decision.run.state not in declared_states(START_TARGETS):
+        raise UndeclaredTransitionError(
+            f"start_run left run {run_id} in state {decision.run.state}, which START_TARGETS in "
+            f"engine/decide.py does not declare (declared: {', '.join(START_TARGETS)})"
+        )
     return _issuing(_releasing(Decision(decision.run, [notice, *decision.commands])))
 
 
-def _on_notice_undelivered(run: Run, event: NoticeUndelivered) -> Decision:
+def _on_notice_undelivered(run: Run, event: Event, now: datetime) -> Decision:
+    assert isinstance(event, NoticeUndelivered)
     notice = UndeliveredNotice(
         notice_id=event.notice_id, topic=event.topic, channel=event.channel, reason=event.reason, at=event.at
     )
     text = f"notice {event.notice_id} not delivered to channel {event.channel}: {event.reason}"
-    run = run.model_copy(update={"processed": (*run.processed, event.id), "undelivered": (*run.undelivered, notice)})
+    run = run.model_copy(update={"undelivered": (*run.undelivered, notice)})
     return Decision(_logged(run, event.at, text, "warning"))
 
 
-def _on_follow_up_requested(run: Run, event: FollowUpRequested) -> Decision:
+def _on_follow_up_requested(run: Run, event: Event, now: datetime) -> Decision:
     """Record the request; once the run has ended (now, or later in `_end`) the follow-up starts."""
+    assert isinstance(event, FollowUpRequested)
     follow_up = FollowUp(run_id=event.follow_up_id, instances=list(event.instances), requested_at=event.at)
     names = ", ".join(i.short_name for i in event.instances[:10])
     text = f"Follow-up run {event.follow_up_id} requested for {plural(len(event.instances), 'instance')} ({names})"
     text += f": {event.reason}" if event.reason else ""
-    run = run.model_copy(update={"processed": (*run.processed, event.id), "follow_ups": (*run.follow_ups, follow_up)})
+    run = run.model_copy(update={"follow_ups": (*run.follow_ups, follow_up)})
     run = _logged(run, event.at, text, "warning")
     return _next_follow_up(run, event.at) if run.finished else Decision(run)
 
 
-def _on_follow_up_finished(run: Run, event: FollowUpFinished) -> Decision:
+def _on_follow_up_finished(run: Run, event: Event, now: datetime) -> Decision:
+    """A follow-up ended (from its outbox): the next requested one starts, none after a halt."""
+    assert isinstance(event, FollowUpFinished)
     follow_ups = tuple(
         f.model_copy(update={"state": "finished"}) if f.run_id == event.follow_up_id else f for f in run.follow_ups
     )
-    run = run.model_copy(update={"processed": (*run.processed, event.id), "follow_ups": follow_ups})
+    run = run.model_copy(update={"follow_ups": follow_ups})
     if event.halted:
         return _no_follow_ups(run, event.at, f"follow-up {event.follow_up_id} halted")
     return _next_follow_up(_logged(run, event.at, f"Follow-up {event.follow_up_id} finished"), event.at)
@@ -268,20 +325,20 @@ def _issuing(decision: Decision) -> Decision:
 def _decide(run: Run, event: Event, now: datetime) -> Decision:
     if event.id in run.processed:
         return Decision(run, ignored=f"duplicate event {event.id}")
-    if isinstance(event, NoticeUndelivered):  # in any state: a finished run's last notice too
-        return _on_notice_undelivered(run, event)
-    if isinstance(event, FollowUpRequested):  # in any state: started at once when the run has ended
-        return _on_follow_up_requested(run, event)
-    if isinstance(event, FollowUpFinished):  # a finished run's follow-up ended: the next one may start
-        return _on_follow_up_finished(run, event)
-    transition = TRANSITIONS.get((run.state, event.type))
-    if transition is None:
-        return Decision(run, ignored=f"{event.type} is not expected while {run.state}")
-    awaited = getattr(event, "command_id", None)
-    if awaited is not None and awaited != run.awaiting:
-        return Decision(run, ignored=f"stale {event.type} for {awaited} (waiting for {run.awaiting})")
-    run = run.model_copy(update={"processed": (*run.processed, event.id), "awaiting": None})
-    return transition.handler(run, event, now)
+    before = run.state
+    row: tuple[Row, EventClass] = (ANY_STATE, type(event))
+    if row in TRANSITIONS:  # in any state, a finished run too: its run's awaited command stays awaited
+        run = run.model_copy(update={"processed": (*run.processed, event.id)})
+    else:
+        row = (before, type(event))
+        if row not in TRANSITIONS:
+            return Decision(run, ignored=f"{event.type} is not expected while {before}")
+        awaited = getattr(event, "command_id", None)
+        if awaited is not None and awaited != run.awaiting:
+            return Decision(run, ignored=f"stale {event.type} for {awaited} (waiting for {run.awaiting})")
+        run = run.model_copy(update={"processed": (*run.processed, event.id), "awaiting": None})
+    transition = TRANSITIONS[row]
+    return _checked(row, transition, before, transition.handler(run, event, now))
 
 
 def _on_instances_leased(run: Run, event: Event, now: datetime) -> Decision:
@@ -317,15 +374,14 @@ def _on_agents_probed(run: Run, event: Event, now: datetime) -> Decision:
     targets = [r.instance for r in _pending(wave)]  # the offline ones are skipped now
     if not targets:
         return _finish_wave(run, now)
-    deadline = run.maintenance.cancel_by - CANCEL_MARGIN if run.maintenance else None
-    azure = run.policy.azure
+    deadline = run.cloud_scheduled.cancel_by - CANCEL_MARGIN if run.cloud_scheduled else None
     command = TakeSnapshots(
         id=_command_id(run, "snapshot"),
         run_id=run.run_id,
         wave=wave.index,
         targets=targets,
         deadline=deadline,
-        patch_without_rollback=bool(azure and azure.patch_without_rollback),
+        patch_without_rollback=run.patch_without_rollback,
     )
     return _await(run, "snapshotting", command)
 
@@ -344,17 +400,17 @@ def _on_snapshots_taken(run: Run, event: Event, now: datetime) -> Decision:
     wave = _update(run.current, results, "snapshot", apply)
     run = _with_wave(run, wave)
     unprotected = [r for r in wave.records.values() if r.failure.startswith("snapshot failed")]
-    if run.maintenance is not None and unprotected:
+    if run.cloud_scheduled is not None and unprotected:
         names = ", ".join(r.instance.short_name for r in unprotected[:10])
         reason = f"snapshots failed for {plural(len(unprotected), 'machine')} ({names})"
-        command = CancelMaintenance(
+        command = CancelCloudScheduledRun(
             id=_command_id(run, "cancel"),
             run_id=run.run_id,
             wave=wave.index,
-            maintenance_run=run.maintenance.id,
+            maintenance_run=run.cloud_scheduled.id,
             reason=reason,
         )
-        run = _logged(run, now, f"{reason}: cancelling Update Manager run {run.maintenance.id}", "warning")
+        run = _logged(run, now, f"{reason}: cancelling Update Manager run {run.cloud_scheduled.id}", "warning")
         return _await(run, "cancelling", command)
     return _install(run, now)
 
@@ -375,24 +431,25 @@ def _install(run: Run, now: datetime) -> Decision:
         exclude=list(policy.patches.exclude),
         reboot=policy.reboot,
         max_duration=_time_left(run, now),
-        maintenance_run=run.maintenance.id if run.maintenance else None,
+        maintenance_run=run.cloud_scheduled.id if run.cloud_scheduled else None,
     )
     return _await(run, "installing", command)
 
 
-def _on_maintenance_cancelled(run: Run, event: Event, now: datetime) -> Decision:
-    """Cancelled: nothing is patched. Not cancelled (the cut-off passed): Update Manager patches
-    every machine, so the ones with snapshots go on to be checked and, if need be, rolled back."""
-    assert isinstance(event, MaintenanceCancelled) and run.maintenance is not None
-    outcome = event.results[0] if event.results else Outcome(id=run.maintenance.id, ok=False, detail="no result")
+def _on_cloud_scheduled_run_cancelled(run: Run, event: Event, now: datetime) -> Decision:
+    """Cancelled: nothing is patched. Not cancelled (the cut-off passed): the cloud patches every
+    machine, so the ones with snapshots go on to be checked and, if need be, rolled back."""
+    assert isinstance(event, CloudScheduledRunCancelled) and run.cloud_scheduled is not None
+    scheduled = run.cloud_scheduled.id
+    outcome = event.results[0] if event.results else Outcome(id=scheduled, ok=False, detail="no result")
     unprotected = [r for r in run.current.records.values() if r.failure.startswith("snapshot failed")]
     if outcome.ok:
         names = ", ".join(r.instance.short_name for r in unprotected[:10])
-        reason = f"snapshots failed for {names}: Update Manager run {run.maintenance.id} cancelled, nothing patched"
+        reason = f"snapshots failed for {names}: Update Manager run {scheduled} cancelled, nothing patched"
         return _end(run, now, "halted", reason)
     names = ", ".join(r.instance.short_name for r in unprotected[:10])
     text = (
-        f"Run {run.run_id} could not cancel Update Manager run {run.maintenance.id}: {outcome.detail}; "
+        f"Run {run.run_id} could not cancel Update Manager run {scheduled}: {outcome.detail}; "
         f"{plural(len(unprotected), 'machine')} will be patched without a snapshot ({names}). "
         "Check them by hand once Update Manager has run: nothing can roll them back."
     )
@@ -529,21 +586,25 @@ def _on_approval_reminder(run: Run, event: Event, now: datetime) -> Decision:
     return _reminding(run, now, number + 1, [notice])
 
 
-WAVE_DONE = "WaveDone"  # not a state: the end of a wave, decided inside the handlers
-
-TRANSITIONS: dict[tuple[RunState, str], Transition] = {
-    ("leasing", "InstancesLeased"): Transition(_on_instances_leased, ("probing", WAVE_DONE)),
-    ("probing", "AgentsProbed"): Transition(_on_agents_probed, ("snapshotting", WAVE_DONE)),
-    ("snapshotting", "SnapshotsTaken"): Transition(_on_snapshots_taken, ("installing", WAVE_DONE)),
-    ("installing", "PatchesInstalled"): Transition(_on_patches_installed, ("checking", "rolling_back")),
-    ("checking", "HealthChecked"): Transition(_on_health_checked, ("rolling_back", WAVE_DONE)),
-    ("rolling_back", "RolledBack"): Transition(_on_rolled_back, ("rechecking", WAVE_DONE)),
-    ("rechecking", "HealthChecked"): Transition(_on_rechecked, (WAVE_DONE,)),
-    ("cancelling", "MaintenanceCancelled"): Transition(_on_maintenance_cancelled, ("halted", "installing", WAVE_DONE)),
-    ("soaking", "TimerFired"): Transition(_on_soak_over, ("awaiting_approval", "leasing")),
-    ("awaiting_approval", "ApprovalGranted"): Transition(_on_approved, ("leasing",)),
-    ("awaiting_approval", "TimerFired"): Transition(_on_approval_reminder, ("awaiting_approval",)),
-    ("awaiting_approval", "ApprovalRejected"): Transition(_on_rejected, ("halted",)),
+# Keyed by event class: a message's `type` is its wire name, the class is what the code knows.
+TRANSITIONS: dict[tuple[Row, EventClass], Transition] = {
+    ("leasing", InstancesLeased): Transition(_on_instances_leased, ("probing", WAVE_DONE)),
+    ("probing", AgentsProbed): Transition(_on_agents_probed, ("snapshotting", WAVE_DONE)),
+    ("snapshotting", SnapshotsTaken): Transition(_on_snapshots_taken, ("installing", "cancelling", WAVE_DONE)),
+    ("installing", PatchesInstalled): Transition(_on_patches_installed, ("checking", "rolling_back", WAVE_DONE)),
+    ("checking", HealthChecked): Transition(_on_health_checked, ("rolling_back", WAVE_DONE)),
+    ("rolling_back", RolledBack): Transition(_on_rolled_back, ("rechecking", WAVE_DONE)),
+    ("rechecking", HealthChecked): Transition(_on_rechecked, (WAVE_DONE,)),
+    ("cancelling", CloudScheduledRunCancelled): Transition(
+        _on_cloud_scheduled_run_cancelled, ("halted", "installing", WAVE_DONE)
+    ),
+    ("soaking", TimerFired): Transition(_on_soak_over, ("awaiting_approval", "leasing", "incomplete", WAVE_DONE)),
+    ("awaiting_approval", ApprovalGranted): Transition(_on_approved, ("leasing", "incomplete", WAVE_DONE)),
+    ("awaiting_approval", TimerFired): Transition(_on_approval_reminder, ("awaiting_approval",)),
+    ("awaiting_approval", ApprovalRejected): Transition(_on_rejected, ("halted",)),
+    (ANY_STATE, NoticeUndelivered): Transition(_on_notice_undelivered),
+    (ANY_STATE, FollowUpRequested): Transition(_on_follow_up_requested),
+    (ANY_STATE, FollowUpFinished): Transition(_on_follow_up_finished),
 }
 # Where the end of a wave leads: the next wave, a soak, an approval gate, or the end of the run.
 WAVE_DONE_TARGETS: tuple[RunState, ...] = (
@@ -556,6 +617,10 @@ WAVE_DONE_TARGETS: tuple[RunState, ...] = (
     "halted",
     "incomplete",
 )
+# Where `start_run` leaves a new run: its first wave, a gate before it, or, with no wave to run
+# (or no time for it), the end.
+RUN_STARTED: Final = "RunStarted"
+START_TARGETS: tuple[Target, ...] = ("leasing", "awaiting_approval", "incomplete", "nothing_patched", WAVE_DONE)
 
 
 # ---------------------------------------------------------------- waves and rings
@@ -567,6 +632,7 @@ def _begin_wave(run: Run, now: datetime) -> Decision:
     if run.window_end is not None and now >= run.window_end:
         zone = run.policy.schedule.zone if run.policy.schedule else None
         when = run.window_end.astimezone(zone).isoformat(timespec="minutes")
+        # the patch window: "maintenance window" is kept, reports and notices have always said so
         return _end(run, now, "incomplete", f"the maintenance window ended at {when}; later waves not started")
     if why := _does_not_fit(run, now):
         return _end(run, now, "incomplete", why)
@@ -577,8 +643,8 @@ def _begin_wave(run: Run, now: datetime) -> Decision:
     targets = [r.id for r in _pending(wave)]
     if not targets:
         return _finish_wave(run, now)
-    # A maintenance run cannot wait: Update Manager starts at its own time.
-    wait_until = run.window_end if run.maintenance is None else None
+    # A cloud-scheduled run cannot wait: the cloud starts at its own time.
+    wait_until = run.window_end if run.cloud_scheduled is None else None
     command = LeaseInstances(
         id=_command_id(run, "lease"),
         run_id=run.run_id,
@@ -597,8 +663,8 @@ def _does_not_fit(run: Run, now: datetime) -> str:
     Without it, a wave starts only if its expected duration fits in what is left: the longest wave
     of the run so far (the run's own measure of its fleet), else, before any wave has taken time,
     the estimate of its steps (planning/estimate.py, what `patchpilot plan` shows). A run that
-    accompanies Update Manager has no say: Update Manager starts at its own time."""
-    if run.window_end is None or run.maintenance is not None:
+    accompanies a cloud-scheduled run has no say: the cloud starts at its own time."""
+    if run.window_end is None or run.cloud_scheduled is not None:
         return ""
     left = run.window_end - now
     wave = run.current
@@ -848,7 +914,7 @@ def _why_nothing_patched(run: Run) -> str:
         reasons = sorted({r.reason for r in run.excluded})
         shown = "; ".join(reasons[:3]) + (f"; and {len(reasons) - 3} more reasons" if len(reasons) > 3 else "")
         return f"every one of the {plural(len(run.excluded), 'instance')} was excluded ({shown})"
-    if run.maintenance is not None or run.follow_up_of is not None:  # every ring installs a fixed set
+    if run.cloud_scheduled is not None or run.follow_up_of is not None:  # every ring installs a fixed set
         return f"no machine was patched ({count_states(records)})"
     first = run.policy.rings[0].name
     later = list(dict.fromkeys(w.ring for w in run.waves if w.ring_position > 0))
@@ -886,7 +952,7 @@ def _broken_lines(run: Run, broken: list[InstanceRecord]) -> str:
 
 
 # Which pending instances each step's command targeted (the same rules build the commands).
-_TARGETED: dict[str, Callable[[InstanceRecord], bool]] = {
+_TARGETED: dict[StepName, Callable[[InstanceRecord], bool]] = {
     "lease": lambda r: True,
     "probe": lambda r: True,
     "snapshot": lambda r: True,
@@ -900,7 +966,7 @@ _TARGETED: dict[str, Callable[[InstanceRecord], bool]] = {
 def _update(
     wave: WaveState,
     results: dict[str, Outcome],
-    step: Literal["lease", "probe", "snapshot", "install", "health", "rollback", "recheck"],
+    step: StepName,
     apply: Callable[[InstanceRecord, Outcome], dict[str, object]],
 ) -> WaveState:
     """Apply each targeted instance's outcome; a target missing from the results counts as
@@ -926,7 +992,7 @@ def _pending(wave: WaveState) -> list[InstanceRecord]:
     return [r for r in wave.records.values() if r.state == "pending"]
 
 
-def _final(state: str, reason: str) -> dict[str, object]:
+def _final(state: FinalInstanceState, reason: str) -> dict[str, object]:
     return {"state": state, "reason": reason}
 
 
@@ -1013,7 +1079,7 @@ def _after_start(run: Run) -> str:
     if not run.waves:
         return "Nothing to do here: no ring selected a machine, the run's last notice says more."
     ring = run.policy.rings[run.current.ring_position]
-    if run.maintenance is None and ring.approval == "required":
+    if run.cloud_scheduled is None and ring.approval == "required":
         return f"Ring {ring.name} waits for your approval before any machine is touched (the approval notice says how)."
     return f"Nothing to do: you are told when a ring finishes or someone must act ({_cli(run, 'status')})."
 

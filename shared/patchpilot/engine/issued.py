@@ -16,7 +16,7 @@ from typing import Literal
 
 from patchpilot.engine.messages import (
     MESSAGE,
-    CancelMaintenance,
+    CancelCloudScheduledRun,
     CheckHealth,
     FollowUpFinished,
     InstallPatches,
@@ -34,7 +34,16 @@ from patchpilot.engine.run import Run
 
 # A run waits for the result of one of these at a time (`Run.awaiting`): once it has moved on,
 # the command is done, and a redelivery of it is dropped rather than executed again.
-AWAITED = (LeaseInstances, ProbeAgents, TakeSnapshots, InstallPatches, CheckHealth, RollBack, Wait, CancelMaintenance)
+AWAITED = (
+    LeaseInstances,
+    ProbeAgents,
+    TakeSnapshots,
+    InstallPatches,
+    CheckHealth,
+    RollBack,
+    Wait,
+    CancelCloudScheduledRun,
+)
 # Executed whenever issued: each is idempotent on its own (a notice is claimed per channel, a
 # follow-up starts once per run id, a follow-up's end is an event applied once, a release frees
 # only the run's own leases).

@@ -66,10 +66,10 @@ class TakeSnapshots(_Command):
 
     type: Literal["TakeSnapshots"] = "TakeSnapshots"
     targets: list[Instance]
-    # Snapshots not complete by then count as failed (a maintenance run's cancellation cut-off).
+    # Snapshots not complete by then count as failed (a cloud-scheduled run's cancellation cut-off).
     deadline: datetime | None = None
-    # Machines that cannot be snapshotted (Arc servers) pass without one: the policy's
-    # azure.patch_without_rollback, which also let the planner plan them.
+    # Machines that cannot be snapshotted (Arc servers) pass without one: the plan's flag (the
+    # policy's azure.patch_without_rollback, which also let the planner plan them).
     patch_without_rollback: bool = False
 
 
@@ -88,8 +88,8 @@ class InstallPatches(_Command):
     exclude: list[str] = Field(default_factory=new_list)
     reboot: Literal["if_required", "always", "never"] = "if_required"
     max_duration: Duration | None = None
-    # Set when Azure Update Manager installs (a maintenance run's id): the fleet starts nothing
-    # and reports what that run installed on each target.
+    # Set when the cloud installs on its own schedule (the cloud-scheduled run's id; the field
+    # keeps its wire name): the fleet starts nothing and reports what that run installed.
     maintenance_run: str | None = None
 
 
@@ -127,8 +127,10 @@ class Wait(_Command):
     purpose: str
 
 
-class CancelMaintenance(_Command):
-    """Cancel a scheduled Azure Update Manager run before its cut-off (its snapshots failed)."""
+class CancelCloudScheduledRun(_Command):
+    """Cancel a cloud-scheduled run (Azure Update Manager's) before its cut-off: its snapshots
+    failed. The wire keeps the names of before (`type` CancelMaintenance, `maintenance_run`: the
+    cloud-scheduled run's id), so queued commands still parse."""
 
     type: Literal["CancelMaintenance"] = "CancelMaintenance"
     maintenance_run: str
@@ -165,7 +167,7 @@ Command = Annotated[
     | RollBack
     | Wait
     | Notify
-    | CancelMaintenance
+    | CancelCloudScheduledRun
     | StartFollowUp,
     Field(discriminator="type"),
 ]
@@ -217,8 +219,9 @@ class RolledBack(Result):
     type: Literal["RolledBack"] = "RolledBack"
 
 
-class MaintenanceCancelled(Result):
-    """One outcome, whose id is the maintenance run's: ok when it is cancelled."""
+class CloudScheduledRunCancelled(Result):
+    """One outcome, whose id is the cloud-scheduled run's: ok when it is cancelled (wire `type`
+    MaintenanceCancelled, as before)."""
 
     type: Literal["MaintenanceCancelled"] = "MaintenanceCancelled"
 
@@ -286,7 +289,7 @@ Event = Annotated[
     | PatchesInstalled
     | HealthChecked
     | RolledBack
-    | MaintenanceCancelled
+    | CloudScheduledRunCancelled
     | TimerFired
     | ApprovalGranted
     | ApprovalRejected
@@ -306,7 +309,7 @@ Message = Annotated[
     | RollBack
     | Wait
     | Notify
-    | CancelMaintenance
+    | CancelCloudScheduledRun
     | StartFollowUp
     | InstancesLeased
     | AgentsProbed
@@ -314,7 +317,7 @@ Message = Annotated[
     | PatchesInstalled
     | HealthChecked
     | RolledBack
-    | MaintenanceCancelled
+    | CloudScheduledRunCancelled
     | TimerFired
     | ApprovalGranted
     | ApprovalRejected
@@ -324,5 +327,10 @@ Message = Annotated[
     Field(discriminator="type"),
 ]
 MESSAGE = TypeAdapter(Message)
+
+# The class names before issue 14 (the wire `type` values never changed), for code not renamed
+# yet: remove once nothing imports them.
+CancelMaintenance = CancelCloudScheduledRun
+MaintenanceCancelled = CloudScheduledRunCancelled
 
 FleetCommand = ProbeAgents | TakeSnapshots | InstallPatches | CheckHealth | RollBack

@@ -40,7 +40,7 @@ def why_not_retryable(run: Run) -> str | None:
     """Why no machine of `run` can be retried, or None when the run itself may be."""
     if not run.finished:
         return f"is {run.status}: only a run that has ended can be retried"
-    if run.maintenance is not None:
+    if run.cloud_scheduled is not None:
         return "accompanied an Update Manager run: Update Manager patches those machines on its own schedule"
     # A retry that patched nothing again keeps the set it was pinned to: it may be retried again.
     if run.promoted is None or (run.state == "nothing_patched" and run.follow_up_of is None):

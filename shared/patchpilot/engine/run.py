@@ -4,17 +4,28 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
 from patchpilot.inventory import Instance
 from patchpilot.policy import Policy
 from patchpilot.policy.fields import new_list
 
-InstanceState = Literal["pending", "patched", "rolled_back", "failed", "skipped", "not_started", "excluded"]
-FINAL_STATES: frozenset[str] = frozenset({"patched", "rolled_back", "failed", "skipped", "not_started", "excluded"})
+FinalInstanceState = Literal["patched", "rolled_back", "failed", "skipped", "not_started", "excluded"]
+InstanceState = Literal["pending", FinalInstanceState]
+FINAL_STATES: frozenset[FinalInstanceState] = frozenset(get_args(FinalInstanceState))
+StepName = Literal["lease", "probe", "snapshot", "install", "health", "rollback", "recheck"]
 
+# succeeded_with_failures: every wave finished within max_failures, but at least one machine is
+# left `failed` (its rollback failed, or it is still unhealthy after it): restore it by hand.
+# nothing_patched: every wave finished, but no machine was patched (an empty inventory, a first
+# ring that selected or patched nothing): the fleet is as exposed as before. A machine that was
+# up to date is `patched` with nothing installed, so such a run still succeeds.
+TerminalState = Literal["succeeded", "succeeded_with_failures", "nothing_patched", "halted", "incomplete"]
+# The stored strings are the wire format: a run saved in any of them must still load.
+# `cancelling`: waiting for a cloud-scheduled run to be cancelled (engine/decide.py, "Words" in
+# docs/architecture.md).
 RunState = Literal[
     "leasing",
     "probing",
@@ -26,27 +37,20 @@ RunState = Literal[
     "cancelling",
     "soaking",
     "awaiting_approval",
-    "succeeded",
-    "succeeded_with_failures",
-    "nothing_patched",
-    "halted",
-    "incomplete",
+    TerminalState,
 ]
-# succeeded_with_failures: every wave finished within max_failures, but at least one machine is
-# left `failed` (its rollback failed, or it is still unhealthy after it): restore it by hand.
-# nothing_patched: every wave finished, but no machine was patched (an empty inventory, a first
-# ring that selected or patched nothing): the fleet is as exposed as before. A machine that was
-# up to date is `patched` with nothing installed, so such a run still succeeds.
-TERMINAL_STATES: frozenset[str] = frozenset(
-    {"succeeded", "succeeded_with_failures", "nothing_patched", "halted", "incomplete"}
-)
+TERMINAL_STATES: frozenset[TerminalState] = frozenset(get_args(TerminalState))
+
+
+def is_terminal(state: RunState) -> TypeGuard[TerminalState]:
+    return state in TERMINAL_STATES
+
+
 # Where a run is driven: the local runtime (a state directory) or a cloud deployment. Its notices
 # name the commands that work for it (`patchpilot retry --cloud aws RUN`), and only a cloud run
 # is reminded of a gate (nothing runs while a local run waits: its process has exited).
 Runtime = Literal["local", "aws", "azure"]
-Status = Literal[
-    "running", "waiting_approval", "succeeded", "succeeded_with_failures", "nothing_patched", "halted", "incomplete"
-]
+Status = Literal["running", "waiting_approval", TerminalState]
 
 
 class _State(BaseModel):
@@ -56,7 +60,7 @@ class _State(BaseModel):
 class Step(_State):
     """One thing done to one instance, for the report."""
 
-    step: Literal["lease", "probe", "snapshot", "install", "health", "rollback", "recheck"]
+    step: StepName
     at: datetime
     ok: bool
     detail: str = ""
@@ -108,15 +112,18 @@ class UndeliveredNotice(_State):
     at: datetime
 
 
-class MaintenanceRun(_State):
-    """The Azure Update Manager run a run accompanies: Update Manager installs, PatchPilot
-    snapshots before, checks health after and rolls back what failed."""
+class CloudScheduledRun(_State):
+    """The cloud-scheduled run a run accompanies: the cloud (Azure Update Manager) installs on its
+    own schedule; PatchPilot snapshots before, checks health after and rolls back what failed."""
 
-    id: str  # the correlation id of the pre/post maintenance events (an applyUpdates resource id)
-    configuration_id: str  # the maintenance configuration
+    id: str  # the correlation id of the pre/post events (Update Manager: an applyUpdates resource id)
+    configuration_id: str  # the schedule it belongs to (Update Manager: a maintenance configuration)
     starts_at: datetime
     ends_at: datetime
     cancel_by: datetime  # the cancellation cut-off: snapshots must be done before it
+
+
+MaintenanceRun = CloudScheduledRun  # its name before issue 14, for code not renamed yet
 
 
 class FollowUp(_State):
@@ -130,6 +137,10 @@ class FollowUp(_State):
 
 
 class Run(_State):
+    # Fields renamed in code keep their stored names as aliases: a stored run loads, and is saved
+    # with the same keys as before.
+    model_config = ConfigDict(frozen=True, extra="forbid", serialize_by_alias=True)
+
     run_id: str
     policy: Policy
     created_at: datetime
@@ -144,7 +155,13 @@ class Run(_State):
     promoted: dict[str, list[str]] | None = None  # per os: what the first ring installed and passed
     processed: tuple[str, ...] = ()  # ids of the events already applied
     log: tuple[LogEntry, ...] = ()
-    maintenance: MaintenanceRun | None = None
+    # The cloud-scheduled run this run accompanies (stored as `maintenance`, its name before).
+    cloud_scheduled: CloudScheduledRun | None = Field(
+        default=None, validation_alias=AliasChoices("cloud_scheduled", "maintenance"), serialization_alias="maintenance"
+    )
+    # Machines that cannot be snapshotted are patched without one (the plan's flag; a run stored
+    # before the field existed takes it from its policy, as the engine then did).
+    patch_without_rollback: bool = False
     undelivered: tuple[UndeliveredNotice, ...] = ()  # notices the notifier could not deliver
     follow_ups: tuple[FollowUp, ...] = ()  # runs to start once this one has ended
     follow_up_of: str | None = None  # set on a follow-up run: every ring installs `promoted`, pinned
@@ -154,15 +171,33 @@ class Run(_State):
     leased: tuple[str, ...] = ()  # the instances whose lease the run holds (the current wave's)
     runtime: Runtime = "local"  # a run stored before this field was local or named local commands
 
+    @model_validator(mode="before")
+    @classmethod
+    def _stored_without_the_flag(cls, data: Any) -> Any:
+        """A run stored before `patch_without_rollback` existed takes it from its policy, where the
+        engine read it then."""
+        if not isinstance(data, dict) or "patch_without_rollback" in data:
+            return data
+        policy = data.get("policy")
+        azure = policy.azure if isinstance(policy, Policy) else (policy or {}).get("azure")
+        if isinstance(azure, dict):
+            return {**data, "patch_without_rollback": bool(azure.get("patch_without_rollback"))}
+        return {**data, "patch_without_rollback": bool(azure and azure.patch_without_rollback)}
+
+    @property
+    def maintenance(self) -> CloudScheduledRun | None:
+        """`cloud_scheduled` by its name before issue 14, for readers not renamed yet."""
+        return self.cloud_scheduled
+
     @property
     def status(self) -> Status:
-        if self.state in TERMINAL_STATES:
-            return self.state  # type: ignore[return-value]
+        if is_terminal(self.state):
+            return self.state
         return "waiting_approval" if self.state == "awaiting_approval" else "running"
 
     @property
     def finished(self) -> bool:
-        return self.state in TERMINAL_STATES
+        return is_terminal(self.state)
 
     @property
     def may_follow_up(self) -> bool:

@@ -37,7 +37,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from patchpilot.engine.messages import NoticeUndelivered, Notify
 from patchpilot.engine.run import Run
@@ -88,7 +88,8 @@ def render(channel: NotificationChannel, card: Card) -> dict[str, object]:
 class RoutedNotifier:
     """Routes by the run's policy (`load_run`); with no `notifications` section, or no run,
     the notice goes to `fallback` (the log on the clouds), if any. `claims` (built on first use)
-    and `clock` make "sent once" hold across processes; `record` receives the undelivered
+    and `clock` make "sent once" hold across processes (the clock also dates an undelivered
+    notice: `notify/` reads no clock of its own); `record` receives the undelivered
     notices of stored runs (see the module docstring). `links(notice, channel name)` adds the
     links a channel's card carries (approval links); `redactor` learns each webhook URL read and
     cleans every reason (the process's, by default: it also filters the `patchpilot` loggers)."""
@@ -101,16 +102,14 @@ class RoutedNotifier:
         *,
         post: Poster = post_json,
         pacer: Pacer | None = None,
+        clock: Clock,
         claims: Callable[[], Claims] | None = None,
-        clock: Clock | None = None,
         record: Callable[[NoticeUndelivered], None] | None = None,
         lease: timedelta = LEASE,
         keep: timedelta = KEEP,
         links: LinkMaker | None = None,
         redactor: Redactor = PROCESS_SECRETS,
     ) -> None:
-        if claims is not None and clock is None:
-            raise ValueError("claims need a clock: the lease and the record lapse by it")
         self.secrets = secrets
         self.load_run = load_run
         self.fallback = fallback
@@ -183,7 +182,7 @@ class RoutedNotifier:
             reason = self._deliver(channel, self._with_links(card, command, channel.name))
             if reason is None:
                 self._sent.add((command.id, channel.name))
-                hold = self.keep if keep_until is None or self.clock is None else keep_until - self.clock.now()
+                hold = self.keep if keep_until is None else keep_until - self.clock.now()
                 self._settle(key, max(hold, self.keep))
                 log.info("notice %s sent to %s", command.id, channel.name)
                 continue
@@ -208,7 +207,6 @@ class RoutedNotifier:
         unreachable claims store sends anyway: a duplicate rather than a loss."""
         if self.claims is None:
             return True
-        assert self.clock is not None
         try:
             return self.claims().claim(key, self.clock.now() + self.lease)
         except Exception as error:
@@ -218,14 +216,12 @@ class RoutedNotifier:
     def _settle(self, key: str, hold: timedelta) -> None:
         if self.claims is None:
             return
-        assert self.clock is not None
         try:
             self.claims().renew(key, self.clock.now() + hold)
         except Exception as error:  # the lease lapses by itself: at worst a duplicate
             log.warning("%s: claim not renewed (%s: %s)", key, type(error).__name__, error)
 
     def _failure(self, command: Notify, channel: str, reason: str) -> NoticeUndelivered:
-        at = self.clock.now() if self.clock is not None else datetime.now(UTC)
         return NoticeUndelivered(
             id=f"{command.id}:undelivered:{channel}",
             run_id=command.run_id,
@@ -233,7 +229,7 @@ class RoutedNotifier:
             topic=command.topic,
             channel=channel,
             reason=reason,
-            at=at,
+            at=self.clock.now(),
         )
 
     def _deliver(self, channel: NotificationChannel, card: Card) -> str | None:

@@ -1,11 +1,10 @@
-"""Secrets for the notifier: from the environment (the local runtime: a channel's
-`webhook: patchpilot-notifications-ops` reads the variable of that name, or, since shells allow
-no dashes, `PATCHPILOT_NOTIFICATIONS_OPS`), and a lazy wrapper that builds the cloud's secret
+"""Secrets for the notifier: from the environment the runtime passes in (the local runtime: a
+channel's `webhook: patchpilot-notifications-ops` reads the variable of that name, or, since shells
+allow no dashes, `PATCHPILOT_NOTIFICATIONS_OPS`), and a lazy wrapper that builds the cloud's secret
 store only when a notice is routed. Values are never logged nor shown by `repr`."""
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable, Mapping
 
@@ -13,10 +12,11 @@ from patchpilot.ports import Secrets, SecretUnavailableError
 
 
 class EnvironmentSecrets:
-    """`Secrets` from environment variables (or any mapping, in tests)."""
+    """`Secrets` from environment variables: the mapping the runtime passes (`os.environ` locally;
+    any mapping in tests). It is read at each `get`, so a variable set later is seen."""
 
-    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
-        self._environ = os.environ if environ is None else environ
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
 
     def get(self, name: str) -> str:
         variable = environment_name(name)

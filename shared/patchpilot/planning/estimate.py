@@ -122,7 +122,7 @@ def window_fit(policy: Policy, result: Plan) -> WindowFit:
 
 def window_warnings(policy: Policy, result: Plan) -> list[str]:
     """What does not fit the window, in words: [] when every wave would start, without a schedule,
-    for a frozen policy, and with azure.maintenance (Update Manager starts at its own time)."""
+    for a frozen policy, and with azure.maintenance (a cloud-scheduled run: Update Manager starts at its own time)."""
     if policy.kind == "frozen" or (policy.azure is not None and policy.azure.maintenance is not None):
         return []
     fit = window_fit(policy, result)

@@ -78,6 +78,10 @@ class RingPlan:
 class Plan:
     rings: tuple[RingPlan, ...]
     excluded: tuple[Exclusion, ...]
+    # Machines that cannot be snapshotted (Arc servers) are planned, and patched, without a
+    # rollback path: the policy allows it (`azure.patch_without_rollback`); otherwise they are
+    # excluded with that reason. The run carries it to its snapshot commands.
+    patch_without_rollback: bool = False
 
     @property
     def waves(self) -> list[Wave]:
@@ -106,18 +110,26 @@ def plan(policy: Policy, instances: Iterable[Instance]) -> Plan:
         )
         next_index += len(waves)
         rings.append(RingPlan(ring.name, waves, bound, ring.approval))
-    return Plan(tuple(rings), tuple(excluded))
+    return Plan(tuple(rings), tuple(excluded), _without_rollback(policy))
 
 
-def plan_maintenance(policy: Policy, instances: Iterable[Instance]) -> Plan:
-    """The plan of a run that accompanies an Azure Update Manager run: Update Manager patches its
-    whole scope in its own availability-safe order, so every machine that is not excluded is in
-    one wave (snapshotted before, checked after). Exclusions are those of `plan`."""
+def plan_cloud_scheduled(policy: Policy, instances: Iterable[Instance]) -> Plan:
+    """The plan of a run that accompanies a cloud-scheduled run (Azure Update Manager's): the
+    cloud patches its whole scope in its own availability-safe order, so every machine that is not
+    excluded is in one wave (snapshotted before, checked after). Exclusions are those of `plan`."""
     members, excluded = assign(policy, instances)
     rings = [name for name, group in members.items() if group]
     chosen = tuple(sorted((i for group in members.values() for i in group), key=lambda i: i.id))
     waves = (Wave(1, "+".join(rings), chosen),) if chosen else ()
-    return Plan((RingPlan("+".join(rings), waves, len(waves)),), tuple(excluded))
+    return Plan((RingPlan("+".join(rings), waves, len(waves)),), tuple(excluded), _without_rollback(policy))
+
+
+plan_maintenance = plan_cloud_scheduled  # its name before issue 14, for callers not renamed yet
+
+
+def _without_rollback(policy: Policy) -> bool:
+    """Whether the policy lets machines without a snapshot (Arc servers) be patched all the same."""
+    return bool(policy.azure and policy.azure.patch_without_rollback)
 
 
 NO_RING = "matched no ring's selector"

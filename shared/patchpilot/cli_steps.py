@@ -60,7 +60,7 @@ def next_steps(run: Run, state_dir: Path, driven_by: str | None = None) -> list[
     if run.status == "halted":
         steps.append(
             (
-                "the run halted (the reason is below): see what happened in its report, then deal with the cause",
+                "the run halted: see what happened and why in its report, then deal with the cause",
                 command_line("report", rid, state_dir=state_dir),
             )
         )

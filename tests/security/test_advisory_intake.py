@@ -26,7 +26,7 @@ from moto_support import aws
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the Lambda handlers live at the root
 
 import patchpilot.adapters.aws.runtime as runtime_module
-import patchpilot.adapters.serverless as serverless
+import patchpilot.app.discovery as discovery
 from aws_lambda import advisory as advisory_function
 from patchpilot.adapters.aws.dynamodb_store import table_definition
 from patchpilot.adapters.aws.fleet import Ec2SsmFleet
@@ -245,7 +245,7 @@ class Burst:
 def burst(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     def run(cache: bool) -> Burst:
         ttl = timedelta(seconds=60) if cache else timedelta(0)  # the cache as deployed, or none
-        monkeypatch.setattr(serverless, "DISCOVERY_TTL", ttl, raising=False)
+        monkeypatch.setattr(discovery, "DISCOVERY_TTL", ttl)
         with aws():
             return _burst(monkeypatch)
 

@@ -1,5 +1,6 @@
-"""The composition root of the AWS runtime: settings from the Lambda environment, clients,
-adapters and the one `Service`, built once per warm container (`deps()`).
+"""The composition root of the AWS runtime (the bootstrap of Lambda): settings from the Lambda
+environment, clients, adapters and the one `Service`, built once per warm container (`deps()`),
+handed to the application (`patchpilot.bootstrap.serverless.ServerlessRuntime`, `patchpilot.app`).
 
 Each part is built on first use, and its module imported there: the three functions use
 different parts (the timer needs the run store, the queue and the fleet only when a run starts;
@@ -20,11 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from patchpilot.adapters.aws.policy_source import load_policy_from
 from patchpilot.adapters.aws.sessions import AwsSessions, ClientFactory
-from patchpilot.adapters.serverless import (
-    ReportingNotifier,
-    ServerlessRuntime,
-    WallClock,
-)
+from patchpilot.adapters.serverless import ReportingNotifier, WallClock
+from patchpilot.bootstrap.serverless import ServerlessPorts, ServerlessRuntime
 from patchpilot.errors import InputError, Problem
 from patchpilot.policy import Policy
 
@@ -76,6 +74,21 @@ class AwsRuntime(ServerlessRuntime):
         self.clients = clients
         self.log = log
         self.clock = clock
+        super().__init__(
+            ServerlessPorts(
+                settings=env,
+                log=log,
+                clock=clock,
+                store=lambda: self.store,
+                queue=lambda: self.queue,
+                secrets=lambda: self.secrets,
+                claims=lambda: self.claims,
+                fleet=lambda: self.fleet,
+                documents=lambda: self.report_store,
+                service=lambda: self.service,
+                policy=self.policy,
+            )
+        )
 
     @classmethod
     def build(cls, env: AwsEnvironment, log: Any, clients: ClientFactory | None = None) -> AwsRuntime:

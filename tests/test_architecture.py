@@ -64,7 +64,6 @@ LAYERS: dict[str, str] = {
     "cli_compliance": ENTRYPOINT,
     "cli_maintenance": ENTRYPOINT,
     "local_runtime": ENTRYPOINT,
-    "cloud_fleets": ENTRYPOINT,
     "bootstrap": ENTRYPOINT,  # the composition shared by the serverless runtimes, the clouds' fleets
     "adapters.aws.runtime": ENTRYPOINT,  # the bootstrap of Lambda: builds the ports, calls the app
     "adapters.azure.runtime": ENTRYPOINT,  # the bootstrap of Functions

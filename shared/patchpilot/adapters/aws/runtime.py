@@ -115,10 +115,10 @@ class AwsRuntime(ServerlessRuntime):
 
     @functools.cached_property
     def fleet(self) -> Ec2SsmFleet:
-        from patchpilot.adapters.aws.fleet import Ec2SsmFleet
+        """The Lambda's own region is the fleet's default (`bootstrap.clouds.aws_default_region`)."""
+        from patchpilot.bootstrap.clouds import aws_fleet
 
-        env = self.env
-        return Ec2SsmFleet(self.clients, self.clock, override_bucket=env.override_bucket, default_region=env.region)
+        return aws_fleet(self.clients, self.clock, self.env.region, override_bucket=self.env.override_bucket)
 
     @functools.cached_property
     def secrets(self) -> SecretsManagerSecrets:

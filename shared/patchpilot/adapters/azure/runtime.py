@@ -276,9 +276,10 @@ class AzureRuntime(ServerlessRuntime):
 
     @functools.cached_property
     def fleet(self) -> AzureFleet:
-        from patchpilot.adapters.azure.fleet import AzureFleet
+        """Built without the policy: each TakeSnapshots carries azure.patch_without_rollback."""
+        from patchpilot.bootstrap.clouds import azure_fleet
 
-        return AzureFleet(self.clients, self.clock)
+        return azure_fleet(self.clients, self.clock)
 
     @functools.cached_property
     def blobs(self) -> BlobServiceClient:

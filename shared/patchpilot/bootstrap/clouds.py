@@ -64,11 +64,32 @@ def azure_fleet(clients: AzureClients, clock: Clock, policy: Policy | None = Non
 
 
 def configured_aws_region() -> str | None:
-    """The region the local AWS configuration names (environment, profile); None without one."""
-    import boto3
-
+    """The region the local AWS configuration names (environment, profile); None without one,
+    or without boto3 (the aws extra)."""
+    try:
+        import boto3
+    except ImportError:
+        return None
     region: str | None = boto3.Session().region_name
     return region
+
+
+def aws_sessions(policy: Policy) -> ClientFactory:
+    """The CLI's AWS clients: the local credentials, assuming each account's role the policy names
+    (`aws.accounts`). ImportError without the aws extra."""
+    from patchpilot.adapters.aws.sessions import AwsSessions
+
+    roles = {a.id: a.role for a in policy.aws.accounts} if policy.aws else {}
+    return AwsSessions(roles)
+
+
+def azure_clients() -> AzureClients:
+    """The CLI's Azure clients (DefaultAzureCredential). ImportError without the azure extra."""
+    import azure.mgmt.maintenance  # noqa: F401  (the whole extra is there, not only azure-core)
+
+    from patchpilot.adapters.azure.clients import AzureClients
+
+    return AzureClients()
 
 
 def cloud_fleets(policy: Policy, clock: Clock) -> list[CloudFleet]:
@@ -78,15 +99,10 @@ def cloud_fleets(policy: Policy, clock: Clock) -> list[CloudFleet]:
     fleets: list[CloudFleet] = []
     try:
         if policy.aws is not None:
-            from patchpilot.adapters.aws.sessions import AwsSessions
-
-            roles = {a.id: a.role for a in policy.aws.accounts}
             region = aws_default_region(policy, configured_aws_region())
-            fleets.append(aws_fleet(AwsSessions(roles), clock, region))
+            fleets.append(aws_fleet(aws_sessions(policy), clock, region))
         if policy.azure is not None:
-            from patchpilot.adapters.azure.clients import AzureClients
-
-            fleets.append(azure_fleet(AzureClients(), clock, policy))
+            fleets.append(azure_fleet(azure_clients(), clock, policy))
     except ImportError as exc:
         raise click.ClickException(f"{exc}: install PatchPilot with the aws and azure extras") from None
     except NoRegionError as exc:

@@ -58,6 +58,50 @@ class ServerlessPorts:
     scheduled_elsewhere: Callable[[Policy], TriggerDecision | None] | None = None
 
 
+class RuntimeParts(Protocol):
+    """What a runtime builds, each on first use (AwsRuntime, AzureRuntime)."""
+
+    @property
+    def store(self) -> RunStore: ...
+    @property
+    def queue(self) -> Queue: ...
+    @property
+    def secrets(self) -> Secrets | None: ...
+    @property
+    def claims(self) -> Claims: ...
+    @property
+    def fleet(self) -> CloudFleet: ...
+    @property
+    def report_store(self) -> DocumentStore | None: ...
+    @property
+    def service(self) -> Service: ...
+    def policy(self) -> Policy: ...
+
+
+def ports_of(
+    parts: RuntimeParts,
+    settings: ServerlessSettings,
+    log: Any,
+    clock: Clock,
+    scheduled_elsewhere: Callable[[Policy], TriggerDecision | None] | None = None,
+) -> ServerlessPorts:
+    """The ports over a runtime's parts: each read when first used, so that it is built then."""
+    return ServerlessPorts(
+        settings=settings,
+        log=log,
+        clock=clock,
+        store=lambda: parts.store,
+        queue=lambda: parts.queue,
+        secrets=lambda: parts.secrets,
+        claims=lambda: parts.claims,
+        fleet=lambda: parts.fleet,
+        documents=lambda: parts.report_store,
+        service=lambda: parts.service,
+        policy=parts.policy,
+        scheduled_elsewhere=scheduled_elsewhere,
+    )
+
+
 class ServerlessRuntime:
     """The application of a serverless runtime over its ports (see the module's docstring); each
     part is built on first use."""

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from patchpilot.adapters.aws.policy_source import load_policy_from
 from patchpilot.adapters.aws.sessions import AwsSessions, ClientFactory
 from patchpilot.adapters.serverless import ReportingNotifier, WallClock
-from patchpilot.bootstrap.serverless import ServerlessPorts, ServerlessRuntime
+from patchpilot.bootstrap.serverless import ServerlessRuntime, ports_of
 from patchpilot.errors import InputError, Problem
 from patchpilot.policy import Policy
 
@@ -74,21 +74,7 @@ class AwsRuntime(ServerlessRuntime):
         self.clients = clients
         self.log = log
         self.clock = clock
-        super().__init__(
-            ServerlessPorts(
-                settings=env,
-                log=log,
-                clock=clock,
-                store=lambda: self.store,
-                queue=lambda: self.queue,
-                secrets=lambda: self.secrets,
-                claims=lambda: self.claims,
-                fleet=lambda: self.fleet,
-                documents=lambda: self.report_store,
-                service=lambda: self.service,
-                policy=self.policy,
-            )
-        )
+        super().__init__(ports_of(self, env, log, clock))
 
     @classmethod
     def build(cls, env: AwsEnvironment, log: Any, clients: ClientFactory | None = None) -> AwsRuntime:

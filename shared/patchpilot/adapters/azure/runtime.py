@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from patchpilot.adapters.azure.clients import AzureClients
 from patchpilot.adapters.azure.policy_source import SCHEME, blob_location, load_policy_from
 from patchpilot.adapters.serverless import ReportingNotifier, WallClock
-from patchpilot.bootstrap.serverless import ServerlessPorts, ServerlessRuntime
+from patchpilot.bootstrap.serverless import ServerlessRuntime, ports_of
 from patchpilot.errors import InputError, Problem
 from patchpilot.policy import Policy
 
@@ -201,22 +201,7 @@ class AzureRuntime(ServerlessRuntime):
         self.storage_options = dict(storage_options or {})
         if secrets is not None:
             self.secrets = secrets
-        super().__init__(
-            ServerlessPorts(
-                settings=env,
-                log=log,
-                clock=clock,
-                store=lambda: self.store,
-                queue=lambda: self.queue,
-                secrets=lambda: self.secrets,
-                claims=lambda: self.claims,
-                fleet=lambda: self.fleet,
-                documents=lambda: self.report_store,
-                service=lambda: self.service,
-                policy=self.policy,
-                scheduled_elsewhere=scheduled_elsewhere,
-            )
-        )
+        super().__init__(ports_of(self, env, log, clock, scheduled_elsewhere))
 
     @classmethod
     def build(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,20 +20,12 @@ from patchpilot.app.approvals import UNAVAILABLE_LINKS, UNAVAILABLE_SLACK, answe
 from patchpilot.approvals import ApprovalLinkError, ApprovalRequest
 from patchpilot.bootstrap.serverless import ServerlessPorts, ServerlessRuntime
 from patchpilot.ports import SecretUnavailableError
+from security.world import Settings
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # aws_lambda/, azure_functions/
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # aws_lambda/, azure_functions/
 
 NOW = datetime(2026, 12, 12, 3, 0, tzinfo=UTC)
 VAULT_DOWN = "secret 'patchpilot-approval-key' could not be read: AccessDenied"
-
-
-@dataclass(frozen=True)
-class Settings:
-    approval_secret: str | None = "patchpilot-approval-key"
-    approval_previous_secret: str | None = None
-    slack_signing_secret: str | None = "patchpilot-slack-signing-secret"
-    slack_bot_token_secret: str | None = None
-    approval_url: str | None = None
 
 
 class DownVault:
@@ -46,10 +37,10 @@ def unused() -> Any:
     raise AssertionError("an approval that cannot be checked touches no run")
 
 
-def runtime(settings: Settings = Settings()) -> ServerlessRuntime:
+def runtime(settings: Settings | None = None) -> ServerlessRuntime:
     return ServerlessRuntime(
         ServerlessPorts(
-            settings=settings,
+            settings=settings or Settings(),
             log=logging.getLogger("patchpilot.test"),
             clock=ManualClock(NOW),
             store=unused,

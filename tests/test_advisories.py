@@ -25,7 +25,7 @@ from patchpilot.advisories import (
     parse_event,
     parse_payload,
 )
-from patchpilot.advisories.intake import take_advisories
+from patchpilot.advisories.intake import answer_deliveries
 from patchpilot.advisories.models import Unactionable
 from patchpilot.advisories.names import NameSyntax, fix_problem
 from patchpilot.cli import EXIT_INVALID_INPUT, EXIT_WAITING_APPROVAL, main
@@ -368,8 +368,8 @@ def finding(*instances: str) -> dict[str, Any]:
 def deliver(runtime: LocalRuntime, policy: Policy, fleet: list[Instance], raw: object) -> AdvisoryAnswer:
     """The intake as the cloud runtimes call it, over the local runtime's store and service."""
     service = runtime.service
-    (answer,) = take_advisories(
-        raw,
+    (answer,) = answer_deliveries(
+        parse_payload(raw),
         policy,
         lambda: fleet,
         runtime.store,

@@ -17,7 +17,6 @@ from datetime import datetime
 
 from patchpilot.advisories.decide import decide_advisory, emergency_policy, follow_up_request, open_run_of
 from patchpilot.advisories.models import Advisory, AdvisoryAnswer, Delivery, OpenRun
-from patchpilot.advisories.parsing import parse_payload
 from patchpilot.engine.messages import FollowUpRequested, Notify
 from patchpilot.engine.run import Run
 from patchpilot.inventory import Instance
@@ -30,21 +29,6 @@ Start = Callable[[str, Policy, list[Instance]], Run]  # Service.start
 FollowUp = Callable[[FollowUpRequested], object]  # Service.request_follow_up
 
 
-def take_advisories(
-    raw: object,
-    policy: Policy,
-    fleet: Callable[[], Sequence[Instance]],
-    store: RunStore | None,
-    start: Start | None,
-    tell: Callable[[Notify], None],
-    now: datetime,
-    follow_up: FollowUp | None,
-) -> list[AdvisoryAnswer]:
-    """Answer every delivery of `raw` as it arrived (`answer_deliveries`); InputError naming the
-    field when it is malformed."""
-    return answer_deliveries(parse_payload(raw), policy, fleet, store, start, tell, now, follow_up)
-
-
 def answer_deliveries(
     deliveries: Sequence[Delivery],
     policy: Policy,
@@ -55,9 +39,10 @@ def answer_deliveries(
     now: datetime,
     follow_up: FollowUp | None,
 ) -> list[AdvisoryAnswer]:
-    """Answer every delivery, all at `now` (one delivery arrives at one time), and tell each
-    answer (`tell`). `fleet` is read once, and only when an advisory needs it. Without a `store`
-    there is no open run to merge into, and without `start` and `follow_up` nothing is started or
+    """Answer every delivery (`parse_payload`: as it arrived, InputError naming the field when it
+    is malformed), all at `now` (one delivery arrives at one time), and tell each answer
+    (`tell`). `fleet` is read once, and only when an advisory needs it. Without a `store` there is
+    no open run to merge into, and without `start` and `follow_up` nothing is started or
     requested: the answers only (`patchpilot advisory` without a state directory)."""
     instances: list[Instance] | None = None
     open_runs = _open_runs(store, policy) if store is not None else []

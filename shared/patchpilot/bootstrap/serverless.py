@@ -235,13 +235,14 @@ class ServerlessRuntime:
         the field when a delivery is malformed. The fleet is discovered at most once a minute
         (`discovered`): Inspector sends one finding per instance, dozens at once, and the
         function runs one at a time (reserved concurrency 1), so a burst shares one discovery."""
-        from patchpilot.advisories.intake import take_advisories
+        from patchpilot.advisories.intake import answer_deliveries
+        from patchpilot.advisories.parsing import parse_payload
 
         ports = self.ports
         policy, now = ports.policy(), ports.clock.now()
         service = ports.service()
-        answers = take_advisories(
-            raw,
+        answers = answer_deliveries(
+            parse_payload(raw),
             policy,
             lambda: self.discovered(policy, now),  # a burst of findings shares one discovery
             ports.store(),

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import click
-
 from patchpilot.policy import Policy
 from patchpilot.ports import Clock, CloudFleet
 
@@ -96,6 +94,8 @@ def cloud_fleets(policy: Policy, clock: Clock) -> list[CloudFleet]:
     """One fleet per cloud section of the policy, AWS first (the CLI's credentials: the policy's
     account roles on AWS, DefaultAzureCredential on Azure); a ClickException when the extra that a
     cloud needs is not installed, when no AWS region is known, or when the policy names no cloud."""
+    import click  # the command line's: the runtimes build their fleets here without it
+
     fleets: list[CloudFleet] = []
     try:
         if policy.aws is not None:

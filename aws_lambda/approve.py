@@ -25,7 +25,8 @@ from aws_lambda import loaded
 from aws_lambda.observability import logger, tracer
 from patchpilot.adapters.aws import dynamodb_store, secrets, sqs_queue  # noqa: F401
 from patchpilot.adapters.aws.runtime import deps
-from patchpilot.approvals import ApprovalLinkError, Approver, approval_page, approval_token
+from patchpilot.app.approvals import answer_slack
+from patchpilot.approvals import Approver, approval_page, approval_token
 
 
 def _page(status: int, text: str, form_token: str | None = None, button: str = "Approve") -> dict[str, Any]:
@@ -54,7 +55,9 @@ def answer(method: str, token: str, who: Approver | None = None) -> dict[str, An
     reply = deps(logger).answer_approval(method, token, who)
     if reply.run_id:
         logger.set_correlation_id(reply.run_id)
-    if reply.status == 403:
+    if reply.status == 503:  # the signing key unreadable: the operator fixes it
+        logger.error("approval links cannot be checked", extra={"reason": reply.problem})
+    elif reply.status == 403:
         logger.warning("approval refused", extra={"reason": reply.text})
     elif reply.decided:
         logger.info(reply.text)
@@ -64,18 +67,17 @@ def answer(method: str, token: str, who: Approver | None = None) -> dict[str, An
 @tracer.capture_method
 def slack(headers: dict[str, str], body: bytes, source: str = "") -> dict[str, Any]:
     """Slack needs a 200 within 3 s; the person who pressed the button is answered in Slack."""
-    from patchpilot.chat_approvals import SlackRequestError, tell_slack  # slack_sdk: only for Slack
+    from patchpilot.chat_approvals import tell_slack  # slack_sdk: only for Slack
 
-    try:
-        action, text = deps(logger).approve_from_slack(headers, body, source)
-    except SlackRequestError as exc:  # not from Slack, too old, replayed: nothing decided
-        logger.warning("Slack request refused", extra={"reason": str(exc)})
-        return {"statusCode": 401, "body": str(exc)}
-    except ApprovalLinkError as exc:  # Slack approvals are not configured
-        logger.error("Slack approval refused", extra={"reason": str(exc)})
-        return {"statusCode": 503, "body": str(exc)}
-    logger.info(text, extra={"by": str(action.approver)})
-    tell_slack(action, text)
+    reply = answer_slack(lambda: deps(logger).approve_from_slack(headers, body, source))
+    if reply.action is None:  # 401: not from Slack, too old, replayed; 503: not configured, the vault
+        if reply.status == 401:
+            logger.warning("Slack request refused", extra={"reason": reply.problem})
+        else:
+            logger.error("Slack approvals cannot be checked", extra={"reason": reply.problem})
+        return {"statusCode": reply.status, "body": reply.text}
+    logger.info(reply.text, extra={"by": str(reply.action.approver)})
+    tell_slack(reply.action, reply.text)
     return {"statusCode": 200, "body": ""}
 
 

@@ -23,8 +23,9 @@ import azure.functions as func
 
 from azure_functions.observability import invocation, log, set_correlation_id
 from patchpilot.adapters.azure.runtime import deps
-from patchpilot.approvals import ApprovalLinkError, Approver, approval_page, approval_token
-from patchpilot.ports import SecretUnavailableError, UnknownRunError
+from patchpilot.app.approvals import answer_slack
+from patchpilot.approvals import Approver, approval_page, approval_token
+from patchpilot.ports import UnknownRunError
 
 bp = func.Blueprint()  # type: ignore[no-untyped-call]  # its __init__ is not annotated
 
@@ -59,14 +60,12 @@ def caller(headers: Mapping[str, str], environ: Mapping[str, str] | None = None)
 
 def approval(method: str, token: str, invocation_id: str = "", who: Approver | None = None) -> func.HttpResponse:
     with invocation("approve", invocation_id, method=method):
-        try:
-            reply = deps(log).answer_approval(method, token, who)
-        except SecretUnavailableError as error:  # the vault, not the link: the operator fixes it
-            log.error("approval links cannot be checked", extra={"reason": str(error)})
-            return _page(503, "Approval links cannot be checked right now; try again later.")
+        reply = deps(log).answer_approval(method, token, who)
         if reply.run_id:
             set_correlation_id(reply.run_id)
-        if reply.status == 403:
+        if reply.status == 503:  # the vault, not the link: the operator fixes it
+            log.error("approval links cannot be checked", extra={"reason": reply.problem})
+        elif reply.status == 403:
             log.warning("approval refused", extra={"reason": reply.text})
         elif reply.decided:
             log.info(reply.text)
@@ -87,19 +86,18 @@ def run_status(run_id: str, invocation_id: str = "") -> func.HttpResponse:
 
 def slack_interaction(headers: dict[str, str], body: bytes, invocation_id: str = "") -> func.HttpResponse:
     """A Slack button press; Slack needs a 200 within 3 s, the presser is answered in Slack."""
-    from patchpilot.chat_approvals import SlackRequestError, tell_slack  # slack_sdk: only for Slack
+    from patchpilot.chat_approvals import tell_slack  # slack_sdk: only for Slack
 
     with invocation("slack_interaction", invocation_id):
-        try:
-            action, text = deps(log).approve_from_slack(headers, body, source_address(headers))
-        except SlackRequestError as error:  # not from Slack, too old, replayed: nothing decided
-            log.warning("Slack request refused", extra={"reason": str(error)})
-            return func.HttpResponse(str(error), status_code=401)
-        except (ApprovalLinkError, SecretUnavailableError) as error:  # not configured, or the vault
-            log.error("Slack approvals cannot be checked", extra={"reason": str(error)})
-            return func.HttpResponse("Slack approvals are not available right now.", status_code=503)
-        log.info(text, extra={"by": str(action.approver)})
-        tell_slack(action, text)
+        reply = answer_slack(lambda: deps(log).approve_from_slack(headers, body, source_address(headers)))
+        if reply.action is None:  # 401: not from Slack, too old, replayed; 503: not configured, the vault
+            if reply.status == 401:
+                log.warning("Slack request refused", extra={"reason": reply.problem})
+            else:
+                log.error("Slack approvals cannot be checked", extra={"reason": reply.problem})
+            return func.HttpResponse(reply.text, status_code=reply.status)
+        log.info(reply.text, extra={"by": str(reply.action.approver)})
+        tell_slack(reply.action, reply.text)
         return func.HttpResponse(status_code=200)
 
 

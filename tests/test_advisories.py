@@ -25,11 +25,11 @@ from patchpilot.advisories import (
     parse_event,
     parse_payload,
 )
-from patchpilot.advisories.intake import take_advisories
+from patchpilot.advisories.intake import answer_deliveries
 from patchpilot.advisories.models import Unactionable
 from patchpilot.advisories.names import NameSyntax, fix_problem
 from patchpilot.cli import EXIT_INVALID_INPUT, EXIT_WAITING_APPROVAL, main
-from patchpilot.engine.messages import StartFollowUp
+from patchpilot.engine.messages import Notify, StartFollowUp
 from patchpilot.errors import InputError, format_path
 from patchpilot.inventory import Instance, load_inventory
 from patchpilot.local_runtime import LocalRuntime
@@ -368,8 +368,8 @@ def finding(*instances: str) -> dict[str, Any]:
 def deliver(runtime: LocalRuntime, policy: Policy, fleet: list[Instance], raw: object) -> AdvisoryAnswer:
     """The intake as the cloud runtimes call it, over the local runtime's store and service."""
     service = runtime.service
-    (answer,) = take_advisories(
-        raw,
+    (answer,) = answer_deliveries(
+        parse_payload(raw),
         policy,
         lambda: fleet,
         runtime.store,
@@ -472,3 +472,84 @@ def test_follow_ups_of_one_run_go_one_after_the_other(tmp_path: Path, policy: Po
     (first_end,) = [e.at for e in first.log if e.text.startswith(f"Run {one} succeeded")]
     assert second.status == "succeeded" and second.created_at >= first_end
     assert [f.state for f in runtime.load(started.run_id).follow_ups] == ["finished", "finished"]
+
+
+# ---------------------------------------------------------------- the CLI and the clouds: one intake
+
+
+def test_the_cli_and_a_cloud_take_the_same_advisory_file_to_the_same_decisions(tmp_path: Path, policy: Policy) -> None:
+    """`patchpilot advisory` answers a file with the intake the clouds call (`answer_deliveries`):
+    the same runs, merges and follow-up requests, and the same answer told for each delivery. The
+    cloud is the serverless composition (`ServerlessRuntime.advisory`) over a local store and
+    service; the CLI drives each run it starts to its end, the cloud leaves it to the worker."""
+    import logging
+
+    from patchpilot.advisories.decide import open_run_of
+    from patchpilot.bootstrap.serverless import ServerlessPorts, ServerlessRuntime
+    from patchpilot.notify import RoutedNotifier
+    from patchpilot.ports import DiscoveryResult
+
+    batch = [
+        {**finding(STAGING, PRODUCTION), "id": "SEC-1"},
+        {**finding(LATER), "id": "SEC-2"},  # not covered by the run SEC-1 started: a follow-up
+        {**finding(LATER), "id": "SEC-3"},  # already in that follow-up
+        {**finding(STAGING), "id": "SEC-4", "cve": "CVE-2025-0002"},  # another CVE: a run of its own
+    ]
+    payload = tmp_path / "batch.json"
+    payload.write_text(json.dumps(batch))
+    fleet = load_inventory(FLEET_FILE)
+
+    state = tmp_path / "cli"
+    result = CliRunner().invoke(
+        main,
+        ["advisory", str(payload), "--policy", POLICY_FILE, "--inventory", FLEET_FILE, "--state-dir", str(state)],
+        env={"COLUMNS": "200", "PATCHPILOT_VIRTUAL_START": NOW.isoformat()},
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    on_cli = LocalRuntime.open(state)
+    told_cli = [json.loads(line) for line in (state / "notifications.jsonl").read_text().splitlines()]
+
+    local = LocalRuntime.open(tmp_path / "cloud", start=NOW)
+    told_cloud: list[Notify] = []
+
+    class Told:
+        def notify(self, command: Notify) -> None:
+            told_cloud.append(command)
+
+    class Fleet:
+        def discover(self, policy: Policy) -> DiscoveryResult:
+            return DiscoveryResult(fleet)
+
+    cloud = ServerlessRuntime(
+        ServerlessPorts(
+            settings=None,  # no approvals
+            log=logging.getLogger("patchpilot.test"),
+            clock=local.clock,
+            store=lambda: local.store,
+            queue=lambda: local.queue,
+            secrets=lambda: None,
+            claims=lambda: None,
+            fleet=Fleet,
+            documents=lambda: None,
+            service=lambda: local.service,
+            policy=lambda: policy,
+        )
+    )
+    cloud.routed = RoutedNotifier(None, local.store.load, Told(), clock=local.clock)
+    cloud.advisory(batch)
+
+    def decisions(runtime: LocalRuntime) -> dict[str, tuple[list[str], list[tuple[str, list[str]]]]]:
+        """Each emergency run started: its machines and the follow-ups requested in it."""
+        found = {}
+        for run_id in runtime.store.run_ids():
+            run = runtime.load(run_id)
+            if (opened := open_run_of(policy, run)) is not None and run.follow_up_of is None:
+                follow = [(f.run_id, sorted(i.id for i in f.instances)) for f in run.follow_ups]
+                found[run_id] = (sorted(opened.instances), follow)
+        return found
+
+    assert decisions(on_cli) == decisions(local) and len(decisions(local)) == 2
+    advisory_cli = [(n["id"], n["run_id"]) for n in told_cli if n["topic"] == "advisory"]
+    advisory_cloud = [(n.id, n.run_id) for n in told_cloud if n.topic == "advisory"]
+    assert advisory_cli == advisory_cloud and len(advisory_cloud) == 4

@@ -37,13 +37,13 @@ from patchpilot.adapters.azure.fleet import (
     INSTALL_MARGIN,
     START_GRACE,
     AzureFleet,
-    fleet_for_policy,
 )
 from patchpilot.adapters.azure.fleet import install as fleet_install
 from patchpilot.adapters.azure.fleet.discovery import discovery_query
 from patchpilot.adapters.azure.install_body import install_body, split_patch_names
 from patchpilot.adapters.local.sqlite_queue import SqliteQueue
 from patchpilot.adapters.local.sqlite_store import SqliteRunStore
+from patchpilot.bootstrap.clouds import azure_fleet
 from patchpilot.engine.messages import (
     CheckHealth,
     InstallPatches,
@@ -323,7 +323,7 @@ def test_arc_servers_have_no_snapshot_unless_the_policy_patches_them_without_rol
     assert isinstance(strict, list) and not strict[0].ok and "no managed disks" in strict[0].detail
 
     policy = parse_policy(POLICY + "  arc: true\n  patch_without_rollback: true\n")
-    fleet = fleet_for_policy(policy, world.clock, clients=world.clients())
+    fleet = azure_fleet(world.clients(), world.clock, policy)
     assert fleet.patch_without_rollback
     lenient = fleet.take_snapshots(snapshot_command([arc]))
     assert isinstance(lenient, list) and lenient[0].ok and lenient[0].items == [ARC_NO_SNAPSHOT]

@@ -33,8 +33,8 @@ import function_app
 from azure_functions import http_api, observability, steps, timer
 from patchpilot.adapters.azure.runtime import AzureEnvironment
 from patchpilot.adapters.azure.secrets import SecretUnavailableError
-from patchpilot.adapters.serverless import ServerlessRuntime
 from patchpilot.approvals import ApprovalLinkError, ApprovalRequest, approval_token
+from patchpilot.bootstrap.serverless import ServerlessRuntime
 from patchpilot.ports import UnknownRunError
 from patchpilot.triggers import TIMER_PERIOD, TriggerDecision
 

@@ -1,6 +1,6 @@
 """`patchpilot compliance --cloud` and `patchpilot maintenance --cloud` on an AWS policy, through
-the real `cloud_fleets` construction: `Ec2SsmFleet` over the real `AwsSessions`, which moto's
-environment-based mocking answers (EC2 instances and tags, RDS databases).
+the real `cloud_fleets` construction (`patchpilot.bootstrap.clouds`): `Ec2SsmFleet` over the real
+`AwsSessions`, which moto's environment-based mocking answers (EC2 instances and tags, RDS databases).
 
 What moto lacks is answered on the clients AwsSessions builds (its `client` is wrapped, nothing
 else): Systems Manager by `fake_aws.FleetServices` (instance information, the Scan command,
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import click
 import pytest
 from click.testing import CliRunner, Result
 from clocks import ManualClock
@@ -162,3 +163,49 @@ def test_maintenance_cloud_reads_ec2_events_and_rds_and_prints_them_as_json(clou
     database = items[f"rds:system-update:{cloud.rds_arn}"]
     assert database["warning"].startswith("single-AZ database") and database["downtime"] is True
     assert len(items) == 2
+
+
+# ---------------------------------------------------------------- the fallback region (bootstrap.clouds)
+
+
+def test_the_aws_fleet_falls_back_to_the_region_the_caller_runs_in_never_to_a_guess(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The runtimes and the CLI build the AWS fleet one way: a policy without aws.regions reads the
+    region where PatchPilot runs (the Lambda's AWS_REGION, the CLI's AWS configuration); the CLI
+    used to read us-east-1 when none was configured, and now says what to set."""
+    from patchpilot.bootstrap.clouds import NoRegionError, aws_default_region, cloud_fleets
+    from patchpilot.policy import parse_policy
+
+    no_regions = parse_policy(POLICY.replace(f"aws: {{regions: [{REGION}]}}", "aws: {}"))
+    with_regions = parse_policy(POLICY)
+    assert aws_default_region(no_regions, "ap-south-1") == "ap-south-1"
+    assert aws_default_region(with_regions, None) == REGION  # only the policy's regions are read then
+    with pytest.raises(NoRegionError, match=r"set aws\.regions in the policy, or AWS_REGION"):
+        aws_default_region(no_regions, None)
+
+    clock = ManualClock(T0)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "ap-south-1")
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    (fleet,) = cloud_fleets(no_regions, clock)
+    assert fleet.cloud == "aws" and fleet.default_region == "ap-south-1"  # type: ignore[attr-defined]
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")  # no profile's region either
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    with pytest.raises(click.ClickException, match=r"names no aws\.regions and no AWS region is configured"):
+        cloud_fleets(no_regions, clock)
+
+
+def test_the_lambda_fleet_reads_its_own_region() -> None:
+    from patchpilot.adapters.aws.runtime import AwsEnvironment, AwsRuntime
+
+    env = AwsEnvironment.from_environ(
+        {
+            "PATCHPILOT_TABLE": "runs",
+            "PATCHPILOT_QUEUE_URL": "https://sqs.eu-north-1.amazonaws.com/123456789012/steps",
+            "PATCHPILOT_POLICY": "s3://config/policy.yaml",
+            "AWS_REGION": "eu-north-1",
+        }
+    )
+    runtime = AwsRuntime(env, AwsSessions(), None, ManualClock(T0))
+    assert runtime.fleet.default_region == "eu-north-1"

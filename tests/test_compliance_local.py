@@ -351,7 +351,7 @@ class FakeCloud:
 @pytest.fixture
 def cloud(monkeypatch: pytest.MonkeyPatch, clock: ManualClock) -> Iterator[FakeCloud]:
     fake = FakeCloud(clock, polls=3)
-    monkeypatch.setattr("patchpilot.cloud_fleets.cloud_fleets", lambda policy, c: [fake])
+    monkeypatch.setattr("patchpilot.bootstrap.clouds.cloud_fleets", lambda policy, c: [fake])
     monkeypatch.setattr(cli_compliance, "wall_clock", lambda: clock)
     monkeypatch.setattr(cli_compliance, "sleep", lambda seconds: clock.advance(timedelta(seconds=seconds)))
     yield fake
@@ -403,7 +403,7 @@ def test_a_policy_on_both_clouds_is_one_policy_in_the_view(
             tags={"Environment": "production"},
         )
     ]
-    monkeypatch.setattr("patchpilot.cloud_fleets.cloud_fleets", lambda policy, c: [cloud, azure])
+    monkeypatch.setattr("patchpilot.bootstrap.clouds.cloud_fleets", lambda policy, c: [cloud, azure])
     result = run("compliance", "--policy", POLICY, "--cloud", "--json")
     document = json.loads(result.stdout)
     assert [p["name"] for p in document["policies"]] == ["monthly-fleet"]

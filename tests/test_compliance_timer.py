@@ -1,4 +1,4 @@
-"""The clouds' timer and compliance (adapters/serverless.py): the compliance tick (a scan per
+"""The clouds' timer and compliance (patchpilot/app: timer.py, compliance_timer.py): the compliance tick (a scan per
 `compliance.scan` slot, the report `report_after` it, each claimed once) and the policy kinds'
 scheduled runs. Over in-memory fakes of the ports, then through the real AwsRuntime (moto: S3,
 DynamoDB claims) and AzureRuntime (Azurite: blobs, table claims) with a fake fleet, since the
@@ -12,14 +12,14 @@ import json
 import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import boto3
 import pytest
 from clocks import ManualClock
 from moto_support import REGION, aws
 
-from patchpilot.adapters.serverless import ServerlessRuntime
+from patchpilot.bootstrap.serverless import ServerlessPorts, ServerlessRuntime
 from patchpilot.compliance.model import AssessmentStarted, MissingPatch, PatchState
 from patchpilot.engine.messages import Notify
 from patchpilot.engine.run import InstanceRecord, Run, WaveState
@@ -150,6 +150,10 @@ def no_run(run_id: str) -> Run:
     raise KeyError(run_id)
 
 
+def no_port() -> Any:
+    raise AssertionError("the timer used a port it should not need here")
+
+
 class FakeRuntime(ServerlessRuntime):
     """A serverless runtime over in-memory fakes of its ports."""
 
@@ -163,6 +167,21 @@ class FakeRuntime(ServerlessRuntime):
         self.runs = InMemoryRuns()
         self.sent = Sent()
         self.routed = RoutedNotifier(None, no_run, self.sent, clock=clock)
+        super().__init__(
+            ServerlessPorts(
+                settings=None,  # no approvals here
+                log=self.log,
+                clock=clock,
+                store=lambda: self.runs,
+                queue=no_port,
+                secrets=lambda: None,
+                claims=lambda: self._claims,
+                fleet=lambda: self._fleet,
+                documents=lambda: self.documents,
+                service=no_port,
+                policy=self.policy,
+            )
+        )
 
     @property
     def fleet(self) -> FakeFleet:

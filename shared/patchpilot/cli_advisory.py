@@ -5,7 +5,6 @@ run it decides on. `cli.py` registers the command.
 
 from __future__ import annotations
 
-import logging
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,26 +14,16 @@ import click
 from rich.console import Console
 from rich.text import Text
 
-from patchpilot.advisories import (
-    Advisory,
-    AdvisoryAnswer,
-    OpenRun,
-    decide_advisory,
-    emergency_policy,
-    follow_up_request,
-    load_payload,
-    open_run_of,
-)
-from patchpilot.advisories.intake import noted
+from patchpilot.advisories import AdvisoryAnswer, Delivery, load_payload
+from patchpilot.advisories.intake import answer_deliveries
 from patchpilot.cli_common import print_json, reports_input_errors
 from patchpilot.cli_steps import EXIT_BROKEN, EXIT_HALTED, EXIT_NOTHING_PATCHED, EXIT_SUCCEEDED, EXIT_WAITING_APPROVAL
+from patchpilot.engine.messages import FollowUpRequested, Notify
 from patchpilot.engine.run import Run, count_states
 from patchpilot.inventory import Instance, load_inventory
 from patchpilot.local_runtime import LocalRuntime, writing
 from patchpilot.policy import Policy, load_policy
 from patchpilot.reports import write_reports
-
-log = logging.getLogger("patchpilot.advisories")
 
 STYLES = {"info": "", "warning": "yellow", "error": "bold red"}
 
@@ -64,60 +53,65 @@ def advisory(payload: str, policy_path: str, inventory_path: str, state_dir: Pat
     if state_dir is not None:  # it starts runs: the state directory's lock, held to the command's end
         click.get_current_context().with_resource(writing(state_dir, state_dir / "reports"))
     runtime = LocalRuntime.open(state_dir) if state_dir is not None else None
-    open_runs = _open_runs(runtime, policy) if runtime else []
+    started: dict[str, Run] = {}  # each run started, as driven to its end or its approval
+    answers = _take(runtime, policy, deliveries, instances, started)
     documents: list[dict[str, Any]] = []
     runs: list[Run] = []
-    for delivery in deliveries:
-        now = runtime.clock.now() if runtime else datetime.now(UTC)
-        answer = decide_advisory(policy, delivery, instances, now, open_runs)
-        log.info("advisory %s: %s", answer.key, answer.text)
+    for answer in answers:
         document = answer.document()
         console.print(Text(answer.text, style=STYLES[answer.severity]))
-        if answer.action == "start" and isinstance(delivery, Advisory):
+        if answer.action == "start":
             if runtime is None:
                 console.print("Not started: give --state-dir to start it on the local runtime.")
                 document["started"] = False
-            else:
-                run = _start(runtime, policy, delivery, instances, answer)
-                open_runs.append(OpenRun(run.run_id, delivery.cve, run.status, _run_instances(run)))
+            elif answer.run_id in started:
+                run = started[answer.run_id]
                 runs.append(run)
                 document["started"] = True
                 document["run"] = _run_summary(run, runtime, console)
-        if answer.follow_up and runtime is not None:
-            followed = runtime.service.request_follow_up(follow_up_request(answer, instances, now))
-            open_runs = [noted(r, answer) for r in open_runs]
-            if followed is not None and followed.finished:  # started at once: drive it to its end
-                runtime.drive(answer.follow_up)
-            if runtime.exists(answer.follow_up):
-                run = runtime.load(answer.follow_up)
-                runs.append(run)
-                document["run"] = _run_summary(run, runtime, console)
+        if answer.follow_up and runtime is not None and runtime.exists(answer.follow_up):
+            run = runtime.load(answer.follow_up)
+            runs.append(run)
+            document["run"] = _run_summary(run, runtime, console)
         documents.append(document)
     if as_json:
         print_json({"answers": documents})
     sys.exit(_exit_status(runs))
 
 
-def _open_runs(runtime: LocalRuntime, policy: Policy) -> list[OpenRun]:
-    found = []
-    for run_id in runtime.store.run_ids():
-        if run_id.startswith(f"{policy.name}-") and (run := open_run_of(policy, runtime.load(run_id))):
-            found.append(run)
-    return found
+def _take(
+    runtime: LocalRuntime | None,
+    policy: Policy,
+    deliveries: list[Delivery],
+    instances: list[Instance],
+    started: dict[str, Run],
+) -> list[AdvisoryAnswer]:
+    """The intake the clouds use (`answer_deliveries`), over the local runtime: a run it starts is
+    driven until it ends or waits for approval (`started`), a follow-up that can start at once
+    likewise, and each answer goes where the runtime sends notices (the notifications file, and
+    Slack or Teams as the policy routes them). Without a runtime, the answers only."""
+    if runtime is None:
+        return answer_deliveries(deliveries, policy, lambda: instances, None, None, lambda n: None, _now(), None)
+
+    def start(run_id: str, emergency: Policy, chosen: list[Instance]) -> Run:
+        run = started[run_id] = runtime.drive(runtime.start(emergency, chosen, run_id).run_id)
+        return run
+
+    def follow_up(event: FollowUpRequested) -> None:
+        followed = runtime.service.request_follow_up(event)
+        if followed is not None and followed.finished:  # started at once: drive it to its end
+            runtime.drive(event.follow_up_id)
+
+    def tell(notice: Notify) -> None:
+        runtime.notices.notify(notice)
+        runtime.chat.send(notice, policy.notifications)
+
+    now = runtime.clock.now()
+    return answer_deliveries(deliveries, policy, lambda: instances, runtime.store, start, tell, now, follow_up)
 
 
-def _run_instances(run: Run) -> frozenset[str]:
-    return frozenset(i for w in run.waves for i in w.records)
-
-
-def _start(
-    runtime: LocalRuntime, policy: Policy, delivery: Advisory, instances: list[Instance], answer: AdvisoryAnswer
-) -> Run:
-    """Start the run on the instances it patches plus the exposed ones (listed in its report as
-    excluded, with why), and drive it until it ends or waits for approval."""
-    wanted = set(answer.instances) | {i for i, _ in answer.exposed}
-    run = runtime.start(emergency_policy(policy, delivery), [i for i in instances if i.id in wanted], answer.run_id)
-    return runtime.drive(run.run_id)
+def _now() -> datetime:
+    return datetime.now(UTC)
 
 
 def _run_summary(run: Run, runtime: LocalRuntime, console: Console) -> dict[str, Any]:

@@ -167,23 +167,20 @@ def _targets(policy: Policy, regions: Sequence[str], source: str) -> list[Target
 
 
 def _default_region() -> str | None:
-    try:
-        import boto3
-    except ImportError:
-        return None
-    region: str | None = boto3.Session().region_name
-    return region
+    from patchpilot.bootstrap.clouds import configured_aws_region
+
+    return configured_aws_region()
 
 
 def _default_clients(policy: Policy) -> ClientFactory:
+    from patchpilot.bootstrap.clouds import aws_sessions
+
     try:
-        from patchpilot.adapters.aws.sessions import AwsSessions
+        return aws_sessions(policy)
     except ImportError as exc:
         raise click.ClickException(
             f"{exc}: install PatchPilot with the aws extra (pip install 'patchpilot[aws]')"
         ) from None
-    roles = {a.id: a.role for a in policy.aws.accounts} if policy.aws else {}
-    return AwsSessions(roles)
 
 
 def _is_aws_error(exc: Exception) -> bool:

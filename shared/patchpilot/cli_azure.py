@@ -366,15 +366,14 @@ def _load(policy_path: str, now: datetime) -> Policy:
 
 
 def _default_clients() -> AzureClients:
-    try:
-        import azure.mgmt.maintenance  # noqa: F401  (the extra is there)
+    from patchpilot.bootstrap.clouds import azure_clients
 
-        from patchpilot.adapters.azure.clients import AzureClients
+    try:
+        return azure_clients()
     except ImportError as exc:
         raise click.ClickException(
             f"{exc}: install PatchPilot with the azure extra (pip install 'patchpilot[azure]')"
         ) from None
-    return AzureClients()
 
 
 def _is_azure_error(exc: Exception) -> bool:

@@ -235,7 +235,7 @@ def _local_sources(
 
 
 def _cloud_sources(policies: Sequence[Policy], clock: Clock) -> list[Source]:
-    from patchpilot import cloud_fleets as clouds
+    from patchpilot.bootstrap import clouds
 
     sources = []
     for policy in policies:

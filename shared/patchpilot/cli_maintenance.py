@@ -13,8 +13,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from patchpilot.bootstrap.clouds import cloud_fleets
 from patchpilot.cli_common import EXIT_INVALID_INPUT, print_json, reports_input_errors
-from patchpilot.cloud_fleets import cloud_fleets
 from patchpilot.inventory import Instance, load_inventory
 from patchpilot.maintenance.model import SOURCE_NAMES, MaintenanceItem, WatchResult
 from patchpilot.maintenance.watch import WatchView, watch_view

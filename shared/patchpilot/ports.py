@@ -28,7 +28,9 @@ from patchpilot.policy import Policy
 
 if TYPE_CHECKING:  # the Lambda handlers import the ports: these models load only where used
     from patchpilot.compliance.model import AssessmentStarted, PatchState
+    from patchpilot.inventory import Cloud
     from patchpilot.maintenance.model import WatchResult
+    from patchpilot.policy.model import Notifications
 
 
 class ConflictError(Exception):
@@ -136,6 +138,12 @@ class FleetProvider(Protocol):
     def roll_back(self, command: RollBack) -> Progress: ...
 
 
+class Discovers(Protocol):
+    """The machines a policy covers, as the cloud lists them (Ec2SsmFleet, AzureFleet, SimulatedFleet)."""
+
+    def discover(self, policy: Policy) -> DiscoveryResult: ...
+
+
 class PatchAssessor(Protocol):
     """Patch compliance: scans started on demand, their results read in bulk (docs/compliance.md)."""
 
@@ -155,6 +163,14 @@ class MaintenanceSource(Protocol):
     def upcoming_maintenance(self, policy: Policy, instances: Sequence[Instance], now: datetime) -> WatchResult:
         """Scheduled or pending maintenance that has not ended by `now`, for these instances and
         the other resources the policy's accounts and subscriptions hold (RDS databases)."""
+
+
+class CloudFleet(Discovers, PatchAssessor, MaintenanceSource, Protocol):
+    """A cloud's fleet as the timer and the commands that read the clouds use it: it discovers,
+    assesses and reports the cloud's maintenance (Ec2SsmFleet, AzureFleet); `cloud` names it."""
+
+    @property
+    def cloud(self) -> Cloud: ...
 
 
 class MaintenanceCanceller(Protocol):
@@ -211,6 +227,27 @@ class SecretUnavailableError(LookupError):
 class Notifier(Protocol):
     def notify(self, command: Notify) -> None:
         """Deliver a notification; failures are recorded by the notifier, never raised."""
+
+
+class Announcer(Protocol):
+    """Notices the timer and the advisories send on their own (no run's notifier routes them):
+    to the channels `notifications` routes them to, each once per channel across processes
+    (RoutedNotifier, over the claims)."""
+
+    def send(
+        self,
+        command: Notify,
+        notifications: Notifications | None,
+        run: Run | None = None,
+        *,
+        recorded: bool = False,
+        keep_until: datetime | None = None,
+    ) -> None:
+        """Deliver the notice; a delivered one is remembered until `keep_until` (at least a
+        while), so that a retried timer tick in another container does not send it again."""
+
+    def announce(self, policy: Policy, now: datetime) -> None:
+        """The "run scheduled" heads-up, when one is due at `now`."""
 
 
 class Metrics(Protocol):

@@ -26,13 +26,13 @@ from moto_support import aws
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the Lambda handlers live at the root
 
 import patchpilot.adapters.aws.runtime as runtime_module
-import patchpilot.adapters.serverless as serverless
+import patchpilot.app.discovery as discovery
 from aws_lambda import advisory as advisory_function
 from patchpilot.adapters.aws.dynamodb_store import table_definition
 from patchpilot.adapters.aws.fleet import Ec2SsmFleet
 from patchpilot.adapters.aws.runtime import deps
 from patchpilot.advisories import Advisory, Unactionable, parse_payload
-from patchpilot.advisories.intake import take_advisories
+from patchpilot.advisories.intake import answer_deliveries
 from patchpilot.engine.messages import FollowUpRequested, Notify
 from patchpilot.engine.run import Run
 from patchpilot.errors import InputError, format_path
@@ -82,7 +82,7 @@ def refusal(raw: Any) -> dict[str, str]:
 
 @dataclass
 class Intake:
-    """`take_advisories` over in-memory ports, recording what it does."""
+    """`answer_deliveries` over in-memory ports, recording what it does."""
 
     started: list[tuple[str, list[str]]]
     discoveries: int = 0
@@ -105,7 +105,7 @@ class Intake:
         def told(notice: Notify) -> None:
             pass
 
-        answers = take_advisories(raw, EMERGENCY_POLICY, discover, Runs(), start, told, NOW, never)
+        answers = answer_deliveries(parse_payload(raw), EMERGENCY_POLICY, discover, Runs(), start, told, NOW, never)
         return [a.text for a in answers]
 
 
@@ -245,7 +245,7 @@ class Burst:
 def burst(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     def run(cache: bool) -> Burst:
         ttl = timedelta(seconds=60) if cache else timedelta(0)  # the cache as deployed, or none
-        monkeypatch.setattr(serverless, "DISCOVERY_TTL", ttl, raising=False)
+        monkeypatch.setattr(discovery, "DISCOVERY_TTL", ttl)
         with aws():
             return _burst(monkeypatch)
 

@@ -1,4 +1,4 @@
-"""A serverless runtime (`ServerlessRuntime`, what Lambda and Functions share) over the local
+"""A serverless runtime (`ServerlessRuntime`, what Lambda and Functions compose alike) over the local
 adapters (SQLite store, queue and claims), a manual clock and secrets from a mapping, holding one
 run that waits for approval of its production ring. What the security tests drive."""
 
@@ -9,13 +9,14 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from clocks import ManualClock
 
 from patchpilot.adapters.local.sqlite_claims import SqliteClaims
 from patchpilot.adapters.local.sqlite_queue import SqliteQueue
 from patchpilot.adapters.local.sqlite_store import SqliteRunStore
-from patchpilot.adapters.serverless import ServerlessRuntime
+from patchpilot.bootstrap.serverless import ServerlessPorts, ServerlessRuntime
 from patchpilot.engine.decide import decide, start_run
 from patchpilot.engine.messages import ApprovalGranted, ApprovalRejected
 from patchpilot.engine.run import Run
@@ -53,6 +54,10 @@ def waiting_run(the_policy: Policy) -> Run:
     return run.model_copy(update={"state": "awaiting_approval", "cursor": production, "version": 1})
 
 
+def no_port() -> Any:
+    raise AssertionError("approvals use no fleet and no Service")
+
+
 @dataclass(frozen=True)
 class Settings:
     approval_secret: str | None = "patchpilot-approval-key"
@@ -77,22 +82,37 @@ class World(ServerlessRuntime):
                 **secrets,
             }
         )
+        super().__init__(
+            ServerlessPorts(
+                settings=env,
+                log=log,
+                clock=self.clock,
+                store=lambda: self.store,
+                queue=lambda: self.queue,
+                secrets=lambda: self.secrets,
+                claims=lambda: self.claims,
+                fleet=no_port,
+                documents=lambda: None,
+                service=no_port,
+                policy=lambda: the_policy,
+            )
+        )
         self.store.create(waiting_run(the_policy), [])
 
     @functools.cached_property
-    def store(self) -> SqliteRunStore:  # type: ignore[override]
+    def store(self) -> SqliteRunStore:
         return SqliteRunStore(self.db)
 
     @functools.cached_property
-    def queue(self) -> SqliteQueue:  # type: ignore[override]
+    def queue(self) -> SqliteQueue:
         return SqliteQueue(self.db, self.clock)
 
     @functools.cached_property
-    def claims(self) -> SqliteClaims:  # type: ignore[override]
+    def claims(self) -> SqliteClaims:
         return SqliteClaims(self.db, self.clock)
 
     @property
-    def secrets(self) -> EnvironmentSecrets:  # type: ignore[override]
+    def secrets(self) -> EnvironmentSecrets:
         return self._secrets
 
     def decided(self) -> tuple[list[ApprovalGranted | ApprovalRejected], list[str]]:

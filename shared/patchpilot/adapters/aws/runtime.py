@@ -1,5 +1,6 @@
-"""The composition root of the AWS runtime: settings from the Lambda environment, clients,
-adapters and the one `Service`, built once per warm container (`deps()`).
+"""The composition root of the AWS runtime (the bootstrap of Lambda): settings from the Lambda
+environment, clients, adapters and the one `Service`, built once per warm container (`deps()`),
+handed to the application (`patchpilot.bootstrap.serverless.ServerlessRuntime`, `patchpilot.app`).
 
 Each part is built on first use, and its module imported there: the three functions use
 different parts (the timer needs the run store, the queue and the fleet only when a run starts;
@@ -20,11 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from patchpilot.adapters.aws.policy_source import load_policy_from
 from patchpilot.adapters.aws.sessions import AwsSessions, ClientFactory
-from patchpilot.adapters.serverless import (
-    ReportingNotifier,
-    ServerlessRuntime,
-    WallClock,
-)
+from patchpilot.adapters.serverless import ReportingNotifier, WallClock
+from patchpilot.bootstrap.serverless import ServerlessRuntime, ports_of
 from patchpilot.errors import InputError, Problem
 from patchpilot.policy import Policy
 
@@ -76,6 +74,7 @@ class AwsRuntime(ServerlessRuntime):
         self.clients = clients
         self.log = log
         self.clock = clock
+        super().__init__(ports_of(self, env, log, clock))
 
     @classmethod
     def build(cls, env: AwsEnvironment, log: Any, clients: ClientFactory | None = None) -> AwsRuntime:
@@ -102,10 +101,10 @@ class AwsRuntime(ServerlessRuntime):
 
     @functools.cached_property
     def fleet(self) -> Ec2SsmFleet:
-        from patchpilot.adapters.aws.fleet import Ec2SsmFleet
+        """The Lambda's own region is the fleet's default (`bootstrap.clouds.aws_default_region`)."""
+        from patchpilot.bootstrap.clouds import aws_fleet
 
-        env = self.env
-        return Ec2SsmFleet(self.clients, self.clock, override_bucket=env.override_bucket, default_region=env.region)
+        return aws_fleet(self.clients, self.clock, self.env.region, override_bucket=self.env.override_bucket)
 
     @functools.cached_property
     def secrets(self) -> SecretsManagerSecrets:

@@ -1,5 +1,7 @@
-"""The composition root of the Azure runtime: the Function App's settings, clients, adapters and
-the one `Service`, built once per warm worker (`deps()`), never at import time.
+"""The composition root of the Azure runtime (the bootstrap of Functions): the Function App's
+settings, clients, adapters and the one `Service`, built once per warm worker (`deps()`), never
+at import time, handed to the application (`patchpilot.bootstrap.serverless.ServerlessRuntime`,
+`patchpilot.app`).
 
 Each part is built on first use, and its module imported there, as on AWS
 (`patchpilot.adapters.aws.runtime`): a timer tick before the window reads the policy blob and
@@ -25,11 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from patchpilot.adapters.azure.clients import AzureClients
 from patchpilot.adapters.azure.policy_source import SCHEME, blob_location, load_policy_from
-from patchpilot.adapters.serverless import (
-    ReportingNotifier,
-    ServerlessRuntime,
-    WallClock,
-)
+from patchpilot.adapters.serverless import ReportingNotifier, WallClock
+from patchpilot.bootstrap.serverless import ServerlessRuntime, ports_of
 from patchpilot.errors import InputError, Problem
 from patchpilot.policy import Policy
 
@@ -40,10 +39,10 @@ if TYPE_CHECKING:
 
     from patchpilot.adapters.azure.fleet import AzureFleet
     from patchpilot.adapters.azure.leases import TableLeases
-    from patchpilot.adapters.azure.maintenance_events import MaintenanceEvent
     from patchpilot.adapters.azure.reports import BlobReports
     from patchpilot.adapters.azure.storage_queue import StorageQueue
     from patchpilot.adapters.azure.table_store import TableRunStore
+    from patchpilot.app.update_manager_events import UpdateManagerEvent, UpdateManagerEvents
     from patchpilot.ports import Claims, Clock, Secrets
     from patchpilot.service import Service
     from patchpilot.triggers import TriggerDecision
@@ -202,6 +201,7 @@ class AzureRuntime(ServerlessRuntime):
         self.storage_options = dict(storage_options or {})
         if secrets is not None:
             self.secrets = secrets
+        super().__init__(ports_of(self, env, log, clock, scheduled_elsewhere))
 
     @classmethod
     def build(
@@ -261,9 +261,10 @@ class AzureRuntime(ServerlessRuntime):
 
     @functools.cached_property
     def fleet(self) -> AzureFleet:
-        from patchpilot.adapters.azure.fleet import AzureFleet
+        """Built without the policy: each TakeSnapshots carries azure.patch_without_rollback."""
+        from patchpilot.bootstrap.clouds import azure_fleet
 
-        return AzureFleet(self.clients, self.clock)
+        return azure_fleet(self.clients, self.clock)
 
     @functools.cached_property
     def blobs(self) -> BlobServiceClient:
@@ -335,92 +336,51 @@ class AzureRuntime(ServerlessRuntime):
         on_run(delivery.message.run_id)
         self.service.handle(delivery)
 
-    def scheduled_elsewhere(self, policy: Policy) -> TriggerDecision | None:
-        """Update Manager's schedules run a policy with azure.maintenance: no run of the timer's."""
-        from patchpilot.triggers import TriggerDecision
+    @functools.cached_property
+    def update_manager_events(self) -> UpdateManagerEvents:
+        from patchpilot.adapters.azure.maintenance_events import machines_in_run
+        from patchpilot.app.update_manager_events import UpdateManagerEvents
 
-        if policy.azure is None or policy.azure.maintenance is None:
-            return None
-        return TriggerDecision(
-            False,
-            f"Update Manager schedules run policy {policy.name} (azure.maintenance): "
-            "PatchPilot acts on their pre- and post-maintenance events",
+        def scheduled(event: UpdateManagerEvent) -> list[str]:
+            return [m.resource_id for m in machines_in_run(self.clients, event.correlation_id, event.subscription_ids)]
+
+        return UpdateManagerEvents(
+            store=lambda: self.store,
+            service=lambda: self.service,
+            policy=self.policy,
+            fleet=lambda: self.fleet,
+            scheduled=scheduled,
         )
 
     def maintenance_event(self, raw: object) -> list[str]:
         """Event Grid's delivery of Update Manager events (either schema, any key casing): one
-        answer per event. A pre-maintenance event starts the run that snapshots the machines of
-        the maintenance run before its cut-off (cancelling it if snapshots fail), then checks and
-        rolls back once Update Manager has installed; Event Grid may deliver it twice, which
-        starts one run. InputError for a malformed event, naming the field."""
+        answer per event (`patchpilot.app.update_manager_events`). InputError for a malformed
+        event, naming the field."""
         from patchpilot.adapters.azure.maintenance_events import MaintenanceEvent, parse_maintenance_events
 
-        answers = []
-        for event in parse_maintenance_events(raw):
-            if not isinstance(event, MaintenanceEvent):
-                answers.append(f"ignored event {event.event_id or '(no id)'}: {event.reason}")
-            elif event.kind == "pre":
-                answers.append(self._pre_maintenance(event))
-            else:
-                answers.append(self._post_maintenance(event))
-        return answers
-
-    def _pre_maintenance(self, event: MaintenanceEvent) -> str:
-        from patchpilot.adapters.azure.maintenance_events import machines_in_run
-        from patchpilot.engine.run import MaintenanceRun
-        from patchpilot.ports import UnknownRunError
-
-        run_id = maintenance_run_id(event)
-        try:
-            run = self.store.load(run_id)
-        except UnknownRunError:
-            pass
-        else:  # a repeated event: only finish what the first delivery may have left undone
-            self.service.flush(run_id)
-            return f"run {run_id} already accompanies Update Manager run {event.run_name} ({run.status})"
-        policy = self.policy()
-        machines = machines_in_run(self.clients, event.correlation_id, event.subscription_ids)
-        scheduled = {m.resource_id.lower() for m in machines}
-        known = [i for i in self.fleet.discover(policy).instances if i.id.lower() in scheduled]
-        maintenance = MaintenanceRun(
-            id=event.correlation_id,
-            configuration_id=event.maintenance_configuration_id,
-            starts_at=event.start,
-            ends_at=event.end,
-            cancel_by=event.cancel_by,
-        )
-        self.service.start_maintenance(run_id, policy, known, maintenance)
-        answer = f"run {run_id} accompanies Update Manager run {event.run_name} ({len(known)} machines)"
-        if len(scheduled) > len(known):
-            outside = len(scheduled) - len(known)
-            answer += f"; {outside} scheduled machines are outside policy {policy.name} and are not snapshotted"
-        return answer
-
-    def _post_maintenance(self, event: MaintenanceEvent) -> str:
-        from patchpilot.ports import UnknownRunError
-
-        run_id = maintenance_run_id(event)
-        status = f"Update Manager run {event.run_name} ended ({event.status or 'no status'})"
-        try:
-            run = self.store.load(run_id)
-        except UnknownRunError:
-            return (
-                f"{status}; no PatchPilot run accompanies it (its pre-maintenance event never arrived): "
-                "nothing was snapshotted, and PatchPilot does not check these machines"
-            )
-        if run.finished:
-            return f"{status}; run {run_id} has already {run.state}"
-        return f"{status}; run {run_id} reads the results and checks health next ({run.state})"
+        return [
+            self.update_manager_events(event)
+            if isinstance(event, MaintenanceEvent)
+            else f"ignored event {event.event_id or '(no id)'}: {event.reason}"
+            for event in parse_maintenance_events(raw)
+        ]
 
     def status(self, run_id: str) -> dict[str, Any]:
         """The run as `patchpilot status --json` shows it; UnknownRunError when there is none."""
         return self.store.load(run_id).document()
 
 
-def maintenance_run_id(event: MaintenanceEvent) -> str:
-    """The PatchPilot run of a maintenance run: its configuration and run names, so both events
-    of one maintenance run (and their repeats) name the same run."""
-    return f"aum-{event.configuration_name}-{event.run_name}"
+def scheduled_elsewhere(policy: Policy) -> TriggerDecision | None:
+    """Update Manager's schedules run a policy with azure.maintenance: no run of the timer's."""
+    from patchpilot.triggers import TriggerDecision
+
+    if policy.azure is None or policy.azure.maintenance is None:
+        return None
+    return TriggerDecision(
+        False,
+        f"Update Manager schedules run policy {policy.name} (azure.maintenance): "
+        "PatchPilot acts on their pre- and post-maintenance events",
+    )
 
 
 def _table_client(env: AzureEnvironment, clients: AzureClients, options: Mapping[str, Any]) -> TableClient:

@@ -47,7 +47,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 from patchpilot.adapters.health import HttpGet, HttpProbe, urllib_get
 from patchpilot.engine.messages import CheckHealth, InstallPatches, ProbeAgents, RollBack, TakeSnapshots
@@ -65,14 +65,7 @@ if TYPE_CHECKING:
     from patchpilot.compliance.model import AssessmentStarted, PatchState
     from patchpilot.maintenance.model import WatchResult
 
-__all__ = ["ARC_NO_SNAPSHOT", "INSTALL_MARGIN", "START_GRACE", "AzureFleet", "fleet_for_policy"]
-
-
-def fleet_for_policy(policy: Policy, clock: Clock, clients: AzureClients | None = None, **kwargs: Any) -> AzureFleet:
-    """The fleet of a policy: Arc servers patched without a snapshot when the policy says so."""
-    settings = policy.azure
-    kwargs.setdefault("patch_without_rollback", bool(settings and settings.arc and settings.patch_without_rollback))
-    return AzureFleet(clients or AzureClients(), clock, **kwargs)
+__all__ = ["ARC_NO_SNAPSHOT", "INSTALL_MARGIN", "START_GRACE", "AzureFleet"]
 
 
 class AzureFleet:

@@ -33,7 +33,7 @@ from patchpilot.adapters.azure.maintenance_events import (
     parse_maintenance_event,
     parse_maintenance_events,
 )
-from patchpilot.engine.messages import CancelMaintenance, Outcome
+from patchpilot.engine.messages import CancelCloudScheduledRun, Outcome
 from patchpilot.errors import InputError
 
 EVENTS = Path(__file__).parent / "events" / "azure"
@@ -253,7 +253,9 @@ def test_cancelling_something_that_is_not_a_run_id_names_it(cloud: Cloud) -> Non
 def test_the_canceller_port_answers_with_an_outcome_either_way(cloud: Cloud) -> None:
     run = cloud.maintenance.schedule_run(MC, START, [vm_id("vm1")])
     canceller = UpdateManagerCanceller(cloud.clients)
-    command = CancelMaintenance(id="r:w1:cancel", run_id="r", maintenance_run=run, reason="snapshots failed for vm1")
+    command = CancelCloudScheduledRun(
+        id="r:w1:cancel", run_id="r", maintenance_run=run, reason="snapshots failed for vm1"
+    )
     assert canceller.cancel_maintenance(command) == Outcome(
         id=run, ok=True, detail="cancelled (snapshots failed for vm1)"
     )

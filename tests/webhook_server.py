@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 Owner = TypeVar("Owner")
 
+
 @dataclass(frozen=True)
 class Posted:
     path: str

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
 
 from patchpilot.engine.messages import (
-    CancelMaintenance,
+    CancelCloudScheduledRun,
     CheckHealth,
     InstallPatches,
     Message,
@@ -176,7 +176,7 @@ class CloudFleet(Discovers, PatchAssessor, MaintenanceSource, Protocol):
 class MaintenanceCanceller(Protocol):
     """Cancels scheduled Azure Update Manager runs (the Azure runtime only)."""
 
-    def cancel_maintenance(self, command: CancelMaintenance) -> Outcome:
+    def cancel_maintenance(self, command: CancelCloudScheduledRun) -> Outcome:
         """Cancel the run (idempotent: cancelling a cancelled run is ok); an Outcome with the
         run's id, not ok with the reason when it cannot be cancelled (the cut-off passed)."""
 

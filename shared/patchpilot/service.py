@@ -23,8 +23,9 @@ from patchpilot.engine.messages import (
     AgentsProbed,
     ApprovalGranted,
     ApprovalRejected,
-    CancelMaintenance,
+    CancelCloudScheduledRun,
     CheckHealth,
+    CloudScheduledRunCancelled,
     Event,
     FleetCommand,
     FollowUpFinished,
@@ -33,7 +34,6 @@ from patchpilot.engine.messages import (
     InstallPatches,
     InstancesLeased,
     LeaseInstances,
-    MaintenanceCancelled,
     Message,
     NoticeUndelivered,
     Notify,
@@ -51,7 +51,7 @@ from patchpilot.engine.messages import (
     Wait,
 )
 from patchpilot.engine.retry import NotRetryableError, next_retry_id, retry_chain, retry_targets, retry_window
-from patchpilot.engine.run import MaintenanceRun, Run, Runtime
+from patchpilot.engine.run import CloudScheduledRun, Run, Runtime
 from patchpilot.inventory import Instance
 from patchpilot.policy import Policy
 from patchpilot.ports import (
@@ -179,14 +179,14 @@ class Service:
         return run
 
     def start_maintenance(
-        self, run_id: str, policy: Policy, instances: Iterable[Instance], maintenance: MaintenanceRun
+        self, run_id: str, policy: Policy, instances: Iterable[Instance], maintenance: CloudScheduledRun
     ) -> Run:
-        """Start the run that accompanies an Update Manager run (`plan_maintenance`); idempotent
+        """Start the run that accompanies an Update Manager run (`plan_cloud_scheduled`); idempotent
         like `start`: the pre-maintenance event may arrive twice."""
-        from patchpilot.planning import plan_maintenance
+        from patchpilot.planning import plan_cloud_scheduled
 
         decision = start_run(
-            run_id, policy, plan_maintenance(policy, instances), self.clock.now(), maintenance, runtime=self.runtime
+            run_id, policy, plan_cloud_scheduled(policy, instances), self.clock.now(), maintenance, runtime=self.runtime
         )
         return self._create(decision.run, decision.commands)
 
@@ -290,7 +290,7 @@ class Service:
                 self._apply(message)
             case Notify():
                 self.notifier.notify(message)
-            case CancelMaintenance():
+            case CancelCloudScheduledRun():
                 self._cancel(message, run)
             case StartFollowUp():
                 self._start_follow_up(message)
@@ -310,7 +310,7 @@ class Service:
                 | PatchesInstalled()
                 | HealthChecked()
                 | RolledBack()
-                | MaintenanceCancelled()
+                | CloudScheduledRunCancelled()
                 | TimerFired()
                 | ApprovalGranted()
                 | ApprovalRejected()
@@ -410,7 +410,7 @@ class Service:
         late = f"not complete by {deadline.isoformat(timespec='minutes')}, the cut-off of this run"
         return [Outcome(id=i.id, ok=False, detail=late, at=now) for i in command.targets]
 
-    def _cancel(self, command: CancelMaintenance, run: Run) -> None:
+    def _cancel(self, command: CancelCloudScheduledRun, run: Run) -> None:
         if self.maintenance is None:
             outcome = Outcome(
                 id=command.maintenance_run, ok=False, detail="this runtime cannot cancel Update Manager runs"
@@ -418,7 +418,9 @@ class Service:
         else:
             outcome = self.maintenance.cancel_maintenance(command)
         self._apply(
-            MaintenanceCancelled(id=command.result_id, run_id=command.run_id, command_id=command.id, results=[outcome]),
+            CloudScheduledRunCancelled(
+                id=command.result_id, run_id=command.run_id, command_id=command.id, results=[outcome]
+            ),
             run,
         )
 

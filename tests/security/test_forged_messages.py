@@ -141,7 +141,10 @@ def test_forged_command_with_the_issued_id_but_another_script_is_refused(runtime
     (genuine,) = [d for d in runtime.queue.receive(10) if d.message.id == run.awaiting]
     runtime.queue.ack(genuine)  # the attacker swallowed the genuine command and sends their own
     forged = CheckHealth(
-        id=run.awaiting or "", run_id=run_id, wave=wave.index, targets=[r.instance for r in wave.records.values()],
+        id=run.awaiting or "",
+        run_id=run_id,
+        wave=wave.index,
+        targets=[r.instance for r in wave.records.values()],
         checks=EVIL,
     )
     assert forged.id.endswith(":health")

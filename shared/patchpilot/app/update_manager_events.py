@@ -71,7 +71,7 @@ class UpdateManagerEvents:
         return self.pre(event) if event.kind == "pre" else self.post(event)
 
     def pre(self, event: UpdateManagerEvent) -> str:
-        from patchpilot.engine.run import MaintenanceRun
+        from patchpilot.engine.run import CloudScheduledRun
 
         run_id = maintenance_run_id(event)
         try:
@@ -84,7 +84,7 @@ class UpdateManagerEvents:
         policy = self.policy()
         scheduled = {machine.lower() for machine in self.scheduled(event)}
         known = [i for i in self.fleet().discover(policy).instances if i.id.lower() in scheduled]
-        maintenance = MaintenanceRun(
+        maintenance = CloudScheduledRun(
             id=event.correlation_id,
             configuration_id=event.maintenance_configuration_id,
             starts_at=event.start,

@@ -328,9 +328,4 @@ Message = Annotated[
 ]
 MESSAGE = TypeAdapter(Message)
 
-# The class names before issue 14 (the wire `type` values never changed), for code not renamed
-# yet: remove once nothing imports them.
-CancelMaintenance = CancelCloudScheduledRun
-MaintenanceCancelled = CloudScheduledRunCancelled
-
 FleetCommand = ProbeAgents | TakeSnapshots | InstallPatches | CheckHealth | RollBack

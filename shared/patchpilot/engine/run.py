@@ -123,9 +123,6 @@ class CloudScheduledRun(_State):
     cancel_by: datetime  # the cancellation cut-off: snapshots must be done before it
 
 
-MaintenanceRun = CloudScheduledRun  # its name before issue 14, for code not renamed yet
-
-
 class FollowUp(_State):
     """Instances an advisory concerned after the run was planned: follow-up run `run_id` patches
     them once this run has ended (`FollowUpRequested`)."""
@@ -183,11 +180,6 @@ class Run(_State):
         if isinstance(azure, dict):
             return {**data, "patch_without_rollback": bool(azure.get("patch_without_rollback"))}
         return {**data, "patch_without_rollback": bool(azure and azure.patch_without_rollback)}
-
-    @property
-    def maintenance(self) -> CloudScheduledRun | None:
-        """`cloud_scheduled` by its name before issue 14, for readers not renamed yet."""
-        return self.cloud_scheduled
 
     @property
     def status(self) -> Status:

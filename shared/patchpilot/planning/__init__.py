@@ -12,7 +12,6 @@ from patchpilot.planning.planner import (
     plan,
     plan_cloud_scheduled,
     plan_document,
-    plan_maintenance,
     ring_of,
 )
 
@@ -28,7 +27,6 @@ __all__ = [
     "plan",
     "plan_cloud_scheduled",
     "plan_document",
-    "plan_maintenance",
     "ring_of",
     "wave_estimate",
     "window_fit",

@@ -124,9 +124,6 @@ def plan_cloud_scheduled(policy: Policy, instances: Iterable[Instance]) -> Plan:
     return Plan((RingPlan("+".join(rings), waves, len(waves)),), tuple(excluded), _without_rollback(policy))
 
 
-plan_maintenance = plan_cloud_scheduled  # its name before issue 14, for callers not renamed yet
-
-
 def _without_rollback(policy: Policy) -> bool:
     """Whether the policy lets machines without a snapshot (Arc servers) be patched all the same."""
     return bool(policy.azure and policy.azure.patch_without_rollback)

@@ -806,7 +806,7 @@ def timeline(run: Run) -> Timeline:
     gaps = []
     started = [w for w in run.waves if w.started_at is not None]
     opened = started[0].started_at if started else None
-    if opened is not None and opened > t0 and run.maintenance is None and _gated(run, started[0]):
+    if opened is not None and opened > t0 and run.cloud_scheduled is None and _gated(run, started[0]):
         gaps.append(  # the first ring waited for its approval
             GapBand(
                 x=x_of(t0),

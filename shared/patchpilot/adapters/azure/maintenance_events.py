@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 from patchpilot.adapters.azure.graph import kql_string, query
-from patchpilot.engine.messages import CancelMaintenance, Outcome
+from patchpilot.engine.messages import CancelCloudScheduledRun, Outcome
 from patchpilot.errors import InputError, Path, Problem, quote
 
 if TYPE_CHECKING:
@@ -328,7 +328,7 @@ class UpdateManagerCanceller:
     def __init__(self, clients: AzureClients) -> None:
         self.clients = clients
 
-    def cancel_maintenance(self, command: CancelMaintenance) -> Outcome:
+    def cancel_maintenance(self, command: CancelCloudScheduledRun) -> Outcome:
         run = command.maintenance_run
         try:
             answer = cancel_maintenance_run(self.clients, run)

@@ -53,8 +53,11 @@ ROUTES = [
     ("GET", _VM + r"/runCommands/[^/]+", "VirtualMachineRunCommands_GetByVirtualMachine"),
     ("POST", r"/providers/Microsoft\.ResourceGraph/resources", "Resources"),
     ("PUT", _MC, "MaintenanceConfigurations_CreateOrUpdate"),
-    ("PUT", r"/subscriptions/.+/providers/Microsoft\.Maintenance/configurationAssignments/[^/]+",
-     "ConfigurationAssignments_CreateOrUpdate"),
+    (
+        "PUT",
+        r"/subscriptions/.+/providers/Microsoft\.Maintenance/configurationAssignments/[^/]+",
+        "ConfigurationAssignments_CreateOrUpdate",
+    ),
     ("PUT", _MC + r"/providers/Microsoft\.Maintenance/applyUpdates/[^/]+", "ApplyUpdates_Cancel"),
     ("GET", _MC + r"/providers/Microsoft\.Maintenance/applyUpdates/[^/]+", "ApplyUpdates_Get"),
 ]
@@ -110,8 +113,10 @@ def operation_of(method: str, path: str) -> str | None:
 
 
 def _provider(path: str) -> str | None:
-    found = re.search(r"/providers/(Microsoft\.[A-Za-z]+)", path, flags=re.IGNORECASE)
-    return found[1].lower() if found else None
+    """The namespace ARM routes a request to: the last one its path names (an assignment on a
+    VM is Microsoft.Maintenance's)."""
+    found = re.findall(r"/providers/(Microsoft\.[A-Za-z]+)", path, flags=re.IGNORECASE)
+    return found[-1].lower() if found else None
 
 
 class SpecCheck:

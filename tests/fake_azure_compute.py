@@ -415,6 +415,11 @@ class FakeAzureCompute:
         current = resource["properties"]["storageProfile"]
         new_os = (storage.get("osDisk") or {}).get("managedDisk", {}).get("id")
         new_data = storage.get("dataDisks")
+        for n, disk in enumerate(new_data or []):
+            if not (disk.get("managedDisk") or {}).get("id"):  # an empty new disk, a detach by flag, ...
+                raise ArmError(
+                    400, "NotModelled", f"the fake swaps data disks by managedDisk.id only; dataDisks[{n}] has none"
+                )
         changes = new_os is not None and new_os.lower() != current["osDisk"]["managedDisk"]["id"].lower()
         if new_data is not None:
             old = {d["lun"]: d["managedDisk"]["id"].lower() for d in current["dataDisks"]}

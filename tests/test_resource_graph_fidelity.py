@@ -130,7 +130,7 @@ def test_every_column_the_queries_and_the_adapters_read_is_recorded_with_what_sh
 
 def test_every_recorded_column_is_shown_by_a_named_source_or_assumed_with_its_fallback() -> None:
     recorded = sources()
-    kinds = {"documented property", "published sample", "SDK model", "assumed"}
+    kinds = {"official example", "documented property", "published sample", "SDK model", "assumed"}
     for table, entries in recorded["tables"].items():
         for column, entry in entries.items():
             assert entry["verified_by"] in kinds, (table, column)

@@ -297,6 +297,41 @@ def test_the_official_disk_snapshot_and_configuration_answers_read_as_the_sdk_mo
     assert configuration.install_patches.reboot_setting == "Always"
 
 
+def test_the_sdk_reads_the_other_official_answers_patchpilot_receives(world: World) -> None:
+    run_path = re.escape(VM_PATH) + "/runCommands/patchpilot-health"
+    answer_with(world, "PUT", run_path, body_of("VirtualMachineRunCommand_CreateOrUpdate.json", "201"), 201)
+    disk_path = f"/subscriptions/{SUB}/resourceGroups/rg-web/providers/Microsoft.Compute/disks/myDisk"
+    answer_with(world, "PATCH", re.escape(disk_path), body_of("Disk_Update_ChangeTier.json"))
+    groups = rf"/subscriptions/{EXAMPLE_SUB}/providers/Microsoft\.Maintenance/maintenanceConfigurations"
+    answer_with(world, "GET", groups, body_of("MaintenanceConfigurations_List.json"))
+    scopes = rf"/subscriptions/{EXAMPLE_SUB}/providers/Microsoft\.Maintenance/configurationAssignments/[^/]+"
+    answer_with(world, "PUT", scopes, body_of("ConfigurationAssignmentsForSubscriptions_CreateOrUpdate.json"))
+    world.azure.add_vm("web-1")
+    compute = world.arm.client(ComputeManagementClient, SUB)
+    maintenance = world.arm.client(MaintenanceManagementClient, EXAMPLE_SUB)
+
+    run = compute.virtual_machine_run_commands.begin_create_or_update(
+        "rg-web",
+        "web-1",
+        "patchpilot-health",
+        {"location": "westeurope", "properties": {"source": {"script": "true"}}},
+        polling=False,
+    ).result()
+    disk = compute.disks.begin_update("rg-web", "myDisk", {"properties": {"tier": "P30"}}, polling=False).result()
+    (configuration,) = maintenance.maintenance_configurations.list()
+    scope = maintenance.configuration_assignments_for_subscriptions.create_or_update(
+        "workervmConfiguration", request_of("ConfigurationAssignmentsForSubscriptions_CreateOrUpdate.json")
+    )
+
+    assert (run.provisioning_state, run.source.script_uri) == (
+        "Creating",
+        "https://mystorageaccount.blob.core.windows.net/scriptcontainer/MyScript.ps1",
+    )
+    assert (disk.tier, disk.provisioning_state) == ("P30", "Succeeded")
+    assert (configuration.name, configuration.recur_every) == ("configuration1", "Week Saturday,Sunday")
+    assert scope.filter.tag_settings.filter_operator == "Any" and scope.filter.resource_groups == ["RG1", "RG2"]
+
+
 @pytest.mark.parametrize(
     ("name", "kind", "parts"),
     [

@@ -26,7 +26,10 @@ still read):
 An impacted VM that the Maintenance RP also lists under the event's tracking id is reported
 once, from the Maintenance RP (it knows the impact), with the event's title and window.
 Not checked against a live tenant: the row id layout of `microsoft.maintenance/updates`, and
-whether impacted resources carry per-resource times (the event's window is used).
+whether impacted resources carry per-resource times (the event's window is used). What no published
+source shows is read as unknown (docs/fidelity.md): an update without a known impactType is
+reported with downtime assumed, and an impacted resource without targetResourceId is matched by
+its resourceName, resourceGroup and targetResourceType.
 """
 
 from __future__ import annotations

@@ -13,7 +13,10 @@ What the core does, for every resource type:
   result read from `Location`) or `Failed` with an error;
 - throttling: `throttle(pattern, times)` answers 429 with Retry-After, which the SDK's retry
   policy honours;
-- every request is recorded (`calls`), so tests and benchmarks count requests by operation.
+- every request is recorded (`calls`), so tests and benchmarks count requests by operation;
+- `spec_check` (tests/arm_spec.py's `SpecCheck`): when set, every request body and api-version is
+  held to the Azure REST API specifications before a handler sees it (a 400 with ARM's error body
+  names what is wrong), and every answer is checked against the operation's response schema.
 
 Operation-specific behaviour (install patches, Resource Graph tables, the disk swap rules,
 maintenance configurations) is added with `on(method, pattern, handler)` by the modules that
@@ -87,6 +90,16 @@ class Response:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+class SpecHook(Protocol):
+    """Holds requests and answers to the published API (tests/arm_spec.py's `SpecCheck`)."""
+
+    def request(self, request: Request) -> tuple[str, str] | None:
+        """(error code, message) when the request does not follow the specification."""
+        ...
+
+    def response(self, request: Request, response: Response) -> None: ...
+
+
 class ArmError(Exception):
     """Raise from a handler to answer with ARM's error shape."""
 
@@ -143,6 +156,7 @@ class FakeArm:
         self.on("POST", r"/providers/Microsoft\.ResourceGraph/resources", self._graph)
         self._tables: dict[str, TableHandler] = {}
         self.graph_answers: list[GraphQuery] = []  # in the order asked, each once (not per page)
+        self.spec_check: SpecHook | None = None
 
     # ------------------------------------------------------------ wiring the real clients
 
@@ -178,10 +192,12 @@ class FakeArm:
         return resource
 
     def get(self, resource_id: str) -> dict[str, Any]:
-        try:
-            return self.resources[resource_id.lower()]
-        except KeyError:
-            raise ArmError(404, "ResourceNotFound", f"The Resource '{resource_id}' was not found.") from None
+        """A resource by id, ignoring case; ARM also takes an id without its leading slash, as the
+        official examples write `sourceResourceId` ("subscriptions/{id}/resourceGroups/...")."""
+        found = self.resources.get(resource_id.lower()) or self.resources.get("/" + resource_id.strip("/").lower())
+        if found is None:
+            raise ArmError(404, "ResourceNotFound", f"The Resource '{resource_id}' was not found.")
+        return found
 
     def find(self, resource_type: str) -> Iterator[dict[str, Any]]:
         """Resources of one type (e.g. "Microsoft.Compute/virtualMachines"), in insertion order."""
@@ -219,7 +235,10 @@ class FakeArm:
         query = {k: v[0] for k, v in parse_qs(parts.query).items()}
         payload = json.loads(body) if body else None
         request = Request(method.upper(), parts.path, query, payload, headers)
-        response = self._dispatch(request)
+        refused = self.spec_check.request(request) if self.spec_check is not None else None
+        response = _error(400, *refused) if refused is not None else self._dispatch(request)
+        if self.spec_check is not None:
+            self.spec_check.response(request, response)
         self.calls.append(Call(request.method, parts.path.lower(), query.get("api-version"), payload, response.status))
         return response
 

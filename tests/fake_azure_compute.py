@@ -44,6 +44,7 @@ from fake_arm import ARM, ArmError, FakeArm, Request, Response
 from fake_resource_graph import run_kql
 
 SUB = "00000000-0000-0000-0000-000000000001"
+SCRIPT_SOURCES = ("script", "scriptUri", "commandId", "galleryScriptReferenceId")
 _S = r"/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers"
 VM = _S + r"/Microsoft\.Compute/virtualMachines/(?P<name>[^/]+)"
 ARC = _S + r"/Microsoft\.HybridCompute/machines/(?P<name>[^/]+)"
@@ -414,6 +415,11 @@ class FakeAzureCompute:
         current = resource["properties"]["storageProfile"]
         new_os = (storage.get("osDisk") or {}).get("managedDisk", {}).get("id")
         new_data = storage.get("dataDisks")
+        for n, disk in enumerate(new_data or []):
+            if not (disk.get("managedDisk") or {}).get("id"):  # an empty new disk, a detach by flag, ...
+                raise ArmError(
+                    400, "NotModelled", f"the fake swaps data disks by managedDisk.id only; dataDisks[{n}] has none"
+                )
         changes = new_os is not None and new_os.lower() != current["osDisk"]["managedDisk"]["id"].lower()
         if new_data is not None:
             old = {d["lun"]: d["managedDisk"]["id"].lower() for d in current["dataDisks"]}
@@ -609,9 +615,10 @@ class FakeAzureCompute:
         resource, machine = self._machine(request)
         name = request.match(r".*/runCommands/(?P<run>[^/]+)")["run"]
         body = request.body or {}
-        script = ((body.get("properties") or {}).get("source") or {}).get("script")
-        if not script or not body.get("location"):
-            raise ArmError(400, "InvalidParameter", "a run command needs a location and a source script")
+        source = (body.get("properties") or {}).get("source") or {}
+        if not any(source.get(k) for k in SCRIPT_SOURCES) or not body.get("location"):
+            # the specification's sources: one of script, scriptUri, commandId, galleryScriptReferenceId
+            raise ArmError(400, "InvalidParameter", "a run command needs a location and a script source")
         run_id = f"{resource['id']}/runCommands/{name}"
         existed = run_id.lower() in self.fake.resources
         now = self.clock.now()
@@ -706,14 +713,12 @@ class FakeAzureCompute:
         if data.get("createOption") != "Copy":
             raise ArmError(400, "InvalidParameter", "the fake only copies disks from snapshots")
         snapshot = self.fake.get(data["sourceResourceId"])
-        if not body.get("sku"):
-            raise ArmError(400, "InvalidParameter", "sku missing")
         disk = {
             "id": disk_id,
             "name": found["name"],
             "type": "Microsoft.Compute/disks",
             "location": body.get("location"),
-            "sku": body["sku"],
+            **({"sku": body["sku"]} if body.get("sku") else {}),  # optional: the official example sends none
             "tags": dict(body.get("tags") or {}),
             "properties": {
                 **copy.deepcopy(body["properties"]),

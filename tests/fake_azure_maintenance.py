@@ -271,8 +271,10 @@ class FakeMaintenance:
 
     def _put_run(self, request: Request) -> Response:
         run = self._run(request)
-        wanted = ((request.body or {}).get("properties") or {}).get("status")
-        if wanted != "Cancel" or request.query.get("api-version") != "2023-09-01-preview":
+        properties = (request.body or {}).get("properties") or {}
+        wanted = next((v for k, v in properties.items() if k.lower() == "status"), None)
+        # "Cancel", or 6 (its place in UpdateStatus) as the official example sends `{"Status": 6}`
+        if wanted not in ("Cancel", 6) or request.query.get("api-version") != "2023-09-01-preview":
             raise ArmError(400, "InvalidParameter", "only status Cancel, at api-version 2023-09-01-preview")
         status = run["properties"]["status"]
         if status in ("Cancel", "Cancelled"):
@@ -282,7 +284,9 @@ class FakeMaintenance:
                 400, "MaintenanceRunNotCancellable", "The maintenance run is past its cancellation cut-off time."
             )
         run["properties"]["status"] = "Cancelled"
-        return Response(200, _public(run))
+        answer = _public(run)
+        answer["properties"] = {**answer["properties"], "status": "Cancel"}
+        return Response(202, answer)  # as the official example answers a cancel
 
     # ------------------------------------------------------------ Resource Graph
 

@@ -26,7 +26,10 @@ still read):
 An impacted VM that the Maintenance RP also lists under the event's tracking id is reported
 once, from the Maintenance RP (it knows the impact), with the event's title and window.
 Not checked against a live tenant: the row id layout of `microsoft.maintenance/updates`, and
-whether impacted resources carry per-resource times (the event's window is used).
+whether impacted resources carry per-resource times (the event's window is used). What no published
+source shows is read as unknown (docs/fidelity.md): an update without a known impactType is
+reported with downtime assumed, and an impacted resource without targetResourceId is matched by
+its resourceName, resourceGroup and targetResourceType.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ UPDATES_SOURCE = "Azure Resource Graph maintenanceresources (Maintenance RP upda
 EVENTS_SOURCE = "Azure Resource Graph servicehealthresources (planned maintenance)"
 CLOSED_STATUSES = frozenset({"completed", "noupdatespending", "cancelled"})  # anything else is reported
 DOWNTIME_IMPACTS = frozenset({"restart", "redeploy"})
+KNOWN_IMPACTS = frozenset({"none", "freeze", "restart", "redeploy"})  # the Maintenance RP's ImpactType
 
 UPDATES_QUERY = "\n".join(
     [
@@ -148,7 +152,10 @@ def _target(row: Any, entry: Any) -> str:
 
 
 def _update_item(instance: Instance, row: Any, entry: Any, status: str, ends: datetime | None) -> MaintenanceItem:
-    impact = text(entry, "impactType") or "None"
+    # An update whose impact is missing or unknown is never read as "None": downtime is assumed.
+    reported = text(entry, "impactType")
+    impact = reported or "impact not reported"
+    known = reported.lower() in KNOWN_IMPACTS
     scope = text(entry, "maintenanceScope") or "platform"
     seconds = at(entry, "impactDurationInSec")
     notification = text(entry, "notificationId") or text(entry, "properties", "plannedMaintenanceId")
@@ -162,8 +169,10 @@ def _update_item(instance: Instance, row: Any, entry: Any, status: str, ends: da
     if notification:
         description += f" (Service Health {notification})"
     warning = ""
-    if impact.lower() == "redeploy":
+    if reported.lower() == "redeploy":
         warning = "redeploy: the VM moves to another host and loses its temporary disk"
+    elif not known:
+        warning = f"Azure reported no known impact ({reported or 'none'}): downtime assumed"
     return MaintenanceItem(
         id=f"azure:update:{notification or scope.lower()}:{instance.id.lower()}",
         source="azure",
@@ -174,7 +183,7 @@ def _update_item(instance: Instance, row: Any, entry: Any, status: str, ends: da
         description=description,
         ends_at=ends,
         deadline=deadline,
-        downtime=impact.lower() in DOWNTIME_IMPACTS,
+        downtime=impact.lower() in DOWNTIME_IMPACTS or not known,
         warning=warning,
         instance_id=instance.id,
         region=instance.region,
@@ -197,13 +206,29 @@ def _planned(
         return []
     found: list[MaintenanceItem] = []
     for row in query(graph, impacted_query(sorted(events)), subscriptions):
-        target = str(_field(at(row, "properties"), "targetResourceId") or "").lower().rstrip("/")
+        target = _impacted_target(row)
         instance = fleet.get(target)
         event = events.get(text(row, "event"))
         if instance is None or event is None:
             continue
         found.append(_event_item(instance, event))
     return found
+
+
+def _impacted_target(row: Any) -> str:
+    """The impacted resource's id (lower case): properties.targetResourceId, or, where a row lacks
+    it, the id its resourceName, resourceGroup and targetResourceType make (the columns Microsoft's
+    impacted-resources sample queries read) in the row's subscription; "" when neither is there."""
+    properties = at(row, "properties")
+    target = _field(properties, "targetResourceId")
+    if isinstance(target, str) and target.strip():
+        return target.lower().rstrip("/")
+    values = [_field(properties, k) for k in ("resourceName", "resourceGroup", "targetResourceType")]
+    name, group, kind = (v if isinstance(v, str) else "" for v in values)
+    subscription = text(row, "subscriptionId")
+    if subscription and name and group and "/" not in name + group and kind.count("/") == 1:
+        return f"/subscriptions/{subscription}/resourcegroups/{group}/providers/{kind}/{name}".lower()
+    return ""
 
 
 def _event_item(instance: Instance, event: Any) -> MaintenanceItem:

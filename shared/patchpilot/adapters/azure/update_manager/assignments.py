@@ -214,11 +214,33 @@ def parse_assignment(wire: Mapping[str, Any]) -> Assignment:
         configuration_id=str(properties.get("maintenanceConfigurationId") or ""),
         location=wire.get("location"),
     )
-    if assignment.kind == "dynamic":
+    if assignment.kind == "dynamic" and _well_formed_filter(found):
         return Assignment(
             assignment.id, assignment.configuration_id, ScopeFilter.from_wire(as_mapping(found)), assignment.location
         )
-    return assignment
+    return assignment  # a dynamic scope whose filter is absent or malformed: filter None, not known
+
+
+def _strings(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _well_formed_filter(found: object) -> bool:
+    """A dynamic scope's filter as the Maintenance API writes it (ConfigurationAssignmentFilterProperties).
+    Resource Graph's rows are not documented to carry it: read one that is absent or differently
+    shaped as unknown (None), never as an empty filter, which would match every machine."""
+    if not isinstance(found, Mapping):
+        return False
+    lists = [found.get(k) for k in ("resourceTypes", "resourceGroups", "osTypes", "locations")]
+    if not all(v is None or _strings(v) for v in lists):
+        return False
+    settings = found.get("tagSettings")
+    if settings is None:
+        return True
+    if not isinstance(settings, Mapping) or not isinstance(settings.get("filterOperator", "Any"), str | None):
+        return False
+    tags = settings.get("tags")
+    return tags is None or (isinstance(tags, Mapping) and all(_strings(v) for v in tags.values()))
 
 
 def assignments_query(configuration_ids: Iterable[str] = ()) -> str:

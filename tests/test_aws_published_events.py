@@ -120,3 +120,44 @@ def test_the_hand_made_inspector_and_health_events_use_only_documented_fields() 
         unknown = _paths(raw) - documented[raw["detail-type"]] - set(DOCUMENTED_ELSEWHERE)
         assert not unknown, f"{path.name} uses fields no AWS sample shows: {sorted(unknown)}"
     assert checked >= 10
+
+
+# ------------------------------------------- Run Command and EBS events (the speed issue's wake-ups)
+
+
+def filled(raw: Any, time: str = "2026-01-13T02:10:00Z") -> Any:
+    """The EBS page prints placeholder times (yyyy-mm-ddThh:mm:ssZ): a real event has a time."""
+    text = json.dumps(raw).replace("yyyy-mm-ddThh:mm:ssZ", time)
+    return json.loads(text)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "ssm_command_status_change.json",
+        "ssm_command_invocation_status_change.json",
+        "ebs_create_snapshots_succeeded.json",
+        "ebs_create_snapshots_failed.json",
+    ],
+)
+def test_run_command_and_ebs_events_reaching_the_advisory_intake_are_ignored_not_refused(name: str) -> None:
+    """PatchPilot does not consume these yet (issue 17 will, as wake-ups); routed to the advisory
+    function by a broad rule, each is set aside as not handled, never an error."""
+    delivery = parse_event(filled(published(name)), "sample")
+    assert isinstance(delivery, Unactionable)
+    assert "not handled" in delivery.reason
+
+
+def test_the_documented_wake_up_events_carry_what_a_wake_up_needs() -> None:
+    """What issue 17's handler can key on, as the documentation shows it: the command id and status
+    (per instance for invocations); for snapshots, snapshot and volume ARNs only (no instance id,
+    no tags: the run is found through the snapshots' tags)."""
+    command = published("ssm_command_status_change.json")["detail"]
+    assert {"command-id", "document-name", "status"} <= set(command)
+    invocation = published("ssm_command_invocation_status_change.json")["detail"]
+    assert {"command-id", "instance-id", "status"} <= set(invocation)
+    assert "comment" not in command and "comment" not in invocation
+    snapshots = published("ebs_create_snapshots_succeeded.json")["detail"]
+    assert snapshots["event"] == "createSnapshots" and snapshots["result"] == "succeeded"
+    assert all(set(s) == {"snapshot_id", "source", "status"} for s in snapshots["snapshots"])
+    assert all(":volume/vol-" in s["source"] for s in snapshots["snapshots"])

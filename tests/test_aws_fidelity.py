@@ -28,7 +28,7 @@ from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 from botocore.validate import validate_parameters
 from clocks import ManualClock
-from fake_aws import FleetServices
+from fake_aws import Clients, FleetServices
 from moto_support import REGION, aws
 
 from patchpilot.adapters.aws.compliance import SCAN_PARAMETERS
@@ -130,6 +130,37 @@ def test_every_operation_the_fleet_fake_plays_is_in_the_service_model() -> None:
         model = boto3.client(service, region_name=REGION).meta.service_model
         unknown = sorted(set(operations) - set(model.operation_names))
         assert not unknown, f"{service}: the fake plays operations AWS does not have: {unknown}"
+
+
+@pytest.mark.parametrize(
+    ("service", "operation", "params"),
+    [
+        ("ssm", "DescribeInstanceInformation", {}),
+        ("ssm", "ListCommands", {}),
+        ("ssm", "ListCommandInvocations", {"CommandId": "00000001-0000-4000-8000-000000000000"}),
+        ("ssm", "DescribeInstancePatches", {"InstanceId": "i-0abc"}),
+        ("ssm", "DescribeInstancePatchStates", {"InstanceIds": ["i-0abc"]}),
+        ("ec2", "DescribeReplaceRootVolumeTasks", {}),
+    ],
+)
+def test_the_fleet_fake_pages_within_the_models_max_results(
+    service: str, operation: str, params: dict[str, Any]
+) -> None:
+    """botocore checks MaxResults' minimum, not its maximum: the fake refuses above the model's
+    maximum, as the service does, and accepts the maximum itself."""
+    services = FleetServices(ManualClock(datetime(2026, 1, 1, tzinfo=UTC)), REGION)
+    services.manage("i-0abc", "linux")
+    client = Clients(services)(service, None, REGION)
+    if operation == "ListCommandInvocations":
+        client.send_command(
+            InstanceIds=["i-0abc"], DocumentName="AWS-RunShellScript", Parameters={"commands": ["true"]}
+        )
+    top = client.meta.service_model.operation_model(operation).input_shape.members["MaxResults"].metadata["max"]
+    method = getattr(client, xform_name(operation))
+    method(**params, MaxResults=top)
+    with pytest.raises(ClientError) as caught:
+        method(**params, MaxResults=top + 1)
+    assert caught.value.response["Error"]["Code"] in ("ValidationException", "InvalidParameterValue")
 
 
 def test_every_recorded_answer_validates_against_its_operation() -> None:

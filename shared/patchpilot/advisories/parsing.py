@@ -322,8 +322,8 @@ def _health(raw: Mapping[str, Any], source: str) -> Delivery:
     affected: list[str] = []
     for index in range(len(entities)):
         if value := reader.text(raw, ("detail", "affectedEntities", index, "entityValue")):
-            arn = EC2_INSTANCE_ARN.fullmatch(value)
-            affected.append(arn.group(1) if arn else value)
+            named = EC2_INSTANCE_ARN.fullmatch(value)
+            affected.append(named.group(1) if named else value)
     descriptions = reader.get(raw, ("detail", "eventDescription"), list, required=False) or []
     description = next(
         (

@@ -28,12 +28,17 @@ from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 from botocore.validate import validate_parameters
 from clocks import ManualClock
-from fake_aws import Clients, FleetServices
+from fake_aws import Clients, FleetServices, moto_image
 from moto_support import REGION, aws
 
 from patchpilot.adapters.aws.compliance import SCAN_PARAMETERS
+from patchpilot.adapters.aws.fleet import Ec2SsmFleet
 from patchpilot.adapters.aws.fleet.health import SCRIPT_TIMEOUT_MAX
 from patchpilot.adapters.aws.sessions import AwsSessions
+from patchpilot.engine.messages import CheckHealth
+from patchpilot.inventory import Instance
+from patchpilot.policy.model import HealthChecks, HealthScript
+from patchpilot.ports import InProgress
 
 ClientMaker = Callable[[str], Any]
 
@@ -262,7 +267,21 @@ def test_every_recorded_document_names_its_source() -> None:
     assert all(entry["source"] for entry in [raw["common"], *raw["services"].values()])
 
 
-def test_the_health_script_timeout_is_capped_at_the_documents_maximum() -> None:
-    """A policy's health timeout may be days; the script's executionTimeout may not pass 48 h."""
-    assert unpublished("AWS-RunShellScript", {"commands": ["x"], "executionTimeout": [str(SCRIPT_TIMEOUT_MAX)]}) == []
-    assert int(timedelta(hours=48).total_seconds()) == SCRIPT_TIMEOUT_MAX
+def test_a_health_timeout_beyond_48_hours_is_sent_as_the_documents_maximum() -> None:
+    """moto: EC2 (the instance); fleet fake: SSM. A policy may give health checks days; the
+    script's executionTimeout may not pass AWS-RunShellScript's 172800 seconds."""
+    clock = ManualClock(datetime(2026, 1, 13, 2, 0, tzinfo=UTC))
+    services = FleetServices(clock, REGION)
+    clients = Clients(services)
+    (raw,) = boto3.client("ec2", region_name=REGION).run_instances(
+        ImageId=moto_image(REGION, "linux"), MinCount=1, MaxCount=1, Placement={"AvailabilityZone": f"{REGION}a"}
+    )["Instances"]
+    instance = Instance(id=raw["InstanceId"], cloud="aws", region=REGION, os="linux", zone=f"{REGION}a")
+    services.manage(instance.id, "linux")
+    checks = HealthChecks(script=HealthScript(linux="systemctl is-active shop"), timeout=timedelta(days=3))
+    command = CheckHealth(id="c-health", run_id="r-1", wave=1, targets=[instance], checks=checks)
+
+    assert isinstance(Ec2SsmFleet(clients, clock, default_region=REGION).check_health(command), InProgress)
+
+    (sent,) = clients.params("SendCommand")
+    assert sent["Parameters"]["executionTimeout"] == ["172800"]  # 48 hours, not the policy's 3 days

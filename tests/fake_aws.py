@@ -27,8 +27,9 @@ It answers behind real boto3 clients, through botocore event hooks: `before-para
 keeps the API parameters and `before-call` returns the answer, which short-circuits the HTTP
 request (moto never sees the call). botocore has validated the request against the service
 model by then (a bad call fails as it would on AWS, with ParamValidationError), and every
-answer is validated against the operation's output shape, as a Stubber does. An operation the
-fake does not play fails the test rather than reach moto.
+answer is validated against the operation's output shape, as a Stubber does (and again, with its
+error codes, by tests/aws_fidelity.py, as every hook's answer is). An operation the fake does not
+play fails the test rather than reach moto; `FleetServices.operations()` lists the ones it plays.
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ from clocks import ManualClock
 from fake_aws import Clients, FleetServices, moto_image
 from moto_support import REGION, aws
 
+from patchpilot.adapters.aws.baselines import override_baselines
 from patchpilot.adapters.aws.compliance import SCAN_PARAMETERS
 from patchpilot.adapters.aws.fleet import Ec2SsmFleet
 from patchpilot.adapters.aws.fleet.health import SCRIPT_TIMEOUT_MAX
@@ -135,6 +136,16 @@ def test_every_operation_the_fleet_fake_plays_is_in_the_service_model() -> None:
         model = boto3.client(service, region_name=REGION).meta.service_model
         unknown = sorted(set(operations) - set(model.operation_names))
         assert not unknown, f"{service}: the fake plays operations AWS does not have: {unknown}"
+
+
+def test_every_operation_the_patch_manager_fake_plays_is_in_the_service_model() -> None:
+    """tests/test_aws_baselines.py's FakePatchManager answers by method name (the API name)."""
+    from test_aws_baselines import FakePatchManager
+
+    played = {name for name, member in vars(FakePatchManager).items() if name[:1].isupper() and callable(member)}
+    assert played
+    model = boto3.client("ssm", region_name=REGION).meta.service_model
+    assert played <= set(model.operation_names), sorted(played - set(model.operation_names))
 
 
 @pytest.mark.parametrize(
@@ -285,3 +296,23 @@ def test_a_health_timeout_beyond_48_hours_is_sent_as_the_documents_maximum() -> 
 
     (sent,) = clients.params("SendCommand")
     assert sent["Parameters"]["executionTimeout"] == ["172800"]  # 48 hours, not the policy's 3 days
+
+
+@pytest.mark.parametrize(
+    ("windows", "approved", "rejected"),
+    [
+        (True, ["KB5050009", "KB5048654"], ["KB890830"]),
+        (False, ["openssl-libs", "kernel-5.10.237-230.949.amzn2"], []),
+    ],
+)
+def test_the_baseline_override_document_holds_baselines_of_the_published_shape(
+    windows: bool, approved: list[str], rejected: list[str]
+) -> None:
+    """The JSON PatchPilot writes for AWS-RunPatchBaseline's BaselineOverride is a list of patch
+    baselines, each the API's BaselineOverride structure (Systems Manager User Guide, 'Using the
+    BaselineOverride parameter'); each is validated against that shape in botocore's SSM model."""
+    shape = boto3.client("ssm", region_name=REGION).meta.service_model.shape_for("BaselineOverride")
+    documents = override_baselines(windows, approved, rejected)
+    assert isinstance(documents, list) and documents
+    for document in documents:
+        validate_parameters(document, shape)

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -316,3 +317,23 @@ def test_the_baseline_override_document_holds_baselines_of_the_published_shape(
     assert isinstance(documents, list) and documents
     for document in documents:
         validate_parameters(document, shape)
+
+
+def test_no_test_double_stands_in_for_a_boto3_client_by_duck_typing() -> None:
+    """A class in tests/ with a method named like an AWS operation PatchPilot's services offer
+    (put_item, send_command, …) would answer an adapter unchecked: doubles answer behind a real
+    boto3 client (moto, Stubber, or a hook the checks above cover) instead."""
+    services = ("ssm", "ec2", "dynamodb", "sqs", "s3", "rds", "health", "sts", "cloudwatch", "secretsmanager")
+    operations = {
+        xform_name(name)
+        for service in services
+        for name in boto3.client(service, region_name=REGION).meta.service_model.operation_names
+    }
+    found = []
+    for path in sorted(Path(__file__).parent.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef):
+                named = [f.name for f in node.body if isinstance(f, ast.FunctionDef) and f.name in operations]
+                if named:
+                    found.append(f"{path.name}: {node.name} {named}")
+    assert not found, found

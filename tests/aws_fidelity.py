@@ -1,6 +1,6 @@
 """No test double may answer an AWS call with something AWS could not send.
 
-Every boto3 client of the test process gets two botocore built-in handlers (installed on
+Every boto3 client of the test process gets three botocore built-in handlers (installed on
 import, for every session made afterwards, as moto installs its own):
 
 - a last `before-call` handler that marks the call as sent on: it runs only when no earlier
@@ -155,7 +155,7 @@ def _check(
 
 
 def install() -> None:
-    """Add the two handlers to botocore's built-ins (once); drop boto3's default session so
+    """Add the three handlers to botocore's built-ins (once); drop boto3's default session so
     that the next one is made with them."""
     if any(spec[1] is _check for spec in handlers.BUILTIN_HANDLERS):
         return

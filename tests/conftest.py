@@ -2,6 +2,7 @@ import os as _os
 from collections.abc import Iterator
 
 import pytest
+from aws_fidelity import aws_answers_checked  # noqa: F401 (autouse: no unvalidated AWS answer)
 from hypothesis import settings as _hypothesis_settings
 
 # --- Hypothesis profiles (planner property tests) -------------------------------------------

@@ -27,8 +27,9 @@ It answers behind real boto3 clients, through botocore event hooks: `before-para
 keeps the API parameters and `before-call` returns the answer, which short-circuits the HTTP
 request (moto never sees the call). botocore has validated the request against the service
 model by then (a bad call fails as it would on AWS, with ParamValidationError), and every
-answer is validated against the operation's output shape, as a Stubber does. An operation the
-fake does not play fails the test rather than reach moto.
+answer is validated against the operation's output shape, as a Stubber does (and again, with its
+error codes, by tests/aws_fidelity.py, as every hook's answer is). An operation the fake does not
+play fails the test rather than reach moto; `FleetServices.operations()` lists the ones it plays.
 """
 
 from __future__ import annotations
@@ -278,28 +279,34 @@ class FleetServices:
 
     def serve_root_volume_tasks(self, client: Any) -> None:
         """Answer the replace-root-volume calls of an EC2 `client` (moto answers the rest)."""
-        for operation in ("CreateReplaceRootVolumeTask", "DescribeReplaceRootVolumeTasks"):
+        for operation in self.operations()["ec2"]:
             client.meta.events.register(f"before-parameter-build.ec2.{operation}", _keep_params)
             client.meta.events.register(f"before-call.ec2.{operation}", self._answer_ec2)
 
-    def _answer_ssm(self, model: Any, context: dict[str, Any], **_: Any) -> tuple[AWSResponse, dict[str, Any]]:
-        handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
-            "DescribeInstanceInformation": self._describe_instance_information,
-            "SendCommand": self._send_command,
-            "ListCommands": self._list_commands,
-            "ListCommandInvocations": self._list_command_invocations,
-            "DescribeInstancePatches": self._describe_instance_patches,
-            "DescribeInstancePatchStates": self._describe_instance_patch_states,
-            "DescribeAvailablePatches": self._describe_available_patches,
+    def operations(self) -> dict[str, dict[str, Callable[[dict[str, Any]], dict[str, Any]]]]:
+        """The operations the fake plays, by service and API name (tests/test_aws_fidelity.py
+        checks each against botocore's service model)."""
+        return {
+            "ssm": {
+                "DescribeInstanceInformation": self._describe_instance_information,
+                "SendCommand": self._send_command,
+                "ListCommands": self._list_commands,
+                "ListCommandInvocations": self._list_command_invocations,
+                "DescribeInstancePatches": self._describe_instance_patches,
+                "DescribeInstancePatchStates": self._describe_instance_patch_states,
+                "DescribeAvailablePatches": self._describe_available_patches,
+            },
+            "ec2": {
+                "CreateReplaceRootVolumeTask": self._create_replace_root_volume_task,
+                "DescribeReplaceRootVolumeTasks": self._describe_replace_root_volume_tasks,
+            },
         }
-        return _answer(model, context, handlers)
+
+    def _answer_ssm(self, model: Any, context: dict[str, Any], **_: Any) -> tuple[AWSResponse, dict[str, Any]]:
+        return _answer(model, context, self.operations()["ssm"])
 
     def _answer_ec2(self, model: Any, context: dict[str, Any], **_: Any) -> tuple[AWSResponse, dict[str, Any]]:
-        handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
-            "CreateReplaceRootVolumeTask": self._create_replace_root_volume_task,
-            "DescribeReplaceRootVolumeTasks": self._describe_replace_root_volume_tasks,
-        }
-        return _answer(model, context, handlers)
+        return _answer(model, context, self.operations()["ec2"])
 
     # ------------------------------------------------------------ SSM
 

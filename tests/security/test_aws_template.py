@@ -17,8 +17,11 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 from aws_lambda_powertools.shared import constants as powertools
+from botocore.stub import Stubber
+from moto_support import record
 
 from patchpilot.adapters.aws import fleet
 from patchpilot.adapters.aws.claims import DynamoDbClaims
@@ -451,17 +454,6 @@ def test_dead_letter_alarms_have_an_action() -> None:
 # ---------------------------------------------------------------- 8. claims and leases expire
 
 
-class _RecordingDynamoDb:
-    """Records put_item calls (the claims adapter's only call)."""
-
-    def __init__(self) -> None:
-        self.items: list[dict[str, Any]] = []
-
-    def put_item(self, **request: Any) -> dict[str, Any]:
-        self.items.append(request["Item"])
-        return {}
-
-
 class _Clock:
     def now(self) -> datetime:
         return datetime(2026, 12, 1, tzinfo=UTC)
@@ -473,10 +465,14 @@ def test_claims_and_leases_expire() -> None:
     claims adapter writes it) has passed. No other item of the table has an `until` attribute."""
     table = RESOURCES["RunTable"]["Properties"]
     assert table["TimeToLiveSpecification"] == {"AttributeName": "until", "Enabled": True}
-    client = _RecordingDynamoDb()
+    client = boto3.client("dynamodb", region_name="us-east-1")
+    written = record(client, "PutItem")
     until = datetime(2026, 12, 2, 3, 4, 5, tzinfo=UTC)
-    DynamoDbClaims("runs", client, _Clock()).claim("slack:v0=abc", until)  # type: ignore[arg-type]
-    (item,) = client.items
+    with Stubber(client) as stub:  # botocore checks the request and the answer against the model
+        stub.add_response("put_item", {})
+        DynamoDbClaims("runs", client, _Clock()).claim("slack:v0=abc", until)
+    (request,) = written.of("PutItem")
+    item = request["Item"]
     assert item[table["TimeToLiveSpecification"]["AttributeName"]] == {"N": str(int(until.timestamp()))}
 
 

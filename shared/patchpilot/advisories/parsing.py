@@ -33,6 +33,9 @@ ADVISORY_SOURCE = "patchpilot.advisory"  # its only EventBridge source
 ADVISORY_EVENT_TYPE = "PatchPilot.Advisory"  # Event Grid eventType / CloudEvents type
 INSPECTOR_FINDING = "Inspector2 Finding"
 HEALTH_TYPES = ("AWS Health Event", "AWS Health Abuse Event")
+# AWS Health names an affected EC2 instance by id or by ARN (the documented EC2 instance retirement
+# sample: arn:aws:ec2:us-east-1:123456789012:instance/i-1234567890abcdef0); PatchPilot matches ids.
+EC2_INSTANCE_ARN = re.compile(r"arn:aws[a-z-]*:ec2:[a-z0-9-]*:\d*:instance/(i-[0-9a-f]+)")
 VULNERABILITY_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{2,63}$"  # CVE-2025-0001, GHSA-..., ALAS2-2025-001
 
 
@@ -319,7 +322,8 @@ def _health(raw: Mapping[str, Any], source: str) -> Delivery:
     affected: list[str] = []
     for index in range(len(entities)):
         if value := reader.text(raw, ("detail", "affectedEntities", index, "entityValue")):
-            affected.append(value)
+            named = EC2_INSTANCE_ARN.fullmatch(value)
+            affected.append(named.group(1) if named else value)
     descriptions = reader.get(raw, ("detail", "eventDescription"), list, required=False) or []
     description = next(
         (

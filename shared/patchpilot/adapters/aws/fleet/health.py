@@ -46,6 +46,9 @@ if TYPE_CHECKING:
     from mypy_boto3_ssm.type_defs import CommandInvocationTypeDef, InstanceInformationTypeDef
 
 HEALTH_POLL = timedelta(minutes=2)
+# AWS-RunShellScript and AWS-RunPowerShellScript refuse an executionTimeout above 48 hours
+# (the documents' allowedPattern; tests/fixtures/aws-published/ssm-documents.json).
+SCRIPT_TIMEOUT_MAX = 172_800
 
 
 def check_health(access: AwsAccess, command: CheckHealth, http: HttpProbe) -> Progress:
@@ -241,7 +244,7 @@ def _check_script(
         covered = {i for c in found.values() for i in c.get("InstanceIds", [])}
         missing = sorted(i for i in ready if i not in covered)
         if missing:
-            timeout = max(30, int(checks.timeout.total_seconds()))
+            timeout = min(SCRIPT_TIMEOUT_MAX, max(30, int(checks.timeout.total_seconds())))
             for index, chunk in enumerate(chunks(missing, SSM_IDS_PER_CALL), start=len(found)):
                 label = f"h{os[0]}{index}"
                 try:

@@ -1,5 +1,5 @@
 """What PatchPilot does where it relies on AWS behaviour no published source states
-(docs/fidelity-aws.md, "Still assumed"): if the assumption is wrong, the answer degrades to
+(docs/fidelity.md, AWS, "Still assumed"): if the assumption is wrong, the answer degrades to
 "unknown", never to a crash or a wrong verdict.
 
 - DescribeAvailablePatches: the Values of one filter are ORed. The API reference gives sample

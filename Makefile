@@ -30,8 +30,8 @@ $(AZURITE):
 # playwright, with Debian's build): installed when missing, as root or through sudo.
 CHROMIUM := /usr/bin/chromium
 $(CHROMIUM):
-	@if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y --no-install-recommends chromium; \
-	elif command -v sudo >/dev/null 2>&1; then sudo apt-get update -qq && sudo apt-get install -y --no-install-recommends chromium; \
+	@if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; \
+	elif command -v sudo >/dev/null 2>&1; then sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; \
 	else echo "make: $(CHROMIUM) is missing and this user can neither apt-get (not root) nor sudo: install the chromium package; the overview page's browser test (tests/test_overview.py) drives it" >&2; exit 1; fi
 
 test: setup $(AZURITE) $(CHROMIUM)

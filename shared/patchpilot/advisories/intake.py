@@ -1,4 +1,5 @@
-"""Advisories as the serverless runtimes receive them (EventBridge on AWS, Event Grid on Azure):
+"""Advisories as the runtimes receive them (EventBridge on AWS, Event Grid on Azure, a file given
+to `patchpilot advisory` locally):
 each delivery is answered (start, merge, report, ignore), the emergency run it decides on is
 started, and the answer goes to the log and to on-call (the policy's routes, topic `advisory`).
 
@@ -15,8 +16,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from patchpilot.advisories.decide import decide_advisory, emergency_policy, follow_up_request, open_run_of
-from patchpilot.advisories.models import Advisory, AdvisoryAnswer, OpenRun
-from patchpilot.advisories.parsing import parse_payload
+from patchpilot.advisories.models import Advisory, AdvisoryAnswer, Delivery, OpenRun
 from patchpilot.engine.messages import FollowUpRequested, Notify
 from patchpilot.engine.run import Run
 from patchpilot.inventory import Instance
@@ -29,31 +29,34 @@ Start = Callable[[str, Policy, list[Instance]], Run]  # Service.start
 FollowUp = Callable[[FollowUpRequested], object]  # Service.request_follow_up
 
 
-def take_advisories(
-    raw: object,
+def answer_deliveries(
+    deliveries: Sequence[Delivery],
     policy: Policy,
     fleet: Callable[[], Sequence[Instance]],
-    store: RunStore,
-    start: Start,
+    store: RunStore | None,
+    start: Start | None,
     tell: Callable[[Notify], None],
     now: datetime,
-    follow_up: FollowUp,
+    follow_up: FollowUp | None,
 ) -> list[AdvisoryAnswer]:
-    """Answer every delivery of `raw` (InputError naming the field when it is malformed).
-    `fleet` is read once, and only when an advisory needs it."""
+    """Answer every delivery (`parse_payload`: as it arrived, InputError naming the field when it
+    is malformed), all at `now` (one delivery arrives at one time), and tell each answer
+    (`tell`). `fleet` is read once, and only when an advisory needs it. Without a `store` there is
+    no open run to merge into, and without `start` and `follow_up` nothing is started or
+    requested: the answers only (`patchpilot advisory` without a state directory)."""
     instances: list[Instance] | None = None
-    open_runs = _open_runs(store, policy)
+    open_runs = _open_runs(store, policy) if store is not None else []
     answers = []
-    for delivery in parse_payload(raw):
+    for delivery in deliveries:
         if isinstance(delivery, Advisory) and instances is None:
             instances = list(fleet())
         answer = decide_advisory(policy, delivery, instances or [], now, open_runs)
-        if answer.action == "start" and isinstance(delivery, Advisory):
+        if answer.action == "start" and isinstance(delivery, Advisory) and start is not None:
             wanted = set(answer.instances) | {i for i, _ in answer.exposed}
             chosen = [i for i in instances or [] if i.id in wanted]
             run = start(answer.run_id, emergency_policy(policy, delivery), chosen)
             open_runs.append(OpenRun(run.run_id, delivery.cve, run.status, frozenset(answer.instances)))
-        if answer.follow_up:
+        if answer.follow_up and follow_up is not None:
             follow_up(follow_up_request(answer, instances or [], now))
             open_runs[:] = [noted(r, answer) for r in open_runs]
         log.info("advisory %s: %s", answer.key, answer.text)
@@ -91,3 +94,20 @@ def _notice(answer: AdvisoryAnswer) -> Notify:
         text=answer.text,
         severity=answer.severity,
     )
+
+
+def take_advisories(
+    raw: object,
+    policy: Policy,
+    fleet: Callable[[], Sequence[Instance]],
+    store: RunStore,
+    start: Start,
+    tell: Callable[[Notify], None],
+    now: datetime,
+    follow_up: FollowUp,
+) -> list[AdvisoryAnswer]:
+    """`answer_deliveries` of the deliveries of `raw` (InputError naming the field when it is
+    malformed). Branch app14 drops this (its callers parse and call `answer_deliveries`)."""
+    from patchpilot.advisories.parsing import parse_payload
+
+    return answer_deliveries(parse_payload(raw), policy, fleet, store, start, tell, now, follow_up)

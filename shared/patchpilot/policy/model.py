@@ -378,6 +378,10 @@ ADVISORY_SEVERITIES: tuple[AdvisorySeverity, ...] = ("LOW", "MEDIUM", "HIGH", "C
 AdvisorySource = Literal["defender", "assessment"]  # Azure: Defender for Cloud findings, Update Manager's assessment
 
 
+def _defender_only() -> list[AdvisorySource]:
+    return ["defender"]
+
+
 class Emergency(_Section):
     """Emergency runs started by security advisories (docs/advisories.md): only the advisory's
     fixes, still snapshotted, staging first and rolled back on failure."""
@@ -389,7 +393,7 @@ class Emergency(_Section):
     merge_window: Duration = timedelta(hours=6)  # findings about one CVE within it become one run
     # What the Azure timer reads (docs/advisories.md "Azure sources"): Defender for Cloud's
     # vulnerability findings by default; Update Manager's assessment only when named.
-    sources: OneOrMore[AdvisorySource] = Field(default_factory=lambda: ["defender"])
+    sources: OneOrMore[AdvisorySource] = Field(default_factory=_defender_only)
     assessment_window: Duration = timedelta(days=7)  # a critical update released within it starts a run
 
     def problems(self, ring_names: Iterable[str]) -> list[Problem]:

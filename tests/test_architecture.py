@@ -49,6 +49,7 @@ LAYERS: dict[str, str] = {
     # application: sequences effects through ports it is given
     "service": APPLICATION,
     "advisories.intake": APPLICATION,
+    "app": APPLICATION,  # the timer, compliance, the watch, approvals, Update Manager events (patchpilot/app)
     # adapters: I/O (clouds, SQLite, chat)
     "adapters": ADAPTER,
     "notify": ADAPTER,

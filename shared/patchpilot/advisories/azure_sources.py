@@ -55,7 +55,7 @@ class SourceNotReadError(Exception):
     never as "nothing found"."""
 
 
-def defender_label(severity: AdvisorySeverity) -> tuple[str, ...]:
+def defender_severities(severity: AdvisorySeverity) -> tuple[str, ...]:
     """Defender's status severities (Low, Medium, High; Critical where given) at or above
     `severity`: what the query asks for. Critical is High with a CVSS 3 score from 9.0, so a
     CRITICAL minimum still reads High."""

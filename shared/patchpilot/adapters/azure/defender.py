@@ -18,7 +18,12 @@ from typing import Any
 
 from azure.core.exceptions import HttpResponseError
 
-from patchpilot.advisories.azure_sources import MACHINE_FINDING_TYPES, UNHEALTHY, SourceNotReadError, defender_label
+from patchpilot.advisories.azure_sources import (
+    MACHINE_FINDING_TYPES,
+    UNHEALTHY,
+    SourceNotReadError,
+    defender_severities,
+)
 from patchpilot.policy.model import AdvisorySeverity
 
 from .access import AzureAccess, describe_error
@@ -36,7 +41,7 @@ def findings_query(min_severity: AdvisorySeverity) -> str:
             f"| where type =~ {kql_string(SUB_ASSESSMENT_TYPE)}",
             f"| where tostring(properties.additionalData.assessedResourceType) in~ {kql_list(MACHINE_FINDING_TYPES)}",
             f"| where tostring(properties.status.code) =~ {kql_string(UNHEALTHY)}",
-            f"| where tostring(properties.status.severity) in~ {kql_list(defender_label(min_severity))}",
+            f"| where tostring(properties.status.severity) in~ {kql_list(defender_severities(min_severity))}",
             "| project id, properties",
         ]
     )

@@ -37,9 +37,9 @@ from patchpilot.compliance.model import MissingPatch, PatchState
 from patchpilot.inventory import Instance
 from patchpilot.policy.model import ADVISORY_SEVERITIES, AdvisorySeverity
 
-# The sub-assessments of machines' vulnerability findings (Microsoft's sample queries filter on
-# these): ServerVulnerability (the REST API's type), ServerVulnerabilityTvm (Defender
-# Vulnerability Management).
+# The sub-assessments of machines' vulnerability findings: ServerVulnerability (the REST API's
+# schema), ServerVulnerabilityTvm (Defender Vulnerability Management's rows: assumed, from public
+# sample queries; tests/fixtures/defender/sources.json).
 MACHINE_FINDING_TYPES = ("ServerVulnerability", "ServerVulnerabilityTvm")
 UNHEALTHY = "Unhealthy"  # an open finding; Healthy: fixed; NotApplicable: not assessed
 CRITICAL_CVSS = 9.0  # a CVSS 3 base score from 9.0 is Critical (CVSS 3.x specification, table 14)

@@ -144,6 +144,16 @@ def test_a_finding_naming_no_kb_or_package_is_not_patched_with_a_guess() -> None
     assert defender_finding(row).problem == "no KB or package named as its fix"
 
 
+def test_a_rows_text_cannot_forge_a_log_line() -> None:
+    (row,) = rows_on((CRITICAL_CVE, WIN1))
+    properties = row["properties"]
+    properties.update(id="x\nERROR forged", displayName="", status={"code": "Unhealthy\nERROR", "severity": "High"})
+    properties["additionalData"]["cve"] = []
+    (delivery,) = defender_deliveries([row], FLEET)
+    assert isinstance(delivery, Unactionable) and "\n" not in delivery.reason
+    assert delivery.reason == 'Defender finding "x\\nERROR forged": the finding is "Unhealthy\\nERROR", not Unhealthy'
+
+
 def test_a_low_finding_is_ignored_below_the_minimum_severity() -> None:
     (delivery,) = defender_deliveries(rows_on((LOW_CVE, WIN1)), FLEET)
     assert isinstance(delivery, Advisory) and delivery.severity == "LOW"

@@ -31,7 +31,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from patchpilot.advisories.models import Advisory, Delivery, Unactionable
-from patchpilot.advisories.names import fix_problem, is_kb
+from patchpilot.advisories.names import fix_problem, is_kb, quoted
 from patchpilot.advisories.parsing import VULNERABILITY_ID
 from patchpilot.compliance.model import MissingPatch, PatchState
 from patchpilot.inventory import Instance
@@ -98,9 +98,9 @@ def defender_finding(row: Mapping[str, Any]) -> DefenderFinding:
     fixes, refused = _fixes(properties, extra)
     problem = ""
     if code != UNHEALTHY:
-        problem = f"the finding is {code or 'without a status'}, not {UNHEALTHY}"
+        problem = f"the finding is {code if code.isalpha() else quoted(code)}, not {UNHEALTHY}"
     elif not re.match(VULNERABILITY_ID, cve):
-        problem = f"no vulnerability id ({cve or 'none'})"
+        problem = f"no vulnerability id ({quoted(cve) if cve else 'none'})"
     elif extra.get("patchable") is False:
         problem = "patchable is false: no fix to install"
     elif refused:
@@ -108,7 +108,8 @@ def defender_finding(row: Mapping[str, Any]) -> DefenderFinding:
     elif not fixes:
         problem = "no KB or package named as its fix"
     elif label is None:
-        problem = f"severity {_text(status.get('severity')) or 'not given'} is not one that starts emergency runs"
+        given = _text(status.get("severity"))
+        problem = f"severity {quoted(given) if given else 'not given'} is not one that starts emergency runs"
     updated = _text(properties.get("timeGenerated"))
     return DefenderFinding(
         id=row_id,
@@ -140,7 +141,8 @@ def defender_deliveries(rows: Iterable[Mapping[str, Any]], instances: Sequence[I
         usable = [f for f in findings if not f.problem]
         if not usable:
             reasons = sorted({f.problem for f in findings})
-            deliveries.append(Unactionable("defender", key, f"Defender finding {cve}: {'; '.join(reasons)}"))
+            name = cve if re.match(VULNERABILITY_ID, cve) else quoted(cve)  # a row's text cannot forge a log line
+            deliveries.append(Unactionable("defender", key, f"Defender finding {name}: {'; '.join(reasons)}"))
             continue
         severity = max((f.severity for f in usable if f.severity), key=ADVISORY_SEVERITIES.index)
         times = [f.at for f in usable if f.at is not None]

@@ -58,6 +58,10 @@ var fleetActions = [
   'Microsoft.Maintenance/updates/read'
   'Microsoft.ResourceHealth/events/read'
   'Microsoft.ResourceHealth/events/impactedResources/read'
+  // emergency runs from Defender for Cloud's vulnerability findings (docs/advisories.md "Azure
+  // sources"): Resource Graph lists only the securityresources rows the identity may read
+  'Microsoft.Security/assessments/read'
+  'Microsoft.Security/assessments/subAssessments/read'
   // Update Manager schedules (`patchpilot azure sync`) and cancelling a maintenance run
   'Microsoft.Maintenance/maintenanceConfigurations/read'
   'Microsoft.Maintenance/maintenanceConfigurations/write'

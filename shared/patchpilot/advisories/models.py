@@ -15,7 +15,8 @@ from typing import Any, Literal
 from patchpilot.engine.run import TERMINAL_STATES
 from patchpilot.policy.model import AdvisorySeverity
 
-Source = Literal["inspector", "aws-health", "patchpilot"]
+# defender, assessment: Azure's own, read on the timer (advisories/azure_sources.py)
+Source = Literal["inspector", "aws-health", "patchpilot", "defender", "assessment"]
 Action = Literal["start", "merge", "report", "ignore"]
 
 

@@ -13,4 +13,5 @@ build the ports and call it.
 - `timer`: the timer tick: the above, then the scheduled run by the policy's kind
 - `approvals`: the approval endpoints (signed links, Slack buttons) and their answers
 - `update_manager_events`: Azure Update Manager's pre- and post-maintenance events
+- `azure_advisories`: Azure's own advisories (Defender for Cloud, Update Manager's critical updates) on the timer
 """

@@ -375,6 +375,11 @@ def is_arc_server(instance: Instance) -> bool:
 
 AdvisorySeverity = Literal["LOW", "MEDIUM", "HIGH", "CRITICAL"]
 ADVISORY_SEVERITIES: tuple[AdvisorySeverity, ...] = ("LOW", "MEDIUM", "HIGH", "CRITICAL")  # ascending
+AdvisorySource = Literal["defender", "assessment"]  # Azure: Defender for Cloud findings, Update Manager's assessment
+
+
+def _defender_only() -> list[AdvisorySource]:
+    return ["defender"]
 
 
 class Emergency(_Section):
@@ -386,6 +391,10 @@ class Emergency(_Section):
     soak: Duration = timedelta(minutes=30)  # replaces each ring's soak
     approval: Literal["auto", "required"] = "auto"  # required: every ring after the first waits for approval
     merge_window: Duration = timedelta(hours=6)  # findings about one CVE within it become one run
+    # What the Azure timer reads (docs/advisories.md "Azure sources"): Defender for Cloud's
+    # vulnerability findings by default; Update Manager's assessment only when named.
+    sources: OneOrMore[AdvisorySource] = Field(default_factory=_defender_only)
+    assessment_window: Duration = timedelta(days=7)  # a critical update released within it starts a run
 
     def problems(self, ring_names: Iterable[str]) -> list[Problem]:
         here, known = ("emergency",), list(ring_names)
@@ -398,6 +407,10 @@ class Emergency(_Section):
             found.append(Problem((*here, "rings"), "a ring is named twice"))
         if self.merge_window <= timedelta(0):
             found.append(Problem((*here, "merge_window"), "expected a window longer than 0"))
+        if len(set(self.sources)) != len(self.sources):
+            found.append(Problem((*here, "sources"), "a source is named twice"))
+        if self.assessment_window <= timedelta(0):
+            found.append(Problem((*here, "assessment_window"), "expected a window longer than 0"))
         return found
 
 

@@ -1,4 +1,5 @@
-"""The timer (every 15 minutes): start the scheduled run when the policy's window begins."""
+"""The timer (every 15 minutes): start the scheduled run when the policy's window begins, and read
+Azure's own advisories (Defender for Cloud, Update Manager's critical updates)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,11 @@ def on_timer(past_due: bool, invocation_id: str = "") -> TriggerDecision:
         if decision.start:
             set_correlation_id(decision.run_id)
         log.info(decision.reason, extra={"start": decision.start})
+        try:  # Defender's findings and critical updates: emergency runs, as Inspector's on AWS
+            for line in deps(log).azure_advisories().lines():
+                log.info(line)
+        except Exception as error:  # a failed read never stops the tick; the next tick reads again
+            log.warning("Azure's advisories were not read: %s", error)
         try:
             purged = deps(log).purge_lapsed()
         except Exception as error:  # housekeeping: the next tick tries again

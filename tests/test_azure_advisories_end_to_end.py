@@ -4,27 +4,41 @@ machines the fake ARM behind the real management clients (test_azure_runtime's `
 as the Function App builds it). Each tick is a fresh runtime (a cold container) over the same
 storage, as the timer's ticks are.
 
-Not yet through the timer function itself: the timer calls `read_azure_advisories` once the
-application layer (issue 14) is merged; docs/advisories.md "Not yet".
+The last test goes through the timer function itself (`azure_functions/timer.py`), as the
+Functions host fires it, with the policy read from its blob.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from azure_rbac import arm_action, fleet_role_actions
+from click.testing import CliRunner
 from clocks import ManualClock
 from fake_arm import FakeArm
 from fake_azure_compute import SUB, FakeAzureCompute
 from fake_azure_security import FakeAzureSecurity
-from test_azure_runtime import SIGNING_KEY, StaticSecrets, arm, clock, settings  # noqa: F401  # fixtures
+from test_azure_runtime import (  # noqa: F401  # fixtures
+    RUN_POLICY,
+    SIGNING_KEY,
+    FunctionsHost,
+    StaticSecrets,
+    arm,
+    clock,
+    settings,
+    upload,
+    world,
+)
 
 from patchpilot.adapters.azure.clients import AzureClients
 from patchpilot.adapters.azure.defender import AzureDefenderFindings
 from patchpilot.adapters.azure.runtime import AzureEnvironment, AzureRuntime
+from patchpilot.adapters.azure.table_store import TableRunStore
 from patchpilot.app.azure_advisories import AzureAdvisoriesRead, read_azure_advisories
+from patchpilot.cli import main
 from patchpilot.inventory import Instance
 from patchpilot.policy import parse_policy
 
@@ -143,3 +157,70 @@ def test_a_tick_whose_defender_read_is_refused_says_not_read(
     assert any(line.startswith("not read: defender: Defender for Cloud findings") for line in read.lines())
     assert list(tick.runtime.store.run_ids()) == []
     assert any("not read: defender" in text for text in tick.told)
+
+
+def test_the_timer_function_starts_one_emergency_run_from_defender_and_the_next_tick_nothing_new(
+    world: tuple[FunctionsHost, FakeAzureCompute],  # noqa: F811
+    settings: dict[str, str],  # noqa: F811
+    arm: FakeArm,  # noqa: F811
+    clock: ManualClock,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The deployed policy has an `emergency` section: each timer tick reads Defender's findings
+    (one Resource Graph query); the first tick starts the emergency run, the second starts nothing."""
+    host, compute = world
+    upload(settings, RUN_POLICY + "emergency: {min_severity: HIGH, soak: 15m}\n")
+    clock.set(datetime(2026, 12, 1, 9, 0, tzinfo=UTC))  # no patch window opens today
+    security = FakeAzureSecurity(arm)
+    for name, environment in [("web-win-1", "staging"), ("web-win-2", "production")]:
+        compute.add_vm(name, os="Windows", tags={"Environment": environment})
+        security.add(CVE, machine(arm, name, environment).id)
+    runs = TableRunStore.from_connection_string(settings["AzureWebJobsStorage"], settings["PATCHPILOT_TABLE"])
+
+    with caplog.at_level(logging.INFO, logger="patchpilot"):
+        host.timer()
+    (run_id,) = runs.run_ids()
+    run = runs.load(run_id)
+    assert run.status == "running" and run.policy.patches.include == ["KB5048661"]
+    assert {r.instance.name for r in run.records()} == {"web-win-1", "web-win-2"}
+    assert any(CVE in r.getMessage() for r in caplog.records)
+
+    clock.advance(timedelta(minutes=15))
+    host.timer()
+    assert runs.run_ids() == [run_id]  # the same findings: nothing new
+    assert len(security.queries) == 2  # one Resource Graph query per tick
+
+
+def test_the_advisories_command_says_what_the_sources_hold_and_starts_only_with_start(
+    world: tuple[FunctionsHost, FakeAzureCompute],  # noqa: F811
+    settings: dict[str, str],  # noqa: F811
+    arm: FakeArm,  # noqa: F811
+    clock: ManualClock,  # noqa: F811
+) -> None:
+    """`patchpilot advisories --cloud azure` over the deployed Function App's settings: a dry run
+    answers "start" and starts nothing (exit 1); `--start` starts the run (exit 0); a refused
+    source is said and exits 4."""
+    _, compute = world
+    upload(settings, RUN_POLICY + "emergency: {min_severity: HIGH, soak: 15m}\n")
+    clock.set(datetime(2026, 12, 1, 9, 0, tzinfo=UTC))
+    security = FakeAzureSecurity(arm)
+    compute.add_vm("web-win-1", os="Windows", tags={"Environment": "staging"})
+    security.add(CVE, machine(arm, "web-win-1", "staging").id)
+    runs = TableRunStore.from_connection_string(settings["AzureWebJobsStorage"], settings["PATCHPILOT_TABLE"])
+
+    dry = CliRunner().invoke(main, ["advisories", "--cloud", "azure", "--json"])
+    assert dry.exit_code == 1, dry.output
+    document = json.loads(dry.stdout)
+    assert [a["action"] for a in document["answers"]] == ["start"] and document["started"] is False
+    assert runs.run_ids() == []
+
+    started = CliRunner().invoke(main, ["advisories", "--cloud", "azure", "--start"])
+    assert started.exit_code == 0, started.output
+    assert CVE in started.stdout
+    (run_id,) = runs.run_ids()
+    assert run_id in started.stdout
+
+    security.deny()
+    refused = CliRunner().invoke(main, ["advisories", "--cloud", "azure"])
+    assert refused.exit_code == 4, refused.output
+    assert "not read: defender" in refused.stdout

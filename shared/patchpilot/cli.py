@@ -987,7 +987,7 @@ class LiveProgress:
 
 
 # The command groups reach back into this module when they run.
-from patchpilot.cli_advisory import advisory  # noqa: E402
+from patchpilot.cli_advisory import advisories, advisory  # noqa: E402
 from patchpilot.cli_aws import aws  # noqa: E402
 from patchpilot.cli_azure import azure  # noqa: E402
 from patchpilot.cli_compliance import compliance  # noqa: E402
@@ -996,5 +996,6 @@ from patchpilot.cli_maintenance import maintenance  # noqa: E402
 main.add_command(aws)
 main.add_command(azure)
 main.add_command(advisory)
+main.add_command(advisories)
 main.add_command(maintenance)
 main.add_command(compliance)

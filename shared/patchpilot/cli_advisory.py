@@ -144,3 +144,50 @@ def _exit_status(runs: list[Run]) -> int:
     if any(r.status == "waiting_approval" for r in runs):
         return EXIT_WAITING_APPROVAL
     return EXIT_SUCCEEDED
+
+
+EXIT_NOTHING_TO_DO = 0  # every source read; nothing to start or merge (or, with --start, done)
+EXIT_WOULD_ACT = 1  # a dry run: an emergency run would start or a run take more machines
+EXIT_NOT_READ = 4  # a source could not be read: what it holds is unknown
+
+
+@click.command("advisories")
+@click.option(
+    "--cloud",
+    type=click.Choice(["azure"]),
+    required=True,
+    help="Read the deployed Function App's sources (its app settings in the environment). On AWS, "
+    "Inspector's findings arrive as events: `patchpilot advisory FILE` answers one.",
+)
+@click.option("--start", is_flag=True, help="Act: start and merge as the timer would, instead of only saying so.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@reports_input_errors
+def advisories(cloud: str, start: bool, as_json: bool) -> None:
+    """What Azure's own advisory sources hold now (Defender for Cloud's findings and, with
+    `emergency.sources: [assessment]`, Update Manager's critical updates) and the answer each would
+    get: start, merge, or ignore with why. Nothing is started without --start. Exit 0 nothing to
+    do, 1 something would start or merge (dry run), 4 a source could not be read, 2 bad input."""
+    from azure.core.exceptions import AzureError
+
+    from patchpilot.adapters.azure.runtime import deps
+
+    try:
+        read = deps().azure_advisories(act=start)
+    except AzureError as error:  # the run table or the policy's blob out of reach: one line, exit 1
+        raise click.ClickException(f"{cloud}: {type(error).__name__}: {error}") from None
+    if as_json:
+        print_json({"cloud": cloud, "started": start, **read.document()})
+    else:
+        console = Console(highlight=False)
+        for answer in read.answers:
+            console.print(Text(answer.text, style=STYLES[answer.severity]), soft_wrap=True)
+        for line in read.lines()[len(read.answers) :]:
+            console.print(Text(line, style="yellow" if line.startswith("not read") else ""), soft_wrap=True)
+        if not read.lines():
+            console.print("Nothing found: no finding at or above the policy's emergency.min_severity.")
+        elif not start and any(a.action in ("start", "merge") for a in read.answers):
+            console.print("Nothing was started: give --start to act as the timer would.")
+    if read.not_read:
+        sys.exit(EXIT_NOT_READ)
+    would_act = not start and any(a.action in ("start", "merge") for a in read.answers)
+    sys.exit(EXIT_WOULD_ACT if would_act else EXIT_NOTHING_TO_DO)

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from patchpilot.adapters.azure.reports import BlobReports
     from patchpilot.adapters.azure.storage_queue import StorageQueue
     from patchpilot.adapters.azure.table_store import TableRunStore
+    from patchpilot.app.azure_advisories import AzureAdvisoriesRead
     from patchpilot.app.update_manager_events import UpdateManagerEvent, UpdateManagerEvents
     from patchpilot.ports import Claims, Clock, Secrets
     from patchpilot.service import Service
@@ -364,6 +365,28 @@ class AzureRuntime(ServerlessRuntime):
             else f"ignored event {event.event_id or '(no id)'}: {event.reason}"
             for event in parse_maintenance_events(raw)
         ]
+
+    def azure_advisories(self, *, act: bool = True) -> AzureAdvisoriesRead:
+        """Azure's own advisories (Defender for Cloud findings, Update Manager's critical updates),
+        read and answered like Inspector findings (`patchpilot.app.azure_advisories`): on the
+        timer, and by `patchpilot advisories --cloud azure` (`act=False` without `--start`)."""
+        from patchpilot.adapters.azure.defender import AzureDefenderFindings
+        from patchpilot.app.azure_advisories import read_azure_advisories
+
+        policy, now = self.policy(), self.clock.now()
+        return read_azure_advisories(
+            policy,
+            defender=AzureDefenderFindings(self.fleet.access),
+            assessor=self.fleet,
+            fleet=lambda: self.discovered(policy, now),
+            store=self.store,
+            claims=self.claims,
+            clock=self.clock,
+            start=self.service.start,
+            tell=lambda notice: self.routed.send(notice, policy.notifications),
+            follow_up=self.service.request_follow_up,
+            act=act,
+        )
 
     def status(self, run_id: str) -> dict[str, Any]:
         """The run as `patchpilot status --json` shows it; UnknownRunError when there is none."""

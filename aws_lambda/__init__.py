@@ -1,4 +1,4 @@
-"""AWS Lambda handlers: thin shims over `patchpilot.adapters.aws.runtime` (see template.yaml).
+"""AWS Lambda handlers: thin shims over `patchpilot.bootstrap.aws` (see template.yaml).
 
 Cold starts: loading a handler module (boto3, powertools, pydantic and our models) allocates
 some 150,000 long-lived objects. The garbage collections this triggers free little, yet cost

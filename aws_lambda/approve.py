@@ -24,9 +24,9 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from aws_lambda import loaded
 from aws_lambda.observability import logger, tracer
 from patchpilot.adapters.aws import dynamodb_store, secrets, sqs_queue  # noqa: F401
-from patchpilot.adapters.aws.runtime import deps
 from patchpilot.app.approvals import answer_slack
 from patchpilot.approvals import Approver, approval_page, approval_token
+from patchpilot.bootstrap.aws import deps
 
 
 def _page(status: int, text: str, form_token: str | None = None, button: str = "Approve") -> dict[str, Any]:

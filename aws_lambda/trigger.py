@@ -14,7 +14,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from aws_lambda import loaded
 from aws_lambda.observability import logger, metrics, tracer
 from patchpilot import triggers  # noqa: F401
-from patchpilot.adapters.aws.runtime import deps
+from patchpilot.bootstrap.aws import deps
 
 
 @logger.inject_lambda_context

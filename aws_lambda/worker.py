@@ -18,7 +18,7 @@ from aws_lambda import loaded
 from aws_lambda.observability import logger, metrics, tracer
 from patchpilot import service  # noqa: F401
 from patchpilot.adapters.aws import dynamodb_store, fleet, sqs_queue  # noqa: F401
-from patchpilot.adapters.aws.runtime import deps
+from patchpilot.bootstrap.aws import deps
 
 processor = BatchProcessor(event_type=EventType.SQS)
 

@@ -9,7 +9,7 @@ import azure.functions as func
 
 from azure_functions.maintenance import as_delivered
 from azure_functions.observability import invocation, log
-from patchpilot.adapters.azure.runtime import deps
+from patchpilot.bootstrap.azure import deps
 from patchpilot.errors import InputError
 
 bp = func.Blueprint()  # type: ignore[no-untyped-call]  # its __init__ is not annotated

@@ -22,9 +22,9 @@ from collections.abc import Mapping
 import azure.functions as func
 
 from azure_functions.observability import invocation, log, set_correlation_id
-from patchpilot.adapters.azure.runtime import deps
 from patchpilot.app.approvals import answer_slack
 from patchpilot.approvals import Approver, approval_page, approval_token
+from patchpilot.bootstrap.azure import deps
 from patchpilot.ports import UnknownRunError
 
 bp = func.Blueprint()  # type: ignore[no-untyped-call]  # its __init__ is not annotated

@@ -14,7 +14,7 @@ from typing import Any
 import azure.functions as func
 
 from azure_functions.observability import invocation, log
-from patchpilot.adapters.azure.runtime import deps
+from patchpilot.bootstrap.azure import deps
 from patchpilot.errors import InputError
 
 bp = func.Blueprint()  # type: ignore[no-untyped-call]  # its __init__ is not annotated

@@ -9,7 +9,7 @@ from __future__ import annotations
 import azure.functions as func
 
 from azure_functions.observability import invocation, log, set_correlation_id
-from patchpilot.adapters.azure.runtime import deps
+from patchpilot.bootstrap.azure import deps
 
 # The queue's name is the app setting, resolved by the host (%...%) and read by the runtime.
 QUEUE_SETTING = "PATCHPILOT_QUEUE"

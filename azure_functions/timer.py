@@ -6,7 +6,7 @@ from __future__ import annotations
 import azure.functions as func
 
 from azure_functions.observability import invocation, log, set_correlation_id
-from patchpilot.adapters.azure.runtime import deps
+from patchpilot.bootstrap.azure import deps
 from patchpilot.errors import InputError
 from patchpilot.triggers import TriggerDecision
 

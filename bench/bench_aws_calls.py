@@ -36,9 +36,9 @@ from fake_aws import Clients, EventSourceMapping, FleetServices, Patch, moto_ima
 from moto_support import aws, depth, sqs_follows  # noqa: E402
 from results_file import write_results  # noqa: E402
 
-import patchpilot.adapters.aws.runtime as runtime_module  # noqa: E402
+import patchpilot.bootstrap.aws as runtime_module  # noqa: E402
 from patchpilot.adapters.aws.dynamodb_store import table_definition  # noqa: E402
-from patchpilot.adapters.aws.runtime import AwsEnvironment, AwsRuntime  # noqa: E402
+from patchpilot.bootstrap.aws import AwsEnvironment, AwsRuntime  # noqa: E402
 from patchpilot.policy import parse_policy  # noqa: E402
 
 INSTANCES = 500

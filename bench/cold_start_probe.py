@@ -149,7 +149,7 @@ class JsonRunStore:
 
 def runtime_on_fakes(fixture: dict[str, Any], logger: Any, clients: FakeClients) -> Any:
     """What `deps()` builds, on the stand-ins."""
-    from patchpilot.adapters.aws.runtime import AwsEnvironment, AwsRuntime
+    from patchpilot.bootstrap.aws import AwsEnvironment, AwsRuntime
 
     runtime: Any = AwsRuntime.build(AwsEnvironment.from_environ(fixture["environment"]), logger, clients)
     region = fixture["environment"]["AWS_REGION"]

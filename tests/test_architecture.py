@@ -65,8 +65,8 @@ LAYERS: dict[str, str] = {
     "cli_maintenance": ENTRYPOINT,
     "local_runtime": ENTRYPOINT,
     "bootstrap": ENTRYPOINT,  # the composition shared by the serverless runtimes, the clouds' fleets
-    "adapters.aws.runtime": ENTRYPOINT,  # the bootstrap of Lambda: builds the ports, calls the app
-    "adapters.azure.runtime": ENTRYPOINT,  # the bootstrap of Functions
+    "bootstrap.aws": ENTRYPOINT,  # the bootstrap of Lambda: builds the ports, calls the app
+    "bootstrap.azure": ENTRYPOINT,  # the bootstrap of Functions
     "tools": ENTRYPOINT,  # doc_examples drives the CLI
 }
 

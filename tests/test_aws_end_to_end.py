@@ -54,13 +54,13 @@ from webhook_server import Reply, webhook_server
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the Lambda handlers live at the root
 
-import patchpilot.adapters.aws.runtime as runtime_module
+import patchpilot.bootstrap.aws as runtime_module
 from aws_lambda import advisory, approve, trigger, worker
 from aws_lambda.observability import logger
 from patchpilot.adapters.aws.dynamodb_store import table_definition
 from patchpilot.adapters.aws.fleet import client_token
-from patchpilot.adapters.aws.runtime import AwsRuntime, deps
 from patchpilot.approvals import ApprovalRequest, sign_approval
+from patchpilot.bootstrap.aws import AwsRuntime, deps
 from patchpilot.engine.messages import MESSAGE, Notify
 from patchpilot.engine.run import Run
 from patchpilot.policy import parse_policy

@@ -28,7 +28,7 @@ from fake_aws import serve
 from moto_support import ACCOUNT, aws, sqs_follows
 from webhook_server import WebhookServer, webhook_server
 
-from patchpilot.adapters.aws.runtime import deps
+from patchpilot.bootstrap.aws import deps
 
 pytestmark = pytest.mark.slow  # end to end: `make test-fast` leaves it out
 

@@ -35,9 +35,9 @@ from test_azure_runtime import (  # noqa: F401  # fixtures
 
 from patchpilot.adapters.azure.clients import AzureClients
 from patchpilot.adapters.azure.defender import AzureDefenderFindings
-from patchpilot.adapters.azure.runtime import AzureEnvironment, AzureRuntime
 from patchpilot.adapters.azure.table_store import TableRunStore
 from patchpilot.app.azure_advisories import AzureAdvisoriesRead, read_azure_advisories
+from patchpilot.bootstrap.azure import AzureEnvironment, AzureRuntime
 from patchpilot.cli import main
 from patchpilot.inventory import Instance
 from patchpilot.policy import parse_policy

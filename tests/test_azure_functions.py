@@ -31,9 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the app's root: 
 
 import function_app
 from azure_functions import http_api, observability, steps, timer
-from patchpilot.adapters.azure.runtime import AzureEnvironment
 from patchpilot.adapters.azure.secrets import SecretUnavailableError
+from patchpilot.app.azure_advisories import AzureAdvisoriesRead
 from patchpilot.approvals import ApprovalLinkError, ApprovalRequest, approval_token
+from patchpilot.bootstrap.azure import AzureEnvironment
 from patchpilot.bootstrap.serverless import ServerlessRuntime
 from patchpilot.ports import UnknownRunError
 from patchpilot.triggers import TIMER_PERIOD, TriggerDecision
@@ -55,6 +56,7 @@ class StubRuntime:
     """Answers like AzureRuntime; `calls` records every call in order."""
 
     calls: list[tuple[Any, ...]] = field(default_factory=list)
+    advisories: AzureAdvisoriesRead = field(default_factory=AzureAdvisoriesRead)
     decision: TriggerDecision = WAITING
     run_of_message: str = "monthly-20261212-0200"
     failure: Exception | None = None
@@ -66,6 +68,10 @@ class StubRuntime:
         if self.failure:
             raise self.failure
         return self.decision
+
+    def azure_advisories(self) -> AzureAdvisoriesRead:
+        self.calls.append(("azure_advisories",))
+        return self.advisories
 
     def purge_lapsed(self) -> int:
         self.calls.append(("purge_lapsed",))
@@ -196,7 +202,7 @@ def test_the_app_is_indexed_without_any_setting_or_client() -> None:
     built until a function runs (a fresh interpreter with no setting at all)."""
     code = (
         "import function_app\n"
-        "from patchpilot.adapters.azure.runtime import deps\n"
+        "from patchpilot.bootstrap.azure import deps\n"
         "names = sorted(f.get_function_name() for f in function_app.app.get_functions())\n"
         "assert deps.cache_info().currsize == 0\n"
         "print(names)"
@@ -239,11 +245,19 @@ def test_the_timer_asks_the_runtime_and_logs_the_decision_with_the_invocation(
     runtime: StubRuntime, logged: Logged
 ) -> None:
     timer.timer(timer_request(past_due=False), Context())
-    assert runtime.calls == [("trigger",), ("purge_lapsed",)]  # Table Storage has no TTL: each tick cleans up
+    # Azure's advisories are read each tick; Table Storage has no TTL: each tick cleans up
+    assert runtime.calls == [("trigger",), ("azure_advisories",), ("purge_lapsed",)]
     (entry,) = logged.entries()
     assert entry["message"] == runtime.decision.reason
     assert entry["function"] == "timer" and entry["invocation_id"] == Context.invocation_id
     assert entry["start"] is False and "correlation_id" not in entry
+
+
+def test_a_failed_advisory_read_is_logged_and_the_tick_goes_on(runtime: StubRuntime, logged: Logged) -> None:
+    runtime.advisories = None  # type: ignore[assignment]  # reading it fails: .lines() of None
+    timer.timer(timer_request(past_due=False), Context())
+    assert runtime.calls[-1] == ("purge_lapsed",)
+    assert any(e["message"].startswith("Azure's advisories were not read") for e in logged.entries())
 
 
 def test_a_started_run_becomes_the_correlation_id(runtime: StubRuntime, logged: Logged) -> None:

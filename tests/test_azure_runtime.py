@@ -1,4 +1,4 @@
-"""The Azure composition root (`patchpilot.adapters.azure.runtime`): the app settings and their
+"""The Azure composition root (`patchpilot.bootstrap.azure`): the app settings and their
 errors, the policy read from its blob, and the runtime built as the Function App builds it, on
 Azurite (the real Table, Queue and Blob services; tests/azurite.py) and the fake ARM behind the
 real management clients (tests/fake_arm.py).
@@ -37,14 +37,14 @@ from fake_azure_maintenance import FakeMaintenance
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the app's root: azure_functions/
 
-import patchpilot.adapters.azure.runtime as runtime_module
+import patchpilot.bootstrap.azure as runtime_module
 from azure_functions import http_api, steps, timer
 from azure_functions import maintenance as maintenance_module
 from patchpilot.adapters.azure.clients import AzureClients
 from patchpilot.adapters.azure.policy_source import load_policy_from
-from patchpilot.adapters.azure.runtime import AzureEnvironment, AzureRuntime, StorageEndpoints
 from patchpilot.adapters.azure.table_store import TableRunStore
 from patchpilot.approvals import ApprovalLinkError, ApprovalRequest, sign_approval
+from patchpilot.bootstrap.azure import AzureEnvironment, AzureRuntime, StorageEndpoints
 from patchpilot.errors import InputError
 from patchpilot.policy import parse_policy
 from patchpilot.ports import UnknownRunError

@@ -27,7 +27,7 @@ from fake_azure_compute import FakeAzureCompute, Patch
 from test_azure_runtime import arm, clock, settings, world  # noqa: F401  # the Function App's fixtures
 from webhook_server import WebhookServer, webhook_server
 
-import patchpilot.adapters.azure.runtime as runtime_module
+import patchpilot.bootstrap.azure as runtime_module
 
 pytestmark = pytest.mark.slow  # end to end: `make test-fast` leaves it out
 

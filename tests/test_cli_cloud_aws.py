@@ -197,7 +197,7 @@ def test_the_aws_fleet_falls_back_to_the_region_the_caller_runs_in_never_to_a_gu
 
 
 def test_the_lambda_fleet_reads_its_own_region() -> None:
-    from patchpilot.adapters.aws.runtime import AwsEnvironment, AwsRuntime
+    from patchpilot.bootstrap.aws import AwsEnvironment, AwsRuntime
 
     env = AwsEnvironment.from_environ(
         {

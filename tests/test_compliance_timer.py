@@ -384,8 +384,8 @@ BUCKET = "patchpilot-config"
 def test_the_aws_timer_writes_the_compliance_report_to_s3_and_skips_a_frozen_policy() -> None:
     from moto_support import TABLE, dynamodb
 
-    from patchpilot.adapters.aws.runtime import AwsEnvironment, AwsRuntime
     from patchpilot.adapters.aws.sessions import AwsSessions
+    from patchpilot.bootstrap.aws import AwsEnvironment, AwsRuntime
 
     with aws():
         dynamodb()
@@ -423,7 +423,7 @@ def test_the_azure_timer_writes_the_compliance_report_to_its_container(azurite: 
     from azure.storage.blob import BlobServiceClient
 
     from patchpilot.adapters.azure.clients import AzureClients
-    from patchpilot.adapters.azure.runtime import AzureEnvironment, AzureRuntime
+    from patchpilot.bootstrap.azure import AzureEnvironment, AzureRuntime
 
     settings = {
         "AzureWebJobsStorage": azurite.connection_string,

@@ -25,9 +25,9 @@ from moto_support import aws
 from webhook_server import WebhookServer, webhook_server
 
 from patchpilot.adapters.aws.dynamodb_store import table_definition
-from patchpilot.adapters.aws.runtime import AwsEnvironment, AwsRuntime
 from patchpilot.adapters.azure.clients import AzureClients
-from patchpilot.adapters.azure.runtime import AzureEnvironment, AzureRuntime
+from patchpilot.bootstrap.aws import AwsEnvironment, AwsRuntime
+from patchpilot.bootstrap.azure import AzureEnvironment, AzureRuntime
 from patchpilot.inventory import Instance
 from patchpilot.maintenance.model import MaintenanceItem, WatchResult
 from patchpilot.policy import Policy

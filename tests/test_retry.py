@@ -361,7 +361,7 @@ def aws_world(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, Any, str]]
     """moto's DynamoDB and SQS, and the settings the functions have (template.yaml)."""
     from moto_support import REGION, TABLE, aws, dynamodb
 
-    from patchpilot.adapters.aws.runtime import deps
+    from patchpilot.bootstrap.aws import deps
 
     with aws():
         import boto3

@@ -113,7 +113,7 @@ var names = {
   httpApp: '${namePrefix}-http-${suffix}'
   actionGroup: '${namePrefix}-oncall-${suffix}'
 }
-// Names the code reads from the app settings (shared/patchpilot/adapters/azure/runtime.py).
+// Names the code reads from the app settings (shared/patchpilot/bootstrap/azure.py).
 var stepsQueue = 'patchpilot-steps'
 var poisonQueue = '${stepsQueue}-poison'
 var runTable = 'patchpilotruns'
@@ -823,7 +823,7 @@ resource httpPlan 'Microsoft.Web/serverfarms@2024-04-01' = {
   }
 }
 
-// Settings both apps read (shared/patchpilot/adapters/azure/runtime.py).
+// Settings both apps read (shared/patchpilot/bootstrap/azure.py).
 var commonSettings = [
   {
     name: 'AzureWebJobsStorage__credential'

@@ -503,11 +503,11 @@ def _retry_in_cloud(
     """Start the retry on the deployed runtime (`Service.retry`); its workers drive it. Exit 0
     once started, 3 when its first ring waits for approval."""
     if cloud == "aws":
-        from patchpilot.adapters.aws.runtime import deps as aws_deps
+        from patchpilot.bootstrap.aws import deps as aws_deps
 
         service = aws_deps().service
     else:
-        from patchpilot.adapters.azure.runtime import deps as azure_deps
+        from patchpilot.bootstrap.azure import deps as azure_deps
 
         service = azure_deps().service
     by_id = {i.id: i for i in current} if current is not None else None

@@ -169,7 +169,7 @@ def advisories(cloud: str, start: bool, as_json: bool) -> None:
     do, 1 something would start or merge (dry run), 4 a source could not be read, 2 bad input."""
     from azure.core.exceptions import AzureError
 
-    from patchpilot.adapters.azure.runtime import deps
+    from patchpilot.bootstrap.azure import deps
 
     try:
         read = deps().azure_advisories(act=start)

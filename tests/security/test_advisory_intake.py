@@ -25,14 +25,14 @@ from moto_support import aws
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the Lambda handlers live at the root
 
-import patchpilot.adapters.aws.runtime as runtime_module
 import patchpilot.app.discovery as discovery
+import patchpilot.bootstrap.aws as runtime_module
 from aws_lambda import advisory as advisory_function
 from patchpilot.adapters.aws.dynamodb_store import table_definition
 from patchpilot.adapters.aws.fleet import Ec2SsmFleet
-from patchpilot.adapters.aws.runtime import deps
 from patchpilot.advisories import Advisory, Unactionable, parse_payload
 from patchpilot.advisories.intake import answer_deliveries
+from patchpilot.bootstrap.aws import deps
 from patchpilot.engine.messages import FollowUpRequested, Notify
 from patchpilot.engine.run import Run
 from patchpilot.errors import InputError, format_path

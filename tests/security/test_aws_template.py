@@ -198,7 +198,7 @@ def test_slack_bot_token_is_optional_and_read_by_the_approve_function_only() -> 
     assert TEMPLATE["Conditions"]["HasSlackBotToken"] == {
         "Fn::Not": [{"Fn::Equals": [{"Ref": "SlackBotTokenSecretName"}, ""]}]
     }
-    from patchpilot.adapters.aws.runtime import AwsEnvironment  # what the function reads it as
+    from patchpilot.bootstrap.aws import AwsEnvironment  # what the function reads it as
 
     assert AwsEnvironment.model_fields["slack_bot_token_secret"].alias == "PATCHPILOT_SLACK_BOT_TOKEN_SECRET"
     for function in FUNCTIONS:

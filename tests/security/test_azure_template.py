@@ -197,7 +197,7 @@ def test_slack_bot_token_is_read_by_the_http_app_only_when_slack_groups_approve(
     assert "slackBotToken" not in found["httpApp"].body.replace("slackBotTokenSecretName", "")
     assert "slackBotToken" not in found["app"].body.replace("slackBotTokenSecretName", "")
 
-    from patchpilot.adapters.azure.runtime import AzureEnvironment  # what the app reads it as
+    from patchpilot.bootstrap.azure import AzureEnvironment  # what the app reads it as
 
     assert AzureEnvironment.model_fields["slack_bot_token_secret"].alias == "PATCHPILOT_SLACK_BOT_TOKEN_SECRET"
 
@@ -213,7 +213,7 @@ def test_http_app_cannot_read_the_worker_host_keys() -> None:
     assert "httpStorage.properties.primaryEndpoints.blob" in http_app.body
     assert not [g for g in grants() if g.principal == HTTP and (g.scope == "storage" or "blob" in g.scope.lower())]
 
-    from patchpilot.adapters.azure.runtime import AzureEnvironment
+    from patchpilot.bootstrap.azure import AzureEnvironment
 
     env = AzureEnvironment.from_environ(
         {

@@ -3,7 +3,7 @@
 Each module is a function or a small class that takes its ports explicitly (constructor
 arguments, often as functions so that a runtime builds a port only when it is used: a cold start
 pays for every client). It imports the core and the ports only, never an adapter or an SDK; the
-runtimes (`adapters/aws/runtime.py`, `adapters/azure/runtime.py`, `bootstrap/serverless.py`)
+runtimes (`bootstrap/aws.py`, `bootstrap/azure.py`, `bootstrap/serverless.py`)
 build the ports and call it.
 
 - `discovery`: one discovery of a policy's fleet serves a minute (timer tick, advisory burst)

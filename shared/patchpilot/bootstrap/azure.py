@@ -4,7 +4,7 @@ at import time, handed to the application (`patchpilot.bootstrap.serverless.Serv
 `patchpilot.app`).
 
 Each part is built on first use, and its module imported there, as on AWS
-(`patchpilot.adapters.aws.runtime`): a timer tick before the window reads the policy blob and
+(`patchpilot.bootstrap.aws`): a timer tick before the window reads the policy blob and
 nothing else; the approve function never builds the fleet.
 
 Storage is reached the way the Functions host reaches it, through the `AzureWebJobsStorage`

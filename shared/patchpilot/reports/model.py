@@ -19,6 +19,7 @@ from patchpilot.engine.retry import why_not_retryable
 from patchpilot.engine.run import InstanceRecord, Run, Step, WaveState
 from patchpilot.inventory import Instance
 from patchpilot.planning import placement
+from patchpilot.policy.fields import format_duration
 
 STATE_ORDER: tuple[str, ...] = ("patched", "rolled_back", "failed", "skipped", "not_started", "excluded")
 STATE_LABELS: dict[str, str] = {
@@ -727,16 +728,13 @@ def fmt_clock(when: datetime, start: datetime, tz: tzinfo | None) -> str:
 
 
 def fmt_duration(delta: timedelta) -> str:
+    """`format_duration`'s `1h30m`, in a report: `0s` for none, no seconds past a day."""
     seconds = int(delta.total_seconds())
     if seconds <= 0:
         return "0s"
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    parts = [f"{days}d" if days else "", f"{hours}h" if hours else "", f"{minutes}m" if minutes else ""]
-    if secs and not days:
-        parts.append(f"{secs}s")
-    return "".join(parts)
+    if seconds >= 86400:
+        seconds -= seconds % 60
+    return format_duration(timedelta(seconds=seconds))
 
 
 # ---------------------------------------------------------------- timeline

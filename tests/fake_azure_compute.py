@@ -43,6 +43,8 @@ from azure_vocabulary import LINUX_CLASSIFICATIONS, REBOOT_SETTINGS, WINDOWS_CLA
 from fake_arm import ARM, ArmError, FakeArm, Request, Response
 from fake_resource_graph import run_kql
 
+from patchpilot.inventory import Instance
+
 SUB = "00000000-0000-0000-0000-000000000001"
 SCRIPT_SOURCES = ("script", "scriptUri", "commandId", "galleryScriptReferenceId")
 _S = r"/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers"
@@ -286,6 +288,18 @@ class FakeAzureCompute:
 
     def state(self, machine_id: str) -> MachineState:
         return self.machines[machine_id.lower()]
+
+    def instance(self, machine_id: str) -> Instance:
+        """The inventory record of a machine the fake holds (id, region, OS, name, subscription)."""
+        resource = self.fake.get(machine_id)
+        return Instance(
+            id=resource["id"],
+            cloud="azure",
+            region=resource["location"],
+            os="windows" if self.state(machine_id).os == "Windows" else "linux",
+            name=resource["name"],
+            account=SUB,
+        )
 
     def vm(self, vm_id: str) -> dict[str, Any]:
         self.tick()

@@ -74,16 +74,7 @@ class World:
         )
 
     def instance(self, machine_id: str) -> Instance:
-        resource = self.arm.get(machine_id)
-        windows = self.azure.state(machine_id).os == "Windows"
-        return Instance(
-            id=resource["id"],
-            cloud="azure",
-            region=resource["location"],
-            os="windows" if windows else "linux",
-            name=resource["name"],
-            account=SUB,
-        )
+        return self.azure.instance(machine_id)
 
     def send(self, method: str, path: str, body: Any, api_version: str) -> Response:
         raw = json.dumps(body).encode() if body is not None else None

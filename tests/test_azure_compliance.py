@@ -47,16 +47,7 @@ class World:
         self.fleet = AzureFleet(clients, self.clock)
 
     def instance(self, machine_id: str) -> Instance:
-        resource = self.arm.get(machine_id)
-        windows = self.azure.state(machine_id).os == "Windows"
-        return Instance(
-            id=resource["id"],
-            cloud="azure",
-            region=resource["location"],
-            os="windows" if windows else "linux",
-            name=resource["name"],
-            account=SUB,
-        )
+        return self.azure.instance(machine_id)
 
     def posts(self) -> int:
         return sum(1 for c in self.arm.calls if c.method == "POST" and c.path.endswith("/assesspatches"))

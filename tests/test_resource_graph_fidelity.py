@@ -210,16 +210,7 @@ class World:
         self.fleet = AzureFleet(self.clients, self.clock, http_get=lambda url, timeout: 200)
 
     def instance(self, machine_id: str) -> Instance:
-        resource = self.arm.get(machine_id)
-        windows = self.azure.state(machine_id).os == "Windows"
-        return Instance(
-            id=resource["id"],
-            cloud="azure",
-            region=resource["location"],
-            os="windows" if windows else "linux",
-            name=resource["name"],
-            account=SUB,
-        )
+        return self.azure.instance(machine_id)
 
 
 @pytest.fixture

@@ -411,8 +411,8 @@ def test_retry_on_aws_outside_the_window_or_of_an_unknown_run_is_refused(
     from clocks import ManualClock
     from moto_support import TABLE
 
-    from patchpilot.bootstrap import aws as runtime_module
     from patchpilot.adapters.aws.dynamodb_store import DynamoDbRunStore
+    from patchpilot.bootstrap import aws as runtime_module
 
     table, _, _ = aws_world
     _, run_id = start(tmp_path)

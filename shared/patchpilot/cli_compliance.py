@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import click
@@ -188,25 +188,11 @@ def _run_facts(
 
 def _record_for_overview(view: ComplianceView, html: Path, state_dir: Path) -> None:
     """Keep each policy's totals for the overview page (STATE_DIR/reports/summaries/) and write
-    the page again, when the state directory exists (a compliance report creates none); said on
-    stderr, and never a failure of the report."""
-    from patchpilot.adapters.local.reports import DirectoryDocuments
-    from patchpilot.adapters.local.state_lock import lock_holder
-    from patchpilot.cli_steps import refresh_overview_page
+    the page again (`record_summaries`)."""
+    from patchpilot.cli_steps import record_summaries
     from patchpilot.reports.overview import compliance_summaries
 
-    if not state_dir.is_dir():
-        return
-    documents = DirectoryDocuments(state_dir / "reports")
-    try:
-        for name, text in compliance_summaries(view, str(html.absolute())):
-            documents.write(name, text, "application/json")
-    except OSError as error:
-        click.echo(f"warning: the overview page in {documents.directory} was not updated: {error}", err=True)
-        return
-    overview = refresh_overview_page(state_dir, datetime.now(UTC), driven_by=lock_holder(state_dir))
-    if overview:
-        click.echo(f"Overview: {overview}", err=True)
+    record_summaries(state_dir, compliance_summaries(view, str(html.absolute())))
 
 
 def _no_repeats(policies: Sequence[Policy], paths: Sequence[str]) -> None:

@@ -90,24 +90,11 @@ def maintenance(
 
 def record_for_overview(view: WatchView, state_dir: Path) -> None:
     """Keep the read for the overview page (STATE_DIR/reports/summaries/maintenance-<policy>.json)
-    and write the page again, when the state directory exists (a read creates none); said on
-    stderr, and never a failure of the read."""
-    from patchpilot.adapters.local.reports import DirectoryDocuments
-    from patchpilot.adapters.local.state_lock import lock_holder
-    from patchpilot.cli_steps import refresh_overview_page
+    and write the page again (`record_summaries`)."""
+    from patchpilot.cli_steps import record_summaries
     from patchpilot.reports.overview import maintenance_summary
 
-    if not state_dir.is_dir():
-        return
-    documents = DirectoryDocuments(state_dir / "reports")
-    try:
-        documents.write(*maintenance_summary(view), "application/json")
-    except OSError as error:
-        click.echo(f"warning: the overview page in {documents.directory} was not updated: {error}", err=True)
-        return
-    overview = refresh_overview_page(state_dir, datetime.now(UTC), driven_by=lock_holder(state_dir))
-    if overview:
-        click.echo(f"Overview: {overview}", err=True)
+    record_summaries(state_dir, [maintenance_summary(view)])
 
 
 def read_clouds(policy: Policy, now: datetime) -> tuple[list[Instance], WatchResult]:

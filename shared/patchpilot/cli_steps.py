@@ -6,7 +6,8 @@ take them without importing the CLI that registers them."""
 from __future__ import annotations
 
 import shlex
-from datetime import datetime
+from collections.abc import Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
@@ -109,3 +110,24 @@ def refresh_overview_page(
     except Exception as error:  # a full disk, an unreadable summary store: the run's answer stands
         click.echo(f"warning: the overview page in {state_dir / 'reports'} was not written: {error}", err=True)
         return None
+
+
+def record_summaries(state_dir: Path, summaries: Iterable[tuple[str, str]]) -> None:
+    """Keep `summaries` ((name, JSON) pairs: a compliance report's totals, a maintenance read)
+    below STATE_DIR/reports for the overview page, and write the page again, when the state
+    directory exists (a report or a read creates none); said on stderr, never a failure."""
+    from patchpilot.adapters.local.reports import DirectoryDocuments
+    from patchpilot.adapters.local.state_lock import lock_holder
+
+    if not state_dir.is_dir():
+        return
+    documents = DirectoryDocuments(state_dir / "reports")
+    try:
+        for name, text in summaries:
+            documents.write(name, text, "application/json")
+    except OSError as error:
+        click.echo(f"warning: the overview page in {documents.directory} was not updated: {error}", err=True)
+        return
+    overview = refresh_overview_page(state_dir, datetime.now(UTC), driven_by=lock_holder(state_dir))
+    if overview:
+        click.echo(f"Overview: {overview}", err=True)

@@ -23,3 +23,25 @@ def _fresh_process_secrets() -> Iterator[None]:
 
     yield
     PROCESS_SECRETS.clear()
+
+
+@pytest.fixture(autouse=True)
+def _arm_held_to_the_specifications(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every fake ARM holds requests and answers to the Azure REST API specifications
+    (tests/arm_spec.py, docs/fidelity.md): a request the specification refuses gets ARM's 400, and
+    an answer of the fake that breaks its response schema fails the test."""
+    from arm_spec import SpecCheck
+    from fake_arm import FakeArm
+
+    made: list[SpecCheck] = []
+    plain_init = FakeArm.__init__
+
+    def init(self: FakeArm, *args: object, **kwargs: object) -> None:
+        plain_init(self, *args, **kwargs)  # type: ignore[arg-type]
+        self.spec_check = check = SpecCheck()
+        made.append(check)
+
+    monkeypatch.setattr(FakeArm, "__init__", init)
+    yield
+    broken = [problem for check in made for problem in check.problems]
+    assert not broken, "the fake ARM answered against the specifications:\n" + "\n".join(broken)

@@ -14,9 +14,10 @@ What the core does, for every resource type:
 - throttling: `throttle(pattern, times)` answers 429 with Retry-After, which the SDK's retry
   policy honours;
 - every request is recorded (`calls`), so tests and benchmarks count requests by operation;
-- `spec_check` (tests/arm_spec.py's `SpecCheck`, set for every test by tests/conftest.py): every request body and api-version is
-  held to the Azure REST API specifications before a handler sees it (a 400 with ARM's error body
-  names what is wrong), and every answer is checked against the operation's response schema.
+- `spec_check` (tests/arm_spec.py's `SpecCheck`, set for every test by tests/conftest.py): every
+  request body and api-version is held to the Azure REST API specifications before a handler sees
+  it (a 400 with ARM's error body names what is wrong), and every answer is checked against the
+  operation's response schema.
 
 Operation-specific behaviour (install patches, Resource Graph tables, the disk swap rules,
 maintenance configurations) is added with `on(method, pattern, handler)` by the modules that

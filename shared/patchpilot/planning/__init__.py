@@ -12,6 +12,8 @@ from patchpilot.planning.planner import (
     plan,
     plan_cloud_scheduled,
     plan_document,
+    pool_shares,
+    pool_text,
     ring_of,
 )
 
@@ -27,6 +29,8 @@ __all__ = [
     "plan",
     "plan_cloud_scheduled",
     "plan_document",
+    "pool_shares",
+    "pool_text",
     "ring_of",
     "wave_estimate",
     "window_fit",

@@ -86,7 +86,7 @@ class Plan:
     # Traffic pools: each pool's number of members in the inventory (excluded machines still serve),
     # and what the plan warns about them (a pool of one member that is patched).
     pool_members: Mapping[str, int] = field(default_factory=dict)
-    warnings: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()  # each a sentence without the inventory path
 
     @property
     def waves(self) -> list[Wave]:
@@ -155,6 +155,7 @@ def _single_member_pools(
             alone = [p for p in pools_of(instance) if pools[p] == 1]
             if alone and rollout.single_member_pools == "refuse":
                 refused.append(Exclusion(instance, single_member_refusal(alone[0])))
+                warnings.append(f"{instance.label} is excluded: {single_member_refusal(alone[0])}")
                 continue
             warnings.extend(f"pool {p} has one member: it will be down during its install" for p in alone)
             kept[ring].append(instance)
@@ -538,8 +539,22 @@ def placement(instances: Iterable[Instance]) -> str:
     return ", ".join(f"{where(region, zone)} ×{n}" for (_, region, zone), n in sorted(counts.items()))
 
 
+def pool_shares(wave: Wave, members: Mapping[str, int]) -> list[tuple[str, int, int]]:
+    """The traffic pools a wave touches: (pool, its machines in the wave, its members), by pool."""
+    counts: Counter[str] = Counter()
+    for instance in wave.instances:
+        counts.update(pools_of(instance))
+    return [(pool, n, members.get(pool, n)) for pool, n in sorted(counts.items())]
+
+
+def pool_text(wave: Wave, members: Mapping[str, int]) -> str:
+    """`pool lb-web: 3 of 9, pool tg-api: 2 of 15`: how much of each pool a wave takes out of service."""
+    return ", ".join(f"pool {pool}: {n} of {total}" for pool, n, total in pool_shares(wave, members))
+
+
 def plan_document(result: Plan) -> dict[str, object]:
-    """The plan as JSON: `{"waves": [{"index", "ring", "instances"}], "excluded": [{"id", "reason"}]}`."""
+    """The plan as JSON: `{"waves": [{"index", "ring", "instances", "pools": [{"id", "in_wave",
+    "members"}]}], "excluded": [{"id", "reason"}]}`."""
     return {
         "waves": [
             {
@@ -548,6 +563,10 @@ def plan_document(result: Plan) -> dict[str, object]:
                 "canary": w.canary,
                 "instances": w.ids,
                 "placement": placement(w.instances),
+                "pools": [
+                    {"id": pool, "in_wave": n, "members": total}
+                    for pool, n, total in pool_shares(w, result.pool_members)
+                ],
             }
             for w in result.waves
         ],

@@ -35,8 +35,8 @@ MAX_POOLS_PER_INSTANCE = 100  # ELBv2 target groups, Azure backend pools: a mach
 # e.g. a target group ARN or a backend pool resource id; one id alone is a list of that one.
 PoolIds = Annotated[
     tuple[Annotated[str, Field(min_length=1, max_length=1024)], ...],
+    Field(max_length=MAX_POOLS_PER_INSTANCE),  # before the validator: the schema says maxItems
     BeforeValidator(one_or_more),
-    Field(max_length=MAX_POOLS_PER_INSTANCE),
 ]
 
 

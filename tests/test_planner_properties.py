@@ -744,6 +744,7 @@ def test_example_fleet_with_pools_reaches_the_bound(mode: str) -> None:
     without = plan(
         policy.model_copy(update={"rollout": policy.rollout.model_copy(update={"pool_budget": None})}), fleet
     )
-    assert result.lower_bound > without.lower_bound  # the pool budget is what bounds this plan
+    if mode == "concurrent_zones":  # the pool budget is what bounds this plan (zone by zone, the zones do)
+        assert result.lower_bound > without.lower_bound
     for ring in result.rings:
         assert len(ring.waves) == ring.lower_bound, ring.name

@@ -273,7 +273,7 @@ def print_plan(console: Console, policy: Policy, result: Plan) -> None:
         expected = format_duration(wave_fit.expected) + ("" if wave_fit.starts else " (does not fit)")
         row = [label, wave.ring, str(len(names)), expected, placement(wave.instances), shown]
         if result.pool_members:
-            row.insert(5, pool_text(wave, result.pool_members))
+            row.insert(5, pool_text(wave.instances, result.pool_members))
         table.add_row(*row)
     console.print(table)
     if result.excluded:

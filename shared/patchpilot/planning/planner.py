@@ -539,17 +539,17 @@ def placement(instances: Iterable[Instance]) -> str:
     return ", ".join(f"{where(region, zone)} ×{n}" for (_, region, zone), n in sorted(counts.items()))
 
 
-def pool_shares(wave: Wave, members: Mapping[str, int]) -> list[tuple[str, int, int]]:
-    """The traffic pools a wave touches: (pool, its machines in the wave, its members), by pool."""
+def pool_shares(instances: Iterable[Instance], members: Mapping[str, int]) -> list[tuple[str, int, int]]:
+    """The traffic pools a wave's instances touch: (pool, its machines in the wave, its members)."""
     counts: Counter[str] = Counter()
-    for instance in wave.instances:
+    for instance in instances:
         counts.update(pools_of(instance))
     return [(pool, n, members.get(pool, n)) for pool, n in sorted(counts.items())]
 
 
-def pool_text(wave: Wave, members: Mapping[str, int]) -> str:
+def pool_text(instances: Iterable[Instance], members: Mapping[str, int]) -> str:
     """`pool lb-web: 3 of 9, pool tg-api: 2 of 15`: how much of each pool a wave takes out of service."""
-    return ", ".join(f"pool {pool}: {n} of {total}" for pool, n, total in pool_shares(wave, members))
+    return ", ".join(f"pool {pool}: {n} of {total}" for pool, n, total in pool_shares(instances, members))
 
 
 def plan_document(result: Plan) -> dict[str, object]:
@@ -565,7 +565,7 @@ def plan_document(result: Plan) -> dict[str, object]:
                 "placement": placement(w.instances),
                 "pools": [
                     {"id": pool, "in_wave": n, "members": total}
-                    for pool, n, total in pool_shares(w, result.pool_members)
+                    for pool, n, total in pool_shares(w.instances, result.pool_members)
                 ],
             }
             for w in result.waves

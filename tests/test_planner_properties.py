@@ -383,7 +383,8 @@ POOLS = ["tg-web", "tg-api", "lb-sql", "lb-tiny"]
 def pool_scenarios(draw: st.DrawFn, *, availability_sets: bool = True) -> tuple[Policy, list[Instance]]:
     """A scenario whose machines serve from 0-3 of a few pools (a pool may span zones, regions and
     clouds, or have a single member), under a pool budget and a single-member-pool rule."""
-    policy, fleet = draw(scenarios(availability_sets=availability_sets) | scenarios(dense_sets=True))
+    mixes = scenarios(availability_sets=availability_sets)
+    policy, fleet = draw(mixes | scenarios(dense_sets=True) if availability_sets else mixes)
     pools = POOLS[: draw(st.integers(min_value=1, max_value=len(POOLS)))]
     fleet = [replace(i, traffic_pools=tuple(draw(st.lists(st.sampled_from(pools), max_size=3)))) for i in fleet]
     rollout = Rollout.model_validate(

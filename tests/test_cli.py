@@ -504,3 +504,55 @@ def test_the_version_is_shown_with_either_flag(flag: str) -> None:
     result = CliRunner().invoke(main, [flag])
     assert result.exit_code == 0, result.output
     assert result.output.strip().endswith(f"version {importlib.metadata.version('patchpilot')}")
+
+
+# --- traffic pools ---------------------------------------------------------------------------------
+
+POOL_POLICY = str(EXAMPLES / "policy-pools.yaml")
+POOL_FLEET = str(EXAMPLES / "fleet-pools.json")
+ONE_MEMBER = "pool tg-batch-admin has one member: it will be down during its install"
+
+
+def test_plan_shows_the_pools_each_wave_touches_and_warns_of_a_single_member_pool() -> None:
+    result = run("plan", "--policy", POOL_POLICY, "--inventory", POOL_FLEET)
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "budget 50% per zone, pool budget 40%, canary 1" in out
+    assert "┃ pools " in out  # the column header
+    assert "pool tg-api-tyo: 1 of 15" in out  # the canary wave
+    assert "pool tg-api-tyo: 6 of 15" in out
+    assert f"warning: {POOL_FLEET}: {ONE_MEMBER}" in result.stderr.splitlines()
+
+
+def test_plan_of_a_fleet_without_pools_has_no_pools_column() -> None:
+    out = run("plan", "--policy", POLICY, "--inventory", FLEET).stdout
+    assert "pools" not in out
+    assert "pool budget" not in out
+
+
+def test_plan_json_gives_each_waves_pools_and_the_pool_warnings() -> None:
+    document = json.loads(run("plan", "--policy", POOL_POLICY, "--inventory", POOL_FLEET, "--json").stdout)
+    canary = document["waves"][2]
+    assert canary["canary"] is True
+    assert canary["pools"] == [{"id": "tg-api-tyo", "in_wave": 1, "members": 15}]
+    assert document["waves"][0]["pools"] == []
+    assert f"{POOL_FLEET}: {ONE_MEMBER}" in document["warnings"]
+    assert document["summary"]["waves"] == document["summary"]["lower_bound"] == 9
+
+
+def test_validate_with_inventory_reports_a_single_member_pool_refused(tmp_path: Path) -> None:
+    text = (
+        Path(POOL_POLICY)
+        .read_text()
+        .replace('  pool_budget: "40%"', '  pool_budget: "40%"\n  single_member_pools: refuse')
+    )
+    policy = write(tmp_path, "policy.yaml", text)
+    result = run("validate", "--policy", policy, "--inventory", POOL_FLEET)
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines() == [
+        f"warning: {POOL_FLEET}: i-000000005ef02446 (worker-osa-01) is excluded: pool tg-batch-admin has one "
+        "member: it would be down during its install (rollout.single_member_pools: refuse)"
+    ]
+    excluded = json.loads(run("plan", "--policy", policy, "--inventory", POOL_FLEET, "--json").stdout)["excluded"]
+    reasons = {e["id"]: e["reason"] for e in excluded}
+    assert reasons["i-000000005ef02446"].startswith("pool tg-batch-admin has one member")

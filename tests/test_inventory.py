@@ -270,3 +270,46 @@ def test_non_utf8_file_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(InputError) as caught:
         load_inventory(str(path))
     assert caught.value.problems[0].message.startswith("not UTF-8 text")
+
+
+# --- traffic pools ---------------------------------------------------------------------------------
+
+
+def test_traffic_pools_default_to_none() -> None:
+    (instance,) = parse_inventory({"instances": [entry()]}, "inv.json")
+    assert instance.traffic_pools == ()
+
+
+def test_traffic_pools_take_a_list_or_one_id() -> None:
+    one, many = parse_inventory(
+        {"instances": [entry(traffic_pools="tg-web"), entry(id="i-2", traffic_pools=["tg-web", "lb-api"])]},
+        "inv.json",
+    )
+    assert one.traffic_pools == ("tg-web",)
+    assert many.traffic_pools == ("tg-web", "lb-api")
+
+
+def test_an_empty_pool_id_is_named_with_its_entry() -> None:
+    assert rendered({"instances": [entry(traffic_pools=["tg-web", ""])]}) == [
+        'inv.json: instances[0].traffic_pools[1]: string should have at least 1 character, got "" (entry "i-1")'
+    ]
+
+
+def test_traffic_pools_are_bounded() -> None:
+    (problem,) = problems_of({"instances": [entry(traffic_pools=[f"tg-{n}" for n in range(101)])]})
+    assert problem.path == ("instances", 0, "traffic_pools")
+    assert "at most 100 items" in problem.message
+    (long_id,) = problems_of({"instances": [entry(traffic_pools=["x" * 1025])]})
+    assert long_id.path == ("instances", 0, "traffic_pools", 0)
+
+
+def test_traffic_pools_must_be_ids() -> None:
+    (problem,) = problems_of({"instances": [entry(traffic_pools={"tg-web": 1})]})
+    assert problem.path == ("instances", 0, "traffic_pools")
+
+
+def test_example_fleet_with_pools_loads() -> None:
+    fleet = load_inventory(str(EXAMPLES / "fleet-pools.json"))
+    web = [i for i in fleet if "lb-web" in i.traffic_pools]
+    assert len(web) == 9
+    assert [i.short_name for i in fleet if "tg-batch-admin" in i.traffic_pools] == ["worker-osa-01"]

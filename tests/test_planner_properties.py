@@ -5,13 +5,15 @@ regions of a geo pair, (c) two update domains of one availability set, (d) more 
 zone than its disruption budget; the first wave of every ring after the first holds at most
 `canary` instances; every instance is in exactly one wave or excluded with a reason; the plan
 does not depend on input order; and it never beats, and (without availability sets, on a
-bipartite pair graph) always reaches, the lower bound it reports.
+bipartite pair graph) always reaches, the lower bound it reports. With traffic pools and a
+`pool_budget`, no wave holds more of a pool's members than its budget, on top of every rule above.
 """
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -22,7 +24,7 @@ from hypothesis import strategies as st
 from patchpilot.inventory import Cloud, Instance
 from patchpilot.planning import Plan, RingPlan, plan
 from patchpilot.planning.regions import RegionPairs
-from patchpilot.policy import Policy, parse_policy
+from patchpilot.policy import Policy, Rollout, parse_policy
 
 pytestmark = pytest.mark.slow  # 31 s alone (hypothesis): `make test-fast` leaves it out
 
@@ -371,6 +373,114 @@ def test_waves_reach_the_lower_bound_without_availability_sets(
 
 
 # ---------------------------------------------------------------------------------------------
+# Traffic pools
+# ---------------------------------------------------------------------------------------------
+
+POOLS = ["tg-web", "tg-api", "lb-sql", "lb-tiny"]
+
+
+@st.composite
+def pool_scenarios(draw: st.DrawFn, *, availability_sets: bool = True) -> tuple[Policy, list[Instance]]:
+    """A scenario whose machines serve from 0-3 of a few pools (a pool may span zones, regions and
+    clouds, or have a single member), under a pool budget and a single-member-pool rule."""
+    mixes = scenarios(availability_sets=availability_sets)
+    policy, fleet = draw(mixes | scenarios(dense_sets=True) if availability_sets else mixes)
+    pools = POOLS[: draw(st.integers(min_value=1, max_value=len(POOLS)))]
+    fleet = [replace(i, traffic_pools=tuple(draw(st.lists(st.sampled_from(pools), max_size=3)))) for i in fleet]
+    rollout = Rollout.model_validate(
+        {
+            **policy.rollout.model_dump(),
+            "pool_budget": draw(st.sampled_from(BUDGETS)),
+            "single_member_pools": draw(st.sampled_from(["warn", "refuse"])),
+        }
+    )
+    return policy.model_copy(update={"rollout": rollout}), fleet
+
+
+def pool_sizes(fleet: Iterable[Instance]) -> Counter[str]:
+    return Counter(pool for i in fleet for pool in set(i.traffic_pools))
+
+
+def alone_in_a_pool(fleet: Sequence[Instance], instance: Instance) -> bool:
+    return any(pool_sizes(fleet)[p] == 1 for p in instance.traffic_pools)
+
+
+@given(pool_scenarios())
+def test_no_wave_exceeds_a_pools_budget(scenario: tuple[Policy, list[Instance]]) -> None:
+    policy, fleet = scenario
+    budget = policy.rollout.pool_budget
+    assert budget is not None
+    sizes = pool_sizes(fleet)
+    for wave in plan(policy, fleet).waves:
+        taken = Counter(pool for i in wave.instances for pool in set(i.traffic_pools))
+        for pool, count in taken.items():
+            limit = max(int(budget.amount * sizes[pool] / 100 + 1e-9), 1) if budget.percent else int(budget.amount)
+            assert count <= limit, (wave.index, pool, count, sizes[pool], str(budget))
+
+
+@given(pool_scenarios())
+def test_pools_break_no_zone_pair_domain_or_canary_rule(scenario: tuple[Policy, list[Instance]]) -> None:
+    policy, fleet = scenario
+    result = plan(policy, fleet)
+    pairs = RegionPairs(policy.region_pairs)
+    for position, ring in enumerate(result.rings):
+        sizes = Counter(zone_of(i) for i in ring_members(ring))
+        for wave in ring.waves:
+            zones: dict[Region, set[str]] = defaultdict(set)
+            domains: dict[str, set[object]] = defaultdict(set)
+            for instance in wave.instances:
+                zones[region_of(instance)].add(instance.zone or "")
+                if instance.availability_set is not None:
+                    domains[instance.availability_set].add(domain_of(instance))
+            if policy.rollout.mode == "zone_by_zone":
+                assert all(len(z) == 1 for z in zones.values()), (wave.index, dict(zones))
+            assert not [(a, b) for a in zones for b in zones if a < b and pairs.paired(a[1], b[1])], wave.index
+            assert all(len(d) == 1 for d in domains.values()), (wave.index, dict(domains))
+            for zone, count in Counter(zone_of(i) for i in wave.instances).items():
+                assert count <= policy.rollout.disruption_budget.ceil_of(sizes[zone]), (wave.index, zone)
+        if position > 0 and policy.rollout.canary > 0 and ring.waves:
+            assert ring.waves[0].canary and 1 <= len(ring.waves[0].instances) <= policy.rollout.canary
+    assert len(result.waves) >= result.lower_bound
+    for ring in result.rings:
+        assert len(ring.waves) >= ring.lower_bound
+        assert (ring.lower_bound == 0) == (not ring.waves)
+
+
+@given(pool_scenarios())
+def test_with_pools_every_machine_is_in_one_wave_or_excluded_with_its_reason(
+    scenario: tuple[Policy, list[Instance]],
+) -> None:
+    policy, fleet = scenario
+    result = plan(policy, fleet)
+    placed = Counter(i.id for w in result.waves for i in w.instances)
+    excluded = {e.instance.id: e.reason for e in result.excluded}
+    assert max(placed.values(), default=1) == 1
+    assert placed.keys() | excluded.keys() == {i.id for i in fleet}
+    assert not placed.keys() & excluded.keys()
+    refuse = policy.rollout.single_member_pools == "refuse"
+    ring_of = {i.id: w.ring for w in result.waves for i in w.instances}
+    for instance in fleet:
+        expected = expected_ring(policy, instance)
+        if expected is not None and refuse and alone_in_a_pool(fleet, instance):
+            assert "has one member" in excluded[instance.id], instance.id
+            assert any(instance.label in w for w in result.warnings)
+        else:
+            assert ring_of.get(instance.id) == expected, instance.id
+    for instance in (i for w in result.waves for i in w.instances):
+        for pool in instance.traffic_pools:
+            if pool_sizes(fleet)[pool] == 1:
+                assert f"pool {pool} has one member: it will be down during its install" in result.warnings
+
+
+@given(pool_scenarios(availability_sets=False), st.data())
+def test_a_plan_with_pools_does_not_depend_on_input_order(
+    scenario: tuple[Policy, list[Instance]], data: st.DataObject
+) -> None:
+    policy, fleet = scenario
+    assert plan(policy, fleet) == plan(policy, data.draw(st.permutations(fleet)))
+
+
+# ---------------------------------------------------------------------------------------------
 # Examples with exact waves
 # ---------------------------------------------------------------------------------------------
 
@@ -398,12 +508,18 @@ def machine(
     )
 
 
-def one_ring(budget: int | str, mode: str = "zone_by_zone", canary: int = 0, **extra: Any) -> Policy:
+def one_ring(
+    budget: int | str,
+    mode: str = "zone_by_zone",
+    canary: int = 0,
+    rollout_extra: dict[str, Any] | None = None,
+    **extra: Any,
+) -> Policy:
     return Policy.model_validate(
         {
             "name": "example",
             "rings": [{"name": "production", "select": {"tags": {"Environment": "production"}}}],
-            "rollout": {"mode": mode, "disruption_budget": budget, "canary": canary},
+            "rollout": {"mode": mode, "disruption_budget": budget, "canary": canary, **(rollout_extra or {})},
             **extra,
         }
     )
@@ -565,3 +681,71 @@ def test_an_instance_listed_twice_is_refused_rather_than_planned_twice() -> None
     one = Instance(id="i-1", cloud="aws", region="us-east-1", zone="us-east-1a", os="linux")
     with pytest.raises(ValueError, match="more than once: i-1"):
         plan(policy, [one, one])
+
+
+def pooled(instance: Instance, *pools: str) -> Instance:
+    return replace(instance, traffic_pools=pools)
+
+
+def test_a_pool_across_zones_is_taken_a_quarter_at_a_time() -> None:
+    # 8 web machines over 2 zones, budget 100% per zone with concurrent zones: one wave without
+    # the pool; a pool budget of 25% of 8 is 2 per wave, so 4 waves (its bound).
+    fleet = [pooled(machine(f"web-{n}", "eastus", str(1 + n % 2)), "tg-web") for n in range(8)]
+    policy = one_ring("100%", mode="concurrent_zones")
+    assert len(plan(policy, fleet).waves) == 1
+    policy = one_ring("100%", mode="concurrent_zones", rollout_extra={"pool_budget": "25%"})
+    result = plan(policy, fleet)
+    assert [len(w.instances) for w in result.waves] == [2, 2, 2, 2]
+    assert result.lower_bound == 4
+
+
+def test_a_pool_budget_counts_the_pools_excluded_members_too() -> None:
+    # 4 members, one frozen: 50% of 4 is 2 per wave, so the 3 patched ones take 2 waves.
+    fleet = [pooled(machine(f"api-{n}", "eastus", "1"), "tg-api") for n in range(4)]
+    fleet[0] = replace(fleet[0], tags={**fleet[0].tags, "PatchPolicy": "frozen"})
+    policy = one_ring(10, rollout_extra={"pool_budget": "50%"}, exclude={"tags": {"PatchPolicy": "frozen"}})
+    result = plan(policy, fleet)
+    assert [len(w.instances) for w in result.waves] == [2, 1]
+    assert result.pool_members == {"tg-api": 4}
+
+
+def test_a_single_member_pool_is_patched_with_a_warning_or_refused() -> None:
+    fleet = [pooled(machine("admin-1", "eastus"), "tg-admin"), machine("other-1", "eastus")]
+    warned = plan(one_ring(1), fleet)
+    assert warned.instance_count == 2
+    assert warned.warnings == ("pool tg-admin has one member: it will be down during its install",)
+    refused = plan(one_ring(1, rollout_extra={"single_member_pools": "refuse"}), fleet)
+    assert [w.ids for w in refused.waves] == [["other-1"]]
+    (exclusion,) = refused.excluded
+    assert exclusion.instance.id == "admin-1"
+    assert exclusion.reason == (
+        "pool tg-admin has one member: it would be down during its install (rollout.single_member_pools: refuse)"
+    )
+
+
+def test_without_a_pool_budget_pools_change_no_wave() -> None:
+    fleet = [machine(f"web-{n}", "eastus", str(1 + n % 3)) for n in range(9)]
+    policy = one_ring("50%", mode="concurrent_zones", canary=0)
+    pooled_fleet = [pooled(i, "tg-web") for i in fleet]
+    assert wave_ids(plan(policy, fleet)) == wave_ids(plan(policy, pooled_fleet))
+
+
+@pytest.mark.parametrize("mode", ["zone_by_zone", "concurrent_zones"])
+def test_example_fleet_with_pools_reaches_the_bound(mode: str) -> None:
+    from pathlib import Path
+
+    from patchpilot.inventory import load_inventory
+    from patchpilot.policy import load_policy
+
+    root = Path(__file__).resolve().parent.parent / "examples"
+    policy = load_policy(str(root / "policy-pools.yaml"))
+    policy = policy.model_copy(update={"rollout": policy.rollout.model_copy(update={"mode": mode})})
+    fleet = load_inventory(str(root / "fleet-pools.json"))
+    result = plan(policy, fleet)
+    without = plan(
+        policy.model_copy(update={"rollout": policy.rollout.model_copy(update={"pool_budget": None})}), fleet
+    )
+    if mode == "concurrent_zones":  # the pool budget is what bounds this plan (zone by zone, the zones do)
+        assert result.lower_bound > without.lower_bound
+    for ring in result.rings:
+        assert len(ring.waves) == ring.lower_bound, ring.name

@@ -573,3 +573,56 @@ def test_a_cutoff_that_is_not_a_duration_is_refused() -> None:
     problem = only_problem(BASE + "rollout: {cutoff: soon}\n")
     assert problem.path == ("rollout", "cutoff")
     assert problem.line == 10
+
+
+# --- traffic pools (rollout.pool_budget, rollout.single_member_pools) ------------------------------
+
+
+def test_pool_budget_is_unset_by_default_and_single_member_pools_warn() -> None:
+    rollout = parse_policy(BASE).rollout
+    assert rollout.pool_budget is None
+    assert rollout.single_member_pools == "warn"
+
+
+@pytest.mark.parametrize(("written", "parsed"), [('"25%"', Quota(25, percent=True)), ("2", Quota(2, percent=False))])
+def test_pool_budget_takes_a_percentage_or_a_count(written: str, parsed: Quota) -> None:
+    policy = parse_policy(BASE + f"rollout:\n  pool_budget: {written}\n  single_member_pools: refuse\n")
+    assert policy.rollout.pool_budget == parsed
+    assert policy.rollout.single_member_pools == "refuse"
+
+
+@pytest.mark.parametrize("value", ["0", "0%", "-1", "101%", "a quarter"])
+def test_a_pool_budget_of_nothing_or_nonsense_is_refused_with_the_field_named(value: str) -> None:
+    problem = only_problem(BASE + f'rollout:\n  pool_budget: "{value}"\n')
+    assert problem.path == ("rollout", "pool_budget")
+    assert problem.line == 11
+    assert f'got "{value}"' in problem.message or f"got {value}" in problem.message
+
+
+def test_a_pool_budget_of_zero_says_what_it_expects() -> None:
+    problem = only_problem(BASE + "rollout:\n  pool_budget: 0\n")
+    assert problem.render("file.yaml") == (
+        "file.yaml:11:3: rollout.pool_budget: expected a whole number or a percentage of at least 1, got 0"
+    )
+
+
+def test_a_mistyped_single_member_pools_value_suggests_the_nearest() -> None:
+    problem = only_problem(BASE + "rollout:\n  single_member_pools: refuze\n")
+    assert problem.path == ("rollout", "single_member_pools")
+    assert problem.message == "expected 'warn' or 'refuse', got \"refuze\" (did you mean \"refuse\"?)"
+
+
+@pytest.mark.parametrize(
+    ("budget", "members", "count"), [("25%", 8, 2), ("25%", 6, 1), ("25%", 3, 1), ("40%", 15, 6), (3, 2, 3)]
+)
+def test_a_pool_budget_rounds_down_but_never_below_one(budget: str | int, members: int, count: int) -> None:
+    policy = Policy.model_validate(
+        {"name": "p", "rings": [{"name": "r", "select": {"os": "linux"}}], "rollout": {"pool_budget": budget}}
+    )
+    assert policy.rollout.pool_budget is not None
+    assert policy.rollout.pool_budget.floor_of(members) == count
+
+
+def test_the_example_policy_with_pools_sets_a_pool_budget() -> None:
+    policy = load_policy(str(EXAMPLES / "policy-pools.yaml"))
+    assert policy.rollout.pool_budget == Quota(40, percent=True)

@@ -659,3 +659,13 @@ def test_timeline_labels_are_not_clipped() -> None:
     assert wanted and all(any(label.startswith(w) for _, label in labels) for w in wanted)
     assert any(label.endswith(" (not started)") for _, label in labels)  # the suffix is measured too
     assert text_width("WWWW") > text_width("iiii") and text_width("W" * 10) >= 10 * 11 * 0.9
+
+
+def test_each_wave_says_how_much_of_each_traffic_pool_it_took_out_of_service() -> None:
+    policy = load_policy(str(ROOT / "examples" / "policy-pools.yaml"))
+    fleet = load_inventory(str(ROOT / "examples" / "fleet-pools.json"))
+    pooled = play("pools", policy, fleet, ())
+    waves = render_markdown(pooled).split("### Waves", 1)[1].split("### Timeline", 1)[0]
+    assert "| 3 | production | yes | 1 | ap-northeast-1a ×1; pool tg-api-tyo: 1 of 15 |" in waves  # the canary
+    assert "pool tg-batch-admin: 1 of 1" in waves
+    assert "pool tg-api-tyo: 1 of 15" in render_html(pooled)

@@ -62,7 +62,16 @@ from patchpilot.local_runtime import (
     open_runs,
     writing,
 )
-from patchpilot.planning import Plan, placement, plan, plan_document, ring_of, window_fit, window_warnings
+from patchpilot.planning import (
+    Plan,
+    placement,
+    plan,
+    plan_document,
+    pool_text,
+    ring_of,
+    window_fit,
+    window_warnings,
+)
 from patchpilot.policy import Policy, load_policy
 from patchpilot.policy.fields import format_duration
 from patchpilot.policy.model import Schedule
@@ -205,14 +214,21 @@ def plan_command(policy_path: str, inventory_path: str, as_json: bool) -> None:
         _echo_warnings(warnings)
 
 
+def pool_warnings(inventory_path: str, result: Plan) -> list[str]:
+    """The plan's warnings about traffic pools: a pool of one member that is patched, or whose
+    machine is excluded (`rollout.single_member_pools: refuse`)."""
+    return [f"{inventory_path}: {w}" for w in result.warnings]
+
+
 def ring_warnings(policy_path: str, policy: Policy, inventory_path: str, result: Plan) -> list[str]:
     """Each ring that selects no machine of the inventory, and what a run would do then: a ring
     with no machine is patched by no run, and a first ring with none promotes no tested set, so
-    no later ring is patched either (the run ends `nothing_patched`). Empty for a frozen policy,
-    which patches nothing by design."""
+    no later ring is patched either (the run ends `nothing_patched`); then the plan's warnings
+    about traffic pools (`pool_warnings`). Empty for a frozen policy, which patches nothing by design."""
     if policy.kind == "frozen":
         return []
     instances = result.instance_count + len(result.excluded)
+    pools = pool_warnings(inventory_path, result)
     if not instances:
         return [f"{inventory_path}: the inventory is empty: a run would patch nothing"]
     warnings = []
@@ -228,7 +244,7 @@ def ring_warnings(policy_path: str, policy: Policy, inventory_path: str, result:
             text += ": a run would patch nothing"
         text += "; check its select"
         warnings.append(Problem(("rings", position, "select"), text).render(policy_path))
-    return warnings
+    return warnings + pools
 
 
 def _echo_warnings(warnings: list[str]) -> None:
@@ -238,10 +254,15 @@ def _echo_warnings(warnings: list[str]) -> None:
 
 def print_plan(console: Console, policy: Policy, result: Plan) -> None:
     rollout = policy.rollout
+    pools = f", pool budget {rollout.pool_budget}" if rollout.pool_budget is not None else ""
     table = Table(
-        title=f"{policy.name}: {rollout.mode}, budget {rollout.disruption_budget} per zone, canary {rollout.canary}"
+        title=f"{policy.name}: {rollout.mode}, budget {rollout.disruption_budget} per zone{pools}, "
+        f"canary {rollout.canary}"
     )
-    for column in ("wave", "ring", "size", "expected", "where", "instances"):
+    columns = ["wave", "ring", "size", "expected", "where", "instances"]
+    if result.pool_members:  # only for an inventory with traffic pools: other plans look as before
+        columns.insert(5, "pools")
+    for column in columns:
         table.add_column(column, overflow="fold")
     fit = window_fit(policy, result)
     for wave, wave_fit in zip(result.waves, fit.waves, strict=True):
@@ -250,7 +271,10 @@ def print_plan(console: Console, policy: Policy, result: Plan) -> None:
         shown = ", ".join(names[:MAX_IDS_SHOWN]) + (f" … +{more}" if more > 0 else "")
         label = f"{wave.index}" + (" (canary)" if wave.canary else "")
         expected = format_duration(wave_fit.expected) + ("" if wave_fit.starts else " (does not fit)")
-        table.add_row(label, wave.ring, str(len(names)), expected, placement(wave.instances), shown)
+        row = [label, wave.ring, str(len(names)), expected, placement(wave.instances), shown]
+        if result.pool_members:
+            row.insert(5, pool_text(wave.instances, result.pool_members))
+        table.add_row(*row)
     console.print(table)
     if result.excluded:
         excluded = Table(title="Excluded")

@@ -75,6 +75,13 @@ def _loader() -> type[yaml.SafeLoader]:
     return Loader
 
 
+def one_or_more(value: object) -> object:
+    """A single value where a list is expected is a list of that one (`os: linux`)."""
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return [value]
+    return value
+
+
 def _refused(problem: str, event: Any) -> yaml.composer.ComposerError:
     """A composer error at `event`: parse_yaml reports it with its line and column."""
     import yaml

@@ -8,18 +8,36 @@ from __future__ import annotations
 import functools
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 from pydantic.dataclasses import dataclass
 from pydantic_core import PydanticCustomError
 
 from patchpilot.errors import InputError, Problem, quote
-from patchpilot.inputs import parse_json, problems_from, read_text
+from patchpilot.inputs import one_or_more, parse_json, problems_from, read_text
 
 Cloud = Literal["aws", "azure"]
 OsFamily = Literal["linux", "windows"]
 
 
 Verdict = Literal["ok", "fail"]
+
+MAX_POOLS_PER_INSTANCE = 100  # ELBv2 target groups, Azure backend pools: a machine serves from a few
+# The load-balancer pools a machine serves from (docs/planner.md, "Traffic pools"): any string ids,
+# e.g. a target group ARN or a backend pool resource id; one id alone is a list of that one.
+PoolIds = Annotated[
+    tuple[Annotated[str, Field(min_length=1, max_length=1024)], ...],
+    Field(max_length=MAX_POOLS_PER_INSTANCE),  # before the validator: the schema says maxItems
+    BeforeValidator(one_or_more),
+]
 
 
 class MaintenanceHint(BaseModel):
@@ -74,6 +92,7 @@ class Instance:
     update_domain: Annotated[int, Field(ge=0)] | None = None
     tags: dict[str, str] = Field(default_factory=dict)
     account: str | None = None  # AWS account id or Azure subscription id, where the fleet spans several
+    traffic_pools: PoolIds = ()
     simulation: Simulation | None = None
 
     @model_validator(mode="after")

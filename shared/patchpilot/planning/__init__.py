@@ -12,6 +12,9 @@ from patchpilot.planning.planner import (
     plan,
     plan_cloud_scheduled,
     plan_document,
+    pool_members,
+    pool_shares,
+    pool_text,
     ring_of,
 )
 
@@ -27,6 +30,9 @@ __all__ = [
     "plan",
     "plan_cloud_scheduled",
     "plan_document",
+    "pool_members",
+    "pool_shares",
+    "pool_text",
     "ring_of",
     "wave_estimate",
     "window_fit",

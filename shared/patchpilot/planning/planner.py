@@ -2,14 +2,15 @@
 
 Within a ring, no wave holds: two zones of one region (unless `concurrent_zones`); two regions
 of a geo pair; two update domains of one availability set; more instances of a zone than its
-disruption budget. See docs/planner.md for the method and the lower bound it reaches.
+disruption budget; more of a traffic pool's members than `rollout.pool_budget`. See
+docs/planner.md for the method and the lower bound it reaches.
 """
 
 from __future__ import annotations
 
 import math
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Literal
@@ -82,6 +83,10 @@ class Plan:
     # rollback path: the policy allows it (`azure.patch_without_rollback`); otherwise they are
     # excluded with that reason. The run carries it to its snapshot commands.
     patch_without_rollback: bool = False
+    # Traffic pools: each pool's number of members in the inventory (excluded machines still serve),
+    # and what the plan warns about them (a pool of one member that is patched).
+    pool_members: Mapping[str, int] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()  # each a sentence without the inventory path
 
     @property
     def waves(self) -> list[Wave]:
@@ -98,19 +103,63 @@ class Plan:
 
 def plan(policy: Policy, instances: Iterable[Instance]) -> Plan:
     """Assign every instance to a ring and a wave, or say why it is excluded. Deterministic."""
-    members, excluded = assign(policy, instances)
+    fleet = list(instances)
+    members, excluded = assign(policy, fleet)
+    pools = pool_members(fleet)
+    members, refused, warnings = _single_member_pools(policy.rollout, members, pools)
+    if refused:
+        excluded = sorted([*excluded, *refused], key=lambda e: e.instance.id)
     pairs = RegionPairs(policy.region_pairs)
     rings, next_index = [], 1
     for position, ring in enumerate(policy.rings):
         canary = policy.rollout.canary if position > 0 else 0
-        groups, bound = _plan_ring(members[ring.name], policy.rollout, pairs, canary)
+        groups, bound = _plan_ring(members[ring.name], policy.rollout, pairs, canary, pools)
         waves = tuple(
             Wave(next_index + k, ring.name, tuple(group), canary=canary > 0 and k == 0)
             for k, group in enumerate(groups)
         )
         next_index += len(waves)
         rings.append(RingPlan(ring.name, waves, bound, ring.approval))
-    return Plan(tuple(rings), tuple(excluded), _without_rollback(policy))
+    return Plan(tuple(rings), tuple(excluded), _without_rollback(policy), pools, tuple(warnings))
+
+
+def pools_of(instance: Instance) -> list[str]:
+    """The traffic pools a machine serves from, each once, in the inventory's order."""
+    return list(dict.fromkeys(instance.traffic_pools))
+
+
+def pool_members(instances: Iterable[Instance]) -> dict[str, int]:
+    """How many machines of the inventory serve from each traffic pool (excluded ones too: they
+    keep serving, so they count in the pool's capacity)."""
+    counts: Counter[str] = Counter()
+    for instance in instances:
+        counts.update(pools_of(instance))
+    return dict(sorted(counts.items()))
+
+
+def single_member_refusal(pool: str) -> str:
+    return f"pool {pool} has one member: it would be down during its install (rollout.single_member_pools: refuse)"
+
+
+def _single_member_pools(
+    rollout: Rollout, members: dict[str, list[Instance]], pools: Mapping[str, int]
+) -> tuple[dict[str, list[Instance]], list[Exclusion], list[str]]:
+    """A pool of one member goes down while its machine installs: the plan warns, or with
+    `single_member_pools: refuse` the machine is excluded with that reason."""
+    kept: dict[str, list[Instance]] = {}
+    refused: list[Exclusion] = []
+    warnings: list[str] = []
+    for ring, group in members.items():
+        kept[ring] = []
+        for instance in group:
+            alone = [p for p in pools_of(instance) if pools[p] == 1]
+            if alone and rollout.single_member_pools == "refuse":
+                refused.append(Exclusion(instance, single_member_refusal(alone[0])))
+                warnings.append(f"{instance.label} is excluded: {single_member_refusal(alone[0])}")
+                continue
+            warnings.extend(f"pool {p} has one member: it will be down during its install" for p in alone)
+            kept[ring].append(instance)
+    return kept, refused, sorted(warnings)
 
 
 def plan_cloud_scheduled(policy: Policy, instances: Iterable[Instance]) -> Plan:
@@ -161,22 +210,118 @@ def assign(policy: Policy, instances: Iterable[Instance]) -> tuple[dict[str, lis
 
 
 def _plan_ring(
-    members: Sequence[Instance], rollout: Rollout, pairs: RegionPairs, canary: int
+    members: Sequence[Instance], rollout: Rollout, pairs: RegionPairs, canary: int, pools: Mapping[str, int]
 ) -> tuple[list[list[Instance]], int]:
     if not members:
         return [], 0
     sizes: dict[ZoneKey, int] = defaultdict(int)
     for instance in members:
         sizes[zone_of(instance)] += 1
-    # Percentages count against the zone's size in the whole ring, canary included.
+    # Percentages count against the zone's size in the whole ring, canary included, and against
+    # the pool's members in the whole inventory (rounded down, at least 1).
     budgets = {zone: rollout.disruption_budget.ceil_of(size) for zone, size in sizes.items()}
+    limit = rollout.pool_budget
+    pool_budgets = {pool: limit.floor_of(size) for pool, size in pools.items()} if limit is not None else None
+    rules = _Rules(budgets, pool_budgets, rollout.mode == "concurrent_zones", pairs)
     if canary <= 0:
-        return _waves(members, budgets, rollout.mode == "concurrent_zones", pairs)
+        return _waves(members, rules)
     first = _canary(members, budgets, canary)
+    if pool_budgets is not None:  # the canary wave keeps to the pool budgets too
+        load, kept = _Load(), []
+        for instance in first:
+            if load.pools_admit(instance, rules):
+                load.add(instance)
+                kept.append(instance)
+        first = kept
     chosen = {i.id for i in first}
     rest = [i for i in members if i.id not in chosen]
-    waves, bound = _waves(rest, budgets, rollout.mode == "concurrent_zones", pairs)
+    waves, bound = _waves(rest, rules)
     return [first, *waves], bound + 1
+
+
+def _pool_bound(members: Iterable[Instance], budgets: Mapping[str, int] | None) -> int:
+    """A pool with n of these machines and budget b needs ceil(n / b) waves that hold them."""
+    if budgets is None:
+        return 0
+    counts: Counter[str] = Counter()
+    for instance in members:
+        counts.update(pools_of(instance))
+    return max((math.ceil(n / budgets[pool]) for pool, n in counts.items()), default=0)
+
+
+@dataclass(frozen=True)
+class _Rules:
+    """What a wave may hold, for moving a machine into it: the zone and pool budgets, one zone per
+    region (unless concurrent), no geo pair, one update domain per availability set."""
+
+    zone_budgets: Mapping[ZoneKey, int]
+    pool_budgets: Mapping[str, int] | None  # None: no pool budget
+    concurrent: bool
+    pairs: RegionPairs
+
+
+@dataclass
+class _Load:
+    """What one wave holds, counted for `_Rules`."""
+
+    zones: dict[ZoneKey, int] = field(default_factory=lambda: defaultdict(int))
+    pools: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    domains: dict[str, str] = field(default_factory=dict)  # availability set -> update domain
+
+    def pools_admit(self, instance: Instance, rules: _Rules) -> bool:
+        budgets = rules.pool_budgets
+        return budgets is None or all(self.pools[p] < budgets[p] for p in pools_of(instance))
+
+    def admits(self, instance: Instance, rules: _Rules) -> bool:
+        zone = zone_of(instance)
+        if self.zones.get(zone, 0) >= rules.zone_budgets[zone] or not self.pools_admit(instance, rules):
+            return False
+        domain, aset = update_domain_of(instance), instance.availability_set
+        if aset is not None and self.domains.get(aset, domain) != domain:
+            return False
+        for cloud, region, name in self.zones:
+            if (cloud, region) == zone[:2]:
+                if name != zone[2] and not rules.concurrent:
+                    return False
+            elif rules.pairs.paired(region, instance.region):
+                return False
+        return True
+
+    def add(self, instance: Instance) -> None:
+        self.zones[zone_of(instance)] += 1
+        for pool in pools_of(instance):
+            self.pools[pool] += 1
+        if instance.availability_set is not None:
+            self.domains[instance.availability_set] = update_domain_of(instance)
+
+
+def _respect_pools(waves: list[list[Instance]], rules: _Rules) -> list[list[Instance]]:
+    """Keep each wave within every pool's budget: a machine that would exceed one moves to the
+    first wave that admits it under every rule, or to a new wave at the end."""
+    if rules.pool_budgets is None:
+        return waves
+    loads: list[_Load] = []
+    kept: list[list[Instance]] = []
+    moved: list[Instance] = []
+    for wave in waves:
+        load, stay = _Load(), []
+        for instance in wave:  # a part of a valid wave breaks no zone, pair or domain rule
+            if load.pools_admit(instance, rules):
+                load.add(instance)
+                stay.append(instance)
+            else:
+                moved.append(instance)
+        loads.append(load)
+        kept.append(stay)
+    for instance in moved:
+        target = next((k for k in range(len(kept)) if loads[k].admits(instance, rules)), None)
+        if target is None:
+            target = len(kept)
+            loads.append(_Load())
+            kept.append([])
+        loads[target].add(instance)
+        kept[target].append(instance)
+    return [wave for wave in kept if wave]
 
 
 def _canary(members: Sequence[Instance], budgets: dict[ZoneKey, int], size: int) -> list[Instance]:
@@ -197,9 +342,7 @@ def _canary(members: Sequence[Instance], budgets: dict[ZoneKey, int], size: int)
     return groups[largest][:limit]
 
 
-def _waves(
-    members: Sequence[Instance], budgets: dict[ZoneKey, int], concurrent: bool, pairs: RegionPairs
-) -> tuple[list[list[Instance]], int]:
+def _waves(members: Sequence[Instance], rules: _Rules) -> tuple[list[list[Instance]], int]:
     """Waves for one ring, and the lower bound on their number."""
     zones: dict[RegionKey, dict[str, list[Instance]]] = defaultdict(lambda: defaultdict(list))
     for instance in members:
@@ -210,17 +353,27 @@ def _waves(
     for region in sorted(zones):
         # Google OS Config's order: the zone with the fewest instances first, ties by name.
         order = sorted(zones[region].items(), key=lambda kv: (len(kv[1]), kv[0]))
-        packed = [_pack_zone(group, budgets[(*region, name)]) for name, group in order]
-        if concurrent:
+        packed = [_pack_zone(group, rules.zone_budgets[(*region, name)]) for name, group in order]
+        # A pool's machines in a zone (in a region, when its zones run together) need
+        # ceil(n / pool budget) of the waves that hold that zone (region).
+        bounds = [
+            max(bound, _pool_bound(group, rules.pool_budgets))
+            for (_, bound), (_, group) in zip(packed, order, strict=True)
+        ]
+        if rules.concurrent:
             depth = max(len(waves) for waves, _ in packed)
             local[region] = [[i for waves, _ in packed if k < len(waves) for i in waves[k]] for k in range(depth)]
-            weight[region] = max(bound for _, bound in packed)
+            everyone = (i for _, group in order for i in group)
+            weight[region] = max(max(bounds), _pool_bound(everyone, rules.pool_budgets))
         else:
             local[region] = [wave for waves, _ in packed for wave in waves]
-            weight[region] = sum(bound for _, bound in packed)
+            weight[region] = sum(bounds)
+        local[region] = _respect_pools(local[region], rules)
 
-    slots, bound = _place_regions(local, weight, pairs)
-    return [wave for wave in slots if wave], bound
+    slots, bound = _place_regions(local, weight, rules.pairs)
+    # A pool that spans regions which share waves: its budget holds across them too.
+    waves = _respect_pools([wave for wave in slots if wave], rules)
+    return waves, max(bound, _pool_bound(members, rules.pool_budgets))
 
 
 @dataclass
@@ -386,8 +539,22 @@ def placement(instances: Iterable[Instance]) -> str:
     return ", ".join(f"{where(region, zone)} ×{n}" for (_, region, zone), n in sorted(counts.items()))
 
 
+def pool_shares(instances: Iterable[Instance], members: Mapping[str, int]) -> list[tuple[str, int, int]]:
+    """The traffic pools a wave's instances touch: (pool, its machines in the wave, its members)."""
+    counts: Counter[str] = Counter()
+    for instance in instances:
+        counts.update(pools_of(instance))
+    return [(pool, n, members.get(pool, n)) for pool, n in sorted(counts.items())]
+
+
+def pool_text(instances: Iterable[Instance], members: Mapping[str, int]) -> str:
+    """`pool lb-web: 3 of 9, pool tg-api: 2 of 15`: how much of each pool a wave takes out of service."""
+    return ", ".join(f"pool {pool}: {n} of {total}" for pool, n, total in pool_shares(instances, members))
+
+
 def plan_document(result: Plan) -> dict[str, object]:
-    """The plan as JSON: `{"waves": [{"index", "ring", "instances"}], "excluded": [{"id", "reason"}]}`."""
+    """The plan as JSON: `{"waves": [{"index", "ring", "instances", "pools": [{"id", "in_wave",
+    "members"}]}], "excluded": [{"id", "reason"}]}`."""
     return {
         "waves": [
             {
@@ -396,6 +563,10 @@ def plan_document(result: Plan) -> dict[str, object]:
                 "canary": w.canary,
                 "instances": w.ids,
                 "placement": placement(w.instances),
+                "pools": [
+                    {"id": pool, "in_wave": n, "members": total}
+                    for pool, n, total in pool_shares(w.instances, result.pool_members)
+                ],
             }
             for w in result.waves
         ],

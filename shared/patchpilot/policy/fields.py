@@ -16,6 +16,7 @@ from pydantic_core import CoreSchema, PydanticCustomError
 from tzlocal.windows_tz import win_tz
 
 from patchpilot.errors import did_you_mean, quote
+from patchpilot.inputs import one_or_more
 
 
 def fail(kind: str, message: str, value: object, hint: str = "") -> PydanticCustomError:
@@ -47,6 +48,13 @@ class Quota:
         # The tolerance absorbs float noise (10% of 30 is 3, not 4) but must not round a
         # positive share down to 0: that would be a budget of nothing (and a ZeroDivisionError).
         return max(math.ceil(exact - 1e-9), 1 if exact > 0 else 0)
+
+    def floor_of(self, total: int) -> int:
+        """As a count out of `total`, percentages rounded down but never below 1 (a pool budget:
+        25% of 6 members is 1, not 2)."""
+        if not self.percent:
+            return max(int(self.amount), 1)
+        return max(math.floor(self.amount * total / 100 + 1e-9), 1)
 
     def exceeded_by(self, count: int, total: int) -> bool:
         """True when `count` out of `total` is more than this quota (equal is still within)."""
@@ -184,13 +192,6 @@ def _names(value: object) -> object:
     return value
 
 
-def _one_or_more(value: object) -> object:
-    """A single value where a list is expected is a list of that one (`os: linux`)."""
-    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-        return [value]
-    return value
-
-
 class _OneOrMoreSchema:
     """The JSON schema of a list that also takes a single item: any of the item or the list."""
 
@@ -202,7 +203,7 @@ class _OneOrMoreSchema:
 
 T = TypeVar("T")
 # A list field that takes a single value too, as `tags` values do: `os: linux` is `os: [linux]`.
-OneOrMore = Annotated[list[T], BeforeValidator(_one_or_more), _OneOrMoreSchema()]
+OneOrMore = Annotated[list[T], BeforeValidator(one_or_more), _OneOrMoreSchema()]
 
 TagValues = Annotated[
     list[str],

@@ -195,6 +195,12 @@ class Rollout(_Section):
     # again, every `approval_reminder`, at most MAX_APPROVAL_REMINDERS times (engine/decide.py);
     # `0`: no reminder. On the clouds only: a local run waits with no process running.
     approval_reminder: Duration = timedelta(hours=4)
+    # Traffic pools (the inventory's `traffic_pools`, docs/planner.md): no wave takes more than this
+    # share of any pool's members (a percentage rounded down, at least 1) out of service. Unset: no
+    # pool constraint. A pool of one member is patched with a plan warning, or with `refuse` its
+    # machine is excluded with that reason.
+    pool_budget: Budget | None = None
+    single_member_pools: Literal["warn", "refuse"] = "warn"
 
 
 class Exclusions(_Section):

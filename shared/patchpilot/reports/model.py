@@ -18,7 +18,7 @@ from itertools import pairwise
 from patchpilot.engine.retry import why_not_retryable
 from patchpilot.engine.run import InstanceRecord, Run, Step, WaveState
 from patchpilot.inventory import Instance
-from patchpilot.planning import placement
+from patchpilot.planning import placement, pool_members, pool_text
 from patchpilot.policy.fields import format_duration
 
 STATE_ORDER: tuple[str, ...] = ("patched", "rolled_back", "failed", "skipped", "not_started", "excluded")
@@ -305,6 +305,7 @@ def build(run: Run) -> Report:
     totals = [Total(s, STATE_LABELS.get(s, s), counts.get(s, 0)) for s in order]
     rollbacks = _rollbacks(run)
     frozen = [Excluded(ref(r.instance), r.reason) for r in run.excluded if _is_frozen(r)]
+    pools = pool_members(r.instance for r in records)  # the run's inventory: waves and excluded
     return Report(
         run_id=run.run_id,
         policy=run.policy.name,
@@ -321,7 +322,7 @@ def build(run: Run) -> Report:
         ring_patches=_ring_patches(run),
         installed_then_removed=sum(1 for r in records if r.state == "rolled_back" and r.installed),
         rings=_rings(run),
-        waves=[_wave(run, w) for w in run.waves],
+        waves=[_wave(run, w, pools) for w in run.waves],
         log=[LogRow(fmt_time(e.at, tz), e.level, e.text) for e in run.log],
         undelivered=[NoticeRow(fmt_time(n.at, tz), n.topic, n.channel, n.reason) for n in run.undelivered],
         health=_health(run),
@@ -573,8 +574,9 @@ def wave_outcome(wave: WaveState) -> Outcome:
     return "patched"
 
 
-def _wave(run: Run, wave: WaveState) -> WaveView:
+def _wave(run: Run, wave: WaveState, pools: dict[str, int]) -> WaveView:
     tz = zone_of(run)
+    shares = pool_text((r.instance for r in wave.records.values()), pools)
     records = list(wave.records.values())
     patched = [r for r in records if r.state == "patched"]
     duration = ""
@@ -585,7 +587,8 @@ def _wave(run: Run, wave: WaveState) -> WaveView:
         ring=wave.ring,
         canary=wave.canary,
         size=len(records),
-        placement=placement(r.instance for r in records),
+        # the traffic pools it took out of service, after where it was (only a fleet with pools has them)
+        placement="; ".join(filter(None, [placement(r.instance for r in records), shares])),
         started=fmt_clock(wave.started_at, run.created_at, tz) if wave.started_at else "",
         finished=fmt_clock(wave.finished_at, run.created_at, tz) if wave.finished_at else "",
         duration=duration,

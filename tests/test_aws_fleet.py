@@ -28,6 +28,7 @@ from moto import mock_aws
 from moto.backends import get_backend
 from moto.ec2.models.instances import Instance as MotoInstance
 
+from patchpilot.adapters.aws.access import PoolsUnreadableError
 from patchpilot.adapters.aws.fleet import DiscoveryResult, Ec2SsmFleet
 from patchpilot.adapters.aws.sessions import AwsSessions
 from patchpilot.engine.messages import (
@@ -41,6 +42,7 @@ from patchpilot.engine.messages import (
     TakeSnapshots,
 )
 from patchpilot.inventory import Instance
+from patchpilot.planning.planner import plan
 from patchpilot.policy import parse_policy
 from patchpilot.policy.model import HealthChecks, HealthScript
 from patchpilot.ports import InProgress, Progress
@@ -358,6 +360,113 @@ aws: {{regions: [{REGION}]}}
     expect_agents(stub, [i["InstanceId"] for r in ec2().describe_instances()["Reservations"] for i in r["Instances"]])
     assert len(make_fleet(harness, clock).discover(by_os).instances) == 2  # EC2 cannot filter on the OS
     harness.done()
+
+
+POOLS_POLICY = f"""
+name: pools
+rings: [{{name: web, select: {{tags: {{Role: web}}}}}}]
+rollout: {{pool_budget: 1, disruption_budget: "100%", canary: 0}}
+aws: {{regions: [{REGION}]}}
+"""
+
+
+def target_group(name: str, target_type: str = "instance") -> str:
+    """A moto ELBv2 target group in the default VPC."""
+    vpc = ec2().describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"][0]["VpcId"]
+    client = boto3.client("elbv2", region_name=REGION)
+    answer = client.create_target_group(Name=name, Protocol="HTTP", Port=80, VpcId=vpc, TargetType=target_type)
+    return str(answer["TargetGroups"][0]["TargetGroupArn"])
+
+
+def register(arn: str, *target_ids: str) -> None:
+    boto3.client("elbv2", region_name=REGION).register_targets(
+        TargetGroupArn=arn, Targets=[{"Id": t, "Port": 80} for t in target_ids]
+    )
+
+
+def private_ip(instance: Instance) -> str:
+    (reservation,) = ec2().describe_instances(InstanceIds=[instance.id])["Reservations"]
+    return str(reservation["Instances"][0]["PrivateIpAddress"])
+
+
+def test_discovery_fills_traffic_pools_from_target_groups_in_one_read_per_group(
+    harness: Harness, clock: ManualClock
+) -> None:
+    """moto: EC2 instances, ELBv2 target groups (instance and IP targets) and target health;
+    Stubber: DescribeInstanceInformation."""
+    web = launch(4, tags={"Role": "web"})
+    api = target_group("tg-api")
+    admin = target_group("tg-admin", "ip")
+    empty = target_group("tg-empty")
+    register(api, *(i.id for i in web))
+    register(admin, private_ip(web[0]), private_ip(web[1]), "10.99.0.1")  # the last: no discovered machine
+    expect_agents(harness.stub(), [i.id for i in web])
+
+    result = make_fleet(harness, clock).discover(parse_policy(POOLS_POLICY))
+
+    harness.done()
+    pools = {i.id: i.traffic_pools for i in result.instances}
+    assert pools == {
+        web[0].id: tuple(sorted([api, admin])),
+        web[1].id: tuple(sorted([api, admin])),
+        web[2].id: (api,),
+        web[3].id: (api,),
+    }
+    assert api.startswith(f"arn:aws:elasticloadbalancing:{REGION}:{ACCOUNT}:targetgroup/tg-api/")
+    # Batched: one DescribeTargetGroups for the region, one DescribeTargetHealth per target group.
+    assert harness.count("DescribeTargetGroups") == 1
+    assert harness.count("DescribeTargetHealth") == 3
+    assert sorted(p["TargetGroupArn"] for p in harness.params("DescribeTargetHealth")) == sorted(
+        [api, admin, empty]
+    )
+    assert "Targets" not in harness.params("DescribeTargetHealth")[0]  # every target, never one per instance
+
+    # A plan on the discovered fleet keeps the pool budget: one member of tg-api per wave.
+    waves = plan(parse_policy(POOLS_POLICY), result.instances).waves
+    assert len(waves) == 4
+    assert all(sum(api in i.traffic_pools for i in w.instances) <= 1 for w in waves)
+
+
+def test_discovery_reads_no_target_groups_without_a_pool_budget(harness: Harness, clock: ManualClock) -> None:
+    """moto: EC2, ELBv2; Stubber: DescribeInstanceInformation. Pools cost calls and permissions
+    only when the policy uses them."""
+    web = launch(2, tags={"Role": "web"})
+    register(target_group("tg-api"), *(i.id for i in web))
+    expect_agents(harness.stub(), [i.id for i in web])
+    policy = parse_policy(POOLS_POLICY.replace("pool_budget: 1, ", ""))
+
+    result = make_fleet(harness, clock).discover(policy)
+
+    assert [i.traffic_pools for i in result.instances] == [(), ()]
+    assert harness.count("DescribeTargetGroups") == harness.count("DescribeTargetHealth") == 0
+
+
+@pytest.mark.parametrize("operation", ["describe_target_groups", "describe_target_health"])
+def test_a_denied_target_group_read_is_said_naming_the_action_never_no_pools(
+    harness: Harness, clock: ManualClock, operation: str
+) -> None:
+    """moto: EC2, ELBv2; Stubber on ELBv2 (AccessDenied, as IAM answers) and SSM."""
+    web = launch(1, tags={"Role": "web"})
+    register(target_group("tg-api"), web[0].id)
+    elbv2 = harness("elbv2", None, REGION)
+    stubber = Stubber(elbv2)
+    if operation == "describe_target_health":
+        real = boto3.client("elbv2", region_name=REGION).describe_target_groups()
+        stubber.add_response("describe_target_groups", {"TargetGroups": real["TargetGroups"]}, {"PageSize": 400})
+    message = "User: arn:aws:sts::123456789012:assumed-role/discover is not authorized to perform: elasticloadbalancing"
+    stubber.add_client_error(operation, "AccessDenied", message, 403)
+    stubber.activate()
+
+    with pytest.raises(PoolsUnreadableError) as raised:
+        make_fleet(harness, clock).discover(parse_policy(POOLS_POLICY))
+
+    action = "DescribeTargetGroups" if operation == "describe_target_groups" else "DescribeTargetHealth"
+    assert raised.value.action == f"elasticloadbalancing:{action}"
+    text = str(raised.value)
+    assert f"traffic pools not readable in the current account/{REGION}" in text
+    assert f"elasticloadbalancing:{action} failed (AccessDenied:" in text
+    assert "rollout.pool_budget" in text
+    stubber.assert_no_pending_responses()
 
 
 # ---------------------------------------------------------------- probe

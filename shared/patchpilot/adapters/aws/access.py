@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from mypy_boto3_cloudwatch import CloudWatchClient
     from mypy_boto3_ec2 import EC2Client
     from mypy_boto3_ec2.type_defs import InstanceTypeDef
+    from mypy_boto3_elbv2 import ElasticLoadBalancingv2Client
+    from mypy_boto3_elbv2.type_defs import TargetGroupTypeDef, TargetHealthDescriptionTypeDef
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_ssm import SSMClient
     from mypy_boto3_ssm.type_defs import (
@@ -98,6 +100,10 @@ class AwsAccess:
         client: CloudWatchClient = self.client("cloudwatch", placement)
         return client
 
+    def elbv2(self, placement: Placement) -> ElasticLoadBalancingv2Client:
+        client: ElasticLoadBalancingv2Client = self.client("elbv2", placement)
+        return client
+
     def s3(self, region: str) -> S3Client:
         client: S3Client = self.client("s3", (None, region))
         return client
@@ -134,6 +140,27 @@ class AwsAccess:
             for info in page.get("InstanceInformationList", [])
             if info.get("InstanceId") in wanted
         }
+
+    def target_groups(
+        self, placement: Placement
+    ) -> list[tuple[TargetGroupTypeDef, list[TargetHealthDescriptionTypeDef]]]:
+        """Every ELBv2 target group of (account, region) that can hold machines (instance and IP
+        targets), with its registered targets: DescribeTargetGroups paged once, then one
+        DescribeTargetHealth per target group (never a call per instance). A refusal raises
+        `PoolsUnreadableError` naming the denied action."""
+        elbv2 = self.elbv2(placement)
+        action = "DescribeTargetGroups"
+        try:
+            pages = elbv2.get_paginator("describe_target_groups").paginate(PaginationConfig={"PageSize": 400})
+            groups = [g for page in pages for g in page.get("TargetGroups", []) if g.get("TargetType") in POOL_TARGETS]
+            result = []
+            action = "DescribeTargetHealth"
+            for target_group in sorted(groups, key=lambda g: g.get("TargetGroupArn", "")):
+                answer = elbv2.describe_target_health(TargetGroupArn=target_group["TargetGroupArn"])
+                result.append((target_group, answer.get("TargetHealthDescriptions", [])))
+        except ClientError as exc:
+            raise PoolsUnreadableError(placement, f"elasticloadbalancing:{action}", exc) from exc
+        return result
 
     def describe_instances(self, ec2: EC2Client, instance_ids: Sequence[str]) -> dict[str, InstanceTypeDef]:
         """The instances that still exist, by id (an instance-id filter: unknown ids are no error)."""
@@ -187,6 +214,23 @@ class AwsAccess:
                 for invocation in page.get("CommandInvocations", []):
                     result[invocation.get("InstanceId", "")] = invocation
         return result
+
+
+POOL_TARGETS = frozenset({"instance", "ip"})  # target types that are machines (not lambda, not alb)
+
+
+class PoolsUnreadableError(Exception):
+    """The traffic pools (ELBv2 target groups) of an account and region could not be read: the
+    message names the action and where, so a missing permission is never taken for "no pools"."""
+
+    def __init__(self, placement: Placement, action: str, exc: ClientError) -> None:
+        self.placement = placement
+        self.action = action
+        super().__init__(
+            f"traffic pools not readable in {where(placement)}: {action} failed ({describe_error(exc)}); "
+            "discovery reads them because the policy sets rollout.pool_budget "
+            "(the role needs elasticloadbalancing:DescribeTargetGroups and DescribeTargetHealth)"
+        )
 
 
 # ---------------------------------------------------------------- marks and answers

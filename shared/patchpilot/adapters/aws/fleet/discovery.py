@@ -1,7 +1,10 @@
-"""Discovery of the policy's EC2 instances and the probe of their SSM agents."""
+"""Discovery of the policy's EC2 instances (with their traffic pools, the ELBv2 target groups they
+are registered in, when the policy sets `rollout.pool_budget`) and the probe of their SSM agents."""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from patchpilot.batching import unique
@@ -14,12 +17,15 @@ from ..access import AwsAccess, Placement, agent_problem, by_placement, instance
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2.type_defs import FilterTypeDef, InstanceTypeDef
+    from mypy_boto3_elbv2.type_defs import TargetGroupTypeDef, TargetHealthDescriptionTypeDef
     from mypy_boto3_ssm.type_defs import InstanceInformationTypeDef
 
 
 def discover(access: AwsAccess, policy: Policy) -> DiscoveryResult:
     """The policy's AWS instances (running or stopped) in its accounts and regions, each
-    marked unreachable when its SSM agent is offline or it is not a managed instance."""
+    marked unreachable when its SSM agent is offline or it is not a managed instance. With
+    `rollout.pool_budget` each instance's `traffic_pools` are the target groups it is registered in
+    (`AwsAccess.target_groups`: a refusal raises `PoolsUnreadableError`, never "no pools")."""
     settings = policy.aws
     regions = list(settings.regions) if settings and settings.regions else [access.default_region]
     accounts: list[str | None] = [a.id for a in settings.accounts] if settings and settings.accounts else [None]
@@ -32,8 +38,10 @@ def discover(access: AwsAccess, policy: Policy) -> DiscoveryResult:
                 continue
             placement = (account, region)
             instances = _describe_for_discovery(access, placement, queries)
-            agents = access.agents(placement, [i.id for i, _ in instances])
-            for instance, state in instances:
+            if policy.rollout.pool_budget is not None and instances:
+                instances = _with_pools(access, placement, instances)
+            agents = access.agents(placement, [i.id for i, _, _ in instances])
+            for instance, state, _ in instances:
                 found.append(instance)
                 reason = agent_problem(agents.get(instance.id))
                 if reason is not None:
@@ -43,11 +51,22 @@ def discover(access: AwsAccess, policy: Policy) -> DiscoveryResult:
     return DiscoveryResult(found, unreachable)
 
 
+@dataclasses.dataclass(frozen=True)
+class Addresses:
+    """An instance's VPC and private IPs: what an IP target of a target group names."""
+
+    vpc: str
+    ips: frozenset[str]
+
+
+Discovered = tuple[Instance, str, Addresses]  # the instance, its state, where it listens
+
+
 def _describe_for_discovery(
     access: AwsAccess, placement: Placement, queries: list[list[FilterTypeDef]]
-) -> list[tuple[Instance, str]]:
+) -> list[Discovered]:
     ec2 = access.ec2(placement)
-    seen: dict[str, tuple[Instance, str]] = {}
+    seen: dict[str, Discovered] = {}
     for filters in queries:
         pages = ec2.get_paginator("describe_instances").paginate(Filters=filters, PaginationConfig={"PageSize": 1000})
         for page in pages:
@@ -56,8 +75,61 @@ def _describe_for_discovery(
                 for raw in reservation.get("Instances", []):
                     instance_id = raw.get("InstanceId", "")
                     if instance_id and instance_id not in seen:
-                        seen[instance_id] = (_to_instance(raw, placement[1], owner), instance_state(raw))
+                        seen[instance_id] = (
+                            _to_instance(raw, placement[1], owner),
+                            instance_state(raw),
+                            _addresses(raw),
+                        )
     return [seen[key] for key in sorted(seen)]
+
+
+def _addresses(raw: InstanceTypeDef) -> Addresses:
+    ips = {raw.get("PrivateIpAddress", "")}
+    for interface in raw.get("NetworkInterfaces", []):
+        ips.update(a.get("PrivateIpAddress", "") for a in interface.get("PrivateIpAddresses", []))
+    return Addresses(raw.get("VpcId", ""), frozenset(ips - {""}))
+
+
+def _with_pools(access: AwsAccess, placement: Placement, found: list[Discovered]) -> list[Discovered]:
+    """The instances with their `traffic_pools`: the ARNs of the target groups that hold them."""
+    pools = pools_of(found, access.target_groups(placement))
+    return [
+        (dataclasses.replace(instance, traffic_pools=tuple(pools.get(instance.id, ()))), state, addresses)
+        for instance, state, addresses in found
+    ]
+
+
+def pools_of(
+    found: Sequence[Discovered],
+    target_groups: Sequence[tuple[TargetGroupTypeDef, Sequence[TargetHealthDescriptionTypeDef]]],
+) -> dict[str, list[str]]:
+    """Target group ARNs by instance id, in ARN order. An instance target names the instance; an
+    IP target names a private IP of an instance in the target group's VPC, or (a target outside
+    that VPC, a peered one) of the one discovered instance of the region with that IP."""
+    in_vpc = {(a.vpc, ip): i.id for i, _, a in found for ip in a.ips}
+    holders: dict[str, set[str]] = {}
+    for instance, _, addresses in found:
+        for ip in addresses.ips:
+            holders.setdefault(ip, set()).add(instance.id)
+    known = {i.id for i, _, _ in found}
+    pools: dict[str, list[str]] = {}
+    for target_group, targets in target_groups:
+        arn = target_group.get("TargetGroupArn", "")
+        members: set[str] = set()
+        for description in targets:
+            target = description.get("Target", {}).get("Id", "")
+            if target_group.get("TargetType") == "instance":
+                member = target if target in known else None
+            else:
+                others = holders.get(target, set())
+                member = in_vpc.get((target_group.get("VpcId", ""), target)) or (
+                    next(iter(others)) if len(others) == 1 else None
+                )
+            if member is not None:
+                members.add(member)
+        for member in sorted(members):
+            pools.setdefault(member, []).append(arn)
+    return pools
 
 
 def probe_agents(access: AwsAccess, command: ProbeAgents) -> Progress:

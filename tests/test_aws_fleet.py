@@ -416,9 +416,7 @@ def test_discovery_fills_traffic_pools_from_target_groups_in_one_read_per_group(
     # Batched: one DescribeTargetGroups for the region, one DescribeTargetHealth per target group.
     assert harness.count("DescribeTargetGroups") == 1
     assert harness.count("DescribeTargetHealth") == 3
-    assert sorted(p["TargetGroupArn"] for p in harness.params("DescribeTargetHealth")) == sorted(
-        [api, admin, empty]
-    )
+    assert sorted(p["TargetGroupArn"] for p in harness.params("DescribeTargetHealth")) == sorted([api, admin, empty])
     assert "Targets" not in harness.params("DescribeTargetHealth")[0]  # every target, never one per instance
 
     # A plan on the discovered fleet keeps the pool budget: one member of tg-api per wave.

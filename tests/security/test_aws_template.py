@@ -20,6 +20,7 @@ from typing import Any
 import boto3
 import pytest
 from aws_lambda_powertools.shared import constants as powertools
+from botocore import xform_name
 from botocore.stub import Stubber
 from moto_support import record
 
@@ -239,6 +240,33 @@ def test_trigger_and_advisory_hold_no_destructive_fleet_action(function: str) ->
     # The worker keeps what rollback needs.
     for action in ("ec2:CreateSnapshots", "ec2:CreateReplaceRootVolumeTask", "ssm:SendCommand"):
         assert allowing("WorkerFunction", action), action
+
+
+POOL_READS = {"elasticloadbalancing:DescribeTargetGroups", "elasticloadbalancing:DescribeTargetHealth"}
+
+
+def _elbv2_calls() -> set[str]:
+    """The ELBv2 operations named (client methods and paginators) in the shipped modules that make
+    an ELBv2 client, as IAM actions."""
+    session = boto3.session.Session(region_name="us-east-1")
+    names = {xform_name(op): op for op in session.client("elbv2").meta.service_model.operation_names}
+    sources = [p.read_text() for p in (ROOT / "shared" / "patchpilot").rglob("*.py")]
+    code = "\n".join(text for text in sources if re.search(r"\.elbv2\(|[\"']elbv2[\"']", text))
+    assert code, "no module makes an ELBv2 client"
+    return {f"elasticloadbalancing:{op}" for name, op in names.items() if re.search(rf"\b{name}\b", code)}
+
+
+def test_discovering_functions_read_target_groups_and_nothing_else_of_elbv2() -> None:
+    """Discovery reads traffic pools (docs/aws-deploy.md): two read-only listings on `*` (ELBv2
+    has no resource-level permission for them); no function may change a load balancer, and the
+    code calls exactly what the roles grant."""
+    assert _elbv2_calls() == POOL_READS
+    for function in FUNCTIONS:
+        held = {a for s in grants(function) for a in actions(s) if a.startswith("elasticloadbalancing:")}
+        expected = POOL_READS if function in ("WorkerFunction", "TriggerFunction", "AdvisoryFunction") else set()
+        assert held == expected, function
+        for action in held:
+            assert all(resources(s) == ["*"] for s in allowing(function, action)), (function, action)
 
 
 def test_trigger_scans_only_with_the_patch_baseline_document_on_managed_instances() -> None:

@@ -28,7 +28,6 @@ from moto import mock_aws
 from moto.backends import get_backend
 from moto.ec2.models.instances import Instance as MotoInstance
 
-from patchpilot.adapters.aws.access import PoolsUnreadableError
 from patchpilot.adapters.aws.fleet import DiscoveryResult, Ec2SsmFleet
 from patchpilot.adapters.aws.sessions import AwsSessions
 from patchpilot.engine.messages import (
@@ -45,7 +44,7 @@ from patchpilot.inventory import Instance
 from patchpilot.planning.planner import plan
 from patchpilot.policy import parse_policy
 from patchpilot.policy.model import HealthChecks, HealthScript
-from patchpilot.ports import InProgress, Progress
+from patchpilot.ports import InProgress, PoolsUnreadableError, Progress
 
 T0 = datetime(2025, 1, 14, 22, 0, tzinfo=UTC)
 ACCOUNT = "123456789012"  # moto's default account
@@ -459,11 +458,11 @@ def test_a_denied_target_group_read_is_said_naming_the_action_never_no_pools(
         make_fleet(harness, clock).discover(parse_policy(POOLS_POLICY))
 
     action = "DescribeTargetGroups" if operation == "describe_target_groups" else "DescribeTargetHealth"
-    assert raised.value.action == f"elasticloadbalancing:{action}"
+    assert raised.value.missing == f"elasticloadbalancing:{action}"
     text = str(raised.value)
     assert f"traffic pools not readable in the current account/{REGION}" in text
-    assert f"elasticloadbalancing:{action} failed (AccessDenied:" in text
-    assert "rollout.pool_budget" in text
+    assert f"{action} failed (AccessDenied:" in text
+    assert f"rollout.pool_budget (needs elasticloadbalancing:{action})" in text
     stubber.assert_no_pending_responses()
 
 

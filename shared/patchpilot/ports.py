@@ -123,6 +123,20 @@ class DiscoveryResult:
     unreachable: list[tuple[Instance, str]] = field(default_factory=list)
 
 
+class PoolsUnreadableError(Exception):
+    """Discovery could not read the traffic pools (ELBv2 target groups, NICs' backend pools) it
+    reads because the policy sets `rollout.pool_budget`: said, naming what is `missing` and where,
+    never taken for "no pools" (a plan without them could take a whole pool out of service)."""
+
+    def __init__(self, where: str, missing: str, detail: str) -> None:
+        self.where = where
+        self.missing = missing
+        super().__init__(
+            f"traffic pools not readable in {where}: {detail}; discovery reads them because the policy "
+            f"sets rollout.pool_budget (needs {missing})"
+        )
+
+
 class FleetProvider(Protocol):
     """The machines. Every method is idempotent per command id: a command executed again
     reports on the operation it started the first time instead of starting another."""

@@ -19,7 +19,7 @@ from botocore.exceptions import ClientError
 
 from patchpilot.batching import chunks, group
 from patchpilot.inventory import Instance, OsFamily
-from patchpilot.ports import Clock
+from patchpilot.ports import Clock, PoolsUnreadableError
 
 from .sessions import ClientFactory
 
@@ -159,7 +159,8 @@ class AwsAccess:
                 answer = elbv2.describe_target_health(TargetGroupArn=target_group["TargetGroupArn"])
                 result.append((target_group, answer.get("TargetHealthDescriptions", [])))
         except ClientError as exc:
-            raise PoolsUnreadableError(placement, f"elasticloadbalancing:{action}", exc) from exc
+            missing = f"elasticloadbalancing:{action}"
+            raise PoolsUnreadableError(where(placement), missing, f"{action} failed ({describe_error(exc)})") from exc
         return result
 
     def describe_instances(self, ec2: EC2Client, instance_ids: Sequence[str]) -> dict[str, InstanceTypeDef]:
@@ -217,20 +218,6 @@ class AwsAccess:
 
 
 POOL_TARGETS = frozenset({"instance", "ip"})  # target types that are machines (not lambda, not alb)
-
-
-class PoolsUnreadableError(Exception):
-    """The traffic pools (ELBv2 target groups) of an account and region could not be read: the
-    message names the action and where, so a missing permission is never taken for "no pools"."""
-
-    def __init__(self, placement: Placement, action: str, exc: ClientError) -> None:
-        self.placement = placement
-        self.action = action
-        super().__init__(
-            f"traffic pools not readable in {where(placement)}: {action} failed ({describe_error(exc)}); "
-            "discovery reads them because the policy sets rollout.pool_budget "
-            "(the role needs elasticloadbalancing:DescribeTargetGroups and DescribeTargetHealth)"
-        )
 
 
 # ---------------------------------------------------------------- marks and answers

@@ -34,7 +34,7 @@ import fnmatch
 import heapq
 import itertools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -160,10 +160,14 @@ class FakeAzureCompute:
         data_disks: int = 1,
         sku: str = "Premium_LRS",
         private_ip: str = "",
+        pools: Sequence[str] = (),
         available: list[Patch] | None = None,
         **state: Any,
     ) -> str:
-        """A VM with a NIC, a managed OS disk and `data_disks` data disks; returns its id."""
+        """A VM with a NIC, a managed OS disk and `data_disks` data disks; returns its id. Its NIC's
+        IP configuration is in the backend `pools` (ARM ids of Load Balancer backend pools, and of
+        Application Gateway ones: `.../applicationGateways/<gw>/backendAddressPools/<pool>`), as the
+        NetworkInterfaceIPConfiguration of the REST specification carries them."""
         base = f"/subscriptions/{sub}/resourceGroups/{rg}/providers"
         vm_id = f"{base}/Microsoft.Compute/virtualMachines/{name}"
         nic_id = f"{base}/Microsoft.Network/networkInterfaces/{name}-nic"
@@ -174,9 +178,7 @@ class FakeAzureCompute:
                 "name": f"{name}-nic",
                 "type": "Microsoft.Network/networkInterfaces",
                 "location": location,
-                "properties": {
-                    "ipConfigurations": [{"name": "ipconfig1", "properties": {"privateIPAddress": ip, "primary": True}}]
-                },
+                "properties": {"ipConfigurations": [{"name": "ipconfig1", "properties": _ip_configuration(ip, pools)}]},
             }
         )
         zones = [zone] if zone and not availability_set else []
@@ -804,3 +806,16 @@ def _in(rows: list[dict[str, Any]], subscriptions: list[str] | None) -> list[dic
 
 
 __all__ = ["ARM", "SUB", "Content", "FakeAzureCompute", "MachineState", "Patch", "run_kql"]
+
+
+def _ip_configuration(ip: str, pools: Sequence[str]) -> dict[str, Any]:
+    """A NIC IP configuration's properties: its address and its backend pool references
+    (`loadBalancerBackendAddressPools`, `applicationGatewayBackendAddressPools`: lists of `{id}`)."""
+    properties: dict[str, Any] = {"privateIPAddress": ip, "primary": True}
+    gateway = [{"id": p} for p in pools if "/applicationgateways/" in p.lower()]
+    balancer = [{"id": p} for p in pools if "/applicationgateways/" not in p.lower()]
+    if balancer:
+        properties["loadBalancerBackendAddressPools"] = balancer
+    if gateway:
+        properties["applicationGatewayBackendAddressPools"] = gateway
+    return properties

@@ -56,9 +56,10 @@ from patchpilot.engine.messages import (
     TakeSnapshots,
 )
 from patchpilot.inventory import Instance, OsFamily
+from patchpilot.planning.planner import plan
 from patchpilot.policy import parse_policy
 from patchpilot.policy.model import HealthChecks, HealthScript
-from patchpilot.ports import InProgress, Progress
+from patchpilot.ports import InProgress, PoolsUnreadableError, Progress
 from patchpilot.service import Service
 
 T0 = datetime(2026, 12, 8, 22, 0, tzinfo=UTC)
@@ -222,6 +223,73 @@ def test_arc_servers_are_only_discovered_when_the_policy_asks(world: World) -> N
     found = world.fleet().discover(parse_policy(POLICY))
 
     assert [i.name for i in found.instances] == ["prd-1"]
+
+
+LB = f"/subscriptions/{SUB}/resourceGroups/rg-web/providers/Microsoft.Network/loadBalancers/lb-web"
+AGW = f"/subscriptions/{SUB}/resourceGroups/rg-web/providers/Microsoft.Network/applicationGateways/agw-shop"
+POOLS_POLICY = POLICY + "rollout: {pool_budget: 1, disruption_budget: '100%', canary: 0}\n"
+
+
+def test_discovery_fills_traffic_pools_from_the_nics_backend_pools_in_one_more_query(world: World) -> None:
+    """Fake ARM: NIC rows carry `loadBalancerBackendAddressPools` and
+    `applicationGatewayBackendAddressPools` on their IP configurations (the REST specification's
+    NetworkInterfaceIPConfiguration); pool ids come back lower-cased, as ARM ids compare."""
+    azure = world.azure
+    tags = {"Environment": "production"}
+    web = [
+        azure.add_vm(f"web-{n}", tags=tags, zone=str(n % 3 + 1), pools=[f"{LB}/backendAddressPools/BE-Web"])
+        for n in range(3)
+    ]
+    shop = azure.add_vm(
+        "shop-1", tags=tags, pools=[f"{LB}/backendAddressPools/BE-Web", f"{AGW}/backendAddressPools/Shop"]
+    )
+    lonely = azure.add_vm("batch-1", tags=tags)
+    arc = azure.add_arc("onprem-1", rg="rg-web", tags=tags)
+    policy = parse_policy(POOLS_POLICY.replace("  locations: [westeurope]", "  locations: [westeurope]\n  arc: true"))
+
+    found = world.fleet().discover(policy)
+
+    pools = {i.id: i.traffic_pools for i in found.instances}
+    be_web = f"{LB}/backendAddressPools/BE-Web".lower()
+    assert pools == {
+        **{vm: (be_web,) for vm in web},
+        shop: tuple(sorted([be_web, f"{AGW}/backendAddressPools/Shop".lower()])),
+        lonely: (),
+        arc: (),  # Arc servers have no pools
+    }
+    # One query for the machines, one for all their NICs: never a request per VM.
+    assert world.count("POST", "microsoft.resourcegraph") == 2
+    nic_queries = [q for q in azure.graph_queries if "networkinterfaces" in q.lower()]
+    assert len(nic_queries) == 1 and all(f"{n}-nic".lower() in nic_queries[0].lower() for n in ("web-0", "shop-1"))
+
+    # A plan on the discovered fleet keeps the pool budget: one member of be-web per wave.
+    waves = plan(policy, found.instances).waves
+    assert all(sum(be_web in i.traffic_pools for i in w.instances) <= 1 for w in waves)
+    assert len(waves) == 4
+
+
+def test_discovery_reads_no_nics_without_a_pool_budget(world: World) -> None:
+    world.azure.add_vm("web-0", tags={"Environment": "production"}, pools=[f"{LB}/backendAddressPools/be"])
+
+    found = world.fleet().discover(parse_policy(POLICY))
+
+    assert [i.traffic_pools for i in found.instances] == [()]
+    assert world.count("POST", "microsoft.resourcegraph") == 1
+
+
+def test_a_nic_resource_graph_does_not_return_is_said_never_taken_for_no_pools(world: World) -> None:
+    """Resource Graph leaves out what the identity may not read: a VM's NIC missing from the
+    answer names the NIC and the permission."""
+    vm = world.azure.add_vm("web-0", tags={"Environment": "production"}, pools=[f"{LB}/backendAddressPools/be"])
+    nic = world.arm.get(vm)["properties"]["networkProfile"]["networkInterfaces"][0]["id"]
+    del world.arm.resources[nic.lower()]  # as Resource Graph answers an identity that may not read it
+
+    with pytest.raises(PoolsUnreadableError) as raised:
+        world.fleet().discover(parse_policy(POOLS_POLICY))
+
+    assert raised.value.missing == "Microsoft.Network/networkInterfaces/read"
+    assert f"network interfaces not returned (not readable, or deleted): {nic.lower()}" in str(raised.value)
+    assert "rollout.pool_budget (needs Microsoft.Network/networkInterfaces/read)" in str(raised.value)
 
 
 def test_the_discovery_query_filters_on_what_the_rings_select() -> None:

@@ -96,6 +96,8 @@ CODE_READS = {
         "properties.status (Arc)",
         "properties.agentVersion",
         "properties.ipConfigurations[].properties.privateIPAddress",
+        "properties.ipConfigurations[].properties.loadBalancerBackendAddressPools[].id",
+        "properties.ipConfigurations[].properties.applicationGatewayBackendAddressPools[].id",
     ],
 }
 

@@ -65,6 +65,7 @@ azure:
   resource_groups: [rg-web, rg-onprem]
   locations: [westeurope]
   arc: true
+rollout: {{pool_budget: 1}}
 """
 )
 UPDATE_MANAGER_POLICY = {
@@ -98,7 +99,13 @@ def fleet_queries() -> Iterator[Sent]:
     compute = FakeAzureCompute(arm)
     platform = FakeAzureAssessment(compute)
     production = {"Environment": "production"}
-    web = compute.add_vm("web-1", tags=production, available=[Patch("openssl", "Security", version="3.0.13-1")])
+    pool = f"/subscriptions/{SUB}/resourceGroups/rg-web/providers/Microsoft.Network/loadBalancers/lb-web"
+    web = compute.add_vm(
+        "web-1",
+        tags=production,
+        pools=[f"{pool}/backendAddressPools/be-web"],
+        available=[Patch("openssl", "Security", version="3.0.13-1")],
+    )
     win = compute.add_vm(
         "win-1", os="Windows", tags=production, available=[Patch("2026-12 CU", "Security", kb="5034441")]
     )

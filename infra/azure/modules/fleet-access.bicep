@@ -31,7 +31,7 @@ var fleetActions = [
   'Microsoft.ResourceGraph/resources/read'
   'Microsoft.Compute/virtualMachines/read'
   'Microsoft.Compute/virtualMachines/instanceView/read'
-  'Microsoft.Network/networkInterfaces/read' // the private address of an HTTP health check
+  'Microsoft.Network/networkInterfaces/read' // the private address of an HTTP health check; traffic pools (discovery)
   'Microsoft.Compute/virtualMachines/runCommands/read' // the health script, a managed Run Command
   'Microsoft.Compute/virtualMachines/runCommands/write'
   // patching

@@ -104,6 +104,15 @@ class AzureAccess:
                 rows[text(row, "id").lower()] = row
         return rows
 
+    def nics(self, nic_ids: Iterable[str], subscriptions: Sequence[str]) -> dict[str, Any]:
+        """The network interfaces' Resource Graph rows (`id, properties`) by lower-case id, 400 ids
+        a query; a NIC the identity may not read is absent (Resource Graph filters, never refuses)."""
+        nics: dict[str, Any] = {}
+        for chunk in chunks(sorted({i.lower() for i in nic_ids}), IDS_PER_QUERY):
+            for nic in query(self.graph(), nics_query(chunk), subscriptions):
+                nics[text(nic, "id").lower()] = nic
+        return nics
+
     def models(self, machines: Sequence[Machine]) -> dict[str, Any]:
         """The machines' ARM models (tags, disks) by lower-case id: one listing per resource group."""
         models: dict[str, Any] = {}
@@ -299,6 +308,22 @@ def machines_query(ids: Sequence[str]) -> str:
         f"resources\n| where type in~ ({kql_string(VM_TYPE)}, {kql_string(ARC_TYPE)})\n"
         f"| where id in~ {kql_list(ids)}\n| project {ROW_COLUMNS}"
     )
+
+
+def nics_query(ids: Sequence[str]) -> str:
+    return (
+        f"resources\n| where type =~ {kql_string(NIC_TYPE)}\n| where id in~ {kql_list(ids)}\n| project id, properties"
+    )
+
+
+def backend_pools(nic: Any) -> list[str]:
+    """The load-balancer and Application Gateway backend pools a NIC's IP configurations are in,
+    lower-cased (ARM ids compare without case)."""
+    pools = []
+    for config in items(nic, "properties", "ipConfigurations"):
+        for key in ("loadBalancerBackendAddressPools", "applicationGatewayBackendAddressPools"):
+            pools += [text(pool, "id").lower() for pool in items(config, "properties", key) if text(pool, "id")]
+    return pools
 
 
 def arc_problem(row: Any) -> str | None:

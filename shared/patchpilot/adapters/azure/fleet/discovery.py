@@ -1,5 +1,6 @@
 """Discovery of the policy's VMs and Arc servers (one paged Resource Graph query, an instance
-view per running VM) and the probe of their agents."""
+view per running VM; with `rollout.pool_budget`, one more query for their NICs' backend pools) and
+the probe of their agents."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from patchpilot.engine.messages import (
 )
 from patchpilot.inventory import Instance
 from patchpilot.policy.model import Policy, Selector
-from patchpilot.ports import DiscoveryResult, Progress
+from patchpilot.ports import DiscoveryResult, PoolsUnreadableError, Progress
 
 from ..access import (
     ARC_TYPE,
@@ -26,6 +27,7 @@ from ..access import (
     agent_problem,
     arc_problem,
     at,
+    backend_pools,
     describe_error,
     items,
     parse_machine,
@@ -38,6 +40,7 @@ from ..graph import kql_list, kql_string, query
 if TYPE_CHECKING:
     pass
 
+NIC_READ = "Microsoft.Network/networkInterfaces/read"  # the fleet role has it (infra/azure/modules/fleet-access.bicep)
 _OS_TYPE = "tolower(coalesce(tostring(properties.storageProfile.osDisk.osType), tostring(properties.osType)))"
 
 
@@ -115,15 +118,21 @@ def discover(access: AzureAccess, policy: Policy) -> DiscoveryResult:
     """The policy's VMs (and Arc servers with azure.arc) in its subscriptions, resource groups
     and locations that its rings may select: one paged Resource Graph query, then an instance
     view read per running VM for its agent and (in an availability set) its update domain.
-    Stopped VMs, VMs whose agent is not Ready and disconnected Arc servers are unreachable."""
+    Stopped VMs, VMs whose agent is not Ready and disconnected Arc servers are unreachable.
+    With `rollout.pool_budget` a VM's `traffic_pools` are the backend pools its NICs' IP
+    configurations are in (`with_pools`); Arc servers have none."""
     kql = discovery_query(policy)
     if kql is None:
         return DiscoveryResult([])
     subscriptions = list(policy.azure.subscriptions) if policy.azure else []
     found: list[Instance] = []
     unreachable: list[tuple[Instance, str]] = []
-    for row in query(access.graph(), kql, subscriptions):
+    rows = query(access.graph(), kql, subscriptions)
+    pools = with_pools(access, rows, subscriptions) if policy.rollout.pool_budget is not None else {}
+    for row in rows:
         instance = to_instance(row)
+        if pools.get(instance.id.lower()):
+            instance = dataclasses.replace(instance, traffic_pools=tuple(pools[instance.id.lower()]))
         machine = parse_machine(instance.id)
         if machine is None:
             continue
@@ -138,6 +147,36 @@ def discover(access: AzureAccess, policy: Policy) -> DiscoveryResult:
         if problem is not None:
             unreachable.append((instance, problem))
     return DiscoveryResult(found, unreachable)
+
+
+def with_pools(access: AzureAccess, rows: list[Any], subscriptions: list[str]) -> dict[str, list[str]]:
+    """Each VM's traffic pools by lower-case id: the Load Balancer and Application Gateway backend
+    pools its NICs' IP configurations reference (lower-cased, sorted), all NICs read in one Resource
+    Graph query. A NIC the VM names that the query does not return (the identity may not read it:
+    Resource Graph leaves it out, it never refuses) raises `PoolsUnreadableError`."""
+    nic_ids: dict[str, list[str]] = {}
+    for row in rows:
+        machine = parse_machine(text(row, "id"))
+        if machine is None or machine.arc:
+            continue
+        refs = [text(nic, "id").lower() for nic in items(row, "properties", "networkProfile", "networkInterfaces")]
+        nic_ids[machine.key] = [ref for ref in refs if ref]
+    wanted = {nic for nics in nic_ids.values() for nic in nics}
+    if not wanted:
+        return {}
+    try:
+        nics = access.nics(wanted, subscriptions)
+    except HttpResponseError as exc:
+        raise PoolsUnreadableError(
+            "Resource Graph", NIC_READ, f"the network interfaces' query failed ({describe_error(exc)})"
+        ) from exc
+    missing = sorted(wanted - set(nics))
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise PoolsUnreadableError(
+            "Resource Graph", NIC_READ, f"network interfaces not returned (not readable, or deleted): {shown}"
+        )
+    return {key: sorted({pool for nic in refs for pool in backend_pools(nics[nic])}) for key, refs in nic_ids.items()}
 
 
 def _discovered_vm(access: AzureAccess, machine: Machine, instance: Instance, row: Any) -> tuple[Instance, str | None]:

@@ -14,7 +14,7 @@ from azure.mgmt.compute import models as cm
 from azure.mgmt.hybridcompute import models as hm
 
 from patchpilot.adapters.health import HttpProbe, UnsafeUrlValueError, fill_url
-from patchpilot.batching import chunks, unique
+from patchpilot.batching import unique
 from patchpilot.engine.messages import (
     CheckHealth,
     Outcome,
@@ -25,7 +25,6 @@ from patchpilot.ports import InProgress, Progress
 from patchpilot.verdict import Verdict
 
 from ..access import (
-    NIC_TYPE,
     TAG_COMMAND,
     TAG_HEALTH,
     TAG_RUN,
@@ -41,19 +40,12 @@ from ..access import (
     tags_of,
     text,
 )
-from ..graph import IDS_PER_QUERY, kql_list, kql_string, query
 
 if TYPE_CHECKING:
     pass
 
 HEALTH_POLL = timedelta(minutes=2)
 RUN_COMMAND = "patchpilot-health"
-
-
-def nics_query(ids: Sequence[str]) -> str:
-    return (
-        f"resources\n| where type =~ {kql_string(NIC_TYPE)}\n| where id in~ {kql_list(ids)}\n| project id, properties"
-    )
 
 
 def app_health(view: Any) -> str | None:
@@ -213,11 +205,7 @@ def _private_ips(access: AzureAccess, machines: Sequence[Machine], rows: Mapping
         if text(nic, "id"):
             nic_of[machine.key] = text(nic, "id").lower()
     if nic_of:
-        nics: dict[str, Any] = {}
-        subscriptions = sorted({m.subscription for m in machines})
-        for chunk in chunks(sorted(set(nic_of.values())), IDS_PER_QUERY):
-            for nic in query(access.graph(), nics_query(chunk), subscriptions):
-                nics[text(nic, "id").lower()] = nic
+        nics = access.nics(nic_of.values(), sorted({m.subscription for m in machines}))
         for key, nic_id in nic_of.items():
             ips[key] = private_ip_of_nic(nics.get(nic_id))
     return ips

@@ -29,6 +29,7 @@ from moto.backends import get_backend
 from moto.ec2.models.instances import Instance as MotoInstance
 
 from patchpilot.adapters.aws.fleet import DiscoveryResult, Ec2SsmFleet
+from patchpilot.adapters.aws.fleet.discovery import Addresses, pools_of
 from patchpilot.adapters.aws.sessions import AwsSessions
 from patchpilot.engine.messages import (
     CheckHealth,
@@ -436,6 +437,28 @@ def test_discovery_reads_no_target_groups_without_a_pool_budget(harness: Harness
 
     assert [i.traffic_pools for i in result.instances] == [(), ()]
     assert harness.count("DescribeTargetGroups") == harness.count("DescribeTargetHealth") == 0
+
+
+def test_ip_targets_name_the_instance_in_the_target_groups_vpc_or_the_one_peer_with_that_ip() -> None:
+    """Pure: overlapping VPC ranges hold one private IP twice; a target outside the group's VPC
+    (a peered one) counts only when one discovered instance has its IP."""
+    a, b, c, d = (Instance(id=f"i-{n}", cloud="aws", region=REGION, os="linux") for n in "abcd")
+    found = [
+        (a, "running", Addresses("vpc-a", frozenset({"10.0.0.5"}))),
+        (b, "running", Addresses("vpc-b", frozenset({"10.0.0.5", "10.1.0.9"}))),
+        (c, "running", Addresses("vpc-c", frozenset({"10.2.0.7"}))),
+        (d, "running", Addresses("vpc-d", frozenset({"10.0.0.5"}))),
+    ]
+    group: Any = {"TargetGroupArn": "arn:tg-ip", "TargetType": "ip", "VpcId": "vpc-b"}
+    targets: Any = [{"Target": {"Id": ip}} for ip in ("10.0.0.5", "10.2.0.7", "10.0.0.5", "10.9.9.9")]
+    instances: Any = {"TargetGroupArn": "arn:tg-i", "TargetType": "instance", "VpcId": "vpc-a"}
+    by_id: Any = [{"Target": {"Id": "i-a"}}, {"Target": {"Id": "i-zzz"}}]
+
+    assert pools_of(found, [(group, targets), (instances, by_id)]) == {
+        "i-b": ["arn:tg-ip"],  # 10.0.0.5 in the group's VPC, not i-a's or i-d's
+        "i-c": ["arn:tg-ip"],  # peered: the only holder of 10.2.0.7
+        "i-a": ["arn:tg-i"],
+    }
 
 
 @pytest.mark.parametrize("operation", ["describe_target_groups", "describe_target_health"])

@@ -109,3 +109,30 @@ def test_report_json_for_an_unknown_run_is_a_json_error(tmp_path: Path) -> None:
     assert result.stdout == ""
     error = json.loads(result.stderr)
     assert error["error"].startswith(f"{state}: (top level): no run no-such-run here (latest runs: monthly-fleet-")
+
+
+def test_a_cloud_refusing_the_pools_a_policy_needs_is_one_line_and_exit_1() -> None:
+    """Discovery for a policy with a pool budget that cannot read the pools (PoolsUnreadableError)
+    ends any command in one line naming the missing permission, text or JSON: never a traceback."""
+    import click
+
+    from patchpilot.cli_common import reports_input_errors
+    from patchpilot.ports import PoolsUnreadableError
+
+    @click.command()
+    @click.option("--json", "as_json", is_flag=True)
+    @reports_input_errors
+    def discovering(as_json: bool) -> None:
+        raise PoolsUnreadableError(
+            "123456789012/eu-west-1", "elasticloadbalancing:DescribeTargetGroups", "AccessDenied"
+        )
+
+    text = CliRunner().invoke(discovering, [])
+    assert text.exit_code == 1 and "Traceback" not in text.output
+    assert text.stderr.strip().splitlines() == [
+        "Error: traffic pools not readable in 123456789012/eu-west-1: AccessDenied; discovery reads them because "
+        "the policy sets rollout.pool_budget (needs elasticloadbalancing:DescribeTargetGroups)"
+    ]
+    as_json = CliRunner().invoke(discovering, ["--json"])
+    assert as_json.exit_code == 1
+    assert "elasticloadbalancing:DescribeTargetGroups" in json.loads(as_json.stderr)["error"]

@@ -12,10 +12,12 @@ from typing import Any, TypeVar
 import click
 
 from patchpilot.errors import InputError, format_path
+from patchpilot.ports import PoolsUnreadableError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_INVALID_INPUT = 2
+EXIT_CLOUD_REFUSED = 1  # a cloud refused a read the policy needs (traffic pools): nothing was decided
 
 
 def reports_input_errors(command: F) -> F:
@@ -45,6 +47,12 @@ def reports_input_errors(command: F) -> F:
                 raise
             print_json_error(exc.format_message(), [])
             sys.exit(exc.exit_code)
+        except PoolsUnreadableError as exc:  # a cloud refused a read the policy needs: one line, exit 1
+            if as_json:
+                print_json_error(str(exc), [])
+            else:
+                click.echo(f"Error: {exc}", err=True)
+            sys.exit(EXIT_CLOUD_REFUSED)
 
     return wrapper  # type: ignore[return-value]
 

@@ -313,3 +313,21 @@ def test_example_fleet_with_pools_loads() -> None:
     web = [i for i in fleet if "lb-web" in i.traffic_pools]
     assert len(web) == 9
     assert [i.short_name for i in fleet if "tg-batch-admin" in i.traffic_pools] == ["worker-osa-01"]
+
+
+# --- scaling groups --------------------------------------------------------------------------------
+
+
+def test_scaling_group_defaults_to_none_and_takes_any_id() -> None:
+    plain, member = parse_inventory(
+        {"instances": [entry(), entry(id="i-2", scaling_group="asg-web")]},
+        "inv.json",
+    )
+    assert plain.scaling_group is None
+    assert member.scaling_group == "asg-web"
+
+
+def test_an_empty_scaling_group_is_named_with_its_entry() -> None:
+    assert rendered({"instances": [entry(scaling_group="")]}) == [
+        'inv.json: instances[0].scaling_group: string should have at least 1 character, got "" (entry "i-1")'
+    ]

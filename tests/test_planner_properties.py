@@ -166,6 +166,11 @@ def scenarios(
         ids = draw(st.lists(st.sampled_from([i.id for i in fleet]), max_size=3, unique=True))
         exclude = policy.exclude.model_copy(update={"ids": ids})
         policy = policy.model_copy(update={"exclude": exclude})
+    if fleet and draw(st.booleans()):  # sometimes a few machines belong to a scaling group
+        members = draw(st.lists(st.sampled_from([i.id for i in fleet]), max_size=4, unique=True))
+        groups = draw(st.lists(st.sampled_from(["asg-web", "vmss-api"]), min_size=len(members), max_size=len(members)))
+        group_of = dict(zip(members, groups, strict=True))
+        fleet = [replace(i, scaling_group=group_of[i.id]) if i.id in group_of else i for i in fleet]
     return policy, fleet
 
 
@@ -206,7 +211,7 @@ def is_frozen(policy: Policy, instance: Instance) -> bool:
 
 def expected_ring(policy: Policy, instance: Instance) -> str | None:
     """The ring the contract puts an instance in, or None when it is excluded."""
-    if instance.id in policy.exclude.ids or is_frozen(policy, instance):
+    if instance.id in policy.exclude.ids or is_frozen(policy, instance) or instance.scaling_group is not None:
         return None
     return next((r.name for r in policy.rings if r.select.matches(instance)), None)
 
@@ -340,6 +345,21 @@ def test_frozen_instances_are_never_in_a_wave(scenario: tuple[Policy, list[Insta
     frozen = {i.id for i in fleet if i.tags.get("PatchPolicy") == "frozen"}
     assert not waved & frozen
     assert frozen <= {e.instance.id for e in result.excluded}
+
+
+@given(SCENARIOS)
+def test_scaling_group_members_are_never_in_a_wave(scenario: tuple[Policy, list[Instance]]) -> None:
+    policy, fleet = scenario
+    assert policy.scaling_groups == "skip"  # the default
+    result = plan(policy, fleet)
+    waved = {i.id for w in result.waves for i in w.instances}
+    reasons = {e.instance.id: e.reason for e in result.excluded}
+    for instance in fleet:
+        if instance.scaling_group is None:
+            continue
+        assert instance.id not in waved
+        if instance.id not in policy.exclude.ids and not is_frozen(policy, instance) and policy.kind != "frozen":
+            assert reasons[instance.id] == f"member of scaling group {instance.scaling_group}: patch its image"
 
 
 @given(SCENARIOS, st.data())
@@ -749,3 +769,18 @@ def test_example_fleet_with_pools_reaches_the_bound(mode: str) -> None:
         assert result.lower_bound > without.lower_bound
     for ring in result.rings:
         assert len(ring.waves) == ring.lower_bound, ring.name
+
+
+def test_a_scaling_group_member_is_excluded_with_its_group_named() -> None:
+    fleet = [machine("a", "eastus"), replace(machine("b", "eastus"), scaling_group="asg-web")]
+    result = plan(one_ring(1), fleet)
+    assert wave_ids(result) == [["a"]]
+    assert [(e.instance.id, e.reason) for e in result.excluded] == [
+        ("b", "member of scaling group asg-web: patch its image")
+    ]
+
+
+def test_scaling_groups_accepts_only_skip_for_now() -> None:
+    assert one_ring(1).scaling_groups == "skip"
+    with pytest.raises(ValueError, match="scaling_groups"):
+        one_ring(1, scaling_groups="standby")

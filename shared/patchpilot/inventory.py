@@ -93,6 +93,9 @@ class Instance:
     tags: dict[str, str] = Field(default_factory=dict)
     account: str | None = None  # AWS account id or Azure subscription id, where the fleet spans several
     traffic_pools: PoolIds = ()
+    # The AWS Auto Scaling group (its name) or Azure scale set (its lower-cased resource id) the
+    # machine belongs to (docs/planner.md, "Scaling groups"): any string id.
+    scaling_group: Annotated[str, Field(min_length=1, max_length=1600)] | None = None
     simulation: Simulation | None = None
 
     @model_validator(mode="after")

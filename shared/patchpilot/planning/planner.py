@@ -182,6 +182,14 @@ NO_RING = "matched no ring's selector"
 FROZEN_POLICY = "frozen: the policy is kind frozen (never patched)"
 
 
+def scaling_group_reason(instance: Instance) -> str | None:
+    """Why a member of an Auto Scaling group or scale set is excluded (`scaling_groups: skip`, the
+    only value yet): the group would replace it while it reboots, so its image is what to patch."""
+    if instance.scaling_group is None:
+        return None
+    return f"member of scaling group {instance.scaling_group}: patch its image"
+
+
 def ring_of(policy: Policy, instance: Instance) -> str | None:
     """The ring whose selector matches first (an excluded instance's too), None when none does."""
     return next((r.name for r in policy.rings if r.select.matches(instance)), None)
@@ -198,7 +206,8 @@ def assign(policy: Policy, instances: Iterable[Instance]) -> tuple[dict[str, lis
         raise ValueError(f"the same instance is listed more than once: {', '.join(repeated[:10])}")
     for instance in ordered:
         frozen = FROZEN_POLICY if policy.kind == "frozen" else None
-        if reason := frozen or policy.exclude.reason(instance) or policy.unprotected_reason(instance):
+        reason = frozen or policy.exclude.reason(instance) or scaling_group_reason(instance)
+        if reason := reason or policy.unprotected_reason(instance):
             excluded.append(Exclusion(instance, reason))
             continue
         ring = ring_of(policy, instance)

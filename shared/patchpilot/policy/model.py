@@ -460,6 +460,9 @@ class Policy(_Section):
     rollout: Rollout = Rollout()
     region_pairs: list[tuple[str, str]] = Field(default_factory=new_list)
     exclude: Exclusions = Exclusions()
+    # Machines in an AWS Auto Scaling group or an Azure scale set (the inventory's `scaling_group`):
+    # `skip` lists them as excluded, "member of scaling group X: patch its image" (docs/planner.md).
+    scaling_groups: Literal["skip"] = "skip"
     patches: PatchSelection = PatchSelection()
     reboot: Literal["if_required", "always", "never"] = "if_required"
     health: HealthChecks = HealthChecks()

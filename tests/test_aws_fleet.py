@@ -45,7 +45,13 @@ from patchpilot.inventory import Instance
 from patchpilot.planning.planner import plan
 from patchpilot.policy import parse_policy
 from patchpilot.policy.model import HealthChecks, HealthScript
-from patchpilot.ports import InProgress, PoolsUnreadableError, Progress
+from patchpilot.ports import (
+    DiscoveryReadRefusedError,
+    InProgress,
+    PoolsUnreadableError,
+    Progress,
+    ScalingGroupsUnreadableError,
+)
 
 T0 = datetime(2025, 1, 14, 22, 0, tzinfo=UTC)
 ACCOUNT = "123456789012"  # moto's default account
@@ -486,6 +492,87 @@ def test_a_denied_target_group_read_is_said_naming_the_action_never_no_pools(
     assert f"traffic pools not readable in the current account/{REGION}" in text
     assert f"{action} failed (AccessDenied:" in text
     assert f"rollout.pool_budget (needs elasticloadbalancing:{action})" in text
+    stubber.assert_no_pending_responses()
+
+
+def scaling_group(name: str, count: int, tags: dict[str, str]) -> list[str]:
+    """A moto Auto Scaling group of `count` instances carrying `tags`; their ids."""
+    client = boto3.client("autoscaling", region_name=REGION)
+    template = boto3.client("ec2", region_name=REGION).create_launch_template(
+        LaunchTemplateName=f"lt-{name}", LaunchTemplateData={"ImageId": image(), "InstanceType": "t3.micro"}
+    )
+    client.create_auto_scaling_group(
+        AutoScalingGroupName=name,
+        LaunchTemplate={"LaunchTemplateId": template["LaunchTemplate"]["LaunchTemplateId"]},
+        MinSize=count,
+        MaxSize=count,
+        DesiredCapacity=count,
+        AvailabilityZones=[f"{REGION}a"],
+        Tags=[{"Key": k, "Value": v, "PropagateAtLaunch": True} for k, v in tags.items()],
+    )
+    (group,) = client.describe_auto_scaling_groups(AutoScalingGroupNames=[name])["AutoScalingGroups"]
+    return sorted(i["InstanceId"] for i in group["Instances"])
+
+
+def test_discovery_fills_the_auto_scaling_group_and_a_plan_excludes_its_members(
+    harness: Harness, clock: ManualClock
+) -> None:
+    """moto: EC2 instances, an Auto Scaling group (DescribeAutoScalingInstances); Stubber:
+    DescribeInstanceInformation. Read without a pool budget too: it is always read."""
+    alone = launch(2, tags={"Role": "web"})
+    members = scaling_group("asg-web", 2, {"Role": "web"})
+    policy = parse_policy(POOLS_POLICY.replace("pool_budget: 1, ", ""))
+    expect_agents(harness.stub(), [*(i.id for i in alone), *members])
+
+    result = make_fleet(harness, clock).discover(policy)
+
+    harness.done()
+    groups = {i.id: i.scaling_group for i in result.instances}
+    assert groups == {alone[0].id: None, alone[1].id: None, members[0]: "asg-web", members[1]: "asg-web"}
+    assert harness.count("DescribeAutoScalingInstances") == 1
+    (asked,) = harness.params("DescribeAutoScalingInstances")
+    assert sorted(asked["InstanceIds"]) == sorted(groups)
+
+    discovered = plan(policy, result.instances)
+    assert sorted(i.id for w in discovered.waves for i in w.instances) == sorted(i.id for i in alone)
+    assert {e.instance.id: e.reason for e in discovered.excluded} == {
+        m: "member of scaling group asg-web: patch its image" for m in members
+    }
+
+
+def test_scaling_groups_are_read_in_batches_of_50_instances(harness: Harness, clock: ManualClock) -> None:
+    """moto: EC2 (120 instances: 3 calls of ≤50 ids), Auto Scaling; Stubber: DescribeInstanceInformation."""
+    fleet = launch(120, tags={"Role": "web"})
+    expect_agents(harness.stub(), [i.id for i in fleet])
+
+    result = make_fleet(harness, clock).discover(parse_policy(POOLS_POLICY.replace("pool_budget: 1, ", "")))
+
+    assert all(i.scaling_group is None for i in result.instances)
+    batches = [p["InstanceIds"] for p in harness.params("DescribeAutoScalingInstances")]
+    assert [len(b) for b in batches] == [50, 50, 20]
+    assert sorted(i for b in batches for i in b) == sorted(i.id for i in fleet)
+
+
+def test_a_denied_scaling_group_read_is_said_in_one_line_naming_the_action(
+    harness: Harness, clock: ManualClock
+) -> None:
+    """moto: EC2; Stubber on Auto Scaling (AccessDenied, as IAM answers) and SSM."""
+    launch(1, tags={"Role": "web"})
+    stubber = Stubber(harness("autoscaling", None, REGION))
+    message = "User: arn:aws:sts::123456789012:assumed-role/discover is not authorized to perform: autoscaling"
+    stubber.add_client_error("describe_auto_scaling_instances", "AccessDenied", message, 403)
+    stubber.activate()
+
+    with pytest.raises(ScalingGroupsUnreadableError) as raised:
+        make_fleet(harness, clock).discover(parse_policy(POOLS_POLICY.replace("pool_budget: 1, ", "")))
+
+    assert isinstance(raised.value, DiscoveryReadRefusedError)
+    assert raised.value.missing == "autoscaling:DescribeAutoScalingInstances"
+    text = str(raised.value)
+    assert "\n" not in text
+    assert text.startswith(f"scaling groups not readable in the current account/{REGION}: ")
+    assert "DescribeAutoScalingInstances failed (AccessDenied:" in text
+    assert text.endswith("(needs autoscaling:DescribeAutoScalingInstances)")
     stubber.assert_no_pending_responses()
 
 

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import click
 
 from patchpilot.errors import InputError, format_path
-from patchpilot.ports import PoolsUnreadableError
+from patchpilot.ports import DiscoveryReadRefusedError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -47,7 +47,7 @@ def reports_input_errors(command: F) -> F:
                 raise
             print_json_error(exc.format_message(), [])
             sys.exit(exc.exit_code)
-        except PoolsUnreadableError as exc:  # a cloud refused a read the policy needs: one line, exit 1
+        except DiscoveryReadRefusedError as exc:  # a cloud refused a read the policy needs: one line, exit 1
             if as_json:
                 print_json_error(str(exc), [])
             else:

@@ -123,17 +123,45 @@ class DiscoveryResult:
     unreachable: list[tuple[Instance, str]] = field(default_factory=list)
 
 
-class PoolsUnreadableError(Exception):
+class DiscoveryReadRefusedError(Exception):
+    """Discovery could not make a read it needs (the cloud refused it, or left out what was asked):
+    said in one line naming where, what failed and the permission that is `missing`, never taken
+    for "none" (a plan built on it could take down what it was meant to protect)."""
+
+    def __init__(self, where: str, missing: str, detail: str, message: str | None = None) -> None:
+        self.where = where
+        self.missing = missing
+        self.detail = detail
+        super().__init__(message or f"discovery could not read in {where}: {detail} (needs {missing})")
+
+
+class PoolsUnreadableError(DiscoveryReadRefusedError):
     """Discovery could not read the traffic pools (ELBv2 target groups, NICs' backend pools) it
     reads because the policy sets `rollout.pool_budget`: said, naming what is `missing` and where,
     never taken for "no pools" (a plan without them could take a whole pool out of service)."""
 
     def __init__(self, where: str, missing: str, detail: str) -> None:
-        self.where = where
-        self.missing = missing
         super().__init__(
+            where,
+            missing,
+            detail,
             f"traffic pools not readable in {where}: {detail}; discovery reads them because the policy "
-            f"sets rollout.pool_budget (needs {missing})"
+            f"sets rollout.pool_budget (needs {missing})",
+        )
+
+
+class ScalingGroupsUnreadableError(DiscoveryReadRefusedError):
+    """Discovery could not read which instances belong to a scaling group (AWS
+    DescribeAutoScalingInstances, always read): never taken for "no group", since a group would
+    replace a member rebooting for its install."""
+
+    def __init__(self, where: str, missing: str, detail: str) -> None:
+        super().__init__(
+            where,
+            missing,
+            detail,
+            f"scaling groups not readable in {where}: {detail}; discovery reads them so that no member of "
+            f"an Auto Scaling group is patched in place (needs {missing})",
         )
 
 

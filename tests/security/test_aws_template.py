@@ -269,6 +269,34 @@ def test_discovering_functions_read_target_groups_and_nothing_else_of_elbv2() ->
             assert all(resources(s) == ["*"] for s in allowing(function, action)), (function, action)
 
 
+SCALING_GROUP_READS = {"autoscaling:DescribeAutoScalingInstances"}
+
+
+def _autoscaling_calls() -> set[str]:
+    """The Auto Scaling operations named (client methods and paginators) in the shipped modules
+    that make an Auto Scaling client, as IAM actions."""
+    session = boto3.session.Session(region_name="us-east-1")
+    names = {xform_name(op): op for op in session.client("autoscaling").meta.service_model.operation_names}
+    sources = [p.read_text() for p in (ROOT / "shared" / "patchpilot").rglob("*.py")]
+    code = "\n".join(text for text in sources if re.search(r"[\"']autoscaling[\"']", text))
+    assert code, "no module makes an Auto Scaling client"
+    return {f"autoscaling:{op}" for name, op in names.items() if re.search(rf"\b{name}\b", code)}
+
+
+def test_discovering_functions_read_scaling_group_membership_and_nothing_else_of_autoscaling() -> None:
+    """Discovery always reads which instances are in an Auto Scaling group (docs/aws-deploy.md):
+    one read-only action on `*` (it has no resource-level permission); no function may change a
+    group, and the code calls exactly what the roles grant."""
+    assert _autoscaling_calls() == SCALING_GROUP_READS
+    for function in FUNCTIONS:
+        held = {a for s in grants(function) for a in actions(s) if a.startswith("autoscaling:")}
+        discovering = function in ("WorkerFunction", "TriggerFunction", "AdvisoryFunction")
+        expected = SCALING_GROUP_READS if discovering else set()
+        assert held == expected, function
+        for action in held:
+            assert all(resources(s) == ["*"] for s in allowing(function, action)), (function, action)
+
+
 def test_trigger_scans_only_with_the_patch_baseline_document_on_managed_instances() -> None:
     """The timer's SendCommand names AWS-RunPatchBaseline (the code sends Operation=Scan; IAM has
     no condition key on a document's parameters) and instances tagged PatchPilot=managed: no shell

@@ -19,7 +19,7 @@ from botocore.exceptions import ClientError
 
 from patchpilot.batching import chunks, group
 from patchpilot.inventory import Instance, OsFamily
-from patchpilot.ports import Clock, PoolsUnreadableError
+from patchpilot.ports import Clock, PoolsUnreadableError, ScalingGroupsUnreadableError
 
 from .sessions import ClientFactory
 
@@ -58,6 +58,7 @@ STATUS_IDS_PER_CALL = 100  # DescribeInstanceStatus InstanceIds
 FILTER_VALUES_PER_CALL = 200  # EC2 filter values
 ALARMS_PER_CALL = 100  # DescribeAlarms AlarmNames
 TAGS_RESOURCES_PER_CALL = 1000  # CreateTags Resources
+ASG_IDS_PER_CALL = 50  # DescribeAutoScalingInstances InstanceIds (and its MaxRecords)
 
 COMMAND_LOOKBACK = timedelta(days=7)  # how far back ListCommands looks for a command's SSM commands
 
@@ -162,6 +163,28 @@ class AwsAccess:
             missing = f"elasticloadbalancing:{action}"
             raise PoolsUnreadableError(where(placement), missing, f"{action} failed ({describe_error(exc)})") from exc
         return result
+
+    def scaling_groups(self, placement: Placement, instance_ids: Sequence[str]) -> dict[str, str]:
+        """The Auto Scaling group name of each of `instance_ids` that is in one (DescribeAutoScalingInstances
+        answers with the name, not the ARN): one call per 50 ids, paged. A refusal raises
+        `ScalingGroupsUnreadableError` naming the action, never "no group"."""
+        autoscaling = self.client("autoscaling", placement)
+        groups: dict[str, str] = {}
+        try:
+            for chunk in chunks(sorted(set(instance_ids)), ASG_IDS_PER_CALL):
+                pages = autoscaling.get_paginator("describe_auto_scaling_instances").paginate(
+                    InstanceIds=chunk, PaginationConfig={"PageSize": ASG_IDS_PER_CALL}
+                )
+                for page in pages:
+                    for member in page.get("AutoScalingInstances", []):
+                        if member.get("InstanceId") and member.get("AutoScalingGroupName"):
+                            groups[str(member["InstanceId"])] = str(member["AutoScalingGroupName"])
+        except ClientError as exc:
+            action = "DescribeAutoScalingInstances"
+            raise ScalingGroupsUnreadableError(
+                where(placement), f"autoscaling:{action}", f"{action} failed ({describe_error(exc)})"
+            ) from exc
+        return groups
 
     def describe_instances(self, ec2: EC2Client, instance_ids: Sequence[str]) -> dict[str, InstanceTypeDef]:
         """The instances that still exist, by id (an instance-id filter: unknown ids are no error)."""

@@ -1,5 +1,6 @@
-"""Discovery of the policy's EC2 instances (with their traffic pools, the ELBv2 target groups they
-are registered in, when the policy sets `rollout.pool_budget`) and the probe of their SSM agents."""
+"""Discovery of the policy's EC2 instances (with their Auto Scaling group, always, and their traffic
+pools, the ELBv2 target groups they are registered in, when the policy sets `rollout.pool_budget`)
+and the probe of their SSM agents."""
 
 from __future__ import annotations
 
@@ -25,7 +26,9 @@ def discover(access: AwsAccess, policy: Policy) -> DiscoveryResult:
     """The policy's AWS instances (running or stopped) in its accounts and regions, each
     marked unreachable when its SSM agent is offline or it is not a managed instance. With
     `rollout.pool_budget` each instance's `traffic_pools` are the target groups it is registered in
-    (`AwsAccess.target_groups`: a refusal raises `PoolsUnreadableError`, never "no pools")."""
+    (`AwsAccess.target_groups`: a refusal raises `PoolsUnreadableError`, never "no pools"). Each
+    instance's `scaling_group` is its Auto Scaling group's name, always read (a member patched in
+    place could be replaced while it reboots): a refusal raises `ScalingGroupsUnreadableError`."""
     settings = policy.aws
     regions = list(settings.regions) if settings and settings.regions else [access.default_region]
     accounts: list[str | None] = [a.id for a in settings.accounts] if settings and settings.accounts else [None]
@@ -38,6 +41,8 @@ def discover(access: AwsAccess, policy: Policy) -> DiscoveryResult:
                 continue
             placement = (account, region)
             instances = _describe_for_discovery(access, placement, queries)
+            if instances:
+                instances = _with_scaling_groups(access, placement, instances)
             if policy.rollout.pool_budget is not None and instances:
                 instances = _with_pools(access, placement, instances)
             agents = access.agents(placement, [i.id for i, _, _ in instances])
@@ -88,6 +93,15 @@ def _addresses(raw: InstanceTypeDef) -> Addresses:
     for interface in raw.get("NetworkInterfaces", []):
         ips.update(a.get("PrivateIpAddress", "") for a in interface.get("PrivateIpAddresses", []))
     return Addresses(raw.get("VpcId", ""), frozenset(ips - {""}))
+
+
+def _with_scaling_groups(access: AwsAccess, placement: Placement, found: list[Discovered]) -> list[Discovered]:
+    """The instances with their `scaling_group`: the name of the Auto Scaling group that holds them."""
+    groups = access.scaling_groups(placement, [i.id for i, _, _ in found])
+    return [
+        (dataclasses.replace(instance, scaling_group=groups.get(instance.id)), state, addresses)
+        for instance, state, addresses in found
+    ]
 
 
 def _with_pools(access: AwsAccess, placement: Placement, found: list[Discovered]) -> list[Discovered]:

@@ -161,13 +161,16 @@ class FakeAzureCompute:
         sku: str = "Premium_LRS",
         private_ip: str = "",
         pools: Sequence[str] = (),
+        scale_set: str | None = None,
         available: list[Patch] | None = None,
         **state: Any,
     ) -> str:
         """A VM with a NIC, a managed OS disk and `data_disks` data disks; returns its id. Its NIC's
         IP configuration is in the backend `pools` (ARM ids of Load Balancer backend pools, and of
         Application Gateway ones: `.../applicationGateways/<gw>/backendAddressPools/<pool>`), as the
-        NetworkInterfaceIPConfiguration of the REST specification carries them."""
+        NetworkInterfaceIPConfiguration of the REST specification carries them. With `scale_set` (a
+        name in the same resource group) it is a member of that Flexible scale set, referenced as
+        VirtualMachineProperties.virtualMachineScaleSet (a SubResource) in the REST specification."""
         base = f"/subscriptions/{sub}/resourceGroups/{rg}/providers"
         vm_id = f"{base}/Microsoft.Compute/virtualMachines/{name}"
         nic_id = f"{base}/Microsoft.Network/networkInterfaces/{name}-nic"
@@ -209,6 +212,9 @@ class FakeAzureCompute:
         }
         if availability_set:
             properties["availabilitySet"] = {"id": f"{base}/Microsoft.Compute/availabilitySets/{availability_set}"}
+        if scale_set:
+            scale_set_id = f"{base}/Microsoft.Compute/virtualMachineScaleSets/{scale_set}"
+            properties["virtualMachineScaleSet"] = {"id": scale_set_id}
         for disk in [os_disk, *[str(d["managedDisk"]["id"]) for d in data]]:  # type: ignore[index]
             self.fake.get(disk)["properties"]["diskState"] = "Attached"
         resource: dict[str, Any] = {
@@ -227,6 +233,25 @@ class FakeAzureCompute:
             "vm", os, update_domain=domain, available=list(available or []), **state
         )
         return vm_id
+
+    def add_uniform_instance(
+        self, scale_set: str, instance: int, *, rg: str = "rg-web", sub: str = SUB, tags: dict[str, str] | None = None
+    ) -> str:
+        """An instance of a Uniform scale set, as a resource of type
+        Microsoft.Compute/virtualMachineScaleSets/virtualMachines (no VM of its own); returns its id."""
+        base = f"/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Compute/virtualMachineScaleSets"
+        instance_id = f"{base}/{scale_set}/virtualMachines/{instance}"
+        self.fake.add(
+            {
+                "id": instance_id,
+                "name": f"{scale_set}_{instance}",
+                "type": "Microsoft.Compute/virtualMachineScaleSets/virtualMachines",
+                "location": "westeurope",
+                "tags": dict(tags or {}),
+                "properties": {"storageProfile": {"osDisk": {"osType": "Linux"}}, "provisioningState": "Succeeded"},
+            }
+        )
+        return instance_id
 
     def add_arc(
         self,

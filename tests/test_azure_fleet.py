@@ -292,6 +292,31 @@ def test_a_nic_resource_graph_does_not_return_is_said_never_taken_for_no_pools(w
     assert "rollout.pool_budget (needs Microsoft.Network/networkInterfaces/read)" in str(raised.value)
 
 
+def test_discovery_fills_the_flexible_scale_set_and_never_returns_uniform_instances(world: World) -> None:
+    """Fake ARM: a Flexible scale set member carries `properties.virtualMachineScaleSet.id` (the REST
+    specification's VirtualMachineProperties SubResource); a Uniform instance is a resource of type
+    microsoft.compute/virtualmachinescalesets/virtualmachines, which the query does not ask for."""
+    azure = world.azure
+    tags = {"Environment": "production"}
+    alone = azure.add_vm("web-0", tags=tags)
+    members = [azure.add_vm(f"web-flex-{n}", tags=tags, scale_set="VMSS-Web") for n in range(2)]
+    uniform = azure.add_uniform_instance("vmss-batch", 0, tags=tags)
+
+    found = world.fleet().discover(parse_policy(POLICY))
+
+    vmss = f"/subscriptions/{SUB}/resourceGroups/rg-web/providers/Microsoft.Compute/virtualMachineScaleSets/VMSS-Web"
+    groups = {i.id: i.scaling_group for i in found.instances}
+    assert groups == {alone: None, **{m: vmss.lower() for m in members}}
+    assert uniform not in groups
+    assert world.count("POST", "microsoft.resourcegraph") == 1  # in the same query: no extra read
+
+    discovered = plan(parse_policy(POLICY), found.instances)
+    assert [i.id for w in discovered.waves for i in w.instances] == [alone]
+    assert {e.instance.id: e.reason for e in discovered.excluded} == {
+        m: f"member of scaling group {vmss.lower()}: patch its image" for m in members
+    }
+
+
 def test_the_discovery_query_filters_on_what_the_rings_select() -> None:
     kql = discovery_query(parse_policy(POLICY))
     assert kql is not None

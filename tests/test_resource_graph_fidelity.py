@@ -93,6 +93,7 @@ CODE_READS = {
     "resources": [
         "properties.extended.instanceView.powerState.code",
         "properties.availabilitySet.id",
+        "properties.virtualMachineScaleSet.id",
         "properties.status (Arc)",
         "properties.agentVersion",
         "properties.ipConfigurations[].properties.privateIPAddress",

@@ -1,6 +1,8 @@
 """Discovery of the policy's VMs and Arc servers (one paged Resource Graph query, an instance
 view per running VM; with `rollout.pool_budget`, one more query for their NICs' backend pools) and
-the probe of their agents."""
+the probe of their agents. A VM's Flexible scale set comes with its row; Uniform scale set
+instances (type microsoft.compute/virtualmachinescalesets/virtualmachines) are not of the types
+the query asks for, so they are never discovered, let alone patched in place."""
 
 from __future__ import annotations
 
@@ -83,7 +85,8 @@ def to_instance(row: Any) -> Instance:
     """An `Instance` from a Resource Graph row of a VM or an Arc server. A zonal VM's zone is
     "<location>-<zone>" (e.g. "westeurope-2"): Azure's zone numbers only mean something within a
     location (and within a subscription), so the location is part of the name; the planner only
-    compares zones within a region."""
+    compares zones within a region. A VM in a Flexible scale set (`properties.virtualMachineScaleSet.id`)
+    has the lower-cased scale set id as its `scaling_group`."""
     location = text(row, "location").lower()
     zones = [str(z) for z in items(row, "zones")]
     aset = text(row, "properties", "availabilitySet", "id").lower() or None
@@ -100,6 +103,7 @@ def to_instance(row: Any) -> Instance:
         availability_set=aset,
         tags=tags_of(row),
         account=text(row, "subscriptionId") or None,
+        scaling_group=text(row, "properties", "virtualMachineScaleSet", "id").lower() or None,
     )
 
 

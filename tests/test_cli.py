@@ -556,3 +556,23 @@ def test_validate_with_inventory_reports_a_single_member_pool_refused(tmp_path: 
     excluded = json.loads(run("plan", "--policy", policy, "--inventory", POOL_FLEET, "--json").stdout)["excluded"]
     reasons = {e["id"]: e["reason"] for e in excluded}
     assert reasons["i-000000005ef02446"].startswith("pool tg-batch-admin has one member")
+
+
+# --- scaling groups --------------------------------------------------------------------------------
+
+
+def test_plan_excludes_a_scaling_group_member_of_a_local_inventory_naming_its_group(tmp_path: Path) -> None:
+    fleet = json.loads(Path(FLEET).read_text())
+    member = next(e for e in fleet["instances"] if e.get("tags", {}).get("Environment") == "production")
+    member["scaling_group"] = "asg-web-prod"
+    inventory = write(tmp_path, "fleet.json", json.dumps(fleet))
+    reason = "member of scaling group asg-web-prod: patch its image"
+
+    document = json.loads(run("plan", "--policy", POLICY, "--inventory", inventory, "--json").stdout)
+    assert {e["id"]: e["reason"] for e in document["excluded"]}[member["id"]] == reason
+    assert member["id"] not in {i for w in document["waves"] for i in w["instances"]}
+
+    table = run("plan", "--policy", POLICY, "--inventory", inventory)
+    assert table.exit_code == 0, table.output
+    assert reason in table.stdout
+    assert "4 excluded." in table.stdout

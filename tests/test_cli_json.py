@@ -136,3 +136,30 @@ def test_a_cloud_refusing_the_pools_a_policy_needs_is_one_line_and_exit_1() -> N
     as_json = CliRunner().invoke(discovering, ["--json"])
     assert as_json.exit_code == 1
     assert "elasticloadbalancing:DescribeTargetGroups" in json.loads(as_json.stderr)["error"]
+
+
+def test_a_cloud_refusing_the_scaling_group_read_is_one_line_and_exit_1() -> None:
+    """Discovery always reads Auto Scaling membership; a refusal (ScalingGroupsUnreadableError, a
+    DiscoveryReadRefusedError like PoolsUnreadableError) ends any command in one line, text or JSON."""
+    import click
+
+    from patchpilot.cli_common import reports_input_errors
+    from patchpilot.ports import ScalingGroupsUnreadableError
+
+    @click.command()
+    @click.option("--json", "as_json", is_flag=True)
+    @reports_input_errors
+    def discovering(as_json: bool) -> None:
+        raise ScalingGroupsUnreadableError(
+            "123456789012/eu-west-1", "autoscaling:DescribeAutoScalingInstances", "AccessDenied"
+        )
+
+    text = CliRunner().invoke(discovering, [])
+    assert text.exit_code == 1 and "Traceback" not in text.output
+    assert text.stderr.strip().splitlines() == [
+        "Error: scaling groups not readable in 123456789012/eu-west-1: AccessDenied; discovery reads them so that "
+        "no member of an Auto Scaling group is patched in place (needs autoscaling:DescribeAutoScalingInstances)"
+    ]
+    as_json = CliRunner().invoke(discovering, ["--json"])
+    assert as_json.exit_code == 1
+    assert "autoscaling:DescribeAutoScalingInstances" in json.loads(as_json.stderr)["error"]

@@ -434,7 +434,7 @@ def _iam(service: str, operation: str, params: dict[str, Any]) -> list[str]:
     """The IAM actions an API call needs."""
     if operation == "TransactWriteItems":  # authorised per item action
         return [f"dynamodb:{kind}Item" for item in params["TransactItems"] for kind in item]
-    prefix = {"secrets-manager": "secretsmanager"}.get(service, service)
+    prefix = {"secrets-manager": "secretsmanager", "auto-scaling": "autoscaling"}.get(service, service)
     batches = {"SendMessageBatch": "SendMessage", "DeleteMessageBatch": "DeleteMessage"}
     listings = {"ListObjectsV2": "ListBucket"}  # S3 authorises a listing as ListBucket
     return [f"{prefix}:{listings.get(operation, batches.get(operation, operation))}"]

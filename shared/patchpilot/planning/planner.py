@@ -182,10 +182,10 @@ NO_RING = "matched no ring's selector"
 FROZEN_POLICY = "frozen: the policy is kind frozen (never patched)"
 
 
-def scaling_group_reason(instance: Instance) -> str | None:
+def scaling_group_reason(policy: Policy, instance: Instance) -> str | None:
     """Why a member of an Auto Scaling group or scale set is excluded (`scaling_groups: skip`, the
     only value yet): the group would replace it while it reboots, so its image is what to patch."""
-    if instance.scaling_group is None:
+    if instance.scaling_group is None or policy.scaling_groups != "skip":
         return None
     return f"member of scaling group {instance.scaling_group}: patch its image"
 
@@ -206,7 +206,7 @@ def assign(policy: Policy, instances: Iterable[Instance]) -> tuple[dict[str, lis
         raise ValueError(f"the same instance is listed more than once: {', '.join(repeated[:10])}")
     for instance in ordered:
         frozen = FROZEN_POLICY if policy.kind == "frozen" else None
-        reason = frozen or policy.exclude.reason(instance) or scaling_group_reason(instance)
+        reason = frozen or policy.exclude.reason(instance) or scaling_group_reason(policy, instance)
         if reason := reason or policy.unprotected_reason(instance):
             excluded.append(Exclusion(instance, reason))
             continue

@@ -36,8 +36,14 @@ from check_package import build_artifact  # noqa: E402
 from results_file import write_results  # noqa: E402
 
 from patchpilot.approvals import ApprovalRequest, sign_approval  # noqa: E402
-from patchpilot.engine.decide import start_run  # noqa: E402
-from patchpilot.engine.messages import MESSAGE, AgentsProbed, Outcome, ProbeAgents  # noqa: E402
+from patchpilot.engine.decide import decide, start_run  # noqa: E402
+from patchpilot.engine.messages import (  # noqa: E402
+    MESSAGE,
+    InstancesLeased,
+    LeaseInstances,
+    Outcome,
+    ProbeAgents,
+)
 from patchpilot.inventory import Instance  # noqa: E402
 from patchpilot.planning import plan  # noqa: E402
 from patchpilot.policy import parse_policy  # noqa: E402
@@ -93,14 +99,19 @@ def fixture() -> dict[str, Any]:
     ]
     now = datetime.now(UTC) - timedelta(minutes=5)
     started = start_run(RUN_ID, policy, plan(policy, instances), now)
-    run = started.run.model_copy(update={"version": 1})
-    probe = next(c for c in started.commands if isinstance(c, ProbeAgents))
-    probed = AgentsProbed(
-        id=probe.result_id,
-        run_id=RUN_ID,
-        command_id=probe.id,
-        results=[Outcome(id=t.id, ok=True, at=now) for t in probe.targets],
+    lease = next(c for c in started.commands if isinstance(c, LeaseInstances))  # a run starts by leasing
+    leased = decide(
+        started.run,
+        InstancesLeased(
+            id=lease.result_id,
+            run_id=RUN_ID,
+            command_id=lease.id,
+            results=[Outcome(id=t, ok=True, at=now) for t in lease.targets],
+        ),
+        now,
     )
+    run = leased.run.model_copy(update={"version": 1})
+    probe = next(c for c in leased.commands if isinstance(c, ProbeAgents))
     production = next(i for i, w in enumerate(run.waves) if w.ring == "production")
     waiting = run.model_copy(update={"run_id": f"{RUN_ID}-b", "state": "awaiting_approval", "cursor": production})
     token = sign_approval(ApprovalRequest(waiting.run_id, "production"), SIGNING_KEY)
@@ -117,7 +128,7 @@ def fixture() -> dict[str, Any]:
         # Without the None fields: the same JSON is then valid for artifacts of older versions too.
         "runs": {r.run_id: r.model_dump_json(exclude_none=True) for r in (run, waiting)},
         "events": {
-            "worker": {"Records": [_sqs_record(probed.id, MESSAGE.dump_json(probed).decode())]},
+            "worker": {"Records": [_sqs_record(probe.id, MESSAGE.dump_json(probe).decode())]},
             "trigger": {"detail-type": "Scheduled Event", "source": "aws.scheduler", "detail": {}},
             "approve": _function_url_event(token),
             "baseline": {"Records": []},

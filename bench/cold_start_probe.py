@@ -11,10 +11,10 @@ time, and the CPU time of the process (which other busy processes on the machine
 
 Scenarios: `baseline` (boto3 and powertools' Logger, Metrics and Tracer; its invocation is a
 no-op handler under the same decorators), `baseline_gc_paused` (the same, loaded with the
-garbage collector paused as aws_lambda/__init__.py pauses it for the handlers), `worker` (an
-SQS record carrying the AgentsProbed event of a started run: validate, load, decide, save,
-publish), `trigger` (read the policy from S3, no window due) and `approve` (a signed link for a
-run awaiting approval).
+garbage collector paused as aws_lambda/__init__.py pauses it for the handlers), `worker` (an SQS
+record carrying the ProbeAgents command a started run issued: validate, load, the issued check,
+the SSM agent probe, decide, save, publish), `trigger` (read the policy from S3, no window due)
+and `approve` (a signed link for a run awaiting approval).
 
 Only the standard library is imported here outside the timed parts; what the invocation needs
 is imported inside it, where a real invocation would pay for it too.
@@ -98,6 +98,16 @@ class _Client:
         self.owner.sent.extend(entry["MessageBody"] for entry in Entries)
         return {"Successful": [{"Id": e["Id"], "MessageId": e["Id"]} for e in Entries], "Failed": []}
 
+    def get_paginator(self, operation: str) -> Any:
+        """SSM's DescribeInstanceInformation: every instance asked for has its agent online."""
+        assert operation == "describe_instance_information", operation
+        return self
+
+    def paginate(self, Filters: Sequence[dict[str, Any]] = (), **_: Any) -> list[dict[str, Any]]:
+        ids = [i for f in Filters if f["Key"] == "InstanceIds" for i in f["Values"]]
+        online = [{"InstanceId": i, "PingStatus": "Online", "AgentVersion": "3.3"} for i in ids]
+        return [{"InstanceInformationList": online}]
+
     def get_object(self, Bucket: str, Key: str) -> dict[str, Any]:
         return {"Body": io.BytesIO(self.owner.fixture["policy_yaml"].encode())}
 
@@ -168,7 +178,9 @@ def check(scenario: str, result: Any, clients: FakeClients) -> None:
     elif scenario == "trigger":
         ok = result["start"] is False and "next window" in result["reason"]
     elif scenario == "approve":
-        ok = result["statusCode"] == 200 and "approved ring" in result["body"] and len(clients.sent) == 1
+        # the fixture's staging patched nothing, so the approved run ends `nothing_patched`: its
+        # last notices and the release of its leases are what the invocation sends
+        ok = result["statusCode"] == 200 and "approved ring" in result["body"] and bool(clients.sent)
     else:
         ok = result == {}
     if not ok:

@@ -245,22 +245,22 @@ def test_trigger_and_advisory_hold_no_destructive_fleet_action(function: str) ->
 POOL_READS = {"elasticloadbalancing:DescribeTargetGroups", "elasticloadbalancing:DescribeTargetHealth"}
 
 
-def _elbv2_calls() -> set[str]:
-    """The ELBv2 operations named (client methods and paginators) in the shipped modules that make
-    an ELBv2 client, as IAM actions."""
+def _calls_of(service: str, prefix: str, made: str) -> set[str]:
+    """The operations of `service` named (client methods and paginators) in the shipped modules
+    that make its client (`made`: a pattern of that call), as IAM actions under `prefix`."""
     session = boto3.session.Session(region_name="us-east-1")
-    names = {xform_name(op): op for op in session.client("elbv2").meta.service_model.operation_names}
+    names = {xform_name(op): op for op in session.client(service).meta.service_model.operation_names}
     sources = [p.read_text() for p in (ROOT / "shared" / "patchpilot").rglob("*.py")]
-    code = "\n".join(text for text in sources if re.search(r"\.elbv2\(|[\"']elbv2[\"']", text))
-    assert code, "no module makes an ELBv2 client"
-    return {f"elasticloadbalancing:{op}" for name, op in names.items() if re.search(rf"\b{name}\b", code)}
+    code = "\n".join(text for text in sources if re.search(made, text))
+    assert code, f"no module makes a {service} client"
+    return {f"{prefix}:{op}" for name, op in names.items() if re.search(rf"\b{name}\b", code)}
 
 
 def test_discovering_functions_read_target_groups_and_nothing_else_of_elbv2() -> None:
     """Discovery reads traffic pools (docs/aws-deploy.md): two read-only listings on `*` (ELBv2
     has no resource-level permission for them); no function may change a load balancer, and the
     code calls exactly what the roles grant."""
-    assert _elbv2_calls() == POOL_READS
+    assert _calls_of("elbv2", "elasticloadbalancing", r"\.elbv2\(|[\"']elbv2[\"']") == POOL_READS
     for function in FUNCTIONS:
         held = {a for s in grants(function) for a in actions(s) if a.startswith("elasticloadbalancing:")}
         expected = POOL_READS if function in ("WorkerFunction", "TriggerFunction", "AdvisoryFunction") else set()
@@ -272,22 +272,11 @@ def test_discovering_functions_read_target_groups_and_nothing_else_of_elbv2() ->
 SCALING_GROUP_READS = {"autoscaling:DescribeAutoScalingInstances"}
 
 
-def _autoscaling_calls() -> set[str]:
-    """The Auto Scaling operations named (client methods and paginators) in the shipped modules
-    that make an Auto Scaling client, as IAM actions."""
-    session = boto3.session.Session(region_name="us-east-1")
-    names = {xform_name(op): op for op in session.client("autoscaling").meta.service_model.operation_names}
-    sources = [p.read_text() for p in (ROOT / "shared" / "patchpilot").rglob("*.py")]
-    code = "\n".join(text for text in sources if re.search(r"[\"']autoscaling[\"']", text))
-    assert code, "no module makes an Auto Scaling client"
-    return {f"autoscaling:{op}" for name, op in names.items() if re.search(rf"\b{name}\b", code)}
-
-
 def test_discovering_functions_read_scaling_group_membership_and_nothing_else_of_autoscaling() -> None:
     """Discovery always reads which instances are in an Auto Scaling group (docs/aws-deploy.md):
     one read-only action on `*` (it has no resource-level permission); no function may change a
     group, and the code calls exactly what the roles grant."""
-    assert _autoscaling_calls() == SCALING_GROUP_READS
+    assert _calls_of("autoscaling", "autoscaling", r"[\"']autoscaling[\"']") == SCALING_GROUP_READS
     for function in FUNCTIONS:
         held = {a for s in grants(function) for a in actions(s) if a.startswith("autoscaling:")}
         discovering = function in ("WorkerFunction", "TriggerFunction", "AdvisoryFunction")

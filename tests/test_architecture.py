@@ -64,9 +64,7 @@ LAYERS: dict[str, str] = {
     "cli_compliance": ENTRYPOINT,
     "cli_maintenance": ENTRYPOINT,
     "local_runtime": ENTRYPOINT,
-    "bootstrap": ENTRYPOINT,  # the composition shared by the serverless runtimes, the clouds' fleets
-    "bootstrap.aws": ENTRYPOINT,  # the bootstrap of Lambda: builds the ports, calls the app
-    "bootstrap.azure": ENTRYPOINT,  # the bootstrap of Functions
+    "bootstrap": ENTRYPOINT,  # one composition per runtime (aws.py: Lambda, azure.py: Functions), what they share
     "tools": ENTRYPOINT,  # doc_examples drives the CLI
 }
 

@@ -12,14 +12,18 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
 
 from patchpilot.engine.messages import (
+    CallWaveHook,
     CancelCloudScheduledRun,
     CheckHealth,
     InstallPatches,
+    LeavePools,
     Message,
     Notify,
     Outcome,
     ProbeAgents,
+    RejoinPools,
     RollBack,
+    RunHostHook,
     TakeSnapshots,
 )
 from patchpilot.engine.run import Run
@@ -178,6 +182,31 @@ class FleetProvider(Protocol):
     def check_health(self, command: CheckHealth) -> Progress: ...
 
     def roll_back(self, command: RollBack) -> Progress: ...
+
+    def run_hook(self, command: RunHostHook) -> Progress:
+        """Run the hook's script on each target (SSM AWS-RunShellScript / AWS-RunPowerShellScript,
+        Azure Run Command), once per command id: an outcome per target, ok on exit 0, the
+        output's tail as its detail; not finished by the hook's timeout is a failure."""
+        ...
+
+
+class TrafficPools(Protocol):
+    """Load-balancer pools and scaling groups around the install (docs/traffic.md): Elbv2Traffic
+    (ELBv2 target groups, Auto Scaling Standby), AzureBackendPools (NIC IP configurations' Load
+    Balancer and Application Gateway backend pools), the simulated fleet. Both methods read
+    before they write: a target already out (or back in) is not touched again, so a redelivery or
+    a crash between two calls changes nothing twice."""
+
+    def leave_pools(self, command: LeavePools) -> Progress: ...
+
+    def rejoin_pools(self, command: RejoinPools) -> Progress: ...
+
+
+class WaveHooks(Protocol):
+    """The policy's wave hooks (HTTPS, signed with the named secret): one outcome, ok on a 2xx
+    answer, the answer (status and the body's first line) as its detail otherwise."""
+
+    def call(self, command: CallWaveHook) -> Progress: ...
 
 
 class Discovers(Protocol):

@@ -23,6 +23,7 @@ from patchpilot.engine.messages import (
     AgentsProbed,
     ApprovalGranted,
     ApprovalRejected,
+    CallWaveHook,
     CancelCloudScheduledRun,
     CheckHealth,
     CloudScheduledRunCancelled,
@@ -31,24 +32,33 @@ from patchpilot.engine.messages import (
     FollowUpFinished,
     FollowUpRequested,
     HealthChecked,
+    HostHookRan,
     InstallPatches,
     InstancesLeased,
     LeaseInstances,
+    LeavePools,
     Message,
     NoticeUndelivered,
     Notify,
     Outcome,
     PatchesInstalled,
+    PoolsLeft,
+    PoolsRejoined,
+    PoolsSwept,
     ProbeAgents,
+    RejoinPools,
     ReleaseInstances,
     Result,
     RollBack,
     RolledBack,
+    RunHostHook,
     SnapshotsTaken,
     StartFollowUp,
     TakeSnapshots,
     TimerFired,
+    TrafficCommand,
     Wait,
+    WaveHookCalled,
 )
 from patchpilot.engine.retry import NotRetryableError, next_retry_id, retry_chain, retry_targets, retry_window
 from patchpilot.engine.run import CloudScheduledRun, Run, Runtime
@@ -67,7 +77,9 @@ from patchpilot.ports import (
     Progress,
     Queue,
     RunStore,
+    TrafficPools,
     UnknownRunError,
+    WaveHooks,
 )
 
 log = logging.getLogger("patchpilot.service")
@@ -76,6 +88,10 @@ security_log = logging.getLogger("patchpilot.security")
 MAX_CONFLICT_RETRIES = 5
 REFUSED_METRIC = "RefusedMessages"
 LEASE_POLL = timedelta(minutes=5)  # how often a wave waiting for another run's machines looks again
+
+
+def _refused(targets: Sequence[Instance], why: str) -> Progress:
+    return [Outcome(id=i.id, ok=False, detail=why) for i in targets]
 
 
 def grant_approval(
@@ -160,6 +176,8 @@ class Service:
     metrics: Metrics | None = None  # counts refused messages
     leases: Leases | None = None  # one machine, one run at a time (every runtime passes one)
     runtime: Runtime = "local"  # where the runs it starts are driven: their notices name its commands
+    traffic: TrafficPools | None = None  # load-balancer drain and re-add (docs/traffic.md)
+    wave_hooks: WaveHooks | None = None  # the policies' before_wave / after_wave HTTPS hooks
 
     def start(self, run_id: str, policy: Policy, instances: Iterable[Instance]) -> Run:
         """Start a run; starting the same run id again (a redelivered trigger) only finishes
@@ -300,7 +318,18 @@ class Service:
             case LeaseInstances():
                 if not self._lease(message, delivery, run):
                     return
-            case Wait() | ProbeAgents() | TakeSnapshots() | InstallPatches() | CheckHealth() | RollBack():
+            case (
+                Wait()
+                | ProbeAgents()
+                | TakeSnapshots()
+                | InstallPatches()
+                | CheckHealth()
+                | RollBack()
+                | RunHostHook()
+                | LeavePools()
+                | RejoinPools()
+                | CallWaveHook()
+            ):
                 if not self._execute(message, delivery, run):
                     return  # postponed: polled again later, not acked
             case (
@@ -310,6 +339,11 @@ class Service:
                 | PatchesInstalled()
                 | HealthChecked()
                 | RolledBack()
+                | PoolsLeft()
+                | PoolsRejoined()
+                | PoolsSwept()
+                | HostHookRan()
+                | WaveHookCalled()
                 | CloudScheduledRunCancelled()
                 | TimerFired()
                 | ApprovalGranted()
@@ -347,7 +381,9 @@ class Service:
             self.metrics.count(REFUSED_METRIC)
         self.queue.dead_letter(delivery, f"refused: {reason}")
 
-    def _execute(self, command: FleetCommand | Wait, delivery: Delivery, run: Run) -> bool:
+    def _execute(
+        self, command: FleetCommand | TrafficCommand | CallWaveHook | Wait, delivery: Delivery, run: Run
+    ) -> bool:
         """Run a fleet command (or wait out a Wait) and apply its result to the run here: results
         never travel the queue. False when it is still under way and will be polled again."""
         result_type: type[Result]
@@ -368,6 +404,16 @@ class Service:
                 progress, result_type = self.fleet.check_health(command), HealthChecked
             case RollBack():
                 progress, result_type = self.fleet.roll_back(command), RolledBack
+            case RunHostHook():
+                progress = self._by(command.issued_at + command.hook.timeout, command, self.fleet.run_hook(command))
+                result_type = HostHookRan
+            case LeavePools():
+                progress, result_type = self._leave_pools(command), PoolsLeft
+            case RejoinPools():
+                progress = self._rejoin_pools(command)
+                result_type = PoolsSwept if command.at_run_end else PoolsRejoined
+            case CallWaveHook():
+                progress, result_type = self._call_wave_hook(command), WaveHookCalled
             case _:
                 assert_never(command)
         if isinstance(progress, InProgress):
@@ -408,6 +454,45 @@ class Service:
         if now < deadline:
             return InProgress(min(progress.retry_at, deadline), progress.note)
         late = f"not complete by {deadline.isoformat(timespec='minutes')}, the cut-off of this run"
+        return [Outcome(id=i.id, ok=False, detail=late, at=now) for i in command.targets]
+
+    def _leave_pools(self, command: LeavePools) -> Progress:
+        if self.traffic is None:
+            return _refused(command.targets, "this deployment has no traffic-pool adapter: the machine was not drained")
+        progress = self.traffic.leave_pools(command)
+        if command.timeout is None:  # the pool's own default: the adapter keeps to it
+            return progress
+        return self._by(command.issued_at + command.timeout, command, progress, "not drained from its pools")
+
+    def _rejoin_pools(self, command: RejoinPools) -> Progress:
+        if self.traffic is None:
+            return _refused(command.targets, "this deployment has no traffic-pool adapter: not put back into its pools")
+        progress = self.traffic.rejoin_pools(command)
+        return self._by(command.issued_at + command.timeout, command, progress, "its pools did not report it healthy")
+
+    def _call_wave_hook(self, command: CallWaveHook) -> Progress:
+        if self.wave_hooks is None:
+            return [Outcome(id=command.phase, ok=False, detail="this deployment cannot call wave hooks")]
+        deadline = command.issued_at + command.hook.timeout
+        progress = self.wave_hooks.call(command)
+        if isinstance(progress, InProgress) and self.clock.now() >= deadline:
+            late = f"no 2xx answer within {command.hook.timeout} ({progress.note or 'no answer'})"
+            return [Outcome(id=command.phase, ok=False, detail=late, at=self.clock.now())]
+        return progress
+
+    def _by(
+        self, deadline: datetime, command: RunHostHook | LeavePools | RejoinPools, progress: Progress, what: str = ""
+    ) -> Progress:
+        """An operation still under way at `deadline` has failed for the targets it names; before
+        it, the next poll comes no later than the deadline."""
+        if not isinstance(progress, InProgress):
+            return progress
+        now = self.clock.now()
+        if now < deadline:
+            return InProgress(min(progress.retry_at, deadline), progress.note)
+        late = f"{what or 'not finished'} by {deadline.isoformat(timespec='minutes')}"
+        if progress.note:
+            late += f" ({progress.note})"
         return [Outcome(id=i.id, ok=False, detail=late, at=now) for i in command.targets]
 
     def _cancel(self, command: CancelCloudScheduledRun, run: Run) -> None:

@@ -16,16 +16,20 @@ from typing import Literal
 
 from patchpilot.engine.messages import (
     MESSAGE,
+    CallWaveHook,
     CancelCloudScheduledRun,
     CheckHealth,
     FollowUpFinished,
     InstallPatches,
     LeaseInstances,
+    LeavePools,
     Message,
     Notify,
     ProbeAgents,
+    RejoinPools,
     ReleaseInstances,
     RollBack,
+    RunHostHook,
     StartFollowUp,
     TakeSnapshots,
     Wait,
@@ -41,6 +45,10 @@ AWAITED = (
     InstallPatches,
     CheckHealth,
     RollBack,
+    LeavePools,
+    RejoinPools,
+    RunHostHook,
+    CallWaveHook,
     Wait,
     CancelCloudScheduledRun,
 )
@@ -88,6 +96,8 @@ def standing(run: Run, message: Message) -> Standing:
         raise NotIssuedError(f"run {run.run_id} never issued {message.type} {message.id}")
     if recorded != digest(message):
         raise NotIssuedError(f"{message.type} {message.id} differs from what run {run.run_id} issued")
+    if isinstance(message, RejoinPools) and message.at_run_end:  # a finished run's sweep: awaited by none
+        return "done" if message.result_id in run.processed else "due"
     if isinstance(message, AWAITED) and run.awaiting != message.id:
         return "done"
     return "due"

@@ -6,7 +6,7 @@ result event has the id `<command id>:done`, so a command executed twice yields 
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
@@ -15,7 +15,7 @@ from patchpilot.engine.topics import Severity as Severity  # re-exported: Notify
 from patchpilot.engine.topics import Topic as Topic
 from patchpilot.inventory import Instance
 from patchpilot.policy.fields import Duration, new_list
-from patchpilot.policy.model import HealthChecks
+from patchpilot.policy.model import HealthChecks, HostHook, WaveHook
 
 
 class _Message(BaseModel):
@@ -118,6 +118,65 @@ class RollBack(_Command):
     restore_data_volumes: bool = False  # the root volume always; data volumes when the policy asks
 
 
+class LeavePools(_Command):
+    """Take each target out of its traffic pools (ELBv2 target groups, Load Balancer and Application
+    Gateway backend pools) and, with `standby`, put the members of an AWS Auto Scaling group into
+    Standby (desired capacity decremented); done once every pool reports the target drained (AWS:
+    target state `unused`; Azure: out of the backend pool and the probe's interval × threshold
+    elapsed). Not drained by `issued_at` + `timeout` (unset: the pool's own default, the target
+    group's deregistration delay) is a failure. A target already out is not touched again. An
+    outcome's `items` are the registrations removed, in the adapter's own words (RejoinPools gets
+    them back)."""
+
+    type: Literal["LeavePools"] = "LeavePools"
+    targets: list[Instance]
+    issued_at: datetime
+    timeout: Duration | None = None
+    standby: bool = False
+
+
+class RejoinPools(_Command):
+    """Put each target back into its traffic pools (and out of Standby, with `standby`); with
+    `pool_health`, done once each pool reports it healthy, a failure when one does not by
+    `issued_at` + `timeout`. A target already in is not touched again; an outcome's `items` name
+    the pools it was actually re-added to. `at_run_end`: the sweep of a finished run, which puts
+    back what a crash may have left out."""
+
+    type: Literal["RejoinPools"] = "RejoinPools"
+    targets: list[Instance]
+    # What each target's LeavePools outcome reported (its `items`, by instance id): the adapter's own
+    # record of the registrations it removed (port, IP configuration), so that they are restored as they were.
+    registrations: dict[str, list[str]] = Field(default_factory=dict)
+    issued_at: datetime
+    timeout: Duration = timedelta(minutes=5)
+    pool_health: bool = False
+    standby: bool = False
+    at_run_end: bool = False
+
+
+class RunHostHook(_Command):
+    """Run the policy's host hook (stored with the run) on each target through Run Command / SSM,
+    within the hook's timeout: ok on exit 0; the outcome's detail is the output's tail."""
+
+    type: Literal["RunHostHook"] = "RunHostHook"
+    targets: list[Instance]
+    phase: Literal["before_install", "after_install"]
+    hook: HostHook
+    issued_at: datetime
+
+
+class CallWaveHook(_Command):
+    """POST a signed JSON body naming the run, the wave and its machines to the policy's wave hook
+    and wait for a 2xx answer by `issued_at` + the hook's timeout; one outcome, id `phase`."""
+
+    type: Literal["CallWaveHook"] = "CallWaveHook"
+    phase: Literal["before_wave", "after_wave"]
+    hook: WaveHook
+    ring: str
+    machines: list[str]  # instance ids
+    issued_at: datetime
+
+
 class Wait(_Command):
     """Deliver a TimerFired at `until`: soaks between rings, and reminders of a gate still waiting
     for approval (`purpose` says which)."""
@@ -165,6 +224,10 @@ Command = Annotated[
     | InstallPatches
     | CheckHealth
     | RollBack
+    | LeavePools
+    | RejoinPools
+    | RunHostHook
+    | CallWaveHook
     | Wait
     | Notify
     | CancelCloudScheduledRun
@@ -217,6 +280,28 @@ class HealthChecked(Result):
 
 class RolledBack(Result):
     type: Literal["RolledBack"] = "RolledBack"
+
+
+class PoolsLeft(Result):
+    type: Literal["PoolsLeft"] = "PoolsLeft"
+
+
+class PoolsRejoined(Result):
+    type: Literal["PoolsRejoined"] = "PoolsRejoined"
+
+
+class HostHookRan(Result):
+    type: Literal["HostHookRan"] = "HostHookRan"
+
+
+class WaveHookCalled(Result):
+    type: Literal["WaveHookCalled"] = "WaveHookCalled"
+
+
+class PoolsSwept(Result):
+    """The result of a finished run's `RejoinPools(at_run_end=True)`: applied in any state."""
+
+    type: Literal["PoolsSwept"] = "PoolsSwept"
 
 
 class CloudScheduledRunCancelled(Result):
@@ -289,6 +374,11 @@ Event = Annotated[
     | PatchesInstalled
     | HealthChecked
     | RolledBack
+    | PoolsLeft
+    | PoolsRejoined
+    | HostHookRan
+    | WaveHookCalled
+    | PoolsSwept
     | CloudScheduledRunCancelled
     | TimerFired
     | ApprovalGranted
@@ -307,6 +397,10 @@ Message = Annotated[
     | InstallPatches
     | CheckHealth
     | RollBack
+    | LeavePools
+    | RejoinPools
+    | RunHostHook
+    | CallWaveHook
     | Wait
     | Notify
     | CancelCloudScheduledRun
@@ -317,6 +411,11 @@ Message = Annotated[
     | PatchesInstalled
     | HealthChecked
     | RolledBack
+    | PoolsLeft
+    | PoolsRejoined
+    | HostHookRan
+    | WaveHookCalled
+    | PoolsSwept
     | CloudScheduledRunCancelled
     | TimerFired
     | ApprovalGranted
@@ -328,4 +427,5 @@ Message = Annotated[
 ]
 MESSAGE = TypeAdapter(Message)
 
-FleetCommand = ProbeAgents | TakeSnapshots | InstallPatches | CheckHealth | RollBack
+FleetCommand = ProbeAgents | TakeSnapshots | InstallPatches | CheckHealth | RollBack | RunHostHook
+TrafficCommand = LeavePools | RejoinPools

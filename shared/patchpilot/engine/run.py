@@ -15,7 +15,20 @@ from patchpilot.policy.fields import new_list
 FinalInstanceState = Literal["patched", "rolled_back", "failed", "skipped", "not_started", "excluded"]
 InstanceState = Literal["pending", FinalInstanceState]
 FINAL_STATES: frozenset[FinalInstanceState] = frozenset(get_args(FinalInstanceState))
-StepName = Literal["lease", "probe", "snapshot", "install", "health", "rollback", "recheck"]
+StepName = Literal[
+    "lease",
+    "probe",
+    "snapshot",
+    "drain",  # left its traffic pools (and, with standby, entered Standby) before the install
+    "before_install",  # the policy's before_install host hook
+    "install",
+    "after_install",  # the policy's after_install host hook
+    "health",
+    "rejoin",  # back into its traffic pools (with pool_health: the pools report it healthy)
+    "redrain",  # out of its pools again before a rollback (its pools reported it unhealthy)
+    "rollback",
+    "recheck",
+]
 
 # succeeded_with_failures: every wave finished within max_failures, but at least one machine is
 # left `failed` (its rollback failed, or it is still unhealthy after it): restore it by hand.
@@ -30,10 +43,18 @@ RunState = Literal[
     "leasing",
     "probing",
     "snapshotting",
+    "opening_wave",  # the policy's before_wave hook (docs/traffic.md)
+    "draining",  # machines leave their traffic pools before the install
+    "preparing",  # the before_install host hook
     "installing",
+    "verifying",  # the after_install host hook
     "checking",
+    "rejoining",  # healthy machines rejoin their pools (with pool_health: the pools' own check)
+    "redraining",  # machines their pools found unhealthy leave them again before the rollback
     "rolling_back",
     "rechecking",
+    "restoring",  # rolled-back machines, healthy again, rejoin their pools
+    "closing_wave",  # the policy's after_wave hook
     "cancelling",
     "soaking",
     "awaiting_approval",
@@ -76,6 +97,9 @@ class InstanceRecord(_State):
     snapshot_ids: list[str] = Field(default_factory=new_list)
     installed: list[str] = Field(default_factory=new_list)
     steps: list[Step] = Field(default_factory=new_list)
+    # Out of its traffic pools (or in Standby) because of this run: it rejoins once healthy; a
+    # machine left broken stays out (docs/traffic.md).
+    out_of_pools: bool = False
 
     @property
     def id(self) -> str:
@@ -90,6 +114,8 @@ class WaveState(_State):
     records: dict[str, InstanceRecord]
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    opened: bool = False  # the wave reached its first disruptive step (before_wave hook, drain, install)
+    closed: bool = False  # its after_wave hook was called
 
     @property
     def failures(self) -> int:

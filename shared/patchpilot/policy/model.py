@@ -114,6 +114,64 @@ def _approver(value: str) -> str:
 ApproverId = Annotated[str, AfterValidator(_approver)]
 
 
+class HostHook(_Section):
+    """A script run on each machine through Systems Manager Run Command / Azure Run Command, as
+    root, within `timeout` (docs/traffic.md): `before_install` after the machine has left its
+    pools (a failure skips its install), `after_install` after the reboot, before the health
+    checks (a failure is a failed health check: rollback). The script comes from the policy and is
+    stored with the run; no message carries one the run did not issue."""
+
+    linux: str | None = Field(default=None, min_length=1, max_length=16_000)
+    windows: str | None = Field(default=None, min_length=1, max_length=16_000)
+    timeout: Duration = timedelta(minutes=10)
+
+    def script_for(self, os: OsFamily) -> str | None:
+        return self.windows if os == "windows" else self.linux
+
+
+class WaveHook(_Section):
+    """An HTTPS endpoint called before or after each wave with a signed JSON body naming the run,
+    the wave and its machines (docs/traffic.md); it must answer 2xx within `timeout`. Any other
+    answer halts the run with the endpoint's answer as the reason."""
+
+    url: Annotated[str, Field(pattern=r"^https://[^/\s]+(/\S*)?$", max_length=2048)]
+    secret: str = Field(min_length=1)  # the NAME of the secret holding the HMAC-SHA256 key, never the key
+    timeout: Duration = timedelta(minutes=5)
+
+
+class Hooks(_Section):
+    """Host hooks (Run Command / SSM) and wave hooks (HTTPS), policy-wide or per ring: a ring's
+    `hooks` replaces the policy's hook by hook."""
+
+    before_install: HostHook | None = None
+    after_install: HostHook | None = None
+    before_wave: WaveHook | None = None
+    after_wave: WaveHook | None = None
+
+    def over(self, base: Hooks) -> Hooks:
+        """These hooks, each falling back to `base`'s where unset."""
+        return Hooks(
+            before_install=self.before_install or base.before_install,
+            after_install=self.after_install or base.after_install,
+            before_wave=self.before_wave or base.before_wave,
+            after_wave=self.after_wave or base.after_wave,
+        )
+
+
+class Traffic(_Section):
+    """Load-balancer drain around the install (docs/traffic.md): before its install a machine
+    leaves each of its traffic pools and PatchPilot waits until the pool reports it drained (at
+    most `drain_timeout`; unset: the target group's deregistration delay on AWS, the probe's
+    interval × threshold on Azure); after its health checks it rejoins them and, with
+    `pool_health`, the pool's own health check must pass within `pool_health_timeout` before the
+    machine counts as patched."""
+
+    drain: bool = False
+    drain_timeout: Duration | None = None
+    pool_health: bool = False
+    pool_health_timeout: Duration = timedelta(minutes=5)
+
+
 class Ring(_Section):
     name: str = Field(min_length=1, max_length=64)
     select: Selector
@@ -123,6 +181,7 @@ class Ring(_Section):
     # read from Slack); for approval endpoints that sign people in, IAM ARNs (AWS) or Entra
     # principal names (Azure). Empty: anyone with the link.
     approvers: OneOrMore[ApproverId] = Field(default_factory=new_list)
+    hooks: Hooks | None = None  # replaces the policy's hooks, hook by hook (docs/traffic.md)
 
 
 class Schedule(_Section):
@@ -461,11 +520,16 @@ class Policy(_Section):
     region_pairs: list[tuple[str, str]] = Field(default_factory=new_list)
     exclude: Exclusions = Exclusions()
     # Machines in an AWS Auto Scaling group or an Azure scale set (the inventory's `scaling_group`):
-    # `skip` lists them as excluded, "member of scaling group X: patch its image" (docs/planner.md).
-    scaling_groups: Literal["skip"] = "skip"
+    # `skip` lists them as excluded, "member of scaling group X: patch its image" (docs/planner.md);
+    # `standby`: an AWS group's member enters Standby (desired capacity decremented) for its install
+    # and exits after its health checks; an Azure Flexible scale set is patched like VMs, the set
+    # counting as a traffic pool (docs/traffic.md).
+    scaling_groups: Literal["skip", "standby"] = "skip"
     patches: PatchSelection = PatchSelection()
     reboot: Literal["if_required", "always", "never"] = "if_required"
     health: HealthChecks = HealthChecks()
+    traffic: Traffic = Traffic()  # load-balancer drain and re-add: docs/traffic.md
+    hooks: Hooks = Hooks()  # host and wave hooks, policy-wide (a ring's own replace them): docs/traffic.md
     aws: AwsSettings | None = None
     azure: AzureSettings | None = None
     emergency: Emergency | None = None  # runs started by advisories: docs/advisories.md
@@ -479,6 +543,11 @@ class Policy(_Section):
         aws = "aws" in wanted and self.aws is not None and self.aws.restore_data_volumes
         azure = "azure" in wanted and self.azure is not None and self.azure.restore_data_disks
         return aws or azure
+
+    def hooks_for(self, ring: str) -> Hooks:
+        """The hooks of ring `ring`: its own, each falling back to the policy's."""
+        own = next((r.hooks for r in self.rings if r.name == ring), None)
+        return own.over(self.hooks) if own is not None else self.hooks
 
     def unprotected_reason(self, instance: Instance) -> str | None:
         """Why an instance cannot be patched safely under this policy (no snapshot to roll back to)."""

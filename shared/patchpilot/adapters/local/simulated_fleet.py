@@ -40,6 +40,7 @@ from patchpilot.engine.messages import (
     Outcome,
     ProbeAgents,
     RollBack,
+    RunHostHook,
     TakeSnapshots,
 )
 from patchpilot.inventory import Instance, OsFamily, Simulation
@@ -219,6 +220,10 @@ class SimulatedFleet:
             return _per_instance(command.targets, plan)
 
         return self._execute(command.id, command.run_id, "health", plans)
+
+    def run_hook(self, command: RunHostHook) -> Progress:
+        """Host hooks are not wired on this runtime yet: each target fails with that reason."""
+        return [Outcome(id=i.id, ok=False, detail="host hooks are not supported here yet") for i in command.targets]
 
     def roll_back(self, command: RollBack) -> Progress:
         def plans() -> list[_Plan]:

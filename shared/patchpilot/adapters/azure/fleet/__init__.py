@@ -50,7 +50,15 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Final
 
 from patchpilot.adapters.health import HttpGet, HttpProbe, urllib_get
-from patchpilot.engine.messages import CheckHealth, InstallPatches, ProbeAgents, RollBack, TakeSnapshots
+from patchpilot.engine.messages import (
+    CheckHealth,
+    InstallPatches,
+    Outcome,
+    ProbeAgents,
+    RollBack,
+    RunHostHook,
+    TakeSnapshots,
+)
 from patchpilot.inventory import Instance
 from patchpilot.policy.model import Policy
 from patchpilot.ports import Clock, DiscoveryResult, Progress
@@ -129,6 +137,10 @@ class AzureFleet:
 
     def check_health(self, command: CheckHealth) -> Progress:
         return health.check_health(self.access, command, self.http)
+
+    def run_hook(self, command: RunHostHook) -> Progress:
+        """Host hooks are not wired on this runtime yet: each target fails with that reason."""
+        return [Outcome(id=i.id, ok=False, detail="host hooks are not supported here yet") for i in command.targets]
 
     def roll_back(self, command: RollBack) -> Progress:
         return rollback.roll_back(self.access, command)

@@ -17,42 +17,57 @@ from patchpilot.engine.decide import Decision, decide
 from patchpilot.engine.messages import (
     AgentsProbed,
     ApprovalGranted,
+    CallWaveHook,
     CheckHealth,
     Command,
     Event,
     FleetCommand,
     HealthChecked,
+    HostHookRan,
     InstallPatches,
     InstancesLeased,
     LeaseInstances,
+    LeavePools,
     Notify,
     Outcome,
     PatchesInstalled,
+    PoolsLeft,
+    PoolsRejoined,
     ProbeAgents,
+    RejoinPools,
     ReleaseInstances,
+    Result,
     RollBack,
     RolledBack,
+    RunHostHook,
     SnapshotsTaken,
     TakeSnapshots,
     TimerFired,
+    TrafficCommand,
     Wait,
+    WaveHookCalled,
 )
 from patchpilot.engine.run import Run
 from patchpilot.inventory import Instance
 
-FleetAnswer = Callable[[FleetCommand], list[Outcome]]
+AnsweredCommand = FleetCommand | TrafficCommand | CallWaveHook
+FleetAnswer = Callable[[AnsweredCommand], list[Outcome]]
 # What `answer_all_ok` installs where a command does not pin a set, per OS.
 DEFAULT_PATCHES: dict[str, list[str]] = {
     "linux": ["openssl-3.0.13-1", "kernel-6.1.90-1"],
     "windows": ["KB5036893"],
 }
 
-RESULTS: dict[type, type[AgentsProbed | SnapshotsTaken | PatchesInstalled | HealthChecked | RolledBack]] = {
+RESULTS: dict[type, type[Result]] = {
     ProbeAgents: AgentsProbed,
     TakeSnapshots: SnapshotsTaken,
     InstallPatches: PatchesInstalled,
     CheckHealth: HealthChecked,
     RollBack: RolledBack,
+    RunHostHook: HostHookRan,
+    LeavePools: PoolsLeft,
+    RejoinPools: PoolsRejoined,  # the sweep of a finished run (`at_run_end`) is not driven here
+    CallWaveHook: WaveHookCalled,
 }
 
 
@@ -68,6 +83,7 @@ def drive_to_end(
     approve: bool = True,
     max_events: int = 100_000,
     start: datetime | None = None,
+    leftover: list[Command] | None = None,
 ) -> Run:
     """Feed `decide` the event each command asks for, in the order the commands were issued,
     until the run is finished (or waits for an approval and `approve` is false).
@@ -76,6 +92,8 @@ def drive_to_end(
     `until` (a Wait the run no longer awaits is dropped, as the worker drops it); Notify is
     ignored; a run awaiting approval gets an ApprovalGranted by "test" before its reminder fires.
     Every event must be applied: an ignored event raises DriverError, so a wrong answer shows.
+    `leftover`, when given, receives the commands still queued once the run has finished (a
+    finished run's pool sweep, its last notices).
     """
     run = decision.run
     now = start or run.created_at  # `start`: when the decision was taken, for a run driven on from a later event
@@ -113,12 +131,16 @@ def drive_to_end(
         run = decision.run
         queue.extend(decision.commands)
         events += 1
+    if leftover is not None:
+        leftover.extend(queue)
     return run
 
 
-def answer_all_ok(command: FleetCommand, *, patches: dict[str, list[str]] | None = None) -> list[Outcome]:
+def answer_all_ok(command: AnsweredCommand, *, patches: dict[str, list[str]] | None = None) -> list[Outcome]:
     """A healthy fleet: every target answers ok; snapshots and installs report plausible items."""
     patches = DEFAULT_PATCHES if patches is None else patches
+    if isinstance(command, CallWaveHook):
+        return [Outcome(id=command.phase, ok=True, detail="HTTP 200")]
     outcomes = []
     for instance, only in _targets(command):
         items: list[str] = []
@@ -126,11 +148,13 @@ def answer_all_ok(command: FleetCommand, *, patches: dict[str, list[str]] | None
             items = [f"snap-{instance.id.rsplit('/', 1)[-1]}-{command.wave}"]
         elif isinstance(command, InstallPatches):
             items = list(only) if only is not None else list(patches.get(instance.os, []))
+        elif isinstance(command, LeavePools):
+            items = [f"{pool}|{instance.id}" for pool in instance.traffic_pools]
         outcomes.append(Outcome(id=instance.id, ok=True, items=items))
     return outcomes
 
 
-def _targets(command: FleetCommand) -> list[tuple[Instance, list[str] | None]]:
+def _targets(command: FleetCommand | TrafficCommand) -> list[tuple[Instance, list[str] | None]]:
     if isinstance(command, InstallPatches):
         return [(t.instance, t.only) for t in command.targets]
     if isinstance(command, RollBack):

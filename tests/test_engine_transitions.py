@@ -27,6 +27,7 @@ from patchpilot.engine.decide import (
 from patchpilot.engine.messages import (
     ApprovalGranted,
     ApprovalRejected,
+    CallWaveHook,
     CancelCloudScheduledRun,
     CheckHealth,
     CloudScheduledRunCancelled,
@@ -36,15 +37,20 @@ from patchpilot.engine.messages import (
     InstallPatches,
     InstancesLeased,
     LeaseInstances,
+    LeavePools,
     Message,
     NoticeUndelivered,
     Outcome,
+    PoolsSwept,
     ProbeAgents,
+    RejoinPools,
     RollBack,
+    RunHostHook,
     SnapshotsTaken,
     TakeSnapshots,
     TimerFired,
     Wait,
+    WaveHookCalled,
 )
 from patchpilot.engine.run import CloudScheduledRun, Run, RunState
 from patchpilot.inventory import Instance
@@ -59,6 +65,14 @@ rings:
   - {name: staging, select: {tags: {Environment: staging}}, soak: %(soak)s, approval: %(first)s}
   - {name: production, select: {tags: {Environment: production}}, approval: %(second)s}
 rollout: {mode: concurrent_zones, disruption_budget: 1, max_failures: %(max_failures)s, approval_reminder: 1h}
+%(traffic)s"""
+# Drain and re-add with the pools' health, host hooks and wave hooks (docs/traffic.md): their states too.
+TRAFFIC = """traffic: {drain: true, pool_health: true}
+hooks:
+  before_install: {linux: "systemctl stop app"}
+  after_install: {linux: "systemctl start app", windows: "Start-Service app"}
+  before_wave: {url: "https://change.example.com/wave", secret: wave-key}
+  after_wave: {url: "https://change.example.com/wave", secret: wave-key}
 """
 CLOUD_SCHEDULED = CloudScheduledRun(
     id="/subscriptions/s1/providers/microsoft.maintenance/applyupdates/20261212030000",
@@ -79,6 +93,10 @@ ANSWERED = (
     InstallPatches,
     CheckHealth,
     RollBack,
+    LeavePools,
+    RejoinPools,
+    RunHostHook,
+    CallWaveHook,
 )
 
 
@@ -91,6 +109,7 @@ def fleet(staging: int, production: int) -> list[Instance]:
             zone=f"eu-west-1{'ab'[n % 2]}",
             os="windows" if n % 3 == 2 else "linux",
             tags={"Environment": ring},
+            traffic_pools=("tg-web",) if n % 2 == 0 else (),
         )
         for ring, count in (("staging", staging), ("production", production))
         for n in range(count)
@@ -108,6 +127,7 @@ def started_runs(draw: st.DrawFn) -> Decision:
         "first": draw(st.sampled_from(["auto", "required"])),
         "second": draw(st.sampled_from(["auto", "required"])),
         "max_failures": draw(st.sampled_from(["0", "1", "50%"])),
+        "traffic": draw(st.sampled_from(["", TRAFFIC])),
     }
     policy: Policy = parse_policy(POLICY % values)
     runtime = draw(st.sampled_from(["local", "aws"]))
@@ -136,7 +156,18 @@ def _answer(command: Message, data: st.DataObject | None, now: datetime) -> Even
         return CloudScheduledRunCancelled(
             id=command.result_id, run_id=command.run_id, command_id=command.id, results=[outcome]
         )
-    if isinstance(command, ProbeAgents | TakeSnapshots | InstallPatches | CheckHealth | RollBack):
+    if isinstance(command, RejoinPools) and command.at_run_end:
+        outcomes = [
+            Outcome(id=i.id, ok=ok(), items=list(i.traffic_pools) if ok() else [], at=now) for i in command.targets
+        ]
+        return PoolsSwept(id=command.result_id, run_id=command.run_id, command_id=command.id, results=outcomes)
+    if isinstance(command, CallWaveHook):
+        outcomes = [Outcome(id=command.phase, ok=ok(), at=now)]
+        return WaveHookCalled(id=command.result_id, run_id=command.run_id, command_id=command.id, results=outcomes)
+    if isinstance(
+        command,
+        ProbeAgents | TakeSnapshots | InstallPatches | CheckHealth | RollBack | LeavePools | RejoinPools | RunHostHook,
+    ):
         outcomes = [o.model_copy(update={"ok": ok(), "at": now}) for o in answer_all_ok(command) if present()]
         result = RESULTS[type(command)]
         return result(id=command.result_id, run_id=command.run_id, command_id=command.id, results=outcomes)
@@ -219,7 +250,7 @@ def test_the_table_declares_the_cancellation_of_a_cloud_scheduled_run() -> None:
 
 def _snapshotting_cloud_scheduled_run() -> tuple[Run, SnapshotsTaken]:
     """A run accompanying a cloud-scheduled run, and the result of its snapshots: every one failed."""
-    values = {"duration": "3h", "soak": "0m", "first": "auto", "second": "auto", "max_failures": "1"}
+    values = {"duration": "3h", "soak": "0m", "first": "auto", "second": "auto", "max_failures": "1", "traffic": ""}
     policy = parse_policy(POLICY % values)
     decision = start_run(
         "run-1", policy, plan_cloud_scheduled(policy, fleet(1, 1)), NOW, cloud_scheduled=CLOUD_SCHEDULED

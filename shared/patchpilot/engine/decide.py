@@ -9,9 +9,10 @@ docs/state-machine.md is generated from it.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import shlex
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Final, Literal
@@ -21,6 +22,7 @@ from patchpilot.engine.messages import (
     AgentsProbed,
     ApprovalGranted,
     ApprovalRejected,
+    CallWaveHook,
     CancelCloudScheduledRun,
     CheckHealth,
     CloudScheduledRunCancelled,
@@ -29,20 +31,27 @@ from patchpilot.engine.messages import (
     FollowUpFinished,
     FollowUpRequested,
     HealthChecked,
+    HostHookRan,
     InstallPatches,
     InstallTarget,
     InstancesLeased,
     LeaseInstances,
+    LeavePools,
     Message,
     NoticeUndelivered,
     Notify,
     Outcome,
     PatchesInstalled,
+    PoolsLeft,
+    PoolsRejoined,
+    PoolsSwept,
     ProbeAgents,
+    RejoinPools,
     ReleaseInstances,
     RestoreTarget,
     RollBack,
     RolledBack,
+    RunHostHook,
     Severity,
     SnapshotsTaken,
     StartFollowUp,
@@ -50,6 +59,7 @@ from patchpilot.engine.messages import (
     TimerFired,
     Topic,
     Wait,
+    WaveHookCalled,
 )
 from patchpilot.engine.retry import RETRYABLE_STATES, why_not_retryable
 from patchpilot.engine.run import (
@@ -67,9 +77,11 @@ from patchpilot.engine.run import (
     WaveState,
     count_states,
 )
+from patchpilot.inventory import Instance
 from patchpilot.planning.estimate import ESTIMATE_SOURCE, wave_estimate
 from patchpilot.policy import Policy
 from patchpilot.policy.fields import format_duration
+from patchpilot.policy.model import Hooks, HostHook
 from patchpilot.wording import plural
 
 if TYPE_CHECKING:
@@ -416,10 +428,120 @@ def _on_snapshots_taken(run: Run, event: Event, now: datetime) -> Decision:
 
 
 def _install(run: Run, now: datetime) -> Decision:
+    """After the snapshots the wave's disruptive part begins: the before_wave hook, the drain, the
+    before_install hook, then the install. A cloud-scheduled run's install is the cloud's, at its
+    own time: nothing is drained or hooked around it."""
     wave = run.current
     ready = [r for r in _pending(wave) if r.snapshot_ids]
     if not ready:
         return _finish_wave(run, now)
+    if run.cloud_scheduled is not None:
+        return _install_now(run, now)
+    run = _with_wave(run, wave.model_copy(update={"opened": True}))
+    hook = _hooks(run).before_wave
+    if hook is None:
+        return _drain(run, now)
+    command = CallWaveHook(
+        id=_command_id(run, "before-wave"),
+        run_id=run.run_id,
+        wave=wave.index,
+        phase="before_wave",
+        hook=hook,
+        ring=wave.ring,
+        machines=[r.id for r in ready],
+        issued_at=now,
+    )
+    return _await(run, "opening_wave", command)
+
+
+def _on_wave_opened(run: Run, event: Event, now: datetime) -> Decision:
+    """The before_wave hook answered: 2xx goes on; anything else halts the run before any machine
+    of the wave is touched, with the endpoint's answer as the reason."""
+    assert isinstance(event, WaveHookCalled)
+    wave = run.current
+    answer = _hook_answer(event)
+    if not answer.ok:
+        reason = f"the before_wave hook refused wave {wave.index} ({wave.ring}): {answer.detail}"
+        return _end(_logged(run, now, _sentence(reason), "error"), now, "halted", reason)
+    run = _logged(run, now, f"Wave {wave.index}: the before_wave hook answered {answer.detail or 'ok'}")
+    return _drain(run, now)
+
+
+def _drain(run: Run, now: datetime) -> Decision:
+    """The machines with traffic pools (`traffic.drain`) or a scaling group (`scaling_groups:
+    standby`) leave them before anything disruptive; they count as out from here on."""
+    members = _drain_targets(run)
+    if not members:
+        return _before_install(run, now)
+    wave = run.current
+    records = {**wave.records, **{r.id: r.model_copy(update={"out_of_pools": True}) for r in members}}
+    run = _with_wave(run, wave.model_copy(update={"records": records}))
+    command = LeavePools(
+        id=_command_id(run, "drain"),
+        run_id=run.run_id,
+        wave=wave.index,
+        targets=[_pool_view(run, r.instance) for r in members],
+        issued_at=now,
+        timeout=run.policy.traffic.drain_timeout,
+        standby=run.policy.scaling_groups == "standby",
+    )
+    return _await(run, "draining", command)
+
+
+def _on_pools_left(run: Run, event: Event, now: datetime) -> Decision:
+    """A machine not drained is not installed: it is skipped (counted as a failure of the wave,
+    like a failed snapshot) and rejoins its pools with the others."""
+    assert isinstance(event, PoolsLeft)
+    targets = {r.id for r in _drain_targets(run)}
+
+    def apply(record: InstanceRecord, outcome: Outcome) -> dict[str, object]:
+        registrations: dict[str, object] = {"pool_registrations": list(outcome.items)}
+        if outcome.ok:
+            return registrations
+        failure = f"not drained from its pools: {outcome.detail}".rstrip(": ")
+        return {**registrations, **_final("skipped", f"{failure}; not patched"), "failure": failure}
+
+    wave = _update(run.current, event.by_id(), "drain", apply, targets)
+    return _before_install(_with_wave(run, wave), now)
+
+
+def _before_install(run: Run, now: datetime) -> Decision:
+    hook, targets = _host_hook(run, "before_install")
+    if hook is None or not targets:
+        return _install_now(run, now)
+    command = RunHostHook(
+        id=_command_id(run, "before-install"),
+        run_id=run.run_id,
+        wave=run.current.index,
+        targets=[r.instance for r in targets],
+        phase="before_install",
+        hook=hook,
+        issued_at=now,
+    )
+    return _await(run, "preparing", command)
+
+
+def _on_prepared(run: Run, event: Event, now: datetime) -> Decision:
+    """A failing before_install hook means no install on that machine: skipped with the hook's
+    output tail as the reason (a failure of the wave, like a failed snapshot)."""
+    assert isinstance(event, HostHookRan)
+    _, targets = _host_hook(run, "before_install")
+
+    def apply(record: InstanceRecord, outcome: Outcome) -> dict[str, object]:
+        if outcome.ok:
+            return {}
+        failure = f"before_install hook failed: {outcome.detail}".rstrip(": ")
+        return {**_final("skipped", f"{failure}; not patched"), "failure": failure}
+
+    wave = _update(run.current, event.by_id(), "before_install", apply, {r.id for r in targets})
+    return _install_now(_with_wave(run, wave), now)
+
+
+def _install_now(run: Run, now: datetime) -> Decision:
+    wave = run.current
+    ready = [r for r in _pending(wave) if r.snapshot_ids]
+    if not ready:
+        return _after_checks(run, now)
     policy = run.policy
     command = InstallPatches(
         id=_command_id(run, "install"),
@@ -469,35 +591,135 @@ def _on_patches_installed(run: Run, event: Event, now: datetime) -> Decision:
 
     wave = _update(run.current, results, "install", apply)
     run = _with_wave(run, wave)
+    if not any(not r.failure for r in _pending(wave)):
+        return _after_checks(run, now)
+    hook, targets = _host_hook(run, "after_install")
+    if hook is None or not targets:
+        return _check_health(run, now)
+    command = RunHostHook(
+        id=_command_id(run, "after-install"),
+        run_id=run.run_id,
+        wave=wave.index,
+        targets=[r.instance for r in targets],
+        phase="after_install",
+        hook=hook,
+        issued_at=now,
+    )
+    return _await(run, "verifying", command)
+
+
+def _on_verified(run: Run, event: Event, now: datetime) -> Decision:
+    """A failing after_install hook counts as a failed health check: the machine is rolled back."""
+    assert isinstance(event, HostHookRan)
+    _, targets = _host_hook(run, "after_install")
+
+    def apply(record: InstanceRecord, outcome: Outcome) -> dict[str, object]:
+        return {} if outcome.ok else {"failure": f"after_install hook failed: {outcome.detail}".rstrip(": ")}
+
+    wave = _update(run.current, event.by_id(), "after_install", apply, {r.id for r in targets})
+    return _check_health(_with_wave(run, wave), now)
+
+
+def _check_health(run: Run, now: datetime) -> Decision:
+    wave = run.current
     installed = [r.instance for r in _pending(wave) if not r.failure]
-    if installed:
-        command = CheckHealth(
-            id=_command_id(run, "health"),
-            run_id=run.run_id,
-            wave=wave.index,
-            targets=installed,
-            checks=run.policy.health,
-        )
-        return _await(run, "checking", command)
-    return _roll_back_failures(run, now)
+    if not installed:
+        return _after_checks(run, now)
+    command = CheckHealth(
+        id=_command_id(run, "health"),
+        run_id=run.run_id,
+        wave=wave.index,
+        targets=installed,
+        checks=run.policy.health,
+    )
+    return _await(run, "checking", command)
 
 
 def _on_health_checked(run: Run, event: Event, now: datetime) -> Decision:
     assert isinstance(event, HealthChecked)
 
     def apply(record: InstanceRecord, outcome: Outcome) -> dict[str, object]:
+        if outcome.ok and record.out_of_pools:
+            return {}  # patched once it is back in its pools (and, with pool_health, healthy there)
         if outcome.ok:
             return _final("patched", f"{plural(len(record.installed), 'patch')} installed, healthy")
         return {"failure": f"health check failed after patching: {outcome.detail}".rstrip(": ")}
 
     wave = _update(run.current, event.by_id(), "health", apply)
+    return _after_checks(_with_wave(run, wave), now)
+
+
+def _after_checks(run: Run, now: datetime) -> Decision:
+    """Once a wave's machines are checked: the healthy ones out of their pools (and those skipped
+    after they left) rejoin them; then the failed ones are rolled back."""
+    back = _rejoin_targets(run.current)
+    if not back:
+        return _roll_back_failures(run, now)
+    return _await(run, "rejoining", _rejoin(run, now, back, "rejoin"))
+
+
+def _on_pools_rejoined(run: Run, event: Event, now: datetime) -> Decision:
+    """A patched machine counts as patched once its pools have it back (with `pool_health`,
+    healthy): otherwise it has failed a health check, and is rolled back. A machine skipped before
+    its install is back as it was."""
+    assert isinstance(event, PoolsRejoined)
+    targets = {r.id for r in _rejoin_targets(run.current)}
+    check = "pool health check failed" if run.policy.traffic.pool_health else "could not rejoin its pools"
+
+    def apply(record: InstanceRecord, outcome: Outcome) -> dict[str, object]:
+        if record.state == "pending" and outcome.ok:
+            reason = f"{plural(len(record.installed), 'patch')} installed, healthy, back in its pools"
+            return {"out_of_pools": False, **_final("patched", reason)}
+        if record.state == "pending":  # it may be in a pool that finds it unhealthy: it leaves again
+            return {"out_of_pools": False, "failure": f"{check}: {outcome.detail}".rstrip(": ")}
+        if outcome.ok:
+            return {"out_of_pools": False, "reason": f"{record.reason}; back in its pools"}
+        return {"reason": f"{record.reason}; not back in its pools: {outcome.detail}".rstrip(": ")}
+
+    wave = _update(run.current, event.by_id(), "rejoin", apply, targets)
     return _roll_back_failures(_with_wave(run, wave), now)
 
 
 def _roll_back_failures(run: Run, now: datetime) -> Decision:
+    """Roll back the failed machines; those their pools found unhealthy leave the pools first."""
     failed = [r for r in _pending(run.current) if r.failure]
     if not failed:
         return _finish_wave(run, now)
+    again = _redrain_targets(run.current)
+    if not again:
+        return _roll_back(run, failed)
+    wave = run.current
+    records = {**wave.records, **{r.id: r.model_copy(update={"out_of_pools": True}) for r in again}}
+    run = _with_wave(run, wave.model_copy(update={"records": records}))
+    command = LeavePools(
+        id=_command_id(run, "redrain"),
+        run_id=run.run_id,
+        wave=wave.index,
+        targets=[_pool_view(run, r.instance) for r in again],
+        issued_at=now,
+        timeout=run.policy.traffic.drain_timeout,
+        standby=run.policy.scaling_groups == "standby",
+    )
+    return _await(run, "redraining", command)
+
+
+def _on_redrained(run: Run, event: Event, now: datetime) -> Decision:
+    """Out of their pools again (or, failing that, said so): the rollback goes on either way, the
+    machine is unhealthy already."""
+    assert isinstance(event, PoolsLeft)
+    targets = {r.id for r in _redrain_targets(run.current)}
+
+    def apply(record: InstanceRecord, outcome: Outcome) -> dict[str, object]:
+        if outcome.ok:
+            return {"pool_registrations": list(outcome.items) or record.pool_registrations}
+        return {"failure": f"{record.failure}; could not leave its pools before the rollback: {outcome.detail}"}
+
+    wave = _update(run.current, event.by_id(), "redrain", apply, targets)
+    run = _with_wave(run, wave)
+    return _roll_back(run, [r for r in _pending(wave) if r.failure])
+
+
+def _roll_back(run: Run, failed: list[InstanceRecord]) -> Decision:
     command = RollBack(
         id=_command_id(run, "rollback"),
         run_id=run.run_id,
@@ -514,7 +736,8 @@ def _on_rolled_back(run: Run, event: Event, now: datetime) -> Decision:
     def apply(record: InstanceRecord, outcome: Outcome) -> dict[str, object]:
         if outcome.ok:
             return {}
-        return _final("failed", f"{record.failure}; rollback failed too: {outcome.detail}".rstrip(": "))
+        reason = f"{record.failure}; rollback failed too: {outcome.detail}".rstrip(": ")
+        return _final("failed", reason + _left_out(record))
 
     wave = _update(run.current, event.by_id(), "rollback", apply)
     run = _with_wave(run, wave)
@@ -540,10 +763,68 @@ def _on_rechecked(run: Run, event: Event, now: datetime) -> Decision:
         if outcome.ok:
             return _final("rolled_back", f"{record.failure}; rolled back from {source}, healthy again")
         detail = f"{record.failure}; rolled back from {source} but still unhealthy: {outcome.detail}"
-        return _final("failed", detail.rstrip(": "))
+        return _final("failed", detail.rstrip(": ") + _left_out(record))
 
     wave = _update(run.current, event.by_id(), "recheck", apply)
+    run = _with_wave(run, wave)
+    back = _restored_targets(wave)
+    if not back:
+        return _finish_wave(run, now)
+    return _await(run, "restoring", _rejoin(run, now, back, "rejoin-restored"))
+
+
+def _on_restored(run: Run, event: Event, now: datetime) -> Decision:
+    """Rolled back and healthy again: back in its pools, or said why not."""
+    assert isinstance(event, PoolsRejoined)
+    targets = {r.id for r in _restored_targets(run.current)}
+
+    def apply(record: InstanceRecord, outcome: Outcome) -> dict[str, object]:
+        if outcome.ok:
+            return {"out_of_pools": False, "reason": f"{record.reason}, back in its pools"}
+        return {"reason": f"{record.reason}; not back in its pools: {outcome.detail}".rstrip(": ")}
+
+    wave = _update(run.current, event.by_id(), "rejoin", apply, targets)
     return _finish_wave(_with_wave(run, wave), now)
+
+
+def _on_pools_swept(run: Run, event: Event, now: datetime) -> Decision:
+    """The finished run's last look at its pools: what it had to put back (a crash left it out)
+    is logged and told; what it could not put back pages."""
+    assert isinstance(event, PoolsSwept)
+    results = event.by_id()
+    readded = [
+        (r, results[r.id]) for r in run.records() if r.id in results and results[r.id].ok and results[r.id].items
+    ]
+    stuck = [(r, results[r.id]) for r in run.records() if r.id in results and not results[r.id].ok]
+    back = {r.id for r in run.records() if r.id in results and results[r.id].ok}
+    waves = tuple(
+        w.model_copy(
+            update={
+                "records": {
+                    k: v.model_copy(update={"out_of_pools": False}) if k in back else v for k, v in w.records.items()
+                }
+            }
+        )
+        for w in run.waves
+    )
+    run = run.model_copy(update={"waves": waves})
+    if not readded and not stuck:
+        return Decision(_logged(run, now, "Run end: every machine the run drained is in its pools"))
+    notices: list[Message] = []
+    if readded:
+        names = "; ".join(f"{r.instance.short_name} into {', '.join(o.items)}" for r, o in readded[:MAX_BROKEN_NAMED])
+        text = f"Run {run.run_id} ended with {plural(len(readded), 'machine')} out of its pools: put back ({names})"
+        run = _logged(run, now, text, "warning")
+        notices.append(_notify(run, "run_finished", text + ". Nothing to do.", "warning", "sweep"))
+    if stuck:
+        names = "; ".join(f"{r.instance.short_name}: {o.detail}" for r, o in stuck[:MAX_BROKEN_NAMED])
+        text = (
+            f"Run {run.run_id} could not put {plural(len(stuck), 'machine')} back into its pools ({names}). "
+            "Add them back by hand once they are healthy."
+        )
+        run = _logged(run, now, text, "error")
+        notices.append(_notify(run, "instance_failed", text, "error", "sweep"))
+    return Decision(run, notices)
 
 
 def _on_soak_over(run: Run, event: Event, now: datetime) -> Decision:
@@ -586,15 +867,44 @@ def _on_approval_reminder(run: Run, event: Event, now: datetime) -> Decision:
     return _reminding(run, now, number + 1, [notice])
 
 
+def _on_wave_closed(run: Run, event: Event, now: datetime) -> Decision:
+    """The after_wave hook answered: 2xx goes on; anything else halts the run after this wave."""
+    assert isinstance(event, WaveHookCalled)
+    answer = _hook_answer(event)
+    wave = run.current
+    if answer.ok:
+        run = _logged(run, now, f"Wave {wave.index}: the after_wave hook answered {answer.detail or 'ok'}")
+        return _wave_finished(run, now)
+    run = _with_wave(run, wave.model_copy(update={"finished_at": now}))
+    reason = f"the after_wave hook refused after wave {wave.index} ({wave.ring}): {answer.detail}"
+    notices = _failure_notices(run, run.current)
+    decision = _end(_logged(run, now, _sentence(reason), "error"), now, "halted", reason)
+    return Decision(decision.run, [*notices, *decision.commands])
+
+
 # Keyed by event class: a message's `type` is its wire name, the class is what the code knows.
 TRANSITIONS: dict[tuple[Row, EventClass], Transition] = {
     ("leasing", InstancesLeased): Transition(_on_instances_leased, ("probing", WAVE_DONE)),
     ("probing", AgentsProbed): Transition(_on_agents_probed, ("snapshotting", WAVE_DONE)),
-    ("snapshotting", SnapshotsTaken): Transition(_on_snapshots_taken, ("installing", "cancelling", WAVE_DONE)),
-    ("installing", PatchesInstalled): Transition(_on_patches_installed, ("checking", "rolling_back", WAVE_DONE)),
-    ("checking", HealthChecked): Transition(_on_health_checked, ("rolling_back", WAVE_DONE)),
+    ("snapshotting", SnapshotsTaken): Transition(
+        _on_snapshots_taken, ("opening_wave", "draining", "preparing", "installing", "cancelling", WAVE_DONE)
+    ),
+    ("opening_wave", WaveHookCalled): Transition(
+        _on_wave_opened, ("halted", "draining", "preparing", "installing", "rejoining", WAVE_DONE)
+    ),
+    ("draining", PoolsLeft): Transition(_on_pools_left, ("preparing", "installing", "rejoining", WAVE_DONE)),
+    ("preparing", HostHookRan): Transition(_on_prepared, ("installing", "rejoining", WAVE_DONE)),
+    ("installing", PatchesInstalled): Transition(
+        _on_patches_installed, ("verifying", "checking", "rejoining", "rolling_back", WAVE_DONE)
+    ),
+    ("verifying", HostHookRan): Transition(_on_verified, ("checking", "rejoining", "rolling_back", WAVE_DONE)),
+    ("checking", HealthChecked): Transition(_on_health_checked, ("rejoining", "rolling_back", WAVE_DONE)),
+    ("rejoining", PoolsRejoined): Transition(_on_pools_rejoined, ("redraining", "rolling_back", WAVE_DONE)),
+    ("redraining", PoolsLeft): Transition(_on_redrained, ("rolling_back",)),
     ("rolling_back", RolledBack): Transition(_on_rolled_back, ("rechecking", WAVE_DONE)),
-    ("rechecking", HealthChecked): Transition(_on_rechecked, (WAVE_DONE,)),
+    ("rechecking", HealthChecked): Transition(_on_rechecked, ("restoring", WAVE_DONE)),
+    ("restoring", PoolsRejoined): Transition(_on_restored, (WAVE_DONE,)),
+    ("closing_wave", WaveHookCalled): Transition(_on_wave_closed, ("halted", WAVE_DONE)),
     ("cancelling", CloudScheduledRunCancelled): Transition(
         _on_cloud_scheduled_run_cancelled, ("halted", "installing", WAVE_DONE)
     ),
@@ -605,9 +915,11 @@ TRANSITIONS: dict[tuple[Row, EventClass], Transition] = {
     (ANY_STATE, NoticeUndelivered): Transition(_on_notice_undelivered),
     (ANY_STATE, FollowUpRequested): Transition(_on_follow_up_requested),
     (ANY_STATE, FollowUpFinished): Transition(_on_follow_up_finished),
+    (ANY_STATE, PoolsSwept): Transition(_on_pools_swept),
 }
 # Where the end of a wave leads: the next wave, a soak, an approval gate, or the end of the run.
 WAVE_DONE_TARGETS: tuple[RunState, ...] = (
+    "closing_wave",
     "leasing",
     "soaking",
     "awaiting_approval",
@@ -735,6 +1047,26 @@ def _skip_unpromotable(run: Run, wave: WaveState) -> WaveState:
 
 
 def _finish_wave(run: Run, now: datetime) -> Decision:
+    """The end of a wave: its after_wave hook first, when the wave reached its disruptive part."""
+    wave = run.current
+    hook = _hooks(run).after_wave if wave.opened and not wave.closed else None
+    if hook is None:
+        return _wave_finished(run, now)
+    run = _with_wave(run, wave.model_copy(update={"closed": True}))
+    command = CallWaveHook(
+        id=_command_id(run, "after-wave"),
+        run_id=run.run_id,
+        wave=wave.index,
+        phase="after_wave",
+        hook=hook,
+        ring=wave.ring,
+        machines=list(wave.records),
+        issued_at=now,
+    )
+    return _await(run, "closing_wave", command)
+
+
+def _wave_finished(run: Run, now: datetime) -> Decision:
     wave = run.current.model_copy(update={"finished_at": now})
     run = _with_wave(run, wave)
     notices = _failure_notices(run, wave)
@@ -885,6 +1217,8 @@ def _end(run: Run, now: datetime, state: RunState, reason: str) -> Decision:
     else:
         notice, run = _notify(run, "run_halted", text, "error"), _logged(run, now, text, "error")
     outbox: list[Message] = [notice]
+    if sweep := _sweep(run, now):
+        outbox.append(sweep)
     if run.follow_up_of is not None:  # the run it follows up may start its next one
         ended = FollowUpFinished(
             id=f"{run.run_id}:finished",
@@ -948,11 +1282,132 @@ def _broken_lines(run: Run, broken: list[InstanceRecord]) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------- traffic pools and hooks
+
+
+def _hooks(run: Run) -> Hooks:
+    return run.policy.hooks_for(run.current.ring)
+
+
+def _pool_view(run: Run, instance: Instance) -> Instance:
+    """The instance as the traffic adapter sees it: its pools only with `traffic.drain`, its
+    scaling group only with `scaling_groups: standby`."""
+    policy = run.policy
+    return dataclasses.replace(
+        instance,
+        traffic_pools=instance.traffic_pools if policy.traffic.drain else (),
+        scaling_group=instance.scaling_group if policy.scaling_groups == "standby" else None,
+    )
+
+
+def _leaves_pools(run: Run, instance: Instance) -> bool:
+    view = _pool_view(run, instance)
+    return bool(view.traffic_pools) or view.scaling_group is not None
+
+
+def _drain_targets(run: Run) -> list[InstanceRecord]:
+    """The machines of the wave that leave their pools before the install (the same before and
+    after the drain: it is decided before, and applied to exactly these)."""
+    return [r for r in _pending(run.current) if r.snapshot_ids and _leaves_pools(run, r.instance)]
+
+
+def _host_hook(
+    run: Run, phase: Literal["before_install", "after_install"]
+) -> tuple[HostHook | None, list[InstanceRecord]]:
+    """The ring's host hook for `phase`, and the machines it runs on: those about to be installed
+    (before_install) or just installed (after_install) whose OS the hook has a script for."""
+    hook = getattr(_hooks(run), phase)
+    if hook is None:
+        return None, []
+    pending = _pending(run.current)
+    ready = (
+        [r for r in pending if r.snapshot_ids] if phase == "before_install" else [r for r in pending if not r.failure]
+    )
+    return hook, [r for r in ready if hook.script_for(r.instance.os)]
+
+
+def _rejoin_targets(wave: WaveState) -> list[InstanceRecord]:
+    """Out of their pools because of the run, and fit to serve: checked healthy after the install,
+    or skipped untouched after they left."""
+    return [
+        r
+        for r in wave.records.values()
+        if r.out_of_pools and ((r.state == "pending" and not r.failure) or r.state == "skipped")
+    ]
+
+
+def _redrain_targets(wave: WaveState) -> list[InstanceRecord]:
+    """Failed after they rejoined their pools (the pools found them unhealthy): they leave again
+    before their rollback, once."""
+    return [
+        r
+        for r in _pending(wave)
+        if r.failure and any(s.step == "rejoin" for s in r.steps) and not any(s.step == "redrain" for s in r.steps)
+    ]
+
+
+def _restored_targets(wave: WaveState) -> list[InstanceRecord]:
+    """Rolled back, healthy again, and still out of their pools: they rejoin them."""
+    return [
+        r
+        for r in wave.records.values()
+        if r.state == "rolled_back" and r.out_of_pools and r.steps[-1].step == "recheck"
+    ]
+
+
+def _rejoin(run: Run, now: datetime, records: list[InstanceRecord], step: str) -> RejoinPools:
+    traffic = run.policy.traffic
+    return RejoinPools(
+        id=_command_id(run, step),
+        run_id=run.run_id,
+        wave=run.current.index,
+        targets=[_pool_view(run, r.instance) for r in records],
+        registrations={r.id: r.pool_registrations for r in records if r.pool_registrations},
+        issued_at=now,
+        timeout=traffic.pool_health_timeout,
+        pool_health=traffic.pool_health,
+        standby=run.policy.scaling_groups == "standby",
+    )
+
+
+def _sweep(run: Run, now: datetime) -> RejoinPools | None:
+    """At a run's end: every machine it took out of its pools and did not leave broken is put back
+    if it is out (a crash between two steps could have left it so). None when it drained none."""
+    records = [r for r in run.records() if r.state != "failed" and any(s.step == "drain" for s in r.steps)]
+    if not records:
+        return None
+    return RejoinPools(
+        id=f"{run.run_id}:rejoin-at-end",
+        run_id=run.run_id,
+        targets=[_pool_view(run, r.instance) for r in records],
+        registrations={r.id: r.pool_registrations for r in records if r.pool_registrations},
+        issued_at=now,
+        at_run_end=True,
+        standby=run.policy.scaling_groups == "standby",
+    )
+
+
+def _left_out(record: InstanceRecord) -> str:
+    """What a machine left broken says about its pools: it stays out of them."""
+    if not record.out_of_pools:
+        return ""
+    pools = ", ".join(record.instance.traffic_pools) or record.instance.scaling_group or "its pools"
+    return f"; left out of its pools ({pools}) until it is restored"
+
+
+def _hook_answer(event: WaveHookCalled) -> Outcome:
+    return event.results[0] if event.results else Outcome(id="hook", ok=False, detail="no answer reported")
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
 # ---------------------------------------------------------------- helpers
 
 
 # Which pending instances each step's command targeted (the same rules build the commands).
-_TARGETED: dict[StepName, Callable[[InstanceRecord], bool]] = {
+_TARGETED: dict[StepName, Callable[[InstanceRecord], bool]] = {  # the traffic and hook steps name theirs
     "lease": lambda r: True,
     "probe": lambda r: True,
     "snapshot": lambda r: True,
@@ -968,13 +1423,15 @@ def _update(
     results: dict[str, Outcome],
     step: StepName,
     apply: Callable[[InstanceRecord, Outcome], dict[str, object]],
+    targets: Collection[str] | None = None,
 ) -> WaveState:
     """Apply each targeted instance's outcome; a target missing from the results counts as
-    failed ("no result reported"), so nothing is lost silently."""
-    targeted = _TARGETED[step]
+    failed ("no result reported"), so nothing is lost silently. The targets are `targets` when
+    given (in any state), else the pending instances the step's rule in `_TARGETED` selects."""
+    targeted = _TARGETED[step] if targets is None else (lambda r: r.id in targets)
     records = dict(wave.records)
     for key, record in wave.records.items():
-        if record.state != "pending" or not targeted(record):
+        if (targets is None and record.state != "pending") or not targeted(record):
             continue
         outcome = results.get(key) or Outcome(id=key, ok=False, detail="no result reported")
         at = outcome.at or wave.started_at

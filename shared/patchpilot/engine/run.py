@@ -100,6 +100,9 @@ class InstanceRecord(_State):
     # Out of its traffic pools (or in Standby) because of this run: it rejoins once healthy; a
     # machine left broken stays out (docs/traffic.md).
     out_of_pools: bool = False
+    # What leaving its pools removed, in the traffic adapter's words (`LeavePools` outcome items):
+    # rejoining puts back exactly that.
+    pool_registrations: list[str] = Field(default_factory=new_list)
 
     @property
     def id(self) -> str:

@@ -780,7 +780,15 @@ def test_a_scaling_group_member_is_excluded_with_its_group_named() -> None:
     ]
 
 
-def test_scaling_groups_accepts_only_skip_for_now() -> None:
+def test_scaling_groups_are_skip_by_default_and_refuse_other_words() -> None:
     assert one_ring(1).scaling_groups == "skip"
     with pytest.raises(ValueError, match="scaling_groups"):
-        one_ring(1, scaling_groups="standby")
+        one_ring(1, scaling_groups="replace")
+
+
+def test_with_standby_a_scaling_group_is_patched_within_the_pool_budget_as_a_pool() -> None:
+    fleet = [replace(machine(f"m{n}", "eastus", str(1 + n % 3)), scaling_group="asg-web") for n in range(6)]
+    result = plan(one_ring(6, "concurrent_zones", scaling_groups="standby", rollout_extra={"pool_budget": "50%"}), fleet)
+    assert not result.excluded
+    assert [len(w.instances) for w in result.waves] == [3, 3]  # half the group at a time, not all six
+    assert result.pool_members == {"asg-web": 6}

@@ -626,3 +626,45 @@ def test_a_pool_budget_rounds_down_but_never_below_one(budget: str | int, member
 def test_the_example_policy_with_pools_sets_a_pool_budget() -> None:
     policy = load_policy(str(EXAMPLES / "policy-pools.yaml"))
     assert policy.rollout.pool_budget == Quota(40, percent=True)
+
+
+# --- traffic, hooks (docs/traffic.md) -----------------------------------------------------------
+
+
+def test_traffic_and_hooks_are_read_with_their_defaults_and_a_ring_replaces_hook_by_hook() -> None:
+    policy = parse_policy(
+        BASE
+        + """traffic: {drain: true, pool_health: true}
+hooks:
+  before_install: {linux: "systemctl stop app"}
+  before_wave: {url: "https://change.example.com/wave", secret: wave-key}
+scaling_groups: standby
+"""
+    )
+    assert policy.traffic.drain and policy.traffic.drain_timeout is None
+    assert policy.traffic.pool_health_timeout == timedelta(minutes=5)
+    assert policy.hooks.before_install is not None and policy.hooks.before_install.timeout == timedelta(minutes=10)
+    assert policy.scaling_groups == "standby" and policy.reads_pools
+    ringed = parse_policy(
+        BASE.replace(
+            "    select: {tags: {Environment: staging}}",
+            '    select: {tags: {Environment: staging}}\n    hooks: {before_install: {windows: "Stop-Service app"}}',
+        )
+    )
+    hooks = ringed.hooks_for("staging")
+    assert hooks.before_install is not None and hooks.before_install.script_for("windows") == "Stop-Service app"
+    assert hooks.before_install.script_for("linux") is None
+
+
+def test_pool_health_without_drain_is_refused_naming_the_field() -> None:
+    problem = only_problem(BASE + "traffic: {pool_health: true}\n")
+    assert problem.path == ("traffic", "pool_health")
+    assert "needs traffic.drain: true" in problem.message
+
+
+def test_a_host_hook_without_a_script_and_a_wave_hook_over_http_are_refused() -> None:
+    problem = only_problem(BASE + "hooks: {after_install: {timeout: 5m}}\n")
+    assert problem.path == ("hooks", "after_install")
+    assert "expected a linux or a windows script" in problem.message
+    problem = only_problem(BASE + "hooks: {before_wave: {url: 'http://change.example.com/wave', secret: k}}\n")
+    assert problem.path[:3] == ("hooks", "before_wave", "url")

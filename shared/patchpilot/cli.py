@@ -614,6 +614,7 @@ def status(run_id: str, state_dir: Path, as_json: bool) -> None:
         for record in attention:
             detail.add_row(record.instance.short_name, str(record.wave), record.state, record.reason)
         console.print(detail)
+    _print_pools(console, run)
     if run.undelivered:
         notices = Table(title="Notifications not delivered")
         for column in ("notice", "channel", "reason"):
@@ -622,6 +623,26 @@ def status(run_id: str, state_dir: Path, as_json: bool) -> None:
             notices.add_row(notice.topic, notice.channel, notice.reason)
         console.print(notices)
     sys.exit(status_exit(run))
+
+
+def _print_pools(console: Console, run: Run) -> None:
+    """The traffic pools the run drained machines from: members, serving now, and who is out."""
+    from patchpilot.planning.planner import pool_members
+
+    records = run.records()
+    drained = [r for r in records if any(s.step == "drain" for s in r.steps)]
+    if not drained:
+        return
+    members = pool_members(r.instance for r in records)
+    table = Table(title="Traffic pools")
+    for column in ("pool", "serving", "out of it now"):
+        table.add_column(column, overflow="fold")
+    out = [r for r in records if r.out_of_pools]
+    for pool in sorted({p for r in drained for p in r.instance.traffic_pools}):
+        away = [r for r in out if pool in r.instance.traffic_pools]
+        names = ", ".join(f"{r.instance.short_name} ({r.state})" for r in away[:10])
+        table.add_row(pool, f"{members[pool] - len(away)} of {members[pool]}", names or "none")
+    console.print(table)
 
 
 def status_exit(run: Run) -> int:

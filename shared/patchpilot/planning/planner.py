@@ -124,8 +124,13 @@ def plan(policy: Policy, instances: Iterable[Instance]) -> Plan:
 
 
 def pools_of(instance: Instance) -> list[str]:
-    """The traffic pools a machine serves from, each once, in the inventory's order."""
-    return list(dict.fromkeys(instance.traffic_pools))
+    """The traffic pools a machine serves from, each once, in the inventory's order, then its
+    scaling group: a group's members share its capacity like a pool's (with `scaling_groups:
+    standby` they are patched, so `rollout.pool_budget` holds for the group too)."""
+    pools = dict.fromkeys(instance.traffic_pools)
+    if instance.scaling_group is not None:
+        pools[instance.scaling_group] = None
+    return list(pools)
 
 
 def pool_members(instances: Iterable[Instance]) -> dict[str, int]:

@@ -544,6 +544,11 @@ class Policy(_Section):
         azure = "azure" in wanted and self.azure is not None and self.azure.restore_data_disks
         return aws or azure
 
+    @property
+    def reads_pools(self) -> bool:
+        """Whether discovery reads the machines' traffic pools: for the pool budget, or to drain them."""
+        return self.rollout.pool_budget is not None or self.traffic.drain
+
     def hooks_for(self, ring: str) -> Hooks:
         """The hooks of ring `ring`: its own, each falling back to the policy's."""
         own = next((r.hooks for r in self.rings if r.name == ring), None)
@@ -597,10 +602,46 @@ class Policy(_Section):
             )
         if self.notifications is not None:
             found.extend(self.notifications.problems())
+        found.extend(self._traffic_problems())
         if self.kind == "non_periodic" and self.schedule is None:
             found.append(Problem(("kind",), "a non_periodic policy needs a schedule (whose windows it skips)"))
         if self.kind == "emergency" and self.emergency is None:
             found.append(Problem(("kind",), "an emergency policy needs an emergency section"))
+        return found
+
+    def _traffic_problems(self) -> list[Problem]:
+        found: list[Problem] = []
+        if self.traffic.pool_health and not self.traffic.drain:
+            found.append(
+                Problem(
+                    ("traffic", "pool_health"),
+                    "needs traffic.drain: true (a machine that never left its pools does not rejoin them)",
+                )
+            )
+        scheduled_by_azure = self.azure is not None and self.azure.maintenance is not None
+        hooked: list[tuple[tuple[str | int, ...], Hooks]] = [(("hooks",), self.hooks)]
+        hooked += [(("rings", i, "hooks"), r.hooks) for i, r in enumerate(self.rings) if r.hooks is not None]
+        for where, hooks in hooked:
+            for phase in ("before_install", "after_install"):
+                hook = getattr(hooks, phase)
+                if hook is not None and hook.linux is None and hook.windows is None:
+                    found.append(Problem((*where, phase), "expected a linux or a windows script (or both)"))
+            if scheduled_by_azure and any(getattr(hooks, p) is not None for p in Hooks.model_fields):
+                found.append(
+                    Problem(
+                        where,
+                        "cannot take effect with azure.maintenance: Update Manager installs at its own time, "
+                        "PatchPilot cannot run hooks around it; drop azure.maintenance to let PatchPilot run the rings",
+                    )
+                )
+        if scheduled_by_azure and self.traffic.drain:
+            found.append(
+                Problem(
+                    ("traffic", "drain"),
+                    "cannot take effect with azure.maintenance: Update Manager installs at its own time, "
+                    "PatchPilot cannot drain around it",
+                )
+            )
         return found
 
     def zone_for(self, timezone: str | None) -> ZoneInfo:

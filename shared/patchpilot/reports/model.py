@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import shlex
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, tzinfo
 from itertools import pairwise
@@ -108,6 +108,19 @@ class RingView:
 
 
 @dataclass(frozen=True)
+class PoolCapacity:
+    """How much of one traffic pool kept serving while a wave's machines were out of it."""
+
+    pool: str
+    members: int
+    serving: int  # at the wave's lowest point: the members less the wave's machines drained from it
+
+    @property
+    def percent(self) -> int:
+        return round(100 * self.serving / self.members) if self.members else 0
+
+
+@dataclass(frozen=True)
 class WaveView:
     index: int
     ring: str
@@ -123,6 +136,7 @@ class WaveView:
     healthy: int  # patched instances whose health check passed
     patched_sets: list[PatchSet]
     patched_names: list[InstanceRef] | None  # None: too many to name
+    capacity: list[PoolCapacity] = field(default_factory=list)  # the pools it drained machines from
 
     @property
     def outcome_label(self) -> str:
@@ -598,7 +612,18 @@ def _wave(run: Run, wave: WaveState, pools: dict[str, int]) -> WaveView:
         healthy=sum(1 for r in patched if _passed_health(r)),
         patched_sets=_sets(patched),
         patched_names=[ref(r.instance) for r in patched] if len(patched) <= NAME_PATCHED_UP_TO else None,
+        capacity=pool_capacity(records, pools),
     )
+
+
+def pool_capacity(records: Iterable[InstanceRecord], pools: Mapping[str, int]) -> list[PoolCapacity]:
+    """Per pool a wave drained machines from (`traffic.drain`): its members, and how many kept
+    serving while the wave's drained machines were out."""
+    drained: Counter[str] = Counter()
+    for record in records:
+        if any(s.step == "drain" for s in record.steps):
+            drained.update(dict.fromkeys(record.instance.traffic_pools, 1))
+    return [PoolCapacity(p, pools.get(p, n), max(pools.get(p, n) - n, 0)) for p, n in sorted(drained.items())]
 
 
 def state_counts(records: Iterable[InstanceRecord]) -> str:

@@ -788,7 +788,8 @@ def test_scaling_groups_are_skip_by_default_and_refuse_other_words() -> None:
 
 def test_with_standby_a_scaling_group_is_patched_within_the_pool_budget_as_a_pool() -> None:
     fleet = [replace(machine(f"m{n}", "eastus", str(1 + n % 3)), scaling_group="asg-web") for n in range(6)]
-    result = plan(one_ring(6, "concurrent_zones", scaling_groups="standby", rollout_extra={"pool_budget": "50%"}), fleet)
+    policy = one_ring(6, "concurrent_zones", scaling_groups="standby", rollout_extra={"pool_budget": "50%"})
+    result = plan(policy, fleet)
     assert not result.excluded
     assert [len(w.instances) for w in result.waves] == [3, 3]  # half the group at a time, not all six
     assert result.pool_members == {"asg-web": 6}

@@ -669,3 +669,41 @@ def test_each_wave_says_how_much_of_each_traffic_pool_it_took_out_of_service() -
     assert "| 3 | production | yes | 1 | ap-northeast-1a ×1; pool tg-api-tyo: 1 of 15 |" in waves  # the canary
     assert "pool tg-batch-admin: 1 of 1" in waves
     assert "pool tg-api-tyo: 1 of 15" in render_html(pooled)
+
+
+# ---------------------------------------------------------------- traffic pools (docs/traffic.md)
+
+
+def test_pool_capacity_per_wave_shows_how_much_of_each_pool_kept_serving() -> None:
+    policy = parse_policy(
+        """
+name: web
+rings:
+  - {name: production, select: {tags: {Environment: production}}}
+rollout: {mode: concurrent_zones, disruption_budget: "50%", canary: 0, pool_budget: "25%"}
+traffic: {drain: true, pool_health: true}
+"""
+    )
+    fleet = [
+        Instance(
+            id=f"i-web-{n}",
+            cloud="aws",
+            region="ap-northeast-1",
+            zone=f"ap-northeast-1{'acd'[n % 3]}",
+            os="linux",
+            tags={"Environment": "production"},
+            traffic_pools=("tg-web",) if n < 8 else ("tg-web", "tg-admin"),
+        )
+        for n in range(9)
+    ]
+    run = drive_to_end(start_run("run-pools", policy, plan(policy, fleet), START), answer_all_ok)
+    markdown, html = render_markdown(run), render_html(run)
+    assert run.state == "succeeded"
+    assert "### Pool capacity per wave" in markdown
+    assert "| 1 | production | `tg-web` | 7 of 9 | 78% |" in markdown  # 25% of 9 is 2 out at a time
+    assert "| `tg-admin` | 0 of 1 | 0% |" in markdown  # a pool of one is down during its install
+    assert 'aria-label="78% serving"' in html and "Pool capacity per wave" in html
+
+
+def test_a_run_without_drain_has_no_pool_capacity_section(run: Run, markdown: str) -> None:
+    assert "Pool capacity" not in markdown

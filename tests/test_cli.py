@@ -576,3 +576,23 @@ def test_plan_excludes_a_scaling_group_member_of_a_local_inventory_naming_its_gr
     assert table.exit_code == 0, table.output
     assert reason in table.stdout
     assert "4 excluded." in table.stdout
+
+
+def test_plan_says_what_each_wave_does_around_its_installs(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        Path(POOL_POLICY).read_text()
+        + """traffic: {drain: true, drain_timeout: 5m, pool_health: true}
+hooks:
+  before_install: {linux: "systemctl stop app"}
+  after_wave: {url: "https://change.example.com/wave", secret: wave-key}
+"""
+    )
+    result = run("plan", "--policy", str(policy), "--inventory", POOL_FLEET)
+    assert result.exit_code == 0, result.output
+    assert (
+        "Around each install: drain from the traffic pools (at most 5m), the before_install host hook, install, "
+        "health checks, rejoin the pools and pass their health checks, the after_wave hook."
+    ) in " ".join(result.output.split())
+    plain = run("plan", "--policy", POOL_POLICY, "--inventory", POOL_FLEET)
+    assert "Around each install" not in plain.output

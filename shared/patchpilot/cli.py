@@ -252,6 +252,31 @@ def _echo_warnings(warnings: list[str]) -> None:
         click.echo(f"warning: {warning}", err=True)
 
 
+def around_the_install(policy: Policy) -> str:
+    """What a wave does around its installs beyond the default (docs/traffic.md), "" for nothing."""
+    steps = []
+    hooks = [policy.hooks_for(r.name) for r in policy.rings]
+    if any(h.before_wave for h in hooks):
+        steps.append("the before_wave hook")
+    traffic = policy.traffic
+    if traffic.drain:
+        timeout = f" (at most {format_duration(traffic.drain_timeout)})" if traffic.drain_timeout else ""
+        steps.append(f"drain from the traffic pools{timeout}")
+    if policy.scaling_groups == "standby":
+        steps.append("scaling-group members into Standby")
+    if any(h.before_install for h in hooks):
+        steps.append("the before_install host hook")
+    steps.append("install")
+    if any(h.after_install for h in hooks):
+        steps.append("the after_install host hook")
+    steps.append("health checks")
+    if traffic.drain:
+        steps.append("rejoin the pools" + (" and pass their health checks" if traffic.pool_health else ""))
+    if any(h.after_wave for h in hooks):
+        steps.append("the after_wave hook")
+    return "" if len(steps) == 2 else ", ".join(steps)
+
+
 def print_plan(console: Console, policy: Policy, result: Plan) -> None:
     rollout = policy.rollout
     pools = f", pool budget {rollout.pool_budget}" if rollout.pool_budget is not None else ""
@@ -291,6 +316,8 @@ def print_plan(console: Console, policy: Policy, result: Plan) -> None:
     for ring in result.rings:
         if ring.gate:
             console.print(f"Ring {ring.name}: {ring.gate}.", soft_wrap=True)
+    if around := around_the_install(policy):
+        console.print(f"Around each install: {around}.", soft_wrap=True)
     if fit.window is not None:
         within = "fits" if fit.fits else "does not fit"
         console.print(

@@ -249,7 +249,8 @@ class Run(_State):
 
     def document(self) -> dict[str, Any]:
         """What `patchpilot status --json` and the status endpoints show: `{"run_id", "status",
-        "reason", "policy", "summary", "instances": {id: {"state", "reason", "ring", "wave"}}, "broken":
+        "reason", "policy", "summary", "instances": {id: {"state", "reason", "ring", "wave",
+        "out_of_pools"}}, "broken":
         [{"id", "name", "reason", "snapshot_ids"}], "undelivered": [{"notice", "topic", "channel", "reason"}]}`."""
         return {
             "run_id": self.run_id,
@@ -258,7 +259,13 @@ class Run(_State):
             "policy": self.policy.name,
             "summary": self.summary(),
             "instances": {
-                r.id: {"state": r.state, "reason": r.reason, "ring": r.ring or None, "wave": r.wave}
+                r.id: {
+                    "state": r.state,
+                    "reason": r.reason,
+                    "ring": r.ring or None,
+                    "wave": r.wave,
+                    "out_of_pools": r.out_of_pools,  # out of its traffic pools because of this run
+                }
                 for r in self.records()
             },
             "broken": [

@@ -703,6 +703,8 @@ traffic: {drain: true, pool_health: true}
     assert "| 1 | production | `tg-web` | 7 of 9 | 78% |" in markdown  # 25% of 9 is 2 out at a time
     assert "| `tg-admin` | 0 of 1 | 0% |" in markdown  # a pool of one is down during its install
     assert 'aria-label="78% serving"' in html and "Pool capacity per wave" in html
+    summary = "| Traffic | 9 machines drained from 2 traffic pools, 9 back in them; lowest capacity: tg-admin 0 of 1"
+    assert summary in markdown
 
 
 def test_a_run_without_drain_has_no_pool_capacity_section(run: Run, markdown: str) -> None:

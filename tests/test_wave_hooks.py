@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,6 +29,7 @@ from patchpilot.adapters.wave_hooks import (
     verify_signature,
 )
 from patchpilot.engine.messages import CallWaveHook, Outcome
+from patchpilot.local_runtime import LocalRuntime
 from patchpilot.notify import EnvironmentSecrets
 from patchpilot.policy.model import WaveHook
 from patchpilot.ports import InProgress, Progress, SecretUnavailableError
@@ -349,3 +351,19 @@ def test_verify_signature_accepts_any_matching_v1_while_a_key_is_rotated() -> No
     assert verify_signature(KEY, header, b"{}", now=1_000)
     assert verify_signature("old key", header, b"{}", now=1_000)
     assert not verify_signature("third key", header, b"{}", now=1_000)
+
+
+def test_the_local_runtime_reads_the_key_from_the_environment_variable_it_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PATCHPILOT_WAVE_HOOK", raising=False)
+    runtime = LocalRuntime.open(tmp_path / "state", start=T0)
+    assert runtime.service.wave_hooks is not None
+
+    outcome = one(runtime.service.wave_hooks.call(command("https://127.0.0.1:9/hooks/patch")))
+
+    assert not outcome.ok
+    assert outcome.detail == (
+        f"secret {SECRET_NAME!r} for the before_wave hook is unreadable: "
+        "environment variable 'PATCHPILOT_WAVE_HOOK' is not set"
+    )

@@ -44,7 +44,13 @@ from patchpilot.adapters.local.simulated_catalog import (
 )
 from patchpilot.adapters.local.simulated_catalog import lacking as lacking  # read here by the compliance tests
 from patchpilot.adapters.local.simulated_maintenance import SimulatedMaintenance
-from patchpilot.adapters.local.simulated_traffic import HOOK_SECONDS, SCHEMA, PoolCapacity, SimulatedPools, host_hook
+from patchpilot.adapters.local.simulated_traffic import (
+    HOOK_SECONDS,
+    POOL_SCHEMA,
+    PoolCapacity,
+    SimulatedPools,
+    host_hook,
+)
 from patchpilot.compliance.model import AssessmentStarted, PatchState
 from patchpilot.engine.messages import (
     CheckHealth,
@@ -157,7 +163,7 @@ class SimulatedFleet:
             self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA synchronous = NORMAL")
-            self._db.executescript(_SCHEMA + SCHEMA)
+            self._db.executescript(_SCHEMA + POOL_SCHEMA)
         self.pools = SimulatedPools(self._db, self._lock, clock)
 
     def close(self) -> None:

@@ -59,7 +59,7 @@ HOOK_SECONDS = 10  # a host hook's run on one machine
 POOL, STANDBY = "pool", "standby"
 NEVER = datetime(2000, 1, 1, tzinfo=UTC)  # since when a machine with no record is in: it always was
 
-SCHEMA = """
+POOL_SCHEMA = """
 CREATE TABLE IF NOT EXISTS sim_pool_members (
     kind TEXT NOT NULL,
     name TEXT NOT NULL,

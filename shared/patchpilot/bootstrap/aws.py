@@ -116,6 +116,8 @@ class AwsRuntime(ServerlessRuntime):
     def service(self) -> Service:
         from patchpilot.adapters.aws.leases import DynamoDbLeases
         from patchpilot.adapters.metrics import EmfMetrics
+        from patchpilot.adapters.wave_hooks import HttpsWaveHooks
+        from patchpilot.notify import LazySecrets
         from patchpilot.service import Service
 
         notifier: Notifier = self.notifier
@@ -130,6 +132,7 @@ class AwsRuntime(ServerlessRuntime):
             metrics=EmfMetrics(),
             leases=DynamoDbLeases(self.env.table, self.clients("dynamodb", None, self.env.region)),
             runtime="aws",
+            wave_hooks=HttpsWaveHooks(LazySecrets(lambda: self.secrets), self.clock),  # Secrets Manager
         )
 
     @functools.cached_property

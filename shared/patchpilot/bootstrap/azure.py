@@ -307,6 +307,8 @@ class AzureRuntime(ServerlessRuntime):
     def service(self) -> Service:
         from patchpilot.adapters.azure.maintenance_events import UpdateManagerCanceller
         from patchpilot.adapters.metrics import LogMetrics
+        from patchpilot.adapters.wave_hooks import HttpsWaveHooks
+        from patchpilot.notify import LazySecrets
         from patchpilot.service import Service
 
         return Service(
@@ -319,6 +321,7 @@ class AzureRuntime(ServerlessRuntime):
             metrics=LogMetrics(),
             leases=self.leases,
             runtime="azure",
+            wave_hooks=HttpsWaveHooks(LazySecrets(lambda: self.secrets), self.clock),  # Key Vault
         )
 
     def policy(self) -> Policy:

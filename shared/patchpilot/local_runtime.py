@@ -239,6 +239,7 @@ class LocalRuntime:
             metrics=LogMetrics(),
             leases=SqliteLeases(db),
             wave_hooks=HttpsWaveHooks(EnvironmentSecrets(os.environ), clock),  # real HTTPS, retried on virtual time
+            traffic=fleet,  # the simulated load balancer: drain and re-add take virtual time
         )
         return cls(state_dir, service, store, queue, fleet, clock, notices, chat, reproducible)
 

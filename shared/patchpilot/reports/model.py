@@ -619,16 +619,25 @@ def _wave(run: Run, wave: WaveState, pools: dict[str, int]) -> WaveView:
 
 
 def traffic_summary(run: Run) -> str:
-    """One sentence on the drain of a run: how many machines left their pools and came back, the
-    lowest capacity any pool kept, and who is still out; "" for a run that drained nothing."""
+    """One sentence on the drain of a run: how many machines left their pools (or went into
+    Standby) and came back, the lowest capacity any pool kept, and who is still out; "" for a run
+    that drained nothing."""
     records = run.records()
     drained = [r for r in records if any(s.step == "drain" for s in r.steps)]
     if not drained:
         return ""
     members = pool_members(r.instance for r in records)
-    pools = {p for r in drained for p in r.instance.traffic_pools}
-    back = [r for r in drained if not r.out_of_pools]
-    text = f"{len(drained)} machines drained from {len(pools)} traffic pools, {len(back)} back in them"
+    parts = []
+    pooled = [r for r in drained if r.instance.traffic_pools and run.policy.traffic.drain]
+    if pooled:
+        pools = {p for r in pooled for p in r.instance.traffic_pools}
+        parts.append(f"{_n(len(pooled), 'machine')} drained from {_n(len(pools), 'traffic pool')}")
+    standby = [r for r in drained if r.instance.scaling_group and run.policy.scaling_groups == "standby"]
+    if standby:
+        groups = {r.instance.scaling_group for r in standby}
+        parts.append(f"{_n(len(standby), 'machine')} put in Standby ({_n(len(groups), 'scaling group')})")
+    out = [r for r in drained if r.out_of_pools]
+    text = " and ".join(parts) + (", all back" if not out else f", {len(drained) - len(out)} back")
     lowest = min(
         ((c, w.index) for w in run.waves for c in pool_capacity(w.records.values(), members)),
         key=lambda pair: (pair[0].percent, pair[1]),
@@ -637,7 +646,6 @@ def traffic_summary(run: Run) -> str:
     if lowest is not None:
         capacity, wave = lowest
         text += f"; lowest capacity: {capacity.pool} {capacity.serving} of {capacity.members} serving (wave {wave})"
-    out = [r for r in drained if r.out_of_pools]
     if out:
         text += f"; out of their pools: {', '.join(f'{r.instance.short_name} ({r.state})' for r in out[:10])}"
     return text

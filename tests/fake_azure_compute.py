@@ -181,7 +181,15 @@ class FakeAzureCompute:
                 "name": f"{name}-nic",
                 "type": "Microsoft.Network/networkInterfaces",
                 "location": location,
-                "properties": {"ipConfigurations": [{"name": "ipconfig1", "properties": _ip_configuration(ip, pools)}]},
+                "properties": {
+                    "ipConfigurations": [
+                        {
+                            "id": f"{nic_id}/ipConfigurations/ipconfig1",
+                            "name": "ipconfig1",
+                            "properties": _ip_configuration(ip, pools),
+                        }
+                    ]
+                },
             }
         )
         zones = [zone] if zone and not availability_set else []

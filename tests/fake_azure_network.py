@@ -225,6 +225,7 @@ class FakeAzureNetwork:
                             "InvalidResourceReference",
                             f"Resource {ref.get('id')} referenced by resource {request.path} was not found.",
                         )
+        self._linked_access(stored, configs)
         known = {c["name"]: c for c in stored["properties"]["ipConfigurations"]}
         for config in configs:
             config["id"] = (
@@ -235,6 +236,31 @@ class FakeAzureNetwork:
         self.fake.add(body)
         self.nic_puts.append(stored["id"])
         return Response(200, copy.deepcopy(body))
+
+    def _linked_access(self, stored: dict[str, Any], configs: list[dict[str, Any]]) -> None:
+        """ARM's linked access check: joining a pool the NIC was not in needs the pool's join action
+        (`deny` it on the FakeArm to see the 403 LinkedAuthorizationFailed)."""
+        before = {
+            ref["id"].lower()
+            for config in stored["properties"]["ipConfigurations"]
+            for key in ("loadBalancerBackendAddressPools", "applicationGatewayBackendAddressPools")
+            for ref in config["properties"].get(key) or []
+        }
+        for config in configs:
+            for key, owner in (
+                ("loadBalancerBackendAddressPools", "loadbalancers"),
+                ("applicationGatewayBackendAddressPools", "applicationgateways"),
+            ):
+                for ref in (config.get("properties") or {}).get(key) or []:
+                    action = f"microsoft.network/{owner}/backendaddresspools/join/action"
+                    if ref["id"].lower() not in before and action in self.fake.denied:
+                        raise ArmError(
+                            403,
+                            "LinkedAuthorizationFailed",
+                            f"The client has permission to perform action 'Microsoft.Network/networkInterfaces/write' "
+                            f"on scope '{stored['id']}'; however, it does not have permission to perform action(s) "
+                            f"'{action}' on the linked scope(s) '{ref['id']}' or the linked scope(s) are invalid.",
+                        )
 
     def _pool_exists(self, pool_id: str) -> bool:
         parent = pool_id.lower().rsplit("/backendaddresspools/", 1)[0]

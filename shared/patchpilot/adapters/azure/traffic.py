@@ -141,7 +141,7 @@ def parse_item(item: str) -> _Ref | None:
     config_id, sep, pool = item.partition("|")
     if not sep or "/ipconfigurations/" not in config_id.lower() or "/backendaddresspools/" not in pool.lower():
         return None
-    return _Ref(config_id, pool)
+    return _Ref(config_id, pool.lower())
 
 
 def pool_digest(pool: str) -> str:
@@ -150,7 +150,7 @@ def pool_digest(pool: str) -> str:
 
 def _refused(exc: HttpResponseError, what: str, permission: str) -> Exception:
     if exc.status_code in (401, 403):
-        return _RefusedError(f"{what} refused: {describe_error(exc)} (needs {permission})")
+        return _RefusedError(f"{what} refused (needs {permission}): {describe_error(exc)}")
     if isinstance(exc, ResourceNotFoundError):
         return _RefusedError(f"{what}: not found ({describe_error(exc)})")
     if transient(exc) or exc.status_code == 412:
@@ -228,7 +228,7 @@ class AzureBackendPools:
             record = _Record.read(nic, pools)
             current = _refs(nic, pools)
             present = {r.key for r in current}
-            out = [r for r in record.refs if r.key not in present] if record is not None else []
+            out = [r for r in record.refs if r.key not in present] if record is not None and not record.back else []
             if current:
                 wait = max(waits.drain_seconds(r.pool) for r in current)
                 body = _without(nic, current)
@@ -241,7 +241,7 @@ class AzureBackendPools:
                 self._put_nic(nic_id, nic, body, f"NIC {nic_id} update", f"{NIC_WRITE}")
                 removed += [*current, *out]
                 drained = max(drained, now + timedelta(seconds=wait))
-            elif record is not None and out:
+            elif record is not None and record.wait is not None and out:
                 removed += out
                 drained = max(drained, record.at + timedelta(seconds=record.wait))
         return removed, drained
@@ -285,7 +285,7 @@ class AzureBackendPools:
             if instance.id not in wanted or instance.id in outcomes:
                 continue
             try:
-                readded[instance.id] = self._rejoin(wanted[instance.id])
+                readded[instance.id] = self._rejoin(command, wanted[instance.id], now)
             except _RefusedError as exc:
                 outcomes[instance.id] = Outcome(id=instance.id, ok=False, detail=str(exc)[:500], at=now)
             except _LaterError as exc:
@@ -322,11 +322,12 @@ class AzureBackendPools:
         found: list[_Ref] = []
         for nic_id in nic_ids:
             record = _Record.read(self._get_nic(nic_id), pools)
-            found += record.refs if record is not None else []
+            found += record.refs if record is not None and not record.back else []
         return found
 
-    def _rejoin(self, refs: Sequence[_Ref]) -> list[str]:
-        """Put the references back, one PUT per NIC that lacks one; the pools actually re-added."""
+    def _rejoin(self, command: RejoinPools, refs: Sequence[_Ref], now: datetime) -> list[str]:
+        """Put the references back, one PUT per NIC that lacks one, which records on the NIC what
+        this command re-added (so that its later executions still name them); the pools re-added."""
         readded: list[str] = []
         by_nic: dict[str, list[_Ref]] = {}
         for ref in refs:
@@ -334,25 +335,27 @@ class AzureBackendPools:
         for group in by_nic.values():
             nic_id = group[0].nic
             nic = self._get_nic(nic_id)
+            record = _Record.read(nic, {r.pool for r in group})
+            earlier = record.refs if record is not None and record.back and record.command_id == command.id else []
             body: dict[str, Any] = nic.as_dict(exclude_readonly=True)
-            changed = False
             configs = {text(c, "id").lower(): c for c in items(body, "properties", "ipConfigurations")}
+            added: list[_Ref] = []
             for ref in group:
                 config = configs.get(ref.config_id.lower())
                 if config is None:
                     raise _RefusedError(f"IP configuration {ref.config_id} is no longer on NIC {nic_id}: not put back")
                 key = POOL_KEYS[1] if "/applicationgateways/" in ref.pool.lower() else POOL_KEYS[0]
-                present = config.setdefault("properties", {}).setdefault(key, []) or []
+                present = config.setdefault("properties", {}).get(key) or []
                 if any(text(p, "id").lower() == ref.pool.lower() for p in present):
                     continue
                 config["properties"][key] = [*present, {"id": ref.pool}]
-                changed = True
-                readded.append(ref.pool)
-            tags = tags_of(nic)
-            if changed or TAG_POOLS in tags:
-                body["tags"] = {k: v for k, v in tags.items() if k != TAG_POOLS}
-                self._put_nic(nic_id, nic, body, f"NIC {nic_id} update", f"{NIC_WRITE} and {LB_JOIN} / {AGW_JOIN}")
-        return sorted(set(readded), key=str.lower)
+                added.append(ref)
+            if added:
+                value = _Record(command.id, now, None, [*earlier, *added]).value(nic)
+                body["tags"] = {**tags_of(nic), TAG_POOLS: value[:256]}
+                self._put_nic(nic_id, nic, body, f"NIC {nic_id} update", f"{NIC_WRITE}, {LB_JOIN} and {AGW_JOIN}")
+            readded += [r.pool for r in [*earlier, *added]]
+        return sorted(set(readded))
 
     # ------------------------------------------------------------ reads and writes
 
@@ -405,13 +408,18 @@ class AzureBackendPools:
 
 @dataclasses.dataclass(frozen=True)
 class _Record:
-    """What a NIC's PatchPilotPools tag says: which command took which references out, when,
-    and how long they take to drain."""
+    """What a NIC's PatchPilotPools tag says: which command took which references out, when, and
+    how long they take to drain (`wait`, seconds); or (`wait` None, written "back") which command
+    put them back in, and when."""
 
     command_id: str
     at: datetime
-    wait: int
+    wait: int | None
     refs: list[_Ref]
+
+    @property
+    def back(self) -> bool:
+        return self.wait is None
 
     def value(self, nic: Any) -> str:
         names = {text(c, "id").lower(): text(c, "name") for c in items(nic, "properties", "ipConfigurations")}
@@ -419,25 +427,25 @@ class _Record:
             f"{names.get(r.config_id.lower()) or r.config_id.rsplit('/', 1)[-1]}:{pool_digest(r.pool)}"
             for r in self.refs
         ]
-        return mark(self.command_id, self.at, str(self.wait), *entries)
+        return mark(self.command_id, self.at, "back" if self.wait is None else str(self.wait), *entries)
 
     @classmethod
     def read(cls, nic: Any, pools: Iterable[str]) -> _Record | None:
-        """The NIC's record, its entries resolved against the target's pools (an entry whose pool
-        is not one of them is left out); None without a readable one."""
+        """The NIC's record, its entries resolved against `pools` (the target's, lower-cased: an
+        entry whose pool is not one of them is left out); None without a readable one."""
         value = tags_of(nic).get(TAG_POOLS, "")
         parts = value.split("|")
         moment = parse_time(parts[1]) if len(parts) >= 3 else None
-        if moment is None or not parts[2].isdigit():
+        if moment is None or not (parts[2].isdigit() or parts[2] == "back"):
             return None
-        by_digest = {pool_digest(p): p for p in pools}
+        by_digest = {pool_digest(p): p.lower() for p in pools}
         configs = {text(c, "name"): text(c, "id") for c in items(nic, "properties", "ipConfigurations")}
         refs = []
         for entry in parts[3:]:
             name, _, short = entry.rpartition(":")
             if short in by_digest and configs.get(name):
                 refs.append(_Ref(configs[name], by_digest[short]))
-        return cls(parts[0], moment, int(parts[2]), refs)
+        return cls(parts[0], moment, int(parts[2]) if parts[2].isdigit() else None, refs)
 
 
 def _refs(nic: Any, pools: set[str]) -> list[_Ref]:
@@ -447,7 +455,7 @@ def _refs(nic: Any, pools: set[str]) -> list[_Ref]:
         for key in POOL_KEYS:
             for ref in items(config, "properties", key):
                 if text(ref, "id").lower() in pools:
-                    found.append(_Ref(text(config, "id"), text(ref, "id")))
+                    found.append(_Ref(text(config, "id"), text(ref, "id").lower()))
     return found
 
 
@@ -623,7 +631,7 @@ class _Health:
                 self._rules[key] = self._result(poller, f"load balancer rule {rule} health")
             except HttpResponseError as exc:
                 if exc.status_code in (401, 403):
-                    raise _refused(exc, f"load balancer {lb_id} rule {rule} health", LB_HEALTH) from exc
+                    raise _refused(exc, f"load balancer {found[2]} rule {rule} health", LB_HEALTH) from exc
                 if transient(exc):
                     self._rules[key] = f"load balancer rule {rule} health: {describe_error(exc)}"
                 else:
@@ -666,7 +674,7 @@ class _Health:
                 self._gateways[key] = self._result(poller, f"Application Gateway {found[2]} backend health")
             except HttpResponseError as exc:
                 if exc.status_code in (401, 403):
-                    raise _refused(exc, f"Application Gateway {gateway_id} backend health", AGW_HEALTH) from exc
+                    raise _refused(exc, f"Application Gateway {found[2]} backend health", AGW_HEALTH) from exc
                 self._gateways[key] = f"Application Gateway {found[2]} backend health: {describe_error(exc)}"
         return self._gateways[key]
 

@@ -18,9 +18,11 @@ ApplicationGatewayBackendHealthGet.json, LoadBalancerHealth.json):
 - Application Gateways (GET) with backend pools, backend HTTP settings (connection draining),
   probes (`interval`, `unhealthyThreshold`) and routing rules; backend health (POST
   .../backendhealth, long-running, answered through Location): per pool and settings, each
-  server's address, IP configuration and health (`Up`, `Down`, ..., the specification's
-  ApplicationGatewayBackendHealthServerHealth), `Up` unless the VM is down or broken, or the test
-  sets it (`agw_health`).
+  server's address, IP configuration and health, `Healthy` unless the VM is down or broken
+  (`Unhealthy`), or what the test sets (`agw_health`). The service answers `Healthy` and `Unhealthy`,
+  as Microsoft Learn's backend health pages show it; the specification's enum
+  (ApplicationGatewayBackendHealthServerHealth: Up, Down, Partial, Draining, Unknown, modelled as a
+  string) names them otherwise, and PatchPilot takes `Up` as healthy too.
 
 Every NIC PUT is recorded (`nic_puts`), so tests count updates per NIC. Nothing here waits.
 """
@@ -327,14 +329,14 @@ class FakeAzureNetwork:
         for pool in agw["properties"]["backendAddressPools"]:
             servers = []
             for config_id, ip, vm_id in self._members(pool["id"]):
-                health = self.agw_health.get(config_id.lower()) or ("Up" if self._serving(vm_id) else "Down")
+                health = self.agw_health.get(config_id.lower()) or ("Healthy" if self._serving(vm_id) else "Unhealthy")
                 servers.append(
                     {
                         "address": ip,
                         "ipConfiguration": {"id": config_id},
                         "health": health,
                         "healthProbeLog": "Success. Received 200 status code"
-                        if health == "Up"
+                        if health in ("Healthy", "Up")
                         else "Received invalid status code: 503 in the backend server's HTTP response",
                     }
                 )

@@ -366,17 +366,17 @@ def test_an_unhealthy_application_gateway_backend_is_in_progress_with_the_reason
     vm = world.vm("shop-1", [world.shop])
     registrations = _left(world, [vm])
     config = world.network.ip_configuration(vm.id)
-    world.network.agw_health[config.lower()] = "Down"
+    world.network.agw_health[config.lower()] = "Unhealthy"
     command = rejoin([vm], registrations, pool_health=True, issued_at=world.clock.now())
 
     first = world.pools().rejoin_pools(command)
 
     assert isinstance(first, InProgress)
     ip = world.network.nic_of(vm.id)["properties"]["ipConfigurations"][0]["properties"]["privateIPAddress"]
-    assert f"Application Gateway agw-shop reports {ip} Down in pool shop: Received invalid status code: 503" in (
+    assert f"Application Gateway agw-shop reports {ip} Unhealthy in pool shop: Received invalid status code: 503" in (
         first.note
     )
-    world.network.agw_health[config.lower()] = "Up"
+    world.network.agw_health[config.lower()] = "Up"  # the specification's word for it
     world.clock.set(first.retry_at)
     outcomes = world.pools().rejoin_pools(command)
     assert isinstance(outcomes, list) and outcomes[0].ok

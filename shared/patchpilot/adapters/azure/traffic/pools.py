@@ -23,6 +23,8 @@ LB_READ = "Microsoft.Network/loadBalancers/read"
 AGW_READ = "Microsoft.Network/applicationGateways/read"
 LB_HEALTH = "Microsoft.Network/loadBalancers/loadBalancingRules/health/action"
 AGW_HEALTH = "Microsoft.Network/applicationGateways/backendhealth/action"
+# A backend server's health: the specification's enum says Up (and Down, Partial, Draining, Unknown);
+# the service and Microsoft Learn's backend-health pages say Healthy (and Unhealthy): both pass.
 HEALTHY = ("up", "healthy")
 
 
@@ -227,7 +229,7 @@ class PoolHealth:
                     log = text(server, "healthProbeLog")
                     said = f"{text(server, 'address')} {text(server, 'health')} in pool {pool_name}"
                     return self.now + RETRY, f"Application Gateway {name} reports {said}" + (f": {log}" if log else "")
-            return f"Application Gateway {name} reports it Up"
+            return f"Application Gateway {name} reports it {text(servers[0], 'health')}"
         return self.now + RETRY, f"Application Gateway {name} does not list it in pool {pool_name} yet"
 
     def _backend_health(self, gateway_id: str) -> Any:

@@ -443,6 +443,17 @@ def test_the_fleet_role_holds_every_action_leave_rejoin_and_pool_health_use(worl
         "microsoft.network/applicationgateways/backendhealth/action",
     } <= called
     assert called - fleet_role_actions() == set()
+    # Held to the REST specification (tests/arm_spec.py): every request and answer of the flow.
+    check = world.arm.spec_check
+    assert check is not None and check.refused == [] and check.problems == []  # type: ignore[attr-defined]
+    assert {
+        "NetworkInterfaces_Get",
+        "NetworkInterfaces_CreateOrUpdate",
+        "LoadBalancers_Get",
+        "ApplicationGateways_Get",
+        "LoadBalancerLoadBalancingRules_Health",
+        "ApplicationGateways_BackendHealth",
+    } <= set(check.seen)  # type: ignore[attr-defined]
     # ARM's linked access checks: re-adding a reference needs the pools' join actions too.
     assert {
         "microsoft.network/loadbalancers/backendaddresspools/join/action",

@@ -112,14 +112,18 @@ def test_leaving_updates_each_nic_once_and_is_drained_after_the_probe_interval_t
     assert all(world.network.pools_of(vm.id) == [] for vm in web)
     # The probe: 5 s × probeThreshold 3 (the newer field wins over numberOfProbes 2).
     assert isinstance(first, InProgress) and first.retry_at == T0 + timedelta(seconds=15)
-    # The VMs' NICs come from one Resource Graph query; the load balancer is read once.
-    assert world.count("POST", "microsoft.resourcegraph") == 1
+    # The VMs' NICs and the NICs' rows come from two Resource Graph queries; each NIC is read from
+    # ARM before it is updated; the load balancer is read once.
+    assert world.count("POST", "microsoft.resourcegraph") == 2
+    assert world.count("GET", "/networkinterfaces/") == 3
     assert world.count("GET", "/loadbalancers/lb-web") == 1
 
     world.clock.set(first.retry_at)
     outcomes = {o.id: o for o in pools.leave_pools(leave([*web, lonely]))}  # type: ignore[union-attr]
 
     assert len(world.network.nic_puts) == 3  # the poll reads, it does not update again
+    # ... and reads Resource Graph only: the rows show the record the updates wrote.
+    assert world.count("GET", "/networkinterfaces/") == 3 and world.count("POST", "microsoft.resourcegraph") == 4
     assert (
         outcomes[lonely.id].ok and outcomes[lonely.id].items == [] and outcomes[lonely.id].detail == "no traffic pools"
     )
@@ -166,6 +170,33 @@ def test_a_worker_that_died_between_the_update_and_the_wait_finds_its_record_on_
     config = world.network.ip_configuration(vm.id)
     assert sorted(outcomes[0].items) == sorted([f"{config}|{world.be_web.lower()}", f"{config}|{world.shop.lower()}"])
     assert len(world.network.nic_puts) == 1
+
+
+def test_a_poll_resource_graph_has_not_caught_up_with_reads_the_nic_from_arm_and_updates_nothing(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vm = world.vm("web-1", [world.be_web])
+    command = leave([vm])
+    first = world.pools().leave_pools(command)
+    assert isinstance(first, InProgress)
+    monkeypatch.setattr(AzureBackendPools, "_indexed", lambda self, nic_ids: {})  # no row indexed yet
+
+    world.clock.set(first.retry_at)
+    outcomes = world.pools().leave_pools(command)
+
+    assert isinstance(outcomes, list) and outcomes[0].ok and len(outcomes[0].items) == 1
+    assert len(world.network.nic_puts) == 1 and world.count("GET", "/networkinterfaces/") == 2
+
+
+def test_a_refused_resource_graph_query_fails_naming_the_permission(world: World) -> None:
+    vm = world.vm("web-1", [world.be_web])
+    world.arm.deny("Microsoft.ResourceGraph/resources/read")
+
+    outcomes = world.pools().leave_pools(leave([vm]))
+
+    assert isinstance(outcomes, list) and not outcomes[0].ok
+    assert outcomes[0].detail.startswith("Resource Graph refused (needs Microsoft.ResourceGraph/resources/read)")
+    assert world.network.nic_puts == []
 
 
 def test_the_application_gateway_wait_is_its_probe_without_connection_draining(world: World) -> None:
@@ -359,6 +390,8 @@ def test_pool_health_waits_for_the_load_balancer_rule_to_report_the_machine_up(w
     assert isinstance(outcomes, list) and outcomes[0].ok
     assert outcomes[0].detail == "back in 1 pool; load balancer lb-web probe Up"
     assert outcomes[0].items == [world.be_web.lower()]  # re-added on the first execution, named once it passed
+    assert len(world.network.nic_puts) == 2  # one out, one back in: the poll read Resource Graph, not the NIC
+    assert world.count("GET", "/networkinterfaces/") == 2
     assert world.count("POST", "/loadbalancingrules/rule-be-web/health") == 2  # one per execution, not per VM
 
 

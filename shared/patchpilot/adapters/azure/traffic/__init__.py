@@ -54,20 +54,21 @@ member with no pools is ok with no items. Arc-enabled servers have no backend po
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from azure.core.exceptions import HttpResponseError
 from azure.mgmt.network import models as nm
 
-from patchpilot.batching import unique
+from patchpilot.batching import chunks, unique
 from patchpilot.engine.messages import LeavePools, Outcome, RejoinPools
 from patchpilot.inventory import Instance
 from patchpilot.ports import Clock, InProgress, Progress
 
-from ..access import AzureAccess, Machine, iso, items, resource_group_of, tags_of, text
+from ..access import NIC_TYPE, AzureAccess, Machine, describe_error, iso, items, resource_group_of, tags_of, text
 from ..clients import AzureClients
+from ..graph import IDS_PER_QUERY, kql_list, kql_string, query
 from .pools import AGW_HEALTH, LB_HEALTH, RETRY, LaterError, PoolHealth, PoolReader, RefusedError, refusal
 from .refs import POOL_KEYS, TAG_POOLS, NicRecord, PoolRef, parse_item, pool_digest, refs_of, without
 
@@ -75,6 +76,7 @@ if TYPE_CHECKING:
     from azure.mgmt.network import NetworkManagementClient
 
 VM_READ = "Microsoft.Compute/virtualMachines/read"
+GRAPH_READ = "Microsoft.ResourceGraph/resources/read"
 NIC_READ = "Microsoft.Network/networkInterfaces/read"
 NIC_WRITE = "Microsoft.Network/networkInterfaces/write"
 LB_JOIN = "Microsoft.Network/loadBalancers/backendAddressPools/join/action"
@@ -105,7 +107,11 @@ class AzureBackendPools:
         now = self.clock.now()
         targets = unique(command.targets, lambda i: i.id)
         outcomes: dict[str, Outcome] = {}
-        vms, nics = self._nics_of(targets, outcomes, now)
+        try:
+            vms, nics = self._nics_of(targets, outcomes, now)
+        except LaterError as exc:
+            return InProgress(now + RETRY, str(exc)[:300])
+        indexed = self._indexed(n for ids in nics.values() for n in ids) if nics else {}
         waits = PoolReader(self)
         drained_at: dict[str, datetime] = {}
         notes: list[str] = []
@@ -118,7 +124,7 @@ class AzureBackendPools:
                 )
                 continue
             try:
-                removed, moment = self._leave(instance, command, nics[instance.id], waits, now)
+                removed, moment = self._leave(instance, command, nics[instance.id], indexed, waits, now)
             except RefusedError as exc:
                 outcomes[instance.id] = Outcome(id=instance.id, ok=False, detail=str(exc)[:500], at=now)
                 continue
@@ -140,14 +146,28 @@ class AzureBackendPools:
         return [outcomes[i.id] for i in targets]
 
     def _leave(
-        self, instance: Instance, command: LeavePools, nic_ids: Sequence[str], waits: PoolReader, now: datetime
+        self,
+        instance: Instance,
+        command: LeavePools,
+        nic_ids: Sequence[str],
+        indexed: Mapping[str, Any],
+        waits: PoolReader,
+        now: datetime,
     ) -> tuple[list[PoolRef], datetime]:
-        """The references this command took out of the target's pools, and when they are drained."""
+        """The references this command took out of the target's pools, and when they are drained.
+        A NIC whose Resource Graph row (`indexed`) shows this command's record and none of the
+        pools is not read again: the record was written by the update that removed them."""
         pools = {p.lower() for p in instance.traffic_pools}
         removed: list[PoolRef] = []
         drained = now
         for nic_id in nic_ids:
-            nic = self._get_nic(nic_id)
+            seen = indexed.get(nic_id.lower())  # Resource Graph's row: a poll of this command reads no more
+            record = NicRecord.read(seen, pools) if seen is not None else None
+            if record is not None and record.wait is not None and record.by(command.id) and not refs_of(seen, pools):
+                removed += record.refs
+                drained = max(drained, record.at + timedelta(seconds=record.wait))
+                continue
+            nic = self._get_nic(nic_id)  # what to write is read from ARM itself, never from the index
             record = NicRecord.read(nic, pools)
             current = refs_of(nic, pools)
             present = {r.key for r in current}
@@ -188,7 +208,10 @@ class AzureBackendPools:
                     id=instance.id, ok=True, detail=_no_pools(instance, command.standby), at=now
                 )
         if unrecorded:  # no registrations (a crash before the result was kept): what the NICs' tags say
-            vms, nics = self._nics_of(unrecorded, outcomes, now)
+            try:
+                vms, nics = self._nics_of(unrecorded, outcomes, now)
+            except LaterError as exc:
+                return InProgress(now + RETRY, str(exc)[:300])
             for instance in unrecorded:
                 if instance.id in outcomes:
                     continue
@@ -204,11 +227,12 @@ class AzureBackendPools:
                     return InProgress(now + RETRY, str(exc)[:300])
         readded: dict[str, list[str]] = {}
         later: list[str] = []
+        indexed = self._indexed(r.nic for refs in wanted.values() for r in refs) if wanted else {}
         for instance in targets:
             if instance.id not in wanted or instance.id in outcomes:
                 continue
             try:
-                readded[instance.id] = self._rejoin(command, wanted[instance.id], now)
+                readded[instance.id] = self._rejoin(command, wanted[instance.id], indexed, now)
             except RefusedError as exc:
                 outcomes[instance.id] = Outcome(id=instance.id, ok=False, detail=str(exc)[:500], at=now)
             except LaterError as exc:
@@ -225,8 +249,9 @@ class AzureBackendPools:
             if command.pool_health:
                 try:
                     verdict = health.of(wanted[instance.id])
-                except RefusedError as exc:
-                    outcomes[instance.id] = Outcome(id=instance.id, ok=False, detail=f"{detail}; {exc}"[:500], at=now)
+                except RefusedError as exc:  # back in its pools, its health unknown: said, with what was re-added
+                    failed = f"{detail}; {exc}"[:500]
+                    outcomes[instance.id] = Outcome(id=instance.id, ok=False, detail=failed, items=pools, at=now)
                     continue
                 if isinstance(verdict, tuple):
                     waiting.append(verdict)
@@ -248,18 +273,30 @@ class AzureBackendPools:
             found += record.refs if record is not None and not record.back else []
         return found
 
-    def _rejoin(self, command: RejoinPools, refs: Sequence[PoolRef], now: datetime) -> list[str]:
+    def _rejoin(
+        self, command: RejoinPools, refs: Sequence[PoolRef], indexed: Mapping[str, Any], now: datetime
+    ) -> list[str]:
         """Put the references back, one PUT per NIC that lacks one, which records on the NIC what
-        this command re-added (so that its later executions still name them); the pools re-added."""
+        this command re-added (so that its later executions still name them); the pools re-added.
+        A NIC whose Resource Graph row shows this command's record and every reference is not read
+        again (a poll while the pools report their health)."""
         readded: list[str] = []
         by_nic: dict[str, list[PoolRef]] = {}
         for ref in refs:
             by_nic.setdefault(ref.nic.lower(), []).append(ref)
         for group in by_nic.values():
             nic_id = group[0].nic
+            seen = indexed.get(nic_id.lower())
+            if seen is not None:
+                pools = {r.pool for r in group}
+                done = NicRecord.read(seen, pools)
+                back_in = {r.key for r in refs_of(seen, pools)}
+                if done is not None and done.back and done.by(command.id) and all(r.key in back_in for r in group):
+                    readded += [r.pool for r in done.refs]
+                    continue
             nic = self._get_nic(nic_id)
             record = NicRecord.read(nic, {r.pool for r in group})
-            earlier = record.refs if record is not None and record.back and record.command_id == command.id else []
+            earlier = record.refs if record is not None and record.back and record.by(command.id) else []
             body: dict[str, Any] = nic.as_dict(exclude_readonly=True)
             configs = {text(c, "id").lower(): c for c in items(body, "properties", "ipConfigurations")}
             added: list[PoolRef] = []
@@ -268,10 +305,10 @@ class AzureBackendPools:
                 if config is None:
                     raise RefusedError(f"IP configuration {ref.config_id} is no longer on NIC {nic_id}: not put back")
                 key = POOL_KEYS[1] if "/applicationgateways/" in ref.pool.lower() else POOL_KEYS[0]
-                present = config.setdefault("properties", {}).get(key) or []
-                if any(text(p, "id").lower() == ref.pool.lower() for p in present):
+                listed = config.setdefault("properties", {}).get(key) or []
+                if any(text(p, "id").lower() == ref.pool.lower() for p in listed):
                     continue
-                config["properties"][key] = [*present, {"id": ref.pool}]
+                config["properties"][key] = [*listed, {"id": ref.pool}]
                 added.append(ref)
             if added:
                 value = NicRecord(command.id, now, None, [*earlier, *added]).value(nic)
@@ -290,7 +327,14 @@ class AzureBackendPools:
         pooled = [i for i in targets if i.traffic_pools]
         machines = self.access.parse(pooled, outcomes, now)
         vms = {i: m for i, m in machines.items() if not m.arc}
-        rows = self.access.rows(list(vms.values())) if vms else {}
+        try:
+            rows = self.access.rows(list(vms.values())) if vms else {}
+        except HttpResponseError as exc:
+            if exc.status_code not in (401, 403):
+                raise LaterError(f"Resource Graph: {describe_error(exc)}") from exc
+            detail = f"Resource Graph refused (needs {GRAPH_READ}): {describe_error(exc)}"
+            outcomes.update({i: Outcome(id=i, ok=False, detail=detail, at=now) for i in vms})
+            return {}, {}
         nics: dict[str, list[str]] = {}
         for instance_id, machine in vms.items():
             row = rows.get(machine.key)
@@ -302,6 +346,23 @@ class AzureBackendPools:
                 text(n, "id") for n in items(row, "properties", "networkProfile", "networkInterfaces") if text(n, "id")
             ]
         return {i: m for i, m in vms.items() if i in nics}, nics
+
+    def _indexed(self, nic_ids: Iterable[str]) -> dict[str, Any]:
+        """The NICs' Resource Graph rows (`id, tags, properties`) by lower-case id, 400 ids a query;
+        empty when the query fails (each NIC is then read from ARM)."""
+        wanted = sorted({i.lower() for i in nic_ids})
+        subscriptions = sorted({found[0] for i in wanted if (found := resource_group_of(i)) is not None})
+        rows: dict[str, Any] = {}
+        try:
+            for chunk in chunks(wanted, IDS_PER_QUERY):
+                kql = (
+                    f"resources\n| where type =~ {kql_string(NIC_TYPE)}\n| where id in~ {kql_list(chunk)}\n"
+                    "| project id, tags, properties"
+                )
+                rows.update((text(row, "id").lower(), row) for row in query(self.access.graph(), kql, subscriptions))
+        except HttpResponseError:
+            return {}
+        return rows
 
     def _get_nic(self, nic_id: str) -> Any:
         sub_rg_name = resource_group_of(nic_id)

@@ -69,6 +69,10 @@ class NicRecord:
     def back(self) -> bool:
         return self.wait is None
 
+    def by(self, command_id: str) -> bool:
+        """Whether this command wrote the record (a long command id is recorded as its digest)."""
+        return self.command_id == mark(command_id, self.at).split("|", 1)[0]
+
     def value(self, nic: Any) -> str:
         names = {text(c, "id").lower(): text(c, "name") for c in items(nic, "properties", "ipConfigurations")}
         entries = [

@@ -6,13 +6,15 @@ Pool ids are the backend pools' ARM ids, as discovery puts them in `Instance.tra
 (lower-cased: ARM ids compare without case). Only references to the target's own pools are
 touched; a NIC's other settings are written back as read.
 
-Leave (LeavePools): the VMs' NICs are found in one Resource Graph query (their rows), then each
-NIC is read from ARM (never from Resource Graph, which lags) and updated ONCE (one
-`networkInterfaces` PUT per NIC) without the references to the target's pools. The same PUT tags
+Leave (LeavePools): the VMs' NICs are found in one Resource Graph query (their rows) and the NICs'
+rows in one more (400 ids a query), then each NIC is read from ARM (what is written is never taken
+from Resource Graph, which lags) and updated ONCE (one `networkInterfaces` PUT per NIC, If-Match
+its ETag) without the references to the target's pools. The same PUT tags
 the NIC `PatchPilotPools=<command id>|<UTC removal>|<drain s>|<ip configuration name>:<pool
 digest>...` (the pool digest: 8 hex of SHA-256 of the lower-cased pool id), so a redelivered
 command, or one whose worker died between the update and the wait, finds what it removed and when
-without updating the NIC again. A NIC already out of the pools is not updated; references an
+without updating the NIC again; a poll whose Resource Graph row of the NIC already shows this
+command's record (and none of the pools) reads nothing more. A NIC already out of the pools is not updated; references an
 earlier command removed that are still out are carried into this command's items, so they are put
 back too. Drained = removed and, since the removal, the longest wait of the pools removed from:
 - Load Balancer: the probe of each load-balancing rule that uses the pool, `intervalInSeconds` ×
@@ -27,7 +29,9 @@ removed (or still out), which is exactly what RejoinPools puts back.
 
 Rejoin (RejoinPools): the references in `command.registrations` (for a target without any, the
 ones its NICs' PatchPilotPools tag records) are added back to their IP configurations, one PUT per
-NIC and none for a NIC that already has them all; the tag is removed in the same PUT. An
+NIC and none for a NIC that already has them all; the same PUT records on the NIC what this command
+put back (`<command id>|<UTC time>|back|...`), so that its later executions (polls for the pool
+health, which read the NICs' Resource Graph rows instead of each NIC) still name them. An
 outcome's `items` name the pools the target was actually re-added to (backend pool ids; empty
 when it was already in). With `pool_health`, the pools must report the IP configuration healthy:
 - Load Balancer (Standard): the health of each load-balancing rule using the pool (POST
@@ -37,12 +41,17 @@ when it was already in). With `pool_health`, the pools must report the IP config
   `issued_at` instead and the outcome says "probe status not readable: waited N s";
 - Application Gateway: backend health (POST `applicationGateways/{name}/backendhealth`, a
   long-running operation, one per gateway per execution) must report the IP configuration's
-  server `Up` (the specification's ApplicationGatewayBackendHealthServerHealth; "Healthy" in the
-  portal's words) in every backend setting of the pool.
+  server healthy in every backend setting of the pool: `Healthy`, as the service answers, or `Up`,
+  the specification's ApplicationGatewayBackendHealthServerHealth.
 Otherwise InProgress with the reason in the note; the service fails it at issued_at + timeout.
 
 A read or write the cloud refuses (403) is a failed outcome naming the permission, never taken for
 "drained" or "healthy". A conflict or a server error (409, 412, 5xx) is tried again shortly.
+Each health operation is followed to its answer for at most `health_wait` (60 s) per execution.
+
+Requests: leave, per VM, one NIC GET and one PUT (a poll: none), plus two Resource Graph queries
+per 400 VMs and one GET per load balancer or gateway; rejoin the same, plus, with `pool_health`,
+one health operation per load-balancing rule and per gateway per execution.
 
 The package: `refs` (the references and the NIC's record), `pools` (the load balancers and
 gateways: drain waits and health), this module (leave and rejoin).

@@ -14,9 +14,9 @@ the NIC `PatchPilotPools=<command id>|<UTC removal>|<drain s>|<ip configuration 
 digest>...` (the pool digest: 8 hex of SHA-256 of the lower-cased pool id), so a redelivered
 command, or one whose worker died between the update and the wait, finds what it removed and when
 without updating the NIC again; a poll whose Resource Graph row of the NIC already shows this
-command's record (and none of the pools) reads nothing more. A NIC already out of the pools is not updated; references an
-earlier command removed that are still out are carried into this command's items, so they are put
-back too. Drained = removed and, since the removal, the longest wait of the pools removed from:
+command's record (and none of the pools) reads nothing more. A NIC already out of the pools is not
+updated; references an earlier command removed that are still out are carried into this command's
+items, so they are put back too. Drained = removed and, since the removal, the longest wait of the pools removed from:
 - Load Balancer: the probe of each load-balancing rule that uses the pool, `intervalInSeconds` ×
   `probeThreshold` (else `numberOfProbes`); 2 × 5 s when no rule or probe names one;
 - Application Gateway: the backend settings of each routing rule that uses the pool: their

@@ -278,6 +278,14 @@ def test_discovery_reads_no_nics_without_a_pool_budget(world: World) -> None:
     assert world.count("POST", "microsoft.resourcegraph") == 1
 
 
+def test_discovery_reads_the_nics_to_drain_them_without_a_pool_budget(world: World) -> None:
+    vm = world.azure.add_vm("web-0", tags={"Environment": "production"}, pools=[f"{LB}/backendAddressPools/be"])
+
+    found = world.fleet().discover(parse_policy(POLICY + "traffic: {drain: true}\n"))
+
+    assert {i.id: i.traffic_pools for i in found.instances} == {vm: (f"{LB}/backendAddressPools/be".lower(),)}
+
+
 def test_a_nic_resource_graph_does_not_return_is_said_never_taken_for_no_pools(world: World) -> None:
     """Resource Graph leaves out what the identity may not read: a VM's NIC missing from the
     answer names the NIC and the permission."""

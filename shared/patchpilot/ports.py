@@ -141,7 +141,7 @@ class DiscoveryReadRefusedError(Exception):
 
 class PoolsUnreadableError(DiscoveryReadRefusedError):
     """Discovery could not read the traffic pools (ELBv2 target groups, NICs' backend pools) it
-    reads because the policy sets `rollout.pool_budget`: said, naming what is `missing` and where,
+    reads because the policy sets `rollout.pool_budget` or `traffic.drain`: said, naming what is `missing`,
     never taken for "no pools" (a plan without them could take a whole pool out of service)."""
 
     def __init__(self, where: str, missing: str, detail: str) -> None:
@@ -150,7 +150,7 @@ class PoolsUnreadableError(DiscoveryReadRefusedError):
             missing,
             detail,
             f"traffic pools not readable in {where}: {detail}; discovery reads them because the policy "
-            f"sets rollout.pool_budget (needs {missing})",
+            f"sets traffic.drain or rollout.pool_budget (needs {missing})",
         )
 
 

@@ -123,8 +123,8 @@ def discover(access: AzureAccess, policy: Policy) -> DiscoveryResult:
     and locations that its rings may select: one paged Resource Graph query, then an instance
     view read per running VM for its agent and (in an availability set) its update domain.
     Stopped VMs, VMs whose agent is not Ready and disconnected Arc servers are unreachable.
-    With `rollout.pool_budget` a VM's `traffic_pools` are the backend pools its NICs' IP
-    configurations are in (`with_pools`); Arc servers have none."""
+    With `rollout.pool_budget` or `traffic.drain` (`Policy.reads_pools`) a VM's `traffic_pools`
+    are the backend pools its NICs' IP configurations are in (`with_pools`); Arc servers have none."""
     kql = discovery_query(policy)
     if kql is None:
         return DiscoveryResult([])
@@ -132,7 +132,7 @@ def discover(access: AzureAccess, policy: Policy) -> DiscoveryResult:
     found: list[Instance] = []
     unreachable: list[tuple[Instance, str]] = []
     rows = query(access.graph(), kql, subscriptions)
-    pools = with_pools(access, rows, subscriptions) if policy.rollout.pool_budget is not None else {}
+    pools = with_pools(access, rows, subscriptions) if policy.reads_pools else {}
     for row in rows:
         instance = to_instance(row)
         if pools.get(instance.id.lower()):

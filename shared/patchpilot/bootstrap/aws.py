@@ -115,6 +115,7 @@ class AwsRuntime(ServerlessRuntime):
     @functools.cached_property
     def service(self) -> Service:
         from patchpilot.adapters.aws.leases import DynamoDbLeases
+        from patchpilot.adapters.aws.traffic import Elbv2Traffic
         from patchpilot.adapters.metrics import EmfMetrics
         from patchpilot.service import Service
 
@@ -130,6 +131,7 @@ class AwsRuntime(ServerlessRuntime):
             metrics=EmfMetrics(),
             leases=DynamoDbLeases(self.env.table, self.clients("dynamodb", None, self.env.region)),
             runtime="aws",
+            traffic=Elbv2Traffic(self.clients, self.clock, default_region=self.env.region),
         )
 
     @functools.cached_property

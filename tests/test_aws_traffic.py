@@ -122,6 +122,38 @@ def test_a_wave_leaves_each_target_group_with_one_deregister_call_and_a_redelive
     assert done[machines[4].id].detail == "left 1 target group: tg-web"
 
 
+def test_a_registration_the_default_would_not_restore_is_marked_before_it_is_drained_and_put_back_as_it_was(
+    harness: Harness, clock: ManualClock, traffic: Elbv2Traffic
+) -> None:
+    """moto: EC2 (tags), ELBv2. One machine listens on 8080 in a group whose port is 80: before
+    the DeregisterTargets it is tagged PatchPilotDrained (once, whatever the redeliveries), so the
+    drained registration is still known to the outcome and re-added on 8080; the machine on the
+    group's port costs no tag."""
+    odd, plain = launch(2)
+    web = target_group("tg-web")
+    elbv2 = boto3.client("elbv2", region_name=REGION)
+    elbv2.register_targets(TargetGroupArn=web, Targets=[{"Id": odd.id, "Port": 8080}, {"Id": plain.id, "Port": 80}])
+    targets = pooled([odd, plain], web)
+    command = leave(targets)
+
+    assert isinstance(traffic.leave_pools(command), InProgress)
+    left = outcomes(traffic.leave_pools(command))
+
+    assert harness.count("CreateTags") == 1
+    (tagged,) = harness.params("CreateTags")
+    assert tagged["Resources"] == [odd.id]
+    assert tagged["Tags"][0]["Key"] == "PatchPilotDrained" and tagged["Tags"][0]["Value"].endswith(" 0=-/8080/-")
+    assert harness.count("DeregisterTargets") == 1
+    assert left[odd.id].items == [f"{web}|{odd.id}|8080|-"]
+    assert left[plain.id].items == [f"{web}|{plain.id}|80|-"]
+
+    registrations = {o.id: o.items for o in left.values()}
+    back = outcomes(traffic.rejoin_pools(rejoin(targets, registrations=registrations)))
+
+    assert registered(web) == {odd.id: 8080, plain.id: 80}
+    assert back[odd.id].items == back[plain.id].items == [web]
+
+
 def test_rejoin_registers_only_what_is_out_exactly_as_it_was_and_the_sweep_names_it(
     harness: Harness, clock: ManualClock, traffic: Elbv2Traffic
 ) -> None:

@@ -60,6 +60,7 @@ PATCHPILOT_TAGS = {
     fleet.TAG_COMMAND,
     fleet.TAG_INSTANCE,
     fleet.TAG_HEALTH,
+    fleet.TAG_DRAINED,
     fleet.TAG_DEVICE,
     fleet.TAG_REPLACED_BY,
 }

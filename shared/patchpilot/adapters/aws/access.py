@@ -48,6 +48,10 @@ TAG_INSTANCE = "PatchPilotInstance"
 TAG_HEALTH = "PatchPilotHealthCheck"  # "<command token>@<ISO time the check started>"
 TAG_DEVICE = "PatchPilotDevice"  # on a restored data volume: the device it replaces
 TAG_REPLACED_BY = "PatchPilotReplacedBy"  # on an original data volume: the volume that replaced it
+# On an instance, before it leaves a target group on a port, IP or zone its default would not
+# restore: "<command token> <pool index>=<target>/<port>/<zone>,..." (adapters/aws/traffic.py).
+TAG_DRAINED = "PatchPilotDrained"
+TAG_VALUE_MAX = 256  # EC2 tag values
 
 PATCH_DOCUMENT = "AWS-RunPatchBaseline"
 SCRIPT_DOCUMENTS: dict[OsFamily, str] = {"linux": "AWS-RunShellScript", "windows": "AWS-RunPowerShellScript"}

@@ -3,10 +3,12 @@
 it writes, so a redelivered command, or one run again after a crash, changes nothing twice.
 
 Leave, per (account, region): the target groups of the targets' `traffic_pools` are described
-once (DescribeTargetGroups, 20 ARNs a call), each group's targets read once (DescribeTargetHealth
-without a target list: every port a machine is registered on; an IP target is matched to the
-machine holding that private IP, as discovery matches it), and ONE DeregisterTargets per target
-group takes out this command's machines still registered. Each poll reads the groups again: a
+once (DescribeTargetGroups, 20 ARNs a call), the machines once (DescribeInstances: their private
+IPs and PatchPilot's mark), each group's targets read once (DescribeTargetHealth without a target
+list: every port a machine is registered on; an IP target is matched to the machine holding that
+private IP, as discovery matches it), a registration its default would not restore is marked on
+the machine (below), and ONE DeregisterTargets per target group takes out this command's machines
+still registered. Each poll reads the groups again: a
 registration still listed as `draining` is under way, one no longer listed (`unused`) is
 drained. With `standby`, each Auto Scaling member is read (DescribeAutoScalingInstances, 50 ids a
 call) and, InService, put into Standby with its group's desired capacity decremented (EnterStandby,
@@ -24,10 +26,12 @@ note. The run-end sweep (`at_run_end`) waits for neither: its outcome names what
 
 Items, this adapter's own words:
 - a LeavePools outcome: `<target group ARN>|<target id>|<port>|<availability zone or ->` per
-  registration of the machine, and `standby|<group name>` for a member left in Standby. A
-  registration is recorded as seen while listed; once drained it is no longer readable, so a
-  machine's registration in a group is then recorded as ELBv2 registers one by default: the
-  instance id (an IP target group: its primary private IP) on the group's port.
+  registration of the machine, and `standby|<group name>` for a member left in Standby. ELBv2
+  lists a registration only until it has drained, so before deregistering, a machine whose
+  registrations differ from the default one (its instance id, for an IP target group its primary
+  private IP, on the group's port, no zone) gets them in its tag `PatchPilotDrained` (`<command
+  token> <pool index>=<target>/<port>/<zone>,...`, one CreateTags per distinct value: none in the
+  usual case); a registration no longer listed is then recorded from that mark, else as the default.
 - `RejoinPools.registrations`: those strings. A target group of the machine's `traffic_pools`
   that they do not name gets the same default registration.
 - a RejoinPools outcome: the target group ARNs this execution registered the machine in again, and
@@ -55,6 +59,8 @@ from patchpilot.wording import plural, spoken_duration
 
 from .access import (
     ASG_IDS_PER_CALL,
+    TAG_DRAINED,
+    TAG_VALUE_MAX,
     Addresses,
     AwsAccess,
     Placement,
@@ -62,10 +68,13 @@ from .access import (
     by_placement,
     describe_error,
     error_code,
+    short_token,
+    tags_of,
 )
 from .sessions import ClientFactory
 
 if TYPE_CHECKING:
+    from mypy_boto3_ec2 import EC2Client
     from mypy_boto3_elbv2 import ElasticLoadBalancingv2Client
     from mypy_boto3_elbv2.type_defs import TargetDescriptionTypeDef, TargetHealthDescriptionTypeDef
 
@@ -163,7 +172,7 @@ class Elbv2Traffic:
         for placement, instances in by_placement(targets, lambda i: i).items():
             pooled = [i for i in instances if i.traffic_pools]
             if pooled:
-                self._drain(placement, pooled, states)
+                self._drain(placement, pooled, states, short_token(command.id))
             members = [i for i in instances if command.standby and i.scaling_group]
             if members:
                 self._standby(placement, members, states, enter=True)
@@ -187,19 +196,30 @@ class Elbv2Traffic:
 
     # ------------------------------------------------------------ target groups
 
-    def _drain(self, placement: Placement, instances: Sequence[Instance], states: dict[str, _State]) -> None:
+    def _drain(
+        self, placement: Placement, instances: Sequence[Instance], states: dict[str, _State], token: str
+    ) -> None:
+        """Read every target group once, mark the registrations a default could not restore, then
+        ONE DeregisterTargets per target group for the machines still registered there."""
         elbv2 = self.access.elbv2(placement)
         arns = sorted({arn for i in instances for arn in i.traffic_pools})
         try:
             groups = _describe_groups(elbv2, arns)
         except ClientError as exc:
-            for instance in instances:
-                states[instance.id].fail(refusal("elasticloadbalancing", "DescribeTargetGroups", arns[0], exc))
+            _fail(instances, states, refusal("elasticloadbalancing", "DescribeTargetGroups", arns[0], exc))
             return
-        holder = self._holders(placement, instances, groups)
+        ec2 = self.access.ec2(placement)
+        described = self.access.describe_instances(ec2, [i.id for i in instances])
+        holder = _Holders({i.id: i for i in instances}, {k: addresses_of(raw) for k, raw in described.items()})
+        marked = {
+            i.id: _marks(tags_of(described[i.id].get("Tags")).get(TAG_DRAINED, ""), token, i)
+            for i in instances
+            if i.id in described
+        }
+        seen: dict[str, dict[str, list[TargetHealthDescriptionTypeDef]]] = {}
         for arn in arns:
-            members = [i for i in instances if arn in i.traffic_pools and states[i.id].failed is None]
             target_group = groups.get(arn)
+            members = [i for i in instances if arn in i.traffic_pools and states[i.id].failed is None]
             if target_group is None or not members:
                 continue  # a deleted target group holds nobody
             try:
@@ -207,24 +227,62 @@ class Elbv2Traffic:
             except ClientError as exc:
                 _fail(members, states, refusal("elasticloadbalancing", "DescribeTargetHealth", target_group.name, exc))
                 continue
-            seen = _seen(target_group, members, listed, holder)
-            removing = [d for m in members for d in seen[m.id] if _state(d) != "draining"]
+            seen[arn] = _seen(target_group, members, listed, holder)
+        self._mark(ec2, instances, groups, seen, holder, marked, token, states)
+        for arn, by_member in seen.items():
+            target_group = groups[arn]
+            members = [i for i in instances if i.id in by_member and states[i.id].failed is None]
+            removing = [d for m in members for d in by_member[m.id] if _state(d) != "draining"]
             if removing:
                 try:
                     elbv2.deregister_targets(TargetGroupArn=arn, Targets=[d["Target"] for d in removing])
                 except ClientError as exc:
-                    failing = [m for m in members if any(_state(d) != "draining" for d in seen[m.id])]
+                    failing = [m for m in members if any(_state(d) != "draining" for d in by_member[m.id])]
                     _fail(failing, states, refusal("elasticloadbalancing", "DeregisterTargets", target_group.name, exc))
             for member in members:
                 state = states[member.id]
-                registrations = [_registration(arn, d["Target"]) for d in seen[member.id]]
+                listed_now = [_registration(arn, d["Target"]) for d in by_member[member.id]]
                 default = holder.default(target_group, member)
-                state.items += [r.item for r in registrations] or ([default.item] if default else [])
-                if registrations:
+                kept = [r for r in marked.get(member.id, []) if r.group == arn]
+                state.items += [r.item for r in listed_now or kept or ([default] if default else [])]
+                if listed_now:
                     state.waiting.append(f"{member.id} draining from {target_group.name}")
                     state.draining_in.append(arn)
                 else:
                     state.pools.append(target_group.name)
+
+    def _mark(
+        self,
+        ec2: EC2Client,
+        instances: Sequence[Instance],
+        groups: dict[str, TargetGroup],
+        seen: dict[str, dict[str, list[TargetHealthDescriptionTypeDef]]],
+        holder: _Holders,
+        marked: dict[str, list[Registration]],
+        token: str,
+        states: dict[str, _State],
+    ) -> None:
+        """Before anything is deregistered: tag each machine (PatchPilotDrained) with the
+        registrations of it that its default one would not restore (another port, a secondary IP,
+        an availability zone), so that they are known once drained; one CreateTags per distinct
+        value, none in the usual case (every registration the default)."""
+        values: dict[str, list[str]] = {}
+        for instance in instances:
+            unusual = [
+                registration
+                for arn, by_member in seen.items()
+                for registration in (_registration(arn, d["Target"]) for d in by_member.get(instance.id, []))
+                if registration != holder.default(groups[arn], instance)
+            ]
+            if unusual and not set(unusual) <= set(marked.get(instance.id, [])) and states[instance.id].failed is None:
+                every = list(dict.fromkeys([*marked.get(instance.id, []), *unusual]))
+                values.setdefault(_mark_value(token, instance, every), []).append(instance.id)
+        for value, ids in sorted(values.items()):
+            try:
+                ec2.create_tags(Resources=ids, Tags=[{"Key": TAG_DRAINED, "Value": value}])
+            except ClientError as exc:
+                for instance_id in ids:
+                    states[instance_id].fail(refusal("ec2", "CreateTags", f"{instance_id} ({TAG_DRAINED})", exc))
 
     def _register(
         self,
@@ -483,6 +541,48 @@ def _seen(
 
 def _registration(arn: str, target: TargetDescriptionTypeDef) -> Registration:
     return Registration(arn, target["Id"], target.get("Port"), target.get("AvailabilityZone"))
+
+
+def _mark_value(token: str, instance: Instance, registrations: Sequence[Registration]) -> str:
+    """`<token> <pool index>=<target or ->/<port or ->/<zone or ->,...`: the index into the machine's
+    `traffic_pools`, `-` for its own id; cut at EC2's 256 characters (what does not fit is
+    restored by default)."""
+    entries = []
+    for registration in registrations:
+        if registration.group not in instance.traffic_pools:
+            continue
+        index = instance.traffic_pools.index(registration.group)
+        target = "-" if registration.target == instance.id else registration.target
+        port = registration.port if registration.port is not None else "-"
+        entries.append(f"{index}={target}/{port}/{registration.zone or '-'}")
+    value = token
+    for entry in entries:
+        if len(value) + 1 + len(entry) > TAG_VALUE_MAX:
+            break
+        value += ("," if value != token else " ") + entry
+    return value
+
+
+def _marks(value: str, token: str, instance: Instance) -> list[Registration]:
+    """The registrations a PatchPilotDrained value of this command's `token` names (none for another command's)."""
+    mark, _, rest = value.partition(" ")
+    if mark != token:
+        return []
+    found = []
+    for entry in filter(None, rest.split(",")):
+        index, _, spec = entry.partition("=")
+        target, port, zone = [*spec.split("/"), "-", "-", "-"][:3]
+        if not index.isdigit() or int(index) >= len(instance.traffic_pools):
+            continue
+        found.append(
+            Registration(
+                instance.traffic_pools[int(index)],
+                instance.id if target == "-" else target,
+                int(port) if port.isdigit() else None,
+                None if zone == "-" else zone,
+            )
+        )
+    return found
 
 
 def _registrations(command: RejoinPools, instance_id: str) -> list[str]:

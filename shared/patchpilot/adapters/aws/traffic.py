@@ -1,28 +1,32 @@
 """ELBv2 target groups and Auto Scaling Standby around an install: `Elbv2Traffic`, the AWS
-`TrafficPools` (docs/traffic.md). Nothing is kept between two calls: each execution reads before
-it writes, so a redelivered command, or one run again after a crash, changes nothing twice.
+`TrafficPools` (docs/traffic.md). Nothing is kept between two calls but what AWS holds (and one
+tag, below): each execution reads before it writes, so a redelivered command, or one run again
+after a crash, changes nothing twice. A machine already out is not deregistered again, one already
+back not registered again, one already in (or out of) Standby not moved again.
 
-Leave, per (account, region): the target groups of the targets' `traffic_pools` are described
-once (DescribeTargetGroups, 20 ARNs a call), the machines once (DescribeInstances: their private
-IPs and PatchPilot's mark), each group's targets read once (DescribeTargetHealth without a target
-list: every port a machine is registered on; an IP target is matched to the machine holding that
-private IP, as discovery matches it), a registration its default would not restore is marked on
-the machine (below), and ONE DeregisterTargets per target group takes out this command's machines
-still registered. Each poll reads the groups again: a
-registration still listed as `draining` is under way, one no longer listed (`unused`) is
-drained. With `standby`, each Auto Scaling member is read (DescribeAutoScalingInstances, 50 ids a
-call) and, InService, put into Standby with its group's desired capacity decremented (EnterStandby,
-one call per group and 20 instances); `EnteringStandby` is under way, `Standby` done. Without a
-`timeout`, the adapter keeps the default deadline itself: `issued_at` + the largest
-`deregistration_delay.timeout_seconds` of the machine's target groups (DescribeTargetGroupAttributes,
-read only while it drains; 300 s, ELBv2's default, for a Standby-only member) + 60 s.
+Leave, per (account, region): the target groups of the targets' `traffic_pools` are described once
+(DescribeTargetGroups, 20 ARNs a call), the machines once (DescribeInstances: their private IPs and
+PatchPilot's mark), each group's targets read once (DescribeTargetHealth without a target list:
+every port a machine is registered on; an IP target is matched to the machine holding that private
+IP, as discovery matches it), a registration its default would not restore is marked on the machine
+(below), and ONE DeregisterTargets per target group takes out this command's machines still
+registered. Each poll reads the groups again: a registration still listed as `draining` is under
+way, one no longer listed (`unused`) is drained. With `standby`, each Auto Scaling member is read
+(DescribeAutoScalingInstances, 50 ids a call) and, InService, put into Standby with its group's
+desired capacity decremented (EnterStandby, one call per group and 20 instances); `EnteringStandby`
+is under way, `Standby` done. Without a `timeout`, the adapter keeps the default deadline itself:
+`issued_at` + the largest `deregistration_delay.timeout_seconds` of the machine's target groups
+(DescribeTargetGroupAttributes, read only while it drains; 300 s, ELBv2's default, for a
+Standby-only member) + 60 s.
 
 Rejoin: with `standby`, ExitStandby for members in Standby (the group's desired capacity goes back
 up), waiting for InService; then per target group ONE RegisterTargets of the machines'
 registrations (from `registrations`) that are not listed again (`draining` counts as out); with
 `pool_health`, under way until each is `healthy` (`unavailable`, health checks disabled, and a
 group no load balancer uses count as healthy), the target health's reason and description in the
-note. The run-end sweep (`at_run_end`) waits for neither: its outcome names what it put back.
+note. The run-end sweep (`at_run_end`) waits for neither (the run is over, and a load balancer
+sends no traffic to a target before it is healthy): its outcome names what it put back. A member
+found in Standby when it leaves is reported as such and taken out of Standby when it rejoins.
 
 Items, this adapter's own words:
 - a LeavePools outcome: `<target group ARN>|<target id>|<port>|<availability zone or ->` per

@@ -269,7 +269,9 @@ def test_discovering_functions_read_target_groups_and_only_the_worker_drains_man
     deregisters and registers targets of target groups tagged as managed, and reads their
     deregistration delay; the code calls exactly what the roles grant."""
     everything = POOL_READS | POOL_DRAIN_READS | POOL_WRITES
-    assert _calls_of("elbv2", "elasticloadbalancing", r"\.elbv2\(|[\"']elbv2[\"']") == everything
+    # The modules that make an ELBv2 client, and those handed one (typed ElasticLoadBalancingv2Client).
+    made = r"\.elbv2\(|[\"']elbv2[\"']|ElasticLoadBalancingv2Client\b"
+    assert _calls_of("elbv2", "elasticloadbalancing", made) == everything
     for function in FUNCTIONS:
         held = {a for s in grants(function) for a in actions(s) if a.startswith("elasticloadbalancing:")}
         discovering = function in ("TriggerFunction", "AdvisoryFunction")

@@ -49,7 +49,7 @@ TAG_HEALTH = "PatchPilotHealthCheck"  # "<command token>@<ISO time the check sta
 TAG_DEVICE = "PatchPilotDevice"  # on a restored data volume: the device it replaces
 TAG_REPLACED_BY = "PatchPilotReplacedBy"  # on an original data volume: the volume that replaced it
 # On an instance, before it leaves a target group on a port, IP or zone its default would not
-# restore: "<command token> <pool index>=<target>/<port>/<zone>,..." (adapters/aws/traffic.py).
+# restore: "<command token> <pool index>=<target>/<port>/<zone>,..." (adapters/aws/traffic/).
 TAG_DRAINED = "PatchPilotDrained"
 TAG_VALUE_MAX = 256  # EC2 tag values
 

@@ -34,6 +34,7 @@ from test_aws_fleet import (
     launch,
     make_fleet,
     outcomes,
+    private_ip,
     register,
     ssm_command,
     target_group,
@@ -178,6 +179,29 @@ def test_rejoin_registers_only_what_is_out_exactly_as_it_was_and_the_sweep_names
     again = outcomes(traffic.rejoin_pools(rejoin(targets, "r:sweep", registrations=registrations, at_run_end=True)))
     assert harness.count("RegisterTargets") == 1  # a redelivered sweep finds both back
     assert again[machines[1].id].items == []
+
+
+def test_an_ip_target_is_the_machine_holding_that_private_ip_and_comes_back_on_it(
+    harness: Harness, clock: ManualClock, traffic: Elbv2Traffic
+) -> None:
+    """moto: EC2, ELBv2 (an `ip` target group). The target names the machine's private IP: it is
+    drained by that IP (found with one DescribeInstances) and registered again on it."""
+    (machine,) = launch(1)
+    admin = target_group("tg-admin", "ip")
+    ip = private_ip(machine)
+    register(admin, ip, "10.99.0.1")  # the second: no machine of this command
+    (target,) = pooled([machine], admin)
+
+    assert isinstance(traffic.leave_pools(leave([target])), InProgress)
+    left = outcomes(traffic.leave_pools(leave([target])))
+
+    assert [sorted(t["Id"] for t in p["Targets"]) for p in harness.params("DeregisterTargets")] == [[ip]]
+    assert registered(admin) == {"10.99.0.1": 80}
+    assert left[machine.id].items == [f"{admin}|{ip}|80|-"]
+
+    back = outcomes(traffic.rejoin_pools(rejoin([target], registrations={machine.id: left[machine.id].items})))
+    assert registered(admin) == {"10.99.0.1": 80, ip: 80}
+    assert back[machine.id].items == [admin]
 
 
 def test_a_machine_without_pools_or_scaling_group_is_ok_with_no_items_and_no_calls(
@@ -393,6 +417,40 @@ def test_the_run_end_sweep_takes_a_member_left_in_standby_out_and_says_so(
     assert [p["InstanceIds"] for p in harness.params("ExitStandby")] == [[ids[0]]]
     assert swept[ids[0]].items == ["standby|asg-api"] and swept[ids[1]].items == []
     assert describe_group("asg-api")["DesiredCapacity"] == 2
+
+
+def test_a_refused_enter_standby_fails_the_member_naming_the_permission(
+    harness: Harness, clock: ManualClock, traffic: Elbv2Traffic
+) -> None:
+    """Stubber on Auto Scaling: AccessDenied as IAM answers it (a group without the managed tag)."""
+    (member,) = fake(1)
+    member = Instance(**{**_fields(member), "scaling_group": "asg-web"})
+    stub = Stubber(harness("autoscaling", None, REGION))
+    stub.activate()
+    answer = {
+        "AutoScalingInstances": [
+            {
+                "InstanceId": member.id,
+                "AutoScalingGroupName": "asg-web",
+                "AvailabilityZone": f"{REGION}a",
+                "LifecycleState": "InService",
+                "HealthStatus": "HEALTHY",
+                "ProtectedFromScaleIn": False,
+            }
+        ]
+    }
+    stub.add_response("describe_auto_scaling_instances", answer, {"InstanceIds": [member.id], "MaxRecords": 50})
+    message = (
+        "User: arn:aws:sts::123456789012:assumed-role/worker is not authorized to perform: autoscaling:EnterStandby"
+    )
+    stub.add_client_error("enter_standby", "AccessDenied", message, 403)
+
+    result = outcomes(traffic.leave_pools(leave([member], standby=True)))
+
+    stub.assert_no_pending_responses()
+    assert not result[member.id].ok and result[member.id].items == []
+    assert result[member.id].detail.startswith("EnterStandby failed on asg-web (AccessDenied: User:")
+    assert result[member.id].detail.endswith(": needs autoscaling:EnterStandby")
 
 
 # ---------------------------------------------------------------- host hooks (Stubber on SSM)

@@ -297,8 +297,8 @@ class Elbv2Traffic:
         """Fail each machine still draining past `issued_at` + its groups' largest deregistration
         delay + 60 s (300 s for a Standby-only member): the default deadline, without a `timeout`."""
         waiting = [i for i in instances if states[i.id].waiting and states[i.id].failed is None]
-        if not waiting:
-            return
+        if not waiting or now < issued_at + DRAIN_MARGIN:
+            return  # no deadline can have passed yet (the earliest: a delay of 0 s): nothing read
         elbv2 = self.access.elbv2(placement)
         delays: dict[str, timedelta] = {}
         for instance in waiting:

@@ -14,7 +14,7 @@ from patchpilot.inventory import Instance, OsFamily
 from patchpilot.policy.model import Policy
 from patchpilot.ports import DiscoveryResult, Progress
 
-from ..access import AwsAccess, Placement, agent_problem, by_placement, instance_state, tags_of
+from ..access import Addresses, AwsAccess, Placement, addresses_of, agent_problem, by_placement, instance_state, tags_of
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2.type_defs import FilterTypeDef, InstanceTypeDef
@@ -56,14 +56,6 @@ def discover(access: AwsAccess, policy: Policy) -> DiscoveryResult:
     return DiscoveryResult(found, unreachable)
 
 
-@dataclasses.dataclass(frozen=True)
-class Addresses:
-    """An instance's VPC and private IPs: what an IP target of a target group names."""
-
-    vpc: str
-    ips: frozenset[str]
-
-
 Discovered = tuple[Instance, str, Addresses]  # the instance, its state, where it listens
 
 
@@ -83,16 +75,9 @@ def _describe_for_discovery(
                         seen[instance_id] = (
                             _to_instance(raw, placement[1], owner),
                             instance_state(raw),
-                            _addresses(raw),
+                            addresses_of(raw),
                         )
     return [seen[key] for key in sorted(seen)]
-
-
-def _addresses(raw: InstanceTypeDef) -> Addresses:
-    ips = {raw.get("PrivateIpAddress", "")}
-    for interface in raw.get("NetworkInterfaces", []):
-        ips.update(a.get("PrivateIpAddress", "") for a in interface.get("PrivateIpAddresses", []))
-    return Addresses(raw.get("VpcId", ""), frozenset(ips - {""}))
 
 
 def _with_scaling_groups(access: AwsAccess, placement: Placement, found: list[Discovered]) -> list[Discovered]:

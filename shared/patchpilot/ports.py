@@ -109,10 +109,16 @@ class Queue(Protocol):
 
 @dataclass(frozen=True)
 class InProgress:
-    """The operation is under way: deliver the same command again at `retry_at`."""
+    """The operation is under way: deliver the same command again at `retry_at`. `finished` are
+    the outcomes of the targets already done: a command whose deadline passes keeps them and fails
+    only the others (one machine still draining never fails the wave's other machines)."""
 
     retry_at: datetime
     note: str = ""
+    finished: tuple[Outcome, ...] = ()
+    # When the operation began on the fleet (its first execution): a command's timeout counts from
+    # then, so a redelivery delay before it started does not eat it; None: from the command's issue.
+    started: datetime | None = None
 
 
 Progress = list[Outcome] | InProgress

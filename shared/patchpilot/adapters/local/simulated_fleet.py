@@ -144,6 +144,7 @@ class _Op:
     ok: bool
     detail: str
     items: list[str]
+    started_at: datetime | None = None  # when the command was first executed
 
 
 class SimulatedFleet:
@@ -312,16 +313,23 @@ class SimulatedFleet:
         if running:
             last = max(op.done_at for op in running)
             done = len(ops) - len(running)
+            finished = tuple(
+                Outcome(id=op.instance_id, ok=op.ok, detail=op.detail, items=op.items, at=op.done_at)
+                for op in ops
+                if op.done_at <= now
+            )
             return InProgress(
                 retry_at=min(last, now + POLL_INTERVAL),
                 note=f"{kind}: {done}/{len(ops)} done, last due {last.isoformat()}",
+                finished=finished,
+                started=min((op.started_at for op in ops if op.started_at is not None), default=None),
             )
         return [Outcome(id=op.instance_id, ok=op.ok, detail=op.detail, items=op.items, at=op.done_at) for op in ops]
 
     def _load(self, command_id: str) -> list[_Op]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT instance_id, kind, done_at, ok, detail, items FROM sim_ops"
+                "SELECT instance_id, kind, done_at, ok, detail, items, started_at FROM sim_ops"
                 " WHERE command_id = ? ORDER BY position",
                 (command_id,),
             ).fetchall()
@@ -333,8 +341,9 @@ class SimulatedFleet:
                 ok=bool(ok),
                 detail=detail,
                 items=[str(item) for item in json.loads(items)],
+                started_at=datetime.fromisoformat(started_at),
             )
-            for instance_id, kind, done_at, ok, detail, items in rows
+            for instance_id, kind, done_at, ok, detail, items, started_at in rows
         ]
 
     def _start(

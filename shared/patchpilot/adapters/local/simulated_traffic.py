@@ -116,6 +116,7 @@ class _Op:
     items: list[str]
     ok: bool = True
     kind: str = ""  # leave | rejoin (as loaded)
+    at: datetime | None = None  # when the command was first executed (as loaded)
 
 
 def host_hook(instance: Instance, phase: str, hook: HostHook) -> tuple[bool, str]:
@@ -167,7 +168,8 @@ class SimulatedPools:
 
     def leave_pools(self, command: LeavePools) -> Progress:
         ops = self._once(command.id, command.run_id, "leave", lambda now: self._leave(command, now))
-        deadline = command.issued_at + DEFAULT_DRAIN_TIMEOUT if command.timeout is None else None
+        started = min((op.at for op in ops if op.at is not None), default=command.issued_at)
+        deadline = started + DEFAULT_DRAIN_TIMEOUT if command.timeout is None else None
         late = f"{format_duration(DEFAULT_DRAIN_TIMEOUT)}, the default deregistration delay (no traffic.drain_timeout)"
         return self._answer(ops, deadline, late)
 
@@ -175,6 +177,12 @@ class SimulatedPools:
         return self._answer(self._once(command.id, command.run_id, "rejoin", lambda now: self._rejoin(command, now)))
 
     # ------------------------------------------------------------ for the reports
+
+    def out_of_service(self) -> set[str]:
+        """The machines out of a pool or in Standby now (what a run's end must leave only broken)."""
+        with self._lock:
+            rows = self._db.execute("SELECT DISTINCT instance_id FROM sim_pool_members WHERE serving = 0").fetchall()
+        return {str(row[0]) for row in rows}
 
     def capacity(self, run_id: str, instances: Sequence[Instance]) -> list[PoolCapacity]:
         """Per wave that took a machine out of a pool, for each pool the run took one out of: its
@@ -364,13 +372,22 @@ class SimulatedPools:
 
     def _load(self, command_id: str) -> list[_Op]:
         rows = self._db.execute(
-            "SELECT instance_id, done_at, waiting, detail, items, ok, kind FROM sim_pool_ops"
+            "SELECT instance_id, done_at, waiting, detail, items, ok, kind, at FROM sim_pool_ops"
             " WHERE command_id = ? ORDER BY position",
             (command_id,),
         ).fetchall()
         return [
-            _Op(iid, datetime.fromisoformat(done) if done else None, waiting, detail, json.loads(items), bool(ok), kind)
-            for iid, done, waiting, detail, items, ok, kind in rows
+            _Op(
+                iid,
+                datetime.fromisoformat(done) if done else None,
+                waiting,
+                detail,
+                json.loads(items),
+                bool(ok),
+                kind,
+                datetime.fromisoformat(at),
+            )
+            for iid, done, waiting, detail, items, ok, kind, at in rows
         ]
 
     def _answer(self, ops: list[_Op], deadline: datetime | None = None, late: str = "") -> Progress:
@@ -384,9 +401,14 @@ class SimulatedPools:
             if deadline is not None:
                 retry_at = min(retry_at, deadline)
             first = pending[0]
-            return InProgress(
-                retry_at, f"{len(ops) - len(pending)}/{len(ops)} done; {first.instance_id}: {first.waiting}"
+            finished = tuple(
+                Outcome(id=op.instance_id, ok=op.ok, detail=op.detail, items=op.items, at=op.done_at)
+                for op in ops
+                if op not in pending
             )
+            note = f"{len(ops) - len(pending)}/{len(ops)} done; {first.instance_id}: {first.waiting}"
+            started = min((op.at for op in ops if op.at is not None), default=None)
+            return InProgress(retry_at, note, finished, started)
         outcomes = []
         for op in ops:
             if op in pending:

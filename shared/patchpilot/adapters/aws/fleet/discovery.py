@@ -1,6 +1,6 @@
 """Discovery of the policy's EC2 instances (with their Auto Scaling group, always, and their traffic
-pools, the ELBv2 target groups they are registered in, when the policy sets `rollout.pool_budget`)
-and the probe of their SSM agents."""
+pools, the ELBv2 target groups they are registered in, when the policy sets `rollout.pool_budget`
+or `traffic.drain`) and the probe of their SSM agents."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 def discover(access: AwsAccess, policy: Policy) -> DiscoveryResult:
     """The policy's AWS instances (running or stopped) in its accounts and regions, each
     marked unreachable when its SSM agent is offline or it is not a managed instance. With
-    `rollout.pool_budget` each instance's `traffic_pools` are the target groups it is registered in
+    `rollout.pool_budget` or `traffic.drain` each instance's `traffic_pools` are the target groups it is in
     (`AwsAccess.target_groups`: a refusal raises `PoolsUnreadableError`, never "no pools"). Each
     instance's `scaling_group` is its Auto Scaling group's name, always read (a member patched in
     place could be replaced while it reboots): a refusal raises `ScalingGroupsUnreadableError`."""
@@ -43,7 +43,7 @@ def discover(access: AwsAccess, policy: Policy) -> DiscoveryResult:
             instances = _describe_for_discovery(access, placement, queries)
             if instances:
                 instances = _with_scaling_groups(access, placement, instances)
-            if policy.rollout.pool_budget is not None and instances:
+            if policy.reads_pools and instances:
                 instances = _with_pools(access, placement, instances)
             agents = access.agents(placement, [i.id for i, _, _ in instances])
             for instance, state, _ in instances:

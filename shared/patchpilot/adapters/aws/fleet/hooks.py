@@ -56,7 +56,8 @@ def run_hook(access: AwsAccess, command: RunHostHook) -> Progress:
                 answers.update(_hook_in(access, placement, group, os, command, token, now))
     running = [i for i in targets if answers[i.id] is None]
     if running:
-        return InProgress(now + HOOK_POLL, f"{command.phase} hook: {len(targets) - len(running)}/{len(targets)} done")
+        note = f"{command.phase} hook: {len(targets) - len(running)}/{len(targets)} done"
+        return InProgress(now + HOOK_POLL, note, tuple(a for a in answers.values() if a is not None))
     return [answer for i in targets if (answer := answers[i.id]) is not None]
 
 

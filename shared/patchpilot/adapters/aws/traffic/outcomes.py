@@ -53,7 +53,12 @@ def progress(targets: Sequence[Instance], states: dict[str, State], now: datetim
         due = [d for i in waiting if (d := states[i.id].retry_by) is not None and d > now]
         reasons = "; ".join(w for i in waiting for w in states[i.id].waiting)
         note = f"{len(targets) - len(waiting)}/{len(targets)} done; waiting: {reasons}"
-        return InProgress(min([now + POLL, *due]), note[:300])
+        finished = _outcomes([i for i in targets if i not in waiting], states, now, verb)
+        return InProgress(min([now + POLL, *due]), note[:300], tuple(finished))
+    return _outcomes(targets, states, now, verb)
+
+
+def _outcomes(targets: Sequence[Instance], states: dict[str, State], now: datetime, verb: str) -> list[Outcome]:
     outcomes = []
     for instance in targets:
         state = states[instance.id]

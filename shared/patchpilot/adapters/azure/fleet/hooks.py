@@ -71,7 +71,9 @@ def run_hook(access: AzureAccess, command: RunHostHook) -> Progress:
             outcomes[instance.id] = Outcome(id=instance.id, ok=ok, detail=detail, at=now)
     if running:
         done = len(targets) - len(running)
-        return InProgress(now + HOOK_POLL, f"{command.phase} hook: {done}/{len(targets)} done")
+        return InProgress(
+            now + HOOK_POLL, f"{command.phase} hook: {done}/{len(targets)} done", tuple(outcomes.values())
+        )
     return [outcomes[i.id] for i in targets]
 
 

@@ -151,7 +151,7 @@ class AzureBackendPools:
         if drained_at:
             due = min(drained_at.values())
             note = f"draining: {len(targets) - len(drained_at)}/{len(targets)} done, next at {iso(due)}"
-            return InProgress(due, "; ".join([note, *sorted(set(notes))])[:300])
+            return InProgress(due, "; ".join([note, *sorted(set(notes))])[:300], tuple(outcomes.values()))
         return [outcomes[i.id] for i in targets]
 
     def _leave(
@@ -247,7 +247,7 @@ class AzureBackendPools:
             except LaterError as exc:
                 later.append(str(exc))
         if later:
-            return InProgress(now + RETRY, "; ".join(sorted(set(later)))[:300])
+            return InProgress(now + RETRY, "; ".join(sorted(set(later)))[:300], tuple(outcomes.values()))
         waiting: list[tuple[datetime, str]] = []
         health = PoolHealth(self, command.issued_at, now)
         for instance in targets:
@@ -270,7 +270,8 @@ class AzureBackendPools:
         if waiting:
             due = min(moment for moment, _ in waiting)
             reasons = "; ".join(sorted({reason for _, reason in waiting}))
-            return InProgress(due, f"pool health: {len(targets) - len(waiting)}/{len(targets)} done; {reasons}"[:300])
+            note = f"pool health: {len(targets) - len(waiting)}/{len(targets)} done; {reasons}"[:300]
+            return InProgress(due, note, tuple(outcomes.values()))
         return [outcomes[i.id] for i in targets]
 
     def _recorded(self, instance: Instance, nic_ids: Sequence[str]) -> list[PoolRef]:

@@ -4,11 +4,14 @@ Azure backend pools on the fake ARM (the `traffic_runtime` fixture of tests/traf
 each call a fresh adapter, as the worker that took a redelivered message would have). Every
 machine serves in two pools; what the adapters did is read back from each backend.
 
-Where the runtimes differ, and the contract leaves room for it: a LeavePools for a machine that
-an earlier command took out names, on the clouds, what that command removed (ELBv2 keeps no
-record of who deregistered a target, so it names the machine's registrations; Azure carries the
-NIC's record on) and, on the simulation, nothing; either way nothing is written, and the rejoin
-built from it as the engine builds it puts the machine back.
+Where the runtimes differ, and the contract leaves room for it: a LeavePools (a new command id)
+for a machine an earlier one took out writes nothing, and its items name at most what the earlier
+one removed. The simulation names nothing (its record of each command says what that command
+changed); ELBv2 names the machine's default registrations again (AWS keeps no record of which
+command deregistered a target, and none is written per command: the first command's polls and a
+later command see the same thing); Azure names the references the NIC's PatchPilotPools record
+says are still out. Either way the rejoin built from those items as the engine builds it
+(decide.py: a machine without items gets no registrations) puts the machine back.
 """
 
 from __future__ import annotations
@@ -101,9 +104,11 @@ def test_leaving_is_polled_until_drained_and_takes_each_machine_out_of_both_pool
 def test_a_redelivered_leave_writes_nothing_and_answers_the_same(traffic_runtime: TrafficRuntime) -> None:
     machines = traffic_runtime.machines(2)
     command = leave(traffic_runtime, machines)
-    outcomes, _ = until_done(traffic_runtime.clock, lambda: traffic_runtime.pools().leave_pools(command))
+    assert isinstance(traffic_runtime.pools().leave_pools(command), InProgress)  # this worker's answer is lost
     written = traffic_runtime.writes()
     assert written
+    outcomes, _ = until_done(traffic_runtime.clock, lambda: traffic_runtime.pools().leave_pools(command))
+    assert traffic_runtime.writes() == written  # the polls only read
 
     traffic_runtime.clock.advance(timedelta(minutes=2))  # the queue delivers the message again
     again = traffic_runtime.pools().leave_pools(command)

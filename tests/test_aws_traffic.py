@@ -39,6 +39,16 @@ from test_aws_fleet import (
     ssm_command,
     target_group,
 )
+from traffic_runtimes import (
+    aws_fields,
+    expect_groups,
+    expect_health,
+    health,
+    pooled,
+    registered,
+    stubbed_arn,
+    stubbed_elbv2,
+)
 
 from patchpilot.adapters.aws.traffic import Elbv2Traffic, Registration
 from patchpilot.engine.messages import LeavePools, RejoinPools, RunHostHook
@@ -65,25 +75,12 @@ def traffic(harness: Harness, clock: ManualClock) -> Elbv2Traffic:
     return Elbv2Traffic(harness, clock, default_region=REGION)
 
 
-def pooled(instances: list[Instance], *arns: str) -> list[Instance]:
-    return [Instance(**{**_fields(i), "traffic_pools": tuple(sorted(arns))}) for i in instances]
-
-
-def _fields(instance: Instance) -> dict[str, Any]:
-    return {"id": instance.id, "cloud": "aws", "region": instance.region, "os": instance.os, "zone": instance.zone}
-
-
 def leave(targets: list[Instance], command_id: str = "r:w1:drain", **kwargs: Any) -> LeavePools:
     return LeavePools(id=command_id, run_id=RUN, targets=targets, issued_at=T0, **kwargs)
 
 
 def rejoin(targets: list[Instance], command_id: str = "r:w1:rejoin", **kwargs: Any) -> RejoinPools:
     return RejoinPools(id=command_id, run_id=RUN, targets=targets, issued_at=T0, **kwargs)
-
-
-def registered(arn: str) -> dict[str, int]:
-    answer = boto3.client("elbv2", region_name=REGION).describe_target_health(TargetGroupArn=arn)
-    return {d["Target"]["Id"]: d["Target"]["Port"] for d in answer["TargetHealthDescriptions"]}
 
 
 # ---------------------------------------------------------------- drain and re-add (moto)
@@ -218,31 +215,7 @@ def test_a_machine_without_pools_or_scaling_group_is_ok_with_no_items_and_no_cal
 
 # ---------------------------------------------------------------- draining, health and refusals (Stubber)
 
-ARN = f"arn:aws:elasticloadbalancing:{REGION}:123456789012:targetgroup/tg-web/0123456789abcdef"
-GROUP = {"TargetGroupArn": ARN, "TargetGroupName": "tg-web", "TargetType": "instance", "Port": 80, "VpcId": "vpc-1"}
-
-
-def stubbed_elbv2(harness: Harness) -> Stubber:
-    stubber = Stubber(harness("elbv2", None, REGION))
-    stubber.activate()
-    return stubber
-
-
-def health(instance_id: str, state: str, port: int = 80, reason: str = "", description: str = "") -> dict[str, Any]:
-    target_health: dict[str, Any] = {"State": state}
-    if reason:
-        target_health["Reason"] = reason
-    if description:
-        target_health["Description"] = description
-    return {"Target": {"Id": instance_id, "Port": port}, "HealthCheckPort": str(port), "TargetHealth": target_health}
-
-
-def expect_group(stub: Stubber) -> None:
-    stub.add_response("describe_target_groups", {"TargetGroups": [GROUP]}, {"TargetGroupArns": [ARN]})
-
-
-def expect_health(stub: Stubber, described: list[dict[str, Any]]) -> None:
-    stub.add_response("describe_target_health", {"TargetHealthDescriptions": described}, {"TargetGroupArn": ARN})
+ARN = stubbed_arn("tg-web")
 
 
 def expect_delay(stub: Stubber, seconds: int) -> None:
@@ -258,8 +231,8 @@ def test_a_drain_found_under_way_after_a_crash_is_waited_for_never_deregistered_
     waits, and finishes once it is no longer listed."""
     (machine,) = pooled(fake(1), ARN)
     stub = stubbed_elbv2(harness)
-    expect_group(stub)
-    expect_health(stub, [health(machine.id, "draining", 8080, "Target.DeregistrationInProgress")])
+    expect_groups(stub, ARN)
+    expect_health(stub, [health(machine.id, "draining", 8080, "Target.DeregistrationInProgress")], ARN)
 
     waiting = traffic.leave_pools(leave([machine]))  # no deadline can have passed: no attributes read
 
@@ -267,8 +240,8 @@ def test_a_drain_found_under_way_after_a_crash_is_waited_for_never_deregistered_
     assert f"{machine.id} draining from tg-web" in waiting.note
     assert waiting.retry_at == T0 + timedelta(seconds=30)
     clock.advance(timedelta(seconds=45))
-    expect_group(stub)
-    expect_health(stub, [])
+    expect_groups(stub, ARN)
+    expect_health(stub, [], ARN)
     done = outcomes(traffic.leave_pools(leave([machine])))
 
     stub.assert_no_pending_responses()
@@ -284,8 +257,8 @@ def test_a_target_still_draining_past_the_deregistration_delay_and_a_minute_fail
     (machine,) = pooled(fake(1), ARN)
     stub = stubbed_elbv2(harness)
     clock.advance(timedelta(seconds=120))
-    expect_group(stub)
-    expect_health(stub, [health(machine.id, "draining")])
+    expect_groups(stub, ARN)
+    expect_health(stub, [health(machine.id, "draining")], ARN)
     expect_delay(stub, 30)
 
     result = outcomes(traffic.leave_pools(leave([machine])))
@@ -306,14 +279,15 @@ def test_with_pool_health_an_unhealthy_target_is_in_progress_with_the_pools_reas
     command = rejoin([machine], registrations=registrations, pool_health=True)
     stub = stubbed_elbv2(harness)
     reason = "Target.FailedHealthChecks"
-    expect_health(stub, [health(machine.id, "unhealthy", 80, reason, "Health checks failed with these codes: [502]")])
+    failed = health(machine.id, "unhealthy", 80, reason, "Health checks failed with these codes: [502]")
+    expect_health(stub, [failed], ARN)
 
     waiting = traffic.rejoin_pools(command)
 
     assert isinstance(waiting, InProgress)
     expected = f"{machine.id} in tg-web: unhealthy: {reason} (Health checks failed with these codes: [502])"
     assert expected in waiting.note
-    expect_health(stub, [health(machine.id, "healthy")])
+    expect_health(stub, [health(machine.id, "healthy")], ARN)
     done = outcomes(traffic.rejoin_pools(command))
 
     stub.assert_no_pending_responses()
@@ -329,9 +303,9 @@ def test_a_refused_call_fails_the_machine_naming_the_permission_never_drained(
     """Stubber on ELBv2: AccessDenied as IAM answers it (a target group without the managed tag)."""
     (machine,) = pooled(fake(1), ARN)
     stub = stubbed_elbv2(harness)
-    expect_group(stub)
+    expect_groups(stub, ARN)
     if operation == "deregister_targets":
-        expect_health(stub, [health(machine.id, "healthy")])
+        expect_health(stub, [health(machine.id, "healthy")], ARN)
     message = "User: arn:aws:sts::123456789012:assumed-role/worker is not authorized to perform: elasticloadbalancing"
     stub.add_client_error(operation, "AccessDenied", message, 403)
 
@@ -423,7 +397,7 @@ def test_a_refused_enter_standby_fails_the_member_naming_the_permission(
 ) -> None:
     """Stubber on Auto Scaling: AccessDenied as IAM answers it (a group without the managed tag)."""
     (member,) = fake(1)
-    member = Instance(**{**_fields(member), "scaling_group": "asg-web"})
+    member = Instance(**{**aws_fields(member), "scaling_group": "asg-web"})
     stub = Stubber(harness("autoscaling", None, REGION))
     stub.activate()
     answer = {

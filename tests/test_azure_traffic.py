@@ -11,66 +11,27 @@ clock reaches the `retry_at` asked for, as the queue redelivers the command.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from azure_rbac import arm_action, fleet_role_actions
-from clocks import ManualClock
-from fake_arm import FakeArm
-from fake_azure_compute import SUB, FakeAzureCompute
-from fake_azure_network import FakeAzureNetwork
+from fake_azure_compute import SUB
+from traffic_runtimes import World, until_done
 
-from patchpilot.adapters.azure.clients import AzureClients
 from patchpilot.adapters.azure.traffic import TAG_POOLS, AzureBackendPools, parse_item
-from patchpilot.engine.messages import LeavePools, Outcome, RejoinPools
+from patchpilot.engine.messages import LeavePools, RejoinPools
 from patchpilot.inventory import Instance
-from patchpilot.ports import InProgress, Progress
+from patchpilot.ports import InProgress
 
 T0 = datetime(2026, 12, 8, 22, 0, tzinfo=UTC)
 RUN = "weu-monthly-20261208-2200-ab12"
 RG = f"/subscriptions/{SUB}/resourceGroups/rg-web/providers/Microsoft.Network"
 
 
-class World:
-    def __init__(self) -> None:
-        self.clock = ManualClock(T0)
-        self.arm = FakeArm(self.clock)
-        self.azure = FakeAzureCompute(self.arm)
-        self.network = FakeAzureNetwork(self.arm, self.azure)
-        self.lb = self.network.add_load_balancer("lb-web", ["be-web", "be-api"], interval=5, probes=2, threshold=3)
-        self.agw = self.network.add_app_gateway("agw-shop", ["shop"], draining=60)
-        self.be_web = f"{self.lb}/backendAddressPools/be-web"
-        self.be_api = f"{self.lb}/backendAddressPools/be-api"
-        self.shop = f"{self.agw}/backendAddressPools/shop"
-
-    def pools(self) -> AzureBackendPools:
-        clients = AzureClients(
-            self.arm.credential, transport=self.arm.transport(), polling_interval=0, retry_backoff_factor=0
-        )
-        return AzureBackendPools(clients, self.clock)
-
-    def vm(self, name: str, pools: list[str], **state: Any) -> Instance:
-        vm_id = self.azure.add_vm(name, pools=pools, **state)
-        resource = self.arm.get(vm_id)
-        return Instance(
-            id=vm_id,
-            cloud="azure",
-            region=resource["location"],
-            os="linux",
-            name=name,
-            account=SUB,
-            traffic_pools=tuple(sorted(p.lower() for p in pools)),
-        )
-
-    def count(self, method: str, contains: str) -> int:
-        return sum(1 for c in self.arm.calls if c.method == method and contains.lower() in c.path and c.status < 400)
-
-
 @pytest.fixture
 def world() -> World:
-    return World()
+    return World(T0)
 
 
 def leave(targets: list[Instance], n: int = 1, **fields: Any) -> LeavePools:
@@ -82,19 +43,6 @@ def rejoin(targets: list[Instance], registrations: dict[str, list[str]], n: int 
     return RejoinPools(
         id=f"{RUN}:w{n}:rejoin", run_id=RUN, wave=n, targets=targets, registrations=registrations, **fields
     )
-
-
-def until_done(world: World, call: Callable[[], Progress], limit: int = 50) -> tuple[list[Outcome], list[InProgress]]:
-    """Call until it answers outcomes, moving the clock to each retry_at: (outcomes, the polls)."""
-    polls: list[InProgress] = []
-    for _ in range(limit):
-        progress = call()
-        if not isinstance(progress, InProgress):
-            return progress, polls
-        assert progress.retry_at > world.clock.now(), progress
-        polls.append(progress)
-        world.clock.set(progress.retry_at)
-    raise AssertionError(f"still in progress after {limit} calls")
 
 
 # ---------------------------------------------------------------- leave
@@ -162,7 +110,7 @@ def test_a_vm_with_two_nics_gets_one_update_per_nic_and_back_again(world: World)
     world.arm.get(vm.id)["properties"]["networkProfile"]["networkInterfaces"].append({"id": second})
     target = dataclasses.replace(vm, traffic_pools=tuple(sorted([world.be_web.lower(), world.shop.lower()])))
 
-    outcomes, _ = until_done(world, lambda: world.pools().leave_pools(leave([target])))
+    outcomes, _ = until_done(world.clock, lambda: world.pools().leave_pools(leave([target])))
 
     assert world.network.nic_puts == [world.network.nic_of(vm.id)["id"], second]
     assert sorted(outcomes[0].items) == sorted(
@@ -178,7 +126,7 @@ def test_a_vm_with_two_nics_gets_one_update_per_nic_and_back_again(world: World)
         == []
     )
 
-    back, _ = until_done(world, lambda: world.pools().rejoin_pools(rejoin([target], {vm.id: outcomes[0].items})))
+    back, _ = until_done(world.clock, lambda: world.pools().rejoin_pools(rejoin([target], {vm.id: outcomes[0].items})))
 
     assert back[0].items == sorted([world.be_web.lower(), world.shop.lower()]) and len(world.network.nic_puts) == 4
     assert world.arm.get(second)["properties"]["ipConfigurations"][0]["properties"][
@@ -191,7 +139,7 @@ def test_a_redelivered_leave_updates_nothing_again_and_reports_the_same_items(wo
     pools = world.pools()
     command = leave([vm])
 
-    outcomes, polls = until_done(world, lambda: pools.leave_pools(command))
+    outcomes, polls = until_done(world.clock, lambda: pools.leave_pools(command))
     again = pools.leave_pools(command)  # the same message, delivered once more after it finished
 
     assert len(world.network.nic_puts) == 1 and len(polls) == 1
@@ -272,7 +220,7 @@ def test_only_the_targets_pools_are_left_and_the_nic_keeps_everything_else(world
     nic_before = world.network.nic_of(vm.id)
     tags_before = dict(nic_before.get("tags") or {})
 
-    until_done(world, lambda: world.pools().leave_pools(leave([target])))
+    until_done(world.clock, lambda: world.pools().leave_pools(leave([target])))
 
     assert world.network.pools_of(vm.id) == [world.be_api.lower()]
     nic = world.network.nic_of(vm.id)
@@ -331,7 +279,7 @@ def test_standby_does_nothing_for_a_flexible_scale_set_member_without_pools(worl
 
 
 def _left(world: World, targets: list[Instance]) -> dict[str, list[str]]:
-    outcomes, _ = until_done(world, lambda: world.pools().leave_pools(leave(targets)))
+    outcomes, _ = until_done(world.clock, lambda: world.pools().leave_pools(leave(targets)))
     assert all(o.ok for o in outcomes)
     return {o.id: o.items for o in outcomes}
 
@@ -341,7 +289,7 @@ def test_rejoin_puts_back_exactly_what_was_removed_once_per_nic(world: World) ->
     registrations = _left(world, web)
     updates = len(world.network.nic_puts)
 
-    outcomes, _ = until_done(world, lambda: world.pools().rejoin_pools(rejoin(web, registrations)))
+    outcomes, _ = until_done(world.clock, lambda: world.pools().rejoin_pools(rejoin(web, registrations)))
 
     assert len(world.network.nic_puts) == updates + 2  # one per NIC
     assert all(world.network.pools_of(vm.id) == sorted([world.be_web.lower(), world.shop.lower()]) for vm in web)
@@ -354,10 +302,10 @@ def test_rejoin_puts_back_exactly_what_was_removed_once_per_nic(world: World) ->
 def test_rejoin_of_a_machine_already_in_updates_nothing_and_names_no_pool(world: World) -> None:
     vm = world.vm("web-1", [world.be_web])
     registrations = _left(world, [vm])
-    until_done(world, lambda: world.pools().rejoin_pools(rejoin([vm], registrations)))
+    until_done(world.clock, lambda: world.pools().rejoin_pools(rejoin([vm], registrations)))
     updates = len(world.network.nic_puts)
 
-    again, _ = until_done(world, lambda: world.pools().rejoin_pools(rejoin([vm], registrations, n=2)))
+    again, _ = until_done(world.clock, lambda: world.pools().rejoin_pools(rejoin([vm], registrations, n=2)))
 
     assert len(world.network.nic_puts) == updates
     assert again[0].ok and again[0].items == [] and again[0].detail == "already in its pools"
@@ -368,7 +316,7 @@ def test_the_run_end_sweep_re_adds_only_what_is_out_and_names_it(world: World) -
     by a crash; only the second is updated, and only its outcome names pools."""
     back, out = world.vm("web-1", [world.be_web]), world.vm("web-2", [world.be_web, world.shop])
     registrations = _left(world, [back, out])
-    until_done(world, lambda: world.pools().rejoin_pools(rejoin([back], registrations)))
+    until_done(world.clock, lambda: world.pools().rejoin_pools(rejoin([back], registrations)))
     updates = len(world.network.nic_puts)
 
     swept, _ = until_done(
@@ -387,7 +335,7 @@ def test_without_registrations_the_sweep_reads_what_the_nics_record(world: World
     vm = world.vm("web-1", [world.be_web, world.be_api])
     world.pools().leave_pools(leave([vm]))  # removed, then the worker died: no result kept
 
-    swept, _ = until_done(world, lambda: world.pools().rejoin_pools(rejoin([vm], {}, at_run_end=True)))
+    swept, _ = until_done(world.clock, lambda: world.pools().rejoin_pools(rejoin([vm], {}, at_run_end=True)))
 
     assert swept[0].ok and swept[0].items == sorted([world.be_api.lower(), world.be_web.lower()])
     assert world.network.pools_of(vm.id) == sorted([world.be_api.lower(), world.be_web.lower()])
@@ -501,7 +449,7 @@ def test_where_the_rule_health_is_not_offered_the_probe_time_is_waited_and_said(
     )
     command = rejoin([vm], registrations, pool_health=True, issued_at=world.clock.now())
 
-    outcomes, polls = until_done(world, lambda: world.pools().rejoin_pools(command))
+    outcomes, polls = until_done(world.clock, lambda: world.pools().rejoin_pools(command))
 
     assert [p.note for p in polls] == ["pool health: 0/1 done; probe status not readable: waiting 15 s"]
     assert outcomes[0].ok and outcomes[0].detail == "back in 1 pool; probe status not readable: waited 15 s"
@@ -513,7 +461,7 @@ def test_where_the_rule_health_is_not_offered_the_probe_time_is_waited_and_said(
 def test_the_fleet_role_holds_every_action_leave_rejoin_and_pool_health_use(world: World) -> None:
     web = world.vm("web-1", [world.be_web, world.shop])
     registrations = _left(world, [web])
-    until_done(world, lambda: world.pools().rejoin_pools(rejoin([web], registrations, pool_health=True)))
+    until_done(world.clock, lambda: world.pools().rejoin_pools(rejoin([web], registrations, pool_health=True)))
 
     called = {arm_action(c.method, c.path) for c in world.arm.calls if not c.path.startswith("/fake/")}
     assert {

@@ -164,6 +164,7 @@ class FakeAzureCompute:
         private_ip: str = "",
         pools: Sequence[str] = (),
         scale_set: str | None = None,
+        fault_domain: int | None = None,
         available: list[Patch] | None = None,
         **state: Any,
     ) -> str:
@@ -225,6 +226,8 @@ class FakeAzureCompute:
         if scale_set:
             scale_set_id = f"{base}/Microsoft.Compute/virtualMachineScaleSets/{scale_set}"
             properties["virtualMachineScaleSet"] = {"id": scale_set_id}
+            if fault_domain is not None:  # VirtualMachineProperties.platformFaultDomain: the set's logical fault domain
+                properties["platformFaultDomain"] = fault_domain
         for disk in [os_disk, *[str(d["managedDisk"]["id"]) for d in data]]:  # type: ignore[index]
             self.fake.get(disk)["properties"]["diskState"] = "Attached"
         resource: dict[str, Any] = {

@@ -326,6 +326,26 @@ def test_discovery_fills_the_flexible_scale_set_and_never_returns_uniform_instan
     }
 
 
+def test_a_flexible_scale_set_outside_a_zone_is_patched_one_fault_domain_per_wave(world: World) -> None:
+    """Fake ARM: a Flexible scale set VM carries `properties.platformFaultDomain` (the REST
+    specification's VirtualMachineProperties); with `scaling_groups: standby` the set is its
+    availability set and its fault domain its update domain, so no wave holds two fault domains."""
+    tags = {"Environment": "production"}
+    members = [
+        world.azure.add_vm(f"web-flex-{n}", tags=tags, zone=None, scale_set="VMSS-Web", fault_domain=n % 2)
+        for n in range(4)
+    ]
+    policy = parse_policy(POLICY + "scaling_groups: standby\nrollout: {disruption_budget: '100%', canary: 0}\n")
+
+    found = world.fleet().discover(policy)
+
+    domains = {i.id: (i.availability_set, i.update_domain) for i in found.instances}
+    vmss = f"/subscriptions/{SUB}/resourcegroups/rg-web/providers/microsoft.compute/virtualmachinescalesets/vmss-web"
+    assert domains == {m: (vmss, n % 2) for n, m in enumerate(members)}
+    waves = plan(policy, found.instances).waves
+    assert [sorted({i.update_domain for i in w.instances}) for w in waves] == [[0], [1]]
+
+
 def test_the_discovery_query_filters_on_what_the_rings_select() -> None:
     kql = discovery_query(parse_policy(POLICY))
     assert kql is not None

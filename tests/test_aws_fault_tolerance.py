@@ -78,7 +78,9 @@ class AwsWorld:
         fleet = SimulatedFleet(db, clock)
         notifier = FileNotifier(self.state_dir / "notifications.jsonl")
         leases = DynamoDbLeases(self.table, dynamodb(self.table))
-        service = Service(store=store, queue=queue, fleet=fleet, notifier=notifier, clock=clock, leases=leases)
+        service = Service(
+            store=store, queue=queue, fleet=fleet, notifier=notifier, clock=clock, leases=leases, traffic=fleet
+        )
         return AwsRuntime(service, store, queue, fleet, clock)
 
     def next_due(self, runtime: Runtime) -> datetime | None:

@@ -136,7 +136,7 @@ def test_a_cloud_refusing_the_pools_a_policy_needs_is_one_line_and_exit_1() -> N
     assert text.exit_code == 1 and "Traceback" not in text.output
     assert text.stderr.strip().splitlines() == [
         "Error: traffic pools not readable in 123456789012/eu-west-1: AccessDenied; discovery reads them because "
-        "the policy sets rollout.pool_budget (needs elasticloadbalancing:DescribeTargetGroups)"
+        "the policy sets traffic.drain or rollout.pool_budget (needs elasticloadbalancing:DescribeTargetGroups)"
     ]
     as_json = CliRunner().invoke(discovering, ["--json"])
     assert as_json.exit_code == 1

@@ -173,7 +173,7 @@ def test_a_failure_in_staging_halts_before_production(tmp_path: Path) -> None:
 
 
 def test_a_short_window_leaves_later_waves_not_started(tmp_path: Path) -> None:
-    policy = policy_variant(tmp_path, **{"duration: 10h": "duration: 2h"})
+    policy = policy_variant(tmp_path, **{"duration: 11h": "duration: 2h"})
     code, document = run_json("--policy", policy, "--inventory", FLEET, "--state-dir", tmp_path / "s")
     assert code == 1 and document["status"] == "incomplete"
     not_started = [v for v in document["instances"].values() if v["state"] == "not_started"]

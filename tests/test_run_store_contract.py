@@ -35,9 +35,13 @@ from patchpilot.engine.messages import (
     InstallPatches,
     InstancesLeased,
     LeaseInstances,
+    LeavePools,
     Outcome,
     PatchesInstalled,
+    PoolsLeft,
+    PoolsRejoined,
     ProbeAgents,
+    RejoinPools,
     SnapshotsTaken,
     TakeSnapshots,
     TimerFired,
@@ -90,6 +94,10 @@ def result_of(command: Command, ok: bool = True) -> Event | None:
     if isinstance(command, InstallPatches):
         outcomes = [Outcome(id=t.instance.id, ok=ok, items=["KB5001"]) for t in command.targets]
         return PatchesInstalled(id=command.result_id, run_id=command.run_id, command_id=command.id, results=outcomes)
+    if isinstance(command, LeavePools | RejoinPools):  # the example policy drains (docs/traffic.md)
+        outcomes = [Outcome(id=t.id, ok=ok, items=[f"pool|{p}" for p in t.traffic_pools]) for t in command.targets]
+        result = PoolsLeft if isinstance(command, LeavePools) else PoolsRejoined
+        return result(id=command.result_id, run_id=command.run_id, command_id=command.id, results=outcomes)
     return None
 
 

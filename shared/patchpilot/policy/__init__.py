@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 from pydantic import ValidationError
 
 from patchpilot.errors import InputError, Problem
@@ -9,7 +12,17 @@ from patchpilot.inputs import Document, parse_yaml, problems_from, read_text
 from patchpilot.policy.model import Policy, Ring, Rollout, Schedule, Selector
 from patchpilot.policy.schedule import Window
 
-__all__ = ["Policy", "Ring", "Rollout", "Schedule", "Selector", "Window", "load_policy", "parse_policy"]
+__all__ = [
+    "Policy",
+    "Ring",
+    "Rollout",
+    "Schedule",
+    "Selector",
+    "Window",
+    "load_policy",
+    "parse_policy",
+    "with_freeze_calendar",
+]
 
 
 def parse_policy(text: str, source: str = "<policy>") -> Policy:
@@ -32,5 +45,23 @@ def _placed(problem: Problem, document: Document) -> Problem:
     return Problem(problem.path, problem.message, *(pos or (None, None)))
 
 
+def with_freeze_calendar(policy: Policy, read: Callable[[str], tuple[str, str | bytes]]) -> Policy:
+    """`policy` with its `freeze_calendar` read and parsed (unchanged without one). `read(name)` is
+    the calendar's location (for messages) and content, from beside the policy; an InputError
+    names that location when the file is missing or not iCalendar."""
+    if policy.freeze_calendar is None:
+        return policy
+    from patchpilot.policy.freeze import parse_calendar
+
+    location, data = read(policy.freeze_calendar)
+    return policy.with_freeze_calendar(parse_calendar(data, location))
+
+
 def load_policy(path: str) -> Policy:
-    return parse_policy(read_text(path), path)
+    """A policy file, with its `freeze_calendar` read from the policy's folder."""
+
+    def beside(name: str) -> tuple[str, str]:
+        location = str(Path(path).parent / name)
+        return location, read_text(location)
+
+    return with_freeze_calendar(parse_policy(read_text(path), path), beside)

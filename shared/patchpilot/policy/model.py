@@ -6,10 +6,10 @@ import re
 from collections.abc import Iterable
 from datetime import UTC, datetime, time, timedelta
 from itertools import islice
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr
 
 from patchpilot.engine.topics import Topic
 from patchpilot.errors import Problem
@@ -29,6 +29,7 @@ from patchpilot.policy.fields import (
     new_list,
     resolve_timezone,
 )
+from patchpilot.policy.freeze import Freezes, Moment, period_problem
 from patchpilot.policy.schedule import (
     MAX_OFFSET_DAYS,
     AwsCron,
@@ -239,6 +240,21 @@ class Schedule(_Section):
         (default: now), DST changes included; None with fewer than two windows."""
         after = after or datetime.now(UTC)
         return shortest_gap(window_starts(self.rule, self.at, self.offset_days, self.zone, after), after)
+
+
+class FreezePeriod(_Section):
+    """A change freeze (docs/governance.md): no scheduled window starts inside it, one it cuts short
+    ends at its start, and an emergency run inside it waits for approval (`emergency.freeze`).
+    Dates or local date-times in the policy's time zone (the schedule's); a date `to` includes that
+    whole day. `yearly` repeats it every year from the one given (Dec 20 to Jan 3 crosses the year
+    end: give `from: 2026-12-20, to: 2027-01-03`)."""
+
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+    name: str = Field(min_length=1, max_length=100)
+    from_: Moment = Field(alias="from")
+    to: Moment
+    yearly: bool = False
 
 
 class Rollout(_Section):
@@ -455,6 +471,9 @@ class Emergency(_Section):
     rings: OneOrMore[str] = Field(default_factory=new_list)  # names of the policy's rings, in its order; empty: all
     soak: Duration = timedelta(minutes=30)  # replaces each ring's soak
     approval: Literal["auto", "required"] = "auto"  # required: every ring after the first waits for approval
+    # Inside a freeze (`freeze`, `freeze_calendar`): `approve` makes the first ring wait for approval
+    # too, the freeze named in the request; `pass` lets the run through unattended.
+    freeze: Literal["approve", "pass"] = "approve"
     merge_window: Duration = timedelta(hours=6)  # findings about one CVE within it become one run
     # What the Azure timer reads (docs/advisories.md "Azure sources"): Defender for Cloud's
     # vulnerability findings by default; Update Manager's assessment only when named.
@@ -536,6 +555,27 @@ class Policy(_Section):
     notifications: Notifications | None = None  # Slack and Teams: docs/notifications.md
     compliance: ComplianceSettings | None = None  # the timer's compliance scans: docs/compliance.md
     maintenance_watch: MaintenanceWatchSettings | None = None  # docs/maintenance-watch.md
+    # Change freezes (docs/governance.md): periods, and an iCalendar file whose events are freezes,
+    # read from beside the policy (its folder, bucket prefix or container) by the policy loaders.
+    freeze: list[FreezePeriod] = Field(default_factory=new_list)
+    freeze_calendar: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_][A-Za-z0-9._ -]*$", max_length=255)
+    _calendar: Any = PrivateAttr(default=None)  # the parsed freeze_calendar (icalendar.Calendar), from the loader
+
+    def with_freeze_calendar(self, calendar: Any) -> Policy:
+        """This policy with its `freeze_calendar` read (`freeze.parse_calendar`): what the loaders return."""
+        copy = self.model_copy()
+        copy._calendar = calendar
+        return copy
+
+    def freezes(self) -> Freezes:
+        """Every freeze of the policy, in its time zone. Raises when the policy names a calendar its
+        loader did not read (a policy parsed from text alone: `parse_policy`)."""
+        if self.freeze_calendar is not None and self._calendar is None:
+            raise RuntimeError(
+                f"policy {self.name}: freeze_calendar {self.freeze_calendar} was not read; load the policy "
+                "with load_policy or a cloud policy source, which read it from beside the policy"
+            )
+        return Freezes(self.zone_for(None), tuple(self.freeze), self._calendar, self.freeze_calendar or "")
 
     def restores_data_volumes(self, clouds: Iterable[Cloud]) -> bool:
         """Whether a rollback of machines on these clouds restores their data volumes too."""
@@ -603,6 +643,9 @@ class Policy(_Section):
         if self.notifications is not None:
             found.extend(self.notifications.problems())
         found.extend(self._traffic_problems())
+        for index, period in enumerate(self.freeze):
+            if (problem := period_problem(period)) is not None:
+                found.append(Problem(("freeze", index), problem))
         if self.kind == "non_periodic" and self.schedule is None:
             found.append(Problem(("kind",), "a non_periodic policy needs a schedule (whose windows it skips)"))
         if self.kind == "emergency" and self.emergency is None:

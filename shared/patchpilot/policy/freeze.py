@@ -149,8 +149,9 @@ def parse_calendar(data: bytes | str, source: str) -> Calendar:
     for event in calendar.walk("VEVENT"):
         if event.get("DTSTART") is None:
             raise InputError.single(source, f"event {_event_name(event)!r} has no DTSTART")
+    year = datetime(2026, 1, 1, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC)
     try:  # a recurrence the library cannot expand fails here, not at the first timer tick
-        _calendar_events(calendar, source, ZoneInfo("UTC"), datetime(2000, 1, 1, tzinfo=UTC), datetime(2001, 1, 1, tzinfo=UTC))
+        _calendar_events(calendar, source, ZoneInfo("UTC"), *year)
     except Exception as error:
         raise InputError.single(source, f"its events cannot be expanded: {error}") from None
     return calendar
@@ -204,7 +205,8 @@ class Freezes:
 
     def at(self, instant: datetime) -> Freeze | None:
         """The freeze `instant` falls in (the one that started first), or None."""
-        return next((f for f in self.between(instant, instant + timedelta(microseconds=1)) if f.contains(instant)), None)
+        near = self.between(instant, instant + timedelta(microseconds=1))
+        return next((f for f in near if f.contains(instant)), None)
 
     def first_starting(self, start: datetime, end: datetime) -> Freeze | None:
         """The first freeze that starts inside [start, end), or None."""

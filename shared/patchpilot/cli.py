@@ -74,6 +74,7 @@ from patchpilot.planning import (
 )
 from patchpilot.policy import Policy, load_policy
 from patchpilot.policy.fields import format_duration
+from patchpilot.policy.freeze import Freeze
 from patchpilot.policy.model import Schedule
 from patchpilot.ports import RunStore, UnknownRunError
 from patchpilot.reports import report_stem, write_reports
@@ -158,31 +159,63 @@ def _validate_json(policy_path: str, inventory_path: str | None) -> None:
 @json_option
 @reports_input_errors
 def schedule(policy_path: str, count: int, after: str | None, as_json: bool) -> None:
-    """List the next maintenance windows of a policy."""
+    """List the next maintenance windows of a policy, and which freezes stop or shorten them."""
+    from patchpilot.local_runtime import virtual_start
+    from patchpilot.triggers import freeze_of
+
     policy = load_policy(policy_path)
     if policy.schedule is None:
         raise InputError.single(policy_path, "the policy has no schedule", ("schedule",))
     sched = policy.schedule
-    start = _parse_after(after, sched) if after else datetime.now(UTC)
+    # the CLI's clock: PATCHPILOT_VIRTUAL_START when set, as for a new state directory
+    start = _parse_after(after, sched) if after else (virtual_start() or datetime.now(UTC))
     windows = sched.windows(start, count)
+    freezes = [freeze_of(policy, w) for w in windows]
     if as_json:
         _print_json(
             {
                 "policy": policy.name,
                 "timezone": sched.timezone,
                 "duration": format_duration(sched.duration),
-                "windows": [{"start": w.start.isoformat(), "end": w.end.isoformat()} for w in windows],
+                "windows": [
+                    {"start": w.start.isoformat(), "end": w.end.isoformat(), "freeze": _freeze_document(*f, sched)}
+                    for w, f in zip(windows, freezes, strict=True)
+                ],
             }
         )
         return
     rule = sched.rule.text + (f" +{sched.offset_days}d" if sched.offset_days else "")
     at = f" at {sched.at.strftime('%H:%M')}" if sched.at else ""
     table = Table(title=f"{policy.name}: {rule}{at} {sched.timezone}, {format_duration(sched.duration)}")
-    for column in ("#", "starts", "ends", "day"):
+    shows_freezes = bool(policy.freezes())
+    for column in ("#", "starts", "ends", "day", *(("freeze",) if shows_freezes else ())):
         table.add_column(column)
-    for n, w in enumerate(windows, 1):
-        table.add_row(str(n), w.start.isoformat(), w.end.isoformat(), w.start.strftime("%a %d %b %Y"))
+    for n, (w, (frozen, cut_by)) in enumerate(zip(windows, freezes, strict=True), 1):
+        row = [str(n), w.start.isoformat(), w.end.isoformat(), w.start.strftime("%a %d %b %Y")]
+        if frozen is not None:
+            row.append(f"frozen: {frozen.describe(sched.zone)}, no run")
+        elif cut_by is not None:
+            ends = cut_by.start.astimezone(sched.zone).isoformat(timespec="minutes")
+            row.append(f"ends early at {ends}: freeze {cut_by.name} starts")
+        elif shows_freezes:
+            row.append("")
+        table.add_row(*row)
     _console().print(table)
+
+
+def _freeze_document(frozen: Freeze | None, cut_by: Freeze | None, sched: Schedule) -> dict[str, Any] | None:
+    """`schedule --json`'s `freeze` of a window: the freeze it starts in (`effect: frozen`, no run) or
+    the one that cuts it short (`effect: cut_short`, no wave starts after its start); null: neither."""
+    freeze = frozen or cut_by
+    if freeze is None:
+        return None
+    return {
+        "name": freeze.name,
+        "start": freeze.start.astimezone(sched.zone).isoformat(),
+        "end": freeze.end.astimezone(sched.zone).isoformat(),
+        "source": freeze.source,
+        "effect": "frozen" if frozen is not None else "cut_short",
+    }
 
 
 def _parse_after(text: str, sched: Schedule) -> datetime:
@@ -428,7 +461,10 @@ def run_command(
     directory = report_dir or state_dir / "reports"
     with writing(state_dir, directory):
         runtime = LocalRuntime.open(state_dir, on_notice=live.notice)
-        if policy.kind == "non_periodic" and (skipped := runtime.skip_if_nothing_pending(policy, instances)):
+        skipped = runtime.skip_if_frozen(policy) if policy.kind != "emergency" else None
+        if skipped is None and policy.kind == "non_periodic":
+            skipped = runtime.skip_if_nothing_pending(policy, instances)
+        if skipped:
             if as_json:
                 _print_json({"policy": policy.name, "skipped": True, "reason": skipped})
             else:

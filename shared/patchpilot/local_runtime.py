@@ -241,19 +241,51 @@ class LocalRuntime:
         return cls(state_dir, service, store, queue, fleet, clock, notices, chat, reproducible)
 
     def start(
-        self, policy: Policy, instances: Iterable[Instance], run_id: str | None = None, at: datetime | None = None
+        self,
+        policy: Policy,
+        instances: Iterable[Instance],
+        run_id: str | None = None,
+        at: datetime | None = None,
+        *,
+        frozen_by: str | None = None,
     ) -> Run:
         """Start a run at `at`, or at the policy's next window (now, without a schedule): the
-        virtual clock moves there, so the run shows how the fleet fits the window."""
+        virtual clock moves there, so the run shows how the fleet fits the window. A freeze that
+        starts inside that window ends it there (`skip_if_frozen` tells a window that starts in
+        one); `frozen_by` names the freeze an emergency run starts in."""
+        window_end = None
         if at is None and policy.schedule is not None:
-            at = policy.schedule.windows(self.clock.now(), 1)[0].start
+            window = policy.schedule.windows(self.clock.now(), 1)[0]
+            at = window.start
+            if (cut := policy.freezes().first_starting(window.start, window.end)) is not None:
+                window_end = cut.start
         if at is not None:
             self.clock.advance_to(at)
         now = self.clock.now()
         if run_id is None:
             base = f"{policy.name}-{now:%Y%m%d-%H%M%S}"
             run_id = f"{base}-{self._run_id_suffix(base)}"
-        return self.service.start(run_id, policy, instances)
+        return self.service.start(run_id, policy, instances, window_end=window_end, frozen_by=frozen_by)
+
+    def skip_if_frozen(self, policy: Policy) -> str | None:
+        """A scheduled run's check before its window: when the policy's next window starts inside a
+        freeze, the virtual clock moves to that window, a `run_skipped` notice naming the freeze is
+        recorded and its text returned (no run starts). None when the run should go ahead."""
+        from patchpilot.compliance.render import frozen_notice
+        from patchpilot.triggers import scheduled_run_id
+
+        if policy.schedule is None:
+            return None
+        window = policy.schedule.windows(self.clock.now(), 1)[0]
+        frozen = policy.freezes().at(window.start)
+        if frozen is None:
+            return None
+        self.clock.advance_to(window.start)
+        run_id = scheduled_run_id(policy, window)
+        notice = frozen_notice(run_id, policy.name, window.start, frozen, policy.schedule.zone)
+        self.notices.notify(notice)  # no run holds this notice: routed by the policy itself
+        self.chat.send(notice, policy.notifications)
+        return notice.text
 
     def _run_id_suffix(self, base: str) -> str:
         """Four hex digits that keep apart runs started in the same second: random, or, when the

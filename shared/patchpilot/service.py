@@ -179,12 +179,22 @@ class Service:
     traffic: TrafficPools | None = None  # load-balancer drain and re-add (docs/traffic.md)
     wave_hooks: WaveHooks | None = None  # the policies' before_wave / after_wave HTTPS hooks
 
-    def start(self, run_id: str, policy: Policy, instances: Iterable[Instance]) -> Run:
+    def start(
+        self,
+        run_id: str,
+        policy: Policy,
+        instances: Iterable[Instance],
+        *,
+        window_end: datetime | None = None,
+        frozen_by: str | None = None,
+    ) -> Run:
         """Start a run; starting the same run id again (a redelivered trigger) only finishes
-        what the first start left undone."""
+        what the first start left undone. `window_end` ends its window early (a freeze cuts it
+        short); `frozen_by` names the freeze an emergency run starts in (its first ring waits)."""
         from patchpilot.planning import plan  # imported when used: the worker plans only follow-ups
 
-        decision = start_run(run_id, policy, plan(policy, instances), self.clock.now(), runtime=self.runtime)
+        layout, now, runtime = plan(policy, instances), self.clock.now(), self.runtime
+        decision = start_run(run_id, policy, layout, now, window_end=window_end, runtime=runtime, frozen_by=frozen_by)
         return self._create(decision.run, decision.commands)
 
     def _create(self, run: Run, commands: list[Message]) -> Run:

@@ -8,13 +8,19 @@ import csv
 import io
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from patchpilot.compliance.model import PATCH_SEVERITIES
 from patchpilot.compliance.report import STATUS_LABELS, STATUSES, ComplianceView, InstanceView, RingView, Status
 from patchpilot.engine.messages import Notify
 from patchpilot.reports.render import environment, report_stem, write_text
+
+if TYPE_CHECKING:
+    from zoneinfo import ZoneInfo
+
+    from patchpilot.policy.freeze import Freeze
 
 STATUS_COLOURS: dict[Status, str] = {
     "compliant": "#2e7d32",
@@ -302,6 +308,18 @@ def compliance_notice(view: ComplianceView, location: str, notice_id: str = "") 
         topic="compliance_report",
         text="\n".join(lines),
         severity="warning" if bad else "info",
+    )
+
+
+def frozen_notice(run_id: str, policy: str, window_start: datetime, freeze: Freeze, zone: ZoneInfo) -> Notify:
+    """The `run_skipped` notice of a scheduled window that starts inside a freeze (docs/governance.md):
+    its id is the window's run id, like the non-periodic one's, so it is said once."""
+    return Notify(
+        id=f"{run_id}:notify:run_skipped",
+        run_id=run_id,
+        topic="run_skipped",
+        text=f"Run {run_id} of policy {policy} skipped: its window {window_start.isoformat(timespec='minutes')} "
+        f"falls in freeze {freeze.describe(zone)}. The first window after the freeze patches.",
     )
 
 

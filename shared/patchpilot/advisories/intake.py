@@ -33,7 +33,6 @@ from patchpilot.ports import RunStore, UnknownRunError
 log = logging.getLogger("patchpilot.advisories")
 
 
-
 class Start(Protocol):
     """`Service.start`: `frozen_by` names the freeze the run starts in (its first ring waits)."""
 

@@ -6,7 +6,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Any, get_args
 
@@ -193,10 +193,12 @@ def schedule(policy_path: str, count: int, after: str | None, as_json: bool) -> 
     for n, (w, (frozen, cut_by)) in enumerate(zip(windows, freezes, strict=True), 1):
         row = [str(n), w.start.isoformat(), w.end.isoformat(), w.start.strftime("%a %d %b %Y")]
         if frozen is not None:
-            row.append(f"frozen: {frozen.describe(sched.zone)}, no run")
+            end = frozen.end.astimezone(sched.zone)
+            whole_days = end.time() == time()
+            until = f"through {end - timedelta(days=1):%Y-%m-%d}" if whole_days else f"until {end:%Y-%m-%d %H:%M}"
+            row.append(f"frozen: {frozen.name} {until}")
         elif cut_by is not None:
-            ends = cut_by.start.astimezone(sched.zone).isoformat(timespec="minutes")
-            row.append(f"ends early at {ends}: freeze {cut_by.name} starts")
+            row.append(f"ends {cut_by.start.astimezone(sched.zone):%H:%M}: {cut_by.name} starts")
         elif shows_freezes:
             row.append("")
         table.add_row(*row)

@@ -267,3 +267,14 @@ def test_a_calendar_name_with_a_path_is_refused() -> None:
     with pytest.raises(InputError) as raised:
         parse_policy(POLICY + "freeze_calendar: ../secrets/freezes.ics\n")
     assert "freeze_calendar" in str(raised.value)
+
+
+def test_a_freeze_with_azure_update_manager_schedules_is_refused() -> None:
+    text = POLICY + (
+        "freeze:\n  - {name: x, from: 2026-12-20, to: 2026-12-21}\n"
+        "azure: {maintenance: {resource_group: rg, location: japaneast}}\n"
+    )
+    with pytest.raises(InputError) as raised:
+        parse_policy(text)
+    (problem,) = raised.value.problems
+    assert problem.path == ("freeze",) and problem.message.startswith("cannot take effect with azure.maintenance")

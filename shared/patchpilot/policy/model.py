@@ -646,6 +646,14 @@ class Policy(_Section):
         for index, period in enumerate(self.freeze):
             if (problem := period_problem(period)) is not None:
                 found.append(Problem(("freeze", index), problem))
+        if (self.freeze or self.freeze_calendar) and self.azure is not None and self.azure.maintenance is not None:
+            found.append(
+                Problem(
+                    ("freeze",) if self.freeze else ("freeze_calendar",),
+                    "cannot take effect with azure.maintenance: Update Manager starts each ring at its own "
+                    "scheduled time, whatever the freeze; drop azure.maintenance to let PatchPilot run the rings",
+                )
+            )
         if self.kind == "non_periodic" and self.schedule is None:
             found.append(Problem(("kind",), "a non_periodic policy needs a schedule (whose windows it skips)"))
         if self.kind == "emergency" and self.emergency is None:

@@ -523,3 +523,79 @@ def test_the_azure_timer_writes_the_compliance_report_to_its_container(azurite: 
     assert 'href="compliance-fleet-20261202-0601.html"' in overview and "1 of 4" in overview
     text = blobs.get_blob_client(settings["PATCHPILOT_REPORTS"], names[2]).download_blob().readall().decode()
     assert "**1 of 4 machines compliant**" in text
+
+
+CALENDAR = """BEGIN:VCALENDAR
+VERSION:2.0
+PRODID:-//PatchPilot tests//EN
+BEGIN:VEVENT
+UID:audit@example.com
+SUMMARY:Year-end audit
+DTSTART;VALUE=DATE:20261210
+DTEND;VALUE=DATE:20261214
+RRULE:FREQ=YEARLY
+END:VEVENT
+END:VCALENDAR
+"""
+CALENDAR_POLICY = POLICY + "freeze_calendar: freezes.ics\n"
+SKIPPED_BY_CALENDAR = (
+    "window 2026-12-12T02:00+00:00 of fleet falls in freeze Year-end audit (2026-12-10T00:00+00:00 to "
+    "2026-12-14T00:00+00:00): it does not start"
+)
+
+
+def test_the_aws_timer_skips_a_window_frozen_by_the_calendar_beside_the_policy_in_s3() -> None:
+    from moto_support import TABLE, dynamodb
+
+    from patchpilot.adapters.aws.sessions import AwsSessions
+    from patchpilot.bootstrap.aws import AwsEnvironment, AwsRuntime
+
+    with aws():
+        dynamodb()
+        s3 = boto3.client("s3", region_name=REGION)
+        s3.create_bucket(Bucket=BUCKET)
+        s3.put_object(Bucket=BUCKET, Key="fleet/policy.yaml", Body=CALENDAR_POLICY.encode())
+        s3.put_object(Bucket=BUCKET, Key="fleet/freezes.ics", Body=CALENDAR.encode())
+        env = AwsEnvironment.from_environ(
+            {
+                "PATCHPILOT_TABLE": TABLE,
+                "PATCHPILOT_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/steps",
+                "PATCHPILOT_POLICY": f"s3://{BUCKET}/fleet/policy.yaml",
+                "PATCHPILOT_OVERRIDE_BUCKET": BUCKET,
+                "AWS_REGION": REGION,
+            }
+        )
+        rt = AwsRuntime(env, AwsSessions(), logging.getLogger("patchpilot"), ManualClock(WINDOW + timedelta(minutes=1)))
+        rt.__dict__["fleet"] = FakeFleet()
+        decision = rt.trigger()
+        assert not decision.start and decision.reason == SKIPPED_BY_CALENDAR
+        assert decision.frozen is not None and decision.frozen.source == "freezes.ics"
+
+
+def test_the_azure_timer_skips_a_window_frozen_by_the_calendar_beside_the_policy_blob(azurite: Azurite) -> None:
+    from azure.storage.blob import BlobServiceClient
+
+    from patchpilot.adapters.azure.clients import AzureClients
+    from patchpilot.bootstrap.azure import AzureEnvironment, AzureRuntime
+
+    settings = {
+        "AzureWebJobsStorage": azurite.connection_string,
+        "PATCHPILOT_TABLE": azurite.unique_name("runs"),
+        "PATCHPILOT_QUEUE": azurite.unique_name("steps"),
+        "PATCHPILOT_POLICY": f"blob://{azurite.unique_name('config')}/fleet/policy.yaml",
+        "PATCHPILOT_REPORTS": azurite.unique_name("reports"),
+    }
+    blobs = BlobServiceClient.from_connection_string(azurite.connection_string)
+    container = settings["PATCHPILOT_POLICY"].removeprefix("blob://").partition("/")[0]
+    blobs.create_container(container)
+    blobs.get_blob_client(container, "fleet/policy.yaml").upload_blob(CALENDAR_POLICY.encode())
+    blobs.get_blob_client(container, "fleet/freezes.ics").upload_blob(CALENDAR.encode())
+    rt = AzureRuntime.build(
+        AzureEnvironment.from_environ(settings),
+        logging.getLogger("patchpilot"),
+        clients=AzureClients(),
+        clock=ManualClock(WINDOW + timedelta(minutes=1)),
+    )
+    rt.__dict__["fleet"] = FakeFleet()
+    decision = rt.trigger()
+    assert not decision.start and decision.reason == SKIPPED_BY_CALENDAR

@@ -184,17 +184,27 @@ def _calendar_events(calendar: Calendar, source: str, zone: ZoneInfo, start: dat
     return found
 
 
+class ExternalFreezes(Protocol):
+    """Freezes a service keeps (SSM Change Calendars: `adapters/aws/change_calendar.py`): asked
+    about an instant or a range, never listed."""
+
+    def at(self, instant: datetime) -> Freeze | None: ...
+    def first_starting(self, start: datetime, end: datetime) -> Freeze | None: ...
+
+
 @dataclass(frozen=True)
 class Freezes:
-    """Every freeze of a policy: its periods and its calendar's events, in `zone`."""
+    """Every freeze of a policy: its periods and its calendar's events, in `zone`, and the freezes
+    of an external service (`external`, asked only by `at` and `first_starting`)."""
 
     zone: ZoneInfo
     periods: Sequence[Period] = ()
     calendar: Calendar | None = None
     calendar_name: str = ""
+    external: ExternalFreezes | None = None
 
     def __bool__(self) -> bool:
-        return bool(self.periods) or self.calendar is not None
+        return bool(self.periods) or self.calendar is not None or self.external is not None
 
     def between(self, start: datetime, end: datetime) -> list[Freeze]:
         """The freezes that overlap [start, end), by start (then end, then name)."""
@@ -206,8 +216,12 @@ class Freezes:
     def at(self, instant: datetime) -> Freeze | None:
         """The freeze `instant` falls in (the one that started first), or None."""
         near = self.between(instant, instant + timedelta(microseconds=1))
-        return next((f for f in near if f.contains(instant)), None)
+        found = next((f for f in near if f.contains(instant)), None)
+        return found if found is not None or self.external is None else self.external.at(instant)
 
     def first_starting(self, start: datetime, end: datetime) -> Freeze | None:
         """The first freeze that starts inside [start, end), or None."""
-        return next((f for f in self.between(start, end) if start <= f.start < end), None)
+        found = [f for f in self.between(start, end) if start <= f.start < end][:1]
+        if self.external is not None and (other := self.external.first_starting(start, end)) is not None:
+            found.append(other)
+        return min(found, key=lambda f: f.start, default=None)

@@ -29,7 +29,7 @@ from patchpilot.policy.fields import (
     new_list,
     resolve_timezone,
 )
-from patchpilot.policy.freeze import Freezes, Moment, period_problem
+from patchpilot.policy.freeze import ExternalFreezes, Freezes, Moment, period_problem
 from patchpilot.policy.schedule import (
     MAX_OFFSET_DAYS,
     AwsCron,
@@ -361,6 +361,8 @@ class AwsSettings(_Section):
     restore_data_volumes: bool = False  # rollback restores data volumes too, not only the root volume
     patch_group_tag: str = "PatchGroup"
     baselines: AwsBaselines | None = None  # Patch Manager baselines and patch groups: `patchpilot aws sync`
+    # SSM Change Calendars (names or ARNs, in the deployment's region): CLOSED is a freeze (docs/governance.md)
+    change_calendars: OneOrMore[str] = Field(default_factory=new_list)
 
 
 class AzureMaintenance(_Section):
@@ -560,11 +562,18 @@ class Policy(_Section):
     freeze: list[FreezePeriod] = Field(default_factory=new_list)
     freeze_calendar: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_][A-Za-z0-9._ -]*$", max_length=255)
     _calendar: Any = PrivateAttr(default=None)  # the parsed freeze_calendar (icalendar.Calendar), from the loader
+    _external: ExternalFreezes | None = PrivateAttr(default=None)  # aws.change_calendars, from the AWS loader
 
     def with_freeze_calendar(self, calendar: Any) -> Policy:
         """This policy with its `freeze_calendar` read (`freeze.parse_calendar`): what the loaders return."""
         copy = self.model_copy()
         copy._calendar = calendar
+        return copy
+
+    def with_change_calendars(self, calendars: ExternalFreezes) -> Policy:
+        """This policy with its `aws.change_calendars` to ask (`adapters/aws/change_calendar.py`)."""
+        copy = self.model_copy()
+        copy._external = calendars
         return copy
 
     def freezes(self) -> Freezes:
@@ -575,7 +584,9 @@ class Policy(_Section):
                 f"policy {self.name}: freeze_calendar {self.freeze_calendar} was not read; load the policy "
                 "with load_policy or a cloud policy source, which read it from beside the policy"
             )
-        return Freezes(self.zone_for(None), tuple(self.freeze), self._calendar, self.freeze_calendar or "")
+        return Freezes(
+            self.zone_for(None), tuple(self.freeze), self._calendar, self.freeze_calendar or "", self._external
+        )
 
     def restores_data_volumes(self, clouds: Iterable[Cloud]) -> bool:
         """Whether a rollback of machines on these clouds restores their data volumes too."""

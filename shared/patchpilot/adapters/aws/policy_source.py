@@ -7,6 +7,7 @@ rules as `patchpilot validate`, so a broken policy is refused with every problem
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from patchpilot.errors import InputError
@@ -49,9 +50,16 @@ def beside(location: str, name: str) -> str:
     return "ssm:" + posixpath.join(posixpath.dirname(location.removeprefix("ssm:")), name)
 
 
-def load_policy_from(location: str, s3: S3Client | None, ssm: SSMClient | None) -> Policy:
-    """The policy, with its `freeze_calendar` read from beside it (`beside`)."""
+def load_policy_from(
+    location: str, s3: S3Client | None, ssm: SSMClient | None, calendars: Callable[[], SSMClient] | None = None
+) -> Policy:
+    """The policy, with its `freeze_calendar` read from beside it (`beside`), and with its
+    `aws.change_calendars` asked through the SSM client `calendars()` gives (built only then)."""
     policy = parse_policy(read_policy_text(location, s3, ssm), source=location)
+    if calendars is not None and policy.aws is not None and policy.aws.change_calendars:
+        from patchpilot.adapters.aws.change_calendar import SsmChangeCalendars
+
+        policy = policy.with_change_calendars(SsmChangeCalendars(calendars(), policy.aws.change_calendars))
 
     def calendar(name: str) -> tuple[str, str]:
         from botocore.exceptions import ClientError

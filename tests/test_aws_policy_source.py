@@ -59,9 +59,9 @@ VERSION:2.0
 PRODID:-//PatchPilot tests//EN
 BEGIN:VEVENT
 UID:q4@example.com
-SUMMARY:Quarter close
-DTSTART;VALUE=DATE:20261228
-DTEND;VALUE=DATE:20270102
+SUMMARY:Black Friday
+DTSTART;VALUE=DATE:20261127
+DTEND;VALUE=DATE:20261130
 END:VEVENT
 END:VCALENDAR
 """
@@ -79,8 +79,8 @@ def test_the_freeze_calendar_is_read_from_beside_the_deployed_policy(clients: tu
     else:
         ssm.put_parameter(Name="/patchpilot/policy", Value=text, Type="String")
         ssm.put_parameter(Name="/patchpilot/freezes.ics", Value=CALENDAR, Type="String")
-    freeze = load_policy_from(location, s3, ssm).freezes().at(datetime(2026, 12, 30, tzinfo=UTC))
-    assert freeze is not None and freeze.name == "Quarter close" and freeze.source == "freezes.ics"
+    freeze = load_policy_from(location, s3, ssm).freezes().at(datetime(2026, 11, 28, tzinfo=UTC))
+    assert freeze is not None and freeze.name == "Black Friday" and freeze.source == "freezes.ics"
 
 
 def test_a_missing_freeze_calendar_names_where_it_was_looked_for(clients: tuple[Any, Any]) -> None:

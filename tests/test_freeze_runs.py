@@ -88,20 +88,26 @@ def test_schedule_without_freezes_keeps_its_table_and_json() -> None:
 # --- the local run ---------------------------------------------------------------------------------
 
 
-def test_a_run_whose_window_starts_in_a_freeze_is_skipped_with_one_notice(tmp_path: Path) -> None:
+def test_a_run_skips_a_window_that_starts_in_a_freeze_with_one_notice_and_runs_at_the_next(tmp_path: Path) -> None:
     policy = variant(tmp_path, "freeze:\n  - {name: audit, from: 2026-12-11, to: 2026-12-13}\n")
     state = tmp_path / "state"
     result = cli("run", "--policy", policy, "--inventory", FLEET, "--state-dir", state, "--json")
     assert result.exit_code == 0, result.output
-    document = json.loads(result.stdout)
-    assert document["skipped"] is True
-    assert document["reason"] == (
+    assert json.loads(result.stdout)["run_id"].startswith("monthly-fleet-20270115-170000-")  # 16 Jan, 02:00 Tokyo
+    notices = [json.loads(line) for line in (state / "notifications.jsonl").read_text().splitlines()]
+    skipped = [n for n in notices if n["topic"] == "run_skipped"]
+    assert [n["text"] for n in skipped] == [
         "Run monthly-fleet-20261212-0200 of policy monthly-fleet skipped: its window 2026-12-12T02:00+09:00 falls in "
         "freeze audit (2026-12-11T00:00+09:00 to 2026-12-14T00:00+09:00). The first window after the freeze patches."
-    )
-    notices = [json.loads(line) for line in (state / "notifications.jsonl").read_text().splitlines()]
-    assert [n["topic"] for n in notices] == ["run_skipped"]
-    assert LocalRuntime.open(state).store.run_ids() == []
+    ]
+    assert notices[0]["topic"] == "run_skipped"  # before the run that follows starts
+
+
+def test_a_policy_whose_every_window_is_frozen_starts_nothing_and_says_why(tmp_path: Path) -> None:
+    policy = variant(tmp_path, "freeze:\n  - {name: forever, from: 2026-01-01, to: 2036-01-01}\n")
+    result = cli("run", "--policy", policy, "--inventory", FLEET, "--state-dir", tmp_path / "s")
+    assert result.exit_code == 2
+    assert "freeze: the next 60 windows all start inside a freeze: no run to start" in result.output
 
 
 def test_a_window_a_freeze_cuts_short_ends_at_the_freeze(tmp_path: Path) -> None:

@@ -463,10 +463,7 @@ def run_command(
     directory = report_dir or state_dir / "reports"
     with writing(state_dir, directory):
         runtime = LocalRuntime.open(state_dir, on_notice=live.notice)
-        skipped = runtime.skip_if_frozen(policy) if policy.kind != "emergency" else None
-        if skipped is None and policy.kind == "non_periodic":
-            skipped = runtime.skip_if_nothing_pending(policy, instances)
-        if skipped:
+        if policy.kind == "non_periodic" and (skipped := runtime.skip_if_nothing_pending(policy, instances)):
             if as_json:
                 _print_json({"policy": policy.name, "skipped": True, "reason": skipped})
             else:

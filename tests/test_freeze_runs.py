@@ -197,3 +197,10 @@ def test_outside_a_freeze_an_emergency_run_starts_its_first_ring_at_once(tmp_pat
     assert emergency_freeze(policy, after) is None
     run = start_run("r", policy, plan(policy, chosen), after, frozen_by=None).run
     assert run.state != "awaiting_approval"
+
+
+def test_the_run_command_prints_the_skipped_window_s_notice(tmp_path: Path) -> None:
+    policy = variant(tmp_path, "freeze:\n  - {name: audit, from: 2026-12-11, to: 2026-12-13}\n")
+    result = cli("run", "--policy", policy, "--inventory", FLEET, "--state-dir", tmp_path / "s")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("Run monthly-fleet-20261212-0200 of policy monthly-fleet skipped: its window")

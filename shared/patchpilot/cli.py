@@ -464,10 +464,8 @@ def run_command(
     with writing(state_dir, directory):
         runtime = LocalRuntime.open(state_dir, on_notice=live.notice)
         if policy.kind == "non_periodic" and (skipped := runtime.skip_if_nothing_pending(policy, instances)):
-            if as_json:
+            if as_json:  # the notice's own line said it otherwise (LiveProgress.notice)
                 _print_json({"policy": policy.name, "skipped": True, "reason": skipped})
-            else:
-                console.print(skipped)
             sys.exit(EXIT_SUCCEEDED)
         # An emergency policy runs on demand only: now, not at its schedule's next window.
         run = runtime.start(policy, instances, at=runtime.clock.now() if policy.kind == "emergency" else None)
@@ -1042,7 +1040,7 @@ UNDONE = ("pending", "not_started")
 class LiveProgress:
     """Rich progress bars per ring and for the current wave, and a line per notable notice."""
 
-    LOUD_TOPICS = ("instance_failed", "ring_finished", "approval_needed", "run_halted")
+    LOUD_TOPICS = ("instance_failed", "ring_finished", "approval_needed", "run_halted", "run_skipped")
 
     def __init__(self, console: Console, quiet: bool = False) -> None:
         self.console = console

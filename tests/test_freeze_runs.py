@@ -204,3 +204,18 @@ def test_the_run_command_prints_the_skipped_window_s_notice(tmp_path: Path) -> N
     result = cli("run", "--policy", policy, "--inventory", FLEET, "--state-dir", tmp_path / "s")
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("Run monthly-fleet-20261212-0200 of policy monthly-fleet skipped: its window")
+
+
+def test_only_the_first_ring_of_a_frozen_emergency_run_waits_then_the_run_goes_on() -> None:
+    """The pure engine: `frozen_by` gates the first ring once; later rings keep their own setting."""
+    from engine_driver import answer_all_ok, drive_to_end
+
+    policy = load_policy(str(POLICY))
+    fleet = load_inventory(str(FLEET))
+    decision = start_run("r", policy, plan(policy, fleet), NOW, frozen_by="year-end (…)")
+    assert {w.ring for w in decision.run.waves} == {"staging", "production"}
+    assert decision.run.state == "awaiting_approval" and decision.run.cursor == 0
+    run = drive_to_end(decision, answer_all_ok)
+    gates = [e.text for e in run.log if "needs approval before it starts" in e.text]
+    assert len(gates) == 1 and gates[0].startswith("Ring staging needs approval before it starts (the run started")
+    assert run.status == "succeeded"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from pydantic import ValidationError
 
 from patchpilot.errors import InputError, Problem
@@ -12,8 +14,9 @@ from patchpilot.policy.schedule import Window
 __all__ = ["Policy", "Ring", "Rollout", "Schedule", "Selector", "Window", "load_policy", "parse_policy"]
 
 
-def parse_policy(text: str, source: str = "<policy>") -> Policy:
-    """Parse and validate a policy; an InputError names every problem with its line."""
+def parse_policy(text: str, source: str = "<policy>", now: datetime | None = None) -> Policy:
+    """Parse and validate a policy; an InputError names every problem with its line. `now` (the
+    caller's clock; default: the real time) bounds how far ahead an exception may expire."""
     document = parse_yaml(text, source)
     if not isinstance(document.data, dict):
         raise InputError.single(source, "expected a mapping of policy fields at the top level")
@@ -21,7 +24,8 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
         policy = Policy.model_validate(document.data)
     except ValidationError as exc:
         raise InputError(source, problems_from(exc, Policy, document.locate)) from None
-    problems = [_placed(p, document) for p in policy.problems()]
+    found = [*policy.problems(), *policy.exception_problems(now or datetime.now(UTC))]
+    problems = [_placed(p, document) for p in found]
     if problems:
         raise InputError(source, problems)
     return policy
@@ -32,5 +36,5 @@ def _placed(problem: Problem, document: Document) -> Problem:
     return Problem(problem.path, problem.message, *(pos or (None, None)))
 
 
-def load_policy(path: str) -> Policy:
-    return parse_policy(read_text(path), path)
+def load_policy(path: str, now: datetime | None = None) -> Policy:
+    return parse_policy(read_text(path), path, now)

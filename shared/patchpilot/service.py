@@ -184,7 +184,8 @@ class Service:
         what the first start left undone."""
         from patchpilot.planning import plan  # imported when used: the worker plans only follow-ups
 
-        decision = start_run(run_id, policy, plan(policy, instances), self.clock.now(), runtime=self.runtime)
+        now = self.clock.now()
+        decision = start_run(run_id, policy, plan(policy, instances, now), now, runtime=self.runtime)
         return self._create(decision.run, decision.commands)
 
     def _create(self, run: Run, commands: list[Message]) -> Run:
@@ -203,8 +204,9 @@ class Service:
         like `start`: the pre-maintenance event may arrive twice."""
         from patchpilot.planning import plan_cloud_scheduled
 
+        now = self.clock.now()
         decision = start_run(
-            run_id, policy, plan_cloud_scheduled(policy, instances), self.clock.now(), maintenance, runtime=self.runtime
+            run_id, policy, plan_cloud_scheduled(policy, instances, now), now, maintenance, runtime=self.runtime
         )
         return self._create(decision.run, decision.commands)
 
@@ -227,7 +229,7 @@ class Service:
         decision = start_run(
             command.follow_up_id,
             policy,
-            plan(policy, command.instances),
+            plan(policy, command.instances, now),
             now,
             follow_up_of=followed,
             runtime=self.runtime,
@@ -271,7 +273,7 @@ class Service:
         decision = start_run(
             retry_id,
             policy,
-            plan(policy, instances),
+            plan(policy, instances, now),
             now,
             follow_up_of=followed,
             window_end=window.end if window else None,

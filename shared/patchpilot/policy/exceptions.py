@@ -22,11 +22,7 @@ def in_force(policy: Policy, exception: PolicyException, now: datetime) -> bool:
 def machine_exception(policy: Policy, instance: Instance, now: datetime) -> PolicyException | None:
     """The first machine exception (no `patches`) in force at `now` that selects the instance."""
     return next(
-        (
-            e
-            for e in policy.exceptions
-            if not e.patches and e.select.matches(instance) and in_force(policy, e, now)
-        ),
+        (e for e in policy.exceptions if not e.patches and e.select.matches(instance) and in_force(policy, e, now)),
         None,
     )
 

@@ -532,7 +532,6 @@ class ComplianceSettings(_Section):
     sla: dict[str, Duration] = Field(default_factory=dict)
     due_soon: Duration = timedelta(days=7)
 
-
     def sla_problems(self) -> list[Problem]:
         from patchpilot.compliance.model import PATCH_SEVERITIES  # not at import: handlers never need it
 
@@ -544,7 +543,7 @@ class ComplianceSettings(_Section):
                 found.append(
                     Problem(
                         where,
-                        f'expected a severity ({", ".join(PATCH_SEVERITIES)}) or a classification '
+                        f"expected a severity ({', '.join(PATCH_SEVERITIES)}) or a classification "
                         f'({", ".join(get_args(Classification))}), got "{key}"{did_you_mean(key, known)}',
                     )
                 )
@@ -584,7 +583,7 @@ class Policy(_Section):
     rollout: Rollout = Rollout()
     region_pairs: list[tuple[str, str]] = Field(default_factory=new_list)
     exclude: Exclusions = Exclusions()
-    exceptions: list[PolicyException] = Field(default_factory=new_list)  # accepted risks that expire: docs/governance.md
+    exceptions: list[PolicyException] = Field(default_factory=new_list)  # accepted risks: docs/governance.md
     # Machines in an AWS Auto Scaling group or an Azure scale set (the inventory's `scaling_group`):
     # `skip` lists them as excluded, "member of scaling group X: patch its image" (docs/planner.md);
     # `standby`: an AWS group's member enters Standby (desired capacity decremented) for its install

@@ -37,6 +37,7 @@ from patchpilot.compliance.model import AssessmentStarted, MissingPatch, PatchGa
 from patchpilot.engine.messages import (
     CheckHealth,
     InstallPatches,
+    InstallTarget,
     Outcome,
     ProbeAgents,
     RollBack,
@@ -206,7 +207,7 @@ class SimulatedFleet:
 
     def install_patches(self, command: InstallPatches) -> Progress:
         def plans() -> list[_Plan]:
-            return _plans(command.targets, lambda t: t.instance.id, lambda t: _install(t.instance, t.only, command))
+            return _plans(command.targets, lambda t: t.instance.id, lambda t: _install(t, command))
 
         return self._execute(command.id, command.run_id, "install", plans)
 
@@ -479,7 +480,10 @@ def select_patches(
     return [patch for patch in chosen if not any(_matches(patch, pattern) for pattern in exclude)]
 
 
-def _install(instance: Instance, only: list[str] | None, command: InstallPatches) -> _Plan:
+def _install(target: InstallTarget, command: InstallPatches) -> _Plan:
+    """The patches the target gets (its pinned set, else the policy's selection), less those its
+    exceptions leave out (`target.exclude`), as the clouds' adapters do."""
+    instance, only = target.instance, target.only
     hints = _hints(instance)
     minutes = hints.install_minutes or _minutes("install", instance.id, *INSTALL_MINUTES)
     reboots = command.reboot != "never"
@@ -493,6 +497,7 @@ def _install(instance: Instance, only: list[str] | None, command: InstallPatches
             known = {p for p, _ in CATALOG[instance.os]}
             extra = [p for p in hints.missing or () if p not in known and p not in patches]
             patches += [p for p in extra if not any(_matches(p, pattern) for pattern in command.exclude)]
+    patches = [p for p in patches if not any(_matches(p, pattern) for pattern in target.exclude)]
     if hints.install == "fail":
         return _Plan(instance.id, minutes, False, _install_failure(instance.os, patches), [])
     count = plural(len(patches), "patch")

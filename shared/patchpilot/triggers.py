@@ -14,11 +14,13 @@ from itertools import islice
 from zoneinfo import ZoneInfo
 
 from patchpilot.engine.messages import Notify
-from patchpilot.policy import Policy, Window
+from patchpilot.policy import Policy, Schedule, Window
+from patchpilot.policy.exceptions import describe, expired_between
 from patchpilot.policy.fields import format_duration
 from patchpilot.policy.schedule import AwsCron, window_starts
 
 TIMER_PERIOD = timedelta(minutes=15)  # how often the clouds' timers fire (template.yaml, function_app)
+LOOK_BACK = (timedelta(days=40), timedelta(days=400))  # where `previous_window_start` looks, nearest first
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,25 @@ def heads_up(policy: Policy, now: datetime, lead: timedelta, period: timedelta =
         f"Run {run_id} of policy {policy.name} starts {window.start.isoformat(timespec='minutes')}"
         f" ({format_duration(window.end - window.start)} window)"
     )  # the same text from every tick of the period, like the id
+    previous = previous_window_start(policy.schedule, window.start)
+    ended = expired_between(policy, previous or window.start - LOOK_BACK[-1], window.start)
+    if ended:
+        text += ". Exceptions that ended since the last window, their machines and patches are patched again: "
+        text += "; ".join(describe(e) for e in ended)
     return Notify(id=f"{run_id}:notify:run_scheduled", run_id=run_id, topic="run_scheduled", text=text)
+
+
+def previous_window_start(schedule: Schedule, before: datetime) -> datetime | None:
+    """The start of the last window before `before`, within `LOOK_BACK`; None when there is none."""
+    for back in LOOK_BACK:
+        last = None
+        for start in window_starts(schedule.rule, schedule.at, schedule.offset_days, schedule.zone, before - back):
+            if start >= before:
+                break
+            last = start
+        if last is not None:
+            return last
+    return None
 
 
 def fired_within(rule: AwsCron, zone: ZoneInfo, now: datetime, period: timedelta = TIMER_PERIOD) -> datetime | None:

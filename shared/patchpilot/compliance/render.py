@@ -170,7 +170,7 @@ def _state(total: str) -> str:
 
 
 def _context(view: ComplianceView) -> dict[str, Any]:
-    attention = [i for i in view.instances if i.status != "compliant"]
+    attention = [i for i in view.instances if i.status not in ("compliant", "excepted")]
     return {
         "v": view,
         "statuses": STATUSES,

@@ -57,9 +57,11 @@ def expired_between(policy: Policy, start: datetime, end: datetime) -> list[Poli
 
 
 def expiring_within(policy: Policy, now: datetime, within: timedelta = EXPIRING_SOON) -> list[PolicyException]:
-    """The exceptions in force at `now` that end within `within`, soonest first."""
+    """The exceptions in force at `now` whose last day is at most `within` after today (in the
+    policy's time zone), soonest first."""
     zone = policy.zone_for(None)
-    soon = [e for e in policy.exceptions if now < e.ends_at(zone) <= now + within]
+    last_day = (now.astimezone(zone) + within).date()
+    soon = [e for e in policy.exceptions if now < e.ends_at(zone) and e.expires <= last_day]
     return sorted(soon, key=lambda e: e.expires)
 
 

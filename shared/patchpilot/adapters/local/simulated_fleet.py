@@ -481,23 +481,20 @@ def select_patches(
 
 
 def _install(target: InstallTarget, command: InstallPatches) -> _Plan:
-    """The patches the target gets (its pinned set, else the policy's selection), less those its
-    exceptions leave out (`target.exclude`), as the clouds' adapters do."""
-    instance, only = target.instance, target.only
+    instance, only, excluded = target.instance, target.only, [*command.exclude, *target.exclude]  # + its exceptions
     hints = _hints(instance)
     minutes = hints.install_minutes or _minutes("install", instance.id, *INSTALL_MINUTES)
     reboots = command.reboot != "never"
     if reboots:
         minutes += REBOOT_MINUTES
     if only is not None:
-        patches = list(dict.fromkeys(only))
+        patches = [p for p in dict.fromkeys(only) if not any(_matches(p, pattern) for pattern in target.exclude)]
     else:
-        patches = select_patches(instance.os, command.classifications, command.include, command.exclude)
+        patches = select_patches(instance.os, command.classifications, command.include, excluded)
         if HINTED_CLASSIFICATION in command.classifications:  # hinted patches the catalogue does not know
             known = {p for p, _ in CATALOG[instance.os]}
             extra = [p for p in hints.missing or () if p not in known and p not in patches]
-            patches += [p for p in extra if not any(_matches(p, pattern) for pattern in command.exclude)]
-    patches = [p for p in patches if not any(_matches(p, pattern) for pattern in target.exclude)]
+            patches += [p for p in extra if not any(_matches(p, pattern) for pattern in excluded)]
     if hints.install == "fail":
         return _Plan(instance.id, minutes, False, _install_failure(instance.os, patches), [])
     count = plural(len(patches), "patch")

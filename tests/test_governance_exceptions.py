@@ -506,3 +506,12 @@ def test_compliance_exits_1_on_an_overdue_patch_unless_an_exception_covers_it(tm
     assert code == 0 and document["totals"]["overdue"] == 0
     (patch,) = document["instances"][0]["missing"]
     assert patch["state"] == "excepted" and patch["exception"]["reason"] == "retired in January"
+
+
+def test_a_machine_in_no_ring_has_no_deadline_to_miss() -> None:
+    bastion = machine("bastion", None)
+    view = build_view(
+        policy(), [bastion], [PatchState("i-bastion", assessed_at=NOW, missing=(gap("k", "Critical", days=30),))], NOW
+    )
+    (row,) = view.instances
+    assert row.status == "unmanaged" and row.missing[0].deadline is None and not unexcepted_overdue(view)

@@ -512,7 +512,10 @@ def _instance_view(
     exception: PolicyException | None = None,
 ) -> InstanceView:
     state = state or PatchState(instance.id, error="no assessment returned for this machine")
-    missing = tuple(_gap_view(policy, instance, p, now, exception) for p in sorted(state.missing, key=_patch_order))
+    sla = placed != "unmanaged"  # a machine in no ring is not the policy's: its patches have no deadline
+    missing = tuple(
+        _gap_view(policy, instance, p, now, exception, sla) for p in sorted(state.missing, key=_patch_order)
+    )
     status: Status
     if placed is not None:
         status = placed
@@ -550,13 +553,13 @@ def _instance_view(
 
 
 def _gap_view(
-    policy: Policy, instance: Instance, patch: MissingPatch, now: datetime, machine: PolicyException | None
+    policy: Policy, instance: Instance, patch: MissingPatch, now: datetime, machine: PolicyException | None, sla: bool
 ) -> PatchGapView:
     """A missing patch: excepted by the machine's exception or a patch exception in force; else,
-    when the policy installs it, with its deadline under the policy's SLA."""
+    when the policy installs it (and `sla`), with its deadline under the policy's SLA."""
     wanted = in_policy(policy.patches, patch)
     exception = machine or patch_exception(policy, instance, patch.id, now)
-    deadline = deadline_of(policy.compliance, patch, now) if wanted and exception is None else None
+    deadline = deadline_of(policy.compliance, patch, now) if sla and wanted and exception is None else None
     return PatchGapView(patch, _age(patch.released_at, now), wanted, exception, deadline)
 
 

@@ -78,6 +78,7 @@ DEADLINE_COLUMNS = CSV_COLUMNS[23:26]
 DEADLINE_COLOURS = {"overdue": "#b71c1c", "due_soon": "#f9a825", "no_release_date": "#90a4ae"}
 PATCH_COLUMNS = CSV_COLUMNS[11:19]
 MAX_NOTICE_RINGS = 8
+MAX_OVERDUE_LISTED = 20  # overdue patches named in the reports' banner; the machines table has them all
 
 # ---------------------------------------------------------------- charts
 
@@ -182,6 +183,7 @@ def _context(view: ComplianceView) -> dict[str, Any]:
         "exposed": [i for i in view.instances if i.status == "exposed"],
         "excepted": [i for i in view.instances if i.status == "excepted"],
         "overdue": unexcepted_overdue(view),
+        "max_listed": MAX_OVERDUE_LISTED,
         "deadline_labels": DEADLINE_LABELS,
         "broken": [i for i in view.instances if i.status == "needs_attention"],
         "compliant": [i for i in view.instances if i.status == "compliant"],
@@ -329,7 +331,7 @@ def ring_line(view: ComplianceView, ring: RingView) -> str:
     if t.overdue or t.due_soon:
         line += f"; {t.overdue} overdue, {t.due_soon} due soon"
     if t.excepted_patches:
-        line += f"; {t.excepted_patches} excepted patches"
+        line += f"; {plural(t.excepted_patches, 'excepted patch')}"
     if t.reboots_pending:
         line += f"; {t.reboots_pending} reboots pending"
     return line

@@ -515,3 +515,12 @@ def test_a_machine_in_no_ring_has_no_deadline_to_miss() -> None:
     )
     (row,) = view.instances
     assert row.status == "unmanaged" and row.missing[0].deadline is None and not unexcepted_overdue(view)
+
+
+def test_the_status_legend_with_excepted_still_fits_the_chart() -> None:
+    from patchpilot.compliance.render import LEGEND_CHAR, LEGEND_SPACING, status_chart
+
+    chart = status_chart(build_view(policy(), FLEET, STATES, NOW))
+    assert "excepted" in [label for label, _ in chart.legend]
+    width = sum(LEGEND_SPACING + len(label) * LEGEND_CHAR for label, _ in chart.legend)
+    assert 0 <= chart.legend_x and chart.legend_x + width <= chart.width

@@ -108,9 +108,11 @@ class Chart:
     label_width: int
     bars: tuple[Bar, ...]
     legend: tuple[tuple[str, str], ...]  # (label, colour)
+    legend_x: float = 200  # where the legend starts: left of the bars' start when it would not fit there
 
 
 BAR_HEIGHT, BAR_GAP, CHART_WIDTH, LABEL_WIDTH, TOP = 22, 10, 760, 200, 34
+LEGEND_SPACING, LEGEND_CHAR = 26, 7  # a legend entry's width: its swatch and gap, and per character (chart.svg.j2)
 
 
 def _chart(title: str, rows: list[tuple[str, list[tuple[str, int, str]]]], legend: list[tuple[str, str]]) -> Chart:
@@ -125,7 +127,9 @@ def _chart(title: str, rows: list[tuple[str, list[tuple[str, int, str]]]], legen
                 x += count * scale
         bars.append(Bar(label, TOP + k * (BAR_HEIGHT + BAR_GAP), sum(c for _, c, _ in parts), tuple(segments)))
     height = TOP + len(rows) * (BAR_HEIGHT + BAR_GAP) + 10
-    return Chart(title, CHART_WIDTH, height, LABEL_WIDTH, tuple(bars), tuple(legend))
+    legend_width = sum(LEGEND_SPACING + len(label) * LEGEND_CHAR for label, _ in legend)
+    legend_x = max(min(LABEL_WIDTH, CHART_WIDTH - legend_width), 0)
+    return Chart(title, CHART_WIDTH, height, LABEL_WIDTH, tuple(bars), tuple(legend), legend_x)
 
 
 def _ring_label(view: ComplianceView, ring: RingView) -> str:

@@ -523,4 +523,4 @@ def test_the_status_legend_with_excepted_still_fits_the_chart() -> None:
     chart = status_chart(build_view(policy(), FLEET, STATES, NOW))
     assert "excepted" in [label for label, _ in chart.legend]
     width = sum(LEGEND_SPACING + len(label) * LEGEND_CHAR for label, _ in chart.legend)
-    assert 0 <= chart.legend_x and chart.legend_x + width <= chart.width
+    assert chart.legend_x >= 0 and chart.legend_x + width <= chart.width

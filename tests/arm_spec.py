@@ -37,6 +37,7 @@ API_VERSIONS = {
     "microsoft.compute": frozenset({"2026-04-01", "2026-03-02"}),  # virtual machines; disks and snapshots
     "microsoft.hybridcompute": frozenset({"2026-07-15"}),
     "microsoft.maintenance": frozenset({"2023-04-01", "2023-09-01-preview"}),
+    "microsoft.network": frozenset({"2026-03-01"}),  # NICs, load balancers, Application Gateways (traffic pools)
     "microsoft.resourcegraph": frozenset({"2021-03-01"}),
 }
 
@@ -44,6 +45,7 @@ _RG = r"/subscriptions/[^/]+/resourceGroups/[^/]+/providers"
 _VM = _RG + r"/Microsoft\.Compute/virtualMachines/[^/]+"
 _ARC = _RG + r"/Microsoft\.HybridCompute/machines/[^/]+"
 _MC = _RG + r"/Microsoft\.Maintenance/maintenanceConfigurations/[^/]+"
+_NET = _RG + r"/Microsoft\.Network"
 # (method, path, operation): the operations schemas.json holds a schema for
 ROUTES = [
     ("POST", _VM + r"/installPatches", "VirtualMachines_InstallPatches"),
@@ -60,6 +62,12 @@ ROUTES = [
     ),
     ("PUT", _MC + r"/providers/Microsoft\.Maintenance/applyUpdates/[^/]+", "ApplyUpdates_Cancel"),
     ("GET", _MC + r"/providers/Microsoft\.Maintenance/applyUpdates/[^/]+", "ApplyUpdates_Get"),
+    ("GET", _NET + r"/networkInterfaces/[^/]+", "NetworkInterfaces_Get"),
+    ("PUT", _NET + r"/networkInterfaces/[^/]+", "NetworkInterfaces_CreateOrUpdate"),
+    ("GET", _NET + r"/loadBalancers/[^/]+", "LoadBalancers_Get"),
+    ("GET", _NET + r"/applicationGateways/[^/]+", "ApplicationGateways_Get"),
+    ("POST", _NET + r"/loadBalancers/[^/]+/loadBalancingRules/[^/]+/health", "LoadBalancerLoadBalancingRules_Health"),
+    ("POST", _NET + r"/applicationGateways/[^/]+/backendhealth", "ApplicationGateways_BackendHealth"),
 ]
 
 

@@ -43,11 +43,14 @@ rings:
   - {name: production, select: {tags: {Environment: production}}}
 rollout: {mode: concurrent_zones, disruption_budget: 2, canary: 1, max_failures: 2}
 exclude: {tags: {PatchPolicy: frozen}}
+traffic: {drain: true, pool_health: true}
+hooks: {after_install: {linux: "systemctl start app", windows: "Start-Service app"}}
 """
 )
 STORE_EFFECTS = ("create", "save", "mark_sent")
 QUEUE_EFFECTS = ("publish", "ack", "retry_at")
-FLEET_EFFECTS = ("probe_agents", "take_snapshots", "install_patches", "check_health", "roll_back")
+FLEET_EFFECTS = ("probe_agents", "take_snapshots", "install_patches", "check_health", "roll_back", "run_hook")
+TRAFFIC_EFFECTS = ("leave_pools", "rejoin_pools")
 NOTIFIER_EFFECTS = ("notify",)
 LEASE_EFFECTS = ("acquire", "release")
 
@@ -57,6 +60,7 @@ def _fleet() -> list[Instance]:
         "i-prod-03": Simulation(health="fail"),
         "i-prod-05": Simulation(agent="offline"),
         "i-prod-06": Simulation(install="fail", rollback="fail"),
+        "i-prod-07": Simulation(pool_health="fail"),
     }
     out = []
     for ring, count in (("staging", 3), ("prod", 8)):
@@ -71,6 +75,8 @@ def _fleet() -> list[Instance]:
                     zone=str(n % 3 + 1),
                     os="linux" if n % 3 else "windows",
                     tags={"Environment": environment},
+                    # drained before the install, back after it (docs/traffic.md)
+                    traffic_pools=("web",) if n % 2 else ("web", "api"),
                     simulation=hints.get(iid),
                 )
             )
@@ -162,6 +168,8 @@ def open_flaky(world: World, faults: Faults) -> Runtime:
     service.store = Flaky(service.store, faults, STORE_EFFECTS)
     service.queue = Flaky(service.queue, faults, QUEUE_EFFECTS)
     service.fleet = Flaky(service.fleet, faults, FLEET_EFFECTS)
+    if service.traffic is not None:
+        service.traffic = Flaky(service.traffic, faults, TRAFFIC_EFFECTS)
     service.notifier = Flaky(service.notifier, faults, NOTIFIER_EFFECTS)
     if service.leases is not None:
         service.leases = Flaky(service.leases, faults, LEASE_EFFECTS)
@@ -275,6 +283,8 @@ def assert_like_the_fault_free_run(runtime: Runtime) -> None:
     twice = {key: n for key, n in effects.items() if n > 1}
     assert not twice, f"done more than once: {twice}"
     assert not runtime.queue.dead_letters()
+    broken = {r.id for r in run.records() if r.state == "failed"}
+    assert runtime.fleet.pools.out_of_service() == broken, "a machine left out of its pools (only broken ones stay out)"
     leases = getattr(runtime.service.leases, "_target", runtime.service.leases)  # past the faults
     if leases is not None:  # every machine has left the run: none is still held by it
         now = runtime.clock.now()

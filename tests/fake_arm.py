@@ -146,6 +146,7 @@ class FakeArm:
         self.credential = FakeCredential()
         self._routes: list[tuple[str, re.Pattern[str], Handler]] = []
         self._throttles: list[list[Any]] = []  # [method, pattern, remaining, retry_after]
+        self.denied: set[str] = set()  # RBAC actions (lower case) the caller's identity lacks: `deny`
         self._ids = itertools.count(1)
         self.on(
             "GET",
@@ -182,6 +183,11 @@ class FakeArm:
     def throttle(self, pattern: str, times: int = 1, method: str = "*", retry_after: int = 0) -> None:
         """The next `times` requests matching `pattern` get 429 Too Many Requests."""
         self._throttles.append([method.upper(), re.compile(pattern, re.IGNORECASE), times, retry_after])
+
+    def deny(self, action: str) -> None:
+        """Refuse every request whose RBAC action (tests/azure_rbac.py's `arm_action`) is `action`
+        with 403 AuthorizationFailed, worded as ARM words it (the action and the scope named)."""
+        self.denied.add(action.lower())
 
     def table(self, name: str, handler: TableHandler) -> None:
         """Answer Resource Graph queries on table `name` (the query's first word) with `handler`;
@@ -250,6 +256,18 @@ class FakeArm:
                 throttle[2] -= 1
                 return _error(
                     429, "TooManyRequests", "The request is being throttled.", {"Retry-After": str(retry_after)}
+                )
+        if self.denied and "/providers/" in request.path and not request.path.lower().startswith("/fake/"):
+            from azure_rbac import arm_action  # tests/: the action ARM would check
+
+            action = arm_action(request.method, request.path)
+            if action in self.denied:
+                return _error(
+                    403,
+                    "AuthorizationFailed",
+                    f"The client 'patchpilot-worker' with object id '00000000-0000-0000-0000-0000000000aa' does not "
+                    f"have authorization to perform action '{action}' over scope '{request.path}' or the scope is "
+                    "invalid. If access was recently granted, please refresh your credentials.",
                 )
         try:
             for method, pattern, handler in self._routes:

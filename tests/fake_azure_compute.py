@@ -17,7 +17,8 @@ relies on, with the REST spec's status codes per operation:
   patches the request selects (classifications, KB numbers, package masks, "name=version") are
   installed after `install_minutes`, and the run appears in Resource Graph's
   `patchinstallationresources` (summary and softwarepatches rows) and in the instance view;
-- managed Run Commands (PUT 200/201): the script "exits" 0, or 1 on a broken VM;
+- managed Run Commands (PUT 200/201): the script "exits" 0, or 1 on a broken VM, or what the test
+  set for that script (`scripts`: exit code and output);
 - Resource Graph: `resources` (VMs with properties.extended.instanceView.powerState, Arc
   servers, NICs) and `patchinstallationresources`, answered by fake_resource_graph's KQL
   evaluator, which refuses what it does not model, so such a query fails the test instead of
@@ -115,6 +116,7 @@ class FakeAzureCompute:
         self.disk_minutes = 2
         self.power_minutes = 2
         self.script_minutes = 1
+        self.scripts: dict[str, tuple[int, str]] = {}  # a Run Command script -> (exit code, output) it gives
         self._due: list[tuple[datetime, int, Callable[[], None]]] = []
         self._ids = itertools.count(1)
         on = fake.on
@@ -162,6 +164,7 @@ class FakeAzureCompute:
         private_ip: str = "",
         pools: Sequence[str] = (),
         scale_set: str | None = None,
+        fault_domain: int | None = None,
         available: list[Patch] | None = None,
         **state: Any,
     ) -> str:
@@ -181,7 +184,15 @@ class FakeAzureCompute:
                 "name": f"{name}-nic",
                 "type": "Microsoft.Network/networkInterfaces",
                 "location": location,
-                "properties": {"ipConfigurations": [{"name": "ipconfig1", "properties": _ip_configuration(ip, pools)}]},
+                "properties": {
+                    "ipConfigurations": [
+                        {
+                            "id": f"{nic_id}/ipConfigurations/ipconfig1",
+                            "name": "ipconfig1",
+                            "properties": _ip_configuration(ip, pools),
+                        }
+                    ]
+                },
             }
         )
         zones = [zone] if zone and not availability_set else []
@@ -215,6 +226,8 @@ class FakeAzureCompute:
         if scale_set:
             scale_set_id = f"{base}/Microsoft.Compute/virtualMachineScaleSets/{scale_set}"
             properties["virtualMachineScaleSet"] = {"id": scale_set_id}
+            if fault_domain is not None:  # VirtualMachineProperties.platformFaultDomain: the set's logical fault domain
+                properties["platformFaultDomain"] = fault_domain
         for disk in [os_disk, *[str(d["managedDisk"]["id"]) for d in data]]:  # type: ignore[index]
             self.fake.get(disk)["properties"]["diskState"] = "Attached"
         resource: dict[str, Any] = {
@@ -660,6 +673,7 @@ class FakeAzureCompute:
         if not any(source.get(k) for k in SCRIPT_SOURCES) or not body.get("location"):
             # the specification's sources: one of script, scriptUri, commandId, galleryScriptReferenceId
             raise ArmError(400, "InvalidParameter", "a run command needs a location and a script source")
+        script = source.get("script")
         run_id = f"{resource['id']}/runCommands/{name}"
         existed = run_id.lower() in self.fake.resources
         now = self.clock.now()
@@ -681,6 +695,9 @@ class FakeAzureCompute:
             broken = self._content(resource["id"]).broken
             if machine.kind == "vm" and machine.power != "running":
                 state, code, output = "Failed", -1, "VM not running"
+            elif script in self.scripts:
+                code, output = self.scripts[script]
+                state = "Succeeded" if code == 0 else "Failed"
             else:
                 state, code, output = ("Failed", 1, "curl: (22) 503") if broken else ("Succeeded", 0, "ok")
             command["properties"]["provisioningState"] = "Succeeded"

@@ -29,6 +29,7 @@ from azure.mgmt.compute import ComputeManagementClient
 from azure.mgmt.compute.operations import _operations as compute_requests
 from azure.mgmt.hybridcompute import HybridComputeManagementClient
 from azure.mgmt.maintenance import MaintenanceManagementClient
+from azure.mgmt.network.operations import _operations as network_requests
 from azure.mgmt.resourcegraph import ResourceGraphClient
 from clocks import ManualClock
 from fake_arm import ARM, FakeArm, Response
@@ -717,6 +718,16 @@ def test_the_sdk_clients_send_the_api_versions_the_fake_speaks() -> None:
         "microsoft.resourcegraph": world.arm.client(ResourceGraphClient)._config.api_version,
     }
 
+    network = {  # one api-version per operation in this SDK: the ones the traffic pools call
+        _compute_version(network_requests.build_network_interfaces_get_request, "rg", "nic"),
+        _compute_version(network_requests.build_network_interfaces_create_or_update_request, "rg", "nic"),
+        _compute_version(network_requests.build_load_balancers_get_request, "rg", "lb"),
+        _compute_version(network_requests.build_application_gateways_get_request, "rg", "agw"),
+        _compute_version(network_requests.build_application_gateways_backend_health_request, "rg", "agw"),
+        _compute_version(network_requests.build_load_balancer_load_balancing_rules_health_request, "rg", "lb", "r"),
+    }
+
+    assert network == API_VERSIONS["microsoft.network"]
     assert set(compute.values()) == API_VERSIONS["microsoft.compute"]
     for provider, version in clients.items():
         assert version in API_VERSIONS[provider], provider
@@ -728,9 +739,10 @@ def test_the_sdk_clients_send_the_api_versions_the_fake_speaks() -> None:
 EXAMPLES_TRAIL = {
     "microsoft.compute": {"2025-04-01": "2026-04-01", "2025-01-02": "2026-03-02"},
     "microsoft.hybridcompute": {"2024-07-10": "2026-07-15"},
+    "microsoft.network": {"2024-05-01": "2026-03-01"},
 }
 PROVIDER_OF_SPEC: dict[str, str | None] = {
-    "network": None,  # NICs are read from Resource Graph rows, never called through ARM
+    "network": "microsoft.network",  # NICs, load balancers and gateways: traffic pools (adapters/azure/traffic/)
     "compute": "microsoft.compute",
     "hybridcompute": "microsoft.hybridcompute",
     "maintenance": "microsoft.maintenance",

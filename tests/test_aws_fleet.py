@@ -431,6 +431,21 @@ def test_discovery_fills_traffic_pools_from_target_groups_in_one_read_per_group(
     assert all(sum(api in i.traffic_pools for i in w.instances) <= 1 for w in waves)
 
 
+def test_discovery_reads_the_target_groups_to_drain_them_without_a_pool_budget(
+    harness: Harness, clock: ManualClock
+) -> None:
+    """moto: EC2, ELBv2; Stubber: DescribeInstanceInformation."""
+    web = launch(2, tags={"Role": "web"})
+    group = target_group("tg-api")
+    register(group, *(i.id for i in web))
+    expect_agents(harness.stub(), [i.id for i in web])
+    policy = parse_policy(POOLS_POLICY.replace("pool_budget: 1, ", "") + "traffic: {drain: true}\n")
+
+    result = make_fleet(harness, clock).discover(policy)
+
+    assert [i.traffic_pools for i in result.instances] == [(group,), (group,)]
+
+
 def test_discovery_reads_no_target_groups_without_a_pool_budget(harness: Harness, clock: ManualClock) -> None:
     """moto: EC2, ELBv2; Stubber: DescribeInstanceInformation. Pools cost calls and permissions
     only when the policy uses them."""

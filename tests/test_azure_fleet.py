@@ -53,12 +53,13 @@ from patchpilot.engine.messages import (
     ProbeAgents,
     RestoreTarget,
     RollBack,
+    RunHostHook,
     TakeSnapshots,
 )
 from patchpilot.inventory import Instance, OsFamily
 from patchpilot.planning.planner import plan
 from patchpilot.policy import parse_policy
-from patchpilot.policy.model import HealthChecks, HealthScript
+from patchpilot.policy.model import HealthChecks, HealthScript, HostHook
 from patchpilot.ports import InProgress, PoolsUnreadableError, Progress
 from patchpilot.service import Service
 
@@ -277,6 +278,14 @@ def test_discovery_reads_no_nics_without_a_pool_budget(world: World) -> None:
     assert world.count("POST", "microsoft.resourcegraph") == 1
 
 
+def test_discovery_reads_the_nics_to_drain_them_without_a_pool_budget(world: World) -> None:
+    vm = world.azure.add_vm("web-0", tags={"Environment": "production"}, pools=[f"{LB}/backendAddressPools/be"])
+
+    found = world.fleet().discover(parse_policy(POLICY + "traffic: {drain: true}\n"))
+
+    assert {i.id: i.traffic_pools for i in found.instances} == {vm: (f"{LB}/backendAddressPools/be".lower(),)}
+
+
 def test_a_nic_resource_graph_does_not_return_is_said_never_taken_for_no_pools(world: World) -> None:
     """Resource Graph leaves out what the identity may not read: a VM's NIC missing from the
     answer names the NIC and the permission."""
@@ -315,6 +324,26 @@ def test_discovery_fills_the_flexible_scale_set_and_never_returns_uniform_instan
     assert {e.instance.id: e.reason for e in discovered.excluded} == {
         m: f"member of scaling group {vmss.lower()}: patch its image" for m in members
     }
+
+
+def test_a_flexible_scale_set_outside_a_zone_is_patched_one_fault_domain_per_wave(world: World) -> None:
+    """Fake ARM: a Flexible scale set VM carries `properties.platformFaultDomain` (the REST
+    specification's VirtualMachineProperties); with `scaling_groups: standby` the set is its
+    availability set and its fault domain its update domain, so no wave holds two fault domains."""
+    tags = {"Environment": "production"}
+    members = [
+        world.azure.add_vm(f"web-flex-{n}", tags=tags, zone=None, scale_set="VMSS-Web", fault_domain=n % 2)
+        for n in range(4)
+    ]
+    policy = parse_policy(POLICY + "scaling_groups: standby\nrollout: {disruption_budget: '100%', canary: 0}\n")
+
+    found = world.fleet().discover(policy)
+
+    domains = {i.id: (i.availability_set, i.update_domain) for i in found.instances}
+    vmss = f"/subscriptions/{SUB}/resourcegroups/rg-web/providers/microsoft.compute/virtualmachinescalesets/vmss-web"
+    assert domains == {m: (vmss, n % 2) for n, m in enumerate(members)}
+    waves = plan(policy, found.instances).waves
+    assert [sorted({i.update_domain for i in w.instances}) for w in waves] == [[0], [1]]
 
 
 def test_the_discovery_query_filters_on_what_the_rings_select() -> None:
@@ -742,6 +771,84 @@ def test_alarms_are_noted_as_aws_only(world: World) -> None:
     outcomes = world.fleet().check_health(health_command([instance(world, vm)], HealthChecks(alarms=["web-5xx"])))
     assert isinstance(outcomes, list) and outcomes[0].ok
     assert outcomes[0].detail == "VM running, VM agent Ready, CloudWatch alarms not checked (AWS only)"
+
+
+# ---------------------------------------------------------------- host hooks
+
+
+def hook_command(targets: list[Instance], hook: HostHook, phase: str = "before_install", n: int = 1) -> RunHostHook:
+    return RunHostHook(
+        id=f"{RUN}:w{n}:{phase}", run_id=RUN, wave=n, targets=targets, phase=phase, hook=hook, issued_at=T0
+    )
+
+
+DRAIN = HostHook(linux="systemctl stop web && echo stopped", windows="Stop-Service W3SVC", timeout=timedelta(minutes=3))
+
+
+def test_a_host_hook_runs_once_as_a_managed_run_command_per_os_and_reports_the_output(world: World) -> None:
+    linux = world.azure.add_vm("web-1")
+    windows = world.azure.add_vm("iis-1", os="Windows")
+    world.azure.scripts["systemctl stop web && echo stopped"] = (0, "stopped\n")
+    fleet = world.fleet()
+    command = hook_command([instance(world, linux), instance(world, windows)], DRAIN)
+
+    outcomes, calls = until_done(world, lambda: fleet.run_hook(command))
+
+    assert [(o.ok, o.detail) for o in outcomes] == [
+        (True, "before_install hook exit 0: stopped"),
+        (True, "before_install hook exit 0: ok"),
+    ]
+    assert calls == 3  # started, still running at 30 s, done at 60 s
+    assert world.count("PUT", "/runcommands/patchpilot-before-install") == 2  # once per machine
+    run = world.arm.get(windows + "/runCommands/patchpilot-before-install")
+    assert run["properties"]["source"] == {"script": "Stop-Service W3SVC"}  # PowerShell on Windows
+    assert run["properties"]["timeoutInSeconds"] == 180 and run["tags"][TAG_COMMAND] == command.id
+    # A redelivered command reads what it started: nothing runs again.
+    assert fleet.run_hook(command) == outcomes
+    assert world.count("PUT", "/runcommands/patchpilot-before-install") == 2
+
+
+def test_a_failing_hook_fails_with_the_tail_of_its_output(world: World) -> None:
+    vm = world.azure.add_vm("web-1")
+    world.azure.scripts["systemctl stop web && echo stopped"] = (3, "x" * 800 + "queue not empty")
+
+    outcomes, _ = until_done(world, lambda: world.fleet().run_hook(hook_command([instance(world, vm)], DRAIN)))
+
+    assert not outcomes[0].ok
+    assert outcomes[0].detail.startswith("before_install hook failed, exit code 3: xxx")
+    assert outcomes[0].detail.endswith("queue not empty") and len(outcomes[0].detail) < 560
+
+
+def test_a_hook_of_an_earlier_command_is_replaced_and_a_hook_without_a_script_for_the_os_runs_nothing(
+    world: World,
+) -> None:
+    vm = world.azure.add_vm("web-1")
+    iis = world.azure.add_vm("iis-1", os="Windows")
+    fleet = world.fleet()
+    until_done(world, lambda: fleet.run_hook(hook_command([instance(world, vm)], DRAIN, "after_install", n=1)))
+
+    linux_only = HostHook(linux="systemctl start web")
+    command = hook_command([instance(world, vm), instance(world, iis)], linux_only, "after_install", n=2)
+    outcomes, _ = until_done(world, lambda: fleet.run_hook(command))
+
+    assert [(o.ok, o.detail) for o in outcomes] == [
+        (True, "after_install hook exit 0: ok"),
+        (True, "the after_install hook has no windows script: nothing run"),
+    ]
+    run = world.arm.get(vm + "/runCommands/patchpilot-after-install")
+    assert run["tags"][TAG_COMMAND] == command.id and run["properties"]["source"] == {"script": "systemctl start web"}
+    assert world.count("PUT", "/virtualmachines/iis-1/runcommands/") == 0
+
+
+def test_a_refused_hook_fails_naming_the_permission(world: World) -> None:
+    vm = world.azure.add_vm("web-1")
+    world.arm.deny("Microsoft.Compute/virtualMachines/runCommands/read")
+
+    outcomes = world.fleet().run_hook(hook_command([instance(world, vm)], DRAIN))
+
+    assert isinstance(outcomes, list) and not outcomes[0].ok
+    assert outcomes[0].detail.startswith("before_install hook not run: AuthorizationFailed")
+    assert outcomes[0].detail.endswith("(needs Microsoft.Compute/virtualMachines/runCommands/read and /write)")
 
 
 # ---------------------------------------------------------------- rollback

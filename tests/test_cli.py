@@ -18,6 +18,8 @@ from patchpilot.policy.fields import format_duration
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 POLICY = str(Path(__file__).resolve().parent / "fixtures" / "policy.yaml")
 FLEET = str(EXAMPLES / "fleet.json")
+# The example fleet's one single-member pool (tg-admin-tyo): every plan of it warns.
+ADMIN_POOL = f"warning: {FLEET}: pool tg-admin-tyo has one member: it will be down during its install"
 
 BAD_POLICY = """\
 name: bad
@@ -70,7 +72,7 @@ def test_validate_with_inventory_warns_when_a_ring_selects_nothing(tmp_path: Pat
         f"warning: {typo}: rings[1].select: ring production selects no machine of {FLEET} (66 instances); "
         "check its select"
     ]
-    assert run("validate", "--policy", POLICY, "--inventory", FLEET).stderr == ""
+    assert run("validate", "--policy", POLICY, "--inventory", FLEET).stderr == ADMIN_POOL + "\n"
 
 
 def test_validate_bad_policy_exits_2_with_every_problem_on_stderr(tmp_path: Path) -> None:
@@ -224,7 +226,10 @@ def example_plan() -> dict[str, Any]:
 def test_plan_json_has_waves_excluded_and_summary(example_plan: dict[str, Any]) -> None:
     assert set(example_plan) == {"waves", "excluded", "summary", "window", "warnings"}
     # every ring selects machines of the example fleet; only the window is too short (4h for 27 waves)
-    assert [w.split(": ")[1] for w in example_plan["warnings"]] == ["schedule.duration"]
+    assert [w.split(": ")[1] for w in example_plan["warnings"]] == [
+        "pool tg-admin-tyo has one member",
+        "schedule.duration",
+    ]
     waves = example_plan["waves"]
     assert waves
     for wave in waves:
@@ -289,9 +294,9 @@ def test_plan_warns_when_a_ring_selects_nothing(tmp_path: Path) -> None:
         f"warning: {typo}: rings[0].select: ring staging selects no machine of {FLEET} (66 instances): a run "
         "would patch nothing and promote no tested set, so no later ring is patched either; check its select"
     )
-    assert table.stderr.splitlines() == [warning]
+    assert table.stderr.splitlines() == [warning, ADMIN_POOL]
     document = json.loads(run("plan", "--policy", typo, "--inventory", FLEET, "--json").stdout)
-    assert document["warnings"] == [warning.removeprefix("warning: ")]
+    assert document["warnings"] == [warning.removeprefix("warning: "), ADMIN_POOL.removeprefix("warning: ")]
     assert {w["ring"] for w in document["waves"]} == {"production"}
 
 
@@ -311,7 +316,7 @@ def test_plan_table_mentions_waves_lower_bound_and_exclusions() -> None:
     assert "Excluded" in out
     assert "bastion-01" in out
     assert "waves, lower bound" in out
-    assert "3 excluded." in out
+    assert "9 excluded." in out
 
 
 def test_plan_says_which_ring_waits_for_approval_before_it_starts_the_first_ring_too(tmp_path: Path) -> None:
@@ -385,11 +390,11 @@ def test_plan_warns_when_the_waves_do_not_fit_the_window() -> None:
         "would not start by its estimate; lengthen schedule.duration, raise rollout.disruption_budget (fewer, "
         "larger waves) or split the fleet"
     )
-    assert table.stderr.splitlines() == [warning]
+    assert table.stderr.splitlines() == [ADMIN_POOL, warning]
     assert "Expected 1d5h54m (soaks included, approvals not): does not fit the 4h window." in table.stdout
     assert "1h2m (does not fit)" in table.stdout
     document = json.loads(run("plan", "--policy", POLICY, "--inventory", FLEET, "--json").stdout)
-    assert document["warnings"] == [warning.removeprefix("warning: ")]
+    assert document["warnings"] == [ADMIN_POOL.removeprefix("warning: "), warning.removeprefix("warning: ")]
     window = document["window"]
     assert (window["window"], window["expected_total"], window["fits"]) == ("4h", "1d5h54m", False)
     assert [w["starts"] for w in window["waves"][:5]] == [True, True, True, False, False]
@@ -405,7 +410,7 @@ def test_plan_warns_when_the_waves_do_not_fit_the_window() -> None:
 def test_plan_says_the_waves_fit_a_long_enough_window(tmp_path: Path) -> None:
     text = Path(POLICY).read_text(encoding="utf-8").replace("duration: 4h", "duration: 2d")
     result = run("plan", "--policy", write(tmp_path, "long.yaml", text), "--inventory", FLEET)
-    assert result.exit_code == 0 and result.stderr == "", result.output
+    assert result.exit_code == 0 and result.stderr == ADMIN_POOL + "\n", result.output
     assert "Expected 1d5h54m (soaks included, approvals not): fits the 2d window." in result.stdout
 
 
@@ -524,8 +529,12 @@ def test_plan_shows_the_pools_each_wave_touches_and_warns_of_a_single_member_poo
     assert f"warning: {POOL_FLEET}: {ONE_MEMBER}" in result.stderr.splitlines()
 
 
-def test_plan_of_a_fleet_without_pools_has_no_pools_column() -> None:
-    out = run("plan", "--policy", POLICY, "--inventory", FLEET).stdout
+def test_plan_of_a_fleet_without_pools_has_no_pools_column(tmp_path: Path) -> None:
+    fleet = json.loads(Path(FLEET).read_text())
+    for entry in fleet["instances"]:
+        entry.pop("traffic_pools", None)
+        entry.pop("scaling_group", None)
+    out = run("plan", "--policy", POLICY, "--inventory", write(tmp_path, "plain.json", json.dumps(fleet))).stdout
     assert "pools" not in out
     assert "pool budget" not in out
 
@@ -567,15 +576,18 @@ def test_plan_excludes_a_scaling_group_member_of_a_local_inventory_naming_its_gr
     member["scaling_group"] = "asg-web-prod"
     inventory = write(tmp_path, "fleet.json", json.dumps(fleet))
     reason = "member of scaling group asg-web-prod: patch its image"
+    text = Path(POLICY).read_text()
+    policy = write(tmp_path, "skip.yaml", text)
 
-    document = json.loads(run("plan", "--policy", POLICY, "--inventory", inventory, "--json").stdout)
+    document = json.loads(run("plan", "--policy", policy, "--inventory", inventory, "--json").stdout)
     assert {e["id"]: e["reason"] for e in document["excluded"]}[member["id"]] == reason
     assert member["id"] not in {i for w in document["waves"] for i in w["instances"]}
 
-    table = run("plan", "--policy", POLICY, "--inventory", inventory)
+    table = run("plan", "--policy", policy, "--inventory", inventory)
     assert table.exit_code == 0, table.output
     assert reason in table.stdout
-    assert "4 excluded." in table.stdout
+    assert "member of scaling group asg-worker-tyo: patch its image" in table.stdout
+    assert "10 excluded." in table.stdout  # 2 frozen, 1 in no ring, the 6 workers of the example's group and this one
 
 
 def test_plan_says_what_each_wave_does_around_its_installs(tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ def test_validate_json_says_valid_with_the_policy_rings_and_inventory() -> None:
         "rings": ["staging", "production"],
         "inventory": {"path": FLEET, "instances": 66},
         "problems": [],
-        "warnings": [],
+        "warnings": [f"{FLEET}: pool tg-admin-tyo has one member: it will be down during its install"],
     }
     assert result.stderr == ""
 
@@ -41,7 +41,12 @@ def test_validate_json_without_an_inventory_has_none() -> None:
 
 def test_validate_json_lists_each_problem_with_its_place_and_exits_2(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text(Path(POLICY).read_text().replace('at: "02:00"', 'at: "25:00"').replace('"50%"', "ten"))
+    bad.write_text(
+        Path(POLICY)
+        .read_text()
+        .replace('at: "02:00"', 'at: "25:00"')
+        .replace('disruption_budget: "50%"', "disruption_budget: ten")
+    )
     result = cli("validate", "--policy", bad, "--json")
     assert result.exit_code == 2
     document = json.loads(result.stdout)

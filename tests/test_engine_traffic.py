@@ -59,7 +59,7 @@ HOOKS = """hooks:
 def policy(drain: bool = True, pool_health: bool = True, hooks: bool = False, standby: bool = False) -> Policy:
     values = {
         "drain": str(drain).lower(),
-        "pool_health": str(pool_health).lower(),
+        "pool_health": str(pool_health and drain).lower(),
         "hooks": HOOKS if hooks else "",
         "scaling": "standby" if standby else "skip",
     }

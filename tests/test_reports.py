@@ -83,7 +83,7 @@ def run(victim: str) -> Run:
     """Every wave played; one production instance rolled back."""
     result = play("2025-01-monthly", example_policy(), example_fleet(), (victim,))
     assert result.state == "succeeded"
-    assert result.summary() == {"patched": 62, "rolled_back": 1, "excluded": 3}
+    assert result.summary() == {"patched": 56, "rolled_back": 1, "excluded": 9}  # 6 workers of a scaling group
     return result
 
 
@@ -167,7 +167,7 @@ def test_report_header_gives_policy_status_times_and_totals(run: Run, markdown: 
         assert "2025-01-17 11:00:00 JST" in report  # start, in the policy's timezone
         assert "2025-01-17 15:00:00 JST" in report  # window end: four hours later
     assert "| patched | rolled back | failed | skipped | not started | excluded | total |" in markdown
-    assert "| 62 | 1 | 0 | 0 | 0 | 3 | 66 |" in markdown
+    assert "| 56 | 1 | 0 | 0 | 0 | 9 | 66 |" in markdown
 
 
 def test_rolled_back_instance_is_recorded_with_snapshot_and_health_after(
@@ -188,7 +188,7 @@ def test_health_failures_are_listed_per_instance_but_patched_ones_only_counted(
     run: Run, victim: str, markdown: str
 ) -> None:
     health = markdown.split("## Health checks", 1)[1].split("## Rollback record", 1)[0]
-    assert "62 patched instances passed the health check" in health
+    assert "56 patched instances passed the health check" in health
     rows = [line for line in health.splitlines() if line.startswith("| ") and "Instance" not in line]
     assert len(rows) == 2 and all(victim in row for row in rows)  # after patching, after rollback
     assert "**unhealthy**" in rows[0] and "http 503" in rows[0]
@@ -228,7 +228,7 @@ def test_every_wave_is_in_the_procedure_with_placement(run: Run, markdown: str, 
     waves = markdown.split("### Waves", 1)[1].split("### Timeline", 1)[0]
     rows = [line for line in waves.splitlines() if re.match(r"\| \d+ \|", line)]
     assert [int(line.split("|")[1]) for line in rows] == [w.index for w in run.waves]
-    assert "| 6 | production | yes | 1 | ap-northeast-1a ×1 |" in waves  # the canary
+    assert "| 6 | production | yes | 1 | japaneast (no zone) ×1 |" in waves  # the canary
     for wave in run.waves:
         assert f'<tr id="wave-{wave.index}">' in html
 
@@ -491,8 +491,8 @@ def test_halted_run_reports_why_and_that_nothing_was_promoted() -> None:
     markdown = render_markdown(halted)
     assert f"| Status | **halted**: {halted.reason} |" in markdown
     assert "No set was promoted: the first ring did not finish cleanly." in markdown
-    assert "| production | – | nothing patched | 0 of 54 |" in markdown
-    assert re.search(r"\| not started \| ring staging had 1 failure: later rings are not touched \| 54 \|", markdown)
+    assert "| production | – | nothing patched | 0 of 48 |" in markdown
+    assert re.search(r"\| not started \| ring staging had 1 failure: later rings are not touched \| 48 \|", markdown)
     page = parse(render_html(halted))
     assert page.problems == []
     assert sorted(int(b["data-wave"]) for b in bars(page)) == started_waves(halted)
@@ -570,7 +570,7 @@ def test_the_report_opens_with_what_needs_a_human(victim: str) -> None:
     )
     frozen = next(i for i in items if "frozen machines were not patched and stay exposed" in i)
     assert "a retry never patches them." in frozen
-    assert any("excluded and stays unpatched (matched no ring's selector)" in i for i in items)
+    assert any("excluded and stay unpatched (matched no ring's selector; member of scaling group" in i for i in items)
     undelivered = next(i for i in items if "did not reach ops-slack" in i)
     assert undelivered.endswith("`patchpilot status 3am`")
     assert "Nothing needs a human" not in markdown
@@ -592,7 +592,7 @@ def test_a_halted_report_says_why_and_that_nothing_more_was_patched() -> None:
     first = section(render_markdown(halted), "Needs a human")
     item = next(line for line in first.splitlines() if "The run halted" in line)
     assert f"The run halted in ring staging: {halted.reason}" in item
-    assert "Nothing more was patched (54 machines not started)" in item
+    assert "Nothing more was patched (48 machines not started)" in item
     assert item.endswith("start a new run (no tested set was promoted to retry with): `patchpilot status halted`")
 
 
@@ -703,6 +703,8 @@ traffic: {drain: true, pool_health: true}
     assert "| 1 | production | `tg-web` | 7 of 9 | 78% |" in markdown  # 25% of 9 is 2 out at a time
     assert "| `tg-admin` | 0 of 1 | 0% |" in markdown  # a pool of one is down during its install
     assert 'aria-label="78% serving"' in html and "Pool capacity per wave" in html
+    summary = "| Traffic | 9 machines drained from 2 traffic pools, all back; lowest capacity: tg-admin 0 of 1"
+    assert summary in markdown
 
 
 def test_a_run_without_drain_has_no_pool_capacity_section(run: Run, markdown: str) -> None:

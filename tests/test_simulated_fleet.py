@@ -13,18 +13,22 @@ import pytest
 from clocks import ManualClock
 
 from patchpilot.adapters.local.simulated_fleet import SimulatedFleet, select_patches
+from patchpilot.adapters.local.simulated_traffic import PoolCapacity
 from patchpilot.engine.messages import (
     CheckHealth,
     InstallPatches,
     InstallTarget,
+    LeavePools,
     Outcome,
     ProbeAgents,
+    RejoinPools,
     RestoreTarget,
     RollBack,
+    RunHostHook,
     TakeSnapshots,
 )
 from patchpilot.inventory import Instance, Simulation
-from patchpilot.policy.model import HealthChecks
+from patchpilot.policy.model import HealthChecks, HostHook
 from patchpilot.ports import InProgress, Progress
 
 T0 = datetime(2025, 1, 14, 22, 0, tzinfo=UTC)
@@ -495,3 +499,331 @@ def test_include_adds_and_exclude_removes() -> None:
 
 def test_exclude_wins_over_include() -> None:
     assert "curl-7.76.1-29.el9" not in select_patches("linux", [], ["curl*"], ["curl"])
+
+
+# --- traffic pools, scaling groups and host hooks (simulated_traffic.py) -----------------------------
+
+WEB, API = "tg/web", "tg/api"
+
+
+def pooled(instance_id: str = "i-1", *pools: str, group: str | None = None, **hints: Any) -> Instance:
+    simulation = Simulation(**hints) if hints else None
+    return Instance(
+        id=instance_id,
+        cloud="aws",
+        region="r",
+        os="linux",
+        traffic_pools=pools,
+        scaling_group=group,
+        simulation=simulation,
+    )
+
+
+def leave(
+    *instances: Instance, command_id: str = "c-leave", wave: int = 1, timeout: timedelta | None = None, **fields: Any
+) -> LeavePools:
+    return LeavePools(
+        id=command_id, run_id=RUN, wave=wave, targets=list(instances), issued_at=T0, timeout=timeout, **fields
+    )
+
+
+def rejoin(
+    *instances: Instance,
+    command_id: str = "c-rejoin",
+    registrations: dict[str, list[str]] | None = None,
+    issued_at: datetime = T0,
+    **fields: Any,
+) -> RejoinPools:
+    return RejoinPools(
+        id=command_id,
+        run_id=RUN,
+        wave=1,
+        targets=list(instances),
+        registrations=registrations or {},
+        issued_at=issued_at,
+        **fields,
+    )
+
+
+def host_hook_command(*instances: Instance, phase: str = "before_install", command_id: str = "c-hook") -> RunHostHook:
+    hook = HostHook(linux="systemctl stop app", windows="Stop-Service app")
+    return RunHostHook(id=command_id, run_id=RUN, targets=list(instances), phase=phase, hook=hook, issued_at=T0)  # type: ignore[arg-type]
+
+
+def items_of(outcomes: list[Outcome]) -> dict[str, list[str]]:
+    return {o.id: o.items for o in outcomes}
+
+
+def test_leaving_takes_each_pool_out_and_is_done_once_drained_30_seconds_later(
+    fleet: SimulatedFleet, clock: ManualClock
+) -> None:
+    command = leave(pooled("i-1", WEB, API))
+
+    progress = fleet.leave_pools(command)
+
+    assert isinstance(progress, InProgress)
+    assert progress.retry_at == T0 + timedelta(seconds=30)
+    assert progress.note == f"0/1 done; i-1: still draining from pool {WEB}"
+    clock.set(progress.retry_at)
+    outcome = one(finished(fleet.leave_pools(command)))
+    assert outcome.ok and outcome.at == T0 + timedelta(seconds=30)
+    assert outcome.items == [f"pool|{WEB}", f"pool|{API}"]
+    assert outcome.detail == f"left 2 pools ({WEB}, {API})"
+
+
+def test_a_redelivered_leave_reports_the_same_outcome_and_changes_nothing_again(
+    db: Path, fleet: SimulatedFleet, clock: ManualClock
+) -> None:
+    command = leave(pooled("i-1", WEB))
+    first = run_to_end(clock, lambda: fleet.leave_pools(command))
+
+    assert fleet.leave_pools(command) == first  # the queue delivered it twice
+    with SimulatedFleet(db, clock) as other:
+        assert other.leave_pools(command) == first  # from another process too
+
+
+def test_a_machine_already_out_is_not_taken_out_again(fleet: SimulatedFleet, clock: ManualClock) -> None:
+    run_to_end(clock, lambda: fleet.leave_pools(leave(pooled("i-1", WEB))))
+
+    again = one(run_to_end(clock, lambda: fleet.leave_pools(leave(pooled("i-1", WEB), command_id="c-leave-2"))))
+
+    assert (again.ok, again.items, again.detail) == (True, [], "already out of its pools")
+
+
+def test_a_machine_out_of_one_pool_leaves_only_the_other(fleet: SimulatedFleet, clock: ManualClock) -> None:
+    run_to_end(clock, lambda: fleet.leave_pools(leave(pooled("i-1", WEB))))
+
+    outcome = one(run_to_end(clock, lambda: fleet.leave_pools(leave(pooled("i-1", WEB, API), command_id="c-2"))))
+
+    assert outcome.items == [f"pool|{API}"]
+    assert outcome.detail == f"left 1 pool ({API}), already out of {WEB}"
+
+
+def test_a_machine_without_pools_is_done_at_once_with_no_items(fleet: SimulatedFleet) -> None:
+    outcomes = finished(fleet.leave_pools(leave(pooled("i-1"), pooled("i-2", group="asg-web"))))
+
+    assert [(o.ok, o.items, o.detail) for o in outcomes] == [(True, [], "no traffic pools")] * 2
+
+
+def test_rejoining_puts_back_exactly_what_leaving_removed_and_waits_for_pool_health(
+    fleet: SimulatedFleet, clock: ManualClock
+) -> None:
+    machine = pooled("i-1", WEB, API)
+    run_to_end(clock, lambda: fleet.leave_pools(leave(pooled("i-1", WEB))))  # out of web before the run's leave
+    left = one(run_to_end(clock, lambda: fleet.leave_pools(leave(machine, command_id="c-2"))))
+    back_at = clock.now()
+    command = rejoin(machine, registrations={"i-1": left.items}, issued_at=back_at, pool_health=True)
+
+    progress = fleet.rejoin_pools(command)
+
+    assert isinstance(progress, InProgress) and progress.retry_at == back_at + timedelta(seconds=20)
+    clock.set(progress.retry_at)
+    outcome = one(finished(fleet.rejoin_pools(command)))
+    assert outcome.items == [f"pool|{API}"]  # web was out before: it stays out
+    assert outcome.detail == f"rejoined 1 pool ({API}): healthy"
+    assert one(finished(fleet.rejoin_pools(rejoin(machine, command_id="c-sweep", at_run_end=True)))).items == [
+        f"pool|{WEB}"
+    ]
+
+
+def test_without_pool_health_a_rejoin_is_done_at_once(fleet: SimulatedFleet, clock: ManualClock) -> None:
+    run_to_end(clock, lambda: fleet.leave_pools(leave(pooled("i-1", WEB))))
+
+    outcome = one(finished(fleet.rejoin_pools(rejoin(pooled("i-1", WEB), issued_at=clock.now()))))
+
+    assert (outcome.items, outcome.detail) == ([f"pool|{WEB}"], f"rejoined 1 pool ({WEB})")
+
+
+def test_the_run_end_sweep_re_adds_only_what_is_out_and_says_so(fleet: SimulatedFleet, clock: ManualClock) -> None:
+    out, back = pooled("i-1", WEB), pooled("i-2", WEB)
+    left = run_to_end(clock, lambda: fleet.leave_pools(leave(out, back)))
+    finished(fleet.rejoin_pools(rejoin(back, registrations={"i-2": items_of(left)["i-2"]})))
+    # the run crashed before i-1 rejoined: the sweep at its end puts it back, and only it
+    sweep = rejoin(out, back, command_id="c-sweep", registrations=items_of(left), at_run_end=True)
+
+    outcomes = finished(fleet.rejoin_pools(sweep))
+
+    assert items_of(outcomes) == {"i-1": [f"pool|{WEB}"], "i-2": []}
+    assert [o.detail for o in outcomes] == [f"rejoined 1 pool ({WEB})", "already in its pools"]
+    assert finished(fleet.rejoin_pools(sweep)) == outcomes
+
+
+def test_a_registration_the_simulated_fleet_never_made_fails_naming_it(fleet: SimulatedFleet) -> None:
+    outcome = one(finished(fleet.rejoin_pools(rejoin(pooled("i-1", WEB), registrations={"i-1": ["arn:tg|i-1|80"]}))))
+
+    assert not outcome.ok
+    assert outcome.detail.startswith("not a registration of the simulated fleet: 'arn:tg|i-1|80'")
+
+
+def test_standby_puts_a_scaling_group_member_in_standby_and_back(fleet: SimulatedFleet, clock: ManualClock) -> None:
+    member = pooled("i-1", WEB, group="asg-web")
+
+    left = one(run_to_end(clock, lambda: fleet.leave_pools(leave(member, standby=True))))
+    back = one(run_to_end(clock, lambda: fleet.rejoin_pools(rejoin(member, registrations={"i-1": left.items}))))
+
+    assert left.items == [f"pool|{WEB}", "standby|asg-web"]
+    assert left.detail == f"left 1 pool ({WEB}); entered Standby in scaling group asg-web"
+    assert back.items == [f"pool|{WEB}", "standby|asg-web"]
+    assert back.detail == f"rejoined 1 pool ({WEB}); left Standby in scaling group asg-web"
+
+
+def test_without_standby_a_scaling_group_member_only_leaves_its_pools(
+    fleet: SimulatedFleet, clock: ManualClock
+) -> None:
+    left = one(run_to_end(clock, lambda: fleet.leave_pools(leave(pooled("i-1", WEB, group="asg-web")))))
+
+    assert left.items == [f"pool|{WEB}"]
+
+
+def test_a_drain_that_times_out_is_in_progress_until_the_service_fails_it(
+    fleet: SimulatedFleet, clock: ManualClock
+) -> None:
+    command = leave(pooled("i-1", WEB, drain="timeout"), timeout=timedelta(minutes=2))
+
+    clock.advance(timedelta(hours=1))
+    progress = fleet.leave_pools(command)
+
+    assert isinstance(progress, InProgress)
+    assert progress.note == f"0/1 done; i-1: still draining from pool {WEB}"
+
+
+def test_a_drain_without_a_timeout_fails_at_the_default_deregistration_delay(
+    fleet: SimulatedFleet, clock: ManualClock
+) -> None:
+    command = leave(pooled("i-1", WEB, drain="timeout"), pooled("i-2", WEB))
+
+    outcomes = run_to_end(clock, lambda: fleet.leave_pools(command))
+
+    assert clock.now() == T0 + timedelta(minutes=5)
+    assert [o.ok for o in outcomes] == [False, True]
+    assert outcomes[0].detail == (
+        f"still draining from pool {WEB} after 5m, the default deregistration delay (no traffic.drain_timeout)"
+    )
+
+
+def test_a_pool_that_stays_unhealthy_keeps_the_rejoin_in_progress(fleet: SimulatedFleet, clock: ManualClock) -> None:
+    machine = pooled("i-1", WEB, pool_health="fail")
+    run_to_end(clock, lambda: fleet.leave_pools(leave(machine)))
+    command = rejoin(machine, pool_health=True, issued_at=clock.now())
+
+    fleet.rejoin_pools(command)
+    clock.advance(timedelta(hours=1))
+    progress = fleet.rejoin_pools(command)
+
+    assert isinstance(progress, InProgress)
+    assert progress.note == f"0/1 done; i-1: pool {WEB} reports it unhealthy"
+    assert one(finished(fleet.rejoin_pools(rejoin(machine, command_id="c-2")))).ok  # without pool_health: not checked
+
+
+def test_a_machine_restored_by_a_rollback_is_healthy_in_its_pool_again(
+    fleet: SimulatedFleet, clock: ManualClock
+) -> None:
+    machine = pooled("i-1", WEB, pool_health="fail")
+    run_to_end(clock, lambda: fleet.leave_pools(leave(machine)))
+    run_to_end(clock, lambda: fleet.roll_back(rollback(machine)))
+
+    outcome = one(run_to_end(clock, lambda: fleet.rejoin_pools(rejoin(machine, pool_health=True))))
+
+    assert outcome.ok and outcome.detail == f"rejoined 1 pool ({WEB}): healthy"
+
+
+def test_reusing_a_leave_command_id_to_rejoin_is_an_error(fleet: SimulatedFleet) -> None:
+    fleet.leave_pools(leave(pooled("i-1", WEB), command_id="c-1"))
+
+    with pytest.raises(ValueError, match="first executed as leave"):
+        fleet.rejoin_pools(rejoin(pooled("i-1", WEB), command_id="c-1"))
+
+
+def test_a_crash_while_recording_a_leave_takes_nothing_out(db: Path, fleet: SimulatedFleet, clock: ManualClock) -> None:
+    crash = sqlite3.connect(db)
+    crash.execute(
+        "CREATE TRIGGER crash BEFORE INSERT ON sim_pool_ops WHEN NEW.instance_id = 'i-2'"
+        " BEGIN SELECT RAISE(ABORT, 'simulated crash'); END"
+    )
+    crash.commit()
+    command = leave(pooled("i-1", WEB), pooled("i-2", WEB))
+    with pytest.raises(sqlite3.DatabaseError):
+        fleet.leave_pools(command)
+    crash.execute("DROP TRIGGER crash")
+    crash.commit()
+    crash.close()
+
+    outcomes = run_to_end(clock, lambda: fleet.leave_pools(command))
+
+    assert items_of(outcomes) == {"i-1": [f"pool|{WEB}"], "i-2": [f"pool|{WEB}"]}  # i-1 was not left out half-way
+
+
+def test_pool_capacity_says_how_many_members_served_at_each_waves_lowest_point(
+    fleet: SimulatedFleet, clock: ManualClock
+) -> None:
+    web = [pooled(f"i-{n}", WEB) for n in range(1, 6)]  # five members
+    broken = pooled("i-9", WEB, API, pool_health="fail")
+    fleet.leave_pools(leave(web[0], broken, command_id="w1-leave", wave=1))
+    clock.advance(timedelta(minutes=30))
+    fleet.rejoin_pools(rejoin(web[0], broken, command_id="w1-rejoin"))  # i-9 stays unhealthy: out of service
+    clock.advance(timedelta(minutes=30))
+    fleet.leave_pools(leave(web[1], web[2], command_id="w2-leave", wave=2))
+    clock.advance(timedelta(minutes=30))
+    fleet.rejoin_pools(rejoin(web[1], web[2], command_id="w2-rejoin"))
+
+    capacity = fleet.pool_capacity(RUN, [*web, broken])
+
+    assert capacity == [
+        PoolCapacity(wave=1, pool=API, members=1, lowest=0),
+        PoolCapacity(wave=1, pool=WEB, members=6, lowest=4),
+        PoolCapacity(wave=2, pool=API, members=1, lowest=0),
+        PoolCapacity(wave=2, pool=WEB, members=6, lowest=3),  # i-2, i-3 and the broken i-9
+    ]
+    assert fleet.pool_capacity("another-run", web) == []
+
+
+def test_a_host_hook_takes_ten_seconds_and_runs_once_per_command(fleet: SimulatedFleet, clock: ManualClock) -> None:
+    command = host_hook_command(vm("i-1"), vm("i-2", os="windows"))
+
+    progress = fleet.run_hook(command)
+
+    assert isinstance(progress, InProgress) and progress.retry_at == T0 + timedelta(seconds=10)
+    clock.set(progress.retry_at)
+    outcomes = finished(fleet.run_hook(command))
+    assert [(o.id, o.ok, o.detail) for o in outcomes] == [("i-1", True, "exit code 0"), ("i-2", True, "exit code 0")]
+    clock.advance(timedelta(hours=1))
+    assert finished(fleet.run_hook(command)) == outcomes  # not run again: the same outcomes, at the same time
+
+
+@pytest.mark.parametrize(
+    ("phase", "hint", "tail"),
+    [
+        ("before_install", "before_install_hook", "hook: service did not stop"),
+        ("after_install", "after_install_hook", "hook: service did not start"),
+    ],
+)
+def test_a_failing_host_hook_exits_1_with_its_output_tail(
+    fleet: SimulatedFleet, clock: ManualClock, phase: str, hint: str, tail: str
+) -> None:
+    failing = vm("i-1", **{hint: "fail"})
+
+    outcome = one(run_to_end(clock, lambda: fleet.run_hook(host_hook_command(failing, phase=phase))))
+    other_phase = "after_install" if phase == "before_install" else "before_install"
+    other = one(
+        run_to_end(clock, lambda: fleet.run_hook(host_hook_command(failing, phase=other_phase, command_id="c-2")))
+    )
+
+    assert (outcome.ok, outcome.detail) == (False, f"exit code 1: {tail}")
+    assert other.ok  # the hint names one phase
+
+
+def test_a_host_hook_without_a_script_for_the_machines_os_runs_nothing(
+    fleet: SimulatedFleet, clock: ManualClock
+) -> None:
+    command = RunHostHook(
+        id="c-hook",
+        run_id=RUN,
+        targets=[vm("i-1", os="windows")],
+        phase="before_install",
+        hook=HostHook(linux="systemctl stop app"),
+        issued_at=T0,
+    )
+
+    outcome = one(run_to_end(clock, lambda: fleet.run_hook(command)))
+
+    assert (outcome.ok, outcome.detail) == (True, "no windows script in the before_install hook: nothing run")

@@ -78,6 +78,7 @@ from patchpilot.policy.fields import format_duration
 from patchpilot.policy.model import Schedule
 from patchpilot.ports import RunStore, UnknownRunError
 from patchpilot.reports import report_stem, write_reports
+from patchpilot.reports.model import traffic_summary
 from patchpilot.reports.overview import history_entry as history_entry  # re-exported: `runs --json` rows
 from patchpilot.wording import plural
 
@@ -960,6 +961,8 @@ def _print_outcome(console: Console, run: Run, runtime: LocalRuntime) -> None:
     console.print(f"Run {run.run_id}: [bold]{run.status}[/bold]. {count_states(run.records())}.", soft_wrap=True)
     if run.reason:
         console.print(f"Reason: {run.reason}")
+    if traffic := traffic_summary(run):
+        console.print(f"Traffic: {traffic}.", soft_wrap=True)
     _print_broken(console, run)
     if run.status == "waiting_approval":
         console.print(f"Approve with: patchpilot approve {run.run_id} --state-dir {runtime.state_dir}", soft_wrap=True)

@@ -76,6 +76,11 @@ class Simulation(BaseModel):
     # The patches its assessment reports missing (KB ids, package names); absent: a deterministic
     # share of the simulated fleet's catalogue (docs/compliance.md).
     missing: tuple[str, ...] | None = None
+    # Traffic pools and host hooks (docs/operations.md, "Simulated faults"; docs/traffic.md):
+    drain: Literal["ok", "timeout"] = "ok"  # timeout: its pools never report it drained
+    pool_health: Verdict = "ok"  # fail: its pools keep reporting it unhealthy after it rejoins
+    before_install_hook: Verdict = "ok"  # fail: the hook exits 1 ("hook: service did not stop")
+    after_install_hook: Verdict = "ok"  # fail: the hook exits 1 ("hook: service did not start")
 
 
 @dataclass(frozen=True, slots=True, config=ConfigDict(extra="forbid", coerce_numbers_to_str=True))

@@ -34,6 +34,7 @@ from patchpilot.adapters.local.sqlite_queue import SqliteQueue
 from patchpilot.adapters.local.sqlite_store import SqliteRunStore
 from patchpilot.adapters.local.state_lock import StateDirLockedError, state_lock
 from patchpilot.adapters.metrics import LogMetrics
+from patchpilot.adapters.wave_hooks import HttpsWaveHooks
 from patchpilot.engine.messages import Notify
 from patchpilot.engine.retry import retry_targets, retry_window
 from patchpilot.engine.run import Run
@@ -237,6 +238,8 @@ class LocalRuntime:
             clock=clock,
             metrics=LogMetrics(),
             leases=SqliteLeases(db),
+            wave_hooks=HttpsWaveHooks(EnvironmentSecrets(os.environ), clock),  # real HTTPS, retried on virtual time
+            traffic=fleet,  # the simulated load balancer: drain and re-add take virtual time
         )
         return cls(state_dir, service, store, queue, fleet, clock, notices, chat, reproducible)
 

@@ -109,10 +109,16 @@ class Queue(Protocol):
 
 @dataclass(frozen=True)
 class InProgress:
-    """The operation is under way: deliver the same command again at `retry_at`."""
+    """The operation is under way: deliver the same command again at `retry_at`. `finished` are
+    the outcomes of the targets already done: a command whose deadline passes keeps them and fails
+    only the others (one machine still draining never fails the wave's other machines)."""
 
     retry_at: datetime
     note: str = ""
+    finished: tuple[Outcome, ...] = ()
+    # When the operation began on the fleet (its first execution): a command's timeout counts from
+    # then, so a redelivery delay before it started does not eat it; None: from the command's issue.
+    started: datetime | None = None
 
 
 Progress = list[Outcome] | InProgress
@@ -141,7 +147,7 @@ class DiscoveryReadRefusedError(Exception):
 
 class PoolsUnreadableError(DiscoveryReadRefusedError):
     """Discovery could not read the traffic pools (ELBv2 target groups, NICs' backend pools) it
-    reads because the policy sets `rollout.pool_budget`: said, naming what is `missing` and where,
+    reads because the policy sets `rollout.pool_budget` or `traffic.drain`: said, naming what is `missing`,
     never taken for "no pools" (a plan without them could take a whole pool out of service)."""
 
     def __init__(self, where: str, missing: str, detail: str) -> None:
@@ -150,7 +156,7 @@ class PoolsUnreadableError(DiscoveryReadRefusedError):
             missing,
             detail,
             f"traffic pools not readable in {where}: {detail}; discovery reads them because the policy "
-            f"sets rollout.pool_budget (needs {missing})",
+            f"sets traffic.drain or rollout.pool_budget (needs {missing})",
         )
 
 

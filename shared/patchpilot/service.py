@@ -64,6 +64,7 @@ from patchpilot.engine.retry import NotRetryableError, next_retry_id, retry_chai
 from patchpilot.engine.run import CloudScheduledRun, Run, Runtime
 from patchpilot.inventory import Instance
 from patchpilot.policy import Policy
+from patchpilot.policy.fields import format_duration
 from patchpilot.ports import (
     Clock,
     ConflictError,
@@ -407,7 +408,7 @@ class Service:
             case RollBack():
                 progress, result_type = self.fleet.roll_back(command), RolledBack
             case RunHostHook():
-                progress = self._by(command.issued_at + command.hook.timeout, command, self.fleet.run_hook(command))
+                progress = self._by(command.hook.timeout, command, self.fleet.run_hook(command))
                 result_type = HostHookRan
             case LeavePools():
                 progress, result_type = self._leave_pools(command), PoolsLeft
@@ -464,13 +465,13 @@ class Service:
         progress = self.traffic.leave_pools(command)
         if command.timeout is None:  # the pool's own default: the adapter keeps to it
             return progress
-        return self._by(command.issued_at + command.timeout, command, progress, "not drained from its pools")
+        return self._by(command.timeout, command, progress, "not drained from its pools")
 
     def _rejoin_pools(self, command: RejoinPools) -> Progress:
         if self.traffic is None:
             return _refused(command.targets, "this deployment has no traffic-pool adapter: not put back into its pools")
         progress = self.traffic.rejoin_pools(command)
-        return self._by(command.issued_at + command.timeout, command, progress, "its pools did not report it healthy")
+        return self._by(command.timeout, command, progress, "its pools did not report it healthy")
 
     def _call_wave_hook(self, command: CallWaveHook) -> Progress:
         if self.wave_hooks is None:
@@ -483,19 +484,21 @@ class Service:
         return progress
 
     def _by(
-        self, deadline: datetime, command: RunHostHook | LeavePools | RejoinPools, progress: Progress, what: str = ""
+        self, timeout: timedelta, command: RunHostHook | LeavePools | RejoinPools, progress: Progress, what: str = ""
     ) -> Progress:
-        """An operation still under way at `deadline` has failed for the targets it names; before
-        it, the next poll comes no later than the deadline."""
+        """The targets still under way `timeout` after the operation started (its adapter says
+        when; else the command's issue) have failed, the finished ones keep their outcomes; before
+        that, the next poll comes no later than then."""
         if not isinstance(progress, InProgress):
             return progress
-        now = self.clock.now()
+        now, deadline = self.clock.now(), (progress.started or command.issued_at) + timeout
         if now < deadline:
-            return InProgress(min(progress.retry_at, deadline), progress.note)
-        late = f"{what or 'not finished'} by {deadline.isoformat(timespec='minutes')}"
+            return InProgress(min(progress.retry_at, deadline), progress.note, progress.finished, progress.started)
+        late = f"{what or 'not finished'} within {format_duration(timeout)}"
         if progress.note:
             late += f" ({progress.note})"
-        return [Outcome(id=i.id, ok=False, detail=late, at=now) for i in command.targets]
+        finished = {o.id: o for o in progress.finished}
+        return [finished.get(i.id) or Outcome(id=i.id, ok=False, detail=late, at=now) for i in command.targets]
 
     def _cancel(self, command: CancelCloudScheduledRun, run: Run) -> None:
         if self.maintenance is None:

@@ -60,6 +60,7 @@ PATCHPILOT_TAGS = {
     fleet.TAG_COMMAND,
     fleet.TAG_INSTANCE,
     fleet.TAG_HEALTH,
+    fleet.TAG_DRAINED,
     fleet.TAG_DEVICE,
     fleet.TAG_REPLACED_BY,
 }
@@ -243,6 +244,12 @@ def test_trigger_and_advisory_hold_no_destructive_fleet_action(function: str) ->
 
 
 POOL_READS = {"elasticloadbalancing:DescribeTargetGroups", "elasticloadbalancing:DescribeTargetHealth"}
+# The worker drains and re-adds (traffic.drain, docs/traffic.md): the default drain deadline is read
+# from the target group's attributes (no resource-level permission), and the two writes are held to
+# target groups carrying the managed tag (ELBv2 evaluates aws:ResourceTag on them).
+POOL_DRAIN_READS = {"elasticloadbalancing:DescribeTargetGroupAttributes"}
+POOL_WRITES = {"elasticloadbalancing:DeregisterTargets", "elasticloadbalancing:RegisterTargets"}
+MANAGED_TAG = {"aws:ResourceTag/${ManagedTagKey}": {"Ref": "ManagedTagValue"}}
 
 
 def _calls_of(service: str, prefix: str, made: str) -> set[str]:
@@ -256,34 +263,52 @@ def _calls_of(service: str, prefix: str, made: str) -> set[str]:
     return {f"{prefix}:{op}" for name, op in names.items() if re.search(rf"\b{name}\b", code)}
 
 
-def test_discovering_functions_read_target_groups_and_nothing_else_of_elbv2() -> None:
+def test_discovering_functions_read_target_groups_and_only_the_worker_drains_managed_ones() -> None:
     """Discovery reads traffic pools (docs/aws-deploy.md): two read-only listings on `*` (ELBv2
-    has no resource-level permission for them); no function may change a load balancer, and the
-    code calls exactly what the roles grant."""
-    assert _calls_of("elbv2", "elasticloadbalancing", r"\.elbv2\(|[\"']elbv2[\"']") == POOL_READS
+    has no resource-level permission for them). Only the worker changes a load balancer: it
+    deregisters and registers targets of target groups tagged as managed, and reads their
+    deregistration delay; the code calls exactly what the roles grant."""
+    everything = POOL_READS | POOL_DRAIN_READS | POOL_WRITES
+    # The modules that make an ELBv2 client, and those handed one (typed ElasticLoadBalancingv2Client).
+    made = r"\.elbv2\(|[\"']elbv2[\"']|ElasticLoadBalancingv2Client\b"
+    assert _calls_of("elbv2", "elasticloadbalancing", made) == everything
     for function in FUNCTIONS:
         held = {a for s in grants(function) for a in actions(s) if a.startswith("elasticloadbalancing:")}
-        expected = POOL_READS if function in ("WorkerFunction", "TriggerFunction", "AdvisoryFunction") else set()
+        discovering = function in ("TriggerFunction", "AdvisoryFunction")
+        expected = everything if function == "WorkerFunction" else POOL_READS if discovering else set()
         assert held == expected, function
-        for action in held:
+        for action in held & (POOL_READS | POOL_DRAIN_READS):
             assert all(resources(s) == ["*"] for s in allowing(function, action)), (function, action)
+    for action in POOL_WRITES:
+        for statement in allowing("WorkerFunction", action):
+            assert resources(statement) == ["arn:${AWS::Partition}:elasticloadbalancing:*:*:targetgroup/*/*"]
+            assert statement["Condition"] == {"StringEquals": MANAGED_TAG}, action
 
 
 SCALING_GROUP_READS = {"autoscaling:DescribeAutoScalingInstances"}
+SCALING_GROUP_WRITES = {"autoscaling:EnterStandby", "autoscaling:ExitStandby"}
 
 
-def test_discovering_functions_read_scaling_group_membership_and_nothing_else_of_autoscaling() -> None:
+def test_discovering_functions_read_scaling_group_membership_and_only_the_worker_moves_managed_members() -> None:
     """Discovery always reads which instances are in an Auto Scaling group (docs/aws-deploy.md):
-    one read-only action on `*` (it has no resource-level permission); no function may change a
-    group, and the code calls exactly what the roles grant."""
-    assert _calls_of("autoscaling", "autoscaling", r"[\"']autoscaling[\"']") == SCALING_GROUP_READS
+    one read-only action on `*` (it has no resource-level permission). Only the worker changes a
+    group: Standby in and out (scaling_groups: standby) for groups tagged as managed; the code
+    calls exactly what the roles grant."""
+    everything = SCALING_GROUP_READS | SCALING_GROUP_WRITES
+    assert _calls_of("autoscaling", "autoscaling", r"[\"']autoscaling[\"']") == everything
     for function in FUNCTIONS:
         held = {a for s in grants(function) for a in actions(s) if a.startswith("autoscaling:")}
-        discovering = function in ("WorkerFunction", "TriggerFunction", "AdvisoryFunction")
-        expected = SCALING_GROUP_READS if discovering else set()
+        discovering = function in ("TriggerFunction", "AdvisoryFunction")
+        expected = everything if function == "WorkerFunction" else SCALING_GROUP_READS if discovering else set()
         assert held == expected, function
-        for action in held:
+        for action in held & SCALING_GROUP_READS:
             assert all(resources(s) == ["*"] for s in allowing(function, action)), (function, action)
+    for action in SCALING_GROUP_WRITES:
+        for statement in allowing("WorkerFunction", action):
+            group = "arn:${AWS::Partition}:autoscaling:*:*:autoScalingGroup:*:autoScalingGroupName/*"
+            assert resources(statement) == [group]
+            condition = {"autoscaling:ResourceTag/${ManagedTagKey}": {"Ref": "ManagedTagValue"}}
+            assert statement["Condition"] == {"StringEquals": condition}, action
 
 
 def test_trigger_scans_only_with_the_patch_baseline_document_on_managed_instances() -> None:

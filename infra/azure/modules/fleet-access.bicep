@@ -25,7 +25,8 @@ param resourceGroups array
 // Every Azure Resource Manager action PatchPilot's code calls, and why. Keep in step with the
 // adapters (shared/patchpilot/adapters/azure/): tests/test_azure_runtime.py checks every call of
 // a whole run against this list. Long operations are started without polling them, so no
-// operation-status read is needed.
+// operation-status read is needed; the two the traffic pools wait for (a load-balancing rule's
+// health, an Application Gateway's backend health) are followed on the URLs Azure returns for them.
 var fleetActions = [
   // discovery, probe and health (Resource Graph returns only what the identity may read)
   'Microsoft.ResourceGraph/resources/read'
@@ -71,6 +72,20 @@ var fleetActions = [
   'Microsoft.Maintenance/configurationAssignments/delete'
   'Microsoft.Maintenance/applyUpdates/read' // a cancel reads the maintenance run's status first
   'Microsoft.Maintenance/applyUpdates/write'
+  // traffic pools (docs/traffic.md): a NIC update out of and back into the backend pools, their
+  // probes read for the drain, their health read with traffic.pool_health; a NIC update is checked
+  // against what it references: the pools it joins, its subnet, NSG, public IP and ASGs (kept as read)
+  'Microsoft.Network/networkInterfaces/write'
+  'Microsoft.Network/loadBalancers/read'
+  'Microsoft.Network/loadBalancers/backendAddressPools/join/action'
+  'Microsoft.Network/loadBalancers/loadBalancingRules/health/action'
+  'Microsoft.Network/applicationGateways/read'
+  'Microsoft.Network/applicationGateways/backendAddressPools/join/action'
+  'Microsoft.Network/applicationGateways/backendhealth/action'
+  'Microsoft.Network/virtualNetworks/subnets/join/action'
+  'Microsoft.Network/networkSecurityGroups/join/action'
+  'Microsoft.Network/publicIPAddresses/join/action'
+  'Microsoft.Network/applicationSecurityGroups/joinIpConfiguration/action'
 ]
 
 resource role 'Microsoft.Authorization/roleDefinitions@2022-04-01' = {

@@ -115,7 +115,10 @@ class AwsRuntime(ServerlessRuntime):
     @functools.cached_property
     def service(self) -> Service:
         from patchpilot.adapters.aws.leases import DynamoDbLeases
+        from patchpilot.adapters.aws.traffic import Elbv2Traffic
         from patchpilot.adapters.metrics import EmfMetrics
+        from patchpilot.adapters.wave_hooks import HttpsWaveHooks
+        from patchpilot.notify import LazySecrets
         from patchpilot.service import Service
 
         notifier: Notifier = self.notifier
@@ -130,6 +133,8 @@ class AwsRuntime(ServerlessRuntime):
             metrics=EmfMetrics(),
             leases=DynamoDbLeases(self.env.table, self.clients("dynamodb", None, self.env.region)),
             runtime="aws",
+            wave_hooks=HttpsWaveHooks(LazySecrets(lambda: self.secrets), self.clock),  # Secrets Manager
+            traffic=Elbv2Traffic(self.clients, self.clock, default_region=self.env.region),
         )
 
     @functools.cached_property

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from patchpilot.adapters.azure.reports import BlobReports
     from patchpilot.adapters.azure.storage_queue import StorageQueue
     from patchpilot.adapters.azure.table_store import TableRunStore
+    from patchpilot.adapters.azure.traffic import AzureBackendPools
     from patchpilot.app.azure_advisories import AzureAdvisoriesRead
     from patchpilot.app.update_manager_events import UpdateManagerEvent, UpdateManagerEvents
     from patchpilot.ports import Claims, Clock, Secrets
@@ -268,6 +269,13 @@ class AzureRuntime(ServerlessRuntime):
         return azure_fleet(self.clients, self.clock)
 
     @functools.cached_property
+    def traffic(self) -> AzureBackendPools:
+        """Load Balancer and Application Gateway backend pools around the install (docs/traffic.md)."""
+        from patchpilot.adapters.azure.traffic import AzureBackendPools
+
+        return AzureBackendPools(self.clients, self.clock)
+
+    @functools.cached_property
     def blobs(self) -> BlobServiceClient:
         from azure.storage.blob import BlobServiceClient
 
@@ -307,6 +315,8 @@ class AzureRuntime(ServerlessRuntime):
     def service(self) -> Service:
         from patchpilot.adapters.azure.maintenance_events import UpdateManagerCanceller
         from patchpilot.adapters.metrics import LogMetrics
+        from patchpilot.adapters.wave_hooks import HttpsWaveHooks
+        from patchpilot.notify import LazySecrets
         from patchpilot.service import Service
 
         return Service(
@@ -319,6 +329,8 @@ class AzureRuntime(ServerlessRuntime):
             metrics=LogMetrics(),
             leases=self.leases,
             runtime="azure",
+            wave_hooks=HttpsWaveHooks(LazySecrets(lambda: self.secrets), self.clock),  # Key Vault
+            traffic=self.traffic,
         )
 
     def policy(self) -> Policy:

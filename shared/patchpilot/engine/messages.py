@@ -129,7 +129,9 @@ class LeavePools(_Command):
     elapsed). Not drained by `issued_at` + `timeout` (unset: the pool's own default, the target
     group's deregistration delay) is a failure. A target already out is not touched again. An
     outcome's `items` are the registrations removed, in the adapter's own words (RejoinPools gets
-    them back)."""
+    them back); for a target found already out, what the adapter knows it is out of (the
+    simulated fleet: nothing; ELBv2: its default registrations; Azure: what its NIC's record
+    says), never more than a leave of it removed (tests/test_traffic_contract.py)."""
 
     type: Literal["LeavePools"] = "LeavePools"
     targets: list[Instance]

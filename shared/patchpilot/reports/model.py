@@ -305,6 +305,7 @@ class Report:
     undelivered: list[NoticeRow] = field(default_factory=list)
     broken: list[RollbackRow] = field(default_factory=list)  # left `failed`: restore them by hand
     attention: list[Attention] = field(default_factory=list)  # what needs a person, most urgent first
+    traffic: str = ""  # the drain in one sentence (`traffic_summary`), "" when nothing was drained
 
 
 # ---------------------------------------------------------------- building
@@ -353,6 +354,7 @@ def build(run: Run) -> Report:
         classifications=list(run.policy.patches.classifications),
         reboot=run.policy.reboot,
         attention=attention(run),
+        traffic=traffic_summary(run),
     )
 
 
@@ -614,6 +616,39 @@ def _wave(run: Run, wave: WaveState, pools: dict[str, int]) -> WaveView:
         patched_names=[ref(r.instance) for r in patched] if len(patched) <= NAME_PATCHED_UP_TO else None,
         capacity=pool_capacity(records, pools),
     )
+
+
+def traffic_summary(run: Run) -> str:
+    """One sentence on the drain of a run: how many machines left their pools (or went into
+    Standby) and came back, the lowest capacity any pool kept, and who is still out; "" for a run
+    that drained nothing."""
+    records = run.records()
+    drained = [r for r in records if any(s.step == "drain" for s in r.steps)]
+    if not drained:
+        return ""
+    members = pool_members(r.instance for r in records)
+    parts = []
+    pooled = [r for r in drained if r.instance.traffic_pools and run.policy.traffic.drain]
+    if pooled:
+        pools = {p for r in pooled for p in r.instance.traffic_pools}
+        parts.append(f"{_n(len(pooled), 'machine')} drained from {_n(len(pools), 'traffic pool')}")
+    standby = [r for r in drained if r.instance.scaling_group and run.policy.scaling_groups == "standby"]
+    if standby:
+        groups = {r.instance.scaling_group for r in standby}
+        parts.append(f"{_n(len(standby), 'machine')} put in Standby ({_n(len(groups), 'scaling group')})")
+    out = [r for r in drained if r.out_of_pools]
+    text = " and ".join(parts) + (", all back" if not out else f", {len(drained) - len(out)} back")
+    lowest = min(
+        ((c, w.index) for w in run.waves for c in pool_capacity(w.records.values(), members)),
+        key=lambda pair: (pair[0].percent, pair[1]),
+        default=None,
+    )
+    if lowest is not None:
+        capacity, wave = lowest
+        text += f"; lowest capacity: {capacity.pool} {capacity.serving} of {capacity.members} serving (wave {wave})"
+    if out:
+        text += f"; out of their pools: {', '.join(f'{r.instance.short_name} ({r.state})' for r in out[:10])}"
+    return text
 
 
 def pool_capacity(records: Iterable[InstanceRecord], pools: Mapping[str, int]) -> list[PoolCapacity]:

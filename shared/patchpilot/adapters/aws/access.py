@@ -10,6 +10,7 @@ InvokedAfter, and the comments are matched here).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -47,6 +48,10 @@ TAG_INSTANCE = "PatchPilotInstance"
 TAG_HEALTH = "PatchPilotHealthCheck"  # "<command token>@<ISO time the check started>"
 TAG_DEVICE = "PatchPilotDevice"  # on a restored data volume: the device it replaces
 TAG_REPLACED_BY = "PatchPilotReplacedBy"  # on an original data volume: the volume that replaced it
+# On an instance, before it leaves a target group on a port, IP or zone its default would not
+# restore: "<command token> <pool index>=<target>/<port>/<zone>,..." (adapters/aws/traffic/).
+TAG_DRAINED = "PatchPilotDrained"
+TAG_VALUE_MAX = 256  # EC2 tag values
 
 PATCH_DOCUMENT = "AWS-RunPatchBaseline"
 SCRIPT_DOCUMENTS: dict[OsFamily, str] = {"linux": "AWS-RunShellScript", "windows": "AWS-RunPowerShellScript"}
@@ -281,6 +286,23 @@ def error_code(exc: ClientError) -> str:
 def describe_error(exc: ClientError) -> str:
     error = exc.response.get("Error", {})
     return f"{error.get('Code', 'Error')}: {error.get('Message', '')}".rstrip(": ")
+
+
+@dataclasses.dataclass(frozen=True)
+class Addresses:
+    """An instance's VPC and private IPs: what an IP target of a target group names (`primary`:
+    the address ELBv2 is given for the instance by default)."""
+
+    vpc: str
+    ips: frozenset[str]
+    primary: str = ""
+
+
+def addresses_of(raw: InstanceTypeDef) -> Addresses:
+    ips = {raw.get("PrivateIpAddress", "")}
+    for interface in raw.get("NetworkInterfaces", []):
+        ips.update(a.get("PrivateIpAddress", "") for a in interface.get("PrivateIpAddresses", []))
+    return Addresses(raw.get("VpcId", ""), frozenset(ips - {""}), raw.get("PrivateIpAddress", ""))
 
 
 def tags_of(tags: Iterable[Any] | None) -> dict[str, str]:

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from azure.mgmt.compute import ComputeManagementClient
     from azure.mgmt.hybridcompute import HybridComputeManagementClient
     from azure.mgmt.maintenance import MaintenanceManagementClient
+    from azure.mgmt.network import NetworkManagementClient
     from azure.mgmt.resourcegraph import ResourceGraphClient
 
 
@@ -62,6 +63,15 @@ class AzureClients:
             "maintenance",
             subscription,
             lambda: MaintenanceManagementClient(self.credential, subscription, **self.options),
+        )
+        return client
+
+    def network(self, subscription: str) -> NetworkManagementClient:
+        """NICs, load balancers and Application Gateways (traffic pools: adapters/azure/traffic.py)."""
+        from azure.mgmt.network import NetworkManagementClient
+
+        client: NetworkManagementClient = self._client(
+            "network", subscription, lambda: NetworkManagementClient(self.credential, subscription, **self.options)
         )
         return client
 

@@ -13,13 +13,13 @@ answers: a failed health check names a check the command has (the policy's alarm
 script, else the cloud's own status check), a failed install names one of its patches, a rollback
 says which volumes it restored. Each real effect (a snapshot, an install, a rollback) is written
 once to a ledger, so tests can check that no instance is ever touched twice by redelivery, polls
-or crashes.
+or crashes. Host hooks run the same way (ten seconds each); traffic pools and scaling groups are
+`SimulatedPools` (simulated_traffic.py), the patch catalogue and the assessment
+simulated_catalog.py.
 """
 
 from __future__ import annotations
 
-import fnmatch
-import hashlib
 import json
 import re
 import sqlite3
@@ -32,19 +32,39 @@ from typing import Literal, TypeAlias, TypeVar
 
 from patchpilot.adapters.health import UnsafeUrlValueError, fill, fill_url
 from patchpilot.adapters.local._sqlite import connect_read_only
+from patchpilot.adapters.local.simulated_catalog import (
+    CATALOG,
+    HINTED_CLASSIFICATION,
+    assessment,
+    digest,
+    for_os,
+    hints,
+    matches,
+    select_patches,
+)
+from patchpilot.adapters.local.simulated_catalog import lacking as lacking  # read here by the compliance tests
 from patchpilot.adapters.local.simulated_maintenance import SimulatedMaintenance
-from patchpilot.compliance.model import AssessmentStarted, MissingPatch, PatchGap, PatchSeverity, PatchState
+from patchpilot.adapters.local.simulated_traffic import (
+    HOOK_SECONDS,
+    POOL_SCHEMA,
+    PoolCapacity,
+    SimulatedPools,
+    host_hook,
+)
+from patchpilot.compliance.model import AssessmentStarted, PatchState
 from patchpilot.engine.messages import (
     CheckHealth,
     InstallPatches,
     InstallTarget,
+    LeavePools,
     Outcome,
     ProbeAgents,
+    RejoinPools,
     RollBack,
     RunHostHook,
     TakeSnapshots,
 )
-from patchpilot.inventory import Instance, OsFamily, Simulation
+from patchpilot.inventory import Instance, OsFamily
 from patchpilot.maintenance.model import WatchResult
 from patchpilot.planning.estimate import (  # the step durations a plan estimates with
     HEALTH_MINUTES,
@@ -58,52 +78,15 @@ from patchpilot.policy.model import HealthChecks
 from patchpilot.ports import Clock, InProgress, Progress
 from patchpilot.wording import plural
 
-Kind: TypeAlias = Literal["probe", "snapshot", "install", "health", "rollback"]
+Kind: TypeAlias = Literal["probe", "snapshot", "install", "health", "rollback", "hook"]
 T = TypeVar("T")
 EFFECT_KINDS: frozenset[str] = frozenset({"snapshot", "install", "rollback"})
 
 POLL_INTERVAL = timedelta(minutes=10)
 BUSY_TIMEOUT_MS = 10_000
 
-# A small, realistic catalog of the patches each OS is missing: (patch id, classification).
-CATALOG: dict[OsFamily, tuple[tuple[str, str], ...]] = {
-    "linux": (
-        ("openssl-3.0.13-1.el9", "Security"),
-        ("kernel-5.14.0-503.el9", "Critical"),
-        ("glibc-2.34-100.el9", "Security"),
-        ("sudo-1.9.5p2-10.el9", "Critical"),
-        ("curl-7.76.1-29.el9", "Security"),
-        ("tzdata-2024b-2.el9", "Other"),
-        ("vim-minimal-8.2.2637-21.el9", "Other"),
-    ),
-    "windows": (
-        ("KB5048661", "Security"),  # cumulative update
-        ("KB5048817", "Security"),  # .NET Framework cumulative update
-        ("KB5050111", "Critical"),  # servicing stack update
-        ("KB890830", "UpdateRollup"),  # Malicious Software Removal Tool
-        ("KB2267602", "Definition"),  # Defender security intelligence
-    ),
-}
-
-# What the simulated assessment says of each catalogue patch: (title, severity, days since release).
-PATCH_FACTS: dict[str, tuple[str, PatchSeverity, int]] = {
-    "openssl-3.0.13-1.el9": ("OpenSSL: denial of service in X.509 name checks", "Important", 12),
-    "kernel-5.14.0-503.el9": ("kernel: use-after-free in netfilter", "Critical", 9),
-    "glibc-2.34-100.el9": ("glibc: buffer overflow in iconv", "Important", 23),
-    "sudo-1.9.5p2-10.el9": ("sudo: privilege escalation via sudoedit", "Critical", 5),
-    "curl-7.76.1-29.el9": ("curl: cookie injection", "Moderate", 31),
-    "tzdata-2024b-2.el9": ("tzdata: time zone rule updates", "Low", 40),
-    "vim-minimal-8.2.2637-21.el9": ("vim: heap overflow in ex commands", "Low", 18),
-    "KB5048661": ("Cumulative Update for Windows Server 2022", "Critical", 8),
-    "KB5048817": ("Cumulative Update for .NET Framework", "Important", 8),
-    "KB5050111": ("Servicing Stack Update", "Critical", 8),
-    "KB890830": ("Windows Malicious Software Removal Tool", "Unspecified", 8),
-    "KB2267602": ("Security Intelligence Update for Microsoft Defender Antivirus", "Unspecified", 1),
-}
-HINTED_CLASSIFICATION = "Security"  # of a patch a `missing` hint names that the catalogue does not know
 SCAN_MINUTES = 0  # a simulated scan ends at once
 
-_KB = re.compile(r"^KB\d+$", re.IGNORECASE)
 _ARM_VM = re.compile(
     r"^/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)"
     r"/providers/Microsoft\.Compute/virtualMachines/(?P<vm>[^/]+)$",
@@ -151,6 +134,7 @@ class _Plan:
     ok: bool
     detail: str
     items: list[str]
+    seconds: int = 0
 
 
 @dataclass(frozen=True)
@@ -161,10 +145,12 @@ class _Op:
     ok: bool
     detail: str
     items: list[str]
+    started_at: datetime | None = None  # when the command was first executed
 
 
 class SimulatedFleet:
-    """A `FleetProvider` whose operations live in SQLite (`db_path`) and take virtual time."""
+    """A `FleetProvider` and `TrafficPools` (simulated_traffic.py) whose operations live in SQLite
+    (`db_path`) and take virtual time."""
 
     def __init__(self, db_path: str | Path, clock: Clock, *, read_only: bool = False) -> None:
         """With `read_only`, an existing database for `patch_states` only (`compliance`)."""
@@ -172,14 +158,15 @@ class SimulatedFleet:
         self._lock = threading.Lock()
         if read_only:
             self._db = connect_read_only(Path(db_path))
-            return
-        self._db = sqlite3.connect(
-            str(db_path), isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False
-        )
-        self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.execute("PRAGMA synchronous = NORMAL")
-        self._db.executescript(_SCHEMA)
+        else:
+            self._db = sqlite3.connect(
+                str(db_path), isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False
+            )
+            self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA synchronous = NORMAL")
+            self._db.executescript(_SCHEMA + POOL_SCHEMA)
+        self.pools = SimulatedPools(self._db, self._lock, clock)
 
     def close(self) -> None:
         self._db.close()
@@ -223,8 +210,21 @@ class SimulatedFleet:
         return self._execute(command.id, command.run_id, "health", plans)
 
     def run_hook(self, command: RunHostHook) -> Progress:
-        """Host hooks are not wired on this runtime yet: each target fails with that reason."""
-        return [Outcome(id=i.id, ok=False, detail="host hooks are not supported here yet") for i in command.targets]
+        def plan(instance: Instance) -> _Plan:
+            ok, detail = host_hook(instance, command.phase, command.hook)
+            return _Plan(instance.id, 0, ok, detail, [], seconds=HOOK_SECONDS)
+
+        return self._execute(command.id, command.run_id, "hook", lambda: _per_instance(command.targets, plan))
+
+    def leave_pools(self, command: LeavePools) -> Progress:
+        return self.pools.leave_pools(command)
+
+    def rejoin_pools(self, command: RejoinPools) -> Progress:
+        return self.pools.rejoin_pools(command)
+
+    def pool_capacity(self, run_id: str, instances: Sequence[Instance]) -> list[PoolCapacity]:
+        """For the report: per wave, how many members of each pool served at the lowest point."""
+        return self.pools.capacity(run_id, instances)
 
     def roll_back(self, command: RollBack) -> Progress:
         def plans() -> list[_Plan]:
@@ -241,8 +241,8 @@ class SimulatedFleet:
     def start_assessment(self, instances: Sequence[Instance], token: str) -> AssessmentStarted:
         """A scan of each reachable machine, recorded once per token (it ends at once)."""
         now = self.clock.now().isoformat()
-        reachable = [i for i in instances if _hints(i).agent == "online"]
-        refused = tuple((i.id, _unreachable(i)) for i in instances if _hints(i).agent != "online")
+        reachable = [i for i in instances if hints(i).agent == "online"]
+        refused = tuple((i.id, _unreachable(i)) for i in instances if hints(i).agent != "online")
         with self._lock:
             self._db.executemany(
                 "INSERT OR IGNORE INTO sim_scans (token, instance_id, at) VALUES (?, ?, ?)",
@@ -267,12 +267,12 @@ class SimulatedFleet:
             history.setdefault(instance_id, []).append((run_id, kind, done_at, bool(ok), detail, json.loads(items)))
         states = []
         for instance in instances:
-            if _hints(instance).agent != "online":
+            if hints(instance).agent != "online":
                 states.append(PatchState(instance.id, error=_unreachable(instance)))
                 continue
             scanned = scans.get(instance.id)
             assessed = datetime.fromisoformat(scanned) if scanned else now
-            states.append(_assessment(instance, history.get(instance.id, []), assessed, now))
+            states.append(assessment(instance, history.get(instance.id, []), assessed, now))
         return states
 
     # ------------------------------------------------------------ for tests and the local CLI
@@ -314,16 +314,23 @@ class SimulatedFleet:
         if running:
             last = max(op.done_at for op in running)
             done = len(ops) - len(running)
+            finished = tuple(
+                Outcome(id=op.instance_id, ok=op.ok, detail=op.detail, items=op.items, at=op.done_at)
+                for op in ops
+                if op.done_at <= now
+            )
             return InProgress(
                 retry_at=min(last, now + POLL_INTERVAL),
                 note=f"{kind}: {done}/{len(ops)} done, last due {last.isoformat()}",
+                finished=finished,
+                started=min((op.started_at for op in ops if op.started_at is not None), default=None),
             )
         return [Outcome(id=op.instance_id, ok=op.ok, detail=op.detail, items=op.items, at=op.done_at) for op in ops]
 
     def _load(self, command_id: str) -> list[_Op]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT instance_id, kind, done_at, ok, detail, items FROM sim_ops"
+                "SELECT instance_id, kind, done_at, ok, detail, items, started_at FROM sim_ops"
                 " WHERE command_id = ? ORDER BY position",
                 (command_id,),
             ).fetchall()
@@ -335,8 +342,9 @@ class SimulatedFleet:
                 ok=bool(ok),
                 detail=detail,
                 items=[str(item) for item in json.loads(items)],
+                started_at=datetime.fromisoformat(started_at),
             )
-            for instance_id, kind, done_at, ok, detail, items in rows
+            for instance_id, kind, done_at, ok, detail, items, started_at in rows
         ]
 
     def _start(
@@ -351,7 +359,7 @@ class SimulatedFleet:
                 exists = db.execute("SELECT 1 FROM sim_ops WHERE command_id = ? LIMIT 1", (command_id,))
                 if exists.fetchone() is None:
                     for position, plan in enumerate(planned):
-                        done_at = started + timedelta(minutes=plan.minutes)
+                        done_at = started + timedelta(minutes=plan.minutes, seconds=plan.seconds)
                         db.execute(
                             "INSERT INTO sim_ops (command_id, instance_id, position, run_id, kind,"
                             " started_at, done_at, ok, detail, items) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -399,22 +407,14 @@ def _per_instance(instances: Sequence[Instance], plan: Callable[[Instance], _Pla
     return _plans(instances, lambda instance: instance.id, plan)
 
 
-def _hints(instance: Instance) -> Simulation:
-    return instance.simulation or Simulation()
-
-
-def _digest(*parts: str) -> bytes:
-    return hashlib.sha256("\x1f".join(parts).encode()).digest()
-
-
 def _minutes(salt: str, instance_id: str, low: int, high: int) -> int:
     """A stable duration in [low, high] minutes for this instance."""
-    value = int.from_bytes(_digest(salt, instance_id)[:8], "big")
+    value = int.from_bytes(digest(salt, instance_id)[:8], "big")
     return low + value % (high - low + 1)
 
 
 def _probe(instance: Instance) -> _Plan:
-    online = _hints(instance).agent == "online"
+    online = hints(instance).agent == "online"
     if instance.cloud == "aws":
         detail = "SSM agent online (PingStatus Online)" if online else "SSM agent not reporting (ConnectionLost)"
     else:
@@ -427,10 +427,10 @@ def _disks(instance: Instance) -> list[str]:
 
 
 def _snapshot_id(instance: Instance, command_id: str, disk: str) -> str:
-    digest = _digest("snapshot", command_id, instance.id, disk).hex()
+    code = digest("snapshot", command_id, instance.id, disk).hex()
     if instance.cloud == "aws":
-        return f"snap-{digest[:17]}"
-    name = f"{instance.short_name}-{disk}-pp-{digest[:8]}"
+        return f"snap-{code[:17]}"
+    name = f"{instance.short_name}-{disk}-pp-{code[:8]}"
     arm = _ARM_VM.match(instance.id)
     if arm is None:
         return name
@@ -439,7 +439,7 @@ def _snapshot_id(instance: Instance, command_id: str, disk: str) -> str:
 
 def _snapshot(instance: Instance, command_id: str) -> _Plan:
     minutes = _minutes("snapshot", instance.id, *SNAPSHOT_MINUTES)
-    if _hints(instance).snapshot == "fail":
+    if hints(instance).snapshot == "fail":
         if instance.cloud == "aws":
             detail = "CreateSnapshots failed: SnapshotCreationPerVolumeRateExceeded"
         else:
@@ -450,52 +450,22 @@ def _snapshot(instance: Instance, command_id: str) -> _Plan:
     return _Plan(instance.id, minutes, True, f"snapshotted {disks}", ids)
 
 
-def _matches(item: str, pattern: str) -> bool:
-    """An exact id (any case), a glob, or a Linux package name without its version."""
-    item_l, pattern_l = item.casefold(), pattern.casefold()
-    if item_l == pattern_l or fnmatch.fnmatchcase(item_l, pattern_l):
-        return True
-    return not _KB.match(item) and item_l.rsplit("-", 2)[0] == pattern_l
-
-
-def _for_os(entry: str, os: OsFamily) -> bool:
-    """A KB number is a Windows update; anything else names a Linux package."""
-    return bool(_KB.match(entry)) == (os == "windows")
-
-
-def select_patches(
-    os: OsFamily, classifications: Sequence[str], include: Sequence[str], exclude: Sequence[str]
-) -> list[str]:
-    """What a policy-driven install puts on a machine of this OS: the catalog's patches of the
-    wanted classifications, plus the included ones (catalog globs, or ids taken as they are),
-    minus the excluded ones."""
-    wanted = set(classifications)
-    chosen = [patch for patch, classification in CATALOG[os] if classification in wanted]
-    for entry in include:
-        if any(ch in entry for ch in "*?["):
-            extra = [patch for patch, _ in CATALOG[os] if _matches(patch, entry)]
-        else:
-            extra = [entry] if _for_os(entry, os) else []
-        chosen.extend(patch for patch in extra if patch not in chosen)
-    return [patch for patch in chosen if not any(_matches(patch, pattern) for pattern in exclude)]
-
-
 def _install(target: InstallTarget, command: InstallPatches) -> _Plan:
     instance, only, excluded = target.instance, target.only, [*command.exclude, *target.exclude]  # + its exceptions
-    hints = _hints(instance)
-    minutes = hints.install_minutes or _minutes("install", instance.id, *INSTALL_MINUTES)
+    hinted = hints(instance)
+    minutes = hinted.install_minutes or _minutes("install", instance.id, *INSTALL_MINUTES)
     reboots = command.reboot != "never"
     if reboots:
         minutes += REBOOT_MINUTES
     if only is not None:
-        patches = [p for p in dict.fromkeys(only) if not any(_matches(p, pattern) for pattern in target.exclude)]
+        patches = [p for p in dict.fromkeys(only) if not any(matches(p, pattern) for pattern in target.exclude)]
     else:
         patches = select_patches(instance.os, command.classifications, command.include, excluded)
         if HINTED_CLASSIFICATION in command.classifications:  # hinted patches the catalogue does not know
             known = {p for p, _ in CATALOG[instance.os]}
-            extra = [p for p in hints.missing or () if p not in known and p not in patches]
-            patches += [p for p in extra if not any(_matches(p, pattern) for pattern in excluded)]
-    if hints.install == "fail":
+            extra = [p for p in hinted.missing or () if p not in known and p not in patches]
+            patches += [p for p in extra if not any(matches(p, pattern) for pattern in excluded)]
+    if hinted.install == "fail":
         return _Plan(instance.id, minutes, False, _install_failure(instance.os, patches), [])
     count = plural(len(patches), "patch")
     tail = "rebooted" if reboots else "not rebooted (reboot: never)"
@@ -505,7 +475,7 @@ def _install(target: InstallTarget, command: InstallPatches) -> _Plan:
 def _install_failure(os: OsFamily, patches: Sequence[str]) -> str:
     """Why an install failed, naming the first of its patches for this OS (none: the package
     manager failed before installing anything)."""
-    first = next((patch for patch in patches if _for_os(patch, os)), None)
+    first = next((patch for patch in patches if for_os(patch, os)), None)
     if os == "windows":
         if first is None:
             return "exit code 0x80070643: the update installer failed before installing anything"
@@ -517,7 +487,7 @@ def _install_failure(os: OsFamily, patches: Sequence[str]) -> str:
 
 def _private_ip(instance: Instance) -> str:
     """A stable private address in 10.0.0.0/8 for this instance (for {private_ip} in checks)."""
-    a, b, c = _digest("private-ip", instance.id)[:3]
+    a, b, c = digest("private-ip", instance.id)[:3]
     return f"10.{a}.{b}.{max(c, 4)}"
 
 
@@ -544,7 +514,7 @@ def _health(instance: Instance, checks: HealthChecks, after_rollback: bool, rebo
         own.append(
             ("health script: exit code 1" if aws else "health script failed, exit code 1", "script exit 0", False)
         )
-    sick = _hints(instance).health == "fail" and not after_rollback
+    sick = hints(instance).health == "fail" and not after_rollback
     for failure, _, fails_anyway in own:
         if sick or fails_anyway:
             return _Plan(instance.id, HEALTH_MINUTES, False, failure, [])
@@ -573,7 +543,7 @@ def _rollback(instance: Instance, snapshot_ids: list[str], restore_data_volumes:
         return _Plan(instance.id, minutes, False, "no snapshot to restore from", [])
     source = snapshot_ids[0]
     aws = instance.cloud == "aws"
-    if _hints(instance).rollback == "fail":
+    if hints(instance).rollback == "fail":
         if aws:
             detail = f"CreateReplaceRootVolumeTask from {source} failed: IncorrectState"
         else:
@@ -593,58 +563,3 @@ def _unreachable(instance: Instance) -> str:
     if instance.cloud == "aws":
         return "SSM agent not reporting (ConnectionLost): no patch scan"
     return "VM agent not ready: no patch assessment"
-
-
-def _classification(os: OsFamily, patch_id: str) -> str:
-    return next((c for p, c in CATALOG[os] if p == patch_id), HINTED_CLASSIFICATION)
-
-
-def lacking(instance: Instance) -> list[str]:
-    """The patches a machine lacks before PatchPilot patched it: its `missing` hint, else each
-    catalogue patch for its OS with a stable three-in-four chance (some machines lack nothing new)."""
-    hint = _hints(instance).missing
-    if hint is not None:
-        return list(dict.fromkeys(hint))
-    return [p for p, _ in CATALOG[instance.os] if _digest("missing", instance.id, p)[0] % 4 != 0]
-
-
-def _missing_patch(instance: Instance, patch_id: str, gap: PatchGap, now: datetime) -> MissingPatch:
-    title, severity, days = PATCH_FACTS.get(patch_id, ("", "Important", 10))
-    released = (now - timedelta(days=days)).replace(hour=0, minute=0, second=0, microsecond=0)
-    version = patch_id.split("-", 1)[1] if instance.os == "linux" and "-" in patch_id else ""
-    classification = _classification(instance.os, patch_id)
-    return MissingPatch(patch_id, title, classification, severity, released, version, gap)
-
-
-def _assessment(
-    instance: Instance, history: list[tuple[str, str, str, bool, str, list[str]]], assessed: datetime, now: datetime
-) -> PatchState:
-    """Replay the machine's installs and rollbacks, in the order they ended."""
-    rolled_back = {run for run, kind, _, ok, _, _ in history if kind == "rollback" and ok}
-    installed: set[str] = set()
-    unbooted: set[str] = set()
-    last_install: datetime | None = None
-    failed = False
-    for run, kind, done_at, ok, detail, items in history:
-        if kind != "install" or run in rolled_back:
-            continue
-        if not ok:
-            failed = True
-            continue
-        failed = False
-        installed.update(items)
-        last_install = datetime.fromisoformat(done_at)
-        (unbooted.update if "not rebooted" in detail else unbooted.difference_update)(items)
-    gaps: list[MissingPatch] = []
-    for patch_id in lacking(instance):
-        if patch_id in unbooted:
-            gaps.append(_missing_patch(instance, patch_id, "pending_reboot", now))
-        elif patch_id not in installed:
-            gaps.append(_missing_patch(instance, patch_id, "failed" if failed else "missing", now))
-    return PatchState(
-        instance.id,
-        assessed_at=assessed,
-        missing=tuple(gaps),
-        reboot_pending=bool(unbooted),
-        last_install_at=last_install,
-    )

@@ -25,8 +25,9 @@ by a mark it left there, before starting anything:
 Calls are batched per (account, region): at most 50 ids per SSM call, 100-200 per EC2 call.
 
 The package is cut by capability: `discovery` (and the agent probe), `snapshots`, `install` (and
-its override files), `health`, `rollback`; what they share with the assessor (`../compliance.py`)
-and the maintenance source (`../maintenance_watch.py`) is `../access.py`.
+its override files), `health`, `hooks` (the policy's host hooks), `rollback`; what they share
+with the assessor (`../compliance.py`) and the maintenance source (`../maintenance_watch.py`) is
+`../access.py`.
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ from patchpilot.adapters.health import HttpGet, HttpProbe, urllib_get
 from patchpilot.engine.messages import (
     CheckHealth,
     InstallPatches,
-    Outcome,
     ProbeAgents,
     RollBack,
     RunHostHook,
@@ -54,6 +54,7 @@ from ..access import (
     PATCH_DOCUMENT,
     TAG_COMMAND,
     TAG_DEVICE,
+    TAG_DRAINED,
     TAG_HEALTH,
     TAG_INSTANCE,
     TAG_REPLACED_BY,
@@ -63,7 +64,7 @@ from ..access import (
     client_token,
 )
 from ..sessions import ClientFactory
-from . import discovery, health, install, rollback, snapshots
+from . import discovery, health, hooks, install, rollback, snapshots
 from .install import named_only
 
 if TYPE_CHECKING:
@@ -74,6 +75,7 @@ __all__ = [
     "PATCH_DOCUMENT",
     "TAG_COMMAND",
     "TAG_DEVICE",
+    "TAG_DRAINED",
     "TAG_HEALTH",
     "TAG_INSTANCE",
     "TAG_REPLACED_BY",
@@ -164,8 +166,8 @@ class Ec2SsmFleet:
         return health.check_health(self.access, command, self.http)
 
     def run_hook(self, command: RunHostHook) -> Progress:
-        """Host hooks are not wired on this runtime yet: each target fails with that reason."""
-        return [Outcome(id=i.id, ok=False, detail="host hooks are not supported here yet") for i in command.targets]
+        """The policy's host hook through SSM Run Command, once per command id (`hooks`)."""
+        return hooks.run_hook(self.access, command)
 
     def roll_back(self, command: RollBack) -> Progress:
         return rollback.roll_back(self.access, command)

@@ -1,6 +1,6 @@
 """Discovery of the policy's EC2 instances (with their Auto Scaling group, always, and their traffic
-pools, the ELBv2 target groups they are registered in, when the policy sets `rollout.pool_budget`)
-and the probe of their SSM agents."""
+pools, the ELBv2 target groups they are registered in, when the policy sets `rollout.pool_budget`
+or `traffic.drain`) and the probe of their SSM agents."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from patchpilot.inventory import Instance, OsFamily
 from patchpilot.policy.model import Policy
 from patchpilot.ports import DiscoveryResult, Progress
 
-from ..access import AwsAccess, Placement, agent_problem, by_placement, instance_state, tags_of
+from ..access import Addresses, AwsAccess, Placement, addresses_of, agent_problem, by_placement, instance_state, tags_of
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2.type_defs import FilterTypeDef, InstanceTypeDef
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 def discover(access: AwsAccess, policy: Policy) -> DiscoveryResult:
     """The policy's AWS instances (running or stopped) in its accounts and regions, each
     marked unreachable when its SSM agent is offline or it is not a managed instance. With
-    `rollout.pool_budget` each instance's `traffic_pools` are the target groups it is registered in
+    `rollout.pool_budget` or `traffic.drain` each instance's `traffic_pools` are the target groups it is in
     (`AwsAccess.target_groups`: a refusal raises `PoolsUnreadableError`, never "no pools"). Each
     instance's `scaling_group` is its Auto Scaling group's name, always read (a member patched in
     place could be replaced while it reboots): a refusal raises `ScalingGroupsUnreadableError`."""
@@ -43,7 +43,7 @@ def discover(access: AwsAccess, policy: Policy) -> DiscoveryResult:
             instances = _describe_for_discovery(access, placement, queries)
             if instances:
                 instances = _with_scaling_groups(access, placement, instances)
-            if policy.rollout.pool_budget is not None and instances:
+            if policy.reads_pools and instances:
                 instances = _with_pools(access, placement, instances)
             agents = access.agents(placement, [i.id for i, _, _ in instances])
             for instance, state, _ in instances:
@@ -54,14 +54,6 @@ def discover(access: AwsAccess, policy: Policy) -> DiscoveryResult:
                         reason = f"instance {state}; {reason}"
                     unreachable.append((instance, reason))
     return DiscoveryResult(found, unreachable)
-
-
-@dataclasses.dataclass(frozen=True)
-class Addresses:
-    """An instance's VPC and private IPs: what an IP target of a target group names."""
-
-    vpc: str
-    ips: frozenset[str]
 
 
 Discovered = tuple[Instance, str, Addresses]  # the instance, its state, where it listens
@@ -83,16 +75,9 @@ def _describe_for_discovery(
                         seen[instance_id] = (
                             _to_instance(raw, placement[1], owner),
                             instance_state(raw),
-                            _addresses(raw),
+                            addresses_of(raw),
                         )
     return [seen[key] for key in sorted(seen)]
-
-
-def _addresses(raw: InstanceTypeDef) -> Addresses:
-    ips = {raw.get("PrivateIpAddress", "")}
-    for interface in raw.get("NetworkInterfaces", []):
-        ips.update(a.get("PrivateIpAddress", "") for a in interface.get("PrivateIpAddresses", []))
-    return Addresses(raw.get("VpcId", ""), frozenset(ips - {""}))
 
 
 def _with_scaling_groups(access: AwsAccess, placement: Placement, found: list[Discovered]) -> list[Discovered]:

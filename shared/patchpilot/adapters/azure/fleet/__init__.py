@@ -23,7 +23,10 @@ mark it left there, before starting anything:
   tagged with the command id (a Run Command of another command is replaced);
 - a rollback's restored disks have names derived from the command id and the snapshot id; every
   step (create the disks, deallocate, tag the original disks PatchPilotReplacedBy, swap the disks,
-  start) is chosen from the VM's current state (fleet/rollback.py).
+  start) is chosen from the VM's current state (fleet/rollback.py);
+- a host hook (RunHostHook) runs as a managed Run Command named after its phase
+  (`patchpilot-before-install`, `patchpilot-after-install`) tagged with the command id
+  (fleet/hooks.py).
 
 Arc-enabled servers have no managed disks: their snapshot step fails, or, when the policy patches
 them without rollback (`patch_without_rollback`), passes with the single item ARC_NO_SNAPSHOT
@@ -39,7 +42,7 @@ running VM for the agent (probe, discovery) and for health (power, agent, Applic
 one Run Command read per machine with a health script.
 
 The package is cut by capability like the AWS one: `discovery` (and the agent probe), `snapshots`,
-`install`, `health`, `rollback`; what they share with the assessor (`../compliance.py`) and the
+`install`, `health`, `hooks`, `rollback`; what they share with the assessor (`../compliance.py`) and the
 maintenance source (`../maintenance_watch.py`) is `../access.py`.
 """
 
@@ -53,7 +56,6 @@ from patchpilot.adapters.health import HttpGet, HttpProbe, urllib_get
 from patchpilot.engine.messages import (
     CheckHealth,
     InstallPatches,
-    Outcome,
     ProbeAgents,
     RollBack,
     RunHostHook,
@@ -65,7 +67,7 @@ from patchpilot.ports import Clock, DiscoveryResult, Progress
 
 from ..access import AzureAccess
 from ..clients import AzureClients
-from . import discovery, health, install, rollback, snapshots
+from . import discovery, health, hooks, install, rollback, snapshots
 from .install import INSTALL_MARGIN, START_GRACE
 from .snapshots import ARC_NO_SNAPSHOT
 
@@ -139,8 +141,7 @@ class AzureFleet:
         return health.check_health(self.access, command, self.http)
 
     def run_hook(self, command: RunHostHook) -> Progress:
-        """Host hooks are not wired on this runtime yet: each target fails with that reason."""
-        return [Outcome(id=i.id, ok=False, detail="host hooks are not supported here yet") for i in command.targets]
+        return hooks.run_hook(self.access, command)
 
     def roll_back(self, command: RollBack) -> Progress:
         return rollback.roll_back(self.access, command)

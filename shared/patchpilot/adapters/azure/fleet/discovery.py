@@ -86,10 +86,15 @@ def to_instance(row: Any) -> Instance:
     "<location>-<zone>" (e.g. "westeurope-2"): Azure's zone numbers only mean something within a
     location (and within a subscription), so the location is part of the name; the planner only
     compares zones within a region. A VM in a Flexible scale set (`properties.virtualMachineScaleSet.id`)
-    has the lower-cased scale set id as its `scaling_group`."""
+    has the lower-cased scale set id as its `scaling_group`; outside a zone, the set stands as its
+    availability set and its fault domain (`properties.platformFaultDomain`) as its update domain,
+    so that a wave takes one fault domain of the set at a time (`scaling_groups: standby`)."""
     location = text(row, "location").lower()
     zones = [str(z) for z in items(row, "zones")]
     aset = text(row, "properties", "availabilitySet", "id").lower() or None
+    scale_set = text(row, "properties", "virtualMachineScaleSet", "id").lower() or None
+    fault_domain = at(row, "properties", "platformFaultDomain")
+    spread = scale_set is not None and not zones and aset is None and isinstance(fault_domain, int)
     os_type = (
         text(row, "properties", "storageProfile", "osDisk", "osType") or text(row, "properties", "osType")
     ).lower()
@@ -100,10 +105,11 @@ def to_instance(row: Any) -> Instance:
         os="windows" if os_type == "windows" else "linux",
         name=text(row, "name"),
         zone=f"{location}-{zones[0]}" if zones and not aset else None,
-        availability_set=aset,
+        availability_set=scale_set if spread else aset,
+        update_domain=fault_domain if spread else None,
         tags=tags_of(row),
         account=text(row, "subscriptionId") or None,
-        scaling_group=text(row, "properties", "virtualMachineScaleSet", "id").lower() or None,
+        scaling_group=scale_set,
     )
 
 
@@ -123,8 +129,8 @@ def discover(access: AzureAccess, policy: Policy) -> DiscoveryResult:
     and locations that its rings may select: one paged Resource Graph query, then an instance
     view read per running VM for its agent and (in an availability set) its update domain.
     Stopped VMs, VMs whose agent is not Ready and disconnected Arc servers are unreachable.
-    With `rollout.pool_budget` a VM's `traffic_pools` are the backend pools its NICs' IP
-    configurations are in (`with_pools`); Arc servers have none."""
+    With `rollout.pool_budget` or `traffic.drain` (`Policy.reads_pools`) a VM's `traffic_pools`
+    are the backend pools its NICs' IP configurations are in (`with_pools`); Arc servers have none."""
     kql = discovery_query(policy)
     if kql is None:
         return DiscoveryResult([])
@@ -132,7 +138,7 @@ def discover(access: AzureAccess, policy: Policy) -> DiscoveryResult:
     found: list[Instance] = []
     unreachable: list[tuple[Instance, str]] = []
     rows = query(access.graph(), kql, subscriptions)
-    pools = with_pools(access, rows, subscriptions) if policy.rollout.pool_budget is not None else {}
+    pools = with_pools(access, rows, subscriptions) if policy.reads_pools else {}
     for row in rows:
         instance = to_instance(row)
         if pools.get(instance.id.lower()):
@@ -192,7 +198,7 @@ def _discovered_vm(access: AzureAccess, machine: Machine, instance: Instance, ro
     except HttpResponseError as exc:
         return instance, f"instance view not readable: {describe_error(exc)}"
     domain = at(view, "platformUpdateDomain")
-    if instance.availability_set and isinstance(domain, int):
+    if instance.availability_set and instance.update_domain is None and isinstance(domain, int):
         instance = dataclasses.replace(instance, update_domain=domain)
     state = power_state(view)
     if state != "running":

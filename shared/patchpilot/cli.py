@@ -60,6 +60,7 @@ from patchpilot.local_runtime import (
     NoRunsError,
     check_writable_dirs,
     open_runs,
+    virtual_start,
     writing,
 )
 from patchpilot.planning import (
@@ -117,7 +118,7 @@ def validate(policy_path: str, inventory_path: str | None, as_json: bool) -> Non
     if inventory_path:
         instances = load_inventory(inventory_path)
         click.echo(f"{inventory_path}: ok ({len(instances)} instances)")
-        _echo_warnings(ring_warnings(policy_path, policy, inventory_path, plan(policy, instances)))
+        _echo_warnings(ring_warnings(policy_path, policy, inventory_path, plan(policy, instances, _now())))
 
 
 def _validate_json(policy_path: str, inventory_path: str | None) -> None:
@@ -139,7 +140,7 @@ def _validate_json(policy_path: str, inventory_path: str | None) -> None:
         if inventory_path:
             instances = load_inventory(inventory_path)
             document["inventory"] = {"path": inventory_path, "instances": len(instances)}
-            document["warnings"] = ring_warnings(policy_path, policy, inventory_path, plan(policy, instances))
+            document["warnings"] = ring_warnings(policy_path, policy, inventory_path, plan(policy, instances, _now()))
     except InputError as error:
         document["problems"] = input_problems(error)
         _print_json(document)
@@ -240,7 +241,7 @@ def _parse_after(text: str, sched: Schedule) -> datetime:
 def plan_command(policy_path: str, inventory_path: str, as_json: bool) -> None:
     """Show the rings and availability-safe waves for a fleet, and what is excluded and why."""
     policy = load_policy(policy_path)
-    result = plan(policy, load_inventory(inventory_path))
+    result = plan(policy, load_inventory(inventory_path), _now())
     warnings = ring_warnings(policy_path, policy, inventory_path, result)
     warnings += [Problem(("schedule", "duration"), w).render(policy_path) for w in window_warnings(policy, result)]
     if as_json:
@@ -248,6 +249,12 @@ def plan_command(policy_path: str, inventory_path: str, as_json: bool) -> None:
     else:
         print_plan(_console(), policy, result)
         _echo_warnings(warnings)
+
+
+def _now() -> datetime:
+    """What a command that runs nothing takes as now (which exceptions are in force): the examples'
+    virtual start when `PATCHPILOT_VIRTUAL_START` is set, else the real time."""
+    return virtual_start() or datetime.now(UTC)
 
 
 def pool_warnings(inventory_path: str, result: Plan) -> list[str]:

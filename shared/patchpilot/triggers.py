@@ -14,12 +14,14 @@ from itertools import islice
 from zoneinfo import ZoneInfo
 
 from patchpilot.engine.messages import Notify
-from patchpilot.policy import Policy, Window
+from patchpilot.policy import Policy, Schedule, Window
+from patchpilot.policy.exceptions import describe, expired_between
 from patchpilot.policy.fields import format_duration
 from patchpilot.policy.freeze import Freeze
 from patchpilot.policy.schedule import AwsCron, window_starts
 
 TIMER_PERIOD = timedelta(minutes=15)  # how often the clouds' timers fire (template.yaml, function_app)
+LOOK_BACK = (timedelta(days=40), timedelta(days=400))  # where `previous_window_start` looks, nearest first
 
 
 @dataclass(frozen=True)
@@ -96,7 +98,25 @@ def heads_up(policy: Policy, now: datetime, lead: timedelta, period: timedelta =
         )
     elif cut_by is not None:
         text += f"; freeze {cut_by.describe(policy.schedule.zone)} ends it early: no wave starts after its start"
+    previous = previous_window_start(policy.schedule, window.start)
+    ended = expired_between(policy, previous or window.start - LOOK_BACK[-1], window.start)
+    if ended and frozen is None:
+        text += ". Exceptions that ended since the last window, their machines and patches are patched again: "
+        text += "; ".join(describe(e) for e in ended)
     return Notify(id=f"{run_id}:notify:run_scheduled", run_id=run_id, topic="run_scheduled", text=text)
+
+
+def previous_window_start(schedule: Schedule, before: datetime) -> datetime | None:
+    """The start of the last window before `before`, within `LOOK_BACK`; None when there is none."""
+    for back in LOOK_BACK:
+        last = None
+        for start in window_starts(schedule.rule, schedule.at, schedule.offset_days, schedule.zone, before - back):
+            if start >= before:
+                break
+            last = start
+        if last is not None:
+            return last
+    return None
 
 
 def fired_within(rule: AwsCron, zone: ZoneInfo, now: datetime, period: timedelta = TIMER_PERIOD) -> datetime | None:

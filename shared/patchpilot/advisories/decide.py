@@ -179,7 +179,7 @@ def _advisory_answer(
     systems = fixes_os(advisory.fixes)
     named = set(advisory.instances)
     concerned = [i for i in instances if i.id in named or (advisory.fleet_wide and i.os in systems)]
-    layout = plan(emergency_policy(policy, advisory), concerned)
+    layout = plan(emergency_policy(policy, advisory), concerned, now)
     targets = tuple(i.id for w in layout.waves for i in w.instances)
     exposed = tuple((e.instance.id, e.reason) for e in layout.excluded)
     tail = _exposed_text(exposed, fleet) + _unknown_text(unknown)

@@ -80,6 +80,7 @@ from patchpilot.engine.run import (
 from patchpilot.inventory import Instance
 from patchpilot.planning.estimate import ESTIMATE_SOURCE, wave_estimate
 from patchpilot.policy import Policy
+from patchpilot.policy.exceptions import excepted_patches
 from patchpilot.policy.fields import format_duration
 from patchpilot.policy.model import Hooks, HostHook
 from patchpilot.wording import plural
@@ -552,7 +553,10 @@ def _install_now(run: Run, now: datetime) -> Decision:
         id=_command_id(run, "install"),
         run_id=run.run_id,
         wave=wave.index,
-        targets=[InstallTarget(instance=r.instance, only=_pinned(run, r)) for r in ready],
+        targets=[
+            InstallTarget(instance=r.instance, only=_pinned(run, r), exclude=excepted_patches(policy, r.instance, now))
+            for r in ready
+        ],
         classifications=list(policy.patches.classifications),
         include=list(policy.patches.include),
         exclude=list(policy.patches.exclude),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -25,8 +26,9 @@ __all__ = [
 ]
 
 
-def parse_policy(text: str, source: str = "<policy>") -> Policy:
-    """Parse and validate a policy; an InputError names every problem with its line."""
+def parse_policy(text: str, source: str = "<policy>", now: datetime | None = None) -> Policy:
+    """Parse and validate a policy; an InputError names every problem with its line. `now` (the
+    caller's clock; default: the real time) bounds how far ahead an exception may expire."""
     document = parse_yaml(text, source)
     if not isinstance(document.data, dict):
         raise InputError.single(source, "expected a mapping of policy fields at the top level")
@@ -34,7 +36,8 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
         policy = Policy.model_validate(document.data)
     except ValidationError as exc:
         raise InputError(source, problems_from(exc, Policy, document.locate)) from None
-    problems = [_placed(p, document) for p in policy.problems()]
+    found = [*policy.problems(), *policy.exception_problems(now or datetime.now(UTC))]
+    problems = [_placed(p, document) for p in found]
     if problems:
         raise InputError(source, problems)
     return policy
@@ -57,11 +60,12 @@ def with_freeze_calendar(policy: Policy, read: Callable[[str], tuple[str, str | 
     return policy.with_freeze_calendar(parse_calendar(data, location))
 
 
-def load_policy(path: str) -> Policy:
-    """A policy file, with its `freeze_calendar` read from the policy's folder."""
+def load_policy(path: str, now: datetime | None = None) -> Policy:
+    """A policy file (its exceptions' expiries checked against `now`), with its `freeze_calendar`
+    read from the policy's folder."""
 
     def beside(name: str) -> tuple[str, str]:
         location = str(Path(path).parent / name)
         return location, read_text(location)
 
-    return with_freeze_calendar(parse_policy(read_text(path), path), beside)
+    return with_freeze_calendar(parse_policy(read_text(path), path, now), beside)

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from itertools import islice
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from zoneinfo import ZoneInfo
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr
 
 from patchpilot.engine.topics import Topic
-from patchpilot.errors import Problem
+from patchpilot.errors import Problem, did_you_mean
 from patchpilot.inventory import Cloud, Instance, OsFamily
 from patchpilot.policy.fields import (
     Budget,
@@ -293,6 +293,35 @@ class Exclusions(_Section):
         return None
 
 
+class PolicyException(_Section):
+    """An accepted risk (docs/governance.md "Exceptions"): the machines `select` matches are left
+    out of runs (a machine exception), or, with `patches`, only those patches are left out of their
+    installs (a patch exception), until the end of `expires` in the policy's time zone. Expired,
+    it matches nothing: the machine is patched again and reported as what it really is."""
+
+    select: Selector
+    patches: OneOrMore[str] = Field(default_factory=new_list)  # ids or masks, as patches.exclude
+    reason: str = Field(min_length=1, max_length=500)
+    owner: str = Field(min_length=1, max_length=200)  # who accepted the risk: a person or a team
+    expires: date  # the last day it is in force; at most a year ahead when the policy is loaded
+
+    def ends_at(self, zone: ZoneInfo) -> datetime:
+        """The first moment it is no longer in force: midnight after `expires`, in `zone`."""
+        return datetime.combine(self.expires + timedelta(days=1), time(0), tzinfo=zone)
+
+    def label(self) -> str:
+        """`excepted: <reason> (<owner>, until <date>)`: how plans and reports show it."""
+        return f"excepted: {self.reason} ({self.owner}, until {self.expires.isoformat()})"
+
+
+def a_year_after(day: date) -> date:
+    """The same day a year later (29 February: the 28th): the latest an exception may expire."""
+    try:
+        return day.replace(year=day.year + 1)
+    except ValueError:
+        return day.replace(year=day.year + 1, day=28)
+
+
 class PatchSelection(_Section):
     classifications: OneOrMore[Classification] = Field(default_factory=lambda: list(DEFAULT_CLASSIFICATIONS))
     include: OneOrMore[str] = Field(default_factory=new_list)
@@ -518,6 +547,41 @@ class ComplianceSettings(_Section):
     scan: Cron = DAILY_AT_FIVE
     timezone: TimeZoneName | None = None
     report_after: Duration = timedelta(hours=1)  # time for the scans to finish before the report is built
+    # Patch SLAs (docs/governance.md "Patch SLAs"): how long after its release a missing patch may
+    # stay missing, by severity (Critical, Important, Moderate, Low, Unspecified), else by
+    # classification (Critical, Security, ...); and how close to its deadline it is "due soon".
+    sla: dict[str, Duration] = Field(default_factory=dict)
+    due_soon: Duration = timedelta(days=7)
+
+    def sla_problems(self) -> list[Problem]:
+        from patchpilot.compliance.model import PATCH_SEVERITIES  # not at import: handlers never need it
+
+        known = [*PATCH_SEVERITIES, *get_args(Classification)]
+        found = []
+        for key, value in self.sla.items():
+            where = ("compliance", "sla", key)
+            if key not in known:
+                found.append(
+                    Problem(
+                        where,
+                        f"expected a severity ({', '.join(PATCH_SEVERITIES)}) or a classification "
+                        f'({", ".join(get_args(Classification))}), got "{key}"{did_you_mean(key, known)}',
+                    )
+                )
+            elif value <= timedelta(0):
+                found.append(Problem(where, "expected a time longer than 0"))
+        if self.due_soon < timedelta(0):
+            found.append(Problem(("compliance", "due_soon"), "expected a duration of 0 or more"))
+        return found
+
+    def sla_for(self, severity: str, classification: str) -> timedelta | None:
+        """The SLA of a patch: its severity's (a known one), else its classification's
+        (`classification` as the policy names it: `compliance.report` maps the clouds' names), else
+        the `Unspecified` entry's, else None (no deadline)."""
+        for key in (severity if severity != "Unspecified" else "", classification, "Unspecified"):
+            if key in self.sla:
+                return self.sla[key]
+        return None
 
 
 class MaintenanceWatchSettings(_Section):
@@ -540,6 +604,7 @@ class Policy(_Section):
     rollout: Rollout = Rollout()
     region_pairs: list[tuple[str, str]] = Field(default_factory=new_list)
     exclude: Exclusions = Exclusions()
+    exceptions: list[PolicyException] = Field(default_factory=new_list)  # accepted risks: docs/governance.md
     # Machines in an AWS Auto Scaling group or an Azure scale set (the inventory's `scaling_group`):
     # `skip` lists them as excluded, "member of scaling group X: patch its image" (docs/planner.md);
     # `standby`: an AWS group's member enters Standby (desired capacity decremented) for its install
@@ -665,11 +730,41 @@ class Policy(_Section):
                     "scheduled time, whatever the freeze; drop azure.maintenance to let PatchPilot run the rings",
                 )
             )
+        found.extend(self._governance_problems())
         if self.kind == "non_periodic" and self.schedule is None:
             found.append(Problem(("kind",), "a non_periodic policy needs a schedule (whose windows it skips)"))
         if self.kind == "emergency" and self.emergency is None:
             found.append(Problem(("kind",), "an emergency policy needs an emergency section"))
         return found
+
+    def _governance_problems(self) -> list[Problem]:
+        """Exceptions that select nothing, and SLA keys that are neither a severity nor a
+        classification. (How far ahead `expires` may be depends on now: `exception_problems`.)"""
+        found: list[Problem] = []
+        for index, exception in enumerate(self.exceptions):
+            if exception.select.is_empty():
+                found.append(
+                    Problem(("exceptions", index, "select"), "expected at least one of tags, ids, clouds, regions, os")
+                )
+        if self.compliance is not None:
+            found.extend(self.compliance.sla_problems())
+        return found
+
+    def exception_problems(self, now: datetime) -> list[Problem]:
+        """Each exception that expires more than a year after `now` (the caller's clock): an
+        accepted risk is reviewed at least once a year."""
+        zone = self.zone_for(None)
+        today = now.astimezone(zone).date()
+        latest = a_year_after(today)
+        return [
+            Problem(
+                ("exceptions", index, "expires"),
+                f"exception {index} ({exception.reason}) expires {exception.expires.isoformat()}, more than a "
+                f"year ahead: expected {latest.isoformat()} at the latest; renew it when it ends",
+            )
+            for index, exception in enumerate(self.exceptions)
+            if exception.expires > latest
+        ]
 
     def _traffic_problems(self) -> list[Problem]:
         found: list[Problem] = []

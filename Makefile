@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# The demo runs at a virtual time (its December window and the year-end freeze after it); set
+# PATCHPILOT_VIRTUAL_START to another ISO time, or to nothing for the real clock.
+demo: export PATCHPILOT_VIRTUAL_START ?= 2026-12-01T00:00:00+00:00
 demo: setup
 	$(BIN)/patchpilot validate --policy examples/policy.yaml --inventory examples/fleet.json
 	$(BIN)/patchpilot schedule --policy examples/policy.yaml --count 3

@@ -52,3 +52,42 @@ def test_an_unsupported_location_is_refused(clients: tuple[Any, Any], location: 
     s3, ssm = clients
     with pytest.raises(InputError, match="expected"):
         load_policy_from(location, s3, ssm)
+
+
+CALENDAR = """BEGIN:VCALENDAR
+VERSION:2.0
+PRODID:-//PatchPilot tests//EN
+BEGIN:VEVENT
+UID:q4@example.com
+SUMMARY:Black Friday
+DTSTART;VALUE=DATE:20261127
+DTEND;VALUE=DATE:20261130
+END:VEVENT
+END:VCALENDAR
+"""
+
+
+@pytest.mark.parametrize("location", ["s3://ops/patchpilot/policy.yaml", "ssm:/patchpilot/policy"])
+def test_the_freeze_calendar_is_read_from_beside_the_deployed_policy(clients: tuple[Any, Any], location: str) -> None:
+    from datetime import UTC, datetime
+
+    s3, ssm = clients
+    text = POLICY + "freeze_calendar: freezes.ics\n"
+    if location.startswith("s3://"):
+        s3.put_object(Bucket="ops", Key="patchpilot/policy.yaml", Body=text.encode())
+        s3.put_object(Bucket="ops", Key="patchpilot/freezes.ics", Body=CALENDAR.encode())
+    else:
+        ssm.put_parameter(Name="/patchpilot/policy", Value=text, Type="String")
+        ssm.put_parameter(Name="/patchpilot/freezes.ics", Value=CALENDAR, Type="String")
+    freeze = load_policy_from(location, s3, ssm).freezes().at(datetime(2026, 11, 28, tzinfo=UTC))
+    assert freeze is not None and freeze.name == "Black Friday" and freeze.source == "freezes.ics"
+
+
+def test_a_missing_freeze_calendar_names_where_it_was_looked_for(clients: tuple[Any, Any]) -> None:
+    s3, ssm = clients
+    s3.put_object(Bucket="ops", Key="patchpilot/policy.yaml", Body=(POLICY + "freeze_calendar: freezes.ics\n").encode())
+    with pytest.raises(InputError) as error:
+        load_policy_from("s3://ops/patchpilot/policy.yaml", s3, ssm)
+    assert error.value.render().startswith(
+        "s3://ops/patchpilot/freezes.ics: (top level): freeze_calendar freezes.ics not read (NoSuchKey)"
+    )

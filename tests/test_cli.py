@@ -145,11 +145,11 @@ def test_schedule_json_lists_windows_after_a_date() -> None:
         "timezone": "Asia/Tokyo",
         "duration": "4h",
         "windows": [
-            {"start": "2026-12-11T02:00:00+09:00", "end": "2026-12-11T06:00:00+09:00"},
-            {"start": "2027-01-15T02:00:00+09:00", "end": "2027-01-15T06:00:00+09:00"},
-            {"start": "2027-02-12T02:00:00+09:00", "end": "2027-02-12T06:00:00+09:00"},
+            {"start": "2026-12-11T02:00:00+09:00", "end": "2026-12-11T06:00:00+09:00", "freeze": None},
+            {"start": "2027-01-15T02:00:00+09:00", "end": "2027-01-15T06:00:00+09:00", "freeze": None},
+            {"start": "2027-02-12T02:00:00+09:00", "end": "2027-02-12T06:00:00+09:00", "freeze": None},
         ],
-    }
+    }  # `freeze`: docs/governance.md
 
 
 def test_schedule_after_without_offset_is_in_the_policy_time_zone() -> None:

@@ -168,20 +168,27 @@ def local(tmp_path: Path, *args: str) -> Result:
     return run("compliance", "--policy", POLICY, "--inventory", FLEET, "--state-dir", str(tmp_path / "state"), *args)
 
 
-def test_the_example_fleet_gives_a_report_and_exit_1_for_non_compliant_machines(tmp_path: Path) -> None:
+def test_the_example_fleet_gives_a_report_and_exit_1_for_non_compliant_machines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATCHPILOT_VIRTUAL_START", T0.isoformat())  # sql-legacy's exception is in force
     result = local(tmp_path)
     assert result.exit_code == cli_compliance.EXIT_NON_COMPLIANT, result.output
     assert result.stdout.startswith("# Patch compliance: monthly-fleet\n")
-    assert "2 machines are EXPOSED" in result.stdout and "ledger-01" in result.stdout
+    assert "1 machine is EXPOSED" in result.stdout and "ledger-01" in result.stdout
+    assert "## Excepted machines" in result.stdout and "| sql-legacy | production | vendor certifies" in result.stdout
 
 
-def test_after_a_local_run_patched_machines_are_compliant_and_the_rolled_back_one_is_not(tmp_path: Path) -> None:
+def test_after_a_local_run_patched_machines_are_compliant_and_the_rolled_back_one_is_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATCHPILOT_VIRTUAL_START", T0.isoformat())  # sql-legacy's exception is in force
     state = str(tmp_path / "state")
     assert run("run", "--policy", POLICY, "--inventory", FLEET, "--state-dir", state, "--json").exit_code == 0
     document = json.loads(local(tmp_path, "--json").stdout)
     statuses = {i["name"]: i["status"] for i in document["instances"]}
     assert statuses["api-tyo-05"] == "non_compliant"  # its health check failed: rolled back
-    assert statuses["ledger-01"] == statuses["sql-legacy"] == "exposed"
+    assert statuses["ledger-01"] == "exposed" and statuses["sql-legacy"] == "excepted"
     assert statuses["bastion-01"] == "unmanaged"
     assert [n for n, s in statuses.items() if s == "compliant"] and document["totals"]["machines"]["compliant"] == 62
 

@@ -144,6 +144,7 @@ def test_totals_per_ring_and_per_policy(view: ComplianceView) -> None:
         "compliant": 0,
         "non_compliant": 2,
         "needs_attention": 0,
+        "excepted": 0,
         "exposed": 1,
         "unknown": 1,
         "unmanaged": 0,
@@ -222,6 +223,10 @@ def test_the_document_is_json_and_has_the_documented_shape(view: ComplianceView)
         "missing_by_classification",
         "oldest_missing_days",
         "reboots_pending",
+        "overdue",
+        "due_soon",
+        "no_deadline",
+        "excepted_patches",
     }
     assert document["policies"][0]["kind"] == "scheduled"
     prod1 = next(i for i in document["instances"] if i["name"] == "prod-1")
@@ -235,6 +240,10 @@ def test_the_document_is_json_and_has_the_documented_shape(view: ComplianceView)
         "age_days": 12,
         "version": "",
         "in_policy": True,
+        "sla": None,
+        "deadline": None,
+        "deadline_state": None,
+        "exception": None,
     }
 
 
@@ -245,7 +254,7 @@ def test_markdown_lists_rings_machines_and_the_exposed_ones_loudly(view: Complia
     text = render_markdown(view)
     assert "**1 of 6 machines compliant**" in text
     assert "> **Warning: 1 machine is EXPOSED: never patched by the policy.** ledger (1 missing)." in text
-    assert "| production | 0 | 2 | 0 | 1 | 1 | 0 | 3 | 2 | 0 | 1 | 0 | 0 | 40 | 1 |" in text
+    assert "| production | 0 | 2 | 0 | 0 | 1 | 1 | 0 | 3 | 2 | 0 | 1 | 0 | 0 | 40 | 1 |" in text
     assert "openssl-3.0.13 (Critical, Security, 12 d)" in text
     assert "tzdata (Low, Other, 10 d, not in policy)" in text
 
@@ -413,4 +422,4 @@ def test_without_the_runs_the_reports_have_no_last_run_column() -> None:
     view = build_view(policy(), FLEET, states, NOW)
     assert not view.runs_read and view.document()["policies"][0]["runs_read"] is False
     assert "Last PatchPilot run" not in render_markdown(view) and "Last PatchPilot run" not in render_html(view)
-    assert CSV_COLUMNS[-4:-2] == ("last_run_id", "last_run_at")  # the header stays: added at the end
+    assert CSV_COLUMNS[19:21] == ("last_run_id", "last_run_at")  # the header stays: added at the end

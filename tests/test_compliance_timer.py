@@ -375,6 +375,77 @@ def test_a_scheduled_policy_starts_as_before() -> None:
     assert decision.start and rt.fleet.reads == 0
 
 
+# ---------------------------------------------------------------- freezes (docs/governance.md)
+
+FROZEN_WINDOW = POLICY + 'freeze:\n  - {name: year-end, from: "2026-12-11", to: "2027-01-03", yearly: true}\n'
+CUT_SHORT = POLICY + 'freeze:\n  - {name: dc-move, from: "2026-12-12T04:30", to: "2026-12-13T00:00"}\n'
+
+
+class StartedRuns:
+    """`Service.start` as the timer calls it: what it was given."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, datetime | None]] = []
+
+    def start(
+        self, run_id: str, policy: Policy, instances: Sequence[Instance], *, window_end: datetime | None = None
+    ) -> None:
+        self.calls.append((run_id, window_end))
+
+
+def starting(rt: FakeRuntime) -> StartedRuns:
+    import dataclasses
+
+    started = StartedRuns()
+    rt.ports = dataclasses.replace(rt.ports, service=lambda: started)  # type: ignore[arg-type,return-value]
+    return started
+
+
+def test_a_window_that_starts_in_a_freeze_does_not_start_and_says_which_freeze() -> None:
+    rt = runtime(WINDOW + timedelta(minutes=1), policy=FROZEN_WINDOW)
+    started = starting(rt)
+    decision = rt.trigger()
+    assert not decision.start and decision.run_id == "fleet-20261212-0200"
+    assert decision.reason == (
+        "window 2026-12-12T02:00+00:00 of fleet falls in freeze year-end (2026-12-11T00:00+00:00 to "
+        "2027-01-04T00:00+00:00): it does not start"
+    )
+    (notice,) = rt.sent.notices
+    assert notice.topic == "run_skipped" and notice.id == "fleet-20261212-0200:notify:run_skipped"
+    assert "falls in freeze year-end (2026-12-11T00:00+00:00 to 2027-01-04T00:00+00:00)" in notice.text
+    assert started.calls == [] and rt.fleet.reads == 0
+
+
+def test_a_frozen_window_of_a_non_periodic_policy_is_skipped_for_the_freeze_without_reading_patches() -> None:
+    rt = runtime(WINDOW + timedelta(minutes=1), policy=FROZEN_WINDOW + "kind: non_periodic\n")
+    decision = rt.scheduled_decision(rt.policy(), rt.clock.now())
+    assert not decision.start and decision.frozen is not None and decision.frozen.name == "year-end"
+    assert [n.topic for n in rt.sent.notices] == ["run_skipped"] and rt.fleet.reads == 0
+
+
+def test_a_window_a_freeze_cuts_short_starts_and_ends_at_the_freeze() -> None:
+    rt = runtime(WINDOW + timedelta(minutes=1), policy=CUT_SHORT)
+    started = starting(rt)
+    decision = rt.trigger()
+    assert decision.start and decision.reason.endswith(
+        "; freeze dc-move (2026-12-12T04:30+00:00 to 2026-12-13T00:00+00:00) ends it early"
+    )
+    assert started.calls == [("fleet-20261212-0200", datetime(2026, 12, 12, 4, 30, tzinfo=UTC))]
+
+
+def test_the_heads_up_of_a_frozen_window_says_it_will_not_start() -> None:
+    from patchpilot.triggers import heads_up
+
+    lead = timedelta(hours=24)
+    notice = heads_up(parse_policy(FROZEN_WINDOW), WINDOW - lead, lead)
+    assert notice is not None and notice.text.startswith(
+        "Run fleet-20261212-0200 of policy fleet will not start: its window 2026-12-12T02:00+00:00 falls in "
+        "freeze year-end"
+    )
+    cut = heads_up(parse_policy(CUT_SHORT), WINDOW - lead, lead)
+    assert cut is not None and cut.text.endswith("ends it early: no wave starts after its start")
+
+
 # ---------------------------------------------------------------- the real runtimes, with a fake fleet
 
 
@@ -452,3 +523,79 @@ def test_the_azure_timer_writes_the_compliance_report_to_its_container(azurite: 
     assert 'href="compliance-fleet-20261202-0601.html"' in overview and "1 of 4" in overview
     text = blobs.get_blob_client(settings["PATCHPILOT_REPORTS"], names[2]).download_blob().readall().decode()
     assert "**1 of 4 machines compliant**" in text
+
+
+CALENDAR = """BEGIN:VCALENDAR
+VERSION:2.0
+PRODID:-//PatchPilot tests//EN
+BEGIN:VEVENT
+UID:audit@example.com
+SUMMARY:Year-end audit
+DTSTART;VALUE=DATE:20261210
+DTEND;VALUE=DATE:20261214
+RRULE:FREQ=YEARLY
+END:VEVENT
+END:VCALENDAR
+"""
+CALENDAR_POLICY = POLICY + "freeze_calendar: freezes.ics\n"
+SKIPPED_BY_CALENDAR = (
+    "window 2026-12-12T02:00+00:00 of fleet falls in freeze Year-end audit (2026-12-10T00:00+00:00 to "
+    "2026-12-14T00:00+00:00): it does not start"
+)
+
+
+def test_the_aws_timer_skips_a_window_frozen_by_the_calendar_beside_the_policy_in_s3() -> None:
+    from moto_support import TABLE, dynamodb
+
+    from patchpilot.adapters.aws.sessions import AwsSessions
+    from patchpilot.bootstrap.aws import AwsEnvironment, AwsRuntime
+
+    with aws():
+        dynamodb()
+        s3 = boto3.client("s3", region_name=REGION)
+        s3.create_bucket(Bucket=BUCKET)
+        s3.put_object(Bucket=BUCKET, Key="fleet/policy.yaml", Body=CALENDAR_POLICY.encode())
+        s3.put_object(Bucket=BUCKET, Key="fleet/freezes.ics", Body=CALENDAR.encode())
+        env = AwsEnvironment.from_environ(
+            {
+                "PATCHPILOT_TABLE": TABLE,
+                "PATCHPILOT_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/steps",
+                "PATCHPILOT_POLICY": f"s3://{BUCKET}/fleet/policy.yaml",
+                "PATCHPILOT_OVERRIDE_BUCKET": BUCKET,
+                "AWS_REGION": REGION,
+            }
+        )
+        rt = AwsRuntime(env, AwsSessions(), logging.getLogger("patchpilot"), ManualClock(WINDOW + timedelta(minutes=1)))
+        rt.__dict__["fleet"] = FakeFleet()
+        decision = rt.trigger()
+        assert not decision.start and decision.reason == SKIPPED_BY_CALENDAR
+        assert decision.frozen is not None and decision.frozen.source == "freezes.ics"
+
+
+def test_the_azure_timer_skips_a_window_frozen_by_the_calendar_beside_the_policy_blob(azurite: Azurite) -> None:
+    from azure.storage.blob import BlobServiceClient
+
+    from patchpilot.adapters.azure.clients import AzureClients
+    from patchpilot.bootstrap.azure import AzureEnvironment, AzureRuntime
+
+    settings = {
+        "AzureWebJobsStorage": azurite.connection_string,
+        "PATCHPILOT_TABLE": azurite.unique_name("runs"),
+        "PATCHPILOT_QUEUE": azurite.unique_name("steps"),
+        "PATCHPILOT_POLICY": f"blob://{azurite.unique_name('config')}/fleet/policy.yaml",
+        "PATCHPILOT_REPORTS": azurite.unique_name("reports"),
+    }
+    blobs = BlobServiceClient.from_connection_string(azurite.connection_string)
+    container = settings["PATCHPILOT_POLICY"].removeprefix("blob://").partition("/")[0]
+    blobs.create_container(container)
+    blobs.get_blob_client(container, "fleet/policy.yaml").upload_blob(CALENDAR_POLICY.encode())
+    blobs.get_blob_client(container, "fleet/freezes.ics").upload_blob(CALENDAR.encode())
+    rt = AzureRuntime.build(
+        AzureEnvironment.from_environ(settings),
+        logging.getLogger("patchpilot"),
+        clients=AzureClients(),
+        clock=ManualClock(WINDOW + timedelta(minutes=1)),
+    )
+    rt.__dict__["fleet"] = FakeFleet()
+    decision = rt.trigger()
+    assert not decision.start and decision.reason == SKIPPED_BY_CALENDAR

@@ -6,7 +6,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Any, get_args
 
@@ -60,6 +60,7 @@ from patchpilot.local_runtime import (
     NoRunsError,
     check_writable_dirs,
     open_runs,
+    virtual_start,
     writing,
 )
 from patchpilot.planning import (
@@ -74,6 +75,7 @@ from patchpilot.planning import (
 )
 from patchpilot.policy import Policy, load_policy
 from patchpilot.policy.fields import format_duration
+from patchpilot.policy.freeze import Freeze
 from patchpilot.policy.model import Schedule
 from patchpilot.ports import RunStore, UnknownRunError
 from patchpilot.reports import report_stem, write_reports
@@ -116,7 +118,7 @@ def validate(policy_path: str, inventory_path: str | None, as_json: bool) -> Non
     if inventory_path:
         instances = load_inventory(inventory_path)
         click.echo(f"{inventory_path}: ok ({len(instances)} instances)")
-        _echo_warnings(ring_warnings(policy_path, policy, inventory_path, plan(policy, instances)))
+        _echo_warnings(ring_warnings(policy_path, policy, inventory_path, plan(policy, instances, _now())))
 
 
 def _validate_json(policy_path: str, inventory_path: str | None) -> None:
@@ -138,7 +140,7 @@ def _validate_json(policy_path: str, inventory_path: str | None) -> None:
         if inventory_path:
             instances = load_inventory(inventory_path)
             document["inventory"] = {"path": inventory_path, "instances": len(instances)}
-            document["warnings"] = ring_warnings(policy_path, policy, inventory_path, plan(policy, instances))
+            document["warnings"] = ring_warnings(policy_path, policy, inventory_path, plan(policy, instances, _now()))
     except InputError as error:
         document["problems"] = input_problems(error)
         _print_json(document)
@@ -159,31 +161,65 @@ def _validate_json(policy_path: str, inventory_path: str | None) -> None:
 @json_option
 @reports_input_errors
 def schedule(policy_path: str, count: int, after: str | None, as_json: bool) -> None:
-    """List the next maintenance windows of a policy."""
+    """List the next maintenance windows of a policy, and which freezes stop or shorten them."""
+    from patchpilot.local_runtime import virtual_start
+    from patchpilot.triggers import freeze_of
+
     policy = load_policy(policy_path)
     if policy.schedule is None:
         raise InputError.single(policy_path, "the policy has no schedule", ("schedule",))
     sched = policy.schedule
-    start = _parse_after(after, sched) if after else datetime.now(UTC)
+    # the CLI's clock: PATCHPILOT_VIRTUAL_START when set, as for a new state directory
+    start = _parse_after(after, sched) if after else (virtual_start() or datetime.now(UTC))
     windows = sched.windows(start, count)
+    freezes = [freeze_of(policy, w) for w in windows]
     if as_json:
         _print_json(
             {
                 "policy": policy.name,
                 "timezone": sched.timezone,
                 "duration": format_duration(sched.duration),
-                "windows": [{"start": w.start.isoformat(), "end": w.end.isoformat()} for w in windows],
+                "windows": [
+                    {"start": w.start.isoformat(), "end": w.end.isoformat(), "freeze": _freeze_document(*f, sched)}
+                    for w, f in zip(windows, freezes, strict=True)
+                ],
             }
         )
         return
     rule = sched.rule.text + (f" +{sched.offset_days}d" if sched.offset_days else "")
     at = f" at {sched.at.strftime('%H:%M')}" if sched.at else ""
     table = Table(title=f"{policy.name}: {rule}{at} {sched.timezone}, {format_duration(sched.duration)}")
-    for column in ("#", "starts", "ends", "day"):
+    shows_freezes = bool(policy.freezes())
+    for column in ("#", "starts", "ends", "day", *(("freeze",) if shows_freezes else ())):
         table.add_column(column)
-    for n, w in enumerate(windows, 1):
-        table.add_row(str(n), w.start.isoformat(), w.end.isoformat(), w.start.strftime("%a %d %b %Y"))
+    for n, (w, (frozen, cut_by)) in enumerate(zip(windows, freezes, strict=True), 1):
+        row = [str(n), w.start.isoformat(), w.end.isoformat(), w.start.strftime("%a %d %b %Y")]
+        if frozen is not None:
+            end = frozen.end.astimezone(sched.zone)
+            whole_days = end.time() == time()
+            until = f"through {end - timedelta(days=1):%Y-%m-%d}" if whole_days else f"until {end:%Y-%m-%d %H:%M}"
+            row.append(f"frozen: {frozen.name} {until}")
+        elif cut_by is not None:
+            row.append(f"ends {cut_by.start.astimezone(sched.zone):%H:%M}: {cut_by.name} starts")
+        elif shows_freezes:
+            row.append("")
+        table.add_row(*row)
     _console().print(table)
+
+
+def _freeze_document(frozen: Freeze | None, cut_by: Freeze | None, sched: Schedule) -> dict[str, Any] | None:
+    """`schedule --json`'s `freeze` of a window: the freeze it starts in (`effect: frozen`, no run) or
+    the one that cuts it short (`effect: cut_short`, no wave starts after its start); null: neither."""
+    freeze = frozen or cut_by
+    if freeze is None:
+        return None
+    return {
+        "name": freeze.name,
+        "start": freeze.start.astimezone(sched.zone).isoformat(),
+        "end": freeze.end.astimezone(sched.zone).isoformat(),
+        "source": freeze.source,
+        "effect": "frozen" if frozen is not None else "cut_short",
+    }
 
 
 def _parse_after(text: str, sched: Schedule) -> datetime:
@@ -205,7 +241,7 @@ def _parse_after(text: str, sched: Schedule) -> datetime:
 def plan_command(policy_path: str, inventory_path: str, as_json: bool) -> None:
     """Show the rings and availability-safe waves for a fleet, and what is excluded and why."""
     policy = load_policy(policy_path)
-    result = plan(policy, load_inventory(inventory_path))
+    result = plan(policy, load_inventory(inventory_path), _now())
     warnings = ring_warnings(policy_path, policy, inventory_path, result)
     warnings += [Problem(("schedule", "duration"), w).render(policy_path) for w in window_warnings(policy, result)]
     if as_json:
@@ -213,6 +249,12 @@ def plan_command(policy_path: str, inventory_path: str, as_json: bool) -> None:
     else:
         print_plan(_console(), policy, result)
         _echo_warnings(warnings)
+
+
+def _now() -> datetime:
+    """What a command that runs nothing takes as now (which exceptions are in force): the examples'
+    virtual start when `PATCHPILOT_VIRTUAL_START` is set, else the real time."""
+    return virtual_start() or datetime.now(UTC)
 
 
 def pool_warnings(inventory_path: str, result: Plan) -> list[str]:
@@ -430,10 +472,8 @@ def run_command(
     with writing(state_dir, directory):
         runtime = LocalRuntime.open(state_dir, on_notice=live.notice)
         if policy.kind == "non_periodic" and (skipped := runtime.skip_if_nothing_pending(policy, instances)):
-            if as_json:
+            if as_json:  # the notice's own line said it otherwise (LiveProgress.notice)
                 _print_json({"policy": policy.name, "skipped": True, "reason": skipped})
-            else:
-                console.print(skipped)
             sys.exit(EXIT_SUCCEEDED)
         # An emergency policy runs on demand only: now, not at its schedule's next window.
         run = runtime.start(policy, instances, at=runtime.clock.now() if policy.kind == "emergency" else None)
@@ -1010,7 +1050,7 @@ UNDONE = ("pending", "not_started")
 class LiveProgress:
     """Rich progress bars per ring and for the current wave, and a line per notable notice."""
 
-    LOUD_TOPICS = ("instance_failed", "ring_finished", "approval_needed", "run_halted")
+    LOUD_TOPICS = ("instance_failed", "ring_finished", "approval_needed", "run_halted", "run_skipped")
 
     def __init__(self, console: Console, quiet: bool = False) -> None:
         self.console = console

@@ -93,8 +93,8 @@ def _take(
     if runtime is None:
         return answer_deliveries(deliveries, policy, lambda: instances, None, None, lambda n: None, _now(), None)
 
-    def start(run_id: str, emergency: Policy, chosen: list[Instance]) -> Run:
-        run = started[run_id] = runtime.drive(runtime.start(emergency, chosen, run_id).run_id)
+    def start(run_id: str, emergency: Policy, chosen: list[Instance], *, frozen_by: str | None = None) -> Run:
+        run = started[run_id] = runtime.drive(runtime.start(emergency, chosen, run_id, frozen_by=frozen_by).run_id)
         return run
 
     def follow_up(event: FollowUpRequested) -> None:

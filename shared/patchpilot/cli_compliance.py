@@ -3,9 +3,10 @@ simulated fleet of the local runtime (`--inventory`) or from the clouds (`--clou
 
 Exit status: 0 when every machine the policies patch is compliant; 1 (`EXIT_NON_COMPLIANT`, as
 `git diff --exit-code`) when a machine is non-compliant, needs attention (a run left it failed) or
-has no assessment; 2 for bad input.
-Exposed and unmanaged machines are shown loudly but do not change the status: the policy chose
-not to patch them. See docs/compliance.md.
+has no assessment, or when a missing patch is past its SLA deadline (`compliance.sla`) and no
+exception covers it, on any machine (an exposed one too); 2 for bad input.
+Exposed, excepted and unmanaged machines are shown loudly but do not change the status by
+themselves: the policy chose not to patch them. See docs/compliance.md and docs/governance.md.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from patchpilot.compliance.report import (
     left_failed,
     merge_views,
     recent_runs,
+    unexcepted_overdue,
 )
 from patchpilot.errors import InputError
 from patchpilot.inventory import Instance, load_inventory
@@ -154,7 +156,7 @@ def compliance(
     if out_dir is not None and not cloud:
         _record_for_overview(view, out_dir / f"{report_name(view)}.html", state_dir or Path(DEFAULT_STATE_DIR))
     bad = sum(view.totals.machines[s] for s in ("non_compliant", "needs_attention", "unknown"))
-    sys.exit(EXIT_NON_COMPLIANT if bad else EXIT_COMPLIANT)
+    sys.exit(EXIT_NON_COMPLIANT if bad or unexcepted_overdue(view) else EXIT_COMPLIANT)
 
 
 def _policy_view(

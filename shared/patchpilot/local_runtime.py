@@ -41,7 +41,7 @@ from patchpilot.engine.run import Run
 from patchpilot.errors import InputError, Problem
 from patchpilot.inventory import Instance
 from patchpilot.notify import EnvironmentSecrets, EveryNotifier, RoutedNotifier
-from patchpilot.policy import Policy
+from patchpilot.policy import Policy, Window
 from patchpilot.ports import DeadLetter, UnknownRunError
 from patchpilot.reports.overview import Steps, local_href, needs_you, refresh_overview
 from patchpilot.reports.render import report_stem
@@ -53,6 +53,7 @@ DB_NAME = "state.db"
 RECEIVE_BATCH = 10
 LOCK_WAIT_SECONDS = 5.0  # how long a second writer waits for the state directory's lock
 VIRTUAL_START_ENV = "PATCHPILOT_VIRTUAL_START"
+MAX_FROZEN_WINDOWS = 60  # how many frozen windows `open_window` skips before it gives up
 
 
 def virtual_start() -> datetime | None:
@@ -244,19 +245,57 @@ class LocalRuntime:
         return cls(state_dir, service, store, queue, fleet, clock, notices, chat, reproducible)
 
     def start(
-        self, policy: Policy, instances: Iterable[Instance], run_id: str | None = None, at: datetime | None = None
+        self,
+        policy: Policy,
+        instances: Iterable[Instance],
+        run_id: str | None = None,
+        at: datetime | None = None,
+        *,
+        frozen_by: str | None = None,
     ) -> Run:
-        """Start a run at `at`, or at the policy's next window (now, without a schedule): the
-        virtual clock moves there, so the run shows how the fleet fits the window."""
+        """Start a run at `at`, or at the policy's next window that no freeze stops (`open_window`;
+        now, without a schedule): the virtual clock moves there, so the run shows how the fleet
+        fits the window. A freeze that starts inside that window ends it there; `frozen_by` names
+        the freeze an emergency run starts in."""
+        window_end = None
         if at is None and policy.schedule is not None:
-            at = policy.schedule.windows(self.clock.now(), 1)[0].start
+            window = self.open_window(policy)
+            at = window.start
+            if (cut := policy.freezes().first_starting(window.start, window.end)) is not None:
+                window_end = cut.start
         if at is not None:
             self.clock.advance_to(at)
         now = self.clock.now()
         if run_id is None:
             base = f"{policy.name}-{now:%Y%m%d-%H%M%S}"
             run_id = f"{base}-{self._run_id_suffix(base)}"
-        return self.service.start(run_id, policy, instances)
+        return self.service.start(run_id, policy, instances, window_end=window_end, frozen_by=frozen_by)
+
+    def open_window(self, policy: Policy) -> Window:
+        """The policy's next window that starts outside every freeze. Each window before it that
+        starts inside one is skipped as the timer skips it: the virtual clock moves to it and a
+        `run_skipped` notice naming the freeze is recorded. InputError when the next
+        MAX_FROZEN_WINDOWS windows are all frozen."""
+        from patchpilot.compliance.render import frozen_notice
+        from patchpilot.triggers import scheduled_run_id
+
+        assert policy.schedule is not None, "only a policy with a schedule has windows"
+        freezes, after = policy.freezes(), self.clock.now()
+        for window in policy.schedule.windows(after, MAX_FROZEN_WINDOWS if freezes else 1):
+            frozen = freezes.at(window.start) if freezes else None
+            if frozen is None:
+                return window
+            self.clock.advance_to(window.start)
+            notice = frozen_notice(
+                scheduled_run_id(policy, window), policy.name, window.start, frozen, policy.schedule.zone
+            )
+            self.notices.notify(notice)  # no run holds this notice: routed by the policy itself
+            self.chat.send(notice, policy.notifications)
+        raise InputError.single(
+            policy.name,
+            f"the next {MAX_FROZEN_WINDOWS} windows all start inside a freeze: no run to start",
+            ("freeze",),
+        )
 
     def _run_id_suffix(self, base: str) -> str:
         """Four hex digits that keep apart runs started in the same second: random, or, when the
@@ -290,7 +329,7 @@ class LocalRuntime:
         from patchpilot.triggers import scheduled_run_id
 
         assert policy.schedule is not None, "a non_periodic policy has a schedule (checked on load)"
-        window = policy.schedule.windows(self.clock.now(), 1)[0]
+        window = self.open_window(policy)  # a window inside a freeze is skipped for the freeze first
         self.clock.advance_to(window.start)
         view = build_view(policy, instances, self.fleet.patch_states(instances), self.clock.now())
         if not nothing_pending(view):

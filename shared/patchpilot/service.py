@@ -180,12 +180,23 @@ class Service:
     traffic: TrafficPools | None = None  # load-balancer drain and re-add (docs/traffic.md)
     wave_hooks: WaveHooks | None = None  # the policies' before_wave / after_wave HTTPS hooks
 
-    def start(self, run_id: str, policy: Policy, instances: Iterable[Instance]) -> Run:
+    def start(
+        self,
+        run_id: str,
+        policy: Policy,
+        instances: Iterable[Instance],
+        *,
+        window_end: datetime | None = None,
+        frozen_by: str | None = None,
+    ) -> Run:
         """Start a run; starting the same run id again (a redelivered trigger) only finishes
-        what the first start left undone."""
+        what the first start left undone. `window_end` ends its window early (a freeze cuts it
+        short); `frozen_by` names the freeze an emergency run starts in (its first ring waits)."""
         from patchpilot.planning import plan  # imported when used: the worker plans only follow-ups
 
-        decision = start_run(run_id, policy, plan(policy, instances), self.clock.now(), runtime=self.runtime)
+        now, runtime = self.clock.now(), self.runtime
+        layout = plan(policy, instances, now)
+        decision = start_run(run_id, policy, layout, now, window_end=window_end, runtime=runtime, frozen_by=frozen_by)
         return self._create(decision.run, decision.commands)
 
     def _create(self, run: Run, commands: list[Message]) -> Run:
@@ -204,8 +215,9 @@ class Service:
         like `start`: the pre-maintenance event may arrive twice."""
         from patchpilot.planning import plan_cloud_scheduled
 
+        now = self.clock.now()
         decision = start_run(
-            run_id, policy, plan_cloud_scheduled(policy, instances), self.clock.now(), maintenance, runtime=self.runtime
+            run_id, policy, plan_cloud_scheduled(policy, instances, now), now, maintenance, runtime=self.runtime
         )
         return self._create(decision.run, decision.commands)
 
@@ -228,7 +240,7 @@ class Service:
         decision = start_run(
             command.follow_up_id,
             policy,
-            plan(policy, command.instances),
+            plan(policy, command.instances, now),
             now,
             follow_up_of=followed,
             runtime=self.runtime,
@@ -272,7 +284,7 @@ class Service:
         decision = start_run(
             retry_id,
             policy,
-            plan(policy, instances),
+            plan(policy, instances, now),
             now,
             follow_up_of=followed,
             window_end=window.end if window else None,

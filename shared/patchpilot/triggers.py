@@ -14,11 +14,14 @@ from itertools import islice
 from zoneinfo import ZoneInfo
 
 from patchpilot.engine.messages import Notify
-from patchpilot.policy import Policy, Window
+from patchpilot.policy import Policy, Schedule, Window
+from patchpilot.policy.exceptions import describe, expired_between
 from patchpilot.policy.fields import format_duration
+from patchpilot.policy.freeze import Freeze
 from patchpilot.policy.schedule import AwsCron, window_starts
 
 TIMER_PERIOD = timedelta(minutes=15)  # how often the clouds' timers fire (template.yaml, function_app)
+LOOK_BACK = (timedelta(days=40), timedelta(days=400))  # where `previous_window_start` looks, nearest first
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,24 @@ class TriggerDecision:
     reason: str
     run_id: str = ""
     window: Window | None = None
+    frozen: Freeze | None = None  # the freeze the window starts in: it does not start (docs/governance.md)
+    cut_by: Freeze | None = None  # the freeze that starts inside the window: the run's window ends there
+
+    @property
+    def window_end(self) -> datetime | None:
+        """Where the run's window ends when a freeze cuts it short; None: the window's own end."""
+        return self.cut_by.start if self.cut_by is not None else None
+
+
+def freeze_of(policy: Policy, window: Window) -> tuple[Freeze | None, Freeze | None]:
+    """The freeze `window` starts in (it does not start), else the first freeze that starts inside
+    it (it ends there): (frozen, cut_by), at most one of them set."""
+    freezes = policy.freezes()
+    if not freezes:
+        return None, None
+    if (frozen := freezes.at(window.start)) is not None:
+        return frozen, None
+    return None, freezes.first_starting(window.start, window.end)
 
 
 def scheduled_run_id(policy: Policy, window: Window) -> str:
@@ -41,12 +62,16 @@ def scheduled_trigger(policy: Policy, now: datetime, period: timedelta = TIMER_P
     if window.start > now:
         when = window.start.isoformat(timespec="minutes")
         return TriggerDecision(False, f"next window of {policy.name} starts {when}", window=window)
-    return TriggerDecision(
-        True,
-        f"window {window.start.isoformat(timespec='minutes')} of {policy.name} has begun",
-        scheduled_run_id(policy, window),
-        window,
-    )
+    started = f"window {window.start.isoformat(timespec='minutes')} of {policy.name}"
+    zone = policy.schedule.zone
+    frozen, cut_by = freeze_of(policy, window)
+    if frozen is not None:
+        reason = f"{started} falls in freeze {frozen.describe(zone)}: it does not start"
+        return TriggerDecision(False, reason, scheduled_run_id(policy, window), window, frozen=frozen)
+    reason = f"{started} has begun"
+    if cut_by is not None:
+        reason += f"; freeze {cut_by.describe(zone)} ends it early"
+    return TriggerDecision(True, reason, scheduled_run_id(policy, window), window, cut_by=cut_by)
 
 
 def heads_up(policy: Policy, now: datetime, lead: timedelta, period: timedelta = TIMER_PERIOD) -> Notify | None:
@@ -65,7 +90,33 @@ def heads_up(policy: Policy, now: datetime, lead: timedelta, period: timedelta =
         f"Run {run_id} of policy {policy.name} starts {window.start.isoformat(timespec='minutes')}"
         f" ({format_duration(window.end - window.start)} window)"
     )  # the same text from every tick of the period, like the id
+    frozen, cut_by = freeze_of(policy, window)
+    if frozen is not None:
+        text = (
+            f"Run {run_id} of policy {policy.name} will not start: its window "
+            f"{window.start.isoformat(timespec='minutes')} falls in freeze {frozen.describe(policy.schedule.zone)}"
+        )
+    elif cut_by is not None:
+        text += f"; freeze {cut_by.describe(policy.schedule.zone)} ends it early: no wave starts after its start"
+    previous = previous_window_start(policy.schedule, window.start)
+    ended = expired_between(policy, previous or window.start - LOOK_BACK[-1], window.start)
+    if ended and frozen is None:
+        text += ". Exceptions that ended since the last window, their machines and patches are patched again: "
+        text += "; ".join(describe(e) for e in ended)
     return Notify(id=f"{run_id}:notify:run_scheduled", run_id=run_id, topic="run_scheduled", text=text)
+
+
+def previous_window_start(schedule: Schedule, before: datetime) -> datetime | None:
+    """The start of the last window before `before`, within `LOOK_BACK`; None when there is none."""
+    for back in LOOK_BACK:
+        last = None
+        for start in window_starts(schedule.rule, schedule.at, schedule.offset_days, schedule.zone, before - back):
+            if start >= before:
+                break
+            last = start
+        if last is not None:
+            return last
+    return None
 
 
 def fired_within(rule: AwsCron, zone: ZoneInfo, now: datetime, period: timedelta = TIMER_PERIOD) -> datetime | None:

@@ -90,6 +90,16 @@ def fixes_os(fixes: Iterable[str]) -> set[OsFamily]:
     return {"windows" if is_kb(fix) else "linux" for fix in fixes}
 
 
+def emergency_freeze(policy: Policy, now: datetime) -> str | None:
+    """The freeze an emergency run starting at `now` is inside, named with its dates: its first ring
+    then waits for approval (docs/governance.md). None outside a freeze, or with `emergency.freeze:
+    pass` (the team lets emergency runs through unattended)."""
+    if (policy.emergency or Emergency()).freeze == "pass":
+        return None
+    freeze = policy.freezes().at(now)
+    return freeze.describe(policy.zone_for(None)) if freeze is not None else None
+
+
 def emergency_policy(policy: Policy, advisory: Advisory) -> Policy:
     """The policy of the advisory's emergency run: only its fixes (no classification adds more),
     the emergency rings in the policy's order (staging stays first) with the emergency soak and
@@ -169,7 +179,7 @@ def _advisory_answer(
     systems = fixes_os(advisory.fixes)
     named = set(advisory.instances)
     concerned = [i for i in instances if i.id in named or (advisory.fleet_wide and i.os in systems)]
-    layout = plan(emergency_policy(policy, advisory), concerned)
+    layout = plan(emergency_policy(policy, advisory), concerned, now)
     targets = tuple(i.id for w in layout.waves for i in w.instances)
     exposed = tuple((e.instance.id, e.reason) for e in layout.excluded)
     tail = _exposed_text(exposed, fleet) + _unknown_text(unknown)

@@ -14,8 +14,15 @@ import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from typing import Protocol
 
-from patchpilot.advisories.decide import decide_advisory, emergency_policy, follow_up_request, open_run_of
+from patchpilot.advisories.decide import (
+    decide_advisory,
+    emergency_freeze,
+    emergency_policy,
+    follow_up_request,
+    open_run_of,
+)
 from patchpilot.advisories.models import Advisory, AdvisoryAnswer, Delivery, OpenRun
 from patchpilot.engine.messages import FollowUpRequested, Notify
 from patchpilot.engine.run import Run
@@ -25,7 +32,15 @@ from patchpilot.ports import RunStore, UnknownRunError
 
 log = logging.getLogger("patchpilot.advisories")
 
-Start = Callable[[str, Policy, list[Instance]], Run]  # Service.start
+
+class Start(Protocol):
+    """`Service.start`: `frozen_by` names the freeze the run starts in (its first ring waits)."""
+
+    def __call__(
+        self, run_id: str, policy: Policy, instances: list[Instance], /, *, frozen_by: str | None = None
+    ) -> Run: ...
+
+
 FollowUp = Callable[[FollowUpRequested], object]  # Service.request_follow_up
 
 
@@ -54,7 +69,8 @@ def answer_deliveries(
         if answer.action == "start" and isinstance(delivery, Advisory) and start is not None:
             wanted = set(answer.instances) | {i for i, _ in answer.exposed}
             chosen = [i for i in instances or [] if i.id in wanted]
-            run = start(answer.run_id, emergency_policy(policy, delivery), chosen)
+            frozen_by = emergency_freeze(policy, now)  # inside a freeze: the first ring waits for a person
+            run = start(answer.run_id, emergency_policy(policy, delivery), chosen, frozen_by=frozen_by)
             open_runs.append(OpenRun(run.run_id, delivery.cve, run.status, frozenset(answer.instances)))
         if answer.follow_up and follow_up is not None:
             follow_up(follow_up_request(answer, instances or [], now))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from patchpilot.app.compliance_timer import ComplianceTimer
 from patchpilot.app.discovery import managed
@@ -16,7 +16,13 @@ from patchpilot.policy import Policy
 from patchpilot.ports import Announcer, Clock, PatchAssessor
 from patchpilot.triggers import TriggerDecision
 
-StartRun = Callable[[str, Policy, Sequence[Instance]], object]  # Service.start
+
+class StartRun(Protocol):
+    """`Service.start`: `window_end` ends the run's window early (a freeze that cuts it short)."""
+
+    def __call__(
+        self, run_id: str, policy: Policy, instances: Sequence[Instance], /, *, window_end: datetime | None = None
+    ) -> object: ...
 
 
 def never_elsewhere(policy: Policy) -> TriggerDecision | None:
@@ -67,7 +73,8 @@ class Timer:
         self.announcer().announce(policy, now)  # "run scheduled", a while before a window
         if decision.start:
             # every instance found, the unreachable ones included: planned once, skipped at the probe
-            self.start()(decision.run_id, policy, self.discovered(policy, now))
+            instances = self.discovered(policy, now)
+            self.start()(decision.run_id, policy, instances, window_end=decision.window_end)
         return decision
 
     def scheduled_decision(self, policy: Policy, now: datetime) -> TriggerDecision:
@@ -83,6 +90,9 @@ class Timer:
                 False, f"policy {policy.name} is an emergency policy: only advisories start its runs"
             )
         decision = scheduled_trigger(policy, now)
+        if decision.frozen is not None and decision.window is not None:
+            self._say_frozen(policy, decision, now)
+            return decision
         if not decision.start or policy.kind != "non_periodic":
             return decision
         from patchpilot.compliance.render import skipped_notice
@@ -101,3 +111,13 @@ class Timer:
         until = (decision.window.end if decision.window else now) + CLAIM_MARGIN
         self.announcer().send(notice, policy.notifications, keep_until=until)
         return TriggerDecision(False, f"skipped: {pending_summary(view)}", decision.run_id, decision.window)
+
+    def _say_frozen(self, policy: Policy, decision: TriggerDecision, now: datetime) -> None:
+        """The one `run_skipped` notice of a window that starts inside a freeze, naming the freeze."""
+        from patchpilot.compliance.render import frozen_notice
+
+        assert decision.frozen is not None and decision.window is not None and policy.schedule is not None
+        zone = policy.schedule.zone
+        notice = frozen_notice(decision.run_id, policy.name, decision.window.start, decision.frozen, zone)
+        self.log.info("policy %s: %s", policy.name, decision.reason)
+        self.announcer().send(notice, policy.notifications, keep_until=decision.window.end + CLAIM_MARGIN)

@@ -152,7 +152,7 @@ class AwsRuntime(ServerlessRuntime):
         # Only the client that the location names is built.
         s3 = self.clients("s3", None, region) if location.startswith("s3://") else None
         ssm = self.clients("ssm", None, region) if location.startswith("ssm:") else None
-        return load_policy_from(location, s3, ssm)
+        return load_policy_from(location, s3, ssm, lambda: ssm or self.clients("ssm", None, region))
 
     def handle_record(self, record: Mapping[str, Any], on_run: Callable[[str], None] = lambda _: None) -> None:
         """One SQS record from Lambda. `on_run` learns the run id first (the logs' correlation id).

@@ -8,18 +8,36 @@ import csv
 import io
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from patchpilot.compliance.model import PATCH_SEVERITIES
-from patchpilot.compliance.report import STATUS_LABELS, STATUSES, ComplianceView, InstanceView, RingView, Status
+from patchpilot.compliance.report import (
+    DEADLINE_LABELS,
+    STATUS_LABELS,
+    STATUSES,
+    ComplianceView,
+    InstanceView,
+    PatchGapView,
+    RingView,
+    Status,
+    unexcepted_overdue,
+)
 from patchpilot.engine.messages import Notify
 from patchpilot.reports.render import environment, report_stem, write_text
+from patchpilot.wording import plural
+
+if TYPE_CHECKING:
+    from zoneinfo import ZoneInfo
+
+    from patchpilot.policy.freeze import Freeze
 
 STATUS_COLOURS: dict[Status, str] = {
     "compliant": "#2e7d32",
     "non_compliant": "#c62828",
     "needs_attention": "#b71c1c",
+    "excepted": "#00838f",
     "exposed": "#6a1b9a",
     "unknown": "#78909c",
     "unmanaged": "#cfd8dc",
@@ -55,9 +73,18 @@ CSV_COLUMNS = (
     "last_run_at",  # when its wave finished
     "left_failed_run_id",  # status needs_attention: the run that left the machine failed; else empty
     "left_failed_snapshot_ids",  # what to restore it from, space-separated
+    "sla",  # the patch's SLA (compliance.sla); empty when none applies
+    "deadline",  # its release date + SLA; empty without an SLA or a release date
+    "deadline_state",  # overdue, due_soon, on_time, no_release_date; empty without an SLA
+    "exception_reason",  # the exception in force that covers the machine or the patch (state excepted)
+    "exception_owner",
+    "exception_expires",
 )
+DEADLINE_COLUMNS = CSV_COLUMNS[23:26]
+DEADLINE_COLOURS = {"overdue": "#b71c1c", "due_soon": "#f9a825", "no_release_date": "#90a4ae"}
 PATCH_COLUMNS = CSV_COLUMNS[11:19]
 MAX_NOTICE_RINGS = 8
+MAX_OVERDUE_LISTED = 20  # overdue patches named in the reports' banner; the machines table has them all
 
 # ---------------------------------------------------------------- charts
 
@@ -87,9 +114,11 @@ class Chart:
     label_width: int
     bars: tuple[Bar, ...]
     legend: tuple[tuple[str, str], ...]  # (label, colour)
+    legend_x: float = 200  # where the legend starts: left of the bars' start when it would not fit there
 
 
 BAR_HEIGHT, BAR_GAP, CHART_WIDTH, LABEL_WIDTH, TOP = 22, 10, 760, 200, 34
+LEGEND_SPACING, LEGEND_CHAR = 26, 7  # a legend entry's width: its swatch and gap, and per character (chart.svg.j2)
 
 
 def _chart(title: str, rows: list[tuple[str, list[tuple[str, int, str]]]], legend: list[tuple[str, str]]) -> Chart:
@@ -104,7 +133,9 @@ def _chart(title: str, rows: list[tuple[str, list[tuple[str, int, str]]]], legen
                 x += count * scale
         bars.append(Bar(label, TOP + k * (BAR_HEIGHT + BAR_GAP), sum(c for _, c, _ in parts), tuple(segments)))
     height = TOP + len(rows) * (BAR_HEIGHT + BAR_GAP) + 10
-    return Chart(title, CHART_WIDTH, height, LABEL_WIDTH, tuple(bars), tuple(legend))
+    legend_width = sum(LEGEND_SPACING + len(label) * LEGEND_CHAR for label, _ in legend)
+    legend_x = max(min(LABEL_WIDTH, CHART_WIDTH - legend_width), 0)
+    return Chart(title, CHART_WIDTH, height, LABEL_WIDTH, tuple(bars), tuple(legend), legend_x)
 
 
 def _ring_label(view: ComplianceView, ring: RingView) -> str:
@@ -130,8 +161,27 @@ def severity_chart(view: ComplianceView) -> Chart:
 # ---------------------------------------------------------------- documents
 
 
+def overdue_chart(view: ComplianceView) -> Chart:
+    """Per ring: the missing patches past their SLA deadline, those due soon, and those with an
+    SLA but no release date to count it from."""
+    parts = (("overdue", "overdue"), ("due soon", "due_soon"), ("no release date", "no_deadline"))
+    rows: list[tuple[str, list[tuple[str, int, str]]]] = [
+        (
+            _ring_label(view, r),
+            [(label, getattr(r.totals, key), DEADLINE_COLOURS[_state(key)]) for label, key in parts],
+        )
+        for r in view.rings
+    ]
+    legend = [(label, DEADLINE_COLOURS[_state(key)]) for label, key in parts]
+    return _chart("Patches against their SLA per ring", rows, legend)
+
+
+def _state(total: str) -> str:
+    return "no_release_date" if total == "no_deadline" else total
+
+
 def _context(view: ComplianceView) -> dict[str, Any]:
-    attention = [i for i in view.instances if i.status != "compliant"]
+    attention = [i for i in view.instances if i.status not in ("compliant", "excepted")]
     return {
         "v": view,
         "statuses": STATUSES,
@@ -141,9 +191,13 @@ def _context(view: ComplianceView) -> dict[str, Any]:
         "severity_colours": SEVERITY_COLOURS,
         "attention": attention,
         "exposed": [i for i in view.instances if i.status == "exposed"],
+        "excepted": [i for i in view.instances if i.status == "excepted"],
+        "overdue": unexcepted_overdue(view),
+        "max_listed": MAX_OVERDUE_LISTED,
+        "deadline_labels": DEADLINE_LABELS,
         "broken": [i for i in view.instances if i.status == "needs_attention"],
         "compliant": [i for i in view.instances if i.status == "compliant"],
-        "charts": (status_chart(view), severity_chart(view)),
+        "charts": (status_chart(view), severity_chart(view), *([overdue_chart(view)] if view.has_sla else [])),
         "multi": len(view.policies) > 1,
     }
 
@@ -164,12 +218,13 @@ def csv_rows(view: ComplianceView) -> list[dict[str, str]]:
     for instance in view.instances:
         head = _csv_head(instance)
         if not instance.missing:
-            rows.append({**head, **dict.fromkeys(PATCH_COLUMNS, "")})
+            rows.append({**head, **dict.fromkeys(PATCH_COLUMNS + DEADLINE_COLUMNS, "")})
         for gap in instance.missing:
             d = gap.document()
             rows.append(
                 {
                     **head,
+                    **_deadline_cells(gap),
                     "patch_id": d["id"],
                     "title": d["title"],
                     "classification": d["classification"],
@@ -201,6 +256,23 @@ def _csv_head(instance: InstanceView) -> dict[str, str]:
         "last_run_at": d["last_run"]["at"] if d["last_run"] else "",
         "left_failed_run_id": instance.left_failed.run_id if instance.left_failed else "",
         "left_failed_snapshot_ids": " ".join(instance.left_failed.snapshot_ids) if instance.left_failed else "",
+        **_exception_cells(d["exception"]),
+    }
+
+
+def _deadline_cells(gap: PatchGapView) -> dict[str, str]:
+    d = gap.document()
+    cells = {"sla": d["sla"] or "", "deadline": d["deadline"] or "", "deadline_state": d["deadline_state"] or ""}
+    return {**cells, **(_exception_cells(d["exception"]) if gap.exception is not None else {})}
+
+
+def _exception_cells(exception: dict[str, Any] | None) -> dict[str, str]:
+    if exception is None:
+        return {"exception_reason": "", "exception_owner": "", "exception_expires": ""}
+    return {
+        "exception_reason": exception["reason"],
+        "exception_owner": exception["owner"],
+        "exception_expires": exception["expires"],
     }
 
 
@@ -266,6 +338,10 @@ def ring_line(view: ComplianceView, ring: RingView) -> str:
         line += f"; {t.missing} missing ({t.by_severity[worst]} {worst})"
         if t.oldest_missing_days is not None:
             line += f", oldest {t.oldest_missing_days} days"
+    if t.overdue or t.due_soon:
+        line += f"; {t.overdue} overdue, {t.due_soon} due soon"
+    if t.excepted_patches:
+        line += f"; {plural(t.excepted_patches, 'excepted patch')}"
     if t.reboots_pending:
         line += f"; {t.reboots_pending} reboots pending"
     return line
@@ -287,9 +363,18 @@ def compliance_notice(view: ComplianceView, location: str, notice_id: str = "") 
         loud.append(f"{t.machines['exposed']} EXPOSED (never patched)")
     if t.machines["unknown"]:
         loud.append(f"{t.machines['unknown']} without an assessment")
+    overdue = unexcepted_overdue(view)
+    if overdue:
+        machines = len({(i.policy, i.id) for i, _ in overdue})
+        loud.insert(
+            0,
+            f"{plural(len(overdue), 'patch')} OVERDUE (past the SLA) on {plural(machines, 'machine')}: on-call, act",
+        )
     bad = sum(t.machines[s] for s in ("non_compliant", "needs_attention", "exposed", "unknown"))
-    step = "See each machine and what it misses in the report." if bad else "Nothing to do."
+    step = "See each machine and what it misses in the report." if bad or overdue else "Nothing to do."
     lines = [head + (f" {'; '.join(loud)}." if loud else "") + f" {step}"]
+    if t.due_soon:
+        lines.append(f"{plural(t.due_soon, 'missing patch')} due soon (near the SLA deadline).")
     rings = view.rings
     lines += [ring_line(view, r) for r in rings[:MAX_NOTICE_RINGS]]
     if len(rings) > MAX_NOTICE_RINGS:
@@ -301,7 +386,19 @@ def compliance_notice(view: ComplianceView, location: str, notice_id: str = "") 
         run_id=name,
         topic="compliance_report",
         text="\n".join(lines),
-        severity="warning" if bad else "info",
+        severity="error" if overdue else "warning" if bad else "info",
+    )
+
+
+def frozen_notice(run_id: str, policy: str, window_start: datetime, freeze: Freeze, zone: ZoneInfo) -> Notify:
+    """The `run_skipped` notice of a scheduled window that starts inside a freeze (docs/governance.md):
+    its id is the window's run id, like the non-periodic one's, so it is said once."""
+    return Notify(
+        id=f"{run_id}:notify:run_skipped",
+        run_id=run_id,
+        topic="run_skipped",
+        text=f"Run {run_id} of policy {policy} skipped: its window {window_start.isoformat(timespec='minutes')} "
+        f"falls in freeze {freeze.describe(zone)}. The first window after the freeze patches.",
     )
 
 

@@ -3,7 +3,9 @@
 `build_view(policy, instances, states, now)` turns the clouds' assessments (`PatchState`, one per
 instance) into a `ComplianceView`; `merge_views` puts several policies' views into one report;
 `nothing_pending` answers a non-periodic policy's question; `last_patched` says which PatchPilot run
-last patched each machine, `left_failed` which machines a run left broken. Pure: no I/O, no clock
+last patched each machine, `left_failed` which machines a run left broken. The policy's exceptions
+in force at `now` make machines and patches `excepted`; its SLAs (`compliance.sla`) give each
+missing patch a deadline (docs/governance.md). Pure: no I/O, no clock
 (`now` is given), but for `recent_runs`, which reads the few newest runs of a policy from the run
 store it is given. `ComplianceView.document()` is the
 `--json` shape (docs/compliance.md): a contract.
@@ -11,11 +13,10 @@ store it is given. `ComplianceView.document()` is the
 
 from __future__ import annotations
 
-import fnmatch
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from typing import Any, Literal, get_args
 
 from patchpilot.compliance.model import PATCH_SEVERITIES, MissingPatch, PatchState
@@ -23,16 +24,27 @@ from patchpilot.engine.run import Run
 from patchpilot.inventory import Instance
 from patchpilot.planning import NO_RING, assign, ring_of
 from patchpilot.policy import Policy
-from patchpilot.policy.model import Classification, PatchSelection, PolicyKind
+from patchpilot.policy.exceptions import names_patch, patch_exception
+from patchpilot.policy.fields import format_duration
+from patchpilot.policy.model import Classification, ComplianceSettings, PatchSelection, PolicyException, PolicyKind
 from patchpilot.ports import RunStore, UnknownRunError
 from patchpilot.wording import plural
 
-Status = Literal["compliant", "non_compliant", "needs_attention", "exposed", "unknown", "unmanaged"]
-STATUSES: tuple[Status, ...] = ("compliant", "non_compliant", "needs_attention", "exposed", "unknown", "unmanaged")
+Status = Literal["compliant", "non_compliant", "needs_attention", "excepted", "exposed", "unknown", "unmanaged"]
+STATUSES: tuple[Status, ...] = (
+    "compliant",
+    "non_compliant",
+    "needs_attention",
+    "excepted",
+    "exposed",
+    "unknown",
+    "unmanaged",
+)
 STATUS_LABELS: dict[Status, str] = {
     "compliant": "compliant",
     "non_compliant": "non-compliant",
     "needs_attention": "needs attention",
+    "excepted": "excepted",
     "exposed": "exposed",
     "unknown": "unknown",
     "unmanaged": "unmanaged",
@@ -40,6 +52,16 @@ STATUS_LABELS: dict[Status, str] = {
 NO_RING_LABEL = "(no ring)"
 DOCUMENT_VERSION = 1
 RECENT_RUNS = 12  # runs of a policy `recent_runs` reads at most: a year of monthly windows
+
+# Where a missing patch stands against its SLA (`compliance.sla`): past its deadline, within
+# `compliance.due_soon` of it, further, or with no release date to count from. None: no SLA applies.
+DeadlineState = Literal["overdue", "due_soon", "on_time", "no_release_date"]
+DEADLINE_LABELS: dict[DeadlineState, str] = {
+    "overdue": "overdue",
+    "due_soon": "due soon",
+    "on_time": "on time",
+    "no_release_date": "no release date: no deadline",
+}
 
 # How the clouds name classifications, onto the policy's names (`patches.classifications`).
 _CLASSIFICATION_ALIASES = {
@@ -69,16 +91,52 @@ def in_policy(selection: PatchSelection, patch: MissingPatch) -> bool:
     selected or its id included (ids and masks without case; a Linux package also by its name). A
     classification the policy cannot name (an Ubuntu section, none at all) counts as selected: the
     cloud's baseline called the patch missing, and the report never hides one it cannot place."""
-    ids = {patch.id.casefold(), patch.id.casefold().rsplit("-", 2)[0]}
-
-    def named(entries: Iterable[str]) -> bool:
-        return any(fnmatch.fnmatchcase(i, entry.casefold()) for entry in entries for i in ids)
-
-    if named(selection.exclude):
+    if names_patch(selection.exclude, patch.id):
         return False
     key = _classification_key(patch.classification)
     wanted = {_classification_key(c) for c in selection.classifications}
-    return named(selection.include) or key in wanted or key not in _KNOWN_CLASSIFICATIONS
+    return names_patch(selection.include, patch.id) or key in wanted or key not in _KNOWN_CLASSIFICATIONS
+
+
+_POLICY_CLASSIFICATIONS = {c.casefold(): c for c in get_args(Classification)}
+
+
+@dataclass(frozen=True, slots=True)
+class Deadline:
+    """A missing patch against its SLA: the SLA, the deadline (release date + SLA; None without a
+    release date) and where it stands at the view's time."""
+
+    sla: timedelta
+    at: datetime | None
+    state: DeadlineState
+
+
+def deadline_of(settings: ComplianceSettings | None, patch: MissingPatch, now: datetime) -> Deadline | None:
+    """The patch's deadline under `compliance.sla` (its severity's SLA, else its classification's,
+    the clouds' names mapped onto the policy's), or None when no SLA applies."""
+    if settings is None or not settings.sla:
+        return None
+    classification = _POLICY_CLASSIFICATIONS.get(_classification_key(patch.classification), patch.classification)
+    sla = settings.sla_for(patch.severity, classification)
+    if sla is None:
+        return None
+    if patch.released_at is None:
+        return Deadline(sla, None, "no_release_date")
+    at = patch.released_at + sla
+    state: DeadlineState = "overdue" if now > at else "due_soon" if at - now <= settings.due_soon else "on_time"
+    return Deadline(sla, at, state)
+
+
+def exception_document(exception: PolicyException | None) -> dict[str, Any] | None:
+    """`{"reason", "owner", "expires", "patches"}` of an exception in force, else None."""
+    if exception is None:
+        return None
+    return {
+        "reason": exception.reason,
+        "owner": exception.owner,
+        "expires": exception.expires.isoformat(),
+        "patches": list(exception.patches),
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,19 +232,43 @@ class PatchGapView:
     patch: MissingPatch
     age_days: int | None
     in_policy: bool  # the policy would install it: only these make a machine non-compliant
+    exception: PolicyException | None = None  # an exception in force leaves it out: state "excepted"
+    deadline: Deadline | None = None  # under the policy's SLA; None: no SLA applies, or not in the policy
+
+    @property
+    def state(self) -> str:
+        """The patch's gap (missing, failed, pending_reboot), or `excepted`."""
+        return "excepted" if self.exception is not None else self.patch.gap
+
+    @property
+    def counts(self) -> bool:
+        """Missing in the policy's sense: the policy installs it and no exception covers it."""
+        return self.in_policy and self.exception is None
+
+    @property
+    def overdue(self) -> bool:
+        return self.counts and self.deadline is not None and self.deadline.state == "overdue"
+
+    @property
+    def due_soon(self) -> bool:
+        return self.counts and self.deadline is not None and self.deadline.state == "due_soon"
 
     def document(self) -> dict[str, Any]:
-        p = self.patch
+        p, deadline = self.patch, self.deadline
         return {
             "id": p.id,
             "title": p.title,
             "classification": p.classification,
             "severity": p.severity,
-            "state": p.gap,
+            "state": self.state,
             "released_at": _iso(p.released_at),
             "age_days": self.age_days,
             "version": p.version,
             "in_policy": self.in_policy,
+            "sla": format_duration(deadline.sla) if deadline else None,
+            "deadline": _iso(deadline.at) if deadline else None,
+            "deadline_state": deadline.state if deadline else None,
+            "exception": exception_document(self.exception),
         }
 
 
@@ -207,6 +289,7 @@ class InstanceView:
     notes: tuple[str, ...] = ()
     last_run: LastRun | None = None  # None also when the runs were not read (`PolicyView.runs_read`)
     left_failed: LeftFailed | None = None  # status needs_attention: a run left it broken
+    exception: PolicyException | None = None  # status excepted: the machine exception in force
 
     @property
     def last_installed(self) -> datetime | None:
@@ -217,8 +300,13 @@ class InstanceView:
 
     @property
     def gaps(self) -> tuple[PatchGapView, ...]:
-        """The missing patches the policy would install."""
-        return tuple(g for g in self.missing if g.in_policy)
+        """The missing patches the policy would install, that no exception covers."""
+        return tuple(g for g in self.missing if g.counts)
+
+    @property
+    def overdue(self) -> tuple[PatchGapView, ...]:
+        """The gaps past their SLA deadline."""
+        return tuple(g for g in self.missing if g.overdue)
 
     def document(self) -> dict[str, Any]:
         return {
@@ -235,6 +323,7 @@ class InstanceView:
             "last_install_at": _iso(self.last_install_at),
             "last_run": self.last_run.document() if self.last_run else None,
             "left_failed": self.left_failed.document() if self.left_failed else None,
+            "exception": exception_document(self.exception),
             "notes": list(self.notes),
             "missing": [g.document() for g in self.missing],
         }
@@ -248,6 +337,10 @@ class Totals:
     by_classification: dict[str, int]  # as the clouds name them
     oldest_missing_days: int | None
     reboots_pending: int
+    overdue: int = 0  # gaps past their SLA deadline
+    due_soon: int = 0  # gaps within compliance.due_soon of it
+    no_deadline: int = 0  # gaps with an SLA but no release date to count it from
+    excepted_patches: int = 0  # (machine, patch) pairs an exception in force covers
 
     @property
     def instances(self) -> int:
@@ -262,6 +355,10 @@ class Totals:
             "missing_by_classification": dict(self.by_classification),
             "oldest_missing_days": self.oldest_missing_days,
             "reboots_pending": self.reboots_pending,
+            "overdue": self.overdue,
+            "due_soon": self.due_soon,
+            "no_deadline": self.no_deadline,
+            "excepted_patches": self.excepted_patches,
         }
 
 
@@ -271,10 +368,15 @@ def totals_of(instances: Iterable[InstanceView]) -> Totals:
     classes: Counter[str] = Counter()
     ages: list[int] = []
     reboots = 0
+    deadlines: Counter[str] = Counter()
+    excepted = 0
     for view in instances:
         machines[view.status] += 1
         reboots += view.reboot_pending
+        excepted += sum(1 for g in view.missing if g.in_policy and g.exception is not None)
         for gap in view.gaps:
+            if gap.deadline is not None:
+                deadlines[gap.deadline.state] += 1
             severities[gap.patch.severity] += 1
             classes[gap.patch.classification or "Unclassified"] += 1
             if gap.age_days is not None:
@@ -286,6 +388,10 @@ def totals_of(instances: Iterable[InstanceView]) -> Totals:
         by_classification=dict(sorted(classes.items(), key=lambda kv: (-kv[1], kv[0]))),
         oldest_missing_days=max(ages, default=None),
         reboots_pending=reboots,
+        overdue=deadlines["overdue"],
+        due_soon=deadlines["due_soon"],
+        no_deadline=deadlines["no_release_date"],
+        excepted_patches=excepted,
     )
 
 
@@ -306,12 +412,14 @@ class PolicyView:
     rings: tuple[RingView, ...]
     totals: Totals
     runs_read: bool = False  # PatchPilot's runs were read: a null `last_run` means none patched it
+    sla: dict[str, str] = field(default_factory=dict)  # compliance.sla, durations as the policy writes them
 
     def document(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "kind": self.kind,
             "runs_read": self.runs_read,
+            "sla": dict(self.sla),
             "rings": [r.document() for r in self.rings],
             "totals": self.totals.document(),
         }
@@ -332,6 +440,11 @@ class ComplianceView:
     def runs_read(self) -> bool:
         """Some policy's runs were read: the reports show the last PatchPilot run."""
         return any(p.runs_read for p in self.policies)
+
+    @property
+    def has_sla(self) -> bool:
+        """Some policy sets SLAs: the reports show deadlines."""
+        return any(p.sla for p in self.policies)
 
     @property
     def title(self) -> str:
@@ -359,27 +472,32 @@ def build_view(
     """The view of one policy's fleet. Rings and exclusions are the planner's (`planning.assign`);
     an instance without a PatchState counts as unknown, never compliant. `last_runs` is
     `last_patched`'s answer; None when the runs could not be read (the reports then leave it out).
-    `broken` is `left_failed`'s answer: those machines need attention, whatever their assessment."""
+    `broken` is `left_failed`'s answer: those machines need attention, whatever their assessment.
+    The exceptions in force at `now` make machines (and patches) excepted; an expired one counts
+    for nothing."""
     by_id = {s.instance_id: s for s in states}
-    members, excluded = assign(policy, instances)
-    placed: list[tuple[Instance, str | None, Status | None, str]] = [
-        (i, ring, None, "") for ring, group in members.items() for i in group
+    members, excluded = assign(policy, instances, now)
+    placed: list[tuple[Instance, str | None, Status | None, str, PolicyException | None]] = [
+        (i, ring, None, "", None) for ring, group in members.items() for i in group
     ]
     for exclusion in excluded:
-        if exclusion.reason == NO_RING:
-            placed.append((exclusion.instance, None, "unmanaged", "matched no ring of the policy: never patched"))
+        ring = ring_of(policy, exclusion.instance)
+        if exclusion.exception is not None:
+            placed.append((exclusion.instance, ring, "excepted", exclusion.reason, exclusion.exception))
+        elif exclusion.reason == NO_RING:
+            placed.append((exclusion.instance, None, "unmanaged", "matched no ring of the policy: never patched", None))
         else:
-            reason = f"{exclusion.reason}: never patched"
-            placed.append((exclusion.instance, ring_of(policy, exclusion.instance), "exposed", reason))
+            placed.append((exclusion.instance, ring, "exposed", f"{exclusion.reason}: never patched", None))
     views = [
         _with_left_failed(
-            _instance_view(policy, i, ring, status, reason, by_id.get(i.id), now, (last_runs or {}).get(i.id)),
+            _instance_view(policy, i, ring, status, reason, by_id.get(i.id), now, (last_runs or {}).get(i.id), ex),
             (broken or {}).get(i.id),
         )
-        for i, ring, status, reason in placed
+        for i, ring, status, reason, ex in placed
     ]
     rings = [r.name for r in policy.rings]
-    return _assemble(now, [_policy_view(policy.name, policy.kind, rings, views, last_runs is not None)], views)
+    sla = {key: format_duration(value) for key, value in (policy.compliance.sla if policy.compliance else {}).items()}
+    return _assemble(now, [_policy_view(policy.name, policy.kind, rings, views, last_runs is not None, sla)], views)
 
 
 def _instance_view(
@@ -391,11 +509,12 @@ def _instance_view(
     state: PatchState | None,
     now: datetime,
     last_run: LastRun | None,
+    exception: PolicyException | None = None,
 ) -> InstanceView:
     state = state or PatchState(instance.id, error="no assessment returned for this machine")
+    sla = placed != "unmanaged"  # a machine in no ring is not the policy's: its patches have no deadline
     missing = tuple(
-        PatchGapView(p, _age(p.released_at, now), in_policy(policy.patches, p))
-        for p in sorted(state.missing, key=_patch_order)
+        _gap_view(policy, instance, p, now, exception, sla) for p in sorted(state.missing, key=_patch_order)
     )
     status: Status
     if placed is not None:
@@ -405,10 +524,12 @@ def _instance_view(
     elif state.error:
         status, reason = "unknown", f"no assessment: {state.error}"
     else:
-        lacking = sum(g.in_policy for g in missing)
+        lacking = sum(g.counts for g in missing)
         if lacking or state.reboot_pending:
             status = "non_compliant"
             parts = [plural(lacking, "missing patch")] if lacking else []
+            if overdue := sum(g.overdue for g in missing):
+                parts.append(f"{overdue} overdue")
             reason = ", ".join([*parts, *(["reboot pending"] if state.reboot_pending else [])])
         else:
             status = "compliant"
@@ -427,7 +548,19 @@ def _instance_view(
         last_install_at=state.last_install_at,
         notes=state.notes,
         last_run=last_run,
+        exception=exception,
     )
+
+
+def _gap_view(
+    policy: Policy, instance: Instance, patch: MissingPatch, now: datetime, machine: PolicyException | None, sla: bool
+) -> PatchGapView:
+    """A missing patch: excepted by the machine's exception or a patch exception in force; else,
+    when the policy installs it (and `sla`), with its deadline under the policy's SLA."""
+    wanted = in_policy(policy.patches, patch)
+    exception = machine or patch_exception(policy, instance, patch.id, now)
+    deadline = deadline_of(policy.compliance, patch, now) if sla and wanted and exception is None else None
+    return PatchGapView(patch, _age(patch.released_at, now), wanted, exception, deadline)
 
 
 def _with_left_failed(view: InstanceView, failed: LeftFailed | None) -> InstanceView:
@@ -451,13 +584,18 @@ def _age(released: datetime | None, now: datetime) -> int | None:
 
 
 def _policy_view(
-    name: str, kind: PolicyKind, rings: Sequence[str], views: Sequence[InstanceView], runs_read: bool
+    name: str,
+    kind: PolicyKind,
+    rings: Sequence[str],
+    views: Sequence[InstanceView],
+    runs_read: bool,
+    sla: Mapping[str, str] | None = None,
 ) -> PolicyView:
     names = list(rings) + ([NO_RING_LABEL] if any(v.ring is None for v in views) else [])
     ring_views = tuple(
         RingView(name, ring, totals_of(v for v in views if (v.ring or NO_RING_LABEL) == ring)) for ring in names
     )
-    return PolicyView(name, kind, ring_views, totals_of(views), runs_read)
+    return PolicyView(name, kind, ring_views, totals_of(views), runs_read, dict(sla or {}))
 
 
 def _assemble(now: datetime, policies: Sequence[PolicyView], views: Sequence[InstanceView]) -> ComplianceView:
@@ -480,7 +618,13 @@ def merge_views(views: Sequence[ComplianceView]) -> ComplianceView:
 
 
 def _managed(view: ComplianceView) -> list[InstanceView]:
-    return [i for i in view.instances if i.status not in ("exposed", "unmanaged")]
+    return [i for i in view.instances if i.status not in ("excepted", "exposed", "unmanaged")]
+
+
+def unexcepted_overdue(view: ComplianceView) -> list[tuple[InstanceView, PatchGapView]]:
+    """Every (machine, patch) past its SLA deadline that no exception covers, exposed machines'
+    too (excluding a machine does not except it from the SLA): `patchpilot compliance` exits 1."""
+    return [(i, g) for i in view.instances for g in i.overdue]
 
 
 def nothing_pending(view: ComplianceView) -> bool:

@@ -80,6 +80,7 @@ from patchpilot.engine.run import (
 from patchpilot.inventory import Instance
 from patchpilot.planning.estimate import ESTIMATE_SOURCE, wave_estimate
 from patchpilot.policy import Policy
+from patchpilot.policy.exceptions import excepted_patches
 from patchpilot.policy.fields import format_duration
 from patchpilot.policy.model import Hooks, HostHook
 from patchpilot.wording import plural
@@ -168,6 +169,7 @@ def start_run(
     follow_up_of: Run | None = None,
     window_end: datetime | None = None,
     runtime: Runtime = "local",
+    frozen_by: str | None = None,
 ) -> Decision:
     """A new run at `now`; its window (when the policy has a schedule) ends `duration` later.
 
@@ -185,7 +187,10 @@ def start_run(
     window that is already open (a retry) keeps to that window's end.
 
     `runtime` is where the run is driven: its notices name the commands that work there, and only
-    a cloud run is reminded of a gate that waits."""
+    a cloud run is reminded of a gate that waits.
+
+    `frozen_by` names the freeze an emergency run starts in: its first ring waits for approval,
+    the freeze named in the request."""
     waves = tuple(
         WaveState(
             index=w.index,
@@ -216,6 +221,7 @@ def start_run(
         promoted=follow_up_of.promoted if follow_up_of else None,
         follow_up_of=follow_up_of.run_id if follow_up_of else None,
         runtime=runtime,
+        frozen_by=frozen_by,
     )
     frozen = [r for r in excluded if r.reason.startswith("frozen")]
     text = f"Run {run_id} of policy {policy.name} started: {len(waves)} waves"
@@ -547,7 +553,10 @@ def _install_now(run: Run, now: datetime) -> Decision:
         id=_command_id(run, "install"),
         run_id=run.run_id,
         wave=wave.index,
-        targets=[InstallTarget(instance=r.instance, only=_pinned(run, r)) for r in ready],
+        targets=[
+            InstallTarget(instance=r.instance, only=_pinned(run, r), exclude=excepted_patches(policy, r.instance, now))
+            for r in ready
+        ],
         classifications=list(policy.patches.classifications),
         include=list(policy.patches.include),
         exclude=list(policy.patches.exclude),
@@ -1141,8 +1150,10 @@ def _enter_next_ring(run: Run, now: datetime) -> Decision:
     first wave: the first ring too (then nothing at all is touched before someone approves). A
     cloud run also sets the timer of the gate's first reminder (`rollout.approval_reminder`)."""
     ring = run.policy.rings[run.current.ring_position]
-    if ring.approval == "required":
-        text = f"{GATE_OPENED % ring.name}: {_how_to_decide(run)}."
+    frozen = run.frozen_by is not None and run.cursor == 0  # an emergency run inside a freeze: its first ring
+    if ring.approval == "required" or frozen:
+        inside = f" (the run started inside freeze {run.frozen_by})" if frozen else ""
+        text = f"{GATE_OPENED % ring.name}{inside}: {_how_to_decide(run)}."
         run = _logged(run, now, text, "warning")
         notice = _notify(run, "approval_needed", text, suffix=ring.name)
         return _reminding(_awaiting(run, "awaiting_approval", None), now, 1, [notice])

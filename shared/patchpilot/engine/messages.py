@@ -78,6 +78,9 @@ class InstallTarget(BaseModel):
 
     instance: Instance
     only: list[str] | None = None  # the promoted, pinned set; None: what the policy selects
+    # Ids and masks (as InstallPatches.exclude) this machine's install leaves out on top of the
+    # command's, `only` included: the policy's patch exceptions in force (docs/governance.md).
+    exclude: list[str] = Field(default_factory=new_list)
 
 
 class InstallPatches(_Command):

@@ -196,6 +196,8 @@ class Run(_State):
     issued: dict[str, str] = Field(default_factory=dict)
     leased: tuple[str, ...] = ()  # the instances whose lease the run holds (the current wave's)
     runtime: Runtime = "local"  # a run stored before this field was local or named local commands
+    # The freeze an emergency run started in (docs/governance.md): its first ring waits for approval.
+    frozen_by: str | None = None
 
     @model_validator(mode="before")
     @classmethod

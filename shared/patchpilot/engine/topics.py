@@ -12,7 +12,7 @@ Topic = Literal[
     "run_halted",
     "run_finished",
     "advisory",  # the answer to a security advisory (patchpilot.advisories), not from the engine
-    "run_skipped",  # a non-periodic policy's window with nothing pending (the timer), not from the engine
+    "run_skipped",  # a non-periodic window with nothing pending, or a frozen one (the timer), not from the engine
     "compliance_report",  # the compliance view after a scheduled scan (patchpilot.compliance)
     "maintenance_digest",  # the weekly maintenance watch digest (patchpilot.maintenance)
     "maintenance_alert",  # cloud maintenance due before the next patch window

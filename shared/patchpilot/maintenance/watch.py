@@ -17,8 +17,10 @@ from patchpilot.engine.messages import Notify
 from patchpilot.inventory import Instance
 from patchpilot.maintenance.model import SOURCE_NAMES, MaintenanceItem, WatchResult
 from patchpilot.policy import Policy, Window
+from patchpilot.policy.exceptions import describe as describe_exception
+from patchpilot.policy.exceptions import expiring_within
 from patchpilot.policy.fields import format_duration
-from patchpilot.policy.model import MaintenanceWatchSettings
+from patchpilot.policy.model import MaintenanceWatchSettings, PolicyException
 from patchpilot.wording import plural
 
 Concern = Literal["fleet", "frozen", "other"]
@@ -54,6 +56,9 @@ class WatchView:
     horizon: timedelta
     items: tuple[WatchedItem, ...]  # not ended, by due time (undated last)
     unavailable: tuple[tuple[str, str], ...]  # (what, why): never "nothing scheduled"
+    # The policy's exceptions in force that end within 14 days (docs/governance.md): the digest
+    # lists them so their owners renew or let them lapse on purpose.
+    expiring: tuple[PolicyException, ...] = ()
 
     @property
     def due(self) -> tuple[WatchedItem, ...]:
@@ -88,6 +93,10 @@ class WatchView:
                 "warnings": sum(1 for w in self.listed if w.item.warning),
             },
             "items": [_item_document(w) for w in self.items],
+            "exceptions_expiring": [
+                {"reason": e.reason, "owner": e.owner, "expires": e.expires.isoformat(), "patches": list(e.patches)}
+                for e in self.expiring
+            ],
         }
 
 
@@ -133,6 +142,7 @@ def watch_view(
         horizon=horizon,
         items=tuple(watched),
         unavailable=result.unavailable,
+        expiring=tuple(expiring_within(policy, now)),
     )
 
 
@@ -196,6 +206,12 @@ def digest_notice(view: WatchView, slot: datetime) -> Notify:
     lines += [f"- {describe(w, view.zone)}" for w in listed[:DIGEST_LINES]]
     if len(listed) > DIGEST_LINES:
         lines.append(f"{len(listed) - DIGEST_LINES} more are not listed here: patchpilot maintenance lists them all.")
+    if view.expiring:
+        lines.append(
+            f"Exceptions ending within 14 days ({len(view.expiring)}): renew each in the policy, or let it end "
+            "and its machines and patches are patched again."
+        )
+        lines += [f"- exception: {describe_exception(e)}" for e in view.expiring]
     return Notify(
         id=digest_id(view.policy, slot),
         run_id=view.policy,

@@ -68,6 +68,7 @@ def card_for(notice: Notify, run: Run | None = None) -> Card:
     failed instances."""
     broken = notice.topic == "run_finished" and notice.severity == "error"  # succeeded_with_failures
     reminder = notice.topic == "approval_needed" and notice.severity == "error"  # a gate past its reminder
+    overdue = notice.topic == "compliance_report" and notice.severity == "error"  # a patch past its SLA
     text = notice.text
     links: list[tuple[str, str]] = []
     facts = [("Policy" if notice.topic in POLICY_TOPICS else "Run", notice.run_id)]
@@ -101,7 +102,8 @@ def card_for(notice: Notify, run: Run | None = None) -> Card:
         text=text,
         alert=(notice.topic in ALERT_TOPICS and not (notice.topic == "instance_failed" and notice.severity != "error"))
         or broken
-        or reminder,
+        or reminder
+        or overdue,
         facts=tuple(facts),
         items_label=items_label or (f"Failed instances ({len(items)})" if items else ""),
         items=items,

@@ -12,12 +12,15 @@ import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from itertools import pairwise
 from typing import Literal
 
 from patchpilot.inventory import Instance
 from patchpilot.planning.regions import RegionPairs
 from patchpilot.policy import Policy, Rollout
+from patchpilot.policy.exceptions import machine_exception
+from patchpilot.policy.model import PolicyException
 
 RegionKey = tuple[str, str]  # (cloud, region)
 ZoneKey = tuple[str, str, str]  # (cloud, region, zone or "")
@@ -51,6 +54,7 @@ class Wave:
 class Exclusion:
     instance: Instance
     reason: str
+    exception: PolicyException | None = None  # a machine exception in force (`excepted: ...`)
 
 
 @dataclass(frozen=True)
@@ -101,10 +105,11 @@ class Plan:
         return sum(len(w.instances) for w in self.waves)
 
 
-def plan(policy: Policy, instances: Iterable[Instance]) -> Plan:
-    """Assign every instance to a ring and a wave, or say why it is excluded. Deterministic."""
+def plan(policy: Policy, instances: Iterable[Instance], now: datetime | None = None) -> Plan:
+    """Assign every instance to a ring and a wave, or say why it is excluded. Deterministic.
+    `now` decides which of the policy's exceptions are in force (None: none is)."""
     fleet = list(instances)
-    members, excluded = assign(policy, fleet)
+    members, excluded = assign(policy, fleet, now)
     pools = pool_members(fleet)
     members, refused, warnings = _single_member_pools(policy.rollout, members, pools)
     if refused:
@@ -167,11 +172,11 @@ def _single_member_pools(
     return kept, refused, sorted(warnings)
 
 
-def plan_cloud_scheduled(policy: Policy, instances: Iterable[Instance]) -> Plan:
+def plan_cloud_scheduled(policy: Policy, instances: Iterable[Instance], now: datetime | None = None) -> Plan:
     """The plan of a run that accompanies a cloud-scheduled run (Azure Update Manager's): the
     cloud patches its whole scope in its own availability-safe order, so every machine that is not
     excluded is in one wave (snapshotted before, checked after). Exclusions are those of `plan`."""
-    members, excluded = assign(policy, instances)
+    members, excluded = assign(policy, instances, now)
     rings = [name for name, group in members.items() if group]
     chosen = tuple(sorted((i for group in members.values() for i in group), key=lambda i: i.id))
     waves = (Wave(1, "+".join(rings), chosen),) if chosen else ()
@@ -200,9 +205,12 @@ def ring_of(policy: Policy, instance: Instance) -> str | None:
     return next((r.name for r in policy.rings if r.select.matches(instance)), None)
 
 
-def assign(policy: Policy, instances: Iterable[Instance]) -> tuple[dict[str, list[Instance]], list[Exclusion]]:
+def assign(
+    policy: Policy, instances: Iterable[Instance], now: datetime | None = None
+) -> tuple[dict[str, list[Instance]], list[Exclusion]]:
     """Each instance's ring (the first whose selector matches), or why it is excluded: every
-    instance of a frozen policy is (`kind: frozen`). The compliance view uses the same answer."""
+    instance of a frozen policy is (`kind: frozen`), and each machine exception in force at `now`
+    (None: no exception applies) excepts its machines. The compliance view uses the same answer."""
     members: dict[str, list[Instance]] = {ring.name: [] for ring in policy.rings}
     excluded: list[Exclusion] = []
     ordered = sorted(instances, key=lambda i: i.id)
@@ -211,6 +219,10 @@ def assign(policy: Policy, instances: Iterable[Instance]) -> tuple[dict[str, lis
         raise ValueError(f"the same instance is listed more than once: {', '.join(repeated[:10])}")
     for instance in ordered:
         frozen = FROZEN_POLICY if policy.kind == "frozen" else None
+        exception = machine_exception(policy, instance, now) if now is not None and not frozen else None
+        if exception is not None:
+            excluded.append(Exclusion(instance, exception.label(), exception))
+            continue
         reason = frozen or policy.exclude.reason(instance) or scaling_group_reason(policy, instance)
         if reason := reason or policy.unprotected_reason(instance):
             excluded.append(Exclusion(instance, reason))

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from itertools import islice
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, get_args
 from zoneinfo import ZoneInfo
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr
 
 from patchpilot.engine.topics import Topic
-from patchpilot.errors import Problem
+from patchpilot.errors import Problem, did_you_mean
 from patchpilot.inventory import Cloud, Instance, OsFamily
 from patchpilot.policy.fields import (
     Budget,
@@ -29,6 +29,7 @@ from patchpilot.policy.fields import (
     new_list,
     resolve_timezone,
 )
+from patchpilot.policy.freeze import ExternalFreezes, Freezes, Moment, period_problem
 from patchpilot.policy.schedule import (
     MAX_OFFSET_DAYS,
     AwsCron,
@@ -241,6 +242,21 @@ class Schedule(_Section):
         return shortest_gap(window_starts(self.rule, self.at, self.offset_days, self.zone, after), after)
 
 
+class FreezePeriod(_Section):
+    """A change freeze (docs/governance.md): no scheduled window starts inside it, one it cuts short
+    ends at its start, and an emergency run inside it waits for approval (`emergency.freeze`).
+    Dates or local date-times in the policy's time zone (the schedule's); a date `to` includes that
+    whole day. `yearly` repeats it every year from the one given (Dec 20 to Jan 3 crosses the year
+    end: give `from: 2026-12-20, to: 2027-01-03`)."""
+
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+    name: str = Field(min_length=1, max_length=100)
+    from_: Moment = Field(alias="from")
+    to: Moment
+    yearly: bool = False
+
+
 class Rollout(_Section):
     mode: Literal["zone_by_zone", "concurrent_zones"] = "zone_by_zone"
     disruption_budget: Budget = Quota(10, percent=True)
@@ -275,6 +291,35 @@ class Exclusions(_Section):
             if _tags_match({key: values}, instance.tags, every=True):
                 return f"frozen: tag {key}={instance.tags[key]}"
         return None
+
+
+class PolicyException(_Section):
+    """An accepted risk (docs/governance.md "Exceptions"): the machines `select` matches are left
+    out of runs (a machine exception), or, with `patches`, only those patches are left out of their
+    installs (a patch exception), until the end of `expires` in the policy's time zone. Expired,
+    it matches nothing: the machine is patched again and reported as what it really is."""
+
+    select: Selector
+    patches: OneOrMore[str] = Field(default_factory=new_list)  # ids or masks, as patches.exclude
+    reason: str = Field(min_length=1, max_length=500)
+    owner: str = Field(min_length=1, max_length=200)  # who accepted the risk: a person or a team
+    expires: date  # the last day it is in force; at most a year ahead when the policy is loaded
+
+    def ends_at(self, zone: ZoneInfo) -> datetime:
+        """The first moment it is no longer in force: midnight after `expires`, in `zone`."""
+        return datetime.combine(self.expires + timedelta(days=1), time(0), tzinfo=zone)
+
+    def label(self) -> str:
+        """`excepted: <reason> (<owner>, until <date>)`: how plans and reports show it."""
+        return f"excepted: {self.reason} ({self.owner}, until {self.expires.isoformat()})"
+
+
+def a_year_after(day: date) -> date:
+    """The same day a year later (29 February: the 28th): the latest an exception may expire."""
+    try:
+        return day.replace(year=day.year + 1)
+    except ValueError:
+        return day.replace(year=day.year + 1, day=28)
 
 
 class PatchSelection(_Section):
@@ -345,6 +390,8 @@ class AwsSettings(_Section):
     restore_data_volumes: bool = False  # rollback restores data volumes too, not only the root volume
     patch_group_tag: str = "PatchGroup"
     baselines: AwsBaselines | None = None  # Patch Manager baselines and patch groups: `patchpilot aws sync`
+    # SSM Change Calendars (names or ARNs, in the deployment's region): CLOSED is a freeze (docs/governance.md)
+    change_calendars: OneOrMore[str] = Field(default_factory=new_list)
 
 
 class AzureMaintenance(_Section):
@@ -455,6 +502,9 @@ class Emergency(_Section):
     rings: OneOrMore[str] = Field(default_factory=new_list)  # names of the policy's rings, in its order; empty: all
     soak: Duration = timedelta(minutes=30)  # replaces each ring's soak
     approval: Literal["auto", "required"] = "auto"  # required: every ring after the first waits for approval
+    # Inside a freeze (`freeze`, `freeze_calendar`): `approve` makes the first ring wait for approval
+    # too, the freeze named in the request; `pass` lets the run through unattended.
+    freeze: Literal["approve", "pass"] = "approve"
     merge_window: Duration = timedelta(hours=6)  # findings about one CVE within it become one run
     # What the Azure timer reads (docs/advisories.md "Azure sources"): Defender for Cloud's
     # vulnerability findings by default; Update Manager's assessment only when named.
@@ -497,6 +547,41 @@ class ComplianceSettings(_Section):
     scan: Cron = DAILY_AT_FIVE
     timezone: TimeZoneName | None = None
     report_after: Duration = timedelta(hours=1)  # time for the scans to finish before the report is built
+    # Patch SLAs (docs/governance.md "Patch SLAs"): how long after its release a missing patch may
+    # stay missing, by severity (Critical, Important, Moderate, Low, Unspecified), else by
+    # classification (Critical, Security, ...); and how close to its deadline it is "due soon".
+    sla: dict[str, Duration] = Field(default_factory=dict)
+    due_soon: Duration = timedelta(days=7)
+
+    def sla_problems(self) -> list[Problem]:
+        from patchpilot.compliance.model import PATCH_SEVERITIES  # not at import: handlers never need it
+
+        known = [*PATCH_SEVERITIES, *get_args(Classification)]
+        found = []
+        for key, value in self.sla.items():
+            where = ("compliance", "sla", key)
+            if key not in known:
+                found.append(
+                    Problem(
+                        where,
+                        f"expected a severity ({', '.join(PATCH_SEVERITIES)}) or a classification "
+                        f'({", ".join(get_args(Classification))}), got "{key}"{did_you_mean(key, known)}',
+                    )
+                )
+            elif value <= timedelta(0):
+                found.append(Problem(where, "expected a time longer than 0"))
+        if self.due_soon < timedelta(0):
+            found.append(Problem(("compliance", "due_soon"), "expected a duration of 0 or more"))
+        return found
+
+    def sla_for(self, severity: str, classification: str) -> timedelta | None:
+        """The SLA of a patch: its severity's (a known one), else its classification's
+        (`classification` as the policy names it: `compliance.report` maps the clouds' names), else
+        the `Unspecified` entry's, else None (no deadline)."""
+        for key in (severity if severity != "Unspecified" else "", classification, "Unspecified"):
+            if key in self.sla:
+                return self.sla[key]
+        return None
 
 
 class MaintenanceWatchSettings(_Section):
@@ -519,6 +604,7 @@ class Policy(_Section):
     rollout: Rollout = Rollout()
     region_pairs: list[tuple[str, str]] = Field(default_factory=new_list)
     exclude: Exclusions = Exclusions()
+    exceptions: list[PolicyException] = Field(default_factory=new_list)  # accepted risks: docs/governance.md
     # Machines in an AWS Auto Scaling group or an Azure scale set (the inventory's `scaling_group`):
     # `skip` lists them as excluded, "member of scaling group X: patch its image" (docs/planner.md);
     # `standby`: an AWS group's member enters Standby (desired capacity decremented) for its install
@@ -536,6 +622,36 @@ class Policy(_Section):
     notifications: Notifications | None = None  # Slack and Teams: docs/notifications.md
     compliance: ComplianceSettings | None = None  # the timer's compliance scans: docs/compliance.md
     maintenance_watch: MaintenanceWatchSettings | None = None  # docs/maintenance-watch.md
+    # Change freezes (docs/governance.md): periods, and an iCalendar file whose events are freezes,
+    # read from beside the policy (its folder, bucket prefix or container) by the policy loaders.
+    freeze: list[FreezePeriod] = Field(default_factory=new_list)
+    freeze_calendar: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_][A-Za-z0-9._ -]*$", max_length=255)
+    _calendar: Any = PrivateAttr(default=None)  # the parsed freeze_calendar (icalendar.Calendar), from the loader
+    _external: ExternalFreezes | None = PrivateAttr(default=None)  # aws.change_calendars, from the AWS loader
+
+    def with_freeze_calendar(self, calendar: Any) -> Policy:
+        """This policy with its `freeze_calendar` read (`freeze.parse_calendar`): what the loaders return."""
+        copy = self.model_copy()
+        copy._calendar = calendar
+        return copy
+
+    def with_change_calendars(self, calendars: ExternalFreezes) -> Policy:
+        """This policy with its `aws.change_calendars` to ask (`adapters/aws/change_calendar.py`)."""
+        copy = self.model_copy()
+        copy._external = calendars
+        return copy
+
+    def freezes(self) -> Freezes:
+        """Every freeze of the policy, in its time zone. Raises when the policy names a calendar its
+        loader did not read (a policy parsed from text alone: `parse_policy`)."""
+        if self.freeze_calendar is not None and self._calendar is None:
+            raise RuntimeError(
+                f"policy {self.name}: freeze_calendar {self.freeze_calendar} was not read; load the policy "
+                "with load_policy or a cloud policy source, which read it from beside the policy"
+            )
+        return Freezes(
+            self.zone_for(None), tuple(self.freeze), self._calendar, self.freeze_calendar or "", self._external
+        )
 
     def restores_data_volumes(self, clouds: Iterable[Cloud]) -> bool:
         """Whether a rollback of machines on these clouds restores their data volumes too."""
@@ -603,11 +719,52 @@ class Policy(_Section):
         if self.notifications is not None:
             found.extend(self.notifications.problems())
         found.extend(self._traffic_problems())
+        for index, period in enumerate(self.freeze):
+            if (problem := period_problem(period)) is not None:
+                found.append(Problem(("freeze", index), problem))
+        if (self.freeze or self.freeze_calendar) and self.azure is not None and self.azure.maintenance is not None:
+            found.append(
+                Problem(
+                    ("freeze",) if self.freeze else ("freeze_calendar",),
+                    "cannot take effect with azure.maintenance: Update Manager starts each ring at its own "
+                    "scheduled time, whatever the freeze; drop azure.maintenance to let PatchPilot run the rings",
+                )
+            )
+        found.extend(self._governance_problems())
         if self.kind == "non_periodic" and self.schedule is None:
             found.append(Problem(("kind",), "a non_periodic policy needs a schedule (whose windows it skips)"))
         if self.kind == "emergency" and self.emergency is None:
             found.append(Problem(("kind",), "an emergency policy needs an emergency section"))
         return found
+
+    def _governance_problems(self) -> list[Problem]:
+        """Exceptions that select nothing, and SLA keys that are neither a severity nor a
+        classification. (How far ahead `expires` may be depends on now: `exception_problems`.)"""
+        found: list[Problem] = []
+        for index, exception in enumerate(self.exceptions):
+            if exception.select.is_empty():
+                found.append(
+                    Problem(("exceptions", index, "select"), "expected at least one of tags, ids, clouds, regions, os")
+                )
+        if self.compliance is not None:
+            found.extend(self.compliance.sla_problems())
+        return found
+
+    def exception_problems(self, now: datetime) -> list[Problem]:
+        """Each exception that expires more than a year after `now` (the caller's clock): an
+        accepted risk is reviewed at least once a year."""
+        zone = self.zone_for(None)
+        today = now.astimezone(zone).date()
+        latest = a_year_after(today)
+        return [
+            Problem(
+                ("exceptions", index, "expires"),
+                f"exception {index} ({exception.reason}) expires {exception.expires.isoformat()}, more than a "
+                f"year ahead: expected {latest.isoformat()} at the latest; renew it when it ends",
+            )
+            for index, exception in enumerate(self.exceptions)
+            if exception.expires > latest
+        ]
 
     def _traffic_problems(self) -> list[Problem]:
         found: list[Problem] = []

@@ -7,10 +7,11 @@ rules as `patchpilot validate`, so a broken policy is refused with every problem
 
 from __future__ import annotations
 
+import posixpath
 from typing import TYPE_CHECKING
 
 from patchpilot.errors import InputError
-from patchpilot.policy import Policy, parse_policy
+from patchpilot.policy import Policy, parse_policy, with_freeze_calendar
 
 if TYPE_CHECKING:
     from azure.storage.blob import BlobServiceClient
@@ -41,4 +42,12 @@ def read_policy_text(location: str, blobs: BlobServiceClient) -> str:
 
 
 def load_policy_from(location: str, blobs: BlobServiceClient) -> Policy:
-    return parse_policy(read_policy_text(location, blobs), source=location)
+    """The policy, with its `freeze_calendar` read from beside it (the same container and folder)."""
+    policy = parse_policy(read_policy_text(location, blobs), source=location)
+
+    def calendar(name: str) -> tuple[str, str]:
+        container, path = blob_location(location)
+        where = f"{SCHEME}{container}/{posixpath.join(posixpath.dirname(path), name)}"
+        return where, read_policy_text(where, blobs)
+
+    return with_freeze_calendar(policy, calendar)

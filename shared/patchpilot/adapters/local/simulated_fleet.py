@@ -55,6 +55,7 @@ from patchpilot.compliance.model import AssessmentStarted, PatchState
 from patchpilot.engine.messages import (
     CheckHealth,
     InstallPatches,
+    InstallTarget,
     LeavePools,
     Outcome,
     ProbeAgents,
@@ -193,7 +194,7 @@ class SimulatedFleet:
 
     def install_patches(self, command: InstallPatches) -> Progress:
         def plans() -> list[_Plan]:
-            return _plans(command.targets, lambda t: t.instance.id, lambda t: _install(t.instance, t.only, command))
+            return _plans(command.targets, lambda t: t.instance.id, lambda t: _install(t, command))
 
         return self._execute(command.id, command.run_id, "install", plans)
 
@@ -449,20 +450,21 @@ def _snapshot(instance: Instance, command_id: str) -> _Plan:
     return _Plan(instance.id, minutes, True, f"snapshotted {disks}", ids)
 
 
-def _install(instance: Instance, only: list[str] | None, command: InstallPatches) -> _Plan:
+def _install(target: InstallTarget, command: InstallPatches) -> _Plan:
+    instance, only, excluded = target.instance, target.only, [*command.exclude, *target.exclude]  # + its exceptions
     hinted = hints(instance)
     minutes = hinted.install_minutes or _minutes("install", instance.id, *INSTALL_MINUTES)
     reboots = command.reboot != "never"
     if reboots:
         minutes += REBOOT_MINUTES
     if only is not None:
-        patches = list(dict.fromkeys(only))
+        patches = [p for p in dict.fromkeys(only) if not any(matches(p, pattern) for pattern in target.exclude)]
     else:
-        patches = select_patches(instance.os, command.classifications, command.include, command.exclude)
+        patches = select_patches(instance.os, command.classifications, command.include, excluded)
         if HINTED_CLASSIFICATION in command.classifications:  # hinted patches the catalogue does not know
             known = {p for p, _ in CATALOG[instance.os]}
             extra = [p for p in hinted.missing or () if p not in known and p not in patches]
-            patches += [p for p in extra if not any(matches(p, pattern) for pattern in command.exclude)]
+            patches += [p for p in extra if not any(matches(p, pattern) for pattern in excluded)]
     if hinted.install == "fail":
         return _Plan(instance.id, minutes, False, _install_failure(instance.os, patches), [])
     count = plural(len(patches), "patch")

@@ -786,6 +786,38 @@ def test_a_pinned_ring_installs_exactly_the_pinned_patches_through_an_override_l
         assert yaml.safe_load(body) == {"patches": [{"id": patch} for patch in pinned[os]]}
 
 
+def test_a_machines_patch_exceptions_leave_the_pinned_set_on_that_machine_only(
+    harness: Harness, clock: ManualClock
+) -> None:
+    """moto: S3 (the override bucket); Stubber: ListCommands and SendCommand. A patch exception
+    (`InstallTarget.exclude`, docs/governance.md) drops the patch from that machine's override list."""
+    boto3.client("s3", region_name=REGION).create_bucket(
+        Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION}
+    )
+    legacy, web = fake(1, prefix="1"), fake(1, prefix="2")
+    pinned = ["openssl-3.0.13-1.el9", "kernel-6.1.90-1"]
+    targets = [
+        InstallTarget(instance=legacy[0], only=pinned, exclude=["openssl"]),
+        InstallTarget(instance=web[0], only=pinned),
+    ]
+    command = install_command([*legacy, *web]).model_copy(update={"targets": targets})
+    stub = harness.stub()
+    expect_list_commands(stub, "AWS-RunPatchBaseline", [], clock.now())
+    expect_send(stub)
+    expect_send(stub)
+
+    make_fleet(harness, clock, override_bucket=BUCKET, override_bucket_region=REGION).install_patches(command)
+
+    harness.done()
+    s3 = boto3.client("s3", region_name=REGION)
+    lists = {}
+    for params in harness.params("SendCommand"):
+        url = params["Parameters"]["InstallOverrideList"][0]
+        body = s3.get_object(Bucket=BUCKET, Key=url.removeprefix(f"s3://{BUCKET}/"))["Body"].read()
+        lists[tuple(params["InstanceIds"])] = [p["id"] for p in yaml.safe_load(body)["patches"]]
+    assert lists == {(legacy[0].id,): ["kernel-6.1.90-1"], (web[0].id,): pinned}
+
+
 def emergency_command(targets: list[Instance], fixes: list[str], **kwargs: Any) -> InstallPatches:
     """An emergency run's first ring: only the advisory's fixes, no classification."""
     return install_command(targets, **kwargs).model_copy(update={"classifications": [], "include": fixes})

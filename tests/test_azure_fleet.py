@@ -466,6 +466,25 @@ def test_arc_servers_have_no_snapshot_unless_the_policy_patches_them_without_rol
 # ---------------------------------------------------------------- install
 
 
+def test_a_machines_patch_exceptions_are_excluded_from_its_install_only(world: World) -> None:
+    """The policy's patch exceptions travel per machine (`InstallTarget.exclude`, docs/governance.md)."""
+    excepted = world.azure.add_vm("legacy-1", available=[OPENSSL, KERNEL])
+    other = world.azure.add_vm("web-1", available=[OPENSSL, KERNEL])
+    command = install_command(
+        [
+            InstallTarget(instance=instance(world, excepted), exclude=["openssl*"]),
+            InstallTarget(instance=instance(world, other)),
+        ],
+    )
+
+    world.fleet().install_patches(command)
+
+    legacy = world.bodies("POST", "legacy-1/installpatches")[0]["linuxParameters"]
+    web = world.bodies("POST", "web-1/installpatches")[0]["linuxParameters"]
+    assert legacy["packageNameMasksToExclude"] == ["openssl*"]
+    assert "packageNameMasksToExclude" not in web
+
+
 def test_install_marks_each_vm_starts_once_and_reads_progress_from_resource_graph(world: World) -> None:
     linux = world.azure.add_vm("web-1", available=[OPENSSL, KERNEL, VIM])
     windows = world.azure.add_vm("win-1", os="Windows", available=[KB_CU, KB_DEF])

@@ -19,6 +19,7 @@ from botocore.exceptions import ClientError
 from patchpilot.batching import chunks, group, unique
 from patchpilot.engine.messages import InstallPatches, InstallTarget, Outcome
 from patchpilot.inventory import OsFamily
+from patchpilot.policy.exceptions import names_patch
 from patchpilot.ports import InProgress, Progress
 from patchpilot.wording import plural
 
@@ -66,9 +67,11 @@ def install_patches(access: AwsAccess, command: InstallPatches, bucket: Override
     token = short_token(command.id)
     sendable: list[InstallTarget] = []
     for target in targets:
-        if target.only is not None and not target.only:
+        left = [p for p in target.only or () if not names_patch(target.exclude, p)]
+        if target.only is not None and not left:
+            why = "the promoted patch set is empty" if not target.only else "the policy excepts every promoted patch"
             outcomes[target.instance.id] = Outcome(
-                id=target.instance.id, ok=True, detail="nothing to install: the promoted patch set is empty", at=now
+                id=target.instance.id, ok=True, detail=f"nothing to install: {why}", at=now
             )
         elif target.only is not None and bucket is None:
             detail = "a pinned patch set needs an override bucket for InstallOverrideList; not installed"
@@ -261,6 +264,8 @@ def _install_parts(targets: Sequence[InstallTarget]) -> list[_Part]:
     for target in targets:
         instance = target.instance
         pinned = tuple(dict.fromkeys(target.only)) if target.only is not None else None
+        if pinned is not None and target.exclude:  # the policy's patch exceptions for this machine
+            pinned = tuple(p for p in pinned if not names_patch(target.exclude, p))
         groups.setdefault((instance.account, instance.region, instance.os, pinned), []).append(instance.id)
     parts = []
     for key in sorted(groups, key=lambda k: (k[0] or "", k[1], k[2], k[3] is not None, k[3] or ())):

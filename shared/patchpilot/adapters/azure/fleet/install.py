@@ -176,7 +176,7 @@ def _start_install(
         target.instance.os,
         command.classifications,
         command.include,
-        command.exclude,
+        [*command.exclude, *target.exclude],  # and the policy's patch exceptions for this machine
         target.only,
         command.reboot,
         duration,
@@ -301,7 +301,7 @@ def _unseen_install(
         item.target.instance.os,
         command.classifications,
         command.include,
-        command.exclude,
+        [*command.exclude, *item.target.exclude],  # and the policy's patch exceptions for this machine
         item.target.only,
         command.reboot,
         duration,

@@ -208,3 +208,22 @@ aws: {{regions: [{REGION}], organization: {{ou: [ou-ab12-cdef3456]}}}}
     assert text.endswith("(needs organizations:ListAccountsForParent)")
     assert not any(service == "ec2" for service, _ in recorder.asked)  # no placement read on a partial list
     stubber.assert_no_pending_responses()
+
+
+def test_the_baselines_sync_targets_the_organizations_accounts_too(aws: None) -> None:
+    from patchpilot.cli_aws import Target, _targets
+
+    org = Organization()
+    unit = org.unit("Workloads")
+    member = org.account("shop", unit)
+    policy = parse_policy(
+        f"""
+name: orgs
+rings: [{{name: all, select: {{clouds: [aws]}}}}]
+aws: {{accounts: [{{id: '111111111111'}}], organization: {{ou: [{unit}]}}}}
+"""
+    )
+
+    targets = _targets(policy, [REGION], "policy.yaml", Recorder(AwsSessions()))
+
+    assert targets == [Target("111111111111", REGION), Target(member, REGION)]

@@ -109,3 +109,12 @@ def test_a_policy_names_subscriptions_or_management_groups_not_both() -> None:
     (problem,) = caught.value.problems
     assert problem.path == ("azure", "management_groups")
     assert "either azure.subscriptions or azure.management_groups, not both" in problem.message
+
+
+def test_update_manager_schedules_need_subscriptions_not_management_groups() -> None:
+    maintenance = "  maintenance: {resource_group: rg-patching, location: westeurope}\n"
+    with pytest.raises(InputError) as caught:
+        parse_policy(POLICY + maintenance)
+    (problem,) = caught.value.problems
+    assert problem.path == ("azure", "maintenance")
+    assert "not available with azure.management_groups" in problem.message

@@ -756,6 +756,14 @@ class Policy(_Section):
                     "reads one scope (put the subscriptions under a management group, or list them all)",
                 )
             )
+        if self.azure is not None and self.azure.management_groups and self.azure.maintenance is not None:
+            found.append(
+                Problem(
+                    ("azure", "maintenance"),
+                    "not available with azure.management_groups: Update Manager's configurations and dynamic "
+                    "scopes live in azure.subscriptions",
+                )
+            )
         if self.kind == "non_periodic" and self.schedule is None:
             found.append(Problem(("kind",), "a non_periodic policy needs a schedule (whose windows it skips)"))
         if self.kind == "emergency" and self.emergency is None:

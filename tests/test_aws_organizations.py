@@ -227,3 +227,61 @@ aws: {{accounts: [{{id: '111111111111'}}], organization: {{ou: [{unit}]}}}}
     targets = _targets(policy, [REGION], "policy.yaml", Recorder(AwsSessions()))
 
     assert targets == [Target("111111111111", REGION), Target(member, REGION)]
+
+
+def test_the_maintenance_watch_says_when_the_organization_is_unreadable_and_reads_the_listed_accounts(
+    aws: None,
+) -> None:
+    """Stubber: Organizations refuses; moto: EC2 (DescribeInstanceStatus) in the listed account."""
+    recorder = Recorder(AwsSessions())
+    stubber = Stubber(recorder("organizations", None, REGION))
+    stubber.add_client_error("list_accounts_for_parent", "AccessDeniedException", "not authorized", 400)
+    stubber.activate()
+    policy = parse_policy(
+        f"""
+name: orgs
+rings: [{{name: all, select: {{clouds: [aws]}}}}]
+aws: {{regions: [{REGION}], accounts: [{{id: '111111111111'}}], organization: {{ou: [ou-ab12-cdef3456]}}}}
+maintenance_watch: {{rds: false, health: false}}
+"""
+    )
+
+    result = Ec2SsmFleet(recorder, ManualClock(T0), default_region=REGION).upcoming_maintenance(policy, [], T0)
+
+    assert result.unavailable == (
+        (
+            "the accounts of aws.organization",
+            "the accounts of aws.organization are not readable: ListAccountsForParent on ou-ab12-cdef3456 failed "
+            "(AccessDeniedException: not authorized) (needs organizations:ListAccountsForParent)",
+        ),
+    )
+    stubber.assert_no_pending_responses()
+
+
+def test_the_lambda_assumes_the_member_role_the_deployed_policy_names(aws: None) -> None:
+    """moto: S3 (the deployed policy), STS AssumeRole; the runtime's own clients (AwsSessions)."""
+    from patchpilot.bootstrap.aws import AwsEnvironment, AwsRuntime
+
+    s3 = boto3.client("s3", region_name=REGION)
+    s3.create_bucket(Bucket="patchpilot-config", CreateBucketConfiguration={"LocationConstraint": REGION})
+    policy = f"""
+name: orgs
+rings: [{{name: all, select: {{clouds: [aws]}}}}]
+aws: {{regions: [{REGION}], accounts: [{{id: '222222222222'}}], organization: {{ou: [ou-ab12-cdef3456]}}}}
+"""
+    s3.put_object(Bucket="patchpilot-config", Key="policy.yaml", Body=policy.encode())
+    env = AwsEnvironment.from_environ(
+        {
+            "PATCHPILOT_TABLE": "runs",
+            "PATCHPILOT_QUEUE_URL": f"https://sqs.{REGION}.amazonaws.com/123456789012/steps",
+            "PATCHPILOT_POLICY": "s3://patchpilot-config/policy.yaml",
+            "AWS_REGION": REGION,
+        }
+    )
+
+    runtime = AwsRuntime.build(env, None)
+
+    member = runtime.clients("sts", "111111111111", REGION).get_caller_identity()["Arn"]
+    assert member == "arn:aws:sts::111111111111:assumed-role/PatchPilotMember/patchpilot"
+    listed = runtime.clients("sts", "222222222222", REGION).get_caller_identity()["Arn"]
+    assert ":assumed-role/" not in listed  # listed without a role: the function's own credentials

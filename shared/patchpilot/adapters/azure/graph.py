@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 PAGE_SIZE = 1000
 SUBSCRIPTIONS_PER_QUERY = 300
-MANAGEMENT_GROUPS_PER_QUERY = 10  # a query's managementGroups: kept small, each group may hold many subscriptions
+MANAGEMENT_GROUPS_PER_QUERY = 10  # groups in one query: our batch size (a group may hold many subscriptions)
 IDS_PER_QUERY = 400  # machine ids quoted into one `in~ (...)`: keeps a query well under its size limit
 
 

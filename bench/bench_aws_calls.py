@@ -13,6 +13,12 @@ Lambda's, not the function's, and are not counted). The target: at most 2 fleet 
 SSM, CloudWatch, S3) per instance beyond CreateSnapshots, which is one per instance by design
 (per-instance EC2 call for multi-volume crash-consistent snapshots). Figures go to
 bench/results/aws_calls.json.
+
+With `--drain` the same run drains every instance from its ELBv2 target group before its install
+and re-adds it after its health checks with the pool's health as one more check (`traffic.drain`,
+`pool_health`; moto's ELBv2), ten target groups of 50: the ELBv2 calls are counted as fleet calls,
+with their own target (at most 0.5 per instance: they are batched per target group and wave, never
+per instance). Figures go to bench/results/aws_calls_drain.json.
 """
 
 from __future__ import annotations
@@ -46,8 +52,13 @@ BROKEN = 3  # production instances whose health check fails once patched
 REGION = "ap-northeast-1"
 ZONES = ("a", "c", "d")
 BUCKET = "patchpilot-config-bench"
-FLEET_SERVICES = ("ec2", "ssm", "cloudwatch", "s3")
+# botocore's service ids, as the call hook names them
+FLEET_SERVICES = ("ec2", "ssm", "cloudwatch", "s3", "elastic-load-balancing-v2", "auto-scaling")
 TARGET_BEYOND_SNAPSHOTS = 2.0  # fleet calls per instance beyond CreateSnapshots
+DRAIN = "--drain" in sys.argv
+TARGET_GROUPS = 10  # with --drain: the instances spread over this many target groups
+TARGET_ELBV2 = 0.5  # with --drain: ELBv2 calls per instance, drain and re-add with pool health
+TARGET_BEYOND_SNAPSHOTS_DRAIN = TARGET_BEYOND_SNAPSHOTS + TARGET_ELBV2
 
 POLICY = f"""
 name: tokyo-monthly
@@ -63,6 +74,7 @@ health:
   timeout: 10m
 aws: {{regions: [{REGION}]}}
 """
+DRAIN_POLICY = POLICY + "traffic: {drain: true, pool_health: true}\n"
 
 
 def setup(clock: ManualClock) -> tuple[AwsRuntime, Clients, FleetServices, EventSourceMapping, str]:
@@ -78,7 +90,7 @@ def setup(clock: ManualClock) -> tuple[AwsRuntime, Clients, FleetServices, Event
     ]
     s3 = boto3.client("s3", region_name=REGION)
     s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
-    s3.put_object(Bucket=BUCKET, Key="policy.yaml", Body=POLICY.encode())
+    s3.put_object(Bucket=BUCKET, Key="policy.yaml", Body=(DRAIN_POLICY if DRAIN else POLICY).encode())
     cloudwatch = boto3.client("cloudwatch", region_name=REGION)
     cloudwatch.put_metric_alarm(
         AlarmName="tokyo-web-5xx",
@@ -94,6 +106,8 @@ def setup(clock: ManualClock) -> tuple[AwsRuntime, Clients, FleetServices, Event
 
     services = FleetServices(clock, REGION)
     launch(services)
+    if DRAIN:
+        target_groups()
     released = clock.now() - timedelta(days=4)
     services.release(
         Patch("ALAS2023-2025-801", "linux", released),
@@ -157,6 +171,19 @@ def launch(services: FleetServices) -> None:
             services.manage(raw["InstanceId"], os_name, breaks_when_patched=breaks)  # type: ignore[arg-type]
 
 
+def target_groups() -> None:
+    """Every instance registered in one of `TARGET_GROUPS` instance target groups, tagged managed."""
+    ec2 = boto3.client("ec2", region_name=REGION)
+    elbv2 = boto3.client("elbv2", region_name=REGION)
+    vpc = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"][0]["VpcId"]
+    ids = sorted(i["InstanceId"] for r in ec2.describe_instances()["Reservations"] for i in r["Instances"])
+    for n in range(TARGET_GROUPS):
+        arn = elbv2.create_target_group(
+            Name=f"web-{n}", Protocol="HTTP", Port=80, VpcId=vpc, Tags=[{"Key": "PatchPilot", "Value": "managed"}]
+        )["TargetGroups"][0]["TargetGroupArn"]
+        elbv2.register_targets(TargetGroupArn=arn, Targets=[{"Id": i} for i in ids[n::TARGET_GROUPS]])
+
+
 def lambda_worker(runtime: AwsRuntime) -> Any:
     """What the worker function does with an SQS event, without powertools around it."""
 
@@ -173,7 +200,7 @@ def lambda_worker(runtime: AwsRuntime) -> Any:
 
 
 def main() -> None:
-    policy = parse_policy(POLICY)
+    policy = parse_policy(DRAIN_POLICY if DRAIN else POLICY)
     assert policy.schedule is not None
     window = policy.schedule.windows(datetime(2026, 12, 1, tzinfo=UTC), 1)[0].start.astimezone(UTC)
     clock = ManualClock(window + timedelta(minutes=5))
@@ -202,15 +229,17 @@ def main() -> None:
         f"{len(run.waves)} waves, {steps.invocations} worker invocations, {steps.records} records, "
         f"{steps.failed_records} failed records, {dead} dead letters"
     )
-    print(f"\n{'service':<16}{'operation':<34}{'calls':>7}{'per instance':>14}")
+    print(f"\n{'service':<26}{'operation':<34}{'calls':>7}{'per instance':>14}")
     for (service, operation), n in rows:
-        print(f"{service:<16}{operation:<34}{n:>7}{n / size:>14.3f}")
-    print(f"{'fleet (EC2, SSM, CloudWatch, S3)':<50}{fleet:>7}{fleet / size:>14.3f}")
-    print(f"{'run state (SQS, DynamoDB)':<50}{state:>7}{state / size:>14.3f}")
-    print(f"{'all':<50}{fleet + state:>7}{(fleet + state) / size:>14.3f}")
-    print(
-        f"\nfleet calls per instance beyond CreateSnapshots: {fleet_beyond:.3f} (target <= {TARGET_BEYOND_SNAPSHOTS:g})"
-    )
+        print(f"{service:<26}{operation:<34}{n:>7}{n / size:>14.3f}")
+    print(f"{'fleet (EC2, SSM, CloudWatch, S3, ELBv2, Auto Scaling)':<60}{fleet:>7}{fleet / size:>14.3f}")
+    print(f"{'run state (SQS, DynamoDB)':<60}{state:>7}{state / size:>14.3f}")
+    print(f"{'all':<60}{fleet + state:>7}{(fleet + state) / size:>14.3f}")
+    target = TARGET_BEYOND_SNAPSHOTS_DRAIN if DRAIN else TARGET_BEYOND_SNAPSHOTS
+    elbv2 = sum(n for (service, _), n in counts.items() if service == "elastic-load-balancing-v2")
+    print(f"\nfleet calls per instance beyond CreateSnapshots: {fleet_beyond:.3f} (target <= {target:g})")
+    if DRAIN:
+        print(f"ELBv2 calls per instance (drain and re-add): {elbv2 / size:.3f} (target <= {TARGET_ELBV2:g})")
     print(f"all calls per instance beyond CreateSnapshots: {all_beyond:.3f}")
     print(f"wall time {seconds:.1f} s (setup {ready - began:.1f} s)")
 
@@ -229,10 +258,23 @@ def main() -> None:
         "run_state_calls": state,
         "fleet_calls_per_instance_beyond_create_snapshots": round(fleet_beyond, 3),
         "all_calls_per_instance_beyond_create_snapshots": round(all_beyond, 3),
-        "target_fleet_calls_per_instance_beyond_create_snapshots": TARGET_BEYOND_SNAPSHOTS,
+        "target_fleet_calls_per_instance_beyond_create_snapshots": target,
     }
-    write_results("aws_calls", "AWS API calls of one scheduled run (moto + fake SSM), counted per operation", figures)
-    if run.status != "succeeded" or dead or fleet_beyond > TARGET_BEYOND_SNAPSHOTS:
+    if DRAIN:
+        figures["elbv2_calls_per_instance"] = round(elbv2 / size, 3)
+        figures["target_elbv2_calls_per_instance"] = TARGET_ELBV2
+        figures["target_groups"] = TARGET_GROUPS
+        figures["drained"] = sum(1 for r in run.records() if any(s.step == "drain" for s in r.steps))
+        write_results(
+            "aws_calls_drain",
+            "AWS API calls of one scheduled run that drains every instance from its target group (moto ELBv2)",
+            figures,
+        )
+    else:
+        write_results(
+            "aws_calls", "AWS API calls of one scheduled run (moto + fake SSM), counted per operation", figures
+        )
+    if run.status != "succeeded" or dead or fleet_beyond > target or (DRAIN and elbv2 / size > TARGET_ELBV2):
         raise SystemExit(1)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import runpy
+import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -12,6 +13,7 @@ for script in (
     "bench_planner.py",
     "bench_run.py",
     "bench_aws_calls.py",
+    "bench_aws_calls.py --drain",
     "bench_aws_compliance.py",
     "bench_azure_calls.py",
     "bench_azure_watch.py",
@@ -19,8 +21,10 @@ for script in (
     "bench_function_app.py",
 ):
     print(f"== {script}", flush=True)
+    name, *arguments = script.split()
+    sys.argv = [name, *arguments]
     try:
-        runpy.run_path(str(HERE / script), run_name="__main__")
+        runpy.run_path(str(HERE / name), run_name="__main__")
     except SystemExit as exit_:
         if exit_.code:
             failed.append(script)

@@ -652,10 +652,10 @@ def test_the_timer_plans_each_discovered_instance_once_the_unreachable_included(
     planned: list[str] = []
     start = Service.start
 
-    def spy(self: Service, run_id: str, policy: Any, instances: Any) -> Run:
+    def spy(self: Service, run_id: str, policy: Any, instances: Any, **when: Any) -> Run:
         instances = list(instances)
         planned.extend(i.id for i in instances)
-        return start(self, run_id, policy, instances)
+        return start(self, run_id, policy, instances, **when)
 
     monkeypatch.setattr(Service, "start", spy)
     world.clock.set(START + timedelta(minutes=5))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -608,3 +609,19 @@ hooks:
     ) in " ".join(result.output.split())
     plain = run("plan", "--policy", POOL_POLICY, "--inventory", POOL_FLEET)
     assert "Around each install" not in plain.output
+
+
+def test_run_and_status_say_what_the_drain_took_out_and_that_everything_is_back(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    policy = str(EXAMPLES / "policy.yaml")  # drains with pool health, its scaling group in Standby
+    ran = run("run", "--policy", policy, "--inventory", FLEET, "--state-dir", str(state))
+    assert ran.exit_code == 0, ran.output
+    assert (
+        "machines drained from 3 traffic pools and 6 machines put in Standby (1 scaling group), all back" in ran.stdout
+    )
+    run_id = next(line.split()[1].rstrip(":") for line in ran.stdout.splitlines() if line.startswith("Run "))
+    shown = run("status", run_id, "--state-dir", str(state))
+    assert "Traffic pools" in shown.stdout
+    assert re.search(r"lb-web-japaneast\s+│\s+9 of 9\s+│\s+none", shown.stdout)
+    document = json.loads(run("status", run_id, "--state-dir", str(state), "--json").stdout)
+    assert not any(entry["out_of_pools"] for entry in document["instances"].values())

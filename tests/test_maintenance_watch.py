@@ -141,7 +141,7 @@ def test_the_document_is_the_json_contract() -> None:
     )
     document = watch_view(result, POLICY, FLEET, NOW).document()
     json.dumps(document)  # JSON as it is
-    assert document["next_window"] == {"start": "2026-12-12T02:00:00+09:00", "end": "2026-12-12T12:00:00+09:00"}
+    assert document["next_window"] == {"start": "2026-12-12T02:00:00+09:00", "end": "2026-12-12T13:00:00+09:00"}
     assert document["complete"] is False
     assert document["unavailable"] == [
         {"what": "health", "reason": "SubscriptionRequiredException: a Business support plan is needed"}

@@ -92,7 +92,7 @@ class Intake:
             self.discoveries += 1
             return FLEET
 
-        def start(run_id: str, policy: Policy, instances: list[Instance]) -> Run:
+        def start(run_id: str, policy: Policy, instances: list[Instance], **when: Any) -> Run:
             self.started.append((run_id, [i.id for i in instances]))
             from patchpilot.engine.decide import start_run
             from patchpilot.planning import plan

@@ -249,7 +249,7 @@ POOL_READS = {"elasticloadbalancing:DescribeTargetGroups", "elasticloadbalancing
 # target groups carrying the managed tag (ELBv2 evaluates aws:ResourceTag on them).
 POOL_DRAIN_READS = {"elasticloadbalancing:DescribeTargetGroupAttributes"}
 POOL_WRITES = {"elasticloadbalancing:DeregisterTargets", "elasticloadbalancing:RegisterTargets"}
-MANAGED_TAG = {"aws:ResourceTag/${ManagedTagKey}": {"Ref": "ManagedTagValue"}}
+MANAGED_TAG = {"aws:ResourceTag/PatchPilot": {"Ref": "ManagedTagValue"}}
 
 
 def _calls_of(service: str, prefix: str, made: str) -> set[str]:
@@ -307,7 +307,7 @@ def test_discovering_functions_read_scaling_group_membership_and_only_the_worker
         for statement in allowing("WorkerFunction", action):
             group = "arn:${AWS::Partition}:autoscaling:*:*:autoScalingGroup:*:autoScalingGroupName/*"
             assert resources(statement) == [group]
-            condition = {"autoscaling:ResourceTag/${ManagedTagKey}": {"Ref": "ManagedTagValue"}}
+            condition = {"autoscaling:ResourceTag/PatchPilot": {"Ref": "ManagedTagValue"}}
             assert statement["Condition"] == {"StringEquals": condition}, action
 
 
@@ -324,7 +324,7 @@ def test_trigger_scans_only_with_the_patch_baseline_document_on_managed_instance
             continue
         assert targets == ["arn:${AWS::Partition}:ec2:*:*:instance/*"]
         assert statement["Condition"] == {
-            "StringEquals": {"ssm:resourceTag/${ManagedTagKey}": {"Ref": "ManagedTagValue"}}
+            "StringEquals": {"ssm:resourceTag/PatchPilot": {"Ref": "ManagedTagValue"}}
         }
     reports = [r for s in allowing("TriggerFunction", "s3:PutObject") for r in resources(s)]
     assert reports == ["${ConfigBucket.Arn}/reports/*"]
@@ -558,3 +558,12 @@ def test_xray_does_not_capture_responses() -> None:
     for function in FUNCTIONS:
         own = RESOURCES[function]["Properties"].get("Environment", {}).get("Variables", {})
         assert powertools.TRACER_CAPTURE_RESPONSE_ENV not in own and powertools.TRACER_CAPTURE_ERROR_ENV not in own
+
+
+def test_no_condition_key_names_a_parameter_cloudformation_would_leave_unsubstituted() -> None:
+    """CloudFormation substitutes parameters into values (`!Sub`), never into map keys: a condition
+    key written `aws:ResourceTag/${Param}` would ask IAM for a tag literally named `${Param}` and
+    never match, so PatchPilot could change nothing (found in the template before the key was fixed)."""
+    text = (ROOT / "template.yaml").read_text()
+    assert not re.search(r'"[a-z0-9-]+:[A-Za-z]+Tag/\$\{', text)
+

@@ -479,19 +479,26 @@ def _drain(run: Run, now: datetime) -> Decision:
     members = _drain_targets(run)
     if not members:
         return _before_install(run, now)
+    return _leaving(run, now, members, "drain", "draining")
+
+
+def _leaving(
+    run: Run, now: datetime, records: list[InstanceRecord], step: str, state: Literal["draining", "redraining"]
+) -> Decision:
+    """`records` leave their pools (`LeavePools`): they count as out from the moment it is issued."""
     wave = run.current
-    records = {**wave.records, **{r.id: r.model_copy(update={"out_of_pools": True}) for r in members}}
-    run = _with_wave(run, wave.model_copy(update={"records": records}))
+    out = {**wave.records, **{r.id: r.model_copy(update={"out_of_pools": True}) for r in records}}
+    run = _with_wave(run, wave.model_copy(update={"records": out}))
     command = LeavePools(
-        id=_command_id(run, "drain"),
+        id=_command_id(run, step),
         run_id=run.run_id,
         wave=wave.index,
-        targets=[_pool_view(run, r.instance) for r in members],
+        targets=[_pool_view(run, r.instance) for r in records],
         issued_at=now,
         timeout=run.policy.traffic.drain_timeout,
         standby=run.policy.scaling_groups == "standby",
     )
-    return _await(run, "draining", command)
+    return _await(run, state, command)
 
 
 def _on_pools_left(run: Run, event: Event, now: datetime) -> Decision:
@@ -697,19 +704,7 @@ def _roll_back_failures(run: Run, now: datetime) -> Decision:
     again = _redrain_targets(run.current)
     if not again:
         return _roll_back(run, failed)
-    wave = run.current
-    records = {**wave.records, **{r.id: r.model_copy(update={"out_of_pools": True}) for r in again}}
-    run = _with_wave(run, wave.model_copy(update={"records": records}))
-    command = LeavePools(
-        id=_command_id(run, "redrain"),
-        run_id=run.run_id,
-        wave=wave.index,
-        targets=[_pool_view(run, r.instance) for r in again],
-        issued_at=now,
-        timeout=run.policy.traffic.drain_timeout,
-        standby=run.policy.scaling_groups == "standby",
-    )
-    return _await(run, "redraining", command)
+    return _leaving(run, now, again, "redrain", "redraining")
 
 
 def _on_redrained(run: Run, event: Event, now: datetime) -> Decision:

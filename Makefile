@@ -70,6 +70,8 @@ check-templates: $(IAC)/.installed setup
 	$(IAC)/bin/cfn-lint template.yaml
 	env -i PATH="$(PATH)" HOME="$(CURDIR)/build/samhome" SAM_CLI_TELEMETRY=0 $(IAC)/bin/sam validate --lint --template template.yaml
 	$(IAC)/bin/checkov -f template.yaml --framework cloudformation --quiet --compact --skip-download
+	$(IAC)/bin/cfn-lint infra/aws/member-role.yaml
+	$(IAC)/bin/checkov -f infra/aws/member-role.yaml --framework cloudformation --quiet --compact --skip-download
 	$(BIN)/python infra/aws/check_package.py
 	$(IAC)/bin/python infra/azure/check_bicep.py
 	$(BIN)/python infra/azure/check_package.py

@@ -120,8 +120,9 @@ class GraphQuery:
     row of the answer (all pages)."""
 
     text: str
-    subscriptions: list[str] | None
+    subscriptions: list[str] | None  # as the tables saw them: a management group's, when the query named groups
     rows: list[dict[str, Any]]
+    management_groups: list[str] | None = None  # the request's managementGroups scope, if it named one
 
 
 @dataclass
@@ -159,6 +160,9 @@ class FakeArm:
         self._tables: dict[str, TableHandler] = {}
         self.graph_answers: list[GraphQuery] = []  # in the order asked, each once (not per page)
         self.spec_check: SpecHook | None = None
+        # Management groups (names) and the subscriptions under each, child groups' included, as a
+        # test configures them: a Resource Graph query scoped to groups reads those subscriptions.
+        self.management_groups: dict[str, list[str]] = {}
 
     # ------------------------------------------------------------ wiring the real clients
 
@@ -302,12 +306,22 @@ class FakeArm:
         name = text.strip().split(None, 1)[0].lower() if text.strip() else ""
         if name not in self._tables:
             raise ArmError(400, "BadRequest", f"the fake models no Resource Graph table {name!r}")
-        rows = self._tables[name](text, body.get("subscriptions"))
+        groups = body.get("managementGroups")
+        subscriptions = body.get("subscriptions")
+        if groups:
+            if subscriptions:
+                raise ArmError(400, "BadRequest", "a query names subscriptions or managementGroups, not both")
+            unknown = [g for g in groups if g not in self.management_groups]
+            if unknown:  # the fake's wording: the identity reads no such group
+                raise ArmError(403, "AuthorizationFailed", f"no access to management group(s) {', '.join(unknown)}")
+            subscriptions = sorted({s for g in groups for s in self.management_groups[g]})
+        # Groups with no subscription under them answer nothing (a table reads no list as every subscription).
+        rows = [] if groups and not subscriptions else self._tables[name](text, subscriptions)
         options = body.get("options") or {}
         top = int(options.get("$top") or 100)
         start = int(options.get("$skipToken") or 0)
         if start == 0:
-            self.graph_answers.append(GraphQuery(text, body.get("subscriptions"), list(rows)))
+            self.graph_answers.append(GraphQuery(text, subscriptions, list(rows), groups or None))
         page = rows[start : start + top]
         answer: dict[str, Any] = {
             "totalRecords": len(rows),

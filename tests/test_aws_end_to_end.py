@@ -343,7 +343,7 @@ def _build_world(clock: ManualClock, monkeypatch: pytest.MonkeyPatch) -> World:
         "POWERTOOLS_SERVICE_NAME": "patchpilot",
     }.items():
         monkeypatch.setenv(name, value)
-    monkeypatch.setattr(runtime_module, "AwsSessions", lambda: clients)
+    monkeypatch.setattr(runtime_module, "AwsSessions", lambda **_: clients)
     monkeypatch.setattr(runtime_module, "WallClock", lambda: clock)
 
     deps.cache_clear()

@@ -99,8 +99,8 @@ def sync(
     specs = desired_baselines(policy)
     instances = load_inventory(inventory_path) if inventory_path else None
     clients: ClientFactory = ctx.obj if ctx.obj is not None else _default_clients(policy)
-    targets = _targets(policy, regions, policy_path)
-    accounts = len(policy.aws.accounts) if policy.aws else 0
+    targets = _targets(policy, regions, policy_path, clients)
+    accounts = len({t.account for t in targets if t.account is not None})
 
     results = []
     for target in targets:
@@ -151,7 +151,7 @@ def _load(policy_path: str) -> Policy:
     return policy
 
 
-def _targets(policy: Policy, regions: Sequence[str], source: str) -> list[Target]:
+def _targets(policy: Policy, regions: Sequence[str], source: str, clients: ClientFactory | None = None) -> list[Target]:
     chosen = list(dict.fromkeys(regions)) or (list(policy.aws.regions) if policy.aws else [])
     if not chosen:
         default = _default_region()
@@ -162,7 +162,13 @@ def _targets(policy: Policy, regions: Sequence[str], source: str) -> list[Target
                 ("aws", "regions"),
             )
         chosen = [default]
-    accounts: list[str | None] = [a.id for a in policy.aws.accounts] if policy.aws and policy.aws.accounts else [None]
+    from patchpilot.adapters.aws.accounts import fleet_accounts
+    from patchpilot.ports import DiscoveryReadRefusedError
+
+    try:  # aws.accounts, and the members of aws.organization's OUs
+        accounts = fleet_accounts(clients or _default_clients(policy), policy.aws, chosen[0])
+    except DiscoveryReadRefusedError as exc:
+        raise click.ClickException(str(exc)) from None
     return [Target(account, region) for account in accounts for region in chosen]
 
 

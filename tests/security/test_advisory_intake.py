@@ -288,7 +288,7 @@ def _burst(monkeypatch: pytest.MonkeyPatch) -> Burst:
         "POWERTOOLS_SERVICE_NAME": "patchpilot",
     }.items():
         monkeypatch.setenv(key, value)
-    monkeypatch.setattr(runtime_module, "AwsSessions", lambda: clients)
+    monkeypatch.setattr(runtime_module, "AwsSessions", lambda **_: clients)
     monkeypatch.setattr(runtime_module, "WallClock", lambda: clock)
     discoveries = []
     real_discover = Ec2SsmFleet.discover

@@ -78,7 +78,19 @@ class AwsRuntime(ServerlessRuntime):
 
     @classmethod
     def build(cls, env: AwsEnvironment, log: Any, clients: ClientFactory | None = None) -> AwsRuntime:
-        return cls(env, clients or AwsSessions(), log, WallClock())
+        """Without `clients`, the Lambda's own credentials, assuming in each other account the role
+        the deployed policy names for it (`aws.accounts[].role`, `aws.organization.role_name`),
+        looked up on the account's first use in the warm container."""
+        runtime: AwsRuntime | None = None
+
+        def role_of(account: str) -> str | None:
+            from patchpilot.adapters.aws.accounts import member_role
+
+            assert runtime is not None  # asked only once a client of an account is wanted
+            return member_role(runtime.policy().aws, account)
+
+        runtime = cls(env, clients or AwsSessions(role_of=role_of), log, WallClock())
+        return runtime
 
     @functools.cached_property
     def store(self) -> RunStore:

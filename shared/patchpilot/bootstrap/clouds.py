@@ -74,11 +74,12 @@ def configured_aws_region() -> str | None:
 
 def aws_sessions(policy: Policy) -> ClientFactory:
     """The CLI's AWS clients: the local credentials, assuming each account's role the policy names
-    (`aws.accounts`). ImportError without the aws extra."""
+    (`aws.accounts`, the member role of `aws.organization`). ImportError without the aws extra."""
+    from patchpilot.adapters.aws.accounts import member_role
     from patchpilot.adapters.aws.sessions import AwsSessions
 
-    roles = {a.id: a.role for a in policy.aws.accounts} if policy.aws else {}
-    return AwsSessions(roles)
+    settings = policy.aws
+    return AwsSessions(role_of=lambda account: member_role(settings, account))
 
 
 def azure_clients() -> AzureClients:

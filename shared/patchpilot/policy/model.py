@@ -350,6 +350,18 @@ class AwsAccount(_Section):
     role: str | None = Field(default=None, pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$")  # assumed in that account
 
 
+class AwsOrganization(_Section):
+    """The member accounts of AWS Organizations units, listed on each run (docs/governance.md):
+    every ACTIVE account under the `ou` ids (child units included), reached through the role
+    `role_name` that the member-role StackSet deploys in each (infra/aws/member-role.yaml)."""
+
+    # organizational unit ids (ou-...), or the root (r-...) for the whole organisation
+    ou: OneOrMore[Annotated[str, Field(pattern=r"^(ou-[0-9a-z]{4,32}-[a-z0-9]{8,32}|r-[0-9a-z]{4,32})$")]] = Field(
+        min_length=1
+    )
+    role_name: str = Field(default="PatchPilotMember", pattern=r"^[\w+=,.@-]{1,64}$")  # assumed in each member
+
+
 BaselineOs = Literal[
     "WINDOWS",
     "AMAZON_LINUX_2",
@@ -383,10 +395,13 @@ class AwsBaselines(_Section):
 
 
 class AwsSettings(_Section):
-    """Where the AWS fleet is and how to reach it. Without accounts, the current account is used."""
+    """Where the AWS fleet is and how to reach it. Without accounts or an organization, the current
+    account is used."""
 
     regions: OneOrMore[str] = Field(default_factory=new_list)
     accounts: list[AwsAccount] = Field(default_factory=new_list)
+    # the member accounts of OUs, listed on each run, besides `accounts` (which keep their own role)
+    organization: AwsOrganization | None = None
     restore_data_volumes: bool = False  # rollback restores data volumes too, not only the root volume
     patch_group_tag: str = "PatchGroup"
     baselines: AwsBaselines | None = None  # Patch Manager baselines and patch groups: `patchpilot aws sync`
@@ -410,6 +425,8 @@ class AzureSettings(_Section):
     resource group, every location."""
 
     subscriptions: OneOrMore[str] = Field(default_factory=new_list)
+    # management group names (ids): discovery reads every subscription under them, instead of `subscriptions`
+    management_groups: OneOrMore[Annotated[str, Field(min_length=1, max_length=90)]] = Field(default_factory=new_list)
     resource_groups: OneOrMore[str] = Field(default_factory=new_list)
     locations: OneOrMore[str] = Field(default_factory=new_list)
     arc: bool = False  # Arc-enabled servers too (Microsoft.HybridCompute/machines)
@@ -731,6 +748,22 @@ class Policy(_Section):
                 )
             )
         found.extend(self._governance_problems())
+        if self.azure is not None and self.azure.subscriptions and self.azure.management_groups:
+            found.append(
+                Problem(
+                    ("azure", "management_groups"),
+                    "give either azure.subscriptions or azure.management_groups, not both: Resource Graph "
+                    "reads one scope (put the subscriptions under a management group, or list them all)",
+                )
+            )
+        if self.azure is not None and self.azure.management_groups and self.azure.maintenance is not None:
+            found.append(
+                Problem(
+                    ("azure", "maintenance"),
+                    "not available with azure.management_groups: Update Manager's configurations and dynamic "
+                    "scopes live in azure.subscriptions",
+                )
+            )
         if self.kind == "non_periodic" and self.schedule is None:
             found.append(Problem(("kind",), "a non_periodic policy needs a schedule (whose windows it skips)"))
         if self.kind == "emergency" and self.emergency is None:

@@ -39,8 +39,10 @@ from patchpilot.batching import chunks
 from patchpilot.inventory import Instance
 from patchpilot.maintenance.model import MaintenanceItem, WatchResult
 from patchpilot.policy.model import MaintenanceWatchSettings, Policy
+from patchpilot.ports import DiscoveryReadRefusedError
 
 from .access import AwsAccess, Placement, by_placement, error_code, failure, where
+from .accounts import fleet_accounts
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2 import EC2Client
@@ -85,7 +87,7 @@ def upcoming_maintenance(
             _ec2_events(access.ec2(placement), placement, {i.id: i for i in group}, now, watch)
         except (ClientError, BotoCoreError) as exc:
             watch.failed("EC2 scheduled events", placement, exc)
-    placements = _policy_placements(access, policy, placed)
+    placements = _policy_placements(access, policy, placed, watch)
     if settings.rds:
         for placement in placements:
             try:
@@ -107,12 +109,19 @@ def upcoming_maintenance(
     return WatchResult(items=tuple(unique.values()), unavailable=tuple(watch.unavailable))
 
 
-def _policy_placements(access: AwsAccess, policy: Policy, placed: dict[Placement, list[Instance]]) -> list[Placement]:
-    """The policy's accounts × regions (the current account, the default region without them),
-    and the fleet's own placements."""
+def _policy_placements(
+    access: AwsAccess, policy: Policy, placed: dict[Placement, list[Instance]], watch: _Watch
+) -> list[Placement]:
+    """The policy's accounts (`fleet_accounts`: its organization's members too) × regions (the
+    current account, the default region without them), and the fleet's own placements. When the
+    organization's accounts cannot be listed, that is said and its listed accounts are read."""
     settings = policy.aws
     regions = list(settings.regions) if settings and settings.regions else [access.default_region]
-    accounts: list[str | None] = [a.id for a in settings.accounts] if settings and settings.accounts else [None]
+    try:
+        accounts = fleet_accounts(access.client_factory, settings, access.default_region)
+    except DiscoveryReadRefusedError as exc:
+        watch.unavailable.append(("the accounts of aws.organization", str(exc)))
+        accounts = [a.id for a in settings.accounts] if settings and settings.accounts else []
     placements = [(account, region) for account in accounts for region in regions]
     if accounts == [None]:  # the current account, which the fleet's instances name by id: read each place once
         placements = [p for p in placements if not any(region == p[1] for _, region in placed)]

@@ -4,7 +4,9 @@ One boto3 `Session` per (account, region): boto3 sessions are cheap but not thre
 session per placement keeps the credentials of different accounts apart. An account listed with
 a role is reached by STS AssumeRole (session name "patchpilot"); its temporary credentials are
 cached per account and renewed a few minutes before they expire. Any other account, and the
-account `None`, use the ambient credentials (the Lambda's role, the CLI profile).
+account `None`, use the ambient credentials (the Lambda's role, the CLI profile). The roles are
+given as a mapping, or found on an account's first use by `role_of` (the member role of an
+organization's account, `adapters/aws/accounts.py` `member_role`) and kept for the session's life.
 
 Every client is built with adaptive retries (client-side rate limiting plus up to 10 attempts),
 so throttling (`RequestLimitExceeded`, `ThrottlingException`) is absorbed by botocore and the
@@ -55,13 +57,17 @@ class AwsSessions:
         self,
         roles: Mapping[str, str | None] | None = None,
         *,
+        role_of: Callable[[str], str | None] | None = None,
         base: boto3.Session | None = None,
         sts_region: str | None = None,
         config: Config | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        """`roles` maps an account id to the role ARN assumed in it (None: ambient credentials)."""
-        self._roles = {account: role for account, role in (roles or {}).items() if role}
+        """`roles` maps an account id to the role ARN assumed in it (None: ambient credentials);
+        `role_of` answers for the accounts `roles` does not name, once per account (it may build
+        clients of the account None through this factory: it is called outside the lock)."""
+        self._roles: dict[str, str | None] = dict(roles or {})
+        self._role_of = role_of
         self._given = base
         self._base = base or boto3.Session()
         self._sts_region = sts_region or self._base.region_name or "us-east-1"
@@ -76,7 +82,7 @@ class AwsSessions:
         return self.client(service, account, region)
 
     def client(self, service: str, account: str | None, region: str) -> Any:
-        role_account = account if account in self._roles else None
+        role_account = account if account is not None and self._role(account) else None
         with self._lock:
             if role_account is not None:
                 self._renew(role_account)
@@ -87,6 +93,12 @@ class AwsSessions:
                 client = session.client(service, region_name=region, config=self._config)  # type: ignore[call-overload]
                 self._clients[key] = client
             return client
+
+    def _role(self, account: str) -> str | None:
+        if account not in self._roles:
+            # Two threads may both ask `role_of` for a new account: the answers are the same.
+            self._roles[account] = self._role_of(account) if self._role_of is not None else None
+        return self._roles[account]
 
     def _session(self, account: str | None, region: str) -> boto3.Session:
         session = self._sessions.get((account, region))
@@ -113,7 +125,9 @@ class AwsSessions:
         if cached is not None and cached.expires - RENEW_BEFORE > self._now():
             return
         sts = self._base.client("sts", region_name=self._sts_region, config=self._config)
-        answer = sts.assume_role(RoleArn=self._roles[account], RoleSessionName=ROLE_SESSION_NAME)
+        role = self._roles[account]
+        assert role is not None  # only accounts with a role are renewed
+        answer = sts.assume_role(RoleArn=role, RoleSessionName=ROLE_SESSION_NAME)
         creds = answer["Credentials"]
         self._credentials[account] = _Credentials(
             access_key=creds["AccessKeyId"],

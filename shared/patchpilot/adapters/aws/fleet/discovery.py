@@ -15,6 +15,7 @@ from patchpilot.policy.model import Policy
 from patchpilot.ports import DiscoveryResult, Progress
 
 from ..access import Addresses, AwsAccess, Placement, addresses_of, agent_problem, by_placement, instance_state, tags_of
+from ..accounts import fleet_accounts
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2.type_defs import FilterTypeDef, InstanceTypeDef
@@ -28,10 +29,12 @@ def discover(access: AwsAccess, policy: Policy) -> DiscoveryResult:
     `rollout.pool_budget` or `traffic.drain` each instance's `traffic_pools` are the target groups it is in
     (`AwsAccess.target_groups`: a refusal raises `PoolsUnreadableError`, never "no pools"). Each
     instance's `scaling_group` is its Auto Scaling group's name, always read (a member patched in
-    place could be replaced while it reboots): a refusal raises `ScalingGroupsUnreadableError`."""
+    place could be replaced while it reboots): a refusal raises `ScalingGroupsUnreadableError`.
+    The accounts are `fleet_accounts`: with `aws.organization`, its units' members are listed
+    again on each discovery (a refused Organizations read raises `DiscoveryReadRefusedError`)."""
     settings = policy.aws
     regions = list(settings.regions) if settings and settings.regions else [access.default_region]
-    accounts: list[str | None] = [a.id for a in settings.accounts] if settings and settings.accounts else [None]
+    accounts = fleet_accounts(access.client_factory, settings, access.default_region)
     found: list[Instance] = []
     unreachable: list[tuple[Instance, str]] = []
     for account in accounts:

@@ -125,8 +125,9 @@ def agent_version(view: Any) -> str:
 
 
 def discover(access: AzureAccess, policy: Policy) -> DiscoveryResult:
-    """The policy's VMs (and Arc servers with azure.arc) in its subscriptions, resource groups
-    and locations that its rings may select: one paged Resource Graph query, then an instance
+    """The policy's VMs (and Arc servers with azure.arc) in its subscriptions (or every
+    subscription under its `azure.management_groups`), resource groups and locations that its
+    rings may select: one paged Resource Graph query, then an instance
     view read per running VM for its agent and (in an availability set) its update domain.
     Stopped VMs, VMs whose agent is not Ready and disconnected Arc servers are unreachable.
     With `rollout.pool_budget` or `traffic.drain` (`Policy.reads_pools`) a VM's `traffic_pools`
@@ -135,9 +136,12 @@ def discover(access: AzureAccess, policy: Policy) -> DiscoveryResult:
     if kql is None:
         return DiscoveryResult([])
     subscriptions = list(policy.azure.subscriptions) if policy.azure else []
+    groups = list(policy.azure.management_groups) if policy.azure else []
     found: list[Instance] = []
     unreachable: list[tuple[Instance, str]] = []
-    rows = query(access.graph(), kql, subscriptions)
+    rows = query(access.graph(), kql, subscriptions, management_groups=groups)
+    if groups:  # the NICs are read in the subscriptions the machines were found in
+        subscriptions = sorted({m.subscription for m in map(parse_machine, (text(r, "id") for r in rows)) if m})
     pools = with_pools(access, rows, subscriptions) if policy.reads_pools else {}
     for row in rows:
         instance = to_instance(row)

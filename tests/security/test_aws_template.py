@@ -323,9 +323,7 @@ def test_trigger_scans_only_with_the_patch_baseline_document_on_managed_instance
         if not targets:
             continue
         assert targets == ["arn:${AWS::Partition}:ec2:*:*:instance/*"]
-        assert statement["Condition"] == {
-            "StringEquals": {"ssm:resourceTag/PatchPilot": {"Ref": "ManagedTagValue"}}
-        }
+        assert statement["Condition"] == {"StringEquals": {"ssm:resourceTag/PatchPilot": {"Ref": "ManagedTagValue"}}}
     reports = [r for s in allowing("TriggerFunction", "s3:PutObject") for r in resources(s)]
     assert reports == ["${ConfigBucket.Arn}/reports/*"]
 
@@ -566,4 +564,3 @@ def test_no_condition_key_names_a_parameter_cloudformation_would_leave_unsubstit
     never match, so PatchPilot could change nothing (found in the template before the key was fixed)."""
     text = (ROOT / "template.yaml").read_text()
     assert not re.search(r'"[a-z0-9-]+:[A-Za-z]+Tag/\$\{', text)
-

@@ -143,6 +143,7 @@ class FakeAzureCompute:
         on("PUT", DISK, self._put_disk)
         on("PATCH", DISK, self._patch_disk)
         fake.table("resources", self._resources_table)
+        fake.table("computeresources", self._compute_resources_table)
         fake.table("patchinstallationresources", self._installations_table)
 
     # ------------------------------------------------------------ building the world
@@ -248,22 +249,39 @@ class FakeAzureCompute:
         return vm_id
 
     def add_uniform_instance(
-        self, scale_set: str, instance: int, *, rg: str = "rg-web", sub: str = SUB, tags: dict[str, str] | None = None
+        self,
+        scale_set: str,
+        instance: int,
+        *,
+        rg: str = "rg-web",
+        sub: str = SUB,
+        location: str = "westeurope",
+        os: str = "Linux",
+        zone: str | None = None,
+        tags: dict[str, str] | None = None,
     ) -> str:
         """An instance of a Uniform scale set, as a resource of type
-        Microsoft.Compute/virtualMachineScaleSets/virtualMachines (no VM of its own); returns its id."""
+        Microsoft.Compute/virtualMachineScaleSets/virtualMachines (no VM of its own: the REST
+        specification's VirtualMachineScaleSetVM, `instanceId`, `zones`, `storageProfile.osDisk.osType`);
+        returns its id. Resource Graph keeps it in the `computeresources` table, never in `resources`."""
         base = f"/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Compute/virtualMachineScaleSets"
         instance_id = f"{base}/{scale_set}/virtualMachines/{instance}"
-        self.fake.add(
-            {
-                "id": instance_id,
-                "name": f"{scale_set}_{instance}",
-                "type": "Microsoft.Compute/virtualMachineScaleSets/virtualMachines",
-                "location": "westeurope",
-                "tags": dict(tags or {}),
-                "properties": {"storageProfile": {"osDisk": {"osType": "Linux"}}, "provisioningState": "Succeeded"},
-            }
-        )
+        resource: dict[str, Any] = {
+            "id": instance_id,
+            "name": f"{scale_set}_{instance}",
+            "type": "Microsoft.Compute/virtualMachineScaleSets/virtualMachines",
+            "location": location,
+            "tags": dict(tags or {}),
+            "instanceId": str(instance),
+            "properties": {
+                "storageProfile": {"osDisk": {"osType": os}},
+                "provisioningState": "Succeeded",
+                "latestModelApplied": True,
+            },
+        }
+        if zone:
+            resource["zones"] = [zone]
+        self.fake.add(resource)
         return instance_id
 
     def add_arc(
@@ -825,7 +843,15 @@ class FakeAzureCompute:
     def _resources_table(self, text: str, subscriptions: list[str] | None) -> list[dict[str, Any]]:
         self.tick()
         self.graph_queries.append(text)
-        rows = [self._row(r) for r in self.fake.resources.values() if "/providers/" in r["id"]]
+        rows = [self._row(r) for r in self.fake.resources.values() if "/providers/" in r["id"] and not _compute(r)]
+        return run_kql(text, _in(rows, subscriptions))
+
+    def _compute_resources_table(self, text: str, subscriptions: list[str] | None) -> list[dict[str, Any]]:
+        """`computeresources`: the Uniform scale set instances (and only those: the other types it
+        documents, e.g. the instances' NICs' public IPs, the fake does not model)."""
+        self.tick()
+        self.graph_queries.append(text)
+        rows = [self._row(r) for r in self.fake.resources.values() if _compute(r)]
         return run_kql(text, _in(rows, subscriptions))
 
     def _installations_table(self, text: str, subscriptions: list[str] | None) -> list[dict[str, Any]]:
@@ -838,6 +864,11 @@ def _resource_id(found: re.Match[str], kind: str) -> str:
     return (
         f"/subscriptions/{found['sub']}/resourceGroups/{found['rg']}/providers/Microsoft.Compute/{kind}/{found['name']}"
     )
+
+
+def _compute(resource: dict[str, Any]) -> bool:
+    """Whether Resource Graph keeps the resource in `computeresources` rather than `resources`."""
+    return str(resource.get("type", "")).lower() == "microsoft.compute/virtualmachinescalesets/virtualmachines"
 
 
 def _in(rows: list[dict[str, Any]], subscriptions: list[str] | None) -> list[dict[str, Any]]:

@@ -56,7 +56,8 @@ from patchpilot.engine.messages import (
     RunHostHook,
     TakeSnapshots,
 )
-from patchpilot.inventory import Instance, OsFamily
+from patchpilot.errors import InputError
+from patchpilot.inventory import Instance, OsFamily, parse_inventory
 from patchpilot.planning.planner import plan
 from patchpilot.policy import parse_policy
 from patchpilot.policy.model import HealthChecks, HealthScript, HostHook
@@ -191,7 +192,7 @@ def test_discovery_reads_the_rings_scope_zones_sets_and_domains_in_one_query(wor
     aset = f"/subscriptions/{SUB}/resourceGroups/rg-sql/providers/Microsoft.Compute/availabilitySets/AS-SQL".lower()
     assert (got["sql-1"].zone, got["sql-1"].availability_set, got["sql-1"].update_domain) == (None, aset, 3)
     assert got["stg-1"].tags == {"Environment": "staging", "PatchPilot": "yes"}
-    assert world.count("POST", "microsoft.resourcegraph") == 1
+    assert world.count("POST", "microsoft.resourcegraph") == 2  # the VMs, the Uniform scale set instances
     assert world.count("GET", "/instanceview") == 4  # one per running VM: agent state and update domain
 
 
@@ -258,8 +259,8 @@ def test_discovery_fills_traffic_pools_from_the_nics_backend_pools_in_one_more_q
         lonely: (),
         arc: (),  # Arc servers have no pools
     }
-    # One query for the machines, one for all their NICs: never a request per VM.
-    assert world.count("POST", "microsoft.resourcegraph") == 2
+    # One query for the machines, one for all their NICs (and one for Uniform instances): never a request per VM.
+    assert world.count("POST", "microsoft.resourcegraph") == 3
     nic_queries = [q for q in azure.graph_queries if "networkinterfaces" in q.lower()]
     assert len(nic_queries) == 1 and all(f"{n}-nic".lower() in nic_queries[0].lower() for n in ("web-0", "shop-1"))
 
@@ -275,7 +276,7 @@ def test_discovery_reads_no_nics_without_a_pool_budget(world: World) -> None:
     found = world.fleet().discover(parse_policy(POLICY))
 
     assert [i.traffic_pools for i in found.instances] == [()]
-    assert world.count("POST", "microsoft.resourcegraph") == 1
+    assert world.count("POST", "microsoft.resourcegraph") == 2  # the VMs, the Uniform scale set instances
 
 
 def test_discovery_reads_the_nics_to_drain_them_without_a_pool_budget(world: World) -> None:
@@ -301,29 +302,72 @@ def test_a_nic_resource_graph_does_not_return_is_said_never_taken_for_no_pools(w
     assert "rollout.pool_budget (needs Microsoft.Network/networkInterfaces/read)" in str(raised.value)
 
 
-def test_discovery_fills_the_flexible_scale_set_and_never_returns_uniform_instances(world: World) -> None:
+def test_discovery_lists_uniform_instances_excluded_with_their_scale_set_and_never_in_a_wave(world: World) -> None:
     """Fake ARM: a Flexible scale set member carries `properties.virtualMachineScaleSet.id` (the REST
     specification's VirtualMachineProperties SubResource); a Uniform instance is a resource of type
-    microsoft.compute/virtualmachinescalesets/virtualmachines, which the query does not ask for."""
+    microsoft.compute/virtualmachinescalesets/virtualmachines, which Resource Graph keeps in the
+    `computeresources` table: one more query for all of them finds those the rings may select, and
+    the plan lists them as excluded, with `scaling_groups: standby` too."""
     azure = world.azure
     tags = {"Environment": "production"}
     alone = azure.add_vm("web-0", tags=tags)
     members = [azure.add_vm(f"web-flex-{n}", tags=tags, scale_set="VMSS-Web") for n in range(2)]
-    uniform = azure.add_uniform_instance("vmss-batch", 0, tags=tags)
+    uniform = [azure.add_uniform_instance("VMSS-Batch", n, tags=tags, zone=str(n + 1)) for n in range(2)]
+    windows = azure.add_uniform_instance("vmss-win", 0, rg="rg-sql", os="Windows", tags=tags)
+    azure.add_uniform_instance("vmss-dev", 0, tags={"Environment": "dev"})  # no ring selects it
+    azure.add_uniform_instance("vmss-batch", 0, rg="rg-batch", tags=tags)  # outside the policy's groups
+    azure.add_uniform_instance("vmss-neu", 0, location="northeurope", tags=tags)  # outside its locations
 
     found = world.fleet().discover(parse_policy(POLICY))
 
     vmss = f"/subscriptions/{SUB}/resourceGroups/rg-web/providers/Microsoft.Compute/virtualMachineScaleSets/VMSS-Web"
-    groups = {i.id: i.scaling_group for i in found.instances}
-    assert groups == {alone: None, **{m: vmss.lower() for m in members}}
-    assert uniform not in groups
-    assert world.count("POST", "microsoft.resourcegraph") == 1  # in the same query: no extra read
-
-    discovered = plan(parse_policy(POLICY), found.instances)
-    assert [i.id for w in discovered.waves for i in w.instances] == [alone]
-    assert {e.instance.id: e.reason for e in discovered.excluded} == {
-        m: f"member of scaling group {vmss.lower()}: patch its image" for m in members
+    batch = f"/subscriptions/{SUB}/resourcegroups/rg-web/providers/microsoft.compute/virtualmachinescalesets/vmss-batch"
+    win = f"/subscriptions/{SUB}/resourcegroups/rg-sql/providers/microsoft.compute/virtualmachinescalesets/vmss-win"
+    groups = {i.id: (i.scaling_group, i.scale_set_mode) for i in found.instances}
+    assert groups == {
+        alone: (None, None),
+        **{m: (vmss.lower(), None) for m in members},
+        **{u: (batch, "uniform") for u in uniform},
+        windows: (win, "uniform"),
     }
+    got = {i.id: i for i in found.instances}
+    assert [(got[u].name, got[u].zone, got[u].os, got[u].tags) for u in uniform] == [
+        ("VMSS-Batch_0", "westeurope-1", "linux", tags),
+        ("VMSS-Batch_1", "westeurope-2", "linux", tags),
+    ]
+    assert (got[windows].os, got[windows].zone, got[windows].account) == ("windows", None, SUB)
+    assert found.unreachable == []
+    # The VMs' query and one query for every Uniform instance: no read per instance.
+    assert world.count("POST", "microsoft.resourcegraph") == 2
+    assert world.count("GET", "/instanceview") == 3
+    uniform_queries = [q for q in azure.graph_queries if q.startswith("computeresources")]
+    assert len(uniform_queries) == 1 and "tags['Environment']" in uniform_queries[0]
+
+    for scaling_groups in ("skip", "standby"):
+        policy = parse_policy(POLICY + f"scaling_groups: {scaling_groups}\n")
+        discovered = plan(policy, found.instances)
+        in_waves = {i.id for w in discovered.waves for i in w.instances}
+        assert in_waves == ({alone} if scaling_groups == "skip" else {alone, *members})
+        reasons = {e.instance.id: e.reason for e in discovered.excluded}
+        assert reasons == {
+            **(
+                {m: f"member of scaling group {vmss.lower()}: patch its image" for m in members}
+                if scaling_groups == "skip"
+                else {}
+            ),
+            **{u: f"member of scaling group {batch}: patch its image" for u in uniform},
+            windows: f"member of scaling group {win}: patch its image",
+        }
+
+
+def test_an_inventory_names_a_uniform_instance_with_its_scale_set() -> None:
+    entry = {"id": "vmss-0", "cloud": "azure", "region": "westeurope", "os": "linux", "scale_set_mode": "uniform"}
+    wanted = r"instances\[0\]: scale_set_mode uniform needs the scale set's id in scaling_group \(entry \"vmss-0\"\)"
+    with pytest.raises(InputError, match=wanted):
+        parse_inventory({"instances": [entry]}, "fleet.json")
+    (instance,) = parse_inventory({"instances": [{**entry, "scaling_group": "vmss"}]}, "fleet.json")
+    policy = parse_policy("name: p\nscaling_groups: standby\nrings: [{name: all, select: {clouds: [azure]}}]\n")
+    assert [e.reason for e in plan(policy, [instance]).excluded] == ["member of scaling group vmss: patch its image"]
 
 
 def test_a_flexible_scale_set_outside_a_zone_is_patched_one_fault_domain_per_wave(world: World) -> None:
@@ -1021,7 +1065,7 @@ def test_throttled_requests_are_retried_by_azure_core(world: World) -> None:
 
     assert [i.id for i in found.instances] == [vm] and outcomes[0].ok
     graph = [c.status for c in world.arm.calls if "resourcegraph" in c.path]
-    assert graph == [429, 429, 200]
+    assert graph == [429, 429, 200, 200]  # the VMs' query retried, then the Uniform instances' query
     puts = [c.status for c in world.arm.calls if c.method == "PUT" and "/snapshots/" in c.path]
     assert puts == [429, 202, 202]
 

@@ -101,6 +101,9 @@ class Instance:
     # The AWS Auto Scaling group (its name) or Azure scale set (its lower-cased resource id) the
     # machine belongs to (docs/planner.md, "Scaling groups"): any string id.
     scaling_group: Annotated[str, Field(min_length=1, max_length=1600)] | None = None
+    # "uniform": an instance of an Azure Uniform scale set (its `scaling_group`), which PatchPilot
+    # cannot patch in place: the planner always excludes it (docs/policy.md, "Inventory files").
+    scale_set_mode: Literal["uniform"] | None = None
     simulation: Simulation | None = None
 
     @model_validator(mode="after")
@@ -111,6 +114,12 @@ class Instance:
                 "a machine is either in a zone or in an availability set, not both "
                 "(zone {zone}, availability_set {aset})",
                 {"zone": self.zone, "aset": self.availability_set},
+            )
+        if self.scale_set_mode is not None and self.scaling_group is None:
+            raise PydanticCustomError(
+                "pp_scale_set",
+                "scale_set_mode {mode} needs the scale set's id in scaling_group",
+                {"mode": self.scale_set_mode},
             )
         return self
 

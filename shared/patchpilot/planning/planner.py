@@ -193,9 +193,13 @@ FROZEN_POLICY = "frozen: the policy is kind frozen (never patched)"
 
 
 def scaling_group_reason(policy: Policy, instance: Instance) -> str | None:
-    """Why a member of an Auto Scaling group or scale set is excluded (`scaling_groups: skip`, the
-    only value yet): the group would replace it while it reboots, so its image is what to patch."""
-    if instance.scaling_group is None or policy.scaling_groups != "skip":
+    """Why a member of an Auto Scaling group or scale set is excluded (`scaling_groups: skip`): the
+    group would replace it while it reboots, so its image is what to patch. An Azure Uniform scale
+    set instance (`scale_set_mode: uniform`) is excluded whatever the policy says: it cannot be
+    patched in place."""
+    if instance.scaling_group is None:
+        return None
+    if policy.scaling_groups != "skip" and instance.scale_set_mode != "uniform":
         return None
     return f"member of scaling group {instance.scaling_group}: patch its image"
 

@@ -1,8 +1,9 @@
 """Discovery of the policy's VMs and Arc servers (one paged Resource Graph query, an instance
 view per running VM; with `rollout.pool_budget`, one more query for their NICs' backend pools) and
-the probe of their agents. A VM's Flexible scale set comes with its row; Uniform scale set
-instances (type microsoft.compute/virtualmachinescalesets/virtualmachines) are not of the types
-the query asks for, so they are never discovered, let alone patched in place."""
+the probe of their agents. A VM's Flexible scale set comes with its row. Uniform scale set
+instances (type microsoft.compute/virtualmachinescalesets/virtualmachines, in the `computeresources`
+table) come from one more paged query, so that the plan lists them as excluded: PatchPilot never
+patches them in place (`scale_set_mode: uniform`)."""
 
 from __future__ import annotations
 
@@ -43,7 +44,10 @@ if TYPE_CHECKING:
     pass
 
 NIC_READ = "Microsoft.Network/networkInterfaces/read"  # the fleet role has it (infra/azure/modules/fleet-access.bicep)
+UNIFORM_TYPE = "microsoft.compute/virtualmachinescalesets/virtualmachines"  # in the computeresources table
 _OS_TYPE = "tolower(coalesce(tostring(properties.storageProfile.osDisk.osType), tostring(properties.osType)))"
+_UNIFORM_OS_TYPE = "tolower(tostring(properties.storageProfile.osDisk.osType))"
+_UNIFORM_COLUMNS = f"id, name, location, subscriptionId, tags, zones, osType = {_UNIFORM_OS_TYPE}"
 
 
 def discovery_query(policy: Policy) -> str | None:
@@ -51,7 +55,19 @@ def discovery_query(policy: Policy) -> str | None:
     some ring may select, by the rings' tags, ids, regions and OS; None when no ring selects Azure."""
     settings = policy.azure
     types = [VM_TYPE, ARC_TYPE] if settings and settings.arc else [VM_TYPE]
-    lines = ["resources", f"| where type in~ {kql_list(types)}"]
+    return _query(policy, "resources", types, _OS_TYPE, ROW_COLUMNS)
+
+
+def uniform_query(policy: Policy) -> str | None:
+    """Every Uniform scale set instance that the discovery query's scope and the rings' selectors
+    may select (`computeresources`, where Resource Graph keeps them), projected to the columns an
+    excluded `Instance` needs; None when no ring selects Azure."""
+    return _query(policy, "computeresources", [UNIFORM_TYPE], _UNIFORM_OS_TYPE, _UNIFORM_COLUMNS)
+
+
+def _query(policy: Policy, table: str, types: list[str], os_type: str, columns: str) -> str | None:
+    settings = policy.azure
+    lines = [table, f"| where type in~ {kql_list(types)}"]
     if settings and settings.resource_groups:
         lines.append(f"| where resourceGroup in~ {kql_list(settings.resource_groups)}")
     if settings and settings.locations:
@@ -59,14 +75,14 @@ def discovery_query(policy: Policy) -> str | None:
     rings = [ring.select for ring in policy.rings if not ring.select.clouds or "azure" in ring.select.clouds]
     if not rings:
         return None
-    conditions = [_selector_condition(select) for select in rings]
+    conditions = [_selector_condition(select, os_type) for select in rings]
     if all(conditions):
         lines.append("| where " + " or ".join(f"({c})" for c in dict.fromkeys(conditions)))
-    lines += [f"| project {ROW_COLUMNS}", "| order by id asc"]
+    lines += [f"| project {columns}", "| order by id asc"]
     return "\n".join(lines)
 
 
-def _selector_condition(select: Selector) -> str:
+def _selector_condition(select: Selector, os_type: str = _OS_TYPE) -> str:
     """A ring selector as KQL ('' when it selects every machine)."""
     parts = []
     for key, values in sorted(select.tags.items()):
@@ -77,7 +93,7 @@ def _selector_condition(select: Selector) -> str:
     if select.regions:
         parts.append(f"location in~ {kql_list(select.regions)}")
     if select.os:
-        parts.append(f"{_OS_TYPE} in {kql_list(select.os)}")
+        parts.append(f"{os_type} in {kql_list(select.os)}")
     return " and ".join(parts)
 
 
@@ -113,6 +129,27 @@ def to_instance(row: Any) -> Instance:
     )
 
 
+def uniform_instance(row: Any) -> Instance:
+    """An `Instance` from a `computeresources` row of a Uniform scale set instance (`uniform_query`):
+    its `scaling_group` is the lower-cased scale set id (the instance id up to `/virtualMachines/`),
+    its `scale_set_mode` "uniform", its zone named as a VM's is."""
+    instance_id = text(row, "id")
+    location = text(row, "location").lower()
+    zones = [str(z) for z in items(row, "zones")]
+    return Instance(
+        id=instance_id,
+        cloud="azure",
+        region=location,
+        os="windows" if text(row, "osType").lower() == "windows" else "linux",
+        name=text(row, "name"),
+        zone=f"{location}-{zones[0]}" if zones else None,
+        tags=tags_of(row),
+        account=text(row, "subscriptionId") or None,
+        scaling_group=instance_id.lower().rsplit("/virtualmachines/", 1)[0],
+        scale_set_mode="uniform",
+    )
+
+
 def os_known(row: Any) -> bool:
     os_type = (
         text(row, "properties", "storageProfile", "osDisk", "osType") or text(row, "properties", "osType")
@@ -130,6 +167,8 @@ def discover(access: AzureAccess, policy: Policy) -> DiscoveryResult:
     rings may select: one paged Resource Graph query, then an instance
     view read per running VM for its agent and (in an availability set) its update domain.
     Stopped VMs, VMs whose agent is not Ready and disconnected Arc servers are unreachable.
+    Uniform scale set instances come from one more paged query (`uniform_query`), with no read of
+    their own: the planner excludes them whatever the policy says.
     With `rollout.pool_budget` or `traffic.drain` (`Policy.reads_pools`) a VM's `traffic_pools`
     are the backend pools its NICs' IP configurations are in (`with_pools`); Arc servers have none."""
     kql = discovery_query(policy)
@@ -139,7 +178,8 @@ def discover(access: AzureAccess, policy: Policy) -> DiscoveryResult:
     groups = list(policy.azure.management_groups) if policy.azure else []
     found: list[Instance] = []
     unreachable: list[tuple[Instance, str]] = []
-    rows = query(access.graph(), kql, subscriptions, management_groups=groups)
+    scopes = subscriptions  # both queries' scope (the NICs' may narrow `subscriptions` below)
+    rows = query(access.graph(), kql, scopes, management_groups=groups)
     if groups:  # the NICs are read in the subscriptions the machines were found in
         subscriptions = sorted({m.subscription for m in map(parse_machine, (text(r, "id") for r in rows)) if m})
     pools = with_pools(access, rows, subscriptions) if policy.reads_pools else {}
@@ -160,6 +200,9 @@ def discover(access: AzureAccess, policy: Policy) -> DiscoveryResult:
         found.append(instance)
         if problem is not None:
             unreachable.append((instance, problem))
+    uniform = uniform_query(policy)
+    if uniform is not None:
+        found += [uniform_instance(row) for row in query(access.graph(), uniform, scopes, management_groups=groups)]
     return DiscoveryResult(found, unreachable)
 
 

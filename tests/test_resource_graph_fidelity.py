@@ -34,6 +34,7 @@ from patchpilot.adapters.azure.maintenance_events import machines_in_run
 from patchpilot.adapters.azure.update_manager.assignments import read_assignments
 from patchpilot.engine.messages import CheckHealth, ProbeAgents
 from patchpilot.inventory import Instance
+from patchpilot.planning.planner import plan
 from patchpilot.policy import parse_policy
 from patchpilot.policy.model import HealthChecks
 from patchpilot.ports import InProgress
@@ -392,6 +393,25 @@ def test_a_vm_row_without_a_power_state_is_asked_its_instance_view(
     (outcome,) = world.fleet.probe_agents(ProbeAgents(id=f"{RUN}:probe", run_id=RUN, targets=[world.instance(vm)]))
 
     assert outcome.ok and outcome.detail.startswith("VM agent Ready")
+
+
+@pytest.mark.parametrize("value", WRONG, ids=["absent", "object", "number"])
+def test_a_uniform_instance_row_without_a_usable_os_or_zones_is_still_listed_and_excluded(
+    world: World, alter: Any, value: Any
+) -> None:
+    uniform = world.azure.add_uniform_instance("vmss-batch", 0, os="Windows", zone="2", tags={"Env": "prod"})
+    alter("/virtualmachinescalesets/virtualmachines", "properties.storageProfile.osDisk.osType", value)
+    alter("/virtualmachinescalesets/virtualmachines", "zones", value)
+    policy = parse_policy(
+        f"name: p\nrings: [{{name: all, select: {{tags: {{Env: prod}}}}}}]\nazure: {{subscriptions: [{SUB}]}}\n"
+    )
+
+    (found,) = world.fleet.discover(policy).instances
+
+    assert (found.id, found.os, found.zone, found.scale_set_mode) == (uniform, "linux", None, "uniform")
+    assert [e.reason for e in plan(policy, [found]).excluded] == [
+        f"member of scaling group {uniform.lower().rsplit('/virtualmachines/', 1)[0]}: patch its image"
+    ]
 
 
 def _until_done(world: World, call: Callable[[], Any]) -> Iterator[Any]:

@@ -1,14 +1,14 @@
 """The Resource Graph queries the Azure adapters send, recorded with the fake's answers for a small
 fleet in tests/fixtures/resource-graph/queries.json.
 
-A small fleet (a Linux VM, a Windows VM, an Arc server; an assessment, a platform update, a planned
-event; an Update Manager run) is driven through the adapters' public entry points on the fake ARM:
-`AzureFleet`, the `azure audit` and `azure sync` commands and `machines_in_run`. Every query reaches
-the fake Resource Graph (tests/fake_resource_graph.py), which keeps it with its answer. The tests
-fail when an adapter sends a query the table does not hold (a changed query is noticed: look again
-at what the fake answers it), when the table holds one that nothing sends any more, and when the
-fake answers a recorded query differently. After a deliberate change, record again and review the
-diff of the table:
+A small fleet (a Linux VM, a Windows VM, an Arc server, a Uniform scale set instance; an assessment,
+a platform update, a planned event; an Update Manager run) is driven through the adapters' public
+entry points on the fake ARM: `AzureFleet`, the `azure audit` and `azure sync` commands and
+`machines_in_run`. Every query reaches the fake Resource Graph (tests/fake_resource_graph.py), which
+keeps it with its answer. The tests fail when an adapter sends a query the table does not hold (a
+changed query is noticed: look again at what the fake answers it), when the table holds one that
+nothing sends any more, and when the fake answers a recorded query differently. After a deliberate
+change, record again and review the diff of the table:
 
     PATCHPILOT_RECORD=1 pytest tests/test_resource_graph_queries.py
 """
@@ -110,6 +110,7 @@ def fleet_queries() -> Iterator[Sent]:
         "win-1", os="Windows", tags=production, available=[Patch("2026-12 CU", "Security", kb="5034441")]
     )
     compute.add_arc("onprem-1", tags=production)
+    compute.add_uniform_instance("vmss-batch", 0, tags=production, zone="1")  # listed, never patched
     clients = AzureClients(arm.credential, transport=arm.transport(), polling_interval=0, retry_backoff_factor=0)
     fleet = AzureFleet(clients, clock, http_get=lambda url, timeout: 200)
     seen = 0
@@ -123,7 +124,8 @@ def fleet_queries() -> Iterator[Sent]:
     instances = list(fleet.discover(POLICY).instances)
     yield from sent("AzureFleet.discover")
     by_name = {i.name: i for i in instances}
-    fleet.probe_agents(ProbeAgents(id=f"{RUN}:w1:probe", run_id=RUN, targets=instances))
+    patched = [i for i in instances if i.scale_set_mode is None]  # the plan excludes Uniform instances
+    fleet.probe_agents(ProbeAgents(id=f"{RUN}:w1:probe", run_id=RUN, targets=patched))
     yield from sent("AzureFleet.probe_agents")
 
     install = InstallPatches(
@@ -258,6 +260,7 @@ def test_the_fake_answers_each_recorded_query_as_recorded(
 def test_the_table_covers_each_resource_graph_table_the_adapters_read(recorded: list[dict[str, Any]]) -> None:
     assert {e["table"] for e in recorded} == {
         "resources",
+        "computeresources",
         "patchassessmentresources",
         "patchinstallationresources",
         "maintenanceresources",

@@ -69,9 +69,9 @@ def test_discovery_reads_every_subscription_under_the_management_groups_and_no_o
 
     assert sorted(i.id for i in found.instances) == sorted([shop, eu])
     assert {i.account for i in found.instances} == {SUB, SUB_EU}
-    (body,) = world.graph_bodies()
-    assert body.get("managementGroups") == ["mg-retail"]
-    assert not body.get("subscriptions")  # one scope per request
+    bodies = world.graph_bodies()  # the VMs' query, the Uniform scale set instances' query
+    assert [body.get("managementGroups") for body in bodies] == [["mg-retail"], ["mg-retail"]]
+    assert not any(body.get("subscriptions") for body in bodies)  # one scope per request
 
 
 def test_the_nics_are_read_in_the_subscriptions_the_machines_were_found_in(world: World) -> None:
@@ -82,8 +82,8 @@ def test_the_nics_are_read_in_the_subscriptions_the_machines_were_found_in(world
     found = world.fleet().discover(parse_policy(POLICY + "traffic: {drain: true}\n"))
 
     assert {i.id: i.traffic_pools for i in found.instances} == {vm: (f"{LB}/backendAddressPools/be".lower(),)}
-    machines, nics = world.graph_bodies()
-    assert machines.get("managementGroups") == ["mg-retail"]
+    machines, nics, uniform = world.graph_bodies()
+    assert machines.get("managementGroups") == uniform.get("managementGroups") == ["mg-retail"]
     assert nics.get("subscriptions") == [SUB_EU] and not nics.get("managementGroups")
 
 

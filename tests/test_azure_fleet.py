@@ -40,6 +40,7 @@ from patchpilot.adapters.azure.fleet import (
 )
 from patchpilot.adapters.azure.fleet import install as fleet_install
 from patchpilot.adapters.azure.fleet.discovery import discovery_query
+from patchpilot.adapters.azure.graph import query
 from patchpilot.adapters.azure.install_body import install_body, split_patch_names
 from patchpilot.adapters.local.sqlite_queue import SqliteQueue
 from patchpilot.adapters.local.sqlite_store import SqliteRunStore
@@ -358,6 +359,19 @@ def test_discovery_lists_uniform_instances_excluded_with_their_scale_set_and_nev
             **{u: f"member of scaling group {batch}: patch its image" for u in uniform},
             windows: f"member of scaling group {win}: patch its image",
         }
+
+
+def test_the_fake_resource_graph_keeps_uniform_instances_in_computeresources_only(world: World) -> None:
+    """As Resource Graph does (its table reference; the ARG GET/LIST guide's `ComputeResources | where
+    type =~ 'microsoft.compute/virtualmachinescalesets/virtualmachines'`): not in `resources`."""
+    uniform = world.azure.add_uniform_instance("vmss-batch", 0)
+    vm = world.azure.add_vm("web-0")
+    graph = world.clients().graph()
+    wanted = "| where type in~ ('microsoft.compute/virtualmachinescalesets/virtualmachines', "
+    wanted += "'microsoft.compute/virtualmachines') | project id"
+
+    assert [r["id"] for r in query(graph, f"resources {wanted}", [SUB])] == [vm]
+    assert [r["id"] for r in query(graph, f"ComputeResources {wanted}", [SUB])] == [uniform]
 
 
 def test_an_inventory_names_a_uniform_instance_with_its_scale_set() -> None:

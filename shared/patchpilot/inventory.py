@@ -101,6 +101,10 @@ class Instance:
     # The AWS Auto Scaling group (its name) or Azure scale set (its lower-cased resource id) the
     # machine belongs to (docs/planner.md, "Scaling groups"): any string id.
     scaling_group: Annotated[str, Field(min_length=1, max_length=1600)] | None = None
+    # Takes its security patches without a reboot (docs/governance.md, "Hotpatch and stopped
+    # machines"): Azure hotpatch (patchSettings.enableHotpatching), Kernel Live Patching on Amazon
+    # Linux (the instance's PatchPilot:LivePatch tag). Discovery sets it; an inventory may.
+    hotpatch: bool = False
     simulation: Simulation | None = None
 
     @model_validator(mode="after")

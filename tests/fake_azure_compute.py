@@ -166,6 +166,7 @@ class FakeAzureCompute:
         scale_set: str | None = None,
         fault_domain: int | None = None,
         available: list[Patch] | None = None,
+        hotpatch: bool = False,
         **state: Any,
     ) -> str:
         """A VM with a NIC, a managed OS disk and `data_disks` data disks; returns its id. Its NIC's
@@ -223,6 +224,11 @@ class FakeAzureCompute:
         }
         if availability_set:
             properties["availabilitySet"] = {"id": f"{base}/Microsoft.Compute/availabilitySets/{availability_set}"}
+        if hotpatch:  # WindowsConfiguration.patchSettings.enableHotpatching needs AutomaticByPlatform
+            patch_settings = {"patchMode": "AutomaticByPlatform", "enableHotpatching": True}
+            properties["osProfile"] = {
+                "windowsConfiguration": {"provisionVMAgent": True, "patchSettings": patch_settings}
+            }
         if scale_set:
             scale_set_id = f"{base}/Microsoft.Compute/virtualMachineScaleSets/{scale_set}"
             properties["virtualMachineScaleSet"] = {"id": scale_set_id}

@@ -287,7 +287,8 @@ def expect_patches(stub: Stubber, instance_id: str, patches: list[tuple[str, str
 def test_discovery_maps_instances_and_marks_offline_and_unmanaged_agents(harness: Harness, clock: ManualClock) -> None:
     """moto: EC2 instances and tags; Stubber: DescribeInstanceInformation."""
     web = launch(2, tags={"Name": "web", "Ring": "canary", "Team": "shop"})
-    win = launch(1, tags={"Name": "dc-01", "Ring": "prod"}, windows=True)
+    win = launch(1, tags={"Name": "dc-01", "Ring": "prod", "PatchPilotLivePatch": "enabled"}, windows=True)
+    live = launch(1, tags={"Name": "klp", "Ring": "prod", "PatchPilotLivePatch": "Enabled"})
     stopped = launch(1, tags={"Ring": "prod"})
     ec2().stop_instances(InstanceIds=[stopped[0].id])
     launch(1, tags={"Ring": "elsewhere"})  # selected by no ring
@@ -301,7 +302,7 @@ aws: {{regions: [{REGION}]}}
 """
     )
     stub = harness.stub()
-    ids = [i.id for i in [*web, *win, *stopped]]
+    ids = [i.id for i in [*web, *win, *stopped, *live]]
     expect_agents(
         stub, ids, offline={win[0].id: "ConnectionLost", stopped[0].id: "ConnectionLost"}, unmanaged={web[1].id}
     )
@@ -323,6 +324,8 @@ aws: {{regions: [{REGION}]}}
     assert first.tags == {"Name": "web", "Ring": "canary", "Team": "shop"}
     assert first.account == ACCOUNT
     assert found[win[0].id].os == "windows"
+    # Kernel Live Patching is read from the PatchPilotLivePatch tag, on Linux only.
+    assert [i.id for i in found.values() if i.hotpatch] == [live[0].id]
     reasons = {i.id: reason for i, reason in result.unreachable}
     assert reasons == {
         web[1].id: "not a managed instance (no SSM agent registered)",

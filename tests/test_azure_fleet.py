@@ -170,7 +170,7 @@ azure:
 def test_discovery_reads_the_rings_scope_zones_sets_and_domains_in_one_query(world: World) -> None:
     azure = world.azure
     staging = azure.add_vm("stg-1", tags={"Environment": "staging", "PatchPilot": "yes"}, zone="2")
-    prod = azure.add_vm("prd-1", tags={"Environment": "production"}, zone="3", os="Windows")
+    prod = azure.add_vm("prd-1", tags={"Environment": "production"}, zone="3", os="Windows", hotpatch=True)
     quoted = azure.add_vm("prd-2", tags={"Environment": "prod'eu"}, zone="1")
     in_set = azure.add_vm(
         "sql-1", rg="rg-sql", tags={"Environment": "production"}, availability_set="AS-SQL", update_domain=3
@@ -191,6 +191,7 @@ def test_discovery_reads_the_rings_scope_zones_sets_and_domains_in_one_query(wor
     aset = f"/subscriptions/{SUB}/resourceGroups/rg-sql/providers/Microsoft.Compute/availabilitySets/AS-SQL".lower()
     assert (got["sql-1"].zone, got["sql-1"].availability_set, got["sql-1"].update_domain) == (None, aset, 3)
     assert got["stg-1"].tags == {"Environment": "staging", "PatchPilot": "yes"}
+    assert got["prd-1"].hotpatch and not got["stg-1"].hotpatch  # patchSettings.enableHotpatching
     assert world.count("POST", "microsoft.resourcegraph") == 1
     assert world.count("GET", "/instanceview") == 4  # one per running VM: agent state and update domain
 

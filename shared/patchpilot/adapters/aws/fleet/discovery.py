@@ -150,6 +150,18 @@ def probe_agents(access: AwsAccess, command: ProbeAgents) -> Progress:
     return outcomes
 
 
+# Kernel Live Patching on Amazon Linux, as the operator declares it with a tag (docs/governance.md,
+# "Hotpatch and stopped machines"): DescribeInstances returns tags at no extra call, where SSM
+# Inventory (GetInventory on kpatch-runtime) would add a call per region and an IAM action.
+TAG_LIVE_PATCH = "PatchPilotLivePatch"
+LIVE_PATCH_ON = frozenset({"enabled", "true", "yes", "on"})
+
+
+def live_patching(tags: dict[str, str]) -> bool:
+    """Whether the instance's tags say Kernel Live Patching is enabled on it."""
+    return tags.get(TAG_LIVE_PATCH, "").strip().lower() in LIVE_PATCH_ON
+
+
 def _to_instance(raw: InstanceTypeDef, region: str, account: str | None) -> Instance:
     tags = tags_of(raw.get("Tags"))
     platform = (raw.get("Platform") or "").lower()
@@ -164,6 +176,7 @@ def _to_instance(raw: InstanceTypeDef, region: str, account: str | None) -> Inst
         zone=raw.get("Placement", {}).get("AvailabilityZone") or None,
         tags=tags,
         account=account,
+        hotpatch=os == "linux" and live_patching(tags),
     )
 
 

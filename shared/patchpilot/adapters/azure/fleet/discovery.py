@@ -88,7 +88,8 @@ def to_instance(row: Any) -> Instance:
     compares zones within a region. A VM in a Flexible scale set (`properties.virtualMachineScaleSet.id`)
     has the lower-cased scale set id as its `scaling_group`; outside a zone, the set stands as its
     availability set and its fault domain (`properties.platformFaultDomain`) as its update domain,
-    so that a wave takes one fault domain of the set at a time (`scaling_groups: standby`)."""
+    so that a wave takes one fault domain of the set at a time (`scaling_groups: standby`). A
+    Windows VM with `patchSettings.enableHotpatching` is `hotpatch`."""
     location = text(row, "location").lower()
     zones = [str(z) for z in items(row, "zones")]
     aset = text(row, "properties", "availabilitySet", "id").lower() or None
@@ -110,6 +111,8 @@ def to_instance(row: Any) -> Instance:
         tags=tags_of(row),
         account=text(row, "subscriptionId") or None,
         scaling_group=scale_set,
+        hotpatch=at(row, "properties", "osProfile", "windowsConfiguration", "patchSettings", "enableHotpatching")
+        is True,
     )
 
 

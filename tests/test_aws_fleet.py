@@ -1112,6 +1112,25 @@ def test_reboot_never_sends_no_reboot_and_max_duration_bounds_the_start(harness:
     assert sent["TimeoutSeconds"] == 7200
 
 
+def test_a_hotpatch_only_target_gets_its_own_send_command_without_a_reboot(
+    harness: Harness, clock: ManualClock
+) -> None:
+    """Stubber: ListCommands, SendCommand. `InstallTarget.reboot` (patchpilot/hotpatch.py) splits the part."""
+    live, other = fake(2)
+    command = install_command([live, other])
+    command = command.model_copy(
+        update={"targets": [command.targets[0].model_copy(update={"reboot": "never"}), command.targets[1]]}
+    )
+    stub = harness.stub()
+    expect_list_commands(stub, "AWS-RunPatchBaseline", [], clock.now())
+    expect_send(stub)
+    expect_send(stub)
+    make_fleet(harness, clock).install_patches(command)
+    harness.done()
+    sent = {tuple(p["InstanceIds"]): p["Parameters"]["RebootOption"] for p in harness.params("SendCommand")}
+    assert sent == {(live.id,): ["NoReboot"], (other.id,): ["RebootIfNeeded"]}
+
+
 # ---------------------------------------------------------------- health
 
 

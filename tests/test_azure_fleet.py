@@ -486,6 +486,23 @@ def test_a_machines_patch_exceptions_are_excluded_from_its_install_only(world: W
     assert "packageNameMasksToExclude" not in web
 
 
+def test_a_hotpatch_only_target_is_installed_with_reboot_setting_never(world: World) -> None:
+    """`InstallTarget.reboot` (patchpilot/hotpatch.py) overrides the command's per machine."""
+    hot = world.azure.add_vm("hot-1", os="Windows", hotpatch=True, available=[KB_CU])
+    other = world.azure.add_vm("win-1", os="Windows", available=[KB_CU])
+    command = install_command(
+        [
+            InstallTarget(instance=instance(world, hot), reboot="never"),
+            InstallTarget(instance=instance(world, other)),
+        ],
+    )
+
+    world.fleet().install_patches(command)
+
+    assert world.bodies("POST", "hot-1/installpatches")[0]["rebootSetting"] == "Never"
+    assert world.bodies("POST", "win-1/installpatches")[0]["rebootSetting"] == "IfRequired"
+
+
 def test_install_marks_each_vm_starts_once_and_reads_progress_from_resource_graph(world: World) -> None:
     linux = world.azure.add_vm("web-1", available=[OPENSSL, KERNEL, VIM])
     windows = world.azure.add_vm("win-1", os="Windows", available=[KB_CU, KB_DEF])

@@ -77,10 +77,11 @@ from patchpilot.engine.run import (
     WaveState,
     count_states,
 )
+from patchpilot.hotpatch import NO_REBOOT_NOTE, reboot_free
 from patchpilot.inventory import Instance
 from patchpilot.planning.estimate import ESTIMATE_SOURCE, wave_estimate
 from patchpilot.policy import Policy
-from patchpilot.policy.exceptions import excepted_patches
+from patchpilot.policy.exceptions import excepted_patches, names_patch
 from patchpilot.policy.fields import format_duration
 from patchpilot.policy.model import Hooks, HostHook
 from patchpilot.wording import plural
@@ -549,14 +550,12 @@ def _install_now(run: Run, now: datetime) -> Decision:
     if not ready:
         return _after_checks(run, now)
     policy = run.policy
+    targets = [_install_target(run, r, now) for r in ready]
     command = InstallPatches(
         id=_command_id(run, "install"),
         run_id=run.run_id,
         wave=wave.index,
-        targets=[
-            InstallTarget(instance=r.instance, only=_pinned(run, r), exclude=excepted_patches(policy, r.instance, now))
-            for r in ready
-        ],
+        targets=targets,
         classifications=list(policy.patches.classifications),
         include=list(policy.patches.include),
         exclude=list(policy.patches.exclude),
@@ -564,7 +563,22 @@ def _install_now(run: Run, now: datetime) -> Decision:
         max_duration=_time_left(run, now),
         maintenance_run=run.cloud_scheduled.id if run.cloud_scheduled else None,
     )
+    unrebooted = [t.instance.short_name for t in targets if t.reboot == "never" and policy.reboot != "never"]
+    if unrebooted:  # the report's log says which machines skip their reboot, and why
+        names = ", ".join(unrebooted[:20]) + (f" and {len(unrebooted) - 20} more" if len(unrebooted) > 20 else "")
+        text = f"Wave {wave.index + 1}: {NO_REBOOT_NOTE} for {plural(len(unrebooted), 'machine')} ({names})"
+        run = _logged(run, now, text)
     return _await(run, "installing", command)
+
+
+def _install_target(run: Run, record: InstanceRecord, now: datetime) -> InstallTarget:
+    """What one machine installs: the promoted set (pinned), its patch exceptions, and no reboot
+    on a hotpatch-enabled machine whose promoted set is live patches only (patchpilot/hotpatch.py)."""
+    only = _pinned(run, record)
+    excluded = excepted_patches(run.policy, record.instance, now)
+    kept = [p for p in only if not names_patch(excluded, p)] if only is not None else None
+    reboot: Literal["never"] | None = "never" if reboot_free(record.instance, kept) else None
+    return InstallTarget(instance=record.instance, only=only, exclude=excluded, reboot=reboot)
 
 
 def _on_cloud_scheduled_run_cancelled(run: Run, event: Event, now: datetime) -> Decision:

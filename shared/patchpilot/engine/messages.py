@@ -73,6 +73,9 @@ class TakeSnapshots(_Command):
     patch_without_rollback: bool = False
 
 
+Reboot = Literal["if_required", "always", "never"]
+
+
 class InstallTarget(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -81,6 +84,13 @@ class InstallTarget(BaseModel):
     # Ids and masks (as InstallPatches.exclude) this machine's install leaves out on top of the
     # command's, `only` included: the policy's patch exceptions in force (docs/governance.md).
     exclude: list[str] = Field(default_factory=new_list)
+    # This machine's reboot, where it differs from the command's: "never" on a hotpatch-enabled
+    # machine whose promoted set is live patches only (patchpilot/hotpatch.py).
+    reboot: Reboot | None = None
+
+    def reboot_for(self, command_reboot: Reboot) -> Reboot:
+        """The reboot this machine's install uses."""
+        return self.reboot or command_reboot
 
 
 class InstallPatches(_Command):

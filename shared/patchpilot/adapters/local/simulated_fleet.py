@@ -64,6 +64,7 @@ from patchpilot.engine.messages import (
     RunHostHook,
     TakeSnapshots,
 )
+from patchpilot.hotpatch import NO_REBOOT_NOTE
 from patchpilot.inventory import Instance, OsFamily
 from patchpilot.maintenance.model import WatchResult
 from patchpilot.planning.estimate import (  # the step durations a plan estimates with
@@ -454,7 +455,8 @@ def _install(target: InstallTarget, command: InstallPatches) -> _Plan:
     instance, only, excluded = target.instance, target.only, [*command.exclude, *target.exclude]  # + its exceptions
     hinted = hints(instance)
     minutes = hinted.install_minutes or _minutes("install", instance.id, *INSTALL_MINUTES)
-    reboots = command.reboot != "never"
+    reboot = target.reboot_for(command.reboot)
+    reboots = reboot != "never"
     if reboots:
         minutes += REBOOT_MINUTES
     if only is not None:
@@ -468,7 +470,7 @@ def _install(target: InstallTarget, command: InstallPatches) -> _Plan:
     if hinted.install == "fail":
         return _Plan(instance.id, minutes, False, _install_failure(instance.os, patches), [])
     count = plural(len(patches), "patch")
-    tail = "rebooted" if reboots else "not rebooted (reboot: never)"
+    tail = "rebooted" if reboots else f"not rebooted ({NO_REBOOT_NOTE if target.reboot else 'reboot: never'})"
     return _Plan(instance.id, minutes, True, f"{count} installed, {tail}", patches)
 
 

@@ -4,6 +4,8 @@ whose promoted set is live patches only installs it without a reboot, and the ru
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 
 import pytest
 from engine_driver import AnsweredCommand, answer_all_ok, drive_to_end
@@ -73,3 +75,54 @@ def test_only_a_hotpatch_machine_with_a_known_live_set_is_reboot_free() -> None:
     assert not reboot_free(machine, None)  # the policy's selection: unknown until installed
     assert not reboot_free(machine, [])
     assert not reboot_free(dataclasses.replace(machine, hotpatch=False), LIVE)
+
+
+def test_the_report_says_which_machines_took_live_patches_without_a_reboot() -> None:
+    from patchpilot.reports import render_markdown
+    from patchpilot.reports.model import build
+
+    instances = [dataclasses.replace(i, hotpatch=i.id in {"i-production-00", "i-production-03"}) for i in fleet()]
+    pol = policy()
+    run = drive_to_end(
+        start_run("run-1", pol, plan(pol, instances), NOW),
+        lambda c: answer_all_ok(c, patches={"linux": LIVE, "windows": ["KB5036893"]}),
+    )
+    summary = build(run).hotpatch
+    assert summary.startswith(
+        "2 hotpatch-enabled machines; 1 machine took live patches only, no reboot (i-production-00)"
+    )
+    assert "1 machine installed more and rebooted as needed (i-production-03)" in summary  # a Windows KB
+    assert f"| Hotpatch | {summary} |" in render_markdown(run).replace("\\", "")
+    assert build(drive_to_end(start_run("run-2", pol, plan(pol, fleet()), NOW), answer_all_ok)).hotpatch == ""
+
+
+def test_the_plan_names_the_hotpatch_machines(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+    from test_cli import POLICY
+
+    from patchpilot.cli import main
+
+    fleet_path = tmp_path / "fleet.json"
+    machines = [
+        {"id": "i-1", "cloud": "aws", "region": "ap-northeast-1", "os": "linux", "tags": {"Environment": "staging"}},
+        {
+            "id": "i-2",
+            "cloud": "aws",
+            "region": "ap-northeast-1",
+            "os": "linux",
+            "tags": {"Environment": "staging"},
+            "hotpatch": True,
+        },
+    ]
+    fleet_path.write_text(json.dumps({"instances": machines}), encoding="utf-8")
+    document = json.loads(
+        CliRunner().invoke(main, ["plan", "--policy", POLICY, "--inventory", str(fleet_path), "--json"]).stdout
+    )
+    assert [i for w in document["waves"] for i in w["hotpatch"]] == ["i-2"]
+    table = CliRunner().invoke(
+        main, ["plan", "--policy", POLICY, "--inventory", str(fleet_path)], env={"COLUMNS": "200"}
+    )
+    assert (
+        "Hotpatch-enabled: 1 machine (i-2), not rebooted in a month whose promoted set is live patches only."
+        in table.stdout
+    )

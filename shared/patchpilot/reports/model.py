@@ -17,6 +17,7 @@ from itertools import pairwise
 
 from patchpilot.engine.retry import why_not_retryable
 from patchpilot.engine.run import InstanceRecord, Run, Step, WaveState
+from patchpilot.hotpatch import reboot_free
 from patchpilot.inventory import Instance
 from patchpilot.planning import placement, pool_members, pool_text
 from patchpilot.policy.fields import format_duration
@@ -306,6 +307,7 @@ class Report:
     broken: list[RollbackRow] = field(default_factory=list)  # left `failed`: restore them by hand
     attention: list[Attention] = field(default_factory=list)  # what needs a person, most urgent first
     traffic: str = ""  # the drain in one sentence (`traffic_summary`), "" when nothing was drained
+    hotpatch: str = ""  # the hotpatch-enabled machines in one sentence (`hotpatch_summary`)
 
 
 # ---------------------------------------------------------------- building
@@ -355,6 +357,7 @@ def build(run: Run) -> Report:
         reboot=run.policy.reboot,
         attention=attention(run),
         traffic=traffic_summary(run),
+        hotpatch=hotpatch_summary(run),
     )
 
 
@@ -616,6 +619,24 @@ def _wave(run: Run, wave: WaveState, pools: dict[str, int]) -> WaveView:
         patched_names=[ref(r.instance) for r in patched] if len(patched) <= NAME_PATCHED_UP_TO else None,
         capacity=pool_capacity(records, pools),
     )
+
+
+def hotpatch_summary(run: Run) -> str:
+    """One sentence on the run's hotpatch-enabled machines (patchpilot/hotpatch.py): which took
+    live patches only, without a reboot, and which installed more; "" for a run without any."""
+    hot = [r for w in run.waves for r in w.records.values() if r.instance.hotpatch]
+    if not hot:
+        return ""
+    free = [r for r in hot if reboot_free(r.instance, r.installed)]
+    rest = [r for r in hot if r not in free and r.installed]
+    parts = [f"{_n(len(hot), 'hotpatch-enabled machine')}"]
+    if free:
+        parts.append(f"{_n(len(free), 'machine')} took live patches only, no reboot ({_names_of(free)})")
+    if rest:
+        parts.append(f"{_n(len(rest), 'machine')} installed more and rebooted as needed ({_names_of(rest)})")
+    if not free and not rest:
+        parts.append("none installed anything")
+    return "; ".join(parts)
 
 
 def traffic_summary(run: Run) -> str:

@@ -61,6 +61,26 @@ class ProbeAgents(_Command):
     targets: list[Instance]
 
 
+class StartMachines(_Command):
+    """Start each target, found stopped or deallocated (`Instance.power`, policy `stopped_machines:
+    start`), for its wave: done once each runs (and its agent can be probed). A target already
+    running is not started again."""
+
+    type: Literal["StartMachines"] = "StartMachines"
+    targets: list[Instance]
+
+
+class ReturnMachines(_Command):
+    """Return each target to the power state it was found in (`Instance.power`: AWS StopInstances;
+    Azure deallocate, or power off for `stopped`); done once each is. A target already in that
+    state is not touched. `at_run_end`: the sweep of a finished run, which returns what a crash
+    or a halt may have left running."""
+
+    type: Literal["ReturnMachines"] = "ReturnMachines"
+    targets: list[Instance]
+    at_run_end: bool = False
+
+
 class TakeSnapshots(_Command):
     """Snapshot every disk of every target, tagged with the run, wave and command id."""
 
@@ -246,7 +266,9 @@ Command = Annotated[
     | Wait
     | Notify
     | CancelCloudScheduledRun
-    | StartFollowUp,
+    | StartFollowUp
+    | StartMachines
+    | ReturnMachines,
     Field(discriminator="type"),
 ]
 
@@ -317,6 +339,20 @@ class PoolsSwept(Result):
     """The result of a finished run's `RejoinPools(at_run_end=True)`: applied in any state."""
 
     type: Literal["PoolsSwept"] = "PoolsSwept"
+
+
+class MachinesStarted(Result):
+    type: Literal["MachinesStarted"] = "MachinesStarted"
+
+
+class MachinesReturned(Result):
+    type: Literal["MachinesReturned"] = "MachinesReturned"
+
+
+class MachinesSwept(Result):
+    """The result of a finished run's `ReturnMachines(at_run_end=True)`: applied in any state."""
+
+    type: Literal["MachinesSwept"] = "MachinesSwept"
 
 
 class CloudScheduledRunCancelled(Result):
@@ -400,7 +436,10 @@ Event = Annotated[
     | ApprovalRejected
     | NoticeUndelivered
     | FollowUpRequested
-    | FollowUpFinished,
+    | FollowUpFinished
+    | MachinesStarted
+    | MachinesReturned
+    | MachinesSwept,
     Field(discriminator="type"),
 ]
 
@@ -437,10 +476,17 @@ Message = Annotated[
     | ApprovalRejected
     | NoticeUndelivered
     | FollowUpRequested
-    | FollowUpFinished,
+    | FollowUpFinished
+    | StartMachines
+    | ReturnMachines
+    | MachinesStarted
+    | MachinesReturned
+    | MachinesSwept,
     Field(discriminator="type"),
 ]
 MESSAGE = TypeAdapter(Message)
 
-FleetCommand = ProbeAgents | TakeSnapshots | InstallPatches | CheckHealth | RollBack | RunHostHook
+FleetCommand = (
+    ProbeAgents | TakeSnapshots | InstallPatches | CheckHealth | RollBack | RunHostHook | StartMachines | ReturnMachines
+)
 TrafficCommand = LeavePools | RejoinPools

@@ -52,8 +52,10 @@ from patchpilot.engine.messages import (
     Outcome,
     ProbeAgents,
     RestoreTarget,
+    ReturnMachines,
     RollBack,
     RunHostHook,
+    StartMachines,
     TakeSnapshots,
 )
 from patchpilot.inventory import Instance, OsFamily
@@ -1126,3 +1128,39 @@ def test_a_whole_run_patches_azure_vms_in_waves_and_rolls_back_the_broken_one(wo
     assert all(CURL in azure.state(vm).available for vm in production)
     assert queue.dead_letters() == []
     assert len(world.bodies("POST", "/installpatches")) == 5
+
+
+# ---------------------------------------------------------------- stopped machines
+
+
+def test_discovery_plans_a_deallocated_vm_with_its_power_when_the_policy_starts_them(world: World) -> None:
+    off = world.azure.add_vm("prd-off", tags={"Environment": "production"}, power="deallocated")
+    starting = parse_policy(POLICY + "stopped_machines: start\n")
+    found = world.fleet().discover(starting)
+    assert [(i.id, i.power) for i in found.instances] == [(off, "deallocated")] and found.unreachable == []
+    skipping = world.fleet().discover(parse_policy(POLICY))
+    assert [r for _, r in skipping.unreachable] == ["VM deallocated"]  # as before
+
+
+@pytest.mark.parametrize("found_as", ["deallocated", "stopped"])
+def test_a_vm_found_stopped_is_started_then_returned_to_that_state_once(world: World, found_as: str) -> None:
+    vm = world.azure.add_vm("prd-off", tags={"Environment": "production"}, power=found_as)
+    target = instance(world, vm, power=found_as)
+    fleet = world.fleet()
+    start = StartMachines(id="r:w1:start", run_id="r", wave=1, targets=[target])
+    assert isinstance(fleet.start_machines(start), InProgress)
+    assert isinstance(fleet.start_machines(start), InProgress)  # a redelivery starts nothing again
+    assert world.count("POST", "/start") == 1
+    world.clock.advance(timedelta(minutes=10))
+    [started] = fleet.start_machines(start)  # type: ignore[misc]
+    assert (started.ok, started.detail) == (True, "VM running")
+    back = ReturnMachines(id="r:w1:return", run_id="r", wave=1, targets=[target])
+    assert isinstance(fleet.return_machines(back), InProgress)
+    world.clock.advance(timedelta(minutes=10))
+    [returned] = fleet.return_machines(back)  # type: ignore[misc]
+    assert (returned.ok, returned.detail) == (True, f"VM {found_as}")
+    verb = "/deallocate" if found_as == "deallocated" else "/powerOff"
+    assert world.count("POST", verb) == 1
+    sweep = ReturnMachines(id="r:return-at-end", run_id="r", targets=[target], at_run_end=True)
+    [swept] = fleet.return_machines(sweep)  # type: ignore[misc]
+    assert swept.ok and world.count("POST", verb) == 1  # already so: untouched

@@ -28,7 +28,9 @@ def discover(access: AwsAccess, policy: Policy) -> DiscoveryResult:
     `rollout.pool_budget` or `traffic.drain` each instance's `traffic_pools` are the target groups it is in
     (`AwsAccess.target_groups`: a refusal raises `PoolsUnreadableError`, never "no pools"). Each
     instance's `scaling_group` is its Auto Scaling group's name, always read (a member patched in
-    place could be replaced while it reboots): a refusal raises `ScalingGroupsUnreadableError`."""
+    place could be replaced while it reboots): a refusal raises `ScalingGroupsUnreadableError`.
+    With `stopped_machines: start` a stopped managed instance is not unreachable: its `power` is
+    "stopped", and the run starts it for its wave."""
     settings = policy.aws
     regions = list(settings.regions) if settings and settings.regions else [access.default_region]
     accounts: list[str | None] = [a.id for a in settings.accounts] if settings and settings.accounts else [None]
@@ -47,8 +49,12 @@ def discover(access: AwsAccess, policy: Policy) -> DiscoveryResult:
                 instances = _with_pools(access, placement, instances)
             agents = access.agents(placement, [i.id for i, _, _ in instances])
             for instance, state, _ in instances:
+                info = agents.get(instance.id)
+                if state == "stopped" and info is not None and policy.stopped_machines == "start":
+                    found.append(dataclasses.replace(instance, power="stopped"))  # started for its wave
+                    continue
                 found.append(instance)
-                reason = agent_problem(agents.get(instance.id))
+                reason = agent_problem(info)
                 if reason is not None:
                     if state != "running":
                         reason = f"instance {state}; {reason}"

@@ -7,7 +7,7 @@ the query asks for, so they are never discovered, let alone patched in place."""
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
@@ -154,6 +154,9 @@ def discover(access: AzureAccess, policy: Policy) -> DiscoveryResult:
             problem = arc_problem(row)
         else:
             instance, problem = _discovered_vm(access, machine, instance, row)
+            found_as = FOUND_POWER.get(problem or "")
+            if found_as is not None and policy.stopped_machines == "start":  # started for its wave
+                instance, problem = dataclasses.replace(instance, power=found_as), None
         if problem is None and not os_known(row):
             problem = "OS type not reported; assumed linux"
         found.append(instance)
@@ -190,6 +193,10 @@ def with_pools(access: AzureAccess, rows: list[Any], subscriptions: list[str]) -
             "Resource Graph", NIC_READ, f"network interfaces not returned (not readable, or deleted): {shown}"
         )
     return {key: sorted({pool for nic in refs for pool in backend_pools(nics[nic])}) for key, refs in nic_ids.items()}
+
+
+# A VM found so, with `stopped_machines: start`, is planned with its `power` instead of unreachable.
+FOUND_POWER: dict[str, Literal["stopped", "deallocated"]] = {"VM stopped": "stopped", "VM deallocated": "deallocated"}
 
 
 def _discovered_vm(access: AzureAccess, machine: Machine, instance: Instance, row: Any) -> tuple[Instance, str | None]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import timedelta
+from typing import Any
 
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
@@ -14,7 +15,7 @@ from patchpilot.engine.messages import Outcome, ReturnMachines, StartMachines
 from patchpilot.inventory import Instance
 from patchpilot.ports import InProgress, Progress
 
-from ..access import AzureAccess, Machine, describe_error, power_state
+from ..access import AzureAccess, Machine, describe_error, power_state, text
 
 POWER_POLL = timedelta(seconds=30)
 BUSY = frozenset({"starting", "stopping", "deallocating", "unknown"})
@@ -33,11 +34,15 @@ def _converge(access: AzureAccess, targets: Sequence[Instance], wanted_of: _Want
     now = access.clock.now()
     outcomes: dict[str, Outcome] = {}
     machines = access.parse(targets, outcomes, now)
+    rows = access.rows(list(machines.values())) if machines else {}
     for instance in targets:
         machine = machines.get(instance.id)
         if machine is None:
             continue
-        result = _one(access, machine, wanted_of(instance))
+        wanted = wanted_of(instance)
+        result = _one(access, machine, wanted)
+        if result is not None and result[0] and wanted == "running" and not _graph_says_running(rows, machine):
+            result = None  # the probe reads power from Resource Graph, which lags behind a start
         if result is not None:
             ok, detail = result
             outcomes[instance.id] = Outcome(id=instance.id, ok=ok, detail=detail, at=now)
@@ -71,6 +76,12 @@ def _one(access: AzureAccess, machine: Machine, wanted: str) -> tuple[bool, str]
     except HttpResponseError as exc:
         return False, f"{_verb(wanted)} the VM failed: {describe_error(exc)}"
     return None
+
+
+def _graph_says_running(rows: dict[str, Any], machine: Machine) -> bool:
+    row = rows.get(machine.key)
+    power = text(row, "properties", "extended", "instanceView", "powerState", "code").removeprefix("PowerState/")
+    return not power or power.lower() in ("running", "starting")
 
 
 def _verb(wanted: str) -> str:

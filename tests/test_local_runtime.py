@@ -290,7 +290,7 @@ def test_stopped_machines_are_started_patched_and_returned_and_the_report_lists_
     policy.write_text(POLICY.read_text() + "\nstopped_machines: start\n")
     state = tmp_path / "s"
     code, document = run_json("--policy", policy, "--inventory", path, "--state-dir", state)
-    assert document["status"] == "succeeded", document
+    assert code == 0 and document["status"] == "succeeded", document
     fleet = SimulatedFleet(state / "state.db", VirtualClock(state / "state.db"))
     for machine in production[:2]:
         assert document["instances"][machine["id"]]["state"] == "patched"

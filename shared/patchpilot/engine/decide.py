@@ -616,7 +616,7 @@ def _install_now(run: Run, now: datetime) -> Decision:
     unrebooted = [t.instance.short_name for t in targets if t.reboot == "never" and policy.reboot != "never"]
     if unrebooted:  # the report's log says which machines skip their reboot, and why
         names = ", ".join(unrebooted[:20]) + (f" and {len(unrebooted) - 20} more" if len(unrebooted) > 20 else "")
-        text = f"Wave {wave.index + 1}: {NO_REBOOT_NOTE} for {plural(len(unrebooted), 'machine')} ({names})"
+        text = f"Wave {wave.index}: {NO_REBOOT_NOTE} for {plural(len(unrebooted), 'machine')} ({names})"
         run = _logged(run, now, text)
     return _await(run, "installing", command)
 
@@ -1538,18 +1538,11 @@ def _sweep(run: Run, now: datetime) -> RejoinPools | None:
 
 
 def _power_sweep(run: Run, now: datetime) -> ReturnMachines | None:
-    """At a run's end: every machine of a begun wave that was found stopped or deallocated and is
-    not known to be back in that state is returned to it (a halt, or a crash between two steps,
-    could have left it running). Returning one already there changes nothing. None when none."""
-    if run.policy.stopped_machines != "start":
-        return None
-    records = [
-        r
-        for w in run.waves
-        if w.started_at is not None
-        for r in w.records.values()
-        if r.instance.power is not None and (r.started or not any(s.step == "return" and s.ok for s in r.steps))
-    ]
+    """At a run's end: every machine the run started (found stopped or deallocated) that is not
+    known to be back in that state is returned to it (a halt, or a crash between two steps, could
+    have left it running; a start whose result never came counts as started). Returning one already
+    there changes nothing. A machine the run never started is not its to stop. None when none."""
+    records = [r for r in run.records() if r.started]
     if not records:
         return None
     return ReturnMachines(

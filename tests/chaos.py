@@ -1,7 +1,7 @@
 """The chaos driver of the fault-tolerance tests: a run under at-least-once delivery, where
 every message may arrive twice, in another order, and the worker may die between any two
-effects. The run must end exactly as the fault-free local run does, and no instance may be
-snapshotted, patched or rolled back twice.
+effects. The run must end exactly as the fault-free local run does, no instance may be
+snapshotted, patched or rolled back twice, and none found stopped may be left running.
 
 A crash is an exception raised before the n-th effect (a call to an effectful method of the
 store, queue, fleet or notifier), after which the driver throws the runtime away and opens a
@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from hypothesis import strategies as st
 
@@ -45,11 +45,21 @@ rollout: {mode: concurrent_zones, disruption_budget: 2, canary: 1, max_failures:
 exclude: {tags: {PatchPolicy: frozen}}
 traffic: {drain: true, pool_health: true}
 hooks: {after_install: {linux: "systemctl start app", windows: "Start-Service app"}}
+stopped_machines: start
 """
 )
 STORE_EFFECTS = ("create", "save", "mark_sent")
 QUEUE_EFFECTS = ("publish", "ack", "retry_at")
-FLEET_EFFECTS = ("probe_agents", "take_snapshots", "install_patches", "check_health", "roll_back", "run_hook")
+FLEET_EFFECTS = (
+    "probe_agents",
+    "take_snapshots",
+    "install_patches",
+    "check_health",
+    "roll_back",
+    "run_hook",
+    "start_machines",
+    "return_machines",
+)
 TRAFFIC_EFFECTS = ("leave_pools", "rejoin_pools")
 NOTIFIER_EFFECTS = ("notify",)
 LEASE_EFFECTS = ("acquire", "release")
@@ -62,6 +72,8 @@ def _fleet() -> list[Instance]:
         "i-prod-06": Simulation(install="fail", rollback="fail"),
         "i-prod-07": Simulation(pool_health="fail"),
     }
+    # Found stopped (stopped_machines: start): started for their wave and returned (docs/governance.md)
+    powers: dict[str, Literal["stopped", "deallocated"]] = {"i-prod-01": "stopped", "i-prod-02": "deallocated"}
     out = []
     for ring, count in (("staging", 3), ("prod", 8)):
         for n in range(count):
@@ -78,6 +90,7 @@ def _fleet() -> list[Instance]:
                     # drained before the install, back after it (docs/traffic.md)
                     traffic_pools=("web",) if n % 2 else ("web", "api"),
                     simulation=hints.get(iid),
+                    power=powers.get(iid),
                 )
             )
     out.append(
@@ -285,6 +298,8 @@ def assert_like_the_fault_free_run(runtime: Runtime) -> None:
     assert not runtime.queue.dead_letters()
     broken = {r.id for r in run.records() if r.state == "failed"}
     assert runtime.fleet.pools.out_of_service() == broken, "a machine left out of its pools (only broken ones stay out)"
+    running = [i.id for i in FLEET if i.power is not None and runtime.fleet.power(i) != i.power]
+    assert not running, f"found stopped, left running: {running}"
     leases = getattr(runtime.service.leases, "_target", runtime.service.leases)  # past the faults
     if leases is not None:  # every machine has left the run: none is still held by it
         now = runtime.clock.now()

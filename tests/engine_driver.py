@@ -28,6 +28,8 @@ from patchpilot.engine.messages import (
     InstancesLeased,
     LeaseInstances,
     LeavePools,
+    MachinesReturned,
+    MachinesStarted,
     Notify,
     Outcome,
     PatchesInstalled,
@@ -37,10 +39,12 @@ from patchpilot.engine.messages import (
     RejoinPools,
     ReleaseInstances,
     Result,
+    ReturnMachines,
     RollBack,
     RolledBack,
     RunHostHook,
     SnapshotsTaken,
+    StartMachines,
     TakeSnapshots,
     TimerFired,
     TrafficCommand,
@@ -68,6 +72,8 @@ RESULTS: dict[type, type[Result]] = {
     LeavePools: PoolsLeft,
     RejoinPools: PoolsRejoined,  # the sweep of a finished run (`at_run_end`) is not driven here
     CallWaveHook: WaveHookCalled,
+    StartMachines: MachinesStarted,
+    ReturnMachines: MachinesReturned,  # the sweep of a finished run (`at_run_end`) is not driven here
 }
 
 

@@ -10,7 +10,8 @@ relies on, with the REST spec's status codes per operation:
   (PUT 202), listed per resource group; a disk's *content* (what was installed on it, whether the
   installation broke it) travels with snapshots and copies, so a VM rolled back to a pre-patch
   snapshot is healthy again;
-- deallocate and start (POST 202, deallocating -> deallocated, starting -> running), and the
+- deallocate, power off and start (POST 202, deallocating -> deallocated, stopping -> stopped,
+  starting -> running), and the
   disk swap rule: a PATCH that changes the OS disk or a data disk of a VM that is not deallocated
   is refused with 409 OperationNotAllowed;
 - installPatches (POST 202; 409 while an installation runs or when the VM is not running): the
@@ -126,6 +127,7 @@ class FakeAzureCompute:
         on("GET", VM + r"/instanceView", self._instance_view)
         on("POST", VM + r"/deallocate", self._deallocate)
         on("POST", VM + r"/start", self._start)
+        on("POST", VM + r"/powerOff", self._power_off)
         on("POST", VM + r"/installPatches", self._install)
         on("PUT", VM + r"/runCommands/(?P<run>[^/]+)", self._put_run_command)
         on("GET", VM + r"/runCommands/(?P<run>[^/]+)", self._get_run_command)
@@ -167,6 +169,7 @@ class FakeAzureCompute:
         scale_set: str | None = None,
         fault_domain: int | None = None,
         available: list[Patch] | None = None,
+        hotpatch: bool = False,
         **state: Any,
     ) -> str:
         """A VM with a NIC, a managed OS disk and `data_disks` data disks; returns its id. Its NIC's
@@ -224,6 +227,11 @@ class FakeAzureCompute:
         }
         if availability_set:
             properties["availabilitySet"] = {"id": f"{base}/Microsoft.Compute/availabilitySets/{availability_set}"}
+        if hotpatch:  # WindowsConfiguration.patchSettings.enableHotpatching needs AutomaticByPlatform
+            patch_settings = {"patchMode": "AutomaticByPlatform", "enableHotpatching": True}
+            properties["osProfile"] = {
+                "windowsConfiguration": {"provisionVMAgent": True, "patchSettings": patch_settings}
+            }
         if scale_set:
             scale_set_id = f"{base}/Microsoft.Compute/virtualMachineScaleSets/{scale_set}"
             properties["virtualMachineScaleSet"] = {"id": scale_set_id}
@@ -540,6 +548,15 @@ class FakeAzureCompute:
         if machine.power in ("deallocated", "stopped"):
             machine.power = "starting"
             self.at(timedelta(minutes=self.power_minutes), lambda: setattr(machine, "power", "running"))
+        return self._accepted(timedelta(minutes=self.power_minutes))
+
+    def _power_off(self, request: Request) -> Response:
+        """Stopped but still allocated (VirtualMachines_PowerOff, 202)."""
+        self.tick()
+        _, machine = self._machine(request)
+        if machine.power in ("running", "starting"):
+            machine.power = "stopping"
+            self.at(timedelta(minutes=self.power_minutes), lambda: setattr(machine, "power", "stopped"))
         return self._accepted(timedelta(minutes=self.power_minutes))
 
     # ------------------------------------------------------------ Arc servers

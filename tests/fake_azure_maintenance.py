@@ -12,7 +12,8 @@ What it models, with the status codes of the REST spec per operation:
 - applyUpdates: a run made by `schedule_run`, read with GET and cancelled with PUT
   {"properties": {"status": "Cancel"}} until its cut-off (10 minutes before the start).
 - VM PATCH of patch settings with Compute's rules for Windows: AutomaticByOS needs
-  enableAutomaticUpdates true, Manual needs it false; Linux has ImageDefault and AutomaticByPlatform.
+  enableAutomaticUpdates true, Manual needs it false; Linux has ImageDefault and AutomaticByPlatform;
+  enableHotpatching needs AutomaticByPlatform (the spec's PatchSettings.enableHotpatching).
 - Resource Graph tables `resources` (VMs and Arc servers as ARM documents) and
   `maintenanceresources` (assignments and per-machine run records), answered by
   fake_resource_graph's KQL evaluator.
@@ -21,7 +22,9 @@ Modelling choices that no document states (kept here so no test is mistaken for 
 - deleting a configuration that still has assignments is refused with 409;
 - `recurEvery` with "Offset+N" is refused: the spec only ever shows "Offset3" / "Offset-3";
 - a refused cancel answers 400 "MaintenanceRunNotCancellable";
-- Resource Graph lists dynamic scopes in `maintenanceresources` only with `graph_lists_dynamic_scopes`.
+- Resource Graph lists dynamic scopes in `maintenanceresources` only with `graph_lists_dynamic_scopes`;
+- bypassPlatformSafetyChecksOnUserSchedule true on a hotpatch-enabled VM is refused with 400
+  (issue 16: Azure rejects it with hotpatch; the spec itself states no such rule).
 
 VM documents keep the standard ARM shape (`vm_document`), so a Compute fake can share them.
 """
@@ -68,6 +71,7 @@ def vm_document(
     bypass: bool | None = None,
     assessment_mode: str | None = None,
     enable_automatic_updates: bool = True,
+    hotpatch: bool | None = None,
 ) -> dict[str, Any]:
     """An Azure VM as ARM returns it. Unset patch settings are left out, as on a VM made without them."""
     group = f"/subscriptions/{subscription}/resourceGroups/{resource_group}"
@@ -79,6 +83,8 @@ def vm_document(
         patch["assessmentMode"] = assessment_mode
     if bypass is not None:
         patch["automaticByPlatformSettings"] = {"bypassPlatformSafetyChecksOnUserSchedule": bypass}
+    if hotpatch is not None:
+        patch["enableHotpatching"] = hotpatch
     if os == "windows":
         config: dict[str, Any] = {
             "windowsConfiguration": {"provisionVMAgent": True, "enableAutomaticUpdates": enable_automatic_updates}
@@ -395,6 +401,12 @@ def _check_patch_settings(vm: dict[str, Any]) -> None:
     if bypass and mode != "AutomaticByPlatform":
         raise ArmError(
             400, "InvalidParameter", "bypassPlatformSafetyChecksOnUserSchedule needs patchMode AutomaticByPlatform"
+        )
+    if patch.get("enableHotpatching") and mode != "AutomaticByPlatform":
+        raise ArmError(400, "InvalidParameter", "enableHotpatching needs patchMode AutomaticByPlatform")
+    if patch.get("enableHotpatching") and bypass:
+        raise ArmError(
+            400, "InvalidParameter", "bypassPlatformSafetyChecksOnUserSchedule is not supported with enableHotpatching"
         )
 
 

@@ -33,6 +33,7 @@ LAYERS: dict[str, str] = {
     "batching": CORE,
     "wording": CORE,
     "verdict": CORE,
+    "hotpatch": CORE,
     "inputs": CORE,
     "inventory": CORE,
     "redact": CORE,

@@ -9,6 +9,7 @@ every canned answer against the real service model. Each test's docstring says w
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import uuid
@@ -38,7 +39,9 @@ from patchpilot.engine.messages import (
     Outcome,
     ProbeAgents,
     RestoreTarget,
+    ReturnMachines,
     RollBack,
+    StartMachines,
     TakeSnapshots,
 )
 from patchpilot.inventory import Instance
@@ -287,7 +290,8 @@ def expect_patches(stub: Stubber, instance_id: str, patches: list[tuple[str, str
 def test_discovery_maps_instances_and_marks_offline_and_unmanaged_agents(harness: Harness, clock: ManualClock) -> None:
     """moto: EC2 instances and tags; Stubber: DescribeInstanceInformation."""
     web = launch(2, tags={"Name": "web", "Ring": "canary", "Team": "shop"})
-    win = launch(1, tags={"Name": "dc-01", "Ring": "prod"}, windows=True)
+    win = launch(1, tags={"Name": "dc-01", "Ring": "prod", "PatchPilotLivePatch": "enabled"}, windows=True)
+    live = launch(1, tags={"Name": "klp", "Ring": "prod", "PatchPilotLivePatch": "Enabled"})
     stopped = launch(1, tags={"Ring": "prod"})
     ec2().stop_instances(InstanceIds=[stopped[0].id])
     launch(1, tags={"Ring": "elsewhere"})  # selected by no ring
@@ -301,7 +305,7 @@ aws: {{regions: [{REGION}]}}
 """
     )
     stub = harness.stub()
-    ids = [i.id for i in [*web, *win, *stopped]]
+    ids = [i.id for i in [*web, *win, *stopped, *live]]
     expect_agents(
         stub, ids, offline={win[0].id: "ConnectionLost", stopped[0].id: "ConnectionLost"}, unmanaged={web[1].id}
     )
@@ -323,6 +327,8 @@ aws: {{regions: [{REGION}]}}
     assert first.tags == {"Name": "web", "Ring": "canary", "Team": "shop"}
     assert first.account == ACCOUNT
     assert found[win[0].id].os == "windows"
+    # Kernel Live Patching is read from the PatchPilotLivePatch tag, on Linux only.
+    assert [i.id for i in found.values() if i.hotpatch] == [live[0].id]
     reasons = {i.id: reason for i, reason in result.unreachable}
     assert reasons == {
         web[1].id: "not a managed instance (no SSM agent registered)",
@@ -1109,6 +1115,25 @@ def test_reboot_never_sends_no_reboot_and_max_duration_bounds_the_start(harness:
     assert sent["TimeoutSeconds"] == 7200
 
 
+def test_a_hotpatch_only_target_gets_its_own_send_command_without_a_reboot(
+    harness: Harness, clock: ManualClock
+) -> None:
+    """Stubber: ListCommands, SendCommand. `InstallTarget.reboot` (patchpilot/hotpatch.py) splits the part."""
+    live, other = fake(2)
+    command = install_command([live, other])
+    command = command.model_copy(
+        update={"targets": [command.targets[0].model_copy(update={"reboot": "never"}), command.targets[1]]}
+    )
+    stub = harness.stub()
+    expect_list_commands(stub, "AWS-RunPatchBaseline", [], clock.now())
+    expect_send(stub)
+    expect_send(stub)
+    make_fleet(harness, clock).install_patches(command)
+    harness.done()
+    sent = {tuple(p["InstanceIds"]): p["Parameters"]["RebootOption"] for p in harness.params("SendCommand")}
+    assert sent == {(live.id,): ["NoReboot"], (other.id,): ["RebootIfNeeded"]}
+
+
 # ---------------------------------------------------------------- health
 
 
@@ -1767,3 +1792,52 @@ def test_without_restore_data_volumes_the_data_volumes_are_left_alone(clock: Man
         for operation in ("CreateVolume", "StopInstances", "DetachVolume", "AttachVolume", "DescribeVolumes"):
             assert harness.count(operation) == 0
         assert restored_volumes(command.id) == []
+
+
+# ---------------------------------------------------------------- stopped machines
+
+
+def _settle(call: Any) -> list[Outcome]:
+    """Poll a power command until it reports (moto moves states at once or on the next read)."""
+    for _ in range(5):
+        progress = call()
+        if not isinstance(progress, InProgress):
+            return list(progress)
+    raise AssertionError("still in progress")
+
+
+def test_a_stopped_instance_is_started_then_stopped_again_and_a_sweep_changes_nothing(
+    harness: Harness, clock: ManualClock
+) -> None:
+    """moto: DescribeInstances, StartInstances, StopInstances."""
+    [machine] = launch(1)
+    ec2().stop_instances(InstanceIds=[machine.id])
+    target = dataclasses.replace(machine, power="stopped")
+    fleet = make_fleet(harness, clock)
+    start = StartMachines(id="r:w1:start", run_id="r", wave=1, targets=[target])
+    [started] = _settle(lambda: fleet.start_machines(start))
+    assert (started.ok, started.detail) == (True, "instance running")
+    state = ec2().describe_instances(InstanceIds=[machine.id])["Reservations"][0]["Instances"][0]["State"]["Name"]
+    assert state == "running"
+    back = ReturnMachines(id="r:w1:return", run_id="r", wave=1, targets=[target])
+    [returned] = _settle(lambda: fleet.return_machines(back))
+    assert (returned.ok, returned.detail) == (True, "instance stopped")
+    sweep = ReturnMachines(id="r:return-at-end", run_id="r", targets=[target], at_run_end=True)
+    assert [o.ok for o in _settle(lambda: fleet.return_machines(sweep))] == [True]
+    assert len(harness.params("StopInstances")) == 1  # the sweep found it stopped: nothing sent
+
+
+def test_discovery_plans_a_stopped_managed_instance_with_its_power_when_the_policy_starts_them(
+    harness: Harness, clock: ManualClock
+) -> None:
+    """moto: EC2; Stubber: DescribeInstanceInformation."""
+    [stopped] = launch(1, tags={"Ring": "prod"})
+    ec2().stop_instances(InstanceIds=[stopped.id])
+    pol = parse_policy(
+        f"name: n\nrings: [{{name: prod, select: {{tags: {{Ring: prod}}}}}}]\n"
+        f"aws: {{regions: [{REGION}]}}\nstopped_machines: start\n"
+    )
+    expect_agents(harness.stub(), [stopped.id], offline={stopped.id: "ConnectionLost"})
+    result = make_fleet(harness, clock).discover(pol)
+    assert [(i.id, i.power) for i in result.instances] == [(stopped.id, "stopped")]
+    assert result.unreachable == []

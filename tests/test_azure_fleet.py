@@ -53,8 +53,10 @@ from patchpilot.engine.messages import (
     Outcome,
     ProbeAgents,
     RestoreTarget,
+    ReturnMachines,
     RollBack,
     RunHostHook,
+    StartMachines,
     TakeSnapshots,
 )
 from patchpilot.errors import InputError
@@ -172,7 +174,7 @@ azure:
 def test_discovery_reads_the_rings_scope_zones_sets_and_domains_in_one_query(world: World) -> None:
     azure = world.azure
     staging = azure.add_vm("stg-1", tags={"Environment": "staging", "PatchPilot": "yes"}, zone="2")
-    prod = azure.add_vm("prd-1", tags={"Environment": "production"}, zone="3", os="Windows")
+    prod = azure.add_vm("prd-1", tags={"Environment": "production"}, zone="3", os="Windows", hotpatch=True)
     quoted = azure.add_vm("prd-2", tags={"Environment": "prod'eu"}, zone="1")
     in_set = azure.add_vm(
         "sql-1", rg="rg-sql", tags={"Environment": "production"}, availability_set="AS-SQL", update_domain=3
@@ -193,6 +195,7 @@ def test_discovery_reads_the_rings_scope_zones_sets_and_domains_in_one_query(wor
     aset = f"/subscriptions/{SUB}/resourceGroups/rg-sql/providers/Microsoft.Compute/availabilitySets/AS-SQL".lower()
     assert (got["sql-1"].zone, got["sql-1"].availability_set, got["sql-1"].update_domain) == (None, aset, 3)
     assert got["stg-1"].tags == {"Environment": "staging", "PatchPilot": "yes"}
+    assert got["prd-1"].hotpatch and not got["stg-1"].hotpatch  # patchSettings.enableHotpatching
     assert world.count("POST", "microsoft.resourcegraph") == 2  # the VMs, the Uniform scale set instances
     assert world.count("GET", "/instanceview") == 4  # one per running VM: agent state and update domain
 
@@ -541,6 +544,23 @@ def test_a_machines_patch_exceptions_are_excluded_from_its_install_only(world: W
     web = world.bodies("POST", "web-1/installpatches")[0]["linuxParameters"]
     assert legacy["packageNameMasksToExclude"] == ["openssl*"]
     assert "packageNameMasksToExclude" not in web
+
+
+def test_a_hotpatch_only_target_is_installed_with_reboot_setting_never(world: World) -> None:
+    """`InstallTarget.reboot` (patchpilot/hotpatch.py) overrides the command's per machine."""
+    hot = world.azure.add_vm("hot-1", os="Windows", hotpatch=True, available=[KB_CU])
+    other = world.azure.add_vm("win-1", os="Windows", available=[KB_CU])
+    command = install_command(
+        [
+            InstallTarget(instance=instance(world, hot), reboot="never"),
+            InstallTarget(instance=instance(world, other)),
+        ],
+    )
+
+    world.fleet().install_patches(command)
+
+    assert world.bodies("POST", "hot-1/installpatches")[0]["rebootSetting"] == "Never"
+    assert world.bodies("POST", "win-1/installpatches")[0]["rebootSetting"] == "IfRequired"
 
 
 def test_install_marks_each_vm_starts_once_and_reads_progress_from_resource_graph(world: World) -> None:
@@ -1166,3 +1186,39 @@ def test_a_whole_run_patches_azure_vms_in_waves_and_rolls_back_the_broken_one(wo
     assert all(CURL in azure.state(vm).available for vm in production)
     assert queue.dead_letters() == []
     assert len(world.bodies("POST", "/installpatches")) == 5
+
+
+# ---------------------------------------------------------------- stopped machines
+
+
+def test_discovery_plans_a_deallocated_vm_with_its_power_when_the_policy_starts_them(world: World) -> None:
+    off = world.azure.add_vm("prd-off", tags={"Environment": "production"}, power="deallocated")
+    starting = parse_policy(POLICY + "stopped_machines: start\n")
+    found = world.fleet().discover(starting)
+    assert [(i.id, i.power) for i in found.instances] == [(off, "deallocated")] and found.unreachable == []
+    skipping = world.fleet().discover(parse_policy(POLICY))
+    assert [r for _, r in skipping.unreachable] == ["VM deallocated"]  # as before
+
+
+@pytest.mark.parametrize("found_as", ["deallocated", "stopped"])
+def test_a_vm_found_stopped_is_started_then_returned_to_that_state_once(world: World, found_as: str) -> None:
+    vm = world.azure.add_vm("prd-off", tags={"Environment": "production"}, power=found_as)
+    target = instance(world, vm, power=found_as)
+    fleet = world.fleet()
+    start = StartMachines(id="r:w1:start", run_id="r", wave=1, targets=[target])
+    assert isinstance(fleet.start_machines(start), InProgress)
+    assert isinstance(fleet.start_machines(start), InProgress)  # a redelivery starts nothing again
+    assert world.count("POST", "/start") == 1
+    world.clock.advance(timedelta(minutes=10))
+    [started] = fleet.start_machines(start)  # type: ignore[misc]
+    assert (started.ok, started.detail) == (True, "VM running")
+    back = ReturnMachines(id="r:w1:return", run_id="r", wave=1, targets=[target])
+    assert isinstance(fleet.return_machines(back), InProgress)
+    world.clock.advance(timedelta(minutes=10))
+    [returned] = fleet.return_machines(back)  # type: ignore[misc]
+    assert (returned.ok, returned.detail) == (True, f"VM {found_as}")
+    verb = "/deallocate" if found_as == "deallocated" else "/powerOff"
+    assert world.count("POST", verb) == 1
+    sweep = ReturnMachines(id="r:return-at-end", run_id="r", targets=[target], at_run_end=True)
+    [swept] = fleet.return_machines(sweep)  # type: ignore[misc]
+    assert swept.ok and world.count("POST", verb) == 1  # already so: untouched

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
+from azure.core.exceptions import HttpResponseError
 from click.testing import CliRunner, Result
 from clocks import ManualClock
 from fake_arm import ArmError, FakeArm, Request, Response
@@ -97,6 +98,7 @@ def machine(
     kind: str = VM_TYPE,
     group: str = "rg-app",
     subscription: str = SUB,
+    hotpatch: bool = False,
 ) -> Machine:
     default = "AutomaticByOS" if os == "windows" else "ImageDefault"
     provider = "Microsoft.Compute/virtualMachines" if kind == VM_TYPE else "Microsoft.HybridCompute/machines"
@@ -108,7 +110,7 @@ def machine(
         resource_group=group,
         location="japaneast",
         os=os,
-        settings=PatchSettings(mode or default, bypass=bypass),
+        settings=PatchSettings(mode or default, bypass=bypass, hotpatch=hotpatch),
         tags=tags if tags is not None else {"Environment": "staging"},
     )
 
@@ -508,6 +510,20 @@ def test_the_audit_follows_the_scenario_table(
     assert result.fixable == (kind is not None)
 
 
+@pytest.mark.parametrize(
+    ("scheduled", "kind"),
+    [(True, "schedule_blocked_by_hotpatch"), (False, "hotpatch_patches_on_its_own")],
+)
+def test_a_hotpatch_vm_is_never_offered_the_bypass_fix(scheduled: bool, kind: str) -> None:
+    vm = machine("hot1", os="windows", mode="AutomaticByPlatform", hotpatch=True)
+    assignments = [Assignment(assignment_id(vm.id, "theirs"), f"{MC_GROUP}/theirs")] if scheduled else []
+    (result,) = audit(make(policy_doc()), [vm], assignments)
+    assert [f.kind for f in result.findings] == [kind]
+    assert "Azure rejects bypassPlatformSafetyChecksOnUserSchedule with hotpatch" in result.findings[0].message
+    assert not result.fixable
+    assert result.machine.instance() is not None and result.machine.instance().hotpatch  # type: ignore[union-attr]
+
+
 def test_machines_outside_the_rings_and_arc_servers_get_no_patch_mode_finding() -> None:
     dev = machine("dev1", mode="AutomaticByPlatform", tags={"Environment": "dev"})
     arc = machine("arc1", os="windows", kind=ARC_TYPE)
@@ -893,6 +909,54 @@ def test_fix_sets_customer_managed_schedules_on_linux_and_windows_then_the_audit
     assert again.exit_code == 0, again.output
     assert "No findings" in again.output
     assert len([c for c in cloud.arm.calls if c.method == "PATCH"]) == 4  # nothing left to fix
+
+
+def test_the_audit_recognises_hotpatch_vms_and_fix_never_sends_them_the_bypass(cloud: Cloud, write_policy: Any) -> None:
+    cloud.maintenance.add(
+        vm_document(
+            SUB,
+            "rg-app",
+            "hot1",
+            os="windows",
+            tags={"Environment": "staging"},
+            patch_mode="AutomaticByPlatform",
+            hotpatch=True,
+        )
+    )
+    doc = policy_doc()
+    doc["exclude"] = {}
+    result = run(cloud, "audit", "--policy", write_policy(doc), "--fix", "--json")
+    machines = {m["name"]: m for m in json.loads(result.output)["machines"]}
+    hot = machines["hot1"]
+    assert hot["hotpatch"] is True and machines["stg1"]["hotpatch"] is False
+    assert [f["kind"] for f in hot["findings"]] == ["schedule_blocked_by_hotpatch"]  # the policy's own schedule
+    assert hot["fixed"] is False and hot["error"] is None
+    assert "hot1" not in [c.path.rsplit("/", 1)[-1] for c in cloud.arm.calls if c.method == "PATCH"]
+    assert machines["stg1"]["fixed"]  # the others are fixed as before
+    assert result.exit_code == 1  # a finding is left
+    table = run(cloud, "audit", "--policy", write_policy(doc))
+    assert has_row(table.output, "hot1 (rg-app)", "AutomaticByPlatform + hotpatch", "staging", "error: in schedule")
+
+
+def test_the_fake_arm_refuses_the_bypass_on_a_hotpatch_vm(cloud: Cloud) -> None:
+    from patchpilot.adapters.azure.update_manager.machines import fix_patch_settings, parse_machine
+
+    doc = vm_document(SUB, "rg-app", "hot2", os="windows", patch_mode="AutomaticByPlatform", hotpatch=True)
+    cloud.maintenance.add(doc)
+    row = {
+        **doc,
+        "subscriptionId": SUB,
+        "resourceGroup": "rg-app",
+        "osDiskType": "Windows",
+        "windows": doc["properties"]["osProfile"]["windowsConfiguration"],
+    }
+    hot = parse_machine(row)
+    assert hot.settings.hotpatch
+    with pytest.raises(ValueError, match="hotpatch is enabled"):
+        fix_patch_settings(cloud.clients, hot)
+    forced = replace(hot, settings=replace(hot.settings, hotpatch=False))
+    with pytest.raises(HttpResponseError, match="not supported with enableHotpatching"):
+        fix_patch_settings(cloud.clients, forced)  # what the fake ARM (issue 16) answers a bypass
 
 
 def test_one_vm_that_refuses_the_fix_does_not_stop_the_others(cloud: Cloud, write_policy: Any) -> None:

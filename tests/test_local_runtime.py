@@ -276,3 +276,29 @@ def _big_inventory(tmp_path: Path, count: int) -> Path:
     path = tmp_path / "fleet.json"
     path.write_text(json.dumps({"instances": instances}))
     return path
+
+
+def test_stopped_machines_are_started_patched_and_returned_and_the_report_lists_them(tmp_path: Path) -> None:
+    inventory = json.loads(FLEET.read_text())
+    production = [i for i in inventory["instances"] if i["tags"].get("Environment") == "production"]
+    production = [i for i in production if "PatchPolicy" not in i["tags"] and not i.get("simulation")]
+    production[0]["power"] = "deallocated" if production[0]["cloud"] == "azure" else "stopped"
+    production[1]["power"] = "stopped"
+    path = tmp_path / "fleet.json"
+    path.write_text(json.dumps(inventory))
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY.read_text() + "\nstopped_machines: start\n")
+    state = tmp_path / "s"
+    code, document = run_json("--policy", policy, "--inventory", path, "--state-dir", state)
+    assert code == 0 and document["status"] == "succeeded", document
+    fleet = SimulatedFleet(state / "state.db", VirtualClock(state / "state.db"))
+    for machine in production[:2]:
+        assert document["instances"][machine["id"]]["state"] == "patched"
+        found = LocalRuntime.open(state).load(document["run_id"]).records()
+        instance = next(r.instance for r in found if r.id == machine["id"])
+        assert fleet.power(instance) == machine["power"]  # back as found
+    report = Path(document["report"]["markdown"]).read_text()
+    assert (
+        "| Stopped machines | 2 machines found stopped or deallocated; 2 machines started for their waves and returned"
+        in report
+    )

@@ -306,6 +306,14 @@ def test_reboot_never_skips_the_reboot_time(fleet: SimulatedFleet, clock: Manual
     assert "not rebooted" in outcome.detail
 
 
+def test_a_hotpatch_only_target_skips_the_reboot_and_says_so(fleet: SimulatedFleet, clock: ManualClock) -> None:
+    command = install(vm(install_minutes=90))
+    command = command.model_copy(update={"targets": [command.targets[0].model_copy(update={"reboot": "never"})]})
+    outcome = one(run_to_end(clock, lambda: fleet.install_patches(command)))
+    assert outcome.at == T0 + timedelta(minutes=90)
+    assert outcome.detail.endswith("not rebooted (hotpatch only: no reboot)")
+
+
 # --- outcomes and fault hints -----------------------------------------------------------------------
 
 

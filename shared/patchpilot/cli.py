@@ -361,6 +361,13 @@ def print_plan(console: Console, policy: Policy, result: Plan) -> None:
             console.print(f"Ring {ring.name}: {ring.gate}.", soft_wrap=True)
     if around := around_the_install(policy):
         console.print(f"Around each install: {around}.", soft_wrap=True)
+    if hot := [i.short_name for w in result.waves for i in w.instances if i.hotpatch]:
+        shown = ", ".join(hot[:MAX_IDS_SHOWN]) + (f" … +{len(hot) - MAX_IDS_SHOWN}" if len(hot) > MAX_IDS_SHOWN else "")
+        console.print(
+            f"Hotpatch-enabled: {plural(len(hot), 'machine')} ({shown}), not rebooted in a month whose "
+            "promoted set is live patches only.",
+            soft_wrap=True,
+        )
     if fit.window is not None:
         within = "fits" if fit.fits else "does not fit"
         console.print(

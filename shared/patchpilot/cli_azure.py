@@ -128,7 +128,7 @@ def _mode(item: MachineAudit) -> str:
     s = item.machine.settings
     if item.machine.arc:
         return f"{s.patch_mode} (Arc)"
-    return f"{s.patch_mode}{' + bypass' if s.bypass else ''}"
+    return f"{s.patch_mode}{' + bypass' if s.bypass else ''}{' + hotpatch' if s.hotpatch else ''}"
 
 
 def _audit_document(policy: Policy, result: AuditResult, fixing: bool, status: int) -> dict[str, Any]:
@@ -150,6 +150,7 @@ def _audit_document(policy: Policy, result: AuditResult, fixing: bool, status: i
                 "patch_mode": m.machine.settings.patch_mode,
                 "assessment_mode": m.machine.settings.assessment_mode,
                 "bypass_platform_safety_checks_on_user_schedule": m.machine.settings.bypass,
+                "hotpatch": m.machine.settings.hotpatch,
                 "ring": m.ring,
                 "excluded": m.excluded,
                 "schedules": list(m.schedules),

@@ -104,6 +104,14 @@ class Instance:
     # "uniform": an instance of an Azure Uniform scale set (its `scaling_group`), which PatchPilot
     # cannot patch in place: the planner always excludes it (docs/policy.md, "Inventory files").
     scale_set_mode: Literal["uniform"] | None = None
+    # Takes its security patches without a reboot (docs/governance.md, "Hotpatch and stopped
+    # machines"): Azure hotpatch (patchSettings.enableHotpatching), Kernel Live Patching on Amazon
+    # Linux (the instance's PatchPilot:LivePatch tag). Discovery sets it; an inventory may.
+    hotpatch: bool = False
+    # Found stopped (AWS stopped, Azure stopped but allocated) or deallocated (Azure); None: running
+    # or not known. Discovery sets it; an inventory may (the simulated fleet then starts it stopped).
+    # With `stopped_machines: start` a run starts it for its wave and returns it to this state.
+    power: Literal["stopped", "deallocated"] | None = None
     simulation: Simulation | None = None
 
     @model_validator(mode="after")

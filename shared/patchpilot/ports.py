@@ -22,8 +22,10 @@ from patchpilot.engine.messages import (
     Outcome,
     ProbeAgents,
     RejoinPools,
+    ReturnMachines,
     RollBack,
     RunHostHook,
+    StartMachines,
     TakeSnapshots,
 )
 from patchpilot.engine.run import Run
@@ -188,6 +190,17 @@ class FleetProvider(Protocol):
     def check_health(self, command: CheckHealth) -> Progress: ...
 
     def roll_back(self, command: RollBack) -> Progress: ...
+
+    def start_machines(self, command: StartMachines) -> Progress:
+        """Start each target found stopped or deallocated (AWS StartInstances, Azure start): an
+        outcome per target once it runs; one already running is not started again."""
+        ...
+
+    def return_machines(self, command: ReturnMachines) -> Progress:
+        """Put each target back in the power state it was found in (`Instance.power`: AWS
+        StopInstances; Azure deallocate, or power off for `stopped`): an outcome per target once it
+        is; one already in that state is not touched, so a redelivery or a sweep changes nothing."""
+        ...
 
     def run_hook(self, command: RunHostHook) -> Progress:
         """Run the hook's script on each target (SSM AWS-RunShellScript / AWS-RunPowerShellScript,

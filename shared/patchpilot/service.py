@@ -37,6 +37,9 @@ from patchpilot.engine.messages import (
     InstancesLeased,
     LeaseInstances,
     LeavePools,
+    MachinesReturned,
+    MachinesStarted,
+    MachinesSwept,
     Message,
     NoticeUndelivered,
     Notify,
@@ -49,11 +52,13 @@ from patchpilot.engine.messages import (
     RejoinPools,
     ReleaseInstances,
     Result,
+    ReturnMachines,
     RollBack,
     RolledBack,
     RunHostHook,
     SnapshotsTaken,
     StartFollowUp,
+    StartMachines,
     TakeSnapshots,
     TimerFired,
     TrafficCommand,
@@ -342,6 +347,8 @@ class Service:
                 | LeavePools()
                 | RejoinPools()
                 | CallWaveHook()
+                | StartMachines()
+                | ReturnMachines()
             ):
                 if not self._execute(message, delivery, run):
                     return  # postponed: polled again later, not acked
@@ -355,6 +362,9 @@ class Service:
                 | PoolsLeft()
                 | PoolsRejoined()
                 | PoolsSwept()
+                | MachinesStarted()
+                | MachinesReturned()
+                | MachinesSwept()
                 | HostHookRan()
                 | WaveHookCalled()
                 | CloudScheduledRunCancelled()
@@ -427,6 +437,11 @@ class Service:
                 result_type = PoolsSwept if command.at_run_end else PoolsRejoined
             case CallWaveHook():
                 progress, result_type = self._call_wave_hook(command), WaveHookCalled
+            case StartMachines():
+                progress, result_type = self.fleet.start_machines(command), MachinesStarted
+            case ReturnMachines():
+                progress = self.fleet.return_machines(command)
+                result_type = MachinesSwept if command.at_run_end else MachinesReturned
             case _:
                 assert_never(command)
         if isinstance(progress, InProgress):

@@ -45,7 +45,8 @@ var fleetActions = [
   'Microsoft.Compute/disks/read'
   'Microsoft.Compute/disks/write'
   'Microsoft.Compute/virtualMachines/deallocate/action'
-  'Microsoft.Compute/virtualMachines/start/action'
+  'Microsoft.Compute/virtualMachines/start/action' // also stopped_machines: start (start, then deallocate or power off)
+  'Microsoft.Compute/virtualMachines/powerOff/action' // stopped_machines: start, a VM found stopped (not deallocated)
   // Arc-enabled servers (policy azure.arc)
   'Microsoft.HybridCompute/machines/read'
   'Microsoft.HybridCompute/machines/write' // marks (tags)

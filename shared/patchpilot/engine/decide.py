@@ -37,6 +37,9 @@ from patchpilot.engine.messages import (
     InstancesLeased,
     LeaseInstances,
     LeavePools,
+    MachinesReturned,
+    MachinesStarted,
+    MachinesSwept,
     Message,
     NoticeUndelivered,
     Notify,
@@ -49,12 +52,14 @@ from patchpilot.engine.messages import (
     RejoinPools,
     ReleaseInstances,
     RestoreTarget,
+    ReturnMachines,
     RollBack,
     RolledBack,
     RunHostHook,
     Severity,
     SnapshotsTaken,
     StartFollowUp,
+    StartMachines,
     TakeSnapshots,
     TimerFired,
     Topic,
@@ -77,10 +82,11 @@ from patchpilot.engine.run import (
     WaveState,
     count_states,
 )
+from patchpilot.hotpatch import NO_REBOOT_NOTE, reboot_free
 from patchpilot.inventory import Instance
 from patchpilot.planning.estimate import ESTIMATE_SOURCE, wave_estimate
 from patchpilot.policy import Policy
-from patchpilot.policy.exceptions import excepted_patches
+from patchpilot.policy.exceptions import excepted_patches, names_patch
 from patchpilot.policy.fields import format_duration
 from patchpilot.policy.model import Hooks, HostHook
 from patchpilot.wording import plural
@@ -374,7 +380,52 @@ def _on_instances_leased(run: Run, event: Event, now: datetime) -> Decision:
         run = _logged(run, now, f"Wave {wave.index}: {plural(len(held), 'machine')} skipped: {names}", "warning")
     if not leased:
         return _finish_wave(run, now)
-    targets = [wave.records[i].instance for i in leased]
+    return _start_stopped(run, now)
+
+
+def _start_stopped(run: Run, now: datetime) -> Decision:
+    """Machines found stopped or deallocated: with `stopped_machines: start` they are started
+    before the probe (and count as started from here on, so that every end returns them);
+    with `skip` they are skipped untouched."""
+    wave = run.current
+    stopped = [r for r in _pending(wave) if r.instance.power is not None]
+    if not stopped:
+        return _probe(run, now)
+    if run.policy.stopped_machines == "skip":
+        skip = {r.id: Outcome(id=r.id, ok=False, detail=f"machine {r.instance.power}") for r in stopped}
+
+        def skipped(record: InstanceRecord, outcome: Outcome) -> dict[str, object]:
+            return _final("skipped", f"{outcome.detail}: not started (stopped_machines: skip)")
+
+        wave = _update(wave, skip, "start", skipped, set(skip))
+        return _probe(_with_wave(run, wave), now)
+    records = {**wave.records, **{r.id: r.model_copy(update={"started": True}) for r in stopped}}
+    run = _with_wave(run, wave.model_copy(update={"records": records}))
+    command = StartMachines(
+        id=_command_id(run, "start"), run_id=run.run_id, wave=wave.index, targets=[r.instance for r in stopped]
+    )
+    return _await(run, "starting", command)
+
+
+def _on_machines_started(run: Run, event: Event, now: datetime) -> Decision:
+    """A machine that did not start is skipped (it is returned with the others at the wave's end)."""
+    assert isinstance(event, MachinesStarted)
+    targets = {r.id for r in run.current.records.values() if r.started}
+
+    def apply(record: InstanceRecord, outcome: Outcome) -> dict[str, object]:
+        if outcome.ok:
+            return {}
+        return _final("skipped", f"could not be started: {outcome.detail}".rstrip(": "))
+
+    wave = _update(run.current, event.by_id(), "start", apply, targets)
+    return _probe(_with_wave(run, wave), now)
+
+
+def _probe(run: Run, now: datetime) -> Decision:
+    wave = run.current
+    targets = [r.instance for r in _pending(wave)]
+    if not targets:
+        return _finish_wave(run, now)
     command = ProbeAgents(id=_command_id(run, "probe"), run_id=run.run_id, wave=wave.index, targets=targets)
     return _await(run, "probing", command)
 
@@ -556,14 +607,12 @@ def _install_now(run: Run, now: datetime) -> Decision:
     if not ready:
         return _after_checks(run, now)
     policy = run.policy
+    targets = [_install_target(run, r, now) for r in ready]
     command = InstallPatches(
         id=_command_id(run, "install"),
         run_id=run.run_id,
         wave=wave.index,
-        targets=[
-            InstallTarget(instance=r.instance, only=_pinned(run, r), exclude=excepted_patches(policy, r.instance, now))
-            for r in ready
-        ],
+        targets=targets,
         classifications=list(policy.patches.classifications),
         include=list(policy.patches.include),
         exclude=list(policy.patches.exclude),
@@ -571,7 +620,22 @@ def _install_now(run: Run, now: datetime) -> Decision:
         max_duration=_time_left(run, now),
         maintenance_run=run.cloud_scheduled.id if run.cloud_scheduled else None,
     )
+    unrebooted = [t.instance.short_name for t in targets if t.reboot == "never" and policy.reboot != "never"]
+    if unrebooted:  # the report's log says which machines skip their reboot, and why
+        names = ", ".join(unrebooted[:20]) + (f" and {len(unrebooted) - 20} more" if len(unrebooted) > 20 else "")
+        text = f"Wave {wave.index}: {NO_REBOOT_NOTE} for {plural(len(unrebooted), 'machine')} ({names})"
+        run = _logged(run, now, text)
     return _await(run, "installing", command)
+
+
+def _install_target(run: Run, record: InstanceRecord, now: datetime) -> InstallTarget:
+    """What one machine installs: the promoted set (pinned), its patch exceptions, and no reboot
+    on a hotpatch-enabled machine whose promoted set is live patches only (patchpilot/hotpatch.py)."""
+    only = _pinned(run, record)
+    excluded = excepted_patches(run.policy, record.instance, now)
+    kept = [p for p in only if not names_patch(excluded, p)] if only is not None else None
+    reboot: Literal["never"] | None = "never" if reboot_free(record.instance, kept) else None
+    return InstallTarget(instance=record.instance, only=only, exclude=excluded, reboot=reboot)
 
 
 def _on_cloud_scheduled_run_cancelled(run: Run, event: Event, now: datetime) -> Decision:
@@ -886,9 +950,68 @@ def _on_wave_closed(run: Run, event: Event, now: datetime) -> Decision:
     return Decision(decision.run, [*notices, *decision.commands])
 
 
+def _to_return(records: Iterable[InstanceRecord]) -> list[InstanceRecord]:
+    """Started by the run, not returned yet, and not already tried by this wave's return."""
+    return [r for r in records if r.started and not any(s.step == "return" for s in r.steps)]
+
+
+def _on_machines_returned(run: Run, event: Event, now: datetime) -> Decision:
+    """Returned: the record says so. Not returned: it stays `started`, logged and told, and the
+    run's end tries again."""
+    assert isinstance(event, MachinesReturned)
+    targets = {r.id for r in _to_return(run.current.records.values())}
+
+    def apply(record: InstanceRecord, outcome: Outcome) -> dict[str, object]:
+        if outcome.ok:
+            return {"started": False}
+        return {}
+
+    wave = _update(run.current, event.by_id(), "return", apply, targets)
+    run = _with_wave(run, wave)
+    left = [r for r in wave.records.values() if r.id in targets and r.started]
+    back = [r for r in wave.records.values() if r.id in targets and not r.started]
+    if back:
+        names = ", ".join(f"{r.instance.short_name} ({r.instance.power})" for r in back[:20])
+        run = _logged(run, now, f"Wave {wave.index}: {plural(len(back), 'machine')} returned as found: {names}")
+    if not left:
+        return _close_wave(run, now)
+    names = ", ".join(r.instance.short_name for r in left[:20])
+    text = f"Wave {wave.index}: {plural(len(left), 'machine')} not returned to the state found ({names}): left running"
+    notice = _notify(run, "instance_failed", text, "error", f"return-w{wave.index}")
+    decision = _close_wave(_logged(run, now, text, "error"), now)
+    return Decision(decision.run, [notice, *decision.commands])
+
+
+def _on_machines_swept(run: Run, event: Event, now: datetime) -> Decision:
+    """The finished run's last look at the machines it found stopped: returned is recorded;
+    what stays running pages."""
+    assert isinstance(event, MachinesSwept)
+    results = event.by_id()
+    back = {k for k, o in results.items() if o.ok}
+    waves = tuple(
+        w.model_copy(
+            update={
+                "records": {
+                    k: v.model_copy(update={"started": False}) if k in back else v for k, v in w.records.items()
+                }
+            }
+        )
+        for w in run.waves
+    )
+    run = run.model_copy(update={"waves": waves})
+    stuck = [(r, results[r.id]) for r in run.records() if r.id in results and not results[r.id].ok]
+    if not stuck:
+        return Decision(_logged(run, now, "Run end: every machine the run found stopped is back in that state"))
+    names = "; ".join(f"{r.instance.short_name}: {o.detail}" for r, o in stuck[:20])
+    text = f"Run {run.run_id} could not return {plural(len(stuck), 'machine')} to the state found: {names}"
+    return Decision(_logged(run, now, text, "error"), [_notify(run, "instance_failed", text, "error", "return-at-end")])
+
+
 # Keyed by event class: a message's `type` is its wire name, the class is what the code knows.
 TRANSITIONS: dict[tuple[Row, EventClass], Transition] = {
-    ("leasing", InstancesLeased): Transition(_on_instances_leased, ("probing", WAVE_DONE)),
+    ("leasing", InstancesLeased): Transition(_on_instances_leased, ("starting", "probing", WAVE_DONE)),
+    ("starting", MachinesStarted): Transition(_on_machines_started, ("probing", WAVE_DONE)),
+    ("returning", MachinesReturned): Transition(_on_machines_returned, ("closing_wave", WAVE_DONE)),
     ("probing", AgentsProbed): Transition(_on_agents_probed, ("snapshotting", WAVE_DONE)),
     ("snapshotting", SnapshotsTaken): Transition(
         _on_snapshots_taken, ("opening_wave", "draining", "preparing", "installing", "cancelling", WAVE_DONE)
@@ -920,9 +1043,11 @@ TRANSITIONS: dict[tuple[Row, EventClass], Transition] = {
     (ANY_STATE, FollowUpRequested): Transition(_on_follow_up_requested),
     (ANY_STATE, FollowUpFinished): Transition(_on_follow_up_finished),
     (ANY_STATE, PoolsSwept): Transition(_on_pools_swept),
+    (ANY_STATE, MachinesSwept): Transition(_on_machines_swept),
 }
 # Where the end of a wave leads: the next wave, a soak, an approval gate, or the end of the run.
 WAVE_DONE_TARGETS: tuple[RunState, ...] = (
+    "returning",
     "closing_wave",
     "leasing",
     "soaking",
@@ -1051,7 +1176,19 @@ def _skip_unpromotable(run: Run, wave: WaveState) -> WaveState:
 
 
 def _finish_wave(run: Run, now: datetime) -> Decision:
-    """The end of a wave: its after_wave hook first, when the wave reached its disruptive part."""
+    """The end of a wave: the machines it started go back to the state they were found in
+    (after a rollback too), then its after_wave hook, when the wave reached its disruptive part."""
+    wave = run.current
+    started = _to_return(wave.records.values())
+    if started:
+        command = ReturnMachines(
+            id=_command_id(run, "return"), run_id=run.run_id, wave=wave.index, targets=[r.instance for r in started]
+        )
+        return _await(run, "returning", command)
+    return _close_wave(run, now)
+
+
+def _close_wave(run: Run, now: datetime) -> Decision:
     wave = run.current
     hook = _hooks(run).after_wave if wave.opened and not wave.closed else None
     if hook is None:
@@ -1225,6 +1362,8 @@ def _end(run: Run, now: datetime, state: RunState, reason: str) -> Decision:
     outbox: list[Message] = [notice]
     if sweep := _sweep(run, now):
         outbox.append(sweep)
+    if power_sweep := _power_sweep(run, now):
+        outbox.append(power_sweep)
     if run.follow_up_of is not None:  # the run it follows up may start its next one
         ended = FollowUpFinished(
             id=f"{run.run_id}:finished",
@@ -1390,6 +1529,19 @@ def _sweep(run: Run, now: datetime) -> RejoinPools | None:
         issued_at=now,
         at_run_end=True,
         standby=run.policy.scaling_groups == "standby",
+    )
+
+
+def _power_sweep(run: Run, now: datetime) -> ReturnMachines | None:
+    """At a run's end: every machine the run started (found stopped or deallocated) that is not
+    known to be back in that state is returned to it (a halt, or a crash between two steps, could
+    have left it running; a start whose result never came counts as started). Returning one already
+    there changes nothing. A machine the run never started is not its to stop. None when none."""
+    records = [r for r in run.records() if r.started]
+    if not records:
+        return None
+    return ReturnMachines(
+        id=f"{run.run_id}:return-at-end", run_id=run.run_id, targets=[r.instance for r in records], at_run_end=True
     )
 
 

@@ -28,9 +28,11 @@ from patchpilot.engine.messages import (
     ProbeAgents,
     RejoinPools,
     ReleaseInstances,
+    ReturnMachines,
     RollBack,
     RunHostHook,
     StartFollowUp,
+    StartMachines,
     TakeSnapshots,
     Wait,
 )
@@ -51,6 +53,8 @@ AWAITED = (
     CallWaveHook,
     Wait,
     CancelCloudScheduledRun,
+    StartMachines,
+    ReturnMachines,
 )
 # Executed whenever issued: each is idempotent on its own (a notice is claimed per channel, a
 # follow-up starts once per run id, a follow-up's end is an event applied once, a release frees
@@ -96,7 +100,7 @@ def standing(run: Run, message: Message) -> Standing:
         raise NotIssuedError(f"run {run.run_id} never issued {message.type} {message.id}")
     if recorded != digest(message):
         raise NotIssuedError(f"{message.type} {message.id} differs from what run {run.run_id} issued")
-    if isinstance(message, RejoinPools) and message.at_run_end:  # a finished run's sweep: awaited by none
+    if isinstance(message, RejoinPools | ReturnMachines) and message.at_run_end:  # a finished run's sweep
         return "done" if message.result_id in run.processed else "due"
     if isinstance(message, AWAITED) and run.awaiting != message.id:
         return "done"

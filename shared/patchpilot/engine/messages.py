@@ -61,6 +61,26 @@ class ProbeAgents(_Command):
     targets: list[Instance]
 
 
+class StartMachines(_Command):
+    """Start each target, found stopped or deallocated (`Instance.power`, policy `stopped_machines:
+    start`), for its wave: done once each runs (and its agent can be probed). A target already
+    running is not started again."""
+
+    type: Literal["StartMachines"] = "StartMachines"
+    targets: list[Instance]
+
+
+class ReturnMachines(_Command):
+    """Return each target to the power state it was found in (`Instance.power`: AWS StopInstances;
+    Azure deallocate, or power off for `stopped`); done once each is. A target already in that
+    state is not touched. `at_run_end`: the sweep of a finished run, which returns what a crash
+    or a halt may have left running."""
+
+    type: Literal["ReturnMachines"] = "ReturnMachines"
+    targets: list[Instance]
+    at_run_end: bool = False
+
+
 class TakeSnapshots(_Command):
     """Snapshot every disk of every target, tagged with the run, wave and command id."""
 
@@ -73,6 +93,9 @@ class TakeSnapshots(_Command):
     patch_without_rollback: bool = False
 
 
+Reboot = Literal["if_required", "always", "never"]
+
+
 class InstallTarget(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -81,6 +104,13 @@ class InstallTarget(BaseModel):
     # Ids and masks (as InstallPatches.exclude) this machine's install leaves out on top of the
     # command's, `only` included: the policy's patch exceptions in force (docs/governance.md).
     exclude: list[str] = Field(default_factory=new_list)
+    # This machine's reboot, where it differs from the command's: "never" on a hotpatch-enabled
+    # machine whose promoted set is live patches only (patchpilot/hotpatch.py).
+    reboot: Reboot | None = None
+
+    def reboot_for(self, command_reboot: Reboot) -> Reboot:
+        """The reboot this machine's install uses."""
+        return self.reboot or command_reboot
 
 
 class InstallPatches(_Command):
@@ -236,7 +266,9 @@ Command = Annotated[
     | Wait
     | Notify
     | CancelCloudScheduledRun
-    | StartFollowUp,
+    | StartFollowUp
+    | StartMachines
+    | ReturnMachines,
     Field(discriminator="type"),
 ]
 
@@ -307,6 +339,20 @@ class PoolsSwept(Result):
     """The result of a finished run's `RejoinPools(at_run_end=True)`: applied in any state."""
 
     type: Literal["PoolsSwept"] = "PoolsSwept"
+
+
+class MachinesStarted(Result):
+    type: Literal["MachinesStarted"] = "MachinesStarted"
+
+
+class MachinesReturned(Result):
+    type: Literal["MachinesReturned"] = "MachinesReturned"
+
+
+class MachinesSwept(Result):
+    """The result of a finished run's `ReturnMachines(at_run_end=True)`: applied in any state."""
+
+    type: Literal["MachinesSwept"] = "MachinesSwept"
 
 
 class CloudScheduledRunCancelled(Result):
@@ -390,7 +436,10 @@ Event = Annotated[
     | ApprovalRejected
     | NoticeUndelivered
     | FollowUpRequested
-    | FollowUpFinished,
+    | FollowUpFinished
+    | MachinesStarted
+    | MachinesReturned
+    | MachinesSwept,
     Field(discriminator="type"),
 ]
 
@@ -427,10 +476,17 @@ Message = Annotated[
     | ApprovalRejected
     | NoticeUndelivered
     | FollowUpRequested
-    | FollowUpFinished,
+    | FollowUpFinished
+    | StartMachines
+    | ReturnMachines
+    | MachinesStarted
+    | MachinesReturned
+    | MachinesSwept,
     Field(discriminator="type"),
 ]
 MESSAGE = TypeAdapter(Message)
 
-FleetCommand = ProbeAgents | TakeSnapshots | InstallPatches | CheckHealth | RollBack | RunHostHook
+FleetCommand = (
+    ProbeAgents | TakeSnapshots | InstallPatches | CheckHealth | RollBack | RunHostHook | StartMachines | ReturnMachines
+)
 TrafficCommand = LeavePools | RejoinPools

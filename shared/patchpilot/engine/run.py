@@ -17,6 +17,8 @@ InstanceState = Literal["pending", FinalInstanceState]
 FINAL_STATES: frozenset[FinalInstanceState] = frozenset(get_args(FinalInstanceState))
 StepName = Literal[
     "lease",
+    "start",  # started for its wave: found stopped or deallocated (stopped_machines: start)
+    "return",  # returned to the power state it was found in
     "probe",
     "snapshot",
     "drain",  # left its traffic pools (and, with standby, entered Standby) before the install
@@ -41,6 +43,8 @@ TerminalState = Literal["succeeded", "succeeded_with_failures", "nothing_patched
 # docs/architecture.md).
 RunState = Literal[
     "leasing",
+    "starting",  # machines found stopped or deallocated are started (stopped_machines: start)
+    "returning",  # ... and returned to that state at the wave's end
     "probing",
     "snapshotting",
     "opening_wave",  # the policy's before_wave hook (docs/traffic.md)
@@ -103,6 +107,9 @@ class InstanceRecord(_State):
     # What leaving its pools removed, in the traffic adapter's words (`LeavePools` outcome items):
     # rejoining puts back exactly that.
     pool_registrations: list[str] = Field(default_factory=new_list)
+    # Started by this run (found stopped or deallocated, `Instance.power`) and not yet returned to
+    # that state: the wave's end returns it, and so does the run's end if a crash or halt came first.
+    started: bool = False
 
     @property
     def id(self) -> str:

@@ -583,8 +583,8 @@ def pool_text(instances: Iterable[Instance], members: Mapping[str, int]) -> str:
 
 
 def plan_document(result: Plan) -> dict[str, object]:
-    """The plan as JSON: `{"waves": [{"index", "ring", "instances", "pools": [{"id", "in_wave",
-    "members"}]}], "excluded": [{"id", "reason"}]}`."""
+    """The plan as JSON: `{"waves": [{"index", "ring", "instances", "hotpatch" (the ids of its
+    hotpatch-enabled machines), "pools": [{"id", "in_wave", "members"}]}], "excluded": [{"id", "reason"}]}`."""
     return {
         "waves": [
             {
@@ -593,6 +593,7 @@ def plan_document(result: Plan) -> dict[str, object]:
                 "canary": w.canary,
                 "instances": w.ids,
                 "placement": placement(w.instances),
+                "hotpatch": [i.id for i in w.instances if i.hotpatch],
                 "pools": [
                     {"id": pool, "in_wave": n, "members": total}
                     for pool, n, total in pool_shares(w.instances, result.pool_members)

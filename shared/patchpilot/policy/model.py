@@ -628,6 +628,10 @@ class Policy(_Section):
     # and exits after its health checks; an Azure Flexible scale set is patched like VMs, the set
     # counting as a traffic pool (docs/traffic.md).
     scaling_groups: Literal["skip", "standby"] = "skip"
+    # Machines found stopped or deallocated (docs/governance.md, "Hotpatch and stopped machines"):
+    # `skip` leaves them as they are (discovery reports them unreachable); `start` starts each for
+    # its wave, patches it, and returns it to the state it was found in.
+    stopped_machines: Literal["skip", "start"] = "skip"
     patches: PatchSelection = PatchSelection()
     reboot: Literal["if_required", "always", "never"] = "if_required"
     health: HealthChecks = HealthChecks()

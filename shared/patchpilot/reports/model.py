@@ -17,6 +17,7 @@ from itertools import pairwise
 
 from patchpilot.engine.retry import why_not_retryable
 from patchpilot.engine.run import InstanceRecord, Run, Step, WaveState
+from patchpilot.hotpatch import reboot_free
 from patchpilot.inventory import Instance
 from patchpilot.planning import placement, pool_members, pool_text
 from patchpilot.policy.fields import format_duration
@@ -306,6 +307,8 @@ class Report:
     broken: list[RollbackRow] = field(default_factory=list)  # left `failed`: restore them by hand
     attention: list[Attention] = field(default_factory=list)  # what needs a person, most urgent first
     traffic: str = ""  # the drain in one sentence (`traffic_summary`), "" when nothing was drained
+    hotpatch: str = ""  # the hotpatch-enabled machines in one sentence (`hotpatch_summary`)
+    stopped: str = ""  # the machines found stopped or deallocated (`stopped_summary`)
 
 
 # ---------------------------------------------------------------- building
@@ -355,6 +358,8 @@ def build(run: Run) -> Report:
         reboot=run.policy.reboot,
         attention=attention(run),
         traffic=traffic_summary(run),
+        hotpatch=hotpatch_summary(run),
+        stopped=stopped_summary(run),
     )
 
 
@@ -616,6 +621,47 @@ def _wave(run: Run, wave: WaveState, pools: dict[str, int]) -> WaveView:
         patched_names=[ref(r.instance) for r in patched] if len(patched) <= NAME_PATCHED_UP_TO else None,
         capacity=pool_capacity(records, pools),
     )
+
+
+def hotpatch_summary(run: Run) -> str:
+    """One sentence on the run's hotpatch-enabled machines (patchpilot/hotpatch.py): which took
+    live patches only, without a reboot, and which installed more; "" for a run without any."""
+    hot = [r for w in run.waves for r in w.records.values() if r.instance.hotpatch]
+    if not hot:
+        return ""
+    free = [r for r in hot if reboot_free(r.instance, r.installed)]
+    rest = [r for r in hot if r not in free and r.installed]
+    parts = [f"{_n(len(hot), 'hotpatch-enabled machine')}"]
+    if free:
+        parts.append(f"{_n(len(free), 'machine')} took live patches only, no reboot ({_names_of(free)})")
+    if rest:
+        parts.append(f"{_n(len(rest), 'machine')} installed more and rebooted as needed ({_names_of(rest)})")
+    if not free and not rest:
+        parts.append("none installed anything")
+    return "; ".join(parts)
+
+
+def stopped_summary(run: Run) -> str:
+    """One sentence on the machines found stopped or deallocated (policy `stopped_machines`): which
+    were started for their waves and returned to that state, which were left as they were, and
+    which are still running (the return failed); "" for a run without any."""
+    found = [r for w in run.waves for r in w.records.values() if r.instance.power is not None]
+    if not found:
+        return ""
+    started = [r for r in found if any(s.step == "start" and s.ok for s in r.steps)]
+    running = [r for r in found if r.started]
+    untouched = [r for r in found if not any(s.step == "start" and s.ok for s in r.steps)]
+    parts = [f"{_n(len(found), 'machine')} found stopped or deallocated"]
+    if started:
+        named = ", ".join(f"{ref(r.instance).label} ({r.instance.power})" for r in started[:10])
+        more = f" and {len(started) - 10} more" if len(started) > 10 else ""
+        waves = "its wave" if len(started) == 1 else "their waves"
+        parts.append(f"{_n(len(started), 'machine')} started for {waves} and returned ({named}{more})")
+    if untouched:
+        parts.append(f"{_n(len(untouched), 'machine')} left as found ({_names_of(untouched)})")
+    if running:
+        parts.append(f"STILL RUNNING, return them by hand: {_names_of(running)}")
+    return "; ".join(parts)
 
 
 def traffic_summary(run: Run) -> str:

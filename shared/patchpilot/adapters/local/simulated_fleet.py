@@ -60,10 +60,13 @@ from patchpilot.engine.messages import (
     Outcome,
     ProbeAgents,
     RejoinPools,
+    ReturnMachines,
     RollBack,
     RunHostHook,
+    StartMachines,
     TakeSnapshots,
 )
+from patchpilot.hotpatch import NO_REBOOT_NOTE
 from patchpilot.inventory import Instance, OsFamily
 from patchpilot.maintenance.model import WatchResult
 from patchpilot.planning.estimate import (  # the step durations a plan estimates with
@@ -78,7 +81,9 @@ from patchpilot.policy.model import HealthChecks
 from patchpilot.ports import Clock, InProgress, Progress
 from patchpilot.wording import plural
 
-Kind: TypeAlias = Literal["probe", "snapshot", "install", "health", "rollback", "hook"]
+Kind: TypeAlias = Literal["probe", "snapshot", "install", "health", "rollback", "hook", "start", "return"]
+START_MINUTES = 2  # a stopped machine boots and its agent answers
+RETURN_MINUTES = 1  # stop or deallocate
 T = TypeVar("T")
 EFFECT_KINDS: frozenset[str] = frozenset({"snapshot", "install", "rollback"})
 
@@ -208,6 +213,45 @@ class SimulatedFleet:
             return _per_instance(command.targets, plan)
 
         return self._execute(command.id, command.run_id, "health", plans)
+
+    def start_machines(self, command: StartMachines) -> Progress:
+        """Each target found stopped or deallocated (`Instance.power`) runs after START_MINUTES;
+        one already running (started by an earlier command) is left as it is."""
+        return self._power(command.id, command.run_id, "start", command.targets)
+
+    def return_machines(self, command: ReturnMachines) -> Progress:
+        """Each target back in the state it was found in after RETURN_MINUTES; one already there
+        is left as it is."""
+        return self._power(command.id, command.run_id, "return", command.targets)
+
+    def power(self, instance: Instance) -> str:
+        """The machine's power state now: "running", or the state it was found in while no start
+        is in effect (the last successful start or return, by the time it was done, decides)."""
+        if instance.power is None:
+            return "running"
+        with self._lock:
+            row = self._db.execute(
+                "SELECT kind FROM sim_ops WHERE instance_id = ? AND kind IN ('start', 'return') AND ok = 1"
+                " AND done_at <= ? ORDER BY done_at DESC, command_id DESC LIMIT 1",
+                (instance.id, self.clock.now().isoformat()),
+            ).fetchone()
+        return "running" if row is not None and row[0] == "start" else instance.power
+
+    def _power(self, command_id: str, run_id: str, kind: Kind, targets: Sequence[Instance]) -> Progress:
+        def plans() -> list[_Plan]:
+            def plan(instance: Instance) -> _Plan:
+                running = self.power(instance) == "running"
+                if kind == "start":
+                    if running:
+                        return _Plan(instance.id, 0, True, "already running", [])
+                    return _Plan(instance.id, START_MINUTES, True, f"started (was {instance.power})", [])
+                if not running:
+                    return _Plan(instance.id, 0, True, f"already {instance.power}", [])
+                return _Plan(instance.id, RETURN_MINUTES, True, f"{instance.power} again", [])
+
+            return _per_instance(targets, plan)
+
+        return self._execute(command_id, run_id, kind, plans)
 
     def run_hook(self, command: RunHostHook) -> Progress:
         def plan(instance: Instance) -> _Plan:
@@ -454,7 +498,8 @@ def _install(target: InstallTarget, command: InstallPatches) -> _Plan:
     instance, only, excluded = target.instance, target.only, [*command.exclude, *target.exclude]  # + its exceptions
     hinted = hints(instance)
     minutes = hinted.install_minutes or _minutes("install", instance.id, *INSTALL_MINUTES)
-    reboots = command.reboot != "never"
+    reboot = target.reboot_for(command.reboot)
+    reboots = reboot != "never"
     if reboots:
         minutes += REBOOT_MINUTES
     if only is not None:
@@ -468,7 +513,7 @@ def _install(target: InstallTarget, command: InstallPatches) -> _Plan:
     if hinted.install == "fail":
         return _Plan(instance.id, minutes, False, _install_failure(instance.os, patches), [])
     count = plural(len(patches), "patch")
-    tail = "rebooted" if reboots else "not rebooted (reboot: never)"
+    tail = "rebooted" if reboots else f"not rebooted ({NO_REBOOT_NOTE if target.reboot else 'reboot: never'})"
     return _Plan(instance.id, minutes, True, f"{count} installed, {tail}", patches)
 
 

@@ -41,8 +41,10 @@ from patchpilot.engine.messages import (
     CheckHealth,
     InstallPatches,
     ProbeAgents,
+    ReturnMachines,
     RollBack,
     RunHostHook,
+    StartMachines,
     TakeSnapshots,
 )
 from patchpilot.inventory import Instance
@@ -64,7 +66,7 @@ from ..access import (
     client_token,
 )
 from ..sessions import ClientFactory
-from . import discovery, health, hooks, install, rollback, snapshots
+from . import discovery, health, hooks, install, power, rollback, snapshots
 from .install import named_only
 
 if TYPE_CHECKING:
@@ -171,3 +173,11 @@ class Ec2SsmFleet:
 
     def roll_back(self, command: RollBack) -> Progress:
         return rollback.roll_back(self.access, command)
+
+    def start_machines(self, command: StartMachines) -> Progress:
+        """StartInstances for the machines found stopped (`power`)."""
+        return power.start_machines(self.access, command)
+
+    def return_machines(self, command: ReturnMachines) -> Progress:
+        """StopInstances: back to `stopped` as found."""
+        return power.return_machines(self.access, command)

@@ -31,7 +31,9 @@ def discover(access: AwsAccess, policy: Policy) -> DiscoveryResult:
     instance's `scaling_group` is its Auto Scaling group's name, always read (a member patched in
     place could be replaced while it reboots): a refusal raises `ScalingGroupsUnreadableError`.
     The accounts are `fleet_accounts`: with `aws.organization`, its units' members are listed
-    again on each discovery (a refused Organizations read raises `DiscoveryReadRefusedError`)."""
+    again on each discovery (a refused Organizations read raises `DiscoveryReadRefusedError`).
+    With `stopped_machines: start` a stopped managed instance is not unreachable: its `power` is
+    "stopped", and the run starts it for its wave."""
     settings = policy.aws
     regions = list(settings.regions) if settings and settings.regions else [access.default_region]
     accounts = fleet_accounts(access.client_factory, settings, access.default_region)
@@ -50,8 +52,12 @@ def discover(access: AwsAccess, policy: Policy) -> DiscoveryResult:
                 instances = _with_pools(access, placement, instances)
             agents = access.agents(placement, [i.id for i, _, _ in instances])
             for instance, state, _ in instances:
+                info = agents.get(instance.id)
+                if state == "stopped" and info is not None and policy.stopped_machines == "start":
+                    found.append(dataclasses.replace(instance, power="stopped"))  # started for its wave
+                    continue
                 found.append(instance)
-                reason = agent_problem(agents.get(instance.id))
+                reason = agent_problem(info)
                 if reason is not None:
                     if state != "running":
                         reason = f"instance {state}; {reason}"
@@ -153,6 +159,18 @@ def probe_agents(access: AwsAccess, command: ProbeAgents) -> Progress:
     return outcomes
 
 
+# Kernel Live Patching on Amazon Linux, as the operator declares it with a tag (docs/governance.md,
+# "Hotpatch and stopped machines"): DescribeInstances returns tags at no extra call, where SSM
+# Inventory (GetInventory on kpatch-runtime) would add a call per region and an IAM action.
+TAG_LIVE_PATCH = "PatchPilotLivePatch"
+LIVE_PATCH_ON = frozenset({"enabled", "true", "yes", "on"})
+
+
+def live_patching(tags: dict[str, str]) -> bool:
+    """Whether the instance's tags say Kernel Live Patching is enabled on it."""
+    return tags.get(TAG_LIVE_PATCH, "").strip().lower() in LIVE_PATCH_ON
+
+
 def _to_instance(raw: InstanceTypeDef, region: str, account: str | None) -> Instance:
     tags = tags_of(raw.get("Tags"))
     platform = (raw.get("Platform") or "").lower()
@@ -167,6 +185,7 @@ def _to_instance(raw: InstanceTypeDef, region: str, account: str | None) -> Inst
         zone=raw.get("Placement", {}).get("AvailabilityZone") or None,
         tags=tags,
         account=account,
+        hotpatch=os == "linux" and live_patching(tags),
     )
 
 

@@ -18,6 +18,7 @@ from botocore.exceptions import ClientError
 
 from patchpilot.batching import chunks, group, unique
 from patchpilot.engine.messages import InstallPatches, InstallTarget, Outcome
+from patchpilot.hotpatch import NO_REBOOT_NOTE
 from patchpilot.inventory import OsFamily
 from patchpilot.policy.exceptions import names_patch
 from patchpilot.ports import InProgress, Progress
@@ -44,7 +45,8 @@ if TYPE_CHECKING:
 INSTALL_POLL = timedelta(minutes=5)
 INSTALLED_STATES = ["Installed", "InstalledOther", "InstalledPendingReboot"]
 
-_GroupKey = tuple[str | None, str, OsFamily, tuple[str, ...] | None]
+# (account, region, OS, pinned set, the targets' own reboot: "never" for hotpatch-only ones)
+_GroupKey = tuple[str | None, str, OsFamily, tuple[str, ...] | None, str | None]
 _UNSAFE_KEY = re.compile(r"[^A-Za-z0-9._=-]+")
 
 
@@ -137,7 +139,9 @@ def install_patches(access: AwsAccess, command: InstallPatches, bucket: Override
             if ssm_command is None:
                 continue  # sending failed: reported above
             for instance_id in part.instance_ids:
-                outcome = _install_outcome(access, ssm, ssm_command, results.get(instance_id), instance_id, command)
+                outcome = _install_outcome(
+                    access, ssm, ssm_command, results.get(instance_id), instance_id, command, part.reboot(command)
+                )
                 if outcome is None:
                     waiting.append(instance_id)
                 else:
@@ -159,7 +163,7 @@ def _send_install(
 ) -> CommandTypeDef:
     parameters = {
         "Operation": ["Install"],
-        "RebootOption": ["NoReboot" if command.reboot == "never" else "RebootIfNeeded"],
+        "RebootOption": ["NoReboot" if part.reboot(command) == "never" else "RebootIfNeeded"],
     }
     if part.pinned is not None:
         assert bucket is not None, "checked before the parts were planned"
@@ -204,6 +208,7 @@ def _install_outcome(
     invocation: CommandInvocationTypeDef | None,
     instance_id: str,
     command: InstallPatches,
+    reboot: str,
 ) -> Outcome | None:
     if instance_id not in ssm_command.get("InstanceIds", [instance_id]):
         detail = "not sent: SSM did not accept the instance (agent offline or not managed) when the install was sent"
@@ -218,7 +223,10 @@ def _install_outcome(
     since = ssm_command.get("RequestedDateTime") or invocation.get("RequestedDateTime")
     patches = _installed_patches(ssm, instance_id, since)
     count = plural(len(patches), "patch")
-    tail = "no reboot (reboot: never)" if command.reboot == "never" else "rebooted if needed"
+    if reboot != "never":
+        tail = "rebooted if needed"
+    else:
+        tail = "no reboot (reboot: never)" if command.reboot == "never" else f"no reboot ({NO_REBOOT_NOTE})"
     return Outcome(id=instance_id, ok=True, detail=f"{count} installed, {tail}", items=patches)
 
 
@@ -243,7 +251,7 @@ def _installed_patches(ssm: SSMClient, instance_id: str, since: datetime | None)
 
 @dataclass(frozen=True)
 class _Part:
-    """One SendCommand of an install: ≤50 instances of one (account, region, OS, pinned set)."""
+    """One SendCommand of an install: ≤50 instances of one (account, region, OS, pinned set, reboot)."""
 
     key: _GroupKey
     label: str
@@ -257,6 +265,10 @@ class _Part:
     def pinned(self) -> tuple[str, ...] | None:
         return self.key[3]
 
+    def reboot(self, command: InstallPatches) -> str:
+        """The part's reboot: its targets' own (hotpatch only), else the command's."""
+        return self.key[4] or command.reboot
+
 
 def _install_parts(targets: Sequence[InstallTarget]) -> list[_Part]:
     """Deterministic parts: the same command always yields the same labels and members."""
@@ -266,12 +278,15 @@ def _install_parts(targets: Sequence[InstallTarget]) -> list[_Part]:
         pinned = tuple(dict.fromkeys(target.only)) if target.only is not None else None
         if pinned is not None and target.exclude:  # the policy's patch exceptions for this machine
             pinned = tuple(p for p in pinned if not names_patch(target.exclude, p))
-        groups.setdefault((instance.account, instance.region, instance.os, pinned), []).append(instance.id)
+        key: _GroupKey = (instance.account, instance.region, instance.os, pinned, target.reboot)
+        groups.setdefault(key, []).append(instance.id)
     parts = []
-    for key in sorted(groups, key=lambda k: (k[0] or "", k[1], k[2], k[3] is not None, k[3] or ())):
-        digest = hashlib.sha256(repr((key[2], key[3])).encode()).hexdigest()[:8]
-        for index, chunk in enumerate(chunks(sorted(groups[key]), SSM_IDS_PER_CALL)):
-            parts.append(_Part(key, f"{key[2][0]}{digest}.{index}", tuple(chunk)))
+    for part_key in sorted(groups, key=lambda k: (k[0] or "", k[1], k[2], k[3] is not None, k[3] or (), k[4] or "")):
+        os, pinned, reboot = part_key[2], part_key[3], part_key[4]
+        shape = (os, pinned) if reboot is None else (os, pinned, reboot)  # labels as before without one
+        digest = hashlib.sha256(repr(shape).encode()).hexdigest()[:8]
+        for index, chunk in enumerate(chunks(sorted(groups[part_key]), SSM_IDS_PER_CALL)):
+            parts.append(_Part(part_key, f"{os[0]}{digest}.{index}", tuple(chunk)))
     return parts
 
 

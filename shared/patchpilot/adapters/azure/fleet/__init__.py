@@ -57,8 +57,10 @@ from patchpilot.engine.messages import (
     CheckHealth,
     InstallPatches,
     ProbeAgents,
+    ReturnMachines,
     RollBack,
     RunHostHook,
+    StartMachines,
     TakeSnapshots,
 )
 from patchpilot.inventory import Instance
@@ -67,7 +69,7 @@ from patchpilot.ports import Clock, DiscoveryResult, Progress
 
 from ..access import AzureAccess
 from ..clients import AzureClients
-from . import discovery, health, hooks, install, rollback, snapshots
+from . import discovery, health, hooks, install, power, rollback, snapshots
 from .install import INSTALL_MARGIN, START_GRACE
 from .snapshots import ARC_NO_SNAPSHOT
 
@@ -145,3 +147,11 @@ class AzureFleet:
 
     def roll_back(self, command: RollBack) -> Progress:
         return rollback.roll_back(self.access, command)
+
+    def start_machines(self, command: StartMachines) -> Progress:
+        """Start the VMs found stopped or deallocated (`power`)."""
+        return power.start_machines(self.access, command)
+
+    def return_machines(self, command: ReturnMachines) -> Progress:
+        """Deallocate them again, or power off one found `stopped`."""
+        return power.return_machines(self.access, command)

@@ -8,7 +8,7 @@ patches them in place (`scale_set_mode: uniform`)."""
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
@@ -104,7 +104,8 @@ def to_instance(row: Any) -> Instance:
     compares zones within a region. A VM in a Flexible scale set (`properties.virtualMachineScaleSet.id`)
     has the lower-cased scale set id as its `scaling_group`; outside a zone, the set stands as its
     availability set and its fault domain (`properties.platformFaultDomain`) as its update domain,
-    so that a wave takes one fault domain of the set at a time (`scaling_groups: standby`)."""
+    so that a wave takes one fault domain of the set at a time (`scaling_groups: standby`). A
+    Windows VM with `patchSettings.enableHotpatching` is `hotpatch`."""
     location = text(row, "location").lower()
     zones = [str(z) for z in items(row, "zones")]
     aset = text(row, "properties", "availabilitySet", "id").lower() or None
@@ -126,6 +127,8 @@ def to_instance(row: Any) -> Instance:
         tags=tags_of(row),
         account=text(row, "subscriptionId") or None,
         scaling_group=scale_set,
+        hotpatch=at(row, "properties", "osProfile", "windowsConfiguration", "patchSettings", "enableHotpatching")
+        is True,
     )
 
 
@@ -195,6 +198,9 @@ def discover(access: AzureAccess, policy: Policy) -> DiscoveryResult:
             problem = arc_problem(row)
         else:
             instance, problem = _discovered_vm(access, machine, instance, row)
+            found_as = FOUND_POWER.get(problem or "")
+            if found_as is not None and policy.stopped_machines == "start":  # started for its wave
+                instance, problem = dataclasses.replace(instance, power=found_as), None
         if problem is None and not os_known(row):
             problem = "OS type not reported; assumed linux"
         found.append(instance)
@@ -234,6 +240,10 @@ def with_pools(access: AzureAccess, rows: list[Any], subscriptions: list[str]) -
             "Resource Graph", NIC_READ, f"network interfaces not returned (not readable, or deleted): {shown}"
         )
     return {key: sorted({pool for nic in refs for pool in backend_pools(nics[nic])}) for key, refs in nic_ids.items()}
+
+
+# A VM found so, with `stopped_machines: start`, is planned with its `power` instead of unreachable.
+FOUND_POWER: dict[str, Literal["stopped", "deallocated"]] = {"VM stopped": "stopped", "VM deallocated": "deallocated"}
 
 
 def _discovered_vm(access: AzureAccess, machine: Machine, instance: Instance, row: Any) -> tuple[Instance, str | None]:

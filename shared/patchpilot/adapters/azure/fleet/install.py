@@ -178,7 +178,7 @@ def _start_install(
         command.include,
         [*command.exclude, *target.exclude],  # and the policy's patch exceptions for this machine
         target.only,
-        command.reboot,
+        target.reboot_for(command.reboot),
         duration,
     )
     if isinstance(body, str):
@@ -303,7 +303,7 @@ def _unseen_install(
         command.include,
         [*command.exclude, *item.target.exclude],  # and the policy's patch exceptions for this machine
         item.target.only,
-        command.reboot,
+        item.target.reboot_for(command.reboot),
         duration,
     )
     if isinstance(body, str):

@@ -11,7 +11,7 @@ from patchpilot.policy import Policy
 
 from .assignments import Assignment
 from .desired import PatchPilotSchedule
-from .machines import CUSTOMER_MANAGED_MODE, Machine
+from .machines import CUSTOMER_MANAGED_MODE, HOTPATCH_REFUSES_BYPASS, Machine
 
 FindingKind = Literal[
     "schedule_blocked_by_bypass",
@@ -20,6 +20,8 @@ FindingKind = Literal[
     "os_patches_on_its_own",
     "image_may_patch_on_its_own",
     "excluded_but_scheduled",
+    "schedule_blocked_by_hotpatch",
+    "hotpatch_patches_on_its_own",
 ]
 
 
@@ -118,6 +120,9 @@ def _findings(
     if machine.arc or machine.os is None:
         return found  # Arc servers need no patch-mode prerequisite; an unknown OS has no settings to judge
     s = machine.settings
+    if s.hotpatch:  # never a fix: it would set bypassPlatformSafetyChecksOnUserSchedule
+        found.extend(_hotpatch_findings(machine, ring, schedules))
+        return found
     if schedules and not s.customer_managed:
         where = _short(schedules[0])
         if s.patch_mode == CUSTOMER_MANAGED_MODE:
@@ -171,6 +176,34 @@ def _findings(
                 )
             )
     return found
+
+
+def _hotpatch_findings(machine: Machine, ring: str | None, schedules: Sequence[str]) -> list[Finding]:
+    """A hotpatch-enabled VM: Azure installs its hotpatches itself (AutomaticByPlatform, the
+    mode hotpatch requires), and `--fix` cannot hand it to a schedule (HOTPATCH_REFUSES_BYPASS)."""
+    s = machine.settings
+    if schedules and not s.customer_managed:
+        return [
+            Finding(
+                "schedule_blocked_by_hotpatch",
+                "error",
+                f"in schedule {_short(schedules[0])}, but {HOTPATCH_REFUSES_BYPASS}: the schedule fails with "
+                "'prerequisites not met'; leave it out of the schedule (PatchPilot's runs patch it) "
+                "or turn hotpatch off",
+                fixable=False,
+            )
+        ]
+    if ring is not None and not schedules and not s.bypass:
+        return [
+            Finding(
+                "hotpatch_patches_on_its_own",
+                "warning",
+                "hotpatch-enabled: Azure installs hotpatches (no reboot) on its own in off-peak hours, and "
+                f"--fix cannot stop it: {HOTPATCH_REFUSES_BYPASS}",
+                fixable=False,
+            )
+        ]
+    return []
 
 
 def _short(configuration_id: str) -> str:

@@ -27,6 +27,13 @@ ARC_TYPE = "Microsoft.HybridCompute/machines"
 CUSTOMER_MANAGED_MODE = "AutomaticByPlatform"  # with bypassPlatformSafetyChecksOnUserSchedule: true
 
 
+# Why PatchPilot never sets bypassPlatformSafetyChecksOnUserSchedule on a hotpatch-enabled VM.
+HOTPATCH_REFUSES_BYPASS = (
+    "hotpatch is enabled (enableHotpatching): Azure rejects bypassPlatformSafetyChecksOnUserSchedule "
+    "with hotpatch, so PatchPilot leaves its patch settings alone"
+)
+
+
 OS_TYPES: dict[OsFamily, str] = {"linux": "Linux", "windows": "Windows"}
 
 
@@ -39,6 +46,7 @@ class PatchSettings:
     bypass: bool = False  # automaticByPlatformSettings.bypassPlatformSafetyChecksOnUserSchedule
     reboot_setting: str | None = None  # automaticByPlatformSettings.rebootSetting
     enable_automatic_updates: bool | None = None  # Windows only; set when the VM was created
+    hotpatch: bool = False  # Windows only: patchSettings.enableHotpatching (needs AutomaticByPlatform)
 
     @property
     def customer_managed(self) -> bool:
@@ -78,6 +86,7 @@ class Machine:
             zone=self.zone,
             tags=dict(self.tags),
             account=self.subscription,
+            hotpatch=self.settings.hotpatch,
         )
 
 
@@ -130,6 +139,7 @@ def parse_machine(row: Mapping[str, Any]) -> Machine:
             bypass=automatic.get("bypassPlatformSafetyChecksOnUserSchedule") is True,
             reboot_setting=automatic.get("rebootSetting"),
             enable_automatic_updates=auto_updates if isinstance(auto_updates, bool) else None,
+            hotpatch=os == "windows" and patch.get("enableHotpatching") is True,
         ),
         tags={str(k): str(v) for k, v in as_mapping(row.get("tags")).items()},
         zone=str(zones[0]) if isinstance(zones, list) and zones else None,
@@ -149,6 +159,8 @@ def fix_patch_settings(clients: AzureClients, machine: Machine) -> None:
 
     if machine.arc or machine.os is None:
         raise ValueError(f"{machine.id}: only Azure VMs of a known OS get their patch settings fixed")
+    if machine.settings.hotpatch:
+        raise ValueError(f"{machine.id}: {HOTPATCH_REFUSES_BYPASS}")
     mode = CUSTOMER_MANAGED_MODE
     if machine.os == "windows":
         profile = cm.OSProfile(

@@ -864,18 +864,7 @@ def _on_pools_swept(run: Run, event: Event, now: datetime) -> Decision:
         (r, results[r.id]) for r in run.records() if r.id in results and results[r.id].ok and results[r.id].items
     ]
     stuck = [(r, results[r.id]) for r in run.records() if r.id in results and not results[r.id].ok]
-    back = {r.id for r in run.records() if r.id in results and results[r.id].ok}
-    waves = tuple(
-        w.model_copy(
-            update={
-                "records": {
-                    k: v.model_copy(update={"out_of_pools": False}) if k in back else v for k, v in w.records.items()
-                }
-            }
-        )
-        for w in run.waves
-    )
-    run = run.model_copy(update={"waves": waves})
+    run = _with_records(run, {k for k, o in results.items() if o.ok}, {"out_of_pools": False})
     if not readded and not stuck:
         return Decision(_logged(run, now, "Run end: every machine the run drained is in its pools"))
     notices: list[Message] = []
@@ -987,18 +976,7 @@ def _on_machines_swept(run: Run, event: Event, now: datetime) -> Decision:
     what stays running pages."""
     assert isinstance(event, MachinesSwept)
     results = event.by_id()
-    back = {k for k, o in results.items() if o.ok}
-    waves = tuple(
-        w.model_copy(
-            update={
-                "records": {
-                    k: v.model_copy(update={"started": False}) if k in back else v for k, v in w.records.items()
-                }
-            }
-        )
-        for w in run.waves
-    )
-    run = run.model_copy(update={"waves": waves})
+    run = _with_records(run, {k for k, o in results.items() if o.ok}, {"started": False})
     stuck = [(r, results[r.id]) for r in run.records() if r.id in results and not results[r.id].ok]
     if not stuck:
         return Decision(_logged(run, now, "Run end: every machine the run found stopped is back in that state"))
@@ -1609,6 +1587,17 @@ def _pending(wave: WaveState) -> list[InstanceRecord]:
 
 def _final(state: FinalInstanceState, reason: str) -> dict[str, object]:
     return {"state": state, "reason": reason}
+
+
+def _with_records(run: Run, ids: set[str], update: dict[str, object]) -> Run:
+    """`run` with `update` applied to the records of these instances, in whichever wave."""
+    waves = tuple(
+        w.model_copy(
+            update={"records": {k: v.model_copy(update=update) if k in ids else v for k, v in w.records.items()}}
+        )
+        for w in run.waves
+    )
+    return run.model_copy(update={"waves": waves})
 
 
 def _with_wave(run: Run, wave: WaveState) -> Run:

@@ -97,6 +97,10 @@ def test_an_assessment_starts_once_per_token_without_waiting_for_it(world: World
     world.assert_role_allows_every_call()
 
 
+SCALE_SET = f"/subscriptions/{SUB}/resourceGroups/rg-web/providers/Microsoft.Compute/virtualMachineScaleSets/ss"
+UNIFORM_ID = f"{SCALE_SET}/virtualMachines/0"
+
+
 def test_machines_that_cannot_be_assessed_are_refused_with_why_and_left_untouched(world: World) -> None:
     fine = world.azure.add_vm("vm-ok")
     stopped = world.azure.add_vm("vm-off", power="deallocated")
@@ -107,6 +111,9 @@ def test_machines_that_cannot_be_assessed_are_refused_with_why_and_left_untouche
     instances += [
         Instance(id=gone, cloud="azure", region="westeurope", os="linux"),
         Instance(id="i-0abc", cloud="azure", region="westeurope", os="linux"),
+        Instance(
+            id=UNIFORM_ID, cloud="azure", region="westeurope", os="linux", scaling_group="ss", scale_set_mode="uniform"
+        ),
     ]
 
     result = world.fleet.start_assessment(instances, TOKEN)
@@ -118,6 +125,7 @@ def test_machines_that_cannot_be_assessed_are_refused_with_why_and_left_untouche
         offline: "Arc agent Disconnected",
         gone: "VM not found",
         "i-0abc": "not an Azure VM or Arc server resource id (/subscriptions/.../virtualMachines/<name>)",
+        UNIFORM_ID: "a Uniform scale set instance: PatchPilot neither assesses nor patches it (patch its image)",
     }
     assert world.assessment.assess_requests == {fine.lower(): 1}
     assert all(TAG_ASSESSMENT not in world.arm.get(m).get("tags", {}) for m in (stopped, no_agent, offline))

@@ -69,6 +69,12 @@ NOT_ASSESSED = "no assessment in the last 7 days"  # Resource Graph's retention 
 ASSESSMENT_TYPES = (f"{VM_TYPE}/patchassessmentresults", f"{ARC_TYPE}/patchassessmentresults")
 ASSESSED_PATCH_TYPES = tuple(f"{t}/softwarepatches" for t in ASSESSMENT_TYPES)
 NOT_A_MACHINE = "not an Azure VM or Arc server resource id (/subscriptions/.../virtualMachines/<name>)"
+UNIFORM = "a Uniform scale set instance: PatchPilot neither assesses nor patches it (patch its image)"
+
+
+def _not_assessed(instance: Instance) -> str:
+    """Why an instance has no assessment here: a Uniform scale set instance, or not a machine id."""
+    return UNIFORM if instance.scale_set_mode == "uniform" else NOT_A_MACHINE
 _SEVERITIES: dict[str, PatchSeverity] = {
     "critical": "Critical",
     "important": "Important",
@@ -89,7 +95,7 @@ def start_assessment(access: AzureAccess, instances: Sequence[Instance], token: 
     for instance in targets:
         machine = parse_machine(instance.id)
         if machine is None:
-            refused.append((instance.id, NOT_A_MACHINE))
+            refused.append((instance.id, _not_assessed(instance)))
         else:
             machines[instance.id] = dataclasses.replace(machine, id=instance.id)
     listed = list(machines.values())
@@ -237,7 +243,7 @@ def patch_states(access: AzureAccess, instances: Sequence[Instance]) -> list[Pat
     for instance in instances:
         machine = machines.get(instance.id)
         if machine is None:
-            states.append(PatchState(instance_id=instance.id, error=NOT_A_MACHINE))
+            states.append(PatchState(instance_id=instance.id, error=_not_assessed(instance)))
             continue
         states.append(
             _state(instance, summaries.get(machine.key), patches.get(machine.key, []), installed.get(machine.key))

@@ -121,8 +121,16 @@ def uv_bin() -> str:
 
 
 def copy_of_the_locks(tmp_path: Path) -> Path:
-    for name in ["Makefile", "pyproject.toml", "uv.lock", "requirements.txt", "README.md",
-                 "infra/iac/pyproject.toml", "infra/iac/uv.lock", "infra/aws/lambda-requirements.txt"]:
+    for name in [
+        "Makefile",
+        "pyproject.toml",
+        "uv.lock",
+        "requirements.txt",
+        "README.md",
+        "infra/iac/pyproject.toml",
+        "infra/iac/uv.lock",
+        "infra/aws/lambda-requirements.txt",
+    ]:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, tmp_path / name)
     return tmp_path

@@ -4,12 +4,19 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast lint bench docs clean check-templates lambda-package
+.PHONY: setup demo test test-fast lint bench docs clean check-templates lambda-package lock lock-check
 
-$(STAMP): pyproject.toml
+# uv installs the venv from uv.lock (exact versions, every file checked against its hash) and
+# `make lock` writes the lock: docs/building.md. uv itself is the version the lock names.
+UV := $(BIN)/uv
+UV_VERSION := $(shell sed -n '/^name = "uv"$$/{n;s/^version = "\(.*\)"$$/\1/p;}' uv.lock)
+$(UV):
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[aws,azure,dev]'
+	$(BIN)/python -m pip install --quiet "uv==$(UV_VERSION)"
+
+# --locked: a pyproject.toml the lock does not match stops here (run `make lock`).
+$(STAMP): pyproject.toml uv.lock $(UV)
+	$(UV) sync --quiet --locked --all-extras
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -59,12 +66,46 @@ docs: setup
 	$(BIN)/python -m patchpilot.tools.doc_examples --write
 
 # Infrastructure linters live in their own venv: they pin libraries the project does not use.
+# Locked the same way, by infra/iac/uv.lock.
 IAC := .venv-iac
-$(IAC)/.installed:
-	$(PYTHON) -m venv $(IAC)
-	$(IAC)/bin/python -m pip install --quiet --upgrade pip
-	$(IAC)/bin/python -m pip install --quiet cfn-lint checkov aws-sam-cli
+$(IAC)/.installed: infra/iac/pyproject.toml infra/iac/uv.lock $(UV)
+	UV_PROJECT_ENVIRONMENT="$(CURDIR)/$(IAC)" $(UV) sync --quiet --locked --project infra/iac
 	touch $(IAC)/.installed
+
+# The files generated from uv.lock, committed: the Function App's requirements.txt (pins; the
+# remote build installs it with the project, ".") and the Lambda artifact's requirements (pins
+# with hashes, for `pip install --require-hashes`). $(1): the folder they are written under.
+EXPORTS := requirements.txt infra/aws/lambda-requirements.txt
+EXPORT := $(UV) export --quiet --frozen --no-dev --no-header --no-annotate
+define write-exports
+	mkdir -p $(1)infra/aws
+	{ echo "# Generated from uv.lock by \`make lock\`: do not edit. What the Function App's remote build installs:"; \
+	  echo "# this project (\".\", built from shared/) and its azure extra, each at the version locked."; \
+	  echo "# See docs/building.md and docs/azure-deploy.md, \"Publishing the code\"."; \
+	  $(EXPORT) --extra azure --no-editable --no-hashes; } > $(1)requirements.txt
+	{ echo "# Generated from uv.lock by \`make lock\`: do not edit. The Lambda artifact's libraries (the aws extra),"; \
+	  echo "# installed with --require-hashes for the Lambda platform by the Makefile's build-* targets."; \
+	  $(EXPORT) --extra aws --no-emit-project; } > $(1)infra/aws/lambda-requirements.txt
+endef
+
+# Resolve again (newest versions the ranges in pyproject.toml allow, keeping the locked ones where
+# they still fit; `make lock UPGRADE=--upgrade` moves everything) and regenerate the exports.
+lock: $(UV)
+	$(UV) lock $(UPGRADE)
+	$(UV) lock $(UPGRADE) --project infra/iac
+	$(call write-exports,)
+
+# CI: the locks match their pyproject.toml and the committed exports match the lock.
+LOCK_STALE = make lock-check: $(1) does not match $(2): run make lock and commit the result
+lock-check: $(UV)
+	@out=$$($(UV) lock --check 2>&1) || { case "$$out" in *"needs to be updated"*) \
+	  echo "$(call LOCK_STALE,uv.lock,pyproject.toml)" >&2;; *) echo "$$out" >&2;; esac; exit 1; }
+	@out=$$($(UV) lock --check --project infra/iac 2>&1) || { case "$$out" in *"needs to be updated"*) \
+	  echo "$(call LOCK_STALE,infra/iac/uv.lock,infra/iac/pyproject.toml)" >&2;; *) echo "$$out" >&2;; esac; exit 1; }
+	@rm -rf build/lock-check
+	@$(call write-exports,build/lock-check/)
+	@for f in $(EXPORTS); do cmp -s "$$f" "build/lock-check/$$f" || \
+	  { echo "$(call LOCK_STALE,$$f,uv.lock)" >&2; exit 1; }; done
 
 check-templates: $(IAC)/.installed setup
 	$(IAC)/bin/cfn-lint template.yaml
@@ -77,12 +118,14 @@ check-templates: $(IAC)/.installed setup
 	$(BIN)/python infra/azure/check_package.py
 
 # `sam build` runs these (Metadata: BuildMethod: makefile); ARTIFACTS_DIR is where the code goes.
-# The wheels are the Lambda platform's (x86_64, CPython 3.11), whatever machine builds them.
+# The wheels are the Lambda platform's (x86_64, CPython 3.11), whatever machine builds them, at the
+# versions and hashes of uv.lock (infra/aws/lambda-requirements.txt, written by `make lock`).
 build-WorkerFunction build-TriggerFunction build-ApproveFunction build-AdvisoryFunction:
 	rm -rf build/wheel
 	$(PYTHON) -m pip wheel --quiet --no-deps --wheel-dir build/wheel .
 	$(PYTHON) -m pip install --quiet --upgrade --target "$(ARTIFACTS_DIR)" --platform manylinux2014_x86_64 \
-		--implementation cp --python-version 3.11 --only-binary=:all: "$$(ls build/wheel/patchpilot-*.whl)[aws]"
+		--implementation cp --python-version 3.11 --only-binary=:all: --require-hashes -r infra/aws/lambda-requirements.txt
+	$(PYTHON) -m pip install --quiet --upgrade --target "$(ARTIFACTS_DIR)" --no-deps "$$(ls build/wheel/patchpilot-*.whl)"
 	cp -r aws_lambda "$(ARTIFACTS_DIR)/"
 	$(PYTHON) -m compileall -q "$(ARTIFACTS_DIR)/aws_lambda"  # /var/task is read-only: no bytecode written at cold start
 

@@ -80,9 +80,15 @@ class Selector(_Section):
         return not (self.tags or self.ids or self.clouds or self.regions or self.os)
 
     def matches(self, instance: Instance) -> bool:
+        # What `_tags_match(self.tags, instance.tags, every=True) and ...` says, as a plain loop:
+        # the planner asks it for every machine of the fleet and every ring.
+        tags = instance.tags
+        for key, values in self.tags.items():
+            value = tags.get(key)
+            if value is None or ("*" not in values and value not in values):
+                return False
         return (
-            _tags_match(self.tags, instance.tags, every=True)
-            and (not self.ids or instance.id in self.ids)
+            (not self.ids or instance.id in self.ids)
             and (not self.clouds or instance.cloud in self.clouds)
             and (not self.regions or instance.region in self.regions)
             and (not self.os or instance.os in self.os)

@@ -145,7 +145,8 @@ def pool_members(instances: Iterable[Instance]) -> dict[str, int]:
     keep serving, so they count in the pool's capacity)."""
     counts: Counter[str] = Counter()
     for instance in instances:
-        counts.update(pools_of(instance))
+        if instance.traffic_pools or instance.scaling_group is not None:
+            counts.update(pools_of(instance))
     return dict(sorted(counts.items()))
 
 
@@ -158,6 +159,8 @@ def _single_member_pools(
 ) -> tuple[dict[str, list[Instance]], list[Exclusion], list[str]]:
     """A pool of one member goes down while its machine installs: the plan warns, or with
     `single_member_pools: refuse` the machine is excluded with that reason."""
+    if not pools:  # no machine of the inventory serves from a pool
+        return members, [], []
     kept: dict[str, list[Instance]] = {}
     refused: list[Exclusion] = []
     warnings: list[str] = []

@@ -11,6 +11,7 @@ HERE = Path(__file__).resolve().parent
 failed = []
 for script in (
     "bench_planner.py",
+    "bench_cli_plan.py",
     "bench_run.py",
     "bench_aws_calls.py",
     "bench_aws_calls.py --drain",

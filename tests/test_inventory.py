@@ -232,6 +232,24 @@ def test_load_inventory_reads_a_file(tmp_path: Path) -> None:
     assert [i.id for i in load_inventory(str(path))] == ["i-1", "i-2"]
 
 
+def test_a_file_shares_the_strings_its_machines_repeat(tmp_path: Path) -> None:
+    # A fleet of 100,000 stays light: one region, tag key or value string for all who share it.
+    path = tmp_path / "fleet.json"
+    machines = [entry(id=f"i-{n}", region="ap-northeast-1", tags={"Environment": "production"}) for n in range(3)]
+    path.write_text(json.dumps({"instances": machines}), encoding="utf-8")
+    first, second, third = load_inventory(str(path))
+    assert first.region is second.region is third.region
+    assert first.tags["Environment"] is second.tags["Environment"] is third.tags["Environment"]
+
+
+def test_a_file_with_duplicate_ids_names_both_entries(tmp_path: Path) -> None:
+    path = tmp_path / "fleet.json"
+    path.write_text(json.dumps({"instances": [entry(), entry(cloud="azure")]}), encoding="utf-8")
+    with pytest.raises(InputError) as caught:
+        load_inventory(str(path))
+    assert caught.value.render() == f'{path}: instances[1].id: duplicate id "i-1" (also instances[0])'
+
+
 def test_invalid_json_reports_line_and_column(tmp_path: Path) -> None:
     path = tmp_path / "fleet.json"
     path.write_text('{\n  "instances": [\n    {"id": "i-1",}\n  ]\n}\n', encoding="utf-8")

@@ -33,7 +33,14 @@ ESTIMATE_SOURCE = "the estimate of its steps"  # how a run names an estimate it 
 
 def machine_estimate(instance: Instance, reboot: Literal["if_required", "always", "never"]) -> timedelta:
     """The longest one machine's snapshot, install, reboot and health check are expected to take."""
-    hinted = instance.simulation.install_minutes if instance.simulation else None
+    return _estimate(_install_hint(instance), reboot)
+
+
+def _install_hint(instance: Instance) -> int | None:
+    return instance.simulation.install_minutes if instance.simulation else None
+
+
+def _estimate(hinted: int | None, reboot: Literal["if_required", "always", "never"]) -> timedelta:
     minutes = SNAPSHOT_MINUTES[1] + (hinted or INSTALL_MINUTES[1]) + HEALTH_MINUTES
     if reboot != "never":
         minutes += REBOOT_MINUTES
@@ -42,7 +49,8 @@ def machine_estimate(instance: Instance, reboot: Literal["if_required", "always"
 
 def wave_estimate(instances: Iterable[Instance], reboot: Literal["if_required", "always", "never"]) -> timedelta:
     """The longest a wave of these machines is expected to take (0 for no machine)."""
-    return max((machine_estimate(i, reboot) for i in instances), default=timedelta(0))
+    hints = {_install_hint(i) for i in instances}  # a few values for a wave of thousands
+    return max((_estimate(hinted, reboot) for hinted in hints), default=timedelta(0))
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from typing import Literal
 from patchpilot.inventory import Instance
 from patchpilot.planning.regions import RegionPairs
 from patchpilot.policy import Policy, Rollout
-from patchpilot.policy.exceptions import machine_exception
+from patchpilot.policy.exceptions import machine_exception_in_force
 from patchpilot.policy.model import PolicyException
 
 RegionKey = tuple[str, str]  # (cloud, region)
@@ -132,6 +132,8 @@ def pools_of(instance: Instance) -> list[str]:
     """The traffic pools a machine serves from, each once, in the inventory's order, then its
     scaling group: a group's members share its capacity like a pool's (with `scaling_groups:
     standby` they are patched, so `rollout.pool_budget` holds for the group too)."""
+    if not instance.traffic_pools and instance.scaling_group is None:
+        return []  # most machines: no pool to count (the planner asks for each machine, often)
     pools = dict.fromkeys(instance.traffic_pools)
     if instance.scaling_group is not None:
         pools[instance.scaling_group] = None
@@ -143,7 +145,8 @@ def pool_members(instances: Iterable[Instance]) -> dict[str, int]:
     keep serving, so they count in the pool's capacity)."""
     counts: Counter[str] = Counter()
     for instance in instances:
-        counts.update(pools_of(instance))
+        if instance.traffic_pools or instance.scaling_group is not None:
+            counts.update(pools_of(instance))
     return dict(sorted(counts.items()))
 
 
@@ -156,6 +159,8 @@ def _single_member_pools(
 ) -> tuple[dict[str, list[Instance]], list[Exclusion], list[str]]:
     """A pool of one member goes down while its machine installs: the plan warns, or with
     `single_member_pools: refuse` the machine is excluded with that reason."""
+    if not pools:  # no machine of the inventory serves from a pool
+        return members, [], []
     kept: dict[str, list[Instance]] = {}
     refused: list[Exclusion] = []
     warnings: list[str] = []
@@ -206,7 +211,10 @@ def scaling_group_reason(policy: Policy, instance: Instance) -> str | None:
 
 def ring_of(policy: Policy, instance: Instance) -> str | None:
     """The ring whose selector matches first (an excluded instance's too), None when none does."""
-    return next((r.name for r in policy.rings if r.select.matches(instance)), None)
+    for ring in policy.rings:  # a loop, not next(...): asked for every machine of the fleet
+        if ring.select.matches(instance):
+            return ring.name
+    return None
 
 
 def assign(
@@ -221,9 +229,13 @@ def assign(
     repeated = sorted({a.id for a, b in pairwise(ordered) if a.id == b.id})
     if repeated:  # one machine counted twice would break its zone's budget
         raise ValueError(f"the same instance is listed more than once: {', '.join(repeated[:10])}")
+    frozen = FROZEN_POLICY if policy.kind == "frozen" else None
+    # The machine exceptions in force at `now`, found once for the whole fleet.
+    excepting = []
+    if now is not None and not frozen:
+        excepting = [e for e in policy.exceptions if machine_exception_in_force(policy, e, now)]
     for instance in ordered:
-        frozen = FROZEN_POLICY if policy.kind == "frozen" else None
-        exception = machine_exception(policy, instance, now) if now is not None and not frozen else None
+        exception = next((e for e in excepting if e.select.matches(instance)), None)
         if exception is not None:
             excluded.append(Exclusion(instance, exception.label(), exception))
             continue
@@ -251,7 +263,8 @@ def _plan_ring(
     # the pool's members in the whole inventory (rounded down, at least 1).
     budgets = {zone: rollout.disruption_budget.ceil_of(size) for zone, size in sizes.items()}
     limit = rollout.pool_budget
-    pool_budgets = {pool: limit.floor_of(size) for pool, size in pools.items()} if limit is not None else None
+    # No machine of the inventory in a pool: no pool budget to keep (and none to count).
+    pool_budgets = {pool: limit.floor_of(size) for pool, size in pools.items()} if limit is not None and pools else None
     rules = _Rules(budgets, pool_budgets, rollout.mode == "concurrent_zones", pairs)
     if canary <= 0:
         return _waves(members, rules)

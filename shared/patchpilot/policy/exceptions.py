@@ -22,9 +22,14 @@ def in_force(policy: Policy, exception: PolicyException, now: datetime) -> bool:
 def machine_exception(policy: Policy, instance: Instance, now: datetime) -> PolicyException | None:
     """The first machine exception (no `patches`) in force at `now` that selects the instance."""
     return next(
-        (e for e in policy.exceptions if not e.patches and e.select.matches(instance) and in_force(policy, e, now)),
+        (e for e in policy.exceptions if e.select.matches(instance) and machine_exception_in_force(policy, e, now)),
         None,
     )
+
+
+def machine_exception_in_force(policy: Policy, exception: PolicyException, now: datetime) -> bool:
+    """A machine exception (no `patches`) in force at `now`: the planner finds these once per fleet."""
+    return not exception.patches and in_force(policy, exception, now)
 
 
 def patch_exceptions(policy: Policy, instance: Instance, now: datetime) -> list[PolicyException]:

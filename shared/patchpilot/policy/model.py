@@ -62,11 +62,6 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
 
 
-def _tags_match(wanted: dict[str, list[str]], tags: dict[str, str], *, every: bool) -> bool:
-    hits = (key in tags and ("*" in values or tags[key] in values) for key, values in wanted.items())
-    return all(hits) if every else any(hits)
-
-
 class Selector(_Section):
     """Every criterion given must hold; a tag's value may be a list (any of) or "*" (present)."""
 
@@ -80,9 +75,14 @@ class Selector(_Section):
         return not (self.tags or self.ids or self.clouds or self.regions or self.os)
 
     def matches(self, instance: Instance) -> bool:
+        # Plain loops: the planner asks for every machine of the fleet and every ring.
+        tags = instance.tags
+        for key, values in self.tags.items():
+            value = tags.get(key)
+            if value is None or ("*" not in values and value not in values):
+                return False
         return (
-            _tags_match(self.tags, instance.tags, every=True)
-            and (not self.ids or instance.id in self.ids)
+            (not self.ids or instance.id in self.ids)
             and (not self.clouds or instance.cloud in self.clouds)
             and (not self.regions or instance.region in self.regions)
             and (not self.os or instance.os in self.os)
@@ -288,8 +288,9 @@ class Exclusions(_Section):
         if instance.id in self.ids:
             return "excluded by id in the policy"
         for key, values in self.tags.items():
-            if _tags_match({key: values}, instance.tags, every=True):
-                return f"frozen: tag {key}={instance.tags[key]}"
+            value = instance.tags.get(key)
+            if value is not None and ("*" in values or value in values):
+                return f"frozen: tag {key}={value}"
         return None
 
 

@@ -75,6 +75,8 @@ UNIFORM = "a Uniform scale set instance: PatchPilot neither assesses nor patches
 def _not_assessed(instance: Instance) -> str:
     """Why an instance has no assessment here: a Uniform scale set instance, or not a machine id."""
     return UNIFORM if instance.scale_set_mode == "uniform" else NOT_A_MACHINE
+
+
 _SEVERITIES: dict[str, PatchSeverity] = {
     "critical": "Critical",
     "important": "Important",

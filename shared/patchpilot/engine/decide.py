@@ -570,19 +570,29 @@ def _on_pools_left(run: Run, event: Event, now: datetime) -> Decision:
 
 
 def _before_install(run: Run, now: datetime) -> Decision:
-    hook, targets = _host_hook(run, "before_install")
+    return _run_hook(run, now, "before_install", "preparing") or _install_now(run, now)
+
+
+def _run_hook(
+    run: Run,
+    now: datetime,
+    phase: Literal["before_install", "after_install"],
+    state: Literal["preparing", "verifying"],
+) -> Decision | None:
+    """The ring's host hook for `phase` on the machines it concerns; None when there is none to run."""
+    hook, targets = _host_hook(run, phase)
     if hook is None or not targets:
-        return _install_now(run, now)
+        return None
     command = RunHostHook(
-        id=_command_id(run, "before-install"),
+        id=_command_id(run, phase.replace("_", "-")),
         run_id=run.run_id,
         wave=run.current.index,
         targets=[r.instance for r in targets],
-        phase="before_install",
+        phase=phase,
         hook=hook,
         issued_at=now,
     )
-    return _await(run, "preparing", command)
+    return _await(run, state, command)
 
 
 def _on_prepared(run: Run, event: Event, now: datetime) -> Decision:
@@ -673,19 +683,7 @@ def _on_patches_installed(run: Run, event: Event, now: datetime) -> Decision:
     run = _with_wave(run, wave)
     if not any(not r.failure for r in _pending(wave)):
         return _after_checks(run, now)
-    hook, targets = _host_hook(run, "after_install")
-    if hook is None or not targets:
-        return _check_health(run, now)
-    command = RunHostHook(
-        id=_command_id(run, "after-install"),
-        run_id=run.run_id,
-        wave=wave.index,
-        targets=[r.instance for r in targets],
-        phase="after_install",
-        hook=hook,
-        issued_at=now,
-    )
-    return _await(run, "verifying", command)
+    return _run_hook(run, now, "after_install", "verifying") or _check_health(run, now)
 
 
 def _on_verified(run: Run, event: Event, now: datetime) -> Decision:

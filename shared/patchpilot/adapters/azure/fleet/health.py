@@ -10,8 +10,6 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
-from azure.mgmt.compute import models as cm
-from azure.mgmt.hybridcompute import models as hm
 
 from patchpilot.adapters.health import HttpProbe, UnsafeUrlValueError, fill_url
 from patchpilot.batching import unique
@@ -27,7 +25,6 @@ from patchpilot.verdict import Verdict
 from ..access import (
     TAG_COMMAND,
     TAG_HEALTH,
-    TAG_RUN,
     AzureAccess,
     Machine,
     agent_problem,
@@ -40,6 +37,7 @@ from ..access import (
     tags_of,
     text,
 )
+from .run_command import read_run_command, start_run_command
 
 if TYPE_CHECKING:
     pass
@@ -231,48 +229,17 @@ def _check_script(
             continue
         machine = machines[instance.id]
         try:
-            run = None if first else _run_command(access, machine)
+            run = None if first else read_run_command(access, machine, RUN_COMMAND)
             if run is None or tags_of(run).get(TAG_COMMAND) != tag_value(command.id):
-                _start_run_command(access, command, instance, machine, script, checks.timeout)
+                start_run_command(
+                    access, machine, instance, RUN_COMMAND, script, checks.timeout, command.id, command.run_id
+                )
                 verdicts[instance.id] = Verdict("wait", "health script started")
                 continue
         except HttpResponseError as exc:
             verdicts[instance.id] = Verdict("fail", f"health script not run: {describe_error(exc)}")
             continue
         verdicts[instance.id] = _script_verdict(run, verdicts[instance.id])
-
-
-def _run_command(access: AzureAccess, machine: Machine) -> Any:
-    try:
-        if machine.arc:
-            return access.hybrid(machine).machine_run_commands.get(machine.resource_group, machine.name, RUN_COMMAND)
-        return access.compute(machine).virtual_machine_run_commands.get_by_virtual_machine(
-            machine.resource_group, machine.name, RUN_COMMAND, expand="instanceView"
-        )
-    except ResourceNotFoundError:
-        return None
-
-
-def _start_run_command(
-    access: AzureAccess, command: CheckHealth, instance: Instance, machine: Machine, script: str, timeout: timedelta
-) -> None:
-    body = {
-        "location": instance.region,
-        "tags": {TAG_COMMAND: tag_value(command.id), TAG_RUN: tag_value(command.run_id)},
-        "properties": {
-            "source": {"script": script},
-            "asyncExecution": False,
-            "timeoutInSeconds": max(30, int(timeout.total_seconds())),
-        },
-    }
-    if machine.arc:
-        access.hybrid(machine).machine_run_commands.begin_create_or_update(
-            machine.resource_group, machine.name, RUN_COMMAND, hm.MachineRunCommand(body), polling=False
-        )
-    else:
-        access.compute(machine).virtual_machine_run_commands.begin_create_or_update(
-            machine.resource_group, machine.name, RUN_COMMAND, cm.VirtualMachineRunCommand(body), polling=False
-        )
 
 
 def _script_verdict(run: Any, verdict: Verdict) -> Verdict:

@@ -13,16 +13,14 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
-from azure.mgmt.compute import models as cm
-from azure.mgmt.hybridcompute import models as hm
+from azure.core.exceptions import HttpResponseError
 
 from patchpilot.batching import unique
 from patchpilot.engine.messages import Outcome, RunHostHook
-from patchpilot.inventory import Instance
 from patchpilot.ports import InProgress, Progress
 
-from ..access import TAG_COMMAND, TAG_RUN, AzureAccess, Machine, at, describe_error, tag_value, tags_of, text
+from ..access import TAG_COMMAND, AzureAccess, at, describe_error, tag_value, tags_of, text
+from .run_command import read_run_command, start_run_command
 
 HOOK_POLL = timedelta(seconds=30)
 TAIL = 500
@@ -52,9 +50,18 @@ def run_hook(access: AzureAccess, command: RunHostHook) -> Progress:
             outcomes[instance.id] = Outcome(id=instance.id, ok=True, detail=detail, at=now)
             continue
         try:
-            run = _run_command(access, machine, run_command_name(command))
+            run = read_run_command(access, machine, run_command_name(command))
             if run is None or tags_of(run).get(TAG_COMMAND) != tag_value(command.id):
-                _start(access, command, instance, machine, script)
+                start_run_command(
+                    access,
+                    machine,
+                    instance,
+                    run_command_name(command),
+                    script,
+                    command.hook.timeout,
+                    command.id,
+                    command.run_id,
+                )
                 running.append(f"{instance.name or machine.name} started")
                 continue
         except HttpResponseError as exc:
@@ -75,38 +82,6 @@ def run_hook(access: AzureAccess, command: RunHostHook) -> Progress:
             now + HOOK_POLL, f"{command.phase} hook: {done}/{len(targets)} done", tuple(outcomes.values())
         )
     return [outcomes[i.id] for i in targets]
-
-
-def _run_command(access: AzureAccess, machine: Machine, name: str) -> Any:
-    try:
-        if machine.arc:
-            return access.hybrid(machine).machine_run_commands.get(machine.resource_group, machine.name, name)
-        return access.compute(machine).virtual_machine_run_commands.get_by_virtual_machine(
-            machine.resource_group, machine.name, name, expand="instanceView"
-        )
-    except ResourceNotFoundError:
-        return None
-
-
-def _start(access: AzureAccess, command: RunHostHook, instance: Instance, machine: Machine, script: str) -> None:
-    body = {
-        "location": instance.region,
-        "tags": {TAG_COMMAND: tag_value(command.id), TAG_RUN: tag_value(command.run_id)},
-        "properties": {
-            "source": {"script": script},
-            "asyncExecution": False,
-            "timeoutInSeconds": max(30, int(command.hook.timeout.total_seconds())),
-        },
-    }
-    name = run_command_name(command)
-    if machine.arc:
-        access.hybrid(machine).machine_run_commands.begin_create_or_update(
-            machine.resource_group, machine.name, name, hm.MachineRunCommand(body), polling=False
-        )
-    else:
-        access.compute(machine).virtual_machine_run_commands.begin_create_or_update(
-            machine.resource_group, machine.name, name, cm.VirtualMachineRunCommand(body), polling=False
-        )
 
 
 def _verdict(command: RunHostHook, run: Any) -> tuple[bool, str] | None:

@@ -237,7 +237,8 @@ def test_trigger_and_advisory_hold_no_destructive_fleet_action(function: str) ->
     for action in ("ssm:ListCommandInvocations", "ssm:GetCommandInvocation", "ec2:DescribeSnapshots"):
         assert allowing(function, action) == [], f"{function} may {action}"
     fleet_reads = {a for s in grants("AdvisoryFunction") for a in actions(s) if a.startswith(("ec2:", "ssm:"))}
-    assert fleet_reads == {"ec2:DescribeInstances", "ssm:DescribeInstanceInformation"}  # discovery
+    # discovery, and the Change Calendars of aws.change_calendars (read only)
+    assert fleet_reads == {"ec2:DescribeInstances", "ssm:DescribeInstanceInformation", "ssm:GetCalendarState"}
     # The worker keeps what rollback needs.
     for action in ("ec2:CreateSnapshots", "ec2:CreateReplaceRootVolumeTask", "ssm:SendCommand"):
         assert allowing("WorkerFunction", action), action
@@ -564,3 +565,12 @@ def test_no_condition_key_names_a_parameter_cloudformation_would_leave_unsubstit
     never match, so PatchPilot could change nothing (found in the template before the key was fixed)."""
     text = (ROOT / "template.yaml").read_text()
     assert not re.search(r'"[a-z0-9-]+:[A-Za-z]+Tag/\$\{', text)
+
+
+def test_change_calendars_are_read_by_the_timer_and_the_advisory_function_only() -> None:
+    """`aws.change_calendars` (docs/governance.md): GetCalendarState, read only, on SSM documents."""
+    for function in ("TriggerFunction", "AdvisoryFunction"):
+        (statement,) = allowing(function, "ssm:GetCalendarState")
+        assert resources(statement) == ["arn:${AWS::Partition}:ssm:${AWS::Region}:*:document/*"]
+    assert not allowing("WorkerFunction", "ssm:GetCalendarState")
+    assert not allowing("ApproveFunction", "ssm:GetCalendarState")

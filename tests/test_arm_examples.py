@@ -43,6 +43,7 @@ from patchpilot.adapters.azure.clients import AzureClients
 from patchpilot.adapters.azure.fleet import AzureFleet
 from patchpilot.adapters.azure.fleet import health as fleet_health
 from patchpilot.adapters.azure.fleet.discovery import agent_version
+from patchpilot.adapters.azure.fleet.run_command import read_run_command
 from patchpilot.adapters.azure.graph import query
 from patchpilot.adapters.azure.maintenance_events import (
     MaintenanceEvent,
@@ -248,7 +249,7 @@ def test_the_health_check_reads_the_official_run_command(world: World) -> None:
     assert machine is not None
     access = AzureAccess(world.clients, world.clock)
 
-    run = fleet_health._run_command(access, machine)
+    run = read_run_command(access, machine, fleet_health.RUN_COMMAND)
 
     assert dict(run.tags) == {"tag1": "value1", "tag2": "value2"}
     # The example has no instanceView (it is read without $expand): not finished, so not a verdict yet.

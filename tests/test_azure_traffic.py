@@ -169,6 +169,22 @@ def test_a_worker_that_died_between_the_update_and_the_wait_finds_its_record_on_
     assert len(world.network.nic_puts) == 1
 
 
+def test_the_drain_started_when_the_nics_were_updated_not_when_the_command_was_issued(world: World) -> None:
+    """A first delivery that came late does not eat an explicit drain timeout: the service counts
+    it from `InProgress.started`, the time this command's NIC update recorded, and a redelivery on
+    a new worker (or a poll reading Resource Graph's rows) finds the same time."""
+    vm = world.vm("web-1", [world.be_web, world.shop])
+    command = leave([vm])  # issued at T0
+    world.clock.set(T0 + timedelta(minutes=7))  # the queue delivered it seven minutes late
+    first = world.pools().leave_pools(command)
+    assert isinstance(first, InProgress) and first.started == T0 + timedelta(minutes=7)
+
+    world.clock.advance(timedelta(seconds=20))
+    again = world.pools().leave_pools(command)
+    assert isinstance(again, InProgress) and again.started == T0 + timedelta(minutes=7)
+    assert len(world.network.nic_puts) == 1
+
+
 def test_a_poll_resource_graph_has_not_caught_up_with_reads_the_nic_from_arm_and_updates_nothing(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -22,7 +22,9 @@ items, so they are put back too. Drained = removed and, since the removal, the l
 - Application Gateway: the backend settings of each routing rule that uses the pool: their
   connection draining timeout when enabled, else their probe's `interval` × `unhealthyThreshold`
   (the default probe's 30 s × 3 without one).
-Before that the answer is InProgress(retry_at = the moment it will be drained).
+Before that the answer is InProgress(retry_at = the moment it will be drained, started = the first
+NIC update this command made, as its records say): an explicit `drain_timeout` counts from that
+update, so a late first delivery of the command does not eat it.
 
 An outcome's `items` (LeavePools): `"<ip configuration id>|<backend pool id>"`, one per reference
 removed (or still out), which is exactly what RejoinPools puts back.
@@ -123,6 +125,7 @@ class AzureBackendPools:
         indexed = self._indexed(n for ids in nics.values() for n in ids) if nics else {}
         waits = PoolReader(self)
         drained_at: dict[str, datetime] = {}
+        began: list[datetime] = []  # when this command's NIC updates were made: its timeout counts from the first
         notes: list[str] = []
         for instance in targets:
             if instance.id in outcomes:
@@ -133,7 +136,7 @@ class AzureBackendPools:
                 )
                 continue
             try:
-                removed, moment = self._leave(instance, command, nics[instance.id], indexed, waits, now)
+                removed, moment, written = self._leave(instance, command, nics[instance.id], indexed, waits, now)
             except RefusedError as exc:
                 outcomes[instance.id] = Outcome(id=instance.id, ok=False, detail=str(exc)[:500], at=now)
                 continue
@@ -141,6 +144,7 @@ class AzureBackendPools:
                 notes.append(str(exc))
                 drained_at[instance.id] = now + RETRY
                 continue
+            began += written
             if moment > now:
                 drained_at[instance.id] = moment
                 continue
@@ -151,7 +155,8 @@ class AzureBackendPools:
         if drained_at:
             due = min(drained_at.values())
             note = f"draining: {len(targets) - len(drained_at)}/{len(targets)} done, next at {iso(due)}"
-            return InProgress(due, "; ".join([note, *sorted(set(notes))])[:300], tuple(outcomes.values()))
+            started = min(began, default=None)
+            return InProgress(due, "; ".join([note, *sorted(set(notes))])[:300], tuple(outcomes.values()), started)
         return [outcomes[i.id] for i in targets]
 
     def _leave(
@@ -162,18 +167,21 @@ class AzureBackendPools:
         indexed: Mapping[str, Any],
         waits: PoolReader,
         now: datetime,
-    ) -> tuple[list[PoolRef], datetime]:
-        """The references this command took out of the target's pools, and when they are drained.
-        A NIC whose Resource Graph row (`indexed`) shows this command's record and none of the
-        pools is not read again: the record was written by the update that removed them."""
+    ) -> tuple[list[PoolRef], datetime, list[datetime]]:
+        """The references this command took out of the target's pools, when they are drained, and
+        when this command's NIC updates were made (its records' times). A NIC whose Resource Graph
+        row (`indexed`) shows this command's record and none of the pools is not read again: the
+        record was written by the update that removed them."""
         pools = {p.lower() for p in instance.traffic_pools}
         removed: list[PoolRef] = []
+        written: list[datetime] = []
         drained = now
         for nic_id in nic_ids:
             seen = indexed.get(nic_id.lower())  # Resource Graph's row: a poll of this command reads no more
             record = NicRecord.read(seen, pools) if seen is not None else None
             if record is not None and record.wait is not None and record.by(command.id) and not refs_of(seen, pools):
                 removed += record.refs
+                written.append(record.at)
                 drained = max(drained, record.at + timedelta(seconds=record.wait))
                 continue
             nic = self._get_nic(nic_id)  # what to write is read from ARM itself, never from the index
@@ -192,11 +200,14 @@ class AzureBackendPools:
                 body["tags"] = {**tags_of(nic), TAG_POOLS: value}
                 self._put_nic(nic_id, nic, body, f"NIC {nic_id} update", f"{NIC_WRITE}")
                 removed += [*current, *out]
+                written.append(record.at if record is not None and record.by(command.id) and not record.back else now)
                 drained = max(drained, now + timedelta(seconds=wait))
             elif record is not None and record.wait is not None and out:
                 removed += out
+                if record.by(command.id):
+                    written.append(record.at)
                 drained = max(drained, record.at + timedelta(seconds=record.wait))
-        return removed, drained
+        return removed, drained, written
 
     # ------------------------------------------------------------ rejoin
 

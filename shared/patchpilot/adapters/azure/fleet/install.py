@@ -130,24 +130,45 @@ def install_patches(access: AzureAccess, command: InstallPatches) -> Progress:
         if t.instance.id in machines and t.instance.id not in outcomes and not command.maintenance_run
     ]
     models = access.models([machines[t.instance.id] for t in active])
+    bodies: dict[str, dict[str, Any]] = {}
     for target in active:
         machine = machines[target.instance.id]
-        model = models.get(machine.key)
-        if model is None:
+        body = _body(command, target, duration)
+        if models.get(machine.key) is None:
             outcomes[machine.id] = Outcome(id=machine.id, ok=False, detail=f"{machine.kind} not found", at=now)
+        elif isinstance(body, str):
+            outcomes[machine.id] = Outcome(id=machine.id, ok=False, detail=body, at=now)
+        else:
+            bodies[machine.id] = body
+    # VMs: one mark per command, on its first VM; Arc servers (no instance view to look at): one each.
+    vms = [machines[t.instance.id] for t in active if t.instance.id in bodies and not machines[t.instance.id].arc]
+    start, first = now, False
+    if vms:
+        try:
+            start, first = access.anchor(command.id, TAG_INSTALL, vms, now, required=True)
+        except HttpResponseError as exc:
+            for machine in vms:
+                detail = f"could not tag the {machine.kind} with {TAG_INSTALL}: {describe_error(exc)}"
+                outcomes[machine.id] = Outcome(id=machine.id, ok=False, detail=detail, at=now)
+    for target in active:
+        machine = machines[target.instance.id]
+        if machine.id in outcomes:
             continue
+        model = models[machine.key]
         found = read_mark(tags_of(model).get(TAG_INSTALL, ""), command.id)
-        if found is None:
-            problem = _start_install(access, command, target, machine, model, duration, now)
+        if found is not None and found[1][:1] == ["failed"]:
+            detail = "installPatches was refused: " + "|".join(found[1][1:])
+            outcomes[machine.id] = Outcome(id=machine.id, ok=False, detail=detail, at=now)
+        elif found is not None:
+            marked.append(_Marked(target, machine, found[0]))
+        elif machine.arc or first:
+            problem = _start_install(access, command, machine, model, bodies[machine.id], now)
             if problem:
                 outcomes[machine.id] = Outcome(id=machine.id, ok=False, detail=problem, at=now)
             else:
                 waiting.append(machine.id)
-        elif found[1][:1] == ["failed"]:
-            detail = "installPatches was refused: " + "|".join(found[1][1:])
-            outcomes[machine.id] = Outcome(id=machine.id, ok=False, detail=detail, at=now)
-        else:
-            marked.append(_Marked(target, machine, found[0]))
+        else:  # the command's mark is on its first VM: sent since then, or never (see _unseen_install)
+            marked.append(_Marked(target, machine, start))
     if marked:
         for item, outcome in _install_progress(access, command, marked, duration, deadline_after, now).items():
             if outcome is None:
@@ -161,18 +182,9 @@ def install_patches(access: AzureAccess, command: InstallPatches) -> Progress:
     return [outcomes[t.instance.id] for t in targets]
 
 
-def _start_install(
-    access: AzureAccess,
-    command: InstallPatches,
-    target: InstallTarget,
-    machine: Machine,
-    model: Any,
-    duration: timedelta,
-    now: datetime,
-) -> str:
-    """Mark the machine, then send installPatches; a problem, or '' once sent (or once a
-    refusal that may pass, a conflict or a server error, leaves the mark for a later resend)."""
-    body = install_body(
+def _body(command: InstallPatches, target: InstallTarget, duration: timedelta) -> dict[str, Any] | str:
+    """The installPatches body for one machine, or why there is none."""
+    return install_body(
         target.instance.os,
         command.classifications,
         command.include,
@@ -181,19 +193,27 @@ def _start_install(
         target.reboot_for(command.reboot),
         duration,
     )
-    if isinstance(body, str):
-        return body
-    try:
-        access.set_tags(machine, model, {TAG_INSTALL: mark(command.id, now)})
-    except HttpResponseError as exc:
-        return f"could not tag the {machine.kind} with {TAG_INSTALL}: {describe_error(exc)}"
+
+
+def _start_install(
+    access: AzureAccess, command: InstallPatches, machine: Machine, model: Any, body: dict[str, Any], now: datetime
+) -> str:
+    """Send installPatches (an Arc server is marked first; a VM was, by the command's mark on its
+    first VM); a problem, or '' once sent (or once a refusal that may pass, a conflict or a server
+    error, leaves the mark for a later resend). A refusal is marked on the machine, so that a
+    later execution reports it without sending again."""
+    if machine.arc:
+        try:
+            access.set_tags(machine, model, {TAG_INSTALL: mark(command.id, now)})
+        except HttpResponseError as exc:
+            return f"could not tag the {machine.kind} with {TAG_INSTALL}: {describe_error(exc)}"
     try:
         _send_install(access, machine, body)
     except HttpResponseError as exc:
         if transient(exc):
             return ""
         reason = describe_error(exc)
-        with contextlib.suppress(HttpResponseError):  # else the mark stays: a later execution checks again
+        with contextlib.suppress(HttpResponseError):  # else a later execution checks again
             access.set_tags(machine, model, {TAG_INSTALL: mark(command.id, now, "failed", reason)})
         return f"installPatches was refused: {reason}"
     return ""
@@ -297,15 +317,7 @@ def _unseen_install(
     started = parse_time(at(summary, "startTime"))
     if started is not None and started >= item.start - CLOCK_SLACK:
         return None  # it runs; Resource Graph will tell
-    body = install_body(
-        item.target.instance.os,
-        command.classifications,
-        command.include,
-        [*command.exclude, *item.target.exclude],  # and the policy's patch exceptions for this machine
-        item.target.only,
-        item.target.reboot_for(command.reboot),
-        duration,
-    )
+    body = _body(command, item.target, duration)
     if isinstance(body, str):
         return Outcome(id=machine.id, ok=False, detail=body)
     try:

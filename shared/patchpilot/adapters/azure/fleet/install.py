@@ -1,10 +1,13 @@
-"""Installs: installPatches per machine, marked on the machine before it is started
-(PatchPilotInstall=<command id>|<UTC start>); progress read in bulk from Resource Graph
-(`patchinstallationresources`). A mark without a run after START_GRACE means the worker died
-between marking and sending: the VM's instance view decides whether an installation really never
-started, and only then is installPatches sent (again). An install that Azure Update Manager makes
-(InstallPatches.maintenance_run) is never started here: its runs are found by their
-maintenanceRunId."""
+"""Installs: installPatches per machine, marked before it is started
+(PatchPilotInstall=<command id>|<UTC start>): once per command, on its first VM (one tag write
+per command, not per VM), and on each Arc server; progress read in bulk from Resource Graph
+(`patchinstallationresources`). The execution that writes the command's mark sends to every VM;
+a later one finds each VM's run in Resource Graph. A VM with no run START_GRACE after the mark may
+never have been sent (the worker died while sending) or Resource Graph may be behind: the VM's
+instance view decides whether an installation really never started, and only then is
+installPatches sent (again). A refusal is marked on its machine (`|failed|<reason>`) and reported
+without sending again. An install that Azure Update Manager makes (InstallPatches.maintenance_run)
+is never started here: its runs are found by their maintenanceRunId."""
 
 from __future__ import annotations
 
@@ -297,10 +300,10 @@ def _install_progress(
 def _unseen_install(
     access: AzureAccess, command: InstallPatches, item: _Marked, duration: timedelta, deadline: datetime, now: datetime
 ) -> Outcome | None:
-    """A marked machine with no installation run in Resource Graph. Within START_GRACE it is
-    on its way; after that, a VM's instance view says whether an installation started after
-    the mark (Resource Graph is behind) or never did (the worker died, or Azure refused with a
-    conflict, before installPatches was accepted): then it is sent now."""
+    """A marked machine (a VM: one the command's mark covers) with no installation run in
+    Resource Graph. Within START_GRACE it is on its way; after that, a VM's instance view says
+    whether an installation started after the mark (Resource Graph is behind) or never did (the
+    worker died before sending it, or Azure refused with a conflict): then it is sent now."""
     machine = item.machine
     if now < item.start + START_GRACE:
         return None

@@ -704,10 +704,10 @@ def test_an_install_resource_graph_has_not_indexed_yet_is_not_sent_again(world: 
     assert outcomes[0].ok and len(world.bodies("POST", "/installpatches")) == 1
 
 
-def test_an_install_writes_one_mark_per_command_and_a_crash_mid_send_sends_only_the_unsent_once(
+def test_an_install_marks_the_command_not_each_vm_and_a_crash_mid_send_sends_only_the_unsent_once(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    vms = [world.azure.add_vm(f"web-{n}", available=[OPENSSL]) for n in range(4)]
+    vms = [world.azure.add_vm(f"web-{n}", available=[OPENSSL]) for n in range(6)]
     fleet = world.fleet()
     command = install_command([InstallTarget(instance=instance(world, vm)) for vm in vms])
     send = fleet_install._send_install
@@ -723,9 +723,9 @@ def test_an_install_writes_one_mark_per_command_and_a_crash_mid_send_sends_only_
         patched.setattr(fleet_install, "_send_install", dies_after_two)
         with pytest.raises(SystemExit):
             fleet.install_patches(command)
-    # One tag write for the command (on its first VM), not one per VM; two of four sent.
-    assert world.count("PATCH", "/virtualmachines/") == 1
-    assert [vm for vm in vms if TAG_INSTALL in world.arm.get(vm)["tags"]] == [vms[0]]
+    # The command's mark on its first three VMs (by id), not a tag write per VM; two of six sent.
+    assert world.count("PATCH", "/virtualmachines/") == 3
+    assert [vm for vm in vms if TAG_INSTALL in world.arm.get(vm)["tags"]] == vms[:3]
     assert sent == vms[:2] and world.count("POST", "/installpatches") == 2
 
     assert isinstance(fleet.install_patches(command), InProgress)  # redelivered: unsent or not yet indexed?
@@ -733,12 +733,27 @@ def test_an_install_writes_one_mark_per_command_and_a_crash_mid_send_sends_only_
     world.clock.advance(START_GRACE)
     outcomes, _ = until_done(world, lambda: fleet.install_patches(command))
 
-    assert [(o.ok, o.items) for o in outcomes] == [(True, ["openssl=3.0.13-1"])] * 4
+    assert [(o.ok, o.items) for o in outcomes] == [(True, ["openssl=3.0.13-1"])] * 6
     sends = sorted(c.path for c in world.arm.calls if c.method == "POST" and c.path.endswith("/installpatches"))
     assert sends == sorted(f"{vm.lower()}/installpatches" for vm in vms)  # each VM once
-    # Only the two that Resource Graph showed no run for were looked at, once each, before sending.
-    assert world.count("GET", "/instanceview") == 2
-    assert world.count("PATCH", "/virtualmachines/") == 1
+    # Only the four that Resource Graph showed no run for were looked at, once each, before sending.
+    assert world.count("GET", "/instanceview") == 4
+    assert world.count("PATCH", "/virtualmachines/") == 3
+
+
+def test_an_install_whose_first_vm_loses_its_mark_sends_nothing_again(world: World) -> None:
+    vms = [world.azure.add_vm(f"web-{n}", available=[OPENSSL], install_minutes=1) for n in range(4)]
+    fleet = world.fleet()
+    command = install_command([InstallTarget(instance=instance(world, vm)) for vm in vms])
+    assert isinstance(fleet.install_patches(command), InProgress)
+    world.clock.advance(timedelta(minutes=2))  # the installs have finished: a second one would be accepted
+    world.arm.get(vms[0])["tags"] = {}  # its tags replaced meanwhile (an operator, a tag policy)
+
+    outcomes, _ = until_done(world, lambda: fleet.install_patches(command))
+
+    assert [(o.ok, o.items) for o in outcomes] == [(True, ["openssl=3.0.13-1"])] * 4
+    assert world.count("POST", "/installpatches") == 4  # the mark on the next VMs: nothing sent twice
+    assert world.count("PATCH", "/virtualmachines/") == 3
 
 
 def test_a_refused_install_is_reported_without_sending_it_again(world: World) -> None:

@@ -144,19 +144,14 @@ class AzureAccess:
                 machine.resource_group, machine.name, cm.VirtualMachineUpdate(body), polling=False
             )
 
-    def anchor(
-        self, command_id: str, tag: str, machines: Sequence[Machine], now: datetime, *, required: bool = False
-    ) -> tuple[datetime, bool]:
+    def anchor(self, command_id: str, tag: str, machines: Sequence[Machine], now: datetime) -> tuple[datetime, bool]:
         """When this command was first executed, and whether that is now (the mark was just
         written): `tag` on the command's first machine (by id) that exists, written there on first
-        sight (one write per command, not per machine). With `required`, a mark that cannot be
-        written, or no machine to write it on, raises the error instead of answering (now, False)."""
-        missing: ResourceNotFoundError | None = None
+        sight (one write per command, not per machine)."""
         for machine in sorted(machines, key=lambda m: m.key)[:3]:
             try:
                 model = self.model(machine)
-            except ResourceNotFoundError as exc:
-                missing = exc
+            except ResourceNotFoundError:
                 continue
             found = read_mark(tags_of(model).get(tag, ""), command_id)
             if found is not None:
@@ -164,12 +159,8 @@ class AzureAccess:
             try:
                 self.set_tags(machine, model, {tag: mark(command_id, now)})
             except HttpResponseError:
-                if required:
-                    raise
                 return now, False  # the next execution tries again
             return now, True
-        if required and missing is not None:
-            raise missing
         return now, False
 
 

@@ -9,8 +9,8 @@ mark it left there, before starting anything:
   disk id (`pp-<vm>-<digest>`), so a repeated command finds them in the resource group's listing,
   and carry the tags PatchPilotRun/Wave/Command/Instance/Disk;
 - an install is marked before it is started: the tag PatchPilotInstall=<command id>|<UTC start>,
-  once per command on its first VM (and on each Arc server, which has no instance view to look
-  at); progress is read in bulk from Resource Graph (`patchinstallationresources`: the summary
+  once per command on its first three VMs (and on each Arc server, which has no instance view to
+  look at); progress is read in bulk from Resource Graph (`patchinstallationresources`: the summary
   rows that started after the mark, then the installed patches of the finished runs). A VM with no
   run START_GRACE after the mark may never have been sent (the worker died while sending): its
   instance view (patchStatus) decides whether an installation really never started, and only then

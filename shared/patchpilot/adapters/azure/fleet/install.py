@@ -1,18 +1,19 @@
 """Installs: installPatches per machine, marked before it is started
-(PatchPilotInstall=<command id>|<UTC start>): once per command, on its first VM (one tag write
-per command, not per VM), and on each Arc server; progress read in bulk from Resource Graph
-(`patchinstallationresources`). The execution that writes the command's mark sends to every VM;
-a later one finds each VM's run in Resource Graph. A VM with no run START_GRACE after the mark may
-never have been sent (the worker died while sending) or Resource Graph may be behind: the VM's
-instance view decides whether an installation really never started, and only then is
-installPatches sent (again). A refusal is marked on its machine (`|failed|<reason>`) and reported
-without sending again. An install that Azure Update Manager makes (InstallPatches.maintenance_run)
-is never started here: its runs are found by their maintenanceRunId."""
+(PatchPilotInstall=<command id>|<UTC start>): once per command, on its first three VMs (a few tag
+writes per command, not one per VM), and on each Arc server; progress read in bulk from Resource
+Graph (`patchinstallationresources`). The execution that writes the command's mark sends to every
+VM; a later one (which finds the mark on any of them) finds each VM's run in Resource Graph. A VM
+with no run START_GRACE after the mark may never have been sent (the worker died while sending),
+or Resource Graph is behind: the VM's instance view decides whether an installation really never
+started, and only then is installPatches sent (again). A refusal is marked on its machine
+(`|failed|<reason>`) and reported without sending again. An install that Azure Update Manager
+makes (InstallPatches.maintenance_run) is never started here: its runs are found by their
+maintenanceRunId."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -60,6 +61,7 @@ CLOCK_SLACK = timedelta(minutes=5)  # between our clock and the time Azure repor
 INSTALL_MARGIN = timedelta(minutes=30)  # beyond maximumDuration before an install counts as lost
 PATCH_ROWS_GRACE = timedelta(minutes=15)  # for the patch rows of a finished run to reach Resource Graph
 RUNNING_INSTALL = frozenset({"", "notstarted", "inprogress", "unknown"})
+MARK_COPIES = 3  # VMs a command's install mark is written on (the first ones by id)
 
 
 def install_runs_query(
@@ -143,12 +145,12 @@ def install_patches(access: AzureAccess, command: InstallPatches) -> Progress:
             outcomes[machine.id] = Outcome(id=machine.id, ok=False, detail=body, at=now)
         else:
             bodies[machine.id] = body
-    # VMs: one mark per command, on its first VM; Arc servers (no instance view to look at): one each.
+    # VMs: the command's mark, on its first VMs; Arc servers (no instance view to look at): one each.
     vms = [machines[t.instance.id] for t in active if t.instance.id in bodies and not machines[t.instance.id].arc]
     start, first = now, False
     if vms:
         try:
-            start, first = access.anchor(command.id, TAG_INSTALL, vms, now, required=True)
+            start, first = _command_mark(access, command.id, vms, models, now)
         except HttpResponseError as exc:
             for machine in vms:
                 detail = f"could not tag the {machine.kind} with {TAG_INSTALL}: {describe_error(exc)}"
@@ -183,6 +185,25 @@ def install_patches(access: AzureAccess, command: InstallPatches) -> Progress:
         done = len(targets) - len(waiting)
         return InProgress(now + INSTALL_POLL, note=f"install: {done}/{len(targets)} machines done")
     return [outcomes[t.instance.id] for t in targets]
+
+
+def _command_mark(
+    access: AzureAccess, command_id: str, vms: Sequence[Machine], models: Mapping[str, Any], now: datetime
+) -> tuple[datetime, bool]:
+    """When this command was first executed, and whether that is now: its PatchPilotInstall mark,
+    looked for on every VM (in their listed models, no read of its own), else written now on its
+    first MARK_COPIES VMs by id: a few tag writes per command, not one per VM, and an execution
+    takes itself for the first (and sends to every VM) only if all of them have gone. The first
+    write must succeed (its error is raised); the copies are best effort."""
+    starts = [found[0] for m in vms if (found := read_mark(tags_of(models[m.key]).get(TAG_INSTALL, ""), command_id))]
+    if starts:
+        return min(starts), False
+    first, *copies = sorted(vms, key=lambda m: m.key)[:MARK_COPIES]
+    access.set_tags(first, models[first.key], {TAG_INSTALL: mark(command_id, now)})
+    for machine in copies:
+        with contextlib.suppress(HttpResponseError):
+            access.set_tags(machine, models[machine.key], {TAG_INSTALL: mark(command_id, now)})
+    return now, True
 
 
 def _body(command: InstallPatches, target: InstallTarget, duration: timedelta) -> dict[str, Any] | str:

@@ -9,7 +9,9 @@ script is started only once that view passes, and its Run Command is tagged with
 Application Health extension, the VM agent has just run the script to its end on a running VM: that
 is the VM's own view at the script's end, and no instance view is read again. Resource Graph is only
 asked whether it still sees the VM running: a VM it does not (or that it does not report) has its
-instance view read as before, so a stale row can send a VM to the exact read, never pass one."""
+instance view read as before, so a stale row can only send a VM to the exact read. (A VM that stops
+after its script's end and before the poll, while Resource Graph still shows it running, passes, as
+one that stops just after an instance view read always did: the window is a poll, not a request.)"""
 
 from __future__ import annotations
 

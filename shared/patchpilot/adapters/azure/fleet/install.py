@@ -172,7 +172,7 @@ def install_patches(access: AzureAccess, command: InstallPatches) -> Progress:
                 outcomes[machine.id] = Outcome(id=machine.id, ok=False, detail=problem, at=now)
             else:
                 waiting.append(machine.id)
-        else:  # the command's mark is on its first VM: sent since then, or never (see _unseen_install)
+        else:  # the command's mark is on its first VMs: sent since then, or never (see _unseen_install)
             marked.append(_Marked(target, machine, start))
     if marked:
         for item, outcome in _install_progress(access, command, marked, duration, deadline_after, now).items():
@@ -223,7 +223,7 @@ def _start_install(
     access: AzureAccess, command: InstallPatches, machine: Machine, model: Any, body: dict[str, Any], now: datetime
 ) -> str:
     """Send installPatches (an Arc server is marked first; a VM was, by the command's mark on its
-    first VM); a problem, or '' once sent (or once a refusal that may pass, a conflict or a server
+    first VMs); a problem, or '' once sent (or once a refusal that may pass, a conflict or a server
     error, leaves the mark for a later resend). A refusal is marked on the machine, so that a
     later execution reports it without sending again."""
     if machine.arc:

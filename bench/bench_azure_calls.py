@@ -10,8 +10,12 @@ rolled back (disk from snapshot, deallocate, swap, start).
 
 Every ARM request is counted by operation (method and path, names replaced by {}), polling
 included. Snapshots are one PUT per managed disk by design (an incremental snapshot per disk; two
-disks per VM here). The target: at most TARGET_BEYOND_SNAPSHOTS requests per VM beyond them.
-Figures go to bench/results/azure_calls.json.
+disks per VM here). The figure: ARM requests per VM beyond those snapshot writes, discovery and
+polling included, with its target (issue 17: TARGET_BEYOND_SNAPSHOTS) beside it; it exits 1 when
+the target is missed. docs/azure-deploy.md ("ARM requests per VM") names each per-VM request that
+remains. Figures go to bench/results/azure_calls.json.
+
+    PYTHONPATH=shared python bench/bench_azure_calls.py
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from patchpilot.service import Service  # noqa: E402
 VMS = 500
 BROKEN = 3  # production VMs whose health script fails once patched
 RESOURCE_GROUPS = ("rg-web", "rg-api", "rg-batch", "rg-data", "rg-edge")
-TARGET_BEYOND_SNAPSHOTS = 10.0  # ARM requests per VM beyond the snapshot PUTs (one per disk)
+TARGET_BEYOND_SNAPSHOTS = 5.0  # ARM requests per VM beyond the snapshot PUTs (one per disk): issue 17
 START = datetime(2026, 12, 12, 1, 0, tzinfo=UTC)
 
 POLICY = """
@@ -139,7 +143,11 @@ def main() -> None:
     print(f"{'all ARM requests':<104}{total:>9}{total / size:>9.3f}")
     print(f"  of which discovery: {discovery} ({discovery / size:.3f} per VM); throttled: {throttled}")
     print("  by step: " + ", ".join(f"{step} {n / size:.2f}" for step, n in sorted(by_step.items())))
-    print(f"\nARM requests per VM beyond the snapshot PUTs: {beyond:.3f} (target <= {TARGET_BEYOND_SNAPSHOTS:g})")
+    met = beyond <= TARGET_BEYOND_SNAPSHOTS
+    print(
+        f"\nARM requests per VM beyond the snapshot writes: {beyond:.3f} "
+        f"(target <= {TARGET_BEYOND_SNAPSHOTS:g}: {'met' if met else 'MISSED'})"
+    )
     print(f"wall time {seconds:.1f} s")
 
     figures = {
@@ -158,9 +166,12 @@ def main() -> None:
         "all_requests_per_vm": round(total / size, 3),
         "requests_per_vm_beyond_snapshot_puts": round(beyond, 3),
         "target_requests_per_vm_beyond_snapshot_puts": TARGET_BEYOND_SNAPSHOTS,
+        "requests_per_vm_beyond_snapshot_writes": round(beyond, 3),
+        "target_requests_per_vm_beyond_snapshot_writes": TARGET_BEYOND_SNAPSHOTS,
+        "met": met,
     }
     write_results("azure_calls", "Azure ARM requests of one run (fake ARM + real SDK clients), per operation", figures)
-    if run.status != "succeeded" or dead or beyond > TARGET_BEYOND_SNAPSHOTS:
+    if run.status != "succeeded" or dead or not met:
         raise SystemExit(1)
 
 

@@ -23,7 +23,8 @@ relies on, with the REST spec's status codes per operation:
 - Resource Graph: `resources` (VMs with properties.extended.instanceView.powerState, Arc
   servers, NICs) and `patchinstallationresources`, answered by fake_resource_graph's KQL
   evaluator, which refuses what it does not model, so such a query fails the test instead of
-  passing.
+  passing. Resource Graph lags behind ARM: `installations_indexed` (installs not in it yet) and
+  `graph_power` (a VM's power state as its row still shows it) let a test make it stale.
 
 Long operations change state on the test's clock: each handler first applies the transitions
 that are due. Nothing here waits.
@@ -113,6 +114,9 @@ class FakeAzureCompute:
         self.runs: list[dict[str, Any]] = []  # patchinstallationresources rows
         self.graph_queries: list[str] = []
         self.installations_indexed = True  # False: Resource Graph has not caught up with the installs yet
+        # Resource Graph behind ARM: a VM's power state as its `resources` row still shows it (lower-case id ->
+        # "running", "deallocated", ...; "" for a row with no power state yet), whatever the VM's is now.
+        self.graph_power: dict[str, str] = {}
         self.snapshot_minutes = 3
         self.disk_minutes = 2
         self.power_minutes = 2
@@ -849,10 +853,12 @@ class FakeAzureCompute:
         )
         machine = self.machines.get(resource["id"].lower())
         if machine is not None and machine.kind == "vm":
-            code = f"PowerState/{machine.power}"
-            row["properties"]["extended"] = {
-                "instanceView": {"powerState": {"code": code, "displayStatus": f"VM {machine.power}"}}
-            }
+            power = self.graph_power.get(resource["id"].lower(), machine.power)
+            if power:
+                code = f"PowerState/{power}"
+                row["properties"]["extended"] = {
+                    "instanceView": {"powerState": {"code": code, "displayStatus": f"VM {power}"}}
+                }
         if machine is not None and machine.kind == "arc":
             row["properties"]["status"] = machine.arc_status
         return row

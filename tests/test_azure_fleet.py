@@ -25,6 +25,7 @@ from patchpilot.adapters.azure.access import (
     TAG_COMMAND,
     TAG_DISK,
     TAG_HEALTH,
+    TAG_HEALTH_BASE,
     TAG_INSTALL,
     TAG_INSTANCE,
     TAG_REPLACED_BY,
@@ -703,6 +704,58 @@ def test_an_install_resource_graph_has_not_indexed_yet_is_not_sent_again(world: 
     assert outcomes[0].ok and len(world.bodies("POST", "/installpatches")) == 1
 
 
+def test_an_install_marks_the_command_not_each_vm_and_a_crash_mid_send_sends_only_the_unsent_once(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vms = [world.azure.add_vm(f"web-{n}", available=[OPENSSL]) for n in range(6)]
+    fleet = world.fleet()
+    command = install_command([InstallTarget(instance=instance(world, vm)) for vm in vms])
+    send = fleet_install._send_install
+    sent: list[str] = []
+
+    def dies_after_two(access: Any, machine: Any, body: Any) -> None:
+        if len(sent) == 2:
+            raise SystemExit("worker died")
+        sent.append(machine.id)
+        send(access, machine, body)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(fleet_install, "_send_install", dies_after_two)
+        with pytest.raises(SystemExit):
+            fleet.install_patches(command)
+    # The command's mark on its first three VMs (by id), not a tag write per VM; two of six sent.
+    assert world.count("PATCH", "/virtualmachines/") == 3
+    assert [vm for vm in vms if TAG_INSTALL in world.arm.get(vm)["tags"]] == vms[:3]
+    assert sent == vms[:2] and world.count("POST", "/installpatches") == 2
+
+    assert isinstance(fleet.install_patches(command), InProgress)  # redelivered: unsent or not yet indexed?
+    assert world.count("POST", "/installpatches") == 2 and world.count("GET", "/instanceview") == 0
+    world.clock.advance(START_GRACE)
+    outcomes, _ = until_done(world, lambda: fleet.install_patches(command))
+
+    assert [(o.ok, o.items) for o in outcomes] == [(True, ["openssl=3.0.13-1"])] * 6
+    sends = sorted(c.path for c in world.arm.calls if c.method == "POST" and c.path.endswith("/installpatches"))
+    assert sends == sorted(f"{vm.lower()}/installpatches" for vm in vms)  # each VM once
+    # Only the four that Resource Graph showed no run for were looked at, once each, before sending.
+    assert world.count("GET", "/instanceview") == 4
+    assert world.count("PATCH", "/virtualmachines/") == 3
+
+
+def test_an_install_whose_first_vm_loses_its_mark_sends_nothing_again(world: World) -> None:
+    vms = [world.azure.add_vm(f"web-{n}", available=[OPENSSL], install_minutes=1) for n in range(4)]
+    fleet = world.fleet()
+    command = install_command([InstallTarget(instance=instance(world, vm)) for vm in vms])
+    assert isinstance(fleet.install_patches(command), InProgress)
+    world.clock.advance(timedelta(minutes=2))  # the installs have finished: a second one would be accepted
+    world.arm.get(vms[0])["tags"] = {}  # its tags replaced meanwhile (an operator, a tag policy)
+
+    outcomes, _ = until_done(world, lambda: fleet.install_patches(command))
+
+    assert [(o.ok, o.items) for o in outcomes] == [(True, ["openssl=3.0.13-1"])] * 4
+    assert world.count("POST", "/installpatches") == 4  # the mark on the next VMs: nothing sent twice
+    assert world.count("PATCH", "/virtualmachines/") == 3
+
+
 def test_a_refused_install_is_reported_without_sending_it_again(world: World) -> None:
     vm = world.azure.add_vm("web-1", available=[OPENSSL])
     command = install_command([InstallTarget(instance=instance(world, vm))], classifications=["UpdateRollup"])
@@ -868,6 +921,68 @@ def test_alarms_are_noted_as_aws_only(world: World) -> None:
     outcomes = world.fleet().check_health(health_command([instance(world, vm)], HealthChecks(alarms=["web-5xx"])))
     assert isinstance(outcomes, list) and outcomes[0].ok
     assert outcomes[0].detail == "VM running, VM agent Ready, CloudWatch alarms not checked (AWS only)"
+
+
+def test_health_reads_each_instance_view_once_when_the_script_finishes_within_a_poll(world: World) -> None:
+    vms = [world.azure.add_vm(f"web-{n}", rg="rg-web" if n % 2 else "rg-api") for n in range(6)]
+    fleet = world.fleet()
+    checks = HealthChecks(script=HealthScript(linux="systemctl is-active web"))
+    command = health_command([instance(world, vm) for vm in vms], checks)
+
+    outcomes, calls = until_done(world, lambda: fleet.check_health(command))
+
+    assert calls == 2
+    assert [(o.ok, o.detail) for o in outcomes] == [(True, "VM running, VM agent Ready, script exit 0")] * 6
+    # Each VM's own view once, before its script started; after that, the script's run stands for it
+    # and one Resource Graph query per poll says whether they all still run.
+    assert world.count("GET", "/instanceview") == 6
+    assert world.count("GET", "/runcommands/patchpilot-health") == 6
+    assert world.count("POST", "microsoft.resourcegraph") == 1
+    for vm in vms:
+        assert world.arm.get(vm + "/runCommands/patchpilot-health")["tags"][TAG_HEALTH_BASE] == (
+            "VM running, VM agent Ready"
+        )
+
+
+def test_a_stale_resource_graph_row_only_sends_a_vm_to_its_instance_view(world: World) -> None:
+    lagging = world.azure.add_vm("web-1")  # Resource Graph still shows it starting: it runs
+    stopped = world.azure.add_vm("web-2")  # deallocated after its script passed; Resource Graph shows it
+    unknown = world.azure.add_vm("web-3")  # no power state in its row yet
+    fleet = world.fleet()
+    checks = HealthChecks(script=HealthScript(linux="systemctl is-active web"))
+    command = health_command([instance(world, vm) for vm in (lagging, stopped, unknown)], checks)
+    assert isinstance(fleet.check_health(command), InProgress)  # the scripts are started
+    world.clock.advance(timedelta(minutes=2))  # they have finished, exit 0
+    world.azure.graph_power.update({lagging.lower(): "starting", unknown.lower(): ""})
+    world.azure.state(stopped).power = "deallocated"
+
+    outcomes = fleet.check_health(command)
+
+    assert isinstance(outcomes, list)
+    assert [(o.ok, o.detail) for o in outcomes] == [
+        (True, "VM running, VM agent Ready, script exit 0"),
+        (False, "VM is deallocated"),
+        (True, "VM running, VM agent Ready, script exit 0"),
+    ]
+    assert world.count("GET", "/instanceview") == 3 + 3  # before the scripts, and again for all three
+
+
+def test_a_vm_with_application_health_has_its_instance_view_read_at_every_poll(world: World) -> None:
+    vm = world.azure.add_vm("web-1", app_health="healthy")
+    world.azure.scripts["systemctl is-active web"] = (0, "active")
+    fleet = world.fleet()
+    checks = HealthChecks(script=HealthScript(linux="systemctl is-active web"), timeout=timedelta(minutes=4))
+    command = health_command([instance(world, vm)], checks)
+    assert isinstance(fleet.check_health(command), InProgress)
+    world.azure.state(vm).app_health = "unhealthy"  # after the script started: its exit 0 does not hide it
+
+    outcomes, calls = until_done(world, lambda: fleet.check_health(command))
+
+    assert (outcomes[0].ok, outcomes[0].detail) == (
+        False,
+        "Application Health extension reports unhealthy (still after 4 min)",
+    )
+    assert world.count("GET", "/instanceview") == 1 + calls
 
 
 # ---------------------------------------------------------------- host hooks

@@ -46,6 +46,7 @@ TAG_RESTORED_FROM = "PatchPilotRestoredFrom"  # on a restored disk: the snapshot
 TAG_REPLACED_BY = "PatchPilotReplacedBy"  # on an original disk: the disk that replaced it
 TAG_INSTALL = "PatchPilotInstall"  # on a machine: "<command id>|<UTC start>[|failed|<reason>]"
 TAG_HEALTH = "PatchPilotHealthCheck"  # on a command's first machine: "<command id>|<UTC start>"
+TAG_HEALTH_BASE = "PatchPilotHealthBase"  # on a health script's Run Command: the VM's own health when it started
 TAG_VALUE_MAX = 256
 _MACHINE_ID = re.compile(
     r"^/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers/"

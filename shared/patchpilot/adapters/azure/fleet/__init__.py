@@ -8,19 +8,23 @@ mark it left there, before starting anything:
 - snapshots (incremental, one per managed disk) have names derived from the command id and the
   disk id (`pp-<vm>-<digest>`), so a repeated command finds them in the resource group's listing,
   and carry the tags PatchPilotRun/Wave/Command/Instance/Disk;
-- an install is marked on the machine before it is started: the tag
-  PatchPilotInstall=<command id>|<UTC start>; progress is read in bulk from Resource Graph
-  (`patchinstallationresources`: the summary rows that started after the mark, then the
-  installed patches of the finished runs). A mark without a run after START_GRACE means the
-  worker died between marking and sending: the VM's instance view (patchStatus) decides whether
-  an installation really never started, and only then is installPatches sent (again);
+- an install is marked before it is started: the tag PatchPilotInstall=<command id>|<UTC start>,
+  once per command on its first three VMs (and on each Arc server, which has no instance view to
+  look at); progress is read in bulk from Resource Graph (`patchinstallationresources`: the summary
+  rows that started after the mark, then the installed patches of the finished runs). A VM with no
+  run START_GRACE after the mark may never have been sent (the worker died while sending): its
+  instance view (patchStatus) decides whether an installation really never started, and only then
+  is installPatches sent (again). A refusal is marked on its machine (`|failed|<reason>`), so a
+  later execution reports it without sending again;
 - an install that Azure Update Manager makes (InstallPatches.maintenance_run) is never started
   here: its runs are found by their maintenanceRunId (the run's applyUpdates id), and the
   command's first execution is marked once, on its first machine, to time it out;
 - snapshots not done by TakeSnapshots.deadline (an Update Manager run's cut-off) fail;
 - a health check's start is the tag PatchPilotHealthCheck=<command id>|<UTC start> on the
   command's first machine; its script runs as a managed Run Command named `patchpilot-health`
-  tagged with the command id (a Run Command of another command is replaced);
+  tagged with the command id (a Run Command of another command is replaced) and with the VM's own
+  view when it started (PatchPilotHealthBase): once it has finished with exit 0 on a VM with no
+  Application Health extension, it stands for that view (fleet/health.py);
 - a rollback's restored disks have names derived from the command id and the snapshot id; every
   step (create the disks, deallocate, tag the original disks PatchPilotReplacedBy, swap the disks,
   start) is chosen from the VM's current state (fleet/rollback.py);
@@ -38,8 +42,10 @@ they are. Throttling (429 with Retry-After) and transient errors are retried by 
 
 Requests per call: one Resource Graph query per 400 machines (subscriptions batched by
 graph.query); one VM listing per resource group for marks and disks; one instance view GET per
-running VM for the agent (probe, discovery) and for health (power, agent, Application Health);
-one Run Command read per machine with a health script.
+running VM for the agent (probe, discovery) and for health (power, agent, Application Health: on
+each poll until the VM's script has finished, or on every poll with the extension); one Run
+Command read per machine with a health script. docs/azure-deploy.md ("ARM requests per VM") names
+each per-VM request of a run and why no bulk read replaces it.
 
 The package is cut by capability like the AWS one: `discovery` (and the agent probe), `snapshots`,
 `install`, `health`, `hooks`, `rollback`; what they share with the assessor (`../compliance.py`) and the

@@ -1,7 +1,17 @@
 """Health checks after patching: Azure's own view (power, VM agent, Application Health; an Arc
 server's agent), the policy's HTTP probes and its script as a managed Run Command
 (`patchpilot-health`, tagged with the command id). The check's start is the tag
-PatchPilotHealthCheck=<command id>|<UTC start> on the command's first machine."""
+PatchPilotHealthCheck=<command id>|<UTC start> on the command's first machine.
+
+A VM's own view is its instance view, read once per execution while the check waits for it; the
+script is started only once that view passes, and its Run Command is tagged with what the view said
+(PatchPilotHealthBase). Once that Run Command has finished with exit 0 on a VM that had no
+Application Health extension, the VM agent has just run the script to its end on a running VM: that
+is the VM's own view at the script's end, and no instance view is read again. Resource Graph is only
+asked whether it still sees the VM running: a VM it does not (or that it does not report) has its
+instance view read as before, so a stale row can only send a VM to the exact read. (A VM that stops
+after its script's end and before the poll, while Resource Graph still shows it running, passes, as
+one that stops just after an instance view read always did: the window is a poll, not a request.)"""
 
 from __future__ import annotations
 
@@ -25,6 +35,7 @@ from patchpilot.verdict import Verdict
 from ..access import (
     TAG_COMMAND,
     TAG_HEALTH,
+    TAG_HEALTH_BASE,
     AzureAccess,
     Machine,
     agent_problem,
@@ -44,6 +55,7 @@ if TYPE_CHECKING:
 
 HEALTH_POLL = timedelta(minutes=2)
 RUN_COMMAND = "patchpilot-health"
+BASE_PASS = "VM running, VM agent Ready"  # a VM's own view passing, with no Application Health extension
 
 
 def app_health(view: Any) -> str | None:
@@ -92,19 +104,25 @@ def check_health(access: AzureAccess, command: CheckHealth, http: HttpProbe) -> 
     machines = access.parse(targets, outcomes, now)
     start, first = access.anchor(command.id, TAG_HEALTH, [machines[i.id] for i in targets if i.id in machines], now)
     deadline = start + checks.timeout
-    arc = [m for m in machines.values() if m.arc]
-    rows = access.rows(list(machines.values()) if checks.http else arc)
+    runs = {} if first else _read_scripts(access, targets, machines, checks)
+    vouched = {key for key, run in runs.items() if _vouches(run, command)}
+    read = [m for m in machines.values() if checks.http or m.arc or m.key in vouched]
+    rows = access.rows(read) if read else {}
+    bases: dict[str, Verdict] = {}
     verdicts: dict[str, Verdict] = {}
     for instance in targets:
         machine = machines.get(instance.id)
         if machine is None:
             continue
-        base = _base_health(access, machine, rows.get(machine.key))
-        verdicts[instance.id] = base.timed(now, deadline, checks.timeout)
+        if machine.key in vouched and _graph_says_running(rows.get(machine.key)):
+            bases[instance.id] = Verdict("pass", BASE_PASS)  # the script's run is the VM's own view
+        else:
+            bases[instance.id] = _base_health(access, machine, rows.get(machine.key))
+        verdicts[instance.id] = bases[instance.id].timed(now, deadline, checks.timeout)
     if checks.http:
         _check_http(access, targets, machines, rows, checks, verdicts, http)
     if checks.script is not None:
-        _check_script(access, command, targets, machines, checks, verdicts, first)
+        _check_script(access, command, targets, machines, checks, verdicts, bases, runs, first)
     for instance_id, verdict in verdicts.items():
         verdicts[instance_id] = verdict.timed(now, deadline, checks.timeout)
         if checks.alarms and verdicts[instance_id].state == "pass":
@@ -118,6 +136,46 @@ def check_health(access: AzureAccess, command: CheckHealth, http: HttpProbe) -> 
     for instance_id, verdict in verdicts.items():
         outcomes[instance_id] = Outcome(id=instance_id, ok=verdict.state == "pass", detail=verdict.detail, at=now)
     return [outcomes[i.id] for i in targets]
+
+
+def _read_scripts(
+    access: AzureAccess, targets: Sequence[Instance], machines: Mapping[str, Machine], checks: HealthChecks
+) -> dict[str, Any]:
+    """The health script's Run Command of each machine with a script for its OS, by lower-case
+    id: the run, None when there is none, or the error that reading it raised (reported only if
+    the machine's own view passes, as when it is read after it)."""
+    runs: dict[str, Any] = {}
+    if checks.script is None:
+        return runs
+    for instance in targets:
+        machine = machines.get(instance.id)
+        script = checks.script.windows if instance.os == "windows" else checks.script.linux
+        if machine is None or script is None:
+            continue
+        try:
+            runs[machine.key] = read_run_command(access, machine, RUN_COMMAND)
+        except HttpResponseError as exc:
+            runs[machine.key] = exc
+    return runs
+
+
+def _vouches(run: Any, command: CheckHealth) -> bool:
+    """Whether a VM's health script run stands for its own view: this command's, started when that
+    view passed with no Application Health extension (BASE_PASS), finished with exit 0."""
+    if run is None or isinstance(run, HttpResponseError):
+        return False
+    tags = tags_of(run)
+    if tags.get(TAG_COMMAND) != tag_value(command.id) or tags.get(TAG_HEALTH_BASE) != BASE_PASS:
+        return False
+    view = at(run, "properties", "instanceView")
+    code = at(view, "exitCode")
+    return text(view, "executionState").lower() == "succeeded" and (code is None or code == 0)
+
+
+def _graph_says_running(row: Any) -> bool:
+    """Resource Graph reports the VM running (not: stopped, moving, or no power state reported)."""
+    power = text(row, "properties", "extended", "instanceView", "powerState", "code").removeprefix("PowerState/")
+    return power.lower() == "running"
 
 
 def _base_health(access: AzureAccess, machine: Machine, row: Any) -> Verdict:
@@ -216,12 +274,15 @@ def _check_script(
     machines: Mapping[str, Machine],
     checks: HealthChecks,
     verdicts: dict[str, Verdict],
+    bases: Mapping[str, Verdict],
+    runs: Mapping[str, Any],
     first: bool,
 ) -> None:
     """The policy's script as a managed Run Command on each machine that passed the checks
     above: exit code 0 is healthy. Started once per command (the Run Command is tagged with
-    it), then read until it has finished; on the command's first execution (`first`) there is
-    none of it to read yet."""
+    it, and with the machine's own view then), then read until it has finished (`runs`, read
+    before the checks above); on the command's first execution (`first`) there is none of it
+    to read yet."""
     assert checks.script is not None
     for instance in targets:
         script = checks.script.windows if instance.os == "windows" else checks.script.linux
@@ -229,10 +290,20 @@ def _check_script(
             continue
         machine = machines[instance.id]
         try:
-            run = None if first else read_run_command(access, machine, RUN_COMMAND)
+            run = None if first else runs.get(machine.key)
+            if isinstance(run, HttpResponseError):
+                raise run
             if run is None or tags_of(run).get(TAG_COMMAND) != tag_value(command.id):
                 start_run_command(
-                    access, machine, instance, RUN_COMMAND, script, checks.timeout, command.id, command.run_id
+                    access,
+                    machine,
+                    instance,
+                    RUN_COMMAND,
+                    script,
+                    checks.timeout,
+                    command.id,
+                    command.run_id,
+                    {TAG_HEALTH_BASE: bases[instance.id].detail},
                 )
                 verdicts[instance.id] = Verdict("wait", "health script started")
                 continue

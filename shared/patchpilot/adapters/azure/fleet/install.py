@@ -1,15 +1,19 @@
-"""Installs: installPatches per machine, marked on the machine before it is started
-(PatchPilotInstall=<command id>|<UTC start>); progress read in bulk from Resource Graph
-(`patchinstallationresources`). A mark without a run after START_GRACE means the worker died
-between marking and sending: the VM's instance view decides whether an installation really never
-started, and only then is installPatches sent (again). An install that Azure Update Manager makes
-(InstallPatches.maintenance_run) is never started here: its runs are found by their
+"""Installs: installPatches per machine, marked before it is started
+(PatchPilotInstall=<command id>|<UTC start>): once per command, on its first three VMs (a few tag
+writes per command, not one per VM), and on each Arc server; progress read in bulk from Resource
+Graph (`patchinstallationresources`). The execution that writes the command's mark sends to every
+VM; a later one (which finds the mark on any of them) finds each VM's run in Resource Graph. A VM
+with no run START_GRACE after the mark may never have been sent (the worker died while sending),
+or Resource Graph is behind: the VM's instance view decides whether an installation really never
+started, and only then is installPatches sent (again). A refusal is marked on its machine
+(`|failed|<reason>`) and reported without sending again. An install that Azure Update Manager
+makes (InstallPatches.maintenance_run) is never started here: its runs are found by their
 maintenanceRunId."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -57,6 +61,7 @@ CLOCK_SLACK = timedelta(minutes=5)  # between our clock and the time Azure repor
 INSTALL_MARGIN = timedelta(minutes=30)  # beyond maximumDuration before an install counts as lost
 PATCH_ROWS_GRACE = timedelta(minutes=15)  # for the patch rows of a finished run to reach Resource Graph
 RUNNING_INSTALL = frozenset({"", "notstarted", "inprogress", "unknown"})
+MARK_COPIES = 3  # VMs a command's install mark is written on (the first ones by id)
 
 
 def install_runs_query(
@@ -130,24 +135,45 @@ def install_patches(access: AzureAccess, command: InstallPatches) -> Progress:
         if t.instance.id in machines and t.instance.id not in outcomes and not command.maintenance_run
     ]
     models = access.models([machines[t.instance.id] for t in active])
+    bodies: dict[str, dict[str, Any]] = {}
     for target in active:
         machine = machines[target.instance.id]
-        model = models.get(machine.key)
-        if model is None:
+        body = _body(command, target, duration)
+        if models.get(machine.key) is None:
             outcomes[machine.id] = Outcome(id=machine.id, ok=False, detail=f"{machine.kind} not found", at=now)
+        elif isinstance(body, str):
+            outcomes[machine.id] = Outcome(id=machine.id, ok=False, detail=body, at=now)
+        else:
+            bodies[machine.id] = body
+    # VMs: the command's mark, on its first VMs; Arc servers (no instance view to look at): one each.
+    vms = [machines[t.instance.id] for t in active if t.instance.id in bodies and not machines[t.instance.id].arc]
+    start, first = now, False
+    if vms:
+        try:
+            start, first = _command_mark(access, command.id, vms, models, now)
+        except HttpResponseError as exc:
+            for machine in vms:
+                detail = f"could not tag the {machine.kind} with {TAG_INSTALL}: {describe_error(exc)}"
+                outcomes[machine.id] = Outcome(id=machine.id, ok=False, detail=detail, at=now)
+    for target in active:
+        machine = machines[target.instance.id]
+        if machine.id in outcomes:
             continue
+        model = models[machine.key]
         found = read_mark(tags_of(model).get(TAG_INSTALL, ""), command.id)
-        if found is None:
-            problem = _start_install(access, command, target, machine, model, duration, now)
+        if found is not None and found[1][:1] == ["failed"]:
+            detail = "installPatches was refused: " + "|".join(found[1][1:])
+            outcomes[machine.id] = Outcome(id=machine.id, ok=False, detail=detail, at=now)
+        elif found is not None:
+            marked.append(_Marked(target, machine, found[0]))
+        elif machine.arc or first:
+            problem = _start_install(access, command, machine, model, bodies[machine.id], now)
             if problem:
                 outcomes[machine.id] = Outcome(id=machine.id, ok=False, detail=problem, at=now)
             else:
                 waiting.append(machine.id)
-        elif found[1][:1] == ["failed"]:
-            detail = "installPatches was refused: " + "|".join(found[1][1:])
-            outcomes[machine.id] = Outcome(id=machine.id, ok=False, detail=detail, at=now)
-        else:
-            marked.append(_Marked(target, machine, found[0]))
+        else:  # the command's mark is on its first VMs: sent since then, or never (see _unseen_install)
+            marked.append(_Marked(target, machine, start))
     if marked:
         for item, outcome in _install_progress(access, command, marked, duration, deadline_after, now).items():
             if outcome is None:
@@ -161,18 +187,28 @@ def install_patches(access: AzureAccess, command: InstallPatches) -> Progress:
     return [outcomes[t.instance.id] for t in targets]
 
 
-def _start_install(
-    access: AzureAccess,
-    command: InstallPatches,
-    target: InstallTarget,
-    machine: Machine,
-    model: Any,
-    duration: timedelta,
-    now: datetime,
-) -> str:
-    """Mark the machine, then send installPatches; a problem, or '' once sent (or once a
-    refusal that may pass, a conflict or a server error, leaves the mark for a later resend)."""
-    body = install_body(
+def _command_mark(
+    access: AzureAccess, command_id: str, vms: Sequence[Machine], models: Mapping[str, Any], now: datetime
+) -> tuple[datetime, bool]:
+    """When this command was first executed, and whether that is now: its PatchPilotInstall mark,
+    looked for on every VM (in their listed models, no read of its own), else written now on its
+    first MARK_COPIES VMs by id: a few tag writes per command, not one per VM, and an execution
+    takes itself for the first (and sends to every VM) only if all of them have gone. The first
+    write must succeed (its error is raised); the copies are best effort."""
+    starts = [found[0] for m in vms if (found := read_mark(tags_of(models[m.key]).get(TAG_INSTALL, ""), command_id))]
+    if starts:
+        return min(starts), False
+    first, *copies = sorted(vms, key=lambda m: m.key)[:MARK_COPIES]
+    access.set_tags(first, models[first.key], {TAG_INSTALL: mark(command_id, now)})
+    for machine in copies:
+        with contextlib.suppress(HttpResponseError):
+            access.set_tags(machine, models[machine.key], {TAG_INSTALL: mark(command_id, now)})
+    return now, True
+
+
+def _body(command: InstallPatches, target: InstallTarget, duration: timedelta) -> dict[str, Any] | str:
+    """The installPatches body for one machine, or why there is none."""
+    return install_body(
         target.instance.os,
         command.classifications,
         command.include,
@@ -181,19 +217,27 @@ def _start_install(
         target.reboot_for(command.reboot),
         duration,
     )
-    if isinstance(body, str):
-        return body
-    try:
-        access.set_tags(machine, model, {TAG_INSTALL: mark(command.id, now)})
-    except HttpResponseError as exc:
-        return f"could not tag the {machine.kind} with {TAG_INSTALL}: {describe_error(exc)}"
+
+
+def _start_install(
+    access: AzureAccess, command: InstallPatches, machine: Machine, model: Any, body: dict[str, Any], now: datetime
+) -> str:
+    """Send installPatches (an Arc server is marked first; a VM was, by the command's mark on its
+    first VMs); a problem, or '' once sent (or once a refusal that may pass, a conflict or a server
+    error, leaves the mark for a later resend). A refusal is marked on the machine, so that a
+    later execution reports it without sending again."""
+    if machine.arc:
+        try:
+            access.set_tags(machine, model, {TAG_INSTALL: mark(command.id, now)})
+        except HttpResponseError as exc:
+            return f"could not tag the {machine.kind} with {TAG_INSTALL}: {describe_error(exc)}"
     try:
         _send_install(access, machine, body)
     except HttpResponseError as exc:
         if transient(exc):
             return ""
         reason = describe_error(exc)
-        with contextlib.suppress(HttpResponseError):  # else the mark stays: a later execution checks again
+        with contextlib.suppress(HttpResponseError):  # else a later execution checks again
             access.set_tags(machine, model, {TAG_INSTALL: mark(command.id, now, "failed", reason)})
         return f"installPatches was refused: {reason}"
     return ""
@@ -277,10 +321,10 @@ def _install_progress(
 def _unseen_install(
     access: AzureAccess, command: InstallPatches, item: _Marked, duration: timedelta, deadline: datetime, now: datetime
 ) -> Outcome | None:
-    """A marked machine with no installation run in Resource Graph. Within START_GRACE it is
-    on its way; after that, a VM's instance view says whether an installation started after
-    the mark (Resource Graph is behind) or never did (the worker died, or Azure refused with a
-    conflict, before installPatches was accepted): then it is sent now."""
+    """A marked machine (a VM: one the command's mark covers) with no installation run in
+    Resource Graph. Within START_GRACE it is on its way; after that, a VM's instance view says
+    whether an installation started after the mark (Resource Graph is behind) or never did (the
+    worker died before sending it, or Azure refused with a conflict): then it is sent now."""
     machine = item.machine
     if now < item.start + START_GRACE:
         return None
@@ -297,15 +341,7 @@ def _unseen_install(
     started = parse_time(at(summary, "startTime"))
     if started is not None and started >= item.start - CLOCK_SLACK:
         return None  # it runs; Resource Graph will tell
-    body = install_body(
-        item.target.instance.os,
-        command.classifications,
-        command.include,
-        [*command.exclude, *item.target.exclude],  # and the policy's patch exceptions for this machine
-        item.target.only,
-        item.target.reboot_for(command.reboot),
-        duration,
-    )
+    body = _body(command, item.target, duration)
     if isinstance(body, str):
         return Outcome(id=machine.id, ok=False, detail=body)
     try:

@@ -3,6 +3,7 @@ and tagged with the PatchPilot command that started them, so a redelivery finds 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -36,11 +37,17 @@ def start_run_command(
     timeout: timedelta,
     command_id: str,
     run_id: str,
+    tags: Mapping[str, str] | None = None,
 ) -> None:
-    """Create (or replace) Run Command `name` running `script`, tagged with the command and run ids."""
+    """Create (or replace) Run Command `name` running `script`, tagged with the command and run ids
+    (and `tags`)."""
     body = {
         "location": instance.region,
-        "tags": {TAG_COMMAND: tag_value(command_id), TAG_RUN: tag_value(run_id)},
+        "tags": {
+            **{k: tag_value(v) for k, v in (tags or {}).items()},
+            TAG_COMMAND: tag_value(command_id),
+            TAG_RUN: tag_value(run_id),
+        },
         "properties": {
             "source": {"script": script},
             "asyncExecution": False,

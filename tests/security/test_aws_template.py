@@ -574,3 +574,26 @@ def test_change_calendars_are_read_by_the_timer_and_the_advisory_function_only()
         assert resources(statement) == ["arn:${AWS::Partition}:ssm:${AWS::Region}:*:document/*"]
     assert not allowing("WorkerFunction", "ssm:GetCalendarState")
     assert not allowing("ApproveFunction", "ssm:GetCalendarState")
+
+
+BASELINE_READS = {"ssm:GetDefaultPatchBaseline", "ssm:GetPatchBaseline", "ssm:GetPatchBaselineForPatchGroup"}
+
+
+def test_only_the_worker_reads_patch_baselines_to_hold_patch_exceptions() -> None:
+    """A first ring under a patch exception installs with the machine's own effective baseline, the
+    excepted patches rejected (docs/governance.md): three reads, the worker's only (the member role
+    holds them as the worker does: tests/security/test_member_role.py). GetPatchBaseline and
+    GetDefaultPatchBaseline on patch baselines (of any account: AWS's predefined baselines belong to
+    AWS-owned accounts), GetPatchBaselineForPatchGroup on `*` (it has no resource-level permission).
+    The install code calls exactly these."""
+    for function in FUNCTIONS:
+        held = {a for s in grants(function) for a in actions(s) if a in BASELINE_READS}
+        assert held == (BASELINE_READS if function == "WorkerFunction" else set()), function
+    for action in BASELINE_READS:
+        (statement,) = allowing("WorkerFunction", action)
+        expected = ["*"] if action.endswith("ForPatchGroup") else ["arn:${AWS::Partition}:ssm:*:*:patchbaseline/*"]
+        assert resources(statement) == expected and "Condition" not in statement, action
+        assert set(actions(statement)) <= BASELINE_READS, action  # read only, nothing else rides along
+    code = (ROOT / "shared" / "patchpilot" / "adapters" / "aws" / "fleet" / "held_baselines.py").read_text()
+    called = {f"ssm:{op}" for op in ("GetDefaultPatchBaseline", "GetPatchBaseline", "GetPatchBaselineForPatchGroup")}
+    assert {a for a in called if re.search(rf"\.{xform_name(a.split(':')[1])}\(", code)} == BASELINE_READS

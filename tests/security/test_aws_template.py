@@ -567,12 +567,14 @@ def test_no_condition_key_names_a_parameter_cloudformation_would_leave_unsubstit
     assert not re.search(r'"[a-z0-9-]+:[A-Za-z]+Tag/\$\{', text)
 
 
-def test_change_calendars_are_read_by_the_timer_and_the_advisory_function_only() -> None:
-    """`aws.change_calendars` (docs/governance.md): GetCalendarState, read only, on SSM documents."""
-    for function in ("TriggerFunction", "AdvisoryFunction"):
+def test_change_calendars_are_read_by_the_functions_that_start_runs_only() -> None:
+    """`aws.change_calendars` (docs/governance.md): GetCalendarState, read only, on SSM documents,
+    by the functions that start runs: the timer, the advisory function and the worker (follow-up
+    runs start there and check the freezes as the timer does); never by the approve function."""
+    for function in ("TriggerFunction", "AdvisoryFunction", "WorkerFunction"):
         (statement,) = allowing(function, "ssm:GetCalendarState")
         assert resources(statement) == ["arn:${AWS::Partition}:ssm:${AWS::Region}:*:document/*"]
-    assert not allowing("WorkerFunction", "ssm:GetCalendarState")
+        assert actions(statement) == ["ssm:GetCalendarState"]
     assert not allowing("ApproveFunction", "ssm:GetCalendarState")
 
 

@@ -90,6 +90,7 @@ from patchpilot.ports import (
 
 if TYPE_CHECKING:
     from patchpilot.policy.freeze import Freezes
+    from patchpilot.triggers import FreezeGate
 
 log = logging.getLogger("patchpilot.service")
 security_log = logging.getLogger("patchpilot.security")
@@ -264,7 +265,7 @@ class Service:
         own_end = now + policy.schedule.duration if policy.schedule else None
         gate = freeze_gate(policy, self.freezes_of(policy), now, own_end, emergency=runs_on_demand(policy))
         if gate.frozen is not None:
-            self._follow_up_frozen(followed, command, gate.frozen.describe(policy.zone_for(None)), now)
+            self._follow_up_frozen(followed, command, gate, now)
             return
         decision = start_run(
             command.follow_up_id,
@@ -278,11 +279,11 @@ class Service:
         )
         self._create(decision.run, decision.commands)
 
-    def _follow_up_frozen(self, followed: Run, command: StartFollowUp, freeze: str, now: datetime) -> None:
+    def _follow_up_frozen(self, followed: Run, command: StartFollowUp, gate: FreezeGate, now: datetime) -> None:
         """A follow-up of a scheduled run that would start inside a freeze: it does not; a
         `run_skipped` notice names the freeze, and the followed run records it as not started."""
-        when = now.astimezone(followed.policy.zone_for(None)).isoformat(timespec="minutes")
-        why = f"it would start {when}, inside freeze {freeze}"
+        when = now.astimezone(gate.zone or UTC).isoformat(timespec="minutes")
+        why = f"it would start {when}, inside freeze {gate.describe_frozen()}"
         text = (
             f"Follow-up run {command.follow_up_id} of run {followed.run_id} (policy {followed.policy.name}) not "
             f"started: {why}. Retry run {followed.run_id} after the freeze (patchpilot retry {followed.run_id})."
@@ -359,10 +360,9 @@ class Service:
         own_end = window.end if window else now + policy.schedule.duration if policy.schedule else None
         gate = freeze_gate(policy, self.freezes_of(policy), now, own_end, emergency=runs_on_demand(policy))
         if gate.frozen is not None:
-            zone = policy.zone_for(None)
-            when = now.astimezone(zone).isoformat(timespec="minutes")
+            when = now.astimezone(gate.zone or UTC).isoformat(timespec="minutes")
             why = (
-                f"inside freeze {gate.frozen.describe(zone)} (now {when}): a scheduled run does not start in a "
+                f"inside freeze {gate.describe_frozen()} (now {when}): a scheduled run does not start in a "
                 "freeze; retry it after the freeze"
             )
             text = f"Retry {retry_id} of run {run_id} (policy {policy.name}) not started: {why}."

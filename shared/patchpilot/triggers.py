@@ -25,6 +25,7 @@ TIMER_PERIOD = timedelta(minutes=15)  # how often the clouds' timers fire (templ
 LOOK_BACK = (timedelta(days=40), timedelta(days=400))  # where `previous_window_start` looks, nearest first
 # How far ahead a run without a window end (an emergency run) looks for a freeze that ends it.
 RUN_LOOKAHEAD = timedelta(days=31)
+UTC_ZONE = ZoneInfo("UTC")
 
 
 @dataclass(frozen=True)
@@ -61,11 +62,17 @@ class FreezeGate:
     frozen: Freeze | None = None  # a scheduled run's freeze at `now`: it does not start
     frozen_by: str | None = None  # an emergency run's freeze at `now`, described: its first ring waits for approval
     cut_by: Freeze | None = None  # the first freeze that begins before the run's window ends: no wave after its start
+    zone: ZoneInfo | None = None  # the freezes' time zone (the policy's), to describe them in
 
     @property
     def window_end(self) -> datetime | None:
         """Where the run's window ends because of a freeze; None: its own end."""
         return self.cut_by.start if self.cut_by is not None else None
+
+    def describe_frozen(self) -> str:
+        """The freeze that stops the run, with its dates in the policy's time zone."""
+        assert self.frozen is not None, "only a frozen gate has a freeze to describe"
+        return self.frozen.describe(self.zone or UTC_ZONE)
 
 
 def freeze_gate(
@@ -84,16 +91,16 @@ def freeze_gate(
     `freezes` are the policy's as deployed now (its calendar and Change Calendars read again)."""
     if not freezes:
         return FreezeGate()
-    end = window_end or now + RUN_LOOKAHEAD
+    end, zone = window_end or now + RUN_LOOKAHEAD, freezes.zone
     if emergency:
         if (policy.emergency or Emergency()).freeze == "pass":
             return FreezeGate()
         current = freezes.at(now)
-        frozen_by = current.describe(policy.zone_for(None)) if current is not None else None
-        return FreezeGate(frozen_by=frozen_by, cut_by=freezes.first_starting(now, end))
+        frozen_by = current.describe(zone) if current is not None else None
+        return FreezeGate(frozen_by=frozen_by, cut_by=freezes.first_starting(now, end), zone=zone)
     if (frozen := freezes.at(now)) is not None:
-        return FreezeGate(frozen=frozen)
-    return FreezeGate(cut_by=freezes.first_starting(now, end))
+        return FreezeGate(frozen=frozen, zone=zone)
+    return FreezeGate(cut_by=freezes.first_starting(now, end), zone=zone)
 
 
 def runs_on_demand(policy: Policy) -> bool:

@@ -23,8 +23,6 @@ from patchpilot.errors import quote
 from patchpilot.inventory import OsFamily
 from patchpilot.policy.exceptions import names_patch
 
-from ..baselines import MAX_LISTED_PATCHES, MAX_PATCH_ID, PATCH_GROUP_TAG_KEYS, is_windows_update
-
 if TYPE_CHECKING:
     from mypy_boto3_ssm import SSMClient
     from mypy_boto3_ssm.literals import OperatingSystemType
@@ -76,12 +74,16 @@ _KEPT = (
 
 def patch_group(tags: dict[str, str]) -> str | None:
     """The instance's patch group: the value of the first patch-group tag Patch Manager reads."""
+    from ..baselines import PATCH_GROUP_TAG_KEYS  # imported when used: the package plans (the worker's start)
+
     return next((tags[key] for key in PATCH_GROUP_TAG_KEYS if tags.get(key)), None)
 
 
 def held_patches(family: OsFamily, exclude: Iterable[str]) -> tuple[str, ...]:
     """The ids and masks of `exclude` a baseline of `family` can reject: KB and MS ids on Windows,
     the rest on Linux (as the emergency override splits them)."""
+    from ..baselines import is_windows_update
+
     return tuple(dict.fromkeys(p for p in exclude if is_windows_update(p) == (family == "windows")))
 
 
@@ -135,6 +137,8 @@ def held_override(
     installed as another's dependency either), and dropped from its ApprovedPatches. Or why Patch
     Manager cannot take it (more than 50 rejected patches, too long an id). Raises the SSM reads'
     ClientError."""
+    from ..baselines import MAX_LISTED_PATCHES, MAX_PATCH_ID
+
     long = next((p for p in held if len(p) > MAX_PATCH_ID), None)
     if long is not None:
         return f"{quote(long[:40])}... is longer than Patch Manager's {MAX_PATCH_ID} characters per patch id"

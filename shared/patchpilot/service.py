@@ -356,19 +356,22 @@ class Service:
             if open_now is not None and open_now.start <= now:  # inside a window, with too little of it left
                 why = f"too little of this window is left for a wave: the next starts {when}, retry it then"
             raise NotRetryableError.of(followed, why, ("schedule",))
+        started = retry_id is not None and retry_id in run_ids  # again: finish that start, whatever the freezes say now
         retry_id = retry_id or next_retry_id(run_id, run_ids)
         own_end = window.end if window else now + policy.schedule.duration if policy.schedule else None
         gate = freeze_gate(policy, self.freezes_of(policy), now, own_end, emergency=runs_on_demand(policy))
-        if gate.frozen is not None:
+        if gate.frozen is not None and not started:
             when = now.astimezone(gate.zone or UTC).isoformat(timespec="minutes")
             why = (
                 f"inside freeze {gate.describe_frozen()} (now {when}): a scheduled run does not start in a "
                 "freeze; retry it after the freeze"
             )
             text = f"Retry {retry_id} of run {run_id} (policy {policy.name}) not started: {why}."
-            self.notifier.notify(
-                Notify(id=f"{retry_id}:notify:run_skipped", run_id=run_id, topic="run_skipped", text=text)
-            )
+            notice = Notify(id=f"{retry_id}:notify:run_skipped", run_id=run_id, topic="run_skipped", text=text)
+            try:
+                self.notifier.notify(notice)
+            except Exception as error:  # the refusal itself must reach whoever asked
+                log.warning("notice %s not sent: %s", notice.id, error)
             raise NotRetryableError.of(followed, why, ("freeze",))
         decision = start_run(
             retry_id,

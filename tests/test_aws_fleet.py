@@ -911,6 +911,298 @@ def test_an_emergency_first_ring_installs_exactly_the_fixes_through_a_baseline_o
     assert sorted(keys) == [f"{prefix}/linux-baseline.json", f"{prefix}/windows-baseline.json"]
 
 
+# ---------------------------------------------------------------- patch exceptions on a first ring
+# The effective-baseline reads (GetPatchBaselineForPatchGroup, GetDefaultPatchBaseline,
+# GetPatchBaseline) are Stubber answers: moto implements none of them as Patch Manager does (no
+# AWS-provided default baselines, no patch-group fallback), and the Stubber checks every request
+# and canned answer against the SSM model.
+
+
+def platform(instance_id: str, name: str, version: str) -> dict[str, Any]:
+    """DescribeInstanceInformation's record of a Linux instance running `name` `version`."""
+    return {**info(instance_id), "PlatformName": name, "PlatformVersion": version}
+
+
+def baseline_answer(baseline_id: str, system: str, approved: list[str], rejected: list[str]) -> dict[str, Any]:
+    """GetPatchBaseline's answer: rules, lists and the dates, which an override must not carry."""
+    return {
+        "BaselineId": baseline_id,
+        "Name": f"{baseline_id}-name",
+        "OperatingSystem": system,
+        "GlobalFilters": {"PatchFilters": [{"Key": "PRODUCT", "Values": ["*"]}]},
+        "ApprovalRules": {
+            "PatchRules": [
+                {
+                    "PatchFilterGroup": {"PatchFilters": [{"Key": "CLASSIFICATION", "Values": ["Security"]}]},
+                    "ComplianceLevel": "CRITICAL",
+                    "ApproveAfterDays": 7,
+                    "EnableNonSecurity": False,
+                }
+            ]
+        },
+        "ApprovedPatches": approved,
+        "ApprovedPatchesComplianceLevel": "HIGH",
+        "ApprovedPatchesEnableNonSecurity": False,
+        "RejectedPatches": rejected,
+        "RejectedPatchesAction": "ALLOW_AS_DEPENDENCY",
+        "Sources": [],
+        "CreatedDate": T0,
+        "ModifiedDate": T0,
+        "Description": "the team's baseline",
+    }
+
+
+def held_targets() -> tuple[list[Instance], list[InstallTarget]]:
+    """Two AL2023 machines of patch group `web` and an Ubuntu one without a patch group, all three
+    under a patch exception for openssl; a fourth machine without one."""
+    web = [dataclasses.replace(i, tags={"PatchGroup": "web"}) for i in fake(2, prefix="6")]
+    plain, free = fake(1, prefix="7"), fake(1, prefix="8")
+    targets = [
+        *(InstallTarget(instance=i, exclude=["openssl"]) for i in [*web, *plain]),
+        InstallTarget(instance=free[0]),
+    ]
+    return [*web, *plain, *free], targets
+
+
+def test_a_first_ring_holds_a_patch_exception_through_each_machines_own_baseline(
+    harness: Harness, clock: ManualClock
+) -> None:
+    """moto: S3 (the override bucket, read back); Stubber: ListCommands, DescribeInstanceInformation,
+    GetPatchBaselineForPatchGroup, GetDefaultPatchBaseline, GetPatchBaseline (each asked once per
+    patch group / system / baseline, not per machine) and SendCommand (parameters checked exactly).
+    An unpinned install leaves the choice to the machine's baseline: under a patch exception it
+    gets that very baseline as its BaselineOverride, with the excepted patch rejected."""
+    boto3.client("s3", region_name=REGION).create_bucket(
+        Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION}
+    )
+    instances, targets = held_targets()
+    web, plain, free = instances[:2], instances[2], instances[3]
+    command = install_command(instances).model_copy(update={"targets": targets, "exclude": ["telnet*", "KB1"]})
+    stub = harness.stub()
+    expect_list_commands(stub, "AWS-RunPatchBaseline", [], clock.now())
+    held = sorted(i.id for i in [*web, plain])
+    records = [platform(i.id, "Amazon Linux", "2023") for i in web] + [platform(plain.id, "Ubuntu", "22.04")]
+    stub.add_response(
+        "describe_instance_information",
+        {"InstanceInformationList": sorted(records, key=lambda r: r["InstanceId"])},
+        {"Filters": [{"Key": "InstanceIds", "Values": held}], "MaxResults": 50},
+    )
+    # The parts in their order: the free machine (no reads), the Ubuntu one, the web group.
+    stub.add_response(
+        "get_default_patch_baseline",
+        {"BaselineId": "pb-0ubuntu00000000001", "OperatingSystem": "UBUNTU"},
+        {"OperatingSystem": "UBUNTU"},
+    )
+    stub.add_response(
+        "get_patch_baseline",
+        baseline_answer("pb-0ubuntu00000000001", "UBUNTU", [], []),
+        {"BaselineId": "pb-0ubuntu00000000001"},
+    )
+    stub.add_response(
+        "get_patch_baseline_for_patch_group",
+        {"BaselineId": "pb-0web0000000000001", "PatchGroup": "web", "OperatingSystem": "AMAZON_LINUX_2023"},
+        {"PatchGroup": "web", "OperatingSystem": "AMAZON_LINUX_2023"},
+    )
+    stub.add_response(
+        "get_patch_baseline",
+        baseline_answer("pb-0web0000000000001", "AMAZON_LINUX_2023", ["openssl-3.0.13-1", "curl"], ["telnet"]),
+        {"BaselineId": "pb-0web0000000000001"},
+    )
+    prefix = f"runs/{RUN}/{RUN}_w1_install"
+    plain_send = {
+        "DocumentName": "AWS-RunPatchBaseline",
+        "Comment": ANY,
+        "MaxConcurrency": "50",
+        "MaxErrors": "100%",
+    }
+    expect_send(
+        stub,
+        {
+            **plain_send,
+            "InstanceIds": [free.id],
+            "Parameters": {"Operation": ["Install"], "RebootOption": ["RebootIfNeeded"]},
+        },
+    )
+    for ids in ([plain.id], sorted(i.id for i in web)):
+        expect_send(
+            stub,
+            {
+                **plain_send,
+                "InstanceIds": ids,
+                "Parameters": {"Operation": ["Install"], "RebootOption": ["RebootIfNeeded"], "BaselineOverride": ANY},
+            },
+        )
+    fleet = make_fleet(harness, clock, override_bucket=BUCKET, override_bucket_region=REGION)
+
+    assert isinstance(fleet.install_patches(command), InProgress)
+
+    harness.done()
+    s3 = boto3.client("s3", region_name=REGION)
+    documents = {}
+    for params in harness.params("SendCommand")[1:]:
+        url = params["Parameters"]["BaselineOverride"][0]
+        assert url.startswith(f"s3://{BUCKET}/{prefix}/linux-") and url.endswith("-baseline.json")
+        body = s3.get_object(Bucket=BUCKET, Key=url.removeprefix(f"s3://{BUCKET}/"))["Body"].read()
+        documents[tuple(params["InstanceIds"])] = json.loads(body)
+    ubuntu, al2023 = documents[(plain.id,)], documents[tuple(sorted(i.id for i in web))]
+    assert override_shape_errors(ubuntu) == [] and override_shape_errors(al2023) == []
+    rules = baseline_answer("", "", [], [])
+    assert al2023 == [
+        {
+            "OperatingSystem": "AMAZON_LINUX_2023",
+            "GlobalFilters": rules["GlobalFilters"],
+            "ApprovalRules": rules["ApprovalRules"],  # the baseline's own rules decide the rest
+            "ApprovedPatchesComplianceLevel": "HIGH",
+            "ApprovedPatchesEnableNonSecurity": False,
+            "Sources": [],
+            "ApprovedPatches": ["curl"],  # openssl-3.0.13-1 is excepted: no longer approved
+            "RejectedPatches": ["telnet", "openssl", "telnet*"],  # the baseline's, the exception's, the policy's
+            "RejectedPatchesAction": "BLOCK",
+        }
+    ]
+    assert ubuntu[0]["OperatingSystem"] == "UBUNTU" and ubuntu[0]["RejectedPatches"] == ["openssl", "telnet*"]
+    assert "ApprovedPatches" not in ubuntu[0] and ubuntu[0]["RejectedPatchesAction"] == "BLOCK"
+
+    # Redelivered while the commands run: found by their comments; nothing read, written or sent again.
+    sent = [ssm_command(p) for p in harness.params("SendCommand")]
+    expect_list_commands(stub, "AWS-RunPatchBaseline", sent, clock.now())
+    assert isinstance(fleet.install_patches(command), InProgress)
+    harness.done()
+    assert harness.count("SendCommand") == 3 and harness.count("PutObject") == 2
+    assert harness.count("GetPatchBaseline") == 2 and harness.count("DescribeInstanceInformation") == 1
+
+
+def test_a_machine_ssm_does_not_name_gets_every_linux_baseline_of_its_patch_group(
+    harness: Harness, clock: ManualClock
+) -> None:
+    """moto: S3; Stubber: ListCommands, DescribeInstanceInformation (no record), one
+    GetPatchBaselineForPatchGroup and GetPatchBaseline per Linux system, SendCommand. The agent picks
+    the entry of its own system."""
+    from patchpilot.adapters.aws.fleet.held_baselines import LINUX_SYSTEMS
+
+    boto3.client("s3", region_name=REGION).create_bucket(
+        Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION}
+    )
+    machine = dataclasses.replace(fake(1, prefix="9")[0], tags={"Patch Group": "db"})
+    command = install_command([machine]).model_copy(
+        update={"targets": [InstallTarget(instance=machine, exclude=["kernel*", "KB5048661"])]}
+    )
+    stub = harness.stub()
+    expect_list_commands(stub, "AWS-RunPatchBaseline", [], clock.now())
+    expect_agents(stub, [machine.id], unmanaged={machine.id})
+    for system in sorted(LINUX_SYSTEMS):
+        baseline_id = f"pb-{system.lower().replace('_', ''):0<17}"[:20]
+        stub.add_response(
+            "get_patch_baseline_for_patch_group",
+            {"BaselineId": baseline_id, "PatchGroup": "db", "OperatingSystem": system},
+            {"PatchGroup": "db", "OperatingSystem": system},
+        )
+        stub.add_response(
+            "get_patch_baseline", baseline_answer(baseline_id, system, [], []), {"BaselineId": baseline_id}
+        )
+    expect_send(stub)
+    fleet = make_fleet(harness, clock, override_bucket=BUCKET, override_bucket_region=REGION)
+
+    assert isinstance(fleet.install_patches(command), InProgress)
+
+    harness.done()
+    url = harness.params("SendCommand")[0]["Parameters"]["BaselineOverride"][0]
+    body = boto3.client("s3", region_name=REGION).get_object(Bucket=BUCKET, Key=url.removeprefix(f"s3://{BUCKET}/"))
+    document = json.loads(body["Body"].read())
+    assert override_shape_errors(document) == []
+    assert sorted(e["OperatingSystem"] for e in document) == sorted(LINUX_SYSTEMS)
+    assert all(e["RejectedPatches"] == ["kernel*"] for e in document)  # the KB id is for Windows
+
+
+def test_a_patch_exception_that_cannot_be_held_back_is_not_installed(harness: Harness, clock: ManualClock) -> None:
+    """moto: S3; Stubber: ListCommands, DescribeInstanceInformation, GetDefaultPatchBaseline,
+    GetPatchBaseline (AccessDeniedException, as IAM answers; then 50 rejected patches already).
+    Installing on such a machine would install the excepted patch: it is not installed, naming why;
+    without an override bucket nothing is asked."""
+    boto3.client("s3", region_name=REGION).create_bucket(
+        Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION}
+    )
+    machine = fake(1, prefix="a")[0]
+    command = install_command([machine]).model_copy(
+        update={"targets": [InstallTarget(instance=machine, exclude=["openssl"])]}
+    )
+    fleet = make_fleet(harness, clock, override_bucket=BUCKET, override_bucket_region=REGION)
+    stub = harness.stub()
+    record = {"InstanceInformationList": [platform(machine.id, "Red Hat Enterprise Linux", "9.4")]}
+    filters = {"Filters": [{"Key": "InstanceIds", "Values": [machine.id]}], "MaxResults": 50}
+    for attempt in ("denied", "full"):
+        expect_list_commands(stub, "AWS-RunPatchBaseline", [], clock.now())
+        stub.add_response("describe_instance_information", record, filters)
+        stub.add_response(
+            "get_default_patch_baseline",
+            {"BaselineId": "pb-0redhat0000000001", "OperatingSystem": "REDHAT_ENTERPRISE_LINUX"},
+            {"OperatingSystem": "REDHAT_ENTERPRISE_LINUX"},
+        )
+        if attempt == "denied":
+            stub.add_client_error(
+                "get_patch_baseline",
+                "AccessDeniedException",
+                "User is not authorized to perform: ssm:GetPatchBaseline",
+                expected_params={"BaselineId": "pb-0redhat0000000001"},
+            )
+        else:
+            full = [f"package-{n}" for n in range(50)]
+            stub.add_response(
+                "get_patch_baseline",
+                baseline_answer("pb-0redhat0000000001", "REDHAT_ENTERPRISE_LINUX", [], full),
+                {"BaselineId": "pb-0redhat0000000001"},
+            )
+        result = outcomes(fleet.install_patches(command))[machine.id]
+        harness.done()
+        assert not result.ok and result.detail.endswith(
+            "so its patch exceptions (openssl) cannot be held back; not installed"
+        )
+        if attempt == "denied":
+            assert "GetPatchBaseline failed: AccessDeniedException" in result.detail
+            assert "needs ssm:GetPatchBaseline" in result.detail
+        else:
+            assert "that is 51, and a Patch Manager baseline override holds at most 50" in result.detail
+    assert harness.count("SendCommand") == 0
+
+    result = outcomes(make_fleet(harness, clock).install_patches(command))[machine.id]
+    assert not result.ok and "needs an override bucket for BaselineOverride" in result.detail
+    harness.done()
+
+
+def test_an_emergency_first_ring_leaves_a_machines_excepted_fix_out(harness: Harness, clock: ManualClock) -> None:
+    """moto: S3; Stubber: ListCommands and SendCommand. A named-only install approves the fixes but
+    a machine's excepted ones, which its override rejects; a machine whose every fix is excepted
+    installs nothing."""
+    boto3.client("s3", region_name=REGION).create_bucket(
+        Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION}
+    )
+    api, web, legacy = fake(1, prefix="b")[0], fake(1, prefix="c")[0], fake(1, prefix="d")[0]
+    targets = [
+        InstallTarget(instance=api, exclude=["openssl"]),
+        InstallTarget(instance=web),
+        InstallTarget(instance=legacy, exclude=["openssl", "curl"]),
+    ]
+    command = emergency_command([api, web, legacy], ["openssl", "curl"]).model_copy(update={"targets": targets})
+    stub = harness.stub()
+    expect_list_commands(stub, "AWS-RunPatchBaseline", [], clock.now())
+    expect_send(stub)
+    expect_send(stub)
+    fleet = make_fleet(harness, clock, override_bucket=BUCKET, override_bucket_region=REGION)
+
+    assert isinstance(fleet.install_patches(command), InProgress)
+
+    harness.done()
+    s3 = boto3.client("s3", region_name=REGION)
+    approved = {}
+    for params in harness.params("SendCommand"):
+        url = params["Parameters"]["BaselineOverride"][0]
+        document = json.loads(s3.get_object(Bucket=BUCKET, Key=url.removeprefix(f"s3://{BUCKET}/"))["Body"].read())
+        assert override_shape_errors(document) == []
+        approved[tuple(params["InstanceIds"])] = (document[0]["ApprovedPatches"], document[0].get("RejectedPatches"))
+    assert approved == {(web.id,): (["openssl", "curl"], None), (api.id,): (["curl"], ["openssl"])}
+    assert legacy.id not in {i for p in harness.params("SendCommand") for i in p["InstanceIds"]}
+
+
 def test_an_emergency_later_ring_stays_pinned_by_its_install_override_list(
     harness: Harness, clock: ManualClock
 ) -> None:

@@ -165,7 +165,14 @@ def test_the_intake_passes_the_freeze_to_the_run_unless_emergency_freeze_is_pass
     policy, fleet = _emergency(tmp_path, setting)
     started: list[str | None] = []
 
-    def start(run_id: str, emergency: Policy, chosen: list[Instance], *, frozen_by: str | None = None) -> Run:
+    def start(
+        run_id: str,
+        emergency: Policy,
+        chosen: list[Instance],
+        *,
+        window_end: datetime | None = None,
+        frozen_by: str | None = None,
+    ) -> Run:
         started.append(frozen_by)
         decision = start_run(run_id, emergency, plan(emergency, chosen), NOW, frozen_by=frozen_by)
         return decision.run

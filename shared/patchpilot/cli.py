@@ -465,6 +465,8 @@ def run_command(
             _drive_and_report(runtime, run, live, console, directory, as_json)
         return
     assert policy_path and inventory_path
+    from patchpilot.triggers import freeze_gate, runs_on_demand
+
     # Every input is checked before the state directory is touched: a bad run leaves nothing behind.
     policy = load_policy(policy_path)
     instances = load_inventory(inventory_path)
@@ -482,8 +484,13 @@ def run_command(
             if as_json:  # the notice's own line said it otherwise (LiveProgress.notice)
                 _print_json({"policy": policy.name, "skipped": True, "reason": skipped})
             sys.exit(EXIT_SUCCEEDED)
-        # An emergency policy runs on demand only: now, not at its schedule's next window.
-        run = runtime.start(policy, instances, at=runtime.clock.now() if policy.kind == "emergency" else None)
+        if runs_on_demand(policy):  # now, not at a window: inside a freeze its first ring waits for approval
+            now = runtime.clock.now()
+            own_end = now + policy.schedule.duration if policy.schedule else None
+            gate = freeze_gate(policy, policy.freezes(), now, own_end, emergency=True)
+            run = runtime.start(policy, instances, at=now, window_end=gate.window_end, frozen_by=gate.frozen_by)
+        else:
+            run = runtime.start(policy, instances)
         _remember_report_dir(runtime, run, report_dir)
         console.print(f"Run {run.run_id}: {len(run.waves)} waves, state in {state_dir}", soft_wrap=True)
         _drive_and_report(runtime, run, live, console, directory, as_json)
@@ -546,6 +553,13 @@ def _decide_gate(
     help="The machines as they are now, after the fix (default: as the run recorded them).",
 )
 @click.option(
+    "--policy",
+    "policy_path",
+    metavar="FILE",
+    help="The run's policy file, read again for its freezes (its freeze_calendar is not stored with "
+    "the run: without the file, a calendar it names counts as a freeze that cannot be checked). Local only.",
+)
+@click.option(
     "--cloud",
     type=click.Choice(["aws", "azure"]),
     help="Retry a run of the deployed runtime (its settings from the environment, as the functions "
@@ -559,6 +573,7 @@ def retry(
     run_id: str,
     only: tuple[str, ...],
     inventory_path: str | None,
+    policy_path: str | None,
     cloud: str | None,
     state_dir: Path,
     report_dir: Path | None,
@@ -573,16 +588,25 @@ def retry(
     if cloud is not None:
         if report_dir is not None:
             raise click.UsageError("--report-dir is for local runs: on the clouds the reports go to S3 or Blob")
+        if policy_path is not None:
+            raise click.UsageError("--policy is for local runs: on the clouds the deployed policy is read")
         _retry_in_cloud(console, cloud, run_id, only, current, as_json)
         return
     by_id = {i.id: i for i in current} if current is not None else None
+    policy = load_policy(policy_path) if policy_path else None
     # Refused before any effect: a run that cannot be retried leaves nothing behind.
     with _reading(state_dir, run_id) as store:
         retried = _load_run(store, state_dir, run_id)
+        if policy is not None and policy.name != retried.policy.name:
+            raise InputError.single(
+                policy_path or "", f"is policy {policy.name}, not the run's policy {retried.policy.name}", ("name",)
+            )
         _, left_out = retry_targets(retried, only, by_id, retry_chain(run_id, store.run_ids(), store.load))
         directory = report_dir or store.report_dir(run_id) or state_dir / "reports"
     with writing(state_dir, directory):
         runtime = LocalRuntime.open(state_dir, on_notice=live.notice)
+        if policy is not None:
+            runtime.service.deployed_policy = lambda: policy  # its freezes, calendar read
         run = runtime.retry(run_id, only, current)
         runtime.store.set_report_dir(run.run_id, directory)  # approve/resume of the retry write there too
         machines = [r.instance.short_name for r in run.records()]

@@ -93,9 +93,19 @@ def _take(
     if runtime is None:
         return answer_deliveries(deliveries, policy, lambda: instances, None, None, lambda n: None, _now(), None)
 
-    def start(run_id: str, emergency: Policy, chosen: list[Instance], *, frozen_by: str | None = None) -> Run:
-        run = started[run_id] = runtime.drive(runtime.start(emergency, chosen, run_id, frozen_by=frozen_by).run_id)
+    def start(
+        run_id: str,
+        emergency: Policy,
+        chosen: list[Instance],
+        *,
+        window_end: datetime | None = None,
+        frozen_by: str | None = None,
+    ) -> Run:
+        begun = runtime.start(emergency, chosen, run_id, window_end=window_end, frozen_by=frozen_by)
+        run = started[run_id] = runtime.drive(begun.run_id)
         return run
+
+    runtime.service.deployed_policy = lambda: policy  # a follow-up checks its freezes against this file's
 
     def follow_up(event: FollowUpRequested) -> None:
         followed = runtime.service.request_follow_up(event)

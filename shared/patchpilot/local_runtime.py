@@ -251,13 +251,13 @@ class LocalRuntime:
         run_id: str | None = None,
         at: datetime | None = None,
         *,
+        window_end: datetime | None = None,
         frozen_by: str | None = None,
     ) -> Run:
         """Start a run at `at`, or at the policy's next window that no freeze stops (`open_window`;
         now, without a schedule): the virtual clock moves there, so the run shows how the fleet
-        fits the window. A freeze that starts inside that window ends it there; `frozen_by` names
-        the freeze an emergency run starts in."""
-        window_end = None
+        fits the window. A freeze that starts inside that window ends it there (`window_end`: where
+        the caller found one ends it); `frozen_by` names the freeze an emergency run starts in."""
         if at is None and policy.schedule is not None:
             window = self.open_window(policy)
             at = window.start
@@ -306,16 +306,22 @@ class LocalRuntime:
 
     def retry(self, run_id: str, only: Sequence[str] = (), current: Sequence[Instance] | None = None) -> Run:
         """Start a retry of finished run `run_id` (`Service.retry`): now when the policy's window
-        is open (it ends with the window), else the virtual clock moves to the next window, as
-        `start` does (now for an emergency policy or one without a schedule); `current` is the
+        is open (it ends with the window; refused inside a freeze), else the virtual clock moves to
+        the next window no freeze stops, as `start` does (now for an emergency policy or one
+        without a schedule); `current` is the
         inventory after the fix. Raises `UnknownRunError` or `NotRetryableError`."""
         retried = self.store.load(run_id)
         by_id = {i.id: i for i in current} if current is not None else None
         from patchpilot.planning.estimate import wave_estimate
 
         instances, _ = retry_targets(retried, only, by_id)  # refused before the clock moves
-        needed = wave_estimate(instances, retried.policy.reboot)  # a window with less left: the next one
-        if window := retry_window(retried.policy, self.clock.now(), needed):
+        policy, now = retried.policy, self.clock.now()
+        needed = wave_estimate(instances, policy.reboot)  # a window with less left: the next one
+        if window := retry_window(policy, now, needed):
+            if window.start > now and policy.schedule is not None:  # a later window: the first no freeze stops
+                freezes = self.service.freezes_of(policy)
+                later = policy.schedule.windows(window.start, MAX_FROZEN_WINDOWS if freezes else 1)
+                window = next((w for w in later if not freezes or freezes.at(w.start) is None), window)
             self.clock.advance_to(window.start)  # inside the open window: now
         return self.service.retry(run_id, only, by_id)
 

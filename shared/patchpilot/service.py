@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import assert_never
+from typing import TYPE_CHECKING, assert_never
 
 from patchpilot.engine.decide import decide, start_run
 from patchpilot.engine.issued import NotIssuedError, Standing, issuer, standing
@@ -87,6 +87,10 @@ from patchpilot.ports import (
     UnknownRunError,
     WaveHooks,
 )
+
+if TYPE_CHECKING:
+    from patchpilot.policy.freeze import Freezes
+    from patchpilot.triggers import FreezeGate
 
 log = logging.getLogger("patchpilot.service")
 security_log = logging.getLogger("patchpilot.security")
@@ -184,6 +188,10 @@ class Service:
     runtime: Runtime = "local"  # where the runs it starts are driven: their notices name its commands
     traffic: TrafficPools | None = None  # load-balancer drain and re-add (docs/traffic.md)
     wave_hooks: WaveHooks | None = None  # the policies' before_wave / after_wave HTTPS hooks
+    # The policy as deployed now (its freeze_calendar and Change Calendars read again): a run that
+    # starts off the timer (a follow-up, a retry) checks its freezes there. None: the run's own
+    # policy (its `freeze:` periods; a freeze_calendar it names is then an unchecked freeze).
+    deployed_policy: Callable[[], Policy] | None = None
 
     def start(
         self,
@@ -236,21 +244,80 @@ class Service:
             return None
 
     def _start_follow_up(self, command: StartFollowUp) -> None:
-        """Start the follow-up of a finished run: it installs what that run promoted, pinned."""
+        """Start the follow-up of a finished run: it installs what that run promoted, pinned. It keeps
+        the freezes as a run of its kind (`freeze_gate`): a follow-up of an emergency run inside a
+        freeze waits for approval at its first ring; one of a scheduled run does not start (a
+        `run_skipped` notice names the freeze, and the run starts no further follow-up); a freeze
+        that begins later ends its window there."""
         from patchpilot.planning import plan
+        from patchpilot.triggers import freeze_gate, runs_on_demand
 
+        try:  # started already (a redelivery): finish what that start left undone, whatever the freezes say now
+            self.store.load(command.follow_up_id)
+        except UnknownRunError:
+            pass
+        else:
+            self.flush(command.follow_up_id)
+            return
         followed = self.store.load(command.run_id)
         policy = followed.policy
         now = self.clock.now()
+        own_end = now + policy.schedule.duration if policy.schedule else None
+        gate = freeze_gate(policy, self.freezes_of(policy), now, own_end, emergency=runs_on_demand(policy))
+        if gate.frozen is not None:
+            self._follow_up_frozen(followed, command, gate, now)
+            return
         decision = start_run(
             command.follow_up_id,
             policy,
             plan(policy, command.instances, now),
             now,
             follow_up_of=followed,
+            window_end=gate.window_end or own_end,
             runtime=self.runtime,
+            frozen_by=gate.frozen_by,
         )
         self._create(decision.run, decision.commands)
+
+    def _follow_up_frozen(self, followed: Run, command: StartFollowUp, gate: FreezeGate, now: datetime) -> None:
+        """A follow-up of a scheduled run that would start inside a freeze: it does not; a
+        `run_skipped` notice names the freeze, and the followed run records it as not started."""
+        when = now.astimezone(gate.zone or UTC).isoformat(timespec="minutes")
+        why = f"it would start {when}, inside freeze {gate.describe_frozen()}"
+        text = (
+            f"Follow-up run {command.follow_up_id} of run {followed.run_id} (policy {followed.policy.name}) not "
+            f"started: {why}. Retry run {followed.run_id} after the freeze (patchpilot retry {followed.run_id})."
+        )
+        notice = Notify(
+            id=f"{command.follow_up_id}:notify:run_skipped", run_id=followed.run_id, topic="run_skipped", text=text
+        )
+        self.notifier.notify(notice)
+        finished = FollowUpFinished(
+            id=f"{command.follow_up_id}:finished",
+            run_id=followed.run_id,
+            follow_up_id=command.follow_up_id,
+            halted=False,
+            not_started=why,
+            at=now,
+        )
+        self._apply(finished)
+
+    def freezes_of(self, policy: Policy) -> Freezes:
+        """The freezes of a stored run's policy as they stand now: the deployed policy's when it is
+        that policy (its freeze_calendar and Change Calendars read again), else the run's own
+        periods, a freeze_calendar it names being an unchecked freeze (`UncheckedCalendar`)."""
+        from patchpilot.policy.freeze import Freezes, UncheckedCalendar
+
+        if self.deployed_policy is not None:
+            current = self.deployed_policy()
+            if current.name == policy.name:
+                return current.freezes()
+        try:
+            return policy.freezes()
+        except RuntimeError:  # a freeze_calendar that was not read with this policy
+            assert policy.freeze_calendar is not None
+            calendar = UncheckedCalendar(f"freeze_calendar {policy.freeze_calendar}")
+            return Freezes(policy.zone_for(None), tuple(policy.freeze), external=calendar)
 
     def retry(
         self,
@@ -265,12 +332,16 @@ class Service:
         machines as they are now (the inventory after the fix). The id is `retry_id`, else the
         next free `<run>-retry-<n>`; starting the same id again only finishes what the first start
         left undone. A retry keeps to the policy's windows: started inside one, it ends with it;
-        outside one, it is refused until the next (an emergency policy runs now). The machines an
+        outside one, it is refused until the next (an emergency policy runs now). It keeps the
+        freezes as a run of its kind (`freeze_gate`): a retry of a scheduled run inside a freeze is
+        refused naming it (and a `run_skipped` notice says so), one of an emergency run waits for
+        approval at its first ring; a freeze that begins later ends its window there. The machines an
         earlier retry of `run_id` took on are its own (engine/retry.py `RetryChain`): never patched
         twice; a run whose every machine was retried is refused, naming its latest retry. Raises
         `UnknownRunError`, or `NotRetryableError` naming why."""
         from patchpilot.planning import plan
         from patchpilot.planning.estimate import wave_estimate
+        from patchpilot.triggers import freeze_gate, runs_on_demand
 
         followed = self.store.load(run_id)
         run_ids = self.store.run_ids()
@@ -285,15 +356,32 @@ class Service:
             if open_now is not None and open_now.start <= now:  # inside a window, with too little of it left
                 why = f"too little of this window is left for a wave: the next starts {when}, retry it then"
             raise NotRetryableError.of(followed, why, ("schedule",))
+        started = retry_id is not None and retry_id in run_ids  # again: finish that start, whatever the freezes say now
         retry_id = retry_id or next_retry_id(run_id, run_ids)
+        own_end = window.end if window else now + policy.schedule.duration if policy.schedule else None
+        gate = freeze_gate(policy, self.freezes_of(policy), now, own_end, emergency=runs_on_demand(policy))
+        if gate.frozen is not None and not started:
+            when = now.astimezone(gate.zone or UTC).isoformat(timespec="minutes")
+            why = (
+                f"inside freeze {gate.describe_frozen()} (now {when}): a scheduled run does not start in a "
+                "freeze; retry it after the freeze"
+            )
+            text = f"Retry {retry_id} of run {run_id} (policy {policy.name}) not started: {why}."
+            notice = Notify(id=f"{retry_id}:notify:run_skipped", run_id=run_id, topic="run_skipped", text=text)
+            try:
+                self.notifier.notify(notice)
+            except Exception as error:  # the refusal itself must reach whoever asked
+                log.warning("notice %s not sent: %s", notice.id, error)
+            raise NotRetryableError.of(followed, why, ("freeze",))
         decision = start_run(
             retry_id,
             policy,
             plan(policy, instances, now),
             now,
             follow_up_of=followed,
-            window_end=window.end if window else None,
+            window_end=gate.window_end or own_end,
             runtime=self.runtime,
+            frozen_by=gate.frozen_by,
         )
         return self._create(decision.run, decision.commands)
 

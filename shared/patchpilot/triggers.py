@@ -17,11 +17,15 @@ from patchpilot.engine.messages import Notify
 from patchpilot.policy import Policy, Schedule, Window
 from patchpilot.policy.exceptions import describe, expired_between
 from patchpilot.policy.fields import format_duration
-from patchpilot.policy.freeze import Freeze
+from patchpilot.policy.freeze import Freeze, Freezes
+from patchpilot.policy.model import Emergency
 from patchpilot.policy.schedule import AwsCron, window_starts
 
 TIMER_PERIOD = timedelta(minutes=15)  # how often the clouds' timers fire (template.yaml, function_app)
 LOOK_BACK = (timedelta(days=40), timedelta(days=400))  # where `previous_window_start` looks, nearest first
+# How far ahead a run without a window end (an emergency run) looks for a freeze that ends it.
+RUN_LOOKAHEAD = timedelta(days=31)
+UTC_ZONE = ZoneInfo("UTC")
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,61 @@ def freeze_of(policy: Policy, window: Window) -> tuple[Freeze | None, Freeze | N
     if (frozen := freezes.at(window.start)) is not None:
         return frozen, None
     return None, freezes.first_starting(window.start, window.end)
+
+
+@dataclass(frozen=True)
+class FreezeGate:
+    """What the freezes say about a run that starts at `now` anywhere but at the timer's window
+    start (a retry, a follow-up, an emergency run): `freeze_gate`."""
+
+    frozen: Freeze | None = None  # a scheduled run's freeze at `now`: it does not start
+    frozen_by: str | None = None  # an emergency run's freeze at `now`, described: its first ring waits for approval
+    cut_by: Freeze | None = None  # the first freeze that begins before the run's window ends: no wave after its start
+    zone: ZoneInfo | None = None  # the freezes' time zone (the policy's), to describe them in
+
+    @property
+    def window_end(self) -> datetime | None:
+        """Where the run's window ends because of a freeze; None: its own end."""
+        return self.cut_by.start if self.cut_by is not None else None
+
+    def describe_frozen(self) -> str:
+        """The freeze that stops the run, with its dates in the policy's time zone."""
+        assert self.frozen is not None, "only a frozen gate has a freeze to describe"
+        return self.frozen.describe(self.zone or UTC_ZONE)
+
+
+def freeze_gate(
+    policy: Policy, freezes: Freezes, now: datetime, window_end: datetime | None, *, emergency: bool
+) -> FreezeGate:
+    """The freeze rules of a scheduled window (docs/governance.md), for a run that starts at `now`
+    and whose window ends at `window_end` (None: it has none; `RUN_LOOKAHEAD` is looked at):
+
+    - a scheduled run (`emergency` False) inside a freeze does not start (`frozen`);
+    - an emergency run (an advisory's, a follow-up or retry of one, an emergency policy run by hand)
+      inside a freeze starts, its first ring waiting for approval with the freeze named
+      (`frozen_by`), unless `emergency.freeze: pass` lets it through, freezes and all;
+    - either way, a freeze that begins before the window ends ends it there (`cut_by`): a run
+      already under way starts no wave after the freeze has begun.
+
+    `freezes` are the policy's as deployed now (its calendar and Change Calendars read again)."""
+    if not freezes:
+        return FreezeGate()
+    end, zone = window_end or now + RUN_LOOKAHEAD, freezes.zone
+    if emergency:
+        if (policy.emergency or Emergency()).freeze == "pass":
+            return FreezeGate()
+        current = freezes.at(now)
+        frozen_by = current.describe(zone) if current is not None else None
+        return FreezeGate(frozen_by=frozen_by, cut_by=freezes.first_starting(now, end), zone=zone)
+    if (frozen := freezes.at(now)) is not None:
+        return FreezeGate(frozen=frozen, zone=zone)
+    return FreezeGate(cut_by=freezes.first_starting(now, end), zone=zone)
+
+
+def runs_on_demand(policy: Policy) -> bool:
+    """Whether the policy's runs start when asked, not in its schedule's windows: an emergency
+    policy, and a policy without a schedule (an advisory's emergency run has none)."""
+    return policy.kind == "emergency" or policy.schedule is None
 
 
 def scheduled_run_id(policy: Policy, window: Window) -> str:

@@ -567,10 +567,35 @@ def test_no_condition_key_names_a_parameter_cloudformation_would_leave_unsubstit
     assert not re.search(r'"[a-z0-9-]+:[A-Za-z]+Tag/\$\{', text)
 
 
-def test_change_calendars_are_read_by_the_timer_and_the_advisory_function_only() -> None:
-    """`aws.change_calendars` (docs/governance.md): GetCalendarState, read only, on SSM documents."""
-    for function in ("TriggerFunction", "AdvisoryFunction"):
+def test_change_calendars_are_read_by_the_functions_that_start_runs_only() -> None:
+    """`aws.change_calendars` (docs/governance.md): GetCalendarState, read only, on SSM documents,
+    by the functions that start runs: the timer, the advisory function and the worker (follow-up
+    runs start there and check the freezes as the timer does); never by the approve function."""
+    for function in ("TriggerFunction", "AdvisoryFunction", "WorkerFunction"):
         (statement,) = allowing(function, "ssm:GetCalendarState")
         assert resources(statement) == ["arn:${AWS::Partition}:ssm:${AWS::Region}:*:document/*"]
-    assert not allowing("WorkerFunction", "ssm:GetCalendarState")
+        assert actions(statement) == ["ssm:GetCalendarState"]
     assert not allowing("ApproveFunction", "ssm:GetCalendarState")
+
+
+BASELINE_READS = {"ssm:GetDefaultPatchBaseline", "ssm:GetPatchBaseline", "ssm:GetPatchBaselineForPatchGroup"}
+
+
+def test_only_the_worker_reads_patch_baselines_to_hold_patch_exceptions() -> None:
+    """A first ring under a patch exception installs with the machine's own effective baseline, the
+    excepted patches rejected (docs/governance.md): three reads, the worker's only (the member role
+    holds them as the worker does: tests/security/test_member_role.py). GetPatchBaseline and
+    GetDefaultPatchBaseline on patch baselines (of any account: AWS's predefined baselines belong to
+    AWS-owned accounts), GetPatchBaselineForPatchGroup on `*` (it has no resource-level permission).
+    The install code calls exactly these."""
+    for function in FUNCTIONS:
+        held = {a for s in grants(function) for a in actions(s) if a in BASELINE_READS}
+        assert held == (BASELINE_READS if function == "WorkerFunction" else set()), function
+    for action in BASELINE_READS:
+        (statement,) = allowing("WorkerFunction", action)
+        expected = ["*"] if action.endswith("ForPatchGroup") else ["arn:${AWS::Partition}:ssm:*:*:patchbaseline/*"]
+        assert resources(statement) == expected and "Condition" not in statement, action
+        assert set(actions(statement)) <= BASELINE_READS, action  # read only, nothing else rides along
+    code = (ROOT / "shared" / "patchpilot" / "adapters" / "aws" / "fleet" / "held_baselines.py").read_text()
+    called = {f"ssm:{op}" for op in ("GetDefaultPatchBaseline", "GetPatchBaseline", "GetPatchBaselineForPatchGroup")}
+    assert {a for a in called if re.search(rf"\.{xform_name(a.split(':')[1])}\(", code)} == BASELINE_READS

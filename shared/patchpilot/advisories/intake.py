@@ -18,7 +18,6 @@ from typing import Protocol
 
 from patchpilot.advisories.decide import (
     decide_advisory,
-    emergency_freeze,
     emergency_policy,
     follow_up_request,
     open_run_of,
@@ -29,15 +28,24 @@ from patchpilot.engine.run import Run
 from patchpilot.inventory import Instance
 from patchpilot.policy import Policy
 from patchpilot.ports import RunStore, UnknownRunError
+from patchpilot.triggers import freeze_gate
 
 log = logging.getLogger("patchpilot.advisories")
 
 
 class Start(Protocol):
-    """`Service.start`: `frozen_by` names the freeze the run starts in (its first ring waits)."""
+    """`Service.start`: `frozen_by` names the freeze the run starts in (its first ring waits);
+    `window_end` is where a freeze that begins later ends it (no wave after its start)."""
 
     def __call__(
-        self, run_id: str, policy: Policy, instances: list[Instance], /, *, frozen_by: str | None = None
+        self,
+        run_id: str,
+        policy: Policy,
+        instances: list[Instance],
+        /,
+        *,
+        window_end: datetime | None = None,
+        frozen_by: str | None = None,
     ) -> Run: ...
 
 
@@ -69,8 +77,10 @@ def answer_deliveries(
         if answer.action == "start" and isinstance(delivery, Advisory) and start is not None:
             wanted = set(answer.instances) | {i for i, _ in answer.exposed}
             chosen = [i for i in instances or [] if i.id in wanted]
-            frozen_by = emergency_freeze(policy, now)  # inside a freeze: the first ring waits for a person
-            run = start(answer.run_id, emergency_policy(policy, delivery), chosen, frozen_by=frozen_by)
+            # Inside a freeze the first ring waits for a person; a freeze that begins later ends the run there.
+            gate = freeze_gate(policy, policy.freezes(), now, None, emergency=True)
+            emergency = emergency_policy(policy, delivery)
+            run = start(answer.run_id, emergency, chosen, window_end=gate.window_end, frozen_by=gate.frozen_by)
             open_runs.append(OpenRun(run.run_id, delivery.cve, run.status, frozenset(answer.instances)))
         if answer.follow_up and follow_up is not None:
             follow_up(follow_up_request(answer, instances or [], now))

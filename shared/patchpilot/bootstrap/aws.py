@@ -147,6 +147,7 @@ class AwsRuntime(ServerlessRuntime):
             runtime="aws",
             wave_hooks=HttpsWaveHooks(LazySecrets(lambda: self.secrets), self.clock),  # Secrets Manager
             traffic=Elbv2Traffic(self.clients, self.clock, default_region=self.env.region),
+            deployed_policy=self.policy,  # a follow-up or retry checks the freezes as deployed now
         )
 
     @functools.cached_property

@@ -331,6 +331,7 @@ class AzureRuntime(ServerlessRuntime):
             runtime="azure",
             wave_hooks=HttpsWaveHooks(LazySecrets(lambda: self.secrets), self.clock),  # Key Vault
             traffic=self.traffic,
+            deployed_policy=self.policy,  # a follow-up or retry checks the freezes as deployed now
         )
 
     def policy(self) -> Policy:

@@ -285,12 +285,19 @@ def _on_follow_up_requested(run: Run, event: Event, now: datetime) -> Decision:
 
 
 def _on_follow_up_finished(run: Run, event: Event, now: datetime) -> Decision:
-    """A follow-up ended (from its outbox): the next requested one starts, none after a halt."""
+    """A follow-up ended (from its outbox): the next requested one starts, none after a halt, nor
+    after one that did not start (inside a freeze)."""
     assert isinstance(event, FollowUpFinished)
+    state = "not_started" if event.not_started else "finished"
     follow_ups = tuple(
-        f.model_copy(update={"state": "finished"}) if f.run_id == event.follow_up_id else f for f in run.follow_ups
+        f.model_copy(update={"state": state}) if f.run_id == event.follow_up_id else f for f in run.follow_ups
     )
     run = run.model_copy(update={"follow_ups": follow_ups})
+    if event.not_started:
+        text = f"NOT COVERED: follow-up {event.follow_up_id} not started: {event.not_started}"
+        return _no_follow_ups(
+            _logged(run, event.at, text, "error"), event.at, f"follow-up {event.follow_up_id} did not start"
+        )
     if event.halted:
         return _no_follow_ups(run, event.at, f"follow-up {event.follow_up_id} halted")
     return _next_follow_up(_logged(run, event.at, f"Follow-up {event.follow_up_id} finished"), event.at)

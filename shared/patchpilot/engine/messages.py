@@ -410,12 +410,14 @@ class FollowUpRequested(_Message):
 
 class FollowUpFinished(_Message):
     """Follow-up run `follow_up_id` of run `run_id` has ended (from its outbox, id
-    `<follow-up id>:finished`): the run starts its next follow-up, or none after a halt."""
+    `<follow-up id>:finished`): the run starts its next follow-up, or none after a halt. With
+    `not_started`, it never started (why: a freeze), and the run starts no further follow-up."""
 
     type: Literal["FollowUpFinished"] = "FollowUpFinished"
     follow_up_id: str
     halted: bool
     at: datetime
+    not_started: str = ""
 
 
 Event = Annotated[

@@ -193,6 +193,24 @@ class ExternalFreezes(Protocol):
 
 
 @dataclass(frozen=True)
+class UncheckedCalendar:
+    """A `freeze_calendar` that could not be read where a run starts (a run's stored policy, with no
+    policy file at hand): a freeze at every instant, named for what it is, so that a freeze that
+    cannot be checked never lets a run start unattended (a scheduled one does not start, an
+    emergency one waits for approval). As `ExternalFreezes`."""
+
+    name: str
+
+    def at(self, instant: datetime) -> Freeze | None:
+        return Freeze(
+            f"{self.name} (could not be read here: check it)", instant, instant + timedelta(days=1), self.name
+        )
+
+    def first_starting(self, start: datetime, end: datetime) -> Freeze | None:
+        return None
+
+
+@dataclass(frozen=True)
 class Freezes:
     """Every freeze of a policy: its periods and its calendar's events, in `zone`, and the freezes
     of an external service (`external`, asked only by `at` and `first_starting`)."""

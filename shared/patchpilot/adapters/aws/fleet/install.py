@@ -1,8 +1,10 @@
 """Installs: AWS-RunPatchBaseline Install, one SendCommand per ≤50 instances of one (account,
-region, OS, pinned set), and the override files it reads: InstallOverrideList for a pinned later
-ring, BaselineOverride for an install of only the named patches (an emergency run's first ring).
-The files have S3 keys derived from the run and command ids, so a redelivery rewrites the same
-object before the same SendCommand."""
+region, OS, pinned set, held patches), and the override files it reads: InstallOverrideList for a
+pinned later ring, BaselineOverride for an install of only the named patches (an emergency run's
+first ring) and for an unpinned install that holds a machine's patch exceptions (a first ring:
+the machine's own effective baseline with those patches rejected, `held_baselines.py`). The files
+have S3 keys derived from the run and command ids, so a redelivery rewrites the same object before
+the same SendCommand."""
 
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ from ..access import (
     short_token,
     ssm_comment,
 )
+from .held_baselines import BaselineReader, held_override, held_patches, patch_group, ssm_systems
 
 if TYPE_CHECKING:
     from mypy_boto3_ssm import SSMClient
@@ -45,8 +48,10 @@ if TYPE_CHECKING:
 INSTALL_POLL = timedelta(minutes=5)
 INSTALLED_STATES = ["Installed", "InstalledOther", "InstalledPendingReboot"]
 
-# (account, region, OS, pinned set, the targets' own reboot: "never" for hotpatch-only ones)
-_GroupKey = tuple[str | None, str, OsFamily, tuple[str, ...] | None, str | None]
+# (account, region, OS, pinned set, the targets' own reboot: "never" for hotpatch-only ones, the
+# patches an unpinned install holds back (the machine's patch exceptions), the patch group whose
+# effective baseline holds them: None for a named-only install, whose override names its patches)
+_GroupKey = tuple[str | None, str, OsFamily, tuple[str, ...] | None, str | None, tuple[str, ...], str | None]
 _UNSAFE_KEY = re.compile(r"[^A-Za-z0-9._=-]+")
 
 
@@ -70,6 +75,7 @@ def install_patches(access: AwsAccess, command: InstallPatches, bucket: Override
     sendable: list[InstallTarget] = []
     for target in targets:
         left = [p for p in target.only or () if not names_patch(target.exclude, p)]
+        held = _held(command, target)
         if target.only is not None and not left:
             why = "the promoted patch set is empty" if not target.only else "the policy excepts every promoted patch"
             outcomes[target.instance.id] = Outcome(
@@ -79,25 +85,37 @@ def install_patches(access: AwsAccess, command: InstallPatches, bucket: Override
             detail = "a pinned patch set needs an override bucket for InstallOverrideList; not installed"
             outcomes[target.instance.id] = Outcome(id=target.instance.id, ok=False, detail=detail, at=now)
         elif target.only is None and named_only(command):
-            refused = _named_problem(command, target.instance.os, bucket is not None)
+            refused = _named_problem(command, target.instance.os, bucket is not None, held)
             if refused is None:
                 sendable.append(target)
             else:
                 ok, detail = refused
                 outcomes[target.instance.id] = Outcome(id=target.instance.id, ok=ok, detail=detail, at=now)
+        elif held and bucket is None:
+            detail = (
+                f"holding back the patch exceptions' patches ({', '.join(held)}) on an unpinned install needs an "
+                "override bucket for BaselineOverride; not installed"
+            )
+            outcomes[target.instance.id] = Outcome(id=target.instance.id, ok=False, detail=detail, at=now)
         else:
             sendable.append(target)
-    parts = _install_parts(sendable)
+    parts = _install_parts(sendable, command)
     overrides = _override_keys(command, sendable)
     for placement, placed in group(parts, lambda p: p.placement).items():
         ssm = access.ssm(placement)
         found = access.find_commands(ssm, PATCH_DOCUMENT, token, now)
         sent = False
+        guards = _held_documents(access, ssm, placement, [p for p in placed if p.label not in found and p.holds])
         for part in placed:
             if part.label in found:
                 continue
+            document = guards.get(part.label)
+            if isinstance(document, str):
+                for instance_id in part.instance_ids:
+                    outcomes[instance_id] = Outcome(id=instance_id, ok=False, detail=document, at=now)
+                continue
             try:
-                found[part.label] = _send_install(access, ssm, command, part, token, overrides, bucket)
+                found[part.label] = _send_install(access, ssm, command, part, token, overrides, bucket, document)
                 sent = True
                 continue
             except ClientError as exc:
@@ -121,7 +139,7 @@ def install_patches(access: AwsAccess, command: InstallPatches, bucket: Override
                 continue
             try:
                 subset = replace(part, instance_ids=ready)
-                found[part.label] = _send_install(access, ssm, command, subset, token, overrides, bucket)
+                found[part.label] = _send_install(access, ssm, command, subset, token, overrides, bucket, document)
                 sent = True
             except ClientError as exc:
                 for instance_id in ready:
@@ -160,6 +178,7 @@ def _send_install(
     token: str,
     overrides: dict[_GroupKey, str],
     bucket: OverrideBucket | None,
+    held: list[dict[str, Any]] | None = None,
 ) -> CommandTypeDef:
     parameters = {
         "Operation": ["Install"],
@@ -175,11 +194,11 @@ def _send_install(
             Bucket=bucket.name, Key=key, Body=body.encode(), ContentType="application/x-yaml"
         )
         parameters["InstallOverrideList"] = [f"s3://{bucket.name}/{key}"]
-    elif named_only(command):
+    elif named_only(command) or part.holds:
         assert bucket is not None, "checked before the parts were planned"
         key = overrides[part.key]
-        document = _baseline_override(command, part.key[2])
-        assert not isinstance(document, str), "checked before the parts were planned"
+        document = held if part.holds else _baseline_override(command, part.key[2], part.key[5])
+        assert document is not None and not isinstance(document, str), "checked before the parts were planned"
         body = json.dumps(document, indent=2)
         access.s3(bucket.region).put_object(
             Bucket=bucket.name, Key=key, Body=body.encode(), ContentType="application/json"
@@ -251,7 +270,8 @@ def _installed_patches(ssm: SSMClient, instance_id: str, since: datetime | None)
 
 @dataclass(frozen=True)
 class _Part:
-    """One SendCommand of an install: ≤50 instances of one (account, region, OS, pinned set, reboot)."""
+    """One SendCommand of an install: ≤50 instances of one (account, region, OS, pinned set, reboot,
+    held patches and patch group)."""
 
     key: _GroupKey
     label: str
@@ -269,21 +289,47 @@ class _Part:
         """The part's reboot: its targets' own (hotpatch only), else the command's."""
         return self.key[4] or command.reboot
 
+    @property
+    def holds(self) -> bool:
+        """An unpinned install that holds back patch exceptions through the machines' own baselines."""
+        return self.pinned is None and bool(self.key[5]) and self.key[6] != _NAMED
 
-def _install_parts(targets: Sequence[InstallTarget]) -> list[_Part]:
+
+_NAMED = "<named>"  # the patch-group slot of a named-only install (no patch group can be spelled so)
+
+
+def _held(command: InstallPatches, target: InstallTarget) -> tuple[str, ...]:
+    """The patch exceptions' patches an unpinned install of `target` must hold back, in its OS's
+    terms (a pinned install leaves them out of its list instead): with the policy's
+    `patches.exclude`, which the override then rejects too."""
+    if target.only is not None or not target.exclude:
+        return ()
+    family = target.instance.os
+    own = held_patches(family, target.exclude)
+    return held_patches(family, [*own, *command.exclude]) if own else ()
+
+
+def _install_parts(targets: Sequence[InstallTarget], command: InstallPatches) -> list[_Part]:
     """Deterministic parts: the same command always yields the same labels and members."""
     groups: dict[_GroupKey, list[str]] = {}
+    named = named_only(command)
     for target in targets:
         instance = target.instance
         pinned = tuple(dict.fromkeys(target.only)) if target.only is not None else None
         if pinned is not None and target.exclude:  # the policy's patch exceptions for this machine
             pinned = tuple(p for p in pinned if not names_patch(target.exclude, p))
-        key: _GroupKey = (instance.account, instance.region, instance.os, pinned, target.reboot)
+        held = _held(command, target)
+        where = (_NAMED if named else patch_group(instance.tags)) if held else None
+        key: _GroupKey = (instance.account, instance.region, instance.os, pinned, target.reboot, held, where)
         groups.setdefault(key, []).append(instance.id)
     parts = []
-    for part_key in sorted(groups, key=lambda k: (k[0] or "", k[1], k[2], k[3] is not None, k[3] or (), k[4] or "")):
+    for part_key in sorted(
+        groups, key=lambda k: (k[0] or "", k[1], k[2], k[3] is not None, k[3] or (), k[4] or "", k[5], k[6] or "")
+    ):
         os, pinned, reboot = part_key[2], part_key[3], part_key[4]
-        shape = (os, pinned) if reboot is None else (os, pinned, reboot)  # labels as before without one
+        shape: tuple[object, ...] = (os, pinned) if reboot is None else (os, pinned, reboot)  # labels as before
+        if part_key[5]:
+            shape = (*shape, part_key[5], part_key[6])
         digest = hashlib.sha256(repr(shape).encode()).hexdigest()[:8]
         for index, chunk in enumerate(chunks(sorted(groups[part_key]), SSM_IDS_PER_CALL)):
             parts.append(_Part(part_key, f"{os[0]}{digest}.{index}", tuple(chunk)))
@@ -297,17 +343,26 @@ def named_only(command: InstallPatches) -> bool:
     return not command.classifications and bool(command.include) and command.maintenance_run is None
 
 
-def _baseline_override(command: InstallPatches, os: OsFamily) -> list[dict[str, object]] | str:
+def _baseline_override(
+    command: InstallPatches, os: OsFamily, held: Sequence[str] = ()
+) -> list[dict[str, object]] | str:
+    """The named-only override of `os`: the named patches but those `held` back (a machine's patch
+    exceptions), which it rejects with the policy's `exclude`."""
     from ..baselines import override_baselines  # only emergency installs need it
 
-    return override_baselines(os == "windows", command.include, command.exclude)
+    wanted = [p for p in command.include if not names_patch(held, p)]
+    return override_baselines(os == "windows", wanted, [*command.exclude, *held])
 
 
-def _named_problem(command: InstallPatches, os: OsFamily, has_bucket: bool) -> tuple[bool, str] | None:
+def _named_problem(
+    command: InstallPatches, os: OsFamily, has_bucket: bool, held: Sequence[str] = ()
+) -> tuple[bool, str] | None:
     """Why an instance of `os` gets no BaselineOverride install, as (ok, detail), or None."""
-    document = _baseline_override(command, os)
+    document = _baseline_override(command, os, held)
     if isinstance(document, str):
         return False, f"{document}; not installed"
+    if not document and held and _baseline_override(command, os):
+        return True, f"nothing to install: the policy excepts every named patch on this machine ({', '.join(held)})"
     if not document:
         kind = "Windows update" if os == "windows" else "Linux package"
         return True, f"nothing to install: none of the named patches ({', '.join(command.include)}) is a {kind}"
@@ -320,16 +375,22 @@ def _override_keys(command: InstallPatches, targets: Sequence[InstallTarget]) ->
     """S3 keys of the override files: runs/<run>/<command>/<os>.yaml for InstallOverrideList,
     with a digest of the set added when one OS has several pinned sets in the command, and
     runs/<run>/<command>/<os>-baseline.json for the BaselineOverride of a named-only install
-    (the same key for the same command, so a redelivery rewrites the same object)."""
+    (the same key for the same command, so a redelivery rewrites the same object), with a digest
+    of the held patches and patch group when the override holds back a machine's patch exceptions
+    (runs/<run>/<command>/<os>-<digest>-baseline.json)."""
     prefix = f"runs/{_UNSAFE_KEY.sub('_', command.run_id)}/{_UNSAFE_KEY.sub('_', command.id)}"
     sets: dict[OsFamily, set[tuple[str, ...]]] = {}
     keys: dict[_GroupKey, str] = {}
-    for part in _install_parts(targets):
+    parts = _install_parts(targets, command)
+    for part in parts:
         if part.pinned is not None:
             sets.setdefault(part.key[2], set()).add(part.pinned)
-    for part in _install_parts(targets):
+    for part in parts:
         if part.pinned is None:
-            if named_only(command):
+            if part.key[5]:
+                digest = hashlib.sha256(repr((part.key[5], part.key[6])).encode()).hexdigest()[:8]
+                keys[part.key] = f"{prefix}/{part.key[2]}-{digest}-baseline.json"
+            elif named_only(command):
                 keys[part.key] = f"{prefix}/{part.key[2]}-baseline.json"
             continue
         os = part.key[2]
@@ -339,6 +400,34 @@ def _override_keys(command: InstallPatches, targets: Sequence[InstallTarget]) ->
             digest = hashlib.sha256("\n".join(part.pinned).encode()).hexdigest()[:8]
             keys[part.key] = f"{prefix}/{os}-{digest}.yaml"
     return keys
+
+
+def _held_documents(
+    access: AwsAccess, ssm: SSMClient, placement: Placement, parts: Sequence[_Part]
+) -> dict[str, list[dict[str, Any]] | str]:
+    """The BaselineOverride document of each part that holds back patch exceptions (by label), or
+    why it cannot be made: one DescribeInstanceInformation for their machines' systems, then each
+    effective baseline read once (`BaselineReader`)."""
+    if not parts:
+        return {}
+    agents = access.agents(placement, [i for p in parts for i in p.instance_ids])
+    reader = BaselineReader(ssm)
+    documents: dict[str, list[dict[str, Any]] | str] = {}
+    for part in parts:
+        held = part.key[5]
+        systems = sorted({s for i in part.instance_ids for s in ssm_systems(agents.get(i), part.key[2])})
+        try:
+            document = held_override(reader, part.key[6], systems, held)
+        except ClientError as exc:
+            operation = exc.operation_name
+            document = (
+                f"the machine's patch baseline could not be read ({operation} failed: {describe_error(exc)}; "
+                f"needs ssm:{operation})"
+            )
+        if isinstance(document, str):
+            document = f"{document}, so its patch exceptions ({', '.join(held)}) cannot be held back; not installed"
+        documents[part.label] = document
+    return documents
 
 
 def _installed_since(installed: datetime, since: datetime) -> bool:

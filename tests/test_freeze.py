@@ -269,6 +269,15 @@ def test_a_calendar_name_with_a_path_is_refused() -> None:
     assert "freeze_calendar" in str(raised.value)
 
 
+def test_a_calendar_file_must_be_an_ics_file_the_deployed_stacks_may_read() -> None:
+    """On AWS the functions may read (and only the deployer may write) `*.ics` beside the policy:
+    a calendar under another name could not be read when deployed, so no scheduled run would start."""
+    with pytest.raises(InputError) as raised:
+        parse_policy(POLICY + "freeze_calendar: freezes.ical\n")
+    assert 'ending in .ics (e.g. freezes.ics), got "freezes.ical"' in str(raised.value)
+    assert parse_policy(POLICY + "freeze_calendar: Year End 2026.ics\n").freeze_calendar == "Year End 2026.ics"
+
+
 def test_a_freeze_with_azure_update_manager_schedules_is_refused() -> None:
     text = POLICY + (
         "freeze:\n  - {name: x, from: 2026-12-20, to: 2026-12-21}\n"

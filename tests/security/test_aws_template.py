@@ -405,6 +405,8 @@ def test_only_the_deployer_writes_the_policy() -> None:
     parameter = TEMPLATE["Parameters"]["PolicyDeployerRoleArn"]
     assert "Default" not in parameter and parameter["AllowedPattern"].startswith("^arn:aws")
     (deny,) = [s for s in _bucket_statements() if "${ConfigBucket.Arn}/${PolicyKey}" in resources(s)]
+    # ... and the freeze calendars beside it (a freeze_calendar is a `.ics` file name: policy model)
+    assert "${ConfigBucket.Arn}/*.ics" in resources(deny)
     assert deny["Effect"] == "Deny" and deny["Principal"] == "*"
     assert {"s3:PutObject", "s3:DeleteObject", "s3:DeleteObjectVersion"} <= set(actions(deny))
     assert deny["Condition"] == {"ArnNotEquals": {"aws:PrincipalArn": {"Ref": "PolicyDeployerRoleArn"}}}
@@ -413,11 +415,18 @@ def test_only_the_deployer_writes_the_policy() -> None:
             written = [r for s in allowing(function, action) for r in resources(s)]
             assert all(r.endswith(("/runs/*", "/reports/*")) for r in written), (function, written)
         read = [r for s in allowing(function, "s3:GetObject") for r in resources(s)]
-        # beside the policy, only the overview page's summaries (reports/overview.py) are read
-        assert set(read) <= {"${ConfigBucket.Arn}/${PolicyKey}", "${ConfigBucket.Arn}/reports/summaries/*"}, (
+        # beside the policy, only its freeze calendars and the overview page's summaries are read
+        beside = {"${ConfigBucket.Arn}/*.ics", "${ConfigBucket.Arn}/reports/summaries/*"}
+        assert set(read) <= {"${ConfigBucket.Arn}/${PolicyKey}", *beside}, (
             function,
             read,
         )
+    # every function that reads the policy reads its freeze calendar too (a freeze_calendar that
+    # cannot be read is a freeze: no scheduled run would start on a deployed stack)
+    for function in FUNCTIONS:
+        read = {r for s in allowing(function, "s3:GetObject") for r in resources(s)}
+        if "${ConfigBucket.Arn}/${PolicyKey}" in read:
+            assert "${ConfigBucket.Arn}/*.ics" in read, function
 
 
 def test_only_the_worker_writes_install_override_files() -> None:

@@ -114,6 +114,24 @@ def _approver(value: str) -> str:
 
 ApproverId = Annotated[str, AfterValidator(_approver)]
 
+CALENDAR_FILE = r"[A-Za-z0-9_][A-Za-z0-9._ -]*\.ics"
+
+
+def _calendar_file(value: str) -> str:
+    # The AWS stack grants reading (and the deployer alone writing) `*.ics` beside the policy.
+    if not re.fullmatch(CALENDAR_FILE, value):
+        raise fail(
+            "calendar_file",
+            "expected the name of an iCalendar file beside the policy, ending in .ics (e.g. freezes.ics)",
+            value,
+        )
+    return value
+
+
+CalendarFile = Annotated[
+    str, Field(max_length=255, json_schema_extra={"pattern": f"^{CALENDAR_FILE}$"}), AfterValidator(_calendar_file)
+]
+
 
 class HostHook(_Section):
     """A script run on each machine through Systems Manager Run Command / Azure Run Command, as
@@ -647,7 +665,7 @@ class Policy(_Section):
     # Change freezes (docs/governance.md): periods, and an iCalendar file whose events are freezes,
     # read from beside the policy (its folder, bucket prefix or container) by the policy loaders.
     freeze: list[FreezePeriod] = Field(default_factory=new_list)
-    freeze_calendar: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_][A-Za-z0-9._ -]*$", max_length=255)
+    freeze_calendar: CalendarFile | None = None
     _calendar: Any = PrivateAttr(default=None)  # the parsed freeze_calendar (icalendar.Calendar), from the loader
     _external: ExternalFreezes | None = PrivateAttr(default=None)  # aws.change_calendars, from the AWS loader
 

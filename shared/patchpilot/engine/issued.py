@@ -11,7 +11,7 @@ command, a forged result or an approval for a gate that was never opened changes
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Literal
 
 from patchpilot.engine.messages import (
@@ -19,6 +19,7 @@ from patchpilot.engine.messages import (
     CallWaveHook,
     CancelCloudScheduledRun,
     CheckHealth,
+    FleetCommand,
     FollowUpFinished,
     InstallPatches,
     LeaseInstances,
@@ -80,6 +81,18 @@ def with_issued(run: Run, messages: Iterable[Message]) -> Run:
     if not issued:
         return run
     return run.model_copy(update={"issued": {**run.issued, **issued}})
+
+
+def with_awaited(run: Run, messages: Sequence[Message]) -> Run:
+    """`run` holding the fleet command it awaits (`Run.awaited_command`), when `messages` (what
+    the decision issues) hold it; none once it awaits something else. A wake-up polls that command."""
+    awaited = next((m for m in messages if m.id == run.awaiting and isinstance(m, FleetCommand)), None)
+    if awaited is not None:
+        return run.model_copy(update={"awaited_command": awaited})
+    held = run.awaited_command
+    if held is not None and held.id != run.awaiting:
+        return run.model_copy(update={"awaited_command": None})
+    return run
 
 
 def issuer(message: Message) -> str:

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from patchpilot.adapters.aws.reports import S3Reports
     from patchpilot.adapters.aws.secrets import SecretsManagerSecrets
     from patchpilot.adapters.aws.sqs_queue import SqsQueue
+    from patchpilot.app.waker import Waker
     from patchpilot.ports import Claims, Clock, Notifier
     from patchpilot.service import Service
     from patchpilot.wakeups import WakeUp
@@ -175,13 +176,18 @@ class AwsRuntime(ServerlessRuntime):
         ssm = self.clients("ssm", None, region) if location.startswith("ssm:") else None
         return load_policy_from(location, s3, ssm, lambda: ssm or self.clients("ssm", None, region))
 
+    @functools.cached_property
+    def waker(self) -> Waker:
+        from patchpilot.app.waker import Waker
+
+        return Waker(lambda: self.store, lambda: self.queue, self.clock)
+
     def wake(self, event: Mapping[str, Any]) -> list[WakeUp]:
         """One EventBridge event (the waker's rules): the wake-ups of the runs it concerns, published
         on the step queue (`patchpilot.app.waker`). An event that wakes nothing is no error."""
         from patchpilot.adapters.aws.wake_events import read_event
-        from patchpilot.app.waker import Waker
 
-        return Waker(lambda: self.store, lambda: self.queue, self.clock).wake(read_event(event, self.clock.now()))
+        return self.waker.wake(read_event(event, self.clock.now()))
 
     def handle_record(self, record: Mapping[str, Any], on_run: Callable[[str], None] = lambda _: None) -> None:
         """One SQS record from Lambda. `on_run` learns the run id first (the logs' correlation id).

@@ -51,6 +51,7 @@ from patchpilot.engine.messages import (
 from patchpilot.inventory import Instance
 from patchpilot.policy.model import Policy
 from patchpilot.ports import Clock, DiscoveryResult, InProgress, Progress
+from patchpilot.wakeups import targets
 
 from ..access import (
     COMMAND_LOOKBACK,
@@ -173,17 +174,17 @@ class Ec2SsmFleet:
         return discovery.probe_agents(self.access, command)
 
     def take_snapshots(self, command: TakeSnapshots) -> Progress:
-        return self._fallback(snapshots.take_snapshots(self.access, command), "snapshot")
+        return self._fallback(snapshots.take_snapshots(self.access, command), "snapshot", command)
 
     def install_patches(self, command: InstallPatches) -> Progress:
-        return self._fallback(install.install_patches(self.access, command, self.override_bucket), "install")
+        return self._fallback(install.install_patches(self.access, command, self.override_bucket), "install", command)
 
     def check_health(self, command: CheckHealth) -> Progress:
         return health.check_health(self.access, command, self.http)
 
     def run_hook(self, command: RunHostHook) -> Progress:
         """The policy's host hook through SSM Run Command, once per command id (`hooks`)."""
-        return self._fallback(hooks.run_hook(self.access, command), "hook")
+        return self._fallback(hooks.run_hook(self.access, command), "hook", command)
 
     def roll_back(self, command: RollBack) -> Progress:
         return rollback.roll_back(self.access, command)
@@ -196,8 +197,14 @@ class Ec2SsmFleet:
         """StopInstances: back to `stopped` as found."""
         return power.return_machines(self.access, command)
 
-    def _fallback(self, progress: Progress, step: str) -> Progress:
-        """With the waker, the next poll of a step it covers no sooner than its `WOKEN_POLLS`."""
+    def _fallback(
+        self, progress: Progress, step: str, command: TakeSnapshots | InstallPatches | RunHostHook
+    ) -> Progress:
+        """With the waker, the next poll of a step it covers no sooner than its `WOKEN_POLLS`; only
+        when every machine is in the stack's own account and region, whose events the waker's rules
+        receive (a member account's or another region's go to their own default bus)."""
         if not self.woken or not isinstance(progress, InProgress):
+            return progress
+        if any(i.account is not None or i.region != self.default_region for i in targets(command)):
             return progress
         return replace(progress, retry_at=max(progress.retry_at, self.clock.now() + WOKEN_POLLS[step]))

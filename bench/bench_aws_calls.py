@@ -145,6 +145,7 @@ def setup(clock: ManualClock) -> tuple[AwsRuntime, Clients, FleetServices, Event
             "PATCHPILOT_POLICY": f"s3://{BUCKET}/policy.yaml",
             "PATCHPILOT_OVERRIDE_BUCKET": BUCKET,
             "PATCHPILOT_WAKE_EVENTS": "true" if WAKE else "false",
+            "PATCHPILOT_ACCOUNT": "123456789012",  # moto's
             "AWS_REGION": REGION,
         }
     )

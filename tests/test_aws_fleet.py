@@ -707,12 +707,13 @@ def test_with_the_waker_snapshots_are_polled_as_a_fallback_only_in_the_stacks_ow
     targets = launch(1)
     command = snapshot_command(targets)
     polled = make_fleet(harness, clock).take_snapshots(command)
-    woken = make_fleet(harness, clock, woken=True).take_snapshots(command.model_copy(update={"id": "other"}))
+    woken_fleet = make_fleet(harness, clock, woken=True, home_account=ACCOUNT)
+    woken = woken_fleet.take_snapshots(command.model_copy(update={"id": "other"}))
     assert isinstance(polled, InProgress) and polled.retry_at == T0 + SNAPSHOT_POLL
     assert isinstance(woken, InProgress) and woken.retry_at == T0 + WOKEN_POLLS["snapshot"]
     moved = dataclasses.replace(command.targets[0], account="210987654321")
     elsewhere = command.model_copy(update={"targets": [moved]})
-    assert make_fleet(harness, clock, woken=True)._fallback(polled, "snapshot", elsewhere) == polled
+    assert woken_fleet._fallback(polled, "snapshot", elsewhere) == polled
 
 
 def test_a_snapshot_in_error_or_one_that_cannot_be_made_fails_its_instance(

@@ -608,6 +608,7 @@ def test_the_waker_rules_take_the_events_its_reader_reads() -> None:
 def test_the_worker_polls_less_often_only_where_the_stack_has_a_waker() -> None:
     variables = TEMPLATE["Globals"]["Function"]["Environment"]["Variables"]
     assert variables["PATCHPILOT_WAKE_EVENTS"] == {"Ref": "WakeEvents"}
+    assert variables["PATCHPILOT_ACCOUNT"] == {"Ref": "AWS::AccountId"}  # whose events the waker hears
     assert RESOURCES["WakerFunction"]["Condition"] == "HasWaker"
     assert TEMPLATE["Conditions"]["HasWaker"] == {"Fn::Equals": [{"Ref": "WakeEvents"}, "true"]}
     assert TEMPLATE["Parameters"]["WakeEvents"]["Default"] == "true"

@@ -60,6 +60,7 @@ class AwsEnvironment(BaseModel):
     # The stack's waker turns Run Command and EBS snapshot events into wake-ups (template.yaml sets
     # it): the fleet then polls the steps it covers less often (adapters/aws/fleet WOKEN_POLLS).
     wake_events: bool = Field(default=False, alias="PATCHPILOT_WAKE_EVENTS")
+    account: str | None = Field(default=None, alias="PATCHPILOT_ACCOUNT")  # the stack's own account id
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> AwsEnvironment:
@@ -124,7 +125,12 @@ class AwsRuntime(ServerlessRuntime):
 
         env = self.env
         return aws_fleet(
-            self.clients, self.clock, env.region, override_bucket=env.override_bucket, woken=env.wake_events
+            self.clients,
+            self.clock,
+            env.region,
+            override_bucket=env.override_bucket,
+            woken=env.wake_events,
+            home_account=env.account,
         )
 
     @functools.cached_property

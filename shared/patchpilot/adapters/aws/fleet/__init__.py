@@ -121,6 +121,7 @@ class Ec2SsmFleet:
         http_timeout: float = 5.0,
         command_lookback: timedelta = COMMAND_LOOKBACK,
         woken: bool = False,
+        home_account: str | None = None,
     ) -> None:
         """`client` builds boto3 clients per (service, account, region) (see `AwsSessions`);
         `override_bucket` receives the InstallOverrideList files of pinned (later-ring) installs
@@ -134,6 +135,7 @@ class Ec2SsmFleet:
         )
         self.http = HttpProbe(http_get, http_timeout)
         self.woken = woken  # the waker wakes the worker: the steps it covers poll at `WOKEN_POLLS`
+        self.home_account = home_account  # the stack's account: its events reach the waker
 
     @property
     def clock(self) -> Clock:
@@ -205,6 +207,7 @@ class Ec2SsmFleet:
         receive (a member account's or another region's go to their own default bus)."""
         if not self.woken or not isinstance(progress, InProgress):
             return progress
-        if any(i.account is not None or i.region != self.default_region for i in targets(command)):
+        home = (None, self.home_account)
+        if any(i.account not in home or i.region != self.default_region for i in targets(command)):
             return progress
         return replace(progress, retry_at=max(progress.retry_at, self.clock.now() + WOKEN_POLLS[step]))

@@ -6,7 +6,8 @@ later redelivery while the operation runs -> apply its result: load the run -> d
 new run with its commands (the outbox) in one conditional write -> publish the outbox -> mark it
 sent -> ack. A crash between any two of these is repaired by redelivery: the command runs again
 (idempotent) and its result is applied once; a duplicate result changes nothing but still flushes
-an outbox left behind.
+an outbox left behind. A wake-up (`LookNow`, from a cloud event) polls the fleet command the
+stored run awaits once, now, and applies its result the same way (`_look`).
 """
 
 from __future__ import annotations

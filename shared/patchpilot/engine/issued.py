@@ -5,7 +5,9 @@ recorded in that run (`Run.issued`: its id and the digest of its content) in the
 write, and the worker executes a message only when the stored run holds it, with the same
 content, and it is still to be done. Results never travel the queue: the worker that ran a command
 applies its result itself, and approvals are applied by the endpoint that took them. So a forged
-command, a forged result or an approval for a gate that was never opened changes nothing.
+command, a forged result or an approval for a gate that was never opened changes nothing. A
+wake-up (`LookNow`) carries no command at all: the worker polls the one the run holds as awaited
+(`Run.awaited_command`, kept by `with_awaited`), checked against `Run.issued` (service.py `_look`).
 """
 
 from __future__ import annotations

@@ -120,7 +120,7 @@ check-templates: $(IAC)/.installed setup
 # `sam build` runs these (Metadata: BuildMethod: makefile); ARTIFACTS_DIR is where the code goes.
 # The wheels are the Lambda platform's (x86_64, CPython 3.11), whatever machine builds them, at the
 # versions and hashes of uv.lock (infra/aws/lambda-requirements.txt, written by `make lock`).
-build-WorkerFunction build-TriggerFunction build-ApproveFunction build-AdvisoryFunction:
+build-WorkerFunction build-TriggerFunction build-ApproveFunction build-AdvisoryFunction build-WakerFunction:
 	rm -rf build/wheel
 	$(PYTHON) -m pip wheel --quiet --no-deps --wheel-dir build/wheel .
 	$(PYTHON) -m pip install --quiet --upgrade --target "$(ARTIFACTS_DIR)" --platform manylinux2014_x86_64 \

@@ -4,7 +4,8 @@
 Functions: `timer` (every 15 minutes), `step_worker` (the steps queue), `approve` and
 `run_status` (HTTP, function key), `slack_interaction` (HTTP: Slack button presses),
 `pre_maintenance` and `post_maintenance` (Event Grid: Azure Update Manager's maintenance events),
-`advisory` (Event Grid: security advisories become emergency runs).
+`advisory` (Event Grid: security advisories become emergency runs), `wake_up` (Event Grid: a VM's
+or snapshot's write or action has ended; the run awaiting it is woken).
 
 One package, two Function Apps (infra/azure/main.bicep): the app setting `PATCHPILOT_FUNCTIONS`
 chooses what an app hosts, so that the internet-facing HTTP functions never run with the
@@ -17,15 +18,15 @@ import os
 
 import azure.functions as func
 
-from azure_functions import advisories, http_api, maintenance, steps, timer
+from azure_functions import advisories, http_api, maintenance, steps, timer, wakeups
 
 FUNCTIONS_SETTING = "PATCHPILOT_FUNCTIONS"
 HTTP_BLUEPRINTS = (http_api.bp,)
-WORKER_BLUEPRINTS = (timer.bp, steps.bp, maintenance.bp, advisories.bp)
+WORKER_BLUEPRINTS = (timer.bp, steps.bp, maintenance.bp, advisories.bp, wakeups.bp)
 BLUEPRINTS = {
     "http": HTTP_BLUEPRINTS,
     "worker": WORKER_BLUEPRINTS,
-    "all": (timer.bp, steps.bp, http_api.bp, maintenance.bp, advisories.bp),
+    "all": (timer.bp, steps.bp, http_api.bp, maintenance.bp, advisories.bp, wakeups.bp),
 }
 
 

@@ -14,6 +14,18 @@ SSM, CloudWatch, S3) per instance beyond CreateSnapshots, which is one per insta
 (per-instance EC2 call for multi-volume crash-consistent snapshots). Figures go to
 bench/results/aws_calls.json.
 
+Wake-ups (docs/architecture.md, "Wake-ups"): the stack's waker is on (PATCHPILOT_WAKE_EVENTS, as
+template.yaml deploys it), so the worker polls snapshots and installs as a fallback only, and the
+cloud's completion events reach the waker `EVENT_DELAY` after the fake finishes: an SSM command's
+"EC2 Command Status-change Notification" when the fake's command ends, an "EBS Multi-Volume
+Snapshots Completion Status" when moto's snapshots (complete at once) are created; both shaped as
+AWS documents them (tests/events/aws-published/). The waker's own calls are counted with the run
+state's. Per step of each wave, the time from the last machine finishing (the fake's end of the
+SSM commands, snapshots and root-volume tasks of that PatchPilot command) to the engine moving on
+(the worker applying its result) is reported with its target (<= 30 s), and the makespan of the
+run against the sum of its waves' own work (the makespan less those waits; target <= 1.05). With
+`--no-wake`, the same run without the waker (the short polls), for comparison.
+
 With `--drain` the same run drains every instance from its ELBv2 target group before its install
 and re-adds it after its health checks with the pool's health as one more check (`traffic.drain`,
 `pool_health`; moto's ELBv2), ten target groups of 50: the ELBv2 calls are counted as fleet calls,
@@ -35,14 +47,18 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
+import copy  # noqa: E402
+import re  # noqa: E402
+
 import boto3  # noqa: E402
 import requests  # noqa: E402
 from clocks import ManualClock  # noqa: E402
 from fake_aws import Clients, EventSourceMapping, FleetServices, Patch, moto_image  # noqa: E402
-from moto_support import aws, depth, sqs_follows  # noqa: E402
+from moto_support import aws, depth, next_due, sqs_follows  # noqa: E402
 from results_file import write_results  # noqa: E402
 
 import patchpilot.bootstrap.aws as runtime_module  # noqa: E402
+from patchpilot.adapters.aws.access import TAG_COMMAND, short_token  # noqa: E402
 from patchpilot.adapters.aws.dynamodb_store import table_definition  # noqa: E402
 from patchpilot.bootstrap.aws import AwsEnvironment, AwsRuntime  # noqa: E402
 from patchpilot.policy import parse_policy  # noqa: E402
@@ -59,6 +75,11 @@ DRAIN = "--drain" in sys.argv
 TARGET_GROUPS = 10  # with --drain: the instances spread over this many target groups
 TARGET_ELBV2 = 0.5  # with --drain: ELBv2 calls per instance, drain and re-add with pool health
 TARGET_BEYOND_SNAPSHOTS_DRAIN = TARGET_BEYOND_SNAPSHOTS + TARGET_ELBV2
+WAKE = "--no-wake" not in sys.argv
+EVENT_DELAY = timedelta(seconds=5)  # from the fake finishing to the event reaching the waker
+TARGET_STEP_WAIT = 30.0  # seconds from the last machine finishing to the engine moving on
+TARGET_MAKESPAN_RATIO = 1.05  # the makespan against the sum of the waves' own work
+PUBLISHED = HERE.parent / "tests" / "events" / "aws-published"
 
 POLICY = f"""
 name: tokyo-monthly
@@ -123,6 +144,8 @@ def setup(clock: ManualClock) -> tuple[AwsRuntime, Clients, FleetServices, Event
             "PATCHPILOT_DLQ_URL": dlq,
             "PATCHPILOT_POLICY": f"s3://{BUCKET}/policy.yaml",
             "PATCHPILOT_OVERRIDE_BUCKET": BUCKET,
+            "PATCHPILOT_WAKE_EVENTS": "true" if WAKE else "false",
+            "PATCHPILOT_ACCOUNT": "123456789012",  # moto's
             "AWS_REGION": REGION,
         }
     )
@@ -199,6 +222,120 @@ def lambda_worker(runtime: AwsRuntime) -> Any:
     return invoke
 
 
+class CloudEvents:
+    """The completion events of the fakes' operations, as EventBridge would deliver them to the
+    waker `EVENT_DELAY` after each ends; and when each operation of each PatchPilot command
+    started and ended (by command id), for the figures."""
+
+    def __init__(self, clients: Clients, services: FleetServices, clock: ManualClock) -> None:
+        self.clients, self.services, self.clock = clients, services, clock
+        self.due: list[tuple[datetime, int, dict[str, Any]]] = []
+        self.seen_calls = 0
+        self.seen_commands = 0
+        self.ops: dict[str, list[tuple[datetime, datetime]]] = {}  # token or command id -> (start, end)
+        self.ssm_sample = json.loads((PUBLISHED / "ssm_command_status_change.json").read_text())
+        self.ebs_sample = json.loads((PUBLISHED / "ebs_create_snapshots_succeeded.json").read_text())
+
+    def collect(self) -> None:
+        """After a worker invocation: the operations it started, and their events."""
+        now = self.clock.now()
+        for _, service, operation, params in self.clients.calls[self.seen_calls :]:
+            if (service, operation) == ("ec2", "CreateSnapshots"):
+                tags = {t["Key"]: t["Value"] for spec in params["TagSpecifications"] for t in spec["Tags"]}
+                self.ops.setdefault(tags[TAG_COMMAND], []).append((now, now))  # moto: complete at once
+                self._schedule(now, self._ebs_event(now))
+        self.seen_calls = len(self.clients.calls)
+        for command in self.services.commands[self.seen_commands :]:
+            token = command.comment.split(" ")[1] if command.comment.startswith("patchpilot ") else ""
+            self.ops.setdefault(token, []).append((command.requested, command.done))
+            self._schedule(command.done, self._ssm_event(command))
+        self.seen_commands = len(self.services.commands)
+
+    def next_due(self) -> datetime | None:
+        return min(self.due)[0] if self.due else None
+
+    def deliver(self, runtime: AwsRuntime) -> int:
+        """Hand the waker every event due now; how many."""
+        now, delivered = self.clock.now(), 0
+        while self.due and min(self.due)[0] <= now:
+            due = min(self.due)
+            self.due.remove(due)
+            runtime.wake(due[2])
+            delivered += 1
+        return delivered
+
+    def finished(self, command_id: str) -> tuple[datetime, datetime] | None:
+        """When the operations of a PatchPilot command started (first) and ended (last)."""
+        ops = self.ops.get(command_id, []) + self.ops.get(short_token(command_id), [])
+        ops += [
+            (t.created, t.completed) for t in self.services.tasks if {"Key": TAG_COMMAND, "Value": command_id} in t.tags
+        ]
+        if not ops:
+            return None
+        return min(start for start, _ in ops), max(end for _, end in ops)
+
+    def _schedule(self, ended: datetime, event: dict[str, Any]) -> None:
+        self.due.append((ended + EVENT_DELAY, len(self.due) + self.seen_calls + self.seen_commands, event))
+
+    def _ssm_event(self, command: Any) -> dict[str, Any]:
+        event = copy.deepcopy(self.ssm_sample)
+        event["region"], event["time"] = REGION, _iso(command.done + EVENT_DELAY)
+        event["resources"] = [f"arn:aws:ec2:{REGION}:123456789012:instance/{i}" for i in command.instance_ids]
+        event["detail"].update(
+            {
+                "command-id": command.command_id,
+                "document-name": command.document,
+                "status": command.status(command.done),
+            }
+        )
+        return event
+
+    def _ebs_event(self, now: datetime) -> dict[str, Any]:
+        event = copy.deepcopy(self.ebs_sample)
+        event["region"], event["account"], event["time"] = REGION, "123456789012", _iso(now + EVENT_DELAY)
+        return event
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def drive(runtime: AwsRuntime, steps: EventSourceMapping, events: CloudEvents, clock: ManualClock) -> int:
+    """Drain the step queue as Lambda does, handing the waker each completion event when it is due;
+    the clock moves to the next message or event. Returns the events delivered."""
+    worker, delivered = lambda_worker(runtime), 0
+    for _ in range(20_000):
+        if steps.poll(worker):
+            events.collect()
+            continue
+        due_message, due_event = next_due(steps.name, REGION), events.next_due() if WAKE else None
+        if due_message is None and due_event is None:
+            return delivered
+        if due_event is not None and (due_message is None or due_event <= due_message):
+            clock.set(max(due_event, clock.now()))
+            delivered += events.deliver(runtime)
+            continue
+        assert due_message is not None
+        clock.set(max(due_message, clock.now() + timedelta(milliseconds=1)))
+    raise AssertionError("the queue did not drain")
+
+
+def step_waits(run: Any, events: CloudEvents, applied: dict[str, datetime]) -> list[dict[str, Any]]:
+    """Per PatchPilot fleet command of the run: its operations' span and the engine's wait after them."""
+    rows = []
+    for command_id in sorted(run.issued, key=lambda c: applied.get(c, datetime.max.replace(tzinfo=UTC))):
+        span, moved = events.finished(command_id), applied.get(command_id)
+        found = re.search(r":w(\d+):([a-z_-]+)$", command_id)
+        if span is None or moved is None or found is None:
+            continue
+        started, ended = span
+        wait = max(0.0, (moved - ended).total_seconds())
+        rows.append(
+            {"wave": int(found[1]), "step": found[2], "work_s": (ended - started).total_seconds(), "wait_s": wait}
+        )
+    return rows
+
+
 def main() -> None:
     policy = parse_policy(DRAIN_POLICY if DRAIN else POLICY)
     assert policy.schedule is not None
@@ -206,14 +343,28 @@ def main() -> None:
     clock = ManualClock(window + timedelta(minutes=5))
     began = time.perf_counter()
     with aws(), sqs_follows(clock):
-        runtime, clients, _, steps, dlq = setup(clock)
+        runtime, clients, services, steps, dlq = setup(clock)
         ready = time.perf_counter()
         clients.calls.clear()  # the setup's own reads are not the run's
+        service = runtime.service
+        applied: dict[str, datetime] = {}  # PatchPilot command id -> when the worker applied its result
+        apply = service._apply
+
+        def recording(event: Any, loaded: Any = None) -> None:
+            applied.setdefault(getattr(event, "command_id", ""), clock.now())
+            apply(event, loaded)
+
+        service._apply = recording  # type: ignore[method-assign]
+        began_at = clock.now()
         decision = runtime.trigger()
         assert decision.start, decision.reason
-        steps.drain(lambda_worker(runtime))
+        events = CloudEvents(clients, services, clock)
+        events.collect()
+        woken = drive(runtime, steps, events, clock)
         run = runtime.service.store.load(decision.run_id)
         dead = depth(steps.sqs, dlq)
+        makespan = (max(applied.values()) - began_at).total_seconds()
+        waits = step_waits(run, events, applied)
     seconds = time.perf_counter() - began
     counts = clients.counts()
     size = sum(1 for r in run.records() if r.state != "excluded")
@@ -242,6 +393,25 @@ def main() -> None:
         print(f"ELBv2 calls per instance (drain and re-add): {elbv2 / size:.3f} (target <= {TARGET_ELBV2:g})")
     print(f"all calls per instance beyond CreateSnapshots: {all_beyond:.3f}")
     print(f"wall time {seconds:.1f} s (setup {ready - began:.1f} s)")
+    by_step: dict[str, list[float]] = {}
+    for row in waits:
+        by_step.setdefault(row["step"], []).append(row["wait_s"])
+    waited = sum(row["wait_s"] for row in waits)
+    own_work = makespan - waited
+    ratio = makespan / own_work
+    wake_said = f"{woken} completion events to the waker" if WAKE else "no waker (--no-wake): short polls"
+    print(f"\nwake-ups: {wake_said}; from the last machine finishing to the engine moving on, per step:")
+    for step, seconds_waited in by_step.items():
+        print(
+            f"  {step:<14} max {max(seconds_waited):6.0f} s  mean {sum(seconds_waited) / len(seconds_waited):6.0f} s"
+            f"  over {len(seconds_waited)} waves"
+        )
+    worst = max((row["wait_s"] for row in waits), default=0.0)
+    print(f"worst step wait {worst:.0f} s (target <= {TARGET_STEP_WAIT:g} s)")
+    print(
+        f"makespan {makespan / 60:.1f} min against the waves' own work {own_work / 60:.1f} min: {ratio:.3f}x"
+        f" (target <= {TARGET_MAKESPAN_RATIO:g}x)"
+    )
 
     figures = {
         "instances": size,
@@ -259,6 +429,19 @@ def main() -> None:
         "fleet_calls_per_instance_beyond_create_snapshots": round(fleet_beyond, 3),
         "all_calls_per_instance_beyond_create_snapshots": round(all_beyond, 3),
         "target_fleet_calls_per_instance_beyond_create_snapshots": target,
+        "wake_ups": WAKE,
+        "completion_events": woken,
+        "event_delay_s": EVENT_DELAY.total_seconds(),
+        "step_wait_s": {
+            step: {"max": max(v), "mean": round(sum(v) / len(v), 1), "waves": len(v)} for step, v in by_step.items()
+        },
+        "step_waits": waits,
+        "worst_step_wait_s": worst,
+        "target_step_wait_s": TARGET_STEP_WAIT,
+        "makespan_min": round(makespan / 60, 1),
+        "own_work_min": round(own_work / 60, 1),
+        "makespan_ratio": round(ratio, 3),
+        "target_makespan_ratio": TARGET_MAKESPAN_RATIO,
     }
     if DRAIN:
         figures["elbv2_calls_per_instance"] = round(elbv2 / size, 3)
@@ -272,9 +455,13 @@ def main() -> None:
         )
     else:
         write_results(
-            "aws_calls", "AWS API calls of one scheduled run (moto + fake SSM), counted per operation", figures
+            "aws_calls" if WAKE else "aws_calls_polled",
+            "AWS API calls of one scheduled run (moto + fake SSM), counted per operation; the engine's waits per step",
+            figures,
         )
     if run.status != "succeeded" or dead or fleet_beyond > target or (DRAIN and elbv2 / size > TARGET_ELBV2):
+        raise SystemExit(1)
+    if WAKE and (worst > TARGET_STEP_WAIT or ratio > TARGET_MAKESPAN_RATIO):
         raise SystemExit(1)
 
 

@@ -1,4 +1,4 @@
-"""Benchmark: Lambda cold starts of the three handlers against a bare boto3 + powertools function.
+"""Benchmark: Lambda cold starts of the four handlers against a bare boto3 + powertools function.
 
 Builds the Lambda artifact as `sam build` does (infra/aws/check_package.py), then runs
 cold_start_probe.py in clean interpreters that see nothing but the artifact: per round, one
@@ -39,6 +39,7 @@ from patchpilot.approvals import ApprovalRequest, sign_approval  # noqa: E402
 from patchpilot.engine.decide import decide, start_run  # noqa: E402
 from patchpilot.engine.messages import (  # noqa: E402
     MESSAGE,
+    AgentsProbed,
     InstancesLeased,
     LeaseInstances,
     Outcome,
@@ -49,7 +50,7 @@ from patchpilot.planning import plan  # noqa: E402
 from patchpilot.policy import parse_policy  # noqa: E402
 
 PROBE = HERE / "cold_start_probe.py"
-SCENARIOS = ("baseline", "baseline_gc_paused", "worker", "trigger", "approve")
+SCENARIOS = ("baseline", "baseline_gc_paused", "worker", "trigger", "approve", "waker")
 HANDLER_SCENARIOS = SCENARIOS[2:]
 TARGET_RATIO = 1.3
 TIMES = ("import_ms", "invoke_ms", "import_cpu_ms", "invoke_cpu_ms")
@@ -115,6 +116,14 @@ def fixture() -> dict[str, Any]:
     production = next(i for i, w in enumerate(run.waves) if w.ring == "production")
     waiting = run.model_copy(update={"run_id": f"{RUN_ID}-b", "state": "awaiting_approval", "cursor": production})
     token = sign_approval(ApprovalRequest(waiting.run_id, "production"), SIGNING_KEY)
+    # For the waker: a run whose machines are being snapshotted, and the end of a snapshot set.
+    probed = AgentsProbed(
+        id=probe.result_id,
+        run_id=RUN_ID,
+        command_id=probe.id,
+        results=[Outcome(id=i.id, ok=True, at=now) for i in probe.targets],
+    )
+    snapshotting = decide(run, probed, now).run.model_copy(update={"run_id": f"{RUN_ID}-c", "version": 2})
     return {
         "policy_yaml": POLICY,
         "secret": SIGNING_KEY,
@@ -126,11 +135,12 @@ def fixture() -> dict[str, Any]:
             "AWS_REGION": REGION,
         },
         # Without the None fields: the same JSON is then valid for artifacts of older versions too.
-        "runs": {r.run_id: r.model_dump_json(exclude_none=True) for r in (run, waiting)},
+        "runs": {r.run_id: r.model_dump_json(exclude_none=True) for r in (run, waiting, snapshotting)},
         "events": {
             "worker": {"Records": [_sqs_record(probe.id, MESSAGE.dump_json(probe).decode())]},
             "trigger": {"detail-type": "Scheduled Event", "source": "aws.scheduler", "detail": {}},
             "approve": _function_url_event(token),
+            "waker": _snapshots_event(now),
             "baseline": {"Records": []},
             "baseline_gc_paused": {"Records": []},
         },
@@ -149,6 +159,13 @@ def _sqs_record(message_id: str, body: str) -> dict[str, Any]:
         "eventSourceARN": f"arn:aws:sqs:{REGION}:123456789012:patchpilot-steps",
         "awsRegion": REGION,
     }
+
+
+def _snapshots_event(now: datetime) -> dict[str, Any]:
+    """The end of a multi-volume snapshot set, as AWS documents it (tests/events/aws-published/)."""
+    published = HERE.parent / "tests" / "events" / "aws-published" / "ebs_create_snapshots_succeeded.json"
+    event: dict[str, Any] = json.loads(published.read_text())
+    return {**event, "region": REGION, "time": now.strftime("%Y-%m-%dT%H:%M:%SZ")}
 
 
 def _function_url_event(token: str) -> dict[str, Any]:

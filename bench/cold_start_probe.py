@@ -14,7 +14,8 @@ no-op handler under the same decorators), `baseline_gc_paused` (the same, loaded
 garbage collector paused as aws_lambda/__init__.py pauses it for the handlers), `worker` (an SQS
 record carrying the ProbeAgents command a started run issued: validate, load, the issued check,
 the SSM agent probe, decide, save, publish), `trigger` (read the policy from S3, no window due)
-and `approve` (a signed link for a run awaiting approval).
+`approve` (a signed link for a run awaiting approval) and `waker` (the end of an EBS snapshot set:
+the runs under way read, the one awaiting its snapshots woken).
 
 Only the standard library is imported here outside the timed parts; what the invocation needs
 is imported inside it, where a real invocation would pay for it too.
@@ -44,7 +45,12 @@ BASELINE = (
 # The baseline with the garbage collector paused while it loads, as aws_lambda/__init__.py does
 # for the handlers: the like-for-like reference for what our own code adds.
 BASELINE_GC_PAUSED = "import gc\ngc.disable()\n" + BASELINE + "gc.freeze()\ngc.enable()\n"
-HANDLERS = {"worker": "aws_lambda.worker", "trigger": "aws_lambda.trigger", "approve": "aws_lambda.approve"}
+HANDLERS = {
+    "worker": "aws_lambda.worker",
+    "trigger": "aws_lambda.trigger",
+    "approve": "aws_lambda.approve",
+    "waker": "aws_lambda.waker",
+}
 
 
 class Context:
@@ -156,6 +162,10 @@ class JsonRunStore:
     def run_ids(self) -> list[str]:
         return list(self.runs)
 
+    def active_run_ids(self) -> list[str]:
+        self._use()
+        return list(self.runs)
+
 
 def runtime_on_fakes(fixture: dict[str, Any], logger: Any, clients: FakeClients) -> Any:
     """What `deps()` builds, on the stand-ins."""
@@ -181,6 +191,8 @@ def check(scenario: str, result: Any, clients: FakeClients) -> None:
         # the fixture's staging patched nothing, so the approved run ends `nothing_patched`: its
         # last notices and the release of its leases are what the invocation sends
         ok = result["statusCode"] == 200 and "approved ring" in result["body"] and bool(clients.sent)
+    elif scenario == "waker":
+        ok = len(result["woken"]) == 1 and any('"LookNow"' in body for body in clients.sent)
     else:
         ok = result == {}
     if not ok:

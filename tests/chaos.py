@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 from patchpilot.adapters.local.clock import VirtualClock
 from patchpilot.adapters.local.simulated_fleet import SimulatedFleet
+from patchpilot.engine.messages import LookNow
 from patchpilot.engine.run import Run
 from patchpilot.inventory import Instance, Simulation
 from patchpilot.local_runtime import LocalRuntime
@@ -215,7 +216,11 @@ def chaotic_run(
     duplicate: float,
     recover: bool = False,
     begin: Callable[[Runtime], None] = start,
+    wake: float = 0.0,
 ) -> Runtime:
+    """With `wake`, after a delivery a cloud event may wake the run (a `LookNow`): for the command
+    it awaits, or for one it issued before (a late or out-of-order event), ids repeating as the
+    waker's windows make them."""
     rng = random.Random(seed)
     faults = Faults(crash_at)
     runtime = survive(world, faults, begin, recover)  # the trigger is redelivered until it is acked
@@ -235,10 +240,21 @@ def chaotic_run(
                 if delivery.message.id not in duplicated and rng.random() < duplicate:
                     duplicated.add(delivery.message.id)  # at-least-once: the same message again, later
                     runtime.queue.publish([delivery.message])
+                if rng.random() < wake:
+                    runtime.queue.publish([wake_up(runtime.load(RUN_ID), rng)])
         except Crash:
             # The process is gone: its unacked deliveries reappear after their visibility timeout.
             runtime = survive(world, faults, lambda _: None, recover)
     raise AssertionError("the run did not settle")
+
+
+def wake_up(run: Run, rng: random.Random) -> LookNow:
+    """A wake-up of `run`: mostly for the command it awaits, else for any message it issued."""
+    issued = sorted(run.issued)
+    command_id = run.awaiting if run.awaiting and rng.random() < 0.7 else rng.choice(issued)
+    return LookNow(
+        id=f"{command_id}:look:{rng.randint(0, 2)}", run_id=run.run_id, command_id=command_id, reason="chaos"
+    )
 
 
 def count_effects(

@@ -39,6 +39,7 @@ LAYERS: dict[str, str] = {
     "redact": CORE,
     "ports": CORE,
     "triggers": CORE,  # when a scheduled run starts: a pure function of the time
+    "wakeups": CORE,  # which runs a cloud event wakes: a pure function of the event and the runs
     "approvals": CORE,  # signed approval links: no I/O
     "policy": CORE,
     "planning": CORE,

@@ -29,6 +29,7 @@ from chaos import SCENARIOS, START, Runtime, assert_like_the_fault_free_run, cha
 from hypothesis import HealthCheck, given, settings
 from moto_support import TABLE, Queues, aws, dynamodb, next_due, queues, sqs_follows
 
+from patchpilot.adapters.aws.claims import DynamoDbClaims
 from patchpilot.adapters.aws.dynamodb_store import DynamoDbRunStore
 from patchpilot.adapters.aws.leases import DynamoDbLeases
 from patchpilot.adapters.aws.sqs_queue import SqsQueue
@@ -78,8 +79,16 @@ class AwsWorld:
         fleet = SimulatedFleet(db, clock)
         notifier = FileNotifier(self.state_dir / "notifications.jsonl")
         leases = DynamoDbLeases(self.table, dynamodb(self.table))
+        claims = DynamoDbClaims(self.table, dynamodb(self.table), clock)  # wake-ups sharing an id poll once
         service = Service(
-            store=store, queue=queue, fleet=fleet, notifier=notifier, clock=clock, leases=leases, traffic=fleet
+            store=store,
+            queue=queue,
+            fleet=fleet,
+            notifier=notifier,
+            clock=clock,
+            leases=leases,
+            traffic=fleet,
+            claims=claims,
         )
         return AwsRuntime(service, store, queue, fleet, clock)
 
@@ -135,4 +144,17 @@ def test_crashes_duplicates_and_shuffling_together_end_like_the_fault_free_run(
     world: Callable[[str], AwsWorld], crash_at: set[int], seed: int, duplicate: float, recover: bool
 ) -> None:
     runtime = chaotic_run(world(f"h{next(EXAMPLES)}"), crash_at, seed, duplicate, recover)
+    assert_like_the_fault_free_run(runtime)
+
+
+@settings(
+    max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
+@given(**SCENARIOS)
+def test_wake_ups_amid_crashes_duplicates_and_shuffling_end_like_the_fault_free_run(
+    world: Callable[[str], AwsWorld], crash_at: set[int], seed: int, duplicate: float, recover: bool
+) -> None:
+    """The waker's LookNow messages (for the awaited command, for finished ones, ids repeating)
+    on SQS and DynamoDB, with the claims that let one id poll once."""
+    runtime = chaotic_run(world(f"w{next(EXAMPLES)}"), crash_at, seed, duplicate, recover, wake=0.5)
     assert_like_the_fault_free_run(runtime)

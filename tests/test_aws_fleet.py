@@ -696,6 +696,26 @@ def test_pending_snapshots_are_in_progress_then_complete_with_the_root_volume_fi
     assert harness.count("CreateSnapshots") == 1
 
 
+def test_with_the_waker_snapshots_are_polled_as_a_fallback_only_in_the_stacks_own_account_and_region(
+    harness: Harness, clock: ManualClock
+) -> None:
+    """moto: EC2 snapshots. The waker's events come from the stack's own account and region: there
+    the next poll comes after `WOKEN_POLLS` (the event wakes the run first); elsewhere, as without it."""
+    from patchpilot.adapters.aws.fleet import WOKEN_POLLS
+    from patchpilot.adapters.aws.fleet.snapshots import SNAPSHOT_POLL
+
+    targets = launch(1)
+    command = snapshot_command(targets)
+    polled = make_fleet(harness, clock).take_snapshots(command)
+    woken_fleet = make_fleet(harness, clock, woken=True, home_account=ACCOUNT)
+    woken = woken_fleet.take_snapshots(command.model_copy(update={"id": "other"}))
+    assert isinstance(polled, InProgress) and polled.retry_at == T0 + SNAPSHOT_POLL
+    assert isinstance(woken, InProgress) and woken.retry_at == T0 + WOKEN_POLLS["snapshot"]
+    moved = dataclasses.replace(command.targets[0], account="210987654321")
+    elsewhere = command.model_copy(update={"targets": [moved]})
+    assert woken_fleet._fallback(polled, "snapshot", elsewhere) == polled
+
+
 def test_a_snapshot_in_error_or_one_that_cannot_be_made_fails_its_instance(
     harness: Harness, clock: ManualClock
 ) -> None:

@@ -87,8 +87,19 @@ def with_waves(run: Run, waves: list[WaveState]) -> Run:
 def test_the_table_definition_has_the_keys_and_sparse_indexes(client: Any) -> None:
     table = client.describe_table(TableName=TABLE)["Table"]
     assert [k["AttributeName"] for k in table["KeySchema"]] == ["pk", "sk"]
-    assert [i["IndexName"] for i in table["GlobalSecondaryIndexes"]] == ["runs"]
+    assert [i["IndexName"] for i in table["GlobalSecondaryIndexes"]] == ["runs", "active"]
     assert [i["IndexName"] for i in table["LocalSecondaryIndexes"]] == ["pending"]
+
+
+def test_only_runs_under_way_are_listed_as_active(store: DynamoDbRunStore) -> None:
+    """The waker's index: a run is in it from its creation until the save that finishes it."""
+    v1, commands = started()
+    store.create(v1, commands)
+    assert store.active_run_ids() == [v1.run_id]
+    v2 = v1.model_copy(update={"version": 2, "state": "halted", "awaiting": None})
+    store.save(v2, [], previous=v1)
+    assert store.active_run_ids() == []
+    assert store.run_ids() == [v1.run_id]
 
 
 # ---------------------------------------------------------------- the items a save writes

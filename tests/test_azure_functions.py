@@ -151,9 +151,10 @@ def functions() -> dict[str, dict[str, Any]]:
 # ------------------------------------------------------------------ indexing
 
 
-def test_the_app_indexes_its_eight_functions_with_their_triggers() -> None:
+def test_the_app_indexes_its_nine_functions_with_their_triggers() -> None:
     found = functions()
     assert set(found) == {
+        "wake_up",
         "advisory",
         "timer",
         "step_worker",
@@ -166,6 +167,7 @@ def test_the_app_indexes_its_eight_functions_with_their_triggers() -> None:
     assert set(found["slack_interaction"]) == {"httpTrigger", "http"}
     assert set(found["advisory"]) == {"eventGridTrigger"}
     assert set(found["pre_maintenance"]) == set(found["post_maintenance"]) == {"eventGridTrigger"}
+    assert set(found["wake_up"]) == {"eventGridTrigger"}
     assert set(found["timer"]) == {"timerTrigger"}
     assert set(found["step_worker"]) == {"queueTrigger"}
     assert set(found["approve"]) == set(found["run_status"]) == {"httpTrigger", "http"}
@@ -221,6 +223,7 @@ def test_the_app_is_indexed_without_any_setting_or_client() -> None:
         "slack_interaction",
         "step_worker",
         "timer",
+        "wake_up",
     ]
     assert result.stdout.strip() == str(expected)
 

@@ -126,6 +126,17 @@ def test_a_save_with_a_stale_etag_is_a_conflict_even_at_the_same_version(
     assert fresh(stores).load("run-1") == v2
 
 
+def test_only_runs_under_way_are_listed_as_active(store: TableRunStore, other: TableRunStore) -> None:
+    """The waker's listing (Azurite): a run is in it from its creation until the save that finishes it."""
+    v1, commands = started()
+    store.create(v1, commands)
+    assert other.active_run_ids() == [v1.run_id]
+    v2 = v1.model_copy(update={"version": 2, "state": "halted", "awaiting": None})
+    store.save(v2, [], previous=v1)
+    assert other.active_run_ids() == []
+    assert other.run_ids() == [v1.run_id]
+
+
 def test_a_save_of_one_changed_wave_is_one_transaction(store: TableRunStore, client: TableClient) -> None:
     v1, commands = started()
     store.create(v1, commands)

@@ -34,6 +34,7 @@ EXPECTED = [
     "slack_interaction",
     "step_worker",
     "timer",
+    "wake_up",
 ]
 SITE = Path(".python_packages") / "lib" / "site-packages"
 BY_SETTING = {

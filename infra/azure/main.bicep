@@ -31,6 +31,9 @@ param maintenanceConfigurationIds array = []
 @description('Create the Event Grid subscriptions to the pre_maintenance, post_maintenance and advisory functions. Event Grid checks that the functions exist: publish the code first, then deploy again with true.')
 param subscribeMaintenanceEvents bool = false
 
+@description('Wake-ups: an Event Grid system topic on this subscription sends the end of writes and actions on its VMs and snapshots to the wake_up function, so that a wave moves on within seconds of a step\'s end (docs/azure-deploy.md). A subscription has at most one system topic: false when it has one already. Subscribed with subscribeMaintenanceEvents (the function must exist first).')
+param wakeEvents bool = true
+
 @description('Signing key of approval links (for example `openssl rand -base64 48`). Required on the first deployment (the HTTP app is given read access to this secret only once it exists); empty afterwards leaves the secret as it is.')
 @secure()
 param approvalSigningKey string = ''
@@ -1153,6 +1156,80 @@ resource advisorySubscription 'Microsoft.EventGrid/topics/eventSubscriptions@202
     retryPolicy: {
       maxDeliveryAttempts: 30
       eventTimeToLiveInMinutes: 1440
+    }
+    deadLetterWithResourceIdentity: {
+      identity: {
+        type: 'UserAssigned'
+        userAssignedIdentity: deliveryIdentity.id
+      }
+      deadLetterDestination: {
+        endpointType: 'StorageBlob'
+        properties: {
+          resourceId: storage.id
+          blobContainerName: deadLetterContainer
+        }
+      }
+    }
+  }
+  dependsOn: [
+    deliveryDeadLetters
+  ]
+}
+
+// Wake-ups (docs/architecture.md, "Wake-ups"): Azure Resource Manager's events of this subscription,
+// only the end of writes and actions on VMs (installs, Run Commands, starts, deallocations) and
+// snapshots, delivered to the worker's `wake_up` function; it wakes the runs awaiting them. A
+// wake-up is worth a few minutes: a short time to live; undelivered, dead-lettered like the others.
+resource wakeTopic 'Microsoft.EventGrid/systemTopics@2022-06-15' = if (wakeEvents) {
+  name: '${namePrefix}-wake-ups-${suffix}'
+  location: 'global'
+  tags: tags
+  identity: {
+    type: 'UserAssigned'
+    userAssignedIdentities: {
+      '${deliveryIdentity.id}': {}
+    }
+  }
+  properties: {
+    source: subscription().id
+    topicType: 'Microsoft.Resources.Subscriptions'
+  }
+}
+
+resource wakeSubscription 'Microsoft.EventGrid/systemTopics/eventSubscriptions@2022-06-15' = if (wakeEvents && subscribeMaintenanceEvents) {
+  parent: wakeTopic
+  name: 'patchpilot-wake-ups'
+  properties: {
+    destination: {
+      endpointType: 'AzureFunction'
+      properties: {
+        resourceId: '${app.id}/functions/wake_up'
+        maxEventsPerBatch: 1
+        preferredBatchSizeInKilobytes: 64
+      }
+    }
+    filter: {
+      includedEventTypes: [
+        'Microsoft.Resources.ResourceActionSuccess'
+        'Microsoft.Resources.ResourceActionFailure'
+        'Microsoft.Resources.ResourceWriteSuccess'
+        'Microsoft.Resources.ResourceWriteFailure'
+      ]
+      advancedFilters: [
+        {
+          operatorType: 'StringContains'
+          key: 'subject'
+          values: [
+            '/providers/Microsoft.Compute/virtualMachines/'
+            '/providers/Microsoft.Compute/snapshots/'
+          ]
+        }
+      ]
+    }
+    eventDeliverySchema: 'EventGridSchema'
+    retryPolicy: {
+      maxDeliveryAttempts: 5
+      eventTimeToLiveInMinutes: 15
     }
     deadLetterWithResourceIdentity: {
       identity: {

@@ -241,6 +241,7 @@ class LocalRuntime:
             leases=SqliteLeases(db),
             wave_hooks=HttpsWaveHooks(EnvironmentSecrets(os.environ), clock),  # real HTTPS, retried on virtual time
             traffic=fleet,  # the simulated load balancer: drain and re-add take virtual time
+            claims=claims,  # wake-ups sharing an id poll once
         )
         return cls(state_dir, service, store, queue, fleet, clock, notices, chat, reproducible)
 

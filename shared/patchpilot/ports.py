@@ -69,6 +69,16 @@ class RunStore(Protocol):
         ago may be missing)."""
 
 
+class ActiveRuns(Protocol):
+    """The runs under way, listed cheaply (DynamoDB's sparse ``active`` index): what the waker
+    reads (patchpilot/app/waker.py)."""
+
+    def active_run_ids(self) -> list[str]:
+        """The runs that have not finished, oldest first (may lag a save behind)."""
+
+    def load(self, run_id: str) -> Run: ...
+
+
 @dataclass(frozen=True)
 class Delivery:
     """A received message; `receipt` acknowledges or postpones this very delivery."""

@@ -6,7 +6,8 @@ later redelivery while the operation runs -> apply its result: load the run -> d
 new run with its commands (the outbox) in one conditional write -> publish the outbox -> mark it
 sent -> ack. A crash between any two of these is repaired by redelivery: the command runs again
 (idempotent) and its result is applied once; a duplicate result changes nothing but still flushes
-an outbox left behind.
+an outbox left behind. A wake-up (`LookNow`, from a cloud event) polls the fleet command the
+stored run awaits once, now, and applies its result the same way (`_look`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, assert_never
 
 from patchpilot.engine.decide import decide, start_run
-from patchpilot.engine.issued import NotIssuedError, Standing, issuer, standing
+from patchpilot.engine.issued import NotIssuedError, Standing, digest, issuer, standing
 from patchpilot.engine.messages import (
     AgentsProbed,
     ApprovalGranted,
@@ -37,6 +38,7 @@ from patchpilot.engine.messages import (
     InstancesLeased,
     LeaseInstances,
     LeavePools,
+    LookNow,
     MachinesReturned,
     MachinesStarted,
     MachinesSwept,
@@ -71,6 +73,7 @@ from patchpilot.inventory import Instance
 from patchpilot.policy import Policy
 from patchpilot.policy.fields import format_duration
 from patchpilot.ports import (
+    Claims,
     Clock,
     ConflictError,
     Delivery,
@@ -98,6 +101,7 @@ security_log = logging.getLogger("patchpilot.security")
 MAX_CONFLICT_RETRIES = 5
 REFUSED_METRIC = "RefusedMessages"
 LEASE_POLL = timedelta(minutes=5)  # how often a wave waiting for another run's machines looks again
+LOOK_CLAIM = timedelta(minutes=10)  # how long a wake-up's id is remembered: its duplicates poll nothing
 
 
 def _refused(targets: Sequence[Instance], why: str) -> Progress:
@@ -192,6 +196,7 @@ class Service:
     # starts off the timer (a follow-up, a retry) checks its freezes there. None: the run's own
     # policy (its `freeze:` periods; a freeze_calendar it names is then an unchecked freeze).
     deployed_policy: Callable[[], Policy] | None = None
+    claims: Claims | None = None  # wake-ups (`LookNow`) sharing an id poll once across workers
 
     def start(
         self,
@@ -399,6 +404,9 @@ class Service:
         it must be delivered again (a crash, a conflict that outlived its retries); then it is
         not acked."""
         message = delivery.message
+        if isinstance(message, LookNow):
+            self._look(message, delivery)
+            return
         try:
             standing, run = self._standing(message)
         except NotIssuedError as refusal:
@@ -461,6 +469,7 @@ class Service:
                 | ApprovalRejected()
                 | NoticeUndelivered()
                 | FollowUpRequested()
+                | LookNow()
             ):
                 raise AssertionError(f"{message.type} is refused before this point")  # issuer() refuses it
             case _:
@@ -497,14 +506,21 @@ class Service:
     ) -> bool:
         """Run a fleet command (or wait out a Wait) and apply its result to the run here: results
         never travel the queue. False when it is still under way and will be polled again."""
+        progress = self._poll(command, run)
+        if progress is not None:
+            self.queue.retry_at(delivery, progress.retry_at)
+            return False
+        return True
+
+    def _poll(self, command: FleetCommand | TrafficCommand | CallWaveHook | Wait, run: Run) -> InProgress | None:
+        """Execute the command once and apply its result; its progress when still under way."""
         result_type: type[Result]
         match command:
             case Wait():
                 if self.clock.now() < command.until:
-                    self.queue.retry_at(delivery, command.until)
-                    return False
+                    return InProgress(command.until)
                 self._apply(TimerFired(id=command.result_id, run_id=command.run_id, command_id=command.id), run)
-                return True
+                return None
             case ProbeAgents():
                 progress, result_type = self.fleet.probe_agents(command), AgentsProbed
             case TakeSnapshots():
@@ -533,11 +549,53 @@ class Service:
             case _:
                 assert_never(command)
         if isinstance(progress, InProgress):
-            self.queue.retry_at(delivery, progress.retry_at)
-            return False
+            return progress
         result = result_type(id=command.result_id, run_id=command.run_id, command_id=command.id, results=progress)
         self._apply(result, run)
-        return True
+        return None
+
+    def _look(self, look: LookNow, delivery: Delivery) -> None:
+        """A wake-up: poll the fleet command the stored run awaits, once, now, when it is the one
+        `look` names; its result is applied as its own delivery would apply it. Still under way,
+        or not awaited (done, or another step's), the wake-up is acked and changes nothing: the
+        command's own delivery keeps its fallback poll. A wake-up naming a run that does not exist,
+        or a command the run never issued, cannot come from the waker (it names what it read in
+        the store): it is refused like any forged message. Wake-ups sharing an id (one per
+        command and window) poll once (`claims`)."""
+        try:
+            run = self.store.load(look.run_id)
+        except UnknownRunError:
+            self._refuse(delivery, f"LookNow {look.id} names run {look.run_id}, which does not exist")
+            return
+        if look.command_id not in run.issued:
+            self._refuse(delivery, f"run {run.run_id} never issued {look.command_id}, which LookNow {look.id} names")
+            return
+        command = run.awaited_command
+        if command is None or run.awaiting != look.command_id or command.id != look.command_id:
+            log.info(
+                "run %s: %s woke %s, which it does not await (%s)", run.run_id, look.id, look.command_id, run.state
+            )
+            self.queue.ack(delivery)
+            return
+        if digest(command) != run.issued[command.id]:  # the stored run disagrees with itself: touch nothing
+            self._refuse(
+                delivery, f"run {run.run_id}: its awaited {command.type} {command.id} is not the one it issued"
+            )
+            return
+        now = self.clock.now()
+        if self.claims is not None and not self.claims.claim(f"look:{look.id}", now + LOOK_CLAIM):
+            log.info("run %s: %s polled already", run.run_id, look.id)
+            self.queue.ack(delivery)
+            return
+        try:
+            progress = self._poll(command, run)
+        except BaseException:
+            if self.claims is not None:
+                self.claims.renew(f"look:{look.id}", now)  # a redelivery polls again
+            raise
+        said = "done" if progress is None else f"still under way ({progress.note or 'no note'})"
+        log.info("run %s: %s (%s): %s", run.run_id, look.id, look.reason or "no reason given", said)
+        self.queue.ack(delivery)
 
     def _lease(self, command: LeaseInstances, delivery: Delivery, run: Run) -> bool:
         """Take the leases of a wave's machines and apply the outcome; False while the wave waits

@@ -608,3 +608,41 @@ def test_only_the_worker_reads_patch_baselines_to_hold_patch_exceptions() -> Non
     code = (ROOT / "shared" / "patchpilot" / "adapters" / "aws" / "fleet" / "held_baselines.py").read_text()
     called = {f"ssm:{op}" for op in ("GetDefaultPatchBaseline", "GetPatchBaseline", "GetPatchBaselineForPatchGroup")}
     assert {a for a in called if re.search(rf"\.{xform_name(a.split(':')[1])}\(", code)} == BASELINE_READS
+
+
+# ---------------------------------------------------------------- the waker
+
+
+def test_the_waker_reads_runs_and_sends_wake_ups_only() -> None:
+    """The waker is fed by events anyone in the account can cause (a Run Command of their own):
+    it reads the run table and sends to the step queue, nothing else. A wake-up carries no
+    command, so the worker polls only what the stored run awaits (tests/security/test_forged_messages.py)."""
+    statements = grants("WakerFunction")
+    held = {a for s in statements for a in actions(s)}
+    assert held == {"dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:Query", "sqs:SendMessage"}, held
+    for statement in statements:
+        if any(a.startswith("dynamodb:") for a in actions(statement)):
+            assert resources(statement) == ["${RunTable.Arn}", "${RunTable.Arn}/index/*"]
+    for action in [*DESTRUCTIVE, "dynamodb:PutItem", "dynamodb:UpdateItem", "s3:GetObject", "sts:AssumeRole"]:
+        assert allowing("WakerFunction", action) == [], action
+
+
+def test_the_waker_rules_take_the_events_its_reader_reads() -> None:
+    from patchpilot.adapters.aws import wake_events
+
+    patterns = {name: e["Properties"]["Pattern"] for name, e in function_events("WakerFunction").items()}
+    ssm, ebs = patterns["RunCommandEnds"], patterns["SnapshotSetEnds"]
+    assert (ssm["source"], ssm["detail-type"]) == ([wake_events.SSM_SOURCE], [wake_events.SSM_COMMAND_STATUS])
+    assert ssm["detail"]["status"] == list(wake_events.TERMINAL_STATUSES)
+    assert sorted(ssm["detail"]["document-name"]) == sorted(wake_events.WAKING_DOCUMENTS)
+    assert (ebs["source"], ebs["detail-type"]) == ([wake_events.EC2_SOURCE], [wake_events.EBS_SNAPSHOTS])
+    assert ebs["detail"] == {"event": ["createSnapshots"], "result": list(wake_events.EBS_RESULTS)}
+
+
+def test_the_worker_polls_less_often_only_where_the_stack_has_a_waker() -> None:
+    variables = TEMPLATE["Globals"]["Function"]["Environment"]["Variables"]
+    assert variables["PATCHPILOT_WAKE_EVENTS"] == {"Ref": "WakeEvents"}
+    assert variables["PATCHPILOT_ACCOUNT"] == {"Ref": "AWS::AccountId"}  # whose events the waker hears
+    assert RESOURCES["WakerFunction"]["Condition"] == "HasWaker"
+    assert TEMPLATE["Conditions"]["HasWaker"] == {"Fn::Equals": [{"Ref": "WakeEvents"}, "true"]}
+    assert TEMPLATE["Parameters"]["WakeEvents"]["Default"] == "true"

@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))  # the app's root: function_app.py, azure_function
 WORKER = "identity.properties.principalId"
 HTTP = "httpIdentity.properties.principalId"
 HTTP_FUNCTIONS = {"approve", "run_status", "slack_interaction"}
-WORKER_FUNCTIONS = {"timer", "step_worker", "pre_maintenance", "post_maintenance", "advisory"}
+WORKER_FUNCTIONS = {"timer", "step_worker", "pre_maintenance", "post_maintenance", "advisory", "wake_up"}
 BLOB_WRITERS = {"storageBlobDataOwner", "storageBlobDataContributor"}
 LOG_ALERT, METRIC_ALERT = "Microsoft.Insights/scheduledQueryRules", "Microsoft.Insights/metricAlerts"
 
@@ -292,7 +292,7 @@ def test_event_grid_subscriptions_retry_and_dead_letter() -> None:
     kept in the dead-letter container (written with an identity that can write nothing else),
     not dropped."""
     subscriptions = _subscriptions()
-    assert {r.symbol for _, r in subscriptions} == {"advisorySubscription", "subscriptions"}
+    assert {r.symbol for _, r in subscriptions} == {"advisorySubscription", "subscriptions", "wakeSubscription"}
     for where, subscription in subscriptions:
         what = f"{where}: {subscription.symbol}"
         assert subscription.value("maxDeliveryAttempts"), what
@@ -337,3 +337,19 @@ def test_dead_letters_and_function_failures_alert_on_call() -> None:
     assert "'StorageWrite'" in found["blobDiagnostics"].body
     for alert in alerts:
         assert not alert.condition and "onCall.id" in alert.body, alert.symbol
+
+
+def test_wake_ups_take_only_the_end_of_vm_and_snapshot_operations_to_the_wake_up_function() -> None:
+    """The subscription's system topic passes what the reader reads (adapters/azure/wake_events.py):
+    the four ended-operation event types, on VMs and snapshots, to the worker app's `wake_up`."""
+    from patchpilot.adapters.azure import wake_events
+
+    found = resources("main.bicep")
+    topic, subscription = found["wakeTopic"], found["wakeSubscription"]
+    assert topic.value("topicType") == "'Microsoft.Resources.Subscriptions'"
+    assert topic.value("source") == "subscription().id"
+    assert "'${app.id}/functions/wake_up'" in subscription.body
+    for event_type in wake_events.WAKING_EVENT_TYPES:
+        assert f"'{event_type}'" in subscription.body
+    for path in (wake_events.VM_PATH, wake_events.SNAPSHOT_PATH):
+        assert f"'{path}'" in subscription.body

@@ -19,6 +19,7 @@ from patchpilot.engine.messages import (
     CheckHealth,
     FollowUpFinished,
     InstallPatches,
+    LookNow,
     Message,
     Notify,
     PatchesInstalled,
@@ -281,3 +282,47 @@ def test_forged_host_hook_with_its_own_script_is_refused(runtime: LocalRuntime) 
     deliver(runtime, forged)
     refused(runtime, forged)
     assert forged.id not in executed(runtime)
+
+
+# ---------------------------------------------------------------- wake-ups (LookNow)
+# A wake-up carries no command: the worker polls only the one the stored run awaits. One naming a
+# run that does not exist or a command the run never issued cannot come from the waker (it names
+# what it read in the store): refused. One for a command the run issued but no longer awaits (a
+# late or repeated cloud event) is normal: acked, and changes nothing.
+
+
+def test_wake_up_for_an_unknown_run_is_refused(runtime: LocalRuntime) -> None:
+    forged = LookNow(id="no-such-run:w1:install:look:0", run_id="no-such-run", command_id="no-such-run:w1:install")
+    deliver(runtime, forged)
+    refused(runtime, forged)
+    assert executed(runtime) == []
+
+
+def test_wake_up_for_a_command_the_run_never_issued_is_refused(runtime: LocalRuntime) -> None:
+    run_id = waiting_on(runtime, "checking")
+    forged = LookNow(id=f"{run_id}:w9:install:look:0", run_id=run_id, command_id=f"{run_id}:w9:install")
+    deliver(runtime, forged)
+    refused(runtime, forged)
+    assert f"{run_id}:w9:install" not in executed(runtime)
+
+
+def test_wake_up_does_not_end_a_soak_early(runtime: LocalRuntime) -> None:
+    run_id = waiting_on(runtime, "soaking")
+    run = runtime.load(run_id)
+    assert run.awaiting is not None
+    calls = len(executed(runtime))
+    look = LookNow(id=f"{run.awaiting}:look:0", run_id=run_id, command_id=run.awaiting)
+    deliver(runtime, look)
+    assert runtime.load(run_id).state == "soaking" and runtime.load(run_id).version == run.version
+    assert len(executed(runtime)) == calls
+    assert runtime.dead_letters() == []  # the run issued that Wait: not an attack, just nothing to poll
+
+
+def test_wake_up_for_a_finished_step_polls_nothing(runtime: LocalRuntime) -> None:
+    run_id = waiting_on(runtime, "installing")
+    snapshot = next(i for i in runtime.load(run_id).issued if i.endswith(":snapshot"))
+    calls = len(executed(runtime))
+    version = runtime.load(run_id).version
+    deliver(runtime, LookNow(id=f"{snapshot}:look:0", run_id=run_id, command_id=snapshot))
+    assert snapshot not in executed(runtime)[calls:]
+    assert runtime.dead_letters() == [] and runtime.load(run_id).version >= version

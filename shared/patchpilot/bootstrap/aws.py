@@ -27,12 +27,15 @@ from patchpilot.errors import InputError, Problem
 from patchpilot.policy import Policy
 
 if TYPE_CHECKING:
+    from patchpilot.adapters.aws.dynamodb_store import DynamoDbRunStore
     from patchpilot.adapters.aws.fleet import Ec2SsmFleet
     from patchpilot.adapters.aws.reports import S3Reports
     from patchpilot.adapters.aws.secrets import SecretsManagerSecrets
     from patchpilot.adapters.aws.sqs_queue import SqsQueue
-    from patchpilot.ports import Claims, Clock, Notifier, RunStore
+    from patchpilot.app.waker import Waker
+    from patchpilot.ports import Claims, Clock, Notifier
     from patchpilot.service import Service
+    from patchpilot.wakeups import WakeUp
 
 
 class AwsEnvironment(BaseModel):
@@ -54,6 +57,10 @@ class AwsEnvironment(BaseModel):
     # a Slack bot token (a secret's name; scope usergroups:read): members of the rings' Slack user groups
     slack_bot_token_secret: str | None = Field(default=None, alias="PATCHPILOT_SLACK_BOT_TOKEN_SECRET")
     region: str = Field(alias="AWS_REGION", min_length=1)
+    # The stack's waker turns Run Command and EBS snapshot events into wake-ups (template.yaml sets
+    # it): the fleet then polls the steps it covers less often (adapters/aws/fleet WOKEN_POLLS).
+    wake_events: bool = Field(default=False, alias="PATCHPILOT_WAKE_EVENTS")
+    account: str | None = Field(default=None, alias="PATCHPILOT_ACCOUNT")  # the stack's own account id
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> AwsEnvironment:
@@ -93,7 +100,7 @@ class AwsRuntime(ServerlessRuntime):
         return runtime
 
     @functools.cached_property
-    def store(self) -> RunStore:
+    def store(self) -> DynamoDbRunStore:
         from patchpilot.adapters.aws.dynamodb_store import DynamoDbRunStore
 
         return DynamoDbRunStore(self.env.table, self.clients("dynamodb", None, self.env.region))
@@ -116,7 +123,15 @@ class AwsRuntime(ServerlessRuntime):
         """The Lambda's own region is the fleet's default (`bootstrap.clouds.aws_default_region`)."""
         from patchpilot.bootstrap.clouds import aws_fleet
 
-        return aws_fleet(self.clients, self.clock, self.env.region, override_bucket=self.env.override_bucket)
+        env = self.env
+        return aws_fleet(
+            self.clients,
+            self.clock,
+            env.region,
+            override_bucket=env.override_bucket,
+            woken=env.wake_events,
+            home_account=env.account,
+        )
 
     @functools.cached_property
     def secrets(self) -> SecretsManagerSecrets:
@@ -148,6 +163,7 @@ class AwsRuntime(ServerlessRuntime):
             wave_hooks=HttpsWaveHooks(LazySecrets(lambda: self.secrets), self.clock),  # Secrets Manager
             traffic=Elbv2Traffic(self.clients, self.clock, default_region=self.env.region),
             deployed_policy=self.policy,  # a follow-up or retry checks the freezes as deployed now
+            claims=self.claims,  # one window's wake-ups poll once
         )
 
     @functools.cached_property
@@ -166,6 +182,19 @@ class AwsRuntime(ServerlessRuntime):
         s3 = self.clients("s3", None, region) if location.startswith("s3://") else None
         ssm = self.clients("ssm", None, region) if location.startswith("ssm:") else None
         return load_policy_from(location, s3, ssm, lambda: ssm or self.clients("ssm", None, region))
+
+    @functools.cached_property
+    def waker(self) -> Waker:
+        from patchpilot.app.waker import Waker
+
+        return Waker(lambda: self.store, lambda: self.queue, self.clock)
+
+    def wake(self, event: Mapping[str, Any]) -> list[WakeUp]:
+        """One EventBridge event (the waker's rules): the wake-ups of the runs it concerns, published
+        on the step queue (`patchpilot.app.waker`). An event that wakes nothing is no error."""
+        from patchpilot.adapters.aws.wake_events import read_event
+
+        return self.waker.wake(read_event(event, self.clock.now()))
 
     def handle_record(self, record: Mapping[str, Any], on_run: Callable[[str], None] = lambda _: None) -> None:
         """One SQS record from Lambda. `on_run` learns the run id first (the logs' correlation id).

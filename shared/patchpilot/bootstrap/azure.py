@@ -45,9 +45,11 @@ if TYPE_CHECKING:
     from patchpilot.adapters.azure.traffic import AzureBackendPools
     from patchpilot.app.azure_advisories import AzureAdvisoriesRead
     from patchpilot.app.update_manager_events import UpdateManagerEvent, UpdateManagerEvents
+    from patchpilot.app.waker import Waker
     from patchpilot.ports import Claims, Clock, Secrets
     from patchpilot.service import Service
     from patchpilot.triggers import TriggerDecision
+    from patchpilot.wakeups import WakeUp
 
 QUEUE_NAME_RULE = (
     "3 to 56 lower-case letters, digits and single hyphens (the poison queue adds -poison), "
@@ -332,7 +334,22 @@ class AzureRuntime(ServerlessRuntime):
             wave_hooks=HttpsWaveHooks(LazySecrets(lambda: self.secrets), self.clock),  # Key Vault
             traffic=self.traffic,
             deployed_policy=self.policy,  # a follow-up or retry checks the freezes as deployed now
+            claims=self.claims,  # one window's wake-ups poll once
         )
+
+    @functools.cached_property
+    def waker(self) -> Waker:
+        from patchpilot.app.waker import Waker
+
+        return Waker(lambda: self.store, lambda: self.queue, self.clock)
+
+    def wake(self, event: Mapping[str, Any]) -> list[WakeUp]:
+        """One Event Grid event of the subscription's resources (the `wake_up` function): the
+        wake-ups of the runs it concerns, on the steps queue (`patchpilot.app.waker`). An event
+        that wakes nothing is no error."""
+        from patchpilot.adapters.azure.wake_events import read_event
+
+        return self.waker.wake(read_event(event, self.clock.now()))
 
     def policy(self) -> Policy:
         """The deployed policy, read and validated on each use: operators change it without a deploy."""

@@ -42,12 +42,24 @@ def aws_default_region(policy: Policy, configured: str | None) -> str:
     )
 
 
-def aws_fleet(clients: ClientFactory, clock: Clock, region: str, *, override_bucket: str | None = None) -> Ec2SsmFleet:
+def aws_fleet(
+    clients: ClientFactory,
+    clock: Clock,
+    region: str,
+    *,
+    override_bucket: str | None = None,
+    woken: bool = False,
+    home_account: str | None = None,
+) -> Ec2SsmFleet:
     """EC2 + Systems Manager through `clients`; `region` is read when the policy names none, and
-    holds the override bucket (the Lambda's own region)."""
+    holds the override bucket (the Lambda's own region). `woken`: the deployment's waker tells the
+    worker when steps end, so the steps it covers are polled less often in `home_account` and
+    `region`, whose events it hears (`Ec2SsmFleet`)."""
     from patchpilot.adapters.aws.fleet import Ec2SsmFleet
 
-    return Ec2SsmFleet(clients, clock, override_bucket=override_bucket, default_region=region)
+    return Ec2SsmFleet(
+        clients, clock, override_bucket=override_bucket, default_region=region, woken=woken, home_account=home_account
+    )
 
 
 def azure_fleet(clients: AzureClients, clock: Clock, policy: Policy | None = None) -> AzureFleet:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Final, Literal
 
-from patchpilot.engine.issued import with_issued
+from patchpilot.engine.issued import with_awaited, with_issued
 from patchpilot.engine.messages import (
     AgentsProbed,
     ApprovalGranted,
@@ -348,9 +348,10 @@ def decide(run: Run, event: Event, now: datetime) -> Decision:
 
 
 def _issuing(decision: Decision) -> Decision:
+    run = with_awaited(decision.run, decision.commands)
     if not decision.commands:
-        return decision
-    return Decision(with_issued(decision.run, decision.commands), decision.commands, decision.ignored)
+        return decision if run is decision.run else Decision(run, decision.commands, decision.ignored)
+    return Decision(with_issued(run, decision.commands), decision.commands, decision.ignored)
 
 
 def _decide(run: Run, event: Event, now: datetime) -> Decision:

@@ -5,13 +5,15 @@ recorded in that run (`Run.issued`: its id and the digest of its content) in the
 write, and the worker executes a message only when the stored run holds it, with the same
 content, and it is still to be done. Results never travel the queue: the worker that ran a command
 applies its result itself, and approvals are applied by the endpoint that took them. So a forged
-command, a forged result or an approval for a gate that was never opened changes nothing.
+command, a forged result or an approval for a gate that was never opened changes nothing. A
+wake-up (`LookNow`) carries no command at all: the worker polls the one the run holds as awaited
+(`Run.awaited_command`, kept by `with_awaited`), checked against `Run.issued` (service.py `_look`).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Literal
 
 from patchpilot.engine.messages import (
@@ -19,6 +21,7 @@ from patchpilot.engine.messages import (
     CallWaveHook,
     CancelCloudScheduledRun,
     CheckHealth,
+    FleetCommand,
     FollowUpFinished,
     InstallPatches,
     LeaseInstances,
@@ -80,6 +83,18 @@ def with_issued(run: Run, messages: Iterable[Message]) -> Run:
     if not issued:
         return run
     return run.model_copy(update={"issued": {**run.issued, **issued}})
+
+
+def with_awaited(run: Run, messages: Sequence[Message]) -> Run:
+    """`run` holding the fleet command it awaits (`Run.awaited_command`), when `messages` (what
+    the decision issues) hold it; none once it awaits something else. A wake-up polls that command."""
+    awaited = next((m for m in messages if m.id == run.awaiting and isinstance(m, FleetCommand)), None)
+    if awaited is not None:
+        return run.model_copy(update={"awaited_command": awaited})
+    held = run.awaited_command
+    if held is not None and held.id != run.awaiting:
+        return run.model_copy(update={"awaited_command": None})
+    return run
 
 
 def issuer(message: Message) -> str:

@@ -420,6 +420,21 @@ class FollowUpFinished(_Message):
     not_started: str = ""
 
 
+# ---------------------------------------------------------------- wake-ups
+
+
+class LookNow(_Message):
+    """A cloud event says that an operation of run `run_id` may have finished (an SSM command, an
+    EBS snapshot set, an ARM write): poll `command_id` once, now, rather than at its next poll. Input,
+    never authority: the worker polls only the command the stored run awaits, and only when it is
+    `command_id` (service.py); a wake-up for a command that is done changes nothing. The id is
+    `<command id>:look:<window>`, one per command and wake-up window (patchpilot/wakeups.py)."""
+
+    type: Literal["LookNow"] = "LookNow"
+    command_id: str
+    reason: str = ""  # what woke it, for the log: "aws.ssm EC2 Command Status-change Notification Success"
+
+
 Event = Annotated[
     InstancesLeased
     | AgentsProbed
@@ -483,7 +498,8 @@ Message = Annotated[
     | ReturnMachines
     | MachinesStarted
     | MachinesReturned
-    | MachinesSwept,
+    | MachinesSwept
+    | LookNow,
     Field(discriminator="type"),
 ]
 MESSAGE = TypeAdapter(Message)
@@ -491,4 +507,17 @@ MESSAGE = TypeAdapter(Message)
 FleetCommand = (
     ProbeAgents | TakeSnapshots | InstallPatches | CheckHealth | RollBack | RunHostHook | StartMachines | ReturnMachines
 )
+# The fleet commands a cloud event can say are done (`LookNow`): the run keeps the one it awaits
+# (`Run.awaited_command`), so that a wake-up polls exactly the stored command.
+AwaitedFleetCommand = Annotated[
+    ProbeAgents
+    | TakeSnapshots
+    | InstallPatches
+    | CheckHealth
+    | RollBack
+    | RunHostHook
+    | StartMachines
+    | ReturnMachines,
+    Field(discriminator="type"),
+]
 TrafficCommand = LeavePools | RejoinPools

@@ -8,6 +8,7 @@ from typing import Any, Literal, TypeGuard, get_args
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
+from patchpilot.engine.messages import AwaitedFleetCommand
 from patchpilot.inventory import Instance
 from patchpilot.policy import Policy
 from patchpilot.policy.fields import new_list
@@ -183,6 +184,9 @@ class Run(_State):
     version: int = 0
     cursor: int = 0  # 0-based position of the current wave in `waves`
     awaiting: str | None = None  # id of the command whose result the run waits for
+    # That command itself, when it is a fleet command: a wake-up (`LookNow`) polls exactly it
+    # (engine/issued.py `with_awaited`); None for a run stored before the field existed.
+    awaited_command: AwaitedFleetCommand | None = None
     waves: tuple[WaveState, ...]
     excluded: tuple[InstanceRecord, ...] = ()
     promoted: dict[str, list[str]] | None = None  # per os: what the first ring installed and passed

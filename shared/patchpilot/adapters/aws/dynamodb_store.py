@@ -14,6 +14,9 @@ Item layout (partition key `pk` = ``RUN#<run id>``, sort key `sk`):
 ``HDR#<tag>#<chunk 00>``
     The header's compressed JSON when it does not fit in the HEAD item (a run with thousands of
     excluded instances or a long log).
+``active`` = ``run`` is set on HEAD items of runs that have not finished, and removed when they
+finish: the sparse ``active`` GSI (partition ``active``, sort ``created_at``, keys only) lists the
+runs under way in one small query, whatever the table's history (`active_run_ids`: the waker).
 ``OUT#<seq 000000>``
     One outbox message: ``message_id``, ``body`` (zlib JSON, Binary), ``sent`` (BOOL) and, while
     unsent, ``pending`` (the seq again): the sort key of the sparse ``pending`` LSI (which
@@ -90,6 +93,7 @@ HEAD = "HEAD"
 RUNS_INDEX = "runs"  # sparse GSI over HEAD items: kind (HASH), created_at (RANGE)
 PENDING_INDEX = "pending"  # sparse LSI over unsent outbox items: pk (HASH), pending (RANGE)
 RUN_KIND = "run"
+ACTIVE_INDEX = "active"  # sparse GSI over HEAD items of unfinished runs: active (HASH), created_at (RANGE)
 
 CHUNK_BYTES = 350_000  # compressed bytes per part item, well under the 400 KB item limit
 INLINE_HEADER_BYTES = 300_000  # header and manifest bytes kept in the HEAD item
@@ -111,7 +115,7 @@ _LAYOUT = PartLayout(
 
 def table_definition(table_name: str) -> CreateTableInputTypeDef:
     """The table as `CreateTable` takes it (tests create it from here; the SAM template mirrors
-    it): on-demand billing, the sparse ``runs`` GSI and the sparse ``pending`` LSI."""
+    it): on-demand billing, the sparse ``runs`` and ``active`` GSIs and the sparse ``pending`` LSI."""
     return {
         "TableName": table_name,
         "AttributeDefinitions": [
@@ -120,6 +124,7 @@ def table_definition(table_name: str) -> CreateTableInputTypeDef:
             {"AttributeName": "kind", "AttributeType": "S"},
             {"AttributeName": "created_at", "AttributeType": "S"},
             {"AttributeName": "pending", "AttributeType": "S"},
+            {"AttributeName": "active", "AttributeType": "S"},
         ],
         "KeySchema": [
             {"AttributeName": "pk", "KeyType": "HASH"},
@@ -133,7 +138,15 @@ def table_definition(table_name: str) -> CreateTableInputTypeDef:
                     {"AttributeName": "created_at", "KeyType": "RANGE"},
                 ],
                 "Projection": {"ProjectionType": "INCLUDE", "NonKeyAttributes": ["inserted_ns"]},
-            }
+            },
+            {
+                "IndexName": ACTIVE_INDEX,
+                "KeySchema": [
+                    {"AttributeName": "active", "KeyType": "HASH"},
+                    {"AttributeName": "created_at", "KeyType": "RANGE"},
+                ],
+                "Projection": {"ProjectionType": "KEYS_ONLY"},
+            },
         ],
         "LocalSecondaryIndexes": [
             {
@@ -184,6 +197,8 @@ class DynamoDbRunStore:
         }
         if inline is not None:
             head["header"] = {"B": inline}
+        if not run.finished:
+            head["active"] = {"S": RUN_KIND}
         write: TransactWriteItemTypeDef = {
             "Put": {"TableName": self.table_name, "Item": head, "ConditionExpression": "attribute_not_exists(pk)"}
         }
@@ -228,22 +243,30 @@ class DynamoDbRunStore:
             ":manifest": {"S": manifest.dump()},
             ":outbox_seq": {"N": str(outbox_seq)},
         }
+        sets = ["#version = :version", "#manifest = :manifest", "#outbox_seq = :outbox_seq"]
+        removes = []
         if inline is not None:
             values[":header"] = {"B": inline}
+            sets.append("#header = :header")
+        else:
+            removes.append("#header")
+        if run.finished:
+            removes.append("#active")  # out of the active index
+        else:
+            values[":active"] = {"S": RUN_KIND}
+            sets.append("#active = :active")
         write: TransactWriteItemTypeDef = {
             "Update": {
                 "TableName": self.table_name,
                 "Key": {"pk": {"S": _pk(run_id)}, "sk": {"S": HEAD}},
-                "UpdateExpression": (
-                    "SET #version = :version, #manifest = :manifest, #outbox_seq = :outbox_seq"
-                    + (", #header = :header" if inline is not None else " REMOVE #header")
-                ),
+                "UpdateExpression": "SET " + ", ".join(sets) + (" REMOVE " + ", ".join(removes) if removes else ""),
                 "ConditionExpression": "#version = :previous",
                 "ExpressionAttributeNames": {
                     "#version": "version",
                     "#manifest": "manifest",
                     "#outbox_seq": "outbox_seq",
                     "#header": "header",
+                    "#active": "active",
                 },
                 "ExpressionAttributeValues": values,
             }
@@ -302,6 +325,21 @@ class DynamoDbRunStore:
         return [pk.removeprefix("RUN#") for _, _, pk in rows]
 
     # ------------------------------------------------------------ beyond the port
+
+    def active_run_ids(self) -> list[str]:
+        """The runs that have not finished, oldest first: one query of the sparse ``active`` GSI
+        (eventually consistent: a run saved a moment ago may be listed as it was)."""
+        rows: list[tuple[str, str]] = []
+        for page in self.client.get_paginator("query").paginate(
+            TableName=self.table_name,
+            IndexName=ACTIVE_INDEX,
+            KeyConditionExpression="#active = :run",
+            ExpressionAttributeNames={"#active": "active"},
+            ExpressionAttributeValues={":run": {"S": RUN_KIND}},
+        ):
+            rows.extend((_str(item, "created_at"), _str(item, "pk")) for item in page["Items"])
+        rows.sort()
+        return [pk.removeprefix("RUN#") for _, pk in rows]
 
     def vacuum(self, run_id: str, older_than: timedelta = timedelta(hours=1)) -> int:
         """Delete the part items of `run_id` that no HEAD names and never will: orphans left by

@@ -196,6 +196,8 @@ class TableRunStore:
                 raise UnknownRunError(run_id) from cancelled.error
             raise ConflictError(f"run {run_id} is no longer at version {previous.version}") from cancelled.error
         self._runs[run_id] = _Stored(run, run.version, manifest, outbox_seq, etag)
+        if run.finished and not previous.finished:
+            self._mark_index(run_id, finished=True)
         self._delete_quietly(pk, _LAYOUT.superseded(base.manifest, manifest))
 
     def outbox(self, run_id: str) -> list[Message]:
@@ -231,6 +233,17 @@ class TableRunStore:
         return [run_id for _, _, run_id in rows]
 
     # ------------------------------------------------------------ beyond the port
+
+    def active_run_ids(self) -> list[str]:
+        """The runs that have not finished, oldest first: one query of the index partition, whose
+        rows a save that finishes a run marks `finished` (after its commit, best effort: a run
+        whose mark a crash lost is listed, and the waker skips it once loaded)."""
+        rows: list[tuple[str, str, str]] = []
+        for row in self.client.query_entities("PartitionKey eq @pk", parameters={"pk": RUNS_PARTITION}):
+            if not row.get("finished") and row.get("confirmed"):
+                rows.append((str(row["created_at"]), str(row["inserted_ns"]), str(row["RowKey"])))
+        rows.sort()
+        return [run_id for _, _, run_id in rows]
 
     def vacuum(self, run_id: str, older_than: timedelta = timedelta(hours=1)) -> int:
         """Delete the part rows of `run_id` that no head names and never will: orphans left by a
@@ -291,12 +304,15 @@ class TableRunStore:
             self.client.create_entity(row)
 
     def _confirm(self, run_id: str) -> None:
+        self._mark_index(run_id, confirmed=True)
+
+    def _mark_index(self, run_id: str, **marks: bool) -> None:
         try:
             self.client.update_entity(
-                {"PartitionKey": RUNS_PARTITION, "RowKey": run_id, "confirmed": True}, mode=UpdateMode.MERGE
+                {"PartitionKey": RUNS_PARTITION, "RowKey": run_id, **marks}, mode=UpdateMode.MERGE
             )
-        except HttpResponseError as error:  # run_ids checks the head instead
-            log.warning("run %s: could not confirm its index row: %s", run_id, error)
+        except HttpResponseError as error:  # run_ids checks the head instead; a lost `finished` lists it a while
+            log.warning("run %s: could not mark its index row %s: %s", run_id, sorted(marks), error)
 
     def _commit(self, head: Operation, parts: list[dict[str, Any]], outbox: list[dict[str, Any]]) -> str:
         """One transaction for the head write and the outbox, with the parts when they fit;

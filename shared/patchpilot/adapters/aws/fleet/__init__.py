@@ -33,6 +33,7 @@ with the assessor (`../compliance.py`) and the maintenance source (`../maintenan
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Final
 
@@ -49,7 +50,8 @@ from patchpilot.engine.messages import (
 )
 from patchpilot.inventory import Instance
 from patchpilot.policy.model import Policy
-from patchpilot.ports import Clock, DiscoveryResult, Progress
+from patchpilot.ports import Clock, DiscoveryResult, InProgress, Progress
+from patchpilot.wakeups import targets
 
 from ..access import (
     COMMAND_LOOKBACK,
@@ -72,6 +74,17 @@ from .install import named_only
 if TYPE_CHECKING:
     from patchpilot.compliance.model import AssessmentStarted, PatchState
     from patchpilot.maintenance.model import WatchResult
+
+# With the waker (template.yaml's WakerFunction: EventBridge tells the worker when an SSM command or
+# an EBS snapshot set ends, docs/architecture.md "Wake-ups"), the steps it covers are polled at these
+# longer intervals, as a fallback for a lost event; without it, at each module's own (snapshots
+# 3 min, install 5 min, host hooks 30 s). Health checks keep their 2 minutes: the status checks and
+# the agent's return after a reboot send no event, only the health script's end does.
+WOKEN_POLLS: Final = {
+    "snapshot": timedelta(minutes=15),
+    "install": timedelta(minutes=20),
+    "hook": timedelta(minutes=5),
+}
 
 __all__ = [
     "PATCH_DOCUMENT",
@@ -107,6 +120,8 @@ class Ec2SsmFleet:
         http_get: HttpGet = urllib_get,
         http_timeout: float = 5.0,
         command_lookback: timedelta = COMMAND_LOOKBACK,
+        woken: bool = False,
+        home_account: str | None = None,
     ) -> None:
         """`client` builds boto3 clients per (service, account, region) (see `AwsSessions`);
         `override_bucket` receives the InstallOverrideList files of pinned (later-ring) installs
@@ -119,6 +134,8 @@ class Ec2SsmFleet:
             else None
         )
         self.http = HttpProbe(http_get, http_timeout)
+        self.woken = woken  # the waker wakes the worker: the steps it covers poll at `WOKEN_POLLS`
+        self.home_account = home_account  # the stack's account: its events reach the waker
 
     @property
     def clock(self) -> Clock:
@@ -159,17 +176,17 @@ class Ec2SsmFleet:
         return discovery.probe_agents(self.access, command)
 
     def take_snapshots(self, command: TakeSnapshots) -> Progress:
-        return snapshots.take_snapshots(self.access, command)
+        return self._fallback(snapshots.take_snapshots(self.access, command), "snapshot", command)
 
     def install_patches(self, command: InstallPatches) -> Progress:
-        return install.install_patches(self.access, command, self.override_bucket)
+        return self._fallback(install.install_patches(self.access, command, self.override_bucket), "install", command)
 
     def check_health(self, command: CheckHealth) -> Progress:
         return health.check_health(self.access, command, self.http)
 
     def run_hook(self, command: RunHostHook) -> Progress:
         """The policy's host hook through SSM Run Command, once per command id (`hooks`)."""
-        return hooks.run_hook(self.access, command)
+        return self._fallback(hooks.run_hook(self.access, command), "hook", command)
 
     def roll_back(self, command: RollBack) -> Progress:
         return rollback.roll_back(self.access, command)
@@ -181,3 +198,16 @@ class Ec2SsmFleet:
     def return_machines(self, command: ReturnMachines) -> Progress:
         """StopInstances: back to `stopped` as found."""
         return power.return_machines(self.access, command)
+
+    def _fallback(
+        self, progress: Progress, step: str, command: TakeSnapshots | InstallPatches | RunHostHook
+    ) -> Progress:
+        """With the waker, the next poll of a step it covers no sooner than its `WOKEN_POLLS`; only
+        when every machine is in the stack's own account and region, whose events the waker's rules
+        receive (a member account's or another region's go to their own default bus)."""
+        if not self.woken or not isinstance(progress, InProgress):
+            return progress
+        home = (None, self.home_account)
+        if any(i.account not in home or i.region != self.default_region for i in targets(command)):
+            return progress
+        return replace(progress, retry_at=max(progress.retry_at, self.clock.now() + WOKEN_POLLS[step]))

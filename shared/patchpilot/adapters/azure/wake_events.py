@@ -1,0 +1,63 @@
+"""The Event Grid events that wake runs on Azure (infra/azure/main.bicep's `wakeTopic`: the
+subscription's Azure Resource Manager events), read into `patchpilot.wakeups.Signal`s:
+
+- `Microsoft.Resources.ResourceActionSuccess` / `ResourceActionFailure` / `ResourceWriteSuccess` /
+  `ResourceWriteFailure` whose subject (the resource id) is a virtual machine, or something of one
+  (a Run Command: `.../virtualMachines/<vm>/runCommands/<name>`): an install, a health script, a
+  host hook, a start or deallocation of that VM has ended (`machine`, the VM's id);
+- the same on a snapshot (`.../providers/Microsoft.Compute/snapshots/<name>`): a snapshot write has
+  ended in that subscription (`snapshot`).
+
+Shape as Microsoft documents it (tests/events/azure-published/resource_action_success.json), as
+the Functions host hands it over (`azure_functions.maintenance.as_delivered`). Anything else reads
+as None: never an error, Event Grid would only retry it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from patchpilot.wakeups import Signal
+
+WAKING_EVENT_TYPES = (
+    "Microsoft.Resources.ResourceActionSuccess",
+    "Microsoft.Resources.ResourceActionFailure",
+    "Microsoft.Resources.ResourceWriteSuccess",
+    "Microsoft.Resources.ResourceWriteFailure",
+)
+# The subject prefixes the subscription's filter passes (main.bicep) and this reader reads.
+VM_PATH = "/providers/Microsoft.Compute/virtualMachines/"
+SNAPSHOT_PATH = "/providers/Microsoft.Compute/snapshots/"
+_VM = re.compile(r"^(/subscriptions/([^/]+)/resourcegroups/[^/]+/providers/microsoft\.compute/virtualmachines/[^/]+)")
+_SNAPSHOT = re.compile(r"^/subscriptions/([^/]+)/resourcegroups/[^/]+/providers/microsoft\.compute/snapshots/[^/]+")
+
+
+def read_event(event: Mapping[str, Any], now: datetime) -> Signal | None:
+    """The signal one Event Grid event (Event Grid schema) carries; None when it wakes nothing.
+    `now` stands in for an event time that cannot be read."""
+    event_type, subject = event.get("eventType"), event.get("subject")
+    if event_type not in WAKING_EVENT_TYPES or not isinstance(subject, str):
+        return None
+    data = event.get("data")
+    operation = data.get("operationName", "?") if isinstance(data, Mapping) else "?"
+    said = f"{event_type}: {operation} on {subject}"
+    at = _time(event.get("eventTime"), now)
+    lowered = subject.lower()
+    if machine := _VM.match(lowered):
+        return Signal("machine", at, said, frozenset({machine[1]}), machine[2])
+    if snapshot := _SNAPSHOT.match(lowered):
+        return Signal("snapshot", at, said, frozenset(), snapshot[1])
+    return None
+
+
+def _time(value: object, now: datetime) -> datetime:
+    """Event Grid's times carry seven decimals, which `fromisoformat` takes from Python 3.11 on."""
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
+        except ValueError:
+            pass
+    return now

@@ -1,0 +1,135 @@
+"""Wake-ups: a cloud event says an operation ended (an SSM command, an EBS snapshot set, an ARM
+write or action on a VM or a snapshot); the runs whose awaited fleet command it concerns get a
+`LookNow`, so that the step's end is noticed within seconds, not at the next poll (docs/architecture.md,
+"Wake-ups"). Polling stays as the fallback, at a longer interval.
+
+Pure: `wake_ups(signal, runs)` maps one event, already read into a `Signal` by the cloud's
+adapter (adapters/aws/wake_events.py, adapters/azure/wake_events.py), to the wake-ups of the
+active runs it concerns, each with when to deliver it. A wake-up is a hint, never authority: the
+worker polls only the command the stored run awaits (service.py), so a wake-up too many costs a
+poll and nothing else, and one too few costs the wait for the fallback poll.
+
+Which runs an event concerns, cheaply and without reading the cloud:
+
+- an SSM command's end (`run_command`): the runs awaiting an install, a health check or a host
+  hook (the commands that send SSM documents) on one of the event's instances;
+- an EBS multi-volume snapshot set's end (`snapshots`): the event names volumes and snapshots,
+  not the instance, so every run awaiting a TakeSnapshots with a machine in the event's account
+  and region;
+- an ARM write or action on a VM (`machine`): the runs awaiting any fleet command on that VM;
+- an ARM write of a snapshot (`snapshot`): every run awaiting a TakeSnapshots with a machine in
+  the snapshot's subscription.
+
+Events come in bursts (one EBS event per instance, one SSM event per 50 instances): the wake-ups
+of one command within one `WINDOW` share an id and are delivered at the window's end, after every
+event of the window, and the worker polls once per id (`Service.claims`). So a burst costs one
+poll per window, and the last machine's end is noticed within a window and a delivery.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+from patchpilot.engine.messages import (
+    AwaitedFleetCommand,
+    CheckHealth,
+    InstallPatches,
+    LookNow,
+    ProbeAgents,
+    ReturnMachines,
+    RollBack,
+    RunHostHook,
+    StartMachines,
+    TakeSnapshots,
+)
+from patchpilot.engine.run import Run
+from patchpilot.inventory import Instance
+
+WINDOW = timedelta(seconds=15)  # the wake-ups of one command within this share an id and one poll
+
+SignalKind = Literal["run_command", "snapshots", "machine", "snapshot"]
+
+
+@dataclass(frozen=True)
+class Signal:
+    """What one cloud event says ended: `kind`, on `machines` (instance ids or VM resource ids,
+    compared without case; empty when the event does not name them), in `account` (AWS account,
+    Azure subscription) and `region` where known; `at` is the event's time, `source` says what it
+    was, for the log."""
+
+    kind: SignalKind
+    at: datetime
+    source: str
+    machines: frozenset[str] = frozenset()
+    account: str | None = None
+    region: str | None = None
+
+
+@dataclass(frozen=True)
+class WakeUp:
+    """A `LookNow` and when to deliver it (the end of its window)."""
+
+    look: LookNow
+    at: datetime
+
+
+def wake_ups(signal: Signal, runs: Iterable[Run], window: timedelta = WINDOW) -> list[WakeUp]:
+    """The wake-ups `signal` asks for among `runs` (the active ones; others are skipped): one
+    per run whose awaited fleet command it concerns, delivered at the end of the signal's window."""
+    end = window_end(signal.at, window)
+    stamp = end.strftime("%Y%m%dT%H%M%S")
+    found: list[WakeUp] = []
+    for run in runs:
+        command = run.awaited_command
+        if run.finished or command is None or run.awaiting != command.id or not concerns(signal, command):
+            continue
+        look = LookNow(id=f"{command.id}:look:{stamp}", run_id=run.run_id, command_id=command.id, reason=signal.source)
+        found.append(WakeUp(look, end))
+    return found
+
+
+def concerns(signal: Signal, command: AwaitedFleetCommand) -> bool:
+    """Whether the operation `signal` says ended may be part of `command` (see the module's docstring)."""
+    machines = targets(command)
+    match signal.kind:
+        case "run_command":
+            return isinstance(command, InstallPatches | CheckHealth | RunHostHook) and _names_one(signal, machines)
+        case "snapshots":
+            return isinstance(command, TakeSnapshots) and any(_placed(signal, i) for i in machines)
+        case "machine":
+            return _names_one(signal, machines)
+        case "snapshot":
+            return isinstance(command, TakeSnapshots) and any(_placed(signal, i) for i in machines)
+
+
+def targets(command: AwaitedFleetCommand) -> list[Instance]:
+    """The machines a fleet command acts on."""
+    match command:
+        case InstallPatches():
+            return [t.instance for t in command.targets]
+        case RollBack():
+            return [t.instance for t in command.targets]
+        case ProbeAgents() | TakeSnapshots() | CheckHealth() | RunHostHook() | StartMachines() | ReturnMachines():
+            return list(command.targets)
+
+
+def window_end(at: datetime, window: timedelta = WINDOW) -> datetime:
+    """The end of the window `at` falls in (windows counted from the epoch): every event of one
+    window wakes the same command with the same id, at the same moment, after all of them."""
+    step = int(window.total_seconds())
+    seconds = int(at.astimezone(UTC).timestamp())
+    return datetime.fromtimestamp((seconds // step + 1) * step, UTC)
+
+
+def _names_one(signal: Signal, machines: Sequence[Instance]) -> bool:
+    return any(i.id.lower() in signal.machines for i in machines)
+
+
+def _placed(signal: Signal, instance: Instance) -> bool:
+    """Whether the machine is in the signal's account and region, as far as both say."""
+    if signal.account and instance.account and signal.account.lower() != instance.account.lower():
+        return False
+    return not (signal.region and instance.region and signal.region.lower() != instance.region.lower())

@@ -386,12 +386,12 @@ def print_plan(console: Console, policy: Policy, result: Plan) -> None:
         table.add_column(column, overflow="fold")
     fit = window_fit(policy, result)
     for wave, wave_fit in zip(result.waves, fit.waves, strict=True):
-        names = [i.short_name for i in wave.instances]
-        more = len(names) - MAX_IDS_SHOWN
-        shown = ", ".join(names[:MAX_IDS_SHOWN]) + (f" … +{more}" if more > 0 else "")
+        size = len(wave.instances)
+        more = size - MAX_IDS_SHOWN
+        shown = ", ".join(i.short_name for i in wave.instances[:MAX_IDS_SHOWN]) + (f" … +{more}" if more > 0 else "")
         label = f"{wave.index}" + (" (canary)" if wave.canary else "")
         expected = format_duration(wave_fit.expected) + ("" if wave_fit.starts else " (does not fit)")
-        row = [label, wave.ring, str(len(names)), expected, placement(wave.instances), shown]
+        row = [label, wave.ring, str(size), expected, placement(wave.instances), shown]
         if result.pool_members:
             row.insert(5, pool_text(wave.instances, result.pool_members))
         table.add_row(*row)

@@ -13,7 +13,8 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from itertools import pairwise
+from itertools import islice, pairwise
+from operator import attrgetter, eq
 from typing import Literal
 
 from patchpilot.inventory import Instance
@@ -29,6 +30,12 @@ ZoneKey = tuple[str, str, str]  # (cloud, region, zone or "")
 def zone_of(instance: Instance) -> ZoneKey:
     """Instances without a zone form one zone of their own per region."""
     return (instance.cloud, instance.region, instance.zone or "")
+
+
+def zone_sizes(instances: Iterable[Instance]) -> Counter[ZoneKey]:
+    """How many of `instances` each zone (`zone_of`) holds. Asked for every machine of a ring: the
+    key is spelled out rather than a call of `zone_of` per machine."""
+    return Counter((i.cloud, i.region, i.zone or "") for i in instances)
 
 
 def update_domain_of(instance: Instance) -> str:
@@ -225,29 +232,38 @@ def assign(
     (None: no exception applies) excepts its machines. The compliance view uses the same answer."""
     members: dict[str, list[Instance]] = {ring.name: [] for ring in policy.rings}
     excluded: list[Exclusion] = []
-    ordered = sorted(instances, key=lambda i: i.id)
-    repeated = sorted({a.id for a, b in pairwise(ordered) if a.id == b.id})
-    if repeated:  # one machine counted twice would break its zone's budget
+    ordered = sorted(instances, key=attrgetter("id"))
+    ids = [i.id for i in ordered]
+    if any(map(eq, ids, islice(ids, 1, None))):  # one machine counted twice would break its zone's budget
+        repeated = sorted({a for a, b in pairwise(ids) if a == b})
         raise ValueError(f"the same instance is listed more than once: {', '.join(repeated[:10])}")
     frozen = FROZEN_POLICY if policy.kind == "frozen" else None
     # The machine exceptions in force at `now`, found once for the whole fleet.
     excepting = []
     if now is not None and not frozen:
         excepting = [e for e in policy.exceptions if machine_exception_in_force(policy, e, now)]
+    # Asked for every machine of the fleet: the rings' selectors as `ring_of` reads them, bound once.
+    rings = [(ring.select.matches, members[ring.name]) for ring in policy.rings]
+    exclusion = policy.exclude.reason
     for instance in ordered:
-        exception = next((e for e in excepting if e.select.matches(instance)), None)
+        exception = None
+        for candidate in excepting:
+            if candidate.select.matches(instance):
+                exception = candidate
+                break
         if exception is not None:
             excluded.append(Exclusion(instance, exception.label(), exception))
             continue
-        reason = frozen or policy.exclude.reason(instance) or scaling_group_reason(policy, instance)
+        reason = frozen or exclusion(instance) or scaling_group_reason(policy, instance)
         if reason := reason or policy.unprotected_reason(instance):
             excluded.append(Exclusion(instance, reason))
             continue
-        ring = ring_of(policy, instance)
-        if ring is None:
-            excluded.append(Exclusion(instance, NO_RING))
+        for matches, ring_members in rings:  # the first ring whose selector matches (`ring_of`)
+            if matches(instance):
+                ring_members.append(instance)
+                break
         else:
-            members[ring].append(instance)
+            excluded.append(Exclusion(instance, NO_RING))
     return members, excluded
 
 
@@ -256,9 +272,7 @@ def _plan_ring(
 ) -> tuple[list[list[Instance]], int]:
     if not members:
         return [], 0
-    sizes: dict[ZoneKey, int] = defaultdict(int)
-    for instance in members:
-        sizes[zone_of(instance)] += 1
+    sizes = zone_sizes(members)
     # Percentages count against the zone's size in the whole ring, canary included, and against
     # the pool's members in the whole inventory (rounded down, at least 1).
     budgets = {zone: rollout.disruption_budget.ceil_of(size) for zone, size in sizes.items()}
@@ -570,9 +584,7 @@ def _heaviest_clique(
 
 def placement(instances: Iterable[Instance]) -> str:
     """`us-east-1a ×3, eastus/2 ×1, westus (no zone) ×2`: where a wave's instances are."""
-    counts: dict[ZoneKey, int] = defaultdict(int)
-    for instance in instances:
-        counts[zone_of(instance)] += 1
+    counts = zone_sizes(instances)
 
     def where(region: str, zone: str) -> str:
         if not zone:
@@ -586,7 +598,8 @@ def pool_shares(instances: Iterable[Instance], members: Mapping[str, int]) -> li
     """The traffic pools a wave's instances touch: (pool, its machines in the wave, its members)."""
     counts: Counter[str] = Counter()
     for instance in instances:
-        counts.update(pools_of(instance))
+        if instance.traffic_pools or instance.scaling_group is not None:  # most machines: in no pool
+            counts.update(pools_of(instance))
     return [(pool, n, members.get(pool, n)) for pool, n in sorted(counts.items())]
 
 

@@ -242,13 +242,14 @@ def assign(
     excepting = []
     if now is not None and not frozen:
         excepting = [e for e in policy.exceptions if machine_exception_in_force(policy, e, now)]
-    # Asked for every machine of the fleet: the rings' selectors as `ring_of` reads them, bound once.
-    rings = [(ring.select.matches, members[ring.name]) for ring in policy.rings]
+    # Asked for every machine of the fleet: the selectors made into functions once (`Selector.matcher`).
+    exceptions = [(e, e.select.matcher()) for e in excepting]
+    rings = [(ring.select.matcher(), members[ring.name]) for ring in policy.rings]
     exclusion = policy.exclude.reason
     for instance in ordered:
         exception = None
-        for candidate in excepting:
-            if candidate.select.matches(instance):
+        for candidate, applies in exceptions:
+            if applies(instance):
                 exception = candidate
                 break
         if exception is not None:
@@ -282,7 +283,7 @@ def _plan_ring(
     rules = _Rules(budgets, pool_budgets, rollout.mode == "concurrent_zones", pairs)
     if canary <= 0:
         return _waves(members, rules)
-    first = _canary(members, budgets, canary)
+    first = _canary(members, sizes, budgets, canary)
     if pool_budgets is not None:  # the canary wave keeps to the pool budgets too
         load, kept = _Load(), []
         for instance in first:
@@ -381,19 +382,21 @@ def _respect_pools(waves: list[list[Instance]], rules: _Rules) -> list[list[Inst
     return [wave for wave in kept if wave]
 
 
-def _canary(members: Sequence[Instance], budgets: dict[ZoneKey, int], size: int) -> list[Instance]:
+def _canary(
+    members: Sequence[Instance], sizes: Mapping[ZoneKey, int], budgets: dict[ZoneKey, int], size: int
+) -> list[Instance]:
     """A first wave of at most `size` instances, all from the ring's largest zone (the most
-    typical machines) and, where they sit in availability sets, from one update domain."""
-    by_zone: dict[ZoneKey, list[Instance]] = defaultdict(list)
-    for instance in members:
-        by_zone[zone_of(instance)].append(instance)
-    zone = min(by_zone, key=lambda z: (-len(by_zone[z]), z))
+    typical machines; `sizes` counts each zone's members) and, where they sit in availability
+    sets, from one update domain."""
+    zone = min(sizes, key=lambda z: (-sizes[z], z))
     limit = min(size, budgets[zone])
-    loose = [i for i in by_zone[zone] if i.availability_set is None]
+    cloud, region, name = zone
+    in_zone = [i for i in members if i.region == region and (i.zone or "") == name and i.cloud == cloud]
+    loose = [i for i in in_zone if i.availability_set is None]
     if loose:
         return loose[:limit]
     groups: dict[tuple[str, str], list[Instance]] = defaultdict(list)
-    for instance in by_zone[zone]:
+    for instance in in_zone:
         groups[(str(instance.availability_set), update_domain_of(instance))].append(instance)
     largest = min(groups, key=lambda g: (-len(groups[g]), g))
     return groups[largest][:limit]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, date, datetime, time, timedelta
 from itertools import islice
 from typing import Annotated, Any, Literal, get_args
@@ -87,6 +87,29 @@ class Selector(_Section):
             and (not self.regions or instance.region in self.regions)
             and (not self.os or instance.os in self.os)
         )
+
+    def matcher(self) -> Callable[[Instance], bool]:
+        """`matches` as one function made for the criteria given (sets for the lists), for a question
+        asked of every machine of a fleet (the planner's rings, `planning.planner.assign`): about
+        half the time per machine, the same answers (tests/test_selector_matcher.py)."""
+        tags = tuple((key, None if "*" in values else frozenset(values)) for key, values in self.tags.items())
+        given = (("id", self.ids), ("cloud", self.clouds), ("region", self.regions), ("os", self.os))
+        fields = tuple((name, frozenset(wanted)) for name, wanted in given if wanted)
+        if len(tags) == 1 and not fields:  # the usual ring: one tag
+            key, allowed = tags[0]
+            if allowed is None:
+                return lambda instance: key in instance.tags
+            return lambda instance: instance.tags.get(key) in allowed
+
+        def matches(instance: Instance) -> bool:
+            own = instance.tags
+            for key, allowed in tags:
+                value = own.get(key)
+                if value is None or (allowed is not None and value not in allowed):
+                    return False
+            return all(getattr(instance, name) in wanted for name, wanted in fields)
+
+        return matches
 
 
 SLACK_GROUP_ID = re.compile(r"S[A-Z0-9]{2,}")

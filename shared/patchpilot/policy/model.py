@@ -6,6 +6,7 @@ import re
 from collections.abc import Callable, Iterable
 from datetime import UTC, date, datetime, time, timedelta
 from itertools import islice
+from operator import attrgetter
 from typing import Annotated, Any, Literal, get_args
 from zoneinfo import ZoneInfo
 
@@ -100,6 +101,10 @@ class Selector(_Section):
             if allowed is None:
                 return lambda instance: key in instance.tags
             return lambda instance: instance.tags.get(key) in allowed
+        if len(fields) == 1 and not tags:  # the usual exception: ids
+            name, wanted = fields[0]
+            read = attrgetter(name)
+            return lambda instance: read(instance) in wanted
 
         def matches(instance: Instance) -> bool:
             own = instance.tags

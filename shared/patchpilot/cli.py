@@ -53,11 +53,13 @@ from patchpilot.errors import InputError, Problem
 from patchpilot.inventory import Instance, load_inventory
 from patchpilot.planning import (
     Plan,
+    Selection,
     placement,
     plan,
     plan_document,
     pool_text,
     ring_of,
+    select,
     window_fit,
     window_warnings,
 )
@@ -166,7 +168,7 @@ def validate(policy_path: str, inventory_path: str | None, as_json: bool) -> Non
     if inventory_path:
         instances = load_inventory(inventory_path)
         click.echo(f"{inventory_path}: ok ({len(instances)} instances)")
-        _echo_warnings(ring_warnings(policy_path, policy, inventory_path, plan(policy, instances, _now())))
+        _echo_warnings(ring_warnings(policy_path, policy, inventory_path, select(policy, instances, _now())))
 
 
 def _validate_json(policy_path: str, inventory_path: str | None) -> None:
@@ -188,7 +190,7 @@ def _validate_json(policy_path: str, inventory_path: str | None) -> None:
         if inventory_path:
             instances = load_inventory(inventory_path)
             document["inventory"] = {"path": inventory_path, "instances": len(instances)}
-            document["warnings"] = ring_warnings(policy_path, policy, inventory_path, plan(policy, instances, _now()))
+            document["warnings"] = ring_warnings(policy_path, policy, inventory_path, select(policy, instances, _now()))
     except InputError as error:
         document["problems"] = input_problems(error)
         _print_json(document)
@@ -307,31 +309,36 @@ def _now() -> datetime:
     return virtual_start() or datetime.now(UTC)
 
 
-def pool_warnings(inventory_path: str, result: Plan) -> list[str]:
+def pool_warnings(inventory_path: str, result: Plan | Selection) -> list[str]:
     """The plan's warnings about traffic pools: a pool of one member that is patched, or whose
     machine is excluded (`rollout.single_member_pools: refuse`)."""
     return [f"{inventory_path}: {w}" for w in result.warnings]
 
 
-def ring_warnings(policy_path: str, policy: Policy, inventory_path: str, result: Plan) -> list[str]:
+def ring_warnings(policy_path: str, policy: Policy, inventory_path: str, result: Plan | Selection) -> list[str]:
     """Each ring that selects no machine of the inventory, and what a run would do then: a ring
     with no machine is patched by no run, and a first ring with none promotes no tested set, so
     no later ring is patched either (the run ends `nothing_patched`); then the plan's warnings
-    about traffic pools (`pool_warnings`). Empty for a frozen policy, which patches nothing by design."""
+    about traffic pools (`pool_warnings`). Empty for a frozen policy, which patches nothing by design.
+    A plan's `Selection` says the same as the plan (a ring with machines has waves)."""
     if policy.kind == "frozen":
         return []
     instances = result.instance_count + len(result.excluded)
     pools = pool_warnings(inventory_path, result)
     if not instances:
         return [f"{inventory_path}: the inventory is empty: a run would patch nothing"]
+    if isinstance(result, Selection):
+        rings = [(name, bool(group)) for name, group in result.members.items()]
+    else:
+        rings = [(ring.name, bool(ring.waves)) for ring in result.rings]
     warnings = []
-    for position, ring in enumerate(result.rings):
-        if ring.waves:
+    for position, (name, selects) in enumerate(rings):
+        if selects:
             continue
-        matched = sum(1 for e in result.excluded if ring_of(policy, e.instance) == ring.name)
-        text = f"ring {ring.name} selects no machine of {inventory_path} ({instances} instances"
+        matched = sum(1 for e in result.excluded if ring_of(policy, e.instance) == name)
+        text = f"ring {name} selects no machine of {inventory_path} ({instances} instances"
         text += f"; the {matched} it matches are excluded)" if matched else ")"
-        if position == 0 and len(result.rings) > 1:
+        if position == 0 and len(rings) > 1:
             text += ": a run would patch nothing and promote no tested set, so no later ring is patched either"
         elif position == 0:
             text += ": a run would patch nothing"

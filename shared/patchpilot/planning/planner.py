@@ -112,15 +112,41 @@ class Plan:
         return sum(len(w.instances) for w in self.waves)
 
 
-def plan(policy: Policy, instances: Iterable[Instance], now: datetime | None = None) -> Plan:
-    """Assign every instance to a ring and a wave, or say why it is excluded. Deterministic.
-    `now` decides which of the policy's exceptions are in force (None: none is)."""
+@dataclass(frozen=True)
+class Selection:
+    """Who a plan patches, before it packs them into waves: each ring's machines (in id order),
+    the excluded ones with why, the traffic pools' sizes and the plan's warnings about them. A ring
+    with machines gets at least one wave, so what needs only this (`patchpilot validate`'s
+    warnings) skips the packing."""
+
+    members: Mapping[str, Sequence[Instance]]  # ring name -> its machines
+    excluded: tuple[Exclusion, ...]
+    pool_members: Mapping[str, int]
+    warnings: tuple[str, ...]
+
+    @property
+    def instance_count(self) -> int:
+        """The machines selected (as `Plan.instance_count`)."""
+        return sum(len(group) for group in self.members.values())
+
+
+def select(policy: Policy, instances: Iterable[Instance], now: datetime | None = None) -> Selection:
+    """Each instance's ring, or why it is excluded, as `plan` decides it (`assign`, then the pools of
+    one member under `rollout.single_member_pools`)."""
     fleet = list(instances)
     members, excluded = assign(policy, fleet, now)
     pools = pool_members(fleet)
     members, refused, warnings = _single_member_pools(policy.rollout, members, pools)
     if refused:
         excluded = sorted([*excluded, *refused], key=lambda e: e.instance.id)
+    return Selection(members, tuple(excluded), pools, tuple(warnings))
+
+
+def plan(policy: Policy, instances: Iterable[Instance], now: datetime | None = None) -> Plan:
+    """Assign every instance to a ring and a wave, or say why it is excluded. Deterministic.
+    `now` decides which of the policy's exceptions are in force (None: none is)."""
+    chosen = select(policy, instances, now)
+    members, pools = chosen.members, chosen.pool_members
     pairs = RegionPairs(policy.region_pairs)
     rings, next_index = [], 1
     for position, ring in enumerate(policy.rings):
@@ -132,7 +158,7 @@ def plan(policy: Policy, instances: Iterable[Instance], now: datetime | None = N
         )
         next_index += len(waves)
         rings.append(RingPlan(ring.name, waves, bound, ring.approval))
-    return Plan(tuple(rings), tuple(excluded), _without_rollback(policy), pools, tuple(warnings))
+    return Plan(tuple(rings), chosen.excluded, _without_rollback(policy), pools, chosen.warnings)
 
 
 def pools_of(instance: Instance) -> list[str]:

@@ -54,6 +54,7 @@ from patchpilot.inventory import Instance, load_inventory
 from patchpilot.planning import (
     Plan,
     Selection,
+    WindowFit,
     placement,
     plan,
     plan_document,
@@ -295,11 +296,12 @@ def plan_command(policy_path: str, inventory_path: str, as_json: bool) -> None:
     policy = load_policy(policy_path)
     result = plan(policy, load_inventory(inventory_path), _now())
     warnings = ring_warnings(policy_path, policy, inventory_path, result)
-    warnings += [Problem(("schedule", "duration"), w).render(policy_path) for w in window_warnings(policy, result)]
+    fit = window_fit(policy, result)
+    warnings += [Problem(("schedule", "duration"), w).render(policy_path) for w in window_warnings(policy, result, fit)]
     if as_json:
-        _print_json({**plan_document(result), "window": window_fit(policy, result).document(), "warnings": warnings})
+        _print_json({**plan_document(result), "window": fit.document(), "warnings": warnings})
     else:
-        print_plan(_console(), policy, result)
+        print_plan(_console(), policy, result, fit)
         _echo_warnings(warnings)
 
 
@@ -377,7 +379,9 @@ def around_the_install(policy: Policy) -> str:
     return "" if len(steps) == 2 else ", ".join(steps)
 
 
-def print_plan(console: Console, policy: Policy, result: Plan) -> None:
+def print_plan(console: Console, policy: Policy, result: Plan, fit: WindowFit | None = None) -> None:
+    """The plan's waves, what is excluded, and how it fits the window (`fit`: `window_fit`'s, when
+    the caller has it already)."""
     from rich.table import Table
 
     rollout = policy.rollout
@@ -391,7 +395,7 @@ def print_plan(console: Console, policy: Policy, result: Plan) -> None:
         columns.insert(5, "pools")
     for column in columns:
         table.add_column(column, overflow="fold")
-    fit = window_fit(policy, result)
+    fit = fit or window_fit(policy, result)
     for wave, wave_fit in zip(result.waves, fit.waves, strict=True):
         size = len(wave.instances)
         more = size - MAX_IDS_SHOWN

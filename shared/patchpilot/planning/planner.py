@@ -34,8 +34,14 @@ def zone_of(instance: Instance) -> ZoneKey:
 
 def zone_sizes(instances: Iterable[Instance]) -> Counter[ZoneKey]:
     """How many of `instances` each zone (`zone_of`) holds. Asked for every machine of a ring: the
-    key is spelled out rather than a call of `zone_of` per machine."""
-    return Counter((i.cloud, i.region, i.zone or "") for i in instances)
+    places are counted without a Python call per machine, then keyed as `zone_of` keys them."""
+    sizes: Counter[ZoneKey] = Counter()
+    for (cloud, region, zone), count in Counter(map(_PLACE, instances)).items():
+        sizes[(cloud, region, zone or "")] += count
+    return sizes
+
+
+_PLACE = attrgetter("cloud", "region", "zone")
 
 
 def update_domain_of(instance: Instance) -> str:

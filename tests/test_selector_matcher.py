@@ -1,4 +1,5 @@
-"""`Selector.matcher()` answers as `Selector.matches` does, for every kind of criterion."""
+"""`Selector.matcher()` answers as `Selector.matches` does, for every kind of criterion, and
+`Exclusions.reasoner()` as `Exclusions.reason`."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import random
 import pytest
 
 from patchpilot.inventory import Instance
-from patchpilot.policy.model import Selector
+from patchpilot.policy.model import Exclusions, Selector
 
 TAGS = ["Environment", "App", "PatchPolicy"]
 VALUES = ["staging", "production", "web", "frozen", "*"]
@@ -61,3 +62,11 @@ def test_the_selectors_tried_match_some_machines_and_miss_others() -> None:
     """The comparison above means something: both answers occur."""
     answers = {s.matches(m) for s, m in itertools.product(selectors(), fleet())}
     assert answers == {True, False}
+
+
+@pytest.mark.parametrize("selector", selectors()[:60], ids=lambda s: repr(s.model_dump(exclude_defaults=True)))
+def test_reasoner_answers_as_reason(selector: Selector) -> None:
+    exclusions = Exclusions(tags=selector.tags, ids=selector.ids)
+    machines = fleet()
+    reasoner = exclusions.reasoner()
+    assert [reasoner(m) for m in machines] == [exclusions.reason(m) for m in machines]

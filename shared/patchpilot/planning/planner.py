@@ -277,7 +277,7 @@ def assign(
     # Asked for every machine of the fleet: the selectors made into functions once (`Selector.matcher`).
     exceptions = [(e, e.select.matcher()) for e in excepting]
     rings = [(ring.select.matcher(), members[ring.name]) for ring in policy.rings]
-    exclusion = policy.exclude.reason
+    exclusion = policy.exclude.reasoner()
     for instance in ordered:
         exception = None
         for candidate, applies in exceptions:

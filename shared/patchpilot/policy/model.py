@@ -321,6 +321,24 @@ class Exclusions(_Section):
                 return f"frozen: tag {key}={value}"
         return None
 
+    def reasoner(self) -> Callable[[Instance], str | None]:
+        """`reason` as one function (a set for the ids), for a question asked of every machine of a
+        fleet (`planning.planner.assign`); the same answers (tests/test_selector_matcher.py)."""
+        ids = frozenset(self.ids)
+        tags = tuple(self.tags.items())
+
+        def reason(instance: Instance) -> str | None:
+            if instance.id in ids:
+                return "excluded by id in the policy"
+            own = instance.tags
+            for key, values in tags:
+                value = own.get(key)
+                if value is not None and ("*" in values or value in values):
+                    return f"frozen: tag {key}={value}"
+            return None
+
+        return reason
+
 
 class PolicyException(_Section):
     """An accepted risk (docs/governance.md "Exceptions"): the machines `select` matches are left

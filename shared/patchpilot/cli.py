@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, time, timedelta
+from operator import attrgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, get_args
 
@@ -85,6 +86,7 @@ if TYPE_CHECKING:
     from patchpilot.reports.overview import history_entry as history_entry  # re-exported: `runs --json` rows
 
 MAX_IDS_SHOWN = 6
+HOTPATCH = attrgetter("hotpatch")  # filter(HOTPATCH, machines): 100,000 of them without a Python call each
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -420,7 +422,7 @@ def print_plan(console: Console, policy: Policy, result: Plan, fit: WindowFit | 
             console.print(f"Ring {ring.name}: {ring.gate}.", soft_wrap=True)
     if around := around_the_install(policy):
         console.print(f"Around each install: {around}.", soft_wrap=True)
-    if hot := [i.short_name for w in result.waves for i in w.instances if i.hotpatch]:
+    if hot := [i.short_name for w in result.waves for i in filter(HOTPATCH, w.instances)]:
         shown = ", ".join(hot[:MAX_IDS_SHOWN]) + (f" … +{len(hot) - MAX_IDS_SHOWN}" if len(hot) > MAX_IDS_SHOWN else "")
         console.print(
             f"Hotpatch-enabled: {plural(len(hot), 'machine')} ({shown}), not rebooted in a month whose "

@@ -34,7 +34,7 @@ def fleet() -> list[Instance]:
 
 def selectors() -> list[Selector]:
     rng = random.Random(7)
-    found = [Selector(), Selector(tags={"Environment": "*"}), Selector(tags={"Environment": "staging"})]
+    found = [Selector(), Selector(tags={"Environment": ["*"]}), Selector(tags={"Environment": ["staging"]})]
     for _ in range(200):
         tags = {key: rng.sample(VALUES, rng.randint(1, 2)) for key in TAGS if rng.random() < 0.4}
         criteria: dict[str, object] = {"tags": tags}

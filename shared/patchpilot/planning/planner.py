@@ -277,7 +277,7 @@ def assign(
     # Asked for every machine of the fleet: the selectors made into functions once (`Selector.matcher`).
     exceptions = [(e, e.select.matcher()) for e in excepting]
     rings = [(ring.select.matcher(), members[ring.name]) for ring in policy.rings]
-    exclusion = policy.exclude.reasoner()
+    exclusion, unprotected = policy.exclude.reasoner(), policy.unprotected_reason
     for instance in ordered:
         exception = None
         for candidate, applies in exceptions:
@@ -287,8 +287,10 @@ def assign(
         if exception is not None:
             excluded.append(Exclusion(instance, exception.label(), exception))
             continue
-        reason = frozen or exclusion(instance) or scaling_group_reason(policy, instance)
-        if reason := reason or policy.unprotected_reason(instance):
+        reason = frozen or exclusion(instance)
+        if instance.scaling_group is not None:  # most machines are in none: no call for them
+            reason = reason or scaling_group_reason(policy, instance)
+        if reason := reason or unprotected(instance):
             excluded.append(Exclusion(instance, reason))
             continue
         for matches, ring_members in rings:  # the first ring whose selector matches (`ring_of`)

@@ -60,6 +60,7 @@ LAYERS: dict[str, str] = {
     "cli": ENTRYPOINT,
     "cli_common": ENTRYPOINT,
     "cli_steps": ENTRYPOINT,
+    "cli_tables": ENTRYPOINT,
     "cli_advisory": ENTRYPOINT,
     "cli_aws": ENTRYPOINT,
     "cli_azure": ENTRYPOINT,

@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
+import functools
+import gc
+import importlib
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, time, timedelta
+from operator import attrgetter
 from pathlib import Path
-from typing import Any, get_args
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, get_args
 
 import click
 from click.core import ParameterSource
-from rich.console import Console
-from rich.measure import Measurement
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
-from rich.table import Table
-from rich.text import Text
 
-from patchpilot.adapters.local.sqlite_store import SqliteRunStore
-from patchpilot.adapters.local.state_lock import lock_holder
+from patchpilot.adapters.local.clock import virtual_start
 from patchpilot.cli_common import EXIT_INVALID_INPUT as EXIT_INVALID_INPUT  # re-exported: scripts and tests use it
 from patchpilot.cli_common import input_problems, reports_input_errors
 from patchpilot.cli_common import print_json as _print_json
@@ -50,44 +48,72 @@ from patchpilot.cli_steps import (
 from patchpilot.cli_steps import (
     refresh_overview_page as refresh_overview_page,
 )
-from patchpilot.engine.messages import MESSAGE, Notify
-from patchpilot.engine.retry import retry_chain, retry_targets
+from patchpilot.cli_tables import print_rows
 from patchpilot.engine.run import InstanceRecord, Run, Status, count_states
 from patchpilot.errors import InputError, Problem
 from patchpilot.inventory import Instance, load_inventory
-from patchpilot.local_runtime import (
-    LocalRuntime,
-    NoRunsError,
-    check_writable_dirs,
-    open_runs,
-    virtual_start,
-    writing,
-)
 from patchpilot.planning import (
     Plan,
+    Selection,
+    WindowFit,
     placement,
     plan,
     plan_document,
     pool_text,
     ring_of,
+    select,
     window_fit,
     window_warnings,
 )
 from patchpilot.policy import Policy, load_policy
 from patchpilot.policy.fields import format_duration
-from patchpilot.policy.freeze import Freeze
-from patchpilot.policy.model import Schedule
-from patchpilot.ports import RunStore, UnknownRunError
-from patchpilot.reports import report_stem, write_reports
-from patchpilot.reports.model import traffic_summary
-from patchpilot.reports.overview import history_entry as history_entry  # re-exported: `runs --json` rows
 from patchpilot.wording import plural
 
+# `plan` and `validate` load only what they use (tests/test_cli_imports.py): the local runtime,
+# the engine's messages, the reports, rich and the command groups of the clouds load in the
+# commands that use them.
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import TaskID
+    from rich.table import Table
+
+    from patchpilot.adapters.local.sqlite_store import SqliteRunStore
+    from patchpilot.engine.messages import Notify
+    from patchpilot.local_runtime import LocalRuntime
+    from patchpilot.policy.freeze import Freeze
+    from patchpilot.policy.model import Schedule
+    from patchpilot.ports import RunStore
+    from patchpilot.reports.overview import history_entry as history_entry  # re-exported: `runs --json` rows
+
 MAX_IDS_SHOWN = 6
+HOTPATCH = attrgetter("hotpatch")  # filter(HOTPATCH, machines): 100,000 of them without a Python call each
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
-def _console() -> Console:
-    return Console(highlight=False)
+def _console(**options: Any) -> Console:
+    from rich.console import Console
+
+    return Console(highlight=False, **options)
+
+
+def collector_paused(command: Callable[P, R]) -> Callable[P, R]:
+    """Run `command` with the cyclic garbage collector paused. Loading and planning a fleet of
+    100,000 machines allocates millions of objects that live until the command ends and hold no
+    cycle to free: each pass of the collector over them is wasted (a third of the time it takes to
+    load the inventory, bench/bench_cli_plan.py), so none runs."""
+
+    @functools.wraps(command)
+    def paused(*args: P.args, **kwargs: P.kwargs) -> R:
+        if not gc.isenabled():
+            return command(*args, **kwargs)
+        gc.disable()
+        try:
+            return command(*args, **kwargs)
+        finally:
+            gc.enable()
+
+    return paused
 
 
 policy_option = click.option("--policy", "policy_path", required=True, metavar="FILE", help="Policy file (YAML).")
@@ -95,7 +121,33 @@ inventory_option = click.option("--inventory", "inventory_path", metavar="FILE",
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 
 
-@click.group()
+# The commands of other modules (each module's attribute of the command's name). They reach back
+# into this module when a command runs, never at import.
+COMMANDS_ELSEWHERE = {
+    "advisory": "patchpilot.cli_advisory",
+    "advisories": "patchpilot.cli_advisory",
+    "aws": "patchpilot.cli_aws",
+    "azure": "patchpilot.cli_azure",
+    "compliance": "patchpilot.cli_compliance",
+    "maintenance": "patchpilot.cli_maintenance",
+}
+
+
+class _Commands(click.Group):
+    """`patchpilot`'s commands; those of `COMMANDS_ELSEWHERE` load when they are asked for (a
+    command line that names one, `--help`, completion): `plan` and `validate` never import them."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *COMMANDS_ELSEWHERE})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in COMMANDS_ELSEWHERE and cmd_name not in self.commands:
+            command = getattr(importlib.import_module(COMMANDS_ELSEWHERE[cmd_name]), cmd_name)
+            self.add_command(command, cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_Commands)
 @click.version_option(None, "-V", "--version", package_name="patchpilot")
 def main() -> None:
     """PatchPilot: snapshot, patch a staging ring, health-check, promote to production in
@@ -107,6 +159,7 @@ def main() -> None:
 @inventory_option
 @json_option
 @reports_input_errors
+@collector_paused
 def validate(policy_path: str, inventory_path: str | None, as_json: bool) -> None:
     """Check a policy (and an inventory) and name every problem with its place."""
     if as_json:
@@ -118,7 +171,7 @@ def validate(policy_path: str, inventory_path: str | None, as_json: bool) -> Non
     if inventory_path:
         instances = load_inventory(inventory_path)
         click.echo(f"{inventory_path}: ok ({len(instances)} instances)")
-        _echo_warnings(ring_warnings(policy_path, policy, inventory_path, plan(policy, instances, _now())))
+        _echo_warnings(ring_warnings(policy_path, policy, inventory_path, select(policy, instances, _now())))
 
 
 def _validate_json(policy_path: str, inventory_path: str | None) -> None:
@@ -140,7 +193,7 @@ def _validate_json(policy_path: str, inventory_path: str | None) -> None:
         if inventory_path:
             instances = load_inventory(inventory_path)
             document["inventory"] = {"path": inventory_path, "instances": len(instances)}
-            document["warnings"] = ring_warnings(policy_path, policy, inventory_path, plan(policy, instances, _now()))
+            document["warnings"] = ring_warnings(policy_path, policy, inventory_path, select(policy, instances, _now()))
     except InputError as error:
         document["problems"] = input_problems(error)
         _print_json(document)
@@ -162,7 +215,8 @@ def _validate_json(policy_path: str, inventory_path: str | None) -> None:
 @reports_input_errors
 def schedule(policy_path: str, count: int, after: str | None, as_json: bool) -> None:
     """List the next maintenance windows of a policy, and which freezes stop or shorten them."""
-    from patchpilot.local_runtime import virtual_start
+    from rich.table import Table
+
     from patchpilot.triggers import freeze_of
 
     policy = load_policy(policy_path)
@@ -238,16 +292,18 @@ def _parse_after(text: str, sched: Schedule) -> datetime:
 @click.option("--inventory", "inventory_path", required=True, metavar="FILE", help="Inventory file (JSON).")
 @json_option
 @reports_input_errors
+@collector_paused
 def plan_command(policy_path: str, inventory_path: str, as_json: bool) -> None:
     """Show the rings and availability-safe waves for a fleet, and what is excluded and why."""
     policy = load_policy(policy_path)
     result = plan(policy, load_inventory(inventory_path), _now())
     warnings = ring_warnings(policy_path, policy, inventory_path, result)
-    warnings += [Problem(("schedule", "duration"), w).render(policy_path) for w in window_warnings(policy, result)]
+    fit = window_fit(policy, result)
+    warnings += [Problem(("schedule", "duration"), w).render(policy_path) for w in window_warnings(policy, result, fit)]
     if as_json:
-        _print_json({**plan_document(result), "window": window_fit(policy, result).document(), "warnings": warnings})
+        _print_json({**plan_document(result), "window": fit.document(), "warnings": warnings})
     else:
-        print_plan(_console(), policy, result)
+        print_plan(_console(), policy, result, fit)
         _echo_warnings(warnings)
 
 
@@ -257,31 +313,36 @@ def _now() -> datetime:
     return virtual_start() or datetime.now(UTC)
 
 
-def pool_warnings(inventory_path: str, result: Plan) -> list[str]:
+def pool_warnings(inventory_path: str, result: Plan | Selection) -> list[str]:
     """The plan's warnings about traffic pools: a pool of one member that is patched, or whose
     machine is excluded (`rollout.single_member_pools: refuse`)."""
     return [f"{inventory_path}: {w}" for w in result.warnings]
 
 
-def ring_warnings(policy_path: str, policy: Policy, inventory_path: str, result: Plan) -> list[str]:
+def ring_warnings(policy_path: str, policy: Policy, inventory_path: str, result: Plan | Selection) -> list[str]:
     """Each ring that selects no machine of the inventory, and what a run would do then: a ring
     with no machine is patched by no run, and a first ring with none promotes no tested set, so
     no later ring is patched either (the run ends `nothing_patched`); then the plan's warnings
-    about traffic pools (`pool_warnings`). Empty for a frozen policy, which patches nothing by design."""
+    about traffic pools (`pool_warnings`). Empty for a frozen policy, which patches nothing by design.
+    A plan's `Selection` says the same as the plan (a ring with machines has waves)."""
     if policy.kind == "frozen":
         return []
     instances = result.instance_count + len(result.excluded)
     pools = pool_warnings(inventory_path, result)
     if not instances:
         return [f"{inventory_path}: the inventory is empty: a run would patch nothing"]
+    if isinstance(result, Selection):
+        rings = [(name, bool(group)) for name, group in result.members.items()]
+    else:
+        rings = [(ring.name, bool(ring.waves)) for ring in result.rings]
     warnings = []
-    for position, ring in enumerate(result.rings):
-        if ring.waves:
+    for position, (name, selects) in enumerate(rings):
+        if selects:
             continue
-        matched = sum(1 for e in result.excluded if ring_of(policy, e.instance) == ring.name)
-        text = f"ring {ring.name} selects no machine of {inventory_path} ({instances} instances"
+        matched = sum(1 for e in result.excluded if ring_of(policy, e.instance) == name)
+        text = f"ring {name} selects no machine of {inventory_path} ({instances} instances"
         text += f"; the {matched} it matches are excluded)" if matched else ")"
-        if position == 0 and len(result.rings) > 1:
+        if position == 0 and len(rings) > 1:
             text += ": a run would patch nothing and promote no tested set, so no later ring is patched either"
         elif position == 0:
             text += ": a run would patch nothing"
@@ -320,7 +381,11 @@ def around_the_install(policy: Policy) -> str:
     return "" if len(steps) == 2 else ", ".join(steps)
 
 
-def print_plan(console: Console, policy: Policy, result: Plan) -> None:
+def print_plan(console: Console, policy: Policy, result: Plan, fit: WindowFit | None = None) -> None:
+    """The plan's waves, what is excluded, and how it fits the window (`fit`: `window_fit`'s, when
+    the caller has it already)."""
+    from rich.table import Table
+
     rollout = policy.rollout
     pools = f", pool budget {rollout.pool_budget}" if rollout.pool_budget is not None else ""
     table = Table(
@@ -332,25 +397,21 @@ def print_plan(console: Console, policy: Policy, result: Plan) -> None:
         columns.insert(5, "pools")
     for column in columns:
         table.add_column(column, overflow="fold")
-    fit = window_fit(policy, result)
+    fit = fit or window_fit(policy, result)
     for wave, wave_fit in zip(result.waves, fit.waves, strict=True):
-        names = [i.short_name for i in wave.instances]
-        more = len(names) - MAX_IDS_SHOWN
-        shown = ", ".join(names[:MAX_IDS_SHOWN]) + (f" … +{more}" if more > 0 else "")
+        size = len(wave.instances)
+        more = size - MAX_IDS_SHOWN
+        shown = ", ".join(i.short_name for i in wave.instances[:MAX_IDS_SHOWN]) + (f" … +{more}" if more > 0 else "")
         label = f"{wave.index}" + (" (canary)" if wave.canary else "")
         expected = format_duration(wave_fit.expected) + ("" if wave_fit.starts else " (does not fit)")
-        row = [label, wave.ring, str(len(names)), expected, placement(wave.instances), shown]
+        row = [label, wave.ring, str(size), expected, placement(wave.instances), shown]
         if result.pool_members:
             row.insert(5, pool_text(wave.instances, result.pool_members))
         table.add_row(*row)
     console.print(table)
-    if result.excluded:
-        excluded = Table(title="Excluded")
-        for column in ("instance", "id", "reason"):
-            excluded.add_column(column, overflow="fold")
-        for e in result.excluded:
-            excluded.add_row(e.instance.short_name, e.instance.id, e.reason)
-        console.print(excluded)
+    if result.excluded:  # 1,000 rows for a fleet of 100,000: printed as rich would, quicker
+        rows = [(e.instance.short_name, e.instance.id, e.reason) for e in result.excluded]
+        print_rows(console, "Excluded", ("instance", "id", "reason"), rows)
     rings = "; ".join(f"{r.name} {len(r.waves)} (bound {r.lower_bound})" for r in result.rings)
     console.print(
         f"{result.instance_count} instances in {len(result.waves)} waves, lower bound "
@@ -361,7 +422,7 @@ def print_plan(console: Console, policy: Policy, result: Plan) -> None:
             console.print(f"Ring {ring.name}: {ring.gate}.", soft_wrap=True)
     if around := around_the_install(policy):
         console.print(f"Around each install: {around}.", soft_wrap=True)
-    if hot := [i.short_name for w in result.waves for i in w.instances if i.hotpatch]:
+    if hot := [i.short_name for w in result.waves for i in filter(HOTPATCH, w.instances)]:
         shown = ", ".join(hot[:MAX_IDS_SHOWN]) + (f" … +{len(hot) - MAX_IDS_SHOWN}" if len(hot) > MAX_IDS_SHOWN else "")
         console.print(
             f"Hotpatch-enabled: {plural(len(hot), 'machine')} ({shown}), not rebooted in a month whose "
@@ -385,6 +446,8 @@ def schema(kind: str) -> None:
 
 
 def messages_schema() -> dict[str, Any]:
+    from patchpilot.engine.messages import MESSAGE
+
     document = MESSAGE.json_schema(mode="serialization")
     document["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     document["title"] = "PatchPilot messages (commands and events)"
@@ -413,6 +476,8 @@ state_dir_option = click.option(
 def complete_run_ids(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
     """Shell completion of a RUN_ID: the runs of the state directory (given before it, or the
     default), newest first, that start with what was typed. Reads only; nothing when there is none."""
+    from patchpilot.local_runtime import open_runs
+
     state_dir = ctx.params.get("state_dir") or os.environ.get("PATCHPILOT_STATE_DIR") or DEFAULT_STATE_DIR
     try:
         with open_runs(Path(state_dir)) as store:
@@ -453,7 +518,9 @@ def run_command(
         raise click.UsageError("--resume takes the policy and inventory saved with the run; give neither")
     if not resume_id and not (policy_path and inventory_path):
         raise click.UsageError("give --policy and --inventory, or --resume RUN_ID")
-    console = Console(stderr=as_json, highlight=False)
+    from patchpilot.local_runtime import LocalRuntime, writing
+
+    console = _console(stderr=as_json)
     live = LiveProgress(console, quiet=as_json)
     if resume_id:
         directory = _report_dir_of(state_dir, resume_id, report_dir)
@@ -524,7 +591,9 @@ def _decide_gate(
 ) -> None:
     """Approve or reject (`decide`) the gate a run waits at, under the state directory's lock,
     then drive the run on and report as `run` does."""
-    console = Console(stderr=as_json, highlight=False)
+    from patchpilot.local_runtime import LocalRuntime, writing
+
+    console = _console(stderr=as_json)
     live = LiveProgress(console, quiet=as_json)
     directory = _report_dir_of(state_dir, run_id, report_dir)
     with writing(state_dir, directory):
@@ -582,7 +651,10 @@ def retry(
     """Retry the machines a finished run did not patch (rolled back, failed, skipped, not
     started) with the patch set it promoted, once you have fixed the cause: a new run
     RUN_ID-retry-N, driven like `patchpilot run`."""
-    console = Console(stderr=as_json, highlight=False)
+    from patchpilot.engine.retry import retry_chain, retry_targets
+    from patchpilot.local_runtime import LocalRuntime, writing
+
+    console = _console(stderr=as_json)
     live = LiveProgress(console, quiet=as_json)
     current = load_inventory(inventory_path) if inventory_path else None
     if cloud is not None:
@@ -625,6 +697,8 @@ def _retry_in_cloud(
 ) -> None:
     """Start the retry on the deployed runtime (`Service.retry`); its workers drive it. Exit 0
     once started, 3 when its first ring waits for approval."""
+    from patchpilot.ports import UnknownRunError
+
     if cloud == "aws":
         from patchpilot.bootstrap.aws import deps as aws_deps
 
@@ -680,6 +754,10 @@ def _is_cloud_error(error: Exception) -> bool:
 def status(run_id: str, state_dir: Path, as_json: bool) -> None:
     """Show where a run is, what needs you first (with the command to type), and what happened
     to its instances. Exits as `patchpilot run` would for the run's status (0 while it runs)."""
+    from rich.table import Table
+
+    from patchpilot.adapters.local.state_lock import lock_holder
+
     with _reading(state_dir, run_id) as store:
         run = _load_run(store, state_dir, run_id)
     driven_by = lock_holder(state_dir) if run.status == "running" else None
@@ -726,6 +804,8 @@ def status(run_id: str, state_dir: Path, as_json: bool) -> None:
 
 def _print_pools(console: Console, run: Run) -> None:
     """The traffic pools the run drained machines from: members, serving now, and who is out."""
+    from rich.table import Table
+
     from patchpilot.planning.planner import pool_members
 
     records = run.records()
@@ -751,6 +831,8 @@ def status_exit(run: Run) -> int:
 
 def _print_next_steps(console: Console, steps: list[tuple[str, str]]) -> None:
     """The steps first, each command on a line of its own, never wrapped (it is there to be copied)."""
+    from rich.text import Text
+
     if not steps:
         return
     console.print("[bold]Needs you:[/bold]")
@@ -769,6 +851,8 @@ def _print_next_steps(console: Console, steps: list[tuple[str, str]]) -> None:
 def report(run_id: str, state_dir: Path, report_dir: Path | None, as_json: bool) -> None:
     """Write the run report (Markdown and a self-contained HTML page) and print where it is
     (by default where the run's own reports went)."""
+    from patchpilot.local_runtime import check_writable_dirs
+
     with _reading(state_dir, run_id) as store:
         run = _load_run(store, state_dir, run_id)
         directory = report_dir or store.report_dir(run_id) or state_dir / "reports"
@@ -822,6 +906,11 @@ def runs(
     as_json: bool,
 ) -> None:
     """The run history, newest first: status, window, instance counts and the report."""
+    from rich.table import Table
+
+    from patchpilot.local_runtime import open_runs
+    from patchpilot.reports.overview import history_entry
+
     if cloud is None:
         local = state_dir or Path(DEFAULT_STATE_DIR)
         with open_runs(local) as store:
@@ -870,6 +959,8 @@ def _history(
 
 def _local_report(store: SqliteRunStore, state_dir: Path, run_id: str) -> str | None:
     """The HTML report of `run_id`, where its reports went, if it is there."""
+    from patchpilot.reports import report_stem
+
     html = (store.report_dir(run_id) or state_dir / "reports") / f"{report_stem(run_id)}.html"
     return str(html) if html.is_file() else None
 
@@ -899,14 +990,18 @@ def cloud_run_store(cloud: str, table: str) -> RunStore:
 def print_unwrapped(console: Console, renderable: Table) -> None:
     """Print `renderable` at its natural width when the terminal is narrower: what it holds (run
     ids, paths) is copied, so a line is never wrapped or cut (the terminal folds it on screen)."""
+    from rich.measure import Measurement
+
     natural = Measurement.get(console, console.options.update_width(10_000), renderable).maximum
     if natural <= console.width:
         console.print(renderable)
         return
-    Console(file=console.file, width=natural, highlight=False, force_terminal=console.is_terminal).print(renderable)
+    _console(file=console.file, width=natural, force_terminal=console.is_terminal).print(renderable)
 
 
 def _load_run(store: SqliteRunStore, state_dir: Path, run_id: str) -> Run:
+    from patchpilot.ports import UnknownRunError
+
     try:
         return store.load(run_id)
     except UnknownRunError:
@@ -932,6 +1027,8 @@ def _remember_report_dir(runtime: LocalRuntime, run: Run, given: Path | None) ->
 @contextmanager
 def _reading(state_dir: Path, run_id: str) -> Iterator[SqliteRunStore]:
     """The runs of `state_dir`, read-only (no lock: each load reads one consistent snapshot)."""
+    from patchpilot.local_runtime import NoRunsError, open_runs
+
     try:
         store = open_runs(state_dir)
     except NoRunsError as error:
@@ -943,6 +1040,8 @@ def _reading(state_dir: Path, run_id: str) -> Iterator[SqliteRunStore]:
 def _write_reports(run: Run, directory: Path) -> tuple[Path, Path]:
     """`write_reports`, with a failure to write (a full disk, a directory changed meanwhile) as
     one line naming the directory."""
+    from patchpilot.reports import write_reports
+
     try:
         return write_reports(run, directory)
     except OSError as error:
@@ -991,7 +1090,8 @@ def _drive_and_report(
 def overview_command(state_dir: Path, as_json: bool) -> None:
     """Write the overview page again (STATE_DIR/reports/index.html: the runs that need you first,
     the compliance totals, the maintenance due before the next window) and print where it is."""
-    from patchpilot.local_runtime import refresh_local_overview
+    from patchpilot.adapters.local.state_lock import lock_holder
+    from patchpilot.local_runtime import NoRunsError, check_writable_dirs, refresh_local_overview
 
     if not state_dir.is_dir():
         raise NoRunsError(state_dir, "no state directory here: give the --state-dir of the runs")
@@ -1022,6 +1122,8 @@ def _exit_status(run: Run) -> int:
 
 
 def _print_outcome(console: Console, run: Run, runtime: LocalRuntime) -> None:
+    from patchpilot.reports.model import traffic_summary
+
     console.print(f"Run {run.run_id}: [bold]{run.status}[/bold]. {count_states(run.records())}.", soft_wrap=True)
     if run.reason:
         console.print(f"Reason: {run.reason}")
@@ -1043,6 +1145,9 @@ def _print_outcome(console: Console, run: Run, runtime: LocalRuntime) -> None:
 def _print_broken(console: Console, run: Run) -> None:
     """The machines the run left `failed`, loudly, with what to do: PatchPilot will not touch them
     again by itself, so a person restores each from its snapshots."""
+    from rich.table import Table
+    from rich.text import Text
+
     broken = run.broken()
     if not broken:
         return
@@ -1084,6 +1189,8 @@ class LiveProgress:
     LOUD_TOPICS = ("instance_failed", "ring_finished", "approval_needed", "run_halted", "run_skipped")
 
     def __init__(self, console: Console, quiet: bool = False) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
         self.console = console
         self.quiet = quiet
         self.progress = Progress(
@@ -1128,20 +1235,16 @@ class LiveProgress:
     def notice(self, notice: Notify) -> None:
         if notice.topic not in self.LOUD_TOPICS and notice.severity != "error":
             return
+        from rich.text import Text
+
         style = {"error": "red", "warning": "yellow"}.get(notice.severity, "")
         self.console.print(Text(notice.text, style=style))
 
 
-# The command groups reach back into this module when they run.
-from patchpilot.cli_advisory import advisories, advisory  # noqa: E402
-from patchpilot.cli_aws import aws  # noqa: E402
-from patchpilot.cli_azure import azure  # noqa: E402
-from patchpilot.cli_compliance import compliance  # noqa: E402
-from patchpilot.cli_maintenance import maintenance  # noqa: E402
+def __getattr__(name: str) -> Any:
+    """`history_entry`, re-exported (the rows of `runs --json`), loads with the reports when asked for."""
+    if name == "history_entry":
+        from patchpilot.reports.overview import history_entry
 
-main.add_command(aws)
-main.add_command(azure)
-main.add_command(advisory)
-main.add_command(advisories)
-main.add_command(maintenance)
-main.add_command(compliance)
+        return history_entry
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

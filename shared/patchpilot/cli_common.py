@@ -12,7 +12,6 @@ from typing import Any, TypeVar
 import click
 
 from patchpilot.errors import InputError, format_path
-from patchpilot.ports import DiscoveryReadRefusedError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -47,7 +46,14 @@ def reports_input_errors(command: F) -> F:
                 raise
             print_json_error(exc.format_message(), [])
             sys.exit(exc.exit_code)
-        except DiscoveryReadRefusedError as exc:  # a cloud refused a read the policy needs: one line, exit 1
+        except Exception as exc:
+            # `patchpilot.ports` (and the engine's messages with it) loads only with a command that
+            # reads a cloud: `plan` and `validate` do not import it.
+            from patchpilot.ports import DiscoveryReadRefusedError
+
+            if not isinstance(exc, DiscoveryReadRefusedError):
+                raise
+            # a cloud refused a read the policy needs: one line, exit 1
             if as_json:
                 print_json_error(str(exc), [])
             else:

@@ -9,11 +9,13 @@ import shlex
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from patchpilot.adapters.local.sqlite_store import SqliteRunStore
-from patchpilot.engine.run import Run
+if TYPE_CHECKING:  # `plan` and `validate` import this module: they load no run store
+    from patchpilot.adapters.local.sqlite_store import SqliteRunStore
+    from patchpilot.engine.run import Run
 
 EXIT_SUCCEEDED = 0
 EXIT_HALTED = 1  # halted, incomplete (the window ended) or stalled

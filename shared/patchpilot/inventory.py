@@ -6,6 +6,7 @@ Locally an inventory is a JSON file; the cloud adapters discover the same `Insta
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -194,11 +195,11 @@ def _named(problem: Problem, entries: list[Any]) -> Problem:
 
 
 def load_inventory(path: str) -> list[Instance]:
-    text = read_text(path)
+    # pydantic's JSON parser, from the file's bytes: faster than `json`, no copy of the file as a
+    # `str`, and the strings that repeat (keys, regions, tags) become one object each, which keeps a
+    # fleet of 100,000 light (bench/bench_cli_plan.py).
     try:
-        # pydantic's JSON parser: faster than `json`, and the strings that repeat (keys, regions,
-        # tags) become one object each, which keeps a fleet of 100,000 light (bench/bench_cli_plan.py).
-        data = from_json(text, cache_strings="all")
-    except ValueError:
-        data = parse_json(text, path)  # names the problem as `json` does (or reads what it reads)
+        data = from_json(Path(path).read_bytes(), cache_strings="all")
+    except (OSError, ValueError):  # unreadable, not UTF-8, not JSON: named as the text is read
+        data = parse_json(read_text(path), path)  # as `json` names the problem (or reads what it reads)
     return parse_inventory(data, path)

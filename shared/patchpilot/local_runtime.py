@@ -24,7 +24,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from patchpilot.adapters.local.clock import VIRTUAL_START_ENV as VIRTUAL_START_ENV  # re-exported
 from patchpilot.adapters.local.clock import VirtualClock
+from patchpilot.adapters.local.clock import virtual_start as virtual_start  # re-exported
 from patchpilot.adapters.local.notifier import FileNotifier
 from patchpilot.adapters.local.reports import DirectoryDocuments
 from patchpilot.adapters.local.simulated_fleet import SimulatedFleet
@@ -52,27 +54,7 @@ log = logging.getLogger("patchpilot.local")
 DB_NAME = "state.db"
 RECEIVE_BATCH = 10
 LOCK_WAIT_SECONDS = 5.0  # how long a second writer waits for the state directory's lock
-VIRTUAL_START_ENV = "PATCHPILOT_VIRTUAL_START"
 MAX_FROZEN_WINDOWS = 60  # how many frozen windows `open_window` skips before it gives up
-
-
-def virtual_start() -> datetime | None:
-    """Where a new state directory's virtual clock starts when `PATCHPILOT_VIRTUAL_START` (an ISO
-    time with its offset) is set; None (the real now) otherwise. Set, the runs are reproducible:
-    their ids end in a suffix derived from the run, not a random one (`LocalRuntime.start`). The
-    docs' examples are made this way (`patchpilot.tools.doc_examples`)."""
-    text = os.environ.get(VIRTUAL_START_ENV, "").strip()
-    if not text:
-        return None
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        moment = None
-    if moment is None or moment.tzinfo is None:
-        raise InputError.single(
-            VIRTUAL_START_ENV, f'expected an ISO time with its offset such as "2026-12-01T00:00:00+00:00", got "{text}"'
-        )
-    return moment
 
 
 class StateDirError(InputError):

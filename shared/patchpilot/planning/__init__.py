@@ -16,6 +16,7 @@ if TYPE_CHECKING:
         Exclusion,
         Plan,
         RingPlan,
+        Selection,
         Wave,
         assign,
         placement,
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
         pool_shares,
         pool_text,
         ring_of,
+        select,
     )
 
 _ESTIMATE = ("WindowFit", "wave_estimate", "window_fit", "window_warnings")
@@ -35,6 +37,7 @@ __all__ = [
     "Exclusion",
     "Plan",
     "RingPlan",
+    "Selection",
     "Wave",
     "WindowFit",
     "assign",
@@ -46,6 +49,7 @@ __all__ = [
     "pool_shares",
     "pool_text",
     "ring_of",
+    "select",
     "wave_estimate",
     "window_fit",
     "window_warnings",

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
+from operator import attrgetter
 from typing import TYPE_CHECKING, Literal
 
 from patchpilot.inventory import Instance
@@ -49,7 +50,9 @@ def _estimate(hinted: int | None, reboot: Literal["if_required", "always", "neve
 
 def wave_estimate(instances: Iterable[Instance], reboot: Literal["if_required", "always", "never"]) -> timedelta:
     """The longest a wave of these machines is expected to take (0 for no machine)."""
-    hints = {_install_hint(i) for i in instances}  # a few values for a wave of thousands
+    # A few values for a wave of thousands: the distinct simulation hints first (None for machines
+    # that are not simulated), then their install hints (`_install_hint`).
+    hints = {s.install_minutes if s else None for s in set(map(attrgetter("simulation"), instances))}
     return max((_estimate(hinted, reboot) for hinted in hints), default=timedelta(0))
 
 
@@ -128,12 +131,13 @@ def window_fit(policy: Policy, result: Plan) -> WindowFit:
     return WindowFit(window, cutoff, tuple(fits), clock)
 
 
-def window_warnings(policy: Policy, result: Plan) -> list[str]:
+def window_warnings(policy: Policy, result: Plan, fit: WindowFit | None = None) -> list[str]:
     """What does not fit the window, in words: [] when every wave would start, without a schedule,
-    for a frozen policy, and with azure.maintenance (a cloud-scheduled run: Update Manager starts at its own time)."""
+    for a frozen policy, and with azure.maintenance (a cloud-scheduled run: Update Manager starts at its own time).
+    `fit`: `window_fit(policy, result)` when the caller has it already."""
     if policy.kind == "frozen" or (policy.azure is not None and policy.azure.maintenance is not None):
         return []
-    fit = window_fit(policy, result)
+    fit = fit or window_fit(policy, result)
     if fit.window is None or fit.fits:
         return []
     late = [w for w in fit.waves if not w.starts]

@@ -13,7 +13,8 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from itertools import pairwise
+from itertools import islice, pairwise
+from operator import attrgetter, eq
 from typing import Literal
 
 from patchpilot.inventory import Instance
@@ -29,6 +30,18 @@ ZoneKey = tuple[str, str, str]  # (cloud, region, zone or "")
 def zone_of(instance: Instance) -> ZoneKey:
     """Instances without a zone form one zone of their own per region."""
     return (instance.cloud, instance.region, instance.zone or "")
+
+
+def zone_sizes(instances: Iterable[Instance]) -> Counter[ZoneKey]:
+    """How many of `instances` each zone (`zone_of`) holds. Asked for every machine of a ring: the
+    places are counted without a Python call per machine, then keyed as `zone_of` keys them."""
+    sizes: Counter[ZoneKey] = Counter()
+    for (cloud, region, zone), count in Counter(map(_PLACE, instances)).items():
+        sizes[(cloud, region, zone or "")] += count
+    return sizes
+
+
+_PLACE = attrgetter("cloud", "region", "zone")
 
 
 def update_domain_of(instance: Instance) -> str:
@@ -105,15 +118,41 @@ class Plan:
         return sum(len(w.instances) for w in self.waves)
 
 
-def plan(policy: Policy, instances: Iterable[Instance], now: datetime | None = None) -> Plan:
-    """Assign every instance to a ring and a wave, or say why it is excluded. Deterministic.
-    `now` decides which of the policy's exceptions are in force (None: none is)."""
+@dataclass(frozen=True)
+class Selection:
+    """Who a plan patches, before it packs them into waves: each ring's machines (in id order),
+    the excluded ones with why, the traffic pools' sizes and the plan's warnings about them. A ring
+    with machines gets at least one wave, so what needs only this (`patchpilot validate`'s
+    warnings) skips the packing."""
+
+    members: Mapping[str, Sequence[Instance]]  # ring name -> its machines
+    excluded: tuple[Exclusion, ...]
+    pool_members: Mapping[str, int]
+    warnings: tuple[str, ...]
+
+    @property
+    def instance_count(self) -> int:
+        """The machines selected (as `Plan.instance_count`)."""
+        return sum(len(group) for group in self.members.values())
+
+
+def select(policy: Policy, instances: Iterable[Instance], now: datetime | None = None) -> Selection:
+    """Each instance's ring, or why it is excluded, as `plan` decides it (`assign`, then the pools of
+    one member under `rollout.single_member_pools`)."""
     fleet = list(instances)
     members, excluded = assign(policy, fleet, now)
     pools = pool_members(fleet)
     members, refused, warnings = _single_member_pools(policy.rollout, members, pools)
     if refused:
         excluded = sorted([*excluded, *refused], key=lambda e: e.instance.id)
+    return Selection(members, tuple(excluded), pools, tuple(warnings))
+
+
+def plan(policy: Policy, instances: Iterable[Instance], now: datetime | None = None) -> Plan:
+    """Assign every instance to a ring and a wave, or say why it is excluded. Deterministic.
+    `now` decides which of the policy's exceptions are in force (None: none is)."""
+    chosen = select(policy, instances, now)
+    members, pools = chosen.members, chosen.pool_members
     pairs = RegionPairs(policy.region_pairs)
     rings, next_index = [], 1
     for position, ring in enumerate(policy.rings):
@@ -125,7 +164,7 @@ def plan(policy: Policy, instances: Iterable[Instance], now: datetime | None = N
         )
         next_index += len(waves)
         rings.append(RingPlan(ring.name, waves, bound, ring.approval))
-    return Plan(tuple(rings), tuple(excluded), _without_rollback(policy), pools, tuple(warnings))
+    return Plan(tuple(rings), chosen.excluded, _without_rollback(policy), pools, chosen.warnings)
 
 
 def pools_of(instance: Instance) -> list[str]:
@@ -225,29 +264,41 @@ def assign(
     (None: no exception applies) excepts its machines. The compliance view uses the same answer."""
     members: dict[str, list[Instance]] = {ring.name: [] for ring in policy.rings}
     excluded: list[Exclusion] = []
-    ordered = sorted(instances, key=lambda i: i.id)
-    repeated = sorted({a.id for a, b in pairwise(ordered) if a.id == b.id})
-    if repeated:  # one machine counted twice would break its zone's budget
+    ordered = sorted(instances, key=attrgetter("id"))
+    ids = [i.id for i in ordered]
+    if any(map(eq, ids, islice(ids, 1, None))):  # one machine counted twice would break its zone's budget
+        repeated = sorted({a for a, b in pairwise(ids) if a == b})
         raise ValueError(f"the same instance is listed more than once: {', '.join(repeated[:10])}")
     frozen = FROZEN_POLICY if policy.kind == "frozen" else None
     # The machine exceptions in force at `now`, found once for the whole fleet.
     excepting = []
     if now is not None and not frozen:
         excepting = [e for e in policy.exceptions if machine_exception_in_force(policy, e, now)]
+    # Asked for every machine of the fleet: the selectors made into functions once (`Selector.matcher`).
+    exceptions = [(e, e.select.matcher()) for e in excepting]
+    rings = [(ring.select.matcher(), members[ring.name]) for ring in policy.rings]
+    exclusion, unprotected = policy.exclude.reasoner(), policy.unprotected_reason
     for instance in ordered:
-        exception = next((e for e in excepting if e.select.matches(instance)), None)
+        exception = None
+        for candidate, applies in exceptions:
+            if applies(instance):
+                exception = candidate
+                break
         if exception is not None:
             excluded.append(Exclusion(instance, exception.label(), exception))
             continue
-        reason = frozen or policy.exclude.reason(instance) or scaling_group_reason(policy, instance)
-        if reason := reason or policy.unprotected_reason(instance):
+        reason = frozen or exclusion(instance)
+        if instance.scaling_group is not None:  # most machines are in none: no call for them
+            reason = reason or scaling_group_reason(policy, instance)
+        if reason := reason or unprotected(instance):
             excluded.append(Exclusion(instance, reason))
             continue
-        ring = ring_of(policy, instance)
-        if ring is None:
-            excluded.append(Exclusion(instance, NO_RING))
+        for matches, ring_members in rings:  # the first ring whose selector matches (`ring_of`)
+            if matches(instance):
+                ring_members.append(instance)
+                break
         else:
-            members[ring].append(instance)
+            excluded.append(Exclusion(instance, NO_RING))
     return members, excluded
 
 
@@ -256,9 +307,7 @@ def _plan_ring(
 ) -> tuple[list[list[Instance]], int]:
     if not members:
         return [], 0
-    sizes: dict[ZoneKey, int] = defaultdict(int)
-    for instance in members:
-        sizes[zone_of(instance)] += 1
+    sizes = zone_sizes(members)
     # Percentages count against the zone's size in the whole ring, canary included, and against
     # the pool's members in the whole inventory (rounded down, at least 1).
     budgets = {zone: rollout.disruption_budget.ceil_of(size) for zone, size in sizes.items()}
@@ -268,7 +317,7 @@ def _plan_ring(
     rules = _Rules(budgets, pool_budgets, rollout.mode == "concurrent_zones", pairs)
     if canary <= 0:
         return _waves(members, rules)
-    first = _canary(members, budgets, canary)
+    first = _canary(members, sizes, budgets, canary)
     if pool_budgets is not None:  # the canary wave keeps to the pool budgets too
         load, kept = _Load(), []
         for instance in first:
@@ -367,19 +416,21 @@ def _respect_pools(waves: list[list[Instance]], rules: _Rules) -> list[list[Inst
     return [wave for wave in kept if wave]
 
 
-def _canary(members: Sequence[Instance], budgets: dict[ZoneKey, int], size: int) -> list[Instance]:
+def _canary(
+    members: Sequence[Instance], sizes: Mapping[ZoneKey, int], budgets: dict[ZoneKey, int], size: int
+) -> list[Instance]:
     """A first wave of at most `size` instances, all from the ring's largest zone (the most
-    typical machines) and, where they sit in availability sets, from one update domain."""
-    by_zone: dict[ZoneKey, list[Instance]] = defaultdict(list)
-    for instance in members:
-        by_zone[zone_of(instance)].append(instance)
-    zone = min(by_zone, key=lambda z: (-len(by_zone[z]), z))
+    typical machines; `sizes` counts each zone's members) and, where they sit in availability
+    sets, from one update domain."""
+    zone = min(sizes, key=lambda z: (-sizes[z], z))
     limit = min(size, budgets[zone])
-    loose = [i for i in by_zone[zone] if i.availability_set is None]
+    cloud, region, name = zone
+    in_zone = [i for i in members if i.region == region and (i.zone or "") == name and i.cloud == cloud]
+    loose = [i for i in in_zone if i.availability_set is None]
     if loose:
         return loose[:limit]
     groups: dict[tuple[str, str], list[Instance]] = defaultdict(list)
-    for instance in by_zone[zone]:
+    for instance in in_zone:
         groups[(str(instance.availability_set), update_domain_of(instance))].append(instance)
     largest = min(groups, key=lambda g: (-len(groups[g]), g))
     return groups[largest][:limit]
@@ -570,9 +621,7 @@ def _heaviest_clique(
 
 def placement(instances: Iterable[Instance]) -> str:
     """`us-east-1a ×3, eastus/2 ×1, westus (no zone) ×2`: where a wave's instances are."""
-    counts: dict[ZoneKey, int] = defaultdict(int)
-    for instance in instances:
-        counts[zone_of(instance)] += 1
+    counts = zone_sizes(instances)
 
     def where(region: str, zone: str) -> str:
         if not zone:
@@ -586,7 +635,8 @@ def pool_shares(instances: Iterable[Instance], members: Mapping[str, int]) -> li
     """The traffic pools a wave's instances touch: (pool, its machines in the wave, its members)."""
     counts: Counter[str] = Counter()
     for instance in instances:
-        counts.update(pools_of(instance))
+        if instance.traffic_pools or instance.scaling_group is not None:  # most machines: in no pool
+            counts.update(pools_of(instance))
     return [(pool, n, members.get(pool, n)) for pool, n in sorted(counts.items())]
 
 

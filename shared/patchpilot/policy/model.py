@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, date, datetime, time, timedelta
 from itertools import islice
+from operator import attrgetter
 from typing import Annotated, Any, Literal, get_args
 from zoneinfo import ZoneInfo
 
@@ -87,6 +88,33 @@ class Selector(_Section):
             and (not self.regions or instance.region in self.regions)
             and (not self.os or instance.os in self.os)
         )
+
+    def matcher(self) -> Callable[[Instance], bool]:
+        """`matches` as one function made for the criteria given (sets for the lists), for a question
+        asked of every machine of a fleet (the planner's rings, `planning.planner.assign`): about
+        half the time per machine, the same answers (tests/test_selector_matcher.py)."""
+        tags = tuple((key, None if "*" in values else frozenset(values)) for key, values in self.tags.items())
+        given = (("id", self.ids), ("cloud", self.clouds), ("region", self.regions), ("os", self.os))
+        fields = tuple((name, frozenset(wanted)) for name, wanted in given if wanted)
+        if len(tags) == 1 and not fields:  # the usual ring: one tag
+            key, allowed = tags[0]
+            if allowed is None:
+                return lambda instance: key in instance.tags
+            return lambda instance: instance.tags.get(key) in allowed
+        if len(fields) == 1 and not tags:  # the usual exception: ids
+            name, wanted = fields[0]
+            read = attrgetter(name)
+            return lambda instance: read(instance) in wanted
+
+        def matches(instance: Instance) -> bool:
+            own = instance.tags
+            for key, allowed in tags:
+                value = own.get(key)
+                if value is None or (allowed is not None and value not in allowed):
+                    return False
+            return all(getattr(instance, name) in wanted for name, wanted in fields)
+
+        return matches
 
 
 SLACK_GROUP_ID = re.compile(r"S[A-Z0-9]{2,}")
@@ -310,6 +338,24 @@ class Exclusions(_Section):
             if value is not None and ("*" in values or value in values):
                 return f"frozen: tag {key}={value}"
         return None
+
+    def reasoner(self) -> Callable[[Instance], str | None]:
+        """`reason` as one function (a set for the ids), for a question asked of every machine of a
+        fleet (`planning.planner.assign`); the same answers (tests/test_selector_matcher.py)."""
+        ids = frozenset(self.ids)
+        tags = tuple(self.tags.items())
+
+        def reason(instance: Instance) -> str | None:
+            if instance.id in ids:
+                return "excluded by id in the policy"
+            own = instance.tags
+            for key, values in tags:
+                value = own.get(key)
+                if value is not None and ("*" in values or value in values):
+                    return f"frozen: tag {key}={value}"
+            return None
+
+        return reason
 
 
 class PolicyException(_Section):

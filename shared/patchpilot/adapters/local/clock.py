@@ -7,10 +7,14 @@ process on the same state directory (`patchpilot approve`), continues the same v
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from patchpilot.adapters.local._sqlite import META_SCHEMA, Database, iso
+from patchpilot.errors import InputError
+
+VIRTUAL_START_ENV = "PATCHPILOT_VIRTUAL_START"
 
 _KEY = "clock"
 
@@ -62,3 +66,22 @@ class VirtualClock:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def virtual_start() -> datetime | None:
+    """Where a new state directory's virtual clock starts when `PATCHPILOT_VIRTUAL_START` (an ISO
+    time with its offset) is set; None (the real now) otherwise. Set, the runs are reproducible:
+    their ids end in a suffix derived from the run, not a random one (`LocalRuntime.start`). The
+    docs' examples are made this way (`patchpilot.tools.doc_examples`)."""
+    text = os.environ.get(VIRTUAL_START_ENV, "").strip()
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise InputError.single(
+            VIRTUAL_START_ENV, f'expected an ISO time with its offset such as "2026-12-01T00:00:00+00:00", got "{text}"'
+        )
+    return moment

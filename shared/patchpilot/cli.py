@@ -49,7 +49,7 @@ from patchpilot.cli_steps import (
     refresh_overview_page as refresh_overview_page,
 )
 from patchpilot.cli_tables import print_rows
-from patchpilot.engine.run import InstanceRecord, Run, Status, count_states
+from patchpilot.engine.statuses import Status
 from patchpilot.errors import InputError, Problem
 from patchpilot.inventory import Instance, load_inventory
 from patchpilot.planning import (
@@ -79,6 +79,7 @@ if TYPE_CHECKING:
 
     from patchpilot.adapters.local.sqlite_store import SqliteRunStore
     from patchpilot.engine.messages import Notify
+    from patchpilot.engine.run import InstanceRecord, Run
     from patchpilot.local_runtime import LocalRuntime
     from patchpilot.policy.freeze import Freeze
     from patchpilot.policy.model import Schedule
@@ -935,6 +936,8 @@ def runs(
     if not found:
         console.print("No runs" + (" match" if policy_name or statuses else "") + ".")
         return
+    from patchpilot.engine.run import count_states
+
     history = Table(title="Runs, newest first")
     for column in ("run", "policy", "status", "window", "instances", "report"):
         history.add_column(column, no_wrap=True)
@@ -1122,6 +1125,7 @@ def _exit_status(run: Run) -> int:
 
 
 def _print_outcome(console: Console, run: Run, runtime: LocalRuntime) -> None:
+    from patchpilot.engine.run import count_states
     from patchpilot.reports.model import traffic_summary
 
     console.print(f"Run {run.run_id}: [bold]{run.status}[/bold]. {count_states(run.records())}.", soft_wrap=True)

@@ -9,6 +9,8 @@ from typing import Any, Literal, TypeGuard, get_args
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
 from patchpilot.engine.messages import AwaitedFleetCommand
+from patchpilot.engine.statuses import Status as Status
+from patchpilot.engine.statuses import TerminalState as TerminalState
 from patchpilot.inventory import Instance
 from patchpilot.policy import Policy
 from patchpilot.policy.fields import new_list
@@ -33,12 +35,6 @@ StepName = Literal[
     "recheck",
 ]
 
-# succeeded_with_failures: every wave finished within max_failures, but at least one machine is
-# left `failed` (its rollback failed, or it is still unhealthy after it): restore it by hand.
-# nothing_patched: every wave finished, but no machine was patched (an empty inventory, a first
-# ring that selected or patched nothing): the fleet is as exposed as before. A machine that was
-# up to date is `patched` with nothing installed, so such a run still succeeds.
-TerminalState = Literal["succeeded", "succeeded_with_failures", "nothing_patched", "halted", "incomplete"]
 # The stored strings are the wire format: a run saved in any of them must still load.
 # `cancelling`: waiting for a cloud-scheduled run to be cancelled (engine/decide.py, "Words" in
 # docs/architecture.md).
@@ -76,7 +72,6 @@ def is_terminal(state: RunState) -> TypeGuard[TerminalState]:
 # name the commands that work for it (`patchpilot retry --cloud aws RUN`), and only a cloud run
 # is reminded of a gate (nothing runs while a local run waits: its process has exited).
 Runtime = Literal["local", "aws", "azure"]
-Status = Literal["running", "waiting_approval", TerminalState]
 
 
 class _State(BaseModel):

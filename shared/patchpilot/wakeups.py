@@ -116,6 +116,17 @@ def targets(command: AwaitedFleetCommand) -> list[Instance]:
             return list(command.targets)
 
 
+def event_time(value: object, now: datetime) -> datetime:
+    """An event's ISO 8601 time in UTC (EventBridge's `time`, Event Grid's `eventTime` with its seven
+    decimals, which `fromisoformat` takes from Python 3.11 on); `now` when it has none readable."""
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
+        except ValueError:
+            pass
+    return now
+
+
 def window_end(at: datetime, window: timedelta = WINDOW) -> datetime:
     """The end of the window `at` falls in (windows counted from the epoch): every event of one
     window wakes the same command with the same id, at the same moment, after all of them."""

@@ -15,11 +15,11 @@ as None (never an error: EventBridge would only retry it).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from patchpilot.adapters.aws.access import PATCH_DOCUMENT, SCRIPT_DOCUMENTS
-from patchpilot.wakeups import Signal
+from patchpilot.wakeups import Signal, event_time
 
 SSM_SOURCE = "aws.ssm"
 SSM_COMMAND_STATUS = "EC2 Command Status-change Notification"
@@ -39,7 +39,7 @@ def read_event(event: Mapping[str, Any], now: datetime) -> Signal | None:
     detail = event.get("detail")
     if not isinstance(detail, Mapping):
         return None
-    at = _time(event.get("time"), now)
+    at = event_time(event.get("time"), now)
     account, region = _text(event.get("account")), _text(event.get("region"))
     if source == SSM_SOURCE and kind == SSM_COMMAND_STATUS:
         status, document = detail.get("status"), detail.get("document-name")
@@ -63,15 +63,6 @@ def _instance_id(resource: object) -> str:
     if not isinstance(resource, str) or ":instance/" not in resource:
         return ""
     return resource.rsplit("/", 1)[1].lower()
-
-
-def _time(value: object, now: datetime) -> datetime:
-    if isinstance(value, str):
-        try:
-            return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
-        except ValueError:
-            pass
-    return now
 
 
 def _text(value: object) -> str | None:

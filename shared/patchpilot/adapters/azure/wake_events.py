@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from patchpilot.wakeups import Signal
+from patchpilot.wakeups import Signal, event_time
 
 WAKING_EVENT_TYPES = (
     "Microsoft.Resources.ResourceActionSuccess",
@@ -44,20 +44,10 @@ def read_event(event: Mapping[str, Any], now: datetime) -> Signal | None:
     data = event.get("data")
     operation = data.get("operationName", "?") if isinstance(data, Mapping) else "?"
     said = f"{event_type}: {operation} on {subject}"
-    at = _time(event.get("eventTime"), now)
+    at = event_time(event.get("eventTime"), now)
     lowered = subject.lower()
     if machine := _VM.match(lowered):
         return Signal("machine", at, said, frozenset({machine[1]}), machine[2])
     if snapshot := _SNAPSHOT.match(lowered):
         return Signal("snapshot", at, said, frozenset(), snapshot[1])
     return None
-
-
-def _time(value: object, now: datetime) -> datetime:
-    """Event Grid's times carry seven decimals, which `fromisoformat` takes from Python 3.11 on."""
-    if isinstance(value, str):
-        try:
-            return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
-        except ValueError:
-            pass
-    return now

@@ -26,7 +26,12 @@ marks, send theirs, which the reader drops). Both variants report, per step of
 each wave, the time from the fake finishing the last operation of that PatchPilot command to the
 engine moving on (the worker applying its result). Figures go to bench/results/azure_calls_woken.json.
 
-    PYTHONPATH=shared python bench/bench_azure_calls.py [--wake]
+With `--spread`, the fake's Run Command scripts (health checks) end 0 to 90 s after one another
+(by a hash of their id) instead of all at once, as scripts on real VMs do: each 15-second window
+of their ends wakes the health check to a poll that reads every VM's Run Command again. Figures go
+to bench/results/azure_calls[_woken]_spread.json.
+
+    PYTHONPATH=shared python bench/bench_azure_calls.py [--wake] [--spread]
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ import re
 import sys
 import tempfile
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -69,6 +75,7 @@ RESOURCE_GROUPS = ("rg-web", "rg-api", "rg-batch", "rg-data", "rg-edge")
 TARGET_BEYOND_SNAPSHOTS = 5.0  # ARM requests per VM beyond the snapshot PUTs (one per disk): issue 17
 START = datetime(2026, 12, 12, 1, 0, tzinfo=UTC)
 WAKE = "--wake" in sys.argv
+SPREAD = "--spread" in sys.argv  # the fake's Run Command scripts end 0-90 s apart, not all at once
 EVENT_DELAY = timedelta(seconds=5)  # from the fake completing an operation to its event reaching the waker
 PUBLISHED = HERE.parent / "tests" / "events" / "azure-published"
 _VM_ITSELF = re.compile(r"/providers/Microsoft\.Compute/virtualMachines/[^/]+$", re.IGNORECASE)
@@ -159,6 +166,8 @@ class ArmEvents:
             return response
 
         def scheduling(delay: timedelta, change: Callable[[], None]) -> None:
+            if SPREAD and self._request is not None and "/runcommands/" in self._request.path.lower():
+                delay += timedelta(seconds=zlib.crc32(self._request.path.lower().encode()) % 91)
             schedule(delay, change)
             if self._request is not None:
                 self._ended(self._request, clock.now(), clock.now() + delay)
@@ -333,6 +342,7 @@ def main() -> None:
         "target_requests_per_vm_beyond_snapshot_writes": TARGET_BEYOND_SNAPSHOTS,
         "met": met,
         "wake_ups": WAKE,
+        "run_command_ends_spread_s": 90 if SPREAD else 0,
         "arm_events": woken,
         "event_delay_s": EVENT_DELAY.total_seconds(),
         "virtual_duration_min": round((clock.now() - START).total_seconds() / 60, 1),
@@ -343,9 +353,10 @@ def main() -> None:
         "step_waits": waits,
     }
     write_results(
-        "azure_calls_woken" if WAKE else "azure_calls",
+        ("azure_calls_woken" if WAKE else "azure_calls") + ("_spread" if SPREAD else ""),
         "Azure ARM requests of one run (fake ARM + real SDK clients), per operation; the engine's waits per step"
-        + (", with wake-ups (--wake)" if WAKE else ""),
+        + (", with wake-ups (--wake)" if WAKE else "")
+        + (", Run Command ends spread over 90 s (--spread)" if SPREAD else ""),
         figures,
     )
     if run.status != "succeeded" or dead or not met:

@@ -109,7 +109,7 @@ def test_the_wake_subscription_reaches_the_workers_fleet() -> None:
     they end less often there (adapters/azure/fleet WOKEN_POLLS). Blank (no wake-ups): unset."""
     sub = "0b1f6471-1bf0-4dda-aec3-111122223333"
     settings = {**SETTINGS, "AzureWebJobsStorage": "UseDevelopmentStorage=true"}
-    woken = AzureEnvironment.from_environ({**settings, "PATCHPILOT_WAKE_SUBSCRIPTION": sub})
+    woken = AzureEnvironment.from_environ({**settings, "PATCHPILOT_WAKE_SUBSCRIPTION": "{" + sub.upper() + "}"})
     unset = AzureEnvironment.from_environ({**settings, "PATCHPILOT_WAKE_SUBSCRIPTION": ""})
     log = logging.getLogger("patchpilot")
     assert AzureRuntime.build(woken, log, clients=AzureClients()).fleet.woken_subscription == sub

@@ -136,12 +136,13 @@ class AzureEnvironment(BaseModel):
     @field_validator("wake_subscription")
     @classmethod
     def _subscription_id(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                uuid.UUID(value)
-            except ValueError:
-                raise ValueError(f"{value!r} is not a subscription id (a GUID)") from None
-        return value
+        """A GUID, kept in its canonical form (lower case, no braces): ARM ids are compared with it."""
+        if value is None:
+            return None
+        try:
+            return str(uuid.UUID(value))
+        except ValueError:
+            raise ValueError(f"{value!r} is not a subscription id (a GUID)") from None
 
     @field_validator("key_vault_url", "queue_service_uri", "table_service_uri", "blob_service_uri")
     @classmethod

@@ -15,31 +15,57 @@ polling included, with its target (issue 17: TARGET_BEYOND_SNAPSHOTS) beside it;
 the target is missed. docs/azure-deploy.md ("ARM requests per VM") names each per-VM request that
 remains. Figures go to bench/results/azure_calls.json.
 
-    PYTHONPATH=shared python bench/bench_azure_calls.py
+With `--wake`, the deployment's wake-ups are on (PATCHPILOT_WAKE_SUBSCRIPTION, as main.bicep sets
+it once the Event Grid subscription exists): the fleet polls snapshots and host hooks as a fallback
+only (adapters/azure/fleet WOKEN_POLLS), and the end of each ARM operation the fake models reaches
+the worker's waker `EVENT_DELAY` after the fake completes it, as the subscription's system topic
+would send it (the documented ResourceWriteSuccess / ResourceActionSuccess event,
+tests/events/azure-published/, with the operation's subject; only VM and snapshot subjects, as the
+topic's filter passes them: a rollback's disk writes send none; a VM's tag writes, PatchPilot's
+marks, send theirs, which the reader drops). Both variants report, per step of
+each wave, the time from the fake finishing the last operation of that PatchPilot command to the
+engine moving on (the worker applying its result). Figures go to bench/results/azure_calls_woken.json.
+
+With `--spread`, the fake's Run Command scripts (health checks) end 0 to 90 s after one another
+(by a hash of their id) instead of all at once, as scripts on real VMs do: each 15-second window
+of their ends wakes the health check to a poll that reads every VM's Run Command again. Figures go
+to bench/results/azure_calls[_woken]_spread.json.
+
+    PYTHONPATH=shared python bench/bench_azure_calls.py [--wake] [--spread]
 """
 
 from __future__ import annotations
 
+import copy
+import itertools
+import json
+import re
 import sys
 import tempfile
 import time
+import zlib
 from collections import Counter
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 from clocks import ManualClock  # noqa: E402
-from fake_arm import FakeArm  # noqa: E402
-from fake_azure_compute import FakeAzureCompute, Patch  # noqa: E402
+from fake_arm import FakeArm, Request, Response  # noqa: E402
+from fake_azure_compute import SUB, FakeAzureCompute, Patch  # noqa: E402
 from results_file import write_results  # noqa: E402
 
 from patchpilot.adapters.azure.clients import AzureClients  # noqa: E402
 from patchpilot.adapters.azure.fleet import AzureFleet  # noqa: E402
+from patchpilot.adapters.azure.wake_events import SNAPSHOT_PATH, VM_PATH, read_event  # noqa: E402
 from patchpilot.adapters.local.sqlite_queue import SqliteQueue  # noqa: E402
 from patchpilot.adapters.local.sqlite_store import SqliteRunStore  # noqa: E402
+from patchpilot.app.waker import Waker  # noqa: E402
 from patchpilot.engine.messages import Notify  # noqa: E402
+from patchpilot.engine.run import Run  # noqa: E402
 from patchpilot.policy import parse_policy  # noqa: E402
 from patchpilot.service import Service  # noqa: E402
 
@@ -48,6 +74,21 @@ BROKEN = 3  # production VMs whose health script fails once patched
 RESOURCE_GROUPS = ("rg-web", "rg-api", "rg-batch", "rg-data", "rg-edge")
 TARGET_BEYOND_SNAPSHOTS = 5.0  # ARM requests per VM beyond the snapshot PUTs (one per disk): issue 17
 START = datetime(2026, 12, 12, 1, 0, tzinfo=UTC)
+WAKE = "--wake" in sys.argv
+SPREAD = "--spread" in sys.argv  # the fake's Run Command scripts end 0-90 s apart, not all at once
+EVENT_DELAY = timedelta(seconds=5)  # from the fake completing an operation to its event reaching the waker
+PUBLISHED = HERE.parent / "tests" / "events" / "azure-published"
+_VM_ITSELF = re.compile(r"/providers/Microsoft\.Compute/virtualMachines/[^/]+$", re.IGNORECASE)
+FLEET_METHODS = (
+    "probe_agents",
+    "take_snapshots",
+    "install_patches",
+    "check_health",
+    "run_hook",
+    "roll_back",
+    "start_machines",
+    "return_machines",
+)
 
 POLICY = """
 name: weu-monthly
@@ -91,8 +132,113 @@ def launch(azure: FakeAzureCompute) -> None:
             tags={"Environment": environment, "PatchPilot": "managed", "Team": "web"},
             available=[KB_CU, KB_NET] if windows else [OPENSSL, KERNEL],
             breaks_when_patched=breaks,
-            install_minutes=25,
+            # Not a multiple of the 5-minute install poll: a poll landing on the very second the fake
+            # ends the installs would see it before any event could (real installs end at any second).
+            install_minutes=24,
         )
+
+
+class ArmEvents:
+    """The ends of the fake's operations: each change the fake schedules (a snapshot made, an
+    install or a script finished, a VM deallocated or started) is recorded with the request that
+    scheduled it and the PatchPilot command the fleet was executing, and becomes, `EVENT_DELAY`
+    after it, the Event Grid event the subscription's system topic would send (none for a subject
+    its filter does not pass: a rollback's disks)."""
+
+    def __init__(self, arm: FakeArm, azure: FakeAzureCompute, fleet: AzureFleet, clock: ManualClock) -> None:
+        self.clock = clock
+        self.due: list[tuple[datetime, int, dict[str, Any]]] = []
+        self.ops: dict[str, list[tuple[datetime, datetime]]] = {}  # command id -> (request, end) per operation
+        (self.sample,) = json.loads((PUBLISHED / "resource_action_success.json").read_text())
+        self._request: Request | None = None
+        self._command = ""
+        self._order = itertools.count()
+        dispatch, schedule = arm._dispatch, azure.at
+
+        def dispatching(request: Request) -> Response:
+            self._request = request
+            try:
+                response = dispatch(request)
+            finally:
+                self._request = None
+            if request.method == "PATCH" and _VM_ITSELF.search(request.path) and response.status < 300:
+                self._event(request, clock.now())  # a tag write (a command's mark), applied at once
+            return response
+
+        def scheduling(delay: timedelta, change: Callable[[], None]) -> None:
+            if SPREAD and self._request is not None and "/runcommands/" in self._request.path.lower():
+                delay += timedelta(seconds=zlib.crc32(self._request.path.lower().encode()) % 91)
+            schedule(delay, change)
+            if self._request is not None:
+                self._ended(self._request, clock.now(), clock.now() + delay)
+
+        arm._dispatch = dispatching  # type: ignore[method-assign]
+        azure.at = scheduling  # type: ignore[method-assign]
+        for name in FLEET_METHODS:
+            setattr(fleet, name, self._executing(getattr(fleet, name)))
+
+    def _executing(self, method: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        def call(command: Any) -> Any:
+            self._command = command.id
+            try:
+                return method(command)
+            finally:
+                self._command = ""
+
+        return call
+
+    def _ended(self, request: Request, started: datetime, ended: datetime) -> None:
+        self.ops.setdefault(self._command, []).append((started, ended))
+        self._event(request, ended)
+
+    def _event(self, request: Request, ended: datetime) -> None:
+        subject = re.sub(r"/(installPatches|deallocate|start|powerOff)$", "", request.path, flags=re.IGNORECASE)
+        if VM_PATH.lower() not in subject.lower() and SNAPSHOT_PATH.lower() not in subject.lower():
+            return  # the topic's filter passes VM and snapshot subjects only
+        kind = "Action" if request.method == "POST" else "Write"
+        found = re.search(r"/providers/(Microsoft\.Compute/[^/]+)/[^/]+(?:/(runCommands)/[^/]+)?$", subject)
+        resource_type = "/".join(part for part in (found[1], found[2]) if part) if found else "?"
+        verb = request.path.rsplit("/", 1)[-1] if kind == "Action" else ""
+        event = copy.deepcopy(self.sample)
+        event.update(
+            subject=subject,
+            eventType=f"Microsoft.Resources.Resource{kind}Success",
+            eventTime=(ended + EVENT_DELAY).isoformat().replace("+00:00", "Z"),
+        )
+        operation = f"{resource_type}/{verb}/action" if verb else f"{resource_type}/write"
+        event["data"].update(resourceUri=subject, operationName=operation, subscriptionId=SUB)
+        self.due.append((ended + EVENT_DELAY, next(self._order), event))
+
+    def next_due(self) -> datetime | None:
+        return min(self.due)[0] if self.due else None
+
+    def deliver(self, waker: Waker) -> int:
+        """Hand the waker every event due now; how many."""
+        now, delivered = self.clock.now(), 0
+        while self.due and min(self.due)[0] <= now:
+            due = min(self.due)
+            self.due.remove(due)
+            waker.wake(read_event(due[2], now))
+            delivered += 1
+        return delivered
+
+    def finished(self, command_id: str) -> datetime | None:
+        """When the fake completed the last operation of a PatchPilot command."""
+        ops = self.ops.get(command_id)
+        return max(end for _, end in ops) if ops else None
+
+
+class OneRun:
+    """The waker's view of the runs under way (the SQLite store keeps no index of them): this one."""
+
+    def __init__(self, store: SqliteRunStore, run_id: str) -> None:
+        self.store, self.run_id = store, run_id
+
+    def active_run_ids(self) -> list[str]:
+        return [self.run_id]
+
+    def load(self, run_id: str) -> Run:
+        return self.store.load(run_id)
 
 
 def main() -> None:
@@ -102,22 +248,38 @@ def main() -> None:
     azure = FakeAzureCompute(arm)
     launch(azure)
     clients = AzureClients(arm.credential, transport=arm.transport(), polling_interval=0, retry_backoff_factor=0)
-    fleet = AzureFleet(clients, clock, http_get=lambda url, timeout: 200)
+    fleet = AzureFleet(clients, clock, http_get=lambda url, timeout: 200, woken_subscription=SUB if WAKE else None)
+    events = ArmEvents(arm, azure, fleet, clock)
     began = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "state.db"
         queue = SqliteQueue(db, clock)
-        service = Service(store=SqliteRunStore(db), queue=queue, fleet=fleet, notifier=Quiet(), clock=clock)
+        store = SqliteRunStore(db)
+        service = Service(store=store, queue=queue, fleet=fleet, notifier=Quiet(), clock=clock)
+        waker = Waker(lambda: OneRun(store, "bench"), lambda: queue, clock)
+        applied: dict[str, datetime] = {}  # PatchPilot command id -> when the worker applied its result
+        apply = service._apply
+
+        def recording(event: Any, loaded: Any = None) -> None:
+            applied.setdefault(getattr(event, "command_id", ""), clock.now())
+            apply(event, loaded)
+
+        service._apply = recording  # type: ignore[method-assign]
         found = fleet.discover(policy)
         discovery = len(arm.calls)
         service.start("bench", policy, found.instances)
-        deliveries = 0
+        deliveries = woken = 0
         for _ in range(100_000):  # bounded: a run that never ends is a failed benchmark
             batch = queue.receive(10)
             if not batch:
-                due = queue.next_due()
-                if due is None:
+                due, event_due = queue.next_due(), events.next_due() if WAKE else None
+                if due is None and event_due is None:
                     break
+                if event_due is not None and (due is None or event_due <= due):
+                    clock.set(max(event_due, clock.now()))
+                    woken += events.deliver(waker)
+                    continue
+                assert due is not None
                 clock.set(max(due, clock.now()))
                 continue
             for delivery in batch:
@@ -126,6 +288,7 @@ def main() -> None:
         run = service.store.load("bench")
         dead = len(queue.dead_letters())
     seconds = time.perf_counter() - began
+    waits = step_waits(run, events, applied)
 
     counts = arm.count()
     size = sum(1 for r in run.records() if r.state != "excluded")
@@ -149,6 +312,15 @@ def main() -> None:
         f"(target <= {TARGET_BEYOND_SNAPSHOTS:g}: {'met' if met else 'MISSED'})"
     )
     print(f"wall time {seconds:.1f} s")
+    waited_by_step: dict[str, list[float]] = {}
+    for row in waits:
+        waited_by_step.setdefault(row["step"], []).append(row["wait_s"])
+    said = f"{woken} ARM events to the waker" if WAKE else "none (without --wake): the short polls"
+    print(f"\nwake-ups: {said}; from the fake's last operation ending to the engine moving on, per step:")
+    for step, waited in waited_by_step.items():
+        print(
+            f"  {step:<16} max {max(waited):6.0f} s  mean {sum(waited) / len(waited):6.0f} s  over {len(waited)} waves"
+        )
 
     figures = {
         "vms": size,
@@ -169,10 +341,39 @@ def main() -> None:
         "requests_per_vm_beyond_snapshot_writes": round(beyond, 3),
         "target_requests_per_vm_beyond_snapshot_writes": TARGET_BEYOND_SNAPSHOTS,
         "met": met,
+        "wake_ups": WAKE,
+        "run_command_ends_spread_s": 90 if SPREAD else 0,
+        "arm_events": woken,
+        "event_delay_s": EVENT_DELAY.total_seconds(),
+        "virtual_duration_min": round((clock.now() - START).total_seconds() / 60, 1),
+        "step_wait_s": {
+            step: {"max": max(v), "mean": round(sum(v) / len(v), 1), "waves": len(v)}
+            for step, v in waited_by_step.items()
+        },
+        "step_waits": waits,
     }
-    write_results("azure_calls", "Azure ARM requests of one run (fake ARM + real SDK clients), per operation", figures)
+    write_results(
+        ("azure_calls_woken" if WAKE else "azure_calls") + ("_spread" if SPREAD else ""),
+        "Azure ARM requests of one run (fake ARM + real SDK clients), per operation; the engine's waits per step"
+        + (", with wake-ups (--wake)" if WAKE else "")
+        + (", Run Command ends spread over 90 s (--spread)" if SPREAD else ""),
+        figures,
+    )
     if run.status != "succeeded" or dead or not met:
         raise SystemExit(1)
+
+
+def step_waits(run: Run, events: ArmEvents, applied: dict[str, datetime]) -> list[dict[str, Any]]:
+    """Per PatchPilot fleet command of the run that started ARM operations: the engine's wait after
+    the last of them ended."""
+    rows = []
+    for command_id in sorted(run.issued, key=lambda c: applied.get(c, datetime.max.replace(tzinfo=UTC))):
+        ended, moved = events.finished(command_id), applied.get(command_id)
+        found = re.search(r":w(\d+):([a-z_-]+)$", command_id)
+        if ended is None or moved is None or found is None:
+            continue
+        rows.append({"wave": int(found[1]), "step": found[2], "wait_s": max(0.0, (moved - ended).total_seconds())})
+    return rows
 
 
 def _step(operation: str) -> str:

@@ -97,10 +97,23 @@ def test_no_way_to_reach_storage_is_said_with_every_way_there_is() -> None:
         ("PATCHPILOT_POLICY", "s3://ops/policy.yaml", "PATCHPILOT_POLICY: expected blob://CONTAINER/NAME"),
         ("PATCHPILOT_POLICY", "blob://container-only", "expected blob://CONTAINER/NAME, not 'blob://container-only'"),
         ("PATCHPILOT_KEY_VAULT_URL", "http://vault", "PATCHPILOT_KEY_VAULT_URL: expected an https:// URL"),
+        ("PATCHPILOT_WAKE_SUBSCRIPTION", "my-sub", "PATCHPILOT_WAKE_SUBSCRIPTION: 'my-sub' is not a subscription id"),
     ],
 )
 def test_a_bad_setting_is_named_with_what_it_should_be(setting: str, value: str, expected: str) -> None:
     assert expected in problems({**SETTINGS, "AzureWebJobsStorage": "UseDevelopmentStorage=true", setting: value})
+
+
+def test_the_wake_subscription_reaches_the_workers_fleet() -> None:
+    """main.bicep names the subscription whose events wake the worker; its fleet polls the steps
+    they end less often there (adapters/azure/fleet WOKEN_POLLS). Blank (no wake-ups): unset."""
+    sub = "0b1f6471-1bf0-4dda-aec3-111122223333"
+    settings = {**SETTINGS, "AzureWebJobsStorage": "UseDevelopmentStorage=true"}
+    woken = AzureEnvironment.from_environ({**settings, "PATCHPILOT_WAKE_SUBSCRIPTION": "{" + sub.upper() + "}"})
+    unset = AzureEnvironment.from_environ({**settings, "PATCHPILOT_WAKE_SUBSCRIPTION": ""})
+    log = logging.getLogger("patchpilot")
+    assert AzureRuntime.build(woken, log, clients=AzureClients()).fleet.woken_subscription == sub
+    assert AzureRuntime.build(unset, log, clients=AzureClients()).fleet.woken_subscription is None
 
 
 def test_an_approval_secret_needs_the_vault_it_lives_in() -> None:

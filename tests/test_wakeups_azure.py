@@ -71,6 +71,24 @@ def test_a_snapshot_write_reads_as_a_snapshot_end_in_its_subscription(event_type
     assert signal is not None and signal.kind == "snapshot" and signal.account == SUB
 
 
+@pytest.mark.parametrize(
+    "event_type",
+    ["Microsoft.Resources.ResourceWriteSuccess", "Microsoft.Resources.ResourceWriteFailure"],
+)
+def test_a_write_of_the_vm_itself_wakes_nothing(event_type: str) -> None:
+    """PatchPilot's own marks (an install's, a health check's) are tag writes on the VM: each would
+    wake the step that wrote it, seconds later, to a poll that finds it under way. A VM write ends
+    no awaited step; its Run Commands' writes and its actions still wake."""
+    assert read_event(on(VM, "Microsoft.Compute/virtualMachines/write", event_type), NOW) is None
+    assert read_event(on(VM + "/", "Microsoft.Compute/virtualMachines/write", event_type), NOW) is None
+    run_command = read_event(
+        on(f"{VM}/runCommands/x", "Microsoft.Compute/virtualMachines/runCommands/write", event_type), NOW
+    )
+    assert run_command is not None and run_command.machines == frozenset({VM.lower()})
+    started = read_event(on(VM, "Microsoft.Compute/virtualMachines/start/action"), NOW)
+    assert started is not None and started.kind == "machine"
+
+
 def test_deletes_and_cancels_wake_nothing() -> None:
     assert read_event(on(VM, "x", "Microsoft.Resources.ResourceDeleteSuccess"), NOW) is None
     assert read_event(on(VM, "x", "Microsoft.Resources.ResourceActionCancel"), NOW) is None

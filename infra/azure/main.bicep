@@ -932,6 +932,12 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
           name: 'PATCHPILOT_APPROVAL_URL' // signed links in approval notices point at the HTTP app
           value: approvalLinkUrl
         }
+        // Wake-ups reach the worker (wakeSubscription exists): the fleet polls the steps whose end
+        // this subscription's events say less often, on its VMs (docs/azure-deploy.md, Wake-ups).
+        {
+          name: 'PATCHPILOT_WAKE_SUBSCRIPTION'
+          value: (wakeEvents && subscribeMaintenanceEvents) ? subscription().subscriptionId : ''
+        }
       ])
     }
   }

@@ -353,3 +353,22 @@ def test_wake_ups_take_only_the_end_of_vm_and_snapshot_operations_to_the_wake_up
         assert f"'{event_type}'" in subscription.body
     for path in (wake_events.VM_PATH, wake_events.SNAPSHOT_PATH):
         assert f"'{path}'" in subscription.body
+
+
+def test_the_worker_polls_less_often_only_once_the_wake_ups_reach_it() -> None:
+    """The fleet lengthens its fallback polls (adapters/azure/fleet WOKEN_POLLS) only on the
+    subscription whose events reach `wake_up`: the setting names it exactly when the system topic
+    and its Event Grid subscription both exist, on the worker only (the HTTP app runs no step)."""
+    found = resources("main.bicep")
+    assert found["wakeTopic"].condition == "wakeEvents"
+    assert found["wakeSubscription"].condition == "wakeEvents && subscribeMaintenanceEvents"
+    assert app_setting(found["app"], "PATCHPILOT_WAKE_SUBSCRIPTION") == (
+        "(wakeEvents && subscribeMaintenanceEvents) ? subscription().subscriptionId : ''"
+    )
+    assert app_setting(found["httpApp"], "PATCHPILOT_WAKE_SUBSCRIPTION") is None
+    common = code("main.bicep").split("var commonSettings = [", 1)[1].split("\n]", 1)[0]
+    assert "PATCHPILOT_TABLE" in common and "PATCHPILOT_WAKE_SUBSCRIPTION" not in common
+
+    from patchpilot.bootstrap.azure import AzureEnvironment  # what the app reads it as
+
+    assert AzureEnvironment.model_fields["wake_subscription"].alias == "PATCHPILOT_WAKE_SUBSCRIPTION"

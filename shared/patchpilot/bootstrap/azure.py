@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -94,6 +95,10 @@ class AzureEnvironment(BaseModel):
     # The account of the run table, the steps queue, the policy and the reports when it is not the
     # host's own: the HTTP app's host keeps its keys in an account of its own (infra/azure).
     data_account: str | None = Field(default=None, alias="PATCHPILOT_STORAGE_ACCOUNT")
+    # The subscription whose ARM events wake the worker (main.bicep's wake-up topic, set once its
+    # Event Grid subscription exists): the fleet then polls the steps they end less often on that
+    # subscription's VMs (adapters/azure/fleet WOKEN_POLLS). Unset: no wake-ups, the short polls.
+    wake_subscription: str | None = Field(default=None, alias="PATCHPILOT_WAKE_SUBSCRIPTION")
 
     @field_validator("queue")
     @classmethod
@@ -127,6 +132,17 @@ class AzureEnvironment(BaseModel):
         ):
             raise ValueError(f"{value!r} is not a storage account name: 3 to 24 lower-case letters and digits")
         return value
+
+    @field_validator("wake_subscription")
+    @classmethod
+    def _subscription_id(cls, value: str | None) -> str | None:
+        """A GUID, kept in its canonical form (lower case, no braces): ARM ids are compared with it."""
+        if value is None:
+            return None
+        try:
+            return str(uuid.UUID(value))
+        except ValueError:
+            raise ValueError(f"{value!r} is not a subscription id (a GUID)") from None
 
     @field_validator("key_vault_url", "queue_service_uri", "table_service_uri", "blob_service_uri")
     @classmethod
@@ -268,7 +284,7 @@ class AzureRuntime(ServerlessRuntime):
         """Built without the policy: each TakeSnapshots carries azure.patch_without_rollback."""
         from patchpilot.bootstrap.clouds import azure_fleet
 
-        return azure_fleet(self.clients, self.clock)
+        return azure_fleet(self.clients, self.clock, woken_subscription=self.env.wake_subscription)
 
     @functools.cached_property
     def traffic(self) -> AzureBackendPools:

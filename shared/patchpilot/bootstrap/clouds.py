@@ -62,15 +62,19 @@ def aws_fleet(
     )
 
 
-def azure_fleet(clients: AzureClients, clock: Clock, policy: Policy | None = None) -> AzureFleet:
+def azure_fleet(
+    clients: AzureClients, clock: Clock, policy: Policy | None = None, *, woken_subscription: str | None = None
+) -> AzureFleet:
     """Azure Compute + Resource Graph through `clients`. With the policy, Arc servers are patched
     without a snapshot when it says so (`azure.patch_without_rollback`); the runtime's fleet is
-    built without one, and each TakeSnapshots carries the policy's choice."""
+    built without one, and each TakeSnapshots carries the policy's choice. `woken_subscription`:
+    the deployment's wake-ups hear that subscription's ARM events, so the steps they end are polled
+    less often on its VMs (`AzureFleet`)."""
     from patchpilot.adapters.azure.fleet import AzureFleet
 
     settings = policy.azure if policy is not None else None
     lenient = bool(settings and settings.arc and settings.patch_without_rollback)
-    return AzureFleet(clients, clock, patch_without_rollback=lenient)
+    return AzureFleet(clients, clock, patch_without_rollback=lenient, woken_subscription=woken_subscription)
 
 
 def configured_aws_region() -> str | None:

@@ -8,6 +8,12 @@ subscription's Azure Resource Manager events), read into `patchpilot.wakeups.Sig
 - the same on a snapshot (`.../providers/Microsoft.Compute/snapshots/<name>`): a snapshot write has
   ended in that subscription (`snapshot`).
 
+A write of the VM itself (`Microsoft.Compute/virtualMachines/write`, the subject being the VM)
+wakes nothing: it ends no step PatchPilot waits for, and PatchPilot makes such writes itself (the
+marks of an install or a health check are tag writes on the VM; a rollback's disk swap is followed
+by the start, whose action event comes), so each would wake, seconds later, the very step that
+wrote it, to a poll of every machine that finds it under way.
+
 Shape as Microsoft documents it (tests/events/azure-published/resource_action_success.json), as
 the Functions host hands it over (`azure_functions.maintenance.as_delivered`). Anything else reads
 as None: never an error, Event Grid would only retry it.
@@ -47,6 +53,8 @@ def read_event(event: Mapping[str, Any], now: datetime) -> Signal | None:
     at = event_time(event.get("eventTime"), now)
     lowered = subject.lower()
     if machine := _VM.match(lowered):
+        if "Write" in event_type and machine[1] == lowered.rstrip("/"):
+            return None  # the VM's own write: PatchPilot's tag marks, a disk swap (see the module's docstring)
         return Signal("machine", at, said, frozenset({machine[1]}), machine[2])
     if snapshot := _SNAPSHOT.match(lowered):
         return Signal("snapshot", at, said, frozenset(), snapshot[1])

@@ -54,8 +54,9 @@ maintenance source (`../maintenance_watch.py`) is `../access.py`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from datetime import datetime
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Final
 
 from patchpilot.adapters.health import HttpGet, HttpProbe, urllib_get
@@ -71,9 +72,9 @@ from patchpilot.engine.messages import (
 )
 from patchpilot.inventory import Instance
 from patchpilot.policy.model import Policy
-from patchpilot.ports import Clock, DiscoveryResult, Progress
+from patchpilot.ports import Clock, DiscoveryResult, InProgress, Progress
 
-from ..access import AzureAccess
+from ..access import AzureAccess, parse_machine
 from ..clients import AzureClients
 from . import discovery, health, hooks, install, power, rollback, snapshots
 from .install import INSTALL_MARGIN, START_GRACE
@@ -83,7 +84,23 @@ if TYPE_CHECKING:
     from patchpilot.compliance.model import AssessmentStarted, PatchState
     from patchpilot.maintenance.model import WatchResult
 
-__all__ = ["ARC_NO_SNAPSHOT", "INSTALL_MARGIN", "START_GRACE", "AzureFleet"]
+__all__ = ["ARC_NO_SNAPSHOT", "INSTALL_MARGIN", "START_GRACE", "WOKEN_POLLS", "AzureFleet"]
+
+# With wake-ups (infra/azure/main.bicep's `wakeTopic`: Event Grid tells the worker when an ARM write
+# or action on a VM or a snapshot of the deployment's subscription ends, docs/architecture.md
+# "Wake-ups"), the steps whose end such an event marks are polled at these longer intervals, as a
+# fallback for a lost event; without them, at each module's own (snapshots 2 min, host hooks 30 s).
+# A snapshot's write ends when it is Succeeded (its background copy, where one is awaited, sends
+# no event: fleet/snapshots.py keeps the short poll then); a managed Run Command created with
+# asyncExecution false ends its write when its script has ended. The other steps keep their polls
+# (docs/azure-deploy.md, "Wake-ups"): an install's progress is read from Resource Graph, which
+# may not show the end its event announces yet; a health check also waits for the agent and the
+# Application Health extension, which send no event; a rollback creates disks, whose writes the
+# topic does not pass.
+WOKEN_POLLS: Final = {
+    "snapshot": timedelta(minutes=15),
+    "hook": timedelta(minutes=5),
+}
 
 
 class AzureFleet:
@@ -100,12 +117,16 @@ class AzureFleet:
         http_get: HttpGet = urllib_get,
         http_timeout: float = 5.0,
         patch_without_rollback: bool = False,
+        woken_subscription: str | None = None,
     ) -> None:
         """`patch_without_rollback`: an Arc server (no managed disk to snapshot) passes the snapshot
-        step without a snapshot instead of failing it (policy azure.patch_without_rollback)."""
+        step without a snapshot instead of failing it (policy azure.patch_without_rollback).
+        `woken_subscription`: the subscription whose ARM events wake the worker (the deployment's
+        system topic); its VMs' steps that an event ends are polled at `WOKEN_POLLS`."""
         self.access = AzureAccess(clients, clock)
         self.http = HttpProbe(http_get, http_timeout)
         self.patch_without_rollback = patch_without_rollback
+        self.woken_subscription = woken_subscription
 
     @property
     def clock(self) -> Clock:
@@ -140,7 +161,10 @@ class AzureFleet:
         return discovery.probe_agents(self.access, command)
 
     def take_snapshots(self, command: TakeSnapshots) -> Progress:
-        return snapshots.take_snapshots(self.access, command, self.patch_without_rollback)
+        """Arc servers make no snapshot (decided at once): only the VMs' need the events."""
+        vms = [i for i in command.targets if not ((m := parse_machine(i.id)) is not None and m.arc)]
+        woken = WOKEN_POLLS["snapshot"] if self.heard(vms) else None
+        return snapshots.take_snapshots(self.access, command, self.patch_without_rollback, woken)
 
     def install_patches(self, command: InstallPatches) -> Progress:
         return install.install_patches(self.access, command)
@@ -149,7 +173,10 @@ class AzureFleet:
         return health.check_health(self.access, command, self.http)
 
     def run_hook(self, command: RunHostHook) -> Progress:
-        return hooks.run_hook(self.access, command)
+        progress = hooks.run_hook(self.access, command)
+        if not isinstance(progress, InProgress) or not self.heard(command.targets):
+            return progress
+        return replace(progress, retry_at=max(progress.retry_at, self.clock.now() + WOKEN_POLLS["hook"]))
 
     def roll_back(self, command: RollBack) -> Progress:
         return rollback.roll_back(self.access, command)
@@ -161,3 +188,13 @@ class AzureFleet:
     def return_machines(self, command: ReturnMachines) -> Progress:
         """Deallocate them again, or power off one found `stopped`."""
         return power.return_machines(self.access, command)
+
+    def heard(self, instances: Iterable[Instance]) -> bool:
+        """Whether the deployment's wake-ups hear the end of these machines' operations: all are
+        VMs (an Arc server's operations are Microsoft.HybridCompute's, which the topic does not
+        pass) in the subscription its system topic watches."""
+        if not self.woken_subscription:
+            return False
+        home = self.woken_subscription.lower()
+        machines = [parse_machine(i.id) for i in instances]
+        return all(m is not None and not m.arc and m.subscription.lower() == home for m in machines)

@@ -1206,13 +1206,14 @@ def test_arc_servers_are_patched_and_checked_through_hybrid_compute(world: World
 OTHER_SUB = "00000000-0000-0000-0000-000000000002"
 
 
-def test_with_wake_ups_snapshots_are_polled_as_a_fallback_only_on_vms_of_the_woken_subscription(
+def test_with_wake_ups_the_snapshots_of_one_vm_of_the_woken_subscription_are_polled_as_a_fallback_only(
     world: World,
 ) -> None:
-    """The end of a snapshot's write (Succeeded) is an event of the deployment's subscription: there
-    the next poll comes after WOKEN_POLLS (the event wakes the run first), never past the command's
-    deadline; a VM of another subscription is polled as without wake-ups. Arc servers make no
-    snapshot and need no event."""
+    """The end of a snapshot's write (Succeeded) is an event of the deployment's subscription, which
+    wakes a snapshot step of one machine (patchpilot/wakeups.py): there the next poll comes after
+    WOKEN_POLLS, never past the command's deadline. A step of several machines is not woken (one
+    machine's event is not the step's end) and a VM of another subscription is not heard: both are
+    polled as without wake-ups. Arc servers make no snapshot and need no event."""
     from patchpilot.adapters.azure.fleet import WOKEN_POLLS
     from patchpilot.adapters.azure.fleet.snapshots import SNAPSHOT_POLL
 
@@ -1222,18 +1223,20 @@ def test_with_wake_ups_snapshots_are_polled_as_a_fallback_only_on_vms_of_the_wok
     woken = world.fleet(woken_subscription=SUB.upper(), patch_without_rollback=True)
 
     polled = world.fleet().take_snapshots(snapshot_command([here]))
-    heard = woken.take_snapshots(snapshot_command([here, arc], n=2))
-    elsewhere = woken.take_snapshots(snapshot_command([here, there], n=3))
+    heard = woken.take_snapshots(snapshot_command([here], n=2))
+    several = woken.take_snapshots(snapshot_command([here, arc], n=3))
+    elsewhere = woken.take_snapshots(snapshot_command([there], n=4))
     deadline = T0 + timedelta(minutes=5)
-    capped = woken.take_snapshots(snapshot_command([here], n=4).model_copy(update={"deadline": deadline}))
+    capped = woken.take_snapshots(snapshot_command([here], n=5).model_copy(update={"deadline": deadline}))
 
     assert isinstance(polled, InProgress) and polled.retry_at == T0 + SNAPSHOT_POLL
     assert isinstance(heard, InProgress) and heard.retry_at == T0 + WOKEN_POLLS["snapshot"]
+    assert isinstance(several, InProgress) and several.retry_at == T0 + SNAPSHOT_POLL
     assert isinstance(elsewhere, InProgress) and elsewhere.retry_at == T0 + SNAPSHOT_POLL
     assert isinstance(capped, InProgress) and capped.retry_at == deadline
     # Woken or not, the snapshots are the same ones, done once their writes end.
     world.clock.set(T0 + WOKEN_POLLS["snapshot"])
-    done = woken.take_snapshots(snapshot_command([here, arc], n=2))
+    done = woken.take_snapshots(snapshot_command([here, arc], n=3))
     assert isinstance(done, list) and all(o.ok for o in done)
 
 
@@ -1260,45 +1263,31 @@ def test_a_snapshot_awaiting_its_background_copy_keeps_the_short_poll_with_wake_
     assert isinstance(writing, InProgress) and writing.retry_at == T0 + WOKEN_POLLS["snapshot"]
 
 
-def test_with_wake_ups_host_hooks_on_vms_are_polled_as_a_fallback_and_arc_servers_as_before(world: World) -> None:
-    """A managed Run Command created with asyncExecution false ends its write when its script ends:
-    the event wakes the run, the fallback poll is WOKEN_POLLS. An Arc server's Run Command is
-    Microsoft.HybridCompute's, whose events the topic does not pass: the short poll stays."""
-    from patchpilot.adapters.azure.fleet import WOKEN_POLLS
-    from patchpilot.adapters.azure.fleet.hooks import HOOK_POLL
-
-    vm, other, third = (instance(world, world.azure.add_vm(f"web-{n}")) for n in (1, 2, 3))
-    arc = instance(world, world.azure.add_arc("onprem-1"))
-    fleet = world.fleet(woken_subscription=SUB)
-
-    heard = fleet.run_hook(hook_command([vm], DRAIN))
-    unheard = fleet.run_hook(hook_command([other, arc], DRAIN, n=2))
-    without = world.fleet().run_hook(hook_command([third], DRAIN, n=3))
-
-    assert isinstance(heard, InProgress) and heard.retry_at == T0 + WOKEN_POLLS["hook"]
-    assert isinstance(unheard, InProgress) and unheard.retry_at == T0 + HOOK_POLL
-    assert isinstance(without, InProgress) and without.retry_at == T0 + HOOK_POLL
-    assert world.bodies("PUT", "/runcommands/patchpilot-before-install")[0]["properties"]["asyncExecution"] is False
-    world.clock.set(T0 + WOKEN_POLLS["hook"])
-    done = fleet.run_hook(hook_command([vm], DRAIN))
-    assert isinstance(done, list) and done[0].ok
-
-
-def test_installs_and_health_checks_keep_their_polls_with_wake_ups(world: World) -> None:
+def test_installs_health_checks_and_host_hooks_keep_their_polls_with_wake_ups(world: World) -> None:
     """An install's end is read from Resource Graph, which may not show it yet when its event
-    comes; a health check also waits for the agent and Application Health, which send none: both
-    keep their short polls (docs/azure-deploy.md, "Wake-ups")."""
+    comes; a health check also waits for the agent and Application Health, which send none; a host
+    hook's Run Command ends with an event, but only the hook of a single machine is woken by it: one
+    of several machines keeps the 30-second poll its many machines need (docs/azure-deploy.md,
+    "Wake-ups"). No WOKEN_POLLS for them."""
+    from patchpilot.adapters.azure.fleet import WOKEN_POLLS
     from patchpilot.adapters.azure.fleet.health import HEALTH_POLL
+    from patchpilot.adapters.azure.fleet.hooks import HOOK_POLL
     from patchpilot.adapters.azure.fleet.install import INSTALL_POLL
 
-    vm = instance(world, world.azure.add_vm("web-1", available=[OPENSSL]))
+    vm, other = (instance(world, world.azure.add_vm(f"web-{n}", available=[OPENSSL])) for n in (1, 2))
     fleet = world.fleet(woken_subscription=SUB)
 
     installing = fleet.install_patches(install_command([InstallTarget(instance=vm)]))
     checking = fleet.check_health(health_command([vm], CHECKS))
+    one = fleet.run_hook(hook_command([vm], DRAIN, n=2))
+    several = fleet.run_hook(hook_command([vm, other], DRAIN, n=3))
 
+    assert set(WOKEN_POLLS) == {"snapshot"}
     assert isinstance(installing, InProgress) and installing.retry_at == T0 + INSTALL_POLL
     assert isinstance(checking, InProgress) and checking.retry_at == T0 + HEALTH_POLL
+    assert isinstance(one, InProgress) and one.retry_at == T0 + HOOK_POLL
+    assert isinstance(several, InProgress) and several.retry_at == T0 + HOOK_POLL
+    assert world.bodies("PUT", "/runcommands/patchpilot-before-install")[0]["properties"]["asyncExecution"] is False
 
 
 def test_the_clouds_builder_passes_the_woken_subscription_to_the_fleet(world: World) -> None:

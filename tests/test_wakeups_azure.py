@@ -6,17 +6,40 @@ app's `wake_up` function indexed with its Event Grid trigger (tests/test_azure_f
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
-from datetime import UTC, datetime
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from clocks import ManualClock
+from test_engine import fleet, policy
 
 from patchpilot.adapters.azure.wake_events import read_event
-from patchpilot.engine.messages import InstallPatches, InstallTarget, TakeSnapshots
+from patchpilot.app.waker import Waker
+from patchpilot.engine.decide import start_run
+from patchpilot.engine.messages import (
+    AwaitedFleetCommand,
+    CheckHealth,
+    InstallPatches,
+    InstallTarget,
+    LookNow,
+    Message,
+    ProbeAgents,
+    RestoreTarget,
+    ReturnMachines,
+    RollBack,
+    RunHostHook,
+    StartMachines,
+    TakeSnapshots,
+)
+from patchpilot.engine.run import Run
 from patchpilot.inventory import Instance
-from patchpilot.wakeups import concerns
+from patchpilot.planning import plan
+from patchpilot.policy.model import HostHook
+from patchpilot.wakeups import Signal, concerns
 
 PUBLISHED = Path(__file__).resolve().parent / "events" / "azure-published"
 NOW = datetime(2026, 12, 12, 3, 0, 7, tzinfo=UTC)
@@ -94,18 +117,155 @@ def test_deletes_and_cancels_wake_nothing() -> None:
     assert read_event(on(VM, "x", "Microsoft.Resources.ResourceActionCancel"), NOW) is None
 
 
-def test_a_vm_signal_concerns_commands_on_that_vm_and_a_snapshot_signal_snapshots_in_its_subscription() -> None:
-    vm = read_event(on(VM.upper(), "Microsoft.Compute/virtualMachines/installPatches/action"), NOW)
-    snapshot = read_event(
-        on(SNAPSHOT, "Microsoft.Compute/snapshots/write", "Microsoft.Resources.ResourceWriteSuccess"), NOW
-    )
-    assert vm is not None and snapshot is not None
-    install = InstallPatches(
-        id="r:w1:install", run_id="r", targets=[InstallTarget(instance=machine())], classifications=["Security"]
-    )
-    snapshots = TakeSnapshots(id="r:w1:snapshot", run_id="r", targets=[machine()])
-    assert concerns(vm, install) and not concerns(snapshot, install)
-    assert concerns(snapshot, snapshots) and concerns(vm, snapshots)  # a VM write may be part of it too
-    other = Instance(id="/x", cloud="azure", region="x", os="linux", account="other")
-    elsewhere = TakeSnapshots(id="r:w1:snapshot", run_id="r", targets=[other])
-    assert not concerns(snapshot, elsewhere)
+# ---------------------------------------------------------------- which steps a signal wakes
+
+INSTALL_ENDED = "Microsoft.Compute/virtualMachines/installPatches/action"
+SCRIPT_ENDED = "Microsoft.Compute/virtualMachines/runCommands/write"
+STARTED = "Microsoft.Compute/virtualMachines/start/action"
+DEALLOCATED = "Microsoft.Compute/virtualMachines/deallocate/action"
+WRITE_SUCCESS = "Microsoft.Resources.ResourceWriteSuccess"
+
+
+def vm(n: int, sub: str = SUB) -> Instance:
+    resource = f"/subscriptions/{sub}/resourceGroups/web-rg/providers/Microsoft.Compute/virtualMachines/web-{n:02d}"
+    return Instance(id=resource.lower(), cloud="azure", region="japaneast", os="linux", account=sub)
+
+
+def ended(instance: Instance, operation: str, at: datetime = NOW) -> Signal:
+    """What the reader makes of the event for the end of `operation` on the machine (its Run Command
+    for a Run Command's write)."""
+    subject = instance.id + ("/runCommands/patchpilot-health" if "runCommands" in operation else "")
+    event = on(subject, operation, WRITE_SUCCESS if operation.endswith("/write") else ACTION_SUCCESS)
+    event["eventTime"] = at.isoformat().replace("+00:00", "Z")
+    signal = read_event(event, NOW)
+    assert signal is not None
+    return signal
+
+
+ACTION_SUCCESS = "Microsoft.Resources.ResourceActionSuccess"
+
+
+def commands(*machines: Instance) -> dict[str, AwaitedFleetCommand]:
+    """A command of each kind on these machines."""
+    hook = HostHook(linux="true")
+    snapshot_ids = ["snap"]
+    return {
+        "install": InstallPatches(
+            id="r:w1:install", run_id="r", targets=[InstallTarget(instance=i) for i in machines], classifications=[]
+        ),
+        "health": CheckHealth(id="r:w1:health", run_id="r", targets=list(machines)),
+        "hook": RunHostHook(
+            id="r:w1:hook", run_id="r", targets=list(machines), phase="before_install", hook=hook, issued_at=NOW
+        ),
+        "start": StartMachines(id="r:w1:start", run_id="r", targets=list(machines)),
+        "return": ReturnMachines(id="r:w1:return", run_id="r", targets=list(machines)),
+        "snapshot": TakeSnapshots(id="r:w1:snapshot", run_id="r", targets=list(machines)),
+        "rollback": RollBack(
+            id="r:w1:rollback",
+            run_id="r",
+            targets=[RestoreTarget(instance=i, snapshot_ids=snapshot_ids) for i in machines],
+        ),
+        "probe": ProbeAgents(id="r:w1:probe", run_id="r", targets=list(machines)),
+    }
+
+
+def test_the_reader_keeps_the_operation_that_ended_without_case() -> None:
+    signal = read_event(on(VM, INSTALL_ENDED), NOW)
+    assert signal is not None and signal.operation == INSTALL_ENDED.lower()
+
+
+@pytest.mark.parametrize(
+    ("operation", "woken"),
+    [
+        (INSTALL_ENDED, {"install"}),
+        (SCRIPT_ENDED, {"health", "hook"}),
+        (STARTED, {"start"}),
+        (DEALLOCATED, {"return"}),
+        ("Microsoft.Compute/virtualMachines/powerOff/action", {"return"}),
+        ("Microsoft.Compute/virtualMachines/restart/action", set()),
+    ],
+)
+def test_a_vm_signal_wakes_a_step_on_that_one_vm_only_when_its_operation_ends_that_step(
+    operation: str, woken: set[str]
+) -> None:
+    """The end of an install wakes the install, a Run Command's end a health check or a host hook, a
+    start the start: never the step after it (the install's end reaching the health check that
+    follows it, a rollback's start the recheck). A rollback (disks, deallocation, swap, start) and
+    an agent probe (no operation) are never woken: no one event marks their end."""
+    signal = ended(vm(1), operation)
+    assert {name for name, command in commands(vm(1)).items() if concerns(signal, command)} == woken
+    assert not any(concerns(ended(vm(2), operation), command) for command in commands(vm(1)).values())
+
+
+@pytest.mark.parametrize("operation", [INSTALL_ENDED, SCRIPT_ENDED, STARTED, DEALLOCATED])
+def test_a_vm_signal_never_wakes_a_step_on_several_machines(operation: str) -> None:
+    """One machine's end is not the step's: a wake-up per machine, or per window of their ends,
+    polls a step that reads every machine again (docs/azure-deploy.md, "Wake-ups")."""
+    signal = ended(vm(1), operation)
+    assert not any(concerns(signal, command) for command in commands(vm(1), vm(2)).values())
+    # The same machine twice (ids compared without case) is one machine.
+    upper = dataclasses.replace(vm(1), id=vm(1).id.upper())
+    alone = {name for name, command in commands(vm(1)).items() if concerns(signal, command)}
+    assert alone and {name for name, command in commands(vm(1), upper).items() if concerns(signal, command)} == alone
+
+
+def test_a_snapshot_signal_wakes_only_a_snapshot_step_of_one_machine_in_its_subscription() -> None:
+    signal = read_event(on(SNAPSHOT, "Microsoft.Compute/snapshots/write", WRITE_SUCCESS), NOW)
+    assert signal is not None
+    assert {name for name, command in commands(vm(1)).items() if concerns(signal, command)} == {"snapshot"}
+    assert not concerns(signal, commands(vm(1), vm(2))["snapshot"])
+    assert not concerns(signal, commands(vm(1, sub="other"))["snapshot"])
+
+
+# ---------------------------------------------------------------- a wave's spread-out ends
+
+
+class Published:
+    """The step queue, as the waker sees it: what it publishes, and when for."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[LookNow, datetime | None]] = []
+
+    def publish(self, messages: Sequence[Message], at: datetime | None = None) -> None:
+        self.sent += [(m, at) for m in messages if isinstance(m, LookNow)]
+
+
+class Awaiting:
+    """One run under way, awaiting `command`."""
+
+    def __init__(self, command: AwaitedFleetCommand) -> None:
+        pol = policy()
+        started = start_run("r", pol, plan(pol, fleet()), NOW).run
+        self.run = started.model_copy(update={"awaiting": command.id, "awaited_command": command})
+
+    def active_run_ids(self) -> list[str]:
+        return ["r"]
+
+    def load(self, run_id: str) -> Run:
+        return self.run
+
+
+def health_scripts_ending(machines: list[Instance], over: timedelta) -> list[LookNow]:
+    """The wake-ups the waker publishes while the health scripts of a health check on `machines`
+    end one after the other over `over` (each Run Command's end an event, as the topic sends it)."""
+    queue, clock = Published(), ManualClock(NOW)
+    runs = Awaiting(commands(*machines)["health"])
+    waker = Waker(lambda: runs, lambda: queue, clock)  # type: ignore[arg-type,return-value]
+    step = over / max(1, len(machines) - 1)
+    for n, machine in enumerate(machines):
+        clock.set(NOW + n * step + timedelta(seconds=5))  # each event reaches the waker 5 s after its end
+        waker.wake(ended(machine, SCRIPT_ENDED, at=NOW + n * step))
+    return [look for look, _ in queue.sent]
+
+
+def test_a_waves_spread_out_run_command_ends_wake_its_health_check_never() -> None:
+    """Thirty health scripts ending over 90 seconds: six 15-second windows of ends, which woke the
+    health check six times, each wake-up a poll reading every VM's Run Command again (bench
+    --wake --spread: 15.3 ARM requests per VM instead of 7.9). Now none: the check keeps its own
+    2-minute poll, as without wake-ups."""
+    assert health_scripts_ending([vm(n) for n in range(30)], timedelta(seconds=90)) == []
+
+
+def test_the_run_command_end_of_a_one_vm_health_check_wakes_it_once() -> None:
+    (look,) = health_scripts_ending([vm(1)], timedelta(0))
+    assert look.command_id == "r:w1:health" and look.run_id == "r"

@@ -55,7 +55,8 @@ def read_event(event: Mapping[str, Any], now: datetime) -> Signal | None:
     if machine := _VM.match(lowered):
         if "Write" in event_type and machine[1] == lowered.rstrip("/"):
             return None  # the VM's own write: PatchPilot's tag marks, a disk swap (see the module's docstring)
-        return Signal("machine", at, said, frozenset({machine[1]}), machine[2])
+        ended = operation.lower() if isinstance(operation, str) else ""
+        return Signal("machine", at, said, frozenset({machine[1]}), machine[2], operation=ended)
     if snapshot := _SNAPSHOT.match(lowered):
         return Signal("snapshot", at, said, frozenset(), snapshot[1])
     return None

@@ -55,7 +55,6 @@ maintenance source (`../maintenance_watch.py`) is `../access.py`.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Final
 
@@ -72,7 +71,8 @@ from patchpilot.engine.messages import (
 )
 from patchpilot.inventory import Instance
 from patchpilot.policy.model import Policy
-from patchpilot.ports import Clock, DiscoveryResult, InProgress, Progress
+from patchpilot.ports import Clock, DiscoveryResult, Progress
+from patchpilot.wakeups import one_machine
 
 from ..access import AzureAccess, parse_machine
 from ..clients import AzureClients
@@ -88,18 +88,18 @@ __all__ = ["ARC_NO_SNAPSHOT", "INSTALL_MARGIN", "START_GRACE", "WOKEN_POLLS", "A
 
 # With wake-ups (infra/azure/main.bicep's `wakeTopic`: Event Grid tells the worker when an ARM write
 # or action on a VM or a snapshot of the deployment's subscription ends, docs/architecture.md
-# "Wake-ups"), the steps whose end such an event marks are polled at these longer intervals, as a
-# fallback for a lost event; without them, at each module's own (snapshots 2 min, host hooks 30 s).
-# A snapshot's write ends when it is Succeeded (its background copy, where one is awaited, sends
-# no event: fleet/snapshots.py keeps the short poll then); a managed Run Command created with
-# asyncExecution false ends its write when its script has ended. The other steps keep their polls
-# (docs/azure-deploy.md, "Wake-ups"): an install's progress is read from Resource Graph, which
-# may not show the end its event announces yet; a health check also waits for the agent and the
-# Application Health extension, which send no event; a rollback creates disks, whose writes the
-# topic does not pass.
+# "Wake-ups"), a command on one machine is woken by that machine's events (patchpilot/wakeups.py
+# `one_machine`: an event per machine or per snapshot marks the end of a step only when the step has
+# one machine). Its snapshots are then polled at this longer interval, as a fallback for a lost
+# event; otherwise every 2 minutes. A snapshot's write ends when it is Succeeded (its background
+# copy, where one is awaited, sends no event: fleet/snapshots.py keeps the short poll then). The
+# other steps keep their own polls, woken or not (docs/azure-deploy.md, "Wake-ups"): an install's
+# progress is read from Resource Graph, which may not show the end its event announces yet; a health
+# check also waits for the agent and the Application Health extension, which send no event; a
+# rollback creates disks, whose writes the topic does not pass; a host hook's 30-second poll is the
+# one it has on the many machines no event ends.
 WOKEN_POLLS: Final = {
     "snapshot": timedelta(minutes=15),
-    "hook": timedelta(minutes=5),
 }
 
 
@@ -161,9 +161,8 @@ class AzureFleet:
         return discovery.probe_agents(self.access, command)
 
     def take_snapshots(self, command: TakeSnapshots) -> Progress:
-        """Arc servers make no snapshot (decided at once): only the VMs' need the events."""
-        vms = [i for i in command.targets if not ((m := parse_machine(i.id)) is not None and m.arc)]
-        woken = WOKEN_POLLS["snapshot"] if self.heard(vms) else None
+        """Woken only when the command has one machine (`wakeups.one_machine`), a VM heard."""
+        woken = WOKEN_POLLS["snapshot"] if one_machine(command) and self.heard(command.targets) else None
         return snapshots.take_snapshots(self.access, command, self.patch_without_rollback, woken)
 
     def install_patches(self, command: InstallPatches) -> Progress:
@@ -173,10 +172,7 @@ class AzureFleet:
         return health.check_health(self.access, command, self.http)
 
     def run_hook(self, command: RunHostHook) -> Progress:
-        progress = hooks.run_hook(self.access, command)
-        if not isinstance(progress, InProgress) or not self.heard(command.targets):
-            return progress
-        return replace(progress, retry_at=max(progress.retry_at, self.clock.now() + WOKEN_POLLS["hook"]))
+        return hooks.run_hook(self.access, command)
 
     def roll_back(self, command: RollBack) -> Progress:
         return rollback.roll_back(self.access, command)

@@ -16,8 +16,9 @@ the target is missed. docs/azure-deploy.md ("ARM requests per VM") names each pe
 remains. Figures go to bench/results/azure_calls.json.
 
 With `--wake`, the deployment's wake-ups are on (PATCHPILOT_WAKE_SUBSCRIPTION, as main.bicep sets
-it once the Event Grid subscription exists): the fleet polls snapshots and host hooks as a fallback
-only (adapters/azure/fleet WOKEN_POLLS), and the end of each ARM operation the fake models reaches
+it once the Event Grid subscription exists): an event wakes a step of one machine only
+(patchpilot/wakeups.py: the canary wave's, the rechecks after a rollback), whose snapshots the fleet
+polls as a fallback only (adapters/azure/fleet WOKEN_POLLS), and the end of each ARM operation the fake models reaches
 the worker's waker `EVENT_DELAY` after the fake completes it, as the subscription's system topic
 would send it (the documented ResourceWriteSuccess / ResourceActionSuccess event,
 tests/events/azure-published/, with the operation's subject; only VM and snapshot subjects, as the
@@ -28,10 +29,14 @@ engine moving on (the worker applying its result). Figures go to bench/results/a
 
 With `--spread`, the fake's Run Command scripts (health checks) end 0 to 90 s after one another
 (by a hash of their id) instead of all at once, as scripts on real VMs do: each 15-second window
-of their ends wakes the health check to a poll that reads every VM's Run Command again. Figures go
-to bench/results/azure_calls[_woken]_spread.json.
+of their ends woke the health check to a poll that read every VM's Run Command again, before the
+wake-ups were kept to steps of one machine. Figures go to bench/results/azure_calls[_woken]_spread.json.
+With `--spread-all`, besides, the installs end 0 to 20 minutes apart and the snapshot writes 0 to 2
+minutes apart: the steps whose polls are bulk reads (Resource Graph, listings per resource group),
+whose wake-ups per window would add up too. Figures go to
+bench/results/azure_calls[_woken]_spread_all.json.
 
-    PYTHONPATH=shared python bench/bench_azure_calls.py [--wake] [--spread]
+    PYTHONPATH=shared python bench/bench_azure_calls.py [--wake] [--spread | --spread-all]
 """
 
 from __future__ import annotations
@@ -75,7 +80,10 @@ RESOURCE_GROUPS = ("rg-web", "rg-api", "rg-batch", "rg-data", "rg-edge")
 TARGET_BEYOND_SNAPSHOTS = 5.0  # ARM requests per VM beyond the snapshot PUTs (one per disk): issue 17
 START = datetime(2026, 12, 12, 1, 0, tzinfo=UTC)
 WAKE = "--wake" in sys.argv
-SPREAD = "--spread" in sys.argv  # the fake's Run Command scripts end 0-90 s apart, not all at once
+SPREAD_ALL = "--spread-all" in sys.argv  # and its installs 0-20 min apart, its snapshot writes 0-2 min
+SPREAD = SPREAD_ALL or "--spread" in sys.argv  # the fake's Run Command scripts end 0-90 s apart, not all at once
+# With --spread-all: how far apart the ends of the operations on these paths (lower-case) may be.
+SPREAD_ALL_S = {"/installpatches": 1200, "/snapshots/": 120}
 EVENT_DELAY = timedelta(seconds=5)  # from the fake completing an operation to its event reaching the waker
 PUBLISHED = HERE.parent / "tests" / "events" / "azure-published"
 _VM_ITSELF = re.compile(r"/providers/Microsoft\.Compute/virtualMachines/[^/]+$", re.IGNORECASE)
@@ -166,8 +174,12 @@ class ArmEvents:
             return response
 
         def scheduling(delay: timedelta, change: Callable[[], None]) -> None:
-            if SPREAD and self._request is not None and "/runcommands/" in self._request.path.lower():
-                delay += timedelta(seconds=zlib.crc32(self._request.path.lower().encode()) % 91)
+            path = self._request.path.lower() if self._request is not None else ""
+            if SPREAD and "/runcommands/" in path:
+                delay += timedelta(seconds=zlib.crc32(path.encode()) % 91)
+            for part, apart in SPREAD_ALL_S.items() if SPREAD_ALL else ():
+                if part in path and self._request is not None and self._request.method in ("PUT", "POST"):
+                    delay += timedelta(seconds=zlib.crc32(path.encode()) % apart)
             schedule(delay, change)
             if self._request is not None:
                 self._ended(self._request, clock.now(), clock.now() + delay)
@@ -343,6 +355,8 @@ def main() -> None:
         "met": met,
         "wake_ups": WAKE,
         "run_command_ends_spread_s": 90 if SPREAD else 0,
+        "install_ends_spread_s": SPREAD_ALL_S["/installpatches"] if SPREAD_ALL else 0,
+        "snapshot_ends_spread_s": SPREAD_ALL_S["/snapshots/"] if SPREAD_ALL else 0,
         "arm_events": woken,
         "event_delay_s": EVENT_DELAY.total_seconds(),
         "virtual_duration_min": round((clock.now() - START).total_seconds() / 60, 1),
@@ -353,10 +367,16 @@ def main() -> None:
         "step_waits": waits,
     }
     write_results(
-        ("azure_calls_woken" if WAKE else "azure_calls") + ("_spread" if SPREAD else ""),
+        ("azure_calls_woken" if WAKE else "azure_calls")
+        + ("_spread_all" if SPREAD_ALL else "_spread" if SPREAD else ""),
         "Azure ARM requests of one run (fake ARM + real SDK clients), per operation; the engine's waits per step"
         + (", with wake-ups (--wake)" if WAKE else "")
-        + (", Run Command ends spread over 90 s (--spread)" if SPREAD else ""),
+        + (", Run Command ends spread over 90 s (--spread)" if SPREAD and not SPREAD_ALL else "")
+        + (
+            ", Run Command, install and snapshot ends spread over 90 s, 20 min, 2 min (--spread-all)"
+            if SPREAD_ALL
+            else ""
+        ),
         figures,
     )
     if run.status != "succeeded" or dead or not met:

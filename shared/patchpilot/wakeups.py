@@ -36,6 +36,7 @@ No window length helps: a window short enough to notice the last end sooner than
 poll does holds earlier ends too, and each such window's poll is one the step would not have made;
 knowing which end is the last would need a count of the machines heard per command, kept durably
 across the waker's instances and their duplicate events.
+
 So the rule is the one that costs no poll: an Azure event wakes a step only when it can mark the
 step's end, that is when the step has one machine and the event is the end of the operation the
 step awaits on it (a canary wave, a recheck after a rollback, a single-machine run). A rollback is
@@ -124,7 +125,8 @@ def wake_ups(signal: Signal, runs: Iterable[Run], window: timedelta = WINDOW) ->
 
 
 def concerns(signal: Signal, command: AwaitedFleetCommand) -> bool:
-    """Whether the operation `signal` says ended may be part of `command` (see the module's docstring)."""
+    """Whether the operation `signal` says ended may be part of `command` (AWS), or may end it
+    (Azure's `machine` and `snapshot`): see the module's docstring."""
     machines = targets(command)
     match signal.kind:
         case "run_command":

@@ -4,7 +4,9 @@ subscription's Azure Resource Manager events), read into `patchpilot.wakeups.Sig
 - `Microsoft.Resources.ResourceActionSuccess` / `ResourceActionFailure` / `ResourceWriteSuccess` /
   `ResourceWriteFailure` whose subject (the resource id) is a virtual machine, or something of one
   (a Run Command: `.../virtualMachines/<vm>/runCommands/<name>`): an install, a health script, a
-  host hook, a start or deallocation of that VM has ended (`machine`, the VM's id);
+  host hook, a start or deallocation of that VM has ended (`machine`, the VM's id, and the event's
+  `data.operationName`, which says which: `patchpilot.wakeups.ENDED_BY` wakes only the step of that
+  one VM the operation ends);
 - the same on a snapshot (`.../providers/Microsoft.Compute/snapshots/<name>`): a snapshot write has
   ended in that subscription (`snapshot`).
 

@@ -122,7 +122,8 @@ class AzureFleet:
         """`patch_without_rollback`: an Arc server (no managed disk to snapshot) passes the snapshot
         step without a snapshot instead of failing it (policy azure.patch_without_rollback).
         `woken_subscription`: the subscription whose ARM events wake the worker (the deployment's
-        system topic); its VMs' steps that an event ends are polled at `WOKEN_POLLS`."""
+        system topic); a snapshot step of one of its VMs, which those events wake, is polled at
+        `WOKEN_POLLS`."""
         self.access = AzureAccess(clients, clock)
         self.http = HttpProbe(http_get, http_timeout)
         self.patch_without_rollback = patch_without_rollback

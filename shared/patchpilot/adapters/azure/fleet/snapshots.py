@@ -61,7 +61,8 @@ def take_snapshots(
     access: AzureAccess, command: TakeSnapshots, patch_without_rollback: bool, woken: timedelta | None = None
 ) -> Progress:
     """`woken`: the poll while only ARM writes are awaited, when an event will say their end (the
-    fleet passes it for machines the deployment's wake-ups hear); None: SNAPSHOT_POLL always."""
+    fleet passes it for a step of one VM, which the deployment's wake-ups wake); None: SNAPSHOT_POLL
+    always."""
     now = access.clock.now()
     targets = unique(command.targets, lambda i: i.id)
     outcomes: dict[str, Outcome] = {}

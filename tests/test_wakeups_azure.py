@@ -124,6 +124,7 @@ SCRIPT_ENDED = "Microsoft.Compute/virtualMachines/runCommands/write"
 STARTED = "Microsoft.Compute/virtualMachines/start/action"
 DEALLOCATED = "Microsoft.Compute/virtualMachines/deallocate/action"
 WRITE_SUCCESS = "Microsoft.Resources.ResourceWriteSuccess"
+ACTION_SUCCESS = "Microsoft.Resources.ResourceActionSuccess"
 
 
 def vm(n: int, sub: str = SUB) -> Instance:
@@ -140,9 +141,6 @@ def ended(instance: Instance, operation: str, at: datetime = NOW) -> Signal:
     signal = read_event(event, NOW)
     assert signal is not None
     return signal
-
-
-ACTION_SUCCESS = "Microsoft.Resources.ResourceActionSuccess"
 
 
 def commands(*machines: Instance) -> dict[str, AwaitedFleetCommand]:
@@ -259,10 +257,10 @@ def health_scripts_ending(machines: list[Instance], over: timedelta) -> list[Loo
 
 
 def test_a_waves_spread_out_run_command_ends_wake_its_health_check_never() -> None:
-    """Thirty health scripts ending over 90 seconds: six 15-second windows of ends, which woke the
-    health check six times, each wake-up a poll reading every VM's Run Command again (bench
-    --wake --spread: 15.3 ARM requests per VM instead of 7.9). Now none: the check keeps its own
-    2-minute poll, as without wake-ups."""
+    """Thirty health scripts ending over 90 seconds fill seven 15-second windows, each of which woke
+    the health check to a poll reading every VM's Run Command again (bench --wake --spread: 15.3 ARM
+    requests per VM instead of 7.9). Now none: the check keeps its own 2-minute poll, as without
+    wake-ups."""
     assert health_scripts_ending([vm(n) for n in range(30)], timedelta(seconds=90)) == []
 
 

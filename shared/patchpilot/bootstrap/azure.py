@@ -96,8 +96,9 @@ class AzureEnvironment(BaseModel):
     # host's own: the HTTP app's host keeps its keys in an account of its own (infra/azure).
     data_account: str | None = Field(default=None, alias="PATCHPILOT_STORAGE_ACCOUNT")
     # The subscription whose ARM events wake the worker (main.bicep's wake-up topic, set once its
-    # Event Grid subscription exists): the fleet then polls the steps they end less often on that
-    # subscription's VMs (adapters/azure/fleet WOKEN_POLLS). Unset: no wake-ups, the short polls.
+    # Event Grid subscription exists): the fleet then polls a one-VM snapshot step, which its event
+    # ends, less often (adapters/azure/fleet WOKEN_POLLS; patchpilot.wakeups says which steps an
+    # event wakes). Unset: no wake-ups, the short polls.
     wake_subscription: str | None = Field(default=None, alias="PATCHPILOT_WAKE_SUBSCRIPTION")
 
     @field_validator("queue")

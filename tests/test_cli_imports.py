@@ -30,15 +30,13 @@ NEVER_LOADED = [
     "botocore",
     "azure",
 ]
+# The command ends its process (`cli.ends_the_process`): what it loaded is listed at exit.
 PROBE = """
-import json, sys
+import atexit, json, sys
 from patchpilot.cli import main
+atexit.register(lambda: print(json.dumps([m for m in {never!r} if m in sys.modules])))
 sys.argv = ["patchpilot", *{args!r}]
-try:
-    main()
-except SystemExit as exit:
-    assert not exit.code, exit.code
-print(json.dumps([m for m in {never!r} if m in sys.modules]))
+main()
 """
 
 

@@ -9,6 +9,7 @@ docs/planner.md for the method and the lower bound it reaches.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from patchpilot.inventory import Instance
 from patchpilot.planning.regions import RegionPairs
 from patchpilot.policy import Policy, Rollout
 from patchpilot.policy.exceptions import machine_exception_in_force
-from patchpilot.policy.model import PolicyException
+from patchpilot.policy.model import PolicyException, Selector
 
 RegionKey = tuple[str, str]  # (cloud, region)
 ZoneKey = tuple[str, str, str]  # (cloud, region, zone or "")
@@ -274,17 +275,16 @@ def assign(
     excepting = []
     if now is not None and not frozen:
         excepting = [e for e in policy.exceptions if machine_exception_in_force(policy, e, now)]
+    excepted: dict[str, PolicyException] = {}  # machine id -> the first exception that excepts it
+    for exception in excepting:
+        for instance in _selected(exception.select, ordered, ids):
+            excepted.setdefault(instance.id, exception)
     # Asked for every machine of the fleet: the selectors made into functions once (`Selector.matcher`).
-    exceptions = [(e, e.select.matcher()) for e in excepting]
     rings = [(ring.select.matcher(), members[ring.name]) for ring in policy.rings]
     exclusion, unprotected = policy.exclude.reasoner(), policy.unprotected_reason
     for instance in ordered:
-        exception = None
-        for candidate, applies in exceptions:
-            if applies(instance):
-                exception = candidate
-                break
-        if exception is not None:
+        if excepted and instance.id in excepted:
+            exception = excepted[instance.id]
             excluded.append(Exclusion(instance, exception.label(), exception))
             continue
         reason = frozen or exclusion(instance)
@@ -300,6 +300,21 @@ def assign(
         else:
             excluded.append(Exclusion(instance, NO_RING))
     return members, excluded
+
+
+def _selected(selector: Selector, ordered: Sequence[Instance], ids: Sequence[str]) -> Iterable[Instance]:
+    """The machines of `ordered` (sorted by id; `ids`: their ids) that `selector` matches. A selector
+    that names ids matches only machines of those ids (every criterion must hold): they are looked up
+    in `ids`, and only they are asked; a machine exception names its machines so, as a rule."""
+    matches = selector.matcher()
+    if not selector.ids:
+        return filter(matches, ordered)
+    found = []
+    for wanted in sorted(set(selector.ids)):
+        position = bisect_left(ids, wanted)
+        if position < len(ids) and ids[position] == wanted and matches(ordered[position]):
+            found.append(ordered[position])
+    return found
 
 
 def _plan_ring(

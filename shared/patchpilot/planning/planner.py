@@ -332,18 +332,20 @@ def _plan_ring(
     rules = _Rules(budgets, pool_budgets, rollout.mode == "concurrent_zones", pairs)
     if canary <= 0:
         return _waves(members, rules)
-    first = _canary(members, sizes, budgets, canary)
+    chosen = _canary(members, sizes, budgets, canary)
     if pool_budgets is not None:  # the canary wave keeps to the pool budgets too
         load, kept = _Load(), []
-        for instance in first:
-            if load.pools_admit(instance, rules):
-                load.add(instance)
-                kept.append(instance)
-        first = kept
-    chosen = {i.id for i in first}
-    rest = [i for i in members if i.id not in chosen]
+        for position in chosen:
+            if load.pools_admit(members[position], rules):
+                load.add(members[position])
+                kept.append(position)
+        chosen = kept
+    # The others: the slices between the canary's few machines (no question asked of each member).
+    rest: list[Instance] = []
+    for start, end in pairwise([-1, *chosen, len(members)]):
+        rest.extend(members[start + 1 : end])
     waves, bound = _waves(rest, rules)
-    return [first, *waves], bound + 1
+    return [[members[position] for position in chosen], *waves], bound + 1
 
 
 def _pool_bound(members: Iterable[Instance], budgets: Mapping[str, int] | None) -> int:
@@ -433,20 +435,20 @@ def _respect_pools(waves: list[list[Instance]], rules: _Rules) -> list[list[Inst
 
 def _canary(
     members: Sequence[Instance], sizes: Mapping[ZoneKey, int], budgets: dict[ZoneKey, int], size: int
-) -> list[Instance]:
+) -> list[int]:
     """A first wave of at most `size` instances, all from the ring's largest zone (the most
     typical machines; `sizes` counts each zone's members) and, where they sit in availability
-    sets, from one update domain."""
+    sets, from one update domain: their positions in `members`, in order."""
     zone = min(sizes, key=lambda z: (-sizes[z], z))
     limit = min(size, budgets[zone])
     cloud, region, name = zone
-    in_zone = [i for i in members if i.region == region and (i.zone or "") == name and i.cloud == cloud]
-    loose = [i for i in in_zone if i.availability_set is None]
+    in_zone = [k for k, i in enumerate(members) if i.region == region and (i.zone or "") == name and i.cloud == cloud]
+    loose = [k for k in in_zone if members[k].availability_set is None]
     if loose:
         return loose[:limit]
-    groups: dict[tuple[str, str], list[Instance]] = defaultdict(list)
-    for instance in in_zone:
-        groups[(str(instance.availability_set), update_domain_of(instance))].append(instance)
+    groups: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for k in in_zone:
+        groups[(str(members[k].availability_set), update_domain_of(members[k]))].append(k)
     largest = min(groups, key=lambda g: (-len(groups[g]), g))
     return groups[largest][:limit]
 

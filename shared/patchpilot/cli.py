@@ -58,7 +58,6 @@ from patchpilot.planning import (
     Plan,
     Selection,
     WindowFit,
-    placement,
     plan,
     plan_document,
     pool_text,
@@ -443,7 +442,7 @@ def print_plan(console: Console, policy: Policy, result: Plan, fit: WindowFit | 
         shown = ", ".join(i.short_name for i in wave.instances[:MAX_IDS_SHOWN]) + (f" … +{more}" if more > 0 else "")
         label = f"{wave.index}" + (" (canary)" if wave.canary else "")
         expected = format_duration(wave_fit.expected) + ("" if wave_fit.starts else " (does not fit)")
-        row = [label, wave.ring, str(size), expected, placement(wave.instances), shown]
+        row = [label, wave.ring, str(size), expected, wave.placement, shown]
         if result.pool_members:
             row.insert(5, pool_text(wave.instances, result.pool_members))
         table.add_row(*row)
@@ -461,7 +460,7 @@ def print_plan(console: Console, policy: Policy, result: Plan, fit: WindowFit | 
             console.print(f"Ring {ring.name}: {ring.gate}.", soft_wrap=True)
     if around := around_the_install(policy):
         console.print(f"Around each install: {around}.", soft_wrap=True)
-    if hot := [i.short_name for w in result.waves for i in filter(HOTPATCH, w.instances)]:
+    if hot := [i.short_name for w in result.waves if w.hotpatch_count for i in filter(HOTPATCH, w.instances)]:
         shown = ", ".join(hot[:MAX_IDS_SHOWN]) + (f" … +{len(hot) - MAX_IDS_SHOWN}" if len(hot) > MAX_IDS_SHOWN else "")
         console.print(
             f"Hotpatch-enabled: {plural(len(hot), 'machine')} ({shown}), not rebooted in a month whose "

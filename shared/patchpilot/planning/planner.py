@@ -354,7 +354,9 @@ def _plan_ring(
 ) -> tuple[list[list[Instance]], int]:
     if not members:
         return [], 0
-    sizes = zone_sizes(members)
+    # The ring's machines by zone, once: the zones' sizes, the canary and the waves come from it.
+    zones = _zones(members)
+    sizes = {(*region, name): len(group) for region, by_name in zones.items() for name, group in by_name.items()}
     # Percentages count against the zone's size in the whole ring, canary included, and against
     # the pool's members in the whole inventory (rounded down, at least 1).
     budgets = {zone: rollout.disruption_budget.ceil_of(size) for zone, size in sizes.items()}
@@ -363,21 +365,32 @@ def _plan_ring(
     pool_budgets = {pool: limit.floor_of(size) for pool, size in pools.items()} if limit is not None and pools else None
     rules = _Rules(budgets, pool_budgets, rollout.mode == "concurrent_zones", pairs)
     if canary <= 0:
-        return _waves(members, rules)
-    chosen = _canary(members, sizes, budgets, canary)
+        return _waves(zones, rules)
+    (cloud, region, name), chosen = _canary(zones, sizes, budgets, canary)
+    group = zones[(cloud, region)][name]
     if pool_budgets is not None:  # the canary wave keeps to the pool budgets too
         load, kept = _Load(), []
         for position in chosen:
-            if load.pools_admit(members[position], rules):
-                load.add(members[position])
+            if load.pools_admit(group[position], rules):
+                load.add(group[position])
                 kept.append(position)
         chosen = kept
-    # The others: the slices between the canary's few machines (no question asked of each member).
+    first = [group[position] for position in chosen]
+    # The zone's others: the slices between the canary's few machines (no question asked of each).
     rest: list[Instance] = []
-    for start, end in pairwise([-1, *chosen, len(members)]):
-        rest.extend(members[start + 1 : end])
-    waves, bound = _waves(rest, rules)
-    return [[members[position] for position in chosen], *waves], bound + 1
+    for start, end in pairwise([-1, *chosen, len(group)]):
+        rest.extend(group[start + 1 : end])
+    zones[(cloud, region)][name] = rest
+    waves, bound = _waves(zones, rules)
+    return [first, *waves], bound + 1
+
+
+def _zones(members: Iterable[Instance]) -> dict[RegionKey, dict[str, list[Instance]]]:
+    """The machines of each region (cloud, region) by zone (`zone_of`'s name: "" for none), in order."""
+    zones: dict[RegionKey, dict[str, list[Instance]]] = defaultdict(lambda: defaultdict(list))
+    for instance in members:
+        zones[(instance.cloud, instance.region)][instance.zone or ""].append(instance)
+    return zones
 
 
 def _pool_bound(members: Iterable[Instance], budgets: Mapping[str, int] | None) -> int:
@@ -466,31 +479,33 @@ def _respect_pools(waves: list[list[Instance]], rules: _Rules) -> list[list[Inst
 
 
 def _canary(
-    members: Sequence[Instance], sizes: Mapping[ZoneKey, int], budgets: dict[ZoneKey, int], size: int
-) -> list[int]:
+    zones: Mapping[RegionKey, Mapping[str, Sequence[Instance]]],
+    sizes: Mapping[ZoneKey, int],
+    budgets: dict[ZoneKey, int],
+    size: int,
+) -> tuple[ZoneKey, list[int]]:
     """A first wave of at most `size` instances, all from the ring's largest zone (the most
     typical machines; `sizes` counts each zone's members) and, where they sit in availability
-    sets, from one update domain: their positions in `members`, in order."""
+    sets, from one update domain: the zone, and their positions in its machines (`zones`), in order."""
     zone = min(sizes, key=lambda z: (-sizes[z], z))
     limit = min(size, budgets[zone])
     cloud, region, name = zone
-    in_zone = [k for k, i in enumerate(members) if i.region == region and (i.zone or "") == name and i.cloud == cloud]
-    loose = [k for k in in_zone if members[k].availability_set is None]
+    in_zone = zones[(cloud, region)][name]
+    loose = [k for k, i in enumerate(in_zone) if i.availability_set is None]
     if loose:
-        return loose[:limit]
+        return zone, loose[:limit]
     groups: dict[tuple[str, str], list[int]] = defaultdict(list)
-    for k in in_zone:
-        groups[(str(members[k].availability_set), update_domain_of(members[k]))].append(k)
+    for k, instance in enumerate(in_zone):
+        groups[(str(instance.availability_set), update_domain_of(instance))].append(k)
     largest = min(groups, key=lambda g: (-len(groups[g]), g))
-    return groups[largest][:limit]
+    return zone, groups[largest][:limit]
 
 
-def _waves(members: Sequence[Instance], rules: _Rules) -> tuple[list[list[Instance]], int]:
-    """Waves for one ring, and the lower bound on their number."""
-    zones: dict[RegionKey, dict[str, list[Instance]]] = defaultdict(lambda: defaultdict(list))
-    for instance in members:
-        zones[(instance.cloud, instance.region)][instance.zone or ""].append(instance)
-
+def _waves(zones: Mapping[RegionKey, Mapping[str, list[Instance]]], rules: _Rules) -> tuple[list[list[Instance]], int]:
+    """Waves for one ring (its machines by zone, `_zones`; a zone may be empty), and the lower
+    bound on their number."""
+    zones = {region: {name: group for name, group in by_name.items() if group} for region, by_name in zones.items()}
+    zones = {region: by_name for region, by_name in zones.items() if by_name}
     local: dict[RegionKey, list[list[Instance]]] = {}
     weight: dict[RegionKey, int] = {}  # lower bound on waves per region
     for region in sorted(zones):
@@ -516,6 +531,7 @@ def _waves(members: Sequence[Instance], rules: _Rules) -> tuple[list[list[Instan
     slots, bound = _place_regions(local, weight, rules.pairs)
     # A pool that spans regions which share waves: its budget holds across them too.
     waves = _respect_pools([wave for wave in slots if wave], rules)
+    members = (i for by_name in zones.values() for group in by_name.values() for i in group)
     return waves, max(bound, _pool_bound(members, rules.pool_budgets))
 
 

@@ -12,10 +12,13 @@ Targets (issue 17): `plan` of 100,000 instances ≤ 1.0 s and ≤ 200 MB; `valid
 ≤ 0.6 s; growth from 10k to 100k linear (the 100k time at most 10× the 10k time, start-up
 included). Figures go to bench/results/cli_plan.json with the targets beside them.
 
-    python bench/bench_cli_plan.py [--rounds 3] [--source DIR]
+    python bench/bench_cli_plan.py [--rounds 3] [--source DIR] [--before DIR]
 
 --source runs another checkout's code (its shared/ first on the path), say main's, for a
-before-and-after on the same fleets and the same machine.
+before-and-after on the same fleets and the same machine. --before DIR measures that checkout too,
+round by round in turn with the source (each round runs one, then the other), so that on a shared
+machine, whose load changes from one minute to the next, both see the same load; its figures go
+beside the source's (`before` in the results file).
 """
 
 from __future__ import annotations
@@ -74,26 +77,32 @@ def run_once(command: str, inventory: Path, source: Path) -> tuple[float, float,
     return elapsed, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024  # ru_maxrss: KiB on Linux
 
 
-def measure(rounds: int, source: Path) -> dict[str, dict[str, Any]]:
-    figures: dict[str, dict[str, Any]] = {}
+def measure(rounds: int, sources: list[Path]) -> list[dict[str, dict[str, Any]]]:
+    """Each source's figures. With several sources, each round runs every source in turn."""
+    figures: list[dict[str, dict[str, Any]]] = [{} for _ in sources]
     for size in SIZES:
         inventory = fleet_file(size)
         for command in COMMANDS:
-            run_once(command, inventory, source)  # warm-up: bytecode written, file in the page cache
-            runs = [run_once(command, inventory, source) for _ in range(rounds)]
-            figures[f"{command}_{size}"] = {
-                "command": f"patchpilot {command} --policy {POLICY} --inventory {inventory.relative_to(ROOT)}",
-                "seconds_median": round(statistics.median(s for s, _, _ in runs), 3),
-                "seconds_runs": [round(s, 3) for s, _, _ in runs],
-                "cpu_seconds_median": round(statistics.median(cpu for _, cpu, _ in runs), 3),
-                "max_rss_mb": round(max(mb for _, _, mb in runs), 1),
-            }
-            row = figures[f"{command}_{size}"]
-            print(
-                f"{command:>8} {size:>7,}: {row['seconds_median']:.3f} s (CPU {row['cpu_seconds_median']:.3f} s; "
-                f"medians of {rounds}), {row['max_rss_mb']:.1f} MB",
-                flush=True,
-            )
+            for source in sources:
+                run_once(command, inventory, source)  # warm-up: bytecode written, file in the page cache
+            runs: list[list[tuple[float, float, float]]] = [[] for _ in sources]
+            for _ in range(rounds):
+                for own, source in zip(runs, sources, strict=True):
+                    own.append(run_once(command, inventory, source))
+            for own_figures, own, source in zip(figures, runs, sources, strict=True):
+                row = own_figures[f"{command}_{size}"] = {
+                    "command": f"patchpilot {command} --policy {POLICY} --inventory {inventory.relative_to(ROOT)}",
+                    "seconds_median": round(statistics.median(s for s, _, _ in own), 3),
+                    "seconds_runs": [round(s, 3) for s, _, _ in own],
+                    "cpu_seconds_median": round(statistics.median(cpu for _, cpu, _ in own), 3),
+                    "max_rss_mb": round(max(mb for _, _, mb in own), 1),
+                }
+                which = f" ({source})" if len(sources) > 1 else ""
+                print(
+                    f"{command:>8} {size:>7,}: {row['seconds_median']:.3f} s (CPU {row['cpu_seconds_median']:.3f} s; "
+                    f"medians of {rounds}), {row['max_rss_mb']:.1f} MB{which}",
+                    flush=True,
+                )
     return figures
 
 
@@ -101,10 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--source", type=Path, default=ROOT, help="the checkout whose code runs (default: this one)")
+    parser.add_argument("--before", type=Path, help="another checkout, measured in turn with the source")
     parser.add_argument("--name", default="cli_plan", help="results file name (bench/results/NAME.json)")
     args = parser.parse_args(argv)
 
-    figures = measure(args.rounds, args.source.resolve())
+    sources = [args.source.resolve(), *([args.before.resolve()] if args.before else [])]
+    figures, *before = measure(args.rounds, sources)
     large, small = SIZES[-1], SIZES[0]
     plan_s = figures[f"plan_{large}"]["seconds_median"]
     seconds = {key: value["seconds_median"] for key, value in figures.items()}
@@ -129,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             "met": met,
             "growth_100k_over_10k": growth,
             "figures": figures,
+            **({"before": {"source": str(args.before), "figures": before[0]}} if before else {}),
         },
     )
     return 0 if all(met.values()) else 1

@@ -14,15 +14,16 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from patchpilot.inventory import Cloud, Instance
-from patchpilot.planning import Plan, RingPlan, plan
+from patchpilot.inventory import Cloud, Instance, Simulation
+from patchpilot.planning import Plan, RingPlan, placement, plan, wave_estimate
+from patchpilot.planning.estimate import simulations_estimate
 from patchpilot.planning.regions import RegionPairs
 from patchpilot.policy import Policy, Rollout, parse_policy
 
@@ -369,6 +370,24 @@ def test_plan_does_not_depend_on_input_order(scenario: tuple[Policy, list[Instan
     first, second = plan(policy, fleet), plan(policy, shuffled)
     assert first == second
     assert summary(first) == summary(second)
+
+
+REBOOTS: tuple[Literal["if_required", "never"], ...] = ("if_required", "never")
+
+
+@given(SCENARIOS, st.data())
+def test_a_waves_traits_say_what_its_machines_do(scenario: tuple[Policy, list[Instance]], data: st.DataObject) -> None:
+    """`Wave.placement`, `hotpatch_count` and `simulations` (one pass over the wave's machines,
+    `Wave.traits`) answer as `placement`, the machines' own flags and `wave_estimate` do."""
+    policy, fleet = scenario
+    hints = [None, Simulation(), Simulation(install_minutes=90), Simulation(install_minutes=5, health="fail")]
+    fleet = [replace(i, hotpatch=data.draw(st.booleans()), simulation=data.draw(st.sampled_from(hints))) for i in fleet]
+    for wave in plan(policy, fleet).waves:
+        assert wave.placement == placement(wave.instances)
+        assert wave.hotpatch_count == sum(1 for i in wave.instances if i.hotpatch)
+        assert wave.simulations == {i.simulation for i in wave.instances}
+        for reboot in REBOOTS:
+            assert simulations_estimate(wave.simulations, reboot) == wave_estimate(wave.instances, reboot)
 
 
 @given(SCENARIOS)

@@ -9,6 +9,7 @@ import random
 import pytest
 
 from patchpilot.inventory import Instance
+from patchpilot.planning.planner import _selected
 from patchpilot.policy.model import Exclusions, Selector
 
 TAGS = ["Environment", "App", "PatchPolicy"]
@@ -70,3 +71,14 @@ def test_reasoner_answers_as_reason(selector: Selector) -> None:
     machines = fleet()
     reasoner = exclusions.reasoner()
     assert [reasoner(m) for m in machines] == [exclusions.reason(m) for m in machines]
+
+
+@pytest.mark.parametrize("selector", selectors(), ids=lambda s: repr(s.model_dump(exclude_defaults=True)))
+def test_the_planner_finds_by_id_the_machines_a_selector_matches(selector: Selector) -> None:
+    """`planner._selected` looks up a selector's ids in the fleet (sorted by id) instead of asking every
+    machine: the same machines as `matches`, ids that are not in the fleet or named twice included."""
+    if selector.ids:
+        selector = selector.model_copy(update={"ids": [*selector.ids, "i-9999", "a", selector.ids[0]]})
+    machines = sorted(fleet(), key=lambda m: m.id)
+    found = list(_selected(selector, machines, [m.id for m in machines]))
+    assert found == [m for m in machines if selector.matches(m)]

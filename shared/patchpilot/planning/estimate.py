@@ -16,7 +16,7 @@ from datetime import timedelta
 from operator import attrgetter
 from typing import TYPE_CHECKING, Literal
 
-from patchpilot.inventory import Instance
+from patchpilot.inventory import Instance, Simulation
 from patchpilot.policy.fields import format_duration
 
 if TYPE_CHECKING:  # the engine imports this module; it needs neither
@@ -50,9 +50,16 @@ def _estimate(hinted: int | None, reboot: Literal["if_required", "always", "neve
 
 def wave_estimate(instances: Iterable[Instance], reboot: Literal["if_required", "always", "never"]) -> timedelta:
     """The longest a wave of these machines is expected to take (0 for no machine)."""
-    # A few values for a wave of thousands: the distinct simulation hints first (None for machines
-    # that are not simulated), then their install hints (`_install_hint`).
-    hints = {s.install_minutes if s else None for s in set(map(attrgetter("simulation"), instances))}
+    # A few values for a wave of thousands: the distinct simulation hints first.
+    return simulations_estimate(set(map(attrgetter("simulation"), instances)), reboot)
+
+
+def simulations_estimate(
+    simulations: Iterable[Simulation | None], reboot: Literal["if_required", "always", "never"]
+) -> timedelta:
+    """`wave_estimate` of a wave whose machines have these simulation hints (None for machines that
+    are not simulated; each distinct one once): the longest of their install hints (`_install_hint`)."""
+    hints = {s.install_minutes if s else None for s in simulations}
     return max((_estimate(hinted, reboot) for hinted in hints), default=timedelta(0))
 
 
@@ -115,7 +122,7 @@ def window_fit(policy: Policy, result: Plan) -> WindowFit:
     clock = timedelta(0)
     waves = result.waves
     for position, wave in enumerate(waves):
-        expected = wave_estimate(wave.instances, policy.reboot)
+        expected = simulations_estimate(wave.simulations, policy.reboot)  # as wave_estimate(wave.instances)
         left = window - clock if window is not None else None
         if left is None or (cutoff is not None and cutoff == timedelta(0)):
             starts = left is None or left > timedelta(0)

@@ -19,7 +19,9 @@ from patchpilot.policy.model import HealthChecks, HostHook, WaveHook
 
 
 class _Message(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # Each message's own validator is built when a message of its type is first built or validated
+    # on its own (`defer_build`): a cold start uses a few of them; `MESSAGE` reads and writes them all.
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     id: str
     run_id: str
@@ -97,7 +99,7 @@ Reboot = Literal["if_required", "always", "never"]
 
 
 class InstallTarget(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)  # as _Message
 
     instance: Instance
     only: list[str] | None = None  # the promoted, pinned set; None: what the policy selects
@@ -137,7 +139,7 @@ class CheckHealth(_Command):
 
 
 class RestoreTarget(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)  # as _Message
 
     instance: Instance
     snapshot_ids: list[str]
@@ -278,7 +280,7 @@ Command = Annotated[
 class Outcome(BaseModel):
     """What happened to one instance in one step."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)  # as _Message
 
     id: str
     ok: bool

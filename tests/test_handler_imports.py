@@ -20,10 +20,24 @@ NEVER_AT_IMPORT = [
     # The engine estimates waves (`planning.estimate`); planning itself happens on a run's start and
     # follow-ups, where `service` imports it (the package's names load on first use).
     "patchpilot.planning.planner",
+    # The AWS fleet's steps: each is imported by the step that uses it (a cold start handles one).
+    "patchpilot.adapters.aws.fleet.install",
+    "patchpilot.adapters.aws.fleet.held_baselines",
+    "patchpilot.adapters.aws.fleet.rollback",
+    "patchpilot.adapters.aws.fleet.health",
+    "patchpilot.adapters.aws.fleet.hooks",
+    "patchpilot.adapters.aws.fleet.power",
+    "patchpilot.adapters.aws.fleet.snapshots",
+    "patchpilot.adapters.aws.fleet.discovery",
+    # powertools' parser models, which its batch utility builds when pydantic is loaded before it
+    # (aws_lambda/worker.py imports the batch utility first)
+    "aws_lambda_powertools.utilities.parser",
 ]
 
 
-@pytest.mark.parametrize("module", ["aws_lambda.worker", "aws_lambda.approve", "function_app"])
+@pytest.mark.parametrize(
+    "module", ["aws_lambda.worker", "aws_lambda.approve", "aws_lambda.trigger", "aws_lambda.waker", "function_app"]
+)
 def test_a_handler_imports_no_module_it_does_not_need_to_start(module: str) -> None:
     probe = f"import json, sys, {module}; print(json.dumps([m for m in {NEVER_AT_IMPORT!r} if m in sys.modules]))"
     answer = subprocess.run(

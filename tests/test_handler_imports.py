@@ -44,3 +44,17 @@ def test_a_handler_imports_no_module_it_does_not_need_to_start(module: str) -> N
         [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True, timeout=120
     )
     assert json.loads(answer.stdout.strip().splitlines()[-1]) == []
+
+
+def test_a_notifier_loads_the_webhook_client_with_its_first_post_only() -> None:
+    """Every handler's service builds the routed notifier; most deliveries send no notice, and
+    slack_sdk is some 16 ms of a cold start."""
+    probe = (
+        "import sys; from patchpilot.notify import RoutedNotifier; "
+        "RoutedNotifier(None, lambda run_id: None, None, clock=None); "
+        "print([m for m in ('slack_sdk', 'patchpilot.notify.webhook', 'patchpilot.notify.slack') if m in sys.modules])"
+    )
+    answer = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True, timeout=120
+    )
+    assert answer.stdout.strip().splitlines()[-1] == "[]"

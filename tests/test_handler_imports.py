@@ -58,3 +58,22 @@ def test_a_notifier_loads_the_webhook_client_with_its_first_post_only() -> None:
         [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True, timeout=120
     )
     assert answer.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_timer_tick_without_a_maintenance_watch_loads_no_report_renderer() -> None:
+    """The timer ticks every 15 minutes; the watch's reads and the overview's renderer (jinja2)
+    load only when the policy has a watch and an hourly read or digest is due."""
+    probe = (
+        "import sys; from datetime import UTC, datetime; "
+        "from patchpilot.app.overview import Overview; from patchpilot.app.watch import MaintenanceWatch; "
+        "from patchpilot.policy import parse_policy; "
+        "policy = parse_policy('name: p\\nrings: [{name: all, select: {tags: {Environment: production}}}]\\n'); "
+        "watch = MaintenanceWatch(source=None, announcer=None, discovered=None, overview=Overview(None, None, None)); "
+        "assert watch.tick(policy, datetime(2026, 12, 12, 2, 0, tzinfo=UTC)) == []; "
+        "loaded = ('jinja2', 'patchpilot.reports.overview', 'patchpilot.maintenance.watch'); "
+        "print([m for m in loaded if m in sys.modules])"
+    )
+    answer = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True, timeout=120
+    )
+    assert answer.stdout.strip().splitlines()[-1] == "[]"

@@ -77,3 +77,14 @@ def test_a_timer_tick_without_a_maintenance_watch_loads_no_report_renderer() -> 
         [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True, timeout=120
     )
     assert answer.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_timer_function_imports_no_engine() -> None:
+    """A tick reads the policy and its schedule: the engine's models (the run, its messages) load
+    only when a run starts or a heads-up is sent."""
+    engine = ["patchpilot.engine.messages", "patchpilot.engine.run", "patchpilot.ports", "patchpilot.service"]
+    probe = f"import json, sys, aws_lambda.trigger; print(json.dumps([m for m in {engine!r} if m in sys.modules]))"
+    answer = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True, timeout=120
+    )
+    assert json.loads(answer.stdout.strip().splitlines()[-1]) == []

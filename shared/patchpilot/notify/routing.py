@@ -42,10 +42,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
-from patchpilot.engine.messages import NoticeUndelivered, Notify
-from patchpilot.engine.run import Run
 from patchpilot.notify.messages import LIST_TOPICS, Card, card_for
 from patchpilot.policy import Policy
 from patchpilot.policy.model import NotificationChannel, Notifications, TeamsMention
@@ -54,6 +52,8 @@ from patchpilot.redact import PROCESS_SECRETS, Redactor, install_filter
 from patchpilot.triggers import heads_up
 
 if TYPE_CHECKING:
+    from patchpilot.engine.messages import NoticeUndelivered, Notify
+    from patchpilot.engine.run import Run
     from patchpilot.notify.webhook import Answer, Pacer, Poster
 
 log = logging.getLogger("patchpilot.notify")
@@ -63,7 +63,7 @@ KEEP = timedelta(days=14)  # how long a delivered notice is remembered
 Links = tuple[tuple[str, str], ...]  # (label, https URL)
 # The links a notice carries to one channel (signed approval links, made per channel): only the
 # chat renderers see them, never a notice's text, the log, the run or a report.
-LinkMaker = Callable[[Notify, str], Links]
+LinkMaker: TypeAlias = "Callable[[Notify, str], Links]"
 
 
 @dataclass(frozen=True)
@@ -243,6 +243,8 @@ class RoutedNotifier:
             log.warning("%s: claim not renewed (%s: %s)", key, type(error).__name__, error)
 
     def _failure(self, command: Notify, channel: str, reason: str) -> NoticeUndelivered:
+        from patchpilot.engine.messages import NoticeUndelivered
+
         return NoticeUndelivered(
             id=f"{command.id}:undelivered:{channel}",
             run_id=command.run_id,

@@ -53,7 +53,6 @@ from patchpilot.engine.messages import (
 from patchpilot.inventory import Instance
 from patchpilot.policy.model import Policy
 from patchpilot.ports import Clock, DiscoveryResult, InProgress, Progress
-from patchpilot.wakeups import targets
 
 from ..access import (
     COMMAND_LOOKBACK,
@@ -236,6 +235,8 @@ class Ec2SsmFleet:
         receive (a member account's or another region's go to their own default bus)."""
         if not self.woken or not isinstance(progress, InProgress):
             return progress
+        from patchpilot.wakeups import targets
+
         home = (None, self.home_account)
         if any(i.account not in home or i.region != self.default_region for i in targets(command)):
             return progress

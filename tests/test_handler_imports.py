@@ -20,12 +20,77 @@ NEVER_AT_IMPORT = [
     # The engine estimates waves (`planning.estimate`); planning itself happens on a run's start and
     # follow-ups, where `service` imports it (the package's names load on first use).
     "patchpilot.planning.planner",
+    # The AWS fleet's steps: each is imported by the step that uses it (a cold start handles one).
+    "patchpilot.adapters.aws.fleet.install",
+    "patchpilot.adapters.aws.fleet.held_baselines",
+    "patchpilot.adapters.aws.fleet.rollback",
+    "patchpilot.adapters.aws.fleet.health",
+    "patchpilot.adapters.aws.fleet.hooks",
+    "patchpilot.adapters.aws.fleet.power",
+    "patchpilot.adapters.aws.fleet.snapshots",
+    "patchpilot.adapters.aws.fleet.discovery",
+    # powertools' parser models, which its batch utility builds when pydantic is loaded before it
+    # (aws_lambda/worker.py imports the batch utility first)
+    "aws_lambda_powertools.utilities.parser",
 ]
+# What one handler never needs to start, where another does.
+NOT_AT_IMPORT_OF = {
+    # the wake-ups' signals: the waker's; the worker's fleet reads a command's targets with them
+    # only for the polls of the steps the waker covers
+    "aws_lambda.worker": ["patchpilot.wakeups"],
+}
 
 
-@pytest.mark.parametrize("module", ["aws_lambda.worker", "aws_lambda.approve", "function_app"])
+@pytest.mark.parametrize(
+    "module", ["aws_lambda.worker", "aws_lambda.approve", "aws_lambda.trigger", "aws_lambda.waker", "function_app"]
+)
 def test_a_handler_imports_no_module_it_does_not_need_to_start(module: str) -> None:
-    probe = f"import json, sys, {module}; print(json.dumps([m for m in {NEVER_AT_IMPORT!r} if m in sys.modules]))"
+    never = NEVER_AT_IMPORT + NOT_AT_IMPORT_OF.get(module, [])
+    probe = f"import json, sys, {module}; print(json.dumps([m for m in {never!r} if m in sys.modules]))"
+    answer = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True, timeout=120
+    )
+    assert json.loads(answer.stdout.strip().splitlines()[-1]) == []
+
+
+def test_a_notifier_loads_the_webhook_client_with_its_first_post_only() -> None:
+    """Every handler's service builds the routed notifier; most deliveries send no notice, and
+    slack_sdk is some 16 ms of a cold start."""
+    probe = (
+        "import sys; from patchpilot.notify import RoutedNotifier; "
+        "RoutedNotifier(None, lambda run_id: None, None, clock=None); "
+        "print([m for m in ('slack_sdk', 'patchpilot.notify.webhook', 'patchpilot.notify.slack') if m in sys.modules])"
+    )
+    answer = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True, timeout=120
+    )
+    assert answer.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_timer_tick_without_a_maintenance_watch_loads_no_report_renderer() -> None:
+    """The timer ticks every 15 minutes; the watch's reads and the overview's renderer (jinja2)
+    load only when the policy has a watch and an hourly read or digest is due."""
+    probe = (
+        "import sys; from datetime import UTC, datetime; "
+        "from patchpilot.app.overview import Overview; from patchpilot.app.watch import MaintenanceWatch; "
+        "from patchpilot.policy import parse_policy; "
+        "policy = parse_policy('name: p\\nrings: [{name: all, select: {tags: {Environment: production}}}]\\n'); "
+        "watch = MaintenanceWatch(source=None, announcer=None, discovered=None, overview=Overview(None, None, None)); "
+        "assert watch.tick(policy, datetime(2026, 12, 12, 2, 0, tzinfo=UTC)) == []; "
+        "loaded = ('jinja2', 'patchpilot.reports.overview', 'patchpilot.maintenance.watch'); "
+        "print([m for m in loaded if m in sys.modules])"
+    )
+    answer = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True, timeout=120
+    )
+    assert answer.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_timer_function_imports_no_engine() -> None:
+    """A tick reads the policy and its schedule: the engine's models (the run, its messages) load
+    only when a run starts or a heads-up is sent."""
+    engine = ["patchpilot.engine.messages", "patchpilot.engine.run", "patchpilot.ports", "patchpilot.service"]
+    probe = f"import json, sys, aws_lambda.trigger; print(json.dumps([m for m in {engine!r} if m in sys.modules]))"
     answer = subprocess.run(
         [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True, timeout=120
     )

@@ -3,6 +3,7 @@ report that cannot be written never stops the notice."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -150,3 +151,29 @@ def test_slack_shows_approval_links_as_interactive_buttons_carrying_the_token() 
         "style": "primary",
     }
     assert report["url"] == "https://r/x.html" and "value" not in report
+
+
+def test_a_link_for_a_ring_without_approvers_reads_no_slack_group() -> None:
+    """The group reader (slack_sdk's Web API client: some 15 ms of a cold start) is built only
+    when a Slack user group must be looked up."""
+    from patchpilot.app.approvals import ApprovalEndpoints
+    from patchpilot.notify import EnvironmentSecrets
+
+    class Clock:
+        def now(self) -> datetime:
+            return datetime.now(UTC)
+
+    def no_groups() -> Callable[[str], frozenset[str]]:
+        raise AssertionError("the Slack group reader was built")
+
+    endpoints = ApprovalEndpoints(
+        lambda: Store(awaiting()),  # type: ignore[arg-type,return-value]
+        lambda: None,  # type: ignore[arg-type,return-value]
+        lambda: EnvironmentSecrets({"KEY": KEY}),
+        no_groups,
+        Clock(),
+        "KEY",
+        None,
+    )
+    token = sign_approval(ApprovalRequest("run-1", "production"), KEY)
+    assert endpoints.preview(token) == (ApprovalRequest("run-1", "production"), None)

@@ -9,33 +9,31 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeAlias
 
-from patchpilot.engine.messages import (
-    CallWaveHook,
-    CancelCloudScheduledRun,
-    CheckHealth,
-    InstallPatches,
-    LeavePools,
-    Message,
-    Notify,
-    Outcome,
-    ProbeAgents,
-    RejoinPools,
-    ReturnMachines,
-    RollBack,
-    RunHostHook,
-    StartMachines,
-    TakeSnapshots,
-)
-from patchpilot.engine.run import Run
-from patchpilot.inventory import Instance
-from patchpilot.policy import Policy
-
-if TYPE_CHECKING:  # the Lambda handlers import the ports: these models load only where used
+if TYPE_CHECKING:  # names used in annotations only: a module that imports the ports loads no models for them
     from patchpilot.compliance.model import AssessmentStarted, PatchState
-    from patchpilot.inventory import Cloud
+    from patchpilot.engine.messages import (
+        CallWaveHook,
+        CancelCloudScheduledRun,
+        CheckHealth,
+        InstallPatches,
+        LeavePools,
+        Message,
+        Notify,
+        Outcome,
+        ProbeAgents,
+        RejoinPools,
+        ReturnMachines,
+        RollBack,
+        RunHostHook,
+        StartMachines,
+        TakeSnapshots,
+    )
+    from patchpilot.engine.run import Run
+    from patchpilot.inventory import Cloud, Instance
     from patchpilot.maintenance.model import WatchResult
+    from patchpilot.policy import Policy
     from patchpilot.policy.model import Notifications
 
 
@@ -133,7 +131,7 @@ class InProgress:
     started: datetime | None = None
 
 
-Progress = list[Outcome] | InProgress
+Progress: TypeAlias = "list[Outcome] | InProgress"
 
 
 @dataclass(frozen=True)

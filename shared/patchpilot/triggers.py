@@ -11,15 +11,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from itertools import islice
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
-from patchpilot.engine.messages import Notify
 from patchpilot.policy import Policy, Schedule, Window
 from patchpilot.policy.exceptions import describe, expired_between
 from patchpilot.policy.fields import format_duration
 from patchpilot.policy.freeze import Freeze, Freezes
 from patchpilot.policy.model import Emergency
 from patchpilot.policy.schedule import AwsCron, window_starts
+
+if TYPE_CHECKING:
+    from patchpilot.engine.messages import Notify
 
 TIMER_PERIOD = timedelta(minutes=15)  # how often the clouds' timers fire (template.yaml, function_app)
 LOOK_BACK = (timedelta(days=40), timedelta(days=400))  # where `previous_window_start` looks, nearest first
@@ -162,6 +165,8 @@ def heads_up(policy: Policy, now: datetime, lead: timedelta, period: timedelta =
     if ended and frozen is None:
         text += ". Exceptions that ended since the last window, their machines and patches are patched again: "
         text += "; ".join(describe(e) for e in ended)
+    from patchpilot.engine.messages import Notify  # the timer's ticks load the engine's messages only here
+
     return Notify(id=f"{run_id}:notify:run_scheduled", run_id=run_id, topic="run_scheduled", text=text)
 
 

@@ -88,7 +88,8 @@ class ApprovalEndpoints:
         if refusal is None:
             approver = self.approver(request, caller)
             try:
-                check_approver(run, request.ring, approver, self.groups())
+                # the group reader (slack_sdk's client) is built only if a Slack group is looked up
+                check_approver(run, request.ring, approver, lambda group: self.groups()(group))
             except NotAnApproverError as error:
                 log.warning("approval of ring %s of run %s refused: %s", request.ring, run.run_id, error)
                 raise

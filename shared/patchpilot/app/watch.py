@@ -40,20 +40,22 @@ class MaintenanceWatch:
 
     def tick(self, policy: Policy, now: datetime) -> list[str]:
         """The ids of the notices sent; a watch that fails is logged and never stops the timer's
-        other work."""
-        from patchpilot.maintenance.watch import alert_notices, digest_notice, watch_view
-        from patchpilot.policy.schedule import parse_aws_cron
-        from patchpilot.reports.overview import maintenance_summary
-        from patchpilot.triggers import fired_within
-
+        other work. What reads and reports the clouds' maintenance (the overview's renderer with
+        it) is imported once there is something to read: most ticks of most timers have not."""
         settings = policy.maintenance_watch
         if settings is None:
             return []
+        from patchpilot.policy.schedule import parse_aws_cron
+        from patchpilot.triggers import fired_within
+
         sent: list[str] = []
         try:
             digest_at = fired_within(settings.digest, policy.zone_for(settings.timezone), now)
             if digest_at is None and fired_within(parse_aws_cron(WATCH_READS), ZoneInfo("UTC"), now) is None:
                 return []  # between two hourly reads: no API calls
+            from patchpilot.maintenance.watch import alert_notices, digest_notice, watch_view
+            from patchpilot.reports.overview import maintenance_summary
+
             instances = self.discovered(policy, now)
             view = watch_view(self.source().upcoming_maintenance(policy, instances, now), policy, instances, now)
             # The announcer sends each notice once per channel across containers, and gives a

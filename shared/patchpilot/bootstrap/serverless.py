@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from patchpilot.app.watch import MaintenanceWatch
     from patchpilot.approvals import ApprovalRequest, Approver
     from patchpilot.chat_approvals import SlackAction, SlackGroups
+    from patchpilot.engine.messages import NoticeUndelivered
     from patchpilot.engine.run import Run
     from patchpilot.notify import RoutedNotifier
     from patchpilot.policy import Policy
@@ -123,7 +124,6 @@ class ServerlessRuntime:
     def routed(self) -> RoutedNotifier:
         from patchpilot.adapters.serverless import ApprovalLinks, LogNotifier
         from patchpilot.notify import LazySecrets, RoutedNotifier
-        from patchpilot.service import apply_event
 
         ports = self.ports
         links = ApprovalLinks(self._load_run, self._approval_key, ports.settings.approval_url)
@@ -133,9 +133,17 @@ class ServerlessRuntime:
             LogNotifier(ports.log),
             claims=ports.claims,  # each notice sent once per channel, across containers
             clock=ports.clock,
-            record=lambda event: apply_event(ports.store(), ports.queue(), event, ports.clock.now),  # in the run
+            record=self._record_undelivered,  # in the run
             links=links,  # to the chat cards only
         )
+
+    def _record_undelivered(self, event: NoticeUndelivered) -> None:
+        """A notice not delivered, recorded in its run (the engine, which the timer's ticks without
+        a run to start never load, is imported here)."""
+        from patchpilot.service import apply_event
+
+        ports = self.ports
+        apply_event(ports.store(), ports.queue(), event, ports.clock.now)
 
     def _approval_key(self) -> str | None:
         from patchpilot.redact import PROCESS_SECRETS

@@ -6,10 +6,12 @@ result event has the id `<command id>:done`, so a command executed twice yields 
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime, timedelta
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, cast, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic_core import from_json
 
 from patchpilot.engine.topics import Severity as Severity  # re-exported: Notify and its readers use them
 from patchpilot.engine.topics import Topic as Topic
@@ -17,9 +19,14 @@ from patchpilot.inventory import Instance
 from patchpilot.policy.fields import Duration, new_list
 from patchpilot.policy.model import HealthChecks, HostHook, WaveHook
 
+if TYPE_CHECKING:
+    from pydantic.json_schema import JsonSchemaMode
+
 
 class _Message(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # Each message's own validator is built when a message of its type is first built or validated
+    # on its own (`defer_build`): a cold start uses a few of them; `MESSAGE` reads and writes them all.
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     id: str
     run_id: str
@@ -97,7 +104,7 @@ Reboot = Literal["if_required", "always", "never"]
 
 
 class InstallTarget(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)  # as _Message
 
     instance: Instance
     only: list[str] | None = None  # the promoted, pinned set; None: what the policy selects
@@ -137,7 +144,7 @@ class CheckHealth(_Command):
 
 
 class RestoreTarget(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)  # as _Message
 
     instance: Instance
     snapshot_ids: list[str]
@@ -278,7 +285,7 @@ Command = Annotated[
 class Outcome(BaseModel):
     """What happened to one instance in one step."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)  # as _Message
 
     id: str
     ok: bool
@@ -502,7 +509,51 @@ Message = Annotated[
     | LookNow,
     Field(discriminator="type"),
 ]
-MESSAGE = TypeAdapter(Message)
+
+
+class MessageAdapter:
+    """`TypeAdapter(Message)` as the stores, queues and the engine use it (`validate_json`,
+    `dump_json`, `json_schema`), building only the messages a process reads and writes: a cold
+    start handles one or two of them, and the union of them all costs it several milliseconds.
+
+    A message is written by its own class (the bytes the union writes: it picks that class's
+    serializer by `type`), and read by the class its `type` names. A body that is not a valid
+    message is read again by the union, so that its error is the one the union gives."""
+
+    def __init__(self) -> None:
+        self._classes: dict[str, type[BaseModel]] = {}
+
+    @functools.cached_property
+    def union(self) -> TypeAdapter[Message]:
+        return TypeAdapter(Message)
+
+    def _class_of(self, kind: object) -> type[BaseModel] | None:
+        if not self._classes:
+            members = get_args(get_args(Message)[0])
+            self._classes.update((member.model_fields["type"].default, member) for member in members)
+        return self._classes.get(kind) if isinstance(kind, str) else None
+
+    def validate_json(self, data: str | bytes | bytearray) -> Message:
+        try:
+            parsed = from_json(data)
+        except ValueError:
+            parsed = None
+        cls = self._class_of(parsed.get("type")) if isinstance(parsed, dict) else None
+        if cls is not None:
+            try:
+                return cast("Message", cls.model_validate_json(data))
+            except ValidationError:
+                pass  # said as the union says it
+        return self.union.validate_json(data)
+
+    def dump_json(self, message: Message) -> bytes:
+        return message.__pydantic_serializer__.to_json(message)
+
+    def json_schema(self, *, mode: JsonSchemaMode = "validation") -> dict[str, Any]:
+        return self.union.json_schema(mode=mode)
+
+
+MESSAGE = MessageAdapter()
 
 FleetCommand = (
     ProbeAgents | TakeSnapshots | InstallPatches | CheckHealth | RollBack | RunHostHook | StartMachines | ReturnMachines

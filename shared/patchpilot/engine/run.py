@@ -75,7 +75,9 @@ Runtime = Literal["local", "aws", "azure"]
 
 
 class _State(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # The parts of a run build their own validators when first built on their own (`defer_build`):
+    # loading a `Run` never needs them.
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
 
 class Step(_State):
@@ -113,6 +115,8 @@ class InstanceRecord(_State):
 
 
 class WaveState(_State):
+    model_config = ConfigDict(defer_build=False)  # the cloud run stores read and write each wave alone
+
     index: int  # 1-based
     ring: str
     ring_position: int  # 0 for the first ring of the policy
@@ -168,7 +172,7 @@ class FollowUp(_State):
 class Run(_State):
     # Fields renamed in code keep their stored names as aliases: a stored run loads, and is saved
     # with the same keys as before.
-    model_config = ConfigDict(frozen=True, extra="forbid", serialize_by_alias=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", serialize_by_alias=True, defer_build=False)
 
     run_id: str
     policy: Policy

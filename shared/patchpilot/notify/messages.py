@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from patchpilot.engine.messages import Notify, Severity, Topic
-from patchpilot.engine.run import Run
+from patchpilot.engine.topics import Severity, Topic
+
+if TYPE_CHECKING:
+    from patchpilot.engine.messages import Notify
+    from patchpilot.engine.run import Run
 
 TITLES: dict[Topic, str] = {
     "run_scheduled": "Run scheduled",

@@ -30,25 +30,31 @@ given to `record` as a `NoticeUndelivered` event: the runtimes publish it, the e
 the run (`Run.undelivered`), and `patchpilot status`, the status endpoints and the run report
 show it with the channel and the reason. The heads-up of a run not started yet and the answers
 to advisories have no run to hold the record: they are logged only.
+
+The chat renderers and the webhook client (slack_sdk) load with the first post: most deliveries
+of a run's steps send no notice, and a cold start of a function pays for every import.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, TypeAlias
 
-from patchpilot.engine.messages import NoticeUndelivered, Notify
-from patchpilot.engine.run import Run
-from patchpilot.notify import slack, teams
 from patchpilot.notify.messages import LIST_TOPICS, Card, card_for
-from patchpilot.notify.webhook import Pacer, Poster, post_json
 from patchpilot.policy import Policy
 from patchpilot.policy.model import NotificationChannel, Notifications, TeamsMention
 from patchpilot.ports import Claims, Clock, Notifier, Secrets
 from patchpilot.redact import PROCESS_SECRETS, Redactor, install_filter
 from patchpilot.triggers import heads_up
+
+if TYPE_CHECKING:
+    from patchpilot.engine.messages import NoticeUndelivered, Notify
+    from patchpilot.engine.run import Run
+    from patchpilot.notify.webhook import Answer, Pacer, Poster
 
 log = logging.getLogger("patchpilot.notify")
 INTERVALS = {"slack": 1.0, "teams": 0.25}  # seconds between two posts to one webhook
@@ -57,7 +63,7 @@ KEEP = timedelta(days=14)  # how long a delivered notice is remembered
 Links = tuple[tuple[str, str], ...]  # (label, https URL)
 # The links a notice carries to one channel (signed approval links, made per channel): only the
 # chat renderers see them, never a notice's text, the log, the run or a report.
-LinkMaker = Callable[[Notify, str], Links]
+LinkMaker: TypeAlias = "Callable[[Notify, str], Links]"
 
 
 @dataclass(frozen=True)
@@ -78,7 +84,16 @@ def channels_for(notifications: Notifications, notice: Notify) -> list[Notificat
     return [channel for channel in notifications.channels if channel.name in wanted]
 
 
+def post_json(url: str, payload: dict[str, Any]) -> Answer:
+    """`notify.webhook.post_json` (slack_sdk's webhook client), loaded by the first post."""
+    from patchpilot.notify.webhook import post_json as post
+
+    return post(url, payload)
+
+
 def render(channel: NotificationChannel, card: Card) -> dict[str, object]:
+    from patchpilot.notify import slack, teams
+
     mention = channel.mention
     if channel.kind == "slack":
         return slack.slack_message(card, mention if isinstance(mention, str) else None)
@@ -114,7 +129,7 @@ class RoutedNotifier:
         self.load_run = load_run
         self.fallback = fallback
         self.post = post
-        self.pacer = pacer or Pacer()
+        self._pacer = pacer
         self.claims = claims
         self.clock = clock
         self.record = record
@@ -126,6 +141,12 @@ class RoutedNotifier:
         self.undelivered: list[Undelivered] = []
         self._sent: set[tuple[str, str]] = set()
         self._routing: dict[str, Notifications | None] = {}
+
+    @functools.cached_property
+    def pacer(self) -> Pacer:
+        from patchpilot.notify.webhook import Pacer
+
+        return self._pacer or Pacer()
 
     def notify(self, command: Notify) -> None:
         # A run's policy never changes: its routing is loaded once per process; the run itself
@@ -222,6 +243,8 @@ class RoutedNotifier:
             log.warning("%s: claim not renewed (%s: %s)", key, type(error).__name__, error)
 
     def _failure(self, command: Notify, channel: str, reason: str) -> NoticeUndelivered:
+        from patchpilot.engine.messages import NoticeUndelivered
+
         return NoticeUndelivered(
             id=f"{command.id}:undelivered:{channel}",
             run_id=command.run_id,
@@ -245,6 +268,8 @@ class RoutedNotifier:
             answer = self.post(url, payload)
         except Exception as error:  # a missing secret, a refused connection: recorded, never raised
             return self.redactor(f"{type(error).__name__}: {error}")
+        from patchpilot.notify import slack, teams
+
         ok = slack.delivered if channel.kind == "slack" else teams.delivered
         if ok(answer.status, answer.body):
             return None

@@ -25,19 +25,21 @@ by a mark it left there, before starting anything:
 Calls are batched per (account, region): at most 50 ids per SSM call, 100-200 per EC2 call.
 
 The package is cut by capability: `discovery` (and the agent probe), `snapshots`, `install` (and
-its override files), `health`, `hooks` (the policy's host hooks), `rollback`; what they share
-with the assessor (`../compliance.py`) and the maintenance source (`../maintenance_watch.py`) is
-`../access.py`.
+its override files), `health`, `hooks` (the policy's host hooks), `rollback`, `power`; what they
+share with the assessor (`../compliance.py`) and the maintenance source (`../maintenance_watch.py`)
+is `../access.py`. Each capability's module is imported by the step that uses it: the worker's
+cold start handles one step, and pays for that step's module only.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Final
 
-from patchpilot.adapters.health import HttpGet, HttpProbe, urllib_get
+from patchpilot.adapters.health import HttpGet, urllib_get
 from patchpilot.engine.messages import (
     CheckHealth,
     InstallPatches,
@@ -51,7 +53,6 @@ from patchpilot.engine.messages import (
 from patchpilot.inventory import Instance
 from patchpilot.policy.model import Policy
 from patchpilot.ports import Clock, DiscoveryResult, InProgress, Progress
-from patchpilot.wakeups import targets
 
 from ..access import (
     COMMAND_LOOKBACK,
@@ -68,12 +69,13 @@ from ..access import (
     client_token,
 )
 from ..sessions import ClientFactory
-from . import discovery, health, hooks, install, power, rollback, snapshots
-from .install import named_only
 
 if TYPE_CHECKING:
+    from patchpilot.adapters.health import HttpProbe
     from patchpilot.compliance.model import AssessmentStarted, PatchState
     from patchpilot.maintenance.model import WatchResult
+
+    from . import install
 
 # With the waker (template.yaml's WakerFunction: EventBridge tells the worker when an SSM command or
 # an EBS snapshot set ends, docs/architecture.md "Wake-ups"), the steps it covers are polled at these
@@ -99,7 +101,6 @@ __all__ = [
     "DiscoveryResult",
     "Ec2SsmFleet",
     "client_token",
-    "named_only",
 ]
 
 
@@ -128,14 +129,23 @@ class Ec2SsmFleet:
         and the BaselineOverride files of named-only (emergency) installs, and must be readable
         by the instances' profiles in every account."""
         self.access = AwsAccess(client, clock, default_region=default_region, command_lookback=command_lookback)
-        self.override_bucket = (
-            install.OverrideBucket(override_bucket, override_bucket_region or default_region)
-            if override_bucket
-            else None
-        )
-        self.http = HttpProbe(http_get, http_timeout)
+        self._override = (override_bucket, override_bucket_region or default_region) if override_bucket else None
+        self._http = (http_get, http_timeout)
         self.woken = woken  # the waker wakes the worker: the steps it covers poll at `WOKEN_POLLS`
         self.home_account = home_account  # the stack's account: its events reach the waker
+
+    @functools.cached_property
+    def override_bucket(self) -> install.OverrideBucket | None:
+        from . import install
+
+        return install.OverrideBucket(*self._override) if self._override else None
+
+    @functools.cached_property
+    def http(self) -> HttpProbe:
+        """The policy's HTTP health checks (`adapters/health.py`)."""
+        from patchpilot.adapters.health import HttpProbe
+
+        return HttpProbe(*self._http)
 
     @property
     def clock(self) -> Clock:
@@ -170,33 +180,51 @@ class Ec2SsmFleet:
     def discover(self, policy: Policy) -> DiscoveryResult:
         """The policy's AWS instances (running or stopped) in its accounts and regions, each
         marked unreachable when its SSM agent is offline or it is not a managed instance."""
+        from . import discovery
+
         return discovery.discover(self.access, policy)
 
     def probe_agents(self, command: ProbeAgents) -> Progress:
+        from . import discovery
+
         return discovery.probe_agents(self.access, command)
 
     def take_snapshots(self, command: TakeSnapshots) -> Progress:
+        from . import snapshots
+
         return self._fallback(snapshots.take_snapshots(self.access, command), "snapshot", command)
 
     def install_patches(self, command: InstallPatches) -> Progress:
+        from . import install
+
         return self._fallback(install.install_patches(self.access, command, self.override_bucket), "install", command)
 
     def check_health(self, command: CheckHealth) -> Progress:
+        from . import health
+
         return health.check_health(self.access, command, self.http)
 
     def run_hook(self, command: RunHostHook) -> Progress:
         """The policy's host hook through SSM Run Command, once per command id (`hooks`)."""
+        from . import hooks
+
         return self._fallback(hooks.run_hook(self.access, command), "hook", command)
 
     def roll_back(self, command: RollBack) -> Progress:
+        from . import rollback
+
         return rollback.roll_back(self.access, command)
 
     def start_machines(self, command: StartMachines) -> Progress:
         """StartInstances for the machines found stopped (`power`)."""
+        from . import power
+
         return power.start_machines(self.access, command)
 
     def return_machines(self, command: ReturnMachines) -> Progress:
         """StopInstances: back to `stopped` as found."""
+        from . import power
+
         return power.return_machines(self.access, command)
 
     def _fallback(
@@ -207,6 +235,8 @@ class Ec2SsmFleet:
         receive (a member account's or another region's go to their own default bus)."""
         if not self.woken or not isinstance(progress, InProgress):
             return progress
+        from patchpilot.wakeups import targets
+
         home = (None, self.home_account)
         if any(i.account not in home or i.region != self.default_region for i in targets(command)):
             return progress

@@ -1,0 +1,67 @@
+"""`MESSAGE` reads and writes each message through its own class (engine/messages.py
+`MessageAdapter`): the same bytes, the same messages and the same errors as the union of them
+all, which a cold start no longer builds to handle one message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from chaos import reference_run
+from pydantic import ValidationError
+
+from patchpilot.engine.messages import MESSAGE, Message, MessageAdapter, ProbeAgents
+from patchpilot.inventory import Instance
+
+
+def test_every_message_a_run_writes_is_written_and_read_as_the_union_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    written: list[Message] = []
+    dump = MessageAdapter.dump_json
+
+    def recording(adapter: MessageAdapter, message: Message) -> bytes:
+        written.append(message)
+        return dump(adapter, message)
+
+    monkeypatch.setattr(MessageAdapter, "dump_json", recording)
+    reference_run(tmp_path)  # every path: leases, starts, drains, hooks, installs, rollbacks, notices
+    monkeypatch.undo()
+    assert len({type(m) for m in written}) >= 12  # the commands of every step, and notices
+    for message in written:
+        body = MESSAGE.dump_json(message)
+        assert body == MESSAGE.union.dump_json(message)
+        assert MESSAGE.validate_json(body) == message == MESSAGE.union.validate_json(body)
+        assert MESSAGE.validate_json(body.decode()) == message
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"{",  # not JSON
+        b"[]",  # not an object
+        b'{"id": "m", "run_id": "r"}',  # no type
+        b'{"type": "Nope", "id": "m", "run_id": "r"}',  # no such message
+        b'{"type": "Wait", "id": "m", "run_id": "r"}',  # a message without its fields
+        b'{"type": "Wait", "id": "m", "run_id": "r", "until": "2026-12-12T02:00:00Z", "extra": 1}',
+        b'{"type": 1}',
+    ],
+)
+def test_a_body_that_is_no_message_is_refused_as_the_union_refuses_it(body: bytes) -> None:
+    with pytest.raises(ValidationError) as ours:
+        MESSAGE.validate_json(body)
+    with pytest.raises(ValidationError) as union:
+        MESSAGE.union.validate_json(body)
+    assert ours.value.errors() == union.value.errors()
+
+
+def test_reading_and_writing_a_message_builds_only_its_class() -> None:
+    adapter = MessageAdapter()
+    machine = Instance(id="i-1", cloud="aws", region="us-east-1", os="linux")
+    probe = ProbeAgents(id="r:w1:probe", run_id="r", wave=1, targets=[machine])
+    assert adapter.validate_json(adapter.dump_json(probe)) == probe
+    assert "union" not in vars(adapter)  # the union of every message was not built
+
+
+def test_the_json_schema_is_the_unions() -> None:
+    assert MESSAGE.json_schema(mode="serialization") == MESSAGE.union.json_schema(mode="serialization")

@@ -287,7 +287,7 @@ class Service:
     def _follow_up_frozen(self, followed: Run, command: StartFollowUp, gate: FreezeGate, now: datetime) -> None:
         """A follow-up of a scheduled run that would start inside a freeze: it does not; a
         `run_skipped` notice names the freeze, and the followed run records it as not started."""
-        when = now.astimezone(gate.zone or UTC).isoformat(timespec="minutes")
+        when = gate.local(now)
         why = f"it would start {when}, inside freeze {gate.describe_frozen()}"
         text = (
             f"Follow-up run {command.follow_up_id} of run {followed.run_id} (policy {followed.policy.name}) not "
@@ -366,7 +366,7 @@ class Service:
         own_end = window.end if window else now + policy.schedule.duration if policy.schedule else None
         gate = freeze_gate(policy, self.freezes_of(policy), now, own_end, emergency=runs_on_demand(policy))
         if gate.frozen is not None and not started:
-            when = now.astimezone(gate.zone or UTC).isoformat(timespec="minutes")
+            when = gate.local(now)
             why = (
                 f"inside freeze {gate.describe_frozen()} (now {when}): a scheduled run does not start in a "
                 "freeze; retry it after the freeze"

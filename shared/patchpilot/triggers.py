@@ -72,6 +72,10 @@ class FreezeGate:
         """Where the run's window ends because of a freeze; None: its own end."""
         return self.cut_by.start if self.cut_by is not None else None
 
+    def local(self, moment: datetime) -> str:
+        """`moment` to the minute in the freezes' time zone, as a refusal names it."""
+        return moment.astimezone(self.zone or UTC_ZONE).isoformat(timespec="minutes")
+
     def describe_frozen(self) -> str:
         """The freeze that stops the run, with its dates in the policy's time zone."""
         assert self.frozen is not None, "only a frozen gate has a freeze to describe"

@@ -153,9 +153,7 @@ def one_machine(command: AwaitedFleetCommand) -> bool:
 def targets(command: AwaitedFleetCommand) -> list[Instance]:
     """The machines a fleet command acts on."""
     match command:
-        case InstallPatches():
-            return [t.instance for t in command.targets]
-        case RollBack():
+        case InstallPatches() | RollBack():
             return [t.instance for t in command.targets]
         case ProbeAgents() | TakeSnapshots() | CheckHealth() | RunHostHook() | StartMachines() | ReturnMachines():
             return list(command.targets)

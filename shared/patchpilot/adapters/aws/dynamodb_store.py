@@ -311,16 +311,10 @@ class DynamoDbRunStore:
         self._unsent[run_id] = known
 
     def run_ids(self) -> list[str]:
-        rows: list[tuple[str, int, str]] = []
-        for page in self.client.get_paginator("query").paginate(
-            TableName=self.table_name,
-            IndexName=RUNS_INDEX,
-            KeyConditionExpression="#kind = :run",
-            ExpressionAttributeNames={"#kind": "kind"},
-            ExpressionAttributeValues={":run": {"S": RUN_KIND}},
-        ):
-            for item in page["Items"]:
-                rows.append((_str(item, "created_at"), _int(item, "inserted_ns"), _str(item, "pk")))
+        rows = [
+            (_str(item, "created_at"), _int(item, "inserted_ns"), _str(item, "pk"))
+            for item in self._runs_in(RUNS_INDEX, "kind")
+        ]
         rows.sort(key=lambda row: (row[0], row[1]))
         return [pk.removeprefix("RUN#") for _, _, pk in rows]
 
@@ -329,17 +323,19 @@ class DynamoDbRunStore:
     def active_run_ids(self) -> list[str]:
         """The runs that have not finished, oldest first: one query of the sparse ``active`` GSI
         (eventually consistent: a run saved a moment ago may be listed as it was)."""
-        rows: list[tuple[str, str]] = []
+        rows = sorted((_str(item, "created_at"), _str(item, "pk")) for item in self._runs_in(ACTIVE_INDEX, "active"))
+        return [pk.removeprefix("RUN#") for _, pk in rows]
+
+    def _runs_in(self, index: str, attribute: str) -> Iterator[Item]:
+        """The run HEAD items of a GSI whose key `attribute` holds RUN_KIND, every page of it."""
         for page in self.client.get_paginator("query").paginate(
             TableName=self.table_name,
-            IndexName=ACTIVE_INDEX,
-            KeyConditionExpression="#active = :run",
-            ExpressionAttributeNames={"#active": "active"},
+            IndexName=index,
+            KeyConditionExpression="#key = :run",
+            ExpressionAttributeNames={"#key": attribute},
             ExpressionAttributeValues={":run": {"S": RUN_KIND}},
         ):
-            rows.extend((_str(item, "created_at"), _str(item, "pk")) for item in page["Items"])
-        rows.sort()
-        return [pk.removeprefix("RUN#") for _, pk in rows]
+            yield from page["Items"]
 
     def vacuum(self, run_id: str, older_than: timedelta = timedelta(hours=1)) -> int:
         """Delete the part items of `run_id` that no HEAD names and never will: orphans left by

@@ -45,12 +45,12 @@ $(CHROMIUM):
 	else echo "make: $(CHROMIUM) is missing and this user can neither apt-get (not root) nor sudo: install the chromium package; the overview page's browser test (tests/test_overview.py) drives it" >&2; exit 1; fi
 
 test: setup $(AZURITE) $(CHROMIUM)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto
 
 # The inner loop: every test but those marked `slow` (end to end, runtimes, fault tolerance, and
 # files over ~10 s alone). $(CHROMIUM) is the browser test's prerequisite where the Makefile has one.
 test-fast: setup $(AZURITE) $(CHROMIUM)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -n auto -m "not slow"
 
 lint: setup
 	$(BIN)/ruff check .

@@ -123,16 +123,19 @@ def test_shuffled_delivery_ends_like_the_fault_free_run(world: Callable[[str], A
 # A sample of the effects to crash before: the first ones (creating the run, the first
 # publishes), then every SAMPLE_STEP-th, with and without a recovery pass at start-up. (The local
 # runtime's test_fault_tolerance.py crashes before every single effect; this one samples them so
-# that `make test` stays under ten minutes as runs grow more steps.)
+# that `make test` stays under ten minutes as runs grow more steps.) The sample is dealt into
+# SHARDS tests, which `make test` runs on separate cores.
 SAMPLE_FIRST = 6
-SAMPLE_STEP = 10
+SAMPLE_STEP = 7
+SHARDS = 3
 
 
-def test_a_crash_before_a_sample_of_the_effects_is_survived(world: Callable[[str], AwsWorld]) -> None:
+@pytest.mark.parametrize("shard", range(SHARDS))
+def test_a_crash_before_a_sample_of_the_effects_is_survived(world: Callable[[str], AwsWorld], shard: int) -> None:
     total = count_effects(world("count"))
     assert total > 50
     sample = sorted({*range(1, SAMPLE_FIRST + 1), *range(SAMPLE_FIRST + 1, total + 1, SAMPLE_STEP), total})
-    for n in sample:
+    for n in sample[shard::SHARDS]:
         recover = n % 2 == 0
         runtime = chaotic_run(world(f"crash{n}"), {n}, seed=n, duplicate=0.0, recover=recover)
         assert_like_the_fault_free_run(runtime)

@@ -58,15 +58,20 @@ def test_every_message_delivered_twice_ends_like_the_fault_free_run(tmp_path: Pa
     assert_like_the_fault_free_run(chaotic_run(LocalWorld(tmp_path), set(), seed=1, duplicate=1.0))
 
 
+SHARDS = 3
+
+
 def test_shuffled_delivery_ends_like_the_fault_free_run(tmp_path: Path) -> None:
     assert_like_the_fault_free_run(chaotic_run(LocalWorld(tmp_path), set(), seed=2, duplicate=0.0))
 
 
-def test_a_crash_before_every_single_effect_is_survived(tmp_path: Path) -> None:
-    """Crash the worker once before effect n, for every n the run has."""
+@pytest.mark.parametrize("shard", range(SHARDS))
+def test_a_crash_before_every_single_effect_is_survived(tmp_path: Path, shard: int) -> None:
+    """Crash the worker once before effect n, for every n the run has (dealt into SHARDS tests,
+    which `make test` runs on separate cores)."""
     total = count_effects(LocalWorld(tmp_path / "count"))
     assert total > 50
-    for n in range(1, total + 1):
+    for n in range(1 + shard, total + 1, SHARDS):
         for recover in (False, True):
             world = LocalWorld(tmp_path / f"{n}{'r' if recover else ''}")
             assert_like_the_fault_free_run(chaotic_run(world, {n}, seed=n, duplicate=0.0, recover=recover))

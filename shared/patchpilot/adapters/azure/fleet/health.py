@@ -8,10 +8,10 @@ extension (one query for the extensions of the VMs whose script is still to star
 started without an instance view read: its Run Command is tagged BASE_UNREAD. The VM agent runs the
 script, so the agent's Ready state needs no read of its own: the Run Command of a VM whose agent is
 not Ready stays Pending (docs/azure-deploy.md, "ARM requests per VM"). Any other VM (with the
-extension, not shown running, its extension query failed, no script, an Arc server) has its own view
-read first, once per execution while the check waits for it; its script is started only once that
-view passes, and its Run Command is tagged with what the view said (BASE_PASS without the
-extension).
+extension, not shown running, its extension query failed, no script) has its own view read first,
+once per execution while the check waits for it (an Arc server: its agent's status in its Resource
+Graph row); its script is started only once that view passes, and its Run Command is tagged with
+what the view said (BASE_PASS without the extension).
 
 Once a Run Command tagged BASE_PASS or BASE_UNREAD has finished with exit 0, the VM agent has just
 run the script to its end on a running VM: that is the VM's own view at the script's end, and no

@@ -19,12 +19,17 @@ relies on, with the REST spec's status codes per operation:
   installed after `install_minutes`, and the run appears in Resource Graph's
   `patchinstallationresources` (summary and softwarepatches rows) and in the instance view;
 - managed Run Commands (PUT 200/201): the script "exits" 0, or 1 on a broken VM, or what the test
-  set for that script (`scripts`: exit code and output);
+  set for that script (`scripts`: exit code and output). The VM agent runs it: sent to a running VM
+  whose agent is not Ready, it stays executionState Pending (provisioningState Creating) until the
+  agent is Ready, as Microsoft documents ("The Run Command feature doesn't work if the VM agent
+  status is NOT READY"; docs/azure-deploy.md, "ARM requests per VM");
 - Resource Graph: `resources` (VMs with properties.extended.instanceView.powerState, Arc
-  servers, NICs) and `patchinstallationresources`, answered by fake_resource_graph's KQL
-  evaluator, which refuses what it does not model, so such a query fails the test instead of
-  passing. Resource Graph lags behind ARM: `installations_indexed` (installs not in it yet) and
-  `graph_power` (a VM's power state as its row still shows it) let a test make it stale.
+  servers, NICs, a VM's Application Health extension as its
+  microsoft.compute/virtualmachines/extensions row) and `patchinstallationresources`, answered
+  by fake_resource_graph's KQL evaluator, which refuses what it does not model, so such a query
+  fails the test instead of passing. Resource Graph lags behind ARM: `installations_indexed`
+  (installs not in it yet) and `graph_power` (a VM's power state as its row still shows it) let
+  a test make it stale; `graph_throttled` makes the queries naming a text fail (429 each time).
 
 Long operations change state on the test's clock: each handler first applies the transitions
 that are due. Nothing here waits.
@@ -122,6 +127,11 @@ class FakeAzureCompute:
         self.power_minutes = 2
         self.script_minutes = 1
         self.scripts: dict[str, tuple[int, str]] = {}  # a Run Command script -> (exit code, output) it gives
+        # Run Commands sent to a running VM whose agent is not Ready: started when it is (`tick`).
+        self._awaiting_agent: list[tuple[MachineState, Callable[[], None]]] = []
+        # Resource Graph throttles every query naming one of these (lower-case) texts, e.g. a type:
+        # 429 RateLimiting each time, so the query fails once azure-core's retries are spent.
+        self.graph_throttled: set[str] = set()
         self._due: list[tuple[datetime, int, Callable[[], None]]] = []
         self._ids = itertools.count(1)
         on = fake.on
@@ -258,7 +268,30 @@ class FakeAzureCompute:
         self.machines[vm_id.lower()] = MachineState(
             "vm", os, update_domain=domain, available=list(available or []), **state
         )
+        if state.get("app_health") is not None:
+            self._add_app_health_extension(resource, os)
         return vm_id
+
+    def _add_app_health_extension(self, vm: dict[str, Any], os: str) -> None:
+        """The VM's Application Health extension as the ARM child resource Resource Graph lists
+        (VirtualMachineExtension: `properties.publisher`, `properties.type`, `typeHandlerVersion`,
+        `settings`). Its verdict is in the VM's instance view only (`MachineState.app_health`)."""
+        self.fake.add(
+            {
+                "id": f"{vm['id']}/extensions/HealthExtension",
+                "name": "HealthExtension",
+                "type": "Microsoft.Compute/virtualMachines/extensions",
+                "location": vm["location"],
+                "properties": {
+                    "publisher": "Microsoft.ManagedServices",
+                    "type": f"ApplicationHealth{os}",
+                    "typeHandlerVersion": "2.0",
+                    "autoUpgradeMinorVersion": True,
+                    "provisioningState": "Succeeded",
+                    "settings": {"protocol": "http", "port": 80, "requestPath": "/health"},
+                },
+            }
+        )
 
     def add_uniform_instance(
         self,
@@ -403,9 +436,16 @@ class FakeAzureCompute:
         heapq.heappush(self._due, (self.clock.now() + delay, next(self._ids), change))
 
     def tick(self) -> None:
-        """Apply every change whose time has come, in order."""
+        """Apply every change whose time has come, in order; then start the Run Commands whose VM
+        agent has become Ready."""
         while self._due and self._due[0][0] <= self.clock.now():
             heapq.heappop(self._due)[2]()
+        waiting, self._awaiting_agent = self._awaiting_agent, []
+        for machine, begin in waiting:
+            if machine.agent == "Ready" and machine.power == "running":
+                begin()
+            else:
+                self._awaiting_agent.append((machine, begin))
 
     def _accepted(self, delay: timedelta) -> Response:
         return self.fake.accepted("", after=delay, on_done=self.tick)
@@ -715,7 +755,6 @@ class FakeAzureCompute:
         script = source.get("script")
         run_id = f"{resource['id']}/runCommands/{name}"
         existed = run_id.lower() in self.fake.resources
-        now = self.clock.now()
         command = {
             "id": run_id,
             "name": name,
@@ -725,12 +764,17 @@ class FakeAzureCompute:
             "properties": {
                 **copy.deepcopy(body["properties"]),
                 "provisioningState": "Creating",
-                "instanceView": {"executionState": "Running", "startTime": iso(now)},
+                "instanceView": {"executionState": "Pending"},
             },
         }
         self.fake.add(command)
 
-        def finish() -> None:
+        def begin() -> None:
+            started = self.clock.now()
+            command["properties"]["instanceView"] = {"executionState": "Running", "startTime": iso(started)}
+            self.at(timedelta(minutes=self.script_minutes), lambda: finish(started))
+
+        def finish(started: datetime) -> None:
             broken = self._content(resource["id"]).broken
             if machine.kind == "vm" and machine.power != "running":
                 state, code, output = "Failed", -1, "VM not running"
@@ -744,11 +788,16 @@ class FakeAzureCompute:
                 "executionState": state,
                 "exitCode": code,
                 "output": output,
-                "startTime": iso(now),
+                "startTime": iso(started),
                 "endTime": iso(self.clock.now()),
             }
 
-        self.at(timedelta(minutes=self.script_minutes), finish)
+        # The VM agent runs the script (docs/azure-deploy.md, "ARM requests per VM"): on a running VM
+        # whose agent is not Ready it stays Pending, its PUT not provisioned, until the agent is Ready.
+        if machine.kind == "vm" and machine.power == "running" and machine.agent != "Ready":
+            self._awaiting_agent.append((machine, begin))
+        else:
+            begin()
         return Response(200 if existed else 201, copy.deepcopy(command))
 
     def _get_run_command(self, request: Request) -> Response:
@@ -866,6 +915,13 @@ class FakeAzureCompute:
     def _resources_table(self, text: str, subscriptions: list[str] | None) -> list[dict[str, Any]]:
         self.tick()
         self.graph_queries.append(text)
+        if any(throttled in text.lower() for throttled in self.graph_throttled):
+            raise ArmError(
+                429,
+                "RateLimiting",
+                "Client application has been throttled and should not attempt to repeat the request until an "
+                "amount of time has elapsed.",
+            )
         rows = [self._row(r) for r in self.fake.resources.values() if "/providers/" in r["id"] and not _compute(r)]
         return run_kql(text, _in(rows, subscriptions))
 

@@ -2,8 +2,8 @@
 
 `run_kql(text, rows)` evaluates the subset of KQL that PatchPilot's adapters write (where,
 extend, project, order by; in/in~/==/=~/>=...; and, or; tolower, tostring, todatetime, split,
-coalesce, isnotempty, ...) over a table's rows. Anything else fails: a query the fake does not
-understand fails the test instead of passing. The fakes (fake_azure_compute, fake_azure_assessment,
+substring, indexof, coalesce, isnotempty, ...) over a table's rows. Anything else fails: a query
+the fake does not understand fails the test instead of passing. The fakes (fake_azure_compute, fake_azure_assessment,
 fake_azure_maintenance) build each table's rows and answer with this.
 
 tests/fixtures/resource-graph/queries.json records every query the adapters send with the fakes'
@@ -215,6 +215,13 @@ def _time(value: Any) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+def _substring(value: Any, start: Any, length: Any = None) -> str:
+    """KQL's substring(source, startingIndex[, length]); a negative start is taken as 0, a
+    negative length (indexof's -1) is taken as 0 characters."""
+    text, begin = _text(value), max(int(start or 0), 0)
+    return text[begin:] if length is None else text[begin : begin + max(int(length), 0)]
+
+
 _FUNCTIONS: dict[str, Callable[..., Any]] = {
     "tolower": lambda v: _text(v).lower(),
     "toupper": lambda v: _text(v).upper(),
@@ -225,6 +232,8 @@ _FUNCTIONS: dict[str, Callable[..., Any]] = {
     "coalesce": lambda *vs: next((v for v in vs if v is not None and v != ""), None),
     "split": lambda v, d: _text(v).split(d),
     "array_length": lambda v: len(v) if isinstance(v, list) else None,
+    "indexof": lambda v, lookup: _text(v).find(_text(lookup)),  # -1 when not found, as KQL's
+    "substring": _substring,
     "not": lambda v: not v,
 }
 

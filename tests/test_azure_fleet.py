@@ -39,8 +39,10 @@ from patchpilot.adapters.azure.fleet import (
     START_GRACE,
     AzureFleet,
 )
+from patchpilot.adapters.azure.fleet import health as fleet_health
 from patchpilot.adapters.azure.fleet import install as fleet_install
 from patchpilot.adapters.azure.fleet.discovery import discovery_query
+from patchpilot.adapters.azure.fleet.health import BASE_PASS, BASE_UNREAD
 from patchpilot.adapters.azure.graph import query
 from patchpilot.adapters.azure.install_body import install_body, split_patch_names
 from patchpilot.adapters.local.sqlite_queue import SqliteQueue
@@ -60,11 +62,12 @@ from patchpilot.engine.messages import (
     StartMachines,
     TakeSnapshots,
 )
+from patchpilot.engine.run import Run
 from patchpilot.errors import InputError
 from patchpilot.inventory import Instance, OsFamily, parse_inventory
 from patchpilot.planning.planner import plan
 from patchpilot.policy import parse_policy
-from patchpilot.policy.model import HealthChecks, HealthScript, HostHook
+from patchpilot.policy.model import HealthChecks, HealthScript, HostHook, Policy
 from patchpilot.ports import InProgress, PoolsUnreadableError, Progress
 from patchpilot.service import Service
 
@@ -198,7 +201,9 @@ def test_discovery_reads_the_rings_scope_zones_sets_and_domains_in_one_query(wor
     assert got["stg-1"].tags == {"Environment": "staging", "PatchPilot": "yes"}
     assert got["prd-1"].hotpatch and not got["stg-1"].hotpatch  # patchSettings.enableHotpatching
     assert world.count("POST", "microsoft.resourcegraph") == 2  # the VMs, the Uniform scale set instances
-    assert world.count("GET", "/instanceview") == 4  # one per running VM: agent state and update domain
+    # The update domain of the VM in an availability set is in its instance view only; the other VMs
+    # run (Resource Graph says so) and their agents are the waves' probes' to read.
+    assert world.count("GET", "/instanceview") == 1
 
 
 def test_unreachable_machines_are_returned_with_their_reason(world: World) -> None:
@@ -215,12 +220,52 @@ def test_unreachable_machines_are_returned_with_their_reason(world: World) -> No
     found = world.fleet().discover(policy)
 
     assert {i.id for i in found.instances} == {fine, stopped, lost, arc_ok, arc_gone}
+    # What the rows say: a VM's power state, an Arc server's status. A running VM's agent is not read
+    # here (prd-agent): its wave's agent probe reads it when the wave starts.
     assert {i.name: reason for i, reason in found.unreachable} == {
         "prd-off": "VM deallocated",
-        "prd-agent": "VM agent Not Ready",
         "onprem-2": "Arc agent Disconnected",
     }
-    assert world.count("GET", "/instanceview") == 2  # none for the deallocated VM
+    assert world.count("GET", "/instanceview") == 0
+
+
+def test_a_vm_in_an_availability_set_has_its_instance_view_read_for_its_update_domain(world: World) -> None:
+    tags = {"Environment": "production"}
+    in_set = world.azure.add_vm("sql-1", rg="rg-sql", tags=tags, availability_set="AS-SQL", update_domain=2)
+    lost = world.azure.add_vm("sql-2", rg="rg-sql", tags=tags, availability_set="AS-SQL", agent="Not Ready")
+    unknown = world.azure.add_vm("web-1", tags=tags)  # no power state in its row yet
+    world.azure.graph_power[unknown.lower()] = ""
+
+    found = world.fleet().discover(parse_policy(POLICY))
+
+    assert {i.id: i.update_domain for i in found.instances} == {in_set: 2, lost: 0, unknown: None}
+    # That read shows the agent too, and what it shows is said; a row with no power state is asked too.
+    assert [(i.id, reason) for i, reason in found.unreachable] == [(lost, "VM agent Not Ready")]
+    assert world.count("GET", "/instanceview") == 3
+
+
+def test_a_vm_whose_agent_is_down_at_discovery_is_planned_and_skipped_at_its_waves_probe(
+    world: World, tmp_path: Path
+) -> None:
+    tags = {"Environment": "production"}
+    fine = world.azure.add_vm("prd-1", tags=tags, available=[OPENSSL], install_minutes=15)
+    lost = world.azure.add_vm("prd-2", tags=tags, zone="2", available=[OPENSSL], agent="Not Ready")
+    policy = parse_policy(
+        RUN_POLICY.replace("  - {name: staging, select: {tags: {Environment: staging}}, soak: 1h}\n", "")
+    )
+    fleet = world.fleet()
+    found = fleet.discover(policy)
+    assert found.unreachable == [] and {i.id for i in found.instances} == {fine, lost}
+    assert lost in {i.id for w in plan(policy, found.instances).waves for i in w.instances}
+
+    run = _drive(world, fleet, policy, found.instances, tmp_path)
+
+    records = {r.id: r for r in run.records()}
+    assert run.status == "succeeded", run.reason
+    assert (records[fine].state, records[lost].state) == ("patched", "skipped")
+    assert records[lost].reason == "agent did not answer: VM agent Not Ready"
+    assert world.azure.state(lost).install_requests == []  # nothing sent to it after its probe
+    assert world.count("PUT", "/virtualmachines/prd-2/runcommands") == 0
 
 
 def test_arc_servers_are_only_discovered_when_the_policy_asks(world: World) -> None:
@@ -344,7 +389,7 @@ def test_discovery_lists_uniform_instances_excluded_with_their_scale_set_and_nev
     assert found.unreachable == []
     # The VMs' query and one query for every Uniform instance: no read per instance.
     assert world.count("POST", "microsoft.resourcegraph") == 2
-    assert world.count("GET", "/instanceview") == 3
+    assert world.count("GET", "/instanceview") == 0  # all run (Resource Graph says so), none in a set
     uniform_queries = [q for q in azure.graph_queries if q.startswith("computeresources")]
     assert len(uniform_queries) == 1 and "tags['Environment']" in uniform_queries[0]
 
@@ -923,7 +968,9 @@ def test_alarms_are_noted_as_aws_only(world: World) -> None:
     assert outcomes[0].detail == "VM running, VM agent Ready, CloudWatch alarms not checked (AWS only)"
 
 
-def test_health_reads_each_instance_view_once_when_the_script_finishes_within_a_poll(world: World) -> None:
+def test_health_reads_no_instance_view_of_a_vm_resource_graph_shows_running_without_app_health(
+    world: World,
+) -> None:
     vms = [world.azure.add_vm(f"web-{n}", rg="rg-web" if n % 2 else "rg-api") for n in range(6)]
     fleet = world.fleet()
     checks = HealthChecks(script=HealthScript(linux="systemctl is-active web"))
@@ -933,15 +980,16 @@ def test_health_reads_each_instance_view_once_when_the_script_finishes_within_a_
 
     assert calls == 2
     assert [(o.ok, o.detail) for o in outcomes] == [(True, "VM running, VM agent Ready, script exit 0")] * 6
-    # Each VM's own view once, before its script started; after that, the script's run stands for it
-    # and one Resource Graph query per poll says whether they all still run.
-    assert world.count("GET", "/instanceview") == 6
+    # Resource Graph showed them running with no Application Health extension (their rows and one
+    # extension query): the scripts were started without a view, and the VM agent running each to
+    # its end with exit 0 stands for it. Then one Resource Graph query says they all still run.
+    assert world.count("GET", "/instanceview") == 0
+    assert world.count("PUT", "/runcommands/patchpilot-health") == 6
     assert world.count("GET", "/runcommands/patchpilot-health") == 6
-    assert world.count("POST", "microsoft.resourcegraph") == 1
+    assert world.count("POST", "microsoft.resourcegraph") == 3
+    assert sum("virtualmachines/extensions" in q for q in world.azure.graph_queries) == 1
     for vm in vms:
-        assert world.arm.get(vm + "/runCommands/patchpilot-health")["tags"][TAG_HEALTH_BASE] == (
-            "VM running, VM agent Ready"
-        )
+        assert world.arm.get(vm + "/runCommands/patchpilot-health")["tags"][TAG_HEALTH_BASE] == BASE_UNREAD
 
 
 def test_a_stale_resource_graph_row_only_sends_a_vm_to_its_instance_view(world: World) -> None:
@@ -964,7 +1012,9 @@ def test_a_stale_resource_graph_row_only_sends_a_vm_to_its_instance_view(world: 
         (False, "VM is deallocated"),
         (True, "VM running, VM agent Ready, script exit 0"),
     ]
-    assert world.count("GET", "/instanceview") == 3 + 3  # before the scripts, and again for all three
+    # None before the scripts (Resource Graph showed all three running, with no Application Health
+    # extension); each once Resource Graph no longer shows it running.
+    assert world.count("GET", "/instanceview") == 3
 
 
 def test_a_vm_with_application_health_has_its_instance_view_read_at_every_poll(world: World) -> None:
@@ -983,6 +1033,111 @@ def test_a_vm_with_application_health_has_its_instance_view_read_at_every_poll(w
         "Application Health extension reports unhealthy (still after 4 min)",
     )
     assert world.count("GET", "/instanceview") == 1 + calls
+    # Resource Graph shows its extension: its own view was read before its script, as it always was.
+    assert world.arm.get(vm + "/runCommands/patchpilot-health")["tags"][TAG_HEALTH_BASE] == (
+        "VM running, VM agent Ready, application healthy"
+    )
+
+
+SCRIPT = HealthScript(linux="systemctl is-active web", windows="Get-Service W3SVC")
+
+
+def test_a_vm_whose_extension_query_fails_has_its_instance_view_read_before_its_script(world: World) -> None:
+    vm = world.azure.add_vm("web-1")
+    world.azure.graph_throttled.add("microsoft.compute/virtualmachines/extensions")  # 429 until retries run out
+    fleet = world.fleet()
+    command = health_command([instance(world, vm)], HealthChecks(script=SCRIPT))
+
+    outcomes, calls = until_done(world, lambda: fleet.check_health(command))
+
+    assert (outcomes[0].ok, outcomes[0].detail) == (True, "VM running, VM agent Ready, script exit 0")
+    assert world.arm.get(vm + "/runCommands/patchpilot-health")["tags"][TAG_HEALTH_BASE] == BASE_PASS
+    assert (calls, world.count("GET", "/instanceview")) == (2, 1)  # before the script only: its exit 0 vouches
+
+
+def test_a_script_sent_to_a_vm_whose_agent_is_not_ready_waits_and_one_view_at_the_deadline_says_why(
+    world: World,
+) -> None:
+    vm = world.azure.add_vm("web-1", agent="Not Ready")  # Resource Graph shows the VM running, not its agent
+    fleet = world.fleet()
+    command = health_command([instance(world, vm)], HealthChecks(script=SCRIPT, timeout=timedelta(minutes=6)))
+
+    outcomes, calls = until_done(world, lambda: fleet.check_health(command))
+
+    assert (outcomes[0].ok, outcomes[0].detail) == (False, "VM agent Not Ready (still after 6 min)")
+    run = world.arm.get(vm + "/runCommands/patchpilot-health")
+    assert run["properties"]["instanceView"]["executionState"] == "Pending"  # the agent never ran it
+    assert world.count("PUT", "/runcommands/patchpilot-health") == 1
+    assert (calls, world.count("GET", "/instanceview")) == (4, 1)  # at 0, 2, 4, 6 minutes; the view at 6 only
+
+
+def test_a_script_pending_until_the_agent_is_ready_passes_on_its_own_run(world: World) -> None:
+    vm = world.azure.add_vm("web-1", agent="Not Ready")
+    fleet = world.fleet()
+    command = health_command([instance(world, vm)], HealthChecks(script=SCRIPT))
+    first = fleet.check_health(command)
+    world.clock.advance(timedelta(minutes=2))
+    pending = fleet.check_health(command)
+    assert isinstance(first, InProgress) and isinstance(pending, InProgress)
+    assert "health script pending: not started by the VM agent yet" in pending.note
+    world.azure.state(vm).agent = "Ready"  # the agent runs it now
+
+    outcomes, _ = until_done(world, lambda: fleet.check_health(command))
+
+    assert (outcomes[0].ok, outcomes[0].detail) == (True, "VM running, VM agent Ready, script exit 0")
+    assert world.count("GET", "/instanceview") == 0 and world.count("PUT", "/runcommands/") == 1
+
+
+def test_a_redelivered_health_check_sends_no_script_twice_and_passes_no_vm_before_its_run_ends(
+    world: World,
+) -> None:
+    vms = [world.azure.add_vm(f"web-{n}") for n in range(3)]
+    fleet = world.fleet()
+    command = health_command([instance(world, vm) for vm in vms], HealthChecks(script=SCRIPT))
+    real_start = fleet_health.start_run_command
+    started: list[str] = []
+
+    def dies_after_the_second(*args: Any, **kwargs: Any) -> None:
+        if len(started) == 2:
+            raise RuntimeError("the worker died")
+        real_start(*args, **kwargs)
+        started.append(args[1].name)
+
+    fleet_health.start_run_command = dies_after_the_second  # type: ignore[assignment]
+    try:
+        with pytest.raises(RuntimeError):
+            fleet.check_health(command)
+    finally:
+        fleet_health.start_run_command = real_start  # type: ignore[assignment]
+    for _ in range(2):  # redelivered, twice, before any script has run
+        again = fleet.check_health(command)
+        assert isinstance(again, InProgress) and again.note.startswith("health: 0/3 done")
+
+    outcomes, _ = until_done(world, lambda: fleet.check_health(command))
+
+    assert [o.ok for o in outcomes] == [True] * 3
+    assert world.count("PUT", "/runcommands/patchpilot-health") == 3  # one per VM, whatever the deliveries
+    assert world.count("GET", "/instanceview") == 0
+
+
+def test_a_failing_script_started_unread_is_reported_after_one_view_of_the_vm(world: World) -> None:
+    broken = world.azure.add_vm("web-1", available=[OPENSSL], install_minutes=1, breaks_when_patched=True)
+    gone = world.azure.add_vm("web-2")  # deallocated after Resource Graph's row was read: its script fails
+    until_done(
+        world, lambda: world.fleet().install_patches(install_command([InstallTarget(instance=instance(world, broken))]))
+    )
+    fleet = world.fleet()
+    command = health_command([instance(world, broken), instance(world, gone)], HealthChecks(script=SCRIPT))
+    world.azure.graph_power[gone.lower()] = "running"
+    world.azure.state(gone).power = "deallocated"
+
+    outcomes, calls = until_done(world, lambda: fleet.check_health(command))
+
+    assert [(o.ok, o.detail) for o in outcomes] == [
+        (False, "health script failed, exit code 1: curl: (22) 503"),
+        (False, "VM is deallocated"),
+    ]
+    assert (calls, world.count("GET", "/instanceview")) == (2, 2)  # one each, once its run had failed
 
 
 # ---------------------------------------------------------------- host hooks
@@ -1360,26 +1515,12 @@ def test_a_whole_run_patches_azure_vms_in_waves_and_rolls_back_the_broken_one(wo
     policy = parse_policy(RUN_POLICY)
     fleet = world.fleet()
     found = fleet.discover(policy)
-    db = tmp_path / "state.db"
-    queue = SqliteQueue(db, world.clock)
-    service = Service(store=SqliteRunStore(db), queue=queue, fleet=fleet, notifier=Notices(), clock=world.clock)
 
-    service.start("azure-run", policy, found.instances)
-    world.clock.advance(timedelta(minutes=30))
-    for vm in production:  # released while staging soaks: production must not get it
-        azure.state(vm).available.append(CURL)
-    for _ in range(500):  # bounded: a run that never ends fails the test
-        deliveries = queue.receive(10)
-        if not deliveries:
-            due = queue.next_due()
-            if due is None:
-                break
-            world.clock.set(max(due, world.clock.now()))
-            continue
-        for delivery in deliveries:
-            service.handle(delivery)
+    def released() -> None:  # while staging soaks: production must not get it
+        for vm in production:
+            azure.state(vm).available.append(CURL)
 
-    run = service.store.load("azure-run")
+    run = _drive(world, fleet, policy, found.instances, tmp_path, after_start=released)
     states = {world.arm.get(r.id)["name"]: r.state for r in run.records()}
     assert run.status == "succeeded", run.reason
     assert states == {
@@ -1393,8 +1534,37 @@ def test_a_whole_run_patches_azure_vms_in_waves_and_rolls_back_the_broken_one(wo
     for vm in [*staging, production[0], production[2]]:
         assert azure.content_of(vm).installed == (OPENSSL.patch_id, KERNEL.patch_id)
     assert all(CURL in azure.state(vm).available for vm in production)
-    assert queue.dead_letters() == []
     assert len(world.bodies("POST", "/installpatches")) == 5
+
+
+def _drive(
+    world: World,
+    fleet: AzureFleet,
+    policy: Policy,
+    instances: list[Instance],
+    tmp_path: Path,
+    after_start: Callable[[], None] = lambda: None,
+) -> Run:
+    """A run of `instances` through the one imperative shell on SQLite, every delivery handled at its
+    due time; `after_start` runs 30 minutes in. The run as it ended, with no dead letter."""
+    db = tmp_path / "state.db"
+    queue = SqliteQueue(db, world.clock)
+    service = Service(store=SqliteRunStore(db), queue=queue, fleet=fleet, notifier=Notices(), clock=world.clock)
+    service.start("azure-run", policy, instances)
+    world.clock.advance(timedelta(minutes=30))
+    after_start()
+    for _ in range(500):  # bounded: a run that never ends fails the test
+        deliveries = queue.receive(10)
+        if not deliveries:
+            due = queue.next_due()
+            if due is None:
+                break
+            world.clock.set(max(due, world.clock.now()))
+            continue
+        for delivery in deliveries:
+            service.handle(delivery)
+    assert queue.dead_letters() == []
+    return service.store.load("azure-run")
 
 
 # ---------------------------------------------------------------- stopped machines

@@ -36,6 +36,14 @@ def test_where_extend_and_project_compose() -> None:
     assert ids("resources | where id in~ ('a', 'B') and zone == '2'") == ["A"]
 
 
+def test_substring_and_indexof_take_a_child_resources_parent_id() -> None:
+    rows = [{"id": "/s/vm-1/extensions/HealthExtension"}, {"id": "/s/vm-2"}]
+    query = "resources | extend vmId = substring(id, 0, indexof(id, '/extensions/')) | project vmId"
+    # indexof answers -1 when the text is absent (as KQL's); the fake takes that length as nothing.
+    assert run_kql(query, rows) == [{"vmId": "/s/vm-1"}, {"vmId": ""}]
+    assert run_kql("resources | project s = substring(id, 3)", rows[1:]) == [{"s": "vm-2"}]
+
+
 @pytest.mark.parametrize(
     ("query", "named"),
     [

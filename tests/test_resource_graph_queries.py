@@ -37,7 +37,7 @@ from patchpilot.adapters.azure.maintenance_events import machines_in_run
 from patchpilot.cli_azure import azure
 from patchpilot.engine.messages import CheckHealth, InstallPatches, InstallTarget, ProbeAgents
 from patchpilot.policy import parse_policy
-from patchpilot.policy.model import HealthChecks
+from patchpilot.policy.model import HealthChecks, HealthScript
 from patchpilot.ports import InProgress, Progress
 
 TABLE = Path(__file__).parent / "fixtures" / "resource-graph" / "queries.json"
@@ -107,7 +107,11 @@ def fleet_queries() -> Iterator[Sent]:
         available=[Patch("openssl", "Security", version="3.0.13-1")],
     )
     win = compute.add_vm(
-        "win-1", os="Windows", tags=production, available=[Patch("2026-12 CU", "Security", kb="5034441")]
+        "win-1",
+        os="Windows",
+        tags=production,
+        available=[Patch("2026-12 CU", "Security", kb="5034441")],
+        app_health="healthy",  # an Application Health extension: a row of the health check's extension query
     )
     compute.add_arc("onprem-1", tags=production)
     compute.add_uniform_instance("vmss-batch", 0, tags=production, zone="1")  # listed, never patched
@@ -151,8 +155,13 @@ def fleet_queries() -> Iterator[Sent]:
     until_done(clock, lambda: fleet.install_patches(scheduled))
     yield from sent("AzureFleet.install_patches (an Update Manager run)")
 
-    checks = HealthChecks(http=["http://{private_ip}:8080/health"], timeout=timedelta(minutes=10))
-    health = CheckHealth(id=f"{RUN}:w1:health", run_id=RUN, wave=1, targets=[by_name["web-1"]], checks=checks)
+    checks = HealthChecks(
+        http=["http://{private_ip}:8080/health"],
+        script=HealthScript(linux="systemctl is-active web", windows="Get-Service W3SVC"),
+        timeout=timedelta(minutes=10),
+    )
+    targets = [by_name["web-1"], by_name["win-1"]]
+    health = CheckHealth(id=f"{RUN}:w1:health", run_id=RUN, wave=1, targets=targets, checks=checks)
     until_done(clock, lambda: fleet.check_health(health))
     yield from sent("AzureFleet.check_health")
 

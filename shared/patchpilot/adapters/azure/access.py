@@ -34,6 +34,10 @@ if TYPE_CHECKING:
 VM_TYPE = "microsoft.compute/virtualmachines"
 ARC_TYPE = "microsoft.hybridcompute/machines"
 NIC_TYPE = "microsoft.network/networkinterfaces"
+EXTENSION_TYPE = "microsoft.compute/virtualmachines/extensions"
+# The Application Health extension (its publisher and the `properties.type` of its two flavours).
+APP_HEALTH_PUBLISHER = "Microsoft.ManagedServices"
+APP_HEALTH_TYPES = ("ApplicationHealthLinux", "ApplicationHealthWindows")
 INSTALL_RESULT_TYPES = (f"{VM_TYPE}/patchinstallationresults", f"{ARC_TYPE}/patchinstallationresults")
 PATCH_ROW_TYPES = tuple(f"{t}/softwarepatches" for t in INSTALL_RESULT_TYPES)
 ROW_COLUMNS = "id, name, type, location, resourceGroup, subscriptionId, tags, zones, properties"
@@ -113,6 +117,18 @@ class AzureAccess:
             for nic in query(self.graph(), nics_query(chunk), subscriptions):
                 nics[text(nic, "id").lower()] = nic
         return nics
+
+    def app_health_vms(self, machines: Sequence[Machine]) -> set[str]:
+        """The lower-case ids of the VMs among `machines` that Resource Graph shows with an
+        Application Health extension, 400 VMs a query. An extension the identity may not read is
+        left out (Resource Graph filters, never refuses); a failed query raises HttpResponseError."""
+        found: set[str] = set()
+        keys = sorted({m.key for m in machines if not m.arc})
+        subscriptions = sorted({m.subscription for m in machines})
+        for chunk in chunks(keys, IDS_PER_QUERY):
+            for row in query(self.graph(), app_health_query(chunk), subscriptions):
+                found.add(text(row, "vmId").lower())
+        return found
 
     def models(self, machines: Sequence[Machine]) -> dict[str, Any]:
         """The machines' ARM models (tags, disks) by lower-case id: one listing per resource group."""
@@ -314,6 +330,23 @@ def machines_query(ids: Sequence[str]) -> str:
 def nics_query(ids: Sequence[str]) -> str:
     return (
         f"resources\n| where type =~ {kql_string(NIC_TYPE)}\n| where id in~ {kql_list(ids)}\n| project id, properties"
+    )
+
+
+def app_health_query(vm_ids: Sequence[str]) -> str:
+    """The Application Health extensions of these VMs (lower-case ids): each extension's id and its
+    VM's (`vmId`, lower-cased), taken from the extension's id as Microsoft's Resource Graph sample
+    "List all extensions installed on a virtual machine" does."""
+    return "\n".join(
+        [
+            "resources",
+            f"| where type =~ {kql_string(EXTENSION_TYPE)}",
+            f"| where tostring(properties.publisher) =~ {kql_string(APP_HEALTH_PUBLISHER)}",
+            f"| where tostring(properties.type) in~ {kql_list(APP_HEALTH_TYPES)}",
+            "| extend vmId = tolower(substring(id, 0, indexof(id, '/extensions/')))",
+            f"| where vmId in~ {kql_list(vm_ids)}",
+            "| project id, vmId",
+        ]
     )
 
 

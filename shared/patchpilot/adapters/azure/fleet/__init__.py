@@ -23,8 +23,10 @@ mark it left there, before starting anything:
 - a health check's start is the tag PatchPilotHealthCheck=<command id>|<UTC start> on the
   command's first machine; its script runs as a managed Run Command named `patchpilot-health`
   tagged with the command id (a Run Command of another command is replaced) and with the VM's own
-  view when it started (PatchPilotHealthBase): once it has finished with exit 0 on a VM with no
-  Application Health extension, it stands for that view (fleet/health.py);
+  view when it started, or with BASE_UNREAD when Resource Graph showed the VM running with no
+  Application Health extension and no view was read (PatchPilotHealthBase): once it has finished
+  with exit 0 on a VM with no Application Health extension, it stands for that view
+  (fleet/health.py);
 - a rollback's restored disks have names derived from the command id and the snapshot id; every
   step (create the disks, deallocate, tag the original disks PatchPilotReplacedBy, swap the disks,
   start) is chosen from the VM's current state (fleet/rollback.py);
@@ -42,10 +44,12 @@ they are. Throttling (429 with Retry-After) and transient errors are retried by 
 
 Requests per call: one Resource Graph query per 400 machines (subscriptions batched by
 graph.query); one VM listing per resource group for marks and disks; one instance view GET per
-running VM for the agent (probe, discovery) and for health (power, agent, Application Health: on
-each poll until the VM's script has finished, or on every poll with the extension); one Run
-Command read per machine with a health script. docs/azure-deploy.md ("ARM requests per VM") names
-each per-VM request of a run and why no bulk read replaces it.
+running VM for the agent in each wave's probe (discovery reads one only where its row cannot
+tell, or for an availability set's update domain); for health, one per VM with the Application
+Health extension on every poll, and for a VM without it only where its script cannot be started
+on Resource Graph's word (before the script) or on the failure path; one Run Command read per
+machine with a health script. docs/azure-deploy.md ("ARM requests per VM") names each per-VM
+request of a run and why no bulk read replaces it.
 
 The package is cut by capability like the AWS one: `discovery` (and the agent probe), `snapshots`,
 `install`, `health`, `hooks`, `rollback`; what they share with the assessor (`../compliance.py`) and the

@@ -1,9 +1,11 @@
-"""Discovery of the policy's VMs and Arc servers (one paged Resource Graph query, an instance
-view per running VM; with `rollout.pool_budget`, one more query for their NICs' backend pools) and
-the probe of their agents. A VM's Flexible scale set comes with its row. Uniform scale set
-instances (type microsoft.compute/virtualmachinescalesets/virtualmachines, in the `computeresources`
-table) come from one more paged query, so that the plan lists them as excluded: PatchPilot never
-patches them in place (`scale_set_mode: uniform`)."""
+"""Discovery of the policy's VMs and Arc servers (one paged Resource Graph query; an instance
+view only for a VM whose row shows no power state, or a running VM in an availability set whose
+update domain is not known; with `rollout.pool_budget`, one more query for their NICs' backend
+pools) and the probe of their agents, the one read of a VM agent per wave. A VM's Flexible scale
+set comes with its row. Uniform scale set instances (type
+microsoft.compute/virtualmachinescalesets/virtualmachines, in the `computeresources` table) come
+from one more paged query, so that the plan lists them as excluded: PatchPilot never patches them
+in place (`scale_set_mode: uniform`)."""
 
 from __future__ import annotations
 
@@ -167,9 +169,13 @@ def agent_version(view: Any) -> str:
 def discover(access: AzureAccess, policy: Policy) -> DiscoveryResult:
     """The policy's VMs (and Arc servers with azure.arc) in its subscriptions (or every
     subscription under its `azure.management_groups`), resource groups and locations that its
-    rings may select: one paged Resource Graph query, then an instance
-    view read per running VM for its agent and (in an availability set) its update domain.
-    Stopped VMs, VMs whose agent is not Ready and disconnected Arc servers are unreachable.
+    rings may select: one paged Resource Graph query. Stopped VMs and disconnected Arc servers
+    are unreachable, by their rows. The VM agent is not read here: a VM Resource Graph shows
+    running is planned, and its wave's agent probe (`probe_agents`) skips it, with the agent's
+    state, if the agent is not Ready then. An instance view is read only where the row cannot
+    tell: a VM with no power state in its row, or a running VM in an availability set whose
+    update domain (only in the instance view) the planner needs; that read's agent state is
+    reported too (`_discovered_vm`).
     Uniform scale set instances come from one more paged query (`uniform_query`), with no read of
     their own: the planner excludes them whatever the policy says.
     With `rollout.pool_budget` or `traffic.drain` (`Policy.reads_pools`) a VM's `traffic_pools`
@@ -247,9 +253,14 @@ FOUND_POWER: dict[str, Literal["stopped", "deallocated"]] = {"VM stopped": "stop
 
 
 def _discovered_vm(access: AzureAccess, machine: Machine, instance: Instance, row: Any) -> tuple[Instance, str | None]:
+    """The VM (with its update domain) and why it cannot be reached, if discovery can tell: from its
+    Resource Graph row, or, where the row cannot tell (no power state) or the planner needs the
+    update domain of a VM in an availability set, from its instance view."""
     power = text(row, "properties", "extended", "instanceView", "powerState", "code").removeprefix("PowerState/")
     if power and power.lower() != "running":
         return instance, f"VM {power.lower()}"
+    if power and not (instance.availability_set and instance.update_domain is None):
+        return instance, None  # running: the agent is the wave's probe's to read
     try:
         view = access.instance_view(machine)
     except HttpResponseError as exc:

@@ -3,20 +3,31 @@ server's agent), the policy's HTTP probes and its script as a managed Run Comman
 (`patchpilot-health`, tagged with the command id). The check's start is the tag
 PatchPilotHealthCheck=<command id>|<UTC start> on the command's first machine.
 
-A VM's own view is its instance view, read once per execution while the check waits for it; the
-script is started only once that view passes, and its Run Command is tagged with what the view said
-(PatchPilotHealthBase). Once that Run Command has finished with exit 0 on a VM that had no
-Application Health extension, the VM agent has just run the script to its end on a running VM: that
-is the VM's own view at the script's end, and no instance view is read again. Resource Graph is only
-asked whether it still sees the VM running: a VM it does not (or that it does not report) has its
-instance view read as before, so a stale row can only send a VM to the exact read. (A VM that stops
-after its script's end and before the poll, while Resource Graph still shows it running, passes, as
-one that stops just after an instance view read always did: the window is a poll, not a request.)"""
+A VM with a script that Resource Graph shows running, and shows with no Application Health
+extension (one query for the extensions of the VMs whose script is still to start), has its script
+started without an instance view read: its Run Command is tagged BASE_UNREAD. The VM agent runs the
+script, so the agent's Ready state needs no read of its own: the Run Command of a VM whose agent is
+not Ready stays Pending (docs/azure-deploy.md, "ARM requests per VM"). Any other VM (with the
+extension, not shown running, its extension query failed, no script) has its own view read first,
+once per execution while the check waits for it (an Arc server: its agent's status in its Resource
+Graph row); its script is started only once that view passes, and its Run Command is tagged with
+what the view said (BASE_PASS without the extension).
+
+Once a Run Command tagged BASE_PASS or BASE_UNREAD has finished with exit 0, the VM agent has just
+run the script to its end on a running VM: that is the VM's own view at the script's end, and no
+instance view is read again. Resource Graph is only asked whether it still sees the VM running: a
+VM it does not (or that it does not report) has its instance view read, so a stale row can only
+send a VM to the exact read. (A VM that stops after its script's end and before the poll, while
+Resource Graph still shows it running, passes, as one that stops just after an instance view read
+always did: the window is a poll, not a request.) A BASE_UNREAD script that fails, or has not
+finished by the check's deadline, has the VM's instance view read then, and only then: its verdict
+comes first, as when it is read before the script (a VM agent not Ready, a VM stopped, says why a
+script stayed Pending)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
@@ -56,6 +67,10 @@ if TYPE_CHECKING:
 HEALTH_POLL = timedelta(minutes=2)
 RUN_COMMAND = "patchpilot-health"
 BASE_PASS = "VM running, VM agent Ready"  # a VM's own view passing, with no Application Health extension
+# A script started with no instance view read: Resource Graph showed the VM running and no Application
+# Health extension on it. Its run, finished with exit 0, vouches for what BASE_PASS says.
+BASE_UNREAD = "Resource Graph: VM running, no Application Health extension"
+VOUCHING_BASES = (BASE_PASS, BASE_UNREAD)
 
 
 def app_health(view: Any) -> str | None:
@@ -106,18 +121,29 @@ def check_health(access: AzureAccess, command: CheckHealth, http: HttpProbe) -> 
     deadline = start + checks.timeout
     runs = {} if first else _read_scripts(access, targets, machines, checks)
     vouched = {key for key, run in runs.items() if _vouches(run, command)}
+    unread = {key for key, run in runs.items() if key not in vouched and _started_unread(run, command)}
+    to_start = [
+        m
+        for i in targets
+        if (m := machines.get(i.id)) is not None and not m.arc and _script_of(checks, i) is not None
+        if not _ours(runs.get(m.key), command)
+    ]
     read = [m for m in machines.values() if checks.http or m.arc or m.key in vouched]
     rows = access.rows(read) if read else {}
+    unread_start = _may_start_unread(access, to_start, rows)
     bases: dict[str, Verdict] = {}
     verdicts: dict[str, Verdict] = {}
     for instance in targets:
         machine = machines.get(instance.id)
         if machine is None:
             continue
-        if machine.key in vouched and _graph_says_running(rows.get(machine.key)):
+        key = machine.key
+        if key in vouched and _graph_says_running(rows.get(key)):
             bases[instance.id] = Verdict("pass", BASE_PASS)  # the script's run is the VM's own view
+        elif key in unread_start or (key in unread and not _failing(runs[key], now, deadline)):
+            bases[instance.id] = Verdict("pass", BASE_UNREAD)  # the script's run will say
         else:
-            bases[instance.id] = _base_health(access, machine, rows.get(machine.key))
+            bases[instance.id] = _base_health(access, machine, rows.get(key))
         verdicts[instance.id] = bases[instance.id].timed(now, deadline, checks.timeout)
     if checks.http:
         _check_http(access, targets, machines, rows, checks, verdicts, http)
@@ -138,6 +164,30 @@ def check_health(access: AzureAccess, command: CheckHealth, http: HttpProbe) -> 
     return [outcomes[i.id] for i in targets]
 
 
+def _script_of(checks: HealthChecks, instance: Instance) -> str | None:
+    """The policy's health script for the instance's OS, if any."""
+    if checks.script is None:
+        return None
+    return checks.script.windows if instance.os == "windows" else checks.script.linux
+
+
+def _may_start_unread(access: AzureAccess, machines: Sequence[Machine], rows: Mapping[str, Any]) -> set[str]:
+    """Which of these VMs (whose script is still to start) may have it started without an instance
+    view read: Resource Graph shows them running and shows no Application Health extension on them.
+    Their rows are read here unless `rows` has them; none when a query fails (each then has its
+    instance view read first, as before)."""
+    if not machines:
+        return set()
+    try:
+        missing = [m for m in machines if m.key not in rows]
+        found = {**rows, **(access.rows(missing) if missing else {})}
+        running = [m for m in machines if _graph_says_running(found.get(m.key))]
+        with_extension = access.app_health_vms(running) if running else set()
+    except HttpResponseError:
+        return set()
+    return {m.key for m in running if m.key not in with_extension}
+
+
 def _read_scripts(
     access: AzureAccess, targets: Sequence[Instance], machines: Mapping[str, Machine], checks: HealthChecks
 ) -> dict[str, Any]:
@@ -145,12 +195,9 @@ def _read_scripts(
     id: the run, None when there is none, or the error that reading it raised (reported only if
     the machine's own view passes, as when it is read after it)."""
     runs: dict[str, Any] = {}
-    if checks.script is None:
-        return runs
     for instance in targets:
         machine = machines.get(instance.id)
-        script = checks.script.windows if instance.os == "windows" else checks.script.linux
-        if machine is None or script is None:
+        if machine is None or _script_of(checks, instance) is None:
             continue
         try:
             runs[machine.key] = read_run_command(access, machine, RUN_COMMAND)
@@ -159,17 +206,43 @@ def _read_scripts(
     return runs
 
 
-def _vouches(run: Any, command: CheckHealth) -> bool:
-    """Whether a VM's health script run stands for its own view: this command's, started when that
-    view passed with no Application Health extension (BASE_PASS), finished with exit 0."""
-    if run is None or isinstance(run, HttpResponseError):
-        return False
-    tags = tags_of(run)
-    if tags.get(TAG_COMMAND) != tag_value(command.id) or tags.get(TAG_HEALTH_BASE) != BASE_PASS:
-        return False
+def _ours(run: Any, command: CheckHealth) -> bool:
+    """Whether a VM's health script run (or the error reading it) is this command's: one that need
+    not, or cannot, be started again."""
+    if isinstance(run, HttpResponseError):
+        return True
+    return run is not None and tags_of(run).get(TAG_COMMAND) == tag_value(command.id)
+
+
+def _started_unread(run: Any, command: CheckHealth) -> bool:
+    """This command's run, started with no instance view read (BASE_UNREAD)."""
+    return (
+        _ours(run, command)
+        and not isinstance(run, HttpResponseError)
+        and tags_of(run).get(TAG_HEALTH_BASE) == BASE_UNREAD
+    )
+
+
+def _succeeded(run: Any) -> bool:
     view = at(run, "properties", "instanceView")
     code = at(view, "exitCode")
     return text(view, "executionState").lower() == "succeeded" and (code is None or code == 0)
+
+
+def _failing(run: Any, now: datetime, deadline: datetime) -> bool:
+    """A run that ended other than with exit 0, or has not ended by the check's deadline: the
+    failure path, on which a run started unread has the VM's own view read to say why."""
+    state = text(at(run, "properties", "instanceView"), "executionState").lower()
+    return now >= deadline or state not in ("", "pending", "running")
+
+
+def _vouches(run: Any, command: CheckHealth) -> bool:
+    """Whether a VM's health script run stands for its own view: this command's, started when that
+    view passed with no Application Health extension (BASE_PASS) or when Resource Graph showed the
+    VM running with no such extension (BASE_UNREAD), finished with exit 0."""
+    if not _ours(run, command) or isinstance(run, HttpResponseError):
+        return False
+    return tags_of(run).get(TAG_HEALTH_BASE) in VOUCHING_BASES and _succeeded(run)
 
 
 def _graph_says_running(row: Any) -> bool:
@@ -283,9 +356,8 @@ def _check_script(
     it, and with the machine's own view then), then read until it has finished (`runs`, read
     before the checks above); on the command's first execution (`first`) there is none of it
     to read yet."""
-    assert checks.script is not None
     for instance in targets:
-        script = checks.script.windows if instance.os == "windows" else checks.script.linux
+        script = _script_of(checks, instance)
         if script is None or instance.id not in verdicts or verdicts[instance.id].state != "pass":
             continue
         machine = machines[instance.id]
@@ -293,7 +365,7 @@ def _check_script(
             run = None if first else runs.get(machine.key)
             if isinstance(run, HttpResponseError):
                 raise run
-            if run is None or tags_of(run).get(TAG_COMMAND) != tag_value(command.id):
+            if not _ours(run, command):
                 start_run_command(
                     access,
                     machine,
@@ -317,7 +389,9 @@ def _script_verdict(run: Any, verdict: Verdict) -> Verdict:
     view = at(run, "properties", "instanceView")
     state = text(view, "executionState")
     code = at(view, "exitCode")
-    if state.lower() in ("", "pending", "running"):
+    if state.lower() == "pending":  # the VM agent has not started it (not Ready, or not yet)
+        return Verdict("wait", "health script pending: not started by the VM agent yet")
+    if state.lower() in ("", "running"):
         return Verdict("wait", "health script running")
     if state.lower() == "succeeded" and (code is None or code == 0):
         return verdict.plus("script exit 0")

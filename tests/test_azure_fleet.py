@@ -1088,6 +1088,32 @@ def test_a_script_pending_until_the_agent_is_ready_passes_on_its_own_run(world: 
     assert world.count("GET", "/instanceview") == 0 and world.count("PUT", "/runcommands/") == 1
 
 
+def test_a_script_refused_while_the_vm_is_busy_is_sent_again_at_the_next_poll(world: World) -> None:
+    """An install's result may come while its reboot still runs (rebootStatus Started): the
+    script's PUT, sent with no instance view first, may meet a conflict. It is not a failure."""
+    vm = world.azure.add_vm("web-1")
+    fleet = world.fleet()
+    command = health_command([instance(world, vm)], HealthChecks(script=SCRIPT))
+    from fake_arm import ArmError  # Azure's answer to a PUT while another operation runs
+
+    real_put = world.azure._put_run_command
+    puts: list[int] = []
+
+    def busy_once(request: Any) -> Any:
+        puts.append(len(puts) + 1)
+        if len(puts) == 1:
+            raise ArmError(409, "OperationNotAllowed", "Operation 'PutRunCommand' is not allowed: VM restarting.")
+        return real_put(request)
+
+    world.arm.on("PUT", r".*/virtualMachines/web-1/runCommands/[^/]+", busy_once)
+    first = fleet.check_health(command)
+
+    assert isinstance(first, InProgress) and "health script not run: " in first.note and "VM restarting" in first.note
+    outcomes, _ = until_done(world, lambda: fleet.check_health(command))
+    assert (outcomes[0].ok, outcomes[0].detail) == (True, "VM running, VM agent Ready, script exit 0")
+    assert puts == [1, 2]  # refused once, sent again once
+
+
 def test_a_redelivered_health_check_sends_no_script_twice_and_passes_no_vm_before_its_run_ends(
     world: World,
 ) -> None:

@@ -58,6 +58,7 @@ from ..access import (
     tag_value,
     tags_of,
     text,
+    transient,
 )
 from .run_command import read_run_command, start_run_command
 
@@ -380,7 +381,10 @@ def _check_script(
                 verdicts[instance.id] = Verdict("wait", "health script started")
                 continue
         except HttpResponseError as exc:
-            verdicts[instance.id] = Verdict("fail", f"health script not run: {describe_error(exc)}")
+            # A conflict (the VM busy: an install's reboot may still run when its result is in)
+            # or a server error may pass: the next poll sends it again, the deadline bounds it.
+            state = "wait" if transient(exc) else "fail"
+            verdicts[instance.id] = Verdict(state, f"health script not run: {describe_error(exc)}")
             continue
         verdicts[instance.id] = _script_verdict(run, verdicts[instance.id])
 

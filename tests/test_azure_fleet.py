@@ -1627,3 +1627,15 @@ def test_a_vm_found_stopped_is_started_then_returned_to_that_state_once(world: W
     sweep = ReturnMachines(id="r:return-at-end", run_id="r", targets=[target], at_run_end=True)
     [swept] = fleet.return_machines(sweep)  # type: ignore[misc]
     assert swept.ok and world.count("POST", verb) == 1  # already so: untouched
+
+
+def test_the_fleet_role_reads_the_extensions_the_health_check_asks_resource_graph_for() -> None:
+    """Resource Graph leaves out the rows the identity may not read, without an error: without this
+    read every VM would look as if it had no Application Health extension (docs/security.md)."""
+    from azure_rbac import fleet_role_actions
+
+    from patchpilot.adapters.azure.access import app_health_query
+
+    query = app_health_query([f"/subscriptions/{SUB}/resourcegroups/rg/providers/microsoft.compute/virtualmachines/vm"])
+    assert "microsoft.compute/virtualmachines/extensions" in query.lower()
+    assert "microsoft.compute/virtualmachines/extensions/read" in fleet_role_actions()

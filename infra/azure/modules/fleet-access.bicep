@@ -32,6 +32,7 @@ var fleetActions = [
   'Microsoft.ResourceGraph/resources/read'
   'Microsoft.Compute/virtualMachines/read'
   'Microsoft.Compute/virtualMachines/instanceView/read'
+  'Microsoft.Compute/virtualMachines/extensions/read' // health: which VMs have the Application Health extension (Resource Graph leaves out, silently, the rows the identity may not read)
   'Microsoft.Compute/virtualMachineScaleSets/virtualMachines/read' // Uniform scale set instances, listed as excluded (discovery)
   'Microsoft.Network/networkInterfaces/read' // the private address of an HTTP health check; traffic pools (discovery)
   'Microsoft.Compute/virtualMachines/runCommands/read' // the health script, a managed Run Command

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, get_args
 import click
 from click.core import ParameterSource
 
+from patchpilot import cli_loading  # first: the collector paused while the command loads
 from patchpilot.adapters.local.clock import virtual_start
 from patchpilot.cli_common import EXIT_INVALID_INPUT as EXIT_INVALID_INPUT  # re-exported: scripts and tests use it
 from patchpilot.cli_common import input_problems, reports_input_errors
@@ -1300,3 +1301,6 @@ def __getattr__(name: str) -> Any:
 
         return history_entry
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+cli_loading.loaded()  # the module has loaded: garbage collection resumes (see patchpilot/cli_loading.py)

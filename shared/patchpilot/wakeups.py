@@ -54,7 +54,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Final, Literal
 
-from patchpilot.engine.commands import (
+from patchpilot.engine.fleet_commands import (
     AwaitedFleetCommand,
     CheckHealth,
     InstallPatches,

@@ -18,3 +18,13 @@ class MessageBase(BaseModel):
 
     id: str
     run_id: str
+
+
+class CommandBase(MessageBase):
+    """The base of every command: the wave it concerns, and the id of its result."""
+
+    wave: int | None = None  # 1-based wave index, where the command concerns a wave
+
+    @property
+    def result_id(self) -> str:
+        return f"{self.id}:done"

@@ -111,18 +111,3 @@ def test_the_timer_function_imports_no_engine() -> None:
         [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True, timeout=120
     )
     assert json.loads(answer.stdout.strip().splitlines()[-1]) == []
-
-
-def test_loading_the_policy_models_builds_the_policy_validator_and_no_section_validator() -> None:
-    """A policy section's own validator is built when a section is validated on its own (`_Section`:
-    `defer_build`); loading the models, as every cold start does, builds only the policy's. Its
-    sections' defaults are made without validation, which would build theirs."""
-    probe = (
-        "import json, pydantic, patchpilot.policy.model as m, patchpilot.engine.messages; "
-        "print(json.dumps(sorted(n for n, c in vars(m).items() if isinstance(c, type) "
-        "and issubclass(c, pydantic.BaseModel) and c.__pydantic_complete__)))"
-    )
-    answer = subprocess.run(
-        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True, timeout=120
-    )
-    assert json.loads(answer.stdout.strip().splitlines()[-1]) == ["Policy"]

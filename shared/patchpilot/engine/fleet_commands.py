@@ -96,7 +96,7 @@ class CheckHealth(CommandBase):
     type: Literal["CheckHealth"] = "CheckHealth"
     targets: list[Instance]
     after_rollback: bool = False
-    checks: HealthChecks = HealthChecks.model_construct()  # unvalidated: see Policy's defaults
+    checks: HealthChecks = HealthChecks()
 
 
 class RestoreTarget(BaseModel):

@@ -685,18 +685,14 @@ class MaintenanceWatchSettings(_Section):
 class Policy(_Section):
     model_config = ConfigDict(defer_build=False)  # built on import: what loading a policy validates
 
-    # The sections' defaults are built with `model_construct` (the same values, unvalidated): an
-    # instance built by validation would build that section's own validator on import, which no
-    # policy needs (`_Section`), and every Lambda cold start and CLI command would pay for it.
-
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     description: str = ""
     kind: PolicyKind = "scheduled"
     schedule: Schedule | None = None
     rings: list[Ring] = Field(min_length=1)
-    rollout: Rollout = Rollout.model_construct()
+    rollout: Rollout = Rollout()
     region_pairs: list[tuple[str, str]] = Field(default_factory=new_list)
-    exclude: Exclusions = Exclusions.model_construct()
+    exclude: Exclusions = Exclusions()
     exceptions: list[PolicyException] = Field(default_factory=new_list)  # accepted risks: docs/governance.md
     # Machines in an AWS Auto Scaling group or an Azure scale set (the inventory's `scaling_group`):
     # `skip` lists them as excluded, "member of scaling group X: patch its image" (docs/planner.md);
@@ -708,12 +704,11 @@ class Policy(_Section):
     # `skip` leaves them as they are (discovery reports them unreachable); `start` starts each for
     # its wave, patches it, and returns it to the state it was found in.
     stopped_machines: Literal["skip", "start"] = "skip"
-    patches: PatchSelection = PatchSelection.model_construct()
+    patches: PatchSelection = PatchSelection()
     reboot: Literal["if_required", "always", "never"] = "if_required"
-    health: HealthChecks = HealthChecks.model_construct()
-    traffic: Traffic = Traffic.model_construct()  # load-balancer drain and re-add: docs/traffic.md
-    # host and wave hooks, policy-wide (a ring's own replace them): docs/traffic.md
-    hooks: Hooks = Hooks.model_construct()
+    health: HealthChecks = HealthChecks()
+    traffic: Traffic = Traffic()  # load-balancer drain and re-add: docs/traffic.md
+    hooks: Hooks = Hooks()  # host and wave hooks, policy-wide (a ring's own replace them): docs/traffic.md
     aws: AwsSettings | None = None
     azure: AzureSettings | None = None
     emergency: Emergency | None = None  # runs started by advisories: docs/advisories.md

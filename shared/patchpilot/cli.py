@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from patchpilot import cli_loading  # first: the collector paused while the command loads
+
+# isort: split
+
 import atexit
 import functools
 import gc
@@ -19,7 +23,6 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, get_args
 import click
 from click.core import ParameterSource
 
-from patchpilot import cli_loading  # first: the collector paused while the command loads
 from patchpilot.adapters.local.clock import virtual_start
 from patchpilot.cli_common import EXIT_INVALID_INPUT as EXIT_INVALID_INPUT  # re-exported: scripts and tests use it
 from patchpilot.cli_common import input_problems, reports_input_errors

@@ -61,6 +61,7 @@ LAYERS: dict[str, str] = {
     "cli_common": ENTRYPOINT,
     "cli_steps": ENTRYPOINT,
     "cli_tables": ENTRYPOINT,
+    "cli_loading": ENTRYPOINT,  # pauses the garbage collector while the command loads
     "cli_advisory": ENTRYPOINT,
     "cli_aws": ENTRYPOINT,
     "cli_azure": ENTRYPOINT,

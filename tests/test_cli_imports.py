@@ -84,3 +84,24 @@ def test_the_command_groups_of_other_modules_are_there_when_asked_for() -> None:
     for name in COMMANDS_ELSEWHERE:
         assert f"  {name} " in listed.output
         assert CliRunner().invoke(main, [name, "--help"]).exit_code == 0
+
+
+COLLECTIONS = """
+import gc, json, sys
+collections = []  # those while pydantic and the models load (and after, while the module loads)
+def count(phase, info):
+    if phase == "start" and "pydantic" in sys.modules:
+        collections.append(info["generation"])
+gc.callbacks.append(count)
+import patchpilot.cli
+print(json.dumps({"collections": collections, "enabled": gc.isenabled()}))
+"""
+
+
+def test_loading_the_command_triggers_no_garbage_collection_and_then_collects_again() -> None:
+    """patchpilot/cli_loading.py: the collector is paused while pydantic and the command's own
+    modules load (some 200,000 objects, each collection a waste), then resumes."""
+    answer = subprocess.run(
+        [sys.executable, "-c", COLLECTIONS], cwd=ROOT, capture_output=True, text=True, check=True, timeout=120
+    )
+    assert json.loads(answer.stdout.strip().splitlines()[-1]) == {"collections": [], "enabled": True}

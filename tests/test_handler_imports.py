@@ -38,6 +38,22 @@ NOT_AT_IMPORT_OF = {
     # the wake-ups' signals: the waker's; the worker's fleet reads a command's targets with them
     # only for the polls of the steps the waker covers
     "aws_lambda.worker": ["patchpilot.wakeups"],
+    # The events, the commands other than the fleet's, and the union of every message
+    # (engine/messages.py): the worker's. The waker builds wake-ups and reads runs, which hold the
+    # fleet command they await; an approval loads the engine with its first request
+    # (`service.grant_approval`); `MESSAGE` writes a message without the union.
+    "aws_lambda.waker": [
+        "patchpilot.engine.events",
+        "patchpilot.engine.commands",
+        "patchpilot.engine.messages",
+        "patchpilot.engine.message_union",
+    ],
+    "aws_lambda.approve": [
+        "patchpilot.engine.events",
+        "patchpilot.engine.commands",
+        "patchpilot.engine.messages",
+        "patchpilot.engine.message_union",
+    ],
 }
 
 

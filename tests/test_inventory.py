@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from patchpilot.errors import InputError, Problem
-from patchpilot.inventory import Instance, load_inventory, parse_inventory
+from patchpilot.inventory import SLICE, Instance, load_inventory, parse_inventory
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -349,3 +349,34 @@ def test_an_empty_scaling_group_is_named_with_its_entry() -> None:
     assert rendered({"instances": [entry(scaling_group="")]}) == [
         'inv.json: instances[0].scaling_group: string should have at least 1 character, got "" (entry "i-1")'
     ]
+
+
+def test_a_large_inventory_loads_in_order_a_slice_at_a_time(tmp_path: Path) -> None:
+    """Past several of `load_inventory`'s slices (inventory.SLICE entries each), in the file's order."""
+    count = 3 * SLICE + 5
+    path = tmp_path / "inv.json"
+    path.write_text(json.dumps({"instances": [entry(id=f"i-{n:06d}") for n in range(count)]}))
+    assert [i.id for i in load_inventory(str(path))] == [f"i-{n:06d}" for n in range(count)]
+
+
+@pytest.mark.parametrize(
+    ("late", "expected"),
+    [
+        (entry(id="i-late", zone="a", availability_set="s"), "instances[{n}]: a machine is either in a zone"),
+        (entry(id="i-000001"), 'instances[{n}].id: duplicate id "i-000001" (also instances[1])'),
+    ],
+    ids=["invalid", "duplicate"],
+)
+def test_a_problem_in_a_late_slice_is_named_as_the_whole_file_names_it(
+    tmp_path: Path, late: dict[str, Any], expected: str
+) -> None:
+    """The slices consume the document: a problem found in one is named from the file read again."""
+    entries = [entry(id=f"i-{n:06d}") for n in range(2 * SLICE)]
+    path = tmp_path / "inv.json"
+    path.write_text(json.dumps({"instances": [*entries, late]}))
+    with pytest.raises(InputError) as caught:
+        load_inventory(str(path))
+    with pytest.raises(InputError) as whole:
+        parse_inventory({"instances": [*entries, late]}, str(path))
+    assert caught.value.render() == whole.value.render()
+    assert expected.format(n=2 * SLICE) in caught.value.render()

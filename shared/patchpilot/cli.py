@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from patchpilot import cli_loading  # first: the collector paused while the command loads
+
+# isort: split
+
 import atexit
 import functools
 import gc
@@ -55,14 +59,15 @@ from patchpilot.engine.statuses import Status
 from patchpilot.errors import InputError, Problem
 from patchpilot.inventory import Instance, load_inventory
 from patchpilot.planning import (
+    Outline,
     Plan,
     Selection,
     WindowFit,
+    outline,
     plan,
     plan_document,
     pool_text,
     ring_of,
-    select,
     window_fit,
     window_warnings,
 )
@@ -206,7 +211,7 @@ def validate(policy_path: str, inventory_path: str | None, as_json: bool) -> Non
     if inventory_path:
         instances = load_inventory(inventory_path)
         click.echo(f"{inventory_path}: ok ({len(instances)} instances)")
-        _echo_warnings(ring_warnings(policy_path, policy, inventory_path, select(policy, instances, _now())))
+        _echo_warnings(ring_warnings(policy_path, policy, inventory_path, outline(policy, instances, _now())))
         ends_the_process()
 
 
@@ -229,7 +234,9 @@ def _validate_json(policy_path: str, inventory_path: str | None) -> None:
         if inventory_path:
             instances = load_inventory(inventory_path)
             document["inventory"] = {"path": inventory_path, "instances": len(instances)}
-            document["warnings"] = ring_warnings(policy_path, policy, inventory_path, select(policy, instances, _now()))
+            document["warnings"] = ring_warnings(
+                policy_path, policy, inventory_path, outline(policy, instances, _now())
+            )
     except InputError as error:
         document["problems"] = input_problems(error)
         _print_json(document)
@@ -351,33 +358,41 @@ def _now() -> datetime:
     return virtual_start() or datetime.now(UTC)
 
 
-def pool_warnings(inventory_path: str, result: Plan | Selection) -> list[str]:
+def pool_warnings(inventory_path: str, result: Plan | Selection | Outline) -> list[str]:
     """The plan's warnings about traffic pools: a pool of one member that is patched, or whose
     machine is excluded (`rollout.single_member_pools: refuse`)."""
     return [f"{inventory_path}: {w}" for w in result.warnings]
 
 
-def ring_warnings(policy_path: str, policy: Policy, inventory_path: str, result: Plan | Selection) -> list[str]:
+def ring_warnings(
+    policy_path: str, policy: Policy, inventory_path: str, result: Plan | Selection | Outline
+) -> list[str]:
     """Each ring that selects no machine of the inventory, and what a run would do then: a ring
     with no machine is patched by no run, and a first ring with none promotes no tested set, so
     no later ring is patched either (the run ends `nothing_patched`); then the plan's warnings
     about traffic pools (`pool_warnings`). Empty for a frozen policy, which patches nothing by design.
-    A plan's `Selection` says the same as the plan (a ring with machines has waves)."""
+    A plan's `Selection` says the same as the plan (a ring with machines has waves), and so does
+    its `Outline` (`patchpilot validate`'s: it holds every exclusion when a ring selects nothing)."""
     if policy.kind == "frozen":
         return []
-    instances = result.instance_count + len(result.excluded)
+    if isinstance(result, Outline):
+        instances, rings = result.fleet_size, list(result.selects.items())
+    elif isinstance(result, Selection):
+        instances = result.instance_count + len(result.excluded)
+        rings = [(name, bool(group)) for name, group in result.members.items()]
+    else:
+        instances = result.instance_count + len(result.excluded)
+        rings = [(ring.name, bool(ring.waves)) for ring in result.rings]
     pools = pool_warnings(inventory_path, result)
     if not instances:
         return [f"{inventory_path}: the inventory is empty: a run would patch nothing"]
-    if isinstance(result, Selection):
-        rings = [(name, bool(group)) for name, group in result.members.items()]
-    else:
-        rings = [(ring.name, bool(ring.waves)) for ring in result.rings]
     warnings = []
     for position, (name, selects) in enumerate(rings):
         if selects:
             continue
-        matched = sum(1 for e in result.excluded if ring_of(policy, e.instance) == name)
+        excluded = result.excluded
+        assert excluded is not None, "an outline holds every exclusion when a ring selects nothing"
+        matched = sum(1 for e in excluded if ring_of(policy, e.instance) == name)
         text = f"ring {name} selects no machine of {inventory_path} ({instances} instances"
         text += f"; the {matched} it matches are excluded)" if matched else ")"
         if position == 0 and len(rings) > 1:
@@ -1289,3 +1304,6 @@ def __getattr__(name: str) -> Any:
 
         return history_entry
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+cli_loading.loaded()  # the module has loaded: garbage collection resumes (see patchpilot/cli_loading.py)

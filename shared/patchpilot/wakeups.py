@@ -54,11 +54,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Final, Literal
 
-from patchpilot.engine.messages import (
+from patchpilot.engine.fleet_commands import (
     AwaitedFleetCommand,
     CheckHealth,
     InstallPatches,
-    LookNow,
     ProbeAgents,
     ReturnMachines,
     RollBack,
@@ -67,6 +66,7 @@ from patchpilot.engine.messages import (
     TakeSnapshots,
 )
 from patchpilot.engine.run import Run
+from patchpilot.engine.wakeup_messages import LookNow
 from patchpilot.inventory import Instance
 
 WINDOW = timedelta(seconds=15)  # the wake-ups of one command within this share an id and one poll

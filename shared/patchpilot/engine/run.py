@@ -8,7 +8,7 @@ from typing import Any, Literal, TypeGuard, get_args
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
-from patchpilot.engine.messages import AwaitedFleetCommand
+from patchpilot.engine.fleet_commands import AwaitedFleetCommand
 from patchpilot.engine.statuses import Status as Status
 from patchpilot.engine.statuses import TerminalState as TerminalState
 from patchpilot.inventory import Instance

@@ -181,6 +181,57 @@ def select(policy: Policy, instances: Iterable[Instance], now: datetime | None =
     return Selection(members, tuple(excluded), pools, tuple(warnings))
 
 
+@dataclass(frozen=True)
+class Outline:
+    """What `select` says of a fleet as far as `patchpilot validate`'s warnings need it: the fleet's
+    size, whether each ring selects a machine, the plan's warnings about traffic pools, and, when a
+    ring selects none, every exclusion (None otherwise: not needed, and not all looked for)."""
+
+    fleet_size: int
+    selects: Mapping[str, bool]  # ring name -> it selects at least one machine
+    excluded: tuple[Exclusion, ...] | None
+    warnings: tuple[str, ...]
+
+
+OUTLINE_FIRST = 256  # machines assigned before the outline looks whether every ring has one
+
+
+def outline(policy: Policy, instances: Iterable[Instance], now: datetime | None = None) -> Outline:
+    """`select`'s answer to "does each ring select a machine?", without assigning every machine of a
+    fleet whose rings all do: the fleet is assigned a slice at a time (256 machines, then four times
+    as many as before) until each ring has one. The machines alone in a traffic pool are assigned
+    first, for the plan's warnings about them (and, with `single_member_pools: refuse`, a machine
+    they exclude selects nothing). Each machine's answer is its own (`assign`), so a slice answers as
+    the whole fleet would; the ids are unique (`inventory.parse_inventory` sees to it)."""
+    fleet = list(instances)
+    pools = pool_members(fleet)
+    lone = [i for i in fleet if (i.traffic_pools or i.scaling_group is not None) and _alone(i, pools)] if pools else []
+    members, excluded = assign(policy, lone, now)
+    members, refused, warnings = _single_member_pools(policy.rollout, members, pools)
+    selecting = {ring for ring, group in members.items() if group}
+    found = [*excluded, *refused]
+    if lone:
+        placed = {i.id for i in lone}
+        fleet = [i for i in fleet if i.id not in placed]
+    start, size = 0, OUTLINE_FIRST
+    while len(selecting) < len(policy.rings) and start < len(fleet):
+        members, excluded = assign(policy, fleet[start : start + size], now)
+        selecting.update(ring for ring, group in members.items() if group)
+        found += excluded
+        start, size = start + size, size * 4
+    return Outline(
+        len(fleet) + len(lone),
+        {ring.name: ring.name in selecting for ring in policy.rings},
+        tuple(found) if start >= len(fleet) else None,
+        tuple(warnings),
+    )
+
+
+def _alone(instance: Instance, pools: Mapping[str, int]) -> bool:
+    """Whether the machine is the only member of one of its traffic pools."""
+    return any(pools[p] == 1 for p in pools_of(instance))
+
+
 def plan(policy: Policy, instances: Iterable[Instance], now: datetime | None = None) -> Plan:
     """Assign every instance to a ring and a wave, or say why it is excluded. Deterministic.
     `now` decides which of the policy's exceptions are in force (None: none is)."""

@@ -71,7 +71,7 @@ from botocore.exceptions import ClientError
 
 from patchpilot.adapters.run_parts import Encoded, Manifest, PartLayout, Version, compress
 from patchpilot.batching import chunks
-from patchpilot.engine.messages import MESSAGE, Message
+from patchpilot.engine.message_adapter import MESSAGE  # writing loads no message: the first read does
 from patchpilot.engine.run import Run
 from patchpilot.ports import ConflictError, UnknownRunError
 
@@ -84,6 +84,8 @@ if TYPE_CHECKING:
         TransactWriteItemTypeDef,
         WriteRequestTypeDef,
     )
+
+    from patchpilot.engine.messages import Message
 
     Item = dict[str, AttributeValueTypeDef]
 

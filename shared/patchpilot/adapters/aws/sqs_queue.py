@@ -53,12 +53,14 @@ from patchpilot.adapters.envelopes import compress, hop, open_hop
 from patchpilot.adapters.envelopes import decompress as _decode
 from patchpilot.adapters.envelopes import readable as _readable
 from patchpilot.batching import chunks
-from patchpilot.engine.messages import MESSAGE, Message
+from patchpilot.engine.message_adapter import MESSAGE  # writing loads no message: the first read does
 from patchpilot.ports import Clock, DeadLetter, Delivery
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs.client import SQSClient
     from mypy_boto3_sqs.type_defs import MessageAttributeValueTypeDef, SendMessageBatchRequestEntryTypeDef
+
+    from patchpilot.engine.messages import Message
 
 log = logging.getLogger("patchpilot.aws.sqs")
 

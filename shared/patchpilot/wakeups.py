@@ -43,8 +43,8 @@ step awaits on it (a canary wave, a recheck after a rollback, a single-machine r
 not woken: its one machine sees a deallocation, a swap and a start, and the deallocation's end is
 not the step's. The other steps keep their own polls, as without wake-ups (measured: bench
 --wake --spread 5.644 ARM requests per VM against 5.648 without wake-ups; 15.322 against 7.948
-before the rule; the figures are in docs/azure-deploy.md, "Wake-ups"). AWS is not concerned: an SSM event ends a command on up
-to 50 instances and its polls are bulk reads.
+before the rule; the figures are in docs/azure-deploy.md, "Wake-ups"). AWS is not concerned: an
+SSM event ends a command on up to 50 instances and its polls are bulk reads.
 """
 
 from __future__ import annotations

@@ -383,8 +383,8 @@ def _check_script(
         except HttpResponseError as exc:
             # A conflict (the VM busy: an install's reboot may still run when its result is in)
             # or a server error may pass: the next poll sends it again, the deadline bounds it.
-            state = "wait" if transient(exc) else "fail"
-            verdicts[instance.id] = Verdict(state, f"health script not run: {describe_error(exc)}")
+            detail = f"health script not run: {describe_error(exc)}"
+            verdicts[instance.id] = Verdict("wait" if transient(exc) else "fail", detail)
             continue
         verdicts[instance.id] = _script_verdict(run, verdicts[instance.id])
 

@@ -61,7 +61,7 @@ LAYERS: dict[str, str] = {
     "cli_common": ENTRYPOINT,
     "cli_steps": ENTRYPOINT,
     "cli_tables": ENTRYPOINT,
-    "cli_loading": ENTRYPOINT,  # pauses the garbage collector while the command loads
+    "loading": ENTRYPOINT,  # pauses the garbage collector while the command or a handler loads
     "cli_advisory": ENTRYPOINT,
     "cli_aws": ENTRYPOINT,
     "cli_azure": ENTRYPOINT,

@@ -99,7 +99,7 @@ print(json.dumps({"collections": collections, "enabled": gc.isenabled()}))
 
 
 def test_loading_the_command_triggers_no_garbage_collection_and_then_collects_again() -> None:
-    """patchpilot/cli_loading.py: the collector is paused while pydantic and the command's own
+    """patchpilot/loading.py: the collector is paused while pydantic and the command's own
     modules load (some 200,000 objects, each collection a waste), then resumes."""
     answer = subprocess.run(
         [sys.executable, "-c", COLLECTIONS], cwd=ROOT, capture_output=True, text=True, check=True, timeout=120

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from patchpilot import cli_loading  # first: the collector paused while the command loads
+from patchpilot import loading  # first: the collector paused while the command loads
 
 # isort: split
 
@@ -1306,4 +1306,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-cli_loading.loaded()  # the module has loaded: garbage collection resumes (see patchpilot/cli_loading.py)
+loading.loaded()  # the module has loaded: garbage collection resumes (see patchpilot/loading.py)

@@ -1,8 +1,12 @@
-"""`make bench`: every benchmark, each printing its figures and writing bench/results/*.json."""
+"""`make bench`: every benchmark, each printing its figures and writing bench/results/*.json.
+
+Each runs in a fresh interpreter, exactly as its own command line runs it: in one process, a
+benchmark would start from the state the ones before it left (moto's backends, module caches,
+random generators), and its figures would depend on what ran first."""
 
 from __future__ import annotations
 
-import runpy
+import subprocess
 import sys
 from pathlib import Path
 
@@ -11,7 +15,7 @@ HERE = Path(__file__).resolve().parent
 failed = []
 for script in (
     "bench_planner.py",
-    "bench_cli_plan.py",
+    "bench_cli_plan.py --rounds 9",  # whole processes: medians of 9 ride out a busy moment
     "bench_run.py",
     "bench_aws_calls.py",
     "bench_aws_calls.py --drain",
@@ -23,12 +27,8 @@ for script in (
 ):
     print(f"== {script}", flush=True)
     name, *arguments = script.split()
-    sys.argv = [name, *arguments]
-    try:
-        runpy.run_path(str(HERE / name), run_name="__main__")
-    except SystemExit as exit_:
-        if exit_.code:
-            failed.append(script)
-    print()
+    if subprocess.run([sys.executable, str(HERE / name), *arguments], check=False).returncode:
+        failed.append(script)
+    print(flush=True)
 if failed:
     raise SystemExit(f"benchmarks that missed their targets: {', '.join(failed)}")

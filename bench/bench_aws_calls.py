@@ -53,6 +53,7 @@ import re  # noqa: E402
 import boto3  # noqa: E402
 import requests  # noqa: E402
 from clocks import ManualClock  # noqa: E402
+from due_events import DueEvents  # noqa: E402
 from fake_aws import Clients, EventSourceMapping, FleetServices, Patch, moto_image  # noqa: E402
 from moto_support import aws, depth, next_due, sqs_follows  # noqa: E402
 from results_file import write_results  # noqa: E402
@@ -229,7 +230,7 @@ class CloudEvents:
 
     def __init__(self, clients: Clients, services: FleetServices, clock: ManualClock) -> None:
         self.clients, self.services, self.clock = clients, services, clock
-        self.due: list[tuple[datetime, int, dict[str, Any]]] = []
+        self.due = DueEvents()
         self.seen_calls = 0
         self.seen_commands = 0
         self.ops: dict[str, list[tuple[datetime, datetime]]] = {}  # token or command id -> (start, end)
@@ -252,15 +253,13 @@ class CloudEvents:
         self.seen_commands = len(self.services.commands)
 
     def next_due(self) -> datetime | None:
-        return min(self.due)[0] if self.due else None
+        return self.due.next_due()
 
     def deliver(self, runtime: AwsRuntime) -> int:
         """Hand the waker every event due now; how many."""
-        now, delivered = self.clock.now(), 0
-        while self.due and min(self.due)[0] <= now:
-            due = min(self.due)
-            self.due.remove(due)
-            runtime.wake(due[2])
+        delivered = 0
+        for event in self.due.pop_due(self.clock.now()):
+            runtime.wake(event)
             delivered += 1
         return delivered
 
@@ -275,7 +274,7 @@ class CloudEvents:
         return min(start for start, _ in ops), max(end for _, end in ops)
 
     def _schedule(self, ended: datetime, event: dict[str, Any]) -> None:
-        self.due.append((ended + EVENT_DELAY, len(self.due) + self.seen_calls + self.seen_commands, event))
+        self.due.add(ended + EVENT_DELAY, event)
 
     def _ssm_event(self, command: Any) -> dict[str, Any]:
         event = copy.deepcopy(self.ssm_sample)

@@ -42,7 +42,6 @@ bench/results/azure_calls[_woken]_spread_all.json.
 from __future__ import annotations
 
 import copy
-import itertools
 import json
 import re
 import sys
@@ -59,6 +58,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 from clocks import ManualClock  # noqa: E402
+from due_events import DueEvents  # noqa: E402
 from fake_arm import FakeArm, Request, Response  # noqa: E402
 from fake_azure_compute import SUB, FakeAzureCompute, Patch  # noqa: E402
 from results_file import write_results  # noqa: E402
@@ -155,12 +155,11 @@ class ArmEvents:
 
     def __init__(self, arm: FakeArm, azure: FakeAzureCompute, fleet: AzureFleet, clock: ManualClock) -> None:
         self.clock = clock
-        self.due: list[tuple[datetime, int, dict[str, Any]]] = []
+        self.due = DueEvents()
         self.ops: dict[str, list[tuple[datetime, datetime]]] = {}  # command id -> (request, end) per operation
         (self.sample,) = json.loads((PUBLISHED / "resource_action_success.json").read_text())
         self._request: Request | None = None
         self._command = ""
-        self._order = itertools.count()
         dispatch, schedule = arm._dispatch, azure.at
 
         def dispatching(request: Request) -> Response:
@@ -219,18 +218,16 @@ class ArmEvents:
         )
         operation = f"{resource_type}/{verb}/action" if verb else f"{resource_type}/write"
         event["data"].update(resourceUri=subject, operationName=operation, subscriptionId=SUB)
-        self.due.append((ended + EVENT_DELAY, next(self._order), event))
+        self.due.add(ended + EVENT_DELAY, event)
 
     def next_due(self) -> datetime | None:
-        return min(self.due)[0] if self.due else None
+        return self.due.next_due()
 
     def deliver(self, waker: Waker) -> int:
         """Hand the waker every event due now; how many."""
         now, delivered = self.clock.now(), 0
-        while self.due and min(self.due)[0] <= now:
-            due = min(self.due)
-            self.due.remove(due)
-            waker.wake(read_event(due[2], now))
+        for event in self.due.pop_due(now):
+            waker.wake(read_event(event, now))
             delivered += 1
         return delivered
 

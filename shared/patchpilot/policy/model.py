@@ -412,6 +412,12 @@ class HealthChecks(_Section):
     http: OneOrMore[HealthUrl] = Field(default_factory=new_list)
     timeout: Duration = timedelta(minutes=5)
 
+    def script_for(self, os: OsFamily) -> str | None:
+        """The script a machine of `os` runs, if any."""
+        if self.script is None:
+            return None
+        return self.script.windows if os == "windows" else self.script.linux
+
 
 class AwsAccount(_Section):
     id: str = Field(pattern=r"^\d{12}$")

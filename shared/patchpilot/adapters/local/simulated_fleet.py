@@ -554,7 +554,7 @@ def _health(instance: Instance, checks: HealthChecks, after_rollback: bool, rebo
             own.append((f"GET {urls[0]}: HTTP 503", "HTTP " + ", ".join("200" for _ in urls), False))
         except UnsafeUrlValueError as exc:  # waiting will not make the value usable
             own.append((str(exc), "", True))
-    script = checks.script and (checks.script.linux if instance.os == "linux" else checks.script.windows)
+    script = checks.script_for(instance.os)
     if script:
         own.append(
             ("health script: exit code 1" if aws else "health script failed, exit code 1", "script exit 0", False)

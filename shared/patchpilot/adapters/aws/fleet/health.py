@@ -14,7 +14,7 @@ from botocore.exceptions import ClientError
 from patchpilot.adapters.health import HttpProbe, UnsafeUrlValueError, fill, fill_url
 from patchpilot.batching import chunks, unique
 from patchpilot.engine.messages import CheckHealth, Outcome
-from patchpilot.inventory import Instance
+from patchpilot.inventory import Instance, OsFamily
 from patchpilot.policy.model import HealthChecks
 from patchpilot.ports import InProgress, Progress
 from patchpilot.verdict import Verdict
@@ -229,8 +229,9 @@ def _check_script(
     of the group has passed or failed the checks above; exit 0 is healthy."""
     assert checks.script is not None
     ssm = access.ssm(placement)
-    for os in ("linux", "windows"):
-        script = checks.script.linux if os == "linux" else checks.script.windows
+    oses: tuple[OsFamily, ...] = ("linux", "windows")
+    for os in oses:
+        script = checks.script_for(os)
         group = [i for i in instances if i.os == os]
         if script is None or not group:
             continue

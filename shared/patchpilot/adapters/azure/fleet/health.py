@@ -126,7 +126,7 @@ def check_health(access: AzureAccess, command: CheckHealth, http: HttpProbe) -> 
     to_start = [
         m
         for i in targets
-        if (m := machines.get(i.id)) is not None and not m.arc and _script_of(checks, i) is not None
+        if (m := machines.get(i.id)) is not None and not m.arc and checks.script_for(i.os) is not None
         if not _ours(runs.get(m.key), command)
     ]
     read = [m for m in machines.values() if checks.http or m.arc or m.key in vouched]
@@ -165,13 +165,6 @@ def check_health(access: AzureAccess, command: CheckHealth, http: HttpProbe) -> 
     return [outcomes[i.id] for i in targets]
 
 
-def _script_of(checks: HealthChecks, instance: Instance) -> str | None:
-    """The policy's health script for the instance's OS, if any."""
-    if checks.script is None:
-        return None
-    return checks.script.windows if instance.os == "windows" else checks.script.linux
-
-
 def _may_start_unread(access: AzureAccess, machines: Sequence[Machine], rows: Mapping[str, Any]) -> set[str]:
     """Which of these VMs (whose script is still to start) may have it started without an instance
     view read: Resource Graph shows them running and shows no Application Health extension on them.
@@ -198,7 +191,7 @@ def _read_scripts(
     runs: dict[str, Any] = {}
     for instance in targets:
         machine = machines.get(instance.id)
-        if machine is None or _script_of(checks, instance) is None:
+        if machine is None or checks.script_for(instance.os) is None:
             continue
         try:
             runs[machine.key] = read_run_command(access, machine, RUN_COMMAND)
@@ -358,7 +351,7 @@ def _check_script(
     before the checks above); on the command's first execution (`first`) there is none of it
     to read yet."""
     for instance in targets:
-        script = _script_of(checks, instance)
+        script = checks.script_for(instance.os)
         if script is None or instance.id not in verdicts or verdicts[instance.id].state != "pass":
             continue
         machine = machines[instance.id]

@@ -121,7 +121,9 @@ class AzureAccess:
     def app_health_vms(self, machines: Sequence[Machine]) -> set[str]:
         """The lower-case ids of the VMs among `machines` that Resource Graph shows with an
         Application Health extension, 400 VMs a query. An extension the identity may not read is
-        left out (Resource Graph filters, never refuses); a failed query raises HttpResponseError."""
+        left out (Resource Graph filters, never refuses): the fleet role holds
+        Microsoft.Compute/virtualMachines/extensions/read for it. A failed query raises
+        HttpResponseError."""
         found: set[str] = set()
         keys = sorted({m.key for m in machines if not m.arc})
         subscriptions = sorted({m.subscription for m in machines})

@@ -53,7 +53,7 @@ import re  # noqa: E402
 import boto3  # noqa: E402
 import requests  # noqa: E402
 from clocks import ManualClock  # noqa: E402
-from due_events import DueEvents  # noqa: E402
+from due_events import DueEvents, record_applied  # noqa: E402
 from fake_aws import Clients, EventSourceMapping, FleetServices, Patch, moto_image  # noqa: E402
 from moto_support import aws, depth, next_due, sqs_follows  # noqa: E402
 from results_file import write_results  # noqa: E402
@@ -346,14 +346,7 @@ def main() -> None:
         ready = time.perf_counter()
         clients.calls.clear()  # the setup's own reads are not the run's
         service = runtime.service
-        applied: dict[str, datetime] = {}  # PatchPilot command id -> when the worker applied its result
-        apply = service._apply
-
-        def recording(event: Any, loaded: Any = None) -> None:
-            applied.setdefault(getattr(event, "command_id", ""), clock.now())
-            apply(event, loaded)
-
-        service._apply = recording  # type: ignore[method-assign]
+        applied = record_applied(service, clock)
         began_at = clock.now()
         decision = runtime.trigger()
         assert decision.start, decision.reason

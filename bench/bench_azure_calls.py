@@ -58,7 +58,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 from clocks import ManualClock  # noqa: E402
-from due_events import DueEvents  # noqa: E402
+from due_events import DueEvents, record_applied  # noqa: E402
 from fake_arm import FakeArm, Request, Response  # noqa: E402
 from fake_azure_compute import SUB, FakeAzureCompute, Patch  # noqa: E402
 from results_file import write_results  # noqa: E402
@@ -266,14 +266,7 @@ def main() -> None:
         store = SqliteRunStore(db)
         service = Service(store=store, queue=queue, fleet=fleet, notifier=Quiet(), clock=clock)
         waker = Waker(lambda: OneRun(store, "bench"), lambda: queue, clock)
-        applied: dict[str, datetime] = {}  # PatchPilot command id -> when the worker applied its result
-        apply = service._apply
-
-        def recording(event: Any, loaded: Any = None) -> None:
-            applied.setdefault(getattr(event, "command_id", ""), clock.now())
-            apply(event, loaded)
-
-        service._apply = recording  # type: ignore[method-assign]
+        applied = record_applied(service, clock)
         found = fleet.discover(policy)
         discovery = len(arm.calls)
         service.start("bench", policy, found.instances)

@@ -3,8 +3,6 @@
 Locally an inventory is a JSON file; the cloud adapters discover the same `Instance` records.
 """
 
-from __future__ import annotations
-
 import functools
 from operator import attrgetter
 from pathlib import Path
@@ -57,7 +55,7 @@ class MaintenanceHint(BaseModel):
     warning: str = ""
 
     @model_validator(mode="after")
-    def _one_time(self) -> MaintenanceHint:
+    def _one_time(self) -> "MaintenanceHint":
         if (self.in_hours is None) == (self.at is None):
             raise PydanticCustomError("pp_when", "give exactly one of in_hours or at")
         return self
@@ -117,7 +115,7 @@ class Instance:
     simulation: Simulation | None = None
 
     @model_validator(mode="after")
-    def _placement_is_possible(self) -> Instance:
+    def _placement_is_possible(self) -> "Instance":
         if self.zone is not None and self.availability_set is not None:
             raise PydanticCustomError(
                 "pp_placement",

@@ -4,8 +4,6 @@ event. The fleet's commands are in engine/fleet_commands.py (a run holds the one
 re-exported here with the union of them all (`Command`); engine/messages.py re-exports every name.
 """
 
-from __future__ import annotations
-
 from datetime import datetime, timedelta
 from typing import Annotated, Literal
 

@@ -2,8 +2,6 @@
 result has the id `<command id>:done`. engine/messages.py re-exports them all.
 """
 
-from __future__ import annotations
-
 from datetime import datetime
 from typing import Annotated, Literal
 

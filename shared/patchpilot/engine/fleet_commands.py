@@ -4,8 +4,6 @@ check, roll back, host hooks, return), the ones a run awaits and a cloud event c
 of them all; engine/messages.py re-exports every name.
 """
 
-from __future__ import annotations
-
 from datetime import datetime
 from typing import Annotated, Literal
 

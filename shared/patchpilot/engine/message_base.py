@@ -6,8 +6,6 @@ engine/messages.py gathers them (the `Message` union) and `MESSAGE` reads and wr
 (engine/message_adapter.py).
 """
 
-from __future__ import annotations
-
 from pydantic import BaseModel, ConfigDict
 
 

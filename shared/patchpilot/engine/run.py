@@ -1,7 +1,5 @@
 """The state of one patch run: plan, progress, and what happened to every instance."""
 
-from __future__ import annotations
-
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, Literal, TypeGuard, get_args

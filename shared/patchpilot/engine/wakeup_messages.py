@@ -2,8 +2,6 @@
 (patchpilot/wakeups.py makes them, the worker acts on them). engine/messages.py re-exports them.
 """
 
-from __future__ import annotations
-
 from typing import Literal
 
 from patchpilot.engine.message_base import MessageBase

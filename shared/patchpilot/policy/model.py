@@ -1,7 +1,5 @@
 """The policy file: which instances, when, in which rings and waves, with which patches."""
 
-from __future__ import annotations
-
 import re
 from collections.abc import Callable, Iterable
 from datetime import UTC, date, datetime, time, timedelta
@@ -198,7 +196,7 @@ class Hooks(_Section):
     before_wave: WaveHook | None = None
     after_wave: WaveHook | None = None
 
-    def over(self, base: Hooks) -> Hooks:
+    def over(self, base: "Hooks") -> "Hooks":
         """These hooks, each falling back to `base`'s where unset."""
         return Hooks(
             before_install=self.before_install or base.before_install,
@@ -728,13 +726,13 @@ class Policy(_Section):
     _calendar: Any = PrivateAttr(default=None)  # the parsed freeze_calendar (icalendar.Calendar), from the loader
     _external: ExternalFreezes | None = PrivateAttr(default=None)  # aws.change_calendars, from the AWS loader
 
-    def with_freeze_calendar(self, calendar: Any) -> Policy:
+    def with_freeze_calendar(self, calendar: Any) -> "Policy":
         """This policy with its `freeze_calendar` read (`freeze.parse_calendar`): what the loaders return."""
         copy = self.model_copy()
         copy._calendar = calendar
         return copy
 
-    def with_change_calendars(self, calendars: ExternalFreezes) -> Policy:
+    def with_change_calendars(self, calendars: ExternalFreezes) -> "Policy":
         """This policy with its `aws.change_calendars` to ask (`adapters/aws/change_calendar.py`)."""
         copy = self.model_copy()
         copy._external = calendars

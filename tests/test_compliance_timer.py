@@ -394,10 +394,8 @@ class StartedRuns:
 
 
 def starting(rt: FakeRuntime) -> StartedRuns:
-    import dataclasses
-
     started = StartedRuns()
-    rt.ports = dataclasses.replace(rt.ports, service=lambda: started)  # type: ignore[arg-type,return-value]
+    rt.ports = rt.ports._replace(service=lambda: started)  # type: ignore[arg-type,return-value]
     return started
 
 

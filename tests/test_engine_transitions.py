@@ -269,7 +269,7 @@ def test_a_table_that_does_not_declare_a_reached_state_fails(monkeypatch: pytest
     run, failed = _snapshotting_cloud_scheduled_run()
     assert decide(run, failed, NOW).run.state == "cancelling"  # the real table declares it
     row = ("snapshotting", SnapshotsTaken)
-    wrong = dataclasses.replace(TRANSITIONS[row], targets=("installing", engine.WAVE_DONE))
+    wrong = TRANSITIONS[row]._replace(targets=("installing", engine.WAVE_DONE))
     monkeypatch.setitem(TRANSITIONS, row, wrong)
     with pytest.raises(UndeclaredTransitionError) as raised:
         decide(run, failed, NOW)

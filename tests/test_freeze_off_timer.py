@@ -6,7 +6,6 @@ cloud timers too)."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -100,7 +99,7 @@ def test_a_run_the_cloud_timer_started_starts_no_wave_after_a_freeze_begins(tmp_
     tick = TIMER_WINDOW + timedelta(minutes=1)
     rt = FakeRuntime(text, ManualClock(tick), FakeFleet())
     local = LocalRuntime.open(tmp_path / "s", start=tick)
-    rt.ports = dataclasses.replace(rt.ports, service=lambda: StartedLocally(local))
+    rt.ports = rt.ports._replace(service=lambda: StartedLocally(local))
 
     decision = rt.trigger()
 

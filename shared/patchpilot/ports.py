@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Protocol, TypeAlias
+from typing import TYPE_CHECKING, NamedTuple, Protocol, TypeAlias
 
 if TYPE_CHECKING:  # names used in annotations only: a module that imports the ports loads no models for them
     from patchpilot.compliance.model import AssessmentStarted, PatchState
@@ -77,8 +77,7 @@ class ActiveRuns(Protocol):
     def load(self, run_id: str) -> Run: ...
 
 
-@dataclass(frozen=True)
-class Delivery:
+class Delivery(NamedTuple):
     """A received message; `receipt` acknowledges or postpones this very delivery."""
 
     message: Message
@@ -86,8 +85,7 @@ class Delivery:
     attempts: int
 
 
-@dataclass(frozen=True)
-class DeadLetter:
+class DeadLetter(NamedTuple):
     message_id: str
     body: str
     reason: str
@@ -117,8 +115,7 @@ class Queue(Protocol):
         it is never delivered again, and people can read it."""
 
 
-@dataclass(frozen=True)
-class InProgress:
+class InProgress(NamedTuple):
     """The operation is under way: deliver the same command again at `retry_at`. `finished` are
     the outcomes of the targets already done: a command whose deadline passes keeps them and fails
     only the others (one machine still draining never fails the wave's other machines)."""

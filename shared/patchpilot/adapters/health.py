@@ -21,9 +21,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
 from http.client import HTTPMessage
-from typing import IO
+from typing import IO, NamedTuple
 
 from patchpilot.inventory import Instance
 from patchpilot.policy.fields import HEALTH_URL_PLACEHOLDER, HEALTH_URL_SCHEMES
@@ -31,8 +30,7 @@ from patchpilot.policy.fields import HEALTH_URL_PLACEHOLDER, HEALTH_URL_SCHEMES
 HttpGet = Callable[[str, float], int]  # (url, timeout seconds) -> HTTP status; raises on no answer
 
 
-@dataclass(frozen=True)
-class HttpProbe:
+class HttpProbe(NamedTuple):
     """How a fleet makes the policy's HTTP checks: the GET and its timeout in seconds."""
 
     get: HttpGet

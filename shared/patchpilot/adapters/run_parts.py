@@ -17,22 +17,19 @@ import json
 import secrets
 import zlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import NamedTuple
 
 from patchpilot.engine.run import Run, WaveState
 
 
-@dataclass(frozen=True)
-class Part:
+class Part(NamedTuple):
     """Where one part of a run version lives: the tag it was written under, in `chunks` rows or items."""
 
     tag: str
     chunks: int
 
 
-@dataclass(frozen=True)
-class Manifest:
+class Manifest(NamedTuple):
     header: Part | None  # None: the header is in the head
     waves: tuple[Part, ...]
 
@@ -54,8 +51,7 @@ class Version(NamedTuple):
     manifest: Manifest
 
 
-@dataclass(frozen=True)
-class Encoded:
+class Encoded(NamedTuple):
     """A run version as a store writes it."""
 
     manifest: Manifest
@@ -63,8 +59,7 @@ class Encoded:
     header: bytes | None  # the compressed header when it stays in the head
 
 
-@dataclass(frozen=True)
-class PartLayout:
+class PartLayout(NamedTuple):
     """How one store keys and sizes the parts of a run. `wave_key` is formatted with `position`,
     `tag` and `chunk`; `header_key` with `tag` and `chunk`. `fits_in_head(header, manifest)`
     says whether the compressed header stays in the head (`manifest` then names no header part)."""

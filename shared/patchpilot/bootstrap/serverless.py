@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 if TYPE_CHECKING:
     from patchpilot.app.approvals import ApprovalAnswer, ApprovalEndpoints, SlackAnswer
@@ -40,8 +39,7 @@ class ServerlessSettings(Protocol):
     approval_url: str | None
 
 
-@dataclass(frozen=True)
-class ServerlessPorts:
+class ServerlessPorts(NamedTuple):
     """The ports of a serverless runtime, each built when first called (cache them)."""
 
     settings: ServerlessSettings

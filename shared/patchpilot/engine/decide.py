@@ -15,7 +15,7 @@ import shlex
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Final, Literal
+from typing import TYPE_CHECKING, Final, Literal, NamedTuple
 
 from patchpilot.engine.issued import with_awaited, with_issued
 from patchpilot.engine.messages import (
@@ -121,8 +121,7 @@ ANY_STATE: Final = "*"  # the table's row of events accepted in every state, fin
 Row = RunState | Literal["*"]
 
 
-@dataclass(frozen=True)
-class Transition:
+class Transition(NamedTuple):
     """What an event does in a state: its handler, and every state the handler may leave the run
     in (`WAVE_DONE` stands for every state the end of a wave leads to). A row of `ANY_STATE` has
     no targets: its events leave the state as it was. `decide` refuses any other outcome."""

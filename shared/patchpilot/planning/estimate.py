@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from operator import attrgetter
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from patchpilot.inventory import Instance, Simulation
 from patchpilot.policy.fields import format_duration
@@ -75,8 +75,7 @@ class WaveFit:
     starts: bool
 
 
-@dataclass(frozen=True)
-class WindowFit:
+class WindowFit(NamedTuple):
     """A plan against the policy's window: every wave's estimate, and the run's total (the waves
     one after the other, with the soaks between rings; the time an approval takes is not known)."""
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from typing import TYPE_CHECKING, Annotated, Any, Protocol
+from typing import TYPE_CHECKING, Annotated, Any, NamedTuple, Protocol
 from zoneinfo import ZoneInfo
 
 from pydantic import PlainSerializer, PlainValidator, WithJsonSchema
@@ -74,8 +74,7 @@ class Period(Protocol):
     def yearly(self) -> bool: ...
 
 
-@dataclass(frozen=True)
-class Freeze:
+class Freeze(NamedTuple):
     """One occurrence of a freeze: [start, end), aware; `source` says where it comes from."""
 
     name: str
@@ -192,8 +191,7 @@ class ExternalFreezes(Protocol):
     def first_starting(self, start: datetime, end: datetime) -> Freeze | None: ...
 
 
-@dataclass(frozen=True)
-class UncheckedCalendar:
+class UncheckedCalendar(NamedTuple):
     """A `freeze_calendar` that could not be read where a run starts (a run's stored policy, with no
     policy file at hand): a freeze at every instant, named for what it is, so that a freeze that
     cannot be checked never lets a run start unattended (a scheduled one does not start, an

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from itertools import pairwise
-from typing import Annotated
+from typing import Annotated, NamedTuple
 from zoneinfo import ZoneInfo
 
 from pydantic import PlainSerializer, PlainValidator, WithJsonSchema
@@ -46,8 +46,7 @@ GAP_HORIZON = timedelta(days=366)
 GAP_WINDOWS = 400
 
 
-@dataclass(frozen=True)
-class MonthlyRule:
+class MonthlyRule(NamedTuple):
     """`Second Tuesday Offset+3`: a weekday of the month, shifted by whole days."""
 
     text: str
@@ -188,8 +187,7 @@ Cron = Annotated[
 ]
 
 
-@dataclass(frozen=True)
-class Window:
+class Window(NamedTuple):
     start: datetime
     end: datetime
 

@@ -10,11 +10,10 @@ InvokedAfter, and the comments are matched here).
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from botocore.exceptions import ClientError
 
@@ -288,8 +287,7 @@ def describe_error(exc: ClientError) -> str:
     return f"{error.get('Code', 'Error')}: {error.get('Message', '')}".rstrip(": ")
 
 
-@dataclasses.dataclass(frozen=True)
-class Addresses:
+class Addresses(NamedTuple):
     """An instance's VPC and private IPs: what an IP target of a target group names (`primary`:
     the address ELBv2 is given for the instance by default)."""
 

@@ -63,9 +63,8 @@ import time
 import uuid
 import zlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from botocore.exceptions import ClientError
 
@@ -164,8 +163,7 @@ def table_definition(table_name: str) -> CreateTableInputTypeDef:
     }
 
 
-@dataclass(frozen=True)
-class _Stored:
+class _Stored(NamedTuple):
     """What the store knows of a run version: the Run and where its parts are."""
 
     run: Run
@@ -527,8 +525,7 @@ class DynamoDbRunStore:
                 raise RuntimeError(f"DynamoDB left items unwritten after {BATCH_ATTEMPTS} attempts")
 
 
-@dataclass(frozen=True)
-class _Base:
+class _Base(NamedTuple):
     """HEAD's manifest and outbox counter at a version the identity map did not hold."""
 
     manifest: Manifest

@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import boto3
 from botocore.config import Config
@@ -42,8 +41,7 @@ class ClientFactory(Protocol):
     def __call__(self, service: str, account: str | None, region: str) -> Any: ...
 
 
-@dataclass(frozen=True)
-class _Credentials:
+class _Credentials(NamedTuple):
     access_key: str
     secret_key: str
     token: str

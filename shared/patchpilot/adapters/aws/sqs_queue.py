@@ -42,9 +42,8 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from botocore.exceptions import ClientError
 
@@ -77,8 +76,7 @@ class SettleError(RuntimeError):
     message must stay in the queue (not be deleted) and be tried again."""
 
 
-@dataclass(frozen=True)
-class _Outgoing:
+class _Outgoing(NamedTuple):
     message_id: str
     body: str
     delay: int

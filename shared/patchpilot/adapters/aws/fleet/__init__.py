@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Final
 
@@ -240,4 +239,4 @@ class Ec2SsmFleet:
         home = (None, self.home_account)
         if any(i.account not in home or i.region != self.default_region for i in targets(command)):
             return progress
-        return replace(progress, retry_at=max(progress.retry_at, self.clock.now() + WOKEN_POLLS[step]))
+        return progress._replace(retry_at=max(progress.retry_at, self.clock.now() + WOKEN_POLLS[step]))

@@ -140,3 +140,35 @@ def test_the_models_a_handler_creates_at_import_have_evaluated_annotations(modul
         [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True, timeout=120
     )
     assert set(json.loads(answer.stdout.strip().splitlines()[-1])) <= POSTPONED_ANNOTATIONS
+
+
+# The stdlib dataclasses the worker's import creates, each with why it is not a NamedTuple
+# (patchpilot/loading.py: a frozen dataclass costs some 0.57 ms of a cold import, a NamedTuple 0.10).
+WORKER_DATACLASSES = {
+    "patchpilot.inventory.Instance": "a pydantic dataclass: validated and serialised as an object",
+    "patchpilot.policy.fields.Quota": "a policy default: the policy schema writes it as the dataclass's object",
+    "patchpilot.policy.schedule.AwsCron": "a policy default: the policy schema writes it as the dataclass's object",
+    "patchpilot.policy.freeze.Freezes": "truth-tested by its own __bool__; holds a calendar and a service",
+    "patchpilot.engine.retry.RetryChain": "default_factory fields",
+    "patchpilot.engine.decide.Decision": "default_factory field",
+    "patchpilot.ports.DiscoveryResult": "default_factory field",
+    "patchpilot.planning.estimate.WaveFit": "its field `index` would hide tuple.index",
+    "patchpilot.service.Service": "not a value: the imperative shell",
+}
+
+
+def test_the_worker_builds_no_dataclass_where_a_named_tuple_does() -> None:
+    """Each dataclass a handler's import creates compiles six methods (3.11): the worker's value
+    records are NamedTuples but for those `WORKER_DATACLASSES` names, each with its reason."""
+    probe = (
+        "import dataclasses, json; made = []; process = dataclasses._process_class\n"
+        "def counted(cls, *args):\n"
+        "    made.append(f'{cls.__module__}.{cls.__qualname__}'); return process(cls, *args)\n"
+        "dataclasses._process_class = counted\n"
+        "import aws_lambda.worker\n"
+        "print(json.dumps([m for m in made if m.startswith('patchpilot.')]))"
+    )
+    answer = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True, timeout=120
+    )
+    assert sorted(json.loads(answer.stdout.strip().splitlines()[-1])) == sorted(WORKER_DATACLASSES)

@@ -6,16 +6,18 @@ from __future__ import annotations
 import itertools
 import json
 import re
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import get_args
+from typing import Any, get_args
 
 import pytest
 from click.testing import CliRunner
 
 from patchpilot.cli import main, messages_schema, policy_schema
 from patchpilot.engine.diagram import document
-from patchpilot.policy import load_policy
+from patchpilot.policy import load_policy, parse_policy
+from patchpilot.policy import model as policy_model
 from patchpilot.tools import doc_examples
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,6 +30,48 @@ def test_policy_schema_in_docs_is_current() -> None:
 
 def test_message_schema_in_docs_is_current() -> None:
     assert json.loads((DOCS / "messages.schema.json").read_text()) == messages_schema()
+
+
+def _defaults(node: Any, path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every subschema that states a default, with where it is."""
+    if isinstance(node, dict):
+        if "default" in node:
+            yield path, node
+        for key, value in node.items():
+            yield from _defaults(value, f"{path}/{key}")
+    elif isinstance(node, list):
+        for n, value in enumerate(node):
+            yield from _defaults(value, f"{path}/{n}")
+
+
+@pytest.mark.parametrize("make", [policy_schema, messages_schema], ids=["policy", "messages"])
+def test_every_default_a_schema_states_is_valid_by_that_schema(make: Callable[[], dict[str, Any]]) -> None:
+    """An editor fills a default in as it reads it: a default the field's own schema refuses (a
+    duration as `PT1H` where `1h` is expected, a budget as `{"amount": 10}`) is a wrong answer."""
+    from jsonschema import Draft202012Validator
+
+    document = make()
+    refused = []
+    for path, node in _defaults(document):
+        own = {key: value for key, value in node.items() if key != "default"}
+        validator = Draft202012Validator({**own, "$defs": document.get("$defs", {})})
+        refused += [f"{path}: {node['default']!r}: {e.message}" for e in validator.iter_errors(node["default"])]
+    assert refused == []
+
+
+def test_a_policy_that_writes_out_every_default_is_the_default_policy() -> None:
+    """Each default of the policy schema reads back as the model's own default."""
+    document = policy_schema()
+    stated = {k: v["default"] for k, v in document["properties"].items() if "default" in v}
+    required = {"name": "p", "rings": [{"name": "all", "select": {"tags": {"Environment": "production"}}}]}
+    written = parse_policy(json.dumps({**required, **stated}))
+    assert written == parse_policy(json.dumps(required))
+    for name, section in document["$defs"].items():
+        cls = getattr(policy_model, name, None)
+        if cls is None or not all("default" in p for p in section.get("properties", {}).values()):
+            continue  # a section with a required field of its own is never defaulted whole
+        stated = {k: v["default"] for k, v in section.get("properties", {}).items()}
+        assert cls.model_validate(stated) == cls(), name
 
 
 def test_state_diagram_in_docs_is_current() -> None:

@@ -508,7 +508,23 @@ def messages_schema() -> dict[str, Any]:
 
 
 def policy_schema() -> dict[str, Any]:
-    document = Policy.model_json_schema(mode="validation")
+    from pydantic.json_schema import GenerateJsonSchema, NoDefault
+    from pydantic_core import core_schema
+
+    class PolicyFileSchema(GenerateJsonSchema):
+        """A field's default as a policy file writes it: through the field's own plain serializer
+        (`10%`, `cron(0 5 * * ? *)`). pydantic applies it only to a schema of serialized output;
+        a schema of input would give a `Quota` or `AwsCron` default as its attributes, which the
+        field's own schema refuses."""
+
+        def get_default_value(self, schema: core_schema.WithDefaultSchema) -> Any:
+            default = super().get_default_value(schema)
+            serializer = schema["schema"].get("serialization")
+            if default is NoDefault or not serializer or serializer["type"] != "function-plain":
+                return default
+            return default if serializer.get("info_arg") else serializer["function"](default)
+
+    document = Policy.model_json_schema(mode="validation", schema_generator=PolicyFileSchema)
     document["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     document["title"] = "PatchPilot policy"
     return document

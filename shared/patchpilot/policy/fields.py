@@ -96,7 +96,7 @@ def _quota_parser(minimum: int) -> Any:
 _QUOTA_SCHEMA = {
     "anyOf": [
         {"type": "integer", "minimum": 0},
-        {"type": "string", "pattern": r"^\d+(\.\d+)?%$"},
+        {"type": "string", "pattern": r"^\d+(\.\d+)?%$|^\d+$"},  # a count may be written as a string too
     ]
 }
 _quota_serializer = PlainSerializer(str, return_type=str)

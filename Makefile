@@ -121,7 +121,7 @@ check-templates: $(IAC)/.installed setup
 # The wheels are the Lambda platform's (x86_64, CPython 3.11), whatever machine builds them, at the
 # versions and hashes of uv.lock (infra/aws/lambda-requirements.txt, written by `make lock`).
 build-WorkerFunction build-TriggerFunction build-ApproveFunction build-AdvisoryFunction build-WakerFunction:
-	rm -rf build/wheel
+	rm -rf build/wheel build/lib build/bdist.*  # setuptools builds in build/lib and never removes a deleted module there
 	$(PYTHON) -m pip wheel --quiet --no-deps --wheel-dir build/wheel .
 	$(PYTHON) -m pip install --quiet --upgrade --target "$(ARTIFACTS_DIR)" --platform manylinux2014_x86_64 \
 		--implementation cp --python-version 3.11 --only-binary=:all: --require-hashes -r infra/aws/lambda-requirements.txt

@@ -83,6 +83,14 @@ def build_artifact(artifact: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+def stale_modules(artifact: Path) -> list[str]:
+    """Modules of the artifact's `patchpilot` that the source no longer has: a wheel built over a
+    setuptools build folder left by an earlier build would carry them (the Makefile cleans it)."""
+    source = ROOT / "shared" / "patchpilot"
+    built = {p.relative_to(artifact / "patchpilot") for p in (artifact / "patchpilot").rglob("*.py")}
+    return sorted(f"patchpilot/{p}" for p in built if not (source / p).is_file())
+
+
 def main() -> int:
     names = handlers(ROOT / "template.yaml")
     with tempfile.TemporaryDirectory() as tmp:
@@ -94,6 +102,9 @@ def main() -> int:
         size = sum(f.stat().st_size for f in artifact.rglob("*") if f.is_file())
         print(f"artifact: {size / 2**20:.1f} MiB unzipped, handlers: {', '.join(names)}")
         failed = 0
+        if stale := stale_modules(artifact):
+            failed += 1
+            print(f"  FAIL the artifact holds modules the source does not: {', '.join(stale)}")
         imports = {"baseline": BASELINE, "paused": BASELINE_GC_PAUSED}
         for name in names:
             module, _, function = name.rpartition(".")

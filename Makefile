@@ -120,14 +120,21 @@ check-templates: $(IAC)/.installed setup
 # `sam build` runs these (Metadata: BuildMethod: makefile); ARTIFACTS_DIR is where the code goes.
 # The wheels are the Lambda platform's (x86_64, CPython 3.11), whatever machine builds them, at the
 # versions and hashes of uv.lock (infra/aws/lambda-requirements.txt, written by `make lock`).
+# The bytecode is compiled once, by CPython 3.11 as the runtime, and checked by no timestamp
+# (`unchecked-hash`): SAM zips every file with no date, so Lambda extracts them all dated 1980, a
+# timestamp-checked .pyc never matches its source there, and read-only /var/task keeps none compiled
+# at a cold start (aws/aws-lambda-builders#924; the worker then imports in 2.4 times as long).
+LAMBDA_PYTHON_CHECK := import sys; sys.exit(sys.version_info[:2] != (3, 11) and \
+	"the Lambda runtime is CPython 3.11 and its bytecode must be compiled by one: run sam build --use-container, or set PYTHON")
 build-WorkerFunction build-TriggerFunction build-ApproveFunction build-AdvisoryFunction build-WakerFunction:
+	$(PYTHON) -c '$(LAMBDA_PYTHON_CHECK)'
 	rm -rf build/wheel build/lib build/bdist.*  # setuptools builds in build/lib and never removes a deleted module there
 	$(PYTHON) -m pip wheel --quiet --no-deps --wheel-dir build/wheel .
-	$(PYTHON) -m pip install --quiet --upgrade --target "$(ARTIFACTS_DIR)" --platform manylinux2014_x86_64 \
+	$(PYTHON) -m pip install --quiet --upgrade --no-compile --target "$(ARTIFACTS_DIR)" --platform manylinux2014_x86_64 \
 		--implementation cp --python-version 3.11 --only-binary=:all: --require-hashes -r infra/aws/lambda-requirements.txt
-	$(PYTHON) -m pip install --quiet --upgrade --target "$(ARTIFACTS_DIR)" --no-deps "$$(ls build/wheel/patchpilot-*.whl)"
+	$(PYTHON) -m pip install --quiet --upgrade --no-compile --target "$(ARTIFACTS_DIR)" --no-deps "$$(ls build/wheel/patchpilot-*.whl)"
 	cp -r aws_lambda "$(ARTIFACTS_DIR)/"
-	$(PYTHON) -m compileall -q "$(ARTIFACTS_DIR)/aws_lambda"  # /var/task is read-only: no bytecode written at cold start
+	$(PYTHON) -m compileall -q -f -j 0 --invalidation-mode unchecked-hash -s "$(ARTIFACTS_DIR)" -p /var/task "$(ARTIFACTS_DIR)"
 
 lambda-package: setup
 	$(BIN)/python infra/aws/check_package.py

@@ -1,7 +1,9 @@
 """Benchmark: Lambda cold starts of the four handlers against a bare boto3 + powertools function.
 
-Builds the Lambda artifact as `sam build` does (infra/aws/check_package.py), then runs
-cold_start_probe.py in clean interpreters that see nothing but the artifact: per round, one
+Builds the Lambda artifact as `sam build` does (infra/aws/check_package.py), dates its files as
+Lambda extracts them from SAM's zip (1980-01-01: bytecode checked against a source's timestamp is
+then useless) and runs cold_start_probe.py in clean interpreters that see nothing but the artifact
+and write no bytecode (read-only /var/task): per round, one
 cold start of the baseline and of each handler, in a rotating order (so a busy moment of the
 machine falls on all of them alike), and reports medians. Each cold start times the import of
 the handler module and then its first invocation on a realistic event (see the probe): a fix
@@ -12,14 +14,15 @@ bench/results/cold_start.json.
 
     python bench/bench_cold_start.py [--rounds 9] [--artifact NAME=DIR ...]
 
-With --artifact, measure already-built artifacts (say before and after a change, in the same
-rounds) instead of building one.
+With --artifact, measure copies of already-built artifacts (say before and after a change, in the
+same rounds) instead of building one.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -32,7 +35,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "infra" / "aws"))
 
-from check_package import build_artifact  # noqa: E402
+from check_package import as_extracted, build_artifact  # noqa: E402
 from results_file import write_results  # noqa: E402
 
 from patchpilot.approvals import ApprovalRequest, sign_approval  # noqa: E402
@@ -188,10 +191,11 @@ def _function_url_event(token: str) -> dict[str, Any]:
 
 
 def cold_start(artifact: Path, fixture_path: Path, scenario: str) -> dict[str, Any]:
-    """One cold start in a base interpreter with no site-packages and no environment but the region."""
+    """One cold start in a base interpreter with no site-packages, no environment but the region,
+    and no bytecode written (read-only /var/task)."""
     base = getattr(sys, "_base_executable", sys.executable)
     result = subprocess.run(
-        [base, "-I", "-S", str(PROBE), str(artifact), str(fixture_path), scenario],
+        [base, "-I", "-S", "-B", str(PROBE), str(artifact), str(fixture_path), scenario],
         env={"PATH": "/usr/bin:/bin", "AWS_REGION": REGION},
         capture_output=True,
         text=True,
@@ -210,7 +214,7 @@ def measure(artifacts: dict[str, Path], rounds: int) -> dict[str, dict[str, dict
         fixture_path = Path(tmp) / "fixture.json"
         fixture_path.write_text(json.dumps(fixture()))
         runs = [(name, scenario) for name in artifacts for scenario in SCENARIOS]
-        for name, scenario in runs:  # warm-up: byte-compile, fill the page cache
+        for name, scenario in runs:  # warm-up: fill the page cache
             cold_start(artifacts[name], fixture_path, scenario)
         samples: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
         for n in range(rounds):
@@ -260,8 +264,12 @@ def main() -> int:
     parser.add_argument("--artifact", action="append", default=[], metavar="NAME=DIR")
     args = parser.parse_args()
     if args.artifact:
-        artifacts = {name: Path(path) for name, _, path in (a.partition("=") for a in args.artifact)}
-        met = report(measure(artifacts, args.rounds))
+        with tempfile.TemporaryDirectory() as tmp:
+            artifacts = {}
+            for name, _, path in (a.partition("=") for a in args.artifact):
+                artifacts[name] = shutil.copytree(path, Path(tmp) / name, symlinks=True)
+                as_extracted(artifacts[name])
+            met = report(measure(artifacts, args.rounds))
         return 0 if met else 1
     with tempfile.TemporaryDirectory() as tmp:
         artifact = Path(tmp) / "artifact"
@@ -269,6 +277,7 @@ def main() -> int:
         if build.returncode != 0:
             print(build.stdout, build.stderr, sep="\n")
             return 1
+        as_extracted(artifact)
         figures = measure({"artifact": artifact}, args.rounds)
     met = report(figures)
     print(f"target: each handler's cold import <= {TARGET_RATIO:g} x baseline: {'met' if met else 'MISSED'}")

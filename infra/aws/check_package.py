@@ -37,12 +37,39 @@ def handlers(template: Path) -> list[str]:
     return sorted(set(found))
 
 
+# What SAM's zip gives every file once Lambda has extracted it: no date of its own, so 1980-01-01
+# (aws/aws-lambda-builders#924). A .pyc checked against its source's timestamp never matches then.
+EXTRACTED_MTIME = 315532800
+# Python's flags for bytecode checked against nothing (PEP 552: hash-based, source not checked).
+UNCHECKED_HASH = 0b01
+
+
+def as_extracted(artifact: Path) -> None:
+    """Date every file of `artifact` as Lambda's extraction of a SAM zip dates it; imports then run
+    with `-B`, as from read-only /var/task, which keeps no bytecode compiled at a cold start."""
+    for path in artifact.rglob("*"):
+        if path.is_file():
+            os.utime(path, (EXTRACTED_MTIME, EXTRACTED_MTIME))
+
+
+def uncompiled_modules(artifact: Path, tag: str = "cpython-311") -> list[str]:
+    """Modules whose bytecode a cold start could not use: no .pyc for the runtime (CPython 3.11),
+    or one that Python checks against its source's timestamp (the Makefile compiles `unchecked-hash`)."""
+    found = []
+    for source in artifact.rglob("*.py"):
+        compiled = source.parent / "__pycache__" / f"{source.stem}.{tag}.pyc"
+        if not compiled.is_file() or int.from_bytes(compiled.read_bytes()[4:8], "little") != UNCHECKED_HASH:
+            found.append(str(source.relative_to(artifact)))
+    return sorted(found)
+
+
 def clean_python(artifact: Path, code: str) -> subprocess.CompletedProcess[str]:
-    """Run `code` in a base interpreter with no site-packages, no user site and no environment."""
+    """Run `code` in a base interpreter with no site-packages, no user site, no environment and no
+    bytecode written (/var/task is read-only)."""
     base = getattr(sys, "_base_executable", sys.executable)
     env = {"PATH": "/usr/bin:/bin", "AWS_REGION": "us-east-1", "PYTHONPATH": str(artifact)}
     return subprocess.run(
-        [base, "-I", "-S", "-c", f"import sys; sys.path.insert(0, {str(artifact)!r}); {code}"],
+        [base, "-I", "-S", "-B", "-c", f"import sys; sys.path.insert(0, {str(artifact)!r}); {code}"],
         env=env,
         capture_output=True,
         text=True,
@@ -55,7 +82,7 @@ def import_seconds(artifact: Path, statements: dict[str, str], rounds: int = 7) 
     an order that rotates each round, so that a busy moment of the machine falls on all alike."""
     names = list(statements)
     taken: dict[str, list[float]] = {name: [] for name in names}
-    for n in range(rounds + 1):  # the first round only byte-compiles and warms the page cache
+    for n in range(rounds + 1):  # the first round only warms the page cache
         for name in names[n % len(names) :] + names[: n % len(names)]:
             code = f"import time; t = time.perf_counter(); {statements[name]}; print(time.perf_counter() - t)"
             result = clean_python(artifact, code)
@@ -105,6 +132,10 @@ def main() -> int:
         if stale := stale_modules(artifact):
             failed += 1
             print(f"  FAIL the artifact holds modules the source does not: {', '.join(stale)}")
+        if uncompiled := uncompiled_modules(artifact):
+            failed += 1
+            print(f"  FAIL {len(uncompiled)} modules without bytecode Lambda can use, e.g. {', '.join(uncompiled[:5])}")
+        as_extracted(artifact)
         imports = {"baseline": BASELINE, "paused": BASELINE_GC_PAUSED}
         for name in names:
             module, _, function = name.rpartition(".")

@@ -146,8 +146,6 @@ def test_the_models_a_handler_creates_at_import_have_evaluated_annotations(modul
 # (patchpilot/loading.py: a frozen dataclass costs some 0.57 ms of a cold import, a NamedTuple 0.10).
 WORKER_DATACLASSES = {
     "patchpilot.inventory.Instance": "a pydantic dataclass: validated and serialised as an object",
-    "patchpilot.policy.fields.Quota": "a policy default: the policy schema writes it as the dataclass's object",
-    "patchpilot.policy.schedule.AwsCron": "a policy default: the policy schema writes it as the dataclass's object",
     "patchpilot.policy.freeze.Freezes": "truth-tested by its own __bool__; holds a calendar and a service",
     "patchpilot.engine.retry.RetryChain": "default_factory fields",
     "patchpilot.engine.decide.Decision": "default_factory field",

@@ -44,7 +44,7 @@ class MaintenanceHint(BaseModel):
     """Maintenance the simulated cloud has scheduled on the machine (adapters/local/simulated_maintenance.py):
     `in_hours` from the hour of each read, or `at`."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)  # built with Instance's own
 
     kind: Annotated[str, Field(min_length=1)] = "system-reboot"
     in_hours: Annotated[float, Field(ge=-24 * 30, le=24 * 365)] | None = None
@@ -64,7 +64,7 @@ class MaintenanceHint(BaseModel):
 class Simulation(BaseModel):
     """Fault hints for the simulated fleet of the local runtime; cloud adapters ignore them."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)  # built with Instance's own
 
     install: Verdict = "ok"
     health: Verdict = "ok"  # the health check after patching

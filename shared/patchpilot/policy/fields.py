@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
 from datetime import time, timedelta
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NamedTuple, TypeVar
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
@@ -33,8 +32,7 @@ def new_list() -> list[Any]:
     return []
 
 
-@dataclass(frozen=True)
-class Quota:
+class Quota(NamedTuple):
     """A whole number, or a percentage of some total."""
 
     amount: float

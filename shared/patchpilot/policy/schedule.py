@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from itertools import pairwise
 from typing import Annotated, NamedTuple
@@ -95,8 +94,7 @@ def _corrected(value: str, m: re.Match[str]) -> str:
     return f" (did you mean {quote(fixed.strip())}?)"
 
 
-@dataclass(frozen=True)
-class AwsCron:
+class AwsCron(NamedTuple):
     """`cron(0 2 ? * TUE#2 *)`: the six-field cron of EventBridge and SSM maintenance windows."""
 
     text: str

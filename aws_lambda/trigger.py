@@ -1,8 +1,9 @@
 """The timer (EventBridge Scheduler, every 15 minutes): start the scheduled run when its window begins.
 
 The runtime imports each of its parts where it builds it: the run store, the queue and the fleet
-only when a run starts. What every invocation uses is imported here (the F401 import), so that
-Lambda's init phase pays for it rather than the first request."""
+only when a run starts. What every invocation uses is imported here (the F401 import) and the
+policy's validator built (each tick reads the policy), so that Lambda's init phase pays for them
+rather than the first request."""
 
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ from aws_lambda import loaded
 from aws_lambda.observability import logger, metrics, tracer
 from patchpilot import triggers  # noqa: F401
 from patchpilot.bootstrap.aws import deps
+from patchpilot.policy import Policy
+
+Policy.model_rebuild()  # deferred where a run builds it into its own (policy/model.py)
 
 
 @logger.inject_lambda_context

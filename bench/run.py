@@ -22,7 +22,7 @@ for script in (
     "bench_aws_compliance.py",
     "bench_azure_calls.py",
     "bench_azure_watch.py",
-    "bench_cold_start.py",
+    "bench_cold_start.py --rounds 15",  # medians of 15: the ratios move by a tenth between runs of 9
     "bench_function_app.py",
 ):
     print(f"== {script}", flush=True)

@@ -17,6 +17,8 @@ NEVER_AT_IMPORT = [
     "patchpilot.compliance.model",
     "patchpilot.maintenance.model",
     "jinja2",
+    # the Windows time zone names: read only for a name that could be one (policy/fields.py)
+    "tzlocal",
     # The engine estimates waves (`planning.estimate`); planning itself happens on a run's start and
     # follow-ups, where `service` imports it (the package's names load on first use).
     "patchpilot.planning.planner",
@@ -170,3 +172,22 @@ def test_the_worker_builds_no_dataclass_where_a_named_tuple_does() -> None:
         [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True, timeout=120
     )
     assert sorted(json.loads(answer.stdout.strip().splitlines()[-1])) == sorted(WORKER_DATACLASSES)
+
+
+@pytest.mark.parametrize(
+    ("module", "built"),
+    [
+        ("aws_lambda.worker", False),
+        ("aws_lambda.approve", False),
+        ("aws_lambda.waker", False),
+        ("aws_lambda.trigger", True),
+    ],
+)
+def test_only_the_timer_builds_the_policy_s_own_validator_at_import(module: str, built: bool) -> None:
+    """A run builds the policy into its own validator; the policy's own is for reading a policy
+    file, which the timer does at every tick and the worker, approvals and wake-ups never do."""
+    probe = f"import {module}; from patchpilot.policy import Policy; print(Policy.__pydantic_complete__)"
+    answer = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True, timeout=120
+    )
+    assert answer.stdout.strip().splitlines()[-1] == str(built)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from datetime import time, timedelta
@@ -12,7 +13,6 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 from pydantic import BeforeValidator, GetJsonSchemaHandler, PlainSerializer, PlainValidator, WithJsonSchema
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, PydanticCustomError
-from tzlocal.windows_tz import win_tz
 
 from patchpilot.errors import did_you_mean, quote
 from patchpilot.inputs import one_or_more
@@ -142,7 +142,7 @@ Duration = Annotated[
 
 def resolve_timezone(name: str) -> ZoneInfo:
     """An IANA name (`Asia/Tokyo`) or a Windows name (`Tokyo Standard Time`)."""
-    iana = win_tz.get(name, name)
+    iana = name if "/" in name else windows_zones().get(name, name)  # no Windows name holds a "/"
     try:
         return ZoneInfo(iana)
     except (ZoneInfoNotFoundError, ValueError):
@@ -150,8 +150,17 @@ def resolve_timezone(name: str) -> ZoneInfo:
             "timezone",
             'expected an IANA time zone ("Asia/Tokyo") or a Windows one ("Tokyo Standard Time")',
             name,
-            did_you_mean(name, {*available_timezones(), *win_tz}),
+            did_you_mean(name, {*available_timezones(), *windows_zones()}),
         ) from None
+
+
+@functools.cache
+def windows_zones() -> dict[str, str]:
+    """Windows time zone names to IANA ones (tzlocal's table), loaded with the first name that
+    could be one: an `Area/City` name never is."""
+    from tzlocal.windows_tz import win_tz
+
+    return win_tz
 
 
 def _check_timezone(value: object) -> str:

@@ -687,7 +687,9 @@ class MaintenanceWatchSettings(_Section):
 
 
 class Policy(_Section):
-    model_config = ConfigDict(defer_build=False)  # built on import: what loading a policy validates
+    # Its own validator too is built when a policy is first read on its own (`parse_policy`; the
+    # timer's handler builds it at import, as it reads one at every tick); a run, which holds one,
+    # builds the policy's schema into its own, and a worker or approval never needs the policy's.
 
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     description: str = ""

@@ -59,16 +59,21 @@ NOT_AT_IMPORT_OF = {
 }
 
 
+def _printed(probe: str) -> str:
+    """The last line `probe` prints, run in a fresh interpreter (what a cold start has loaded)."""
+    answer = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True, timeout=120
+    )
+    return answer.stdout.strip().splitlines()[-1]
+
+
 @pytest.mark.parametrize(
     "module", ["aws_lambda.worker", "aws_lambda.approve", "aws_lambda.trigger", "aws_lambda.waker", "function_app"]
 )
 def test_a_handler_imports_no_module_it_does_not_need_to_start(module: str) -> None:
     never = NEVER_AT_IMPORT + NOT_AT_IMPORT_OF.get(module, [])
     probe = f"import json, sys, {module}; print(json.dumps([m for m in {never!r} if m in sys.modules]))"
-    answer = subprocess.run(
-        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True, timeout=120
-    )
-    assert json.loads(answer.stdout.strip().splitlines()[-1]) == []
+    assert json.loads(_printed(probe)) == []
 
 
 def test_a_notifier_loads_the_webhook_client_with_its_first_post_only() -> None:
@@ -79,10 +84,7 @@ def test_a_notifier_loads_the_webhook_client_with_its_first_post_only() -> None:
         "RoutedNotifier(None, lambda run_id: None, None, clock=None); "
         "print([m for m in ('slack_sdk', 'patchpilot.notify.webhook', 'patchpilot.notify.slack') if m in sys.modules])"
     )
-    answer = subprocess.run(
-        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True, timeout=120
-    )
-    assert answer.stdout.strip().splitlines()[-1] == "[]"
+    assert _printed(probe) == "[]"
 
 
 def test_a_timer_tick_without_a_maintenance_watch_loads_no_report_renderer() -> None:
@@ -98,10 +100,7 @@ def test_a_timer_tick_without_a_maintenance_watch_loads_no_report_renderer() -> 
         "loaded = ('jinja2', 'patchpilot.reports.overview', 'patchpilot.maintenance.watch'); "
         "print([m for m in loaded if m in sys.modules])"
     )
-    answer = subprocess.run(
-        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True, timeout=120
-    )
-    assert answer.stdout.strip().splitlines()[-1] == "[]"
+    assert _printed(probe) == "[]"
 
 
 def test_the_timer_function_imports_no_engine() -> None:
@@ -109,10 +108,7 @@ def test_the_timer_function_imports_no_engine() -> None:
     only when a run starts or a heads-up is sent."""
     engine = ["patchpilot.engine.messages", "patchpilot.engine.run", "patchpilot.ports", "patchpilot.service"]
     probe = f"import json, sys, aws_lambda.trigger; print(json.dumps([m for m in {engine!r} if m in sys.modules]))"
-    answer = subprocess.run(
-        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True, timeout=120
-    )
-    assert json.loads(answer.stdout.strip().splitlines()[-1]) == []
+    assert json.loads(_printed(probe)) == []
 
 
 # Modules whose models a handler creates at import and that keep postponed annotations, with why.
@@ -138,10 +134,7 @@ def test_the_models_a_handler_creates_at_import_have_evaluated_annotations(modul
         "for v in vars(sys.modules[m]).values() if isinstance(v, type) and v.__module__ == m) "
         "and getattr(sys.modules[m], 'annotations', None) is __future__.annotations)))"
     )
-    answer = subprocess.run(
-        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True, timeout=120
-    )
-    assert set(json.loads(answer.stdout.strip().splitlines()[-1])) <= POSTPONED_ANNOTATIONS
+    assert set(json.loads(_printed(probe))) <= POSTPONED_ANNOTATIONS
 
 
 # The stdlib dataclasses the worker's import creates, each with why it is not a NamedTuple
@@ -168,10 +161,7 @@ def test_the_worker_builds_no_dataclass_where_a_named_tuple_does() -> None:
         "import aws_lambda.worker\n"
         "print(json.dumps([m for m in made if m.startswith('patchpilot.')]))"
     )
-    answer = subprocess.run(
-        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True, timeout=120
-    )
-    assert sorted(json.loads(answer.stdout.strip().splitlines()[-1])) == sorted(WORKER_DATACLASSES)
+    assert sorted(json.loads(_printed(probe))) == sorted(WORKER_DATACLASSES)
 
 
 @pytest.mark.parametrize(
@@ -187,7 +177,4 @@ def test_only_the_timer_builds_the_policy_s_own_validator_at_import(module: str,
     """A run builds the policy into its own validator; the policy's own is for reading a policy
     file, which the timer does at every tick and the worker, approvals and wake-ups never do."""
     probe = f"import {module}; from patchpilot.policy import Policy; print(Policy.__pydantic_complete__)"
-    answer = subprocess.run(
-        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True, timeout=120
-    )
-    assert answer.stdout.strip().splitlines()[-1] == str(built)
+    assert _printed(probe) == str(built)

@@ -9,8 +9,8 @@ machine falls on all of them alike), and reports medians. Each cold start times 
 the handler module and then its first invocation on a realistic event (see the probe): a fix
 that only moves work from the import into the first invocation shows in the total.
 
-The target: each handler's cold import at most 1.3 times the baseline's. Figures go to
-bench/results/cold_start.json.
+The target: each handler's cold import at most 1.3 times the baseline's, as the median of the
+per-round ratios. Figures go to bench/results/cold_start.json.
 
     python bench/bench_cold_start.py [--rounds 9] [--artifact NAME=DIR ...]
 
@@ -239,8 +239,10 @@ def measure(artifacts: dict[str, Path], rounds: int) -> dict[str, dict[str, dict
 
 
 def report(figures: dict[str, dict[str, dict[str, Any]]]) -> bool:
-    """Print the medians; True when every handler's import is within the target (wall time,
-    against the plain baseline)."""
+    """Print the medians; True when every handler's import is within the target: the median of
+    its per-round ratios to the plain baseline (wall time), which a slow stretch of the machine
+    falling on one side only (the baseline's medians alone moved by 60 ms between two runs of one
+    day) disturbs less than the ratio of the two medians, also reported."""
     met = True
     for name, scenarios in figures.items():
         base, paused = scenarios["baseline"], scenarios["baseline_gc_paused"]
@@ -253,7 +255,7 @@ def report(figures: dict[str, dict[str, dict[str, Any]]]) -> bool:
             f["import_ratio"] = round(f["import_ms"] / base["import_ms"], 2)
             f["import_cpu_ratio"] = round(f["import_cpu_ms"] / base["import_cpu_ms"], 2)
             f["import_ratio_gc_paused_baseline"] = round(f["import_ms"] / paused["import_ms"], 2)
-            met = met and f["import_ratio"] <= TARGET_RATIO
+            met = met and f["paired_import_ratio"] <= TARGET_RATIO
             print(
                 f"  {scenario:8} import {f['import_ms']:4.0f} ms ({f['import_ratio']:.2f} x baseline,"
                 f" {f['paired_import_ratio']:.2f} round by round,"

@@ -129,7 +129,7 @@ LAMBDA_PYTHON_CHECK := import sys; sys.exit(sys.version_info[:2] != (3, 11) and 
 build-WorkerFunction build-TriggerFunction build-ApproveFunction build-AdvisoryFunction build-WakerFunction:
 	$(PYTHON) -c '$(LAMBDA_PYTHON_CHECK)'
 	rm -rf build/wheel build/lib build/bdist.*  # setuptools builds in build/lib and never removes a deleted module there
-	$(PYTHON) -m pip wheel --quiet --no-deps --wheel-dir build/wheel .
+	SOURCE_DATE_EPOCH=315532800 $(PYTHON) -m pip wheel --quiet --no-deps --wheel-dir build/wheel .  # dated as nothing: the same wheel every time
 	$(PYTHON) -m pip install --quiet --upgrade --no-compile --target "$(ARTIFACTS_DIR)" --platform manylinux2014_x86_64 \
 		--implementation cp --python-version 3.11 --only-binary=:all: --require-hashes -r infra/aws/lambda-requirements.txt
 	$(PYTHON) -m pip install --quiet --upgrade --no-compile --target "$(ARTIFACTS_DIR)" --no-deps "$$(ls build/wheel/patchpilot-*.whl)"

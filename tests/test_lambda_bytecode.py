@@ -75,3 +75,4 @@ def test_the_lambda_build_compiles_the_whole_artifact_unchecked_by_the_runtime_s
     makefile = (ROOT / "Makefile").read_text()
     assert "--invalidation-mode unchecked-hash" in makefile and "--no-compile" in makefile
     assert "sys.version_info[:2] != (3, 11)" in makefile  # the runtime's CPython, or the build stops
+    assert "SOURCE_DATE_EPOCH=" in makefile  # the project's wheel dated as nothing: the same bytes every build

@@ -58,9 +58,15 @@ def uncompiled_modules(artifact: Path, tag: str = "cpython-311") -> list[str]:
     found = []
     for source in artifact.rglob("*.py"):
         compiled = source.parent / "__pycache__" / f"{source.stem}.{tag}.pyc"
-        if not compiled.is_file() or int.from_bytes(compiled.read_bytes()[4:8], "little") != UNCHECKED_HASH:
+        if not compiled.is_file() or _pyc_flags(compiled) != UNCHECKED_HASH:
             found.append(str(source.relative_to(artifact)))
     return sorted(found)
+
+
+def _pyc_flags(compiled: Path) -> int:
+    """The flags word of a .pyc's header (after the magic number): read, not the whole file."""
+    with compiled.open("rb") as header:
+        return int.from_bytes(header.read(8)[4:], "little")
 
 
 def clean_python(artifact: Path, code: str) -> subprocess.CompletedProcess[str]:

@@ -696,11 +696,9 @@ class Policy(_Section):
     kind: PolicyKind = "scheduled"
     schedule: Schedule | None = None
     rings: list[Ring] = Field(min_length=1)
-    # The sections' defaults are made as declared, without being validated (`model_construct`):
-    # validating one would build that section's own validator, which loading a policy never uses.
-    rollout: Rollout = Rollout.model_construct()
+    rollout: Rollout = Rollout()
     region_pairs: list[tuple[str, str]] = Field(default_factory=new_list)
-    exclude: Exclusions = Exclusions.model_construct()
+    exclude: Exclusions = Exclusions()
     exceptions: list[PolicyException] = Field(default_factory=new_list)  # accepted risks: docs/governance.md
     # Machines in an AWS Auto Scaling group or an Azure scale set (the inventory's `scaling_group`):
     # `skip` lists them as excluded, "member of scaling group X: patch its image" (docs/planner.md);
@@ -712,12 +710,11 @@ class Policy(_Section):
     # `skip` leaves them as they are (discovery reports them unreachable); `start` starts each for
     # its wave, patches it, and returns it to the state it was found in.
     stopped_machines: Literal["skip", "start"] = "skip"
-    patches: PatchSelection = PatchSelection.model_construct()
+    patches: PatchSelection = PatchSelection()
     reboot: Literal["if_required", "always", "never"] = "if_required"
-    health: HealthChecks = HealthChecks.model_construct()
-    traffic: Traffic = Traffic.model_construct()  # load-balancer drain and re-add: docs/traffic.md
-    # host and wave hooks, policy-wide (a ring's own replace them): docs/traffic.md
-    hooks: Hooks = Hooks.model_construct()
+    health: HealthChecks = HealthChecks()
+    traffic: Traffic = Traffic()  # load-balancer drain and re-add: docs/traffic.md
+    hooks: Hooks = Hooks()  # host and wave hooks, policy-wide (a ring's own replace them): docs/traffic.md
     aws: AwsSettings | None = None
     azure: AzureSettings | None = None
     emergency: Emergency | None = None  # runs started by advisories: docs/advisories.md

@@ -113,6 +113,8 @@ check-templates: $(IAC)/.installed setup
 	$(IAC)/bin/checkov -f template.yaml --framework cloudformation --quiet --compact --skip-download
 	$(IAC)/bin/cfn-lint infra/aws/member-role.yaml
 	$(IAC)/bin/checkov -f infra/aws/member-role.yaml --framework cloudformation --quiet --compact --skip-download
+	$(IAC)/bin/cfn-lint infra/aws/wake-forwarder.yaml
+	$(IAC)/bin/checkov -f infra/aws/wake-forwarder.yaml --framework cloudformation --quiet --compact --skip-download
 	$(BIN)/python infra/aws/check_package.py
 	$(IAC)/bin/python infra/azure/check_bicep.py
 	$(BIN)/python infra/azure/check_package.py

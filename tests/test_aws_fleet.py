@@ -696,24 +696,42 @@ def test_pending_snapshots_are_in_progress_then_complete_with_the_root_volume_fi
     assert harness.count("CreateSnapshots") == 1
 
 
-def test_with_the_waker_snapshots_are_polled_as_a_fallback_only_in_the_stacks_own_account_and_region(
+def test_with_the_waker_snapshots_are_polled_as_a_fallback_only_where_it_hears_from(
     harness: Harness, clock: ManualClock
 ) -> None:
-    """moto: EC2 snapshots. The waker's events come from the stack's own account and region: there
-    the next poll comes after `WOKEN_POLLS` (the event wakes the run first); elsewhere, as without it."""
+    """moto: EC2 snapshots. The waker's events come from the stack's own account and region, and
+    from those that forward theirs (`WakeScope`): there the next poll comes after `WOKEN_POLLS`
+    (the event wakes the run first); elsewhere, as without it."""
     from patchpilot.adapters.aws.fleet import WOKEN_POLLS
     from patchpilot.adapters.aws.fleet.snapshots import SNAPSHOT_POLL
+    from patchpilot.adapters.aws.wake_events import WakeScope
 
     targets = launch(1)
     command = snapshot_command(targets)
     polled = make_fleet(harness, clock).take_snapshots(command)
-    woken_fleet = make_fleet(harness, clock, woken=True, home_account=ACCOUNT)
+    woken_fleet = make_fleet(harness, clock, wake=WakeScope(ACCOUNT, REGION))
     woken = woken_fleet.take_snapshots(command.model_copy(update={"id": "other"}))
     assert isinstance(polled, InProgress) and polled.retry_at == T0 + SNAPSHOT_POLL
     assert isinstance(woken, InProgress) and woken.retry_at == T0 + WOKEN_POLLS["snapshot"]
-    moved = dataclasses.replace(command.targets[0], account="210987654321")
-    elsewhere = command.model_copy(update={"targets": [moved]})
-    assert woken_fleet._fallback(polled, "snapshot", elsewhere) == polled
+
+    def placed(account: str | None, region: str) -> TakeSnapshots:
+        moved = dataclasses.replace(command.targets[0], account=account, region=region)
+        return command.model_copy(update={"targets": [*command.targets, moved]})
+
+    later = woken.retry_at
+    member, other_region = "210987654321", "eu-central-1"
+    assert woken_fleet._fallback(polled, "snapshot", placed(member, REGION)) == polled
+    assert woken_fleet._fallback(polled, "snapshot", placed(None, other_region)) == polled
+    forwarding = make_fleet(
+        harness, clock, wake=WakeScope(ACCOUNT, REGION, frozenset({member}), frozenset({other_region}))
+    )
+    for account, region in ((member, REGION), (member, other_region), (ACCOUNT, other_region), (None, other_region)):
+        assert forwarding._fallback(polled, "snapshot", placed(account, region)).retry_at == later, (account, region)
+    for account, region in (("999988887777", REGION), (member, "ap-south-1")):  # not forwarding: polled as before
+        assert forwarding._fallback(polled, "snapshot", placed(account, region)) == polled, (account, region)
+    organization = make_fleet(harness, clock, wake=WakeScope(ACCOUNT, REGION, "*", frozenset({other_region})))
+    assert organization._fallback(polled, "snapshot", placed("999988887777", other_region)).retry_at == later
+    assert organization._fallback(polled, "snapshot", placed("999988887777", "ap-south-1")) == polled
 
 
 def test_a_snapshot_in_error_or_one_that_cannot_be_made_fails_its_instance(

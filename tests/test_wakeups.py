@@ -5,6 +5,7 @@ whose awaited fleet command they concern, and published by the waker for the end
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -110,6 +111,22 @@ def test_a_snapshot_set_end_wakes_runs_awaiting_snapshots_in_its_account_and_reg
     assert len(wake_ups(Signal("snapshots", NOW, "ebs", region=region), [run])) == 1
     assert wake_ups(Signal("snapshots", NOW, "ebs", region="eu-west-3"), [run]) == []
     assert wake_ups(Signal("run_command", NOW, "ssm", frozenset(i.id.lower() for i in command.targets)), [run]) == []
+
+
+def test_a_forwarded_snapshot_set_end_wakes_the_runs_with_machines_in_its_account_and_region(tmp_path: Path) -> None:
+    """A forwarding rule (infra/aws/wake-forwarder.yaml) delivers the event to the stack's wake bus
+    as it was: its `account` and `region` are still the origin's, and say whose snapshots ended."""
+    _, run = run_in(tmp_path, "snapshotting")
+    command = run.awaited_command
+    assert isinstance(command, TakeSnapshots)
+    elsewhere = [dataclasses.replace(i, account="222233334444", region="eu-central-1") for i in command.targets]
+    run = run.model_copy(update={"awaited_command": command.model_copy(update={"targets": elsewhere})})
+    event = {**published("ebs_create_snapshots_succeeded.json"), "account": "222233334444", "region": "eu-central-1"}
+    signal = read_event(event, NOW)
+    assert signal is not None and len(wake_ups(signal, [run])) == 1
+    for account, region in (("999988887777", "eu-central-1"), ("222233334444", "us-east-1")):
+        other = read_event({**event, "account": account, "region": region}, NOW)
+        assert other is not None and wake_ups(other, [run]) == [], (account, region)
 
 
 def test_a_burst_within_one_window_shares_one_id_and_the_next_window_another() -> None:

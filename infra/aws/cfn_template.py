@@ -29,8 +29,8 @@ def _intrinsic(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> dict[st
         value = loader.construct_sequence(node, deep=True)
     else:
         value = loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]
-    if suffix == "Ref":
-        return {"Ref": value}
+    if suffix in ("Ref", "Condition"):  # `!Condition X` stands for {"Condition": "X"}, not an Fn::
+        return {suffix: value}
     if suffix == "GetAtt" and isinstance(value, str):
         return {"Fn::GetAtt": value.split(".", 1)}
     return {f"Fn::{suffix}": value}

@@ -639,10 +639,102 @@ def test_the_waker_rules_take_the_events_its_reader_reads() -> None:
     assert ebs["detail"] == {"event": ["createSnapshots"], "result": list(wake_events.EBS_RESULTS)}
 
 
+def test_the_waker_reads_the_forwarded_events_with_the_same_rules_as_its_own() -> None:
+    """The wake bus gets the events of the other regions and accounts (infra/aws/wake-forwarder.yaml,
+    whose rules are the same again: tests/security/test_wake_forwarder.py)."""
+    events = function_events("WakerFunction")
+    for own, forwarded in (
+        ("RunCommandEnds", "ForwardedRunCommandEnds"),
+        ("SnapshotSetEnds", "ForwardedSnapshotSetEnds"),
+    ):
+        assert "EventBusName" not in events[own]["Properties"]  # the default bus: this account's and region's
+        assert events[forwarded]["Properties"]["EventBusName"] == {"Ref": "WakeBus"}
+        assert events[forwarded]["Properties"]["Pattern"] == events[own]["Properties"]["Pattern"]
+        assert events[forwarded]["Properties"]["RetryPolicy"] == events[own]["Properties"]["RetryPolicy"]
+    assert RESOURCES["WakeBus"]["Condition"] == "HasWaker"
+
+
+def test_other_accounts_put_only_step_ends_on_the_wake_bus_and_only_those_named() -> None:
+    """A forwarded event can only wake a run sooner, yet the bus takes nothing else: the named
+    organization's or accounts' principals, the two AWS event kinds (an "aws." source cannot be
+    put by anyone but AWS), nothing when neither is named."""
+    policy = RESOURCES["WakeBus"]["Properties"]["Policy"]
+    condition, document, otherwise = policy["Fn::If"]
+    assert condition == "HasWakeForwarders" and otherwise == {"Ref": "AWS::NoValue"}
+    statements = {}
+    for wrapped in document["Statement"]:
+        named, statement, absent = wrapped["Fn::If"]
+        assert absent == {"Ref": "AWS::NoValue"}
+        statements[named] = statement
+    assert set(statements) == {"HasWakeOrganization", "HasWakeAccounts"}
+    bus = "arn:${AWS::Partition}:events:${AWS::Region}:${AWS::AccountId}:event-bus/patchpilot-wake-${AWS::StackName}"
+    assert RESOURCES["WakeBus"]["Properties"]["Name"] == {"Fn::Sub": "patchpilot-wake-${AWS::StackName}"}
+    kinds = {
+        "events:source": ["aws.ssm", "aws.ec2"],
+        "events:detail-type": [
+            "EC2 Command Status-change Notification",
+            "EBS Multi-Volume Snapshots Completion Status",
+        ],
+    }
+    for statement in statements.values():
+        assert statement["Effect"] == "Allow" and statement["Action"] == "events:PutEvents"
+        assert statement["Resource"] == {"Fn::Sub": bus}
+        assert statement["Condition"]["ForAllValues:StringEquals"] == kinds
+    organization = statements["HasWakeOrganization"]
+    assert organization["Principal"] == {"AWS": "*"}
+    assert organization["Condition"]["StringEquals"] == {"aws:PrincipalOrgID": {"Ref": "WakeForwardOrganizationId"}}
+    accounts = statements["HasWakeAccounts"]
+    assert accounts["Principal"] == {"AWS": {"Fn::Split": [",", {"Ref": "WakeForwardAccounts"}]}}
+    conditions = TEMPLATE["Conditions"]
+    assert {"Condition": "HasWaker"} in conditions["HasWakeOrganization"]["Fn::And"]
+    assert {"Condition": "HasWaker"} in conditions["HasWakeAccounts"]["Fn::And"]
+
+
 def test_the_worker_polls_less_often_only_where_the_stack_has_a_waker() -> None:
     variables = TEMPLATE["Globals"]["Function"]["Environment"]["Variables"]
     assert variables["PATCHPILOT_WAKE_EVENTS"] == {"Ref": "WakeEvents"}
     assert variables["PATCHPILOT_ACCOUNT"] == {"Ref": "AWS::AccountId"}  # whose events the waker hears
+    # ... and those forwarded to it: the regions, and the accounts ("*" for the organization's)
+    assert variables["PATCHPILOT_WAKE_REGIONS"] == {"Ref": "WakeForwardRegions"}
+    assert variables["PATCHPILOT_WAKE_ACCOUNTS"] == {
+        "Fn::If": ["HasWakeOrganization", "*", {"Ref": "WakeForwardAccounts"}]
+    }
+    for name in ("WakeForwardRegions", "WakeForwardOrganizationId", "WakeForwardAccounts"):
+        assert TEMPLATE["Parameters"][name]["Default"] == "", name  # forwarding is opted into
+
+
+def test_the_worker_reads_where_the_waker_hears_from_and_names_a_bad_setting() -> None:
+    from patchpilot.adapters.aws.wake_events import WakeScope
+    from patchpilot.adapters.serverless import WallClock
+    from patchpilot.bootstrap.aws import AwsEnvironment, AwsRuntime
+    from patchpilot.errors import InputError
+
+    stack = {
+        "PATCHPILOT_TABLE": "runs",
+        "PATCHPILOT_QUEUE_URL": "https://sqs.eu-west-1.amazonaws.com/111122223333/steps",
+        "PATCHPILOT_POLICY": "s3://config/policy.yaml",
+        "AWS_REGION": "eu-west-1",
+        "PATCHPILOT_ACCOUNT": "111122223333",
+        "PATCHPILOT_WAKE_EVENTS": "true",
+        "PATCHPILOT_WAKE_REGIONS": "",  # as the template passes the parameters' defaults
+        "PATCHPILOT_WAKE_ACCOUNTS": "",
+    }
+
+    def scope(**changed: str) -> WakeScope | None:
+        env = AwsEnvironment.from_environ({**stack, **changed})
+        fleet = AwsRuntime(env, lambda *_: None, None, WallClock()).fleet
+        assert fleet.wake == env.wake_scope()
+        return fleet.wake
+
+    assert scope() == WakeScope("111122223333", "eu-west-1", frozenset(), frozenset())
+    assert scope(PATCHPILOT_WAKE_EVENTS="false", PATCHPILOT_WAKE_REGIONS="us-east-1") is None
+    assert scope(PATCHPILOT_WAKE_REGIONS="us-east-1,eu-central-1", PATCHPILOT_WAKE_ACCOUNTS="*") == WakeScope(
+        "111122223333", "eu-west-1", "*", frozenset({"us-east-1", "eu-central-1"})
+    )
+    assert scope(PATCHPILOT_WAKE_ACCOUNTS="222233334444,555566667777").accounts == {"222233334444", "555566667777"}
+    with pytest.raises(InputError) as bad:
+        scope(PATCHPILOT_WAKE_REGIONS="us-east-1,Frankfurt", PATCHPILOT_WAKE_ACCOUNTS="o-abc")
+    assert [p.path for p in bad.value.problems] == [("PATCHPILOT_WAKE_REGIONS", 1), ("PATCHPILOT_WAKE_ACCOUNTS", 0)]
     assert RESOURCES["WakerFunction"]["Condition"] == "HasWaker"
     assert TEMPLATE["Conditions"]["HasWaker"] == {"Fn::Equals": [{"Ref": "WakeEvents"}, "true"]}
     assert TEMPLATE["Parameters"]["WakeEvents"]["Default"] == "true"

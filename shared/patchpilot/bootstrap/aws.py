@@ -15,9 +15,9 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from patchpilot.adapters.aws.policy_source import load_policy_from
 from patchpilot.adapters.aws.sessions import AwsSessions, ClientFactory
@@ -32,10 +32,19 @@ if TYPE_CHECKING:
     from patchpilot.adapters.aws.reports import S3Reports
     from patchpilot.adapters.aws.secrets import SecretsManagerSecrets
     from patchpilot.adapters.aws.sqs_queue import SqsQueue
+    from patchpilot.adapters.aws.wake_events import WakeScope
     from patchpilot.app.waker import Waker
     from patchpilot.ports import Claims, Clock, Notifier
     from patchpilot.service import Service
     from patchpilot.wakeups import WakeUp
+
+
+def _comma_separated(value: object) -> object:
+    return tuple(part.strip() for part in value.split(",") if part.strip()) if isinstance(value, str) else value
+
+
+Region = Annotated[str, Field(pattern=r"^[a-z]{2}(-[a-z]+)+-\d+$")]
+ForwardingAccount = Annotated[str, Field(pattern=r"^(\d{12}|\*)$")]  # "*": every account of the organization
 
 
 class AwsEnvironment(BaseModel):
@@ -61,13 +70,31 @@ class AwsEnvironment(BaseModel):
     # it): the fleet then polls the steps it covers less often (adapters/aws/fleet WOKEN_POLLS).
     wake_events: bool = Field(default=False, alias="PATCHPILOT_WAKE_EVENTS")
     account: str | None = Field(default=None, alias="PATCHPILOT_ACCOUNT")  # the stack's own account id
+    # Where else the waker hears from: the regions and the other accounts whose forwarding stacks
+    # (infra/aws/wake-forwarder.yaml) send their events to the stack's wake bus, comma-separated
+    # (template.yaml's WakeForwardRegions, WakeForwardAccounts or "*" for WakeForwardOrganizationId).
+    wake_regions: Annotated[tuple[Region, ...], BeforeValidator(_comma_separated)] = Field(
+        default=(), alias="PATCHPILOT_WAKE_REGIONS"
+    )
+    wake_accounts: Annotated[tuple[ForwardingAccount, ...], BeforeValidator(_comma_separated)] = Field(
+        default=(), alias="PATCHPILOT_WAKE_ACCOUNTS"
+    )
+
+    def wake_scope(self) -> WakeScope | None:
+        """Where the waker hears step ends from; None without a waker."""
+        if not self.wake_events:
+            return None
+        from patchpilot.adapters.aws.wake_events import WakeScope
+
+        accounts: frozenset[str] | Literal["*"] = "*" if "*" in self.wake_accounts else frozenset(self.wake_accounts)
+        return WakeScope(self.account, self.region, accounts, frozenset(self.wake_regions))
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> AwsEnvironment:
         try:
             return cls.model_validate(dict(environ))
         except ValidationError as exc:
-            problems = [Problem((str(e["loc"][0]),), e["msg"]) for e in exc.errors(include_url=False)]
+            problems = [Problem(tuple(e["loc"]), e["msg"]) for e in exc.errors(include_url=False)]
             raise InputError("environment", problems) from None
 
 
@@ -129,8 +156,7 @@ class AwsRuntime(ServerlessRuntime):
             self.clock,
             env.region,
             override_bucket=env.override_bucket,
-            woken=env.wake_events,
-            home_account=env.account,
+            wake=env.wake_scope(),
         )
 
     @functools.cached_property

@@ -20,6 +20,7 @@ from patchpilot.ports import Clock, CloudFleet
 if TYPE_CHECKING:
     from patchpilot.adapters.aws.fleet import Ec2SsmFleet
     from patchpilot.adapters.aws.sessions import ClientFactory
+    from patchpilot.adapters.aws.wake_events import WakeScope
     from patchpilot.adapters.azure.clients import AzureClients
     from patchpilot.adapters.azure.fleet import AzureFleet
 
@@ -48,18 +49,15 @@ def aws_fleet(
     region: str,
     *,
     override_bucket: str | None = None,
-    woken: bool = False,
-    home_account: str | None = None,
+    wake: WakeScope | None = None,
 ) -> Ec2SsmFleet:
     """EC2 + Systems Manager through `clients`; `region` is read when the policy names none, and
-    holds the override bucket (the Lambda's own region). `woken`: the deployment's waker tells the
-    worker when steps end, so the steps it covers are polled less often in `home_account` and
-    `region`, whose events it hears (`Ec2SsmFleet`)."""
+    holds the override bucket (the Lambda's own region). `wake`: the deployment's waker tells the
+    worker when steps end, so the steps of the machines it hears from are polled less often
+    (`Ec2SsmFleet`)."""
     from patchpilot.adapters.aws.fleet import Ec2SsmFleet
 
-    return Ec2SsmFleet(
-        clients, clock, override_bucket=override_bucket, default_region=region, woken=woken, home_account=home_account
-    )
+    return Ec2SsmFleet(clients, clock, override_bucket=override_bucket, default_region=region, wake=wake)
 
 
 def azure_fleet(

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 from patchpilot.adapters.aws.access import PATCH_DOCUMENT, SCRIPT_DOCUMENTS
 from patchpilot.wakeups import Signal, event_time
@@ -30,6 +30,26 @@ TERMINAL_STATUSES = ("Success", "Failed", "TimedOut", "Cancelled", "Delivery Tim
 # The SSM documents the fleet sends: installs, health scripts and host hooks (adapters/aws/fleet/).
 WAKING_DOCUMENTS = (PATCH_DOCUMENT, *sorted(set(SCRIPT_DOCUMENTS.values())))
 EBS_RESULTS = ("succeeded", "failed")
+
+
+class WakeScope(NamedTuple):
+    """Where the waker hears Run Command and snapshot events from: the stack's own account and
+    region (its default bus), and the accounts and regions whose forwarding stacks
+    (infra/aws/wake-forwarder.yaml) send theirs to the stack's wake bus. `accounts` "*": every
+    account of the organization (WakeForwardOrganizationId)."""
+
+    home_account: str | None
+    home_region: str
+    accounts: frozenset[str] | Literal["*"] = frozenset()  # other accounts that forward, in any region below
+    regions: frozenset[str] = frozenset()  # other regions whose events are forwarded
+
+    def covers(self, account: str | None, region: str) -> bool:
+        """Whether a machine's step ends reach the waker (account None: the stack's own)."""
+        own = account is None or account == self.home_account
+        if own and region == self.home_region:
+            return True
+        forwarding = own or self.accounts == "*" or account in self.accounts
+        return forwarding and (region == self.home_region or region in self.regions)
 
 
 def read_event(event: Mapping[str, Any], now: datetime) -> Signal | None:

@@ -74,6 +74,7 @@ if TYPE_CHECKING:
     from patchpilot.compliance.model import AssessmentStarted, PatchState
     from patchpilot.maintenance.model import WatchResult
 
+    from ..wake_events import WakeScope
     from . import install
 
 # With the waker (template.yaml's WakerFunction: EventBridge tells the worker when an SSM command or
@@ -120,8 +121,7 @@ class Ec2SsmFleet:
         http_get: HttpGet = urllib_get,
         http_timeout: float = 5.0,
         command_lookback: timedelta = COMMAND_LOOKBACK,
-        woken: bool = False,
-        home_account: str | None = None,
+        wake: WakeScope | None = None,
     ) -> None:
         """`client` builds boto3 clients per (service, account, region) (see `AwsSessions`);
         `override_bucket` receives the InstallOverrideList files of pinned (later-ring) installs
@@ -130,8 +130,7 @@ class Ec2SsmFleet:
         self.access = AwsAccess(client, clock, default_region=default_region, command_lookback=command_lookback)
         self._override = (override_bucket, override_bucket_region or default_region) if override_bucket else None
         self._http = (http_get, http_timeout)
-        self.woken = woken  # the waker wakes the worker: the steps it covers poll at `WOKEN_POLLS`
-        self.home_account = home_account  # the stack's account: its events reach the waker
+        self.wake = wake  # with a waker: the steps of the machines it hears from poll at `WOKEN_POLLS`
 
     @functools.cached_property
     def override_bucket(self) -> install.OverrideBucket | None:
@@ -230,13 +229,12 @@ class Ec2SsmFleet:
         self, progress: Progress, step: str, command: TakeSnapshots | InstallPatches | RunHostHook
     ) -> Progress:
         """With the waker, the next poll of a step it covers no sooner than its `WOKEN_POLLS`; only
-        when every machine is in the stack's own account and region, whose events the waker's rules
-        receive (a member account's or another region's go to their own default bus)."""
-        if not self.woken or not isinstance(progress, InProgress):
+        when every machine is where the waker hears from (`WakeScope`): the stack's own account and
+        region, and those that forward their events to its wake bus."""
+        if self.wake is None or not isinstance(progress, InProgress):
             return progress
         from patchpilot.wakeups import targets
 
-        home = (None, self.home_account)
-        if any(i.account not in home or i.region != self.default_region for i in targets(command)):
+        if not all(self.wake.covers(i.account, i.region) for i in targets(command)):
             return progress
         return progress._replace(retry_at=max(progress.retry_at, self.clock.now() + WOKEN_POLLS[step]))

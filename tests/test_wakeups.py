@@ -129,6 +129,21 @@ def test_a_forwarded_snapshot_set_end_wakes_the_runs_with_machines_in_its_accoun
         assert other is not None and wake_ups(other, [run]) == [], (account, region)
 
 
+def test_another_account_s_snapshot_set_end_wakes_no_run_of_machines_in_the_waker_s_own(tmp_path: Path) -> None:
+    """Machines that name no account are in the deployment's own (`home_account`): a snapshot set
+    that ended in a member account, forwarded to the waker, is not theirs. Without the home
+    account known, as far as both say: any account's."""
+    _, run = run_in(tmp_path, "snapshotting")
+    command = run.awaited_command
+    assert isinstance(command, TakeSnapshots) and all(i.account is None for i in command.targets)
+    region = command.targets[0].region
+    own, member = "111122223333", "222233334444"
+    forwarded = Signal("snapshots", NOW, "ebs", account=member, region=region)
+    assert wake_ups(forwarded, [run], home_account=own) == []
+    assert len(wake_ups(Signal("snapshots", NOW, "ebs", account=own, region=region), [run], home_account=own)) == 1
+    assert len(wake_ups(forwarded, [run])) == 1  # the home account unknown
+
+
 def test_a_burst_within_one_window_shares_one_id_and_the_next_window_another() -> None:
     assert window_end(NOW) == window_end(NOW + timedelta(seconds=7)) == datetime(2026, 12, 12, 3, 0, 15, tzinfo=UTC)
     assert window_end(NOW + timedelta(seconds=8)) == window_end(NOW) + WINDOW

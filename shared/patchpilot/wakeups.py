@@ -109,30 +109,36 @@ class WakeUp:
     at: datetime
 
 
-def wake_ups(signal: Signal, runs: Iterable[Run], window: timedelta = WINDOW) -> list[WakeUp]:
+def wake_ups(
+    signal: Signal, runs: Iterable[Run], window: timedelta = WINDOW, home_account: str | None = None
+) -> list[WakeUp]:
     """The wake-ups `signal` asks for among `runs` (the active ones; others are skipped): one
-    per run whose awaited fleet command it concerns, delivered at the end of the signal's window."""
+    per run whose awaited fleet command it concerns, delivered at the end of the signal's window.
+    `home_account`: the account of the machines that name none (the deployment's own), when known."""
     end = window_end(signal.at, window)
     stamp = end.strftime("%Y%m%dT%H%M%S")
     found: list[WakeUp] = []
     for run in runs:
         command = run.awaited_command
-        if run.finished or command is None or run.awaiting != command.id or not concerns(signal, command):
+        if run.finished or command is None or run.awaiting != command.id:
+            continue
+        if not concerns(signal, command, home_account):  # another account's, or another operation's
             continue
         look = LookNow(id=f"{command.id}:look:{stamp}", run_id=run.run_id, command_id=command.id, reason=signal.source)
         found.append(WakeUp(look, end))
     return found
 
 
-def concerns(signal: Signal, command: AwaitedFleetCommand) -> bool:
+def concerns(signal: Signal, command: AwaitedFleetCommand, home_account: str | None = None) -> bool:
     """Whether the operation `signal` says ended may be part of `command` (AWS), or may end it
-    (Azure's `machine` and `snapshot`): see the module's docstring."""
+    (Azure's `machine` and `snapshot`): see the module's docstring. A machine that names no
+    account is in `home_account`, when given."""
     machines = targets(command)
     match signal.kind:
         case "run_command":
             return isinstance(command, InstallPatches | CheckHealth | RunHostHook) and _names_one(signal, machines)
         case "snapshots":
-            return isinstance(command, TakeSnapshots) and any(_placed(signal, i) for i in machines)
+            return isinstance(command, TakeSnapshots) and any(_placed(signal, i, home_account) for i in machines)
         case "machine":
             ends = ENDED_BY.get(type(command), frozenset())
             return signal.operation in ends and one_machine(command) and _names_one(signal, machines)
@@ -140,7 +146,7 @@ def concerns(signal: Signal, command: AwaitedFleetCommand) -> bool:
             return (
                 isinstance(command, TakeSnapshots)
                 and one_machine(command)
-                and any(_placed(signal, i) for i in machines)
+                and any(_placed(signal, i, home_account) for i in machines)
             )
 
 
@@ -182,8 +188,10 @@ def _names_one(signal: Signal, machines: Sequence[Instance]) -> bool:
     return any(i.id.lower() in signal.machines for i in machines)
 
 
-def _placed(signal: Signal, instance: Instance) -> bool:
-    """Whether the machine is in the signal's account and region, as far as both say."""
-    if signal.account and instance.account and signal.account.lower() != instance.account.lower():
+def _placed(signal: Signal, instance: Instance, home_account: str | None) -> bool:
+    """Whether the machine is in the signal's account and region, as far as both say (a machine
+    that names no account is in `home_account`, when known)."""
+    account = instance.account or home_account
+    if signal.account and account and signal.account.lower() != account.lower():
         return False
     return not (signal.region and instance.region and signal.region.lower() != instance.region.lower())

@@ -722,9 +722,10 @@ def test_the_worker_reads_where_the_waker_hears_from_and_names_a_bad_setting() -
 
     def scope(**changed: str) -> WakeScope | None:
         env = AwsEnvironment.from_environ({**stack, **changed})
-        fleet = AwsRuntime(env, lambda *_: None, None, WallClock()).fleet
-        assert fleet.wake == env.wake_scope()
-        return fleet.wake
+        runtime = AwsRuntime(env, lambda *_: None, None, WallClock())
+        assert runtime.fleet.wake == env.wake_scope()
+        assert runtime.waker.home_account == "111122223333"  # a member's snapshot ends are not its machines'
+        return runtime.fleet.wake
 
     assert scope() == WakeScope("111122223333", "eu-west-1", frozenset(), frozenset())
     assert scope(PATCHPILOT_WAKE_EVENTS="false", PATCHPILOT_WAKE_REGIONS="us-east-1") is None

@@ -26,10 +26,19 @@ class Waker:
     and region wake the same runs: one lookup). Containers running side by side may each publish a
     wake-up once: the worker polls once per id (`Service.claims`)."""
 
-    def __init__(self, runs: Callable[[], ActiveRuns], queue: Callable[[], Queue], clock: Clock) -> None:
+    def __init__(
+        self,
+        runs: Callable[[], ActiveRuns],
+        queue: Callable[[], Queue],
+        clock: Clock,
+        home_account: str | None = None,
+    ) -> None:
+        """`home_account`: the account of the machines that name none (the deployment's own), so
+        that another account's snapshot ends, forwarded to the waker, wake none of its runs."""
         self.runs = runs
         self.queue = queue
         self.clock = clock
+        self.home_account = home_account
         self._published: dict[str, datetime] = {}  # wake-up id -> the end of its window
         self._read: dict[tuple[str, str | None, str | None, datetime], datetime] = {}  # snapshot-set ends read
 
@@ -66,7 +75,7 @@ class Waker:
                 active.append(store.load(run_id))
             except UnknownRunError:  # the index lags behind: gone meanwhile
                 continue
-        woken = wake_ups(signal, active)
+        woken = wake_ups(signal, active, home_account=self.home_account)
         if not woken:
             log.info("%s: no run awaits it", signal.source)
         return woken

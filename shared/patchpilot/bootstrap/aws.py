@@ -213,7 +213,7 @@ class AwsRuntime(ServerlessRuntime):
     def waker(self) -> Waker:
         from patchpilot.app.waker import Waker
 
-        return Waker(lambda: self.store, lambda: self.queue, self.clock)
+        return Waker(lambda: self.store, lambda: self.queue, self.clock, home_account=self.env.account)
 
     def wake(self, event: Mapping[str, Any]) -> list[WakeUp]:
         """One EventBridge event (the waker's rules): the wake-ups of the runs it concerns, published

@@ -120,9 +120,7 @@ def wake_ups(
     found: list[WakeUp] = []
     for run in runs:
         command = run.awaited_command
-        if run.finished or command is None or run.awaiting != command.id:
-            continue
-        if not concerns(signal, command, home_account):  # another account's, or another operation's
+        if run.finished or command is None or run.awaiting != command.id or not concerns(signal, command, home_account):
             continue
         look = LookNow(id=f"{command.id}:look:{stamp}", run_id=run.run_id, command_id=command.id, reason=signal.source)
         found.append(WakeUp(look, end))

@@ -46,8 +46,6 @@ class WakeScope(NamedTuple):
     def covers(self, account: str | None, region: str) -> bool:
         """Whether a machine's step ends reach the waker (account None: the stack's own)."""
         own = account is None or account == self.home_account
-        if own and region == self.home_region:
-            return True
         forwarding = own or self.accounts == "*" or account in self.accounts
         return forwarding and (region == self.home_region or region in self.regions)
 

@@ -9,6 +9,7 @@ These read the templates only (cfn-lint and checkov run in `make check-templates
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +59,6 @@ def test_nothing_is_created_in_the_patchpilot_stack_s_own_account_and_region() -
 
 
 def test_the_wake_bus_arn_parameter_takes_the_stack_s_output_and_nothing_else() -> None:
-    import re
-
     pattern = re.compile(FORWARDER["Parameters"]["WakeBusArn"]["AllowedPattern"])
     assert pattern.match("arn:aws:events:eu-west-1:111122223333:event-bus/patchpilot-wake-prod")
     assert pattern.match("arn:aws-us-gov:events:us-gov-west-1:111122223333:event-bus/patchpilot-wake-x")

@@ -6,15 +6,17 @@ A malformed event is answered in the log and not raised: EventBridge would only 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from aws_lambda import loaded
 from aws_lambda.observability import logger, metrics, tracer
 from patchpilot.bootstrap.aws import deps
 from patchpilot.errors import InputError
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.typing import LambdaContext  # for the annotations only
 
 
 @logger.inject_lambda_context

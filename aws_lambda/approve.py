@@ -16,10 +16,9 @@ route needs no router: the event is read through powertools' Function URL data c
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.utilities.data_classes import LambdaFunctionUrlEvent, event_source
-from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from aws_lambda import loaded
 from aws_lambda.observability import logger, tracer
@@ -27,6 +26,9 @@ from patchpilot.adapters.aws import dynamodb_store, secrets, sqs_queue  # noqa: 
 from patchpilot.app.approvals import answer_slack
 from patchpilot.approvals import Approver, approval_page, approval_token
 from patchpilot.bootstrap.aws import deps
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.typing import LambdaContext  # for the annotations only
 
 
 def _page(status: int, text: str, form_token: str | None = None, button: str = "Approve") -> dict[str, Any]:

@@ -7,16 +7,18 @@ rather than the first request."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from aws_lambda import loaded
 from aws_lambda.observability import logger, metrics, tracer
 from patchpilot import triggers  # noqa: F401
 from patchpilot.bootstrap.aws import deps
 from patchpilot.policy import Policy
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.typing import LambdaContext  # for the annotations only
 
 Policy.model_rebuild()  # deferred where a run builds it into its own (policy/model.py)
 

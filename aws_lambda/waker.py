@@ -8,16 +8,18 @@ An event that wakes nothing is answered in the log, never raised: EventBridge wo
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from aws_lambda import loaded
 from aws_lambda.observability import logger, metrics, tracer
 from patchpilot import wakeups  # noqa: F401
 from patchpilot.adapters.aws import dynamodb_store, sqs_queue, wake_events  # noqa: F401
 from patchpilot.bootstrap.aws import deps
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.typing import LambdaContext  # for the annotations only
 
 
 @logger.inject_lambda_context

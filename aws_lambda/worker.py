@@ -6,19 +6,21 @@ than the first request."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
-from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from aws_lambda import loaded
 from aws_lambda.observability import logger, metrics, tracer
 from patchpilot import service  # noqa: F401
 from patchpilot.adapters.aws import dynamodb_store, fleet, sqs_queue  # noqa: F401
 from patchpilot.bootstrap.aws import deps
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.typing import LambdaContext  # for the annotations only
 
 processor = BatchProcessor(event_type=EventType.SQS)
 

@@ -11,7 +11,8 @@ time, and the CPU time of the process (which other busy processes on the machine
 
 Scenarios: `baseline` (boto3 and powertools' Logger, Metrics and Tracer; its invocation is a
 no-op handler under the same decorators), `baseline_gc_paused` (the same, loaded with the
-garbage collector paused as aws_lambda/__init__.py pauses it for the handlers), `worker` (an SQS
+garbage collector paused as aws_lambda/__init__.py pauses it for the handlers),
+`baseline_libraries` (that, with powertools' batch utility and pydantic: no PatchPilot code), `worker` (an SQS
 record carrying the ProbeAgents command a started run issued: validate, load, the issued check,
 the SSM agent probe, decide, save, publish), `trigger` (read the policy from S3, no window due)
 `approve` (a signed link for a run awaiting approval) and `waker` (the end of an EBS snapshot set:
@@ -45,6 +46,19 @@ BASELINE = (
 # The baseline with the garbage collector paused while it loads, as aws_lambda/__init__.py does
 # for the handlers: the like-for-like reference for what our own code adds.
 BASELINE_GC_PAUSED = "import gc\ngc.disable()\n" + BASELINE + "gc.freeze()\ngc.enable()\n"
+# That, with the libraries the worker builds on and no PatchPilot code: powertools' batch utility
+# and pydantic, imported in the worker's order and building one model (its first model loads the
+# rest of pydantic). The floor under the handlers' ratios: what is left is PatchPilot's own.
+BASELINE_LIBRARIES = (
+    "import gc\ngc.disable()\n"
+    + BASELINE
+    + "from aws_lambda_powertools.utilities.batch import BatchProcessor\n"
+    + "from pydantic import BaseModel\n"
+    + "class Record(BaseModel):\n    id: str\n"
+    + "Record(id='i-1')\n"
+    + "gc.freeze()\ngc.enable()\n"
+)
+BASELINES = {"baseline": BASELINE, "baseline_gc_paused": BASELINE_GC_PAUSED, "baseline_libraries": BASELINE_LIBRARIES}
 HANDLERS = {
     "worker": "aws_lambda.worker",
     "trigger": "aws_lambda.trigger",
@@ -208,7 +222,7 @@ def main(artifact: str, fixture_path: str, scenario: str) -> None:
     if scenario.startswith("baseline"):
         namespace: dict[str, Any] = {}
         start, start_cpu = time.perf_counter(), time.process_time()
-        exec(BASELINE if scenario == "baseline" else BASELINE_GC_PAUSED, namespace)  # our own constants
+        exec(BASELINES[scenario], namespace)  # our own constants
         imported, imported_cpu = time.perf_counter(), time.process_time()
         handler: Callable[[Any, Any], Any] = namespace["handler"]
         result = handler(event, Context())

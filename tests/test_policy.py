@@ -286,6 +286,44 @@ def test_region_paired_with_itself_is_rejected_ignoring_case() -> None:
     assert problem.line == 10
 
 
+ARABIC_INDIC_DIGITS = "".join(chr(0x0660 + d) for d in (1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1, 2))  # Unicode digits
+
+
+@pytest.mark.parametrize(
+    ("aws", "path"),
+    [
+        (f"accounts: [{{id: '{ARABIC_INDIC_DIGITS}'}}]", ("aws", "accounts", 0, "id")),
+        (
+            f"accounts: [{{id: '111122223333', role: 'arn:aws:iam::{ARABIC_INDIC_DIGITS}:role/R'}}]",
+            ("aws", "accounts", 0, "role"),
+        ),
+        ("organization: {ou: [ou-ab12-cdef3456], role_name: Patch\u00e9Member}", ("aws", "organization", "role_name")),
+    ],
+)
+def test_account_ids_and_role_names_are_ascii_as_aws_writes_them(aws: str, path: tuple[object, ...]) -> None:
+    """pydantic-core reads `\\d` and `\\w` as any Unicode digit or letter: the patterns name ASCII."""
+    problem = only_problem(BASE + f"aws: {{regions: [eu-west-1], {aws}}}\n")
+    assert problem.path == path
+    assert "should match pattern" in problem.message
+
+
+def test_an_approver_arn_names_an_ascii_account_id() -> None:
+    arn = f"arn:aws:iam::{ARABIC_INDIC_DIGITS}:role/R"
+    approver = only_problem(BASE.replace("select:", f"approvers: ['{arn}']\n    select:"))
+    assert approver.path == ("rings", 0, "approvers", 0)
+
+
+def test_the_ascii_account_id_and_role_name_patterns_accept_what_aws_writes() -> None:
+    policy = parse_policy(
+        BASE + "aws: {regions: [eu-west-1], accounts: [{id: '111122223333', "
+        "role: 'arn:aws-us-gov:iam::111122223333:role/P_1+=,.@-'}], "
+        "organization: {ou: [r-ab12], role_name: 'Patch_Pilot+=,.@-1'}}\n"
+    )
+    assert policy.aws is not None and policy.aws.organization is not None
+    assert policy.aws.accounts[0].id == "111122223333"
+    assert policy.aws.organization.role_name == "Patch_Pilot+=,.@-1"
+
+
 def test_patch_both_included_and_excluded_is_rejected() -> None:
     problem = only_problem(BASE + "patches:\n  include: [KB1, KB2]\n  exclude: [KB2]\n")
     assert problem.path == ("patches", "include")

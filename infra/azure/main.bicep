@@ -860,6 +860,11 @@ var commonSettings = [
     name: 'PATCHPILOT_APPROVAL_SECRET'
     value: approvalSecretName
   }
+  {
+    // no pydantic plugin discovery (every package's metadata read at the first model): PatchPilot uses none
+    name: 'PYDANTIC_DISABLE_PLUGINS'
+    value: '__all__'
+  }
 ]
 
 // The worker: timer, steps queue, Event Grid. Runs as the identity holding the fleet role.

@@ -568,6 +568,18 @@ def test_xray_does_not_capture_responses() -> None:
         assert powertools.TRACER_CAPTURE_RESPONSE_ENV not in own and powertools.TRACER_CAPTURE_ERROR_ENV not in own
 
 
+def test_no_pydantic_plugin_is_looked_for_or_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pydantic would read every installed package's metadata for plugins that hook into validation
+    at the first model a cold start builds: the functions use none, and load none."""
+    from pydantic.plugin import _loader
+
+    value = TEMPLATE["Globals"]["Function"]["Environment"]["Variables"]["PYDANTIC_DISABLE_PLUGINS"]
+    monkeypatch.setattr(_loader, "_plugins", None)  # as in a fresh process
+    monkeypatch.setattr(_loader, "entry_points", lambda **_: pytest.fail("plugins looked for"))
+    monkeypatch.setenv("PYDANTIC_DISABLE_PLUGINS", value)
+    assert tuple(_loader.get_plugins()) == ()
+
+
 def test_no_condition_key_names_a_parameter_cloudformation_would_leave_unsubstituted() -> None:
     """CloudFormation substitutes parameters into values (`!Sub`), never into map keys: a condition
     key written `aws:ResourceTag/${Param}` would ask IAM for a tag literally named `${Param}` and
@@ -736,6 +748,10 @@ def test_the_worker_reads_where_the_waker_hears_from_and_names_a_bad_setting() -
     with pytest.raises(InputError) as bad:
         scope(PATCHPILOT_WAKE_REGIONS="us-east-1,Frankfurt", PATCHPILOT_WAKE_ACCOUNTS="o-abc")
     assert [p.path for p in bad.value.problems] == [("PATCHPILOT_WAKE_REGIONS", 1), ("PATCHPILOT_WAKE_ACCOUNTS", 0)]
+    unicode_digits = "".join(chr(0x0660 + d % 10) for d in range(1, 13))  # digits, but not an account id
+    with pytest.raises(InputError) as bad:
+        scope(PATCHPILOT_WAKE_REGIONS=f"eu-west-{chr(0x0661)}", PATCHPILOT_WAKE_ACCOUNTS=unicode_digits)
+    assert [p.path for p in bad.value.problems] == [("PATCHPILOT_WAKE_REGIONS", 0), ("PATCHPILOT_WAKE_ACCOUNTS", 0)]
     assert RESOURCES["WakerFunction"]["Condition"] == "HasWaker"
     assert TEMPLATE["Conditions"]["HasWaker"] == {"Fn::Equals": [{"Ref": "WakeEvents"}, "true"]}
     assert TEMPLATE["Parameters"]["WakeEvents"]["Default"] == "true"

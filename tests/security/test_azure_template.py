@@ -368,6 +368,8 @@ def test_the_worker_polls_less_often_only_once_the_wake_ups_reach_it() -> None:
     assert app_setting(found["httpApp"], "PATCHPILOT_WAKE_SUBSCRIPTION") is None
     common = code("main.bicep").split("var commonSettings = [", 1)[1].split("\n]", 1)[0]
     assert "PATCHPILOT_TABLE" in common and "PATCHPILOT_WAKE_SUBSCRIPTION" not in common
+    # both apps load no pydantic plugin, as the Lambda functions (test_aws_template.py)
+    assert "name: 'PYDANTIC_DISABLE_PLUGINS'\n    value: '__all__'" in common
 
     from patchpilot.bootstrap.azure import AzureEnvironment  # what the app reads it as
 

@@ -43,8 +43,9 @@ def _comma_separated(value: object) -> object:
     return tuple(part.strip() for part in value.split(",") if part.strip()) if isinstance(value, str) else value
 
 
-Region = Annotated[str, Field(pattern=r"^[a-z]{2}(-[a-z]+)+-\d+$")]
-ForwardingAccount = Annotated[str, Field(pattern=r"^(\d{12}|\*)$")]  # "*": every account of the organization
+# ASCII digits: pydantic-core's `\d` is any Unicode digit (policy/model.py AwsAccount)
+Region = Annotated[str, Field(pattern=r"^[a-z]{2}(-[a-z]+)+-[0-9]+$")]
+ForwardingAccount = Annotated[str, Field(pattern=r"^([0-9]{12}|\*)$")]  # "*": every account of the organization
 
 
 class AwsEnvironment(BaseModel):

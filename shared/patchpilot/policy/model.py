@@ -130,7 +130,7 @@ def _approver(value: str) -> str:
     if not (
         re.fullmatch(r"[UW][A-Z0-9]{2,}", value)
         or is_slack_group(value)
-        or re.fullmatch(r"arn:aws[a-z-]*:(iam|sts)::\d{12}:\S+", value)
+        or re.fullmatch(r"arn:aws[a-z-]*:(iam|sts)::[0-9]{12}:\S+", value)
         or re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", value)
     ):
         raise fail(
@@ -417,9 +417,12 @@ class HealthChecks(_Section):
         return self.script.windows if os == "windows" else self.script.linux
 
 
+# The patterns' classes are ASCII: pydantic-core's regex engine reads `\d` and `\w` as Unicode, so
+# `\d{12}` took "١٢٣٤٥٦٧٨٩٠١٢" for an account id (and compiled in three times as long).
 class AwsAccount(_Section):
-    id: str = Field(pattern=r"^\d{12}$")
-    role: str | None = Field(default=None, pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$")  # assumed in that account
+    id: str = Field(pattern=r"^[0-9]{12}$")
+    # assumed in that account
+    role: str | None = Field(default=None, pattern=r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/.+$")
 
 
 class AwsOrganization(_Section):
@@ -431,9 +434,8 @@ class AwsOrganization(_Section):
     ou: OneOrMore[Annotated[str, Field(pattern=r"^(ou-[0-9a-z]{4,32}-[a-z0-9]{8,32}|r-[0-9a-z]{4,32})$")]] = Field(
         min_length=1
     )
-    # assumed in each member. The length is not in the pattern: `[\w...]{1,64}` (Unicode \w, 64
-    # times over) takes pydantic-core's regex engine some 20 ms to compile, at every cold start.
-    role_name: str = Field(default="PatchPilotMember", min_length=1, max_length=64, pattern=r"^[\w+=,.@-]+$")
+    # assumed in each member: IAM's role name characters (letters and digits are ASCII for IAM)
+    role_name: str = Field(default="PatchPilotMember", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_+=,.@-]+$")
 
 
 BaselineOs = Literal[

@@ -5,9 +5,10 @@ of them all; engine/messages.py re-exports every name.
 """
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, WithJsonSchema
+from pydantic_core import PydanticCustomError, core_schema
 
 from patchpilot.engine.message_base import CommandBase
 from patchpilot.inventory import Instance
@@ -138,4 +139,36 @@ AwaitedFleetCommand = Annotated[
     | StartMachines
     | ReturnMachines,
     Field(discriminator="type"),
+]
+_AWAITED_BY_TYPE: dict[str, type[FleetCommand]] = {c.model_fields["type"].default: c for c in get_args(FleetCommand)}
+
+
+def _as_awaited(value: object) -> FleetCommand | None:
+    if value is None or isinstance(value, FleetCommand):
+        return value
+    kind = value.get("type") if isinstance(value, dict) else None
+    command = _AWAITED_BY_TYPE.get(kind) if isinstance(kind, str) else None
+    if command is None:
+        kinds = ", ".join(_AWAITED_BY_TYPE)
+        raise PydanticCustomError(
+            "pp_awaited", "expected a fleet command ({kinds}), got {kind}", {"kinds": kinds, "kind": repr(kind)}
+        )
+    return command.model_validate(value)
+
+
+class _ByItsOwnClass:
+    """A stored run's awaited command, read by its own class and written by it (pydantic infers the
+    class of what it writes): the validator a worker builds for the command anyway, to take it from
+    the queue, rather than a second copy of every fleet command's built into the run's own."""
+
+    @staticmethod
+    def __get_pydantic_core_schema__(source: object, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        return core_schema.no_info_plain_validator_function(_as_awaited)
+
+
+# What `Run.awaited_command` holds: a fleet command (its schema: docs/messages.schema.json) or none.
+HeldAwaitedCommand = Annotated[
+    AwaitedFleetCommand | None,
+    _ByItsOwnClass,
+    WithJsonSchema({"anyOf": [{"type": "object", "description": "a fleet command"}, {"type": "null"}]}),
 ]

@@ -6,7 +6,7 @@ from typing import Any, Literal, TypeGuard, get_args
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
-from patchpilot.engine.fleet_commands import AwaitedFleetCommand
+from patchpilot.engine.fleet_commands import HeldAwaitedCommand
 from patchpilot.engine.statuses import Status as Status
 from patchpilot.engine.statuses import TerminalState as TerminalState
 from patchpilot.inventory import Instance
@@ -88,6 +88,9 @@ class Step(_State):
 
 
 class InstanceRecord(_State):
+    # Built at import: a wave's schema and the run's own (`excluded`) take it rather than build it twice.
+    model_config = ConfigDict(defer_build=False)
+
     instance: Instance
     ring: str
     wave: int | None = None
@@ -183,7 +186,7 @@ class Run(_State):
     awaiting: str | None = None  # id of the command whose result the run waits for
     # That command itself, when it is a fleet command: a wake-up (`LookNow`) polls exactly it
     # (engine/issued.py `with_awaited`); None for a run stored before the field existed.
-    awaited_command: AwaitedFleetCommand | None = None
+    awaited_command: HeldAwaitedCommand = None
     waves: tuple[WaveState, ...]
     excluded: tuple[InstanceRecord, ...] = ()
     promoted: dict[str, list[str]] | None = None  # per os: what the first ring installed and passed

@@ -21,10 +21,8 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import TYPE_CHECKING, Annotated, Any, NamedTuple, Protocol
 from zoneinfo import ZoneInfo
 
-from pydantic import PlainSerializer, PlainValidator, WithJsonSchema
-
 from patchpilot.errors import InputError
-from patchpilot.policy.fields import fail
+from patchpilot.policy.fields import Scalar, fail
 from patchpilot.policy.schedule import localize
 
 if TYPE_CHECKING:
@@ -50,13 +48,13 @@ def parse_moment(value: object) -> date | datetime:
 
 Moment = Annotated[
     date | datetime,
-    PlainValidator(parse_moment),
-    PlainSerializer(lambda m: m.isoformat(), return_type=str),
-    WithJsonSchema(
+    Scalar(
+        parse_moment,
+        lambda m: m.isoformat(),
         {
             "type": "string",
             "description": 'a date ("2026-12-20") or a date-time ("2026-12-20T18:00"), in the policy\'s time zone',
-        }
+        },
     ),
 ]
 

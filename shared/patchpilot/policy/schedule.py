@@ -13,10 +13,8 @@ from itertools import pairwise
 from typing import Annotated, NamedTuple
 from zoneinfo import ZoneInfo
 
-from pydantic import PlainSerializer, PlainValidator, WithJsonSchema
-
 from patchpilot.errors import nearest, quote
-from patchpilot.policy.fields import fail
+from patchpilot.policy.fields import Scalar, fail
 
 _WEEKDAYS = {  # 0 = Monday, as datetime and dateutil count
     name: number
@@ -167,21 +165,25 @@ def _unix_weekdays(field: str) -> str:
     return ",".join(parts)
 
 
-def _schema(description: str) -> WithJsonSchema:
-    return WithJsonSchema({"type": "string", "description": description})
+def _text(rule: MonthlyRule | AwsCron) -> str:
+    return rule.text
 
 
 Monthly = Annotated[
     MonthlyRule,
-    PlainValidator(parse_monthly),
-    PlainSerializer(lambda r: r.text, return_type=str),
-    _schema('e.g. "Second Tuesday Offset+3" (Azure recurEvery style, offset -6..6)'),
+    Scalar(
+        parse_monthly,
+        _text,
+        {"type": "string", "description": 'e.g. "Second Tuesday Offset+3" (Azure recurEvery style, offset -6..6)'},
+    ),
 ]
 Cron = Annotated[
     AwsCron,
-    PlainValidator(parse_aws_cron),
-    PlainSerializer(lambda r: r.text, return_type=str),
-    _schema('e.g. "cron(0 2 ? * TUE#2 *)" (EventBridge/SSM six-field cron)'),
+    Scalar(
+        parse_aws_cron,
+        _text,
+        {"type": "string", "description": 'e.g. "cron(0 2 ? * TUE#2 *)" (EventBridge/SSM six-field cron)'},
+    ),
 ]
 
 

@@ -137,31 +137,43 @@ def test_the_models_a_handler_creates_at_import_have_evaluated_annotations(modul
     assert set(json.loads(_printed(probe))) <= POSTPONED_ANNOTATIONS
 
 
-# The stdlib dataclasses the worker's import creates, each with why it is not a NamedTuple
+# The stdlib dataclasses the handlers' imports create, each with why it is not a NamedTuple
 # (patchpilot/loading.py: a frozen dataclass costs some 0.57 ms of a cold import, a NamedTuple 0.10).
-WORKER_DATACLASSES = {
+POLICY_DATACLASSES = {  # every handler's: each reads a policy
     "patchpilot.inventory.Instance": "a pydantic dataclass: validated and serialised as an object",
     "patchpilot.policy.freeze.Freezes": "truth-tested by its own __bool__; holds a calendar and a service",
+}
+PORTS_DATACLASSES = {**POLICY_DATACLASSES, "patchpilot.ports.DiscoveryResult": "default_factory field"}
+WORKER_DATACLASSES = {
+    **PORTS_DATACLASSES,
     "patchpilot.engine.retry.RetryChain": "default_factory fields",
     "patchpilot.engine.decide.Decision": "default_factory field",
-    "patchpilot.ports.DiscoveryResult": "default_factory field",
     "patchpilot.planning.estimate.WaveFit": "its field `index` would hide tuple.index",
     "patchpilot.service.Service": "not a value: the imperative shell",
 }
 
 
-def test_the_worker_builds_no_dataclass_where_a_named_tuple_does() -> None:
-    """Each dataclass a handler's import creates compiles six methods (3.11): the worker's value
-    records are NamedTuples but for those `WORKER_DATACLASSES` names, each with its reason."""
+@pytest.mark.parametrize(
+    ("module", "dataclasses"),
+    [
+        ("aws_lambda.worker", WORKER_DATACLASSES),
+        ("aws_lambda.approve", PORTS_DATACLASSES),
+        ("aws_lambda.waker", PORTS_DATACLASSES),
+        ("aws_lambda.trigger", POLICY_DATACLASSES),
+    ],
+)
+def test_a_handler_builds_no_dataclass_where_a_named_tuple_does(module: str, dataclasses: dict[str, str]) -> None:
+    """Each dataclass a handler's import creates compiles six methods (3.11): the handlers' value
+    records are NamedTuples but for those named here, each with its reason."""
     probe = (
         "import dataclasses, json; made = []; process = dataclasses._process_class\n"
         "def counted(cls, *args):\n"
         "    made.append(f'{cls.__module__}.{cls.__qualname__}'); return process(cls, *args)\n"
         "dataclasses._process_class = counted\n"
-        "import aws_lambda.worker\n"
+        f"import {module}\n"
         "print(json.dumps([m for m in made if m.startswith('patchpilot.')]))"
     )
-    assert sorted(json.loads(_printed(probe))) == sorted(WORKER_DATACLASSES)
+    assert sorted(json.loads(_printed(probe))) == sorted(dataclasses)
 
 
 @pytest.mark.parametrize(

@@ -81,6 +81,25 @@ def test_minimal_policy_gets_documented_defaults() -> None:
 # --- YAML 1.1 surprises --------------------------------------------------------------------------
 
 
+def test_the_sections_made_without_validation_are_what_validating_nothing_makes() -> None:
+    """The policy's section defaults are `model_construct`ed (no validator built at import): the
+    same section, fields set and all, as validating an empty one; no section has a validator that
+    constructing would skip."""
+    from pydantic import BaseModel
+
+    from patchpilot.engine.fleet_commands import CheckHealth
+
+    defaults = [f.default for f in [*Policy.model_fields.values(), *CheckHealth.model_fields.values()]]
+    sections = [d for d in defaults if isinstance(d, BaseModel)]
+    assert {type(s).__name__ for s in sections} >= {"Rollout", "Exclusions", "PatchSelection", "HealthChecks", "Hooks"}
+    for section in sections:
+        made = type(section).model_validate({})
+        assert section == made and section.model_fields_set == made.model_fields_set == set()
+        assert section.model_dump() == made.model_dump()
+        decorators = type(section).__pydantic_decorators__
+        assert not decorators.model_validators and not decorators.field_validators
+
+
 def test_unquoted_time_is_read_as_text_not_sexagesimal_number() -> None:
     policy = parse_policy(BASE.replace('at: "02:00"', "at: 10:30"))
     assert policy.schedule is not None

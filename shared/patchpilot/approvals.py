@@ -24,10 +24,9 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import timedelta
 from html import escape
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, NamedTuple
 from urllib.parse import parse_qs
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
@@ -43,8 +42,7 @@ class ApprovalLinkError(ValueError):
     """The link is invalid or expired; the message says which, without leaking the secret."""
 
 
-@dataclass(frozen=True)
-class ApprovalRequest:
+class ApprovalRequest(NamedTuple):
     run_id: str
     ring: str
     decision: str = "approve"  # or "reject"
@@ -82,8 +80,7 @@ def verify_approval(token: str, secret: str | Sequence[str], lifetime: timedelta
     return ApprovalRequest(str(data["run"]), str(data["ring"]), decision, to)
 
 
-@dataclass(frozen=True)
-class Approver:
+class Approver(NamedTuple):
     """Who decides: `kind` says who vouches for `id`. "slack": a Slack user id (`name`: their
     username), from a verified interaction; "aws": the IAM ARN of a Function URL with IAM auth;
     "azure": the Easy Auth principal name; "link": nobody, `id` is the channel the link was sent

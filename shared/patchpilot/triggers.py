@@ -8,10 +8,9 @@ fires twice, or two timers, start one run.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from itertools import islice
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 from zoneinfo import ZoneInfo
 
 from patchpilot.policy import Policy, Schedule, Window
@@ -31,8 +30,7 @@ RUN_LOOKAHEAD = timedelta(days=31)
 UTC_ZONE = ZoneInfo("UTC")
 
 
-@dataclass(frozen=True)
-class TriggerDecision:
+class TriggerDecision(NamedTuple):
     start: bool
     reason: str
     run_id: str = ""
@@ -57,8 +55,7 @@ def freeze_of(policy: Policy, window: Window) -> tuple[Freeze | None, Freeze | N
     return None, freezes.first_starting(window.start, window.end)
 
 
-@dataclass(frozen=True)
-class FreezeGate:
+class FreezeGate(NamedTuple):
     """What the freezes say about a run that starts at `now` anywhere but at the timer's window
     start (a retry, a follow-up, an emergency run): `freeze_gate`."""
 

@@ -50,9 +50,8 @@ SSM event ends a command on up to 50 instances and its polls are bulk reads.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Final, Literal
+from typing import Final, Literal, NamedTuple
 
 from patchpilot.engine.fleet_commands import (
     AwaitedFleetCommand,
@@ -85,8 +84,7 @@ ENDED_BY: Final[dict[type[AwaitedFleetCommand], frozenset[str]]] = {
 SignalKind = Literal["run_command", "snapshots", "machine", "snapshot"]
 
 
-@dataclass(frozen=True)
-class Signal:
+class Signal(NamedTuple):
     """What one cloud event says ended: `kind`, on `machines` (instance ids or VM resource ids,
     compared without case; empty when the event does not name them), in `account` (AWS account,
     Azure subscription) and `region` where known; `at` is the event's time, `source` says what it
@@ -101,8 +99,7 @@ class Signal:
     operation: str = ""
 
 
-@dataclass(frozen=True)
-class WakeUp:
+class WakeUp(NamedTuple):
     """A `LookNow` and when to deliver it (the end of its window)."""
 
     look: LookNow

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 from patchpilot.approvals import (
     ApprovalLinkError,
@@ -99,7 +98,7 @@ class ApprovalEndpoints:
     def approver(request: ApprovalRequest, caller: Approver | None) -> Approver:
         """Who decides: the authenticated caller, else the link's recipient (the token's channel)."""
         caller = caller or Approver()
-        return caller if caller.authenticated else replace(caller, kind="link", id=request.to)
+        return caller if caller.authenticated else caller._replace(kind="link", id=request.to)
 
     def decide(self, token: str, caller: Approver | None = None) -> str:
         """Grant or reject the ring a signed token names, if the run waits for exactly that and
@@ -126,8 +125,7 @@ class ApprovalEndpoints:
             return "this button names a run that does not exist"
 
 
-@dataclass(frozen=True)
-class ApprovalAnswer:
+class ApprovalAnswer(NamedTuple):
     """What an approval endpoint answers: a status, a text and, to ask before deciding, the form
     that POSTs the token back (`form_token`, `button`); `run_id` once the token named one;
     `problem`, for the log only, why the answer is a 503."""
@@ -176,8 +174,7 @@ def answer_approval(
 Action = TypeVar("Action")
 
 
-@dataclass(frozen=True)
-class SlackAnswer(Generic[Action]):
+class SlackAnswer(NamedTuple, Generic[Action]):
     """What the Slack endpoint answers Slack: 200 once decided (the presser is told `text` in
     Slack, `action` says where), 401 for a request that is not a genuine, fresh press (nothing
     decided), 503 when Slack approvals are not configured or their secret cannot be read;

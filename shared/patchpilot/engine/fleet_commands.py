@@ -95,7 +95,7 @@ class CheckHealth(CommandBase):
     type: Literal["CheckHealth"] = "CheckHealth"
     targets: list[Instance]
     after_rollback: bool = False
-    checks: HealthChecks = HealthChecks()
+    checks: HealthChecks = HealthChecks.model_construct()  # as the policy's default (policy/model.py)
 
 
 class RestoreTarget(BaseModel):

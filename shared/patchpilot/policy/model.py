@@ -698,9 +698,12 @@ class Policy(_Section):
     kind: PolicyKind = "scheduled"
     schedule: Schedule | None = None
     rings: list[Ring] = Field(min_length=1)
-    rollout: Rollout = Rollout()
+    # The sections' defaults are made without validation (`model_construct`, what validating no
+    # input makes: defaults are not validated, and no section has a validator of its own), so that
+    # importing the policy builds no section's validator: a run builds them into its own.
+    rollout: Rollout = Rollout.model_construct()
     region_pairs: list[tuple[str, str]] = Field(default_factory=new_list)
-    exclude: Exclusions = Exclusions()
+    exclude: Exclusions = Exclusions.model_construct()
     exceptions: list[PolicyException] = Field(default_factory=new_list)  # accepted risks: docs/governance.md
     # Machines in an AWS Auto Scaling group or an Azure scale set (the inventory's `scaling_group`):
     # `skip` lists them as excluded, "member of scaling group X: patch its image" (docs/planner.md);
@@ -712,11 +715,12 @@ class Policy(_Section):
     # `skip` leaves them as they are (discovery reports them unreachable); `start` starts each for
     # its wave, patches it, and returns it to the state it was found in.
     stopped_machines: Literal["skip", "start"] = "skip"
-    patches: PatchSelection = PatchSelection()
+    patches: PatchSelection = PatchSelection.model_construct()
     reboot: Literal["if_required", "always", "never"] = "if_required"
-    health: HealthChecks = HealthChecks()
-    traffic: Traffic = Traffic()  # load-balancer drain and re-add: docs/traffic.md
-    hooks: Hooks = Hooks()  # host and wave hooks, policy-wide (a ring's own replace them): docs/traffic.md
+    health: HealthChecks = HealthChecks.model_construct()
+    traffic: Traffic = Traffic.model_construct()  # load-balancer drain and re-add: docs/traffic.md
+    # host and wave hooks, policy-wide (a ring's own replace them): docs/traffic.md
+    hooks: Hooks = Hooks.model_construct()
     aws: AwsSettings | None = None
     azure: AzureSettings | None = None
     emergency: Emergency | None = None  # runs started by advisories: docs/advisories.md

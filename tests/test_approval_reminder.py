@@ -102,7 +102,7 @@ def test_no_reminder_once_the_gate_is_decided(decided: ApprovalGranted | Approva
     assert not after.ignored and not any(w.id == wait.id for w in waits(after))
     assert standing(after.run, wait) == "done"  # the worker drops the timer when it is delivered
     late = decide(after.run, fired(wait), wait.until)
-    assert late.ignored and late.run == after.run and late.commands == []
+    assert late.ignored and late.run == after.run and late.commands == ()
 
 
 def test_a_reminder_of_an_earlier_gate_changes_nothing_at_the_next_one(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -125,7 +125,7 @@ def test_a_reminder_of_an_earlier_gate_changes_nothing_at_the_next_one(monkeypat
     at_production = next(r for r in seen if r.state == "awaiting_approval" and r.current.ring == "production")
     assert at_production.awaiting == "run-1:ring2:remind1"
     stale = decide(at_production, fired(first), first.until)
-    assert stale.ignored.startswith("stale TimerFired") and stale.run == at_production and stale.commands == []
+    assert stale.ignored.startswith("stale TimerFired") and stale.run == at_production and stale.commands == ()
 
 
 def test_a_duplicate_timer_pages_once() -> None:
@@ -133,7 +133,7 @@ def test_a_duplicate_timer_pages_once() -> None:
     (wait,) = waits(started)
     once = decide(started.run, fired(wait), wait.until)
     twice = decide(once.run, fired(wait), wait.until + timedelta(minutes=15))
-    assert twice.ignored == f"duplicate event {wait.result_id}" and twice.commands == []
+    assert twice.ignored == f"duplicate event {wait.result_id}" and twice.commands == ()
 
 
 def test_a_reminder_of_zero_sets_no_timer_and_a_bad_one_is_named() -> None:

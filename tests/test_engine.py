@@ -503,7 +503,7 @@ def test_an_undelivered_notice_is_recorded_once_in_any_state_and_changes_nothing
     )
     for run in (started.run, finished):
         decision = decide(run, undelivered, NOW + timedelta(days=1))
-        assert not decision.ignored and decision.commands == []
+        assert not decision.ignored and decision.commands == ()
         recorded = decision.run
         assert [(n.channel, n.reason) for n in recorded.undelivered] == [("ops", "HTTP 404: no_service")]
         assert (recorded.state, recorded.awaiting, recorded.waves) == (run.state, run.awaiting, run.waves)
@@ -519,7 +519,7 @@ def test_a_follow_up_is_recorded_once_and_started_only_after_a_run_that_ended_wi
     )
     started = start_run("r1", policy(), plan(policy(), fleet()), NOW)
     recorded = decide(started.run, request, NOW)
-    assert recorded.commands == [] and [f.state for f in recorded.run.follow_ups] == ["requested"]  # not while it goes
+    assert recorded.commands == () and [f.state for f in recorded.run.follow_ups] == ["requested"]  # not while it goes
     assert decide(recorded.run, request, NOW).ignored  # delivered twice: recorded once
 
     finished = drive_to_end(started, answer_all_ok)
@@ -533,7 +533,7 @@ def test_a_follow_up_is_recorded_once_and_started_only_after_a_run_that_ended_wi
     halted = drive_to_end(start_run("r2", policy(), plan(policy(), staging_fails), NOW), Recorder())
     assert halted.status == "halted" and halted.promoted is None
     refused = decide(halted, request.model_copy(update={"run_id": "r2"}), NOW + timedelta(days=1))
-    assert refused.commands == [] and refused.run.follow_ups[0].state == "not_started"
+    assert refused.commands == () and refused.run.follow_ups[0].state == "not_started"
     assert refused.run.log[-1].text.startswith("NOT COVERED: run r2 halted before promotion")
 
 

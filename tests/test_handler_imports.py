@@ -139,15 +139,12 @@ def test_the_models_a_handler_creates_at_import_have_evaluated_annotations(modul
 
 # The stdlib dataclasses the handlers' imports create, each with why it is not a NamedTuple
 # (patchpilot/loading.py: a frozen dataclass costs some 0.57 ms of a cold import, a NamedTuple 0.10).
-POLICY_DATACLASSES = {  # every handler's: each reads a policy
+EVERY_HANDLERS_DATACLASSES = {  # each reads a policy
     "patchpilot.inventory.Instance": "a pydantic dataclass: validated and serialised as an object",
     "patchpilot.policy.freeze.Freezes": "truth-tested by its own __bool__; holds a calendar and a service",
 }
-PORTS_DATACLASSES = {**POLICY_DATACLASSES, "patchpilot.ports.DiscoveryResult": "default_factory field"}
 WORKER_DATACLASSES = {
-    **PORTS_DATACLASSES,
-    "patchpilot.engine.retry.RetryChain": "default_factory fields",
-    "patchpilot.engine.decide.Decision": "default_factory field",
+    **EVERY_HANDLERS_DATACLASSES,
     "patchpilot.planning.estimate.WaveFit": "its field `index` would hide tuple.index",
     "patchpilot.service.Service": "not a value: the imperative shell",
 }
@@ -157,9 +154,9 @@ WORKER_DATACLASSES = {
     ("module", "dataclasses"),
     [
         ("aws_lambda.worker", WORKER_DATACLASSES),
-        ("aws_lambda.approve", PORTS_DATACLASSES),
-        ("aws_lambda.waker", PORTS_DATACLASSES),
-        ("aws_lambda.trigger", POLICY_DATACLASSES),
+        ("aws_lambda.approve", EVERY_HANDLERS_DATACLASSES),
+        ("aws_lambda.waker", EVERY_HANDLERS_DATACLASSES),
+        ("aws_lambda.trigger", EVERY_HANDLERS_DATACLASSES),
     ],
 )
 def test_a_handler_builds_no_dataclass_where_a_named_tuple_does(module: str, dataclasses: dict[str, str]) -> None:

@@ -7,7 +7,6 @@ EC2/SSM on AWS; Table Storage, Storage Queues and Compute on Azure.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, NamedTuple, Protocol, TypeAlias
 
@@ -131,13 +130,12 @@ class InProgress(NamedTuple):
 Progress: TypeAlias = "list[Outcome] | InProgress"
 
 
-@dataclass(frozen=True)
-class DiscoveryResult:
+class DiscoveryResult(NamedTuple):
     """Every instance a cloud adapter found (`instances`), and among them those whose agent
     cannot be reached, each with the reason (`unreachable`): they are reported, never dropped."""
 
     instances: list[Instance]
-    unreachable: list[tuple[Instance, str]] = field(default_factory=list)
+    unreachable: Sequence[tuple[Instance, str]] = ()
 
 
 class DiscoveryReadRefusedError(Exception):

@@ -217,7 +217,7 @@ class Service:
         decision = start_run(run_id, policy, layout, now, window_end=window_end, runtime=runtime, frozen_by=frozen_by)
         return self._create(decision.run, decision.commands)
 
-    def _create(self, run: Run, commands: list[Message]) -> Run:
+    def _create(self, run: Run, commands: Sequence[Message]) -> Run:
         run = run.model_copy(update={"version": 1})
         try:
             self.store.create(run, commands)

@@ -12,8 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import shlex
-from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Final, Literal, NamedTuple
 
@@ -106,10 +105,9 @@ LEASE_MARGIN = timedelta(hours=6)
 MAX_APPROVAL_REMINDERS = 3
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):
     run: Run
-    commands: list[Message] = field(default_factory=list)  # the outbox: commands, and events for other runs
+    commands: Sequence[Message] = ()  # the outbox: commands, and events for other runs
     ignored: str = ""  # why the event changed nothing, when it did not
 
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from patchpilot.engine.run import InstanceRecord, Run, count_states
 from patchpilot.errors import InputError, Problem
@@ -64,14 +64,13 @@ def why_record_not_retryable(run: Run, record: InstanceRecord) -> str | None:
     return None
 
 
-@dataclass(frozen=True)
-class RetryChain:
+class RetryChain(NamedTuple):
     """The retries of one run: `taken` maps each machine a retry of the run took on to that retry;
     `latest` maps each such retry to the end of its chain (the newest retry of the newest retry
     of it ..., or itself), where what is still unpatched of its machines is retried from."""
 
-    taken: dict[str, str] = field(default_factory=dict)
-    latest: dict[str, str] = field(default_factory=dict)
+    taken: Mapping[str, str]
+    latest: Mapping[str, str]
 
     def why_taken(self, instance_id: str) -> str | None:
         """Why this machine of the run is not retried from it again, or None when no retry took it."""
@@ -114,7 +113,7 @@ def retry_targets(
     is refused, naming its latest retry). Raises `NotRetryableError` naming every problem."""
     if why := why_not_retryable(run):
         raise NotRetryableError.of(run, why)
-    chain = chain or RetryChain()
+    chain = chain or RetryChain({}, {})
 
     def why_not(record: InstanceRecord) -> str | None:
         return why_record_not_retryable(run, record) or (

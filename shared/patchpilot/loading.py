@@ -14,8 +14,9 @@ For the same reason the plain value records on the handlers' import path are `ty
 not dataclasses: on Python 3.11 creating a `@dataclass(frozen=True)` class costs about 0.57 ms
 (one `exec` for each of six generated methods), a plain `@dataclass` 0.30 ms, a NamedTuple
 0.10 ms. The worker's import created 30 of ours, some 18 ms of a ~390 ms cold import. A record
-stays a dataclass where being a tuple would show: `default_factory` fields, a truth test of its
-own, a field named like a tuple method (tests/test_handler_imports.py lists each with its reason).
+stays a dataclass where being a tuple would show: a truth test of its own, a field named like a
+tuple method, or validation by pydantic (tests/test_handler_imports.py lists each with its reason);
+a list a record defaults to empty is a sequence defaulting to `()`.
 """
 
 import gc

@@ -7,12 +7,12 @@ of them all; engine/messages.py re-exports every name.
 from datetime import datetime
 from typing import Annotated, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, WithJsonSchema
-from pydantic_core import PydanticCustomError, core_schema
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_core import PydanticCustomError
 
 from patchpilot.engine.message_base import CommandBase
 from patchpilot.inventory import Instance
-from patchpilot.policy.fields import Duration, new_list
+from patchpilot.policy.fields import Duration, Scalar, new_list
 from patchpilot.policy.model import HealthChecks, HostHook
 
 
@@ -156,19 +156,10 @@ def _as_awaited(value: object) -> FleetCommand | None:
     return command.model_validate(value)
 
 
-class _ByItsOwnClass:
-    """A stored run's awaited command, read by its own class and written by it (pydantic infers the
-    class of what it writes): the validator a worker builds for the command anyway, to take it from
-    the queue, rather than a second copy of every fleet command's built into the run's own."""
-
-    @staticmethod
-    def __get_pydantic_core_schema__(source: object, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
-        return core_schema.no_info_plain_validator_function(_as_awaited)
-
-
-# What `Run.awaited_command` holds: a fleet command (its schema: docs/messages.schema.json) or none.
 HeldAwaitedCommand = Annotated[
     AwaitedFleetCommand | None,
-    _ByItsOwnClass,
-    WithJsonSchema({"anyOf": [{"type": "object", "description": "a fleet command"}, {"type": "null"}]}),
+    # read by the command's own class, written as pydantic infers it (by that class): the validator a
+    # worker builds for the command anyway, to take it from the queue, rather than a second copy of
+    # every fleet command's built into the run's own
+    Scalar(_as_awaited, None, {"anyOf": [{"type": "object", "description": "a fleet command"}, {"type": "null"}]}),
 ]

@@ -27,11 +27,12 @@ def fail(kind: str, message: str, value: object, hint: str = "") -> PydanticCust
 
 
 class Scalar:
-    """A value the policy writes as one string: read by `parse` (which raises `fail`), written by
-    `format` (None: as it is, a string) and described by `json_schema`. What `PlainValidator`,
-    `PlainSerializer` and `WithJsonSchema` together say, in one annotation: `PlainValidator` builds
-    the schema of the type it stands on twice over, to write values by it, and the serializer then
-    replaces it (some 40 µs a field, at every cold start of a function: bench/bench_cold_start.py)."""
+    """A value read by `parse` (which raises `fail`), written by `format` (None: as pydantic writes
+    it, a string as it is) and described by `json_schema`: the policy's string-written values, a
+    run's awaited command. What `PlainValidator`, `PlainSerializer` and `WithJsonSchema` together
+    say, in one annotation: `PlainValidator` builds the schema of the type it stands on twice over,
+    to write values by it, and the serializer then replaces it (some 40 µs a field, at every cold
+    start of a function: bench/bench_cold_start.py)."""
 
     def __init__(
         self, parse: Callable[[Any], Any], format: Callable[[Any], str] | None, json_schema: dict[str, Any]
